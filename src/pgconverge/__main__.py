@@ -1,0 +1,3 @@
+from pgconverge.cli import main
+
+main()

@@ -1,0 +1,305 @@
+"""Spec: pgconverge.toml turned into validated, frozen dataclasses.
+
+Only the file's shape and values are checked here; whether the named objects exist
+is checked against the catalog by `catalog.introspect.load_catalog`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import phonenumbers
+
+from pgconverge.errors import ConfigError
+
+DEFAULT_FILE = "pgconverge.toml"
+MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: Postgres would silently truncate longer names
+
+
+@dataclass(frozen=True, order=True)
+class QualifiedName:
+    """A schema-qualified object name, kept as its two unquoted parts."""
+
+    schema: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{_show(self.schema)}.{_show(self.name)}"
+
+
+def _show(part: str) -> str:
+    simple = part.isidentifier() and part == part.lower() and part.isascii()
+    return part if simple else '"' + part.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class LegacySide:
+    table: QualifiedName = QualifiedName("public", "customers")
+    key: str = "id"
+    match_column: str = "wa_id"
+    helper: QualifiedName = QualifiedName("public", "auth_customer_id")
+    claim: str = "customer_id"
+
+
+@dataclass(frozen=True)
+class CanonicalSide:
+    table: QualifiedName = QualifiedName("public", "profiles")
+    key: str = "user_id"
+    match_column: str = "whatsapp_e164"
+    helper: QualifiedName = QualifiedName("public", "auth_profile_id")
+    claim: str = "profile_id"
+    # legacy column -> canonical column, copied when a canonical row is created for a legacy row
+    copy_columns: tuple[tuple[str, str], ...] = (("display_name", "display_name"),)
+
+
+@dataclass(frozen=True)
+class Settings:
+    new_column: str = "profile_id"
+    mapping_table: str = ""  # default: legacy_<legacy singular>_<canonical singular>, e.g. legacy_customer_profile
+    private_schema: str = "pgconverge"
+    archive_schema: str = "archive"
+    default_region: str = "RW"
+    batch_size: int = 1000
+    batch_pause_ms: int = 0
+    lock_timeout_ms: int = 100
+    lock_retries: int = 30
+    api_roles: tuple[str, ...] = ("anon", "authenticated", "service_role")
+    legacy_helper_after_contract: str = "stub"  # or "drop"
+
+
+@dataclass(frozen=True)
+class Spec:
+    legacy: LegacySide = field(default_factory=LegacySide)
+    canonical: CanonicalSide = field(default_factory=CanonicalSide)
+    migration: Settings = field(default_factory=Settings)
+    source: str = "built-in defaults"
+
+    @property
+    def mapping_table(self) -> QualifiedName:
+        name = self.migration.mapping_table or f"legacy_{_singular(self.legacy.table.name)}_{_singular(self.canonical.table.name)}"
+        return QualifiedName(self.migration.private_schema, name)
+
+    @property
+    def mapping_legacy_column(self) -> str:
+        """The mapping's legacy-id column, named as a dependent table would name its FK (customer_id)."""
+        return f"{_singular(self.legacy.table.name)}_id"
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
+
+    def as_dict(self) -> dict:
+        def conv(v: Any) -> Any:
+            if isinstance(v, QualifiedName):
+                return str(v)
+            if isinstance(v, tuple):
+                return [conv(x) for x in v]
+            return v
+
+        out: dict[str, Any] = {}
+        for section in ("legacy", "canonical", "migration"):
+            obj = getattr(self, section)
+            out[section] = {f.name: conv(getattr(obj, f.name)) for f in fields(obj)}
+        out["canonical"]["copy_columns"] = {a: b for a, b in self.canonical.copy_columns}
+        return out
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+_SECTIONS = {"legacy": LegacySide, "canonical": CanonicalSide, "migration": Settings}
+_QUALIFIED = {"table", "helper"}
+_IDENT = {"key", "match_column", "new_column", "private_schema", "archive_schema", "mapping_table"}
+_CLAIM = {"claim"}
+_POSITIVE_INT = {"batch_size": (1, 1_000_000), "lock_timeout_ms": (1, 60_000), "lock_retries": (0, 10_000),
+                 "batch_pause_ms": (0, 600_000)}
+
+
+def load(path: str | Path | None = None) -> Spec:
+    """Read and validate PATH (or ./pgconverge.toml if present, else the defaults)."""
+    if path is None:
+        default = Path.cwd() / DEFAULT_FILE
+        if not default.exists():
+            return Spec()
+        path = default
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist",
+                          fix=f"create it, or omit --config to use ./{DEFAULT_FILE} or the built-in defaults")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", fix="correct the syntax at the position shown") from exc
+    return from_dict(data, source=str(path))
+
+
+def from_dict(data: dict[str, Any], source: str = "<dict>") -> Spec:
+    """Validate a parsed config mapping and build the Spec."""
+    for section in data:
+        if section not in _SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{section}]",
+                              fix=f"use only {', '.join(f'[{s}]' for s in _SECTIONS)}{_suggest(section, _SECTIONS)}")
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"{source}: {section} must be a table ([{section}]), got {data[section]!r}",
+                              fix=f"write it as a [{section}] section with key = value lines")
+    parts: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        given = data.get(section, {})
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in given.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key {section}.{key}",
+                                  fix=f"valid keys in [{section}] are {', '.join(known)}{_suggest(key, known)}")
+            kwargs[key] = _value(source, section, key, value)
+        parts[section] = cls(**kwargs)
+    spec = Spec(**parts, source=source)
+    _cross_check(spec)
+    return spec
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _bad(source: str, section: str, key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{source}: {section}.{key} = {value!r} is invalid: expected {expected}",
+                       fix=f"set {section}.{key} to {expected}, or remove it to use the default")
+
+
+def _value(source: str, section: str, key: str, value: Any) -> Any:
+    where = (source, section, key, value)
+    if key in _QUALIFIED:
+        if not isinstance(value, str):
+            raise _bad(*where, "a string like \"public.customers\"")
+        try:
+            return parse_qualified(value)
+        except ValueError as exc:
+            raise _bad(*where, f"a schema-qualified name like \"public.customers\" ({exc})") from None
+    if key in _IDENT or key in _CLAIM:
+        if not isinstance(value, str):
+            raise _bad(*where, "a string")
+        try:
+            check_identifier(value)
+        except ValueError as exc:
+            raise _bad(*where, f"a valid Postgres identifier ({exc})") from None
+        return value
+    if key in _POSITIVE_INT:
+        lo, hi = _POSITIVE_INT[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise _bad(*where, f"an integer from {lo} to {hi}")
+        return value
+    if key == "default_region":
+        if not isinstance(value, str) or value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise _bad(*where, "an ISO 3166 two-letter region known to phonenumbers, such as \"RW\" or \"GB\"")
+        return value.upper()
+    if key == "copy_columns":
+        return _copy_columns(where, value)
+    if key == "api_roles":
+        if not isinstance(value, list) or not value or not all(isinstance(r, str) for r in value):
+            raise _bad(*where, "a non-empty list of role names")
+        for r in value:
+            try:
+                check_identifier(r)
+            except ValueError as exc:
+                raise _bad(*where, f"a list of valid role names ({r!r}: {exc})") from None
+        return tuple(value)
+    if key == "legacy_helper_after_contract":
+        if value not in ("stub", "drop"):
+            raise _bad(*where, "\"stub\" (replace by a function that raises a clear error) or \"drop\"")
+        return value
+    raise AssertionError(f"unhandled config key {section}.{key}")  # every field is typed above
+
+
+def _copy_columns(where: tuple, value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, list):
+        pairs = [(v, v) for v in value]
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        raise _bad(*where, "a list of column names, or a table {legacy_column = \"canonical_column\"}")
+    out = []
+    for a, b in pairs:
+        if not isinstance(a, str) or not isinstance(b, str):
+            raise _bad(*where, "column names as strings")
+        for n in (a, b):
+            try:
+                check_identifier(n)
+            except ValueError as exc:
+                raise _bad(*where, f"valid column names ({n!r}: {exc})") from None
+        out.append((a, b))
+    return tuple(out)
+
+
+def _cross_check(spec: Spec) -> None:
+    if spec.legacy.table == spec.canonical.table:
+        raise ConfigError(f"{spec.source}: legacy.table and canonical.table are both {spec.legacy.table}",
+                          fix="point legacy.table at the table to retire and canonical.table at the one to keep")
+    if spec.migration.private_schema == spec.migration.archive_schema:
+        raise ConfigError(f"{spec.source}: migration.private_schema and migration.archive_schema are both "
+                          f"{spec.migration.private_schema!r}",
+                          fix="use two different schemas: the private one holds the ledger, the archive one the retired table")
+    if spec.migration.private_schema in ("public", spec.legacy.table.schema, spec.canonical.table.schema):
+        raise ConfigError(f"{spec.source}: migration.private_schema = {spec.migration.private_schema!r} is an "
+                          "application schema; the mapping would be exposed through the Data API",
+                          fix="use a schema of its own, such as \"pgconverge\"")
+    if spec.legacy.claim == spec.canonical.claim:
+        raise ConfigError(f"{spec.source}: legacy.claim and canonical.claim are both {spec.legacy.claim!r}",
+                          fix="the canonical claim must be a different JWT claim name, e.g. \"profile_id\"")
+
+
+def check_identifier(name: str) -> None:
+    """Raise ValueError unless NAME can be used, quoted, as a Postgres identifier."""
+    if not name:
+        raise ValueError("empty")
+    if "\x00" in name:
+        raise ValueError("contains a NUL character")
+    if len(name.encode()) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"longer than {MAX_IDENTIFIER_BYTES} bytes")
+
+
+def parse_qualified(text: str, default_schema: str = "public") -> QualifiedName:
+    """Split 'schema.name' (parts may be double-quoted) into a QualifiedName."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while i <= n:
+        if i < n and text[i] == '"':
+            j, buf = i + 1, []
+            while True:
+                if j >= n:
+                    raise ValueError("unterminated double quote")
+                if text[j] == '"':
+                    if j + 1 < n and text[j + 1] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    break
+                buf.append(text[j])
+                j += 1
+            part, i = "".join(buf), j + 1
+        else:
+            j = text.find(".", i)
+            j = n if j == -1 else j
+            part = text[i:j].strip()
+            if part != part.lower() or not part.replace("_", "a").replace("$", "a").isalnum():
+                # Unquoted names fold to lower case in SQL; refusing anything else avoids surprises.
+                raise ValueError(f"{part!r} must be lower-case letters, digits and underscores, or double-quoted")
+            i = j
+        check_identifier(part)
+        parts.append(part)
+        if i >= n:
+            break
+        if text[i] != ".":
+            raise ValueError(f"unexpected {text[i]!r} after {part!r}")
+        i += 1
+        if i == n:
+            raise ValueError("ends with a dot")
+    if len(parts) == 1:
+        return QualifiedName(default_schema, parts[0])
+    if len(parts) == 2:
+        return QualifiedName(parts[0], parts[1])
+    raise ValueError("has more than two dotted parts")

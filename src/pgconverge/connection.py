@@ -1,0 +1,80 @@
+"""Resolve where to connect (--dsn, DATABASE_URL, embedded) and open connections."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgconverge import embedded
+from pgconverge.errors import ConnectionFailed
+
+APPLICATION_NAME = "pgconverge"
+CONNECT_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where pgconverge connects, and how that was decided."""
+
+    dsn: str
+    source: str  # "--dsn", "DATABASE_URL" or "embedded"
+
+    @property
+    def display(self) -> str:
+        return redact(self.dsn)
+
+
+def resolve(dsn: str | None = None, database: str | None = None) -> Target:
+    """Pick the target: an explicit DSN, then DATABASE_URL, then the embedded server."""
+    if dsn:
+        return Target(_validated(dsn, "--dsn"), "--dsn")
+    env = os.environ.get("DATABASE_URL")
+    if env:
+        return Target(_validated(env, "DATABASE_URL"), "DATABASE_URL")
+    return Target(embedded.ensure_running(database=database or "postgres"), "embedded")
+
+
+def _validated(dsn: str, source: str) -> str:
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConnectionFailed(
+            f"{source} is not a valid connection string: {exc}",
+            fix="use a URI like postgresql://user:password@host:5432/dbname or key=value pairs",
+        ) from exc
+    return dsn
+
+
+def redact(dsn: str) -> str:
+    """Return DSN with any password masked, for messages and reports."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparseable connection string>"
+    if params.get("password"):
+        params["password"] = "***"
+    return make_conninfo(**params)
+
+
+def connect(target: Target | str, *, autocommit: bool = True, application_name: str = APPLICATION_NAME,
+            **kwargs) -> psycopg.Connection:
+    """Open a connection, turning failures into an error that says what to check."""
+    t = target if isinstance(target, Target) else Target(target, "--dsn")
+    try:
+        return psycopg.connect(
+            t.dsn,
+            autocommit=autocommit,
+            application_name=application_name,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            **kwargs,
+        )
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConnectionFailed(
+            f"could not connect to {t.display} (from {t.source}): {reason}",
+            fix="check that the server runs and the host, port, user, password and database are right; "
+            "omit --dsn and DATABASE_URL to use the embedded Postgres",
+        ) from exc

@@ -1,0 +1,95 @@
+"""Shared test harness: a real Postgres (embedded unless PGCONVERGE_TEST_DSN is set) and fresh databases."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgconverge import embedded
+
+# Small enough that a database copy takes well under a second, big enough to hold every identity case.
+TEST_SCALE = float(os.environ.get("PGCONVERGE_TEST_SCALE", "0.5"))
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(tmp_path_factory) -> str:
+    """DSN of a superuser connection to the test server's maintenance database."""
+    if os.environ.get("PGCONVERGE_TEST_DSN"):
+        yield os.environ["PGCONVERGE_TEST_DSN"]
+        return
+    # A short fixed path keeps the Unix socket under the 107-byte limit.
+    base = Path(f"/tmp/pgconverge-test-{os.getpid()}")
+    base.mkdir(exist_ok=True)
+    data = base / "pgdata"
+    uri = embedded.ensure_running(data, database="postgres")
+    yield uri
+    embedded.stop(data)
+
+
+def _create_database(admin: str, name: str, template: str | None = None) -> str:
+    with psycopg.connect(admin, autocommit=True) as conn:
+        q = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            q += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        conn.execute(q)
+    return embedded.with_database(admin, name)
+
+
+def _drop_database(admin: str, name: str) -> None:
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def make_db(admin_dsn):
+    """Factory: make_db(template=None) -> DSN of a new empty (or copied) database, dropped afterwards."""
+    made: list[str] = []
+
+    def factory(template: str | None = None) -> str:
+        name = f"t_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+        made.append(name)
+        return _create_database(admin_dsn, name, template)
+
+    yield factory
+    for name in made:
+        _drop_database(admin_dsn, name)
+
+
+@pytest.fixture
+def empty_db(make_db) -> str:
+    """DSN of a new empty database."""
+    return make_db()
+
+
+@pytest.fixture(scope="session")
+def fixture_template(admin_dsn) -> str:
+    """Name of a template database holding the bundled fixture at TEST_SCALE (loaded once per session)."""
+    from pgconverge import fixtures
+
+    name = f"tmpl_fixture_{os.getpid()}"
+    dsn = _create_database(admin_dsn, name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        fixtures.load(conn, scale=TEST_SCALE)
+    yield name
+    _drop_database(admin_dsn, name)
+
+
+@pytest.fixture
+def fixture_db(make_db, fixture_template) -> str:
+    """DSN of a fresh copy of the fixture database."""
+    return make_db(template=fixture_template)
+
+
+@pytest.fixture
+def conn(fixture_db):
+    """Autocommit superuser connection to a fresh fixture database."""
+    with psycopg.connect(fixture_db, autocommit=True) as c:
+        yield c
