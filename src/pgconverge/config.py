@@ -89,9 +89,6 @@ class Spec:
         return f"{_singular(self.legacy.table.name)}_id"
 
 
-def _singular(word: str) -> str:
-    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
-
     def as_dict(self) -> dict:
         def conv(v: Any) -> Any:
             if isinstance(v, QualifiedName):
@@ -303,3 +300,7 @@ def parse_qualified(text: str, default_schema: str = "public") -> QualifiedName:
     if len(parts) == 2:
         return QualifiedName(parts[0], parts[1])
     raise ValueError("has more than two dotted parts")
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word

@@ -1,0 +1,1 @@
+"""Catalog introspection: what the database holds, as frozen dataclasses."""

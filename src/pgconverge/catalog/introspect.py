@@ -1,0 +1,260 @@
+"""Read the catalog into a Catalog for a Spec; say clearly what is missing or unsupported."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import defaultdict
+
+import psycopg
+
+from pgconverge.catalog import mentions, queries as q
+from pgconverge.catalog.model import (
+    Catalog, Column, Dependent, ForeignKey, Function, Grant, Index, Policy, Table, Trigger, View,
+)
+from pgconverge.config import QualifiedName, Spec
+from pgconverge.errors import CatalogError
+
+_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+_COMMANDS = {"*": "ALL", "r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE"}
+
+
+def load_catalog(conn: psycopg.Connection, spec: Spec) -> Catalog:
+    """Introspect everything pgconverge needs for SPEC, in one consistent snapshot."""
+    with conn.transaction():
+        conn.execute("set transaction isolation level repeatable read, read only")
+        conn.execute("set local search_path = pg_catalog")
+        return _Reader(conn, spec).read()
+
+
+class _Reader:
+    def __init__(self, conn: psycopg.Connection, spec: Spec):
+        self.conn, self.spec = conn, spec
+
+    def rows(self, query: str, **params) -> list[tuple]:
+        return self.conn.execute(query, params).fetchall()
+
+    def read(self) -> Catalog:
+        spec = self.spec
+        database, version = self.rows(q.SERVER)[0]
+        legacy_oid = self._relation("legacy.table", spec.legacy.table)
+        canonical_oid = self._relation("canonical.table", spec.canonical.table)
+        base = self._tables([legacy_oid, canonical_oid])
+        legacy, canonical = base[legacy_oid], base[canonical_oid]
+        self._check_key("legacy", legacy, spec.legacy.key)
+        self._check_key("canonical", canonical, spec.canonical.key)
+        self._check_column("legacy.match_column", legacy, spec.legacy.match_column)
+        self._check_column("canonical.match_column", canonical, spec.canonical.match_column)
+        for lcol, ccol in spec.canonical.copy_columns:
+            self._check_column("canonical.copy_columns", legacy, lcol)
+            self._check_column("canonical.copy_columns", canonical, ccol)
+
+        dependents = self._dependents(legacy)
+        watched_cols = {(d.table.name, d.fk.columns[0]) for d in dependents}
+        watched_cols |= {(legacy.name, c.name) for c in legacy.columns}
+
+        legacy_helper, canonical_helper, functions = self._functions(dependents)
+        policies = self._policies()
+        helper_sigs = {f.signature for f in functions}
+        relevant = [p for p in policies
+                    if set(p.column_refs) & watched_cols or set(p.function_refs) & helper_sigs]
+        policy_oids = self._policy_table_oids(relevant)
+        known = {legacy.oid, canonical.oid, *(d.table.oid for d in dependents)}
+        extra = self._tables([o for o in policy_oids if o not in known]) if set(policy_oids) - known else {}
+
+        all_oids = [legacy.oid, canonical.oid, *(d.table.oid for d in dependents)]
+        views = self._views(all_oids)
+        grants = self._grants(all_oids, [f for f in (legacy_helper, canonical_helper) if f])
+        return Catalog(
+            database=database, server_version=version, legacy=legacy, canonical=canonical,
+            dependents=tuple(dependents), policies=tuple(policies), functions=tuple(functions),
+            legacy_helper=legacy_helper, canonical_helper=canonical_helper, views=tuple(views),
+            tables=tuple(extra.values()), grants=tuple(grants),
+            roles=frozenset(r for (r,) in self.rows(q.ROLES)),
+            schemas=frozenset(s for (s,) in self.rows(q.SCHEMAS)),
+        )
+
+    # -- tables ------------------------------------------------------------------------------
+
+    def _relation(self, key: str, name: QualifiedName) -> int:
+        found = self.rows(q.RELATION_OID, schema=name.schema, name=name.name)
+        if not found:
+            others = [r for (r,) in self.conn.execute(
+                "select relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                "where n.nspname = %s and c.relkind in ('r', 'p')", (name.schema,)).fetchall()]
+            close = difflib.get_close_matches(name.name, others, n=3)
+            hint = f" (did you mean {', '.join(f'{name.schema}.{c}' for c in close)}?)" if close else ""
+            raise CatalogError(
+                f"{key} = {str(name)!r}: no such table in database {self._db()}{hint}",
+                fix=f"set {key} in pgconverge.toml to an existing schema-qualified table, or connect to the "
+                    "database that holds it (--dsn / DATABASE_URL)")
+        oid, kind = found[0]
+        if kind not in ("r", "p"):
+            raise CatalogError(f"{key} = {str(name)!r} is not a table (relkind {kind!r})",
+                               fix=f"point {key} at the base table, not a view or other relation")
+        return oid
+
+    def _db(self) -> str:
+        return self.rows("select current_database()")[0][0]
+
+    def _tables(self, oids: list[int]) -> dict[int, Table]:
+        if not oids:
+            return {}
+        cols: dict[int, list[Column]] = defaultdict(list)
+        for rel, name, typ, nn, default, gen, ident, num in self.rows(q.COLUMNS, oids=oids):
+            cols[rel].append(Column(name, typ, nn, default, gen, ident, num))
+        idx: dict[int, list[Index]] = defaultdict(list)
+        for rel, ns, iname, tns, tname, icols, idef, uniq, prim, valid, pred, am in self.rows(q.INDEXES, oids=oids):
+            idx[rel].append(Index(QualifiedName(ns, iname), QualifiedName(tns, tname), tuple(icols), idef,
+                                  uniq, prim, valid, pred, am))
+        pk: dict[int, tuple[str, ...]] = {}
+        uniq_keys: dict[int, list[tuple[str, ...]]] = defaultdict(list)
+        fks: dict[int, list[ForeignKey]] = defaultdict(list)
+        for row in self.rows(q.CONSTRAINTS, oids=oids):
+            rel, cname, ctype, ccols = row[0], row[1], row[2], tuple(row[3])
+            if rel not in oids:
+                continue
+            if ctype == "p":
+                pk[rel] = ccols
+            elif ctype == "u":
+                uniq_keys[rel].append(ccols)
+            else:
+                fks[rel].append(_fk(row))
+        trg: dict[int, list[Trigger]] = defaultdict(list)
+        for rel, tname, fns, fname, tdef, enabled in self.rows(q.TRIGGERS, oids=oids):
+            trg[rel].append(Trigger(tname, QualifiedName("", ""), QualifiedName(fns, fname), tdef, enabled))
+        out = {}
+        for oid, ns, name, rls, forced, owner, est in self.rows(q.TABLES, oids=oids):
+            qn = QualifiedName(ns, name)
+            out[oid] = Table(
+                name=qn, oid=oid, columns=tuple(cols[oid]), primary_key=pk.get(oid, ()),
+                unique_keys=tuple(uniq_keys[oid]), indexes=tuple(idx[oid]), foreign_keys=tuple(fks[oid]),
+                triggers=tuple(Trigger(t.name, qn, t.function, t.definition, t.enabled) for t in trg[oid]),
+                rls_enabled=rls, rls_forced=forced, owner=owner, row_estimate=est)
+        return out
+
+    def _check_column(self, key: str, table: Table, column: str) -> None:
+        if table.column(column) is None:
+            close = difflib.get_close_matches(column, [c.name for c in table.columns], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise CatalogError(f"{key} = {column!r}: table {table.name} has no such column{hint}",
+                               fix=f"set {key} to one of: {', '.join(c.name for c in table.columns)}")
+
+    def _check_key(self, side: str, table: Table, key: str) -> None:
+        self._check_column(f"{side}.key", table, key)
+        if (key,) != table.primary_key and (key,) not in table.unique_keys:
+            raise CatalogError(
+                f"{side}.key = {key!r}: {table.name}.{key} is neither the primary key nor unique"
+                + ("" if table.primary_key else f"; {table.name} has no primary key at all"),
+                fix=f"set {side}.key to the column foreign keys reference (a single-column primary key or "
+                    f"unique constraint), or add one to {table.name}")
+
+    def _dependents(self, legacy: Table) -> list[Dependent]:
+        refs = [r for r in self.rows(q.CONSTRAINTS, oids=[legacy.oid]) if r[2] == "f" and r[6] == legacy.oid]
+        if not refs:
+            raise CatalogError(
+                f"no foreign key references {legacy.name}({self.spec.legacy.key}): there is nothing to re-point "
+                "at the canonical table",
+                fix="check legacy.table and legacy.key in pgconverge.toml; pgconverge finds dependent tables "
+                    "through their foreign keys")
+        key = self.spec.legacy.key
+        for r in refs:
+            cols, refcols = tuple(r[3]), tuple(r[9])
+            where = f"foreign key {r[1]} on {QualifiedName(r[4], r[5])} {cols} → {legacy.name}{refcols}"
+            if len(cols) != 1:
+                raise CatalogError(f"{where} is composite; pgconverge re-points single-column foreign keys only",
+                                   fix="migrate this table by hand, or replace the composite key first")
+            if refcols != (key,):
+                raise CatalogError(f"{where} references {refcols[0]}, not the legacy key {key!r}",
+                                   fix=f"set legacy.key = {refcols[0]!r} if that is the identity key, or re-point "
+                                       "this foreign key at the key first")
+        tables = self._tables(sorted({r[0] for r in refs}))
+        deps = [Dependent(tables[r[0]], _fk(r)) for r in refs]
+        return sorted(deps, key=lambda d: (d.table.name, d.fk.name))
+
+    # -- policies, functions, views, grants -------------------------------------------------
+
+    def _policies(self) -> list[Policy]:
+        rows = self.rows(q.POLICIES)
+        deps = self._deps("pg_policy", [r[0] for r in rows])
+        out = []
+        self._policy_rel: dict[tuple[QualifiedName, str], int] = {}
+        for oid, ns, rel, reloid, name, cmd, permissive, roles, using, check in rows:
+            cols, fns = deps.get(oid, ((), ()))
+            table = QualifiedName(ns, rel)
+            self._policy_rel[(table, name)] = reloid
+            out.append(Policy(name, table, _COMMANDS[cmd], permissive, tuple(roles), using, check, cols, fns))
+        return out
+
+    def _policy_table_oids(self, policies: list[Policy]) -> list[int]:
+        return sorted({self._policy_rel[(p.table, p.name)] for p in policies})
+
+    def _deps(self, classid: str, objids: list[int]) -> dict[int, tuple[tuple, tuple]]:
+        cols: dict[int, set] = defaultdict(set)
+        fns: dict[int, set] = defaultdict(set)
+        for objid, ns, rel, att, fn in self.rows(q.DEPENDENCIES, classid=classid, objids=objids):
+            if fn:
+                fns[objid].add(fn)
+            elif att:
+                cols[objid].add((QualifiedName(ns, rel), att))
+        return {o: (tuple(sorted(cols[o])), tuple(sorted(fns[o]))) for o in set(cols) | set(fns)}
+
+    def _functions(self, dependents: list[Dependent]):
+        spec = self.spec
+        helpers = [spec.legacy.helper, spec.canonical.helper]
+        names = {spec.legacy.table.name, spec.legacy.helper.name, *(d.fk.columns[0] for d in dependents)}
+        pattern = r"\m(" + "|".join(_regex_escape(n) for n in sorted(names)) + r")\M"
+        rows = self.rows(q.FUNCTIONS, helper_schemas=[h.schema for h in helpers],
+                         helper_names=[h.name for h in helpers], pattern=pattern)
+        found: list[Function] = []
+        by_name: dict[QualifiedName, list[Function]] = defaultdict(list)
+        for oid, ns, name, sig, args, ret, lang, vol, secdef, config, src, fdef in rows:
+            fn = Function(QualifiedName(ns, name), sig, args, ret, lang, vol, secdef, tuple(config), src, fdef, oid)
+            by_name[fn.name].append(fn)
+            if fn.name in helpers or mentions.find(src, names):
+                found.append(fn)
+        legacy_helper = self._helper("legacy.helper", spec.legacy.helper, by_name, required=True)
+        canonical_helper = self._helper("canonical.helper", spec.canonical.helper, by_name, required=False)
+        found = [f for f in found if f.name != spec.canonical.helper or f == canonical_helper]
+        return legacy_helper, canonical_helper, found
+
+    def _helper(self, key: str, name: QualifiedName, by_name, required: bool) -> Function | None:
+        cands = by_name.get(name, [])
+        if len(cands) > 1:
+            no_args = [c for c in cands if not c.identity_args]
+            if len(no_args) == 1:
+                return no_args[0]
+            raise CatalogError(f"{key} = {str(name)!r} is overloaded ({', '.join(c.signature for c in cands)})",
+                               fix="give the helper a unique name, or drop the unused overloads")
+        if not cands and required:
+            raise CatalogError(f"{key} = {str(name)!r}: no such function in database {self._db()}",
+                               fix=f"set {key} to the function your RLS policies call to get the current "
+                                   "identity (e.g. public.auth_customer_id)")
+        return cands[0] if cands else None
+
+    def _views(self, oids: list[int]) -> list[View]:
+        rows = self.rows(q.VIEWS_USING, oids=oids)
+        refs: dict[int, set] = defaultdict(set)
+        for voids, ns, rel, att in self.rows(q.VIEW_COLUMN_REFS, oids=[r[0] for r in rows]):
+            refs[voids].add((QualifiedName(ns, rel), att))
+        kinds = {"v": "view", "m": "materialized view"}
+        return sorted((View(QualifiedName(ns, name), kinds[kind], definition, tuple(sorted(refs[oid])))
+                       for oid, ns, name, kind, definition in rows), key=lambda v: v.name)
+
+    def _grants(self, oids: list[int], helpers: list[Function]) -> list[Grant]:
+        roles = set(self.spec.migration.api_roles) | {"PUBLIC"}
+        out = [Grant("table", o, g, p) for o, g, p in self.rows(q.TABLE_GRANTS, oids=oids) if g in roles]
+        fn_oids = [h.oid for h in helpers]
+        out += [Grant("function", o, g, p) for o, g, p in self.rows(q.FUNCTION_GRANTS, oids=fn_oids) if g in roles]
+        return out
+
+
+def _fk(row: tuple) -> ForeignKey:
+    (_rel, name, _t, cols, tns, tname, _ref, fns, fname, refcols, deltype, updtype, valid, deferrable, cdef) = row
+    return ForeignKey(name, QualifiedName(tns, tname), tuple(cols), QualifiedName(fns, fname), tuple(refcols),
+                      _ACTIONS[deltype], _ACTIONS[updtype], valid, deferrable, cdef)
+
+
+def _regex_escape(name: str) -> str:
+    # Postgres ARE syntax: escape every character that is not a letter, digit or underscore.
+    return re.sub(r"([^A-Za-z0-9_])", r"\\\1", name)

@@ -1,0 +1,150 @@
+"""Catalog queries. They run with search_path = pg_catalog so every name they print is schema-qualified."""
+
+RELATION_OID = """
+select c.oid, c.relkind
+from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+where n.nspname = %(schema)s and c.relname = %(name)s
+"""
+
+TABLES = """
+select c.oid, n.nspname, c.relname, c.relrowsecurity, c.relforcerowsecurity,
+       pg_get_userbyid(c.relowner), greatest(c.reltuples, 0)::bigint
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where c.oid = any(%(oids)s)
+"""
+
+COLUMNS = """
+select a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       pg_get_expr(d.adbin, d.adrelid), a.attgenerated <> '', a.attidentity <> '', a.attnum
+from pg_attribute a
+left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+where a.attrelid = any(%(oids)s) and a.attnum > 0 and not a.attisdropped
+order by a.attrelid, a.attnum
+"""
+
+INDEXES = """
+select i.indrelid, n.nspname, ic.relname, tn.nspname, tc.relname,
+       array(select case when k.attnum = 0 then null else
+                   (select attname from pg_attribute where attrelid = i.indrelid and attnum = k.attnum) end
+             from unnest(i.indkey::int2[]) with ordinality as k(attnum, ord) order by k.ord) as cols,
+       pg_get_indexdef(i.indexrelid), i.indisunique, i.indisprimary, i.indisvalid,
+       pg_get_expr(i.indpred, i.indrelid), am.amname
+from pg_index i
+join pg_class ic on ic.oid = i.indexrelid
+join pg_namespace n on n.oid = ic.relnamespace
+join pg_class tc on tc.oid = i.indrelid
+join pg_namespace tn on tn.oid = tc.relnamespace
+join pg_am am on am.oid = ic.relam
+where i.indrelid = any(%(oids)s)
+order by ic.relname
+"""
+
+# Constraints on the given tables (p, u, f) plus foreign keys *referencing* them.
+CONSTRAINTS = """
+select con.conrelid, con.conname, con.contype,
+       array(select a.attname from unnest(con.conkey) with ordinality as k(attnum, ord)
+             join pg_attribute a on a.attrelid = con.conrelid and a.attnum = k.attnum order by k.ord),
+       tn.nspname, tc.relname, con.confrelid, fn.nspname, fc.relname,
+       array(select a.attname from unnest(con.confkey) with ordinality as k(attnum, ord)
+             join pg_attribute a on a.attrelid = con.confrelid and a.attnum = k.attnum order by k.ord),
+       con.confdeltype, con.confupdtype, con.convalidated, con.condeferrable, pg_get_constraintdef(con.oid)
+from pg_constraint con
+join pg_class tc on tc.oid = con.conrelid
+join pg_namespace tn on tn.oid = tc.relnamespace
+left join pg_class fc on fc.oid = con.confrelid
+left join pg_namespace fn on fn.oid = fc.relnamespace
+where con.contype in ('p', 'u', 'f')
+  and (con.conrelid = any(%(oids)s) or (con.contype = 'f' and con.confrelid = any(%(oids)s)))
+order by con.conname
+"""
+
+TRIGGERS = """
+select t.tgrelid, t.tgname, pn.nspname, p.proname, pg_get_triggerdef(t.oid), t.tgenabled
+from pg_trigger t
+join pg_proc p on p.oid = t.tgfoid
+join pg_namespace pn on pn.oid = p.pronamespace
+where not t.tgisinternal and t.tgrelid = any(%(oids)s)
+order by t.tgname
+"""
+
+POLICIES = """
+select pol.oid, n.nspname, c.relname, c.oid, pol.polname, pol.polcmd, pol.polpermissive,
+       case when pol.polroles = '{0}' then array['public']::text[]
+            else array(select rolname::text from pg_roles where oid = any(pol.polroles) order by rolname) end,
+       pg_get_expr(pol.polqual, pol.polrelid), pg_get_expr(pol.polwithcheck, pol.polrelid)
+from pg_policy pol
+join pg_class c on c.oid = pol.polrelid
+join pg_namespace n on n.oid = c.relnamespace
+order by n.nspname, c.relname, pol.polname
+"""
+
+# What Postgres recorded that an object's expressions use: columns (with their table) and functions.
+# For policies and views this covers sub-queries too, because the whole expression tree is walked.
+DEPENDENCIES = """
+select d.objid, rn.nspname, rc.relname, ra.attname,
+       case when d.refclassid = 'pg_proc'::regclass then d.refobjid::regprocedure::text end
+from pg_depend d
+left join pg_class rc on d.refclassid = 'pg_class'::regclass and rc.oid = d.refobjid
+left join pg_namespace rn on rn.oid = rc.relnamespace
+left join pg_attribute ra on ra.attrelid = rc.oid and ra.attnum = d.refobjsubid and d.refobjsubid > 0
+where d.classid = %(classid)s::regclass and d.objid = any(%(objids)s)
+"""
+
+VIEWS_USING = """
+select distinct vc.oid, vn.nspname, vc.relname, vc.relkind, pg_get_viewdef(vc.oid)
+from pg_depend d
+join pg_rewrite r on d.classid = 'pg_rewrite'::regclass and d.objid = r.oid
+join pg_class vc on vc.oid = r.ev_class
+join pg_namespace vn on vn.oid = vc.relnamespace
+where d.refclassid = 'pg_class'::regclass and d.refobjid = any(%(oids)s)
+  and vc.oid <> d.refobjid and vc.relkind in ('v', 'm')
+"""
+
+VIEW_COLUMN_REFS = """
+select r.ev_class, rn.nspname, rc.relname, ra.attname
+from pg_depend d
+join pg_rewrite r on d.classid = 'pg_rewrite'::regclass and d.objid = r.oid
+join pg_class rc on d.refclassid = 'pg_class'::regclass and rc.oid = d.refobjid
+join pg_namespace rn on rn.oid = rc.relnamespace
+join pg_attribute ra on ra.attrelid = rc.oid and ra.attnum = d.refobjsubid
+where r.ev_class = any(%(oids)s) and d.refobjsubid > 0 and rc.oid <> r.ev_class
+"""
+
+# User functions (not part of an extension) that are a named helper or whose source matches a pattern.
+FUNCTIONS = """
+select p.oid, n.nspname, p.proname, p.oid::regprocedure::text, pg_get_function_identity_arguments(p.oid),
+       pg_get_function_result(p.oid), l.lanname, p.provolatile, p.prosecdef,
+       coalesce(p.proconfig, '{}'::text[]), p.prosrc,
+       case when p.prokind in ('f', 'p') then pg_get_functiondef(p.oid) else '' end
+from pg_proc p
+join pg_namespace n on n.oid = p.pronamespace
+join pg_language l on l.oid = p.prolang
+where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%%'
+  and l.lanname not in ('c', 'internal')
+  and not exists (select 1 from pg_depend e where e.classid = 'pg_proc'::regclass and e.objid = p.oid
+                  and e.deptype = 'e')
+  and ((n.nspname, p.proname) in (select * from unnest(%(helper_schemas)s::text[], %(helper_names)s::text[]))
+       or p.prosrc ~* %(pattern)s)
+order by n.nspname, p.proname, p.oid
+"""
+
+TABLE_GRANTS = """
+select n.nspname || '.' || c.relname, case when a.grantee = 0 then 'PUBLIC' else a.grantee::regrole::text end,
+       a.privilege_type
+from pg_class c join pg_namespace n on n.oid = c.relnamespace, aclexplode(c.relacl) a
+where c.oid = any(%(oids)s)
+order by 1, 2, 3
+"""
+
+# A NULL proacl means the default: EXECUTE for PUBLIC.
+FUNCTION_GRANTS = """
+select p.oid::regprocedure::text, case when a.grantee = 0 then 'PUBLIC' else a.grantee::regrole::text end,
+       a.privilege_type
+from pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+where p.oid = any(%(oids)s)
+order by 1, 2, 3
+"""
+
+ROLES = "select rolname from pg_roles"
+SCHEMAS = "select nspname from pg_namespace"
+SERVER = "select current_database(), current_setting('server_version_num')::int"

@@ -1,0 +1,47 @@
+"""The `pgconverge` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from pgconverge import __version__
+from pgconverge.cli import demo as demo_cmd
+from pgconverge.cli import embedded as embedded_cmd
+from pgconverge.cli import fixture as fixture_cmd
+from pgconverge.cli import inventory as inventory_cmd
+from pgconverge.cli import migrate as migrate_cmd
+
+app = typer.Typer(
+    name="pgconverge",
+    help="Retire a legacy identity table (customers) in favour of a canonical one (profiles) in a live "
+         "PostgreSQL/Supabase database: online, verified and reversible.\n\n"
+         "Start with `pgconverge demo`, then `pgconverge inventory --dsn ...` on your own database. "
+         "Configuration comes from ./pgconverge.toml (all keys optional; defaults are the customers → "
+         "profiles case).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("inventory")(inventory_cmd.inventory)
+app.command("plan")(migrate_cmd.plan)
+app.command("run")(migrate_cmd.run)
+app.command("status")(migrate_cmd.status)
+app.command("demo")(demo_cmd.demo)
+app.add_typer(embedded_cmd.app, name="embedded")
+app.add_typer(fixture_cmd.app, name="fixture")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"pgconverge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def main() -> None:
+    app()

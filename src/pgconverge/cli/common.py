@@ -1,0 +1,58 @@
+"""Options and error handling shared by every command."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from pgconverge import config, connection
+from pgconverge.errors import PgConvergeError
+
+console = Console()
+err_console = Console(stderr=True)
+
+DsnOpt = Annotated[str | None, typer.Option(
+    "--dsn", help="Connection string of the database to work on. Default: $DATABASE_URL, else the embedded "
+                  "Postgres of this project directory (started on demand).", show_default=False)]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="pgconverge.toml to use. Default: ./pgconverge.toml if present, else the built-in "
+                           "defaults (the customers → profiles case).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+
+
+def fail_cleanly(fn: Callable) -> Callable:
+    """Turn PgConvergeError into a readable message (or JSON with --json) and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PgConvergeError as exc:
+            if kwargs.get("as_json"):
+                print(json.dumps(exc.as_dict(), indent=2))
+            else:
+                err_console.print(f"[bold red]error:[/] {escape(exc.problem)}", highlight=False, soft_wrap=True)
+                if exc.fix:
+                    err_console.print(f"[bold]fix:[/] {escape(exc.fix)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def load_spec(path: Path | None) -> config.Spec:
+    return config.load(path)
+
+
+def target(dsn: str | None) -> connection.Target:
+    return connection.resolve(dsn)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,135 @@
+"""`pgconverge plan`, `run` and `status`: show, execute and follow the migration."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from pgconverge.catalog.introspect import load_catalog
+from pgconverge.cli.common import (
+    ConfigOpt, DsnOpt, JsonOpt, console, err_console, fail_cleanly, load_spec, print_json, target,
+)
+from pgconverge.cli.progress import RichProgress
+from pgconverge.connection import connect
+from pgconverge.execution.runner import Runner
+from pgconverge.ledger.store import Ledger
+from pgconverge.operations.base import PHASES
+from pgconverge.planning import plan as planner
+
+PhaseArg = Annotated[str | None, typer.Argument(help=f"One of: {', '.join(PHASES)}. Default: every phase.",
+                                                show_default=False)]
+
+
+def _phase(name: str | None) -> str | None:
+    if name is not None and name not in PHASES:
+        raise typer.BadParameter(f"unknown phase {name!r}; phases are {', '.join(PHASES)}")
+    return name
+
+
+def _plan_for(dsn, config_file):
+    spec = load_spec(config_file)
+    t = target(dsn)
+    with connect(t) as conn:
+        cat = load_catalog(conn, spec)
+    return spec, t, planner.build(spec, cat)
+
+
+@fail_cleanly
+def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
+         sql: Annotated[bool, typer.Option("--sql/--no-sql", help="Show each step's SQL.")] = True) -> None:
+    """Show every step's exact SQL, the lock it takes and what it costs, without changing anything.
+
+    Lock levels are Postgres' own (ACCESS EXCLUSIVE blocks everything, SHARE UPDATE EXCLUSIVE lets
+    reads and writes go on). Cost says how long that lock is held: instant (a catalog change),
+    scans table (reads every row), rows (short batches, one transaction each).
+    """
+    phase = _phase(phase)
+    spec, _, p = _plan_for(dsn, config_file)
+    data = p.as_dict(phase)
+    if as_json:
+        print_json(data)
+        return
+    for s in data["steps"]:
+        lock = s["lock"] + (f" on {s['lock_target']}" if s["lock_target"] else "")
+        tx = "" if s["transactional"] else ", outside a transaction"
+        console.print(f"[bold]{s['id']}[/]  [cyan]{escape(lock)}[/], {s['cost']}{tx}", highlight=False)
+        console.print(f"  {escape(s['description'])}", highlight=False)
+        if sql:
+            for stmt in s["sql"]:
+                console.print(escape("    " + stmt.strip().rstrip(";").replace("\n", "\n    ")) + ";", style="dim",
+                              highlight=False, soft_wrap=True)
+
+
+@fail_cleanly
+def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
+        all_phases: Annotated[bool, typer.Option("--all", help="Run every phase in order.")] = False) -> None:
+    """Execute a phase. Finished steps are skipped, so after a crash the same command resumes.
+
+    One runner at a time: a second one stops with the first one's pid. Every DDL waits at most
+    migration.lock_timeout_ms for its lock and retries with backoff; long work runs in short,
+    checkpointed batches.
+    """
+    phase = _phase(phase)
+    if phase is None and not all_phases:
+        raise typer.BadParameter("name a phase (align, expand, switch, contract) or pass --all")
+    spec, t, p = _plan_for(dsn, config_file)
+    phases = [ph for ph in PHASES if p.phase(ph)] if phase is None else [phase]
+    out = []
+    with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
+                command=f"run {phase or '--all'}") as runner:
+        for ph in phases:
+            for r in runner.run_phase(ph):
+                out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3),
+                            "attempts": r.attempts, "rows": r.rows, **r.detail})
+    if as_json:
+        print_json({"target": t.display, "phases": phases, "steps": out})
+    else:
+        console.print(f"[green]{', '.join(phases)} finished[/] on {t.display}", highlight=False)
+
+
+@fail_cleanly
+def status(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show where the migration stands: each step's state from the ledger, the last error, batch progress."""
+    spec, t, p = _plan_for(dsn, config_file)
+    with connect(t) as conn:
+        ledger = Ledger(conn, spec)
+        states = ledger.step_states() if ledger.exists() else {}
+        events = ledger.events(limit=200) if ledger.exists() else []
+        steps = []
+        for s in p.steps:
+            st = states.get(s.id)
+            row = {"step": s.id, "phase": s.phase, "state": st.state if st else "not started",
+                   "at": st.at.isoformat() if st else None}
+            if s.op.executor == "batched" and st and st.state == "pending":
+                cp = ledger.last_checkpoint_since_fresh_start(s.id)
+                row["rows_done"] = cp[1] if cp else 0
+            steps.append(row)
+    errors = [e for e in events if e["event"] == "error"]
+    phases = {}
+    for ph in PHASES:
+        mine = [s for s in steps if s["phase"] == ph]
+        if mine:
+            done = sum(s["state"] == "done" for s in mine)
+            phases[ph] = "done" if done == len(mine) else ("not started" if not any(
+                s["state"] != "not started" for s in mine) else f"{done}/{len(mine)} steps")
+    data = {"target": t.display, "phases": phases, "steps": steps,
+            "last_error": ({k: errors[-1][k] for k in ("step", "sqlstate", "message")} | {
+                "at": errors[-1]["at"].isoformat()}) if errors else None}
+    if as_json:
+        print_json(data)
+        return
+    table = Table(title=f"pgconverge status — {t.display}", title_justify="left")
+    for c in ("phase", "step", "state", "at"):
+        table.add_column(c)
+    colors = {"done": "green", "pending": "yellow", "reverted": "magenta"}
+    for s in steps:
+        state = s["state"] + (f" ({s['rows_done']:,} rows)" if "rows_done" in s else "")
+        table.add_row(s["phase"], s["step"], f"[{colors.get(s['state'], 'dim')}]{state}[/]", s["at"] or "")
+    console.print(table)
+    if data["last_error"]:
+        e = data["last_error"]
+        console.print(f"[red]last error[/] in {e['step']} at {e['at']}: {escape(e['message'] or '')}",
+                      highlight=False)

@@ -1,0 +1,118 @@
+"""`inventory` on the bundled fixture lists exactly what references the legacy side."""
+
+import json
+import subprocess
+import sys
+
+import psycopg
+from typer.testing import CliRunner
+
+from pgconverge import inventory as inv
+from pgconverge.catalog.introspect import load_catalog
+from pgconverge.cli import app
+from pgconverge.config import Spec
+
+FIXTURE_POLICIES = {
+    ("public.customers", "customers_self_select"),
+    ("public.carts", "carts_owner"),
+    ("public.cart_items", "cart_items_owner"),
+    ("public.orders", "orders_owner_select"),
+    ("public.orders", "orders_owner_insert"),
+    ("public.order_items", "order_items_owner"),
+    ("public.order_items", "order_items_owner_insert"),
+    ("public.order_events", "order_events_owner"),
+    ("public.sessions", "sessions_access"),
+}
+
+
+def run_inventory(dsn: str) -> dict:
+    result = CliRunner().invoke(app, ["inventory", "--json", "--dsn", dsn])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_fixture_inventory_is_exact(fixture_db):
+    data = run_inventory(fixture_db)
+    fks = {f["table"]: f for f in data["foreign_keys"]}
+    assert set(fks) == {"public.carts", "public.orders", "public.sessions"}
+    assert (fks["public.carts"]["column"], fks["public.carts"]["nullable"], fks["public.carts"]["on_delete"]) == \
+        ("customer_id", False, "CASCADE")
+    for t in ("public.orders", "public.sessions"):
+        assert (fks[t]["column"], fks[t]["nullable"], fks[t]["on_delete"]) == ("customer_id", True, "SET NULL")
+    assert all(f["references"] == "public.customers(id)" and f["column_type"] == "bigint" for f in fks.values())
+
+    assert [i["name"] for i in fks["public.carts"]["indexes"]] == ["public.idx_carts_customer_status"]
+    assert fks["public.carts"]["indexes"][0]["columns"] == ["customer_id", "status"]
+    assert [i["name"] for i in fks["public.sessions"]["indexes"]] == ["public.idx_sessions_customer"]
+    assert fks["public.sessions"]["indexes"][0]["predicate"] == "(customer_id IS NOT NULL)"
+    assert fks["public.orders"]["indexes"] == []
+    assert any("public.orders.customer_id has no index" in w for w in data["warnings"])
+
+    assert {(p["table"], p["name"]) for p in data["policies"]} == FIXTURE_POLICIES
+    by_name = {p["name"]: p for p in data["policies"]}
+    reasons = {(r["kind"], r["name"], r.get("via")) for r in by_name["cart_items_owner"]["reasons"]}
+    assert ("legacy foreign key column", "public.carts.customer_id", "sub-query") in reasons
+    assert ("legacy helper", "public.auth_customer_id()", None) in reasons
+    reasons = {(r["kind"], r["name"], r.get("via")) for r in by_name["carts_owner"]["reasons"]}
+    assert ("legacy foreign key column", "public.carts.customer_id", "direct") in reasons
+    assert any(r.get("via") == "sub-query" for r in by_name["order_events_owner"]["reasons"])
+    assert by_name["sessions_access"]["roles"] == ["authenticated"]
+    assert "device_id" in by_name["sessions_access"]["using"]  # the non-customer branch is shown as written
+
+    assert [(f["signature"], f["role"]) for f in data["functions"]] == [("public.auth_customer_id()", "legacy helper")]
+    assert data["views"] == []
+
+    rls = {r["table"]: r for r in data["rls"]}
+    assert rls["public.customers"]["role"] == "legacy" and rls["public.customers"]["enabled"]
+    assert rls["public.cart_items"]["role"] == "reaches a dependent through a policy"
+    assert all(r["enabled"] for r in rls.values())
+    grants = {(g["object"], g["grantee"]) for g in data["grants"]}
+    assert ("public.customers", "anon") in grants and ("public.carts", "authenticated") in grants
+    assert ("public.auth_customer_id()", "authenticated") in grants
+
+
+def test_inventory_finds_views_functions_and_triggers_that_mention_legacy_names(conn, fixture_db):
+    conn.execute("""
+        create view public.customer_order_counts as
+          select c.id, count(o.id) as orders from public.customers c left join public.orders o on o.customer_id = c.id
+          group by c.id;
+        create function public.cart_owner_ok(p_cart bigint) returns boolean language plpgsql stable as $$
+        begin
+          -- customers are never read here: this comment must not count
+          return exists (select 1 from public.carts where id = p_cart and customer_id = public.auth_customer_id());
+        end $$;
+        create function public.describe() returns text language sql as $$ select 'customers list'::text $$;
+        create policy cart_items_via_fn on public.cart_items for update to authenticated
+          using (public.cart_owner_ok(cart_id));
+        create function public.orders_touch() returns trigger language plpgsql as $$
+          begin new.status := new.status; return new; end $$;
+        create trigger orders_owner_changed before update of customer_id on public.orders
+          for each row execute function public.orders_touch();
+    """)
+    data = inv.build(Spec(), load_catalog(conn, Spec()))
+    assert [v["name"] for v in data["views"]] == ["public.customer_order_counts"]
+    assert "public.orders.customer_id" in data["views"][0]["columns"]
+    fns = {f["signature"]: f for f in data["functions"]}
+    assert set(fns) == {"public.auth_customer_id()", "public.cart_owner_ok(bigint)"}  # not describe(): prose
+    assert {m["name"] for m in fns["public.cart_owner_ok(bigint)"]["mentions"]} == {"auth_customer_id", "customer_id"}
+    pol = next(p for p in data["policies"] if p["name"] == "cart_items_via_fn")
+    assert pol["reasons"][0] == {"kind": "function mentioning legacy names", "name": "public.cart_owner_ok(bigint)"}
+    trg = [t for t in data["triggers"] if t["name"] == "orders_owner_changed"]
+    assert trg and "its definition names a legacy column" in trg[0]["reasons"]
+
+
+def test_inventory_changes_nothing(conn, fixture_db):
+    def snapshot():
+        return conn.execute("""select md5(string_agg(x, ',' order by x)) from (
+            select format('%s.%s', n.nspname, c.relname) x from pg_class c join pg_namespace n on n.oid = c.relnamespace
+            union all select polname from pg_policy union all select proname from pg_proc) s""").fetchone()[0]
+    before = snapshot()
+    run_inventory(fixture_db)
+    assert snapshot() == before
+
+
+def test_console_script_prints_tables(fixture_db):
+    out = subprocess.run([sys.executable, "-m", "pgconverge", "inventory", "--dsn", fixture_db],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "idx_carts_customer_status" in out.stdout and "cart_items_owner" in out.stdout
