@@ -1,0 +1,1 @@
+"""Everything that touches a connection while migrating: sessions, retries, the runner."""

@@ -1,0 +1,23 @@
+"""Who holds or waits for a lock: named in errors so the user knows what to end."""
+
+from __future__ import annotations
+
+import psycopg
+
+
+def describe_blockers(conn: psycopg.Connection, relation: str) -> str:
+    """Name the sessions holding locks on RELATION (a qualified table name), other than ours."""
+    if not relation:
+        return ""
+    rows = conn.execute(
+        "select a.pid, a.application_name, a.state, l.mode, "
+        "       extract(epoch from clock_timestamp() - a.xact_start)::int, left(a.query, 120) "
+        "from pg_locks l join pg_stat_activity a on a.pid = l.pid "
+        "where l.locktype = 'relation' and l.relation = to_regclass(%s) and l.granted "
+        "  and a.pid <> pg_backend_pid() and a.application_name not like 'pgconverge%%' "
+        "order by a.xact_start limit 5", (relation,)).fetchall()
+    if not rows:
+        return "No session holds a lock on it now; the blocker has finished."
+    parts = [f"pid {pid} ({app or 'no application_name'}, {state}, {mode}, transaction open {age}s: {query!r})"
+             for pid, app, state, mode, age, query in rows]
+    return "Held by: " + "; ".join(parts) + "."

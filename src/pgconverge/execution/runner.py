@@ -1,0 +1,291 @@
+"""The runner: one at a time, step by step, every attempt written to the ledger, resumable."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import psycopg
+from psycopg import sql
+
+from pgconverge.config import Spec
+from pgconverge.connection import Target, connect
+from pgconverge.errors import PgConvergeError
+from pgconverge.execution import retry, session
+from pgconverge.execution.locks import describe_blockers
+from pgconverge.ledger.store import Ledger
+from pgconverge.operations.base import PHASES, Plan, Step
+from pgconverge.operations.batched import Batched
+from pgconverge.operations.check import Check
+from pgconverge.operations.create_index import CreateIndexConcurrently
+
+LOCK_NAMESPACE = "pgconverge:"
+
+
+class RunnerBusy(PgConvergeError):
+    """Another runner holds the migration lock."""
+
+
+class StepFailed(PgConvergeError):
+    """A step failed; the ledger has the details."""
+
+
+class GateFailed(PgConvergeError):
+    """A gate found problems; nothing after it ran."""
+
+
+class PlanMismatch(PgConvergeError):
+    """The ledger says a step ran with different SQL than the plan now has."""
+
+
+class Progress(Protocol):
+    def step_started(self, step: Step) -> None: ...
+    def step_finished(self, step: Step, status: str, seconds: float) -> None: ...
+    def batch(self, step: Step, rows_done: int, total: int, rows_per_s: float) -> None: ...
+
+
+class NullProgress:
+    def step_started(self, step: Step) -> None:
+        pass
+
+    def step_finished(self, step: Step, status: str, seconds: float) -> None:
+        pass
+
+    def batch(self, step: Step, rows_done: int, total: int, rows_per_s: float) -> None:
+        pass
+
+
+@dataclass
+class StepResult:
+    step: str
+    status: str  # done, skipped
+    seconds: float
+    attempts: int = 1
+    rows: int | None = None
+    detail: dict = field(default_factory=dict)
+
+
+class Runner:
+    """Executes plan steps against one database. Use as a context manager."""
+
+    def __init__(self, target: Target, spec: Spec, plan: Plan, *, progress: Progress | None = None,
+                 command: str = "run"):
+        self.target, self.spec, self.plan = target, spec, plan
+        self.progress = progress or NullProgress()
+        self.command = command
+        self.policy = retry.RetryPolicy(attempts=max(1, spec.migration.lock_retries))
+        self.lock_timeout_ms = spec.migration.lock_timeout_ms
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def __enter__(self) -> Runner:
+        # The control connection holds the advisory lock for the runner's whole life and writes
+        # ledger events outside the work transactions, so failures are recorded even when rolled back.
+        self.control = connect(self.target, application_name="pgconverge:control")
+        try:
+            self._lock()
+            roles = {r for (r,) in self.control.execute("select rolname from pg_roles").fetchall()}
+            self.ledger = Ledger(self.control, self.spec)
+            self.ledger.ensure(roles)
+            self.run_id = self.ledger.start_run(self.command)
+            self.work = connect(self.target, application_name="pgconverge")
+            session.configure(self.work, "pgconverge")
+        except BaseException:
+            self.control.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for c in (getattr(self, "work", None), self.control):
+            if c is not None and not c.closed:
+                c.close()
+
+    def _lock_key(self) -> sql.Composable:
+        return sql.SQL("pg_catalog.hashtextextended({}, 0)").format(
+            sql.Literal(LOCK_NAMESPACE + self.spec.migration.private_schema))
+
+    def _lock(self) -> None:
+        got = self.control.execute(sql.SQL("select pg_try_advisory_lock({})").format(self._lock_key())).fetchone()[0]
+        if got:
+            return
+        holder = self.control.execute(sql.SQL(
+            "select a.pid, a.application_name, coalesce(a.client_addr::text, 'local'), a.backend_start "
+            "from pg_locks l join pg_stat_activity a on a.pid = l.pid "
+            "where l.locktype = 'advisory' and l.granted and l.objsubid = 1 "
+            "and ((l.classid::bigint << 32) | l.objid::bigint) = {}").format(self._lock_key())).fetchone()
+        who = (f"pid {holder[0]} ({holder[1]}, from {holder[2]}, connected since {holder[3]:%Y-%m-%d %H:%M:%S})"
+               if holder else "another session")
+        raise RunnerBusy(
+            f"another pgconverge runner is working on this database: {who} holds the migration lock",
+            fix="wait for it to finish (`pgconverge status` shows its progress); if that process is gone, "
+                "its lock went with its connection, so simply run again")
+
+    # -- plan vs ledger -----------------------------------------------------------------------
+
+    def check_ledger(self, phase: str) -> None:
+        states = self.ledger.step_states()
+        for step in self.plan.steps:
+            st = states.get(step.id)
+            if st and st.state == "done" and st.fingerprint and st.fingerprint != step.op.fingerprint():
+                raise PlanMismatch(
+                    f"step {step.id} already ran with different SQL than the plan now has "
+                    f"(ledger {st.fingerprint}, plan {step.op.fingerprint()}): the configuration or the schema "
+                    "changed since that run",
+                    fix="restore the pgconverge.toml used for that run (`pgconverge status --json` shows it), or "
+                        f"roll back before {step.phase} with `pgconverge rollback --to {step.phase}` and run again")
+        idx = PHASES.index(phase)
+        for earlier in PHASES[:idx]:
+            pending = [s.id for s in self.plan.phase(earlier) if states.get(s.id) is None
+                       or states[s.id].state != "done"]
+            if pending:
+                raise PgConvergeError(f"phase {phase} needs {earlier} finished first; not done: {', '.join(pending)}",
+                                      fix=f"run `pgconverge run {earlier}` first")
+
+    # -- execution ----------------------------------------------------------------------------
+
+    def run_phase(self, phase: str) -> list[StepResult]:
+        self.check_ledger(phase)
+        states = self.ledger.step_states()
+        results = []
+        for step in self.plan.phase(phase):
+            st = states.get(step.id)
+            if st and st.state == "done":
+                results.append(StepResult(step.id, "skipped", 0.0))
+                self.progress.step_finished(step, "skipped", 0.0)
+                continue
+            results.append(self.run_step(step, resuming=bool(st and st.state == "pending")))
+        return results
+
+    def run_step(self, step: Step, *, resuming: bool = False) -> StepResult:
+        self.progress.step_started(step)
+        started = time.monotonic()
+        self.ledger.event(self.run_id, step.phase, step.id, "start", fingerprint=step.op.fingerprint(),
+                          detail={"fresh": not resuming, "lock": str(step.op.lock), "cost": str(step.op.cost)})
+        session.configure(self.work, f"pgconverge:{step.id}")
+        executor = {"sql": self._run_sql, "index": self._run_index, "batched": self._run_batched,
+                    "check": self._run_check}[step.op.executor]
+        try:
+            result = executor(step, resuming)
+        except (retry.RetriesExhausted, psycopg.Error) as exc:
+            last = exc.last if isinstance(exc, retry.RetriesExhausted) else exc
+            state = getattr(last, "sqlstate", None)
+            self.ledger.event(self.run_id, step.phase, step.id, "error", sqlstate=state, message=str(last).strip(),
+                              duration_ms=(time.monotonic() - started) * 1000)
+            raise self._failure(step, exc, last) from exc
+        result.seconds = time.monotonic() - started
+        self.progress.step_finished(step, "done", result.seconds)
+        return result
+
+    def _failure(self, step: Step, exc: Exception, last: psycopg.Error) -> StepFailed:
+        if isinstance(exc, retry.RetriesExhausted):
+            blockers = describe_blockers(self.control, step.op.lock_target)
+            return StepFailed(
+                f"step {step.id} could not get its {step.op.lock} lock on {step.op.lock_target or 'its objects'} "
+                f"within {self.lock_timeout_ms} ms in {exc.attempts} attempts; nothing was changed by this step. "
+                f"{blockers}",
+                fix="let the blocking transaction finish (or end it), then run the same command again; "
+                    "raise migration.lock_retries to wait longer")
+        return StepFailed(f"step {step.id} failed: {str(last).strip()} (SQLSTATE {last.sqlstate})",
+                          fix="see `pgconverge status` for the ledger entry; fix the cause and run again — "
+                              "finished steps are not repeated")
+
+    def _on_retry(self, step: Step):
+        def note(attempt: int, exc: psycopg.Error, pause: float) -> None:
+            self.ledger.event(self.run_id, step.phase, step.id, "retry", attempt=attempt, sqlstate=exc.sqlstate,
+                              message=str(exc).strip(), detail={"pause_s": round(pause, 3)})
+        return note
+
+    def _run_sql(self, step: Step, resuming: bool) -> StepResult:
+        statements = step.op.statements()
+        texts = step.op.sql_text()
+
+        def attempt(n: int) -> int:
+            if not step.op.transactional:
+                session.set_outside_transaction(self.work, lock_timeout_ms=self.lock_timeout_ms,
+                                                statement_timeout_ms=0)
+                for s in statements:
+                    self.work.execute(s)
+                self._done(step, n, texts)
+                return n
+            with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms):
+                for s in statements:
+                    self.work.execute(s)
+                # Same transaction: the step and its "done" record commit together or not at all.
+                self._done(step, n, texts, conn=self.work)
+            return n
+
+        n = retry.run(attempt, self.policy, self._on_retry(step))
+        return StepResult(step.id, "done", 0.0, attempts=n)
+
+    def _done(self, step: Step, attempt: int, texts: list[str], conn=None, **detail) -> None:
+        self.ledger.event(self.run_id, step.phase, step.id, "done", conn=conn, attempt=attempt,
+                          sql=";\n".join(texts), fingerprint=step.op.fingerprint(), detail=detail or None)
+
+    def _run_index(self, step: Step, resuming: bool) -> StepResult:
+        op: CreateIndexConcurrently = step.op  # type: ignore[assignment]
+        if self.work.execute(op.probe()).fetchone()[0]:
+            self._done(step, 1, op.sql_text(), note="index already present and valid")
+            return StepResult(step.id, "done", 0.0)
+        if self.work.execute(op.invalid_probe()).fetchone()[0]:
+            # An interrupted CONCURRENTLY build leaves an invalid index that IF NOT EXISTS would keep.
+            drop = op.reverse()
+            self.ledger.event(self.run_id, step.phase, step.id, "note",
+                              message=f"dropping invalid index {op.name} left by an interrupted build")
+            retry.run(lambda n: self._plain(drop.statements()), self.policy, self._on_retry(step))
+        return self._run_sql(step, resuming)
+
+    def _plain(self, statements) -> None:
+        session.set_outside_transaction(self.work, lock_timeout_ms=self.lock_timeout_ms, statement_timeout_ms=0)
+        for s in statements:
+            self.work.execute(s)
+
+    def _run_check(self, step: Step, resuming: bool) -> StepResult:
+        op: Check = step.op  # type: ignore[assignment]
+        with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms,
+                                 statement_timeout_ms=session.BATCH_STATEMENT_TIMEOUT_MS):
+            rows = self.work.execute(op.query).fetchall()
+        if rows:
+            listed = "; ".join(f"{a} ({b})" if b is not None else str(a) for a, b in rows[:20])
+            more = f" and more" if len(rows) > 20 else ""
+            self.ledger.event(self.run_id, step.phase, step.id, "error", message=f"{op.failure}: {listed}{more}",
+                              detail={"problems": [list(map(str, r)) for r in rows]})
+            raise GateFailed(f"gate {op.name} failed in {step.id}: {op.failure}: {listed}{more}", fix=op.fix)
+        self._done(step, 1, op.sql_text())
+        return StepResult(step.id, "done", 0.0)
+
+    def _run_batched(self, step: Step, resuming: bool) -> StepResult:
+        op: Batched = step.op  # type: ignore[assignment]
+        after, rows_done = None, 0
+        if resuming:
+            cp = self.ledger.last_checkpoint_since_fresh_start(step.id)
+            if cp:
+                after, rows_done = cp
+        total = self.work.execute(op.total_estimate()).fetchone()[0]
+        started, resumed_from = time.monotonic(), rows_done
+        batches = 0
+        while True:
+            params = {"after": after, "n": op.batch_size}
+
+            def attempt(n: int):
+                t0 = time.monotonic()
+                with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms,
+                                         statement_timeout_ms=session.BATCH_STATEMENT_TIMEOUT_MS):
+                    scanned, last, changed = self.work.execute(op.batch, params).fetchone()
+                    if scanned:
+                        self.ledger.checkpoint(self.run_id, step.id, last, rows_done + scanned, scanned,
+                                               (time.monotonic() - t0) * 1000, conn=self.work)
+                return scanned, last, changed
+
+            scanned, last, changed = retry.run(attempt, self.policy, self._on_retry(step))
+            if not scanned:
+                break
+            batches += 1
+            after, rows_done = last, rows_done + scanned
+            elapsed = time.monotonic() - started
+            self.progress.batch(step, rows_done, max(total, rows_done),
+                                (rows_done - resumed_from) / elapsed if elapsed else 0.0)
+            if self.spec.migration.batch_pause_ms:
+                time.sleep(self.spec.migration.batch_pause_ms / 1000)
+        self._done(step, 1, op.sql_text(), rows=rows_done, batches=batches, resumed_from=resumed_from)
+        return StepResult(step.id, "done", 0.0, rows=rows_done, detail={"resumed_from": resumed_from})

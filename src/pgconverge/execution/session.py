@@ -1,0 +1,35 @@
+"""Session settings for the work connection, in one place."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+
+DDL_STATEMENT_TIMEOUT_MS = 30_000
+BATCH_STATEMENT_TIMEOUT_MS = 120_000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+
+
+def configure(conn: psycopg.Connection, application_name: str) -> None:
+    """Settings that hold for the whole session."""
+    conn.execute("select set_config('application_name', %s, false), "
+                 "set_config('idle_in_transaction_session_timeout', %s, false)",
+                 (application_name[:63], str(IDLE_IN_TRANSACTION_TIMEOUT_MS)))
+
+
+@contextmanager
+def transaction(conn: psycopg.Connection, *, lock_timeout_ms: int,
+                statement_timeout_ms: int = DDL_STATEMENT_TIMEOUT_MS) -> Iterator[psycopg.Connection]:
+    """A transaction whose lock waits are short: a DDL waiting for its lock blocks every writer queued behind it."""
+    with conn.transaction():
+        conn.execute("select set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                     (f"{lock_timeout_ms}ms", f"{statement_timeout_ms}ms"))
+        yield conn
+
+
+def set_outside_transaction(conn: psycopg.Connection, *, lock_timeout_ms: int, statement_timeout_ms: int) -> None:
+    """For statements that cannot run in a transaction block (CONCURRENTLY)."""
+    conn.execute("select set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+                 (f"{lock_timeout_ms}ms", f"{statement_timeout_ms}ms"))

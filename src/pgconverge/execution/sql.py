@@ -1,0 +1,36 @@
+"""SQL composition helpers: identifiers always go through psycopg.sql."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from pgconverge.config import QualifiedName
+
+
+def qn(name: QualifiedName) -> sql.Identifier:
+    """Quote a schema-qualified name."""
+    return sql.Identifier(name.schema, name.name)
+
+
+def ident(name: str) -> sql.Identifier:
+    return sql.Identifier(name)
+
+
+def text(stmt: sql.Composable) -> str:
+    """Render a statement without a connection (for plans, the ledger and emitted files)."""
+    return stmt.as_string(None)
+
+
+def join(parts, sep: str = ", ") -> sql.Composed:
+    return sql.SQL(sep).join(parts)
+
+
+def body(stmt: sql.Composable) -> sql.SQL:
+    """A function body built with identifiers, dollar-quoted as CREATE FUNCTION takes it."""
+    code = text(stmt)
+    tag = "$pgc$"
+    n = 0
+    while tag in code:  # pick a tag the body does not contain
+        n += 1
+        tag = f"$pgc{n}$"
+    return sql.SQL(tag + code + tag)

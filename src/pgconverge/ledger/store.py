@@ -1,0 +1,131 @@
+"""Reading and appending ledger rows. Nothing here updates or deletes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from pgconverge.config import Spec
+from pgconverge.ledger import schema
+
+
+@dataclass(frozen=True)
+class StepState:
+    step: str
+    state: str  # "done", "reverted" or "pending" (started or failed, never finished)
+    fingerprint: str | None
+    at: Any
+
+
+class Ledger:
+    """Append-only access to the ledger tables of one private schema."""
+
+    def __init__(self, conn: psycopg.Connection, spec: Spec):
+        self.conn, self.spec = conn, spec
+        self.schema = spec.migration.private_schema
+
+    def t(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name)
+
+    def exists(self) -> bool:
+        row = self.conn.execute("select to_regclass(%s) is not null",
+                                (f'"{self.schema.replace(chr(34), 2 * chr(34))}".events',)).fetchone()
+        return bool(row and row[0])
+
+    def ensure(self, roles: frozenset[str] | set[str]) -> None:
+        with self.conn.transaction():
+            for stmt in schema.statements(self.spec, roles):
+                self.conn.execute(stmt)
+
+    def start_run(self, command: str) -> int:
+        client = f"{socket.gethostname()}:{os.getpid()}"
+        row = self.conn.execute(
+            sql.SQL("insert into {} (command, client, spec) values (%s, %s, %s) returning id").format(self.t("runs")),
+            (command, client, Jsonb(self.spec.as_dict()))).fetchone()
+        return row[0]
+
+    def event(self, run_id: int, phase: str, step: str, event: str, *, conn: psycopg.Connection | None = None,
+              **fields: Any) -> None:
+        cols = ["run_id", "phase", "step", "event", *fields]
+        vals = [run_id, phase, step, event, *(Jsonb(v) if k == "detail" else v for k, v in fields.items())]
+        (conn or self.conn).execute(
+            sql.SQL("insert into {} ({}) values ({})").format(
+                self.t("events"), sql.SQL(", ").join(map(sql.Identifier, cols)),
+                sql.SQL(", ").join(sql.Placeholder() * len(vals))), vals)
+
+    def step_states(self) -> dict[str, StepState]:
+        """The latest of done/reverted per step; a step that only started counts as pending."""
+        rows = self.conn.execute(sql.SQL(
+            "select distinct on (step) step, event, fingerprint, at from {} "
+            "where event in ('start', 'done', 'reverted') order by step, id desc").format(self.t("events"))).fetchall()
+        out = {}
+        for step, event, fp, at in rows:
+            out[step] = StepState(step, event if event != "start" else "pending", fp, at)
+        return out
+
+    def checkpoint(self, run_id: int, step: str, position: Any, rows_done: int, batch_rows: int, batch_ms: float,
+                   *, conn: psycopg.Connection | None = None) -> None:
+        (conn or self.conn).execute(
+            sql.SQL("insert into {} (run_id, step, position, rows_done, batch_rows, batch_ms) "
+                    "values (%s, %s, %s, %s, %s, %s)").format(self.t("checkpoints")),
+            (run_id, step, Jsonb(position), rows_done, batch_rows, batch_ms))
+
+    def last_checkpoint(self, step: str, since_id: int = 0) -> tuple[Any, int] | None:
+        row = self.conn.execute(sql.SQL(
+            "select position, rows_done from {} where step = %s and id > %s order by id desc limit 1").format(
+            self.t("checkpoints")), (step, since_id)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def last_checkpoint_since_fresh_start(self, step: str) -> tuple[Any, int] | None:
+        """Where a resumed batched step continues: its last checkpoint since it last started from scratch."""
+        row = self.conn.execute(sql.SQL(
+            "select c.position, c.rows_done from {c} c where c.step = %(s)s and c.at >= coalesce("
+            "(select max(e.at) from {e} e where e.step = %(s)s and e.event = 'start' "
+            "and (e.detail ->> 'fresh')::boolean), '-infinity') order by c.id desc limit 1").format(
+            c=self.t("checkpoints"), e=self.t("events")), {"s": step}).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def checkpoints(self, step: str) -> list[tuple]:
+        return self.conn.execute(sql.SQL(
+            "select id, run_id, position, rows_done, batch_rows, batch_ms, at from {} where step = %s "
+            "order by id").format(self.t("checkpoints")), (step,)).fetchall()
+
+    def snapshot(self, run_id: int | None, name: str, data: Any, *, conn: psycopg.Connection | None = None) -> None:
+        (conn or self.conn).execute(
+            sql.SQL("insert into {} (run_id, name, data) values (%s, %s, %s)").format(self.t("snapshots")),
+            (run_id, name, Jsonb(data)))
+
+    def latest_snapshot(self, name: str) -> Any | None:
+        row = self.conn.execute(sql.SQL("select data from {} where name = %s order by id desc limit 1").format(
+            self.t("snapshots")), (name,)).fetchone()
+        return row[0] if row else None
+
+    def save_definition(self, run_id: int, step: str, kind: str, name: str, definition: str, *,
+                        conn: psycopg.Connection | None = None) -> None:
+        (conn or self.conn).execute(
+            sql.SQL("insert into {} (run_id, step, kind, name, definition) values (%s, %s, %s, %s, %s)").format(
+                self.t("saved_definitions")), (run_id, step, kind, name, definition))
+
+    def saved_definitions(self, step: str) -> list[tuple[str, str, str]]:
+        return self.conn.execute(sql.SQL(
+            "select distinct on (kind, name) kind, name, definition from {} where step = %s "
+            "order by kind, name, id").format(self.t("saved_definitions")), (step,)).fetchall()
+
+    def events(self, limit: int | None = None) -> list[dict]:
+        q = sql.SQL("select id, run_id, phase, step, event, attempt, sql, sqlstate, message, duration_ms, detail, at "
+                    "from {} order by id").format(self.t("events"))
+        cur = self.conn.execute(q)
+        names = [d.name for d in cur.description]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        return rows[-limit:] if limit else rows
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, default=str, sort_keys=True)

@@ -1,0 +1,121 @@
+"""Operation: a migration step as data. It renders its SQL, knows its reverse, and declares its lock."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import ClassVar
+
+from psycopg import sql
+
+from pgconverge.execution.sql import text
+
+
+class Lock(StrEnum):
+    """The strongest table lock a step takes, in Postgres' own names."""
+
+    NONE = "none"
+    ACCESS_SHARE = "ACCESS SHARE"
+    ROW_EXCLUSIVE = "ROW EXCLUSIVE"
+    SHARE_UPDATE_EXCLUSIVE = "SHARE UPDATE EXCLUSIVE"
+    SHARE = "SHARE"
+    SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
+    ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
+
+
+class Cost(StrEnum):
+    """How long a step holds its lock: a catalog change, a full read, or work per row."""
+
+    INSTANT = "instant"
+    SCANS = "scans table"
+    ROWS = "rows"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """Base of all operations. Subclasses are frozen dataclasses and pure (no connection)."""
+
+    # Which execution routine runs it; "sql" sends statements() in order.
+    executor: ClassVar[str] = "sql"
+
+    @property
+    def description(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def lock(self) -> Lock:
+        return Lock.ACCESS_EXCLUSIVE
+
+    @property
+    def lock_target(self) -> str:
+        return ""
+
+    @property
+    def cost(self) -> Cost:
+        return Cost.INSTANT
+
+    @property
+    def transactional(self) -> bool:
+        return True
+
+    def statements(self) -> list[sql.Composable]:
+        raise NotImplementedError
+
+    def probe(self) -> sql.Composable | None:
+        """A query returning one boolean: true when the effect is already in place (resume after a crash)."""
+        return None
+
+    def reverse(self) -> Operation | None:
+        """The operation that undoes this one, or None when there is nothing to undo."""
+        return None
+
+    def sql_text(self) -> list[str]:
+        return [text(s) for s in self.statements()]
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(type(self).__name__.encode())
+        for s in self.sql_text():
+            h.update(b"\0" + s.encode())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One operation placed in a phase, with a stable id the ledger keys on."""
+
+    id: str
+    phase: str
+    op: Operation
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "phase": self.phase,
+            "operation": type(self.op).__name__,
+            "description": self.op.description,
+            "lock": str(self.op.lock),
+            "lock_target": self.op.lock_target,
+            "cost": str(self.op.cost),
+            "transactional": self.op.transactional,
+            "sql": self.op.sql_text(),
+            "reverse": type(self.op.reverse()).__name__ if self.op.reverse() else None,
+            "fingerprint": self.op.fingerprint(),
+        }
+
+
+PHASES = ("align", "expand", "switch", "contract")
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+
+    def phase(self, name: str) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.phase == name)
+
+    def as_dict(self, phase: str | None = None) -> dict:
+        steps = self.phase(phase) if phase else self.steps
+        return {"phases": [p for p in PHASES if any(s.phase == p for s in steps)],
+                "steps": [s.as_dict() for s in steps]}

@@ -1,0 +1,70 @@
+"""Work done in keyset batches, each its own short transaction, checkpointed in the ledger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from psycopg import sql
+
+from pgconverge.config import QualifiedName
+from pgconverge.execution.sql import qn
+from pgconverge.operations.base import Cost, Lock, Operation
+
+
+@dataclass(frozen=True)
+class Batched(Operation):
+    """Apply a per-row expression to a table in key order, BATCH rows per transaction.
+
+    `batch` is a statement taking %(after)s (the last key done, NULL at the start) and %(n)s,
+    returning one row: (rows scanned, last key, rows changed). An empty batch ends the work.
+    """
+
+    table: QualifiedName
+    key: str
+    key_type: str
+    batch: sql.Composable
+    batch_size: int
+    what: str
+    row_lock: Lock = Lock.ROW_EXCLUSIVE
+
+    executor: ClassVar[str] = "batched"
+
+    @property
+    def description(self) -> str:
+        return f"{self.what} ({self.batch_size} rows per transaction, resumable)"
+
+    @property
+    def lock(self) -> Lock:
+        return self.row_lock
+
+    @property
+    def lock_target(self) -> str:
+        return str(self.table)
+
+    @property
+    def cost(self) -> Cost:
+        return Cost.ROWS
+
+    @property
+    def transactional(self) -> bool:
+        return False  # many short transactions, not one
+
+    def statements(self) -> list[sql.Composable]:
+        return [self.batch]
+
+    def total_estimate(self) -> sql.Composable:
+        return sql.SQL("select greatest(reltuples, 0)::bigint from pg_catalog.pg_class where oid = {}::regclass"
+                       ).format(sql.Literal(str(self.table)))
+
+
+def keyset_batch(table: QualifiedName, key: str, key_type: str, per_row: sql.Composable,
+                 alias: str = "r") -> sql.Composed:
+    """SELECT applying PER_ROW (an expression over alias r) to the next batch of rows in key order."""
+    k = sql.Identifier(key)
+    a = sql.Identifier(alias)
+    return sql.SQL(
+        "select count(*), max(b.k), count(b.v) from ("
+        "select {a}.{k} as k, {per_row} as v from {t} as {a} "
+        "where %(after)s::{ty} is null or {a}.{k} > %(after)s::{ty} order by {a}.{k} limit %(n)s) as b"
+    ).format(a=a, k=k, per_row=per_row, t=qn(table), ty=sql.SQL(key_type))

@@ -1,0 +1,31 @@
+"""A gate: a read-only query whose rows are the problems; no rows means pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from psycopg import sql
+
+from pgconverge.operations.base import Lock, Operation
+
+
+@dataclass(frozen=True)
+class Check(Operation):
+    name: str
+    query: sql.Composable  # returns one row per problem: (what, detail)
+    failure: str  # what it means when rows come back
+    fix: str
+
+    executor: ClassVar[str] = "check"
+
+    @property
+    def description(self) -> str:
+        return f"gate: {self.name}"
+
+    @property
+    def lock(self) -> Lock:
+        return Lock.ACCESS_SHARE
+
+    def statements(self) -> list[sql.Composable]:
+        return [self.query]

@@ -1,0 +1,49 @@
+"""Create a table (private bookkeeping tables only); its reverse drops it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from pgconverge.config import QualifiedName
+from pgconverge.execution.sql import qn
+from pgconverge.operations.base import Lock, Operation
+
+
+@dataclass(frozen=True)
+class CreateTable(Operation):
+    name: QualifiedName
+    body: sql.Composable  # the parenthesised column and constraint list
+    why: str = ""
+    extra: tuple[sql.Composable, ...] = ()  # indexes etc. created in the same transaction
+
+    @property
+    def description(self) -> str:
+        return f"create table {self.name}" + (f": {self.why}" if self.why else "")
+
+    @property
+    def lock(self) -> Lock:
+        return Lock.NONE
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("create table if not exists {} {}").format(qn(self.name), self.body), *self.extra]
+
+    def reverse(self) -> Operation:
+        return DropTable(self.name)
+
+
+@dataclass(frozen=True)
+class DropTable(Operation):
+    name: QualifiedName
+
+    @property
+    def description(self) -> str:
+        return f"drop table {self.name}"
+
+    @property
+    def lock_target(self) -> str:
+        return str(self.name)
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("drop table if exists {}").format(qn(self.name))]

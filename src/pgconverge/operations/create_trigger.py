@@ -1,0 +1,60 @@
+"""Attach a row trigger; its reverse drops it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from pgconverge.config import QualifiedName
+from pgconverge.execution.sql import qn
+from pgconverge.operations.base import Lock, Operation
+
+
+@dataclass(frozen=True)
+class CreateTrigger(Operation):
+    name: str
+    table: QualifiedName
+    timing_events: sql.Composable  # e.g. "after insert or update of wa_id"
+    function: QualifiedName
+    why: str = ""
+
+    @property
+    def description(self) -> str:
+        return f"create trigger {self.name} on {self.table}" + (f": {self.why}" if self.why else "")
+
+    @property
+    def lock(self) -> Lock:
+        # SHARE ROW EXCLUSIVE waits for in-flight writers, so no row slips in between "before" and "after".
+        return Lock.SHARE_ROW_EXCLUSIVE
+
+    @property
+    def lock_target(self) -> str:
+        return str(self.table)
+
+    def statements(self) -> list[sql.Composable]:
+        return [
+            sql.SQL("drop trigger if exists {n} on {t}").format(n=sql.Identifier(self.name), t=qn(self.table)),
+            sql.SQL("create trigger {n} {te} on {t} for each row execute function {f}()").format(
+                n=sql.Identifier(self.name), te=self.timing_events, t=qn(self.table), f=qn(self.function)),
+        ]
+
+    def reverse(self) -> Operation:
+        return DropTrigger(self.name, self.table)
+
+
+@dataclass(frozen=True)
+class DropTrigger(Operation):
+    name: str
+    table: QualifiedName
+
+    @property
+    def description(self) -> str:
+        return f"drop trigger {self.name} on {self.table}"
+
+    @property
+    def lock_target(self) -> str:
+        return str(self.table)
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("drop trigger if exists {} on {}").format(sql.Identifier(self.name), qn(self.table))]

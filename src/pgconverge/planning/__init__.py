@@ -1,0 +1,1 @@
+"""Spec + Catalog → Plan. Pure: no connection is touched here."""

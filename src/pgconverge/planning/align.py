@@ -1,0 +1,185 @@
+"""The align phase (T0): every legacy row gets a canonical row, recorded in the private mapping."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from pgconverge.catalog.model import Catalog, Table
+from pgconverge.config import QualifiedName, Spec
+from pgconverge.errors import CatalogError
+from pgconverge.execution.sql import body, ident, qn
+from pgconverge.identity import phone
+from pgconverge.operations.base import Step
+from pgconverge.operations.batched import Batched, keyset_batch
+from pgconverge.operations.check import Check
+from pgconverge.operations.create_function import CreateFunction
+from pgconverge.operations.create_index import CreateIndexConcurrently
+from pgconverge.operations.create_table import CreateTable
+from pgconverge.operations.create_trigger import CreateTrigger
+from pgconverge.operations.private_schema import CreatePrivateSchema
+
+PHASE = "align"
+METHODS = ("exact", "normalized", "created", "manual")
+
+
+def names(spec: Spec) -> dict[str, QualifiedName]:
+    s = spec.migration.private_schema
+    return {
+        "normalize": QualifiedName(s, "normalize_phone"),
+        "align_row": QualifiedName(s, "align_legacy_row"),
+        "legacy_trigger_fn": QualifiedName(s, "legacy_after_write"),
+        "mapping": spec.mapping_table,
+        "match_index": QualifiedName(spec.canonical.table.schema,
+                                     f"pgconverge_{spec.canonical.table.name}_match_key"[:63]),
+    }
+
+
+def plan(spec: Spec, cat: Catalog) -> list[Step]:
+    n = names(spec)
+    leg, can = cat.legacy, cat.canonical
+    key_insert = _canonical_key_source(spec, can)
+    _check_creatable(spec, can)
+    lk, ck = leg.column(spec.legacy.key), can.column(spec.canonical.key)
+    steps = [
+        CreatePrivateSchema(spec, cat.roles),
+        CreateFunction(n["normalize"], "text", phone.normalize_function_sql(spec.migration.private_schema,
+                                                                             spec.migration.default_region),
+                       why=f"phone equivalence key (default region {spec.migration.default_region})"),
+        CreateTable(n["mapping"], sql.SQL(
+            "({lc} {lt} primary key, {cc} {ct} not null, method text not null check (method in ({methods})), "
+            "match_key text, decided_at timestamptz not null default clock_timestamp())").format(
+                lc=ident(spec.mapping_legacy_column), lt=sql.SQL(lk.type), cc=ident(spec.migration.new_column),
+                ct=sql.SQL(ck.type), methods=sql.SQL(", ").join(map(sql.Literal, METHODS))),
+            why=f"which {can.name} row each {leg.name} row became",
+            extra=(sql.SQL("create index if not exists {} on {} ({})").format(
+                sql.Identifier(f"{n['mapping'].name}_{spec.migration.new_column}"[:63]), qn(n["mapping"]),
+                ident(spec.migration.new_column)),)),
+        CreateIndexConcurrently(
+            n["match_index"], can.name,
+            sql.SQL("({}({}))").format(qn(n["normalize"]), ident(spec.canonical.match_column)),
+            why="find canonical rows by equivalence key"),
+        CreateFunction(n["align_row"], str(leg.name), _align_row_function(spec, cat, key_insert),
+                       why="find or create the canonical row for one legacy row (trigger and batches alike)"),
+        CreateFunction(n["legacy_trigger_fn"], "", _legacy_trigger_function(spec),
+                       why="map legacy rows that old code writes from now on"),
+        CreateTrigger("pgconverge_align", leg.name, sql.SQL("after insert or update of {} ").format(
+            ident(spec.legacy.match_column)), n["legacy_trigger_fn"],
+            why="keeps the mapping complete while old code writes"),
+        Batched(leg.name, spec.legacy.key, lk.type,
+                keyset_batch(leg.name, spec.legacy.key, lk.type,
+                             sql.SQL("{}(r)").format(qn(n["align_row"]))),
+                spec.migration.batch_size, f"map every {leg.name} row to a {can.name} row"),
+        Check("coverage", sql.SQL(
+            "select format('%s has no mapping', l.{lk}), l.{lm}::text from {lt} l "
+            "where not exists (select 1 from {m} m where m.{mlc} = l.{lk}) limit 50").format(
+                lk=ident(spec.legacy.key), lm=ident(spec.legacy.match_column), lt=qn(leg.name), m=qn(n["mapping"]),
+                mlc=ident(spec.mapping_legacy_column)),
+            failure=f"mapping rows < {leg.name} rows", fix="re-run `pgconverge run align`; if rows stay unmapped, "
+                                                         "record them with `pgconverge align --decisions FILE`"),
+    ]
+    ids = ["private_schema", "normalize_function", "mapping_table", "match_index", "align_function",
+           "legacy_trigger_function", "legacy_trigger", "match", "coverage_gate"]
+    return [Step(f"{PHASE}.{i}", PHASE, op) for i, op in zip(ids, steps)]
+
+
+def _canonical_key_source(spec: Spec, can: Table) -> sql.Composable | None:
+    """How a created canonical row gets its key: None = the column's own default, else an expression."""
+    col = can.column(spec.canonical.key)
+    if col.default is not None or col.identity:
+        return None
+    fks = [fk for fk in can.foreign_keys if fk.columns == (col.name,)]
+    if col.type == "uuid" and not fks:
+        return sql.SQL("gen_random_uuid()")
+    why = f"references {fks[0].ref_table}({', '.join(fks[0].ref_columns)})" if fks else f"is of type {col.type}"
+    raise CatalogError(
+        f"canonical.key {can.name}.{col.name} has no default and {why}: pgconverge cannot create canonical rows "
+        "for legacy rows that have none",
+        fix=f"give {can.name}.{col.name} a default (e.g. gen_random_uuid()), or create the missing canonical "
+            "rows yourself and record them with `pgconverge align --decisions FILE`")
+
+
+def _check_creatable(spec: Spec, can: Table) -> None:
+    filled = {spec.canonical.key, spec.canonical.match_column, *(c for _, c in spec.canonical.copy_columns)}
+    missing = [c.name for c in can.columns
+               if c.not_null and c.default is None and not c.generated and not c.identity and c.name not in filled]
+    if missing:
+        raise CatalogError(
+            f"{can.name} has NOT NULL column(s) {', '.join(missing)} with no default: pgconverge cannot fill them "
+            "when it creates a canonical row",
+            fix="add a default to those columns, or copy a legacy column into them with "
+                "canonical.copy_columns = { legacy_column = \"canonical_column\" }")
+
+
+def _order_by(spec: Spec, can: Table) -> sql.Composable:
+    """Prefer the row already in normalized form (what exact lookups find), then the oldest."""
+    parts = [sql.SQL("(p.{} = '+' || k) desc").format(ident(spec.canonical.match_column))]
+    for cand in ("created_at", "inserted_at"):
+        if can.column(cand):
+            parts.append(sql.SQL("p.{} asc nulls last").format(ident(cand)))
+            break
+    parts.append(sql.SQL("p.{}").format(ident(spec.canonical.key)))
+    return sql.SQL(", ").join(parts)
+
+
+def _align_row_function(spec: Spec, cat: Catalog, key_insert: sql.Composable | None) -> sql.Composable:
+    n = names(spec)
+    can = cat.canonical
+    ck, cm = ident(spec.canonical.key), ident(spec.canonical.match_column)
+    cols = [cm] + [ident(c) for _, c in spec.canonical.copy_columns]
+    vals = [sql.SQL("case when k is null then null else '+' || k end")]
+    vals += [sql.SQL("r.{}").format(ident(lc)) for lc, _ in spec.canonical.copy_columns]
+    if key_insert is not None:
+        cols.insert(0, ck)
+        vals.insert(0, key_insert)
+    ck_type = sql.SQL(can.column(spec.canonical.key).type)
+    code = sql.SQL("""
+declare
+  k text;
+  target {ck_type};
+  how text;
+begin
+  select m.{mcc} into target from {mapping} m where m.{mlc} = r.{lk};
+  if found then
+    return target;  -- decided once; a later change of number does not move the row to another identity
+  end if;
+  k := {normalize}(r.{lm});
+  if k is not null then
+    -- one decision per number at a time: batches and triggers creating the same canonical row wait here
+    perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('pgconverge:' || k, 0));
+    select p.{ck}, case when p.{cm} = r.{lm} then 'exact' else 'normalized' end into target, how
+      from {canonical} p where {normalize}(p.{cm}) = k order by {order_by} limit 1;
+  end if;
+  if target is null then
+    insert into {canonical} as p ({cols}) values ({vals}) on conflict do nothing returning p.{ck} into target;
+    how := 'created';
+    if target is null then  -- lost a race with a writer that does not take our lock: use its row
+      select p.{ck}, 'normalized' into target, how from {canonical} p where {normalize}(p.{cm}) = k
+        order by {order_by} limit 1;
+    end if;
+    if target is null then
+      raise exception 'pgconverge: could not create a % row for % %', {can_name}, {leg_name}, r.{lk};
+    end if;
+  end if;
+  insert into {mapping} ({mlc}, {mcc}, method, match_key) values (r.{lk}, target, how, k)
+    on conflict ({mlc}) do nothing;
+  select m.{mcc} into target from {mapping} m where m.{mlc} = r.{lk};
+  return target;
+end""").format(
+        ck_type=ck_type, mcc=ident(spec.migration.new_column), mapping=qn(n["mapping"]),
+        mlc=ident(spec.mapping_legacy_column), lk=ident(spec.legacy.key), lm=ident(spec.legacy.match_column),
+        normalize=qn(n["normalize"]), ck=ck, cm=cm, canonical=qn(can.name), order_by=_order_by(spec, can),
+        cols=sql.SQL(", ").join(cols), vals=sql.SQL(", ").join(vals),
+        can_name=sql.Literal(str(can.name)), leg_name=sql.Literal(str(cat.legacy.name)))
+    return sql.SQL(
+        "create or replace function {f}(r {lt}) returns {ck_type} language plpgsql volatile security definer "
+        "set search_path = pg_catalog, pg_temp as {body}").format(
+        f=qn(n["align_row"]), lt=qn(cat.legacy.name), ck_type=ck_type, body=body(code))
+
+
+def _legacy_trigger_function(spec: Spec) -> sql.Composable:
+    n = names(spec)
+    code = sql.SQL("begin perform {f}(new); return null; end").format(f=qn(n["align_row"]))
+    # SECURITY DEFINER: old code runs as an API role, which has no access to the private schema.
+    return sql.SQL(
+        "create or replace function {f}() returns trigger language plpgsql security definer "
+        "set search_path = pg_catalog, pg_temp as {body}").format(f=qn(n["legacy_trigger_fn"]), body=body(code))
