@@ -71,6 +71,8 @@ class _Reader:
             legacy_helper=legacy_helper, canonical_helper=canonical_helper, views=tuple(views),
             tables=tuple(extra.values()), grants=tuple(grants),
             roles=frozenset(r for (r,) in self.rows(q.ROLES)),
+            canonical_referenced_by=tuple(_fk(r) for r in self.rows(q.CONSTRAINTS, oids=[canonical.oid])
+                                          if r[2] == "f" and r[6] == canonical.oid),
             schemas=frozenset(s for (s,) in self.rows(q.SCHEMAS)),
         )
 

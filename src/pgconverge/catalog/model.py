@@ -148,6 +148,7 @@ class Catalog:
     grants: tuple[Grant, ...] = ()
     roles: frozenset[str] = frozenset()
     schemas: frozenset[str] = frozenset()
+    canonical_referenced_by: tuple[ForeignKey, ...] = ()  # foreign keys pointing at the canonical table
 
     def table(self, name: QualifiedName) -> Table | None:
         for t in (self.legacy, self.canonical, *(d.table for d in self.dependents), *self.tables):

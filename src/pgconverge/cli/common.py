@@ -15,8 +15,10 @@ from rich.markup import escape
 from pgconverge import config, connection
 from pgconverge.errors import PgConvergeError
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (logs, CI) gets a wide fixed width instead of Rich's 80-column default,
+# so identifiers are not folded mid-name.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 DsnOpt = Annotated[str | None, typer.Option(
     "--dsn", help="Connection string of the database to work on. Default: $DATABASE_URL, else the embedded "

@@ -37,7 +37,7 @@ def render(data: dict) -> None:
 
     t = Table(title="Foreign keys to the legacy key", title_justify="left")
     for col in ("table", "column", "nullable", "on delete", "constraint", "indexes containing the column"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for fk in data["foreign_keys"]:
         t.add_row(fk["table"], f"{fk['column']} {fk['column_type']}", "yes" if fk["nullable"] else "NOT NULL",
                   fk["on_delete"], fk["name"], "\n".join(i["name"] for i in fk["indexes"]) or "[yellow]none[/]")
@@ -45,7 +45,7 @@ def render(data: dict) -> None:
 
     t = Table(title="RLS policies that depend on legacy names", title_justify="left")
     for col in ("table", "policy", "command", "roles", "why"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for p in data["policies"]:
         why = "\n".join(f"{r['kind']} {r['name']}" + (f" ({r['via']})" if "via" in r else "") for r in p["reasons"])
         t.add_row(p["table"], p["name"], p["command"], ", ".join(p["roles"]), why)
@@ -54,7 +54,7 @@ def render(data: dict) -> None:
     if data["functions"] or data["views"] or data["triggers"]:
         t = Table(title="Functions, views and triggers", title_justify="left")
         for col in ("kind", "name", "why"):
-            t.add_column(col)
+            t.add_column(col, overflow="fold")
         for f in data["functions"]:
             t.add_row("function", f["signature"], f["role"] + ": " + ", ".join(m["name"] for m in f["mentions"]))
         for v in data["views"]:
@@ -65,7 +65,7 @@ def render(data: dict) -> None:
 
     t = Table(title="Row level security and API grants", title_justify="left")
     for col in ("table", "role", "RLS", "policies"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for r in data["rls"]:
         t.add_row(r["table"], r["role"], ("on" if r["enabled"] else "[red]off[/]") + (", forced" if r["forced"] else ""),
                   str(r["policies"]))

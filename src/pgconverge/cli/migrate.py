@@ -29,17 +29,33 @@ def _phase(name: str | None) -> str | None:
     return name
 
 
-def _plan_for(dsn, config_file):
+def _plan_for(dsn, config_file, rollback_to: str | None = None):
     spec = load_spec(config_file)
     t = target(dsn)
     with connect(t) as conn:
         cat = load_catalog(conn, spec)
+    if rollback_to:
+        return spec, t, planner.rollback(spec, cat, rollback_to)
     return spec, t, planner.build(spec, cat)
+
+
+def _print_steps(steps: list[dict], show_sql: bool) -> None:
+    for s in steps:
+        lock = s["lock"] + (f" on {s['lock_target']}" if s["lock_target"] else "")
+        tx = "" if s["transactional"] else ", outside a transaction"
+        console.print(f"[bold]{s['id']}[/]  [cyan]{escape(lock)}[/], {s['cost']}{tx}", highlight=False)
+        console.print(f"  {escape(s['description'])}", highlight=False)
+        if show_sql:
+            for stmt in s["sql"]:
+                console.print(escape("    " + stmt.strip().rstrip(";").replace("\n", "\n    ")) + ";", style="dim",
+                              highlight=False, soft_wrap=True)
 
 
 @fail_cleanly
 def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
-         sql: Annotated[bool, typer.Option("--sql/--no-sql", help="Show each step's SQL.")] = True) -> None:
+         sql: Annotated[bool, typer.Option("--sql/--no-sql", help="Show each step's SQL.")] = True,
+         rollback_to: Annotated[str | None, typer.Option(
+             "--rollback-to", help="Show the rollback plan back to the start of this phase instead.")] = None) -> None:
     """Show every step's exact SQL, the lock it takes and what it costs, without changing anything.
 
     Lock levels are Postgres' own (ACCESS EXCLUSIVE blocks everything, SHARE UPDATE EXCLUSIVE lets
@@ -47,20 +63,12 @@ def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = No
     scans table (reads every row), rows (short batches, one transaction each).
     """
     phase = _phase(phase)
-    spec, _, p = _plan_for(dsn, config_file)
-    data = p.as_dict(phase)
+    spec, _, p = _plan_for(dsn, config_file, _phase(rollback_to))
+    data = p.as_dict(None if rollback_to else phase)
     if as_json:
         print_json(data)
         return
-    for s in data["steps"]:
-        lock = s["lock"] + (f" on {s['lock_target']}" if s["lock_target"] else "")
-        tx = "" if s["transactional"] else ", outside a transaction"
-        console.print(f"[bold]{s['id']}[/]  [cyan]{escape(lock)}[/], {s['cost']}{tx}", highlight=False)
-        console.print(f"  {escape(s['description'])}", highlight=False)
-        if sql:
-            for stmt in s["sql"]:
-                console.print(escape("    " + stmt.strip().rstrip(";").replace("\n", "\n    ")) + ";", style="dim",
-                              highlight=False, soft_wrap=True)
+    _print_steps(data["steps"], sql)
 
 
 @fail_cleanly
@@ -123,7 +131,7 @@ def status(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
         return
     table = Table(title=f"pgconverge status — {t.display}", title_justify="left")
     for c in ("phase", "step", "state", "at"):
-        table.add_column(c)
+        table.add_column(c, overflow="fold")
     colors = {"done": "green", "pending": "yellow", "reverted": "magenta"}
     for s in steps:
         state = s["state"] + (f" ({s['rows_done']:,} rows)" if "rows_done" in s else "")
@@ -133,3 +141,34 @@ def status(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
         e = data["last_error"]
         console.print(f"[red]last error[/] in {e['step']} at {e['at']}: {escape(e['message'] or '')}",
                       highlight=False)
+
+
+@fail_cleanly
+def rollback(to: Annotated[str, typer.Option("--to", help="Undo back to the start of this phase: align undoes "
+                                                      "everything, expand keeps align, and so on.")],
+             dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
+             dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show the rollback plan.")] = False) -> None:
+    """Undo the migration back to the start of a phase, from whatever state it is in.
+
+    The rollback is a plan like any other: it is printed first (see also `pgconverge plan
+    --rollback-to PHASE`), then run with the same lock timeouts, retries and ledger. Steps that
+    never ran are skipped; a killed rollback resumes when run again.
+    """
+    to = _phase(to)
+    spec, t, p = _plan_for(dsn, config_file, to)
+    if not as_json:
+        console.print(f"[bold]rollback to the start of {to}[/] on {t.display}", highlight=False)
+        _print_steps(p.as_dict()["steps"], show_sql=False)
+    if dry_run:
+        if as_json:
+            print_json(p.as_dict())
+        return
+    out = []
+    with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
+                command=f"rollback --to {to}") as runner:
+        for r in runner.run_rollback(p):
+            out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3), "rows": r.rows})
+    if as_json:
+        print_json({"target": t.display, "to": to, "steps": out})
+    else:
+        console.print(f"[green]rolled back to the start of {to}[/]", highlight=False)

@@ -157,6 +157,20 @@ class Runner:
             results.append(self.run_step(step, resuming=bool(st and st.state == "pending")))
         return results
 
+    def run_rollback(self, rollback: Plan) -> list[StepResult]:
+        """Undo forward steps that are done (or half done), latest first; skip what was never done."""
+        results = []
+        for step in rollback.steps:
+            states = self.ledger.step_states()
+            live = [r for r in step.needs if states.get(r) and states[r].state in ("done", "pending")]
+            if not live:
+                results.append(StepResult(step.id, "skipped", 0.0))
+                self.progress.step_finished(step, "skipped", 0.0)
+                continue
+            own = states.get(step.id)
+            results.append(self.run_step(step, resuming=bool(own and own.state == "pending")))
+        return results
+
     def run_step(self, step: Step, *, resuming: bool = False) -> StepResult:
         self.progress.step_started(step)
         started = time.monotonic()
@@ -221,6 +235,9 @@ class Runner:
     def _done(self, step: Step, attempt: int, texts: list[str], conn=None, **detail) -> None:
         self.ledger.event(self.run_id, step.phase, step.id, "done", conn=conn, attempt=attempt,
                           sql=";\n".join(texts), fingerprint=step.op.fingerprint(), detail=detail or None)
+        for original in step.reverts:
+            self.ledger.event(self.run_id, original.split(".")[0], original, "reverted", conn=conn,
+                              message=f"undone by {step.id}")
 
     def _run_index(self, step: Step, resuming: bool) -> StepResult:
         op: CreateIndexConcurrently = step.op  # type: ignore[assignment]
@@ -262,10 +279,11 @@ class Runner:
             if cp:
                 after, rows_done = cp
         total = self.work.execute(op.total_estimate()).fetchone()[0]
+        upper = self.work.execute(op.upper_bound).fetchone()[0] if op.upper_bound is not None else None
         started, resumed_from = time.monotonic(), rows_done
         batches = 0
         while True:
-            params = {"after": after, "n": op.batch_size}
+            params = {"after": after, "upper": upper, "n": op.batch_size}
 
             def attempt(n: int):
                 t0 = time.monotonic()

@@ -96,4 +96,4 @@ def revoke_statements(spec: Spec, roles: frozenset[str] | set[str]) -> list[sql.
     grantees = sql.SQL(", ").join(
         [sql.SQL("public")] + [sql.Identifier(r) for r in spec.migration.api_roles if r in roles])
     return [sql.SQL("revoke all on {} {} from {}").format(sql.SQL(what), s, grantees)
-            for what in ("schema", "all tables in schema", "all sequences in schema", "all functions in schema")]
+            for what in ("schema", "all tables in schema", "all sequences in schema")]

@@ -88,6 +88,12 @@ class Step:
     id: str
     phase: str
     op: Operation
+    reverts: tuple[str, ...] = ()  # rollback steps: the forward steps this one undoes
+    when: tuple[str, ...] | None = None  # rollback steps: run only if one of these is done (default: reverts)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.reverts if self.when is None else self.when
 
     def as_dict(self) -> dict:
         return {
@@ -102,6 +108,7 @@ class Step:
             "sql": self.op.sql_text(),
             "reverse": type(self.op.reverse()).__name__ if self.op.reverse() else None,
             "fingerprint": self.op.fingerprint(),
+            **({"reverts": list(self.reverts)} if self.reverts else {}),
         }
 
 

@@ -27,6 +27,9 @@ class Batched(Operation):
     batch_size: int
     what: str
     row_lock: Lock = Lock.ROW_EXCLUSIVE
+    # Query for the last key to visit, read once when the step starts. Rows added later are a
+    # trigger's job; without a bound, a busy table would keep the scan chasing its tail.
+    upper_bound: sql.Composable | None = None
 
     executor: ClassVar[str] = "batched"
 
@@ -60,11 +63,20 @@ class Batched(Operation):
 
 def keyset_batch(table: QualifiedName, key: str, key_type: str, per_row: sql.Composable,
                  alias: str = "r") -> sql.Composed:
-    """SELECT applying PER_ROW (an expression over alias r) to the next batch of rows in key order."""
+    """SELECT applying PER_ROW (an expression over alias r) to the next batch of rows in key order.
+
+    Parameters: %(after)s, the last key done (NULL at the start); %(upper)s, the last key to visit
+    (NULL: no bound); %(n)s, the batch size.
+    """
     k = sql.Identifier(key)
     a = sql.Identifier(alias)
     return sql.SQL(
         "select count(*), max(b.k), count(b.v) from ("
         "select {a}.{k} as k, {per_row} as v from {t} as {a} "
-        "where %(after)s::{ty} is null or {a}.{k} > %(after)s::{ty} order by {a}.{k} limit %(n)s) as b"
+        "where (%(after)s::{ty} is null or {a}.{k} > %(after)s::{ty}) "
+        "and (%(upper)s::{ty} is null or {a}.{k} <= %(upper)s::{ty}) order by {a}.{k} limit %(n)s) as b"
     ).format(a=a, k=k, per_row=per_row, t=qn(table), ty=sql.SQL(key_type))
+
+
+def max_key(table: QualifiedName, key: str) -> sql.Composed:
+    return sql.SQL("select max({k}) from {t}").format(k=sql.Identifier(key), t=qn(table))

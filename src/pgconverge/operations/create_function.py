@@ -17,6 +17,9 @@ class CreateFunction(Operation):
     arg_types: str  # identity argument list as Postgres prints it, e.g. "text" or "public.customers"
     statement: sql.Composable  # the full CREATE OR REPLACE FUNCTION
     why: str = ""
+    # EXECUTE for PUBLIC, for a pure function evaluated inside an index on an application table:
+    # index expressions run with the privileges of whoever writes the row.
+    public_execute: bool = False
 
     @property
     def description(self) -> str:
@@ -29,8 +32,9 @@ class CreateFunction(Operation):
     def statements(self) -> list[sql.Composable]:
         # Functions get EXECUTE for PUBLIC by default; ours are reached only through SECURITY DEFINER
         # entry points or by the migration role, so nobody else needs it.
-        return [self.statement,
-                sql.SQL("revoke all on function {}({}) from public").format(qn(self.name), sql.SQL(self.arg_types))]
+        verb = "grant execute on function {}({}) to public" if self.public_execute else \
+            "revoke all on function {}({}) from public"
+        return [self.statement, sql.SQL(verb).format(qn(self.name), sql.SQL(self.arg_types))]
 
     def reverse(self) -> Operation:
         return DropFunction(self.name, self.arg_types)

@@ -10,7 +10,7 @@ from pgconverge.errors import CatalogError
 from pgconverge.execution.sql import body, ident, qn
 from pgconverge.identity import phone
 from pgconverge.operations.base import Step
-from pgconverge.operations.batched import Batched, keyset_batch
+from pgconverge.operations.batched import Batched, keyset_batch, max_key
 from pgconverge.operations.check import Check
 from pgconverge.operations.create_function import CreateFunction
 from pgconverge.operations.create_index import CreateIndexConcurrently
@@ -44,7 +44,11 @@ def plan(spec: Spec, cat: Catalog) -> list[Step]:
         CreatePrivateSchema(spec, cat.roles),
         CreateFunction(n["normalize"], "text", phone.normalize_function_sql(spec.migration.private_schema,
                                                                              spec.migration.default_region),
-                       why=f"phone equivalence key (default region {spec.migration.default_region})"),
+                       why=f"phone equivalence key (default region {spec.migration.default_region})",
+                       # The match index on the canonical table calls it whenever the application writes a
+                       # row there. EXECUTE alone exposes nothing: without USAGE on the private schema
+                       # nobody can call it by name.
+                       public_execute=True),
         CreateTable(n["mapping"], sql.SQL(
             "({lc} {lt} primary key, {cc} {ct} not null, method text not null check (method in ({methods})), "
             "match_key text, decided_at timestamptz not null default clock_timestamp())").format(
@@ -68,7 +72,8 @@ def plan(spec: Spec, cat: Catalog) -> list[Step]:
         Batched(leg.name, spec.legacy.key, lk.type,
                 keyset_batch(leg.name, spec.legacy.key, lk.type,
                              sql.SQL("{}(r)").format(qn(n["align_row"]))),
-                spec.migration.batch_size, f"map every {leg.name} row to a {can.name} row"),
+                spec.migration.batch_size, f"map every {leg.name} row to a {can.name} row",
+                upper_bound=max_key(leg.name, spec.legacy.key)),
         Check("coverage", sql.SQL(
             "select format('%s has no mapping', l.{lk}), l.{lm}::text from {lt} l "
             "where not exists (select 1 from {m} m where m.{mlc} = l.{lk}) limit 50").format(
@@ -183,3 +188,37 @@ def _legacy_trigger_function(spec: Spec) -> sql.Composable:
     return sql.SQL(
         "create or replace function {f}() returns trigger language plpgsql security definer "
         "set search_path = pg_catalog, pg_temp as {body}").format(f=qn(n["legacy_trigger_fn"]), body=body(code))
+
+
+def rollback(spec: Spec, cat: Catalog) -> list[Step]:
+    """Undo align: stop mapping new rows, delete the canonical rows align created (if unused), drop the rest.
+
+    The private schema and its ledger stay: they are the history of what was done.
+    """
+    from pgconverge.operations.create_function import DropFunction
+    from pgconverge.operations.create_index import DropIndexConcurrently
+    from pgconverge.operations.create_table import DropTable
+    from pgconverge.operations.create_trigger import DropTrigger
+    from pgconverge.operations.delete_created import delete_created, referenced_check
+
+    n = names(spec)
+    leg, can = cat.legacy, cat.canonical
+    lk = leg.column(spec.legacy.key)
+    steps = [
+        # Refuse before changing anything when created canonical rows are already in use.
+        ("created_rows_unused", referenced_check(can.name, spec.canonical.key, n["mapping"], spec.migration.new_column,
+                                                 cat.canonical_referenced_by), (), ("align.match",)),
+        # Then stop mapping: no legacy row written from here on gets a canonical row we would miss.
+        ("drop_legacy_trigger", DropTrigger("pgconverge_align", leg.name), ("align.legacy_trigger",
+                                                                             "align.coverage_gate")),
+        ("delete_created", delete_created(can.name, spec.canonical.key, n["mapping"], spec.mapping_legacy_column,
+                                          lk.type, spec.migration.new_column, spec.migration.batch_size),
+         ("align.match",)),
+        ("drop_legacy_trigger_function", DropFunction(n["legacy_trigger_fn"], ""), ("align.legacy_trigger_function",)),
+        ("drop_align_function", DropFunction(n["align_row"], str(leg.name)), ("align.align_function",)),
+        ("drop_match_index", DropIndexConcurrently(n["match_index"], can.name), ("align.match_index",)),
+        ("drop_mapping_table", DropTable(n["mapping"]), ("align.mapping_table",)),
+        ("drop_normalize_function", DropFunction(n["normalize"], "text"),
+         ("align.normalize_function", "align.private_schema")),
+    ]
+    return [Step(f"rollback.align.{i}", "rollback", op, *rest) for i, op, *rest in steps]

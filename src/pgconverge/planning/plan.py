@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import Spec
-from pgconverge.operations.base import Plan
+from pgconverge.operations.base import PHASES, Plan
 from pgconverge.planning import align
+
+
+_PLANNERS = {"align": align}
 
 
 def build(spec: Spec, cat: Catalog) -> Plan:
     """Every phase's steps, in order, from the configuration and the catalog alone."""
-    return Plan(tuple(align.plan(spec, cat)))
+    return Plan(tuple(step for ph in PHASES if ph in _PLANNERS for step in _PLANNERS[ph].plan(spec, cat)))
+
+
+def rollback(spec: Spec, cat: Catalog, to: str) -> Plan:
+    """The steps that undo every phase from the last back to (and including) TO, latest first."""
+    phases = [ph for ph in PHASES[PHASES.index(to):] if ph in _PLANNERS]
+    return Plan(tuple(step for ph in reversed(phases) for step in _PLANNERS[ph].rollback(spec, cat)))

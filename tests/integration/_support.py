@@ -1,0 +1,72 @@
+"""Helpers shared by integration tests: invoking the CLI, checking results against the fixture's truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+from typer.testing import CliRunner
+
+from pgconverge.cli import app
+
+_runner = CliRunner()
+
+
+def cli(*args: str, expect: int = 0) -> str:
+    """Run the CLI in-process and return its output; assert the exit code."""
+    r = _runner.invoke(app, list(args))
+    assert r.exit_code == expect, f"exit {r.exit_code}, expected {expect}:\n{r.output}"
+    return r.output
+
+
+def cli_json(*args: str, expect: int = 0):
+    r = _runner.invoke(app, [*args, "--json"])
+    assert r.exit_code == expect, f"exit {r.exit_code}, expected {expect}:\n{r.output}"
+    return json.loads(r.stdout)
+
+
+def write_config(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "pgconverge.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def mapping_problems(conn: psycopg.Connection) -> list[str]:
+    """Every way the mapping differs from the fixture's ground truth (empty = correct)."""
+    rows = conn.execute("""
+        select t.customer_id, t.case_name, t.expected_profile_id, t.expected_group, t.expected_key,
+               m.profile_id, pgconverge.normalize_phone(p.whatsapp_e164), p.user_id is not null
+        from fixture_truth.expected_mapping t
+        left join pgconverge.legacy_customer_profile m on m.customer_id = t.customer_id
+        left join public.profiles p on p.user_id = m.profile_id""").fetchall()
+    problems = []
+    group_profiles: dict[str, set] = {}
+    profile_groups: dict = {}
+    for cid, case, exp_pid, group, exp_key, pid, key, exists in rows:
+        if pid is None:
+            problems.append(f"customer {cid} ({case}) has no mapping")
+            continue
+        if not exists:
+            problems.append(f"customer {cid} ({case}) maps to missing profile {pid}")
+        if exp_pid is not None and pid != exp_pid:
+            problems.append(f"customer {cid} ({case}) maps to {pid}, expected {exp_pid}")
+        if exp_key is not None and key != exp_key:
+            problems.append(f"customer {cid} ({case}) profile key {key}, expected {exp_key}")
+        group_profiles.setdefault(group, set()).add(pid)
+        profile_groups.setdefault(pid, set()).add(group)
+    problems += [f"group {g} split over {len(p)} profiles" for g, p in group_profiles.items() if len(p) > 1]
+    problems += [f"profile {p} shared by groups {sorted(g)}" for p, g in profile_groups.items() if len(g) > 1]
+    return problems
+
+
+def mapping_signature(conn: psycopg.Connection) -> list[tuple]:
+    """The mapping with created profile ids replaced by the set of customers sharing them (ids are random)."""
+    rows = conn.execute("""
+        select m.customer_id, m.method, m.match_key,
+               case when exists (select 1 from pgconverge.legacy_customer_profile m3
+                                 where m3.profile_id = m.profile_id and m3.method = 'created')
+                    then null else m.profile_id::text end,
+               (select min(m2.customer_id) from pgconverge.legacy_customer_profile m2 where m2.profile_id = m.profile_id)
+        from pgconverge.legacy_customer_profile m order by 1""").fetchall()
+    return rows

@@ -1,0 +1,239 @@
+"""The align phase on the fixture: ground truth, privileges, resumability, locks, rollback."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from _support import cli, cli_json, mapping_problems, write_config
+from pgconverge.config import Spec
+from pgconverge.connection import Target
+from pgconverge.execution.runner import Runner
+from pgconverge.catalog.introspect import load_catalog
+from pgconverge.planning import plan as planner
+
+
+def test_align_maps_every_customer_to_its_ground_truth_profile(conn, fixture_db):
+    profiles_before = conn.execute("select count(*) from public.profiles").fetchone()[0]
+    out = cli_json("run", "align", "--dsn", fixture_db)
+    assert [s["step"] for s in out["steps"]][-1] == "align.coverage_gate"
+    assert mapping_problems(conn) == []
+
+    # Created rows: one per distinct new number, plus one per NULL/unparseable customer; no number duplicated.
+    created = conn.execute("select count(distinct profile_id) from pgconverge.legacy_customer_profile "
+                           "where method = 'created'").fetchone()[0]
+    profiles_after = conn.execute("select count(*) from public.profiles").fetchone()[0]
+    assert profiles_after - profiles_before == created
+    expected_created = conn.execute("""
+        select count(distinct t.expected_group) from fixture_truth.expected_mapping t
+        where t.expected_profile_id is null""").fetchone()[0]
+    assert created == expected_created
+    dup = conn.execute("""
+        select k from (select pgconverge.normalize_phone(whatsapp_e164) k from public.profiles p
+                       where exists (select 1 from pgconverge.legacy_customer_profile m
+                                     where m.profile_id = p.user_id and m.method = 'created')) c
+        where k is not null and (select count(*) from public.profiles p2
+                                 where pgconverge.normalize_phone(p2.whatsapp_e164) = c.k) > 1""").fetchall()
+    assert dup == []
+    methods = dict(conn.execute("select method, count(*) from pgconverge.legacy_customer_profile group by 1"))
+    assert set(methods) == {"exact", "normalized", "created"}
+    # Created rows carry the normalized number and the copied column.
+    bad = conn.execute("""
+        select count(*) from pgconverge.legacy_customer_profile m join public.profiles p on p.user_id = m.profile_id
+        join public.customers c on c.id = m.customer_id
+        where m.method = 'created' and m.match_key is not null
+          and (p.whatsapp_e164 <> '+' || m.match_key)""").fetchone()[0]
+    assert bad == 0
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_private_schema_is_closed_to_api_roles(conn, fixture_db, role):
+    cli("run", "align", "--dsn", fixture_db)
+    for stmt in ("select * from pgconverge.legacy_customer_profile limit 1",
+                 "insert into pgconverge.legacy_customer_profile (customer_id, profile_id, method) "
+                 "values (1, gen_random_uuid(), 'manual')",
+                 "delete from pgconverge.legacy_customer_profile",
+                 "select * from pgconverge.events limit 1",
+                 "select pgconverge.normalize_phone('0788123456')"):
+        with pytest.raises(errors.InsufficientPrivilege):
+            with conn.transaction():
+                conn.execute(f"set local role {role}")
+                conn.execute(stmt)
+    assert conn.execute("select count(*) from pgconverge.legacy_customer_profile").fetchone()[0] > 0
+
+
+def test_rerun_is_a_no_op_and_status_reports_done(conn, fixture_db):
+    cli("run", "align", "--dsn", fixture_db)
+    before = conn.execute("select md5(string_agg(m::text, ',' order by customer_id)) "
+                          "from pgconverge.legacy_customer_profile m").fetchone()[0]
+    again = cli_json("run", "align", "--dsn", fixture_db)
+    assert {s["status"] for s in again["steps"]} == {"skipped"}
+    after = conn.execute("select md5(string_agg(m::text, ',' order by customer_id)) "
+                         "from pgconverge.legacy_customer_profile m").fetchone()[0]
+    assert before == after
+    st = cli_json("status", "--dsn", fixture_db)
+    assert st["phases"]["align"] == "done" and st["last_error"] is None
+
+
+def test_changed_config_is_refused_against_the_ledger(conn, fixture_db, tmp_path):
+    cli("run", "align", "--dsn", fixture_db)
+    cfg = write_config(tmp_path, '[migration]\ndefault_region = "GB"\n')
+    out = cli("run", "align", "--dsn", fixture_db, "--config", cfg, expect=2)
+    assert "align.normalize_function already ran with different SQL" in out
+    assert "rollback --to align" in out
+
+
+def test_second_runner_gets_a_clear_error(fixture_db):
+    holder = psycopg.connect(fixture_db, autocommit=True, application_name="pgconverge:control")
+    try:
+        holder.execute("select pg_advisory_lock(hashtextextended('pgconverge:pgconverge', 0))")
+        pid = holder.info.backend_pid
+        out = cli("run", "align", "--dsn", fixture_db, expect=2)
+        assert "another pgconverge runner is working on this database" in out
+        assert f"pid {pid} (pgconverge:control" in out
+    finally:
+        holder.close()
+    cli("run", "align", "--dsn", fixture_db)  # the lock went with the connection
+
+
+def test_lock_held_longer_than_retry_budget_gives_up_cleanly(conn, fixture_db, tmp_path):
+    cfg = write_config(tmp_path, "[migration]\nlock_retries = 3\nlock_timeout_ms = 50\n")
+    blocker = psycopg.connect(fixture_db, application_name="app-writer")
+    try:
+        # An application transaction that has written to customers and not committed yet.
+        blocker.execute("update public.customers set display_name = display_name where id = 1")
+        out = cli("run", "align", "--dsn", fixture_db, "--config", cfg, expect=2)
+        assert "could not get its SHARE ROW EXCLUSIVE lock on public.customers" in out
+        assert f"pid {blocker.info.backend_pid} (app-writer" in out
+        assert conn.execute("select count(*) from pg_trigger where tgname = 'pgconverge_align'").fetchone()[0] == 0
+        retries = conn.execute("select count(*) from pgconverge.events where step = 'align.legacy_trigger' "
+                               "and event = 'retry' and sqlstate = '55P03'").fetchone()[0]
+        assert retries == 2
+    finally:
+        blocker.rollback()
+        blocker.close()
+    cli("run", "align", "--dsn", fixture_db, "--config", cfg)
+    assert mapping_problems(conn) == []
+
+
+def test_rollback_of_align_removes_what_it_created(conn, fixture_db):
+    def objects():
+        return conn.execute("""select (select count(*) from public.profiles),
+            (select count(*) from pg_trigger where tgname = 'pgconverge_align'),
+            (select count(*) from pg_proc where pronamespace = to_regnamespace('pgconverge')
+                and proname <> 'ledger_append_only'),
+            to_regclass('pgconverge.legacy_customer_profile') is null,
+            (select count(*) from pg_indexes where indexname = 'pgconverge_profiles_match_key')""").fetchone()
+    before = conn.execute("select count(*) from public.profiles").fetchone()[0]
+    cli("run", "align", "--dsn", fixture_db)
+    assert objects()[0] > before
+    out = cli_json("plan", "--rollback-to", "align", "--dsn", fixture_db)
+    assert out["steps"][0]["id"] == "rollback.align.created_rows_unused"
+    cli("rollback", "--to", "align", "--dsn", fixture_db)
+    assert objects() == (before, 0, 0, True, 0)
+    # The ledger stays, and the phase can run again.
+    assert conn.execute("select count(*) from pgconverge.events where event = 'reverted'").fetchone()[0] >= 8
+    cli("run", "align", "--dsn", fixture_db)
+    assert mapping_problems(conn) == []
+
+
+def test_rollback_refused_when_created_rows_are_in_use(conn, fixture_db):
+    cli("run", "align", "--dsn", fixture_db)
+    conn.execute("create table public.wallets (id int primary key, profile_id uuid references public.profiles)")
+    conn.execute("insert into public.wallets select 1, profile_id from pgconverge.legacy_customer_profile "
+                 "where method = 'created' limit 1")
+    out = cli("rollback", "--to", "align", "--dsn", fixture_db, expect=2)
+    assert "public.wallets.profile_id references created public.profiles rows" in out
+    # Nothing was changed: the trigger and the mapping are still there.
+    assert conn.execute("select count(*) from pg_trigger where tgname = 'pgconverge_align'").fetchone()[0] == 1
+    assert conn.execute("select to_regclass('pgconverge.legacy_customer_profile') is not null").fetchone()[0]
+
+
+def test_writers_keep_writing_while_align_runs(conn, fixture_db, tmp_path):
+    """Old code inserts customers (new and known numbers), new code inserts profiles; nothing fails or is lost."""
+    stop = threading.Event()
+    errors_seen: list[str] = []
+    inserted: list[int] = []
+    known = [r[0] for r in conn.execute(
+        "select whatsapp_e164 from public.profiles where whatsapp_e164 like '+2507%' limit 50")]
+
+    def old_code(seed: int):
+        with psycopg.connect(fixture_db, autocommit=True) as c:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                number = known[i % len(known)] if i % 3 == 0 else f"25078{seed}{i:06d}"
+                try:
+                    with c.transaction():
+                        c.execute("set local role service_role")
+                        cid = c.execute("insert into public.customers (wa_id, display_name) values (%s, %s) "
+                                        "returning id", (number, f"old {seed}-{i}")).fetchone()[0]
+                    inserted.append(cid)
+                except psycopg.Error as exc:
+                    errors_seen.append(f"old: {exc}")
+                stop.wait(0.002)
+
+    def new_code():
+        with psycopg.connect(fixture_db, autocommit=True) as c:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    with c.transaction():
+                        c.execute("set local role service_role")
+                        c.execute("insert into public.profiles (whatsapp_e164, display_name) values (%s, 'new')",
+                                  (f"+23350{i:07d}",))  # Ghana: no fixture number collides
+                except psycopg.Error as exc:
+                    errors_seen.append(f"new: {exc}")
+                stop.wait(0.002)
+
+    threads = [threading.Thread(target=old_code, args=(s,)) for s in (1, 2)] + [threading.Thread(target=new_code)]
+    for t in threads:
+        t.start()
+    try:
+        cfg = write_config(tmp_path, "[migration]\nbatch_size = 50\nbatch_pause_ms = 5\n")
+        cli("run", "align", "--dsn", fixture_db, "--config", cfg)
+        # A few more writes after align finished: the trigger maps them.
+        stop.wait(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors_seen == []
+    assert len(inserted) > 20
+    unmapped = conn.execute("select count(*) from public.customers c where not exists "
+                            "(select 1 from pgconverge.legacy_customer_profile m where m.customer_id = c.id)"
+                            ).fetchone()[0]
+    assert unmapped == 0
+    # Customers written with a known number were linked to that number's existing profile.
+    wrong = conn.execute("""
+        select count(*) from public.customers c join pgconverge.legacy_customer_profile m on m.customer_id = c.id
+        join public.profiles p on p.user_id = m.profile_id
+        where c.id = any(%s) and pgconverge.normalize_phone(c.wa_id) <> pgconverge.normalize_phone(p.whatsapp_e164)
+        """, (inserted,)).fetchone()[0]
+    assert wrong == 0
+    assert mapping_problems(conn) == []
+
+
+def test_plan_is_pure_and_lists_locks(conn, fixture_db):
+    spec = Spec()
+    p = planner.build(spec, load_catalog(conn, spec))
+    steps = p.as_dict("align")["steps"]
+    assert [s["id"] for s in steps][:3] == ["align.private_schema", "align.normalize_function", "align.mapping_table"]
+    index = next(s for s in steps if s["id"] == "align.match_index")
+    assert (index["lock"], index["transactional"]) == ("SHARE UPDATE EXCLUSIVE", False)
+    assert "concurrently" in index["sql"][0]
+    # Planning changed nothing.
+    assert conn.execute("select to_regnamespace('pgconverge')").fetchone()[0] is None
+
+
+def test_runner_api_resumes_after_failure(conn, fixture_db):
+    spec = Spec()
+    p = planner.build(spec, load_catalog(conn, spec))
+    with Runner(Target(fixture_db, "--dsn"), spec, p) as r:
+        results = r.run_phase("align")
+    assert [x.status for x in results] == ["done"] * len(results)
+    assert results[-2].rows == conn.execute("select count(*) from public.customers").fetchone()[0]
