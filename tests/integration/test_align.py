@@ -19,8 +19,14 @@ from pgconverge.planning import plan as planner
 def test_align_maps_every_customer_to_its_ground_truth_profile(conn, fixture_db):
     profiles_before = conn.execute("select count(*) from public.profiles").fetchone()[0]
     out = cli_json("run", "align", "--dsn", fixture_db)
-    assert [s["step"] for s in out["steps"]][-1] == "align.coverage_gate"
+    assert [s["step"] for s in out["steps"]][-2:] == ["align.coverage_gate", "align.report"]
     assert mapping_problems(conn) == []
+    truth = dict(conn.execute("select case_name, count(*) from fixture_truth.expected_mapping group by 1"))
+    summary = out["align"]
+    assert summary["unusable_numbers"] == truth["null_number"] + truth["unparseable"]
+    assert summary["merged_groups"] >= truth["shared_number"] // 2
+    assert summary["canonical_duplicate_groups"] >= truth["canonical_twice"]
+    assert sum(summary["methods"].values()) == sum(truth.values())
 
     # Created rows: one per distinct new number, plus one per NULL/unparseable customer; no number duplicated.
     created = conn.execute("select count(distinct profile_id) from pgconverge.legacy_customer_profile "
@@ -236,4 +242,4 @@ def test_runner_api_resumes_after_failure(conn, fixture_db):
     with Runner(Target(fixture_db, "--dsn"), spec, p) as r:
         results = r.run_phase("align")
     assert [x.status for x in results] == ["done"] * len(results)
-    assert results[-2].rows == conn.execute("select count(*) from public.customers").fetchone()[0]
+    assert next(x for x in results if x.step == "align.match").rows == conn.execute("select count(*) from public.customers").fetchone()[0]

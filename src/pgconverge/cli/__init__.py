@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from pgconverge import __version__
+from pgconverge.cli import align as align_cmd
 from pgconverge.cli import demo as demo_cmd
 from pgconverge.cli import embedded as embedded_cmd
 from pgconverge.cli import fixture as fixture_cmd
@@ -28,6 +29,7 @@ app.command("run")(migrate_cmd.run)
 app.command("status")(migrate_cmd.status)
 app.command("rollback")(migrate_cmd.rollback)
 app.command("demo")(demo_cmd.demo)
+app.command("align")(align_cmd.align)
 app.add_typer(embedded_cmd.app, name="embedded")
 app.add_typer(fixture_cmd.app, name="fixture")
 

@@ -92,10 +92,24 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
             for r in runner.run_phase(ph):
                 out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3),
                             "attempts": r.attempts, "rows": r.rows, **r.detail})
+        report = runner.ledger.latest_snapshot("align_report") if "align" in phases else None
     if as_json:
-        print_json({"target": t.display, "phases": phases, "steps": out})
-    else:
-        console.print(f"[green]{', '.join(phases)} finished[/] on {t.display}", highlight=False)
+        print_json({"target": t.display, "phases": phases, "steps": out,
+                    **({"align": _align_summary(report)} if report else {})})
+        return
+    if report:
+        a = _align_summary(report)
+        console.print("identity decisions: " + ", ".join(f"{k} {v:,}" for k, v in a["methods"].items())
+                      + f"; {a['merged_groups']:,} groups of legacy rows merged onto one canonical row, "
+                        f"{a['canonical_duplicate_groups']:,} numbers with several canonical rows (preferred one "
+                        f"chosen), {a['unusable_numbers']:,} NULL or unparseable numbers", highlight=False)
+    console.print(f"[green]{', '.join(phases)} finished[/] on {t.display}", highlight=False)
+
+
+def _align_summary(report: dict) -> dict:
+    return {"methods": report["methods"], "merged_groups": report["merged"]["groups"],
+            "canonical_duplicate_groups": report["canonical_duplicates"]["groups"],
+            "unusable_numbers": report["unusable_numbers"]["rows"]}
 
 
 @fail_cleanly

@@ -19,6 +19,7 @@ from pgconverge.operations.base import PHASES, Plan, Step
 from pgconverge.operations.batched import Batched
 from pgconverge.operations.check import Check
 from pgconverge.operations.create_index import CreateIndexConcurrently
+from pgconverge.operations.snapshot import Snapshot
 
 LOCK_NAMESPACE = "pgconverge:"
 
@@ -178,7 +179,7 @@ class Runner:
                           detail={"fresh": not resuming, "lock": str(step.op.lock), "cost": str(step.op.cost)})
         session.configure(self.work, f"pgconverge:{step.id}")
         executor = {"sql": self._run_sql, "index": self._run_index, "batched": self._run_batched,
-                    "check": self._run_check}[step.op.executor]
+                    "check": self._run_check, "snapshot": self._run_snapshot}[step.op.executor]
         try:
             result = executor(step, resuming)
         except (retry.RetriesExhausted, psycopg.Error) as exc:
@@ -270,6 +271,17 @@ class Runner:
             raise GateFailed(f"gate {op.name} failed in {step.id}: {op.failure}: {listed}{more}", fix=op.fix)
         self._done(step, 1, op.sql_text())
         return StepResult(step.id, "done", 0.0)
+
+    def _run_snapshot(self, step: Step, resuming: bool) -> StepResult:
+        op: Snapshot = step.op  # type: ignore[assignment]
+        data = {}
+        with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms,
+                                 statement_timeout_ms=session.BATCH_STATEMENT_TIMEOUT_MS, repeatable_read=True):
+            for label, query in op.queries:
+                data[label] = self.work.execute(query).fetchone()[0]
+            self.ledger.snapshot(self.run_id, op.name, data, conn=self.work)
+            self._done(step, 1, op.sql_text(), conn=self.work)
+        return StepResult(step.id, "done", 0.0, detail={"snapshot": op.name})
 
     def _run_batched(self, step: Step, resuming: bool) -> StepResult:
         op: Batched = step.op  # type: ignore[assignment]

@@ -21,9 +21,12 @@ def configure(conn: psycopg.Connection, application_name: str) -> None:
 
 @contextmanager
 def transaction(conn: psycopg.Connection, *, lock_timeout_ms: int,
-                statement_timeout_ms: int = DDL_STATEMENT_TIMEOUT_MS) -> Iterator[psycopg.Connection]:
+                statement_timeout_ms: int = DDL_STATEMENT_TIMEOUT_MS,
+                repeatable_read: bool = False) -> Iterator[psycopg.Connection]:
     """A transaction whose lock waits are short: a DDL waiting for its lock blocks every writer queued behind it."""
     with conn.transaction():
+        if repeatable_read:
+            conn.execute("set transaction isolation level repeatable read")
         conn.execute("select set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
                      (f"{lock_timeout_ms}ms", f"{statement_timeout_ms}ms"))
         yield conn

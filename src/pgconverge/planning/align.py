@@ -17,6 +17,7 @@ from pgconverge.operations.create_index import CreateIndexConcurrently
 from pgconverge.operations.create_table import CreateTable
 from pgconverge.operations.create_trigger import CreateTrigger
 from pgconverge.operations.private_schema import CreatePrivateSchema
+from pgconverge.operations.snapshot import Snapshot
 
 PHASE = "align"
 METHODS = ("exact", "normalized", "created", "manual")
@@ -82,9 +83,44 @@ def plan(spec: Spec, cat: Catalog) -> list[Step]:
             failure=f"mapping rows < {leg.name} rows", fix="re-run `pgconverge run align`; if rows stay unmapped, "
                                                          "record them with `pgconverge align --decisions FILE`"),
     ]
+    steps.append(_report(spec, cat))
     ids = ["private_schema", "normalize_function", "mapping_table", "match_index", "align_function",
-           "legacy_trigger_function", "legacy_trigger", "match", "coverage_gate"]
+           "legacy_trigger_function", "legacy_trigger", "match", "coverage_gate", "report"]
     return [Step(f"{PHASE}.{i}", PHASE, op) for i, op in zip(ids, steps)]
+
+
+REPORT_LIMIT = 1000
+
+
+def _report(spec: Spec, cat: Catalog) -> Snapshot:
+    """Every identity decision that deserves a human look: merges, duplicate canonical rows, unusable numbers."""
+    n = names(spec)
+    p = dict(m=qn(n["mapping"]), mlc=ident(spec.mapping_legacy_column), mcc=ident(spec.migration.new_column),
+             lt=qn(cat.legacy.name), lk=ident(spec.legacy.key), lm=ident(spec.legacy.match_column),
+             ct=qn(cat.canonical.name), ck=ident(spec.canonical.key), cm=ident(spec.canonical.match_column),
+             norm=qn(n["normalize"]), limit=sql.Literal(REPORT_LIMIT))
+    queries = {
+        "methods": "select coalesce(jsonb_object_agg(method, n), '{{}}') from "
+                   "(select method, count(*) n from {m} group by method) x",
+        # several legacy rows, one number: they now share one canonical row
+        "merged": "select jsonb_build_object('groups', count(*), 'sample', coalesce(jsonb_agg(x) filter "
+                  "(where x.rn <= {limit}), '[]')) from (select {mcc} as canonical, jsonb_agg({mlc} order by {mlc}) "
+                  "as legacy, row_number() over (order by {mcc}) rn from {m} group by {mcc} having count(*) > 1) x",
+        # several canonical rows, one number: the preferred one was chosen, the group is listed
+        "canonical_duplicates": "select jsonb_build_object('groups', count(*), 'sample', coalesce(jsonb_agg(x) "
+                                "filter (where x.rn <= {limit}), '[]')) from (select {norm}(c.{cm}) as key, "
+                                "jsonb_agg(jsonb_build_object('id', c.{ck}, 'number', c.{cm}, 'chosen', "
+                                "exists (select 1 from {m} m where m.{mcc} = c.{ck}))) as rows, "
+                                "row_number() over (order by {norm}(c.{cm})) rn from {ct} c "
+                                "where {norm}(c.{cm}) is not null group by 1 having count(*) > 1) x",
+        # NULL or unparseable legacy numbers: each got a canonical row of its own
+        "unusable_numbers": "select jsonb_build_object('rows', count(*), 'sample', coalesce(jsonb_agg("
+                            "jsonb_build_object('legacy', l.{lk}, 'number', l.{lm})) filter (where x.rn <= {limit}), "
+                            "'[]')) from (select m.{mlc}, row_number() over (order by m.{mlc}) rn from {m} m "
+                            "where m.match_key is null) x join {lt} l on l.{lk} = x.{mlc}",
+    }
+    return Snapshot("align_report", tuple((k, sql.SQL(v).format(**p)) for k, v in queries.items()),
+                    "identity decisions and conflicts")
 
 
 def _canonical_key_source(spec: Spec, can: Table) -> sql.Composable | None:
@@ -219,6 +255,6 @@ def rollback(spec: Spec, cat: Catalog) -> list[Step]:
         ("drop_match_index", DropIndexConcurrently(n["match_index"], can.name), ("align.match_index",)),
         ("drop_mapping_table", DropTable(n["mapping"]), ("align.mapping_table",)),
         ("drop_normalize_function", DropFunction(n["normalize"], "text"),
-         ("align.normalize_function", "align.private_schema")),
+         ("align.normalize_function", "align.private_schema", "align.report")),
     ]
     return [Step(f"rollback.align.{i}", "rollback", op, *rest) for i, op, *rest in steps]
