@@ -243,3 +243,16 @@ def test_runner_api_resumes_after_failure(conn, fixture_db):
         results = r.run_phase("align")
     assert [x.status for x in results] == ["done"] * len(results)
     assert next(x for x in results if x.step == "align.match").rows == conn.execute("select count(*) from public.customers").fetchone()[0]
+
+
+def test_plan_comes_from_the_catalog_saved_when_the_migration_started(conn, fixture_db):
+    from pgconverge.catalog import baseline
+
+    spec = Spec()
+    before = load_catalog(conn, spec)
+    assert baseline.load(conn, spec)[1] == "live"
+    cli("run", "align", "--dsn", fixture_db)
+    saved, source = baseline.load(conn, spec)
+    assert source == "baseline" and saved == before  # round trip through the ledger is exact
+    cli("rollback", "--to", "align", "--dsn", fixture_db)
+    assert baseline.load(conn, spec)[1] == "live"

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pgconverge.catalog.introspect import load_catalog
+from pgconverge.catalog import baseline
 from pgconverge.cli.common import ConfigOpt, DsnOpt, JsonOpt, console, fail_cleanly, load_spec, print_json, target
 from pgconverge.connection import connect
 from pgconverge.errors import PgConvergeError
@@ -32,9 +32,10 @@ def align(decisions_file: Annotated[Path, typer.Option(
     pairs = decisions.read_csv(decisions_file, spec)
     t = target(dsn)
     with connect(t) as conn:
-        cat = load_catalog(conn, spec)
+        cat, source = baseline.load(conn, spec)
     plan = planner.build(spec, cat)
-    with Runner(t, spec, plan, command=f"align --decisions {decisions_file.name}") as runner:
+    with Runner(t, spec, plan, command=f"align --decisions {decisions_file.name}", catalog=cat,
+                catalog_source=source) as runner:
         states = runner.ledger.step_states()
         started = [s for s, st in states.items() if not s.startswith(("align.", "rollback."))
                    and st.state in ("done", "pending")]

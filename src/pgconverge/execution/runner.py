@@ -9,6 +9,8 @@ from typing import Protocol
 import psycopg
 from psycopg import sql
 
+from pgconverge.catalog import baseline
+from pgconverge.catalog.model import Catalog
 from pgconverge.config import Spec
 from pgconverge.connection import Target, connect
 from pgconverge.errors import PgConvergeError
@@ -71,8 +73,10 @@ class Runner:
     """Executes plan steps against one database. Use as a context manager."""
 
     def __init__(self, target: Target, spec: Spec, plan: Plan, *, progress: Progress | None = None,
-                 command: str = "run"):
+                 command: str = "run", catalog: Catalog | None = None, catalog_source: str = "baseline"):
         self.target, self.spec, self.plan = target, spec, plan
+        # A plan made from the live catalog is saved as the migration's baseline before its first change.
+        self.catalog = catalog if catalog_source == "live" else None
         self.progress = progress or NullProgress()
         self.command = command
         self.policy = retry.RetryPolicy(attempts=max(1, spec.migration.lock_retries))
@@ -158,8 +162,14 @@ class Runner:
             results.append(self.run_step(step, resuming=bool(st and st.state == "pending")))
         return results
 
-    def run_rollback(self, rollback: Plan) -> list[StepResult]:
+    def run_rollback(self, rollback: Plan, *, discard_baseline: bool = False) -> list[StepResult]:
         """Undo forward steps that are done (or half done), latest first; skip what was never done."""
+        results = self._rollback_steps(rollback)
+        if discard_baseline:
+            baseline.discard(self.ledger, self.run_id)
+        return results
+
+    def _rollback_steps(self, rollback: Plan) -> list[StepResult]:
         results = []
         for step in rollback.steps:
             states = self.ledger.step_states()
@@ -173,6 +183,9 @@ class Runner:
         return results
 
     def run_step(self, step: Step, *, resuming: bool = False) -> StepResult:
+        if self.catalog is not None and not step.reverts:
+            baseline.save(self.ledger, self.run_id, self.catalog)
+            self.catalog = None
         self.progress.step_started(step)
         started = time.monotonic()
         self.ledger.event(self.run_id, step.phase, step.id, "start", fingerprint=step.op.fingerprint(),

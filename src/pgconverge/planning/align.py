@@ -226,7 +226,7 @@ def _legacy_trigger_function(spec: Spec) -> sql.Composable:
         "set search_path = pg_catalog, pg_temp as {body}").format(f=qn(n["legacy_trigger_fn"]), body=body(code))
 
 
-def rollback(spec: Spec, cat: Catalog) -> list[Step]:
+def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None) -> list[Step]:
     """Undo align: stop mapping new rows, delete the canonical rows align created (if unused), drop the rest.
 
     The private schema and its ledger stay: they are the history of what was done.
@@ -243,7 +243,7 @@ def rollback(spec: Spec, cat: Catalog) -> list[Step]:
     steps = [
         # Refuse before changing anything when created canonical rows are already in use.
         ("created_rows_unused", referenced_check(can.name, spec.canonical.key, n["mapping"], spec.migration.new_column,
-                                                 cat.canonical_referenced_by), (), ("align.match",)),
+                                                 (live or cat).canonical_referenced_by), (), ("align.match",)),
         # Then stop mapping: no legacy row written from here on gets a canonical row we would miss.
         ("drop_legacy_trigger", DropTrigger("pgconverge_align", leg.name), ("align.legacy_trigger",
                                                                              "align.coverage_gate")),

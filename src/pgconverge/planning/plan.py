@@ -16,7 +16,11 @@ def build(spec: Spec, cat: Catalog) -> Plan:
     return Plan(tuple(step for ph in PHASES if ph in _PLANNERS for step in _PLANNERS[ph].plan(spec, cat)))
 
 
-def rollback(spec: Spec, cat: Catalog, to: str) -> Plan:
-    """The steps that undo every phase from the last back to (and including) TO, latest first."""
+def rollback(spec: Spec, cat: Catalog, to: str, live: Catalog | None = None) -> Plan:
+    """The steps that undo every phase from the last back to (and including) TO, latest first.
+
+    CAT is the catalog the migration was planned from; LIVE, when given, is the database as it is
+    now, for what may have appeared since (new foreign keys to the canonical table, say).
+    """
     phases = [ph for ph in PHASES[PHASES.index(to):] if ph in _PLANNERS]
-    return Plan(tuple(step for ph in reversed(phases) for step in _PLANNERS[ph].rollback(spec, cat)))
+    return Plan(tuple(step for ph in reversed(phases) for step in _PLANNERS[ph].rollback(spec, cat, live)))
