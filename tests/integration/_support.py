@@ -70,3 +70,48 @@ def mapping_signature(conn: psycopg.Connection) -> list[tuple]:
                (select min(m2.customer_id) from pgconverge.legacy_customer_profile m2 where m2.profile_id = m.profile_id)
         from pgconverge.legacy_customer_profile m order by 1""").fetchall()
     return rows
+
+
+def schema_dump(conn: psycopg.Connection, schemas: tuple[str, ...] = ("public",)) -> list[str]:
+    """Columns, constraints, indexes, triggers and policies of SCHEMAS as text, for before/after comparisons."""
+    rows = conn.execute("""
+        select format('column %%s.%%s %%s %%s %%s', c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+                      case when a.attnotnull then 'not null' else 'null' end, pg_get_expr(d.adbin, d.adrelid))
+        from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
+        left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+        where n.nspname = any(%(s)s) and c.relkind in ('r', 'p') and a.attnum > 0 and not a.attisdropped
+        union all
+        select format('constraint %%s.%%s %%s', c.relname, con.conname, pg_get_constraintdef(con.oid))
+        from pg_constraint con join pg_class c on c.oid = con.conrelid join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname = any(%(s)s)
+        union all
+        select format('index %%s', pg_get_indexdef(i.indexrelid)) from pg_index i join pg_class c on c.oid = i.indrelid
+        join pg_namespace n on n.oid = c.relnamespace where n.nspname = any(%(s)s)
+        union all
+        select format('trigger %%s', pg_get_triggerdef(t.oid)) from pg_trigger t join pg_class c on c.oid = t.tgrelid
+        join pg_namespace n on n.oid = c.relnamespace where n.nspname = any(%(s)s) and not t.tgisinternal
+        union all
+        select format('policy %%s.%%s %%s %%s %%s', c.relname, p.polname, p.polcmd, pg_get_expr(p.polqual, p.polrelid),
+                      pg_get_expr(p.polwithcheck, p.polrelid))
+        from pg_policy p join pg_class c on c.oid = p.polrelid join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname = any(%(s)s)
+        union all
+        select format('function %%s %%s', p.oid::regprocedure, md5(pg_get_functiondef(p.oid))) from pg_proc p
+        join pg_namespace n on n.oid = p.pronamespace where n.nspname = any(%(s)s) and p.prokind = 'f'
+        """, {"s": list(schemas)}).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+DEPENDENTS = ("carts", "orders", "sessions")
+
+
+def linkage_problems(conn: psycopg.Connection, new: str = "profile_id") -> list[str]:
+    """Dependent rows whose new id is not the mapping of their legacy id (empty = every row linked right)."""
+    out = []
+    for t in DEPENDENTS:
+        n = conn.execute(f"""select count(*) from public.{t} d
+            left join pgconverge.legacy_customer_profile m on m.customer_id = d.customer_id
+            where (d.customer_id is not null and d.{new} is distinct from m.profile_id)""").fetchone()[0]
+        if n:
+            out.append(f"{t}: {n} rows whose {new} is not the mapping of customer_id")
+    return out

@@ -137,7 +137,8 @@ def test_rollback_of_align_removes_what_it_created(conn, fixture_db):
     cli("run", "align", "--dsn", fixture_db)
     assert objects()[0] > before
     out = cli_json("plan", "--rollback-to", "align", "--dsn", fixture_db)
-    assert out["steps"][0]["id"] == "rollback.align.created_rows_unused"
+    assert out["steps"][0]["id"].startswith("rollback.expand.")  # later phases first, skipped when never run
+    assert "rollback.align.created_rows_unused" in [s["id"] for s in out["steps"]]
     cli("rollback", "--to", "align", "--dsn", fixture_db)
     assert objects() == (before, 0, 0, True, 0)
     # The ledger stays, and the phase can run again.

@@ -17,7 +17,7 @@ from pgconverge.errors import PgConvergeError
 from pgconverge.execution import retry, session
 from pgconverge.execution.locks import describe_blockers
 from pgconverge.ledger.store import Ledger
-from pgconverge.operations.base import PHASES, Plan, Step
+from pgconverge.operations.base import PHASES, Cost, Plan, Step
 from pgconverge.operations.batched import Batched
 from pgconverge.operations.check import Check
 from pgconverge.operations.create_index import CreateIndexConcurrently
@@ -236,7 +236,9 @@ class Runner:
                     self.work.execute(s)
                 self._done(step, n, texts)
                 return n
-            with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms):
+            # A scan (VALIDATE) may take long; its lock is weak, so only the lock wait is bounded.
+            timeout = 0 if step.op.cost == Cost.SCANS else session.DDL_STATEMENT_TIMEOUT_MS
+            with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms, statement_timeout_ms=timeout):
                 for s in statements:
                     self.work.execute(s)
                 # Same transaction: the step and its "done" record commit together or not at all.
@@ -315,6 +317,8 @@ class Runner:
                 with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms,
                                          statement_timeout_ms=session.BATCH_STATEMENT_TIMEOUT_MS):
                     scanned, last, changed = self.work.execute(op.batch, params).fetchone()
+                    if not isinstance(last, (int, str, type(None))):
+                        last = str(last)  # uuid, timestamp…: kept as text, cast back by the batch statement
                     if scanned:
                         self.ledger.checkpoint(self.run_id, step.id, last, rows_done + scanned, scanned,
                                                (time.monotonic() - t0) * 1000, conn=self.work)

@@ -71,7 +71,7 @@ def keyset_batch(table: QualifiedName, key: str, key_type: str, per_row: sql.Com
     k = sql.Identifier(key)
     a = sql.Identifier(alias)
     return sql.SQL(
-        "select count(*), max(b.k), count(b.v) from ("
+        "select count(*), (array_agg(b.k order by b.k desc))[1], count(b.v) from ("
         "select {a}.{k} as k, {per_row} as v from {t} as {a} "
         "where (%(after)s::{ty} is null or {a}.{k} > %(after)s::{ty}) "
         "and (%(upper)s::{ty} is null or {a}.{k} <= %(upper)s::{ty}) order by {a}.{k} limit %(n)s) as b"
@@ -79,4 +79,5 @@ def keyset_batch(table: QualifiedName, key: str, key_type: str, per_row: sql.Com
 
 
 def max_key(table: QualifiedName, key: str) -> sql.Composed:
-    return sql.SQL("select max({k}) from {t}").format(k=sql.Identifier(key), t=qn(table))
+    # ORDER BY … LIMIT 1 rather than max(): there is no max() for uuid, and it uses the key's index.
+    return sql.SQL("select {k} from {t} order by {k} desc limit 1").format(k=sql.Identifier(key), t=qn(table))

@@ -16,9 +16,7 @@ from pgconverge.operations.base import Cost, Lock, Operation
 class CreateIndexConcurrently(Operation):
     name: QualifiedName  # schema = the table's schema
     table: QualifiedName
-    columns: sql.Composable  # "(a, b)" or "(expr)" with method, as it follows ON table
-    unique: bool = False
-    predicate: sql.Composable | None = None
+    statement: sql.Composable  # the whole CREATE INDEX CONCURRENTLY statement
     why: str = ""
 
     executor: ClassVar[str] = "index"
@@ -44,16 +42,14 @@ class CreateIndexConcurrently(Operation):
         return False
 
     def statements(self) -> list[sql.Composable]:
-        stmt = sql.SQL("create {}index concurrently if not exists {} on {} {}").format(
-            sql.SQL("unique ") if self.unique else sql.SQL(""), sql.Identifier(self.name.name), qn(self.table),
-            self.columns)
-        if self.predicate is not None:
-            stmt = sql.SQL("{} where {}").format(stmt, self.predicate)
-        return [stmt]
+        return [self.statement]
 
     def probe(self) -> sql.Composable:
+        """True when a valid index of this name exists on this table (not IF NOT EXISTS: a same-named
+        index elsewhere must not pass for ours)."""
         return sql.SQL("select coalesce((select i.indisvalid from pg_catalog.pg_index i "
-                       "where i.indexrelid = to_regclass({})), false)").format(sql.Literal(str(self.name)))
+                       "where i.indexrelid = to_regclass({}) and i.indrelid = to_regclass({})), false)").format(
+            sql.Literal(str(self.name)), sql.Literal(str(self.table)))
 
     def invalid_probe(self) -> sql.Composable:
         """True when an interrupted build left an invalid index of this name behind."""
@@ -65,7 +61,7 @@ class CreateIndexConcurrently(Operation):
 
 
 @dataclass(frozen=True)
-class DropIndexConcurrently(Operation):
+class DropIndexConcurrently(Operation):  # noqa: D101
     name: QualifiedName
     table: QualifiedName
 
@@ -87,3 +83,13 @@ class DropIndexConcurrently(Operation):
 
     def statements(self) -> list[sql.Composable]:
         return [sql.SQL("drop index concurrently if exists {}").format(qn(self.name))]
+
+
+def simple_index(name: QualifiedName, table: QualifiedName, columns: sql.Composable, why: str = "",
+                 unique: bool = False, predicate: sql.Composable | None = None) -> CreateIndexConcurrently:
+    """An index on COLUMNS (a parenthesised list of columns or expressions) of TABLE."""
+    stmt = sql.SQL("create {}index concurrently {} on {} {}").format(
+        sql.SQL("unique ") if unique else sql.SQL(""), sql.Identifier(name.name), qn(table), columns)
+    if predicate is not None:
+        stmt = sql.SQL("{} where {}").format(stmt, predicate)
+    return CreateIndexConcurrently(name, table, stmt, why)

@@ -49,7 +49,7 @@ def delete_created(canonical: QualifiedName, canonical_key: str, mapping: Qualif
         "with b as (select m.{lc} as k, m.{mc} as v from {m} m where m.method = 'created' and "
         "(%(after)s::{ty} is null or m.{lc} > %(after)s::{ty}) order by m.{lc} limit %(n)s), "
         "d as (delete from {c} p using b where p.{ck} = b.v returning 1) "
-        "select (select count(*) from b), (select max(k) from b), (select count(*) from d)").format(
+        "select (select count(*) from b), (select b.k from b order by b.k desc limit 1), (select count(*) from d)").format(
             lc=ident(legacy_column), mc=ident(new_column), m=qn(mapping), ty=sql.SQL(legacy_type),
             c=qn(canonical), ck=ident(canonical_key))
     return DeleteCreated(mapping, legacy_column, legacy_type, stmt, batch_size,

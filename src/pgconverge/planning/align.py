@@ -13,14 +13,15 @@ from pgconverge.operations.base import Step
 from pgconverge.operations.batched import Batched, keyset_batch, max_key
 from pgconverge.operations.check import Check
 from pgconverge.operations.create_function import CreateFunction
-from pgconverge.operations.create_index import CreateIndexConcurrently
+from pgconverge.operations.create_index import simple_index
 from pgconverge.operations.create_table import CreateTable
 from pgconverge.operations.create_trigger import CreateTrigger
 from pgconverge.operations.private_schema import CreatePrivateSchema
 from pgconverge.operations.snapshot import Snapshot
 
 PHASE = "align"
-METHODS = ("exact", "normalized", "created", "manual")
+METHODS = ("exact", "normalized", "created", "manual", "reverse")  # reverse: legacy row made for a canonical one
+REVERSE_FLAG = "pgconverge.reverse_aligning"
 
 
 def names(spec: Spec) -> dict[str, QualifiedName]:
@@ -29,6 +30,7 @@ def names(spec: Spec) -> dict[str, QualifiedName]:
         "normalize": QualifiedName(s, "normalize_phone"),
         "align_row": QualifiedName(s, "align_legacy_row"),
         "legacy_trigger_fn": QualifiedName(s, "legacy_after_write"),
+        "legacy_for": QualifiedName(s, "legacy_for_canonical"),
         "mapping": spec.mapping_table,
         "match_index": QualifiedName(spec.canonical.table.schema,
                                      f"pgconverge_{spec.canonical.table.name}_match_key"[:63]),
@@ -59,12 +61,13 @@ def plan(spec: Spec, cat: Catalog) -> list[Step]:
             extra=(sql.SQL("create index if not exists {} on {} ({})").format(
                 sql.Identifier(f"{n['mapping'].name}_{spec.migration.new_column}"[:63]), qn(n["mapping"]),
                 ident(spec.migration.new_column)),)),
-        CreateIndexConcurrently(
-            n["match_index"], can.name,
-            sql.SQL("({}({}))").format(qn(n["normalize"]), ident(spec.canonical.match_column)),
-            why="find canonical rows by equivalence key"),
+        simple_index(n["match_index"], can.name,
+                     sql.SQL("({}({}))").format(qn(n["normalize"]), ident(spec.canonical.match_column)),
+                     why="find canonical rows by equivalence key"),
         CreateFunction(n["align_row"], str(leg.name), _align_row_function(spec, cat, key_insert),
                        why="find or create the canonical row for one legacy row (trigger and batches alike)"),
+        CreateFunction(n["legacy_for"], ck.type, _legacy_for_function(spec, cat),
+                       why="the legacy row for a canonical row, created if missing (used by rollbacks)"),
         CreateFunction(n["legacy_trigger_fn"], "", _legacy_trigger_function(spec),
                        why="map legacy rows that old code writes from now on"),
         CreateTrigger("pgconverge_align", leg.name, sql.SQL("after insert or update of {} ").format(
@@ -85,7 +88,7 @@ def plan(spec: Spec, cat: Catalog) -> list[Step]:
     ]
     steps.append(_report(spec, cat))
     ids = ["private_schema", "normalize_function", "mapping_table", "match_index", "align_function",
-           "legacy_trigger_function", "legacy_trigger", "match", "coverage_gate", "report"]
+           "legacy_for_function", "legacy_trigger_function", "legacy_trigger", "match", "coverage_gate", "report"]
     return [Step(f"{PHASE}.{i}", PHASE, op) for i, op in zip(ids, steps)]
 
 
@@ -179,6 +182,9 @@ declare
   target {ck_type};
   how text;
 begin
+  if pg_catalog.current_setting({flag}, true) = 'on' then
+    return null;  -- a legacy row pgconverge itself is creating for a canonical row; its mapping is written there
+  end if;
   select m.{mcc} into target from {mapping} m where m.{mlc} = r.{lk};
   if found then
     return target;  -- decided once; a later change of number does not move the row to another identity
@@ -210,11 +216,59 @@ end""").format(
         mlc=ident(spec.mapping_legacy_column), lk=ident(spec.legacy.key), lm=ident(spec.legacy.match_column),
         normalize=qn(n["normalize"]), ck=ck, cm=cm, canonical=qn(can.name), order_by=_order_by(spec, can),
         cols=sql.SQL(", ").join(cols), vals=sql.SQL(", ").join(vals),
-        can_name=sql.Literal(str(can.name)), leg_name=sql.Literal(str(cat.legacy.name)))
+        can_name=sql.Literal(str(can.name)), leg_name=sql.Literal(str(cat.legacy.name)),
+        flag=sql.Literal(REVERSE_FLAG))
     return sql.SQL(
         "create or replace function {f}(r {lt}) returns {ck_type} language plpgsql volatile security definer "
         "set search_path = pg_catalog, pg_temp as {body}").format(
         f=qn(n["align_row"]), lt=qn(cat.legacy.name), ck_type=ck_type, body=body(code))
+
+
+def _legacy_for_function(spec: Spec, cat: Catalog) -> sql.Composable:
+    """Reverse alignment: the legacy row of a canonical row, made from it when there is none.
+
+    Rows that new code wrote for an identity old code never knew need a legacy owner before
+    a rollback can give them back to old code.
+    """
+    n = names(spec)
+    leg, can = cat.legacy, cat.canonical
+    lk_type = sql.SQL(leg.column(spec.legacy.key).type)
+    ck_type = sql.SQL(can.column(spec.canonical.key).type)
+    cols = [ident(spec.legacy.match_column)] + [ident(lc) for lc, _ in spec.canonical.copy_columns]
+    vals = [sql.SQL("p.{}").format(ident(spec.canonical.match_column))]
+    vals += [sql.SQL("p.{}").format(ident(cc)) for _, cc in spec.canonical.copy_columns]
+    code = sql.SQL("""
+declare
+  target {lk_type};
+begin
+  select min(m.{mlc}) into target from {mapping} m where m.{mcc} = canonical_id;
+  if target is not null then
+    return target;
+  end if;
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('pgconverge:reverse:' || canonical_id::text, 0));
+  select min(m.{mlc}) into target from {mapping} m where m.{mcc} = canonical_id;
+  if target is not null then
+    return target;
+  end if;
+  perform pg_catalog.set_config({flag}, 'on', true);
+  insert into {legacy} as l ({cols}) select {vals} from {canonical} p where p.{ck} = canonical_id
+    returning l.{lk} into target;
+  perform pg_catalog.set_config({flag}, 'off', true);
+  if target is null then
+    return null;  -- no such canonical row
+  end if;
+  insert into {mapping} ({mlc}, {mcc}, method, match_key)
+    select target, canonical_id, 'reverse', {normalize}(p.{cm}) from {canonical} p where p.{ck} = canonical_id;
+  return target;
+end""").format(lk_type=lk_type, mlc=ident(spec.mapping_legacy_column), mcc=ident(spec.migration.new_column),
+               mapping=qn(n["mapping"]), flag=sql.Literal(REVERSE_FLAG), legacy=qn(leg.name),
+               cols=sql.SQL(", ").join(cols), vals=sql.SQL(", ").join(vals), canonical=qn(can.name),
+               ck=ident(spec.canonical.key), lk=ident(spec.legacy.key), normalize=qn(n["normalize"]),
+               cm=ident(spec.canonical.match_column))
+    return sql.SQL(
+        "create or replace function {f}(canonical_id {ck_type}) returns {lk_type} language plpgsql volatile "
+        "security definer set search_path = pg_catalog, pg_temp as {body}").format(
+        f=qn(n["legacy_for"]), ck_type=ck_type, lk_type=lk_type, body=body(code))
 
 
 def _legacy_trigger_function(spec: Spec) -> sql.Composable:
@@ -252,6 +306,8 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None) -> list[Step
          ("align.match",)),
         ("drop_legacy_trigger_function", DropFunction(n["legacy_trigger_fn"], ""), ("align.legacy_trigger_function",)),
         ("drop_align_function", DropFunction(n["align_row"], str(leg.name)), ("align.align_function",)),
+        ("drop_legacy_for_function", DropFunction(n["legacy_for"], can.column(spec.canonical.key).type),
+         ("align.legacy_for_function",)),
         ("drop_match_index", DropIndexConcurrently(n["match_index"], can.name), ("align.match_index",)),
         ("drop_mapping_table", DropTable(n["mapping"]), ("align.mapping_table",)),
         ("drop_normalize_function", DropFunction(n["normalize"], "text"),

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import Spec
 from pgconverge.operations.base import PHASES, Plan
-from pgconverge.planning import align
+from pgconverge.planning import align, expand
 
 
-_PLANNERS = {"align": align}
+_PLANNERS = {"align": align, "expand": expand}
 
 
 def build(spec: Spec, cat: Catalog) -> Plan:

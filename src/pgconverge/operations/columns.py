@@ -1,0 +1,75 @@
+"""Column changes that only touch the catalog: add a nullable column, drop one, drop or set NOT NULL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from pgconverge.config import QualifiedName
+from pgconverge.execution.sql import ident, qn
+from pgconverge.operations.base import Lock, Operation
+
+
+@dataclass(frozen=True)
+class _TableOp(Operation):
+    table: QualifiedName
+    column: str
+
+    @property
+    def lock_target(self) -> str:
+        return str(self.table)
+
+
+@dataclass(frozen=True)
+class AddColumn(_TableOp):
+    type: str
+
+    @property
+    def description(self) -> str:
+        return f"add nullable column {self.table}.{self.column} {self.type} (no default: a catalog change only)"
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("alter table {} add column if not exists {} {}").format(
+            qn(self.table), ident(self.column), sql.SQL(self.type))]
+
+    def reverse(self) -> Operation:
+        return DropColumn(self.table, self.column)
+
+
+@dataclass(frozen=True)
+class DropColumn(_TableOp):
+    @property
+    def description(self) -> str:
+        return f"drop column {self.table}.{self.column} (a catalog change; space is reclaimed by later writes)"
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("alter table {} drop column if exists {}").format(qn(self.table), ident(self.column))]
+
+
+@dataclass(frozen=True)
+class DropNotNull(_TableOp):
+    why: str = ""
+
+    @property
+    def description(self) -> str:
+        return f"drop NOT NULL on {self.table}.{self.column}" + (f": {self.why}" if self.why else "")
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("alter table {} alter column {} drop not null").format(qn(self.table), ident(self.column))]
+
+
+@dataclass(frozen=True)
+class SetNotNull(_TableOp):
+    """SET NOT NULL after a validated CHECK (col IS NOT NULL) exists: Postgres then skips the table scan."""
+
+    @property
+    def description(self) -> str:
+        return (f"set NOT NULL on {self.table}.{self.column} (instant: the validated check constraint already "
+                "proves it)")
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("alter table {} alter column {} set not null").format(qn(self.table), ident(self.column))]
+
+    def reverse(self) -> Operation:
+        return DropNotNull(self.table, self.column)

@@ -1,0 +1,103 @@
+"""Constraints added without a long lock: NOT VALID first (instant), VALIDATE later (no write-blocking lock)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from pgconverge.config import QualifiedName
+from pgconverge.execution.sql import ident, qn
+from pgconverge.operations.base import Cost, Lock, Operation
+
+
+@dataclass(frozen=True)
+class _ConstraintOp(Operation):
+    table: QualifiedName
+    name: str
+
+    @property
+    def lock_target(self) -> str:
+        return str(self.table)
+
+    def exists_probe(self) -> sql.Composable:
+        return sql.SQL("select exists (select 1 from pg_catalog.pg_constraint where conrelid = {}::regclass "
+                       "and conname = {})").format(sql.Literal(str(self.table)), sql.Literal(self.name))
+
+
+@dataclass(frozen=True)
+class AddForeignKeyNotValid(_ConstraintOp):
+    column: str
+    ref_table: QualifiedName
+    ref_column: str
+    on_delete: str
+    on_update: str
+
+    @property
+    def description(self) -> str:
+        return (f"add foreign key {self.name}: {self.table}({self.column}) → {self.ref_table}({self.ref_column}) "
+                f"ON DELETE {self.on_delete}, NOT VALID (new rows checked now, old rows validated later)")
+
+    @property
+    def lock(self) -> Lock:
+        return Lock.SHARE_ROW_EXCLUSIVE  # on both tables; writes wait only for the catalog change
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("alter table {t} add constraint {n} foreign key ({c}) references {rt} ({rc}) "
+                        "on delete {od} on update {ou} not valid").format(
+            t=qn(self.table), n=ident(self.name), c=ident(self.column), rt=qn(self.ref_table),
+            rc=ident(self.ref_column), od=sql.SQL(self.on_delete), ou=sql.SQL(self.on_update))]
+
+    def probe(self) -> sql.Composable:
+        return self.exists_probe()
+
+    def reverse(self) -> Operation:
+        return DropConstraint(self.table, self.name)
+
+
+@dataclass(frozen=True)
+class AddCheckNotValid(_ConstraintOp):
+    check: sql.Composable
+    why: str = ""
+
+    @property
+    def description(self) -> str:
+        return f"add check constraint {self.name} on {self.table}, NOT VALID" + (f": {self.why}" if self.why else "")
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("alter table {} add constraint {} check ({}) not valid").format(
+            qn(self.table), ident(self.name), self.check)]
+
+    def probe(self) -> sql.Composable:
+        return self.exists_probe()
+
+    def reverse(self) -> Operation:
+        return DropConstraint(self.table, self.name)
+
+
+@dataclass(frozen=True)
+class ValidateConstraint(_ConstraintOp):
+    @property
+    def description(self) -> str:
+        return f"validate {self.name} on {self.table} (reads every row; reads and writes go on meanwhile)"
+
+    @property
+    def lock(self) -> Lock:
+        return Lock.SHARE_UPDATE_EXCLUSIVE
+
+    @property
+    def cost(self) -> Cost:
+        return Cost.SCANS
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("alter table {} validate constraint {}").format(qn(self.table), ident(self.name))]
+
+
+@dataclass(frozen=True)
+class DropConstraint(_ConstraintOp):
+    @property
+    def description(self) -> str:
+        return f"drop constraint {self.name} on {self.table}"
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("alter table {} drop constraint if exists {}").format(qn(self.table), ident(self.name))]

@@ -1,0 +1,221 @@
+"""The expand phase: every dependent row gets the new id, kept in sync with the legacy one, constrained online."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from _support import DEPENDENTS, cli, cli_json, linkage_problems, mapping_problems, schema_dump, write_config
+
+
+@pytest.fixture
+def expanded(conn, fixture_db):
+    cli("run", "align", "--dsn", fixture_db)
+    cli("run", "expand", "--dsn", fixture_db)
+    return conn
+
+
+def test_every_row_gets_its_ground_truth_profile(expanded):
+    conn = expanded
+    assert mapping_problems(conn) == []
+    assert linkage_problems(conn) == []
+    for t in DEPENDENTS:
+        # Rows without a customer keep NULL; every other row is filled.
+        assert conn.execute(f"select count(*) from public.{t} where customer_id is null and profile_id is not null"
+                            ).fetchone()[0] == 0
+        assert conn.execute(f"select count(*) from public.{t} where customer_id is not null and profile_id is null"
+                            ).fetchone()[0] == 0
+    assert conn.execute("select count(*) from public.orders where customer_id is null").fetchone()[0] > 0
+    # The profile each cart points at is the one the fixture's truth names (for pre-existing profiles).
+    wrong = conn.execute("""select count(*) from public.carts c join fixture_truth.expected_mapping t
+        on t.customer_id = c.customer_id where t.expected_profile_id is not null
+        and c.profile_id <> t.expected_profile_id""").fetchone()[0]
+    assert wrong == 0
+
+
+def test_constraints_and_indexes_mirror_the_legacy_ones(expanded):
+    conn = expanded
+    nulls = dict(conn.execute("""select c.relname || '.' || a.attname, a.attnotnull from pg_attribute a
+        join pg_class c on c.oid = a.attrelid where c.relname = any(%s) and a.attname in ('customer_id', 'profile_id')
+        and c.relnamespace = 'public'::regnamespace""", (list(DEPENDENTS),)).fetchall())
+    assert nulls == {"carts.customer_id": False, "carts.profile_id": True, "orders.customer_id": False,
+                     "orders.profile_id": False, "sessions.customer_id": False, "sessions.profile_id": False}
+    fks = dict(conn.execute("""select conrelid::regclass::text, pg_get_constraintdef(oid) from pg_constraint
+        where conname like '%%profile_id_fkey' and convalidated""").fetchall())
+    assert fks == {"carts": "FOREIGN KEY (profile_id) REFERENCES profiles(user_id) ON DELETE CASCADE",
+                   "orders": "FOREIGN KEY (profile_id) REFERENCES profiles(user_id) ON DELETE SET NULL",
+                   "sessions": "FOREIGN KEY (profile_id) REFERENCES profiles(user_id) ON DELETE SET NULL"}
+    idx = dict(conn.execute("""select indexrelid::regclass::text, pg_get_indexdef(indexrelid) || ' ' || indisvalid
+        from pg_index where indexrelid::regclass::text like 'idx_%%profile%%'""").fetchall())
+    assert idx == {
+        "idx_carts_profile_status": "CREATE INDEX idx_carts_profile_status ON public.carts USING btree "
+                                    "(profile_id, status) true",
+        "idx_orders_profile_id": "CREATE INDEX idx_orders_profile_id ON public.orders USING btree (profile_id) true",
+        "idx_sessions_profile": "CREATE INDEX idx_sessions_profile ON public.sessions USING btree (profile_id) "
+                                "WHERE (profile_id IS NOT NULL) true"}
+    assert conn.execute("select count(*) from pg_constraint where conname like '%%not_null'").fetchone()[0] == 0
+
+
+def test_on_delete_of_a_profile_mirrors_the_legacy_foreign_keys(expanded):
+    conn = expanded
+    pid = conn.execute("""select c.profile_id from public.carts c join public.orders o on o.profile_id = c.profile_id
+        join public.sessions s on s.profile_id = c.profile_id limit 1""").fetchone()[0]
+    with pytest.raises(psycopg.errors.QueryCanceled):  # a way to roll back the transaction at the end
+        with conn.transaction():
+            orders = [r[0] for r in conn.execute("select id from public.orders where profile_id = %s", (pid,))]
+            conn.execute("delete from public.profiles where user_id = %s", (pid,))
+            assert conn.execute("select count(*) from public.carts where profile_id = %s", (pid,)).fetchone()[0] == 0
+            left = conn.execute("select profile_id, customer_id from public.orders where id = any(%s)",
+                                (orders,)).fetchall()
+            assert left and all(r == (None, None) for r in left)  # SET NULL, and the legacy id follows
+            assert conn.execute("select count(*) from public.sessions where profile_id = %s",
+                                (pid,)).fetchone()[0] == 0
+            raise psycopg.errors.QueryCanceled("roll back")
+    assert conn.execute("select count(*) from public.profiles where user_id = %s", (pid,)).fetchone()[0] == 1
+
+
+def test_sync_trigger_lets_old_and_new_code_write(expanded):
+    conn = expanded
+    cid, pid = conn.execute("select customer_id, profile_id from pgconverge.legacy_customer_profile limit 1").fetchone()
+    first_customer = conn.execute("select min(customer_id) from pgconverge.legacy_customer_profile "
+                                  "where profile_id = %s", (pid,)).fetchone()[0]
+    with conn.transaction():
+        conn.execute("set local role service_role")
+        # old code: customer_id only
+        assert conn.execute("insert into public.carts (customer_id) values (%s) returning profile_id",
+                            (cid,)).fetchone()[0] == pid
+        # new code: profile_id only
+        assert conn.execute("insert into public.carts (profile_id) values (%s) returning customer_id",
+                            (pid,)).fetchone()[0] == first_customer
+        # old code creating a brand-new customer and a cart for it, in one transaction
+        new_cid = conn.execute("insert into public.customers (wa_id) values ('+250781111999') returning id"
+                               ).fetchone()[0]
+        new_pid = conn.execute("insert into public.orders (customer_id) values (%s) returning profile_id",
+                               (new_cid,)).fetchone()[0]
+        assert new_pid is not None
+        # moving a row: either id moves the other
+        oid = conn.execute("insert into public.orders (customer_id) values (%s) returning id", (cid,)).fetchone()[0]
+        assert conn.execute("update public.orders set customer_id = %s where id = %s returning profile_id",
+                            (new_cid, oid)).fetchone()[0] == new_pid
+        assert conn.execute("update public.orders set profile_id = %s where id = %s returning customer_id",
+                            (pid, oid)).fetchone()[0] is not None
+        assert conn.execute("update public.orders set customer_id = null where id = %s returning profile_id",
+                            (oid,)).fetchone()[0] is None
+    with pytest.raises(errors.CheckViolation, match="belongs to"):
+        conn.execute("insert into public.carts (customer_id, profile_id) values (%s, %s)", (cid, new_pid))
+
+
+def test_writers_keep_writing_during_expand(conn, fixture_db, tmp_path):
+    cli("run", "align", "--dsn", fixture_db)
+    ids = conn.execute("select customer_id, profile_id from pgconverge.legacy_customer_profile "
+                       "order by customer_id limit 200").fetchall()
+    stop, ready = threading.Event(), threading.Event()
+    failures: list[str] = []
+    written = {"old": 0, "new": 0}
+
+    def old_code():
+        with psycopg.connect(fixture_db, autocommit=True) as c:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                cid = ids[i % len(ids)][0]
+                try:
+                    with c.transaction():
+                        c.execute("set local role service_role")
+                        if i % 10 == 0:
+                            cid = c.execute("insert into public.customers (wa_id) values (%s) returning id",
+                                            (f"+25078{i:07d}",)).fetchone()[0]
+                        cart = c.execute("insert into public.carts (customer_id) values (%s) returning id",
+                                         (cid,)).fetchone()[0]
+                        c.execute("insert into public.orders (customer_id, cart_id) values (%s, %s)", (cid, cart))
+                        c.execute("insert into public.sessions (customer_id) values (%s)", (cid,))
+                        c.execute("update public.carts set status = 'checked_out' where id = %s", (cart,))
+                    written["old"] += 1
+                except psycopg.Error as exc:
+                    failures.append(f"old: {exc}")
+                stop.wait(0.003)
+
+    def new_code():
+        ready.wait()
+        with psycopg.connect(fixture_db, autocommit=True) as c:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                pid = ids[i % len(ids)][1]
+                try:
+                    with c.transaction():
+                        c.execute("set local role service_role")
+                        cart = c.execute("insert into public.carts (profile_id) values (%s) returning id",
+                                         (pid,)).fetchone()[0]
+                        c.execute("insert into public.orders (profile_id, cart_id) values (%s, %s)", (pid, cart))
+                        c.execute("insert into public.sessions (profile_id) values (%s)", (pid,))
+                    written["new"] += 1
+                except psycopg.Error as exc:
+                    failures.append(f"new: {exc}")
+                stop.wait(0.003)
+
+    def deploy_new_code_when_ready():
+        # New code starts once every dependent table has its column and sync trigger.
+        with psycopg.connect(fixture_db, autocommit=True) as c:
+            while not stop.is_set():
+                n = c.execute("select count(*) from pg_trigger where tgname = 'pgconverge_sync'").fetchone()[0]
+                if n == len(DEPENDENTS):
+                    ready.set()
+                    return
+                time.sleep(0.01)
+            ready.set()
+
+    threads = [threading.Thread(target=f) for f in (old_code, old_code, new_code, deploy_new_code_when_ready)]
+    for t in threads:
+        t.start()
+    try:
+        cfg = write_config(tmp_path, "[migration]\nbatch_size = 100\nbatch_pause_ms = 5\n")
+        cli("run", "expand", "--dsn", fixture_db, "--config", cfg)
+        stop.wait(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert written["old"] > 20 and written["new"] > 5
+    assert linkage_problems(conn) == []
+    # Rows new code wrote carry the legacy id back wherever the profile has a customer.
+    missing = conn.execute("select count(*) from public.carts c where c.customer_id is null and exists "
+                           "(select 1 from pgconverge.legacy_customer_profile m where m.profile_id = c.profile_id)"
+                           ).fetchone()[0]
+    assert missing == 0
+    assert cli_json("status", "--dsn", fixture_db)["phases"]["expand"] == "done"
+
+
+def test_plan_takes_no_long_exclusive_lock(conn, fixture_db):
+    steps = cli_json("plan", "expand", "--dsn", fixture_db)["steps"]
+    assert steps and all(s["sql"] for s in steps)
+    for s in steps:
+        if s["lock"] == "ACCESS EXCLUSIVE":
+            assert s["cost"] == "instant", s["id"]
+        if s["operation"] == "CreateIndexConcurrently":
+            assert not s["transactional"] and "CONCURRENTLY" in s["sql"][0].upper()
+
+
+def test_rollback_of_expand_restores_the_schema_and_gives_rows_back(conn, fixture_db):
+    cli("run", "align", "--dsn", fixture_db)
+    before = schema_dump(conn)
+    cli("run", "expand", "--dsn", fixture_db)
+    # New code writes a cart for a profile that has no customer: rollback must make one.
+    orphan = conn.execute("""select p.user_id from public.profiles p where not exists
+        (select 1 from pgconverge.legacy_customer_profile m where m.profile_id = p.user_id)
+        and p.whatsapp_e164 is not null limit 1""").fetchone()[0]
+    cart = conn.execute("insert into public.carts (profile_id) values (%s) returning id", (orphan,)).fetchone()[0]
+    cli("rollback", "--to", "expand", "--dsn", fixture_db)
+    assert schema_dump(conn) == before
+    cid = conn.execute("select customer_id from public.carts where id = %s", (cart,)).fetchone()[0]
+    assert cid is not None
+    assert conn.execute("select profile_id, method from pgconverge.legacy_customer_profile where customer_id = %s",
+                        (cid,)).fetchone() == (orphan, "reverse")
+    # And forward again.
+    cli("run", "expand", "--dsn", fixture_db)
+    assert linkage_problems(conn) == []
