@@ -219,3 +219,19 @@ def test_rollback_of_expand_restores_the_schema_and_gives_rows_back(conn, fixtur
     # And forward again.
     cli("run", "expand", "--dsn", fixture_db)
     assert linkage_problems(conn) == []
+
+
+def test_verify_passes_after_expand_and_names_a_mislinked_row(expanded, fixture_db):
+    conn = expanded
+    out = cli_json("verify", "--dsn", fixture_db)
+    assert out["passed"] and out["phases"] == ["align", "expand"]
+    assert [c["step"] for c in out["checks"]] == ["align.coverage_gate", "expand.invariants"]
+    # A row changed behind the trigger's back (as a careless manual fix would).
+    conn.execute("alter table public.orders disable trigger pgconverge_sync")
+    conn.execute("update public.orders set profile_id = (select user_id from public.profiles order by user_id desc "
+                 "limit 1) where id = (select min(id) from public.orders where customer_id is not null)")
+    conn.execute("alter table public.orders enable trigger pgconverge_sync")
+    out = cli_json("verify", "--dsn", fixture_db, expect=1)
+    failed = [c for c in out["checks"] if not c["passed"]]
+    assert [c["step"] for c in failed] == ["expand.invariants"]
+    assert failed[0]["problems"][0][0] == "public.orders: 1 rows whose profile_id is not the mapping's"

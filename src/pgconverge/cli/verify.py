@@ -1,0 +1,46 @@
+"""`pgconverge verify`: check the invariants of every finished phase, changing nothing."""
+
+from __future__ import annotations
+
+import typer
+from rich.markup import escape
+
+from pgconverge.catalog import baseline
+from pgconverge.cli.common import ConfigOpt, DsnOpt, JsonOpt, console, fail_cleanly, load_spec, print_json, target
+from pgconverge.connection import connect
+from pgconverge.ledger.store import Ledger
+from pgconverge.planning import plan as planner
+from pgconverge.verify import invariants
+
+
+@fail_cleanly
+def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Check the invariants of every finished phase; exit 1 if any fails.
+
+    align: every legacy row has a mapping. expand: every dependent row's new id is the mapping
+    of its legacy id, no row has a legacy id without a new one, the new foreign keys are
+    validated and the new indexes valid. Read-only: runs in one read-only snapshot.
+    """
+    spec = load_spec(config_file)
+    t = target(dsn)
+    with connect(t) as conn:
+        cat, _ = baseline.load(conn, spec)
+        plan = planner.build(spec, cat)
+        phases = invariants.finished_phases(plan, Ledger(conn, spec))
+        results = invariants.run(conn, plan, phases)
+    ok = all(r.passed for r in results)
+    if as_json:
+        print_json({"target": t.display, "phases": phases, "passed": ok,
+                    "checks": [r.__dict__ for r in results]})
+    else:
+        if not phases:
+            console.print("no phase has finished yet: nothing to verify")
+        for r in results:
+            mark = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
+            console.print(f"{mark} {r.step}", highlight=False)
+            for p in r.problems[:20]:
+                console.print("     " + escape(" — ".join(x for x in p if x)), highlight=False)
+            if not r.passed:
+                console.print(f"     fix: {escape(r.fix)}", highlight=False)
+    if not ok:
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Verification: invariants, snapshots and RLS equivalence, read-only."""
