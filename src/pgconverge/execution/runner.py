@@ -316,6 +316,8 @@ class Runner:
                 t0 = time.monotonic()
                 with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms,
                                          statement_timeout_ms=session.BATCH_STATEMENT_TIMEOUT_MS):
+                    for name, value in op.settings:
+                        self.work.execute("select set_config(%s, %s, true)", (name, value))
                     scanned, last, changed = self.work.execute(op.batch, params).fetchone()
                     if not isinstance(last, (int, str, type(None))):
                         last = str(last)  # uuid, timestamp…: kept as text, cast back by the batch statement

@@ -30,6 +30,8 @@ class Batched(Operation):
     # Query for the last key to visit, read once when the step starts. Rows added later are a
     # trigger's job; without a bound, a busy table would keep the scan chasing its tail.
     upper_bound: sql.Composable | None = None
+    # Settings for each batch transaction (set_config(name, value, true)).
+    settings: tuple[tuple[str, str], ...] = ()
 
     executor: ClassVar[str] = "batched"
 

@@ -18,6 +18,7 @@ class CreateTrigger(Operation):
     timing_events: sql.Composable  # e.g. "after insert or update of wa_id"
     function: QualifiedName
     why: str = ""
+    when: sql.Composable | None = None
 
     @property
     def description(self) -> str:
@@ -35,8 +36,9 @@ class CreateTrigger(Operation):
     def statements(self) -> list[sql.Composable]:
         return [
             sql.SQL("drop trigger if exists {n} on {t}").format(n=sql.Identifier(self.name), t=qn(self.table)),
-            sql.SQL("create trigger {n} {te} on {t} for each row execute function {f}()").format(
-                n=sql.Identifier(self.name), te=self.timing_events, t=qn(self.table), f=qn(self.function)),
+            sql.SQL("create trigger {n} {te} on {t} for each row {w}execute function {f}()").format(
+                n=sql.Identifier(self.name), te=self.timing_events, t=qn(self.table), f=qn(self.function),
+                w=sql.SQL("when ({}) ").format(self.when) if self.when is not None else sql.SQL("")),
         ]
 
     def reverse(self) -> Operation:

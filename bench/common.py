@@ -1,0 +1,73 @@
+"""Shared bench plumbing: a server, fixture copies, timing."""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from pgconverge import embedded, fixtures
+from pgconverge.catalog.introspect import load_catalog
+from pgconverge.config import Spec
+from pgconverge.connection import Target
+from pgconverge.execution.runner import Runner
+from pgconverge.planning import plan as planner
+
+BENCH_DIR = Path(os.environ.get("PGCONVERGE_BENCH_DIR", "/tmp/pgconverge-bench"))
+
+
+def admin_dsn(dsn: str | None) -> str:
+    """The given server, or a bench-only embedded Postgres (kept between runs)."""
+    if dsn:
+        return dsn
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    return embedded.ensure_running(BENCH_DIR / "pgdata", database="postgres")
+
+
+def recreate(admin: str, name: str, template: str | None = None) -> str:
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        q = sql.SQL("create database {}").format(sql.Identifier(name))
+        if template:
+            q += sql.SQL(" template {}").format(sql.Identifier(template))
+        c.execute(q)
+    return embedded.with_database(admin, name)
+
+
+def load_fixture(admin: str, name: str, scale: float) -> tuple[str, float]:
+    dsn = recreate(admin, name)
+    t = time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        fixtures.load(c, scale=scale)
+    return dsn, time.monotonic() - t
+
+
+def run_phases(dsn: str, phases: list[str], spec: Spec | None = None) -> dict:
+    spec = spec or Spec()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        cat = load_catalog(c, spec)
+    p = planner.build(spec, cat)
+    out = {}
+    with Runner(Target(dsn, "--dsn"), spec, p, catalog=cat, catalog_source="live") as r:
+        for ph in phases:
+            t = time.monotonic()
+            r.run_phase(ph)
+            out[ph] = time.monotonic() - t
+    return out
+
+
+@contextmanager
+def timed():
+    box = {}
+    t = time.monotonic()
+    yield box
+    box["seconds"] = time.monotonic() - t
+
+
+def vacuum_analyze(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("vacuum analyze")
