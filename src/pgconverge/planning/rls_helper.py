@@ -1,0 +1,279 @@
+"""Derive the canonical RLS helper (and a reverse-mapped legacy helper) from the legacy helper's own body.
+
+The canonical helper reads the canonical claim exactly the way the legacy helper reads the legacy
+one (the parse tree of the legacy body with the claim literal and the final cast swapped) and
+bridges tokens minted before the switch through the private mapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pglast import ast, enums, parse_plpgsql, parse_sql
+
+from pgconverge.catalog.model import Function
+from pgconverge.config import QualifiedName
+from pgconverge.planning.rls_ast import (
+    ParseError, children, column_ref, const_text, deparse, dup, func_call, parse_type, range_var, replace_child,
+    same_type, strings, walk,
+)
+from pgconverge.planning.rls_claims import (
+    JWT, UID, as_expression, classify, definition_options, mentions_claim, pinned_path, safe_cast, swap_claim,
+)
+
+MECHANISMS = ("claims_json", "claim_setting", "auth_jwt", "uid_lookup", "unknown")
+_M = "m"  # alias of the mapping table in the bridge sub-queries
+# Functions a helper may call unqualified; under a pinned empty search_path they are pg_catalog's.
+_BUILTINS = {"current_setting", "nullif", "coalesce", "btrim", "trim", "lower", "upper", "jsonb_extract_path_text",
+             "json_extract_path_text", "current_user", "session_user", "to_jsonb", "to_json"}
+
+
+@dataclass(frozen=True)
+class HelperDerivation:
+    """The derived canonical helper, the bridged legacy helper, and the legacy helper's original text."""
+
+    canonical_sql: str  # CREATE OR REPLACE FUNCTION <canonical>() ... (bridged through the mapping)
+    legacy_bridge_sql: str  # CREATE OR REPLACE FUNCTION <legacy>() ... (reverse-mapped)
+    legacy_original_sql: str  # pg_get_functiondef of the legacy helper, verbatim, for rollback
+    mechanism: str  # one of MECHANISMS
+    uncertain: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    canonical_direct_sql: str = ""  # the canonical helper without the bridge, for after contract
+
+
+def derive_canonical_helper(
+    legacy: Function,
+    *,
+    canonical_helper: QualifiedName,
+    legacy_claim: str,
+    canonical_claim: str,
+    canonical_key_type: str,
+    mapping: QualifiedName,
+    mapping_legacy_column: str,
+    mapping_canonical_column: str,
+    callees: Iterable[Function] = (),
+    server_version: int = 160000,
+) -> HelperDerivation:
+    """Build the canonical helper from LEGACY's definition; report what cannot be derived with certainty.
+
+    callees are functions the legacy helper may read its claim through (such as auth_claim(text)),
+    used only to name the mechanism. server_version picks how a non-castable claim becomes NULL
+    (pg_input_is_valid from 16 on, a pattern before).
+    """
+    d = _Derivation(legacy, canonical_helper, legacy_claim, canonical_claim, canonical_key_type, mapping,
+                    mapping_legacy_column, mapping_canonical_column, list(callees), server_version)
+    return d.run()
+
+
+class _Derivation:
+    def __init__(self, legacy, canonical, legacy_claim, canonical_claim, key_type, mapping, lcol, ccol, callees,
+                 server_version):
+        self.legacy, self.canonical = legacy, canonical
+        self.legacy_claim, self.canonical_claim = legacy_claim, canonical_claim
+        self.key_type_text, self.mapping, self.lcol, self.ccol = key_type, mapping, lcol, ccol
+        self.callees, self.server_version = callees, server_version
+        self.uncertain: list[str] = []
+        self.notes: list[str] = []
+
+    def result(self, mechanism: str, canonical: str = "", bridge: str = "", direct: str = "") -> HelperDerivation:
+        return HelperDerivation(canonical, bridge or self.legacy.definition, self.legacy.definition, mechanism,
+                                tuple(dict.fromkeys(self.uncertain)), tuple(dict.fromkeys(self.notes)), direct)
+
+    def run(self) -> HelperDerivation:
+        if self.legacy.identity_args:
+            self.uncertain.append(f"{self.legacy.signature} takes arguments; only argument-less helpers are derived")
+            return self.result("unknown")
+        try:
+            self.legacy_type = parse_type(self.legacy.returns)
+            self.key_type = parse_type(self.key_type_text)
+        except ParseError as exc:
+            self.uncertain.append(f"cannot parse a type: {exc}")
+            return self.result("unknown")
+        self.header = definition_options(self.legacy.definition)
+        body = self._legacy_select()
+        if body is None:
+            return self.result("unknown")
+        self._check_qualified(body)
+        probe = dup(body)
+        if swap_claim(probe, self.legacy_claim, self.canonical_claim) == 0:
+            return self._lookup(body)
+        mechanism, why = classify(body, self.legacy_claim, self.callees)
+        if why:
+            self.notes.append(why)
+        legacy_read = self._read(body, None)
+        canonical_read = self._read(body, self.canonical_claim)
+        if legacy_read is None or canonical_read is None:
+            return self.result(mechanism)
+        from_mapping = self._mapping_lookup(self.ccol, self.lcol, legacy_read, aggregate=False)
+        canonical = _select(ast.CoalesceExpr(args=(canonical_read, from_mapping)))
+        back = self._mapping_lookup(self.lcol, self.ccol, dup(canonical_read), aggregate=True)
+        bridge = _select(ast.CoalesceExpr(args=(dup(legacy_read), back)))
+        self.notes.append(f"tokens without '{self.canonical_claim}' are bridged through {self.mapping}; after "
+                          "contract, replace the canonical helper with canonical_direct_sql")
+        return self.result(mechanism, self._function(self.canonical, self.key_type, canonical),
+                           self._function(self.legacy.name, self.legacy_type, bridge),
+                           self._function(self.canonical, self.key_type, _select(dup(canonical_read)),
+                                          definer=False))
+
+    # -- the legacy body ---------------------------------------------------------------------
+
+    def _legacy_select(self) -> ast.SelectStmt | None:
+        lang = self.legacy.language
+        try:
+            if lang == "sql":
+                stmts = self._sql_statements()
+            elif lang == "plpgsql":
+                stmts = self._plpgsql_return()
+            else:
+                self.uncertain.append(f"{self.legacy.signature} is written in {lang}; only sql and plpgsql "
+                                      "helpers are derived")
+                return None
+        except ParseError as exc:
+            self.uncertain.append(f"cannot parse the body of {self.legacy.signature}: {exc}")
+            return None
+        if stmts is None:
+            return None
+        if len(stmts) != 1 or not isinstance(stmts[0], ast.SelectStmt):
+            self.uncertain.append(f"the body of {self.legacy.signature} is not a single SELECT")
+            return None
+        return stmts[0]
+
+    def _sql_statements(self) -> list[ast.Node]:
+        if self.legacy.source.strip():
+            return [raw.stmt for raw in parse_sql(self.legacy.source)]
+        # BEGIN ATOMIC body (PG 14+): prosrc is empty, the statements are in the definition.
+        create = parse_sql(self.legacy.definition)[0].stmt
+        body = create.sql_body or ()
+        flat = []
+        for item in body:
+            flat.extend(item if isinstance(item, tuple) else (item,))
+        return [s for s in flat if s is not None]
+
+    def _plpgsql_return(self) -> list[ast.Node] | None:
+        tree = parse_plpgsql(self.legacy.definition)[0]["PLpgSQL_function"]
+        block = tree["action"]["PLpgSQL_stmt_block"]
+        stmts = block.get("body", [])
+        extra = [d for d in tree.get("datums", []) if next(iter(d.values())).get("refname") != "found"]
+        if len(stmts) != 1 or "PLpgSQL_stmt_return" not in stmts[0] or extra or block.get("exceptions"):
+            self.uncertain.append(f"the plpgsql body of {self.legacy.signature} is not a single RETURN <expression>")
+            return None
+        query = stmts[0]["PLpgSQL_stmt_return"]["expr"]["PLpgSQL_expr"]["query"]
+        # plpgsql evaluates RETURN's expression as "SELECT <expr>" itself.
+        return [raw.stmt for raw in parse_sql(f"SELECT {query}\n")]
+
+    def _check_qualified(self, body: ast.SelectStmt) -> None:
+        """Qualify every name so it resolves as before under the derived helpers' empty search_path."""
+        path = pinned_path(self.legacy.config)
+        home = path[0] if path and len(path) == 1 else None
+        for node in walk(body):
+            if isinstance(node, ast.FuncCall) and len(node.funcname) == 1:
+                name = strings(node.funcname)[0]
+                if name in _BUILTINS:
+                    node.funcname = (ast.String("pg_catalog"), ast.String(name))
+                elif home:
+                    node.funcname = (ast.String(home), ast.String(name))
+                    self.notes.append(f"{name}() qualified as {home}.{name}() (the legacy helper's search_path)")
+                elif path != []:
+                    self.uncertain.append(f"the legacy helper calls {name}() unqualified (resolved through the "
+                                          "search_path); the derived helpers pin search_path = '': qualify it first")
+            elif isinstance(node, ast.RangeVar) and not node.schemaname:
+                if home:
+                    node.schemaname = home
+                    self.notes.append(f"table {node.relname} qualified as {home}.{node.relname} (the legacy "
+                                      "helper's search_path)")
+                elif path != []:
+                    self.uncertain.append(f"the legacy helper reads table {node.relname} unqualified; the derived "
+                                          "helpers pin search_path = '': qualify it first")
+
+    # -- building blocks ---------------------------------------------------------------------
+
+    def _read(self, body: ast.SelectStmt, claim: str | None) -> ast.Node | None:
+        """The legacy body as an expression: for CLAIM instead of the legacy claim, cast to the key type safely."""
+        sel = dup(body)
+        if claim is not None:
+            swap_claim(sel, self.legacy_claim, claim)
+        target, target_text = (self.key_type, self.key_type_text) if claim else (self.legacy_type,
+                                                                                  self.legacy.returns)
+        found = self._replace_casts(sel, target, target_text)
+        if not found:
+            self.uncertain.append(f"no cast to {self.legacy.returns} around the read of '{self.legacy_claim}': "
+                                  "cannot tell where the claim value becomes the key")
+            return None
+        return as_expression(sel)
+
+    def _replace_casts(self, node: ast.Node, target: ast.TypeName, target_text: str) -> int:
+        count = 0
+        for attr, index, child in list(children(node)):
+            if (isinstance(child, ast.TypeCast) and same_type(child.typeName, self.legacy_type)
+                    and mentions_claim(child.arg, self.legacy_claim, self.canonical_claim)):
+                self._replace_casts(child.arg, target, target_text)
+                new, note = safe_cast(child.arg, target, target_text, self.server_version)
+                if note:
+                    self.notes.append(note)
+                replace_child(node, attr, index, new)
+                count += 1
+            else:
+                count += self._replace_casts(child, target, target_text)
+        return count
+
+    def _mapping_lookup(self, want: str, given: str, value: ast.Node, *, aggregate: bool) -> ast.SubLink:
+        """(SELECT m.<want> FROM <mapping> m WHERE m.<given> = <value>), min() when several rows may match."""
+        out = column_ref(_M, want)
+        if aggregate:  # several legacy rows may have become one canonical row
+            out = func_call(("pg_catalog", "min"), out)
+        where = ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String("="),), lexpr=column_ref(_M, given),
+                           rexpr=value)
+        sub = ast.SelectStmt(targetList=(ast.ResTarget(val=out),), fromClause=(range_var(self.mapping, _M),),
+                             whereClause=where, limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+                             op=enums.SetOperation.SETOP_NONE)
+        return ast.SubLink(subLinkType=enums.SubLinkType.EXPR_SUBLINK, subselect=sub)
+
+    def _function(self, name: QualifiedName, returns: ast.TypeName, body: ast.SelectStmt, *,
+                  definer: bool = True) -> str:
+        """CREATE OR REPLACE FUNCTION name() RETURNS … LANGUAGE sql STABLE [SECURITY DEFINER] SET search_path = ''."""
+        options = [ast.DefElem(defname="language", arg=ast.String("sql")),
+                   ast.DefElem(defname="volatility", arg=ast.String("stable"))]
+        if definer:  # to read the private mapping, which the API roles cannot
+            options.append(ast.DefElem(defname="security", arg=ast.Boolean(True)))
+        options += [dup(o) for o in self.header if o.defname == "parallel"]
+        options.append(ast.DefElem(defname="set", arg=ast.VariableSetStmt(
+            kind=enums.VariableSetKind.VAR_SET_VALUE, name="search_path", args=(const_text(""),))))
+        options.append(ast.DefElem(defname="as", arg=(ast.String(f"\n  {deparse(body)}\n"),)))
+        stmt = ast.CreateFunctionStmt(is_procedure=False, replace=True,
+                                      funcname=(ast.String(name.schema), ast.String(name.name)),
+                                      returnType=dup(returns), options=tuple(options))
+        return deparse(stmt)
+
+    # -- helpers that look the identity up instead of reading a claim -------------------------
+
+    def _lookup(self, body: ast.SelectStmt) -> HelperDerivation:
+        calls = {strings(n.funcname) for n in walk(body) if isinstance(n, ast.FuncCall)}
+        consts = {n.val.sval for n in walk(body) if isinstance(n, ast.A_Const) and isinstance(n.val, ast.String)}
+        if not body.fromClause:
+            self.uncertain.append(f"{self.legacy.signature} mentions no '{self.legacy_claim}' claim and looks "
+                                  "nothing up: the claim mechanism is not recognised")
+            return self.result("unknown")
+        if UID in calls or (JWT in calls and "sub" in consts):
+            mechanism = "uid_lookup"
+        else:
+            mechanism = "unknown"
+            self.uncertain.append(f"{self.legacy.signature} looks the caller up without auth.uid() or a "
+                                  f"'{self.legacy_claim}' claim; the derived helper maps whatever it returns")
+        sel = dup(body)
+        if sel.limitCount is None:  # a SQL function returns its first row; a scalar sub-query must not see two
+            sel.limitCount = ast.A_Const(isnull=False, val=ast.Integer(1))
+            sel.limitOption = enums.LimitOption.LIMIT_OPTION_COUNT
+        legacy_id = ast.SubLink(subLinkType=enums.SubLinkType.EXPR_SUBLINK, subselect=sel)
+        canonical = _select(self._mapping_lookup(self.ccol, self.lcol, legacy_id, aggregate=False))
+        self.notes.append("the legacy helper identifies the caller by a lookup, not a claim: the canonical helper "
+                          f"maps the same caller's legacy row through {self.mapping}; the legacy helper needs no "
+                          "bridge (legacy_bridge_sql is its original text)")
+        self.notes.append("no canonical_direct_sql: how the canonical table links to auth users is not in the "
+                          "legacy helper; write it before contract archives the legacy table")
+        return self.result(mechanism, self._function(self.canonical, self.key_type, canonical))
+
+
+def _select(value: ast.Node) -> ast.SelectStmt:
+    return ast.SelectStmt(targetList=(ast.ResTarget(val=value),), limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+                          op=enums.SetOperation.SETOP_NONE)
