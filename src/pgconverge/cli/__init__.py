@@ -6,11 +6,13 @@ import typer
 
 from pgconverge import __version__
 from pgconverge.cli import align as align_cmd
+from pgconverge.cli import audit as audit_cmd
 from pgconverge.cli import demo as demo_cmd
 from pgconverge.cli import embedded as embedded_cmd
 from pgconverge.cli import fixture as fixture_cmd
 from pgconverge.cli import inventory as inventory_cmd
 from pgconverge.cli import migrate as migrate_cmd
+from pgconverge.cli import verify as verify_cmd
 
 app = typer.Typer(
     name="pgconverge",
@@ -28,10 +30,12 @@ app.command("plan")(migrate_cmd.plan)
 app.command("run")(migrate_cmd.run)
 app.command("status")(migrate_cmd.status)
 app.command("rollback")(migrate_cmd.rollback)
+app.command("verify")(verify_cmd.verify)
 app.command("demo")(demo_cmd.demo)
 app.command("align")(align_cmd.align)
 app.add_typer(embedded_cmd.app, name="embedded")
 app.add_typer(fixture_cmd.app, name="fixture")
+app.add_typer(audit_cmd.app, name="audit")
 
 
 def _version(value: bool) -> None:

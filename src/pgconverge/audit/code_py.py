@@ -1,0 +1,119 @@
+"""Python, read with tree-sitter."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import tree_sitter
+import tree_sitter_python
+
+from pgconverge.audit.code_common import CODE_HELPER, COLUMN, HELPER, Hit, Names
+from pgconverge.audit.code_strings import StringContext, string_hits
+
+SUFFIXES = {".py": "python", ".pyi": "python"}
+
+_WRAPPERS = {"parenthesized_expression", "concatenated_string"}
+_ESCAPE = re.compile(rb"\\(?:N\{[^}]*\}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|[0-7]{1,3}|[nrtbfva]|\r?\n"
+                     rb"|(.))", re.DOTALL)
+
+
+@lru_cache(maxsize=None)
+def _parser() -> tree_sitter.Parser:
+    return tree_sitter.Parser(tree_sitter.Language(tree_sitter_python.language()))
+
+
+def hits(src: bytes, suffix: str, names: Names, candidates: list[tuple[int, int]]) -> list[Hit]:
+    root = _parser().parse(src).root_node
+    out: list[Hit] = []
+    seen: set[int] = set()
+    for start, end in candidates:
+        node = root.descendant_for_byte_range(start, end)
+        if node is None:
+            continue
+        if node.type == "identifier":
+            if node.start_byte == start and node.end_byte == end:
+                hit = _identifier(node, src[start:end].decode(), names)
+                if hit:
+                    out.append(hit)
+            continue
+        string = _enclosing_string(node)
+        if string is None or string.start_byte in seen:
+            continue  # a comment: not a reference
+        seen.add(string.start_byte)
+        out.extend(_string(string, src, names))
+    return out
+
+
+def _enclosing_string(node: tree_sitter.Node) -> tree_sitter.Node | None:
+    for _ in range(3):
+        if node is None:
+            return None
+        if node.type == "string":
+            return node
+        if node.type not in ("string_content", "escape_sequence"):
+            return None
+        node = node.parent
+    return None
+
+
+def _identifier(node: tree_sitter.Node, text: str, names: Names) -> Hit | None:
+    at = node.start_byte
+    if text in names.code_helpers:
+        return Hit(at, CODE_HELPER, text, names.code_helpers[text])
+    if text in names.columns:
+        return Hit(at, COLUMN, text, names.canon_column)
+    if text == names.helper:
+        return Hit(at, HELPER, text, names.canon_helper)
+    return None
+
+
+def _string(node: tree_sitter.Node, src: bytes, names: Names) -> list[Hit]:
+    opening = node.child(0)
+    closing = node.child(node.child_count - 1)
+    if opening is None or closing is None or opening.type != "string_start" or closing.type != "string_end":
+        return []
+    prefix = opening.text.decode()
+    start, end = opening.end_byte, closing.start_byte
+    raw = src[start:end]
+    content = bytearray(raw if "r" in prefix.lower() else _ESCAPE.sub(
+        lambda m: b" " + m.group(1) if m.group(1) else b" " * len(m.group()), raw))
+    for child in node.children:
+        if child.type == "interpolation":  # f-string {expr} → $1 padded: a parameter to the SQL parser
+            a, b = child.start_byte - start, child.end_byte - start
+            content[a:b] = b"$1".ljust(b - a)
+    quote = prefix.lstrip("rRbBuUfFtT")[:1] or "'"
+    return string_hits(start, bytes(content), _context(node, quote), names)
+
+
+def _context(node: tree_sitter.Node, quote: str) -> StringContext:
+    child, parent = node, node.parent
+    while parent is not None and parent.type in _WRAPPERS:
+        child, parent = parent, parent.parent
+    if parent is None:
+        return StringContext(quote=quote)
+    kind = parent.type
+    if kind == "expression_statement":  # a docstring or a bare string: documentation
+        return StringContext(skip=True)
+    if kind == "argument_list":
+        call = parent.parent
+        fn = call.child_by_field_name("function") if call is not None else None
+        method = None
+        if fn is not None and fn.type == "attribute":
+            attr = fn.child_by_field_name("attribute")
+            method = attr.text.decode() if attr is not None else None
+        elif fn is not None and fn.type == "identifier":
+            method = fn.text.decode()
+        index = next((i for i, c in enumerate(parent.named_children) if c == child), -1)
+        return StringContext(method=method, arg_index=index, quote=quote)
+    if kind in ("keyword_argument", "pair", "assignment"):
+        field = {"keyword_argument": "name", "pair": "key", "assignment": "left"}[kind]
+        key = parent.child_by_field_name(field)
+        if key is not None and key.type == "attribute":
+            key = key.child_by_field_name("attribute")
+        if key is not None and key.type == "string":
+            text = "".join(c.text.decode() for c in key.children if c.type == "string_content")
+        else:
+            text = key.text.decode() if key is not None else None
+        return StringContext(key=text, quote=quote)
+    return StringContext(quote=quote)

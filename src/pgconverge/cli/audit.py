@@ -1,0 +1,94 @@
+"""`pgconverge audit`: what still references the legacy names outside the database schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from pgconverge.cli.common import ConfigOpt, JsonOpt, console, fail_cleanly, load_spec, print_json
+from pgconverge.errors import PgConvergeError
+
+app = typer.Typer(help="Find what still references the legacy table, its foreign-key column or its helpers.",
+                  no_args_is_help=True)
+
+
+@app.callback()
+def _audit() -> None:
+    """Find what still references the legacy table, its foreign-key column or its helpers."""
+
+
+DirArg = Annotated[Path, typer.Argument(
+    help="Directory of application source to read (or a single file): .ts/.tsx/.js/.jsx/.mjs/.cjs, .py, .sql. "
+         "node_modules, .git, dist, build and virtualenvs are skipped.", show_default=False)]
+FailOpt = Annotated[bool, typer.Option(
+    "--fail-on-findings", help="Exit with code 1 when anything is found (for CI).")]
+ColumnOpt = Annotated[list[str] | None, typer.Option(
+    "--column", help="Another legacy column name to report, besides the foreign-key column of the config "
+                     "(repeatable).", show_default=False)]
+HelperOpt = Annotated[list[str] | None, typer.Option(
+    "--code-helper", help="An application identifier to report and its replacement, as OLD=NEW (repeatable). "
+                          "Default: ensureCustomer=ensureProfile.", show_default=False)]
+
+
+@app.command("code")
+@fail_cleanly
+def code(directory: DirArg, as_json: JsonOpt = False, fail_on_findings: FailOpt = False,
+         config_file: ConfigOpt = None, column: ColumnOpt = None, code_helper: HelperOpt = None) -> None:
+    """List every reference to the legacy names in application source, with what to write instead.
+
+    TypeScript/JavaScript and Python are parsed with tree-sitter and SQL with pglast: comments and
+    prose never count. Categories: table (.from('customers'), select embeds, SQL), column
+    (customer_id as key, filter, type property, SQL column), helper (auth_customer_id in SQL or
+    rpc()), code_helper (ensureCustomer). Nothing is changed.
+    """
+    from pgconverge.audit.code import scan
+
+    if not directory.exists():
+        raise PgConvergeError(f"{directory} does not exist",
+                              fix="pass the directory that holds your application source, e.g. supabase/functions")
+    spec = load_spec(config_file)
+    helpers = _code_helpers(code_helper) if code_helper else None
+    result = scan(directory, spec, code_helpers=helpers, extra_columns=column or ())
+    counts = result.counts()
+    if as_json:
+        print_json({"root": str(directory), "findings": [f.as_dict() for f in result.findings], "counts": counts,
+                    "files_scanned": result.files_scanned, "skipped": result.skipped})
+    else:
+        _render(directory, result, counts)
+    if fail_on_findings and result.findings:
+        raise typer.Exit(1)
+
+
+def _code_helpers(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise PgConvergeError(f"--code-helper {pair!r} is not OLD=NEW",
+                                  fix="write it as --code-helper ensureCustomer=ensureProfile")
+        out[old.strip()] = new.strip()
+    return out
+
+
+def _render(directory: Path, result, counts: dict[str, int]) -> None:
+    if result.findings:
+        t = Table(title=f"References to legacy names in {escape(str(directory))}", title_justify="left")
+        t.add_column("where", overflow="fold", no_wrap=True)
+        t.add_column("category")
+        t.add_column("name")
+        t.add_column("code", overflow="fold")
+        t.add_column("suggestion", overflow="fold")
+        for f in result.findings:
+            t.add_row(escape(f"{f.path}:{f.line}:{f.column}"), f.category, escape(f.name), escape(f.code),
+                      escape(f.suggestion))
+        console.print(t)
+    summary = ", ".join(f"{n} {c}" for c, n in counts.items())
+    total = len(result.findings)
+    console.print(f"[bold]{total} finding{'s' if total != 1 else ''}[/] in {result.files_scanned} files "
+                  f"({summary})", highlight=False)
+    for rel in result.skipped:
+        console.print(f"[yellow]skipped:[/] {escape(rel)} (over 1 MB or unreadable)", highlight=False)
