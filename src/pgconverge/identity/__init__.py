@@ -1,0 +1,1 @@
+"""Identity matching: phone normalization (SQL, audited against phonenumbers) and legacy→canonical mapping."""
