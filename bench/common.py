@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 
 from pgconverge import embedded, fixtures
-from pgconverge.catalog.introspect import load_catalog
+from pgconverge.catalog import baseline
 from pgconverge.config import Spec
 from pgconverge.connection import Target
 from pgconverge.execution.runner import Runner
@@ -49,10 +49,10 @@ def load_fixture(admin: str, name: str, scale: float) -> tuple[str, float]:
 def run_phases(dsn: str, phases: list[str], spec: Spec | None = None) -> dict:
     spec = spec or Spec()
     with psycopg.connect(dsn, autocommit=True) as c:
-        cat = load_catalog(c, spec)
-    p = planner.build(spec, cat)
+        cats = baseline.load(c, spec)
+    p = planner.build(spec, cats)
     out = {}
-    with Runner(Target(dsn, "--dsn"), spec, p, catalog=cat, catalog_source="live") as r:
+    with Runner(Target(dsn, "--dsn"), spec, p, catalogs=cats) as r:
         for ph in phases:
             t = time.monotonic()
             r.run_phase(ph)

@@ -69,6 +69,13 @@ class Settings:
     lock_retries: int = 30
     api_roles: tuple[str, ...] = ("anon", "authenticated", "service_role")
     legacy_helper_after_contract: str = "stub"  # or "drop"
+    # RLS equivalence: how many identities to check (0 = all), and the claims every token carries
+    # besides the identity claim (the application's own role claim, say).
+    rls_sample: int = 50
+    token_claims: tuple[tuple[str, str], ...] = (("app_role", "customer"),)
+    # Policies the switch may leave as they are although it cannot rewrite them with certainty,
+    # as "schema.table.policy"; the user takes care of them.
+    accept_policies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class Spec:
             obj = getattr(self, section)
             out[section] = {f.name: conv(getattr(obj, f.name)) for f in fields(obj)}
         out["canonical"]["copy_columns"] = {a: b for a, b in self.canonical.copy_columns}
+        out["migration"]["token_claims"] = dict(self.migration.token_claims)
         return out
 
 
@@ -112,7 +120,7 @@ _QUALIFIED = {"table", "helper"}
 _IDENT = {"key", "match_column", "new_column", "private_schema", "archive_schema", "mapping_table"}
 _CLAIM = {"claim"}
 _POSITIVE_INT = {"batch_size": (1, 1_000_000), "lock_timeout_ms": (1, 60_000), "lock_retries": (0, 10_000),
-                 "batch_pause_ms": (0, 600_000)}
+                 "batch_pause_ms": (0, 600_000), "rls_sample": (0, 1_000_000)}
 
 
 def load(path: str | Path | None = None) -> Spec:
@@ -204,6 +212,15 @@ def _value(source: str, section: str, key: str, value: Any) -> Any:
                 check_identifier(r)
             except ValueError as exc:
                 raise _bad(*where, f"a list of valid role names ({r!r}: {exc})") from None
+        return tuple(value)
+    if key == "token_claims":
+        if not isinstance(value, dict) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                                  for v in value.values()):
+            raise _bad(*where, "a table of claim names to string or integer values, e.g. { app_role = \"customer\" }")
+        return tuple((str(k), str(v)) for k, v in value.items())
+    if key == "accept_policies":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.count(".") >= 2 for v in value):
+            raise _bad(*where, "a list of \"schema.table.policy\" names")
         return tuple(value)
     if key == "legacy_helper_after_contract":
         if value not in ("stub", "drop"):

@@ -32,10 +32,10 @@ def align(decisions_file: Annotated[Path, typer.Option(
     pairs = decisions.read_csv(decisions_file, spec)
     t = target(dsn)
     with connect(t) as conn:
-        cat, source = baseline.load(conn, spec)
-    plan = planner.build(spec, cat)
-    with Runner(t, spec, plan, command=f"align --decisions {decisions_file.name}", catalog=cat,
-                catalog_source=source) as runner:
+        cats = baseline.load(conn, spec)
+    cat = cats.for_phase("align")
+    plan = planner.build(spec, cats)
+    with Runner(t, spec, plan, command=f"align --decisions {decisions_file.name}", catalogs=cats) as runner:
         states = runner.ledger.step_states()
         started = [s for s, st in states.items() if not s.startswith(("align.", "rollback."))
                    and st.state in ("done", "pending")]

@@ -33,10 +33,9 @@ def _plan_for(dsn, config_file, rollback_to: str | None = None):
     spec = load_spec(config_file)
     t = target(dsn)
     with connect(t) as conn:
-        cat, source = baseline.load(conn, spec)
-        live = baseline.load_live(conn, spec) if rollback_to and source == "baseline" else cat
-    p = planner.rollback(spec, cat, rollback_to, live) if rollback_to else planner.build(spec, cat)
-    return spec, t, p, cat, source
+        cats = baseline.load(conn, spec)
+    p = planner.rollback(spec, cats, rollback_to) if rollback_to else planner.build(spec, cats)
+    return spec, t, p, cats
 
 
 def _print_steps(steps: list[dict], show_sql: bool) -> None:
@@ -63,7 +62,7 @@ def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = No
     scans table (reads every row), rows (short batches, one transaction each).
     """
     phase = _phase(phase)
-    spec, _, p, _, _ = _plan_for(dsn, config_file, _phase(rollback_to))
+    spec, _, p, _ = _plan_for(dsn, config_file, _phase(rollback_to))
     data = p.as_dict(None if rollback_to else phase)
     if as_json:
         print_json(data)
@@ -83,11 +82,11 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
     phase = _phase(phase)
     if phase is None and not all_phases:
         raise typer.BadParameter("name a phase (align, expand, switch, contract) or pass --all")
-    spec, t, p, cat, source = _plan_for(dsn, config_file)
+    spec, t, p, cats = _plan_for(dsn, config_file)
     phases = [ph for ph in PHASES if p.phase(ph)] if phase is None else [phase]
     out = []
     with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
-                command=f"run {phase or '--all'}", catalog=cat, catalog_source=source) as runner:
+                command=f"run {phase or '--all'}", catalogs=cats) as runner:
         for ph in phases:
             for r in runner.run_phase(ph):
                 out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3),
@@ -115,7 +114,7 @@ def _align_summary(report: dict) -> dict:
 @fail_cleanly
 def status(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show where the migration stands: each step's state from the ledger, the last error, batch progress."""
-    spec, t, p, _, _ = _plan_for(dsn, config_file)
+    spec, t, p, _ = _plan_for(dsn, config_file)
     with connect(t) as conn:
         ledger = Ledger(conn, spec)
         states = ledger.step_states() if ledger.exists() else {}
@@ -169,7 +168,7 @@ def rollback(to: Annotated[str, typer.Option("--to", help="Undo back to the star
     never ran are skipped; a killed rollback resumes when run again.
     """
     to = _phase(to)
-    spec, t, p, cat, source = _plan_for(dsn, config_file, to)
+    spec, t, p, cats = _plan_for(dsn, config_file, to)
     if not as_json:
         console.print(f"[bold]rollback to the start of {to}[/] on {t.display}", highlight=False)
         _print_steps(p.as_dict()["steps"], show_sql=False)
@@ -179,8 +178,8 @@ def rollback(to: Annotated[str, typer.Option("--to", help="Undo back to the star
         return
     out = []
     with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
-                command=f"rollback --to {to}", catalog=cat, catalog_source=source) as runner:
-        for r in runner.run_rollback(p, discard_baseline=(to == PHASES[0])):
+                command=f"rollback --to {to}", catalogs=cats) as runner:
+        for r in runner.run_rollback(p, to=to):
             out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3), "rows": r.rows})
     if as_json:
         print_json({"target": t.display, "to": to, "steps": out})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 from rich.markup import escape
 
@@ -14,7 +16,14 @@ from pgconverge.verify import invariants
 
 
 @fail_cleanly
-def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
+           rls_check: Annotated[bool, typer.Option(
+               "--rls", help="Also check row level security as role authenticated with real claims: no identity "
+                             "sees another's rows, anonymous callers see nothing, and after the switch old and "
+                             "new tokens of one identity see the same rows.")] = False,
+           sample: Annotated[int | None, typer.Option(
+               "--sample", help="Identities to check with --rls (0 = all). Default: migration.rls_sample.")] = None
+           ) -> None:
     """Check the invariants of every finished phase; exit 1 if any fails.
 
     align: every legacy row has a mapping. expand: every dependent row's new id is the mapping
@@ -24,10 +33,13 @@ def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
     spec = load_spec(config_file)
     t = target(dsn)
     with connect(t) as conn:
-        cat, _ = baseline.load(conn, spec)
-        plan = planner.build(spec, cat)
+        cats = baseline.load(conn, spec)
+        plan = planner.build(spec, cats)
+        cat = cats.for_phase("switch")
         phases = invariants.finished_phases(plan, Ledger(conn, spec))
         results = invariants.run(conn, plan, phases)
+        if rls_check:
+            results.append(_rls(conn, spec, cat, plan, phases, sample))
     ok = all(r.passed for r in results)
     if as_json:
         print_json({"target": t.display, "phases": phases, "passed": ok,
@@ -44,3 +56,19 @@ def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
                 console.print(f"     fix: {escape(r.fix)}", highlight=False)
     if not ok:
         raise typer.Exit(1)
+
+
+def _rls(conn, spec, cat, plan, phases, sample) -> invariants.CheckResult:
+    from pgconverge.config import parse_qualified
+    from pgconverge.verify import rls
+
+    policies = next(s for s in plan.steps if s.id == "switch.policies").op
+    tables = [parse_qualified(t) for t in policies.tables]
+    summary, problems = rls.check_now(conn, spec, cat, tables, "switch" in phases,
+                                      spec.migration.rls_sample if sample is None else sample)
+    what = "old and new tokens agree, " if summary["switched"] else ""
+    return invariants.CheckResult(
+        "rls", f"{what}isolation of {summary['identities']} identities over {len(tables)} tables",
+        not problems, [[p] for p in problems],
+        "row level security differs from what the migration promises" if problems else "",
+        "roll back the switch (`pgconverge rollback --to switch`) and review the policies listed" if problems else "")

@@ -10,11 +10,10 @@ import psycopg
 from psycopg import sql
 
 from pgconverge.catalog import baseline
-from pgconverge.catalog.model import Catalog
 from pgconverge.config import Spec
 from pgconverge.connection import Target, connect
 from pgconverge.errors import PgConvergeError
-from pgconverge.execution import retry, session
+from pgconverge.execution import policy_switch, retry, session
 from pgconverge.execution.locks import describe_blockers
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES, Cost, Plan, Step
@@ -73,10 +72,10 @@ class Runner:
     """Executes plan steps against one database. Use as a context manager."""
 
     def __init__(self, target: Target, spec: Spec, plan: Plan, *, progress: Progress | None = None,
-                 command: str = "run", catalog: Catalog | None = None, catalog_source: str = "baseline"):
+                 command: str = "run", catalogs: baseline.Catalogs | None = None):
         self.target, self.spec, self.plan = target, spec, plan
-        # A plan made from the live catalog is saved as the migration's baseline before its first change.
-        self.catalog = catalog if catalog_source == "live" else None
+        # Each phase's catalog is saved before the phase's first change (see catalog/baseline.py).
+        self.catalogs = catalogs or baseline.Catalogs()
         self.progress = progress or NullProgress()
         self.command = command
         self.policy = retry.RetryPolicy(attempts=max(1, spec.migration.lock_retries))
@@ -162,11 +161,10 @@ class Runner:
             results.append(self.run_step(step, resuming=bool(st and st.state == "pending")))
         return results
 
-    def run_rollback(self, rollback: Plan, *, discard_baseline: bool = False) -> list[StepResult]:
+    def run_rollback(self, rollback: Plan, *, to: str) -> list[StepResult]:
         """Undo forward steps that are done (or half done), latest first; skip what was never done."""
         results = self._rollback_steps(rollback)
-        if discard_baseline:
-            baseline.discard(self.ledger, self.run_id)
+        baseline.discard(self.ledger, self.run_id, list(PHASES[PHASES.index(to):]))
         return results
 
     def _rollback_steps(self, rollback: Plan) -> list[StepResult]:
@@ -183,16 +181,17 @@ class Runner:
         return results
 
     def run_step(self, step: Step, *, resuming: bool = False) -> StepResult:
-        if self.catalog is not None and not step.reverts:
-            baseline.save(self.ledger, self.run_id, self.catalog)
-            self.catalog = None
+        if step.phase in PHASES and step.phase not in self.catalogs.saved and self.catalogs.live is not None:
+            baseline.save(self.ledger, self.run_id, step.phase, self.catalogs.live)
+            self.catalogs.saved[step.phase] = self.catalogs.live
         self.progress.step_started(step)
         started = time.monotonic()
         self.ledger.event(self.run_id, step.phase, step.id, "start", fingerprint=step.op.fingerprint(),
                           detail={"fresh": not resuming, "lock": str(step.op.lock), "cost": str(step.op.cost)})
         session.configure(self.work, f"pgconverge:{step.id}")
         executor = {"sql": self._run_sql, "index": self._run_index, "batched": self._run_batched,
-                    "check": self._run_check, "snapshot": self._run_snapshot}[step.op.executor]
+                    "check": self._run_check, "snapshot": self._run_snapshot,
+                    "policies": lambda st, res: policy_switch.run(self, st, res)}[step.op.executor]
         try:
             result = executor(step, resuming)
         except (retry.RetriesExhausted, psycopg.Error) as exc:
@@ -241,6 +240,8 @@ class Runner:
             with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms, statement_timeout_ms=timeout):
                 for s in statements:
                     self.work.execute(s)
+                for kind, name, text in step.op.saved():
+                    self.ledger.save_definition(self.run_id, step.id, kind, name, text, conn=self.work)
                 # Same transaction: the step and its "done" record commit together or not at all.
                 self._done(step, n, texts, conn=self.work)
             return n

@@ -89,9 +89,10 @@ i.e. classes the audit may report that are NOT bugs (phone_audit.DELIBERATE):
   NULL here; phonenumbers converts or strips them.
 - D6 regional parsing rules that need more than a trunk prefix are not
   modelled: carrier-selection codes and national-prefix transforms (AR
-  `0 11 15…`, BR `0 xx 11…`, CO `03…`, KR `08x…`), and a non-'0' trunk
-  written after the calling code (`+7 8 …`, `+36 06 …`). They matter only
-  when that region is the default, or for malformed international input.
+  `0 11 15…`, BR `0 xx 11…`, CO `03…`, KR `08x…`, short local numbers that
+  phonenumbers completes for NF/SM/MG), and a non-'0' trunk written after the
+  calling code (`+7 8 …`, `+36 06 …`). They matter only when that region is
+  the default, or for malformed or incomplete international input.
 - D7 an international prefix followed by '0' (`000…`, `+0…`) → NULL: no
   calling code starts with 0. phonenumbers falls back to reading such junk as
   a national number of the default region.

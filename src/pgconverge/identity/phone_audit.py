@@ -33,7 +33,7 @@ from psycopg import sql
 from pgconverge.identity.phone import FUNCTION_NAME, MAX_DIGITS, MIN_DIGITS, region_rules
 
 # Reasons. The D-numbers refer to the deliberate classes documented in phone.py.
-SQL_ACCEPTS_IMPOSSIBLE = "sql key is not a possible number (phonenumbers rejects it or reads the input otherwise)"  # D1
+SQL_ACCEPTS_IMPOSSIBLE = "sql key is not a possible number (phonenumbers rejects it or reads it otherwise)"  # D1
 SQL_REJECTS_SHORT = f"sql rejects a short number (under {MIN_DIGITS} digits, or dialable only locally)"  # D2
 SQL_REJECTS_LONG = f"sql rejects a number longer than E.164's {MAX_DIGITS} digits"  # D3
 BARE_DIGITS_READ_NATIONAL = "bare digits: sql reads them as international, phonenumbers as national"  # D4
@@ -58,7 +58,9 @@ DELIBERATE = frozenset(
 )
 
 # Separators phonenumbers and the SQL both ignore; used only to see the shape of the input.
-_SEPARATORS = re.compile(r"[\s\u00a0\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff().\[\]/\-\u2010-\u2015\u2212]")
+_SEPARATORS = re.compile(
+    r"[\s\u00a0\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff().\[\]/\-\u2010-\u2015\u2212]"
+)
 _BLANKS = re.compile(r"[\s\u00a0\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
@@ -222,7 +224,7 @@ def classify(raw: str | None, sql_key: str | None, ref_key: str | None, default_
 
 
 def compare(conn, values: Iterable[str | None], schema: str, default_region: str) -> list[Disagreement]:
-    """Evaluate <schema>.normalize_phone on VALUES in one round trip; return each distinct value whose key differs."""
+    """Evaluate <schema>.normalize_phone on VALUES in one query; return each distinct value whose key differs."""
     distinct = list(dict.fromkeys(values))
     query = sql.SQL(
         "SELECT u.v, {}.{}(u.v) FROM unnest(%s::text[]) WITH ORDINALITY AS u(v, i) ORDER BY u.i"

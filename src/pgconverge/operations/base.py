@@ -37,7 +37,7 @@ class Operation:
     """Base of all operations. Subclasses are frozen dataclasses and pure (no connection)."""
 
     # Which execution routine runs it; "sql" sends statements() in order.
-    executor: ClassVar[str] = "sql"
+    executor: ClassVar[str] = "sql"  # may be overridden by a property
 
     @property
     def description(self) -> str:
@@ -69,6 +69,10 @@ class Operation:
     def reverse(self) -> Operation | None:
         """The operation that undoes this one, or None when there is nothing to undo."""
         return None
+
+    def saved(self) -> list[tuple[str, str, str]]:
+        """Definitions to keep in the ledger when this runs, as (kind, name, original text)."""
+        return []
 
     def sql_text(self) -> list[str]:
         return [text(s) for s in self.statements()]

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+from pgconverge.catalog.baseline import Catalogs
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import Spec
 from pgconverge.operations.base import PHASES, Plan
-from pgconverge.planning import align, expand
+from pgconverge.planning import align, expand, switch
 
 
-_PLANNERS = {"align": align, "expand": expand}
+_PLANNERS = {"align": align, "expand": expand, "switch": switch}
 
 
-def build(spec: Spec, cat: Catalog) -> Plan:
-    """Every phase's steps, in order, from the configuration and the catalog alone."""
-    return Plan(tuple(step for ph in PHASES if ph in _PLANNERS for step in _PLANNERS[ph].plan(spec, cat)))
+def build(spec: Spec, cats: Catalog | Catalogs) -> Plan:
+    """Every phase's steps, in order, from the configuration and each phase's catalog alone."""
+    cats = cats if isinstance(cats, Catalogs) else Catalogs({}, cats)
+    return Plan(tuple(step for ph in PHASES if ph in _PLANNERS
+                      for step in _PLANNERS[ph].plan(spec, cats.for_phase(ph))))
 
 
-def rollback(spec: Spec, cat: Catalog, to: str, live: Catalog | None = None) -> Plan:
+def rollback(spec: Spec, cats: Catalog | Catalogs, to: str) -> Plan:
     """The steps that undo every phase from the last back to (and including) TO, latest first.
 
-    CAT is the catalog the migration was planned from; LIVE, when given, is the database as it is
-    now, for what may have appeared since (new foreign keys to the canonical table, say).
+    Each phase is undone from the catalog it was planned from; the live one, when readable, shows
+    what may have appeared since (new foreign keys to the canonical table, say).
     """
+    cats = cats if isinstance(cats, Catalogs) else Catalogs({}, cats)
     phases = [ph for ph in PHASES[PHASES.index(to):] if ph in _PLANNERS]
-    return Plan(tuple(step for ph in reversed(phases) for step in _PLANNERS[ph].rollback(spec, cat, live)))
+    return Plan(tuple(step for ph in reversed(phases)
+                      for step in _PLANNERS[ph].rollback(spec, cats.for_phase(ph), cats.live)))

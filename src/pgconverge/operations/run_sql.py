@@ -1,0 +1,26 @@
+"""A statement with no table lock and nothing to undo (settings, bookkeeping)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from pgconverge.operations.base import Lock, Operation
+
+
+@dataclass(frozen=True)
+class RunSql(Operation):
+    statement: sql.Composable
+    what: str
+
+    @property
+    def description(self) -> str:
+        return self.what
+
+    @property
+    def lock(self) -> Lock:
+        return Lock.NONE
+
+    def statements(self) -> list[sql.Composable]:
+        return [self.statement]

@@ -1,0 +1,124 @@
+"""The switch phase (T2): authorization follows the canonical id, with no gap for old or new tokens."""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from pgconverge.catalog.model import Catalog
+from pgconverge.config import Spec
+from pgconverge.execution.sql import qn
+from pgconverge.operations.base import Step
+from pgconverge.operations.check import Check
+from pgconverge.operations.replace_function import ReplaceFunction
+from pgconverge.operations.replace_policies import ReplacePolicies
+from pgconverge.operations.run_sql import RunSql
+from pgconverge.operations.snapshot import Snapshot
+from pgconverge.planning import align
+from pgconverge.planning.rls_initplan import once_per_query
+from pgconverge.planning.rls_rewrite import (
+    PolicyRewrite, derive_canonical_helper, policy_statement, rewrite_policies,
+)
+
+PHASE = "switch"
+
+
+def policy_name(r: PolicyRewrite) -> str:
+    return f"{r.table}.{r.name}"
+
+
+def rewrites(spec: Spec, cat: Catalog) -> tuple[list[PolicyRewrite], list[PolicyRewrite]]:
+    """(policies to rewrite, policies that need a person), leaving the legacy table's own policies alone."""
+    auto, review = [], []
+    for r in rewrite_policies(cat, spec):
+        if r.table == cat.legacy.name or not (r.changed or r.uncertain):
+            continue  # the legacy table keeps its policies (on the bridged legacy helper) until contract
+        if r.uncertain:
+            if policy_name(r) not in spec.migration.accept_policies:
+                review.append(r)
+        else:
+            auto.append(r)
+    return auto, review
+
+
+def _helper(spec: Spec, cat: Catalog):
+    m = align.names(spec)["mapping"]
+    return derive_canonical_helper(
+        cat.legacy_helper, canonical_helper=spec.canonical.helper, legacy_claim=spec.legacy.claim,
+        canonical_claim=spec.canonical.claim, canonical_key_type=cat.canonical.column(spec.canonical.key).type,
+        mapping=m, mapping_legacy_column=spec.mapping_legacy_column, mapping_canonical_column=spec.migration.new_column,
+        server_version=cat.server_version)
+
+
+def plan(spec: Spec, cat: Catalog) -> list[Step]:
+    auto, review = rewrites(spec, cat)
+    helper = _helper(spec, cat)
+    legacy_sig = cat.legacy_helper.signature
+    execute_for = tuple(sorted({g.grantee for g in cat.grants if g.object_kind == "function"
+                                and g.object_name == legacy_sig and g.privilege == "EXECUTE"}))
+    problems = [(f"policy {policy_name(r)}", "; ".join(r.uncertain)) for r in review]
+    problems += [(f"helper {spec.legacy.helper}", u) for u in helper.uncertain]
+    gate = sql.SQL(" union all ").join(
+        sql.SQL("select {}::text, {}::text").format(sql.Literal(a), sql.Literal(b)) for a, b in problems
+    ) if problems else sql.SQL("select null::text, null::text where false")
+    steps = [
+        Step(f"{PHASE}.review", PHASE, Check(
+            "rewritable", gate, failure="pgconverge cannot rewrite these with certainty",
+            fix="rewrite them by hand and list them in migration.accept_policies (as schema.table.policy), or "
+                "change them so they compare the legacy column or helper directly")),
+        Step(f"{PHASE}.canonical_helper", PHASE, ReplaceFunction(
+            spec.canonical.helper, "", helper.canonical_sql,
+            cat.canonical_helper.definition if cat.canonical_helper else None, execute_for,
+            why=f"reads the {spec.canonical.claim} claim as {spec.legacy.helper} reads {spec.legacy.claim}; "
+                "tokens with only the legacy claim are bridged through the mapping")),
+        Step(f"{PHASE}.legacy_helper", PHASE, ReplaceFunction(
+            spec.legacy.helper, "", helper.legacy_bridge_sql, helper.legacy_original_sql,
+            why="keeps working for new tokens (reverse-mapped); its calls are counted for the runtime audit")),
+        Step(f"{PHASE}.policies", PHASE, ReplacePolicies(
+            tuple(_statement(r, spec) for r in auto), tuple(r.reverse_statement for r in auto),
+            tuple(policy_name(r) for r in auto), tuple(sorted({str(r.table) for r in auto})))),
+        Step(f"{PHASE}.function_tracking", PHASE, _track_functions()),
+        Step(f"{PHASE}.runtime_baseline", PHASE, runtime_baseline(spec, cat)),
+    ]
+    return steps
+
+
+def _statement(r: PolicyRewrite, spec: Spec) -> str:
+    helper = spec.canonical.helper
+    return policy_statement(r.name, r.table, once_per_query(r.new_using, helper),
+                            once_per_query(r.new_with_check, helper))
+
+
+def _track_functions() -> RunSql:
+    # Calls of the legacy helper are counted only with track_functions on; a superuser may turn it on
+    # for this database (new sessions pick it up). Anyone else gets the audit's "unavailable" note.
+    return RunSql(
+        sql.SQL("do $pgc$ begin if (select rolsuper from pg_catalog.pg_roles where rolname = current_user) then "
+                "execute pg_catalog.format('alter database %I set track_functions = ''all''', "
+                "pg_catalog.current_database()); end if; end $pgc$"),
+        "count function calls in this database (track_functions = all) where the role may set it")
+
+
+def runtime_baseline(spec: Spec, cat: Catalog) -> Snapshot:
+    """Counters the runtime audit compares against: legacy table scans and writes, legacy helper calls."""
+    return Snapshot("runtime_baseline", (
+        ("legacy_table", sql.SQL(
+            "select coalesce((select to_jsonb(s) - 'relid' from pg_catalog.pg_stat_user_tables s "
+            "where s.relid = {}::regclass), 'null'::jsonb)").format(sql.Literal(str(cat.legacy.name)))),
+        ("legacy_helper", sql.SQL(
+            "select coalesce((select to_jsonb(s) - 'funcid' from pg_catalog.pg_stat_user_functions s "
+            "where s.funcid = {}::regprocedure), 'null'::jsonb)").format(sql.Literal(cat.legacy_helper.signature))),
+        ("taken_at", sql.SQL("select to_jsonb(clock_timestamp())")),
+    ), "the usage counters of the legacy table and helper")
+
+
+def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None) -> list[Step]:
+    """Restore every policy and function definition exactly as it was."""
+    fwd = {s.id: s for s in plan(spec, cat)}
+    return [
+        Step("rollback.switch.policies", "rollback", fwd[f"{PHASE}.policies"].op.reverse(),
+             (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.function_tracking", f"{PHASE}.review")),
+        Step("rollback.switch.legacy_helper", "rollback", fwd[f"{PHASE}.legacy_helper"].op.reverse(),
+             (f"{PHASE}.legacy_helper",)),
+        Step("rollback.switch.canonical_helper", "rollback", fwd[f"{PHASE}.canonical_helper"].op.reverse(),
+             (f"{PHASE}.canonical_helper",)),
+    ]

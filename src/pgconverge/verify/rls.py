@@ -1,0 +1,292 @@
+"""RLS equivalence: the rows each identity sees, and the writes it may make, before and after the switch.
+
+Both sides are read from one data snapshot: the "before" side is captured in a transaction whose
+snapshot is exported, the policies are rewritten and committed elsewhere, and the "after" side
+imports that snapshot. Data then is identical on both sides while the policies (read from the
+catalog, which is never read through the imported snapshot) are the new ones, so concurrent
+application writes cannot make a correct switch look wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import errors, sql
+
+from pgconverge.catalog.model import Catalog
+from pgconverge.config import QualifiedName, Spec
+from pgconverge.execution.sql import ident, qn
+from pgconverge.planning import align
+from pgconverge.verify.tokens import act_as
+
+
+@dataclass(frozen=True)
+class Target:
+    """A table whose rows an identity may see, and how to name, find and copy a row."""
+
+    table: QualifiedName
+    key: str  # a single-column key, or "ctid"
+    key_type: str
+    insert_columns: tuple[str, ...]
+    # How to find the rows that belong to an identity without reading the whole table:
+    owner_columns: tuple[str, ...] = ()  # a dependent table: its legacy and new id columns
+    parent: tuple[str, QualifiedName] | None = None  # (fk column, dependent table) for tables reached through one
+
+
+@dataclass(frozen=True)
+class Identity:
+    canonical: str
+    legacy: tuple[str, ...]  # the legacy rows merged onto it
+
+
+@dataclass
+class Capture:
+    """Visible row keys per table, per token; write outcomes per (writer, owner) pair."""
+
+    seen: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # token → table → keys
+    writes: dict[str, str] = field(default_factory=dict)  # "writer|owner|table|L or C" → outcome
+    others: dict[str, list[str]] = field(default_factory=dict)  # table → random keys every identity checks
+
+
+def targets(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> list[Target]:
+    deps = {d.table.name: d for d in cat.dependents}
+    out = []
+    for name in tables:
+        t = cat.table(name)
+        if t is None:
+            continue
+        key = t.primary_key[0] if len(t.primary_key) == 1 else "ctid"
+        key_type = t.column(key).type if key != "ctid" else "tid"
+        cols = tuple(c.name for c in t.columns if not c.generated and not (c.name == key and (c.default or c.identity)))
+        if name in deps:
+            cols += (spec.migration.new_column,) if spec.migration.new_column not in cols else ()
+        owner = (deps[name].fk.columns[0], spec.migration.new_column) if name in deps else ()
+        parent = next(((fk.columns[0], fk.ref_table) for fk in t.foreign_keys
+                       if fk.ref_table in deps and len(fk.columns) == 1), None)
+        out.append(Target(name, key, key_type, cols, owner, parent))
+    # Parents first, so a child's candidates can be derived from them.
+    return sorted(out, key=lambda x: x.parent is not None)
+
+
+def sample(conn: psycopg.Connection, spec: Spec, n: int) -> list[Identity]:
+    """Canonical rows that have legacy rows, picked deterministically (by hash), with their legacy ids."""
+    m = align.names(spec)["mapping"]
+    q = sql.SQL("select {c}::text, array_agg({l}::text order by {l}) from {m} group by {c} "
+                "order by hashtext({c}::text), {c}::text {lim}").format(
+        c=ident(spec.migration.new_column), l=ident(spec.mapping_legacy_column), m=qn(m),
+        lim=sql.SQL("limit {}").format(sql.Literal(n)) if n else sql.SQL(""))
+    return [Identity(c, tuple(ls)) for c, ls in conn.execute(q).fetchall()]
+
+
+def _claims(spec: Spec, claim: str, value: str) -> dict:
+    return {**dict(spec.migration.token_claims), claim: value}
+
+
+def _clear(spec: Spec) -> tuple[str, ...]:
+    return (spec.legacy.claim, spec.canonical.claim, *dict(spec.migration.token_claims))
+
+
+def _key(t: Target) -> sql.Composable:
+    return sql.SQL("ctid") if t.key == "ctid" else ident(t.key)
+
+
+def _visible(conn, spec: Spec, t: Target, claims: dict | None, among: list[str] | None) -> list[str]:
+    """Keys of T's rows the caller sees, among the given candidate keys (None: the whole table)."""
+    conn.execute("savepoint pgc_rls")
+    try:
+        act_as(conn, claims, clear=_clear(spec))
+        where = sql.SQL("") if among is None else sql.SQL(" where {k} = any(%s::{ty}[])").format(
+            k=_key(t), ty=sql.SQL(t.key_type))
+        rows = conn.execute(sql.SQL("select {k}::text from {t}{w} order by 1").format(
+            k=_key(t), t=qn(t.table), w=where), (among,) if among is not None else None).fetchall()
+    finally:
+        conn.execute("rollback to savepoint pgc_rls")
+    return [r[0] for r in rows]
+
+
+def _visible_all(conn, spec: Spec, targets_: list[Target], claims: dict | None,
+                 among: dict[str, list[str] | None]) -> dict[str, list[str]]:
+    """_visible for every table in one round trip (a UNION ALL of one branch per table)."""
+    branches, params = [], []
+    for t in targets_:
+        keys = among[str(t.table)]
+        where = sql.SQL("") if keys is None else sql.SQL(" where {k} = any(%s::{ty}[])").format(
+            k=_key(t), ty=sql.SQL(t.key_type))
+        if keys is not None:
+            params.append(keys)
+        branches.append(sql.SQL("(select {n}::text as t, {k}::text as k from {t}{w})").format(
+            n=sql.Literal(str(t.table)), k=_key(t), t=qn(t.table), w=where))
+    conn.execute("savepoint pgc_rls")
+    try:
+        act_as(conn, claims, clear=_clear(spec))
+        rows = conn.execute(sql.SQL(" union all ").join(branches) + sql.SQL(" order by 1, 2"), params).fetchall()
+    finally:
+        conn.execute("rollback to savepoint pgc_rls")
+    out: dict[str, list[str]] = {str(t.table): [] for t in targets_}
+    for table, key in rows:
+        out[table].append(key)
+    return out
+
+
+def _has_column(conn, t: Target, column: str) -> bool:
+    return conn.execute("select exists (select 1 from pg_attribute where attrelid = %s::regclass and attname = %s "
+                        "and not attisdropped)", (str(t.table), column)).fetchone()[0]
+
+
+def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, others: dict[str, list[str]]
+               ) -> dict[str, list[str] | None]:
+    """Per table, the rows linked to IDENTITY (read as the migration role) plus the shared random sample.
+
+    RLS is then evaluated on these rows only: an index lookup per identity instead of a full
+    scan, so the check stays affordable on large tables; a policy that leaks rows to everyone
+    shows up in the random sample every identity also looks at.
+    """
+    out: dict[str, list[str] | None] = {}
+    for t in targets_:
+        mine: list[str] | None = None
+        if t.owner_columns:
+            legacy_col, new_col = t.owner_columns
+            cond = [sql.SQL("{}::text = any(%(l)s)").format(ident(legacy_col))]
+            if _has_column(conn, t, new_col):
+                cond.append(sql.SQL("{}::text = %(c)s").format(ident(new_col)))
+            mine = [r[0] for r in conn.execute(sql.SQL("select {k}::text from {t} where {c}").format(
+                k=_key(t), t=qn(t.table), c=sql.SQL(" or ").join(cond)), {"l": list(ident_.legacy),
+                                                                         "c": ident_.canonical}).fetchall()]
+        elif t.parent is not None and str(t.parent[1]) in out and out[str(t.parent[1])] is not None:
+            mine = [r[0] for r in conn.execute(sql.SQL("select {k}::text from {t} where {fk}::text = any(%s)").format(
+                k=_key(t), t=qn(t.table), fk=ident(t.parent[0])), (out[str(t.parent[1])],)).fetchall()]
+        out[str(t.table)] = None if mine is None else sorted(set(mine) | set(others.get(str(t.table), [])))
+    return out
+
+
+def random_rows(conn, t: Target, n: int = 200) -> list[str]:
+    return [r[0] for r in conn.execute(sql.SQL("select {k}::text from {t} order by random() limit {n}").format(
+        k=_key(t), t=qn(t.table), n=sql.Literal(n))).fetchall()]
+
+
+def _write(conn, spec: Spec, t: Target, claims: dict, row: dict) -> str:
+    """Insert a copy of ROW as the identity, in a savepoint that is always rolled back."""
+    conn.execute("savepoint pgc_write")
+    try:
+        act_as(conn, claims, clear=_clear(spec))
+        cols = sql.SQL(", ").join(map(ident, t.insert_columns))
+        conn.execute(sql.SQL("insert into {t} ({c}) select {c} from jsonb_populate_record(null::{t}, %s)").format(
+            t=qn(t.table), c=cols), (psycopg.types.json.Jsonb(row),))
+        return "allowed"
+    except errors.InsufficientPrivilege as exc:
+        return "refused" if "row-level security" in str(exc) else f"error {exc.sqlstate}"
+    except psycopg.Error as exc:
+        return f"error {exc.sqlstate}"
+    finally:
+        conn.execute("rollback to savepoint pgc_write")
+
+
+def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity], *, legacy: bool,
+            canonical: bool, writes: bool = True, others: dict[str, list[str]] | None = None) -> Capture:
+    """Run inside an open transaction; leaves it as it found it (savepoints only).
+
+    OTHERS is the random sample of rows to check for every identity; taken here when not given,
+    so a later capture on the same snapshot can reuse the earlier one's.
+    """
+    cap = Capture(others=others if others is not None else {str(t.table): random_rows(conn, t) for t in targets_})
+    cap.seen["anon"] = {str(t.table): _visible(conn, spec, t, None, None) for t in targets_}
+    for ident_ in identities:
+        among = candidates(conn, spec, targets_, ident_, cap.others)
+        tokens: list[tuple[str, dict]] = []
+        if legacy:
+            tokens += [(f"L:{lid}", _claims(spec, spec.legacy.claim, lid)) for lid in ident_.legacy]
+        if canonical:
+            tokens.append((f"C:{ident_.canonical}", _claims(spec, spec.canonical.claim, ident_.canonical)))
+        for name, claims in tokens:
+            cap.seen[name] = _visible_all(conn, spec, targets_, claims, among)
+    if writes and len(identities) > 1:
+        for i, owner in enumerate(identities[:20]):
+            other = identities[(i + 1) % len(identities)]
+            for t in targets_:
+                keys = cap.seen.get(f"L:{owner.legacy[0]}", cap.seen.get(f"C:{owner.canonical}", {})).get(str(t.table))
+                if not keys or t.key == "ctid":
+                    continue
+                row = conn.execute(sql.SQL("select to_jsonb(x) from {t} x where {k}::text = %s").format(
+                    t=qn(t.table), k=ident(t.key)), (keys[0],)).fetchone()[0]
+                for writer in (owner, other):
+                    base = f"{writer.canonical}|{owner.canonical}|{t.table}"
+                    if legacy:
+                        cap.writes[f"{base}|L"] = _write(conn, spec, t, _claims(spec, spec.legacy.claim,
+                                                                                 writer.legacy[0]), row)
+                    if canonical:
+                        cap.writes[f"{base}|C"] = _write(conn, spec, t, _claims(spec, spec.canonical.claim,
+                                                                                 writer.canonical), row)
+    return cap
+
+
+def compare(before: Capture, after: Capture, identities: list[Identity]) -> list[str]:
+    """Every difference between what each identity saw before (legacy tokens) and after (both tokens)."""
+    problems = []
+    for table_rows in after.seen.get("anon", {}).items():
+        if table_rows[1]:
+            problems.append(f"anonymous caller sees {len(table_rows[1])} rows of {table_rows[0]}")
+    for ident_ in identities:
+        tables = after.seen.get(f"C:{ident_.canonical}", {}).keys() or before.seen.get(
+            f"L:{ident_.legacy[0]}", {}).keys()
+        for table in tables:
+            expected = sorted(set().union(*(before.seen[f"L:{lid}"][table] for lid in ident_.legacy)))
+            for token in [f"L:{lid}" for lid in ident_.legacy] + [f"C:{ident_.canonical}"]:
+                got = after.seen.get(token, {}).get(table)
+                if got is not None and got != expected:
+                    missing, extra = set(expected) - set(got), set(got) - set(expected)
+                    problems.append(f"{token} on {table}: {len(missing)} rows no longer visible "
+                                    f"{sorted(missing)[:3]}, {len(extra)} newly visible {sorted(extra)[:3]}")
+    for key, outcome in after.writes.items():
+        base, kind = key.rsplit("|", 1)
+        ref = before.writes.get(f"{base}|L")  # what the writer's legacy token could do before
+        if ref is not None and ref != outcome:
+            writer, owner, table = base.split("|")
+            token = "legacy" if kind == "L" else "canonical"
+            problems.append(f"{writer} ({token} token) inserting a row of {owner} into {table}: "
+                            f"{ref} before, {outcome} after")
+    return problems + isolation(after, identities)
+
+
+def isolation(cap: Capture, identities: list[Identity]) -> list[str]:
+    """No row is visible to two different identities."""
+    owner: dict[tuple[str, str], str] = {}
+    problems = []
+    for ident_ in identities:
+        tokens = [f"L:{lid}" for lid in ident_.legacy] + [f"C:{ident_.canonical}"]
+        for token in tokens:
+            for table, keys in cap.seen.get(token, {}).items():
+                for k in keys:
+                    prev = owner.setdefault((table, k), ident_.canonical)
+                    if prev != ident_.canonical:
+                        problems.append(f"{table} row {k} is visible to {prev} and to {ident_.canonical}")
+    return problems[:50]
+
+
+def consistency(cap: Capture, identities: list[Identity]) -> list[str]:
+    """After the switch, one snapshot: every token of an identity (old or new) sees the same rows."""
+    problems = [f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
+    for ident_ in identities:
+        tokens = [f"L:{lid}" for lid in ident_.legacy] + [f"C:{ident_.canonical}"]
+        ref = cap.seen.get(tokens[-1])
+        for token in tokens[:-1]:
+            got = cap.seen.get(token)
+            if ref is not None and got is not None and got != ref:
+                diff = [t for t in ref if ref[t] != got.get(t)]
+                problems.append(f"{token} and C:{ident_.canonical} see different rows in {', '.join(diff)}")
+    return problems + isolation(cap, identities)
+
+
+def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switched: bool, sample_size: int
+              ) -> tuple[dict, list[str]]:
+    """verify --rls: isolation (and, once switched, old/new token agreement) on one consistent snapshot."""
+    with conn.transaction():
+        conn.execute("set transaction isolation level repeatable read")
+        identities = sample(conn, spec, sample_size)
+        targets_ = targets(spec, cat, tables)
+        cap = capture(conn, spec, targets_, identities, legacy=True, canonical=switched)
+    problems = consistency(cap, identities) if switched else (
+        [f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
+        + isolation(cap, identities))
+    return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
+            "write_probes": len(cap.writes), "switched": switched}, problems
