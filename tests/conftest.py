@@ -93,3 +93,25 @@ def conn(fixture_db):
     """Autocommit superuser connection to a fresh fixture database."""
     with psycopg.connect(fixture_db, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def template_factory(admin_dsn):
+    """make(scale, helper_style) -> name of a template database holding that fixture variant (made once)."""
+    from pgconverge import fixtures
+
+    made: dict[tuple, str] = {}
+
+    def make(scale: float = TEST_SCALE, helper_style: str = "claims_json") -> str:
+        key = (scale, helper_style)
+        if key not in made:
+            name = f"tmpl_{helper_style}_{str(scale).replace('.', '_')}_{os.getpid()}"
+            dsn = _create_database(admin_dsn, name)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                fixtures.load(conn, scale=scale, helper_style=helper_style)
+            made[key] = name
+        return made[key]
+
+    yield make
+    for name in made.values():
+        _drop_database(admin_dsn, name)

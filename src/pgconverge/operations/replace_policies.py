@@ -14,7 +14,7 @@ class ReplacePolicies(Operation):
     statements_text: tuple[str, ...]  # ALTER POLICY …, one per policy
     reverse_text: tuple[str, ...]
     names: tuple[str, ...]  # "schema.table.policy", for the ledger and messages
-    tables: tuple[str, ...]
+    tables: tuple[str, ...]  # in lock order
     # Check, in the same data snapshot, that every sampled identity sees the same rows afterwards.
     verify: bool = True
 
@@ -32,10 +32,21 @@ class ReplacePolicies(Operation):
         return ", ".join(self.tables)
 
     def statements(self) -> list[sql.Composable]:
-        return [sql.SQL(s) for s in self.statements_text]
+        # Take every table's lock first, parents before children (the order applications write
+        # in), so the rewrite never holds one table while waiting for a writer that needs it.
+        lock = sql.SQL("lock table {} in access exclusive mode").format(
+            sql.SQL(", ").join(sql.Identifier(*_split(t)) for t in self.tables))
+        return [lock, *(sql.SQL(s) for s in self.statements_text)]
 
     def saved(self) -> list[tuple[str, str, str]]:
         return [("policy", n, r) for n, r in zip(self.names, self.reverse_text)] if self.verify else []
 
     def reverse(self) -> Operation:
         return ReplacePolicies(self.reverse_text, self.statements_text, self.names, self.tables, verify=False)
+
+
+def _split(name: str) -> tuple[str, str]:
+    from pgconverge.config import parse_qualified
+
+    q = parse_qualified(name)
+    return q.schema, q.name

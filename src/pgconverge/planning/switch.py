@@ -75,11 +75,26 @@ def plan(spec: Spec, cat: Catalog) -> list[Step]:
             why="keeps working for new tokens (reverse-mapped); its calls are counted for the runtime audit")),
         Step(f"{PHASE}.policies", PHASE, ReplacePolicies(
             tuple(_statement(r, spec) for r in auto), tuple(r.reverse_statement for r in auto),
-            tuple(policy_name(r) for r in auto), tuple(sorted({str(r.table) for r in auto})))),
+            tuple(policy_name(r) for r in auto), lock_order(cat, {r.table for r in auto}))),
         Step(f"{PHASE}.function_tracking", PHASE, _track_functions()),
         Step(f"{PHASE}.runtime_baseline", PHASE, runtime_baseline(spec, cat)),
     ]
     return steps
+
+
+def lock_order(cat: Catalog, tables: set) -> tuple[str, ...]:
+    """TABLES with every table after the tables it references (parents first), then by name."""
+    refs = {}
+    for t in tables:
+        tab = cat.table(t)
+        refs[t] = {fk.ref_table for fk in (tab.foreign_keys if tab else ()) if fk.ref_table in tables and fk.ref_table != t}
+    out: list = []
+    while len(out) < len(tables):
+        ready = sorted((t for t in tables if t not in out and refs[t] <= set(out)), key=str)
+        if not ready:  # a reference cycle: take the rest by name
+            ready = sorted((t for t in tables if t not in out), key=str)
+        out.append(ready[0])
+    return tuple(str(t) for t in out)
 
 
 def _statement(r: PolicyRewrite, spec: Spec) -> str:
