@@ -19,7 +19,7 @@ from pgconverge.planning import plan as planner
 def test_align_maps_every_customer_to_its_ground_truth_profile(conn, fixture_db):
     profiles_before = conn.execute("select count(*) from public.profiles").fetchone()[0]
     out = cli_json("run", "align", "--dsn", fixture_db)
-    assert [s["step"] for s in out["steps"]][-2:] == ["align.coverage_gate", "align.report"]
+    assert [s["step"] for s in out["steps"]][-3:] == ["align.coverage_gate", "align.report", "align.phone_audit"]
     assert mapping_problems(conn) == []
     truth = dict(conn.execute("select case_name, count(*) from fixture_truth.expected_mapping group by 1"))
     summary = out["align"]
@@ -27,6 +27,9 @@ def test_align_maps_every_customer_to_its_ground_truth_profile(conn, fixture_db)
     assert summary["merged_groups"] >= truth["shared_number"] // 2
     assert summary["canonical_duplicate_groups"] >= truth["canonical_twice"]
     assert sum(summary["methods"].values()) == sum(truth.values())
+    audit = conn.execute("select data from pgconverge.snapshots where name = 'phone_audit'").fetchone()[0]
+    assert audit["checked"] > 100 and audit["unexplained"] == 0
+
 
     # Created rows: one per distinct new number, plus one per NULL/unparseable customer; no number duplicated.
     created = conn.execute("select count(distinct profile_id) from pgconverge.legacy_customer_profile "
@@ -54,6 +57,16 @@ def test_align_maps_every_customer_to_its_ground_truth_profile(conn, fixture_db)
           and (p.whatsapp_e164 <> '+' || m.match_key)""").fetchone()[0]
     assert bad == 0
 
+
+def test_numbers_where_sql_and_phonenumbers_disagree_are_listed(conn, fixture_db):
+    # 13 digits under Rwanda's code: the SQL key keeps it (no per-country length rule), phonenumbers
+    # knows Rwandan numbers have 9 national digits.
+    conn.execute("insert into public.customers (wa_id) values ('+250 1234 567 890')")
+    cli("run", "align", "--dsn", fixture_db)
+    audit = conn.execute("select data from pgconverge.snapshots where name = 'phone_audit'").fetchone()[0]
+    listed = [d for d in audit["sample"] if d["raw"] == "+250 1234 567 890"]
+    assert listed and listed[0]["sql"] == "2501234567890" and listed[0]["phonenumbers"] is None
+    assert audit["unexplained"] == 0
 
 @pytest.mark.parametrize("role", ["anon", "authenticated"])
 def test_private_schema_is_closed_to_api_roles(conn, fixture_db, role):
@@ -258,3 +271,18 @@ def test_plan_comes_from_the_catalog_saved_when_the_migration_started(conn, fixt
     assert cats.live != before  # align changed the database (a trigger on customers), the plan did not
     cli("rollback", "--to", "align", "--dsn", fixture_db)
     assert baseline.load(conn, spec).saved == {}
+
+
+@pytest.mark.parametrize("ddl, message", [
+    ("alter table public.profiles alter column user_id drop default; "
+     "alter table public.profiles add foreign key (user_id) references auth.users (id)",
+     "canonical.key public.profiles.user_id has no default and references auth.users(id)"),
+    ("alter table public.profiles add column tier text; update public.profiles set tier = 'basic'; "
+     "alter table public.profiles alter column tier set not null",
+     "public.profiles has NOT NULL column(s) tier with no default"),
+])
+def test_canonical_rows_that_cannot_be_created_stop_before_any_change(conn, fixture_db, ddl, message):
+    conn.execute(ddl)
+    out = cli("run", "align", "--dsn", fixture_db, expect=2)
+    assert message in out and "fix:" in out
+    assert conn.execute("select to_regnamespace('pgconverge')").fetchone()[0] is None

@@ -235,3 +235,23 @@ def test_verify_passes_after_expand_and_names_a_mislinked_row(expanded, fixture_
     failed = [c for c in out["checks"] if not c["passed"]]
     assert [c["step"] for c in failed] == ["expand.invariants"]
     assert failed[0]["problems"][0][0] == "public.orders: 1 rows whose profile_id is not the mapping's"
+
+
+def test_a_dependent_table_without_a_key_is_walked_by_pages(conn, fixture_db, tmp_path):
+    conn.execute("""create table public.loyalty (customer_id bigint references public.customers on delete cascade,
+                                                 points int);
+                    insert into public.loyalty select id, id % 7 from public.customers, generate_series(1, 3)""")
+    cfg = write_config(tmp_path, "[migration]\nbatch_size = 100\n")
+    cli("run", "align", "--dsn", fixture_db, "--config", cfg)
+    plan = cli_json("plan", "expand", "--dsn", fixture_db, "--config", cfg)["steps"]
+    backfill = next(s for s in plan if s["id"] == "expand.loyalty.backfill")
+    assert "pages per transaction: no key" in backfill["description"] and "ctid" in backfill["sql"][0]
+    out = cli_json("run", "expand", "--dsn", fixture_db, "--config", cfg)
+    assert next(s for s in out["steps"] if s["step"] == "expand.loyalty.backfill")["rows"] > 1
+    assert conn.execute("select count(*) from public.loyalty where profile_id is null").fetchone()[0] == 0
+    wrong = conn.execute("""select count(*) from public.loyalty l join pgconverge.legacy_customer_profile m
+        on m.customer_id = l.customer_id where l.profile_id <> m.profile_id""").fetchone()[0]
+    assert wrong == 0
+    cli("rollback", "--to", "expand", "--dsn", fixture_db, "--config", cfg)
+    assert conn.execute("select count(*) from information_schema.columns where table_name = 'loyalty' "
+                        "and column_name = 'profile_id'").fetchone()[0] == 0

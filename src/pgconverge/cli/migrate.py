@@ -92,6 +92,7 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
                 out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3),
                             "attempts": r.attempts, "rows": r.rows, **r.detail})
         report = runner.ledger.latest_snapshot("align_report") if "align" in phases else None
+        audit = runner.ledger.latest_snapshot("phone_audit") if "align" in phases else None
     if as_json:
         print_json({"target": t.display, "phases": phases, "steps": out,
                     **({"align": _align_summary(report)} if report else {})})
@@ -102,6 +103,10 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
                       + f"; {a['merged_groups']:,} groups of legacy rows merged onto one canonical row, "
                         f"{a['canonical_duplicate_groups']:,} numbers with several canonical rows (preferred one "
                         f"chosen), {a['unusable_numbers']:,} NULL or unparseable numbers", highlight=False)
+    if audit:
+        console.print(f"phone key audit: {audit['checked']:,} distinct numbers compared with phonenumbers, "
+                      f"{audit['disagreements']:,} disagree ({audit['unexplained']:,} outside the documented "
+                      "classes)", highlight=False)
     console.print(f"[green]{', '.join(phases)} finished[/] on {t.display}", highlight=False)
 
 

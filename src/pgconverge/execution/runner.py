@@ -15,6 +15,7 @@ from pgconverge.connection import Target, connect
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution import policy_switch, retry, session
 from pgconverge.execution.locks import describe_blockers
+from pgconverge.execution.throttle import Throttle
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES, Cost, Plan, Step
 from pgconverge.operations.batched import Batched
@@ -191,7 +192,8 @@ class Runner:
         session.configure(self.work, f"pgconverge:{step.id}")
         executor = {"sql": self._run_sql, "index": self._run_index, "batched": self._run_batched,
                     "check": self._run_check, "snapshot": self._run_snapshot,
-                    "policies": lambda st, res: policy_switch.run(self, st, res)}[step.op.executor]
+                    "policies": lambda st, res: policy_switch.run(self, st, res),
+                    "phone_audit": self._run_phone_audit}[step.op.executor]
         try:
             result = executor(step, resuming)
         except (retry.RetriesExhausted, psycopg.Error) as exc:
@@ -299,6 +301,23 @@ class Runner:
             self._done(step, 1, op.sql_text(), conn=self.work)
         return StepResult(step.id, "done", 0.0, detail={"snapshot": op.name})
 
+    def _run_phone_audit(self, step: Step, resuming: bool) -> StepResult:
+        from collections import Counter
+
+        from pgconverge.identity import phone_audit
+
+        op = step.op
+        values = [r[0] for r in self.work.execute(op.statements()[0]).fetchall()]
+        found = phone_audit.compare(self.work, values, op.schema, op.region)
+        data = {"checked": len(values), "disagreements": len(found),
+                "by_reason": dict(Counter(d.reason for d in found)),
+                "unexplained": sum(1 for d in found if not d.deliberate),
+                "sample": [{"raw": d.raw, "sql": d.sql_key, "phonenumbers": d.reference_key, "reason": d.reason}
+                           for d in found[:1000]]}
+        self.ledger.snapshot(self.run_id, "phone_audit", data)
+        self._done(step, 1, op.sql_text(), checked=len(values), disagreements=len(found))
+        return StepResult(step.id, "done", 0.0, rows=len(values), detail={"disagreements": len(found)})
+
     def _run_batched(self, step: Step, resuming: bool) -> StepResult:
         op: Batched = step.op  # type: ignore[assignment]
         after, rows_done = None, 0
@@ -309,7 +328,11 @@ class Runner:
         total = self.work.execute(op.total_estimate()).fetchone()[0]
         upper = self.work.execute(op.upper_bound).fetchone()[0] if op.upper_bound is not None else None
         started, resumed_from = time.monotonic(), rows_done
-        batches = 0
+        batches, throttled = 0, 0.0
+        throttle = Throttle(max_replica_lag_ms=self.spec.migration.max_replica_lag_ms)
+
+        def note(why: list[str]) -> None:
+            self.ledger.event(self.run_id, step.phase, step.id, "note", message="backing off: " + "; ".join(why))
         while True:
             params = {"after": after, "upper": upper, "n": op.batch_size}
 
@@ -337,5 +360,7 @@ class Runner:
                                 (rows_done - resumed_from) / elapsed if elapsed else 0.0)
             if self.spec.migration.batch_pause_ms:
                 time.sleep(self.spec.migration.batch_pause_ms / 1000)
-        self._done(step, 1, op.sql_text(), rows=rows_done, batches=batches, resumed_from=resumed_from)
+            throttled += throttle.wait(self.control, op.lock_target, note)
+        self._done(step, 1, op.sql_text(), rows=rows_done, batches=batches, resumed_from=resumed_from,
+                   throttled_s=round(throttled, 2))
         return StepResult(step.id, "done", 0.0, rows=rows_done, detail={"resumed_from": resumed_from})

@@ -16,6 +16,7 @@ from pgconverge.operations.create_function import CreateFunction
 from pgconverge.operations.create_index import simple_index
 from pgconverge.operations.create_table import CreateTable
 from pgconverge.operations.create_trigger import CreateTrigger
+from pgconverge.operations.phone_audit import PhoneAudit
 from pgconverge.operations.private_schema import CreatePrivateSchema
 from pgconverge.operations.snapshot import Snapshot
 
@@ -87,8 +88,11 @@ def plan(spec: Spec, cat: Catalog) -> list[Step]:
                                                          "record them with `pgconverge align --decisions FILE`"),
     ]
     steps.append(_report(spec, cat))
+    steps.append(PhoneAudit(leg.name, spec.legacy.match_column, spec.migration.private_schema,
+                            spec.migration.default_region))
     ids = ["private_schema", "normalize_function", "mapping_table", "match_index", "align_function",
-           "legacy_for_function", "legacy_trigger_function", "legacy_trigger", "match", "coverage_gate", "report"]
+           "legacy_for_function", "legacy_trigger_function", "legacy_trigger", "match", "coverage_gate", "report",
+           "phone_audit"]
     return [Step(f"{PHASE}.{i}", PHASE, op) for i, op in zip(ids, steps)]
 
 
@@ -311,6 +315,6 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None) -> list[Step
         ("drop_match_index", DropIndexConcurrently(n["match_index"], can.name), ("align.match_index",)),
         ("drop_mapping_table", DropTable(n["mapping"]), ("align.mapping_table",)),
         ("drop_normalize_function", DropFunction(n["normalize"], "text"),
-         ("align.normalize_function", "align.private_schema", "align.report")),
+         ("align.normalize_function", "align.private_schema", "align.report", "align.phone_audit")),
     ]
     return [Step(f"rollback.align.{i}", "rollback", op, *rest) for i, op, *rest in steps]

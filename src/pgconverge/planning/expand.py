@@ -118,40 +118,50 @@ def _key(d: Dependent) -> tuple[str, str] | None:
 
 
 def _backfill(spec: Spec, cat: Catalog, d: Dependent) -> Batched:
-    """UPDATE, batch by batch in key order, the rows whose new column is still empty."""
+    """UPDATE, batch by batch, the rows whose new column is still empty; rows the trigger filled are skipped."""
     m = align.names(spec)["mapping"]
     legacy_col, new = d.fk.columns[0], spec.migration.new_column
+    p = dict(l=ident(legacy_col), n=ident(new), m=qn(m), ml=ident(spec.mapping_legacy_column))
+    return batched_update(
+        spec, d, sql.SQL("{n} = m.{n}").format(**p), sql.SQL("{m} m").format(**p),
+        sql.SQL("d.{n} is null and d.{l} is not null and m.{ml} = d.{l}").format(**p),
+        f"backfill {d.table.name}.{new} from {legacy_col} through the mapping", ((BACKFILL_SETTING, "on"),))
+
+
+def batched_update(spec: Spec, d: Dependent, set_: sql.Composable, from_: sql.Composable | None,
+                   where: sql.Composable, what: str, settings: tuple = ()) -> Batched:
+    """UPDATE d SET SET_ [FROM FROM_] WHERE WHERE over the table in key order (or page order without a key).
+
+    Each batch is one short transaction that locks at most batch-size rows.
+    """
     key = _key(d)
-    p = dict(t=qn(d.table.name), l=ident(legacy_col), n=ident(new), m=qn(m), ml=ident(spec.mapping_legacy_column),
-             mn=ident(new))
+    p = dict(t=qn(d.table.name), set=set_, where=where,
+             frm=sql.SQL(", {}").format(from_) if from_ is not None else sql.SQL(""))
     if key is not None:
         k, ty = key
-        p.update(k=ident(k), ty=sql.SQL(ty))
-        # Rows the trigger already filled are skipped by "n is null"; each batch locks at most n rows.
         stmt = sql.SQL(
             "with b as (select d.{k} from {t} d where (%(after)s::{ty} is null or d.{k} > %(after)s::{ty}) "
             "and (%(upper)s::{ty} is null or d.{k} <= %(upper)s::{ty}) order by d.{k} limit %(n)s), "
-            "u as (update {t} d set {n} = m.{mn} from b, {m} m where d.{k} = b.{k} and d.{n} is null "
-            "and d.{l} is not null and m.{ml} = d.{l} returning 1) "
-            "select (select count(*) from b), (select b.{k} from b order by b.{k} desc limit 1), (select count(*) from u)").format(**p)
-        return Batched(d.table.name, k, ty, stmt, spec.migration.batch_size,
-                       f"backfill {d.table.name}.{new} from {legacy_col} through the mapping",
-                       upper_bound=max_key(d.table.name, k), settings=((BACKFILL_SETTING, "on"),))
+            "u as (update {t} d set {set} from b{frm} where d.{k} = b.{k} and {where} returning 1) "
+            "select (select count(*) from b), (select b.{k} from b order by b.{k} desc limit 1), "
+            "(select count(*) from u)").format(**p, k=ident(k), ty=sql.SQL(ty))
+        return Batched(d.table.name, k, ty, stmt, spec.migration.batch_size, what,
+                       upper_bound=max_key(d.table.name, k), settings=settings)
     # No usable key: walk the heap by page ranges (a TID range scan); the position is a page number.
     pages = max(1, spec.migration.batch_size // 50)
+    frm = sql.SQL(" from {}").format(from_) if from_ is not None else sql.SQL("")
     stmt = sql.SQL(
-        "with u as (update {t} d set {n} = m.{mn} from {m} m where "
+        "with u as (update {t} d set {set}{frm} where "
         "d.ctid >= format('(%%s,0)', coalesce(%(after)s::bigint, -1) + 1)::tid "
         "and d.ctid < format('(%%s,0)', coalesce(%(after)s::bigint, -1) + 1 + {pages})::tid "
-        "and d.{n} is null and d.{l} is not null and m.{ml} = d.{l} returning 1) "
+        "and {where} returning 1) "
         "select case when coalesce(%(after)s::bigint, -1) + 1 <= %(upper)s::bigint then {pages} else 0 end, "
         "coalesce(%(after)s::bigint, -1) + {pages}, (select count(*) from u)").format(
-        **p, pages=sql.Literal(pages))
+        t=qn(d.table.name), set=set_, frm=frm, where=where, pages=sql.Literal(pages))
     upper = sql.SQL("select pg_catalog.pg_relation_size({}::regclass) / current_setting('block_size')::bigint"
                     ).format(sql.Literal(str(d.table.name)))
-    return Batched(d.table.name, "ctid", "bigint", stmt, pages,
-                   f"backfill {d.table.name}.{new} from {legacy_col} ({pages} pages per transaction: no key)",
-                   upper_bound=upper, settings=((BACKFILL_SETTING, "on"),))
+    return Batched(d.table.name, "ctid", "bigint", stmt, pages, f"{what} ({pages} pages per transaction: no key)",
+                   upper_bound=upper, settings=settings)
 
 
 def _indexes(spec: Spec, d: Dependent, n: Names) -> list[CreateIndexConcurrently]:
@@ -317,19 +327,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None) -> list[Step
 def _reverse_fill(spec: Spec, cat: Catalog, d: Dependent) -> Batched:
     """Rows new code wrote with only the new id get their legacy id (a legacy row is made if none exists)."""
     legacy_col, new = d.fk.columns[0], spec.migration.new_column
-    key = _key(d)
-    if key is None:
-        raise CatalogError(f"{d.table.name} has no single-column key to walk while rolling back",
-                           fix="add a primary key to the table")
-    k, ty = key
-    p = dict(t=qn(d.table.name), l=ident(legacy_col), n=ident(new), k=ident(k), ty=sql.SQL(ty),
-             legacy_for=qn(align.names(spec)["legacy_for"]))
-    stmt = sql.SQL(
-        "with b as (select d.{k} from {t} d where (%(after)s::{ty} is null or d.{k} > %(after)s::{ty}) "
-        "and (%(upper)s::{ty} is null or d.{k} <= %(upper)s::{ty}) order by d.{k} limit %(n)s), "
-        "u as (update {t} d set {l} = {legacy_for}(d.{n}) from b where d.{k} = b.{k} and d.{l} is null "
-        "and d.{n} is not null returning 1) "
-        "select (select count(*) from b), (select b.{k} from b order by b.{k} desc limit 1), (select count(*) from u)").format(**p)
-    return Batched(d.table.name, k, ty, stmt, spec.migration.batch_size,
-                   f"give {d.table.name} rows written with only {new} their {legacy_col} back",
-                   upper_bound=max_key(d.table.name, k))
+    p = dict(l=ident(legacy_col), n=ident(new), legacy_for=qn(align.names(spec)["legacy_for"]))
+    return batched_update(spec, d, sql.SQL("{l} = {legacy_for}(d.{n})").format(**p), None,
+                          sql.SQL("d.{l} is null and d.{n} is not null").format(**p),
+                          f"give {d.table.name} rows written with only {new} their {legacy_col} back")
