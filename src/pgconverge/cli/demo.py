@@ -3,49 +3,108 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Annotated
 
 import psycopg
 import typer
 from psycopg import sql
+from rich.table import Table
 
 from pgconverge import config, embedded
 from pgconverge import inventory as inv
-from pgconverge.catalog.introspect import load_catalog
+from pgconverge.catalog import baseline
 from pgconverge.cli import inventory as inventory_cli
-from pgconverge.cli.common import JsonOpt, console, fail_cleanly, print_json
+from pgconverge.cli.common import JsonOpt, console, err_console, fail_cleanly, print_json
+from pgconverge.cli.progress import RichProgress
+from pgconverge.config import parse_qualified
 from pgconverge.connection import Target, connect
+from pgconverge.execution.runner import Runner
+from pgconverge.ledger.store import Ledger
+from pgconverge.planning import plan as planner
+from pgconverge.verify import invariants, rls
 
 DEMO_DB = "pgconverge_demo"
+PHASES = ("align", "expand", "switch")
 
 
 @fail_cleanly
 def demo(
     scale: Annotated[float, typer.Option("--scale", min=0.0, help="Fixture size: 1 ≈ 2,000 customers.")] = 1.0,
+    rls_sample: Annotated[int, typer.Option("--rls-sample", min=0,
+                                            help="Identities whose RLS view is checked (0 = all).")] = 25,
+    show_inventory: Annotated[bool, typer.Option("--inventory/--no-inventory",
+                                                 help="Print the full inventory first.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run pgconverge end to end on the embedded Postgres with the bundled fixture.
 
-    Creates (or re-creates) the database pgconverge_demo on the embedded server, loads the
-    Supabase-like fixture and shows the inventory of what the migration will touch.
+    Re-creates the database pgconverge_demo on the embedded server, loads the Supabase-like
+    fixture, shows what the migration will touch, then runs align, expand and switch with the
+    gates of each phase, verifies the invariants and row level security after each, and prints
+    a summary. Exits 1 if any check fails.
     """
     from pgconverge import fixtures
 
     started = time.monotonic()
+    out = console if not as_json else err_console
     admin = embedded.ensure_running(database="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DB)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DB)))
     t = Target(embedded.with_database(admin, DEMO_DB), "embedded")
     spec = config.Spec()
+    spec = replace(spec, migration=replace(spec.migration, rls_sample=rls_sample))
     with connect(t) as conn:
         counts = fixtures.load(conn, scale=scale)
-        data = inv.build(spec, load_catalog(conn, spec))
+        cats = baseline.load(conn, spec)
+        data = inv.build(spec, cats.live)
+    out.print(f"[bold]pgconverge demo[/] — {sum(counts.values()):,} rows loaded into {t.dsn} (scale {scale})",
+              highlight=False)
+    if show_inventory and not as_json:
+        inventory_cli.render(data)
+    else:
+        out.print(f"inventory: {len(data['foreign_keys'])} foreign keys to {data['legacy']['table']}, "
+                  f"{len(data['policies'])} RLS policies on legacy names, "
+                  f"{sum(len(f['indexes']) for f in data['foreign_keys'])} indexes to mirror", highlight=False)
+
+    rows, ok = [], True
+    plan = planner.build(spec, cats)
+    with Runner(t, spec, plan, progress=RichProgress(out, quiet=as_json), command="demo", catalogs=cats) as runner:
+        for ph in PHASES:
+            t0 = time.monotonic()
+            results = runner.run_phase(ph)
+            seconds = time.monotonic() - t0
+            checks = invariants.run(runner.work, plan, [p for p in PHASES[:PHASES.index(ph) + 1]])
+            tables = [parse_qualified(x) for x in next(s for s in plan.steps if s.id == "switch.policies").op.tables]
+            summary, problems = rls.check_now(runner.work, spec, cats.for_phase("switch"), tables,
+                                              switched=(ph == "switch"), sample_size=rls_sample)
+            passed = all(c.passed for c in checks) and not problems
+            ok &= passed
+            rows.append({"phase": ph, "steps": len(results), "seconds": round(seconds, 2),
+                         "invariants": [c.step for c in checks if c.passed],
+                         "failed": [c.step for c in checks if not c.passed] + problems[:5],
+                         "rls_identities": summary["identities"], "passed": passed})
+        equivalence = Ledger(runner.work, spec).latest_snapshot("rls_equivalence") or {}
     elapsed = round(time.monotonic() - started, 1)
     if as_json:
-        print_json({"database": t.dsn, "rows": counts, "inventory": data, "seconds": elapsed})
-        return
-    console.print(f"[bold]pgconverge demo[/] — fixture loaded into {t.dsn} "
-                  f"({sum(counts.values()):,} rows, scale {scale})", highlight=False)
-    inventory_cli.render(data)
-    console.print(f"\n[green]demo finished in {elapsed}s[/]; explore with: psql '{t.dsn}'", highlight=False)
+        print_json({"database": t.dsn, "rows": counts, "phases": rows, "rls_equivalence": equivalence,
+                    "passed": ok, "seconds": elapsed})
+    else:
+        table = Table(title="Summary", title_justify="left")
+        for col in ("phase", "steps", "seconds", "verified after the phase"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            verdict = ("[green]" + ", ".join(r["invariants"]) + f", RLS of {r['rls_identities']} identities[/]"
+                       if r["passed"] else "[red]FAILED: " + "; ".join(r["failed"]) + "[/]")
+            table.add_row(r["phase"], str(r["steps"]), f"{r['seconds']:.1f}", verdict)
+        console.print(table)
+        if equivalence:
+            console.print(f"switch: {equivalence['identities']} identities saw the same rows before and after, "
+                          f"with old and new tokens ({equivalence['write_probes']} write probes), "
+                          f"{len(equivalence['problems'])} differences", highlight=False)
+        color = "green" if ok else "red"
+        console.print(f"\n[{color}]demo {'passed' if ok else 'FAILED'} in {elapsed}s[/]; explore with: "
+                      f"psql '{t.dsn}'", highlight=False)
+    if not ok:
+        raise typer.Exit(1)
