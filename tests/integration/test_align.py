@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import psycopg
 import pytest
@@ -267,7 +268,8 @@ def test_plan_comes_from_the_catalog_saved_when_the_migration_started(conn, fixt
     assert baseline.load(conn, spec).saved == {}
     cli("run", "align", "--dsn", fixture_db)
     cats = baseline.load(conn, spec)
-    assert cats.saved == {"align": before}  # round trip through the ledger is exact
+    assert list(cats.saved) == ["align"]
+    assert replace(cats.saved["align"], read_at="") == replace(before, read_at="")  # the round trip is exact
     assert cats.live != before  # align changed the database (a trigger on customers), the plan did not
     cli("rollback", "--to", "align", "--dsn", fixture_db)
     assert baseline.load(conn, spec).saved == {}

@@ -293,11 +293,27 @@ def test_bad_arguments_are_refused_before_any_change(make_db):
 
 
 @pytest.fixture(params=fixtures.HELPER_STYLES)
-def styled(request, make_db):
+def helper_style(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def styled(helper_style, make_db):
     """Autocommit superuser connection to a small fixture built with one helper style."""
     with psycopg.connect(make_db(), autocommit=True) as c:
-        fixtures.load(c, SMALL, helper_style=request.param)
+        fixtures.load(c, SMALL, helper_style=helper_style)
         yield c
+
+
+def identity_claims(c, style: str, customer: int) -> dict:
+    """What names CUSTOMER in its token: the customer_id claim, or (uid_lookup) its auth user as `sub`."""
+    if style == "uid_lookup":
+        return {"sub": str(scalar(c, "select auth_user_id from public.customers where id = %s", (customer,)))}
+    return {"customer_id": customer}
+
+
+def customer_token(c, style: str, customer: int) -> dict:
+    return {"app_role": "customer", **identity_claims(c, style, customer)}
 
 
 def as_caller(c, claims, query, params=None, role="authenticated"):
@@ -333,9 +349,13 @@ OWN_ROWS = {
 }
 
 
-def test_a_customer_sees_exactly_its_own_rows(styled):
+def test_a_customer_sees_exactly_its_own_rows(styled, helper_style):
     x = a_busy_customer(styled)
-    claims = {"sub": "00000000-0000-0000-0000-000000000001", "app_role": "customer", "customer_id": x}
+    if helper_style == "uid_lookup":  # another customer's id in the claim changes nothing: only `sub` counts
+        other = scalar(styled, "select min(id) from public.customers where id <> %s", (x,))
+        claims = {**customer_token(styled, helper_style, x), "customer_id": other}
+    else:  # a `sub` that is no customer's auth user changes nothing: only the claim counts
+        claims = {"sub": "00000000-0000-0000-0000-000000000001", **customer_token(styled, helper_style, x)}
     for query, truth in OWN_ROWS.items():
         expected = sorted(column(styled, truth, {"x": x}))
         if "profiles" not in query:
@@ -364,10 +384,10 @@ def test_a_device_sees_its_sessions_only(styled):
     assert as_caller(styled, claims, "select id from public.carts") == []
 
 
-def test_claims_do_not_leak_between_identities_in_one_transaction(styled):
+def test_claims_do_not_leak_between_identities_in_one_transaction(styled, helper_style):
     x = a_busy_customer(styled)
     with styled.transaction(force_rollback=True):
-        fixtures.set_claims(styled, {"app_role": "customer", "customer_id": x})
+        fixtures.set_claims(styled, customer_token(styled, helper_style, x))
         assert column(styled, "select id from public.carts")
         fixtures.set_claims(styled, {"app_role": "device", "device_id": "kiosk-0000"})
         assert column(styled, "select auth_customer_id()") == [None]
@@ -380,10 +400,10 @@ def test_a_customer_sees_its_profile_by_claim(styled):
     assert as_caller(styled, {"profile_id": user_id}, "select user_id from public.profiles") == [user_id]
 
 
-def test_with_check_stops_writes_for_another_customer(styled):
+def test_with_check_stops_writes_for_another_customer(styled, helper_style):
     x = a_busy_customer(styled)
     other = scalar(styled, "select min(id) from public.customers where id <> %s", (x,))
-    claims = {"app_role": "customer", "customer_id": x}
+    claims = customer_token(styled, helper_style, x)
     with styled.transaction(force_rollback=True):
         fixtures.set_claims(styled, claims)
         cart = scalar(styled, "insert into public.carts (customer_id) values (%s) returning id", (x,))
@@ -402,3 +422,84 @@ def test_with_check_stops_writes_for_another_customer(styled):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 with styled.transaction():
                     styled.execute(statement, params)
+
+
+# --- uid_lookup: the caller's customer is found by its auth user ----------------------------
+
+AUTH_LINK = """select a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                      (select array_agg(pg_get_constraintdef(k.oid) order by k.contype) from pg_constraint k
+                       where k.conrelid = a.attrelid and k.conkey = array[a.attnum])
+               from pg_attribute a
+               where a.attrelid = 'public.customers'::regclass and a.attname = 'auth_user_id' and not a.attisdropped"""
+
+
+def test_uid_lookup_adds_the_auth_link_and_changes_nothing_else(make_db):
+    loaded = {}
+    for name, style in (("claims", "claims_json"), ("uid", "uid_lookup"), ("uid_again", "uid_lookup")):
+        c = psycopg.connect(make_db(), autocommit=True)
+        loaded[name] = (c, fixtures.load(c, SMALL, helper_style=style))
+    try:
+        (plain, plain_counts), (uid, uid_counts), (again, _) = loaded["claims"], loaded["uid"], loaded["uid_again"]
+        n = fixtures.customers_for(SMALL)
+        assert uid_counts == {**plain_counts, "auth.users": plain_counts["auth.users"] + n}
+        assert count(uid, "auth.users") == uid_counts["auth.users"]
+
+        # The schema: a nullable, unique link to auth.users in this style only.
+        assert uid.execute(AUTH_LINK).fetchall() == [
+            ("auth_user_id", "uuid", False,
+             ["FOREIGN KEY (auth_user_id) REFERENCES auth.users(id) ON DELETE SET NULL", "UNIQUE (auth_user_id)"]),
+        ]
+        assert plain.execute(AUTH_LINK).fetchall() == []
+
+        # Every customer has an auth user of its own: no profile's, no phone (numbers stay with the profiles').
+        assert uid.execute(
+            """select count(*), count(c.auth_user_id), count(distinct c.auth_user_id), count(u.id),
+                      count(p.user_id), count(u.phone),
+                      count(*) filter (where u.email = 'customer-' || c.id || '@example.com')
+               from public.customers c left join auth.users u on u.id = c.auth_user_id
+               left join public.profiles p on p.user_id = c.auth_user_id""").fetchone() == (n, n, n, n, 0, 0, n)
+
+        # Deterministic, and apart from the link the same data (and ground truth) as the other styles.
+        assert fingerprints(again) == fingerprints(uid)
+        link = "select md5(string_agg(id::text || ':' || auth_user_id::text, ',' order by id)) from public.customers"
+        assert scalar(again, link) == scalar(uid, link)
+        customers = ("select md5(string_agg((id, wa_id, display_name, created_at)::text, ',' order by id))"
+                     " from public.customers")
+        assert scalar(uid, customers) == scalar(plain, customers)
+        prints = fingerprints(uid)
+        assert {t: f for t, f in prints.items() if t != "public.customers"} == {
+            t: f for t, f in fingerprints(plain).items() if t != "public.customers"}
+        users = ("select md5(string_agg(u::text, '|' order by u.id)) from auth.users u"
+                 " where u.id in (select user_id from public.profiles)")  # in the other styles: every one
+        assert scalar(uid, users) == scalar(plain, users)
+    finally:
+        for c, _ in loaded.values():
+            c.close()
+
+
+def test_uid_lookup_schema_only_has_the_link(make_db):
+    with psycopg.connect(make_db(), autocommit=True) as c:
+        fixtures.schema_only(c, helper_style="uid_lookup")
+        assert [r[0] for r in c.execute(AUTH_LINK)] == ["auth_user_id"]
+        assert scalar(c, "select count(*) from auth.users") == 0
+
+
+def test_uid_lookup_identifies_the_caller_by_sub_only(make_db):
+    with psycopg.connect(make_db(), autocommit=True) as c:
+        fixtures.load(c, SMALL, helper_style="uid_lookup")
+        x = a_busy_customer(c)
+        sub = str(scalar(c, "select auth_user_id from public.customers where id = %s", (x,)))
+        profile_user = str(scalar(c, "select min(user_id::text) from public.profiles"))
+        helper = "select auth_customer_id()"
+        assert as_caller(c, {"sub": sub}, helper) == [x]
+        # Through its own table's policy, which calls the helper: no recursion, one row.
+        assert as_caller(c, {"sub": sub}, "select id from public.customers") == [x]
+        # The customer_id claim is not read; an auth user that is no customer's is nobody.
+        for claims in ({"customer_id": x}, {"sub": profile_user}, {"sub": "00000000-0000-0000-0000-000000000001"}):
+            assert as_caller(c, claims, helper) == [None], claims
+            assert as_caller(c, {"app_role": "customer", **claims}, "select id from public.carts") == [], claims
+        # A customer of every identity case is found by its own auth user.
+        for customer, user in c.execute("""select c.id, c.auth_user_id::text from public.customers c
+                                           where c.id in (select min(customer_id) from fixture_truth.expected_mapping
+                                                          group by case_name)""").fetchall():
+            assert as_caller(c, {"sub": user}, helper) == [customer]

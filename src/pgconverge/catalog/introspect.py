@@ -36,7 +36,7 @@ class _Reader:
 
     def read(self) -> Catalog:
         spec = self.spec
-        database, version = self.rows(q.SERVER)[0]
+        database, version, read_at = self.rows(q.SERVER)[0]
         legacy_oid = self._relation("legacy.table", spec.legacy.table)
         canonical_oid = self._relation("canonical.table", spec.canonical.table)
         base = self._tables([legacy_oid, canonical_oid])
@@ -66,7 +66,7 @@ class _Reader:
         views = self._views(all_oids)
         grants = self._grants(all_oids, [f for f in (legacy_helper, canonical_helper) if f])
         return Catalog(
-            database=database, server_version=version, legacy=legacy, canonical=canonical,
+            database=database, server_version=version, read_at=read_at, legacy=legacy, canonical=canonical,
             dependents=tuple(dependents), policies=tuple(policies), functions=tuple(functions),
             legacy_helper=legacy_helper, canonical_helper=canonical_helper, views=tuple(views),
             tables=tuple(extra.values()), grants=tuple(grants),

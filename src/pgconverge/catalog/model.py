@@ -149,6 +149,7 @@ class Catalog:
     roles: frozenset[str] = frozenset()
     schemas: frozenset[str] = frozenset()
     canonical_referenced_by: tuple[ForeignKey, ...] = ()  # foreign keys pointing at the canonical table
+    read_at: str = ""  # UTC time of the read, e.g. 20261124T031500Z
 
     def table(self, name: QualifiedName) -> Table | None:
         for t in (self.legacy, self.canonical, *(d.table for d in self.dependents), *self.tables):

@@ -147,4 +147,5 @@ order by 1, 2, 3
 
 ROLES = "select rolname from pg_roles"
 SCHEMAS = "select nspname from pg_namespace"
-SERVER = "select current_database(), current_setting('server_version_num')::int"
+SERVER = ("select current_database(), current_setting('server_version_num')::int, "
+          "to_char(clock_timestamp() at time zone 'utc', 'YYYYMMDD\"T\"HH24MISS\"Z\"')")

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pgconverge.cli.common import ConfigOpt, JsonOpt, console, fail_cleanly, load_spec, print_json
+from pgconverge.cli.common import ConfigOpt, DsnOpt, JsonOpt, console, fail_cleanly, load_spec, print_json
 from pgconverge.errors import PgConvergeError
 
 app = typer.Typer(help="Find what still references the legacy table, its foreign-key column or its helpers.",
@@ -92,3 +92,43 @@ def _render(directory: Path, result, counts: dict[str, int]) -> None:
                   f"({summary})", highlight=False)
     for rel in result.skipped:
         console.print(f"[yellow]skipped:[/] {escape(rel)} (over 1 MB or unreadable)", highlight=False)
+
+
+@app.command("runtime")
+@fail_cleanly
+def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
+            fail_on_use: FailOpt = False) -> None:
+    """Who still uses the legacy table and helper, from the server's statistics since the switch.
+
+    Compares pg_stat_user_tables (scans and row writes on the legacy table), pg_stat_user_functions
+    (calls of the legacy helper) and, where installed, pg_stat_statements with the baseline the
+    switch recorded. Signals this server cannot give are listed, with the reason.
+    """
+    from pgconverge.audit import runtime as rt
+    from pgconverge.catalog import baseline
+    from pgconverge.cli.common import target
+    from pgconverge.connection import connect
+
+    spec = load_spec(config_file)
+    with connect(target(dsn)) as conn:
+        cats = baseline.load(conn, spec)
+        audit = rt.measure(conn, spec, cats.for_phase("switch") if "switch" in cats.saved else cats.current)
+    if as_json:
+        print_json(audit.as_dict())
+    else:
+        console.print(f"since {audit.baseline_at or 'statistics were last reset'}:", highlight=False)
+        for k, v in audit.table.items():
+            console.print(f"  legacy table {k}: +{v}", highlight=False)
+        if audit.helper_calls is not None:
+            console.print(f"  legacy helper calls: +{audit.helper_calls}", highlight=False)
+        for s in audit.statements:
+            console.print(f"  {s['calls']}× {escape(s['query'][:120])}", highlight=False)
+        for u in audit.unavailable:
+            console.print(f"  [yellow]unavailable[/]: {escape(u)}", highlight=False)
+        if audit.reads:
+            console.print(f"  reads of the legacy table: {', '.join(audit.reads)} (not counted as use: the legacy "
+                          "foreign keys' own checks read it too)", highlight=False)
+        console.print("[red]still in use[/]: " + "; ".join(audit.in_use) if audit.in_use
+                      else "[green]no use of the legacy table or helper since the baseline[/]", highlight=False)
+    if fail_on_use and audit.in_use:
+        raise typer.Exit(1)

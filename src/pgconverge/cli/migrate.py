@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -72,7 +73,17 @@ def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = No
 
 @fail_cleanly
 def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
-        all_phases: Annotated[bool, typer.Option("--all", help="Run every phase in order.")] = False) -> None:
+        all_phases: Annotated[bool, typer.Option("--all", help="Run every phase in order, stopping at the first "
+                                                             "gate that fails.")] = False,
+        code: Annotated[list[Path] | None, typer.Option(
+            "--code", help="Application source to audit before contract (repeatable); see `audit code`.",
+            show_default=False)] = None,
+        accept_code_references: Annotated[bool, typer.Option(
+            "--accept-code-references", help="Contract even though code or database objects still name the "
+                                             "legacy side.")] = False,
+        accept_runtime_use: Annotated[bool, typer.Option(
+            "--accept-runtime-use", help="Contract even though the legacy table or helper was used since the "
+                                         "switch.")] = False) -> None:
     """Execute a phase. Finished steps are skipped, so after a crash the same command resumes.
 
     One runner at a time: a second one stops with the first one's pid. Every DDL waits at most
@@ -86,7 +97,9 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
     phases = [ph for ph in PHASES if p.phase(ph)] if phase is None else [phase]
     out = []
     with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
-                command=f"run {phase or '--all'}", catalogs=cats) as runner:
+                command=f"run {phase or '--all'}", catalogs=cats, code_dirs=tuple(str(c) for c in code or ()),
+                accept=frozenset(k for k, v in (("code-references", accept_code_references),
+                                                ("runtime-use", accept_runtime_use)) if v)) as runner:
         for ph in phases:
             for r in runner.run_phase(ph):
                 out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3),

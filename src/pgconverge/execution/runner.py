@@ -13,7 +13,7 @@ from pgconverge.catalog import baseline
 from pgconverge.config import Spec
 from pgconverge.connection import Target, connect
 from pgconverge.errors import PgConvergeError
-from pgconverge.execution import policy_switch, retry, session
+from pgconverge.execution import gates, policy_switch, retry, session
 from pgconverge.execution.locks import describe_blockers
 from pgconverge.execution.throttle import Throttle
 from pgconverge.ledger.store import Ledger
@@ -73,10 +73,12 @@ class Runner:
     """Executes plan steps against one database. Use as a context manager."""
 
     def __init__(self, target: Target, spec: Spec, plan: Plan, *, progress: Progress | None = None,
-                 command: str = "run", catalogs: baseline.Catalogs | None = None):
+                 command: str = "run", catalogs: baseline.Catalogs | None = None,
+                 accept: frozenset[str] = frozenset(), code_dirs: tuple[str, ...] = ()):
         self.target, self.spec, self.plan = target, spec, plan
         # Each phase's catalog is saved before the phase's first change (see catalog/baseline.py).
         self.catalogs = catalogs or baseline.Catalogs()
+        self.accept, self.code_dirs = accept, code_dirs  # for the contract gates
         self.progress = progress or NullProgress()
         self.command = command
         self.policy = retry.RetryPolicy(attempts=max(1, spec.migration.lock_retries))
@@ -193,7 +195,8 @@ class Runner:
         executor = {"sql": self._run_sql, "index": self._run_index, "batched": self._run_batched,
                     "check": self._run_check, "snapshot": self._run_snapshot,
                     "policies": lambda st, res: policy_switch.run(self, st, res),
-                    "phone_audit": self._run_phone_audit}[step.op.executor]
+                    "phone_audit": self._run_phone_audit,
+                    "gates": lambda st, res: gates.run(self, st, res)}[step.op.executor]
         try:
             result = executor(step, resuming)
         except (retry.RetriesExhausted, psycopg.Error) as exc:
@@ -280,6 +283,8 @@ class Runner:
         op: Check = step.op  # type: ignore[assignment]
         with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms,
                                  statement_timeout_ms=session.BATCH_STATEMENT_TIMEOUT_MS):
+            for name, value in op.settings:
+                self.work.execute("select set_config(%s, %s, true)", (name, value))
             rows = self.work.execute(op.query).fetchall()
         if rows:
             listed = "; ".join(f"{a} ({b})" if b is not None else str(a) for a, b in rows[:20])

@@ -16,6 +16,7 @@ class Check(Operation):
     query: sql.Composable  # returns one row per problem: (what, detail)
     failure: str  # what it means when rows come back
     fix: str
+    settings: tuple[tuple[str, str], ...] = ()  # set_config(name, value, true) before the query
 
     executor: ClassVar[str] = "check"
 

@@ -38,7 +38,7 @@ def names(spec: Spec) -> dict[str, QualifiedName]:
     }
 
 
-def plan(spec: Spec, cat: Catalog) -> list[Step]:
+def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     n = names(spec)
     leg, can = cat.legacy, cat.canonical
     key_insert = _canonical_key_source(spec, can)
@@ -85,14 +85,21 @@ def plan(spec: Spec, cat: Catalog) -> list[Step]:
                 lk=ident(spec.legacy.key), lm=ident(spec.legacy.match_column), lt=qn(leg.name), m=qn(n["mapping"]),
                 mlc=ident(spec.mapping_legacy_column)),
             failure=f"mapping rows < {leg.name} rows", fix="re-run `pgconverge run align`; if rows stay unmapped, "
-                                                         "record them with `pgconverge align --decisions FILE`"),
+                                                         "record them with `pgconverge align --decisions FILE`",
+            # Read the legacy keys through the primary key index: the runtime audit counts sequential
+            # scans of the legacy table as use by old code, and this check runs after the switch too.
+            settings=(("enable_seqscan", "off"),)),
     ]
     steps.append(_report(spec, cat))
     steps.append(PhoneAudit(leg.name, spec.legacy.match_column, spec.migration.private_schema,
                             spec.migration.default_region))
+    from pgconverge.planning import contract  # the snapshot contract's final validation compares with
+
+    steps.append(contract.linkage_snapshot(spec, cat, "before", legacy=True))
+    steps.append(contract.counts(spec, cat, "counts_before"))
     ids = ["private_schema", "normalize_function", "mapping_table", "match_index", "align_function",
            "legacy_for_function", "legacy_trigger_function", "legacy_trigger", "match", "coverage_gate", "report",
-           "phone_audit"]
+           "phone_audit", "linkage_before", "counts_before"]
     return [Step(f"{PHASE}.{i}", PHASE, op) for i, op in zip(ids, steps)]
 
 
@@ -228,6 +235,13 @@ end""").format(
         f=qn(n["align_row"]), lt=qn(cat.legacy.name), ck_type=ck_type, body=body(code))
 
 
+def _foreign_references(spec: Spec, cat: Catalog, live: Catalog | None):
+    """Foreign keys to the canonical table other than expand's own (gone by the time align is undone)."""
+    deps = {d.table.name for d in cat.dependents}
+    return tuple(fk for fk in (live or cat).canonical_referenced_by
+                 if not (fk.table in deps and fk.columns == (spec.migration.new_column,)))
+
+
 def _legacy_for_function(spec: Spec, cat: Catalog) -> sql.Composable:
     """Reverse alignment: the legacy row of a canonical row, made from it when there is none.
 
@@ -284,7 +298,7 @@ def _legacy_trigger_function(spec: Spec) -> sql.Composable:
         "set search_path = pg_catalog, pg_temp as {body}").format(f=qn(n["legacy_trigger_fn"]), body=body(code))
 
 
-def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None) -> list[Step]:
+def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
     """Undo align: stop mapping new rows, delete the canonical rows align created (if unused), drop the rest.
 
     The private schema and its ledger stay: they are the history of what was done.
@@ -294,6 +308,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None) -> list[Step
     from pgconverge.operations.create_table import DropTable
     from pgconverge.operations.create_trigger import DropTrigger
     from pgconverge.operations.delete_created import delete_created, referenced_check
+    from pgconverge.planning import contract
 
     n = names(spec)
     leg, can = cat.legacy, cat.canonical
@@ -301,7 +316,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None) -> list[Step
     steps = [
         # Refuse before changing anything when created canonical rows are already in use.
         ("created_rows_unused", referenced_check(can.name, spec.canonical.key, n["mapping"], spec.migration.new_column,
-                                                 (live or cat).canonical_referenced_by), (), ("align.match",)),
+                                                 _foreign_references(spec, cat, live)), (), ("align.match",)),
         # Then stop mapping: no legacy row written from here on gets a canonical row we would miss.
         ("drop_legacy_trigger", DropTrigger("pgconverge_align", leg.name), ("align.legacy_trigger",
                                                                              "align.coverage_gate")),
@@ -314,6 +329,8 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None) -> list[Step
          ("align.legacy_for_function",)),
         ("drop_match_index", DropIndexConcurrently(n["match_index"], can.name), ("align.match_index",)),
         ("drop_mapping_table", DropTable(n["mapping"]), ("align.mapping_table",)),
+        ("drop_linkage_snapshot", DropTable(contract.linkage_table(spec, "before")),
+         ("align.linkage_before", "align.counts_before")),
         ("drop_normalize_function", DropFunction(n["normalize"], "text"),
          ("align.normalize_function", "align.private_schema", "align.report", "align.phone_audit")),
     ]

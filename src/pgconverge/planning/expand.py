@@ -48,7 +48,7 @@ def short_names(cat: Catalog) -> dict[QualifiedName, str]:
                            else f"{d.table.name.schema}_{d.table.name.name}") for d in cat.dependents}
 
 
-def plan(spec: Spec, cat: Catalog) -> list[Step]:
+def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     shorts = short_names(cat)
     deps = [(d, Names(spec, d, shorts[d.table.name])) for d in cat.dependents]
     for d, _ in deps:
@@ -271,7 +271,7 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
                      "`pgconverge rollback --to expand`")
 
 
-def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None) -> list[Step]:
+def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
     """Undo expand table by table: give every row its legacy id back, restore NOT NULL, drop the new column.
 
     New code must have stopped writing only the new column before this runs: once the column

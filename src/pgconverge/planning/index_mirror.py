@@ -71,3 +71,10 @@ def mirror(index: Index, old_column: str, new_column: str, taken: set[str]) -> M
     stmt.concurrent = True
     stmt.if_not_exists = False
     return Mirror(name, stream.RawStream()(stmt))
+
+
+def recreate(index: Index) -> str:
+    """INDEX's own definition as CREATE INDEX CONCURRENTLY, to rebuild it after a drop."""
+    stmt = pglast.parse_sql(index.definition)[0].stmt
+    stmt.concurrent = True
+    return stream.RawStream()(stmt)

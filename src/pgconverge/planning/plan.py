@@ -6,17 +6,17 @@ from pgconverge.catalog.baseline import Catalogs
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import Spec
 from pgconverge.operations.base import PHASES, Plan
-from pgconverge.planning import align, expand, switch
+from pgconverge.planning import align, contract, expand, switch
 
 
-_PLANNERS = {"align": align, "expand": expand, "switch": switch}
+_PLANNERS = {"align": align, "expand": expand, "switch": switch, "contract": contract}
 
 
 def build(spec: Spec, cats: Catalog | Catalogs) -> Plan:
     """Every phase's steps, in order, from the configuration and each phase's catalog alone."""
     cats = cats if isinstance(cats, Catalogs) else Catalogs({}, cats)
     return Plan(tuple(step for ph in PHASES if ph in _PLANNERS
-                      for step in _PLANNERS[ph].plan(spec, cats.for_phase(ph))))
+                      for step in _PLANNERS[ph].plan(spec, cats.for_phase(ph), cats)))
 
 
 def rollback(spec: Spec, cats: Catalog | Catalogs, to: str) -> Plan:
@@ -28,4 +28,4 @@ def rollback(spec: Spec, cats: Catalog | Catalogs, to: str) -> Plan:
     cats = cats if isinstance(cats, Catalogs) else Catalogs({}, cats)
     phases = [ph for ph in PHASES[PHASES.index(to):] if ph in _PLANNERS]
     return Plan(tuple(step for ph in reversed(phases)
-                      for step in _PLANNERS[ph].rollback(spec, cats.for_phase(ph), cats.live)))
+                      for step in _PLANNERS[ph].rollback(spec, cats.for_phase(ph), cats.live, cats)))

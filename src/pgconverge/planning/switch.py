@@ -49,7 +49,7 @@ def _helper(spec: Spec, cat: Catalog):
         server_version=cat.server_version)
 
 
-def plan(spec: Spec, cat: Catalog) -> list[Step]:
+def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     auto, review = rewrites(spec, cat)
     helper = _helper(spec, cat)
     legacy_sig = cat.legacy_helper.signature
@@ -126,9 +126,9 @@ def runtime_baseline(spec: Spec, cat: Catalog) -> Snapshot:
     ), "the usage counters of the legacy table and helper")
 
 
-def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None) -> list[Step]:
+def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
     """Restore every policy and function definition exactly as it was."""
-    fwd = {s.id: s for s in plan(spec, cat)}
+    fwd = {s.id: s for s in plan(spec, cat, cats)}
     return [
         Step("rollback.switch.policies", "rollback", fwd[f"{PHASE}.policies"].op.reverse(),
              (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.function_tracking", f"{PHASE}.review")),

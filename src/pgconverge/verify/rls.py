@@ -12,12 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import psycopg
+from pglast import ast, parse_sql
 from psycopg import errors, sql
 
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.execution.sql import ident, qn
 from pgconverge.planning import align
+from pgconverge.planning.rls_ast import ParseError, strings, walk
+from pgconverge.planning.rls_claims import UID
 from pgconverge.verify.tokens import act_as
 
 
@@ -38,6 +41,9 @@ class Target:
 class Identity:
     canonical: str
     legacy: tuple[str, ...]  # the legacy rows merged onto it
+    # When the legacy helper looks the caller up by auth.uid() instead of reading the legacy claim: the
+    # auth user (the token's `sub`) of each legacy row, in the order of LEGACY; None for a row without one.
+    subjects: tuple[str | None, ...] | None = None
 
 
 @dataclass
@@ -69,22 +75,81 @@ def targets(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> list[Targe
     return sorted(out, key=lambda x: x.parent is not None)
 
 
+def subject_column(conn: psycopg.Connection, spec: Spec) -> str | None:
+    """The legacy-table column the legacy helper compares with auth.uid() (``c.auth_user_id = auth.uid()``).
+
+    Set when the helper identifies the caller by the token's `sub` (a uid_lookup helper) rather than by
+    the legacy claim: a legacy caller's token then carries that column's value as `sub`. None otherwise.
+    """
+    row = conn.execute("select p.prosrc from pg_catalog.pg_proc p join pg_catalog.pg_language l on l.oid = p.prolang "
+                       "where p.oid = pg_catalog.to_regprocedure(%s) and l.lanname = 'sql'",
+                       (f"{spec.legacy.helper}()",)).fetchone()
+    if row is None or not row[0].strip():
+        return None
+    try:
+        stmts = [raw.stmt for raw in parse_sql(row[0])]
+    except ParseError:
+        return None
+    table = spec.legacy.table
+    for stmt in stmts:
+        tables = [n for n in walk(stmt) if isinstance(n, ast.RangeVar)]
+        # Names (alias or table name) under which the legacy table is read.
+        names = {n.alias.aliasname if n.alias else n.relname for n in tables
+                 if n.relname == table.name and n.schemaname in (None, table.schema)}
+        for node in walk(stmt):
+            if not (isinstance(node, ast.A_Expr) and strings(node.name) == ("=",)):
+                continue
+            for col, other in ((node.lexpr, node.rexpr), (node.rexpr, node.lexpr)):
+                if (isinstance(col, ast.ColumnRef) and isinstance(other, ast.FuncCall)
+                        and strings(other.funcname) == UID):
+                    parts = strings(col.fields)
+                    if parts[-2:-1] and parts[-2] in names or len(parts) == 1 and len(tables) == 1 and names:
+                        return parts[-1]
+    return None
+
+
 def sample(conn: psycopg.Connection, spec: Spec, n: int) -> list[Identity]:
-    """Canonical rows that have legacy rows, picked deterministically (by hash), with their legacy ids."""
+    """Canonical rows that have legacy rows, picked deterministically (by hash), with their legacy ids.
+
+    For a legacy helper that looks the caller up by auth.uid(), also the auth user of each legacy row.
+    """
     m = align.names(spec)["mapping"]
-    q = sql.SQL("select {c}::text, array_agg({l}::text order by {l}) from {m} group by {c} "
-                "order by hashtext({c}::text), {c}::text {lim}").format(
-        c=ident(spec.migration.new_column), l=ident(spec.mapping_legacy_column), m=qn(m),
+    subject = subject_column(conn, spec)
+    subjects, join = sql.SQL(""), sql.SQL("")
+    if subject:
+        subjects = sql.SQL(", array_agg(x.{s}::text order by m.{l})").format(
+            s=ident(subject), l=ident(spec.mapping_legacy_column))
+        join = sql.SQL(" left join {t} x on x.{k} = m.{l}").format(
+            t=qn(spec.legacy.table), k=ident(spec.legacy.key), l=ident(spec.mapping_legacy_column))
+    q = sql.SQL("select m.{c}::text, array_agg(m.{l}::text order by m.{l}){s} from {mt} m{j} group by m.{c} "
+                "order by hashtext(m.{c}::text), m.{c}::text {lim}").format(
+        c=ident(spec.migration.new_column), l=ident(spec.mapping_legacy_column), mt=qn(m), s=subjects, j=join,
         lim=sql.SQL("limit {}").format(sql.Literal(n)) if n else sql.SQL(""))
-    return [Identity(c, tuple(ls)) for c, ls in conn.execute(q).fetchall()]
+    return [Identity(r[0], tuple(r[1]), tuple(r[2]) if subject else None) for r in conn.execute(q).fetchall()]
 
 
 def _claims(spec: Spec, claim: str, value: str) -> dict:
     return {**dict(spec.migration.token_claims), claim: value}
 
 
+def _legacy_token(spec: Spec, ident_: Identity, i: int) -> dict:
+    """The token of the caller owning legacy row ident_.legacy[i], as the application minted it before the switch."""
+    if ident_.subjects is None:
+        return _claims(spec, spec.legacy.claim, ident_.legacy[i])
+    sub = ident_.subjects[i]  # looked up by auth.uid(): the token names its auth user, not the legacy row
+    return {**dict(spec.migration.token_claims), **({"sub": sub} if sub else {})}
+
+
+def _canonical_token(spec: Spec, ident_: Identity) -> dict:
+    """A token minted after the switch: the canonical claim (and, with a uid lookup, the same auth user)."""
+    claims = _claims(spec, spec.canonical.claim, ident_.canonical)
+    if ident_.subjects is not None and ident_.subjects[0]:
+        claims["sub"] = ident_.subjects[0]
+    return claims
+
+
 def _clear(spec: Spec) -> tuple[str, ...]:
-    return (spec.legacy.claim, spec.canonical.claim, *dict(spec.migration.token_claims))
+    return (spec.legacy.claim, spec.canonical.claim, "sub", *dict(spec.migration.token_claims))
 
 
 def _key(t: Target) -> sql.Composable:
@@ -195,9 +260,9 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
         among = candidates(conn, spec, targets_, ident_, cap.others)
         tokens: list[tuple[str, dict]] = []
         if legacy:
-            tokens += [(f"L:{lid}", _claims(spec, spec.legacy.claim, lid)) for lid in ident_.legacy]
+            tokens += [(f"L:{lid}", _legacy_token(spec, ident_, i)) for i, lid in enumerate(ident_.legacy)]
         if canonical:
-            tokens.append((f"C:{ident_.canonical}", _claims(spec, spec.canonical.claim, ident_.canonical)))
+            tokens.append((f"C:{ident_.canonical}", _canonical_token(spec, ident_)))
         for name, claims in tokens:
             cap.seen[name] = _visible_all(conn, spec, targets_, claims, among)
     if writes and len(identities) > 1:
@@ -212,11 +277,9 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
                 for writer in (owner, other):
                     base = f"{writer.canonical}|{owner.canonical}|{t.table}"
                     if legacy:
-                        cap.writes[f"{base}|L"] = _write(conn, spec, t, _claims(spec, spec.legacy.claim,
-                                                                                 writer.legacy[0]), row)
+                        cap.writes[f"{base}|L"] = _write(conn, spec, t, _legacy_token(spec, writer, 0), row)
                     if canonical:
-                        cap.writes[f"{base}|C"] = _write(conn, spec, t, _claims(spec, spec.canonical.claim,
-                                                                                 writer.canonical), row)
+                        cap.writes[f"{base}|C"] = _write(conn, spec, t, _canonical_token(spec, writer), row)
     return cap
 
 

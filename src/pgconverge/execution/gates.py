@@ -1,0 +1,83 @@
+"""The contract gates: every reason not to drop the legacy side yet, each with what would unblock it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pgconverge.audit import runtime
+from pgconverge.audit.code import audit_code
+from pgconverge.catalog import mentions
+from pgconverge.operations.base import Step
+from pgconverge.verify import invariants
+
+if TYPE_CHECKING:
+    from pgconverge.execution.runner import Runner, StepResult
+
+CODE = "code-references"
+RUNTIME = "runtime-use"
+
+
+def evaluate(runner: Runner) -> list[dict]:
+    """All gates, passed or not: [{gate, passed, details, unblock}]."""
+    spec, ledger = runner.spec, runner.ledger
+    cat = runner.catalogs.for_phase("contract")
+    out = []
+    # Counters first: the checks below read tables, and this backend's own reads must not count.
+    rt = runtime.measure(runner.work, spec, cat)
+    accepted = RUNTIME in runner.accept
+    runtime_gate = {"gate": "no runtime use since the switch", "passed": not rt.in_use or accepted,
+                    "accepted": accepted and bool(rt.in_use),
+                    "details": rt.in_use + [f"reads of the legacy table (not counted as use; they include the "
+                                            f"legacy foreign keys' checks): {', '.join(rt.reads)}"] * bool(rt.reads)
+                    + [f"unavailable: {u}" for u in rt.unavailable],
+                    "unblock": "find and update the callers still using the legacy table or helper "
+                               "(`pgconverge audit runtime`), or pass --accept-runtime-use"}
+
+    eq = ledger.latest_snapshot("rls_equivalence")
+    ok = bool(eq) and not eq["problems"]
+    out.append({"gate": "switch verified", "passed": ok,
+                "details": [] if ok else (eq["problems"][:10] if eq else ["no RLS equivalence result recorded"]),
+                "unblock": "run `pgconverge run switch` (it verifies RLS equivalence) or `pgconverge verify --rls`"})
+    results = invariants.run(runner.work, runner.plan, ["align", "expand"])
+    bad = [f"{r.step}: " + "; ".join(" ".join(p) for p in r.problems[:5]) for r in results if not r.passed]
+    out.append({"gate": "invariants", "passed": not bad, "details": bad,
+                "unblock": "run `pgconverge verify` and fix what it names (re-running expand fills missing ids)"})
+
+    code: list[str] = []
+    for d in runner.code_dirs:
+        code += [f"{f.path}:{f.line}:{f.column} {f.category} {f.name} → {f.suggestion}"
+                 for f in audit_code(Path(d), spec)]
+    watched = {spec.legacy.table.name, spec.legacy.helper.name, *(d.fk.columns[0] for d in cat.dependents)}
+    live = runner.catalogs.live
+    for f in (live.functions if live else ()):
+        if f.name in (spec.legacy.helper, spec.canonical.helper) or f.name.schema == spec.migration.private_schema:
+            continue
+        if mentions.find(f.source, watched):
+            code.append(f"database function {f.signature} mentions legacy names")
+    for v in (live.views if live else ()):
+        code.append(f"{v.kind} {v.name} reads the legacy table or a legacy column")
+    if not runner.code_dirs:
+        code.insert(0, "no application code was audited (pass --code DIR)")
+    accepted = CODE in runner.accept
+    out.append({"gate": "no code references", "passed": not code or accepted, "accepted": accepted and bool(code),
+                "details": code[:50],
+                "unblock": "update the code named (the suggestions say how), or pass --accept-code-references"})
+
+    out.append(runtime_gate)
+    return out
+
+
+def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
+    from pgconverge.execution.runner import GateFailed, StepResult
+
+    gates = evaluate(runner)
+    runner.ledger.snapshot(runner.run_id, "contract_gates", gates)
+    failed = [g for g in gates if not g["passed"]]
+    if failed:
+        listed = "; ".join(f"{g['gate']}: " + (", ".join(g["details"][:3]) or "failed") for g in failed)
+        runner.ledger.event(runner.run_id, step.phase, step.id, "error", message=listed)
+        raise GateFailed(f"contract is blocked, nothing was dropped — {listed}",
+                         fix=" / ".join(g["unblock"] for g in failed))
+    runner._done(step, 1, [], gates=[g["gate"] for g in gates])
+    return StepResult(step.id, "done", 0.0, detail={"accepted": [g["gate"] for g in gates if g.get("accepted")]})

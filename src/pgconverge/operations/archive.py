@@ -1,0 +1,67 @@
+"""Archive a table: move it to the archive schema under a dated name (O(1): data, keys and indexes kept)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from pgconverge.config import QualifiedName
+from pgconverge.execution.sql import ident, qn
+from pgconverge.operations.base import Lock, Operation
+
+
+@dataclass(frozen=True)
+class ArchiveTable(Operation):
+    table: QualifiedName
+    archived: QualifiedName  # schema = archive schema, name = <table>_<UTC timestamp>
+    revoke_from: tuple[str, ...]  # roles that must not reach the archive
+    grants: tuple[tuple[str, str], ...] = ()  # (grantee, privilege) the table had: restored by the reverse
+
+    @property
+    def description(self) -> str:
+        return f"archive {self.table} as {self.archived} (SET SCHEMA and RENAME: no data is copied)"
+
+    @property
+    def lock_target(self) -> str:
+        return str(self.table)
+
+    def statements(self) -> list[sql.Composable]:
+        roles = sql.SQL(", ").join([sql.SQL("public"), *map(ident, self.revoke_from)])
+        s = ident(self.archived.schema)
+        return [
+            sql.SQL("create schema if not exists {}").format(s),
+            sql.SQL("revoke all on schema {} from {}").format(s, roles),
+            sql.SQL("alter table {} set schema {}").format(qn(self.table), s),
+            sql.SQL("alter table {} rename to {}").format(qn(QualifiedName(self.archived.schema, self.table.name)),
+                                                         ident(self.archived.name)),
+            sql.SQL("revoke all on table {} from {}").format(qn(self.archived), roles),
+        ]
+
+    def reverse(self) -> Operation:
+        return RestoreTable(self.archived, self.table, self.grants)
+
+
+@dataclass(frozen=True)
+class RestoreTable(Operation):
+    archived: QualifiedName
+    table: QualifiedName
+    grants: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def description(self) -> str:
+        return f"restore {self.archived} as {self.table}"
+
+    @property
+    def lock_target(self) -> str:
+        return str(self.archived)
+
+    def statements(self) -> list[sql.Composable]:
+        return [
+            sql.SQL("alter table {} rename to {}").format(qn(self.archived), ident(self.table.name)),
+            sql.SQL("alter table {} set schema {}").format(qn(QualifiedName(self.archived.schema, self.table.name)),
+                                                           ident(self.table.schema)),
+            *(sql.SQL("grant {} on table {} to {}").format(
+                sql.SQL(priv), qn(self.table), sql.SQL("public") if role == "PUBLIC" else ident(role))
+              for role, priv in self.grants),
+        ]
