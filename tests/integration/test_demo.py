@@ -19,6 +19,6 @@ def test_demo_runs_every_phase_and_passes(admin_dsn, tmp_path):
                           "--json"], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads(out.stdout)
-    assert data["passed"] and [p["phase"] for p in data["phases"]] == ["align", "expand", "switch"]
+    assert data["passed"] and [p["phase"] for p in data["phases"]] == ["align", "expand", "switch", "contract"]
     assert all(p["passed"] for p in data["phases"])
     assert data["rls_equivalence"]["problems"] == [] and data["rls_equivalence"]["identities"] == 10

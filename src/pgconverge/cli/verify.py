@@ -64,8 +64,9 @@ def _rls(conn, spec, cat, plan, phases, sample) -> invariants.CheckResult:
 
     policies = next(s for s in plan.steps if s.id == "switch.policies").op
     tables = [parse_qualified(t) for t in policies.tables]
-    summary, problems = rls.check_now(conn, spec, cat, tables, "switch" in phases,
-                                      spec.migration.rls_sample if sample is None else sample)
+    summary, problems = rls.check_now(conn, spec, cat, tables, "switch" in phases or "contract" in phases,
+                                      spec.migration.rls_sample if sample is None else sample,
+                                      contracted="contract" in phases)
     what = "old and new tokens agree, " if summary["switched"] else ""
     return invariants.CheckResult(
         "rls", f"{what}isolation of {summary['identities']} identities over {len(tables)} tables",

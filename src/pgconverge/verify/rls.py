@@ -212,7 +212,8 @@ def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, other
         mine: list[str] | None = None
         if t.owner_columns:
             legacy_col, new_col = t.owner_columns
-            cond = [sql.SQL("{}::text = any(%(l)s)").format(ident(legacy_col))]
+            cond = [sql.SQL("{}::text = any(%(l)s)").format(ident(legacy_col))] if _has_column(
+                conn, t, legacy_col) else []
             if _has_column(conn, t, new_col):
                 cond.append(sql.SQL("{}::text = %(c)s").format(ident(new_col)))
             mine = [r[0] for r in conn.execute(sql.SQL("select {k}::text from {t} where {c}").format(
@@ -269,7 +270,8 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
         for i, owner in enumerate(identities[:20]):
             other = identities[(i + 1) % len(identities)]
             for t in targets_:
-                keys = cap.seen.get(f"L:{owner.legacy[0]}", cap.seen.get(f"C:{owner.canonical}", {})).get(str(t.table))
+                first = f"L:{owner.legacy[0]}" if owner.legacy else None
+                keys = cap.seen.get(first, cap.seen.get(f"C:{owner.canonical}", {})).get(str(t.table))
                 if not keys or t.key == "ctid":
                     continue
                 row = conn.execute(sql.SQL("select to_jsonb(x) from {t} x where {k}::text = %s").format(
@@ -340,14 +342,30 @@ def consistency(cap: Capture, identities: list[Identity]) -> list[str]:
     return problems + isolation(cap, identities)
 
 
-def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switched: bool, sample_size: int
-              ) -> tuple[dict, list[str]]:
+def contracted_sample(conn, spec: Spec, cat: Catalog, n: int) -> list[Identity]:
+    """After contract there is no mapping: canonical ids that own dependent rows, picked by hash."""
+    d = cat.dependents[0]
+    q = sql.SQL("select distinct {c}::text from {t} where {c} is not null").format(
+        c=ident(spec.migration.new_column), t=qn(d.table.name))
+    q = sql.SQL("select c from ({}) x(c) order by hashtext(c), c {}").format(
+        q, sql.SQL("limit {}").format(sql.Literal(n)) if n else sql.SQL(""))
+    return [Identity(r[0], ()) for r in conn.execute(q).fetchall()]
+
+
+def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switched: bool, sample_size: int,
+              contracted: bool = False) -> tuple[dict, list[str]]:
     """verify --rls: isolation (and, once switched, old/new token agreement) on one consistent snapshot."""
     with conn.transaction():
         conn.execute("set transaction isolation level repeatable read")
-        identities = sample(conn, spec, sample_size)
+        identities = (contracted_sample(conn, spec, cat, sample_size) if contracted
+                      else sample(conn, spec, sample_size))
         targets_ = targets(spec, cat, tables)
-        cap = capture(conn, spec, targets_, identities, legacy=True, canonical=switched)
+        cap = capture(conn, spec, targets_, identities, legacy=not contracted, canonical=switched)
+    if contracted:
+        problems = ([f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
+                    + isolation(cap, identities))
+        return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
+                "write_probes": len(cap.writes), "switched": True}, problems
     problems = consistency(cap, identities) if switched else (
         [f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
         + isolation(cap, identities))

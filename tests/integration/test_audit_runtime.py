@@ -1,0 +1,27 @@
+"""`audit runtime` sees old code at work after the switch: reads of the legacy table, calls of its helper."""
+
+import psycopg
+
+from _support import cli, cli_json
+
+
+def test_runtime_audit_detects_a_read_and_a_helper_call_after_the_baseline(make_db, template_factory):
+    dsn = make_db(template_factory(0.1))
+    before = cli_json("audit", "runtime", "--dsn", dsn)
+    assert before["baseline_at"] is None and any("no baseline" in u for u in before["unavailable"])
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn)
+    clean = cli_json("audit", "runtime", "--dsn", dsn)
+    assert clean["baseline_at"] and clean["in_use"] == [] and clean["legacy_helper_calls"] == 0
+    assert any("pg_stat_statements" in u for u in clean["unavailable"])  # said plainly, with the reason
+    # Old code after the switch: it reads the legacy table and asks the legacy helper who is calling.
+    with psycopg.connect(dsn, autocommit=True) as app:  # a new session picks up track_functions = all
+        app.execute("select count(*) from public.customers")
+        with app.transaction():
+            app.execute("select set_config('request.jwt.claims', '{\"customer_id\": \"1\"}', true)")
+            assert app.execute("select public.auth_customer_id()").fetchone()[0] == 1
+        app.execute("select pg_stat_force_next_flush()")
+    seen = cli_json("audit", "runtime", "--dsn", dsn)
+    assert seen["legacy_table"]["seq_scan"] >= 1 and any(r.startswith("seq_scan +") for r in seen["reads"])
+    assert seen["legacy_helper_calls"] >= 1 and "legacy helper calls +1" in seen["in_use"]
+    cli("audit", "runtime", "--dsn", dsn, "--fail-on-findings", expect=1)
