@@ -20,7 +20,8 @@ from pgconverge.planning import plan as planner
 def test_align_maps_every_customer_to_its_ground_truth_profile(conn, fixture_db):
     profiles_before = conn.execute("select count(*) from public.profiles").fetchone()[0]
     out = cli_json("run", "align", "--dsn", fixture_db)
-    assert [s["step"] for s in out["steps"]][-3:] == ["align.coverage_gate", "align.report", "align.phone_audit"]
+    assert [s["step"] for s in out["steps"]][-5:] == ["align.coverage_gate", "align.report", "align.phone_audit",
+                                                     "align.linkage_before", "align.counts_before"]
     assert mapping_problems(conn) == []
     truth = dict(conn.execute("select case_name, count(*) from fixture_truth.expected_mapping group by 1"))
     summary = out["align"]
@@ -151,7 +152,7 @@ def test_rollback_of_align_removes_what_it_created(conn, fixture_db):
     cli("run", "align", "--dsn", fixture_db)
     assert objects()[0] > before
     out = cli_json("plan", "--rollback-to", "align", "--dsn", fixture_db)
-    assert out["steps"][0]["id"].startswith("rollback.switch.")  # later phases first, skipped when never run
+    assert out["steps"][0]["id"].startswith("rollback.contract.")  # later phases first, skipped when never run
     assert "rollback.align.created_rows_unused" in [s["id"] for s in out["steps"]]
     cli("rollback", "--to", "align", "--dsn", fixture_db)
     assert objects() == (before, 0, 0, True, 0)
