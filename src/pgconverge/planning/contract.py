@@ -44,6 +44,28 @@ class Gates(Operation):
         return []
 
 
+@dataclass(frozen=True)
+class RetireFunction(Operation):
+    """Drop a function (no CASCADE: objects still using it stop the step, named by Postgres)."""
+
+    name: QualifiedName
+    original: str
+
+    @property
+    def description(self) -> str:
+        return f"drop function {self.name}()"
+
+    @property
+    def lock(self) -> Lock:
+        return Lock.NONE
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("drop function if exists {}()").format(qn(self.name))]
+
+    def reverse(self) -> Operation:
+        return ReplaceFunction(self.name, "", self.original, None, why="restore the bridged helper")
+
+
 def linkage_table(spec: Spec, name: str) -> QualifiedName:
     return QualifiedName(spec.migration.private_schema, f"linkage_{name}")
 
@@ -139,8 +161,11 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         add("canonical_helper", ReplaceFunction(spec.canonical.helper, "", helper.canonical_direct_sql,
                                                 helper.canonical_sql, why="read the canonical claim only: "
                                                                           "the mapping is archived"))
-    add("legacy_helper", ReplaceFunction(spec.legacy.helper, "", _legacy_stub(spec, cat), helper.legacy_bridge_sql,
-                                         why="a stub that says the helper is retired"))
+    if spec.migration.legacy_helper_after_contract == "drop":
+        add("legacy_helper", RetireFunction(spec.legacy.helper, helper.legacy_bridge_sql))
+    else:
+        add("legacy_helper", ReplaceFunction(spec.legacy.helper, "", _legacy_stub(spec, cat),
+                                             helper.legacy_bridge_sql, why="a stub that says the helper is retired"))
     archived, archived_map = archive_names(spec, cat)
     roles = tuple(r for r in spec.migration.api_roles if r in cat.roles)
     grants = tuple((g.grantee, g.privilege) for g in cat.grants
