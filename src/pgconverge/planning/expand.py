@@ -208,10 +208,7 @@ begin
     elsif new.{n} is null then     -- old code: derive the new id
       new.{n} := mapped;
     elsif new.{n} is distinct from mapped then
-      raise exception using errcode = 'check_violation',
-        message = format('pgconverge: %s row has %s = %s, which belongs to %s, but %s = %s was written',
-                         {table}, {lname}, new.{l}, mapped, {nname}, new.{n}),
-        hint = 'write one of the two columns; pgconverge fills in the other';
+      {reject}
     end if;
     return new;
   end if;
@@ -225,13 +222,14 @@ begin
       select min(m.{ml}) into new.{l} from {m} m where m.{mn} = new.{n};
     end if;
   elsif new.{l} is not null and new.{n} is distinct from mapped then
-    raise exception using errcode = 'check_violation',
-      message = format('pgconverge: %s row has %s = %s, which belongs to %s, but %s = %s was written',
-                       {table}, {lname}, new.{l}, mapped, {nname}, new.{n}),
-      hint = 'write one of the two columns; pgconverge fills in the other';
+    {reject}
   end if;
   return new;
-end""").format(**p)
+end""").format(**p, reject=sql.SQL(
+        "raise exception using errcode = 'check_violation', "
+        "message = format('pgconverge: %s row has %s = %s, which belongs to %s, but %s = %s was written', "
+        "{table}, {lname}, new.{l}, mapped, {nname}, new.{n}), "
+        "hint = 'write one of the two columns; pgconverge fills in the other';").format(**p))
     return sql.SQL(
         "create or replace function {f}() returns trigger language plpgsql security definer "
         "set search_path = pg_catalog, pg_temp as {body}").format(f=qn(n.sync_fn), body=body(code))
