@@ -1,0 +1,156 @@
+"""Read the ledger (events, checkpoints, snapshots, runs) into plain, JSON-ready data."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgconverge.config import Spec
+from pgconverge.errors import PgConvergeError
+from pgconverge.ledger.store import Ledger
+from pgconverge.operations.base import PHASES
+
+SNAPSHOTS = ("align_report", "phone_audit", "rls_equivalence", "contract_gates", "counts_before", "counts_after")
+
+
+class NoLedger(PgConvergeError):
+    """The database holds no ledger: nothing has run yet."""
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts is not None else None
+
+
+def _ms(a: datetime | None, b: datetime | None) -> float | None:
+    return round((b - a).total_seconds() * 1000, 3) if a is not None and b is not None else None
+
+
+def _rows(conn: psycopg.Connection, query: sql.Composable, params: Any = None) -> list[dict]:
+    cur = conn.execute(query, params)
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def collect(conn: psycopg.Connection, spec: Spec) -> dict:
+    """Everything the report shows, read from the private schema only. Changes nothing."""
+    ledger = Ledger(conn, spec)
+    if not ledger.exists():
+        raise NoLedger("no pgconverge ledger in this database: nothing has run yet",
+                       fix="run `pgconverge run align` (or `pgconverge run --all`) first, or pass the right --dsn")
+    t = ledger.t
+    runs = _rows(conn, sql.SQL("select id, command, started_at, client from {} order by id").format(t("runs")))
+    events = _rows(conn, sql.SQL(
+        "select id, run_id, phase, step, event, attempt, sql, sqlstate, message, duration_ms, detail, at "
+        "from {} order by id").format(t("events")))
+    checkpoints = _rows(conn, sql.SQL(
+        "select id, run_id, step, rows_done, batch_rows, batch_ms, at from {} order by id").format(t("checkpoints")))
+    snaps = {r["name"]: r for r in _rows(conn, sql.SQL(
+        "select distinct on (name) name, data, at from {} where name = any(%s) order by name, id desc").format(
+        t("snapshots")), (list(SNAPSHOTS),))}
+    phases = _phases(events)
+    return {
+        "private_schema": spec.migration.private_schema,
+        "runs": [{**r, "started_at": _iso(r["started_at"])} for r in runs],
+        "phases": phases,
+        "timeline": _timeline(phases),
+        "backfill": _backfill(checkpoints),
+        "identity": {"align_report": _snap(snaps, "align_report"), "phone_audit": _snap(snaps, "phone_audit")},
+        "rls_equivalence": _snap(snaps, "rls_equivalence"),
+        "contract_gates": _snap(snaps, "contract_gates"),
+        "counts": {"before": _snap(snaps, "counts_before"), "after": _snap(snaps, "counts_after")},
+    }
+
+
+def _snap(snaps: dict, name: str) -> Any:
+    return snaps[name]["data"] if name in snaps else None
+
+
+def _phases(events: list[dict]) -> list[dict]:
+    steps: dict[str, dict] = {}
+    for e in events:
+        s = steps.setdefault(e["step"], {
+            "id": e["step"], "phase": e["phase"], "state": "pending", "lock": None, "sql": None,
+            "started_at": None, "finished_at": None, "duration_ms": None, "attempts": 0, "executions": 0,
+            "lock_waits": 0, "retry_sqlstates": {}, "errors": [], "notes": [], "_start": None})
+        kind = e["event"]
+        if kind == "start":
+            s["executions"] += 1
+            s["_start"] = e["at"]
+            s["started_at"] = _iso(e["at"])
+            s["finished_at"] = s["duration_ms"] = None
+            s["lock"] = (e["detail"] or {}).get("lock", s["lock"])
+            s["state"] = "running"
+        elif kind == "done":
+            s["state"] = "done"
+            s["sql"] = e["sql"]
+            s["attempts"] = max(s["attempts"], e["attempt"] or 1)
+            s["finished_at"] = _iso(e["at"])
+            s["duration_ms"] = _ms(s["_start"], e["at"])
+            if e["detail"]:
+                s["detail"] = e["detail"]
+        elif kind == "retry":
+            s["lock_waits"] += 1
+            s["attempts"] = max(s["attempts"], (e["attempt"] or 1) + 1)
+            key = e["sqlstate"] or "?"
+            s["retry_sqlstates"][key] = s["retry_sqlstates"].get(key, 0) + 1
+        elif kind == "error":
+            s["state"] = "failed"
+            s["finished_at"] = _iso(e["at"])
+            s["duration_ms"] = _ms(s["_start"], e["at"])
+            s["errors"].append({"at": _iso(e["at"]), "sqlstate": e["sqlstate"], "message": e["message"]})
+        elif kind == "reverted":
+            s["state"] = "reverted"
+            s["notes"].append(e["message"] or "reverted")
+        elif kind == "skip":
+            s["state"] = "skipped"
+            s["notes"].append(e["message"] or "skipped")
+        elif kind == "note" and e["message"]:
+            s["notes"].append(e["message"])
+    order = {p: i for i, p in enumerate(PHASES)}
+    by_phase: dict[str, list[dict]] = {}
+    for s in steps.values():
+        s.pop("_start")
+        by_phase.setdefault(s["phase"], []).append(s)
+    out = []
+    for phase in sorted(by_phase, key=lambda p: (order.get(p, len(order)), p)):
+        ss = by_phase[phase]
+        states = Counter(s["state"] for s in ss)
+        state = ("failed" if states["failed"] else "done" if states["done"] == len(ss)
+                 else "reverted" if states["reverted"] == len(ss) else "partial")
+        starts = [s["started_at"] for s in ss if s["started_at"]]
+        ends = [s["finished_at"] for s in ss if s["finished_at"]]
+        out.append({"phase": phase, "state": state, "steps": ss,
+                    "started_at": min(starts) if starts else None, "finished_at": max(ends) if ends else None,
+                    "states": dict(states)})
+    return out
+
+
+def _timeline(phases: list[dict]) -> list[dict]:
+    """One bar per step that has a start and an end, in start order."""
+    bars = [{"step": s["id"], "phase": p["phase"], "state": s["state"], "start": s["started_at"],
+             "end": s["finished_at"]}
+            for p in phases for s in p["steps"] if s["started_at"] and s["finished_at"]]
+    return sorted(bars, key=lambda b: b["start"])
+
+
+def _backfill(checkpoints: list[dict]) -> list[dict]:
+    series: dict[str, dict] = {}
+    for c in checkpoints:
+        parts = c["step"].split(".")
+        s = series.setdefault(c["step"], {"step": c["step"], "table": parts[1] if len(parts) == 3 else c["step"],
+                                          "batches": []})
+        ms = c["batch_ms"] or 0.0
+        s["batches"].append({"at": _iso(c["at"]), "run_id": c["run_id"], "rows_done": c["rows_done"],
+                             "batch_rows": c["batch_rows"], "batch_ms": round(ms, 3),
+                             "rows_per_s": round(c["batch_rows"] * 1000 / ms, 1) if ms > 0 else None})
+    for s in series.values():
+        b = s["batches"]
+        total_ms = sum(x["batch_ms"] for x in b)
+        s["rows"] = sum(x["batch_rows"] for x in b)
+        s["total_ms"] = round(total_ms, 3)
+        s["mean_rows_per_s"] = round(s["rows"] * 1000 / total_ms, 1) if total_ms > 0 else None
+    return list(series.values())

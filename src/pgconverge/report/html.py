@@ -1,0 +1,132 @@
+"""The report as ONE self-contained HTML file: inline CSS, inline SVG charts, no external references."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from html import escape
+
+from pgconverge.report.markdown import _v, blocks
+
+_PALETTE = ("#2563eb", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d")
+_PHASE_COLORS = {"align": "#2563eb", "expand": "#16a34a", "switch": "#d97706", "contract": "#7c3aed"}
+_STATE_COLORS = {"failed": "#dc2626", "reverted": "#9ca3af", "running": "#fbbf24"}
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;
+color:#111827}
+h1{font-size:1.6rem}h2{margin-top:2rem;border-bottom:1px solid #e5e7eb;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.6rem 0 1rem;font-size:13px}
+th,td{border:1px solid #e5e7eb;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f3f4f6}tr:nth-child(even) td{background:#fafafa}
+pre{background:#f8fafc;border:1px solid #e5e7eb;padding:.6rem;overflow-x:auto;font-size:12px}
+details summary{cursor:pointer;font-family:ui-monospace,monospace}
+svg{background:#fff;border:1px solid #e5e7eb;margin:.5rem 0}
+svg text{font:11px system-ui,sans-serif;fill:#374151}
+.state-done{color:#15803d}.state-failed{color:#b91c1c;font-weight:600}
+"""
+
+
+def _t(s: str) -> datetime:
+    return datetime.fromisoformat(s)
+
+
+def timeline_svg(bars: list[dict]) -> str:
+    """Horizontal bars, one per step, placed by start and end time."""
+    if not bars:
+        return '<svg width="400" height="30" role="img">' \
+               '<text x="8" y="20">no step has finished yet</text></svg>'
+    t0 = min(_t(b["start"]) for b in bars)
+    t1 = max(_t(b["end"]) for b in bars)
+    span = max((t1 - t0).total_seconds(), 1e-6)
+    label_w, plot_w, row_h, top = 300, 760, 13, 24
+    width, height = label_w + plot_w + 60, top + row_h * len(bars) + 24
+    parts = [f'<svg width="{width}" height="{height}" role="img" '
+             f'aria-label="timeline of phases and steps">',
+             f'<text x="{label_w}" y="14">0 s</text>',
+             f'<text x="{label_w + plot_w}" y="14" text-anchor="end">{escape(f"{span:.2f}")} s</text>']
+    for i, b in enumerate(bars):
+        y = top + i * row_h
+        x = label_w + plot_w * (_t(b["start"]) - t0).total_seconds() / span
+        w = max(plot_w * (_t(b["end"]) - _t(b["start"])).total_seconds() / span, 1.5)
+        color = _STATE_COLORS.get(b["state"], _PHASE_COLORS.get(b["phase"], "#6b7280"))
+        secs = (_t(b["end"]) - _t(b["start"])).total_seconds()
+        parts.append(f'<text x="{label_w - 6}" y="{y + 10}" text-anchor="end">{escape(b["step"])}</text>')
+        parts.append(f'<rect x="{x:.1f}" y="{y + 2}" width="{w:.1f}" height="{row_h - 3}" fill="{color}">'
+                     f'<title>{escape(b["step"])} ({escape(b["state"])}): {secs:.3f} s</title></rect>')
+    ly = height - 8
+    for j, (phase, color) in enumerate(_PHASE_COLORS.items()):
+        parts.append(f'<rect x="{label_w + j * 110}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{label_w + j * 110 + 14}" y="{ly}">{escape(phase)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def throughput_svg(series: list[dict]) -> str:
+    """Rows per second of each batch over time, one line per table."""
+    pts = [(s, _t(b["at"]), b["rows_per_s"]) for s in series for b in s["batches"] if b["rows_per_s"] is not None]
+    if not pts:
+        return '<svg width="400" height="30" role="img">' \
+               '<text x="8" y="20">no batch recorded</text></svg>'
+    t0, t1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    span = max((t1 - t0).total_seconds(), 1e-6)
+    ymax = max(p[2] for p in pts) * 1.1 or 1.0
+    left, top, pw, ph = 70, 16, 760, 240
+    width, height = left + pw + 200, top + ph + 40
+    parts = [f'<svg width="{width}" height="{height}" role="img" '
+             f'aria-label="backfill throughput, rows per second per batch">',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#9ca3af"/>',
+             f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#9ca3af"/>',
+             f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{escape(f"{ymax:,.0f}")}</text>',
+             f'<text x="{left - 4}" y="{top + ph}" text-anchor="end">0</text>',
+             f'<text x="{left}" y="{top + ph + 16}">0 s</text>',
+             f'<text x="{left + pw}" y="{top + ph + 16}" text-anchor="end">{escape(f"{span:.2f}")} s</text>',
+             f'<text x="{left + pw / 2}" y="{top + ph + 32}" text-anchor="middle">time (rows/s per batch)</text>']
+
+    def xy(at: datetime, v: float) -> tuple[float, float]:
+        return left + pw * (at - t0).total_seconds() / span, top + ph - ph * v / ymax
+
+    for i, s in enumerate(series):
+        color = _PALETTE[i % len(_PALETTE)]
+        coords = [xy(_t(b["at"]), b["rows_per_s"]) for b in s["batches"] if b["rows_per_s"] is not None]
+        if not coords:
+            continue
+        if len(coords) > 1:
+            line = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+            parts.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        for (x, y), b in zip(coords, [b for b in s["batches"] if b["rows_per_s"] is not None]):
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"><title>'
+                         f'{escape(s["table"])}: {escape(_v(b["rows_per_s"]))} rows/s at {escape(b["at"])}'
+                         f'</title></circle>')
+        ly = top + 10 + i * 16
+        parts.append(f'<rect x="{left + pw + 14}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{left + pw + 28}" y="{ly}">{escape(s["table"])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render(d: dict) -> str:
+    charts = {"timeline": lambda: timeline_svg(d["timeline"]), "throughput": lambda: throughput_svg(d["backfill"])}
+    body: list[str] = []
+    for b in blocks(d):
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{escape(b[1])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{escape(b[1])}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{escape(h)}</th>" for h in b[1])
+            rows = []
+            for r in b[2]:
+                cells = []
+                for h, c in zip(b[1], r):
+                    cls = f' class="state-{escape(str(c))}"' if h == "state" and c in ("done", "failed") else ""
+                    cells.append(f"<td{cls}>{escape(_v(c))}</td>")
+                rows.append("<tr>" + "".join(cells) + "</tr>")
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+        elif kind == "code":
+            body.append(f"<details><summary>{escape(b[1])}</summary><pre><code>{escape(b[2])}</code></pre></details>")
+        elif kind == "chart":
+            body.append(charts[b[1]]())
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>pgconverge run report</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
