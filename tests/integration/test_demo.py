@@ -22,3 +22,5 @@ def test_demo_runs_every_phase_and_passes(admin_dsn, tmp_path):
     assert data["passed"] and [p["phase"] for p in data["phases"]] == ["align", "expand", "switch", "contract"]
     assert all(p["passed"] for p in data["phases"])
     assert data["rls_equivalence"]["problems"] == [] and data["rls_equivalence"]["identities"] == 10
+    html = open(data["report"]["html"], encoding="utf-8").read()
+    assert html.count("<svg") == 2 and "contract.final_validation" in html

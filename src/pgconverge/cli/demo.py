@@ -95,10 +95,19 @@ def demo(
                          "failed": [c.step for c in checks if not c.passed] + problems[:5],
                          "rls_identities": summary["identities"], "passed": passed})
         equivalence = Ledger(runner.work, spec).latest_snapshot("rls_equivalence") or {}
+        from pathlib import Path
+
+        from pgconverge.report import data as report_data, html as report_html, markdown as report_md
+
+        report = report_data.collect(runner.work, spec)
+        out_dir = embedded.data_dir().parent
+        html_path, md_path = out_dir / "demo-report.html", out_dir / "demo-report.md"
+        html_path.write_text(report_html.render(report), encoding="utf-8")
+        md_path.write_text(report_md.render(report), encoding="utf-8")
     elapsed = round(time.monotonic() - started, 1)
     if as_json:
         print_json({"database": t.dsn, "rows": counts, "phases": rows, "rls_equivalence": equivalence,
-                    "passed": ok, "seconds": elapsed})
+                    "passed": ok, "seconds": elapsed, "report": {"html": str(html_path), "md": str(md_path)}})
     else:
         table = Table(title="Summary", title_justify="left")
         for col in ("phase", "steps", "seconds", "verified after the phase"):
@@ -115,6 +124,8 @@ def demo(
             console.print(f"switch: {equivalence['identities']} identities saw the same rows before and after, "
                           f"with old and new tokens ({equivalence['write_probes']} write probes), "
                           f"{len(equivalence['problems'])} differences", highlight=False)
+        console.print(f"report: {html_path} (and {md_path.name}); `pgconverge report --dsn ...` writes it again",
+                      highlight=False)
         color = "green" if ok else "red"
         console.print(f"\n[{color}]demo {'passed' if ok else 'FAILED'} in {elapsed}s[/]; explore with: "
                       f"psql '{t.dsn}'", highlight=False)
