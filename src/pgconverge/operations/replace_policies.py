@@ -8,6 +8,8 @@ from psycopg import sql
 
 from pgconverge.operations.base import Lock, Operation
 
+LOCK_BUDGET_MS = 120  # the longest all the policy tables' locks may take to acquire, together
+
 
 @dataclass(frozen=True)
 class ReplacePolicies(Operation):
@@ -34,9 +36,14 @@ class ReplacePolicies(Operation):
     def statements(self) -> list[sql.Composable]:
         # Take every table's lock first, parents before children (the order applications write
         # in), so the rewrite never holds one table while waiting for a writer that needs it.
-        lock = sql.SQL("lock table {} in access exclusive mode").format(
-            sql.SQL(", ").join(sql.Identifier(*_split(t)) for t in self.tables))
-        return [lock, *(sql.SQL(s) for s in self.statements_text)]
+        # lock_timeout bounds each table's wait, not the sum: while waiting for the fifth table the
+        # first four are held and writers queue behind them. So the budget is shared out: each
+        # table may wait LOCK_BUDGET_MS / n, and the whole acquisition stays within the budget.
+        per_table = max(10, LOCK_BUDGET_MS // max(1, len(self.tables)))
+        budget = sql.SQL("select set_config('lock_timeout', {}, true)").format(sql.Literal(f"{per_table}ms"))
+        locks = [sql.SQL("lock table {} in access exclusive mode").format(sql.Identifier(*_split(t)))
+                 for t in self.tables]
+        return [budget, *locks, *(sql.SQL(s) for s in self.statements_text)]
 
     def saved(self) -> list[tuple[str, str, str]]:
         return [("policy", n, r) for n, r in zip(self.names, self.reverse_text)] if self.verify else []

@@ -256,7 +256,9 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
     so a later capture on the same snapshot can reuse the earlier one's.
     """
     cap = Capture(others=others if others is not None else {str(t.table): random_rows(conn, t) for t in targets_})
-    cap.seen["anon"] = {str(t.table): _visible(conn, spec, t, None, None) for t in targets_}
+    # Anonymous callers: checked on the shared random sample (a full scan per table would evaluate
+    # every policy on every row, which on a large database takes minutes and proves no more).
+    cap.seen["anon"] = {str(t.table): _visible(conn, spec, t, None, cap.others[str(t.table)]) for t in targets_}
     for ident_ in identities:
         among = candidates(conn, spec, targets_, ident_, cap.others)
         tokens: list[tuple[str, dict]] = []
