@@ -35,6 +35,8 @@ class Target:
     # How to find the rows that belong to an identity without reading the whole table:
     owner_columns: tuple[str, ...] = ()  # a dependent table: its legacy and new id columns
     parent: tuple[str, QualifiedName] | None = None  # (fk column, dependent table) for tables reached through one
+    owner_types: tuple[str, ...] = ()  # types of owner_columns
+    parent_type: str = ""  # type of the parent fk column
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,9 @@ def targets(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> list[Targe
         owner = (deps[name].fk.columns[0], spec.migration.new_column) if name in deps else ()
         parent = next(((fk.columns[0], fk.ref_table) for fk in t.foreign_keys
                        if fk.ref_table in deps and len(fk.columns) == 1), None)
-        out.append(Target(name, key, key_type, cols, owner, parent))
+        types = (deps[name].column.type, cat.canonical.column(spec.canonical.key).type) if name in deps else ()
+        out.append(Target(name, key, key_type, cols, owner, parent, types,
+                          t.column(parent[0]).type if parent else ""))
     # Parents first, so a child's candidates can be derived from them.
     return sorted(out, key=lambda x: x.parent is not None)
 
@@ -211,17 +215,20 @@ def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, other
     for t in targets_:
         mine: list[str] | None = None
         if t.owner_columns:
-            legacy_col, new_col = t.owner_columns
-            cond = [sql.SQL("{}::text = any(%(l)s)").format(ident(legacy_col))] if _has_column(
-                conn, t, legacy_col) else []
+            # Compared in the columns' own types, so their indexes serve; once the new column exists
+            # the sync trigger keeps it equal to the mapping of the legacy one, so it alone suffices.
+            (legacy_col, new_col), (legacy_type, new_type) = t.owner_columns, t.owner_types
             if _has_column(conn, t, new_col):
-                cond.append(sql.SQL("{}::text = %(c)s").format(ident(new_col)))
+                cond = sql.SQL("{} = %(c)s::{}").format(ident(new_col), sql.SQL(new_type))
+            else:
+                cond = sql.SQL("{} = any(%(l)s::text[]::{}[])").format(ident(legacy_col), sql.SQL(legacy_type))
             mine = [r[0] for r in conn.execute(sql.SQL("select {k}::text from {t} where {c}").format(
-                k=_key(t), t=qn(t.table), c=sql.SQL(" or ").join(cond)), {"l": list(ident_.legacy),
-                                                                         "c": ident_.canonical}).fetchall()]
+                k=_key(t), t=qn(t.table), c=cond), {"l": list(ident_.legacy), "c": ident_.canonical}).fetchall()]
         elif t.parent is not None and str(t.parent[1]) in out and out[str(t.parent[1])] is not None:
-            mine = [r[0] for r in conn.execute(sql.SQL("select {k}::text from {t} where {fk}::text = any(%s)").format(
-                k=_key(t), t=qn(t.table), fk=ident(t.parent[0])), (out[str(t.parent[1])],)).fetchall()]
+            mine = [r[0] for r in conn.execute(sql.SQL(
+                "select {k}::text from {t} where {fk} = any(%s::text[]::{ty}[])").format(
+                k=_key(t), t=qn(t.table), fk=ident(t.parent[0]), ty=sql.SQL(t.parent_type)),
+                (out[str(t.parent[1])],)).fetchall()]
         out[str(t.table)] = None if mine is None else sorted(set(mine) | set(others.get(str(t.table), [])))
     return out
 
