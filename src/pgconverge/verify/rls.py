@@ -283,8 +283,8 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
                 keys = cap.seen.get(first, cap.seen.get(f"C:{owner.canonical}", {})).get(str(t.table))
                 if not keys or t.key == "ctid":
                     continue
-                row = conn.execute(sql.SQL("select to_jsonb(x) from {t} x where {k}::text = %s").format(
-                    t=qn(t.table), k=ident(t.key)), (keys[0],)).fetchone()[0]
+                row = conn.execute(sql.SQL("select to_jsonb(x) from {t} x where {k} = %s::{ty}").format(
+                    t=qn(t.table), k=ident(t.key), ty=sql.SQL(t.key_type)), (keys[0],)).fetchone()[0]
                 for writer in (owner, other):
                     base = f"{writer.canonical}|{owner.canonical}|{t.table}"
                     if legacy:
