@@ -17,11 +17,11 @@ from pgconverge.catalog import baseline
 from pgconverge.cli import inventory as inventory_cli
 from pgconverge.cli.common import JsonOpt, console, err_console, fail_cleanly, print_json
 from pgconverge.cli.progress import RichProgress
-from pgconverge.config import parse_qualified
 from pgconverge.connection import Target, connect
 from pgconverge.execution.runner import Runner
 from pgconverge.ledger.store import Ledger
 from pgconverge.planning import plan as planner
+from pgconverge.planning import switch
 from pgconverge.verify import invariants, rls
 
 DEMO_DB = "pgconverge_demo"
@@ -84,7 +84,7 @@ def demo(
             seconds = time.monotonic() - t0
             done = [p for p in PHASES[:PHASES.index(ph) + 1]]
             checks = invariants.run(runner.work, plan, ["contract"] if ph == "contract" else done)
-            tables = [parse_qualified(x) for x in next(s for s in plan.steps if s.id == "switch.policies").op.tables]
+            tables = switch.policy_tables(plan)
             summary, problems = rls.check_now(runner.work, spec, cats.for_phase("switch"), tables,
                                               switched=ph in ("switch", "contract"), sample_size=rls_sample,
                                               contracted=(ph == "contract"))

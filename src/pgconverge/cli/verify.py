@@ -59,11 +59,10 @@ def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
 
 
 def _rls(conn, spec, cat, plan, phases, sample) -> invariants.CheckResult:
-    from pgconverge.config import parse_qualified
+    from pgconverge.planning.switch import policy_tables
     from pgconverge.verify import rls
 
-    policies = next(s for s in plan.steps if s.id == "switch.policies").op
-    tables = [parse_qualified(t) for t in policies.tables]
+    tables = policy_tables(plan)
     summary, problems = rls.check_now(conn, spec, cat, tables, "switch" in phases or "contract" in phases,
                                       spec.migration.rls_sample if sample is None else sample,
                                       contracted="contract" in phases)

@@ -234,10 +234,7 @@ class Runner:
 
         def attempt(n: int) -> int:
             if not step.op.transactional:
-                session.set_outside_transaction(self.work, lock_timeout_ms=self.lock_timeout_ms,
-                                                statement_timeout_ms=0)
-                for s in statements:
-                    self.work.execute(s)
+                self._plain(statements)
                 self._done(step, n, texts)
                 return n
             # A scan (VALIDATE) may take long; its lock is weak, so only the lock wait is bounded.

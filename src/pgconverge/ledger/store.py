@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import dataclass
@@ -77,12 +76,6 @@ class Ledger:
                     "values (%s, %s, %s, %s, %s, %s)").format(self.t("checkpoints")),
             (run_id, step, Jsonb(position), rows_done, batch_rows, batch_ms))
 
-    def last_checkpoint(self, step: str, since_id: int = 0) -> tuple[Any, int] | None:
-        row = self.conn.execute(sql.SQL(
-            "select position, rows_done from {} where step = %s and id > %s order by id desc limit 1").format(
-            self.t("checkpoints")), (step, since_id)).fetchone()
-        return (row[0], row[1]) if row else None
-
     def last_checkpoint_since_fresh_start(self, step: str) -> tuple[Any, int] | None:
         """Where a resumed batched step continues: its last checkpoint since it last started from scratch."""
         row = self.conn.execute(sql.SQL(
@@ -126,6 +119,3 @@ class Ledger:
         rows = [dict(zip(names, r)) for r in cur.fetchall()]
         return rows[-limit:] if limit else rows
 
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, default=str, sort_keys=True)

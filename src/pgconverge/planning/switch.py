@@ -137,3 +137,11 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         Step("rollback.switch.canonical_helper", "rollback", fwd[f"{PHASE}.canonical_helper"].op.reverse(),
              (f"{PHASE}.canonical_helper",)),
     ]
+
+
+def policy_tables(plan) -> list:
+    """The tables whose policies the switch rewrites (in lock order), read from a built plan."""
+    from pgconverge.config import parse_qualified
+
+    step = next(s for s in plan.steps if s.id == f"{PHASE}.policies")
+    return [parse_qualified(t) for t in step.op.tables]
