@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Annotated
 
 import psycopg
@@ -68,7 +70,6 @@ def demo(
                   f"{len(data['policies'])} RLS policies on legacy names, "
                   f"{sum(len(f['indexes']) for f in data['foreign_keys'])} indexes to mirror", highlight=False)
 
-    rows, ok = [], True
     plan = planner.build(spec, cats)
     # The bundled edge-function sample still names the legacy side (on purpose: it shows the audit);
     # the demo accepts that so contract runs, and says how many references it would have blocked on.
@@ -78,44 +79,15 @@ def demo(
     findings = audit_code(sample_code_dir(), spec)
     with Runner(t, spec, plan, progress=RichProgress(out, quiet=as_json), command="demo", catalogs=cats,
                 accept=frozenset({"code-references"}), code_dirs=(str(sample_code_dir()),)) as runner:
-        for ph in PHASES:
-            t0 = time.monotonic()
-            results = runner.run_phase(ph)
-            seconds = time.monotonic() - t0
-            done = [p for p in PHASES[:PHASES.index(ph) + 1]]
-            checks = invariants.run(runner.work, plan, ["contract"] if ph == "contract" else done)
-            tables = switch.policy_tables(plan)
-            summary, problems = rls.check_now(runner.work, spec, cats.for_phase("switch"), tables,
-                                              switched=ph in ("switch", "contract"), sample_size=rls_sample,
-                                              contracted=(ph == "contract"))
-            passed = all(c.passed for c in checks) and not problems
-            ok &= passed
-            rows.append({"phase": ph, "steps": len(results), "seconds": round(seconds, 2),
-                         "invariants": [c.step for c in checks if c.passed],
-                         "failed": [c.step for c in checks if not c.passed] + problems[:5],
-                         "rls_identities": summary["identities"], "passed": passed})
+        rows, ok = run_verified(runner, spec, plan, cats, rls_sample)
         equivalence = Ledger(runner.work, spec).latest_snapshot("rls_equivalence") or {}
-        from pathlib import Path
-
-        from pgconverge.report import data as report_data, html as report_html, markdown as report_md
-
-        report = report_data.collect(runner.work, spec)
-        out_dir = embedded.data_dir().parent
-        html_path, md_path = out_dir / "demo-report.html", out_dir / "demo-report.md"
-        html_path.write_text(report_html.render(report), encoding="utf-8")
-        md_path.write_text(report_md.render(report), encoding="utf-8")
+        html_path, md_path = write_report(runner.work, spec, embedded.data_dir().parent, "demo-report")
     elapsed = round(time.monotonic() - started, 1)
     if as_json:
         print_json({"database": t.dsn, "rows": counts, "phases": rows, "rls_equivalence": equivalence,
                     "passed": ok, "seconds": elapsed, "report": {"html": str(html_path), "md": str(md_path)}})
     else:
-        table = Table(title="Summary", title_justify="left")
-        for col in ("phase", "steps", "seconds", "verified after the phase"):
-            table.add_column(col, overflow="fold")
-        for r in rows:
-            verdict = ("[green]" + ", ".join(r["invariants"]) + f", RLS of {r['rls_identities']} identities[/]"
-                       if r["passed"] else "[red]FAILED: " + "; ".join(r["failed"]) + "[/]")
-            table.add_row(r["phase"], str(r["steps"]), f"{r['seconds']:.1f}", verdict)
+        table = summary_table(rows)
         console.print(table)
         console.print(f"contract: the bundled edge-function sample still has {len(findings)} references to the "
                       "legacy side (`pgconverge audit code`); the demo accepted them, a real run would stop there",
@@ -131,3 +103,56 @@ def demo(
                       f"psql '{t.dsn}'", highlight=False)
     if not ok:
         raise typer.Exit(1)
+
+
+def run_verified(runner: Runner, spec: config.Spec, plan, cats, rls_sample: int,
+                 on_phase: Callable[[dict], None] | None = None) -> tuple[list[dict], bool]:
+    """Run every phase with RUNNER, checking the invariants and row level security after each.
+
+    Returns one summary row per phase and whether every check passed. Shared by demo and rehearse.
+    """
+    rows, ok = [], True
+    for ph in PHASES:
+        t0 = time.monotonic()
+        results = runner.run_phase(ph)
+        seconds = time.monotonic() - t0
+        done = [p for p in PHASES[:PHASES.index(ph) + 1]]
+        checks = invariants.run(runner.work, plan, ["contract"] if ph == "contract" else done)
+        tables = switch.policy_tables(plan)
+        summary, problems = rls.check_now(runner.work, spec, cats.for_phase("switch"), tables,
+                                          switched=ph in ("switch", "contract"), sample_size=rls_sample,
+                                          contracted=(ph == "contract"))
+        passed = all(c.passed for c in checks) and not problems
+        ok &= passed
+        rows.append({"phase": ph, "steps": len(results), "seconds": round(seconds, 2),
+                     "invariants": [c.step for c in checks if c.passed],
+                     "failed": [c.step for c in checks if not c.passed] + problems[:5],
+                     "rls_identities": summary["identities"], "passed": passed})
+        if on_phase:
+            on_phase(rows[-1])
+    return rows, ok
+
+
+def write_report(conn: psycopg.Connection, spec: config.Spec, out_dir: Path, stem: str,
+                 extra: dict | None = None) -> tuple[Path, Path]:
+    """Write the run report of the database behind CONN (plus EXTRA sections) as STEM.html and STEM.md in OUT_DIR."""
+    from pgconverge.report import data as report_data, html as report_html, markdown as report_md
+
+    report = {**report_data.collect(conn, spec), **(extra or {})}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_path, md_path = out_dir / f"{stem}.html", out_dir / f"{stem}.md"
+    html_path.write_text(report_html.render(report), encoding="utf-8")
+    md_path.write_text(report_md.render(report), encoding="utf-8")
+    return html_path, md_path
+
+
+def summary_table(rows: list[dict]) -> Table:
+    """The per-phase summary: steps, seconds and what was verified (or what failed)."""
+    table = Table(title="Summary", title_justify="left")
+    for col in ("phase", "steps", "seconds", "verified after the phase"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        verdict = ("[green]" + ", ".join(r["invariants"]) + f", RLS of {r['rls_identities']} identities[/]"
+                   if r["passed"] else "[red]FAILED: " + "; ".join(r["failed"]) + "[/]")
+        table.add_row(r["phase"], str(r["steps"]), f"{r['seconds']:.1f}", verdict)
+    return table
