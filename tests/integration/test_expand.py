@@ -255,3 +255,21 @@ def test_a_dependent_table_without_a_key_is_walked_by_pages(conn, fixture_db, tm
     cli("rollback", "--to", "expand", "--dsn", fixture_db, "--config", cfg)
     assert conn.execute("select count(*) from information_schema.columns where table_name = 'loyalty' "
                         "and column_name = 'profile_id'").fetchone()[0] == 0
+
+
+def test_new_code_with_a_merged_identitys_token_writes_under_the_legacy_policies(expanded):
+    """Before the switch, a token names one legacy row of a merged person; new code writes only the new id.
+
+    The legacy id the sync trigger gives back must be the caller's own, or the legacy policies' WITH CHECK
+    (customer_id = auth_customer_id()) refuses the row.
+    """
+    from pgconverge.verify.tokens import act_as
+
+    conn = expanded
+    pid, later = conn.execute("""select profile_id, max(customer_id) from pgconverge.legacy_customer_profile
+        group by profile_id having count(*) > 1 limit 1""").fetchone()
+    with conn.transaction():
+        act_as(conn, {"app_role": "customer", "customer_id": later, "profile_id": str(pid)})
+        cart = conn.execute("insert into public.carts (profile_id) values (%s) returning id", (pid,)).fetchone()[0]
+        assert conn.execute("select customer_id from public.carts where id = %s", (cart,)).fetchone()[0] == later
+        conn.execute("reset role")

@@ -189,7 +189,8 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> sql.Comp
     p = dict(l=ident(legacy_col), n=ident(new), m=qn(an["mapping"]), ml=ident(spec.mapping_legacy_column),
              mn=ident(new), ck_type=ck_type, lt=qn(cat.legacy.name), lk=ident(spec.legacy.key),
              align_row=qn(an["align_row"]), table=sql.Literal(str(d.table.name)),
-             lname=sql.Literal(legacy_col), nname=sql.Literal(new))
+             lname=sql.Literal(legacy_col), nname=sql.Literal(new),
+             helper=qn(cat.legacy_helper.name))
     code = sql.SQL("""
 declare
   mapped {ck_type};
@@ -202,8 +203,10 @@ begin
   end if;
   if tg_op = 'INSERT' then
     if new.{l} is null then
-      if new.{n} is not null then  -- new code: give old code its legacy id back where one exists
-        select min(m.{ml}) into new.{l} from {m} m where m.{mn} = new.{n};
+      if new.{n} is not null then  -- new code: give old code its legacy id back where one exists:
+        -- the caller's own (its token may still name it, and the legacy policies check it), else the oldest
+        select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n}
+          order by m.{ml} is not distinct from {helper}() desc, m.{ml} limit 1;
       end if;
     elsif new.{n} is null then     -- old code: derive the new id
       new.{n} := mapped;
