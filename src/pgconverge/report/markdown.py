@@ -34,6 +34,8 @@ def blocks(d: dict) -> list[Block]:
                         ("p", f"Ledger: schema `{d['private_schema']}`, {len(d['runs'])} run(s).")]
     out.append(("table", ["run", "command", "started", "client"],
                 [[r["id"], r["command"], r["started_at"], r["client"]] for r in d["runs"]]))
+    if d.get("rehearsal"):
+        out += _rehearsal(d["rehearsal"])
     out.append(("h2", "Phases"))
     out.append(("table", ["phase", "state", "steps", "started", "finished"],
                 [[p["phase"], p["state"], len(p["steps"]), p["started_at"], p["finished_at"]] for p in d["phases"]]))
@@ -66,6 +68,24 @@ def blocks(d: dict) -> list[Block]:
                     [[g.get("gate"), g.get("passed"), g.get("accepted"), "; ".join(map(str, g.get("details") or []))]
                      for g in gates]))
     out += _counts(d["counts"])
+    return out
+
+
+def _rehearsal(r: dict) -> list[Block]:
+    """What `pgconverge rehearse` adds: where the copy came from and what was verified after each phase."""
+    out: list[Block] = [("h2", "Rehearsal"),
+                        ("p", f"Rehearsal {'passed' if r['passed'] else 'FAILED'}: a copy of {r['source']} "
+                              f"(PostgreSQL {r['source_version']}) restored as database {r['database']} and "
+                              "migrated there; the source was only read.")]
+    for label, key in (("Roles created in the copy (NOLOGIN)", "roles_created"),
+                       ("Extensions left out (the embedded server lacks them)", "extensions_skipped"),
+                       ("Objects that could not be restored", "restore_errors")):
+        if r.get(key):
+            out.append(("p", f"{label}: " + "; ".join(map(str, r[key]))))
+    out.append(("table", ["phase", "steps", "seconds", "verification", "verified after the phase"],
+                [[p["phase"], p["steps"], p["seconds"], "passed" if p["passed"] else "FAILED",
+                  ", ".join(p["invariants"]) + f", RLS of {p['rls_identities']} identities" if p["passed"]
+                  else "; ".join(map(str, p["failed"]))] for p in r["phases"]]))
     return out
 
 
