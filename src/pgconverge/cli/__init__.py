@@ -12,6 +12,7 @@ from pgconverge.cli import embedded as embedded_cmd
 from pgconverge.cli import fixture as fixture_cmd
 from pgconverge.cli import inventory as inventory_cmd
 from pgconverge.cli import migrate as migrate_cmd
+from pgconverge.cli import rehearse as rehearse_cmd
 from pgconverge.cli import report as report_cmd
 from pgconverge.cli import verify as verify_cmd
 
@@ -34,6 +35,7 @@ app.command("rollback")(migrate_cmd.rollback)
 app.command("verify")(verify_cmd.verify)
 app.command("report")(report_cmd.report)
 app.command("demo")(demo_cmd.demo)
+app.command("rehearse")(rehearse_cmd.rehearse)
 app.command("align")(align_cmd.align)
 app.add_typer(embedded_cmd.app, name="embedded")
 app.add_typer(fixture_cmd.app, name="fixture")
