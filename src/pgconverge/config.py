@@ -65,6 +65,8 @@ class Settings:
     default_region: str = "RW"
     batch_size: int = 1000
     batch_pause_ms: int = 0
+    # Connections that backfill one table at once, each over its own key ranges (1: one at a time).
+    backfill_workers: int = 1
     max_replica_lag_ms: int = 0  # batches pause while a streaming replica lags more than this (0: off)
     lock_timeout_ms: int = 100
     lock_retries: int = 30
@@ -121,7 +123,7 @@ _QUALIFIED = {"table", "helper"}
 _IDENT = {"key", "match_column", "new_column", "private_schema", "archive_schema", "mapping_table"}
 _CLAIM = {"claim"}
 _POSITIVE_INT = {"batch_size": (1, 1_000_000), "lock_timeout_ms": (1, 60_000), "lock_retries": (0, 10_000),
-                 "batch_pause_ms": (0, 600_000), "rls_sample": (0, 1_000_000),
+                 "batch_pause_ms": (0, 600_000), "rls_sample": (0, 1_000_000), "backfill_workers": (1, 64),
                  "max_replica_lag_ms": (0, 3_600_000)}
 
 

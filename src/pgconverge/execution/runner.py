@@ -322,6 +322,10 @@ class Runner:
 
     def _run_batched(self, step: Step, resuming: bool) -> StepResult:
         op: Batched = step.op  # type: ignore[assignment]
+        from pgconverge.execution import backfill_workers  # key ranges, several connections
+
+        if backfill_workers.wanted(self, step, resuming):
+            return backfill_workers.run(self, step, resuming)
         after, rows_done = None, 0
         if resuming:
             cp = self.ledger.last_checkpoint_since_fresh_start(step.id)

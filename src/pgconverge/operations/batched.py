@@ -32,6 +32,9 @@ class Batched(Operation):
     upper_bound: sql.Composable | None = None
     # Settings for each batch transaction (set_config(name, value, true)).
     settings: tuple[tuple[str, str], ...] = ()
+    # Rows may be updated in any order by several workers at once (migration.backfill_workers):
+    # true for an idempotent per-row UPDATE, never for work whose rows depend on each other.
+    parallel: bool = False
 
     executor: ClassVar[str] = "batched"
 

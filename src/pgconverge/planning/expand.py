@@ -125,11 +125,12 @@ def _backfill(spec: Spec, cat: Catalog, d: Dependent) -> Batched:
     return batched_update(
         spec, d, sql.SQL("{n} = m.{n}").format(**p), sql.SQL("{m} m").format(**p),
         sql.SQL("d.{n} is null and d.{l} is not null and m.{ml} = d.{l}").format(**p),
-        f"backfill {d.table.name}.{new} from {legacy_col} through the mapping", ((BACKFILL_SETTING, "on"),))
+        f"backfill {d.table.name}.{new} from {legacy_col} through the mapping", ((BACKFILL_SETTING, "on"),),
+        parallel=True)
 
 
 def batched_update(spec: Spec, d: Dependent, set_: sql.Composable, from_: sql.Composable | None,
-                   where: sql.Composable, what: str, settings: tuple = ()) -> Batched:
+                   where: sql.Composable, what: str, settings: tuple = (), parallel: bool = False) -> Batched:
     """UPDATE d SET SET_ [FROM FROM_] WHERE WHERE over the table in key order (or page order without a key).
 
     Each batch is one short transaction that locks at most batch-size rows.
@@ -146,7 +147,7 @@ def batched_update(spec: Spec, d: Dependent, set_: sql.Composable, from_: sql.Co
             "select (select count(*) from b), (select b.{k} from b order by b.{k} desc limit 1), "
             "(select count(*) from u)").format(**p, k=ident(k), ty=sql.SQL(ty))
         return Batched(d.table.name, k, ty, stmt, spec.migration.batch_size, what,
-                       upper_bound=max_key(d.table.name, k), settings=settings)
+                       upper_bound=max_key(d.table.name, k), settings=settings, parallel=parallel)
     # No usable key: walk the heap by page ranges (a TID range scan); the position is a page number.
     pages = max(1, spec.migration.batch_size // 50)
     frm = sql.SQL(" from {}").format(from_) if from_ is not None else sql.SQL("")
