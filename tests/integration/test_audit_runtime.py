@@ -25,3 +25,12 @@ def test_runtime_audit_detects_a_read_and_a_helper_call_after_the_baseline(make_
     assert seen["legacy_table"]["seq_scan"] >= 1 and any(r.startswith("seq_scan +") for r in seen["reads"])
     assert seen["legacy_helper_calls"] >= 1 and "legacy helper calls +1" in seen["in_use"]
     cli("audit", "runtime", "--dsn", dsn, "--fail-on-findings", expect=1)
+    # Once the old deployment is retired, --rebaseline starts counting afresh: earlier use no longer counts.
+    fresh = cli_json("audit", "runtime", "--dsn", dsn, "--rebaseline")
+    assert fresh["baseline_at"] > seen["baseline_at"] and fresh["in_use"] == [] and fresh["legacy_helper_calls"] == 0
+
+
+def test_rebaseline_before_the_switch_is_refused(make_db, template_factory):
+    dsn = make_db(template_factory(0.1))
+    out = cli("audit", "runtime", "--dsn", dsn, "--rebaseline", expect=2)
+    assert "no switch" in out and "pgconverge run switch" in out

@@ -22,5 +22,8 @@ def test_demo_runs_every_phase_and_passes(admin_dsn, tmp_path):
     assert data["passed"] and [p["phase"] for p in data["phases"]] == ["align", "expand", "switch", "contract"]
     assert all(p["passed"] for p in data["phases"])
     assert data["rls_equivalence"]["problems"] == [] and data["rls_equivalence"]["identities"] == 10
+    clients = data["clients"]  # old and new code wrote throughout; nothing they wrote was lost or mis-linked
+    assert all(clients["summary"][k]["flows"] > 0 and clients["summary"][k]["failed"] == 0 for k in ("old", "new"))
+    assert clients["rows_written"] > 0 and clients["linkage_problems"] == [] and clients["failures"] == []
     html = open(data["report"]["html"], encoding="utf-8").read()
     assert html.count("<svg") == 2 and "contract.final_validation" in html

@@ -88,3 +88,19 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
             audit.unavailable.append(f"statements: pg_stat_statements cannot be read ({str(exc).strip()})")
             conn.rollback()
     return audit
+
+
+def record_baseline(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> dict:
+    """Take the baseline again, now: for the moment the last old-code deployment was retired.
+
+    The switch records one when it ends, but old code keeps running until the new code is deployed;
+    use after that point is what the contract gate must see, not the use in between.
+    """
+    from pgconverge.planning.switch import runtime_baseline
+
+    snap = runtime_baseline(spec, cat)
+    data = {label: conn.execute(q).fetchone()[0] for label, q in snap.queries}
+    Ledger(conn, spec).snapshot(None, snap.name, data)
+    if not conn.autocommit:
+        conn.commit()
+    return data

@@ -97,12 +97,17 @@ def _render(directory: Path, result, counts: dict[str, int]) -> None:
 @app.command("runtime")
 @fail_cleanly
 def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
-            fail_on_use: FailOpt = False) -> None:
+            fail_on_use: FailOpt = False,
+            rebaseline: Annotated[bool, typer.Option(
+                "--rebaseline", help="Take the baseline again now, once the last old-code deployment is retired: "
+                                     "use between the switch and that moment is then no longer counted.")] = False,
+            ) -> None:
     """Who still uses the legacy table and helper, from the server's statistics since the switch.
 
     Compares pg_stat_user_tables (scans and row writes on the legacy table), pg_stat_user_functions
     (calls of the legacy helper) and, where installed, pg_stat_statements with the baseline the
-    switch recorded. Signals this server cannot give are listed, with the reason.
+    switch recorded (or the newer one `--rebaseline` took). Signals this server cannot give are listed,
+    with the reason. With --fail-on-use, exits 1 while anything still uses the legacy side.
     """
     from pgconverge.audit import runtime as rt
     from pgconverge.catalog import baseline
@@ -112,7 +117,13 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
     spec = load_spec(config_file)
     with connect(target(dsn)) as conn:
         cats = baseline.load(conn, spec)
-        audit = rt.measure(conn, spec, cats.for_phase("switch") if "switch" in cats.saved else cats.current)
+        cat = cats.for_phase("switch") if "switch" in cats.saved else cats.current
+        if rebaseline:
+            if "switch" not in cats.saved:
+                raise PgConvergeError("there is no switch to take the runtime baseline again after",
+                                      fix="run `pgconverge run switch` first; it records the first baseline")
+            rt.record_baseline(conn, spec, cat)
+        audit = rt.measure(conn, spec, cat)
     if as_json:
         print_json(audit.as_dict())
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -11,9 +12,11 @@ from typing import Annotated
 import psycopg
 import typer
 from psycopg import sql
+from rich.markup import escape
 from rich.table import Table
 
 from pgconverge import config, embedded
+from pgconverge.audit import runtime as runtime_audit
 from pgconverge import inventory as inv
 from pgconverge.catalog import baseline
 from pgconverge.cli import inventory as inventory_cli
@@ -21,6 +24,7 @@ from pgconverge.cli.common import JsonOpt, console, err_console, fail_cleanly, p
 from pgconverge.cli.progress import RichProgress
 from pgconverge.connection import Target, connect
 from pgconverge.execution.runner import Runner
+from pgconverge.fixtures.traffic import Traffic
 from pgconverge.ledger.store import Ledger
 from pgconverge.planning import plan as planner
 from pgconverge.planning import switch
@@ -37,6 +41,9 @@ def demo(
                                             help="Identities whose RLS view is checked (0 = all).")] = 25,
     show_inventory: Annotated[bool, typer.Option("--inventory/--no-inventory",
                                                  help="Print the full inventory first.")] = False,
+    clients: Annotated[int, typer.Option("--clients", min=0,
+                                         help="Simulated application clients of each kind, old and new code "
+                                              "(0 = no traffic).")] = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Run pgconverge end to end on the embedded Postgres with the bundled fixture.
@@ -44,7 +51,11 @@ def demo(
     Re-creates the database pgconverge_demo on the embedded server, loads the Supabase-like
     fixture, shows what the migration will touch, then runs align, expand, switch and contract
     with the gates of each phase, verifies the invariants and row level security after each,
-    and prints a summary. Exits 1 if any check fails.
+    and prints a summary. Meanwhile simulated application clients write: old code (legacy token,
+    customer_id, new customers as the WhatsApp flow creates them) from the start until the switch is
+    done, new code (canonical column and token) from expand on; each runs cart → items → order →
+    read-back flows as `authenticated`. Exits 1 if any check, client flow or row written by a client
+    (lost or linked to the wrong person) fails.
     """
     from pgconverge import fixtures
 
@@ -77,14 +88,44 @@ def demo(
     from pgconverge.audit.code import audit_code
 
     findings = audit_code(sample_code_dir(), spec)
+    traffic = Traffic(t.dsn, spec) if clients else None
+
+    def before(ph: str) -> None:
+        if traffic and ph == "contract":
+            # New code is deployed everywhere: old code retires, and use of the legacy side from here on
+            # is what the runtime gate must see.
+            traffic.retire_old()
+            runtime_audit.record_baseline(runner.work, spec, cats.for_phase("switch"))
+            out.print("traffic: old-code clients retired; runtime baseline taken again", highlight=False)
+
+    def after(row: dict) -> None:
+        if traffic and row["phase"] == "expand":
+            traffic.start_new(clients)
+            out.print(f"traffic: {clients} new-code clients writing ({spec.migration.new_column}; token with both "
+                      "claims until the switch)", highlight=False)
+        if traffic and row["phase"] == "switch":
+            traffic.canonical_only()
+
+    client = None
     with Runner(t, spec, plan, progress=RichProgress(out, quiet=as_json), command="demo", catalogs=cats,
-                accept=frozenset({"code-references"}), code_dirs=(str(sample_code_dir()),)) as runner:
-        rows, ok = run_verified(runner, spec, plan, cats, rls_sample)
+                accept=frozenset({"code-references"}), code_dirs=(str(sample_code_dir()),)) as runner, \
+            (traffic or contextlib.nullcontext()):
+        if traffic:
+            traffic.start_old(clients)
+            out.print(f"traffic: {clients} old-code clients writing (legacy token, customer_id)", highlight=False)
+        rows, ok = run_verified(runner, spec, plan, cats, rls_sample, on_phase=after, before_phase=before)
+        if traffic:
+            traffic.stop()
+            linkage = traffic.linkage_problems(runner.work)
+            client = traffic.record(runner.work, Ledger(runner.work, spec))
+            client["linkage_problems"] = linkage[:10]
+            ok &= not linkage and not traffic.failures
         equivalence = Ledger(runner.work, spec).latest_snapshot("rls_equivalence") or {}
         html_path, md_path = write_report(runner.work, spec, embedded.data_dir().parent, "demo-report")
     elapsed = round(time.monotonic() - started, 1)
     if as_json:
         print_json({"database": t.dsn, "rows": counts, "phases": rows, "rls_equivalence": equivalence,
+                    "clients": client,
                     "passed": ok, "seconds": elapsed, "report": {"html": str(html_path), "md": str(md_path)}})
     else:
         table = summary_table(rows)
@@ -96,6 +137,14 @@ def demo(
             console.print(f"switch: {equivalence['identities']} identities saw the same rows before and after, "
                           f"with old and new tokens ({equivalence['write_probes']} write probes), "
                           f"{len(equivalence['problems'])} differences", highlight=False)
+        if client:
+            for kind, c in client["summary"].items():
+                console.print(f"clients ({kind} code): {c['flows']} flows, {c['failed']} failed, p50 {c['p50_ms']} ms, "
+                              f"p99 {c['p99_ms']} ms, max {c['max_ms']} ms", highlight=False)
+            console.print(f"clients: {client['rows_written']} rows written during the migration, "
+                          f"{len(client['linkage_problems'])} lost or linked to the wrong person", highlight=False)
+            for f in client["failures"][:5] + client["linkage_problems"][:5]:
+                console.print(f"  [red]{escape(f)}[/]", highlight=False)
         console.print(f"report: {html_path} (and {md_path.name}); `pgconverge report --dsn ...` writes it again",
                       highlight=False)
         color = "green" if ok else "red"
@@ -106,13 +155,16 @@ def demo(
 
 
 def run_verified(runner: Runner, spec: config.Spec, plan, cats, rls_sample: int,
-                 on_phase: Callable[[dict], None] | None = None) -> tuple[list[dict], bool]:
+                 on_phase: Callable[[dict], None] | None = None,
+                 before_phase: Callable[[str], None] | None = None) -> tuple[list[dict], bool]:
     """Run every phase with RUNNER, checking the invariants and row level security after each.
 
     Returns one summary row per phase and whether every check passed. Shared by demo and rehearse.
     """
     rows, ok = [], True
     for ph in PHASES:
+        if before_phase:
+            before_phase(ph)
         t0 = time.monotonic()
         results = runner.run_phase(ph)
         seconds = time.monotonic() - t0
