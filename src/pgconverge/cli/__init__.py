@@ -9,6 +9,7 @@ from pgconverge.cli import align as align_cmd
 from pgconverge.cli import audit as audit_cmd
 from pgconverge.cli import demo as demo_cmd
 from pgconverge.cli import embedded as embedded_cmd
+from pgconverge.cli import emit as emit_cmd
 from pgconverge.cli import fixture as fixture_cmd
 from pgconverge.cli import inventory as inventory_cmd
 from pgconverge.cli import migrate as migrate_cmd
@@ -37,6 +38,7 @@ app.command("report")(report_cmd.report)
 app.command("demo")(demo_cmd.demo)
 app.command("rehearse")(rehearse_cmd.rehearse)
 app.command("align")(align_cmd.align)
+app.command("emit")(emit_cmd.emit)
 app.add_typer(embedded_cmd.app, name="embedded")
 app.add_typer(fixture_cmd.app, name="fixture")
 app.add_typer(audit_cmd.app, name="audit")
