@@ -1,0 +1,101 @@
+"""`pgconverge emit`: the migration plan as Supabase migration files, reverse files and pgTAP tests."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pgconverge.catalog import baseline
+from pgconverge.cli.common import ConfigOpt, DsnOpt, JsonOpt, console, fail_cleanly, load_spec, print_json, target
+from pgconverge.connection import connect
+from pgconverge.emit import EMITTABLE, EmitError, check_dir, emit as write_files
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise EmitError(f"--timestamp {value!r} is not a 14-digit UTC time",
+                        fix="write it as YYYYMMDDHHMMSS, e.g. 20250101120000") from None
+
+
+@fail_cleanly
+def emit(directory: Annotated[Path, typer.Argument(
+             help="Directory to write into; it gets supabase/migrations, supabase/rollback and "
+                  "supabase/tests/database. Must be new or empty unless --force.", show_default=False)],
+         dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
+         through: Annotated[str, typer.Option(
+             "--through", help=f"Last phase to write: one of {', '.join(EMITTABLE)}.")] = "switch",
+         force: Annotated[bool, typer.Option("--force", help="Write into a directory that is not empty.")] = False,
+         timestamp: Annotated[str | None, typer.Option(
+             "--timestamp", help="UTC time of the first file (YYYYMMDDHHMMSS); later files follow one second "
+                                 "apart. Default: now.", show_default=False)] = None) -> None:
+    """Write the migration plan as Supabase migration files, with reverse files and pgTAP tests.
+
+    For teams that ship schema changes as SQL files rather than running `pgconverge run`. The
+    plan is read from the live database (as `pgconverge plan` does); nothing is changed there.
+
+    \b
+    What is written under DIRECTORY:
+      supabase/migrations/<YYYYMMDDHHMMSS>_pgconverge_<step>.sql
+          one step of the plan per file, in plan order (align, expand, switch). Files that can
+          run in a transaction are wrapped in BEGIN/COMMIT with a short lock_timeout; files
+          with CREATE/DROP INDEX CONCURRENTLY or a batched backfill (CALL of a procedure that
+          commits after every batch) hold that one statement and nothing else.
+      supabase/rollback/<same timestamp>_<same name>.down.sql
+          what undoes each migration file; apply them latest first.
+      supabase/tests/database/pgconverge_*.test.sql
+          pgTAP tests: the new columns, foreign keys, indexes and NOT NULLs, the new helper
+          function, and for sample identities (picked from this database now) that each one
+          sees exactly its own rows in every policy table, with an old and with a new token.
+
+    \b
+    Applying:
+      copy supabase/migrations/* into your project's supabase/migrations, then
+          supabase db push
+      or with psql, one file at a time, in name order:
+          for f in supabase/migrations/*.sql; do psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f "$f" || break; done
+      A batched file must run outside a transaction block (psql does that; a tool that wraps each
+      file in a transaction cannot run it: apply that file with psql).
+
+    \b
+    Testing (pgTAP installed in the database):
+          supabase test db
+          pg_prove -d "$DATABASE_URL" supabase/tests/database/*.test.sql
+
+    \b
+    Rolling back, latest file first:
+          for f in $(ls -r supabase/rollback/*.down.sql); do psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f "$f" || break; done
+
+    Contract is not emitted: its gates (code audit, no use of the legacy side since the switch)
+    are decided when it runs, with `pgconverge run contract`. Files applied this way are not in
+    pgconverge's ledger, so `pgconverge status` and `run` do not see them.
+    """
+    if through not in EMITTABLE:
+        raise typer.BadParameter(f"--through must be one of {', '.join(EMITTABLE)} (contract is run, not emitted: "
+                                 "its gates are decided when it runs)")
+    start = _timestamp(timestamp)
+    check_dir(directory, force)  # before connecting: a wrong directory costs nothing
+    spec = load_spec(config_file)
+    t = target(dsn)
+    with connect(t) as conn:
+        cats = baseline.load(conn, spec)
+        result = write_files(conn, spec, cats, directory, through=through, start=start, force=force)
+    if as_json:
+        print_json({"target": t.display, "directory": str(directory), "through": through, **result.as_dict()})
+        return
+    console.print(f"wrote {len(result.migrations)} migration files, {len(result.rollback)} rollback files and "
+                  f"{len(result.tests)} pgTAP files ({sum(n for _, n in result.tests)} assertions) under "
+                  f"{directory}", highlight=False)
+    for p in (result.migrations[0], result.migrations[-1]) if result.migrations else ():
+        console.print(f"  {p}", highlight=False)
+    if result.samples:
+        console.print("sample identities for the RLS tests: " + ", ".join(
+            f"{s.label} = legacy id {s.legacy}" for s in result.samples), highlight=False)
+    console.print(f"{len(result.skipped)} runner-only steps are described in comments instead of SQL "
+                  "(see the files' headers)", highlight=False)

@@ -1,0 +1,205 @@
+"""The plan as migration files: one transaction per file, statements outside a transaction alone in theirs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from psycopg import sql
+
+from pgconverge.config import Spec
+from pgconverge.execution.sql import text
+from pgconverge.operations.base import Operation, Plan, Step
+from pgconverge.operations.batched import Batched
+from pgconverge.operations.check import Check
+from pgconverge.operations.columns import SetNotNull
+from pgconverge.operations.constraints import AddCheckNotValid, ValidateConstraint
+from pgconverge.operations.create_index import CreateIndexConcurrently
+from pgconverge.operations.private_schema import CreatePrivateSchema
+from pgconverge.operations.replace_policies import ReplacePolicies
+from pgconverge.emit import batches
+
+# Executors whose work exists only inside the runner: what they record goes to the ledger.
+RUNTIME_ONLY = {
+    "snapshot": "records counts in the ledger for the run report and the final validation; nothing to apply",
+    "phone_audit": "compares the SQL phone key with the phonenumbers library and stores the differences in the "
+                   "ledger (see `pgconverge report`); nothing to apply",
+    "gates": "checks the code and runtime audits and the ledger; decided when the phase runs",
+}
+
+
+@dataclass
+class Part:
+    """One unit of work in a file: a transaction's statements, or one statement that runs outside one."""
+
+    step: str
+    what: str
+    statements: list[str]
+    transactional: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MigrationFile:
+    version: str  # 14-digit timestamp
+    name: str  # snake_case
+    steps: list[str]  # forward step ids
+    phase: str
+    parts: list[Part]
+    notes: list[str] = field(default_factory=list)  # runtime-only steps skipped before/after this file
+    reverse: list[Part] = field(default_factory=list)
+    reverse_steps: list[str] = field(default_factory=list)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.version}_{self.name}.sql"
+
+    @property
+    def down_filename(self) -> str:
+        return f"{self.version}_{self.name}.down.sql"
+
+    @property
+    def transactional(self) -> bool:
+        return all(p.transactional for p in self.parts)
+
+
+def snake(s: str) -> str:
+    out = re.sub(r"[^a-z0-9]+", "_", s.lower()).strip("_")
+    return out or "step"
+
+
+def _check_sql(op: Check) -> str:
+    """A gate as an assertion: the migration stops, naming the first problems, when the query returns rows."""
+    sets = "".join(f"  perform pg_catalog.set_config({text(sql.Literal(n))}, {text(sql.Literal(v))}, true);\n"
+                   for n, v in op.settings)
+    code = (f"declare\n  problems text;\nbegin\n{sets}"
+            f"  select pg_catalog.string_agg(concat_ws(' ', q.a::text, '(' || q.b::text || ')'), '; ') into problems\n"
+            f"  from (select * from ({text(op.query)}) as g(a, b) limit 20) as q;\n"
+            f"  if problems is not null then\n"
+            f"    raise exception using errcode = 'check_violation', message = {text(sql.Literal(f'gate {op.name}: {op.failure}: '))} || problems,\n"
+            f"      hint = {text(sql.Literal(op.fix))};\n"
+            f"  end if;\nend")
+    tag, n = "$gate$", 0
+    while tag in code:
+        n += 1
+        tag = f"$gate{n}$"
+    return f"do {tag}\n{code}\n{tag}"
+
+
+def parts_for(spec: Spec, step: Step) -> tuple[list[Part], str | None]:
+    """(the parts to write for STEP, or [] with a note when it is runtime-only)."""
+    op = step.op
+    ex = op.executor
+    if ex in RUNTIME_ONLY:
+        return [], f"{step.id} ({op.description}) is not emitted: {RUNTIME_ONLY[ex]}"
+    if ex == "check":
+        return [Part(step.id, op.description, [_check_sql(op)], True)], None
+    if ex == "batched":
+        note = ("Runs batch by batch with a COMMIT after each (a procedure with transaction control), so no "
+                "transaction locks more than one batch of rows. It must be called outside a transaction block: "
+                "apply this file on its own with psql (autocommit), not inside BEGIN/COMMIT. Calling it again is "
+                "safe: each batch only changes the rows that still need it. `pgconverge run` does the same work "
+                "with checkpoints in its ledger, throttling while the server is busy, and progress.")
+        return [Part(step.id, op.description, [text(batches.call(spec, op))], False, [note])], None
+    notes = []
+    if isinstance(op, CreateIndexConcurrently):
+        notes.append(f"If this build is interrupted it leaves an invalid index behind; drop it with "
+                     f"`drop index concurrently if exists {op.name}` and apply this file again (`pgconverge run` "
+                     "does that by itself).")
+    if isinstance(op, ReplacePolicies) and op.verify:
+        notes.append("`pgconverge run switch` also compares, in one data snapshot, the rows every sampled identity "
+                     "sees before and after this rewrite and restores the old policies on any difference; here the "
+                     "pgTAP tests in supabase/tests/database check the result after the fact.")
+    if isinstance(op, CreatePrivateSchema):
+        notes.append("Also creates pgconverge's ledger tables; statements applied from these files are not "
+                     "recorded there, so `pgconverge status` does not see them.")
+    stmts = op.sql_text()
+    if op.transactional:
+        return [Part(step.id, op.description, stmts, True, notes)], None
+    # Outside a transaction: each statement alone.
+    return [Part(step.id, op.description, [s], False, notes) for s in stmts], None
+
+
+def forward(spec: Spec, plan: Plan, start: datetime) -> list[MigrationFile]:
+    """One file per step (a transaction each, as the runner does), and one per statement that cannot run in one."""
+    files: list[MigrationFile] = []
+    pending_notes: list[str] = []
+    procedure_done = False
+    for step in plan.steps:
+        parts, note = parts_for(spec, step)
+        if note:
+            if files:
+                files[-1].notes.append(note)
+            else:
+                pending_notes.append(note)
+            continue
+        if isinstance(step.op, Batched) and not procedure_done:
+            procedure_done = True
+            files.append(MigrationFile("", "pgconverge_batch_procedure", [], step.phase, [Part(
+                "", "create the procedure that runs batched work, one transaction per batch",
+                [text(s) for s in batches.create_procedure(spec)], True)]))
+            files[-1].reverse = [Part("", "drop the batch procedure", [text(s) for s in batches.drop_procedure(spec)],
+                                      True)]
+        split = len(parts) > 1
+        for i, part in enumerate(parts):
+            name = snake(f"pgconverge_{step.id}" + (f"_{i + 1}" if split else ""))
+            files.append(MigrationFile("", name, [step.id], step.phase, [part], pending_notes))
+            pending_notes = []
+    for i, f in enumerate(files):
+        f.version = (start + timedelta(seconds=i)).strftime("%Y%m%d%H%M%S")
+    return files
+
+
+def attach_reverse(plan: Plan, rollback: Plan, files: list[MigrationFile], spec: Spec) -> list[str]:
+    """Give every forward file the rollback steps that undo it; returns rollback steps left out (and why).
+
+    A rollback step goes to the file of the forward step it is the exact reverse of, else to the
+    earliest file among the forward steps it depends on: reverse files applied latest first then undo
+    the migration in the opposite order it was made. One exception: a batched data fix (giving rows
+    their legacy id back) must run before the later steps on the same table that need that data
+    (NOT NULL restored), so it moves to the latest of those steps' files.
+    """
+    index: dict[str, int] = {}
+    for i, f in enumerate(files):
+        for sid in f.steps:
+            index.setdefault(sid, i)
+    order = [s.id for s in plan.steps]
+    # Runtime-only steps have no file: they belong with the file before them (or the first one).
+    last = 0
+    for sid in order:
+        if sid in index:
+            last = index[sid]
+        else:
+            index[sid] = last
+    fwd = {s.id: s for s in plan.steps}
+    placed: list[tuple[int, Step]] = []
+    left_out = []
+    for rs in rollback.steps:
+        needs = [n for n in rs.needs if n in fwd]
+        if not needs:
+            continue  # undoes a phase that was not emitted
+        exact = [n for n in needs if _same(fwd[n].op.reverse(), rs.op)]
+        target = index[exact[0]] if exact else min(index[n] for n in needs)
+        placed.append((target, rs))
+    for k, (target, rs) in enumerate(placed):
+        if isinstance(rs.op, Batched):
+            later = [t for t, s in placed[k + 1:] if s.op.lock_target == rs.op.lock_target
+                     and isinstance(s.op, (AddCheckNotValid, ValidateConstraint, SetNotNull))]
+            if later:
+                placed[k] = (max([target, *later]), rs)
+    for target, rs in placed:
+        parts, note = parts_for(spec, rs)
+        if note:
+            left_out.append(note)
+            continue
+        files[target].reverse.extend(parts)
+        files[target].reverse_steps.append(rs.id)
+    return left_out
+
+
+def _same(a: Operation | None, b: Operation) -> bool:
+    try:
+        return a is not None and type(a) is type(b) and a == b
+    except Exception:  # noqa: BLE001 - composables do not always compare
+        return False
