@@ -33,14 +33,14 @@ def _t(s: str) -> datetime:
 def timeline_svg(bars: list[dict]) -> str:
     """Horizontal bars, one per step, placed by start and end time."""
     if not bars:
-        return '<svg width="400" height="30" role="img">' \
+        return '<svg id="chart-timeline" width="400" height="30" role="img">' \
                '<text x="8" y="20">no step has finished yet</text></svg>'
     t0 = min(_t(b["start"]) for b in bars)
     t1 = max(_t(b["end"]) for b in bars)
     span = max((t1 - t0).total_seconds(), 1e-6)
     label_w, plot_w, row_h, top = 300, 760, 13, 24
     width, height = label_w + plot_w + 60, top + row_h * len(bars) + 24
-    parts = [f'<svg width="{width}" height="{height}" role="img" '
+    parts = [f'<svg id="chart-timeline" width="{width}" height="{height}" role="img" '
              f'aria-label="timeline of phases and steps">',
              f'<text x="{label_w}" y="14">0 s</text>',
              f'<text x="{label_w + plot_w}" y="14" text-anchor="end">{escape(f"{span:.2f}")} s</text>']
@@ -65,14 +65,14 @@ def throughput_svg(series: list[dict]) -> str:
     """Rows per second of each batch over time, one line per table."""
     pts = [(s, _t(b["at"]), b["rows_per_s"]) for s in series for b in s["batches"] if b["rows_per_s"] is not None]
     if not pts:
-        return '<svg width="400" height="30" role="img">' \
+        return '<svg id="chart-throughput" width="400" height="30" role="img">' \
                '<text x="8" y="20">no batch recorded</text></svg>'
     t0, t1 = min(p[1] for p in pts), max(p[1] for p in pts)
     span = max((t1 - t0).total_seconds(), 1e-6)
     ymax = max(p[2] for p in pts) * 1.1 or 1.0
     left, top, pw, ph = 70, 16, 760, 240
     width, height = left + pw + 200, top + ph + 40
-    parts = [f'<svg width="{width}" height="{height}" role="img" '
+    parts = [f'<svg id="chart-throughput" width="{width}" height="{height}" role="img" '
              f'aria-label="backfill throughput, rows per second per batch">',
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#9ca3af"/>',
              f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#9ca3af"/>',
