@@ -26,4 +26,4 @@ def test_demo_runs_every_phase_and_passes(admin_dsn, tmp_path):
     assert all(clients["summary"][k]["flows"] > 0 and clients["summary"][k]["failed"] == 0 for k in ("old", "new"))
     assert clients["rows_written"] > 0 and clients["linkage_problems"] == [] and clients["failures"] == []
     html = open(data["report"]["html"], encoding="utf-8").read()
-    assert html.count("<svg") == 2 and "contract.final_validation" in html
+    assert html.count("<svg") == 3 and "chart-latency" in html and "contract.final_validation" in html

@@ -14,7 +14,8 @@ from pgconverge.errors import PgConvergeError
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES
 
-SNAPSHOTS = ("align_report", "phone_audit", "rls_equivalence", "contract_gates", "counts_before", "counts_after")
+SNAPSHOTS = ("align_report", "phone_audit", "rls_equivalence", "contract_gates", "counts_before", "counts_after",
+             "client_traffic")
 
 
 class NoLedger(PgConvergeError):
@@ -62,6 +63,8 @@ def collect(conn: psycopg.Connection, spec: Spec) -> dict:
         "rls_equivalence": _snap(snaps, "rls_equivalence"),
         "contract_gates": _snap(snaps, "contract_gates"),
         "counts": {"before": _snap(snaps, "counts_before"), "after": _snap(snaps, "counts_after")},
+        # recorded by whoever ran application traffic alongside (the demo does): latency and errors over time
+        "clients": _snap(snaps, "client_traffic"),
     }
 
 

@@ -104,8 +104,60 @@ def throughput_svg(series: list[dict]) -> str:
     return "".join(parts)
 
 
+def latency_svg(clients: dict, phases: list[dict]) -> str:
+    """Client transaction latency per second (median line, maximum dots) per kind of client, over the phases."""
+    series = clients.get("series") or []
+    if not series:
+        return '<svg width="400" height="30" role="img"><text x="8" y="20">no client traffic recorded</text></svg>'
+    spans = [(p["phase"], _t(p["started_at"]).timestamp(), _t(p["finished_at"]).timestamp())
+             for p in phases if p.get("started_at") and p.get("finished_at")]
+    t0 = min([b["at"] for b in series] + [a for _, a, _ in spans])
+    t1 = max([b["at"] + 1 for b in series] + [z for _, _, z in spans])
+    span = max(t1 - t0, 1e-6)
+    ymax = max(b["max_ms"] for b in series) * 1.1 or 1.0
+    left, top, pw, ph = 70, 16, 760, 240
+    width, height = left + pw + 200, top + ph + 40
+    parts = [f'<svg id="chart-latency" width="{width}" height="{height}" role="img" '
+             f'aria-label="client transaction latency over time">']
+
+    def x(at: float) -> float:
+        return left + pw * (at - t0) / span
+
+    def y(ms: float) -> float:
+        return top + ph - ph * ms / ymax
+
+    for name, a, z in spans:  # the phases as shaded bands behind the lines
+        parts.append(f'<rect x="{x(a):.1f}" y="{top}" width="{max(x(z) - x(a), 1):.1f}" height="{ph}" '
+                     f'fill="{_PHASE_COLORS.get(name, "#9ca3af")}" fill-opacity="0.12"><title>{escape(name)}</title></rect>'
+                     f'<text x="{x(a) + 3:.1f}" y="{top + 12}">{escape(name)}</text>')
+    parts += [f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#9ca3af"/>',
+              f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#9ca3af"/>',
+              f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{escape(f"{ymax:,.0f}")} ms</text>',
+              f'<text x="{left - 4}" y="{top + ph}" text-anchor="end">0</text>',
+              f'<text x="{left}" y="{top + ph + 16}">0 s</text>',
+              f'<text x="{left + pw}" y="{top + ph + 16}" text-anchor="end">{escape(f"{span:.1f}")} s</text>',
+              f'<text x="{left + pw / 2}" y="{top + ph + 32}" text-anchor="middle">'
+              'time (per second: median line, slowest transaction dot)</text>']
+    for i, kind in enumerate(sorted({b["kind"] for b in series})):
+        color = _PALETTE[i % len(_PALETTE)]
+        pts = [b for b in series if b["kind"] == kind]
+        line = " ".join(f"{x(b['at'] + 0.5):.1f},{y(b['p50_ms']):.1f}" for b in pts)
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        for b in pts:
+            fill = "#dc2626" if b["failed"] else color
+            parts.append(f'<circle cx="{x(b["at"] + 0.5):.1f}" cy="{y(b["max_ms"]):.1f}" r="2" fill="{fill}"><title>'
+                         f'{escape(kind)} clients: {b["flows"]} flows, {b["failed"]} failed, median '
+                         f'{b["p50_ms"]} ms, max {b["max_ms"]} ms</title></circle>')
+        ly = top + 10 + i * 16
+        parts.append(f'<rect x="{left + pw + 14}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{left + pw + 28}" y="{ly}">{escape(kind)} code</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def render(d: dict) -> str:
-    charts = {"timeline": lambda: timeline_svg(d["timeline"]), "throughput": lambda: throughput_svg(d["backfill"])}
+    charts = {"timeline": lambda: timeline_svg(d["timeline"]), "throughput": lambda: throughput_svg(d["backfill"]),
+              "latency": lambda: latency_svg(d.get("clients") or {}, d["phases"])}
     body: list[str] = []
     for b in blocks(d):
         kind = b[0]

@@ -54,6 +54,7 @@ def blocks(d: dict) -> list[Block]:
             if s["sql"]:
                 out.append(("code", s["id"], s["sql"]))
     out += _backfill(d["backfill"])
+    out += _clients(d.get("clients"))
     out += _identity(d["identity"])
     out.append(("h2", "Row level security"))
     out.append(("p", rls_line(d["rls_equivalence"])))
@@ -110,6 +111,25 @@ def _backfill(series: list[dict]) -> list[Block]:
     out.append(("table", ["step", "at", "batch rows", "rows done", "batch ms", "rows/s"],
                 [[s["step"], b["at"], b["batch_rows"], b["rows_done"], b["batch_ms"], b["rows_per_s"]]
                  for s in series for b in s["batches"]]))
+    return out
+
+
+def _clients(c: dict | None) -> list[Block]:
+    """Application traffic recorded during the run: per kind of client, flows, failures and latency."""
+    if not c:
+        return []
+    out: list[Block] = [("h2", "Application traffic during the migration")]
+    out.append(("table", ["clients", "flows", "failed", "p50 ms", "p99 ms", "max ms"],
+                [[k, v["flows"], v["failed"], v["p50_ms"], v["p99_ms"], v["max_ms"]]
+                 for k, v in c["summary"].items()]))
+    out.append(("chart", "latency"))
+    out.append(("p", f"{c.get('rows_written', 0)} rows written by the clients; "
+                     f"{len(c.get('linkage_problems') or [])} lost or linked to the wrong person."))
+    if c.get("events"):
+        t0 = min(e["at"] for e in c["events"])
+        out.append(("table", ["at s", "event"], [[round(e["at"] - t0, 1), e["what"]] for e in c["events"]]))
+    for f in (c.get("failures") or []) + (c.get("linkage_problems") or []):
+        out.append(("p", f"problem: {f}"))
     return out
 
 
