@@ -129,7 +129,8 @@ def latency_svg(clients: dict, phases: list[dict]) -> str:
     for name, a, z in spans:  # the phases as shaded bands behind the lines
         parts.append(f'<rect x="{x(a):.1f}" y="{top}" width="{max(x(z) - x(a), 1):.1f}" height="{ph}" '
                      f'fill="{_PHASE_COLORS.get(name, "#9ca3af")}" fill-opacity="0.12"><title>{escape(name)}</title></rect>'
-                     f'<text x="{x(a) + 3:.1f}" y="{top + 12}">{escape(name)}</text>')
+                     + (f'<text x="{x(a) - 3:.1f}" y="{top + 12}" text-anchor="end">' if x(a) > left + pw - 70
+                     else f'<text x="{x(a) + 3:.1f}" y="{top + 12}">') + f'{escape(name)}</text>')
     parts += [f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#9ca3af"/>',
               f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#9ca3af"/>',
               f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{escape(f"{ymax:,.0f}")} ms</text>',
