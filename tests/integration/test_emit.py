@@ -163,6 +163,14 @@ def test_apply_prove_and_reverse(pg15, fixture15, emitted):
     assert "All tests successful." in r.stdout and f"Tests={expected}," in r.stdout, r.stdout
     assert expected >= 60
 
+    # A policy that leaks every cart is caught by the RLS tests (the rollback below restores the original).
+    with psycopg.connect(_dsn(pg15, db), autocommit=True) as conn:
+        conn.execute("alter policy carts_owner on public.carts using (true) with check (true)")
+    rls_file = next(t for t in tests if t.endswith("pgconverge_switch_rls.test.sql"))
+    r = subprocess.run([*prove[:-len(tests)], rls_file], capture_output=True, text=True)
+    assert r.returncode != 0, r.stdout
+    assert "sees exactly its own rows of public.carts" in r.stdout + r.stderr
+
     for f in reversed(data["rollback"]):
         r = _psql(pg15, db, "-f", f)
         assert r.returncode == 0, f"{f}:\n{r.stderr}"

@@ -37,44 +37,51 @@ def emit(directory: Annotated[Path, typer.Argument(
                                  "apart. Default: now.", show_default=False)] = None) -> None:
     """Write the migration plan as Supabase migration files, with reverse files and pgTAP tests.
 
-    For teams that ship schema changes as SQL files rather than running `pgconverge run`. The
-    plan is read from the live database (as `pgconverge plan` does); nothing is changed there.
+    For teams that ship schema changes as SQL files instead of running
+    `pgconverge run`. The plan is read from the live database, as `pgconverge
+    plan` reads it; nothing is changed there.
 
     \b
-    What is written under DIRECTORY:
+    Written under DIRECTORY:
       supabase/migrations/<YYYYMMDDHHMMSS>_pgconverge_<step>.sql
-          one step of the plan per file, in plan order (align, expand, switch). Files that can
-          run in a transaction are wrapped in BEGIN/COMMIT with a short lock_timeout; files
-          with CREATE/DROP INDEX CONCURRENTLY or a batched backfill (CALL of a procedure that
-          commits after every batch) hold that one statement and nothing else.
+        one plan step per file, in plan order (align, expand, switch);
+        a file that can run in a transaction is BEGIN/COMMIT with a short
+        lock_timeout; CREATE/DROP INDEX CONCURRENTLY and each batched
+        backfill (a CALL of a procedure that commits after every batch)
+        are alone in their files, with no BEGIN/COMMIT
       supabase/rollback/<same timestamp>_<same name>.down.sql
-          what undoes each migration file; apply them latest first.
+        what undoes each migration file; apply them latest first
       supabase/tests/database/pgconverge_*.test.sql
-          pgTAP tests: the new columns, foreign keys, indexes and NOT NULLs, the new helper
-          function, and for sample identities (picked from this database now) that each one
-          sees exactly its own rows in every policy table, with an old and with a new token.
+        pgTAP: new columns, foreign keys, indexes, NOT NULLs, the new
+        helper function, and for sample identities (picked from this
+        database now) that each sees exactly its own rows in every
+        policy table, with an old token and with a new one
 
     \b
-    Applying:
-      copy supabase/migrations/* into your project's supabase/migrations, then
-          supabase db push
-      or with psql, one file at a time, in name order:
-          for f in supabase/migrations/*.sql; do psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f "$f" || break; done
-      A batched file must run outside a transaction block (psql does that; a tool that wraps each
-      file in a transaction cannot run it: apply that file with psql).
+    Applying, either:
+      copy supabase/migrations/* into your project, then
+        supabase db push
+    or with psql, one file at a time in name order:
+      for f in supabase/migrations/*.sql; do
+        psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f "$f" || break; done
+    A batched file must run outside a transaction block: psql does
+    that; a tool that wraps every file in a transaction cannot, so
+    apply those files with psql.
 
     \b
     Testing (pgTAP installed in the database):
-          supabase test db
-          pg_prove -d "$DATABASE_URL" supabase/tests/database/*.test.sql
+      supabase test db
+      pg_prove -d "$DATABASE_URL" supabase/tests/database/*.test.sql
 
     \b
     Rolling back, latest file first:
-          for f in $(ls -r supabase/rollback/*.down.sql); do psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f "$f" || break; done
+      for f in $(ls -r supabase/rollback/*.down.sql); do
+        psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f "$f" || break; done
 
-    Contract is not emitted: its gates (code audit, no use of the legacy side since the switch)
-    are decided when it runs, with `pgconverge run contract`. Files applied this way are not in
-    pgconverge's ledger, so `pgconverge status` and `run` do not see them.
+    Contract is not emitted: its gates (code audit, no use of the legacy
+    side since the switch) are decided when it runs, by `pgconverge run
+    contract`. Files applied this way are not in pgconverge's ledger, so
+    `pgconverge status` and `run` do not see them.
     """
     if through not in EMITTABLE:
         raise typer.BadParameter(f"--through must be one of {', '.join(EMITTABLE)} (contract is run, not emitted: "
