@@ -1,0 +1,149 @@
+"""The HTML report in a real browser: headless Chromium loads it with no console error and no request
+beyond the file itself, and draws the timeline and backfill charts and the tables."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from _cdp import Browser
+from _support import cli, cli_json
+
+ARTIFACT = Path(__file__).resolve().parents[2] / ".pgconverge" / "artifacts" / "report.png"
+
+_INSPECT = r"""(() => {
+  const chart = id => {
+    const svg = document.getElementById(id);
+    if (!svg) return null;
+    const box = svg.getBoundingClientRect();
+    const marks = [...svg.querySelectorAll('rect, path, polyline, circle')];
+    const drawn = marks.filter(m => { const b = m.getBBox(); return b.width > 0 || b.height > 0; });
+    const inside = drawn.every(m => { const b = m.getBoundingClientRect();
+      return b.left >= box.left - 1 && b.right <= box.right + 1 && b.top >= box.top - 1 && b.bottom <= box.bottom + 1; });
+    // Bars and points carry a <title> (the tooltip); legend swatches do not.
+    const titled = sel => [...svg.querySelectorAll(sel)].filter(e => e.querySelector('title')).length;
+    const first = svg.querySelector('rect > title, circle > title');
+    let hit = null;
+    if (first) {
+      const el = first.parentElement;
+      el.scrollIntoView({block: 'center'});
+      const b = el.getBoundingClientRect();
+      hit = document.elementFromPoint(b.left + b.width / 2, b.top + b.height / 2) === el;
+    }
+    return {width: box.width, height: box.height, marks: marks.length, drawn: drawn.length, inside,
+            bars: titled('rect'), points: titled('circle'), lines: svg.querySelectorAll('polyline').length,
+            hit, labels: [...svg.querySelectorAll('text')].map(t => t.textContent)};
+  };
+  const tables = [...document.querySelectorAll('table')];
+  return JSON.stringify({
+    title: document.title,
+    svgs: document.querySelectorAll('svg').length,
+    timeline: chart('chart-timeline'),
+    throughput: chart('chart-throughput'),
+    tables: tables.length,
+    shownTables: tables.filter(t => t.getBoundingClientRect().height > 0 && t.rows.length > 1).length,
+    headings: [...document.querySelectorAll('h2')].map(h => h.textContent),
+    height: document.documentElement.scrollHeight,
+  });
+})()"""
+
+
+def _errors(browser: Browser, session: str) -> list[str]:
+    """Console errors, uncaught exceptions and browser log errors seen on SESSION so far."""
+    out = []
+    for ev in browser.log:
+        if ev.get("sessionId") != session:
+            continue
+        m, p = ev.get("method"), ev.get("params", {})
+        if m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            out.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", [])))
+        elif m == "Runtime.exceptionThrown":
+            d = p.get("exceptionDetails", {})
+            out.append("exception: " + str(d.get("exception", {}).get("description") or d.get("text")))
+        elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+            out.append("log: " + p["entry"].get("text", ""))
+    return out
+
+
+def _load(browser: Browser, url: str) -> str:
+    session = browser.open_page()
+    for domain in ("Page", "Runtime", "Log", "Network"):
+        browser.call(f"{domain}.enable", session=session)
+    browser.call("Page.navigate", {"url": url}, session=session)
+    browser.wait_event("Page.loadEventFired", session)
+    return session
+
+
+def _evaluate(browser: Browser, session: str, expr: str):
+    res = browser.call("Runtime.evaluate", {"expression": expr, "returnByValue": True}, session=session)
+    assert "exceptionDetails" not in res, res
+    return res["result"].get("value")
+
+
+@pytest.fixture
+def report(tmp_path, make_db, template_factory):
+    """A finished migration's HTML report, with the ledger's own figures to check the drawing against."""
+    dsn = make_db(template_factory(0.1))
+    cli("run", "--all", "--accept-code-references", "--dsn", dsn)
+    path = tmp_path / "report.html"
+    cli("report", "--html", str(path), "--dsn", dsn)
+    return path, cli_json("report", "--dsn", dsn)
+
+
+def test_report_renders_in_chromium(report, tmp_path):
+    path, data = report
+    with Browser(tmp_path / "profile") as browser:
+        # The harness sees errors when there are some: a page that logs one and throws one.
+        probe = _load(browser, "data:text/html,<script>console.error('probe-error');"
+                               "setTimeout(() => { throw new Error('probe-throw') })</script>")
+        _evaluate(browser, probe, "new Promise(r => setTimeout(r, 50))")
+        seen = " | ".join(_errors(browser, probe))
+        assert "probe-error" in seen and "probe-throw" in seen, seen
+
+        session = _load(browser, path.as_uri())
+        page = json.loads(_evaluate(browser, session, _INSPECT))
+        assert _errors(browser, session) == []
+        requested = [ev["params"]["request"]["url"] for ev in browser.log
+                     if ev.get("sessionId") == session and ev.get("method") == "Network.requestWillBeSent"]
+        assert requested == [path.as_uri()], requested  # self-contained: nothing else is fetched
+
+        assert page["title"] == "pgconverge run report"
+        timeline, throughput = page["timeline"], page["throughput"]
+        assert timeline and throughput, page
+        for chart in (timeline, throughput):
+            assert chart["width"] > 300 and chart["height"] > 100, chart
+            assert chart["drawn"] == chart["marks"] > 0 and chart["inside"] and chart["hit"], chart
+        # One bar per step of the timeline, one point per batch, a line per table with several batches.
+        assert timeline["bars"] == len(data["timeline"]) > 0
+        assert set(data["timeline"][0]) >= {"step", "start", "end"}
+        assert {"align", "expand", "switch", "contract"} <= set(timeline["labels"])
+        batches = [b for s in data["backfill"] for b in s["batches"] if b["rows_per_s"] is not None]
+        assert throughput["points"] == len(batches) > 0
+        assert throughput["lines"] == sum(1 for s in data["backfill"]
+                                          if sum(b["rows_per_s"] is not None for b in s["batches"]) > 1)
+        assert {s["table"] for s in data["backfill"]} <= set(throughput["labels"])
+
+        assert page["tables"] >= 10 and page["shownTables"] == page["tables"], page
+        for heading in ("Phases", "Backfill throughput", "Row level security", "Contract gates"):
+            assert heading in page["headings"]
+
+        metrics = browser.call("Page.getLayoutMetrics", session=session)
+        height = min(int(metrics["cssContentSize"]["height"]), 12000)
+        browser.call("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": height,
+                                                            "deviceScaleFactor": 1, "mobile": False},
+                     session=session)
+        browser.call("Runtime.evaluate", {"expression": "window.scrollTo(0, 0)"}, session=session)
+        png = base64.b64decode(browser.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 1280
+    assert int.from_bytes(png[20:24], "big") == height > 1000
+    shot = tmp_path / "report.png"
+    shot.write_bytes(png)
+    try:
+        ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, ARTIFACT)
+    except OSError:
+        pass  # a read-only checkout: the copy under the test's tmp dir is the artifact
