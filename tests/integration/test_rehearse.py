@@ -174,3 +174,20 @@ def test_missing_extensions_refused_or_left_out(make_db, admin_dsn, tmp_path):
         assert c.execute("select count(*) from public.plain").fetchone()[0] == 2
         assert c.execute("select to_regclass('public.items')").fetchone()[0] is None
         assert c.execute("select count(*) from pg_extension where extname = 'vector'").fetchone()[0] == 0
+
+
+def test_failed_rehearsal_keeps_its_copy(make_db, admin_dsn, monkeypatch):
+    """A source without the configured legacy table: the catalog error is shown and the copy stays to inspect."""
+    source = make_db()
+    with psycopg.connect(source, autocommit=True) as c:
+        c.execute("create table public.unrelated (id int primary key)")
+    monkeypatch.setenv(rehearse.TARGET_ENV, admin_dsn)
+    name = f"rh_failed_{uuid.uuid4().hex[:6]}"
+    try:
+        out = " ".join(cli("rehearse", "--from", source, "--database", name, expect=2).split())
+        assert "the copy is kept for inspection" in out and f"dbname={name}" in out
+        assert "public.customers" in out  # the catalog error names what is missing
+        with psycopg.connect(embedded.with_database(admin_dsn, name)) as c:
+            assert c.execute("select to_regclass('public.unrelated') is not null").fetchone()[0]
+    finally:
+        rehearse.drop_database(admin_dsn, name)

@@ -32,7 +32,8 @@ def rehearse(
     report_dir: Annotated[Path | None, typer.Option(
         "--report-dir", help="Where to write rehearsal-report.html and .md. Default: ./.pgconverge.",
         show_default=False)] = None,
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the copy afterwards to explore it.")] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the copy afterwards to explore it (a failed rehearsal "
+                                                  "always keeps it).")] = False,
     skip_missing_extensions: Annotated[bool, typer.Option(
         "--skip-missing-extensions", help="Copy without the extensions the embedded server lacks; objects "
                                           "that need them are left out and listed.")] = False,
@@ -69,6 +70,7 @@ def rehearse(
     stage("target", f"{where}, database {database}")
     copy = rh.make_copy(src, admin, database, skip_missing_extensions=skip_missing_extensions,
                         exclude_schemas=tuple(exclude_schema or ()), on_stage=stage)
+    ok = finished = False
     try:
         t = Target(copy.dsn, "rehearsal copy")
         with connect(t) as conn:
@@ -93,14 +95,19 @@ def rehearse(
             html_path, md_path = write_report(runner.work, spec, report_dir or embedded.data_dir().parent,
                                               "rehearsal-report", extra={"target": t.display,
                                                                          "rehearsal": rehearsal})
+        finished = True
     finally:
-        if not keep:
+        # A failed rehearsal keeps its copy: it is the evidence.
+        kept = keep or not ok
+        if not kept:
             rh.drop_database(admin, database)
+        elif not finished:
+            err_console.print(f"the copy is kept for inspection: psql '{escape(copy.dsn)}'", highlight=False)
     elapsed = round(time.monotonic() - started, 1)
     if as_json:
         print_json({"source": redact(source), "copy": copy.as_dict(), "phases": rows, "rls_equivalence": equivalence,
                     "accepted_gates": [{"gate": g["gate"], "details": g.get("details", [])} for g in accepted],
-                    "passed": ok, "seconds": elapsed, "kept": keep,
+                    "passed": ok, "seconds": elapsed, "kept": kept,
                     "report": {"html": str(html_path), "md": str(md_path)}})
     else:
         console.print(summary_table(rows))
@@ -119,7 +126,7 @@ def rehearse(
                           f"{len(equivalence['problems'])} differences", highlight=False)
         console.print(f"report: {html_path} (and {md_path.name})", highlight=False)
         color = "green" if ok else "red"
-        where_now = f"the copy is kept: psql '{copy.dsn}'" if keep else "the copy was dropped (--keep keeps it)"
+        where_now = f"the copy is kept: psql '{copy.dsn}'" if kept else "the copy was dropped (--keep keeps it)"
         console.print(f"\n[{color}]rehearsal {'passed' if ok else 'FAILED'} in {elapsed}s[/]; {where_now}",
                       highlight=False)
     if not ok:
