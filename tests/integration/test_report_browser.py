@@ -26,14 +26,12 @@ _INSPECT = r"""(() => {
       return b.left >= box.left - 1 && b.right <= box.right + 1 && b.top >= box.top - 1 && b.bottom <= box.bottom + 1; });
     // Bars and points carry a <title> (the tooltip); legend swatches do not.
     const titled = sel => [...svg.querySelectorAll(sel)].filter(e => e.querySelector('title')).length;
-    const first = svg.querySelector('rect > title, circle > title');
-    let hit = null;
-    if (first) {
-      const el = first.parentElement;
-      el.scrollIntoView({block: 'center'});
+    // Painted where it says it is: the element at the centre of some bar or point is that mark.
+    svg.scrollIntoView({block: 'start'});
+    const hit = [...svg.querySelectorAll('rect > title, circle > title')].map(t => t.parentElement).some(el => {
       const b = el.getBoundingClientRect();
-      hit = document.elementFromPoint(b.left + b.width / 2, b.top + b.height / 2) === el;
-    }
+      return document.elementFromPoint(b.left + b.width / 2, b.top + b.height / 2) === el;
+    });
     return {width: box.width, height: box.height, marks: marks.length, drawn: drawn.length, inside,
             bars: titled('rect'), points: titled('circle'), lines: svg.querySelectorAll('polyline').length,
             hit, labels: [...svg.querySelectorAll('text')].map(t => t.textContent)};
@@ -79,7 +77,8 @@ def _load(browser: Browser, url: str) -> str:
 
 
 def _evaluate(browser: Browser, session: str, expr: str):
-    res = browser.call("Runtime.evaluate", {"expression": expr, "returnByValue": True}, session=session)
+    res = browser.call("Runtime.evaluate", {"expression": expr, "returnByValue": True, "awaitPromise": True},
+                       session=session)
     assert "exceptionDetails" not in res, res
     return res["result"].get("value")
 
