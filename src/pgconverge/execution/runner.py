@@ -13,7 +13,7 @@ from pgconverge.catalog import baseline
 from pgconverge.config import Spec
 from pgconverge.connection import Target, connect
 from pgconverge.errors import PgConvergeError
-from pgconverge.execution import gates, policy_switch, retry, session
+from pgconverge.execution import gates, killpoint, policy_switch, retry, session
 from pgconverge.execution.locks import describe_blockers
 from pgconverge.execution.throttle import Throttle
 from pgconverge.ledger.store import Ledger
@@ -184,6 +184,7 @@ class Runner:
         return results
 
     def run_step(self, step: Step, *, resuming: bool = False) -> StepResult:
+        killpoint.reached(step.id, "before")
         if step.phase in PHASES and step.phase not in self.catalogs.saved and self.catalogs.live is not None:
             baseline.save(self.ledger, self.run_id, step.phase, self.catalogs.live)
             self.catalogs.saved[step.phase] = self.catalogs.live
@@ -206,6 +207,7 @@ class Runner:
                               duration_ms=(time.monotonic() - started) * 1000)
             raise self._failure(step, exc, last) from exc
         result.seconds = time.monotonic() - started
+        killpoint.reached(step.id, "after")
         self.progress.step_finished(step, "done", result.seconds)
         return result
 
@@ -246,6 +248,7 @@ class Runner:
                     self.ledger.save_definition(self.run_id, step.id, kind, name, text, conn=self.work)
                 # Same transaction: the step and its "done" record commit together or not at all.
                 self._done(step, n, texts, conn=self.work)
+                killpoint.reached(step.id, "commit")
             return n
 
         n = retry.run(attempt, self.policy, self._on_retry(step))
@@ -360,6 +363,7 @@ class Runner:
             if not scanned:
                 break
             batches += 1
+            killpoint.reached(step.id, f"batch:{batches}")
             after, rows_done = last, rows_done + scanned
             elapsed = time.monotonic() - started
             self.progress.batch(step, rows_done, max(total, rows_done),
