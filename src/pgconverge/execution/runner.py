@@ -266,13 +266,21 @@ class Runner:
         if self.work.execute(op.probe()).fetchone()[0]:
             self._done(step, 1, op.sql_text(), note="index already present and valid")
             return StepResult(step.id, "done", 0.0)
-        if self.work.execute(op.invalid_probe()).fetchone()[0]:
-            # An interrupted CONCURRENTLY build leaves an invalid index that IF NOT EXISTS would keep.
-            drop = op.reverse()
-            self.ledger.event(self.run_id, step.phase, step.id, "note",
-                              message=f"dropping invalid index {op.name} left by an interrupted build")
-            retry.run(lambda n: self._plain(drop.statements()), self.policy, self._on_retry(step))
-        return self._run_sql(step, resuming)
+        texts = op.sql_text()
+
+        def attempt(n: int) -> int:
+            # An interrupted CONCURRENTLY build leaves an invalid index behind: a killed run, and also our own
+            # previous attempt when it timed out waiting for a writer's transaction to end. Drop it first.
+            if self.work.execute(op.invalid_probe()).fetchone()[0]:
+                self.ledger.event(self.run_id, step.phase, step.id, "note",
+                                  message=f"dropping invalid index {op.name} left by an interrupted build")
+                self._plain(op.reverse().statements())
+            self._plain(op.statements())
+            self._done(step, n, texts)
+            return n
+
+        n = retry.run(attempt, self.policy, self._on_retry(step))
+        return StepResult(step.id, "done", 0.0, attempts=n)
 
     def _plain(self, statements) -> None:
         session.set_outside_transaction(self.work, lock_timeout_ms=self.lock_timeout_ms, statement_timeout_ms=0)
