@@ -180,6 +180,12 @@ class Runner:
                 self.progress.step_finished(step, "skipped", 0.0)
                 continue
             own = states.get(step.id)
+            if own and own.state == "done" and all(own.at > states[r].at for r in live):
+                # Done by this rollback, which was killed before a later step marked the forward steps undone
+                # (several rollback steps can follow one forward step): repeating it would fail or double it.
+                results.append(StepResult(step.id, "skipped", 0.0))
+                self.progress.step_finished(step, "skipped", 0.0)
+                continue
             results.append(self.run_step(step, resuming=bool(own and own.state == "pending")))
         return results
 
