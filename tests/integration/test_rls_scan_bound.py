@@ -1,0 +1,36 @@
+"""Policies that read a whole table per caller: the RLS check times them and bounds their cost."""
+
+from __future__ import annotations
+
+import psycopg
+
+from _support import cli
+
+from pgconverge.verify import rls
+
+
+def test_scan_bound_tables_are_checked_within_their_budget(fixture_db, monkeypatch):
+    # Every table counts as scan-bound and no budget is left after the first token: each table is
+    # checked for exactly one token, the switch still passes, and the ledger says what was checked.
+    monkeypatch.setattr(rls, "SCAN_BOUND_S", 0.0)
+    monkeypatch.setattr(rls, "SCAN_BUDGET_S", 0.0)
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, "--dsn", fixture_db)
+    with psycopg.connect(fixture_db, autocommit=True) as conn:
+        data = conn.execute("select data from pgconverge.snapshots where name = 'rls_equivalence' "
+                            "order by id desc limit 1").fetchone()[0]
+    assert data["problems"] == []
+    bound = data["scan_bound"]
+    assert {k for k in bound if not k.endswith("(after)")} == set(data["tables"])
+    assert all(v["tokens_checked"] == 1 and v["tokens"] > 1 for v in bound.values())
+
+
+def test_a_table_left_unchecked_is_not_compared_but_a_checked_one_is():
+    ident = rls.Identity("p1", ("1", "2"))
+    before = rls.Capture(seen={"anon": {}, "L:1": {"a": ["k1"], "b": ["x"]}, "L:2": {"a": ["k2"]}})
+    ok = rls.Capture(seen={"anon": {}, "L:1": {"a": ["k1", "k2"]}, "L:2": {"a": ["k1", "k2"]},
+                           "C:p1": {"a": ["k1", "k2"], "b": ["y"]}})
+    # Table b was not captured for L:2 before: nothing to compare it with. Table a is compared.
+    assert rls.compare(before, ok, [ident]) == []
+    wrong = rls.Capture(seen={"anon": {}, "L:1": {"a": ["k1"]}, "C:p1": {"a": ["k1", "k2"]}})
+    assert any("L:1 on a" in p for p in rls.compare(before, wrong, [ident]))
