@@ -109,8 +109,8 @@ def test_round_trip_with_writers_active_throughout(make_db, template_factory, tm
                         rid = c.execute("insert into public.carts (profile_id) values (%s) returning id",
                                         (profile_of[customer],)).fetchone()[0]
                     written.append(("carts", rid, customer))
-                except (errors.UndefinedColumn, errors.UndefinedTable, errors.NotNullViolation):
-                    pass  # the column moved under the client: a deployment switches code here, not a data error
+                except errors.UndefinedColumn:
+                    pass  # the column went between the client's look and its write: it switches code here
                 except psycopg.Error as exc:
                     failures.append(str(exc))
                 stop.wait(0.01)

@@ -19,6 +19,7 @@ from pgconverge.operations.create_index import DropIndexConcurrently
 from pgconverge.operations.create_trigger import DropTrigger
 from pgconverge.operations.replace_function import ReplaceFunction
 from pgconverge.operations.snapshot import Snapshot
+from pgconverge.operations.together import Together
 from pgconverge.planning import align, expand, switch
 from pgconverge.planning.index_mirror import contains_column
 
@@ -150,11 +151,14 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     for d in cat.dependents:
         n = expand.Names(spec, d, shorts[d.table.name])
         legacy_col = d.fk.columns[0]
-        add(f"{n.short}.drop_sync_trigger", DropTrigger(expand.TRIGGER, d.table.name))
         add(f"{n.short}.drop_legacy_foreign_key", DropConstraint(d.table.name, d.fk.name))
         for i, idx in enumerate(i for i in d.table.indexes if not i.primary and contains_column(i, legacy_col)):
             add(f"{n.short}.drop_legacy_index_{i + 1}", DropIndexConcurrently(idx.name, d.table.name))
-        add(f"{n.short}.drop_legacy_column", DropColumn(d.table.name, legacy_col))
+        # The sync trigger goes with the legacy column: old code still at work then gets "no such column",
+        # not a NULL in the new column it does not know about.
+        add(f"{n.short}.drop_legacy_column", Together(
+            (DropTrigger(expand.TRIGGER, d.table.name), DropColumn(d.table.name, legacy_col)),
+            f"the trigger fills {spec.migration.new_column} for writers of {legacy_col}"))
     add("drop_legacy_trigger", DropTrigger("pgconverge_align", cat.legacy.name))
     helper = switch._helper(spec, cats.for_phase("switch") if cats is not None else cat)
     if helper.canonical_direct_sql:
@@ -201,7 +205,6 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     from pgconverge.operations.columns import AddColumn
     from pgconverge.operations.constraints import AddForeignKeyNotValid, ValidateConstraint
     from pgconverge.operations.create_index import CreateIndexConcurrently
-    from pgconverge.operations.create_trigger import CreateTrigger
     from pgconverge.planning.index_mirror import recreate
 
     fwd = {s.id: s for s in plan(spec, cat, cats)}
@@ -230,9 +233,12 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         legacy_col = d.fk.columns[0]
         col = d.column
         fid = f"{PHASE}.{n.short}"
-        add(f"{n.short}.legacy_column", AddColumn(d.table.name, legacy_col, col.type),
+        # The column and the trigger that fills it commit together: old code, back at work, inserting a row
+        # between the two would leave the new column NULL (and fail where it is NOT NULL).
+        add(f"{n.short}.legacy_column", Together((
+            AddColumn(d.table.name, legacy_col, col.type), exp[f"expand.{n.short}.sync_trigger"].op),
+            "old code writes the column as soon as it exists"),
             (f"{fid}.drop_legacy_column",))
-        add(f"{n.short}.sync_trigger", exp[f"expand.{n.short}.sync_trigger"].op, (f"{fid}.drop_sync_trigger",))
         # Runs while the legacy foreign key is still to be restored (the two steps before it have
         # already marked their own forward steps undone).
         steps.append(Step(f"rollback.{fid}.legacy_ids", "rollback", _refill(spec, cat, d), (),

@@ -283,6 +283,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     from pgconverge.operations.create_function import DropFunction
     from pgconverge.operations.create_index import DropIndexConcurrently
     from pgconverge.operations.create_trigger import DropTrigger
+    from pgconverge.operations.together import Together
 
     shorts = short_names(cat)
     new = spec.migration.new_column
@@ -309,12 +310,8 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                 Step(f"{rid}.drop_legacy_not_null_check", "rollback", DropConstraint(d.table.name, chk),
                      (f"{fwd}.drop_legacy_not_null",)),
             ]
-        steps += [
-            Step(f"{rid}.drop_sync_trigger", "rollback", DropTrigger(TRIGGER, d.table.name), (f"{fwd}.sync_trigger",)),
-            Step(f"{rid}.drop_sync_function", "rollback", DropFunction(n.sync_fn, ""), (f"{fwd}.sync_function",)),
-            Step(f"{rid}.drop_foreign_key", "rollback", DropConstraint(d.table.name, n.fk),
-                 (f"{fwd}.foreign_key", f"{fwd}.validate_foreign_key")),
-        ]
+        steps.append(Step(f"{rid}.drop_foreign_key", "rollback", DropConstraint(d.table.name, n.fk),
+                          (f"{fwd}.foreign_key", f"{fwd}.validate_foreign_key")))
         for i, idx in enumerate(indexes):
             steps.append(Step(f"{rid}.drop_index_{i + 1}", "rollback", DropIndexConcurrently(idx.name, idx.table),
                               (f"{fwd}.index_{i + 1}",)))
@@ -322,7 +319,13 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         if d.column.not_null:
             done_with_column += [f"{fwd}.not_null_check", f"{fwd}.validate_not_null_check", f"{fwd}.set_not_null",
                                  f"{fwd}.drop_not_null_check"]
-        steps.append(Step(f"{rid}.drop_column", "rollback", DropColumn(d.table.name, new), tuple(done_with_column)))
+        # The trigger goes with the column, in one transaction: old code inserting in between would leave
+        # the new column NULL, and fail where it is NOT NULL.
+        steps.append(Step(f"{rid}.drop_column", "rollback", Together(
+            (DropTrigger(TRIGGER, d.table.name), DropColumn(d.table.name, new)),
+            f"old code's rows need the trigger while {new} exists"), (f"{fwd}.sync_trigger", *done_with_column)))
+        steps.append(Step(f"{rid}.drop_sync_function", "rollback", DropFunction(n.sync_fn, ""),
+                          (f"{fwd}.sync_function",)))
     return steps
 
 

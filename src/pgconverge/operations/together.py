@@ -1,0 +1,46 @@
+"""Several operations as one step: one transaction, so no other session sees the state between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from pgconverge.operations.base import Lock, Operation
+
+_ORDER = list(Lock)
+
+
+@dataclass(frozen=True)
+class Together(Operation):
+    ops: tuple[Operation, ...]
+    why: str
+
+    def __post_init__(self) -> None:
+        assert all(o.transactional and o.executor == "sql" for o in self.ops), "only plain SQL steps combine"
+
+    @property
+    def description(self) -> str:
+        return "; ".join(o.description for o in self.ops) + f", in one transaction ({self.why})"
+
+    @property
+    def lock(self) -> Lock:
+        return max((o.lock for o in self.ops), key=_ORDER.index)
+
+    @property
+    def lock_target(self) -> str:
+        return next((o.lock_target for o in self.ops if o.lock_target), "")
+
+    @property
+    def cost(self):
+        return max((o.cost for o in self.ops), key=list(type(self.ops[0].cost)).index)
+
+    def statements(self) -> list[sql.Composable]:
+        return [s for o in self.ops for s in o.statements()]
+
+    def reverse(self) -> Operation | None:
+        back = tuple(r for r in (o.reverse() for o in reversed(self.ops)) if r is not None)
+        return Together(back, self.why) if back else None
+
+    def saved(self) -> list[tuple[str, str, str]]:
+        return [x for o in self.ops for x in o.saved()]
