@@ -219,7 +219,8 @@ class Runner:
 
     def _failure(self, step: Step, exc: Exception, last: psycopg.Error) -> StepFailed:
         if isinstance(exc, retry.RetriesExhausted):
-            blockers = describe_blockers(self.control, step.op.lock_target)
+            # A step over several tables (the policy rewrite) names each; lock_target joins them for display.
+            blockers = describe_blockers(self.control, tuple(getattr(step.op, "tables", ())) or step.op.lock_target)
             return StepFailed(
                 f"step {step.id} could not get its {step.op.lock} lock on {step.op.lock_target or 'its objects'} "
                 f"within {self.lock_timeout_ms} ms in {exc.attempts} attempts; nothing was changed by this step. "
