@@ -158,7 +158,8 @@ def attach_reverse(plan: Plan, rollback: Plan, files: list[MigrationFile], spec:
     earliest file among the forward steps it depends on: reverse files applied latest first then undo
     the migration in the opposite order it was made. One exception: a batched data fix (giving rows
     their legacy id back) must run before the later steps on the same table that need that data
-    (NOT NULL restored), so it moves to the latest of those steps' files.
+    (NOT NULL restored), so it moves to the latest of those steps' files. Then no step is left in an
+    earlier file than the step after it, so the reverse files replay the rollback plan in its own order.
     """
     index: dict[str, int] = {}
     for i, f in enumerate(files):
@@ -188,6 +189,12 @@ def attach_reverse(plan: Plan, rollback: Plan, files: list[MigrationFile], spec:
                      and isinstance(s.op, (AddCheckNotValid, ValidateConstraint, SetNotNull))]
             if later:
                 placed[k] = (max([target, *later]), rs)
+    # Reverse files run latest first, so a rollback step may never sit in an earlier file than the step
+    # after it: that keeps the rollback plan's own order (a trigger dropped with its column, before the
+    # function it calls, say). A step moves to a later file, never to an earlier one, so it still runs
+    # while what it needs (the batch procedure) exists.
+    for k in range(len(placed) - 2, -1, -1):
+        placed[k] = (max(placed[k][0], placed[k + 1][0]), placed[k][1])
     for target, rs in placed:
         parts, note = parts_for(spec, rs)
         if note:
