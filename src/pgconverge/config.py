@@ -7,6 +7,7 @@ is checked against the catalog by `catalog.introspect.load_catalog`.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -76,6 +77,10 @@ class Settings:
     # besides the identity claim (the application's own role claim, say).
     rls_sample: int = 50
     token_claims: tuple[tuple[str, str], ...] = (("app_role", "customer"),)
+    # Application identifiers the code audit reports, with the name to use instead; and more legacy
+    # column names it reports besides the foreign-key column (a denormalized copy in JSON, say).
+    code_helpers: tuple[tuple[str, str], ...] = (("ensureCustomer", "ensureProfile"),)
+    code_columns: tuple[str, ...] = ()
     # Policies the switch may leave as they are although it cannot rewrite them with certainty,
     # as "schema.table.policy"; the user takes care of them.
     accept_policies: tuple[str, ...] = ()
@@ -113,6 +118,7 @@ class Spec:
             out[section] = {f.name: conv(getattr(obj, f.name)) for f in fields(obj)}
         out["canonical"]["copy_columns"] = {a: b for a, b in self.canonical.copy_columns}
         out["migration"]["token_claims"] = dict(self.migration.token_claims)
+        out["migration"]["code_helpers"] = dict(self.migration.code_helpers)
         return out
 
 
@@ -122,6 +128,7 @@ _SECTIONS = {"legacy": LegacySide, "canonical": CanonicalSide, "migration": Sett
 _QUALIFIED = {"table", "helper"}
 _IDENT = {"key", "match_column", "new_column", "private_schema", "archive_schema", "mapping_table"}
 _CLAIM = {"claim"}
+_CODE_NAME = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
 _POSITIVE_INT = {"batch_size": (1, 1_000_000), "lock_timeout_ms": (1, 60_000), "lock_retries": (0, 10_000),
                  "batch_pause_ms": (0, 600_000), "rls_sample": (0, 1_000_000), "backfill_workers": (1, 64),
                  "max_replica_lag_ms": (0, 3_600_000)}
@@ -222,6 +229,16 @@ def _value(source: str, section: str, key: str, value: Any) -> Any:
                                                   for v in value.values()):
             raise _bad(*where, "a table of claim names to string or integer values, e.g. { app_role = \"customer\" }")
         return tuple((str(k), str(v)) for k, v in value.items())
+    if key == "code_helpers":
+        if not isinstance(value, dict) or not all(isinstance(v, str) and v and _CODE_NAME.match(k) and
+                                                  _CODE_NAME.match(v) for k, v in value.items()):
+            raise _bad(*where, "a table of application identifiers to their replacements, e.g. "
+                               "{ ensureCustomer = \"ensureProfile\" }")
+        return tuple(value.items())
+    if key == "code_columns":
+        if not isinstance(value, list) or not all(isinstance(v, str) and _CODE_NAME.match(v) for v in value):
+            raise _bad(*where, "a list of column names, e.g. [\"customer_ref\"]")
+        return tuple(value)
     if key == "accept_policies":
         if not isinstance(value, list) or not all(isinstance(v, str) and v.count(".") >= 2 for v in value):
             raise _bad(*where, "a list of \"schema.table.policy\" names")

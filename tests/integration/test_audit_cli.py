@@ -9,6 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+import _support
 from pgconverge.audit import sample_code_dir
 from pgconverge.cli import app
 
@@ -110,3 +111,22 @@ def test_config_column_and_code_helper_options(tmp_path: Path):
 def test_audit_help_lists_code():
     r = CliRunner().invoke(app, ["audit", "--help"])
     assert r.exit_code == 0 and "code" in r.output
+
+
+def test_code_helpers_and_columns_come_from_the_config(tmp_path):
+    src = tmp_path / "app"
+    src.mkdir()
+    (src / "worker.ts").write_text(
+        "// upsertShopper is retired soon\n"
+        "const who = await upsertShopper(phone);\n"
+        "const row = { shopper_ref: who.id };\n")
+    cfg = _support.write_config(tmp_path, '[migration]\ncode_helpers = { upsertShopper = "upsertProfile" }\n'
+                                 'code_columns = ["shopper_ref"]\n')
+    found = _support.cli_json("audit", "code", str(src), "--config", cfg)["findings"]
+    assert any(f["line"] == 2 and f["category"] == "code_helper" and "upsertProfile" in f["suggestion"]
+               for f in found)
+    assert any(f["line"] == 3 and f["category"] == "column" and f["name"] == "shopper_ref" for f in found)
+    assert not any(f["line"] == 1 for f in found)  # the comment is not a finding
+    bad = _support.write_config(tmp_path, '[migration]\ncode_helpers = { "a b" = "c" }\n')
+    out = _support.cli("audit", "code", str(src), "--config", bad, expect=2)
+    assert "migration.code_helpers" in out

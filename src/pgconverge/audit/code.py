@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Iterable
 
 from pgconverge.audit import code_py, code_ts
-from pgconverge.audit.code_common import (CATEGORIES, CODE_HELPER, COLUMN, DEFAULT_CODE_HELPERS, HELPER, TABLE,
+from pgconverge.audit.code_common import (CATEGORIES, CODE_HELPER, COLUMN, HELPER, TABLE,
                                           Hit, LineIndex, Names, char_to_byte_offsets)
 from pgconverge.audit.code_sql import refs_in_file
 from pgconverge.config import Spec
 
-__all__ = ["CATEGORIES", "CODE_HELPER", "COLUMN", "DEFAULT_CODE_HELPERS", "HELPER", "TABLE", "AuditResult",
+__all__ = ["CATEGORIES", "CODE_HELPER", "COLUMN", "HELPER", "TABLE", "AuditResult",
            "Finding", "SUFFIXES", "audit_code", "audit_file", "sample_code_dir", "scan"]
 
 MAX_FILE_BYTES = 1_000_000
@@ -69,9 +69,9 @@ def audit_code(root: Path, spec: Spec | None = None, code_helpers: dict[str, str
                extra_columns: Iterable[str] = ()) -> list[Finding]:
     """Findings in every source file under ROOT, sorted by path, line and column.
 
-    CODE_HELPERS maps application identifiers to their replacements (default
-    {"ensureCustomer": "ensureProfile"}); EXTRA_COLUMNS are more legacy column names to report
-    besides the foreign-key column the Spec implies (customer_id).
+    CODE_HELPERS maps application identifiers to their replacements (default: the config's
+    migration.code_helpers, {"ensureCustomer": "ensureProfile"}); EXTRA_COLUMNS are more legacy column
+    names to report besides the foreign-key column and migration.code_columns.
     """
     return scan(root, spec, code_helpers, extra_columns).findings
 

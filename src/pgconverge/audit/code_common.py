@@ -16,8 +16,6 @@ HELPER = "helper"
 CODE_HELPER = "code_helper"
 CATEGORIES = (TABLE, COLUMN, HELPER, CODE_HELPER)
 
-DEFAULT_CODE_HELPERS: dict[str, str] = {"ensureCustomer": "ensureProfile"}
-
 
 @dataclass(frozen=True)
 class Hit:
@@ -50,7 +48,7 @@ class Names:
     @classmethod
     def from_spec(cls, spec: Spec, code_helpers: dict[str, str] | None = None,
                   extra_columns: Iterable[str] = ()) -> "Names":
-        cols = {spec.mapping_legacy_column, *extra_columns}
+        cols = {spec.mapping_legacy_column, *spec.migration.code_columns, *extra_columns}
         return cls(
             table=spec.legacy.table.name, table_schema=spec.legacy.table.schema,
             canon_table=spec.canonical.table.name, canon_schema=spec.canonical.table.schema,
@@ -58,7 +56,7 @@ class Names:
             key=spec.legacy.key, canon_key=spec.canonical.key,
             helper=spec.legacy.helper.name, helper_schema=spec.legacy.helper.schema,
             canon_helper=spec.canonical.helper.name, canon_helper_schema=spec.canonical.helper.schema,
-            code_helpers=dict(DEFAULT_CODE_HELPERS if code_helpers is None else code_helpers),
+            code_helpers=dict(spec.migration.code_helpers if code_helpers is None else code_helpers),
         )
 
     # --- matching -----------------------------------------------------------------------------

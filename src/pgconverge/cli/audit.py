@@ -31,7 +31,8 @@ ColumnOpt = Annotated[list[str] | None, typer.Option(
                      "(repeatable).", show_default=False)]
 HelperOpt = Annotated[list[str] | None, typer.Option(
     "--code-helper", help="An application identifier to report and its replacement, as OLD=NEW (repeatable). "
-                          "Default: ensureCustomer=ensureProfile.", show_default=False)]
+                          "Default: migration.code_helpers of the config (ensureCustomer=ensureProfile).",
+    show_default=False)]
 
 
 @app.command("code")
