@@ -65,6 +65,23 @@ def evaluate(runner: Runner) -> list[dict]:
                 "unblock": "update the code named (the suggestions say how), or pass --accept-code-references"})
 
     out.append(runtime_gate)
+
+    # Every policy calls the canonical helper. Contract rewrites it to read the canonical claim alone when it
+    # can; a helper that looks the caller up (by auth.uid(), say) through the legacy table and the mapping
+    # cannot be rewritten so, and once contract archives both, every query through those policies fails.
+    leaning: list[str] = []
+    if not any(s.id == "contract.canonical_helper" for s in runner.plan.steps):
+        archived = {spec.legacy.table.name, spec.mapping_table.name}
+        for f in (live.functions if live else ()):
+            if f.name == spec.canonical.helper:
+                names = sorted({m.name for m in mentions.find(f.source, archived)})
+                if names:
+                    leaning.append(f"{f.signature} reads {', '.join(names)}, which contract archives")
+    out.append({"gate": "canonical helper stands alone", "passed": not leaning, "details": leaning,
+                "unblock": f"replace {spec.canonical.helper}() by a definition that finds the caller's "
+                           f"{spec.canonical.table} row without {spec.legacy.table} or the mapping (for a lookup by "
+                           "auth.uid(): through the canonical table's own link to the auth user), then run "
+                           "contract again"})
     return out
 
 
