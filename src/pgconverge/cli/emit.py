@@ -30,7 +30,7 @@ def emit(directory: Annotated[Path, typer.Argument(
                   "supabase/tests/database. Must be new or empty unless --force.", show_default=False)],
          dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
          through: Annotated[str, typer.Option(
-             "--through", help=f"Last phase to write: one of {', '.join(EMITTABLE)}.")] = "switch",
+             "--through", help=f"Last phase to write: one of {', '.join(EMITTABLE)}.")] = "contract",
          force: Annotated[bool, typer.Option("--force", help="Write into a directory that is not empty.")] = False,
          timestamp: Annotated[str | None, typer.Option(
              "--timestamp", help="UTC time of the first file (YYYYMMDDHHMMSS); later files follow one second "
@@ -44,7 +44,8 @@ def emit(directory: Annotated[Path, typer.Argument(
     \b
     Written under DIRECTORY:
       supabase/migrations/<YYYYMMDDHHMMSS>_pgconverge_<step>.sql
-        one plan step per file, in plan order (align, expand, switch);
+        one plan step per file, in plan order (align, expand, switch,
+        contract);
         a file that can run in a transaction is BEGIN/COMMIT with a short
         lock_timeout; CREATE/DROP INDEX CONCURRENTLY and each batched
         backfill (a CALL of a procedure that commits after every batch)
@@ -52,10 +53,15 @@ def emit(directory: Annotated[Path, typer.Argument(
       supabase/rollback/<same timestamp>_<same name>.down.sql
         what undoes each migration file; apply them latest first
       supabase/tests/database/pgconverge_*.test.sql
-        pgTAP: new columns, foreign keys, indexes, NOT NULLs, the new
-        helper function, and for sample identities (picked from this
-        database now) that each sees exactly its own rows in every
-        policy table, with an old token and with a new one
+        pgTAP of the final state: legacy columns, keys, indexes and
+        triggers gone, legacy table and mapping archived, legacy helper
+        retired, and for sample identities (picked from this database
+        now) that each sees exactly its own rows in every policy table
+      supabase/tests/before_contract/pgconverge_*.test.sql
+        pgTAP of the state after switch: new columns, keys, indexes,
+        NOT NULLs, the new helper, RLS with old and new tokens; run
+        these after the switch files, before the contract files
+        (with --through switch they are in tests/database instead)
 
     \b
     Applying, either:
@@ -78,14 +84,21 @@ def emit(directory: Annotated[Path, typer.Argument(
       for f in $(ls -r supabase/rollback/*.down.sql); do
         psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f "$f" || break; done
 
-    Contract is not emitted: its gates (code audit, no use of the legacy
-    side since the switch) are decided when it runs, by `pgconverge run
-    contract`. Files applied this way are not in pgconverge's ledger, so
+    \b
+    Contract drops and archives the legacy side. Its first files are
+    gates that refuse, changing nothing, unless the switch is in place
+    and nothing wrote to the legacy table or called the legacy helper
+    since the runtime baseline the last switch file records. Before
+    applying contract, run in CI:
+      pgconverge audit code DIR --fail-on-findings
+    To apply despite known runtime use:
+      psql -c 'set pgconverge.accept_runtime_use = on' -f <gate file>
+
+    Files applied this way are not in pgconverge's ledger, so
     `pgconverge status` and `run` do not see them.
     """
     if through not in EMITTABLE:
-        raise typer.BadParameter(f"--through must be one of {', '.join(EMITTABLE)} (contract is run, not emitted: "
-                                 "its gates are decided when it runs)")
+        raise typer.BadParameter(f"--through must be one of {', '.join(EMITTABLE)}")
     start = _timestamp(timestamp)
     check_dir(directory, force)  # before connecting: a wrong directory costs nothing
     spec = load_spec(config_file)

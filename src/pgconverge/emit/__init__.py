@@ -14,6 +14,9 @@ Layout under DIR:
   rollback plan (the same steps `pgconverge rollback` runs), applied latest first. A reverse file may
   hold several transactions (each BEGIN/COMMIT block is one) and statements outside any.
 - ``supabase/tests/database/pgconverge_*.test.sql``: pgTAP tests of the state the migrations leave.
+  When contract is written, the tests of the state before it (mapping, legacy and new columns, the
+  bridging helper, RLS with old and new tokens) go to ``supabase/tests/before_contract/``, to be run
+  after the switch files and before the contract files.
 
 Batched work (the identity matching, the backfill of the new column, and in reverse the legacy ids)
 is not one giant UPDATE, which would lock every row it touches until it commits and bloat the
@@ -30,8 +33,13 @@ snapshot during the policy rewrite (the pgTAP tests check its outcome instead), 
 checkpoints of batches. Gates that are plain queries become assertions (a DO block that raises
 with the problems found), so a migration stops where `pgconverge run` would.
 
-The contract phase is not emitted: its gates (code audit, no use of the legacy table since the
-switch, the RLS check recorded in the ledger) are decided when it runs, by `pgconverge run contract`.
+Contract (drop and archive the legacy side) is emitted too, after the switch files, with its
+gates made into what SQL can check (see emit/contract.py): the last switch file records a runtime
+baseline (the legacy table's write counters and the legacy helper's call count) in the private
+schema, and the first two contract files refuse, changing nothing, unless the switch is in place
+and nothing wrote to the legacy table or called the legacy helper since that baseline (skippable
+on purpose with ``set pgconverge.accept_runtime_use = on``). The code audit cannot be read in SQL:
+the gate file's header says to run `pgconverge audit code DIR --fail-on-findings` in CI first.
 """
 
 from __future__ import annotations
@@ -45,15 +53,17 @@ from psycopg import sql
 
 from pgconverge.catalog.baseline import Catalogs
 from pgconverge.config import Spec
-from pgconverge.emit import pgtap
+from pgconverge.emit import contract as emitted_contract, pgtap
 from pgconverge.emit.files import MigrationFile, Part, attach_reverse, forward
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution.sql import text
+from pgconverge.operations.archive import ArchiveTable
 from pgconverge.operations.base import PHASES, Plan
 from pgconverge.operations.private_schema import CreatePrivateSchema
 from pgconverge.planning import plan as planner
 
-EMITTABLE = ("align", "expand", "switch")
+EMITTABLE = ("align", "expand", "switch", "contract")
+BEFORE_CONTRACT = "supabase/tests/before_contract"
 
 
 class EmitError(PgConvergeError):
@@ -85,22 +95,28 @@ def check_dir(out: Path, force: bool) -> None:
                             "the same names are replaced, others are left alone)")
 
 
-def emit(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, *, through: str = "switch",
+def emit(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, *, through: str = "contract",
          start: datetime | None = None, force: bool = False, samples: int = 2) -> Emitted:
     """Write every file for the phases from align through THROUGH; read-only on the database."""
     if through not in EMITTABLE:
         raise EmitError(f"cannot emit through {through!r}: emit writes {', '.join(EMITTABLE)}",
-                        fix="contract's gates are decided when it runs: use `pgconverge run contract` for it")
+                        fix=f"name one of {', '.join(EMITTABLE)}")
     check_dir(out, force)
     full = planner.build(spec, cats)
     phases = PHASES[:PHASES.index(through) + 1]
-    plan = Plan(tuple(s for s in full.steps if s.phase in phases))
-    rollback = planner.rollback(spec, cats, "align")
     start = start or datetime.now(timezone.utc).replace(microsecond=0)
+    plan = Plan(tuple(s for s in full.steps if s.phase in phases))
+    # The baseline file's name is known only once the files are laid out; the layout does not depend on it.
+    plan = emitted_contract.adapt(spec, cats, plan, "")
+    baseline_file = next((f.filename for f in forward(spec, plan, start)
+                          if emitted_contract.BASELINE_STEP in f.steps), "")
+    plan = emitted_contract.adapt(spec, cats, Plan(tuple(s for s in full.steps if s.phase in phases)), baseline_file)
+    rollback = planner.rollback(spec, cats, "align")
     files = forward(spec, plan, start)
     _private_schema_reverse(spec, plan, files)
     skipped = [n for f in files for n in f.notes]
     skipped += attach_reverse(plan, rollback, files, spec)
+    _contract_reverse(spec, cats, plan, files)
     cat = cats.for_phase("expand")
     picked = pgtap.pick_samples(conn, spec, cat, samples) if "switch" in phases else []
     tests = [pgtap.align_tests(spec, cat)]
@@ -108,10 +124,16 @@ def emit(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, *, thr
         tests.append(pgtap.expand_tests(spec, cat, plan))
     if "switch" in phases:
         tests += [pgtap.helper_tests(spec, cat, picked), pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked)]
+    # Tests of the state the files leave go to tests/database. With contract, the earlier phases' tests (they
+    # read the mapping, the legacy columns and old tokens) check the state before contract: a directory of their own.
+    earlier: list[pgtap.TestFile] = []
+    if "contract" in phases:
+        earlier, tests = tests, [pgtap.contract_tests(spec, cats, plan, picked),
+                                 pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked, after_contract=True)]
 
     mig_dir, rb_dir, test_dir = out / "supabase" / "migrations", out / "supabase" / "rollback", \
         out / "supabase" / "tests" / "database"
-    for d in (mig_dir, rb_dir, test_dir):
+    for d in (mig_dir, rb_dir, test_dir) + ((out / BEFORE_CONTRACT,) if earlier else ()):
         d.mkdir(parents=True, exist_ok=True)
     lock = spec.migration.lock_timeout_ms
     result = Emitted([], [], [], picked, skipped)
@@ -122,10 +144,11 @@ def emit(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, *, thr
         r = rb_dir / f.down_filename
         r.write_text(render_reverse(f, lock))
         result.rollback.append(r)
-    for t in tests:
-        p = test_dir / t.name
-        p.write_text(t.render(_test_header(t.name, picked)))
-        result.tests.append((p, t.count))
+    for d, group in ((test_dir, tests), (out / BEFORE_CONTRACT, earlier)):
+        for t in group:
+            p = d / t.name
+            p.write_text(t.render(_test_header(t.name, picked, d.relative_to(out))))
+            result.tests.append((p, t.count))
     return result
 
 
@@ -146,6 +169,31 @@ def _private_schema_reverse(spec: Spec, plan: Plan, files: list[MigrationFile]) 
                                       runs=runs, s=sql.Literal(schema))
     f.reverse.append(Part("", f"drop schema {schema} and its (empty) ledger, unless pgconverge recorded runs there",
                           [text(stmt)], True))
+
+
+def _contract_reverse(spec: Spec, cats: Catalogs, plan: Plan, files: list[MigrationFile]) -> None:
+    """Undo what only the files add: the runtime baseline, and the archive schema when they created it."""
+    for f in files:
+        for sid in f.steps:
+            step = next(s for s in plan.steps if s.id == sid)
+            if sid == emitted_contract.BASELINE_STEP:
+                f.reverse.append(Part("", "drop the runtime baseline and the function that takes it",
+                                      [text(s) for s in step.op.undo], True))
+    archive = spec.migration.archive_schema
+    if archive in cats.for_phase("contract").schemas:
+        return  # it was there before: the rollback leaves it
+    first = next((f for f in files for sid in f.steps if sid in {s.id for s in plan.steps
+                  if isinstance(s.op, ArchiveTable)}), None)
+    if first is None:
+        return
+    stmt = sql.SQL(
+        "do $pgc$ begin\n"
+        "  execute pg_catalog.format('drop schema if exists %I', {s});\n"
+        "exception when dependent_objects_still_exist then\n"
+        "  raise notice 'schema % kept: something else is in it', {s};\n"
+        "end $pgc$").format(s=sql.Literal(archive))
+    first.reverse.append(Part("", f"drop schema {archive}, created by contract, when nothing is left in it",
+                              [text(stmt)], True))
 
 
 def _comment(text_: str, width: int = 100) -> str:
@@ -178,6 +226,7 @@ def render_forward(f: MigrationFile, i: int, n: int, lock_ms: int) -> str:
             f"-- Undone by supabase/rollback/{f.down_filename}."]
     if not f.transactional:
         head.append("-- Apply on its own, outside a transaction block (psql in autocommit mode).")
+    head += [_comment(h) for h in f.header]
     notes = "".join("\n" + _comment("Not in these files: " + n) for n in f.notes)
     return "\n".join(head) + notes + "\n\n" + _parts(f.parts, lock_ms) + "\n"
 
@@ -186,14 +235,22 @@ def render_reverse(f: MigrationFile, lock_ms: int) -> str:
     head = (f"-- Undoes supabase/migrations/{f.filename}. Apply the rollback files latest first, each with\n"
             "-- psql in autocommit mode: every BEGIN/COMMIT block below is one transaction, and statements\n"
             "-- outside them cannot run in one.")
+    moved = "".join("\n" + _comment(f"{sid} undoes part of this file; it is in supabase/rollback/{where}, applied "
+                                    "before this one, so the rollback runs in its own order.")
+                    for sid, where in f.reverse_moved)
     if not f.reverse:
-        return head + "\n\n-- Nothing to undo for this file.\n"
-    return head + "\n\n" + _parts(f.reverse, lock_ms) + "\n"
+        return head + moved + "\n\n-- Nothing (else) to undo in this file.\n"
+    return head + moved + "\n\n" + _parts(f.reverse, lock_ms) + "\n"
 
 
-def _test_header(name: str, samples: list[pgtap.Sample]) -> str:
-    lines = [f"-- pgTAP tests written by pgconverge emit: {name}",
-             "-- Run with `supabase test db`, or `pg_prove -d <database> supabase/tests/database/*.test.sql`."]
+def _test_header(name: str, samples: list[pgtap.Sample], where: Path) -> str:
+    lines = [f"-- pgTAP tests written by pgconverge emit: {name}"]
+    if str(where) == BEFORE_CONTRACT:
+        lines.append("-- Tests of the state after the switch files, before contract: run them then, with "
+                     f"`pg_prove -d <database> {where}/*.test.sql` (after contract they fail: the mapping is archived "
+                     "and the legacy columns are gone).")
+    else:
+        lines.append(f"-- Run with `supabase test db`, or `pg_prove -d <database> {where}/*.test.sql`.")
     if samples:
         lines.append("-- Sample identities (legacy ids picked when the files were written; their canonical ids are "
                      "read from the mapping): " + ", ".join(f"{s.label} = {s.legacy}" for s in samples) + ".")

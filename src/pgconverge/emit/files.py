@@ -48,8 +48,10 @@ class MigrationFile:
     phase: str
     parts: list[Part]
     notes: list[str] = field(default_factory=list)  # runtime-only steps skipped before/after this file
+    header: list[str] = field(default_factory=list)  # what the file's header says about it, beyond the plan
     reverse: list[Part] = field(default_factory=list)
     reverse_steps: list[str] = field(default_factory=list)
+    reverse_moved: list[tuple[str, str]] = field(default_factory=list)  # (rollback step, later file undoing it)
 
     @property
     def filename(self) -> str:
@@ -144,7 +146,8 @@ def forward(spec: Spec, plan: Plan, start: datetime) -> list[MigrationFile]:
         split = len(parts) > 1
         for i, part in enumerate(parts):
             name = snake(f"pgconverge_{step.id}" + (f"_{i + 1}" if split else ""))
-            files.append(MigrationFile("", name, [step.id], step.phase, [part], pending_notes))
+            files.append(MigrationFile("", name, [step.id], step.phase, [part], pending_notes,
+                                       list(getattr(step.op, "header", ()))))
             pending_notes = []
     for i, f in enumerate(files):
         f.version = (start + timedelta(seconds=i)).strftime("%Y%m%d%H%M%S")
@@ -193,15 +196,18 @@ def attach_reverse(plan: Plan, rollback: Plan, files: list[MigrationFile], spec:
     # after it: that keeps the rollback plan's own order (a trigger dropped with its column, before the
     # function it calls, say). A step moves to a later file, never to an earlier one, so it still runs
     # while what it needs (the batch procedure) exists.
+    first = [t for t, _ in placed]
     for k in range(len(placed) - 2, -1, -1):
         placed[k] = (max(placed[k][0], placed[k + 1][0]), placed[k][1])
-    for target, rs in placed:
+    for (target, rs), was in zip(placed, first):
         parts, note = parts_for(spec, rs)
         if note:
             left_out.append(note)
             continue
         files[target].reverse.extend(parts)
         files[target].reverse_steps.append(rs.id)
+        if target != was:
+            files[was].reverse_moved.append((rs.id, files[target].down_filename))
     return left_out
 
 

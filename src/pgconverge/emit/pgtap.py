@@ -66,10 +66,10 @@ def pick_samples(conn: psycopg.Connection, spec: Spec, cat: Catalog, n: int = 2)
 class Tokens:
     """SQL expressions for the claims of a sample identity's old (legacy) and new (canonical) token."""
 
-    def __init__(self, spec: Spec, cat: Catalog):
+    def __init__(self, spec: Spec, cat: Catalog, mapping: QualifiedName | None = None):
         self.spec = spec
         self.legacy_type = cat.legacy.column(spec.legacy.key).type
-        self.mapping = align.names(spec)["mapping"]
+        self.mapping = mapping or align.names(spec)["mapping"]  # after contract: the archived mapping
 
     def canonical(self, s: Sample) -> str:
         """The canonical id of S as text, from the mapping (read by the test runner, before any role switch)."""
@@ -179,9 +179,11 @@ def helper_tests(spec: Spec, cat: Catalog, samples: list[Sample]) -> TestFile:
     return t
 
 
-def rls_tests(spec: Spec, cat: Catalog, plan: Plan, samples: list[Sample]) -> TestFile:
-    t = TestFile("pgconverge_switch_rls.test.sql")
-    tok = Tokens(spec, cat)
+def rls_tests(spec: Spec, cat: Catalog, plan: Plan, samples: list[Sample], after_contract: bool = False) -> TestFile:
+    """Each sample sees exactly its own rows of every policy table: with old and new tokens, or after contract
+    (legacy tokens retired, the mapping archived) with the canonical token only."""
+    t = TestFile("pgconverge_contract_rls.test.sql" if after_contract else "pgconverge_switch_rls.test.sql")
+    tok = Tokens(spec, cat, _archived_mapping(spec, plan) if after_contract else None)
     tables = switch.policy_tables(plan)
     targets = rls.targets(spec, cat, tables)
     by_name = {str(x.table): x for x in targets}
@@ -218,7 +220,8 @@ def rls_tests(spec: Spec, cat: Catalog, plan: Plan, samples: list[Sample]) -> Te
                      f"{lit(str(x.table))}), 'sample {s.label} owns rows in {x.table}')")
     for s in samples:
         others = [o for o in samples if o is not s]
-        for kind, claims in (("old", tok.old(s)), ("new", tok.new(s))):
+        kinds = (("canonical", tok.new(s)),) if after_contract else (("old", tok.old(s)), ("new", tok.new(s)))
+        for kind, claims in kinds:
             t.raw(f"\n-- {s.label} (legacy id {s.legacy}) with its {kind} token")
             t.raw(f"select pg_temp.pgc_claims({claims});")
             t.raw(f"set local role {text(ident(role))};")
@@ -234,4 +237,60 @@ def rls_tests(spec: Spec, cat: Catalog, plan: Plan, samples: list[Sample]) -> Te
                          f"and not {key}::text = any(coalesce({mine}, '{{}}'))), 0::bigint, "
                          f"'{s.label} ({kind} token) sees none of {o.label}''s rows of {x.table}')")
             t.raw("reset role;")
+    return t
+
+
+def _archived_mapping(spec: Spec, plan: Plan) -> QualifiedName:
+    from pgconverge.emit.contract import archived
+
+    return archived(plan)[str(align.names(spec)["mapping"])].archived
+
+
+def contract_tests(spec: Spec, cats, plan: Plan, samples: list[Sample]) -> TestFile:
+    """The legacy side gone: columns, keys, indexes and triggers dropped, tables archived, helpers retired."""
+    from pgconverge.emit.contract import archived, legacy_indexes
+    from pgconverge.planning import contract
+
+    t = TestFile("pgconverge_contract.test.sql")
+    cat = cats.for_phase("contract")
+    moved = archived(plan)
+    legacy, mapping = moved[str(cat.legacy.name)], moved[str(align.names(spec)["mapping"])]
+    for d in cat.dependents:
+        s, tb, col = lit(d.table.name.schema), lit(d.table.name.name), d.fk.columns[0]
+        t.ok(f"hasnt_column({s}, {tb}, {lit(col)}, 'the legacy column {d.table.name}.{col} is gone')")
+        fks = text(sql.SQL(
+            "select count(*) from pg_catalog.pg_constraint where contype = 'f' and conrelid = {t}::regclass "
+            "and (conname = {n} or confrelid = pg_catalog.to_regclass({a}))").format(
+            t=sql.Literal(text(qn(d.table.name))), n=sql.Literal(d.fk.name), a=sql.Literal(text(qn(legacy.archived)))))
+        t.ok(f"is(({fks}), 0::bigint, 'the legacy foreign key {d.fk.name} is gone and nothing references "
+             f"{cat.legacy.name} from {d.table.name}')")
+        t.ok(f"hasnt_trigger({s}, {tb}, {lit(expand.TRIGGER)}, 'the sync trigger on {d.table.name} is gone')")
+        for idx in legacy_indexes(spec, cat)[d.table.name]:
+            t.ok(f"hasnt_index({s}, {tb}, {lit(idx.name.name)}, 'the legacy index {idx.name.name} is gone')")
+    for what, op in (("legacy table", legacy), ("mapping", mapping)):
+        t.ok(f"hasnt_table({lit(op.table.schema)}, {lit(op.table.name)}, 'the {what} {op.table} is no longer there')")
+        t.ok(f"has_table({lit(op.archived.schema)}, {lit(op.archived.name)}, 'the {what} is archived as "
+             f"{op.archived}')")
+        for role in op.revoke_from:
+            t.ok(f"ok(not pg_catalog.has_table_privilege({lit(role)}, {lit(text(qn(op.archived)))}, 'select'), "
+                 f"'{role} cannot read the archived {what}')")
+    t.ok(f"hasnt_trigger({lit(legacy.archived.schema)}, {lit(legacy.archived.name)}, 'pgconverge_align', "
+         f"'the align trigger on the legacy table is gone')")
+    h = spec.legacy.helper
+    if spec.migration.legacy_helper_after_contract == "drop":
+        t.ok(f"hasnt_function({lit(h.schema)}, {lit(h.name)}, '{{}}'::name[], '{h}() is dropped')")
+    else:
+        t.ok(f"throws_ok({lit(text(sql.SQL('select {}()').format(qn(h))))}, '0A000', null, "
+             f"'{h}() is a stub that raises: the helper is retired')")
+    tok = Tokens(spec, cats.for_phase("switch"), mapping.archived)
+    ch = spec.canonical.helper
+    call = text(sql.SQL("{}()::text").format(qn(ch)))
+    if samples:
+        t.raw(_act_as_function(spec))
+    for smp in samples:
+        t.raw(f"select pg_temp.pgc_claims({tok.new(smp)});")
+        t.ok(f"is({call}, {tok.canonical(smp)}, '{ch}() for {smp.label}''s canonical token is its canonical id')")
+    final = contract.final_validation(spec)
+    t.ok(f"is_empty({lit(text(final.query))}, 'every dependent row is linked to the same identity as before the "
+         f"migration')")
     return t

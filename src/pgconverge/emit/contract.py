@@ -1,0 +1,301 @@
+"""Contract as files: the runner's gates turned into what SQL can check, and the runtime baseline they compare with.
+
+`pgconverge run contract` decides its gates when it runs: the RLS check recorded in the ledger,
+the code audit, the runtime audit against the baseline the switch recorded in the ledger. Files
+have no runner, so:
+
+- the switch's baseline (a ledger snapshot for the runner) becomes a file at the end of switch that
+  records the legacy table's write counters and the legacy helper's call count into
+  ``<private schema>.emitted_runtime_baseline``, through a function that can be called again once
+  the last old code is retired (what `pgconverge audit runtime --rebaseline` does for the runner);
+- the contract gates become two files at the start of contract: one asserting that the switch is in
+  place (rewritten policies call the canonical helper, no other policy calls the legacy one, the new
+  column is NOT NULL where expand made it so, every legacy row mapped and every dependent row linked),
+  and one comparing the counters with the latest baseline, refusing on any write to the legacy table
+  or call of the legacy helper since then;
+- the code audit cannot be read in SQL: the gate file's header says to run it in CI.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+from psycopg import sql
+
+from pgconverge.catalog.baseline import Catalogs
+from pgconverge.catalog.model import Catalog
+from pgconverge.config import QualifiedName, Spec
+from pgconverge.execution.sql import body, ident, qn, text
+from pgconverge.operations.archive import ArchiveTable
+from pgconverge.operations.base import Lock, Operation, Plan, Step
+from pgconverge.operations.check import Check
+from pgconverge.planning import align, contract, switch
+
+ACCEPT_SETTING = "pgconverge.accept_runtime_use"
+BASELINE_STEP = "switch.runtime_baseline"
+SWITCH_GATE_STEP = "contract.gate_switch_in_place"
+RUNTIME_GATE_STEP = "contract.gate_runtime_use"
+
+
+@dataclass(frozen=True)
+class EmittedSql(Operation):
+    """Plain statements written only into emitted files, with lines for the file's header."""
+
+    stmts: tuple[sql.Composable, ...]
+    what: str
+    header: tuple[str, ...] = ()
+    undo: tuple[sql.Composable, ...] = field(default=(), compare=False)
+
+    @property
+    def description(self) -> str:
+        return self.what
+
+    @property
+    def lock(self) -> Lock:
+        return Lock.ACCESS_SHARE
+
+    def statements(self) -> list[sql.Composable]:
+        return list(self.stmts)
+
+
+@dataclass(frozen=True)
+class EmittedCheck(Check):
+    """A gate as an assertion, with lines for the file's header."""
+
+    header: tuple[str, ...] = ()
+
+
+def baseline_table(spec: Spec) -> QualifiedName:
+    return QualifiedName(spec.migration.private_schema, "emitted_runtime_baseline")
+
+
+def baseline_function(spec: Spec) -> QualifiedName:
+    return QualifiedName(spec.migration.private_schema, "take_runtime_baseline")
+
+
+def baseline_op(spec: Spec, cat: Catalog) -> EmittedSql:
+    """The switch's runtime baseline as a table row, taken by a function that can be called again later."""
+    table, fn = baseline_table(spec), baseline_function(spec)
+    code = sql.SQL(
+        "insert into {t} (legacy_table, seq_scan, idx_scan, n_tup_ins, n_tup_upd, n_tup_del, legacy_helper, "
+        "helper_calls, track_functions)\n"
+        "select {lt}, coalesce(s.seq_scan, 0), coalesce(s.idx_scan, 0), coalesce(s.n_tup_ins, 0), "
+        "coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_del, 0), {lh},\n"
+        "  (select f.calls from pg_catalog.pg_stat_user_functions f where f.funcid = pg_catalog.to_regprocedure({lh})),\n"
+        "  pg_catalog.current_setting('track_functions')\n"
+        "from (select 1) as one left join pg_catalog.pg_stat_user_tables s on s.relid = pg_catalog.to_regclass({lt})\n"
+        "returning taken_at").format(t=qn(table), lt=sql.Literal(text(qn(cat.legacy.name))),
+                                     lh=sql.Literal(cat.legacy_helper.signature))
+    stmts = (
+        sql.SQL("create table if not exists {} (taken_at timestamptz primary key default pg_catalog.clock_timestamp(), "
+                "legacy_table text not null, seq_scan bigint not null, idx_scan bigint not null, n_tup_ins bigint not null, n_tup_upd bigint not null, "
+                "n_tup_del bigint not null, legacy_helper text not null, helper_calls bigint, "
+                "track_functions text not null)").format(qn(table)),
+        sql.SQL("create or replace function {}() returns timestamptz language sql volatile as {}").format(
+            qn(fn), body(code)),
+        sql.SQL("revoke all on function {}() from public").format(qn(fn)),
+        sql.SQL("select {}()").format(qn(fn)),
+    )
+    undo = (sql.SQL("drop function if exists {}()").format(qn(fn)),
+            sql.SQL("drop table if exists {}").format(qn(table)))
+    fn_text = text(qn(fn))
+    header = (
+        f"Records the usage counters of {cat.legacy.name} (rows inserted, updated, deleted) and of "
+        f"{cat.legacy_helper.signature} (calls; counted where track_functions is on, which the function tracking "
+        f"file turns on for this database) into {text(qn(table))}. The contract gate compares the counters with "
+        "the latest row: any write or call after it means old code still runs.",
+        "Old code keeps running until the new code is deployed everywhere. Once the last old deployment is "
+        f"retired, take the baseline again with `select {fn_text}();`, so the contract gate sees only use after "
+        "that moment (`pgconverge audit runtime --rebaseline` does the same for `pgconverge run`).",
+    )
+    return EmittedSql(stmts, "record the usage counters of the legacy table and helper (the runtime baseline)",
+                      header, undo)
+
+
+def _policy_calls(expr_of: str, fn: QualifiedName) -> sql.Composable:
+    pattern = "\\m" + re.escape(fn.name) + "\\s*\\("
+    return sql.SQL("{} ~ {}").format(sql.SQL(expr_of), sql.Literal(pattern))
+
+
+def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
+    """Everything the switch left that contract relies on, as one query of problems."""
+    cat = cats.for_phase("contract")
+    legacy = cat.legacy.name
+    canon_h, legacy_h = spec.canonical.helper, spec.legacy.helper
+    expr = ("concat_ws(' ', pg_catalog.pg_get_expr(p.polqual, p.polrelid), "
+            "pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid))")
+    parts: list[sql.Composable] = []
+    auto, _ = switch.rewrites(spec, cats.for_phase("switch"))
+    for r in auto:
+        if not re.search(r"\b" + re.escape(canon_h.name) + r"\b", switch._statement(r, spec)):
+            continue
+        parts.append(sql.SQL(
+            "select {what}::text, {why}::text where not exists (select 1 from pg_catalog.pg_policy p "
+            "where p.polrelid = pg_catalog.to_regclass({t}) and p.polname = {n} and {calls})").format(
+            what=sql.Literal(f"policy {switch.policy_name(r)}"),
+            why=sql.Literal(f"does not call {canon_h}() (the switch rewrites it)"),
+            t=sql.Literal(text(qn(r.table))), n=sql.Literal(r.name), calls=_policy_calls(expr, canon_h)))
+    parts.append(sql.SQL(
+        "select format('policy %s.%s', p.polrelid::regclass, p.polname), {why}::text from pg_catalog.pg_policy p "
+        "where p.polrelid is distinct from pg_catalog.to_regclass({lt}) and {calls}").format(
+        why=sql.Literal(f"still calls {legacy_h}(), which contract retires"), lt=sql.Literal(text(qn(legacy))),
+        calls=_policy_calls(expr, legacy_h)))
+    parts.append(sql.SQL("select {}::text, 'does not exist (the switch creates it)'::text "
+                         "where pg_catalog.to_regprocedure({}) is null").format(
+        sql.Literal(f"function {canon_h}()"), sql.Literal(f"{text(qn(canon_h))}()")))
+    new = spec.migration.new_column
+    for d in cat.dependents:
+        t = sql.Literal(text(qn(d.table.name)))
+        if d.column.not_null:
+            parts.append(sql.SQL(
+                "select {w}::text, {why}::text where not coalesce((select a.attnotnull from pg_catalog.pg_attribute a "
+                "where a.attrelid = pg_catalog.to_regclass({t}) and a.attname = {n} and not a.attisdropped), false)"
+            ).format(w=sql.Literal(f"{d.table.name}.{new}"), t=t, n=sql.Literal(new),
+                     why=sql.Literal(f"is not NOT NULL (expand makes it so, as {d.fk.columns[0]} was)")))
+        parts.append(sql.SQL(
+            "select {w}::text, format('%s rows with %s but no %s', n, {l}, {n}) from (select count(*) as n "
+            "from {tab} x where x.{lc} is not null and x.{nc} is null) c where n > 0").format(
+            w=sql.Literal(str(d.table.name)), l=sql.Literal(d.fk.columns[0]), n=sql.Literal(new), tab=qn(d.table.name),
+            lc=ident(d.fk.columns[0]), nc=ident(new)))
+    m = align.names(spec)["mapping"]
+    parts.append(sql.SQL(
+        "select {w}::text, format('%s rows without a mapping row', n) from (select count(*) as n from {l} x "
+        "where not exists (select 1 from {m} y where y.{ml} = x.{k})) c where n > 0").format(
+        w=sql.Literal(str(legacy)), l=qn(legacy), m=qn(m), ml=ident(spec.mapping_legacy_column),
+        k=ident(spec.legacy.key)))
+    query = sql.SQL("\n  union all ").join(parts)
+    header = (
+        "Contract gate 1 of 2: the switch is in place. The rewritten policies call the canonical helper, no policy "
+        "calls the legacy helper any more, the new column is NOT NULL where expand made it so, every legacy row has "
+        "a mapping row and every dependent row its new id. The DO block raises, naming what is missing, and "
+        "nothing of contract is applied.",
+        "Code audit: whether application code still names the legacy table, column or helper cannot be read from "
+        "the database. Run `pgconverge audit code DIR --fail-on-findings` over every code base that uses this "
+        "database in CI, and apply the contract files only once it passes (`pgconverge run contract` refuses "
+        "likewise unless --accept-code-references).",
+        "`pgconverge run contract` also requires the RLS equivalence check the switch records in its ledger; "
+        "the pgTAP tests under supabase/tests/before_contract check row level security per sample identity "
+        "instead: run them before applying contract.",
+    )
+    return EmittedCheck("switch in place", query, failure="the switch is not complete",
+                        fix="apply the align, expand and switch files first (or `pgconverge run switch`), then "
+                            "apply this file again", header=header)
+
+
+def runtime_gate(spec: Spec, cat: Catalog, baseline_file: str) -> EmittedSql:
+    """A DO block comparing the usage counters with the latest baseline; refuses on any write or helper call."""
+    table = baseline_table(spec)
+    fn = text(qn(baseline_function(spec)))
+    lh = cat.legacy_helper.signature
+    hint = (f"Find the callers with `pgconverge audit runtime` and `pgconverge audit code DIR`, update them and "
+            f"deploy. Once no old code runs, take a new baseline (select {fn}();) and apply this file again. To "
+            f"go ahead anyway, apply it with the setting on: psql -c 'set {ACCEPT_SETTING} = on' -f <this file>")
+    code = sql.SQL("""
+declare
+  setting constant text := {accept};
+  baseline constant text := {tname};
+  legacy_table constant text := {lt};
+  legacy_helper constant text := {lh};
+  accepted boolean := coalesce(pg_catalog.current_setting(setting, true), '') in ('on', 'true', 'yes', '1');
+  b record;
+  s record;
+  calls bigint;
+  ins bigint;
+  upd bigint;
+  del bigint;
+  msg text;
+begin
+  if pg_catalog.to_regclass(baseline) is null then
+    if accepted then
+      raise warning 'gate runtime use: no runtime baseline recorded (% is missing); accepted by %', baseline, setting;
+      return;
+    end if;
+    raise exception using errcode = 'object_not_in_prerequisite_state', message = pg_catalog.format(
+      'gate runtime use: no runtime baseline recorded (%s is missing); nothing of contract was applied', baseline),
+      hint = {nobase};
+  end if;
+  execute pg_catalog.format('select * from %s order by taken_at desc limit 1', baseline) into b;
+  if b.taken_at is null then
+    raise exception using errcode = 'object_not_in_prerequisite_state', message = pg_catalog.format(
+      'gate runtime use: %s holds no baseline; nothing of contract was applied', baseline), hint = {nobase};
+  end if;
+  select coalesce(t.n_tup_ins, 0) as n_tup_ins, coalesce(t.n_tup_upd, 0) as n_tup_upd,
+         coalesce(t.n_tup_del, 0) as n_tup_del into s
+    from (select 1) as one left join pg_catalog.pg_stat_user_tables t on t.relid = pg_catalog.to_regclass(legacy_table);
+  select f.calls into calls from pg_catalog.pg_stat_user_functions f
+   where f.funcid = pg_catalog.to_regprocedure(legacy_helper);
+  calls := coalesce(calls, 0);
+  -- A counter below its baseline was reset since (pg_stat_reset, a crash): count from the reset.
+  ins := case when s.n_tup_ins >= b.n_tup_ins then s.n_tup_ins - b.n_tup_ins else s.n_tup_ins end;
+  upd := case when s.n_tup_upd >= b.n_tup_upd then s.n_tup_upd - b.n_tup_upd else s.n_tup_upd end;
+  del := case when s.n_tup_del >= b.n_tup_del then s.n_tup_del - b.n_tup_del else s.n_tup_del end;
+  calls := case when calls >= coalesce(b.helper_calls, 0) then calls - coalesce(b.helper_calls, 0) else calls end;
+  if b.track_functions = 'none' then
+    raise notice 'gate runtime use: calls of % are not counted (track_functions was none when the baseline was taken)',
+      legacy_helper;
+  end if;
+  msg := pg_catalog.format('%s row(s) of %s inserted, %s updated, %s deleted and %s call(s) of %s since the '
+                           'runtime baseline of %s', ins, legacy_table, upd, del, calls, legacy_helper, b.taken_at);
+  if ins + upd + del + calls = 0 then
+    raise notice 'gate runtime use: passed, %', msg;
+  elsif accepted then
+    raise warning 'gate runtime use: old code still ran: %; accepted by %', msg, setting;
+  else
+    raise exception using errcode = 'object_in_use', message = pg_catalog.format(
+      'gate runtime use: old code still uses the legacy side: %s; nothing of contract was applied. Find the callers: '
+      '`pgconverge audit runtime`, `pgconverge audit code DIR`', msg),
+      hint = {hint};
+  end if;
+end""").format(accept=sql.Literal(ACCEPT_SETTING), tname=sql.Literal(text(qn(table))), lt=sql.Literal(text(qn(cat.legacy.name))),
+               lh=sql.Literal(lh), hint=sql.Literal(hint),
+               nobase=sql.Literal(f"apply the switch files first: supabase/migrations/{baseline_file} records it"))
+    stmt = sql.SQL("do {}").format(body(code))
+    header = (
+        "Contract gate 2 of 2: no runtime use of the legacy side. Reads the usage counters of the legacy table "
+        "(pg_stat_user_tables: rows inserted, updated, deleted) and of the legacy helper (pg_stat_user_functions: "
+        f"calls) and compares them with the latest baseline in {text(qn(table))} (recorded at the end of switch by "
+        f"{baseline_file}). Any write or call since then means old code still runs: the DO block raises, naming "
+        "the counts, and nothing of contract is applied. Reads are not counted (the legacy foreign keys read the "
+        "table for every row new code writes).",
+        "The counters cannot tell who wrote: a write by a person or a script counts too. Once the old code is "
+        f"retired, take a new baseline (`select {fn}();`) and apply this file again. The check is skippable on "
+        f"purpose, for use you know of and accept: set {ACCEPT_SETTING} = on in the session that applies this "
+        f"file (psql -c 'set {ACCEPT_SETTING} = on' -f <this file>, or PGOPTIONS='-c {ACCEPT_SETTING}=on'); it "
+        "then warns with the counts instead of refusing, as `pgconverge run contract --accept-runtime-use` does.",
+    )
+    return EmittedSql((stmt,), "gate: no write to the legacy table and no call of the legacy helper since the "
+                               "runtime baseline", header)
+
+
+def adapt(spec: Spec, cats: Catalogs, plan: Plan, baseline_file: str) -> Plan:
+    """PLAN with the runner-only baseline and gates replaced by what the files can do in their place."""
+    out: list[Step] = []
+    cat = cats.for_phase("switch")
+    for s in plan.steps:
+        if s.id == BASELINE_STEP:
+            out.append(replace(s, op=baseline_op(spec, cat)))
+        elif isinstance(s.op, contract.Gates):
+            out.append(Step(SWITCH_GATE_STEP, s.phase, switch_gate(spec, cats)))
+            out.append(Step(RUNTIME_GATE_STEP, s.phase, runtime_gate(spec, cats.for_phase("contract"),
+                                                                     baseline_file)))
+        else:
+            out.append(s)
+    return Plan(tuple(out))
+
+
+def archived(plan: Plan) -> dict[str, ArchiveTable]:
+    """The archive operations in PLAN by the name of the table they move."""
+    return {str(s.op.table): s.op for s in plan.steps if isinstance(s.op, ArchiveTable)}
+
+
+def legacy_indexes(spec: Spec, cat: Catalog) -> dict:
+    """Per dependent table, the indexes contract drops with its legacy column."""
+    from pgconverge.planning.index_mirror import contains_column
+
+    return {d.table.name: [i for i in d.table.indexes if not i.primary and contains_column(i, d.fk.columns[0])]
+            for d in cat.dependents}
+
+
+__all__ = ["ACCEPT_SETTING", "EmittedCheck", "EmittedSql", "adapt", "archived", "baseline_function", "baseline_op",
+           "baseline_table", "legacy_indexes", "runtime_gate", "switch_gate"]
