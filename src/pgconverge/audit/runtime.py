@@ -51,6 +51,7 @@ class RuntimeAudit:
 def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str | None = None) -> RuntimeAudit:
     """Deltas of the legacy table's and helper's counters since the switch's baseline."""
     base = Ledger(conn, spec).latest_snapshot("runtime_baseline") if Ledger(conn, spec).exists() else None
+    base = base or _emitted_baseline(conn, spec)
     audit = RuntimeAudit(base.get("taken_at") if base else None)
     if base is None:
         audit.unavailable.append("no baseline yet: it is recorded by the switch phase; counters below are totals")
@@ -88,6 +89,25 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
             audit.unavailable.append(f"statements: pg_stat_statements cannot be read ({str(exc).strip()})")
             conn.rollback()
     return audit
+
+
+def _emitted_baseline(conn: psycopg.Connection, spec: Spec) -> dict | None:
+    """The latest baseline the emitted migration files recorded (`pgconverge emit`), in the ledger's shape."""
+    from psycopg import sql
+
+    from pgconverge.emit.contract import baseline_table
+    from pgconverge.execution.sql import qn, text
+
+    table = baseline_table(spec)
+    if conn.execute("select to_regclass(%s)", (text(qn(table)),)).fetchone()[0] is None:
+        return None
+    row = conn.execute(sql.SQL("select to_jsonb(b) from {} b order by taken_at desc limit 1").format(qn(table))
+                       ).fetchone()
+    if row is None:
+        return None
+    b = row[0]
+    return {"taken_at": b["taken_at"], "legacy_table": {k: b.get(k) for k in TABLE_COUNTERS},
+            "legacy_helper": {"calls": b.get("helper_calls")}}
 
 
 def record_baseline(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> dict:
