@@ -44,8 +44,7 @@ def emit(directory: Annotated[Path, typer.Argument(
     \b
     Written under DIRECTORY:
       supabase/migrations/<YYYYMMDDHHMMSS>_pgconverge_<step>.sql
-        one plan step per file, in plan order (align, expand, switch,
-        contract);
+        one plan step per file, in plan order (align to contract);
         a file that can run in a transaction is BEGIN/COMMIT with a short
         lock_timeout; CREATE/DROP INDEX CONCURRENTLY and each batched
         backfill (a CALL of a procedure that commits after every batch)
