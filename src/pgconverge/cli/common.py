@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
+import psycopg
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -35,7 +36,14 @@ def fail_cleanly(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except psycopg.Error as exc:  # one no step or check turned into a PgConvergeError: still no traceback
+                state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
+                raise PgConvergeError(
+                    f"the database refused a query of `{fn.__name__}`: {str(exc).strip()}{state}",
+                    fix="the message says what it refused; a permission error means the role pgconverge connects "
+                        "as lacks that privilege (grant it, or connect as the table owner)") from exc
         except PgConvergeError as exc:
             if kwargs.get("as_json"):
                 print(json.dumps(exc.as_dict(), indent=2))
