@@ -83,6 +83,19 @@ def test_rollback_from_each_phase_returns_to_the_start(make_db, template_factory
     cli("run", "--all", "--dsn", dsn, "--accept-code-references")  # and forward again
 
 
+def test_dropping_the_legacy_helper_takes_the_legacy_tables_own_policies_and_rollback_restores_them(
+        make_db, template_factory, tmp_path):
+    dsn = make_db(template_factory(SMALL))
+    cfg = write_config(tmp_path, '[migration]\nlegacy_helper_after_contract = "drop"\n')
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        before = schema_dump(conn)
+        cli("run", "--all", "--dsn", dsn, "--config", cfg, "--accept-code-references")
+        assert conn.execute("select to_regprocedure('public.auth_customer_id()')").fetchone()[0] is None
+        assert conn.execute("select count(*) from pg_policies where tablename like 'customers%'").fetchone()[0] == 0
+        cli("rollback", "--to", "align", "--dsn", dsn, "--config", cfg)
+        assert schema_dump(conn) == before  # helper and customers_self_select exactly as they were
+
+
 def test_round_trip_with_writers_active_throughout(make_db, template_factory, tmp_path):
     """A writer that uses whichever column exists keeps writing while the migration goes to contract and back."""
     dsn = make_db(template_factory(SMALL))

@@ -17,6 +17,7 @@ from pgconverge.operations.columns import DropColumn
 from pgconverge.operations.constraints import DropConstraint
 from pgconverge.operations.create_index import DropIndexConcurrently
 from pgconverge.operations.create_trigger import DropTrigger
+from pgconverge.operations.drop_policies import DropPolicies
 from pgconverge.operations.replace_function import ReplaceFunction
 from pgconverge.operations.snapshot import Snapshot
 from pgconverge.operations.together import Together
@@ -166,6 +167,13 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                                                 helper.canonical_sql, why="read the canonical claim only: "
                                                                           "the mapping is archived"))
     if spec.migration.legacy_helper_after_contract == "drop":
+        # The legacy table's own policies call the helper; the table is about to be archived out of the
+        # API roles' reach, so they go (and come back on rollback) instead of blocking the drop.
+        own = tuple(p for p in cat.policies if p.table == cat.legacy.name
+                    and cat.legacy_helper.signature in p.function_refs)
+        if own:
+            add("legacy_table_policies", DropPolicies(
+                own, f"they call {spec.legacy.helper}(), which is dropped, on a table that is archived"))
         add("legacy_helper", RetireFunction(spec.legacy.helper, helper.legacy_bridge_sql))
     else:
         add("legacy_helper", ReplaceFunction(spec.legacy.helper, "", _legacy_stub(spec, cat),
@@ -225,6 +233,9 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     add("unarchive_legacy_table", fwd[f"{PHASE}.archive_legacy_table"].op.reverse(),
         (f"{PHASE}.archive_legacy_table",))
     add("legacy_helper", fwd[f"{PHASE}.legacy_helper"].op.reverse(), (f"{PHASE}.legacy_helper",))
+    if f"{PHASE}.legacy_table_policies" in fwd:
+        add("legacy_table_policies", fwd[f"{PHASE}.legacy_table_policies"].op.reverse(),
+            (f"{PHASE}.legacy_table_policies",))
     if f"{PHASE}.canonical_helper" in fwd:
         add("canonical_helper", fwd[f"{PHASE}.canonical_helper"].op.reverse(), (f"{PHASE}.canonical_helper",))
     add("legacy_trigger", al["align.legacy_trigger"].op, (f"{PHASE}.drop_legacy_trigger",))

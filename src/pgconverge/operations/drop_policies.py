@@ -1,0 +1,71 @@
+"""Drop RLS policies, keeping their definitions so the reverse creates them exactly as they were."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from pgconverge.catalog.model import Policy
+from pgconverge.operations.base import Lock, Operation
+
+
+def _create(p: Policy) -> sql.Composable:
+    stmt = sql.SQL("create policy {} on {} as {} for {} to {}").format(
+        sql.Identifier(p.name), sql.Identifier(p.table.schema, p.table.name),
+        sql.SQL("permissive" if p.permissive else "restrictive"), sql.SQL(p.command.lower()),
+        sql.SQL(", ").join(sql.SQL("public") if r == "public" else sql.Identifier(r) for r in p.roles))
+    # The expressions are pg_get_expr text from the catalog, spliced verbatim.
+    if p.using is not None:
+        stmt += sql.SQL(" using (") + sql.SQL(p.using) + sql.SQL(")")
+    if p.with_check is not None:
+        stmt += sql.SQL(" with check (") + sql.SQL(p.with_check) + sql.SQL(")")
+    return stmt
+
+
+@dataclass(frozen=True)
+class DropPolicies(Operation):
+    policies: tuple[Policy, ...]
+    why: str
+
+    @property
+    def description(self) -> str:
+        return f"drop {len(self.policies)} RLS policies ({', '.join(p.name for p in self.policies)}): {self.why}"
+
+    @property
+    def lock_target(self) -> str:
+        return ", ".join(sorted({str(p.table) for p in self.policies}))
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("drop policy {} on {}").format(sql.Identifier(p.name),
+                                                        sql.Identifier(p.table.schema, p.table.name))
+                for p in self.policies]
+
+    def saved(self) -> list[tuple[str, str, str]]:
+        return [("policy", f"{p.table}.{p.name}", _create(p).as_string(None)) for p in self.policies]
+
+    def reverse(self) -> Operation:
+        return CreatePolicies(self.policies)
+
+
+@dataclass(frozen=True)
+class CreatePolicies(Operation):
+    policies: tuple[Policy, ...]
+
+    @property
+    def description(self) -> str:
+        return f"create {len(self.policies)} RLS policies as they were ({', '.join(p.name for p in self.policies)})"
+
+    @property
+    def lock_target(self) -> str:
+        return ", ".join(sorted({str(p.table) for p in self.policies}))
+
+    @property
+    def lock(self) -> Lock:
+        return Lock.ACCESS_EXCLUSIVE
+
+    def statements(self) -> list[sql.Composable]:
+        return [_create(p) for p in self.policies]
+
+    def reverse(self) -> Operation:
+        return DropPolicies(self.policies, "undo")
