@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,3 +73,36 @@ def timed():
 def vacuum_analyze(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("vacuum analyze")
+
+
+# The bench's own embedded server gets memory and WAL room for tables of millions of rows; the
+# same settings hold for every mode of a run. A server given with --dsn is left as it is.
+BENCH_SETTINGS = {"shared_buffers": "2GB", "max_wal_size": "8GB", "checkpoint_timeout": "15min",
+                  "maintenance_work_mem": "256MB"}
+
+
+def tune_server(admin: str, defaults: bool = False) -> None:
+    """BENCH_SETTINGS on the bench's embedded server (restarting it if they change), or Postgres' defaults."""
+    with psycopg.connect(admin, autocommit=True) as c:
+        current = {k: c.execute(sql.SQL("show {}").format(sql.Identifier(k))).fetchone()[0] for k in BENCH_SETTINGS}
+        tuned = c.execute("select count(*) from pg_catalog.pg_file_settings where name = any(%s) and applied",
+                          (list(BENCH_SETTINGS),)).fetchone()[0]
+        if (current == BENCH_SETTINGS and not defaults) or (defaults and not tuned):
+            return
+        for k, v in BENCH_SETTINGS.items():
+            if defaults:
+                c.execute(sql.SQL("alter system reset {}").format(sql.Identifier(k)))
+            else:
+                c.execute(sql.SQL("alter system set {} = {}").format(sql.Identifier(k), sql.Literal(v)))
+    embedded.stop(BENCH_DIR / "pgdata")
+    # Started from a new process: this one remembers the server it stopped as running.
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from pgconverge import embedded; "
+                    "embedded.ensure_running(Path(sys.argv[1]), database='postgres')", str(BENCH_DIR / "pgdata")],
+                   check=True)
+
+
+def server_settings(admin: str) -> dict:
+    names = ("server_version", "shared_buffers", "max_wal_size", "synchronous_commit", "fsync", "work_mem",
+             "maintenance_work_mem")
+    with psycopg.connect(admin, autocommit=True) as c:
+        return {k: c.execute(sql.SQL("show {}").format(sql.Identifier(k))).fetchone()[0] for k in names}

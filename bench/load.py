@@ -1,31 +1,48 @@
 """The same migration two ways under the same application write load: naive SQL against pgconverge.
 
-    python bench/load.py --scale 20 [--clients 4] [--baseline 5] [--dsn ADMIN_DSN] [--json FILE]
+    python bench/load.py --scale 20 [--old-clients 4] [--new-clients 2] [--baseline 10] [--settle 5]
+                         [--batch-size 1000] [--workers 1] [--rls-sample 10] [--dsn ADMIN_DSN]
+                         [--json FILE] [--markdown FILE]
 
-Both start from copies of one fixture database. Old-code clients (customer_id only, as service_role)
-run cart → item → order → session flows, one transaction each, for a baseline period, through the
-migration, and for a settle period after it. "naive" is the seed plan's SQL as typically written:
-the INSERT … LEFT JOIN on the raw number, a mapping by exact match, ADD COLUMN … REFERENCES, one
-UPDATE … FROM mapping per table, plain CREATE INDEX and SET NOT NULL. "pgconverge" is
-`run align`, `run expand`, `run switch` (contract would remove the column old clients write).
+One fixture database is loaded at --scale (2,000 customers per unit, 2-4 carts, orders and
+sessions each) and copied fresh for each mode. The client load of bench/clients.py runs for a
+baseline period, through the migration and for a settle period after it.
+
+"naive" is the seed plan's SQL as typically written (NAIVE below): the INSERT … LEFT JOIN on the
+raw number, a mapping by exact match, ADD COLUMN … REFERENCES, one UPDATE … FROM mapping per
+table, plain CREATE INDEX and SET NOT NULL. Its UPDATEs' rows/s under this load are the ceiling
+for a backfill's throughput. "pgconverge" is `run align`, `run expand`, `run switch`: contract
+drops customer_id, which the old-code clients still write, so with old code running it would
+only measure their failures; contract is for after old code is gone.
+
+Reported per mode and per step: wall time, client TPS, p50/p99/max transaction latency, the
+longest interval in which no client transaction finished, failed transactions (old and new
+code), rows left unlinked or linked to the wrong profile (against fixture_truth, for all rows
+and for rows written while the migration ran), and the growth of carts, orders and sessions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
+import platform
 import sys
-import threading
 import time
 from pathlib import Path
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import admin_dsn, load_fixture, recreate, run_phases, vacuum_analyze  # noqa: E402
+from clients import Load, Monitor, longest_gaps, slowest, window  # noqa: E402
+from common import admin_dsn, load_fixture, recreate, server_settings, tune_server, vacuum_analyze  # noqa: E402
 
+from pgconverge import embedded  # noqa: E402
+from pgconverge.catalog import baseline  # noqa: E402
 from pgconverge.config import Settings, Spec  # noqa: E402
+from pgconverge.connection import Target  # noqa: E402
+from pgconverge.execution.runner import Runner  # noqa: E402
+from pgconverge.planning import plan as planner  # noqa: E402
 
 TABLES = ("carts", "orders", "sessions")
 
@@ -46,144 +63,225 @@ NAIVE = [
 )] + [("expand: carts set not null", "alter table public.carts alter column profile_id set not null")]
 
 
-class Clients:
-    """Old-code clients writing flows; every transaction's end time and latency recorded."""
+class StepClock:
+    """Runner progress that records when each step starts and ends (same clock as the clients)."""
 
-    def __init__(self, dsn: str, n: int):
-        self.dsn, self.n = dsn, n
-        self.stop = threading.Event()
-        self.samples: list[tuple[float, float]] = []  # (end time, latency s)
-        self.failures: list[str] = []
-        self.lock = threading.Lock()
+    def __init__(self):
+        self.steps: list[dict] = []
+        self.rows: dict[str, int] = {}
 
-    def run(self, seed: int) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as c:
-            people = [r[0] for r in c.execute("select id from public.customers order by id limit 500")]
-            i = 0
-            while not self.stop.is_set():
-                i += 1
-                customer = people[(seed * 7919 + i) % len(people)]
-                t0 = time.monotonic()
-                try:
-                    with c.transaction():
-                        c.execute("set local role service_role")
-                        cart = c.execute("insert into public.carts (customer_id) values (%s) returning id",
-                                         (customer,)).fetchone()[0]
-                        c.execute("insert into public.cart_items (cart_id, product_id, quantity, unit_price) "
-                                  "values (%s, 1, 1, 9.5)", (cart,))
-                        c.execute("insert into public.orders (customer_id, cart_id, total) values (%s, %s, 9.5)",
-                                  (customer, cart))
-                        c.execute("insert into public.sessions (customer_id) values (%s)", (customer,))
-                        c.execute("update public.carts set status = 'checked_out' where id = %s", (cart,))
-                    t1 = time.monotonic()
-                    with self.lock:
-                        self.samples.append((t1, t1 - t0))
-                except psycopg.Error as exc:
-                    with self.lock:
-                        self.failures.append(f"{type(exc).__name__}: {str(exc).strip()[:120]}")
-                self.stop.wait(0.002)
+    def step_started(self, step) -> None:
+        self.steps.append({"step": step.id, "t0": time.monotonic(), "t1": None})
 
-    def __enter__(self):
-        self.threads = [threading.Thread(target=self.run, args=(k,)) for k in range(self.n)]
-        for t in self.threads:
-            t.start()
-        return self
+    def step_finished(self, step, status, seconds) -> None:
+        if status == "skipped":
+            return
+        self.steps[-1]["t1"] = time.monotonic()
 
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join()
-
-    def window(self, start: float, end: float) -> dict:
-        lat = sorted(x[1] for x in self.samples if start <= x[0] <= end)
-        ends = sorted(x[0] for x in self.samples if start <= x[0] <= end)
-        gaps = [b - a for a, b in zip([start, *ends], [*ends, end])]
-        if not lat:
-            return {"transactions": 0, "tps": 0, "p50_ms": None, "p99_ms": None, "max_ms": None,
-                    "longest_stall_ms": round((end - start) * 1000)}
-        return {"transactions": len(lat), "tps": round(len(lat) / (end - start), 1),
-                "p50_ms": round(statistics.median(lat) * 1000, 1),
-                "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1),
-                "max_ms": round(lat[-1] * 1000, 1), "longest_stall_ms": round(max(gaps) * 1000, 1)}
+    def batch(self, step, rows_done, total, rows_per_s) -> None:
+        self.rows[step.id] = rows_done
 
 
-def linkage(dsn: str) -> dict:
-    """Rows left without the new id, and rows whose new id is not the person the fixture's truth names."""
+def sizes(dsn: str) -> dict:
     with psycopg.connect(dsn, autocommit=True) as c:
-        out = {}
+        return {t: dict(zip(("heap_mb", "indexes_mb", "total_mb"), (round(float(x) / 1e6, 1) for x in c.execute(
+            "select pg_table_size(%s::regclass), pg_indexes_size(%s::regclass), pg_total_relation_size(%s::regclass)",
+            (f"public.{t}",) * 3).fetchone()))) for t in TABLES}
+
+
+def high_water(dsn: str) -> dict:
+    """Where rows written from now on start: the last id of carts and orders, the server's clock for sessions."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return {"carts": c.execute("select max(id) from public.carts").fetchone()[0],
+                "orders": c.execute("select max(id) from public.orders").fetchone()[0],
+                "sessions": c.execute("select clock_timestamp()").fetchone()[0]}
+
+
+def linkage(dsn: str, hw: dict) -> dict:
+    """Per table, for all rows and for rows written during the run: no profile_id although customer_id is set
+    (unlinked), a profile_id that is not the truth's for the customer (mis-linked), a profile_id whose customer
+    exists but customer_id is empty (legacy_missing: old code cannot see it), and people split over profiles."""
+    out = {}
+    with psycopg.connect(dsn, autocommit=True) as c:
         for t in TABLES:
-            unlinked = c.execute(f"select count(*) from public.{t} where customer_id is not null "
-                                 "and profile_id is null").fetchone()[0]
-            mislinked = c.execute(f"""select count(*) from public.{t} d join fixture_truth.expected_mapping x
-                on x.customer_id = d.customer_id where x.expected_profile_id is not null
-                and d.profile_id is distinct from x.expected_profile_id""").fetchone()[0]
+            newer = "d.created_at >= %(hw)s" if t == "sessions" else "d.id > %(hw)s"
+            row = c.execute(f"""select
+                count(*) filter (where d.customer_id is not null and d.profile_id is null),
+                count(*) filter (where d.customer_id is not null and d.profile_id is null and {newer}),
+                count(*) filter (where x.expected_profile_id is not null
+                                 and d.profile_id is distinct from x.expected_profile_id),
+                count(*) filter (where x.expected_profile_id is not null
+                                 and d.profile_id is distinct from x.expected_profile_id and {newer}),
+                count(*) filter (where d.customer_id is null and d.profile_id is not null and exists (
+                    select 1 from fixture_truth.expected_mapping y where y.expected_profile_id = d.profile_id)),
+                count(*) filter (where {newer})
+                from public.{t} d left join fixture_truth.expected_mapping x on x.customer_id = d.customer_id""",
+                {"hw": hw[t]}).fetchone()
             split = c.execute(f"""select count(*) from (select x.expected_group from public.{t} d
                 join fixture_truth.expected_mapping x on x.customer_id = d.customer_id
                 where d.profile_id is not null group by 1 having count(distinct d.profile_id) > 1) g""").fetchone()[0]
-            out[t] = {"unlinked": unlinked, "mislinked": mislinked, "people_split": split}
-        out["size_mb"] = round(float(c.execute("select sum(pg_total_relation_size(c.oid)) / 1e6 from pg_class c "
-                                         "where c.relname = any(%s)", (list(TABLES),)).fetchone()[0]), 1)
-        return out
+            out[t] = dict(zip(("unlinked", "unlinked_new", "mislinked", "mislinked_new", "legacy_missing",
+                               "rows_written"), row), people_split=split)
+    return out
 
 
-def run_mode(admin: str, mode: str, clients: int, baseline: float, settle: float, batch: int) -> dict:
-    dsn = recreate(admin, f"bench_load_{mode}", "bench_load_tmpl")
-    steps = []
-    with Clients(dsn, clients) as load:
-        time.sleep(baseline)
+def _naive(dsn: str, clock: StepClock) -> list[dict]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for name, stmt in NAIVE:
+            rec = {"step": name, "t0": time.monotonic()}
+            clock.steps.append(rec)
+            try:
+                rec["rows"] = c.execute(stmt).rowcount
+            except psycopg.Error as exc:
+                rec["error"] = str(exc).strip()[:200]
+            rec["t1"] = time.monotonic()
+    return clock.steps
+
+
+def _pgconverge(dsn: str, clock: StepClock, spec: Spec) -> list[dict]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        cats = baseline.load(c, spec)
+    p = planner.build(spec, cats)
+    with Runner(Target(dsn, "--dsn"), spec, p, catalogs=cats, progress=clock) as r:
+        try:
+            for ph in ("align", "expand", "switch"):
+                for res in r.run_phase(ph):
+                    if res.rows is not None:
+                        rec = next(s for s in reversed(clock.steps) if s["step"] == res.step)
+                        rec["rows"] = res.rows
+        except Exception as exc:  # noqa: BLE001 - recorded in the result, the run goes on to report
+            clock.steps[-1]["error"] = str(exc).strip()[:300]
+            if clock.steps[-1]["t1"] is None:
+                clock.steps[-1]["t1"] = time.monotonic()
+    return clock.steps
+
+
+def run_mode(admin: str, tmpl: str, mode: str, args) -> dict:
+    dsn = recreate(admin, f"bench_load_{mode}", tmpl)
+    vacuum_analyze(dsn)
+    size_before = sizes(dsn)
+    hw = high_water(dsn)
+    clock = StepClock()
+    spec = Spec(migration=Settings(batch_size=args.batch_size, backfill_workers=args.workers,
+                                   rls_sample=args.rls_sample))
+    with Load(dsn, args.old_clients, args.new_clients) as load, Monitor(dsn) as monitor:
+        time.sleep(args.baseline)
         t_start = time.monotonic()
-        if mode == "naive":
-            with psycopg.connect(dsn, autocommit=True) as c:
-                for name, stmt in NAIVE:
-                    t0 = time.monotonic()
-                    try:
-                        c.execute(stmt)
-                        steps.append({"step": name, "seconds": round(time.monotonic() - t0, 2)})
-                    except psycopg.Error as exc:
-                        steps.append({"step": name, "seconds": round(time.monotonic() - t0, 2),
-                                      "error": str(exc).strip()[:200]})
-        else:
-            spec = Spec(migration=Settings(batch_size=batch, rls_sample=10))
-            for ph, secs in run_phases(dsn, ["align", "expand", "switch"], spec).items():
-                steps.append({"step": ph, "seconds": round(secs, 2)})
+        steps = _naive(dsn, clock) if mode == "naive" else _pgconverge(dsn, clock, spec)
         t_end = time.monotonic()
-        time.sleep(settle)
-    before = load.window(t_start - baseline, t_start)
-    during = load.window(t_start, t_end)
-    return {"mode": mode, "seconds": round(t_end - t_start, 1), "steps": steps, "baseline": before,
-            "during": during, "failed": len(load.failures), "failures": sorted(set(load.failures))[:5],
-            "linkage": linkage(dsn)}
+        time.sleep(args.settle)
+        t_settled = time.monotonic()
+    samples, failures = load.samples, load.failures
+    for s in steps:
+        s.update(window(samples, failures, s["t0"], s["t1"]))
+        if s.get("rows") and ("backfill" in s["step"] or s["step"].endswith(" update")):
+            s["rows_per_s"] = round(s["rows"] / (s["t1"] - s["t0"]))
+    errors = sorted({f[3] for f in failures})
+    return {
+        "mode": mode, "seconds": round(t_end - t_start, 1),
+        "baseline": window(samples, failures, t_start - args.baseline, t_start),
+        "during": window(samples, failures, t_start, t_end),
+        "settle": window(samples, failures, t_end, t_settled),
+        "longest_gaps": longest_gaps(samples, steps, t_start, t_end, monitor=monitor),
+        "slowest": slowest([s for s in samples if t_start <= s[1] <= t_end], steps),
+        "failure_kinds": errors[:8],
+        "steps": [{k: v for k, v in s.items() if k not in ("t0", "t1")} | {"at_s": round(s["t0"] - t_start, 2)}
+                  for s in steps],
+        "linkage": linkage(dsn, hw), "size_before": size_before, "size_after": sizes(dsn),
+    }
+
+
+def _sum(lk: dict, key: str) -> int:
+    return sum(lk[t][key] for t in TABLES)
+
+
+def _growth(r: dict) -> str:
+    b = sum(r["size_before"][t]["total_mb"] for t in TABLES)
+    a = sum(r["size_after"][t]["total_mb"] for t in TABLES)
+    return f"{b:,.0f} → {a:,.0f} MB (+{(a - b) / b * 100:.0f}%)"
+
+
+def markdown(result: dict) -> str:
+    a = result["args"]
+    out = [f"Scale {a['scale']} ({result['rows']['customers']:,} customers; carts {result['rows']['carts']:,}, "
+           f"orders {result['rows']['orders']:,}, sessions {result['rows']['sessions']:,} rows); "
+           f"{a['old_clients']} old-code + {a['new_clients']} new-code clients; batch size {a['batch_size']}, "
+           f"{a['workers']} backfill worker(s), rls_sample {a['rls_sample']}; {result['machine']}.", "",
+           "| | wall s | TPS before → during | p50 ms | p99 ms | max ms | tx > 100 ms | longest stall ms | "
+           "failed tx (old/new) | unlinked (written during) | mis-linked (written during) | people split | "
+           "carts+orders+sessions size |",
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in result["results"]:
+        d, b, lk = r["during"], r["baseline"], r["linkage"]
+        out.append(f"| {r['mode']} | {r['seconds']} | {b['tps']} → {d['tps']} | {d['p50_ms']} | {d['p99_ms']} | "
+                   f"{d['max_ms']} | {d['over_100ms']} | {d['longest_stall_ms']} | {d['failed_old']}/{d['failed_new']} | "
+                   f"{_sum(lk, 'unlinked'):,} ({_sum(lk, 'unlinked_new'):,}) | {_sum(lk, 'mislinked'):,} "
+                   f"({_sum(lk, 'mislinked_new'):,}) | {_sum(lk, 'people_split'):,} | {_growth(r)} |")
+    out += ["", "Per step (steps shorter than 0.5 s with no transaction over 100 ms are left out; "
+            "`stall` is the longest interval in which no client transaction finished):", "",
+            "| mode | step | s | rows/s | TPS | p99 ms | max ms | stall ms | failed |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["results"]:
+        for s in r["steps"]:
+            if s["seconds"] < 0.5 and not s["over_100ms"] and not s.get("error") and not s["failed"]:
+                continue
+            rate = f"{s['rows_per_s']:,}" if s.get("rows_per_s") else ""
+            out.append(f"| {r['mode']} | {s['step']}{' (error)' if s.get('error') else ''} | {s['seconds']} | "
+                       f"{rate} | {s['tps']} | {s['p99_ms']} | "
+                       f"{s['max_ms']} | {s['longest_stall_ms']} | {s['failed']} |")
+    ceiling = {t: s["rows_per_s"] for r in result["results"] if r["mode"] == "naive" for s in r["steps"]
+               for t in TABLES if s["step"] == f"expand: {t} update" and "rows_per_s" in s}
+    ours = {t: s["rows_per_s"] for r in result["results"] if r["mode"] == "pgconverge" for s in r["steps"]
+            for t in TABLES if s["step"] == f"expand.{t}.backfill" and "rows_per_s" in s}
+    if ceiling and ours:
+        out += ["", "| table | one UPDATE rows/s (ceiling) | pgconverge backfill rows/s | ratio |",
+                "|---|---:|---:|---:|"]
+        for t in TABLES:
+            if t in ceiling and t in ours:
+                out.append(f"| {t} | {ceiling[t]:,} | {ours[t]:,} | {ours[t] / ceiling[t]:.2f} |")
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=20)
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--baseline", type=float, default=5)
-    ap.add_argument("--settle", type=float, default=2)
+    ap.add_argument("--old-clients", type=int, default=4)
+    ap.add_argument("--new-clients", type=int, default=2)
+    ap.add_argument("--baseline", type=float, default=10)
+    ap.add_argument("--settle", type=float, default=5)
     ap.add_argument("--batch-size", type=int, default=1000)
-    ap.add_argument("--dsn")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--rls-sample", type=int, default=10)
+    ap.add_argument("--modes", default="naive,pgconverge")
+    ap.add_argument("--reuse-template", action="store_true", help="keep the fixture database of an earlier run")
+    ap.add_argument("--server-defaults", action="store_true",
+                    help="run the bench's embedded server with Postgres' default memory and WAL settings")
+    ap.add_argument("--dsn", help="admin DSN of the server to use (default: a bench-only embedded Postgres)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
     admin = admin_dsn(args.dsn)
-    tmpl, load_s = load_fixture(admin, "bench_load_tmpl", args.scale)
-    vacuum_analyze(tmpl)
-    results = [run_mode(admin, m, args.clients, args.baseline, args.settle, args.batch_size)
-               for m in ("naive", "pgconverge")]
-    print(f"\nMigration under load: scale {args.scale}, {args.clients} old-code clients "
-          f"(fixture load {load_s:.0f}s)\n")
-    print("| | wall s | TPS before → during | p50 ms | p99 ms | max ms | longest stall ms | failed tx | "
-          "unlinked rows | mis-linked rows | people split |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        d, b, lk = r["during"], r["baseline"], r["linkage"]
-        print(f"| {r['mode']} | {r['seconds']} | {b['tps']} → {d['tps']} | {d['p50_ms']} | {d['p99_ms']} | "
-              f"{d['max_ms']} | {d['longest_stall_ms']} | {r['failed']} | "
-              f"{sum(lk[t]['unlinked'] for t in TABLES)} | {sum(lk[t]['mislinked'] for t in TABLES)} | "
-              f"{sum(lk[t]['people_split'] for t in TABLES)} |")
-    if args.json:
-        args.json.write_text(json.dumps({"scale": args.scale, "clients": args.clients, "results": results},
-                                        indent=2))
+    if not args.dsn:
+        tune_server(admin, defaults=args.server_defaults)
+    tmpl = f"bench_load_tmpl_{str(args.scale).replace('.', '_')}"
+    load_s = 0.0
+    if not args.reuse_template:
+        tmpl_dsn, load_s = load_fixture(admin, tmpl, args.scale)
+        vacuum_analyze(tmpl_dsn)
+    with psycopg.connect(embedded.with_database(admin, tmpl), autocommit=True) as c:
+        rows = {t: c.execute(f"select count(*) from public.{t}").fetchone()[0] for t in ("customers", *TABLES)}
+    result = {"args": vars(args) | {"json": str(args.json), "markdown": str(args.markdown)}, "rows": rows,
+              "fixture_load_s": round(load_s, 1), "server": server_settings(admin),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Postgres "
+                         f"{server_settings(admin)['server_version']}", "results": []}
+    for mode in args.modes.split(","):
+        result["results"].append(run_mode(admin, tmpl, mode, args))
+        text = markdown(result)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2, default=str))
+        if args.markdown:
+            args.markdown.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
