@@ -6,7 +6,8 @@ the runner SIGKILL itself at a named point. Points are enumerated from `pgconver
 - forward (`run --all`): every step ``before`` and ``after``, ``commit`` (inside the step's transaction,
   just before COMMIT) for every step that runs in one, and ``batch:k`` in every batched step;
 - rollback (`rollback --to align` from a contracted database): every step ``before``, ``commit`` for every
-  transactional step, ``batch:1`` for every batched step, ``after`` for every fifth step.
+  transactional step, ``batch:1`` for every batched step, ``after``; and each phase's own rollback from a
+  phase finished or killed half-way.
 
 In a chain, each run is killed at the next point and the next run is the same command again, so every run
 resumes from the state the previous kill left. At the phase boundaries and at the end the database must be
@@ -232,7 +233,7 @@ def test_rollback_killed_at_every_step_resumes_to_the_original(admin_dsn, stages
         steps = _plan(dsn, cfg, rollback_to="align")
         phases = {s["id"].split(".")[1] for s in steps}
         assert phases == {"align", "expand", "switch", "contract"}  # each phase's rollback is in the chain
-        points = _points(steps, batches=1, after_every=5)
+        points = _points(steps, batches=1)
         with psycopg.connect(dsn, autocommit=True) as conn:
             for point in points:
                 _kill(killer, dsn, args, point)
@@ -277,6 +278,57 @@ def test_partial_rollback_killed_mid_way(admin_dsn, stages, killer, phase, to, m
     before = {"expand": "align", "switch": "expand", "contract": "switch"}[phase]
     got, want = _state(dsn), stages["states"][before]
     assert got["schema"] == want["schema"] and got["counts"] == want["counts"] and got["owners"] == want["owners"]
+
+
+def _live_rollback_steps(dsn: str, cfg: str, to: str) -> list[dict]:
+    """The rollback steps that will run from the database's state (a step whose forward steps never ran is
+    skipped, so none of its kill points is ever reached)."""
+    from pathlib import Path
+
+    from pgconverge.cli.migrate import _plan_for
+    from pgconverge.ledger.store import Ledger
+
+    spec, _, plan, _ = _plan_for(dsn, Path(cfg), to)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        states = Ledger(conn, spec).step_states()
+    live = {s.id for s in plan.steps if any(states.get(r) and states[r].state in ("done", "pending")
+                                            for r in s.needs)}
+    return [s for s in _plan(dsn, cfg, rollback_to=to) if s["id"] in live]
+
+
+@pytest.mark.parametrize("phase, half", [("expand", "expand.orders.backfill:batch:1"),
+                                         ("contract", None)])  # None: after the middle step of its plan
+def test_rollback_of_a_half_done_phase_killed_at_every_step(stages, killer, make_db, phase, half):
+    """A phase killed half-way, then its rollback killed before and inside every step it runs: the database
+    is back where the phase started, and the phase then runs to the state of an uninterrupted run."""
+    cfg = stages["config"]
+    before = STAGES_BEFORE[phase]
+    dsn = make_db(stages["names"][before])
+    forward = ["run", phase, *(ACCEPT if phase == "contract" else ()), "--dsn", dsn, "--config", cfg]
+    if half is None:
+        plan = cli_json("plan", phase, "--dsn", dsn, "--config", cfg)["steps"]
+        half = f"{plan[len(plan) // 2]['id']}:after"
+    _kill(killer, dsn, forward, half)
+    _count(f"{phase} half done, then rolled back")
+    steps = _live_rollback_steps(dsn, cfg, phase)
+    assert steps, "nothing to roll back"
+    back = ["rollback", "--to", phase, "--dsn", dsn, "--config", cfg]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for point in _points(steps, batches=1):
+            _kill(killer, dsn, back, point)
+            _count(f"{phase} half done, then rolled back")
+            _assert_point_state(conn, point)
+    answer, log = killer.run(back, None)
+    assert answer["code"] == 0, log[-3000:]
+    got, want = _state(dsn), stages["states"][before]
+    for k in ("schema", "counts", "owners"):
+        assert got[k] == want[k], k
+    answer, log = killer.run(forward, None)
+    assert answer["code"] == 0, log[-3000:]
+    _assert_like(dsn, stages["states"][phase], verify_config=cfg)
+
+
+STAGES_BEFORE = {"expand": "align", "switch": "expand", "contract": "switch"}
 
 
 # -- a concurrent writer while runs are killed -----------------------------------------------------------------
