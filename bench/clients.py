@@ -41,7 +41,8 @@ where attrelid in ('public.carts'::regclass, 'public.orders'::regclass, 'public.
 
 def _client(dsn: str, k: int, new_code: bool, stop, out: list, lock: threading.Lock) -> None:
     samples, failures = [], []
-    with psycopg.connect(dsn, autocommit=True, application_name=f"bench-{'new' if new_code else 'old'}-{k}") as c:
+    app = f"bench-{'new' if new_code else 'old'}-{k}"
+    with psycopg.connect(dsn, autocommit=True, application_name=app) as c:
         pool = [r for r in c.execute(_POOL_SQL, (k * POOL, POOL)).fetchall() if r[2] is not None and r[3] is not None]
         i, ready, checked = 0, False, 0.0
         while not stop.is_set():
@@ -67,7 +68,7 @@ def _client(dsn: str, k: int, new_code: bool, stop, out: list, lock: threading.L
                     c.execute("select c.status, count(i.id), max(o.total) from public.carts c "
                               "join public.cart_items i on i.cart_id = c.id join public.orders o on o.cart_id = c.id "
                               "where c.id = %s and o.id = %s group by c.status", (cart, order)).fetchone()
-                samples.append((t0, time.monotonic(), flow))
+                samples.append((t0, time.monotonic(), flow, app))
             except psycopg.Error as exc:
                 failures.append((t0, time.monotonic(), flow, f"{type(exc).__name__}: {str(exc).strip()[:160]}"))
             stop.wait(THINK_S)
@@ -129,12 +130,14 @@ def window(samples: list, failures: list, start: float, end: float) -> dict:
             "max_ms": round(lat[-1] * 1000, 1), "over_100ms": sum(x > 0.1 for x in lat)}
 
 
-def slowest(samples: list, steps: list[dict], n: int = 5) -> list[dict]:
-    """The N slowest transactions and the steps that ran while each was open."""
+def slowest(samples: list, steps: list[dict], n: int = 5, monitor: Monitor | None = None) -> list[dict]:
+    """The N slowest transactions, the steps that ran while each was open and (with a MONITOR) what its
+    backend waited on meanwhile."""
     out = []
-    for t0, t1, flow in sorted(samples, key=lambda s: s[0] - s[1])[:n]:
+    for t0, t1, flow, app in sorted(samples, key=lambda s: s[0] - s[1])[:n]:
         during = [s["step"] for s in steps if s["t0"] < t1 and s["t1"] > t0]
-        out.append({"ms": round((t1 - t0) * 1000, 1), "flow": flow, "steps": during})
+        out.append({"ms": round((t1 - t0) * 1000, 1), "flow": flow, "steps": during,
+                    **({"waits": monitor.during(t0, t1, app)} if monitor else {})})
     return out
 
 
@@ -181,12 +184,15 @@ class Monitor:
         self.stop.set()
         self.thread.join()
 
-    def during(self, a: float, b: float) -> dict:
-        """Per kind of backend (bench clients, pgconverge, other), how often each wait was seen in [A, B]."""
+    def during(self, a: float, b: float, only: str | None = None) -> dict:
+        """Per kind of backend (bench clients, pgconverge, other), how often each wait was seen in [A, B]
+        (with ONLY, for that application name alone)."""
         out: dict[str, dict[str, int]] = {}
         for t, rows in self.samples:
             if a <= t <= b:
                 for app, wait, state in rows:
+                    if only and app != only:
+                        continue
                     kind = "clients" if app.startswith("bench-") else ("pgconverge" if app.startswith("pgconverge")
                                                                       else app)
                     label = wait if state != "idle in transaction" else f"{wait} (idle in transaction)"

@@ -183,7 +183,7 @@ def run_mode(admin: str, tmpl: str, mode: str, args) -> dict:
         "during": window(samples, failures, t_start, t_end),
         "settle": window(samples, failures, t_end, t_settled),
         "longest_gaps": longest_gaps(samples, steps, t_start, t_end, monitor=monitor),
-        "slowest": slowest([s for s in samples if t_start <= s[1] <= t_end], steps),
+        "slowest": slowest([s for s in samples if t_start <= s[1] <= t_end], steps, monitor=monitor),
         "failure_kinds": errors[:8],
         "steps": [{k: v for k, v in s.items() if k not in ("t0", "t1")} | {"at_s": round(s["t0"] - t_start, 2)}
                   for s in steps],
