@@ -105,3 +105,33 @@ def test_backfill_workers_is_validated():
     for bad in (0, 65, "2", True):
         with pytest.raises(PgConvergeError, match="backfill_workers"):
             from_dict({"migration": {"backfill_workers": bad}})
+
+
+def test_single_worker_run_killed_then_resumed_by_three_workers_starts_after_its_position(fixture_db, tmp_path):
+    slow = write_config(tmp_path, "[migration]\nbatch_size = 25\nbatch_pause_ms = 20\n")
+    cli("run", "align", "--dsn", fixture_db, "--config", slow)
+    with psycopg.connect(fixture_db, autocommit=True) as conn:
+        proc = subprocess.Popen([sys.executable, "-m", "pgconverge", "run", "expand", "--dsn", fixture_db,
+                                 "--config", slow], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for(conn, "select max(rows_done) >= 300 from pgconverge.checkpoints where step = 'expand.carts.backfill'")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        position, at_kill = conn.execute("""select position, rows_done from pgconverge.checkpoints
+            where step = 'expand.carts.backfill' order by id desc limit 1""").fetchone()
+        assert isinstance(position, int)  # one worker: a plain key
+
+        (tmp_path / "resume").mkdir()
+        three = write_config(tmp_path / "resume", "[migration]\nbatch_size = 25\nbackfill_workers = 3\n")
+        out = cli_json("run", "expand", "--dsn", fixture_db, "--config", three)
+        assert {s["step"]: s for s in out["steps"]}["expand.carts.backfill"]["resumed_from"] == at_kill
+        plan = conn.execute("""select detail from pgconverge.events where step = 'expand.carts.backfill'
+            and event = 'note' and detail ? 'ranges'""").fetchone()[0]
+        assert plan["ranges"][0][0] == position and plan["rows_before"] == at_kill
+        # Nothing at or below the old position was scanned again; everything above it exactly once.
+        below = conn.execute("""select count(*) from pgconverge.checkpoints where step = 'expand.carts.backfill'
+            and jsonb_typeof(position) = 'object' and (position ->> 'after')::bigint <= %s""", (position,)).fetchone()[0]
+        assert below == 0
+        scanned = conn.execute("""select sum(batch_rows) from pgconverge.checkpoints
+            where step = 'expand.carts.backfill' and jsonb_typeof(position) = 'object'""").fetchone()[0]
+        assert scanned == conn.execute("select count(*) from public.carts where id > %s", (position,)).fetchone()[0]
+        assert linkage_problems(conn) == [] and _truth_problems(conn) == 0
