@@ -18,7 +18,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 import psycopg
