@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from pgconverge.connection import connect
-from pgconverge.execution import retry, session
+from pgconverge.execution import killpoint, retry, session
 from pgconverge.execution.throttle import Throttle
 from pgconverge.operations.base import Step
 from pgconverge.operations.batched import Batched
@@ -203,6 +203,7 @@ def _one_range(runner: Runner, step: Step, op: Batched, conn: psycopg.Connection
         with lock:
             state["rows"] += scanned
             state["batches"] += 1
+            killpoint.reached(step.id, f"batch:{state['batches']}")  # the other workers die mid-batch
             elapsed = time.monotonic() - started
             runner.progress.batch(step, state["rows"], max(total, state["rows"]),
                                   (state["rows"] - resumed_from) / elapsed if elapsed else 0.0)

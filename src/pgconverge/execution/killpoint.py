@@ -6,7 +6,8 @@ PGCONVERGE_KILL_AT="<step id>:<point>" names one point:
 - ``after``: the step has committed and is recorded as done;
 - ``commit``: inside the step's transaction, its statements executed and its "done" record written,
   just before COMMIT (for the policy rewrite: the new policies in place but not committed);
-- ``batch:<k>``: a batched step has committed its k-th batch of this run.
+- ``batch:<k>``: a batched step has committed its k-th batch of this run (with several backfill workers,
+  the k-th of any worker: the others die in the middle of theirs).
 
 The variable is read once per process; when it is unset (always, outside the tests) ``reached``
 returns after one comparison with None.
