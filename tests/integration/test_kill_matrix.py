@@ -331,6 +331,28 @@ def test_rollback_of_a_half_done_phase_killed_at_every_step(stages, killer, make
 STAGES_BEFORE = {"expand": "align", "switch": "expand", "contract": "switch"}
 
 
+def test_backfill_with_several_workers_killed_mid_way(stages, killer, make_db, tmp_path):
+    """Three workers on key ranges: killed after the k-th batch of any of them (the others die inside theirs),
+    again and again, then resumed with one worker: every row filled once, the state of an uninterrupted run."""
+    dsn = make_db(stages["names"]["align"])
+    three = write_config(tmp_path, "[migration]\nbatch_size = 20\nbackfill_workers = 3\nrls_sample = 5\n")
+    args = ["run", "expand", "--dsn", dsn, "--config", three]
+    points = [f"expand.{t}.backfill:batch:{k}" for t in ("carts", "orders", "sessions") for k in (2, 5)]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for point in points:
+            _kill(killer, dsn, args, point)
+            _count("backfill with three workers")
+            _assert_point_state(conn, point)
+        ranges = conn.execute("select count(*) from pgconverge.events where step = 'expand.carts.backfill' "
+                              "and event = 'note' and detail ? 'ranges'").fetchone()[0]
+        assert ranges >= 1  # the workers really split the table
+    answer, log = killer.run(["run", "expand", "--dsn", dsn, "--config", stages["config"]], None)
+    assert answer["code"] == 0, log[-3000:]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert linkage_problems(conn) == []
+    _assert_like(dsn, stages["states"]["expand"], verify_config=stages["config"])
+
+
 # -- a concurrent writer while runs are killed -----------------------------------------------------------------
 
 
