@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def admin_dsn(tmp_path_factory) -> str:
     uri = embedded.ensure_running(data, database="postgres")
     yield uri
     embedded.stop(data)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _create_database(admin: str, name: str, template: str | None = None) -> str:
