@@ -115,3 +115,14 @@ def linkage_problems(conn: psycopg.Connection, new: str = "profile_id") -> list[
         if n:
             out.append(f"{t}: {n} rows whose {new} is not the mapping of customer_id")
     return out
+
+
+def row_owners(conn: psycopg.Connection) -> dict:
+    """Each dependent row's owner: the canonical id where that column exists, else the legacy id."""
+    out = {}
+    for t in ("carts", "orders", "sessions"):
+        cols = {r[0] for r in conn.execute("select column_name from information_schema.columns where "
+                                           "table_schema = 'public' and table_name = %s", (t,))}
+        owner = "profile_id::text" if "profile_id" in cols else "customer_id::text"
+        out[t] = dict(conn.execute(f"select id::text, {owner} from public.{t}").fetchall())
+    return out

@@ -15,7 +15,7 @@ import time
 import psycopg
 import pytest
 
-from _support import cli, cli_json, schema_dump, write_config
+from _support import cli, cli_json, row_owners, schema_dump, write_config
 
 SMALL = 0.1
 SLOW = "[migration]\nbatch_size = 20\nbatch_pause_ms = 15\nrls_sample = 10\n"
@@ -41,17 +41,6 @@ KILL_POINTS = [
     ("contract: dropping legacy columns", "select exists (select 1 from pgconverge.events where step = "
                                           "'contract.orders.drop_legacy_column' and event = 'start')"),
 ]
-
-
-def _owners(conn) -> dict:
-    """Every dependent row's owner as the canonical id (through the mapping where the legacy id is all there is)."""
-    out = {}
-    for t in ("carts", "orders", "sessions"):
-        cols = {r[0] for r in conn.execute("select column_name from information_schema.columns where "
-                                           "table_schema = 'public' and table_name = %s", (t,))}
-        owner = "profile_id::text" if "profile_id" in cols else "customer_id::text"
-        out[t] = dict(conn.execute(f"select id::text, {owner} from public.{t}").fetchall())
-    return out
 
 
 def _start(dsn: str, cfg: str, *args: str) -> subprocess.Popen:
@@ -86,7 +75,7 @@ def reference(template_factory, admin_dsn, tmp_path_factory):
     cfg = write_config(tmp_path_factory.mktemp("ref"), SLOW)
     cli(*ALL, "--dsn", dsn, "--config", cfg)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        owners = _owners(conn)
+        owners = row_owners(conn)
     yield owners
     _drop_database(admin_dsn, name)
 
@@ -104,7 +93,7 @@ def test_killed_run_resumes_to_the_same_verified_state(make_db, template_factory
         assert cli_json("status", "--dsn", dsn, "--config", cfg)["phases"] == {
             "align": "done", "expand": "done", "switch": "done", "contract": "done"}
         assert cli_json("verify", "--dsn", dsn, "--config", cfg)["passed"]
-        mine = _owners(conn)
+        mine = row_owners(conn)
     # Created canonical rows get fresh ids in every run: compare who shares an owner, and the rest as is.
     assert {t: len(r) for t, r in mine.items()} == {t: len(r) for t, r in reference.items()}
     for t in mine:
@@ -122,12 +111,12 @@ def test_killed_rollback_resumes(make_db, template_factory, tmp_path):
     dsn = make_db(template_factory(SMALL))
     cfg = write_config(tmp_path, SLOW)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        before, owners = schema_dump(conn), _owners(conn)
+        before, owners = schema_dump(conn), row_owners(conn)
         cli(*ALL, "--dsn", dsn, "--config", cfg)
         _kill_when(conn, _start(dsn, cfg, "rollback", "--to", "align"),
                    "select exists (select 1 from pgconverge.checkpoints where step like 'rollback.contract.%legacy_ids')")
         cli("rollback", "--to", "align", "--dsn", dsn, "--config", cfg)
-        assert schema_dump(conn) == before and _owners(conn) == owners
+        assert schema_dump(conn) == before and row_owners(conn) == owners
 
 
 def test_dropped_connection_fails_the_step_cleanly_and_resumes(make_db, template_factory, tmp_path):

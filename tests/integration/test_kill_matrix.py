@@ -34,7 +34,7 @@ import pytest
 from psycopg import errors, sql
 
 from _killer import Killer, wait_runner_gone
-from _support import cli, cli_json, linkage_problems, mapping_problems, schema_dump, write_config
+from _support import cli, cli_json, linkage_problems, mapping_problems, row_owners, schema_dump, write_config
 
 SMALL = 0.1
 CONFIG = "[migration]\nbatch_size = 100\nrls_sample = 5\n"
@@ -72,17 +72,6 @@ def _counts(conn) -> dict:
             for t in TABLES if conn.execute("select to_regclass(%s)", (f"public.{t}",)).fetchone()[0]}
 
 
-def _owners(conn) -> dict:
-    """Each dependent row's owner: the canonical id where the column exists, else the legacy id."""
-    out = {}
-    for t in ("carts", "orders", "sessions"):
-        cols = {r[0] for r in conn.execute("select column_name from information_schema.columns where "
-                                           "table_schema = 'public' and table_name = %s", (t,))}
-        owner = "profile_id::text" if "profile_id" in cols else "customer_id::text"
-        out[t] = dict(conn.execute(f"select id::text, {owner} from public.{t}").fetchall())
-    return out
-
-
 def _partition(owners: dict) -> dict:
     """Rows grouped by owner (created canonical rows get fresh ids in every run)."""
     out = {}
@@ -97,7 +86,7 @@ def _partition(owners: dict) -> dict:
 def _state(dsn: str) -> dict:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return {"schema": schema_dump(conn), "private": _private(conn), "counts": _counts(conn),
-                "owners": _partition(_owners(conn))}
+                "owners": _partition(row_owners(conn))}
 
 
 def _private(conn) -> list[str]:
@@ -248,7 +237,7 @@ def test_rollback_killed_at_every_step_resumes_to_the_original(admin_dsn, stages
             original = _copy(admin_dsn, stages["names"]["start"], name + "_orig")
             try:
                 with psycopg.connect(original, autocommit=True) as oc:
-                    assert _owners(conn) == _owners(oc)  # every row back with its own customer, exactly
+                    assert row_owners(conn) == row_owners(oc)  # every row back with its own customer, exactly
             finally:
                 from conftest import _drop_database
                 _drop_database(admin_dsn, name + "_orig")

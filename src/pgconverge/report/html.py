@@ -61,6 +61,11 @@ def timeline_svg(bars: list[dict]) -> str:
     return "".join(parts)
 
 
+def _legend_entry(x: float, y: float, color: str, label: str) -> str:
+    return (f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{color}"/>'
+            f'<text x="{x + 14}" y="{y}">{escape(label)}</text>')
+
+
 def throughput_svg(series: list[dict]) -> str:
     """Rows per second of each batch over time, one line per table."""
     pts = [(s, _t(b["at"]), b["rows_per_s"]) for s in series for b in s["batches"] if b["rows_per_s"] is not None]
@@ -97,9 +102,7 @@ def throughput_svg(series: list[dict]) -> str:
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"><title>'
                          f'{escape(s["table"])}: {escape(_v(b["rows_per_s"]))} rows/s at {escape(b["at"])}'
                          f'</title></circle>')
-        ly = top + 10 + i * 16
-        parts.append(f'<rect x="{left + pw + 14}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{left + pw + 28}" y="{ly}">{escape(s["table"])}</text>')
+        parts.append(_legend_entry(left + pw + 14, top + 10 + i * 16, color, s["table"]))
     parts.append("</svg>")
     return "".join(parts)
 
@@ -149,9 +152,7 @@ def latency_svg(clients: dict, phases: list[dict]) -> str:
             parts.append(f'<circle cx="{x(b["at"] + 0.5):.1f}" cy="{y(b["max_ms"]):.1f}" r="2" fill="{fill}"><title>'
                          f'{escape(kind)} clients: {b["flows"]} flows, {b["failed"]} failed, median '
                          f'{b["p50_ms"]} ms, max {b["max_ms"]} ms</title></circle>')
-        ly = top + 10 + i * 16
-        parts.append(f'<rect x="{left + pw + 14}" y="{ly - 9}" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{left + pw + 28}" y="{ly}">{escape(kind)} code</text>')
+        parts.append(_legend_entry(left + pw + 14, top + 10 + i * 16, color, f"{kind} code"))
     parts.append("</svg>")
     return "".join(parts)
 
