@@ -17,6 +17,7 @@ processes on the machine) and every failure are sent back when the load stops.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import statistics
 import threading
 import time
@@ -42,6 +43,7 @@ where attrelid in ('public.carts'::regclass, 'public.orders'::regclass, 'public.
 def _client(dsn: str, k: int, new_code: bool, stop, out: list, lock: threading.Lock) -> None:
     samples, failures = [], []
     app = f"bench-{'new' if new_code else 'old'}-{k}"
+    parent = os.getppid()
     with psycopg.connect(dsn, autocommit=True, application_name=app) as c:
         pool = [r for r in c.execute(_POOL_SQL, (k * POOL, POOL)).fetchall() if r[2] is not None and r[3] is not None]
         i, ready, checked = 0, False, 0.0
@@ -71,6 +73,10 @@ def _client(dsn: str, k: int, new_code: bool, stop, out: list, lock: threading.L
                 samples.append((t0, time.monotonic(), flow, app))
             except psycopg.Error as exc:
                 failures.append((t0, time.monotonic(), flow, f"{type(exc).__name__}: {str(exc).strip()[:160]}"))
+                if c.closed or c.broken:
+                    break  # the database went away: counting the same failure forever measures nothing
+            if os.getppid() != parent:
+                break  # the bench that started this load is gone
             stop.wait(THINK_S)
     with lock:
         out.append((samples, failures))
