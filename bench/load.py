@@ -104,6 +104,11 @@ def linkage(dsn: str, hw: dict) -> dict:
     out = {}
     with psycopg.connect(dsn, autocommit=True) as c:
         for t in TABLES:
+            if not c.execute("select exists (select 1 from pg_attribute where attrelid = %s::regclass "
+                             "and attname = 'profile_id' and not attisdropped)", (f"public.{t}",)).fetchone()[0]:
+                out[t] = {"no_profile_id_column": True, "unlinked": 0, "unlinked_new": 0, "mislinked": 0,
+                          "mislinked_new": 0, "legacy_missing": 0, "rows_written": None, "people_split": 0}
+                continue
             newer = "d.created_at >= %(hw)s" if t == "sessions" else "d.id > %(hw)s"
             row = c.execute(f"""select
                 count(*) filter (where d.customer_id is not null and d.profile_id is null),

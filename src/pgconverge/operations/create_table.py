@@ -8,7 +8,7 @@ from psycopg import sql
 
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import qn
-from pgconverge.operations.base import Lock, Operation
+from pgconverge.operations.base import Cost, Lock, Operation
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,9 @@ class CreateTable(Operation):
     body: sql.Composable  # the parenthesised column and constraint list
     why: str = ""
     extra: tuple[sql.Composable, ...] = ()  # indexes etc. created in the same transaction
+    # EXTRA fills the table from whole tables (a snapshot of every dependent row): it may take long,
+    # and holds no lock that blocks writers, so only its lock wait is bounded, not its duration.
+    reads_tables: bool = False
 
     @property
     def description(self) -> str:
@@ -25,6 +28,10 @@ class CreateTable(Operation):
     @property
     def lock(self) -> Lock:
         return Lock.NONE
+
+    @property
+    def cost(self) -> Cost:
+        return Cost.SCANS if self.reads_tables else Cost.INSTANT
 
     def statements(self) -> list[sql.Composable]:
         return [sql.SQL("create table if not exists {} {}").format(qn(self.name), self.body), *self.extra]

@@ -90,7 +90,8 @@ def linkage_snapshot(spec: Spec, cat: Catalog, name: str, legacy: bool) -> Opera
     return CreateTable(table, sql.SQL("(tbl text not null, pk text not null, owner text, primary key (tbl, pk))"),
                        why=f"every dependent row's owner ({'through the mapping' if legacy else 'new column'}), "
                            "for the final validation",
-                       extra=(sql.SQL("insert into {} {}").format(qn(table), sql.SQL(" union all ").join(parts)),))
+                       extra=(sql.SQL("insert into {} {}").format(qn(table), sql.SQL(" union all ").join(parts)),),
+                       reads_tables=True)
 
 
 def kept_ids_table(spec: Spec) -> QualifiedName:
@@ -119,7 +120,8 @@ def keep_legacy_ids(spec: Spec, cat: Catalog) -> Operation:
             n=ident(spec.migration.new_column)))
     return CreateTable(table, sql.SQL("(tbl text not null, pk text not null, legacy text, primary key (tbl, pk))"),
                        why="legacy ids a rollback could not derive again (rows of merged legacy rows)",
-                       extra=(sql.SQL("insert into {} {}").format(qn(table), sql.SQL(" union all ").join(parts)),))
+                       extra=(sql.SQL("insert into {} {}").format(qn(table), sql.SQL(" union all ").join(parts)),),
+                       reads_tables=True)
 
 
 def final_validation(spec: Spec) -> Check:
