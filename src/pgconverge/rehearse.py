@@ -306,8 +306,12 @@ def create_missing_roles(source: Source, admin_dsn: str) -> list[str]:
 
 def _toc_without(dump_path: Path, list_path: Path, extensions: list[str]) -> None:
     """Write pg_restore's table of contents of DUMP_PATH less the entries of EXTENSIONS."""
-    toc = subprocess.run([str(bin_path("pg_restore")), "--list", str(dump_path)], capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    listed = subprocess.run([str(bin_path("pg_restore")), "--list", str(dump_path)], capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise RehearsalError(f"pg_restore could not list the dump {dump_path}: {listed.stderr.strip()[-500:]}",
+                             fix="the dump may be incomplete: run the rehearsal again; if it repeats, run pg_dump "
+                                 "by hand against the source to see why")
+    toc = listed.stdout.splitlines()
     drop = {f"EXTENSION - {e} " for e in extensions} | {f"COMMENT - EXTENSION {e} " for e in extensions}
     list_path.write_text("\n".join(line for line in toc
                                    if not any(d in line + " " for d in drop)) + "\n", encoding="utf-8")

@@ -40,10 +40,16 @@ def fail_cleanly(fn: Callable) -> Callable:
                 return fn(*args, **kwargs)
             except psycopg.Error as exc:  # one no step or check turned into a PgConvergeError: still no traceback
                 state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
-                raise PgConvergeError(
-                    f"the database refused a query of `{fn.__name__}`: {str(exc).strip()}{state}",
-                    fix="the message says what it refused; a permission error means the role pgconverge connects "
-                        "as lacks that privilege (grant it, or connect as the table owner)") from exc
+                if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+                    fix = ("the role pgconverge connects as lacks that privilege: grant it, or connect as the "
+                           "owner of the tables")
+                elif isinstance(exc, psycopg.OperationalError):
+                    fix = ("the connection failed or was lost: check that the server is up and reachable, then run "
+                           "the same command again (finished steps are not repeated)")
+                else:
+                    fix = "`pgconverge status` shows the last step and its error; fix what the message names and rerun"
+                raise PgConvergeError(f"the database refused a query of `{fn.__name__}`: {str(exc).strip()}{state}",
+                                      fix=fix) from exc
         except PgConvergeError as exc:
             if kwargs.get("as_json"):
                 print(json.dumps(exc.as_dict(), indent=2))

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from pgconverge.operations.base import Lock, Operation
+from pgconverge.operations.base import Cost, Lock, Operation
 
 _ORDER = list(Lock)
+_COST_ORDER = list(Cost)
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,8 @@ class Together(Operation):
     why: str
 
     def __post_init__(self) -> None:
-        assert all(o.transactional and o.executor == "sql" for o in self.ops), "only plain SQL steps combine"
+        if not all(o.transactional and o.executor == "sql" for o in self.ops):
+            raise ValueError("only plain SQL operations that run in a transaction can share one")
 
     @property
     def description(self) -> str:
@@ -32,8 +34,8 @@ class Together(Operation):
         return next((o.lock_target for o in self.ops if o.lock_target), "")
 
     @property
-    def cost(self):
-        return max((o.cost for o in self.ops), key=list(type(self.ops[0].cost)).index)
+    def cost(self) -> Cost:
+        return max((o.cost for o in self.ops), key=_COST_ORDER.index)
 
     def statements(self) -> list[sql.Composable]:
         return [s for o in self.ops for s in o.statements()]

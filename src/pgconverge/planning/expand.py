@@ -195,6 +195,7 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> sql.Comp
     code = sql.SQL("""
 declare
   mapped {ck_type};
+  several bigint;
 begin
   if new.{l} is not null and (tg_op = 'INSERT' or new.{l} is distinct from old.{l} or new.{n} is distinct from old.{n}) then
     select m.{mn} into mapped from {m} m where m.{ml} = new.{l};
@@ -204,10 +205,12 @@ begin
   end if;
   if tg_op = 'INSERT' then
     if new.{l} is null then
-      if new.{n} is not null then  -- new code: give old code its legacy id back where one exists:
-        -- the caller's own (its token may still name it, and the legacy policies check it), else the oldest
-        select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n}
-          order by m.{ml} is not distinct from {helper}() desc, m.{ml} limit 1;
+      if new.{n} is not null then  -- new code: give old code its legacy id back where one exists
+        select min(m.{ml}), count(*) into new.{l}, several from {m} m where m.{mn} = new.{n};
+        if several > 1 then  -- a merged person: the caller's own legacy row, which the legacy policies check
+          select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n}
+            order by m.{ml} is not distinct from {helper}() desc, m.{ml} limit 1;
+        end if;
       end if;
     elsif new.{n} is null then     -- old code: derive the new id
       new.{n} := mapped;
