@@ -171,3 +171,14 @@ def test_a_policy_that_cannot_be_rewritten_safely_stops_the_switch(make_db, temp
         cli("run", "switch", "--dsn", dsn, "--config", cfg)
         assert "owns_cart(cart_id)" in conn.execute(
             "select qual from pg_policies where policyname = 'cart_items_update'").fetchone()[0]
+
+
+def test_a_policy_helper_the_role_may_not_execute_fails_the_rls_check(make_db, template_factory):
+    """Refused with the grant in place is not "sees nothing": the application would fail on the table."""
+    dsn = make_db(template_factory(0.1))
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("revoke execute on function public.auth_profile_id() from public, anon, authenticated")
+    out = cli("verify", "--rls", "--dsn", dsn, expect=2)
+    assert "may read" in out and "but is refused" in out and "EXECUTE" in out

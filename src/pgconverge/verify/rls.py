@@ -18,6 +18,7 @@ from psycopg import errors, sql
 
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import QualifiedName, Spec
+from pgconverge.errors import PgConvergeError
 from pgconverge.execution.sql import ident, qn
 from pgconverge.planning import align
 from pgconverge.planning.rls_ast import ParseError, strings, walk
@@ -181,11 +182,27 @@ def _visible(conn, spec: Spec, t: Target, claims: dict | None, among: list[str] 
             k=_key(t), ty=sql.SQL(t.key_type))
         rows = conn.execute(sql.SQL("select {k}::text from {t}{w} order by 1").format(
             k=_key(t), t=qn(t.table), w=where), (among,) if among is not None else None).fetchall()
-    except errors.InsufficientPrivilege:
-        rows = []  # the role may not read the table (or its schema) at all: it sees none of its rows
+    except errors.InsufficientPrivilege as exc:
+        rows, denied = [], exc
+    else:
+        denied = None
     finally:
         conn.execute("rollback to savepoint pgc_rls")
+    if denied is not None:
+        _denied(conn, t, "anon" if claims is None else "authenticated", denied)
     return [r[0] for r in rows]
+
+
+def _denied(conn, t: Target, role: str, exc: errors.InsufficientPrivilege) -> None:
+    """A role without the grant to read T sees none of its rows; one with it that is refused all the same
+    (EXECUTE on a helper its policy calls, say) is a broken policy, and the check must not pass."""
+    may = conn.execute("select has_schema_privilege(%s, %s, 'usage') and has_table_privilege(%s, %s, 'select')",
+                       (role, t.table.schema, role, str(t.table))).fetchone()[0]
+    if may:
+        raise PgConvergeError(
+            f"role {role} may read {t.table} but is refused when it does: {str(exc).strip()}",
+            fix="the table's policies call something this role may not use: grant it (e.g. EXECUTE on the helper), "
+                "or fix the policy; until then the application fails on this table")
 
 
 def _visible_all(conn, spec: Spec, targets_: list[Target], claims: dict | None,
