@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from _support import cli
+from _support import cli, cli_json
 
 from pgconverge.verify import rls
 
@@ -23,6 +23,13 @@ def test_scan_bound_tables_are_checked_within_their_budget(fixture_db, monkeypat
     bound = data["scan_bound"]
     assert {k for k in bound if not k.endswith("(after)")} == set(data["tables"])
     assert all(v["tokens_checked"] == 1 and v["tokens"] > 1 for v in bound.values())
+    # The contract gate that relies on this check says how much of it there was.
+    gates = cli_json("run", "contract", "--dsn", fixture_db, "--accept-code-references")
+    with psycopg.connect(fixture_db, autocommit=True) as conn:
+        recorded = conn.execute("select data from pgconverge.snapshots where name = 'contract_gates' "
+                                "order by id desc limit 1").fetchone()[0]
+    switch_gate = next(g for g in recorded if g["gate"] == "switch verified")
+    assert switch_gate["passed"] and any("compared for 1 of" in d for d in switch_gate["details"]), gates
 
 
 def test_a_table_left_unchecked_is_not_compared_but_a_checked_one_is():

@@ -453,7 +453,7 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
         problems = ([f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
                     + isolation(cap, identities))
         return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
-                "write_probes": len(cap.writes), "switched": True}, problems
+                "write_probes": len(cap.writes), "switched": True, "scan_bound": scan_bound_summary(cap)}, problems
     problems = consistency(cap, identities) if switched else (
         [f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
         + isolation(cap, identities))
