@@ -370,3 +370,19 @@ def test_help_teaches():
                    "pgconverge audit code DIR --fail-on-findings", "pgconverge.accept_runtime_use",
                    "before_contract", "[default: contract]"):
         assert phrase in text, phrase
+
+
+def test_contract_gate_refuses_a_canonical_helper_that_reads_what_contract_archives(pg15, tmp_path):
+    """With a lookup helper (auth.uid() through the legacy table), contract must stop before archiving."""
+    _psql(pg15, "postgres", "-c", "drop database if exists emit_uid", "-c", "create database emit_uid")
+    cli("fixture", "load", "--dsn", _dsn(pg15, "emit_uid"), "--scale", SCALE, "--helper-style", "uid_lookup")
+    data = cli_json("emit", str(tmp_path / "uid"), "--dsn", _dsn(pg15, "emit_uid"))
+    files = data["migrations"]
+    gate = next(i for i, f in enumerate(files) if "_pgconverge_contract_" in f)
+    for f in files[:gate]:
+        r = _psql(pg15, "emit_uid", "-f", f)
+        assert r.returncode == 0, f"{f}:\n{r.stderr}"
+    before = _dump(pg15, "emit_uid")
+    r = _psql(pg15, "emit_uid", "-f", files[gate])
+    assert r.returncode != 0 and "which contract archives" in r.stderr, r.stderr
+    assert _dump(pg15, "emit_uid") == before

@@ -144,6 +144,17 @@ def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
     parts.append(sql.SQL("select {}::text, 'does not exist (the switch creates it)'::text "
                          "where pg_catalog.to_regprocedure({}) is null").format(
         sql.Literal(f"function {canon_h}()"), sql.Literal(f"{text(qn(canon_h))}()")))
+    if not any(s.id == "contract.canonical_helper" for s in contract.plan(spec, cat, cats)):
+        # Contract cannot make the canonical helper read the claim alone (a lookup through the legacy table,
+        # say): it must not read what contract archives, or every policy calling it fails afterwards.
+        archived = "|".join(re.escape(n) for n in (spec.legacy.table.name, spec.mapping_table.name))
+        parts.append(sql.SQL(
+            "select {w}::text, {why}::text from pg_catalog.pg_proc f where f.oid = pg_catalog.to_regprocedure({fn}) "
+            "and f.prosrc ~ {pat}").format(
+            w=sql.Literal(f"function {canon_h}()"), fn=sql.Literal(f"{text(qn(canon_h))}()"),
+            pat=sql.Literal(rf"\m({archived})\M"),
+            why=sql.Literal(f"reads {spec.legacy.table.name} or {spec.mapping_table.name}, which contract archives: "
+                            f"redefine it to find the caller's {spec.canonical.table} row without them")))
     new = spec.migration.new_column
     for d in cat.dependents:
         t = sql.Literal(text(qn(d.table.name)))
