@@ -159,3 +159,24 @@ def test_lock_held_through_the_policy_rewrite_then_resumed(make_db, template_fac
         cli("run", "switch", "--dsn", dsn, "--config", cfg)
         assert "auth_profile_id" in conn.execute("select qual from pg_policies where policyname = 'carts_owner'"
                                                  ).fetchone()[0]
+
+
+def test_rollback_killed_then_contract_run_again_then_rolled_back(make_db, template_factory):
+    """A forward run between a killed rollback and its resumption undoes what the rollback had redone:
+    the resumed rollback must redo those steps, not skip them as its own."""
+    import os
+    import subprocess
+    import sys
+
+    dsn = make_db(template_factory(0.1))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        before, owners = schema_dump(conn), row_owners(conn)
+    cli("run", "--all", "--dsn", dsn, "--accept-code-references")
+    env = {**os.environ, "PGCONVERGE_KILL_AT": "rollback.contract.carts.legacy_foreign_key:after"}
+    killed = subprocess.run([sys.executable, "-m", "pgconverge", "rollback", "--to", "align", "--dsn", dsn],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    cli("run", "contract", "--dsn", dsn, "--accept-code-references", "--accept-runtime-use")
+    cli("rollback", "--to", "align", "--dsn", dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert schema_dump(conn) == before and row_owners(conn) == owners

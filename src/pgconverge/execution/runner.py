@@ -180,7 +180,10 @@ class Runner:
                 self.progress.step_finished(step, "skipped", 0.0)
                 continue
             own = states.get(step.id)
-            if own and own.state == "done" and all(own.at > states[r].at for r in live):
+            # A forward step of the same phase started since: a forward run came between (and may have undone
+            # what this rollback step did, dropping a column with the key it restored), so it runs again.
+            latest_forward = self.ledger.latest_start({r.split(".", 1)[0] for r in step.needs})
+            if own and own.state == "done" and latest_forward is not None and own.at > latest_forward:
                 # Done by this rollback, which was killed before a later step marked the forward steps undone
                 # (several rollback steps can follow one forward step): repeating it would fail or double it.
                 results.append(StepResult(step.id, "skipped", 0.0))

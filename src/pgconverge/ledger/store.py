@@ -69,6 +69,12 @@ class Ledger:
             out[step] = StepState(step, event if event != "start" else "pending", fp, at)
         return out
 
+    def latest_start(self, phases: set[str]) -> Any | None:
+        """When a forward step of one of PHASES last started (rollback steps have ids of their own)."""
+        return self.conn.execute(sql.SQL(
+            "select max(at) from {} where event = 'start' and split_part(step, '.', 1) = any(%s)").format(
+            self.t("events")), (sorted(phases),)).fetchone()[0]
+
     def checkpoint(self, run_id: int, step: str, position: Any, rows_done: int, batch_rows: int, batch_ms: float,
                    *, conn: psycopg.Connection | None = None) -> None:
         (conn or self.conn).execute(
