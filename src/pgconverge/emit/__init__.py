@@ -165,7 +165,7 @@ def _private_schema_reverse(spec: Spec, plan: Plan, files: list[MigrationFile]) 
         "    raise notice 'schema % kept: its ledger records runs of pgconverge', {s};\n"
         "  else\n"
         "    execute pg_catalog.format('drop schema if exists %I cascade', {s});\n"
-        "  end if;\nend $pgc$").format(runs_name=sql.Literal(f"{sql.Identifier(schema).as_string(None)}.runs"),
+        "  end if;\nend $pgc$").format(runs_name=sql.Literal(f"{text(sql.Identifier(schema))}.runs"),
                                       runs=runs, s=sql.Literal(schema))
     f.reverse.append(Part("", f"drop schema {schema} and its (empty) ledger, unless pgconverge recorded runs there",
                           [text(stmt)], True))

@@ -21,6 +21,17 @@ def text(stmt: sql.Composable) -> str:
     return stmt.as_string(None)
 
 
+def policy_clauses(using: str | None, with_check: str | None) -> sql.Composable:
+    """USING (…) and WITH CHECK (…) of a policy, from expression text (pg_get_expr output or a deparse),
+    spliced verbatim; an absent clause is left out."""
+    out = sql.SQL("")
+    if using is not None:
+        out += sql.SQL(" USING (") + sql.SQL(using) + sql.SQL(")")
+    if with_check is not None:
+        out += sql.SQL(" WITH CHECK (") + sql.SQL(with_check) + sql.SQL(")")
+    return out
+
+
 def join(parts, sep: str = ", ") -> sql.Composed:
     return sql.SQL(sep).join(parts)
 

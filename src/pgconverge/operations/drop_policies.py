@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from pgconverge.catalog.model import Policy
+from pgconverge.execution.sql import policy_clauses, text
 from pgconverge.operations.base import Lock, Operation
 
 
@@ -15,12 +16,7 @@ def _create(p: Policy) -> sql.Composable:
         sql.Identifier(p.name), sql.Identifier(p.table.schema, p.table.name),
         sql.SQL("permissive" if p.permissive else "restrictive"), sql.SQL(p.command.lower()),
         sql.SQL(", ").join(sql.SQL("public") if r == "public" else sql.Identifier(r) for r in p.roles))
-    # The expressions are pg_get_expr text from the catalog, spliced verbatim.
-    if p.using is not None:
-        stmt += sql.SQL(" using (") + sql.SQL(p.using) + sql.SQL(")")
-    if p.with_check is not None:
-        stmt += sql.SQL(" with check (") + sql.SQL(p.with_check) + sql.SQL(")")
-    return stmt
+    return stmt + policy_clauses(p.using, p.with_check)
 
 
 @dataclass(frozen=True)
@@ -42,7 +38,7 @@ class DropPolicies(Operation):
                 for p in self.policies]
 
     def saved(self) -> list[tuple[str, str, str]]:
-        return [("policy", f"{p.table}.{p.name}", _create(p).as_string(None)) for p in self.policies]
+        return [("policy", f"{p.table}.{p.name}", text(_create(p))) for p in self.policies]
 
     def reverse(self) -> Operation:
         return CreatePolicies(self.policies)

@@ -13,6 +13,7 @@ from psycopg import sql
 
 from pgconverge.catalog.model import Catalog, Policy
 from pgconverge.config import QualifiedName, Spec, parse_qualified
+from pgconverge.execution.sql import policy_clauses, text
 from pgconverge.planning.rls_ast import ParseError, deparse, parse_expression
 from pgconverge.planning.rls_helper import HelperDerivation, derive_canonical_helper
 from pgconverge.planning.rls_walk import Context, Walker
@@ -156,13 +157,8 @@ def _signature_name(signature: str) -> tuple[str, ...]:
 
 def policy_statement(name: str, table: QualifiedName, using: str | None, with_check: str | None) -> str:
     """ALTER POLICY name ON table USING (…) WITH CHECK (…), with the clauses given (roles, command stay)."""
-    stmt = sql.SQL("ALTER POLICY {} ON {}").format(sql.Identifier(name), sql.Identifier(table.schema, table.name))
-    # The expressions are SQL text (pg_get_expr output or pglast's deparse), spliced verbatim.
-    if using is not None:
-        stmt += sql.SQL(" USING (") + sql.SQL(using) + sql.SQL(")")
-    if with_check is not None:
-        stmt += sql.SQL(" WITH CHECK (") + sql.SQL(with_check) + sql.SQL(")")
-    return stmt.as_string(None)
+    return text(sql.SQL("ALTER POLICY {} ON {}").format(sql.Identifier(name), sql.Identifier(table.schema, table.name))
+                + policy_clauses(using, with_check))
 
 
 def rewrite_policies(catalog: Catalog, spec: Spec) -> list[PolicyRewrite]:
