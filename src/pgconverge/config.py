@@ -37,24 +37,43 @@ def _show(part: str) -> str:
     return part if simple else '"' + part.replace('"', '""') + '"'
 
 
+MATCH_KINDS = ("phone", "email", "exact")
+UNMATCHED_RULES = ("auto", "create", "refuse")
+
+
 @dataclass(frozen=True)
 class LegacySide:
     table: QualifiedName = QualifiedName("public", "customers")
     key: str = "id"
-    match_column: str = "wa_id"
+    # one column, or several matched together (a tuple); `match` is one kind for all or one per column
+    match_column: str | tuple[str, ...] = "wa_id"
+    match: str | tuple[str, ...] = "phone"
     helper: QualifiedName = QualifiedName("public", "auth_customer_id")
     claim: str = "customer_id"
+
+    @property
+    def match_columns(self) -> tuple[str, ...]:
+        return _as_tuple(self.match_column)
+
+    @property
+    def match_kinds(self) -> tuple[str, ...]:
+        kinds = _as_tuple(self.match)
+        return kinds * len(self.match_columns) if len(kinds) == 1 else kinds
 
 
 @dataclass(frozen=True)
 class CanonicalSide:
     table: QualifiedName = QualifiedName("public", "profiles")
     key: str = "user_id"
-    match_column: str = "whatsapp_e164"
+    match_column: str | tuple[str, ...] = "whatsapp_e164"
     helper: QualifiedName = QualifiedName("public", "auth_profile_id")
     claim: str = "profile_id"
     # legacy column -> canonical column, copied when a canonical row is created for a legacy row
     copy_columns: tuple[tuple[str, str], ...] = (("display_name", "display_name"),)
+
+    @property
+    def match_columns(self) -> tuple[str, ...]:
+        return _as_tuple(self.match_column)
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,9 @@ class Settings:
     private_schema: str = "pgconverge"
     archive_schema: str = "archive"
     default_region: str = "RW"
+    # Legacy rows whose match value is NULL, empty or unreadable: "create" a canonical row each, "refuse"
+    # to start (plan lists them), or "auto": create unless such a row would break a canonical constraint.
+    unmatched: str = "auto"
     batch_size: int = 1000
     batch_pause_ms: int = 0
     # Connections that backfill one table at once, each over its own key ranges (1: one at a time).
@@ -126,7 +148,7 @@ class Spec:
 
 _SECTIONS = {"legacy": LegacySide, "canonical": CanonicalSide, "migration": Settings}
 _QUALIFIED = {"table", "helper"}
-_IDENT = {"key", "match_column", "new_column", "private_schema", "archive_schema", "mapping_table"}
+_IDENT = {"key", "new_column", "private_schema", "archive_schema", "mapping_table"}
 _CLAIM = {"claim"}
 _CODE_NAME = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
 _POSITIVE_INT = {"batch_size": (1, 1_000_000), "lock_timeout_ms": (1, 60_000), "lock_retries": (0, 10_000),
@@ -215,6 +237,26 @@ def _value(source: str, section: str, key: str, value: Any) -> Any:
         return value.upper()
     if key == "copy_columns":
         return _copy_columns(where, value)
+    if key == "match_column":
+        names = value if isinstance(value, list) else [value]
+        if not names or not all(isinstance(v, str) for v in names) or len(set(names)) < len(names):
+            raise _bad(*where, "a column name, or a list of distinct column names matched together")
+        for v in names:
+            try:
+                check_identifier(v)
+            except ValueError as exc:
+                raise _bad(*where, f"valid column names ({v!r}: {exc})") from None
+        return names[0] if isinstance(value, str) else tuple(names)
+    if key == "match":
+        kinds = value if isinstance(value, list) else [value]
+        if not kinds or not all(k in MATCH_KINDS for k in kinds):
+            raise _bad(*where, " or ".join(f'"{k}"' for k in MATCH_KINDS) + " (or a list of them, one per column)")
+        return kinds[0] if isinstance(value, str) else tuple(kinds)
+    if key == "unmatched":
+        if value not in UNMATCHED_RULES:
+            raise _bad(*where, '"auto" (create a canonical row unless it would be invalid, else refuse), '
+                               '"create" or "refuse"')
+        return value
     if key == "api_roles":
         if not isinstance(value, list) or not value or not all(isinstance(r, str) for r in value):
             raise _bad(*where, "a non-empty list of role names")
@@ -270,7 +312,19 @@ def _copy_columns(where: tuple, value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _as_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def _cross_check(spec: Spec) -> None:
+    lc, cc, kinds = spec.legacy.match_columns, spec.canonical.match_columns, _as_tuple(spec.legacy.match)
+    if len(lc) != len(cc):
+        raise ConfigError(f"{spec.source}: legacy.match_column names {len(lc)} column(s) ({', '.join(lc)}) but "
+                          f"canonical.match_column names {len(cc)} ({', '.join(cc)})",
+                          fix="list the same number of columns on both sides, in matching order")
+    if len(kinds) not in (1, len(lc)):
+        raise ConfigError(f"{spec.source}: legacy.match lists {len(kinds)} kinds for {len(lc)} match columns",
+                          fix="give one kind for all columns, or one per column in legacy.match_column's order")
     if spec.legacy.table == spec.canonical.table:
         raise ConfigError(f"{spec.source}: legacy.table and canonical.table are both {spec.legacy.table}",
                           fix="point legacy.table at the table to retire and canonical.table at the one to keep")

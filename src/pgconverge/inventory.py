@@ -39,8 +39,8 @@ def build(spec: Spec, cat: Catalog) -> dict:
     return {
         "database": cat.database,
         "server_version": cat.server_version,
-        "legacy": _side(cat.legacy, spec.legacy.key, spec.legacy.match_column),
-        "canonical": _side(cat.canonical, spec.canonical.key, spec.canonical.match_column),
+        "legacy": _side(cat.legacy, spec.legacy.key, ", ".join(spec.legacy.match_columns)),
+        "canonical": _side(cat.canonical, spec.canonical.key, ", ".join(spec.canonical.match_columns)),
         "foreign_keys": [_foreign_key(d) for d in cat.dependents],
         "policies": policies,
         "functions": functions,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 
 import psycopg
@@ -13,16 +14,21 @@ from pgconverge.cli import app
 _runner = CliRunner()
 
 
+def _failed(r, expect: int) -> str:
+    tb = "".join(traceback.format_exception(r.exception)) if r.exception and r.exit_code not in (0, 2) else ""
+    return f"exit {r.exit_code}, expected {expect}:\n{r.output}{tb}"
+
+
 def cli(*args: str, expect: int = 0) -> str:
     """Run the CLI in-process and return its output; assert the exit code."""
     r = _runner.invoke(app, list(args))
-    assert r.exit_code == expect, f"exit {r.exit_code}, expected {expect}:\n{r.output}"
+    assert r.exit_code == expect, _failed(r, expect)
     return r.output
 
 
 def cli_json(*args: str, expect: int = 0):
     r = _runner.invoke(app, [*args, "--json"])
-    assert r.exit_code == expect, f"exit {r.exit_code}, expected {expect}:\n{r.output}"
+    assert r.exit_code == expect, _failed(r, expect)
     return json.loads(r.stdout)
 
 

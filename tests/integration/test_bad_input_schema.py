@@ -305,6 +305,10 @@ def test_odd_numbers_in_the_legacy_table_are_mapped_as_designed(empty_db):
         for i, (raw, _) in enumerate(PHONES, start=1):
             conn.execute("insert into public.customers (id, wa_id, display_name) values (%s, %s, %s)",
                          (i, raw, f"c{i}"))
+        # Ordinary numbers besides: with odd shapes only, the phone kind would read too few values and
+        # plan would refuse the kind itself (tested in test_match_kinds).
+        conn.execute("insert into public.customers (id, wa_id, display_name) select 1000 + i, "
+                     "'+25072' || lpad(i::text, 7, '0'), 'plain' from generate_series(1, 20) i")
         conn.execute("insert into public.profiles (whatsapp_e164) values ('+250788123456'), ('+14155550123')")
         out = cli_json("run", "align", "--dsn", empty_db)
         rows = dict(((cid, (pid, method, key)) for cid, pid, method, key in conn.execute(

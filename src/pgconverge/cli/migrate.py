@@ -16,6 +16,7 @@ from pgconverge.cli.common import (
 from pgconverge.cli.progress import RichProgress
 from pgconverge.connection import connect
 from pgconverge.execution.runner import Runner
+from pgconverge.identity import check as match_check
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES
 from pgconverge.planning import plan as planner
@@ -30,13 +31,23 @@ def _phase(name: str | None) -> str | None:
     return name
 
 
-def _plan_for(dsn, config_file, rollback_to: str | None = None):
+def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool = False):
     spec = load_spec(config_file)
     t = target(dsn)
     with connect(t) as conn:
         cats = baseline.load(conn, spec)
-    p = planner.rollback(spec, cats, rollback_to) if rollback_to else planner.build(spec, cats)
-    return spec, t, p, cats
+        p = planner.rollback(spec, cats, rollback_to) if rollback_to else planner.build(spec, cats)
+        # Before align has started: refuse a match kind that cannot read the legacy values, or rows it
+        # cannot place, before anything changes.
+        checked = match_check.run(conn, spec, cats.live) if check_data and cats.live is not None \
+            and not _done(conn, spec, "align.match") else None
+    return spec, t, p, cats, checked
+
+
+def _done(conn, spec, step: str) -> bool:
+    ledger = Ledger(conn, spec)
+    state = ledger.step_states().get(step) if ledger.exists() else None
+    return state is not None and state.state == "done"
 
 
 def _print_steps(steps: list[dict], show_sql: bool) -> None:
@@ -63,12 +74,16 @@ def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = No
     scans table (reads every row), rows (short batches, one transaction each).
     """
     phase = _phase(phase)
-    spec, _, p, _ = _plan_for(dsn, config_file, _phase(rollback_to))
+    spec, _, p, _, checked = _plan_for(dsn, config_file, _phase(rollback_to), check_data=not rollback_to)
     data = p.as_dict(None if rollback_to else phase)
+    if checked:
+        data["match_check"] = checked.as_dict()
     if as_json:
         print_json(data)
         return
     _print_steps(data["steps"], sql)
+    if checked:
+        _print_match_check(spec, checked)
 
 
 @fail_cleanly
@@ -93,7 +108,9 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
     phase = _phase(phase)
     if phase is None and not all_phases:
         raise typer.BadParameter("name a phase (align, expand, switch, contract) or pass --all")
-    spec, t, p, cats = _plan_for(dsn, config_file)
+    spec, t, p, cats, checked = _plan_for(dsn, config_file, check_data=phase in (None, "align"))
+    if checked and not as_json:
+        _print_match_check(spec, checked)
     phases = [ph for ph in PHASES if p.phase(ph)] if phase is None else [phase]
     out = []
     with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
@@ -123,6 +140,19 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
     console.print(f"[green]{', '.join(phases)} finished[/] on {t.display}", highlight=False)
 
 
+def _print_match_check(spec, c) -> None:
+    from pgconverge.planning.align import describe_match
+
+    if not c.rows:
+        console.print(f"match check: {spec.legacy.table} is empty; align has nothing to match", highlight=False)
+        return
+    console.print(f"match check ({describe_match(spec)}): {c.keyed:,} of {c.rows:,} legacy rows have a key "
+                  f"({100 * c.keyed / c.rows:.0f}%); {c.unusable:,} without one "
+                  + ("each get a canonical row of their own" if c.rule == "create" else "are refused")
+                  + (" (e.g. " + ", ".join(f"{i}: {v!r}" for i, v in c.examples[:3]) + ")" if c.examples else ""),
+                  highlight=False)
+
+
 def _align_summary(report: dict) -> dict:
     return {"methods": report["methods"], "merged_groups": report["merged"]["groups"],
             "canonical_duplicate_groups": report["canonical_duplicates"]["groups"],
@@ -132,7 +162,7 @@ def _align_summary(report: dict) -> dict:
 @fail_cleanly
 def status(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show where the migration stands: each step's state from the ledger, the last error, batch progress."""
-    spec, t, p, _ = _plan_for(dsn, config_file)
+    spec, t, p, _, _ = _plan_for(dsn, config_file)
     with connect(t) as conn:
         ledger = Ledger(conn, spec)
         states = ledger.step_states() if ledger.exists() else {}
@@ -186,7 +216,7 @@ def rollback(to: Annotated[str, typer.Option("--to", help="Undo back to the star
     never ran are skipped; a killed rollback resumes when run again.
     """
     to = _phase(to)
-    spec, t, p, cats = _plan_for(dsn, config_file, to)
+    spec, t, p, cats, _ = _plan_for(dsn, config_file, to)
     if not as_json:
         console.print(f"[bold]rollback to the start of {to}[/] on {t.display}", highlight=False)
         _print_steps(p.as_dict()["steps"], show_sql=False)

@@ -14,7 +14,7 @@ from pgconverge.catalog.model import Catalog
 from pgconverge.config import Spec
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution.sql import ident, qn
-from pgconverge.planning.align import names
+from pgconverge.planning.align import legacy_key, names
 
 
 @dataclass(frozen=True)
@@ -98,12 +98,12 @@ def _apply(conn, spec, cat, pairs, digest, n, lk_type, ck_type, mlc, mcc) -> Dec
         ).format(mlc=mlc, mcc=mcc, m=qn(n["mapping"]), lty=sql.SQL(lk_type))).fetchall())
         conn.execute(sql.SQL(
             "insert into {m} as m ({mlc}, {mcc}, method, match_key) "
-            "select d.lid::{lty}, d.cid::{cty}, 'manual', {norm}(l.{lm}) from pgconverge_decisions d "
+            "select d.lid::{lty}, d.cid::{cty}, 'manual', {lkey} from pgconverge_decisions d "
             "join {lt} l on l.{lk} = d.lid::{lty} "
             "on conflict ({mlc}) do update set {mcc} = excluded.{mcc}, method = 'manual', "
             "match_key = excluded.match_key, decided_at = clock_timestamp()").format(
             m=qn(n["mapping"]), mlc=mlc, mcc=mcc, lty=sql.SQL(lk_type), cty=sql.SQL(ck_type),
-            norm=qn(n["normalize"]), lm=ident(spec.legacy.match_column), lt=qn(cat.legacy.name),
+            lkey=legacy_key(spec, cat, "l"), lt=qn(cat.legacy.name),
             lk=ident(spec.legacy.key)))
     changed = [(lid, before[lid], cid) for lid, cid in pairs if lid in before and before[lid] != cid]
     unchanged = sum(1 for lid, cid in pairs if lid in before and before[lid] == cid)

@@ -8,7 +8,7 @@ from pgconverge.catalog.model import Catalog, Table
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.errors import CatalogError
 from pgconverge.execution.sql import body, ident, qn
-from pgconverge.identity import phone
+from pgconverge.identity import match, phone
 from pgconverge.operations.base import Step
 from pgconverge.operations.batched import Batched, keyset_batch, max_key
 from pgconverge.operations.check import Check
@@ -29,6 +29,7 @@ def names(spec: Spec) -> dict[str, QualifiedName]:
     s = spec.migration.private_schema
     return {
         "normalize": QualifiedName(s, "normalize_phone"),
+        "pending": QualifiedName(s, "pending_legacy_rows"),
         "align_row": QualifiedName(s, "align_legacy_row"),
         "legacy_trigger_fn": QualifiedName(s, "legacy_after_write"),
         "legacy_for": QualifiedName(s, "legacy_for_canonical"),
@@ -45,15 +46,16 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     _check_creatable(spec, can)
     lk, ck = leg.column(spec.legacy.key), can.column(spec.canonical.key)
     steps = [
-        CreatePrivateSchema(spec, cat.roles),
-        CreateFunction(n["normalize"], "text", phone.normalize_function_sql(spec.migration.private_schema,
-                                                                             spec.migration.default_region),
-                       why=f"phone equivalence key (default region {spec.migration.default_region})",
-                       # The match index on the canonical table calls it whenever the application writes a
-                       # row there. EXECUTE alone exposes nothing: without USAGE on the private schema
-                       # nobody can call it by name.
-                       public_execute=True),
-        CreateTable(n["mapping"], sql.SQL(
+        ("private_schema", CreatePrivateSchema(spec, cat.roles)),
+        ("normalize_function", CreateFunction(
+            n["normalize"], "text", phone.normalize_function_sql(spec.migration.private_schema,
+                                                                 spec.migration.default_region),
+            why=f"phone equivalence key (default region {spec.migration.default_region})",
+            # The match index on the canonical table calls it whenever the application writes a
+            # row there. EXECUTE alone exposes nothing: without USAGE on the private schema
+            # nobody can call it by name.
+            public_execute=True)),
+        ("mapping_table", CreateTable(n["mapping"], sql.SQL(
             "({lc} {lt} primary key, {cc} {ct} not null, method text not null check (method in ({methods})), "
             "match_key text, decided_at timestamptz not null default clock_timestamp())").format(
                 lc=ident(spec.mapping_legacy_column), lt=sql.SQL(lk.type), cc=ident(spec.migration.new_column),
@@ -61,46 +63,80 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             why=f"which {can.name} row each {leg.name} row became",
             extra=(sql.SQL("create index if not exists {} on {} ({})").format(
                 sql.Identifier(f"{n['mapping'].name}_{spec.migration.new_column}"[:63]), qn(n["mapping"]),
-                ident(spec.migration.new_column)),)),
-        simple_index(n["match_index"], can.name,
-                     sql.SQL("({}({}))").format(qn(n["normalize"]), ident(spec.canonical.match_column)),
-                     why="find canonical rows by equivalence key"),
-        CreateFunction(n["align_row"], str(leg.name), _align_row_function(spec, cat, key_insert),
-                       why="find or create the canonical row for one legacy row (trigger and batches alike)"),
-        CreateFunction(n["legacy_for"], ck.type, _legacy_for_function(spec, cat),
-                       why="the legacy row for a canonical row, created if missing (used by rollbacks)"),
-        CreateFunction(n["legacy_trigger_fn"], "", _legacy_trigger_function(spec),
-                       why="map legacy rows that old code writes from now on"),
-        CreateTrigger("pgconverge_align", leg.name, sql.SQL("after insert or update of {} ").format(
-            ident(spec.legacy.match_column)), n["legacy_trigger_fn"],
-            why="keeps the mapping complete while old code writes"),
-        Batched(leg.name, spec.legacy.key, lk.type,
+                ident(spec.migration.new_column)),))),
+        ("pending_table", CreateTable(n["pending"], sql.SQL(
+            "(legacy_id text primary key, reason text not null, sqlstate text, "
+            "at timestamptz not null default clock_timestamp())"),
+            why=f"{leg.name} rows the trigger could not map, kept for the coverage gate instead of failing "
+                "the application's write")),
+        ("match_index", simple_index(n["match_index"], can.name, sql.SQL("({})").format(canonical_key(spec, cat, None)),
+                                     why="find canonical rows by equivalence key")),
+        ("align_function", CreateFunction(n["align_row"], str(leg.name), _align_row_function(spec, cat, key_insert),
+                                          why="find or create the canonical row for one legacy row (trigger and "
+                                              "batches alike)")),
+        ("legacy_for_function", CreateFunction(n["legacy_for"], ck.type, _legacy_for_function(spec, cat),
+                                               why="the legacy row for a canonical row, created if missing (used "
+                                                   "by rollbacks)")),
+        ("legacy_trigger_function", CreateFunction(n["legacy_trigger_fn"], "", _legacy_trigger_function(spec),
+                                                   why="map legacy rows that old code writes from now on")),
+        ("legacy_trigger", CreateTrigger("pgconverge_align", leg.name, sql.SQL("after insert or update of {} ").format(
+            sql.SQL(", ").join(map(ident, spec.legacy.match_columns))), n["legacy_trigger_fn"],
+            why="keeps the mapping complete while old code writes")),
+        ("match", Batched(leg.name, spec.legacy.key, lk.type,
                 keyset_batch(leg.name, spec.legacy.key, lk.type,
                              sql.SQL("{}(r)").format(qn(n["align_row"]))),
                 spec.migration.batch_size, f"map every {leg.name} row to a {can.name} row",
-                upper_bound=max_key(leg.name, spec.legacy.key)),
-        Check("coverage", sql.SQL(
-            "select format('%s has no mapping', l.{lk}), l.{lm}::text from {lt} l "
+                upper_bound=max_key(leg.name, spec.legacy.key))),
+        ("coverage_gate", Check("coverage", sql.SQL(
+            "select format('%s has no mapping%s', l.{lk}, ': ' || p.reason), {lm} from {lt} l "
+            "left join {pending} p on p.legacy_id = l.{lk}::text "
             "where not exists (select 1 from {m} m where m.{mlc} = l.{lk}) limit 50").format(
-                lk=ident(spec.legacy.key), lm=ident(spec.legacy.match_column), lt=qn(leg.name), m=qn(n["mapping"]),
-                mlc=ident(spec.mapping_legacy_column)),
+                lk=ident(spec.legacy.key), lm=_legacy_values(spec, "l"), lt=qn(leg.name), m=qn(n["mapping"]),
+                mlc=ident(spec.mapping_legacy_column), pending=qn(n["pending"])),
             failure=f"mapping rows < {leg.name} rows", fix="re-run `pgconverge run align`; if rows stay unmapped, "
                                                          "record them with `pgconverge align --decisions FILE`",
             # Read the legacy keys through the primary key index: the runtime audit counts sequential
             # scans of the legacy table as use by old code, and this check runs after the switch too.
-            settings=(("enable_seqscan", "off"),)),
+            settings=(("enable_seqscan", "off"),))),
+        ("report", _report(spec, cat)),
     ]
-    steps.append(_report(spec, cat))
-    steps.append(PhoneAudit(leg.name, spec.legacy.match_column, spec.migration.private_schema,
-                            spec.migration.default_region))
+    phones = [c for c, k in zip(spec.legacy.match_columns, spec.legacy.match_kinds) if k == "phone"]
+    if phones:  # the first phone column: the audit compares the SQL phone key with phonenumbers
+        steps.append(("phone_audit", PhoneAudit(leg.name, phones[0], spec.migration.private_schema,
+                                                spec.migration.default_region)))
     from pgconverge.planning import contract  # the snapshot contract's final validation compares with
 
-    steps.append(contract.linkage_snapshot(spec, cat, "before", legacy=True))
-    steps.append(contract.counts(spec, cat, "counts_before"))
-    ids = ["private_schema", "normalize_function", "mapping_table", "match_index", "align_function",
-           "legacy_for_function", "legacy_trigger_function", "legacy_trigger", "match", "coverage_gate", "report",
-           "phone_audit", "linkage_before", "counts_before"]
-    return [Step(f"{PHASE}.{i}", PHASE, op) for i, op in zip(ids, steps)]
+    steps.append(("linkage_before", contract.linkage_snapshot(spec, cat, "before", legacy=True)))
+    steps.append(("counts_before", contract.counts(spec, cat, "counts_before")))
+    return [Step(f"{PHASE}.{i}", PHASE, op) for i, op in steps]
+
+
+def describe_match(spec: Spec) -> str:
+    pairs = [f"{lc} ~ {cc} ({k})" for lc, cc, k in zip(spec.legacy.match_columns, spec.canonical.match_columns,
+                                                        spec.legacy.match_kinds)]
+    return " and ".join(pairs)
+
+
+def _types(table: Table, columns: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(table.column(c).type for c in columns)
+
+
+def legacy_key(spec: Spec, cat: Catalog, alias: str = "l") -> sql.Composable:
+    """The match key of a legacy row under ALIAS."""
+    return match.key_of(spec, alias, spec.legacy.match_columns, _types(cat.legacy, spec.legacy.match_columns),
+                        names(spec)["normalize"])
+
+
+def canonical_key(spec: Spec, cat: Catalog, alias: str | None = "p") -> sql.Composable:
+    """The match key of a canonical row under ALIAS (None: bare column names, as in an index definition)."""
+    return match.key_of(spec, alias, spec.canonical.match_columns,
+                        _types(cat.canonical, spec.canonical.match_columns), names(spec)["normalize"])
+
+
+def _legacy_values(spec: Spec, alias: str) -> sql.Composable:
+    """The legacy row's match value(s) as one text, for messages and reports."""
+    refs = [sql.SQL("{}.{}::text").format(sql.Identifier(alias), ident(c)) for c in spec.legacy.match_columns]
+    return refs[0] if len(refs) == 1 else sql.SQL("concat_ws(' / ', {})").format(sql.SQL(", ").join(refs))
 
 
 REPORT_LIMIT = 1000
@@ -109,10 +145,12 @@ REPORT_LIMIT = 1000
 def _report(spec: Spec, cat: Catalog) -> Snapshot:
     """Every identity decision that deserves a human look: merges, duplicate canonical rows, unusable numbers."""
     n = names(spec)
+    cvals = [sql.SQL("c.{}::text").format(ident(c)) for c in spec.canonical.match_columns]
     p = dict(m=qn(n["mapping"]), mlc=ident(spec.mapping_legacy_column), mcc=ident(spec.migration.new_column),
-             lt=qn(cat.legacy.name), lk=ident(spec.legacy.key), lm=ident(spec.legacy.match_column),
-             ct=qn(cat.canonical.name), ck=ident(spec.canonical.key), cm=ident(spec.canonical.match_column),
-             norm=qn(n["normalize"]), limit=sql.Literal(REPORT_LIMIT))
+             lt=qn(cat.legacy.name), lk=ident(spec.legacy.key), lm=_legacy_values(spec, "l"),
+             ct=qn(cat.canonical.name), ck=ident(spec.canonical.key),
+             cm=cvals[0] if len(cvals) == 1 else sql.SQL("concat_ws(' / ', {})").format(sql.SQL(", ").join(cvals)),
+             ckey=canonical_key(spec, cat, "c"), limit=sql.Literal(REPORT_LIMIT))
     queries = {
         "methods": "select coalesce(jsonb_object_agg(method, n), '{{}}') from "
                    "(select method, count(*) n from {m} group by method) x",
@@ -122,14 +160,14 @@ def _report(spec: Spec, cat: Catalog) -> Snapshot:
                   "as legacy, row_number() over (order by {mcc}) rn from {m} group by {mcc} having count(*) > 1) x",
         # several canonical rows, one number: the preferred one was chosen, the group is listed
         "canonical_duplicates": "select jsonb_build_object('groups', count(*), 'sample', coalesce(jsonb_agg(x) "
-                                "filter (where x.rn <= {limit}), '[]')) from (select {norm}(c.{cm}) as key, "
-                                "jsonb_agg(jsonb_build_object('id', c.{ck}, 'number', c.{cm}, 'chosen', "
+                                "filter (where x.rn <= {limit}), '[]')) from (select {ckey} as key, "
+                                "jsonb_agg(jsonb_build_object('id', c.{ck}, 'number', {cm}, 'chosen', "
                                 "exists (select 1 from {m} m where m.{mcc} = c.{ck}))) as rows, "
-                                "row_number() over (order by {norm}(c.{cm})) rn from {ct} c "
-                                "where {norm}(c.{cm}) is not null group by 1 having count(*) > 1) x",
+                                "row_number() over (order by {ckey}) rn from {ct} c "
+                                "where {ckey} is not null group by 1 having count(*) > 1) x",
         # NULL or unparseable legacy numbers: each got a canonical row of its own
         "unusable_numbers": "select jsonb_build_object('rows', count(*), 'sample', coalesce(jsonb_agg("
-                            "jsonb_build_object('legacy', l.{lk}, 'number', l.{lm})) filter (where x.rn <= {limit}), "
+                            "jsonb_build_object('legacy', l.{lk}, 'number', {lm})) filter (where x.rn <= {limit}), "
                             "'[]')) from (select m.{mlc}, row_number() over (order by m.{mlc}) rn from {m} m "
                             "where m.match_key is null) x join {lt} l on l.{lk} = x.{mlc}",
     }
@@ -154,7 +192,7 @@ def _canonical_key_source(spec: Spec, can: Table) -> sql.Composable | None:
 
 
 def _check_creatable(spec: Spec, can: Table) -> None:
-    filled = {spec.canonical.key, spec.canonical.match_column, *(c for _, c in spec.canonical.copy_columns)}
+    filled = {spec.canonical.key, *spec.canonical.match_columns, *(c for _, c in spec.canonical.copy_columns)}
     missing = [c.name for c in can.columns
                if c.not_null and c.default is None and not c.generated and not c.identity and c.name not in filled]
     if missing:
@@ -165,9 +203,23 @@ def _check_creatable(spec: Spec, can: Table) -> None:
                 "canonical.copy_columns = { legacy_column = \"canonical_column\" }")
 
 
+def effective_unmatched(spec: Spec, cat: Catalog) -> str:
+    """'create' or 'refuse': what happens to a legacy row whose match value identifies nobody."""
+    rule = spec.migration.unmatched
+    if rule != "auto":
+        return rule
+    cols = [cat.canonical.column(c) for c in spec.canonical.match_columns]
+    return "refuse" if any(c.not_null or c.generated for c in cols) else "create"
+
+
 def _order_by(spec: Spec, can: Table) -> sql.Composable:
-    """Prefer the row already in normalized form (what exact lookups find), then the oldest."""
-    parts = [sql.SQL("(p.{} = '+' || k) desc").format(ident(spec.canonical.match_column))]
+    """Prefer the row already stored in the key's canonical spelling (what exact lookups find), then the oldest."""
+    parts = []
+    if len(spec.canonical.match_columns) == 1:
+        c = can.column(spec.canonical.match_columns[0])
+        parts.append(sql.SQL("({} = {}) desc").format(match.as_text("p", c.name, c.type),
+                                                      match.preferred_form(spec.legacy.match_kinds[0],
+                                                                           sql.SQL("k"))))
     for cand in ("created_at", "inserted_at"):
         if can.column(cand):
             parts.append(sql.SQL("p.{} asc nulls last").format(ident(cand)))
@@ -176,16 +228,31 @@ def _order_by(spec: Spec, can: Table) -> sql.Composable:
     return sql.SQL(", ").join(parts)
 
 
+def _created_values(spec: Spec, cat: Catalog, n: dict) -> list[sql.Composable]:
+    """Each canonical match column's value in a created row: the legacy value in the canonical spelling."""
+    out = []
+    for lc, cc, kind in zip(spec.legacy.match_columns, spec.canonical.match_columns, spec.legacy.match_kinds):
+        raw = match.as_text("r", lc, cat.legacy.column(lc).type)
+        value = match.stored_value(kind, match.part_key(kind, raw, n["normalize"]), raw)
+        out.append(sql.SQL("case when k is null then null else ({})::{} end").format(
+            value, sql.SQL(cat.canonical.column(cc).type)))
+    return out
+
+
 def _align_row_function(spec: Spec, cat: Catalog, key_insert: sql.Composable | None) -> sql.Composable:
     n = names(spec)
     can = cat.canonical
-    ck, cm = ident(spec.canonical.key), ident(spec.canonical.match_column)
-    cols = [cm] + [ident(c) for _, c in spec.canonical.copy_columns]
-    vals = [sql.SQL("case when k is null then null else '+' || k end")]
-    vals += [sql.SQL("r.{}").format(ident(lc)) for lc, _ in spec.canonical.copy_columns]
+    ck = ident(spec.canonical.key)
+    cols = [ident(c) for c in spec.canonical.match_columns] + [ident(c) for _, c in spec.canonical.copy_columns]
+    vals = _created_values(spec, cat, n) + [sql.SQL("r.{}").format(ident(lc)) for lc, _ in spec.canonical.copy_columns]
     if key_insert is not None:
         cols.insert(0, ck)
         vals.insert(0, key_insert)
+    same = sql.SQL(" and ").join(
+        sql.SQL("{} = {}").format(match.as_text("p", cc, can.column(cc).type),
+                                  match.as_text("r", lc, cat.legacy.column(lc).type))
+        for lc, cc in zip(spec.legacy.match_columns, spec.canonical.match_columns))
+    refuse = effective_unmatched(spec, cat) == "refuse"
     ck_type = sql.SQL(can.column(spec.canonical.key).type)
     code = sql.SQL("""
 declare
@@ -200,18 +267,23 @@ begin
   if found then
     return target;  -- decided once; a later change of number does not move the row to another identity
   end if;
-  k := {normalize}(r.{lm});
+  k := {lkey};
   if k is not null then
-    -- one decision per number at a time: batches and triggers creating the same canonical row wait here
+    -- one decision per key at a time: batches and triggers creating the same canonical row wait here
     perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('pgconverge:' || k, 0));
-    select p.{ck}, case when p.{cm} = r.{lm} then 'exact' else 'normalized' end into target, how
-      from {canonical} p where {normalize}(p.{cm}) = k order by {order_by} limit 1;
+    select p.{ck}, case when {same} then 'exact' else 'normalized' end into target, how
+      from {canonical} p where {ckey} = k order by {order_by} limit 1;
   end if;
   if target is null then
+    if k is null and {refuse} then  -- unmatched = refuse: a person decides (the coverage gate lists it)
+      insert into {pending} (legacy_id, reason) values (r.{lk}::text, {why})
+        on conflict (legacy_id) do update set reason = excluded.reason, at = clock_timestamp();
+      return null;
+    end if;
     insert into {canonical} as p ({cols}) values ({vals}) on conflict do nothing returning p.{ck} into target;
     how := 'created';
-    if target is null then  -- lost a race with a writer that does not take our lock: use its row
-      select p.{ck}, 'normalized' into target, how from {canonical} p where {normalize}(p.{cm}) = k
+    if target is null and k is not null then  -- lost a race with a writer that does not take our lock
+      select p.{ck}, 'normalized' into target, how from {canonical} p where {ckey} = k
         order by {order_by} limit 1;
     end if;
     if target is null then
@@ -220,13 +292,16 @@ begin
   end if;
   insert into {mapping} ({mlc}, {mcc}, method, match_key) values (r.{lk}, target, how, k)
     on conflict ({mlc}) do nothing;
+  delete from {pending} where legacy_id = r.{lk}::text;
   select m.{mcc} into target from {mapping} m where m.{mlc} = r.{lk};
   return target;
 end""").format(
         ck_type=ck_type, mcc=ident(spec.migration.new_column), mapping=qn(n["mapping"]),
-        mlc=ident(spec.mapping_legacy_column), lk=ident(spec.legacy.key), lm=ident(spec.legacy.match_column),
-        normalize=qn(n["normalize"]), ck=ck, cm=cm, canonical=qn(can.name), order_by=_order_by(spec, can),
-        cols=sql.SQL(", ").join(cols), vals=sql.SQL(", ").join(vals),
+        mlc=ident(spec.mapping_legacy_column), lk=ident(spec.legacy.key), lkey=legacy_key(spec, cat, "r"),
+        ckey=canonical_key(spec, cat, "p"), same=same, ck=ck, canonical=qn(can.name), order_by=_order_by(spec, can),
+        cols=sql.SQL(", ").join(cols), vals=sql.SQL(", ").join(vals), refuse=sql.Literal(refuse),
+        pending=qn(n["pending"]), why=sql.Literal(f"no usable {describe_match(spec)} value, and unmatched rows "
+                                                  "are refused (migration.unmatched)"),
         can_name=sql.Literal(str(can.name)), leg_name=sql.Literal(str(cat.legacy.name)),
         flag=sql.Literal(REVERSE_FLAG))
     return sql.SQL(
@@ -252,19 +327,20 @@ def _legacy_for_function(spec: Spec, cat: Catalog) -> sql.Composable:
     leg, can = cat.legacy, cat.canonical
     lk_type = sql.SQL(leg.column(spec.legacy.key).type)
     ck_type = sql.SQL(can.column(spec.canonical.key).type)
-    cols = [ident(spec.legacy.match_column)] + [ident(lc) for lc, _ in spec.canonical.copy_columns]
-    vals = [sql.SQL("p.{}").format(ident(spec.canonical.match_column))]
+    cols = [ident(c) for c in spec.legacy.match_columns] + [ident(lc) for lc, _ in spec.canonical.copy_columns]
+    vals = [sql.SQL("p.{}::{}").format(ident(cc), sql.SQL(leg.column(lc).type))
+            for lc, cc in zip(spec.legacy.match_columns, spec.canonical.match_columns)]
     vals += [sql.SQL("p.{}").format(ident(cc)) for _, cc in spec.canonical.copy_columns]
     code = sql.SQL("""
 declare
   target {lk_type};
 begin
-  select min(m.{mlc}) into target from {mapping} m where m.{mcc} = canonical_id;
+  select m.{mlc} into target from {mapping} m where m.{mcc} = canonical_id order by m.{mlc} limit 1;
   if target is not null then
     return target;
   end if;
   perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('pgconverge:reverse:' || canonical_id::text, 0));
-  select min(m.{mlc}) into target from {mapping} m where m.{mcc} = canonical_id;
+  select m.{mlc} into target from {mapping} m where m.{mcc} = canonical_id order by m.{mlc} limit 1;
   if target is not null then
     return target;
   end if;
@@ -276,13 +352,12 @@ begin
     return null;  -- no such canonical row
   end if;
   insert into {mapping} ({mlc}, {mcc}, method, match_key)
-    select target, canonical_id, 'reverse', {normalize}(p.{cm}) from {canonical} p where p.{ck} = canonical_id;
+    select target, canonical_id, 'reverse', {ckey} from {canonical} p where p.{ck} = canonical_id;
   return target;
 end""").format(lk_type=lk_type, mlc=ident(spec.mapping_legacy_column), mcc=ident(spec.migration.new_column),
                mapping=qn(n["mapping"]), flag=sql.Literal(REVERSE_FLAG), legacy=qn(leg.name),
                cols=sql.SQL(", ").join(cols), vals=sql.SQL(", ").join(vals), canonical=qn(can.name),
-               ck=ident(spec.canonical.key), lk=ident(spec.legacy.key), normalize=qn(n["normalize"]),
-               cm=ident(spec.canonical.match_column))
+               ck=ident(spec.canonical.key), lk=ident(spec.legacy.key), ckey=canonical_key(spec, cat, "p"))
     return sql.SQL(
         "create or replace function {f}(canonical_id {ck_type}) returns {lk_type} language plpgsql volatile "
         "security definer set search_path = pg_catalog, pg_temp as {body}").format(
@@ -329,6 +404,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
          ("align.legacy_for_function",)),
         ("drop_match_index", DropIndexConcurrently(n["match_index"], can.name), ("align.match_index",)),
         ("drop_mapping_table", DropTable(n["mapping"]), ("align.mapping_table",)),
+        ("drop_pending_table", DropTable(n["pending"]), ("align.pending_table",)),
         ("drop_linkage_snapshot", DropTable(contract.linkage_table(spec, "before")),
          ("align.linkage_before", "align.counts_before")),
         ("drop_normalize_function", DropFunction(n["normalize"], "text"),

@@ -206,7 +206,9 @@ begin
   if tg_op = 'INSERT' then
     if new.{l} is null then
       if new.{n} is not null then  -- new code: give old code its legacy id back where one exists
-        select min(m.{ml}), count(*) into new.{l}, several from {m} m where m.{mn} = new.{n};
+        -- the first legacy id by the key's own order (no min(): it does not exist for uuid)
+        select m.{ml}, count(*) over () into new.{l}, several from {m} m where m.{mn} = new.{n}
+          order by m.{ml} limit 1;
         if several > 1 then  -- a merged person: the caller's own legacy row, which the legacy policies check
           select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n}
             order by m.{ml} is not distinct from {helper}() desc, m.{ml} limit 1;
@@ -226,7 +228,7 @@ begin
     if new.{n} is null then
       new.{l} := null;
     elsif mapped is distinct from new.{n} then
-      select min(m.{ml}) into new.{l} from {m} m where m.{mn} = new.{n};
+      select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n} order by m.{ml} limit 1;
     end if;
   elsif new.{l} is not null and new.{n} is distinct from mapped then
     {reject}
