@@ -200,3 +200,25 @@ def test_a_kind_that_does_not_fit_the_column_type_is_refused(make_db, tmp_path):
         'match_column = "email"\nhelper = "public.current_user_id"', 'match_column = "born"\n'
                                                                       'helper = "public.current_user_id"'))
     _refused(dsn, cfg, "public.accounts.born is of type date: its text form depends on session settings")
+
+
+def test_a_legacy_row_the_trigger_cannot_place_does_not_fail_the_applications_write(make_db, tmp_path):
+    """A canonical constraint pgconverge could not foresee refuses the created row: the old code's insert still
+    succeeds, the row waits in pending_legacy_rows with Postgres' reason, and the coverage gate names it."""
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(ACCOUNTS)
+        conn.execute("alter table public.users add constraint no_test_names check (full_name <> 'Test')")
+    cfg = write_config(tmp_path, _readme_config())
+    cli("run", "align", "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("grant insert on public.accounts to service_role")
+        with conn.transaction():
+            conn.execute("set local role service_role")  # as the application writes; no grant on the private schema
+            conn.execute("insert into public.accounts (id, email, full_name) values (9, 'test@x.org', 'Test')")
+        assert conn.execute("select count(*) from public.accounts where id = 9").fetchone()[0] == 1
+        reason, state = conn.execute("select reason, sqlstate from pgconverge.pending_legacy_rows "
+                                     "where legacy_id = '9'").fetchone()
+        assert state == "23514" and "no_test_names" in reason
+    out = " ".join(cli("verify", "--dsn", dsn, "--config", cfg, expect=1).split())
+    assert "9 has no mapping: " in out and "no_test_names" in out

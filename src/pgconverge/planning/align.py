@@ -366,7 +366,18 @@ end""").format(lk_type=lk_type, mlc=ident(spec.mapping_legacy_column), mcc=ident
 
 def _legacy_trigger_function(spec: Spec) -> sql.Composable:
     n = names(spec)
-    code = sql.SQL("begin perform {f}(new); return null; end").format(f=qn(n["align_row"]))
+    # Never fail the application's write: a row that cannot be decided now (an error creating its canonical
+    # row, say) waits in the pending table, and the coverage gate names it with the reason.
+    code = sql.SQL("""
+begin
+  perform {f}(new);
+  return null;
+exception when others then
+  insert into {pending} as p (legacy_id, reason, sqlstate) values (new.{lk}::text, sqlerrm, sqlstate)
+    on conflict (legacy_id) do update set reason = excluded.reason, sqlstate = excluded.sqlstate,
+    at = clock_timestamp();
+  return null;
+end""").format(f=qn(n["align_row"]), pending=qn(n["pending"]), lk=ident(spec.legacy.key))
     # SECURITY DEFINER: old code runs as an API role, which has no access to the private schema.
     return sql.SQL(
         "create or replace function {f}() returns trigger language plpgsql security definer "
