@@ -5,4 +5,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"
 bash "$root/scripts/system-deps.sh"
 cd "$root"
-exec .venv/bin/python -m pytest "$@"
+# Two workers by default (each with its own embedded Postgres): the suite is database-bound, not CPU-bound.
+exec .venv/bin/python -m pytest -n "${PGCONVERGE_TEST_WORKERS:-2}" "$@"
