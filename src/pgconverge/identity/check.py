@@ -104,17 +104,20 @@ def run(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> MatchCheck:
             + ", ".join(repr(v) for (v,) in unread[:5])
             + ": every other row would get a new canonical row of its own instead of its match",
             fix=_better_kind(spec, [v for (v,) in unread]))
-    if result.unusable and (result.rule == "refuse" or any(
-            cat.canonical.column(c).not_null for c in spec.canonical.match_columns)):
+    not_null = [f"{cat.canonical.name}.{c} is NOT NULL" for c in spec.canonical.match_columns
+                if cat.canonical.column(c).not_null]
+    if result.unusable and (result.rule == "refuse" or not_null):
+        why = (f"a canonical row created for them would be invalid ({', '.join(not_null)})" if not_null
+               else "migration.unmatched = \"refuse\" leaves them to you")
+        undo = ("allow NULL in the canonical match column and set migration.unmatched = \"create\"" if not_null
+                else "set migration.unmatched = \"create\" to give each a canonical row of its own")
         raise CatalogError(
             f"{result.unusable:,} {leg.name} row(s) have no usable {' / '.join(lcols)} (NULL, empty or unreadable), "
-            "and a canonical row created for them would be invalid "
-            f"({_why_invalid(spec, cat)}): "
+            f"and {why}: "
             + ", ".join(f"{i} ({v!r})" for i, v in result.examples[:EXAMPLES])
             + (" …" if result.unusable > EXAMPLES else ""),
-            fix="correct those values in the legacy table, or allow NULL in the canonical match column and set "
-                "migration.unmatched = \"create\", or decide them with `pgconverge align --decisions FILE` (before "
-                "`run align`: decided rows need no match value)")
+            fix=f"correct those values in the legacy table, or {undo}, or decide them with `pgconverge align "
+                "--decisions FILE` (before `run align`: decided rows need no match value)")
     return result
 
 
@@ -126,12 +129,6 @@ def _kinds(spec: Spec) -> str:
 def _shown(spec: Spec, leg: Table) -> sql.Composable:
     refs = [match.as_text("l", c, leg.column(c).type) for c in spec.legacy.match_columns]
     return refs[0] if len(refs) == 1 else sql.SQL("concat_ws(' / ', {})").format(sql.SQL(", ").join(refs))
-
-
-def _why_invalid(spec: Spec, cat: Catalog) -> str:
-    cols = [cat.canonical.column(c) for c in spec.canonical.match_columns]
-    bad = [f"{cat.canonical.name}.{c.name} is NOT NULL" for c in cols if c.not_null]
-    return ", ".join(bad) or f"migration.unmatched = \"{spec.migration.unmatched}\""
 
 
 def _better_kind(spec: Spec, values: list[str]) -> str:
