@@ -60,11 +60,18 @@ def redact(dsn: str) -> str:
 
 
 def connect(target: Target | str, *, autocommit: bool = True, application_name: str = APPLICATION_NAME,
-            **kwargs) -> psycopg.Connection:
-    """Open a connection, turning failures into an error that says what to check."""
+            row_security: bool = False, **kwargs) -> psycopg.Connection:
+    """Open a connection, turning failures into an error that says what to check.
+
+    pgconverge's own work must see every row: its sessions run with `row_security = off`, so a query
+    that a row level security policy would filter for this role fails ("query would be affected by
+    row-level security policy") instead of silently reading or updating part of a table. Code that
+    acts as an application role to test policies turns it back on for that transaction
+    (verify/tokens.py `act_as`); ROW_SECURITY=True leaves the server's default (on) for the session.
+    """
     t = target if isinstance(target, Target) else Target(target, "--dsn")
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             t.dsn,
             autocommit=autocommit,
             application_name=application_name,
@@ -78,3 +85,14 @@ def connect(target: Target | str, *, autocommit: bool = True, application_name: 
             fix="check that the server runs and the host, port, user, password and database are right; "
             "omit --dsn and DATABASE_URL to use the embedded Postgres",
         ) from exc
+    if not row_security:
+        try:
+            # A session setting (not a startup option, which connection poolers refuse); a transaction of its
+            # own when the connection is not in autocommit, so the caller starts from a clean state.
+            conn.execute("select pg_catalog.set_config('row_security', 'off', false)")
+            if not autocommit:
+                conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+    return conn

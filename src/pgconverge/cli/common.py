@@ -39,6 +39,10 @@ def fail_cleanly(fn: Callable) -> Callable:
             try:
                 return fn(*args, **kwargs)
             except psycopg.Error as exc:  # one no step or check turned into a PgConvergeError: still no traceback
+                from pgconverge.execution import privileges
+
+                if privileges.refusal(exc):
+                    raise _row_security(fn.__name__, exc, kwargs) from exc
                 state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
                 if isinstance(exc, psycopg.errors.InsufficientPrivilege):
                     fix = ("the role pgconverge connects as lacks that privilege: grant it, or connect as the "
@@ -60,6 +64,29 @@ def fail_cleanly(fn: Callable) -> Callable:
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
+
+
+def _row_security(command: str, exc: psycopg.Error, kwargs: dict) -> PgConvergeError:
+    """Postgres refused a query that row level security would have filtered (pgconverge's sessions run with
+    row_security off): name every table that filters rows for this role, and the fix, read afresh."""
+    from pgconverge.catalog import baseline
+    from pgconverge.execution import privileges
+
+    if "dsn" in kwargs:  # not for a command that connects elsewhere (rehearse): there, only what Postgres said
+        try:
+            spec = load_spec(kwargs.get("config_file"))
+            with connection.connect(target(kwargs.get("dsn"))) as conn:
+                cats = baseline.load(conn, spec)
+                return privileges.explain(conn, privileges.tables_of(cats.live, *cats.saved.values()), exc,
+                                          f"a query of `{command}`")
+        except (PgConvergeError, psycopg.Error):
+            pass  # the database cannot say more: what Postgres said, and the general fix
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return privileges.RowSecurityBlocks(
+        f"Postgres refused a query of `{command}` that row level security would have filtered ({said}): the "
+        "role pgconverge connects as sees only the rows the table's policies show it",
+        fix="as a superuser, `ALTER ROLE <that role> BYPASSRLS;`, or, if it owns the table, "
+            "`ALTER TABLE <table> NO FORCE ROW LEVEL SECURITY;`")
 
 
 def load_spec(path: Path | None) -> config.Spec:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from pgconverge import inventory as inv
 from pgconverge.catalog.introspect import load_catalog
 from pgconverge.cli.common import ConfigOpt, DsnOpt, JsonOpt, console, fail_cleanly, load_spec, print_json, target
 from pgconverge.connection import connect
+from pgconverge.execution import privileges
 
 
 @fail_cleanly
@@ -19,7 +21,14 @@ def inventory(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOp
     """
     spec = load_spec(config_file)
     with connect(target(dsn)) as conn:
-        data = inv.build(spec, load_catalog(conn, spec))
+        cat = load_catalog(conn, spec)
+        data = inv.build(spec, cat)
+        # Whether the role connected here sees every row pgconverge must read and write: a finding, not a
+        # failure (`run` refuses, with the same fix, until it does).
+        verdict = privileges.inspect(conn, privileges.tables_of(cat))
+    data["row_security"] = verdict.as_dict()
+    if not verdict.ok:
+        data["warnings"].append(f"{verdict.problem()}; fix: {verdict.fix()}")
     if as_json:
         print_json(data)
     else:
@@ -75,5 +84,13 @@ def render(data: dict) -> None:
         grants.setdefault(f"{g['grantee']}", []).append(f"{g['object']} ({', '.join(g['privileges'])})")
     for role, objs in sorted(grants.items()):
         console.print(f"[bold]{role}[/] may use: " + "; ".join(objs), highlight=False)
+    rs = data.get("row_security")
+    if rs is not None:
+        how = ("superuser" if rs["superuser"] else "BYPASSRLS" if rs["bypassrls"] else
+               "it owns each table with row level security, none forced, or RLS is off")
+        console.print(f"connected as [bold]{escape(rs['role'])}[/]: " + (
+            f"sees every row ({how})" if rs["ok"] else
+            "[red]row level security hides rows from it[/] on " + ", ".join(t["table"] for t in rs["tables"])
+            + " (see the warning below)"), highlight=False)
     for w in data["warnings"]:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)

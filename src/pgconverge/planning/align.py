@@ -306,7 +306,7 @@ end""").format(
         flag=sql.Literal(REVERSE_FLAG))
     return sql.SQL(
         "create or replace function {f}(r {lt}) returns {ck_type} language plpgsql volatile security definer "
-        "set search_path = pg_catalog, pg_temp as {body}").format(
+        "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(
         f=qn(n["align_row"]), lt=qn(cat.legacy.name), ck_type=ck_type, body=body(code))
 
 
@@ -360,7 +360,7 @@ end""").format(lk_type=lk_type, mlc=ident(spec.mapping_legacy_column), mcc=ident
                ck=ident(spec.canonical.key), lk=ident(spec.legacy.key), ckey=canonical_key(spec, cat, "p"))
     return sql.SQL(
         "create or replace function {f}(canonical_id {ck_type}) returns {lk_type} language plpgsql volatile "
-        "security definer set search_path = pg_catalog, pg_temp as {body}").format(
+        "security definer set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(
         f=qn(n["legacy_for"]), ck_type=ck_type, lk_type=lk_type, body=body(code))
 
 
@@ -381,7 +381,7 @@ end""").format(f=qn(n["align_row"]), pending=qn(n["pending"]), lk=ident(spec.leg
     # SECURITY DEFINER: old code runs as an API role, which has no access to the private schema.
     return sql.SQL(
         "create or replace function {f}() returns trigger language plpgsql security definer "
-        "set search_path = pg_catalog, pg_temp as {body}").format(f=qn(n["legacy_trigger_fn"]), body=body(code))
+        "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(n["legacy_trigger_fn"]), body=body(code))
 
 
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:

@@ -241,7 +241,7 @@ end""").format(**p, reject=sql.SQL(
         "hint = 'write one of the two columns; pgconverge fills in the other';").format(**p))
     return sql.SQL(
         "create or replace function {f}() returns trigger language plpgsql security definer "
-        "set search_path = pg_catalog, pg_temp as {body}").format(f=qn(n.sync_fn), body=body(code))
+        "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(n.sync_fn), body=body(code))
 
 
 def invariants(spec: Spec, cat: Catalog) -> Check:
