@@ -360,8 +360,8 @@ def _expected(read_legacy: str, read_canonical: str) -> tuple[str, str]:
                  f"{lg}))\n$$")
     bridge = ("CREATE OR REPLACE FUNCTION public.auth_customer_id() RETURNS bigint LANGUAGE sql STABLE SECURITY "
               "DEFINER SET search_path TO '' AS $$\n  SELECT COALESCE("
-              f"{lg}, (SELECT pg_catalog.min(m.customer_id) FROM pgconverge.legacy_customer_profile AS m WHERE "
-              f"m.profile_id = {c}))\n$$")
+              f"{lg}, (SELECT m.customer_id FROM pgconverge.legacy_customer_profile AS m WHERE "
+              f"m.profile_id = {c} ORDER BY m.customer_id LIMIT 1))\n$$")
     return canonical, bridge
 
 
@@ -473,3 +473,58 @@ def test_claim_names_are_literals_not_sql():
     literals = {n.val.sval for n in walk(body) if isinstance(n, ast.A_Const) and isinstance(n.val, ast.String)}
     assert "it's; drop table x; --" in literals
     assert not any(isinstance(n, ast.RangeVar) and n.relname == "x" for n in walk(body))
+
+
+# --- wrappers: the claim (or the cast) is in a function the helper calls ------------------------------
+
+def callee(name: QualifiedName, body: str, *, args: str = "", returns="bigint", language="sql", config=()):
+    src = f"begin return {body}; end" if language == "plpgsql" else body
+    definition = (f"CREATE OR REPLACE FUNCTION {name}({args})\n RETURNS {returns}\n LANGUAGE {language}\n STABLE\n"
+                  f"AS $function$ {src} $function$\n")
+    return Function(name, f"{name}({args})", args, returns, language, "s", False, config, f" {src} ", definition)
+
+
+def test_a_wrapper_without_arguments_is_derived_from_the_function_it_calls():
+    inner = callee(QualifiedName("private", "current_customer"),
+                   "nullif(current_setting('request.jwt.claim.customer_id', true), '')::bigint", language="plpgsql")
+    d = derive(helper("select private.current_customer()"), callees=[inner])
+    assert d.mechanism == "claim_setting" and d.uncertain == (), d.uncertain
+    assert "pg_catalog.current_setting('request.jwt.claim.profile_id', TRUE)" in d.canonical_sql
+    assert "private.current_customer" not in d.canonical_sql + d.canonical_direct_sql
+    assert any("inlined" in n for n in d.notes)
+    d = derive(helper("select private.current_customer()"))  # its body unknown: refused, not guessed
+    assert d.canonical_sql == "" and d.uncertain
+
+
+def test_a_claim_accessor_returning_the_key_is_inlined_with_its_argument():
+    inner = callee(P("claim_id"), "select nullif(auth.jwt() ->> name, '')::bigint", args="name text")
+    d = derive(helper("select public.claim_id('customer_id')"), callees=[inner])
+    assert d.mechanism == "auth_jwt" and d.uncertain == (), d.uncertain
+    assert "auth.jwt() ->> CAST('profile_id' AS text)" in d.canonical_sql and "claim_id" not in d.canonical_sql
+    positional = callee(P("claim_id"), "select nullif(auth.jwt() ->> $1, '')::bigint", args="text")
+    d = derive(helper("select public.claim_id('customer_id')"), callees=[positional])
+    assert d.uncertain == () and "auth.jwt() ->> CAST('profile_id' AS text)" in d.canonical_sql
+
+
+def test_a_parameter_that_may_name_a_column_is_not_inlined():
+    inner = callee(P("customer_of"), "select c.id from public.customers c where c.auth_user_id = u",
+                   args="u uuid")
+    d = derive(helper("select public.customer_of(auth.uid())"), callees=[inner])
+    assert d.canonical_sql == "" and d.uncertain
+
+
+def test_a_lookup_in_plpgsql_or_behind_a_wrapper_is_a_uid_lookup():
+    lookup = "select c.id from public.customers c where c.auth_user_id = auth.uid()"
+    d = derive(helper(f"begin return ({lookup}); end", language="plpgsql"))
+    assert d.mechanism == "uid_lookup" and d.uncertain == (), d.uncertain
+    inner = callee(QualifiedName("private", "current_customer"), lookup)
+    d = derive(helper("select private.current_customer()"), callees=[inner])
+    assert d.mechanism == "uid_lookup" and d.uncertain == (), d.uncertain
+    assert "FROM public.customers AS c WHERE c.auth_user_id = auth.uid() LIMIT 1" in d.canonical_sql
+
+
+def test_a_text_key_needs_no_cast():
+    d = derive(helper("select nullif(current_setting('request.jwt.claim.customer_id', true), '')", returns="text"))
+    assert d.uncertain == () and d.mechanism == "claim_setting"
+    assert ("CASE WHEN pg_catalog.pg_input_is_valid(NULLIF(pg_catalog.current_setting("
+            "'request.jwt.claim.profile_id', TRUE), ''), 'uuid')") in d.canonical_sql

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import psycopg
 
-from pgconverge.catalog import mentions, queries as q
+from pgconverge.catalog import calls, mentions, queries as q
 from pgconverge.catalog.model import (
     Catalog, Column, Dependent, ForeignKey, Function, Grant, Index, Policy, Table, Trigger, View,
 )
@@ -36,15 +36,17 @@ class _Reader:
 
     def read(self) -> Catalog:
         spec = self.spec
-        database, version, read_at = self.rows(q.SERVER)[0]
+        database, version, read_at, user = self.rows(q.SERVER)[0]
         legacy_oid = self._relation("legacy.table", spec.legacy.table)
         canonical_oid = self._relation("canonical.table", spec.canonical.table)
         base = self._tables([legacy_oid, canonical_oid])
         legacy, canonical = base[legacy_oid], base[canonical_oid]
         self._check_key("legacy", legacy, spec.legacy.key)
         self._check_key("canonical", canonical, spec.canonical.key)
-        self._check_column("legacy.match_column", legacy, spec.legacy.match_column)
-        self._check_column("canonical.match_column", canonical, spec.canonical.match_column)
+        for c in spec.legacy.match_columns:
+            self._check_column("legacy.match_column", legacy, c)
+        for c in spec.canonical.match_columns:
+            self._check_column("canonical.match_column", canonical, c)
         for lcol, ccol in spec.canonical.copy_columns:
             self._check_column("canonical.copy_columns", legacy, lcol)
             self._check_column("canonical.copy_columns", canonical, ccol)
@@ -54,6 +56,7 @@ class _Reader:
         watched_cols |= {(legacy.name, c.name) for c in legacy.columns}
 
         legacy_helper, canonical_helper, functions = self._functions(dependents)
+        callees = self._callees([f for f in (legacy_helper, canonical_helper) if f])
         policies = self._policies()
         helper_sigs = {f.signature for f in functions}
         relevant = [p for p in policies
@@ -74,6 +77,7 @@ class _Reader:
             canonical_referenced_by=tuple(_fk(r) for r in self.rows(q.CONSTRAINTS, oids=[canonical.oid])
                                           if r[2] == "f" and r[6] == canonical.oid),
             schemas=frozenset(s for (s,) in self.rows(q.SCHEMAS)),
+            helper_callees=tuple(callees), user=user,
         )
 
     # -- tables ------------------------------------------------------------------------------
@@ -210,8 +214,9 @@ class _Reader:
                          helper_names=[h.name for h in helpers], pattern=pattern)
         found: list[Function] = []
         by_name: dict[QualifiedName, list[Function]] = defaultdict(list)
-        for oid, ns, name, sig, args, ret, lang, vol, secdef, config, src, fdef in rows:
-            fn = Function(QualifiedName(ns, name), sig, args, ret, lang, vol, secdef, tuple(config), src, fdef, oid)
+        for oid, ns, name, sig, args, ret, lang, vol, secdef, config, src, fdef, owner in rows:
+            fn = Function(QualifiedName(ns, name), sig, args, ret, lang, vol, secdef, tuple(config), src, fdef, oid,
+                          owner)
             by_name[fn.name].append(fn)
             if fn.name in helpers or mentions.find(src, names):
                 found.append(fn)
@@ -219,6 +224,28 @@ class _Reader:
         canonical_helper = self._helper("canonical.helper", spec.canonical.helper, by_name, required=False)
         found = [f for f in found if f.name != spec.canonical.helper or f == canonical_helper]
         return legacy_helper, canonical_helper, found
+
+    def _callees(self, roots: list[Function], depth: int = 4) -> list[Function]:
+        """Every sql or plpgsql function ROOTS call, and those they call (DEPTH levels), by the names written."""
+        found: dict[int, Function] = {}
+        seen = {f.oid for f in roots}
+        frontier = roots
+        for _ in range(depth):
+            names = {n for f in frontier for n in calls.called(f)}
+            if not names:
+                break
+            frontier = [f for f in self.named(sorted(n for n in names if len(n) == 2),
+                                              sorted(n[0] for n in names if len(n) == 1)) if f.oid not in seen]
+            for fn in frontier:
+                seen.add(fn.oid)
+                found[fn.oid] = fn
+        return list(found.values())
+
+    def named(self, qualified: list[tuple[str, ...]], bare: list[str] = ()) -> list[Function]:
+        rows = self.rows(q.FUNCTIONS_NAMED, schemas=[n[0] for n in qualified], names=[n[1] for n in qualified],
+                         bare=list(bare))
+        return [Function(QualifiedName(ns, name), sig, args, ret, lang, vol, secdef, tuple(config), src, fdef, oid,
+                         owner) for oid, ns, name, sig, args, ret, lang, vol, secdef, config, src, fdef, owner in rows]
 
     def _helper(self, key: str, name: QualifiedName, by_name, required: bool) -> Function | None:
         cands = by_name.get(name, [])
@@ -249,6 +276,18 @@ class _Reader:
         fn_oids = [h.oid for h in helpers]
         out += [Grant("function", o, g, p) for o, g, p in self.rows(q.FUNCTION_GRANTS, oids=fn_oids) if g in roles]
         return out
+
+
+def function_and_callees(conn: psycopg.Connection, name: QualifiedName) -> tuple[Function | None, list[Function]]:
+    """The argument-less function NAME as it is now, and every function it calls (see Catalog.helper_callees)."""
+    reader = _Reader(conn, None)  # type: ignore[arg-type]
+    fn = next((f for f in reader.named([(name.schema, name.name)]) if not f.identity_args), None)
+    return fn, (reader._callees([fn]) if fn else [])
+
+
+def callees(conn: psycopg.Connection, fns: list[Function]) -> list[Function]:
+    """Every function FNS call, directly or through each other, as they are now."""
+    return _Reader(conn, None)._callees(fns)  # type: ignore[arg-type]
 
 
 def _fk(row: tuple) -> ForeignKey:

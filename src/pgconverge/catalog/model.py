@@ -100,6 +100,7 @@ class Function:
     source: str
     definition: str  # pg_get_functiondef
     oid: int = 0
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,9 @@ class Catalog:
     schemas: frozenset[str] = frozenset()
     canonical_referenced_by: tuple[ForeignKey, ...] = ()  # foreign keys pointing at the canonical table
     read_at: str = ""  # UTC time of the read, e.g. 20261124T031500Z
+    # Functions the helpers call, directly or through each other (the legacy helper may wrap another).
+    helper_callees: tuple[Function, ...] = ()
+    user: str = ""  # the role pgconverge connects as ("" in catalogs saved before it was recorded)
 
     def table(self, name: QualifiedName) -> Table | None:
         for t in (self.legacy, self.canonical, *(d.table for d in self.dependents), *self.tables):

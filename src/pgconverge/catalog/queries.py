@@ -115,7 +115,7 @@ FUNCTIONS = """
 select p.oid, n.nspname, p.proname, p.oid::regprocedure::text, pg_get_function_identity_arguments(p.oid),
        pg_get_function_result(p.oid), l.lanname, p.provolatile, p.prosecdef,
        coalesce(p.proconfig, '{}'::text[]), p.prosrc,
-       case when p.prokind in ('f', 'p') then pg_get_functiondef(p.oid) else '' end
+       case when p.prokind in ('f', 'p') then pg_get_functiondef(p.oid) else '' end, pg_get_userbyid(p.proowner)
 from pg_proc p
 join pg_namespace n on n.oid = p.pronamespace
 join pg_language l on l.oid = p.prolang
@@ -125,6 +125,22 @@ where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not li
                   and e.deptype = 'e')
   and ((n.nspname, p.proname) in (select * from unnest(%(helper_schemas)s::text[], %(helper_names)s::text[]))
        or p.prosrc ~* %(pattern)s)
+order by n.nspname, p.proname, p.oid
+"""
+
+# User functions by name: schema-qualified names, and bare names in any schema (the caller resolves them).
+FUNCTIONS_NAMED = """
+select p.oid, n.nspname, p.proname, p.oid::regprocedure::text, pg_get_function_identity_arguments(p.oid),
+       pg_get_function_result(p.oid), l.lanname, p.provolatile, p.prosecdef,
+       coalesce(p.proconfig, '{}'::text[]), p.prosrc,
+       case when p.prokind = 'f' then pg_get_functiondef(p.oid) else '' end, pg_get_userbyid(p.proowner)
+from pg_proc p
+join pg_namespace n on n.oid = p.pronamespace
+join pg_language l on l.oid = p.prolang
+where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%%'
+  and l.lanname in ('sql', 'plpgsql') and p.prokind = 'f'
+  and ((n.nspname, p.proname) in (select * from unnest(%(schemas)s::text[], %(names)s::text[]))
+       or p.proname = any(%(bare)s::text[]))
 order by n.nspname, p.proname, p.oid
 """
 
@@ -148,4 +164,4 @@ order by 1, 2, 3
 ROLES = "select rolname from pg_roles"
 SCHEMAS = "select nspname from pg_namespace"
 SERVER = ("select current_database(), current_setting('server_version_num')::int, "
-          "to_char(clock_timestamp() at time zone 'utc', 'YYYYMMDD\"T\"HH24MISS\"Z\"')")
+          "to_char(clock_timestamp() at time zone 'utc', 'YYYYMMDD\"T\"HH24MISS\"Z\"'), current_user")

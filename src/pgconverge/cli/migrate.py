@@ -15,7 +15,9 @@ from pgconverge.cli.common import (
 )
 from pgconverge.cli.progress import RichProgress
 from pgconverge.connection import connect
+from pgconverge.errors import PgConvergeError
 from pgconverge.execution.runner import Runner
+from pgconverge.execution import privileges
 from pgconverge.identity import check as match_check
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES
@@ -31,11 +33,13 @@ def _phase(name: str | None) -> str | None:
     return name
 
 
-def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool = False):
+def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool = False, see_rows: bool = True):
     spec = load_spec(config_file)
     t = target(dsn)
     with connect(t) as conn:
         cats = baseline.load(conn, spec)
+        if see_rows:  # plan, run, rollback: refuse a role that row level security filters, before anything else
+            privileges.check_catalogs(conn, cats.live, *cats.saved.values())
         p = planner.rollback(spec, cats, rollback_to) if rollback_to else planner.build(spec, cats)
         # Before align has started: refuse a match kind that cannot read the legacy values, or rows it
         # cannot place, before anything changes.
@@ -48,6 +52,17 @@ def _done(conn, spec, step: str) -> bool:
     ledger = Ledger(conn, spec)
     state = ledger.step_states().get(step) if ledger.exists() else None
     return state is not None and state.state == "done"
+
+
+def _refuse_underivable(spec, cats) -> None:
+    """A plan whose switch cannot derive the canonical helper is refused here, before the migration starts."""
+    from pgconverge.planning import switch
+
+    cat = cats.for_phase("switch")
+    problems = switch.helper_refusals(spec, cat)
+    if problems:
+        raise PgConvergeError(f"the switch cannot derive {spec.canonical.helper}() from the legacy helper "
+                              f"{spec.legacy.helper}(): " + "; ".join(problems), fix=switch.helper_fix(spec, cat))
 
 
 def _print_steps(steps: list[dict], show_sql: bool) -> None:
@@ -74,7 +89,9 @@ def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = No
     scans table (reads every row), rows (short batches, one transaction each).
     """
     phase = _phase(phase)
-    spec, _, p, _, checked = _plan_for(dsn, config_file, _phase(rollback_to), check_data=not rollback_to)
+    spec, _, p, cats, checked = _plan_for(dsn, config_file, _phase(rollback_to), check_data=not rollback_to)
+    if not rollback_to and phase in (None, "switch", "contract"):
+        _refuse_underivable(spec, cats)
     data = p.as_dict(None if rollback_to else phase)
     if checked:
         data["match_check"] = checked.as_dict()
@@ -162,7 +179,7 @@ def _align_summary(report: dict) -> dict:
 @fail_cleanly
 def status(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show where the migration stands: each step's state from the ledger, the last error, batch progress."""
-    spec, t, p, _, _ = _plan_for(dsn, config_file)
+    spec, t, p, _, _ = _plan_for(dsn, config_file, see_rows=False)
     with connect(t) as conn:
         ledger = Ledger(conn, spec)
         states = ledger.step_states() if ledger.exists() else {}

@@ -10,6 +10,7 @@ from rich.markup import escape
 from pgconverge.catalog import baseline
 from pgconverge.cli.common import ConfigOpt, DsnOpt, JsonOpt, console, fail_cleanly, load_spec, print_json, target
 from pgconverge.connection import connect
+from pgconverge.execution import privileges
 from pgconverge.ledger.store import Ledger
 from pgconverge.planning import plan as planner
 from pgconverge.verify import invariants
@@ -36,20 +37,28 @@ def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
         cats = baseline.load(conn, spec)
         plan = planner.build(spec, cats)
         cat = cats.for_phase("switch")
-        phases = invariants.finished_phases(plan, Ledger(conn, spec))
-        results = invariants.run(conn, plan, phases)
-        if rls_check:
-            results.append(_rls(conn, spec, cat, plan, phases, sample))
+        ledger = Ledger(conn, spec)
+        phases = invariants.finished_phases(plan, ledger)
+        nothing = invariants.nothing_to_verify(plan, ledger) if not phases else None
+        results = []
+        if not nothing:
+            # A role that row level security filters would check part of the data, and pass: refuse instead.
+            privileges.check_catalogs(conn, cats.live, *cats.saved.values(),
+                                      outcome="nothing was checked: a check that cannot see every row could pass")
+            results = invariants.run(conn, plan, phases)
+            if rls_check:
+                results.append(_rls(conn, spec, cat, plan, phases, sample))
     ok = all(r.passed for r in results)
     if as_json:
         print_json({"target": t.display, "phases": phases, "passed": ok,
+                    **({"nothing_to_verify": nothing} if nothing else {}),
                     "checks": [r.__dict__ for r in results]})
     else:
-        if not phases:
-            console.print("no phase has finished yet: nothing to verify")
+        if nothing:
+            console.print(f"nothing to verify: {escape(nothing)}", highlight=False)
         for r in results:
             mark = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
-            console.print(f"{mark} {r.step}", highlight=False)
+            console.print(f"{mark} {r.step}" + (f" [dim]({escape(r.note)})[/]" if r.note else ""), highlight=False)
             for p in r.problems[:20]:
                 console.print("     " + escape(" — ".join(x for x in p if x)), highlight=False)
             if not r.passed:
@@ -71,4 +80,5 @@ def _rls(conn, spec, cat, plan, phases, sample) -> invariants.CheckResult:
         "rls", f"{what}isolation of {summary['identities']} identities over {len(tables)} tables",
         not problems, [[p] for p in problems],
         "row level security differs from what the migration promises" if problems else "",
-        "roll back the switch (`pgconverge rollback --to switch`) and review the policies listed" if problems else "")
+        "roll back the switch (`pgconverge rollback --to switch`) and review the policies listed" if problems else "",
+        "" if summary["rows_seen"] else "no identity has rows in these tables: nothing was compared")

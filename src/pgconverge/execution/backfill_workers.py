@@ -111,7 +111,7 @@ def _key_value(last: Any) -> Any:
 
 
 def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
-    from pgconverge.execution.runner import StepResult
+    from pgconverge.execution.runner import EMPTY, StepResult, upper_bound
 
     op: Batched = step.op  # type: ignore[assignment]
     spec = runner.spec.migration
@@ -119,8 +119,10 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
     plan = _plan(runner, step) if resuming else None
     if plan is None:
         start, resumed_rows = (_single_worker_position(runner, step) or (None, 0)) if resuming else (None, 0)
-        upper = runner.work.execute(op.upper_bound).fetchone()[0] if op.upper_bound is not None else None
-        ranges = split(runner.work, op, start, _key_value(upper), workers * RANGES_PER_WORKER)
+        upper = upper_bound(runner.work, op)
+        # A table without rows has no key range to cut, and nothing to visit.
+        ranges = [] if upper is EMPTY else split(runner.work, op, start, _key_value(upper),
+                                                 workers * RANGES_PER_WORKER)
         plan = {"plan": uuid.uuid4().hex[:12], "ranges": ranges, "workers": workers, "rows_before": resumed_rows}
         runner.ledger.event(runner.run_id, step.phase, step.id, "note", detail=plan,
                             message=f"{len(ranges)} key ranges for {workers} workers")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from pgconverge.audit import runtime
 from pgconverge.audit.code import audit_code
-from pgconverge.catalog import mentions
+from pgconverge.catalog import calls, introspect, mentions
 from pgconverge.operations.base import Step
 from pgconverge.verify import invariants
 
@@ -39,6 +39,8 @@ def evaluate(runner: Runner) -> list[dict]:
     # Tables whose old policy scans a table per caller were compared for fewer tokens: say so where it passes.
     partial = [f"{t}: compared for {v['tokens_checked']} of {v['tokens']} tokens (its old policy scans a table "
                f"per caller, {v['first_token_s']} s each)" for t, v in ((eq or {}).get("scan_bound") or {}).items()]
+    if ok and eq.get("rows_seen") == 0:  # recorded by this version on; a pass over no rows compared nothing
+        partial.append("the RLS check saw no rows for any identity: there was nothing to compare")
     out.append({"gate": "switch verified", "passed": ok,
                 "details": partial if ok else (eq["problems"][:10] if eq else ["no RLS equivalence result recorded"]),
                 "unblock": "run `pgconverge run switch` (it verifies RLS equivalence) or `pgconverge verify --rls`"})
@@ -69,22 +71,37 @@ def evaluate(runner: Runner) -> list[dict]:
 
     out.append(runtime_gate)
 
-    # Every policy calls the canonical helper. Contract rewrites it to read the canonical claim alone when it
-    # can; a helper that looks the caller up (by auth.uid(), say) through the legacy table and the mapping
-    # cannot be rewritten so, and once contract archives both, every query through those policies fails.
-    leaning: list[str] = []
-    if not any(s.id == "contract.canonical_helper" for s in runner.plan.steps):
-        archived = {spec.legacy.table.name, spec.mapping_table.name}
-        for f in (live.functions if live else ()):
-            if f.name == spec.canonical.helper:
-                names = sorted({m.name for m in mentions.find(f.source, archived)})
-                if names:
-                    leaning.append(f"{f.signature} reads {', '.join(names)}, which contract archives")
+    leaning = standalone(runner)
     out.append({"gate": "canonical helper stands alone", "passed": not leaning, "details": leaning,
                 "unblock": f"replace {spec.canonical.helper}() by a definition that finds the caller's "
                            f"{spec.canonical.table} row without {spec.legacy.table} or the mapping (for a lookup by "
                            "auth.uid(): through the canonical table's own link to the auth user), then run "
                            "contract again"})
+    return out
+
+
+def standalone(runner: Runner) -> list[str]:
+    """What the canonical helper reads that contract archives, itself or through the functions it calls.
+
+    Every policy calls the canonical helper. Contract rewrites it to read the canonical claim alone when it
+    can; a helper that looks the caller up (by auth.uid(), say) through the legacy table and the mapping
+    cannot be rewritten so, and once contract archives both, every query through those policies fails.
+    Read from the database now (the catalog the plan came from may predate the helper, or a hand-written one).
+    """
+    spec = runner.spec
+    archived = {spec.legacy.table.name, spec.mapping_table.name}
+    fn, _ = introspect.function_and_callees(runner.work, spec.canonical.helper)
+    if fn is None:
+        return []  # the switch gate reports a missing helper
+    planned = next((s.op for s in runner.plan.steps if s.id == "contract.canonical_helper"), None)
+    if planned is not None:  # contract replaces it first: what matters is what it is replaced by
+        fn = calls.from_definition(fn, planned.definition)
+    out = []
+    for f in [fn, *introspect.callees(runner.work, [fn])]:
+        names = sorted({m.name for m in mentions.find(f.source, archived)})
+        if names:
+            through = "" if f is fn else f" through {f.name}({f.identity_args})"
+            out.append(f"{fn.name}() reads {', '.join(names)}{through}, which contract archives")
     return out
 
 

@@ -40,7 +40,7 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
         exporter.rollback()
     problems = rls.compare(before, after, identities)
     summary = {"identities": len(identities), "tokens": len(after.seen), "tables": list(op.tables),
-               "write_probes": len(after.writes), "problems": problems[:200],
+               "write_probes": len(after.writes), "rows_seen": rls.rows_seen(before), "problems": problems[:200],
                # Tables whose old policy reads a whole table per caller: checked for fewer tokens (see rls.py).
                "scan_bound": rls.scan_bound_summary(before, after)}
     runner.ledger.snapshot(runner.run_id, "rls_equivalence", summary)

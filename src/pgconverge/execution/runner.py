@@ -10,10 +10,11 @@ import psycopg
 from psycopg import sql
 
 from pgconverge.catalog import baseline
+from pgconverge.catalog.introspect import load_catalog
 from pgconverge.config import Spec
 from pgconverge.connection import Target, connect
-from pgconverge.errors import PgConvergeError
-from pgconverge.execution import gates, killpoint, policy_switch, retry, session
+from pgconverge.errors import CatalogError, PgConvergeError
+from pgconverge.execution import gates, killpoint, policy_switch, privileges, retry, session
 from pgconverge.execution.locks import describe_blockers
 from pgconverge.execution.throttle import Throttle
 from pgconverge.ledger.store import Ledger
@@ -40,6 +41,20 @@ class GateFailed(PgConvergeError):
 
 class PlanMismatch(PgConvergeError):
     """The ledger says a step ran with different SQL than the plan now has."""
+
+
+EMPTY = object()  # upper_bound() of a table without rows
+
+
+def upper_bound(conn: psycopg.Connection, op: Batched):
+    """OP's last key to visit, read once (None: no bound); EMPTY when the table had no rows to visit.
+
+    Rows written after this are the triggers' job, on an empty table as on any other.
+    """
+    if op.upper_bound is None:
+        return None
+    row = conn.execute(op.upper_bound).fetchone()
+    return EMPTY if row is None or row[0] is None else row[0]
 
 
 class Progress(Protocol):
@@ -92,6 +107,9 @@ class Runner:
         self.control = connect(self.target, application_name="pgconverge:control")
         try:
             self._lock()
+            # Before anything changes (the ledger included): a role that row level security filters would
+            # migrate and check only the rows the policies show it. Refuse, naming the tables and the fix.
+            self.preflight()
             roles = {r for (r,) in self.control.execute("select rolname from pg_roles").fetchall()}
             self.ledger = Ledger(self.control, self.spec)
             self.ledger.ensure(roles)
@@ -107,6 +125,16 @@ class Runner:
         for c in (getattr(self, "work", None), self.control):
             if c is not None and not c.closed:
                 c.close()
+
+    def preflight(self) -> privileges.Verdict:
+        """Raise RowSecurityBlocks unless the connected role sees every row of every table the plan touches."""
+        cats = [self.catalogs.live, *self.catalogs.saved.values()]
+        if not any(cats):  # a runner made without catalogs: read the live one
+            try:
+                cats = [load_catalog(self.control, self.spec)]
+            except CatalogError:
+                cats = []  # the configuration does not match the database: planning says so
+        return privileges.check_catalogs(self.control, *cats)
 
     def _lock_key(self) -> sql.Composable:
         return sql.SQL("pg_catalog.hashtextextended({}, 0)").format(
@@ -230,6 +258,13 @@ class Runner:
                 f"{blockers}",
                 fix="let the blocking transaction finish (or end it), then run the same command again; "
                     "raise migration.lock_retries to wait longer")
+        if privileges.refusal(last):
+            # row_security is off in every pgconverge session: a policy that would have hidden rows from this
+            # role made Postgres refuse the statement (its transaction rolled back) instead of filtering it.
+            why = privileges.explain(self.control, privileges.tables_of(
+                self.catalogs.live, *self.catalogs.saved.values()), last, f"step {step.id}")
+            return StepFailed(why.problem, fix=f"{why.fix}; then run the same command again — finished steps "
+                                               "are not repeated")
         return StepFailed(f"step {step.id} failed: {str(last).strip()} (SQLSTATE {last.sqlstate})",
                           fix="see `pgconverge status` for the ledger entry; fix the cause and run again — "
                               "finished steps are not repeated")
@@ -353,7 +388,10 @@ class Runner:
             if cp:
                 after, rows_done = cp
         total = self.work.execute(op.total_estimate()).fetchone()[0]
-        upper = self.work.execute(op.upper_bound).fetchone()[0] if op.upper_bound is not None else None
+        upper = upper_bound(self.work, op)
+        if upper is EMPTY:
+            self._done(step, 1, op.sql_text(), rows=rows_done, batches=0, resumed_from=rows_done, empty=True)
+            return StepResult(step.id, "done", 0.0, rows=rows_done, detail={"resumed_from": rows_done})
         started, resumed_from = time.monotonic(), rows_done
         batches, throttled = 0, 0.0
         throttle = Throttle(max_replica_lag_ms=self.spec.migration.max_replica_lag_ms)

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from psycopg import sql
 
+from pgconverge.config import QualifiedName
 from pgconverge.operations.base import Lock, Operation
 
 
@@ -17,6 +18,8 @@ class Check(Operation):
     failure: str  # what it means when rows come back
     fix: str
     settings: tuple[tuple[str, str], ...] = ()  # set_config(name, value, true) before the query
+    # Tables whose rows it examines, so `verify` can say when there were none (not part of the SQL).
+    covers: tuple[QualifiedName, ...] = ()
 
     executor: ClassVar[str] = "check"
 

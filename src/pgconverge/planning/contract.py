@@ -114,7 +114,7 @@ def keep_legacy_ids(spec: Spec, cat: Catalog) -> Operation:
         k = ident(key[0]) if key else sql.SQL("ctid")
         parts.append(sql.SQL(
             "select {t}, d.{k}::text, d.{l}::text from {tab} d where d.{l} is distinct from "
-            "(select min(mm.{ml}) from {m} mm where mm.{mn} = d.{n})").format(
+            "(select mm.{ml} from {m} mm where mm.{mn} = d.{n} order by mm.{ml} limit 1)").format(
             t=sql.Literal(str(d.table.name)), k=k, l=ident(d.fk.columns[0]), tab=qn(d.table.name),
             ml=ident(spec.mapping_legacy_column), m=qn(m), mn=ident(spec.migration.new_column),
             n=ident(spec.migration.new_column)))
@@ -130,7 +130,8 @@ def final_validation(spec: Spec) -> Check:
         "select format('%s row %s: owner %s before, %s now', b.tbl, b.pk, b.owner, a.owner), null "
         "from {b} b join {a} a using (tbl, pk) where a.owner is distinct from b.owner limit 50").format(
         b=before, a=after), failure="rows are linked to another identity than before the migration",
-        fix="roll back with `pgconverge rollback --to contract` and investigate the rows named")
+        fix="roll back with `pgconverge rollback --to contract` and investigate the rows named",
+        covers=(linkage_table(spec, "before"),))
 
 
 def archive_names(spec: Spec, cat: Catalog) -> tuple[QualifiedName, QualifiedName]:
@@ -163,7 +164,9 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             (DropTrigger(expand.TRIGGER, d.table.name), DropColumn(d.table.name, legacy_col)),
             f"the trigger fills {spec.migration.new_column} for writers of {legacy_col}"))
     add("drop_legacy_trigger", DropTrigger("pgconverge_align", cat.legacy.name))
-    helper = switch._helper(spec, cats.for_phase("switch") if cats is not None else cat)
+    switch_cat = cats.for_phase("switch") if cats is not None else cat
+    helper = switch._helper(spec, switch_cat)
+    readers = switch.mapping_owners(spec, switch_cat, helper)  # the switch let them read the mapping
     if helper.canonical_direct_sql:
         add("canonical_helper", ReplaceFunction(spec.canonical.helper, "", helper.canonical_direct_sql,
                                                 helper.canonical_sql, why="read the canonical claim only: "
@@ -185,7 +188,8 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     grants = tuple((g.grantee, g.privilege) for g in cat.grants
                    if g.object_kind == "table" and g.object_name == str(cat.legacy.name))
     add("archive_legacy_table", ArchiveTable(cat.legacy.name, archived, roles, grants))
-    add("archive_mapping", ArchiveTable(an["mapping"], archived_map, roles))
+    add("archive_mapping", ArchiveTable(an["mapping"], archived_map, roles + readers,
+                                        tuple((r, "SELECT") for r in readers)))
     add("linkage_after", linkage_snapshot(spec, cat, "after", legacy=False))
     add("final_validation", final_validation(spec))
     add("counts_after", counts(spec, cat, "counts_after", archived))

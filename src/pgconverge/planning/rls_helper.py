@@ -15,7 +15,7 @@ from pglast import ast, enums, parse_plpgsql, parse_sql
 from pgconverge.catalog.model import Function
 from pgconverge.config import QualifiedName
 from pgconverge.planning.rls_ast import (
-    ParseError, children, column_ref, const_text, deparse, dup, func_call, parse_type, range_var, replace_child,
+    ParseError, children, column_ref, const_text, deparse, dup, parse_type, range_var, replace_child,
     same_type, strings, walk,
 )
 from pgconverge.planning.rls_claims import (
@@ -24,6 +24,8 @@ from pgconverge.planning.rls_claims import (
 
 MECHANISMS = ("claims_json", "claim_setting", "auth_jwt", "uid_lookup", "unknown")
 _M = "m"  # alias of the mapping table in the bridge sub-queries
+_TEXT = {"text", "varchar", "bpchar"}
+_PLATFORM = {"auth", "pg_catalog", "extensions"}  # their functions are the mechanisms recognised, never inlined
 # Functions a helper may call unqualified; under a pinned empty search_path they are pg_catalog's.
 _BUILTINS = {"current_setting", "nullif", "coalesce", "btrim", "trim", "lower", "upper", "jsonb_extract_path_text",
              "json_extract_path_text", "current_user", "session_user", "to_jsonb", "to_json"}
@@ -57,22 +59,36 @@ def derive_canonical_helper(
 ) -> HelperDerivation:
     """Build the canonical helper from LEGACY's definition; report what cannot be derived with certainty.
 
-    callees are functions the legacy helper may read its claim through (such as auth_claim(text)),
-    used only to name the mechanism. server_version picks how a non-castable claim becomes NULL
-    (pg_input_is_valid from 16 on, a pattern before).
+    callees are the functions the legacy helper calls, directly or through each other (such as
+    auth_claim(text)): they name the mechanism, and when the helper cannot be derived as written (a
+    wrapper hiding the claim or the cast) their sql or plpgsql bodies are inlined. server_version picks
+    how a non-castable claim becomes NULL (pg_input_is_valid from 16 on, a pattern before).
     """
-    d = _Derivation(legacy, canonical_helper, legacy_claim, canonical_claim, canonical_key_type, mapping,
-                    mapping_legacy_column, mapping_canonical_column, list(callees), server_version)
-    return d.run()
+    args = (legacy, canonical_helper, legacy_claim, canonical_claim, canonical_key_type, mapping,
+            mapping_legacy_column, mapping_canonical_column, list(callees), server_version)
+    first = _Derivation(*args).run()
+    if not first.uncertain and first.canonical_sql:
+        return first
+    # A wrapper (select private.current_customer(), select claim_id('customer_id') returning the key) hides
+    # the claim or the cast in the function it calls: derive again with those calls replaced by their bodies.
+    inlined = _Derivation(*args, inline=True).run()
+    return inlined if not inlined.uncertain and inlined.canonical_sql else first
+
+
+def resolved_body(legacy: Function, callees: Iterable[Function] = ()) -> ast.SelectStmt | None:
+    """The legacy helper's body as one SELECT, names qualified and wrapped functions inlined; None if it has none."""
+    d = _Derivation(legacy, QualifiedName("", ""), "", "", "text", QualifiedName("", ""), "", "", list(callees),
+                    160000, inline=True)
+    return d.body() if not legacy.identity_args else None
 
 
 class _Derivation:
     def __init__(self, legacy, canonical, legacy_claim, canonical_claim, key_type, mapping, lcol, ccol, callees,
-                 server_version):
+                 server_version, inline=False):
         self.legacy, self.canonical = legacy, canonical
         self.legacy_claim, self.canonical_claim = legacy_claim, canonical_claim
         self.key_type_text, self.mapping, self.lcol, self.ccol = key_type, mapping, lcol, ccol
-        self.callees, self.server_version = callees, server_version
+        self.callees, self.server_version, self.inline = callees, server_version, inline
         self.uncertain: list[str] = []
         self.notes: list[str] = []
 
@@ -91,10 +107,9 @@ class _Derivation:
             self.uncertain.append(f"cannot parse a type: {exc}")
             return self.result("unknown")
         self.header = definition_options(self.legacy.definition)
-        body = self._legacy_select()
+        body = self.body()
         if body is None:
             return self.result("unknown")
-        self._check_qualified(body)
         probe = dup(body)
         if swap_claim(probe, self.legacy_claim, self.canonical_claim) == 0:
             return self._lookup(body)
@@ -105,9 +120,9 @@ class _Derivation:
         canonical_read = self._read(body, self.canonical_claim)
         if legacy_read is None or canonical_read is None:
             return self.result(mechanism)
-        from_mapping = self._mapping_lookup(self.ccol, self.lcol, legacy_read, aggregate=False)
+        from_mapping = self._mapping_lookup(self.ccol, self.lcol, legacy_read, several=False)
         canonical = _select(ast.CoalesceExpr(args=(canonical_read, from_mapping)))
-        back = self._mapping_lookup(self.lcol, self.ccol, dup(canonical_read), aggregate=True)
+        back = self._mapping_lookup(self.lcol, self.ccol, dup(canonical_read), several=True)
         bridge = _select(ast.CoalesceExpr(args=(dup(legacy_read), back)))
         self.notes.append(f"tokens without '{self.canonical_claim}' are bridged through {self.mapping}; after "
                           "contract, replace the canonical helper with canonical_direct_sql")
@@ -118,54 +133,72 @@ class _Derivation:
 
     # -- the legacy body ---------------------------------------------------------------------
 
-    def _legacy_select(self) -> ast.SelectStmt | None:
-        lang = self.legacy.language
+    def body(self) -> ast.SelectStmt | None:
+        """The legacy body as one SELECT: names qualified, wrapped functions inlined (when asked), a bare
+        scalar sub-query (plpgsql's RETURN (SELECT …)) unwrapped."""
+        body = self._select_of(self.legacy)
+        if body is None:
+            return None
+        self._check_qualified(body, self.legacy)
+        if self.inline:
+            self._inline_calls(body, 0)
+        return _unwrap(body)
+
+    def _select_of(self, fn: Function, *, quiet: bool = False) -> ast.SelectStmt | None:
+        lang = fn.language
         try:
             if lang == "sql":
-                stmts = self._sql_statements()
+                stmts = self._sql_statements(fn)
             elif lang == "plpgsql":
-                stmts = self._plpgsql_return()
+                stmts = self._plpgsql_return(fn, quiet)
             else:
-                self.uncertain.append(f"{self.legacy.signature} is written in {lang}; only sql and plpgsql "
-                                      "helpers are derived")
+                if not quiet:
+                    self.uncertain.append(f"{fn.signature} is written in {lang}; only sql and plpgsql helpers are "
+                                          "derived")
                 return None
         except ParseError as exc:
-            self.uncertain.append(f"cannot parse the body of {self.legacy.signature}: {exc}")
+            if not quiet:
+                self.uncertain.append(f"cannot parse the body of {fn.signature}: {exc}")
             return None
         if stmts is None:
             return None
         if len(stmts) != 1 or not isinstance(stmts[0], ast.SelectStmt):
-            self.uncertain.append(f"the body of {self.legacy.signature} is not a single SELECT")
+            if not quiet:
+                self.uncertain.append(f"the body of {fn.signature} is not a single SELECT")
             return None
         return stmts[0]
 
-    def _sql_statements(self) -> list[ast.Node]:
-        if self.legacy.source.strip():
-            return [raw.stmt for raw in parse_sql(self.legacy.source)]
+    @staticmethod
+    def _sql_statements(fn: Function) -> list[ast.Node]:
+        if fn.source.strip():
+            return [raw.stmt for raw in parse_sql(fn.source)]
         # BEGIN ATOMIC body (PG 14+): prosrc is empty, the statements are in the definition.
-        create = parse_sql(self.legacy.definition)[0].stmt
+        create = parse_sql(fn.definition)[0].stmt
         body = create.sql_body or ()
         flat = []
         for item in body:
             flat.extend(item if isinstance(item, tuple) else (item,))
         return [s for s in flat if s is not None]
 
-    def _plpgsql_return(self) -> list[ast.Node] | None:
-        tree = parse_plpgsql(self.legacy.definition)[0]["PLpgSQL_function"]
+    def _plpgsql_return(self, fn: Function, quiet: bool) -> list[ast.Node] | None:
+        tree = parse_plpgsql(fn.definition)[0]["PLpgSQL_function"]
         block = tree["action"]["PLpgSQL_stmt_block"]
         stmts = block.get("body", [])
-        extra = [d for d in tree.get("datums", []) if next(iter(d.values())).get("refname") != "found"]
+        params = len(_params(fn) or ())  # the arguments come first among the datums
+        extra = [d for d in tree.get("datums", [])[params:] if next(iter(d.values())).get("refname") != "found"]
         if len(stmts) != 1 or "PLpgSQL_stmt_return" not in stmts[0] or extra or block.get("exceptions"):
-            self.uncertain.append(f"the plpgsql body of {self.legacy.signature} is not a single RETURN <expression>")
+            if not quiet:
+                self.uncertain.append(f"the plpgsql body of {fn.signature} is not a single RETURN <expression>")
             return None
         query = stmts[0]["PLpgSQL_stmt_return"]["expr"]["PLpgSQL_expr"]["query"]
         # plpgsql evaluates RETURN's expression as "SELECT <expr>" itself.
         return [raw.stmt for raw in parse_sql(f"SELECT {query}\n")]
 
-    def _check_qualified(self, body: ast.SelectStmt) -> None:
+    def _check_qualified(self, body: ast.SelectStmt, fn: Function) -> None:
         """Qualify every name so it resolves as before under the derived helpers' empty search_path."""
-        path = pinned_path(self.legacy.config)
+        path = pinned_path(fn.config)
         home = path[0] if path and len(path) == 1 else None
+        who = "the legacy helper" if fn is self.legacy else f"{fn.signature} (called by the legacy helper)"
         for node in walk(body):
             if isinstance(node, ast.FuncCall) and len(node.funcname) == 1:
                 name = strings(node.funcname)[0]
@@ -173,18 +206,51 @@ class _Derivation:
                     node.funcname = (ast.String("pg_catalog"), ast.String(name))
                 elif home:
                     node.funcname = (ast.String(home), ast.String(name))
-                    self.notes.append(f"{name}() qualified as {home}.{name}() (the legacy helper's search_path)")
+                    self.notes.append(f"{name}() qualified as {home}.{name}() ({who}'s search_path)")
                 elif path != []:
-                    self.uncertain.append(f"the legacy helper calls {name}() unqualified (resolved through the "
+                    self.uncertain.append(f"{who} calls {name}() unqualified (resolved through the "
                                           "search_path); the derived helpers pin search_path = '': qualify it first")
             elif isinstance(node, ast.RangeVar) and not node.schemaname:
                 if home:
                     node.schemaname = home
-                    self.notes.append(f"table {node.relname} qualified as {home}.{node.relname} (the legacy "
-                                      "helper's search_path)")
+                    self.notes.append(f"table {node.relname} qualified as {home}.{node.relname} ({who}'s "
+                                      "search_path)")
                 elif path != []:
-                    self.uncertain.append(f"the legacy helper reads table {node.relname} unqualified; the derived "
+                    self.uncertain.append(f"{who} reads table {node.relname} unqualified; the derived "
                                           "helpers pin search_path = '': qualify it first")
+
+    # -- functions the legacy helper calls, replaced by their bodies ---------------------------
+
+    def _inline_calls(self, node: ast.Node, depth: int) -> None:
+        for attr, index, child in list(children(node)):
+            self._inline_calls(child, depth)  # the arguments first
+            if isinstance(child, ast.FuncCall):
+                new = self._inlined(child, depth)
+                if new is not None:
+                    replace_child(node, attr, index, new)
+
+    def _inlined(self, call: ast.FuncCall, depth: int) -> ast.Node | None:
+        """CALL's function body as an expression, its parameters replaced by the arguments (cast to the
+        parameters' types); None when that is not certain to mean the same."""
+        name = strings(call.funcname)
+        if (depth >= 4 or len(name) != 2 or name[0] in _PLATFORM or call.agg_star or call.agg_distinct or call.over
+                or call.agg_filter or call.agg_order or call.func_variadic):
+            return None
+        args = tuple(call.args or ())
+        found = [(f, p) for f in self.callees if (f.name.schema, f.name.name) == name
+                 for p in [_params(f)] if p is not None and len(p) == len(args)]
+        if len(found) != 1 or any(isinstance(a, ast.NamedArgExpr) for a in args):
+            return None
+        fn, params = found[0]
+        body = self._select_of(fn, quiet=True)
+        if body is None:
+            return None
+        self._check_qualified(body, fn)
+        if not _substitute(body, fn, params, args):
+            return None
+        self._inline_calls(body, depth + 1)
+        self.notes.append(f"{fn.signature} is called with its body inlined")
+        return as_expression(_unwrap(body))
 
     # -- building blocks ---------------------------------------------------------------------
 
@@ -196,6 +262,12 @@ class _Derivation:
         target, target_text = (self.key_type, self.key_type_text) if claim else (self.legacy_type,
                                                                                   self.legacy.returns)
         found = self._replace_casts(sel, target, target_text)
+        if not found and strings(self.legacy_type.names)[-1] in _TEXT and not self.legacy_type.arrayBounds:
+            # A text key needs no cast: the value read is the claim itself.
+            new, note = safe_cast(as_expression(sel), target, target_text, self.server_version)
+            if note:
+                self.notes.append(note)
+            return new
         if not found:
             self.uncertain.append(f"no cast to {self.legacy.returns} around the read of '{self.legacy_claim}': "
                                   "cannot tell where the claim value becomes the key")
@@ -217,16 +289,19 @@ class _Derivation:
                 count += self._replace_casts(child, target, target_text)
         return count
 
-    def _mapping_lookup(self, want: str, given: str, value: ast.Node, *, aggregate: bool) -> ast.SubLink:
-        """(SELECT m.<want> FROM <mapping> m WHERE m.<given> = <value>), min() when several rows may match."""
-        out = column_ref(_M, want)
-        if aggregate:  # several legacy rows may have become one canonical row
-            out = func_call(("pg_catalog", "min"), out)
+    def _mapping_lookup(self, want: str, given: str, value: ast.Node, *, several: bool) -> ast.SubLink:
+        """(SELECT m.<want> FROM <mapping> m WHERE m.<given> = <value>), the first by <want>'s order when several
+        rows may match (ORDER BY … LIMIT 1, not min(): there is no min() for uuid)."""
         where = ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String("="),), lexpr=column_ref(_M, given),
                            rexpr=value)
-        sub = ast.SelectStmt(targetList=(ast.ResTarget(val=out),), fromClause=(range_var(self.mapping, _M),),
-                             whereClause=where, limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
-                             op=enums.SetOperation.SETOP_NONE)
+        sub = ast.SelectStmt(targetList=(ast.ResTarget(val=column_ref(_M, want)),),
+                             fromClause=(range_var(self.mapping, _M),), whereClause=where,
+                             limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT, op=enums.SetOperation.SETOP_NONE)
+        if several:  # several legacy rows may have become one canonical row
+            sub.sortClause = (ast.SortBy(node=column_ref(_M, want), sortby_dir=enums.SortByDir.SORTBY_DEFAULT,
+                                         sortby_nulls=enums.SortByNulls.SORTBY_NULLS_DEFAULT),)
+            sub.limitCount = ast.A_Const(isnull=False, val=ast.Integer(1))
+            sub.limitOption = enums.LimitOption.LIMIT_OPTION_COUNT
         return ast.SubLink(subLinkType=enums.SubLinkType.EXPR_SUBLINK, subselect=sub)
 
     def _function(self, name: QualifiedName, returns: ast.TypeName, body: ast.SelectStmt, *,
@@ -265,13 +340,70 @@ class _Derivation:
             sel.limitCount = ast.A_Const(isnull=False, val=ast.Integer(1))
             sel.limitOption = enums.LimitOption.LIMIT_OPTION_COUNT
         legacy_id = ast.SubLink(subLinkType=enums.SubLinkType.EXPR_SUBLINK, subselect=sel)
-        canonical = _select(self._mapping_lookup(self.ccol, self.lcol, legacy_id, aggregate=False))
+        canonical = _select(self._mapping_lookup(self.ccol, self.lcol, legacy_id, several=False))
         self.notes.append("the legacy helper identifies the caller by a lookup, not a claim: the canonical helper "
                           f"maps the same caller's legacy row through {self.mapping}; the legacy helper needs no "
                           "bridge (legacy_bridge_sql is its original text)")
         self.notes.append("no canonical_direct_sql: how the canonical table links to auth users is not in the "
                           "legacy helper; write it before contract archives the legacy table")
         return self.result(mechanism, self._function(self.canonical, self.key_type, canonical))
+
+
+def _params(fn: Function) -> list[tuple[str | None, ast.TypeName]] | None:
+    """FN's parameters (name or None, type); None if one is not a plain IN parameter or cannot be read."""
+    if not fn.identity_args:
+        return []
+    try:
+        stmt = parse_sql(fn.definition)[0].stmt
+    except (ParseError, IndexError):
+        return None
+    out = []
+    for p in getattr(stmt, "parameters", None) or ():
+        if p.mode not in (enums.FunctionParameterMode.FUNC_PARAM_IN, enums.FunctionParameterMode.FUNC_PARAM_DEFAULT):
+            return None
+        out.append((p.name, p.argType))
+    return out
+
+
+def _substitute(body: ast.SelectStmt, fn: Function, params, args: tuple[ast.Node, ...]) -> bool:
+    """Replace FN's parameters in BODY by ARGS cast to their types; False when a name may mean a column."""
+    values = [ast.TypeCast(arg=a, typeName=dup(t)) for a, (_, t) in zip(args, params)]
+    by_name = {n: i for i, (n, _) in enumerate(params) if n}
+    reads_tables = any(isinstance(n, ast.RangeVar) for n in walk(body))
+    ok = True
+
+    def visit(node: ast.Node) -> None:
+        nonlocal ok
+        for attr, index, child in list(children(node)):
+            value = None
+            if isinstance(child, ast.ParamRef) and 0 < child.number <= len(values):
+                value = values[child.number - 1]
+            elif isinstance(child, ast.ColumnRef):
+                parts = strings(child.fields)
+                if len(parts) == 2 and parts[0] == fn.name.name and parts[1] in by_name:
+                    value = values[by_name[parts[1]]]
+                elif len(parts) == 1 and parts[0] in by_name:
+                    ok = ok and not reads_tables  # a column of that name would win over the parameter
+                    value = values[by_name[parts[0]]]
+            if value is not None:
+                replace_child(node, attr, index, dup(value))
+            else:
+                visit(child)
+
+    visit(body)
+    return ok
+
+
+def _unwrap(sel: ast.SelectStmt) -> ast.SelectStmt:
+    """SELECT (SELECT …) alone is the inner SELECT."""
+    while (len(sel.targetList or ()) == 1 and isinstance(sel.targetList[0].val, ast.SubLink)
+           and sel.targetList[0].val.subLinkType == enums.SubLinkType.EXPR_SUBLINK
+           and isinstance(sel.targetList[0].val.subselect, ast.SelectStmt)
+           and all(getattr(sel, a, None) in (None, (), False) for a in (
+               "fromClause", "whereClause", "groupClause", "havingClause", "sortClause", "distinctClause",
+               "withClause", "limitCount", "limitOffset", "windowClause", "valuesLists"))):
+        sel = sel.targetList[0].val.subselect
+    return sel
 
 
 def _select(value: ast.Node) -> ast.SelectStmt:

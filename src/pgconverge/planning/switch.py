@@ -9,10 +9,12 @@ from pgconverge.config import Spec
 from pgconverge.execution.sql import qn
 from pgconverge.operations.base import Step
 from pgconverge.operations.check import Check
+from pgconverge.operations.grant import GrantRead
 from pgconverge.operations.replace_function import ReplaceFunction
 from pgconverge.operations.replace_policies import ReplacePolicies
 from pgconverge.operations.run_sql import RunSql
 from pgconverge.operations.snapshot import Snapshot
+from pgconverge.operations.together import Together
 from pgconverge.planning import align
 from pgconverge.planning.rls_initplan import once_per_query
 from pgconverge.planning.rls_rewrite import (
@@ -46,7 +48,38 @@ def _helper(spec: Spec, cat: Catalog):
         cat.legacy_helper, canonical_helper=spec.canonical.helper, legacy_claim=spec.legacy.claim,
         canonical_claim=spec.canonical.claim, canonical_key_type=cat.canonical.column(spec.canonical.key).type,
         mapping=m, mapping_legacy_column=spec.mapping_legacy_column, mapping_canonical_column=spec.migration.new_column,
-        server_version=cat.server_version)
+        callees=cat.helper_callees, server_version=cat.server_version)
+
+
+def mapping_owners(spec: Spec, cat: Catalog, helper) -> tuple[str, ...]:
+    """Owners of helpers that read the mapping after the switch as SECURITY DEFINER, pgconverge's role aside.
+
+    CREATE OR REPLACE keeps a function's owner: the bridged legacy helper, and a canonical helper that
+    existed before, read the private mapping as whoever owns them.
+    """
+    owners = {cat.canonical_helper.owner} if cat.canonical_helper else set()
+    if helper.legacy_bridge_sql != helper.legacy_original_sql:
+        owners.add(cat.legacy_helper.owner)
+    return tuple(sorted(o for o in owners if o and cat.user and o != cat.user))
+
+
+def helper_refusals(spec: Spec, cat: Catalog, helper=None) -> list[str]:
+    """Why the canonical helper cannot be derived from the legacy one with certainty (empty: it can)."""
+    helper = helper or _helper(spec, cat)
+    out = list(helper.uncertain)
+    out += [f"its owner {r} is an API role, and the derived helpers read the private mapping as their owner: "
+            "give it another owner first (ALTER FUNCTION … OWNER TO …)"
+            for r in mapping_owners(spec, cat, helper) if r in spec.migration.api_roles]
+    return out
+
+
+def helper_fix(spec: Spec, cat: Catalog) -> str:
+    typ = cat.legacy_helper.returns if cat.legacy_helper else "the key type"
+    return (f"rewrite {spec.legacy.helper}() as one SELECT (LANGUAGE sql) or one RETURN (plpgsql) of the "
+            f"'{spec.legacy.claim}' claim, read from request.jwt.claims, request.jwt.claim.{spec.legacy.claim} or "
+            f"auth.jwt() and cast to {typ}, or of a lookup of the caller's {spec.legacy.table} row by auth.uid() "
+            "(a function it calls may do the reading; schema-qualify every name), or point legacy.helper at the "
+            "function that does; then run `pgconverge plan` again")
 
 
 def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
@@ -56,20 +89,23 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     execute_for = tuple(sorted({g.grantee for g in cat.grants if g.object_kind == "function"
                                 and g.object_name == legacy_sig and g.privilege == "EXECUTE"}))
     problems = [(f"policy {policy_name(r)}", "; ".join(r.uncertain)) for r in review]
-    problems += [(f"helper {spec.legacy.helper}", u) for u in helper.uncertain]
+    helper_problems = helper_refusals(spec, cat, helper)
+    problems += [(f"helper {spec.legacy.helper}", u) for u in helper_problems]
+    readers = mapping_owners(spec, cat, helper)
     gate = sql.SQL(" union all ").join(
         sql.SQL("select {}::text, {}::text").format(sql.Literal(a), sql.Literal(b)) for a, b in problems
     ) if problems else sql.SQL("select null::text, null::text where false")
+    fix = ("rewrite them by hand and list them in migration.accept_policies (as schema.table.policy), or "
+           "change them so they compare the legacy column or helper directly") if review else ""
     steps = [
         Step(f"{PHASE}.review", PHASE, Check(
             "rewritable", gate, failure="pgconverge cannot rewrite these with certainty",
-            fix="rewrite them by hand and list them in migration.accept_policies (as schema.table.policy), or "
-                "change them so they compare the legacy column or helper directly")),
-        Step(f"{PHASE}.canonical_helper", PHASE, ReplaceFunction(
+            fix=" / ".join(f for f in (fix, helper_fix(spec, cat) if helper_problems else "") if f))),
+        Step(f"{PHASE}.canonical_helper", PHASE, _with_readers(ReplaceFunction(
             spec.canonical.helper, "", helper.canonical_sql,
             cat.canonical_helper.definition if cat.canonical_helper else None, execute_for,
             why=f"reads the {spec.canonical.claim} claim as {spec.legacy.helper} reads {spec.legacy.claim}; "
-                "tokens with only the legacy claim are bridged through the mapping")),
+                "tokens with only the legacy claim are bridged through the mapping"), spec, readers)),
         Step(f"{PHASE}.legacy_helper", PHASE, ReplaceFunction(
             spec.legacy.helper, "", helper.legacy_bridge_sql, helper.legacy_original_sql,
             why="keeps working for new tokens (reverse-mapped); its calls are counted for the runtime audit")),
@@ -80,6 +116,14 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         Step(f"{PHASE}.runtime_baseline", PHASE, runtime_baseline(spec, cat)),
     ]
     return steps
+
+
+def _with_readers(op: ReplaceFunction, spec: Spec, readers: tuple[str, ...]):
+    """OP, preceded (same transaction) by the grants the helpers' owners need to read the mapping."""
+    if not readers:
+        return op
+    grant = GrantRead(align.names(spec)["mapping"], readers, "the helpers run as their owners")
+    return Together((grant, op), "no helper call may find the mapping unreadable")
 
 
 def lock_order(cat: Catalog, tables: set) -> tuple[str, ...]:

@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
 
+from pgconverge.config import QualifiedName
 from pgconverge.execution import session
+from pgconverge.execution.sql import qn
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES, Plan
+from pgconverge.operations.batched import Batched
 from pgconverge.operations.check import Check
 
 
@@ -20,6 +24,7 @@ class CheckResult:
     problems: list[list[str]] = field(default_factory=list)
     failure: str = ""
     fix: str = ""
+    note: str = ""  # what a pass does not prove (no rows to look at)
 
 
 def finished_phases(plan: Plan, ledger: Ledger) -> list[str]:
@@ -28,6 +33,28 @@ def finished_phases(plan: Plan, ledger: Ledger) -> list[str]:
         states.get(s.id) and states[s.id].state == "done" for s in plan.phase(ph))]
     # After contract the legacy side is gone: the earlier phases' checks no longer apply.
     return ["contract"] if "contract" in done else done
+
+
+def nothing_to_verify(plan: Plan, ledger: Ledger) -> str | None:
+    """Why no phase's checks apply (None when one has finished): nothing ran, everything was rolled back,
+    or the first phase has not finished. Its mapping and ledger may not exist, so there is nothing to read."""
+    if finished_phases(plan, ledger):
+        return None
+    if not ledger.exists():
+        return (f"nothing has run on this database (it has no pgconverge ledger, schema "
+                f"{ledger.schema}); `pgconverge plan` shows what `run` would do")
+    states = ledger.step_states()
+    forward = [s for s in plan.steps if s.phase in PHASES]
+    live = [s for s in forward if states.get(s.id) and states[s.id].state in ("done", "pending")]
+    if not live:
+        if any(states.get(s.id) for s in forward):
+            return "every phase was rolled back: the database is as it was before align"
+        return "nothing has run on this database yet; `pgconverge plan` shows what `run` would do"
+    ph = live[0].phase
+    steps = plan.phase(ph)
+    done = sum(1 for s in steps if states.get(s.id) and states[s.id].state == "done")
+    return (f"no phase has finished yet ({ph}: {done} of {len(steps)} steps done); `pgconverge status` shows "
+            f"where it stopped, and `pgconverge run {ph}` resumes it")
 
 
 def run(conn: psycopg.Connection, plan: Plan, phases: list[str]) -> list[CheckResult]:
@@ -43,7 +70,25 @@ def run(conn: psycopg.Connection, plan: Plan, phases: list[str]) -> list[CheckRe
                         conn.execute("select set_config(%s, %s, true)", (name, value))
                     rows = conn.execute(step.op.query).fetchall()
                     conn.execute("release savepoint pgc_check")
+                    # A pass over no rows proves nothing about them: say so.
+                    empty = [] if rows else _empty(conn, step.op.covers or _walked(plan, ph))
                     out.append(CheckResult(step.id, step.op.name, not rows,
                                            [[str(x) if x is not None else "" for x in r] for r in rows],
-                                           step.op.failure if rows else "", step.op.fix if rows else ""))
+                                           step.op.failure if rows else "", step.op.fix if rows else "",
+                                           f"{', '.join(map(str, empty))}: no rows, nothing was checked there"
+                                           if empty else ""))
+    return out
+
+
+def _walked(plan: Plan, phase: str) -> list[QualifiedName]:
+    """The tables PHASE's batches walk: the rows its checks are about."""
+    return list(dict.fromkeys(s.op.table for s in plan.phase(phase) if isinstance(s.op, Batched)))
+
+
+def _empty(conn: psycopg.Connection, tables) -> list[QualifiedName]:
+    out = []
+    for t in tables:
+        if conn.execute("select pg_catalog.to_regclass(%s) is not null", (str(t),)).fetchone()[0] and \
+                not conn.execute(sql.SQL("select exists (select 1 from {})").format(qn(t))).fetchone()[0]:
+            out.append(t)
     return out

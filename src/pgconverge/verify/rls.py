@@ -13,16 +13,18 @@ import time
 from dataclasses import dataclass, field
 
 import psycopg
-from pglast import ast, parse_sql
+from pglast import ast
 from psycopg import errors, sql
 
+from pgconverge.catalog.introspect import function_and_callees
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution.sql import ident, qn
 from pgconverge.planning import align
-from pgconverge.planning.rls_ast import ParseError, strings, walk
+from pgconverge.planning.rls_ast import strings, walk
 from pgconverge.planning.rls_claims import UID
+from pgconverge.planning.rls_helper import resolved_body
 from pgconverge.verify.tokens import act_as
 
 
@@ -98,15 +100,12 @@ def subject_column(conn: psycopg.Connection, spec: Spec) -> str | None:
     Set when the helper identifies the caller by the token's `sub` (a uid_lookup helper) rather than by
     the legacy claim: a legacy caller's token then carries that column's value as `sub`. None otherwise.
     """
-    row = conn.execute("select p.prosrc from pg_catalog.pg_proc p join pg_catalog.pg_language l on l.oid = p.prolang "
-                       "where p.oid = pg_catalog.to_regprocedure(%s) and l.lanname = 'sql'",
-                       (f"{spec.legacy.helper}()",)).fetchone()
-    if row is None or not row[0].strip():
+    # Its body as the derivation sees it: plpgsql's RETURN, and a lookup inside a function it wraps, too.
+    fn, callees = function_and_callees(conn, spec.legacy.helper)
+    body = resolved_body(fn, callees) if fn is not None else None
+    if body is None:
         return None
-    try:
-        stmts = [raw.stmt for raw in parse_sql(row[0])]
-    except ParseError:
-        return None
+    stmts = [body]
     table = spec.legacy.table
     for stmt in stmts:
         tables = [n for n in walk(stmt) if isinstance(n, ast.RangeVar)]
@@ -196,6 +195,13 @@ def _visible(conn, spec: Spec, t: Target, claims: dict | None, among: list[str] 
 def _denied(conn, t: Target, role: str, exc: errors.InsufficientPrivilege) -> None:
     """A role without the grant to read T sees none of its rows; one with it that is refused all the same
     (EXECUTE on a helper its policy calls, say) is a broken policy, and the check must not pass."""
+    if "permission denied to set role" in str(exc):  # pgconverge's own role may not act as the API role
+        me = conn.execute("select current_user").fetchone()[0]
+        raise PgConvergeError(
+            f"pgconverge connects as {me}, which may not act as role {role} to check row level security: "
+            f"{str(exc).strip()}",
+            fix=f"as a superuser or a role with ADMIN on it, `GRANT {role} TO {me};` (Supabase's postgres role "
+                "has it)")
     may = conn.execute("select has_schema_privilege(%s, %s, 'usage') and has_table_privilege(%s, %s, 'select')",
                        (role, t.table.schema, role, str(t.table))).fetchone()[0]
     if may:
@@ -357,6 +363,12 @@ def _visible_timed(conn, spec: Spec, targets_: list[Target], claims: dict, among
     return out
 
 
+def rows_seen(cap: Capture) -> int:
+    """Distinct rows the identities' tokens saw (the anonymous caller aside); 0: nothing was compared."""
+    return len({(t, k) for token, tables in cap.seen.items() if token != "anon"
+                for t, keys in tables.items() for k in keys})
+
+
 def scan_bound_summary(*caps: Capture) -> dict[str, dict]:
     """Per scan-bound table: seconds for the first token, and tokens checked out of those captured."""
     out: dict[str, dict] = {}
@@ -453,9 +465,11 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
         problems = ([f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
                     + isolation(cap, identities))
         return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
-                "write_probes": len(cap.writes), "switched": True, "scan_bound": scan_bound_summary(cap)}, problems
+                "write_probes": len(cap.writes), "switched": True, "scan_bound": scan_bound_summary(cap),
+                "rows_seen": rows_seen(cap)}, problems
     problems = consistency(cap, identities) if switched else (
         [f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
         + isolation(cap, identities))
     return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
-            "write_probes": len(cap.writes), "switched": switched, "scan_bound": scan_bound_summary(cap)}, problems
+            "write_probes": len(cap.writes), "switched": switched, "scan_bound": scan_bound_summary(cap),
+            "rows_seen": rows_seen(cap)}, problems

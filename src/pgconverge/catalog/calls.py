@@ -1,0 +1,83 @@
+"""Which functions a SQL or PL/pgSQL function body calls, by name as written (parse trees, not text)."""
+
+from __future__ import annotations
+
+from pglast import ast, parse_plpgsql, parse_sql
+from pglast.parser import ParseError
+
+from pgconverge.catalog.model import Function
+
+
+def statements(fn: Function) -> list[ast.Node] | None:
+    """The parse trees of FN's body: SQL statements, or for plpgsql every embedded expression as a SELECT.
+
+    None when the body cannot be parsed or the language is neither sql nor plpgsql.
+    """
+    try:
+        if fn.language == "sql":
+            if fn.source.strip():
+                return [raw.stmt for raw in parse_sql(fn.source)]
+            # BEGIN ATOMIC body (PG 14+): prosrc is empty, the statements are in the definition.
+            body = parse_sql(fn.definition)[0].stmt.sql_body or ()
+            flat: list = []
+            for item in body:
+                flat.extend(item if isinstance(item, tuple) else (item,))
+            return [s for s in flat if s is not None]
+        if fn.language == "plpgsql":
+            out = []
+            for query in _plpgsql_queries(parse_plpgsql(fn.definition)):
+                for text in (f"SELECT {query}\n", query, query.partition(":=")[2]):
+                    try:  # an expression, a statement, or an assignment's right-hand side
+                        out += [raw.stmt for raw in parse_sql(text)]
+                        break
+                    except ParseError:
+                        continue
+            return out
+    except (ParseError, IndexError, AttributeError):
+        return None
+    return None
+
+
+def called(fn: Function) -> set[tuple[str, ...]]:
+    """Names of the functions FN calls, as written: (name,) or (schema, name)."""
+    out = set()
+    for stmt in statements(fn) or ():
+        for node in _walk(stmt):
+            if isinstance(node, ast.FuncCall):
+                out.add(tuple(n.sval for n in node.funcname if isinstance(n, ast.String)))
+    return out
+
+
+def _plpgsql_queries(value):
+    if isinstance(value, dict):
+        if "PLpgSQL_expr" in value:
+            yield value["PLpgSQL_expr"]["query"]
+        for v in value.values():
+            yield from _plpgsql_queries(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _plpgsql_queries(v)
+
+
+def _walk(node):
+    if isinstance(node, ast.Node):
+        yield node
+        for attr in node.__slots__:
+            yield from _walk(getattr(node, attr, None))
+    elif isinstance(node, tuple):
+        for item in node:
+            yield from _walk(item)
+
+
+def from_definition(fn: Function, definition: str) -> Function:
+    """FN as DEFINITION (a CREATE FUNCTION statement not yet run) would make it: language and body."""
+    try:
+        stmt = parse_sql(definition)[0].stmt
+    except (ParseError, IndexError):
+        return fn
+    opts = {o.defname: o.arg for o in getattr(stmt, "options", None) or () if isinstance(o, ast.DefElem)}
+    body = opts.get("as")
+    source = body[0].sval if isinstance(body, tuple) and body and isinstance(body[0], ast.String) else ""
+    language = opts["language"].sval if isinstance(opts.get("language"), ast.String) else fn.language
+    return Function(fn.name, fn.signature, fn.identity_args, fn.returns, language, fn.volatility,
+                    fn.security_definer, fn.config, source, definition, fn.oid, fn.owner)
