@@ -277,7 +277,7 @@ def _live_rollback_steps(dsn: str, cfg: str, to: str) -> list[dict]:
     from pgconverge.cli.migrate import _plan_for
     from pgconverge.ledger.store import Ledger
 
-    spec, _, plan, _ = _plan_for(dsn, Path(cfg), to)
+    spec, _, plan, _, _ = _plan_for(dsn, Path(cfg), to)
     with psycopg.connect(dsn, autocommit=True) as conn:
         states = Ledger(conn, spec).step_states()
     live = {s.id for s in plan.steps if any(states.get(r) and states[r].state in ("done", "pending")
