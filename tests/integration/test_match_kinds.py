@@ -138,6 +138,20 @@ def test_unusable_values_with_a_not_null_canonical_column_are_listed_by_plan(mak
     _refused(dsn, cfg2, "3 public.accounts row(s) have no usable email")
 
 
+@pytest.mark.parametrize("constraint,reason", [
+    ("add constraint has_email check (coalesce(email, '') <> '')", "check constraint has_email on public.users refuses NULL"),
+    ("drop constraint users_email_key, add constraint one_email unique nulls not distinct (email)",
+     "unique index one_email treats NULLs as equal"),
+], ids=["check", "unique_nulls_not_distinct"])
+def test_a_constraint_that_refuses_a_created_row_is_found_by_plan(make_db, tmp_path, constraint, reason):
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(ACCOUNTS)
+        conn.execute(f"alter table public.users {constraint}")
+    cfg = write_config(tmp_path, _readme_config())
+    _refused(dsn, cfg, "3 public.accounts row(s) have no usable email", reason, "5 (None)")
+
+
 def test_refuse_rule_lists_rows_and_a_later_unusable_row_is_kept_pending_not_refused(make_db, tmp_path):
     dsn = make_db()
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -104,12 +104,11 @@ def run(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> MatchCheck:
             + ", ".join(repr(v) for (v,) in unread[:5])
             + ": every other row would get a new canonical row of its own instead of its match",
             fix=_better_kind(spec, [v for (v,) in unread]))
-    not_null = [f"{cat.canonical.name}.{c} is NOT NULL" for c in spec.canonical.match_columns
-                if cat.canonical.column(c).not_null]
+    not_null = _null_refusals(conn, spec, cat) if result.unusable else []
     if result.unusable and (result.rule == "refuse" or not_null):
         why = (f"a canonical row created for them would be invalid ({', '.join(not_null)})" if not_null
                else "migration.unmatched = \"refuse\" leaves them to you")
-        undo = ("allow NULL in the canonical match column and set migration.unmatched = \"create\"" if not_null
+        undo = ("relax what refuses them and set migration.unmatched = \"create\"" if not_null
                 else "set migration.unmatched = \"create\" to give each a canonical row of its own")
         raise CatalogError(
             f"{result.unusable:,} {leg.name} row(s) have no usable {' / '.join(lcols)} (NULL, empty or unreadable), "
@@ -119,6 +118,37 @@ def run(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> MatchCheck:
             fix=f"correct those values in the legacy table, or {undo}, or decide them with `pgconverge align "
                 "--decisions FILE` (before `run align`: decided rows need no match value)")
     return result
+
+
+def _null_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> list[str]:
+    """Why a canonical row with no match value would be refused: NOT NULL, a CHECK that NULL fails, a unique
+    index whose NULLs are not distinct."""
+    can = cat.canonical
+    out = [f"{can.name}.{c} is NOT NULL" for c in spec.canonical.match_columns if can.column(c).not_null]
+    cols = list(spec.canonical.match_columns)
+    oid = conn.execute("select %s::regclass::oid", (str(can.name),)).fetchone()[0]
+    checks = conn.execute(
+        "select c.conname, pg_get_expr(c.conbin, c.conrelid), array_agg(a.attname::text order by a.attnum) "
+        "from pg_constraint c join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey) "
+        "where c.conrelid = %s and c.contype = 'c' group by 1, 2 "
+        "having bool_or(a.attname = any(%s))", (oid, cols)).fetchall()
+    for name, expr, attnames in checks:
+        # The constraint's own expression over a row whose columns are all NULL (the created row's match
+        # columns are; its other columns are approximated the same way).
+        row = sql.SQL(", ").join(sql.SQL("null::{} as {}").format(sql.SQL(can.column(a).type), sql.Identifier(a))
+                                 for a in attnames)
+        with conn.transaction(force_rollback=True):
+            fails = conn.execute(sql.SQL("select ({}) is false from (select {}) as x").format(
+                sql.SQL(expr), row)).fetchone()[0]
+        if fails:
+            out.append(f"check constraint {name} on {can.name} refuses NULL")
+    unique = conn.execute(
+        "select i.indexrelid::regclass::text from pg_index i join pg_attribute a on a.attrelid = i.indrelid "
+        "and a.attnum = any(i.indkey) where i.indrelid = %s and i.indisunique and "
+        "coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false) and a.attname = any(%s)",
+        (oid, cols)).fetchall()
+    out += [f"unique index {u} treats NULLs as equal" for (u,) in unique]
+    return out
 
 
 def _kinds(spec: Spec) -> str:
