@@ -48,6 +48,15 @@ def _validated(dsn: str, source: str) -> str:
     return dsn
 
 
+def shown(dsn: str) -> str:
+    """DSN as the user wrote it when it holds no password, else redacted (for commands shown to the user)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return redact(dsn)
+    return redact(dsn) if params.get("password") else dsn
+
+
 def redact(dsn: str) -> str:
     """Return DSN with any password masked, for messages and reports."""
     try:

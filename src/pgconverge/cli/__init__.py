@@ -57,4 +57,11 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
-    app()
+    from pgconverge.execution import interrupt
+
+    interrupt.WHOLE_PROCESS = True  # after a clean interrupt, a further signal still exits 130/143 (interrupt.py)
+    try:
+        app()
+    except SystemExit as exc:
+        interrupt.leave(exc.code)  # stopped by a signal: end now, before the interpreter's teardown
+        raise

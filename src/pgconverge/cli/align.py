@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from pgconverge.catalog import baseline
-from pgconverge.cli.common import ConfigOpt, DsnOpt, JsonOpt, console, fail_cleanly, load_spec, print_json, target
+from pgconverge.cli.common import (
+    ConfigOpt, DsnOpt, JsonOpt, console, fail_cleanly, load_spec, print_json, resume_hint, target,
+)
 from pgconverge.connection import connect
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution import decisions
@@ -35,7 +37,8 @@ def align(decisions_file: Annotated[Path, typer.Option(
         cats = baseline.load(conn, spec)
     cat = cats.for_phase("align")
     plan = planner.build(spec, cats)
-    with Runner(t, spec, plan, command=f"align --decisions {decisions_file.name}", catalogs=cats) as runner:
+    with Runner(t, spec, plan, command=f"align --decisions {decisions_file.name}", catalogs=cats,
+                resume=resume_hint(["align", "--decisions", str(decisions_file)], t, config_file)) as runner:
         states = runner.ledger.step_states()
         started = [s for s, st in states.items() if not s.startswith(("align.", "rollback."))
                    and st.state in ("done", "pending")]

@@ -35,9 +35,13 @@ def fail_cleanly(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pgconverge.execution import interrupt
+
         try:
             try:
                 return fn(*args, **kwargs)
+            except interrupt.Abort as exc:  # a second signal outside any step: stop now all the same
+                raise interrupt.aborted(exc) from None
             except psycopg.Error as exc:  # one no step or check turned into a PgConvergeError: still no traceback
                 from pgconverge.execution import privileges
 
@@ -54,6 +58,13 @@ def fail_cleanly(fn: Callable) -> Callable:
                     fix = "`pgconverge status` shows the last step and its error; fix what the message names and rerun"
                 raise PgConvergeError(f"the database refused a query of `{fn.__name__}`: {str(exc).strip()}{state}",
                                       fix=fix) from exc
+        except interrupt.Interrupted as exc:
+            # SIGINT/SIGTERM stopped the run at a safe point: one line, where and how to resume; exit 130/143.
+            if kwargs.get("as_json"):
+                print(json.dumps(exc.as_dict(), indent=2, default=str))
+            else:
+                err_console.print(escape(exc.line()), highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
         except PgConvergeError as exc:
             if kwargs.get("as_json"):
                 print(json.dumps(exc.as_dict(), indent=2))
@@ -62,6 +73,8 @@ def fail_cleanly(fn: Callable) -> Callable:
                 if exc.fix:
                     err_console.print(f"[bold]fix:[/] {escape(exc.fix)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        finally:
+            interrupt.release()  # a signal that stopped a runner: its line is printed, the usual handlers apply
 
     return wrapper
 
@@ -95,6 +108,27 @@ def load_spec(path: Path | None) -> config.Spec:
 
 def target(dsn: str | None) -> connection.Target:
     return connection.resolve(dsn)
+
+
+def command_line(args: list[str], t: connection.Target | None = None, config_file: Path | None = None) -> str:
+    """`pgconverge ARGS` as a shell command that reaches the same database and configuration again.
+
+    A DSN given with --dsn is repeated (its password masked, never shown); DATABASE_URL and the
+    embedded server are found again without one.
+    """
+    import shlex
+
+    parts = ["pgconverge", *args]
+    if t is not None and t.source == "--dsn":
+        parts += ["--dsn", connection.shown(t.dsn)]
+    if config_file is not None:
+        parts += ["--config", str(config_file)]
+    line = shlex.join(parts)
+    return line + (" (with the same DATABASE_URL)" if t is not None and t.source == "DATABASE_URL" else "")
+
+
+def resume_hint(args: list[str], t: connection.Target | None = None, config_file: Path | None = None) -> str:
+    return "resume with: " + command_line(args, t, config_file)
 
 
 def print_json(data: Any) -> None:

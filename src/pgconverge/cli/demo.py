@@ -20,7 +20,7 @@ from pgconverge.audit import runtime as runtime_audit
 from pgconverge import inventory as inv
 from pgconverge.catalog import baseline
 from pgconverge.cli import inventory as inventory_cli
-from pgconverge.cli.common import JsonOpt, console, err_console, fail_cleanly, print_json
+from pgconverge.cli.common import JsonOpt, command_line, console, err_console, fail_cleanly, print_json
 from pgconverge.cli.progress import RichProgress
 from pgconverge.connection import Target, connect
 from pgconverge.execution.runner import Runner
@@ -107,8 +107,10 @@ def demo(
             traffic.canonical_only()
 
     client = None
+    again = command_line(["demo", "--scale", str(scale), "--rls-sample", str(rls_sample), "--clients", str(clients)])
     with Runner(t, spec, plan, progress=RichProgress(out, quiet=as_json), command="demo", catalogs=cats,
-                accept=frozenset({"code-references"}), code_dirs=(str(sample_code_dir()),)) as runner, \
+                accept=frozenset({"code-references"}), code_dirs=(str(sample_code_dir()),),
+                resume=f"the demo starts afresh: {again}") as runner, \
             (traffic or contextlib.nullcontext()):
         if traffic:
             traffic.start_old(clients)

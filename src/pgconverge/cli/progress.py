@@ -19,11 +19,15 @@ class RichProgress:
             return
         self.console.print(f"[dim]…[/] {step.id}: {step.op.description}", highlight=False)
 
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, highlight=False, soft_wrap=True)
+
     def step_finished(self, step: Step, status: str, seconds: float) -> None:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
-        if self.quiet:
+        if self.quiet or status == "interrupted":  # the command prints one line saying where and how to resume
             return
         mark = "[green]✓[/]" if status == "done" else "[dim]=[/]"
         suffix = f" ({seconds:.2f}s)" if status == "done" else " (already done)"

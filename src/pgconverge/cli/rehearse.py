@@ -12,10 +12,12 @@ from rich.markup import escape
 from pgconverge import embedded
 from pgconverge import rehearse as rh
 from pgconverge.catalog import baseline
-from pgconverge.cli.common import ConfigOpt, JsonOpt, console, err_console, fail_cleanly, load_spec, print_json
+from pgconverge.cli.common import (
+    ConfigOpt, JsonOpt, command_line, console, err_console, fail_cleanly, load_spec, print_json,
+)
 from pgconverge.cli.demo import run_verified, summary_table, write_report
 from pgconverge.cli.progress import RichProgress
-from pgconverge.connection import Target, connect, redact
+from pgconverge.connection import Target, connect, redact, shown
 from pgconverge.execution import gates
 from pgconverge.execution.runner import Runner
 from pgconverge.ledger.store import Ledger
@@ -83,8 +85,13 @@ def rehearse(
             if not as_json:
                 out.print(f"  {verdict}", highlight=False)
 
+        again = command_line(["rehearse", "--from", shown(source), "--database", database,
+                              *(["--skip-missing-extensions"] if skip_missing_extensions else []),
+                              *[a for s in exclude_schema or () for a in ("--exclude-schema", s)]],
+                             config_file=config_file)
         with Runner(t, spec, plan, progress=RichProgress(out, quiet=as_json), command="rehearse", catalogs=cats,
-                    accept=frozenset({gates.CODE, gates.RUNTIME})) as runner:
+                    accept=frozenset({gates.CODE, gates.RUNTIME}),
+                    resume=f"the rehearsal starts afresh (a new copy): {again}") as runner:
             rows, ok = run_verified(runner, spec, plan, cats, spec.migration.rls_sample, on_phase=phase_done)
             ledger = Ledger(runner.work, spec)
             equivalence = ledger.latest_snapshot("rls_equivalence") or {}

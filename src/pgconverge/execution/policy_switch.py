@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import psycopg
 
@@ -12,6 +12,7 @@ from psycopg import sql
 from pgconverge.config import parse_qualified
 from pgconverge.connection import connect
 from pgconverge.execution import retry, session
+from pgconverge.execution.interrupt import Abort, Interrupted
 from pgconverge.operations.base import Step
 from pgconverge.verify import rls
 
@@ -31,12 +32,29 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
         exporter.autocommit = False
         exporter.execute("set transaction isolation level repeatable read")
         snapshot = exporter.execute("select pg_export_snapshot()").fetchone()[0]
+        # A signal during the check stops it between two identities (or tokens). Before the rewrite nothing has
+        # changed: the step is left unfinished, as a failure there leaves it, and runs again from the start.
         with _at(runner, snapshot, "pgconverge:rls-before") as conn:
             identities = rls.sample(conn, spec, spec.migration.rls_sample)
-            before = rls.capture(conn, spec, targets, identities, legacy=True, canonical=False)
+            before = rls.capture(conn, spec, targets, identities, legacy=True, canonical=False, stop=_stop(
+                runner, step, "before", "the policies were not changed", len(identities)))
         result = runner._run_sql(step, resuming)  # the rewrite itself: one transaction, with retries
-        with _at(runner, snapshot, "pgconverge:rls-after") as conn:
-            after = rls.capture(conn, spec, targets, identities, legacy=True, canonical=True, others=before.others)
+        # After it, the rewrite is undone as a failed check undoes it, so the policies are the old ones again.
+        try:
+            runner.interrupts.check(f"during {step.id}, after the rewrite and before the RLS equivalence check on it; "
+                                    "the old policies were restored", step=step, stopped="rls_check", side="after")
+            with _at(runner, snapshot, "pgconverge:rls-after") as conn:
+                after = rls.capture(conn, spec, targets, identities, legacy=True, canonical=True,
+                                    others=before.others, stop=_stop(
+                                        runner, step, "after", "the old policies were restored", len(identities)))
+        except Interrupted:
+            _restore(runner, step, "policies restored: the run was interrupted during the equivalence check")
+            raise
+        except Abort:
+            _restore(runner, step, "policies restored: the run was aborted during the equivalence check")
+            raise runner.interrupts.stop(f"during the RLS equivalence check of {step.id} (at once); the old "
+                                         "policies were restored", step=step, stopped="rls_check", side="after",
+                                         identities=len(identities)) from None
         exporter.rollback()
     problems = rls.compare(before, after, identities)
     summary = {"identities": len(identities), "tokens": len(after.seen), "tables": list(op.tables),
@@ -45,16 +63,7 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                "scan_bound": rls.scan_bound_summary(before, after)}
     runner.ledger.snapshot(runner.run_id, "rls_equivalence", summary)
     if problems:
-        undo = op.reverse()
-
-        def restore(attempt: int) -> None:
-            with session.transaction(runner.work, lock_timeout_ms=runner.lock_timeout_ms):
-                for s in undo.statements():
-                    runner.work.execute(s)
-
-        retry.run(restore, runner.policy)
-        runner.ledger.event(runner.run_id, step.phase, step.id, "reverted",
-                            message=f"policies restored: the equivalence check found {len(problems)} differences")
+        _restore(runner, step, f"policies restored: the equivalence check found {len(problems)} differences")
         raise GateFailed(
             f"RLS equivalence failed after rewriting the policies ({len(problems)} differences; the original "
             f"policies were restored): " + "; ".join(problems[:5]),
@@ -62,6 +71,29 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                 "migration.accept_policies and rewritten by hand")
     result.detail.update({k: v for k, v in summary.items() if k != "problems"})
     return result
+
+
+def _restore(runner: Runner, step: Step, message: str) -> None:
+    """Put the old policies back (the rewrite committed) and say so in the ledger; a second signal waits for it."""
+    undo = step.op.reverse()
+
+    def restore(attempt: int) -> None:
+        with session.transaction(runner.work, lock_timeout_ms=runner.lock_timeout_ms):
+            for s in undo.statements():
+                runner.work.execute(s)
+
+    with runner.interrupts.shielded():
+        retry.run(restore, runner.policy)
+        runner.ledger.event(runner.run_id, step.phase, step.id, "reverted", message=message)
+
+
+def _stop(runner: Runner, step: Step, side: str, outcome: str, identities: int) -> Callable[[], None]:
+    """The capture's STOP: raise Interrupted between two identities (or tokens) once a signal asked to stop."""
+    def stop() -> None:
+        runner.interrupts.check(f"during the RLS equivalence check of {step.id} ({identities} identities, {side} "
+                                f"the rewrite); {outcome}", step=step, stopped="rls_check", side=side,
+                                identities=identities)
+    return stop
 
 
 @contextmanager

@@ -29,10 +29,11 @@ class Throttle:
             out.append(f"a replica lags {lag_ms:.0f} ms (limit {self.max_replica_lag_ms} ms)")
         return out
 
-    def wait(self, conn: psycopg.Connection, table: str, note=None) -> float:
-        """Sleep while the server is busy; return the seconds slept. NOTE(reasons) is told once per wait."""
+    def wait(self, conn: psycopg.Connection, table: str, note=None, stop=None) -> float:
+        """Sleep while the server is busy; return the seconds slept. NOTE(reasons) is told once per wait;
+        the wait ends early once STOP() is true (a signal asked the run to stop)."""
         slept, pause, told = 0.0, self.base_s, False
-        while slept < self.max_wait_s:
+        while slept < self.max_wait_s and not (stop and stop()):
             why = self.reasons(conn, table)
             if not why:
                 break

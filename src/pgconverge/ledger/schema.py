@@ -7,6 +7,12 @@ from psycopg import sql
 from pgconverge.config import Spec
 from pgconverge.execution.sql import ident
 
+# Every kind of event the runner writes. `interrupted`: a signal stopped the step (or the run before it) at a
+# safe point; detail says where (batch and rows done, the RLS check, before the step).
+EVENT_KINDS = ("start", "done", "skip", "retry", "error", "reverted", "note", "interrupted")
+
+# The text below is part of align.private_schema's fingerprint, so it stays as first released (its check lists
+# the first kinds); upgrade_statements() widens the check to EVENT_KINDS whenever a runner opens the ledger.
 _TABLES = """
 create table if not exists {s}.runs (
     id bigint generated always as identity primary key,
@@ -83,6 +89,20 @@ def statements(spec: Spec, roles: frozenset[str] | set[str]) -> list[sql.Composa
                            "for each row execute function {s}.ledger_append_only()").format(t=trg, tbl=tbl, s=s))
     out.extend(revoke_statements(spec, roles))
     return out
+
+
+def _kinds() -> sql.Composable:
+    return sql.SQL(", ").join(map(sql.Literal, EVENT_KINDS))
+
+
+def upgrade_statements(spec: Spec, current_check: str | None) -> list[sql.Composable]:
+    """A ledger made by an earlier version accepts fewer event kinds: widen its check (CURRENT_CHECK: its definition)."""
+    if current_check is not None and all(f"'{k}'" in current_check for k in EVENT_KINDS):
+        return []
+    events = sql.Identifier(spec.migration.private_schema, "events")
+    return [sql.SQL("alter table {t} drop constraint if exists events_event_check").format(t=events),
+            sql.SQL("alter table {t} add constraint events_event_check check (event in ({k}))").format(
+                t=events, k=_kinds())]
 
 
 def revoke_statements(spec: Spec, roles: frozenset[str] | set[str]) -> list[sql.Composable]:

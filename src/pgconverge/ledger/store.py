@@ -42,6 +42,11 @@ class Ledger:
         with self.conn.transaction():
             for stmt in schema.statements(self.spec, roles):
                 self.conn.execute(stmt)
+            check = self.conn.execute(
+                "select pg_get_constraintdef(oid) from pg_catalog.pg_constraint where conrelid = %s::regclass "
+                "and conname = 'events_event_check'", (self.t("events").as_string(self.conn),)).fetchone()
+            for stmt in schema.upgrade_statements(self.spec, check[0] if check else None):
+                self.conn.execute(stmt)
 
     def start_run(self, command: str) -> int:
         client = f"{socket.gethostname()}:{os.getpid()}"
@@ -90,6 +95,47 @@ class Ledger:
             "and (e.detail ->> 'fresh')::boolean), '-infinity') order by c.id desc limit 1").format(
             c=self.t("checkpoints"), e=self.t("events")), {"s": step}).fetchone()
         return (row[0], row[1]) if row else None
+
+    def rows_done(self, step: str) -> int:
+        """Rows a batched step has got through since it last started from scratch (0: none, or it never ran).
+
+        One worker checkpoints a running count; several workers (execution/backfill_workers.py) checkpoint
+        one count per key range of the latest range plan, which also records the rows done before it.
+        """
+        row = self.conn.execute(sql.SQL("""
+            with fresh as (select coalesce(max(at), '-infinity') as at from {e}
+                           where step = %(s)s and event = 'start' and (detail ->> 'fresh')::boolean),
+            plan as (select detail from {e} where step = %(s)s and event = 'note' and detail ? 'ranges'
+                     and at >= (select at from fresh) order by id desc limit 1)
+            select case when exists (select 1 from plan) then
+                     coalesce(((select detail from plan) ->> 'rows_before')::bigint, 0)
+                     + coalesce((select sum(r.rows_done) from (
+                         select distinct on (position ->> 'range') rows_done from {c}
+                         where step = %(s)s and position ->> 'plan' = (select detail ->> 'plan' from plan)
+                           and at >= (select at from fresh)
+                         order by position ->> 'range', id desc) r), 0)
+                   else coalesce((select rows_done from {c} where step = %(s)s and at >= (select at from fresh)
+                                  order by id desc limit 1), 0) end""").format(
+            e=self.t("events"), c=self.t("checkpoints")), {"s": step}).fetchone()
+        return int(row[0] or 0)
+
+    def last_outcome(self, step: str) -> str | None:
+        """The kind of STEP's latest start/done/error/interrupted/reverted event."""
+        row = self.conn.execute(sql.SQL(
+            "select event from {} where step = %s and event in ('start', 'done', 'error', 'interrupted', 'reverted') "
+            "order by id desc limit 1").format(self.t("events")), (step,)).fetchone()
+        return row[0] if row else None
+
+    def outcomes(self) -> dict[str, dict]:
+        """Per step: its latest start/done/error/interrupted/reverted event (run, kind, message, detail, at)
+        and how many times it started."""
+        cur = self.conn.execute(sql.SQL(
+            "select distinct on (step) step, id, phase, run_id, event, message, sqlstate, detail, at, "
+            "count(*) filter (where event = 'start') over (partition by step) as starts from {} "
+            "where event in ('start', 'done', 'error', 'interrupted', 'reverted') order by step, id desc").format(
+            self.t("events")))
+        names = [d.name for d in cur.description]
+        return {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
 
     def checkpoints(self, step: str) -> list[tuple]:
         return self.conn.execute(sql.SQL(

@@ -78,41 +78,77 @@ def _phases(events: list[dict]) -> list[dict]:
         s = steps.setdefault(e["step"], {
             "id": e["step"], "phase": e["phase"], "state": "pending", "lock": None, "sql": None,
             "started_at": None, "finished_at": None, "duration_ms": None, "attempts": 0, "executions": 0,
-            "lock_waits": 0, "retry_sqlstates": {}, "errors": [], "notes": [], "_start": None})
+            "lock_waits": 0, "retry_sqlstates": {}, "errors": [], "notes": [], "history": [], "_start": None})
         kind = e["event"]
+        run = s["history"][-1] if s["history"] and s["history"][-1]["outcome"] == "running" else None
         if kind == "start":
+            if run is not None:  # started again with no outcome recorded: the process died (SIGKILL, lost host)
+                run["outcome"] = "killed"
             s["executions"] += 1
             s["_start"] = e["at"]
             s["started_at"] = _iso(e["at"])
             s["finished_at"] = s["duration_ms"] = None
             s["lock"] = (e["detail"] or {}).get("lock", s["lock"])
             s["state"] = "running"
+            s["history"].append({"run_id": e["run_id"], "started_at": _iso(e["at"]), "ended_at": None,
+                                 "duration_ms": None, "outcome": "running", "tries": 1, "message": None,
+                                 "sqlstate": None, "_at": e["at"]})
         elif kind == "done":
             s["state"] = "done"
             s["sql"] = e["sql"]
-            s["attempts"] = max(s["attempts"], e["attempt"] or 1)
             s["finished_at"] = _iso(e["at"])
             s["duration_ms"] = _ms(s["_start"], e["at"])
             if e["detail"]:
                 s["detail"] = e["detail"]
+            if run is not None:
+                _end(run, "done", e)
+                run["tries"] = max(run["tries"], e["attempt"] or 1)
         elif kind == "retry":
             s["lock_waits"] += 1
-            s["attempts"] = max(s["attempts"], (e["attempt"] or 1) + 1)
             key = e["sqlstate"] or "?"
             s["retry_sqlstates"][key] = s["retry_sqlstates"].get(key, 0) + 1
+            if run is not None:
+                run["tries"] = max(run["tries"], (e["attempt"] or 1) + 1)
         elif kind == "error":
             s["state"] = "failed"
             s["finished_at"] = _iso(e["at"])
             s["duration_ms"] = _ms(s["_start"], e["at"])
             s["errors"].append({"at": _iso(e["at"]), "sqlstate": e["sqlstate"], "message": e["message"]})
+            if run is not None:
+                _end(run, "failed", e)
+            elif s["history"] and s["history"][-1]["outcome"] == "reverted":
+                _end(s["history"][-1], "failed", e)  # a check that failed after undoing its change
+        elif kind == "interrupted":
+            s["state"] = "interrupted"
+            # The execution it stopped (or one that had undone its change first: the switch's check).
+            target = run or (s["history"][-1] if s["history"] and s["history"][-1]["outcome"] == "reverted"
+                             else None)
+            if target is not None:
+                _end(target, "interrupted", e)
+                s["finished_at"] = _iso(e["at"])
+                s["duration_ms"] = _ms(s["_start"], e["at"])
+                s["errors"].append({"at": _iso(e["at"]), "sqlstate": None, "message": e["message"],
+                                    "interrupted": True})
+            else:  # stopped before the step started: not an attempt
+                s["notes"].append(e["message"] or "interrupted before it started")
         elif kind == "reverted":
             s["state"] = "reverted"
             s["notes"].append(e["message"] or "reverted")
+            last = s["history"][-1] if s["history"] else None
+            if last is not None and last["outcome"] == "done" and last["run_id"] == e["run_id"]:
+                # Undone within the same execution (the switch's check failed or was interrupted): not done.
+                last["outcome"] = "reverted"
+                last["ended_at"], last["duration_ms"] = _iso(e["at"]), _ms(last["_at"], e["at"])
         elif kind == "skip":
             s["state"] = "skipped"
             s["notes"].append(e["message"] or "skipped")
         elif kind == "note" and e["message"]:
             s["notes"].append(e["message"])
+    for s in steps.values():
+        for h in s["history"]:
+            h.pop("_at")
+        # Every attempt counts: each execution (interrupted, failed, killed or done) and each lock retry in it.
+        s["attempts"] = sum(h["tries"] for h in s["history"])
     order = {p: i for i, p in enumerate(PHASES)}
     by_phase: dict[str, list[dict]] = {}
     for s in steps.values():
@@ -122,7 +158,8 @@ def _phases(events: list[dict]) -> list[dict]:
     for phase in sorted(by_phase, key=lambda p: (order.get(p, len(order)), p)):
         ss = by_phase[phase]
         states = Counter(s["state"] for s in ss)
-        state = ("failed" if states["failed"] else "done" if states["done"] == len(ss)
+        state = ("failed" if states["failed"] else "interrupted" if states["interrupted"]
+                 else "done" if states["done"] == len(ss)
                  else "reverted" if states["reverted"] == len(ss) else "partial")
         starts = [s["started_at"] for s in ss if s["started_at"]]
         ends = [s["finished_at"] for s in ss if s["finished_at"]]
@@ -130,6 +167,14 @@ def _phases(events: list[dict]) -> list[dict]:
                     "started_at": min(starts) if starts else None, "finished_at": max(ends) if ends else None,
                     "states": dict(states)})
     return out
+
+
+def _end(run: dict, outcome: str, e: dict) -> None:
+    run["outcome"] = outcome
+    run["ended_at"] = _iso(e["at"])
+    run["duration_ms"] = _ms(run["_at"], e["at"])
+    if outcome in ("failed", "interrupted"):
+        run["message"], run["sqlstate"] = e["message"], e["sqlstate"]
 
 
 def _timeline(phases: list[dict]) -> list[dict]:

@@ -9,7 +9,7 @@ from pgconverge.report.markdown import _v, blocks
 
 _PALETTE = ("#2563eb", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d")
 _PHASE_COLORS = {"align": "#2563eb", "expand": "#16a34a", "switch": "#d97706", "contract": "#7c3aed"}
-_STATE_COLORS = {"failed": "#dc2626", "reverted": "#9ca3af", "running": "#fbbf24"}
+_STATE_COLORS = {"failed": "#dc2626", "reverted": "#9ca3af", "running": "#fbbf24", "interrupted": "#f97316"}
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;
@@ -22,7 +22,7 @@ pre{background:#f8fafc;border:1px solid #e5e7eb;padding:.6rem;overflow-x:auto;fo
 details summary{cursor:pointer;font-family:ui-monospace,monospace}
 svg{background:#fff;border:1px solid #e5e7eb;margin:.5rem 0}
 svg text{font:11px system-ui,sans-serif;fill:#374151}
-.state-done{color:#15803d}.state-failed{color:#b91c1c;font-weight:600}
+.state-done{color:#15803d}.state-failed{color:#b91c1c;font-weight:600}.state-interrupted{color:#c2410c;font-weight:600}
 """
 
 
@@ -173,7 +173,8 @@ def render(d: dict) -> str:
             for r in b[2]:
                 cells = []
                 for h, c in zip(b[1], r):
-                    cls = f' class="state-{escape(str(c))}"' if h == "state" and c in ("done", "failed") else ""
+                    cls = (f' class="state-{escape(str(c))}"' if h in ("state", "outcome")
+                           and c in ("done", "failed", "interrupted") else "")
                     cells.append(f"<td{cls}>{escape(_v(c))}</td>")
                 rows.append("<tr>" + "".join(cells) + "</tr>")
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")

@@ -45,6 +45,13 @@ def blocks(d: dict) -> list[Block]:
         out.append(("table", ["step", "state", "lock", "duration ms", "attempts", "lock waits", "errors"],
                     [[s["id"], s["state"], s["lock"], s["duration_ms"], s["attempts"] or None,
                       _waits(s), "; ".join(_err(e) for e in s["errors"]) or None] for s in p["steps"]]))
+        stopped = [(s, i, h) for s in p["steps"] for i, h in enumerate(s.get("history") or [], 1)
+                   if h["outcome"] not in ("done", "running")]
+        if stopped:
+            # Every execution that did not finish: interrupted by a signal, failed, killed, or undone by its own check.
+            out.append(("table", ["step", "execution", "outcome", "started", "duration ms", "error or where it stopped"],
+                        [[s["id"], i, h["outcome"], h["started_at"], h["duration_ms"],
+                          _err(h) if h.get("message") else None] for s, i, h in stopped]))
         notes = [f"{s['id']}: {n}" for s in p["steps"] for n in s["notes"]]
         if notes:
             out.append(("p", "Notes: " + "; ".join(notes)))
