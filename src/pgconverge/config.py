@@ -106,6 +106,12 @@ class Settings:
     # Policies the switch may leave as they are although it cannot rewrite them with certainty,
     # as "schema.table.policy"; the user takes care of them.
     accept_policies: tuple[str, ...] = ()
+    # The new column of a reference, where the naming rule (planning/references.py) does not suit:
+    # ((schema, table, legacy column), new column) pairs, from { "schema.table.column" = "new" }.
+    new_columns: tuple[tuple[tuple[str, str, str], str], ...] = ()
+    # Views and materialized views that read a legacy column or the legacy table, as "schema.view", that the
+    # user drops or re-creates before contract (plan refuses the others; contract refuses while any remains).
+    accept_views: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,7 @@ class Spec:
         out["canonical"]["copy_columns"] = {a: b for a, b in self.canonical.copy_columns}
         out["migration"]["token_claims"] = dict(self.migration.token_claims)
         out["migration"]["code_helpers"] = dict(self.migration.code_helpers)
+        out["migration"]["new_columns"] = {".".join(_show(p) for p in k): v for k, v in self.migration.new_columns}
         return out
 
 
@@ -281,10 +288,16 @@ def _value(source: str, section: str, key: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) and _CODE_NAME.match(v) for v in value):
             raise _bad(*where, "a list of column names, e.g. [\"customer_ref\"]")
         return tuple(value)
+    if key == "accept_views":
+        if not isinstance(value, list) or not all(isinstance(v, str) and "." in v for v in value):
+            raise _bad(*where, "a list of \"schema.view\" names")
+        return tuple(value)
     if key == "accept_policies":
         if not isinstance(value, list) or not all(isinstance(v, str) and v.count(".") >= 2 for v in value):
             raise _bad(*where, "a list of \"schema.table.policy\" names")
         return tuple(value)
+    if key == "new_columns":
+        return _new_columns(where, value)
     if key == "legacy_helper_after_contract":
         if value not in ("stub", "drop"):
             raise _bad(*where, "\"stub\" (replace by a function that raises a clear error) or \"drop\"")
@@ -309,6 +322,30 @@ def _copy_columns(where: tuple, value: Any) -> tuple[tuple[str, str], ...]:
             except ValueError as exc:
                 raise _bad(*where, f"valid column names ({n!r}: {exc})") from None
         out.append((a, b))
+    return tuple(out)
+
+
+def _new_columns(where: tuple, value: Any) -> tuple[tuple[tuple[str, str, str], str], ...]:
+    expected = ('a table of "schema.table.column" (a foreign key to the legacy key) to the name of its new column, '
+                'e.g. { "public.transfers.buyer_id" = "buyer_profile_id" }')
+    if not isinstance(value, dict):
+        raise _bad(*where, expected)
+    out = []
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise _bad(*where, expected)
+        try:
+            parts = _dotted(k)
+            if len(parts) != 3:
+                raise ValueError(f"{k!r} has {len(parts)} dotted part(s), not schema.table.column")
+            check_identifier(v)
+        except ValueError as exc:
+            raise _bad(*where, f"{expected} ({exc})") from None
+        out.append((tuple(parts), v))
+    news = [v for _, v in out]
+    dup = sorted({v for v in news if news.count(v) > 1})
+    if dup:
+        raise _bad(*where, f"{expected}, each new column named once ({', '.join(map(repr, dup))} is given twice)")
     return tuple(out)
 
 
@@ -353,6 +390,16 @@ def check_identifier(name: str) -> None:
 
 def parse_qualified(text: str, default_schema: str = "public") -> QualifiedName:
     """Split 'schema.name' (parts may be double-quoted) into a QualifiedName."""
+    parts = _dotted(text)
+    if len(parts) == 1:
+        return QualifiedName(default_schema, parts[0])
+    if len(parts) == 2:
+        return QualifiedName(parts[0], parts[1])
+    raise ValueError("has more than two dotted parts")
+
+
+def _dotted(text: str) -> list[str]:
+    """The dotted parts of TEXT (each may be double-quoted), checked as identifiers."""
     parts: list[str] = []
     i, n = 0, len(text)
     while i <= n:
@@ -387,11 +434,7 @@ def parse_qualified(text: str, default_schema: str = "public") -> QualifiedName:
         i += 1
         if i == n:
             raise ValueError("ends with a dot")
-    if len(parts) == 1:
-        return QualifiedName(default_schema, parts[0])
-    if len(parts) == 2:
-        return QualifiedName(parts[0], parts[1])
-    raise ValueError("has more than two dotted parts")
+    return parts
 
 
 def _singular(word: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pgconverge.catalog import mentions
 from pgconverge.catalog.model import Catalog, Function, Policy, Table
 from pgconverge.config import QualifiedName, Spec
+from pgconverge.planning import shapes
 
 
 def build(spec: Spec, cat: Catalog) -> dict:
@@ -51,6 +52,9 @@ def build(spec: Spec, cat: Catalog) -> dict:
         "grants": _grants(cat),
         "rls": _rls(cat, policies),
         "warnings": _warnings(spec, cat),
+        # Keys, constraints, indexes, views, triggers and functions that depend on the legacy key, and their fate:
+        # mirrored, listed, or refused by `plan` (planning/shapes.py).
+        "dependent_objects": [f.as_dict() for f in shapes.findings(spec, cat)],
     }
 
 
@@ -126,12 +130,14 @@ def _rls(cat: Catalog, policies: list[dict]) -> list[dict]:
 
 
 def _warnings(spec: Spec, cat: Catalog) -> list[str]:
+    from pgconverge.planning import references
+
     out = []
     for d in cat.dependents:
         col = d.fk.columns[0]
         if not any(i.columns and i.columns[0] == col for i in d.table.indexes):
             out.append(f"{d.table.name}.{col} has no index led by it: a delete on {cat.legacy.name} scans "
-                       f"{d.table.name}; expand gives {spec.migration.new_column} an index")
+                       f"{d.table.name}; expand gives {references.new_column(spec, cat, d)} an index")
         if not d.table.rls_enabled:
             out.append(f"{d.table.name} has row level security disabled: the API roles see every row")
         if not d.fk.validated:

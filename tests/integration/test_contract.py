@@ -53,9 +53,16 @@ def test_a_failing_gate_names_the_blocker_and_changes_nothing(make_db, template_
     for ph in ("align", "expand", "switch"):
         cli("run", ph, "--dsn", dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(1, 7):  # more than any "first few": every one is named, with the count
+            conn.execute(f"create function public.legacy_report_{i}() returns bigint language sql stable as "
+                         "$$ select count(customer_id) from public.orders $$")
         before = schema_dump(conn, ("public", "archive"))
         out = cli("run", "contract", "--dsn", dsn, "--code", str(sample_code_dir()), expect=2)
         assert "contract is blocked, nothing was dropped" in out and "no code references" in out
+        flat = " ".join(out.split())
+        named = re.findall(r"database function (\S+) mentions legacy names", flat)
+        assert {f"public.legacy_report_{i}()" for i in range(1, 7)} <= set(named), flat
+        assert f"{len(named)} database function(s) mention legacy names" in flat, flat
         assert any(ext in out for ext in (".ts:", ".py:", ".sql:", ".js:")) and "--accept-code-references" in out
         assert schema_dump(conn, ("public", "archive")) == before
         # Old code writing to the legacy table after the switch blocks it too.

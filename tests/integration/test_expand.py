@@ -162,7 +162,7 @@ def test_writers_keep_writing_during_expand(conn, fixture_db, tmp_path):
         # New code starts once every dependent table has its column and sync trigger.
         with psycopg.connect(fixture_db, autocommit=True) as c:
             while not stop.is_set():
-                n = c.execute("select count(*) from pg_trigger where tgname = 'pgconverge_sync'").fetchone()[0]
+                n = c.execute("select count(*) from pg_trigger where tgname = '!pgconverge_sync'").fetchone()[0]
                 if n == len(DEPENDENTS):
                     ready.set()
                     return
@@ -227,10 +227,10 @@ def test_verify_passes_after_expand_and_names_a_mislinked_row(expanded, fixture_
     assert out["passed"] and out["phases"] == ["align", "expand"]
     assert [c["step"] for c in out["checks"]] == ["align.coverage_gate", "expand.invariants"]
     # A row changed behind the trigger's back (as a careless manual fix would).
-    conn.execute("alter table public.orders disable trigger pgconverge_sync")
+    conn.execute("alter table public.orders disable trigger \"!pgconverge_sync\"")
     conn.execute("update public.orders set profile_id = (select user_id from public.profiles order by user_id desc "
                  "limit 1) where id = (select min(id) from public.orders where customer_id is not null)")
-    conn.execute("alter table public.orders enable trigger pgconverge_sync")
+    conn.execute("alter table public.orders enable trigger \"!pgconverge_sync\"")
     out = cli_json("verify", "--dsn", fixture_db, expect=1)
     failed = [c for c in out["checks"] if not c["passed"]]
     assert [c["step"] for c in failed] == ["expand.invariants"]

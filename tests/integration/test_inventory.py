@@ -47,6 +47,10 @@ def test_fixture_inventory_is_exact(fixture_db):
     assert fks["public.sessions"]["indexes"][0]["predicate"] == "(customer_id IS NOT NULL)"
     assert fks["public.orders"]["indexes"] == []
     assert any("public.orders.customer_id has no index" in w for w in data["warnings"])
+    # What depends on the legacy key besides the foreign keys (planning/shapes.py): nothing the plan refuses.
+    objects = {o["object"]: o for o in data["dependent_objects"]}
+    assert not [o for o in objects.values() if o["action"] == "refused"], objects
+    assert "ON DELETE CASCADE kept" in objects["foreign key carts_customer_id_fkey on public.carts"]["detail"]
 
     assert {(p["table"], p["name"]) for p in data["policies"]} == FIXTURE_POLICIES
     by_name = {p["name"]: p for p in data["policies"]}

@@ -370,7 +370,7 @@ class Writer:
                     # New code is deployed once expand has put the column and its sync trigger in place.
                     synced = "customer_id" not in cols or c.execute(
                         "select exists (select 1 from pg_trigger where tgrelid = %s::regclass "
-                        "and tgname = 'pgconverge_sync')", (f"public.{table}",)).fetchone()[0]
+                        "and tgname = '!pgconverge_sync')", (f"public.{table}",)).fetchone()[0]
                     profile = self.profile_of[customer] if "profile_id" in cols and synced else None
                     extra = ", total" if table == "orders" else ""
                     value = ", 1" if table == "orders" else ""

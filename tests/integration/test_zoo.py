@@ -8,6 +8,7 @@ parallel (pytest-xdist).
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import psycopg
@@ -26,6 +27,10 @@ class Case:
     # value is unusable.
     contains: tuple[str, ...] = ()
     slow: bool = False
+    # "migrates" with accepted views: contract first refuses (exit 2, nothing dropped) naming these, until the
+    # zoo's before_contract_sql has run.
+    blocked_contract: tuple[str, ...] = ()
+    plan_lists: tuple[str, ...] = ()  # what `plan` must say about objects depending on the legacy key
 
 
 CASES = [
@@ -67,6 +72,57 @@ CASES = [
                                        canonical_key="uuid", match="email", dependents=2,
                                        helper_names=("current_account_id", "current_user_id"),
                                        name_column="full_name")),
+    # Every way a table depends on the legacy key (planning/shapes.py): mirrored onto the new column, each rule
+    # probed on the new column after contract, and restored by the rollback...
+    Case("shape_join_table_pk", dict(shapes=("join_pk",)),
+         plan_lists=("mirrored primary key customer_tags_pkey on public.customer_tags: unique index profile_tags_pkey",)),
+    Case("shape_unique_constraint", dict(shapes=("unique",)), plan_lists=(
+        "mirrored unique constraint memberships_customer_id_program_key on public.memberships",)),
+    Case("shape_check", dict(shapes=("check",)), plan_lists=(
+        "mirrored check constraint guest_carts_owner_check on public.guest_carts: mirrored as "
+        "guest_carts_owner_check_profile: CHECK (profile_id IS NOT NULL OR guest_token IS NOT NULL)",)),
+    Case("shape_partial_unique", dict(shapes=("partial_unique",)),
+         plan_lists=("mirrored index public.baskets_customer_id_open",)),
+    Case("shape_fk_deferrable_on_update", dict(shapes=("fk_deferrable",)), plan_lists=(
+        "ON DELETE CASCADE, ON UPDATE CASCADE, DEFERRABLE INITIALLY DEFERRED kept on the new foreign key",)),
+    Case("shape_expression_indexes", dict(shapes=("expression_index",), legacy_key="uuid", canonical_key="bigint")),
+    Case("shape_user_trigger", dict(shapes=("user_trigger",)), plan_lists=(
+        "listed trigger a_require_owner on public.orders", "listed function public.require_owner()")),
+    Case("shape_self_reference", dict(shapes=("self_reference",)),
+         plan_lists=("listed foreign key customers_referred_by_fkey on public.customers",)),
+    Case("shape_other_schema_owner", dict(dependent_schema="sales", dependent_owner="zoo_sales_owner",
+                                          shapes=("join_pk",), legacy_key="text", canonical_key="integer")),
+    Case("shape_views_accepted", dict(shapes=("views",), accept_views=(
+        "public.order_owners", "public.legacy_count", "public.legacy_names")),
+         blocked_contract=("view public.order_owners", "view public.legacy_count",
+                           "materialized view public.legacy_names", "nothing was dropped"),
+         plan_lists=("listed view public.order_owners", "listed view public.legacy_count",
+                     "listed materialized view public.legacy_names")),
+    # ... or refused at plan, every blocking object named at once.
+    Case("shape_refused_all", dict(shapes=(
+        "exclusion", "generated", "fk_set_default", "views", "check_value", "trigger_update_of", "trigger_first",
+        "pk_referenced", "canonical_refs_legacy", "expression_value")), expect="refused", contains=(
+        "exclusion constraint subscriptions_customer_id_excl on public.subscriptions",
+        "generated column public.orders.owner_label",
+        "foreign key reviews_customer_id_fkey on public.reviews", "ON DELETE SET DEFAULT",
+        "view public.order_owners", "view public.legacy_count", "materialized view public.legacy_names",
+        "check constraint guest_carts_positive on public.guest_carts",
+        "trigger orders_owner_moved on public.orders", 'trigger " first" on public.orders',
+        "primary key customer_tags_pkey on public.customer_tags", "public.tag_notes.tag_notes_customer_id_tag_fkey",
+        "foreign key profiles_legacy_ref_fkey on public.profiles", "index public.orders_owner_len",
+        "migration.accept_views")),
+    Case("shape_views_refused", dict(shapes=("views",)), expect="refused", contains=(
+        "view public.order_owners", "public.orders.customer_id", "view public.legacy_count",
+        "materialized view public.legacy_names", "the legacy table public.customers", "migration.accept_views")),
+    # Partitioned dependents: planned once on the partitioned table, each leaf backfilled and indexed on its own
+    # (a partition attached while expand runs: test_partitions.py).
+    Case("partitioned_range_subpartitioned", dict(partitioned="range", dependents=2)),
+    Case("partitioned_hash_uuid", dict(partitioned="hash", legacy_key="uuid", canonical_key="uuid")),
+    # Two references from one table (transfers.buyer_id, seller_id), each with its own new column, a policy
+    # reading both and an index holding both; one name set in the configuration.
+    Case("two_references_one_table", dict(transfers=True)),
+    Case("two_references_configured_name", dict(transfers=True, legacy_key="text", canonical_key="bigint",
+                                                 new_columns={"public.transfers.buyer_id": "buyer_pid"})),
 ]
 
 
@@ -85,7 +141,9 @@ def test_zoo_migrates(case: Case, make_db, tmp_path):
     load(dsn, zoo)
     cfg = write_config(tmp_path, zoo.config)
     args = ("--dsn", dsn, "--config", cfg)
-    cli("plan", *args)
+    planned = " ".join(cli("plan", *args).split())
+    missing = [n for n in case.plan_lists if n not in planned]
+    assert missing == [], f"{missing} not in: {planned}"
     run = ZooRun(dsn, zoo)
     old = run.start(OldWriter(run))
     new = None
@@ -93,6 +151,18 @@ def test_zoo_migrates(case: Case, make_db, tmp_path):
         old.wrote(2)  # old code is at work before align starts
         for phase in PHASES:
             if phase == "contract":
+                if case.blocked_contract:
+                    with ExitStack() as paused:  # the writers wait, so that any change is contract's
+                        for w in run.writers:
+                            if w.is_alive():
+                                paused.enter_context(w.lock)
+                        before = snapshot(dsn, skip=("pgconverge",))
+                        out = cli("run", "contract", "--accept-code-references", "--accept-runtime-use", *args,
+                                  expect=2)
+                        flat = " ".join(out.split())
+                        missing = [n for n in case.blocked_contract if n not in flat]
+                        assert missing == [], f"{missing} not in: {flat}"
+                        assert snapshot(dsn, skip=("pgconverge",)) == before, "a refused contract changed something"
                 if zoo.before_contract_sql:
                     with psycopg.connect(dsn, autocommit=True) as conn:
                         conn.execute(zoo.before_contract_sql)
@@ -107,7 +177,7 @@ def test_zoo_migrates(case: Case, make_db, tmp_path):
                 old.stop()  # old code is retired once the switch is done
             elif phase == "contract":
                 new.stop()
-            problems = run.check(phase)
+            problems = run.check(phase) + (run.probe() if phase == "contract" else [])
             assert problems == [] and run.failures() == [], "\n".join(problems + run.failures())
         cli("rollback", "--to", "align", *args)
         problems = run.check("rollback")
@@ -139,3 +209,77 @@ def test_zoo_refused(case: Case, make_db, tmp_path):
     assert missing == [], f"{missing} not in: {flat}"
     assert "fix:" in flat, flat
     assert snapshot(dsn) == before
+    if case.name.startswith("shape_"):  # the plan refuses: run and emit, which build it, refuse alike
+        for cmd in (("run", "align"), ("emit", str(tmp_path / "emitted"))):
+            out = " ".join(cli(*cmd, "--dsn", dsn, "--config", cfg, expect=2).split())
+            missing = [n for n in needles if n not in out]
+            assert missing == [], f"{' '.join(cmd)}: {missing} not in: {out}"
+        assert snapshot(dsn) == before
+        assert not (tmp_path / "emitted").exists() or not any((tmp_path / "emitted").rglob("*.sql"))
+
+
+def test_zoo_merge_collisions_refused_before_expand(make_db, tmp_path):
+    """A unique rule on the legacy column ("one open basket per customer") mirrored on the new column would be
+    broken by customers merged onto one profile when each has an open basket: once align has made the mapping,
+    `plan` and `run expand` refuse, listing every such group of rows, and change nothing; once the user closes
+    the extra baskets, expand goes through and rolls back."""
+    zoo = build(shapes=("partial_unique_collide",))
+    dsn = make_db()
+    load(dsn, zoo)
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, zoo.config))
+    cli("plan", *args)  # no mapping yet: nothing to group
+    cli("run", "align", *args)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        merged = c.execute(
+            "select b.id::text, b.customer_id::text from public.baskets b join pgconverge.legacy_customer_profile m "
+            "on m.customer_id = b.customer_id where b.status = 'open' and m.profile_id in (select profile_id from "
+            "pgconverge.legacy_customer_profile group by profile_id having count(*) > 1)").fetchall()
+    assert len(merged) >= 4, merged
+    before = snapshot(dsn)
+    for cmd in (("plan", "expand"), ("run", "expand")):
+        out = " ".join(cli(*cmd, *args, expect=2).split())
+        assert "Traceback" not in out, out
+        missing = [f"({customer})" for _, customer in merged if f"customer_id = {customer})" not in out]
+        assert missing == [], f"{missing} not in: {out}"
+        assert "would share" in out and "baskets_customer_id_open" in out and "fix:" in out, out
+        assert snapshot(dsn) == before
+    with psycopg.connect(dsn, autocommit=True) as c:  # the user keeps one open basket per person
+        c.execute("update public.baskets b set status = 'closed' where b.status = 'open' and exists (select 1 "
+                  "from pgconverge.legacy_customer_profile m join pgconverge.legacy_customer_profile m2 "
+                  "on m2.profile_id = m.profile_id and m2.customer_id < m.customer_id "
+                  "where m.customer_id = b.customer_id)")
+    cli("run", "expand", *args)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute("select count(*) from pg_indexes where indexname = 'baskets_profile_id_open'").fetchone()[0] == 1
+    cli("rollback", "--to", "align", *args)
+
+
+def test_zoo_contract_checks_everything_before_its_first_drop(make_db, tmp_path):
+    """What appears after planning and would stop contract half-way (a SQL-standard function body that depends on
+    the legacy column, a mirror index dropped by hand) is refused by contract's check before anything is dropped,
+    every object named; once fixed, contract goes through and the rollback restores the schema."""
+    zoo = build(shapes=("join_pk",))
+    dsn = make_db()
+    load(dsn, zoo)
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, zoo.config))
+    run = ZooRun(dsn, zoo)
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, *args)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("create function public.order_count(p bigint) returns bigint language sql stable begin atomic "
+                  "select count(*) from public.orders where customer_id = p; end")
+        c.execute("drop index public.profile_tags_pkey")
+    before = snapshot(dsn, skip=("pgconverge",))
+    out = " ".join(cli("run", "contract", "--accept-code-references", "--accept-runtime-use", *args, expect=2).split())
+    for needle in ("order_count(bigint) uses public.orders.customer_id",
+                   "index public.profile_tags_pkey, which contract makes the primary key of public.customer_tags",
+                   "nothing was dropped"):
+        assert needle in out, out
+    assert snapshot(dsn, skip=("pgconverge",)) == before
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("drop function public.order_count(bigint)")
+        c.execute("create unique index concurrently profile_tags_pkey on public.customer_tags (profile_id, tag)")
+    cli("run", "contract", "--accept-code-references", "--accept-runtime-use", *args)
+    assert run.check("contract") == [] and run.probe() == []
+    cli("rollback", "--to", "align", *args)
+    assert run.check("rollback") == []

@@ -10,12 +10,14 @@ import psycopg
 
 from pgconverge.catalog import calls, mentions, queries as q
 from pgconverge.catalog.model import (
-    Catalog, Column, Dependent, ForeignKey, Function, Grant, Index, Policy, Table, Trigger, View,
+    Catalog, Column, Constraint, Dependent, ForeignKey, Function, Grant, Index, Partition, Policy, Table, Trigger,
+    View,
 )
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.errors import CatalogError
 
 _ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+_KINDS = {"p": "primary key", "u": "unique", "c": "check", "x": "exclusion"}
 _COMMANDS = {"*": "ALL", "r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE"}
 
 
@@ -75,9 +77,11 @@ class _Reader:
             tables=tuple(extra.values()), grants=tuple(grants),
             roles=frozenset(r for (r,) in self.rows(q.ROLES)),
             canonical_referenced_by=tuple(_fk(r) for r in self.rows(q.CONSTRAINTS, oids=[canonical.oid])
-                                          if r[2] == "f" and r[6] == canonical.oid),
+                                          if r[2] == "f" and r[6] == canonical.oid
+                                          and (r[0], r[1]) not in self._clones(canonical.oid)),
             schemas=frozenset(s for (s,) in self.rows(q.SCHEMAS)),
             helper_callees=tuple(callees), user=user,
+            user_roles=frozenset(r for (r,) in self.rows(q.USER_ROLES)),
         )
 
     # -- tables ------------------------------------------------------------------------------
@@ -126,6 +130,9 @@ class _Reader:
                 uniq_keys[rel].append(ccols)
             else:
                 fks[rel].append(_fk(row))
+        cons: dict[int, list[Constraint]] = defaultdict(list)
+        for rel, cname, ctype, ccols, cdef, valid, cindex, expr, refd in self.rows(q.TABLE_CONSTRAINTS, oids=oids):
+            cons[rel].append(Constraint(cname, _KINDS[ctype], tuple(ccols), cdef, valid, cindex, expr, tuple(refd)))
         trg: dict[int, list[Trigger]] = defaultdict(list)
         for rel, tname, fns, fname, tdef, enabled in self.rows(q.TRIGGERS, oids=oids):
             trg[rel].append(Trigger(tname, QualifiedName("", ""), QualifiedName(fns, fname), tdef, enabled))
@@ -136,7 +143,7 @@ class _Reader:
                 name=qn, oid=oid, columns=tuple(cols[oid]), primary_key=pk.get(oid, ()),
                 unique_keys=tuple(uniq_keys[oid]), indexes=tuple(idx[oid]), foreign_keys=tuple(fks[oid]),
                 triggers=tuple(Trigger(t.name, qn, t.function, t.definition, t.enabled) for t in trg[oid]),
-                rls_enabled=rls, rls_forced=forced, owner=owner, row_estimate=est)
+                rls_enabled=rls, rls_forced=forced, owner=owner, row_estimate=est, constraints=tuple(cons[oid]))
         return out
 
     def _check_column(self, key: str, table: Table, column: str) -> None:
@@ -156,7 +163,13 @@ class _Reader:
                     f"unique constraint), or add one to {table.name}")
 
     def _dependents(self, legacy: Table) -> list[Dependent]:
-        refs = [r for r in self.rows(q.CONSTRAINTS, oids=[legacy.oid]) if r[2] == "f" and r[6] == legacy.oid]
+        # The legacy table's own reference to itself (customers.referred_by) is not a dependent: it stays with
+        # the table, archived by contract (planning/shapes.py lists it).
+        refs = [r for r in self.rows(q.CONSTRAINTS, oids=[legacy.oid])
+                if r[2] == "f" and r[6] == legacy.oid and r[0] != legacy.oid]
+        # A partitioned table's foreign key is cloned onto every partition: the parent's is the reference.
+        clones = {(rel, name) for rel, name, _ in self.rows(q.INHERITED_FOREIGN_KEYS, oids=[legacy.oid])}
+        refs = [r for r in refs if (r[0], r[1]) not in clones]
         if not refs:
             raise CatalogError(
                 f"no foreign key references {legacy.name}({self.spec.legacy.key}): there is nothing to re-point "
@@ -175,8 +188,40 @@ class _Reader:
                                    fix=f"set legacy.key = {refcols[0]!r} if that is the identity key, or re-point "
                                        "this foreign key at the key first")
         tables = self._tables(sorted({r[0] for r in refs}))
-        deps = [Dependent(tables[r[0]], _fk(r)) for r in refs]
+        deps = [self._partitioning(Dependent(tables[r[0]], _fk(r))) for r in refs]
         return sorted(deps, key=lambda d: (d.table.name, d.fk.name))
+
+    def _clones(self, oid: int) -> set[tuple[int, str]]:
+        """Foreign keys to or from OID that partitions inherited (conparentid <> 0), as (table oid, name)."""
+        return {(rel, name) for rel, name, _ in self.rows(q.INHERITED_FOREIGN_KEYS, oids=[oid])}
+
+    def _partitioning(self, dep: Dependent) -> Dependent:
+        """DEP with its partitions (a partitioned table), or what the planner refuses (see planning/references)."""
+        from dataclasses import replace
+
+        oid = dep.table.oid
+        _, parent, child_ns, child_names = self.rows(q.PARTITION_FLAGS, oids=[oid])[0]
+        dep = replace(dep, partition_of=QualifiedName(*parent) if parent else None,
+                      inherited_by=tuple(QualifiedName(a, b) for a, b in zip(child_ns, child_names)))
+        keys = self.rows(q.PARTITION_KEYS, oids=[oid])
+        if not keys:
+            return dep
+        tree = self.rows(q.PARTITION_TREE, oids=[oid])
+        oids = [r[1] for r in tree]
+        tables = self._tables(oids)
+        names = {oid: dep.table.name, **{o: t.name for o, t in tables.items()}}
+        index_parents: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        for rel, iname, pname in self.rows(q.INDEX_PARENTS, oids=oids):
+            index_parents[rel].append((iname, pname))
+        fk_parents: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        for rel, cname, pname in self.rows(q.INHERITED_FOREIGN_KEYS, oids=oids):
+            if rel in tables:
+                fk_parents[rel].append((cname, pname))
+        parts = tuple(Partition(tables[rel], names[parent_rel], leaf, tuple(sorted(index_parents[rel])),
+                                tuple(sorted(fk_parents[rel])))
+                      for _root, rel, parent_rel, leaf, _level in tree)
+        _, keydef, keycols = keys[0]
+        return replace(dep, partitions=parts, partition_key=keydef, partition_columns=tuple(keycols))
 
     # -- policies, functions, views, grants -------------------------------------------------
 

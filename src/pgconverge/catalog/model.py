@@ -46,6 +46,20 @@ class ForeignKey:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """A primary key, unique, check or exclusion constraint of a table (foreign keys are ForeignKey)."""
+
+    name: str
+    kind: str  # "primary key", "unique", "check", "exclusion"
+    columns: tuple[str, ...]
+    definition: str  # pg_get_constraintdef
+    validated: bool = True
+    index: str = ""  # the index that backs a primary key, unique or exclusion constraint
+    expression: str = ""  # a check constraint's expression (pg_get_expr)
+    referenced_by: tuple[str, ...] = ()  # foreign keys of any table that reference this key, "table.constraint"
+
+
+@dataclass(frozen=True)
 class Trigger:
     name: str
     table: QualifiedName
@@ -68,6 +82,7 @@ class Table:
     rls_forced: bool
     owner: str
     row_estimate: int
+    constraints: tuple[Constraint, ...] = ()  # primary key, unique, check and exclusion constraints
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -120,11 +135,47 @@ class Grant:
 
 
 @dataclass(frozen=True)
+class Partition:
+    """A partition of a partitioned dependent table, at any level (a sub-partitioned one is not a leaf)."""
+
+    table: Table  # its own columns, keys and indexes
+    parent: QualifiedName  # the table it is a partition of
+    leaf: bool
+    # (index of this partition, the parent's index it is attached to)
+    index_parents: tuple[tuple[str, str], ...] = ()
+    # (foreign key of this partition, the parent's foreign key it was cloned from)
+    fk_parents: tuple[tuple[str, str], ...] = ()
+
+    def index_of(self, parent_index: str) -> str | None:
+        """The name of this partition's index attached to PARENT_INDEX of its parent, if any."""
+        return next((i for i, p in self.index_parents if p == parent_index), None)
+
+    def fk_of(self, parent_fk: str) -> str | None:
+        return next((f for f, p in self.fk_parents if p == parent_fk), None)
+
+
+@dataclass(frozen=True)
 class Dependent:
-    """A table whose foreign key points at the legacy key."""
+    """One reference: a foreign key pointing at the legacy key (a table with two such keys has two)."""
 
     table: Table
     fk: ForeignKey
+    # A declaratively partitioned table: every partition below it (top-down), and its partition key.
+    partitions: tuple[Partition, ...] = ()
+    partition_key: str = ""  # pg_get_partkeydef, "" for a plain table
+    partition_columns: tuple[str, ...] = ()  # the plain columns of the partition key
+    # Shapes the planner refuses: a key declared on one partition alone (the partitioned table it belongs
+    # to), and a parent of old-style inheritance children (INHERITS).
+    partition_of: QualifiedName | None = None
+    inherited_by: tuple[QualifiedName, ...] = ()
+
+    @property
+    def partitioned(self) -> bool:
+        return bool(self.partition_key)
+
+    @property
+    def leaves(self) -> tuple[Partition, ...]:
+        return tuple(p for p in self.partitions if p.leaf)
 
     @property
     def column(self) -> Column:
@@ -154,6 +205,8 @@ class Catalog:
     # Functions the helpers call, directly or through each other (the legacy helper may wrap another).
     helper_callees: tuple[Function, ...] = ()
     user: str = ""  # the role pgconverge connects as ("" in catalogs saved before it was recorded)
+    # Roles whose privileges `user` has as a member (every role for a superuser): who may ALTER whose tables.
+    user_roles: frozenset[str] = frozenset()
 
     def table(self, name: QualifiedName) -> Table | None:
         for t in (self.legacy, self.canonical, *(d.table for d in self.dependents), *self.tables):

@@ -165,3 +165,76 @@ ROLES = "select rolname from pg_roles"
 SCHEMAS = "select nspname from pg_namespace"
 SERVER = ("select current_database(), current_setting('server_version_num')::int, "
           "to_char(clock_timestamp() at time zone 'utc', 'YYYYMMDD\"T\"HH24MISS\"Z\"'), current_user")
+
+# -- partitioned dependents -------------------------------------------------------------------------
+
+# Foreign keys that a partition inherited from its partitioned parent (conparentid <> 0): the parent's
+# constraint is the reference; these are its per-partition clones.
+INHERITED_FOREIGN_KEYS = """
+select con.conrelid, con.conname, pc.conname
+from pg_constraint con join pg_constraint pc on pc.oid = con.conparentid
+where con.contype = 'f' and (con.conrelid = any(%(oids)s) or con.confrelid = any(%(oids)s))
+"""
+
+# Partitioned tables among the given ones: the partition key's definition and its plain columns.
+PARTITION_KEYS = """
+select pt.partrelid, pg_get_partkeydef(pt.partrelid),
+       array(select a.attname from unnest(pt.partattrs::int2[]) k(attnum)
+             join pg_attribute a on a.attrelid = pt.partrelid and a.attnum = k.attnum)
+from pg_partitioned_table pt where pt.partrelid = any(%(oids)s)
+"""
+
+# For each given table: the partitioned table it is a partition of (schema, name), if it is one; and
+# the children of old-style inheritance (INHERITS) below it, as schemas and names.
+PARTITION_FLAGS = """
+select c.oid,
+       (select array[pn.nspname::text, pc.relname::text] from pg_inherits h
+        join pg_class pc on pc.oid = h.inhparent join pg_namespace pn on pn.oid = pc.relnamespace
+        where h.inhrelid = c.oid and c.relispartition),
+       array(select cn.nspname::text from pg_inherits h join pg_class cc on cc.oid = h.inhrelid
+             join pg_namespace cn on cn.oid = cc.relnamespace where h.inhparent = c.oid and c.relkind = 'r'
+             order by cn.nspname, cc.relname),
+       array(select cc.relname::text from pg_inherits h join pg_class cc on cc.oid = h.inhrelid
+             join pg_namespace cn on cn.oid = cc.relnamespace where h.inhparent = c.oid and c.relkind = 'r'
+             order by cn.nspname, cc.relname)
+from pg_class c where c.oid = any(%(oids)s)
+"""
+
+# Every partition below each given root, top-down, with its parent.
+PARTITION_TREE = """
+select r.root, t.relid::oid, t.parentrelid::oid, t.isleaf, t.level
+from unnest(%(oids)s::oid[]) as r(root), lateral pg_partition_tree(r.root) t
+where t.level > 0
+order by r.root, t.level, t.relid
+"""
+
+# Indexes of the given partitions attached to an index of their parent.
+INDEX_PARENTS = """
+select i.indrelid, ic.relname, pc.relname
+from pg_index i
+join pg_class ic on ic.oid = i.indexrelid
+join pg_inherits h on h.inhrelid = i.indexrelid
+join pg_class pc on pc.oid = h.inhparent
+where i.indrelid = any(%(oids)s)
+"""
+
+# -- what depends on the legacy key (planning/shapes.py) ----------------------------------------------
+
+# Primary key, unique, check and exclusion constraints of the given tables: columns, definition, the index
+# behind a key, a check's expression, and the foreign keys (of any table) that reference a key.
+TABLE_CONSTRAINTS = """
+select con.conrelid, con.conname, con.contype,
+       array(select a.attname from unnest(con.conkey) with ordinality as k(attnum, ord)
+             join pg_attribute a on a.attrelid = con.conrelid and a.attnum = k.attnum order by k.ord),
+       pg_get_constraintdef(con.oid), con.convalidated, coalesce(ic.relname, ''),
+       coalesce(pg_get_expr(con.conbin, con.conrelid), ''),
+       array(select format('%%s.%%s', f.conrelid::regclass, f.conname) from pg_constraint f
+             where f.contype = 'f' and f.conindid = con.conindid and con.contype in ('p', 'u') order by 1)
+from pg_constraint con
+left join pg_class ic on ic.oid = con.conindid and con.contype in ('p', 'u', 'x')
+where con.conrelid = any(%(oids)s) and con.contype in ('c', 'p', 'u', 'x')
+order by con.conname
+"""
+
+# Roles whose privileges the connected role has (a superuser has every role's).
+USER_ROLES = "select rolname from pg_roles where pg_has_role(current_user, oid, 'MEMBER')"

@@ -92,5 +92,9 @@ def render(data: dict) -> None:
             f"sees every row ({how})" if rs["ok"] else
             "[red]row level security hides rows from it[/] on " + ", ".join(t["table"] for t in rs["tables"])
             + " (see the warning below)"), highlight=False)
+    for f in data.get("dependent_objects", ()):
+        color = {"refused": "red", "mirrored": "green"}.get(f["action"], "yellow")
+        console.print(f"[{color}]{f['action']}[/] {escape(f['object'])}: {escape(f['detail'])}"
+                      + (f" — fix: {escape(f['fix'])}" if f.get("fix") else ""), highlight=False)
     for w in data["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)

@@ -11,13 +11,13 @@ from rich.table import Table
 
 from pgconverge.catalog import baseline
 from pgconverge.cli.common import (
-    ConfigOpt, DsnOpt, JsonOpt, console, err_console, fail_cleanly, load_spec, print_json, target,
+    ConfigOpt, DsnOpt, JsonOpt, console, err_console, fail_cleanly, load_spec, print_json, resume_hint, target,
 )
 from pgconverge.cli.progress import RichProgress
 from pgconverge.connection import connect
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution.runner import Runner
-from pgconverge.execution import privileges
+from pgconverge.execution import prechecks, privileges
 from pgconverge.identity import check as match_check
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES
@@ -40,11 +40,13 @@ def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool
         cats = baseline.load(conn, spec)
         if see_rows:  # plan, run, rollback: refuse a role that row level security filters, before anything else
             privileges.check_catalogs(conn, cats.live, *cats.saved.values())
-        p = planner.rollback(spec, cats, rollback_to) if rollback_to else planner.build(spec, cats)
+        p = planner.rollback(spec, cats, rollback_to) if rollback_to else planner.build(spec, cats, refuse=see_rows)
         # Before align has started: refuse a match kind that cannot read the legacy values, or rows it
         # cannot place, before anything changes.
         checked = match_check.run(conn, spec, cats.live) if check_data and cats.live is not None \
             and not _done(conn, spec, "align.match") else None
+        if see_rows and not rollback_to:  # after align, before expand: rows a mirrored unique index would reject
+            prechecks.collisions(conn, spec, p)
     return spec, t, p, cats, checked
 
 
@@ -95,12 +97,19 @@ def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = No
     data = p.as_dict(None if rollback_to else phase)
     if checked:
         data["match_check"] = checked.as_dict()
+    if not rollback_to:
+        from pgconverge.planning import shapes
+
+        data["dependent_objects"] = shapes.report(spec, cats)
     if as_json:
         print_json(data)
         return
     _print_steps(data["steps"], sql)
     if checked:
         _print_match_check(spec, checked)
+    for f in data.get("dependent_objects", ()):
+        console.print(f"[bold]{f['action']}[/] {escape(f['object'])}: {escape(f['detail'])}", highlight=False,
+                      soft_wrap=True)
 
 
 @fail_cleanly
@@ -130,10 +139,14 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
         _print_match_check(spec, checked)
     phases = [ph for ph in PHASES if p.phase(ph)] if phase is None else [phase]
     out = []
+    again = ["run", phase or "--all", *[a for c in code or () for a in ("--code", str(c))],
+             *(["--accept-code-references"] if accept_code_references else []),
+             *(["--accept-runtime-use"] if accept_runtime_use else [])]
     with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
                 command=f"run {phase or '--all'}", catalogs=cats, code_dirs=tuple(str(c) for c in code or ()),
                 accept=frozenset(k for k, v in (("code-references", accept_code_references),
-                                                ("runtime-use", accept_runtime_use)) if v)) as runner:
+                                                ("runtime-use", accept_runtime_use)) if v),
+                resume=resume_hint(again, t, config_file)) as runner:
         for ph in phases:
             for r in runner.run_phase(ph):
                 out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3),
@@ -141,7 +154,7 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
         report = runner.ledger.latest_snapshot("align_report") if "align" in phases else None
         audit = runner.ledger.latest_snapshot("phone_audit") if "align" in phases else None
     if as_json:
-        print_json({"target": t.display, "phases": phases, "steps": out,
+        print_json({"target": t.display, "phases": phases, "steps": out, "resumed": runner.resumed,
                     **({"align": _align_summary(report)} if report else {})})
         return
     if report:
@@ -177,43 +190,42 @@ def _align_summary(report: dict) -> dict:
 
 
 @fail_cleanly
-def status(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Show where the migration stands: each step's state from the ledger, the last error, batch progress."""
+def status(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
+           show_steps: Annotated[bool, typer.Option("--steps", help="Also list every step with its state, "
+                                                                  "attempts and rows done.")] = False) -> None:
+    """Show where the migration stands: one line (phase, state, progress, the command that goes on), then each phase.
+
+    A step is running (a runner holding the migration lock is on it), interrupted (a signal stopped it;
+    the same command resumes), failed (with its error), pending (started, then killed), done or reverted.
+    --steps lists every step; --json carries all of it.
+    """
+    from pgconverge.cli import standing
+
     spec, t, p, _, _ = _plan_for(dsn, config_file, see_rows=False)
     with connect(t) as conn:
-        ledger = Ledger(conn, spec)
-        states = ledger.step_states() if ledger.exists() else {}
-        events = ledger.events(limit=200) if ledger.exists() else []
-        steps = []
-        for s in p.steps:
-            st = states.get(s.id)
-            row = {"step": s.id, "phase": s.phase, "state": st.state if st else "not started",
-                   "at": st.at.isoformat() if st else None}
-            if s.op.executor == "batched" and st and st.state == "pending":
-                cp = ledger.last_checkpoint_since_fresh_start(s.id)
-                row["rows_done"] = cp[1] if cp else 0
-            steps.append(row)
-    errors = [e for e in events if e["event"] == "error"]
-    phases = {}
-    for ph in PHASES:
-        mine = [s for s in steps if s["phase"] == ph]
-        if mine:
-            done = sum(s["state"] == "done" for s in mine)
-            phases[ph] = "done" if done == len(mine) else ("not started" if not any(
-                s["state"] != "not started" for s in mine) else f"{done}/{len(mine)} steps")
-    data = {"target": t.display, "phases": phases, "steps": steps,
-            "last_error": ({k: errors[-1][k] for k in ("step", "sqlstate", "message")} | {
-                "at": errors[-1]["at"].isoformat()}) if errors else None}
+        data = standing.collect(conn, spec, p, t, config_file)
     if as_json:
         print_json(data)
         return
+    colors = {"done": "green", "pending": "yellow", "interrupted": "yellow", "running": "cyan", "failed": "red",
+              "reverted": "magenta", "rolled back": "magenta"}
+    summary = data["summary"]
+    console.print(f"[{colors.get(summary['state'], 'bold')}]{escape(summary['line'])}[/]", highlight=False,
+                  soft_wrap=True)
+    console.print("phases: " + " · ".join(f"{ph} {state}" for ph, state in data["phases"].items()), highlight=False,
+                  soft_wrap=True)
+    if not show_steps:
+        console.print("[dim]each step: pgconverge status --steps[/]", highlight=False)
+        return
     table = Table(title=f"pgconverge status — {t.display}", title_justify="left")
-    for c in ("phase", "step", "state", "at"):
+    for c in ("phase", "step", "state", "attempts", "at"):
         table.add_column(c, overflow="fold")
-    colors = {"done": "green", "pending": "yellow", "reverted": "magenta"}
-    for s in steps:
-        state = s["state"] + (f" ({s['rows_done']:,} rows)" if "rows_done" in s else "")
-        table.add_row(s["phase"], s["step"], f"[{colors.get(s['state'], 'dim')}]{state}[/]", s["at"] or "")
+    for s in data["steps"]:
+        state = s["state"] + (f" ({s['rows_done']:,} of {s['rows_total']:,} rows)" if "rows_done" in s else "")
+        if s.get("error"):
+            state += f": {s['error']['message']}"
+        table.add_row(s["phase"], s["step"], f"[{colors.get(s['state'], 'dim')}]{escape(state)}[/]",
+                      str(s["attempts"] or ""), s["at"] or "")
     console.print(table)
     if data["last_error"]:
         e = data["last_error"]
@@ -243,7 +255,8 @@ def rollback(to: Annotated[str, typer.Option("--to", help="Undo back to the star
         return
     out = []
     with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
-                command=f"rollback --to {to}", catalogs=cats) as runner:
+                command=f"rollback --to {to}", catalogs=cats,
+                resume=resume_hint(["rollback", "--to", to], t, config_file)) as runner:
         for r in runner.run_rollback(p, to=to):
             out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3), "rows": r.rows})
     if as_json:

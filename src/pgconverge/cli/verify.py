@@ -35,7 +35,7 @@ def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
     t = target(dsn)
     with connect(t) as conn:
         cats = baseline.load(conn, spec)
-        plan = planner.build(spec, cats)
+        plan = planner.build(spec, cats, refuse=False)  # read-only: checks what ran, whatever the shapes
         cat = cats.for_phase("switch")
         ledger = Ledger(conn, spec)
         phases = invariants.finished_phases(plan, ledger)

@@ -155,8 +155,10 @@ def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
             pat=sql.Literal(rf"\m({archived})\M"),
             why=sql.Literal(f"reads {spec.legacy.table.name} or {spec.mapping_table.name}, which contract archives: "
                             f"redefine it to find the caller's {spec.canonical.table} row without them")))
-    new = spec.migration.new_column
+    from pgconverge.planning.references import new_column
+
     for d in cat.dependents:
+        new = new_column(spec, cat, d)
         t = sql.Literal(text(qn(d.table.name)))
         if d.column.not_null:
             parts.append(sql.SQL(
@@ -301,11 +303,10 @@ def archived(plan: Plan) -> dict[str, ArchiveTable]:
 
 
 def legacy_indexes(spec: Spec, cat: Catalog) -> dict:
-    """Per dependent table, the indexes contract drops with its legacy column."""
-    from pgconverge.planning.index_mirror import contains_column
+    """Per reference (references.key), the indexes contract drops with its legacy column."""
+    from pgconverge.planning import contract, references
 
-    return {d.table.name: [i for i in d.table.indexes if not i.primary and contains_column(i, d.fk.columns[0])]
-            for d in cat.dependents}
+    return {references.key(d): contract._legacy_indexes(d, cat) for d in cat.dependents}
 
 
 __all__ = ["ACCEPT_SETTING", "EmittedCheck", "EmittedSql", "adapt", "archived", "baseline_function", "baseline_op",

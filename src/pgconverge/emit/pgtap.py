@@ -12,7 +12,7 @@ from pgconverge.config import QualifiedName, Spec
 from pgconverge.execution.sql import ident, qn, text
 from pgconverge.operations.base import Plan
 from pgconverge.operations.create_index import CreateIndexConcurrently
-from pgconverge.planning import align, expand, switch
+from pgconverge.planning import align, expand, references, switch
 from pgconverge.verify import rls
 
 
@@ -126,17 +126,16 @@ def align_tests(spec: Spec, cat: Catalog) -> TestFile:
 
 def expand_tests(spec: Spec, cat: Catalog, plan: Plan) -> TestFile:
     t = TestFile("pgconverge_expand.test.sql")
-    new = spec.migration.new_column
     ck = cat.canonical.column(spec.canonical.key)
-    shorts = expand.short_names(cat)
-    for d in cat.dependents:
+    for d, n in expand.names_of(spec, cat):
+        new = n.new
         s, tb = lit(d.table.name.schema), lit(d.table.name.name)
         where = f"{d.table.name}.{new}"
         t.ok(f"has_column({s}, {tb}, {lit(new)}, '{where} exists')")
         t.ok(f"col_type_is({s}, {tb}, {lit(new)}, {lit(ck.type)}, '{where} is {ck.type}')")
         t.ok(f"fk_ok({s}, {tb}, {lit(new)}, {lit(cat.canonical.name.schema)}, {lit(cat.canonical.name.name)}, "
              f"{lit(spec.canonical.key)}, '{where} references {cat.canonical.name}({spec.canonical.key})')")
-        fk = expand.Names(spec, d, shorts[d.table.name]).fk
+        fk = n.fk
         validated = text(sql.SQL("select convalidated from pg_catalog.pg_constraint where conrelid = {}::regclass "
                                  "and conname = {}").format(sql.Literal(str(d.table.name)), sql.Literal(fk)))
         t.ok(f"ok(({validated}), 'foreign key {fk} is validated')")
@@ -187,7 +186,6 @@ def rls_tests(spec: Spec, cat: Catalog, plan: Plan, samples: list[Sample], after
     tables = switch.policy_tables(plan)
     targets = rls.targets(spec, cat, tables)
     by_name = {str(x.table): x for x in targets}
-    new = spec.migration.new_column
     ck_type = cat.canonical.column(spec.canonical.key).type
     role = "authenticated"
     t.raw(_act_as_function(spec))
@@ -195,10 +193,11 @@ def rls_tests(spec: Spec, cat: Catalog, plan: Plan, samples: list[Sample], after
     t.raw("create temp table pgc_expected (who text, tbl text, keys text[]) on commit drop;")
 
     def owned(x: rls.Target, s: Sample) -> sql.Composable | None:
-        key = sql.SQL("ctid") if x.key == "ctid" else ident(x.key)
-        if x.owner_columns:
-            return sql.SQL("select {k}::text from {t} where {n} = {c}::{ty}").format(
-                k=key, t=qn(x.table), n=ident(new), c=sql.SQL(tok.canonical(s)), ty=sql.SQL(ck_type))
+        key = rls._key(x)
+        if x.owner_columns:  # the rows any of the table's references links to the identity
+            return sql.SQL("select {k}::text from {t} where {w}").format(k=key, t=qn(x.table), w=sql.SQL(" or ").join(
+                sql.SQL("{n} = {c}::{ty}").format(n=ident(new), c=sql.SQL(tok.canonical(s)), ty=sql.SQL(ck_type))
+                for _l, new, _lt, _nt in x.owner_pairs))
         if x.parent is not None and str(x.parent[1]) in by_name:
             parent_rows = owned(by_name[str(x.parent[1])], s)
             if parent_rows is None:
@@ -226,7 +225,7 @@ def rls_tests(spec: Spec, cat: Catalog, plan: Plan, samples: list[Sample], after
             t.raw(f"select pg_temp.pgc_claims({claims});")
             t.raw(f"set local role {text(ident(role))};")
             for x in checked:
-                key = "ctid" if x.key == "ctid" else text(ident(x.key))
+                key = text(rls._key(x))
                 mine = f"(select keys from pgc_expected where who = {lit(s.label)} and tbl = {lit(str(x.table))})"
                 t.ok(f"set_eq({lit(f'select {key}::text from {text(qn(x.table))}')}, coalesce({mine}, '{{}}'), "
                      f"'{s.label} ({kind} token) sees exactly its own rows of {x.table}')")
@@ -264,8 +263,9 @@ def contract_tests(spec: Spec, cats, plan: Plan, samples: list[Sample]) -> TestF
             t=sql.Literal(text(qn(d.table.name))), n=sql.Literal(d.fk.name), a=sql.Literal(text(qn(legacy.archived)))))
         t.ok(f"is(({fks}), 0::bigint, 'the legacy foreign key {d.fk.name} is gone and nothing references "
              f"{cat.legacy.name} from {d.table.name}')")
-        t.ok(f"hasnt_trigger({s}, {tb}, {lit(expand.TRIGGER)}, 'the sync trigger on {d.table.name} is gone')")
-        for idx in legacy_indexes(spec, cat)[d.table.name]:
+        trigger = expand.Names(spec, d, "", cat).trigger
+        t.ok(f"hasnt_trigger({s}, {tb}, {lit(trigger)}, 'the sync trigger {trigger} on {d.table.name} is gone')")
+        for idx in legacy_indexes(spec, cat)[references.key(d)]:
             t.ok(f"hasnt_index({s}, {tb}, {lit(idx.name.name)}, 'the legacy index {idx.name.name} is gone')")
     for what, op in (("legacy table", legacy), ("mapping", mapping)):
         t.ok(f"hasnt_table({lit(op.table.schema)}, {lit(op.table.name)}, 'the {what} {op.table} is no longer there')")

@@ -135,7 +135,7 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
         after, rows = done.get(i, (lo, 0))
         todo.put((i, after, hi, rows))
     state = {"rows": resumed_from, "batches": 0, "throttled": 0.0}
-    lock, stop = threading.Lock(), threading.Event()
+    lock, stop = threading.Lock(), runner.interrupts.event()  # also set by SIGINT/SIGTERM (execution/interrupt.py)
     errors: list[BaseException] = []
     started = time.monotonic()
 
@@ -164,6 +164,7 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
         t.join()
     if errors:
         raise errors[0]
+    runner.interrupts.after_batch(step, state["rows"], total)  # a signal stopped the workers: the step is not done
     runner._done(step, 1, op.sql_text(), rows=state["rows"], batches=state["batches"], resumed_from=resumed_from,
                  throttled_s=round(state["throttled"], 2), workers=len(threads), ranges=len(plan["ranges"]))
     return StepResult(step.id, "done", 0.0, rows=state["rows"], detail={"resumed_from": resumed_from})

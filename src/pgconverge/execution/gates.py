@@ -46,6 +46,11 @@ def evaluate(runner: Runner) -> list[dict]:
                 "unblock": "run `pgconverge run switch` (it verifies RLS equivalence) or `pgconverge verify --rls`"})
     results = invariants.run(runner.work, runner.plan, ["align", "expand"])
     bad = [f"{r.step}: " + "; ".join(" ".join(p) for p in r.problems[:5]) for r in results if not r.passed]
+    ops = {s.id: s.op for s in runner.plan.steps}
+    for sid in {x for r in results if not r.passed for x in getattr(ops.get(r.step), "redo", ())}:
+        # Sent back, so that re-running expand does it again (its backfill fills the rows found missing).
+        runner.ledger.event(runner.run_id, sid.split(".")[0], sid, "reverted", message="to be done again: the "
+                            "contract gate found its invariants broken")
     out.append({"gate": "invariants", "passed": not bad, "details": bad,
                 "unblock": "run `pgconverge verify` and fix what it names (re-running expand fills missing ids)"})
 
@@ -55,18 +60,17 @@ def evaluate(runner: Runner) -> list[dict]:
                  for f in audit_code(Path(d), spec)]
     watched = {spec.legacy.table.name, spec.legacy.helper.name, *(d.fk.columns[0] for d in cat.dependents)}
     live = runner.catalogs.live
-    for f in (live.functions if live else ()):
-        if f.name in (spec.legacy.helper, spec.canonical.helper) or f.name.schema == spec.migration.private_schema:
-            continue
-        if mentions.find(f.source, watched):
-            code.append(f"database function {f.signature} mentions legacy names")
-    for v in (live.views if live else ()):
-        code.append(f"{v.kind} {v.name} reads the legacy table or a legacy column")
+    functions = [f"database function {f.signature} mentions legacy names" for f in (live.functions if live else ())
+                 if f.name not in (spec.legacy.helper, spec.canonical.helper)
+                 and f.name.schema != spec.migration.private_schema and mentions.find(f.source, watched)]
+    views = [f"{v.kind} {v.name} reads the legacy table or a legacy column" for v in (live.views if live else ())]
+    # Every one, counted: a gate that names only the first few sends the user round again.
+    code += ([f"{len(functions)} database function(s) mention legacy names"] if functions else []) + functions + views
     if not runner.code_dirs:
         code.insert(0, "no application code was audited (pass --code DIR)")
     accepted = CODE in runner.accept
     out.append({"gate": "no code references", "passed": not code or accepted, "accepted": accepted and bool(code),
-                "details": code[:50],
+                "details": code,
                 "unblock": "update the code named (the suggestions say how), or pass --accept-code-references"})
 
     out.append(runtime_gate)
@@ -112,7 +116,8 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
     runner.ledger.snapshot(runner.run_id, "contract_gates", gates)
     failed = [g for g in gates if not g["passed"]]
     if failed:
-        listed = "; ".join(f"{g['gate']}: " + (", ".join(g["details"][:3]) or "failed") for g in failed)
+        # Every detail: a gate that names only the first few sends the user round again.
+        listed = "; ".join(f"{g['gate']}: " + (", ".join(g["details"]) or "failed") for g in failed)
         runner.ledger.event(runner.run_id, step.phase, step.id, "error", message=listed)
         raise GateFailed(f"contract is blocked, nothing was dropped — {listed}",
                          fix=" / ".join(g["unblock"] for g in failed))

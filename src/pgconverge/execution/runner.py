@@ -14,7 +14,7 @@ from pgconverge.catalog.introspect import load_catalog
 from pgconverge.config import Spec
 from pgconverge.connection import Target, connect
 from pgconverge.errors import CatalogError, PgConvergeError
-from pgconverge.execution import gates, killpoint, policy_switch, privileges, retry, session
+from pgconverge.execution import gates, interrupt, killpoint, policy_switch, privileges, retry, session
 from pgconverge.execution.locks import describe_blockers
 from pgconverge.execution.throttle import Throttle
 from pgconverge.ledger.store import Ledger
@@ -46,6 +46,21 @@ class PlanMismatch(PgConvergeError):
 EMPTY = object()  # upper_bound() of a table without rows
 
 
+def lock_key(spec: Spec) -> sql.Composable:
+    """The advisory lock one runner at a time holds, on its control connection, for its whole life."""
+    return sql.SQL("pg_catalog.hashtextextended({}, 0)").format(
+        sql.Literal(LOCK_NAMESPACE + spec.migration.private_schema))
+
+
+def lock_holder(conn: psycopg.Connection, spec: Spec) -> tuple | None:
+    """(pid, application_name, client address, backend start) of the session holding the runner's lock, if any."""
+    return conn.execute(sql.SQL(
+        "select a.pid, a.application_name, coalesce(a.client_addr::text, 'local'), a.backend_start "
+        "from pg_locks l join pg_stat_activity a on a.pid = l.pid "
+        "where l.locktype = 'advisory' and l.granted and l.objsubid = 1 "
+        "and ((l.classid::bigint << 32) | l.objid::bigint) = {}").format(lock_key(spec))).fetchone()
+
+
 def upper_bound(conn: psycopg.Connection, op: Batched):
     """OP's last key to visit, read once (None: no bound); EMPTY when the table had no rows to visit.
 
@@ -65,6 +80,9 @@ class Progress(Protocol):
 
 class NullProgress:
     def step_started(self, step: Step) -> None:
+        pass
+
+    def note(self, text: str) -> None:  # optional on a Progress: a line such as "resuming expand: …"
         pass
 
     def step_finished(self, step: Step, status: str, seconds: float) -> None:
@@ -89,8 +107,12 @@ class Runner:
 
     def __init__(self, target: Target, spec: Spec, plan: Plan, *, progress: Progress | None = None,
                  command: str = "run", catalogs: baseline.Catalogs | None = None,
-                 accept: frozenset[str] = frozenset(), code_dirs: tuple[str, ...] = ()):
+                 accept: frozenset[str] = frozenset(), code_dirs: tuple[str, ...] = (), resume: str | None = None):
         self.target, self.spec, self.plan = target, spec, plan
+        # SIGINT/SIGTERM stop the run at its next safe point (execution/interrupt.py); RESUME ("resume with:
+        # pgconverge run expand …") ends the one line the command then prints.
+        self.interrupts = interrupt.Interrupts(hint=resume)
+        self.resumed: list[str] = []  # "resuming expand: …" lines, for --json
         # Each phase's catalog is saved before the phase's first change (see catalog/baseline.py).
         self.catalogs = catalogs or baseline.Catalogs()
         self.accept, self.code_dirs = accept, code_dirs  # for the contract gates
@@ -104,7 +126,13 @@ class Runner:
     def __enter__(self) -> Runner:
         # The control connection holds the advisory lock for the runner's whole life and writes
         # ledger events outside the work transactions, so failures are recorded even when rolled back.
-        self.control = connect(self.target, application_name="pgconverge:control")
+        self.interrupts.install()
+        interrupt.activate(self.interrupts)
+        try:
+            self.control = connect(self.target, application_name="pgconverge:control")
+        except BaseException:
+            self.interrupts.uninstall()
+            raise
         try:
             self._lock()
             # Before anything changes (the ledger included): a role that row level security filters would
@@ -118,13 +146,17 @@ class Runner:
             session.configure(self.work, "pgconverge")
         except BaseException:
             self.control.close()
+            self.interrupts.uninstall()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        for c in (getattr(self, "work", None), self.control):
-            if c is not None and not c.closed:
-                c.close()
+        try:
+            for c in (getattr(self, "work", None), self.control):
+                if c is not None and not c.closed:
+                    c.close()
+        finally:
+            self.interrupts.uninstall()
 
     def preflight(self) -> privileges.Verdict:
         """Raise RowSecurityBlocks unless the connected role sees every row of every table the plan touches."""
@@ -137,18 +169,13 @@ class Runner:
         return privileges.check_catalogs(self.control, *cats)
 
     def _lock_key(self) -> sql.Composable:
-        return sql.SQL("pg_catalog.hashtextextended({}, 0)").format(
-            sql.Literal(LOCK_NAMESPACE + self.spec.migration.private_schema))
+        return lock_key(self.spec)
 
     def _lock(self) -> None:
         got = self.control.execute(sql.SQL("select pg_try_advisory_lock({})").format(self._lock_key())).fetchone()[0]
         if got:
             return
-        holder = self.control.execute(sql.SQL(
-            "select a.pid, a.application_name, coalesce(a.client_addr::text, 'local'), a.backend_start "
-            "from pg_locks l join pg_stat_activity a on a.pid = l.pid "
-            "where l.locktype = 'advisory' and l.granted and l.objsubid = 1 "
-            "and ((l.classid::bigint << 32) | l.objid::bigint) = {}").format(self._lock_key())).fetchone()
+        holder = lock_holder(self.control, self.spec)
         who = (f"pid {holder[0]} ({holder[1]}, from {holder[2]}, connected since {holder[3]:%Y-%m-%d %H:%M:%S})"
                if holder else "another session")
         raise RunnerBusy(
@@ -182,6 +209,7 @@ class Runner:
     def run_phase(self, phase: str) -> list[StepResult]:
         self.check_ledger(phase)
         states = self.ledger.step_states()
+        self._announce_resume(phase, self.plan.phase(phase), lambda s: states[s.id].state if s.id in states else None)
         results = []
         for step in self.plan.phase(phase):
             st = states.get(step.id)
@@ -199,6 +227,17 @@ class Runner:
         return results
 
     def _rollback_steps(self, rollback: Plan) -> list[StepResult]:
+        at_start = self.ledger.step_states()
+
+        def state(step: Step) -> str | None:  # "done" only when done since the forward steps it undoes last started
+            own = at_start.get(step.id)
+            if own is None or own.state != "done":
+                return own.state if own else None
+            latest_forward = self.ledger.latest_start({r.split(".", 1)[0] for r in step.needs})
+            return "done" if latest_forward is not None and own.at > latest_forward else None
+        undoing = [s for s in rollback.steps if state(s) in ("done", "pending") or any(
+            at_start.get(r) and at_start[r].state in ("done", "pending") for r in s.needs)]
+        self._announce_resume("rollback", undoing, state)
         results = []
         for step in rollback.steps:
             states = self.ledger.step_states()
@@ -220,7 +259,28 @@ class Runner:
             results.append(self.run_step(step, resuming=bool(own and own.state == "pending")))
         return results
 
+    def _announce_resume(self, name: str, steps: list[Step], state) -> None:
+        """Say so when a command picks up where an earlier one stopped: "resuming expand: 5 of 12 steps done,
+        expand.carts.backfill from row 12,000" (STATE(step): "done", "pending" — started, never finished — or else)."""
+        done = sum(state(s) == "done" for s in steps)
+        pending = next((s for s in steps if state(s) == "pending"), None)
+        if pending is None and not 0 < done < len(steps):
+            return
+        text = f"resuming {name}: {done} of {len(steps)} steps done"
+        if pending is not None:
+            text += (f", {pending.id} from row {self.ledger.rows_done(pending.id):,}"
+                     if pending.op.executor == "batched" else f", {pending.id} again")
+        else:
+            text += f", next: {next(s for s in steps if state(s) != 'done').id}"
+        self.resumed.append(text)
+        note = getattr(self.progress, "note", None)
+        if note is not None:
+            note(text)
+
     def run_step(self, step: Step, *, resuming: bool = False) -> StepResult:
+        if self.interrupts.requested:  # between two steps: the safest point there is
+            raise self._interrupted(step, self.interrupts.stop(f"before {step.id} started", step=step,
+                                                               stopped="before"), None)
         killpoint.reached(step.id, "before")
         if step.phase in PHASES and step.phase not in self.catalogs.saved and self.catalogs.live is not None:
             baseline.save(self.ledger, self.run_id, step.phase, self.catalogs.live)
@@ -237,16 +297,48 @@ class Runner:
                     "gates": lambda st, res: gates.run(self, st, res)}[step.op.executor]
         try:
             result = executor(step, resuming)
+        except interrupt.Interrupted as exc:  # stopped at a safe point inside the step
+            raise self._interrupted(step, exc, started) from None
+        except interrupt.Abort:  # a second signal: the statement in flight was cancelled, its transaction rolled back
+            raise self._interrupted(step, self.interrupts.stop(f"during {step.id}", step=step, stopped="abort"),
+                                    started) from None
         except (retry.RetriesExhausted, psycopg.Error) as exc:
             last = exc.last if isinstance(exc, retry.RetriesExhausted) else exc
             state = getattr(last, "sqlstate", None)
             self.ledger.event(self.run_id, step.phase, step.id, "error", sqlstate=state, message=str(last).strip(),
                               duration_ms=(time.monotonic() - started) * 1000)
             raise self._failure(step, exc, last) from exc
+        except PgConvergeError as exc:  # a gate or a check: recorded (status shows it failed) unless the executor did
+            try:
+                if self.ledger.last_outcome(step.id) != "error":
+                    self.ledger.event(self.run_id, step.phase, step.id, "error", message=exc.problem,
+                                      duration_ms=(time.monotonic() - started) * 1000)
+            except psycopg.Error:
+                pass  # the ledger is out of reach: the error is printed all the same
+            raise
         result.seconds = time.monotonic() - started
         killpoint.reached(step.id, "after")
         self.progress.step_finished(step, "done", result.seconds)
         return result
+
+    def _interrupted(self, step: Step, exc: interrupt.Interrupted, started: float | None) -> interrupt.Interrupted:
+        """Record where a signal stopped STEP (an `interrupted` event) and return EXC, ready to print."""
+        exc.step, exc.phase, exc.hint = step.id, step.phase, self.interrupts.hint
+        try:
+            with self.interrupts.shielded():
+                if exc.detail.get("stopped") == "abort":
+                    if step.op.executor == "batched":  # the batch in flight rolled back; the checkpoints say how far
+                        exc.detail["rows_done"] = self.ledger.rows_done(step.id)
+                        exc.where += f" after {interrupt.rows(exc.detail['rows_done'])}"
+                    exc.where += " (at once: the statement in flight was cancelled and rolled back)"
+                    exc.problem = f"interrupted {exc.where}"
+                self.ledger.event(self.run_id, step.phase, step.id, "interrupted", message=exc.problem,
+                                  duration_ms=None if started is None else (time.monotonic() - started) * 1000,
+                                  detail={"signal": interrupt.signal_name(exc.signum), **exc.detail})
+        except psycopg.Error:
+            pass  # the ledger could not take it (the connection went with the abort): the line is printed all the same
+        self.progress.step_finished(step, "interrupted", 0.0 if started is None else time.monotonic() - started)
+        return exc
 
     def _failure(self, step: Step, exc: Exception, last: psycopg.Error) -> StepFailed:
         if isinstance(exc, retry.RetriesExhausted):
@@ -273,6 +365,8 @@ class Runner:
         def note(attempt: int, exc: psycopg.Error, pause: float) -> None:
             self.ledger.event(self.run_id, step.phase, step.id, "retry", attempt=attempt, sqlstate=exc.sqlstate,
                               message=str(exc).strip(), detail={"pause_s": round(pause, 3)})
+            # Between two attempts nothing of the step is held or applied: a safe point.
+            self.interrupts.check(f"during {step.id} while waiting to retry its lock", step=step, stopped="retry")
         return note
 
     def _run_sql(self, step: Step, resuming: bool) -> StepResult:
@@ -344,6 +438,8 @@ class Runner:
             more = f" and more" if len(rows) > 20 else ""
             self.ledger.event(self.run_id, step.phase, step.id, "error", message=f"{op.failure}: {listed}{more}",
                               detail={"problems": [list(map(str, r)) for r in rows]})
+            for sid in op.redo:  # sent back: the next run of the phase does them again (a backfill fills the rows)
+                self.ledger.event(self.run_id, step.phase, sid, "reverted", message=f"to be done again: {step.id} failed")
             raise GateFailed(f"gate {op.name} failed in {step.id}: {op.failure}: {listed}{more}", fix=op.fix)
         self._done(step, 1, op.sql_text())
         return StepResult(step.id, "done", 0.0)
@@ -424,9 +520,12 @@ class Runner:
             elapsed = time.monotonic() - started
             self.progress.batch(step, rows_done, max(total, rows_done),
                                 (rows_done - resumed_from) / elapsed if elapsed else 0.0)
+            # Each batch committed with its checkpoint: a signal stops here, or in the pause after it.
+            self.interrupts.after_batch(step, rows_done, max(total, rows_done))
             if self.spec.migration.batch_pause_ms:
-                time.sleep(self.spec.migration.batch_pause_ms / 1000)
-            throttled += throttle.wait(self.control, op.lock_target, note)
+                self.interrupts.sleep(self.spec.migration.batch_pause_ms / 1000)
+            throttled += throttle.wait(self.control, op.lock_target, note, stop=lambda: self.interrupts.requested)
+            self.interrupts.after_batch(step, rows_done, max(total, rows_done))
         self._done(step, 1, op.sql_text(), rows=rows_done, batches=batches, resumed_from=resumed_from,
                    throttled_s=round(throttled, 2))
         return StepResult(step.id, "done", 0.0, rows=rows_done, detail={"resumed_from": resumed_from})

@@ -20,6 +20,9 @@ class Check(Operation):
     settings: tuple[tuple[str, str], ...] = ()  # set_config(name, value, true) before the query
     # Tables whose rows it examines, so `verify` can say when there were none (not part of the SQL).
     covers: tuple[QualifiedName, ...] = ()
+    # Steps a failure sends back, so the next run of the phase does them again (a backfill that can fill
+    # what the check found missing); not part of the SQL.
+    redo: tuple[str, ...] = ()
 
     executor: ClassVar[str] = "check"
 

@@ -32,11 +32,16 @@ class AddForeignKeyNotValid(_ConstraintOp):
     ref_column: str
     on_delete: str
     on_update: str
+    # As the foreign key it mirrors: a deferrable one is checked at commit (or when SET CONSTRAINTS says).
+    deferrable: bool = False
+    initially_deferred: bool = False
 
     @property
     def description(self) -> str:
         return (f"add foreign key {self.name}: {self.table}({self.column}) → {self.ref_table}({self.ref_column}) "
-                f"ON DELETE {self.on_delete}, NOT VALID (new rows checked now, old rows validated later)")
+                f"ON DELETE {self.on_delete}" + (f" ON UPDATE {self.on_update}" if self.on_update != "NO ACTION"
+                                                  else "") + _deferral(self.deferrable, self.initially_deferred)
+                + ", NOT VALID (new rows checked now, old rows validated later)")
 
     @property
     def lock(self) -> Lock:
@@ -44,9 +49,10 @@ class AddForeignKeyNotValid(_ConstraintOp):
 
     def statements(self) -> list[sql.Composable]:
         return [sql.SQL("alter table {t} add constraint {n} foreign key ({c}) references {rt} ({rc}) "
-                        "on delete {od} on update {ou} not valid").format(
+                        "on delete {od} on update {ou}{df} not valid").format(
             t=qn(self.table), n=ident(self.name), c=ident(self.column), rt=qn(self.ref_table),
-            rc=ident(self.ref_column), od=sql.SQL(self.on_delete), ou=sql.SQL(self.on_update))]
+            rc=ident(self.ref_column), od=sql.SQL(self.on_delete), ou=sql.SQL(self.on_update),
+            df=sql.SQL(_deferral(self.deferrable, self.initially_deferred).lower()))]
 
     def probe(self) -> sql.Composable:
         return self.exists_probe()
@@ -101,3 +107,32 @@ class DropConstraint(_ConstraintOp):
 
     def statements(self) -> list[sql.Composable]:
         return [sql.SQL("alter table {} drop constraint if exists {}").format(qn(self.table), ident(self.name))]
+
+
+def _deferral(deferrable: bool, initially_deferred: bool) -> str:
+    return (" DEFERRABLE INITIALLY DEFERRED" if initially_deferred else " DEFERRABLE") if deferrable else ""
+
+
+@dataclass(frozen=True)
+class AddKeyUsingIndex(_ConstraintOp):
+    """Turn a valid unique index into the table's primary key or a unique constraint (a catalog change: its
+    columns are NOT NULL already where a primary key needs it, so nothing is scanned)."""
+
+    kind: str  # "primary key" or "unique"
+    index: str  # an index of the same table; Postgres renames it to the constraint's name
+    deferrable: bool = False
+    initially_deferred: bool = False
+    why: str = ""
+
+    @property
+    def description(self) -> str:
+        return (f"make index {self.index} the {self.kind} constraint {self.name} of {self.table}"
+                + (f": {self.why}" if self.why else ""))
+
+    def statements(self) -> list[sql.Composable]:
+        return [sql.SQL("alter table {} add constraint {} {} using index {}{}").format(
+            qn(self.table), ident(self.name), sql.SQL(self.kind), ident(self.index),
+            sql.SQL(_deferral(self.deferrable, self.initially_deferred).lower()))]
+
+    def probe(self) -> sql.Composable:
+        return self.exists_probe()

@@ -312,9 +312,11 @@ end""").format(
 
 def _foreign_references(spec: Spec, cat: Catalog, live: Catalog | None):
     """Foreign keys to the canonical table other than expand's own (gone by the time align is undone)."""
-    deps = {d.table.name for d in cat.dependents}
+    from pgconverge.planning.references import new_columns
+
+    ours = {(t, new) for (t, _legacy), new in new_columns(spec, cat).items()}
     return tuple(fk for fk in (live or cat).canonical_referenced_by
-                 if not (fk.table in deps and fk.columns == (spec.migration.new_column,)))
+                 if not (len(fk.columns) == 1 and (fk.table, fk.columns[0]) in ours))
 
 
 def _legacy_for_function(spec: Spec, cat: Catalog) -> sql.Composable:

@@ -14,14 +14,15 @@ from pgconverge.operations.archive import ArchiveTable
 from pgconverge.operations.base import Lock, Operation, Step
 from pgconverge.operations.check import Check
 from pgconverge.operations.columns import DropColumn
-from pgconverge.operations.constraints import DropConstraint
+from pgconverge.operations.constraints import AddKeyUsingIndex, DropConstraint, ValidateConstraint
 from pgconverge.operations.create_index import DropIndexConcurrently
 from pgconverge.operations.create_trigger import DropTrigger
 from pgconverge.operations.drop_policies import DropPolicies
 from pgconverge.operations.replace_function import ReplaceFunction
 from pgconverge.operations.snapshot import Snapshot
+from pgconverge.operations.partitions import AddForeignKey, DropIndex
 from pgconverge.operations.together import Together
-from pgconverge.planning import align, expand, switch
+from pgconverge.planning import align, expand, partitions, references, shapes, switch
 from pgconverge.planning.index_mirror import contains_column
 
 PHASE = "contract"
@@ -78,20 +79,36 @@ def linkage_snapshot(spec: Spec, cat: Catalog, name: str, legacy: bool) -> Opera
 
     m = align.names(spec)["mapping"]
     parts = []
-    for d in cat.dependents:
-        key = expand._key(d)
-        k = ident(key[0]) if key else sql.SQL("ctid")
+    for d in cat.dependents:  # one part per reference: a table with two is labelled with each column
         owner = (sql.SQL("(select mm.{mn}::text from {m} mm where mm.{ml} = d.{l})").format(
             mn=ident(spec.migration.new_column), m=qn(m), ml=ident(spec.mapping_legacy_column),
-            l=ident(d.fk.columns[0])) if legacy else sql.SQL("d.{}::text").format(ident(spec.migration.new_column)))
-        parts.append(sql.SQL("select {t}::text, d.{k}::text, {o} from {tab} d").format(
-            t=sql.Literal(str(d.table.name)), k=k, o=owner, tab=qn(d.table.name)))
+            l=ident(d.fk.columns[0])) if legacy
+            else sql.SQL("d.{}::text").format(ident(references.new_column(spec, cat, d))))
+        parts.append(sql.SQL("select {t}::text, {k}, {o} from {tab} d").format(
+            t=sql.Literal(references.label(cat, d)), k=_row_id(spec, cat, d, legacy), o=owner,
+            tab=qn(d.table.name)))
     table = linkage_table(spec, name)
     return CreateTable(table, sql.SQL("(tbl text not null, pk text not null, owner text, primary key (tbl, pk))"),
                        why=f"every dependent row's owner ({'through the mapping' if legacy else 'new column'}), "
                            "for the final validation",
-                       extra=(sql.SQL("insert into {} {}").format(qn(table), sql.SQL(" union all ").join(parts)),),
+                       # A key holding the legacy column names two rows of merged legacy rows alike: they are
+                       # one row once expand's mirror holds (shapes.collisions refuses them before), keep one.
+                       extra=(sql.SQL("insert into {} {} on conflict do nothing").format(
+                           qn(table), sql.SQL(" union all ").join(parts)),),
                        reads_tables=True)
+
+
+def _row_id(spec: Spec, cat: Catalog, d, legacy: bool = False) -> sql.Composable:
+    """How snapshots name D's rows (references.row_id), a legacy column in the key read as its owner's canonical
+    id: through the mapping (LEGACY, before expand) or from the new column, so the name outlives the column."""
+    m = align.names(spec)["mapping"]
+    owners = {}
+    for x in references.siblings(cat, d):
+        c = x.fk.columns[0]
+        owners[c] = (sql.SQL("(select mm.{mn}::text from {m} mm where mm.{ml} = d.{l})").format(
+            mn=ident(spec.migration.new_column), m=qn(m), ml=ident(spec.mapping_legacy_column), l=ident(c))
+            if legacy else sql.SQL("d.{}::text").format(ident(references.new_column(spec, cat, x))))
+    return references.row_id(d, "d", owners)
 
 
 def kept_ids_table(spec: Spec) -> QualifiedName:
@@ -110,17 +127,18 @@ def keep_legacy_ids(spec: Spec, cat: Catalog) -> Operation:
     table = kept_ids_table(spec)
     parts = []
     for d in cat.dependents:
-        key = expand._key(d)
-        k = ident(key[0]) if key else sql.SQL("ctid")
         parts.append(sql.SQL(
-            "select {t}, d.{k}::text, d.{l}::text from {tab} d where d.{l} is distinct from "
+            "select {t}, {k}, d.{l}::text from {tab} d where d.{l} is distinct from "
             "(select mm.{ml} from {m} mm where mm.{mn} = d.{n} order by mm.{ml} limit 1)").format(
-            t=sql.Literal(str(d.table.name)), k=k, l=ident(d.fk.columns[0]), tab=qn(d.table.name),
-            ml=ident(spec.mapping_legacy_column), m=qn(m), mn=ident(spec.migration.new_column),
-            n=ident(spec.migration.new_column)))
+            t=sql.Literal(references.label(cat, d)), k=_row_id(spec, cat, d), l=ident(d.fk.columns[0]),
+            tab=qn(d.table.name), ml=ident(spec.mapping_legacy_column), m=qn(m), mn=ident(spec.migration.new_column),
+            n=ident(references.new_column(spec, cat, d))))
     return CreateTable(table, sql.SQL("(tbl text not null, pk text not null, legacy text, primary key (tbl, pk))"),
                        why="legacy ids a rollback could not derive again (rows of merged legacy rows)",
-                       extra=(sql.SQL("insert into {} {}").format(qn(table), sql.SQL(" union all ").join(parts)),),
+                       # A key holding the legacy column names two rows of merged legacy rows alike: they are
+                       # one row once expand's mirror holds (shapes.collisions refuses them before), keep one.
+                       extra=(sql.SQL("insert into {} {} on conflict do nothing").format(
+                           qn(table), sql.SQL(" union all ").join(parts)),),
                        reads_tables=True)
 
 
@@ -150,19 +168,30 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     def add(what: str, op: Operation) -> None:
         steps.append(Step(f"{PHASE}.{what}", PHASE, op))
 
+    # Before the first drop, read from the database as it is then: nothing else may use what contract drops.
+    add("dependencies", shapes.contract_dependencies(
+        spec, cat, [(d, k) for d in cat.dependents for k in _key_mirrors(spec, cat, cats, d)]))
     add("keep_legacy_ids", keep_legacy_ids(spec, cat))
 
-    for d in cat.dependents:
-        n = expand.Names(spec, d, shorts[d.table.name])
+    for d, n in expand.names_of(spec, cat):
         legacy_col = d.fk.columns[0]
+        # On a partitioned table: the key declared there, with every partition's copy.
         add(f"{n.short}.drop_legacy_foreign_key", DropConstraint(d.table.name, d.fk.name))
-        for i, idx in enumerate(i for i in d.table.indexes if not i.primary and contains_column(i, legacy_col)):
-            add(f"{n.short}.drop_legacy_index_{i + 1}", DropIndexConcurrently(idx.name, d.table.name))
+        for i, idx in enumerate(_legacy_indexes(d, cat)):
+            # A partitioned table's index has no DROP … CONCURRENTLY: a catalog change under ACCESS EXCLUSIVE.
+            add(f"{n.short}.drop_legacy_index_{i + 1}", DropIndex(idx.name, d.table.name) if d.partitioned
+                else DropIndexConcurrently(idx.name, d.table.name))
         # The sync trigger goes with the legacy column: old code still at work then gets "no such column",
         # not a NULL in the new column it does not know about.
         add(f"{n.short}.drop_legacy_column", Together(
-            (DropTrigger(expand.TRIGGER, d.table.name), DropColumn(d.table.name, legacy_col)),
-            f"the trigger fills {spec.migration.new_column} for writers of {legacy_col}"))
+            (DropTrigger(n.trigger, d.table.name), DropColumn(d.table.name, legacy_col)),
+            f"the trigger fills {n.new} for writers of {legacy_col}"))
+        # Keys and unique constraints containing the legacy column went with it; their mirrors take their place.
+        for i, m in enumerate(_key_mirrors(spec, cat, cats, d)):
+            deferrable, deferred = _deferral(m.constraint)
+            add(f"{n.short}.key_{i + 1}", AddKeyUsingIndex(
+                d.table.name, m.mirror, m.constraint.kind, m.mirror, deferrable, deferred,
+                why=f"in place of {m.constraint.name}, which went with {legacy_col}"))
     add("drop_legacy_trigger", DropTrigger("pgconverge_align", cat.legacy.name))
     switch_cat = cats.for_phase("switch") if cats is not None else cat
     helper = switch._helper(spec, switch_cat)
@@ -208,7 +237,7 @@ def _legacy_stub(spec: Spec, cat: Catalog) -> str:
 
 def counts(spec: Spec, cat: Catalog, name: str, legacy_table: QualifiedName | None = None) -> Snapshot:
     tables = [("legacy", legacy_table or cat.legacy.name), ("canonical", cat.canonical.name)]
-    tables += [(str(d.table.name), d.table.name) for d in cat.dependents]
+    tables += list(dict.fromkeys((str(d.table.name), d.table.name) for d in cat.dependents))
     q = sql.SQL("select jsonb_build_object({})").format(sql.SQL(", ").join(
         sql.SQL("{}, (select count(*) from {})").format(sql.Literal(label), qn(t)) for label, t in tables))
     return Snapshot(name, (("rows", q),), "row counts of the legacy, canonical and dependent tables")
@@ -245,8 +274,9 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     if f"{PHASE}.canonical_helper" in fwd:
         add("canonical_helper", fwd[f"{PHASE}.canonical_helper"].op.reverse(), (f"{PHASE}.canonical_helper",))
     add("legacy_trigger", al["align.legacy_trigger"].op, (f"{PHASE}.drop_legacy_trigger",))
-    for d in cat.dependents:
-        n = expand.Names(spec, d, shorts[d.table.name])
+    # Indexes after every reference's column is back: one may hold the legacy columns of two.
+    later: list[Step] = []
+    for d, n in expand.names_of(spec, cat):
         legacy_col = d.fk.columns[0]
         col = d.column
         fid = f"{PHASE}.{n.short}"
@@ -258,30 +288,148 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             (f"{fid}.drop_legacy_column",))
         # Runs while the legacy foreign key is still to be restored (the two steps before it have
         # already marked their own forward steps undone).
-        steps.append(Step(f"rollback.{fid}.legacy_ids", "rollback", _refill(spec, cat, d), (),
-                          (f"{fid}.drop_legacy_foreign_key",)))
         fk = d.fk
-        steps.append(Step(f"rollback.{fid}.legacy_foreign_key", "rollback", AddForeignKeyNotValid(
-            d.table.name, fk.name, legacy_col, fk.ref_table, fk.ref_columns[0], fk.on_delete, fk.on_update), (),
-            (f"{fid}.drop_legacy_foreign_key",)))
+        if d.partitioned:
+            leaves = partitions.leaves(d, expand._now(live, cats))
+            ps = partitions.short_names(leaves)
+            for leaf in leaves:
+                steps.append(Step(f"rollback.{fid}.legacy_ids.{ps[leaf.table.name]}", "rollback",
+                                  _refill(spec, cat, d, leaf.table), (), (f"{fid}.drop_legacy_foreign_key",)))
+            # No NOT VALID foreign key on a partitioned table: each leaf's, under the name it had, then the
+            # table's, which adopts them (operations/partitions.py).
+            for leaf in leaves:
+                name = leaf.fk_of(fk.name) or fk.name
+                steps.append(Step(f"rollback.{fid}.legacy_foreign_key.{ps[leaf.table.name]}", "rollback",
+                                  AddForeignKeyNotValid(leaf.table.name, name, legacy_col, fk.ref_table,
+                                                        fk.ref_columns[0], fk.on_delete, fk.on_update,
+                                                        *shapes.fk_deferral(d)),
+                                  (), (f"{fid}.drop_legacy_foreign_key",)))
+                steps.append(Step(f"rollback.{fid}.validate_legacy_foreign_key.{ps[leaf.table.name]}", "rollback",
+                                  ValidateConstraint(leaf.table.name, name), (), (f"{fid}.drop_legacy_foreign_key",)))
+            steps.append(Step(f"rollback.{fid}.legacy_foreign_key", "rollback", AddForeignKey(
+                d.table.name, fk.name, legacy_col, fk.ref_table, fk.ref_columns[0], fk.on_delete, fk.on_update,
+                tuple(leaf.table.name for leaf in leaves), *shapes.fk_deferral(d)), (),
+                (f"{fid}.drop_legacy_foreign_key",)))
+        else:
+            steps.append(Step(f"rollback.{fid}.legacy_ids", "rollback", _refill(spec, cat, d, d.table), (),
+                              (f"{fid}.drop_legacy_foreign_key",)))
+            steps.append(Step(f"rollback.{fid}.legacy_foreign_key", "rollback", AddForeignKeyNotValid(
+                d.table.name, fk.name, legacy_col, fk.ref_table, fk.ref_columns[0], fk.on_delete, fk.on_update,
+                *shapes.fk_deferral(d)), (), (f"{fid}.drop_legacy_foreign_key",)))
+        steps.extend(_restore_shapes(spec, cat, cats, d, fid))
         add(f"{n.short}.validate_legacy_foreign_key", ValidateConstraint(d.table.name, fk.name),
             (f"{fid}.drop_legacy_foreign_key",))
-        for i, idx in enumerate(i for i in d.table.indexes if not i.primary and contains_column(i, legacy_col)):
-            add(f"{n.short}.legacy_index_{i + 1}", CreateIndexConcurrently(idx.name, d.table.name,
-                                                                            sql.SQL(recreate(idx))),
-                (f"{fid}.drop_legacy_index_{i + 1}",))
-    add("drop_kept_ids", DropTable(kept_ids_table(spec)), (f"{PHASE}.keep_legacy_ids", f"{PHASE}.gates"))
+        for i, idx in enumerate(_legacy_indexes(d, cat)):
+            if d.partitioned:  # under their own names: the table's index empty, each leaf's built and attached
+                names = partitions.index_names(d, idx.name.name, lambda p, own, col=legacy_col: own or
+                                               f"{p.table.name.name}_{col}_idx"[:63])
+                shells, builds = partitions.index_tree(d, idx.definition, idx.name.name, names,
+                                                       f"{idx.name.name} went with {legacy_col}")
+                ops = [*shells, *builds]
+                for k, (suffix, op) in enumerate(ops):  # the last marks the drop undone; all run while it is done
+                    dropped = (f"{fid}.drop_legacy_index_{i + 1}",)
+                    later.append(Step(f"rollback.{fid}.legacy_index_{i + 1}" + (f".{suffix}" if suffix else ""),
+                                      "rollback", op, dropped if k == len(ops) - 1 else (), dropped))
+                continue
+            later.append(Step(f"rollback.{fid}.legacy_index_{i + 1}", "rollback", CreateIndexConcurrently(
+                idx.name, d.table.name, sql.SQL(recreate(idx))), (f"{fid}.drop_legacy_index_{i + 1}",)))
+    steps += later
+    add("drop_kept_ids", DropTable(kept_ids_table(spec)), (f"{PHASE}.keep_legacy_ids", f"{PHASE}.gates",
+                                                           f"{PHASE}.dependencies"))
     return steps
 
 
-def _refill(spec: Spec, cat: Catalog, d) -> Operation:
-    """The legacy column filled again: the kept id where one was kept, else the canonical row's legacy row."""
-    key = expand._key(d)
-    p = dict(l=ident(d.fk.columns[0]), n=ident(spec.migration.new_column), lt=sql.SQL(d.column.type),
-             keep=qn(kept_ids_table(spec)), t=sql.Literal(str(d.table.name)),
-             k=ident(key[0]) if key else sql.SQL("ctid"), legacy_for=qn(align.names(spec)["legacy_for"]))
+def _legacy_indexes(d, cat: Catalog | None = None) -> list:
+    """Indexes contract drops concurrently: those containing the legacy column that back no constraint (a key's
+    index goes with the column, in the same statement). With CAT, those D owns among its table's references
+    (expand.owned_indexes: an index on two legacy columns is the first reference's)."""
+    keyed = shapes.constraint_indexes(d.table)
+    owned = {i.name.name for i, _ in expand.owned_indexes(cat, d)} if cat is not None else None
+    return [i for i in d.table.indexes if not i.primary and i.name.name not in keyed
+            and contains_column(i, d.fk.columns[0]) and (owned is None or i.name.name in owned)]
+
+
+def _expand_dependent(cat: Catalog, cats, d):
+    """D as the catalog expand was planned from saw it (the names of the mirrors expand built come from there)."""
+    exp = cats.for_phase("expand") if cats is not None else cat
+    return exp, next((x for x in exp.dependents if x.table.name == d.table.name and x.fk.name == d.fk.name), d)
+
+
+def _key_mirrors(spec: Spec, cat: Catalog, cats, d) -> list:
+    exp, ed = _expand_dependent(cat, cats, d)
+    return shapes.key_mirrors(spec, exp, ed)
+
+
+def _deferral(c) -> tuple[bool, bool]:
+    return "DEFERRABLE" in c.definition and "NOT DEFERRABLE" not in c.definition, "INITIALLY DEFERRED" in c.definition
+
+
+def _restore_shapes(spec: Spec, cat: Catalog, cats, d, fid: str) -> list[Step]:
+    """Rollback steps giving the legacy column back what went with it: its CHECK constraints, and the keys and
+    unique constraints that contain it (NOT NULL first for a primary key; its index built concurrently, swapped
+    with the mirror's constraint in one transaction, the mirror's index built again as expand left it).
+
+    They run while the legacy foreign key is still to be validated, each skipped where its object is in place (a
+    contract stopped before it dropped the column)."""
+    from pgconverge.operations.constraints import AddCheckNotValid, DropConstraint
+    from pgconverge.operations.columns import SetNotNull
+    from pgconverge.operations.create_index import CreateIndexConcurrently
+    from pgconverge.operations.guarded import Unless
+    from pgconverge.planning.index_mirror import recreate
+
+    t, legacy_col = d.table.name, d.fk.columns[0]
+    when = (f"{fid}.drop_legacy_foreign_key",)
+    rid = f"rollback.{fid}"
+    out: list[Step] = []
+
+    def exists(name: str) -> sql.Composable:
+        return sql.SQL("exists (select 1 from pg_catalog.pg_constraint where conrelid = {}::regclass and conname = {})"
+                       ).format(sql.Literal(str(t)), sql.Literal(name))
+
+    for i, m in enumerate(shapes.check_mirrors(spec, cat, d.table) if shapes.first_reference(cat, d) else ()):
+        c = m.original
+        out.append(Step(f"{rid}.legacy_check_{i + 1}", "rollback", Unless(
+            AddCheckNotValid(t, c.name, sql.SQL(c.expression), why=f"{c.name} went with {legacy_col}"),
+            exists(c.name), "it is still there"), (), when))
+        if c.validated:
+            out.append(Step(f"{rid}.validate_legacy_check_{i + 1}", "rollback", ValidateConstraint(t, c.name), (),
+                            when))
+    keys = _key_mirrors(spec, cat, cats, d)
+    if any(k.constraint.kind == "primary key" for k in keys):
+        chk = f"{t.name}_{legacy_col}_not_null"[:63]
+        out += [Step(f"{rid}.legacy_key_not_null_check", "rollback", AddCheckNotValid(
+                    t, chk, sql.SQL("{} is not null").format(ident(legacy_col)),
+                    why=f"{legacy_col} is part of the primary key again"), (), when),
+                Step(f"{rid}.validate_legacy_key_not_null", "rollback", ValidateConstraint(t, chk), (), when),
+                Step(f"{rid}.legacy_key_set_not_null", "rollback", SetNotNull(t, legacy_col), (), when),
+                Step(f"{rid}.drop_legacy_key_not_null_check", "rollback", DropConstraint(t, chk), (), when)]
+    exp, ed = _expand_dependent(cat, cats, d)
+    mirror_ops = {idx.name.name: op for idx, op in expand.index_mirrors(spec, exp, ed)}
+    for i, k in enumerate(keys):
+        c, idx = k.constraint, k.index
+        deferrable, deferred = _deferral(c)
+        out.append(Step(f"{rid}.legacy_key_{i + 1}_index", "rollback", CreateIndexConcurrently(
+            idx.name, t, sql.SQL(recreate(idx)), why=f"the index of {c.name}"), (), when))
+        out.append(Step(f"{rid}.legacy_key_{i + 1}", "rollback", Unless(Together((
+            DropConstraint(t, k.mirror),
+            AddKeyUsingIndex(t, c.name, c.kind, idx.name.name, deferrable, deferred, why="as before contract")),
+            "the key is never missing between the two"), exists(c.name), f"{c.name} is still there"), (), when))
+        out.append(Step(f"{rid}.mirror_key_{i + 1}_index", "rollback", mirror_ops[idx.name.name],
+                        (f"{fid}.key_{i + 1}",), when))
+    return out
+
+
+def _refill(spec: Spec, cat: Catalog, d, table=None) -> Operation:
+    """The legacy column filled again: the kept id where one was kept, else the canonical row's legacy row.
+
+    TABLE: D's table, or one of its leaf partitions (walked on its own; rows are named as keep_legacy_ids
+    named them, through the partitioned table)."""
+    table = table if table is not None else d.table
+    p = dict(l=ident(d.fk.columns[0]), n=ident(references.new_column(spec, cat, d)), lt=sql.SQL(d.column.type),
+             keep=qn(kept_ids_table(spec)), t=sql.Literal(references.label(cat, d)),
+             k=_row_id(spec, cat, d), legacy_for=qn(align.names(spec)["legacy_for"]))
     return expand.batched_update(
-        spec, d, sql.SQL("{l} = coalesce((select x.legacy::{lt} from {keep} x where x.tbl = {t} "
-                         "and x.pk = d.{k}::text), {legacy_for}(d.{n}))").format(**p), None,
+        spec, table, sql.SQL("{l} = coalesce((select x.legacy::{lt} from {keep} x where x.tbl = {t} "
+                             "and x.pk = {k}), {legacy_for}(d.{n}))").format(**p), None,
         sql.SQL("d.{l} is null and d.{n} is not null").format(**p),
-        f"give {d.table.name} rows their {d.fk.columns[0]} back")
+        f"give {table.name} rows their {d.fk.columns[0]} back")

@@ -1,14 +1,21 @@
-"""The expand phase (T1): the new column on every dependent table, kept in sync, backfilled, constrained."""
+"""The expand phase (T1): a new column for every reference, kept in sync, backfilled, constrained.
+
+A reference is one foreign key to the legacy key; planning/references.py names its new column, and
+everything derived (step ids, trigger, functions, index, foreign key, check) comes from it, so a table
+with two references (`buyer_id`, `seller_id`) gets two of each. A partitioned table is planned once, on
+the table itself; what Postgres cannot do online there is done partition by partition
+(planning/partitions.py).
+"""
 
 from __future__ import annotations
 
 from psycopg import sql
 
-from pgconverge.catalog.model import Catalog, Dependent
+from pgconverge.catalog.model import Catalog, Dependent, Index, Table
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.errors import CatalogError
 from pgconverge.execution.sql import body, ident, qn
-from pgconverge.operations.base import Step
+from pgconverge.operations.base import Operation, Step
 from pgconverge.operations.batched import Batched, max_key
 from pgconverge.operations.check import Check
 from pgconverge.operations.columns import AddColumn, DropNotNull, SetNotNull
@@ -18,125 +25,229 @@ from pgconverge.operations.constraints import (
 from pgconverge.operations.create_function import CreateFunction
 from pgconverge.operations.create_index import CreateIndexConcurrently, simple_index
 from pgconverge.operations.create_trigger import CreateTrigger
-from pgconverge.planning import align
-from pgconverge.planning.index_mirror import contains_column, mirror
+from pgconverge.operations.partitions import AddForeignKey
+from pgconverge.planning import align, partitions, references, shapes
+from pgconverge.planning.index_mirror import contains_column, mirror, mirrored_names
 
 PHASE = "expand"
-TRIGGER = "pgconverge_sync"
+# Triggers of one kind fire in the C order of their names: the leading '!' sorts before every letter, digit and
+# underscore, so the sync trigger fills both ids before any BEFORE trigger of the application reads them (plan
+# refuses a BEFORE row trigger whose name sorts first even so; see planning/shapes.py). A table with several
+# references has one per reference, suffixed with its legacy column.
+TRIGGER = "!pgconverge_sync"
 # Set by the backfill's own transactions: its UPDATE joins the mapping itself, so the sync trigger
 # has nothing to add there, and skipping it (in the trigger's WHEN, before any function call) keeps
 # the backfill close to a single UPDATE's speed.
 BACKFILL_SETTING = "pgconverge.backfill"
+LATE_ARGS = "text, bigint"  # the late-partition backfill function's arguments
 
 
 class Names:
-    """Names of what expand creates for one dependent table."""
+    """Names of what expand creates for one reference.
 
-    def __init__(self, spec: Spec, dep: Dependent, short: str):
-        t, new = dep.table.name, spec.migration.new_column
+    CAT gives the reference's new column (planning/references.py); without it, migration.new_column.
+    A table with several references suffixes its per-table names (trigger, functions) with the legacy column.
+    """
+
+    def __init__(self, spec: Spec, dep: Dependent, short: str, cat: Catalog | None = None):
+        t = dep.table.name
         self.short = short
-        self.sync_fn = QualifiedName(spec.migration.private_schema, f"sync_{t.schema}_{t.name}"[:63])
+        self.legacy = dep.fk.columns[0]
+        self.new = new = references.new_column(spec, cat, dep) if cat is not None else spec.migration.new_column
+        own = f"_{self.legacy}" if cat is not None and references.several(cat, dep) else ""
+        private = spec.migration.private_schema
+        self.trigger = f"{TRIGGER}{own}"[:63]
+        self.sync_fn = QualifiedName(private, f"sync_{t.schema}_{t.name}{own}"[:63])
+        self.late_fn = QualifiedName(private, f"backfill_{t.schema}_{t.name}{own}"[:63])
         self.fk = f"{t.name}_{new}_fkey"[:63]
         self.not_null_check = f"{t.name}_{new}_not_null"[:63]
         self.plain_index = QualifiedName(t.schema, f"idx_{t.name}_{new}"[:63])
 
 
-def short_names(cat: Catalog) -> dict[QualifiedName, str]:
-    """Step-id names for dependent tables: the bare name unless two schemas share it."""
-    bare = [d.table.name.name for d in cat.dependents]
-    return {d.table.name: (d.table.name.name if bare.count(d.table.name.name) == 1
-                           else f"{d.table.name.schema}_{d.table.name.name}") for d in cat.dependents}
+def short_names(cat: Catalog) -> dict[tuple[QualifiedName, str], str]:
+    """Step-id names of references, by references.key: the table's bare name unless two schemas share it,
+    followed by the legacy column where the table has several references."""
+    tables = list(dict.fromkeys(d.table.name for d in cat.dependents))
+    bare = [t.name for t in tables]
+    out = {}
+    for d in cat.dependents:
+        t = d.table.name
+        s = t.name if bare.count(t.name) == 1 else f"{t.schema}_{t.name}"
+        out[references.key(d)] = f"{s}_{d.fk.columns[0]}" if references.several(cat, d) else s
+    return out
+
+
+def names_of(spec: Spec, cat: Catalog) -> list[tuple[Dependent, Names]]:
+    shorts = short_names(cat)
+    return [(d, Names(spec, d, shorts[references.key(d)], cat)) for d in cat.dependents]
 
 
 def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
-    shorts = short_names(cat)
-    deps = [(d, Names(spec, d, shorts[d.table.name])) for d in cat.dependents]
-    for d, _ in deps:
-        _check_dependent(spec, d)
+    references.check(spec, cat)
+    deps = names_of(spec, cat)
+    for d, n in deps:
+        _check_dependent(spec, d, n)
     steps: list[Step] = []
 
     def add(dep_names: Names | None, what: str, op) -> None:
         sid = f"{PHASE}.{dep_names.short}.{what}" if dep_names else f"{PHASE}.{what}"
         steps.append(Step(sid, PHASE, op))
 
+    # 0. Before any change: rows that a mirrored unique index would reject once merged (planning/shapes.py).
+    collisions = shapes.collisions(spec, cat)
+    if collisions is not None:
+        add(None, "unique_collisions", collisions)
+
     ck = cat.canonical.column(spec.canonical.key)
-    new = spec.migration.new_column
     # 1. Catalog-only changes and the sync trigger on every table first: from here on, old and new
     #    code both write rows that carry both ids.
     for d, n in deps:
         legacy_col = d.fk.columns[0]
-        add(n, "add_column", AddColumn(d.table.name, new, ck.type))
-        if d.column.not_null:
+        add(n, "add_column", AddColumn(d.table.name, n.new, ck.type))
+        if d.column.not_null and not shapes.in_primary_key(d):  # a key column keeps it until contract
             add(n, "drop_legacy_not_null", DropNotNull(d.table.name, legacy_col,
                                                        why="new code may write only the new column"))
         add(n, "sync_function", CreateFunction(n.sync_fn, "", _sync_function(spec, cat, d, n),
-                                               why=f"keep {legacy_col} and {new} of {d.table.name} consistent"))
-        add(n, "sync_trigger", CreateTrigger(TRIGGER, d.table.name, sql.SQL("before insert or update of {}, {}").format(
-            ident(legacy_col), ident(new)), n.sync_fn, why="old code writes one id, new code the other",
+                                               why=f"keep {legacy_col} and {n.new} of {d.table.name} consistent"))
+        add(n, "sync_trigger", CreateTrigger(n.trigger, d.table.name, sql.SQL("before insert or update of {}, {}").format(
+            ident(legacy_col), ident(n.new)), n.sync_fn, why="old code writes one id, new code the other"
+            + (" (on the partitioned table: Postgres gives every partition, present and future, a copy)"
+               if d.partitioned else ""),
             when=sql.SQL("pg_catalog.current_setting({}, true) is distinct from 'on'").format(
                 sql.Literal(BACKFILL_SETTING))))
-        add(n, "foreign_key", AddForeignKeyNotValid(d.table.name, n.fk, new, cat.canonical.name,
-                                                    spec.canonical.key, d.fk.on_delete, d.fk.on_update))
+        if d.partitioned:
+            # The partitioned table's own (empty) indexes now, so a partition attached from here on gets
+            # them built by its ATTACH; each leaf's is built concurrently after the backfill.
+            shorts = partitions.short_names(d.partitions)
+            for i, (_idx, _root, _names, shells, _builds) in enumerate(_partition_indexes(spec, cat, d, n)):
+                for suffix, op in shells:
+                    add(n, f"index_{i + 1}" + (f".{suffix}" if suffix else ""), op)
+            for leaf in d.leaves:
+                add(n, f"foreign_key.{shorts[leaf.table.name]}", _new_fk(spec, cat, d, n, leaf.table.name))
+        else:
+            add(n, "foreign_key", _new_fk(spec, cat, d, n, d.table.name))
     # 2. Backfill the rows written before the trigger existed.
     for d, n in deps:
-        add(n, "backfill", _backfill(spec, cat, d))
+        if d.partitioned:
+            shorts = partitions.short_names(d.partitions)
+            for leaf in d.leaves:
+                add(n, f"backfill.{shorts[leaf.table.name]}", _backfill(spec, d, n, leaf.table))
+            fn, late = _late_backfill(spec, d, n)
+            add(n, "backfill_function", fn)
+            add(n, "backfill_attached", late)
+        else:
+            add(n, "backfill", _backfill(spec, d, n, d.table))
     # 3. Indexes, built concurrently; then the constraints that need every row filled.
     for d, n in deps:
-        for i, op in enumerate(_indexes(spec, d, n)):
-            add(n, f"index_{i + 1}", op)
+        if d.partitioned:
+            for i, (_idx, _root, _names, _shells, builds) in enumerate(_partition_indexes(spec, cat, d, n)):
+                for suffix, op in builds:
+                    add(n, f"index_{i + 1}.{suffix}", op)
+        else:
+            for i, op in enumerate(_indexes(spec, cat, d, n)):
+                add(n, f"index_{i + 1}", op)
     for d, n in deps:
-        add(n, "validate_foreign_key", ValidateConstraint(d.table.name, n.fk))
+        if d.partitioned:
+            shorts = partitions.short_names(d.partitions)
+            for leaf in d.leaves:
+                add(n, f"validate_foreign_key.{shorts[leaf.table.name]}", ValidateConstraint(leaf.table.name, n.fk))
+            add(n, "attach_foreign_key", AddForeignKey(
+                d.table.name, n.fk, n.new, cat.canonical.name, spec.canonical.key, d.fk.on_delete, d.fk.on_update,
+                tuple(leaf.table.name for leaf in d.leaves), *shapes.fk_deferral(d)))
+        else:
+            add(n, "validate_foreign_key", ValidateConstraint(d.table.name, n.fk))
+        for i, m in enumerate(_check_mirrors(spec, cat, d)):
+            add(n, f"check_{i + 1}", AddCheckNotValid(d.table.name, m.name, sql.SQL(m.expression),
+                                                      why=f"mirror of {m.original.name}"))
+            if m.original.validated:
+                add(n, f"validate_check_{i + 1}", ValidateConstraint(d.table.name, m.name))
         if d.column.not_null:
-            check = sql.SQL("{} is not null").format(ident(new))
+            # On a partitioned table too: the check is added NOT VALID to every partition, VALIDATE reads
+            # them without blocking writes, and SET NOT NULL then reads none (the checks prove it).
+            check = sql.SQL("{} is not null").format(ident(n.new))
             add(n, "not_null_check", AddCheckNotValid(d.table.name, n.not_null_check, check,
-                                                      why=f"{new} is NOT NULL where {d.fk.columns[0]} was"))
+                                                      why=f"{n.new} is NOT NULL where {d.fk.columns[0]} was"))
+            if d.partitioned:
+                # A partition attached after its backfill would fail VALIDATE with its unfilled rows; one attached
+                # from here on must carry the check itself. This gate names such rows and sends the walk of
+                # attached partitions back, so the next run fills them and validates.
+                add(n, "filled", _filled(spec, d, n))
             add(n, "validate_not_null_check", ValidateConstraint(d.table.name, n.not_null_check))
-            add(n, "set_not_null", SetNotNull(d.table.name, new))
+            add(n, "set_not_null", SetNotNull(d.table.name, n.new))
             add(n, "drop_not_null_check", DropConstraint(d.table.name, n.not_null_check))
     add(None, "invariants", invariants(spec, cat))
     return steps
 
 
-def _check_dependent(spec: Spec, d: Dependent) -> None:
-    if d.table.column(spec.migration.new_column) is not None:
+def _new_fk(spec: Spec, cat: Catalog, d: Dependent, n: Names, table: QualifiedName) -> AddForeignKeyNotValid:
+    return AddForeignKeyNotValid(table, n.fk, n.new, cat.canonical.name, spec.canonical.key, d.fk.on_delete,
+                                 d.fk.on_update, *shapes.fk_deferral(d))
+
+
+def _check_mirrors(spec: Spec, cat: Catalog, d: Dependent):
+    """CHECK constraints mirrored for D: those of its table, with the table's first reference."""
+    return shapes.check_mirrors(spec, cat, d.table) if shapes.first_reference(cat, d) else []
+
+
+def _check_dependent(spec: Spec, d: Dependent, n: Names | None = None) -> None:
+    new = n.new if n is not None else spec.migration.new_column
+    if d.table.column(new) is not None:
         raise CatalogError(
-            f"{d.table.name} already has a column {spec.migration.new_column!r} that pgconverge did not create",
-            fix="set migration.new_column to another name, or drop that column if it is a leftover of a "
-                "migration done by hand")
+            f"{d.table.name} already has a column {new!r} that pgconverge did not create",
+            fix="set migration.new_column to another name (or give this reference one in migration.new_columns), "
+                "or drop that column if it is a leftover of a migration done by hand")
 
 
-def _key(d: Dependent) -> tuple[str, str] | None:
+def _key(d: Dependent | Table) -> tuple[str, str] | None:
     """The single-column key a keyset scan can walk, if the table has one."""
-    if len(d.table.primary_key) == 1:
-        col = d.table.column(d.table.primary_key[0])
+    t = d.table if isinstance(d, Dependent) else d
+    # Not the legacy column itself (a table keyed by it alone): a rollback walks the table while it is empty.
+    legacy = d.fk.columns[0] if isinstance(d, Dependent) else None
+    if len(t.primary_key) == 1 and t.primary_key[0] != legacy:
+        col = t.column(t.primary_key[0])
         return col.name, col.type
-    for uk in d.table.unique_keys:
-        col = d.table.column(uk[0]) if len(uk) == 1 else None
-        if col is not None and col.not_null:
+    for uk in t.unique_keys:
+        col = t.column(uk[0]) if len(uk) == 1 else None
+        if col is not None and col.not_null and col.name != legacy:
             return col.name, col.type
     return None
 
 
-def _backfill(spec: Spec, cat: Catalog, d: Dependent) -> Batched:
-    """UPDATE, batch by batch, the rows whose new column is still empty; rows the trigger filled are skipped."""
+def _fill(spec: Spec, n: Names) -> tuple[sql.Composable, sql.Composable, sql.Composable]:
+    """(SET, FROM, WHERE) of the backfill: rows whose new column is still empty, through the mapping."""
     m = align.names(spec)["mapping"]
-    legacy_col, new = d.fk.columns[0], spec.migration.new_column
-    p = dict(l=ident(legacy_col), n=ident(new), m=qn(m), ml=ident(spec.mapping_legacy_column))
-    return batched_update(
-        spec, d, sql.SQL("{n} = m.{n}").format(**p), sql.SQL("{m} m").format(**p),
-        sql.SQL("d.{n} is null and d.{l} is not null and m.{ml} = d.{l}").format(**p),
-        f"backfill {d.table.name}.{new} from {legacy_col} through the mapping", ((BACKFILL_SETTING, "on"),),
-        parallel=True)
+    p = dict(l=ident(n.legacy), n=ident(n.new), m=qn(m), ml=ident(spec.mapping_legacy_column),
+             mn=ident(spec.migration.new_column))
+    return (sql.SQL("{n} = m.{mn}").format(**p), sql.SQL("{m} m").format(**p),
+            sql.SQL("d.{n} is null and d.{l} is not null and m.{ml} = d.{l}").format(**p))
 
 
-def batched_update(spec: Spec, d: Dependent, set_: sql.Composable, from_: sql.Composable | None,
+def _backfill(spec: Spec, d: Dependent, n: Names, table: Table) -> Batched:
+    """UPDATE, batch by batch, the rows of TABLE (D's, or one of its leaf partitions) whose new column is
+    still empty; rows the trigger filled are skipped."""
+    set_, from_, where = _fill(spec, n)
+    return batched_update(spec, table, set_, from_, where,
+                          f"backfill {table.name}.{n.new} from {n.legacy} through the mapping",
+                          ((BACKFILL_SETTING, "on"),), parallel=True)
+
+
+def _late_backfill(spec: Spec, d: Dependent, n: Names) -> tuple[CreateFunction, Batched]:
+    set_, from_, where = _fill(spec, n)
+    return partitions.late_backfill(spec, d, n.late_fn, [p.table.name for p in d.leaves], set_, from_, where,
+                                    f"backfill {d.table.name}.{n.new} from {n.legacy} through the mapping",
+                                    ((BACKFILL_SETTING, "on"),))
+
+
+def batched_update(spec: Spec, d: Dependent | Table, set_: sql.Composable, from_: sql.Composable | None,
                    where: sql.Composable, what: str, settings: tuple = (), parallel: bool = False) -> Batched:
     """UPDATE d SET SET_ [FROM FROM_] WHERE WHERE over the table in key order (or page order without a key).
 
+    D is a dependent (its table) or a table: a leaf partition is walked on its own.
     Each batch is one short transaction that locks at most batch-size rows.
     """
-    key = _key(d)
-    p = dict(t=qn(d.table.name), set=set_, where=where,
+    table = d.table if isinstance(d, Dependent) else d
+    key = _key(table)
+    p = dict(t=qn(table.name), set=set_, where=where,
              frm=sql.SQL(", {}").format(from_) if from_ is not None else sql.SQL(""))
     if key is not None:
         k, ty = key
@@ -146,8 +257,8 @@ def batched_update(spec: Spec, d: Dependent, set_: sql.Composable, from_: sql.Co
             "u as (update {t} d set {set} from b{frm} where d.{k} = b.{k} and {where} returning 1) "
             "select (select count(*) from b), (select b.{k} from b order by b.{k} desc limit 1), "
             "(select count(*) from u)").format(**p, k=ident(k), ty=sql.SQL(ty))
-        return Batched(d.table.name, k, ty, stmt, spec.migration.batch_size, what,
-                       upper_bound=max_key(d.table.name, k), settings=settings, parallel=parallel)
+        return Batched(table.name, k, ty, stmt, spec.migration.batch_size, what,
+                       upper_bound=max_key(table.name, k), settings=settings, parallel=parallel)
     # No usable key: walk the heap by page ranges (a TID range scan); the position is a page number.
     pages = max(1, spec.migration.batch_size // 50)
     frm = sql.SQL(" from {}").format(from_) if from_ is not None else sql.SQL("")
@@ -158,37 +269,120 @@ def batched_update(spec: Spec, d: Dependent, set_: sql.Composable, from_: sql.Co
         "and {where} returning 1) "
         "select case when coalesce(%(after)s::bigint, -1) + 1 <= %(upper)s::bigint then {pages} else 0 end, "
         "coalesce(%(after)s::bigint, -1) + {pages}, (select count(*) from u)").format(
-        t=qn(d.table.name), set=set_, frm=frm, where=where, pages=sql.Literal(pages))
+        t=qn(table.name), set=set_, frm=frm, where=where, pages=sql.Literal(pages))
     upper = sql.SQL("select pg_catalog.pg_relation_size({}::regclass) / current_setting('block_size')::bigint"
-                    ).format(sql.Literal(str(d.table.name)))
-    return Batched(d.table.name, "ctid", "bigint", stmt, pages, f"{what} ({pages} pages per transaction: no key)",
+                    ).format(sql.Literal(str(table.name)))
+    return Batched(table.name, "ctid", "bigint", stmt, pages, f"{what} ({pages} pages per transaction: no key)",
                    upper_bound=upper, settings=settings)
 
 
-def _indexes(spec: Spec, d: Dependent, n: Names) -> list[CreateIndexConcurrently]:
-    legacy_col, new = d.fk.columns[0], spec.migration.new_column
+# -- indexes --------------------------------------------------------------------------------------------
+
+
+def owned_indexes(cat: Catalog, d: Dependent) -> list[tuple[Index, dict[str, str] | None]]:
+    """Indexes of D's table containing D's legacy column (its primary key's too), except those an earlier
+    reference of the table already owns (an index on buyer_id and seller_id is mirrored once, both renamed)."""
+    earlier = []
+    for x in references.siblings(cat, d):
+        if x is d or references.key(x) == references.key(d):
+            break
+        earlier.append(x.fk.columns[0])
+    col = d.fk.columns[0]
+    return [(i, None) for i in d.table.indexes
+            if contains_column(i, col) and not any(contains_column(i, c) for c in earlier)]
+
+
+def _renames(spec: Spec, cat: Catalog, d: Dependent, idx: Index) -> dict[str, str]:
+    """Legacy column → new column for every reference of D's table whose column IDX contains (D's first)."""
+    out = {d.fk.columns[0]: references.new_column(spec, cat, d)}
+    for x in references.siblings(cat, d):
+        if x.fk.columns[0] not in out and contains_column(idx, x.fk.columns[0]):
+            out[x.fk.columns[0]] = references.new_column(spec, cat, x)
+    return out
+
+
+def index_mirrors(spec: Spec, cat: Catalog, d: Dependent, n: Names | None = None
+                  ) -> list[tuple[Index, Operation]]:
+    """(legacy index, the operation building its mirror) for every index reference D owns (owned_indexes).
+
+    The operation's `name` is the mirror's: CREATE INDEX CONCURRENTLY on a plain table, the partitioned
+    table's own index on a partitioned one.
+    """
+    if d.partitioned:
+        return [(idx, shells[0][1]) for idx, _root, _names, shells, _b in _partition_indexes(spec, cat, d, n)
+                if idx is not None]
+    legacy_col = d.fk.columns[0]
     taken = {i.name.name for i in d.table.indexes}
     out = []
-    for idx in d.table.indexes:
-        if idx.primary or not contains_column(idx, legacy_col):
-            continue
-        m = mirror(idx, legacy_col, new, taken)
+    for idx, _ in owned_indexes(cat, d):
+        ren = _renames(spec, cat, d, idx)
+        others = {k: v for k, v in ren.items() if k != legacy_col}
+        m = mirror(idx, legacy_col, ren[legacy_col], taken, others)
         taken.add(m.name)
-        out.append(CreateIndexConcurrently(QualifiedName(d.table.name.schema, m.name), d.table.name,
-                                           sql.SQL(m.statement), why=f"mirror of {idx.name.name}"))
+        out.append((idx, CreateIndexConcurrently(QualifiedName(d.table.name.schema, m.name), d.table.name,
+                                                 sql.SQL(m.statement), why=f"mirror of {idx.name.name}")))
+    return out
+
+
+def _indexes(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> list[CreateIndexConcurrently]:
+    out = [op for _, op in index_mirrors(spec, cat, d, n)]
     if not out:
         # An unindexed FK column makes every delete on the canonical table scan this table.
-        out.append(simple_index(n.plain_index, d.table.name, sql.SQL("({})").format(ident(new)),
-                                why=f"{legacy_col} had no index; the new foreign key column gets one"))
+        out.append(simple_index(n.plain_index, d.table.name, sql.SQL("({})").format(ident(n.new)),
+                                why=f"{n.legacy} had no index; the new foreign key column gets one"))
     return out
+
+
+def _partition_indexes(spec: Spec, cat: Catalog, d: Dependent, n: Names | None):
+    """For a partitioned D: per index, (legacy index or None, root name, partition → name, shells, builds)."""
+    n = n if n is not None and n.new == references.new_column(spec, cat, d) else Names(spec, d, "", cat)
+    taken = partitions.taken_names(d)
+    out = []
+    owned = owned_indexes(cat, d)
+    items: list[tuple[Index | None, str, dict[str, str], str]] = []
+    for idx, _ in owned:
+        ren = _renames(spec, cat, d, idx)
+        root = mirrored_names(idx.name.name, ren, taken)
+        taken.add(root)
+        items.append((idx, idx.definition, ren, root))
+    if not items:  # an unindexed legacy column: the new one gets an index all the same
+        root = partitions.fresh_name(n.plain_index.name, taken)
+        stmt = sql.SQL("create index {} on only {} ({})").format(ident(root), qn(d.table.name), ident(n.new))
+        items.append((None, stmt.as_string(None), {}, root))
+    for idx, definition, ren, root in items:
+        def name(p, legacy: str | None, ren=ren) -> str:
+            if legacy is not None and ren:
+                out_ = mirrored_names(legacy, ren, taken)
+                taken.add(out_)
+                return out_
+            return partitions.fresh_name(f"{p.table.name.name}_{n.new}_idx", taken)
+        names = partitions.index_names(d, idx.name.name if idx is not None else None, name)
+        why = f"mirror of {idx.name.name}" if idx is not None else f"{n.legacy} had no index; {n.new} gets one"
+        shells, builds = partitions.index_tree(d, definition, root, names, why, ren or None)
+        out.append((idx, root, names, shells, builds))
+    return out
+
+
+# -- the sync trigger -------------------------------------------------------------------------------------
+
+
+def _key_fill(spec: Spec, d: Dependent, p: dict) -> sql.Composable:
+    """Where the legacy column is part of the primary key (NOT NULL until contract), a row new code writes for an
+    identity old code never knew gets the legacy row a rollback would make for it (planning/shapes.py)."""
+    if not shapes.in_primary_key(d):
+        return sql.SQL("")
+    return sql.SQL("""
+  if new.{l} is null and new.{n} is not null then  -- part of the primary key: it cannot stay empty
+    new.{l} := {legacy_for}(new.{n});
+  end if;""").format(**p, legacy_for=qn(align.names(spec)["legacy_for"]))
 
 
 def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> sql.Composable:
     an = align.names(spec)
-    legacy_col, new = d.fk.columns[0], spec.migration.new_column
+    legacy_col, new = d.fk.columns[0], n.new
     ck_type = sql.SQL(cat.canonical.column(spec.canonical.key).type)
     p = dict(l=ident(legacy_col), n=ident(new), m=qn(an["mapping"]), ml=ident(spec.mapping_legacy_column),
-             mn=ident(new), ck_type=ck_type, lt=qn(cat.legacy.name), lk=ident(spec.legacy.key),
+             mn=ident(spec.migration.new_column), ck_type=ck_type, lt=qn(cat.legacy.name), lk=ident(spec.legacy.key),
              align_row=qn(an["align_row"]), table=sql.Literal(str(d.table.name)),
              lname=sql.Literal(legacy_col), nname=sql.Literal(new),
              helper=qn(cat.legacy_helper.name))
@@ -218,7 +412,7 @@ begin
       new.{n} := mapped;
     elsif new.{n} is distinct from mapped then
       {reject}
-    end if;
+    end if;{key_fill}
     return new;
   end if;
   if new.{l} is distinct from old.{l} and new.{n} is not distinct from old.{n} then
@@ -232,9 +426,9 @@ begin
     end if;
   elsif new.{l} is not null and new.{n} is distinct from mapped then
     {reject}
-  end if;
+  end if;{key_fill}
   return new;
-end""").format(**p, reject=sql.SQL(
+end""").format(**p, key_fill=_key_fill(spec, d, p), reject=sql.SQL(
         "raise exception using errcode = 'check_violation', "
         "message = format('pgconverge: %s row has %s = %s, which belongs to %s, but %s = %s was written', "
         "{table}, {lname}, new.{l}, mapped, {nname}, new.{n}), "
@@ -244,42 +438,77 @@ end""").format(**p, reject=sql.SQL(
         "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(n.sync_fn), body=body(code))
 
 
+# -- the gate ---------------------------------------------------------------------------------------------
+
+
 def invariants(spec: Spec, cat: Catalog) -> Check:
-    """Every row that has a legacy id has the new id the mapping gives; constraints validated; indexes valid."""
+    """Every row that has a legacy id has the new id the mapping gives; keys there and validated; indexes valid.
+
+    A failure sends the backfill steps back (Check.redo): the next `pgconverge run expand` walks the tables
+    again, filling the rows named (those of a partition attached after its backfill ran, say).
+    """
     an = align.names(spec)
-    new = spec.migration.new_column
     parts = []
-    for d in cat.dependents:
-        legacy_col = d.fk.columns[0]
+    redo = []
+    for d, n in names_of(spec, cat):
+        legacy_col, new = d.fk.columns[0], n.new
         p = dict(t=qn(d.table.name), l=ident(legacy_col), n=ident(new), m=qn(an["mapping"]),
-                 ml=ident(spec.mapping_legacy_column), mn=ident(new), tn=sql.Literal(str(d.table.name)),
-                 fk=sql.Literal(Names(spec, d, "").fk))
-        parts.append(sql.SQL(
-            "select format('%s: %s rows have %s but no %s', {tn}, count(*), {ln}, {nn}), "
-            "(select string_agg(x::text, ', ') from (select d2.ctid x from {t} d2 "
-            " where d2.{l} is not null and d2.{n} is null limit 5) s) "
-            "from {t} d where d.{l} is not null and d.{n} is null having count(*) > 0").format(
-            **p, ln=sql.Literal(legacy_col), nn=sql.Literal(new)))
+                 ml=ident(spec.mapping_legacy_column), mn=ident(spec.migration.new_column),
+                 tn=sql.Literal(str(d.table.name)), fk=sql.Literal(n.fk))
+        parts.append(_unfilled(spec, d, n))
         parts.append(sql.SQL(
             "select format('%s: %s rows whose %s is not the mapping''s', {tn}, count(*), {nn}), null "
             "from {t} d join {m} m on m.{ml} = d.{l} where d.{n} is distinct from m.{mn} having count(*) > 0").format(
             **p, nn=sql.Literal(new)))
         parts.append(sql.SQL(
-            "select format('%s: foreign key %s is not validated', {tn}, {fk}), null from pg_catalog.pg_constraint "
-            "where conrelid = {tn}::regclass and conname = {fk} and not convalidated").format(**p))
+            "select format('%s: foreign key %s is missing or not validated', {tn}, {fk}), null "
+            "where not exists (select 1 from pg_catalog.pg_constraint where conrelid = {tn}::regclass "
+            "and conname = {fk} and convalidated)").format(**p))
+        redo.append(f"{PHASE}.{n.short}.{'backfill_attached' if d.partitioned else 'backfill'}")
+    tables = list(dict.fromkeys(str(d.table.name) for d in cat.dependents))
     parts.append(sql.SQL(
         "select format('index %s is invalid', i.indexrelid::regclass), null from pg_catalog.pg_index i "
-        "where i.indrelid = any(array[{}]::regclass[]) and not i.indisvalid").format(
-        sql.SQL(", ").join(sql.Literal(str(d.table.name)) for d in cat.dependents)))
+        "where i.indrelid in (select t.relid from unnest(array[{}]::regclass[]) r, "
+        "pg_catalog.pg_partition_tree(r) t) and not i.indisvalid").format(
+        sql.SQL(", ").join(sql.Literal(t) for t in tables)))
     return Check("invariants", sql.SQL(" union all ").join(parts),
                  failure="rows or constraints do not match the mapping",
                  fix="run `pgconverge run expand` again (the backfill picks up missing rows); if rows disagree "
                      "with the mapping, they were written by hand — correct them or roll back with "
-                     "`pgconverge rollback --to expand`")
+                     "`pgconverge rollback --to expand`", redo=tuple(redo))
+
+
+def _unfilled(spec: Spec, d: Dependent, n: Names) -> sql.Composable:
+    """Rows of D's table with a legacy id and no new id, as (what, which rows) for a gate."""
+    p = dict(t=qn(d.table.name), l=ident(n.legacy), n=ident(n.new), tn=sql.Literal(str(d.table.name)))
+    return sql.SQL(
+        "select format('%s: %s rows have %s but no %s', {tn}, count(*), {ln}, {nn}), "
+        "(select string_agg(x, ', ') from (select {rid} x from {t} d "
+        " where d.{l} is not null and d.{n} is null limit 5) s) "
+        "from {t} d where d.{l} is not null and d.{n} is null having count(*) > 0").format(
+        **p, ln=sql.Literal(n.legacy), nn=sql.Literal(n.new), rid=_shown_row(d))
+
+
+def _filled(spec: Spec, d: Dependent, n: Names) -> Check:
+    return Check(f"{d.table.name}.{n.new} filled", _unfilled(spec, d, n),
+                 failure=f"rows of {d.table.name} have no {n.new} (in a partition attached after its backfill)",
+                 fix="run `pgconverge run expand` again: it walks the partitions attached since the plan was made "
+                     "and fills them", redo=(f"{PHASE}.{n.short}.backfill_attached",))
+
+
+def _shown_row(d: Dependent) -> sql.Composable:
+    """How the invariants name a row: its ctid, and the partition it is in."""
+    if d.partitioned:
+        return sql.SQL("d.tableoid::regclass::text || ' ' || d.ctid::text")
+    return sql.SQL("d.ctid::text")
+
+
+# -- rollback ---------------------------------------------------------------------------------------------
 
 
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
-    """Undo expand table by table: give every row its legacy id back, restore NOT NULL, drop the new column.
+    """Undo expand reference by reference: give every row its legacy id back, restore NOT NULL, drop the new
+    column.
 
     New code must have stopped writing only the new column before this runs: once the column
     is gone there is nothing for it to write.
@@ -290,17 +519,25 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     from pgconverge.operations.create_trigger import DropTrigger
     from pgconverge.operations.together import Together
 
-    shorts = short_names(cat)
-    new = spec.migration.new_column
     steps: list[Step] = []
-    for d in reversed(cat.dependents):
-        n = Names(spec, d, shorts[d.table.name])
+    deps = names_of(spec, cat)
+    for d, n in reversed(deps):
         legacy_col = d.fk.columns[0]
         fwd = f"{PHASE}.{n.short}"
         rid = f"rollback.{fwd}"
-        indexes = _indexes(spec, d, n)
-        steps.append(Step(f"{rid}.legacy_ids", "rollback", _reverse_fill(spec, cat, d),
-                          ("expand.invariants",) if d is cat.dependents[-1] else (), (f"{fwd}.add_column",)))
+        first = not steps  # the last reference's, which undoes the gate
+        if d.partitioned:
+            leaves = partitions.leaves(d, _now(live, cats))
+            ps = partitions.short_names(leaves)
+            for i, leaf in enumerate(leaves):
+                steps.append(Step(f"{rid}.legacy_ids.{ps[leaf.table.name]}", "rollback",
+                                  _reverse_fill(spec, n, leaf.table),
+                                  ("expand.invariants", "expand.unique_collisions") if first and i == 0 else (),
+                                  (f"{fwd}.add_column",)))
+        else:
+            steps.append(Step(f"{rid}.legacy_ids", "rollback", _reverse_fill(spec, n, d.table),
+                              ("expand.invariants", "expand.unique_collisions") if first else (),
+                              (f"{fwd}.add_column",)))
         if d.column.not_null:
             chk = f"{d.table.name.name}_{legacy_col}_not_null"[:63]
             check = sql.SQL("{} is not null").format(ident(legacy_col))
@@ -315,29 +552,72 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                 Step(f"{rid}.drop_legacy_not_null_check", "rollback", DropConstraint(d.table.name, chk),
                      (f"{fwd}.drop_legacy_not_null",)),
             ]
-        steps.append(Step(f"{rid}.drop_foreign_key", "rollback", DropConstraint(d.table.name, n.fk),
-                          (f"{fwd}.foreign_key", f"{fwd}.validate_foreign_key")))
-        for i, idx in enumerate(indexes):
-            steps.append(Step(f"{rid}.drop_index_{i + 1}", "rollback", DropIndexConcurrently(idx.name, idx.table),
-                              (f"{fwd}.index_{i + 1}",)))
-        done_with_column = [f"{fwd}.add_column", f"{fwd}.backfill"]
+        for i, m in enumerate(_check_mirrors(spec, cat, d)):
+            steps.append(Step(f"{rid}.drop_check_{i + 1}", "rollback", DropConstraint(d.table.name, m.name),
+                              (f"{fwd}.check_{i + 1}", f"{fwd}.validate_check_{i + 1}")))
+        if d.partitioned:
+            shorts = partitions.short_names(d.partitions)
+            keys = [f"{fwd}.{w}.{shorts[leaf.table.name]}" for leaf in d.leaves
+                    for w in ("foreign_key", "validate_foreign_key")]
+            # The partitioned table's key takes the partitions' attached to it; a partition's that was never
+            # attached (an interrupted run) goes on its own.
+            steps.append(Step(f"{rid}.drop_foreign_key", "rollback", Together(
+                (DropConstraint(d.table.name, n.fk), *(DropConstraint(leaf.table.name, n.fk) for leaf in d.leaves)),
+                "the partitions' keys go with the partitioned table's"), (f"{fwd}.attach_foreign_key", *keys)))
+            for i, (_idx, root, names, shells, builds) in enumerate(_partition_indexes(spec, cat, d, n)):
+                built = {suffix: f"{fwd}.index_{i + 1}.{suffix}" for suffix, _ in builds}
+                shell_ids = tuple(f"{fwd}.index_{i + 1}" + (f".{s}" if s else "") for s, _ in shells)
+                for suffix, op in partitions.index_drops(d, root, names):
+                    if not suffix:
+                        steps.append(Step(f"{rid}.drop_index_{i + 1}", "rollback", op, shell_ids,
+                                          (*shell_ids, *built.values())))
+                    elif suffix in built:
+                        steps.append(Step(f"{rid}.drop_index_{i + 1}.{suffix}", "rollback", op, (built[suffix],)))
+        else:
+            steps.append(Step(f"{rid}.drop_foreign_key", "rollback", DropConstraint(d.table.name, n.fk),
+                              (f"{fwd}.foreign_key", f"{fwd}.validate_foreign_key")))
+            for i, idx in enumerate(_indexes(spec, cat, d, n)):
+                steps.append(Step(f"{rid}.drop_index_{i + 1}", "rollback",
+                                  DropIndexConcurrently(idx.name, idx.table), (f"{fwd}.index_{i + 1}",)))
+        done_with_column = [f"{fwd}.add_column", *_backfill_ids(d, n)]
         if d.column.not_null:
             done_with_column += [f"{fwd}.not_null_check", f"{fwd}.validate_not_null_check", f"{fwd}.set_not_null",
                                  f"{fwd}.drop_not_null_check"]
         # The trigger goes with the column, in one transaction: old code inserting in between would leave
         # the new column NULL, and fail where it is NOT NULL.
         steps.append(Step(f"{rid}.drop_column", "rollback", Together(
-            (DropTrigger(TRIGGER, d.table.name), DropColumn(d.table.name, new)),
-            f"old code's rows need the trigger while {new} exists"), (f"{fwd}.sync_trigger", *done_with_column)))
+            (DropTrigger(n.trigger, d.table.name), DropColumn(d.table.name, n.new)),
+            f"old code's rows need the trigger while {n.new} exists"), (f"{fwd}.sync_trigger", *done_with_column)))
         steps.append(Step(f"{rid}.drop_sync_function", "rollback", DropFunction(n.sync_fn, ""),
                           (f"{fwd}.sync_function",)))
+        if d.partitioned:
+            steps.append(Step(f"{rid}.drop_backfill_function", "rollback", DropFunction(n.late_fn, LATE_ARGS),
+                              (f"{fwd}.backfill_function",)))
     return steps
 
 
-def _reverse_fill(spec: Spec, cat: Catalog, d: Dependent) -> Batched:
+def _now(live: Catalog | None, cats) -> Catalog | None:
+    """The catalog closest to the database as it is: the live one, else the latest saved (a rollback from
+    contract cannot read the live one: the legacy table is archived)."""
+    if live is not None or cats is None:
+        return live
+    try:
+        return cats.current
+    except (ValueError, CatalogError):
+        return None
+
+
+def _backfill_ids(d: Dependent, n: Names) -> list[str]:
+    fwd = f"{PHASE}.{n.short}"
+    if not d.partitioned:
+        return [f"{fwd}.backfill"]
+    shorts = partitions.short_names(d.partitions)
+    return [*(f"{fwd}.backfill.{shorts[leaf.table.name]}" for leaf in d.leaves), f"{fwd}.backfill_attached"]
+
+
+def _reverse_fill(spec: Spec, n: Names, table: Table) -> Batched:
     """Rows new code wrote with only the new id get their legacy id (a legacy row is made if none exists)."""
-    legacy_col, new = d.fk.columns[0], spec.migration.new_column
-    p = dict(l=ident(legacy_col), n=ident(new), legacy_for=qn(align.names(spec)["legacy_for"]))
-    return batched_update(spec, d, sql.SQL("{l} = {legacy_for}(d.{n})").format(**p), None,
+    p = dict(l=ident(n.legacy), n=ident(n.new), legacy_for=qn(align.names(spec)["legacy_for"]))
+    return batched_update(spec, table, sql.SQL("{l} = {legacy_for}(d.{n})").format(**p), None,
                           sql.SQL("d.{l} is null and d.{n} is not null").format(**p),
-                          f"give {d.table.name} rows written with only {new} their {legacy_col} back")
+                          f"give {table.name} rows written with only {n.new} their {n.legacy} back")

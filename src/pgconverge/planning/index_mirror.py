@@ -8,6 +8,7 @@ import pglast
 from pglast import ast, stream, visitors
 
 from pgconverge.catalog.model import Index
+from pgconverge.config import QualifiedName
 
 MAX_NAME = 63
 
@@ -19,27 +20,30 @@ class Mirror:
 
 
 class _Rename(visitors.Visitor):
-    def __init__(self, old: str, new: str):
+    """Rename columns (old → new, several at once) everywhere in an index statement."""
+
+    def __init__(self, renames: dict[str, str]):
         super().__init__()
-        self.old, self.new, self.hits = old, new, 0
+        self.renames, self.hits = renames, 0
 
     def visit_ColumnRef(self, ancestors, node):
-        if node.fields and isinstance(node.fields[-1], ast.String) and node.fields[-1].sval == self.old:
+        if node.fields and isinstance(node.fields[-1], ast.String) and node.fields[-1].sval in self.renames:
             self.hits += 1
-            return ast.ColumnRef(fields=(*node.fields[:-1], ast.String(sval=self.new)), location=node.location)
+            new = self.renames[node.fields[-1].sval]
+            return ast.ColumnRef(fields=(*node.fields[:-1], ast.String(sval=new)), location=node.location)
         return None
 
     def visit_IndexElem(self, ancestors, node):
-        if node.name == self.old:
+        if node.name in self.renames:
             self.hits += 1
-            node.name = self.new
+            node.name = self.renames[node.name]
         return None
 
 
 def contains_column(index: Index, column: str) -> bool:
     """Whether COLUMN appears anywhere in the index: a key, an INCLUDE column, an expression or the predicate."""
     stmt = pglast.parse_sql(index.definition)[0].stmt
-    probe = _Rename(column, column)
+    probe = _Rename({column: column})
     probe(stmt)
     return probe.hits > 0
 
@@ -57,16 +61,40 @@ def mirrored_name(name: str, old_column: str, new_column: str, taken: set[str]) 
     return candidate
 
 
+def mirrored_names(name: str, renames: dict[str, str], taken: set[str]) -> str:
+    """mirrored_name for an index containing several legacy columns: each column's stem swapped in turn."""
+    (first_old, first_new), *rest = renames.items()
+    for old, new in rest:
+        name = name.replace(_stem(old), _stem(new))
+    return mirrored_name(name, first_old, first_new, taken)
+
+
+def index_statement(definition: str, *, name: str, table: QualifiedName, only: bool, concurrent: bool,
+                    if_not_exists: bool = True, renames: dict[str, str] | None = None) -> str:
+    """DEFINITION (a CREATE INDEX) named NAME on TABLE: ON ONLY (a partitioned table's own index, built empty
+    and completed by attaching its partitions' indexes), or CONCURRENTLY on one partition; columns renamed."""
+    stmt = pglast.parse_sql(definition)[0].stmt
+    if renames:
+        _Rename(renames)(stmt)
+    stmt.idxname = name
+    stmt.relation = ast.RangeVar(schemaname=table.schema, relname=table.name, inh=not only, relpersistence="p")
+    stmt.concurrent = concurrent
+    stmt.if_not_exists = if_not_exists
+    return stream.RawStream()(stmt)
+
+
 def _stem(column: str) -> str:
     return column[:-3] if column.endswith("_id") and len(column) > 3 else column
 
 
-def mirror(index: Index, old_column: str, new_column: str, taken: set[str]) -> Mirror:
-    """The CREATE INDEX CONCURRENTLY statement of INDEX with OLD_COLUMN replaced by NEW_COLUMN everywhere."""
+def mirror(index: Index, old_column: str, new_column: str, taken: set[str],
+           others: dict[str, str] | None = None) -> Mirror:
+    """The CREATE INDEX CONCURRENTLY statement of INDEX with OLD_COLUMN replaced by NEW_COLUMN everywhere
+    (and each of OTHERS, the table's other legacy columns the index contains, by its own new column)."""
     stmt = pglast.parse_sql(index.definition)[0].stmt
-    rename = _Rename(old_column, new_column)
+    rename = _Rename({old_column: new_column, **(others or {})})
     rename(stmt)
-    name = mirrored_name(index.name.name, old_column, new_column, taken)
+    name = mirrored_names(index.name.name, {old_column: new_column, **(others or {})}, taken)
     stmt.idxname = name
     stmt.concurrent = True
     stmt.if_not_exists = False

@@ -163,8 +163,10 @@ def policy_statement(name: str, table: QualifiedName, using: str | None, with_ch
 
 def rewrite_policies(catalog: Catalog, spec: Spec) -> list[PolicyRewrite]:
     """Rewrite every policy of CATALOG for SPEC's migration (the planner's entry point)."""
-    columns = {(d.table.name, d.fk.columns[0]): spec.migration.new_column
-               for d in catalog.dependents if len(d.fk.columns) == 1}
+    from pgconverge.planning.references import new_columns
+
+    # Each reference's own new column: buyer_id → buyer_profile_id, seller_id → seller_profile_id.
+    columns = {k: v for k, v in new_columns(spec, catalog).items()}
     # Every other function that mentions the legacy table, helper or columns may hide them from the walk.
     suspicious = {f.signature for f in catalog.functions if f.name not in (spec.legacy.helper, spec.canonical.helper)}
     tables = {t.name: [c.name for c in t.columns]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import psycopg
 from pglast import ast
@@ -37,9 +38,16 @@ class Target:
     key_type: str
     insert_columns: tuple[str, ...]
     # How to find the rows that belong to an identity without reading the whole table:
-    owner_columns: tuple[str, ...] = ()  # a dependent table: its legacy and new id columns
+    # A dependent table: its legacy and new id columns, a pair per reference (l1, n1, l2, n2, …).
+    owner_columns: tuple[str, ...] = ()
     parent: tuple[str, QualifiedName] | None = None  # (fk column, dependent table) for tables reached through one
     owner_types: tuple[str, ...] = ()  # types of owner_columns
+
+    @property
+    def owner_pairs(self) -> list[tuple[str, str, str, str]]:
+        """(legacy column, new column, legacy type, new type) per reference."""
+        c, t = self.owner_columns, self.owner_types
+        return list(zip(c[0::2], c[1::2], t[0::2], t[1::2]))
     parent_type: str = ""  # type of the parent fk column
 
 
@@ -59,6 +67,8 @@ class Capture:
     seen: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # token → table → keys
     writes: dict[str, str] = field(default_factory=dict)  # "writer|owner|table|L or C" → outcome
     others: dict[str, list[str]] = field(default_factory=dict)  # table → random keys every identity checks
+    # Tables with several references: row key → the identities it names (each may see it).
+    parties: dict[str, dict[str, set]] = field(default_factory=dict)
     # Tables whose policy reads a whole table for every caller (see SCAN_BOUND_S), and how many of the
     # tokens they were checked for: table → {"first_token_s", "tokens_checked", "tokens"}.
     scan_bound: dict[str, dict] = field(default_factory=dict)
@@ -73,21 +83,28 @@ SCAN_BUDGET_S = 30.0
 
 
 def targets(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> list[Target]:
-    deps = {d.table.name: d for d in cat.dependents}
+    from pgconverge.planning.references import new_column
+
+    deps: dict[QualifiedName, list] = {}
+    for d in cat.dependents:  # every reference of a table: a row belongs to whoever any of them names
+        deps.setdefault(d.table.name, []).append(d)
+    ck_type = cat.canonical.column(spec.canonical.key).type
     out = []
     for name in tables:
         t = cat.table(name)
         if t is None:
             continue
         key = t.primary_key[0] if len(t.primary_key) == 1 else "ctid"
-        key_type = t.column(key).type if key != "ctid" else "tid"
+        if key == "ctid" and any(d.partitioned for d in deps.get(name, ())):
+            key = ROWID  # a ctid names a row within one partition only
+        key_type = {"ctid": "tid", ROWID: "text"}.get(key) or t.column(key).type
         cols = tuple(c.name for c in t.columns if not c.generated and not (c.name == key and (c.default or c.identity)))
-        if name in deps:
-            cols += (spec.migration.new_column,) if spec.migration.new_column not in cols else ()
-        owner = (deps[name].fk.columns[0], spec.migration.new_column) if name in deps else ()
+        news = [new_column(spec, cat, d) for d in deps.get(name, ())]
+        cols += tuple(n for n in news if n not in cols)
+        owner = tuple(x for d, n in zip(deps.get(name, ()), news) for x in (d.fk.columns[0], n))
         parent = next(((fk.columns[0], fk.ref_table) for fk in t.foreign_keys
                        if fk.ref_table in deps and len(fk.columns) == 1), None)
-        types = (deps[name].column.type, cat.canonical.column(spec.canonical.key).type) if name in deps else ()
+        types = tuple(x for d in deps.get(name, ()) for x in (d.column.type, ck_type))
         out.append(Target(name, key, key_type, cols, owner, parent, types,
                           t.column(parent[0]).type if parent else ""))
     # Parents first, so a child's candidates can be derived from them.
@@ -168,7 +185,12 @@ def _clear(spec: Spec) -> tuple[str, ...]:
     return (spec.legacy.claim, spec.canonical.claim, "sub", *dict(spec.migration.token_claims))
 
 
+ROWID = "tableoid+ctid"  # Target.key of a partitioned table without a single-column key
+
+
 def _key(t: Target) -> sql.Composable:
+    if t.key == ROWID:
+        return sql.SQL("(tableoid::regclass::text || ' ' || ctid::text)")
     return sql.SQL("ctid") if t.key == "ctid" else ident(t.key)
 
 
@@ -246,8 +268,8 @@ def _has_column(conn, t: Target, column: str) -> bool:
                         "and not attisdropped)", (str(t.table), column)).fetchone()[0]
 
 
-def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, others: dict[str, list[str]]
-               ) -> dict[str, list[str] | None]:
+def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, others: dict[str, list[str]],
+               parties: dict[str, dict[str, set]] | None = None) -> dict[str, list[str] | None]:
     """Per table, the rows linked to IDENTITY (read as the migration role) plus the shared random sample.
 
     RLS is then evaluated on these rows only: an index lookup per identity instead of a full
@@ -260,13 +282,20 @@ def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, other
         if t.owner_columns:
             # Compared in the columns' own types, so their indexes serve; once the new column exists
             # the sync trigger keeps it equal to the mapping of the legacy one, so it alone suffices.
-            (legacy_col, new_col), (legacy_type, new_type) = t.owner_columns, t.owner_types
-            if _has_column(conn, t, new_col):
-                cond = sql.SQL("{} = %(c)s::{}").format(ident(new_col), sql.SQL(new_type))
-            else:
-                cond = sql.SQL("{} = any(%(l)s::text[]::{}[])").format(ident(legacy_col), sql.SQL(legacy_type))
+            # A table with several references: the rows any of them links to the identity.
+            conds = []
+            for legacy_col, new_col, legacy_type, new_type in t.owner_pairs:
+                if _has_column(conn, t, new_col):
+                    conds.append(sql.SQL("{} = %(c)s::{}").format(ident(new_col), sql.SQL(new_type)))
+                else:
+                    conds.append(sql.SQL("{} = any(%(l)s::text[]::{}[])").format(ident(legacy_col),
+                                                                                sql.SQL(legacy_type)))
+            cond = sql.SQL(" or ").join(conds)
             mine = [r[0] for r in conn.execute(sql.SQL("select {k}::text from {t} where {c}").format(
                 k=_key(t), t=qn(t.table), c=cond), {"l": list(ident_.legacy), "c": ident_.canonical}).fetchall()]
+            if parties is not None and len(t.owner_pairs) > 1:  # a row names several: each may see it
+                for k in mine:
+                    parties.setdefault(str(t.table), {}).setdefault(k, set()).add(ident_.canonical)
         elif t.parent is not None and str(t.parent[1]) in out and out[str(t.parent[1])] is not None:
             mine = [r[0] for r in conn.execute(sql.SQL(
                 "select {k}::text from {t} where {fk} = any(%s::text[]::{ty}[])").format(
@@ -299,24 +328,30 @@ def _write(conn, spec: Spec, t: Target, claims: dict, row: dict) -> str:
 
 
 def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity], *, legacy: bool,
-            canonical: bool, writes: bool = True, others: dict[str, list[str]] | None = None) -> Capture:
+            canonical: bool, writes: bool = True, others: dict[str, list[str]] | None = None,
+            stop: Callable[[], None] | None = None) -> Capture:
     """Run inside an open transaction; leaves it as it found it (savepoints only).
 
     OTHERS is the random sample of rows to check for every identity; taken here when not given,
-    so a later capture on the same snapshot can reuse the earlier one's.
+    so a later capture on the same snapshot can reuse the earlier one's. STOP() is called between
+    identities, tokens and write probes, where it may raise to end the capture (a signal: see
+    execution/interrupt.py); the transaction is then left as it was, as after any error.
     """
+    stop = stop or (lambda: None)
     cap = Capture(others=others if others is not None else {str(t.table): random_rows(conn, t) for t in targets_})
     # Anonymous callers: checked on the shared random sample (a full scan per table would evaluate
     # every policy on every row, which on a large database takes minutes and proves no more).
     cap.seen["anon"] = {str(t.table): _visible(conn, spec, t, None, cap.others[str(t.table)]) for t in targets_}
     for ident_ in identities:
-        among = candidates(conn, spec, targets_, ident_, cap.others)
+        stop()
+        among = candidates(conn, spec, targets_, ident_, cap.others, cap.parties)
         tokens: list[tuple[str, dict]] = []
         if legacy:
             tokens += [(f"L:{lid}", _legacy_token(spec, ident_, i)) for i, lid in enumerate(ident_.legacy)]
         if canonical:
             tokens.append((f"C:{ident_.canonical}", _canonical_token(spec, ident_)))
         for name, claims in tokens:
+            stop()
             cap.seen[name] = _visible_timed(conn, spec, targets_, claims, among, cap, first=len(cap.seen) == 1)
     if writes and len(identities) > 1:
         for i, owner in enumerate(identities[:20]):
@@ -324,11 +359,13 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
             for t in targets_:
                 first = f"L:{owner.legacy[0]}" if owner.legacy else None
                 keys = cap.seen.get(first, cap.seen.get(f"C:{owner.canonical}", {})).get(str(t.table))
-                if not keys or t.key == "ctid":
+                if not keys or t.key in ("ctid", ROWID):
                     continue
                 row = conn.execute(sql.SQL("select to_jsonb(x) from {t} x where {k} = %s::{ty}").format(
                     t=qn(t.table), k=ident(t.key), ty=sql.SQL(t.key_type)), (keys[0],)).fetchone()[0]
+                row = _owned_by(row, t, owner)
                 for writer in (owner, other):
+                    stop()
                     base = f"{writer.canonical}|{owner.canonical}|{t.table}"
                     if legacy:
                         cap.writes[f"{base}|L"] = _write(conn, spec, t, _legacy_token(spec, writer, 0), row)
@@ -411,8 +448,26 @@ def compare(before: Capture, after: Capture, identities: list[Identity]) -> list
     return problems + isolation(after, identities)
 
 
+def _owned_by(row: dict, t: Target, owner: Identity) -> dict:
+    """ROW with every reference naming OWNER, where the table has several (a transfer from OWNER to OWNER): the
+    write probes then ask what they ask of a one-owner table, whether a row of OWNER may be written by whom."""
+    pairs = t.owner_pairs
+    if len(pairs) < 2:
+        return row
+    mine = next(((l, n) for l, n, _, _ in pairs if n in row and str(row[n]) == owner.canonical), None) or next(
+        ((l, n) for l, n, _, _ in pairs if row.get(l) is not None and str(row[l]) in owner.legacy), None)
+    if mine is None:
+        return row
+    out = dict(row)
+    for l, n, _, _ in pairs:
+        for col, src in ((l, mine[0]), (n, mine[1])):
+            if col in row and src in row:
+                out[col] = row[src]
+    return out
+
+
 def isolation(cap: Capture, identities: list[Identity]) -> list[str]:
-    """No row is visible to two different identities."""
+    """No row is visible to two different identities, unless it names both (a table with several references)."""
     owner: dict[tuple[str, str], str] = {}
     problems = []
     for ident_ in identities:
@@ -421,7 +476,8 @@ def isolation(cap: Capture, identities: list[Identity]) -> list[str]:
             for table, keys in cap.seen.get(token, {}).items():
                 for k in keys:
                     prev = owner.setdefault((table, k), ident_.canonical)
-                    if prev != ident_.canonical:
+                    named = cap.parties.get(table, {}).get(k, ())
+                    if prev != ident_.canonical and not (prev in named and ident_.canonical in named):
                         problems.append(f"{table} row {k} is visible to {prev} and to {ident_.canonical}")
     return problems[:50]
 
@@ -444,9 +500,11 @@ def consistency(cap: Capture, identities: list[Identity]) -> list[str]:
 
 def contracted_sample(conn, spec: Spec, cat: Catalog, n: int) -> list[Identity]:
     """After contract there is no mapping: canonical ids that own dependent rows, picked by hash."""
+    from pgconverge.planning.references import new_column
+
     d = cat.dependents[0]
     q = sql.SQL("select distinct {c}::text from {t} where {c} is not null").format(
-        c=ident(spec.migration.new_column), t=qn(d.table.name))
+        c=ident(new_column(spec, cat, d)), t=qn(d.table.name))
     q = sql.SQL("select c from ({}) x(c) order by hashtext(c), c {}").format(
         q, sql.SQL("limit {}").format(sql.Literal(n)) if n else sql.SQL(""))
     return [Identity(r[0], ()) for r in conn.execute(q).fetchall()]

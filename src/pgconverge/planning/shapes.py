@@ -1,0 +1,657 @@
+"""Every way a table can depend on the legacy key, decided before anything changes (pure: Spec + Catalog).
+
+Each object that depends on a legacy column, the legacy table or its key is one of:
+
+- mirrored: expand builds its twin on the new column and contract makes the twin what the original was
+  (keys and unique constraints: a unique index built concurrently in expand, attached with `ADD PRIMARY KEY
+  / UNIQUE USING INDEX` at contract; CHECK constraints: rewritten on the parse tree, `NOT VALID` then
+  `VALIDATE` after the backfill); rollback restores the original;
+- listed: `plan` shows it; the user acts before contract (a function that reads the legacy column);
+- refused: `plan`, `run` and `emit` stop before any change, exit 2, naming every refused object with its fix.
+
+Nothing is left to be found by a DDL failing after a drop. What only the data can tell (rows of two legacy
+rows merged onto one canonical row that a mirrored unique index would reject) is the first step of expand,
+also run by `plan` once align is done (`collisions`); what may appear after planning (a view created
+meanwhile) is refused by contract's first check after its gates (`contract_dependencies`), before its first
+drop.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pglast
+from pglast import ast, stream, visitors
+from psycopg import sql
+
+from pgconverge.catalog import mentions
+from pgconverge.catalog.model import Catalog, Constraint, Dependent, Index, Table
+from pgconverge.config import QualifiedName, Spec
+from pgconverge.errors import PgConvergeError
+from pgconverge.execution.sql import ident, qn
+from pgconverge.operations.check import Check
+
+MIRRORED, LISTED, REFUSED = "mirrored", "listed", "refused"
+# Functions whose arguments may be the legacy column in a mirrored expression: they only ask "is it NULL".
+_NULL_FUNCTIONS = {"num_nulls", "num_nonnulls"}
+_TEXT_TYPES = {"text", "varchar", "bpchar"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    object: str  # "check constraint guest_carts_owner_check on public.guest_carts"
+    action: str  # MIRRORED, LISTED or REFUSED
+    detail: str  # what pgconverge does with it, or why it cannot
+    fix: str = ""  # for a refused object: what the user does so that plan accepts it
+
+    def as_dict(self) -> dict:
+        return {"object": self.object, "action": self.action, "detail": self.detail,
+                **({"fix": self.fix} if self.fix else {})}
+
+    def line(self) -> str:
+        return f"{self.object}: {self.detail}" + (f" — fix: {self.fix}" if self.fix else "")
+
+
+class ShapesRefused(PgConvergeError):
+    """Objects depend on the legacy key in a way pgconverge cannot carry over; nothing was changed."""
+
+
+# -- expressions on the parse tree ------------------------------------------------------------------------------
+
+
+class _Refs(visitors.Visitor):
+    """Every column reference to one of COLUMNS, with the nearest enclosing node that is not a list."""
+
+    def __init__(self, columns):
+        super().__init__()
+        self.columns, self.found = set(columns), []
+
+    def visit_ColumnRef(self, ancestors, node):
+        if node.fields and isinstance(node.fields[-1], ast.String) and node.fields[-1].sval in self.columns:
+            a = ancestors
+            while a is not None and isinstance(a.node, tuple):
+                a = a.parent
+            self.found.append((node.fields[-1].sval, a.node if a is not None else None))
+
+
+class _Rename(visitors.Visitor):
+    def __init__(self, renames: dict[str, str]):
+        super().__init__()
+        self.renames = renames
+
+    def visit_ColumnRef(self, ancestors, node):
+        last = node.fields[-1] if node.fields else None
+        if isinstance(last, ast.String) and last.sval in self.renames:
+            return ast.ColumnRef(fields=(*node.fields[:-1], ast.String(sval=self.renames[last.sval])),
+                                 location=node.location)
+        return None
+
+
+def _expression(text: str):
+    return pglast.parse_sql(f"select {text}")[0].stmt.targetList[0].val
+
+
+def rename(text: str, renames: dict[str, str]) -> str:
+    """Expression TEXT with every column of RENAMES replaced by its new name, deparsed from the parse tree."""
+    node = _expression(text)
+    out = _Rename(renames)(node)
+    return stream.RawStream()(out if out is not None else node)
+
+
+def _unsafe(node, columns, text_cast: bool = False) -> list[str]:
+    """How NODE uses COLUMNS other than by asking whether they are NULL (or, with TEXT_CAST, as text)."""
+    refs = _Refs(columns)
+    refs(node)
+    out = []
+    for col, parent in refs.found:
+        if isinstance(parent, ast.NullTest):
+            continue
+        if isinstance(parent, ast.FuncCall) and parent.funcname[-1].sval in _NULL_FUNCTIONS:
+            continue
+        if text_cast and isinstance(parent, ast.TypeCast) and parent.typeName.names[-1].sval in _TEXT_TYPES:
+            continue
+        out.append(col)
+    return out
+
+
+def _text_of_column(node, columns) -> bool:
+    """Whether NODE is a legacy column cast to text, and nothing more (its text is as unique as its value)."""
+    return (isinstance(node, ast.TypeCast) and node.typeName.names[-1].sval in _TEXT_TYPES
+            and isinstance(node.arg, ast.ColumnRef) and isinstance(node.arg.fields[-1], ast.String)
+            and node.arg.fields[-1].sval in columns)
+
+
+def mentions_column(text: str, columns) -> bool:
+    refs = _Refs(columns)
+    refs(_expression(text))
+    return bool(refs.found)
+
+
+# -- what a dependent table holds -----------------------------------------------------------------------------
+
+
+def _new_column(spec: Spec, cat: Catalog, d: Dependent) -> str:
+    from pgconverge.planning import references
+
+    return references.new_column(spec, cat, d)
+
+
+def renames(spec: Spec, cat: Catalog, table: QualifiedName) -> dict[str, str]:
+    """Legacy column → new column, for every reference of TABLE."""
+    return {d.fk.columns[0]: _new_column(spec, cat, d) for d in cat.dependents if d.table.name == table}
+
+
+def first_reference(cat: Catalog, d: Dependent) -> bool:
+    """Whether D is its table's first reference (the one table-wide mirrors, CHECK constraints, go with)."""
+    return next(x for x in cat.dependents if x.table.name == d.table.name) is d
+
+
+def _tables(cat: Catalog) -> list[Dependent]:
+    """One reference per dependent table (the first), in catalog order."""
+    seen, out = set(), []
+    for d in cat.dependents:
+        if d.table.name not in seen:
+            seen.add(d.table.name)
+            out.append(d)
+    return out
+
+
+@dataclass(frozen=True)
+class CheckMirror:
+    original: Constraint
+    name: str  # the mirror's name
+    expression: str  # the original's expression on the new columns
+
+
+def check_mirrors(spec: Spec, cat: Catalog, table: Table) -> list[CheckMirror]:
+    """CHECK constraints of TABLE that test a legacy column only for NULL, each with its mirror."""
+    from pgconverge.planning.index_mirror import mirrored_name
+
+    ren = renames(spec, cat, table.name)
+    taken = {c.name for c in table.constraints} | {fk.name for fk in table.foreign_keys}
+    out = []
+    for c in table.constraints:
+        if c.kind != "check" or not c.expression or not mentions_column(c.expression, ren):
+            continue
+        if _unsafe(_expression(c.expression), ren, text_cast=False):
+            continue
+        name = c.name
+        for old, new in ren.items():
+            name = mirrored_name(name, old, new, taken) if mentions_column(c.expression, {old}) else name
+        taken.add(name)
+        out.append(CheckMirror(c, name, rename(c.expression, ren)))
+    return out
+
+
+@dataclass(frozen=True)
+class KeyMirror:
+    constraint: Constraint  # a primary key or unique constraint containing the legacy column
+    index: Index  # the index behind it
+    mirror: str  # the mirror index expand builds (its name is also the constraint's at contract)
+
+
+def key_mirrors(spec: Spec, cat: Catalog, d: Dependent) -> list[KeyMirror]:
+    """Primary key and unique constraints of D's table that contain D's legacy column, with their mirrors."""
+    names = mirror_index_names(spec, cat, d)
+    col = d.fk.columns[0]
+    out = []
+    for c in d.table.constraints:
+        if c.kind in ("primary key", "unique") and col in c.columns and c.index in names:
+            idx = next(i for i in d.table.indexes if i.name.name == c.index)
+            out.append(KeyMirror(c, idx, names[c.index]))
+    return out
+
+
+def mirror_index_names(spec: Spec, cat: Catalog, d: Dependent) -> dict[str, str]:
+    """Index of D's table containing its legacy column → the name of the mirror expand builds for it."""
+    from pgconverge.planning import expand
+
+    return {idx.name.name: op.name.name for idx, op in expand.index_mirrors(spec, cat, d)}
+
+
+def constraint_indexes(table: Table) -> set[str]:
+    """Indexes that back a constraint (they go with it; DROP INDEX cannot remove them)."""
+    return {c.index for c in table.constraints if c.index}
+
+
+def in_primary_key(d: Dependent) -> bool:
+    return d.fk.columns[0] in d.table.primary_key
+
+
+def fk_deferral(d: Dependent) -> tuple[bool, bool]:
+    """(deferrable, initially deferred) of D's foreign key."""
+    return d.fk.deferrable, bool(re.search(r"\bINITIALLY DEFERRED\b", d.fk.definition))
+
+
+# -- findings -------------------------------------------------------------------------------------------------
+
+
+def findings(spec: Spec, cat: Catalog) -> list[Finding]:
+    """Everything in CAT that depends on the legacy key beyond the foreign keys themselves, and its fate."""
+    out: list[Finding] = []
+    legacy = cat.legacy.name
+    out += _ownership(cat)
+    for fk in cat.legacy.foreign_keys:
+        if fk.ref_table == legacy:
+            out.append(Finding(
+                f"foreign key {fk.name} on {legacy}", LISTED,
+                f"the legacy table references itself ({', '.join(fk.columns)} → {', '.join(fk.ref_columns)}); it "
+                f"is not a dependent to migrate: it stays with {legacy}, archived by contract with its data, and "
+                f"comes back with it on rollback. To keep it on {cat.canonical.name}, add a column there and "
+                "fill it through the mapping yourself"))
+    for d in cat.dependents:
+        out += _foreign_key(spec, cat, d)
+    # References themselves: partitioning, inheritance, their new columns' names (planning/references.py).
+    from pgconverge.planning.references import refusals
+
+    out += [Finding(obj, REFUSED, problem, fix) for obj, problem, fix in refusals(spec, cat)]
+    for d in _tables(cat):
+        out += _table(spec, cat, d)
+    out += _views(spec, cat)
+    out += _functions(spec, cat)
+    return out
+
+
+def refused(spec: Spec, cat: Catalog) -> list[Finding]:
+    return [f for f in findings(spec, cat) if f.action == REFUSED]
+
+
+def _ownership(cat: Catalog) -> list[Finding]:
+    if not cat.user or not cat.user_roles:  # a catalog saved before roles were recorded
+        return []
+    out = []
+    for t in (cat.legacy, cat.canonical, *(d.table for d in _tables(cat))):
+        if t.owner not in cat.user_roles:
+            out.append(Finding(
+                f"table {t.name}", REFUSED,
+                f"owned by {t.owner}; pgconverge connects as {cat.user}, which is neither a superuser nor a member "
+                f"of {t.owner}, so its ALTER TABLE would be refused",
+                f"GRANT {t.owner} TO {cat.user}; (or connect as {t.owner} or a superuser)"))
+    return out
+
+
+def _foreign_key(spec: Spec, cat: Catalog, d: Dependent) -> list[Finding]:
+    fk, where = d.fk, f"foreign key {d.fk.name} on {d.table.name}"
+    out = []
+    if d.table.name == cat.canonical.name:
+        out.append(Finding(where, REFUSED, f"the canonical table itself references {cat.legacy.name}; expand would "
+                                           "give it a column pointing at itself",
+                           f"drop {fk.name} (and its column, once nothing reads it) before the migration, or keep the "
+                           f"link in a table of its own"))
+    for action, what in ((fk.on_delete, "ON DELETE"), (fk.on_update, "ON UPDATE")):
+        if action == "SET DEFAULT":
+            out.append(Finding(where, REFUSED, f"{what} SET DEFAULT: the new column has no default, so the mirrored "
+                                               "key would set it to NULL where the legacy one sets the default",
+                               f"change {fk.name} to ON DELETE/UPDATE SET NULL, CASCADE, RESTRICT or NO ACTION "
+                               "before the migration"))
+    deferrable, deferred = fk_deferral(d)
+    kept = [f"{what} {a}" for a, what in ((fk.on_delete, "ON DELETE"), (fk.on_update, "ON UPDATE"))
+            if a not in ("NO ACTION", "SET DEFAULT")]
+    if deferrable:
+        kept.append("DEFERRABLE INITIALLY DEFERRED" if deferred else "DEFERRABLE")
+    if kept:
+        out.append(Finding(where, MIRRORED, f"{', '.join(kept)} kept on the new foreign key to "
+                                            f"{cat.canonical.name}({spec.canonical.key})"))
+    return out
+
+
+def _table(spec: Spec, cat: Catalog, d: Dependent) -> list[Finding]:
+    from pgconverge.planning import expand
+
+    t = d.table
+    ren = renames(spec, cat, t.name)
+    legacy_cols = set(ren)
+    out = []
+    for c in t.constraints:
+        what = f"{c.kind} constraint {c.name} on {t.name}" if c.kind != "primary key" else \
+            f"primary key {c.name} on {t.name}"
+        inside = sorted(legacy_cols & set(c.columns)) or (
+            sorted(col for col in legacy_cols if c.expression and mentions_column(c.expression, {col})))
+        if not inside and c.kind == "exclusion" and mentions.find(c.definition, legacy_cols):
+            inside = sorted(m.name for m in mentions.find(c.definition, legacy_cols))
+        if not inside:
+            continue
+        if c.kind == "exclusion":
+            out.append(Finding(what, REFUSED, f"an exclusion constraint on {', '.join(inside)}: adding its twin on "
+                                              "the new column builds an index under a lock that stops every write, "
+                                              "and it cannot be attached from an index built concurrently",
+                               f"drop {c.name} before the migration and re-create it on the new column after "
+                               "contract, or replace it by a unique index (pgconverge mirrors those)"))
+        elif c.kind == "check":
+            bad = _unsafe(_expression(c.expression), ren, text_cast=False)
+            if bad:
+                out.append(Finding(what, REFUSED, f"CHECK {c.expression} uses {', '.join(sorted(set(bad)))} as a "
+                                                  "value, which means something else on the new column",
+                                   f"rewrite {c.name} so it only tests {', '.join(inside)} with IS [NOT] NULL, or "
+                                   "drop it and re-create it on the new column after contract"))
+            else:
+                m = next(m for m in check_mirrors(spec, cat, t) if m.original.name == c.name)
+                out.append(Finding(what, MIRRORED, f"mirrored as {m.name}: CHECK ({m.expression}), added NOT VALID "
+                                                   f"and validated after the backfill; {c.name} goes with "
+                                                   f"{', '.join(inside)} at contract; rollback restores it"))
+        else:
+            out.append(_key(spec, cat, d, c, what, inside))
+    for col in t.columns:
+        if col.generated and col.default and mentions_column(col.default, legacy_cols):
+            out.append(Finding(f"generated column {t.name}.{col.name}", REFUSED,
+                               f"computed from a legacy column ({col.default}): contract could not drop it",
+                               f"drop {col.name} before the migration, or re-create it computed from the new column "
+                               f"after expand (ALTER TABLE {t.name} DROP COLUMN {col.name}, ADD COLUMN …)"))
+    keyed = constraint_indexes(t)
+    for idx in t.indexes:
+        if idx.name.name in keyed:
+            continue
+        out += _index(cat, t, idx, ren)
+    out += _triggers(spec, cat, t, ren, expand.TRIGGER)
+    return out
+
+
+def _key(spec: Spec, cat: Catalog, d: Dependent, c: Constraint, what: str, inside: list[str]) -> Finding:
+    if len(inside) > 1:
+        return Finding(what, REFUSED, f"contains several legacy columns ({', '.join(inside)}), each with a new "
+                                      "column of its own: no single mirror keeps the rule",
+                       f"replace {c.name} by a key that contains one of them, or migrate {d.table.name} by hand")
+    if d.partitioned:
+        return Finding(what, REFUSED, f"{d.table.name} is partitioned, and Postgres cannot make an index the "
+                                      f"{c.kind} of a partitioned table (ADD … USING INDEX): contract could not put "
+                                      "the mirror in its place",
+                       f"replace {c.name} by a unique index (pgconverge mirrors those), or migrate {d.table.name} by "
+                       "hand")
+    if c.referenced_by:
+        return Finding(what, REFUSED, f"foreign keys reference it ({', '.join(c.referenced_by)}); it contains "
+                                      f"{inside[0]}, which contract drops, and a key others reference cannot be "
+                                      "replaced under them",
+                       f"point {', '.join(c.referenced_by)} at a key without {inside[0]} (a surrogate key) before "
+                       "the migration")
+    dep = next(x for x in cat.dependents if x.table.name == d.table.name and x.fk.columns[0] == inside[0])
+    m = next((m for m in key_mirrors(spec, cat, dep) if m.constraint.name == c.name), None)
+    if m is None:  # pragma: no cover - a key's index always contains its columns
+        return Finding(what, REFUSED, "its index could not be mirrored", f"migrate {d.table.name} by hand")
+    extra = (f"; {inside[0]} keeps its NOT NULL until contract drops it, and a row new code writes for an identity "
+             "old code never knew gets a legacy row made for it" if c.kind == "primary key" else "")
+    return Finding(what, MIRRORED, f"unique index {m.mirror} on the new column, built concurrently in expand (rows "
+                                   "that would collide once merged are refused before expand), becomes "
+                                   f"{'the primary key' if c.kind == 'primary key' else 'a unique constraint'} "
+                                   f"{m.mirror} at contract (USING INDEX){extra}; rollback restores {c.name}")
+
+
+def _index(cat: Catalog, t: Table, idx: Index, ren: dict[str, str]) -> list[Finding]:
+    from pgconverge.planning.index_mirror import contains_column
+
+    if not any(contains_column(idx, c) for c in ren):
+        return []
+    stmt = pglast.parse_sql(idx.definition)[0].stmt
+    what = f"index {idx.name}"
+    bad = []
+    for el in (*(stmt.indexParams or ()), *(stmt.indexIncludingParams or ())):
+        if el.expr is not None and not _text_of_column(el.expr, ren):
+            bad += _unsafe(el.expr, ren, text_cast=False)
+    if stmt.whereClause is not None:
+        bad += _unsafe(stmt.whereClause, ren, text_cast=False)
+    if bad:
+        return [Finding(what, REFUSED, f"uses {', '.join(sorted(set(bad)))} inside an expression or predicate as a "
+                                       "value, which means something else on the new column",
+                        f"drop {idx.name.name} before the migration and re-create it on the new column after expand, "
+                        "or use the column plainly (or only under IS [NOT] NULL, or cast to text)")]
+    if idx.unique:
+        return [Finding(what, MIRRORED, "unique: mirrored on the new column (same columns, predicate and "
+                                        "uniqueness); rows that would collide once merged are refused before expand")]
+    return []
+
+
+def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str) -> list[Finding]:
+    out = []
+    fns = {f.name: f for f in cat.functions}
+    for trg in t.triggers:
+        # pgconverge's own: one per reference where a table has several ("!pgconverge_sync_buyer_id")
+        if trg.name == sync or (trg.name.startswith(sync) and trg.function.schema == spec.migration.private_schema):
+            continue
+        try:
+            stmt = pglast.parse_sql(trg.definition)[0].stmt
+        except Exception:  # noqa: BLE001 - an unparseable definition: judged by its name and function only
+            stmt = None
+        what = f"trigger {_q(trg.name)} on {t.name}"
+        cols = [c.sval for c in (getattr(stmt, "columns", None) or ())]
+        on_cols = sorted(set(cols) & set(ren))
+        when = sorted({c for c, _ in _refs_of(getattr(stmt, "whenClause", None), ren)})
+        if on_cols or when:
+            out.append(Finding(what, REFUSED,
+                               "names " + " and ".join(x for x in (
+                                   f"{', '.join(on_cols)} in UPDATE OF" if on_cols else "",
+                                   f"{', '.join(when)} in its WHEN clause" if when else "") if x)
+                               + ": contract could not drop the column under it",
+                               f"re-create {trg.name} without the legacy column in UPDATE OF and WHEN (test it inside "
+                               "the function instead) before the migration"))
+        before_row = stmt is not None and bool(stmt.timing & 2) and bool(stmt.row)
+        if before_row and trg.name < sync:
+            out.append(Finding(what, REFUSED,
+                               f"a BEFORE row trigger that fires before pgconverge's sync trigger {sync!r} (triggers "
+                               "of one kind fire in the C order of their names), so it would see rows new code wrote "
+                               "without their legacy id",
+                               f"rename it so its name sorts after {sync!r} (ALTER TRIGGER {_q(trg.name)} ON {t.name} "
+                               "RENAME TO …)"))
+        fn = fns.get(trg.function)
+        if fn is not None and mentions.find(fn.source, set(ren)):
+            out.append(Finding(what, LISTED,
+                               f"its function {fn.name}() reads {', '.join(sorted({m.name for m in mentions.find(fn.source, set(ren))}))}: "
+                               + ("it fires after the sync trigger, so both ids are filled when it reads them; "
+                                  if before_row else "")
+                               + "rewrite it to use the new column before contract (contract drops the legacy one; "
+                                 "its code-references gate names it)"))
+    return out
+
+
+def _refs_of(node, columns):
+    if node is None:
+        return []
+    refs = _Refs(columns)
+    refs(node)
+    return refs.found
+
+
+def _legacy_readers(cat: Catalog):
+    """Every view that reads a legacy column of a dependent or the legacy table, with what it reads."""
+    legacy_cols = {(d.table.name, d.fk.columns[0]) for d in cat.dependents}
+    for v in cat.views:
+        cols = sorted(f"{t}.{c}" for t, c in v.column_refs if (t, c) in legacy_cols)
+        table = any(t == cat.legacy.name for t, _ in v.column_refs) or bool(
+            mentions.find(v.definition, {cat.legacy.name.name}))
+        if cols or table:
+            yield v, cols, table
+
+
+def _views(spec: Spec, cat: Catalog) -> list[Finding]:
+    out = []
+    accepted = {_norm(v) for v in spec.migration.accept_views}
+    for v, cols, table in _legacy_readers(cat):
+        reads = ", ".join(cols + ([f"the legacy table {cat.legacy.name}"] if table else []))
+        what = f"{v.kind} {v.name}"
+        if _norm(str(v.name)) in accepted or _norm(f"{v.name.schema}.{v.name.name}") in accepted:
+            out.append(Finding(what, LISTED, f"reads {reads}; accepted (migration.accept_views): drop or re-create "
+                                             "it before contract, which refuses to start while it still reads them"))
+        else:
+            out.append(Finding(what, REFUSED, f"reads {reads}, which contract drops or archives",
+                               f"drop it (re-create it on the new column and {cat.canonical.name} after contract), or "
+                               f"list \"{v.name.schema}.{v.name.name}\" in migration.accept_views and drop or re-create "
+                               "it yourself before contract"))
+    return out
+
+
+def _q(name: str) -> str:
+    """NAME as SQL would spell it: bare when it can be, else double-quoted."""
+    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
+
+
+def _norm(name: str) -> str:
+    return name.replace('"', "").lower()
+
+
+def _functions(spec: Spec, cat: Catalog) -> list[Finding]:
+    legacy_cols = {d.fk.columns[0] for d in cat.dependents}
+    names = {spec.legacy.table.name, spec.legacy.helper.name, *legacy_cols}
+    out = []
+    for f in cat.functions:
+        if f.name in (spec.legacy.helper, spec.canonical.helper) or f.name.schema == spec.migration.private_schema:
+            continue
+        found = sorted({m.name for m in mentions.find(f.source, names)})
+        if found:
+            out.append(Finding(f"function {f.signature}", LISTED,
+                               f"mentions {', '.join(found)}: rewrite it before contract (its code-references gate "
+                               "names every such function)"))
+    return out
+
+
+# -- refusing --------------------------------------------------------------------------------------------------
+
+
+def refuse(spec: Spec, catalogs) -> None:
+    """Raise ShapesRefused naming every refused object of every catalog the plan is built from."""
+    seen: dict[str, Finding] = {}
+    for cat in _distinct(catalogs):
+        for f in refused(spec, cat):
+            seen.setdefault(f.line(), f)
+    if not seen:
+        return
+    items = list(seen.values())
+    raise ShapesRefused(
+        f"{len(items)} object(s) depend on the legacy key {spec.legacy.table}({spec.legacy.key}) in a way pgconverge "
+        "cannot carry over; nothing was changed:\n" + "\n".join(f"  - {f.line()}" for f in items),
+        fix="do what each line says (every blocking object is listed), then run `pgconverge plan` again")
+
+
+def _distinct(catalogs) -> list[Catalog]:
+    from pgconverge.operations.base import PHASES
+
+    out: list[Catalog] = []
+    for ph in PHASES:
+        try:
+            cat = catalogs.for_phase(ph)
+        except PgConvergeError:
+            continue
+        if not any(cat is c for c in out):
+            out.append(cat)
+    return out
+
+
+def report(spec: Spec, catalogs) -> list[dict]:
+    """Every finding of the catalog the next phase is planned from, for `plan` and `inventory`."""
+    cats = _distinct(catalogs)
+    return [f.as_dict() for f in findings(spec, cats[-1])] if cats else []
+
+
+# -- what only the data tells: rows a mirrored unique index would reject ---------------------------------------
+
+
+def collisions(spec: Spec, cat: Catalog) -> Check | None:
+    """A gate listing rows of different legacy rows that one canonical row would own under a mirrored unique
+    index (or key): expand's first step, run by `plan` too once align has made the mapping."""
+    from pgconverge.planning import align, references
+    from pgconverge.planning.index_mirror import contains_column
+
+    m = align.names(spec)["mapping"]
+    parts = []
+    for d in cat.dependents:
+        col = d.fk.columns[0]
+        for idx in d.table.indexes:
+            if not idx.unique or idx.name.name in {c.index for c in d.table.constraints if c.kind == "exclusion"}:
+                continue
+            if not contains_column(idx, col):
+                continue
+            stmt = pglast.parse_sql(idx.definition)[0].stmt
+            alias = "pgconverge_new_id"
+            stmt = _Rename({col: alias})(stmt) or stmt
+            els = [sql.Identifier(alias if el.name == col else el.name) if el.name
+                   else sql.SQL("(" + stream.RawStream()(el.expr) + ")") for el in stmt.indexParams]
+            where = [sql.SQL("{} is not null").format(e) for e in els] if not stmt.nulls_not_distinct else []
+            if stmt.whereClause is not None:
+                where.append(sql.SQL("(" + stream.RawStream()(stmt.whereClause) + ")"))
+            shown = ", ".join((alias if el.name == col else el.name) if el.name else stream.RawStream()(el.expr)
+                              for el in stmt.indexParams)
+            shown = shown.replace(alias, _new_column(spec, cat, d))
+            parts.append(sql.SQL(
+                "select format('%s: %s rows of %s legacy rows would share (%s) = (%s) once merged, which the mirror "
+                "of unique index %s forbids', {t}, count(*), count(distinct x.{l}), {shown}, concat_ws(', ', {vals}), "
+                "{idx}), string_agg(format('row %s (%s = %s)', x.pgconverge_row, {ln}, x.{l}), ', ' "
+                "order by x.pgconverge_row) "
+                "from (select d.*, {rid} as pgconverge_row, m.{mn} as {alias} from {tab} d "
+                "join {m} m on m.{ml} = d.{l}) x where {where} group by {els} having count(*) > 1").format(
+                t=sql.Literal(str(d.table.name)), l=ident(col), ln=sql.Literal(col), shown=sql.Literal(shown),
+                vals=sql.SQL(", ").join(sql.SQL("({})::text").format(e) for e in els),
+                idx=sql.Literal(str(idx.name)), rid=references.row_id(d, "d"), mn=ident(spec.migration.new_column),
+                alias=ident(alias), tab=qn(d.table.name), m=qn(m), ml=ident(spec.mapping_legacy_column),
+                where=sql.SQL(" and ").join(where) if where else sql.SQL("true"), els=sql.SQL(", ").join(els)))
+    if not parts:
+        return None
+    return Check("no rows collide once merged", sql.SQL(" union all ").join(parts),
+                 failure="rows of legacy rows merged onto one canonical row would break a unique rule on the new "
+                         "column",
+                 fix="keep at most one row of each group named (close, delete or merge the others, e.g. UPDATE … SET "
+                     "status = 'closed'), or keep those legacy rows apart with `pgconverge align --decisions FILE`; "
+                     "then run expand again (nothing was changed)")
+
+
+# -- contract: nothing else may depend on what it drops ----------------------------------------------------------
+
+
+def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, KeyMirror]] = ()) -> Check:
+    """A gate, run by contract right after its gates and before its first drop, reading the database as it is
+    then: every object that would stop DROP COLUMN of a legacy column (views, generated columns, triggers naming
+    the column, policies left to the user), every view reading the legacy table, every object still using the
+    legacy helper where contract drops it, and every mirror index that KEYS says contract makes a key of but
+    that is missing or invalid (or whose columns a primary key needs NOT NULL are not)."""
+    from pgconverge.planning import expand
+
+    parts = []
+    for d, k in keys:
+        t, idx = sql.Literal(str(d.table.name)), sql.Literal(str(QualifiedName(d.table.name.schema, k.mirror)))
+        parts.append(sql.SQL(
+            "select format('index %s, which contract makes the %s of %s in place of %s, is missing or invalid', "
+            "{idx}, {kind}, {t}, {c}), null where not coalesce((select i.indisvalid and i.indisunique from "
+            "pg_catalog.pg_index i where i.indexrelid = to_regclass({idx}) and i.indrelid = to_regclass({t})), false) "
+            "and to_regclass({t}) is not null").format(idx=idx, t=t, kind=sql.Literal(k.constraint.kind),
+                                                        c=sql.Literal(k.constraint.name)))
+        if k.constraint.kind == "primary key":
+            parts.append(sql.SQL(
+                "select format('%s.%s is not NOT NULL, which the primary key made of index %s needs', {t}, "
+                "a.attname, {idx}), null from pg_catalog.pg_index i join pg_catalog.pg_attribute a on a.attrelid = "
+                "i.indrelid and a.attnum = any(i.indkey) where i.indexrelid = to_regclass({idx}) and not "
+                "a.attnotnull").format(idx=idx, t=t))
+    describe = sql.SQL(
+        "case when d.classid = 'pg_catalog.pg_rewrite'::regclass then (select format('%s %I.%I', case c.relkind when "
+        "'m' then 'materialized view' else 'view' end, n.nspname, c.relname) from pg_catalog.pg_rewrite r join "
+        "pg_catalog.pg_class c on c.oid = r.ev_class join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+        "where r.oid = d.objid) else pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) end")
+    for d in cat.dependents:
+        col = d.fk.columns[0]
+        t = sql.Literal(str(d.table.name))
+        parts.append(sql.SQL(
+            "select format('%s uses %s.%s, which contract drops', {desc}, {t}, {c}), null "
+            "from pg_catalog.pg_depend d where d.refclassid = 'pg_catalog.pg_class'::regclass "
+            "and d.refobjid = to_regclass({t}) and d.deptype = 'n' and d.refobjsubid = (select a.attnum from "
+            "pg_catalog.pg_attribute a where a.attrelid = to_regclass({t}) and a.attname = {c} and not a.attisdropped) "
+            "and not (d.classid = 'pg_catalog.pg_constraint'::regclass and exists (select 1 from "
+            "pg_catalog.pg_constraint k where k.oid = d.objid and k.conrelid = to_regclass({t}))) "
+            "and not (d.classid = 'pg_catalog.pg_trigger'::regclass and exists (select 1 from pg_catalog.pg_trigger g "
+            "where g.oid = d.objid and g.tgname = {sync})) "
+            "and not (d.classid = 'pg_catalog.pg_class'::regclass and d.objid = to_regclass({t}))").format(
+            desc=describe, t=t, c=sql.Literal(col), sync=sql.Literal(expand.Names(spec, d, "", cat).trigger)))
+    legacy = sql.Literal(str(cat.legacy.name))
+    parts.append(sql.SQL(
+        "select format('%s reads %s, which contract archives out of the API roles'' reach', {desc}, {l}), null "
+        "from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_rewrite'::regclass and d.refclassid = "
+        "'pg_catalog.pg_class'::regclass and d.refobjid = to_regclass({l}) and d.objid not in (select r.oid from "
+        "pg_catalog.pg_rewrite r where r.ev_class = to_regclass({l})) group by d.classid, d.objid, d.objsubid").format(
+        desc=describe, l=legacy))
+    if spec.migration.legacy_helper_after_contract == "drop" and cat.legacy_helper is not None:
+        parts.append(sql.SQL(
+            "select format('%s uses %s, which contract drops', {desc}, {h}), null from pg_catalog.pg_depend d "
+            "where d.refclassid = 'pg_catalog.pg_proc'::regclass and d.refobjid = to_regprocedure({h}) "
+            "and d.deptype = 'n' and not (d.classid = 'pg_catalog.pg_policy'::regclass and exists (select 1 from "
+            "pg_catalog.pg_policy p where p.oid = d.objid and p.polrelid = to_regclass({l})))").format(
+            desc=describe, h=sql.Literal(cat.legacy_helper.signature), l=legacy))
+    return Check("nothing else depends on what contract drops", sql.SQL(" union all ").join(parts),
+                 failure="objects still use what contract drops or archives (nothing was dropped)",
+                 fix="drop or re-create each object named so it reads the new column and the canonical table (a view: "
+                     "CREATE OR REPLACE VIEW, or DROP VIEW and CREATE VIEW; a trigger: without the legacy column in "
+                     "UPDATE OF and WHEN; a policy: on the canonical helper), then run contract again")
