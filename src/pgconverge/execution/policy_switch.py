@@ -38,6 +38,22 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
             identities = rls.sample(conn, spec, spec.migration.rls_sample)
             before = rls.capture(conn, spec, targets, identities, legacy=True, canonical=False, stop=_stop(
                 runner, step, "before", "the policies were not changed", len(identities)))
+            covered = rls.coverage(conn, spec, cat, identities, before)
+            read = rls.claims_read(conn, cat)
+        if covered["owning"] and covered["share"] < rls.MIN_COVERAGE:  # nothing has changed yet: refuse rather than prove nothing
+            runner.ledger.snapshot(runner.run_id, "rls_equivalence", {"identities": len(identities),
+                                                                      "coverage": covered, "proves_nothing": True})
+            carried = sorted({spec.legacy.claim, *dict(spec.migration.token_claims)})
+            missing = [c for c in read if c not in carried and c not in (spec.canonical.claim, "sub")]
+            raise GateFailed(
+                f"the RLS equivalence check proves nothing: of {covered['owning']} sampled identities that own rows, "
+                f"{covered['seeing_own']} see any of them with an old token before the switch "
+                f"({100 * covered['share']:.0f}%, below {100 * rls.MIN_COVERAGE:.0f}%); the policies and helpers read "
+                f"the claims {', '.join(read) or '(none found)'}, the test tokens carry {', '.join(carried)}; "
+                "no policy was rewritten",
+                fix=("add the claims the policies need to migration.token_claims, e.g. token_claims = { "
+                     + ", ".join(f'{c} = "…"' for c in missing) + " }") if missing else
+                    "give migration.token_claims the claims and values the application's tokens carry")
         result = runner._run_sql(step, resuming)  # the rewrite itself: one transaction, with retries
         # After it, the rewrite is undone as a failed check undoes it, so the policies are the old ones again.
         try:
@@ -57,7 +73,7 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                                          identities=len(identities)) from None
         exporter.rollback()
     problems = rls.compare(before, after, identities)
-    summary = {"identities": len(identities), "tokens": len(after.seen), "tables": list(op.tables),
+    summary = {"identities": len(identities), "tokens": len(after.seen), "tables": list(op.tables), "coverage": covered,
                "write_probes": len(after.writes), "rows_seen": rls.rows_seen(before), "problems": problems[:200],
                # Tables whose old policy reads a whole table per caller: checked for fewer tokens (see rls.py).
                "scan_bound": rls.scan_bound_summary(before, after)}

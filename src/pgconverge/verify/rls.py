@@ -9,6 +9,7 @@ application writes cannot make a correct switch look wrong.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -531,3 +532,39 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
     return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
             "write_probes": len(cap.writes), "switched": switched, "scan_bound": scan_bound_summary(cap),
             "rows_seen": rows_seen(cap)}, problems
+
+
+# The equivalence check proves something only if the sampled identities see their own rows before the switch:
+# below this share of the identities that own rows, the tokens evidently miss a claim the policies need.
+MIN_COVERAGE = 0.5
+_CLAIM_READ = re.compile(r"->>?\s*'([^']+)'|request\.jwt\.claim\.([A-Za-z0-9_]+)|claim\w*\(\s*'([^']+)'")
+
+
+def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before: Capture) -> dict:
+    """Of the sampled identities that own rows of a dependent table, how many saw one of them with an old token."""
+    owning, seeing = set(), set()
+    for d in cat.dependents:
+        column = d.fk.columns[0]
+        ids = [lid for i in identities for lid in i.legacy]
+        owned = {r[0] for r in conn.execute(sql.SQL(
+            "select distinct {c}::text from {t} where {c} = any(%s::{ty}[])").format(
+                c=ident(column), t=qn(d.table.name), ty=sql.SQL(cat.legacy.column(spec.legacy.key).type)), (ids,))}
+        for i in identities:
+            mine = [lid for lid in i.legacy if lid in owned]
+            if mine:
+                owning.add(i.canonical)
+                if any(before.seen.get(f"L:{lid}", {}).get(str(d.table.name)) for lid in mine):
+                    seeing.add(i.canonical)
+    return {"identities": len(identities), "owning": len(owning), "seeing_own": len(seeing),
+            "share": round(len(seeing) / len(owning), 3) if owning else 0.0}
+
+
+def claims_read(conn, cat: Catalog) -> list[str]:
+    """Claim names the policies and the functions they call read (`->> 'x'`, `request.jwt.claim.x`, `claim('x')`)."""
+    texts = [p.using or "" for p in cat.policies] + [p.with_check or "" for p in cat.policies]
+    texts += [f.definition or "" for f in (*cat.functions, *getattr(cat, "helper_callees", ()))]
+    texts += [r[0] for r in conn.execute(
+        "select distinct pg_get_functiondef(f.oid) from pg_depend d join pg_proc f on f.oid = d.refobjid "
+        "where d.classid = 'pg_policy'::regclass and d.refclassid = 'pg_proc'::regclass and f.prokind = 'f' "
+        "and f.pronamespace <> 'pg_catalog'::regnamespace")]
+    return sorted({a or b or c for t in texts for a, b, c in _CLAIM_READ.findall(t)})

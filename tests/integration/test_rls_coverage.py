@@ -1,0 +1,31 @@
+"""The switch's RLS equivalence check must look at something: tokens that miss a claim the policies read make
+every identity see nothing, which proves nothing. The switch then refuses before it rewrites a policy, names the
+claims the policies and helpers read, and the fix; with the right claims it passes with its coverage recorded."""
+
+from __future__ import annotations
+
+import psycopg
+
+from _support import cli, schema_dump, write_config
+
+
+def test_tokens_missing_the_policies_claim_prove_nothing_and_change_nothing(conn, fixture_db, tmp_path):
+    wrong = write_config(tmp_path, '[migration]\nrls_sample = 20\ntoken_claims = { role = "customer" }\n')
+    cli("run", "align", "--dsn", fixture_db, "--config", wrong)
+    cli("run", "expand", "--dsn", fixture_db, "--config", wrong)
+    before = [x for x in schema_dump(conn) if x.startswith("policy")]
+    out = " ".join(cli("run", "switch", "--dsn", fixture_db, "--config", wrong, expect=2).split())
+    assert "the RLS equivalence check proves nothing" in out, out
+    assert "the policies and helpers read the claims" in out and "app_role" in out, out
+    assert 'token_claims = { app_role = "…"' in out, out
+    assert "no policy was rewritten" in out
+    assert [x for x in schema_dump(conn) if x.startswith("policy")] == before
+    snap = conn.execute("select data from pgconverge.snapshots where name = 'rls_equivalence' "
+                        "order by id desc limit 1").fetchone()[0]
+    assert snap["proves_nothing"] and snap["coverage"]["owning"] > 0 and snap["coverage"]["seeing_own"] == 0
+
+    right = write_config(tmp_path, '[migration]\nrls_sample = 20\ntoken_claims = { app_role = "customer" }\n')
+    cli("run", "switch", "--dsn", fixture_db, "--config", right)
+    snap = conn.execute("select data from pgconverge.snapshots where name = 'rls_equivalence' "
+                        "order by id desc limit 1").fetchone()[0]
+    assert snap["coverage"]["share"] > 0.9, snap["coverage"]
