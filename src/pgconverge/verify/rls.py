@@ -550,10 +550,11 @@ def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before:
             "select distinct {c}::text from {t} where {c} = any(%s::{ty}[])").format(
                 c=ident(column), t=qn(d.table.name), ty=sql.SQL(cat.legacy.column(spec.legacy.key).type)), (ids,))}
         for i in identities:
-            mine = [lid for lid in i.legacy if lid in owned]
+            # a token a scan-bound table was not checked for (no key at all) neither counts nor fails
+            mine = [lid for lid in i.legacy if lid in owned and str(d.table.name) in before.seen.get(f"L:{lid}", {})]
             if mine:
                 owning.add(i.canonical)
-                if any(before.seen.get(f"L:{lid}", {}).get(str(d.table.name)) for lid in mine):
+                if any(before.seen[f"L:{lid}"][str(d.table.name)] for lid in mine):
                     seeing.add(i.canonical)
     return {"identities": len(identities), "owning": len(owning), "seeing_own": len(seeing),
             "share": round(len(seeing) / len(owning), 3) if owning else 0.0}
