@@ -248,11 +248,7 @@ def _value(source: str, section: str, key: str, value: Any) -> Any:
         names = value if isinstance(value, list) else [value]
         if not names or not all(isinstance(v, str) for v in names) or len(set(names)) < len(names):
             raise _bad(*where, "a column name, or a list of distinct column names matched together")
-        for v in names:
-            try:
-                check_identifier(v)
-            except ValueError as exc:
-                raise _bad(*where, f"valid column names ({v!r}: {exc})") from None
+        _identifiers(where, names, "valid column names")
         return names[0] if isinstance(value, str) else tuple(names)
     if key == "match":
         kinds = value if isinstance(value, list) else [value]
@@ -267,11 +263,7 @@ def _value(source: str, section: str, key: str, value: Any) -> Any:
     if key == "api_roles":
         if not isinstance(value, list) or not value or not all(isinstance(r, str) for r in value):
             raise _bad(*where, "a non-empty list of role names")
-        for r in value:
-            try:
-                check_identifier(r)
-            except ValueError as exc:
-                raise _bad(*where, f"a list of valid role names ({r!r}: {exc})") from None
+        _identifiers(where, value, "a list of valid role names")
         return tuple(value)
     if key == "token_claims":
         if not isinstance(value, dict) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
@@ -303,6 +295,15 @@ def _value(source: str, section: str, key: str, value: Any) -> Any:
             raise _bad(*where, "\"stub\" (replace by a function that raises a clear error) or \"drop\"")
         return value
     raise AssertionError(f"unhandled config key {section}.{key}")  # every field is typed above
+
+
+def _identifiers(where: tuple, names: list[str], expected: str) -> None:
+    """Refuse the first of NAMES that cannot be an identifier, saying which and why."""
+    for n in names:
+        try:
+            check_identifier(n)
+        except ValueError as exc:
+            raise _bad(*where, f"{expected} ({n!r}: {exc})") from None
 
 
 def _copy_columns(where: tuple, value: Any) -> tuple[tuple[str, str], ...]:
