@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,20 @@ ENV_DIR = "PGCONVERGE_EMBEDDED_DIR"
 
 
 def data_dir(project_dir: Path | None = None) -> Path:
-    """Return the embedded server's data directory for this project."""
+    """Return the embedded server's data directory for this project.
+
+    The project is the nearest directory, from PROJECT_DIR (default: the current one) upwards, that already
+    holds an initialized ``.pgconverge/pgdata``, as git finds ``.git``: a command run from a sub-folder
+    reaches the server the project's other commands use instead of starting a second, empty one.
+    Without one anywhere above, it is ``.pgconverge/pgdata`` of PROJECT_DIR itself.
+    """
     if os.environ.get(ENV_DIR):
         return Path(os.environ[ENV_DIR]).expanduser().resolve()
-    return ((project_dir or Path.cwd()) / ".pgconverge" / "pgdata").resolve()
+    start = (project_dir or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / ".pgconverge" / "pgdata" / "PG_VERSION").exists():
+            return folder / ".pgconverge" / "pgdata"
+    return start / ".pgconverge" / "pgdata"
 
 
 def _pgserver():
@@ -65,6 +76,11 @@ def status(path: Path | None = None) -> EmbeddedStatus:
 def ensure_running(path: Path | None = None, database: str | None = None) -> str:
     """Start the embedded server if needed and return a connection URI for DATABASE."""
     path = path or data_dir()
+    if not (path / "PG_VERSION").exists():
+        # Say so: a server made here is empty, and a command meant for another project's server would
+        # otherwise fail later with "no such table".
+        print(f"pgconverge: creating a new embedded Postgres in {path} (none in this directory or above it; "
+              f"pass --dsn or set DATABASE_URL to use another server)", file=sys.stderr)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         pgserver, _, _ = _pgserver()

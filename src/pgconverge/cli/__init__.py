@@ -27,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstrings are wrapped prose: lines join, blank lines part paragraphs
 )
 app.command("inventory")(inventory_cmd.inventory)
 app.command("plan")(migrate_cmd.plan)
@@ -56,12 +57,56 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
+_PLAIN = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "int range": "INTEGER", "float range": "NUMBER",
+          "path": "PATH", "Path": "PATH", "bool": ""}
+
+
+def _plain_help(command) -> None:
+    """Help that speaks of values, not Python types: `--json` is a flag (no `<bool>`), `--code` takes a PATH,
+    the phase argument reads PHASE. Applied to the commands Typer builds, once, before they run."""
+    for param in getattr(command, "params", ()):
+        kind = getattr(param, "param_type_name", "")
+        if kind == "argument":
+            label = (param.name or "value").upper() + ("..." if getattr(param, "nargs", 1) != 1 else "")
+        elif kind == "option" and getattr(param, "metavar", None) is None:
+            if getattr(param, "is_flag", False) or getattr(param, "is_bool_flag", False):
+                label = ""
+            else:
+                shown = param.display_type_rich  # e.g. "<str>", "<list[Path]>", "<float>"
+                try:
+                    raw = str(shown(None)).strip("<>.")
+                except Exception:  # a Typer whose display needs a context: keep its own rendering
+                    continue
+                raw = raw.removeprefix("list[").removesuffix("]")
+                label = _PLAIN.get(raw, raw.upper())
+        else:
+            continue
+        param.display_type_rich = lambda ctx, label=label: label  # what the help's type column shows
+    made = getattr(command, "get_help_option", None)
+    if made is not None:  # --help is made when the help is shown, not listed in params
+        def help_option(ctx, made=made):
+            opt = made(ctx)
+            if opt is not None:
+                opt.display_type_rich = lambda ctx: ""
+            return opt
+        command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+
+
+def cli_command():
+    """The click command behind `app`, with plain help (what `pgconverge` runs)."""
+    command = typer.main.get_command(app)
+    _plain_help(command)
+    return command
+
+
 def main() -> None:
     from pgconverge.execution import interrupt
 
     interrupt.WHOLE_PROCESS = True  # after a clean interrupt, a further signal still exits 130/143 (interrupt.py)
     try:
-        app()
+        cli_command()(prog_name="pgconverge")
     except SystemExit as exc:
         interrupt.leave(exc.code)  # stopped by a signal: end now, before the interpreter's teardown
         raise
