@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -11,7 +12,7 @@ from psycopg import sql
 
 from pgconverge.config import parse_qualified
 from pgconverge.connection import connect
-from pgconverge.execution import retry, session
+from pgconverge.execution import killpoint, retry, session
 from pgconverge.execution.interrupt import Abort, Interrupted
 from pgconverge.operations.base import Step
 from pgconverge.verify import rls
@@ -37,7 +38,8 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
         with _at(runner, snapshot, "pgconverge:rls-before") as conn:
             identities = rls.sample(conn, spec, spec.migration.rls_sample)
             before = rls.capture(conn, spec, targets, identities, legacy=True, canonical=False, stop=_stop(
-                runner, step, "before", "the policies were not changed", len(identities)))
+                runner, step, "before", "the policies were not changed", len(identities)),
+                progress=_ticks(runner, step, "RLS check, before the rewrite"))
             covered = rls.coverage(conn, spec, cat, identities, before)
             read = rls.claims_read(conn, cat)
         if covered["owning"] and covered["share"] < rls.MIN_COVERAGE:  # nothing has changed yet: refuse rather than prove nothing
@@ -54,17 +56,24 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                 fix=("add the claims the policies need to migration.token_claims, e.g. token_claims = { "
                      + ", ".join(f'{c} = "…"' for c in missing) + " }") if missing else
                     "give migration.token_claims the claims and values the application's tokens carry")
+        held = time.monotonic()  # ACCESS EXCLUSIVE on the tables lasts this transaction only, not the check
         result = runner._run_sql(step, resuming)  # the rewrite itself: one transaction, with retries
+        held = round((time.monotonic() - held) * 1000, 1)
         # After it, the rewrite is undone as a failed check undoes it, so the policies are the old ones again.
         try:
             runner.interrupts.check(f"during {step.id}, after the rewrite and before the RLS equivalence check on it; "
                                     "the old policies were restored", step=step, stopped="rls_check", side="after")
             with _at(runner, snapshot, "pgconverge:rls-after") as conn:
+                killpoint.fail(step.id, "rls_check", conn)
                 after = rls.capture(conn, spec, targets, identities, legacy=True, canonical=True,
                                     others=before.others, stop=_stop(
-                                        runner, step, "after", "the old policies were restored", len(identities)))
+                                        runner, step, "after", "the old policies were restored", len(identities)),
+                                    progress=_ticks(runner, step, "RLS check, after the rewrite"))
         except Interrupted:
             _restore(runner, step, "policies restored: the run was interrupted during the equivalence check")
+            raise
+        except psycopg.Error as exc:  # the check itself failed: the rewrite it did not prove is undone
+            _restore(runner, step, f"policies restored: the equivalence check failed ({str(exc).strip()})")
             raise
         except Abort:
             _restore(runner, step, "policies restored: the run was aborted during the equivalence check")
@@ -75,6 +84,7 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
     problems = rls.compare(before, after, identities)
     summary = {"identities": len(identities), "tokens": len(after.seen), "tables": list(op.tables), "coverage": covered,
                "write_probes": len(after.writes), "rows_seen": rls.rows_seen(before), "problems": problems[:200],
+               "rows_by_table": rls.rows_by_table(before), "lock_hold_ms": held,
                # Tables whose old policy reads a whole table per caller: checked for fewer tokens (see rls.py).
                "scan_bound": rls.scan_bound_summary(before, after)}
     runner.ledger.snapshot(runner.run_id, "rls_equivalence", summary)
@@ -101,6 +111,7 @@ def _restore(runner: Runner, step: Step, message: str) -> None:
     with runner.interrupts.shielded():
         retry.run(restore, runner.policy)
         runner.ledger.event(runner.run_id, step.phase, step.id, "reverted", message=message)
+    runner.undone.append(f"{step.id} (the original policies are back)")
 
 
 def _stop(runner: Runner, step: Step, side: str, outcome: str, identities: int) -> Callable[[], None]:
@@ -110,6 +121,12 @@ def _stop(runner: Runner, step: Step, side: str, outcome: str, identities: int) 
                                 f"the rewrite); {outcome}", step=step, stopped="rls_check", side=side,
                                 identities=identities)
     return stop
+
+
+def _ticks(runner: Runner, step: Step, what: str) -> Callable[[int, int], None] | None:
+    """The capture's PROGRESS: identities compared so far, shown by a progress that can show it."""
+    shown = getattr(runner.progress, "checking", None)
+    return None if shown is None else (lambda done, total: shown(step, what, done, total, "identities"))
 
 
 @contextmanager

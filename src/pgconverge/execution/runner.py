@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,8 +25,10 @@ from pgconverge.operations.batched import Batched
 from pgconverge.operations.check import Check
 from pgconverge.operations.create_index import CreateIndexConcurrently
 from pgconverge.operations.snapshot import Snapshot
+from pgconverge.verify import invariants
 
 LOCK_NAMESPACE = "pgconverge:"
+CONTROL_APP = "pgconverge:control"
 
 
 class RunnerBusy(PgConvergeError):
@@ -59,6 +63,38 @@ def lock_holder(conn: psycopg.Connection, spec: Spec) -> tuple | None:
         "from pg_locks l join pg_stat_activity a on a.pid = l.pid "
         "where l.locktype = 'advisory' and l.granted and l.objsubid = 1 "
         "and ((l.classid::bigint << 32) | l.objid::bigint) = {}").format(lock_key(spec))).fetchone()
+
+
+def control_application_name() -> str:
+    """The control connection's application_name: names the runner's own process, for a second runner's message
+    and for pg_stat_activity (the host goes last: Postgres keeps 63 bytes)."""
+    return f"{CONTROL_APP} pid={os.getpid()} host={socket.gethostname()}"[:63]
+
+
+def describe_holder(conn: psycopg.Connection, spec: Spec, holder: tuple) -> str:
+    """"pgconverge runner (process 1234 on host X, run #7: `run expand`) holds the migration lock from backend pid
+    5678 (…) since …": the runner's process from its ledger run (recorded by the control connection holding the
+    lock, so only a run begun since that connection started is its own), else from its application_name."""
+    pid, app, client, since = holder
+    backend = (f"backend pid {pid} ({app or 'no application_name'}, from {client}) "
+               f"since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip())
+    run = None
+    ledger = Ledger(conn, spec)
+    try:
+        if ledger.exists():
+            run = conn.execute(sql.SQL("select id, command, client from {} where pid = %s and started_at >= %s "
+                                       "order by id desc limit 1").format(ledger.t("runs")), (pid, since)).fetchone()
+    except psycopg.Error:
+        run = None  # the ledger cannot be read by this role: the session's own description is enough
+    named = dict(part.split("=", 1) for part in (app or "").split()[1:] if "=" in part)
+    os_pid, host = named.get("pid"), named.get("host")
+    if run and run[2] and ":" in run[2]:
+        host, os_pid = run[2].rsplit(":", 1)
+    if not (app or "").startswith(CONTROL_APP) and run is None:
+        return f"a session not started by pgconverge holds the migration lock: {backend}"
+    said = ([f"process {os_pid}" + (f" on host {host}" if host else "")] if os_pid else []) + \
+        ([f"run #{run[0]}: `{run[1]}`"] if run else [])
+    return "pgconverge runner " + (f"({', '.join(said)}) " if said else "") + f"holds the migration lock from {backend}"
 
 
 def upper_bound(conn: psycopg.Connection, op: Batched):
@@ -120,6 +156,7 @@ class Runner:
         self.command = command
         self.policy = retry.RetryPolicy(attempts=max(1, spec.migration.lock_retries))
         self.lock_timeout_ms = spec.migration.lock_timeout_ms
+        self.undone: list[str] = []  # during a step: what its failure path already put back (see _undo_unsafe)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -129,7 +166,7 @@ class Runner:
         self.interrupts.install()
         interrupt.activate(self.interrupts)
         try:
-            self.control = connect(self.target, application_name="pgconverge:control")
+            self.control = connect(self.target, application_name=control_application_name())
         except BaseException:
             self.interrupts.uninstall()
             raise
@@ -176,10 +213,10 @@ class Runner:
         if got:
             return
         holder = lock_holder(self.control, self.spec)
-        who = (f"pid {holder[0]} ({holder[1]}, from {holder[2]}, connected since {holder[3]:%Y-%m-%d %H:%M:%S})"
-               if holder else "another session")
         raise RunnerBusy(
-            f"another pgconverge runner is working on this database: {who} holds the migration lock",
+            "another pgconverge runner is working on this database: "
+            + (describe_holder(self.control, self.spec, holder) if holder
+               else "another session holds the migration lock"),
             fix="wait for it to finish (`pgconverge status` shows its progress); if that process is gone, "
                 "its lock went with its connection, so simply run again")
 
@@ -195,7 +232,7 @@ class Runner:
                     f"(ledger {st.fingerprint}, plan {step.op.fingerprint()}): the configuration or the schema "
                     "changed since that run",
                     fix="restore the pgconverge.toml used for that run (`pgconverge status --json` shows it), or "
-                        f"roll back before {step.phase} with `pgconverge rollback --to {step.phase}` and run again")
+                        f"roll back before {step.phase} with `pgconverge rollback {step.phase}` and run again")
         idx = PHASES.index(phase)
         for earlier in PHASES[:idx]:
             pending = [s.id for s in self.plan.phase(earlier) if states.get(s.id) is None
@@ -259,6 +296,37 @@ class Runner:
             results.append(self.run_step(step, resuming=bool(own and own.state == "pending")))
         return results
 
+    def _say_reading(self, step: Step) -> None:
+        """Before a step that reads whole tables in one statement (a linkage snapshot, the phone audit), one line
+        saying what it reads, from the planner's row estimates: such a step shows no bar, and may take a while."""
+        note = getattr(self.progress, "note", None)
+        op = step.op
+        if note is None:
+            return
+        if getattr(op, "reads_tables", False):
+            try:  # the dependents: what every snapshot of row owners reads
+                cat = self.catalogs.for_phase(step.phase) if step.phase in PHASES else self.catalogs.current
+            except (CatalogError, ValueError):
+                return
+            tables = list(dict.fromkeys(str(d.table.name) for d in cat.dependents))
+            what = ""
+        elif op.executor == "phone_audit":
+            tables, what = [str(op.table)], f" (the distinct {op.column} values, each compared with phonenumbers)"
+        else:
+            return
+        if not tables:
+            return
+        try:  # pg_class's estimates, partitions summed: no scan
+            rows = dict(self.control.execute(
+                "select t, (select coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint from pg_class c where c.oid in "
+                "(select t::regclass union select relid from pg_partition_tree(t::regclass)) and c.relkind <> 'p') "
+                "from unnest(%s::text[]) t", (tables,)).fetchall())
+        except psycopg.Error:
+            rows = {}
+        about = {t: round(n, 2 - len(str(n))) if n >= 100 else n for t, n in rows.items()}  # two digits: estimates
+        parts = [(f"about {about[t]:,} rows of " if about.get(t) else "") + t for t in tables]
+        note(f"  reading {', '.join(parts)}{what}…")
+
     def _announce_resume(self, name: str, steps: list[Step], state) -> None:
         """Say so when a command picks up where an earlier one stopped: "resuming expand: 5 of 12 steps done,
         expand.carts.backfill from row 12,000" (STATE(step): "done", "pending" — started, never finished — or else)."""
@@ -286,6 +354,8 @@ class Runner:
             baseline.save(self.ledger, self.run_id, step.phase, self.catalogs.live)
             self.catalogs.saved[step.phase] = self.catalogs.live
         self.progress.step_started(step)
+        self._say_reading(step)
+        self.undone = []
         started = time.monotonic()
         self.ledger.event(self.run_id, step.phase, step.id, "start", fingerprint=step.op.fingerprint(),
                           detail={"fresh": not resuming, "lock": str(step.op.lock), "cost": str(step.op.cost)})
@@ -296,6 +366,7 @@ class Runner:
                     "phone_audit": self._run_phone_audit,
                     "gates": lambda st, res: gates.run(self, st, res)}[step.op.executor]
         try:
+            killpoint.fail(step.id, "before", self.work)
             result = executor(step, resuming)
         except interrupt.Interrupted as exc:  # stopped at a safe point inside the step
             raise self._interrupted(step, exc, started) from None
@@ -307,7 +378,9 @@ class Runner:
             state = getattr(last, "sqlstate", None)
             self.ledger.event(self.run_id, step.phase, step.id, "error", sqlstate=state, message=str(last).strip(),
                               duration_ms=(time.monotonic() - started) * 1000)
-            raise self._failure(step, exc, last) from exc
+            failure = self._failure(step, exc, last)
+            self._undo_unsafe(step, failure)
+            raise failure from exc
         except PgConvergeError as exc:  # a gate or a check: recorded (status shows it failed) unless the executor did
             try:
                 if self.ledger.last_outcome(step.id) != "error":
@@ -315,6 +388,7 @@ class Runner:
                                       duration_ms=(time.monotonic() - started) * 1000)
             except psycopg.Error:
                 pass  # the ledger is out of reach: the error is printed all the same
+            self._undo_unsafe(step, exc)
             raise
         result.seconds = time.monotonic() - started
         killpoint.reached(step.id, "after")
@@ -339,6 +413,48 @@ class Runner:
             pass  # the ledger could not take it (the connection went with the abort): the line is printed all the same
         self.progress.step_finished(step, "interrupted", 0.0 if started is None else time.monotonic() - started)
         return exc
+
+    def _undo_unsafe(self, step: Step, failure: PgConvergeError) -> None:
+        """STEP failed: undo, latest first, the phase's done steps before it that are not safe alone.
+
+        The state "these steps done, the next not done" is one the application may not work in (see
+        Operation.safe_alone). Each is undone by its reverse, recorded as `reverted`, and FAILURE says which,
+        so a resumed run does them again. The walk stops at the first step that is safe alone.
+        """
+        undone = list(self.undone)
+        try:
+            states = self.ledger.step_states() if step.phase in PHASES else {}
+        except psycopg.Error:  # the ledger is out of reach (the connection went): the error is printed as it is
+            states = {}
+        if states:
+            steps = self.plan.phase(step.phase)
+            for prev in reversed(steps[:steps.index(step)]):
+                st = states.get(prev.id)
+                back = prev.op.reverse()
+                if st is None or st.state != "done" or prev.op.safe_alone or back is None or back.executor != "sql":
+                    break
+                try:
+                    with self.interrupts.shielded():
+                        if back.executor == "sql" and back.transactional:
+                            def attempt(n: int) -> None:
+                                with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms):
+                                    for s in back.statements():
+                                        self.work.execute(s)
+                            retry.run(attempt, self.policy)
+                        else:
+                            self._plain(back.statements())
+                except (retry.RetriesExhausted, psycopg.Error) as exc:
+                    last = exc.last if isinstance(exc, retry.RetriesExhausted) else exc
+                    failure.problem += (f"; {prev.id}, which is not safe without {step.id}, could not be undone "
+                                        f"({str(last).strip()}): resume or roll back the phase soon")
+                    return
+                self.ledger.event(self.run_id, prev.phase, prev.id, "reverted",
+                                  message=f"undone because {step.id} failed and {prev.id} is not safe without "
+                                          "the steps after it", sql=";\n".join(back.sql_text()))
+                undone.append(prev.id)
+        if undone:
+            failure.problem += (f"; undone automatically so the application keeps working: {', '.join(undone)}; "
+                                f"run the same command again to resume {step.phase}")
 
     def _failure(self, step: Step, exc: Exception, last: psycopg.Error) -> StepFailed:
         if isinstance(exc, retry.RetriesExhausted):
@@ -388,6 +504,7 @@ class Runner:
                 # Same transaction: the step and its "done" record commit together or not at all.
                 self._done(step, n, texts, conn=self.work)
                 killpoint.reached(step.id, "commit")
+                killpoint.fail(step.id, "commit", self.work)
             return n
 
         n = retry.run(attempt, self.policy, self._on_retry(step))
@@ -433,6 +550,7 @@ class Runner:
             for name, value in op.settings:
                 self.work.execute("select set_config(%s, %s, true)", (name, value))
             rows = self.work.execute(op.query).fetchall()
+            examined = invariants.rows_in(self.work, op.covers or invariants.walked(self.plan, step.phase))
         if rows:
             listed = "; ".join(f"{a} ({b})" if b is not None else str(a) for a, b in rows[:20])
             more = f" and more" if len(rows) > 20 else ""
@@ -441,7 +559,7 @@ class Runner:
             for sid in op.redo:  # sent back: the next run of the phase does them again (a backfill fills the rows)
                 self.ledger.event(self.run_id, step.phase, sid, "reverted", message=f"to be done again: {step.id} failed")
             raise GateFailed(f"gate {op.name} failed in {step.id}: {op.failure}: {listed}{more}", fix=op.fix)
-        self._done(step, 1, op.sql_text())
+        self._done(step, 1, op.sql_text(), examined=examined)  # rows per table it looked at: its coverage
         return StepResult(step.id, "done", 0.0)
 
     def _run_snapshot(self, step: Step, resuming: bool) -> StepResult:
@@ -461,8 +579,14 @@ class Runner:
         from pgconverge.identity import phone_audit
 
         op = step.op
+        t0 = time.monotonic()
         values = [r[0] for r in self.work.execute(op.statements()[0]).fetchall()]
+        t1 = time.monotonic()
         found = phone_audit.compare(self.work, values, op.schema, op.region)
+        note = getattr(self.progress, "note", None)
+        if note is not None:
+            note(f"  read {len(values):,} distinct numbers in {t1 - t0:.1f} s, compared them with phonenumbers in "
+                 f"{time.monotonic() - t1:.1f} s: {len(found):,} disagree")
         data = {"checked": len(values), "disagreements": len(found),
                 "by_reason": dict(Counter(d.reason for d in found)),
                 "unexplained": sum(1 for d in found if not d.deliberate),
@@ -504,6 +628,8 @@ class Runner:
                     for name, value in op.settings:
                         self.work.execute("select set_config(%s, %s, true)", (name, value))
                     scanned, last, changed = self.work.execute(op.batch, params).fetchone()
+                    if scanned:
+                        killpoint.fail(step.id, f"batch:{batches + 1}", self.work)
                     if not isinstance(last, (int, str, type(None))):
                         last = str(last)  # uuid, timestamp…: kept as text, cast back by the batch statement
                     if scanned:

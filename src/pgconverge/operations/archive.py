@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -13,6 +14,11 @@ from pgconverge.operations.base import Lock, Operation
 
 @dataclass(frozen=True)
 class ArchiveTable(Operation):
+    """Safe alone: moves the legacy table (or the mapping) out of the API's reach in one catalog change; contract's
+    gates and dependency check ran first, so nothing the application still calls reads it."""
+
+    safe_alone: ClassVar[bool] = True
+
     table: QualifiedName
     archived: QualifiedName  # schema = archive schema, name = <table>_<UTC timestamp>
     revoke_from: tuple[str, ...]  # roles that must not reach the archive
@@ -44,6 +50,11 @@ class ArchiveTable(Operation):
 
 @dataclass(frozen=True)
 class RestoreTable(Operation):
+    """Safe alone: puts an archived table back, grants included, in one transaction: what it restores is what the
+    application used before."""
+
+    safe_alone: ClassVar[bool] = True
+
     archived: QualifiedName
     table: QualifiedName
     grants: tuple[tuple[str, str], ...] = ()

@@ -38,6 +38,12 @@ class Operation:
 
     # Which execution routine runs it; "sql" sends statements() in order.
     executor: ClassVar[str] = "sql"  # may be overridden by a property
+    # Whether the state "this step done, the next steps of its phase not done" keeps the old and the new
+    # application code working. Every operation declares it, with the reason in its docstring (no default:
+    # a new operation has to think about it). When a step fails, the runner undoes the phase's done steps
+    # before it that are not safe alone (see execution/runner.py); the planner pairs such a step with what
+    # makes it safe in one transaction (Together) wherever it can.
+    safe_alone: ClassVar[bool]
 
     @property
     def description(self) -> str:

@@ -18,7 +18,12 @@ class Batched(Operation):
 
     `batch` is a statement taking %(after)s (the last key done, NULL at the start) and %(n)s,
     returning one row: (rows scanned, last key, rows changed). An empty batch ends the work.
+
+    Safe alone: each batch commits on its own and the triggers keep rows written meanwhile right, so any prefix of the
+    batches is a state the application already lives with.
     """
+
+    safe_alone: ClassVar[bool] = True
 
     table: QualifiedName
     key: str

@@ -13,6 +13,10 @@ from pgconverge.operations.base import Lock, Operation
 
 @dataclass(frozen=True)
 class Check(Operation):
+    """Safe alone: reads only."""
+
+    safe_alone: ClassVar[bool] = True
+
     name: str
     query: sql.Composable  # returns one row per problem: (what, detail)
     failure: str  # what it means when rows come back

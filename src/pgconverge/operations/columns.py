@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -23,6 +24,10 @@ class _TableOp(Operation):
 
 @dataclass(frozen=True)
 class AddColumn(_TableOp):
+    """Safe alone: a nullable column without a default: statements naming their columns do not see it."""
+
+    safe_alone: ClassVar[bool] = True
+
     type: str
 
     @property
@@ -39,6 +44,12 @@ class AddColumn(_TableOp):
 
 @dataclass(frozen=True)
 class DropColumn(_TableOp):
+    """Not safe alone: a trigger or policy still naming the column would fail every write or read of the table: the
+    planner drops it together (one transaction) with whatever names it, and there is no reverse that brings its
+    values back."""
+
+    safe_alone: ClassVar[bool] = False
+
     @property
     def description(self) -> str:
         return f"drop column {self.table}.{self.column} (a catalog change; space is reclaimed by later writes)"
@@ -49,6 +60,10 @@ class DropColumn(_TableOp):
 
 @dataclass(frozen=True)
 class DropNotNull(_TableOp):
+    """Safe alone: only allows more: every write that passed before still passes."""
+
+    safe_alone: ClassVar[bool] = True
+
     why: str = ""
 
     @property
@@ -61,7 +76,13 @@ class DropNotNull(_TableOp):
 
 @dataclass(frozen=True)
 class SetNotNull(_TableOp):
-    """SET NOT NULL after a validated CHECK (col IS NOT NULL) exists: Postgres then skips the table scan."""
+    """SET NOT NULL after a validated CHECK (col IS NOT NULL) exists: Postgres then skips the table scan.
+
+    Safe alone: runs after a validated CHECK (col IS NOT NULL) and the triggers that fill the column: no write it
+    would refuse is still made.
+    """
+
+    safe_alone: ClassVar[bool] = True
 
     @property
     def description(self) -> str:

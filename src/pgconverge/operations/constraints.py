@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -27,6 +28,11 @@ class _ConstraintOp(Operation):
 
 @dataclass(frozen=True)
 class AddForeignKeyNotValid(_ConstraintOp):
+    """Safe alone: new writes must reference an existing row, which the triggers that fill the column guarantee;
+    existing rows are not checked."""
+
+    safe_alone: ClassVar[bool] = True
+
     column: str
     ref_table: QualifiedName
     ref_column: str
@@ -63,6 +69,11 @@ class AddForeignKeyNotValid(_ConstraintOp):
 
 @dataclass(frozen=True)
 class AddCheckNotValid(_ConstraintOp):
+    """Safe alone: new writes must satisfy it, which the triggers that fill the column guarantee; existing rows are
+    not checked."""
+
+    safe_alone: ClassVar[bool] = True
+
     check: sql.Composable
     why: str = ""
 
@@ -83,6 +94,10 @@ class AddCheckNotValid(_ConstraintOp):
 
 @dataclass(frozen=True)
 class ValidateConstraint(_ConstraintOp):
+    """Safe alone: checks existing rows only; writes are unaffected whether it ran or not."""
+
+    safe_alone: ClassVar[bool] = True
+
     @property
     def description(self) -> str:
         return f"validate {self.name} on {self.table} (reads every row; reads and writes go on meanwhile)"
@@ -101,6 +116,10 @@ class ValidateConstraint(_ConstraintOp):
 
 @dataclass(frozen=True)
 class DropConstraint(_ConstraintOp):
+    """Safe alone: only allows more."""
+
+    safe_alone: ClassVar[bool] = True
+
     @property
     def description(self) -> str:
         return f"drop constraint {self.name} on {self.table}"
@@ -116,7 +135,12 @@ def _deferral(deferrable: bool, initially_deferred: bool) -> str:
 @dataclass(frozen=True)
 class AddKeyUsingIndex(_ConstraintOp):
     """Turn a valid unique index into the table's primary key or a unique constraint (a catalog change: its
-    columns are NOT NULL already where a primary key needs it, so nothing is scanned)."""
+    columns are NOT NULL already where a primary key needs it, so nothing is scanned).
+
+    Safe alone: the unique index it turns into a key already enforces the same rule.
+    """
+
+    safe_alone: ClassVar[bool] = True
 
     kind: str  # "primary key" or "unique"
     index: str  # an index of the same table; Postgres renames it to the constraint's name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -13,6 +14,11 @@ from pgconverge.operations.base import Lock, Operation
 
 @dataclass(frozen=True)
 class CreateFunction(Operation):
+    """Safe alone: a new function (or a private one of pgconverge's): nothing of the application calls it until a
+    later step wires it in."""
+
+    safe_alone: ClassVar[bool] = True
+
     name: QualifiedName
     arg_types: str  # identity argument list as Postgres prints it, e.g. "text" or "public.customers"
     statement: sql.Composable  # the full CREATE OR REPLACE FUNCTION
@@ -42,6 +48,11 @@ class CreateFunction(Operation):
 
 @dataclass(frozen=True)
 class DropFunction(Operation):
+    """Safe alone: postgres refuses to drop a function that a trigger or policy still uses; nothing else of the
+    application calls pgconverge's own functions."""
+
+    safe_alone: ClassVar[bool] = True
+
     name: QualifiedName
     arg_types: str
 

@@ -14,6 +14,11 @@ from pgconverge.operations.base import Cost, Lock, Operation
 
 @dataclass(frozen=True)
 class CreateIndexConcurrently(Operation):
+    """Safe alone: an index changes no result; a failed build leaves an invalid index that only costs writes and is
+    rebuilt on resume."""
+
+    safe_alone: ClassVar[bool] = True
+
     name: QualifiedName  # schema = the table's schema
     table: QualifiedName
     statement: sql.Composable  # the whole CREATE INDEX CONCURRENTLY statement
@@ -62,6 +67,10 @@ class CreateIndexConcurrently(Operation):
 
 @dataclass(frozen=True)
 class DropIndexConcurrently(Operation):  # noqa: D101
+    """Safe alone: an index changes no result (a unique one is dropped only once its rule moved to another)."""
+
+    safe_alone: ClassVar[bool] = True
+
     name: QualifiedName
     table: QualifiedName
 

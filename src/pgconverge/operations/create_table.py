@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -13,6 +14,10 @@ from pgconverge.operations.base import Cost, Lock, Operation
 
 @dataclass(frozen=True)
 class CreateTable(Operation):
+    """Safe alone: a new table in the private schema, out of the API's reach."""
+
+    safe_alone: ClassVar[bool] = True
+
     name: QualifiedName
     body: sql.Composable  # the parenthesised column and constraint list
     why: str = ""
@@ -42,6 +47,10 @@ class CreateTable(Operation):
 
 @dataclass(frozen=True)
 class DropTable(Operation):
+    """Safe alone: drops a table of pgconverge's own, which the application never reads."""
+
+    safe_alone: ClassVar[bool] = True
+
     name: QualifiedName
 
     @property

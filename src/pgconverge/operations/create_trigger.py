@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -13,6 +14,11 @@ from pgconverge.operations.base import Lock, Operation
 
 @dataclass(frozen=True)
 class CreateTrigger(Operation):
+    """Safe alone: its function exists (an earlier step, or the same one) and decides every row without raising,
+    except the documented rejection of a row whose two ids disagree."""
+
+    safe_alone: ClassVar[bool] = True
+
     name: str
     table: QualifiedName
     timing_events: sql.Composable  # e.g. "after insert or update of wa_id"
@@ -47,6 +53,10 @@ class CreateTrigger(Operation):
 
 @dataclass(frozen=True)
 class DropTrigger(Operation):
+    """Safe alone: writes go on without it; what it filled is filled by the backfill or no longer needed by then."""
+
+    safe_alone: ClassVar[bool] = True
+
     name: str
     table: QualifiedName
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -35,7 +36,13 @@ def referenced_check(canonical: QualifiedName, key: str, mapping: QualifiedName,
 
 @dataclass(frozen=True)
 class DeleteCreated(Batched):
-    """Delete, batch by batch, the canonical rows whose mapping says align created them."""
+    """Delete, batch by batch, the canonical rows whose mapping says align created them.
+
+    Safe alone: deletes, batch by batch, canonical rows only align created, after everything that pointed at them is
+    undone.
+    """
+
+    safe_alone: ClassVar[bool] = True
 
     @property
     def cost(self) -> Cost:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -21,6 +22,11 @@ def _create(p: Policy) -> sql.Composable:
 
 @dataclass(frozen=True)
 class DropPolicies(Operation):
+    """Not safe alone: a table under row level security without its policies shows its rows to no one: the planner
+    drops them together (one transaction) with the helper they call, which goes right before the table is archived."""
+
+    safe_alone: ClassVar[bool] = False
+
     policies: tuple[Policy, ...]
     why: str
 
@@ -46,6 +52,10 @@ class DropPolicies(Operation):
 
 @dataclass(frozen=True)
 class CreatePolicies(Operation):
+    """Safe alone: restores the policies exactly as they were."""
+
+    safe_alone: ClassVar[bool] = True
+
     policies: tuple[Policy, ...]
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -13,6 +14,10 @@ from pgconverge.operations.base import Lock, Operation
 
 @dataclass(frozen=True)
 class GrantRead(Operation):
+    """Safe alone: only allows more."""
+
+    safe_alone: ClassVar[bool] = True
+
     table: QualifiedName
     roles: tuple[str, ...]
     why: str = ""

@@ -13,7 +13,14 @@ from pgconverge.operations.base import Cost, Lock, Operation
 
 @dataclass(frozen=True)
 class Unless(Operation):
-    """OP's statements in one DO block, skipped when CONDITION (a boolean SQL expression) holds."""
+    """OP's statements in one DO block, skipped when CONDITION (a boolean SQL expression) holds.
+
+    Safe alone: whatever OP is: the guard only skips OP when its effect is already there.
+    """
+
+    @property
+    def safe_alone(self) -> bool:  # type: ignore[override]
+        return self.op.safe_alone
 
     op: Operation
     condition: sql.Composable

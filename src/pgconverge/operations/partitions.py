@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -27,7 +28,12 @@ from pgconverge.operations.create_index import CreateIndexConcurrently, DropInde
 
 @dataclass(frozen=True)
 class CreateIndexShell(Operation):
-    """A partitioned table's own index, empty and invalid until its partitions' indexes are attached."""
+    """A partitioned table's own index, empty and invalid until its partitions' indexes are attached.
+
+    Safe alone: an index changes no result.
+    """
+
+    safe_alone: ClassVar[bool] = True
 
     name: QualifiedName
     table: QualifiedName
@@ -61,7 +67,12 @@ class CreateIndexShell(Operation):
 
 @dataclass(frozen=True)
 class CreateLeafIndex(CreateIndexConcurrently):
-    """One leaf partition's index, built concurrently, then attached to the partitioned table's index."""
+    """One leaf partition's index, built concurrently, then attached to the partitioned table's index.
+
+    Safe alone: an index changes no result; a failed build leaves an invalid index that is rebuilt on resume.
+    """
+
+    safe_alone: ClassVar[bool] = True
 
     attach_to: QualifiedName = QualifiedName("", "")
 
@@ -93,7 +104,12 @@ def attach_index(parent: QualifiedName, child: QualifiedName) -> sql.Composable:
 
 @dataclass(frozen=True)
 class DropIndex(Operation):
-    """DROP INDEX of a partitioned table's index (there is no CONCURRENTLY for one), with the partitions'."""
+    """DROP INDEX of a partitioned table's index (there is no CONCURRENTLY for one), with the partitions'.
+
+    Safe alone: an index changes no result (a unique one is dropped only once its rule moved to another).
+    """
+
+    safe_alone: ClassVar[bool] = True
 
     name: QualifiedName
     table: QualifiedName
@@ -113,7 +129,12 @@ class DropIndex(Operation):
 
 @dataclass(frozen=True)
 class AddForeignKey(Operation):
-    """The partitioned table's own foreign key, once every leaf partition has a validated one."""
+    """The partitioned table's own foreign key, once every leaf partition has a validated one.
+
+    Safe alone: every leaf already has the same, validated foreign key.
+    """
+
+    safe_alone: ClassVar[bool] = True
 
     table: QualifiedName
     name: str
@@ -162,7 +183,12 @@ class IndexLatePartitions(Operation):
     """Give every leaf partition that has none an index attached to the partitioned table's (ROOT's SHELL):
     partitions attached after the plan was made and before the shell existed (ATTACH builds it for those
     attached later). Built without CONCURRENTLY, inside one DO block: each such partition is locked SHARE
-    (writes to it wait) while its index is built; the planned ones have theirs already and are not touched."""
+    (writes to it wait) while its index is built; the planned ones have theirs already and are not touched.
+
+    Safe alone: an index changes no result.
+    """
+
+    safe_alone: ClassVar[bool] = True
 
     table: QualifiedName
     shell: QualifiedName

@@ -16,6 +16,10 @@ AUDIT_LIMIT = 500_000  # distinct numbers; beyond that a sample in key order
 
 @dataclass(frozen=True)
 class PhoneAudit(Operation):
+    """Safe alone: reads only."""
+
+    safe_alone: ClassVar[bool] = True
+
     table: QualifiedName
     column: str
     schema: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -13,6 +14,10 @@ from pgconverge.operations.base import Lock, Operation
 
 @dataclass(frozen=True)
 class CreatePrivateSchema(Operation):
+    """Safe alone: a schema closed to the API roles."""
+
+    safe_alone: ClassVar[bool] = True
+
     spec: Spec
     roles: frozenset[str]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -13,6 +14,13 @@ from pgconverge.operations.base import Lock, Operation
 
 @dataclass(frozen=True)
 class ReplaceFunction(Operation):
+    """Safe alone: each replacement keeps the function's answers for every caller that exists at that point: the
+    bridged legacy helper answers old tokens as before and maps new ones, the canonical helper is called by no
+    policy until the policy rewrite, and the retired-helper stub is installed only once contract's checks found no
+    caller."""
+
+    safe_alone: ClassVar[bool] = True
+
     name: QualifiedName
     arg_types: str
     definition: str  # a complete CREATE OR REPLACE FUNCTION statement

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -13,6 +14,11 @@ LOCK_BUDGET_MS = 120  # the longest all the policy tables' locks may take to acq
 
 @dataclass(frozen=True)
 class ReplacePolicies(Operation):
+    """Safe alone: all policies in one transaction, checked for equivalence in the same data snapshot; when the check
+    fails (or cannot run) the old policies are put back before the step reports the failure."""
+
+    safe_alone: ClassVar[bool] = True
+
     statements_text: tuple[str, ...]  # ALTER POLICY …, one per policy
     reverse_text: tuple[str, ...]
     names: tuple[str, ...]  # "schema.table.policy", for the ledger and messages

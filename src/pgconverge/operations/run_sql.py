@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -11,6 +12,10 @@ from pgconverge.operations.base import Lock, Operation
 
 @dataclass(frozen=True)
 class RunSql(Operation):
+    """Safe alone: used for settings and bookkeeping that change no result the application sees."""
+
+    safe_alone: ClassVar[bool] = True
+
     statement: sql.Composable
     what: str
 

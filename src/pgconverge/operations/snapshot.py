@@ -12,6 +12,10 @@ from pgconverge.operations.base import Lock, Operation
 
 @dataclass(frozen=True)
 class Snapshot(Operation):
+    """Safe alone: reads only, into the ledger."""
+
+    safe_alone: ClassVar[bool] = True
+
     name: str
     # (label, query returning one jsonb value); stored together as one ledger snapshot
     queries: tuple[tuple[str, sql.Composable], ...]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from psycopg import sql
 
@@ -14,6 +15,11 @@ _COST_ORDER = list(Cost)
 
 @dataclass(frozen=True)
 class Together(Operation):
+    """Safe alone: it exists to make a pair that is unsafe apart safe: its parts commit at once, so no one sees the
+    state between them."""
+
+    safe_alone: ClassVar[bool] = True
+
     ops: tuple[Operation, ...]
     why: str
 

@@ -30,9 +30,13 @@ PHASE = "contract"
 
 @dataclass(frozen=True)
 class Gates(Operation):
-    """Everything that must hold before anything is dropped (see execution/gates.py)."""
+    """Everything that must hold before anything is dropped (see execution/gates.py).
+
+    Safe alone: reads only.
+    """
 
     executor: ClassVar[str] = "gates"
+    safe_alone: ClassVar[bool] = True
 
     @property
     def description(self) -> str:
@@ -49,7 +53,13 @@ class Gates(Operation):
 
 @dataclass(frozen=True)
 class RetireFunction(Operation):
-    """Drop a function (no CASCADE: objects still using it stop the step, named by Postgres)."""
+    """Drop a function (no CASCADE: objects still using it stop the step, named by Postgres).
+
+    Safe alone: Postgres refuses the drop while a policy or trigger still calls the function, and contract's
+    checks found no other caller first.
+    """
+
+    safe_alone: ClassVar[bool] = True
 
     name: QualifiedName
     original: str
@@ -127,9 +137,11 @@ def keep_legacy_ids(spec: Spec, cat: Catalog) -> Operation:
     table = kept_ids_table(spec)
     parts = []
     for d in cat.dependents:
+        # The first legacy id of every canonical row, computed once for the whole table and joined (a sort
+        # of the mapping and a hash join): a per-row sub-query walked the mapping's key for every row.
         parts.append(sql.SQL(
-            "select {t}, {k}, d.{l}::text from {tab} d where d.{l} is distinct from "
-            "(select mm.{ml} from {m} mm where mm.{mn} = d.{n} order by mm.{ml} limit 1)").format(
+            "select {t}, {k}, d.{l}::text from {tab} d left join (select distinct on (mm.{mn}) mm.{mn}, mm.{ml} "
+            "from {m} mm order by mm.{mn}, mm.{ml}) f on f.{mn} = d.{n} where d.{l} is distinct from f.{ml}").format(
             t=sql.Literal(references.label(cat, d)), k=_row_id(spec, cat, d), l=ident(d.fk.columns[0]),
             tab=qn(d.table.name), ml=ident(spec.mapping_legacy_column), m=qn(m), mn=ident(spec.migration.new_column),
             n=ident(references.new_column(spec, cat, d))))
@@ -148,7 +160,7 @@ def final_validation(spec: Spec) -> Check:
         "select format('%s row %s: owner %s before, %s now', b.tbl, b.pk, b.owner, a.owner), null "
         "from {b} b join {a} a using (tbl, pk) where a.owner is distinct from b.owner limit 50").format(
         b=before, a=after), failure="rows are linked to another identity than before the migration",
-        fix="roll back with `pgconverge rollback --to contract` and investigate the rows named",
+        fix="roll back with `pgconverge rollback contract` and investigate the rows named",
         covers=(linkage_table(spec, "before"),))
 
 
@@ -205,10 +217,12 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         # API roles' reach, so they go (and come back on rollback) instead of blocking the drop.
         own = tuple(p for p in cat.policies if p.table == cat.legacy.name
                     and cat.legacy_helper.signature in p.function_refs)
-        if own:
-            add("legacy_table_policies", DropPolicies(
-                own, f"they call {spec.legacy.helper}(), which is dropped, on a table that is archived"))
-        add("legacy_helper", RetireFunction(spec.legacy.helper, helper.legacy_bridge_sql))
+        retire = RetireFunction(spec.legacy.helper, helper.legacy_bridge_sql)
+        # One transaction: the legacy table without its policies would show its rows to no one while the
+        # helper is still there, should the drop fail (DropPolicies is not safe alone).
+        add("legacy_helper", Together((DropPolicies(
+            own, f"they call {spec.legacy.helper}(), which is dropped, on a table that is archived"), retire),
+            "the legacy table never stands without its policies") if own else retire)
     else:
         add("legacy_helper", ReplaceFunction(spec.legacy.helper, "", _legacy_stub(spec, cat),
                                              helper.legacy_bridge_sql, why="a stub that says the helper is retired"))
