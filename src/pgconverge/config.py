@@ -112,6 +112,9 @@ class Settings:
     # Views and materialized views that read a legacy column or the legacy table, as "schema.view", that the
     # user drops or re-creates before contract (plan refuses the others; contract refuses while any remains).
     accept_views: tuple[str, ...] = ()
+    # Seconds that must pass between the runtime baseline (taken by the switch, or again by
+    # `audit runtime --rebaseline`) and contract, so that old code has had the time to show itself.
+    observation_window: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -290,11 +293,65 @@ def _value(source: str, section: str, key: str, value: Any) -> Any:
         return tuple(value)
     if key == "new_columns":
         return _new_columns(where, value)
+    if key == "observation_window":
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{source}: {section}.{key} = {value!r} is invalid: {exc}",
+                fix=f"set {section}.{key} to a number of seconds (900) or a duration such as \"15m\", \"1h30m\" "
+                    f"or \"45s\", at most {MAX_OBSERVATION_WINDOW_S // 86400} days; 0 lets contract follow the "
+                    "switch at once; or remove it to use the default (15 minutes)") from None
     if key == "legacy_helper_after_contract":
         if value not in ("stub", "drop"):
             raise _bad(*where, "\"stub\" (replace by a function that raises a clear error) or \"drop\"")
         return value
     raise AssertionError(f"unhandled config key {section}.{key}")  # every field is typed above
+
+
+MAX_OBSERVATION_WINDOW_S = 30 * 86400
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(d|h|min|ms|m|s)?\s*", re.IGNORECASE)
+_DURATION_UNIT_S = {"d": 86400.0, "h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0, "ms": 0.001, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number of seconds or a string such as "15m", "1h30m", "90s", "2 h" (ValueError if not)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds or a duration string, not a boolean")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text, pos, seconds, parts = value.strip(), 0, 0.0, 0
+        while pos < len(text):
+            m = _DURATION_PART.match(text, pos)
+            if m is None or m.end() == pos:
+                raise ValueError(f"cannot read {text[pos:]!r} as a duration (units: d, h, m or min, s, ms)")
+            unit = m.group(2).lower() if m.group(2) else None
+            if unit is None and m.end() < len(text):
+                raise ValueError(f"{text[m.end():]!r} after {m.group(1)} is not a unit (d, h, m or min, s, ms)")
+            seconds += float(m.group(1)) * _DURATION_UNIT_S[unit]
+            pos, parts = m.end(), parts + 1
+        if not parts:
+            raise ValueError("empty duration")
+    else:
+        raise ValueError(f"expected a number of seconds or a duration string, got {type(value).__name__}")
+    if not 0 <= seconds <= MAX_OBSERVATION_WINDOW_S:
+        raise ValueError(f"{seconds:g} seconds is outside 0 to {MAX_OBSERVATION_WINDOW_S} seconds "
+                         f"({MAX_OBSERVATION_WINDOW_S // 86400} days)")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """SECONDS the way a person reads them: "15 min", "1 h 30 min", "3 s", "2.5 s"."""
+    s = max(0.0, seconds)
+    if s < 60:
+        return f"{s:.0f} s" if s >= 10 or s == int(s) else f"{s:.1f} s"
+    out, rest = [], round(s)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if rest >= size:
+            out.append(f"{rest // size} {unit}")
+            rest %= size
+    return " ".join(out)
 
 
 def _identifiers(where: tuple, names: list[str], expected: str) -> None:

@@ -14,6 +14,11 @@ def test_runtime_audit_detects_a_read_and_a_helper_call_after_the_baseline(make_
     clean = cli_json("audit", "runtime", "--dsn", dsn)
     assert clean["baseline_at"] and clean["in_use"] == [] and clean["legacy_helper_calls"] == 0
     assert any("pg_stat_statements" in u for u in clean["unavailable"])  # said plainly, with the reason
+    # Rows old code writes to the dependent tables with only customer_id are counted per table (none yet), and
+    # contract waits for the default observation window since the baseline.
+    assert {(w["table"], w["column"], w["rows"]) for w in clean["old_code_rows"]} == {
+        ("public.carts", "customer_id", 0), ("public.orders", "customer_id", 0), ("public.sessions", "customer_id", 0)}
+    assert clean["observation_window"]["seconds"] == 900 and clean["observation_window"]["open"]
     # Old code after the switch: it reads the legacy table and asks the legacy helper who is calling.
     with psycopg.connect(dsn, autocommit=True) as app:  # a new session picks up track_functions = all
         app.execute("select count(*) from public.customers")

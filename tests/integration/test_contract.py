@@ -12,6 +12,8 @@ from psycopg import errors
 from _support import cli, cli_json, schema_dump, write_config
 
 SMALL = 0.1
+# Contract right after the switch: these tests do not wait for the observation window (default 15 min).
+NO_WINDOW = "[migration]\nobservation_window = 0\n"
 
 
 def _linkage(conn) -> dict:
@@ -19,9 +21,10 @@ def _linkage(conn) -> dict:
             for t in ("carts", "orders", "sessions")}
 
 
-def test_full_forward_run_archives_the_legacy_side(make_db, template_factory):
+def test_full_forward_run_archives_the_legacy_side(make_db, template_factory, tmp_path):
     dsn = make_db(template_factory(SMALL))
-    out = cli_json("run", "--all", "--dsn", dsn, "--accept-code-references")
+    out = cli_json("run", "--all", "--dsn", dsn, "--config", write_config(tmp_path, NO_WINDOW),
+                   "--accept-code-references")
     assert out["phases"] == ["align", "expand", "switch", "contract"]
     with psycopg.connect(dsn, autocommit=True) as conn:
         cols = conn.execute("select table_name from information_schema.columns where table_schema = 'public' "
@@ -71,35 +74,43 @@ def test_a_failing_gate_names_the_blocker_and_changes_nothing(make_db, template_
             app.execute("select pg_stat_force_next_flush()")
         out = cli("run", "contract", "--dsn", dsn, "--accept-code-references", expect=2)
         assert re.search(r"no runtime use since the switch: n_tup_ins \+1", out), out
+        # And the default observation window (15 min) has not passed since the switch: said, with how to shorten it.
+        flat = " ".join(out.split())
+        assert re.search(r"observation window: \S+ s of 15 min observed", flat), flat
+        assert "migration.observation_window (now 15 min)" in flat and "left" in flat, flat
         assert schema_dump(conn, ("public", "archive")) == before
     cli("run", "contract", "--dsn", dsn, "--accept-code-references", "--accept-runtime-use")
 
 
 @pytest.mark.parametrize("last", ["align", "expand", "switch", "contract"])
-def test_rollback_from_each_phase_returns_to_the_start(make_db, template_factory, last):
+def test_rollback_from_each_phase_returns_to_the_start(make_db, template_factory, last, tmp_path):
     dsn = make_db(template_factory(SMALL))
+    cfg = write_config(tmp_path, NO_WINDOW)
     with psycopg.connect(dsn, autocommit=True) as conn:
         before, links = schema_dump(conn), _linkage(conn)
         for ph in ("align", "expand", "switch", "contract")[:("align", "expand", "switch", "contract").index(last) + 1]:
-            cli("run", ph, "--dsn", dsn, "--accept-code-references") if ph == "contract" else cli("run", ph, "--dsn", dsn)
-        cli("rollback", "--to", "align", "--dsn", dsn)
+            cli("run", ph, "--dsn", dsn, "--config", cfg, *(("--accept-code-references",) if ph == "contract" else ()))
+        cli("rollback", "align", "--dsn", dsn, "--config", cfg)
         assert schema_dump(conn) == before
         assert _linkage(conn) == links
         assert conn.execute("select count(*) from pg_class where relnamespace = to_regnamespace('archive')"
                             ).fetchone()[0] == 0
-    cli("run", "--all", "--dsn", dsn, "--accept-code-references")  # and forward again
+        # Expand's counters of old code's rows went with it.
+        assert conn.execute("select count(*) from pg_class where relkind = 'S' and relname like 'old_writes_%'"
+                            ).fetchone()[0] == 0
+    cli("run", "--all", "--dsn", dsn, "--config", cfg, "--accept-code-references")  # and forward again
 
 
 def test_dropping_the_legacy_helper_takes_the_legacy_tables_own_policies_and_rollback_restores_them(
         make_db, template_factory, tmp_path):
     dsn = make_db(template_factory(SMALL))
-    cfg = write_config(tmp_path, '[migration]\nlegacy_helper_after_contract = "drop"\n')
+    cfg = write_config(tmp_path, NO_WINDOW + 'legacy_helper_after_contract = "drop"\n')
     with psycopg.connect(dsn, autocommit=True) as conn:
         before = schema_dump(conn)
         cli("run", "--all", "--dsn", dsn, "--config", cfg, "--accept-code-references")
         assert conn.execute("select to_regprocedure('public.auth_customer_id()')").fetchone()[0] is None
         assert conn.execute("select count(*) from pg_policies where tablename like 'customers%'").fetchone()[0] == 0
-        cli("rollback", "--to", "align", "--dsn", dsn, "--config", cfg)
+        cli("rollback", "align", "--dsn", dsn, "--config", cfg)
         assert schema_dump(conn) == before  # helper and customers_self_select exactly as they were
 
 
@@ -147,7 +158,7 @@ def test_round_trip_with_writers_active_throughout(make_db, template_factory, tm
             cli("run", ph, "--dsn", dsn)
         cli("run", "contract", "--dsn", dsn, "--accept-code-references", "--accept-runtime-use")
         stop.wait(0.5)
-        cli("rollback", "--to", "align", "--dsn", dsn)
+        cli("rollback", "align", "--dsn", dsn)
         stop.wait(0.3)
     finally:
         stop.set()

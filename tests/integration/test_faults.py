@@ -113,9 +113,9 @@ def test_killed_rollback_resumes(make_db, template_factory, tmp_path):
     with psycopg.connect(dsn, autocommit=True) as conn:
         before, owners = schema_dump(conn), row_owners(conn)
         cli(*ALL, "--dsn", dsn, "--config", cfg)
-        _kill_when(conn, _start(dsn, cfg, "rollback", "--to", "align"),
+        _kill_when(conn, _start(dsn, cfg, "rollback", "align"),
                    "select exists (select 1 from pgconverge.checkpoints where step like 'rollback.contract.%legacy_ids')")
-        cli("rollback", "--to", "align", "--dsn", dsn, "--config", cfg)
+        cli("rollback", "align", "--dsn", dsn, "--config", cfg)
         assert schema_dump(conn) == before and row_owners(conn) == owners
 
 
@@ -171,12 +171,12 @@ def test_rollback_killed_then_contract_run_again_then_rolled_back(make_db, templ
     dsn = make_db(template_factory(0.1))
     with psycopg.connect(dsn, autocommit=True) as conn:
         before, owners = schema_dump(conn), row_owners(conn)
-    cli("run", "--all", "--dsn", dsn, "--accept-code-references")
+    cli("run", "--all", "--dsn", dsn, "--accept-code-references", "--accept-runtime-use")  # no observation window
     env = {**os.environ, "PGCONVERGE_KILL_AT": "rollback.contract.carts.legacy_foreign_key:after"}
-    killed = subprocess.run([sys.executable, "-m", "pgconverge", "rollback", "--to", "align", "--dsn", dsn],
+    killed = subprocess.run([sys.executable, "-m", "pgconverge", "rollback", "align", "--dsn", dsn],
                             env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     cli("run", "contract", "--dsn", dsn, "--accept-code-references", "--accept-runtime-use")
-    cli("rollback", "--to", "align", "--dsn", dsn)
+    cli("rollback", "align", "--dsn", dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert schema_dump(conn) == before and row_owners(conn) == owners

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import psycopg
 
-from _support import cli, cli_json
+from _support import cli, cli_json, write_config
 
 from pgconverge.verify import rls
 
 
-def test_scan_bound_tables_are_checked_within_their_budget(fixture_db, monkeypatch):
+def test_scan_bound_tables_are_checked_within_their_budget(fixture_db, monkeypatch, tmp_path):
     # Every table counts as scan-bound and no budget is left after the first token: each table is
     # checked for exactly one token, the switch still passes, and the ledger says what was checked.
     monkeypatch.setattr(rls, "SCAN_BOUND_S", 0.0)
@@ -24,7 +24,9 @@ def test_scan_bound_tables_are_checked_within_their_budget(fixture_db, monkeypat
     assert {k for k in bound if not k.endswith("(after)")} == set(data["tables"])
     assert all(v["tokens_checked"] == 1 and v["tokens"] > 1 for v in bound.values())
     # The contract gate that relies on this check says how much of it there was.
-    gates = cli_json("run", "contract", "--dsn", fixture_db, "--accept-code-references")
+    # (no observation window: contract right after the switch)
+    gates = cli_json("run", "contract", "--dsn", fixture_db, "--accept-code-references", "--config",
+                     write_config(tmp_path, "[migration]\nobservation_window = 0\n"))
     with psycopg.connect(fixture_db, autocommit=True) as conn:
         recorded = conn.execute("select data from pgconverge.snapshots where name = 'contract_gates' "
                                 "order by id desc limit 1").fetchone()[0]

@@ -1,10 +1,16 @@
 """Who still uses the legacy table and helper at run time, from the database's own statistics.
 
-Counters are compared with the baseline the switch recorded. Writes to the legacy table and
-calls of the legacy helper after the switch mean old code still runs. Reads (sequential and
-index scans) are reported but are not proof of use: until contract drops them, the legacy
-foreign keys check every row new code writes (the sync trigger fills the legacy id), and on a
-small table Postgres reads the table rather than its index for that check.
+Counters are compared with the baseline the switch recorded. Writes to the legacy table, calls
+of the legacy helper and rows written to a dependent table with only the legacy column set
+(expand's sync trigger fills the new column and counts each such row in a sequence of the
+private schema) after the switch mean old code still runs. Reads (sequential and index scans)
+are reported but are not proof of use: until contract drops them, the legacy foreign keys check
+every row new code writes (the sync trigger fills the legacy id), and on a small table Postgres
+reads the table rather than its index for that check.
+
+The baseline also starts the observation window (migration.observation_window): old code that
+runs only now and then (a nightly job) needs time to show itself, so contract waits until the
+window has passed since the latest baseline.
 """
 
 from __future__ import annotations
@@ -29,12 +35,17 @@ class RuntimeAudit:
     helper_calls: int | None = None
     statements: list[dict] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)
+    # Per reference: {table, column, new_column, sequence, rows}: rows written with the legacy column alone
+    old_writes: list[dict] = field(default_factory=list)
+    observation_window: float = 0.0  # seconds, from the config
+    observed_s: float | None = None  # seconds since the baseline (None: no baseline)
 
     @property
     def in_use(self) -> list[str]:
         out = [f"{k} +{v}" for k, v in self.table.items() if k in USE and v]
         if self.helper_calls:
             out.append(f"legacy helper calls +{self.helper_calls}")
+        out += [old_write_detail(w) for w in self.old_writes if w["rows"]]
         out += [f"statement called {s['calls']}×: {s['query'][:80]}" for s in self.statements if s["calls"]]
         return out
 
@@ -42,10 +53,41 @@ class RuntimeAudit:
     def reads(self) -> list[str]:
         return [f"{k} +{v}" for k, v in self.table.items() if k in READS and v]
 
+    @property
+    def window_left_s(self) -> float | None:
+        """Seconds of the observation window still to go (0: over; None: no baseline to count from)."""
+        if self.observed_s is None:
+            return None if self.observation_window > 0 else 0.0
+        return max(0.0, self.observation_window - self.observed_s)
+
+    @property
+    def window_open(self) -> bool:
+        """True while contract must still wait (no baseline yet counts as waiting, for a window above 0)."""
+        left = self.window_left_s
+        return left is None or left > 0
+
+    def window_detail(self) -> str:
+        from pgconverge.config import format_duration
+
+        w = format_duration(self.observation_window)
+        if self.observed_s is None:
+            return (f"no runtime baseline to start the observation window of {w} from (the switch records one; "
+                    "`pgconverge audit runtime --rebaseline` takes one now)")
+        return (f"observation window: {format_duration(self.observed_s)} of {w} observed since the runtime baseline "
+                f"of {self.baseline_at}, {format_duration(self.window_left_s or 0)} left "
+                "(old code that runs now and then needs the time to show itself)")
+
     def as_dict(self) -> dict:
         return {"baseline_at": self.baseline_at, "legacy_table": self.table, "legacy_helper_calls": self.helper_calls,
-                "statements": self.statements, "unavailable": self.unavailable, "in_use": self.in_use,
-                "reads": self.reads}
+                "old_code_rows": self.old_writes, "statements": self.statements, "unavailable": self.unavailable,
+                "in_use": self.in_use, "reads": self.reads,
+                "observation_window": {"seconds": self.observation_window, "observed_s": self.observed_s,
+                                       "left_s": self.window_left_s, "open": self.window_open}}
+
+
+def old_write_detail(w: dict) -> str:
+    return (f"{w['table']}: {w['rows']} row(s) written with {w['column']} only (old code; the sync trigger filled "
+            f"{w['new_column']}) — update the writers to set {w['new_column']}")
 
 
 def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str | None = None) -> RuntimeAudit:
@@ -72,6 +114,12 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
                                  "for the database; the switch does so where it may)")
     else:
         audit.helper_calls = int(fn[0] if fn else 0) - int((base.get("legacy_helper") or {}).get("calls") or 0)
+    _old_writes(conn, spec, cat, base, audit)
+    audit.observation_window = spec.migration.observation_window
+    if audit.baseline_at:
+        audit.observed_s = float(conn.execute(
+            "select extract(epoch from pg_catalog.clock_timestamp() - %s::timestamptz)", (audit.baseline_at,)
+        ).fetchone()[0])
     has_pss = conn.execute("select exists (select 1 from pg_extension where extname = 'pg_stat_statements')"
                            ).fetchone()[0]
     if not has_pss:
@@ -91,6 +139,38 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
     return audit
 
 
+def _old_writes(conn: psycopg.Connection, spec: Spec, cat: Catalog, base: dict, audit: RuntimeAudit) -> None:
+    """Rows written to each dependent table with only the legacy column since the baseline (expand's counters)."""
+    from pgconverge.planning import references, switch
+
+    counters = switch.old_writes_counters(spec, cat)
+    if not counters:
+        return
+    now = conn.execute(switch.old_writes_values(counters)).fetchone()[0]
+    before = base.get("old_writes")
+    news = {(str(d.table.name), d.fk.columns[0]): references.new_column(spec, cat, d) for d in cat.dependents}
+    for seq, table, column in counters:
+        if now.get(seq) is None:
+            audit.unavailable.append(f"{table}.{column}: rows written with it alone are not counted (no counter "
+                                     f"{seq}: expand made by an earlier version; `pgconverge rollback expand` "
+                                     "and `pgconverge run expand` again create it)")
+            continue
+        if before is None or before.get(seq) is None:
+            if base:
+                audit.unavailable.append(f"{table}.{column}: the baseline holds no value of {seq} (taken by an "
+                                         "earlier version, or before expand made it): take it again with "
+                                         "`pgconverge audit runtime --rebaseline` to count from now")
+                continue
+            then = 0
+        else:
+            then = int(before[seq])
+        value = int(now[seq])
+        # A counter below its baseline was made afresh since (expand rolled back and run again): count from there.
+        rows = value - then if value >= then else value
+        audit.old_writes.append({"table": table, "column": column, "new_column": news.get((table, column)),
+                                 "sequence": seq, "rows": rows})
+
+
 def _emitted_baseline(conn: psycopg.Connection, spec: Spec) -> dict | None:
     """The latest baseline the emitted migration files recorded (`pgconverge emit`), in the ledger's shape."""
     from psycopg import sql
@@ -107,7 +187,7 @@ def _emitted_baseline(conn: psycopg.Connection, spec: Spec) -> dict | None:
         return None
     b = row[0]
     return {"taken_at": b["taken_at"], "legacy_table": {k: b.get(k) for k in TABLE_COUNTERS},
-            "legacy_helper": {"calls": b.get("helper_calls")}}
+            "legacy_helper": {"calls": b.get("helper_calls")}, "old_writes": b.get("old_writes")}
 
 
 def record_baseline(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> dict:

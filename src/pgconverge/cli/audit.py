@@ -29,6 +29,9 @@ FailOpt = Annotated[bool, typer.Option(
 ColumnOpt = Annotated[list[str] | None, typer.Option(
     "--column", help="Another legacy column name to report, besides the foreign-key column of the config "
                      "(repeatable).", show_default=False)]
+FailOnUseOpt = Annotated[bool, typer.Option(
+    "--fail-on-use", help="Exit with code 1 while anything still uses the legacy side since the baseline (for CI, "
+                          "before contract). --fail-on-findings is accepted too.")]
 HelperOpt = Annotated[list[str] | None, typer.Option(
     "--code-helper", help="An application identifier to report and its replacement, as OLD=NEW (repeatable). "
                           "Default: migration.code_helpers of the config (ensureCustomer=ensureProfile).",
@@ -98,7 +101,8 @@ def _render(directory: Path, result, counts: dict[str, int]) -> None:
 @app.command("runtime")
 @fail_cleanly
 def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
-            fail_on_use: FailOpt = False,
+            fail_on_use: FailOnUseOpt = False,
+            fail_on_findings: Annotated[bool, typer.Option("--fail-on-findings", hidden=True)] = False,
             rebaseline: Annotated[bool, typer.Option(
                 "--rebaseline", help="Take the baseline again now, once the last old-code deployment is retired: "
                                      "use between the switch and that moment is then no longer counted.")] = False,
@@ -106,13 +110,16 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
     """Who still uses the legacy table and helper, from the server's statistics since the switch.
 
     Compares pg_stat_user_tables (scans and row writes on the legacy table), pg_stat_user_functions
-    (calls of the legacy helper) and, where installed, pg_stat_statements with the baseline the
-    switch recorded (or the newer one `--rebaseline` took). Signals this server cannot give are listed,
+    (calls of the legacy helper), the rows old code wrote to each dependent table with only the legacy
+    column (counted by expand's sync trigger) and, where installed, pg_stat_statements with the baseline
+    the switch recorded (or the newer one `--rebaseline` took). Says how much of the observation window
+    (migration.observation_window) contract still waits for. Signals this server cannot give are listed,
     with the reason. With --fail-on-use, exits 1 while anything still uses the legacy side.
     """
     from pgconverge.audit import runtime as rt
     from pgconverge.catalog import baseline
     from pgconverge.cli.common import target
+    from pgconverge.config import format_duration
     from pgconverge.connection import connect
 
     spec = load_spec(config_file)
@@ -133,6 +140,9 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
             console.print(f"  legacy table {k}: +{v}", highlight=False)
         if audit.helper_calls is not None:
             console.print(f"  legacy helper calls: +{audit.helper_calls}", highlight=False)
+        for w in audit.old_writes:
+            console.print(f"  {escape(w['table'])}: +{w['rows']} row(s) written with {escape(w['column'])} only "
+                          f"(old code; {escape(str(w['new_column']))} filled by the sync trigger)", highlight=False)
         for s in audit.statements:
             console.print(f"  {s['calls']}× {escape(s['query'][:120])}", highlight=False)
         for u in audit.unavailable:
@@ -140,7 +150,12 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
         if audit.reads:
             console.print(f"  reads of the legacy table: {', '.join(audit.reads)} (not counted as use: the legacy "
                           "foreign keys' own checks read it too)", highlight=False)
-        console.print("[red]still in use[/]: " + "; ".join(audit.in_use) if audit.in_use
-                      else "[green]no use of the legacy table or helper since the baseline[/]", highlight=False)
-    if fail_on_use and audit.in_use:
+        console.print("[red]still in use[/]: " + escape("; ".join(audit.in_use)) if audit.in_use
+                      else "[green]no use of the legacy side since the baseline[/]", highlight=False)
+        if audit.window_open:
+            console.print("[yellow]contract waits[/]: " + escape(audit.window_detail()), highlight=False)
+        elif audit.observed_s is not None:
+            console.print(f"observation window of {format_duration(audit.observation_window)} passed "
+                          f"({format_duration(audit.observed_s)} since the baseline)", highlight=False)
+    if (fail_on_use or fail_on_findings) and audit.in_use:
         raise typer.Exit(1)

@@ -14,7 +14,7 @@ from psycopg import sql
 from pgconverge.catalog.model import Catalog, Dependent, Index, Table
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.errors import CatalogError
-from pgconverge.execution.sql import body, ident, qn
+from pgconverge.execution.sql import body, ident, qn, text
 from pgconverge.operations.base import Operation, Step
 from pgconverge.operations.batched import Batched, max_key
 from pgconverge.operations.check import Check
@@ -26,6 +26,8 @@ from pgconverge.operations.create_function import CreateFunction
 from pgconverge.operations.create_index import CreateIndexConcurrently, simple_index
 from pgconverge.operations.create_trigger import CreateTrigger
 from pgconverge.operations.partitions import AddForeignKey
+from pgconverge.operations.run_sql import RunSql
+from pgconverge.operations.together import Together
 from pgconverge.planning import align, partitions, references, shapes
 from pgconverge.planning.index_mirror import contains_column, mirror, mirrored_names
 
@@ -59,6 +61,8 @@ class Names:
         self.trigger = f"{TRIGGER}{own}"[:63]
         self.sync_fn = QualifiedName(private, f"sync_{t.schema}_{t.name}{own}"[:63])
         self.late_fn = QualifiedName(private, f"backfill_{t.schema}_{t.name}{own}"[:63])
+        # Counts the rows old code writes with the legacy column alone (see old_writes_sequence)
+        self.old_writes = QualifiedName(private, f"old_writes_{t.schema}_{t.name}{own}"[:63])
         self.fk = f"{t.name}_{new}_fkey"[:63]
         self.not_null_check = f"{t.name}_{new}_not_null"[:63]
         self.plain_index = QualifiedName(t.schema, f"idx_{t.name}_{new}"[:63])
@@ -107,8 +111,9 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         if d.column.not_null and not shapes.in_primary_key(d):  # a key column keeps it until contract
             add(n, "drop_legacy_not_null", DropNotNull(d.table.name, legacy_col,
                                                        why="new code may write only the new column"))
-        add(n, "sync_function", CreateFunction(n.sync_fn, "", _sync_function(spec, cat, d, n),
-                                               why=f"keep {legacy_col} and {n.new} of {d.table.name} consistent"))
+        sync = CreateFunction(n.sync_fn, "", _sync_function(spec, cat, d, n),
+                              why=f"keep {legacy_col} and {n.new} of {d.table.name} consistent")
+        add(n, "sync_function", Together((old_writes_sequence(n, d), sync), "the function counts with the sequence"))
         add(n, "sync_trigger", CreateTrigger(n.trigger, d.table.name, sql.SQL("before insert or update of {}, {}").format(
             ident(legacy_col), ident(n.new)), n.sync_fn, why="old code writes one id, new code the other"
             + (" (on the partitioned table: Postgres gives every partition, present and future, a copy)"
@@ -377,6 +382,38 @@ def _key_fill(spec: Spec, d: Dependent, p: dict) -> sql.Composable:
   end if;""").format(**p, legacy_for=qn(align.names(spec)["legacy_for"]))
 
 
+# Writers whose rows the counter leaves out: pgconverge's own sessions (the backfill skips the trigger
+# altogether; a rollback's refill and the switch's write probes go through it).
+OWN_APPLICATION_NAMES = ("pgconverge", "pgconverge:%")
+
+
+def old_writes_sequence(n: Names, d: Dependent) -> Operation:
+    """The counter of rows old code writes to D's table with only the legacy column set.
+
+    A sequence: the sync trigger calls nextval, which is not transactional and locks no row, so counting
+    adds no lock and no write to the application's transaction (and a rolled-back attempt still counts:
+    it is old code at work all the same). Its last value is the count; the runtime baseline records it.
+    Postgres logs a sequence 32 values ahead: after a crash it resumes there, which reads as rows written,
+    so the baseline is to be taken again after one.
+    """
+    return RunSql(sql.SQL("create sequence if not exists {} as bigint").format(
+        qn(n.old_writes)), f"create sequence {n.old_writes}: counts rows of {d.table.name} written with "
+                           f"{n.legacy} only (old code), for the runtime audit and the contract gate")
+
+
+def drop_old_writes_sequence(n: Names) -> Operation:
+    return RunSql(sql.SQL("drop sequence if exists {}").format(qn(n.old_writes)), f"drop sequence {n.old_writes}")
+
+
+def _count_old_write(n: Names) -> sql.Composable:
+    """PL/pgSQL counting one row written by old code, unless pgconverge itself wrote it."""
+    return sql.SQL(
+        "if pg_catalog.current_setting('application_name') not like all (array[{own}]) then\n"
+        "      perform pg_catalog.nextval({seq}::pg_catalog.regclass);  -- old code: counted, no lock taken\n"
+        "    end if;").format(own=sql.SQL(", ").join(sql.Literal(a) for a in OWN_APPLICATION_NAMES),
+                              seq=sql.Literal(text(qn(n.old_writes))))
+
+
 def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> sql.Composable:
     an = align.names(spec)
     legacy_col, new = d.fk.columns[0], n.new
@@ -410,6 +447,7 @@ begin
       end if;
     elsif new.{n} is null then     -- old code: derive the new id
       new.{n} := mapped;
+    {count}
     elsif new.{n} is distinct from mapped then
       {reject}
     end if;{key_fill}
@@ -417,6 +455,9 @@ begin
   end if;
   if new.{l} is distinct from old.{l} and new.{n} is not distinct from old.{n} then
     new.{n} := mapped;             -- the legacy id moved (old code, or its ON DELETE SET NULL): follow it
+    if new.{l} is not null then    -- old code set it (the foreign key's action only empties it)
+    {count}
+    end if;
   elsif new.{n} is distinct from old.{n} and new.{l} is not distinct from old.{l} then
     -- the new id moved (new code, the backfill, the new foreign key's action): keep the legacy id if it agrees
     if new.{n} is null then
@@ -428,7 +469,7 @@ begin
     {reject}
   end if;{key_fill}
   return new;
-end""").format(**p, key_fill=_key_fill(spec, d, p), reject=sql.SQL(
+end""").format(**p, key_fill=_key_fill(spec, d, p), count=_count_old_write(n), reject=sql.SQL(
         "raise exception using errcode = 'check_violation', "
         "message = format('pgconverge: %s row has %s = %s, which belongs to %s, but %s = %s was written', "
         "{table}, {lname}, new.{l}, mapped, {nname}, new.{n}), "
@@ -475,7 +516,7 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
                  failure="rows or constraints do not match the mapping",
                  fix="run `pgconverge run expand` again (the backfill picks up missing rows); if rows disagree "
                      "with the mapping, they were written by hand — correct them or roll back with "
-                     "`pgconverge rollback --to expand`", redo=tuple(redo))
+                     "`pgconverge rollback expand`", redo=tuple(redo))
 
 
 def _unfilled(spec: Spec, d: Dependent, n: Names) -> sql.Composable:
@@ -517,7 +558,6 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     from pgconverge.operations.create_function import DropFunction
     from pgconverge.operations.create_index import DropIndexConcurrently
     from pgconverge.operations.create_trigger import DropTrigger
-    from pgconverge.operations.together import Together
 
     steps: list[Step] = []
     deps = names_of(spec, cat)
@@ -588,8 +628,9 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         steps.append(Step(f"{rid}.drop_column", "rollback", Together(
             (DropTrigger(n.trigger, d.table.name), DropColumn(d.table.name, n.new)),
             f"old code's rows need the trigger while {n.new} exists"), (f"{fwd}.sync_trigger", *done_with_column)))
-        steps.append(Step(f"{rid}.drop_sync_function", "rollback", DropFunction(n.sync_fn, ""),
-                          (f"{fwd}.sync_function",)))
+        steps.append(Step(f"{rid}.drop_sync_function", "rollback", Together(
+            (DropFunction(n.sync_fn, ""), drop_old_writes_sequence(n)), "the sequence only counts for the function"),
+            (f"{fwd}.sync_function",)))
         if d.partitioned:
             steps.append(Step(f"{rid}.drop_backfill_function", "rollback", DropFunction(n.late_fn, LATE_ARGS),
                               (f"{fwd}.backfill_function",)))

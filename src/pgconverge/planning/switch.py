@@ -157,9 +157,30 @@ def _track_functions() -> RunSql:
         "count function calls in this database (track_functions = all) where the role may set it")
 
 
+def old_writes_counters(spec: Spec, cat: Catalog) -> list[tuple[str, str, str]]:
+    """(sequence, table, legacy column) of every reference: the sequence counts the rows old code writes to the
+    table with the legacy column alone (expand's sync trigger calls nextval on it)."""
+    from pgconverge.execution.sql import text
+    from pgconverge.planning import expand
+
+    return [(text(qn(n.old_writes)), str(d.table.name), n.legacy) for d, n in expand.names_of(spec, cat)]
+
+
+def old_writes_values(counters: list[tuple[str, str, str]]) -> sql.Composable:
+    """A query of one jsonb object: every counter's value by sequence name (null where the sequence is missing)."""
+    if not counters:
+        return sql.SQL("select '{}'::jsonb")
+    return sql.SQL("select jsonb_build_object({})").format(sql.SQL(", ").join(
+        sql.SQL("{s}::text, case when pg_catalog.to_regclass({s}) is null then null else "
+                "coalesce(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass({s})), 0) end").format(
+            s=sql.Literal(seq)) for seq, _, _ in counters))
+
+
 def runtime_baseline(spec: Spec, cat: Catalog) -> Snapshot:
-    """Counters the runtime audit compares against: legacy table scans and writes, legacy helper calls."""
+    """Counters the runtime audit compares against: legacy table scans and writes, legacy helper calls, and
+    the rows old code wrote to each dependent table with only the legacy column (expand's counters)."""
     return Snapshot("runtime_baseline", (
+        ("old_writes", old_writes_values(old_writes_counters(spec, cat))),
         ("legacy_table", sql.SQL(
             "select coalesce((select to_jsonb(s) - 'relid' from pg_catalog.pg_stat_user_tables s "
             "where s.relid = {}::regclass), 'null'::jsonb)").format(sql.Literal(str(cat.legacy.name)))),

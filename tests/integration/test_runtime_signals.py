@@ -1,0 +1,209 @@
+"""Old code writing a dependent table with only the legacy column is counted, and contract waits for it.
+
+After the switch, old code that inserts a cart with only customer_id still works: the sync trigger fills
+profile_id. It is counted (one sequence per reference, advanced by the trigger, no lock and no write in the
+application's transaction), `audit runtime` names the rows per table, the contract gate refuses on them,
+and it also refuses until the observation window (migration.observation_window) has passed since the
+runtime baseline. The emitted runtime gate does the same, with the reason in the error's message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from _support import cli, cli_json, schema_dump, write_config
+from pgconverge.config import ConfigError, from_dict
+
+WINDOW = 3  # seconds
+OLD_APP = "shop-backend-v1"  # the application name of the old code's sessions
+
+
+class OldCode:
+    """Old code at work as role authenticated with a legacy token: inserts carts with customer_id only."""
+
+    def __init__(self, dsn: str, customer: int, profile):
+        self.dsn, self.customer, self.profile = dsn, customer, profile
+        self.old_rows = self.new_rows = 0
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True, application_name=OLD_APP) as c:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                try:
+                    with c.transaction():
+                        c.execute("set local role authenticated")
+                        if i % 4:  # old code: the legacy claim, the legacy column
+                            claims = {"app_role": "customer", "customer_id": self.customer}
+                            c.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+                            c.execute("insert into public.carts (customer_id) values (%s)", (self.customer,))
+                            self.old_rows += 1
+                        else:  # new code, deployed beside it: not counted
+                            claims = {"app_role": "customer", "profile_id": str(self.profile)}
+                            c.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+                            c.execute("insert into public.carts (profile_id) values (%s)", (self.profile,))
+                            self.new_rows += 1
+                except psycopg.Error as exc:
+                    self.failures.append(str(exc))
+                    return
+                time.sleep(0.02)
+
+    def __enter__(self) -> OldCode:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _gone(dsn: str) -> None:
+    """Until every session of the old code has ended (a session hands its statistics over as it exits)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for _ in range(200):
+            if not c.execute("select exists (select 1 from pg_stat_activity where application_name = %s)",
+                             (OLD_APP,)).fetchone()[0]:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the old code's sessions never ended")
+
+
+def _person(dsn: str) -> tuple[int, object]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute("select customer_id, profile_id from pgconverge.legacy_customer_profile "
+                         "where profile_id in (select profile_id from pgconverge.legacy_customer_profile "
+                         "group by 1 having count(*) = 1) order by 1 limit 1").fetchone()
+
+
+def _carts(audit: dict) -> dict:
+    return next(w for w in audit["old_code_rows"] if w["table"] == "public.carts")
+
+
+def _apply(dsn: str, path: str) -> list[str]:
+    """Run an emitted file's SQL (plain statements and DO blocks) and return the notices it raised."""
+    notices: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        c.execute(Path(path).read_text())
+    return notices
+
+
+def _refused(dsn: str, path: str, error: type) -> str:
+    """The message of the error applying PATH raises (the Supabase CLI prints the message, not the hint)."""
+    with pytest.raises(error) as exc:
+        _apply(dsn, path)
+    return exc.value.diag.message_primary
+
+
+def test_old_code_rows_block_contract_until_they_stop_and_the_window_passes(fixture_db, tmp_path):
+    """The runner's gate and the emitted gate, side by side on one database at switch state."""
+    dsn = fixture_db
+    # A short window, and a small RLS sample: the switch's check is not what this test is about.
+    cfg = write_config(tmp_path, f'[migration]\nobservation_window = "{WINDOW}s"\nrls_sample = 5\n')
+    # The emitted files, from the database before any phase; the runner then brings it to switch state (the same
+    # objects the files create) and the emitted baseline is taken beside the runner's.
+    files = cli_json("emit", str(tmp_path / "project"), "--dsn", dsn, "--config", cfg)["migrations"]
+    baseline = next(f for f in files if f.endswith("_switch_runtime_baseline.sql"))
+    gate = next(f for f in files if "_contract_gate_runtime_use" in f)
+    assert "Observation window: 3 s" in Path(gate).read_text()
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    _apply(dsn, baseline)
+    customer, profile = _person(dsn)
+    seq = "pgconverge.old_writes_public_carts"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        # The counters are the private schema's: no API role may touch them, and none needs to.
+        for role in ("anon", "authenticated", "service_role"):
+            assert not c.execute("select has_sequence_privilege(%s, %s, 'usage') or "
+                                 "has_sequence_privilege(%s, %s, 'select') or "
+                                 "has_sequence_privilege(%s, %s, 'update')", (role, seq) * 3).fetchone()[0]
+    clean = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert {w["table"] for w in clean["old_code_rows"]} == {"public.carts", "public.orders", "public.sessions"}
+    assert all(w["rows"] == 0 for w in clean["old_code_rows"]) and clean["in_use"] == []
+
+    with OldCode(dsn, customer, profile) as app:
+        while app.old_rows < 5 and not app.failures:
+            time.sleep(0.02)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            before = schema_dump(c, ("public", "archive"))
+        seen = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+        assert _carts(seen)["rows"] >= 5 and _carts(seen)["column"] == "customer_id"
+        assert any(u.startswith("public.carts: ") and "written with customer_id only" in u for u in seen["in_use"])
+        text = " ".join(cli("audit", "runtime", "--dsn", dsn, "--config", cfg).split())
+        assert re.search(r"public\.carts: \+\d+ row\(s\) written with customer_id only", text), text
+        # Rows keep arriving: contract refuses, names table, column, count and fix, and changes nothing.
+        out = " ".join(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references",
+                           expect=2).split())
+        assert "contract is blocked, nothing was dropped" in out, out
+        assert re.search(r"public\.carts: \d+ row\(s\) written with customer_id only", out), out
+        assert "update the writers to set profile_id" in out and "--accept-runtime-use" in out, out
+        # So does the emitted gate, with the count and the fix in its message.
+        msg = _refused(dsn, gate, psycopg.errors.ObjectInUse)
+        assert re.search(r"\d+ row\(s\) of public\.carts written with customer_id only \(update the code that "
+                         r"writes them to set profile_id\)", msg) and "nothing of contract was applied" in msg, msg
+    assert app.failures == [] and app.old_rows >= 5 and app.new_rows >= 1  # the app role needed no new grant
+    with psycopg.connect(dsn, autocommit=True, application_name=OLD_APP) as c:
+        # Old code moving a cart (one it wrote) to another customer counts too; pgconverge's own sessions do not.
+        other = c.execute("select id from public.customers where id <> %s order by id limit 1",
+                          (customer,)).fetchone()[0]
+        c.execute("update public.carts set customer_id = %s where id = (select max(id) from public.carts "
+                  "where customer_id = %s)", (other, customer))
+    with psycopg.connect(dsn, autocommit=True, application_name="pgconverge") as c:
+        c.execute("insert into public.carts (customer_id) values (%s)", (customer,))
+        assert schema_dump(c, ("public", "archive")) == before
+    _gone(dsn)
+    stopped = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert _carts(stopped)["rows"] == app.old_rows + 1, (stopped, app.old_rows)  # exactly: insert by insert
+    assert all(w["rows"] == 0 for w in stopped["old_code_rows"] if w["table"] != "public.carts")
+
+    # The old deployment is retired: the baseline is taken again, and the window starts from it.
+    fresh = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg, "--rebaseline")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("select pgconverge.take_runtime_baseline()")  # the emitted files' own
+    assert fresh["in_use"] == [] and all(w["rows"] == 0 for w in fresh["old_code_rows"])
+    assert fresh["observation_window"]["open"] and 0 < fresh["observation_window"]["left_s"] <= WINDOW
+    with psycopg.connect(dsn, autocommit=True) as c:
+        before = schema_dump(c, ("public", "archive"))
+        out = " ".join(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references",
+                           expect=2).split())
+        assert "observation window" in out and " left" in out and "migration.observation_window" in out, out
+        assert schema_dump(c, ("public", "archive")) == before
+    msg = _refused(dsn, gate, psycopg.errors.ObjectNotInPrerequisiteState)
+    assert "under the observation window of 3 s" in msg and "s left" in msg, msg
+    assert "migration.observation_window" in msg and "pgconverge.accept_runtime_use" in msg, msg
+
+    left = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)["observation_window"]["left_s"]
+    time.sleep(left + 0.2)
+    passed = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert not passed["observation_window"]["open"] and passed["in_use"] == []
+    assert any(n.startswith("gate runtime use: passed") for n in _apply(dsn, gate))
+    cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute("select to_regclass('public.customers')").fetchone()[0] is None
+
+
+@pytest.mark.parametrize("value, seconds", [(0, 0.0), (90, 90.0), ("15m", 900.0), ("1h30m", 5400.0),
+                                            ("2.5s", 2.5), ("500ms", 0.5)])
+def test_observation_window_values(value, seconds):
+    assert from_dict({"migration": {"observation_window": value}}).migration.observation_window == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "5y", -1, True, "", 10**9])
+def test_observation_window_refuses_what_it_cannot_read(value):
+    with pytest.raises(ConfigError) as exc:
+        from_dict({"migration": {"observation_window": value}})
+    assert "migration.observation_window" in str(exc.value) and "15m" in exc.value.fix
+
+
+def test_the_default_window_is_fifteen_minutes():
+    assert from_dict({}).migration.observation_window == 900.0
