@@ -19,6 +19,10 @@ TEST_SCALE = float(os.environ.get("PGCONVERGE_TEST_SCALE", "0.5"))
 
 _counter = itertools.count()
 
+# `run` preflights on a copy by default; the suite runs it many times, so only tests/integration/test_preflight.py
+# turns it on.
+os.environ.setdefault("PGCONVERGE_PREFLIGHT", "off")
+
 
 @pytest.fixture(scope="session")
 def admin_dsn(tmp_path_factory) -> str:

@@ -255,14 +255,16 @@ def missing_extensions(source: Source, admin_dsn: str) -> list[str]:
     return [name for name, _ in source.extensions if name not in available]
 
 
-def dump(source: Source, path: Path, exclude_schemas: tuple[str, ...] = ()) -> float:
-    """pg_dump the source (custom format) into PATH with a read-only session; return seconds."""
+def dump(source: Source, path: Path, exclude_schemas: tuple[str, ...] = (), extra_args: tuple[str, ...] = ()) -> float:
+    """pg_dump the source (custom format) into PATH with a read-only session; return seconds.
+
+    EXTRA_ARGS go to pg_dump as they are (the preflight passes --schema-only)."""
     params = conninfo_to_dict(read_only_dsn(source.dsn))
     env = dict(os.environ, PGOPTIONS=READ_ONLY, PGCONNECT_TIMEOUT=str(CONNECT_TIMEOUT_S))
     if params.get("password"):
         env["PGPASSWORD"] = params.pop("password")  # not on the command line, where ps would show it
     cmd = [str(bin_path("pg_dump")), "--format=custom", "--no-password", "--no-subscriptions",
-           *(f"--exclude-schema={s}" for s in exclude_schemas), f"--file={path}",
+           *(f"--exclude-schema={s}" for s in exclude_schemas), *extra_args, f"--file={path}",
            f"--dbname={make_conninfo(**params)}"]
     t0 = time.monotonic()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)

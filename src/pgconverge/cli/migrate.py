@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,20 +12,34 @@ from rich.table import Table
 
 from pgconverge.catalog import baseline
 from pgconverge.cli.common import (
-    ConfigOpt, DsnOpt, JsonOpt, console, err_console, fail_cleanly, load_spec, print_json, resume_hint, target,
+    ConfigOpt, DsnOpt, JsonOpt, command_line, console, err_console, fail_cleanly, load_spec, print_json, resume_hint,
+    target,
 )
 from pgconverge.cli.progress import RichProgress
+from pgconverge.cli.rollback import confirm
 from pgconverge.connection import connect
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution.runner import Runner
-from pgconverge.execution import prechecks, privileges
+from pgconverge.execution import preflight_copy, prechecks, privileges
 from pgconverge.identity import check as match_check
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES
 from pgconverge.planning import plan as planner
 
+PreflightServerOpt = Annotated[str | None, typer.Option(
+    "--preflight-server", envvar=preflight_copy.SERVER_ENV,
+    help="Admin connection string of a scratch server for the preflight copy instead of the embedded Postgres "
+         "(a database is created there and dropped after).", show_default=False)]
+KeepCopyOpt = Annotated[bool, typer.Option("--keep-preflight-copy", help="Keep the preflight's copy afterwards "
+                                                                         "(to look into a failure).")]
 PhaseArg = Annotated[str | None, typer.Argument(help=f"One of: {', '.join(PHASES)}. Default: every phase.",
                                                 show_default=False)]
+RunYesOpt = Annotated[bool, typer.Option(
+    "--yes", "-y", help="Do not ask before contract (for scripts). Without it, a terminal is shown what contract "
+                        "drops and archives, and asked first; output that is not a terminal is never asked.")]
+RunPhaseArg = Annotated[str | None, typer.Argument(
+    help=f"The phase to run, one of: {', '.join(PHASES)}. Required unless --all runs every phase.",
+    show_default=False)]
 
 
 def _phase(name: str | None) -> str | None:
@@ -83,7 +98,13 @@ def _print_steps(steps: list[dict], show_sql: bool) -> None:
 def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
          sql: Annotated[bool, typer.Option("--sql/--no-sql", help="Show each step's SQL.")] = True,
          rollback_to: Annotated[str | None, typer.Option(
-             "--rollback-to", help="Show the rollback plan back to the start of this phase instead.")] = None) -> None:
+             "--rollback-to", help="Show the rollback plan back to the start of this phase instead.")] = None,
+         check: Annotated[bool, typer.Option(
+             "--check", help="Run the preflight alone: every remaining phase and the whole rollback on a copy of "
+                             "the schema with a sample of rows (see `run`); the target is only read. Exits 2 if "
+                             "a step fails there.")] = False,
+         preflight_server: PreflightServerOpt = None,
+         keep_copy: KeepCopyOpt = False) -> None:
     """Show every step's exact SQL, the lock it takes and what it costs, without changing anything.
 
     Lock levels are Postgres' own (ACCESS EXCLUSIVE blocks everything, SHARE UPDATE EXCLUSIVE lets
@@ -91,9 +112,20 @@ def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = No
     scans table (reads every row), rows (short batches, one transaction each).
     """
     phase = _phase(phase)
-    spec, _, p, cats, checked = _plan_for(dsn, config_file, _phase(rollback_to), check_data=not rollback_to)
+    spec, t, p, cats, checked = _plan_for(dsn, config_file, _phase(rollback_to), check_data=not rollback_to)
     if not rollback_to and phase in (None, "switch", "contract"):
         _refuse_underivable(spec, cats)
+    if check:
+        if rollback_to:
+            raise typer.BadParameter("--check runs the forward plan and its rollback; leave out --rollback-to")
+        result = _preflight(spec, t, p, cats, preflight_server, keep_copy, as_json, always=True)
+        if as_json:
+            print_json(result.as_dict() if result else {"verdict": "nothing to run"})
+        if result is not None and not result.passed:
+            if not as_json:
+                _refuse_preflight(result)
+            raise typer.Exit(2)
+        return
     data = p.as_dict(None if rollback_to else phase)
     if checked:
         data["match_check"] = checked.as_dict()
@@ -113,7 +145,7 @@ def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = No
 
 
 @fail_cleanly
-def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
+def run(phase: RunPhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
         all_phases: Annotated[bool, typer.Option("--all", help="Run every phase in order, stopping at the first "
                                                              "gate that fails.")] = False,
         code: Annotated[list[Path] | None, typer.Option(
@@ -123,13 +155,28 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
             "--accept-code-references", help="Contract even though code or database objects still name the "
                                              "legacy side.")] = False,
         accept_runtime_use: Annotated[bool, typer.Option(
-            "--accept-runtime-use", help="Contract even though the legacy table or helper was used since the "
-                                         "switch.")] = False) -> None:
-    """Execute a phase. Finished steps are skipped, so after a crash the same command resumes.
+            "--accept-runtime-use", help="Contract even though the legacy side was used since the runtime "
+                                         "baseline, or before migration.observation_window has passed.")] = False,
+        skip_preflight: Annotated[bool, typer.Option(
+            "--skip-preflight", help="Change the target without first running the remaining plan and its rollback "
+                                     "on a sampled copy. You give up learning, before the first change, that a "
+                                     "step fails on this schema (a trigger, a constraint, a unique index, a "
+                                     "rollback step): the run then stops half way on the target itself. "
+                                     f"${preflight_copy.ENABLE_ENV}=off does the same.")] = False,
+        preflight_server: PreflightServerOpt = None,
+        keep_copy: KeepCopyOpt = False, yes: RunYesOpt = False) -> None:
+    """Execute a phase (`run expand`), or every phase with --all. Finished steps are skipped, so after a crash
+    the same command resumes.
 
-    One runner at a time: a second one stops with the first one's pid. Every DDL waits at most
-    migration.lock_timeout_ms for its lock and retries with backoff; long work runs in short,
-    checkpointed batches.
+    One runner at a time: a second one stops, naming the first one's process, host, run and backend pid.
+    Every DDL waits at most migration.lock_timeout_ms for its lock and retries with backoff; long work runs
+    in short, checkpointed batches. Contract drops and archives the legacy side: on a terminal, `run
+    contract` and `run --all` show what it drops and ask first (--yes skips the question).
+
+    Before the first change, the preflight copies the target's schema and a sample of its rows (a few
+    hundred per table the plan touches) into the embedded Postgres (or --preflight-server), runs every
+    remaining phase and then the whole rollback there, and stops (exit 2, the target unchanged) if a
+    step fails, naming the step, the error and the object to fix.
     """
     phase = _phase(phase)
     if phase is None and not all_phases:
@@ -137,8 +184,18 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
     spec, t, p, cats, checked = _plan_for(dsn, config_file, check_data=phase in (None, "align"))
     if checked and not as_json:
         _print_match_check(spec, checked)
+    preflight = None
+    if not skip_preflight and preflight_copy.enabled():
+        preflight = _preflight(spec, t, p, cats, preflight_server, keep_copy, as_json)
+        if preflight is not None and not preflight.passed:
+            raise preflight_copy.refusal(preflight)
     phases = [ph for ph in PHASES if p.phase(ph)] if phase is None else [phase]
+    if "contract" in phases:  # before the first phase starts: a "no" leaves the database as it is
+        question = _contract_question(spec, t, p, phases)
+        if question:
+            confirm(*question, yes)
     out = []
+    started = time.monotonic()
     again = ["run", phase or "--all", *[a for c in code or () for a in ("--code", str(c))],
              *(["--accept-code-references"] if accept_code_references else []),
              *(["--accept-runtime-use"] if accept_runtime_use else [])]
@@ -155,6 +212,7 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
         audit = runner.ledger.latest_snapshot("phone_audit") if "align" in phases else None
     if as_json:
         print_json({"target": t.display, "phases": phases, "steps": out, "resumed": runner.resumed,
+                    "preflight": preflight.as_dict() if preflight else None,
                     **({"align": _align_summary(report)} if report else {})})
         return
     if report:
@@ -167,7 +225,121 @@ def run(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = Non
         console.print(f"phone key audit: {audit['checked']:,} distinct numbers compared with phonenumbers, "
                       f"{audit['disagreements']:,} disagree ({audit['unexplained']:,} outside the documented "
                       "classes)", highlight=False)
-    console.print(f"[green]{', '.join(phases)} finished[/] on {t.display}", highlight=False)
+    console.print(_verdict(spec, t, p, phases, out, time.monotonic() - started, config_file), highlight=False,
+                  soft_wrap=True)
+
+
+def _verdict(spec, t, p, phases: list[str], out: list[dict], seconds: float, config_file) -> str:
+    """One closing line: "expand finished on X in 12.3 s: 5 steps, 12,000 rows backfilled; next: pgconverge run
+    switch"."""
+    batched = {s.id: s.phase for s in p.steps if s.op.executor == "batched"}
+    done = [r for r in out if r["status"] == "done"]
+    mapped = sum(r["rows"] or 0 for r in done if batched.get(r["step"]) == "align")  # align's batches map rows
+    filled = sum(r["rows"] or 0 for r in done if r["step"] in batched and batched[r["step"]] != "align")
+    what = f"{len(done)} step{'s' if len(done) != 1 else ''}"
+    if len(done) < len(out):
+        what += f" ({len(out) - len(done)} more already done)"
+    if mapped:
+        what += f", {mapped:,} legacy rows mapped"
+    if filled:
+        what += f", {filled:,} rows backfilled"
+    last = phases[-1]
+    if last == "contract":
+        after = ("the legacy side is archived; the run report: "
+                 + command_line(["report", "--html", "pgconverge-report.html"], t, config_file)
+                 + "; undo with " + command_line(["rollback", "contract"], t, config_file))
+    else:
+        nxt = PHASES[PHASES.index(last) + 1]
+        after = "next: " + command_line(["run", nxt], t, config_file)
+        if nxt == "contract":
+            after += (" once the observation window (migration.observation_window) has passed and nothing uses the "
+                      "legacy side (" + command_line(["audit", "runtime"], t, config_file) + ")")
+    return (f"[green]{escape(', '.join(phases))} finished[/] on {escape(t.display)} in {seconds:.1f} s: "
+            f"{what}; {escape(after)}")
+
+
+def _contract_question(spec, t, p, phases: list[str]) -> tuple[str, str] | None:
+    """(question, summary) to ask before a run that goes through contract; None when contract has nothing left to
+    do, or when the runner will refuse it anyway (`run contract` before switch finished)."""
+    with connect(t) as conn:
+        left = {s.id for s in preflight_copy.remaining(p, conn, spec)}
+    todo = [s for s in p.phase("contract") if s.id in left]
+    if not todo:
+        return None
+    if phases == ["contract"] and any(s.id in left for ph in PHASES[:-1] for s in p.phase(ph)):
+        return None  # the runner refuses it: "phase contract needs switch finished first"
+    before = [ph for ph in phases[:-1] if any(s.id in left for s in p.phase(ph))]
+    head = (f"run --all runs {', '.join(before)}, then contract" if before else "run contract") + f" on {t.display}"
+    summary = "\n".join([f"[bold]{escape(head)}[/]; contract drops and archives the legacy side:",
+                         *(f"  {escape(x)}" for x in contract_summary(spec, todo)),
+                         "  (`pgconverge rollback contract` puts all of it back: the archived tables keep their "
+                         "rows)"])
+    return f"Run {', '.join(before) + ' and ' if before else ''}contract on {t.display}", summary
+
+
+def contract_summary(spec, steps) -> list[str]:
+    """What STEPS (contract's) drop and archive, one line per kind: tables archived (with their new names),
+    columns dropped, then how many foreign keys, indexes, triggers and policies go, and the legacy helper."""
+    from pgconverge.operations.archive import ArchiveTable
+    from pgconverge.operations.columns import DropColumn
+    from pgconverge.operations.constraints import DropConstraint
+    from pgconverge.operations.create_index import DropIndexConcurrently
+    from pgconverge.operations.create_trigger import DropTrigger
+    from pgconverge.operations.drop_policies import DropPolicies
+    from pgconverge.operations.partitions import DropIndex
+    from pgconverge.operations.replace_function import ReplaceFunction
+    from pgconverge.planning.contract import RetireFunction
+
+    ops = []
+    for s in steps:
+        ops += list(getattr(s.op, "ops", ())) or [s.op]
+    archived = [f"{o.table} as {o.archived}" for o in ops if isinstance(o, ArchiveTable)]
+    columns = [f"{o.table}.{o.column}" for o in ops if isinstance(o, DropColumn)]
+    counted = {"foreign key": sum(isinstance(o, DropConstraint) for o in ops),
+               "index": sum(isinstance(o, (DropIndex, DropIndexConcurrently)) for o in ops),
+               "trigger": sum(isinstance(o, DropTrigger) for o in ops),
+               "policy": sum(len(o.policies) for o in ops if isinstance(o, DropPolicies))}
+    plural = {"foreign key": "foreign keys", "index": "indexes", "trigger": "triggers", "policy": "policies"}
+    out = []
+    if archived:
+        out.append("archives " + ", ".join(archived))
+    if columns:
+        out.append("drops column" + ("s " if len(columns) > 1 else " ") + ", ".join(columns))
+    also = [f"{n} {plural[k] if n > 1 else k}" for k, n in counted.items() if n]
+    if also:
+        out.append("drops " + ", ".join(also) + " that name the legacy side")
+    for o in ops:
+        if isinstance(o, RetireFunction):
+            out.append(f"drops function {o.name}()")
+        elif isinstance(o, ReplaceFunction) and o.name == spec.legacy.helper:
+            out.append(f"replaces {o.name}() by a stub that raises \"retired\"")
+    return out
+
+
+def _preflight(spec, t, p, cats, server: str | None, keep: bool, as_json: bool, always: bool = False):
+    """Run the preflight on a copy (None when no step remains), one line per stage as it ends."""
+    out = err_console if as_json else console
+    with connect(t) as conn:
+        left = preflight_copy.remaining(p, conn, spec)
+    if not left:
+        out.print("preflight: every step is done, nothing to try on a copy", highlight=False)
+        return None
+
+    def line(st) -> None:
+        mark = "[green]ok[/]" if st.passed else "[red]FAILED[/]"
+        out.print(f"preflight {st.name}: {mark} in {st.seconds:.1f}s — {escape(st.detail)}", highlight=False,
+                  soft_wrap=True)
+    out.print(f"preflight: {len(left)} remaining steps, then the whole rollback, on a sampled copy", highlight=False)
+    result = preflight_copy.run(spec, t, p, cats, server=server, keep=keep, on_stage=line)
+    if result.kept:
+        out.print(f"preflight copy kept: database {result.database} on {escape(result.server)}", highlight=False)
+    return result
+
+
+def _refuse_preflight(result) -> None:
+    e = preflight_copy.refusal(result)
+    err_console.print(f"[bold red]error:[/] {escape(e.problem)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold]fix:[/] {escape(e.fix or '')}", highlight=False, soft_wrap=True)
 
 
 def _print_match_check(spec, c) -> None:
@@ -231,35 +403,3 @@ def status(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
         e = data["last_error"]
         console.print(f"[red]last error[/] in {e['step']} at {e['at']}: {escape(e['message'] or '')}",
                       highlight=False)
-
-
-@fail_cleanly
-def rollback(to: Annotated[str, typer.Option("--to", help="Undo back to the start of this phase: align undoes "
-                                                      "everything, expand keeps align, and so on.")],
-             dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
-             dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show the rollback plan.")] = False) -> None:
-    """Undo the migration back to the start of a phase, from whatever state it is in.
-
-    The rollback is a plan like any other: it is printed first (see also `pgconverge plan
-    --rollback-to PHASE`), then run with the same lock timeouts, retries and ledger. Steps that
-    never ran are skipped; a killed rollback resumes when run again.
-    """
-    to = _phase(to)
-    spec, t, p, cats, _ = _plan_for(dsn, config_file, to)
-    if not as_json:
-        console.print(f"[bold]rollback to the start of {to}[/] on {t.display}", highlight=False)
-        _print_steps(p.as_dict()["steps"], show_sql=False)
-    if dry_run:
-        if as_json:
-            print_json(p.as_dict())
-        return
-    out = []
-    with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
-                command=f"rollback --to {to}", catalogs=cats,
-                resume=resume_hint(["rollback", "--to", to], t, config_file)) as runner:
-        for r in runner.run_rollback(p, to=to):
-            out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3), "rows": r.rows})
-    if as_json:
-        print_json({"target": t.display, "to": to, "steps": out})
-    else:
-        console.print(f"[green]rolled back to the start of {to}[/]", highlight=False)

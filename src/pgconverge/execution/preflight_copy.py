@@ -1,0 +1,653 @@
+"""Preflight: what remains of the migration, and its rollback, run first on a sampled copy of the target.
+
+The copy holds the target's whole schema (pg_dump --schema-only, restored with the roles it names, as
+the rehearsal does) and a sample of rows of every table the plan touches: the legacy, canonical and
+dependent tables (each partition of a partitioned one), with rows holding NULLs and empty strings,
+the smallest and largest values of every key and match column, legacy rows that look like one
+person spelled twice (merged onto one canonical row), random others, and then every row those rows
+refer to through a foreign key (the canonical rows of the mapping, the legacy rows of the dependents,
+an auth.users row...). When the target already has a ledger, the private schema comes across too
+(its ledger in full, the mapping for the sampled rows), so a resumed run preflights what remains.
+
+Rows are inserted with session_replication_role = replica (no foreign key checks, no user triggers:
+they are real rows, checked when they were written); NOT NULL and CHECK constraints hold as on the
+target. Then every remaining phase runs on the copy with the Runner, the contract gates that depend
+on the application (code references, runtime use, the observation window) accepted, and the whole
+rollback after it; the copy's schema must then be what it was at the start. The target is only read:
+read-only sessions, one repeatable-read snapshot for the sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psycopg
+from psycopg import sql
+
+from pgconverge import rehearse as rh
+from pgconverge.catalog import baseline
+from pgconverge.config import QualifiedName, Spec
+from pgconverge.connection import CONNECT_TIMEOUT_S, Target, connect, redact
+from pgconverge.errors import PgConvergeError
+from pgconverge.execution import gates
+from pgconverge.operations.base import PHASES, Plan, Step
+
+# PGCONVERGE_PREFLIGHT=off: `run` skips the preflight (as --skip-preflight does).
+ENABLE_ENV = "PGCONVERGE_PREFLIGHT"
+# Admin DSN of a scratch server for the copy (as --preflight-server).
+SERVER_ENV = "PGCONVERGE_PREFLIGHT_SERVER"
+PER_TABLE = 300  # rows sampled per table before the rows they refer to
+EDGE = 3  # rows per NULL / empty string / smallest / largest of each column looked at
+CLOSURE_ROUNDS = 5  # foreign keys followed this many tables deep
+
+
+class PreflightFailed(PgConvergeError):
+    """A step failed on the copy: nothing was changed on the target."""
+
+    exit_code = 2
+
+    def __init__(self, problem: str, fix: str | None, result: Result):
+        super().__init__(problem, fix)
+        self.result = result
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "preflight": self.result.as_dict()}
+
+
+@dataclass
+class Stage:
+    name: str  # copy, phases, rollback
+    seconds: float
+    detail: str
+    passed: bool = True
+
+
+@dataclass
+class Failure:
+    stage: str
+    step: str | None
+    error: str  # what Postgres (or the gate) said
+    sqlstate: str | None
+    object: str | None
+    fix: str
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Result:
+    server: str
+    database: str
+    stages: list[Stage] = field(default_factory=list)
+    sample: dict[str, int] = field(default_factory=dict)  # table -> rows copied
+    phases: list[str] = field(default_factory=list)
+    rollback_to: str | None = None
+    schema_restored: bool | None = None  # None: not compared (the copy started mid-migration)
+    schema_differences: list[str] = field(default_factory=list)
+    plan_matches: bool | None = None
+    failure: Failure | None = None
+    kept: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None
+
+    def as_dict(self) -> dict:
+        return {"verdict": "passed" if self.passed else "failed", "server": self.server, "database": self.database,
+                "kept": self.kept, "seconds": round(sum(s.seconds for s in self.stages), 2),
+                "stages": [{"stage": s.name, "seconds": round(s.seconds, 2), "passed": s.passed,
+                            "detail": s.detail} for s in self.stages],
+                "sample": {"tables": len(self.sample), "rows": sum(self.sample.values()), "per_table": self.sample},
+                "phases": self.phases, "rollback_to": self.rollback_to, "schema_restored": self.schema_restored,
+                "schema_differences": self.schema_differences[:20], "plan_matches": self.plan_matches,
+                "failure": self.failure.as_dict() if self.failure else None}
+
+
+def enabled() -> bool:
+    return os.environ.get(ENABLE_ENV, "").strip().lower() not in ("off", "0", "no", "false")
+
+
+def remaining(plan: Plan, conn: psycopg.Connection, spec: Spec) -> list[Step]:
+    """The plan's steps the target's ledger does not record as done (every step without a ledger)."""
+    from pgconverge.ledger.store import Ledger
+
+    ledger = Ledger(conn, spec)
+    states = ledger.step_states() if ledger.exists() else {}
+    return [s for s in plan.steps if s.phase in PHASES and (s.id not in states or states[s.id].state != "done")]
+
+
+# -- the copy ---------------------------------------------------------------------------------------
+
+def _server(server: str | None) -> tuple[str, str]:
+    if server:
+        return server, "--preflight-server"
+    if os.environ.get(SERVER_ENV):
+        return os.environ[SERVER_ENV], f"${SERVER_ENV}"
+    return rh.target_admin_dsn()
+
+
+def _rel(conn: psycopg.Connection, oid: int) -> tuple[str, str]:
+    return conn.execute("select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                        "where c.oid = %s", (oid,)).fetchone()
+
+
+def _leaves(conn: psycopg.Connection, name: QualifiedName | str) -> list[int]:
+    """Oids of the tables holding NAME's rows: itself, or every leaf partition of a partitioned table."""
+    reg, kind = conn.execute("select c.oid, c.relkind from pg_class c where c.oid = to_regclass(%s)",
+                             (str(name),)).fetchone() or (None, None)
+    if reg is None:
+        return []
+    if kind == "r":
+        return [reg]
+    return [r[0] for r in conn.execute(
+        "select relid::oid from pg_partition_tree(%s::oid) t join pg_class c on c.oid = t.relid "
+        "where t.isleaf and c.relkind = 'r'", (reg,)).fetchall()]
+
+
+def _columns(conn: psycopg.Connection, oid: int) -> list[tuple[str, str, bool]]:
+    """(name, type, generated) of every live column of OID, in order."""
+    return [tuple(r) for r in conn.execute(
+        "select attname, format_type(atttypid, atttypmod), attgenerated <> '' from pg_attribute "
+        "where attrelid = %s and attnum > 0 and not attisdropped order by attnum", (oid,)).fetchall()]
+
+
+class _Sampler:
+    """Chooses rows on the source (one repeatable-read snapshot): tableoid -> set of ctid texts."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+        self.rows: dict[int, set[str]] = {}
+        self.new: dict[int, set[str]] = {}
+
+    def _q(self, query: sql.Composable, params=None) -> list[tuple]:
+        with self.conn.transaction():  # a savepoint: a column that cannot be ordered fails alone
+            try:
+                return self.conn.execute(query, params).fetchall()
+            except psycopg.Error:
+                raise _Skip from None
+
+    def take(self, query: sql.Composable, params=None) -> None:
+        """Add the rows QUERY selects; it returns (tableoid, ctid::text)."""
+        try:
+            found = self._q(query, params)
+        except _Skip:
+            return
+        for oid, ctid in found:
+            if ctid not in self.rows.setdefault(oid, set()):
+                self.rows[oid].add(ctid)
+                self.new.setdefault(oid, set()).add(ctid)
+
+    def edges(self, oid: int, columns: list[str]) -> None:
+        """NULLs, empty strings, the smallest and the largest values of COLUMNS in table OID."""
+        rel = sql.SQL("{}.{}").format(*map(sql.Identifier, _rel(self.conn, oid)))
+        have = {c for c, _, _ in _columns(self.conn, oid)}
+        for col in (c for c in dict.fromkeys(columns) if c in have):
+            c = sql.Identifier(col)
+            base = sql.SQL("select tableoid::oid, ctid::text from only {} ").format(rel)
+            self.take(base + sql.SQL("where {} is null limit {}").format(c, EDGE))
+            self.take(base + sql.SQL("where {}::text = '' limit {}").format(c, EDGE))
+            self.take(base + sql.SQL("where {} is not null order by {} asc limit {}").format(c, c, EDGE))
+            self.take(base + sql.SQL("where {} is not null order by {} desc limit {}").format(c, c, EDGE))
+
+    def random(self, oid: int, n: int) -> None:
+        rel = sql.SQL("{}.{}").format(*map(sql.Identifier, _rel(self.conn, oid)))
+        est = self.conn.execute("select reltuples from pg_class where oid = %s", (oid,)).fetchone()[0] or 0
+        if est < 20 * n:  # small: a true random sample
+            self.take(sql.SQL("select tableoid::oid, ctid::text from only {} order by random() limit {}").format(
+                rel, n))
+        else:  # large: pages at random, without reading the whole table
+            pct = min(100.0, 300.0 * n / est)
+            self.take(sql.SQL("select tableoid::oid, ctid::text from only {} tablesample system ({}) limit {}").format(
+                rel, sql.Literal(pct), n))
+
+    def follow(self, rounds: int = CLOSURE_ROUNDS) -> None:
+        """Add every row the chosen rows refer to by a foreign key, and the rows those refer to, and so on."""
+        for _ in range(rounds):
+            todo, self.new = self.new, {}
+            for oid, ctids in todo.items():
+                fks = self.conn.execute(
+                    "select confrelid::oid, "
+                    "  array(select a.attname from unnest(conkey) with ordinality k(n, i) join pg_attribute a "
+                    "        on a.attrelid = conrelid and a.attnum = k.n order by k.i), "
+                    "  array(select a.attname from unnest(confkey) with ordinality k(n, i) join pg_attribute a "
+                    "        on a.attrelid = confrelid and a.attnum = k.n order by k.i), "
+                    "  array(select format_type(a.atttypid, a.atttypmod) from unnest(confkey) with ordinality k(n, i) "
+                    "        join pg_attribute a on a.attrelid = confrelid and a.attnum = k.n order by k.i) "
+                    "from pg_constraint where contype = 'f' and conrelid = %s", (oid,)).fetchall()
+                rel = sql.SQL("{}.{}").format(*map(sql.Identifier, _rel(self.conn, oid)))
+                for ref, cols, refcols, types in fks:
+                    try:
+                        values = self._q(sql.SQL("select distinct {} from only {} where ctid = any({}::tid[]) and {}")
+                                         .format(sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c))
+                                                                   for c in cols), rel, sql.Literal(sorted(ctids)),
+                                                 sql.SQL(" and ").join(sql.SQL("{} is not null").format(
+                                                     sql.Identifier(c)) for c in cols)))
+                    except _Skip:
+                        continue
+                    if not values:
+                        continue
+                    refrel = sql.SQL("{}.{}").format(*map(sql.Identifier, _rel(self.conn, ref)))
+                    names = [sql.Identifier(f"v{i}") for i in range(len(cols))]
+                    self.take(sql.SQL("select tableoid::oid, ctid::text from {} where ({}) in "
+                                      "(select {} from unnest({}) as u({}))").format(
+                        refrel, sql.SQL(", ").join(map(sql.Identifier, refcols)),
+                        sql.SQL(", ").join(sql.SQL("{}::{}").format(n, sql.SQL(t)) for n, t in zip(names, types)),
+                        sql.SQL(", ").join(sql.SQL("{}::text[]").format(sql.Literal([v[i] for v in values]))
+                                           for i in range(len(cols))),
+                        sql.SQL(", ").join(names)))
+            if not self.new:
+                return
+
+
+class _Skip(Exception):
+    pass
+
+
+def _match_key(kind: str, column: sql.Composable) -> sql.Composable:
+    """A rough equivalence key, only to find rows of one person spelled differently (no private functions
+    exist before align): the last nine digits of a phone number, else the trimmed lower-case text."""
+    if "phone" in kind:
+        return sql.SQL("right(regexp_replace({}::text, '[^0-9]', '', 'g'), 9)").format(column)
+    return sql.SQL("lower(btrim({}::text))").format(column)
+
+
+def _choose(conn: psycopg.Connection, spec: Spec, plan: Plan, cats: baseline.Catalogs) -> _Sampler:
+    s = _Sampler(conn)
+    cat = cats.live or cats.for_phase("align")
+    leg, can = spec.legacy, spec.canonical
+    new = spec.migration.new_column
+    lcols = [leg.key, *leg.match_columns]
+    ccols = [can.key, *can.match_columns]
+    legacy = _leaves(conn, leg.table)
+    canonical = _leaves(conn, can.table)
+    for oid in legacy:
+        s.edges(oid, lcols)
+        s.random(oid, PER_TABLE // 2)
+    for oid in canonical:
+        s.edges(oid, ccols)
+        s.random(oid, PER_TABLE // 3)
+    # legacy rows that look like one person spelled twice: merged onto one canonical row by align
+    kind, mcol = leg.match_kinds[0], sql.Identifier(leg.match_columns[0])
+    key = _match_key(kind, mcol)
+    ltab = sql.SQL("{}.{}").format(sql.Identifier(leg.table.schema), sql.Identifier(leg.table.name))
+    ctab = sql.SQL("{}.{}").format(sql.Identifier(can.table.schema), sql.Identifier(can.table.name))
+    if legacy:
+        s.take(sql.SQL("select tableoid::oid, ctid::text from {t} where {k} in (select {k} from {t} where {k} <> '' "
+                       "group by 1 having count(*) > 1 limit 20)").format(t=ltab, k=key))
+    mapping = conn.execute("select to_regclass(%s)::oid", (str(spec.mapping_table),)).fetchone()[0]
+    mtab = sql.SQL("{}.{}").format(sql.Identifier(spec.mapping_table.schema), sql.Identifier(spec.mapping_table.name))
+    ml, mc = sql.Identifier(spec.mapping_legacy_column), sql.Identifier(new)
+    if mapping is not None:  # after align: groups of the mapping itself
+        s.take(sql.SQL("select l.tableoid::oid, l.ctid::text from {l} l where l.{k}::text in (select {ml}::text "
+                       "from {m} where {mc} in (select {mc} from {m} group by 1 having count(*) > 1 limit 20))").format(
+            l=ltab, k=sql.Identifier(leg.key), ml=ml, m=mtab, mc=mc))
+    # the canonical rows the sampled legacy rows would match (align then matches instead of creating)
+    if legacy and canonical:
+        chosen = sorted(ct for oid in legacy for ct in s.rows.get(oid, ()))
+        if chosen:
+            ckey = _match_key(kind, sql.Identifier(can.match_columns[0]))
+            s.take(sql.SQL("select tableoid::oid, ctid::text from {c} where {ck} in (select {lk} from only {l} "
+                           "where ctid = any({ids}::tid[])) and {ck} <> '' limit {n}").format(
+                c=ctab, ck=ckey, lk=key, l=ltab, ids=sql.Literal(chosen), n=PER_TABLE))
+    # every dependent table, each partition of a partitioned one
+    for d in cat.dependents if cat else ():
+        for oid in _leaves(conn, d.table.name):
+            s.edges(oid, [*d.fk.columns, new, *d.table.primary_key])
+            s.random(oid, PER_TABLE // 2)
+    # tables the policies read (memberships and the like), so the RLS check has rows to compare
+    for t in cat.tables if cat else ():
+        for oid in _leaves(conn, t.name):
+            if oid not in s.rows:
+                s.random(oid, PER_TABLE // 3)
+    s.follow()  # the legacy rows the dependents' rows name, first: their mapping rows come next
+    # the mapping rows of every sampled legacy row, and the canonical rows they name
+    if mapping is not None and legacy:
+        chosen = sorted(ct for oid in legacy for ct in s.rows.get(oid, ()))
+        s.take(sql.SQL("select tableoid::oid, ctid::text from {m} where {ml}::text in (select {k}::text from only {l} "
+                       "where ctid = any({ids}::tid[]))").format(m=mtab, ml=ml, k=sql.Identifier(leg.key), l=ltab,
+                                                                 ids=sql.Literal(chosen)))
+        picked = sorted(s.rows.get(mapping, ()))
+        if picked and canonical:
+            s.take(sql.SQL("select tableoid::oid, ctid::text from {c} where {ck}::text in (select {mc}::text "
+                           "from {m} where ctid = any({ids}::tid[]))").format(
+                c=ctab, ck=sql.Identifier(can.key), mc=mc, m=mtab, ids=sql.Literal(picked)))
+    s.follow()
+    return s
+
+
+def _copy_rows(src: psycopg.Connection, dst: psycopg.Connection, oid: int, ctids: set[str] | None) -> int:
+    """Copy table OID's rows (those at CTIDS, or all) from SRC into the same table of DST; return the count."""
+    schema, name = _rel(src, oid)
+    cols = [sql.Identifier(c) for c, _, generated in _columns(src, oid) if not generated]
+    rel = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    where = sql.SQL(" where ctid = any({}::tid[])").format(sql.Literal(sorted(ctids))) if ctids is not None \
+        else sql.SQL("")
+    collist = sql.SQL(", ").join(cols)
+    n = 0
+    with src.cursor().copy(sql.SQL("copy (select {} from only {}{}) to stdout").format(collist, rel, where)) as out, \
+            dst.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(rel, collist)) as inp:
+        for chunk in out:
+            inp.write(chunk)
+            n += bytes(chunk).count(b"\n")
+    return n
+
+
+def _snapshot_tables(plan: Plan) -> dict:
+    """Private tables the plan fills from whole tables (linkage snapshots): "schema.name" -> its CreateTable."""
+    from pgconverge.operations.create_table import CreateTable
+
+    return {f"{s.op.name.schema}.{s.op.name.name}": s.op for s in plan.steps
+            if isinstance(s.op, CreateTable) and s.op.reads_tables}
+
+
+def _fill(source_dsn: str, copy_dsn: str, spec: Spec, plan: Plan, cats: baseline.Catalogs) -> dict[str, int]:
+    """Sample the source in one snapshot and write the rows into the copy; return rows per table."""
+    counts: dict[str, int] = {}
+    with rh.connect_source(source_dsn) as src, psycopg.connect(copy_dsn, connect_timeout=CONNECT_TIMEOUT_S) as dst:
+        src.autocommit = False
+        src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with src.transaction():
+            src.execute("set local row_security = off")
+            dst.execute("set session_replication_role = replica")  # no FK checks, no user triggers
+            sampler = _choose(src, spec, plan, cats)
+            private = spec.migration.private_schema
+            mapping = src.execute("select to_regclass(%s)::oid", (str(spec.mapping_table),)).fetchone()[0]
+            # the ledger (and the rest of the private schema) in full: a resumed run goes on from it
+            ledger_tables = [r[0] for r in src.execute(
+                "select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                "where n.nspname = %s and c.relkind = 'r' and c.oid is distinct from %s", (private, mapping)).fetchall()]
+            snapshots = _snapshot_tables(plan)
+            for oid in ledger_tables:
+                if ".".join(_rel(src, oid)) not in snapshots:
+                    counts[".".join(_rel(src, oid))] = _copy_rows(src, dst, oid, None)
+            for oid, ctids in sampler.rows.items():
+                if ctids:
+                    counts[".".join(_rel(src, oid))] = _copy_rows(src, dst, oid, ctids)
+            seqs = src.execute("select schemaname, sequencename, last_value from pg_sequences "
+                               "where last_value is not null").fetchall()
+            for schema, name, value in seqs:
+                dst.execute("select setval(to_regclass(%s), %s)",
+                            (sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name)).as_string(dst),
+                             value))
+            # snapshots of every dependent row taken by steps done on the target: taken again over the sample
+            for name, op in snapshots.items():
+                if dst.execute("select to_regclass(%s)", (str(op.name),)).fetchone()[0] is not None:
+                    for statement in op.extra:
+                        dst.execute(statement)
+                    counts[name] = dst.execute(sql.SQL("select count(*) from {}").format(
+                        sql.Identifier(op.name.schema, op.name.name))).fetchone()[0]
+        dst.commit()
+    with psycopg.connect(copy_dsn, autocommit=True) as conn:
+        conn.execute("analyze")
+    return counts
+
+
+# -- comparing the schema ------------------------------------------------------------------------------
+
+_SCHEMA_STATE = """
+with s as (select oid, nspname from pg_namespace where nspname <> all(%(skip)s) and nspname !~ '^pg_'
+           and nspname <> 'information_schema')
+select format('relation %%s.%%s %%s rls=%%s/%%s acl=%%s', s.nspname, c.relname, c.relkind, c.relrowsecurity,
+              c.relforcerowsecurity, c.relacl) from pg_class c join s on s.oid = c.relnamespace
+  where c.relkind in ('r', 'p', 'v', 'm', 'f')
+union all
+select format('column %%s.%%s.%%s %%s %%s %%s', s.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+              a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
+  from pg_attribute a join pg_class c on c.oid = a.attrelid join s on s.oid = c.relnamespace
+  left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+  where c.relkind in ('r', 'p', 'v', 'm', 'f') and a.attnum > 0 and not a.attisdropped
+union all
+select format('constraint %%s.%%s.%%s %%s %%s', s.nspname, c.relname, con.conname, pg_get_constraintdef(con.oid),
+              con.convalidated)
+  from pg_constraint con join pg_class c on c.oid = con.conrelid join s on s.oid = c.relnamespace
+union all
+select format('index %%s valid=%%s', pg_get_indexdef(i.indexrelid), i.indisvalid)
+  from pg_index i join pg_class c on c.oid = i.indrelid join s on s.oid = c.relnamespace
+union all
+select format('trigger %%s %%s', pg_get_triggerdef(t.oid), t.tgenabled)
+  from pg_trigger t join pg_class c on c.oid = t.tgrelid join s on s.oid = c.relnamespace where not t.tgisinternal
+union all
+select format('policy %%s.%%s.%%s %%s %%s %%s %%s', s.nspname, c.relname, p.polname, p.polcmd, p.polroles::text,
+              pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid))
+  from pg_policy p join pg_class c on c.oid = p.polrelid join s on s.oid = c.relnamespace
+union all
+select format('function %%s %%s %%s', p.oid::regprocedure, md5(pg_get_functiondef(p.oid)), p.proacl)
+  from pg_proc p join s on s.oid = p.pronamespace where p.prokind in ('f', 'p')
+union all
+select format('view %%s.%%s %%s', s.nspname, c.relname, md5(pg_get_viewdef(c.oid)))
+  from pg_class c join s on s.oid = c.relnamespace where c.relkind in ('v', 'm')
+"""
+
+
+def schema_state(conn: psycopg.Connection, spec: Spec) -> list[str]:
+    """Tables, columns, constraints, indexes, triggers, policies, functions and views of every user schema but
+    the private one (its ledger records the preflight), as sorted text."""
+    rows = conn.execute(_SCHEMA_STATE, {"skip": [spec.migration.private_schema]}).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def _diff(before: list[str], after: list[str]) -> list[str]:
+    b, a = set(before), set(after)
+    return [f"- {x}" for x in sorted(b - a)] + [f"+ {x}" for x in sorted(a - b)]
+
+
+# -- running on the copy -------------------------------------------------------------------------------
+
+class _Tracker:
+    """A runner progress that remembers the step in flight."""
+
+    def __init__(self):
+        self.step: Step | None = None
+
+    def step_started(self, step: Step) -> None:
+        self.step = step
+
+    def step_finished(self, step: Step, status: str, seconds: float) -> None:
+        pass
+
+    def batch(self, step: Step, rows_done: int, total: int, rows_per_s: float) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+def _failure(stage: str, exc: BaseException, step: Step | None) -> Failure:
+    """What failed on the copy: the step, what Postgres said, the object it named, and a fix."""
+    pg = exc if isinstance(exc, psycopg.Error) else None
+    cause = exc.__cause__
+    while pg is None and cause is not None:
+        pg = cause if isinstance(cause, psycopg.Error) else None
+        cause = cause.__cause__
+    if isinstance(exc, PgConvergeError):
+        error, fix = exc.problem, exc.fix or ""
+    else:
+        error, fix = str(exc).strip() or type(exc).__name__, ""
+    sqlstate, obj = None, None
+    if pg is not None:
+        d = pg.diag
+        sqlstate = pg.sqlstate
+        error = (d.message_primary or str(pg).strip()) + (f" ({d.message_detail})" if d.message_detail else "")
+        if d.table_name:
+            obj = f"{d.schema_name}.{d.table_name}" if d.schema_name else d.table_name
+            if d.constraint_name:
+                obj += f" constraint {d.constraint_name}"
+            elif d.column_name:
+                obj += f" column {d.column_name}"
+        context = (d.context or "").strip().splitlines()
+        func = next((line for line in context if line.startswith("PL/pgSQL function")), None)
+        if func and "pgconverge" not in func.split(" line ")[0]:
+            obj = (obj + ", " if obj else "") + func.split(" line ")[0].replace("PL/pgSQL ", "")
+        klass = (sqlstate or "")[:2]
+        if klass == "23":
+            fix = (f"rows of the target would break {obj or 'a constraint'} when this step writes them: fix those rows "
+                   "or the constraint (or the configuration that produces the values), then run again")
+        elif sqlstate == "P0001" or func:
+            fix = (f"a function of the database raised an error when this step wrote rows ({obj or 'a trigger'}): "
+                   "make it accept the migration's writes (or disable that trigger for the run), then run again")
+        else:
+            fix = ("fix what Postgres names above on the target (or the configuration that produced the SQL), then "
+                   "run again")
+    if obj is None and step is not None:
+        obj = step.op.lock_target or None
+    return Failure(stage, step.id if step else None, error, sqlstate, obj, fix)
+
+
+def _spec_for_copy(spec: Spec) -> Spec:
+    """The observation window (time for the application to show itself) means nothing on a copy: 0 there."""
+    m = spec.migration
+    if hasattr(m, "observation_window"):
+        current = getattr(m, "observation_window")
+        zero = type(current)() if current is not None and not isinstance(current, (int, float)) else 0
+        try:
+            m = dataclasses.replace(m, observation_window=zero)
+        except (TypeError, ValueError):
+            m = dataclasses.replace(m, observation_window=0)
+        return dataclasses.replace(spec, migration=m)
+    return spec
+
+
+def run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, server: str | None = None,
+        keep: bool = False, on_stage: Callable[[Stage], None] | None = None) -> Result:
+    """Copy the target (schema, sampled rows), run every remaining phase and the whole rollback there.
+
+    Returns the result, passed or not; raises PgConvergeError only when the copy itself cannot be made.
+    """
+    from pgconverge.execution import killpoint
+
+    with killpoint.suspended():  # the test suite's kill and failure points are meant for the target
+        return _run(spec, target, plan, cats, server=server, keep=keep, on_stage=on_stage)
+
+
+def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, server: str | None,
+         keep: bool, on_stage: Callable[[Stage], None] | None) -> Result:
+    from pgconverge.execution.runner import Runner
+    from pgconverge.planning import plan as planner
+
+    say = on_stage or (lambda _s: None)
+    admin, where = _server(server)
+    database = f"pgconverge_preflight_{secrets.token_hex(4)}"
+    result = Result(server=f"{where}", database=database)
+    spec = _spec_for_copy(spec)
+
+    def stage(name: str, t0: float, detail: str, passed: bool = True) -> None:
+        st = Stage(name, time.monotonic() - t0, detail, passed)
+        result.stages.append(st)
+        say(st)
+
+    t0 = time.monotonic()
+    src = rh.inspect_source(target.dsn)
+    rh.check_version(src)
+    rh.refuse_same_database(src, admin, database)
+    missing = rh.missing_extensions(src, admin)
+    if missing:
+        raise rh.RehearsalError(
+            f"the preflight copy needs extensions the server {redact(admin)} cannot create: {', '.join(missing)}",
+            fix="name a scratch server that has them with --preflight-server, or skip the preflight with "
+                "--skip-preflight")
+    made = False
+    try:
+        with tempfile.TemporaryDirectory(prefix="pgconverge-preflight-") as tmp:
+            path = Path(tmp) / "schema.dump"
+            rh.dump(src, path, extra_args=("--schema-only",))
+            copy_dsn = rh.create_database(admin, database)
+            made = True
+            rh.create_missing_roles(src, admin)
+            rh.restore(path, copy_dsn, [])
+        result.sample = _fill(target.dsn, copy_dsn, spec, plan, cats)
+        rows = sum(v for k, v in result.sample.items() if not k.startswith(spec.migration.private_schema + "."))
+        stage("copy", t0, f"schema and {rows:,} sampled rows of {len(result.sample)} tables into {database} "
+                          f"({where})")
+
+        copy = Target(copy_dsn, "preflight copy")
+        tracker = _Tracker()
+        with connect(copy) as conn:
+            before = schema_state(conn, spec)
+            ccats = baseline.load(conn, spec)
+            fresh = not started_mid_migration(conn, spec)
+        cplan = planner.build(spec, ccats)
+        # the same steps (their SQL differs only by the names contract stamps with the time of planning)
+        result.plan_matches = [s.id for s in plan.steps] == [s.id for s in cplan.steps]
+        result.phases = [ph for ph in PHASES if cplan.phase(ph)]
+        t0 = time.monotonic()
+        failed = None
+        try:
+            with Runner(copy, spec, cplan, progress=tracker, command="preflight", catalogs=ccats,
+                        accept=frozenset({gates.CODE, gates.RUNTIME})) as runner:
+                for ph in result.phases:
+                    runner.run_phase(ph)
+        except Exception as exc:  # noqa: BLE001 - every failure on the copy is the preflight's verdict
+            failed = _failure("phases", exc, tracker.step)
+        stage("phases", t0, (f"{', '.join(result.phases)} on the copy" if failed is None
+                             else f"failed at {failed.step or 'the start'}"), failed is None)
+        # The whole rollback runs in any case: from a failed step too, as a real rollback would.
+        t0 = time.monotonic()
+        tracker.step = None
+        result.rollback_to = PHASES[0]
+        try:
+            with connect(copy) as conn:
+                rcats = baseline.load(conn, spec)
+            rplan = planner.rollback(spec, rcats, PHASES[0])
+            with Runner(copy, spec, rplan, progress=tracker, command=f"rollback {PHASES[0]}",
+                        catalogs=rcats) as runner:
+                runner.run_rollback(rplan, to=PHASES[0])
+            with connect(copy) as conn:
+                after = schema_state(conn, spec)
+            if fresh:
+                result.schema_differences = _diff(before, after)
+                result.schema_restored = not result.schema_differences
+        except Exception as exc:  # noqa: BLE001
+            if failed is None:
+                failed = _failure("rollback", exc, tracker.step)
+            else:
+                result.schema_differences = [f"the rollback after the failure failed too: {exc}"]
+        if failed is None and result.schema_restored is False:
+            failed = Failure("rollback", None, "after the whole rollback the copy's schema differs from its start: "
+                             + "; ".join(result.schema_differences[:5]), None, None,
+                             "the rollback would leave these objects changed on the target: report it with "
+                             "`pgconverge plan --rollback-to align` and the lines above")
+        detail = (f"back to the start of {PHASES[0]}, "
+                  + ("schema as at the start" if result.schema_restored else
+                     "schema not compared (the copy started mid-migration)" if result.schema_restored is None
+                     else f"{len(result.schema_differences)} schema differences"))
+        stage("rollback", t0, detail if failed is None or failed.stage != "rollback"
+              else f"failed at {failed.step or 'the schema comparison'}",
+              failed is None or failed.stage != "rollback")
+        result.failure = failed
+    finally:
+        result.kept = keep and made
+        if made and not keep:
+            rh.drop_database(admin, database)
+    return result
+
+
+def started_mid_migration(conn: psycopg.Connection, spec: Spec) -> bool:
+    """Whether the copy's ledger records any forward step done (the copy started mid-migration)."""
+    from pgconverge.ledger.store import Ledger
+
+    ledger = Ledger(conn, spec)
+    if not ledger.exists():
+        return False
+    return any(st.state == "done" and sid.split(".", 1)[0] in PHASES for sid, st in ledger.step_states().items())
+
+
+def refusal(result: Result) -> PreflightFailed:
+    """The error `run` stops with: the step, what Postgres said, the object, the fix; the target untouched."""
+    f = result.failure
+    assert f is not None
+    where = f"step {f.step}" if f.step else f"the {f.stage} stage"
+    obj = f"; object: {f.object}" if f.object else ""
+    state = f" (SQLSTATE {f.sqlstate})" if f.sqlstate else ""
+    return PreflightFailed(
+        f"the preflight on a copy of the target failed at {where} ({f.stage}): {f.error}{state}{obj}. "
+        "The target was not changed",
+        fix=f"{f.fix}. `pgconverge plan --check` runs the preflight alone; --skip-preflight runs without it "
+            "(at your own risk)", result=result)

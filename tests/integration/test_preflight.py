@@ -1,0 +1,141 @@
+"""The preflight: the remaining plan and its whole rollback run first on a sampled copy of the target.
+
+Each failure class below passes every plan-time check (`plan` shows the plan without refusing it) and
+fails only when a step writes rows or runs its rollback. The preflight must stop `run` before its
+first change: exit 2 with the step, what Postgres said and the object, and the target's schema and
+rows byte for byte as before, without a `pgconverge` schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from _small import AUTH_SQL, base_sql, config, policy_sql, roles_sql
+from _support import cli, cli_json, write_config
+
+from pgconverge.execution import preflight_copy
+
+HELPER = ("create function public.auth_customer_id() returns bigint language sql stable as $$ "
+          "select nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'customer_id', '')::bigint $$;")
+ACCEPT = ("--accept-code-references", "--accept-runtime-use")
+
+
+@pytest.fixture(autouse=True)
+def preflight_on(monkeypatch, admin_dsn):
+    monkeypatch.setenv(preflight_copy.ENABLE_ENV, "on")
+    monkeypatch.setenv(preflight_copy.SERVER_ENV, admin_dsn)  # copies go to the test server, not another one
+
+
+def fingerprint(dsn: str) -> str:
+    """A hash of the catalog of every user schema and of the rows of every table in them."""
+    h = hashlib.sha256()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        state = conn.execute("""
+            select format('%s %s %s', n.nspname, n.nspacl, n.nspowner) from pg_namespace n
+            where n.nspname !~ '^pg_' and n.nspname <> 'information_schema'""").fetchall()
+        h.update(repr(sorted(state)).encode())
+        h.update(repr(preflight_copy.schema_state(conn, _Spec())).encode())
+        for schema, name in conn.execute(
+                "select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                "where c.relkind in ('r', 'p') and n.nspname !~ '^pg_' and n.nspname <> 'information_schema' "
+                "order by 1, 2").fetchall():
+            rows = conn.execute(sql.SQL("select coalesce(string_agg(t::text, '|' order by t::text), '') from {} t")
+                                .format(sql.Identifier(schema, name))).fetchone()[0]
+            h.update(f"{schema}.{name}:{rows}".encode())
+        seqs = conn.execute("select schemaname, sequencename, last_value from pg_sequences order by 1, 2").fetchall()
+        h.update(repr(seqs).encode())
+    return h.hexdigest()
+
+
+class _Migration:
+    private_schema = "-"  # compare every schema
+
+
+class _Spec:
+    migration = _Migration()
+
+
+# Each: extra SQL on the small schema, the step that fails on the copy, and a word the error or object names.
+CASES = {
+    # (a) the dependent's own trigger refuses updates: the backfill of carts.profile_id fails
+    "trigger_on_dependent": ("""
+        create function public.carts_frozen() returns trigger language plpgsql as $$
+        begin raise exception 'carts are append-only'; end $$;
+        create trigger carts_frozen before update on public.carts for each row execute function public.carts_frozen();
+        """, "expand.", "carts are append-only"),
+    # (b) a CHECK on the canonical table that the canonical rows align creates break (another operator's prefix)
+    "check_on_created_canonical": ("""
+        alter table public.profiles add constraint profiles_mtn_only check (whatsapp_e164 like '+25078%');
+        insert into public.customers (wa_id) values ('+250722000001');
+        """, "align.", "profiles_mtn_only"),
+    # (c) a unique index of the dependent whose mirror on the new column two merged customers collide in
+    "unique_mirror_collision": ("""
+        create unique index carts_customer_note on public.carts (customer_id, note);
+        """, "expand.", "carts"),
+    # (d) a rollback step fails: the canonical table refuses deletes, so undoing align's created rows fails
+    "rollback_delete_refused": ("""
+        create function public.profiles_keep() returns trigger language plpgsql as $$
+        begin raise exception 'profiles are never deleted'; end $$;
+        create trigger profiles_keep before delete on public.profiles for each row
+          execute function public.profiles_keep();
+        """, "rollback.", "profiles are never deleted"),
+}
+
+
+def _small(make_db, tmp_path, extra: str) -> tuple[str, str]:
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(roles_sql() + AUTH_SQL + base_sql() + HELPER + policy_sql("public.auth_customer_id") + extra)
+        conn.execute("analyze")
+    return dsn, write_config(tmp_path, config("public.auth_customer_id"))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_step_that_fails_on_the_copy_stops_run_before_any_change(case, make_db, tmp_path):
+    extra, step, word = CASES[case]
+    dsn, cfg = _small(make_db, tmp_path, extra)
+    before = fingerprint(dsn)
+    cli("plan", "--no-sql", "--dsn", dsn, "--config", cfg)  # the plan-time checks do not refuse it
+    out = cli_json("run", "--all", *ACCEPT, "--dsn", dsn, "--config", cfg, expect=2)
+    assert out["error"] == "PreflightFailed", out
+    failure = out["preflight"]["failure"]
+    assert failure["step"] and failure["step"].startswith(step), failure
+    assert word in failure["error"] + " " + str(failure["object"]), failure
+    assert "The target was not changed" in out["problem"] and out["fix"], out
+    assert fingerprint(dsn) == before
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("select to_regnamespace('pgconverge')").fetchone()[0] is None
+    # the copy was dropped
+    with psycopg.connect(preflight_copy.os.environ[preflight_copy.SERVER_ENV]) as conn:
+        assert conn.execute("select count(*) from pg_database where datname like 'pgconverge_preflight_%'"
+                            ).fetchone()[0] == 0
+
+
+def test_happy_path_on_the_fixture(fixture_db, tmp_path):
+    before = fingerprint(fixture_db)
+    check = cli_json("plan", "--check", "--dsn", fixture_db)
+    assert check["verdict"] == "passed", check
+    assert [s["stage"] for s in check["stages"]] == ["copy", "phases", "rollback"]
+    assert check["schema_restored"] is True and check["plan_matches"] is True, check
+    per = check["sample"]["per_table"]
+    for table in ("public.customers", "public.profiles", "public.carts", "public.orders", "public.sessions"):
+        assert 0 < per[table] <= 2 * preflight_copy.PER_TABLE + 200, (table, per)
+    assert fingerprint(fixture_db) == before  # plan --check changes nothing
+    out = cli("run", "align", "--dsn", fixture_db)
+    assert "preflight copy: ok" in out and "preflight rollback: ok" in out and "align finished" in out, out
+    # resumed: the copy takes the ledger along, and the preflight covers what remains
+    res = cli_json("run", "expand", "--dsn", fixture_db)
+    assert res["preflight"]["verdict"] == "passed" and res["preflight"]["phases"], res
+    assert res["preflight"]["schema_restored"] is None  # started mid-migration: not compared
+    assert any(k.startswith("pgconverge.") for k in res["preflight"]["sample"]["per_table"]), res["preflight"]
+
+
+def test_skip_preflight(make_db, tmp_path):
+    extra, _, _ = CASES["trigger_on_dependent"]
+    dsn, cfg = _small(make_db, tmp_path, extra)
+    out = cli("run", "align", "--skip-preflight", "--dsn", dsn, "--config", cfg)
+    assert "preflight" not in out and "align finished" in out, out
