@@ -87,6 +87,11 @@ def _dump(pg15, db: str) -> list[str]:
             if line.strip() and not line.startswith(("\\restrict", "\\unrestrict", "--"))]
 
 
+def _outside_do(code: str) -> str:
+    """CODE without its DO blocks (a dollar-quoted body may hold BEGIN and any statement)."""
+    return re.sub(r"\bdo (\$\w*\$).*?\1", "do", code, flags=re.S)
+
+
 def _code(path: Path) -> str:
     """A file's SQL without its comment lines."""
     return "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("--"))
@@ -96,8 +101,15 @@ def _code(path: Path) -> str:
 def emitted(pg15, fixture15, tmp_path_factory):
     out = tmp_path_factory.mktemp("emit") / "project"
     db = _copy(pg15, fixture15, "emit_source")
-    data = cli_json("emit", str(out), "--dsn", _dsn(pg15, db))
+    data = cli_json("emit", str(out), "--dsn", _dsn(pg15, db), "--config", _config(tmp_path_factory.mktemp("cfg")))
     return out, data
+
+
+def _config(where: Path) -> str:
+    """No observation window: the contract files follow the switch files at once in these tests."""
+    p = where / "pgconverge.toml"
+    p.write_text("[migration]\nobservation_window = 0\n")
+    return str(p)
 
 
 def test_layout(emitted):
@@ -112,14 +124,16 @@ def test_layout(emitted):
     concurrently = 0
     for p in migrations:
         code = _code(p)
-        statements = [s for s in code.split(";") if s.strip()]
-        if re.search(r"\bconcurrently\b", code, re.I):
+        # Outside a transaction: the one statement, between the DO blocks that record it in the ledger.
+        outside = _outside_do(code)
+        if re.search(r"\bconcurrently\b", outside, re.I):
             concurrently += 1
-            assert len(statements) == 1, f"{p.name} holds more than its CONCURRENTLY statement"
-            assert not re.search(r"\b(begin|commit|start transaction)\b", code, re.I), p.name
-        if re.search(r"^\s*call\b", code, re.I | re.M):
-            assert len(statements) == 1 and not re.search(r"\bbegin\s*;", code, re.I), p.name
-        if not re.search(r"\bconcurrently\b|^\s*call\b", code, re.I | re.M):
+            assert len(re.findall(r"\bconcurrently\b", outside, re.I)) == 1, f"{p.name} holds more than one"
+            assert not re.search(r"\b(begin|commit|start transaction)\b", outside, re.I), p.name
+        if re.search(r"^\s*call\b", outside, re.I | re.M):
+            assert len(re.findall(r"^\s*call\b", outside, re.I | re.M)) == 1, p.name
+            assert not re.search(r"\bbegin\s*;", outside, re.I), p.name
+        if not re.search(r"\bconcurrently\b|^\s*call\b", outside, re.I | re.M):
             assert re.match(r"\s*begin;", code) and code.rstrip().endswith("commit;"), f"{p.name} is one transaction"
     assert concurrently >= 4  # the mapping's match index and one mirrored index per dependent table
     # Every forward file has its reverse; the batched backfill is a CALL, never a whole-table UPDATE.
@@ -128,12 +142,19 @@ def test_layout(emitted):
     backfill = next(p for p in migrations if "carts_backfill" in p.name)
     assert re.search(r"^call \"pgconverge\".\"run_batches\"", _code(backfill), re.M)
     assert "pgconverge run expand" in backfill.read_text() or "pgconverge run" in backfill.read_text()
+    # An error a file raises states its fix in the message: the Supabase CLI prints no HINT. (The sync trigger
+    # that expand creates raises with one on a write whose two ids disagree; its message names both ids.)
+    raises = [(p.name, m.group(0)) for p in migrations + sorted((out / "supabase" / "rollback").iterdir())
+              for m in re.finditer(r"raise exception using.*?;$", _code(p), re.S | re.M)]
+    assert len(raises) >= 6, raises
+    hinted = [(n, r) for n, r in raises if re.search(r"\bhint\s*=", r)]
+    assert all("_expand_" in n and "which belongs to" in r for n, r in hinted), hinted
     # Runner-only steps are said, not dropped.
     assert any("align.report" in s for s in data["not_emitted"])
     assert any("align.phone_audit" in n.read_text() for n in migrations)
     tests = sorted((out / "supabase" / "tests" / "database").glob("*.test.sql"))
     assert [t.name for t in tests] == ["pgconverge_contract.test.sql", "pgconverge_contract_rls.test.sql"]
-    earlier = sorted((out / "supabase" / "tests" / "before_contract").glob("*.test.sql"))
+    earlier = sorted((out / "pgconverge-tests" / "before_contract").glob("*.test.sql"))
     assert len(earlier) == 4
     for t in tests + earlier:
         code = _code(t)
@@ -284,6 +305,18 @@ def _wait_for_stats(conn, table: str, updates: int) -> None:
     raise AssertionError(f"the statistics never showed {updates} updates of {table}")
 
 
+def _refusal(dsn: str, path: str, *before: str) -> str:
+    """The primary message of the error applying the file at PATH raises, after the statements BEFORE, all in one
+    transaction rolled back afterwards (the file's own BEGIN only warns inside it)."""
+    with psycopg.connect(dsn) as conn:
+        for stmt in before:
+            conn.execute(stmt)
+        with pytest.raises(psycopg.Error) as failed:
+            conn.execute(Path(path).read_text())
+        conn.rollback()
+    return failed.value.diag.message_primary or ""
+
+
 def test_contract_gates_refuse_and_change_nothing(pg15, fixture15, emitted):
     """After the switch files, a write to the legacy table stops contract at its runtime gate, naming the counts."""
     out, data = emitted
@@ -296,7 +329,7 @@ def test_contract_gates_refuse_and_change_nothing(pg15, fixture15, emitted):
     with psycopg.connect(_dsn(pg15, db), autocommit=True) as conn:
         conn.execute("create extension pgtap")
     # The tests of the state before contract pass now, and running them is no use of the legacy side.
-    earlier = sorted(str(p) for p in (out / "supabase" / "tests" / "before_contract").glob("*.test.sql"))
+    earlier = sorted(str(p) for p in (out / "pgconverge-tests" / "before_contract").glob("*.test.sql"))
     r = _prove(pg15, db, *earlier)
     expected = sum(t["assertions"] for t in data["tests"] if "/before_contract/" in t["file"])
     assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
@@ -339,6 +372,31 @@ def test_contract_gates_refuse_and_change_nothing(pg15, fixture15, emitted):
     with psycopg.connect(_dsn(pg15, db), autocommit=True) as conn:
         conn.execute(f"alter table public.{nullable} alter column profile_id set not null")
 
+    # Each refusal carries its reason and its fix in the message itself, as a driver sees it (the Supabase CLI
+    # prints the message, and no HINT): old code at work, no baseline row, no baseline table, the switch undone.
+    used = _refusal(_dsn(pg15, db), stopped)
+    assert "old code still uses the legacy side" in used and ". Fix: find the callers with `pgconverge audit " \
+           "runtime`" in used, used
+    assert "select \"pgconverge\".\"take_runtime_baseline\"();" in used and "accept_runtime_use = on" in used, used
+    empty = _refusal(_dsn(pg15, db), stopped, "delete from pgconverge.emitted_runtime_baseline")
+    assert "holds no baseline" in empty and ". Fix: take a baseline (select " in empty, empty
+    with psycopg.connect(_dsn(pg15, db)) as conn:  # accepted on purpose, it warns instead
+        conn.execute("delete from pgconverge.emitted_runtime_baseline")
+        conn.execute("set local pgconverge.accept_runtime_use = on")
+        warned = []
+        conn.add_notice_handler(lambda d: warned.append(d.message_primary))
+        # The gate's DO block alone: the whole file would go on to its COMMIT, recording the gate as passed.
+        conn.execute(re.search(r"^do (\$\w*\$).*?\1", Path(stopped).read_text(), re.S | re.M).group(0))
+        conn.rollback()
+    assert any("holds no baseline; accepted by pgconverge.accept_runtime_use" in w for w in warned), warned
+    missing = _refusal(_dsn(pg15, db), stopped, "alter table pgconverge.emitted_runtime_baseline rename to gone")
+    assert "no runtime baseline recorded" in missing and ". Fix: apply the switch files first (supabase/migrations/" \
+           f"{Path(files[first - 1]).name} records the baseline)" in missing, missing
+    switch = _refusal(_dsn(pg15, db), gate, f"alter table public.{nullable} alter column profile_id drop not null")
+    assert "gate switch in place: the switch is not complete: " in switch \
+           and ". Fix: apply the align, expand and switch files first" in switch, switch
+    assert _dump(pg15, db) == before, "nothing of contract was applied, and every change above was rolled back"
+
     # Accepting the use on purpose passes with a warning naming the counts; a new baseline passes cleanly.
     r = _psql(pg15, db, "-c", "set pgconverge.accept_runtime_use = on", "-f", stopped)
     assert r.returncode == 0 and "WARNING" in r.stderr and "2 updated" in r.stderr, r.stderr
@@ -360,15 +418,16 @@ def test_through_switch(pg15, fixture15, tmp_path):
     assert sorted(p.name for p in (out / "supabase" / "tests" / "database").iterdir()) == [
         "pgconverge_align.test.sql", "pgconverge_expand.test.sql", "pgconverge_switch_helper.test.sql",
         "pgconverge_switch_rls.test.sql"]
-    assert not (out / "supabase" / "tests" / "before_contract").exists()
+    assert not (out / "pgconverge-tests" / "before_contract").exists()
     assert len(data["rollback"]) == len(names)
 
 
 def test_help_teaches():
-    text = cli("emit", "--help")
+    text = " ".join(cli("emit", "--help").split())  # however the terminal wraps it
     for phrase in ("supabase db push", "pg_prove", "supabase test db", "supabase/rollback", "psql",
                    "pgconverge audit code DIR --fail-on-findings", "pgconverge.accept_runtime_use",
-                   "before_contract", "[default: contract]"):
+                   "pgconverge-tests/before_contract", "[default: contract]", "--phase", "--rollback-to",
+                   "never in the future", "supabase migration repair"):
         assert phrase in text, phrase
 
 

@@ -13,10 +13,23 @@ Layout under DIR:
 - ``supabase/rollback/<same timestamp>_<name>.down.sql``: what undoes each forward file, from the
   rollback plan (the same steps `pgconverge rollback` runs), applied latest first. A reverse file may
   hold several transactions (each BEGIN/COMMIT block is one) and statements outside any.
-- ``supabase/tests/database/pgconverge_*.test.sql``: pgTAP tests of the state the migrations leave.
-  When contract is written, the tests of the state before it (mapping, legacy and new columns, the
-  bridging helper, RLS with old and new tokens) go to ``supabase/tests/before_contract/``, to be run
-  after the switch files and before the contract files.
+- ``supabase/tests/database/pgconverge_*.test.sql``: pgTAP tests of the state the migrations leave,
+  and only those (``supabase test db`` runs everything under supabase/tests; pgconverge's tests of
+  another state are removed from there). When align through contract are written at once, the tests
+  of the state before contract (mapping, legacy and new columns, the bridging helper, RLS with old
+  and new tokens) go to ``pgconverge-tests/before_contract/``, to be run after the switch files and
+  before the contract files.
+
+Every file writes pgconverge's ledger as `pgconverge run` does (ledger/emitted.py): its steps'
+`start` and `done` events with the fingerprints `run` plans them with, the snapshots they take, and,
+in the first file of each phase, the catalog that phase is planned from. So `status`, `plan`,
+`verify` and `run` read a database migrated by files like one migrated by `run`, and `emit --phase
+PHASE` plans each phase from the ledger as `run` does, writing what is not done yet, dated after the
+migrations already in the directory and never in the future. `emit --rollback-to PHASE` writes the
+rollback plan as new forward migrations (recording `reverted` events), so the Supabase CLI's history
+stays true. A ``CREATE INDEX CONCURRENTLY`` file can be applied again after an interruption: it drops
+the invalid index an interrupted build leaves (a plain DROP INDEX in a DO block: DROP INDEX
+CONCURRENTLY cannot run in one) and builds with IF NOT EXISTS.
 
 Batched work (the identity matching, the backfill of the new column, and in reverse the legacy ids)
 is not one giant UPDATE, which would lock every row it touches until it commits and bloat the
@@ -28,10 +41,12 @@ CALL is safe because every batch changes only the rows that still need it. A PRO
 may COMMIT only when called outside a transaction block, which is why each CALL has a file of its
 own without BEGIN/COMMIT and must be applied in autocommit mode (psql does this for a file that does
 not open a transaction itself). What only the runner can do is left as a comment in the file it
-concerns: ledger snapshots, the phone-number audit, the RLS equivalence check made in one data
-snapshot during the policy rewrite (the pgTAP tests check its outcome instead), the throttling and
-checkpoints of batches. Gates that are plain queries become assertions (a DO block that raises
-with the problems found), so a migration stops where `pgconverge run` would.
+concerns: the phone-number audit, the RLS equivalence check made in one data snapshot during the
+policy rewrite (the pgTAP tests check its outcome instead), the throttling and checkpoints of
+batches (the ledger snapshots of counts are taken in SQL by the file before them). Gates that
+are plain queries become assertions (a DO block that raises with the problems found and the fix,
+both in the error message: the Supabase CLI prints no HINT), so a migration stops where `pgconverge
+run` would.
 
 Contract (drop and archive the legacy side) is emitted too, after the switch files, with its
 gates made into what SQL can check (see emit/contract.py): the last switch file records a runtime
@@ -44,8 +59,9 @@ the gate file's header says to run `pgconverge audit code DIR --fail-on-findings
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -54,16 +70,18 @@ from psycopg import sql
 from pgconverge.catalog.baseline import Catalogs
 from pgconverge.config import Spec
 from pgconverge.emit import contract as emitted_contract, pgtap
-from pgconverge.emit.files import MigrationFile, Part, attach_reverse, forward
+from pgconverge.emit.files import RUNTIME_ONLY, MigrationFile, Part, attach_reverse, forward, snake
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution.sql import text
+from pgconverge.ledger.emitted import Block, Record, render as render_ledger, snapshot_expression
+from pgconverge.ledger.store import Ledger
 from pgconverge.operations.archive import ArchiveTable
-from pgconverge.operations.base import PHASES, Plan
+from pgconverge.operations.base import PHASES, Plan, Step
 from pgconverge.operations.private_schema import CreatePrivateSchema
 from pgconverge.planning import plan as planner
 
 EMITTABLE = ("align", "expand", "switch", "contract")
-BEFORE_CONTRACT = "supabase/tests/before_contract"
+BEFORE_CONTRACT = "pgconverge-tests/before_contract"
 
 
 class EmitError(PgConvergeError):
@@ -86,70 +104,270 @@ class Emitted:
                 "not_emitted": self.skipped}
 
 
-def check_dir(out: Path, force: bool) -> None:
+def check_dir(out: Path, force: bool, adding: bool = False) -> None:
+    """Refuse a file, or a non-empty directory unless FORCE or ADDING (new files after those already there)."""
     if out.exists() and not out.is_dir():
         raise EmitError(f"{out} exists and is not a directory", fix="name a new or empty directory")
-    if out.exists() and any(out.iterdir()) and not force:
+    if out.exists() and any(out.iterdir()) and not (force or adding):
         raise EmitError(f"{out} exists and is not empty; emit writes a fresh set of files there",
-                        fix="name a new or empty directory, or pass --force to write into it anyway (files of "
-                            "the same names are replaced, others are left alone)")
+                        fix="name a new or empty directory, pass --phase PHASE to add one phase's files after the "
+                            "migrations already there, or pass --force to write into it anyway (files of the same "
+                            "names are replaced, others are left alone)")
+
+
+def latest_migration(out: Path) -> datetime | None:
+    """The time of the latest migration already in OUT/supabase/migrations (by its 14-digit version)."""
+    d = out / "supabase" / "migrations"
+    stamps = [m.group(1) for p in (d.iterdir() if d.is_dir() else ())
+              if (m := re.match(r"(\d{14})_", p.name))]
+    if not stamps:
+        return None
+    return datetime.strptime(max(stamps), "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+
+
+def versions_start(out: Path, n: int, start: datetime | None, now: datetime | None = None) -> datetime:
+    """The first of N versions one second apart: the latest at most NOW, and all after the latest existing one.
+
+    A version in the future would sort after a `supabase migration new` made right after emitting; one at
+    or before an existing migration would be skipped by `supabase db push` (or applied out of order).
+    """
+    latest = latest_migration(out)
+    if start is not None:
+        if latest is not None and start <= latest:
+            raise EmitError(f"--timestamp {start:%Y%m%d%H%M%S} is not after the latest migration in "
+                            f"{out / 'supabase' / 'migrations'} ({latest:%Y%m%d%H%M%S})",
+                            fix="leave --timestamp out (emit then starts right after that migration) or give a later "
+                                "time")
+        return start
+    now = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    first = now - timedelta(seconds=max(n - 1, 0))
+    if latest is not None and first <= latest:
+        first = latest + timedelta(seconds=1)  # the order matters more than the clock: a later file waits
+    return first
+
+
+def _adapted(spec: Spec, cats: Catalogs, steps, out: Path, start_at: datetime | None, now: datetime | None):
+    """(the plan of STEPS with the contract gates made SQL, its files with their versions)."""
+    plan = emitted_contract.adapt(spec, cats, Plan(tuple(steps)), "")
+    n = len(forward(spec, plan, datetime(2000, 1, 1, tzinfo=timezone.utc)))
+    start = versions_start(out, n, start_at, now)
+    # The baseline file's name is known only once the files are laid out; the layout does not depend on it.
+    # Emitted phase by phase, contract's gate names the switch file written before (the latest such file in OUT).
+    baseline_file = next((f.filename for f in forward(spec, plan, start)
+                          if emitted_contract.BASELINE_STEP in f.steps), "") or _written_baseline_file(out)
+    plan = emitted_contract.adapt(spec, cats, Plan(tuple(steps)), baseline_file)
+    return plan, forward(spec, plan, start)
+
+
+def _written_baseline_file(out: Path) -> str:
+    """The name of the latest file in OUT/supabase/migrations that records the runtime baseline, or ""."""
+    d = out / "supabase" / "migrations"
+    suffix = "_" + snake(f"pgconverge_{emitted_contract.BASELINE_STEP}") + ".sql"
+    names = sorted(p.name for p in d.glob(f"*{suffix}")) if d.is_dir() else []
+    return names[-1] if names else ""
+
+
+def _state_tests(spec: Spec, cats: Catalogs, plan: Plan, picked: list, after: str | None) -> list[pgtap.TestFile]:
+    """pgTAP files of the state after phase AFTER (None: before align, no tests). PLAN: every phase, adapted."""
+    if after is None:
+        return []
+    if after == "contract":
+        return [pgtap.contract_tests(spec, cats, plan, picked),
+                pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked, after_contract=True)]
+    cat = cats.for_phase("expand")
+    done = PHASES[:PHASES.index(after) + 1]
+    tests = [pgtap.align_tests(spec, cat)]
+    if "expand" in done:
+        tests.append(pgtap.expand_tests(spec, cat, plan))
+    if "switch" in done:
+        tests += [pgtap.helper_tests(spec, cat, picked), pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked)]
+    return tests
 
 
 def emit(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, *, through: str = "contract",
-         start: datetime | None = None, force: bool = False, samples: int = 2) -> Emitted:
-    """Write every file for the phases from align through THROUGH; read-only on the database."""
+         phase: str | None = None, start: datetime | None = None, force: bool = False, samples: int = 2,
+         now: datetime | None = None) -> Emitted:
+    """Write the files of the phases from align through THROUGH, or of PHASE alone; read-only on the database.
+
+    Each phase is planned as `pgconverge run` plans it: from the catalog saved in the ledger when that
+    phase started (by `run` or by the first emitted file of the phase), else from the database now. With
+    PHASE, the files go after the migrations already in OUT.
+    """
     if through not in EMITTABLE:
         raise EmitError(f"cannot emit through {through!r}: emit writes {', '.join(EMITTABLE)}",
                         fix=f"name one of {', '.join(EMITTABLE)}")
-    check_dir(out, force)
+    if phase is not None and phase not in EMITTABLE:
+        raise EmitError(f"cannot emit phase {phase!r}: emit writes {', '.join(EMITTABLE)}",
+                        fix=f"name one of {', '.join(EMITTABLE)}")
+    check_dir(out, force, adding=phase is not None)
     full = planner.build(spec, cats)
-    phases = PHASES[:PHASES.index(through) + 1]
-    start = start or datetime.now(timezone.utc).replace(microsecond=0)
-    plan = Plan(tuple(s for s in full.steps if s.phase in phases))
-    # The baseline file's name is known only once the files are laid out; the layout does not depend on it.
-    plan = emitted_contract.adapt(spec, cats, plan, "")
-    baseline_file = next((f.filename for f in forward(spec, plan, start)
-                          if emitted_contract.BASELINE_STEP in f.steps), "")
-    plan = emitted_contract.adapt(spec, cats, Plan(tuple(s for s in full.steps if s.phase in phases)), baseline_file)
+    phases = (phase,) if phase else PHASES[:PHASES.index(through) + 1]
+    # What the ledger records as done (by `run` or by files applied before) is not written again, as `run`
+    # skips it: applying it twice would fail (the table exists) or, worse, do it twice.
+    ledger = Ledger(conn, spec)
+    states = ledger.step_states() if ledger.exists() else {}
+    steps = [s for s in full.steps if s.phase in phases
+             and not (s.id in states and states[s.id].state == "done")]
+    if not steps:
+        raise EmitError(f"nothing to write: the ledger records every step of {', '.join(phases)} as done",
+                        fix="`pgconverge status` shows where the migration stands; emit the next phase with "
+                            "--phase, or the undo with --rollback-to")
+    plan, files = _adapted(spec, cats, steps, out, start, now)
     rollback = planner.rollback(spec, cats, "align")
-    files = forward(spec, plan, start)
     _private_schema_reverse(spec, plan, files)
     skipped = [n for f in files for n in f.notes]
     skipped += attach_reverse(plan, rollback, files, spec)
     _contract_reverse(spec, cats, plan, files)
-    cat = cats.for_phase("expand")
-    picked = pgtap.pick_samples(conn, spec, cat, samples) if "switch" in phases else []
-    tests = [pgtap.align_tests(spec, cat)]
-    if "expand" in phases:
-        tests.append(pgtap.expand_tests(spec, cat, plan))
-    if "switch" in phases:
-        tests += [pgtap.helper_tests(spec, cat, picked), pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked)]
-    # Tests of the state the files leave go to tests/database. With contract, the earlier phases' tests (they
-    # read the mapping, the legacy columns and old tokens) check the state before contract: a directory of their own.
-    earlier: list[pgtap.TestFile] = []
-    if "contract" in phases:
-        earlier, tests = tests, [pgtap.contract_tests(spec, cats, plan, picked),
-                                 pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked, after_contract=True)]
-
-    mig_dir, rb_dir, test_dir = out / "supabase" / "migrations", out / "supabase" / "rollback", \
-        out / "supabase" / "tests" / "database"
-    for d in (mig_dir, rb_dir, test_dir) + ((out / BEFORE_CONTRACT,) if earlier else ()):
-        d.mkdir(parents=True, exist_ok=True)
-    lock = spec.migration.lock_timeout_ms
+    attach_ledger(spec, cats, plan, full, rollback, files)
+    last = phases[-1]
+    picked = pgtap.pick_samples(conn, spec, cats.for_phase("expand"), samples) \
+        if last in ("switch", "contract") else []
+    every = emitted_contract.adapt(spec, cats, full, "")
+    tests = _state_tests(spec, cats, every, picked, last)
+    # Tests of the state the files leave go to supabase/tests, which `supabase test db` runs whole. With contract,
+    # the tests of the state before it (they read the mapping, the legacy columns and old tokens) go elsewhere.
+    earlier = _state_tests(spec, cats, every, picked, "switch") if last == "contract" and phase is None else []
     result = Emitted([], [], [], picked, skipped)
+    _write(spec, out, files, result)
+    _write_tests(out, tests, earlier, picked, result)
+    return result
+
+
+def emit_rollback(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, to: str, *,
+                  start: datetime | None = None, now: datetime | None = None) -> Emitted:
+    """The rollback back to the start of phase TO as new forward migrations, after those already in OUT.
+
+    Like `pgconverge rollback TO`: the rollback plan, less the steps that undo nothing (the ledger says
+    which forward steps are done or half done). Each file records its steps as done and the forward steps
+    they undo as reverted; the last one discards the saved catalogs of the phases undone.
+    """
+    if to not in EMITTABLE:
+        raise EmitError(f"cannot roll back to {to!r}: name one of {', '.join(EMITTABLE)}",
+                        fix=f"name one of {', '.join(EMITTABLE)}")
+    check_dir(out, False, adding=True)
+    ledger = Ledger(conn, spec)
+    states = ledger.step_states() if ledger.exists() else {}
+    rollback = planner.rollback(spec, cats, to)
+    live = [s for s in rollback.steps
+            if any(states.get(r) and states[r].state in ("done", "pending") for r in s.needs)]
+    if not live:
+        raise EmitError(f"nothing to roll back to the start of {to}: the ledger records no step of {to} or a "
+                        "later phase as done", fix="check `pgconverge status`; apply the migrations first")
+    plan, files = _adapted(spec, cats, live, out, start, now)
+    command = f"rollback {to}"
+    for f in files:
+        f.name = f.name.replace("pgconverge_rollback_", f"pgconverge_rollback_to_{to}_", 1) \
+            if f.name.startswith("pgconverge_rollback_") else f.name
+    attach_ledger(spec, cats, plan, None, None, files, command=command)
+    discard = list(PHASES[PHASES.index(to):])
+    files[-1].parts[-1].discard.extend(discard)
+    skipped = [n for f in files for n in f.notes]
+    earlier = PHASES[PHASES.index(to) - 1] if PHASES.index(to) > 0 else None
+    picked = pgtap.pick_samples(conn, spec, cats.for_phase("expand"), 2) if earlier == "switch" else []
+    tests = _state_tests(spec, cats, emitted_contract.adapt(spec, cats, planner.build(spec, cats), ""), picked,
+                         earlier)
+    result = Emitted([], [], [], picked, skipped)
+    _write(spec, out, files, result, reverse=False, command=command)
+    _write_tests(out, tests, [], picked, result)
+    return result
+
+
+def attach_ledger(spec: Spec, cats: Catalogs, plan: Plan, full: Plan | None, rollback: Plan | None,
+                  files: list[MigrationFile], command: str | None = None) -> None:
+    """Give every part of FILES (and of their reverse) the ledger records `pgconverge run` would write.
+
+    A step's fingerprint is the one `run` plans it with (FULL), so `run` accepts what the files did; the
+    emitted contract gates stand for the runner's gates step. The first file of each phase saves the
+    catalog that phase is planned from; the reverse of that file discards it (the phase is undone).
+    Runtime-only steps are recorded by the file they are noted in: a snapshot is taken there in SQL,
+    the phone-number audit is recorded as not performed. COMMAND: the files are a rollback (runs.command).
+    """
+    from pgconverge.catalog.serialize import to_json
+    from pgconverge.planning import contract as contract_planner
+
+    steps = {s.id: s for s in plan.steps}
+    fps = {s.id: s.op.fingerprint() for s in plan.steps}
+    fps.update({s.id: s.op.fingerprint() for s in (full.steps if full else ())})
+    gates = next((s for s in (full.steps if full else ()) if isinstance(s.op, contract_planner.Gates)), None)
+    where: dict[str, list[tuple[int, int]]] = {}
+    for fi, f in enumerate(files):
+        for pi, p in enumerate(f.parts):
+            if p.step:
+                where.setdefault(p.step, []).append((fi, pi))
+    seen: set[str] = set()
+    for fi, f in enumerate(files):
+        if command is None and f.phase in PHASES and f.phase not in seen:
+            seen.add(f.phase)
+            f.parts[0].catalogs.append((f.phase, to_json(cats.for_phase(f.phase))))
+            if f.reverse:
+                f.reverse[0].discard.append(f.phase)
+        for pi, p in enumerate(f.parts):
+            if not p.step:
+                continue
+            spots = where[p.step]
+            st = steps.get(p.step)
+            p.records.append(Record(st.phase if st else f.phase, p.step, fps.get(p.step),
+                                    start=spots[0] == (fi, pi), done=spots[-1] == (fi, pi),
+                                    reverts=tuple(st.reverts) if st else ()))
+            if p.step == emitted_contract.RUNTIME_GATE_STEP and gates is not None:
+                # The runner's gates step is done once both emitted gates passed (the other file may have been
+                # skipped: then `run contract` decides the gates itself).
+                p.records.append(Record(gates.phase, gates.id, fps[gates.id], start=False,
+                                        requires=(emitted_contract.SWITCH_GATE_STEP,),
+                                        detail={"gates": "emitted: switch in place and runtime use, checked in SQL"}))
+        for st in f.runtime:
+            f.parts[-1].records.append(_runtime_record(st, fps.get(st.id, st.op.fingerprint())))
+    by_id = {s.id: s for s in (rollback.steps if rollback else ())}
+    for f in files:
+        for p in f.reverse:
+            rs = by_id.get(p.step)
+            if rs is not None:
+                p.records.append(Record(rs.phase, rs.id, rs.op.fingerprint(), reverts=tuple(rs.reverts)))
+
+
+def _runtime_record(step: Step, fingerprint: str) -> Record:
+    from pgconverge.operations.snapshot import Snapshot
+
+    op = step.op
+    if isinstance(op, Snapshot):
+        return Record(step.phase, step.id, fingerprint, detail={"snapshot": op.name},
+                      snapshot=(op.name, snapshot_expression([(label, text(q)) for label, q in op.queries])))
+    return Record(step.phase, step.id, fingerprint,
+                  detail={"not_performed": RUNTIME_ONLY.get(op.executor, "runs only under pgconverge run")})
+
+
+def _write(spec: Spec, out: Path, files: list[MigrationFile], result: Emitted, *, reverse: bool = True,
+           command: str | None = None) -> None:
+    mig_dir, rb_dir = out / "supabase" / "migrations", out / "supabase" / "rollback"
+    mig_dir.mkdir(parents=True, exist_ok=True)
+    if reverse:
+        rb_dir.mkdir(parents=True, exist_ok=True)
+    lock = spec.migration.lock_timeout_ms
     for i, f in enumerate(files):
         p = mig_dir / f.filename
-        p.write_text(render_forward(f, i, len(files), lock))
+        p.write_text(render_forward(f, i, len(files), lock, spec, reverse=reverse,
+                                    command=command or f"emitted {f.filename}"))
         result.migrations.append(p)
-        r = rb_dir / f.down_filename
-        r.write_text(render_reverse(f, lock))
-        result.rollback.append(r)
+        if reverse:
+            r = rb_dir / f.down_filename
+            r.write_text(render_reverse(f, lock, spec))
+            result.rollback.append(r)
+
+
+def _write_tests(out: Path, tests: list, earlier: list, picked: list, result: Emitted) -> None:
+    """The tests of the state the files leave replace pgconverge's in supabase/tests/database; others go apart."""
+    test_dir = out / "supabase" / "tests" / "database"
+    test_dir.mkdir(parents=True, exist_ok=True)
+    for old in test_dir.glob("pgconverge_*.test.sql"):
+        if old.name not in {t.name for t in tests}:
+            old.unlink()  # of another state: `supabase test db` would run it and fail
     for d, group in ((test_dir, tests), (out / BEFORE_CONTRACT, earlier)):
+        if group:
+            d.mkdir(parents=True, exist_ok=True)
         for t in group:
             p = d / t.name
             p.write_text(t.render(_test_header(t.name, picked, d.relative_to(out))))
             result.tests.append((p, t.count))
-    return result
 
 
 def _private_schema_reverse(spec: Spec, plan: Plan, files: list[MigrationFile]) -> None:
@@ -161,13 +379,14 @@ def _private_schema_reverse(spec: Spec, plan: Plan, files: list[MigrationFile]) 
     runs = sql.Identifier(schema, "runs")
     stmt = sql.SQL(
         "do $pgc$ begin\n"
-        "  if to_regclass({runs_name}) is not null and exists (select 1 from {runs}) then\n"
+        "  if to_regclass({runs_name}) is not null and exists (select 1 from {runs} where client !~ '[.]sql$') then\n"
         "    raise notice 'schema % kept: its ledger records runs of pgconverge', {s};\n"
         "  else\n"
         "    execute pg_catalog.format('drop schema if exists %I cascade', {s});\n"
         "  end if;\nend $pgc$").format(runs_name=sql.Literal(f"{text(sql.Identifier(schema))}.runs"),
                                       runs=runs, s=sql.Literal(schema))
-    f.reverse.append(Part("", f"drop schema {schema} and its (empty) ledger, unless pgconverge recorded runs there",
+    f.reverse.append(Part("", f"drop schema {schema} and its ledger, unless `pgconverge run` or `rollback` recorded "
+                              "runs there (rows the emitted files wrote do not count)",
                           [text(stmt)], True))
 
 
@@ -208,39 +427,60 @@ def _statement(s: str) -> str:
     return s if s.endswith(";") else s + ";"
 
 
-def _parts(parts: list[Part], lock_ms: int) -> str:
+def _ledger(spec: Spec, p: Part, source: str, command: str, events: str) -> str | None:
+    if not (p.records or p.catalogs or p.discard):
+        return None
+    block = Block(source, command, list(p.records), list(p.catalogs) if events != "done" else [],
+                  list(p.discard) if events != "start" else [], events)
+    return render_ledger(spec, block)
+
+
+def _parts(parts: list[Part], lock_ms: int, spec: Spec, source: str, command: str) -> str:
     out = []
     for p in parts:
         head = f"-- {p.step}: {p.what}" if p.step else f"-- {p.what}"
         notes = "".join("\n" + _comment(n) for n in p.notes)
         body = "\n".join(_statement(s) for s in p.statements)
         if p.transactional:
-            out.append(f"{head}{notes}\nbegin;\nset local lock_timeout = '{lock_ms}ms';\n{body}\ncommit;")
+            record = _ledger(spec, p, source, command, "both")
+            record = f"\n-- pgconverge's ledger: what `pgconverge run` records for this step\n{_statement(record)}" \
+                if record else ""
+            out.append(f"{head}{notes}\nbegin;\nset local lock_timeout = '{lock_ms}ms';\n{body}{record}\ncommit;")
         else:
-            out.append(f"{head}{notes}\n-- Runs outside a transaction: no BEGIN/COMMIT around it.\n{body}")
+            started = _ledger(spec, p, source, command, "start")
+            done = _ledger(spec, p, source, command, "done")
+            out.append(f"{head}{notes}\n-- Runs outside a transaction: no BEGIN/COMMIT around it."
+                       + (f"\n-- pgconverge's ledger: the step starts\n{_statement(started)}" if started else "")
+                       + f"\n{body}"
+                       + (f"\n-- pgconverge's ledger: the step is done\n{_statement(done)}" if done else ""))
     return "\n\n".join(out)
 
 
-def render_forward(f: MigrationFile, i: int, n: int, lock_ms: int) -> str:
-    head = [f"-- pgconverge migration {i + 1} of {n}, phase {f.phase}: {f.filename}",
-            f"-- Undone by supabase/rollback/{f.down_filename}."]
+def render_forward(f: MigrationFile, i: int, n: int, lock_ms: int, spec: Spec, *, reverse: bool = True,
+                   command: str = "") -> str:
+    head = [f"-- pgconverge migration {i + 1} of {n}, phase {f.phase}: {f.filename}"]
+    if reverse:
+        head.append(f"-- Undone by supabase/rollback/{f.down_filename}.")
     if not f.transactional:
         head.append("-- Apply on its own, outside a transaction block (psql in autocommit mode).")
     head += [_comment(h) for h in f.header]
     notes = "".join("\n" + _comment("Not in these files: " + n) for n in f.notes)
-    return "\n".join(head) + notes + "\n\n" + _parts(f.parts, lock_ms) + "\n"
+    return "\n".join(head) + notes + "\n\n" + _parts(f.parts, lock_ms, spec, f.filename,
+                                                      command or f"emitted {f.filename}") + "\n"
 
 
-def render_reverse(f: MigrationFile, lock_ms: int) -> str:
+def render_reverse(f: MigrationFile, lock_ms: int, spec: Spec) -> str:
     head = (f"-- Undoes supabase/migrations/{f.filename}. Apply the rollback files latest first, each with\n"
             "-- psql in autocommit mode: every BEGIN/COMMIT block below is one transaction, and statements\n"
-            "-- outside them cannot run in one.")
+            "-- outside them cannot run in one. `pgconverge emit DIR --rollback-to PHASE` writes the same undo\n"
+            "-- as new migrations instead, which `supabase db push` applies and its history keeps.")
     moved = "".join("\n" + _comment(f"{sid} undoes part of this file; it is in supabase/rollback/{where}, applied "
                                     "before this one, so the rollback runs in its own order.")
                     for sid, where in f.reverse_moved)
     if not f.reverse:
         return head + moved + "\n\n-- Nothing (else) to undo in this file.\n"
-    return head + moved + "\n\n" + _parts(f.reverse, lock_ms) + "\n"
+    return head + moved + "\n\n" + _parts(f.reverse, lock_ms, spec, f.down_filename,
+                                           f"emitted {f.down_filename}") + "\n"
 
 
 def _test_header(name: str, samples: list[pgtap.Sample], where: Path) -> str:

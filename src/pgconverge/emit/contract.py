@@ -30,7 +30,7 @@ from pgconverge.execution.sql import body, ident, qn, text
 from pgconverge.operations.archive import ArchiveTable
 from pgconverge.operations.base import Lock, Operation, Plan, Step
 from pgconverge.operations.check import Check
-from pgconverge.planning import align, contract, switch
+from pgconverge.planning import align, contract, references, switch
 
 ACCEPT_SETTING = "pgconverge.accept_runtime_use"
 BASELINE_STEP = "switch.runtime_baseline"
@@ -40,7 +40,12 @@ RUNTIME_GATE_STEP = "contract.gate_runtime_use"
 
 @dataclass(frozen=True)
 class EmittedSql(Operation):
-    """Plain statements written only into emitted files, with lines for the file's header."""
+    """Plain statements written only into emitted files, with lines for the file's header.
+
+    Safe alone: the emitted files keep the plan's steps and their order; the runner never runs it.
+    """
+
+    safe_alone = True
 
     stmts: tuple[sql.Composable, ...]
     what: str
@@ -61,7 +66,9 @@ class EmittedSql(Operation):
 
 @dataclass(frozen=True)
 class EmittedCheck(Check):
-    """A gate as an assertion, with lines for the file's header."""
+    """A gate as an assertion, with lines for the file's header. Safe alone: reads only."""
+
+    safe_alone = True
 
     header: tuple[str, ...] = ()
 
@@ -79,19 +86,23 @@ def baseline_op(spec: Spec, cat: Catalog) -> EmittedSql:
     table, fn = baseline_table(spec), baseline_function(spec)
     code = sql.SQL(
         "insert into {t} (legacy_table, seq_scan, idx_scan, n_tup_ins, n_tup_upd, n_tup_del, legacy_helper, "
-        "helper_calls, track_functions)\n"
+        "helper_calls, track_functions, old_writes)\n"
         "select {lt}, coalesce(s.seq_scan, 0), coalesce(s.idx_scan, 0), coalesce(s.n_tup_ins, 0), "
         "coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_del, 0), {lh},\n"
         "  (select f.calls from pg_catalog.pg_stat_user_functions f where f.funcid = pg_catalog.to_regprocedure({lh})),\n"
-        "  pg_catalog.current_setting('track_functions')\n"
+        "  pg_catalog.current_setting('track_functions'),\n"
+        "  ({old})\n"
         "from (select 1) as one left join pg_catalog.pg_stat_user_tables s on s.relid = pg_catalog.to_regclass({lt})\n"
         "returning taken_at").format(t=qn(table), lt=sql.Literal(text(qn(cat.legacy.name))),
-                                     lh=sql.Literal(cat.legacy_helper.signature))
+                                     lh=sql.Literal(cat.legacy_helper.signature),
+                                     old=switch.old_writes_values(switch.old_writes_counters(spec, cat)))
     stmts = (
         sql.SQL("create table if not exists {} (taken_at timestamptz primary key default pg_catalog.clock_timestamp(), "
                 "legacy_table text not null, seq_scan bigint not null, idx_scan bigint not null, n_tup_ins bigint not null, n_tup_upd bigint not null, "
                 "n_tup_del bigint not null, legacy_helper text not null, helper_calls bigint, "
-                "track_functions text not null)").format(qn(table)),
+                "track_functions text not null, old_writes jsonb)").format(qn(table)),
+        # A table made by an earlier version's file lacks the per-table counters of old code's rows.
+        sql.SQL("alter table {} add column if not exists old_writes jsonb").format(qn(table)),
         sql.SQL("create or replace function {}() returns timestamptz language sql volatile as {}").format(
             qn(fn), body(code)),
         sql.SQL("revoke all on function {}() from public").format(qn(fn)),
@@ -101,10 +112,12 @@ def baseline_op(spec: Spec, cat: Catalog) -> EmittedSql:
             sql.SQL("drop table if exists {}").format(qn(table)))
     fn_text = text(qn(fn))
     header = (
-        f"Records the usage counters of {cat.legacy.name} (rows inserted, updated, deleted) and of "
+        f"Records the usage counters of {cat.legacy.name} (rows inserted, updated, deleted), of "
         f"{cat.legacy_helper.signature} (calls; counted where track_functions is on, which the function tracking "
-        f"file turns on for this database) into {text(qn(table))}. The contract gate compares the counters with "
-        "the latest row: any write or call after it means old code still runs.",
+        "file turns on for this database) and the counters of rows old code wrote to each dependent table with "
+        f"only the legacy column (sequences the sync triggers advance) into {text(qn(table))}. The contract gate "
+        "compares the counters with the latest row: any write or call after it means old code still runs; and "
+        "it waits for the observation window (migration.observation_window) to pass since that row was taken.",
         "Old code keeps running until the new code is deployed everywhere. Once the last old deployment is "
         f"retired, take the baseline again with `select {fn_text}();`, so the contract gate sees only use after "
         "that moment (`pgconverge audit runtime --rebaseline` does the same for `pgconverge run`).",
@@ -198,12 +211,45 @@ def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
 
 def runtime_gate(spec: Spec, cat: Catalog, baseline_file: str) -> EmittedSql:
     """A DO block comparing the usage counters with the latest baseline; refuses on any write or helper call."""
+    from pgconverge.config import format_duration
+
     table = baseline_table(spec)
     fn = text(qn(baseline_function(spec)))
     lh = cat.legacy_helper.signature
-    hint = (f"Find the callers with `pgconverge audit runtime` and `pgconverge audit code DIR`, update them and "
-            f"deploy. Once no old code runs, take a new baseline (select {fn}();) and apply this file again. To "
-            f"go ahead anyway, apply it with the setting on: psql -c 'set {ACCEPT_SETTING} = on' -f <this file>")
+    window = spec.migration.observation_window
+    news = {(str(d.table.name), d.fk.columns[0]): references.new_column(spec, cat, d) for d in cat.dependents}
+    counters = [(seq, t, c, news.get((t, c)) or spec.migration.new_column)
+                for seq, t, c in switch.old_writes_counters(spec, cat)]
+    old_rows = sql.SQL(
+        "select coalesce(sum(d.n), 0), string_agg(pg_catalog.format('%s row(s) of %s written with %s only (update "
+        "the code that writes them to set %s)', d.n, d.tbl, d.col, d.new), '; ') into old_rows, old_msg\n"
+        "    from (select c.tbl, c.col, c.new, case when v.now_n >= v.base_n then v.now_n - v.base_n else v.now_n end "
+        "as n\n"
+        "            from (values {vals}) as c(seq, tbl, col, new)\n"
+        "            cross join lateral (select case when pg_catalog.to_regclass(c.seq) is null then 0 else coalesce("
+        "pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass(c.seq)), 0) end as now_n,\n"
+        "                                       coalesce((bj -> 'old_writes' ->> c.seq)::bigint, 0) as base_n) v) d\n"
+        "   where d.n > 0;").format(vals=sql.SQL(", ").join(
+            sql.SQL("({}, {}, {}, {})").format(*(sql.Literal(x) for x in row)) for row in counters)) \
+        if counters else sql.SQL("old_rows := 0;")
+    # Every refusal states its fix in the message itself (no HINT): the Supabase CLI prints neither HINT nor
+    # NOTICE nor WARNING.
+    # The fixes are appended (||) rather than formatted in, so no text of theirs is read as a format directive.
+    accept = (f"psql -c 'set {ACCEPT_SETTING} = on' -f <this file> (then `supabase migration repair --status "
+              "applied <its version>`, so that the Supabase CLI's history has it)")
+    fix_use = (f". Fix: find the callers with `pgconverge audit runtime` and `pgconverge audit code DIR`, update "
+               f"them and deploy; once no old code runs, take a new baseline (select {fn}();) and apply this file "
+               f"again (the observation window then starts over). To go ahead anyway, on purpose: {accept}")
+    where = f"supabase/migrations/{baseline_file}" if baseline_file else "the last switch file"
+    fix_missing = (f". Fix: apply the switch files first ({where} records the baseline), then apply this file again "
+                   "once the observation window has passed; if `pgconverge run switch` made the switch, no file "
+                   "recorded one: apply contract with `pgconverge run contract`, which reads the baseline it keeps")
+    fix_empty = (f". Fix: take a baseline (select {fn}();) once no old code runs, then apply this file again when "
+                 "the observation window has passed")
+    fix_window = (". Fix: apply this file again once the window has passed, taking no new baseline meanwhile (a new "
+                  f"baseline, select {fn}();, starts the window again); or set a shorter "
+                  "migration.observation_window in pgconverge.toml and emit the files again; or go ahead now, on "
+                  f"purpose: {accept}")
     code = sql.SQL("""
 declare
   setting constant text := {accept};
@@ -211,7 +257,12 @@ declare
   legacy_table constant text := {lt};
   legacy_helper constant text := {lh};
   accepted boolean := coalesce(pg_catalog.current_setting(setting, true), '') in ('on', 'true', 'yes', '1');
+  window_s constant double precision := {window};
   b record;
+  bj jsonb;
+  observed double precision;
+  old_rows bigint;
+  old_msg text;
   s record;
   calls bigint;
   ins bigint;
@@ -225,13 +276,17 @@ begin
       return;
     end if;
     raise exception using errcode = 'object_not_in_prerequisite_state', message = pg_catalog.format(
-      'gate runtime use: no runtime baseline recorded (%s is missing); nothing of contract was applied', baseline),
-      hint = {nobase};
+      'gate runtime use: no runtime baseline recorded (%s is missing); nothing of contract was applied', baseline)
+      || {fix_missing};
   end if;
   execute pg_catalog.format('select * from %s order by taken_at desc limit 1', baseline) into b;
   if b.taken_at is null then
+    if accepted then
+      raise warning 'gate runtime use: % holds no baseline; accepted by %', baseline, setting;
+      return;
+    end if;
     raise exception using errcode = 'object_not_in_prerequisite_state', message = pg_catalog.format(
-      'gate runtime use: %s holds no baseline; nothing of contract was applied', baseline), hint = {nobase};
+      'gate runtime use: %s holds no baseline; nothing of contract was applied', baseline) || {fix_empty};
   end if;
   select coalesce(t.n_tup_ins, 0) as n_tup_ins, coalesce(t.n_tup_upd, 0) as n_tup_upd,
          coalesce(t.n_tup_del, 0) as n_tup_del into s
@@ -239,6 +294,10 @@ begin
   select f.calls into calls from pg_catalog.pg_stat_user_functions f
    where f.funcid = pg_catalog.to_regprocedure(legacy_helper);
   calls := coalesce(calls, 0);
+  bj := pg_catalog.to_jsonb(b);
+  -- Rows old code wrote to the dependent tables with only the legacy column (the sync triggers count them).
+  {old_rows}
+  observed := extract(epoch from pg_catalog.clock_timestamp() - b.taken_at);
   -- A counter below its baseline was reset since (pg_stat_reset, a crash): count from the reset.
   ins := case when s.n_tup_ins >= b.n_tup_ins then s.n_tup_ins - b.n_tup_ins else s.n_tup_ins end;
   upd := case when s.n_tup_upd >= b.n_tup_upd then s.n_tup_upd - b.n_tup_upd else s.n_tup_upd end;
@@ -249,28 +308,51 @@ begin
       legacy_helper;
   end if;
   msg := pg_catalog.format('%s row(s) of %s inserted, %s updated, %s deleted and %s call(s) of %s since the '
-                           'runtime baseline of %s', ins, legacy_table, upd, del, calls, legacy_helper, b.taken_at);
-  if ins + upd + del + calls = 0 then
-    raise notice 'gate runtime use: passed, %', msg;
+                           'runtime baseline of %s', ins, legacy_table, upd, del, calls, legacy_helper, b.taken_at)
+         || coalesce('; ' || old_msg, '');
+  if ins + upd + del + calls + old_rows = 0 and observed >= window_s then
+    raise notice 'gate runtime use: passed, %; observed for % s (observation window % s)', msg,
+      pg_catalog.round(observed::numeric, 1), window_s;
   elsif accepted then
-    raise warning 'gate runtime use: old code still ran: %; accepted by %', msg, setting;
+    if observed < window_s then
+      raise warning 'gate runtime use: observed for % s only, under the observation window of % s; accepted by %',
+        pg_catalog.round(observed::numeric, 1), window_s, setting;
+    end if;
+    if ins + upd + del + calls + old_rows > 0 then
+      raise warning 'gate runtime use: old code still ran: %; accepted by %', msg, setting;
+    end if;
+  elsif ins + upd + del + calls + old_rows = 0 then
+    raise exception using errcode = 'object_not_in_prerequisite_state', message = pg_catalog.format(
+      'gate runtime use: the runtime baseline of %s was taken %s s ago, under the observation window of %s s '
+      '(%s): %s s left; nothing of contract was applied. Old code that runs now and then needs the time to show '
+      'itself', b.taken_at, pg_catalog.round(observed::numeric, 1), window_s, {window_text},
+      pg_catalog.round((window_s - observed)::numeric, 1)) || {fix_window};
   else
     raise exception using errcode = 'object_in_use', message = pg_catalog.format(
-      'gate runtime use: old code still uses the legacy side: %s; nothing of contract was applied. Find the callers: '
-      '`pgconverge audit runtime`, `pgconverge audit code DIR`', msg),
-      hint = {hint};
+      'gate runtime use: old code still uses the legacy side: %s; nothing of contract was applied', msg)
+      || {fix_use};
   end if;
 end""").format(accept=sql.Literal(ACCEPT_SETTING), tname=sql.Literal(text(qn(table))), lt=sql.Literal(text(qn(cat.legacy.name))),
-               lh=sql.Literal(lh), hint=sql.Literal(hint),
-               nobase=sql.Literal(f"apply the switch files first: supabase/migrations/{baseline_file} records it"))
+               lh=sql.Literal(lh), window=sql.Literal(float(window)), old_rows=old_rows,
+               window_text=sql.Literal(f"migration.observation_window = {format_duration(window)} when the files "
+                                       "were emitted"),
+               fix_use=sql.Literal(fix_use), fix_missing=sql.Literal(fix_missing), fix_empty=sql.Literal(fix_empty),
+               fix_window=sql.Literal(fix_window))
     stmt = sql.SQL("do {}").format(body(code))
     header = (
         "Contract gate 2 of 2: no runtime use of the legacy side. Reads the usage counters of the legacy table "
         "(pg_stat_user_tables: rows inserted, updated, deleted) and of the legacy helper (pg_stat_user_functions: "
         f"calls) and compares them with the latest baseline in {text(qn(table))} (recorded at the end of switch by "
-        f"{baseline_file}). Any write or call since then means old code still runs: the DO block raises, naming "
-        "the counts, and nothing of contract is applied. Reads are not counted (the legacy foreign keys read the "
+        f"{baseline_file or 'the last switch file'}). Any write or call since then means old code still runs: the DO "
+        "block raises, naming the counts, and nothing of contract is applied. Reads are not counted (the legacy foreign keys read the "
         "table for every row new code writes).",
+        "Old code that writes a dependent table with only the legacy column counts too: the sync triggers fill the "
+        "new column and advance a counter per table (a sequence in the private schema), which this file compares "
+        "with the baseline and names per table, with the fix (update the writers to set the new column).",
+        f"Observation window: {format_duration(window)} (migration.observation_window when these files were "
+        "emitted). The gate refuses until that long has passed since the latest baseline, so a push that applies "
+        "switch and contract together stops here: apply the files again once the window has passed. Set a "
+        "shorter window in pgconverge.toml and emit again, or apply this file with the setting below on.",
         "The counters cannot tell who wrote: a write by a person or a script counts too. Once the old code is "
         f"retired, take a new baseline (`select {fn}();`) and apply this file again. The check is skippable on "
         f"purpose, for use you know of and accept: set {ACCEPT_SETTING} = on in the session that applies this "

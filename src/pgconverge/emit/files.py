@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from psycopg import sql
 
@@ -19,10 +20,12 @@ from pgconverge.operations.create_index import CreateIndexConcurrently
 from pgconverge.operations.private_schema import CreatePrivateSchema
 from pgconverge.operations.replace_policies import ReplacePolicies
 from pgconverge.emit import batches
+from pgconverge.ledger.emitted import Record
 
 # Executors whose work exists only inside the runner: what they record goes to the ledger.
 RUNTIME_ONLY = {
-    "snapshot": "records counts in the ledger for the run report and the final validation; nothing to apply",
+    "snapshot": "records counts in the ledger for the run report and the final validation; nothing to apply "
+                "(this file takes the snapshot in SQL with its ledger records)",
     "phone_audit": "compares the SQL phone key with the phonenumbers library and stores the differences in the "
                    "ledger (see `pgconverge report`); nothing to apply",
     "gates": "checks the code and runtime audits and the ledger; decided when the phase runs",
@@ -38,6 +41,10 @@ class Part:
     statements: list[str]
     transactional: bool
     notes: list[str] = field(default_factory=list)
+    # What the part writes to pgconverge's ledger (see ledger/emitted.py): filled in by emit.
+    records: list[Record] = field(default_factory=list)
+    catalogs: list[tuple[str, Any]] = field(default_factory=list)
+    discard: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -52,6 +59,7 @@ class MigrationFile:
     reverse: list[Part] = field(default_factory=list)
     reverse_steps: list[str] = field(default_factory=list)
     reverse_moved: list[tuple[str, str]] = field(default_factory=list)  # (rollback step, later file undoing it)
+    runtime: list[Step] = field(default_factory=list)  # runtime-only steps noted in this file (recorded by it)
 
     @property
     def filename(self) -> str:
@@ -79,14 +87,37 @@ def _check_sql(op: Check) -> str:
             f"  select pg_catalog.string_agg(concat_ws(' ', q.a::text, '(' || q.b::text || ')'), '; ') into problems\n"
             f"  from (select * from ({text(op.query)}) as g(a, b) limit 20) as q;\n"
             f"  if problems is not null then\n"
-            f"    raise exception using errcode = 'check_violation', message = {text(sql.Literal(f'gate {op.name}: {op.failure}: '))} || problems,\n"
-            f"      hint = {text(sql.Literal(op.fix))};\n"
+            f"    raise exception using errcode = 'check_violation', message =\n"
+            f"      {text(sql.Literal(f'gate {op.name}: {op.failure}: '))} || problems\n"
+            f"      || {text(sql.Literal(f'. Fix: {op.fix}' if op.fix else ''))};\n"
             f"  end if;\nend")
     tag, n = "$gate$", 0
     while tag in code:
         n += 1
         tag = f"$gate{n}$"
     return f"do {tag}\n{code}\n{tag}"
+
+
+def _drop_invalid_index(spec: Spec, op: CreateIndexConcurrently) -> str:
+    """A DO block dropping OP's index when an interrupted build left it invalid (nothing otherwise)."""
+    name = text(sql.Literal(str(op.name)))
+    code = (f"begin\n"
+            f"  if coalesce((select not i.indisvalid from pg_catalog.pg_index i\n"
+            f"               where i.indexrelid = pg_catalog.to_regclass({name})), false) then\n"
+            f"    perform pg_catalog.set_config('lock_timeout', "
+            f"{text(sql.Literal(f'{spec.migration.lock_timeout_ms}ms'))}, true);\n"
+            f"    raise notice 'dropping the invalid index % left by an interrupted build', {name};\n"
+            f"    execute pg_catalog.format('drop index %s', {name});\n"
+            f"  end if;\nend")
+    return f"do $invalid$\n{code}\n$invalid$"
+
+
+def _if_not_exists(stmt: str) -> str:
+    """CREATE [UNIQUE] INDEX CONCURRENTLY … with IF NOT EXISTS, so that applying the file again is a no-op."""
+    if re.search(r"\bif\s+not\s+exists\b", stmt, re.I):
+        return stmt
+    return re.sub(r"^(\s*create\s+(?:unique\s+)?index\s+concurrently)\s", r"\1 if not exists ", stmt, count=1,
+                  flags=re.I)
 
 
 def parts_for(spec: Spec, step: Step) -> tuple[list[Part], str | None]:
@@ -102,20 +133,29 @@ def parts_for(spec: Spec, step: Step) -> tuple[list[Part], str | None]:
                 "transaction locks more than one batch of rows. It must be called outside a transaction block: "
                 "apply this file on its own with psql (autocommit), not inside BEGIN/COMMIT. Calling it again is "
                 "safe: each batch only changes the rows that still need it. `pgconverge run` does the same work "
-                "with checkpoints in its ledger, throttling while the server is busy, and progress.")
+                "with checkpoints in its ledger, throttling while the server is busy, and progress. "
+                "`supabase db push` (checked with CLI 2.117.0) sends the file's statements in one pipeline, "
+                "outside a transaction block, where the procedure can commit. A tool that wraps every file in "
+                "BEGIN/COMMIT stops here instead: apply this file with psql, mark it applied in that tool's "
+                "history (`supabase migration repair --status applied <version>` for the Supabase CLI), and go "
+                "on; or run the phase with `pgconverge run`, which goes on from what the files recorded.")
         return [Part(step.id, op.description, [text(batches.call(spec, op))], False, [note])], None
     notes = []
     if isinstance(op, CreateIndexConcurrently):
-        notes.append(f"If this build is interrupted it leaves an invalid index behind; drop it with "
-                     f"`drop index concurrently if exists {op.name}` and apply this file again (`pgconverge run` "
-                     "does that by itself).")
+        notes.append("Safe to apply again after an interruption: an interrupted build leaves an invalid index "
+                     "behind, which the DO block before the build drops (a plain DROP INDEX: DROP INDEX "
+                     "CONCURRENTLY cannot run in a DO block, and the invalid index is no use to anyone, so the "
+                     "table's lock is held only for the catalog change, and at most lock_timeout is waited for "
+                     "it); IF NOT EXISTS then skips an index a finished build left.")
+        return [Part(step.id, op.description, [_drop_invalid_index(spec, op), _if_not_exists(text(op.statement))],
+                     False, notes)], None
     if isinstance(op, ReplacePolicies) and op.verify:
         notes.append("`pgconverge run switch` also compares, in one data snapshot, the rows every sampled identity "
                      "sees before and after this rewrite and restores the old policies on any difference; here the "
                      "pgTAP tests in supabase/tests/database check the result after the fact.")
     if isinstance(op, CreatePrivateSchema):
-        notes.append("Also creates pgconverge's ledger tables; statements applied from these files are not "
-                     "recorded there, so `pgconverge status` does not see them.")
+        notes.append("Also creates pgconverge's ledger tables: every file records its steps there as "
+                     "`pgconverge run` does, so `pgconverge status`, `plan`, `verify` and `run` see them.")
     stmts = op.sql_text()
     if op.transactional:
         return [Part(step.id, op.description, stmts, True, notes)], None
@@ -127,14 +167,17 @@ def forward(spec: Spec, plan: Plan, start: datetime) -> list[MigrationFile]:
     """One file per step (a transaction each, as the runner does), and one per statement that cannot run in one."""
     files: list[MigrationFile] = []
     pending_notes: list[str] = []
+    pending_steps: list[Step] = []
     procedure_done = False
     for step in plan.steps:
         parts, note = parts_for(spec, step)
         if note:
             if files:
                 files[-1].notes.append(note)
+                files[-1].runtime.append(step)
             else:
                 pending_notes.append(note)
+                pending_steps.append(step)
             continue
         if isinstance(step.op, Batched) and not procedure_done:
             procedure_done = True
@@ -147,8 +190,8 @@ def forward(spec: Spec, plan: Plan, start: datetime) -> list[MigrationFile]:
         for i, part in enumerate(parts):
             name = snake(f"pgconverge_{step.id}" + (f"_{i + 1}" if split else ""))
             files.append(MigrationFile("", name, [step.id], step.phase, [part], pending_notes,
-                                       list(getattr(step.op, "header", ()))))
-            pending_notes = []
+                                       list(getattr(step.op, "header", ())), runtime=pending_steps))
+            pending_notes, pending_steps = [], []
     for i, f in enumerate(files):
         f.version = (start + timedelta(seconds=i)).strftime("%Y%m%d%H%M%S")
     return files
