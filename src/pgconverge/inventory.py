@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from pgconverge.catalog import mentions
+import json
+
+from pglast import ast, parse_sql
+
+from pgconverge.catalog import calls as fn_calls, mentions
 from pgconverge.catalog.model import Catalog, Function, Policy, Table
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.planning import shapes
+from pgconverge.planning.rls_ast import ParseError, strings, walk
+from pgconverge.planning.rls_claims import CLAIMS_SETTING, JWT, SETTING_PREFIX
 
 
 def build(spec: Spec, cat: Catalog) -> dict:
@@ -147,3 +153,158 @@ def _warnings(spec: Spec, cat: Catalog) -> list[str]:
     if cat.canonical_helper is not None:
         out.append(f"{spec.canonical.helper} already exists; switch will replace it (its definition is saved)")
     return out
+
+
+# --- JWT claims the policies and the functions they call read (parse trees, not text) ---------------------------
+
+_GET = {"->", "->>"}
+_PATH = {"#>", "#>>"}
+# Supabase's auth schema reads these claims for the caller.
+_AUTH_CLAIMS = {("auth", "uid"): "sub", ("auth", "role"): "role", ("auth", "email"): "email"}
+# Claims the test tokens of the RLS check always carry: the identity's own, the auth user, the Postgres role.
+_BUILT_IN = ("sub", "role")
+
+
+def _op(node) -> str | None:
+    if isinstance(node, ast.A_Expr) and node.name:
+        names = [n.sval for n in node.name if isinstance(n, ast.String)]
+        return names[-1] if names else None
+    return None
+
+
+def _const(node) -> str | None:
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    if isinstance(node, ast.A_Const) and isinstance(node.val, ast.String):
+        return node.val.sval
+    return None
+
+
+def _is_claims(node) -> bool:
+    """NODE is the token's claims as one JSON value: auth.jwt(), or the request.jwt.claims setting."""
+    if _op(node) in _GET | _PATH:
+        return False
+    return any((isinstance(n, ast.FuncCall) and strings(n.funcname) in (JWT, ("jwt",)))
+               or _const(n) == CLAIMS_SETTING for n in walk(node))
+
+
+def _path(node) -> list[str] | None:
+    """The claim path NODE reads from the token (["app_metadata", "customer_id"]); [] for the whole token."""
+    op = _op(node)
+    if op in _GET | _PATH:
+        base = _path(node.lexpr)
+        key = _const(node.rexpr)
+        if base is None:
+            return None
+        if key is None:
+            return base + ["?"]  # a key given at run time: an accessor's argument
+        return base + (key.strip("{}").split(",") if op in _PATH else [key])
+    return [] if _is_claims(node) else None
+
+
+def _reads(trees: list) -> tuple[set[str], bool, list[tuple[tuple[str, ...], str]]]:
+    """(claims read, whether a claim name comes from an argument, (function, first string argument) calls)."""
+    found: set[str] = set()
+    dynamic = False
+    calls: list[tuple[tuple[str, ...], str]] = []
+    for tree in trees:
+        for node in walk(tree):
+            if _op(node) in _GET | _PATH:
+                p = _path(node)
+                if p:
+                    if "?" in p:
+                        dynamic = True
+                    else:
+                        found.add(".".join(p))
+            elif isinstance(node, ast.FuncCall):
+                name = strings(node.funcname)
+                args = node.args or ()
+                first = _const(args[0]) if args else None
+                if name in _AUTH_CLAIMS:
+                    found.add(_AUTH_CLAIMS[name])
+                elif name[-1:] == ("current_setting",) and args:
+                    if first is not None and first.startswith(SETTING_PREFIX):
+                        found.add(first[len(SETTING_PREFIX):])
+                    elif first is None and any(_const(n) == SETTING_PREFIX for n in walk(args[0])):
+                        dynamic = True  # 'request.jwt.claim.' || name
+                # (function, its first argument: the string, "" when given at run time, None when it has none)
+                calls.append((name, first if first is not None or not args else ""))
+    # A path read whole and also deeper: keep the deeper one (app_metadata.customer_id, not app_metadata).
+    return {c for c in found if not any(o.startswith(c + ".") for o in found)}, dynamic, calls
+
+
+def _trees_of_expression(text: str | None) -> list:
+    if not text:
+        return []
+    try:
+        return [raw.stmt for raw in parse_sql(f"SELECT {text}")]
+    except ParseError:
+        return []
+
+
+def claims(spec: Spec, cat: Catalog, functions: list[Function]) -> dict:
+    """The JWT claims each policy and each function it calls read, and the token_claims line the check would use."""
+    by_name: dict[tuple[str, ...], Function] = {}
+    for f in functions:
+        by_name.setdefault((f.name.schema, f.name.name), f)
+        by_name.setdefault((f.name.name,), f)
+    unique = {f.signature: f for f in functions}
+    direct = {sig: _reads(fn_calls.statements(f) or []) for sig, f in unique.items()}
+    # An accessor reads the claim its argument names; so does a function passing its own argument on to one.
+    accessor = {sig: r[1] for sig, r in direct.items()}
+    for _ in range(4):
+        for sig, (_, _, called) in direct.items():
+            accessor[sig] = accessor[sig] or any(
+                first == "" and name in by_name and accessor[by_name[name].signature] for name, first in called)
+
+    def resolve(reads, seen: frozenset[str]) -> dict[str, str]:
+        """claim → where it is read ("inline" or the function that reads it)."""
+        found, _, called = reads
+        out = {c: "inline" for c in found}
+        for name, first in called:
+            f = by_name.get(name)
+            if f is None or f.signature in seen:
+                continue
+            if accessor[f.signature] and first:
+                out.setdefault(first, f"{f.name}('{first}')")
+            for c in resolve(direct[f.signature], seen | {f.signature}):
+                out.setdefault(c, f"{f.name}()")
+        return out
+
+    policies = []
+    for p in cat.policies:
+        read = resolve(_reads(_trees_of_expression(p.using) + _trees_of_expression(p.with_check)), frozenset())
+        if read:
+            policies.append({"table": str(p.table), "name": p.name,
+                             "claims": [{"claim": c, "via": v} for c, v in sorted(read.items())]})
+    funcs = []
+    for sig, reads in direct.items():
+        read = resolve(reads, frozenset({sig}))
+        if read or accessor[sig]:
+            f = unique[sig]
+            funcs.append({"function": f"{f.name}({f.identity_args})",
+                          "claims": [{"claim": c, "via": v} for c, v in sorted(read.items())],
+                          "claim_from_argument": accessor[sig]})
+    funcs.sort(key=lambda x: x["function"])
+    every = sorted({c["claim"] for x in policies + funcs for c in x["claims"]})
+    identity = {spec.legacy.claim, spec.canonical.claim, *_BUILT_IN}
+    configured = dict(spec.migration.token_claims)
+    # Top-level claims a test token carries besides the identity: those configured; read but not carried: missing.
+    needed = sorted({c.split(".")[0] for c in every} - identity)
+    missing = [c for c in needed if c not in configured]
+    return {"read": every, "policies": policies, "functions": funcs, "identity": sorted(identity),
+            "token_claims": configured, "token_claims_line": _line(configured), "missing": missing,
+            "suggested_line": _line({**configured, **{c: "…" for c in missing}}) if missing else None,
+            "unused": sorted(set(configured) - set(needed))}
+
+
+def _line(claims_: dict) -> str:
+    """CLAIMS as the migration.token_claims line of pgconverge.toml."""
+    if not claims_:
+        return "token_claims = {}"
+    return "token_claims = { " + ", ".join(f"{_key(k)} = {json.dumps(v, ensure_ascii=False)}"
+                                           for k, v in claims_.items()) + " }"
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)

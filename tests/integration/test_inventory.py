@@ -12,6 +12,9 @@ from pgconverge.catalog.introspect import load_catalog
 from pgconverge.cli import app
 from pgconverge.config import Spec
 
+from _small import AUTH_SQL, base_sql, roles_sql
+from _support import cli, cli_json, write_config
+
 FIXTURE_POLICIES = {
     ("public.customers", "customers_self_select"),
     ("public.carts", "carts_owner"),
@@ -65,6 +68,20 @@ def test_fixture_inventory_is_exact(fixture_db):
 
     assert [(f["signature"], f["role"]) for f in data["functions"]] == [("public.auth_customer_id()", "legacy helper")]
     assert data["views"] == []
+
+    # The JWT claims each policy reads, through the helpers it calls (auth_role() → auth_claim('app_role')).
+    claims = data["claims"]
+    assert claims["read"] == ["app_role", "customer_id", "device_id", "profile_id"]
+    read = {p["name"]: {c["claim"]: c["via"] for c in p["claims"]} for p in claims["policies"]}
+    assert read["carts_owner"] == {"app_role": "public.auth_role()", "customer_id": "public.auth_customer_id()"}
+    assert read["sessions_access"]["device_id"] == "public.auth_claim('device_id')"
+    assert read["cart_items_owner"] == {"customer_id": "public.auth_customer_id()"}  # inside its sub-query
+    fns = {f["function"]: f for f in claims["functions"]}
+    assert fns["public.auth_claim(name text)"]["claim_from_argument"]
+    assert fns["public.auth_role()"]["claims"] == [{"claim": "app_role", "via": "public.auth_claim('app_role')"}]
+    assert claims["token_claims_line"] == 'token_claims = { app_role = "customer" }'
+    assert claims["missing"] == ["device_id"] and claims["unused"] == []
+    assert claims["suggested_line"] == 'token_claims = { app_role = "customer", device_id = "…" }'
 
     rls = {r["table"]: r for r in data["rls"]}
     assert rls["public.customers"]["role"] == "legacy" and rls["public.customers"]["enabled"]
@@ -120,3 +137,53 @@ def test_console_script_prints_tables(fixture_db):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "idx_carts_customer_status" in out.stdout and "cart_items_owner" in out.stdout
+
+
+CLAIM_STYLES = """
+create function public.current_customer() returns bigint language plpgsql stable as $$
+begin
+  return nullif(pg_catalog.current_setting('request.jwt.claim.customer_id', true), '')::bigint;
+end $$;
+create function public.org() returns text language sql stable as $$
+  select (nullif(current_setting('request.jwt.claims', true), '')::jsonb) ->> 'org_id' $$;
+alter table public.carts enable row level security;
+create policy carts_mine on public.carts for select to authenticated
+  using (customer_id = public.current_customer() and public.org() = 'o1');
+create policy carts_tenant on public.carts for select to authenticated
+  using ((auth.jwt() -> 'app_metadata' ->> 'tenant') = note or auth.uid() is not null);
+create function public.claim(n text) returns text language sql stable as $$ select auth.jwt() ->> n $$;
+create function public.claim_of(n text) returns text language sql stable as $$ select public.claim(n) $$;
+create policy carts_region on public.carts for select to authenticated using (public.claim_of('region') = note);
+alter table public.customers enable row level security;
+create policy customers_by_path on public.customers for select to authenticated
+  using (id::text = auth.jwt() #>> '{app_metadata,customer_id}');
+"""
+
+
+def test_inventory_lists_the_claims_each_policy_reads(make_db, tmp_path):
+    """Every way a claim is read: one setting per claim (plpgsql), the JSON setting, auth.jwt() paths, auth.uid()."""
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(roles_sql() + AUTH_SQL + base_sql() + CLAIM_STYLES)
+    cfg = write_config(tmp_path, '[legacy]\nhelper = "public.current_customer"\n[canonical]\ncopy_columns = []\n'
+                                 '[migration]\ntoken_claims = { org_id = "o1", "https://example.com/unused" = "1" }\n')
+    data = cli_json("inventory", "--dsn", dsn, "--config", cfg)["claims"]
+    read = {p["name"]: {c["claim"]: c["via"] for c in p["claims"]} for p in data["policies"]}
+    assert read["carts_mine"] == {"customer_id": "public.current_customer()", "org_id": "public.org()"}
+    assert read["carts_tenant"] == {"app_metadata.tenant": "inline", "sub": "inline"}
+    assert read["customers_by_path"] == {"app_metadata.customer_id": "inline"}
+    assert read["carts_region"] == {"region": "public.claim_of('region')"}  # an accessor wrapping an accessor
+    fns = {f["function"]: [c["claim"] for c in f["claims"]] for f in data["functions"]}
+    assert fns["public.current_customer()"] == ["customer_id"] and fns["public.org()"] == ["org_id"]
+    assert all(f["claim_from_argument"] for f in data["functions"] if f["function"].startswith("public.claim"))
+    # customer_id is the identity's own claim and sub the auth user's: the tokens carry them; org_id is configured.
+    assert data["missing"] == ["app_metadata", "region"] and data["unused"] == ["https://example.com/unused"]
+    assert data["token_claims_line"] == 'token_claims = { org_id = "o1", "https://example.com/unused" = "1" }'
+    assert data["suggested_line"] == \
+        'token_claims = { org_id = "o1", "https://example.com/unused" = "1", app_metadata = "…", region = "…" }'
+
+    text = " ".join(cli("inventory", "--dsn", dsn, "--config", cfg).split())
+    assert "policy carts_tenant on public.carts" in text and "app_metadata.tenant (inline)" in text
+    assert 'pgconverge uses: token_claims = { org_id = "o1", "https://example.com/unused" = "1" }' in text
+    assert "read but carried by no test token: app_metadata, region" in text
+    assert "configured but read by no policy or function: https://example.com/unused" in text

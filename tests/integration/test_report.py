@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from html.parser import HTMLParser
 
 import psycopg
+import pytest
+from psycopg import sql
+from psycopg.types.json import Jsonb
 
-from _support import cli, cli_json
+from pgconverge import __version__
+
+from _small import AUTH_SQL, base_sql, config, policy_sql, roles_sql
+from _support import cli, cli_json, write_config
+
+HELPER = ("create function public.auth_customer_id() returns bigint language sql stable as $$ "
+          "select nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'customer_id', '')::bigint $$;")
 
 
 class _Walker(HTMLParser):
@@ -46,11 +56,19 @@ def _step_ids(dsn: str) -> list[str]:
         return [r[0] for r in c.execute("select distinct step from pgconverge.events").fetchall()]
 
 
+# Contract follows the switch at once: the runtime gate's observation window is not what these tests are about.
+CONFIG = "[migration]\nobservation_window = 0\n"
+
+
 def test_report_after_full_run(make_db, template_factory, tmp_path):
     dsn = make_db(template_factory(0.1))
-    cli("run", "--all", "--accept-code-references", "--dsn", dsn)
+    cfg = write_config(tmp_path, CONFIG)
+    # A real failed attempt first: contract's code gate refuses without audited code or the acceptance.
+    out = cli("run", "--all", "--dsn", dsn, "--config", cfg, expect=2)
+    assert "contract is blocked" in out
+    cli("run", "contract", "--accept-code-references", "--dsn", dsn, "--config", cfg)
     md, html = tmp_path / "report.md", tmp_path / "report.html"
-    cli("report", "--md", str(md), "--html", str(html), "--dsn", dsn)
+    cli("report", "--md", str(md), "--html", str(html), "--dsn", dsn, "--config", cfg)
 
     text = md.read_text()
     for phase in ("align", "expand", "switch", "contract"):
@@ -77,8 +95,15 @@ def test_report_after_full_run(make_db, template_factory, tmp_path):
     assert "no code references" in text  # contract gates
     assert "## Row counts before and after" in text
 
+    _assert_verdict_block(dsn, text)
+
     page = html.read_text()
     assert page.count("<svg") == 2
+    # The verdict leads; no Markdown mark is left raw in the page (inline code becomes <code>).
+    assert page.index('id="verdict"') < page.index("<h2>") and "Verdict: COMPLETE" in page
+    assert "`" not in re.sub(r"<pre>.*?</pre>", "", page, flags=re.S)
+    assert "<code>pgconverge rollback contract</code>" in page
+    assert 'class="st-passed">passed</td>' in page
     for ref in ("http://", "https://", "src=", "<script src", "<link"):
         assert ref not in page, ref
     walker = _Walker()
@@ -96,6 +121,61 @@ def test_report_after_full_run(make_db, template_factory, tmp_path):
     assert carts["rows"] > 0 and all(b["rows_per_s"] > 0 for b in carts["batches"])
     assert data["identity"]["align_report"]["methods"] == rep["methods"]
     assert data["rls_equivalence"]["problems"] == []
+    assert data["verdict"]["status"] == "COMPLETE"
+    # The configuration block is pgconverge.toml text that reads back as the configuration the run recorded.
+    block = text.split("```toml\n", 1)[1].split("\n```", 1)[0]
+    assert tomllib.loads(block) == data["config"] and data["config"]["migration"]["observation_window"] == 0
+    assert [a["step"] for a in data["attempts"]] == ["contract.gates"]
+    assert not [c for c in data["checks"] if c["status"] in ("proves nothing", "FAILED")], data["checks"]
+
+
+def _assert_verdict_block(dsn: str, text: str) -> None:
+    """The verdict block (everything before the runs) names the target, versions, configuration, next steps,
+    every check with the rows it looked at (figures from the database and the ledger), and the failed attempt."""
+    head = text.split("\n## Runs\n", 1)[0]
+    assert head.splitlines()[2].startswith("**Verdict: COMPLETE: all 4 phases done;"), head[:400]
+    with psycopg.connect(dsn) as c:
+        db, version = c.execute("select current_database(), current_setting('server_version')").fetchone()
+        archived = [r[0] for r in c.execute(
+            "select format('%s.%s', schemaname, tablename) from pg_tables where schemaname = 'archive' "
+            "order by tablename").fetchall()]
+        legacy = c.execute(sql.SQL("select count(*) from {}").format(
+            sql.Identifier(*archived[0].split(".")))).fetchone()[0]
+        dependents = c.execute("select (select count(*) from public.carts) + (select count(*) from public.orders) "
+                               "+ (select count(*) from public.sessions)").fetchone()[0]
+        eq = c.execute("select data from pgconverge.snapshots where name = 'rls_equivalence' "
+                       "order by id desc limit 1").fetchone()[0]
+        gates = c.execute("select data from pgconverge.snapshots where name = 'contract_gates' "
+                          "order by id desc limit 1").fetchone()[0]
+    assert f"| database | {db} |" in head and f"| server | PostgreSQL {version} |" in head
+    assert f"| pgconverge | {__version__} |" in head
+    assert "| migration | public.customers → public.profiles |" in head
+    assert re.search(r"\nobservation_window = 0(\.0)?\n", head) and 'token_claims = { app_role = "customer" }' in head
+    assert len(archived) == 2 and all(a in head for a in archived)
+    assert "`pgconverge rollback contract`" in head and "`pgconverge rollback align`" in head
+    # Coverage of each check: rows, tables, identities.
+    assert f"| legacy rows have a mapping row | passed | {legacy:,} rows in 1 table(s): public.customers {legacy:,} |" \
+        in head
+    assert f"| expand invariants | passed | {dependents:,} rows in 3 table(s): public.carts " in head
+    assert f"| final validation (owners before = owners after) | passed | {dependents:,} rows' owners compared" in head
+    rls = next(line for line in head.splitlines() if line.startswith("| RLS equivalence"))
+    assert f"| passed | {eq['identities']} identities;" in rls and f"{eq['rows_seen']:,} rows compared" in rls
+    assert re.search(r"\d+ own rows, \d+ see their own with an old token \(\d+%\)", rls)
+    assert sum(eq["rows_by_table"].values()) >= eq["rows_seen"] > 0
+    for table, rows in eq["rows_by_table"].items():
+        assert f"{table} {rows:,}" in rls
+    # A gate whose signals could not be read is not "passed".
+    runtime = next(g for g in gates if g["gate"] == "no runtime use since the switch")
+    if any(d.startswith("unavailable:") for d in runtime["details"]):
+        assert "| contract gate: no runtime use since the switch | not measured |" in head
+        assert "| no runtime use since the switch | passed |" not in text
+    # The failed attempt, with its error and duration; the lock hold apart from the step's duration.
+    assert "### Interrupted and failed attempts (1 failed; all 1)" in head
+    assert re.search(r"\| contract\.gates \| 1 \| failed \| [^|]+ \| [\d,.]+ \| no code references: ", head)
+    step = re.search(r"\| switch\.policies \| done \| ACCESS EXCLUSIVE \| ([\d,.]+) \| ([\d,.]+) \|", text)
+    took, held = (float(x.replace(",", "")) for x in step.groups())
+    assert 0 < held < took and eq["lock_hold_ms"] == pytest.approx(held, abs=0.1)
+    assert f"ACCESS EXCLUSIVE for {held:,.1f} ms by switch.policies" in head
 
 
 def test_report_escapes_html(make_db, template_factory, tmp_path):
@@ -105,10 +185,49 @@ def test_report_escapes_html(make_db, template_factory, tmp_path):
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("insert into pgconverge.events (run_id, phase, step, event, message) "
                   "select max(id), 'align', 'align.match', 'note', '<script>alert(1)</script>' from pgconverge.runs")
+        # A large sample is shown capped, with what it is a sample of.
+        c.execute("insert into pgconverge.snapshots (name, data) values ('phone_audit', %s)",
+                  (Jsonb({"checked": 9000, "disagreements": 4482, "unexplained": 0, "by_reason": {"x": 4482},
+                          "sample": [{"raw": f"+1{i:09d}", "sql": "a", "phonenumbers": "b", "reason": "x"}
+                                     for i in range(25)]}),))
     html = tmp_path / "r.html"
     cli("report", "--html", str(html), "--dsn", dsn)
     page = html.read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Disagreements (first 20 of 4,482):" in page and "+1000000019" in page and "+1000000020" not in page
+    text = cli("report", "--dsn", dsn)
+    assert "**Verdict: IN PROGRESS: align done; expand, switch, contract to run**" in text
+    assert "- next: `pgconverge run expand`" in text and "`pgconverge rollback align`" in text
+    assert "| phone key audit (SQL key vs phonenumbers) | passed | 9,000 distinct numbers, 4,482 disagree" in text
+    assert "| RLS equivalence (old token before = old and new token after) | not run |" in text
+
+
+def test_a_check_that_saw_no_rows_proves_nothing(make_db, tmp_path):
+    """An empty legacy table: every phase runs, and the report says its checks proved nothing instead of passed."""
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(roles_sql() + AUTH_SQL + base_sql() + HELPER + policy_sql("public.auth_customer_id"))
+        c.execute("delete from public.carts; delete from public.customers; analyze")
+    cfg = write_config(tmp_path, config("public.auth_customer_id", extra="observation_window = 0"))
+    cli("run", "--all", "--accept-code-references", "--dsn", dsn, "--config", cfg)
+    text = cli("report", "--dsn", dsn, "--config", cfg)
+    head = text.split("\n## Runs\n", 1)[0]
+    assert "**Verdict: UNPROVEN: every phase finished, but " in head
+    assert ("| legacy rows have a mapping row | proves nothing | 0 rows in 1 table(s): public.customers 0 — no rows, "
+            "nothing was checked |") in head
+    assert "| expand invariants | proves nothing | 0 rows in 1 table(s): public.carts 0" in head
+    assert "| identity match (every legacy row placed) | proves nothing | 0 legacy rows: ;" in head
+    assert "| phone key audit (SQL key vs phonenumbers) | proves nothing | 0 distinct numbers," in head
+    assert "| owner linkage recorded before the migration | proves nothing |" in head
+    assert "| final validation (owners before = owners after) | proves nothing | 0 rows' owners compared" in head
+    assert "| RLS equivalence (old token before = old and new token after) | proves nothing | 0 identities;" in head
+    assert "RLS equivalence: proves nothing — 0 identities" in text and "RLS equivalence: passed" not in text
+    data = cli_json("report", "--dsn", dsn, "--config", cfg)
+    assert data["verdict"]["status"] == "UNPROVEN"
+    assert data["rls_equivalence"]["rows_seen"] == 0
+    html = tmp_path / "r.html"
+    cli("report", "--html", str(html), "--dsn", dsn, "--config", cfg)
+    assert html.read_text().count('class="st-bad">proves nothing</td>') >= 4
 
 
 def test_report_without_ledger(make_db):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from _cdp import Browser
-from _support import cli, cli_json
+from _support import cli, cli_json, write_config
 
 ARTIFACT = Path(__file__).resolve().parents[2] / ".pgconverge" / "artifacts" / "report.png"
 
@@ -46,6 +46,15 @@ _INSPECT = r"""(() => {
     shownTables: tables.filter(t => t.getBoundingClientRect().height > 0 && t.rows.length > 1).length,
     headings: [...document.querySelectorAll('h2')].map(h => h.textContent),
     height: document.documentElement.scrollHeight,
+    verdict: (() => { const v = document.getElementById('verdict'); const h = document.querySelector('h2');
+      return v && {text: v.textContent, above: v.getBoundingClientRect().bottom <= h.getBoundingClientRect().top,
+                   bordered: getComputedStyle(v).borderLeftWidth}; })(),
+    // Markdown marks must not show: inline code is drawn as <code>, SQL sits in <pre>.
+    backticks: [...document.querySelectorAll('h1, h2, h3, p, li, td, th, summary')]
+      .filter(e => e.textContent.includes('`')).map(e => e.textContent.slice(0, 80)),
+    statuses: [...document.querySelectorAll('td[class^="st-"]')].map(td => [td.textContent, td.className,
+      getComputedStyle(td).color]),
+    lists: [...document.querySelectorAll('ul')].map(u => u.children.length),
   });
 })()"""
 
@@ -87,10 +96,11 @@ def _evaluate(browser: Browser, session: str, expr: str):
 def report(tmp_path, make_db, template_factory):
     """A finished migration's HTML report, with the ledger's own figures to check the drawing against."""
     dsn = make_db(template_factory(0.1))
-    cli("run", "--all", "--accept-code-references", "--dsn", dsn)
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\n")  # contract right after the switch
+    cli("run", "--all", "--accept-code-references", "--dsn", dsn, "--config", cfg)
     path = tmp_path / "report.html"
-    cli("report", "--html", str(path), "--dsn", dsn)
-    return path, cli_json("report", "--dsn", dsn)
+    cli("report", "--html", str(path), "--dsn", dsn, "--config", cfg)
+    return path, cli_json("report", "--dsn", dsn, "--config", cfg)
 
 
 def test_report_renders_in_chromium(report, tmp_path):
@@ -129,6 +139,15 @@ def test_report_renders_in_chromium(report, tmp_path):
         assert page["tables"] >= 10 and page["shownTables"] == page["tables"], page
         for heading in ("Phases", "Backfill throughput", "Row level security", "Contract gates"):
             assert heading in page["headings"]
+        # The verdict block leads, drawn as one; the checks' statuses are coloured by what they mean.
+        verdict = page["verdict"]
+        assert verdict and verdict["above"] and verdict["bordered"] != "0px", verdict
+        assert verdict["text"] == "Verdict: " + data["verdict"]["verdict"]
+        assert page["backticks"] == [], page["backticks"]
+        statuses = {text: (cls, color) for text, cls, color in page["statuses"]}
+        assert statuses["passed"][0] == "st-passed" and statuses["passed"][1] == "rgb(21, 128, 61)"
+        assert len(page["statuses"]) == len(data["checks"]) + len(data["contract_gates"])
+        assert page["lists"] and page["lists"][0] == len(data["verdict"]["next"])
 
         metrics = browser.call("Page.getLayoutMetrics", session=session)
         height = min(int(metrics["cssContentSize"]["height"]), 12000)

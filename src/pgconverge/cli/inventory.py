@@ -23,6 +23,7 @@ def inventory(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOp
     with connect(target(dsn)) as conn:
         cat = load_catalog(conn, spec)
         data = inv.build(spec, cat)
+        data["claims"] = inv.claims(spec, cat, _claim_functions(conn, cat))
         # Whether the role connected here sees every row pgconverge must read and write: a finding, not a
         # failure (`run` refuses, with the same fix, until it does).
         verdict = privileges.inspect(conn, privileges.tables_of(cat))
@@ -33,6 +34,44 @@ def inventory(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOp
         print_json(data)
     else:
         render(data)
+
+
+def _claim_functions(conn, cat) -> list:
+    """The helpers, the functions the policies call, and every function those call (as they are now)."""
+    from pgconverge.catalog.introspect import callees
+    from pgconverge.catalog.model import Function
+    from pgconverge.config import QualifiedName
+
+    exprs = [e for p in cat.policies for e in (p.using, p.with_check) if e]
+    # One SQL body holding every policy expression stands for "the policies" when asking what they call.
+    root = Function(QualifiedName("pg_temp", "policies"), "", "", "void", "sql", "s", False, (),
+                    "select " + ", ".join(f"({e})" for e in exprs) if exprs else "", "")
+    known = [f for f in (cat.legacy_helper, cat.canonical_helper, *cat.helper_callees, *cat.functions) if f]
+    return known + callees(conn, [root, *known])
+
+
+def _render_claims(c: dict) -> None:
+    t = Table(title="JWT claims the policies and their functions read", title_justify="left")
+    for col in ("policy or function", "claims (where they are read)"):
+        t.add_column(col, overflow="fold")
+    for p in c["policies"]:
+        t.add_row(f"policy {p['name']} on {p['table']}",
+                  ", ".join(f"{x['claim']} ({x['via']})" for x in p["claims"]))
+    for f in c["functions"]:
+        t.add_row(f"function {f['function']}", "; ".join(
+            [", ".join(f"{x['claim']} ({x['via']})" for x in f["claims"])] * bool(f["claims"])
+            + ["the claim named by its argument"] * f["claim_from_argument"]))
+    console.print(t)
+    console.print(f"claims read: {escape(', '.join(c['read']) or '(none found)')}; the RLS check's tokens carry "
+                  f"the identity ({escape(', '.join(c['identity']))}) and migration.token_claims", highlight=False)
+    console.print(f"pgconverge uses: [bold]{escape(c['token_claims_line'])}[/]", highlight=False)
+    if c["missing"]:
+        console.print(f"[yellow]read but carried by no test token:[/] {escape(', '.join(c['missing']))}; if the "
+                      "identities' own rows depend on them, give them the value the application's tokens carry: "
+                      f"[bold]{escape(c['suggested_line'])}[/]", highlight=False)
+    if c["unused"]:
+        console.print(f"configured but read by no policy or function: {escape(', '.join(c['unused']))}",
+                      highlight=False)
 
 
 def render(data: dict) -> None:
@@ -96,5 +135,7 @@ def render(data: dict) -> None:
         color = {"refused": "red", "mirrored": "green"}.get(f["action"], "yellow")
         console.print(f"[{color}]{f['action']}[/] {escape(f['object'])}: {escape(f['detail'])}"
                       + (f" — fix: {escape(f['fix'])}" if f.get("fix") else ""), highlight=False)
+    if data.get("claims"):
+        _render_claims(data["claims"])
     for w in data["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)

@@ -9,10 +9,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgconverge import __version__
 from pgconverge.config import Spec
 from pgconverge.errors import PgConvergeError
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES
+from pgconverge.report import checks, verdict
 
 SNAPSHOTS = ("align_report", "phone_audit", "rls_equivalence", "contract_gates", "counts_before", "counts_after",
              "client_traffic")
@@ -43,7 +45,7 @@ def collect(conn: psycopg.Connection, spec: Spec) -> dict:
         raise NoLedger("no pgconverge ledger in this database: nothing has run yet",
                        fix="run `pgconverge run align` (or `pgconverge run --all`) first, or pass the right --dsn")
     t = ledger.t
-    runs = _rows(conn, sql.SQL("select id, command, started_at, client from {} order by id").format(t("runs")))
+    runs = _rows(conn, sql.SQL("select id, command, started_at, client, spec from {} order by id").format(t("runs")))
     events = _rows(conn, sql.SQL(
         "select id, run_id, phase, step, event, attempt, sql, sqlstate, message, duration_ms, detail, at "
         "from {} order by id").format(t("events")))
@@ -53,9 +55,16 @@ def collect(conn: psycopg.Connection, spec: Spec) -> dict:
         "select distinct on (name) name, data, at from {} where name = any(%s) order by name, id desc").format(
         t("snapshots")), (list(SNAPSHOTS),))}
     phases = _phases(events)
-    return {
+    # The configuration in effect is the one the latest run recorded; the one given to `report` may differ.
+    ran = next((r["spec"] for r in reversed(runs) if r.get("spec")), None)
+    d = {
+        "server": _server(conn),
+        "pgconverge_version": __version__,
+        "config": _ordered(ran, spec.as_dict()) if ran else spec.as_dict(),
+        "config_source": "the latest run" if ran else "the configuration given to report (no run recorded one)",
+        "config_differs": sorted(_diff(ran, spec.as_dict())) if ran else [],
         "private_schema": spec.migration.private_schema,
-        "runs": [{**r, "started_at": _iso(r["started_at"])} for r in runs],
+        "runs": [{**{k: v for k, v in r.items() if k != "spec"}, "started_at": _iso(r["started_at"])} for r in runs],
         "phases": phases,
         "timeline": _timeline(phases),
         "backfill": _backfill(checkpoints),
@@ -65,7 +74,56 @@ def collect(conn: psycopg.Connection, spec: Spec) -> dict:
         "counts": {"before": _snap(snaps, "counts_before"), "after": _snap(snaps, "counts_after")},
         # recorded by whoever ran application traffic alongside (the demo does): latency and errors over time
         "clients": _snap(snaps, "client_traffic"),
+        "linkage": {name: _linkage(conn, t(f"linkage_{name}")) for name in ("before", "after")},
     }
+    lock_hold = (d["rls_equivalence"] or {}).get("lock_hold_ms")
+    for p in phases:  # the policy switch holds its strong locks for the rewrite only, not for its check
+        for s in p["steps"]:
+            s["lock_held_ms"] = lock_hold if s["id"] == "switch.policies" and s["state"] == "done" else None
+    d["checks"] = checks.build(d)
+    d["attempts"] = verdict.attempts(d)
+    d["verdict"] = verdict.build(d)
+    return d
+
+
+def _server(conn: psycopg.Connection) -> dict:
+    """Where the report was read: host (or socket directory), port, database, server version."""
+    info = conn.info
+    version = conn.execute("select current_setting('server_version')").fetchone()[0]
+    return {"host": info.host, "port": info.port, "database": info.dbname, "version": version}
+
+
+def _ordered(ran: dict, like: dict) -> dict:
+    """RAN (read back from jsonb, which orders keys its own way) in the order of the configuration file."""
+    out = {}
+    for section in [*like, *(k for k in ran if k not in like)]:
+        if section not in ran:
+            continue
+        x, order = ran[section], like.get(section)
+        out[section] = ({k: x[k] for k in [*order, *(k for k in x if k not in order)] if k in x}
+                        if isinstance(x, dict) and isinstance(order, dict) else x)
+    return out
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Keys (section.key) whose values differ between two configurations."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict) and k in ("legacy", "canonical", "migration"):
+            out += _diff(x, y, f"{k}.")
+        elif x != y:
+            out.append(prefix + k)
+    return out
+
+
+def _linkage(conn: psycopg.Connection, table: sql.Identifier) -> dict | None:
+    """Rows per dependent table in a linkage snapshot table (and how many have no owner); None if it is gone."""
+    if not conn.execute("select pg_catalog.to_regclass(%s) is not null", (table.as_string(conn),)).fetchone()[0]:
+        return None
+    rows = conn.execute(sql.SQL("select tbl, count(*), count(*) filter (where owner is null) from {} "
+                                "group by tbl order by tbl").format(table)).fetchall()
+    return {tbl: {"rows": n, "no_owner": none} for tbl, n, none in rows}
 
 
 def _snap(snaps: dict, name: str) -> Any:

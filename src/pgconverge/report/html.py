@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from html import escape
 
@@ -9,6 +10,8 @@ from pgconverge.report.markdown import _v, blocks
 
 _PALETTE = ("#2563eb", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d")
 _PHASE_COLORS = {"align": "#2563eb", "expand": "#16a34a", "switch": "#d97706", "contract": "#7c3aed"}
+_STATUS = {"passed": "st-passed", "FAILED": "st-bad", "proves nothing": "st-bad", "not measured": "st-warn",
+           "accepted": "st-warn", "attention": "st-warn", "not run": "st-muted", "rolled back": "st-muted"}
 _STATE_COLORS = {"failed": "#dc2626", "reverted": "#9ca3af", "running": "#fbbf24", "interrupted": "#f97316"}
 
 _CSS = """
@@ -22,6 +25,11 @@ pre{background:#f8fafc;border:1px solid #e5e7eb;padding:.6rem;overflow-x:auto;fo
 details summary{cursor:pointer;font-family:ui-monospace,monospace}
 svg{background:#fff;border:1px solid #e5e7eb;margin:.5rem 0}
 svg text{font:11px system-ui,sans-serif;fill:#374151}
+.verdict{font-size:1.1rem;font-weight:600;padding:.6rem .8rem;border-left:5px solid;background:#f9fafb}
+.verdict.ok{border-color:#16a34a}.verdict.bad{border-color:#dc2626;color:#991b1b}.verdict.warn{border-color:#d97706}
+.st-muted{color:#6b7280}.st-passed{color:#15803d}.st-bad{color:#b91c1c;font-weight:600}
+.st-warn{color:#b45309;font-weight:600}
+code{font-family:ui-monospace,monospace;font-size:12px;background:#f3f4f6;padding:0 3px}
 .state-done{color:#15803d}.state-failed{color:#b91c1c;font-weight:600}.state-interrupted{color:#c2410c;font-weight:600}
 """
 
@@ -157,6 +165,22 @@ def latency_svg(clients: dict, phases: list[dict]) -> str:
     return "".join(parts)
 
 
+_CODE = re.compile(r"`([^`]+)`")
+
+
+def _text(x) -> str:
+    """Escaped text with `inline code` as <code>: no raw Markdown marks in the page."""
+    return _CODE.sub(r"<code>\1</code>", escape(_v(x)))
+
+
+def _status_class(h: str, c) -> str:
+    if h in ("state", "outcome") and c in ("done", "failed", "interrupted"):
+        return f' class="state-{escape(str(c))}"'
+    if h == "status" and isinstance(c, str) and c in _STATUS:
+        return f' class="{_STATUS[c]}"'
+    return ""
+
+
 def render(d: dict) -> str:
     charts = {"timeline": lambda: timeline_svg(d["timeline"]), "throughput": lambda: throughput_svg(d["backfill"]),
               "latency": lambda: latency_svg(d.get("clients") or {}, d["phases"])}
@@ -164,22 +188,21 @@ def render(d: dict) -> str:
     for b in blocks(d):
         kind = b[0]
         if kind in ("h1", "h2", "h3"):
-            body.append(f"<{kind}>{escape(b[1])}</{kind}>")
+            body.append(f"<{kind}>{_text(b[1])}</{kind}>")
         elif kind == "p":
-            body.append(f"<p>{escape(b[1])}</p>")
+            body.append(f"<p>{_text(b[1])}</p>")
+        elif kind == "verdict":
+            cls = {"COMPLETE": "ok", "FAILED": "bad", "INTERRUPTED": "bad", "UNPROVEN": "bad"}.get(b[1], "warn")
+            body.append(f'<p id="verdict" class="verdict {cls}">Verdict: {_text(b[2])}</p>')
+        elif kind == "list":
+            body.append("<ul>" + "".join(f"<li>{_text(x)}</li>" for x in b[1]) + "</ul>")
         elif kind == "table":
             head = "".join(f"<th>{escape(h)}</th>" for h in b[1])
-            rows = []
-            for r in b[2]:
-                cells = []
-                for h, c in zip(b[1], r):
-                    cls = (f' class="state-{escape(str(c))}"' if h in ("state", "outcome")
-                           and c in ("done", "failed", "interrupted") else "")
-                    cells.append(f"<td{cls}>{escape(_v(c))}</td>")
-                rows.append("<tr>" + "".join(cells) + "</tr>")
+            rows = ["<tr>" + "".join(f"<td{_status_class(h, c)}>{_text(c)}</td>" for h, c in zip(b[1], r)) + "</tr>"
+                    for r in b[2]]
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
         elif kind == "code":
-            body.append(f"<details><summary>{escape(b[1])}</summary><pre><code>{escape(b[2])}</code></pre></details>")
+            body.append(f"<details><summary>{_text(b[1])}</summary><pre><code>{escape(b[2])}</code></pre></details>")
         elif kind == "chart":
             body.append(charts[b[1]]())
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
-Block = tuple  # ("h1"|"h2"|"h3"|"p", text) | ("table", headers, rows) | ("code", label, text) | ("chart", name)
+from pgconverge.report import checks, verdict
+from pgconverge.report.checks import n
+
+# ("h1"|"h2"|"h3"|"p", text) | ("table", headers, rows) | ("code", label, text[, language]) | ("chart", name)
+# | ("list", items) | ("verdict", status, text)
+Block = tuple
 
 
 def _v(x: Any) -> str:
@@ -20,18 +26,30 @@ def _v(x: Any) -> str:
     return str(x)
 
 
+SAMPLE = 20  # rows a sample table shows; the heading says of how many
+
+
+def _cap(items: list, total: int | None = None) -> tuple[list, str]:
+    """The first SAMPLE ITEMS and what they are of: "first 20 of 4,482" (or "all 6")."""
+    total = len(items) if total is None else total
+    shown = items[:SAMPLE]
+    return shown, (f"first {len(shown)} of {n(total)}" if total > len(shown) else f"all {n(total)}")
+
+
 def rls_line(eq: dict | None) -> str:
+    c = checks._rls(eq, None)
     if eq is None:
         return "RLS equivalence: not checked (the switch has not run)"
     problems = eq.get("problems") or []
-    verdict = "passed" if not problems else f"FAILED ({len(problems)} problems)"
-    return (f"RLS equivalence: {verdict} — {eq.get('identities', 0)} identities, {eq.get('tokens', 0)} tokens, "
-            f"{eq.get('write_probes', 0)} write probes over {len(eq.get('tables') or [])} tables")
+    status = f"FAILED ({len(problems)} problems)" if c["status"] == checks.FAILED and problems else c["status"]
+    return f"RLS equivalence: {status} — {c['looked_at']}"
 
 
 def blocks(d: dict) -> list[Block]:
-    out: list[Block] = [("h1", "pgconverge run report"),
-                        ("p", f"Ledger: schema `{d['private_schema']}`, {len(d['runs'])} run(s).")]
+    out: list[Block] = [("h1", "pgconverge run report")]
+    out += _verdict(d)
+    out.append(("h2", "Runs"))
+    out.append(("p", f"Ledger: schema `{d['private_schema']}`, {len(d['runs'])} run(s)."))
     out.append(("table", ["run", "command", "started", "client"],
                 [[r["id"], r["command"], r["started_at"], r["client"]] for r in d["runs"]]))
     if d.get("rehearsal"):
@@ -42,8 +60,9 @@ def blocks(d: dict) -> list[Block]:
     out.append(("chart", "timeline"))
     for p in d["phases"]:
         out.append(("h3", f"Phase {p['phase']}: {p['state']}"))
-        out.append(("table", ["step", "state", "lock", "duration ms", "attempts", "lock waits", "errors"],
-                    [[s["id"], s["state"], s["lock"], s["duration_ms"], s["attempts"] or None,
+        out.append(("table", ["step", "state", "lock", "duration ms", "lock held ms", "attempts", "lock waits",
+                              "errors"],
+                    [[s["id"], s["state"], s["lock"], s["duration_ms"], s.get("lock_held_ms"), s["attempts"] or None,
                       _waits(s), "; ".join(_err(e) for e in s["errors"]) or None] for s in p["steps"]]))
         stopped = [(s, i, h) for s in p["steps"] for i, h in enumerate(s.get("history") or [], 1)
                    if h["outcome"] not in ("done", "running")]
@@ -52,9 +71,11 @@ def blocks(d: dict) -> list[Block]:
             out.append(("table", ["step", "execution", "outcome", "started", "duration ms", "error or where it stopped"],
                         [[s["id"], i, h["outcome"], h["started_at"], h["duration_ms"],
                           _err(h) if h.get("message") else None] for s, i, h in stopped]))
-        notes = [f"{s['id']}: {n}" for s in p["steps"] for n in s["notes"]]
-        if notes:
-            out.append(("p", "Notes: " + "; ".join(notes)))
+        notes = [f"{s['id']}: {x}" for s in p["steps"] for x in s["notes"]]
+        if notes:  # a throttled backfill notes every pause: capped
+            shown, of = _cap(notes)
+            out.append(("p", f"Notes ({of}):"))
+            out.append(("list", shown))
     out.append(("h2", "SQL sent"))
     for p in d["phases"]:
         for s in p["steps"]:
@@ -64,18 +85,81 @@ def blocks(d: dict) -> list[Block]:
     out += _clients(d.get("clients"))
     out += _identity(d["identity"])
     out.append(("h2", "Row level security"))
-    out.append(("p", rls_line(d["rls_equivalence"])))
-    for prob in (d["rls_equivalence"] or {}).get("problems") or []:
-        out.append(("p", f"problem: {_v(prob)}"))
-    out.append(("h2", "Contract gates"))
-    gates = d["contract_gates"]
-    if gates is None:
-        out.append(("p", "Not evaluated (contract has not run)."))
-    else:
-        out.append(("table", ["gate", "passed", "accepted", "details"],
-                    [[g.get("gate"), g.get("passed"), g.get("accepted"), "; ".join(map(str, g.get("details") or []))]
-                     for g in gates]))
+    eq = d["rls_equivalence"]
+    out.append(("p", rls_line(eq)))
+    if eq and eq.get("rows_by_table"):
+        out.append(("table", ["table", "rows compared"], [[t, c] for t, c in eq["rows_by_table"].items()]))
+    if eq and eq.get("lock_hold_ms") is not None:
+        out.append(("p", f"The policy rewrite held its ACCESS EXCLUSIVE locks for {_v(eq['lock_hold_ms'])} ms; "
+                         "the equivalence check around it reads a snapshot and holds no strong lock."))
+    problems = (eq or {}).get("problems") or []
+    if problems:
+        shown, of = _cap(problems)
+        out.append(("p", f"Problems ({of}):"))
+        out.append(("list", [_v(x) for x in shown]))
+    out += _gates(d["contract_gates"])
     out += _counts(d["counts"])
+    return out
+
+
+def _about(d: dict) -> list[list]:
+    srv = d.get("server") or {}
+    cfg = d.get("config") or {}
+    rows = [["target", d.get("target") or f"host {srv.get('host')} port {srv.get('port')}"],
+            ["database", srv.get("database")], ["server", f"PostgreSQL {srv.get('version')}"],
+            ["pgconverge", d.get("pgconverge_version")]]
+    if cfg.get("legacy") and cfg.get("canonical"):
+        rows.append(["migration", f"{cfg['legacy'].get('table')} → {cfg['canonical'].get('table')}"])
+    rows.append(["ledger", f"schema {d['private_schema']}, {len(d['runs'])} run(s)"])
+    eq = d.get("rls_equivalence") or {}
+    policies = next((s for p in d["phases"] for s in p["steps"] if s.get("lock_held_ms") is not None), None)
+    if policies is not None:
+        rows.append(["strongest lock held", f"ACCESS EXCLUSIVE for {_v(eq.get('lock_hold_ms'))} ms by "
+                                            f"{policies['id']} (the step took {_v(policies['duration_ms'])} ms)"])
+    return rows
+
+
+def _verdict(d: dict) -> list[Block]:
+    """The verdict block: the verdict, where and with what it ran, what to do next, every check and its coverage."""
+    v = d["verdict"]
+    out: list[Block] = [("verdict", v["status"], v["verdict"]),
+                        ("table", ["item", "value"], _about(d)),
+                        ("h3", "What to do next"), ("list", v["next"]),
+                        ("h3", "Checks and what they looked at"),
+                        ("table", ["check", "status", "looked at", "step"],
+                         [[c["check"], c["status"], c["looked_at"], c["step"]] for c in d["checks"]])]
+    attempts = d.get("attempts") or []
+    if attempts:
+        shown, of = _cap(attempts)
+        kinds = ", ".join(f"{k} {x}" for x, k in sorted(Counter(a["outcome"] for a in attempts).items()))
+        out.append(("h3", f"Interrupted and failed attempts ({kinds}; {of})"))
+        out.append(("table", ["step", "run", "outcome", "started", "duration ms", "error or where it stopped"],
+                    [[a["step"], a["run_id"], a["outcome"], a["started_at"], a["duration_ms"], a["error"]]
+                     for a in shown]))
+    else:
+        out.append(("p", "No interrupted or failed attempt: every step that started finished."))
+    cfg = d.get("config")
+    if cfg:
+        differs = d.get("config_differs") or []
+        label = f"Configuration in effect (from {d.get('config_source')})" + (
+            f"; differs from the configuration given to report in {', '.join(differs)}" if differs else "")
+        out.append(("code", label, verdict.toml(cfg), "toml"))
+    return out
+
+
+def _gates(gates: list[dict] | None) -> list[Block]:
+    out: list[Block] = [("h2", "Contract gates")]
+    if gates is None:
+        return out + [("p", "Not evaluated (contract has not run).")]
+    out.append(("table", ["gate", "status", "accepted", "findings", "to unblock"],
+                [[g.get("gate"), checks.gate_status(g), g.get("accepted"), len(g.get("details") or []),
+                  g.get("unblock") if checks.gate_status(g) != checks.PASSED else None] for g in gates]))
+    for g in gates:
+        details = [str(x) for x in g.get("details") or []]
+        if details:
+            shown, of = _cap(details)
+            out.append(("p", f"{g.get('gate')}: {n(len(details))} finding(s) ({of})"))
+            out.append(("list", shown))
     return out
 
 
@@ -115,9 +199,11 @@ def _backfill(series: list[dict]) -> list[Block]:
                 [[s["step"], s["table"], len(s["batches"]), s["rows"], s["total_ms"], s["mean_rows_per_s"]]
                  for s in series]))
     out.append(("chart", "throughput"))
+    shown, of = _cap([(s, b) for s in series for b in s["batches"]])
+    out.append(("h3", f"Batches ({of})"))
     out.append(("table", ["step", "at", "batch rows", "rows done", "batch ms", "rows/s"],
                 [[s["step"], b["at"], b["batch_rows"], b["rows_done"], b["batch_ms"], b["rows_per_s"]]
-                 for s in series for b in s["batches"]]))
+                 for s, b in shown]))
     return out
 
 
@@ -135,8 +221,11 @@ def _clients(c: dict | None) -> list[Block]:
     if c.get("events"):
         t0 = min(e["at"] for e in c["events"])
         out.append(("table", ["at s", "event"], [[round(e["at"] - t0, 1), e["what"]] for e in c["events"]]))
-    for f in (c.get("failures") or []) + (c.get("linkage_problems") or []):
-        out.append(("p", f"problem: {f}"))
+    problems = (c.get("failures") or []) + (c.get("linkage_problems") or [])
+    if problems:
+        shown, of = _cap(problems)
+        out.append(("p", f"Problems ({of}):"))
+        out.append(("list", [str(f) for f in shown]))
     return out
 
 
@@ -156,17 +245,20 @@ def _identity(ident: dict) -> list[Block]:
                          f"{dup.get('groups', 0)} numbers with several canonical rows (preferred one chosen); "
                          f"{bad.get('rows', 0)} NULL or unparseable numbers."))
         if merged.get("sample"):
-            out.append(("h3", "Merged groups (sample)"))
+            shown, of = _cap(merged["sample"], merged.get("groups"))
+            out.append(("h3", f"Merged groups ({of})"))
             out.append(("table", ["legacy rows", "canonical row"],
-                        [[", ".join(map(str, g.get("legacy") or [])), g.get("canonical")] for g in merged["sample"]]))
+                        [[", ".join(map(str, g.get("legacy") or [])), g.get("canonical")] for g in shown]))
         if dup.get("sample"):
-            out.append(("h3", "Canonical duplicates (sample)"))
+            shown, of = _cap(dup["sample"], dup.get("groups"))
+            out.append(("h3", f"Canonical duplicates ({of} groups)"))
             out.append(("table", ["key", "canonical row", "number", "chosen"],
                         [[g.get("key"), r.get("id"), r.get("number"), r.get("chosen")]
-                         for g in dup["sample"] for r in g.get("rows") or []]))
+                         for g in shown for r in g.get("rows") or []]))
         if bad.get("sample"):
-            out.append(("h3", "Unusable numbers (sample)"))
-            out.append(("table", ["legacy row", "number"], [[r.get("legacy"), r.get("number")] for r in bad["sample"]]))
+            shown, of = _cap(bad["sample"], bad.get("rows"))
+            out.append(("h3", f"Unusable numbers ({of})"))
+            out.append(("table", ["legacy row", "number"], [[r.get("legacy"), r.get("number")] for r in shown]))
     audit = ident.get("phone_audit")
     out.append(("h3", "Phone key audit (SQL normalization vs phonenumbers)"))
     if audit is None:
@@ -176,8 +268,10 @@ def _identity(ident: dict) -> list[Block]:
     if audit.get("by_reason"):
         out.append(("table", ["reason", "numbers"], [[k, v] for k, v in sorted(audit["by_reason"].items())]))
     if audit.get("sample"):
+        shown, of = _cap(audit["sample"], audit.get("disagreements"))
+        out.append(("p", f"Disagreements ({of}):"))
         out.append(("table", ["raw", "SQL key", "phonenumbers key", "reason"],
-                    [[r.get("raw"), r.get("sql"), r.get("phonenumbers"), r.get("reason")] for r in audit["sample"]]))
+                    [[r.get("raw"), r.get("sql"), r.get("phonenumbers"), r.get("reason")] for r in shown]))
     return out
 
 
@@ -198,6 +292,10 @@ def _cell(x: Any) -> str:
     return _v(x).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", "<br>")
 
 
+def _line(x: Any) -> str:
+    return " ".join(_v(x).split())
+
+
 def render(d: dict) -> str:
     lines: list[str] = []
     for b in blocks(d):
@@ -214,5 +312,9 @@ def render(d: dict) -> str:
             lines.append("")
         elif kind == "code":
             fence = "````" if "```" in b[2] else "```"
-            lines += [f"**{b[1]}**", "", fence + "sql", b[2].rstrip(), fence, ""]
+            lines += [f"**{b[1]}**", "", fence + (b[3] if len(b) > 3 else "sql"), b[2].rstrip(), fence, ""]
+        elif kind == "list":
+            lines += [f"- {_line(x)}" for x in b[1]] + [""]
+        elif kind == "verdict":
+            lines += [f"**Verdict: {b[2]}**", ""]
     return "\n".join(lines)

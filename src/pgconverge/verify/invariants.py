@@ -71,7 +71,7 @@ def run(conn: psycopg.Connection, plan: Plan, phases: list[str]) -> list[CheckRe
                     rows = conn.execute(step.op.query).fetchall()
                     conn.execute("release savepoint pgc_check")
                     # A pass over no rows proves nothing about them: say so.
-                    empty = [] if rows else _empty(conn, step.op.covers or _walked(plan, ph))
+                    empty = [] if rows else _empty(conn, step.op.covers or walked(plan, ph))
                     out.append(CheckResult(step.id, step.op.name, not rows,
                                            [[str(x) if x is not None else "" for x in r] for r in rows],
                                            step.op.failure if rows else "", step.op.fix if rows else "",
@@ -80,7 +80,7 @@ def run(conn: psycopg.Connection, plan: Plan, phases: list[str]) -> list[CheckRe
     return out
 
 
-def _walked(plan: Plan, phase: str) -> list[QualifiedName]:
+def walked(plan: Plan, phase: str) -> list[QualifiedName]:
     """The tables PHASE's batches walk: the rows its checks are about."""
     return list(dict.fromkeys(s.op.table for s in plan.phase(phase) if isinstance(s.op, Batched)))
 
@@ -91,4 +91,20 @@ def _empty(conn: psycopg.Connection, tables) -> list[QualifiedName]:
         if conn.execute("select pg_catalog.to_regclass(%s) is not null", (str(t),)).fetchone()[0] and \
                 not conn.execute(sql.SQL("select exists (select 1 from {})").format(qn(t))).fetchone()[0]:
             out.append(t)
+    return out
+
+
+# Past this many rows a table's count reads "at least": enough to say what a check looked at, at a bounded cost.
+COUNT_CAP = 1_000_000
+
+
+def rows_in(conn: psycopg.Connection, tables) -> dict[str, int | None]:
+    """Rows of each of TABLES a check looked at (None: the table does not exist), counted up to COUNT_CAP."""
+    out: dict[str, int | None] = {}
+    for t in tables:
+        if not conn.execute("select pg_catalog.to_regclass(%s) is not null", (str(t),)).fetchone()[0]:
+            out[str(t)] = None
+            continue
+        out[str(t)] = conn.execute(sql.SQL("select count(*) from (select from {} limit {}) x").format(
+            qn(t), sql.Literal(COUNT_CAP + 1))).fetchone()[0]
     return out
