@@ -104,7 +104,7 @@ def test_changed_config_is_refused_against_the_ledger(conn, fixture_db, tmp_path
     cfg = write_config(tmp_path, '[migration]\ndefault_region = "GB"\n')
     out = cli("run", "align", "--dsn", fixture_db, "--config", cfg, expect=2)
     assert "align.normalize_function already ran with different SQL" in out
-    assert "rollback --to align" in out
+    assert "rollback align" in out
 
 
 def test_second_runner_gets_a_clear_error(fixture_db):
@@ -154,7 +154,7 @@ def test_rollback_of_align_removes_what_it_created(conn, fixture_db):
     out = cli_json("plan", "--rollback-to", "align", "--dsn", fixture_db)
     assert out["steps"][0]["id"].startswith("rollback.contract.")  # later phases first, skipped when never run
     assert "rollback.align.created_rows_unused" in [s["id"] for s in out["steps"]]
-    cli("rollback", "--to", "align", "--dsn", fixture_db)
+    cli("rollback", "align", "--dsn", fixture_db)
     assert objects() == (before, 0, 0, True, 0)
     # The ledger stays, and the phase can run again.
     assert conn.execute("select count(*) from pgconverge.events where event = 'reverted'").fetchone()[0] >= 8
@@ -167,7 +167,7 @@ def test_rollback_refused_when_created_rows_are_in_use(conn, fixture_db):
     conn.execute("create table public.wallets (id int primary key, profile_id uuid references public.profiles)")
     conn.execute("insert into public.wallets select 1, profile_id from pgconverge.legacy_customer_profile "
                  "where method = 'created' limit 1")
-    out = cli("rollback", "--to", "align", "--dsn", fixture_db, expect=2)
+    out = cli("rollback", "align", "--dsn", fixture_db, expect=2)
     assert "public.wallets.profile_id references created public.profiles rows" in out
     # Nothing was changed: the trigger and the mapping are still there.
     assert conn.execute("select count(*) from pg_trigger where tgname = 'pgconverge_align'").fetchone()[0] == 1
@@ -272,7 +272,7 @@ def test_plan_comes_from_the_catalog_saved_when_the_migration_started(conn, fixt
     assert list(cats.saved) == ["align"]
     assert replace(cats.saved["align"], read_at="") == replace(before, read_at="")  # the round trip is exact
     assert cats.live != before  # align changed the database (a trigger on customers), the plan did not
-    cli("rollback", "--to", "align", "--dsn", fixture_db)
+    cli("rollback", "align", "--dsn", fixture_db)
     assert baseline.load(conn, spec).saved == {}
 
 

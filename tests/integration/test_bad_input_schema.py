@@ -157,7 +157,7 @@ def test_odd_names_migrate_through_all_four_phases_and_back(empty_db, tmp_path, 
         t = sql.Identifier("App \"Data\"", dependent)
         assert conn.execute(sql.SQL('select count(*) from {} where "Persön; Key" is null').format(t)
                             ).fetchone()[0] == 0
-        cli("rollback", "--to", "align", "--dsn", empty_db, "--config", cfg)
+        cli("rollback", "align", "--dsn", empty_db, "--config", cfg)
         assert schema_dump(conn, ("App \"Data\"", "public")) == before
     _count(f"identifier: tables {legacy!r}, {canonical!r}, {dependent!r} through contract and back")
 

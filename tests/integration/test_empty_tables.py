@@ -1,6 +1,6 @@
 """Empty tables: an empty legacy table, and one dependent table with no rows while another has rows.
 
-Every phase must run and roll back (`rollback --to align`), with one backfill worker and with several
+Every phase must run and roll back (`rollback align`), with one backfill worker and with several
 (key ranges of an empty table), and `verify` must say when a check had no rows to look at.
 """
 
@@ -65,7 +65,7 @@ def test_every_phase_and_rollback_with_an_empty_table(empty, workers, make_db, t
                 == carts
         cli("report", "--md", str(tmp_path / "report.md"), "--html", str(tmp_path / "report.html"),
             "--dsn", dsn, "--config", cfg)  # batches of zero rows, steps with nothing to do
-        cli("rollback", "--to", "align", "--dsn", dsn, "--config", cfg)
+        cli("rollback", "align", "--dsn", dsn, "--config", cfg)
         assert schema_dump(conn, ("public",)) == before
         assert conn.execute("select count(*) from public.carts").fetchone()[0] == carts
         status = cli_json("status", "--dsn", dsn, "--config", cfg)
@@ -94,6 +94,6 @@ def test_the_fixture_with_an_empty_table(empty, workers, make_db, template_facto
             cli("run", phase, *(ACCEPT if phase == "contract" else ()), "--dsn", dsn, "--config", cfg)
             out = _verify_text(dsn, cfg)
             assert "FAIL" not in out, out
-        cli("rollback", "--to", "align", "--dsn", dsn, "--config", cfg)
+        cli("rollback", "align", "--dsn", dsn, "--config", cfg)
         assert schema_dump(conn, ("public",)) == before
         assert counts == {t: conn.execute(f"select count(*) from public.{t}").fetchone()[0] for t in counts}

@@ -210,7 +210,7 @@ def test_rollback_of_expand_restores_the_schema_and_gives_rows_back(conn, fixtur
         (select 1 from pgconverge.legacy_customer_profile m where m.profile_id = p.user_id)
         and p.whatsapp_e164 is not null limit 1""").fetchone()[0]
     cart = conn.execute("insert into public.carts (profile_id) values (%s) returning id", (orphan,)).fetchone()[0]
-    cli("rollback", "--to", "expand", "--dsn", fixture_db)
+    cli("rollback", "expand", "--dsn", fixture_db)
     assert schema_dump(conn) == before
     cid = conn.execute("select customer_id from public.carts where id = %s", (cart,)).fetchone()[0]
     assert cid is not None
@@ -252,7 +252,7 @@ def test_a_dependent_table_without_a_key_is_walked_by_pages(conn, fixture_db, tm
     wrong = conn.execute("""select count(*) from public.loyalty l join pgconverge.legacy_customer_profile m
         on m.customer_id = l.customer_id where l.profile_id <> m.profile_id""").fetchone()[0]
     assert wrong == 0
-    cli("rollback", "--to", "expand", "--dsn", fixture_db, "--config", cfg)
+    cli("rollback", "expand", "--dsn", fixture_db, "--config", cfg)
     assert conn.execute("select count(*) from information_schema.columns where table_name = 'loyalty' "
                         "and column_name = 'profile_id'").fetchone()[0] == 0
 

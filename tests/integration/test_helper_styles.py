@@ -5,7 +5,7 @@ claims, per-claim settings, auth.jwt(), a wrapper around another function, a loo
 variant (schema, owner, SECURITY DEFINER, sql or plpgsql, key types). Every phase runs through the CLI;
 after each, role authenticated with real claims must see exactly its own person's carts, with an old
 token (until contract) and a new one (from switch on), and new code writing only profile_id must work
-from expand on. Then `rollback --to align` must give back the schema as it was.
+from expand on. Then `rollback align` must give back the schema as it was.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def test_every_phase_and_rollback(case: Case, make_db, tmp_path):
             if phase != "align":
                 world.new_code_writes(conn, phase)
                 world.check(conn, phase)
-        cli("rollback", "--to", "align", "--dsn", dsn, "--config", cfg)
+        cli("rollback", "align", "--dsn", dsn, "--config", cfg)
         if case.lookup:
             conn.execute("drop schema link cascade")
         world.check(conn, "start")

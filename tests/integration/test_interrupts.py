@@ -180,18 +180,18 @@ def test_sigterm_mid_rollback_stops_after_a_batch_and_the_same_rollback_resumes(
         after_align = schema_dump(conn)
         cli("run", "expand", "--dsn", dsn, "--config", cfg)
         step = "rollback.expand.sessions.legacy_ids"  # gives rows new code wrote their legacy id back, in batches
-        out = _signal_when(conn, _start(dsn, cfg, "rollback", "--to", "expand"), "select count(*) >= 2 from "
+        out = _signal_when(conn, _start(dsn, cfg, "rollback", "expand"), "select count(*) >= 2 from "
                            f"pgconverge.checkpoints where step = '{step}'", signal.SIGTERM)
         line = _the_line(out)
         m = re.fullmatch(rf"interrupted during {re.escape(step)} after ([\d,]+) rows; (.*)", line)
-        assert m and m.group(2) == _resume(dsn, cfg, "rollback", "--to", "expand"), line
+        assert m and m.group(2) == _resume(dsn, cfg, "rollback", "expand"), line
         rows = int(m.group(1).replace(",", ""))
         _no_runner_left(conn)
         summary = cli_json("status", "--dsn", dsn, "--config", cfg)["summary"]
         assert summary["state"] == "interrupted" and summary["step"] == step and summary["rows_done"] == rows
-        assert "resume with pgconverge rollback --to expand" in summary["line"]
+        assert "resume with pgconverge rollback expand" in summary["line"]
 
-        again = cli("rollback", "--to", "expand", "--dsn", dsn, "--config", cfg)
+        again = cli("rollback", "expand", "--dsn", dsn, "--config", cfg)
         assert re.search(rf"resuming rollback: 0 of \d+ steps done, {re.escape(step)} from row {rows:,}", again), again
         assert schema_dump(conn) == after_align
         assert cli_json("status", "--dsn", dsn, "--config", cfg)["summary"]["state"] == "rolled back"

@@ -5,7 +5,7 @@ the runner SIGKILL itself at a named point. Points are enumerated from `pgconver
 
 - forward (`run --all`): every step ``before`` and ``after``, ``commit`` (inside the step's transaction,
   just before COMMIT) for every step that runs in one, and ``batch:k`` in every batched step;
-- rollback (`rollback --to align` from a contracted database): every step ``before``, ``commit`` for every
+- rollback (`rollback align` from a contracted database): every step ``before``, ``commit`` for every
   transactional step, ``batch:1`` for every batched step, ``after``; and each phase's own rollback from a
   phase finished or killed half-way.
 
@@ -218,7 +218,7 @@ def test_rollback_killed_at_every_step_resumes_to_the_original(admin_dsn, stages
     name = f"km_rb_{os.getpid()}"
     dsn = _copy(admin_dsn, stages["names"]["contract"], name)
     try:
-        args = ["rollback", "--to", "align", "--dsn", dsn, "--config", cfg]
+        args = ["rollback", "align", "--dsn", dsn, "--config", cfg]
         steps = _plan(dsn, cfg, rollback_to="align")
         phases = {s["id"].split(".")[1] for s in steps}
         assert phases == {"align", "expand", "switch", "contract"}  # each phase's rollback is in the chain
@@ -226,7 +226,7 @@ def test_rollback_killed_at_every_step_resumes_to_the_original(admin_dsn, stages
         with psycopg.connect(dsn, autocommit=True) as conn:
             for point in points:
                 _kill(killer, dsn, args, point)
-                _count("rollback --to align", 1)
+                _count("rollback align", 1)
                 _assert_point_state(conn, point)
         answer, log = killer.run(args, None)
         assert answer["code"] == 0, log[-3000:]
@@ -254,14 +254,14 @@ def test_partial_rollback_killed_mid_way(admin_dsn, stages, killer, phase, to, m
     """Each phase's own rollback, killed before one of its steps and inside another's transaction."""
     cfg = stages["config"]
     dsn = make_db(stages["names"][phase])
-    args = ["rollback", "--to", to, "--dsn", dsn, "--config", cfg]
+    args = ["rollback", to, "--dsn", dsn, "--config", cfg]
     steps = [s for s in _plan(dsn, cfg, rollback_to=to) if s["id"].startswith(f"rollback.{phase}.")]
     tx = [s for s in steps if s["transactional"] and s["operation"] not in NOT_IN_A_TRANSACTION]
     points = [f"{steps[len(steps) // 2]['id']}:before", f"{tx[-1]['id']}:commit"]
     with psycopg.connect(dsn, autocommit=True) as conn:
         for point in points:
             _kill(killer, dsn, args, point)
-            _count(f"rollback --to {to}", 1)
+            _count(f"rollback {to}", 1)
             _assert_point_state(conn, point)
     cli(*args)
     before = {"expand": "align", "switch": "expand", "contract": "switch"}[phase]
@@ -301,7 +301,7 @@ def test_rollback_of_a_half_done_phase_killed_at_every_step(stages, killer, make
     _count(f"{phase} half done, then rolled back")
     steps = _live_rollback_steps(dsn, cfg, phase)
     assert steps, "nothing to roll back"
-    back = ["rollback", "--to", phase, "--dsn", dsn, "--config", cfg]
+    back = ["rollback", phase, "--dsn", dsn, "--config", cfg]
     with psycopg.connect(dsn, autocommit=True) as conn:
         for point in _points(steps, batches=1):
             _kill(killer, dsn, back, point)

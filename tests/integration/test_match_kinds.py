@@ -93,7 +93,7 @@ def test_readme_accounts_to_users_by_email_runs_as_written(make_db, tmp_path):
     cli("run", "contract", "--accept-code-references", "--accept-runtime-use", "--dsn", dsn, "--config", cfg)
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert _owners(conn, "user_id") == {i: m[a] for i, a in before.items()}
-    cli("rollback", "--to", "align", "--dsn", dsn, "--config", cfg)
+    cli("rollback", "align", "--dsn", dsn, "--config", cfg)
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert {i: a for i, a in conn.execute("select id, account_id from public.invoices")} == before
         assert conn.execute("select count(*) from public.users").fetchone()[0] == 3

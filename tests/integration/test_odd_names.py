@@ -25,6 +25,6 @@ def test_a_schema_of_odd_names_migrates_through_expand(empty_db, tmp_path):
                             ).fetchone()[0] == 0
         idx = [r[0] for r in conn.execute("select indexdef from pg_indexes where tablename = 'Order''s'")]
         assert any('("Persön; Key")' in d for d in idx), idx  # the legacy column's index, mirrored
-        cli("rollback", "--to", "align", "--dsn", empty_db, "--config", cfg)
+        cli("rollback", "align", "--dsn", empty_db, "--config", cfg)
         assert conn.execute("""select count(*) from information_schema.columns
                                where column_name = 'Persön; Key'""").fetchone()[0] == 0

@@ -95,7 +95,7 @@ def test_partitions_attached_while_expand_runs(make_db, tmp_path, monkeypatch):
         new.stop()
         problems = run.check("contract")
         assert problems == [] and run.failures() == [], "\n".join(problems + run.failures())
-        cli("rollback", "--to", "align", *args)
+        cli("rollback", "align", *args)
         # Everything is back, the attached partitions too (with their legacy ids and indexes); they are the
         # test's own, so they go before the schema is compared with the one before the migration.
         with psycopg.connect(dsn, autocommit=True) as c:
@@ -186,7 +186,7 @@ def test_partitioned_expand_killed_at_every_kind_of_step_resumes(make_db, tmp_pa
         killer.close()
     problems = run.check("expand")
     assert problems == [], "\n".join(problems)
-    cli("rollback", "--to", "align", *args)
+    cli("rollback", "align", *args)
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("alter table public.orders detach partition public.orders_2030")
         c.execute("drop table public.orders_2030")

@@ -143,7 +143,7 @@ def test_verify_says_there_is_nothing_to_verify_before_any_run_and_after_a_full_
 
     cli("run", "align", "--dsn", fixture_db)
     cli("run", "expand", "--dsn", fixture_db)
-    cli("rollback", "--to", "align", "--dsn", fixture_db)
+    cli("rollback", "align", "--dsn", fixture_db)
     assert conn.execute("select to_regclass('pgconverge.legacy_customer_profile')").fetchone()[0] is None
     for args in (("verify",), ("verify", "--rls")):
         out = _flat(cli(*args, "--dsn", fixture_db))

@@ -179,7 +179,7 @@ def test_zoo_migrates(case: Case, make_db, tmp_path):
                 new.stop()
             problems = run.check(phase) + (run.probe() if phase == "contract" else [])
             assert problems == [] and run.failures() == [], "\n".join(problems + run.failures())
-        cli("rollback", "--to", "align", *args)
+        cli("rollback", "align", *args)
         problems = run.check("rollback")
         assert problems == [], "\n".join(problems)
     finally:
@@ -251,7 +251,7 @@ def test_zoo_merge_collisions_refused_before_expand(make_db, tmp_path):
     cli("run", "expand", *args)
     with psycopg.connect(dsn, autocommit=True) as c:
         assert c.execute("select count(*) from pg_indexes where indexname = 'baskets_profile_id_open'").fetchone()[0] == 1
-    cli("rollback", "--to", "align", *args)
+    cli("rollback", "align", *args)
 
 
 def test_zoo_contract_checks_everything_before_its_first_drop(make_db, tmp_path):
@@ -281,5 +281,5 @@ def test_zoo_contract_checks_everything_before_its_first_drop(make_db, tmp_path)
         c.execute("create unique index concurrently profile_tags_pkey on public.customer_tags (profile_id, tag)")
     cli("run", "contract", "--accept-code-references", "--accept-runtime-use", *args)
     assert run.check("contract") == [] and run.probe() == []
-    cli("rollback", "--to", "align", *args)
+    cli("rollback", "align", *args)
     assert run.check("rollback") == []

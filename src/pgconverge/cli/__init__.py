@@ -14,6 +14,7 @@ from pgconverge.cli import fixture as fixture_cmd
 from pgconverge.cli import inventory as inventory_cmd
 from pgconverge.cli import migrate as migrate_cmd
 from pgconverge.cli import rehearse as rehearse_cmd
+from pgconverge.cli import rollback as rollback_cmd
 from pgconverge.cli import report as report_cmd
 from pgconverge.cli import verify as verify_cmd
 
@@ -33,7 +34,7 @@ app.command("inventory")(inventory_cmd.inventory)
 app.command("plan")(migrate_cmd.plan)
 app.command("run")(migrate_cmd.run)
 app.command("status")(migrate_cmd.status)
-app.command("rollback")(migrate_cmd.rollback)
+app.command("rollback")(rollback_cmd.rollback)
 app.command("verify")(verify_cmd.verify)
 app.command("report")(report_cmd.report)
 app.command("demo")(demo_cmd.demo)

@@ -46,7 +46,7 @@ def align(decisions_file: Annotated[Path, typer.Option(
             raise PgConvergeError(
                 "manual decisions can no longer change the mapping: later phases have used it "
                 f"({', '.join(sorted(started)[:3])} …)",
-                fix="roll back to the start of expand (`pgconverge rollback --to expand`), then apply the decisions")
+                fix="roll back to the start of expand (`pgconverge rollback expand`), then apply the decisions")
         for step in plan.phase("align"):
             if step.id in PREREQUISITES and (states.get(step.id) is None or states[step.id].state != "done"):
                 runner.run_step(step)

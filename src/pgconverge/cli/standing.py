@@ -110,7 +110,9 @@ def _command(conn: psycopg.Connection, ledger: Ledger, run_id: int | None, phase
                        (run_id,)).fetchone() if run_id is not None else None
     command = row[0] if row else ""
     if command.startswith(("run ", "rollback ")):
-        return command.split()
+        words = command.split()
+        # Runs recorded with the earlier spelling, `rollback --to PHASE` (which undid PHASE too), go on as `rollback PHASE`.
+        return ["rollback", *words[2:]] if words[:2] == ["rollback", "--to"] else words
     return ["run", phase] if phase in PHASES else ["run", "--all"]
 
 
@@ -170,9 +172,9 @@ def _summary(conn: psycopg.Connection, ledger: Ledger, plan: Plan, steps: list[d
         return out
     # Nothing in flight: the last phase finished, or a rollback did.
     command = _command(conn, ledger, latest["run_id"], phase)
-    if command[:2] == ["rollback", "--to"] and len(command) > 2:
-        out.update(phase="rollback", state="rolled back", step=None, command=again(["run", command[2]]))
-        out["line"] = f"rolled back to the start of {command[2]} — go on again with {again(['run', command[2]])}"
+    if command[:1] == ["rollback"] and len(command) > 1 and command[1] in PHASES:
+        out.update(phase="rollback", state="rolled back", step=None, command=again(["run", command[1]]))
+        out["line"] = f"rolled back to the start of {command[1]} — go on again with {again(['run', command[1]])}"
         return out
     done_phases = [ph for ph in PHASES if plan.phase(ph) and all(by_id[s.id]["state"] == "done"
                                                                   for s in plan.phase(ph))]

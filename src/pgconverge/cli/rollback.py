@@ -1,0 +1,117 @@
+"""`pgconverge rollback PHASE`: undo PHASE and every phase after it, from whatever state the database is in."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from pgconverge.cli.common import (ConfigOpt, DsnOpt, JsonOpt, command_line, console, err_console, fail_cleanly,
+                                   print_json, resume_hint)
+from pgconverge.cli.progress import RichProgress
+from pgconverge.connection import connect
+from pgconverge.errors import PgConvergeError
+from pgconverge.execution.runner import Runner
+from pgconverge.ledger.store import Ledger
+from pgconverge.operations.base import PHASES
+
+PhaseToUndo = Annotated[str | None, typer.Argument(
+    help=f"The earliest phase to undo: it and every phase after it are undone ({', '.join(PHASES)}). "
+         "`rollback align` undoes everything; `rollback contract` only contract.", show_default=False)]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (for scripts). Without it, "
+                                                          "a terminal is asked before anything changes.")]
+
+
+class NothingToUndo(PgConvergeError):
+    """The phase named never ran here: there is nothing to undo."""
+
+    exit_code = 2
+
+
+def _undone_by(phase: str) -> list[str]:
+    return list(PHASES[PHASES.index(phase):])
+
+
+def ran(conn, spec, phases: list[str]) -> list[str]:
+    """Of PHASES, those with any step in the ledger: started at some point, whatever became of it since. A phase
+    rolled back already is among them (a rollback killed after its last step goes on, finishing its bookkeeping)."""
+    ledger = Ledger(conn, spec)
+    if not ledger.exists():
+        return []
+    states = ledger.step_states()
+    return [ph for ph in phases if any(sid.split(".", 1)[0] == ph for sid in states)]
+
+
+def confirm(what: str, summary: str, yes: bool) -> None:
+    """Ask on a terminal (stdin and stdout both), unless --yes; elsewhere go on (a script says --yes or pipes)."""
+    if yes or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return
+    console.print(summary, highlight=False)
+    if not typer.confirm(f"{what}?", default=False):
+        console.print("nothing was changed", highlight=False)
+        raise typer.Exit(1)
+
+
+@fail_cleanly
+def rollback(phase: PhaseToUndo = None,
+             to: Annotated[str | None, typer.Option("--to", hidden=True)] = None,
+             dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
+             dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show the rollback plan.")] = False,
+             yes: YesOpt = False) -> None:
+    """Undo PHASE and every phase after it, from whatever state the migration is in.
+
+    `pgconverge rollback switch` on a contracted database undoes contract, then switch, and leaves align
+    and expand in place: the database is then as it was when the switch began, and `pgconverge run
+    switch` goes forward again. The rollback is a plan like any other: its summary is shown and, on a
+    terminal, confirmed before anything changes (`--yes` skips the question, `--dry-run` shows the
+    steps and stops); it runs with the same lock timeouts, retries and ledger as `run`. Steps that
+    never ran are skipped; a killed rollback resumes when run again. A phase that never ran is
+    refused, changing nothing.
+    """
+    from pgconverge.cli.migrate import _phase, _plan_for, _print_steps
+
+    if to is not None:
+        raise typer.BadParameter(
+            f"`rollback --to {to}` is no longer accepted: write `pgconverge rollback {to}`, which undoes {to} and "
+            "every phase after it (what --to did)", param_hint="--to")
+    if phase is None:
+        raise typer.BadParameter(f"name the earliest phase to undo, one of {', '.join(PHASES)} "
+                                 "(e.g. `pgconverge rollback switch`)", param_hint="PHASE")
+    phase = _phase(phase)
+    spec, t, p, cats, _ = _plan_for(dsn, config_file, phase)
+    with connect(t) as conn:
+        started = ran(conn, spec, _undone_by(phase))
+    if not started:
+        raise NothingToUndo(
+            f"nothing to roll back: {phase} never ran on {t.display}"
+            + (f" (nor did {', '.join(_undone_by(phase)[1:])})" if phase != PHASES[-1] else "")
+            + "; nothing was changed",
+            fix="`pgconverge status` shows which phases ran; name one of them")
+    steps = p.as_dict()["steps"]
+    if not as_json:
+        console.print(f"[bold]rollback {phase}[/] on {t.display}: undoes {', '.join(reversed(started))}",
+                      highlight=False)
+        _print_steps(steps, show_sql=False)
+    if dry_run:
+        if as_json:
+            print_json(p.as_dict())
+        return
+    confirm(f"Undo {', '.join(reversed(started))} on {t.display}",
+            f"{len(steps)} rollback steps (those that never ran are skipped)", yes)
+    out, t0 = [], time.monotonic()
+    with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
+                command=f"rollback {phase}", catalogs=cats,
+                resume=resume_hint(["rollback", phase], t, config_file)) as runner:
+        for r in runner.run_rollback(p, to=phase):
+            out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3), "rows": r.rows})
+    if as_json:
+        print_json({"target": t.display, "phase": phase, "undone": started, "steps": out})
+    else:
+        done = sum(r["status"] == "done" for r in out)
+        console.print(f"[green]rolled back {escape(', '.join(reversed(started)))}[/] on {escape(t.display)} in "
+                      f"{time.monotonic() - t0:.1f} s: {done} steps undone ({len(out) - done} skipped: never ran); "
+                      f"the database is as it was before {phase} began; forward again: "
+                      + escape(command_line(["run", phase], t, config_file)), highlight=False, soft_wrap=True)
