@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
+
 
 from pgconverge.audit import runtime
 from pgconverge.audit.code import audit_code
 from pgconverge.catalog import calls, introspect, mentions
+from pgconverge.connection import connect
 from pgconverge.operations.base import Step
 from pgconverge.verify import invariants
 
@@ -20,30 +23,14 @@ RUNTIME = "runtime-use"
 
 def evaluate(runner: Runner) -> list[dict]:
     """All gates, passed or not: [{gate, passed, details, unblock}]."""
-    spec, ledger = runner.spec, runner.ledger
+    spec = runner.spec
     cat = runner.catalogs.for_phase("contract")
     out = []
     # Counters first: the checks below read tables, and this backend's own reads must not count.
     rt = runtime.measure(runner.work, spec, cat)
-    accepted = RUNTIME in runner.accept
-    runtime_gate = {"gate": "no runtime use since the switch", "passed": not rt.in_use or accepted,
-                    "accepted": accepted and bool(rt.in_use),
-                    "details": rt.in_use + [f"reads of the legacy table (not counted as use; they include the "
-                                            f"legacy foreign keys' checks): {', '.join(rt.reads)}"] * bool(rt.reads)
-                    + [f"unavailable: {u}" for u in rt.unavailable],
-                    "unblock": "find and update the callers still using the legacy table or helper "
-                               "(`pgconverge audit runtime`), or pass --accept-runtime-use"}
+    runtime_gate = runtime_use_gate(rt, RUNTIME in runner.accept)
 
-    eq = ledger.latest_snapshot("rls_equivalence")
-    ok = bool(eq) and not eq["problems"]
-    # Tables whose old policy scans a table per caller were compared for fewer tokens: say so where it passes.
-    partial = [f"{t}: compared for {v['tokens_checked']} of {v['tokens']} tokens (its old policy scans a table "
-               f"per caller, {v['first_token_s']} s each)" for t, v in ((eq or {}).get("scan_bound") or {}).items()]
-    if ok and eq.get("rows_seen") == 0:  # recorded by this version on; a pass over no rows compared nothing
-        partial.append("the RLS check saw no rows for any identity: there was nothing to compare")
-    out.append({"gate": "switch verified", "passed": ok,
-                "details": partial if ok else (eq["problems"][:10] if eq else ["no RLS equivalence result recorded"]),
-                "unblock": "run `pgconverge run switch` (it verifies RLS equivalence) or `pgconverge verify --rls`"})
+    out.append(switch_gate(runner))
     results = invariants.run(runner.work, runner.plan, ["align", "expand"])
     bad = [f"{r.step}: " + "; ".join(" ".join(p) for p in r.problems[:5]) for r in results if not r.passed]
     ops = {s.id: s.op for s in runner.plan.steps}
@@ -54,24 +41,26 @@ def evaluate(runner: Runner) -> list[dict]:
     out.append({"gate": "invariants", "passed": not bad, "details": bad,
                 "unblock": "run `pgconverge verify` and fix what it names (re-running expand fills missing ids)"})
 
-    code: list[str] = []
-    for d in runner.code_dirs:
-        code += [f"{f.path}:{f.line}:{f.column} {f.category} {f.name} → {f.suggestion}"
-                 for f in audit_code(Path(d), spec)]
+    found = [(d, f) for d in runner.code_dirs for f in audit_code(Path(d), spec)]
     watched = {spec.legacy.table.name, spec.legacy.helper.name, *(d.fk.columns[0] for d in cat.dependents)}
     live = runner.catalogs.live
     functions = [f"database function {f.signature} mentions legacy names" for f in (live.functions if live else ())
                  if f.name not in (spec.legacy.helper, spec.canonical.helper)
                  and f.name.schema != spec.migration.private_schema and mentions.find(f.source, watched)]
     views = [f"{v.kind} {v.name} reads the legacy table or a legacy column" for v in (live.views if live else ())]
-    # Every one, counted: a gate that names only the first few sends the user round again.
-    code += ([f"{len(functions)} database function(s) mention legacy names"] if functions else []) + functions + views
+    code = code_details(found, functions, views)
     if not runner.code_dirs:
-        code.insert(0, "no application code was audited (pass --code DIR)")
+        code.insert(0, "no application code was audited: pass its directory with --code DIR (repeatable)")
     accepted = CODE in runner.accept
+    fix = [] if runner.code_dirs else ["run contract again with --code DIR naming your application's source"]
+    if found:
+        listing = " and ".join(f"`pgconverge audit code {shlex.quote(d)}`" for d in runner.code_dirs)
+        fix.append(f"update the code named (each reference says what to write instead; {listing} lists them all)")
+    if functions or views:
+        fix.append("replace the database functions and views named so they no longer use the legacy names")
     out.append({"gate": "no code references", "passed": not code or accepted, "accepted": accepted and bool(code),
-                "details": code,
-                "unblock": "update the code named (the suggestions say how), or pass --accept-code-references"})
+                "details": code, "references": len(found) + len(functions) + len(views),
+                "unblock": ", ".join(fix) + " — or pass --accept-code-references to contract anyway"})
 
     out.append(runtime_gate)
 
@@ -82,6 +71,123 @@ def evaluate(runner: Runner) -> list[dict]:
                            "auth.uid(): through the canonical table's own link to the auth user), then run "
                            "contract again"})
     return out
+
+
+SHOWN = 20  # references listed in a gate's details; the count says how many there are in all
+
+
+def code_details(found: list, functions: list[str], views: list[str]) -> list[str]:
+    """The code gate's details: each kind counted, then its first SHOWN ("75 references in 12 files of
+    ./app; first 20: …"), so a run that finds many stays readable and still says how many there are."""
+    out: list[str] = []
+    if found:
+        files = {(d, f.path) for d, f in found}
+        dirs = ", ".join(dict.fromkeys(d for d, _ in found))
+        n = len(found)
+        out.append(f"{n} reference{'s' if n != 1 else ''} to legacy names in {len(files)} "
+                   f"file{'s' if len(files) != 1 else ''} of {dirs}" + (f"; first {SHOWN}:" if n > SHOWN else ":"))
+        out += [f"{f.path}:{f.line}:{f.column} {f.category} {f.name} → {f.suggestion}" for _, f in found[:SHOWN]]
+    if functions:
+        out.append(f"{len(functions)} database function(s) mention legacy names"
+                   + (f"; first {SHOWN}:" if len(functions) > SHOWN else ":"))
+        out += functions[:SHOWN]
+    if views:
+        out.append(f"{len(views)} view(s) read the legacy table or a legacy column"
+                   + (f"; first {SHOWN}:" if len(views) > SHOWN else ":"))
+        out += views[:SHOWN]
+    return out
+
+
+def _flat(details: list[str]) -> str:
+    """DETAILS on one line: a heading that ends in ":" is followed by what it heads, the rest by commas."""
+    out = ""
+    for d in details:
+        out += (" " if out.endswith(":") else ", " if out else "") + d
+    return out
+
+
+def switch_gate(runner: Runner) -> dict:
+    """RLS proven after the switch: by the switch's own before/after comparison, or, where that compared no rows
+    or is missing (the switch applied from emitted files), by the same check `verify --rls` makes, run now on the
+    live policies (old and new tokens of every sampled identity see the same rows, none another's)."""
+    from pgconverge.planning.switch import policy_tables
+    from pgconverge.verify import rls
+
+    unblock = "run `pgconverge run switch` (it verifies RLS equivalence) or `pgconverge verify --rls`"
+    eq = runner.ledger.latest_snapshot("rls_equivalence")
+    if eq and eq.get("problems"):
+        return {"gate": "switch verified", "passed": False, "details": eq["problems"][:10], "unblock": unblock}
+    # Tables whose old policy scans a table per caller were compared for fewer tokens: say so where it passes.
+    partial = [f"{t}: compared for {v['tokens_checked']} of {v['tokens']} tokens (its old policy scans a table "
+               f"per caller, {v['first_token_s']} s each)" for t, v in ((eq or {}).get("scan_bound") or {}).items()]
+    if eq and eq.get("rows_seen") != 0 and not eq.get("proves_nothing"):
+        return {"gate": "switch verified", "passed": True, "details": partial, "unblock": unblock,
+                "coverage": {"identities": eq.get("identities"), "rows_seen": eq.get("rows_seen")}}
+    why = ("no RLS equivalence result recorded (the switch was applied from files)" if not eq else
+           "the switch's RLS check saw no rows for any identity")
+    tables = policy_tables(runner.plan)
+    cat = runner.catalogs.for_phase("switch")
+    # A connection of its own: the work connection reads with row_security off, and the check needs the policies.
+    # The same capture as `verify --rls` after the switch, on one snapshot, and the switch's coverage rule.
+    with connect(runner.target, application_name="pgconverge:rls-gate") as conn:
+        with conn.transaction():
+            conn.execute("set transaction isolation level repeatable read")
+            identities = rls.sample(conn, runner.spec, runner.spec.migration.rls_sample)
+            cap = rls.capture(conn, runner.spec, rls.targets(runner.spec, cat, tables), identities, legacy=True,
+                              canonical=True)
+            covered = rls.coverage(conn, runner.spec, cat, identities, cap)
+    problems = rls.consistency(cap, identities)
+    seen = rls.rows_seen(cap)
+    coverage = {"identities": len(identities), "rows_seen": seen, "owning": covered["owning"],
+                "seeing_own": covered["seeing_own"], "checked_now": True}
+    if problems:
+        return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": unblock,
+                "details": [f"{why}; checked now on the live policies: {len(problems)} problem(s)"] + problems[:10]}
+    if covered["owning"] and covered["share"] < rls.MIN_COVERAGE:  # identities own rows, yet hardly any saw them
+        return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": (
+                    "give migration.token_claims the claims the policies read (`pgconverge inventory` lists "
+                    "them), then `pgconverge verify --rls` must see rows"),
+                "details": [f"{why}; checked now: of {covered['owning']} sampled identities that own rows, "
+                            f"{covered['seeing_own']} saw any of them — proves nothing"]}
+    if not covered["owning"]:
+        return {"gate": "switch verified", "passed": True, "coverage": coverage, "unblock": unblock,
+                "details": partial + [f"{why}; checked now: none of the {len(identities)} sampled identities owns "
+                                      "a row of the policy tables, so there was nothing to compare"]}
+    return {"gate": "switch verified", "passed": True, "coverage": coverage, "unblock": unblock,
+            "details": partial + [f"{why}; checked now on the live policies: {len(identities)} identities, "
+                                  f"{seen} rows, old and new tokens agree"]}
+
+
+def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:
+    """The runtime gate: no use of the legacy side since the baseline, observed for the whole window.
+
+    --accept-runtime-use accepts both: use it knows of, and a window cut short."""
+    from pgconverge.config import format_duration
+
+    blocked = rt.in_use + ([rt.window_detail()] if rt.window_open else [])
+    unblock = []
+    if any(w["rows"] for w in rt.old_writes):
+        unblock.append("update the code that writes " + ", ".join(
+            f"{w['table']} with only {w['column']}" for w in rt.old_writes if w["rows"])
+            + " to set " + ", ".join(sorted({w["new_column"] for w in rt.old_writes if w["rows"]}))
+            + " (or both columns) and deploy it")
+    if rt.in_use:
+        unblock.append("find and update the callers still using the legacy side (`pgconverge audit runtime`), "
+                       "then take the baseline again once the old code is retired "
+                       "(`pgconverge audit runtime --rebaseline`)")
+    if rt.window_open:
+        left = rt.window_left_s
+        unblock.append((f"wait {format_duration(left)} and run contract again" if left is not None else
+                        "take a runtime baseline and wait for the observation window")
+                       + f", or shorten the window: migration.observation_window (now "
+                       f"{format_duration(rt.observation_window)}) in the config")
+    unblock.append("or pass --accept-runtime-use to contract anyway")
+    return {"gate": "no runtime use since the switch", "passed": not blocked or accepted,
+            "accepted": accepted and bool(blocked),
+            "details": blocked + [f"reads of the legacy table (not counted as use; they include the "
+                                  f"legacy foreign keys' checks): {', '.join(rt.reads)}"] * bool(rt.reads)
+            + [f"unavailable: {u}" for u in rt.unavailable],
+            "unblock": "; ".join(unblock)}
 
 
 def standalone(runner: Runner) -> list[str]:
@@ -116,10 +222,12 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
     runner.ledger.snapshot(runner.run_id, "contract_gates", gates)
     failed = [g for g in gates if not g["passed"]]
     if failed:
-        # Every detail: a gate that names only the first few sends the user round again.
-        listed = "; ".join(f"{g['gate']}: " + (", ".join(g["details"]) or "failed") for g in failed)
+        # Every detail, or a count and the first few: a gate that names only some sends the user round again.
+        # The ledger keeps one line (the report's tables show it); the terminal gets one detail a line.
+        listed = "; ".join(f"{g['gate']}: " + (_flat(g["details"]) or "failed") for g in failed)
         runner.ledger.event(runner.run_id, step.phase, step.id, "error", message=listed)
-        raise GateFailed(f"contract is blocked, nothing was dropped — {listed}",
+        shown = "".join(f"\n  {g['gate']}: " + ("\n    ".join(g["details"]) or "failed") for g in failed)
+        raise GateFailed(f"contract is blocked, nothing was dropped —{shown}",
                          fix=" / ".join(g["unblock"] for g in failed))
     runner._done(step, 1, [], gates=[g["gate"] for g in gates])
     return StepResult(step.id, "done", 0.0, detail={"accepted": [g["gate"] for g in gates if g.get("accepted")]})
