@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import threading
 
 import psycopg
@@ -143,14 +145,19 @@ def test_rollback_of_the_switch_restores_every_definition_exactly(make_db, templ
     dsn = _migrated_to_expand(make_db, template_factory)
     with psycopg.connect(dsn, autocommit=True) as conn:
         before = schema_dump(conn)
-        cli("run", "switch", "--dsn", dsn)
+        out = " ".join(cli("run", "switch", "--dsn", dsn).split())
+        # The RLS check says how far it got (a line per quarter when the output is not a terminal).
+        n = re.search(r"RLS check, before the rewrite: (\d+) of \1 identities", out)
+        assert n and int(n[1]) > 0, out
+        assert re.search(rf"RLS check, after the rewrite: {n[1]} of {n[1]} identities", out), out
         assert schema_dump(conn) != before
         saved = conn.execute("select kind, count(*) from pgconverge.saved_definitions group by 1").fetchall()
         assert dict(saved) == {"function": 1, "policy": 8}
-        cli("rollback", "--to", "switch", "--dsn", dsn)
+        cli("rollback", "switch", "--dsn", dsn)
         assert schema_dump(conn) == before  # policies as pg_get_expr text, functions by definition
         assert conn.execute("select to_regprocedure('public.auth_profile_id()')").fetchone()[0] is None
     assert cli_json("verify", "--rls", "--sample", "0", "--dsn", dsn)["passed"]
+    assert re.search(r"RLS check: (\d+) of \1 identities", cli("verify", "--rls", "--dsn", dsn))
     cli("run", "switch", "--dsn", dsn)  # and forward again
 
 

@@ -12,6 +12,7 @@ class RichProgress:
     def __init__(self, console: Console, quiet: bool = False):
         self.console, self.quiet = console, quiet
         self.bar: Progress | None = None
+        self.bar_label: str | None = None
         self.task = None
 
     def step_started(self, step: Step) -> None:
@@ -27,11 +28,31 @@ class RichProgress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+            self.bar_label = None
         if self.quiet or status == "interrupted":  # the command prints one line saying where and how to resume
             return
         mark = "[green]✓[/]" if status == "done" else "[dim]=[/]"
         suffix = f" ({seconds:.2f}s)" if status == "done" else " (already done)"
         self.console.print(f"{mark} {step.id}{suffix}", highlight=False)
+
+    def checking(self, step: Step, what: str, done: int, total: int, unit: str) -> None:
+        """Progress of a long check (the RLS comparison: identities done of the sample). On a terminal a bar;
+        elsewhere a plain line at each quarter, so a log shows it is moving without a line per identity."""
+        if self.quiet or total <= 0:
+            return
+        if not self.console.is_terminal:
+            if done == total or done * 4 // total != (done - 1) * 4 // total:
+                self.console.print(f"  {what}: {done:,} of {total:,} {unit}", highlight=False)
+            return
+        if self.bar is None or self.bar_label != what:
+            if self.bar is not None:
+                self.bar.stop()
+            self.bar = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn(unit), TimeRemainingColumn(), console=self.console, transient=True)
+            self.bar.start()
+            self.bar_label = what
+            self.task = self.bar.add_task(what, total=total)
+        self.bar.update(self.task, completed=done, total=total)
 
     def batch(self, step: Step, rows_done: int, total: int, rows_per_s: float) -> None:
         if self.quiet:
@@ -41,6 +62,7 @@ class RichProgress:
                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=self.console,
                                 transient=True)
             self.bar.start()
+            self.bar_label = None
             self.task = self.bar.add_task(step.id, total=total, rate="")
         self.bar.update(self.task, completed=rows_done, total=max(total, rows_done),
                         rate=f"{rows_per_s:,.0f} rows/s")

@@ -330,20 +330,21 @@ def _write(conn, spec: Spec, t: Target, claims: dict, row: dict) -> str:
 
 def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity], *, legacy: bool,
             canonical: bool, writes: bool = True, others: dict[str, list[str]] | None = None,
-            stop: Callable[[], None] | None = None) -> Capture:
+            stop: Callable[[], None] | None = None, progress: Callable[[int, int], None] | None = None) -> Capture:
     """Run inside an open transaction; leaves it as it found it (savepoints only).
 
     OTHERS is the random sample of rows to check for every identity; taken here when not given,
     so a later capture on the same snapshot can reuse the earlier one's. STOP() is called between
     identities, tokens and write probes, where it may raise to end the capture (a signal: see
-    execution/interrupt.py); the transaction is then left as it was, as after any error.
+    execution/interrupt.py); the transaction is then left as it was, as after any error. PROGRESS(done, total)
+    is told after each identity whose tokens were compared.
     """
     stop = stop or (lambda: None)
     cap = Capture(others=others if others is not None else {str(t.table): random_rows(conn, t) for t in targets_})
     # Anonymous callers: checked on the shared random sample (a full scan per table would evaluate
     # every policy on every row, which on a large database takes minutes and proves no more).
     cap.seen["anon"] = {str(t.table): _visible(conn, spec, t, None, cap.others[str(t.table)]) for t in targets_}
-    for ident_ in identities:
+    for done, ident_ in enumerate(identities, 1):
         stop()
         among = candidates(conn, spec, targets_, ident_, cap.others, cap.parties)
         tokens: list[tuple[str, dict]] = []
@@ -354,6 +355,8 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
         for name, claims in tokens:
             stop()
             cap.seen[name] = _visible_timed(conn, spec, targets_, claims, among, cap, first=len(cap.seen) == 1)
+        if progress is not None:
+            progress(done, len(identities))
     if writes and len(identities) > 1:
         for i, owner in enumerate(identities[:20]):
             other = identities[(i + 1) % len(identities)]
@@ -405,6 +408,16 @@ def rows_seen(cap: Capture) -> int:
     """Distinct rows the identities' tokens saw (the anonymous caller aside); 0: nothing was compared."""
     return len({(t, k) for token, tables in cap.seen.items() if token != "anon"
                 for t, keys in tables.items() for k in keys})
+
+
+def rows_by_table(cap: Capture) -> dict[str, int]:
+    """Distinct rows of each table the identities' tokens saw (the anonymous caller aside): rows compared there."""
+    out: dict[str, set] = {}
+    for token, tables in cap.seen.items():
+        if token != "anon":
+            for t, keys in tables.items():
+                out.setdefault(t, set()).update(keys)
+    return {t: len(k) for t, k in out.items()}
 
 
 def scan_bound_summary(*caps: Capture) -> dict[str, dict]:
@@ -512,14 +525,14 @@ def contracted_sample(conn, spec: Spec, cat: Catalog, n: int) -> list[Identity]:
 
 
 def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switched: bool, sample_size: int,
-              contracted: bool = False) -> tuple[dict, list[str]]:
+              contracted: bool = False, progress: Callable[[int, int], None] | None = None) -> tuple[dict, list[str]]:
     """verify --rls: isolation (and, once switched, old/new token agreement) on one consistent snapshot."""
     with conn.transaction():
         conn.execute("set transaction isolation level repeatable read")
         identities = (contracted_sample(conn, spec, cat, sample_size) if contracted
                       else sample(conn, spec, sample_size))
         targets_ = targets(spec, cat, tables)
-        cap = capture(conn, spec, targets_, identities, legacy=not contracted, canonical=switched)
+        cap = capture(conn, spec, targets_, identities, legacy=not contracted, canonical=switched, progress=progress)
     if contracted:
         problems = ([f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
                     + isolation(cap, identities))
