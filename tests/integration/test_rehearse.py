@@ -62,7 +62,7 @@ def test_rehearse_copies_migrates_and_leaves_source_unchanged(make_db, template_
         config = write_config(tmp_path, "[migration]\nrls_sample = 10\n")
         out = cli("rehearse", "--from", source, "--config", config, "--report-dir", str(report_dir),
                   "--database", "rehearsal_copy", "--keep", "--json")
-        data = json.loads(out[out.index("{\n"):])
+        data, _ = json.JSONDecoder().raw_decode(out[out.index("{\n"):])  # stderr lines may follow
         after = plain_dump(source)
         assert before == after, "the source changed"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,6 +24,7 @@ from pgconverge.cli import inventory as inventory_cli
 from pgconverge.cli.common import JsonOpt, command_line, console, err_console, fail_cleanly, print_json
 from pgconverge.cli.progress import RichProgress
 from pgconverge.connection import Target, connect
+from pgconverge.execution import preflight_copy
 from pgconverge.execution.runner import Runner
 from pgconverge.fixtures.traffic import Traffic
 from pgconverge.ledger.store import Ledger
@@ -49,7 +51,8 @@ def demo(
     """Run pgconverge end to end on the embedded Postgres with the bundled fixture.
 
     Re-creates the database pgconverge_demo on the embedded server, loads the Supabase-like
-    fixture, shows what the migration will touch, then runs align, expand, switch and contract
+    fixture, shows what the migration will touch, preflights the whole plan and its rollback on a
+    sampled copy (as `run` does), then runs align, expand, switch and contract
     with the gates of each phase, verifies the invariants and row level security after each,
     and prints a summary. Meanwhile simulated application clients write: old code (legacy token,
     customer_id, new customers as the WhatsApp flow creates them) from the start until the switch is
@@ -67,7 +70,9 @@ def demo(
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DB)))
     t = Target(embedded.with_database(admin, DEMO_DB), "embedded")
     spec = config.Spec()
-    spec = replace(spec, migration=replace(spec.migration, rls_sample=rls_sample))
+    # The demo retires its old-code clients and takes the runtime baseline again just before contract; on its own
+    # fixture it need not observe for the default window (15 min) first, and says so below.
+    spec = replace(spec, migration=replace(spec.migration, rls_sample=rls_sample, observation_window=0.0))
     with connect(t) as conn:
         counts = fixtures.load(conn, scale=scale)
         cats = baseline.load(conn, spec)
@@ -97,6 +102,9 @@ def demo(
             traffic.retire_old()
             runtime_audit.record_baseline(runner.work, spec, cats.for_phase("switch"))
             out.print("traffic: old-code clients retired; runtime baseline taken again", highlight=False)
+        if ph == "contract":
+            out.print("contract: observation window 0 s in the demo (migration.observation_window; a real run waits "
+                      "15 min by default after the runtime baseline before contract)", highlight=False)
 
     def after(row: dict) -> None:
         if traffic and row["phase"] == "expand":
@@ -105,6 +113,15 @@ def demo(
                       "claims until the switch)", highlight=False)
         if traffic and row["phase"] == "switch":
             traffic.canonical_only()
+
+    if preflight_copy.enabled():  # as `run` does: the whole plan and its rollback on a sampled copy first
+        def stage(st) -> None:
+            mark = "[green]ok[/]" if st.passed else "[red]FAILED[/]"
+            out.print(f"preflight {st.name}: {mark} in {st.seconds:.1f}s — {escape(st.detail)}", highlight=False,
+                      soft_wrap=True)
+        checked = preflight_copy.run(spec, t, plan, cats, on_stage=stage)
+        if not checked.passed:
+            raise preflight_copy.refusal(checked)
 
     client = None
     again = command_line(["demo", "--scale", str(scale), "--rls-sample", str(rls_sample), "--clients", str(clients)])
@@ -145,13 +162,33 @@ def demo(
                           f"{len(client['linkage_problems'])} lost or linked to the wrong person", highlight=False)
             for f in client["failures"][:5] + client["linkage_problems"][:5]:
                 console.print(f"  [red]{escape(f)}[/]", highlight=False)
-        console.print(f"report: {html_path} (and {md_path.name}); `pgconverge report --dsn ...` writes it again",
-                      highlight=False)
+        console.print(f"report: {html_path} (and {md_path.name})", highlight=False)
         color = "green" if ok else "red"
-        console.print(f"\n[{color}]demo {'passed' if ok else 'FAILED'} in {elapsed}s[/]; explore with: "
-                      f"psql '{t.dsn}'", highlight=False)
+        console.print(f"\n[{color}]demo {'passed' if ok else 'FAILED'} in {elapsed}s[/]; look further:",
+                      highlight=False)
+        for line in look_further(t, embedded.data_dir()):
+            console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
     if not ok:
         raise typer.Exit(1)
+
+
+def look_further(t: Target, data_dir: Path) -> list[str]:
+    """The commands that reach the demo's database afterwards, and how to stop the server it left running.
+
+    The demo's database is not the one a command without --dsn reaches (that is the embedded server's
+    `postgres` database, or $DATABASE_URL), so every command names it with --dsn.
+    """
+    from pgconverge.cli.common import command_line
+
+    def cmd(*args: str) -> str:
+        return command_line(list(args), Target(t.dsn, "--dsn"))
+    return [f"{cmd('status', '--steps')}    # every step, as the ledger recorded it",
+            f"{cmd('verify', '--rls')}    # the invariants and row level security, checked again",
+            f"{cmd('report', '--html', 'demo-report.html')}    # the run report, written again",
+            f"{cmd('rollback', 'align')}    # every phase undone, back to the fixture as loaded",
+            f"psql {shlex.quote(t.dsn)}",
+            f"the embedded Postgres ({data_dir}) keeps running for these; stop it with `pgconverge embedded stop` "
+            "(from this directory)"]
 
 
 def run_verified(runner: Runner, spec: config.Spec, plan, cats, rls_sample: int,
