@@ -24,7 +24,7 @@ _KEY = {  # column definition of a key of each type, with a default so rows can 
 
 def roles_sql(*extra: str) -> str:
     return "".join(f"do $$ begin if not exists (select 1 from pg_roles where rolname = '{r}') then "
-                   f"create role {r} nologin; end if; end $$;\n" for r in (*API_ROLES, *extra))
+                   f"create role {r} nologin noinherit{' bypassrls' * (r == 'service_role')}; end if; end $$;\n" for r in (*API_ROLES, *extra))
 
 
 # A minimal auth schema (auth.uid(), auth.jwt()), created only where the server has none.

@@ -616,7 +616,8 @@ begin
   foreach r in array array['anon', 'authenticated', 'service_role'] loop
     if not exists (select from pg_catalog.pg_roles where rolname = r) then
       begin
-        execute format('create role %I nologin noinherit', r);
+        -- as Supabase has them (and the fixture makes them): service_role bypasses row level security
+        execute format('create role %I nologin noinherit', r) || case r when 'service_role' then ' bypassrls' else '' end;
       exception when duplicate_object or unique_violation then null;  -- a concurrent loader made it first
       end;
     end if;

@@ -9,53 +9,19 @@ import os
 import re
 import shlex
 import socket
-import subprocess
-import sys
-import time
-import pty
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from typer.testing import CliRunner
 
-from _support import cli, cli_json, schema_dump, write_config
+from _support import cli, cli_json, has_private_schema, on_terminal, schema_dump, write_config
 
-EXE = str(Path(sys.executable).with_name("pgconverge"))
 SMALL = 0.1
 NO_WINDOW = "[migration]\nobservation_window = 0\nrls_sample = 5\n"
 
 
 def _flat(text: str) -> str:
     return " ".join(text.split())
-
-
-def _on_terminal(args: list[str], answer: bytes) -> tuple[int, str]:
-    """Run `pgconverge ARGS` on a pseudo-terminal, answer its question with ANSWER: (exit code, what it printed)."""
-    primary, replica = pty.openpty()
-    proc = subprocess.Popen([EXE, *args], stdin=replica, stdout=replica, stderr=replica,
-                            env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1"})
-    os.close(replica)
-    seen = b""
-    deadline = time.monotonic() + 120
-    while b"[y/N]" not in seen and time.monotonic() < deadline and proc.poll() is None:
-        try:
-            seen += os.read(primary, 4096)
-        except OSError:
-            break
-    os.write(primary, answer)
-    code = proc.wait(timeout=120)
-    try:
-        while chunk := os.read(primary, 4096):
-            seen += chunk
-    except OSError:
-        pass
-    os.close(primary)
-    return code, seen.decode(errors="replace")
-
-
-def _has_private_schema(conn) -> bool:
-    return conn.execute("select to_regnamespace('pgconverge') is not null").fetchone()[0]
 
 
 def test_contract_asks_on_a_terminal_and_every_run_ends_with_a_verdict(make_db, template_factory, tmp_path):
@@ -65,7 +31,7 @@ def test_contract_asks_on_a_terminal_and_every_run_ends_with_a_verdict(make_db, 
     with psycopg.connect(dsn, autocommit=True) as conn:
         before = schema_dump(conn)
         # --all asks before its first phase, saying contract will run and what it drops; "n" changes nothing.
-        code, seen = _on_terminal(["run", "--all", "--accept-code-references", *common], b"n\n")
+        code, seen = on_terminal(["run", "--all", "--accept-code-references", *common], b"n\n")
         flat = _flat(seen)
         assert code == 1 and "nothing was changed" in flat, seen
         assert "run --all runs align, expand, switch, then contract" in flat, seen
@@ -73,7 +39,7 @@ def test_contract_asks_on_a_terminal_and_every_run_ends_with_a_verdict(make_db, 
                          r'pgconverge\.legacy_customer_profile as archive\."?legacy_customer_profile_', flat), seen
         assert "drops columns public.carts.customer_id, public.orders.customer_id" in flat, seen
         assert "Run align, expand, switch and contract on" in flat, seen
-        assert not _has_private_schema(conn) and schema_dump(conn) == before
+        assert not has_private_schema(conn) and schema_dump(conn) == before
 
         # Without a terminal (a script), no question; each phase ends with one line: time, steps, rows, next.
         out = _flat(cli("run", "align", *common))
@@ -118,7 +84,7 @@ def test_contract_asks_on_a_terminal_and_every_run_ends_with_a_verdict(make_db, 
         assert schema_dump(conn, ("public", "archive")) == switched
 
         # `run contract` on a terminal: the summary, then the question; "n" changes nothing.
-        code, seen = _on_terminal(["run", "contract", "--accept-code-references", "--accept-runtime-use",
+        code, seen = on_terminal(["run", "contract", "--accept-code-references", "--accept-runtime-use",
                                    *common], b"n\n")
         flat = _flat(seen)
         assert code == 1 and "nothing was changed" in flat and "Run contract on" in flat, seen

@@ -18,7 +18,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 import test_emit
-from _support import cli, cli_json, row_owners, schema_dump, write_config
+from _support import wait_disconnected, cli, cli_json, row_owners, schema_dump, write_config
 from pgconverge.verify.tokens import act_as
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -310,17 +310,6 @@ def _checks(dsn: str, cfg: str, out: Path, apps: list[_App], done: str) -> None:
         assert r.returncode == 0 and "All tests successful." in r.stdout, f"after {done}:\n{r.stdout}{r.stderr}"
 
 
-def _gone(dsn: str, app: str) -> None:
-    """Until the backend of client APP has exited (its statistics are flushed then)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(200):
-            if not conn.execute("select count(*) from pg_stat_activity where application_name = %s",
-                                (app,)).fetchone()[0]:
-                return
-            time.sleep(0.02)
-    raise AssertionError(f"{app} is still connected")
-
-
 def test_supabase_db_push_phase_by_phase_with_the_app_running_and_back(pg15, tmp_path, request):
     """The pinned Supabase CLI pushes each phase while old and new application code write, the checks pass after
     every push, contract goes through its gates once old code is gone, and the undo restores every owner."""
@@ -389,7 +378,7 @@ def test_supabase_db_push_phase_by_phase_with_the_app_running_and_back(pg15, tmp
     # Old code is retired: its last deployment stops and the runtime baseline is taken again. Right away the gate
     # waits for the observation window, saying so; once it has passed, contract is pushed, new code still writing.
     old.stop()
-    _gone(dsn, "app-old")
+    wait_disconnected(dsn, "app-old")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("select pgconverge.take_runtime_baseline()")
     since = time.monotonic()

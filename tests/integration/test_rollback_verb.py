@@ -4,23 +4,10 @@ rollback asks first, and an answer of no changes nothing."""
 
 from __future__ import annotations
 
-import os
-import pty
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import psycopg
 
-from _support import cli, cli_json, schema_dump, write_config
-
-EXE = str(Path(sys.executable).with_name("pgconverge"))
-
-
-def _has_private_schema(conn) -> bool:
-    return conn.execute("select to_regnamespace('pgconverge') is not null").fetchone()[0]
-
+from _support import cli, cli_json, has_private_schema, on_terminal, schema_dump, write_config
 
 def test_rollback_phase_undoes_it_and_what_follows(fixture_db, tmp_path):
     dsn = fixture_db
@@ -29,7 +16,7 @@ def test_rollback_phase_undoes_it_and_what_follows(fixture_db, tmp_path):
         start = schema_dump(conn)
         out = " ".join(cli("rollback", "expand", "--dsn", dsn, "--config", cfg, expect=2).split())
         assert "nothing to roll back: expand never ran" in out and "nothing was changed" in out, out
-        assert not _has_private_schema(conn)  # refused before the ledger was made
+        assert not has_private_schema(conn)  # refused before the ledger was made
         old = " ".join(cli("rollback", "--to", "expand", "--dsn", dsn, "--config", cfg, expect=2).split())
         assert "pgconverge rollback expand" in old, old
 
@@ -49,24 +36,10 @@ def test_rollback_phase_undoes_it_and_what_follows(fixture_db, tmp_path):
         # On a terminal it asks; "n" changes nothing.
         cli("run", "expand", "--dsn", dsn, "--config", cfg)
         expanded = schema_dump(conn)
-        primary, replica = pty.openpty()
-        proc = subprocess.Popen([EXE, "rollback", "align", "--dsn", dsn, "--config", cfg], stdin=replica,
-                                stdout=replica, stderr=replica, env={**os.environ, "COLUMNS": "200"})
-        os.close(replica)
-        seen = b""
-        deadline = time.monotonic() + 60
-        while b"?" not in seen.split(b"rollback steps")[-1] and time.monotonic() < deadline:
-            seen += os.read(primary, 4096)
-        assert b"Undo expand, align" in seen, seen
-        os.write(primary, b"n\n")
-        assert proc.wait(timeout=60) == 1
-        try:
-            while chunk := os.read(primary, 4096):
-                seen += chunk
-        except OSError:
-            pass
-        os.close(primary)
-        assert b"nothing was changed" in seen, seen
+        code, seen = on_terminal(["rollback", "align", "--dsn", dsn, "--config", cfg], b"n\n")
+        assert "Undo expand, align" in seen, seen
+        assert code == 1, seen
+        assert "nothing was changed" in seen, seen
         assert schema_dump(conn) == expanded
 
         cli("rollback", "align", "--yes", "--dsn", dsn, "--config", cfg)

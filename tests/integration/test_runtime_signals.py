@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from _support import cli, cli_json, schema_dump, write_config
+from _support import wait_disconnected, cli, cli_json, schema_dump, write_config
 from pgconverge.config import ConfigError, from_dict
 
 WINDOW = 3  # seconds
@@ -65,17 +65,6 @@ class OldCode:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()
-
-
-def _gone(dsn: str) -> None:
-    """Until every session of the old code has ended (a session hands its statistics over as it exits)."""
-    with psycopg.connect(dsn, autocommit=True) as c:
-        for _ in range(200):
-            if not c.execute("select exists (select 1 from pg_stat_activity where application_name = %s)",
-                             (OLD_APP,)).fetchone()[0]:
-                return
-            time.sleep(0.05)
-    raise AssertionError("the old code's sessions never ended")
 
 
 def _person(dsn: str) -> tuple[int, object]:
@@ -161,7 +150,7 @@ def test_old_code_rows_block_contract_until_they_stop_and_the_window_passes(fixt
     with psycopg.connect(dsn, autocommit=True, application_name="pgconverge") as c:
         c.execute("insert into public.carts (customer_id) values (%s)", (customer,))
         assert schema_dump(c, ("public", "archive")) == before
-    _gone(dsn)
+    wait_disconnected(dsn, OLD_APP)
     stopped = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
     assert _carts(stopped)["rows"] == app.old_rows + 1, (stopped, app.old_rows)  # exactly: insert by insert
     assert all(w["rows"] == 0 for w in stopped["old_code_rows"] if w["table"] != "public.carts")
