@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+import test_emit
 from _small import AUTH_SQL, base_sql, config, policy_sql, roles_sql
 from _support import cli, cli_json, write_config
 
@@ -22,6 +23,7 @@ from pgconverge.execution import preflight_copy
 HELPER = ("create function public.auth_customer_id() returns bigint language sql stable as $$ "
           "select nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'customer_id', '')::bigint $$;")
 ACCEPT = ("--accept-code-references", "--accept-runtime-use")
+pg15 = test_emit.pg15  # a PostgreSQL 15 server with contrib extensions the embedded one lacks
 
 
 @pytest.fixture(autouse=True)
@@ -140,3 +142,46 @@ def test_skip_preflight(make_db, tmp_path):
     out = cli("run", "align", "--skip-preflight", "--dsn", dsn, "--config", cfg)
     # (the test's own directory is named after it: look for the preflight's lines, not the word)
     assert "preflight:" not in out and "preflight copy" not in out and "align finished" in out, out
+
+
+def _small_on_pg15(pg15, name: str, tmp_path, extra: str) -> tuple[str, str]:
+    _dsn = test_emit._dsn
+    with psycopg.connect(_dsn(pg15, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    dsn = _dsn(pg15, name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(roles_sql() + AUTH_SQL + base_sql() + HELPER + policy_sql("public.auth_customer_id") + extra)
+        conn.execute("analyze")
+    (tmp_path / name).mkdir()
+    return dsn, write_config(tmp_path / name, config("public.auth_customer_id"))
+
+
+def test_extensions_the_copy_server_lacks(pg15, tmp_path):
+    """A target with an extension the embedded server does not bundle (Supabase has several): left out of the copy
+    when no table of the plan needs it; refused, naming the tables, when one does — both before any change."""
+    elsewhere, cfg = _small_on_pg15(pg15, "ext_elsewhere", tmp_path, """
+        create extension citext;
+        create table public.notes (id int primary key, body citext);
+        """)
+    out = cli_json("plan", "--check", "--dsn", elsewhere, "--config", cfg)
+    assert out["verdict"] == "passed" and out["skipped_extensions"] == ["citext"], out
+
+    needed, cfg = _small_on_pg15(pg15, "ext_needed", tmp_path, """
+        create extension citext;
+        alter table public.carts add column label citext;
+        """)
+    before = fingerprint(needed)
+    out = " ".join(cli("run", "align", "--dsn", needed, "--config", cfg, expect=2).split())
+    assert "cannot copy public.carts faithfully" in out and "citext" in out and "--preflight-server" in out, out
+    assert fingerprint(needed) == before
+
+
+def test_contract_waiting_for_the_team_is_not_a_preflight_failure(make_db, tmp_path):
+    """A view on the legacy table accepted until contract (migration.accept_views): contract's dependency check
+    refuses until the team drops it, which the preflight reports as deferred, not as a failure of the plan."""
+    dsn, _ = _small(make_db, tmp_path, "create view public.customer_names as select id, wa_id from public.customers;")
+    cfg = write_config(tmp_path, config("public.auth_customer_id") + "accept_views = [\"public.customer_names\"]\n")
+    out = cli_json("plan", "--check", "--dsn", dsn, "--config", cfg)
+    assert out["verdict"] == "passed", out
+    assert out["deferred"] and out["deferred"].startswith("contract stopped at contract."), out
+    assert out["schema_restored"] is True, out

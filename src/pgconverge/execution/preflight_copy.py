@@ -48,6 +48,12 @@ EDGE = 3  # rows per NULL / empty string / smallest / largest of each column loo
 CLOSURE_ROUNDS = 5  # foreign keys followed this many tables deep
 
 
+class CopyUnfaithful(PgConvergeError):
+    """A table the plan touches could not be copied as it is (the copy's server lacks what it uses)."""
+
+    exit_code = 2
+
+
 class PreflightFailed(PgConvergeError):
     """A step failed on the copy: nothing was changed on the target."""
 
@@ -95,6 +101,8 @@ class Result:
     plan_matches: bool | None = None
     failure: Failure | None = None
     kept: bool = False
+    skipped_extensions: list[str] = field(default_factory=list)  # left out of the copy; the plan's tables did not need them
+    deferred: str | None = None  # contract stopped at a gate only the team can satisfy (views, a helper to rewrite)
 
     @property
     def passed(self) -> bool:
@@ -108,6 +116,7 @@ class Result:
                 "sample": {"tables": len(self.sample), "rows": sum(self.sample.values()), "per_table": self.sample},
                 "phases": self.phases, "rollback_to": self.rollback_to, "schema_restored": self.schema_restored,
                 "schema_differences": self.schema_differences[:20], "plan_matches": self.plan_matches,
+                "skipped_extensions": self.skipped_extensions, "deferred": self.deferred,
                 "failure": self.failure.as_dict() if self.failure else None}
 
 
@@ -348,6 +357,38 @@ def _snapshot_tables(plan: Plan) -> dict:
             if isinstance(s.op, CreateTable) and s.op.reads_tables}
 
 
+def _plan_tables(cats: baseline.Catalogs) -> list[str]:
+    """The tables the plan reads or changes: legacy, canonical, every dependent and every table with a policy."""
+    cat = cats.live or next(iter(cats.saved.values()), None)
+    if cat is None:
+        return []
+    names = {cat.legacy.name, cat.canonical.name, *(d.table.name for d in cat.dependents),
+             *(p.table for p in cat.policies)}
+    return sorted(str(n) for n in names)
+
+
+_SHAPE = """select (select count(*) from pg_attribute where attrelid = c.oid and attnum > 0 and not attisdropped),
+                   (select count(*) from pg_constraint where conrelid = c.oid),
+                   (select count(*) from pg_trigger where tgrelid = c.oid and not tgisinternal),
+                   (select count(*) from pg_policy where polrelid = c.oid),
+                   (select count(*) from pg_index where indrelid = c.oid)
+            from pg_class c where c.oid = to_regclass(%s)"""
+
+
+def _refuse_unfaithful(source_dsn: str, copy_dsn: str, tables: list[str], missing: list[str], errors: list[str],
+                       admin: str) -> None:
+    """Raise when a table the plan touches did not come across whole (what it needs was left out with MISSING)."""
+    with rh.connect_source(source_dsn) as src, psycopg.connect(copy_dsn, connect_timeout=CONNECT_TIMEOUT_S) as dst:
+        differ = [t for t in tables if src.execute(_SHAPE, (t,)).fetchone() != dst.execute(_SHAPE, (t,)).fetchone()]
+    if differ:
+        raise CopyUnfaithful(
+            f"the preflight cannot copy {', '.join(differ)} faithfully: they use what the extensions "
+            f"{', '.join(missing)} provide, which the server {redact(admin)} lacks"
+            + (f" (first error: {errors[0].strip()})" if errors else ""),
+            fix="name a scratch server that has those extensions with --preflight-server, or run without the "
+                "preflight (--skip-preflight), knowing it would have tried every step on a copy first")
+
+
 def _fill(source_dsn: str, copy_dsn: str, spec: Spec, plan: Plan, cats: baseline.Catalogs) -> dict[str, int]:
     """Sample the source in one snapshot and write the rows into the copy; return rows per table."""
     counts: dict[str, int] = {}
@@ -529,7 +570,8 @@ def run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, serv
 
 def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, server: str | None,
          keep: bool, on_stage: Callable[[Stage], None] | None) -> Result:
-    from pgconverge.execution.runner import Runner
+    from pgconverge.execution.interrupt import Interrupted
+    from pgconverge.execution.runner import GateFailed, Runner
     from pgconverge.planning import plan as planner
 
     say = on_stage or (lambda _s: None)
@@ -547,12 +589,9 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
     src = rh.inspect_source(target.dsn)
     rh.check_version(src)
     rh.refuse_same_database(src, admin, database)
+    # Extensions the copy's server lacks (a Supabase database has several the embedded server does not bundle)
+    # are left out; what needed them fails to restore. That is refused below only if it touches the plan's tables.
     missing = rh.missing_extensions(src, admin)
-    if missing:
-        raise rh.RehearsalError(
-            f"the preflight copy needs extensions the server {redact(admin)} cannot create: {', '.join(missing)}",
-            fix="name a scratch server that has them with --preflight-server, or skip the preflight with "
-                "--skip-preflight")
     made = False
     try:
         with tempfile.TemporaryDirectory(prefix="pgconverge-preflight-") as tmp:
@@ -561,7 +600,10 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
             copy_dsn = rh.create_database(admin, database)
             made = True
             rh.create_missing_roles(src, admin)
-            rh.restore(path, copy_dsn, [])
+            _, restore_errors = rh.restore(path, copy_dsn, missing)
+        if missing:
+            _refuse_unfaithful(target.dsn, copy_dsn, _plan_tables(cats), missing, restore_errors, admin)
+        result.skipped_extensions = list(missing)
         result.sample = _fill(target.dsn, copy_dsn, spec, plan, cats)
         rows = sum(v for k, v in result.sample.items() if not k.startswith(spec.migration.private_schema + "."))
         stage("copy", t0, f"schema and {rows:,} sampled rows of {len(result.sample)} tables into {database} "
@@ -575,19 +617,38 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
             fresh = not started_mid_migration(conn, spec)
         cplan = planner.build(spec, ccats)
         # the same steps (their SQL differs only by the names contract stamps with the time of planning)
-        result.plan_matches = [s.id for s in plan.steps] == [s.id for s in cplan.steps]
+        only_here = sorted({s.id for s in plan.steps} - {s.id for s in cplan.steps})
+        only_copy = sorted({s.id for s in cplan.steps} - {s.id for s in plan.steps})
+        result.plan_matches = not only_here and not only_copy
         result.phases = [ph for ph in PHASES if cplan.phase(ph)]
         t0 = time.monotonic()
         failed = None
         try:
             with Runner(copy, spec, cplan, progress=tracker, command="preflight", catalogs=ccats,
                         accept=frozenset({gates.CODE, gates.RUNTIME})) as runner:
+                if not result.plan_matches:  # a pass would be about another plan than the one run will execute
+                    raise PgConvergeError(
+                        "the copy plans other steps than the target (only on the target: "
+                        f"{', '.join(only_here[:10]) or 'none'}; only on the copy: {', '.join(only_copy[:10]) or 'none'})",
+                        fix="run with --keep-preflight-copy and compare `pgconverge plan --json` on the copy and the "
+                            "target; --skip-preflight runs without it")
                 for ph in result.phases:
-                    runner.run_phase(ph)
+                    try:
+                        runner.run_phase(ph)
+                    except GateFailed as exc:
+                        if ph != "contract":
+                            raise
+                        # Contract's gates and its dependency check wait for work only the team can do (views to
+                        # drop, a helper to rewrite): not a failure of the plan. The rest of contract is not tried.
+                        at = getattr(tracker.step, "id", tracker.step)
+                        result.deferred = f"contract stopped at {at} on the copy: {exc.problem}"
+        except Interrupted:
+            raise  # a signal: the run stops, it is not the preflight's verdict
         except Exception as exc:  # noqa: BLE001 - every failure on the copy is the preflight's verdict
             failed = _failure("phases", exc, tracker.step)
-        stage("phases", t0, (f"{', '.join(result.phases)} on the copy" if failed is None
-                             else f"failed at {failed.step or 'the start'}"), failed is None)
+        stage("phases", t0, (f"{', '.join(result.phases)} on the copy"
+                             + (f" ({result.deferred}; the rest of contract was not tried)" if result.deferred else "")
+                             if failed is None else f"failed at {failed.step or 'the start'}"), failed is None)
         # The whole rollback runs in any case: from a failed step too, as a real rollback would.
         t0 = time.monotonic()
         tracker.step = None
