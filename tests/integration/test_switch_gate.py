@@ -45,3 +45,27 @@ def test_switch_gate_checks_the_live_policies_when_the_switch_left_no_proof(fixt
         assert gate["passed"] and gate["coverage"]["checked_now"] and gate["coverage"]["rows_seen"] > 0, gate
         assert any("checked now on the live policies" in d for d in gate["details"]), gate
         assert conn.execute("select to_regclass('public.customers')").fetchone()[0] is None
+
+
+def test_switch_gate_fails_when_its_sample_missed_every_owner(fixture_db, tmp_path):
+    """One sampled identity that owns nothing, while other identities own rows: nothing was compared, so the gate
+    fails as proving nothing (and names the sample size to raise) instead of passing."""
+    from pgconverge.config import load
+    from pgconverge.verify import rls
+
+    dsn = fixture_db
+    cfg = write_config(tmp_path, "[migration]\nrls_sample = 1\nobservation_window = 0\n")
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("""insert into pgconverge.snapshots (run_id, name, data) values
+                        (null, 'rls_equivalence', '{"identities": 1, "rows_seen": 0, "problems": []}')""")
+        (picked,) = rls.sample(conn, load(cfg), 1)
+        for table in ("sessions", "orders", "carts"):  # the picked identity's rows go; everyone else's stay
+            conn.execute(f"delete from public.{table} where customer_id = any(%s::bigint[])", (list(picked.legacy),))
+        assert conn.execute("select count(*) from public.carts where customer_id is not null").fetchone()[0] > 0
+        out = " ".join(cli("run", "contract", "--dsn", dsn, "--config", cfg, *ACCEPT, expect=2).split())
+        assert "proves nothing" in out and "rls_sample" in out, out
+        gate = _gate(conn)
+        assert not gate["passed"] and gate["coverage"]["owning"] == 0, gate
+        assert conn.execute("select to_regclass('public.customers')").fetchone()[0] is not None

@@ -49,9 +49,10 @@ def confirm(what: str, summary: str, yes: bool) -> None:
     """Ask on a terminal (stdin and stdout both), unless --yes; elsewhere go on (a script says --yes or pipes)."""
     if yes or not (sys.stdin.isatty() and sys.stdout.isatty()):
         return
-    console.print(summary, highlight=False)
-    if not typer.confirm(f"{what}?", default=False):
-        console.print("nothing was changed", highlight=False)
+    # On stderr, question included: stdout stays what --json promises.
+    err_console.print(summary, highlight=False)
+    if not typer.confirm(f"{what}?", default=False, err=True):
+        err_console.print("nothing was changed", highlight=False)
         raise typer.Exit(1)
 
 

@@ -120,7 +120,7 @@ def switch_gate(runner: Runner) -> dict:
     # Tables whose old policy scans a table per caller were compared for fewer tokens: say so where it passes.
     partial = [f"{t}: compared for {v['tokens_checked']} of {v['tokens']} tokens (its old policy scans a table "
                f"per caller, {v['first_token_s']} s each)" for t, v in ((eq or {}).get("scan_bound") or {}).items()]
-    if eq and eq.get("rows_seen") != 0 and not eq.get("proves_nothing"):
+    if eq and eq.get("rows_seen") not in (0, None) and not eq.get("proves_nothing"):
         return {"gate": "switch verified", "passed": True, "details": partial, "unblock": unblock,
                 "coverage": {"identities": eq.get("identities"), "rows_seen": eq.get("rows_seen")}}
     why = ("no RLS equivalence result recorded (the switch was applied from files)" if not eq else
@@ -149,6 +149,11 @@ def switch_gate(runner: Runner) -> dict:
                     "them), then `pgconverge verify --rls` must see rows"),
                 "details": [f"{why}; checked now: of {covered['owning']} sampled identities that own rows, "
                             f"{covered['seeing_own']} saw any of them — proves nothing"]}
+    if not covered["owning"] and owned_rows_exist(runner):  # the sample missed every owner: nothing was compared
+        return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": (
+                    "raise migration.rls_sample (0 = every identity), then run contract again"),
+                "details": [f"{why}; checked now: none of the {len(identities)} sampled identities owns a row, "
+                            "although rows have owners — proves nothing"]}
     if not covered["owning"]:
         return {"gate": "switch verified", "passed": True, "coverage": coverage, "unblock": unblock,
                 "details": partial + [f"{why}; checked now: none of the {len(identities)} sampled identities owns "
@@ -156,6 +161,17 @@ def switch_gate(runner: Runner) -> dict:
     return {"gate": "switch verified", "passed": True, "coverage": coverage, "unblock": unblock,
             "details": partial + [f"{why}; checked now on the live policies: {len(identities)} identities, "
                                   f"{seen} rows, old and new tokens agree"]}
+
+
+def owned_rows_exist(runner: Runner) -> bool:
+    """Whether any dependent row names an owner (its legacy column set): then someone's rows are there to compare."""
+    from psycopg import sql
+
+    from pgconverge.execution.sql import ident, qn
+
+    cat = runner.catalogs.for_phase("switch")
+    return any(runner.work.execute(sql.SQL("select exists (select from {} where {} is not null)").format(
+        qn(d.table.name), ident(d.fk.columns[0]))).fetchone()[0] for d in cat.dependents)
 
 
 def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:

@@ -62,7 +62,7 @@ class Names:
         self.sync_fn = QualifiedName(private, f"sync_{t.schema}_{t.name}{own}"[:63])
         self.late_fn = QualifiedName(private, f"backfill_{t.schema}_{t.name}{own}"[:63])
         # Counts the rows old code writes with the legacy column alone (see old_writes_sequence)
-        self.old_writes = QualifiedName(private, f"old_writes_{t.schema}_{t.name}{own}"[:63])
+        self.old_writes = QualifiedName(private, _bounded(f"old_writes_{t.schema}_{t.name}{own}"))
         self.fk = f"{t.name}_{new}_fkey"[:63]
         self.not_null_check = f"{t.name}_{new}_not_null"[:63]
         self.plain_index = QualifiedName(t.schema, f"idx_{t.name}_{new}"[:63])
@@ -405,11 +405,22 @@ def drop_old_writes_sequence(n: Names) -> Operation:
     return RunSql(sql.SQL("drop sequence if exists {}").format(qn(n.old_writes)), f"drop sequence {n.old_writes}")
 
 
+def _bounded(name: str) -> str:
+    """NAME as a Postgres identifier: cut to 63 bytes with a hash of the whole, so two long names cut alike stay two."""
+    if len(name.encode()) <= 63:
+        return name
+    import hashlib
+
+    return name.encode()[:54].decode(errors="ignore") + "_" + hashlib.md5(name.encode()).hexdigest()[:8]
+
+
 def _count_old_write(n: Names) -> sql.Composable:
-    """PL/pgSQL counting one row written by old code, unless pgconverge itself wrote it."""
+    """PL/pgSQL counting one row written by old code, unless pgconverge itself wrote it. Never fails the write:
+    a counter that is gone (dropped by hand, or a rollback between two of its steps) counts nothing."""
     return sql.SQL(
         "if pg_catalog.current_setting('application_name') not like all (array[{own}]) then\n"
-        "      perform pg_catalog.nextval({seq}::pg_catalog.regclass);  -- old code: counted, no lock taken\n"
+        "      perform pg_catalog.nextval(c.s) from (select pg_catalog.to_regclass({seq}) as s) c  -- no lock taken\n"
+        "        where c.s is not null;\n"
         "    end if;").format(own=sql.SQL(", ").join(sql.Literal(a) for a in OWN_APPLICATION_NAMES),
                               seq=sql.Literal(text(qn(n.old_writes))))
 
