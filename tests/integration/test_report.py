@@ -98,7 +98,9 @@ def test_report_after_full_run(make_db, template_factory, tmp_path):
     _assert_verdict_block(dsn, text)
 
     page = html.read_text()
-    assert page.count("<svg") == 2
+    assert page.count("<svg") == 3  # the timeline; the batches of align's mapping and of expand's backfills
+    _assert_throughput_axes(page)
+    _assert_rls_per_table(dsn, text)
     # The verdict leads; no Markdown mark is left raw in the page (inline code becomes <code>).
     assert page.index('id="verdict"') < page.index("<h2>") and "Verdict: COMPLETE" in page
     assert "`" not in re.sub(r"<pre>.*?</pre>", "", page, flags=re.S)
@@ -127,6 +129,47 @@ def test_report_after_full_run(make_db, template_factory, tmp_path):
     assert tomllib.loads(block) == data["config"] and data["config"]["migration"]["observation_window"] == 0
     assert [a["step"] for a in data["attempts"]] == ["contract.gates"]
     assert not [c for c in data["checks"] if c["status"] in ("proves nothing", "FAILED")], data["checks"]
+
+
+def _assert_throughput_axes(page: str) -> None:
+    """Each throughput chart spans the batches it plots: its lines start at the x axis' left end and its last batch
+    ends at the right end, whatever ran before (align's mapping has a chart of its own)."""
+    charts = re.findall(r'<svg id="chart-throughput[^"]*" class="chart-throughput" data-phase="([^"]+)".*?</svg>',
+                        page, re.S)
+    assert charts == ["align", "expand"], charts
+    for svg in re.findall(r'<svg id="chart-throughput.*?</svg>', page, re.S):
+        x1, _, x2, _ = (float(v) for v in re.findall(
+            r'<line x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" y2="([\d.]+)"', svg)[1])  # the x axis
+        xs = [float(p.split(",")[0]) for pts in re.findall(r'points="([^"]+)"', svg) for p in pts.split()]
+        xs += [float(v) for v in re.findall(r'<circle cx="([\d.]+)"', svg)]
+        assert xs and min(xs) == pytest.approx(x1, abs=1) and max(xs) == pytest.approx(x2, abs=1), (x1, x2, xs)
+        assert "seconds since the first batch of" in svg and "rows/s per batch" in svg
+        assert re.search(r">(align|expand): \d+ batch(es)? in [\d.]+ s<", svg)
+
+
+def _assert_rls_per_table(dsn: str, text: str) -> None:
+    """The RLS section shows, per table, the policies rewritten and the rows compared; each policy before and after."""
+    with psycopg.connect(dsn) as c:
+        eq = c.execute("select data from pgconverge.snapshots where name = 'rls_equivalence' "
+                       "order by id desc limit 1").fetchone()[0]
+        saved = c.execute("select name from pgconverge.saved_definitions where step = 'switch.policies' "
+                          "and kind = 'policy' order by name").fetchall()
+    section = text.split("## Row level security", 1)[1].split("\n## ", 1)[0]
+    assert "| table | policies rewritten | rows compared | tokens checked |" in section
+    policies: dict[str, list[str]] = {}
+    for (name,) in saved:
+        schema, table, policy = name.split(".")
+        policies.setdefault(f"{schema}.{table}", []).append(policy)
+    assert set(eq["rows_by_table"]) <= set(policies) and len(policies) >= 3
+    for table, rows in eq["rows_by_table"].items():
+        row = next(r for r in section.splitlines() if r.startswith(f"| {table} |"))
+        cells = [x.strip() for x in row.strip("|").split("|")]
+        assert sorted(cells[1].split(", ")) == sorted(policies[table]) and cells[2] == str(rows), row
+    for table, names in policies.items():
+        for policy in names:
+            block = section.split(f"**{table} policy {policy}: before and after**", 1)[1].split("```", 2)[1]
+            before, after = block.split("-- after\n")
+            assert "auth_customer_id" in before and "auth_profile_id" in after, block
 
 
 def _assert_verdict_block(dsn: str, text: str) -> None:

@@ -29,10 +29,21 @@ _INSPECT = r"""(() => {
     // Painted where it says it is: the element at the centre of some bar or point is that mark.
     svg.scrollIntoView({block: 'start'});
     const hit = [...svg.querySelectorAll('rect > title, circle > title')].map(t => t.parentElement).some(el => {
+      el.scrollIntoView({block: 'center', inline: 'center'});  // a chart may be wider than the window
       const b = el.getBoundingClientRect();
       return document.elementFromPoint(b.left + b.width / 2, b.top + b.height / 2) === el;
     });
-    return {width: box.width, height: box.height, marks: marks.length, drawn: drawn.length, inside,
+    // Where the data sits on the x axis (the second <line>), in screen pixels: first and last plotted x.
+    const axis = svg.querySelectorAll('line')[1];
+    const ctm = svg.getScreenCTM();
+    const screenX = x => new DOMPoint(x, 0).matrixTransform(ctm).x;
+    const xs = [...[...svg.querySelectorAll('polyline')].flatMap(p => [...p.points].map(q => q.x)),
+                ...[...svg.querySelectorAll('circle')].filter(c => c.querySelector('title'))
+                  .map(c => c.cx.baseVal.value)];
+    const extent = axis && xs.length ? {axisLeft: screenX(axis.x1.baseVal.value),
+                                        axisRight: screenX(axis.x2.baseVal.value),
+                                        first: screenX(Math.min(...xs)), last: screenX(Math.max(...xs))} : null;
+    return {width: box.width, height: box.height, marks: marks.length, drawn: drawn.length, inside, extent,
             bars: titled('rect'), points: titled('circle'), lines: svg.querySelectorAll('polyline').length,
             hit, labels: [...svg.querySelectorAll('text')].map(t => t.textContent)};
   };
@@ -42,6 +53,10 @@ _INSPECT = r"""(() => {
     svgs: document.querySelectorAll('svg').length,
     timeline: chart('chart-timeline'),
     throughput: chart('chart-throughput'),
+    throughputs: [...document.querySelectorAll('svg.chart-throughput')].map(s => [s.dataset.phase, chart(s.id)]),
+    rlsTable: (() => { const t = tables.find(t => [...t.querySelectorAll('th')].some(th =>
+        th.textContent === 'policies rewritten'));
+      return t && [...t.tBodies[0].rows].map(r => [...r.cells].map(c => c.textContent)); })(),
     tables: tables.length,
     shownTables: tables.filter(t => t.getBoundingClientRect().height > 0 && t.rows.length > 1).length,
     headings: [...document.querySelectorAll('h2')].map(h => h.textContent),
@@ -130,11 +145,29 @@ def test_report_renders_in_chromium(report, tmp_path):
         assert timeline["bars"] == len(data["timeline"]) > 0
         assert set(data["timeline"][0]) >= {"step", "start", "end"}
         assert {"align", "expand", "switch", "contract"} <= set(timeline["labels"])
-        batches = [b for s in data["backfill"] for b in s["batches"] if b["rows_per_s"] is not None]
-        assert throughput["points"] == len(batches) > 0
-        assert throughput["lines"] == sum(1 for s in data["backfill"]
-                                          if sum(b["rows_per_s"] is not None for b in s["batches"]) > 1)
-        assert {s["table"] for s in data["backfill"]} <= set(throughput["labels"])
+        # One throughput chart per phase that ran batches; each spans its own batches, edge to edge.
+        charts = dict(page["throughputs"])
+        assert list(charts) == ["align", "expand"] and charts["align"] == throughput, page["throughputs"]
+        for phase, chart in charts.items():
+            assert chart["drawn"] == chart["marks"] > 0 and chart["inside"] and chart["hit"], chart
+            e = chart["extent"]
+            assert abs(e["first"] - e["axisLeft"]) < 2 and abs(e["last"] - e["axisRight"]) < 2, (phase, e)
+            assert e["axisRight"] - e["axisLeft"] > 500, e
+            series = [s for s in data["backfill"] if s["step"].split(".")[0] == phase]
+            batches = [b for s in series for b in s["batches"] if b["rows_per_s"] is not None]
+            assert chart["points"] == len(batches) > 0
+            assert chart["lines"] == sum(1 for s in series if any(b["rows_per_s"] is not None for b in s["batches"]))
+            assert {s["table"] for s in series} <= set(chart["labels"])
+            assert f"seconds since the first batch of {phase} started" in chart["labels"]
+            assert "rows/s per batch" in chart["labels"]
+        # The RLS check per table: the policies rewritten and the rows compared there.
+        eq = data["rls_equivalence"]
+        rls = {row[0]: row for row in page["rlsTable"] or []}
+        assert set(rls) == set(eq["tables"]), page["rlsTable"]
+        for table, rows in eq["rows_by_table"].items():
+            assert rls[table][2] == str(rows) and rls[table][1], rls[table]
+        assert sorted(p for row in rls.values() for p in row[1].split(", ")) == sorted(
+            p["policy"] for p in data["rls_policies"])
 
         assert page["tables"] >= 10 and page["shownTables"] == page["tables"], page
         for heading in ("Phases", "Backfill throughput", "Row level security", "Contract gates"):

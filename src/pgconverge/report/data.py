@@ -80,6 +80,7 @@ def collect(conn: psycopg.Connection, spec: Spec) -> dict:
     for p in phases:  # the policy switch holds its strong locks for the rewrite only, not for its check
         for s in p["steps"]:
             s["lock_held_ms"] = lock_hold if s["id"] == "switch.policies" and s["state"] == "done" else None
+    d["rls_policies"] = _policies(ledger, phases)
     d["checks"] = checks.build(d)
     d["attempts"] = verdict.attempts(d)
     d["verdict"] = verdict.build(d)
@@ -233,6 +234,28 @@ def _end(run: dict, outcome: str, e: dict) -> None:
     run["duration_ms"] = _ms(run["_at"], e["at"])
     if outcome in ("failed", "interrupted"):
         run["message"], run["sqlstate"] = e["message"], e["sqlstate"]
+
+
+def _policies(ledger: Ledger, phases: list[dict]) -> list[dict]:
+    """Each policy the switch rewrote: its table, its text before (as saved for the rollback) and after (as sent)."""
+    step = next((s for p in phases for s in p["steps"] if s["id"] == "switch.policies"), None)
+    if step is None:
+        return []
+    sent = [x.strip() for x in (step.get("sql") or "").split(";\n") if x.strip().lower().startswith("alter policy")]
+    out = []
+    for kind, name, before in ledger.saved_definitions("switch.policies"):
+        if kind != "policy":
+            continue
+        schema, table, policy = (name.split(".", 2) + ["", ""])[:3]
+        after = next((x for x in sent if x.lower().startswith("alter policy " + _quoted(policy).lower())
+                      and _quoted(table).lower() in x.lower()), None)
+        out.append({"table": f"{schema}.{table}", "policy": policy, "before": before.rstrip().rstrip(";") + ";",
+                    "after": after.rstrip(";") + ";" if after else None})
+    return sorted(out, key=lambda p: (p["table"], p["policy"]))
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _timeline(phases: list[dict]) -> list[dict]:

@@ -51,7 +51,9 @@ def timeline_svg(bars: list[dict]) -> str:
     parts = [f'<svg id="chart-timeline" width="{width}" height="{height}" role="img" '
              f'aria-label="timeline of phases and steps">',
              f'<text x="{label_w}" y="14">0 s</text>',
-             f'<text x="{label_w + plot_w}" y="14" text-anchor="end">{escape(f"{span:.2f}")} s</text>']
+             f'<text x="{label_w + plot_w}" y="14" text-anchor="end">{escape(f"{span:.2f}")} s</text>',
+             f'<text x="{label_w + plot_w / 2}" y="14" text-anchor="middle">seconds since the first step started'
+             '</text>']
     for i, b in enumerate(bars):
         y = top + i * row_h
         x = label_w + plot_w * (_t(b["start"]) - t0).total_seconds() / span
@@ -74,42 +76,83 @@ def _legend_entry(x: float, y: float, color: str, label: str) -> str:
             f'<text x="{x + 14}" y="{y}">{escape(label)}</text>')
 
 
+def _phase_of(step: str) -> str:
+    parts = step.split(".")
+    return " ".join(parts[:2]) if parts[0] == "rollback" and len(parts) > 2 else parts[0]
+
+
+def _ticks(hi: float, n: int = 4) -> list[float]:
+    return [hi * i / n for i in range(n + 1)]
+
+
 def throughput_svg(series: list[dict]) -> str:
-    """Rows per second of each batch over time, one line per table."""
-    pts = [(s, _t(b["at"]), b["rows_per_s"]) for s in series for b in s["batches"] if b["rows_per_s"] is not None]
-    if not pts:
+    """Rows per second of each batch, one chart per phase (align's mapping, expand's backfills, a rollback's): each
+    batch a level from its start to its end and a point at its end, one line per table; the x axis spans that
+    phase's batches only, from the start of the first to the end of the last."""
+    groups: dict[str, list[dict]] = {}
+    for s in series:
+        if any(b["rows_per_s"] is not None for b in s["batches"]):
+            groups.setdefault(_phase_of(s["step"]), []).append(s)
+    if not groups:
         return '<svg id="chart-throughput" width="400" height="30" role="img">' \
                '<text x="8" y="20">no batch recorded</text></svg>'
-    t0, t1 = min(p[1] for p in pts), max(p[1] for p in pts)
-    span = max((t1 - t0).total_seconds(), 1e-6)
-    ymax = max(p[2] for p in pts) * 1.1 or 1.0
-    left, top, pw, ph = 70, 16, 760, 240
-    width, height = left + pw + 200, top + ph + 40
-    parts = [f'<svg id="chart-throughput" width="{width}" height="{height}" role="img" '
-             f'aria-label="backfill throughput, rows per second per batch">',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#9ca3af"/>',
-             f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#9ca3af"/>',
-             f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{escape(f"{ymax:,.0f}")}</text>',
-             f'<text x="{left - 4}" y="{top + ph}" text-anchor="end">0</text>',
-             f'<text x="{left}" y="{top + ph + 16}">0 s</text>',
-             f'<text x="{left + pw}" y="{top + ph + 16}" text-anchor="end">{escape(f"{span:.2f}")} s</text>',
-             f'<text x="{left + pw / 2}" y="{top + ph + 32}" text-anchor="middle">time (rows/s per batch)</text>']
+    return "".join(_throughput_one(phase, ss, i) for i, (phase, ss) in enumerate(groups.items()))
 
-    def xy(at: datetime, v: float) -> tuple[float, float]:
-        return left + pw * (at - t0).total_seconds() / span, top + ph - ph * v / ymax
+
+def _throughput_one(phase: str, series: list[dict], index: int) -> str:
+    def span_of(b: dict) -> tuple[float, float]:
+        end = _t(b["at"]).timestamp()
+        return end - (b["batch_ms"] or 0) / 1000, end
+
+    batches = [b for s in series for b in s["batches"] if b["rows_per_s"] is not None]
+    t0 = min(span_of(b)[0] for b in batches)
+    t1 = max(span_of(b)[1] for b in batches)
+    span = max(t1 - t0, 1e-6)
+    ymax = max(b["rows_per_s"] for b in batches) * 1.1 or 1.0
+    left, top, pw, ph = 80, 28, 760, 220
+    width, height = left + pw + 200, top + ph + 46
+    cid = "chart-throughput" if index == 0 else f"chart-throughput-{index}"
+    parts = [f'<svg id="{cid}" class="chart-throughput" data-phase="{escape(phase)}" width="{width}" '
+             f'height="{height}" role="img" aria-label="{escape(phase)}: rows per second of each batch over time">',
+             f'<text x="{left}" y="14" font-weight="600">{escape(phase)}: {len(batches)} '
+             f'batch{"es" * (len(batches) != 1)} in '
+             f'{escape(f"{span:.2f}")} s</text>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#9ca3af"/>',
+             f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#9ca3af"/>']
+    for v in _ticks(ymax):
+        yy = top + ph - ph * v / ymax
+        parts.append(f'<line x1="{left - 4}" y1="{yy:.1f}" x2="{left}" y2="{yy:.1f}" stroke="#9ca3af"/>'
+                     f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end">{escape(f"{v:,.0f}")}</text>')
+    for v in _ticks(span):
+        xx = left + pw * v / span
+        anchor = "start" if v == 0 else "end" if v == span else "middle"
+        parts.append(f'<line x1="{xx:.1f}" y1="{top + ph}" x2="{xx:.1f}" y2="{top + ph + 4}" stroke="#9ca3af"/>'
+                     f'<text x="{xx:.1f}" y="{top + ph + 16}" text-anchor="{anchor}">{escape(f"{v:.2f}")}</text>')
+    parts += [f'<text x="{left + pw / 2}" y="{top + ph + 36}" text-anchor="middle">seconds since the first batch '
+              f'of {escape(phase)} started</text>',
+              f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">rows/s per batch'
+              '</text>']
+
+    def x(at: float) -> float:
+        return left + pw * (at - t0) / span
+
+    def y(v: float) -> float:
+        return top + ph - ph * v / ymax
 
     for i, s in enumerate(series):
         color = _PALETTE[i % len(_PALETTE)]
-        coords = [xy(_t(b["at"]), b["rows_per_s"]) for b in s["batches"] if b["rows_per_s"] is not None]
-        if not coords:
+        own = [b for b in s["batches"] if b["rows_per_s"] is not None]
+        if not own:
             continue
-        if len(coords) > 1:
-            line = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
-            parts.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="1.5"/>')
-        for (x, y), b in zip(coords, [b for b in s["batches"] if b["rows_per_s"] is not None]):
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"><title>'
-                         f'{escape(s["table"])}: {escape(_v(b["rows_per_s"]))} rows/s at {escape(b["at"])}'
-                         f'</title></circle>')
+        # each batch a level over its own duration (a single batch too), its end a point
+        line = " ".join(f"{x(a):.1f},{y(b['rows_per_s']):.1f} {x(z):.1f},{y(b['rows_per_s']):.1f}"
+                        for b in own for a, z in [span_of(b)])
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        for b in own:
+            parts.append(f'<circle cx="{x(span_of(b)[1]):.1f}" cy="{y(b["rows_per_s"]):.1f}" r="3" fill="{color}">'
+                         f'<title>{escape(s["table"])}: {escape(_v(b["batch_rows"]))} rows in '
+                         f'{escape(_v(b["batch_ms"]))} ms, {escape(_v(b["rows_per_s"]))} rows/s, ended '
+                         f'{escape(b["at"])}</title></circle>')
         parts.append(_legend_entry(left + pw + 14, top + 10 + i * 16, color, s["table"]))
     parts.append("</svg>")
     return "".join(parts)
@@ -149,7 +192,9 @@ def latency_svg(clients: dict, phases: list[dict]) -> str:
               f'<text x="{left}" y="{top + ph + 16}">0 s</text>',
               f'<text x="{left + pw}" y="{top + ph + 16}" text-anchor="end">{escape(f"{span:.1f}")} s</text>',
               f'<text x="{left + pw / 2}" y="{top + ph + 32}" text-anchor="middle">'
-              'time (per second: median line, slowest transaction dot)</text>']
+              'seconds since the first phase started (per second: median line, slowest transaction dot)</text>',
+              f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">'
+              'transaction latency, ms</text>']
     for i, kind in enumerate(sorted({b["kind"] for b in series})):
         color = _PALETTE[i % len(_PALETTE)]
         pts = [b for b in series if b["kind"] == kind]

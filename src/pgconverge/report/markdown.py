@@ -87,8 +87,7 @@ def blocks(d: dict) -> list[Block]:
     out.append(("h2", "Row level security"))
     eq = d["rls_equivalence"]
     out.append(("p", rls_line(eq)))
-    if eq and eq.get("rows_by_table"):
-        out.append(("table", ["table", "rows compared"], [[t, c] for t, c in eq["rows_by_table"].items()]))
+    out += _rls_tables(eq, d.get("rls_policies") or [])
     if eq and eq.get("lock_hold_ms") is not None:
         out.append(("p", f"The policy rewrite held its ACCESS EXCLUSIVE locks for {_v(eq['lock_hold_ms'])} ms; "
                          "the equivalence check around it reads a snapshot and holds no strong lock."))
@@ -99,6 +98,35 @@ def blocks(d: dict) -> list[Block]:
         out.append(("list", [_v(x) for x in shown]))
     out += _gates(d["contract_gates"])
     out += _counts(d["counts"])
+    return out
+
+
+def _rls_tables(eq: dict | None, policies: list[dict]) -> list[Block]:
+    """Per table: the policies the switch rewrote, the rows compared, the tokens checked; then each policy's text
+    before and after the rewrite."""
+    if not eq:
+        return []
+    rows_by = eq.get("rows_by_table") or {}
+    bound = eq.get("scan_bound") or {}
+    tokens = eq.get("tokens")
+    names: dict[str, list[str]] = {}
+    for p in policies:
+        names.setdefault(p["table"], []).append(p["policy"])
+    tables = list(dict.fromkeys([*(eq.get("tables") or []), *rows_by, *names]))
+    if not tables:
+        return []
+    out: list[Block] = [("p", "Per table: the policies rewritten and the rows the sampled identities' tokens saw "
+                              "there before the rewrite, all compared with what they see after it.")]
+    rows = []
+    for t in tables:
+        b = bound.get(t)
+        checked = (f"{b['tokens_checked']} of {b['tokens']} (its policy scans a table per caller)" if b
+                   else f"all {tokens}" if tokens is not None else None)
+        rows.append([t, ", ".join(names.get(t, [])) or None, rows_by.get(t, 0 if rows_by else None), checked])
+    out.append(("table", ["table", "policies rewritten", "rows compared", "tokens checked"], rows))
+    for p in policies:
+        out.append(("code", f"{p['table']} policy {p['policy']}: before and after",
+                    f"-- before\n{p['before']}\n-- after\n{p['after'] or '(not found in the SQL sent)'}", "sql"))
     return out
 
 
