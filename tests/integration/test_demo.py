@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -26,4 +27,7 @@ def test_demo_runs_every_phase_and_passes(admin_dsn, tmp_path):
     assert all(clients["summary"][k]["flows"] > 0 and clients["summary"][k]["failed"] == 0 for k in ("old", "new"))
     assert clients["rows_written"] > 0 and clients["linkage_problems"] == [] and clients["failures"] == []
     html = open(data["report"]["html"], encoding="utf-8").read()
-    assert html.count("<svg") == 3 and "chart-latency" in html and "contract.final_validation" in html
+    # the timeline, one throughput chart per phase that ran batches (align's matching, expand's backfills), latency
+    assert 'id="chart-timeline"' in html and 'id="chart-latency"' in html and "contract.final_validation" in html
+    phases = re.findall(r'<svg id="chart-throughput[^"]*" class="chart-throughput" data-phase="([^"]+)"', html)
+    assert phases == ["align", "expand"] and html.count("<svg") == 2 + len(phases), phases
