@@ -12,6 +12,7 @@ import typer
 
 from pgconverge.cli import app
 
+from pgconverge.execution import preflight_copy
 from _support import cli, schema_dump, write_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -42,7 +43,7 @@ def _takes_config(args: list[str]) -> bool:
     return any("--config" in p.opts for p in cmd.params)
 
 
-def test_readme_session_runs_as_written(make_db, tmp_path, monkeypatch):
+def test_readme_session_runs_as_written(make_db, tmp_path, monkeypatch, admin_dsn):
     section = _section()
     toml = re.search(r"```toml\n(.*?)```", section, re.S)
     assert toml and re.search(r"^observation_window = 0$", toml.group(1), re.M) \
@@ -60,6 +61,8 @@ def test_readme_session_runs_as_written(make_db, tmp_path, monkeypatch):
     assert not _takes_config(["fixture", "load"]) and _takes_config(["run", "contract"])
     dsn = make_db()
     monkeypatch.chdir(tmp_path)  # `report --html report.html` writes into the working directory
+    # `plan --check` copies into the test server, not into an embedded server it would start in tmp_path
+    monkeypatch.setenv(preflight_copy.SERVER_ENV, admin_dsn)
     start = None
     outputs = {}
     for args in commands:
