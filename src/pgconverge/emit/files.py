@@ -10,7 +10,7 @@ from typing import Any
 from psycopg import sql
 
 from pgconverge.config import Spec
-from pgconverge.execution.sql import text
+from pgconverge.execution.sql import qn, text
 from pgconverge.operations.base import Operation, Plan, Step
 from pgconverge.operations.batched import Batched
 from pgconverge.operations.check import Check
@@ -100,7 +100,8 @@ def _check_sql(op: Check) -> str:
 
 def _drop_invalid_index(spec: Spec, op: CreateIndexConcurrently) -> str:
     """A DO block dropping OP's index when an interrupted build left it invalid (nothing otherwise)."""
-    name = text(sql.Literal(str(op.name)))
+    # The name as SQL writes it (every part quoted): read back by to_regclass and spliced into DROP INDEX as is.
+    name = text(sql.Literal(text(qn(op.name))))
     code = (f"begin\n"
             f"  if coalesce((select not i.indisvalid from pg_catalog.pg_index i\n"
             f"               where i.indexrelid = pg_catalog.to_regclass({name})), false) then\n"
