@@ -301,3 +301,24 @@ def test_speed_on_a_million_rows(db):
         f"\nnormalize_phone over 1,000,000 rows: {elapsed:.2f} s with generate_series "
         f"({baseline:.2f} s of it generating the input); {table_elapsed:.2f} s over a table of the same values"
     )
+
+
+def test_audit_in_worker_processes_finds_what_one_process_finds(db):
+    """The chunked audit that compares large tables in several processes reports exactly the single-process result:
+    the same counts per reason and the same first disagreements, in the order the values came."""
+    import random
+
+    rng = random.Random(7)
+    shapes = ("+2507{}", "2507{}", "07{}", "+250 7{} ", "00 2507{}", "7{}", "+25{}", "{}x1")
+    values = list(dict.fromkeys(rng.choice(shapes).format(rng.randrange(10**7, 10**8))
+                                for _ in range(phone_audit.PARALLEL_FROM + 6000)))
+    pairs = list(keys(db, values).items())
+    one = phone_audit.disagreements(pairs, "RW")
+    chunks = [pairs[i:i + 5000] for i in range(0, len(pairs), 5000)]
+    seen = []
+    many = phone_audit.audit(iter(chunks), "RW", workers=2, between=seen.append)
+    assert many.checked == len(pairs) and len(seen) == len(chunks) and seen == sorted(seen)
+    assert many.disagreements == len(one) > 0
+    assert many.by_reason == dict(collections.Counter(d.reason for d in one))
+    assert many.sample == one[:phone_audit.Audit.SAMPLE_LIMIT]
+    assert many.unexplained == sum(not d.deliberate for d in one)

@@ -574,27 +574,37 @@ class Runner:
         return StepResult(step.id, "done", 0.0, detail={"snapshot": op.name})
 
     def _run_phone_audit(self, step: Step, resuming: bool) -> StepResult:
-        from collections import Counter
-
         from pgconverge.identity import phone_audit
 
         op = step.op
         t0 = time.monotonic()
-        values = [r[0] for r in self.work.execute(op.statements()[0]).fetchall()]
-        t1 = time.monotonic()
-        found = phone_audit.compare(self.work, values, op.schema, op.region)
+        # WITH HOLD: the result is kept on the server once its transaction ends, so no snapshot stays open while
+        # the numbers are compared, and this process holds one chunk at a time whatever the table's size.
+        name = f"pgconverge_phone_audit_{os.getpid()}"
+        with self.work.cursor(name=name, withhold=True) as cur:
+            cur.execute(op.statements()[0])
+            read_s = time.monotonic() - t0
+
+            def chunks():
+                while rows := cur.fetchmany(phone_audit.CHUNK):
+                    yield rows
+
+            def between(checked: int) -> None:
+                self.interrupts.check(f"during {step.id} after {checked:,} numbers (it reads only; it starts again "
+                                      "on resume)", step=step, stopped="phone_audit")
+
+            found = phone_audit.audit(chunks(), op.region, between=between)
         note = getattr(self.progress, "note", None)
         if note is not None:
-            note(f"  read {len(values):,} distinct numbers in {t1 - t0:.1f} s, compared them with phonenumbers in "
-                 f"{time.monotonic() - t1:.1f} s: {len(found):,} disagree")
-        data = {"checked": len(values), "disagreements": len(found),
-                "by_reason": dict(Counter(d.reason for d in found)),
-                "unexplained": sum(1 for d in found if not d.deliberate),
+            note(f"  read {found.checked:,} distinct numbers in {read_s:.1f} s, compared them with phonenumbers in "
+                 f"{time.monotonic() - t0 - read_s:.1f} s: {found.disagreements:,} disagree")
+        data = {"checked": found.checked, "disagreements": found.disagreements, "by_reason": found.by_reason or {},
+                "unexplained": found.unexplained,
                 "sample": [{"raw": d.raw, "sql": d.sql_key, "phonenumbers": d.reference_key, "reason": d.reason}
-                           for d in found[:1000]]}
+                           for d in found.sample or []]}
         self.ledger.snapshot(self.run_id, "phone_audit", data)
-        self._done(step, 1, op.sql_text(), checked=len(values), disagreements=len(found))
-        return StepResult(step.id, "done", 0.0, rows=len(values), detail={"disagreements": len(found)})
+        self._done(step, 1, op.sql_text(), checked=found.checked, disagreements=found.disagreements)
+        return StepResult(step.id, "done", 0.0, rows=found.checked, detail={"disagreements": found.disagreements})
 
     def _run_batched(self, step: Step, resuming: bool) -> StepResult:
         op: Batched = step.op  # type: ignore[assignment]

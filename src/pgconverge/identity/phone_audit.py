@@ -24,7 +24,7 @@ one of the two.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import phonenumbers
@@ -223,16 +223,98 @@ def classify(raw: str | None, sql_key: str | None, ref_key: str | None, default_
     return DIFFERENT_NATIONAL_NUMBER
 
 
+def disagreements(pairs: Iterable[tuple[str | None, str | None]], default_region: str) -> list[Disagreement]:
+    """Of (raw value, SQL key) PAIRS, those whose SQL key differs from phonenumbers' key, each with its reason."""
+    out = []
+    for raw, sql_key in pairs:
+        ref_key = reference_key(raw, default_region)
+        if sql_key != ref_key:
+            out.append(Disagreement(raw, sql_key, ref_key, classify(raw, sql_key, ref_key, default_region)))
+    return out
+
+
+# Below this many values the audit runs in the calling process: starting worker processes costs more.
+PARALLEL_FROM = 20_000
+CHUNK = 10_000
+
+
+@dataclass
+class Audit:
+    """What an audit of many values found: counts per reason and the first SAMPLE_LIMIT disagreements."""
+
+    checked: int = 0
+    disagreements: int = 0
+    by_reason: dict[str, int] | None = None
+    unexplained: int = 0
+    sample: list[Disagreement] | None = None
+
+    SAMPLE_LIMIT = 1000
+
+    def add(self, checked: int, found: list[Disagreement]) -> None:
+        self.checked += checked
+        self.disagreements += len(found)
+        self.by_reason = self.by_reason or {}
+        self.sample = self.sample if self.sample is not None else []
+        for d in found:
+            self.by_reason[d.reason] = self.by_reason.get(d.reason, 0) + 1
+            self.unexplained += not d.deliberate
+        self.sample.extend(found[: max(0, self.SAMPLE_LIMIT - len(self.sample))])
+
+
+def _quiet_worker() -> None:
+    """A worker process leaves Ctrl-C to the command (the runner stops the audit between chunks), and the CPU to
+    the database and the application where they share the machine: it runs at a lower priority."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
+def audit(chunks: Iterable[list[tuple[str | None, str | None]]], default_region: str, *, workers: int | None = None,
+          between: Callable[[int], None] | None = None) -> Audit:
+    """Compare every (raw value, SQL key) pair of CHUNKS, holding a few chunks at a time (memory does not grow with
+    the table). From PARALLEL_FROM values on, chunks are compared in WORKERS processes (default: one per core).
+    BETWEEN(values checked so far) is called after each chunk; it may raise to stop the audit."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_all_start_methods, get_context
+
+    result, pending, pool = Audit(), [], None
+    forking = "fork" in get_all_start_methods()
+    workers = workers or min(4, os.cpu_count() or 1)
+    try:
+        for chunk in chunks:
+            if pool is None and workers > 1 and result.checked + len(chunk) >= PARALLEL_FROM and forking:
+                # Forked: a spawned worker would import the caller's main module again. A forked one only runs
+                # phonenumbers (the interpreter renews its import lock in the child) and leaves with os._exit,
+                # so the connections it inherited are neither used nor closed there.
+                pool = ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_quiet_worker)
+            if pool is None:
+                result.add(len(chunk), disagreements(chunk, default_region))
+            else:
+                pending.append((len(chunk), pool.submit(disagreements, chunk, default_region)))
+                while len(pending) > 2 * workers:  # results in chunk order, a bounded number in flight
+                    n, fut = pending.pop(0)
+                    result.add(n, fut.result())
+            if between is not None:
+                between(result.checked)
+        for n, fut in pending:
+            result.add(n, fut.result())
+        pending = []
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return result
+
+
 def compare(conn, values: Iterable[str | None], schema: str, default_region: str) -> list[Disagreement]:
     """Evaluate <schema>.normalize_phone on VALUES in one query; return each distinct value whose key differs."""
     distinct = list(dict.fromkeys(values))
     query = sql.SQL(
         "SELECT u.v, {}.{}(u.v) FROM unnest(%s::text[]) WITH ORDINALITY AS u(v, i) ORDER BY u.i"
     ).format(sql.Identifier(schema), sql.Identifier(FUNCTION_NAME))
-    rows = conn.execute(query, [distinct]).fetchall()
-    out = []
-    for raw, sql_key in rows:
-        ref_key = reference_key(raw, default_region)
-        if sql_key != ref_key:
-            out.append(Disagreement(raw, sql_key, ref_key, classify(raw, sql_key, ref_key, default_region)))
-    return out
+    return disagreements(conn.execute(query, [distinct]).fetchall(), default_region)

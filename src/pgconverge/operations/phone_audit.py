@@ -9,9 +9,9 @@ from psycopg import sql
 
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import ident, qn
+from pgconverge.identity.phone import FUNCTION_NAME
 from pgconverge.operations.base import Lock, Operation
 
-AUDIT_LIMIT = 500_000  # distinct numbers; beyond that a sample in key order
 
 
 @dataclass(frozen=True)
@@ -37,5 +37,6 @@ class PhoneAudit(Operation):
         return Lock.ACCESS_SHARE
 
     def statements(self) -> list[sql.Composable]:
-        return [sql.SQL("select distinct {c} from {t} where {c} is not null limit {n}").format(
-            c=ident(self.column), t=qn(self.table), n=sql.Literal(AUDIT_LIMIT))]
+        # Every distinct number with its SQL key: read through a cursor, a chunk at a time (see the runner).
+        return [sql.SQL("select v, {s}.{f}(v) from (select distinct {c}::text as v from {t} where {c} is not null) x"
+                        ).format(c=ident(self.column), t=qn(self.table), s=ident(self.schema), f=ident(FUNCTION_NAME))]
