@@ -196,3 +196,29 @@ def test_observation_window_refuses_what_it_cannot_read(value):
 
 def test_the_default_window_is_fifteen_minutes():
     assert from_dict({}).migration.observation_window == 900.0
+
+
+def test_a_counter_the_gate_cannot_read_blocks_contract(fixture_db, tmp_path):
+    """A dependent's old-code counter gone (an expand made before it existed, a hand-dropped sequence): the gate
+    cannot show that table unused, so contract refuses naming it, and goes ahead only when told to."""
+    dsn = fixture_db
+    cfg = write_config(tmp_path, '[migration]\nobservation_window = 0\nrls_sample = 5\n')
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("drop sequence pgconverge.old_writes_public_orders")
+        # Old code still writes the table; the trigger does without its counter.
+        c.execute("insert into public.orders (customer_id) select id from public.customers order by id limit 1")
+        before = schema_dump(c, ("public", "archive"))
+    audit = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert any("public.orders" in b for b in audit["not_measured"]), audit
+    out = " ".join(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references",
+                       expect=2).split())
+    assert "contract is blocked, nothing was dropped" in out and "not measured" in out, out
+    assert "public.orders with customer_id alone" in out and "--accept-runtime-use" in out, out
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert schema_dump(c, ("public", "archive")) == before
+    cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references", "--accept-runtime-use",
+        "--yes")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute("select to_regclass('public.customers')").fetchone()[0] is None

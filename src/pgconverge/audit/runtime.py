@@ -35,6 +35,9 @@ class RuntimeAudit:
     helper_calls: int | None = None
     statements: list[dict] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)
+    # Of those, the signals the gate cannot do without (the legacy table's counters, a dependent's old-code
+    # counter): the gate refuses rather than pass on what it did not see.
+    blind: list[str] = field(default_factory=list)
     # Per reference: {table, column, new_column, sequence, rows}: rows written with the legacy column alone
     old_writes: list[dict] = field(default_factory=list)
     observation_window: float = 0.0  # seconds, from the config
@@ -80,6 +83,7 @@ class RuntimeAudit:
     def as_dict(self) -> dict:
         return {"baseline_at": self.baseline_at, "legacy_table": self.table, "legacy_helper_calls": self.helper_calls,
                 "old_code_rows": self.old_writes, "statements": self.statements, "unavailable": self.unavailable,
+                "not_measured": self.blind,
                 "in_use": self.in_use, "reads": self.reads,
                 "observation_window": {"seconds": self.observation_window, "observed_s": self.observed_s,
                                        "left_s": self.window_left_s, "open": self.window_open}}
@@ -106,6 +110,7 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
         audit.table = {k: int(now[0].get(k) or 0) - int(before.get(k) or 0) for k in TABLE_COUNTERS}
     else:
         audit.unavailable.append(f"{table} has no statistics row (not a table any more?)")
+        audit.blind.append(f"writes to {table} (no statistics row)")
     track = conn.execute("select current_setting('track_functions')").fetchone()[0]
     fn = conn.execute("select s.calls from pg_catalog.pg_stat_user_functions s "
                       "where s.funcid = to_regprocedure(%s)", (cat.legacy_helper.signature,)).fetchone()
@@ -154,12 +159,15 @@ def _old_writes(conn: psycopg.Connection, spec: Spec, cat: Catalog, base: dict, 
             audit.unavailable.append(f"{table}.{column}: rows written with it alone are not counted (no counter "
                                      f"{seq}: expand made by an earlier version; `pgconverge rollback expand` "
                                      "and `pgconverge run expand` again create it)")
+            audit.blind.append(f"rows old code writes to {table} with {column} alone (no counter {seq})")
             continue
         if before is None or before.get(seq) is None:
             if base:
                 audit.unavailable.append(f"{table}.{column}: the baseline holds no value of {seq} (taken by an "
                                          "earlier version, or before expand made it): take it again with "
                                          "`pgconverge audit runtime --rebaseline` to count from now")
+                audit.blind.append(f"rows old code writes to {table} with {column} alone (no baseline value of "
+                                   f"{seq})")
                 continue
             then = 0
         else:

@@ -180,8 +180,11 @@ def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:
     --accept-runtime-use accepts both: use it knows of, and a window cut short."""
     from pgconverge.config import format_duration
 
-    blocked = rt.in_use + ([rt.window_detail()] if rt.window_open else [])
+    blocked = rt.in_use + ([rt.window_detail()] if rt.window_open else []) + [
+        f"not measured, so not shown unused: {b}" for b in rt.blind]
     unblock = []
+    if rt.blind:
+        unblock.append("give the gate its counters back (the `unavailable` lines say how for each), or")
     if any(w["rows"] for w in rt.old_writes):
         unblock.append("update the code that writes " + ", ".join(
             f"{w['table']} with only {w['column']}" for w in rt.old_writes if w["rows"])
