@@ -34,6 +34,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rss  # noqa: E402
 from clients import Load, Monitor, longest_gaps, slowest, window  # noqa: E402
 from common import admin_dsn, load_fixture, recreate, server_settings, tune_server, vacuum_analyze  # noqa: E402
 
@@ -151,9 +152,15 @@ def _pgconverge(dsn: str, clock: StepClock, spec: Spec) -> list[dict]:
         try:
             for ph in ("align", "expand", "switch"):
                 for res in r.run_phase(ph):
+                    rec = next((s for s in reversed(clock.steps) if s["step"] == res.step), None)
+                    if rec is None:
+                        continue
                     if res.rows is not None:
-                        rec = next(s for s in reversed(clock.steps) if s["step"] == res.step)
                         rec["rows"] = res.rows
+                    kept = {k: res.detail[k] for k in ("scan_bound", "identities", "tokens", "rows_seen")
+                            if res.detail.get(k)}
+                    if kept:
+                        rec["detail"] = kept
         except Exception as exc:  # noqa: BLE001 - recorded in the result, the run goes on to report
             clock.steps[-1]["error"] = str(exc).strip()[:300]
             if clock.steps[-1]["t1"] is None:
@@ -169,13 +176,18 @@ def run_mode(admin: str, tmpl: str, mode: str, args) -> dict:
     clock = StepClock()
     spec = Spec(migration=Settings(batch_size=args.batch_size, backfill_workers=args.workers,
                                    rls_sample=args.rls_sample))
+    floors = policy_floors(dsn, spec) if mode == "pgconverge" else {}
     with Load(dsn, args.old_clients, args.new_clients) as load, Monitor(dsn) as monitor:
         time.sleep(args.baseline)
+        rss_start = rss.reset_peak()
         t_start = time.monotonic()
         steps = _naive(dsn, clock) if mode == "naive" else _pgconverge(dsn, clock, spec)
         t_end = time.monotonic()
+        peak = rss.peak_mb()
         time.sleep(args.settle)
         t_settled = time.monotonic()
+    linked, size_after = linkage(dsn, hw), sizes(dsn)  # before contract drops the legacy column
+    contract = run_contract(dsn, spec, args) if mode == "pgconverge" and args.contract else None
     samples, failures = load.samples, load.failures
     for s in steps:
         s.update(window(samples, failures, s["t0"], s["t1"]))
@@ -192,8 +204,66 @@ def run_mode(admin: str, tmpl: str, mode: str, args) -> dict:
         "failure_kinds": errors[:8],
         "steps": [{k: v for k, v in s.items() if k not in ("t0", "t1")} | {"at_s": round(s["t0"] - t_start, 2)}
                   for s in steps],
-        "linkage": linkage(dsn, hw), "size_before": size_before, "size_after": sizes(dsn),
+        "linkage": linked, "size_before": size_before, "size_after": size_after,
+        "rss_mb": {"at_start": rss_start, "peak": peak},
+        **({"policy_floors": floors} if floors else {}), **({"contract": contract} if contract else {}),
     }
+
+
+def policy_floors(dsn: str, spec: Spec) -> dict:
+    """Per table whose policies the switch rewrites: seconds for one identity to read the whole table through
+    its policy, before the migration (fresh copy, before the clients start). A table whose policy reads another
+    table for every caller costs its RLS check at least this for one token: the check cannot go below it."""
+    from pgconverge.planning.switch import policy_tables
+    from pgconverge.verify.tokens import act_as
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        cats = baseline.load(c, spec)
+    tables = policy_tables(planner.build(spec, cats))
+    out = {}
+    with psycopg.connect(dsn) as c:
+        legacy_id = c.execute("select customer_id from public.carts where customer_id is not null "
+                              "order by id limit 1").fetchone()[0]
+        claims = {**dict(spec.migration.token_claims), spec.legacy.claim: str(legacy_id)}
+        for t in tables:
+            act_as(c, claims)
+            t0 = time.monotonic()
+            n = c.execute(f"select count(*) from {t}").fetchone()[0]
+            out[str(t)] = {"seconds": round(time.monotonic() - t0, 3), "rows_seen": n}
+            c.rollback()
+    return out
+
+
+def run_contract(dsn: str, spec: Spec, args) -> dict:
+    """Contract after the run, old-code clients gone and new-code clients writing: per step wall time and client
+    latency. The gates for code and runtime use are accepted (the old-code clients ran until a moment ago)."""
+    clock = StepClock()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        cats = baseline.load(c, spec)
+    p = planner.build(spec, cats)
+    with Load(dsn, 0, args.new_clients) as load:
+        time.sleep(2)
+        rss.reset_peak()
+        t_start = time.monotonic()
+        with Runner(Target(dsn, "--dsn"), spec, p, catalogs=cats, progress=clock,
+                    accept=frozenset({"code-references", "runtime-use"})) as r:
+            try:
+                for res in r.run_phase("contract"):
+                    rec = next((s for s in reversed(clock.steps) if s["step"] == res.step), None)
+                    if rec is not None and res.rows is not None:
+                        rec["rows"] = res.rows
+            except Exception as exc:  # noqa: BLE001 - recorded in the result
+                clock.steps[-1]["error"] = str(exc).strip()[:300]
+                if clock.steps[-1]["t1"] is None:
+                    clock.steps[-1]["t1"] = time.monotonic()
+        t_end = time.monotonic()
+        peak = rss.peak_mb()
+        time.sleep(1)
+    for s in clock.steps:
+        s.update(window(load.samples, load.failures, s["t0"], s["t1"]))
+    return {"seconds": round(t_end - t_start, 1), "during": window(load.samples, load.failures, t_start, t_end),
+            "rss_peak_mb": peak,
+            "steps": [{k: v for k, v in s.items() if k not in ("t0", "t1")} for s in clock.steps]}
 
 
 def _sum(lk: dict, key: str) -> int:
@@ -206,6 +276,18 @@ def _growth(r: dict) -> str:
     return f"{b:,.0f} → {a:,.0f} MB (+{(a - b) / b * 100:.0f}%)"
 
 
+def _step_rows(mode: str, steps: list[dict], total: float) -> list[str]:
+    out = []
+    for s in steps:
+        if s["seconds"] < 0.5 and not s["over_100ms"] and not s.get("error") and not s["failed"]:
+            continue
+        rate = f"{s['rows_per_s']:,}" if s.get("rows_per_s") else ""
+        share = f"{100 * s['seconds'] / total:.0f}%" if total else ""
+        out.append(f"| {mode} | {s['step']}{' (error)' if s.get('error') else ''} | {s['seconds']} | {share} | "
+                   f"{rate} | {s['tps']} | {s['p99_ms']} | {s['max_ms']} | {s['longest_stall_ms']} | {s['failed']} |")
+    return out
+
+
 def markdown(result: dict) -> str:
     a = result["args"]
     out = [f"Scale {a['scale']} ({result['rows']['customers']:,} customers; carts {result['rows']['carts']:,}, "
@@ -214,26 +296,43 @@ def markdown(result: dict) -> str:
            f"{a['workers']} backfill worker(s), rls_sample {a['rls_sample']}; {result['machine']}.", "",
            "| | wall s | TPS before → during | p50 ms | p99 ms | max ms | tx > 100 ms | longest stall ms | "
            "failed tx (old/new) | unlinked (written during) | mis-linked (written during) | people split | "
-           "carts+orders+sessions size |",
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "carts+orders+sessions size | peak RSS MB |",
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in result["results"]:
         d, b, lk = r["during"], r["baseline"], r["linkage"]
         out.append(f"| {r['mode']} | {r['seconds']} | {b['tps']} → {d['tps']} | {d['p50_ms']} | {d['p99_ms']} | "
                    f"{d['max_ms']} | {d['over_100ms']} | {d['longest_stall_ms']} | {d['failed_old']}/{d['failed_new']} | "
                    f"{_sum(lk, 'unlinked'):,} ({_sum(lk, 'unlinked_new'):,}) | {_sum(lk, 'mislinked'):,} "
-                   f"({_sum(lk, 'mislinked_new'):,}) | {_sum(lk, 'people_split'):,} | {_growth(r)} |")
+                   f"({_sum(lk, 'mislinked_new'):,}) | {_sum(lk, 'people_split'):,} | {_growth(r)} | "
+                   f"{r.get('rss_mb', {}).get('peak', '')} |")
     out += ["", "Per step (steps shorter than 0.5 s with no transaction over 100 ms are left out; "
             "`stall` is the longest interval in which no client transaction finished):", "",
-            "| mode | step | s | rows/s | TPS | p99 ms | max ms | stall ms | failed |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "| mode | step | s | share | rows/s | TPS | p99 ms | max ms | stall ms | failed |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["results"]:
-        for s in r["steps"]:
-            if s["seconds"] < 0.5 and not s["over_100ms"] and not s.get("error") and not s["failed"]:
-                continue
-            rate = f"{s['rows_per_s']:,}" if s.get("rows_per_s") else ""
-            out.append(f"| {r['mode']} | {s['step']}{' (error)' if s.get('error') else ''} | {s['seconds']} | "
-                       f"{rate} | {s['tps']} | {s['p99_ms']} | "
-                       f"{s['max_ms']} | {s['longest_stall_ms']} | {s['failed']} |")
+        out += _step_rows(r["mode"], r["steps"], r["seconds"])
+    floors = next((r["policy_floors"] for r in result["results"] if r.get("policy_floors")), None)
+    scan = next((s["detail"]["scan_bound"] for r in result["results"] for s in r["steps"]
+                 if s.get("detail", {}).get("scan_bound")), None)
+    if floors:
+        out += ["", "Each policy table read whole by one identity through its policy (before the migration, no "
+                "client load): a table whose policy reads another table for every caller costs the RLS check at "
+                "least this for one token.", "", "| table | s | rows seen |", "|---|---:|---:|"]
+        out += [f"| {t} | {f['seconds']} | {f['rows_seen']:,} |" for t, f in floors.items()]
+        if scan:
+            out += ["", "Tables the switch's RLS check found scan-bound (first token over 1 s): " + "; ".join(
+                f"{t}: first token {v['first_token_s']} s, {v['tokens_checked']} of {v['tokens']} tokens checked"
+                for t, v in scan.items())]
+    for r in result["results"]:
+        c = r.get("contract")
+        if c:
+            d = c["during"]
+            out += ["", f"Contract after the run (new-code clients only): {c['seconds']} s, p99 {d['p99_ms']} ms, "
+                        f"max {d['max_ms']} ms, longest stall {d['longest_stall_ms']} ms, failed {d['failed']}, "
+                        f"peak RSS {c['rss_peak_mb']} MB.", "",
+                    "| mode | step | s | share | rows/s | TPS | p99 ms | max ms | stall ms | failed |",
+                    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            out += _step_rows("contract", c["steps"], c["seconds"])
     ceiling = {t: s["rows_per_s"] for r in result["results"] if r["mode"] == "naive" for s in r["steps"]
                for t in TABLES if s["step"] == f"expand: {t} update" and "rows_per_s" in s}
     ours = {t: s["rows_per_s"] for r in result["results"] if r["mode"] == "pgconverge" for s in r["steps"]
@@ -258,6 +357,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--rls-sample", type=int, default=10)
     ap.add_argument("--modes", default="naive,pgconverge")
+    ap.add_argument("--contract", action="store_true",
+                    help="after the pgconverge mode, run contract with new-code clients only and report it")
     ap.add_argument("--reuse-template", action="store_true", help="keep the fixture database of an earlier run")
     ap.add_argument("--server-defaults", action="store_true",
                     help="run the bench's embedded server with Postgres' default memory and WAL settings")
