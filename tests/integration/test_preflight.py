@@ -185,3 +185,31 @@ def test_contract_waiting_for_the_team_is_not_a_preflight_failure(make_db, tmp_p
     assert out["verdict"] == "passed", out
     assert out["deferred"] and out["deferred"].startswith("contract stopped at contract."), out
     assert out["schema_restored"] is True, out
+
+
+def test_copies_left_by_a_killed_run_are_dropped_by_the_next(admin_dsn):
+    """A copy whose process is gone (SIGKILL before it could drop it) is swept; a running or kept one stays."""
+    import os
+    import socket
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    marks = {"pgconverge_preflight_gone0001": f"running; host={socket.gethostname()}; pid={gone.pid}",
+             "pgconverge_preflight_live0001": f"running; host={socket.gethostname()}; pid={os.getpid()}",
+             "pgconverge_preflight_kept0001": f"kept; host={socket.gethostname()}; pid={gone.pid}",
+             "pgconverge_preflight_else0001": f"running; host=another-{socket.gethostname()}; pid={gone.pid}"}
+    with psycopg.connect(admin_dsn, autocommit=True) as c:
+        for name, note in marks.items():
+            c.execute(f'drop database if exists "{name}"')
+            c.execute(f'create database "{name}"')
+            c.execute(f"comment on database \"{name}\" is 'pgconverge preflight copy; {note}'")
+    try:
+        assert preflight_copy.sweep_orphans(admin_dsn) == ["pgconverge_preflight_gone0001"]
+        with psycopg.connect(admin_dsn, autocommit=True) as c:
+            left = {r[0] for r in c.execute("select datname from pg_database where datname like 'pgconverge_preflight_%'")}
+        assert left >= set(marks) - {"pgconverge_preflight_gone0001"} and "pgconverge_preflight_gone0001" not in left
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as c:
+            for name in marks:
+                c.execute(f'drop database if exists "{name}"')

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import socket
 import secrets
 import tempfile
 import time
@@ -597,8 +599,10 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
         with tempfile.TemporaryDirectory(prefix="pgconverge-preflight-") as tmp:
             path = Path(tmp) / "schema.dump"
             rh.dump(src, path, extra_args=("--schema-only",))
+            sweep_orphans(admin)
             copy_dsn = rh.create_database(admin, database)
             made = True
+            _mark(admin, database, "running")
             rh.create_missing_roles(src, admin)
             _, restore_errors = rh.restore(path, copy_dsn, missing)
         if missing:
@@ -687,7 +691,45 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
         result.kept = keep and made
         if made and not keep:
             rh.drop_database(admin, database)
+        elif made:
+            _mark(admin, database, "kept")
     return result
+
+
+# Each copy is marked with the process that made it; a copy whose process is gone (killed before it could drop
+# it) is dropped by the next preflight on the same server from the same machine. Kept copies stay.
+_MARK = "pgconverge preflight copy"
+
+
+def _mark(admin: str, database: str, state: str) -> None:
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("comment on database {} is {}").format(
+            sql.Identifier(database), sql.Literal(f"{_MARK}; {state}; host={socket.gethostname()}; pid={os.getpid()}")))
+
+
+def sweep_orphans(admin: str) -> list[str]:
+    """Drop preflight copies left by a process of this machine that no longer runs; returns their names."""
+    dropped = []
+    with psycopg.connect(admin, autocommit=True) as conn:
+        rows = conn.execute("select d.datname, pg_catalog.shobj_description(d.oid, 'pg_database') from "
+                            "pg_catalog.pg_database d where d.datname like 'pgconverge\\_preflight\\_%'").fetchall()
+    for name, note in rows:
+        m = re.fullmatch(rf"{_MARK}; running; host=(.*); pid=(\d+)", note or "")
+        if m is None or m.group(1) != socket.gethostname() or _alive(int(m.group(2))):
+            continue
+        rh.drop_database(admin, name)
+        dropped.append(name)
+    return dropped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def started_mid_migration(conn: psycopg.Connection, spec: Spec) -> bool:
