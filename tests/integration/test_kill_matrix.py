@@ -654,3 +654,33 @@ def test_two_runners_started_at_once(stages, make_db):
         assert schema_dump(conn) == stages["states"]["expand"]["schema"]
         runs = conn.execute("select count(*) from pgconverge.runs").fetchone()[0]
         assert runs == 2  # align's and the winner's: the loser wrote nothing
+
+
+def test_killed_during_the_rls_check_the_rewrite_is_checked_again_from_the_original_policies(stages, killer,
+                                                                                               make_db):
+    """The policy rewrite commits before its equivalence check runs. A run killed in between leaves the rewrite
+    recorded as done but not proven: contract refuses it, and the next `run switch` puts the original policies
+    back and checks the rewrite against them again (not the new policies against themselves)."""
+    cfg = stages["config"]
+    dsn = make_db(stages["names"]["expand"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        original = dict(conn.execute("select policyname, qual from pg_policies"))
+        _kill(killer, dsn, ["run", "switch", "--dsn", dsn, "--config", cfg], "switch.policies:rls_check")
+        rewritten = dict(conn.execute("select policyname, qual from pg_policies"))
+        assert rewritten != original and _last_event(conn, "switch.policies") == "done"
+        assert conn.execute("select detail ->> 'proven' from pgconverge.events where step = 'switch.policies' "
+                            "and event = 'done' order by id desc limit 1").fetchone()[0] == "false"
+        out = " ".join(cli("run", "contract", *ACCEPT, "--dsn", dsn, "--config", cfg, "--yes", expect=2).split())
+        assert "needs switch finished first" in out and "switch.policies (rewritten, its equivalence check did not " \
+            "finish)" in out and "pgconverge run switch" in out, out
+        assert conn.execute("select to_regclass('public.customers')").fetchone()[0] is not None
+        cli("run", "switch", "--dsn", dsn, "--config", cfg)
+        events = [r[0] for r in conn.execute(
+            "select event || coalesce(' ' || (detail ->> 'proven'), '') from pgconverge.events "
+            "where step = 'switch.policies' and event in ('done', 'reverted') order by id")]
+        assert events == ["done false", "reverted", "done false", "done true"], events
+        assert dict(conn.execute("select policyname, qual from pg_policies")) == rewritten
+        eq = conn.execute("select data from pgconverge.snapshots where name = 'rls_equivalence' "
+                          "order by id desc limit 1").fetchone()[0]
+        assert eq["problems"] == [] and eq["rows_seen"] > 0
+    assert cli_json("verify", "--dsn", dsn, "--config", cfg)["passed"]

@@ -114,6 +114,12 @@ def switch_gate(runner: Runner) -> dict:
     from pgconverge.verify import rls
 
     unblock = "run `pgconverge run switch` (it verifies RLS equivalence) or `pgconverge verify --rls`"
+    if runner.ledger.unproven("switch.policies"):
+        return {"gate": "switch verified", "passed": False, "unblock": (
+                    "run `pgconverge run switch` again: it puts the original policies back and rewrites and checks "
+                    "them again"),
+                "details": ["the policies were rewritten, but the run stopped before their equivalence check "
+                            "finished: nothing proves the rewrite"]}
     eq = runner.ledger.latest_snapshot("rls_equivalence")
     if eq and eq.get("problems"):
         return {"gate": "switch verified", "passed": False, "details": eq["problems"][:10], "unblock": unblock}

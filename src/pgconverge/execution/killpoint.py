@@ -12,8 +12,8 @@ statement: its transaction rolls back, the ledger records the error, the run sto
 - ``batch:<k>``: a batched step has committed its k-th batch of this run (with several backfill workers,
   the k-th of any worker: the others die in the middle of theirs); a failure there is the k-th batch's
   statement failing, so batches before it stay committed and the k-th rolls back;
-- ``rls_check`` (the policy rewrite, failures only): the new policies committed, the equivalence check on them
-  failing with an SQL error.
+- ``rls_check`` (the policy rewrite): the new policies committed and recorded done but not proven, the
+  equivalence check on them about to run (a failure: that check failing with an SQL error).
 
 The variables are read once per process (``fail_at`` changes the failure point in-process); when they are unset
 (always, outside the tests) ``reached`` and ``fail`` return after one comparison with None.

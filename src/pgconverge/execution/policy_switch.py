@@ -26,6 +26,11 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
 
     op = step.op
     spec, cat = runner.spec, runner.catalogs.for_phase(step.phase)
+    if runner.ledger.unproven(step.id):
+        # An earlier run committed the rewrite and stopped before its check finished: the "before" side must be
+        # read from the original policies again, or the check would compare the new policies with themselves.
+        _restore(runner, step, "policies restored: an earlier run rewrote them and stopped before the equivalence "
+                               "check finished; checking again from the original policies")
     targets = rls.targets(spec, cat, [parse_qualified(t) for t in op.tables])
     # The exporting transaction only holds the snapshot; it touches no table, so it holds no lock the
     # rewrite would wait for. Both captures import the snapshot; the first ends before the rewrite.
@@ -57,13 +62,15 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                      + ", ".join(f'{c} = "…"' for c in missing) + " }") if missing else
                     "give migration.token_claims the claims and values the application's tokens carry")
         held = time.monotonic()  # ACCESS EXCLUSIVE on the tables lasts this transaction only, not the check
-        result = runner._run_sql(step, resuming)  # the rewrite itself: one transaction, with retries
+        # The rewrite itself: one transaction, with retries; recorded done but not proven until the check passes.
+        result = runner._run_sql(step, resuming, proven=False)
         held = round((time.monotonic() - held) * 1000, 1)
         # After it, the rewrite is undone as a failed check undoes it, so the policies are the old ones again.
         try:
             runner.interrupts.check(f"during {step.id}, after the rewrite and before the RLS equivalence check on it; "
                                     "the old policies were restored", step=step, stopped="rls_check", side="after")
             with _at(runner, snapshot, "pgconverge:rls-after") as conn:
+                killpoint.reached(step.id, "rls_check")
                 killpoint.fail(step.id, "rls_check", conn)
                 after = rls.capture(conn, spec, targets, identities, legacy=True, canonical=True,
                                     others=before.others, stop=_stop(
@@ -95,6 +102,7 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
             f"policies were restored): " + "; ".join(problems[:5]),
             fix="review the listed policies; a policy pgconverge cannot rewrite safely can be excluded with "
                 "migration.accept_policies and rewritten by hand")
+    runner._done(step, result.attempts or 1, step.op.sql_text(), proven=True)
     result.detail.update({k: v for k, v in summary.items() if k != "problems"})
     return result
 

@@ -237,6 +237,8 @@ class Runner:
         for earlier in PHASES[:idx]:
             pending = [s.id for s in self.plan.phase(earlier) if states.get(s.id) is None
                        or states[s.id].state != "done"]
+            pending += [f"{s.id} (rewritten, its equivalence check did not finish)" for s in self.plan.phase(earlier)
+                        if s.op.executor == "policies" and s.id not in pending and self.ledger.unproven(s.id)]
             if pending:
                 raise PgConvergeError(f"phase {phase} needs {earlier} finished first; not done: {', '.join(pending)}",
                                       fix=f"run `pgconverge run {earlier}` first")
@@ -250,7 +252,7 @@ class Runner:
         results = []
         for step in self.plan.phase(phase):
             st = states.get(step.id)
-            if st and st.state == "done":
+            if st and st.state == "done" and not (step.op.executor == "policies" and self.ledger.unproven(step.id)):
                 results.append(StepResult(step.id, "skipped", 0.0))
                 self.progress.step_finished(step, "skipped", 0.0)
                 continue
@@ -485,7 +487,7 @@ class Runner:
             self.interrupts.check(f"during {step.id} while waiting to retry its lock", step=step, stopped="retry")
         return note
 
-    def _run_sql(self, step: Step, resuming: bool) -> StepResult:
+    def _run_sql(self, step: Step, resuming: bool, **done_detail) -> StepResult:
         statements = step.op.statements()
         texts = step.op.sql_text()
 
@@ -502,7 +504,7 @@ class Runner:
                 for kind, name, text in step.op.saved():
                     self.ledger.save_definition(self.run_id, step.id, kind, name, text, conn=self.work)
                 # Same transaction: the step and its "done" record commit together or not at all.
-                self._done(step, n, texts, conn=self.work)
+                self._done(step, n, texts, conn=self.work, **done_detail)
                 killpoint.reached(step.id, "commit")
                 killpoint.fail(step.id, "commit", self.work)
             return n

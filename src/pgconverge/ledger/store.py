@@ -126,6 +126,16 @@ class Ledger:
             "order by id desc limit 1").format(self.t("events")), (step,)).fetchone()
         return row[0] if row else None
 
+    def unproven(self, step: str) -> bool:
+        """Whether STEP's latest done or reverted record is a `done` its own check has not confirmed (the policy
+        rewrite commits before its equivalence check runs: a run that stopped in between leaves it so; a start
+        since then does not change it)."""
+        row = self.conn.execute(sql.SQL(
+            "select event = 'done' and detail ->> 'proven' = 'false' from {} where step = %s "
+            "and event in ('done', 'reverted') order by id desc limit 1").format(self.t("events")),
+            (step,)).fetchone()
+        return bool(row and row[0])
+
     def outcomes(self) -> dict[str, dict]:
         """Per step: its latest start/done/error/interrupted/reverted event (run, kind, message, detail, at)
         and how many times it started."""
