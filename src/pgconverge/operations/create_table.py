@@ -25,6 +25,11 @@ class CreateTable(Operation):
     # EXTRA fills the table from whole tables (a snapshot of every dependent row): it may take long,
     # and holds no lock that blocks writers, so only its lock wait is bounded, not its duration.
     reads_tables: bool = False
+    # Columns of a primary key built once EXTRA has filled the table (BODY declares none): one sorted build
+    # instead of a key kept up to date row by row. Rows sharing a key are removed first, keeping the first
+    # stored, as the key's ON CONFLICT DO NOTHING would have kept it. A table already keyed (made before, or
+    # copied with its key) is left as it is, and EXTRA's ON CONFLICT then finds the key in place.
+    key_after: tuple[str, ...] = ()
 
     @property
     def description(self) -> str:
@@ -39,7 +44,24 @@ class CreateTable(Operation):
         return Cost.SCANS if self.reads_tables else Cost.INSTANT
 
     def statements(self) -> list[sql.Composable]:
-        return [sql.SQL("create table if not exists {} {}").format(qn(self.name), self.body), *self.extra]
+        out = [sql.SQL("create table if not exists {} {}").format(qn(self.name), self.body), *self.extra]
+        if self.key_after:
+            out.append(self._key_statement())
+        return out
+
+    def _key_statement(self) -> sql.Composable:
+        # A subtransaction (the exception block) holds the first attempt: it costs nothing when no row shares
+        # a key, which is the rule; otherwise the duplicates go (the lowest ctid stays) and the key is built.
+        t = qn(self.name)
+        add = sql.SQL("alter table {} add primary key ({})").format(t, sql.SQL(", ").join(map(sql.Identifier,
+                                                                                             self.key_after)))
+        same = sql.SQL(" and ").join(sql.SQL("a.{c} = b.{c}").format(c=sql.Identifier(c)) for c in self.key_after)
+        body = sql.SQL(
+            "begin if not exists (select from pg_catalog.pg_constraint where conrelid = {n}::regclass "
+            "and contype = 'p') then begin {add}; exception when unique_violation then "
+            "delete from {t} a using {t} b where {same} and a.ctid > b.ctid; {add}; end; end if; end").format(
+            n=sql.Literal(t.as_string(None)), add=add, t=t, same=same)
+        return sql.SQL("do {}").format(sql.Literal(body.as_string(None)))
 
     def reverse(self) -> Operation:
         return DropTable(self.name)

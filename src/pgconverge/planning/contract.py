@@ -84,28 +84,49 @@ def linkage_table(spec: Spec, name: str) -> QualifiedName:
 
 
 def linkage_snapshot(spec: Spec, cat: Catalog, name: str, legacy: bool) -> Operation:
-    """Every dependent row's owner in canonical ids, kept in a private table to compare with later."""
+    """Every dependent row's owner in canonical ids, kept in a private table to compare with later.
+
+    One INSERT … SELECT reads every dependent table (one snapshot of them all). LEGACY reads owners through the
+    mapping, joined (a hash join: one pass over the mapping) rather than looked up row by row. The primary key
+    is built once the rows are in (CreateTable.key_after), not kept up to date row by row."""
     from pgconverge.operations.create_table import CreateTable
 
-    m = align.names(spec)["mapping"]
     parts = []
     for d in cat.dependents:  # one part per reference: a table with two is labelled with each column
-        owner = (sql.SQL("(select mm.{mn}::text from {m} mm where mm.{ml} = d.{l})").format(
-            mn=ident(spec.migration.new_column), m=qn(m), ml=ident(spec.mapping_legacy_column),
-            l=ident(d.fk.columns[0])) if legacy
-            else sql.SQL("d.{}::text").format(ident(references.new_column(spec, cat, d))))
-        parts.append(sql.SQL("select {t}::text, {k}, {o} from {tab} d").format(
-            t=sql.Literal(references.label(cat, d)), k=_row_id(spec, cat, d, legacy), o=owner,
-            tab=qn(d.table.name)))
+        joins, owners = _owners(spec, cat, d, legacy)
+        parts.append(sql.SQL("select {t}::text, {k}, {o} from {tab} d{j}").format(
+            t=sql.Literal(references.label(cat, d)), k=references.row_id(d, "d", owners),
+            o=owners[d.fk.columns[0]], tab=qn(d.table.name), j=joins))
     table = linkage_table(spec, name)
-    return CreateTable(table, sql.SQL("(tbl text not null, pk text not null, owner text, primary key (tbl, pk))"),
+    return CreateTable(table, sql.SQL("(tbl text not null, pk text not null, owner text)"),
                        why=f"every dependent row's owner ({'through the mapping' if legacy else 'new column'}), "
                            "for the final validation",
                        # A key holding the legacy column names two rows of merged legacy rows alike: they are
                        # one row once expand's mirror holds (shapes.collisions refuses them before), keep one.
+                       # ON CONFLICT only matters on a table already keyed (see CreateTable.key_after).
                        extra=(sql.SQL("insert into {} {} on conflict do nothing").format(
                            qn(table), sql.SQL(" union all ").join(parts)),),
-                       reads_tables=True)
+                       reads_tables=True, key_after=("tbl", "pk"))
+
+
+def _owners(spec: Spec, cat: Catalog, d, legacy: bool) -> tuple[sql.Composable, dict[str, sql.Composable]]:
+    """The owner, as canonical id text, of D's legacy column and of every legacy column in D's row key, and the
+    joins they need. LEGACY: through the mapping, one left join per column (the mapping's key is its legacy
+    column, so each row finds at most one owner, NULL where none, as a scalar sub-query would); else from the
+    new columns, no join."""
+    m = align.names(spec)["mapping"]
+    sibling = {x.fk.columns[0]: x for x in references.siblings(cat, d)}
+    cols = list(dict.fromkeys([d.fk.columns[0], *(c for c in references.row_key(d.table) or () if c in sibling)]))
+    if not legacy:
+        return sql.SQL(""), {c: sql.SQL("d.{}::text").format(ident(references.new_column(spec, cat, sibling[c])))
+                             for c in cols}
+    joins, owners = [], {}
+    for i, c in enumerate(cols):
+        a = sql.Identifier(f"o{i + 1}")
+        joins.append(sql.SQL(" left join {m} {a} on {a}.{ml} = d.{c}").format(
+            m=qn(m), a=a, ml=ident(spec.mapping_legacy_column), c=ident(c)))
+        owners[c] = sql.SQL("{}.{}::text").format(a, ident(spec.migration.new_column))
+    return sql.Composed(joins), owners
 
 
 def _row_id(spec: Spec, cat: Catalog, d, legacy: bool = False) -> sql.Composable:
