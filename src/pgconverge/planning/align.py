@@ -10,7 +10,7 @@ from pgconverge.errors import CatalogError
 from pgconverge.execution.sql import body, ident, qn
 from pgconverge.identity import match, phone
 from pgconverge.operations.base import Step
-from pgconverge.operations.batched import Batched, keyset_batch, max_key
+from pgconverge.operations.batched import Batched, max_key
 from pgconverge.operations.check import Check
 from pgconverge.operations.create_function import CreateFunction
 from pgconverge.operations.create_index import simple_index
@@ -82,9 +82,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         ("legacy_trigger", CreateTrigger("pgconverge_align", leg.name, sql.SQL("after insert or update of {} ").format(
             sql.SQL(", ").join(map(ident, spec.legacy.match_columns))), n["legacy_trigger_fn"],
             why="keeps the mapping complete while old code writes")),
-        ("match", Batched(leg.name, spec.legacy.key, lk.type,
-                keyset_batch(leg.name, spec.legacy.key, lk.type,
-                             sql.SQL("{}(r)").format(qn(n["align_row"]))),
+        ("match", Batched(leg.name, spec.legacy.key, lk.type, match_batch(spec, cat),
                 spec.migration.batch_size, f"map every {leg.name} row to a {can.name} row",
                 upper_bound=max_key(leg.name, spec.legacy.key))),
         ("coverage_gate", Check("coverage", sql.SQL(
@@ -155,16 +153,24 @@ def _report(spec: Spec, cat: Catalog) -> Snapshot:
         "methods": "select coalesce(jsonb_object_agg(method, n), '{{}}') from "
                    "(select method, count(*) n from {m} group by method) x",
         # several legacy rows, one number: they now share one canonical row
+        # (the legacy ids are gathered for the shared canonical rows only, not for every mapping row)
         "merged": "select jsonb_build_object('groups', count(*), 'sample', coalesce(jsonb_agg(x) filter "
-                  "(where x.rn <= {limit}), '[]')) from (select {mcc} as canonical, jsonb_agg({mlc} order by {mlc}) "
-                  "as legacy, row_number() over (order by {mcc}) rn from {m} group by {mcc} having count(*) > 1) x",
-        # several canonical rows, one number: the preferred one was chosen, the group is listed
+                  "(where x.rn <= {limit}), '[]')) from (select m.{mcc} as canonical, jsonb_agg(m.{mlc} order by "
+                  "m.{mlc}) as legacy, row_number() over (order by m.{mcc}) rn from {m} m where m.{mcc} in "
+                  "(select s.{mcc} from {m} s group by s.{mcc} having count(*) > 1) group by m.{mcc}) x",
+        # several canonical rows, one number: the preferred one was chosen, the group is listed.
+        # The key is computed once per canonical row (OFFSET 0 keeps the filter from computing it again)
+        # to find the duplicated keys; only their rows are then read, through the match index (OFFSET 0
+        # again: a hash join would compute every row's key a second time).
         "canonical_duplicates": "select jsonb_build_object('groups', count(*), 'sample', coalesce(jsonb_agg(x) "
-                                "filter (where x.rn <= {limit}), '[]')) from (select {ckey} as key, "
+                                "filter (where x.rn <= {limit}), '[]')) from (select d.key, "
                                 "jsonb_agg(jsonb_build_object('id', c.{ck}, 'number', {cm}, 'chosen', "
-                                "exists (select 1 from {m} m where m.{mcc} = c.{ck}))) as rows, "
-                                "row_number() over (order by {ckey}) rn from {ct} c "
-                                "where {ckey} is not null group by 1 having count(*) > 1) x",
+                                "exists (select 1 from {m} m where m.{mcc} = c.{ck})) order by c.{ck}) as rows, "
+                                "row_number() over (order by d.key) rn from (select k.key from "
+                                "(select {ckey} as key from {ct} c offset 0) k where k.key is not null "
+                                "group by k.key having count(*) > 1) d cross join lateral (select c.* from {ct} c "
+                                "where {ckey} = d.key offset 0) c "
+                                "group by d.key) x",
         # NULL or unparseable legacy numbers: each got a canonical row of its own
         "unusable_numbers": "select jsonb_build_object('rows', count(*), 'sample', coalesce(jsonb_agg("
                             "jsonb_build_object('legacy', l.{lk}, 'number', {lm})) filter (where x.rn <= {limit}), "
@@ -212,14 +218,16 @@ def effective_unmatched(spec: Spec, cat: Catalog) -> str:
     return "refuse" if any(c.not_null or c.generated for c in cols) else "create"
 
 
-def _order_by(spec: Spec, can: Table) -> sql.Composable:
-    """Prefer the row already stored in the key's canonical spelling (what exact lookups find), then the oldest."""
+def _order_by(spec: Spec, can: Table, key: sql.Composable = sql.SQL("k")) -> sql.Composable:
+    """Prefer the row already stored in the key's canonical spelling (what exact lookups find), then the oldest.
+
+    Over canonical rows aliased p whose match key is KEY.
+    """
     parts = []
     if len(spec.canonical.match_columns) == 1:
         c = can.column(spec.canonical.match_columns[0])
         parts.append(sql.SQL("({} = {}) desc").format(match.as_text("p", c.name, c.type),
-                                                      match.preferred_form(spec.legacy.match_kinds[0],
-                                                                           sql.SQL("k"))))
+                                                      match.preferred_form(spec.legacy.match_kinds[0], key)))
     for cand in ("created_at", "inserted_at"):
         if can.column(cand):
             parts.append(sql.SQL("p.{} asc nulls last").format(ident(cand)))
@@ -239,6 +247,68 @@ def _created_values(spec: Spec, cat: Catalog, n: dict) -> list[sql.Composable]:
     return out
 
 
+def _same_spelling(spec: Spec, cat: Catalog) -> sql.Composable:
+    """Whether canonical row p stores legacy row r's match value(s) as written: 'exact', else 'normalized'."""
+    return sql.SQL(" and ").join(
+        sql.SQL("{} = {}").format(match.as_text("p", cc, cat.canonical.column(cc).type),
+                                  match.as_text("r", lc, cat.legacy.column(lc).type))
+        for lc, cc in zip(spec.legacy.match_columns, spec.canonical.match_columns))
+
+
+def match_batch(spec: Spec, cat: Catalog) -> sql.Composable:
+    """One batch of align.match (the Batched contract: %(after)s, %(upper)s, %(n)s → scanned, last key, mapped).
+
+    Most legacy rows match a canonical row that already exists, and for those the decision is a lookup:
+    the preferred canonical row with the row's key (the order `align_legacy_row` uses), 'exact' or
+    'normalized' as it says. Those mappings are written here for the whole batch in one statement;
+    every other unmapped row (no key, no canonical row yet, reverse alignment in progress, or a key
+    another transaction is deciding right now) goes through `align_legacy_row`, which creates rows,
+    refuses, or waits for the key's lock as it always did.
+
+    The lookup reads the same committed state the function would read, with one difference kept small
+    on purpose: the function waits for the key's advisory lock before looking, so that it sees the
+    canonical row a concurrent decision is creating. Here the lock is only tried: a key someone else
+    holds is left to the function, which waits. A mapping written meanwhile by the legacy trigger
+    wins (on conflict do nothing), as it does in the function.
+    """
+    n = names(spec)
+    leg, can = cat.legacy, cat.canonical
+    return sql.SQL("""with b as materialized (
+  select r.{lk} as id, r as rec, x.one is not null as mapped, {lkey} as k
+    from {lt} as r
+    -- a lookup per row through the mapping's primary key (an EXISTS could be planned as a hash of
+    -- the whole mapping, read again by every batch)
+    left join lateral (select 1 as one from {mapping} m where m.{mlc} = r.{lk} limit 1) as x on true
+   where (%(after)s::{ty} is null or r.{lk} > %(after)s::{ty})
+     and (%(upper)s::{ty} is null or r.{lk} <= %(upper)s::{ty})
+   order by r.{lk} limit %(n)s),
+found as materialized (
+  select b.id, c.target, c.how, b.k
+    from b cross join lateral (select (b.rec).*) as r
+    cross join lateral (
+      select p.{ck} as target, case when {same} then 'exact' else 'normalized' end as how
+        from {canonical} p where {ckey} = b.k order by {order_by} limit 1) as c
+   where not b.mapped and b.k is not null
+     and pg_catalog.current_setting({flag}, true) is distinct from 'on'
+     and pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended('pgconverge:' || b.k, 0))),
+added as (
+  insert into {mapping} ({mlc}, {mcc}, method, match_key)
+  select f.id, f.target, f.how, f.k from found f order by f.id
+  on conflict ({mlc}) do nothing),
+cleared as (
+  delete from {pending} d using found f where d.legacy_id = f.id::text),
+rest as materialized (
+  select b.id, {align_row}(b.rec) as v from b
+   where not b.mapped and not exists (select 1 from found f where f.id = b.id))
+select (select count(*) from b), (select b.id from b order by b.id desc limit 1),
+       (select count(*) from b where b.mapped) + (select count(*) from found) + (select count(v) from rest)""").format(
+        lk=ident(spec.legacy.key), ty=sql.SQL(leg.column(spec.legacy.key).type), lt=qn(leg.name),
+        mapping=qn(n["mapping"]), mlc=ident(spec.mapping_legacy_column), mcc=ident(spec.migration.new_column),
+        lkey=legacy_key(spec, cat, "r"), ck=ident(spec.canonical.key), same=_same_spelling(spec, cat),
+        canonical=qn(can.name), ckey=canonical_key(spec, cat, "p"), order_by=_order_by(spec, can, sql.SQL("b.k")),
+        flag=sql.Literal(REVERSE_FLAG), pending=qn(n["pending"]), align_row=qn(n["align_row"]))
+
+
 def _align_row_function(spec: Spec, cat: Catalog, key_insert: sql.Composable | None) -> sql.Composable:
     n = names(spec)
     can = cat.canonical
@@ -248,10 +318,7 @@ def _align_row_function(spec: Spec, cat: Catalog, key_insert: sql.Composable | N
     if key_insert is not None:
         cols.insert(0, ck)
         vals.insert(0, key_insert)
-    same = sql.SQL(" and ").join(
-        sql.SQL("{} = {}").format(match.as_text("p", cc, can.column(cc).type),
-                                  match.as_text("r", lc, cat.legacy.column(lc).type))
-        for lc, cc in zip(spec.legacy.match_columns, spec.canonical.match_columns))
+    same = _same_spelling(spec, cat)
     refuse = effective_unmatched(spec, cat) == "refuse"
     ck_type = sql.SQL(can.column(spec.canonical.key).type)
     code = sql.SQL("""
