@@ -234,7 +234,7 @@ def disagreements(pairs: Iterable[tuple[str | None, str | None]], default_region
 
 
 # Below this many values the audit runs in the calling process: starting worker processes costs more.
-PARALLEL_FROM = 20_000
+PARALLEL_FROM = 10_000
 CHUNK = 10_000
 
 
@@ -277,7 +277,9 @@ def _quiet_worker() -> None:
 def audit(chunks: Iterable[list[tuple[str | None, str | None]]], default_region: str, *, workers: int | None = None,
           between: Callable[[int], None] | None = None) -> Audit:
     """Compare every (raw value, SQL key) pair of CHUNKS, holding a few chunks at a time (memory does not grow with
-    the table). From PARALLEL_FROM values on, chunks are compared in WORKERS processes (default: one per core).
+    the table). Once PARALLEL_FROM values have come (a large audit), chunks are compared in WORKERS processes at a
+    lower priority (default: half the cores, at least one): the comparison, pure CPU, then yields the CPU to the
+    database and the application where they share the machine, instead of starving their client programs.
     BETWEEN(values checked so far) is called after each chunk; it may raise to stop the audit."""
     import os
     from concurrent.futures import ProcessPoolExecutor
@@ -285,10 +287,11 @@ def audit(chunks: Iterable[list[tuple[str | None, str | None]]], default_region:
 
     result, pending, pool = Audit(), [], None
     forking = "fork" in get_all_start_methods()
-    workers = workers or min(4, os.cpu_count() or 1)
+    # Half the cores (at least one): the database and the application keep the rest.
+    workers = workers or max(1, min(4, (os.cpu_count() or 1) // 2))
     try:
         for chunk in chunks:
-            if pool is None and workers > 1 and result.checked + len(chunk) >= PARALLEL_FROM and forking:
+            if pool is None and result.checked + len(chunk) >= PARALLEL_FROM and forking:
                 # Forked: a spawned worker would import the caller's main module again. A forked one only runs
                 # phonenumbers (the interpreter renews its import lock in the child) and leaves with os._exit,
                 # so the connections it inherited are neither used nor closed there.
