@@ -236,14 +236,16 @@ def policy_floors(dsn: str, spec: Spec) -> dict:
 
 def run_contract(dsn: str, spec: Spec, args) -> dict:
     """Contract after the run, old-code clients gone and new-code clients writing: per step wall time and client
-    latency. The gates for code and runtime use are accepted (the old-code clients ran until a moment ago)."""
+    latency. The gates for code and runtime use are accepted (the old-code clients ran until a moment ago).
+    Peak RSS here is this bench process's, which also holds the clients' samples and the monitor's: for the
+    command's own memory see bench/rss_cli.py."""
     clock = StepClock()
     with psycopg.connect(dsn, autocommit=True) as c:
         cats = baseline.load(c, spec)
     p = planner.build(spec, cats)
     with Load(dsn, 0, args.new_clients) as load:
         time.sleep(2)
-        rss.reset_peak()
+        rss_start = rss.reset_peak()
         t_start = time.monotonic()
         with Runner(Target(dsn, "--dsn"), spec, p, catalogs=cats, progress=clock,
                     accept=frozenset({"code-references", "runtime-use"})) as r:
@@ -262,7 +264,7 @@ def run_contract(dsn: str, spec: Spec, args) -> dict:
     for s in clock.steps:
         s.update(window(load.samples, load.failures, s["t0"], s["t1"]))
     return {"seconds": round(t_end - t_start, 1), "during": window(load.samples, load.failures, t_start, t_end),
-            "rss_peak_mb": peak,
+            "rss_peak_mb": peak, "rss_at_start_mb": rss_start,
             "steps": [{k: v for k, v in s.items() if k not in ("t0", "t1")} for s in clock.steps]}
 
 
