@@ -71,23 +71,6 @@ class Batched(Operation):
                        ).format(sql.Literal(str(self.table)))
 
 
-def keyset_batch(table: QualifiedName, key: str, key_type: str, per_row: sql.Composable,
-                 alias: str = "r") -> sql.Composed:
-    """SELECT applying PER_ROW (an expression over alias r) to the next batch of rows in key order.
-
-    Parameters: %(after)s, the last key done (NULL at the start); %(upper)s, the last key to visit
-    (NULL: no bound); %(n)s, the batch size.
-    """
-    k = sql.Identifier(key)
-    a = sql.Identifier(alias)
-    return sql.SQL(
-        "select count(*), (array_agg(b.k order by b.k desc))[1], count(b.v) from ("
-        "select {a}.{k} as k, {per_row} as v from {t} as {a} "
-        "where (%(after)s::{ty} is null or {a}.{k} > %(after)s::{ty}) "
-        "and (%(upper)s::{ty} is null or {a}.{k} <= %(upper)s::{ty}) order by {a}.{k} limit %(n)s) as b"
-    ).format(a=a, k=k, per_row=per_row, t=qn(table), ty=sql.SQL(key_type))
-
-
 def max_key(table: QualifiedName, key: str) -> sql.Composed:
     # ORDER BY … LIMIT 1 rather than max(): there is no max() for uuid, and it uses the key's index.
     return sql.SQL("select {k} from {t} order by {k} desc limit 1").format(k=sql.Identifier(key), t=qn(table))

@@ -129,17 +129,10 @@ def _owners(spec: Spec, cat: Catalog, d, legacy: bool) -> tuple[sql.Composable, 
     return sql.Composed(joins), owners
 
 
-def _row_id(spec: Spec, cat: Catalog, d, legacy: bool = False) -> sql.Composable:
-    """How snapshots name D's rows (references.row_id), a legacy column in the key read as its owner's canonical
-    id: through the mapping (LEGACY, before expand) or from the new column, so the name outlives the column."""
-    m = align.names(spec)["mapping"]
-    owners = {}
-    for x in references.siblings(cat, d):
-        c = x.fk.columns[0]
-        owners[c] = (sql.SQL("(select mm.{mn}::text from {m} mm where mm.{ml} = d.{l})").format(
-            mn=ident(spec.migration.new_column), m=qn(m), ml=ident(spec.mapping_legacy_column), l=ident(c))
-            if legacy else sql.SQL("d.{}::text").format(ident(references.new_column(spec, cat, x))))
-    return references.row_id(d, "d", owners)
+def _row_id(spec: Spec, cat: Catalog, d) -> sql.Composable:
+    """How snapshots name D's rows (references.row_id) after expand: a legacy column in the key read as its owner's
+    canonical id from the new column, so the name outlives the legacy column."""
+    return references.row_id(d, "d", _owners(spec, cat, d, legacy=False)[1])
 
 
 def kept_ids_table(spec: Spec) -> QualifiedName:
@@ -195,7 +188,6 @@ def archive_names(spec: Spec, cat: Catalog) -> tuple[QualifiedName, QualifiedNam
 def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     """CATS gives the catalog switch was planned from: the helpers are derived from their originals."""
     an = align.names(spec)
-    shorts = expand.short_names(cat)
     steps: list[Step] = [Step(f"{PHASE}.gates", PHASE, Gates())]
 
     def add(what: str, op: Operation) -> None:
@@ -289,7 +281,6 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     exp = {s.id: s for s in expand.plan(spec, cats.for_phase("expand") if cats else cat, cats)
            if s.id.endswith(".sync_trigger")}
     al = {s.id: s for s in align.plan(spec, cats.for_phase("align") if cats else cat, cats)}
-    shorts = expand.short_names(cat)
     steps: list[Step] = []
 
     def add(what: str, op: Operation, reverts: tuple[str, ...]) -> None:
