@@ -322,3 +322,11 @@ def test_audit_in_worker_processes_finds_what_one_process_finds(db):
     assert many.by_reason == dict(collections.Counter(d.reason for d in one))
     assert many.sample == one[:phone_audit.Audit.SAMPLE_LIMIT]
     assert many.unexplained == sum(not d.deliberate for d in one)
+    # The same with a pool started beforehand (as the runner starts one before the audit's own thread).
+    pool = phone_audit.worker_pool(2)
+    try:
+        given = phone_audit.audit(iter(chunks), "RW", workers=2, pool=pool)
+        assert pool.submit(len, "ab").result() == 2  # the audit left the caller's pool running
+    finally:
+        pool.shutdown()
+    assert (given.checked, given.by_reason, given.sample) == (many.checked, many.by_reason, many.sample)

@@ -16,7 +16,7 @@ from pgconverge.catalog.introspect import load_catalog
 from pgconverge.config import Spec
 from pgconverge.connection import Target, connect
 from pgconverge.errors import CatalogError, PgConvergeError
-from pgconverge.execution import gates, interrupt, killpoint, policy_switch, privileges, retry, session
+from pgconverge.execution import background, gates, interrupt, killpoint, policy_switch, privileges, retry, session
 from pgconverge.execution.locks import describe_blockers
 from pgconverge.execution.throttle import Throttle
 from pgconverge.ledger.store import Ledger
@@ -157,6 +157,7 @@ class Runner:
         self.policy = retry.RetryPolicy(attempts=max(1, spec.migration.lock_retries))
         self.lock_timeout_ms = spec.migration.lock_timeout_ms
         self.undone: list[str] = []  # during a step: what its failure path already put back (see _undo_unsafe)
+        self.jobs: dict[str, background.PhoneAuditJob] = {}  # step id → its job, started ahead (see _start_ahead)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -189,6 +190,9 @@ class Runner:
 
     def __exit__(self, *exc) -> None:
         try:
+            for job in self.jobs.values():  # a run that stopped before their steps: their work is dropped
+                job.stop()
+            self.jobs = {}
             for c in (getattr(self, "work", None), self.control):
                 if c is not None and not c.closed:
                     c.close()
@@ -250,14 +254,38 @@ class Runner:
         states = self.ledger.step_states()
         self._announce_resume(phase, self.plan.phase(phase), lambda s: states[s.id].state if s.id in states else None)
         results = []
-        for step in self.plan.phase(phase):
+        steps = self.plan.phase(phase)
+        for i, step in enumerate(steps):
             st = states.get(step.id)
             if st and st.state == "done" and not (step.op.executor == "policies" and self.ledger.unproven(step.id)):
                 results.append(StepResult(step.id, "skipped", 0.0))
                 self.progress.step_finished(step, "skipped", 0.0)
                 continue
+            self._start_ahead(steps, i, states)
             results.append(self.run_step(step, resuming=bool(st and st.state == "pending")))
         return results
+
+    def _start_ahead(self, steps: list[Step], i: int, states: dict) -> None:
+        """Before STEPS[i]: start a later read-only step that may run beside it (the phone audit, once the step it
+        needs is behind), so that its own turn only collects the result (execution/background.py)."""
+        names = [s.id for s in steps]
+        for j, later in enumerate(steps[i + 1:], i + 1):
+            after = getattr(later.op, "after", "")
+            if (later.op.executor != "phone_audit" or later.id in self.jobs or not after or after not in names
+                    or names.index(after) >= i):
+                continue
+            st = states.get(later.id)
+            if st and st.state == "done":
+                continue
+            estimate = self.work.execute("select greatest(reltuples, 0)::bigint from pg_class where oid = %s::regclass",
+                                         (str(later.op.table),)).fetchone()[0]
+            job = background.PhoneAuditJob(self.target, later, self.interrupts.event(), estimate=estimate)
+            job.start()
+            self.jobs[later.id] = job
+            note = getattr(self.progress, "note", None)
+            if note is not None:
+                note(f"  {later.id} starts now, beside the steps before it: it compares the distinct "
+                     f"{later.op.table}.{later.op.column} values with phonenumbers in Python")
 
     def run_rollback(self, rollback: Plan, *, to: str) -> list[StepResult]:
         """Undo forward steps that are done (or half done), latest first; skip what was never done."""
@@ -312,6 +340,8 @@ class Runner:
                 return
             tables = list(dict.fromkeys(str(d.table.name) for d in cat.dependents))
             what = ""
+        elif op.executor == "phone_audit" and step.id in self.jobs:
+            return  # started ahead: its note came then
         elif op.executor == "phone_audit":
             tables, what = [str(op.table)], f" (the distinct {op.column} values, each compared with phonenumbers)"
         else:
@@ -580,32 +610,45 @@ class Runner:
 
         op = step.op
         t0 = time.monotonic()
-        # WITH HOLD: the result is kept on the server once its transaction ends, so no snapshot stays open while
-        # the numbers are compared, and this process holds one chunk at a time whatever the table's size.
-        name = f"pgconverge_phone_audit_{os.getpid()}"
-        with self.work.cursor(name=name, withhold=True) as cur:
-            cur.execute(op.statements()[0])
-            read_s = time.monotonic() - t0
 
-            def chunks():
-                while rows := cur.fetchmany(phone_audit.CHUNK):
-                    yield rows
+        def between(checked: int) -> None:
+            self.interrupts.check(f"during {step.id} after {checked:,} numbers (it reads only; it starts again "
+                                  "on resume)", step=step, stopped="phone_audit")
 
-            def between(checked: int) -> None:
-                self.interrupts.check(f"during {step.id} after {checked:,} numbers (it reads only; it starts again "
-                                      "on resume)", step=step, stopped="phone_audit")
+        job = self.jobs.get(step.id)
+        if job is not None:  # started ahead: collect it
+            try:
+                found = job.wait(between)
+            finally:
+                self.jobs.pop(step.id, None)
+                job.stop()
+            read_s, total_s, ahead = job.read_s or 0.0, job.seconds or 0.0, time.monotonic() - t0
+        else:
+            # WITH HOLD: the result is kept on the server once its transaction ends, so no snapshot stays open
+            # while the numbers are compared, and this process holds one chunk at a time whatever the table's size.
+            name = f"pgconverge_phone_audit_{os.getpid()}"
+            with self.work.cursor(name=name, withhold=True) as cur:
+                cur.execute(op.statements()[0])
+                read_s = time.monotonic() - t0
 
-            found = phone_audit.audit(chunks(), op.region, between=between)
+                def chunks():
+                    while rows := cur.fetchmany(phone_audit.CHUNK):
+                        yield rows
+
+                found = phone_audit.audit(chunks(), op.region, between=between)
+            total_s, ahead = time.monotonic() - t0, None
         note = getattr(self.progress, "note", None)
         if note is not None:
             note(f"  read {found.checked:,} distinct numbers in {read_s:.1f} s, compared them with phonenumbers in "
-                 f"{time.monotonic() - t0 - read_s:.1f} s: {found.disagreements:,} disagree")
+                 f"{total_s - read_s:.1f} s: {found.disagreements:,} disagree"
+                 + (f" (beside the steps before it; waited {ahead:.1f} s for it here)" if ahead is not None else ""))
         data = {"checked": found.checked, "disagreements": found.disagreements, "by_reason": found.by_reason or {},
                 "unexplained": found.unexplained,
                 "sample": [{"raw": d.raw, "sql": d.sql_key, "phonenumbers": d.reference_key, "reason": d.reason}
                            for d in found.sample or []]}
         self.ledger.snapshot(self.run_id, "phone_audit", data)
-        self._done(step, 1, op.sql_text(), checked=found.checked, disagreements=found.disagreements)
+        self._done(step, 1, op.sql_text(), checked=found.checked, disagreements=found.disagreements,
+                   seconds=round(total_s, 2), **({} if ahead is None else {"waited_s": round(ahead, 2)}))
         return StepResult(step.id, "done", 0.0, rows=found.checked, detail={"disagreements": found.disagreements})
 
     def _run_batched(self, step: Step, resuming: bool) -> StepResult:

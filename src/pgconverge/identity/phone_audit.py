@@ -269,28 +269,46 @@ def _quiet_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def audit(chunks: Iterable[list[tuple[str | None, str | None]]], default_region: str, *, workers: int | None = None,
-          between: Callable[[int], None] | None = None) -> Audit:
-    """Compare every (raw value, SQL key) pair of CHUNKS, holding a few chunks at a time (memory does not grow with
-    the table). Once PARALLEL_FROM values have come (a large audit), chunks are compared in WORKERS processes
-    (default: half the cores, at least one, so the database and the application keep the rest).
-    BETWEEN(values checked so far) is called after each chunk; it may raise to stop the audit."""
+def default_workers() -> int:
+    """Half the cores (at least one): the database and the application keep the rest."""
     import os
+
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
+
+
+def worker_pool(workers: int | None = None):
+    """The processes that compare large audits, already started (None where processes cannot be forked).
+
+    Forked, not spawned: a spawned worker would import the caller's main module again. A forked one only runs
+    phonenumbers (the interpreter renews its import lock in the child) and leaves with os._exit, so the
+    connections it inherited are neither used nor closed there. Started here, from the calling thread, so a
+    caller that compares in a thread of its own can fork from its main thread, before that thread exists."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_all_start_methods, get_context
 
-    result, pending, pool = Audit(), [], None
-    forking = "fork" in get_all_start_methods()
-    # Half the cores (at least one): the database and the application keep the rest.
-    workers = workers or max(1, min(4, (os.cpu_count() or 1) // 2))
+    if "fork" not in get_all_start_methods():
+        return None
+    pool = ProcessPoolExecutor(workers or default_workers(), mp_context=get_context("fork"),
+                               initializer=_quiet_worker)
+    pool.submit(len, "").result()  # the first task starts every worker
+    return pool
+
+
+def audit(chunks: Iterable[list[tuple[str | None, str | None]]], default_region: str, *, workers: int | None = None,
+          between: Callable[[int], None] | None = None, pool=None, fork: bool = True) -> Audit:
+    """Compare every (raw value, SQL key) pair of CHUNKS, holding a few chunks at a time (memory does not grow with
+    the table). Once PARALLEL_FROM values have come (a large audit), chunks are compared in WORKERS processes
+    (default: half the cores, at least one, so the database and the application keep the rest), or in POOL
+    (see worker_pool; the caller's to shut down); FORK=False compares in the calling process whatever the
+    size. BETWEEN(values checked so far) is called after each chunk; it may raise to stop the audit."""
+    result, pending, own, seen = Audit(), [], None, 0
+    workers = workers or default_workers()
     try:
         for chunk in chunks:
-            if pool is None and result.checked + len(chunk) >= PARALLEL_FROM and forking:
-                # Forked: a spawned worker would import the caller's main module again. A forked one only runs
-                # phonenumbers (the interpreter renews its import lock in the child) and leaves with os._exit,
-                # so the connections it inherited are neither used nor closed there.
-                pool = ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_quiet_worker)
-            if pool is None:
+            seen += len(chunk)
+            if pool is None and fork and seen >= PARALLEL_FROM:
+                pool = own = worker_pool(workers)
+            if pool is None or seen < PARALLEL_FROM:  # nothing is in flight yet: results stay in chunk order
                 result.add(len(chunk), disagreements(chunk, default_region))
             else:
                 pending.append((len(chunk), pool.submit(disagreements, chunk, default_region)))
@@ -303,8 +321,10 @@ def audit(chunks: Iterable[list[tuple[str | None, str | None]]], default_region:
             result.add(n, fut.result())
         pending = []
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for _, fut in pending:
+            fut.cancel()
+        if own is not None:
+            own.shutdown(wait=True, cancel_futures=True)
     return result
 
 

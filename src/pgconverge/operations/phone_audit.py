@@ -13,7 +13,6 @@ from pgconverge.identity.phone import FUNCTION_NAME
 from pgconverge.operations.base import Lock, Operation
 
 
-
 @dataclass(frozen=True)
 class PhoneAudit(Operation):
     """Safe alone: reads only."""
@@ -24,6 +23,9 @@ class PhoneAudit(Operation):
     column: str
     schema: str
     region: str
+    # The step after which it may start (the one creating the function it audits): the runner then runs it
+    # beside the steps in between (execution/background.py).
+    after: str = ""
 
     executor: ClassVar[str] = "phone_audit"
 

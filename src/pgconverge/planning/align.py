@@ -101,7 +101,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     phones = [c for c, k in zip(spec.legacy.match_columns, spec.legacy.match_kinds) if k == "phone"]
     if phones:  # the first phone column: the audit compares the SQL phone key with phonenumbers
         steps.append(("phone_audit", PhoneAudit(leg.name, phones[0], spec.migration.private_schema,
-                                                spec.migration.default_region)))
+                                                spec.migration.default_region, after=f"{PHASE}.normalize_function")))
     from pgconverge.planning import contract  # the snapshot contract's final validation compares with
 
     steps.append(("linkage_before", contract.linkage_snapshot(spec, cat, "before", legacy=True)))

@@ -1,0 +1,119 @@
+"""The phone audit, run beside the align steps that keep the database busy.
+
+The audit only reads: every distinct legacy number with its SQL key, then phonenumbers' reading of each, in
+Python. It needs nothing but the normalize function, and nothing waits for its verdict before align's own
+step for it (the report shows it; no gate reads it). So the runner starts it in a thread of its own, on a
+connection of its own, as soon as the function exists, and the CPU it spends in Python overlaps the matching
+and the snapshots the database does meanwhile. Its step, when the runner reaches it, waits for the result and
+records it as the step always did. A run that stops first (an error, a signal, a kill) drops the job with
+the process: nothing of it is in the ledger, and the step runs again on resume.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from pgconverge.connection import Target, connect
+from pgconverge.execution import session
+from pgconverge.identity import phone_audit
+from pgconverge.operations.base import Step
+
+
+class _Stopped(Exception):
+    """The runner is leaving: the job ends after the chunk in hand."""
+
+
+class PhoneAuditJob:
+    """One phone audit in a thread: start(), then wait() for its Audit, or stop()."""
+
+    def __init__(self, target: Target, step: Step, stop: threading.Event, *, estimate: int):
+        self.target, self.step, self.op = target, step, step.op
+        self.stop_event = stop
+        self.estimate = estimate  # the legacy table's planner estimate of rows: does a process pool pay?
+        self.found: phone_audit.Audit | None = None
+        self.error: BaseException | None = None
+        self.read_s: float | None = None
+        self.seconds: float | None = None
+        self.checked = 0
+        self.done = threading.Event()
+        self.conn: psycopg.Connection | None = None
+        self.pool = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        # The worker processes are forked here, from the calling (main) thread, before the job's thread
+        # exists; an audit too small for them compares in the job's thread alone.
+        if self.estimate >= phone_audit.PARALLEL_FROM:
+            self.pool = phone_audit.worker_pool()
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name=f"pgconverge:{self.step.id}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.conn = connect(self.target, application_name="pgconverge")
+            session.configure(self.conn, f"pgconverge:{self.step.id}")
+            # WITH HOLD: the result stays on the server once its transaction ends, so no snapshot stays
+            # open while the numbers are compared, and one chunk at a time is in memory.
+            with self.conn.cursor(name=f"pgconverge_phone_audit_{os.getpid()}", withhold=True) as cur:
+                cur.execute(self.op.statements()[0])
+                self.read_s = time.monotonic() - self.started
+
+                def chunks():
+                    while rows := cur.fetchmany(phone_audit.CHUNK):
+                        yield rows
+
+                def between(checked: int) -> None:
+                    self.checked = checked
+                    if self.stop_event.is_set():
+                        raise _Stopped()
+
+                self.found = phone_audit.audit(chunks(), self.op.region, between=between, pool=self.pool,
+                                               fork=self.pool is not None)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # handed to the main thread by wait()
+            self.error = exc
+        finally:
+            self.seconds = time.monotonic() - self.started
+            if self.conn is not None:
+                try:
+                    self.conn.close()
+                except psycopg.Error:
+                    pass
+            self.done.set()
+
+    def wait(self, check: Callable[[int], None]) -> phone_audit.Audit:
+        """The audit's result, once done; CHECK(numbers compared so far) is called meanwhile and may raise."""
+        while not self.done.wait(0.2):
+            check(self.checked)
+        check(self.checked)
+        self._release()
+        if self.error is not None:
+            raise self.error
+        if self.found is None:
+            raise RuntimeError(f"{self.step.id}: the audit stopped before its end")
+        return self.found
+
+    def stop(self) -> None:
+        """End the job (the runner is leaving): its query is cancelled, the chunk in hand finishes."""
+        self.stop_event.set()
+        conn = self.conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.cancel_safe(timeout=5)
+            except (psycopg.Error, AttributeError):
+                pass
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        self._release()
+
+    def _release(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
