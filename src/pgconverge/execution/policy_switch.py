@@ -45,6 +45,7 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
             before = rls.capture(conn, spec, targets, identities, legacy=True, canonical=False, stop=_stop(
                 runner, step, "before", "the policies were not changed", len(identities)),
                 progress=_ticks(runner, step, "RLS check, before the rewrite"))
+            _say_scan_bound(runner, before)
             covered = rls.coverage(conn, spec, cat, identities, before)
             read = rls.claims_read(conn, cat)
         if covered["owning"] and covered["share"] < rls.MIN_COVERAGE:  # nothing has changed yet: refuse rather than prove nothing
@@ -120,6 +121,19 @@ def _restore(runner: Runner, step: Step, message: str) -> None:
         retry.run(restore, runner.policy)
         runner.ledger.event(runner.run_id, step.phase, step.id, "reverted", message=message)
     runner.undone.append(f"{step.id} (the original policies are back)")
+
+
+def _say_scan_bound(runner: Runner, cap: rls.Capture) -> None:
+    """One line per table whose policy read a whole table for one caller: why the check took that long there,
+    and for how many tokens it compared that table (the report shows the same)."""
+    note = getattr(runner.progress, "note", None)
+    if note is None:
+        return
+    tokens = len(cap.seen) - 1
+    for table, info in cap.scan_bound.items():
+        note(f"  {table}: its policy reads a whole table for every caller ({info['first_token_s']:.1f} s for one "
+             f"token, as for every query of the application's there); compared for {info['tokens_checked']} of "
+             f"{tokens} tokens, within {rls.SCAN_BUDGET_S:.0f} s")
 
 
 def _stop(runner: Runner, step: Step, side: str, outcome: str, identities: int) -> Callable[[], None]:
