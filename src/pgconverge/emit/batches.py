@@ -90,6 +90,15 @@ def call(spec: Spec, op: Batched) -> sql.Composable:
         pause=sql.Literal(spec.migration.batch_pause_ms))
 
 
+def sweep_call(spec: Spec, op: Batched) -> sql.Composable:
+    """CALL of the batch procedure for the sweep after a walk by pages (planning/expand.py sweep_batch): no
+    position, each batch reads the whole table for the rows still missed, until one finds none."""
+    return sql.SQL("call {p}({what}, {batch}, null, {n}, {names}::text[], {values}::text[], {pause})").format(
+        p=qn(procedure_name(spec)), what=sql.Literal(f"{op.what}: sweep"), batch=_dollar(positional(op.sweep)),
+        n=sql.Literal(op.batch_size), names=sql.Literal([n for n, _ in op.settings]),
+        values=sql.Literal([v for _, v in op.settings]), pause=sql.Literal(spec.migration.batch_pause_ms))
+
+
 def _dollar(code: str) -> sql.SQL:
     tag, n = "$b$", 0
     while tag in code:

@@ -140,7 +140,14 @@ def parts_for(spec: Spec, step: Step) -> tuple[list[Part], str | None]:
                 "BEGIN/COMMIT stops here instead: apply this file with psql, mark it applied in that tool's "
                 "history (`supabase migration repair --status applied <version>` for the Supabase CLI), and go "
                 "on; or run the phase with `pgconverge run`, which goes on from what the files recorded.")
-        return [Part(step.id, op.description, [text(batches.call(spec, op))], False, [note])], None
+        parts = [Part(step.id, op.description, [text(batches.call(spec, op))], False, [note])]
+        if getattr(op, "sweep", None) is not None:  # a walk by pages: then the rows it missed, until none is left
+            parts.append(Part(step.id, f"{op.what}: the sweep after the walk by pages",
+                              [text(batches.sweep_call(spec, op))], False, [
+                note + " This file is the sweep that ends a walk by pages: it fills the rows an application update "
+                       "moved, unfilled, behind the walk, reading the whole table for each batch, until a batch "
+                       "finds none."]))
+        return parts, None
     notes = []
     if isinstance(op, CreateIndexConcurrently):
         notes.append("Safe to apply again after an interruption: an interrupted build leaves an invalid index "

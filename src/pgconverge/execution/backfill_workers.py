@@ -1,15 +1,21 @@
-"""A keyed backfill split into key ranges that several workers update at once.
+"""A backfill split into key ranges (or page ranges) that several workers update at once.
 
 The key space up to the step's upper bound is cut into ranges (a few per worker, so a worker
-that finishes early takes another). Each worker has its own connection; each batch is its own
-short transaction, exactly as with one worker, and commits its checkpoint with it:
+that finishes early takes another); a walk by pages (key "ctid": a table without a key, or one
+whose key is scattered over the heap) is cut into page ranges the same way. Each worker has its
+own connection; each batch is its own short transaction, exactly as with one worker, and commits
+its checkpoint with it:
 {"plan": P, "range": i, "after": last key}. The ranges themselves are written to the ledger
 (a "note" event with detail {"ranges": [...], "plan": P}) before any batch runs, so a resumed
 run continues every range from its own last checkpoint, whatever the worker count is now.
+
+A walk by pages ends with its sweep (sweep below): rows an application update moved, unfilled, from a page not
+yet walked to one already walked (or past the last page) are found in one snapshot and filled by key.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -29,13 +35,16 @@ if TYPE_CHECKING:
     from pgconverge.execution.runner import Runner, StepResult
 
 RANGES_PER_WORKER = 4
+# Passes of the sweep after a walk by pages before giving up (the invariants gate names what is left); each reads
+# the table once, and the second normally finds nothing.
+SWEEP_PASSES = 10
 _INTEGER_TYPES = {"smallint", "integer", "bigint", "int2", "int4", "int8"}
 
 
 def wanted(runner: Runner, step: Step, resuming: bool) -> bool:
     """True when STEP runs here: more than one worker is set, or a resumed step was started with ranges."""
     op: Batched = step.op  # type: ignore[assignment]
-    if not op.parallel or op.key == "ctid":
+    if not op.parallel:
         return False
     return runner.spec.migration.backfill_workers > 1 or (resuming and _plan(runner, step) is not None)
 
@@ -46,12 +55,14 @@ def _since_fresh_start(runner: Runner) -> sql.Composable:
 
 
 def _plan(runner: Runner, step: Step) -> dict | None:
-    """The ranges recorded for STEP since it last started from scratch, if any."""
+    """The ranges recorded for STEP since it last started from scratch, if any (and of the walk STEP makes)."""
     row = runner.control.execute(sql.SQL(
         "select detail from {e} where step = %(s)s and event = 'note' and detail ? 'ranges' "
         "and at >= {since} order by id desc limit 1").format(
         e=runner.ledger.t("events"), since=_since_fresh_start(runner)), {"s": step.id}).fetchone()
-    return row[0] if row else None
+    if row and all(position_fits(step.op, b) for r in row[0]["ranges"] for b in r):  # type: ignore[arg-type]
+        return row[0]
+    return None
 
 
 def _progress_so_far(runner: Runner, step: Step, plan: str) -> dict[int, tuple[Any, int]]:
@@ -67,16 +78,28 @@ def _progress_so_far(runner: Runner, step: Step, plan: str) -> dict[int, tuple[A
 def _single_worker_position(runner: Runner, step: Step) -> tuple[Any, int] | None:
     """Where an earlier single-worker attempt of this step got to (its position is a plain key)."""
     cp = runner.ledger.last_checkpoint_since_fresh_start(step.id)
-    if cp and not isinstance(cp[0], dict):
+    if cp and not isinstance(cp[0], dict) and position_fits(step.op, cp[0]):  # type: ignore[arg-type]
         return cp
     return None
+
+
+def position_fits(op: Batched, position: Any) -> bool:
+    """False for a position a walk of another kind left (a key where OP walks pages, as when an older version
+    walked a uuid key): the walk then starts over, which only re-reads rows (filled ones are skipped)."""
+    return op.key != "ctid" or position is None or (isinstance(position, int) and not isinstance(position, bool))
 
 
 def split(conn: psycopg.Connection, op: Batched, after: Any, upper: Any, n: int) -> list[list[Any]]:
     """N consecutive ranges [after_exclusive, last_inclusive] covering (AFTER, UPPER] of OP's key."""
     if upper is None or n <= 1:
         return [[after, upper]]
-    if op.key_type in _INTEGER_TYPES:
+    if op.key == "ctid":  # page numbers: equal page counts
+        lo = -1 if after is None else int(after)
+        if lo >= upper:
+            return [[after, upper]]
+        width = max(1, -(-(upper - lo) // n))
+        bounds = [min(upper, lo + width * (i + 1)) for i in range(n)]
+    elif op.key_type in _INTEGER_TYPES:
         lo = conn.execute(sql.SQL("select min({k}) from {t} where ({a}::bigint is null or {k} > {a}::bigint)").format(
             k=sql.Identifier(op.key), t=_table(op), a=sql.Literal(after))).fetchone()[0]
         if lo is None or lo > upper:
@@ -165,8 +188,10 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
     if errors:
         raise errors[0]
     runner.interrupts.after_batch(step, state["rows"], total)  # a signal stopped the workers: the step is not done
+    swept = sweep(runner, step, op, runner.work)
     runner._done(step, 1, op.sql_text(), rows=state["rows"], batches=state["batches"], resumed_from=resumed_from,
-                 throttled_s=round(state["throttled"], 2), workers=len(threads), ranges=len(plan["ranges"]))
+                 throttled_s=round(state["throttled"], 2), workers=len(threads), ranges=len(plan["ranges"]),
+                 **({"swept": swept} if op.sweep is not None else {}))
     return StepResult(step.id, "done", 0.0, rows=state["rows"], detail={"resumed_from": resumed_from})
 
 
@@ -216,3 +241,44 @@ def _one_range(runner: Runner, step: Step, op: Batched, conn: psycopg.Connection
         if slept:
             with lock:
                 state["throttled"] += slept
+
+
+def sweep(runner: Runner, step: Step, op: Batched, conn: psycopg.Connection) -> int:
+    """After a walk by pages: fill the rows it missed, until one pass finds none; the rows filled.
+
+    A page walk misses a row an application update moved (without touching the ids, so the sync trigger did not
+    fire) from a page not yet walked to one already walked or past the last page. A pass reads the table once, in
+    one snapshot, for the keys of every such row (held on the server: a WITH HOLD cursor, so no snapshot stays open
+    and this process holds one batch of keys at a time), then fills them a batch of keys per transaction. An update
+    by key reaches a row wherever it moved since, and rows written after the pass's snapshot are the sync trigger's,
+    so the second pass normally finds none. No checkpoint: a resumed step sweeps again, which is idempotent.
+    Nothing to do for a keyset walk.
+    """
+    if op.sweep_find is None or op.sweep_fill is None:
+        return 0
+    filled = 0
+    for _ in range(SWEEP_PASSES):
+        found = 0
+        with conn.cursor(name=f"pgconverge_sweep_{os.getpid()}", withhold=True) as cur:
+            cur.execute(op.sweep_find)
+            while keys := cur.fetchmany(op.batch_size):
+                found += len(keys)
+
+                def attempt(n: int, keys=[k for (k,) in keys]) -> int:
+                    with session.transaction(conn, lock_timeout_ms=runner.lock_timeout_ms,
+                                             statement_timeout_ms=session.BATCH_STATEMENT_TIMEOUT_MS):
+                        for name, value in op.settings:
+                            conn.execute("select set_config(%s, %s, true)", (name, value))
+                        return conn.execute(op.sweep_fill, {"keys": keys}).fetchone()[0]
+
+                filled += retry.run(attempt, runner.policy, runner._on_retry(step))
+                runner.interrupts.after_batch(step, filled)
+        if not found:
+            break
+    else:
+        runner.ledger.event(runner.run_id, step.phase, step.id, "note",
+                            message=f"sweep stopped after {SWEEP_PASSES} passes; the invariants name what is left")
+    if filled:
+        runner.ledger.event(runner.run_id, step.phase, step.id, "note", detail={"swept": filled},
+                            message=f"{filled:,} rows moved during the walk by pages filled by the sweep")
+    return filled

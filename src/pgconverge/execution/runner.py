@@ -660,7 +660,7 @@ class Runner:
         after, rows_done = None, 0
         if resuming:
             cp = self.ledger.last_checkpoint_since_fresh_start(step.id)
-            if cp:
+            if cp and backfill_workers.position_fits(op, cp[0]):
                 after, rows_done = cp
         total = self.work.execute(op.total_estimate()).fetchone()[0]
         upper = upper_bound(self.work, op)
@@ -707,6 +707,7 @@ class Runner:
                 self.interrupts.sleep(self.spec.migration.batch_pause_ms / 1000)
             throttled += throttle.wait(self.control, op.lock_target, note, stop=lambda: self.interrupts.requested)
             self.interrupts.after_batch(step, rows_done, max(total, rows_done))
+        swept = backfill_workers.sweep(self, step, op, self.work)  # a walk by pages: the rows it missed
         self._done(step, 1, op.sql_text(), rows=rows_done, batches=batches, resumed_from=resumed_from,
-                   throttled_s=round(throttled, 2))
+                   throttled_s=round(throttled, 2), **({"swept": swept} if op.sweep is not None else {}))
         return StepResult(step.id, "done", 0.0, rows=rows_done, detail={"resumed_from": resumed_from})

@@ -40,6 +40,13 @@ class Batched(Operation):
     # Rows may be updated in any order by several workers at once (migration.backfill_workers):
     # true for an idempotent per-row UPDATE, never for work whose rows depend on each other.
     parallel: bool = False
+    # For a walk by pages (key "ctid"): a statement taking %(n)s that fills up to n rows the walk missed, returning
+    # (rows found, rows changed); run after the walk until it finds none (planning/expand.py sweep_batch).
+    sweep: sql.Composable | None = None
+    # The same for the runner, in two parts: every missed row's key (text) in one read of the table, then an UPDATE
+    # of the rows whose keys are %(keys)s returning the rows changed; passes until one finds none.
+    sweep_find: sql.Composable | None = None
+    sweep_fill: sql.Composable | None = None
 
     executor: ClassVar[str] = "batched"
 

@@ -233,7 +233,7 @@ def _backfill(spec: Spec, d: Dependent, n: Names, table: Table) -> Batched:
     set_, from_, where = _fill(spec, n)
     return batched_update(spec, table, set_, from_, where,
                           f"backfill {table.name}.{n.new} from {n.legacy} through the mapping",
-                          ((BACKFILL_SETTING, "on"),), parallel=True)
+                          ((BACKFILL_SETTING, "on"),), parallel=True, by_pages=True)
 
 
 def _late_backfill(spec: Spec, d: Dependent, n: Names) -> tuple[CreateFunction, Batched]:
@@ -243,18 +243,32 @@ def _late_backfill(spec: Spec, d: Dependent, n: Names) -> tuple[CreateFunction, 
                                     ((BACKFILL_SETTING, "on"),))
 
 
+# Key types whose values come in no particular order: a keyset walk over them visits the heap at random, one page
+# per row, where a walk by pages reads each page once.
+_SCATTERED_KEY_TYPES = ("uuid", "text", "character varying", "varchar", "bytea", "citext", "character", "name")
+
+
+def scattered_key(key_type: str) -> bool:
+    """True when a key of KEY_TYPE is unlikely to follow the heap's physical order (random or textual values)."""
+    base = key_type.split("(")[0].strip().lower()
+    return base in _SCATTERED_KEY_TYPES
+
+
 def batched_update(spec: Spec, d: Dependent | Table, set_: sql.Composable, from_: sql.Composable | None,
-                   where: sql.Composable, what: str, settings: tuple = (), parallel: bool = False) -> Batched:
-    """UPDATE d SET SET_ [FROM FROM_] WHERE WHERE over the table in key order (or page order without a key).
+                   where: sql.Composable, what: str, settings: tuple = (), parallel: bool = False,
+                   by_pages: bool = False) -> Batched:
+    """UPDATE d SET SET_ [FROM FROM_] WHERE WHERE over the table in key order, or in page order.
 
     D is a dependent (its table) or a table: a leaf partition is walked on its own.
-    Each batch is one short transaction that locks at most batch-size rows.
+    Each batch is one short transaction that locks at most about batch-size rows.
+    Page order is taken for a table without a usable key, and, with BY_PAGES, for a table whose key's values are
+    scattered over the heap (scattered_key): a key order there reads a different page for every row.
     """
     table = d.table if isinstance(d, Dependent) else d
     key = _key(table)
     p = dict(t=qn(table.name), set=set_, where=where,
              frm=sql.SQL(", {}").format(from_) if from_ is not None else sql.SQL(""))
-    if key is not None:
+    if key is not None and not (by_pages and scattered_key(key[1])):
         k, ty = key
         stmt = sql.SQL(
             "with b as (select d.{k} from {t} d where (%(after)s::{ty} is null or d.{k} > %(after)s::{ty}) "
@@ -264,21 +278,85 @@ def batched_update(spec: Spec, d: Dependent | Table, set_: sql.Composable, from_
             "(select count(*) from u)").format(**p, k=ident(k), ty=sql.SQL(ty))
         return Batched(table.name, k, ty, stmt, spec.migration.batch_size, what,
                        upper_bound=max_key(table.name, k), settings=settings, parallel=parallel)
-    # No usable key: walk the heap by page ranges (a TID range scan); the position is a page number.
-    pages = max(1, spec.migration.batch_size // 50)
+    return Batched(table.name, "ctid", "bigint", page_batch(table.name, set_, from_, where),
+                   spec.migration.batch_size,
+                   f"{what} (in page order, {spec.migration.batch_size} rows' worth of pages per transaction"
+                   + (": no key)" if key is None else f": {key[0]} is a {key[1]}, scattered over the table)"),
+                   upper_bound=last_page(table.name), settings=settings, parallel=parallel,
+                   sweep=sweep_batch(table.name, key[0] if key else None, set_, from_, where),
+                   sweep_find=sweep_find(table.name, key[0] if key else None, from_, where),
+                   sweep_fill=sweep_fill(table.name, key, set_, from_, where))
+
+
+def last_page(table: QualifiedName) -> sql.Composable:
+    """The table's last page when the walk starts (NULL for a table without pages): rows moved past it later are
+    either filled by the sync trigger or found by the sweep."""
+    return sql.SQL("select nullif(pg_catalog.pg_relation_size({}::regclass) / "
+                   "pg_catalog.current_setting('block_size')::bigint, 0) - 1").format(sql.Literal(str(table)))
+
+
+def page_batch(table: QualifiedName, set_: sql.Composable, from_: sql.Composable | None,
+               where: sql.Composable) -> sql.Composable:
+    """One batch of a walk by pages: the pages after %(after)s (a page number, NULL at the start) up to about
+    %(n)s rows' worth (from the table's pages/rows statistics), never past %(upper)s. Returns (rows on those pages,
+    at least 1 while pages remain; 0 once past %(upper)s), the last page done, the rows changed."""
     frm = sql.SQL(" from {}").format(from_) if from_ is not None else sql.SQL("")
-    stmt = sql.SQL(
-        "with u as (update {t} d set {set}{frm} where "
-        "d.ctid >= format('(%%s,0)', coalesce(%(after)s::bigint, -1) + 1)::tid "
-        "and d.ctid < format('(%%s,0)', coalesce(%(after)s::bigint, -1) + 1 + {pages})::tid "
-        "and {where} returning 1) "
-        "select case when coalesce(%(after)s::bigint, -1) + 1 <= %(upper)s::bigint then {pages} else 0 end, "
-        "coalesce(%(after)s::bigint, -1) + {pages}, (select count(*) from u)").format(
-        t=qn(table.name), set=set_, frm=frm, where=where, pages=sql.Literal(pages))
-    upper = sql.SQL("select pg_catalog.pg_relation_size({}::regclass) / current_setting('block_size')::bigint"
-                    ).format(sql.Literal(str(table.name)))
-    return Batched(table.name, "ctid", "bigint", stmt, pages, f"{what} ({pages} pages per transaction: no key)",
-                   upper_bound=upper, settings=settings)
+    lo = sql.SQL("(coalesce(%(after)s::bigint, -1) + 1)")
+    pages = sql.SQL(
+        "(select case when c.reltuples > 0 and c.relpages > 0 "
+        "then greatest(1, ceil(%(n)s::float8 * c.relpages / c.reltuples))::bigint "
+        "else greatest(1, %(n)s::bigint / 50) end from pg_catalog.pg_class c where c.oid = {}::regclass)").format(
+        sql.Literal(str(table)))
+    hi = sql.SQL("least(%(upper)s::bigint, {lo} + {pages} - 1)").format(lo=lo, pages=pages)
+    in_range = sql.SQL("d.ctid >= ('(' || {lo} || ',0)')::tid and d.ctid < ('(' || ({hi} + 1) || ',0)')::tid").format(
+        lo=lo, hi=hi)
+    return sql.SQL(
+        "with u as (update {t} d set {set}{frm} where {in_range} and {where} returning 1), "
+        "c as (select count(*) as n from {t} d where {in_range}) "
+        "select case when {lo} <= %(upper)s::bigint then greatest(1, (select c.n from c)) else 0 end, "
+        "case when {lo} <= %(upper)s::bigint then {hi} else %(after)s::bigint end, "
+        "(select count(*) from u)").format(t=qn(table), set=set_, frm=frm, where=where, in_range=in_range,
+                                           lo=lo, hi=hi)
+
+
+def sweep_find(table: QualifiedName, key: str | None, from_: sql.Composable | None,
+               where: sql.Composable) -> sql.Composable:
+    """After a walk by pages: the key (ctid without one), as text, of every row the walk missed (moved by an update
+    that did not fire the sync trigger, from a page not yet walked to one walked already or past the last), in one
+    snapshot and one read of the table. The runner fills them with sweep_fill, a batch of keys at a time."""
+    frm = sql.SQL(", {}").format(from_) if from_ is not None else sql.SQL("")
+    k = ident(key) if key is not None else sql.SQL("ctid")
+    return sql.SQL("select d.{k}::text from {t} d{frm} where {where}").format(k=k, t=qn(table), frm=frm, where=where)
+
+
+def sweep_fill(table: QualifiedName, key: tuple[str, str] | None, set_: sql.Composable, from_: sql.Composable | None,
+               where: sql.Composable) -> sql.Composable:
+    """Fill the rows whose keys (text) are %(keys)s, those still unfilled; returns the rows changed. An update by key
+    reaches the row's latest version, wherever an update moved it since it was found (a ctid does not follow it:
+    the next pass of the sweep finds such a row again)."""
+    frm = sql.SQL(" from {}").format(from_) if from_ is not None else sql.SQL("")
+    k, ty = (ident(key[0]), sql.SQL(key[1])) if key is not None else (sql.SQL("ctid"), sql.SQL("tid"))
+    return sql.SQL("with u as (update {t} d set {set}{frm} where d.{k} = any(%(keys)s::text[]::{ty}[]) and {where} "
+                   "returning 1) select count(*) from u").format(t=qn(table), set=set_, frm=frm, k=k, ty=ty,
+                                                                 where=where)
+
+
+def sweep_batch(table: QualifiedName, key: str | None, set_: sql.Composable, from_: sql.Composable | None,
+                where: sql.Composable) -> sql.Composable:
+    """The sweep as one statement for the emitted files' batch procedure: up to %(n)s rows the walk missed, found
+    in one snapshot and updated by key (by ctid without one). Returns (rows found, no position, rows changed), the
+    batch contract without a position; none found proves none is left. Each batch reads the table once (the runner
+    reads it once for all of them: sweep_find).
+
+    The rows are collected (sorted) before the first is locked, so a batch holds its row locks only for its update.
+    """
+    frm = sql.SQL(", {}").format(from_) if from_ is not None else sql.SQL("")
+    k = ident(key) if key is not None else sql.SQL("ctid")
+    return sql.SQL(
+        "with b as (select d.{k} as k from {t} d{frm} where {where} order by d.ctid limit %(n)s), "
+        "u as (update {t} d set {set} from b{frm} where d.{k} = b.k and {where} returning 1) "
+        "select (select count(*) from b), null::text, (select count(*) from u)").format(
+        t=qn(table), k=k, frm=frm, where=where, set=set_)
 
 
 # -- indexes --------------------------------------------------------------------------------------------
