@@ -1,8 +1,8 @@
 """A backfill split into key ranges (or page ranges) that several workers update at once.
 
 The key space up to the step's upper bound is cut into ranges (a few per worker, so a worker
-that finishes early takes another); a walk by pages (key "ctid": a table without a key, or one
-whose key is scattered over the heap) is cut into page ranges the same way. Each worker has its
+that finishes early takes another); a walk by pages (key "ctid": a table without a key) is cut
+into page ranges the same way. Each worker has its
 own connection; each batch is its own short transaction, exactly as with one worker, and commits
 its checkpoint with it:
 {"plan": P, "range": i, "after": last key}. The ranges themselves are written to the ledger
@@ -10,7 +10,7 @@ its checkpoint with it:
 run continues every range from its own last checkpoint, whatever the worker count is now.
 
 A walk by pages ends with its sweep (sweep below): rows an application update moved, unfilled, from a page not
-yet walked to one already walked (or past the last page) are found in one snapshot and filled by key.
+yet walked to one already walked (or past the last page) are found in one snapshot and filled.
 """
 
 from __future__ import annotations
@@ -84,9 +84,13 @@ def _single_worker_position(runner: Runner, step: Step) -> tuple[Any, int] | Non
 
 
 def position_fits(op: Batched, position: Any) -> bool:
-    """False for a position a walk of another kind left (a key where OP walks pages, as when an older version
-    walked a uuid key): the walk then starts over, which only re-reads rows (filled ones are skipped)."""
-    return op.key != "ctid" or position is None or (isinstance(position, int) and not isinstance(position, bool))
+    """False for a position a walk of another kind left (a page number where OP walks a key that is not an integer,
+    or a key where OP walks pages: an earlier version walked that table the other way): the walk then starts over,
+    which only re-reads rows (filled ones are skipped)."""
+    if position is None:
+        return True
+    page = isinstance(position, int) and not isinstance(position, bool)
+    return page if op.key == "ctid" else (not page or op.key_type in _INTEGER_TYPES)
 
 
 def split(conn: psycopg.Connection, op: Batched, after: Any, upper: Any, n: int) -> list[list[Any]]:
@@ -248,16 +252,16 @@ def sweep(runner: Runner, step: Step, op: Batched, conn: psycopg.Connection) -> 
 
     A page walk misses a row an application update moved (without touching the ids, so the sync trigger did not
     fire) from a page not yet walked to one already walked or past the last page. A pass reads the table once, in
-    one snapshot, for the keys of every such row (held on the server: a WITH HOLD cursor, so no snapshot stays open
-    and this process holds one batch of keys at a time), then fills them a batch of keys per transaction. An update
-    by key reaches a row wherever it moved since, and rows written after the pass's snapshot are the sync trigger's,
-    so the second pass normally finds none. No checkpoint: a resumed step sweeps again, which is idempotent.
-    Nothing to do for a keyset walk.
+    one snapshot, for the ctid of every such row (held on the server: a WITH HOLD cursor, so no snapshot stays open
+    and this process holds one batch of them at a time), then fills them a batch per transaction. Rows written after
+    the pass's snapshot are the sync trigger's; a row moved again in between is found by the next pass, so the
+    second normally finds none. No checkpoint: a resumed step sweeps again, which is idempotent. Nothing to do for
+    a keyset walk.
     """
     if op.sweep_find is None or op.sweep_fill is None:
         return 0
     filled = 0
-    for _ in range(SWEEP_PASSES):
+    for passes in range(1, SWEEP_PASSES + 1):
         found = 0
         with conn.cursor(name=f"pgconverge_sweep_{os.getpid()}", withhold=True) as cur:
             cur.execute(op.sweep_find)
@@ -279,6 +283,7 @@ def sweep(runner: Runner, step: Step, op: Batched, conn: psycopg.Connection) -> 
         runner.ledger.event(runner.run_id, step.phase, step.id, "note",
                             message=f"sweep stopped after {SWEEP_PASSES} passes; the invariants name what is left")
     if filled:
-        runner.ledger.event(runner.run_id, step.phase, step.id, "note", detail={"swept": filled},
-                            message=f"{filled:,} rows moved during the walk by pages filled by the sweep")
+        runner.ledger.event(runner.run_id, step.phase, step.id, "note", detail={"swept": filled, "passes": passes},
+                            message=f"{filled:,} rows moved during the walk by pages filled by the sweep "
+                                    f"({passes} reads of the table)")
     return filled

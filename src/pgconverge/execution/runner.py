@@ -269,7 +269,7 @@ class Runner:
         """Before STEPS[i]: start a later read-only step that may run beside it (the phone audit, once the step it
         needs is behind), so that its own turn only collects the result (execution/background.py)."""
         names = [s.id for s in steps]
-        for j, later in enumerate(steps[i + 1:], i + 1):
+        for later in steps[i + 1:]:
             after = getattr(later.op, "after", "")
             if (later.op.executor != "phone_audit" or later.id in self.jobs or not after or after not in names
                     or names.index(after) >= i):

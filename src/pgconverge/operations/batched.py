@@ -43,8 +43,8 @@ class Batched(Operation):
     # For a walk by pages (key "ctid"): a statement taking %(n)s that fills up to n rows the walk missed, returning
     # (rows found, rows changed); run after the walk until it finds none (planning/expand.py sweep_batch).
     sweep: sql.Composable | None = None
-    # The same for the runner, in two parts: every missed row's key (text) in one read of the table, then an UPDATE
-    # of the rows whose keys are %(keys)s returning the rows changed; passes until one finds none.
+    # The same for the runner, in two parts: every missed row's ctid (text) in one read of the table, then an UPDATE
+    # of the rows at the ctids %(keys)s returning the rows changed; passes until one finds none.
     sweep_find: sql.Composable | None = None
     sweep_fill: sql.Composable | None = None
 
