@@ -2,9 +2,8 @@
 
 The key space up to the step's upper bound is cut into ranges (a few per worker, so a worker
 that finishes early takes another); a walk by pages (key "ctid": a table without a key) is cut
-into page ranges the same way. Each worker has its
-own connection; each batch is its own short transaction, exactly as with one worker, and commits
-its checkpoint with it:
+into page ranges the same way. Each worker has its own connection; each batch is its own short
+transaction, exactly as with one worker, and commits its checkpoint with it:
 {"plan": P, "range": i, "after": last key}. The ranges themselves are written to the ledger
 (a "note" event with detail {"ranges": [...], "plan": P}) before any batch runs, so a resumed
 run continues every range from its own last checkpoint, whatever the worker count is now.

@@ -41,7 +41,8 @@ class Batched(Operation):
     # true for an idempotent per-row UPDATE, never for work whose rows depend on each other.
     parallel: bool = False
     # For a walk by pages (key "ctid"): a statement taking %(n)s that fills up to n rows the walk missed, returning
-    # (rows found, rows changed); run after the walk until it finds none (planning/expand.py sweep_batch).
+    # (rows found, no position, rows changed) as a batch does; the emitted files run it after the walk until it
+    # finds none (planning/expand.py sweep_batch).
     sweep: sql.Composable | None = None
     # The same for the runner, in two parts: every missed row's ctid (text) in one read of the table, then an UPDATE
     # of the rows at the ctids %(keys)s returning the rows changed; passes until one finds none.
