@@ -88,3 +88,26 @@ def test_a_run_that_fails_before_the_audit_step_drops_the_job(conn, fixture_db, 
     with Runner(Target(fixture_db, "--dsn"), spec, planner.build(spec, cat)) as r:
         results = {x.step: x for x in r.run_phase("align")}
     assert results["align.phone_audit"].status == "done" and results["align.phone_audit"].rows > 100
+
+
+def test_a_run_resumed_at_the_audit_step_audits_there_and_finds_the_same(conn, fixture_db):
+    """Everything before the audit is done: nothing is left to run beside it, so its own step reads and compares."""
+    spec = Spec()
+    cat = load_catalog(conn, spec)
+    killpoint.fail_at("align.phone_audit:before")
+    try:
+        with pytest.raises(PgConvergeError), Runner(Target(fixture_db, "--dsn"), spec,
+                                                    planner.build(spec, cat)) as r:
+            r.run_phase("align")
+    finally:
+        killpoint.fail_at(None)
+    assert _audit_threads() == []
+    progress = _Record()
+    with Runner(Target(fixture_db, "--dsn"), spec, planner.build(spec, cat), progress=progress) as r:
+        r.run_phase("align")
+    assert not any("starts now" in e for e in progress.events)
+    done = conn.execute("select detail from pgconverge.events where step = 'align.phone_audit' and event = 'done'"
+                        ).fetchone()[0]
+    alone = _audit_alone(conn, spec, cat)
+    assert "waited_s" not in done and (done["checked"], done["disagreements"]) == (alone.checked, alone.disagreements)
+    assert alone.checked > 100

@@ -24,6 +24,25 @@ from pgconverge.identity import phone_audit
 from pgconverge.operations.base import Step
 
 
+def read_and_audit(conn: psycopg.Connection, op, *, between: Callable[[int], None], pool=None,
+                   fork: bool = True) -> tuple[phone_audit.Audit, float]:
+    """The audit of OP (a PhoneAudit) on CONN: (what it found, seconds the read took before the comparison began).
+
+    WITH HOLD: the result stays on the server once its transaction ends, so no snapshot stays open while the
+    numbers are compared, and this process holds one chunk at a time whatever the table's size. BETWEEN, POOL
+    and FORK as phone_audit.audit takes them."""
+    t0 = time.monotonic()
+    with conn.cursor(name=f"pgconverge_phone_audit_{os.getpid()}", withhold=True) as cur:
+        cur.execute(op.statements()[0])
+        read_s = time.monotonic() - t0
+
+        def chunks():
+            while rows := cur.fetchmany(phone_audit.CHUNK):
+                yield rows
+
+        return phone_audit.audit(chunks(), op.region, between=between, pool=pool, fork=fork), read_s
+
+
 class _Stopped(Exception):
     """The runner is leaving: the job ends after the chunk in hand."""
 
@@ -58,23 +77,14 @@ class PhoneAuditJob:
         try:
             self.conn = connect(self.target, application_name="pgconverge")
             session.configure(self.conn, f"pgconverge:{self.step.id}")
-            # WITH HOLD: the result stays on the server once its transaction ends, so no snapshot stays
-            # open while the numbers are compared, and one chunk at a time is in memory.
-            with self.conn.cursor(name=f"pgconverge_phone_audit_{os.getpid()}", withhold=True) as cur:
-                cur.execute(self.op.statements()[0])
-                self.read_s = time.monotonic() - self.started
+            def between(checked: int) -> None:
+                self.checked = checked
+                if self.stop_event.is_set():
+                    raise _Stopped()
 
-                def chunks():
-                    while rows := cur.fetchmany(phone_audit.CHUNK):
-                        yield rows
-
-                def between(checked: int) -> None:
-                    self.checked = checked
-                    if self.stop_event.is_set():
-                        raise _Stopped()
-
-                self.found = phone_audit.audit(chunks(), self.op.region, between=between, pool=self.pool,
-                                               fork=self.pool is not None)
+            self.found, read_s = read_and_audit(self.conn, self.op, between=between, pool=self.pool,
+                                                fork=self.pool is not None)
+            self.read_s = read_s
         except _Stopped:
             pass
         except BaseException as exc:  # handed to the main thread by wait()

@@ -606,8 +606,6 @@ class Runner:
         return StepResult(step.id, "done", 0.0, detail={"snapshot": op.name})
 
     def _run_phone_audit(self, step: Step, resuming: bool) -> StepResult:
-        from pgconverge.identity import phone_audit
-
         op = step.op
         t0 = time.monotonic()
 
@@ -624,18 +622,7 @@ class Runner:
                 job.stop()
             read_s, total_s, ahead = job.read_s or 0.0, job.seconds or 0.0, time.monotonic() - t0
         else:
-            # WITH HOLD: the result is kept on the server once its transaction ends, so no snapshot stays open
-            # while the numbers are compared, and this process holds one chunk at a time whatever the table's size.
-            name = f"pgconverge_phone_audit_{os.getpid()}"
-            with self.work.cursor(name=name, withhold=True) as cur:
-                cur.execute(op.statements()[0])
-                read_s = time.monotonic() - t0
-
-                def chunks():
-                    while rows := cur.fetchmany(phone_audit.CHUNK):
-                        yield rows
-
-                found = phone_audit.audit(chunks(), op.region, between=between)
+            found, read_s = background.read_and_audit(self.work, op, between=between)
             total_s, ahead = time.monotonic() - t0, None
         note = getattr(self.progress, "note", None)
         if note is not None:
