@@ -233,7 +233,7 @@ def _backfill(spec: Spec, d: Dependent, n: Names, table: Table) -> Batched:
     set_, from_, where = _fill(spec, n)
     return batched_update(spec, table, set_, from_, where,
                           f"backfill {table.name}.{n.new} from {n.legacy} through the mapping",
-                          ((BACKFILL_SETTING, "on"),), parallel=True)
+                          ((BACKFILL_SETTING, "on"),), parallel=True, by_pages=True)
 
 
 def _late_backfill(spec: Spec, d: Dependent, n: Names) -> tuple[CreateFunction, Batched]:
@@ -243,20 +243,39 @@ def _late_backfill(spec: Spec, d: Dependent, n: Names) -> tuple[CreateFunction, 
                                     ((BACKFILL_SETTING, "on"),))
 
 
+# Key types whose values come in no particular order: a keyset walk over them visits the heap at random, one page
+# per row (a batch of 500 sessions rows touched about 500 pages), where a walk by pages reads each page once.
+_SCATTERED_KEY_TYPES = ("uuid", "text", "character varying", "varchar", "bytea", "citext", "character", "name")
+
+
+def scattered_key(key_type: str) -> bool:
+    """True when a key of KEY_TYPE is unlikely to follow the heap's physical order (random or textual values)."""
+    return key_type.split("(")[0].strip().lower() in _SCATTERED_KEY_TYPES
+
+
+# A batch of a walk by pages takes its page range from pg_class in the statement itself, so the planner cannot
+# know how many rows it holds and assumes thousands: with the mapping's statistics in place it then joins by
+# hashing the whole mapping, once per batch (at a million mapping rows, 20-26 ms a batch idle against 6-8 ms for
+# a nested loop through the mapping's key, and the gap grows with the mapping). The batch transactions rule
+# those joins out; a batch holds a few hundred rows, for which a nested loop is the plan.
+PAGE_WALK_SETTINGS = (("enable_hashjoin", "off"), ("enable_mergejoin", "off"))
+
+
 def batched_update(spec: Spec, d: Dependent | Table, set_: sql.Composable, from_: sql.Composable | None,
-                   where: sql.Composable, what: str, settings: tuple = (), parallel: bool = False) -> Batched:
-    """UPDATE d SET SET_ [FROM FROM_] WHERE WHERE over the table in key order, or in page order without a key.
+                   where: sql.Composable, what: str, settings: tuple = (), parallel: bool = False,
+                   by_pages: bool = False) -> Batched:
+    """UPDATE d SET SET_ [FROM FROM_] WHERE WHERE over the table in key order, or in page order.
 
     D is a dependent (its table) or a table: a leaf partition is walked on its own.
     Each batch is one short transaction that locks at most about batch-size rows.
-    (A walk by pages for a table whose key is a uuid, which scatters a keyset walk over the heap, was measured
-    and left out: faster at 600,000 rows under load, 4x slower than the keyset walk at 3 million; README, Measured.)
+    Page order is taken for a table without a usable key, and, with BY_PAGES, for a table whose key's values are
+    scattered over the heap (scattered_key): a key order there reads a different page for every row.
     """
     table = d.table if isinstance(d, Dependent) else d
     key = _key(table)
     p = dict(t=qn(table.name), set=set_, where=where,
              frm=sql.SQL(", {}").format(from_) if from_ is not None else sql.SQL(""))
-    if key is not None:
+    if key is not None and not (by_pages and scattered_key(key[1])):
         k, ty = key
         stmt = sql.SQL(
             "with b as (select d.{k} from {t} d where (%(after)s::{ty} is null or d.{k} > %(after)s::{ty}) "
@@ -268,9 +287,9 @@ def batched_update(spec: Spec, d: Dependent | Table, set_: sql.Composable, from_
                        upper_bound=max_key(table.name, k), settings=settings, parallel=parallel)
     return Batched(table.name, "ctid", "bigint", page_batch(table.name, set_, from_, where),
                    spec.migration.batch_size,
-                   f"{what} (in page order, {spec.migration.batch_size} rows' worth of pages per transaction: "
-                   "no key)",
-                   upper_bound=last_page(table.name), settings=settings, parallel=parallel,
+                   f"{what} (in page order, {spec.migration.batch_size} rows' worth of pages per transaction"
+                   + (": no key)" if key is None else f": {key[0]} is a {key[1]}, scattered over the table)"),
+                   upper_bound=last_page(table.name), settings=settings + PAGE_WALK_SETTINGS, parallel=parallel,
                    sweep=sweep_batch(table.name, set_, from_, where), sweep_find=sweep_find(table.name, from_, where),
                    sweep_fill=sweep_fill(table.name, set_, from_, where))
 
