@@ -1,12 +1,18 @@
-"""The phone audit, run beside the align steps that keep the database busy.
+"""Read-only align steps run beside the steps before them, each in a thread and on a connection of its own.
 
-The audit only reads: every distinct legacy number with its SQL key, then phonenumbers' reading of each, in
+The phone audit only reads: every distinct legacy number with its SQL key, then phonenumbers' reading of each, in
 Python. It needs nothing but the normalize function, and nothing waits for its verdict before align's own
-step for it (the report shows it; no gate reads it). So the runner starts it in a thread of its own, on a
-connection of its own, as soon as the function exists, and the CPU it spends in Python overlaps the matching
-and the snapshots the database does meanwhile. Its step, when the runner reaches it, waits for the result and
-records it as the step always did. A run that stops first (an error, a signal, a kill) drops the job with
-the process: nothing of it is in the ledger, and the step runs again on resume.
+step for it (the report shows it; no gate reads it). So the runner starts it as soon as the function exists, and
+the CPU it spends in Python overlaps the matching and the snapshots the database does meanwhile. Its step, when
+the runner reaches it, waits for the result and records it as the step always did.
+
+The snapshot of owners before the migration (a CreateTable with `after`) reads every dependent row through the
+mapping, which is complete once the coverage gate has passed; the steps between (the report, the phone audit)
+read only. It runs in one transaction left open once its statements are done, and its step commits that
+transaction together with its done record: nothing of it is committed before its turn.
+
+A run that stops first (an error, a signal, a kill) drops both with the process or the connection: nothing of
+them is in the ledger, and their steps run again on resume.
 """
 
 from __future__ import annotations
@@ -127,3 +133,81 @@ class PhoneAuditJob:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+
+
+class SnapshotJob:
+    """A snapshot step's statements (CreateTable with `after`) in one transaction on a connection of its own, left
+    open once they are done: start(), then commit() at the step's turn, or stop().
+
+    A job that failed, or whose transaction did not last until its step (the server ends a session idle in a
+    transaction after session.IDLE_IN_TRANSACTION_TIMEOUT_MS), commits nothing: its step then runs in place, as it
+    would have without the job, and says why."""
+
+    def __init__(self, target: Target, step: Step, *, lock_timeout_ms: int):
+        self.target, self.step = target, step
+        self.lock_timeout_ms = lock_timeout_ms
+        self.error: BaseException | None = None
+        self.seconds: float | None = None
+        self.done = threading.Event()
+        self.stopping = False
+        self.conn: psycopg.Connection | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name=f"pgconverge:{self.step.id}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.conn = connect(self.target, application_name="pgconverge")
+            session.configure(self.conn, f"pgconverge:{self.step.id}")
+            self.conn.autocommit = False  # the next statement opens the transaction the step's turn commits
+            # As the step's own run: a lock wait is bounded, a long read is not (it blocks no writer).
+            self.conn.execute("select set_config('lock_timeout', %s, true), set_config('statement_timeout', '0', true)",
+                              (f"{self.lock_timeout_ms}ms",))
+            for s in self.step.op.statements():
+                if self.stopping:
+                    return
+                self.conn.execute(s)
+        except BaseException as exc:  # read by commit(): the step then runs in place
+            self.error = exc
+        finally:
+            self.seconds = time.monotonic() - self.started
+            self.done.set()
+
+    def commit(self, record: Callable[[psycopg.Connection], None], check: Callable[[], None]) -> str | None:
+        """At the step's turn: wait for the statements (CHECK() is called meanwhile and may raise), then
+        RECORD(connection) the step as done in the job's transaction and commit both. None once committed;
+        otherwise why nothing was (the job failed or its session ended), and the step must run in place."""
+        while not self.done.wait(0.2):
+            check()
+        check()
+        if self.error is not None:
+            return f"it failed beside the steps before it ({str(self.error).strip() or type(self.error).__name__})"
+        conn = self.conn
+        assert conn is not None
+        try:
+            conn.execute("select 1")  # the session may have been ended while it waited
+        except psycopg.Error as exc:
+            return f"its transaction did not last until this step ({str(exc).strip()})"
+        record(conn)
+        conn.commit()
+        return None
+
+    def stop(self) -> None:
+        """End the job: its statement in flight is cancelled, its transaction rolled back with the connection."""
+        self.stopping = True
+        conn = self.conn
+        if conn is not None and not conn.closed and not self.done.is_set():
+            try:
+                conn.cancel_safe(timeout=5)
+            except (psycopg.Error, AttributeError):
+                pass
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        if conn is not None and not conn.closed:
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass

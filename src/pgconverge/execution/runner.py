@@ -157,7 +157,8 @@ class Runner:
         self.policy = retry.RetryPolicy(attempts=max(1, spec.migration.lock_retries))
         self.lock_timeout_ms = spec.migration.lock_timeout_ms
         self.undone: list[str] = []  # during a step: what its failure path already put back (see _undo_unsafe)
-        self.jobs: dict[str, background.PhoneAuditJob] = {}  # step id → its job, started ahead (see _start_ahead)
+        # step id → its job, started ahead (see _start_ahead)
+        self.jobs: dict[str, background.PhoneAuditJob | background.SnapshotJob] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -266,26 +267,34 @@ class Runner:
         return results
 
     def _start_ahead(self, steps: list[Step], i: int, states: dict) -> None:
-        """Before STEPS[i]: start a later read-only step that may run beside it (the phone audit, once the step it
-        needs is behind), so that its own turn only collects the result (execution/background.py)."""
+        """Before STEPS[i]: start the later read-only steps that may run beside it (an op with `after`, once that
+        step is behind), so that their own turn only collects the result (execution/background.py)."""
         names = [s.id for s in steps]
+        ready = []
         for later in steps[i + 1:]:
             after = getattr(later.op, "after", "")
-            if (later.op.executor != "phone_audit" or later.id in self.jobs or not after or after not in names
-                    or names.index(after) >= i):
+            if (later.op.executor not in ("phone_audit", "sql") or later.id in self.jobs or not after
+                    or after not in names or names.index(after) >= i):
                 continue
             st = states.get(later.id)
-            if st and st.state == "done":
-                continue
-            estimate = self.work.execute("select greatest(reltuples, 0)::bigint from pg_class where oid = %s::regclass",
-                                         (str(later.op.table),)).fetchone()[0]
-            job = background.PhoneAuditJob(self.target, later, self.interrupts.event(), estimate=estimate)
+            if not (st and st.state == "done"):
+                ready.append(later)
+        note = getattr(self.progress, "note", None)
+        # The audit first: its worker processes are forked before any other job's thread exists.
+        for later in sorted(ready, key=lambda s: s.op.executor != "phone_audit"):
+            if later.op.executor == "phone_audit":
+                estimate = self.work.execute("select greatest(reltuples, 0)::bigint from pg_class "
+                                             "where oid = %s::regclass", (str(later.op.table),)).fetchone()[0]
+                job = background.PhoneAuditJob(self.target, later, self.interrupts.event(), estimate=estimate)
+                said = (f"it compares the distinct {later.op.table}.{later.op.column} values with phonenumbers "
+                        "in Python")
+            else:
+                job = background.SnapshotJob(self.target, later, lock_timeout_ms=self.lock_timeout_ms)
+                said = f"{self._reading(later) or later.op.description}, committed at its own turn"
             job.start()
             self.jobs[later.id] = job
-            note = getattr(self.progress, "note", None)
             if note is not None:
-                note(f"  {later.id} starts now, beside the steps before it: it compares the distinct "
-                     f"{later.op.table}.{later.op.column} values with phonenumbers in Python")
+                note(f"  {later.id} starts now, beside the steps before it: {said}")
 
     def run_rollback(self, rollback: Plan, *, to: str) -> list[StepResult]:
         """Undo forward steps that are done (or half done), latest first; skip what was never done."""
@@ -330,24 +339,28 @@ class Runner:
         """Before a step that reads whole tables in one statement (a linkage snapshot, the phone audit), one line
         saying what it reads, from the planner's row estimates: such a step shows no bar, and may take a while."""
         note = getattr(self.progress, "note", None)
-        op = step.op
-        if note is None:
+        if note is None or step.id in self.jobs:  # started ahead: its note came then
             return
+        reading = self._reading(step)
+        if reading:
+            note(f"  {reading}…")
+
+    def _reading(self, step: Step) -> str | None:
+        """What STEP reads ("reading about 600,000 rows of public.carts, …") when it reads whole tables, else None."""
+        op = step.op
         if getattr(op, "reads_tables", False):
             try:  # the dependents: what every snapshot of row owners reads
                 cat = self.catalogs.for_phase(step.phase) if step.phase in PHASES else self.catalogs.current
             except (CatalogError, ValueError):
-                return
+                return None
             tables = list(dict.fromkeys(str(d.table.name) for d in cat.dependents))
             what = ""
-        elif op.executor == "phone_audit" and step.id in self.jobs:
-            return  # started ahead: its note came then
         elif op.executor == "phone_audit":
             tables, what = [str(op.table)], f" (the distinct {op.column} values, each compared with phonenumbers)"
         else:
-            return
+            return None
         if not tables:
-            return
+            return None
         try:  # pg_class's estimates, partitions summed: no scan
             rows = dict(self.control.execute(
                 "select t, (select coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint from pg_class c where c.oid in "
@@ -357,7 +370,7 @@ class Runner:
             rows = {}
         about = {t: round(n, 2 - len(str(n))) if n >= 100 else n for t, n in rows.items()}  # two digits: estimates
         parts = [(f"about {about[t]:,} rows of " if about.get(t) else "") + t for t in tables]
-        note(f"  reading {', '.join(parts)}{what}…")
+        return f"reading {', '.join(parts)}{what}"
 
     def _announce_resume(self, name: str, steps: list[Step], state) -> None:
         """Say so when a command picks up where an earlier one stopped: "resuming expand: 5 of 12 steps done,
@@ -520,6 +533,30 @@ class Runner:
     def _run_sql(self, step: Step, resuming: bool, **done_detail) -> StepResult:
         statements = step.op.statements()
         texts = step.op.sql_text()
+        job = self.jobs.pop(step.id, None)
+        if job is not None:  # started ahead (a snapshot): commit it with the done record
+            t0 = time.monotonic()
+
+            def record(conn: psycopg.Connection) -> None:
+                for kind, name, text in step.op.saved():
+                    self.ledger.save_definition(self.run_id, step.id, kind, name, text, conn=conn)
+                self._done(step, 1, texts, conn=conn, **done_detail, seconds=round(job.seconds or 0.0, 2),
+                           waited_s=round(time.monotonic() - t0, 2))
+                killpoint.reached(step.id, "commit")
+                killpoint.fail(step.id, "commit", conn)
+
+            try:
+                why = job.commit(record, lambda: self.interrupts.check(
+                    f"during {step.id} (nothing of it is committed; it runs again on resume)", step=step,
+                    stopped="snapshot"))
+            finally:
+                job.stop()
+            if why is None:
+                return StepResult(step.id, "done", 0.0, attempts=1)
+            self.ledger.event(self.run_id, step.phase, step.id, "note", message=f"run in place: {why}")
+            note = getattr(self.progress, "note", None)
+            if note is not None:
+                note(f"  {step.id} runs in place: {why}")
 
         def attempt(n: int) -> int:
             if not step.op.transactional:

@@ -30,6 +30,9 @@ class CreateTable(Operation):
     # stored, as the key's ON CONFLICT DO NOTHING would have kept it. A table already keyed (made before, or
     # copied with its key) is left as it is, and EXTRA's ON CONFLICT then finds the key in place.
     key_after: tuple[str, ...] = ()
+    # The step after which this snapshot may start beside the steps between (execution/background.py
+    # SnapshotJob): set where nothing those steps do changes what EXTRA reads. Empty: it runs at its turn.
+    after: str = ""
 
     @property
     def description(self) -> str:

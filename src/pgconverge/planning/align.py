@@ -104,7 +104,10 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                                                 spec.migration.default_region, after=f"{PHASE}.normalize_function")))
     from pgconverge.planning import contract  # the snapshot contract's final validation compares with
 
-    steps.append(("linkage_before", contract.linkage_snapshot(spec, cat, "before", legacy=True)))
+    # The owners through the mapping once the coverage gate has found it complete: the report and the phone audit
+    # in between read only, so the snapshot runs beside them (execution/background.py SnapshotJob).
+    steps.append(("linkage_before", contract.linkage_snapshot(spec, cat, "before", legacy=True,
+                                                              after=f"{PHASE}.coverage_gate")))
     steps.append(("counts_before", contract.counts(spec, cat, "counts_before")))
     return [Step(f"{PHASE}.{i}", PHASE, op) for i, op in steps]
 

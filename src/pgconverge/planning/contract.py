@@ -83,12 +83,13 @@ def linkage_table(spec: Spec, name: str) -> QualifiedName:
     return QualifiedName(spec.migration.private_schema, f"linkage_{name}")
 
 
-def linkage_snapshot(spec: Spec, cat: Catalog, name: str, legacy: bool) -> Operation:
+def linkage_snapshot(spec: Spec, cat: Catalog, name: str, legacy: bool, after: str = "") -> Operation:
     """Every dependent row's owner in canonical ids, kept in a private table to compare with later.
 
     One INSERT … SELECT reads every dependent table (one snapshot of them all). LEGACY reads owners through the
     mapping, joined (a hash join: one pass over the mapping) rather than looked up row by row. The primary key
-    is built once the rows are in (CreateTable.key_after), not kept up to date row by row."""
+    is built once the rows are in (CreateTable.key_after), not kept up to date row by row. AFTER: the step after
+    which it may start beside the steps between (CreateTable.after)."""
     from pgconverge.operations.create_table import CreateTable
 
     parts = []
@@ -106,7 +107,7 @@ def linkage_snapshot(spec: Spec, cat: Catalog, name: str, legacy: bool) -> Opera
                        # ON CONFLICT only matters on a table already keyed (see CreateTable.key_after).
                        extra=(sql.SQL("insert into {} {} on conflict do nothing").format(
                            qn(table), sql.SQL(" union all ").join(parts)),),
-                       reads_tables=True, key_after=("tbl", "pk"))
+                       reads_tables=True, key_after=("tbl", "pk"), after=after)
 
 
 def _owners(spec: Spec, cat: Catalog, d, legacy: bool) -> tuple[sql.Composable, dict[str, sql.Composable]]:
