@@ -99,7 +99,9 @@ def linkage_snapshot(spec: Spec, cat: Catalog, name: str, legacy: bool, after: s
             t=sql.Literal(references.label(cat, d)), k=references.row_id(d, "d", owners),
             o=owners[d.fk.columns[0]], tab=qn(d.table.name), j=joins))
     table = linkage_table(spec, name)
-    return CreateTable(table, sql.SQL("(tbl text not null, pk text not null, owner text)"),
+    # The names compare byte by byte (collation "C"): their key is built from millions of them, and a byte order
+    # sorts them in about two thirds of the time a locale's order takes; equality is the same in any collation.
+    return CreateTable(table, sql.SQL('(tbl text collate "C" not null, pk text collate "C" not null, owner text)'),
                        why=f"every dependent row's owner ({'through the mapping' if legacy else 'new column'}), "
                            "for the final validation",
                        # A key holding the legacy column names two rows of merged legacy rows alike: they are
@@ -173,7 +175,9 @@ def final_validation(spec: Spec) -> Check:
     before, after = qn(linkage_table(spec, "before")), qn(linkage_table(spec, "after"))
     return Check("final validation", sql.SQL(
         "select format('%s row %s: owner %s before, %s now', b.tbl, b.pk, b.owner, a.owner), null "
-        "from {b} b join {a} a using (tbl, pk) where a.owner is distinct from b.owner limit 50").format(
+        # The collation named: a snapshot taken by an earlier release has its names in the database's collation.
+        "from {b} b join {a} a on a.tbl = b.tbl collate \"C\" and a.pk = b.pk collate \"C\" "
+        "where a.owner is distinct from b.owner limit 50").format(
         b=before, a=after), failure="rows are linked to another identity than before the migration",
         fix="roll back with `pgconverge rollback contract` and investigate the rows named",
         covers=(linkage_table(spec, "before"),))
