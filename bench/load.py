@@ -193,6 +193,8 @@ def run_mode(admin: str, tmpl: str, mode: str, args) -> dict:
         s.update(window(samples, failures, s["t0"], s["t1"]))
         if s.get("rows") and ("backfill" in s["step"] or s["step"].endswith(" update")):
             s["rows_per_s"] = round(s["rows"] / (s["t1"] - s["t0"]))
+        if mode == "pgconverge":  # what pgconverge's own sessions did in the step: running, or waiting on what
+            s["own_waits"] = own_waits(monitor.during(s["t0"], s["t1"]).get("pgconverge", {}))
     errors = sorted({f[3] for f in failures})
     return {
         "mode": mode, "seconds": round(t_end - t_start, 1),
@@ -266,6 +268,13 @@ def run_contract(dsn: str, spec: Spec, args) -> dict:
     return {"seconds": round(t_end - t_start, 1), "during": window(load.samples, load.failures, t_start, t_end),
             "rss_peak_mb": peak, "rss_at_start_mb": rss_start,
             "steps": [{k: v for k, v in s.items() if k not in ("t0", "t1")} for s in clock.steps]}
+
+
+def own_waits(seen: dict[str, int], top: int = 5) -> dict[str, float]:
+    """The TOP most frequent states of a step's own sessions, as shares of the samples (running = on a CPU or
+    ready for one)."""
+    total = sum(seen.values())
+    return {k: round(v / total, 2) for k, v in sorted(seen.items(), key=lambda kv: -kv[1])[:top]} if total else {}
 
 
 def _sum(lk: dict, key: str) -> int:
