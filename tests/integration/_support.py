@@ -229,12 +229,36 @@ def has_private_schema(conn) -> bool:
     return conn.execute("select to_regnamespace('pgconverge') is not null").fetchone()[0]
 
 
-def wait_disconnected(dsn: str, application_name: str) -> None:
-    """Until every session named APPLICATION_NAME has ended (a session hands its statistics over as it exits)."""
+def wait_disconnected(dsn: str, application_name: str, *, prefix: bool = False) -> None:
+    """Until every session named APPLICATION_NAME (PREFIX: whose name starts so) has ended (a session hands its
+    statistics over as it exits; one of a killed run may still commit what it had sent)."""
+    name = application_name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ("%" if prefix else "")
     with psycopg.connect(dsn, autocommit=True) as conn:
         for _ in range(200):
-            if not conn.execute("select exists (select 1 from pg_stat_activity where application_name = %s)",
-                                (application_name,)).fetchone()[0]:
+            if not conn.execute("select exists (select 1 from pg_stat_activity where application_name like %s "
+                                "and datname = current_database())", (name,)).fetchone()[0]:
                 return
             time.sleep(0.05)
     raise AssertionError(f"{application_name} is still connected")
+
+
+class RecordProgress:
+    """A Progress that keeps the order of what it was told; ON_START(step id), if given, runs as a step starts."""
+
+    def __init__(self, on_start=None):
+        self.events: list[str] = []
+        self.on_start = on_start
+
+    def step_started(self, step) -> None:
+        self.events.append(f"start {step.id}")
+        if self.on_start is not None:
+            self.on_start(step.id)
+
+    def step_finished(self, step, status, seconds) -> None:
+        self.events.append(f"{status} {step.id}")
+
+    def batch(self, *args) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        self.events.append(f"note {text.strip()}")

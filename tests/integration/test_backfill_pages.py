@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import psycopg
 
-from _support import cli, cli_json, linkage_problems, write_config
+from _support import cli, cli_json, linkage_problems, wait_disconnected, write_config
 
 STEP = "expand.visits.backfill"
 
@@ -20,14 +19,6 @@ def _wrong(conn: psycopg.Connection) -> int:
     return conn.execute("""select count(*) from public.visits d
         left join pgconverge.legacy_customer_profile m on m.customer_id = d.customer_id
         where d.customer_id is not null and d.profile_id is distinct from m.profile_id""").fetchone()[0]
-
-
-def _killed_sessions_ended(conn: psycopg.Connection) -> None:
-    deadline = time.monotonic() + 30
-    while conn.execute("select count(*) from pg_stat_activity where datname = current_database() "
-                       "and application_name like 'pgconverge%'").fetchone()[0]:
-        assert time.monotonic() < deadline, "the killed run's sessions did not end"
-        time.sleep(0.05)
 
 
 def test_table_without_a_key_walked_by_pages_killed_and_resumed(fixture_db, tmp_path):
@@ -47,7 +38,7 @@ def test_table_without_a_key_walked_by_pages_killed_and_resumed(fixture_db, tmp_
         assert proc.returncode == -9, proc.stdout + proc.stderr
         # A worker of the killed run may have sent its batch's COMMIT just before the kill: its session ends on its
         # own, and only then is the count of unfilled rows final.
-        _killed_sessions_ended(conn)
+        wait_disconnected(fixture_db, "pgconverge", prefix=True)
         # Walked by pages: the ranges and every checkpoint are page numbers, several ranges at once.
         plan = conn.execute("select detail from pgconverge.events where step = %s and event = 'note' "
                             "and detail ? 'ranges'", (STEP,)).fetchone()[0]

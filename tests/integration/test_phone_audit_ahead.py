@@ -16,24 +16,7 @@ from pgconverge.execution.runner import Runner
 from pgconverge.identity import phone_audit
 from pgconverge.planning import plan as planner
 
-
-class _Record:
-    """A Progress that keeps the order of what it was told."""
-
-    def __init__(self):
-        self.events: list[str] = []
-
-    def step_started(self, step) -> None:
-        self.events.append(f"start {step.id}")
-
-    def step_finished(self, step, status, seconds) -> None:
-        self.events.append(f"{status} {step.id}")
-
-    def batch(self, *args) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        self.events.append(f"note {text.strip()}")
+from _support import RecordProgress
 
 
 def _audit_alone(conn: psycopg.Connection, spec: Spec, cat) -> phone_audit.Audit:
@@ -49,7 +32,7 @@ def _audit_threads() -> list[str]:
 def test_audit_starts_before_match_and_finds_what_it_finds_alone(conn, fixture_db):
     spec = Spec()
     cat = load_catalog(conn, spec)
-    progress = _Record()
+    progress = RecordProgress()
     with Runner(Target(fixture_db, "--dsn"), spec, planner.build(spec, cat), progress=progress) as r:
         r.run_phase("align")
     ev = progress.events
@@ -102,7 +85,7 @@ def test_a_run_resumed_at_the_audit_step_audits_there_and_finds_the_same(conn, f
     finally:
         killpoint.fail_at(None)
     assert _audit_threads() == []
-    progress = _Record()
+    progress = RecordProgress()
     with Runner(Target(fixture_db, "--dsn"), spec, planner.build(spec, cat), progress=progress) as r:
         r.run_phase("align")
     assert not any(e.startswith("note align.phone_audit starts now") for e in progress.events)

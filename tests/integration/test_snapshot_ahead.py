@@ -17,6 +17,8 @@ from pgconverge.execution import killpoint
 from pgconverge.execution.runner import Runner
 from pgconverge.planning import plan as planner
 
+from _support import RecordProgress, wait_disconnected
+
 STEP = "align.linkage_before"
 APP = f"pgconverge:{STEP}"
 # Every dependent row of the fixture, each once (their keys are their ids).
@@ -24,40 +26,8 @@ DEPENDENT_ROWS = "select (select count(*) from public.carts) + (select count(*) 
                  "(select count(*) from public.sessions)"
 
 
-class _Record:
-    """A Progress that keeps the order of what it was told; ON_START(step id) runs as a step starts."""
-
-    def __init__(self, on_start=None):
-        self.events: list[str] = []
-        self.on_start = on_start
-
-    def step_started(self, step) -> None:
-        self.events.append(f"start {step.id}")
-        if self.on_start is not None:
-            self.on_start(step.id)
-
-    def step_finished(self, step, status, seconds) -> None:
-        self.events.append(f"{status} {step.id}")
-
-    def batch(self, *args) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        self.events.append(f"note {text.strip()}")
-
-
 def _threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name == APP and t.is_alive()]
-
-
-def _sessions(conn) -> int:
-    """The job's sessions still on the server, once a closed one has had a moment to end."""
-    deadline = time.monotonic() + 5
-    while True:
-        n = conn.execute("select count(*) from pg_stat_activity where application_name = %s", (APP,)).fetchone()[0]
-        if n == 0 or time.monotonic() > deadline:
-            return n
-        time.sleep(0.05)
 
 
 def _run(dsn: str, conn, progress=None):
@@ -67,7 +37,7 @@ def _run(dsn: str, conn, progress=None):
 
 
 def test_snapshot_starts_after_the_gate_and_commits_at_its_turn(conn, fixture_db):
-    progress = _Record()
+    progress = RecordProgress()
     _run(fixture_db, conn, progress)
     ev = progress.events
     started = next(i for i, e in enumerate(ev) if e.startswith(f"note {STEP} starts now"))
@@ -80,7 +50,7 @@ def test_snapshot_starts_after_the_gate_and_commits_at_its_turn(conn, fixture_db
     assert conn.execute("select count(*) from pgconverge.linkage_before").fetchone()[0] == \
         conn.execute(DEPENDENT_ROWS).fetchone()[0] > 100
     assert _threads() == []
-    assert _sessions(conn) == 0
+    wait_disconnected(fixture_db, APP)
 
 
 @pytest.mark.parametrize("where", ["align.report:before", "align.phone_audit:before", f"{STEP}:commit"])
@@ -92,7 +62,7 @@ def test_a_run_that_stops_before_the_commit_leaves_nothing_of_it(conn, fixture_d
     finally:
         killpoint.fail_at(None)
     assert _threads() == []
-    assert _sessions(conn) == 0
+    wait_disconnected(fixture_db, APP)
     # Its table was created in the job's transaction: rolled back with it; the ledger has no done record.
     assert conn.execute("select to_regclass('pgconverge.linkage_before')").fetchone()[0] is None
     assert conn.execute("select count(*) from pgconverge.events where step = %s and event = 'done'",
@@ -120,7 +90,7 @@ def test_a_snapshot_whose_session_ended_is_taken_in_place(conn, fixture_db):
             time.sleep(0.05)
         raise AssertionError("the snapshot job never finished its statements")
 
-    progress = _Record(end_the_job)
+    progress = RecordProgress(end_the_job)
     results = _run(fixture_db, conn, progress)
     assert results[STEP].status == "done"
     assert any(e.startswith(f"note {STEP} runs in place: its transaction did not last") for e in progress.events)

@@ -53,7 +53,27 @@ class _Stopped(Exception):
     """The runner is leaving: the job ends after the chunk in hand."""
 
 
-class PhoneAuditJob:
+class _Job:
+    """A step's work in a thread of its own (named after the step), on a connection of its own."""
+
+    step: Step
+    target: Target
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name=f"pgconverge:{self.step.id}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _connect(self) -> psycopg.Connection:
+        conn = connect(self.target, application_name="pgconverge")
+        session.configure(conn, f"pgconverge:{self.step.id}")
+        return conn
+
+
+class PhoneAuditJob(_Job):
     """One phone audit in a thread: start(), then wait() for its Audit, or stop()."""
 
     def __init__(self, target: Target, step: Step, stop: threading.Event, *, estimate: int):
@@ -75,14 +95,12 @@ class PhoneAuditJob:
         # exists; an audit too small for them compares in the job's thread alone.
         if self.estimate >= phone_audit.PARALLEL_FROM:
             self.pool = phone_audit.worker_pool()
-        self.started = time.monotonic()
-        self.thread = threading.Thread(target=self._run, name=f"pgconverge:{self.step.id}", daemon=True)
-        self.thread.start()
+        super().start()
 
     def _run(self) -> None:
         try:
-            self.conn = connect(self.target, application_name="pgconverge")
-            session.configure(self.conn, f"pgconverge:{self.step.id}")
+            self.conn = self._connect()
+
             def between(checked: int) -> None:
                 self.checked = checked
                 if self.stop_event.is_set():
@@ -135,7 +153,7 @@ class PhoneAuditJob:
             self.pool = None
 
 
-class SnapshotJob:
+class SnapshotJob(_Job):
     """A snapshot step's statements (CreateTable with `after`) in one transaction on a connection of its own, left
     open once they are done: start(), then commit() at the step's turn, or stop().
 
@@ -153,15 +171,9 @@ class SnapshotJob:
         self.conn: psycopg.Connection | None = None
         self.thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self.started = time.monotonic()
-        self.thread = threading.Thread(target=self._run, name=f"pgconverge:{self.step.id}", daemon=True)
-        self.thread.start()
-
     def _run(self) -> None:
         try:
-            self.conn = connect(self.target, application_name="pgconverge")
-            session.configure(self.conn, f"pgconverge:{self.step.id}")
+            self.conn = self._connect()
             self.conn.autocommit = False  # the next statement opens the transaction the step's turn commits
             # As the step's own run: a lock wait is bounded, a long read is not (it blocks no writer).
             self.conn.execute("select set_config('lock_timeout', %s, true), set_config('statement_timeout', '0', true)",
