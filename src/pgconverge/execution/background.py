@@ -72,6 +72,16 @@ class _Job:
         session.configure(conn, f"pgconverge:{self.step.id}")
         return conn
 
+    def _halt(self, conn: psycopg.Connection | None, busy: bool) -> None:
+        """Cancel CONN's statement in flight (when BUSY) and wait for the thread to end."""
+        if busy and conn is not None and not conn.closed:
+            try:
+                conn.cancel_safe(timeout=5)
+            except (psycopg.Error, AttributeError):
+                pass
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+
 
 class PhoneAuditJob(_Job):
     """One phone audit in a thread: start(), then wait() for its Audit, or stop()."""
@@ -137,14 +147,7 @@ class PhoneAuditJob(_Job):
     def stop(self) -> None:
         """End the job (the runner is leaving): its query is cancelled, the chunk in hand finishes."""
         self.stop_event.set()
-        conn = self.conn
-        if conn is not None and not conn.closed:
-            try:
-                conn.cancel_safe(timeout=5)
-            except (psycopg.Error, AttributeError):
-                pass
-        if self.thread is not None:
-            self.thread.join(timeout=30)
+        self._halt(self.conn, busy=True)
         self._release()
 
     def _release(self) -> None:
@@ -210,14 +213,8 @@ class SnapshotJob(_Job):
     def stop(self) -> None:
         """End the job: its statement in flight is cancelled, its transaction rolled back with the connection."""
         self.stopping = True
-        conn = self.conn
-        if conn is not None and not conn.closed and not self.done.is_set():
-            try:
-                conn.cancel_safe(timeout=5)
-            except (psycopg.Error, AttributeError):
-                pass
-        if self.thread is not None:
-            self.thread.join(timeout=30)
+        self._halt(self.conn, busy=not self.done.is_set())
+        conn = self.conn  # read again: a thread stopped before its first statement connected all the same
         if conn is not None and not conn.closed:
             try:
                 conn.close()
