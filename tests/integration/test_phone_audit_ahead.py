@@ -29,6 +29,16 @@ def _audit_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name == "pgconverge:align.phone_audit" and t.is_alive()]
 
 
+def _align_failing_at(dsn: str, spec: Spec, cat, where: str) -> None:
+    """Run align with a failure injected at WHERE (step:point); it must stop there."""
+    killpoint.fail_at(where)
+    try:
+        with pytest.raises(PgConvergeError), Runner(Target(dsn, "--dsn"), spec, planner.build(spec, cat)) as r:
+            r.run_phase("align")
+    finally:
+        killpoint.fail_at(None)
+
+
 def test_audit_starts_before_match_and_finds_what_it_finds_alone(conn, fixture_db):
     spec = Spec()
     cat = load_catalog(conn, spec)
@@ -56,13 +66,7 @@ def test_audit_starts_before_match_and_finds_what_it_finds_alone(conn, fixture_d
 def test_a_run_that_fails_before_the_audit_step_drops_the_job(conn, fixture_db, where):
     spec = Spec()
     cat = load_catalog(conn, spec)
-    killpoint.fail_at(where)
-    try:
-        with pytest.raises(PgConvergeError), Runner(Target(fixture_db, "--dsn"), spec,
-                                                    planner.build(spec, cat)) as r:
-            r.run_phase("align")
-    finally:
-        killpoint.fail_at(None)
+    _align_failing_at(fixture_db, spec, cat, where)
     assert _audit_threads() == []
     # Its session is gone too, and the ledger knows nothing of it: the step is still to do.
     assert conn.execute("select count(*) from pg_stat_activity where application_name = 'pgconverge:align.phone_audit'"
@@ -77,13 +81,7 @@ def test_a_run_resumed_at_the_audit_step_audits_there_and_finds_the_same(conn, f
     """Everything before the audit is done: nothing is left to run beside it, so its own step reads and compares."""
     spec = Spec()
     cat = load_catalog(conn, spec)
-    killpoint.fail_at("align.phone_audit:before")
-    try:
-        with pytest.raises(PgConvergeError), Runner(Target(fixture_db, "--dsn"), spec,
-                                                    planner.build(spec, cat)) as r:
-            r.run_phase("align")
-    finally:
-        killpoint.fail_at(None)
+    _align_failing_at(fixture_db, spec, cat, "align.phone_audit:before")
     assert _audit_threads() == []
     progress = RecordProgress()
     with Runner(Target(fixture_db, "--dsn"), spec, planner.build(spec, cat), progress=progress) as r:
