@@ -179,8 +179,7 @@ class SnapshotJob(_Job):
             self.conn = self._connect()
             self.conn.autocommit = False  # the next statement opens the transaction the step's turn commits
             # As the step's own run: a lock wait is bounded, a long read is not (it blocks no writer).
-            self.conn.execute("select set_config('lock_timeout', %s, true), set_config('statement_timeout', '0', true)",
-                              (f"{self.lock_timeout_ms}ms",))
+            session.set_limits(self.conn, lock_timeout_ms=self.lock_timeout_ms, statement_timeout_ms=0, local=True)
             for s in self.step.op.statements():
                 if self.stopping:
                     return

@@ -27,12 +27,16 @@ def transaction(conn: psycopg.Connection, *, lock_timeout_ms: int,
     with conn.transaction():
         if repeatable_read:
             conn.execute("set transaction isolation level repeatable read")
-        conn.execute("select set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                     (f"{lock_timeout_ms}ms", f"{statement_timeout_ms}ms"))
+        set_limits(conn, lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms, local=True)
         yield conn
+
+
+def set_limits(conn: psycopg.Connection, *, lock_timeout_ms: int, statement_timeout_ms: int, local: bool) -> None:
+    """How long a statement may wait for a lock and run: for the transaction open (LOCAL) or for the session."""
+    conn.execute("select set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
+                 (f"{lock_timeout_ms}ms", local, f"{statement_timeout_ms}ms", local))
 
 
 def set_outside_transaction(conn: psycopg.Connection, *, lock_timeout_ms: int, statement_timeout_ms: int) -> None:
     """For statements that cannot run in a transaction block (CONCURRENTLY)."""
-    conn.execute("select set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
-                 (f"{lock_timeout_ms}ms", f"{statement_timeout_ms}ms"))
+    set_limits(conn, lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms, local=False)
