@@ -321,13 +321,20 @@ STAGES_BEFORE = {"expand": "align", "switch": "expand", "contract": "switch"}
 
 
 def test_backfill_with_several_workers_killed_mid_way(stages, killer, make_db, tmp_path):
-    """Three workers on key ranges: killed after the k-th batch of any of them (the others die inside theirs),
+    """Three workers on key or page ranges: killed after the k-th batch of any of them (the others die inside theirs),
     again and again, then resumed with one worker: every row filled once, the state of an uninterrupted run."""
     dsn = make_db(stages["names"]["align"])
     three = write_config(tmp_path, "[migration]\nbatch_size = 20\nbackfill_workers = 3\nrls_sample = 5\n")
     args = ["run", "expand", "--dsn", dsn, "--config", three]
-    points = [f"expand.{t}.backfill:batch:{k}" for t in ("carts", "orders", "sessions") for k in (2, 5)]
+    # carts and orders are walked by key, 20 rows a batch: dozens of batches. sessions (uuid key) is walked by
+    # pages, a page a batch; a kill may come after two more workers committed theirs, so the resumed run is sure
+    # to reach its k-th batch only while pages - k_before - 2 >= k.
+    points = [f"expand.{t}.backfill:batch:{k}" for t in ("carts", "orders") for k in (2, 5)]
+    points += [f"expand.sessions.backfill:batch:{k}" for k in (1, 3)]
     with psycopg.connect(dsn, autocommit=True) as conn:
+        pages = conn.execute("select pg_relation_size('public.sessions') / current_setting('block_size')::int"
+                             ).fetchone()[0]
+        assert pages >= 1 + 2 + 3, f"sessions has {pages} pages: too few for the kill points below"
         for point in points:
             _kill(killer, dsn, args, point)
             _count("backfill with three workers")
