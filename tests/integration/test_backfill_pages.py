@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import psycopg
+from psycopg import sql
 
 from _support import cli, cli_json, linkage_problems, wait_disconnected, write_config
 
@@ -79,6 +80,7 @@ def test_uuid_keyed_table_is_walked_by_pages_through_the_mappings_key(conn, fixt
     every batch; the batch transactions rule that out, and the join goes through the mapping's key."""
     from pgconverge.catalog.introspect import load_catalog
     from pgconverge.config import Spec
+    from pgconverge.execution import batch as one_batch
     from pgconverge.planning import plan as planner
     from pgconverge.planning.expand import PAGE_WALK_SETTINGS
 
@@ -88,8 +90,11 @@ def test_uuid_keyed_table_is_walked_by_pages_through_the_mappings_key(conn, fixt
                 if s.id == "expand.sessions.backfill")
     assert step.op.key == "ctid" and "id is a uuid, scattered over the table" in step.op.what
     conn.execute("analyze pgconverge.legacy_customer_profile")
-    batch = step.op.batch.as_string(conn).replace("%(after)s", "$1").replace("%(upper)s", "$2") \
-        .replace("%(n)s", "$3")
+    # The statement the workers send: the batch with its checkpoint.
+    batch = one_batch.statement(step.op, sql.SQL("pgconverge.checkpoints"), ranged=True).as_string(conn)
+    for name, value in {"after": "$1", "upper": "$2", "n": "$3", "pgc_run": "1", "pgc_step": "'s'", "pgc_rows": "0",
+                        "pgc_plan": "'p'", "pgc_range": "0"}.items():
+        batch = batch.replace(f"%({name})s", value)
 
     def plan(settings) -> str:
         with conn.transaction(force_rollback=True):

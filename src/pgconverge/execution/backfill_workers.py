@@ -25,10 +25,10 @@ import psycopg
 from psycopg import sql
 
 from pgconverge.connection import connect
-from pgconverge.execution import killpoint, retry, session
+from pgconverge.execution import batch, killpoint, retry, session
 from pgconverge.execution.throttle import Throttle
 from pgconverge.operations.base import Step
-from pgconverge.operations.batched import Batched
+from pgconverge.operations.batched import INTEGER_TYPES, Batched
 
 if TYPE_CHECKING:
     from pgconverge.execution.runner import Runner, StepResult
@@ -37,7 +37,6 @@ RANGES_PER_WORKER = 4
 # Passes of the sweep after a walk by pages before giving up (the invariants gate names what is left); each reads
 # the table once, and the second normally finds nothing.
 SWEEP_PASSES = 10
-_INTEGER_TYPES = {"smallint", "integer", "bigint", "int2", "int4", "int8"}
 
 
 def wanted(runner: Runner, step: Step, resuming: bool) -> bool:
@@ -89,7 +88,7 @@ def position_fits(op: Batched, position: Any) -> bool:
     if position is None:
         return True
     page = isinstance(position, int) and not isinstance(position, bool)
-    return page if op.key == "ctid" else (not page or op.key_type in _INTEGER_TYPES)
+    return page if op.key == "ctid" else (not page or op.key_type in INTEGER_TYPES)
 
 
 def split(conn: psycopg.Connection, op: Batched, after: Any, upper: Any, n: int) -> list[list[Any]]:
@@ -102,7 +101,7 @@ def split(conn: psycopg.Connection, op: Batched, after: Any, upper: Any, n: int)
             return [[after, upper]]
         width = max(1, -(-(upper - lo) // n))
         bounds = [min(upper, lo + width * (i + 1)) for i in range(n)]
-    elif op.key_type in _INTEGER_TYPES:
+    elif op.key_type in INTEGER_TYPES:
         lo = conn.execute(sql.SQL("select min({k}) from {t} where ({a}::bigint is null or {k} > {a}::bigint)").format(
             k=sql.Identifier(op.key), t=_table(op), a=sql.Literal(after))).fetchone()[0]
         if lo is None or lo > upper:
@@ -131,11 +130,6 @@ def _table(op: Batched) -> sql.Composable:
     return sql.Identifier(op.table.schema, op.table.name)
 
 
-def _key_value(last: Any) -> Any:
-    # uuid, timestamp…: kept as text, cast back by the batch statement (as the single-worker path does).
-    return last if isinstance(last, (int, str, type(None))) else str(last)
-
-
 def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
     from pgconverge.execution.runner import EMPTY, StepResult, upper_bound
 
@@ -147,7 +141,7 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
         start, resumed_rows = (_single_worker_position(runner, step) or (None, 0)) if resuming else (None, 0)
         upper = upper_bound(runner.work, op)
         # A table without rows has no key range to cut, and nothing to visit.
-        ranges = [] if upper is EMPTY else split(runner.work, op, start, _key_value(upper),
+        ranges = [] if upper is EMPTY else split(runner.work, op, start, batch.key_value(upper),
                                                  workers * RANGES_PER_WORKER)
         plan = {"plan": uuid.uuid4().hex[:12], "ranges": ranges, "workers": workers, "rows_before": resumed_rows}
         runner.ledger.event(runner.run_id, step.phase, step.id, "note", detail=plan,
@@ -211,23 +205,13 @@ def _one_range(runner: Runner, step: Step, op: Batched, conn: psycopg.Connection
         runner.ledger.event(runner.run_id, step.phase, step.id, "retry", conn=conn, attempt=attempt,
                             sqlstate=exc.sqlstate, message=str(exc).strip(), detail={"pause_s": round(wait, 3)})
 
+    stmt = batch.statement(op, runner.ledger.t("checkpoints"), ranged=True)
+    settings = batch.settings(op, runner.lock_timeout_ms)
     while not stop.is_set():
-        params = {"after": after, "upper": hi, "n": op.batch_size}
-
-        def attempt(n: int):
-            t0 = time.monotonic()
-            with session.transaction(conn, lock_timeout_ms=runner.lock_timeout_ms,
-                                     statement_timeout_ms=session.BATCH_STATEMENT_TIMEOUT_MS):
-                for name, value in op.settings:
-                    conn.execute("select set_config(%s, %s, true)", (name, value))
-                scanned, last, changed = conn.execute(op.batch, params).fetchone()
-                last = _key_value(last)
-                if scanned:
-                    runner.ledger.checkpoint(runner.run_id, step.id, {"plan": plan, "range": i, "after": last},
-                                             rows + scanned, scanned, (time.monotonic() - t0) * 1000, conn=conn)
-            return scanned, last
-
-        scanned, last = retry.run(attempt, runner.policy, on_retry)
+        params = {"after": after, "upper": hi, "n": op.batch_size, "pgc_run": runner.run_id, "pgc_step": step.id,
+                  "pgc_rows": rows, "pgc_plan": plan, "pgc_range": i}
+        scanned, last, _ = retry.run(lambda n: batch.run(conn, stmt, params, settings=settings),
+                                     runner.policy, on_retry)
         if not scanned:
             return
         after, rows = last, rows + scanned

@@ -59,7 +59,12 @@ def suspended() -> Iterator[None]:
         _AT, _FAIL = saved
 
 
+def failing(step_id: str, point: str) -> bool:
+    """True at the failure point: the caller sends FAILING_SQL where its step's statement would fail."""
+    return _FAIL is not None and _FAIL == f"{step_id}:{point}"
+
+
 def fail(step_id: str, point: str, conn: psycopg.Connection) -> None:
     """At the failure point, send the failing statement on CONN: in its transaction, which it aborts."""
-    if _FAIL is not None and _FAIL == f"{step_id}:{point}":
+    if failing(step_id, point):
         conn.execute(FAILING_SQL)

@@ -16,7 +16,8 @@ from pgconverge.catalog.introspect import load_catalog
 from pgconverge.config import Spec
 from pgconverge.connection import Target, connect
 from pgconverge.errors import CatalogError, PgConvergeError
-from pgconverge.execution import background, gates, interrupt, killpoint, policy_switch, privileges, retry, session
+from pgconverge.execution import (background, batch, gates, interrupt, killpoint, policy_switch, privileges, retry,
+                                  session)
 from pgconverge.execution.locks import describe_blockers
 from pgconverge.execution.throttle import Throttle
 from pgconverge.ledger.store import Ledger
@@ -697,24 +698,15 @@ class Runner:
 
         def note(why: list[str]) -> None:
             self.ledger.event(self.run_id, step.phase, step.id, "note", message="backing off: " + "; ".join(why))
+        stmt = batch.statement(op, self.ledger.t("checkpoints"), ranged=False)
+        settings = batch.settings(op, self.lock_timeout_ms)
         while True:
-            params = {"after": after, "upper": upper, "n": op.batch_size}
+            params = {"after": after, "upper": upper, "n": op.batch_size, "pgc_run": self.run_id,
+                      "pgc_step": step.id, "pgc_rows": rows_done}
 
             def attempt(n: int):
-                t0 = time.monotonic()
-                with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms,
-                                         statement_timeout_ms=session.BATCH_STATEMENT_TIMEOUT_MS):
-                    for name, value in op.settings:
-                        self.work.execute("select set_config(%s, %s, true)", (name, value))
-                    scanned, last, changed = self.work.execute(op.batch, params).fetchone()
-                    if scanned:
-                        killpoint.fail(step.id, f"batch:{batches + 1}", self.work)
-                    if not isinstance(last, (int, str, type(None))):
-                        last = str(last)  # uuid, timestamp…: kept as text, cast back by the batch statement
-                    if scanned:
-                        self.ledger.checkpoint(self.run_id, step.id, last, rows_done + scanned, scanned,
-                                               (time.monotonic() - t0) * 1000, conn=self.work)
-                return scanned, last, changed
+                return batch.run(self.work, stmt, params, settings=settings,
+                                 fail_point=(step.id, f"batch:{batches + 1}"))
 
             scanned, last, changed = retry.run(attempt, self.policy, self._on_retry(step))
             if not scanned:

@@ -31,10 +31,16 @@ def transaction(conn: psycopg.Connection, *, lock_timeout_ms: int,
         yield conn
 
 
+def limits(*, lock_timeout_ms: int, statement_timeout_ms: int) -> list[tuple[str, str]]:
+    """How long a statement may wait for a lock and run, as settings (name, value)."""
+    return [("lock_timeout", f"{lock_timeout_ms}ms"), ("statement_timeout", f"{statement_timeout_ms}ms")]
+
+
 def set_limits(conn: psycopg.Connection, *, lock_timeout_ms: int, statement_timeout_ms: int, local: bool) -> None:
-    """How long a statement may wait for a lock and run: for the transaction open (LOCAL) or for the session."""
-    conn.execute("select set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
-                 (f"{lock_timeout_ms}ms", local, f"{statement_timeout_ms}ms", local))
+    """The limits above, for the transaction open (LOCAL) or for the session."""
+    settings = limits(lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms)
+    conn.execute("select set_config(%s, %s, %s), set_config(%s, %s, %s)",
+                 [v for name, value in settings for v in (name, value, local)])
 
 
 def set_outside_transaction(conn: psycopg.Connection, *, lock_timeout_ms: int, statement_timeout_ms: int) -> None:

@@ -80,13 +80,6 @@ class Ledger:
             "select max(at) from {} where event = 'start' and split_part(step, '.', 1) = any(%s)").format(
             self.t("events")), (sorted(phases),)).fetchone()[0]
 
-    def checkpoint(self, run_id: int, step: str, position: Any, rows_done: int, batch_rows: int, batch_ms: float,
-                   *, conn: psycopg.Connection | None = None) -> None:
-        (conn or self.conn).execute(
-            sql.SQL("insert into {} (run_id, step, position, rows_done, batch_rows, batch_ms) "
-                    "values (%s, %s, %s, %s, %s, %s)").format(self.t("checkpoints")),
-            (run_id, step, Jsonb(position), rows_done, batch_rows, batch_ms))
-
     def last_checkpoint_since_fresh_start(self, step: str) -> tuple[Any, int] | None:
         """Where a resumed batched step continues: its last checkpoint since it last started from scratch."""
         row = self.conn.execute(sql.SQL(

@@ -12,12 +12,19 @@ from pgconverge.execution.sql import qn
 from pgconverge.operations.base import Cost, Lock, Operation
 
 
+# Key types whose positions the ledger keeps as JSON numbers (any other key's position is its text).
+INTEGER_TYPES = frozenset({"smallint", "integer", "bigint", "int2", "int4", "int8"})
+
+
 @dataclass(frozen=True)
 class Batched(Operation):
     """Apply a per-row expression to a table in key order, BATCH rows per transaction.
 
     `batch` is a statement taking %(after)s (the last key done, NULL at the start) and %(n)s,
-    returning one row: (rows scanned, last key, rows changed). An empty batch ends the work.
+    returning one row: (rows scanned, last key, rows changed). An empty batch ends the work. It is kept as its
+    two halves, `with CTES select RESULT` (`parts`: the common table expressions, then the final select's list,
+    with its FROM if any): the runner adds its checkpoint to the statement itself (execution/batch.py), so a batch
+    is one statement in one round trip.
 
     Safe alone: each batch commits on its own and the triggers keep rows written meanwhile right, so any prefix of the
     batches is a state the application already lives with.
@@ -28,7 +35,7 @@ class Batched(Operation):
     table: QualifiedName
     key: str
     key_type: str
-    batch: sql.Composable
+    parts: tuple[sql.Composable, sql.Composable]
     batch_size: int
     what: str
     row_lock: Lock = Lock.ROW_EXCLUSIVE
@@ -50,6 +57,10 @@ class Batched(Operation):
     sweep_fill: sql.Composable | None = None
 
     executor: ClassVar[str] = "batched"
+
+    @property
+    def batch(self) -> sql.Composable:
+        return sql.SQL("with {} select {}").format(*self.parts)
 
     @property
     def description(self) -> str:

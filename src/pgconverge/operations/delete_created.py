@@ -52,12 +52,12 @@ class DeleteCreated(Batched):
 def delete_created(canonical: QualifiedName, canonical_key: str, mapping: QualifiedName, legacy_column: str,
                    legacy_type: str, new_column: str, batch_size: int) -> DeleteCreated:
     # Walk the mapping in legacy-key order; several legacy rows may share one created row.
-    stmt = sql.SQL(
-        "with b as (select m.{lc} as k, m.{mc} as v from {m} m where m.method = 'created' and "
+    stmt = (sql.SQL(
+        "b as (select m.{lc} as k, m.{mc} as v from {m} m where m.method = 'created' and "
         "(%(after)s::{ty} is null or m.{lc} > %(after)s::{ty}) order by m.{lc} limit %(n)s), "
-        "d as (delete from {c} p using b where p.{ck} = b.v returning 1) "
-        "select (select count(*) from b), (select b.k from b order by b.k desc limit 1), (select count(*) from d)").format(
+        "d as (delete from {c} p using b where p.{ck} = b.v returning 1)").format(
             lc=ident(legacy_column), mc=ident(new_column), m=qn(mapping), ty=sql.SQL(legacy_type),
-            c=qn(canonical), ck=ident(canonical_key))
-    return DeleteCreated(mapping, legacy_column, legacy_type, stmt, batch_size,
-                         f"delete the {canonical} rows that align created", Lock.ROW_EXCLUSIVE)
+            c=qn(canonical), ck=ident(canonical_key)),
+        sql.SQL("(select count(*) from b), (select b.k from b order by b.k desc limit 1), (select count(*) from d)"))
+    return DeleteCreated(mapping, legacy_column, legacy_type, batch_size=batch_size,
+                         what=f"delete the {canonical} rows that align created", row_lock=Lock.ROW_EXCLUSIVE, parts=stmt)

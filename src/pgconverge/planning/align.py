@@ -82,9 +82,9 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         ("legacy_trigger", CreateTrigger("pgconverge_align", leg.name, sql.SQL("after insert or update of {} ").format(
             sql.SQL(", ").join(map(ident, spec.legacy.match_columns))), n["legacy_trigger_fn"],
             why="keeps the mapping complete while old code writes")),
-        ("match", Batched(leg.name, spec.legacy.key, lk.type, match_batch(spec, cat),
-                spec.migration.batch_size, f"map every {leg.name} row to a {can.name} row",
-                upper_bound=max_key(leg.name, spec.legacy.key))),
+        ("match", Batched(leg.name, spec.legacy.key, lk.type, batch_size=spec.migration.batch_size,
+                          what=f"map every {leg.name} row to a {can.name} row",
+                          upper_bound=max_key(leg.name, spec.legacy.key), parts=match_batch(spec, cat))),
         ("coverage_gate", Check("coverage", sql.SQL(
             "select format('%s has no mapping%s', l.{lk}, ': ' || p.reason), {lm} from {lt} l "
             "left join {pending} p on p.legacy_id = l.{lk}::text "
@@ -258,8 +258,9 @@ def _same_spelling(spec: Spec, cat: Catalog) -> sql.Composable:
         for lc, cc in zip(spec.legacy.match_columns, spec.canonical.match_columns))
 
 
-def match_batch(spec: Spec, cat: Catalog) -> sql.Composable:
-    """One batch of align.match (the Batched contract: %(after)s, %(upper)s, %(n)s → scanned, last key, mapped).
+def match_batch(spec: Spec, cat: Catalog) -> tuple[sql.Composable, sql.Composable]:
+    """One batch of align.match, as the halves of a Batched statement (%(after)s, %(upper)s, %(n)s → scanned,
+    last key, mapped).
 
     Most legacy rows match a canonical row that already exists, and for those the decision is a lookup:
     the preferred canonical row with the row's key (the order `align_legacy_row` uses), 'exact' or
@@ -276,7 +277,7 @@ def match_batch(spec: Spec, cat: Catalog) -> sql.Composable:
     """
     n = names(spec)
     leg, can = cat.legacy, cat.canonical
-    return sql.SQL("""with b as materialized (
+    return (sql.SQL("""b as materialized (
   select r.{lk} as id, r as rec, x.one is not null as mapped, {lkey} as k
     from {lt} as r
     -- a lookup per row through the mapping's primary key (an EXISTS could be planned as a hash of
@@ -302,14 +303,14 @@ cleared as (
   delete from {pending} d using found f where d.legacy_id = f.id::text),
 rest as materialized (
   select b.id, {align_row}(b.rec) as v from b
-   where not b.mapped and not exists (select 1 from found f where f.id = b.id))
-select (select count(*) from b), (select b.id from b order by b.id desc limit 1),
-       (select count(*) from b where b.mapped) + (select count(*) from found) + (select count(v) from rest)""").format(
+   where not b.mapped and not exists (select 1 from found f where f.id = b.id))""").format(
         lk=ident(spec.legacy.key), ty=sql.SQL(leg.column(spec.legacy.key).type), lt=qn(leg.name),
         mapping=qn(n["mapping"]), mlc=ident(spec.mapping_legacy_column), mcc=ident(spec.migration.new_column),
         lkey=legacy_key(spec, cat, "r"), ck=ident(spec.canonical.key), same=_same_spelling(spec, cat),
         canonical=qn(can.name), ckey=canonical_key(spec, cat, "p"), order_by=_order_by(spec, can, sql.SQL("b.k")),
-        flag=sql.Literal(REVERSE_FLAG), pending=qn(n["pending"]), align_row=qn(n["align_row"]))
+        flag=sql.Literal(REVERSE_FLAG), pending=qn(n["pending"]), align_row=qn(n["align_row"])), sql.SQL(
+        "(select count(*) from b), (select b.id from b order by b.id desc limit 1), "
+        "(select count(*) from b where b.mapped) + (select count(*) from found) + (select count(v) from rest)"))
 
 
 def _align_row_function(spec: Spec, cat: Catalog, key_insert: sql.Composable | None) -> sql.Composable:

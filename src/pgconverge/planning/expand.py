@@ -277,21 +277,22 @@ def batched_update(spec: Spec, d: Dependent | Table, set_: sql.Composable, from_
              frm=sql.SQL(", {}").format(from_) if from_ is not None else sql.SQL(""))
     if key is not None and not (by_pages and scattered_key(key[1])):
         k, ty = key
-        stmt = sql.SQL(
-            "with b as (select d.{k} from {t} d where (%(after)s::{ty} is null or d.{k} > %(after)s::{ty}) "
+        stmt = (sql.SQL(
+            "b as (select d.{k} from {t} d where (%(after)s::{ty} is null or d.{k} > %(after)s::{ty}) "
             "and (%(upper)s::{ty} is null or d.{k} <= %(upper)s::{ty}) order by d.{k} limit %(n)s), "
-            "u as (update {t} d set {set} from b{frm} where d.{k} = b.{k} and {where} returning 1) "
-            "select (select count(*) from b), (select b.{k} from b order by b.{k} desc limit 1), "
-            "(select count(*) from u)").format(**p, k=ident(k), ty=sql.SQL(ty))
-        return Batched(table.name, k, ty, stmt, spec.migration.batch_size, what,
-                       upper_bound=max_key(table.name, k), settings=settings, parallel=parallel)
-    return Batched(table.name, "ctid", "bigint", page_batch(table.name, set_, from_, where),
-                   spec.migration.batch_size,
-                   f"{what} (in page order, {spec.migration.batch_size} rows' worth of pages per transaction"
+            "u as (update {t} d set {set} from b{frm} where d.{k} = b.{k} and {where} returning 1)").format(
+            **p, k=ident(k), ty=sql.SQL(ty)), sql.SQL(
+            "(select count(*) from b), (select b.{k} from b order by b.{k} desc limit 1), "
+            "(select count(*) from u)").format(k=ident(k)))
+        return Batched(table.name, k, ty, batch_size=spec.migration.batch_size, what=what,
+                       upper_bound=max_key(table.name, k), settings=settings, parallel=parallel, parts=stmt)
+    return Batched(table.name, "ctid", "bigint", batch_size=spec.migration.batch_size,
+                   what=f"{what} (in page order, {spec.migration.batch_size} rows' worth of pages per transaction"
                    + (": no key)" if key is None else f": {key[0]} is a {key[1]}, scattered over the table)"),
                    upper_bound=last_page(table.name), settings=settings + PAGE_WALK_SETTINGS, parallel=parallel,
                    sweep=sweep_batch(table.name, set_, from_, where), sweep_find=sweep_find(table.name, from_, where),
-                   sweep_fill=sweep_fill(table.name, set_, from_, where))
+                   sweep_fill=sweep_fill(table.name, set_, from_, where),
+                   parts=page_batch(table.name, set_, from_, where))
 
 
 def last_page(table: QualifiedName) -> sql.Composable:
@@ -302,10 +303,11 @@ def last_page(table: QualifiedName) -> sql.Composable:
 
 
 def page_batch(table: QualifiedName, set_: sql.Composable, from_: sql.Composable | None,
-               where: sql.Composable) -> sql.Composable:
+               where: sql.Composable) -> tuple[sql.Composable, sql.Composable]:
     """One batch of a walk by pages: the pages after %(after)s (a page number, NULL at the start) up to about
-    %(n)s rows' worth (from the table's pages/rows statistics), never past %(upper)s. Returns (rows on those pages,
-    at least 1 while pages remain; 0 once past %(upper)s), the last page done, the rows changed."""
+    %(n)s rows' worth (from the table's pages/rows statistics), never past %(upper)s. The statement (its halves,
+    Batched.parts) returns (rows on those pages, at least 1 while pages remain; 0 once past %(upper)s), the last
+    page done, the rows changed."""
     frm = sql.SQL(" from {}").format(from_) if from_ is not None else sql.SQL("")
     lo = sql.SQL("(coalesce(%(after)s::bigint, -1) + 1)")
     pages = sql.SQL(
@@ -316,13 +318,13 @@ def page_batch(table: QualifiedName, set_: sql.Composable, from_: sql.Composable
     hi = sql.SQL("least(%(upper)s::bigint, {lo} + {pages} - 1)").format(lo=lo, pages=pages)
     in_range = sql.SQL("d.ctid >= ('(' || {lo} || ',0)')::tid and d.ctid < ('(' || ({hi} + 1) || ',0)')::tid").format(
         lo=lo, hi=hi)
-    return sql.SQL(
-        "with u as (update {t} d set {set}{frm} where {in_range} and {where} returning 1), "
-        "c as (select count(*) as n from {t} d where {in_range}) "
-        "select case when {lo} <= %(upper)s::bigint then greatest(1, (select c.n from c)) else 0 end, "
+    return (sql.SQL(
+        "u as (update {t} d set {set}{frm} where {in_range} and {where} returning 1), "
+        "c as (select count(*) as n from {t} d where {in_range})").format(
+        t=qn(table), set=set_, frm=frm, where=where, in_range=in_range), sql.SQL(
+        "case when {lo} <= %(upper)s::bigint then greatest(1, (select c.n from c)) else 0 end, "
         "case when {lo} <= %(upper)s::bigint then {hi} else %(after)s::bigint end, "
-        "(select count(*) from u)").format(t=qn(table), set=set_, frm=frm, where=where, in_range=in_range,
-                                           lo=lo, hi=hi)
+        "(select count(*) from u)").format(lo=lo, hi=hi))
 
 
 def sweep_find(table: QualifiedName, from_: sql.Composable | None, where: sql.Composable) -> sql.Composable:

@@ -217,7 +217,8 @@ end""").format(parent=sql.Literal(str(d.table.name)), planned=sql.Literal([text(
         "changed bigint) language plpgsql volatile set search_path = pg_catalog, pg_temp set row_security = off "
         "as {b}").format(f=qn(fn), b=body(code)),
         why=f"backfill the leaf partitions of {d.table.name} attached after expand was planned")
-    stmt = sql.SQL("select * from {}(%(after)s::text, %(n)s::bigint)").format(qn(fn))
-    return create, Batched(d.table.name, "ctid", "text", stmt, pages,
-                           f"{what}, in leaf partitions attached since the plan was made ({pages} pages per "
-                           "transaction)", settings=settings)
+    stmt = (sql.SQL("b as (select * from {}(%(after)s::text, %(n)s::bigint))").format(qn(fn)),
+                       sql.SQL("b.scanned, b.last_done, b.changed from b"))
+    return create, Batched(d.table.name, "ctid", "text", batch_size=pages,
+                           what=f"{what}, in leaf partitions attached since the plan was made ({pages} pages per "
+                           "transaction)", settings=settings, parts=stmt)
