@@ -77,6 +77,10 @@ def connect(target: Target | str, *, autocommit: bool = True, application_name: 
     row-level security policy") instead of silently reading or updating part of a table. Code that
     acts as an application role to test policies turns it back on for that transaction
     (verify/tokens.py `act_as`); ROW_SECURITY=True leaves the server's default (on) for the session.
+
+    Its transactions are READ COMMITTED whatever the database's default_transaction_isolation, unless one asks
+    for another level (the snapshots do): the statements that wait for a lock and then read (align_legacy_row
+    after a key's lock, a DDL step after its lock wait) must see what the transaction they waited for committed.
     """
     t = target if isinstance(target, Target) else Target(target, "--dsn")
     try:
@@ -94,14 +98,14 @@ def connect(target: Target | str, *, autocommit: bool = True, application_name: 
             fix="check that the server runs and the host, port, user, password and database are right; "
             "omit --dsn and DATABASE_URL to use the embedded Postgres",
         ) from exc
-    if not row_security:
-        try:
-            # A session setting (not a startup option, which connection poolers refuse); a transaction of its
-            # own when the connection is not in autocommit, so the caller starts from a clean state.
-            conn.execute("select pg_catalog.set_config('row_security', 'off', false)")
-            if not autocommit:
-                conn.commit()
-        except BaseException:
-            conn.close()
-            raise
+    try:
+        # Session settings (not startup options, which connection poolers refuse); a transaction of its own when
+        # the connection is not in autocommit, so the caller starts from a clean state.
+        conn.execute("select pg_catalog.set_config('default_transaction_isolation', 'read committed', false)"
+                     + ("" if row_security else ", pg_catalog.set_config('row_security', 'off', false)"))
+        if not autocommit:
+            conn.commit()
+    except BaseException:
+        conn.close()
+        raise
     return conn

@@ -48,6 +48,10 @@ def run(conn: psycopg.Connection, stmt: sql.Composable, params: dict[str, Any], 
     """Run one batch in its own transaction on CONN (autocommit): BEGIN, SETTINGS (name, value: local to the
     transaction), STMT with PARAMS, COMMIT. Returns STMT's row.
 
+    The transaction says READ COMMITTED itself, as pgconverge's sessions default to (connection.connect): the
+    match's align_legacy_row must see the canonical row of the transaction whose key lock it waited for, and a
+    backfill's UPDATE of a row the application changed meanwhile updates its new version instead of failing.
+
     They go as one query string, PARAMS bound here, in one message: the server runs it to its COMMIT whatever this
     process does meanwhile. (Sent as separate statements, even pipelined, the COMMIT leaves only when this process
     queues it, after the statement that took the locks may already have run.) On an error the server skips the
@@ -55,7 +59,7 @@ def run(conn: psycopg.Connection, stmt: sql.Composable, params: dict[str, Any], 
     policy, or up). The last key comes back as the ledger keeps it: an integer, or text (a uuid, a timestamp…),
     which the batch statement casts back. FAIL_POINT (step id, point) is the test suite's injected failure, sent
     after STMT inside the transaction (execution/killpoint.py)."""
-    statements = [sql.SQL("begin")]
+    statements = [sql.SQL("begin isolation level read committed")]
     if settings:
         statements.append(sql.SQL("select {}").format(sql.SQL(", ").join(
             sql.SQL("pg_catalog.set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
