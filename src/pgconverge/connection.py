@@ -68,6 +68,33 @@ def redact(dsn: str) -> str:
     return make_conninfo(**params)
 
 
+# What every pgconverge session runs with, whatever the server, database or role default: Postgres's own defaults.
+# Its transactions are READ COMMITTED unless one asks for another level (the snapshots do): a statement that waits
+# for a lock and then reads (align_legacy_row after a key's lock, a DDL step after its lock wait) must see what the
+# transaction it waited for committed. No timeout cuts a session short: a check that reads a large table through a
+# policy, a snapshot held open while other sessions read, a connection idle while the backfill workers write (the
+# one that holds the one-runner lock among them) run as long as they need, as pg_dump's sessions do; a statement
+# that must not wait or run long sets its own limits (execution/session.py). The search path stays the session's:
+# pgconverge qualifies every name, and the user's triggers that fire on its writes may rely on it.
+SESSION_TERMS = {
+    "default_transaction_isolation": "read committed",
+    "statement_timeout": "0",
+    "lock_timeout": "0",
+    "idle_in_transaction_session_timeout": "0",
+    "idle_session_timeout": "0",  # Postgres 14 and later
+    "transaction_timeout": "0",  # Postgres 17 and later
+}
+
+
+def own_terms(conn: psycopg.Connection, *, row_security: bool = False) -> None:
+    """Set SESSION_TERMS on CONN (and row_security = off unless ROW_SECURITY): session settings, not startup
+    options, which connection poolers refuse. Those this server does not know are left out."""
+    terms = {**SESSION_TERMS, **({} if row_security else {"row_security": "off"})}
+    conn.execute("select pg_catalog.set_config(x.name, x.value, false) from rows from (pg_catalog.unnest(%s::text[]), "
+                 "pg_catalog.unnest(%s::text[])) as x(name, value) where exists (select from pg_catalog.pg_settings s "
+                 "where s.name = x.name)", (list(terms), list(terms.values())))
+
+
 def connect(target: Target | str, *, autocommit: bool = True, application_name: str = APPLICATION_NAME,
             row_security: bool = False, **kwargs) -> psycopg.Connection:
     """Open a connection, turning failures into an error that says what to check.
@@ -78,9 +105,7 @@ def connect(target: Target | str, *, autocommit: bool = True, application_name: 
     acts as an application role to test policies turns it back on for that transaction
     (verify/tokens.py `act_as`); ROW_SECURITY=True leaves the server's default (on) for the session.
 
-    Its transactions are READ COMMITTED whatever the database's default_transaction_isolation, unless one asks
-    for another level (the snapshots do): the statements that wait for a lock and then read (align_legacy_row
-    after a key's lock, a DDL step after its lock wait) must see what the transaction they waited for committed.
+    The session runs on pgconverge's terms, whatever the server, database or role sets (own_terms).
     """
     t = target if isinstance(target, Target) else Target(target, "--dsn")
     try:
@@ -99,10 +124,7 @@ def connect(target: Target | str, *, autocommit: bool = True, application_name: 
             "omit --dsn and DATABASE_URL to use the embedded Postgres",
         ) from exc
     try:
-        # Session settings (not startup options, which connection poolers refuse); a transaction of its own when
-        # the connection is not in autocommit, so the caller starts from a clean state.
-        conn.execute("select pg_catalog.set_config('default_transaction_isolation', 'read committed', false)"
-                     + ("" if row_security else ", pg_catalog.set_config('row_security', 'off', false)"))
+        own_terms(conn, row_security=row_security)
         if not autocommit:
             conn.commit()
     except BaseException:

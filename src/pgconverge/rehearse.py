@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgconverge import embedded
-from pgconverge.connection import CONNECT_TIMEOUT_S, redact
+from pgconverge.connection import CONNECT_TIMEOUT_S, own_terms, redact
 from pgconverge.errors import PgConvergeError
 
 DEFAULT_DATABASE = "pgconverge_rehearsal"
@@ -133,13 +133,19 @@ def read_only_dsn(dsn: str) -> str:
 def connect_source(dsn: str) -> psycopg.Connection:
     """A read-only connection to the source; unreachable sources raise RehearsalError."""
     try:
-        return psycopg.connect(read_only_dsn(dsn), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+        conn = psycopg.connect(read_only_dsn(dsn), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                                application_name="pgconverge rehearse (read-only)")
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise RehearsalError(f"could not connect to the source {redact(dsn)}: {reason}",
                              fix="check that the server runs and that host, port, user, password and database "
                                  "are right (the source is only read)") from exc
+    try:  # its reads of large tables and its dump's snapshot are not cut short by the source's timeouts
+        own_terms(conn, row_security=True)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def identity(conn: psycopg.Connection) -> ServerIdentity:

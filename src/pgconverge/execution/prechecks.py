@@ -37,3 +37,23 @@ def collisions(conn: psycopg.Connection, spec: Spec, plan: Plan) -> None:
         raise RowsCollide(f"{step.op.failure} ({len(rows)} group(s)); expand would refuse them at its first step:\n"
                           + "\n".join(f"  - {a}: {b}" if b is not None else f"  - {a}" for a, b in rows),
                           fix=step.op.fix)
+
+
+class ReadOnly(PgConvergeError):
+    """The server or the session takes no writes."""
+
+
+def writable(conn: psycopg.Connection) -> None:
+    """Refuse, before anything changes, a server in recovery (a standby) or a session whose transactions are
+    read-only by default (default_transaction_read_only set on the server, database or role)."""
+    standby, read_only, source = conn.execute(
+        "select pg_catalog.pg_is_in_recovery(), s.setting = 'on', s.source from pg_catalog.pg_settings s "
+        "where s.name = 'default_transaction_read_only'").fetchone()
+    if standby:
+        raise ReadOnly("the server is a standby (in recovery): it takes no writes; nothing was changed",
+                       fix="connect to the primary: --dsn or DATABASE_URL naming the primary's host")
+    if read_only:
+        raise ReadOnly(f"this session's transactions are read-only by default (default_transaction_read_only = on, "
+                       f"set in the {source} settings); nothing was changed",
+                       fix="connect as a role, or to a database, that may write, or `ALTER DATABASE <db> RESET "
+                           "default_transaction_read_only;` (or ALTER ROLE … RESET) if the setting is left over")
