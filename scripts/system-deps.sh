@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python: pgTAP with pg_prove (the emitted database tests run
-# on PostgreSQL 15), Chromium (the HTML report is opened headless) and npm (the Supabase CLI). Idempotent; installs only what is
+# on PostgreSQL 15), PgBouncer (connection poolers in front of the test server), Chromium (the HTML report is opened headless) and npm (the Supabase CLI). Idempotent; installs only what is
 # missing, and only when it can (root with apt-get). Called by test.sh.
 set -euo pipefail
 need=()
 [ -f /usr/share/postgresql/15/extension/pgtap.control ] || need+=(postgresql-15-pgtap)
 command -v pg_prove >/dev/null 2>&1 || need+=(libtap-parser-sourcehandler-pgtap-perl)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(npm)  # the pinned Supabase CLI the emit workflow test pushes with
 [ ${#need[@]} -eq 0 ] && exit 0

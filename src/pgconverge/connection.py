@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import secrets
+import threading
 from dataclasses import dataclass
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgconverge import embedded
-from pgconverge.errors import ConnectionFailed
+from pgconverge.errors import ConnectionFailed, PgConvergeError
 
 APPLICATION_NAME = "pgconverge"
 CONNECT_TIMEOUT_S = 10
@@ -39,13 +41,87 @@ def resolve(dsn: str | None = None, database: str | None = None) -> Target:
 
 def _validated(dsn: str, source: str) -> str:
     try:
-        conninfo_to_dict(dsn)
+        params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         raise ConnectionFailed(
             f"{source} is not a valid connection string: {exc}",
             fix="use a URI like postgresql://user:password@host:5432/dbname or key=value pairs",
         ) from exc
+    hosts = [h.strip().lower() for h in str(params.get("host") or "").split(",")]
+    ports = [p.strip() for p in str(params.get("port") or "").split(",")]
+    for i, host in enumerate(hosts):
+        port = ports[i] if i < len(ports) else (ports[0] if len(ports) == 1 else "")
+        if host.endswith(".pooler.supabase.com") and port == "6543":
+            raise TransactionPooler(
+                f"{source} names Supabase's transaction pooler ({host}:6543), which hands each transaction to "
+                f"whichever server session is free: {POOLER_WHY}",
+                fix=POOLER_FIX)
     return dsn
+
+
+class TransactionPooler(PgConvergeError):
+    """The connection goes through a pooler that moves a client between server sessions."""
+
+
+POOLER_WHY = ("pgconverge keeps state in its sessions (the one-runner lock, row_security = off, its own timeouts), "
+              "which such a pooler would lose or hand on to the application's transactions; nothing was changed")
+POOLER_FIX = ("connect directly to the server, or through a pooler in session mode: on Supabase, the direct "
+              "connection (db.<project>.supabase.co:5432) or the session pooler (port 5432 on the pooler host)")
+PROBE_SETTING = "pgconverge.session_probe"
+PROBE_WAIT_S = 10.0
+_probed: set[str] = set()  # connection strings this process found to be one session per connection
+
+
+def refuse_transaction_pooler(conn: psycopg.Connection, t: Target) -> None:
+    """Raise TransactionPooler when CONN (just opened, autocommit, nothing set yet) does not keep one server session.
+
+    A transaction-mode pooler (PgBouncer or Supavisor with pool_mode = transaction) gives a client a server session
+    for one transaction at a time. Probe: CONN marks its server session with a random value; a second connection,
+    inside a transaction (so it holds a server session), reads the mark, then CONN reads it again. Directly or
+    through a session-mode pooler, the second session never sees the mark and CONN always does. A pooler that hands
+    the second connection the session CONN just used (PgBouncer's default, most recently used first) shows the mark
+    there; one that hands CONN another session loses the mark. The mark is a setting no code reads. Once per
+    process and connection string; the embedded server is pgconverge's own and is not probed.
+    """
+    if t.source == "embedded" or t.dsn in _probed:
+        return
+    token = secrets.token_hex(8)
+    conn.execute("select pg_catalog.set_config(%s, %s, false)", (PROBE_SETTING, token))
+    try:
+        other = psycopg.connect(t.dsn, autocommit=False, application_name=f"{APPLICATION_NAME}:probe",
+                                connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConnectionFailed(
+            f"a second connection to {t.display} failed while the first was open: {reason}; pgconverge needs "
+            "several sessions at once (its runner, its batch workers, its snapshots); nothing was changed",
+            fix="raise the role's CONNECTION LIMIT or the server's max_connections, or close idle sessions "
+                "(pg_stat_activity names them)") from exc
+    # A pooler with no server session free for a second client makes it wait: cancel after a while.
+    timer = threading.Timer(PROBE_WAIT_S, other.cancel_safe)
+    try:
+        timer.start()
+        try:
+            seen_there = other.execute("select pg_catalog.current_setting(%s, true)", (PROBE_SETTING,)).fetchone()[0]
+        except psycopg.errors.QueryCanceled as exc:
+            raise TransactionPooler(
+                f"a second connection to {t.display} waited {PROBE_WAIT_S:.0f} s for a server session and got none: "
+                "the connection goes through a pooler with one server session, and pgconverge needs several at "
+                "once (its runner, its batch workers, its snapshot); nothing was changed",
+                fix="connect directly to the server, or raise the pooler's pool size") from exc
+        finally:
+            timer.cancel()
+        seen_here = conn.execute("select pg_catalog.current_setting(%s, true)", (PROBE_SETTING,)).fetchone()[0]
+        other.rollback()
+    finally:
+        other.close()
+    if seen_there == token or seen_here != token:
+        raise TransactionPooler(
+            f"{t.display} goes through a pooler in transaction mode: "
+            + ("a second connection was given this one's server session" if seen_there == token
+               else "this connection was moved to another server session between two statements")
+            + f"; {POOLER_WHY}", fix=POOLER_FIX)
+    _probed.add(t.dsn)
 
 
 def shown(dsn: str) -> str:
@@ -124,6 +200,9 @@ def connect(target: Target | str, *, autocommit: bool = True, application_name: 
             "omit --dsn and DATABASE_URL to use the embedded Postgres",
         ) from exc
     try:
+        conn.autocommit = True  # the probe's statements are not one transaction
+        refuse_transaction_pooler(conn, t)
+        conn.autocommit = autocommit
         own_terms(conn, row_security=row_security)
         if not autocommit:
             conn.commit()

@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgconverge import embedded
-from pgconverge.connection import CONNECT_TIMEOUT_S, own_terms, redact
+from pgconverge.connection import CONNECT_TIMEOUT_S, Target, own_terms, redact, refuse_transaction_pooler
 from pgconverge.errors import PgConvergeError
 
 DEFAULT_DATABASE = "pgconverge_rehearsal"
@@ -141,6 +141,7 @@ def connect_source(dsn: str) -> psycopg.Connection:
                              fix="check that the server runs and that host, port, user, password and database "
                                  "are right (the source is only read)") from exc
     try:  # its reads of large tables and its dump's snapshot are not cut short by the source's timeouts
+        refuse_transaction_pooler(conn, Target(read_only_dsn(dsn), "--from"))
         own_terms(conn, row_security=True)
     except BaseException:
         conn.close()
