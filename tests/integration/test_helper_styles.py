@@ -202,6 +202,11 @@ create or replace function {case.canonical_helper}() returns {case.canonical_key
 """)
 
 
+def _language(conn, helper: str) -> str:
+    return conn.execute("select l.lanname from pg_proc p join pg_language l on l.oid = p.prolang "
+                        "where p.oid = %s::regproc", (helper,)).fetchone()[0]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_every_phase_and_rollback(case: Case, make_db, tmp_path):
     dsn = make_db()
@@ -212,6 +217,7 @@ def test_every_phase_and_rollback(case: Case, make_db, tmp_path):
         world = World(conn, case)
         before = schema_dump(conn, SCHEMAS), state(conn, SCHEMAS)
         world.check(conn, "start")
+        language = _language(conn, case.helper)
         cli("plan", "--dsn", dsn, "--config", cfg)
         for phase in ("align", "expand", "switch", "contract"):
             if phase == "contract" and case.lookup:
@@ -220,7 +226,11 @@ def test_every_phase_and_rollback(case: Case, make_db, tmp_path):
                 _canonical_by_hand(conn, case)
             cli("run", phase, *(accept if phase == "contract" else ()), "--dsn", dsn, "--config", cfg)
             world.check(conn, phase)
-            if phase == "switch":  # its RLS check acted as real callers who saw rows, not as nobody
+            if phase == "switch":
+                # The bridge that replaced the helper while the application called it is in the helper's language:
+                # a statement that looked the helper up just before keeps that language's handler for the new body.
+                assert _language(conn, case.helper) == language
+                # Its RLS check acted as real callers who saw rows, not as nobody.
                 eq = conn.execute("select data from pgconverge.snapshots where name = 'rls_equivalence' "
                                   "order by id desc limit 1").fetchone()[0]
                 assert eq["problems"] == [] and eq["rows_seen"] >= len(world.owner), eq

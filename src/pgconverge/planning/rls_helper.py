@@ -127,7 +127,8 @@ class _Derivation:
         self.notes.append(f"tokens without '{self.canonical_claim}' are bridged through {self.mapping}; after "
                           "contract, replace the canonical helper with canonical_direct_sql")
         return self.result(mechanism, self._function(self.canonical, self.key_type, canonical),
-                           self._function(self.legacy.name, self.legacy_type, bridge),
+                           self._function(self.legacy.name, self.legacy_type, bridge,
+                                          language="plpgsql" if self.legacy.language == "plpgsql" else "sql"),
                            self._function(self.canonical, self.key_type, _select(dup(canonical_read)),
                                           definer=False))
 
@@ -305,16 +306,25 @@ class _Derivation:
         return ast.SubLink(subLinkType=enums.SubLinkType.EXPR_SUBLINK, subselect=sub)
 
     def _function(self, name: QualifiedName, returns: ast.TypeName, body: ast.SelectStmt, *,
-                  definer: bool = True) -> str:
-        """CREATE OR REPLACE FUNCTION name() RETURNS … LANGUAGE sql STABLE [SECURITY DEFINER] SET search_path = ''."""
-        options = [ast.DefElem(defname="language", arg=ast.String("sql")),
+                  definer: bool = True, language: str = "sql") -> str:
+        """CREATE OR REPLACE FUNCTION name() RETURNS … LANGUAGE sql STABLE [SECURITY DEFINER] SET search_path = ''.
+
+        LANGUAGE plpgsql (BODY, one row, as RETURN's scalar sub-query) for a function that replaces a PL/pgSQL one
+        while the application calls it: a statement that looked the function up before the replacement commits
+        keeps the old language's handler, which then compiles the new source (seen: the PL/pgSQL handler failing
+        on a SQL body, under load). In the old language, that statement runs the new body.
+        """
+        text = deparse(body)
+        if language == "plpgsql":
+            text = f"begin\n    return ({text});\n  end"
+        options = [ast.DefElem(defname="language", arg=ast.String(language)),
                    ast.DefElem(defname="volatility", arg=ast.String("stable"))]
         if definer:  # to read the private mapping, which the API roles cannot
             options.append(ast.DefElem(defname="security", arg=ast.Boolean(True)))
         options += [dup(o) for o in self.header if o.defname == "parallel"]
         options.append(ast.DefElem(defname="set", arg=ast.VariableSetStmt(
             kind=enums.VariableSetKind.VAR_SET_VALUE, name="search_path", args=(const_text(""),))))
-        options.append(ast.DefElem(defname="as", arg=(ast.String(f"\n  {deparse(body)}\n"),)))
+        options.append(ast.DefElem(defname="as", arg=(ast.String(f"\n  {text}\n"),)))
         stmt = ast.CreateFunctionStmt(is_procedure=False, replace=True,
                                       funcname=(ast.String(name.schema), ast.String(name.name)),
                                       returnType=dup(returns), options=tuple(options))
