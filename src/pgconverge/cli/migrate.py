@@ -61,6 +61,8 @@ def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool
         # cannot place, before anything changes.
         checked = match_check.run(conn, spec, cats.live) if check_data and cats.live is not None \
             and not _done(conn, spec, "align.match") else None
+        if see_rows:  # a published table without a replica identity takes no UPDATE, forward or back
+            prechecks.replica_identity(conn, cats.live)
         if see_rows and not rollback_to:  # after align, before expand: rows a mirrored unique index would reject
             prechecks.collisions(conn, spec, p)
     return spec, t, p, cats, checked

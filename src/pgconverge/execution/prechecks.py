@@ -57,3 +57,64 @@ def writable(conn: psycopg.Connection) -> None:
                        f"set in the {source} settings); nothing was changed",
                        fix="connect as a role, or to a database, that may write, or `ALTER DATABASE <db> RESET "
                            "default_transaction_read_only;` (or ALTER ROLE … RESET) if the setting is left over")
+
+
+class Unidentified(PgConvergeError):
+    """A dependent table's replica identity would stop the migration, or be lost by it."""
+
+
+def replica_identity(conn: psycopg.Connection, cat) -> None:
+    """Refuse, before anything changes, a dependent table (or leaf partition) whose replica identity the migration
+    cannot work with:
+
+    - published for its UPDATEs without a replica identity (NOTHING, or DEFAULT without a primary key): Postgres
+      refuses every UPDATE of it, the backfill's and a rollback's among them, so a run would stop half way;
+    - identified by an index on the legacy column: expand makes that column nullable (new code writes only the new
+      one), which such an index forbids, and contract drops the column and the index with it, after which every
+      UPDATE and DELETE of the table fails wherever it is published.
+    """
+    if cat is None:
+        return
+    pairs = list(dict.fromkeys((str(t.name), d.fk.columns[0]) for d in cat.dependents
+                               for t in (d.table, *(p.table for p in d.leaves))))
+    if not pairs:
+        return
+    # Publications name a table, one of its ancestors (a partitioned table), every table (FOR ALL TABLES) or, from
+    # Postgres 15, a schema of one of them (FOR TABLES IN SCHEMA). pg_partition_ancestors() is empty for a table that
+    # is not a partition.
+    schemas = ("or exists (select from pg_catalog.pg_publication_namespace pn where pn.pnpubid = p.oid "
+               "and (pn.pnnspid = c.relnamespace or pn.pnnspid in (select a.relnamespace from pg_catalog.pg_class a "
+               "where a.oid in (select relid from pg_catalog.pg_partition_ancestors(c.oid))))) "
+               if cat.server_version >= 150000 else "")
+    rows = conn.execute(
+        "select pg_catalog.format('%%I.%%I', n.nspname, c.relname), t.col, (select pg_catalog.string_agg("
+        "p.pubname::text, ', ' order by p.pubname) from pg_catalog.pg_publication p where p.pubupdate and ("
+        "p.puballtables or exists (select from pg_catalog.pg_publication_rel r where r.prpubid = p.oid and "
+        "(r.prrelid = c.oid or r.prrelid in (select relid from pg_catalog.pg_partition_ancestors(c.oid)))) "
+        + schemas + ")), c.relreplident = 'n' or c.relreplident = 'd' and not exists (select from "
+        "pg_catalog.pg_index i where i.indrelid = c.oid and i.indisprimary) or c.relreplident = 'i' and not exists "
+        "(select from pg_catalog.pg_index i where i.indrelid = c.oid and i.indisreplident), "
+        "(select pg_catalog.format('%%I.%%I', n.nspname, x.relname) from pg_catalog.pg_index i join "
+        "pg_catalog.pg_class x on x.oid = i.indexrelid join pg_catalog.pg_attribute a on a.attrelid = c.oid "
+        "and a.attname = t.col and a.attnum = any(i.indkey) where i.indrelid = c.oid and i.indisreplident "
+        "and c.relreplident = 'i') "
+        "from rows from (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[])) as t(name, col) "
+        "join pg_catalog.pg_class c on c.oid = pg_catalog.to_regclass(t.name) and c.relkind = 'r' "
+        "join pg_catalog.pg_namespace n on n.oid = c.relnamespace order by 1",
+        ([t for t, _ in pairs], [c for _, c in pairs])).fetchall()
+    problems, fixes = [], []
+    for table, col, pubs, unidentified, index in rows:
+        if pubs and unidentified:
+            problems.append(f"{table} has no replica identity and publication {pubs} replicates its UPDATEs: "
+                            "Postgres refuses every UPDATE of it, the backfill's and a rollback's among them")
+            fixes.append(f"`ALTER TABLE {table} REPLICA IDENTITY FULL;` (or give it a primary key)")
+        elif index:
+            problems.append(f"{table}'s replica identity is index {index} on {col}: expand makes {col} nullable, "
+                            "which that index forbids, and contract drops it with the column, after which every "
+                            f"UPDATE and DELETE of {table} fails wherever it is published")
+            fixes.append(f"`ALTER TABLE {table} REPLICA IDENTITY FULL;` (or DEFAULT, with a primary key) for the "
+                         "migration, and `REPLICA IDENTITY USING INDEX` on the new column's unique index after "
+                         "contract")
+    if problems:
+        raise Unidentified("the migration cannot keep these tables' replica identity; nothing was changed:\n"
+                           + "\n".join(f"  - {p}" for p in problems), fix="; ".join(fixes))
