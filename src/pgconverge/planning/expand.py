@@ -556,7 +556,8 @@ begin
     elsif mapped is distinct from new.{n} then
       select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n} order by m.{ml} limit 1;
     end if;
-  elsif new.{l} is not null and new.{n} is distinct from mapped then
+  elsif (new.{l} is distinct from old.{l} or new.{n} is distinct from old.{n}) and new.{l} is not null
+      and new.{n} is distinct from mapped then  -- both moved, apart (an UPDATE naming both unchanged is left alone)
     {reject}
   end if;{key_fill}
   return new;
