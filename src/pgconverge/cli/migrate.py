@@ -143,7 +143,8 @@ def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = No
     if checked:
         _print_match_check(spec, checked)
     for f in data.get("dependent_objects", ()):
-        console.print(f"[bold]{f['action']}[/] {escape(f['object'])}: {escape(f['detail'])}", highlight=False,
+        fix = f" — fix: {escape(f['fix'])}" if f.get("fix") else ""
+        console.print(f"[bold]{f['action']}[/] {escape(f['object'])}: {escape(f['detail'])}{fix}", highlight=False,
                       soft_wrap=True)
 
 

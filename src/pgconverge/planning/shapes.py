@@ -248,9 +248,25 @@ def findings(spec: Spec, cat: Catalog) -> list[Finding]:
     out += [Finding(obj, REFUSED, problem, fix) for obj, problem, fix in refusals(spec, cat)]
     for d in _tables(cat):
         out += _table(spec, cat, d)
+    if cat.dependents:
+        out.append(_row_type(cat))
     out += _views(spec, cat)
     out += _functions(spec, cat)
     return out
+
+
+def _row_type(cat: Catalog) -> Finding:
+    """Expand's ADD COLUMN and contract's DROP COLUMN change the dependents' row type. Postgres refuses to run a
+    statement prepared before that if it returns whole rows: nothing pgconverge does can spare those sessions."""
+    tables = ", ".join(dict.fromkeys(str(d.table.name) for d in cat.dependents))
+    return Finding(
+        f"row type of {tables}", LISTED,
+        "expand adds a column to each, contract drops the legacy one: an application session that prepared a "
+        "statement returning whole rows of one (SELECT *, RETURNING *) before that gets \"cached plan must not "
+        "change result type\" when it runs it again (drivers prepare on their own: psycopg a statement run five "
+        "times, and then fails on every run until the connection closes; JDBC, pgx and Rails by default)",
+        "name the columns in such statements, or recycle the application's connection pools right after expand "
+        "and right after contract")
 
 
 def refused(spec: Spec, cat: Catalog) -> list[Finding]:
