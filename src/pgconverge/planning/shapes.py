@@ -264,7 +264,9 @@ def _row_type(cat: Catalog) -> Finding:
         "expand adds a column to each, contract drops the legacy one: an application session that prepared a "
         "statement returning whole rows of one (SELECT *, RETURNING *) before that gets \"cached plan must not "
         "change result type\" when it runs it again (drivers prepare on their own: psycopg a statement run five "
-        "times, and then fails on every run until the connection closes; JDBC, pgx and Rails by default)",
+        "times, and then fails on every run until the connection closes; JDBC, pgx and Rails by default); and a "
+        "statement that relies on column positions (INSERT or COPY without a column list) gets another column "
+        "count",
         "name the columns in such statements, or recycle the application's connection pools right after expand "
         "and right after contract")
 
