@@ -49,6 +49,7 @@ class PlanMismatch(PgConvergeError):
 
 
 EMPTY = object()  # upper_bound() of a table without rows
+API_SCHEMA_CHANNEL = "pgrst"  # PostgREST's default channel (db-channel), Supabase's too
 
 
 def lock_key(spec: Spec) -> sql.Composable:
@@ -257,15 +258,33 @@ class Runner:
         self._announce_resume(phase, self.plan.phase(phase), lambda s: states[s.id].state if s.id in states else None)
         results = []
         steps = self.plan.phase(phase)
-        for i, step in enumerate(steps):
-            st = states.get(step.id)
-            if st and st.state == "done" and not (step.op.executor == "policies" and self.ledger.unproven(step.id)):
-                results.append(StepResult(step.id, "skipped", 0.0))
-                self.progress.step_finished(step, "skipped", 0.0)
-                continue
-            self._start_ahead(steps, i, states)
-            results.append(self.run_step(step, resuming=bool(st and st.state == "pending")))
+        ran = False  # a step began: the schema may have changed, whatever became of the step
+        try:
+            for i, step in enumerate(steps):
+                st = states.get(step.id)
+                if st and st.state == "done" and not (step.op.executor == "policies"
+                                                      and self.ledger.unproven(step.id)):
+                    results.append(StepResult(step.id, "skipped", 0.0))
+                    self.progress.step_finished(step, "skipped", 0.0)
+                    continue
+                self._start_ahead(steps, i, states)
+                ran = True
+                results.append(self.run_step(step, resuming=bool(st and st.state == "pending")))
+        finally:
+            if ran:
+                self._reload_api_schema()
         return results
+
+    def _reload_api_schema(self) -> None:
+        """Tell PostgREST (Supabase's data API) to read the schema again, after a phase or a rollback that ran a
+        step: its cache of columns and functions is what new code's requests are checked against (a row with
+        profile_id after expand, auth_profile_id() after the switch), and what old code's inserts still name
+        after contract. Supabase projects also do this from an event trigger; a server without a listener on
+        the channel ignores it. Never fails the run."""
+        try:
+            self.control.execute("select pg_catalog.pg_notify(%s, %s)", (API_SCHEMA_CHANNEL, "reload schema"))
+        except psycopg.Error:
+            pass
 
     def _start_ahead(self, steps: list[Step], i: int, states: dict) -> None:
         """Before STEPS[i]: start the later read-only steps that may run beside it (an op with `after`, once that
@@ -299,7 +318,10 @@ class Runner:
 
     def run_rollback(self, rollback: Plan, *, to: str) -> list[StepResult]:
         """Undo forward steps that are done (or half done), latest first; skip what was never done."""
-        results = self._rollback_steps(rollback)
+        try:
+            results = self._rollback_steps(rollback)
+        finally:
+            self._reload_api_schema()
         baseline.discard(self.ledger, self.run_id, list(PHASES[PHASES.index(to):]))
         return results
 
