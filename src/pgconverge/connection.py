@@ -6,6 +6,7 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -43,6 +44,17 @@ def _validated(dsn: str, source: str) -> str:
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
+        query = parse_qs(urlsplit(dsn).query) if "://" in dsn else {}
+        if any(v.lower() == "true" for v in query.get("pgbouncer", [])):
+            raise TransactionPooler(
+                f"{source} says pgbouncer=true (an ORM's mark for a pooler in transaction mode): {POOLER_WHY}",
+                fix=POOLER_FIX + "; drop the ORM's query parameters (pgbouncer, connection_limit, …) from the URI, "
+                                 "which libpq does not know") from exc
+        orm = sorted(k for k in query if k in ORM_PARAMETERS)
+        if orm:
+            raise ConnectionFailed(
+                f"{source} carries query parameters an ORM reads and libpq does not know: {', '.join(orm)}",
+                fix="drop them from the URI (pgconverge opens its own connections)") from exc
         raise ConnectionFailed(
             f"{source} is not a valid connection string: {exc}",
             fix="use a URI like postgresql://user:password@host:5432/dbname or key=value pairs",
@@ -63,6 +75,9 @@ class TransactionPooler(PgConvergeError):
     """The connection goes through a pooler that moves a client between server sessions."""
 
 
+# Query parameters of ORMs' connection URIs (Prisma's, mostly) that libpq refuses.
+ORM_PARAMETERS = frozenset({"pgbouncer", "connection_limit", "pool_timeout", "schema", "sslaccept", "socket_timeout",
+                            "statement_cache_size", "sslidentity", "sslpassword"})
 POOLER_WHY = ("pgconverge keeps state in its sessions (the one-runner lock, row_security = off, its own timeouts), "
               "which such a pooler would lose or hand on to the application's transactions; nothing was changed")
 POOLER_FIX = ("connect directly to the server, or through a pooler in session mode: on Supabase, the direct "

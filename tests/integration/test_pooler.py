@@ -127,3 +127,13 @@ def test_a_role_allowed_one_connection_is_told_pgconverge_needs_several(conn, fi
         assert "second connection" in out["problem"] and "CONNECTION LIMIT" in out["fix"], out
     finally:
         conn.execute(f"drop role {role}")
+
+
+def test_an_orms_connection_uri_is_told_what_to_drop():
+    prisma = "postgresql://postgres.abcdefgh:secret@aws-0-eu-central-1.pooler.supabase.com:6543/postgres"
+    with pytest.raises(TransactionPooler, match="pgbouncer=true") as err:
+        resolve(prisma + "?pgbouncer=true&connection_limit=1")
+    assert "5432" in err.value.fix and "connection_limit" in err.value.fix
+    out = cli_json("status", "--dsn", prisma.replace(":6543/", ":5432/") + "?connection_limit=1&schema=public",
+                   expect=2)
+    assert "connection_limit, schema" in out["problem"] and "drop them" in out["fix"], out
