@@ -42,9 +42,9 @@ def bouncer(fixture_db):
     # Not under pytest's own directory, which only root may enter.
     base = Path(tempfile.mkdtemp(prefix="pgconverge-bouncer-"))
 
-    def start(mode: str) -> str:
+    def start(mode: str, pool_size: int | None = None) -> str:
         port = _free_port()
-        home = base / mode
+        home = base / f"{mode}-{len(started)}"
         home.mkdir()
         (home / "users.txt").write_text('"postgres" ""\n')
         (home / "pgbouncer.ini").write_text(
@@ -53,7 +53,8 @@ def bouncer(fixture_db):
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {home / 'users.txt'}\n"
-            f"pool_mode = {mode}\ndefault_pool_size = {4 if mode == 'transaction' else 30}\nmax_client_conn = 200\n"
+            f"pool_mode = {mode}\ndefault_pool_size = {pool_size or (4 if mode == 'transaction' else 30)}\n"
+            "max_client_conn = 200\nquery_wait_timeout = 3\n"
             "ignore_startup_parameters = extra_float_digits,options\n")
         cmd = [binary, str(home / "pgbouncer.ini")]
         if os.geteuid() == 0:  # PgBouncer will not run as root: run it as the server's own user
@@ -137,3 +138,11 @@ def test_an_orms_connection_uri_is_told_what_to_drop():
     out = cli_json("status", "--dsn", prisma.replace(":6543/", ":5432/") + "?connection_limit=1&schema=public",
                    expect=2)
     assert "connection_limit, schema" in out["problem"] and "drop them" in out["fix"], out
+
+
+def test_a_pooler_with_one_server_session_is_told_pgconverge_needs_several(bouncer, conn):
+    pooled = bouncer("session", pool_size=1)
+    before = schema_dump(conn)
+    out = cli_json("run", "align", "--dsn", pooled, expect=2)
+    assert "waited for a server session and got none" in out["problem"] and "pool size" in out["fix"], out
+    assert schema_dump(conn) == before and not has_private_schema(conn)
