@@ -174,6 +174,10 @@ SESSION_TERMS = {
     "idle_in_transaction_session_timeout": "0",
     "idle_session_timeout": "0",  # Postgres 14 and later
     "transaction_timeout": "0",  # Postgres 17 and later
+    # psycopg reads dates, times and intervals only in these styles (a server default of 'SQL, DMY' made every
+    # command stop on the first timestamp it read); ISO keeps the default's day/month order for input.
+    "DateStyle": "ISO",
+    "IntervalStyle": "postgres",
 }
 
 

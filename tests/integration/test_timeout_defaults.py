@@ -1,7 +1,8 @@
 """A database whose defaults cut sessions short (Supabase caps every statement at two minutes; many servers end idle
 sessions and idle transactions): pgconverge's sessions run on their own terms, setting the limits each statement
 needs itself, so a long check, a snapshot held while another session reads, or a connection left idle while the
-backfill workers write is not cut off half way. The application's sessions keep the database's limits."""
+backfill workers write is not cut off half way. The application's sessions keep the database's limits. Date and
+interval styles psycopg cannot read (DateStyle 'SQL, DMY') are set aside the same way."""
 
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ SHORT = {"statement_timeout": "150ms", "lock_timeout": "100ms", "idle_in_transac
          "idle_session_timeout": "300ms"}
 
 
-def _cut_short(conn) -> None:
+# Styles in which psycopg cannot read dates, times or intervals.
+STYLES = {"DateStyle": "SQL, DMY", "IntervalStyle": "sql_standard"}
+
+
+def _cut_short(conn, settings: dict = SHORT) -> None:
     db = conn.execute("select current_database()").fetchone()[0]
-    for name, value in SHORT.items():
+    for name, value in settings.items():
         conn.execute(sql.SQL("alter database {} set {} = {}").format(sql.Identifier(db), sql.Identifier(name),
                                                                      sql.Literal(value)))
 
@@ -38,7 +43,7 @@ def test_sessions_ignore_the_database_timeouts(conn, fixture_db):
 def test_a_whole_run_and_its_rollback_under_short_database_timeouts(make_db, template_factory, tmp_path):
     dsn = make_db(template_factory(SMALL))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        _cut_short(conn)
+        _cut_short(conn, {**SHORT, **STYLES})
         # Statements of the application's kind that take longer than its limit: a trigger on every order write.
         conn.execute("create function public.slow_audit() returns trigger language plpgsql as "
                      "$$ begin perform pg_sleep(0.002); return new; end $$")
@@ -49,6 +54,7 @@ def test_a_whole_run_and_its_rollback_under_short_database_timeouts(make_db, tem
     out = cli_json("run", "--all", "--dsn", dsn, "--config", cfg, "--accept-code-references")
     assert out["phases"] == ["align", "expand", "switch", "contract"]
     assert cli_json("verify", "--dsn", dsn, "--config", cfg)["passed"]
+    assert cli_json("status", "--dsn", dsn, "--config", cfg)["steps"]
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("show statement_timeout").fetchone()[0] == "150ms"  # the database's own, left as found
         assert conn.execute("select to_regclass('public.customers')").fetchone()[0] is None
