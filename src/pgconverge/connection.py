@@ -178,6 +178,9 @@ SESSION_TERMS = {
     # command stop on the first timestamp it read); ISO keeps the default's day/month order for input.
     "DateStyle": "ISO",
     "IntervalStyle": "postgres",
+    # Every character of the data reaches pgconverge (the phone audit reads numbers typed as '＋２５０…'), whatever
+    # encoding the database gives its clients; psycopg follows the change.
+    "client_encoding": "UTF8",
 }
 
 

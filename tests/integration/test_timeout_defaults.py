@@ -2,7 +2,8 @@
 sessions and idle transactions): pgconverge's sessions run on their own terms, setting the limits each statement
 needs itself, so a long check, a snapshot held while another session reads, or a connection left idle while the
 backfill workers write is not cut off half way. The application's sessions keep the database's limits. Date and
-interval styles psycopg cannot read (DateStyle 'SQL, DMY') are set aside the same way."""
+interval styles psycopg cannot read (DateStyle 'SQL, DMY'), and a client encoding that cannot carry every
+character of the data (LATIN1), are set aside the same way."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ SHORT = {"statement_timeout": "150ms", "lock_timeout": "100ms", "idle_in_transac
          "idle_session_timeout": "300ms"}
 
 
-# Styles in which psycopg cannot read dates, times or intervals.
-STYLES = {"DateStyle": "SQL, DMY", "IntervalStyle": "sql_standard"}
+# Styles in which psycopg cannot read dates, times or intervals, and an encoding that cannot carry every number.
+STYLES = {"DateStyle": "SQL, DMY", "IntervalStyle": "sql_standard", "client_encoding": "LATIN1"}
 
 
 def _cut_short(conn, settings: dict = SHORT) -> None:
@@ -43,6 +44,8 @@ def test_sessions_ignore_the_database_timeouts(conn, fixture_db):
 def test_a_whole_run_and_its_rollback_under_short_database_timeouts(make_db, template_factory, tmp_path):
     dsn = make_db(template_factory(SMALL))
     with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("update public.customers set wa_id = '＋２５０ ７８８ １２３ ４５６' "  # typed on a CJK keyboard
+                     "where id = (select min(id) from public.customers)")
         _cut_short(conn, {**SHORT, **STYLES})
         # Statements of the application's kind that take longer than its limit: a trigger on every order write.
         conn.execute("create function public.slow_audit() returns trigger language plpgsql as "
