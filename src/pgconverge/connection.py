@@ -181,6 +181,8 @@ SESSION_TERMS = {
     # Every character of the data reaches pgconverge (the phone audit reads numbers typed as '＋２５０…'), whatever
     # encoding the database gives its clients; psycopg follows the change.
     "client_encoding": "UTF8",
+    # The SQL pgconverge writes quotes strings the standard way (psycopg's Literal without a connection does).
+    "standard_conforming_strings": "on",
 }
 
 

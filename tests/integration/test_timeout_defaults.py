@@ -21,7 +21,8 @@ SHORT = {"statement_timeout": "150ms", "lock_timeout": "100ms", "idle_in_transac
 
 
 # Styles in which psycopg cannot read dates, times or intervals, and an encoding that cannot carry every number.
-STYLES = {"DateStyle": "SQL, DMY", "IntervalStyle": "sql_standard", "client_encoding": "LATIN1"}
+STYLES = {"DateStyle": "SQL, DMY", "IntervalStyle": "sql_standard", "client_encoding": "LATIN1",
+          "standard_conforming_strings": "off"}
 
 
 def _cut_short(conn, settings: dict = SHORT) -> None:
