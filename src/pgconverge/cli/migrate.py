@@ -53,8 +53,9 @@ def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool
     t = target(dsn)
     with connect(t) as conn:
         cats = baseline.load(conn, spec)
-        if see_rows:  # plan, run, rollback: refuse a database that takes no writes, a role that row level
-            prechecks.writable(conn)  # security filters, before anything else
+        if see_rows:  # plan, run, rollback, before anything else: refuse a database that takes no writes, and a
+            # role that row level security filters
+            prechecks.writable(conn)
             privileges.check_catalogs(conn, cats.live, *cats.saved.values())
         p = planner.rollback(spec, cats, rollback_to) if rollback_to else planner.build(spec, cats, refuse=see_rows)
         # Before align has started: refuse a match kind that cannot read the legacy values, or rows it
