@@ -10,7 +10,7 @@ import sys
 import psycopg
 import pytest
 
-from _support import DEPENDENTS, cli, cli_json, linkage_problems, mapping_problems, write_config
+from _support import DEPENDENTS, cli, cli_json, linkage_problems, mapping_problems, wait_disconnected, write_config
 from test_align_kill import _wait_for
 
 from pgconverge.config import from_dict
@@ -73,6 +73,8 @@ def test_killed_parallel_backfill_resumes_every_range_from_its_checkpoint(fixtur
                         "from pgconverge.checkpoints where step = 'expand.carts.backfill'")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        # A batch is one message: the server commits the ones in flight, checkpoints with them, after the kill.
+        wait_disconnected(fixture_db, "pgconverge", prefix=True)
         at_kill = dict(conn.execute("""select distinct on (position ->> 'range') position ->> 'range', rows_done
             from pgconverge.checkpoints where step = 'expand.carts.backfill'
             order by position ->> 'range', id desc""").fetchall())
@@ -116,6 +118,8 @@ def test_single_worker_run_killed_then_resumed_by_three_workers_starts_after_its
         _wait_for(conn, "select max(rows_done) >= 300 from pgconverge.checkpoints where step = 'expand.carts.backfill'")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        # A batch is one message: the server commits the ones in flight, checkpoints with them, after the kill.
+        wait_disconnected(fixture_db, "pgconverge", prefix=True)
         position, at_kill = conn.execute("""select position, rows_done from pgconverge.checkpoints
             where step = 'expand.carts.backfill' order by id desc limit 1""").fetchone()
         assert isinstance(position, int)  # one worker: a plain key
