@@ -27,6 +27,9 @@ class Check(Operation):
     # Steps a failure sends back, so the next run of the phase does them again (a backfill that can fill
     # what the check found missing); not part of the SQL.
     redo: tuple[str, ...] = ()
+    # False for a gate about a moment rather than a standing state (contract's coverage, read before the legacy
+    # table is archived): `verify` does not run it again once its phase is done.
+    standing: bool = True
 
     executor: ClassVar[str] = "check"
 

@@ -18,6 +18,7 @@ from pgconverge.operations.create_table import CreateTable
 from pgconverge.operations.create_trigger import CreateTrigger
 from pgconverge.operations.phone_audit import PhoneAudit
 from pgconverge.operations.private_schema import CreatePrivateSchema
+from pgconverge.operations.run_sql import RunSql
 from pgconverge.operations.snapshot import Snapshot
 
 PHASE = "align"
@@ -30,6 +31,7 @@ def names(spec: Spec) -> dict[str, QualifiedName]:
     return {
         "normalize": QualifiedName(s, "normalize_phone"),
         "pending": QualifiedName(s, "pending_legacy_rows"),
+        "created_keys": QualifiedName(s, "created_match_keys"),
         "align_row": QualifiedName(s, "align_legacy_row"),
         "legacy_trigger_fn": QualifiedName(s, "legacy_after_write"),
         "legacy_for": QualifiedName(s, "legacy_for_canonical"),
@@ -69,6 +71,12 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             "at timestamptz not null default clock_timestamp())"),
             why=f"{leg.name} rows the trigger could not map, kept for the coverage gate instead of failing "
                 "the application's write")),
+        # One row per key a canonical row was created for, written in the creating transaction. Its primary key is
+        # what a transaction at REPEATABLE READ or SERIALIZABLE runs into when the key was created after its
+        # snapshot: it cannot see that canonical row, and must not create a second one (see align_legacy_row).
+        ("created_keys_table", CreateTable(n["created_keys"], sql.SQL(
+            "(match_key text primary key, at timestamptz not null default clock_timestamp())"),
+            why="keys pgconverge created canonical rows for, so that no writer creates a second one unseen")),
         ("match_index", simple_index(n["match_index"], can.name, sql.SQL("({})").format(canonical_key(spec, cat, None)),
                                      why="find canonical rows by equivalence key")),
         ("align_function", CreateFunction(n["align_row"], str(leg.name), _align_row_function(spec, cat, key_insert),
@@ -85,17 +93,8 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         ("match", Batched(leg.name, spec.legacy.key, lk.type, batch_size=spec.migration.batch_size,
                           what=f"map every {leg.name} row to a {can.name} row",
                           upper_bound=max_key(leg.name, spec.legacy.key), parts=match_batch(spec, cat))),
-        ("coverage_gate", Check("coverage", sql.SQL(
-            "select format('%s has no mapping%s', l.{lk}, ': ' || p.reason), {lm} from {lt} l "
-            "left join {pending} p on p.legacy_id = l.{lk}::text "
-            "where not exists (select 1 from {m} m where m.{mlc} = l.{lk}) limit 50").format(
-                lk=ident(spec.legacy.key), lm=_legacy_values(spec, "l"), lt=qn(leg.name), m=qn(n["mapping"]),
-                mlc=ident(spec.mapping_legacy_column), pending=qn(n["pending"])),
-            failure=f"mapping rows < {leg.name} rows", fix="re-run `pgconverge run align`; if rows stay unmapped, "
-                                                         "record them with `pgconverge align --decisions FILE`",
-            # Read the legacy keys through the primary key index: the runtime audit counts sequential
-            # scans of the legacy table as use by old code, and this check runs after the switch too.
-            settings=(("enable_seqscan", "off"),))),
+        ("map_pending", map_pending(spec, cat)),
+        ("coverage_gate", coverage_gate(spec, cat)),
         ("report", _report(spec, cat)),
     ]
     phones = [c for c, k in zip(spec.legacy.match_columns, spec.legacy.match_kinds) if k == "phone"]
@@ -110,6 +109,52 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                                                               after=f"{PHASE}.coverage_gate")))
     steps.append(("counts_before", contract.counts(spec, cat, "counts_before")))
     return [Step(f"{PHASE}.{i}", PHASE, op) for i, op in steps]
+
+
+def coverage_gate(spec: Spec, cat: Catalog, phase: str = PHASE) -> Check:
+    """Every legacy row has a mapping; those that do not are named, with the reason the trigger recorded. A failure
+    sends PHASE's map_pending back: a row left pending after it ran is decided by the next run of the phase.
+    Contract's reads the legacy table it archives: a gate of that moment, not run again by `verify`."""
+    n = names(spec)
+    return Check("coverage", sql.SQL(
+        "select format('%s has no mapping%s', l.{lk}, ': ' || p.reason), {lm} from {lt} l "
+        "left join {pending} p on p.legacy_id = l.{lk}::text "
+        "where not exists (select 1 from {m} m where m.{mlc} = l.{lk}) limit 50").format(
+            lk=ident(spec.legacy.key), lm=_legacy_values(spec, "l"), lt=qn(cat.legacy.name), m=qn(n["mapping"]),
+            mlc=ident(spec.mapping_legacy_column), pending=qn(n["pending"])),
+        failure=f"mapping rows < {cat.legacy.name} rows", fix="re-run `pgconverge run align`; if rows stay unmapped, "
+                                                            "record them with `pgconverge align --decisions FILE`",
+        # Read the legacy keys through the primary key index: the runtime audit counts sequential
+        # scans of the legacy table as use by old code, and this check runs after the switch too.
+        settings=(("enable_seqscan", "off"),), redo=(f"{phase}.map_pending",), standing=phase == PHASE)
+
+
+def map_pending(spec: Spec, cat: Catalog) -> RunSql:
+    """Decide again, in pgconverge's own READ COMMITTED session, each legacy row the trigger left pending without a
+    mapping (a writer at REPEATABLE READ that could not see the canonical row made for its key, say). A row that
+    fails again stays pending with the new reason: the coverage gate names it; nothing here fails the step."""
+    n = names(spec)
+    lk_type = cat.legacy.column(spec.legacy.key).type
+    code = sql.SQL("""
+declare
+  r record;
+  e_state text;
+  e_text text;
+begin
+  for r in select l as rec, p.legacy_id from {pending} p join {lt} l on l.{lk} = p.legacy_id::{ty}
+            where not exists (select 1 from {m} m where m.{mlc} = l.{lk}) order by p.legacy_id loop
+    begin
+      perform {align_row}(r.rec);
+    exception when others then
+      get stacked diagnostics e_state = returned_sqlstate, e_text = message_text;
+      update {pending} as p set reason = e_text, sqlstate = e_state, at = clock_timestamp()
+       where p.legacy_id = r.legacy_id;
+    end;
+  end loop;
+end""").format(pending=qn(n["pending"]), lt=qn(cat.legacy.name), lk=ident(spec.legacy.key), ty=sql.SQL(lk_type),
+               m=qn(n["mapping"]), mlc=ident(spec.mapping_legacy_column), align_row=qn(n["align_row"]))
+    return RunSql(sql.SQL("do {}").format(body(code)),
+                  f"map the {cat.legacy.name} rows the trigger left pending (decided again, as the match decides)")
 
 
 def describe_match(spec: Spec) -> str:
@@ -351,6 +396,12 @@ begin
         on conflict (legacy_id) do update set reason = excluded.reason, at = clock_timestamp();
       return null;
     end if;
+    if k is not null then
+      -- The key's marker, in this transaction. One committed after this transaction's snapshot (repeatable read
+      -- or serializable) fails this insert with a serialization failure: a canonical row exists for the key
+      -- that this transaction cannot see, and a second one would split the person in two.
+      insert into {created_keys} (match_key) values (k) on conflict do nothing;
+    end if;
     insert into {canonical} as p ({cols}) values ({vals}) on conflict do nothing returning p.{ck} into target;
     how := 'created';
     if target is null and k is not null then  -- lost a race with a writer that does not take our lock
@@ -374,7 +425,7 @@ end""").format(
         pending=qn(n["pending"]), why=sql.Literal(f"no usable {describe_match(spec)} value, and unmatched rows "
                                                   "are refused (migration.unmatched)"),
         can_name=sql.Literal(str(can.name)), leg_name=sql.Literal(str(cat.legacy.name)),
-        flag=sql.Literal(REVERSE_FLAG))
+        flag=sql.Literal(REVERSE_FLAG), created_keys=qn(n["created_keys"]))
     return sql.SQL(
         "create or replace function {f}(r {lt}) returns {ck_type} language plpgsql volatile security definer "
         "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(
@@ -446,7 +497,10 @@ begin
   perform {f}(new);
   return null;
 exception when others then
-  insert into {pending} as p (legacy_id, reason, sqlstate) values (new.{lk}::text, sqlerrm, sqlstate)
+  insert into {pending} as p (legacy_id, reason, sqlstate) values (new.{lk}::text, case sqlstate
+    when '40001' then 'written by a transaction whose snapshot is older than the canonical row made for the same '
+                      'key (repeatable read or serializable): pgconverge maps it at its next step'
+    else sqlerrm end, sqlstate)
     on conflict (legacy_id) do update set reason = excluded.reason, sqlstate = excluded.sqlstate,
     at = clock_timestamp();
   return null;
@@ -488,7 +542,8 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
          ("align.legacy_for_function",)),
         ("drop_match_index", DropIndexConcurrently(n["match_index"], can.name), ("align.match_index",)),
         ("drop_mapping_table", DropTable(n["mapping"]), ("align.mapping_table",)),
-        ("drop_pending_table", DropTable(n["pending"]), ("align.pending_table",)),
+        ("drop_pending_table", DropTable(n["pending"]), ("align.pending_table", "align.map_pending")),
+        ("drop_created_keys_table", DropTable(n["created_keys"]), ("align.created_keys_table",)),
         ("drop_linkage_snapshot", DropTable(contract.linkage_table(spec, "before")),
          ("align.linkage_before", "align.counts_before")),
         ("drop_normalize_function", DropFunction(n["normalize"], "text"),

@@ -198,6 +198,10 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     def add(what: str, op: Operation) -> None:
         steps.append(Step(f"{PHASE}.{what}", PHASE, op))
 
+    # No legacy row leaves without its canonical row: those the trigger left pending are decided, then every one
+    # must have a mapping before anything is dropped.
+    add("map_pending", align.map_pending(spec, cat))
+    add("coverage", align.coverage_gate(spec, cat, PHASE))
     # Before the first drop, read from the database as it is then: nothing else may use what contract drops.
     add("dependencies", shapes.contract_dependencies(
         spec, cat, [(d, k) for d in cat.dependents for k in _key_mirrors(spec, cat, cats, d)]))
@@ -366,7 +370,8 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                 idx.name, d.table.name, sql.SQL(recreate(idx))), (f"{fid}.drop_legacy_index_{i + 1}",)))
     steps += later
     add("drop_kept_ids", DropTable(kept_ids_table(spec)), (f"{PHASE}.keep_legacy_ids", f"{PHASE}.gates",
-                                                           f"{PHASE}.dependencies"))
+                                                           f"{PHASE}.dependencies", f"{PHASE}.map_pending",
+                                                           f"{PHASE}.coverage"))
     return steps
 
 

@@ -131,7 +131,10 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                 add(n, f"foreign_key.{shorts[leaf.table.name]}", _new_fk(spec, cat, d, n, leaf.table.name))
         else:
             add(n, "foreign_key", _new_fk(spec, cat, d, n, d.table.name))
-    # 2. Backfill the rows written before the trigger existed.
+    # 2. Legacy rows the align trigger could not decide when they were written: mapped now, with the sync triggers in
+    #    place, so that the backfill finds a mapping for every row that points at them.
+    add(None, "map_pending", align.map_pending(spec, cat))
+    # 3. Backfill the rows written before the trigger existed.
     for d, n in deps:
         if d.partitioned:
             shorts = partitions.short_names(d.partitions)
@@ -142,7 +145,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             add(n, "backfill_attached", late)
         else:
             add(n, "backfill", _backfill(spec, d, n, d.table))
-    # 3. Indexes, built concurrently; then the constraints that need every row filled.
+    # 4. Indexes, built concurrently; then the constraints that need every row filled.
     for d, n in deps:
         if d.partitioned:
             for i, (_idx, _root, _names, _shells, builds) in enumerate(_partition_indexes(spec, cat, d, n)):
@@ -664,11 +667,11 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             for i, leaf in enumerate(leaves):
                 steps.append(Step(f"{rid}.legacy_ids.{ps[leaf.table.name]}", "rollback",
                                   _reverse_fill(spec, n, leaf.table),
-                                  ("expand.invariants", "expand.unique_collisions") if first and i == 0 else (),
+                                  ("expand.invariants", "expand.unique_collisions", "expand.map_pending") if first and i == 0 else (),
                                   (f"{fwd}.add_column",)))
         else:
             steps.append(Step(f"{rid}.legacy_ids", "rollback", _reverse_fill(spec, n, d.table),
-                              ("expand.invariants", "expand.unique_collisions") if first else (),
+                              ("expand.invariants", "expand.unique_collisions", "expand.map_pending") if first else (),
                               (f"{fwd}.add_column",)))
         if d.column.not_null:
             chk = f"{d.table.name.name}_{legacy_col}_not_null"[:63]

@@ -64,7 +64,7 @@ def run(conn: psycopg.Connection, plan: Plan, phases: list[str]) -> list[CheckRe
         conn.execute("set transaction read only")
         for ph in phases:
             for step in plan.phase(ph):
-                if isinstance(step.op, Check):
+                if isinstance(step.op, Check) and step.op.standing:
                     conn.execute("savepoint pgc_check")
                     for name, value in step.op.settings:
                         conn.execute("select set_config(%s, %s, true)", (name, value))
