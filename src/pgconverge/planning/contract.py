@@ -218,7 +218,8 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         # The sync trigger goes with the legacy column: old code still at work then gets "no such column",
         # not a NULL in the new column it does not know about.
         add(f"{n.short}.drop_legacy_column", Together(
-            (DropTrigger(n.trigger, d.table.name), DropColumn(d.table.name, legacy_col)),
+            (DropTrigger(n.trigger, d.table.name), DropTrigger(n.last_trigger, d.table.name),
+             DropColumn(d.table.name, legacy_col)),
             f"the trigger fills {n.new} for writers of {legacy_col}"))
         # Keys and unique constraints containing the legacy column went with it; their mirrors take their place.
         for i, m in enumerate(_key_mirrors(spec, cat, cats, d)):

@@ -9,6 +9,8 @@ the table itself; what Postgres cannot do online there is done partition by part
 
 from __future__ import annotations
 
+import hashlib
+
 from psycopg import sql
 
 from pgconverge.catalog.model import Catalog, Dependent, Index, Table
@@ -37,6 +39,11 @@ PHASE = "expand"
 # refuses a BEFORE row trigger whose name sorts first even so; see planning/shapes.py). A table with several
 # references has one per reference, suffixed with its legacy column.
 TRIGGER = "!pgconverge_sync"
+# On a table where an application BEFORE row trigger fires after the sync trigger (it may set the owner itself: from
+# the caller's token, or back to the old owner), the same function fires again under this name, last of all ('~'
+# sorts after letters, digits and '_'), and brings the two ids back into agreement, following the one that moved
+# since the first firing. plan refuses an application trigger whose name sorts after it.
+LAST_TRIGGER = "~pgconverge_sync"
 # Set by the backfill's own transactions: its UPDATE joins the mapping itself, so the sync trigger
 # has nothing to add there, and skipping it (in the trigger's WHEN, before any function call) keeps
 # the backfill close to a single UPDATE's speed.
@@ -59,6 +66,7 @@ class Names:
         own = f"_{self.legacy}" if cat is not None and references.several(cat, dep) else ""
         private = spec.migration.private_schema
         self.trigger = f"{TRIGGER}{own}"[:63]
+        self.last_trigger = f"{LAST_TRIGGER}{own}"[:63]
         self.sync_fn = QualifiedName(private, f"sync_{t.schema}_{t.name}{own}"[:63])
         self.late_fn = QualifiedName(private, f"backfill_{t.schema}_{t.name}{own}"[:63])
         # Counts the rows old code writes with the legacy column alone (see old_writes_sequence)
@@ -111,15 +119,10 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         if d.column.not_null and not shapes.in_primary_key(d):  # a key column keeps it until contract
             add(n, "drop_legacy_not_null", DropNotNull(d.table.name, legacy_col,
                                                        why="new code may write only the new column"))
-        sync = CreateFunction(n.sync_fn, "", _sync_function(spec, cat, d, n),
+        sync = CreateFunction(n.sync_fn, "", _sync_function(spec, cat, d, n, reconciles(cat, d, n)),
                               why=f"keep {legacy_col} and {n.new} of {d.table.name} consistent")
         add(n, "sync_function", Together((old_writes_sequence(n, d), sync), "the function counts with the sequence"))
-        add(n, "sync_trigger", CreateTrigger(n.trigger, d.table.name, sql.SQL("before insert or update of {}, {}").format(
-            ident(legacy_col), ident(n.new)), n.sync_fn, why="old code writes one id, new code the other"
-            + (" (on the partitioned table: Postgres gives every partition, present and future, a copy)"
-               if d.partitioned else ""),
-            when=sql.SQL("pg_catalog.current_setting({}, true) is distinct from 'on'").format(
-                sql.Literal(BACKFILL_SETTING))))
+        add(n, "sync_trigger", sync_triggers(spec, cat, d, n))
         if d.partitioned:
             # The partitioned table's own (empty) indexes now, so a partition attached from here on gets
             # them built by its ATTACH; each leaf's is built concurrently after the backfill.
@@ -454,6 +457,31 @@ def _partition_indexes(spec: Spec, cat: Catalog, d: Dependent, n: Names | None):
 # -- the sync trigger -------------------------------------------------------------------------------------
 
 
+def reconciles(cat: Catalog, d: Dependent, n: Names) -> bool:
+    """Whether D's table needs the last sync trigger: an application BEFORE row trigger on insert or update fires
+    after the first one, and may write either id."""
+    return bool(shapes.before_row_triggers_after(cat, d, n.trigger))
+
+
+def sync_triggers(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> Operation:
+    """The sync trigger, and where the application's triggers may move an id after it, the last one (both run
+    the same function, which tells them apart by TG_NAME)."""
+    skip_backfill = sql.SQL("pg_catalog.current_setting({}, true) is distinct from 'on'").format(
+        sql.Literal(BACKFILL_SETTING))
+    first = CreateTrigger(n.trigger, d.table.name, sql.SQL("before insert or update of {}, {}").format(
+        ident(d.fk.columns[0]), ident(n.new)), n.sync_fn, why="old code writes one id, new code the other"
+        + (" (on the partitioned table: Postgres gives every partition, present and future, a copy)"
+           if d.partitioned else ""), when=skip_backfill)
+    if not reconciles(cat, d, n):
+        return first
+    triggers = ", ".join(shapes.before_row_triggers_after(cat, d, n.trigger))
+    # Every update, not only of the two columns: an application trigger may set the owner on any update.
+    last = CreateTrigger(n.last_trigger, d.table.name, sql.SQL("before insert or update "), n.sync_fn,
+                         why=f"after the application's {triggers}: the ids agree whichever of them it wrote",
+                         when=skip_backfill)
+    return Together((first, last), "both triggers run one function; the last one only repairs what the first left")
+
+
 def _key_fill(spec: Spec, d: Dependent, p: dict) -> sql.Composable:
     """Where the legacy column is part of the primary key (NOT NULL until contract), a row new code writes for an
     identity old code never knew gets the legacy row a rollback would make for it (planning/shapes.py)."""
@@ -508,7 +536,52 @@ def _count_old_write(n: Names) -> sql.Composable:
                               seq=sql.Literal(text(qn(n.old_writes))))
 
 
-def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> sql.Composable:
+def _reconcile(p: dict) -> sql.Composable:
+    """The last firing (see LAST_TRIGGER): where an application trigger moved one id after the first firing, the
+    other follows it. The first firing left the pair it wrote in two settings, which this reads and clears; without
+    them (an update of other columns, which the first trigger does not fire for), the row's old pair stands in."""
+    return sql.SQL("""
+  if tg_name = {last} then
+    left_l := pg_catalog.current_setting({gl} || tg_relid::text, true);
+    left_n := pg_catalog.current_setting({gn} || tg_relid::text, true);
+    perform pg_catalog.set_config({gl} || tg_relid::text, '', true), pg_catalog.set_config({gn} || tg_relid::text, '', true);
+    if coalesce(left_l, '') = '' then
+      if tg_op = 'INSERT' then
+        return new;
+      end if;
+      left_l := coalesce('v' || old.{l}::text, 'n');
+      left_n := coalesce('v' || old.{n}::text, 'n');
+    end if;
+    moved_l := coalesce('v' || new.{l}::text, 'n') is distinct from left_l;
+    moved_n := coalesce('v' || new.{n}::text, 'n') is distinct from left_n;
+    if not moved_l and not moved_n then
+      return new;
+    end if;
+    if new.{l} is not null then
+      select m.{mn} into mapped from {m} m where m.{ml} = new.{l};
+      if mapped is null then
+        select {align_row}(c) into mapped from {lt} c where c.{lk} = new.{l};
+      end if;
+    end if;
+    if new.{n} is not distinct from mapped then
+      return new;  -- they agree
+    end if;
+    if moved_l and not moved_n then  -- the application's trigger set the legacy id (from the token, say)
+      new.{n} := mapped;
+    elsif moved_n and not moved_l then
+      if new.{n} is null then
+        new.{l} := null;
+      else
+        {legacy_of_new}
+      end if;
+    else
+      {reject}
+    end if;
+    return new;
+  end if;""").format(**p)
+
+
+def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool = False) -> sql.Composable:
     an = align.names(spec)
     legacy_col, new = d.fk.columns[0], n.new
     ck_type = sql.SQL(cat.canonical.column(spec.canonical.key).type)
@@ -517,11 +590,35 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> sql.Comp
              align_row=qn(an["align_row"]), table=sql.Literal(str(d.table.name)),
              lname=sql.Literal(legacy_col), nname=sql.Literal(new),
              helper=qn(cat.legacy_helper.name))
+    tag = hashlib.md5(f"{d.table.name}|{legacy_col}".encode()).hexdigest()[:8]
+    p.update(last=sql.Literal(n.last_trigger), gl=sql.Literal(f"pgconverge.sync_{tag}_l_"),
+             gn=sql.Literal(f"pgconverge.sync_{tag}_n_"))
+    p["legacy_of_new"] = sql.SQL("""select m.{ml}, count(*) over () into new.{l}, several from {m} m where m.{mn} = new.{n}
+          order by m.{ml} limit 1;
+        if several > 1 then  -- a merged person: the caller's own legacy row, which the legacy policies check
+          select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n}
+            order by m.{ml} is not distinct from {helper}() desc, m.{ml} limit 1;
+        end if;""").format(**p)
+    reject = sql.SQL(
+        "raise exception using errcode = 'check_violation', "
+        "message = format('pgconverge: %s row has %s = %s, which belongs to %s, but %s = %s was written', "
+        "{table}, {lname}, new.{l}, mapped, {nname}, new.{n}), "
+        "hint = 'write one of the two columns; pgconverge fills in the other';").format(**p)
+    p["reject"] = reject
+    # Where the last trigger fires too: the pair this firing leaves, for it to compare with.
+    remember = sql.SQL("""
+  perform pg_catalog.set_config({gl} || tg_relid::text, coalesce('v' || new.{l}::text, 'n'), true),
+    pg_catalog.set_config({gn} || tg_relid::text, coalesce('v' || new.{n}::text, 'n'), true);""").format(
+        **p) if last else sql.SQL("")
     code = sql.SQL("""
 declare
   mapped {ck_type};
   several bigint;
-begin
+  left_l text;
+  left_n text;
+  moved_l boolean;
+  moved_n boolean;
+begin{reconcile}
   if new.{l} is not null and (tg_op = 'INSERT' or new.{l} is distinct from old.{l} or new.{n} is distinct from old.{n}) then
     select m.{mn} into mapped from {m} m where m.{ml} = new.{l};
     if mapped is null then  -- a legacy row the mapping has not seen yet: decide it now, as align would
@@ -532,19 +629,14 @@ begin
     if new.{l} is null then
       if new.{n} is not null then  -- new code: give old code its legacy id back where one exists
         -- the first legacy id by the key's own order (no min(): it does not exist for uuid)
-        select m.{ml}, count(*) over () into new.{l}, several from {m} m where m.{mn} = new.{n}
-          order by m.{ml} limit 1;
-        if several > 1 then  -- a merged person: the caller's own legacy row, which the legacy policies check
-          select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n}
-            order by m.{ml} is not distinct from {helper}() desc, m.{ml} limit 1;
-        end if;
+        {legacy_of_new}
       end if;
     elsif new.{n} is null then     -- old code: derive the new id
       new.{n} := mapped;
     {count}
     elsif new.{n} is distinct from mapped then
       {reject}
-    end if;{key_fill}
+    end if;{key_fill}{remember}
     return new;
   end if;
   if new.{l} is distinct from old.{l} and new.{n} is not distinct from old.{n} then
@@ -562,13 +654,10 @@ begin
   elsif (new.{l} is distinct from old.{l} or new.{n} is distinct from old.{n}) and new.{l} is not null
       and new.{n} is distinct from mapped then  -- both moved, apart (an UPDATE naming both unchanged is left alone)
     {reject}
-  end if;{key_fill}
+  end if;{key_fill}{remember}
   return new;
-end""").format(**p, key_fill=_key_fill(spec, d, p), count=_count_old_write(n), reject=sql.SQL(
-        "raise exception using errcode = 'check_violation', "
-        "message = format('pgconverge: %s row has %s = %s, which belongs to %s, but %s = %s was written', "
-        "{table}, {lname}, new.{l}, mapped, {nname}, new.{n}), "
-        "hint = 'write one of the two columns; pgconverge fills in the other';").format(**p))
+end""").format(**p, key_fill=_key_fill(spec, d, p), count=_count_old_write(n), remember=remember,
+               reconcile=_reconcile(p) if last else sql.SQL(""))
     return sql.SQL(
         "create or replace function {f}() returns trigger language plpgsql security definer "
         "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(n.sync_fn), body=body(code))
@@ -721,7 +810,8 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         # The trigger goes with the column, in one transaction: old code inserting in between would leave
         # the new column NULL, and fail where it is NOT NULL.
         steps.append(Step(f"{rid}.drop_column", "rollback", Together(
-            (DropTrigger(n.trigger, d.table.name), DropColumn(d.table.name, n.new)),
+            (DropTrigger(n.trigger, d.table.name), DropTrigger(n.last_trigger, d.table.name),
+             DropColumn(d.table.name, n.new)),
             f"old code's rows need the trigger while {n.new} exists"), (f"{fwd}.sync_trigger", *done_with_column)))
         steps.append(Step(f"{rid}.drop_sync_function", "rollback", Together(
             (DropFunction(n.sync_fn, ""), drop_old_writes_sequence(n)), "the sequence only counts for the function"),

@@ -418,17 +418,37 @@ def _index(cat: Catalog, t: Table, idx: Index, ren: dict[str, str]) -> list[Find
     return []
 
 
+def _trigger_stmt(trg):
+    try:
+        return pglast.parse_sql(trg.definition)[0].stmt
+    except Exception:  # noqa: BLE001 - an unparseable definition: judged by its name and function only
+        return None
+
+
+def before_row_triggers_after(cat: Catalog, d, sync: str) -> list[str]:
+    """The application's BEFORE row triggers on insert or update of D's table that fire after the trigger named
+    SYNC (C order of names), pgconverge's own left out: each may write an id after the sync trigger has run."""
+    out = []
+    for trg in cat.table(d.table.name).triggers if cat.table(d.table.name) is not None else ():
+        if "pgconverge_sync" in trg.name or trg.name <= sync:
+            continue
+        stmt = _trigger_stmt(trg)
+        # TRIGGER_TYPE_BEFORE = 2; events INSERT = 4, UPDATE = 16 (an unparseable one counts)
+        if stmt is None or (stmt.timing & 2 and stmt.row and stmt.events & (4 | 16)):
+            out.append(trg.name)
+    return out
+
+
 def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str) -> list[Finding]:
+    from pgconverge.planning import expand
+
     out = []
     fns = {f.name: f for f in cat.functions}
     for trg in t.triggers:
         # pgconverge's own: one per reference where a table has several ("!pgconverge_sync_buyer_id")
         if trg.name == sync or (trg.name.startswith(sync) and trg.function.schema == spec.migration.private_schema):
             continue
-        try:
-            stmt = pglast.parse_sql(trg.definition)[0].stmt
-        except Exception:  # noqa: BLE001 - an unparseable definition: judged by its name and function only
-            stmt = None
+        stmt = _trigger_stmt(trg)
         what = f"trigger {_q(trg.name)} on {t.name}"
         cols = [c.sval for c in (getattr(stmt, "columns", None) or ())]
         on_cols = sorted(set(cols) & set(ren))
@@ -449,11 +469,19 @@ def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str
                                "without their legacy id",
                                f"rename it so its name sorts after {sync!r} (ALTER TRIGGER {_q(trg.name)} ON {t.name} "
                                "RENAME TO …)"))
+        if before_row and trg.name > expand.LAST_TRIGGER:
+            out.append(Finding(what, REFUSED,
+                               f"a BEFORE row trigger that fires after pgconverge's last sync trigger "
+                               f"{expand.LAST_TRIGGER!r} (triggers of one kind fire in the C order of their names), "
+                               "so an id it writes would be left disagreeing with the other",
+                               f"rename it so its name sorts before {expand.LAST_TRIGGER!r} (ALTER TRIGGER "
+                               f"{_q(trg.name)} ON {t.name} RENAME TO …)"))
         fn = fns.get(trg.function)
         if fn is not None and mentions.find(fn.source, set(ren)):
             out.append(Finding(what, LISTED,
                                f"its function {fn.name}() reads {', '.join(sorted({m.name for m in mentions.find(fn.source, set(ren))}))}: "
-                               + ("it fires after the sync trigger, so both ids are filled when it reads them; "
+                               + ("it fires after the sync trigger, so both ids are filled when it reads them, "
+                                  "and should it write one, a last sync trigger makes the other agree; "
                                   if before_row else "")
                                + "rewrite it to use the new column before contract (contract drops the legacy one; "
                                  "its code-references gate names it)"))
