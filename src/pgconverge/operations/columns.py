@@ -94,3 +94,29 @@ class SetNotNull(_TableOp):
 
     def reverse(self) -> Operation:
         return DropNotNull(self.table, self.column)
+
+
+@dataclass(frozen=True)
+class SetDefault(_TableOp):
+    """Safe alone: a default applies only to an insert that leaves the column out, which without it writes NULL there;
+    writes that name the column are unchanged. EXPRESSION None drops the default."""
+
+    safe_alone: ClassVar[bool] = True
+
+    expression: str | None
+
+    @property
+    def description(self) -> str:
+        if self.expression is None:
+            return f"drop the default of {self.table}.{self.column}"
+        return f"default {self.expression} for {self.table}.{self.column} (a catalog change only)"
+
+    @property
+    def lock(self) -> Lock:
+        return Lock.ACCESS_EXCLUSIVE
+
+    def statements(self) -> list[sql.Composable]:
+        if self.expression is None:
+            return [sql.SQL("alter table {} alter column {} drop default").format(qn(self.table), ident(self.column))]
+        return [sql.SQL("alter table {} alter column {} set default {}").format(
+            qn(self.table), ident(self.column), sql.SQL(self.expression))]

@@ -13,7 +13,7 @@ from pgconverge.execution.sql import ident, qn
 from pgconverge.operations.archive import ArchiveTable
 from pgconverge.operations.base import Lock, Operation, Step
 from pgconverge.operations.check import Check
-from pgconverge.operations.columns import DropColumn
+from pgconverge.operations.columns import DropColumn, SetDefault
 from pgconverge.operations.constraints import AddKeyUsingIndex, DropConstraint, ValidateConstraint
 from pgconverge.operations.create_index import DropIndexConcurrently
 from pgconverge.operations.create_trigger import DropTrigger
@@ -219,7 +219,9 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         # not a NULL in the new column it does not know about.
         add(f"{n.short}.drop_legacy_column", Together(
             (DropTrigger(n.trigger, d.table.name), DropTrigger(n.last_trigger, d.table.name),
-             DropColumn(d.table.name, legacy_col)),
+             DropColumn(d.table.name, legacy_col),
+             # An owner the legacy helper filled in by default: the canonical helper fills the new column from now.
+             *((SetDefault(d.table.name, n.new, owner),) if (owner := shapes.owner_default(spec, d)) else ())),
             f"the trigger fills {n.new} for writers of {legacy_col}"))
         # Keys and unique constraints containing the legacy column went with it; their mirrors take their place.
         for i, m in enumerate(_key_mirrors(spec, cat, cats, d)):
@@ -318,8 +320,12 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         fid = f"{PHASE}.{n.short}"
         # The column and the trigger that fills it commit together: old code, back at work, inserting a row
         # between the two would leave the new column NULL (and fail where it is NOT NULL).
+        defaults = ((SetDefault(d.table.name, legacy_col, col.default),) if col.default and not col.generated
+                    and not col.identity else ())
+        if shapes.owner_default(spec, d):
+            defaults += (SetDefault(d.table.name, n.new, None),)
         add(f"{n.short}.legacy_column", Together((
-            AddColumn(d.table.name, legacy_col, col.type), exp[f"expand.{n.short}.sync_trigger"].op),
+            AddColumn(d.table.name, legacy_col, col.type), *defaults, exp[f"expand.{n.short}.sync_trigger"].op),
             "old code writes the column as soon as it exists"),
             (f"{fid}.drop_legacy_column",))
         # Runs while the legacy foreign key is still to be restored (the two steps before it have

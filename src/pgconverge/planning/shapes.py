@@ -356,6 +356,15 @@ def _table(spec: Spec, cat: Catalog, d: Dependent) -> list[Finding]:
                                f"computed from a legacy column ({col.default}): contract could not drop it",
                                f"drop {col.name} before the migration, or re-create it computed from the new column "
                                f"after expand (ALTER TABLE {t.name} DROP COLUMN {col.name}, ADD COLUMN …)"))
+    if d.column.default and not d.column.generated and not d.column.identity:
+        new = expand.Names(spec, d, "", cat).new
+        carried = owner_default(spec, d)
+        out.append(Finding(f"default of {t.name}.{d.column.name}", MIRRORED if carried else LISTED,
+                           f"{d.column.default}: contract gives {new} the default {carried} in the transaction that "
+                           f"drops {d.column.name}, so inserts that leave the owner out keep getting one; rollback "
+                           "restores both" if carried else
+                           f"not a call of the legacy helper: it goes with {d.column.name} at contract and {new} gets "
+                           f"no default; new code writes {new}, or give it a default after contract"))
     keyed = constraint_indexes(t)
     for idx in t.indexes:
         if idx.name.name in keyed:
@@ -416,6 +425,28 @@ def _index(cat: Catalog, t: Table, idx: Index, ren: dict[str, str]) -> list[Find
         return [Finding(what, MIRRORED, "unique: mirrored on the new column (same columns, predicate and "
                                         "uniqueness); rows that would collide once merged are refused before expand")]
     return []
+
+
+def owner_default(spec: Spec, d: Dependent) -> str | None:
+    """The new column's default where the legacy column's is a call of the legacy helper (`auth_customer_id()`,
+    cast or not, qualified or not): a call of the canonical helper. None for any other default."""
+    from pgconverge.execution.sql import qn, text
+
+    expr = d.column.default
+    if not expr or d.column.generated or d.column.identity:
+        return None
+    try:
+        node = pglast.parse_sql(f"select {expr}")[0].stmt.targetList[0].val
+    except Exception:  # noqa: BLE001 - not an expression pglast reads: no default carried
+        return None
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    if not isinstance(node, ast.FuncCall) or node.args:
+        return None
+    h = spec.legacy.helper
+    if tuple(s.sval for s in node.funcname) not in ((h.name,), (h.schema, h.name)):
+        return None
+    return text(qn(spec.canonical.helper)) + "()"
 
 
 def _trigger_stmt(trg):
