@@ -280,6 +280,8 @@ def test_plan_comes_from_the_catalog_saved_when_the_migration_started(conn, fixt
     ("alter table public.profiles alter column user_id drop default; "
      "alter table public.profiles add foreign key (user_id) references auth.users (id)",
      "canonical.key public.profiles.user_id has no default and references auth.users(id)"),
+    ("alter table public.profiles add foreign key (user_id) references auth.users (id) not valid",
+     "canonical.key public.profiles.user_id has a default but references auth.users(id)"),
     ("alter table public.profiles add column tier text; update public.profiles set tier = 'basic'; "
      "alter table public.profiles alter column tier set not null",
      "public.profiles has NOT NULL column(s) tier with no default"),

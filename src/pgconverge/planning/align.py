@@ -232,17 +232,21 @@ def _report(spec: Spec, cat: Catalog) -> Snapshot:
 def _canonical_key_source(spec: Spec, can: Table) -> sql.Composable | None:
     """How a created canonical row gets its key: None = the column's own default, else an expression."""
     col = can.column(spec.canonical.key)
-    if col.default is not None or col.identity:
-        return None
+    # A key that references another table (Supabase's profiles.id → auth.users) needs a row there first, default or
+    # not: a created row would fail its foreign key partway through the match.
     fks = [fk for fk in can.foreign_keys if fk.columns == (col.name,)]
+    if (col.default is not None or col.identity) and not fks:
+        return None
     if col.type == "uuid" and not fks:
         return sql.SQL("gen_random_uuid()")
     why = f"references {fks[0].ref_table}({', '.join(fks[0].ref_columns)})" if fks else f"is of type {col.type}"
+    has = "has a default but" if col.default is not None or col.identity else "has no default and"
     raise CatalogError(
-        f"canonical.key {can.name}.{col.name} has no default and {why}: pgconverge cannot create canonical rows "
+        f"canonical.key {can.name}.{col.name} {has} {why}: pgconverge cannot create canonical rows "
         "for legacy rows that have none",
-        fix=f"give {can.name}.{col.name} a default (e.g. gen_random_uuid()), or create the missing canonical "
-            "rows yourself and record them with `pgconverge align --decisions FILE`")
+        fix=(f"create the missing {can.name} rows (and their {fks[0].ref_table} rows) yourself" if fks else
+             f"give {can.name}.{col.name} a default (e.g. gen_random_uuid()), or create the missing canonical rows "
+             "yourself") + " and record them with `pgconverge align --decisions FILE`")
 
 
 def _check_creatable(spec: Spec, can: Table) -> None:
