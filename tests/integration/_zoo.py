@@ -134,6 +134,9 @@ class Zoo:
     # After contract, what must hold on the new column: (label, SQL run in a rolled-back transaction, the SQLSTATE
     # it must fail with, or None when it must succeed).
     probes: tuple[tuple[str, str, str | None], ...] = ()
+    # Tables whose owner the database fills when an insert leaves it out (a default or a trigger from the token):
+    # the writers leave it out now and then there.
+    owner_filled: tuple[str, ...] = ()
 
     def new_of(self, d: Dependent) -> str:
         """The new column of reference D."""
@@ -322,7 +325,7 @@ create policy {pol} on {d.table} for all to authenticated
 grant select, insert, update, delete on {d.table} to authenticated;
 """)
     shaped = _shapes(shapes, L=L, C=C, fk=fk, ltype=ltype, lhelper=lhelper, new=new_column, ckey=canonical_key,
-                     orders=deps[0].table)
+                     orders=deps[0].table, chelper=chelper)
     out.append(shaped.schema)
     deps += shaped.dependents
     # Data and truth.
@@ -378,13 +381,13 @@ grant select, insert, update, delete on {d.table} to authenticated;
         unusable_keys=tuple(unusable_keys), name_column=name_column,
         canonical_only=tuple((p, a, v) for k, p, v, a in canonical_rows
                              if p not in {q for _, q, _, _ in legacy_rows}),
-        before_contract_sql=before_contract, probes=shaped.probes)
+        before_contract_sql=before_contract, probes=shaped.probes, owner_filled=shaped.owner_filled)
 
 
 # -- shapes of dependence on the legacy key (planning/shapes.py) ---------------------------------------------------
 
 SHAPES = ("join_pk", "unique", "check", "partial_unique", "partial_unique_collide", "fk_deferrable",
-          "expression_index", "user_trigger", "self_reference",
+          "expression_index", "user_trigger", "self_reference", "owner_default", "owner_trigger",
           # refused at plan
           "exclusion", "generated", "fk_set_default", "views", "check_value", "trigger_update_of", "trigger_first",
           "pk_referenced", "canonical_refs_legacy", "expression_value")
@@ -398,6 +401,7 @@ class _Shaped:
     probes: tuple = ()
     before_contract: str = ""
     row_sql: list = None  # callables (n, legacy key, person, merged) -> SQL
+    owner_filled: tuple = ()  # tables whose owner a default or trigger fills in (Zoo.owner_filled)
 
     def rows(self, n: int, key: str, person: str, merged: bool) -> str:
         return "".join(f(n, key, person, merged) for f in self.row_sql)
@@ -411,7 +415,7 @@ def _rls(table: str, fk: str, helper: str) -> str:
             f"grant select, insert, update, delete on {table} to authenticated;\n")
 
 
-def _shapes(shapes, *, L, C, fk, ltype, lhelper, new, ckey, orders) -> _Shaped:
+def _shapes(shapes, *, L, C, fk, ltype, lhelper, new, ckey, orders, chelper="") -> _Shaped:
     """The schema pieces, data, extra dependents and after-contract probes of each shape asked for."""
     assert all(x in SHAPES for x in shapes), shapes
     out = _Shaped(dependents=[], row_sql=[])
@@ -518,6 +522,34 @@ end $f$;
 create trigger a_require_owner before insert on {orders} for each row execute function public.require_owner();
 """)
         probes += [("the user trigger still runs", f"insert into {orders} ({new}) values (null)", "P0001")]
+    if "owner_default" in shapes:
+        # The owner from the caller's token by default (as `user_id uuid default auth.uid()`); after contract the
+        # new column has the canonical helper's default.
+        schema.append(f"alter table {orders} alter column {fk} set default {lhelper}();\n")
+        out.owner_filled += (orders,)
+        probes += [("the owner's default carried to the new column",
+                    f"do $p$ begin if coalesce((select pg_get_expr(d.adbin, d.adrelid) from pg_attrdef d join "
+                    f"pg_attribute a on a.attrelid = d.adrelid and a.attnum = d.adnum where d.adrelid = "
+                    f"'{orders}'::regclass and a.attname = '{new}'), '') not like '%{chelper.split('.')[1]}()' then "
+                    "raise exception 'no default'; "
+                    "end if; end $p$", None)]
+    if "owner_trigger" in shapes:
+        # The owner from the caller's token, set by a BEFORE trigger that fires after pgconverge's first sync trigger
+        # (as its author would have it: the legacy helper while the legacy column exists, the canonical one after).
+        schema.append(f"""create function public.owner_from_token() returns trigger language plpgsql as $f$
+begin
+  if to_jsonb(new) ? '{fk}' then
+    if to_jsonb(new) ->> '{fk}' is null then
+      new := jsonb_populate_record(new, jsonb_build_object('{fk}', {lhelper}()));
+    end if;
+  elsif to_jsonb(new) ->> '{new}' is null then
+    new := jsonb_populate_record(new, jsonb_build_object('{new}', {chelper}()));
+  end if;
+  return new;
+end $f$;
+create trigger set_owner before insert on {orders} for each row execute function public.owner_from_token();
+""")
+        out.owner_filled += (orders,)
     if "self_reference" in shapes:
         schema.append(f"alter table {L} add column referred_by {ltype} references {L} (id) on delete set null;\n")
         after.append(f"update {L} c set referred_by = (select r.id from {L} r where r.id <> c.id order by r.id "
@@ -797,7 +829,8 @@ class _Writer(threading.Thread):
             q = sql.SQL("insert into {t} ({c}) values ({v}) returning {k}::text").format(
                 t=sql.SQL(table), c=sql.SQL(", ").join(sql.Identifier(c) for c, _, _ in values),
                 v=sql.SQL(", ").join(sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(ty)) for _, _, ty in values),
-                k=sql.Identifier(dep.pk))
+                k=sql.Identifier(dep.pk)) if values else sql.SQL("insert into {t} default values returning {k}::text"
+                                                                 ).format(t=sql.SQL(table), k=sql.Identifier(dep.pk))
             return app.execute(q, [v for _, v, _ in values]).fetchone()[0]
 
     def save_unchanged(self, app, table: str, columns: list[str], key: str, claims: dict) -> None:
@@ -818,8 +851,10 @@ class _Writer(threading.Thread):
         group = groups[i % len(groups)]
         who = [parties[0]] + [parties[1]] * (len(group) - 1)
         columns = [self.zoo.new_of(d) if new else d.fk for d in group]
-        rid = self.insert_row(app, group[0].table, [(c, v, value_type) for c, (_, v, _) in zip(columns, who)],
-                              claims)
+        values = [(c, v, value_type) for c, (_, v, _) in zip(columns, who)]
+        if group[0].table in self.zoo.owner_filled and i % 3 == 0:
+            values = []  # the database fills the caller's id in (a default or a trigger reading the token)
+        rid = self.insert_row(app, group[0].table, values, claims)
         if i % 2 == 0:
             self.save_unchanged(app, group[0].table, columns, rid, claims)
         for d, (person, _, legacy) in zip(group, who):

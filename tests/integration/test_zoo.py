@@ -88,6 +88,16 @@ CASES = [
     Case("shape_expression_indexes", dict(shapes=("expression_index",), legacy_key="uuid", canonical_key="bigint")),
     Case("shape_user_trigger", dict(shapes=("user_trigger",)), plan_lists=(
         "listed trigger a_require_owner on public.orders", "listed function public.require_owner()")),
+    # The owner filled in by the database when the writers leave it out (every third row): the legacy helper as
+    # the column's default (carried to the new column at contract), or a BEFORE trigger reading the token that
+    # fires after the sync trigger (the last sync trigger derives the other id).
+    Case("shape_owner_default", dict(shapes=("owner_default",), legacy_key="uuid", canonical_key="text",
+                                     helper_style="lookup"),
+         plan_lists=("mirrored default of public.orders.customer_id: public.auth_customer_id(): contract gives "
+                     'profile_id the default "public"."auth_profile_id"()',)),
+    Case("shape_owner_trigger", dict(shapes=("owner_trigger",), legacy_key="text", canonical_key="bigint",
+                                     match="email"),
+         plan_lists=("listed trigger set_owner on public.orders",)),
     Case("shape_self_reference", dict(shapes=("self_reference",)),
          plan_lists=("listed foreign key customers_referred_by_fkey on public.customers",)),
     Case("shape_other_schema_owner", dict(dependent_schema="sales", dependent_owner="zoo_sales_owner",
