@@ -170,6 +170,10 @@ def test_a_policy_that_cannot_be_rewritten_safely_stops_the_switch(make_db, temp
             create policy cart_items_update on public.cart_items for update to authenticated
               using (public.owns_cart(cart_id));""")
         before = schema_dump(conn)
+        # Said by plan before anything runs (here, as the switch is next), not only by the switch's gate.
+        planned = " ".join(cli("plan", "--dsn", dsn).split())
+        assert ("listed policy public.cart_items.cart_items_update: the switch cannot rewrite it with certainty"
+                in planned), planned
         out = cli("run", "switch", "--dsn", dsn, expect=2)
         assert "public.cart_items.cart_items_update" in out and "owns_cart" in out
         assert "migration.accept_policies" in out

@@ -252,7 +252,26 @@ def findings(spec: Spec, cat: Catalog) -> list[Finding]:
         out.append(_row_type(cat))
     out += _views(spec, cat)
     out += _functions(spec, cat)
+    out += _switch_review(spec, cat)
     return out
+
+
+def _switch_review(spec: Spec, cat: Catalog) -> list[Finding]:
+    """What the switch's review gate will stop at, known now: policies it cannot rewrite with certainty. Listed
+    rather than refused, since rewriting them by hand during align and expand is the way through; said at plan
+    so that nobody learns it only after align and expand have run."""
+    from pgconverge.planning import switch
+
+    try:
+        _auto, review = switch.rewrites(spec, cat)
+    except PgConvergeError:
+        return []  # what keeps the rewrite from being planned at all is refused elsewhere
+    return [Finding(f"policy {switch.policy_name(r)}", LISTED,
+                    f"the switch cannot rewrite it with certainty ({'; '.join(r.uncertain)}): its review gate stops "
+                    "the switch, before any policy changes, until it is settled",
+                    "rewrite it by hand (after expand, on the new column) and list it in migration.accept_policies "
+                    "as schema.table.policy, or change it now to compare the legacy column with the legacy helper")
+            for r in review]
 
 
 def _row_type(cat: Catalog) -> Finding:
