@@ -291,3 +291,23 @@ def test_canonical_rows_that_cannot_be_created_stop_before_any_change(conn, fixt
     out = cli("run", "align", "--dsn", fixture_db, expect=2)
     assert message in out and "fix:" in out
     assert conn.execute("select to_regnamespace('pgconverge')").fetchone()[0] is None
+
+
+def test_plan_lists_the_insert_triggers_that_fire_for_created_canonical_rows(conn, fixture_db):
+    conn.execute("""
+        create table public.welcome_messages (profile_id uuid, sent_at timestamptz default now());
+        create function public.welcome() returns trigger language plpgsql as $f$
+        begin insert into public.welcome_messages (profile_id) values (new.user_id); return new; end $f$;
+        create trigger send_welcome after insert on public.profiles for each row execute function public.welcome();
+        create trigger touch_profile before update on public.profiles for each row execute function public.welcome();
+    """)
+    out = " ".join(cli("plan", "--dsn", fixture_db).split())
+    assert ("listed trigger send_welcome on public.profiles: fires on insert, so also for each public.profiles row "
+            "align creates") in out, out
+    assert "ALTER TABLE public.profiles DISABLE TRIGGER send_welcome" in out
+    assert "trigger touch_profile on public.profiles" not in out  # on update only
+    cli("run", "align", "--dsn", fixture_db)
+    created = conn.execute("select count(*) from pgconverge.legacy_customer_profile where method = 'created'"
+                           ).fetchone()[0]
+    assert created > 0
+    assert conn.execute("select count(*) from public.welcome_messages").fetchone()[0] == created

@@ -253,6 +253,24 @@ def findings(spec: Spec, cat: Catalog) -> list[Finding]:
     out += _views(spec, cat)
     out += _functions(spec, cat)
     out += _switch_review(spec, cat)
+    out += _canonical_triggers(cat)
+    return out
+
+
+def _canonical_triggers(cat: Catalog) -> list[Finding]:
+    """The application's insert triggers on the canonical table: they fire for every canonical row align creates."""
+    out = []
+    for trg in cat.canonical.triggers:
+        stmt = _trigger_stmt(trg)
+        if trg.enabled == "D" or (stmt is not None and not stmt.events & 4):  # disabled, or not on INSERT
+            continue
+        out.append(Finding(
+            f"trigger {_q(trg.name)} on {cat.canonical.name}", LISTED,
+            f"fires on insert, so also for each {cat.canonical.name} row align creates for a legacy row that has "
+            f"none (it calls {trg.function}()): whatever it does for a new row (a notification, a welcome message, "
+            "a call out) happens for every one of them during align, and an error it raises stops the match there",
+            f"if that must not happen for these rows, disable it for align (ALTER TABLE {cat.canonical.name} DISABLE "
+            f"TRIGGER {_q(trg.name)}; ENABLE it after)"))
     return out
 
 
