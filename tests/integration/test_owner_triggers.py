@@ -15,7 +15,7 @@ import pytest
 
 from pgconverge.verify.tokens import act_as
 
-from _support import cli
+from _support import cli, cli_json
 
 TRIGGERS = """
 create function public.cart_owner_from_token() returns trigger language plpgsql as $f$
@@ -53,6 +53,10 @@ def _two_people(conn) -> tuple[tuple[int, str], tuple[int, str]]:
 def test_an_owner_set_by_the_applications_trigger_carries_both_ids(conn, fixture_db, phases):
     conn.execute(TRIGGERS)
     _run(fixture_db, conn, *phases)
+    assert conn.execute("select count(*) from pg_trigger where tgname = '~pgconverge_sync'").fetchone()[0] == 1
+    # Its own triggers are not the application's: none is judged as one.
+    judged = cli_json("inventory", "--dsn", fixture_db)["dependent_objects"]
+    assert not [f for f in judged if "pgconverge_sync" in f["object"]], judged
     (me, my_profile), (other, other_profile) = _two_people(conn)
     with psycopg.connect(fixture_db) as app:
         # Old code: the insert names no owner; the application's trigger takes it from the token.

@@ -498,7 +498,7 @@ def before_row_triggers_after(cat: Catalog, d, sync: str) -> list[str]:
     SYNC (C order of names), pgconverge's own left out: each may write an id after the sync trigger has run."""
     out = []
     for trg in cat.table(d.table.name).triggers if cat.table(d.table.name) is not None else ():
-        if "pgconverge_sync" in trg.name or trg.name <= sync:
+        if trg.name.startswith(("!pgconverge_sync", "~pgconverge_sync")) or trg.name <= sync:
             continue
         stmt = _trigger_stmt(trg)
         # TRIGGER_TYPE_BEFORE = 2; events INSERT = 4, UPDATE = 16 (an unparseable one counts)
@@ -513,8 +513,10 @@ def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str
     out = []
     fns = {f.name: f for f in cat.functions}
     for trg in t.triggers:
-        # pgconverge's own: one per reference where a table has several ("!pgconverge_sync_buyer_id")
-        if trg.name == sync or (trg.name.startswith(sync) and trg.function.schema == spec.migration.private_schema):
+        # pgconverge's own: one per reference where a table has several ("!pgconverge_sync_buyer_id"), and the
+        # last firing of each where the application has triggers ("~pgconverge_sync_buyer_id")
+        if trg.name == sync or (trg.name.startswith((sync, expand.LAST_TRIGGER))
+                                and trg.function.schema == spec.migration.private_schema):
             continue
         stmt = _trigger_stmt(trg)
         what = f"trigger {_q(trg.name)} on {t.name}"
