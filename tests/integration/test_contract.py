@@ -171,3 +171,35 @@ def test_round_trip_with_writers_active_throughout(make_db, template_factory, tm
         got = dict(conn.execute("select id, customer_id from public.carts where id = any(%s)",
                                 ([r for _, r, _ in written],)).fetchall())
         assert len(got) == len(written) and all(got[r] == c for _, r, c in written)
+
+
+@pytest.mark.parametrize("after", ["stub", "drop"])
+def test_contract_refuses_while_anything_still_calls_the_legacy_helper(make_db, template_factory, tmp_path, after):
+    """A policy left to the user (accept_policies) that still calls the legacy helper: after contract every query on
+    its table would raise, whether the helper is dropped or replaced by its raising stub. Contract refuses before its
+    first drop, naming it; a legacy column's own default on the helper does not count (it goes with the column)."""
+    dsn = make_db(template_factory(SMALL))
+    cfg = write_config(tmp_path, NO_WINDOW + 'accept_policies = ["storage.objects.own_files"]\n'
+                       f'legacy_helper_after_contract = "{after}"\n')
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("""
+            create schema storage;
+            create table storage.objects (id uuid primary key default gen_random_uuid(), bucket_id text, name text);
+            alter table storage.objects enable row level security;
+            create policy own_files on storage.objects for select to authenticated
+              using (bucket_id = 'avatars' and (string_to_array(name, '/'))[1] = public.auth_customer_id()::text);
+            grant usage on schema storage to authenticated;
+            grant select on storage.objects to authenticated;
+            alter table public.carts alter column customer_id set default public.auth_customer_id();""")
+        for ph in ("align", "expand", "switch"):
+            cli("run", ph, "--dsn", dsn, "--config", cfg)
+        before = schema_dump(conn)
+        out = " ".join(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references",
+                           "--accept-runtime-use", expect=2).split())
+        assert "policy own_files on table storage.objects uses public.auth_customer_id()" in out, out
+        assert "nothing was dropped" in out and "carts" not in out.split("uses public.auth_customer_id()")[0][-80:]
+        assert schema_dump(conn) == before
+        conn.execute("drop policy own_files on storage.objects")
+        conn.execute("create policy own_files on storage.objects for select to authenticated using "
+                     "(bucket_id = 'avatars' and (string_to_array(name, '/'))[1] = public.auth_profile_id()::text)")
+        cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references", "--accept-runtime-use")

@@ -287,8 +287,9 @@ def _switch_review(spec: Spec, cat: Catalog) -> list[Finding]:
     return [Finding(f"policy {switch.policy_name(r)}", LISTED,
                     f"the switch cannot rewrite it with certainty ({'; '.join(r.uncertain)}): its review gate stops "
                     "the switch, before any policy changes, until it is settled",
-                    "rewrite it by hand (after expand, on the new column) and list it in migration.accept_policies "
-                    "as schema.table.policy, or change it now to compare the legacy column with the legacy helper")
+                    "rewrite it by hand and list it in migration.accept_policies as schema.table.policy (one that "
+                    "uses the legacy id as a value, in a cast or a storage path, needs its data to follow), or change "
+                    "it now to compare the legacy column with the legacy helper")
             for r in review]
 
 
@@ -759,13 +760,25 @@ def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, 
         "'pg_catalog.pg_class'::regclass and d.refobjid = to_regclass({l}) and d.objid not in (select r.oid from "
         "pg_catalog.pg_rewrite r where r.ev_class = to_regclass({l})) group by d.classid, d.objid, d.objsubid").format(
         desc=describe, l=legacy))
-    if spec.migration.legacy_helper_after_contract == "drop" and cat.legacy_helper is not None:
+    if cat.legacy_helper is not None:
+        # Dropped, or replaced by a stub that raises on every call: either way a policy, default, view or constraint
+        # still calling it would fail every statement that reaches it. The legacy table's own policies go with the
+        # table into the archive, and the legacy columns' defaults with the columns.
+        fate = ("which contract drops" if spec.migration.legacy_helper_after_contract == "drop" else
+                "which contract retires: every call then raises an error")
+        columns = sql.SQL(", ").join(sql.SQL("({}, {})").format(sql.Literal(str(d.table.name)), sql.Literal(
+            d.fk.columns[0])) for d in cat.dependents) or sql.SQL("(null, null)")
         parts.append(sql.SQL(
-            "select format('%s uses %s, which contract drops', {desc}, {h}), null from pg_catalog.pg_depend d "
+            "select format('%s uses %s, {fate}', {desc}, {h}), null from pg_catalog.pg_depend d "
             "where d.refclassid = 'pg_catalog.pg_proc'::regclass and d.refobjid = to_regprocedure({h}) "
             "and d.deptype = 'n' and not (d.classid = 'pg_catalog.pg_policy'::regclass and exists (select 1 from "
-            "pg_catalog.pg_policy p where p.oid = d.objid and p.polrelid = to_regclass({l})))").format(
-            desc=describe, h=sql.Literal(cat.legacy_helper.signature), l=legacy))
+            "pg_catalog.pg_policy p where p.oid = d.objid and p.polrelid = to_regclass({l}))) "
+            "and not (d.classid = 'pg_catalog.pg_attrdef'::regclass and exists (select 1 from pg_catalog.pg_attrdef a "
+            "join pg_catalog.pg_attribute c on c.attrelid = a.adrelid and c.attnum = a.adnum "
+            "join (values {columns}) as x(t, col) on to_regclass(x.t) = a.adrelid and x.col = c.attname "
+            "where a.oid = d.objid))").format(
+            fate=sql.SQL(fate.replace("'", "''")), desc=describe, h=sql.Literal(cat.legacy_helper.signature),
+            l=legacy, columns=columns))
     return Check("nothing else depends on what contract drops", sql.SQL(" union all ").join(parts),
                  failure="objects still use what contract drops or archives (nothing was dropped)",
                  fix="drop or re-create each object named so it reads the new column and the canonical table (a view: "
