@@ -357,6 +357,11 @@ grant select, insert, update, delete on {d.table} to authenticated;
     if transfers:
         # Two references from one table, each with its own new column, and a policy reading both.
         out.append(_transfers_sql(fk, ltype, L, lhelper, [k for k, _, _, _ in legacy_rows]))
+        if "owner_trigger" in shapes:  # an application BEFORE trigger there too: a last sync trigger per reference
+            out.append("create function public.transfer_amount() returns trigger language plpgsql as $f$ begin "
+                       "new.amount := greatest(new.amount, 1); return new; end $f$;\n"
+                       "create trigger set_amount before insert or update on public.transfers for each row "
+                       "execute function public.transfer_amount();\n")
         names = dict(new_columns or {})
         deps += [Dependent("public.transfers", "id", c, names.get(f"public.transfers.{c}", f"{c[:-3]}_{new_column}"))
                  for c in ("buyer_id", "seller_id")]

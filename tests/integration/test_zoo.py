@@ -131,6 +131,8 @@ CASES = [
     # Two references from one table (transfers.buyer_id, seller_id), each with its own new column, a policy
     # reading both and an index holding both; one name set in the configuration.
     Case("two_references_one_table", dict(transfers=True)),
+    # With an application BEFORE trigger on both tables: a last sync trigger for each of transfers' references.
+    Case("two_references_owner_trigger", dict(transfers=True, shapes=("owner_trigger",), legacy_key="uuid")),
     Case("two_references_configured_name", dict(transfers=True, legacy_key="text", canonical_key="bigint",
                                                  new_columns={"public.transfers.buyer_id": "buyer_pid"})),
 ]
