@@ -125,3 +125,34 @@ def test_a_dependent_written_in_the_same_transaction_is_refused_the_way_repeatab
     key = conn.execute(f"select {KEY}('0788900333')").fetchone()[0]
     assert conn.execute(f"select count(*) from public.profiles where {KEY}(whatsapp_e164) = %s",
                         (key,)).fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("legacy_key, canonical_key", [("uuid", "text"), ("text", "bigint")])
+def test_the_same_on_zoo_schemas_matched_by_email(make_db, tmp_path, legacy_key, canonical_key):
+    """Other key types and e-mail matching (no unique constraint on the canonical e-mail): the same person, written
+    by a repeatable-read transaction after another created it, stays one canonical row, mapped at expand."""
+    from _support import cli, write_config
+    from _zoo import build, load
+
+    zoo = build(legacy_key=legacy_key, canonical_key=canonical_key, match="email")
+    dsn = make_db()
+    load(dsn, zoo)
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, zoo.config))
+    cli("run", "align", *args)
+    legacy, column = zoo.legacy_table, zoo.legacy_match_columns[0]
+    with psycopg.connect(dsn) as old, psycopg.connect(dsn, autocommit=True) as other:
+        old.execute("set transaction isolation level repeatable read")
+        old.execute(f"select count(*) from {legacy}")
+        a = other.execute(f"insert into {legacy} ({column}) values ('rr.person@zoo.org') returning id::text"
+                          ).fetchone()[0]
+        b = old.execute(f"insert into {legacy} ({column}) values (' RR.Person@Zoo.org') returning id::text"
+                        ).fetchone()[0]
+        old.commit()
+    cli("run", "expand", *args)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        mapped = dict(conn.execute(
+            f"select {zoo.mapping_legacy_column}::text, {zoo.new_column}::text from {zoo.mapping_table} "
+            f"where {zoo.mapping_legacy_column}::text = any(%s)", ([a, b],)).fetchall())
+        assert mapped.keys() == {a, b} and mapped[a] == mapped[b], mapped
+        assert conn.execute(f"select count(*) from {zoo.canonical_table} where lower(trim({column})) = "
+                            "'rr.person@zoo.org'").fetchone()[0] == 1
