@@ -476,7 +476,7 @@ def sync_triggers(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> Operation
         return first
     triggers = ", ".join(shapes.before_row_triggers_after(cat, d, n.trigger))
     # Every update, not only of the two columns: an application trigger may set the owner on any update.
-    last = CreateTrigger(n.last_trigger, d.table.name, sql.SQL("before insert or update "), n.sync_fn,
+    last = CreateTrigger(n.last_trigger, d.table.name, sql.SQL("before insert or update"), n.sync_fn,
                          why=f"after the application's {triggers}: the ids agree whichever of them it wrote",
                          when=skip_backfill)
     return Together((first, last), "both triggers run one function; the last one only repairs what the first left")
