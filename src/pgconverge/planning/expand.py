@@ -119,7 +119,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         if d.column.not_null and not shapes.in_primary_key(d):  # a key column keeps it until contract
             add(n, "drop_legacy_not_null", DropNotNull(d.table.name, legacy_col,
                                                        why="new code may write only the new column"))
-        sync = CreateFunction(n.sync_fn, "", _sync_function(spec, cat, d, n, reconciles(cat, d, n)),
+        sync = CreateFunction(n.sync_fn, "", _sync_function(spec, cat, d, n, reconciles(spec, cat, d, n)),
                               why=f"keep {legacy_col} and {n.new} of {d.table.name} consistent")
         add(n, "sync_function", Together((old_writes_sequence(n, d), sync), "the function counts with the sequence"))
         add(n, "sync_trigger", sync_triggers(spec, cat, d, n))
@@ -457,10 +457,10 @@ def _partition_indexes(spec: Spec, cat: Catalog, d: Dependent, n: Names | None):
 # -- the sync trigger -------------------------------------------------------------------------------------
 
 
-def reconciles(cat: Catalog, d: Dependent, n: Names) -> bool:
+def reconciles(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> bool:
     """Whether D's table needs the last sync trigger: an application BEFORE row trigger on insert or update fires
     after the first one, and may write either id."""
-    return bool(shapes.before_row_triggers_after(cat, d, n.trigger))
+    return bool(shapes.before_row_triggers_after(spec, cat, d, n.trigger))
 
 
 def sync_triggers(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> Operation:
@@ -472,9 +472,9 @@ def sync_triggers(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> Operation
         ident(d.fk.columns[0]), ident(n.new)), n.sync_fn, why="old code writes one id, new code the other"
         + (" (on the partitioned table: Postgres gives every partition, present and future, a copy)"
            if d.partitioned else ""), when=skip_backfill)
-    if not reconciles(cat, d, n):
+    triggers = ", ".join(shapes.before_row_triggers_after(spec, cat, d, n.trigger))
+    if not triggers:
         return first
-    triggers = ", ".join(shapes.before_row_triggers_after(cat, d, n.trigger))
     # Every update, not only of the two columns: an application trigger may set the owner on any update.
     last = CreateTrigger(n.last_trigger, d.table.name, sql.SQL("before insert or update"), n.sync_fn,
                          why=f"after the application's {triggers}: the ids agree whichever of them it wrote",
@@ -613,11 +613,7 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
     code = sql.SQL("""
 declare
   mapped {ck_type};
-  several bigint;
-  left_l text;
-  left_n text;
-  moved_l boolean;
-  moved_n boolean;
+  several bigint;{last_vars}
 begin{reconcile}
   if new.{l} is not null and (tg_op = 'INSERT' or new.{l} is distinct from old.{l} or new.{n} is distinct from old.{n}) then
     select m.{mn} into mapped from {m} m where m.{ml} = new.{l};
@@ -657,7 +653,9 @@ begin{reconcile}
   end if;{key_fill}{remember}
   return new;
 end""").format(**p, key_fill=_key_fill(spec, d, p), count=_count_old_write(n), remember=remember,
-               reconcile=_reconcile(p) if last else sql.SQL(""))
+               reconcile=_reconcile(p) if last else sql.SQL(""),
+               last_vars=sql.SQL("\n  left_l text;\n  left_n text;\n  moved_l boolean;\n  moved_n boolean;")
+               if last else sql.SQL(""))
     return sql.SQL(
         "create or replace function {f}() returns trigger language plpgsql security definer "
         "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(n.sync_fn), body=body(code))

@@ -494,12 +494,21 @@ def _trigger_stmt(trg):
         return None
 
 
-def before_row_triggers_after(cat: Catalog, d, sync: str) -> list[str]:
+def _own_sync_trigger(spec: Spec, trg) -> bool:
+    """pgconverge's sync triggers: one per reference where a table has several ("!pgconverge_sync_buyer_id"), and
+    the last firing of each where the application has triggers ("~pgconverge_sync_buyer_id")."""
+    from pgconverge.planning import expand
+
+    return (trg.name.startswith((expand.TRIGGER, expand.LAST_TRIGGER))
+            and trg.function.schema == spec.migration.private_schema)
+
+
+def before_row_triggers_after(spec: Spec, cat: Catalog, d, sync: str) -> list[str]:
     """The application's BEFORE row triggers on insert or update of D's table that fire after the trigger named
     SYNC (C order of names), pgconverge's own left out: each may write an id after the sync trigger has run."""
     out = []
     for trg in cat.table(d.table.name).triggers if cat.table(d.table.name) is not None else ():
-        if trg.name.startswith(("!pgconverge_sync", "~pgconverge_sync")) or trg.name <= sync:
+        if _own_sync_trigger(spec, trg) or trg.name <= sync:
             continue
         stmt = _trigger_stmt(trg)
         # TRIGGER_TYPE_BEFORE = 2; events INSERT = 4, UPDATE = 16 (an unparseable one counts)
@@ -514,10 +523,7 @@ def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str
     out = []
     fns = {f.name: f for f in cat.functions}
     for trg in t.triggers:
-        # pgconverge's own: one per reference where a table has several ("!pgconverge_sync_buyer_id"), and the
-        # last firing of each where the application has triggers ("~pgconverge_sync_buyer_id")
-        if trg.name == sync or (trg.name.startswith((sync, expand.LAST_TRIGGER))
-                                and trg.function.schema == spec.migration.private_schema):
+        if trg.name == sync or _own_sync_trigger(spec, trg):
             continue
         stmt = _trigger_stmt(trg)
         what = f"trigger {_q(trg.name)} on {t.name}"
