@@ -393,6 +393,7 @@ grant select, insert, update, delete on {d.table} to authenticated;
 
 SHAPES = ("join_pk", "unique", "check", "partial_unique", "partial_unique_collide", "fk_deferrable",
           "expression_index", "user_trigger", "self_reference", "owner_default", "owner_trigger",
+          "owner_trigger_leaf",
           # refused at plan
           "exclusion", "generated", "fk_set_default", "views", "check_value", "trigger_update_of", "trigger_first",
           "pk_referenced", "canonical_refs_legacy", "expression_value")
@@ -538,9 +539,11 @@ create trigger a_require_owner before insert on {orders} for each row execute fu
                     f"'{orders}'::regclass and a.attname = '{new}'), '') not like '%{chelper.split('.')[1]}()' then "
                     "raise exception 'no default'; "
                     "end if; end $p$", None)]
-    if "owner_trigger" in shapes:
+    if "owner_trigger" in shapes or "owner_trigger_leaf" in shapes:
         # The owner from the caller's token, set by a BEFORE trigger that fires after pgconverge's first sync trigger
-        # (as its author would have it: the legacy helper while the legacy column exists, the canonical one after).
+        # (as its author would have it: the legacy helper while the legacy column exists, the canonical one after);
+        # owner_trigger_leaf: on the partition the writers' rows go to alone (orders partitioned by range).
+        on = orders if "owner_trigger" in shapes else f"{orders}_recent"
         schema.append(f"""create function public.owner_from_token() returns trigger language plpgsql as $f$
 begin
   if to_jsonb(new) ? '{fk}' then
@@ -552,7 +555,7 @@ begin
   end if;
   return new;
 end $f$;
-create trigger set_owner before insert on {orders} for each row execute function public.owner_from_token();
+create trigger set_owner before insert on {on} for each row execute function public.owner_from_token();
 """)
         out.owner_filled += (orders,)
     if "self_reference" in shapes:

@@ -125,6 +125,8 @@ alter table public.events_2024 add constraint events_2024_customer_fkey foreign 
 create table public.notes (id bigint, customer_id bigint references public.customers (id));
 create table public.notes_archive () inherits (public.notes);
 create index orders_old_local on public.orders_old (customer_id, total);
+create function public.touch_leaf() returns trigger language plpgsql as $f$ begin return new; end $f$;
+create trigger " leaf first" before insert on public.orders_old for each row execute function public.touch_leaf();
 alter table public.transfers add column referrer_of_the_buyer_in_the_marketplace_loyalty_program_id bigint
   references public.customers (id);
 """
@@ -150,6 +152,8 @@ def test_partition_shapes_refused_at_plan(make_db, tmp_path):
                 "foreign key events_2024_customer_fkey on public.events_2024: is declared on that partition alone",
                 "the partitioned table public.events", "table public.notes: has inheritance children "
                 "(public.notes_archive)", "index public.orders_old_local on the partition public.orders_old",
+                'trigger " leaf first" on public.orders_old: a BEFORE row trigger that fires before',
+                "ALTER TRIGGER \" leaf first\" ON public.orders_old RENAME TO",
                 "references public.transfers.buyer_id and public.transfers.seller_id: would all get the new column "
                 "'seller_profile_id'", "migration.new_columns entry 'public.nope.customer_id'",
                 "referrer_of_the_buyer_in_the_marketplace_loyalty_program_profile_id' would be longer than 63 bytes",

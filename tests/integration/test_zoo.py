@@ -127,6 +127,10 @@ CASES = [
     # Partitioned dependents: planned once on the partitioned table, each leaf backfilled and indexed on its own
     # (a partition attached while expand runs: test_partitions.py).
     Case("partitioned_range_subpartitioned", dict(partitioned="range", dependents=2)),
+    # The application's owner trigger on one partition alone: the last sync trigger is needed all the same.
+    Case("partitioned_owner_trigger_leaf", dict(partitioned="range", shapes=("owner_trigger_leaf",),
+                                                legacy_key="text", canonical_key="bigint"),
+         plan_lists=("listed trigger set_owner on public.orders_recent",)),
     Case("partitioned_hash_uuid", dict(partitioned="hash", legacy_key="uuid", canonical_key="uuid")),
     # Two references from one table (transfers.buyer_id, seller_id), each with its own new column, a policy
     # reading both and an index holding both; one name set in the configuration.

@@ -409,6 +409,23 @@ def _table(spec: Spec, cat: Catalog, d: Dependent) -> list[Finding]:
             continue
         out += _index(cat, t, idx, ren)
     out += _triggers(spec, cat, t, ren, expand.TRIGGER)
+    for part, trgs in partition_triggers(d):
+        out += _triggers(spec, cat, part, ren, expand.TRIGGER, trgs)
+    return out
+
+
+def partition_triggers(d) -> list[tuple[Table, tuple]]:
+    """Per partition of D's table, the triggers of its own: not clones of one on the table it belongs to (a clone
+    keeps its parent's name, and a table cannot have two triggers of one name). The sync triggers on the
+    partitioned table reach every partition; triggers of a partition alone must be read there."""
+    tables = {d.table.name: d.table, **{p.table.name: p.table for p in d.partitions}}
+    out = []
+    for p in d.partitions:
+        parent = tables.get(p.parent)
+        inherited = {trg.name for trg in parent.triggers} if parent is not None else set()
+        own = tuple(trg for trg in p.table.triggers if trg.name not in inherited)
+        if own:
+            out.append((p.table, own))
     return out
 
 
@@ -507,22 +524,27 @@ def before_row_triggers_after(spec: Spec, cat: Catalog, d, sync: str) -> list[st
     """The application's BEFORE row triggers on insert or update of D's table that fire after the trigger named
     SYNC (C order of names), pgconverge's own left out: each may write an id after the sync trigger has run."""
     out = []
-    for trg in cat.table(d.table.name).triggers if cat.table(d.table.name) is not None else ():
+    table = cat.table(d.table.name) or d.table
+    found = [(None, trg) for trg in table.triggers]
+    found += [(part.name, trg) for part, trgs in partition_triggers(d) for trg in trgs]
+    for part, trg in found:
         if _own_sync_trigger(spec, trg) or trg.name <= sync:
             continue
         stmt = _trigger_stmt(trg)
         # TRIGGER_TYPE_BEFORE = 2; events INSERT = 4, UPDATE = 16 (an unparseable one counts)
         if stmt is None or (stmt.timing & 2 and stmt.row and stmt.events & (4 | 16)):
-            out.append(trg.name)
+            out.append(trg.name if part is None else f"{trg.name} (on partition {part})")
     return out
 
 
-def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str) -> list[Finding]:
+def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str,
+              triggers: tuple | None = None) -> list[Finding]:
+    """T's triggers (or TRIGGERS of it: a partition's own) against the sync triggers and the legacy columns."""
     from pgconverge.planning import expand
 
     out = []
     fns = {f.name: f for f in cat.functions}
-    for trg in t.triggers:
+    for trg in t.triggers if triggers is None else triggers:
         if trg.name == sync or _own_sync_trigger(spec, trg):
             continue
         stmt = _trigger_stmt(trg)
