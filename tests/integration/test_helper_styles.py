@@ -287,6 +287,10 @@ begin
   if v = '' then return null; end if;
   return v::bigint;
 end $fn$;""", "not a single RETURN"),
+    # CURRENT_USER means the owner inside the derived SECURITY DEFINER helpers: the guard would let anon in.
+    "tests-the-callers-role": (fn("public.auth_customer_id",
+                                  f"select case when current_user = 'anon' then null else {CLAIMS_JSON}::bigint end"),
+                               "reads current_user"),
     "owned-by-an-api-role": (fn("public.auth_customer_id", f"select {CLAIMS_JSON}::bigint")
                              + "alter function public.auth_customer_id() owner to authenticated;", "an API role"),
 }

@@ -410,6 +410,21 @@ def test_plpgsql_single_return_is_derived():
     assert d.canonical_sql == "" and "not a single RETURN" in d.uncertain[0]
 
 
+def test_a_helper_that_tests_the_callers_role_is_left_to_a_person():
+    """Inside the SECURITY DEFINER helpers the switch installs, CURRENT_USER is their owner: an anon guard written
+    with it would never fire, and an anonymous caller with an identity claim would see that identity's rows."""
+    read = "nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'customer_id', '')::bigint"
+    for test in ("current_user", "current_role", "user"):
+        d = derive(helper(f"select case when {test} = 'anon' then null else {read} end"))
+        assert any(f"reads {test}" in u for u in d.uncertain), d.uncertain  # uncertain: refused at plan
+    # ... in a function it calls, too; SESSION_USER keeps its meaning.
+    guard = helper("select current_user <> 'anon'", returns="boolean", name=P("not_anon"))
+    d = derive(helper(f"select case when public.not_anon() then {read} end"), callees=[guard])
+    assert any("public.not_anon() reads current_user" in u for u in d.uncertain), d.uncertain
+    d = derive(helper(f"select case when session_user = 'x' then null else {read} end"))
+    assert not any("reads" in u for u in d.uncertain), d.uncertain
+
+
 def test_begin_atomic_body_and_parallel_safety_are_kept():
     fn = helper("x", extra="\n PARALLEL SAFE")
     fn = Function(fn.name, fn.signature, "", "bigint", "sql", "s", False, (), "",

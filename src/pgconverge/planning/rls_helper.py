@@ -82,6 +82,10 @@ def resolved_body(legacy: Function, callees: Iterable[Function] = ()) -> ast.Sel
     return d.body() if not legacy.identity_args else None
 
 
+# CURRENT_USER, CURRENT_ROLE and USER name the owner inside a SECURITY DEFINER function (SESSION_USER does not).
+_CALLER_ROLE = {"SVFOP_CURRENT_USER", "SVFOP_CURRENT_ROLE", "SVFOP_USER"}
+
+
 class _Derivation:
     def __init__(self, legacy, canonical, legacy_claim, canonical_claim, key_type, mapping, lcol, ccol, callees,
                  server_version, inline=False):
@@ -110,6 +114,7 @@ class _Derivation:
         body = self.body()
         if body is None:
             return self.result("unknown")
+        self._check_caller_role(body)
         probe = dup(body)
         if swap_claim(probe, self.legacy_claim, self.canonical_claim) == 0:
             return self._lookup(body)
@@ -131,6 +136,24 @@ class _Derivation:
                                           language="plpgsql" if self.legacy.language == "plpgsql" else "sql"),
                            self._function(self.canonical, self.key_type, _select(dup(canonical_read)),
                                           definer=False))
+
+    def _check_caller_role(self, body: ast.SelectStmt) -> None:
+        """The derived helpers run as SECURITY DEFINER (to read the private mapping): inside them, and inside any
+        function they call, CURRENT_USER is their owner. A helper that tests the caller's role with it (`case when
+        current_user = 'anon' then null …`) would stop telling callers apart, and a guard against the anonymous
+        role would let it see another's rows. Such a helper is left to a person."""
+        found = [(self.legacy, body)]
+        found += [(fn, self._select_of(fn, quiet=True)) for fn in self.callees]
+        for fn, tree in found:
+            if tree is None:
+                continue
+            uses = sorted({n.op.name.removeprefix("SVFOP_").lower() for n in walk(tree)
+                           if isinstance(n, ast.SQLValueFunction) and n.op.name in _CALLER_ROLE})
+            if uses:
+                self.uncertain.append(
+                    f"{fn.signature} reads {', '.join(uses)}, which means the function's owner inside the SECURITY "
+                    "DEFINER helpers the switch installs (they read the private mapping): it would no longer tell "
+                    "callers apart; test the token's role claim instead (auth.role(), or auth.jwt() ->> 'role')")
 
     # -- the legacy body ---------------------------------------------------------------------
 
