@@ -203,3 +203,32 @@ def test_contract_refuses_while_anything_still_calls_the_legacy_helper(make_db, 
         conn.execute("create policy own_files on storage.objects for select to authenticated using "
                      "(bucket_id = 'avatars' and (string_to_array(name, '/'))[1] = public.auth_profile_id()::text)")
         cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references", "--accept-runtime-use")
+
+
+def test_contract_refuses_while_a_policy_of_another_table_reads_the_legacy_table(make_db, template_factory, tmp_path):
+    """A policy left to the user that reads the legacy table in a sub-query (no helper call): once contract archives
+    the table out of the API roles' reach, every query on the policy's table fails. Contract refuses before its first
+    drop, naming it."""
+    dsn = make_db(template_factory(SMALL))
+    cfg = write_config(tmp_path, NO_WINDOW + 'accept_policies = ["public.vouchers.vouchers_mine"]\n')
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("""
+            create table public.vouchers (id bigint generated always as identity primary key, phone text);
+            alter table public.vouchers enable row level security;
+            create policy vouchers_mine on public.vouchers for select to authenticated
+              using (exists (select 1 from public.customers c where c.wa_id = vouchers.phone));
+            grant select on public.vouchers to authenticated;""")
+        for ph in ("align", "expand", "switch"):
+            cli("run", ph, "--dsn", dsn, "--config", cfg)
+        before = schema_dump(conn)
+        out = " ".join(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references",
+                           "--accept-runtime-use", expect=2).split())
+        assert "policy vouchers_mine on table vouchers reads public.customers" in out, out
+        assert "nothing was dropped" in out and schema_dump(conn) == before
+        conn.execute("drop policy vouchers_mine on public.vouchers")
+        conn.execute("create policy vouchers_mine on public.vouchers for select to authenticated "
+                     "using (exists (select 1 from public.profiles p where p.whatsapp_e164 = vouchers.phone))")
+        cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references", "--accept-runtime-use")
+        conn.execute("set role authenticated")
+        conn.execute("select count(*) from public.vouchers")  # the table still answers the API role
+        conn.execute("reset role")

@@ -784,10 +784,13 @@ def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, 
     legacy = sql.Literal(str(cat.legacy.name))
     parts.append(sql.SQL(
         "select format('%s reads %s, which contract archives out of the API roles'' reach', {desc}, {l}), null "
-        "from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_rewrite'::regclass and d.refclassid = "
-        "'pg_catalog.pg_class'::regclass and d.refobjid = to_regclass({l}) and d.objid not in (select r.oid from "
-        "pg_catalog.pg_rewrite r where r.ev_class = to_regclass({l})) group by d.classid, d.objid, d.objsubid").format(
-        desc=describe, l=legacy))
+        "from pg_catalog.pg_depend d where d.refclassid = 'pg_catalog.pg_class'::regclass and d.refobjid = "
+        "to_regclass({l}) and (d.classid = 'pg_catalog.pg_rewrite'::regclass and d.objid not in (select r.oid from "
+        "pg_catalog.pg_rewrite r where r.ev_class = to_regclass({l})) "
+        # a policy of another table whose sub-query reads the legacy table (its own go with it into the archive)
+        "or d.classid = 'pg_catalog.pg_policy'::regclass and d.deptype = 'n' and d.objid not in (select p.oid from "
+        "pg_catalog.pg_policy p where p.polrelid = to_regclass({l}))) "
+        "group by d.classid, d.objid, d.objsubid").format(desc=describe, l=legacy))
     if cat.legacy_helper is not None:
         # Dropped, or replaced by a stub that raises on every call: either way a policy, default, view or constraint
         # still calling it would fail every statement that reaches it. The legacy table's own policies go with the
