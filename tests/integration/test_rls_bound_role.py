@@ -187,3 +187,19 @@ def test_the_preflight_knows_owners_members_and_roles_with_only_grants(conn, fix
             conn.execute(sql.SQL("reassign owned by {} to current_user").format(r))
             conn.execute(sql.SQL("drop owned by {}").format(r))
             conn.execute(sql.SQL("drop role {}").format(r))
+
+
+def test_a_role_that_may_not_act_as_the_api_roles_is_refused_at_plan(bound):
+    """The switch's RLS check reads the tables as anon and authenticated: a role that may not SET ROLE to them is
+    refused by `plan` and `run align`, before any change, not by the switch after align and expand have run."""
+    dsn, role, conn = bound
+    conn.execute(sql.SQL("alter role {} bypassrls").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("revoke anon from {}").format(sql.Identifier(role)))
+    before = schema_dump(conn, ("public",))
+    for cmd in (("plan",), ("run", "align")):
+        out = _flat(cli(*cmd, "--dsn", dsn, expect=2))
+        assert f"role anon: pgconverge connects as {role}, which may not act as anon" in out, out
+        assert f"GRANT anon TO {role};" in out and "authenticated" not in out.split("role anon:")[0][-30:]
+    assert not _private_schema(conn) and schema_dump(conn, ("public",)) == before
+    conn.execute(sql.SQL("grant anon to {}").format(sql.Identifier(role)))
+    cli("plan", "--dsn", dsn)

@@ -324,6 +324,15 @@ def _ownership(cat: Catalog) -> list[Finding]:
                 f"owned by {t.owner}; pgconverge connects as {cat.user}, which is neither a superuser nor a member "
                 f"of {t.owner}, so its ALTER TABLE would be refused",
                 f"GRANT {t.owner} TO {cat.user}; (or connect as {t.owner} or a superuser)"))
+    # The switch's RLS check reads the tables as the application's roles (verify/tokens.act_as): found out there, it
+    # would stop the switch after align and expand had run.
+    for role in ("anon", "authenticated"):
+        if role in cat.roles and role not in cat.user_roles:
+            out.append(Finding(
+                f"role {role}", REFUSED,
+                f"pgconverge connects as {cat.user}, which may not act as {role} (SET ROLE): the switch checks row "
+                "level security by reading the tables as the application's roles",
+                f"GRANT {role} TO {cat.user}; (Supabase's postgres role has it)"))
     return out
 
 
