@@ -311,3 +311,33 @@ def test_plan_lists_the_insert_triggers_that_fire_for_created_canonical_rows(con
                            ).fetchone()[0]
     assert created > 0
     assert conn.execute("select count(*) from public.welcome_messages").fetchone()[0] == created
+
+
+def test_a_canonical_key_that_is_the_auth_user_is_copied_from_the_legacy_row(conn, fixture_db, tmp_path):
+    """Supabase's starter shape: profiles' key is the auth user (references auth.users, no default). Created rows
+    cannot invent it, but a legacy column pointing at the same auth users can give it (canonical.copy_columns); the
+    refusal says so, and with it align creates each missing row under its customer's auth user."""
+    conn.execute("""
+        alter table public.profiles alter column user_id drop default;
+        alter table public.profiles add foreign key (user_id) references auth.users (id);
+        alter table public.customers add column user_id uuid;
+        update public.customers set user_id = gen_random_uuid();
+        insert into auth.users (id) select user_id from public.customers;
+        alter table public.customers add foreign key (user_id) references auth.users (id);""")
+    out = " ".join(cli("run", "align", "--dsn", fixture_db, expect=2).split())
+    assert "references auth.users(id)" in out and 'canonical.copy_columns = { user_id = "user_id" }' in out, out
+    assert conn.execute("select to_regnamespace('pgconverge')").fetchone()[0] is None
+    cfg = write_config(tmp_path, '[canonical]\ncopy_columns = { display_name = "display_name", user_id = "user_id" }\n')
+    cli("run", "align", "--dsn", fixture_db, "--config", cfg)
+    created = conn.execute(
+        "select count(*), count(*) filter (where p.user_id = c.user_id) from pgconverge.legacy_customer_profile m "
+        "join public.customers c on c.id = m.customer_id join public.profiles p on p.user_id = m.profile_id "
+        "where m.method = 'created'").fetchone()
+    assert created[0] > 0 and created[0] == created[1], created
+    assert conn.execute("select count(*) from public.customers c where not exists (select 1 from "
+                        "pgconverge.legacy_customer_profile m where m.customer_id = c.id)").fetchone()[0] == 0
+    for phase in ("expand", "switch"):
+        cli("run", phase, "--dsn", fixture_db, "--config", cfg)
+    assert mapping_problems(conn) == []
+    cli("rollback", "align", "--dsn", fixture_db, "--config", cfg, "--yes")
+    assert conn.execute("select to_regclass('pgconverge.legacy_customer_profile')").fetchone()[0] is None

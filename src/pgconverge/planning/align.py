@@ -44,7 +44,7 @@ def names(spec: Spec) -> dict[str, QualifiedName]:
 def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     n = names(spec)
     leg, can = cat.legacy, cat.canonical
-    key_insert = _canonical_key_source(spec, can)
+    key_insert = _canonical_key_source(spec, can, leg)
     _check_creatable(spec, can)
     lk, ck = leg.column(spec.legacy.key), can.column(spec.canonical.key)
     steps = [
@@ -229,9 +229,13 @@ def _report(spec: Spec, cat: Catalog) -> Snapshot:
                     "identity decisions and conflicts")
 
 
-def _canonical_key_source(spec: Spec, can: Table) -> sql.Composable | None:
-    """How a created canonical row gets its key: None = the column's own default, else an expression."""
+def _canonical_key_source(spec: Spec, can: Table, leg: Table | None = None) -> sql.Composable | None:
+    """How a created canonical row gets its key: None = the column's own default or a value the row is given (a
+    match or copied column: Supabase's profiles.id is the auth user, copied from customers.user_id), else an
+    expression."""
     col = can.column(spec.canonical.key)
+    if col.name in {*spec.canonical.match_columns, *(c for _, c in spec.canonical.copy_columns)}:
+        return None
     # A key that references another table (Supabase's profiles.id → auth.users) needs a row there first, default or
     # not: a created row would fail its foreign key partway through the match.
     fks = [fk for fk in can.foreign_keys if fk.columns == (col.name,)]
@@ -241,12 +245,18 @@ def _canonical_key_source(spec: Spec, can: Table) -> sql.Composable | None:
         return sql.SQL("gen_random_uuid()")
     why = f"references {fks[0].ref_table}({', '.join(fks[0].ref_columns)})" if fks else f"is of type {col.type}"
     has = "has a default but" if col.default is not None or col.identity else "has no default and"
+    # A legacy column pointing where the key points (customers.user_id → auth.users) can give created rows their key.
+    same = [fk.columns[0] for fk in (leg.foreign_keys if leg is not None else ())
+            if fks and len(fk.columns) == 1 and fk.ref_table == fks[0].ref_table and fk.ref_columns == fks[0].ref_columns]
     raise CatalogError(
         f"canonical.key {can.name}.{col.name} {has} {why}: pgconverge cannot create canonical rows "
-        "for legacy rows that have none",
-        fix=(f"create the missing {can.name} rows (and their {fks[0].ref_table} rows) yourself" if fks else
+        "for legacy rows that have none (old code's new rows among them)",
+        fix=(f'copy it from {leg.name}.{same[0]}, which references the same rows: canonical.copy_columns = '
+             f'{{ {same[0]} = "{col.name}" }} (a legacy row without one then waits for a decision)' if same else
+             f"create the missing {can.name} rows (and their {fks[0].ref_table} rows) yourself and record them with "
+             "`pgconverge align --decisions FILE`" if fks else
              f"give {can.name}.{col.name} a default (e.g. gen_random_uuid()), or create the missing canonical rows "
-             "yourself") + " and record them with `pgconverge align --decisions FILE`")
+             "yourself and record them with `pgconverge align --decisions FILE`"))
 
 
 def _check_creatable(spec: Spec, can: Table) -> None:
