@@ -391,6 +391,11 @@ def status(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
                   soft_wrap=True)
     console.print("phases: " + " · ".join(f"{ph} {state}" for ph, state in data["phases"].items()), highlight=False,
                   soft_wrap=True)
+    if data["review"]:
+        console.print(f"[yellow]{len(data['review'])} canonical row(s) made for old code's writes to review[/] "
+                      f"(the note column of {spec.mapping_table}):", highlight=False)
+        for r in data["review"][:10]:
+            console.print(f"  {r['legacy']} → {r['canonical']}: {escape(r['note'])}", highlight=False, soft_wrap=True)
     if not show_steps:
         console.print("[dim]each step: pgconverge status --steps[/]", highlight=False)
         return

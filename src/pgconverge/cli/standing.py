@@ -91,9 +91,24 @@ def collect(conn: psycopg.Connection, spec: Spec, plan: Plan, t: Target, config_
         last_error = dict(zip(("step", "sqlstate", "message", "at"), row)) if row else None
     return {"target": t.display,
             "summary": _summary(conn, ledger, plan, steps, outcomes, runner, t, config_file),
-            "runner": runner, "phases": phases, "steps": steps,
+            "runner": runner, "phases": phases, "steps": steps, "review": _review(conn, spec),
             "last_error": ({k: last_error[k] for k in ("step", "sqlstate", "message")}
                            | {"at": last_error["at"].isoformat()}) if last_error else None}
+
+
+def _review(conn: psycopg.Connection, spec: Spec) -> list[dict]:
+    """Canonical rows made for old code's writes other than as align would (without the copied values the canonical
+    table refused, or for a row with no usable match value under unmatched = "refuse"): the mapping's notes."""
+    m = spec.mapping_table
+    if conn.execute("select pg_catalog.to_regclass(%s) is null or not exists (select 1 from pg_catalog.pg_attribute "
+                    "where attrelid = pg_catalog.to_regclass(%s) and attname = 'note')",
+                    (str(m), str(m))).fetchone()[0]:
+        return []
+    rows = conn.execute(sql.SQL("select {l}::text, {c}::text, note from {m} where note is not null order by "
+                                "decided_at limit 100").format(l=sql.Identifier(spec.mapping_legacy_column),
+                                                               c=sql.Identifier(spec.migration.new_column),
+                                                               m=sql.Identifier(m.schema, m.name))).fetchall()
+    return [{"legacy": a, "canonical": b, "note": c} for a, b, c in rows]
 
 
 def _progress(step_row: dict | None, phase_steps: list[dict]) -> str:

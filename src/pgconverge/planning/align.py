@@ -7,7 +7,7 @@ from psycopg import sql
 from pgconverge.catalog.model import Catalog, Table
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.errors import CatalogError
-from pgconverge.execution.sql import body, ident, qn
+from pgconverge.execution.sql import body, ident, qn, text
 from pgconverge.identity import match, phone
 from pgconverge.operations.base import Step
 from pgconverge.operations.batched import Batched, max_key
@@ -22,6 +22,8 @@ from pgconverge.operations.run_sql import RunSql
 from pgconverge.operations.snapshot import Snapshot
 
 PHASE = "align"
+# pgconverge's own sessions (connection.APPLICATION_NAME and its suffixes): whatever else writes is the application.
+OWN_APPLICATION_NAMES = ("pgconverge", "pgconverge:%")
 METHODS = ("exact", "normalized", "created", "manual", "reverse")  # reverse: legacy row made for a canonical one
 REVERSE_FLAG = "pgconverge.reverse_aligning"
 
@@ -59,7 +61,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             public_execute=True)),
         ("mapping_table", CreateTable(n["mapping"], sql.SQL(
             "({lc} {lt} primary key, {cc} {ct} not null, method text not null check (method in ({methods})), "
-            "match_key text, decided_at timestamptz not null default clock_timestamp())").format(
+            "match_key text, decided_at timestamptz not null default clock_timestamp(), note text)").format(
                 lc=ident(spec.mapping_legacy_column), lt=sql.SQL(lk.type), cc=ident(spec.migration.new_column),
                 ct=sql.SQL(ck.type), methods=sql.SQL(", ").join(map(sql.Literal, METHODS))),
             why=f"which {can.name} row each {leg.name} row became",
@@ -378,9 +380,17 @@ def _align_row_function(spec: Spec, cat: Catalog, key_insert: sql.Composable | N
     ck = ident(spec.canonical.key)
     cols = [ident(c) for c in spec.canonical.match_columns] + [ident(c) for _, c in spec.canonical.copy_columns]
     vals = _created_values(spec, cat, n) + [sql.SQL("r.{}").format(ident(lc)) for lc, _ in spec.canonical.copy_columns]
+    # For old code's writes, a canonical row the table refuses with the copied values (a unique e-mail another row
+    # has, a CHECK on the name) is made with the match values alone: the key stays, if it is copied.
+    kept = len(spec.canonical.match_columns)
+    bare = [(c, v) for i, (c, v) in enumerate(zip(cols, vals))
+            if i < kept or spec.canonical.copy_columns[i - kept][1] == spec.canonical.key]
+    bare_cols, bare_vals = [c for c, _ in bare], [v for _, v in bare]
     if key_insert is not None:
         cols.insert(0, ck)
         vals.insert(0, key_insert)
+        bare_cols.insert(0, ck)
+        bare_vals.insert(0, key_insert)
     same = _same_spelling(spec, cat)
     refuse = effective_unmatched(spec, cat) == "refuse"
     ck_type = sql.SQL(can.column(spec.canonical.key).type)
@@ -389,6 +399,9 @@ declare
   k text;
   target {ck_type};
   how text;
+  note text;
+  -- old code writing through the application, not pgconverge's own steps: its write must not fail
+  live constant boolean := pg_catalog.current_setting('application_name') not like all (array[{own}]);
 begin
   if pg_catalog.current_setting({flag}, true) = 'on' then
     return null;  -- a legacy row pgconverge itself is creating for a canonical row; its mapping is written there
@@ -405,10 +418,12 @@ begin
       from {canonical} p where {ckey} = k order by {order_by} limit 1;
   end if;
   if target is null then
-    if k is null and {refuse} then  -- unmatched = refuse: a person decides (the coverage gate lists it)
+    if k is null and {refuse} and not live then  -- unmatched = refuse: a person decides (the coverage gate lists it)
       insert into {pending} (legacy_id, reason) values (r.{lk}::text, {why})
         on conflict (legacy_id) do update set reason = excluded.reason, at = clock_timestamp();
       return null;
+    elsif k is null and {refuse} then  -- written by old code: its rows would fail until a person decides
+      note := {live_why};
     end if;
     if k is not null then
       -- The key's marker, in this transaction. One committed after this transaction's snapshot (repeatable read
@@ -416,17 +431,17 @@ begin
       -- that this transaction cannot see, and a second one would split the person in two.
       insert into {created_keys} (match_key) values (k) on conflict do nothing;
     end if;
-    insert into {canonical} as p ({cols}) values ({vals}) on conflict do nothing returning p.{ck} into target;
+    {create}
     how := 'created';
     if target is null and k is not null then  -- lost a race with a writer that does not take our lock
       select p.{ck}, 'normalized' into target, how from {canonical} p where {ckey} = k
         order by {order_by} limit 1;
-    end if;
+    end if;{bare}
     if target is null then
       raise exception 'pgconverge: could not create a % row for % %', {can_name}, {leg_name}, r.{lk};
     end if;
   end if;
-  insert into {mapping} ({mlc}, {mcc}, method, match_key) values (r.{lk}, target, how, k)
+  insert into {mapping} ({mlc}, {mcc}, method, match_key, note) values (r.{lk}, target, how, k, note)
     on conflict ({mlc}) do nothing;
   delete from {pending} where legacy_id = r.{lk}::text;
   select m.{mcc} into target from {mapping} m where m.{mlc} = r.{lk};
@@ -439,11 +454,45 @@ end""").format(
         pending=qn(n["pending"]), why=sql.Literal(f"no usable {describe_match(spec)} value, and unmatched rows "
                                                   "are refused (migration.unmatched)"),
         can_name=sql.Literal(str(can.name)), leg_name=sql.Literal(str(cat.legacy.name)),
-        flag=sql.Literal(REVERSE_FLAG), created_keys=qn(n["created_keys"]))
+        flag=sql.Literal(REVERSE_FLAG), created_keys=qn(n["created_keys"]),
+        own=sql.SQL(", ").join(sql.Literal(a) for a in OWN_APPLICATION_NAMES),
+        live_why=sql.Literal(f"created for a row old code wrote with no usable {describe_match(spec)} value "
+                             "(unmatched = \"refuse\" holds for the rows align found; old code's writes must not fail)"),
+        **_create(qn(can.name), ck, cols, vals, bare_cols, bare_vals))
     return sql.SQL(
         "create or replace function {f}(r {lt}) returns {ck_type} language plpgsql volatile security definer "
         "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(
         f=qn(n["align_row"]), lt=qn(cat.legacy.name), ck_type=ck_type, body=body(code))
+
+
+def _create(table: sql.Composable, ck: sql.Composable, cols: list, vals: list, bare_cols: list,
+            bare_vals: list) -> dict[str, sql.Composable]:
+    """PL/pgSQL creating the canonical row into TARGET ("create"), and for old code's writes (LIVE) making one that
+    the canonical table refuses with its copied values (a CHECK raises; a unique rule leaves TARGET empty) again
+    without them ("bare"), NOTE saying why: the report lists such rows for review."""
+    insert = sql.SQL("insert into {t} as p ({c}) values ({v}) on conflict do nothing returning p.{ck} into target;")
+    full = insert.format(t=table, c=sql.SQL(", ").join(cols), v=sql.SQL(", ").join(vals), ck=ck)
+    if len(bare_cols) == len(cols):
+        return {"create": full, "bare": sql.SQL("")}  # nothing copied: nothing to leave out
+    create = sql.SQL("""if live then
+      begin
+        {full}
+      exception when integrity_constraint_violation then
+        note := pg_catalog.format('created without its copied columns, which %s refused (%s): review it', {name},
+                                  sqlerrm);
+      end;
+    else
+      {full}
+    end if;""").format(full=full, name=sql.Literal(text(table)))
+    bare = sql.SQL("""
+    if target is null and live then
+      {insert}
+      how := 'created';
+      note := coalesce(note, pg_catalog.format('created without its copied columns, one of whose values another %s '
+                                                'row holds under a unique rule: review it', {name}));
+    end if;""").format(name=sql.Literal(text(table)), insert=insert.format(
+        t=table, c=sql.SQL(", ").join(bare_cols), v=sql.SQL(", ").join(bare_vals), ck=ck))
+    return {"create": create, "bare": bare}
 
 
 def _foreign_references(spec: Spec, cat: Catalog, live: Catalog | None):

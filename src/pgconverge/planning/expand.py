@@ -495,7 +495,7 @@ def _key_fill(spec: Spec, d: Dependent, p: dict) -> sql.Composable:
 
 # Writers whose rows the counter leaves out: pgconverge's own sessions (the backfill skips the trigger
 # altogether; a rollback's refill and the switch's write probes go through it).
-OWN_APPLICATION_NAMES = ("pgconverge", "pgconverge:%")
+OWN_APPLICATION_NAMES = align.OWN_APPLICATION_NAMES
 
 
 def old_writes_sequence(n: Names, d: Dependent) -> Operation:

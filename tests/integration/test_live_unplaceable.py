@@ -1,0 +1,87 @@
+"""Legacy rows old code writes during the migration that the canonical table refuses as align would create them.
+
+The trigger used to leave such a row pending (the application's insert of the customer itself succeeded), and the
+sync trigger then failed old code's next write of a dependent row for it: "could not create a profiles row", a
+CHECK violation, or NOT NULL on the new column. For the application's writes the canonical row is now made without
+the copied values the table refuses (a CHECK on the name, a unique rule another row holds) and the mapping's note says
+so; a row with no usable match value under unmatched = "refuse" gets one too (the setting holds for the rows align
+found). pgconverge's own steps stay strict: align refuses such rows in the data it found, and names them.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from _support import cli, cli_json, write_config
+from _zoo import build, load, set_token
+from pgconverge.verify.tokens import act_as
+
+SHAPES = """
+alter table public.profiles add constraint profiles_name_not_bad check (display_name is distinct from 'BAD');
+create unique index profiles_dup_name on public.profiles (display_name) where display_name like 'dup-%';
+insert into public.profiles (whatsapp_e164, display_name) values ('+250780000991', 'dup-1');
+"""
+
+
+def _old_code(dsn: str, name: str, phone: str) -> tuple[int, int]:
+    """As old code: a customer, then a cart for it (the sync trigger derives the cart's profile_id)."""
+    with psycopg.connect(dsn, application_name="shop") as app:
+        cid = app.execute("insert into public.customers (wa_id, display_name) values (%s, %s) returning id",
+                          (phone, name)).fetchone()[0]
+        app.commit()
+        act_as(app, {"customer_id": cid, "app_role": "customer"})
+        cart = app.execute("insert into public.carts (customer_id) values (%s) returning id", (cid,)).fetchone()[0]
+        app.commit()
+    return cid, cart
+
+
+def test_old_codes_customers_the_canonical_table_refuses_as_copied_still_get_their_rows(conn, fixture_db):
+    conn.execute(SHAPES)
+    cli("run", "align", "--dsn", fixture_db)
+    checked = _old_code(fixture_db, "BAD", "0780000981")  # the CHECK refuses the copied name
+    unique = _old_code(fixture_db, "dup-1", "0780000982")  # another profile holds the copied name
+    cli("run", "expand", "--dsn", fixture_db)
+    after = _old_code(fixture_db, "BAD", "0780000983")  # after expand: profile_id is NOT NULL on carts
+    for (cid, cart), why in ((checked, "profiles_name_not_bad"), (unique, "unique rule"), (after, "profiles_name_not_bad")):
+        note, method, name, owner = conn.execute(
+            "select m.note, m.method, p.display_name, c.profile_id = m.profile_id from "
+            "pgconverge.legacy_customer_profile m join public.profiles p on p.user_id = m.profile_id "
+            "join public.carts c on c.id = %s where m.customer_id = %s", (cart, cid)).fetchone()
+        assert method == "created" and name is None and owner, (cid, method, name, owner)
+        assert "created without its copied columns" in note and why in note, note
+    assert conn.execute("select count(*) from pgconverge.pending_legacy_rows").fetchone()[0] == 0
+    cli("verify", "--dsn", fixture_db)
+    review = cli_json("status", "--dsn", fixture_db)["review"]
+    assert sorted(int(r["legacy"]) for r in review) == sorted(c for c, _ in (checked, unique, after)), review
+    out = " ".join(cli("status", "--dsn", fixture_db).split())
+    assert "3 canonical row(s) made for old code's writes to review" in out, out
+
+
+def test_pgconverges_own_match_stays_strict(conn, fixture_db):
+    """The rows align finds are not made without their values: align refuses, naming the row, changing no data."""
+    conn.execute(SHAPES)
+    conn.execute("insert into public.customers (wa_id, display_name) values ('0780000984', 'BAD')")
+    out = " ".join(cli("run", "align", "--dsn", fixture_db, expect=2).split())
+    assert "profiles_name_not_bad" in out, out
+    assert conn.execute("select count(*) from public.profiles where whatsapp_e164 = '+250780000984'").fetchone()[0] == 0
+
+
+def test_a_row_old_code_writes_with_no_usable_value_under_refuse_is_not_left_failing_its_dependents(make_db, tmp_path):
+    zoo = build(unmatched="refuse")
+    dsn = make_db()
+    load(dsn, zoo)
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, zoo.config))
+    cli("run", "align", *args)
+    cli("run", "expand", *args)
+    fk, lmatch = zoo.dependents[0].fk, zoo.legacy_match_columns[0]
+    with psycopg.connect(dsn, application_name="shop") as app:
+        key = app.execute(f"insert into {zoo.legacy_table} ({lmatch}) values (null) returning id::text").fetchone()[0]
+        app.commit()
+        set_token(app, zoo, {zoo.legacy_claim: key})
+        app.execute(f"insert into {zoo.dependents[0].table} ({fk}) values (%s)", (key,))
+        app.commit()
+    with psycopg.connect(dsn) as c:
+        note = c.execute(f"select note from {zoo.mapping_table} where {zoo.mapping_legacy_column}::text = %s",
+                         (key,)).fetchone()[0]
+        assert "no usable" in note and "refuse" in note, note
+    cli("verify", *args)
