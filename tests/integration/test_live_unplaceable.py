@@ -85,3 +85,30 @@ def test_a_row_old_code_writes_with_no_usable_value_under_refuse_is_not_left_fai
                          (key,)).fetchone()[0]
         assert "no usable" in note and "refuse" in note, note
     cli("verify", *args)
+
+
+def test_new_code_writes_for_a_person_whose_customer_the_application_deleted(conn, fixture_db):
+    """The mapping keeps a deleted customer's row; the sync trigger must not name it again as the legacy id of a row
+    new code writes (the legacy foreign key refused the application's insert), nor may a rollback."""
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, "--dsn", fixture_db)
+    alone, alone_profile = conn.execute(
+        "select m.customer_id, m.profile_id::text from pgconverge.legacy_customer_profile m where (select count(*) "
+        "from pgconverge.legacy_customer_profile x where x.profile_id = m.profile_id) = 1 order by 1 limit 1").fetchone()
+    low, high, merged = conn.execute(
+        "select min(customer_id), max(customer_id), profile_id::text from pgconverge.legacy_customer_profile "
+        "group by profile_id having count(*) = 2 order by 1 limit 1").fetchone()
+    conn.execute("delete from public.customers where id = any(%s)", ([alone, low],))
+    with psycopg.connect(fixture_db, application_name="shop") as app:
+        for profile, legacy in ((alone_profile, None), (merged, high)):
+            act_as(app, {"profile_id": profile, "app_role": "customer"})
+            row = app.execute("insert into public.carts (profile_id) values (%s) returning customer_id",
+                              (profile,)).fetchone()
+            assert row == (legacy,), (profile, row)
+            app.execute("set local role service_role")
+            row = app.execute("insert into public.orders (profile_id) values (%s) returning customer_id",
+                              (profile,)).fetchone()
+            assert row == (legacy,), (profile, row)
+            app.commit()
+    cli("rollback", "align", "--dsn", fixture_db, "--yes")
+    assert conn.execute("select count(*) from public.carts where customer_id is null").fetchone()[0] == 0

@@ -522,12 +522,15 @@ def _legacy_for_function(spec: Spec, cat: Catalog) -> sql.Composable:
 declare
   target {lk_type};
 begin
-  select m.{mlc} into target from {mapping} m where m.{mcc} = canonical_id order by m.{mlc} limit 1;
+  -- a legacy row the application deleted since keeps its mapping, and is never named again
+  select m.{mlc} into target from {mapping} m where m.{mcc} = canonical_id
+    and exists (select 1 from {legacy} l where l.{lk} = m.{mlc}) order by m.{mlc} limit 1;
   if target is not null then
     return target;
   end if;
   perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('pgconverge:reverse:' || canonical_id::text, 0));
-  select m.{mlc} into target from {mapping} m where m.{mcc} = canonical_id order by m.{mlc} limit 1;
+  select m.{mlc} into target from {mapping} m where m.{mcc} = canonical_id
+    and exists (select 1 from {legacy} l where l.{lk} = m.{mlc}) order by m.{mlc} limit 1;
   if target is not null then
     return target;
   end if;

@@ -593,10 +593,13 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
     tag = hashlib.md5(f"{d.table.name}|{legacy_col}".encode()).hexdigest()[:8]
     p.update(last=sql.Literal(n.last_trigger), gl=sql.Literal(f"pgconverge.sync_{tag}_l_"),
              gn=sql.Literal(f"pgconverge.sync_{tag}_n_"))
+    # A legacy row the application deleted since it was mapped keeps its mapping: never named again (its id would
+    # fail the legacy foreign key).
+    p["alive"] = sql.SQL("exists (select 1 from {lt} c where c.{lk} = m.{ml})").format(**p)
     p["legacy_of_new"] = sql.SQL("""select m.{ml}, count(*) over () into new.{l}, several from {m} m where m.{mn} = new.{n}
-          order by m.{ml} limit 1;
+          and {alive} order by m.{ml} limit 1;
         if several > 1 then  -- a merged person: the caller's own legacy row, which the legacy policies check
-          select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n}
+          select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n} and {alive}
             order by m.{ml} is not distinct from {helper}() desc, m.{ml} limit 1;
         end if;""").format(**p)
     reject = sql.SQL(
@@ -645,7 +648,7 @@ begin{reconcile}
     if new.{n} is null then
       new.{l} := null;
     elsif mapped is distinct from new.{n} then
-      select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n} order by m.{ml} limit 1;
+      select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n} and {alive} order by m.{ml} limit 1;
     end if;
   elsif (new.{l} is distinct from old.{l} or new.{n} is distinct from old.{n}) and new.{l} is not null
       and new.{n} is distinct from mapped then  -- both moved, apart (an UPDATE naming both unchanged is left alone)
