@@ -144,19 +144,26 @@ declare
   e_text text;
 begin
   for r in select l as rec, p.legacy_id from {pending} p join {lt} l on l.{lk} = p.legacy_id::{ty}
-            where not exists (select 1 from {m} m where m.{mlc} = l.{lk}) order by p.legacy_id loop
+            where not exists (select 1 from {m} m where m.{mlc} = l.{lk})
+          union all  -- mapped to a canonical row the application has deleted since
+          select l, l.{lk}::text from {m} m join {lt} l on l.{lk} = m.{mlc}
+            where not exists (select 1 from {ct} c where c.{ck} = m.{mcc})
+          order by 2 loop
     begin
       perform {align_row}(r.rec);
     exception when others then
       get stacked diagnostics e_state = returned_sqlstate, e_text = message_text;
-      update {pending} as p set reason = e_text, sqlstate = e_state, at = clock_timestamp()
-       where p.legacy_id = r.legacy_id;
+      insert into {pending} as p (legacy_id, reason, sqlstate) values (r.legacy_id, e_text, e_state)
+        on conflict (legacy_id) do update set reason = excluded.reason, sqlstate = excluded.sqlstate,
+        at = clock_timestamp();
     end;
   end loop;
 end""").format(pending=qn(n["pending"]), lt=qn(cat.legacy.name), lk=ident(spec.legacy.key), ty=sql.SQL(lk_type),
-               m=qn(n["mapping"]), mlc=ident(spec.mapping_legacy_column), align_row=qn(n["align_row"]))
+               m=qn(n["mapping"]), mlc=ident(spec.mapping_legacy_column), align_row=qn(n["align_row"]),
+               ct=qn(cat.canonical.name), ck=ident(spec.canonical.key), mcc=ident(spec.migration.new_column))
     return RunSql(sql.SQL("do {}").format(body(code)),
-                  f"map the {cat.legacy.name} rows the trigger left pending (decided again, as the match decides)")
+                  f"map the {cat.legacy.name} rows the trigger left pending, and those whose {cat.canonical.name} row "
+                  "the application has deleted (decided again, as the match decides)")
 
 
 def describe_match(spec: Spec) -> str:
@@ -408,7 +415,12 @@ begin
   end if;
   select m.{mcc} into target from {mapping} m where m.{mlc} = r.{lk};
   if found then
-    return target;  -- decided once; a later change of number does not move the row to another identity
+    if exists (select 1 from {canonical} p where p.{ck} = target) then
+      return target;  -- decided once; a later change of number does not move the row to another identity
+    end if;
+    -- the application has deleted that canonical row since: decided again, as a row old code writes now would be
+    delete from {mapping} m where m.{mlc} = r.{lk};
+    target := null;
   end if;
   k := {lkey};
   if k is not null then

@@ -589,7 +589,7 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
              mn=ident(spec.migration.new_column), ck_type=ck_type, lt=qn(cat.legacy.name), lk=ident(spec.legacy.key),
              align_row=qn(an["align_row"]), table=sql.Literal(str(d.table.name)),
              lname=sql.Literal(legacy_col), nname=sql.Literal(new),
-             helper=qn(cat.legacy_helper.name))
+             helper=qn(cat.legacy_helper.name), ct=qn(cat.canonical.name), ck=ident(spec.canonical.key))
     tag = hashlib.md5(f"{d.table.name}|{legacy_col}".encode()).hexdigest()[:8]
     p.update(last=sql.Literal(n.last_trigger), gl=sql.Literal(f"pgconverge.sync_{tag}_l_"),
              gn=sql.Literal(f"pgconverge.sync_{tag}_n_"))
@@ -620,6 +620,9 @@ declare
 begin{reconcile}
   if new.{l} is not null and (tg_op = 'INSERT' or new.{l} is distinct from old.{l} or new.{n} is distinct from old.{n}) then
     select m.{mn} into mapped from {m} m where m.{ml} = new.{l};
+    if mapped is not null and not exists (select 1 from {ct} p where p.{ck} = mapped) then
+      mapped := null;  -- the application deleted that canonical row since: decided again below
+    end if;
     if mapped is null then  -- a legacy row the mapping has not seen yet: decide it now, as align would
       select {align_row}(c) into mapped from {lt} c where c.{lk} = new.{l};
     end if;

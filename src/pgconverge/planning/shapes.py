@@ -254,7 +254,24 @@ def findings(spec: Spec, cat: Catalog) -> list[Finding]:
     out += _functions(spec, cat)
     out += _switch_review(spec, cat)
     out += _canonical_triggers(cat)
+    if cat.dependents:
+        out.append(_canonical_deletes(cat))
     return out
+
+
+def _canonical_deletes(cat: Catalog) -> Finding:
+    """From expand on, the new foreign keys reach the dependents from the canonical table: said before it happens."""
+    acts = ", ".join(f"{d.table.name} ({'NO ACTION' if d.fk.on_delete in ('NO ACTION', 'SET DEFAULT') else d.fk.on_delete})"
+                     for d in cat.dependents)
+    return Finding(
+        f"deletes of {cat.canonical.name} rows", LISTED,
+        f"from expand on, deleting a {cat.canonical.name} row reaches the rows of its person through the new foreign "
+        f"keys, with the legacy keys' ON DELETE: {acts} (a NO ACTION or RESTRICT refuses the delete while such rows "
+        f"exist), as it will once the migration is done; before expand it touched none of them. A {cat.legacy.name} "
+        f"row whose {cat.canonical.name} row was deleted is matched again (a new one is created where none matches) "
+        "when old code next writes for it, or at the next phase's map_pending",
+        f"delete {cat.canonical.name} rows (an auth user's, say) through the application's own flow during the "
+        "migration, or hold such deletes until contract")
 
 
 def _canonical_triggers(cat: Catalog) -> list[Finding]:
