@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import psycopg
 
-from _support import cli, cli_json, write_config
+from _support import cli, cli_json, schema_dump, write_config
 from _zoo import build, load, set_token
 from pgconverge.verify.tokens import act_as
 
@@ -142,3 +142,26 @@ def test_a_profile_the_application_deletes_during_the_migration(conn, fixture_db
     assert ("listed deletes of public.profiles rows: from expand on, deleting a public.profiles row reaches the rows "
             "of its person through the new foreign keys") in out, out
     assert "public.carts (CASCADE)" in out and "public.orders (SET NULL)" in out
+
+
+def test_expand_refuses_before_any_change_while_a_legacy_row_has_no_canonical_row(conn, fixture_db):
+    """A legacy row written where the align trigger did not fire is mapped by expand's first step; one that still
+    cannot be placed stops expand before its first change, named with the reason, and expand goes on once fixed."""
+    cli("run", "align", "--dsn", fixture_db)
+    conn.execute("set session_replication_role = replica")  # a restore or a replica's apply: no triggers fire
+    unseen = conn.execute("insert into public.customers (wa_id) values ('0780000771') returning id").fetchone()[0]
+    conn.execute("reset session_replication_role")
+    conn.execute("alter table public.profiles add constraint no_such_number check (whatsapp_e164 <> '+250780000772') "
+                 "not valid")
+    with psycopg.connect(fixture_db, application_name="shop") as app:
+        stuck = app.execute("insert into public.customers (wa_id) values ('0780000772') returning id").fetchone()[0]
+    before = schema_dump(conn)
+    out = " ".join(cli("run", "expand", "--dsn", fixture_db, expect=2).split())
+    assert f"{stuck} has no mapping: new row for relation \"profiles\" violates check constraint" in out, out
+    assert str(unseen) not in out.split("has no mapping")[0][-12:]
+    assert schema_dump(conn) == before  # nothing changed
+    assert conn.execute("select count(*) from pgconverge.legacy_customer_profile where customer_id = %s",
+                        (unseen,)).fetchone()[0] == 1
+    conn.execute("alter table public.profiles drop constraint no_such_number")
+    cli("run", "expand", "--dsn", fixture_db)
+    cli("verify", "--dsn", fixture_db)

@@ -113,7 +113,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     return [Step(f"{PHASE}.{i}", PHASE, op) for i, op in steps]
 
 
-def coverage_gate(spec: Spec, cat: Catalog, phase: str = PHASE) -> Check:
+def coverage_gate(spec: Spec, cat: Catalog, phase: str = PHASE, redo: str = "") -> Check:
     """Every legacy row has a mapping; those that do not are named, with the reason the trigger recorded. A failure
     sends PHASE's map_pending back: a row left pending after it ran is decided by the next run of the phase.
     Contract's reads the legacy table it archives: a gate of that moment, not run again by `verify`."""
@@ -128,13 +128,15 @@ def coverage_gate(spec: Spec, cat: Catalog, phase: str = PHASE) -> Check:
                                                             "record them with `pgconverge align --decisions FILE`",
         # Read the legacy keys through the primary key index: the runtime audit counts sequential
         # scans of the legacy table as use by old code, and this check runs after the switch too.
-        settings=(("enable_seqscan", "off"),), redo=(f"{phase}.map_pending",), standing=phase == PHASE)
+        settings=(("enable_seqscan", "off"),), redo=(redo or f"{phase}.map_pending",), standing=phase == PHASE)
 
 
 def map_pending(spec: Spec, cat: Catalog) -> RunSql:
-    """Decide again, in pgconverge's own READ COMMITTED session, each legacy row the trigger left pending without a
-    mapping (a writer at REPEATABLE READ that could not see the canonical row made for its key, say). A row that
-    fails again stays pending with the new reason: the coverage gate names it; nothing here fails the step."""
+    """Decide again, in pgconverge's own READ COMMITTED session, each legacy row without a mapping (one the trigger
+    left pending: a writer at REPEATABLE READ that could not see the canonical row made for its key, say; or one
+    written where triggers do not fire) and each mapped to a canonical row the application has deleted since. A row
+    that fails again waits in the pending table with the new reason: the coverage gate names it; nothing here fails
+    the step."""
     n = names(spec)
     lk_type = cat.legacy.column(spec.legacy.key).type
     code = sql.SQL("""
@@ -143,7 +145,8 @@ declare
   e_state text;
   e_text text;
 begin
-  for r in select l as rec, p.legacy_id from {pending} p join {lt} l on l.{lk} = p.legacy_id::{ty}
+  -- unmapped: left pending by the trigger, or written where it did not fire (session_replication_role = replica)
+  for r in select l as rec, l.{lk}::text as legacy_id from {lt} l
             where not exists (select 1 from {m} m where m.{mlc} = l.{lk})
           union all  -- mapped to a canonical row the application has deleted since
           select l, l.{lk}::text from {m} m join {lt} l on l.{lk} = m.{mlc}

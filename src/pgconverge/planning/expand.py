@@ -105,7 +105,11 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         sid = f"{PHASE}.{dep_names.short}.{what}" if dep_names else f"{PHASE}.{what}"
         steps.append(Step(sid, PHASE, op))
 
-    # 0. Before any change: rows that a mirrored unique index would reject once merged (planning/shapes.py).
+    # 0. Before any change: every legacy row has its canonical row (a row old code wrote since align that could not be
+    #    placed would leave its dependents' rows without the new id, and the NOT NULL check would stop expand half
+    #    way); then rows that a mirrored unique index would reject once merged (planning/shapes.py).
+    add(None, "map_pending_first", align.map_pending(spec, cat))
+    add(None, "coverage", align.coverage_gate(spec, cat, PHASE, redo=f"{PHASE}.map_pending_first"))
     collisions = shapes.collisions(spec, cat)
     if collisions is not None:
         add(None, "unique_collisions", collisions)
@@ -735,6 +739,11 @@ def _shown_row(d: Dependent) -> sql.Composable:
 # -- rollback ---------------------------------------------------------------------------------------------
 
 
+# Steps that change nothing: undone with the first step of the rollback, so that a later expand runs them again.
+FIRST_STEPS = ("expand.invariants", "expand.unique_collisions", "expand.map_pending", "expand.map_pending_first",
+               "expand.coverage")
+
+
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
     """Undo expand reference by reference: give every row its legacy id back, restore NOT NULL, drop the new
     column.
@@ -760,11 +769,11 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             for i, leaf in enumerate(leaves):
                 steps.append(Step(f"{rid}.legacy_ids.{ps[leaf.table.name]}", "rollback",
                                   _reverse_fill(spec, n, leaf.table),
-                                  ("expand.invariants", "expand.unique_collisions", "expand.map_pending") if first and i == 0 else (),
+                                  FIRST_STEPS if first and i == 0 else (),
                                   (f"{fwd}.add_column",)))
         else:
             steps.append(Step(f"{rid}.legacy_ids", "rollback", _reverse_fill(spec, n, d.table),
-                              ("expand.invariants", "expand.unique_collisions", "expand.map_pending") if first else (),
+                              FIRST_STEPS if first else (),
                               (f"{fwd}.add_column",)))
         if d.column.not_null:
             chk = f"{d.table.name.name}_{legacy_col}_not_null"[:63]
