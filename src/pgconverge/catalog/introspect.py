@@ -317,7 +317,8 @@ class _Reader:
 
     def _grants(self, oids: list[int], helpers: list[Function]) -> list[Grant]:
         roles = set(self.spec.migration.api_roles) | {"PUBLIC"}
-        out = [Grant("table", o, g, p) for o, g, p in self.rows(q.TABLE_GRANTS, oids=oids) if g in roles]
+        out = [Grant("table", str(QualifiedName(ns, rel)), g, p, o)
+               for ns, rel, g, p, o in self.rows(q.TABLE_GRANTS, oids=oids) if g in roles]
         fn_oids = [h.oid for h in helpers]
         out += [Grant("function", o, g, p) for o, g, p in self.rows(q.FUNCTION_GRANTS, oids=fn_oids) if g in roles]
         return out

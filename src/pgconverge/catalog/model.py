@@ -129,9 +129,10 @@ class View:
 @dataclass(frozen=True)
 class Grant:
     object_kind: str  # table, function, schema
-    object_name: str
-    grantee: str
+    object_name: str  # a table as str(QualifiedName), a function as regprocedure text
+    grantee: str  # PUBLIC or a role's name, unquoted
     privilege: str
+    grantable: bool = False  # WITH GRANT OPTION
 
 
 @dataclass(frozen=True)

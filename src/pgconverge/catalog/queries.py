@@ -144,17 +144,18 @@ where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not li
 order by n.nspname, p.proname, p.oid
 """
 
+# Roles by their names as written in pgconverge.toml (unquoted), tables by schema and name (the caller quotes).
 TABLE_GRANTS = """
-select n.nspname || '.' || c.relname, case when a.grantee = 0 then 'PUBLIC' else a.grantee::regrole::text end,
-       a.privilege_type
+select n.nspname, c.relname, case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end,
+       a.privilege_type, a.is_grantable
 from pg_class c join pg_namespace n on n.oid = c.relnamespace, aclexplode(c.relacl) a
 where c.oid = any(%(oids)s)
-order by 1, 2, 3
+order by 1, 2, 3, 4
 """
 
 # A NULL proacl means the default: EXECUTE for PUBLIC.
 FUNCTION_GRANTS = """
-select p.oid::regprocedure::text, case when a.grantee = 0 then 'PUBLIC' else a.grantee::regrole::text end,
+select p.oid::regprocedure::text, case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end,
        a.privilege_type
 from pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
 where p.oid = any(%(oids)s)

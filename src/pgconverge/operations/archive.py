@@ -22,7 +22,8 @@ class ArchiveTable(Operation):
     table: QualifiedName
     archived: QualifiedName  # schema = archive schema, name = <table>_<UTC timestamp>
     revoke_from: tuple[str, ...]  # roles that must not reach the archive
-    grants: tuple[tuple[str, str], ...] = ()  # (grantee, privilege) the table had: restored by the reverse
+    # (grantee, privilege[, with grant option]) the table had: restored by the reverse
+    grants: tuple[tuple, ...] = ()
 
     @property
     def description(self) -> str:
@@ -57,7 +58,7 @@ class RestoreTable(Operation):
 
     archived: QualifiedName
     table: QualifiedName
-    grants: tuple[tuple[str, str], ...] = ()
+    grants: tuple[tuple, ...] = ()
 
     @property
     def description(self) -> str:
@@ -72,7 +73,8 @@ class RestoreTable(Operation):
             sql.SQL("alter table {} rename to {}").format(qn(self.archived), ident(self.table.name)),
             sql.SQL("alter table {} set schema {}").format(qn(QualifiedName(self.archived.schema, self.table.name)),
                                                            ident(self.table.schema)),
-            *(sql.SQL("grant {} on table {} to {}").format(
-                sql.SQL(priv), qn(self.table), sql.SQL("public") if role == "PUBLIC" else ident(role))
-              for role, priv in self.grants),
+            *(sql.SQL("grant {} on table {} to {}{}").format(
+                sql.SQL(priv), qn(self.table), sql.SQL("public") if role == "PUBLIC" else ident(role),
+                sql.SQL(" with grant option") if option and option[0] else sql.SQL(""))
+              for role, priv, *option in self.grants),
         ]

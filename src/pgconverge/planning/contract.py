@@ -253,8 +253,10 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                                              helper.legacy_bridge_sql, why="a stub that says the helper is retired"))
     archived, archived_map = archive_names(spec, cat)
     roles = tuple(r for r in spec.migration.api_roles if r in cat.roles)
-    grants = tuple((g.grantee, g.privilege) for g in cat.grants
-                   if g.object_kind == "table" and g.object_name == str(cat.legacy.name))
+    # (A catalog saved by an earlier release named the table unquoted.)
+    legacy_names = (str(cat.legacy.name), f"{cat.legacy.name.schema}.{cat.legacy.name.name}")
+    grants = tuple((g.grantee, g.privilege, g.grantable) for g in cat.grants
+                   if g.object_kind == "table" and g.object_name in legacy_names)
     add("archive_legacy_table", ArchiveTable(cat.legacy.name, archived, roles, grants))
     add("archive_mapping", ArchiveTable(an["mapping"], archived_map, roles + readers,
                                         tuple((r, "SELECT") for r in readers)))
