@@ -16,6 +16,8 @@ class Column:
     generated: bool = False
     identity: bool = False
     attnum: int = 0
+    # Its own privileges (GRANT SELECT (col) …): (grantee, privilege, with grant option), grantee PUBLIC or a role.
+    privileges: tuple[tuple[str, str, bool], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,14 @@ from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where c.oid = any(%(oids)s)
 """
 
+# A column's own privileges (GRANT SELECT (col) …) as [grantee, privilege, with grant option].
 COLUMNS = """
 select a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-       pg_get_expr(d.adbin, d.adrelid), a.attgenerated <> '', a.attidentity <> '', a.attnum
+       pg_get_expr(d.adbin, d.adrelid), a.attgenerated <> '', a.attidentity <> '', a.attnum,
+       coalesce((select json_agg(json_build_array(x.who, x.privilege_type, x.is_grantable)
+                                 order by x.who, x.privilege_type, x.is_grantable)
+                 from (select case when e.grantee = 0 then 'PUBLIC' else pg_get_userbyid(e.grantee) end as who,
+                              e.privilege_type, e.is_grantable from aclexplode(a.attacl) e) x), '[]')
 from pg_attribute a
 left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
 where a.attrelid = any(%(oids)s) and a.attnum > 0 and not a.attisdropped

@@ -10,6 +10,7 @@ from psycopg import sql
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import ident, qn
 from pgconverge.operations.base import Lock, Operation
+from pgconverge.operations.grant import GrantColumn
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class ArchiveTable(Operation):
     revoke_from: tuple[str, ...]  # roles that must not reach the archive
     # (grantee, privilege[, with grant option]) the table had: restored by the reverse
     grants: tuple[tuple, ...] = ()
+    # (column, its privileges as Column.privileges) of the roles revoked: restored by the reverse
+    columns: tuple[tuple[str, tuple[tuple[str, str, bool], ...]], ...] = ()
 
     @property
     def description(self) -> str:
@@ -46,7 +49,7 @@ class ArchiveTable(Operation):
         ]
 
     def reverse(self) -> Operation:
-        return RestoreTable(self.archived, self.table, self.grants)
+        return RestoreTable(self.archived, self.table, self.grants, self.columns)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class RestoreTable(Operation):
     archived: QualifiedName
     table: QualifiedName
     grants: tuple[tuple, ...] = ()
+    columns: tuple[tuple[str, tuple[tuple[str, str, bool], ...]], ...] = ()
 
     @property
     def description(self) -> str:
@@ -77,4 +81,6 @@ class RestoreTable(Operation):
                 sql.SQL(priv), qn(self.table), sql.SQL("public") if role == "PUBLIC" else ident(role),
                 sql.SQL(" with grant option") if option and option[0] else sql.SQL(""))
               for role, priv, *option in self.grants),
+            *(s for column, privileges in self.columns
+              for s in GrantColumn(self.table, column, privileges).statements()),
         ]
