@@ -111,8 +111,8 @@ class _Reader:
         if not oids:
             return {}
         cols: dict[int, list[Column]] = defaultdict(list)
-        for rel, name, typ, nn, default, gen, ident, num in self.rows(q.COLUMNS, oids=oids):
-            cols[rel].append(Column(name, typ, nn, default, gen, ident, num))
+        for rel, name, typ, nn, default, gen, ident, num, acl in self.rows(q.COLUMNS, oids=oids):
+            cols[rel].append(Column(name, typ, nn, default, gen, ident, num, tuple((g, p, o) for g, p, o in acl)))
         idx: dict[int, list[Index]] = defaultdict(list)
         for rel, ns, iname, tns, tname, icols, idef, uniq, prim, valid, pred, am in self.rows(q.INDEXES, oids=oids):
             idx[rel].append(Index(QualifiedName(ns, iname), QualifiedName(tns, tname), tuple(icols), idef,
@@ -317,7 +317,8 @@ class _Reader:
 
     def _grants(self, oids: list[int], helpers: list[Function]) -> list[Grant]:
         roles = set(self.spec.migration.api_roles) | {"PUBLIC"}
-        out = [Grant("table", o, g, p) for o, g, p in self.rows(q.TABLE_GRANTS, oids=oids) if g in roles]
+        out = [Grant("table", str(QualifiedName(ns, rel)), g, p, o)
+               for ns, rel, g, p, o in self.rows(q.TABLE_GRANTS, oids=oids) if g in roles]
         fn_oids = [h.oid for h in helpers]
         out += [Grant("function", o, g, p) for o, g, p in self.rows(q.FUNCTION_GRANTS, oids=fn_oids) if g in roles]
         return out

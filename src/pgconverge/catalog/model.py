@@ -16,6 +16,8 @@ class Column:
     generated: bool = False
     identity: bool = False
     attnum: int = 0
+    # Its own privileges (GRANT SELECT (col) …): (grantee, privilege, with grant option), grantee PUBLIC or a role.
+    privileges: tuple[tuple[str, str, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,10 @@ class View:
 @dataclass(frozen=True)
 class Grant:
     object_kind: str  # table, function, schema
-    object_name: str
-    grantee: str
+    object_name: str  # a table as str(QualifiedName), a function as regprocedure text
+    grantee: str  # PUBLIC or a role's name, unquoted
     privilege: str
+    grantable: bool = False  # WITH GRANT OPTION
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,14 @@ from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where c.oid = any(%(oids)s)
 """
 
+# A column's own privileges (GRANT SELECT (col) …) as [grantee, privilege, with grant option].
 COLUMNS = """
 select a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-       pg_get_expr(d.adbin, d.adrelid), a.attgenerated <> '', a.attidentity <> '', a.attnum
+       pg_get_expr(d.adbin, d.adrelid), a.attgenerated <> '', a.attidentity <> '', a.attnum,
+       coalesce((select json_agg(json_build_array(x.who, x.privilege_type, x.is_grantable)
+                                 order by x.who, x.privilege_type, x.is_grantable)
+                 from (select case when e.grantee = 0 then 'PUBLIC' else pg_get_userbyid(e.grantee) end as who,
+                              e.privilege_type, e.is_grantable from aclexplode(a.attacl) e) x), '[]')
 from pg_attribute a
 left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
 where a.attrelid = any(%(oids)s) and a.attnum > 0 and not a.attisdropped
@@ -144,17 +149,18 @@ where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not li
 order by n.nspname, p.proname, p.oid
 """
 
+# Roles by their names as written in pgconverge.toml (unquoted), tables by schema and name (the caller quotes).
 TABLE_GRANTS = """
-select n.nspname || '.' || c.relname, case when a.grantee = 0 then 'PUBLIC' else a.grantee::regrole::text end,
-       a.privilege_type
+select n.nspname, c.relname, case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end,
+       a.privilege_type, a.is_grantable
 from pg_class c join pg_namespace n on n.oid = c.relnamespace, aclexplode(c.relacl) a
 where c.oid = any(%(oids)s)
-order by 1, 2, 3
+order by 1, 2, 3, 4
 """
 
 # A NULL proacl means the default: EXECUTE for PUBLIC.
 FUNCTION_GRANTS = """
-select p.oid::regprocedure::text, case when a.grantee = 0 then 'PUBLIC' else a.grantee::regrole::text end,
+select p.oid::regprocedure::text, case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end,
        a.privilege_type
 from pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
 where p.oid = any(%(oids)s)

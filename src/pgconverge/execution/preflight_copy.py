@@ -435,15 +435,24 @@ def _fill(source_dsn: str, copy_dsn: str, spec: Spec, plan: Plan, cats: baseline
 
 # -- comparing the schema ------------------------------------------------------------------------------
 
+# An ACL as its privileges, in one order whatever order they were granted in: a NULL one (never granted or revoked)
+# read as the default it stands for (the owner's privileges), which a rollback that revokes and grants again
+# writes out. The grantor is left out: a grant restored by a superuser names the owner as its grantor.
+_ACL = """(select coalesce(string_agg(e, ',' order by e), '') from (
+            select case when x.grantee = 0 then 'PUBLIC' else pg_get_userbyid(x.grantee) end || '=' || x.privilege_type
+                   || case when x.is_grantable then '*' else '' end as e from aclexplode({}) x) x)"""
+
 _SCHEMA_STATE = """
 with s as (select oid, nspname from pg_namespace where nspname <> all(%(skip)s) and nspname !~ '^pg_'
            and nspname <> 'information_schema')
 select format('relation %%s.%%s %%s rls=%%s/%%s acl=%%s', s.nspname, c.relname, c.relkind, c.relrowsecurity,
-              c.relforcerowsecurity, c.relacl) from pg_class c join s on s.oid = c.relnamespace
+              c.relforcerowsecurity, """ + _ACL.format("coalesce(c.relacl, acldefault('r', c.relowner))") + """)
+  from pg_class c join s on s.oid = c.relnamespace
   where c.relkind in ('r', 'p', 'v', 'm', 'f')
 union all
-select format('column %%s.%%s.%%s %%s %%s %%s', s.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
-              a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
+select format('column %%s.%%s.%%s %%s %%s %%s acl=%%s', s.nspname, c.relname, a.attname,
+              format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid),
+              """ + _ACL.format("a.attacl") + """)
   from pg_attribute a join pg_class c on c.oid = a.attrelid join s on s.oid = c.relnamespace
   left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
   where c.relkind in ('r', 'p', 'v', 'm', 'f') and a.attnum > 0 and not a.attisdropped
@@ -462,7 +471,8 @@ select format('policy %%s.%%s.%%s %%s %%s %%s %%s', s.nspname, c.relname, p.poln
               pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid))
   from pg_policy p join pg_class c on c.oid = p.polrelid join s on s.oid = c.relnamespace
 union all
-select format('function %%s %%s %%s', p.oid::regprocedure, md5(pg_get_functiondef(p.oid)), p.proacl)
+select format('function %%s %%s acl=%%s', p.oid::regprocedure, md5(pg_get_functiondef(p.oid)),
+              """ + _ACL.format("coalesce(p.proacl, acldefault('f', p.proowner))") + """)
   from pg_proc p join s on s.oid = p.pronamespace where p.prokind in ('f', 'p')
 union all
 select format('view %%s.%%s %%s', s.nspname, c.relname, md5(pg_get_viewdef(c.oid)))
@@ -472,7 +482,8 @@ select format('view %%s.%%s %%s', s.nspname, c.relname, md5(pg_get_viewdef(c.oid
 
 def schema_state(conn: psycopg.Connection, spec: Spec) -> list[str]:
     """Tables, columns, constraints, indexes, triggers, policies, functions and views of every user schema but
-    the private one (its ledger records the preflight), as sorted text."""
+    the private one (its ledger records the preflight), with the privileges on tables, columns and functions, as
+    sorted text."""
     rows = conn.execute(_SCHEMA_STATE, {"skip": [spec.migration.private_schema]}).fetchall()
     return sorted(r[0] for r in rows)
 

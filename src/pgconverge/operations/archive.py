@@ -10,6 +10,7 @@ from psycopg import sql
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import ident, qn
 from pgconverge.operations.base import Lock, Operation
+from pgconverge.operations.grant import GrantColumn
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,10 @@ class ArchiveTable(Operation):
     table: QualifiedName
     archived: QualifiedName  # schema = archive schema, name = <table>_<UTC timestamp>
     revoke_from: tuple[str, ...]  # roles that must not reach the archive
-    grants: tuple[tuple[str, str], ...] = ()  # (grantee, privilege) the table had: restored by the reverse
+    # (grantee, privilege[, with grant option]) the table had: restored by the reverse
+    grants: tuple[tuple, ...] = ()
+    # (column, its privileges as Column.privileges) of the roles revoked: restored by the reverse
+    columns: tuple[tuple[str, tuple[tuple[str, str, bool], ...]], ...] = ()
 
     @property
     def description(self) -> str:
@@ -45,7 +49,7 @@ class ArchiveTable(Operation):
         ]
 
     def reverse(self) -> Operation:
-        return RestoreTable(self.archived, self.table, self.grants)
+        return RestoreTable(self.archived, self.table, self.grants, self.columns)
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,8 @@ class RestoreTable(Operation):
 
     archived: QualifiedName
     table: QualifiedName
-    grants: tuple[tuple[str, str], ...] = ()
+    grants: tuple[tuple, ...] = ()
+    columns: tuple[tuple[str, tuple[tuple[str, str, bool], ...]], ...] = ()
 
     @property
     def description(self) -> str:
@@ -72,7 +77,10 @@ class RestoreTable(Operation):
             sql.SQL("alter table {} rename to {}").format(qn(self.archived), ident(self.table.name)),
             sql.SQL("alter table {} set schema {}").format(qn(QualifiedName(self.archived.schema, self.table.name)),
                                                            ident(self.table.schema)),
-            *(sql.SQL("grant {} on table {} to {}").format(
-                sql.SQL(priv), qn(self.table), sql.SQL("public") if role == "PUBLIC" else ident(role))
-              for role, priv in self.grants),
+            *(sql.SQL("grant {} on table {} to {}{}").format(
+                sql.SQL(priv), qn(self.table), sql.SQL("public") if role == "PUBLIC" else ident(role),
+                sql.SQL(" with grant option") if option and option[0] else sql.SQL(""))
+              for role, priv, *option in self.grants),
+            *(s for column, privileges in self.columns
+              for s in GrantColumn(self.table, column, privileges).statements()),
         ]

@@ -43,3 +43,48 @@ class GrantRead(Operation):
 
     def reverse(self) -> Operation:
         return GrantRead(self.table, self.roles, "undo", revoke=not self.revoke)
+
+
+_COLUMN_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "REFERENCES")
+
+
+@dataclass(frozen=True)
+class GrantColumn(Operation):
+    """Column privileges, as another column has them (GRANT SELECT (col) … TO role [WITH GRANT OPTION]).
+
+    Safe alone: only allows more."""
+
+    safe_alone: ClassVar[bool] = True
+
+    table: QualifiedName
+    column: str
+    privileges: tuple[tuple[str, str, bool], ...]  # (grantee or PUBLIC, privilege, with grant option)
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if bad := [p for _, p, _ in self.privileges if p not in _COLUMN_PRIVILEGES]:
+            raise ValueError(f"not a column privilege: {', '.join(bad)}")
+
+    @property
+    def description(self) -> str:
+        shown = ", ".join(f"{p} to {g}" + (" with grant option" if o else "") for g, p, o in self.privileges)
+        return f"grant {shown} on {self.table}.{self.column}" + (f": {self.why}" if self.why else "")
+
+    @property
+    def lock(self) -> Lock:
+        return Lock.NONE
+
+    @property
+    def lock_target(self) -> str:
+        return str(self.table)
+
+    def statements(self) -> list[sql.Composable]:
+        groups: dict[tuple[str, bool], list[str]] = {}
+        for grantee, priv, option in self.privileges:
+            groups.setdefault((grantee, option), []).append(priv)
+        col = sql.SQL("({})").format(ident(self.column))
+        return [sql.SQL("grant {} on table {} to {}{}").format(
+            sql.SQL(", ").join(sql.SQL("{} {}").format(sql.SQL(p.lower()), col) for p in privs), qn(self.table),
+            sql.SQL("public") if grantee == "PUBLIC" else ident(grantee),
+            sql.SQL(" with grant option") if option else sql.SQL(""))
+            for (grantee, option), privs in groups.items()]

@@ -18,6 +18,7 @@ from pgconverge.operations.constraints import AddKeyUsingIndex, DropConstraint, 
 from pgconverge.operations.create_index import DropIndexConcurrently
 from pgconverge.operations.create_trigger import DropTrigger
 from pgconverge.operations.drop_policies import DropPolicies
+from pgconverge.operations.grant import GrantColumn
 from pgconverge.operations.replace_function import ReplaceFunction
 from pgconverge.operations.snapshot import Snapshot
 from pgconverge.operations.partitions import AddForeignKey, DropIndex
@@ -253,9 +254,15 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                                              helper.legacy_bridge_sql, why="a stub that says the helper is retired"))
     archived, archived_map = archive_names(spec, cat)
     roles = tuple(r for r in spec.migration.api_roles if r in cat.roles)
-    grants = tuple((g.grantee, g.privilege) for g in cat.grants
-                   if g.object_kind == "table" and g.object_name == str(cat.legacy.name))
-    add("archive_legacy_table", ArchiveTable(cat.legacy.name, archived, roles, grants))
+    # (A catalog saved by an earlier release named the table unquoted.)
+    legacy_names = (str(cat.legacy.name), f"{cat.legacy.name.schema}.{cat.legacy.name.name}")
+    grants = tuple((g.grantee, g.privilege, g.grantable) for g in cat.grants
+                   if g.object_kind == "table" and g.object_name in legacy_names)
+    # Revoking a role's table privileges revokes its column privileges too: those of the roles revoked are kept.
+    revoked = {*roles, "PUBLIC"}
+    columns = tuple((c.name, kept) for c in cat.legacy.columns
+                    if (kept := tuple(p for p in c.privileges if p[0] in revoked)))
+    add("archive_legacy_table", ArchiveTable(cat.legacy.name, archived, roles, grants, columns))
     add("archive_mapping", ArchiveTable(an["mapping"], archived_map, roles + readers,
                                         tuple((r, "SELECT") for r in readers)))
     add("linkage_after", linkage_snapshot(spec, cat, "after", legacy=False))
@@ -324,9 +331,12 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                     and not col.identity else ())
         if shapes.owner_default(spec, d):
             defaults += (SetDefault(d.table.name, n.new, None),)
+        # Its column privileges went with it (where the application's role may use only some columns).
+        grants = (GrantColumn(d.table.name, legacy_col, col.privileges, why="as before contract"),) \
+            if col.privileges else ()
         add(f"{n.short}.legacy_column", Together((
-            AddColumn(d.table.name, legacy_col, col.type), *defaults, exp[f"expand.{n.short}.sync_trigger"].op),
-            "old code writes the column as soon as it exists"),
+            AddColumn(d.table.name, legacy_col, col.type), *defaults, *grants,
+            exp[f"expand.{n.short}.sync_trigger"].op), "old code writes the column as soon as it exists"),
             (f"{fid}.drop_legacy_column",))
         # Runs while the legacy foreign key is still to be restored (the two steps before it have
         # already marked their own forward steps undone).

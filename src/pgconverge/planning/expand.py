@@ -27,6 +27,7 @@ from pgconverge.operations.constraints import (
 from pgconverge.operations.create_function import CreateFunction
 from pgconverge.operations.create_index import CreateIndexConcurrently, simple_index
 from pgconverge.operations.create_trigger import CreateTrigger
+from pgconverge.operations.grant import GrantColumn
 from pgconverge.operations.partitions import AddForeignKey
 from pgconverge.operations.run_sql import RunSql
 from pgconverge.operations.together import Together
@@ -119,7 +120,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     #    code both write rows that carry both ids.
     for d, n in deps:
         legacy_col = d.fk.columns[0]
-        add(n, "add_column", AddColumn(d.table.name, n.new, ck.type))
+        add(n, "add_column", add_column(d, n, ck.type))
         if d.column.not_null and not shapes.in_primary_key(d):  # a key column keeps it until contract
             add(n, "drop_legacy_not_null", DropNotNull(d.table.name, legacy_col,
                                                        why="new code may write only the new column"))
@@ -192,6 +193,17 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             add(n, "drop_not_null_check", DropConstraint(d.table.name, n.not_null_check))
     add(None, "invariants", invariants(spec, cat))
     return steps
+
+
+def add_column(d: Dependent, n: Names, type_: str) -> Operation:
+    """The new column, with the column privileges the legacy column has in the same transaction: where the
+    application's role may use only some columns of the table, new code's first statement naming it would
+    otherwise be refused."""
+    add = AddColumn(d.table.name, n.new, type_)
+    if not d.column.privileges:
+        return add
+    return Together((add, GrantColumn(d.table.name, n.new, d.column.privileges, why=f"as on {d.fk.columns[0]}")),
+                    f"new code may use {n.new} as soon as it exists")
 
 
 def _new_fk(spec: Spec, cat: Catalog, d: Dependent, n: Names, table: QualifiedName) -> AddForeignKeyNotValid:
