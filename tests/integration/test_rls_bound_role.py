@@ -203,3 +203,21 @@ def test_a_role_that_may_not_act_as_the_api_roles_is_refused_at_plan(bound):
     assert not _private_schema(conn) and schema_dump(conn, ("public",)) == before
     conn.execute(sql.SQL("grant anon to {}").format(sql.Identifier(role)))
     cli("plan", "--dsn", dsn)
+
+
+def test_rolling_back_the_switch_leaves_the_ledgers_owner_its_own_schema(bound, fixture_db):
+    """Align run as the role that owns the tables and the legacy helper (its ledger schema is that role's), the switch
+    as a superuser: the switch lets the helper's owner read the mapping, and its rollback took that back from the role
+    that owns the schema, whose ledger then failed its own foreign keys (\"permission denied for schema
+    pgconverge\"), so the rollback could not finish."""
+    dsn, role, conn = bound
+    r = sql.Identifier(role)
+    conn.execute(sql.SQL("alter role {} bypassrls").format(r))
+    conn.execute(sql.SQL("alter function public.auth_customer_id() owner to {}").format(r))
+    cli("run", "align", "--dsn", dsn)
+    cli("run", "expand", "--dsn", dsn)
+    cli("run", "switch", "--dsn", fixture_db)
+    cli("rollback", "switch", "--dsn", fixture_db, "--yes")
+    assert conn.execute("select has_schema_privilege(%s, 'pgconverge', 'usage')", (role,)).fetchone()[0]
+    cli("run", "switch", "--dsn", dsn)
+    cli("rollback", "align", "--dsn", dsn, "--yes")

@@ -8,7 +8,7 @@ from typing import ClassVar
 from psycopg import sql
 
 from pgconverge.config import QualifiedName
-from pgconverge.execution.sql import ident, qn
+from pgconverge.execution.sql import ident, qn, text
 from pgconverge.operations.base import Lock, Operation
 
 
@@ -36,8 +36,18 @@ class GrantRead(Operation):
         roles = sql.SQL(", ").join(map(ident, self.roles))
         schema, table = ident(self.table.schema), qn(self.table)
         if self.revoke:
-            return [sql.SQL("revoke select on table {} from {}").format(table, roles),
-                    sql.SQL("revoke usage on schema {} from {}").format(schema, roles)]
+            # Not from a role that owns the schema or the table (or is a member of their owner): its privileges there
+            # are its own, and revoking them would lock the owner out of its ledger (the foreign keys of the ledger's
+            # tables are checked as their owner).
+            return [sql.SQL(
+                "do $pgc$ begin if not pg_catalog.pg_has_role({r}, (select c.relowner from pg_catalog.pg_class c "
+                "where c.oid = {t}::regclass), 'USAGE') then execute {rt}; end if; "
+                "if not pg_catalog.pg_has_role({r}, (select n.nspowner from pg_catalog.pg_namespace n where "
+                "n.nspname = {s}), 'USAGE') then execute {rs}; end if; end $pgc$").format(
+                r=sql.Literal(role), t=sql.Literal(str(self.table)), s=sql.Literal(self.table.schema),
+                rt=sql.Literal(text(sql.SQL("revoke select on table {} from {}").format(table, ident(role)))),
+                rs=sql.Literal(text(sql.SQL("revoke usage on schema {} from {}").format(schema, ident(role)))))
+                for role in self.roles]
         return [sql.SQL("grant usage on schema {} to {}").format(schema, roles),
                 sql.SQL("grant select on table {} to {}").format(table, roles)]
 
