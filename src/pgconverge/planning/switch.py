@@ -111,7 +111,8 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             why="keeps working for new tokens (reverse-mapped); its calls are counted for the runtime audit")),
         Step(f"{PHASE}.policies", PHASE, ReplacePolicies(
             tuple(_statement(r, spec) for r in auto), tuple(r.reverse_statement for r in auto),
-            tuple(policy_name(r) for r in auto), lock_order(cat, {r.table for r in auto}))),
+            tuple(policy_name(r) for r in auto), lock_order(cat, {r.table for r in auto}),
+            checked=tuple(str(t) for t in lock_order(cat, accepted_tables(spec, cat) - {r.table for r in auto})))),
         Step(f"{PHASE}.function_tracking", PHASE, _track_functions()),
         Step(f"{PHASE}.runtime_baseline", PHASE, runtime_baseline(spec, cat)),
     ]
@@ -205,8 +206,16 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
 
 
 def policy_tables(plan) -> list:
-    """The tables whose policies the switch rewrites (in lock order), read from a built plan."""
+    """The tables whose policies the switch rewrites (in lock order), and those whose policies are left to the user,
+    read from a built plan: the tables the RLS equivalence check reads."""
     from pgconverge.config import parse_qualified
 
     step = next(s for s in plan.steps if s.id == f"{PHASE}.policies")
-    return [parse_qualified(t) for t in step.op.tables]
+    return [parse_qualified(t) for t in (*step.op.tables, *step.op.checked)]
+
+
+def accepted_tables(spec: Spec, cat: Catalog) -> set:
+    """Tables with a policy that needs a person and is accepted (migration.accept_policies): rewritten by hand, so
+    the RLS check must read them too, or a switch that leaves every policy to the user would compare nothing."""
+    return {r.table for r in rewrite_policies(cat, spec)
+            if r.table != cat.legacy.name and r.uncertain and policy_name(r) in spec.migration.accept_policies}
