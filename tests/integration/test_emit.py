@@ -172,7 +172,9 @@ def test_contract_layout(pg15, emitted):
     assert set(phases[first:]) == {"contract"} and "contract" not in phases[:first]
     assert "_switch_runtime_baseline" in names[first - 1]
     assert "_contract_gate_switch_in_place" in names[first] and "_contract_gate_runtime_use" in names[first + 1]
-    assert "_contract_final_validation" in names[-1]
+    # The final validation is the last read before the first drop.
+    final = next(i for i, n in enumerate(names) if "_contract_final_validation" in n)
+    assert "_contract_linkage_after" in names[final - 1] and "drop_legacy" in names[final + 1]
     mig = Path(data["migrations"][0]).parent
     gate = (mig / names[first]).read_text()
     assert "pgconverge audit code DIR --fail-on-findings" in gate

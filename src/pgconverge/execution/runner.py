@@ -643,6 +643,7 @@ class Runner:
                 self.work.execute("select set_config(%s, %s, true)", (name, value))
             rows = self.work.execute(op.query).fetchall()
             examined = invariants.rows_in(self.work, op.covers or invariants.walked(self.plan, step.phase))
+            tally = self.work.execute(op.tally).fetchone()[0] if op.tally is not None and not rows else None
         if rows:
             listed = "; ".join(f"{a} ({b})" if b is not None else str(a) for a, b in rows[:20])
             more = f" and more" if len(rows) > 20 else ""
@@ -651,7 +652,8 @@ class Runner:
             for sid in op.redo:  # sent back: the next run of the phase does them again (a backfill fills the rows)
                 self.ledger.event(self.run_id, step.phase, sid, "reverted", message=f"to be done again: {step.id} failed")
             raise GateFailed(f"gate {op.name} failed in {step.id}: {op.failure}: {listed}{more}", fix=op.fix)
-        self._done(step, 1, op.sql_text(), examined=examined)  # rows per table it looked at: its coverage
+        # Rows per table it looked at (its coverage), and what it compared where it says so.
+        self._done(step, 1, op.sql_text(), examined=examined, **({"compared": tally} if tally is not None else {}))
         return StepResult(step.id, "done", 0.0)
 
     def _run_snapshot(self, step: Step, resuming: bool) -> StepResult:

@@ -30,6 +30,8 @@ class Check(Operation):
     # False for a gate about a moment rather than a standing state (contract's coverage, read before the legacy
     # table is archived): `verify` does not run it again once its phase is done.
     standing: bool = True
+    # A query whose one value (jsonb) says what a pass compared, recorded with the done record (not part of the SQL).
+    tally: sql.Composable | None = None
 
     executor: ClassVar[str] = "check"
 

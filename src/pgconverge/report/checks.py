@@ -8,7 +8,7 @@ PASSED, FAILED, NOTHING, NOT_RUN = "passed", "FAILED", "proves nothing", "not ru
 NOT_MEASURED, ACCEPTED, ATTENTION, ROLLED_BACK = "not measured", "accepted", "attention", "rolled back"
 # Checks a ledger of an older version recorded without their coverage: shown as such, never as "proves nothing".
 _KNOWN = {"align.coverage_gate": "legacy rows have a mapping row", "expand.invariants": "expand invariants",
-          "contract.final_validation": "final validation (owners before = owners after)"}
+          "contract.final_validation": "final validation (every row's new id = its legacy id's owner)"}
 _NAMES = {"review": "policies left to review", "dependencies": "nothing else depends on what contract drops",
           "filled": "new column filled", "collisions": "no rows collide once merged"}
 
@@ -146,6 +146,9 @@ def _final_validation(s: dict, linkage: dict) -> dict:
         return {**row, "status": FAILED, "looked_at": "; ".join(str(e.get("message")) for e in s["errors"][-1:])}
     if s["state"] != "done":
         return {**row, "status": NOT_RUN, "looked_at": f"step {s['state']}"}
+    compared = (s.get("detail") or {}).get("compared")
+    if compared is not None:
+        return _compared(row, compared)
     rows = (sum(c["rows"] for c in before.values()) if before is not None
             else sum(c or 0 for c in examined.values()) if examined else None)
     if rows is None:
@@ -158,6 +161,30 @@ def _final_validation(s: dict, linkage: dict) -> dict:
         text += f"; {n(sum(c['rows'] for c in after.values()))} rows after"
     return {**row, "status": NOTHING if rows == 0 else PASSED,
             "looked_at": text + (" — no rows, nothing was compared" if rows == 0 else "")}
+
+
+def _compared(row: dict, tally: dict) -> dict:
+    """The final validation's verdict from its tally: rows checked against the mapping (those with a legacy id),
+    and how align's rows fared, matched by their names; rows of a table without a key are not matched."""
+    def total(k: str, keyless: bool = False) -> int:
+        return sum(c.get(k, 0) for c in tally.values() if bool(c.get("keyless")) == keyless)
+
+    checked = sum(c.get("checked", 0) for c in tally.values())
+    row["figures"].update(rows=checked, compared=tally)
+    text = f"{n(checked)} rows' new ids checked against the mapping"
+    unlinked = sum(c.get("rows", 0) for c in tally.values()) - checked
+    if unlinked:
+        text += f" ({n(unlinked)} with no legacy id: nothing to check)"
+    if any(not c.get("keyless") for c in tally.values()):
+        text += (f"; of align's {n(total('before'))} rows, {n(total('kept'))} still have the owner it recorded, "
+                 f"{n(total('moved'))} the application moved (another owner or none), "
+                 f"{n(total('before') - total('kept') - total('moved'))} are gone")
+    nokey = [t for t, c in tally.items() if c.get("keyless")]
+    if nokey:
+        text += (f"; {', '.join(nokey)} ({n(total('rows', True))} rows) have no key: checked row by row, not "
+                 "matched with align's snapshot")
+    return {**row, "status": NOTHING if checked == 0 else PASSED,
+            "looked_at": text + (" — no row has a legacy id, nothing was checked" if checked == 0 else "")}
 
 
 def _rls(eq: dict | None, step: dict | None) -> dict:
