@@ -37,7 +37,7 @@ from _support import schema_dump
 
 KEY_TYPES = ("bigint", "integer", "uuid", "text")
 MATCH_KINDS = ("phone", "email", "exact", "multi")
-HELPER_STYLES = ("claims_json", "claim_setting", "auth_jwt", "wrapper", "wrapper_nested", "lookup")
+HELPER_STYLES = ("claims_json", "claim_setting", "auth_jwt", "app_metadata", "wrapper", "wrapper_nested", "lookup")
 _NS = uuid.UUID("6f1c2d5e-8a4b-4c3d-9e2f-0a1b2c3d4e5f")
 HELPER_OWNER = "zoo_helper_owner"  # the "owned by another role" variant
 
@@ -708,6 +708,8 @@ def _helper_sql(style: str, language: str, definer: bool, name: str, key_type: s
         expr = f"nullif(current_setting('request.jwt.claim.{claim}', true), '')::{key_type}"
     elif style == "auth_jwt":
         expr = f"nullif(auth.jwt() ->> '{claim}', '')::{key_type}"
+    elif style == "app_metadata":  # a custom claim where Supabase's auth hooks put them
+        expr = f"nullif(auth.jwt() -> 'app_metadata' ->> '{claim}', '')::{key_type}"
     elif style == "wrapper":
         pre = (f"create function {schema}.jwt_claim(name text) returns text language sql stable as\n"
                f"  $f$ select nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> name $f$;\n"
@@ -765,6 +767,8 @@ def load(dsn: str, zoo: Zoo) -> None:
 def set_token(conn: psycopg.Connection, zoo: Zoo, claims: dict) -> None:
     """Act, for the rest of the current transaction, as `authenticated` with CLAIMS (JSON and per-claim)."""
     payload = {"role": "authenticated", **claims}
+    if zoo.helper_style == "app_metadata":  # the identity claims inside app_metadata, as the helpers read them
+        payload["app_metadata"] = {k: payload.pop(k) for k in (zoo.legacy_claim, zoo.canonical_claim) if k in payload}
     names = ("role", "sub", zoo.legacy_claim, zoo.canonical_claim)
     keys = ["request.jwt.claims", *(f"request.jwt.claim.{n}" for n in names), "role"]
     values = [json.dumps(payload), *(str(payload.get(n, "")) for n in names), "authenticated"]

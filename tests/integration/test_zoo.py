@@ -46,6 +46,8 @@ CASES = [
     # Helper styles and variants (1 is every case above).
     Case("helper_claim_setting", dict(helper_style="claim_setting")),
     Case("helper_auth_jwt", dict(helper_style="auth_jwt")),
+    # auth.jwt() -> 'app_metadata' ->> 'customer_id': the check's test tokens carry the claims there too.
+    Case("helper_app_metadata", dict(helper_style="app_metadata", legacy_key="uuid", canonical_key="text")),
     Case("helper_wrapper", dict(helper_style="wrapper")),  # reads the claim through jwt_claim('customer_id')
     Case("helper_wrapper_nested", dict(helper_style="wrapper_nested")),  # returns current_customer_id()
     Case("helper_lookup", dict(helper_style="lookup")),

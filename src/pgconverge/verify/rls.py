@@ -59,6 +59,9 @@ class Identity:
     # When the legacy helper looks the caller up by auth.uid() instead of reading the legacy claim: the
     # auth user (the token's `sub`) of each legacy row, in the order of LEGACY; None for a row without one.
     subjects: tuple[str | None, ...] | None = None
+    # Where in the token the helper reads the claim: () at the top, ("app_metadata",) for
+    # auth.jwt() -> 'app_metadata' ->> 'customer_id' (the derived helper reads the canonical claim there too).
+    claim_path: tuple[str, ...] = ()
 
 
 @dataclass
@@ -143,6 +146,28 @@ def subject_column(conn: psycopg.Connection, spec: Spec) -> str | None:
     return None
 
 
+def claim_path(conn: psycopg.Connection, spec: Spec) -> tuple[str, ...]:
+    """The keys above the legacy claim where the legacy helper reads it as a JSON path (`x -> 'app_metadata' ->>
+    'customer_id'`); () where it reads it at the top of the token, or not as a path at all."""
+    fn, callees = function_and_callees(conn, spec.legacy.helper)
+    body = resolved_body(fn, callees) if fn is not None else None
+    if body is None:
+        return ()
+
+    def key(node) -> str | None:
+        return node.val.sval if isinstance(node, ast.A_Const) and isinstance(node.val, ast.String) else None
+
+    for node in walk(body):
+        if (isinstance(node, ast.A_Expr) and strings(node.name) in (("->>",), ("->",))
+                and key(node.rexpr) == spec.legacy.claim):
+            path, up = [], node.lexpr
+            while isinstance(up, ast.A_Expr) and strings(up.name) == ("->",) and key(up.rexpr) is not None:
+                path.insert(0, key(up.rexpr))
+                up = up.lexpr
+            return tuple(path)
+    return ()
+
+
 def sample(conn: psycopg.Connection, spec: Spec, n: int) -> list[Identity]:
     """Canonical rows that have legacy rows, picked deterministically (by hash), with their legacy ids.
 
@@ -160,24 +185,32 @@ def sample(conn: psycopg.Connection, spec: Spec, n: int) -> list[Identity]:
                 "order by hashtext(m.{c}::text), m.{c}::text {lim}").format(
         c=ident(spec.migration.new_column), l=ident(spec.mapping_legacy_column), mt=qn(m), s=subjects, j=join,
         lim=sql.SQL("limit {}").format(sql.Literal(n)) if n else sql.SQL(""))
-    return [Identity(r[0], tuple(r[1]), tuple(r[2]) if subject else None) for r in conn.execute(q).fetchall()]
+    path = claim_path(conn, spec)
+    return [Identity(r[0], tuple(r[1]), tuple(r[2]) if subject else None, path) for r in conn.execute(q).fetchall()]
 
 
-def _claims(spec: Spec, claim: str, value: str) -> dict:
-    return {**dict(spec.migration.token_claims), claim: value}
+def _claims(spec: Spec, claim: str, value: str, path: tuple[str, ...] = ()) -> dict:
+    """The test token: token_claims, and CLAIM = VALUE at PATH (inside the objects named, made where missing)."""
+    out = {**dict(spec.migration.token_claims)}
+    at = out
+    for k in path:
+        at[k] = dict(at[k]) if isinstance(at.get(k), dict) else {}
+        at = at[k]
+    at[claim] = value
+    return out
 
 
 def _legacy_token(spec: Spec, ident_: Identity, i: int) -> dict:
     """The token of the caller owning legacy row ident_.legacy[i], as the application minted it before the switch."""
     if ident_.subjects is None:
-        return _claims(spec, spec.legacy.claim, ident_.legacy[i])
+        return _claims(spec, spec.legacy.claim, ident_.legacy[i], ident_.claim_path)
     sub = ident_.subjects[i]  # looked up by auth.uid(): the token names its auth user, not the legacy row
     return {**dict(spec.migration.token_claims), **({"sub": sub} if sub else {})}
 
 
 def _canonical_token(spec: Spec, ident_: Identity) -> dict:
     """A token minted after the switch: the canonical claim (and, with a uid lookup, the same auth user)."""
-    claims = _claims(spec, spec.canonical.claim, ident_.canonical)
+    claims = _claims(spec, spec.canonical.claim, ident_.canonical, ident_.claim_path)
     if ident_.subjects is not None and ident_.subjects[0]:
         claims["sub"] = ident_.subjects[0]
     return claims

@@ -25,7 +25,8 @@ def act_as(conn: psycopg.Connection, claims: dict | None, role: str = "authentic
         claims, role = {}, "anon"
     payload = {"role": role, **claims}
     settings = {name: "" for name in clear}
-    settings.update({k: str(v) for k, v in payload.items() if _PLAIN.match(k)})
+    settings.update({k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in payload.items()
+                     if _PLAIN.match(k)})
     names = ["request.jwt.claims", *(f"request.jwt.claim.{k}" for k in settings), "row_security", "role"]
     values = [json.dumps(payload, default=str), *settings.values(), "on", role]
     conn.execute("select pg_catalog.set_config(n, v, true) from unnest(%s::text[], %s::text[]) as t(n, v)",
