@@ -39,6 +39,32 @@ def collisions(conn: psycopg.Connection, spec: Spec, plan: Plan) -> None:
                           fix=step.op.fix)
 
 
+ORPHANS_STEP = "expand.orphans"
+
+
+class OrphanRows(PgConvergeError):
+    """Rows point at legacy ids that exist nowhere (a NOT VALID foreign key let them be); nothing was changed."""
+
+
+def orphans(conn: psycopg.Connection, spec: Spec, plan: Plan) -> None:
+    """Before expand has run its first step (from before align on): refuse the rows expand's first step would."""
+    step = next((s for s in plan.steps if s.id == ORPHANS_STEP), None)
+    if step is None or not isinstance(step.op, Check):
+        return
+    ledger = Ledger(conn, spec)
+    if ledger.exists():
+        states = ledger.step_states()
+        if any(states.get(s.id) is not None and states[s.id].state in ("done", "pending")
+               for s in plan.phase("expand")):
+            return  # expand has started: its own first step decided
+    with conn.transaction():
+        conn.execute("set transaction isolation level repeatable read, read only")
+        rows = conn.execute(step.op.query).fetchall()
+    if rows:
+        raise OrphanRows(f"{step.op.failure}; expand would refuse them at its first step:\n"
+                         + "\n".join(f"  - {a}: {b}" for a, b in rows), fix=step.op.fix)
+
+
 class ReadOnly(PgConvergeError):
     """The server or the session takes no writes."""
 

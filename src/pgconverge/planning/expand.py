@@ -105,7 +105,11 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         sid = f"{PHASE}.{dep_names.short}.{what}" if dep_names else f"{PHASE}.{what}"
         steps.append(Step(sid, PHASE, op))
 
-    # 0. Before any change: rows that a mirrored unique index would reject once merged (planning/shapes.py).
+    # 0. Before any change: rows whose legacy id has no legacy row (a NOT VALID foreign key lets them be), and rows
+    #    that a mirrored unique index would reject once merged (planning/shapes.py).
+    orphans = shapes.orphans(spec, cat)
+    if orphans is not None:
+        add(None, "orphans", orphans)
     collisions = shapes.collisions(spec, cat)
     if collisions is not None:
         add(None, "unique_collisions", collisions)
@@ -743,6 +747,8 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
 
     steps: list[Step] = []
     deps = names_of(spec, cat)
+    # Expand's steps with nothing to undo: the first rollback step marks them undone
+    gates = ("expand.invariants", "expand.orphans", "expand.unique_collisions", "expand.map_pending")
     for d, n in reversed(deps):
         legacy_col = d.fk.columns[0]
         fwd = f"{PHASE}.{n.short}"
@@ -753,13 +759,11 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             ps = partitions.short_names(leaves)
             for i, leaf in enumerate(leaves):
                 steps.append(Step(f"{rid}.legacy_ids.{ps[leaf.table.name]}", "rollback",
-                                  _reverse_fill(spec, n, leaf.table),
-                                  ("expand.invariants", "expand.unique_collisions", "expand.map_pending") if first and i == 0 else (),
+                                  _reverse_fill(spec, n, leaf.table), gates if first and i == 0 else (),
                                   (f"{fwd}.add_column",)))
         else:
             steps.append(Step(f"{rid}.legacy_ids", "rollback", _reverse_fill(spec, n, d.table),
-                              ("expand.invariants", "expand.unique_collisions", "expand.map_pending") if first else (),
-                              (f"{fwd}.add_column",)))
+                              gates if first else (), (f"{fwd}.add_column",)))
         if d.column.not_null:
             chk = f"{d.table.name.name}_{legacy_col}_not_null"[:63]
             check = sql.SQL("{} is not null").format(ident(legacy_col))
