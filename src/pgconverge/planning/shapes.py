@@ -768,6 +768,14 @@ def orphans(spec: Spec, cat: Catalog) -> Check | None:
 # -- contract: nothing else may depend on what it drops ----------------------------------------------------------
 
 
+# The object of pg_depend row d, as a person names it (a view rather than its rewrite rule).
+DESCRIBE = sql.SQL(
+    "case when d.classid = 'pg_catalog.pg_rewrite'::regclass then (select format('%s %I.%I', case c.relkind when "
+    "'m' then 'materialized view' else 'view' end, n.nspname, c.relname) from pg_catalog.pg_rewrite r join "
+    "pg_catalog.pg_class c on c.oid = r.ev_class join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+    "where r.oid = d.objid) else pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) end")
+
+
 def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, KeyMirror]] = ()) -> Check:
     """A gate, run by contract right after its gates and before its first drop, reading the database as it is
     then: every object that would stop DROP COLUMN of a legacy column (views, generated columns, triggers naming
@@ -791,11 +799,7 @@ def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, 
                 "a.attname, {idx}), null from pg_catalog.pg_index i join pg_catalog.pg_attribute a on a.attrelid = "
                 "i.indrelid and a.attnum = any(i.indkey) where i.indexrelid = to_regclass({idx}) and not "
                 "a.attnotnull").format(idx=idx, t=t))
-    describe = sql.SQL(
-        "case when d.classid = 'pg_catalog.pg_rewrite'::regclass then (select format('%s %I.%I', case c.relkind when "
-        "'m' then 'materialized view' else 'view' end, n.nspname, c.relname) from pg_catalog.pg_rewrite r join "
-        "pg_catalog.pg_class c on c.oid = r.ev_class join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
-        "where r.oid = d.objid) else pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) end")
+    describe = DESCRIBE
     for d in cat.dependents:
         col = d.fk.columns[0]
         t = sql.Literal(str(d.table.name))
