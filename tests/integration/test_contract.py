@@ -101,6 +101,29 @@ def test_rollback_from_each_phase_returns_to_the_start(make_db, template_factory
     cli("run", "--all", "--dsn", dsn, "--config", cfg, "--accept-code-references")  # and forward again
 
 
+NOT_VALID_FK = ("alter table public.orders drop constraint orders_customer_id_fkey; "
+                "alter table public.orders add constraint orders_customer_id_fkey foreign key (customer_id) "
+                "references public.customers (id) on delete set null not valid")
+
+
+@pytest.mark.parametrize("undo", ["contract", "align"])
+def test_rollback_gives_a_not_valid_foreign_key_back_not_valid(make_db, template_factory, tmp_path, undo):
+    """A legacy foreign key the user declared NOT VALID comes back NOT VALID: the rollback does not validate it."""
+    dsn = make_db(template_factory(SMALL))
+    cfg = write_config(tmp_path, NO_WINDOW)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(NOT_VALID_FK)
+        before = schema_dump(conn)
+        for ph in ("align", "expand", "switch"):
+            cli("run", ph, "--dsn", dsn, "--config", cfg)
+        after_switch = schema_dump(conn)
+        cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references")
+        cli("rollback", undo, "--dsn", dsn, "--config", cfg)
+        assert conn.execute("select convalidated from pg_constraint where conname = 'orders_customer_id_fkey'"
+                            ).fetchone() == (False,)
+        assert schema_dump(conn) == (after_switch if undo == "contract" else before)
+
+
 def test_dropping_the_legacy_helper_takes_the_legacy_tables_own_policies_and_rollback_restores_them(
         make_db, template_factory, tmp_path):
     dsn = make_db(template_factory(SMALL))

@@ -9,7 +9,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from _support import DEPENDENTS, cli, cli_json, linkage_problems, mapping_problems, schema_dump, write_config
+from _support import (DEPENDENTS, cli, cli_json, has_private_schema, linkage_problems, mapping_problems, schema_dump,
+                      write_config)
 
 
 @pytest.fixture
@@ -255,6 +256,30 @@ def test_a_dependent_table_without_a_key_is_walked_by_pages(conn, fixture_db, tm
     cli("rollback", "expand", "--dsn", fixture_db, "--config", cfg)
     assert conn.execute("select count(*) from information_schema.columns where table_name = 'loyalty' "
                         "and column_name = 'profile_id'").fetchone()[0] == 0
+
+
+def test_rows_a_not_valid_foreign_key_lets_point_nowhere_are_refused_before_any_change(conn, fixture_db):
+    """No mapping reaches a legacy id with no legacy row: `plan` and `run` refuse such rows before align, naming the
+    table and the ids; once they are gone the migration runs, and its rollback leaves the key NOT VALID."""
+    conn.execute("""create table public.events (customer_id bigint not null, kind text not null);
+        insert into public.events select id, 'x' from public.customers;
+        insert into public.events values (900001, 'orphan'), (900002, 'orphan'), (900002, 'orphan');
+        alter table public.events add constraint events_customer_id_fkey foreign key (customer_id)
+          references public.customers (id) on delete cascade not valid""")
+    before = schema_dump(conn)
+    for args in (("plan",), ("run", "align")):
+        out = " ".join(cli(*args, "--dsn", fixture_db, expect=2).split())
+        assert ("public.events: 3 rows have a customer_id with no public.customers row (foreign key "
+                "events_customer_id_fkey is NOT VALID): ids 900001, 900002") in out, out
+        assert "delete those rows" in out and "nothing was changed" in out, out
+    assert schema_dump(conn) == before and not has_private_schema(conn)
+    conn.execute("delete from public.events where kind = 'orphan'")
+    cli("run", "align", "--dsn", fixture_db)
+    out = cli_json("run", "expand", "--dsn", fixture_db)
+    assert out["steps"][0]["step"] == "expand.orphans" and out["steps"][0]["status"] == "done", out["steps"][0]
+    assert conn.execute("select count(*) from public.events where profile_id is null").fetchone()[0] == 0
+    cli("rollback", "align", "--dsn", fixture_db)
+    assert schema_dump(conn) == before
 
 
 def test_new_code_with_a_merged_identitys_token_writes_under_the_legacy_policies(expanded):

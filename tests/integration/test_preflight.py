@@ -179,6 +179,15 @@ def test_a_legacy_table_never_granted_anything(make_db, tmp_path):
     assert "preflight rollback: ok" in out and "align finished" in out, out
 
 
+def test_a_not_valid_legacy_foreign_key_passes(make_db, tmp_path):
+    """A legacy foreign key its owner left NOT VALID comes back so from the rehearsed rollback: the schemas match."""
+    dsn, cfg = _small(make_db, tmp_path, "alter table public.carts drop constraint carts_customer_id_fkey; "
+                      "alter table public.carts add constraint carts_customer_id_fkey foreign key (customer_id) "
+                      "references public.customers (id) not valid;")
+    check = cli_json("plan", "--check", "--dsn", dsn, "--config", cfg)
+    assert check["verdict"] == "passed" and check["schema_restored"] is True, check
+
+
 def test_skip_preflight(make_db, tmp_path):
     extra, _, _ = CASES["trigger_on_dependent"]
     dsn, cfg = _small(make_db, tmp_path, extra)

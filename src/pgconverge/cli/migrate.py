@@ -64,7 +64,9 @@ def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool
             and not _done(conn, spec, "align.match") else None
         if see_rows:  # a published table without a replica identity takes no UPDATE, forward or back
             prechecks.replica_identity(conn, cats.live)
-        if see_rows and not rollback_to:  # after align, before expand: rows a mirrored unique index would reject
+        if see_rows and not rollback_to:  # before expand: rows no mapping can reach; after align, rows a mirrored
+            # unique index would reject
+            prechecks.orphans(conn, spec, p)
             prechecks.collisions(conn, spec, p)
     return spec, t, p, cats, checked
 

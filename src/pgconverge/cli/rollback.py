@@ -14,6 +14,7 @@ from pgconverge.cli.common import (ConfigOpt, DsnOpt, JsonOpt, command_line, con
 from pgconverge.cli.progress import RichProgress
 from pgconverge.connection import connect
 from pgconverge.errors import PgConvergeError
+from pgconverge.execution import prechecks
 from pgconverge.execution.runner import Runner
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES
@@ -85,6 +86,9 @@ def rollback(phase: PhaseToUndo = None,
     spec, t, p, cats, _ = _plan_for(dsn, config_file, phase)
     with connect(t) as conn:
         started = ran(conn, spec, _undone_by(phase))
+        if started and not dry_run:  # before the question: objects of the user's that would stop it half way
+            ledger = Ledger(conn, spec)
+            prechecks.rollback_blockers(conn, prechecks.rollback_steps(p, ledger.step_states()))
     if not started:
         raise NothingToUndo(
             f"nothing to roll back: {phase} never ran on {t.display}"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import psycopg
+from psycopg import sql
 
 from pgconverge.config import Spec
 from pgconverge.errors import PgConvergeError
 from pgconverge.ledger.store import Ledger
-from pgconverge.operations.base import Plan
+from pgconverge.operations.base import Plan, Step
 from pgconverge.operations.check import Check
 
 COLLISIONS_STEP = "expand.unique_collisions"
@@ -37,6 +38,85 @@ def collisions(conn: psycopg.Connection, spec: Spec, plan: Plan) -> None:
         raise RowsCollide(f"{step.op.failure} ({len(rows)} group(s)); expand would refuse them at its first step:\n"
                           + "\n".join(f"  - {a}: {b}" if b is not None else f"  - {a}" for a, b in rows),
                           fix=step.op.fix)
+
+
+ORPHANS_STEP = "expand.orphans"
+
+
+class OrphanRows(PgConvergeError):
+    """Rows point at legacy ids that exist nowhere (a NOT VALID foreign key let them be); nothing was changed."""
+
+
+def orphans(conn: psycopg.Connection, spec: Spec, plan: Plan) -> None:
+    """Before expand has run its first step (from before align on): refuse the rows expand's first step would."""
+    step = next((s for s in plan.steps if s.id == ORPHANS_STEP), None)
+    if step is None or not isinstance(step.op, Check):
+        return
+    ledger = Ledger(conn, spec)
+    if ledger.exists():
+        states = ledger.step_states()
+        if any(states.get(s.id) is not None and states[s.id].state in ("done", "pending")
+               for s in plan.phase("expand")):
+            return  # expand has started: its own first step decided
+    with conn.transaction():
+        conn.execute("set transaction isolation level repeatable read, read only")
+        rows = conn.execute(step.op.query).fetchall()
+    if rows:
+        raise OrphanRows(f"{step.op.failure}; expand would refuse them at its first step:\n"
+                         + "\n".join(f"  - {a}: {b}" for a, b in rows), fix=step.op.fix)
+
+
+class RollbackBlocked(PgConvergeError):
+    """Objects the rollback did not make depend on what it drops: it would stop half way; nothing was changed."""
+
+
+def rollback_steps(plan: Plan, states: dict) -> list[Step]:
+    """The steps of rollback PLAN that will run, by the ledger's STATES: those undoing a forward step done or begun."""
+    return [s for s in plan.steps if any(states.get(r) is not None and states[r].state in ("done", "pending")
+                                         for r in s.needs)]
+
+
+def rollback_blockers(conn: psycopg.Connection, steps: list[Step]) -> None:
+    """Before a rollback's first change: refuse while any object that the rollback neither drops nor redefines
+    depends on what STEPS drop (a policy or view on a new column, a policy calling the canonical helper pgconverge
+    made, a view on the mapping): Postgres would refuse that DROP half way through the rollback.
+
+    What the steps drop takes with it what depends on it automatically (its indexes, constraints, defaults, a
+    partition's copies); an object depending on any of that in the ordinary way (pg_depend's 'n') stops a DROP
+    without CASCADE, unless the rollback drops it too or gives it back its former definition (the switch's
+    policies, the helpers)."""
+    from pgconverge.planning.shapes import DESCRIBE
+
+    drops = [q for s in steps for q in s.op.drops()]
+    if not drops:
+        return
+    redefines = [q for s in steps for q in s.op.redefines()] or [sql.SQL("select null::oid, null::oid, null::int "
+                                                                         "where false")]
+    moves = [q for s in steps for q in s.op.moves()] or [sql.SQL("select null::text, null::oid where false")]
+    union = sql.SQL(" union ")
+    query = sql.SQL(
+        "with recursive moved(name, oid) as ({moves}), "
+        "gone(classid, objid, objsubid) as ({drops} union select a.classid, a.objid, "
+        "nullif(a.objsubid, 0) from pg_catalog.pg_depend a join gone g on a.refclassid = g.classid and "
+        "a.refobjid = g.objid and (g.objsubid is null or a.refobjsubid = g.objsubid) "
+        "where a.deptype in ('a', 'i', 'P', 'S')), "
+        "redefined(classid, objid, objsubid) as ({redefines}) "
+        "select {describe}, string_agg(distinct pg_catalog.pg_describe_object(d.refclassid, d.refobjid, "
+        "coalesce(g.objsubid, 0)), ', ') "
+        "from pg_catalog.pg_depend d join gone g on d.refclassid = g.classid and d.refobjid = g.objid "
+        "and (g.objsubid is null or d.refobjsubid = g.objsubid) where d.deptype = 'n' "
+        "and not exists (select 1 from gone x where x.classid = d.classid and x.objid = d.objid "
+        "and (x.objsubid is null or x.objsubid = d.objsubid)) "
+        "and not exists (select 1 from redefined r where r.classid = d.classid and r.objid = d.objid) "
+        "group by d.classid, d.objid, d.objsubid order by 1").format(
+        drops=union.join(drops), redefines=union.join(redefines), moves=union.join(moves), describe=DESCRIBE)
+    rows = conn.execute(query).fetchall()
+    if rows:
+        raise RollbackBlocked(
+            "the rollback would stop half way: objects it did not make depend on what it drops (nothing was "
+            "changed):\n" + "\n".join(f"  - {what} depends on {on}" for what, on in rows),
+            fix="drop each object named, or put it back as it was before the migration (a policy on the legacy column "
+                "or the legacy helper, say), then run the rollback again")
 
 
 class ReadOnly(PgConvergeError):

@@ -16,8 +16,8 @@ from pgconverge.catalog.introspect import load_catalog
 from pgconverge.config import Spec
 from pgconverge.connection import Target, connect
 from pgconverge.errors import CatalogError, PgConvergeError
-from pgconverge.execution import (background, batch, gates, interrupt, killpoint, policy_switch, privileges, retry,
-                                  session)
+from pgconverge.execution import (background, batch, gates, interrupt, killpoint, policy_switch, prechecks,
+                                  privileges, retry, session)
 from pgconverge.execution.locks import describe_blockers
 from pgconverge.execution.throttle import Throttle
 from pgconverge.ledger.store import Ledger
@@ -336,6 +336,8 @@ class Runner:
             return "done" if latest_forward is not None and own.at > latest_forward else None
         undoing = [s for s in rollback.steps if state(s) in ("done", "pending") or any(
             at_start.get(r) and at_start[r].state in ("done", "pending") for r in s.needs)]
+        # Before the first change: nothing the rollback did not make may depend on what it drops.
+        prechecks.rollback_blockers(self.control, prechecks.rollback_steps(rollback, at_start))
         self._announce_resume("rollback", undoing, state)
         results = []
         for step in rollback.steps:

@@ -9,6 +9,7 @@ from psycopg import sql
 
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import ident, qn
+from pgconverge.operations import objects
 from pgconverge.operations.base import Lock, Operation
 from pgconverge.operations.grant import GrantColumn
 
@@ -71,6 +72,9 @@ class RestoreTable(Operation):
     @property
     def lock_target(self) -> str:
         return str(self.archived)
+
+    def moves(self) -> tuple[sql.Composable, ...]:
+        return (objects.moved(self.table, self.archived),)
 
     def statements(self) -> list[sql.Composable]:
         return [

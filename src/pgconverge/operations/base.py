@@ -80,6 +80,20 @@ class Operation:
         """Definitions to keep in the ledger when this runs, as (kind, name, original text)."""
         return []
 
+    def drops(self) -> tuple[sql.Composable, ...]:
+        """The catalog objects this drops, as queries of operations/objects.py: before a rollback's first change,
+        nothing of the user's may depend on them (execution/prechecks.py)."""
+        return ()
+
+    def moves(self) -> tuple[sql.Composable, ...]:
+        """The tables this puts under another name, as objects.moved rows: later steps find them by that name."""
+        return ()
+
+    def redefines(self) -> tuple[sql.Composable, ...]:
+        """The objects (policies, functions) whose definition this replaces whole, in the same form: what they
+        depended on through the definition they have now stops mattering."""
+        return ()
+
     def sql_text(self) -> list[str]:
         return [text(s) for s in self.statements()]
 

@@ -9,6 +9,7 @@ from psycopg import sql
 
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import ident, qn
+from pgconverge.operations import objects
 from pgconverge.operations.base import Lock, Operation
 
 
@@ -56,6 +57,9 @@ class DropColumn(_TableOp):
 
     def statements(self) -> list[sql.Composable]:
         return [sql.SQL("alter table {} drop column if exists {}").format(qn(self.table), ident(self.column))]
+
+    def drops(self) -> tuple[sql.Composable, ...]:
+        return (objects.column(self.table, self.column),)
 
 
 @dataclass(frozen=True)

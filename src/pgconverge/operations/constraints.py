@@ -9,6 +9,7 @@ from psycopg import sql
 
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import ident, qn
+from pgconverge.operations import objects
 from pgconverge.operations.base import Cost, Lock, Operation
 
 
@@ -126,6 +127,9 @@ class DropConstraint(_ConstraintOp):
 
     def statements(self) -> list[sql.Composable]:
         return [sql.SQL("alter table {} drop constraint if exists {}").format(qn(self.table), ident(self.name))]
+
+    def drops(self) -> tuple[sql.Composable, ...]:
+        return (objects.constraint(self.table, self.name),)
 
 
 def _deferral(deferrable: bool, initially_deferred: bool) -> str:

@@ -9,6 +9,7 @@ from psycopg import sql
 
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import qn
+from pgconverge.operations import objects
 from pgconverge.operations.base import Lock, Operation
 
 
@@ -66,3 +67,6 @@ class DropFunction(Operation):
 
     def statements(self) -> list[sql.Composable]:
         return [sql.SQL("drop function if exists {}({})").format(qn(self.name), sql.SQL(self.arg_types))]
+
+    def drops(self) -> tuple[sql.Composable, ...]:
+        return (objects.function(self.name, self.arg_types),)

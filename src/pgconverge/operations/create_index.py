@@ -9,6 +9,7 @@ from psycopg import sql
 
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import qn
+from pgconverge.operations import objects
 from pgconverge.operations.base import Cost, Lock, Operation
 
 
@@ -92,6 +93,9 @@ class DropIndexConcurrently(Operation):  # noqa: D101
 
     def statements(self) -> list[sql.Composable]:
         return [sql.SQL("drop index concurrently if exists {}").format(qn(self.name))]
+
+    def drops(self) -> tuple[sql.Composable, ...]:
+        return (objects.relation(self.name),)
 
 
 def simple_index(name: QualifiedName, table: QualifiedName, columns: sql.Composable, why: str = "",

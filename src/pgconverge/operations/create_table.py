@@ -9,6 +9,7 @@ from psycopg import sql
 
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import qn
+from pgconverge.operations import objects
 from pgconverge.operations.base import Cost, Lock, Operation
 
 
@@ -88,3 +89,6 @@ class DropTable(Operation):
 
     def statements(self) -> list[sql.Composable]:
         return [sql.SQL("drop table if exists {}").format(qn(self.name))]
+
+    def drops(self) -> tuple[sql.Composable, ...]:
+        return (objects.relation(self.name),)

@@ -9,6 +9,7 @@ from psycopg import sql
 
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import qn
+from pgconverge.operations import objects
 from pgconverge.operations.base import Lock, Operation
 
 
@@ -70,3 +71,6 @@ class DropTrigger(Operation):
 
     def statements(self) -> list[sql.Composable]:
         return [sql.SQL("drop trigger if exists {} on {}").format(sql.Identifier(self.name), qn(self.table))]
+
+    def drops(self) -> tuple[sql.Composable, ...]:
+        return (objects.trigger(self.table, self.name),)

@@ -46,6 +46,12 @@ class Unless(Operation):
     def cost(self) -> Cost:
         return self.op.cost
 
+    def drops(self) -> tuple[sql.Composable, ...]:
+        return self.op.drops()
+
+    def redefines(self) -> tuple[sql.Composable, ...]:
+        return self.op.redefines()
+
     def statements(self) -> list[sql.Composable]:
         code = sql.SQL("begin\n  if not ({}) then\n{}\n  end if;\nend").format(
             self.condition, sql.SQL("\n").join(sql.SQL("    {};").format(s) for s in self.op.statements()))

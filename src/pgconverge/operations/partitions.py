@@ -22,6 +22,7 @@ from psycopg import sql
 
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import ident, qn
+from pgconverge.operations import objects
 from pgconverge.operations.base import Cost, Lock, Operation
 from pgconverge.operations.create_index import CreateIndexConcurrently, DropIndexConcurrently
 
@@ -125,6 +126,9 @@ class DropIndex(Operation):
 
     def statements(self) -> list[sql.Composable]:
         return [sql.SQL("drop index if exists {}").format(qn(self.name))]
+
+    def drops(self) -> tuple[sql.Composable, ...]:
+        return (objects.relation(self.name),)
 
 
 @dataclass(frozen=True)

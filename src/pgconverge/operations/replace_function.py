@@ -9,6 +9,7 @@ from psycopg import sql
 
 from pgconverge.config import QualifiedName
 from pgconverge.execution.sql import qn
+from pgconverge.operations import objects
 from pgconverge.operations.base import Lock, Operation
 
 
@@ -51,6 +52,9 @@ class ReplaceFunction(Operation):
 
     def saved(self) -> list[tuple[str, str, str]]:
         return [("function", f"{self.name}({self.arg_types})", self.original)] if self.original else []
+
+    def redefines(self) -> tuple[sql.Composable, ...]:
+        return (objects.function(self.name, self.arg_types),)
 
     def reverse(self) -> Operation:
         if self.original is None:

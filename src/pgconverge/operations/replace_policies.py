@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from psycopg import sql
 
+from pgconverge.operations import objects
 from pgconverge.operations.base import Lock, Operation
 
 LOCK_BUDGET_MS = 120  # the longest all the policy tables' locks may take to acquire, together
@@ -57,12 +58,23 @@ class ReplacePolicies(Operation):
     def saved(self) -> list[tuple[str, str, str]]:
         return [("policy", n, r) for n, r in zip(self.names, self.reverse_text)] if self.verify else []
 
+    def redefines(self) -> tuple[sql.Composable, ...]:
+        out = []
+        for name in self.names:  # "schema.table.policy": the table is one of TABLES, the policy name the rest
+            table = max((t for t in self.tables if name.startswith(t + ".")), key=len)
+            out.append(objects.policy(_qualified(table), name[len(table) + 1:]))
+        return tuple(out)
+
     def reverse(self) -> Operation:
         return ReplacePolicies(self.reverse_text, self.statements_text, self.names, self.tables, verify=False)
 
 
-def _split(name: str) -> tuple[str, str]:
+def _qualified(name: str):
     from pgconverge.config import parse_qualified
 
-    q = parse_qualified(name)
+    return parse_qualified(name)
+
+
+def _split(name: str) -> tuple[str, str]:
+    q = _qualified(name)
     return q.schema, q.name

@@ -52,3 +52,12 @@ class Together(Operation):
 
     def saved(self) -> list[tuple[str, str, str]]:
         return [x for o in self.ops for x in o.saved()]
+
+    def drops(self) -> tuple[sql.Composable, ...]:
+        return tuple(x for o in self.ops for x in o.drops())
+
+    def redefines(self) -> tuple[sql.Composable, ...]:
+        return tuple(x for o in self.ops for x in o.redefines())
+
+    def moves(self) -> tuple[sql.Composable, ...]:
+        return tuple(x for o in self.ops for x in o.moves())

@@ -415,12 +415,17 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         else:
             steps.append(Step(f"rollback.{fid}.legacy_ids", "rollback", _refill(spec, cat, d, d.table), (),
                               (f"{fid}.drop_legacy_foreign_key",)))
-            steps.append(Step(f"rollback.{fid}.legacy_foreign_key", "rollback", AddForeignKeyNotValid(
-                d.table.name, fk.name, legacy_col, fk.ref_table, fk.ref_columns[0], fk.on_delete, fk.on_update,
-                *shapes.fk_deferral(d)), (), (f"{fid}.drop_legacy_foreign_key",)))
+            legacy_fk = AddForeignKeyNotValid(d.table.name, fk.name, legacy_col, fk.ref_table, fk.ref_columns[0],
+                                              fk.on_delete, fk.on_update, *shapes.fk_deferral(d))
+            if fk.validated:
+                steps.append(Step(f"rollback.{fid}.legacy_foreign_key", "rollback", legacy_fk, (),
+                                  (f"{fid}.drop_legacy_foreign_key",)))
         steps.extend(_restore_shapes(spec, cat, cats, d, fid))
-        add(f"{n.short}.validate_legacy_foreign_key", ValidateConstraint(d.table.name, fk.name),
-            (f"{fid}.drop_legacy_foreign_key",))
+        if d.partitioned or fk.validated:
+            add(f"{n.short}.validate_legacy_foreign_key", ValidateConstraint(d.table.name, fk.name),
+                (f"{fid}.drop_legacy_foreign_key",))
+        else:  # declared NOT VALID by its owner: it comes back so, last (it marks the drop undone), never validated
+            add(f"{n.short}.legacy_foreign_key", legacy_fk, (f"{fid}.drop_legacy_foreign_key",))
         for i, idx in enumerate(_legacy_indexes(d, cat)):
             if d.partitioned:  # under their own names: the table's index empty, each leaf's built and attached
                 names = partitions.index_names(d, idx.name.name, lambda p, own, col=legacy_col: own or

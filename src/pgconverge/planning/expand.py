@@ -108,9 +108,13 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
 
     # 0. Before any change: every legacy row has its canonical row (a row old code wrote since align that could not be
     #    placed would leave its dependents' rows without the new id, and the NOT NULL check would stop expand half
-    #    way); then rows that a mirrored unique index would reject once merged (planning/shapes.py).
+    #    way); rows whose legacy id has no legacy row (a NOT VALID foreign key lets them be); and rows that a
+    #    mirrored unique index would reject once merged (planning/shapes.py).
     add(None, "map_pending_first", align.map_pending(spec, cat))
     add(None, "coverage", align.coverage_gate(spec, cat, PHASE, redo=f"{PHASE}.map_pending_first"))
+    orphans = shapes.orphans(spec, cat)
+    if orphans is not None:
+        add(None, "orphans", orphans)
     collisions = shapes.collisions(spec, cat)
     if collisions is not None:
         add(None, "unique_collisions", collisions)
@@ -752,8 +756,8 @@ def _shown_row(d: Dependent) -> sql.Composable:
 
 
 # Steps that change nothing: undone with the first step of the rollback, so that a later expand runs them again.
-FIRST_STEPS = ("expand.invariants", "expand.unique_collisions", "expand.map_pending", "expand.map_pending_first",
-               "expand.coverage")
+FIRST_STEPS = ("expand.invariants", "expand.orphans", "expand.unique_collisions", "expand.map_pending",
+               "expand.map_pending_first", "expand.coverage")
 
 
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:

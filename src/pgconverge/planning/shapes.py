@@ -762,7 +762,44 @@ def collisions(spec: Spec, cat: Catalog) -> Check | None:
                      "then run expand again (nothing was changed)")
 
 
+ORPHAN_IDS_SHOWN = 5
+
+
+def orphans(spec: Spec, cat: Catalog) -> Check | None:
+    """A gate listing, for every legacy foreign key declared NOT VALID, the rows whose legacy id has no legacy row:
+    no mapping can give them a canonical id, so expand's NOT NULL or invariants would stop half way. Expand's first
+    step, run by `plan` too before expand starts; None when every legacy foreign key is validated."""
+    parts = []
+    for d in cat.dependents:
+        if d.fk.validated:
+            continue
+        col = d.fk.columns[0]
+        parts.append(sql.SQL(
+            "select format('%s: %s rows have a %s with no %s row (foreign key %s is NOT VALID)', {t}, count(*), {c}, "
+            "{lt}, {fk}), 'ids ' || array_to_string((array_agg(distinct x.v order by x.v))[1:{n}], ', ') "
+            "|| case when count(distinct x.v) > {n} then format(' and %s more', count(distinct x.v) - {n}) else '' end "
+            "from (select d.{l}::text as v from {tab} d where d.{l} is not null and not exists (select 1 from {lt_q} "
+            "c where c.{k} = d.{l})) x having count(*) > 0").format(
+            t=sql.Literal(str(d.table.name)), c=sql.Literal(col), lt=sql.Literal(str(d.fk.ref_table)),
+            fk=sql.Literal(d.fk.name), n=sql.Literal(ORPHAN_IDS_SHOWN), l=ident(col), tab=qn(d.table.name),
+            lt_q=qn(d.fk.ref_table), k=ident(d.fk.ref_columns[0])))
+    if not parts:
+        return None
+    return Check("no rows point at a missing legacy row", sql.SQL(" union all ").join(parts),
+                 failure="rows point at legacy ids that exist nowhere: no mapping can give them a canonical id",
+                 fix="delete those rows, point them at an existing legacy row, or set the legacy column NULL where "
+                     "it may be NULL; then run again (nothing was changed)")
+
+
 # -- contract: nothing else may depend on what it drops ----------------------------------------------------------
+
+
+# The object of pg_depend row d, as a person names it (a view rather than its rewrite rule).
+DESCRIBE = sql.SQL(
+    "case when d.classid = 'pg_catalog.pg_rewrite'::regclass then (select format('%s %I.%I', case c.relkind when "
+    "'m' then 'materialized view' else 'view' end, n.nspname, c.relname) from pg_catalog.pg_rewrite r join "
+    "pg_catalog.pg_class c on c.oid = r.ev_class join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+    "where r.oid = d.objid) else pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) end")
 
 
 def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, KeyMirror]] = ()) -> Check:
@@ -788,11 +825,7 @@ def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, 
                 "a.attname, {idx}), null from pg_catalog.pg_index i join pg_catalog.pg_attribute a on a.attrelid = "
                 "i.indrelid and a.attnum = any(i.indkey) where i.indexrelid = to_regclass({idx}) and not "
                 "a.attnotnull").format(idx=idx, t=t))
-    describe = sql.SQL(
-        "case when d.classid = 'pg_catalog.pg_rewrite'::regclass then (select format('%s %I.%I', case c.relkind when "
-        "'m' then 'materialized view' else 'view' end, n.nspname, c.relname) from pg_catalog.pg_rewrite r join "
-        "pg_catalog.pg_class c on c.oid = r.ev_class join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
-        "where r.oid = d.objid) else pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) end")
+    describe = DESCRIBE
     for d in cat.dependents:
         col = d.fk.columns[0]
         t = sql.Literal(str(d.table.name))
