@@ -106,15 +106,15 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         sid = f"{PHASE}.{dep_names.short}.{what}" if dep_names else f"{PHASE}.{what}"
         steps.append(Step(sid, PHASE, op))
 
-    # 0. Before any change: every legacy row has its canonical row (a row old code wrote since align that could not be
-    #    placed would leave its dependents' rows without the new id, and the NOT NULL check would stop expand half
-    #    way); rows whose legacy id has no legacy row (a NOT VALID foreign key lets them be); and rows that a
+    # 0. Before any change: rows whose legacy id has no legacy row (a NOT VALID foreign key lets them be); every
+    #    legacy row has its canonical row (a row old code wrote since align that could not be placed would leave its
+    #    dependents' rows without the new id, and the NOT NULL check would stop expand half way); and rows that a
     #    mirrored unique index would reject once merged (planning/shapes.py).
-    add(None, "map_pending_first", align.map_pending(spec, cat))
-    add(None, "coverage", align.coverage_gate(spec, cat, PHASE, redo=f"{PHASE}.map_pending_first"))
     orphans = shapes.orphans(spec, cat)
     if orphans is not None:
         add(None, "orphans", orphans)
+    add(None, "map_pending_first", align.map_pending(spec, cat))
+    add(None, "coverage", align.coverage_gate(spec, cat, PHASE, redo=f"{PHASE}.map_pending_first"))
     collisions = shapes.collisions(spec, cat)
     if collisions is not None:
         add(None, "unique_collisions", collisions)
