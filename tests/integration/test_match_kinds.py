@@ -217,12 +217,15 @@ def test_a_kind_that_does_not_fit_the_column_type_is_refused(make_db, tmp_path):
 
 
 def test_a_legacy_row_the_trigger_cannot_place_does_not_fail_the_applications_write(make_db, tmp_path):
-    """A canonical constraint pgconverge could not foresee refuses the created row: the old code's insert still
-    succeeds, the row waits in pending_legacy_rows with Postgres' reason, and the coverage gate names it."""
+    """A canonical constraint pgconverge could not foresee refuses the created row. On a copied column (the name):
+    the row is made without the copied values, and the mapping's note says so. On the match column itself: the old
+    code's insert still succeeds, the row waits in pending_legacy_rows with Postgres' reason, and the coverage gate
+    names it."""
     dsn = make_db()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(ACCOUNTS)
         conn.execute("alter table public.users add constraint no_test_names check (full_name <> 'Test')")
+        conn.execute("alter table public.users add constraint no_test_mail check (email <> 'nobody@x.org')")
     cfg = write_config(tmp_path, _readme_config())
     cli("run", "align", "--dsn", dsn, "--config", cfg)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -230,9 +233,13 @@ def test_a_legacy_row_the_trigger_cannot_place_does_not_fail_the_applications_wr
         with conn.transaction():
             conn.execute("set local role service_role")  # as the application writes; no grant on the private schema
             conn.execute("insert into public.accounts (id, email, full_name) values (9, 'test@x.org', 'Test')")
-        assert conn.execute("select count(*) from public.accounts where id = 9").fetchone()[0] == 1
+            conn.execute("insert into public.accounts (id, email, full_name) values (10, 'nobody@x.org', 'N')")
+        assert conn.execute("select count(*) from public.accounts where id in (9, 10)").fetchone()[0] == 2
+        note, name = conn.execute("select m.note, u.full_name from pgconverge.legacy_account_user m join public.users "
+                                  "u on u.id = m.user_id where m.account_id = 9").fetchone()
+        assert "no_test_names" in note and name is None, (note, name)
         reason, state = conn.execute("select reason, sqlstate from pgconverge.pending_legacy_rows "
-                                     "where legacy_id = '9'").fetchone()
-        assert state == "23514" and "no_test_names" in reason
+                                     "where legacy_id = '10'").fetchone()
+        assert state == "23514" and "no_test_mail" in reason
     out = " ".join(cli("verify", "--dsn", dsn, "--config", cfg, expect=1).split())
-    assert "9 has no mapping: " in out and "no_test_names" in out
+    assert "10 has no mapping: " in out and "no_test_mail" in out and "9 has no mapping" not in out

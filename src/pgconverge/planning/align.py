@@ -22,6 +22,9 @@ from pgconverge.operations.run_sql import RunSql
 from pgconverge.operations.snapshot import Snapshot
 
 PHASE = "align"
+# Set by the sync trigger while it decides the legacy row a dependent row names: under unmatched = "refuse" that row
+# is not left waiting for a person then, since the application's write of the dependent row needs its owner now.
+PLACING = "pgconverge.placing_owner"
 # pgconverge's own sessions (connection.APPLICATION_NAME and its suffixes): whatever else writes is the application.
 OWN_APPLICATION_NAMES = ("pgconverge", "pgconverge:%")
 METHODS = ("exact", "normalized", "created", "manual", "reverse")  # reverse: legacy row made for a canonical one
@@ -433,11 +436,12 @@ begin
       from {canonical} p where {ckey} = k order by {order_by} limit 1;
   end if;
   if target is null then
-    if k is null and {refuse} and not live then  -- unmatched = refuse: a person decides (the coverage gate lists it)
+    if k is null and {refuse} and not (live and pg_catalog.current_setting({placing}, true) is not distinct from 'on') then
+      -- unmatched = refuse: a person decides (the coverage gate lists it)
       insert into {pending} (legacy_id, reason) values (r.{lk}::text, {why})
         on conflict (legacy_id) do update set reason = excluded.reason, at = clock_timestamp();
       return null;
-    elsif k is null and {refuse} then  -- written by old code: its rows would fail until a person decides
+    elsif k is null and {refuse} then  -- old code writes a row of it: that write must not fail for want of an owner
       note := {live_why};
     end if;
     if k is not null then
@@ -470,9 +474,10 @@ end""").format(
                                                   "are refused (migration.unmatched)"),
         can_name=sql.Literal(str(can.name)), leg_name=sql.Literal(str(cat.legacy.name)),
         flag=sql.Literal(REVERSE_FLAG), created_keys=qn(n["created_keys"]),
-        own=sql.SQL(", ").join(sql.Literal(a) for a in OWN_APPLICATION_NAMES),
-        live_why=sql.Literal(f"created for a row old code wrote with no usable {describe_match(spec)} value "
-                             "(unmatched = \"refuse\" holds for the rows align found; old code's writes must not fail)"),
+        own=sql.SQL(", ").join(sql.Literal(a) for a in OWN_APPLICATION_NAMES), placing=sql.Literal(PLACING),
+        live_why=sql.Literal(f"created when old code wrote a row of its own for it, with no usable "
+                             f"{describe_match(spec)} value (unmatched = \"refuse\" would have it wait for a person, "
+                             "and that write would fail): review it"),
         **_create(qn(can.name), ck, cols, vals, bare_cols, bare_vals))
     return sql.SQL(
         "create or replace function {f}(r {lt}) returns {ck_type} language plpgsql volatile security definer "

@@ -9,7 +9,7 @@ from psycopg import sql
 
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import QualifiedName, Spec
-from pgconverge.execution.sql import ident, qn
+from pgconverge.execution.sql import ident, qn, text
 from pgconverge.operations.archive import ArchiveTable
 from pgconverge.operations.base import Lock, Operation, Step
 from pgconverge.operations.check import Check
@@ -179,20 +179,29 @@ def linkage_now(spec: Spec, cat: Catalog) -> Operation:
     after a failed validation reads the rows again."""
     from pgconverge.operations.create_table import CreateTable
 
-    parts = []
+    table = linkage_table(spec, "after")
+    fills = []
     for d in cat.dependents:
         joins, owners = _owners(spec, cat, d, legacy=True)
-        parts.append(sql.SQL("select {t}::text, {k}, d.{n}::text, d.{l}::text, {o} from {tab} d{j}").format(
-            t=sql.Literal(references.label(cat, d)), k=references.row_id(d, "d", owners),
-            n=ident(references.new_column(spec, cat, d)), l=ident(d.fk.columns[0]), o=owners[d.fk.columns[0]],
-            tab=qn(d.table.name), j=joins))
-    table = linkage_table(spec, "after")
+        t, n, col = sql.Literal(references.label(cat, d)), ident(references.new_column(spec, cat, d)), d.fk.columns[0]
+        both = sql.SQL("insert into {a} select {t}::text, {k}, d.{n}::text, d.{l}::text, {o} from {tab} d{j} "
+                       "on conflict do nothing;").format(
+            a=qn(table), t=t, k=references.row_id(d, "d", owners), n=n, l=ident(col), o=owners[col],
+            tab=qn(d.table.name), j=joins)
+        new_only = sql.SQL("insert into {a} select {t}::text, {k}, d.{n}::text, null, null from {tab} d "
+                           "on conflict do nothing;").format(a=qn(table), t=t, k=_row_id(spec, cat, d), n=n,
+                                                             tab=qn(d.table.name))
+        # A run resumed after a rollback that stopped half way may find the legacy column of a table still dropped:
+        # its rows are read by their new id alone (plpgsql plans only the branch it takes).
+        fills.append(sql.SQL(
+            "do $pgc$ begin if exists (select 1 from pg_catalog.pg_attribute where attrelid = "
+            "pg_catalog.to_regclass({tn}) and attname = {c} and not attisdropped) then {both} else {new_only} "
+            "end if; end $pgc$").format(tn=sql.Literal(text(qn(d.table.name))), c=sql.Literal(col), both=both,
+                                        new_only=new_only))
     return CreateTable(table, sql.SQL('(tbl text collate "C" not null, pk text collate "C" not null, owner text, '
                                       'legacy text, mapped text)'),
                        why="every dependent row's new id, legacy id and that id's owner, for the final validation",
-                       extra=(sql.SQL("truncate {}").format(qn(table)),
-                              sql.SQL("insert into {} {} on conflict do nothing").format(
-                                  qn(table), sql.SQL(" union all ").join(parts))),
+                       extra=(sql.SQL("truncate {}").format(qn(table)), *fills),
                        reads_tables=True, key_after=("tbl", "pk"))
 
 

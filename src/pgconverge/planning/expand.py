@@ -609,7 +609,8 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
              mn=ident(spec.migration.new_column), ck_type=ck_type, lt=qn(cat.legacy.name), lk=ident(spec.legacy.key),
              align_row=qn(an["align_row"]), table=sql.Literal(str(d.table.name)),
              lname=sql.Literal(legacy_col), nname=sql.Literal(new),
-             helper=qn(cat.legacy_helper.name), ct=qn(cat.canonical.name), ck=ident(spec.canonical.key))
+             helper=qn(cat.legacy_helper.name), ct=qn(cat.canonical.name), ck=ident(spec.canonical.key),
+             placing=sql.Literal(align.PLACING))
     tag = hashlib.md5(f"{d.table.name}|{legacy_col}".encode()).hexdigest()[:8]
     p.update(last=sql.Literal(n.last_trigger), gl=sql.Literal(f"pgconverge.sync_{tag}_l_"),
              gn=sql.Literal(f"pgconverge.sync_{tag}_n_"))
@@ -644,7 +645,9 @@ begin{reconcile}
       mapped := null;  -- the application deleted that canonical row since: decided again below
     end if;
     if mapped is null then  -- a legacy row the mapping has not seen yet: decide it now, as align would
+      perform pg_catalog.set_config({placing}, 'on', true);
       select {align_row}(c) into mapped from {lt} c where c.{lk} = new.{l};
+      perform pg_catalog.set_config({placing}, '', true);
     end if;
   end if;
   if tg_op = 'INSERT' then
