@@ -262,3 +262,11 @@ class RecordProgress:
 
     def note(self, text: str) -> None:
         self.events.append(f"note {text.strip()}")
+
+
+def one_person(conn: psycopg.Connection) -> tuple[int, str]:
+    """A legacy id mapped alone onto its canonical row (no merge), with that canonical id."""
+    return conn.execute(
+        "select m.customer_id, m.profile_id::text from pgconverge.legacy_customer_profile m "
+        "where (select count(*) from pgconverge.legacy_customer_profile x where x.profile_id = m.profile_id) = 1 "
+        "order by m.customer_id limit 1").fetchone()

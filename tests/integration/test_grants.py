@@ -15,7 +15,7 @@ from psycopg import sql
 from pgconverge.verify.tokens import act_as
 
 from _small import AUTH_SQL, base_sql, config, policy_sql, roles_sql
-from _support import cli, schema_dump, write_config
+from _support import cli, one_person, schema_dump, write_config
 
 PHASES = ("align", "expand", "switch", "contract")
 HELPER = ("create function public.auth_customer_id() returns bigint language sql stable as $$ "
@@ -67,13 +67,6 @@ def _order(dsn: str, claims: dict, column: str, value) -> None:
             sql.Identifier(column)), (value,))
 
 
-def _person(conn) -> tuple[int, str]:
-    return conn.execute(
-        "select m.customer_id, m.profile_id::text from pgconverge.legacy_customer_profile m "
-        "where (select count(*) from pgconverge.legacy_customer_profile x where x.profile_id = m.profile_id) = 1 "
-        "order by m.customer_id limit 1").fetchone()
-
-
 @pytest.mark.parametrize("last", PHASES)
 def test_column_privileges_at_every_phase_and_after_rollback(make_db, tmp_path, last):
     dsn, cfg = _small(make_db, tmp_path)
@@ -90,7 +83,7 @@ def test_column_privileges_at_every_phase_and_after_rollback(make_db, tmp_path, 
         for ph in PHASES[:PHASES.index(last) + 1]:
             cli("run", ph, "--dsn", dsn, "--config", cfg, *(ACCEPT if ph == "contract" else ()))
             if ph == "align":
-                customer, profile = _person(conn)
+                customer, profile = one_person(conn)
         if last != "align":
             assert _column(privileges(conn, "public.orders"), "profile_id") == legacy
             _order(dsn, {"customer_id": customer, "profile_id": profile}, "profile_id", profile)  # new code

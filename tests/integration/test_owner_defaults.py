@@ -15,7 +15,7 @@ import pytest
 
 from pgconverge.verify.tokens import act_as
 
-from _support import cli, schema_dump, write_config
+from _support import cli, one_person, schema_dump, write_config
 
 NO_WINDOW = "[migration]\nobservation_window = 0\n"
 PHASES = ("align", "expand", "switch", "contract")
@@ -27,13 +27,6 @@ def _insert_unowned(dsn: str, claims: dict) -> int:
         cart = app.execute("insert into public.carts (status) values ('open') returning id").fetchone()[0]
         app.commit()
     return cart
-
-
-def _person(conn) -> tuple[int, str]:
-    return conn.execute(
-        "select m.customer_id, m.profile_id::text from pgconverge.legacy_customer_profile m "
-        "where (select count(*) from pgconverge.legacy_customer_profile x where x.profile_id = m.profile_id) = 1 "
-        "order by m.customer_id limit 1").fetchone()
 
 
 @pytest.mark.parametrize("last", PHASES)
@@ -52,7 +45,7 @@ def test_an_owner_filled_by_the_default_at_every_phase_and_after_rollback(conn, 
         cart = _insert_unowned(fixture_db, {"profile_id": profile})
         assert conn.execute("select profile_id::text from public.carts where id = %s", (cart,)).fetchone()[0] == profile
     else:
-        legacy, profile = _person(conn)
+        legacy, profile = one_person(conn)
         tokens = [{"customer_id": legacy}] + ([{"customer_id": legacy, "profile_id": profile}]
                                               if last in ("switch",) else [])
         for claims in tokens:

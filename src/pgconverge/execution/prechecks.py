@@ -18,22 +18,28 @@ class RowsCollide(PgConvergeError):
     """Rows merged onto one canonical row would break a mirrored unique rule; nothing was changed."""
 
 
-def collisions(conn: psycopg.Connection, spec: Spec, plan: Plan) -> None:
-    """Once align is done and before expand has run its first step: refuse the rows expand's first step would."""
-    step = next((s for s in plan.steps if s.id == COLLISIONS_STEP), None)
+def _ahead(conn: psycopg.Connection, spec: Spec, plan: Plan, step_id: str, *, after_align: bool) -> tuple | None:
+    """(the gate step, the rows it names) for one of expand's first gates, run ahead by `plan` and `run` while expand
+    has not started (and, AFTER_ALIGN, once align is done); None where it is not to be run now."""
+    step = next((s for s in plan.steps if s.id == step_id), None)
     if step is None or not isinstance(step.op, Check):
-        return
+        return None
     ledger = Ledger(conn, spec)
-    if not ledger.exists():
-        return
-    states = ledger.step_states()
-    if not all(states.get(s.id) is not None and states[s.id].state == "done" for s in plan.phase("align")):
-        return  # no mapping yet: the rows cannot be grouped by canonical row
-    if any(states.get(s.id) is not None and states[s.id].state in ("done", "pending") for s in plan.phase("expand")):
-        return  # expand has started: its own first step decided
+    states = ledger.step_states() if ledger.exists() else None
+    if after_align and (states is None or not all(
+            states.get(s.id) is not None and states[s.id].state == "done" for s in plan.phase("align"))):
+        return None  # no mapping yet: the rows cannot be grouped by canonical row
+    if states is not None and any(states.get(s.id) is not None and states[s.id].state in ("done", "pending")
+                                  for s in plan.phase("expand")):
+        return None  # expand has started: its own first step decided
     with conn.transaction():
         conn.execute("set transaction isolation level repeatable read, read only")
-        rows = conn.execute(step.op.query).fetchall()
+        return step, conn.execute(step.op.query).fetchall()
+
+
+def collisions(conn: psycopg.Connection, spec: Spec, plan: Plan) -> None:
+    """Once align is done and before expand has run its first step: refuse the rows expand's first step would."""
+    step, rows = _ahead(conn, spec, plan, COLLISIONS_STEP, after_align=True) or (None, None)
     if rows:
         raise RowsCollide(f"{step.op.failure} ({len(rows)} group(s)); expand would refuse them at its first step:\n"
                           + "\n".join(f"  - {a}: {b}" if b is not None else f"  - {a}" for a, b in rows),
@@ -49,18 +55,7 @@ class OrphanRows(PgConvergeError):
 
 def orphans(conn: psycopg.Connection, spec: Spec, plan: Plan) -> None:
     """Before expand has run its first step (from before align on): refuse the rows expand's first step would."""
-    step = next((s for s in plan.steps if s.id == ORPHANS_STEP), None)
-    if step is None or not isinstance(step.op, Check):
-        return
-    ledger = Ledger(conn, spec)
-    if ledger.exists():
-        states = ledger.step_states()
-        if any(states.get(s.id) is not None and states[s.id].state in ("done", "pending")
-               for s in plan.phase("expand")):
-            return  # expand has started: its own first step decided
-    with conn.transaction():
-        conn.execute("set transaction isolation level repeatable read, read only")
-        rows = conn.execute(step.op.query).fetchall()
+    step, rows = _ahead(conn, spec, plan, ORPHANS_STEP, after_align=False) or (None, None)
     if rows:
         raise OrphanRows(f"{step.op.failure}; expand would refuse them at its first step:\n"
                          + "\n".join(f"  - {a}: {b}" for a, b in rows), fix=step.op.fix)
