@@ -165,3 +165,13 @@ def test_expand_refuses_before_any_change_while_a_legacy_row_has_no_canonical_ro
     conn.execute("alter table public.profiles drop constraint no_such_number")
     cli("run", "expand", "--dsn", fixture_db)
     cli("verify", "--dsn", fixture_db)
+
+
+def test_align_names_the_unique_rule_a_created_row_runs_into(conn, fixture_db):
+    """A row align must create whose copied value another canonical row holds under a unique rule: refused with
+    what it would have been created with and the way out, not a bare "could not create"."""
+    conn.execute(SHAPES)
+    conn.execute("insert into public.customers (wa_id, display_name) values ('0780000985', 'dup-1')")
+    out = " ".join(cli("run", "align", "--dsn", fixture_db, expect=2).split())
+    assert ("another public.profiles row holds one of the values it would be created with (whatsapp_e164, "
+            "display_name) under a unique rule") in out, out

@@ -457,7 +457,11 @@ begin
         order by {order_by} limit 1;
     end if;{bare}
     if target is null then
-      raise exception 'pgconverge: could not create a % row for % %', {can_name}, {leg_name}, r.{lk};
+      raise exception using errcode = 'unique_violation', message = pg_catalog.format(
+        'pgconverge: could not create a %s row for %s %s: another %s row holds one of the values it would be '
+        'created with (%s) under a unique rule', {can_name}, {leg_name}, r.{lk}, {can_name}, {created_cols}),
+        hint = 'decide the row with `pgconverge align --decisions FILE`, or leave that column out of '
+               'canonical.copy_columns';
     end if;
   end if;
   insert into {mapping} ({mlc}, {mcc}, method, match_key, note) values (r.{lk}, target, how, k, note)
@@ -473,6 +477,7 @@ end""").format(
         pending=qn(n["pending"]), why=sql.Literal(f"no usable {describe_match(spec)} value, and unmatched rows "
                                                   "are refused (migration.unmatched)"),
         can_name=sql.Literal(str(can.name)), leg_name=sql.Literal(str(cat.legacy.name)),
+        created_cols=sql.Literal(", ".join(spec.canonical.match_columns + tuple(c for _, c in spec.canonical.copy_columns))),
         flag=sql.Literal(REVERSE_FLAG), created_keys=qn(n["created_keys"]),
         own=sql.SQL(", ").join(sql.Literal(a) for a in OWN_APPLICATION_NAMES), placing=sql.Literal(PLACING),
         live_why=sql.Literal(f"created when old code wrote a row of its own for it, with no usable "
