@@ -457,11 +457,11 @@ begin
         order by {order_by} limit 1;
     end if;{bare}
     if target is null then
+      -- the fix in the message itself: the Supabase CLI, which applies emitted files, prints no HINT
       raise exception using errcode = 'unique_violation', message = pg_catalog.format(
         'pgconverge: could not create a %s row for %s %s: another %s row holds one of the values it would be '
-        'created with (%s) under a unique rule', {can_name}, {leg_name}, r.{lk}, {can_name}, {created_cols}),
-        hint = 'decide the row with `pgconverge align --decisions FILE`, or leave that column out of '
-               'canonical.copy_columns';
+        'created with (%s) under a unique rule; decide the row with `pgconverge align --decisions FILE`, or leave '
+        'that column out of canonical.copy_columns', {can_name}, {leg_name}, r.{lk}, {can_name}, {created_cols});
     end if;
   end if;
   insert into {mapping} ({mlc}, {mcc}, method, match_key, note) values (r.{lk}, target, how, k, note)
