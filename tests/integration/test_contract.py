@@ -196,6 +196,17 @@ def test_round_trip_with_writers_active_throughout(make_db, template_factory, tm
         assert len(got) == len(written) and all(got[r] == c for _, r, c in written)
 
 
+def _contract_refused(conn, dsn: str, cfg: str) -> str:
+    """Align, expand and switch; then contract, which must refuse before its first drop: its output, flattened."""
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    before = schema_dump(conn)
+    out = " ".join(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references",
+                       "--accept-runtime-use", expect=2).split())
+    assert "nothing was dropped" in out and schema_dump(conn) == before, out
+    return out
+
+
 @pytest.mark.parametrize("after", ["stub", "drop"])
 def test_contract_refuses_while_anything_still_calls_the_legacy_helper(make_db, template_factory, tmp_path, after):
     """A policy left to the user (accept_policies) that still calls the legacy helper: after contract every query on
@@ -214,14 +225,9 @@ def test_contract_refuses_while_anything_still_calls_the_legacy_helper(make_db, 
             grant usage on schema storage to authenticated;
             grant select on storage.objects to authenticated;
             alter table public.carts alter column customer_id set default public.auth_customer_id();""")
-        for ph in ("align", "expand", "switch"):
-            cli("run", ph, "--dsn", dsn, "--config", cfg)
-        before = schema_dump(conn)
-        out = " ".join(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references",
-                           "--accept-runtime-use", expect=2).split())
+        out = _contract_refused(conn, dsn, cfg)
         assert "policy own_files on table storage.objects uses public.auth_customer_id()" in out, out
-        assert "nothing was dropped" in out and "carts" not in out.split("uses public.auth_customer_id()")[0][-80:]
-        assert schema_dump(conn) == before
+        assert "carts" not in out.split("uses public.auth_customer_id()")[0][-80:]
         conn.execute("drop policy own_files on storage.objects")
         conn.execute("create policy own_files on storage.objects for select to authenticated using "
                      "(bucket_id = 'avatars' and (string_to_array(name, '/'))[1] = public.auth_profile_id()::text)")
@@ -241,13 +247,8 @@ def test_contract_refuses_while_a_policy_of_another_table_reads_the_legacy_table
             create policy vouchers_mine on public.vouchers for select to authenticated
               using (exists (select 1 from public.customers c where c.wa_id = vouchers.phone));
             grant select on public.vouchers to authenticated;""")
-        for ph in ("align", "expand", "switch"):
-            cli("run", ph, "--dsn", dsn, "--config", cfg)
-        before = schema_dump(conn)
-        out = " ".join(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references",
-                           "--accept-runtime-use", expect=2).split())
+        out = _contract_refused(conn, dsn, cfg)
         assert "policy vouchers_mine on table vouchers reads public.customers" in out, out
-        assert "nothing was dropped" in out and schema_dump(conn) == before
         conn.execute("drop policy vouchers_mine on public.vouchers")
         conn.execute("create policy vouchers_mine on public.vouchers for select to authenticated "
                      "using (exists (select 1 from public.profiles p where p.whatsapp_e164 = vouchers.phone))")

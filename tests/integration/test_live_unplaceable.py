@@ -175,3 +175,39 @@ def test_align_names_the_unique_rule_a_created_row_runs_into(conn, fixture_db):
     out = " ".join(cli("run", "align", "--dsn", fixture_db, expect=2).split())
     assert ("another public.profiles row holds one of the values it would be created with (whatsapp_e164, "
             "display_name) under a unique rule") in out, out
+
+
+def test_deleted_rows_on_other_key_types(make_db, tmp_path):
+    """The same for a text legacy key and a bigint canonical key (the zoo): old code writes for a customer whose
+    profile the application deleted after expand; new code writes for a person whose customer it deleted after the
+    switch. Both writes succeed, each linked to its person."""
+    zoo = build(legacy_key="text", canonical_key="bigint")
+    dsn = make_db()
+    load(dsn, zoo)
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, zoo.config))
+    orders, fk, new, m = zoo.dependents[0].table, zoo.dependents[0].fk, zoo.new_column, zoo.mapping_table
+    lm, cm = zoo.mapping_legacy_column, zoo.new_column
+    for phase in ("align", "expand"):
+        cli("run", phase, *args)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        (l1, p1), (l2, p2) = c.execute(
+            f"select {lm}::text, {cm}::text from {m} x where (select count(*) from {m} y where y.{cm} = x.{cm}) = 1 "
+            f"and exists (select 1 from {orders} o where o.{fk} = x.{lm}) order by 1 limit 2").fetchall()
+        c.execute(f"delete from {zoo.canonical_table} where id = %s::bigint", (p1,))
+    with psycopg.connect(dsn, application_name="shop") as app:
+        set_token(app, zoo, {zoo.legacy_claim: l1})
+        got = app.execute(f"insert into {orders} ({fk}) values (%s) returning {new}::text", (l1,)).fetchone()[0]
+        app.commit()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert got not in (None, p1) and c.execute(f"select {cm}::text from {m} where {lm} = %s", (l1,)
+                                                   ).fetchone()[0] == got
+    cli("run", "switch", *args)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(f"delete from {zoo.legacy_table} where id = %s", (l2,))
+    with psycopg.connect(dsn, application_name="shop") as app:
+        set_token(app, zoo, {zoo.canonical_claim: p2})
+        row = app.execute(f"insert into {orders} ({new}) values (%s::bigint) returning {fk}, {new}::text",
+                          (p2,)).fetchone()
+        app.commit()
+    assert row == (None, p2), row
+    cli("verify", *args)

@@ -18,6 +18,7 @@ from psycopg import sql
 from pgconverge.cli.common import command_line
 from pgconverge.config import Spec
 from pgconverge.connection import Target
+from pgconverge.execution.sql import ident, qn
 from pgconverge.execution.runner import lock_holder
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES, Plan, Step
@@ -105,9 +106,8 @@ def _review(conn: psycopg.Connection, spec: Spec) -> list[dict]:
                     (str(m), str(m))).fetchone()[0]:
         return []
     rows = conn.execute(sql.SQL("select {l}::text, {c}::text, note from {m} where note is not null order by "
-                                "decided_at limit 100").format(l=sql.Identifier(spec.mapping_legacy_column),
-                                                               c=sql.Identifier(spec.migration.new_column),
-                                                               m=sql.Identifier(m.schema, m.name))).fetchall()
+                                "decided_at limit 100").format(l=ident(spec.mapping_legacy_column),
+                                                               c=ident(spec.migration.new_column), m=qn(m))).fetchall()
     return [{"legacy": a, "canonical": b, "note": c} for a, b, c in rows]
 
 

@@ -261,8 +261,7 @@ def findings(spec: Spec, cat: Catalog) -> list[Finding]:
 
 def _canonical_deletes(cat: Catalog) -> Finding:
     """From expand on, the new foreign keys reach the dependents from the canonical table: said before it happens."""
-    acts = ", ".join(f"{d.table.name} ({'NO ACTION' if d.fk.on_delete in ('NO ACTION', 'SET DEFAULT') else d.fk.on_delete})"
-                     for d in cat.dependents)
+    acts = ", ".join(f"{d.table.name} ({d.fk.on_delete})" for d in cat.dependents)
     return Finding(
         f"deletes of {cat.canonical.name} rows", LISTED,
         f"from expand on, deleting a {cat.canonical.name} row reaches the rows of its person through the new foreign "
