@@ -270,3 +270,37 @@ def one_person(conn: psycopg.Connection) -> tuple[int, str]:
         "select m.customer_id, m.profile_id::text from pgconverge.legacy_customer_profile m "
         "where (select count(*) from pgconverge.legacy_customer_profile x where x.profile_id = m.profile_id) = 1 "
         "order by m.customer_id limit 1").fetchone()
+
+
+class ReaderAfter:
+    """An application reader that begins its transaction (STATEMENT, then it stays open) once STEP of a run is done.
+
+    The switch waits for the application transactions open when it makes its helpers SECURITY DEFINER
+    (test_helper_replace_race.py); a reader meant to hold a table through a later step begins after that wait."""
+
+    def __init__(self, dsn: str, step: str, statement: str, application_name: str = "app-report"):
+        import threading
+
+        self.dsn, self.step, self.statement = dsn, step, statement
+        self.conn = psycopg.connect(dsn, application_name=application_name)
+        self.pid = self.conn.info.backend_pid
+        self.holding = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as poll:
+            while not self._stop.is_set():
+                if poll.execute("select to_regclass('pgconverge.events') is not null and exists (select 1 from "
+                                "pgconverge.events where step = %s and event = 'done')", (self.step,)).fetchone()[0]:
+                    self.conn.execute(self.statement)
+                    self.holding.set()
+                    return
+                time.sleep(0.005)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.conn.rollback()
+        self.conn.close()

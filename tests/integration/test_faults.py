@@ -15,7 +15,7 @@ import time
 import psycopg
 import pytest
 
-from _support import cli, cli_json, row_owners, schema_dump, write_config
+from _support import ReaderAfter, cli, cli_json, row_owners, schema_dump, write_config
 
 SMALL = 0.1
 SLOW = "[migration]\nbatch_size = 20\nbatch_pause_ms = 15\nrls_sample = 10\n"
@@ -146,15 +146,15 @@ def test_lock_held_through_the_policy_rewrite_then_resumed(make_db, template_fac
         cli("run", ph, "--dsn", dsn, "--config", cfg)
     with psycopg.connect(dsn, autocommit=True) as conn:
         before = {r[0]: r[1] for r in conn.execute("select policyname, qual from pg_policies")}
-        blocker = psycopg.connect(dsn, application_name="app-report")
-        blocker.execute("select count(*) from public.sessions")  # holds ACCESS SHARE until it ends
+        # holds ACCESS SHARE until it ends, from before the policy rewrite on
+        blocker = ReaderAfter(dsn, "switch.settle_helpers", "select count(*) from public.sessions")
         try:
             _kill_when(conn, _start(dsn, cfg, "run", "switch"),
                        "select exists (select 1 from pgconverge.events where step = 'switch.policies' "
                        "and event = 'retry')")
+            assert blocker.holding.is_set()
             assert {r[0]: r[1] for r in conn.execute("select policyname, qual from pg_policies")} == before
         finally:
-            blocker.rollback()
             blocker.close()
         cli("run", "switch", "--dsn", dsn, "--config", cfg)
         assert "auth_profile_id" in conn.execute("select qual from pg_policies where policyname = 'carts_owner'"

@@ -34,7 +34,7 @@ import pytest
 from psycopg import errors, sql
 
 from _killer import Killer, wait_runner_gone
-from _support import cli, cli_json, linkage_problems, mapping_problems, row_owners, schema_dump, write_config
+from _support import ReaderAfter, cli, cli_json, linkage_problems, mapping_problems, row_owners, schema_dump, write_config
 
 SMALL = 0.1
 CONFIG = "[migration]\nbatch_size = 100\nrls_sample = 5\n"
@@ -595,8 +595,7 @@ def test_connection_dropped_mid_policy_switch_fails_clearly_and_resumes(stages, 
     with psycopg.connect(dsn, autocommit=True) as conn:
         policies = dict(conn.execute("select policyname, qual from pg_policies"))
         # A reader holds sessions: the rewrite's transaction waits and retries for its lock, and is cut then.
-        blocker = psycopg.connect(dsn, application_name="app-report")
-        blocker.execute("select count(*) from public.sessions")
+        blocker = ReaderAfter(dsn, "switch.settle_helpers", "select count(*) from public.sessions")
         try:
             proc = subprocess.Popen([sys.executable, "-m", "pgconverge", "run", "switch", "--dsn", dsn,
                                      "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -609,7 +608,6 @@ def test_connection_dropped_mid_policy_switch_fails_clearly_and_resumes(stages, 
             _terminate_when(conn, "pgconverge:switch.policies", proc)
             _, err = proc.communicate(timeout=60)
         finally:
-            blocker.rollback()
             blocker.close()
         assert proc.returncode == 2, err
         assert "switch.policies" in err and "fix:" in err and "Traceback" not in err, err
@@ -624,13 +622,11 @@ def test_lock_held_past_the_retry_budget_in_the_policy_rewrite(stages, make_db, 
     cfg = write_config(tmp_path, "[migration]\nrls_sample = 5\nlock_retries = 3\nlock_timeout_ms = 30\n")
     with psycopg.connect(dsn, autocommit=True) as conn:
         before = schema_dump(conn)
-        blocker = psycopg.connect(dsn, application_name="app-report")
-        blocker.execute("select count(*) from public.orders")
-        holder = blocker.info.backend_pid
+        blocker = ReaderAfter(dsn, "switch.settle_helpers", "select count(*) from public.orders")
+        holder = blocker.pid
         try:
             out = cli("run", "switch", "--dsn", dsn, "--config", cfg, expect=2)
         finally:
-            blocker.rollback()
             blocker.close()
         flat = " ".join(out.split())
         assert "switch.policies could not get its" in flat and f"pid {holder} (app-report" in flat, out

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 from psycopg import sql
 
-from pgconverge.catalog.model import Catalog
+from pgconverge.catalog.model import Catalog, Function
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.execution.sql import ident, qn, text
 from pgconverge.operations.archive import ArchiveTable
@@ -330,6 +331,11 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     return steps
 
 
+def _direct_helper(op: ReplaceFunction) -> Function:
+    """The canonical helper as contract leaves it (reading the claim alone, SECURITY INVOKER), for its rollback."""
+    return Function(op.name, f"{op.name}()", "", "", "sql", "s", False, ("search_path=\"\"",), "", op.definition)
+
+
 def _legacy_stub(spec: Spec, cat: Catalog) -> str:
     ret = cat.legacy_helper.returns
     msg = (f"{spec.legacy.helper}() is retired: {cat.legacy.name} was converged into {cat.canonical.name}; "
@@ -376,7 +382,13 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         add("legacy_table_policies", fwd[f"{PHASE}.legacy_table_policies"].op.reverse(),
             (f"{PHASE}.legacy_table_policies",))
     if f"{PHASE}.canonical_helper" in fwd:
-        add("canonical_helper", fwd[f"{PHASE}.canonical_helper"].op.reverse(), (f"{PHASE}.canonical_helper",))
+        # The direct helper is SECURITY INVOKER and the bridged one reads the mapping as its owner: made a definer
+        # first, the bridged body then waits for the statements calling it the old way (switch.definer_first).
+        done = (f"{PHASE}.canonical_helper",)
+        steps += [dataclasses.replace(s, when=done) for s in switch.definer_first(PHASE, ((
+            f"{PHASE}.canonical_helper", spec.canonical.helper, _direct_helper(fwd[done[0]].op), True),),
+            prefix="rollback.")]
+        add("canonical_helper", fwd[done[0]].op.reverse(), done)
     add("legacy_trigger", al["align.legacy_trigger"].op, (f"{PHASE}.drop_legacy_trigger",))
     # Indexes after every reference's column is back: one may hold the legacy columns of two.
     later: list[Step] = []

@@ -10,7 +10,7 @@ from pgconverge.execution.sql import qn
 from pgconverge.operations.base import Step
 from pgconverge.operations.check import Check
 from pgconverge.operations.grant import GrantRead
-from pgconverge.operations.replace_function import ReplaceFunction
+from pgconverge.operations.replace_function import MakeDefiner, ReplaceFunction, SettleCalls
 from pgconverge.operations.replace_policies import ReplacePolicies
 from pgconverge.operations.run_sql import RunSql
 from pgconverge.operations.snapshot import Snapshot
@@ -101,6 +101,10 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         Step(f"{PHASE}.review", PHASE, Check(
             "rewritable", gate, failure="pgconverge cannot rewrite these with certainty",
             fix=" / ".join(f for f in (fix, helper_fix(spec, cat) if helper_problems else "") if f))),
+        *definer_first(PHASE, (
+            (f"{PHASE}.legacy_helper", spec.legacy.helper, cat.legacy_helper,
+             helper.legacy_bridge_sql != helper.legacy_original_sql),
+            (f"{PHASE}.canonical_helper", spec.canonical.helper, cat.canonical_helper, True))),
         Step(f"{PHASE}.canonical_helper", PHASE, _with_readers(ReplaceFunction(
             spec.canonical.helper, "", helper.canonical_sql,
             cat.canonical_helper.definition if cat.canonical_helper else None, execute_for,
@@ -116,6 +120,26 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         Step(f"{PHASE}.function_tracking", PHASE, _track_functions()),
         Step(f"{PHASE}.runtime_baseline", PHASE, runtime_baseline(spec, cat)),
     ]
+    return steps
+
+
+def becomes_definer(fn, new_is_definer: bool) -> bool:
+    """Whether replacing FN (None: it does not exist yet) turns a SECURITY INVOKER function into a definer."""
+    return fn is not None and new_is_definer and not fn.security_definer
+
+
+def definer_first(phase: str, replaced: tuple, prefix: str = "") -> list[Step]:
+    """Before bodies that read as their owner replace SECURITY INVOKER functions: a step per such function making it
+    SECURITY DEFINER on its old body, then one step waiting for the transactions that call any of them the old way
+    (replace_function.SettleCalls). REPLACED: (id of the step replacing it, name, the function as it is or None
+    when new, whether the new body is a definer). PREFIX names rollback steps ("rollback.")."""
+    steps = [Step(f"{prefix}{step_id}_definer", "rollback" if prefix else phase, MakeDefiner(
+        name, "", fn.definition, pin_search_path=not any(c.startswith("search_path=") for c in fn.config),
+        why="statements begun from now on call it as its owner, as its new body will need"))
+        for step_id, name, fn, definer in replaced if becomes_definer(fn, definer)]
+    if steps:
+        steps.append(Step(f"{prefix}{phase}.settle_helpers", "rollback" if prefix else phase, SettleCalls(
+            tuple((s.op.name, s.op.arg_types) for s in steps))))
     return steps
 
 
@@ -197,11 +221,12 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     fwd = {s.id: s for s in plan(spec, cat, cats)}
     return [
         Step("rollback.switch.policies", "rollback", fwd[f"{PHASE}.policies"].op.reverse(),
-             (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.function_tracking", f"{PHASE}.review")),
+             (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.function_tracking", f"{PHASE}.review",
+              *(i for i in (f"{PHASE}.settle_helpers",) if i in fwd))),
         Step("rollback.switch.legacy_helper", "rollback", fwd[f"{PHASE}.legacy_helper"].op.reverse(),
-             (f"{PHASE}.legacy_helper",)),
+             tuple(i for i in (f"{PHASE}.legacy_helper", f"{PHASE}.legacy_helper_definer") if i in fwd)),
         Step("rollback.switch.canonical_helper", "rollback", fwd[f"{PHASE}.canonical_helper"].op.reverse(),
-             (f"{PHASE}.canonical_helper",)),
+             tuple(i for i in (f"{PHASE}.canonical_helper", f"{PHASE}.canonical_helper_definer") if i in fwd)),
     ]
 
 
