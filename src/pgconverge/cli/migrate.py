@@ -360,6 +360,9 @@ def _print_match_check(spec, c) -> None:
                   + ("each get a canonical row of their own" if c.rule == "create" else "are refused")
                   + (" (e.g. " + ", ".join(f"{i}: {v!r}" for i, v in c.examples[:3]) + ")" if c.examples else ""),
                   highlight=False)
+    if c.unchecked:
+        console.print("not checked against the rows align creates (each is checked when the row is written): "
+                      + "; ".join(c.unchecked), highlight=False, soft_wrap=True)
 
 
 def _align_summary(report: dict) -> dict:

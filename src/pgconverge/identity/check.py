@@ -16,6 +16,7 @@ from psycopg import sql
 from pgconverge.catalog.model import Catalog, Table
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.errors import CatalogError
+from pgconverge.execution.sql import qn
 from pgconverge.identity import match, phone
 
 MOST = 0.5  # a kind that reads fewer of the non-blank values than this is the wrong kind
@@ -30,6 +31,8 @@ class MatchCheck:
     unusable: int  # rows with no key (NULL, blank or unreadable value)
     rule: str  # what happens to those: create or refuse
     examples: list[tuple[str, str]] = field(default_factory=list)  # (legacy id, value) of unusable rows
+    # Rules of the canonical table the rows align creates were not checked against (see created_refusals).
+    unchecked: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -95,8 +98,10 @@ def run(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> MatchCheck:
             "select l.{k}::text, {shown} from {t} l where {key} is null order by l.{k} limit {n}").format(
                 k=sql.Identifier(spec.legacy.key), shown=shown, t=table,
                 key=key, n=sql.Literal(EXAMPLES))).fetchall()
-    result = MatchCheck(rows, filled, keyed, rows - keyed, effective_unmatched(spec, cat),
-                        [(a, b) for a, b in unusable])
+        rule = effective_unmatched(spec, cat)
+        refused, unchecked = created_refusals(conn, spec, cat, table, key, rule)
+    result = MatchCheck(rows, filled, keyed, rows - keyed, rule, [(a, b) for a, b in unusable],
+                        unchecked=unchecked)
     if filled and keyed < MOST * filled:
         raise CatalogError(
             f"legacy.match = {_kinds(spec)} reads only {keyed:,} of the {filled:,} non-empty values of "
@@ -117,7 +122,137 @@ def run(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> MatchCheck:
             + (" …" if result.unusable > EXAMPLES else ""),
             fix=f"correct those values in the legacy table, or {undo}, or decide them with `pgconverge align "
                 "--decisions FILE` (before `run align`: decided rows need no match value)")
+    if refused:
+        raise CatalogError(
+            f"align would create {can_name(cat)} rows that {can_name(cat)} refuses, and stop partway: "
+            + "; ".join(refused),
+            fix=f"correct those values in {leg.name}, or relax the rule, or take the column out of "
+                "canonical.copy_columns, or decide those rows with `pgconverge align --decisions FILE` (decided "
+                "rows create nothing)")
     return result
+
+
+_ID = "pgconverge legacy id"  # the created rows' legacy key, named apart from any canonical column
+
+
+def can_name(cat: Catalog) -> str:
+    return str(cat.canonical.name)
+
+
+def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: sql.Composable,
+                     key: sql.Composable, rule: str) -> tuple[list[str], list[str]]:
+    """The rules of the canonical table that the rows align would create break, before align changes anything:
+    its CHECK constraints, NOT NULL on a copied column, unique keys over a copied column, foreign keys over
+    copied columns. ([what refuses which rows], [rules not checked, and why]).
+
+    A created row holds the match values in the canonical spelling and the copied columns; every other column gets
+    its default. Run inside the caller's rolled-back transaction (its pg_temp phone function computes the keys):
+    the rows are gathered once into a temporary table named and typed like the canonical columns they fill, and
+    each rule is read over it. A rule that also reads a column with a default is not checked (evaluating the
+    default could use a sequence): it is listed instead."""
+    can, leg = cat.canonical, cat.legacy
+    copies = dict((cc, lc) for lc, cc in spec.canonical.copy_columns)
+    matches = dict(zip(spec.canonical.match_columns, spec.legacy.match_columns))
+    filled = {*matches, *copies}
+    # Columns a created row leaves NULL: no default, not generated, not an identity, not the key (given one).
+    nulls = {c.name for c in can.columns if c.name not in filled and c.default is None and not c.generated
+             and not c.identity and c.name != spec.canonical.key}
+    seen = filled | nulls
+    checks, unchecked = [], []
+    for con in can.constraints:
+        if con.kind != "check" or not con.expression:
+            continue  # (a NOT VALID check still holds for new rows)
+        if set(con.columns) <= seen:
+            checks.append(con)
+        elif set(con.columns) & filled:
+            unchecked.append(f"check constraint {con.name} (it reads "
+                             f"{', '.join(sorted(set(con.columns) - seen))}, filled by a default)")
+    uniques = []
+    for ix in can.indexes:
+        cols = set(ix.columns)
+        if not ix.unique or not cols & set(copies):
+            continue  # match values alone cannot collide: a created row's key is one no canonical row has
+        if ix.predicate is not None or None in cols or not cols <= filled:
+            unchecked.append(f"unique index {ix.name.name} (partial, on an expression, or over a column filled by "
+                             "a default)")
+        else:
+            uniques.append(ix)
+    fks = [fk for fk in can.foreign_keys if set(fk.columns) <= filled and set(fk.columns) & set(copies)]
+    not_null = [c for c in copies if can.column(c) is not None and can.column(c).not_null]
+    converted = [cc for cc, lc in copies.items() if leg.column(lc).type != can.column(cc).type]
+    if not (checks or uniques or fks or not_null or converted):
+        return [], unchecked
+    n = QualifiedName("pg_temp", "normalize_phone")
+    # As align writes them: match values cast as its function casts them, copied values by INSERT's assignment.
+    cols, vals = [(_ID, "text")], [sql.SQL("l.{}::text").format(sql.Identifier(spec.legacy.key))]
+    for cc, lc in matches.items():
+        kind = spec.legacy.match_kinds[spec.legacy.match_columns.index(lc)]
+        raw = match.as_text("l", lc, leg.column(lc).type)
+        cols.append((cc, can.column(cc).type))
+        vals.append(sql.SQL("case when x.k is null then null else ({})::{} end").format(
+            match.stored_value(kind, match.part_key(kind, raw, n), raw), sql.SQL(can.column(cc).type)))
+    for cc, lc in copies.items():
+        if cc not in matches:
+            cols.append((cc, can.column(cc).type))
+            vals.append(sql.SQL("l.{}").format(sql.Identifier(lc)))
+    for c in sorted(nulls):
+        cols.append((c, can.column(c).type))
+        vals.append(sql.SQL("null"))
+    ckey = match.key_of(spec, "p", spec.canonical.match_columns,
+                        tuple(can.column(c).type for c in spec.canonical.match_columns), n)
+    created = sql.Identifier("pg_temp", "pgconverge_created")
+    conn.execute(sql.SQL("create temp table {} ({}) on commit drop").format(created, sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in cols)))
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("""insert into {created} ({names})
+select {vals} from (
+  (select distinct on (x.k) x.k, x.l from (select {key} as k, l from {t} l) x
+    where x.k is not null and not exists (select 1 from {ct} p where {ckey} = x.k)
+    order by x.k, (x.l).{lk})
+  union all
+  select x.k, x.l from (select {key} as k, l from {t} l) x where x.k is null and {create}) x,
+  lateral (select (x.l).*) l""").format(
+                created=created, names=sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols),
+                vals=sql.SQL(", ").join(vals), key=key, t=table, ct=qn(can.name), ckey=ckey,
+                lk=sql.Identifier(spec.legacy.key), create=sql.Literal(rule == "create")))
+    except psycopg.errors.DatatypeMismatch:  # no assignment cast: align could not write any created row
+        wrong = [f"{leg.name}.{lc} ({leg.column(lc).type}) into {can.name}.{cc} ({can.column(cc).type})"
+                 for cc, lc in copies.items() if leg.column(lc).type != can.column(cc).type]
+        return [f"canonical.copy_columns copies {', '.join(wrong)}, and Postgres does not convert between those "
+                "types when a row is written"], unchecked
+    except psycopg.errors.DataError as exc:  # a value its column refuses: align would fail on that row the same way
+        return [f"a copied value does not fit its {can.name} column ({str(exc).strip().splitlines()[0]})"], unchecked
+    out = []
+
+    def rows(q: sql.Composable, what: str) -> None:
+        found = [r[0] for r in conn.execute(sql.SQL("select x.{} from {} x where {} order by 1 limit {}").format(
+            sql.Identifier(_ID), created, q, sql.Literal(EXAMPLES + 1))).fetchall()]
+        if found:
+            more = " …" if len(found) > EXAMPLES else ""
+            out.append(f"{what}: {leg.name} row(s) {', '.join(found[:EXAMPLES])}{more}")
+
+    for c in not_null:
+        rows(sql.SQL("x.{} is null").format(sql.Identifier(c)), f"{can.name}.{c} is NOT NULL, copied from "
+                                                                 f"{leg.name}.{copies[c]}, which is NULL")
+    for con in checks:
+        rows(sql.SQL("({}) is false").format(sql.SQL(con.expression)), f"check constraint {con.name} "
+                                                                       f"({con.definition})")
+    for ix in uniques:
+        on = sql.SQL(" and ").join(sql.SQL("p.{c} = x.{c}").format(c=sql.Identifier(c)) for c in ix.columns)
+        rows(sql.SQL("exists (select 1 from {} p where {})").format(qn(can.name), on),
+             f"unique index {ix.name.name} ({', '.join(ix.columns)}): a {can.name} row has the value already")
+        same = sql.SQL(" and ").join(sql.SQL("y.{c} = x.{c}").format(c=sql.Identifier(c)) for c in ix.columns)
+        rows(sql.SQL("exists (select 1 from {t} y where y.{id} <> x.{id} and {same})").format(
+            t=created, id=sql.Identifier(_ID), same=same),
+            f"unique index {ix.name.name} ({', '.join(ix.columns)}): two created rows would have the same value")
+    for fk in fks:
+        present = sql.SQL(" and ").join(sql.SQL("x.{} is not null").format(sql.Identifier(c)) for c in fk.columns)
+        on = sql.SQL(" and ").join(sql.SQL("r.{} = x.{}").format(sql.Identifier(rc), sql.Identifier(c))
+                                   for c, rc in zip(fk.columns, fk.ref_columns))
+        rows(sql.SQL("{} and not exists (select 1 from {} r where {})").format(present, qn(fk.ref_table), on),
+             f"foreign key {fk.name} ({', '.join(fk.columns)} → {fk.ref_table}): no such row there")
+    return out, unchecked
 
 
 def _null_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> list[str]:
