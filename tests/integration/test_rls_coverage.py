@@ -29,3 +29,23 @@ def test_tokens_missing_the_policies_claim_prove_nothing_and_change_nothing(conn
     snap = conn.execute("select data from pgconverge.snapshots where name = 'rls_equivalence' "
                         "order by id desc limit 1").fetchone()[0]
     assert snap["coverage"]["share"] > 0.9, snap["coverage"]
+    # `verify --rls` looks the same way: with tokens missing that claim it fails as proving nothing, after the switch
+    # and after contract (where its tokens carry the canonical claim alone).
+    (tmp_path / "wrong").mkdir()
+    wrong = write_config(tmp_path / "wrong", '[migration]\nrls_sample = 20\ntoken_claims = { role = "customer" }\n')
+    for phase in ("switch", "contract"):
+        if phase == "contract":
+            cli("run", "contract", "--accept-code-references", "--accept-runtime-use", "--dsn", fixture_db,
+                "--config", right)
+        out = " ".join(cli("verify", "--rls", "--dsn", fixture_db, "--config", right).split())
+        assert "pass rls" in out and "proves nothing" not in out, out
+        out = " ".join(cli("verify", "--rls", "--dsn", fixture_db, "--config", wrong, expect=1).split())
+        assert "FAIL rls" in out and "proves nothing: of" in out and "saw any of them" in out, (phase, out)
+        assert "app_role" in out, out
+
+
+def test_verify_before_the_switch_also_fails_when_its_tokens_see_nothing(conn, fixture_db, tmp_path):
+    wrong = write_config(tmp_path, '[migration]\nrls_sample = 20\ntoken_claims = { role = "customer" }\n')
+    cli("run", "align", "--dsn", fixture_db, "--config", wrong)
+    out = " ".join(cli("verify", "--rls", "--dsn", fixture_db, "--config", wrong, expect=1).split())
+    assert "FAIL rls" in out and "proves nothing: of" in out and "with an old token" in out, out

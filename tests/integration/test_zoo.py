@@ -197,6 +197,9 @@ def test_zoo_migrates(case: Case, make_db, tmp_path):
                 new.stop()
             problems = run.check(phase) + (run.probe() if phase == "contract" else [])
             assert problems == [] and run.failures() == [], "\n".join(problems + run.failures())
+            if phase in ("switch", "contract"):  # `verify --rls` looked: its tokens saw their owners' rows
+                out = " ".join(cli("verify", "--rls", "--sample", "0", *args).split())
+                assert "pass rls" in out and "nothing was compared" not in out, out
         cli("rollback", "align", *args)
         problems = run.check("rollback")
         assert problems == [], "\n".join(problems)

@@ -146,11 +146,14 @@ def subject_column(conn: psycopg.Connection, spec: Spec) -> str | None:
     return None
 
 
-def claim_path(conn: psycopg.Connection, spec: Spec) -> tuple[str, ...]:
+def claim_path(conn: psycopg.Connection, spec: Spec, helper: QualifiedName | None = None,
+               claim: str | None = None) -> tuple[str, ...]:
     """The keys above the legacy claim where the legacy helper reads it as a JSON path (`x -> 'app_metadata' ->>
-    'customer_id'`); () where it reads it at the top of the token, or not as a path at all."""
-    fn, callees = function_and_callees(conn, spec.legacy.helper)
+    'customer_id'`); () where it reads it at the top of the token, or not as a path at all. HELPER and CLAIM: another
+    helper and the claim it reads (the canonical ones, after contract)."""
+    fn, callees = function_and_callees(conn, helper or spec.legacy.helper)
     body = resolved_body(fn, callees) if fn is not None else None
+    claim = claim or spec.legacy.claim
     if body is None:
         return ()
 
@@ -159,13 +162,41 @@ def claim_path(conn: psycopg.Connection, spec: Spec) -> tuple[str, ...]:
 
     for node in walk(body):
         if (isinstance(node, ast.A_Expr) and strings(node.name) in (("->>",), ("->",))
-                and key(node.rexpr) == spec.legacy.claim):
+                and key(node.rexpr) == claim):
             path, up = [], node.lexpr
             while isinstance(up, ast.A_Expr) and strings(up.name) == ("->",) and key(up.rexpr) is not None:
                 path.insert(0, key(up.rexpr))
                 up = up.lexpr
             return tuple(path)
     return ()
+
+
+def reverse_lookup(conn: psycopg.Connection, helper: QualifiedName) -> tuple[QualifiedName, str, str] | None:
+    """For a helper that looks the caller up (`select l.profile_id from link.users l where l.auth_user_id =
+    auth.uid()`): (the table, the column it returns, the column it compares with auth.uid()), so that a test token
+    for an id can carry the auth user that id belongs to. None for any other shape."""
+    fn, callees = function_and_callees(conn, helper)
+    body = resolved_body(fn, callees) if fn is not None else None
+    if body is None or len(body.fromClause or ()) != 1 or not isinstance(body.fromClause[0], ast.RangeVar) \
+            or len(body.targetList or ()) != 1:
+        return None
+    rv = body.fromClause[0]
+    names = {rv.alias.aliasname if rv.alias else rv.relname}
+    target = body.targetList[0].val
+    if not isinstance(target, ast.ColumnRef) or not _own(strings(target.fields), names):
+        return None
+    for node in walk(body.whereClause):
+        if isinstance(node, ast.A_Expr) and strings(node.name) == ("=",):
+            for col, other in ((node.lexpr, node.rexpr), (node.rexpr, node.lexpr)):
+                if (isinstance(col, ast.ColumnRef) and isinstance(other, ast.FuncCall)
+                        and strings(other.funcname) == UID and _own(strings(col.fields), names)):
+                    return (QualifiedName(rv.schemaname or "public", rv.relname), strings(target.fields)[-1],
+                            strings(col.fields)[-1])
+    return None
+
+
+def _own(parts: tuple[str, ...], names: set[str]) -> bool:
+    return len(parts) == 1 or len(parts) == 2 and parts[0] in names
 
 
 def sample(conn: psycopg.Connection, spec: Spec, n: int) -> list[Identity]:
@@ -557,7 +588,63 @@ def contracted_sample(conn, spec: Spec, cat: Catalog, n: int) -> list[Identity]:
         c=ident(new_column(spec, cat, d)), t=qn(d.table.name))
     q = sql.SQL("select c from ({}) x(c) order by hashtext(c), c {}").format(
         q, sql.SQL("limit {}").format(sql.Literal(n)) if n else sql.SQL(""))
-    return [Identity(r[0], ()) for r in conn.execute(q).fetchall()]
+    ids = [r[0] for r in conn.execute(q).fetchall()]
+    # The token as the canonical helper reads it: its claim at the same path; a helper that looks the caller up
+    # by auth.uid() gets the auth user of each id, read back through its own lookup.
+    path = claim_path(conn, spec, spec.canonical.helper, spec.canonical.claim)
+    back = reverse_lookup(conn, spec.canonical.helper)
+    if back is None:
+        return [Identity(i, (), None, path) for i in ids]
+    table, target, subject = back
+    subs = dict(conn.execute(sql.SQL(
+        "select x.{t}::text, min(x.{s}::text) from {tab} x where x.{t}::text = any(%s) group by 1").format(
+            t=ident(target), s=ident(subject), tab=qn(table)), (ids,)).fetchall())
+    return [Identity(i, (), (subs.get(i),), path) for i in ids]
+
+
+def owned_rows_exist(conn, spec: Spec, cat: Catalog, targets_: list, contracted: bool) -> bool:
+    """Whether any row of the checked tables names an owner: then someone's rows were there to be seen."""
+    from pgconverge.planning.references import new_column
+
+    checked = {str(t.table) for t in targets_}
+    return any(conn.execute(sql.SQL("select exists (select from {} where {} is not null)").format(
+        qn(d.table.name), ident(new_column(spec, cat, d) if contracted else d.fk.columns[0]))).fetchone()[0]
+        for d in cat.dependents if str(d.table.name) in checked)
+
+
+def blind(conn, spec: Spec, cat: Catalog, targets_: list, identities: list[Identity], cap: Capture,
+          contracted: bool) -> list[str]:
+    """Why the check proves nothing (empty when it looked): the sampled owners hardly saw their own rows (tokens
+    missing a claim the policies read), or no sampled identity owns a row although rows have owners."""
+    if contracted:
+        from pgconverge.planning.references import new_column
+
+        ids = [i.canonical for i in identities]
+        owning, seeing = set(), set()
+        for d in cat.dependents:
+            table = str(d.table.name)
+            owned = {r[0] for r in conn.execute(sql.SQL(
+                "select distinct {c}::text from {t} where {c}::text = any(%s)").format(
+                    c=ident(new_column(spec, cat, d)), t=qn(d.table.name)), (ids,))}
+            for i in identities:
+                if i.canonical in owned and table in cap.seen.get(f"C:{i.canonical}", {}):
+                    owning.add(i.canonical)
+                    if cap.seen[f"C:{i.canonical}"][table]:
+                        seeing.add(i.canonical)
+        covered = {"owning": len(owning), "seeing_own": len(seeing),
+                   "share": len(seeing) / len(owning) if owning else 0.0}
+        token = "canonical"
+    else:
+        covered, token = coverage(conn, spec, cat, identities, cap), "old"
+    if covered["owning"] and covered["share"] < MIN_COVERAGE:
+        return [f"proves nothing: of {covered['owning']} sampled identities that own rows, {covered['seeing_own']} "
+                f"saw any of them with a{'n' if token == 'old' else ''} {token} token; the policies and helpers read "
+                f"the claims {', '.join(claims_read(conn, cat)) or '(none found)'}: give migration.token_claims the "
+                "claims the application's tokens carry"]
+    if not covered["owning"] and owned_rows_exist(conn, spec, cat, targets_, contracted):
+        return [f"proves nothing: none of the {len(identities)} sampled identities owns a row of these tables, "
+                "although rows have owners: raise --sample (0 = every identity)"]
+    return []
 
 
 def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switched: bool, sample_size: int,
@@ -569,15 +656,17 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
                       else sample(conn, spec, sample_size))
         targets_ = targets(spec, cat, tables)
         cap = capture(conn, spec, targets_, identities, legacy=not contracted, canonical=switched, progress=progress)
+        proves_nothing = blind(conn, spec, cat, targets_, identities, cap, contracted)
     if contracted:
         problems = ([f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
-                    + isolation(cap, identities))
+                    + isolation(cap, identities) + proves_nothing)
         return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
                 "write_probes": len(cap.writes), "switched": True, "scan_bound": scan_bound_summary(cap),
                 "rows_seen": rows_seen(cap)}, problems
     problems = consistency(cap, identities) if switched else (
         [f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
         + isolation(cap, identities))
+    problems += proves_nothing
     return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
             "write_probes": len(cap.writes), "switched": switched, "scan_bound": scan_bound_summary(cap),
             "rows_seen": rows_seen(cap)}, problems
