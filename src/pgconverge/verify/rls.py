@@ -580,12 +580,13 @@ def consistency(cap: Capture, identities: list[Identity]) -> list[str]:
 
 
 def contracted_sample(conn, spec: Spec, cat: Catalog, n: int) -> list[Identity]:
-    """After contract there is no mapping: canonical ids that own dependent rows, picked by hash."""
+    """After contract there is no mapping: canonical ids that own rows of any dependent, picked by hash."""
     from pgconverge.planning.references import new_column
 
-    d = cat.dependents[0]
-    q = sql.SQL("select distinct {c}::text from {t} where {c} is not null").format(
-        c=ident(new_column(spec, cat, d)), t=qn(d.table.name))
+    if not cat.dependents:
+        return []
+    q = sql.SQL(" union ").join(sql.SQL("select {c}::text from {t} where {c} is not null").format(
+        c=ident(new_column(spec, cat, d)), t=qn(d.table.name)) for d in cat.dependents)
     q = sql.SQL("select c from ({}) x(c) order by hashtext(c), c {}").format(
         q, sql.SQL("limit {}").format(sql.Literal(n)) if n else sql.SQL(""))
     ids = [r[0] for r in conn.execute(q).fetchall()]
