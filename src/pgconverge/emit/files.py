@@ -155,8 +155,11 @@ def parts_for(spec: Spec, step: Step) -> tuple[list[Part], str | None]:
                      "CONCURRENTLY cannot run in a DO block, and the invalid index is no use to anyone, so the "
                      "table's lock is held only for the catalog change, and at most lock_timeout is waited for "
                      "it); IF NOT EXISTS then skips an index a finished build left.")
-        return [Part(step.id, op.description, [_drop_invalid_index(spec, op), _if_not_exists(text(op.statement))],
-                     False, notes)], None
+        # What the operation runs after the build (a leaf partition's index is attached to the partitioned
+        # table's index: a no-op when it already is).
+        after = [text(s) for s in op.statements()[1:]]
+        return [Part(step.id, op.description, [_drop_invalid_index(spec, op), _if_not_exists(text(op.statement)),
+                                               *after], False, notes)], None
     if isinstance(op, ReplacePolicies) and op.verify:
         notes.append("`pgconverge run switch` also compares, in one data snapshot, the rows every sampled identity "
                      "sees before and after this rewrite and restores the old policies on any difference; here the "

@@ -1,0 +1,64 @@
+"""Emitted files on zoo schemas of particular shapes, applied with psql and rolled back by files alone."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import psycopg
+
+from _support import cli_json, schema_dump, write_config
+from _zoo import build, load
+
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+
+
+def _apply(dsn: str, files: list[str]) -> None:
+    for f in files:
+        r = subprocess.run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", f], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, f"{Path(f).name}:\n{r.stderr}"
+
+
+def _zoo_db(make_db, tmp_path, **params) -> tuple[str, tuple[str, ...]]:
+    zoo = build(**params)
+    dsn = make_db()
+    load(dsn, zoo)
+    cfg = write_config(tmp_path, zoo.config + "observation_window = 0\n")
+    return dsn, ("--dsn", dsn, "--config", cfg)
+
+
+def _emit(out: Path, args: tuple[str, ...], *more: str) -> dict:
+    return cli_json("emit", str(out), *args, *more)
+
+
+LEAF_INDEXES = """
+    select c.relname, x.relname, exists (select 1 from pg_inherits h where h.inhrelid = i.indexrelid)
+    from pg_index i join pg_class c on c.oid = i.indrelid join pg_class x on x.oid = i.indexrelid
+    where c.relispartition and c.relkind = 'r' and c.relnamespace = 'public'::regnamespace
+    order by 1, 2"""
+
+
+def test_partition_leaf_indexes_are_attached_and_rolled_back(make_db, tmp_path):
+    """Each leaf partition's index built by the files is attached to the partitioned table's index, so no leaf
+    gets a second one, and the rollback as files gives back the original schema."""
+    dsn, args = _zoo_db(make_db, tmp_path, partitioned="hash", legacy_key="uuid", canonical_key="uuid")
+    out = tmp_path / "project"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        original, leaves = schema_dump(conn), conn.execute(LEAF_INDEXES).fetchall()
+    for phase in ("align", "expand"):
+        _apply(dsn, _emit(out, args, "--phase", phase)["migrations"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        now = conn.execute(LEAF_INDEXES).fetchall()
+    added = [r for r in now if r not in leaves]
+    # One new index per leaf (orders_h0, orders_h1, orders_h2), each attached.
+    assert sorted(r[0] for r in added) == ["orders_h0", "orders_h1", "orders_h2"], now
+    assert all(r[2] for r in now), now
+    for phase in ("switch", "contract"):
+        _apply(dsn, _emit(out, args, "--phase", phase)["migrations"])
+    _apply(dsn, _emit(out, args, "--rollback-to", "align")["migrations"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert schema_dump(conn) == original
+        assert conn.execute(LEAF_INDEXES).fetchall() == leaves
+    assert cli_json("status", *args)["summary"]["state"] == "rolled back"
+    assert cli_json("plan", "align", *args)["steps"]
