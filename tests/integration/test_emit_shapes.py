@@ -62,3 +62,37 @@ def test_partition_leaf_indexes_are_attached_and_rolled_back(make_db, tmp_path):
         assert conn.execute(LEAF_INDEXES).fetchall() == leaves
     assert cli_json("status", *args)["summary"]["state"] == "rolled back"
     assert cli_json("plan", "align", *args)["steps"]
+
+
+def _down_files(out: Path) -> list[str]:
+    """The rollback files, latest first (the order they are applied in)."""
+    return [str(p) for p in sorted((out / "supabase" / "rollback").glob("*.down.sql"), reverse=True)]
+
+
+def test_down_files_apply_after_phase_by_phase_emits(make_db, tmp_path):
+    """Each phase emitted on its own calls the batch procedure; undoing a later phase leaves it to the earlier."""
+    dsn, args = _zoo_db(make_db, tmp_path)
+    out = tmp_path / "project"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        original = schema_dump(conn)
+    for phase in ("align", "expand"):
+        _apply(dsn, _emit(out, args, "--phase", phase)["migrations"])
+    _apply(dsn, _down_files(out))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert schema_dump(conn) == original
+
+
+def test_contract_down_files_apply_after_run(make_db, tmp_path):
+    """align and expand by `pgconverge run`, switch and contract as files: contract's undo gives the legacy ids
+    back in batches, with no file of this directory having made the batch procedure before."""
+    dsn, args = _zoo_db(make_db, tmp_path)
+    out = tmp_path / "project"
+    for phase in ("align", "expand"):
+        cli_json("run", phase, *args)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        expanded = schema_dump(conn)
+    for phase in ("switch", "contract"):
+        _apply(dsn, _emit(out, args, "--phase", phase)["migrations"])
+    _apply(dsn, _down_files(out))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert schema_dump(conn) == expanded
