@@ -6,9 +6,15 @@ import subprocess
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
+import test_emit
 from _support import cli_json, schema_dump, write_config
 from _zoo import build, load
+
+# The PostgreSQL 15 server of test_emit.py, which has pgTAP, for the tests that run the emitted pgTAP files.
+pg15 = test_emit.pg15
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
 
@@ -21,6 +27,7 @@ def _apply(dsn: str, files: list[str]) -> None:
 
 
 def _zoo_db(make_db, tmp_path, **params) -> tuple[str, tuple[str, ...]]:
+    """A new database (from MAKE_DB) holding the zoo schema of PARAMS, and the CLI's arguments for it."""
     zoo = build(**params)
     dsn = make_db()
     load(dsn, zoo)
@@ -96,3 +103,37 @@ def test_contract_down_files_apply_after_run(make_db, tmp_path):
     _apply(dsn, _down_files(out))
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert schema_dump(conn) == expanded
+
+
+def _prove(dsn: str, out: Path, *files: str) -> subprocess.CompletedProcess:
+    d = conninfo_to_dict(dsn)  # pg_prove takes a database name, not a connection string
+    where = [a for k, o in (("host", "-h"), ("port", "-p"), ("user", "-U")) if k in d for a in (o, str(d[k]))]
+    return subprocess.run(["/usr/bin/pg_prove", *where, "-d", d["dbname"], *files], cwd=out, capture_output=True,
+                          text=True)
+
+
+def _on_pg15(pg15, name: str):
+    """MAKE_DB for the PostgreSQL 15 server: a new database NAME there."""
+    def make() -> str:
+        with psycopg.connect(test_emit._dsn(pg15, "postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        return test_emit._dsn(pg15, name)
+    return make
+
+
+def _join_pk_switched(pg15, tmp_path) -> tuple[str, Path]:
+    """A zoo with a join table whose primary key holds the legacy column (customer_tags (customer_id, tag)), its
+    files applied through switch."""
+    dsn, args = _zoo_db(_on_pg15(pg15, "shapes_join_pk"), tmp_path, shapes=("join_pk",))
+    out = tmp_path / "project"
+    _apply(dsn, _emit(out, args, "--through", "switch")["migrations"])
+    return dsn, out
+
+
+def test_rls_tests_of_a_table_keyed_by_ctid(pg15, tmp_path):
+    dsn, out = _join_pk_switched(pg15, tmp_path)
+    rls = "supabase/tests/database/pgconverge_switch_rls.test.sql"
+    assert "customer_tags" in (out / rls).read_text()
+    r = _prove(dsn, out, rls)
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
