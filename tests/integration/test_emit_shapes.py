@@ -137,3 +137,12 @@ def test_rls_tests_of_a_table_keyed_by_ctid(pg15, tmp_path):
     assert "customer_tags" in (out / rls).read_text()
     r = _prove(dsn, out, rls)
     assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+
+
+def test_expand_tests_of_a_legacy_column_in_the_primary_key(pg15, tmp_path):
+    """expand keeps NOT NULL on a legacy column in the primary key: the test says so rather than NULL allowed."""
+    dsn, out = _join_pk_switched(pg15, tmp_path)
+    expand = "supabase/tests/database/pgconverge_expand.test.sql"
+    r = _prove(dsn, out, expand)
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+    assert "public.customer_tags.customer_id stays NOT NULL" in (out / expand).read_text()
