@@ -146,3 +146,18 @@ def test_expand_tests_of_a_legacy_column_in_the_primary_key(pg15, tmp_path):
     r = _prove(dsn, out, expand)
     assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
     assert "public.customer_tags.customer_id stays NOT NULL" in (out / expand).read_text()
+
+
+def test_pgtap_tokens_carry_the_claims_where_the_helper_reads_them(pg15, tmp_path):
+    """The legacy helper reads auth.jwt() -> 'app_metadata' ->> 'customer_id': the pgTAP tokens nest the claims
+    there, before contract and after."""
+    dsn, args = _zoo_db(_on_pg15(pg15, "shapes_app_metadata"), tmp_path, helper_style="app_metadata")
+    out = tmp_path / "project"
+    files = _emit(out, args)["migrations"]
+    switched = max(i for i, f in enumerate(files) if "_pgconverge_switch_" in f) + 1
+    _apply(dsn, files[:switched])
+    r = _prove(dsn, out, *sorted(str(p) for p in (out / "pgconverge-tests" / "before_contract").glob("*.sql")))
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+    _apply(dsn, files[switched:])
+    r = _prove(dsn, out, *sorted(str(p) for p in (out / "supabase" / "tests" / "database").glob("*.sql")))
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr

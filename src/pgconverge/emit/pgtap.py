@@ -28,6 +28,9 @@ class Sample:
     label: str
     legacy: str
     subject: str | None = None  # the auth user (token `sub`) when the legacy helper looks the caller up by it
+    # Where in the token the helpers read the id claims: () at the top, ("app_metadata",) for
+    # auth.jwt() -> 'app_metadata' ->> 'customer_id' (verify/rls.py claim_path).
+    claim_path: tuple[str, ...] = ()
 
 
 @dataclass
@@ -61,7 +64,8 @@ def pick_samples(conn: psycopg.Connection, spec: Spec, cat: Catalog, n: int = 2)
         "where {nn} order by {owns} desc, pg_catalog.hashtext(l.{k}::text), l.{k} limit {n}").format(
         k=key, t=qn(leg), subj=subj, owns=sql.SQL(" + ").join(owns), n=sql.Literal(n),
         nn=sql.SQL("l.{} is not null").format(ident(subject)) if subject else sql.SQL("true"))).fetchall()
-    return [Sample(chr(ord("A") + i), r[0], r[1]) for i, r in enumerate(rows)]
+    path = rls.claim_path(conn, spec)
+    return [Sample(chr(ord("A") + i), r[0], r[1], path) for i, r in enumerate(rows)]
 
 
 class Tokens:
@@ -78,20 +82,28 @@ class Tokens:
             c=ident(self.spec.migration.new_column), m=qn(self.mapping), l=ident(self.spec.mapping_legacy_column),
             v=sql.Literal(s.legacy), ty=sql.SQL(self.legacy_type)))
 
-    def _claims(self, pairs: list[tuple[str, str]]) -> str:
-        base = [("role", lit("authenticated")), *((k, lit(v)) for k, v in self.spec.migration.token_claims)]
-        return "jsonb_build_object(" + ", ".join(f"{lit(k)}, {v}" for k, v in base + pairs) + ")"
+    def _claims(self, s: Sample, ids: list[tuple[str, str]], top: list[tuple[str, str]]) -> str:
+        """The token: role, token_claims and TOP at the top, the id claims IDS at S's claim path (objects that
+        replace a token claim of the same name), as verify/rls.py builds its tokens."""
+        def obj(pairs: list[tuple[str, str]]) -> str:
+            return "jsonb_build_object(" + ", ".join(f"{lit(k)}, {v}" for k, v in pairs) + ")"
+
+        base = [("role", lit("authenticated")), *((k, lit(v)) for k, v in self.spec.migration.token_claims), *top]
+        if not s.claim_path:
+            return obj(base + ids)
+        nested = obj(ids)
+        for k in reversed(s.claim_path):
+            nested = obj([(k, nested)])
+        return f"({obj(base)} || {nested})"
 
     def old(self, s: Sample) -> str:
         if s.subject is not None:
-            return self._claims([("sub", lit(s.subject))])
-        return self._claims([(self.spec.legacy.claim, lit(s.legacy))])
+            return self._claims(s, [], [("sub", lit(s.subject))])
+        return self._claims(s, [(self.spec.legacy.claim, lit(s.legacy))], [])
 
     def new(self, s: Sample) -> str:
-        pairs = [(self.spec.canonical.claim, self.canonical(s))]
-        if s.subject is not None:
-            pairs.append(("sub", lit(s.subject)))
-        return self._claims(pairs)
+        return self._claims(s, [(self.spec.canonical.claim, self.canonical(s))],
+                            [("sub", lit(s.subject))] if s.subject is not None else [])
 
 
 def _act_as_function(spec: Spec) -> str:
