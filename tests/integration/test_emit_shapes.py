@@ -161,3 +161,17 @@ def test_pgtap_tokens_carry_the_claims_where_the_helper_reads_them(pg15, tmp_pat
     _apply(dsn, files[switched:])
     r = _prove(dsn, out, *sorted(str(p) for p in (out / "supabase" / "tests" / "database").glob("*.sql")))
     assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+
+
+def test_rollback_to_contract_after_contract(pg15, tmp_path):
+    """Undoing contract alone: the samples of the tests of the state after switch are picked from the archived
+    legacy table and mapping, and those tests pass once the undo is applied."""
+    dsn, args = _zoo_db(_on_pg15(pg15, "shapes_undo_contract"), tmp_path)
+    out = tmp_path / "project"
+    _apply(dsn, _emit(out, args)["migrations"])
+    data = _emit(out, args, "--rollback-to", "contract")
+    assert len(data["sample_identities"]) == 2, data["sample_identities"]
+    _apply(dsn, data["migrations"])
+    r = _prove(dsn, out, *sorted(str(p) for p in (out / "supabase" / "tests" / "database").glob("*.sql")))
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+    assert "pgconverge_switch_rls.test.sql" in r.stdout

@@ -51,12 +51,25 @@ class TestFile:
                 + "\n".join(self.lines) + "\n\nselect * from finish();\nrollback;\n")
 
 
-def pick_samples(conn: psycopg.Connection, spec: Spec, cat: Catalog, n: int = 2) -> list[Sample]:
-    """Legacy rows that own rows in as many dependent tables as possible, picked by hash (deterministic)."""
-    leg = cat.legacy.name
+def pick_samples(conn: psycopg.Connection, spec: Spec, cat: Catalog, n: int = 2,
+                 archived: tuple[QualifiedName, QualifiedName] | None = None) -> list[Sample]:
+    """Legacy rows that own rows in as many dependent tables as possible, picked by hash (deterministic).
+
+    ARCHIVED: where contract moved the legacy table and the mapping, (legacy table, mapping). The legacy
+    rows are then read there, and what they own through the mapping and the dependents' new columns (the
+    legacy columns are gone). CAT is a catalog with the new columns (expand's or later).
+    """
+    leg = cat.legacy.name if archived is None else archived[0]
     key = ident(spec.legacy.key)
-    owns = [sql.SQL("(exists (select 1 from {t} d where d.{c} = l.{k}))::int").format(
-        t=qn(d.table.name), c=ident(d.fk.columns[0]), k=key) for d in cat.dependents] or [sql.SQL("0")]
+    if archived is None:
+        owns = [sql.SQL("(exists (select 1 from {t} d where d.{c} = l.{k}))::int").format(
+            t=qn(d.table.name), c=ident(d.fk.columns[0]), k=key) for d in cat.dependents]
+    else:
+        owns = [sql.SQL("(exists (select 1 from {t} d join {m} m on m.{mc} = d.{c} where m.{ml} = l.{k}))::int"
+                        ).format(t=qn(d.table.name), m=qn(archived[1]), mc=ident(spec.migration.new_column),
+                                 c=ident(names.new), ml=ident(spec.mapping_legacy_column), k=key)
+                for d, names in expand.names_of(spec, cat)]
+    owns = owns or [sql.SQL("0")]
     subject = rls.subject_column(conn, spec)
     subj = sql.SQL("l.{}::text").format(ident(subject)) if subject else sql.SQL("null::text")
     rows = conn.execute(sql.SQL(
