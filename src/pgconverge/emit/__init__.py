@@ -35,8 +35,8 @@ Batched work (the identity matching, the backfill of the new column, and in reve
 is not one giant UPDATE, which would lock every row it touches until it commits and bloat the
 table in one go. It is a CALL of one procedure, ``<private schema>.run_batches``, which every file
 that calls it creates (CREATE OR REPLACE) just before the CALL, so each file and each undo file runs
-whatever was applied or undone before it; the procedure goes with the private schema. The procedure runs the same keyset batch statement the
-runner uses and COMMITs after every batch. A procedure rather than a DO block: the batch logic is
+whatever was applied or undone before it; the procedure goes with the private schema. The procedure
+runs the same keyset batch statement the runner uses and COMMITs after every batch. A procedure rather than a DO block: the batch logic is
 written once and reviewed once, each CALL names only its statement and sizes, and re-running a
 CALL is safe because every batch changes only the rows that still need it. A PROCEDURE (or DO block)
 may COMMIT only when called outside a transaction block, which is why each CALL has a file of its

@@ -102,7 +102,7 @@ class Tokens:
             return "jsonb_build_object(" + ", ".join(f"{lit(k)}, {v}" for k, v in pairs) + ")"
 
         base = [("role", lit("authenticated")), *((k, lit(v)) for k, v in self.spec.migration.token_claims), *top]
-        if not s.claim_path:
+        if not s.claim_path or not ids:
             return obj(base + ids)
         nested = obj(ids)
         for k in reversed(s.claim_path):
