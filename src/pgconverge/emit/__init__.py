@@ -33,9 +33,10 @@ CONCURRENTLY cannot run in one) and builds with IF NOT EXISTS.
 
 Batched work (the identity matching, the backfill of the new column, and in reverse the legacy ids)
 is not one giant UPDATE, which would lock every row it touches until it commits and bloat the
-table in one go. It is a CALL of one procedure, ``<private schema>.run_batches``, created by its own
-file just before the first batched step. The procedure runs the same keyset batch statement the
-runner uses and COMMITs after every batch. A procedure rather than a DO block: the batch logic is
+table in one go. It is a CALL of one procedure, ``<private schema>.run_batches``, which every file
+that calls it creates (CREATE OR REPLACE) just before the CALL, so each file and each undo file runs
+whatever was applied or undone before it; the procedure goes with the private schema. The procedure
+runs the same keyset batch statement the runner uses and COMMITs after every batch. A procedure rather than a DO block: the batch logic is
 written once and reviewed once, each CALL names only its statement and sizes, and re-running a
 CALL is safe because every batch changes only the rows that still need it. A PROCEDURE (or DO block)
 may COMMIT only when called outside a transaction block, which is why each CALL has a file of its
@@ -68,17 +69,17 @@ import psycopg
 from psycopg import sql
 
 from pgconverge.catalog.baseline import Catalogs
-from pgconverge.config import Spec
+from pgconverge.config import QualifiedName, Spec
 from pgconverge.emit import contract as emitted_contract, pgtap
 from pgconverge.emit.files import RUNTIME_ONLY, MigrationFile, Part, attach_reverse, forward, snake
 from pgconverge.errors import PgConvergeError
-from pgconverge.execution.sql import text
+from pgconverge.execution.sql import qn, text
 from pgconverge.ledger.emitted import Block, Record, render as render_ledger, snapshot_expression
 from pgconverge.ledger.store import Ledger
-from pgconverge.operations.archive import ArchiveTable
+from pgconverge.operations.archive import ArchiveTable, RestoreTable
 from pgconverge.operations.base import PHASES, Plan, Step
 from pgconverge.operations.private_schema import CreatePrivateSchema
-from pgconverge.planning import plan as planner
+from pgconverge.planning import align, plan as planner
 
 EMITTABLE = ("align", "expand", "switch", "contract")
 BEFORE_CONTRACT = "pgconverge-tests/before_contract"
@@ -263,13 +264,29 @@ def emit_rollback(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Pat
     files[-1].parts[-1].discard.extend(discard)
     skipped = [n for f in files for n in f.notes]
     earlier = PHASES[PHASES.index(to) - 1] if PHASES.index(to) > 0 else None
-    picked = pgtap.pick_samples(conn, spec, cats.for_phase("expand"), 2) if earlier == "switch" else []
+    picked = pgtap.pick_samples(conn, spec, cats.for_phase("expand"), 2, _archived(conn, spec, rollback, cats)) \
+        if earlier == "switch" else []
     tests = _state_tests(spec, cats, emitted_contract.adapt(spec, cats, planner.build(spec, cats), ""), picked,
                          earlier)
     result = Emitted([], [], [], picked, skipped)
     _write(spec, out, files, result, reverse=False, command=command)
     _write_tests(out, tests, [], picked, result)
     return result
+
+
+def _archived(conn: psycopg.Connection, spec: Spec, rollback: Plan, cats: Catalogs
+              ) -> tuple[QualifiedName, QualifiedName] | None:
+    """Where contract moved the legacy table and the mapping, when both are there now and ROLLBACK puts them
+    back; else None (they are where they were)."""
+    restores = {str(s.op.table): s.op.archived for s in rollback.steps if isinstance(s.op, RestoreTable)}
+    legacy = restores.get(str(cats.for_phase("expand").legacy.name))
+    mapping = restores.get(str(align.names(spec)["mapping"]))
+    if legacy is None or mapping is None:
+        return None
+    there = conn.execute(sql.SQL("select pg_catalog.to_regclass({}) is not null and pg_catalog.to_regclass({}) "
+                                 "is not null").format(sql.Literal(text(qn(legacy))), sql.Literal(text(qn(mapping))))
+                         ).fetchone()[0]
+    return (legacy, mapping) if there else None
 
 
 def attach_ledger(spec: Spec, cats: Catalogs, plan: Plan, full: Plan | None, rollback: Plan | None,

@@ -66,11 +66,6 @@ end""")
     ]
 
 
-def drop_procedure(spec: Spec) -> list[sql.Composable]:
-    return [sql.SQL("drop procedure if exists {}(text, text, text, integer, text[], text[], integer)").format(
-        qn(procedure_name(spec)))]
-
-
 def positional(stmt: sql.Composable) -> str:
     """The batch statement with the runner's named parameters turned into $1, $2, $3 for EXECUTE … USING."""
     s = text(stmt)

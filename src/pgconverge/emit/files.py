@@ -140,10 +140,13 @@ def parts_for(spec: Spec, step: Step) -> tuple[list[Part], str | None]:
                 "BEGIN/COMMIT stops here instead: apply this file with psql, mark it applied in that tool's "
                 "history (`supabase migration repair --status applied <version>` for the Supabase CLI), and go "
                 "on; or run the phase with `pgconverge run`, which goes on from what the files recorded.")
-        parts = [Part(step.id, op.description, [text(batches.call(spec, op))], False, [note])]
+        # Each CALL is preceded by the procedure's CREATE OR REPLACE: a file then runs whichever files were
+        # applied or undone before it, and no file's undo removes what another file calls.
+        procedure = [text(s) for s in batches.create_procedure(spec)]
+        parts = [Part(step.id, op.description, [*procedure, text(batches.call(spec, op))], False, [note])]
         if getattr(op, "sweep", None) is not None:  # a walk by pages: then the rows it missed, until none is left
             parts.append(Part(step.id, f"{op.what}: the sweep after the walk by pages",
-                              [text(batches.sweep_call(spec, op))], False, [
+                              [*procedure, text(batches.sweep_call(spec, op))], False, [
                 note + " This file is the sweep that ends a walk by pages: it fills the rows an application update "
                        "moved, unfilled, behind the walk, reading the whole table for each batch, until a batch "
                        "finds none."]))
@@ -155,8 +158,11 @@ def parts_for(spec: Spec, step: Step) -> tuple[list[Part], str | None]:
                      "CONCURRENTLY cannot run in a DO block, and the invalid index is no use to anyone, so the "
                      "table's lock is held only for the catalog change, and at most lock_timeout is waited for "
                      "it); IF NOT EXISTS then skips an index a finished build left.")
-        return [Part(step.id, op.description, [_drop_invalid_index(spec, op), _if_not_exists(text(op.statement))],
-                     False, notes)], None
+        # What the operation runs after the build (a leaf partition's index is attached to the partitioned
+        # table's index: a no-op when it already is).
+        after = [text(s) for s in op.statements()[1:]]
+        return [Part(step.id, op.description, [_drop_invalid_index(spec, op), _if_not_exists(text(op.statement)),
+                                               *after], False, notes)], None
     if isinstance(op, ReplacePolicies) and op.verify:
         notes.append("`pgconverge run switch` also compares, in one data snapshot, the rows every sampled identity "
                      "sees before and after this rewrite and restores the old policies on any difference; here the "
@@ -176,7 +182,6 @@ def forward(spec: Spec, plan: Plan, start: datetime) -> list[MigrationFile]:
     files: list[MigrationFile] = []
     pending_notes: list[str] = []
     pending_steps: list[Step] = []
-    procedure_done = False
     for step in plan.steps:
         parts, note = parts_for(spec, step)
         if note:
@@ -187,13 +192,6 @@ def forward(spec: Spec, plan: Plan, start: datetime) -> list[MigrationFile]:
                 pending_notes.append(note)
                 pending_steps.append(step)
             continue
-        if isinstance(step.op, Batched) and not procedure_done:
-            procedure_done = True
-            files.append(MigrationFile("", "pgconverge_batch_procedure", [], step.phase, [Part(
-                "", "create the procedure that runs batched work, one transaction per batch",
-                [text(s) for s in batches.create_procedure(spec)], True)]))
-            files[-1].reverse = [Part("", "drop the batch procedure", [text(s) for s in batches.drop_procedure(spec)],
-                                      True)]
         split = len(parts) > 1
         for i, part in enumerate(parts):
             name = snake(f"pgconverge_{step.id}" + (f"_{i + 1}" if split else ""))
@@ -245,8 +243,7 @@ def attach_reverse(plan: Plan, rollback: Plan, files: list[MigrationFile], spec:
                 placed[k] = (max([target, *later]), rs)
     # Reverse files run latest first, so a rollback step may never sit in an earlier file than the step
     # after it: that keeps the rollback plan's own order (a trigger dropped with its column, before the
-    # function it calls, say). A step moves to a later file, never to an earlier one, so it still runs
-    # while what it needs (the batch procedure) exists.
+    # function it calls, say). A step moves to a later file, never to an earlier one.
     first = [t for t, _ in placed]
     for k in range(len(placed) - 2, -1, -1):
         placed[k] = (max(placed[k][0], placed[k + 1][0]), placed[k][1])

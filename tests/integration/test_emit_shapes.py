@@ -1,0 +1,177 @@
+"""Emitted files on zoo schemas of particular shapes, applied with psql and rolled back by files alone."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+import test_emit
+from _support import cli_json, schema_dump, write_config
+from _zoo import build, load
+
+# The PostgreSQL 15 server of test_emit.py, which has pgTAP, for the tests that run the emitted pgTAP files.
+pg15 = test_emit.pg15
+
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+
+
+def _apply(dsn: str, files: list[str]) -> None:
+    for f in files:
+        r = subprocess.run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", f], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, f"{Path(f).name}:\n{r.stderr}"
+
+
+def _zoo_db(make_db, tmp_path, **params) -> tuple[str, tuple[str, ...]]:
+    """A new database (from MAKE_DB) holding the zoo schema of PARAMS, and the CLI's arguments for it."""
+    zoo = build(**params)
+    dsn = make_db()
+    load(dsn, zoo)
+    cfg = write_config(tmp_path, zoo.config + "observation_window = 0\n")
+    return dsn, ("--dsn", dsn, "--config", cfg)
+
+
+def _emit(out: Path, args: tuple[str, ...], *more: str) -> dict:
+    return cli_json("emit", str(out), *args, *more)
+
+
+LEAF_INDEXES = """
+    select c.relname, x.relname, exists (select 1 from pg_inherits h where h.inhrelid = i.indexrelid)
+    from pg_index i join pg_class c on c.oid = i.indrelid join pg_class x on x.oid = i.indexrelid
+    where c.relispartition and c.relkind = 'r' and c.relnamespace = 'public'::regnamespace
+    order by 1, 2"""
+
+
+def test_partition_leaf_indexes_are_attached_and_rolled_back(make_db, tmp_path):
+    """Each leaf partition's index built by the files is attached to the partitioned table's index, so no leaf
+    gets a second one, and the rollback as files gives back the original schema."""
+    dsn, args = _zoo_db(make_db, tmp_path, partitioned="hash", legacy_key="uuid", canonical_key="uuid")
+    out = tmp_path / "project"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        original, leaves = schema_dump(conn), conn.execute(LEAF_INDEXES).fetchall()
+    for phase in ("align", "expand"):
+        _apply(dsn, _emit(out, args, "--phase", phase)["migrations"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        now = conn.execute(LEAF_INDEXES).fetchall()
+    added = [r for r in now if r not in leaves]
+    # One new index per leaf (orders_h0, orders_h1, orders_h2), each attached.
+    assert sorted(r[0] for r in added) == ["orders_h0", "orders_h1", "orders_h2"], now
+    assert all(r[2] for r in now), now
+    for phase in ("switch", "contract"):
+        _apply(dsn, _emit(out, args, "--phase", phase)["migrations"])
+    _apply(dsn, _emit(out, args, "--rollback-to", "align")["migrations"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert schema_dump(conn) == original
+        assert conn.execute(LEAF_INDEXES).fetchall() == leaves
+    assert cli_json("status", *args)["summary"]["state"] == "rolled back"
+    assert cli_json("plan", "align", *args)["steps"]
+
+
+def _down_files(out: Path) -> list[str]:
+    """The rollback files, latest first (the order they are applied in)."""
+    return [str(p) for p in sorted((out / "supabase" / "rollback").glob("*.down.sql"), reverse=True)]
+
+
+def test_down_files_apply_after_phase_by_phase_emits(make_db, tmp_path):
+    """Each phase emitted on its own calls the batch procedure; undoing a later phase leaves it to the earlier."""
+    dsn, args = _zoo_db(make_db, tmp_path)
+    out = tmp_path / "project"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        original = schema_dump(conn)
+    for phase in ("align", "expand"):
+        _apply(dsn, _emit(out, args, "--phase", phase)["migrations"])
+    _apply(dsn, _down_files(out))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert schema_dump(conn) == original
+
+
+def test_contract_down_files_apply_after_run(make_db, tmp_path):
+    """align and expand by `pgconverge run`, switch and contract as files: contract's undo gives the legacy ids
+    back in batches, with no file of this directory having made the batch procedure before."""
+    dsn, args = _zoo_db(make_db, tmp_path)
+    out = tmp_path / "project"
+    for phase in ("align", "expand"):
+        cli_json("run", phase, *args)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        expanded = schema_dump(conn)
+    for phase in ("switch", "contract"):
+        _apply(dsn, _emit(out, args, "--phase", phase)["migrations"])
+    _apply(dsn, _down_files(out))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert schema_dump(conn) == expanded
+
+
+def _prove(dsn: str, out: Path, *files: str) -> subprocess.CompletedProcess:
+    d = conninfo_to_dict(dsn)  # pg_prove takes a database name, not a connection string
+    where = [a for k, o in (("host", "-h"), ("port", "-p"), ("user", "-U")) if k in d for a in (o, str(d[k]))]
+    return subprocess.run(["/usr/bin/pg_prove", *where, "-d", d["dbname"], *files], cwd=out, capture_output=True,
+                          text=True)
+
+
+def _on_pg15(pg15, name: str):
+    """MAKE_DB for the PostgreSQL 15 server: a new database NAME there."""
+    def make() -> str:
+        with psycopg.connect(test_emit._dsn(pg15, "postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        return test_emit._dsn(pg15, name)
+    return make
+
+
+def _join_pk_switched(pg15, tmp_path) -> tuple[str, Path]:
+    """A zoo with a join table whose primary key holds the legacy column (customer_tags (customer_id, tag)), its
+    files applied through switch."""
+    dsn, args = _zoo_db(_on_pg15(pg15, "shapes_join_pk"), tmp_path, shapes=("join_pk",))
+    out = tmp_path / "project"
+    _apply(dsn, _emit(out, args, "--through", "switch")["migrations"])
+    return dsn, out
+
+
+def test_rls_tests_of_a_table_keyed_by_ctid(pg15, tmp_path):
+    dsn, out = _join_pk_switched(pg15, tmp_path)
+    rls = "supabase/tests/database/pgconverge_switch_rls.test.sql"
+    assert "customer_tags" in (out / rls).read_text()
+    r = _prove(dsn, out, rls)
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+
+
+def test_expand_tests_of_a_legacy_column_in_the_primary_key(pg15, tmp_path):
+    """expand keeps NOT NULL on a legacy column in the primary key: the test says so rather than NULL allowed."""
+    dsn, out = _join_pk_switched(pg15, tmp_path)
+    expand = "supabase/tests/database/pgconverge_expand.test.sql"
+    r = _prove(dsn, out, expand)
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+    assert "public.customer_tags.customer_id stays NOT NULL" in (out / expand).read_text()
+
+
+def test_pgtap_tokens_carry_the_claims_where_the_helper_reads_them(pg15, tmp_path):
+    """The legacy helper reads auth.jwt() -> 'app_metadata' ->> 'customer_id': the pgTAP tokens nest the claims
+    there, before contract and after."""
+    dsn, args = _zoo_db(_on_pg15(pg15, "shapes_app_metadata"), tmp_path, helper_style="app_metadata")
+    out = tmp_path / "project"
+    files = _emit(out, args)["migrations"]
+    switched = max(i for i, f in enumerate(files) if "_pgconverge_switch_" in f) + 1
+    _apply(dsn, files[:switched])
+    r = _prove(dsn, out, *sorted(str(p) for p in (out / "pgconverge-tests" / "before_contract").glob("*.sql")))
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+    _apply(dsn, files[switched:])
+    r = _prove(dsn, out, *sorted(str(p) for p in (out / "supabase" / "tests" / "database").glob("*.sql")))
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+
+
+def test_rollback_to_contract_after_contract(pg15, tmp_path):
+    """Undoing contract alone: the samples of the tests of the state after switch are picked from the archived
+    legacy table and mapping, and those tests pass once the undo is applied."""
+    dsn, args = _zoo_db(_on_pg15(pg15, "shapes_undo_contract"), tmp_path)
+    out = tmp_path / "project"
+    _apply(dsn, _emit(out, args)["migrations"])
+    data = _emit(out, args, "--rollback-to", "contract")
+    assert len(data["sample_identities"]) == 2, data["sample_identities"]
+    _apply(dsn, data["migrations"])
+    r = _prove(dsn, out, *sorted(str(p) for p in (out / "supabase" / "tests" / "database").glob("*.sql")))
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+    assert "pgconverge_switch_rls.test.sql" in r.stdout
