@@ -203,6 +203,11 @@ def test_zoo_migrates(case: Case, make_db, tmp_path):
         cli("rollback", "align", *args)
         problems = run.check("rollback")
         assert problems == [], "\n".join(problems)
+        with psycopg.connect(dsn, autocommit=True) as conn:  # the ledger says so too: no later step is left done
+            left = [r[0] for r in conn.execute(
+                "select step from (select distinct on (step) step, phase, event from pgconverge.events "
+                "where phase in ('expand', 'switch', 'contract') order by step, id desc) x where event = 'done'")]
+        assert left == [], f"steps the rollback left done in the ledger: {left}"
     finally:
         for w in run.writers:
             w.stop()

@@ -823,9 +823,14 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             for i, (_idx, root, names, shells, builds) in enumerate(_partition_indexes(spec, cat, d, n)):
                 built = {suffix: f"{fwd}.index_{i + 1}.{suffix}" for suffix, _ in builds}
                 shell_ids = tuple(f"{fwd}.index_{i + 1}" + (f".{s}" if s else "") for s, _ in shells)
-                for suffix, op in partitions.index_drops(d, root, names):
+                drops = partitions.index_drops(d, root, names)
+                # The partitioned table's index takes with it every build without a drop of its own (the index of
+                # partitions attached later): the ledger must show those undone too, or a later run skips them.
+                alone = {suffix for suffix, _ in drops if suffix}
+                taken = tuple(b for suffix, b in built.items() if suffix not in alone)
+                for suffix, op in drops:
                     if not suffix:
-                        steps.append(Step(f"{rid}.drop_index_{i + 1}", "rollback", op, shell_ids,
+                        steps.append(Step(f"{rid}.drop_index_{i + 1}", "rollback", op, (*shell_ids, *taken),
                                           (*shell_ids, *built.values())))
                     elif suffix in built:
                         steps.append(Step(f"{rid}.drop_index_{i + 1}.{suffix}", "rollback", op, (built[suffix],)))
@@ -838,7 +843,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         done_with_column = [f"{fwd}.add_column", *_backfill_ids(d, n)]
         if d.column.not_null:
             done_with_column += [f"{fwd}.not_null_check", f"{fwd}.validate_not_null_check", f"{fwd}.set_not_null",
-                                 f"{fwd}.drop_not_null_check"]
+                                 f"{fwd}.drop_not_null_check", *([f"{fwd}.filled"] if d.partitioned else [])]
         # The trigger goes with the column, in one transaction: old code inserting in between would leave
         # the new column NULL, and fail where it is NOT NULL.
         steps.append(Step(f"{rid}.drop_column", "rollback", Together(
