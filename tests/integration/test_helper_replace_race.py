@@ -23,26 +23,31 @@ begin return nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'cust
 grant execute on function public.auth_customer_id() to anon, authenticated, service_role;
 """
 
-# Called by the application's statement before it calls the helper: returns once the helper's body is the bridged
-# one (or after SECONDS), having read a table this transaction had not locked, so the session takes in the
-# catalog changes other sessions committed meanwhile, as any statement opening a new table does.
-WAIT = """
-create function public.wait_for_bridge(seconds float) returns boolean language plpgsql volatile as $fn$
+
+
+def wait_sql(name: str, helper: str) -> str:
+    """public.NAME(seconds): called by the application's statement before it calls HELPER. It returns once HELPER's
+    body is the bridged one (or after SECONDS), having read a table this transaction had not locked, so the session
+    takes in the catalog changes other sessions committed meanwhile, as any statement opening a new table does; it
+    says whether the bridged body was in place then."""
+    bridged = (f"(select p.prosrc like '%legacy_customer_profile%' from pg_catalog.pg_proc p "
+               f"where p.oid = '{helper}()'::regprocedure)")
+    return f"""
+create function public.{name}(seconds float) returns boolean language plpgsql volatile as $fn$
 declare t0 timestamptz := clock_timestamp();
 begin
   loop
-    exit when (select p.prosrc like '%legacy_customer_profile%' from pg_catalog.pg_proc p
-               where p.oid = 'public.auth_customer_id()'::regprocedure)
-           or clock_timestamp() - t0 > make_interval(secs => seconds);
+    exit when {bridged} or clock_timestamp() - t0 > make_interval(secs => seconds);
     perform pg_sleep(0.05);
   end loop;
   perform 1 from public.profiles limit 1;
-  -- whether the bridged body was in place when the wait ended
-  return (select p.prosrc like '%legacy_customer_profile%' from pg_catalog.pg_proc p
-          where p.oid = 'public.auth_customer_id()'::regprocedure);
+  return {bridged};
 end $fn$;
-grant execute on function public.wait_for_bridge(float) to authenticated;
+grant execute on function public.{name}(float) to authenticated;
 """
+
+
+WAIT = wait_sql("wait_for_bridge", "public.auth_customer_id")
 
 
 def _setup(make_db, tmp_path):
@@ -81,16 +86,22 @@ class App(threading.Thread):
             self.started.set()
 
 
-def test_a_statement_begun_before_the_swap_keeps_working(make_db, tmp_path):
-    dsn, cfg, customer = _setup(make_db, tmp_path)
-    app = App(dsn, customer, "select public.wait_for_bridge(8), public.auth_customer_id()::text")
+def _during(app: App, *command: str):
+    """APP's statement, begun before COMMAND runs and ended after: what it returned (it must not fail)."""
     app.start()
     assert app.started.wait(30)
-    cli("run", "switch", "--dsn", dsn, "--config", cfg)
+    cli(*command)
     app.join(60)
     assert app.error is None, f"the application's statement failed: {app.error}"
+    return app.result
+
+
+def test_a_statement_begun_before_the_swap_keeps_working(make_db, tmp_path):
+    dsn, cfg, customer = _setup(make_db, tmp_path)
+    result = _during(App(dsn, customer, "select public.wait_for_bridge(8), public.auth_customer_id()::text"),
+                     "run", "switch", "--dsn", dsn, "--config", cfg)
     # It ran the old body: the swap waited for its transaction, which had begun before the helper was a definer.
-    assert app.result == (False, customer)
+    assert result == (False, customer)
     with psycopg.connect(dsn, autocommit=True) as conn:
         definer, source, config = conn.execute("select prosecdef, prosrc, proconfig from pg_proc "
                                                "where oid = 'public.auth_customer_id()'::regprocedure").fetchone()
@@ -136,22 +147,7 @@ def test_a_transaction_that_stays_open_stops_the_switch_before_the_swap_and_the_
         assert not definer and "legacy_customer_profile" not in source
 
 
-WAIT_CANONICAL = """
-create function public.wait_for_canonical_bridge(seconds float) returns boolean language plpgsql volatile as $fn$
-declare t0 timestamptz := clock_timestamp();
-begin
-  loop
-    exit when (select p.prosrc like '%legacy_customer_profile%' from pg_catalog.pg_proc p
-               where p.oid = 'public.auth_profile_id()'::regprocedure)
-           or clock_timestamp() - t0 > make_interval(secs => seconds);
-    perform pg_sleep(0.05);
-  end loop;
-  perform 1 from public.profiles limit 1;
-  return (select p.prosrc like '%legacy_customer_profile%' from pg_catalog.pg_proc p
-          where p.oid = 'public.auth_profile_id()'::regprocedure);
-end $fn$;
-grant execute on function public.wait_for_canonical_bridge(float) to authenticated;
-"""
+WAIT_CANONICAL = wait_sql("wait_for_canonical_bridge", "public.auth_profile_id")
 
 
 def test_rolling_contract_back_gives_the_canonical_helper_its_bridge_without_failing_a_running_statement(
@@ -169,12 +165,7 @@ def test_rolling_contract_back_gives_the_canonical_helper_its_bridge_without_fai
                                 ).fetchone()[0]
     app = App(dsn, customer, "select public.wait_for_canonical_bridge(8), public.auth_profile_id()::text")
     app.customer_claims = {"profile_id": profile}
-    app.start()
-    assert app.started.wait(30)
-    cli("rollback", "contract", "--dsn", dsn, "--config", cfg)
-    app.join(60)
-    assert app.error is None, f"the application's statement failed: {app.error}"
-    assert app.result == (False, profile)
+    assert _during(app, "rollback", "contract", "--dsn", dsn, "--config", cfg) == (False, profile)
     with psycopg.connect(dsn, autocommit=True) as conn:
         definer, source = conn.execute("select prosecdef, prosrc from pg_proc "
                                        "where oid = 'public.auth_profile_id()'::regprocedure").fetchone()
