@@ -76,6 +76,15 @@ def test_objects_of_the_users_on_what_the_rollback_drops_refuse_it_before_any_ch
                         "view public.identity_map depends on"):
             assert blocker in out, out
         assert out.count(" depends on ") == 3, out  # pgconverge's own objects are not named
+        # A dry run says the same: it shows what the rollback would do, and this one would do nothing.
+        dry = " ".join(cli("rollback", "align", "--dry-run", "--dsn", dsn, "--config", cfg, expect=2).split())
+        assert "view public.identity_map depends on" in dry and "rollback align on" not in dry, dry
+        # Nor are such files written: applied, they would stop at the same DROP.
+        (tmp_path / "project").mkdir()
+        files = " ".join(cli("emit", str(tmp_path / "project"), "--rollback-to", "align", "--dsn", dsn, "--config",
+                             cfg, expect=2).split())
+        assert "view public.identity_map depends on" in files, files
+        assert not list((tmp_path / "project").rglob("*.sql"))
         # Switch and contract alone: the view on the mapping does not stop them (align's rollback drops the mapping).
         out = " ".join(cli("rollback", "switch", "--yes", "--dsn", dsn, "--config", cfg, expect=2).split())
         assert "policy own_files on table storage.objects depends on function auth_profile_id()" in out, out

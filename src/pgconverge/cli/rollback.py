@@ -61,7 +61,9 @@ def confirm(what: str, summary: str, yes: bool) -> None:
 def rollback(phase: PhaseToUndo = None,
              to: Annotated[str | None, typer.Option("--to", hidden=True)] = None,
              dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt = False,
-             dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show the rollback plan.")] = False,
+             dry_run: Annotated[bool, typer.Option("--dry-run", help=(
+                 "Only show the rollback plan (refused, as the rollback would be, when objects of yours depend on "
+                 "what it drops)."))] = False,
              yes: YesOpt = False) -> None:
     """Undo PHASE and every phase after it, from whatever state the migration is in.
 
@@ -86,7 +88,7 @@ def rollback(phase: PhaseToUndo = None,
     spec, t, p, cats, _ = _plan_for(dsn, config_file, phase)
     with connect(t) as conn:
         started = ran(conn, spec, _undone_by(phase))
-        if started and not dry_run:  # before the question: objects of the user's that would stop it half way
+        if started:  # before the question (and in a dry run): objects of the user's that would stop it half way
             ledger = Ledger(conn, spec)
             prechecks.rollback_blockers(conn, prechecks.rollback_steps(p, ledger.step_states()))
     if not started:

@@ -73,6 +73,7 @@ from pgconverge.config import QualifiedName, Spec
 from pgconverge.emit import contract as emitted_contract, pgtap
 from pgconverge.emit.files import RUNTIME_ONLY, MigrationFile, Part, attach_reverse, forward, snake
 from pgconverge.errors import PgConvergeError
+from pgconverge.execution import prechecks
 from pgconverge.execution.sql import qn, text
 from pgconverge.ledger.emitted import Block, Record, render as render_ledger, snapshot_expression
 from pgconverge.ledger.store import Ledger
@@ -254,6 +255,8 @@ def emit_rollback(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Pat
     if not live:
         raise EmitError(f"nothing to roll back to the start of {to}: the ledger records no step of {to} or a "
                         "later phase as done", fix="check `pgconverge status`; apply the migrations first")
+    # Files that would stop half way at a DROP are not written: objects of the user's on what they drop are named.
+    prechecks.rollback_blockers(conn, live)
     plan, files = _adapted(spec, cats, live, out, start, now)
     command = f"rollback {to}"
     for f in files:
