@@ -44,8 +44,26 @@ def column(table: QualifiedName, name: str) -> sql.Composable:
 
 
 def function(name: QualifiedName, arg_types: str) -> sql.Composable:
+    """A function, found only when each of its argument types exists: before Postgres 16, to_regprocedure raises on
+    a type that does not (a legacy table's row type, after contract archived the table under another name)."""
     f = sql.SQL("pg_catalog.to_regprocedure({})").format(sql.Literal(f"{text(qn(name))}({arg_types})"))
+    known = [sql.SQL("pg_catalog.to_regtype({}) is not null").format(sql.Literal(t)) for t in _split(arg_types)]
+    if known:
+        f = sql.SQL("(case when {} then {} end)").format(sql.SQL(" and ").join(known), f)
     return _of("pg_proc", f, source=sql.SQL(" where {} is not null").format(f))
+
+
+def _split(arg_types: str) -> list[str]:
+    """The argument types of a list ("text, numeric(10,2)"), split at the commas outside parentheses."""
+    out, depth, cur = [], 0, ""
+    for ch in arg_types:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return [t for t in (*out, cur.strip()) if t]
 
 
 def _table_member(catalog: str, rel: str, name_col: str, table: QualifiedName, name: str) -> sql.Composable:
