@@ -64,6 +64,8 @@ def lock_holder(conn: psycopg.Connection, spec: Spec) -> tuple | None:
         "select a.pid, a.application_name, coalesce(a.client_addr::text, 'local'), a.backend_start "
         "from pg_locks l join pg_stat_activity a on a.pid = l.pid "
         "where l.locktype = 'advisory' and l.granted and l.objsubid = 1 "
+        "and l.database = (select d.oid from pg_catalog.pg_database d "
+        "where d.datname = pg_catalog.current_database()) "
         "and ((l.classid::bigint << 32) | l.objid::bigint) = {}").format(lock_key(spec))).fetchone()
 
 
@@ -79,12 +81,14 @@ def describe_holder(conn: psycopg.Connection, spec: Spec, holder: tuple) -> str:
     lock, so only a run begun since that connection started is its own), else from its application_name."""
     pid, app, client, since = holder
     backend = (f"backend pid {pid} ({app or 'no application_name'}, from {client}) "
-               f"since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip())
+               + (f"since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip() if since
+                  else "(its start is not visible to this role)"))
     run = None
     ledger = Ledger(conn, spec)
     try:
         if ledger.exists():
-            run = conn.execute(sql.SQL("select id, command, client from {} where pid = %s and started_at >= %s "
+            run = conn.execute(sql.SQL("select id, command, client from {} where pid = %s "
+                                       "and started_at >= coalesce(%s::timestamptz, '-infinity') "
                                        "order by id desc limit 1").format(ledger.t("runs")), (pid, since)).fetchone()
     except psycopg.Error:
         run = None  # the ledger cannot be read by this role: the session's own description is enough
