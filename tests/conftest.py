@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import socket
+import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -67,6 +70,54 @@ def make_db(admin_dsn):
     yield factory
     for name in made:
         _drop_database(admin_dsn, name)
+
+
+PG15_BIN = Path("/usr/lib/postgresql/15/bin")  # Supabase's major version, from the Debian packages (system-deps.sh)
+PG15_USER = "postgres"  # the server refuses to run as root; the Debian package's system user runs it
+
+
+def as_postgres(*cmd: str) -> list[str]:
+    return ["runuser", "-u", PG15_USER, "--", *cmd] if os.geteuid() == 0 else list(cmd)
+
+
+@pytest.fixture(scope="session")
+def pg15():
+    """A PostgreSQL 15 server from the Debian binaries (with pgTAP), on a Unix socket in /tmp: (socket dir, port).
+    Most of the suite runs on the embedded server (pgserver's 16); some behaviour differs by version."""
+    base = Path(tempfile.mkdtemp(prefix="pgc-15-", dir="/tmp"))
+    data = base / "data"
+    if os.geteuid() == 0:
+        shutil.chown(base, PG15_USER)
+    subprocess.run(as_postgres(str(PG15_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+                               "--no-sync"), check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(as_postgres(str(PG15_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o",
+                               f"-k {base} -p {port} -c listen_addresses='' -c fsync=off", "start"),
+                   check=True, capture_output=True)
+    try:
+        yield str(base), port
+    finally:
+        subprocess.run(as_postgres(str(PG15_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"),
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def make_db15(pg15):
+    """make_db on the PostgreSQL 15 server."""
+    admin = f"host={pg15[0]} port={pg15[1]} user=postgres dbname=postgres"
+    made: list[str] = []
+
+    def factory(template: str | None = None) -> str:
+        name = f"t15_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+        made.append(name)
+        return _create_database(admin, name, template)
+
+    yield factory
+    for name in made:
+        _drop_database(admin, name)
 
 
 @pytest.fixture

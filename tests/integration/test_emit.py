@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,41 +11,9 @@ import psycopg
 import pytest
 
 from _support import cli, cli_json, schema_dump
+from conftest import PG15_BIN as PG_BIN
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-PG_USER = "postgres"  # the server refuses to run as root; the Debian package's system user runs it
 SCALE = "0.1"  # the fixture's minimum (200 customers): every identity case, quick to copy
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres(*cmd: str) -> list[str]:
-    return ["runuser", "-u", PG_USER, "--", *cmd] if os.geteuid() == 0 else list(cmd)
-
-
-@pytest.fixture(scope="session")
-def pg15():
-    """A PostgreSQL 15 server from the Debian binaries (with pgTAP), on a Unix socket in /tmp: (socket dir, port)."""
-    base = Path(tempfile.mkdtemp(prefix="pgc-emit-", dir="/tmp"))
-    data = base / "data"
-    if os.geteuid() == 0:
-        shutil.chown(base, PG_USER)
-    subprocess.run(_as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                                "--no-sync"), check=True, capture_output=True)
-    port = _free_port()
-    subprocess.run(_as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o",
-                                f"-k {base} -p {port} -c listen_addresses='' -c fsync=off", "start"),
-                   check=True, capture_output=True)
-    try:
-        yield str(base), port
-    finally:
-        subprocess.run(_as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"),
-                       capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _dsn(pg15, db: str) -> str:

@@ -14,7 +14,6 @@ from _support import cli_json, schema_dump, write_config
 from _zoo import build, load
 
 # The PostgreSQL 15 server of test_emit.py, which has pgTAP, for the tests that run the emitted pgTAP files.
-pg15 = test_emit.pg15
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
 

@@ -22,8 +22,7 @@ from _support import wait_disconnected, cli, cli_json, row_owners, schema_dump, 
 from pgconverge.verify.tokens import act_as
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
-# The PostgreSQL 15 server of test_emit.py, which has pgTAP, as a fixture here too (for the Supabase CLI test).
-pg15 = test_emit.pg15
+# The PostgreSQL 15 server (conftest.py), which has pgTAP, for the Supabase CLI test.
 _dsn15 = test_emit._dsn
 
 
@@ -314,7 +313,7 @@ def test_supabase_db_push_phase_by_phase_with_the_app_running_and_back(pg15, tmp
     """The pinned Supabase CLI pushes each phase while old and new application code write, the checks pass after
     every push, contract goes through its gates once old code is gone, and the undo restores every owner."""
     supabase = _supabase_cli()
-    # The PostgreSQL 15 server of test_emit.py: it has pgTAP (created before the schema is dumped: the emitted
+    # The PostgreSQL 15 server: it has pgTAP (created before the schema is dumped: the emitted
     # tests call its functions unqualified, as `supabase test db` does).
     with psycopg.connect(_dsn15(pg15, "postgres"), autocommit=True) as conn:
         conn.execute("drop database if exists workflow_app")

@@ -154,8 +154,22 @@ PHASES = ("align", "expand", "switch", "contract")
 
 @pytest.mark.parametrize("case", _params("migrates"))
 def test_zoo_migrates(case: Case, make_db, tmp_path):
+    _migrates(case, make_db(), tmp_path)
+
+
+# Supabase runs Postgres 15; the suite's own server is 16. Shapes whose SQL leans on version-dependent behaviour
+# (row types of archived tables, function lookups by signature, partition indexes, plpgsql helpers) on 15 too.
+ON_15 = ("keys_bigint_uuid", "helper_plpgsql", "helper_lookup", "partitioned_hash_uuid", "two_references_one_table",
+         "shape_join_table_pk")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in ON_15], ids=lambda c: c.name)
+def test_zoo_migrates_on_postgres_15(case: Case, make_db15, tmp_path):
+    _migrates(case, make_db15(), tmp_path)
+
+
+def _migrates(case: Case, dsn: str, tmp_path) -> None:
     zoo = build(**case.params)
-    dsn = make_db()
     load(dsn, zoo)
     cfg = write_config(tmp_path, zoo.config)
     args = ("--dsn", dsn, "--config", cfg)
