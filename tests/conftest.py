@@ -57,19 +57,24 @@ def _drop_database(admin: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-@pytest.fixture
-def make_db(admin_dsn):
-    """Factory: make_db(template=None) -> DSN of a new empty (or copied) database, dropped afterwards."""
+def _databases(admin: str, prefix: str):
+    """A make_db factory on ADMIN's server, and the teardown that drops what it made (a generator fixture's body)."""
     made: list[str] = []
 
     def factory(template: str | None = None) -> str:
-        name = f"t_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+        name = f"{prefix}_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
         made.append(name)
-        return _create_database(admin_dsn, name, template)
+        return _create_database(admin, name, template)
 
     yield factory
     for name in made:
-        _drop_database(admin_dsn, name)
+        _drop_database(admin, name)
+
+
+@pytest.fixture
+def make_db(admin_dsn):
+    """Factory: make_db(template=None) -> DSN of a new empty (or copied) database, dropped afterwards."""
+    yield from _databases(admin_dsn, "t")
 
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")  # Supabase's major version, from the Debian packages (system-deps.sh)
@@ -107,17 +112,7 @@ def pg15():
 @pytest.fixture
 def make_db15(pg15):
     """make_db on the PostgreSQL 15 server."""
-    admin = f"host={pg15[0]} port={pg15[1]} user=postgres dbname=postgres"
-    made: list[str] = []
-
-    def factory(template: str | None = None) -> str:
-        name = f"t15_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
-        made.append(name)
-        return _create_database(admin, name, template)
-
-    yield factory
-    for name in made:
-        _drop_database(admin, name)
+    yield from _databases(f"host={pg15[0]} port={pg15[1]} user=postgres dbname=postgres", "t15")
 
 
 @pytest.fixture
