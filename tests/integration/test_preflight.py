@@ -24,7 +24,6 @@ from pgconverge.execution import preflight_copy
 HELPER = ("create function public.auth_customer_id() returns bigint language sql stable as $$ "
           "select nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'customer_id', '')::bigint $$;")
 ACCEPT = ("--accept-code-references", "--accept-runtime-use")
-pg15 = test_emit.pg15  # a PostgreSQL 15 server with contrib extensions the embedded one lacks
 
 
 @pytest.fixture(autouse=True)
