@@ -15,6 +15,9 @@ from pgconverge import embedded
 from pgconverge.errors import ConnectionFailed, PgConvergeError
 
 APPLICATION_NAME = "pgconverge"
+# pgconverge's own sessions (APPLICATION_NAME and its suffixes, as LIKE patterns): whatever else writes is the
+# application.
+OWN_APPLICATION_NAMES = (APPLICATION_NAME, f"{APPLICATION_NAME}:%")
 CONNECT_TIMEOUT_S = 10
 
 

@@ -84,8 +84,9 @@ alter table public.profiles add column auth_user_id uuid references auth.users (
 }
 
 
-def _build(conn: psycopg.Connection, extra: str) -> None:
-    conn.execute(roles_sql() + AUTH_SQL + base_sql() + HELPER + extra + policy_sql("public.auth_customer_id"))
+def _build(conn: psycopg.Connection, extra: str, keys: tuple[str, str] = ("bigint", "uuid")) -> None:
+    helper = HELPER.replace("::bigint", f"::{keys[0]}").replace("returns bigint", f"returns {keys[0]}")
+    conn.execute(roles_sql() + AUTH_SQL + base_sql(*keys) + helper + extra + policy_sql("public.auth_customer_id"))
 
 
 def _ids(conn: psycopg.Connection, numbers: list[str]) -> list[str]:
@@ -93,13 +94,14 @@ def _ids(conn: psycopg.Connection, numbers: list[str]) -> list[str]:
             for n in numbers]
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_a_created_row_the_canonical_table_refuses_stops_align_before_its_first_change(name, make_db, tmp_path):
+@pytest.mark.parametrize("name, keys", [*((n, ("bigint", "uuid")) for n in sorted(CASES)),
+                                        ("unique", ("uuid", "text")), ("foreign_key", ("text", "bigint"))])
+def test_a_created_row_the_canonical_table_refuses_stops_align_before_its_first_change(name, keys, make_db, tmp_path):
     extra, copy, says, bad, fine = CASES[name]
     dsn = make_db()
     cfg = write_config(tmp_path, _config(copy))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        _build(conn, extra)
+        _build(conn, extra, keys)
         bad_ids, fine_ids = _ids(conn, bad), _ids(conn, fine)
         before = schema_dump(conn, SCHEMAS)
     for verb in (("plan",), ("run", "align")):
@@ -130,6 +132,7 @@ alter table public.profiles add column nickname text check (char_length(nickname
 update public.customers set nickname = 'c' || id;
 """)
     out = " ".join(cli("plan", "--dsn", dsn, "--config", cfg).split())
+    assert "the 13 public.profiles rows align would create keep the table's rules" in out, out
     assert "not checked against the rows align creates" in out and "check constraint nickname_or_locale" in out, out
     assert "profiles_nickname_check" not in out.split("not checked")[1], out
     cli("run", "align", "--dsn", dsn, "--config", cfg)

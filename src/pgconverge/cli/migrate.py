@@ -360,6 +360,11 @@ def _print_match_check(spec, c) -> None:
                   + ("each get a canonical row of their own" if c.rule == "create" else "are refused")
                   + (" (e.g. " + ", ".join(f"{i}: {v!r}" for i, v in c.examples[:3]) + ")" if c.examples else ""),
                   highlight=False)
+    if c.created is not None:
+        console.print(f"the {c.created:,} {spec.canonical.table} rows align would create keep the table's rules "
+                      "(checks, NOT NULL, unique keys, foreign keys)" if c.created else
+                      f"align creates no {spec.canonical.table} row: no rule of the table was read against one",
+                      highlight=False)
     if c.unchecked:
         console.print("not checked against the rows align creates (each is checked when the row is written): "
                       + "; ".join(c.unchecked), highlight=False, soft_wrap=True)

@@ -139,9 +139,10 @@ def switch_gate(runner: Runner) -> dict:
         with conn.transaction():
             conn.execute("set transaction isolation level repeatable read")
             identities = rls.sample(conn, runner.spec, runner.spec.migration.rls_sample)
-            cap = rls.capture(conn, runner.spec, rls.targets(runner.spec, cat, tables), identities, legacy=True,
-                              canonical=True)
+            targets = rls.targets(runner.spec, cat, tables)
+            cap = rls.capture(conn, runner.spec, targets, identities, legacy=True, canonical=True)
             covered = rls.coverage(conn, runner.spec, cat, identities, cap)
+            owned = not covered["owning"] and rls.owned_rows_exist(conn, runner.spec, cat, targets, False)
     problems = rls.consistency(cap, identities)
     seen = rls.rows_seen(cap)
     coverage = {"identities": len(identities), "rows_seen": seen, "owning": covered["owning"],
@@ -155,7 +156,7 @@ def switch_gate(runner: Runner) -> dict:
                     "them), then `pgconverge verify --rls` must see rows"),
                 "details": [f"{why}; checked now: of {covered['owning']} sampled identities that own rows, "
                             f"{covered['seeing_own']} saw any of them — proves nothing"]}
-    if not covered["owning"] and owned_rows_exist(runner):  # the sample missed every owner: nothing was compared
+    if owned:  # the sample missed every owner of a compared table's rows: nothing was compared
         return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": (
                     "raise migration.rls_sample (0 = every identity), then run contract again"),
                 "details": [f"{why}; checked now: none of the {len(identities)} sampled identities owns a row, "
@@ -167,17 +168,6 @@ def switch_gate(runner: Runner) -> dict:
     return {"gate": "switch verified", "passed": True, "coverage": coverage, "unblock": unblock,
             "details": partial + [f"{why}; checked now on the live policies: {len(identities)} identities, "
                                   f"{seen} rows, old and new tokens agree"]}
-
-
-def owned_rows_exist(runner: Runner) -> bool:
-    """Whether any dependent row names an owner (its legacy column set): then someone's rows are there to compare."""
-    from psycopg import sql
-
-    from pgconverge.execution.sql import ident, qn
-
-    cat = runner.catalogs.for_phase("switch")
-    return any(runner.work.execute(sql.SQL("select exists (select from {} where {} is not null)").format(
-        qn(d.table.name), ident(d.fk.columns[0]))).fetchone()[0] for d in cat.dependents)
 
 
 def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:

@@ -21,6 +21,7 @@ from pgconverge.identity import match, phone
 
 MOST = 0.5  # a kind that reads fewer of the non-blank values than this is the wrong kind
 EXAMPLES = 20
+_PHONE = QualifiedName("pg_temp", "normalize_phone")  # the phone key function the checks create for their transaction
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class MatchCheck:
     examples: list[tuple[str, str]] = field(default_factory=list)  # (legacy id, value) of unusable rows
     # Rules of the canonical table the rows align creates were not checked against (see created_refusals).
     unchecked: list[str] = field(default_factory=list)
+    # The rows align would create, checked against the canonical table's rules (None: no rule could refuse one).
+    created: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -72,8 +75,7 @@ def run(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> MatchCheck:
     leg = cat.legacy
     lcols = spec.legacy.match_columns
     # the key align will compute, over a temporary copy of the phone function
-    key = match.key_of(spec, "l", lcols, tuple(leg.column(c).type for c in lcols),
-                       QualifiedName("pg_temp", "normalize_phone"))
+    key = match.key_of(spec, "l", lcols, tuple(leg.column(c).type for c in lcols), _PHONE)
     nonblank = sql.SQL(" and ").join(sql.SQL("coalesce(pg_catalog.btrim({}), '') <> ''").format(
         match.as_text("l", c, leg.column(c).type)) for c in lcols)
     shown = _shown(spec, leg)
@@ -99,9 +101,9 @@ def run(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> MatchCheck:
                 k=sql.Identifier(spec.legacy.key), shown=shown, t=table,
                 key=key, n=sql.Literal(EXAMPLES))).fetchall()
         rule = effective_unmatched(spec, cat)
-        refused, unchecked = created_refusals(conn, spec, cat, table, key, rule)
+        refused, unchecked, created = created_refusals(conn, spec, cat, table, key, rule)
     result = MatchCheck(rows, filled, keyed, rows - keyed, rule, [(a, b) for a, b in unusable],
-                        unchecked=unchecked)
+                        unchecked=unchecked, created=created)
     if filled and keyed < MOST * filled:
         raise CatalogError(
             f"legacy.match = {_kinds(spec)} reads only {keyed:,} of the {filled:,} non-empty values of "
@@ -136,10 +138,11 @@ _ID = "pgconverge legacy id"  # the created rows' legacy key, named apart from a
 
 
 def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: sql.Composable,
-                     key: sql.Composable, rule: str) -> tuple[list[str], list[str]]:
+                     key: sql.Composable, rule: str) -> tuple[list[str], list[str], int | None]:
     """The rules of the canonical table that the rows align would create break, before align changes anything:
     its CHECK constraints, NOT NULL on a copied column, unique keys over a copied column, foreign keys over
-    copied columns. ([what refuses which rows], [rules not checked, and why]).
+    copied columns. ([what refuses which rows], [rules not checked, and why], the rows read: None when no rule
+    could refuse one, so none was read).
 
     A created row holds the match values in the canonical spelling and the copied columns; every other column gets
     its default. Run inside the caller's rolled-back transaction (its pg_temp phone function computes the keys):
@@ -177,16 +180,13 @@ def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: 
     not_null = [c for c in copies if can.column(c) is not None and can.column(c).not_null]
     converted = [cc for cc, lc in copies.items() if leg.column(lc).type != can.column(cc).type]
     if not (checks or uniques or fks or not_null or converted):
-        return [], unchecked
-    n = QualifiedName("pg_temp", "normalize_phone")
-    # As align writes them: match values cast as its function casts them, copied values by INSERT's assignment.
+        return [], unchecked, None
+    from pgconverge.planning.align import created_values
+
+    # As align writes them: match values as its function computes them, copied values by INSERT's assignment.
     cols, vals = [(_ID, "text")], [sql.SQL("l.{}::text").format(sql.Identifier(spec.legacy.key))]
-    for cc, lc in matches.items():
-        kind = spec.legacy.match_kinds[spec.legacy.match_columns.index(lc)]
-        raw = match.as_text("l", lc, leg.column(lc).type)
-        cols.append((cc, can.column(cc).type))
-        vals.append(sql.SQL("case when x.k is null then null else ({})::{} end").format(
-            match.stored_value(kind, match.part_key(kind, raw, n), raw), sql.SQL(can.column(cc).type)))
+    cols += [(cc, can.column(cc).type) for cc in spec.canonical.match_columns]
+    vals += created_values(spec, cat, _PHONE, alias="l", key=sql.SQL("x.k"))
     for cc, lc in copies.items():
         if cc not in matches:
             cols.append((cc, can.column(cc).type))
@@ -195,7 +195,7 @@ def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: 
         cols.append((c, can.column(c).type))
         vals.append(sql.SQL("null"))
     ckey = match.key_of(spec, "p", spec.canonical.match_columns,
-                        tuple(can.column(c).type for c in spec.canonical.match_columns), n)
+                        tuple(can.column(c).type for c in spec.canonical.match_columns), _PHONE)
     created = sql.Identifier("pg_temp", "pgconverge_created")
     conn.execute(sql.SQL("create temp table {} ({}) on commit drop").format(created, sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in cols)))
@@ -216,10 +216,12 @@ select {vals} from (
         wrong = [f"{leg.name}.{lc} ({leg.column(lc).type}) into {can.name}.{cc} ({can.column(cc).type})"
                  for cc, lc in copies.items() if leg.column(lc).type != can.column(cc).type]
         return [f"canonical.copy_columns copies {', '.join(wrong)}, and Postgres does not convert between those "
-                "types when a row is written"], unchecked
+                "types when a row is written"], unchecked, None
     except psycopg.errors.DataError as exc:  # a value its column refuses: align would fail on that row the same way
-        return [f"a copied value does not fit its {can.name} column ({str(exc).strip().splitlines()[0]})"], unchecked
+        why = str(exc).strip().splitlines()[0]
+        return [f"a copied value does not fit its {can.name} column ({why})"], unchecked, None
     conn.execute(sql.SQL("analyze {}").format(created))
+    count = conn.execute(sql.SQL("select count(*) from {}").format(created)).fetchone()[0]
     out = []
 
     def rows(q: sql.Composable, what: str) -> None:
@@ -254,7 +256,7 @@ select {vals} from (
                                    for c, rc in zip(fk.columns, fk.ref_columns))
         rows(sql.SQL("{} and not exists (select 1 from {} r where {})").format(present, qn(fk.ref_table), on),
              f"foreign key {fk.name} ({', '.join(fk.columns)} → {fk.ref_table}): no such row there")
-    return out, unchecked
+    return out, unchecked, count
 
 
 def _null_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> list[str]:

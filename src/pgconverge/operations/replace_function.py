@@ -8,6 +8,7 @@ from typing import ClassVar
 from psycopg import sql
 
 from pgconverge.config import QualifiedName
+from pgconverge.connection import OWN_APPLICATION_NAMES
 from pgconverge.execution.sql import qn
 from pgconverge.operations import objects
 from pgconverge.operations.base import Lock, Operation
@@ -137,7 +138,7 @@ class SettleCalls(Operation):
 
     def statements(self) -> list[sql.Composable]:
         fns = sql.SQL(", ").join(sql.Literal(f"{n}({a})") for n, a in self.functions)
-        own = sql.SQL(", ").join(sql.Literal(a) for a in ("pgconverge", "pgconverge:%"))
+        own = sql.SQL(", ").join(sql.Literal(a) for a in OWN_APPLICATION_NAMES)
         return [sql.SQL("""do $pgc$
 declare
   fns constant text[] := array[{fns}];

@@ -6,6 +6,7 @@ from psycopg import sql
 
 from pgconverge.catalog.model import Catalog, Table
 from pgconverge.config import QualifiedName, Spec
+from pgconverge.connection import OWN_APPLICATION_NAMES
 from pgconverge.errors import CatalogError
 from pgconverge.execution.sql import body, ident, qn, text
 from pgconverge.identity import match, phone
@@ -25,8 +26,6 @@ PHASE = "align"
 # Set by the sync trigger while it decides the legacy row a dependent row names: under unmatched = "refuse" that row
 # is not left waiting for a person then, since the application's write of the dependent row needs its owner now.
 PLACING = "pgconverge.placing_owner"
-# pgconverge's own sessions (connection.APPLICATION_NAME and its suffixes): whatever else writes is the application.
-OWN_APPLICATION_NAMES = ("pgconverge", "pgconverge:%")
 METHODS = ("exact", "normalized", "created", "manual", "reverse")  # reverse: legacy row made for a canonical one
 REVERSE_FLAG = "pgconverge.reverse_aligning"
 
@@ -313,14 +312,16 @@ def _order_by(spec: Spec, can: Table, key: sql.Composable = sql.SQL("k")) -> sql
     return sql.SQL(", ").join(parts)
 
 
-def _created_values(spec: Spec, cat: Catalog, n: dict) -> list[sql.Composable]:
-    """Each canonical match column's value in a created row: the legacy value in the canonical spelling."""
+def created_values(spec: Spec, cat: Catalog, normalize: QualifiedName, alias: str = "r",
+                   key: sql.Composable = sql.SQL("k")) -> list[sql.Composable]:
+    """Each canonical match column's value in a created row: the legacy value (row ALIAS, match key KEY) in the
+    canonical spelling. Also what `plan` checks the canonical table's rules against (identity/check.py)."""
     out = []
     for lc, cc, kind in zip(spec.legacy.match_columns, spec.canonical.match_columns, spec.legacy.match_kinds):
-        raw = match.as_text("r", lc, cat.legacy.column(lc).type)
-        value = match.stored_value(kind, match.part_key(kind, raw, n["normalize"]), raw)
-        out.append(sql.SQL("case when k is null then null else ({})::{} end").format(
-            value, sql.SQL(cat.canonical.column(cc).type)))
+        raw = match.as_text(alias, lc, cat.legacy.column(lc).type)
+        value = match.stored_value(kind, match.part_key(kind, raw, normalize), raw)
+        out.append(sql.SQL("case when {} is null then null else ({})::{} end").format(
+            key, value, sql.SQL(cat.canonical.column(cc).type)))
     return out
 
 
@@ -392,7 +393,8 @@ def _align_row_function(spec: Spec, cat: Catalog, key_insert: sql.Composable | N
     can = cat.canonical
     ck = ident(spec.canonical.key)
     cols = [ident(c) for c in spec.canonical.match_columns] + [ident(c) for _, c in spec.canonical.copy_columns]
-    vals = _created_values(spec, cat, n) + [sql.SQL("r.{}").format(ident(lc)) for lc, _ in spec.canonical.copy_columns]
+    vals = created_values(spec, cat, n["normalize"]) + [sql.SQL("r.{}").format(ident(lc))
+                                                        for lc, _ in spec.canonical.copy_columns]
     # For old code's writes, a canonical row the table refuses with the copied values (a unique e-mail another row
     # has, a CHECK on the name) is made with the match values alone: the key stays, if it is copied.
     kept = len(spec.canonical.match_columns)

@@ -617,26 +617,8 @@ def blind(conn, spec: Spec, cat: Catalog, targets_: list, identities: list[Ident
           contracted: bool) -> list[str]:
     """Why the check proves nothing (empty when it looked): the sampled owners hardly saw their own rows (tokens
     missing a claim the policies read), or no sampled identity owns a row although rows have owners."""
-    if contracted:
-        from pgconverge.planning.references import new_column
-
-        ids = [i.canonical for i in identities]
-        owning, seeing = set(), set()
-        for d in cat.dependents:
-            table = str(d.table.name)
-            owned = {r[0] for r in conn.execute(sql.SQL(
-                "select distinct {c}::text from {t} where {c}::text = any(%s)").format(
-                    c=ident(new_column(spec, cat, d)), t=qn(d.table.name)), (ids,))}
-            for i in identities:
-                if i.canonical in owned and table in cap.seen.get(f"C:{i.canonical}", {}):
-                    owning.add(i.canonical)
-                    if cap.seen[f"C:{i.canonical}"][table]:
-                        seeing.add(i.canonical)
-        covered = {"owning": len(owning), "seeing_own": len(seeing),
-                   "share": len(seeing) / len(owning) if owning else 0.0}
-        token = "canonical"
-    else:
-        covered, token = coverage(conn, spec, cat, identities, cap), "old"
+    covered = coverage(conn, spec, cat, identities, cap, contracted)
+    token = "canonical" if contracted else "old"
     if covered["owning"] and covered["share"] < MIN_COVERAGE:
         return [f"proves nothing: of {covered['owning']} sampled identities that own rows, {covered['seeing_own']} "
                 f"saw any of them with a{'n' if token == 'old' else ''} {token} token; the policies and helpers read "
@@ -679,21 +661,30 @@ MIN_COVERAGE = 0.5
 _CLAIM_READ = re.compile(r"->>?\s*'([^']+)'|request\.jwt\.claim\.([A-Za-z0-9_]+)|claim\w*\(\s*'([^']+)'")
 
 
-def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before: Capture) -> dict:
-    """Of the sampled identities that own rows of a dependent table, how many saw one of them with an old token."""
+def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before: Capture,
+             contracted: bool = False) -> dict:
+    """Of the sampled identities that own rows of a dependent table, how many saw one of them with an old token
+    (CONTRACTED: with a canonical token, owning by the new columns, the legacy ones being gone)."""
+    from pgconverge.planning.references import new_column
+
+    def keys(i: Identity) -> list[str]:
+        return [i.canonical] if contracted else list(i.legacy)
+
+    token = "C:" if contracted else "L:"
+    key_type = cat.canonical.column(spec.canonical.key).type if contracted else cat.legacy.column(spec.legacy.key).type
+    ids = [k for i in identities for k in keys(i)]
     owning, seeing = set(), set()
     for d in cat.dependents:
-        column = d.fk.columns[0]
-        ids = [lid for i in identities for lid in i.legacy]
+        column = new_column(spec, cat, d) if contracted else d.fk.columns[0]
         owned = {r[0] for r in conn.execute(sql.SQL(
             "select distinct {c}::text from {t} where {c} = any(%s::{ty}[])").format(
-                c=ident(column), t=qn(d.table.name), ty=sql.SQL(cat.legacy.column(spec.legacy.key).type)), (ids,))}
+                c=ident(column), t=qn(d.table.name), ty=sql.SQL(key_type)), (ids,))}
         for i in identities:
             # a token a scan-bound table was not checked for (no key at all) neither counts nor fails
-            mine = [lid for lid in i.legacy if lid in owned and str(d.table.name) in before.seen.get(f"L:{lid}", {})]
+            mine = [k for k in keys(i) if k in owned and str(d.table.name) in before.seen.get(f"{token}{k}", {})]
             if mine:
                 owning.add(i.canonical)
-                if any(before.seen[f"L:{lid}"][str(d.table.name)] for lid in mine):
+                if any(before.seen[f"{token}{k}"][str(d.table.name)] for k in mine):
                     seeing.add(i.canonical)
     return {"identities": len(identities), "owning": len(owning), "seeing_own": len(seeing),
             "share": round(len(seeing) / len(owning), 3) if owning else 0.0}
