@@ -78,12 +78,15 @@ class Capture:
     scan_bound: dict[str, dict] = field(default_factory=dict)
 
 
-# A table whose visibility check takes longer than this for one caller is not read through an index:
-# its policy scans a table for every caller (an uncorrelated IN over an unindexed column, say), so the
-# cost grows with the table times the tokens. Such a table is checked for as many tokens as fit in
-# SCAN_BUDGET_S (the first token always; another only while its expected cost still fits), and the capture says
-# so; the others keep every token. Such a policy costs the application the same read on every query of the table.
+# The check asks each token only for the rows it may concern (an index lookup), so a table whose visibility check
+# takes longer than SCAN_BOUND_S for one token, or longer than SCAN_SLOW_S with all tokens together then exceeding
+# SCAN_BUDGET_S, is not read through an index: its policy scans a table for every caller (an uncorrelated IN over
+# an unindexed column, say), so the cost grows with the table times the tokens. Such a table is checked for as
+# many tokens as fit in SCAN_BUDGET_S (the first token always; another only while its expected cost still fits),
+# and the capture says so; the others keep every token, however many the sample asks for. Such a policy costs the
+# application the same read on every query of the table.
 SCAN_BOUND_S = 1.0
+SCAN_SLOW_S = 0.1
 SCAN_BUDGET_S = 10.0
 
 
@@ -409,6 +412,7 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
     # Anonymous callers: checked on the shared random sample (a full scan per table would evaluate
     # every policy on every row, which on a large database takes minutes and proves no more).
     cap.seen["anon"] = {str(t.table): _visible(conn, spec, t, None, cap.others[str(t.table)]) for t in targets_}
+    total = sum((len(i.legacy) if legacy else 0) + (1 if canonical else 0) for i in identities)
     for done, ident_ in enumerate(identities, 1):
         stop()
         among = candidates(conn, spec, targets_, ident_, cap.others, cap.parties)
@@ -419,7 +423,8 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
             tokens.append((f"C:{ident_.canonical}", _canonical_token(spec, ident_)))
         for name, claims in tokens:
             stop()
-            cap.seen[name] = _visible_timed(conn, spec, targets_, claims, among, cap, first=len(cap.seen) == 1)
+            cap.seen[name] = _visible_timed(conn, spec, targets_, claims, among, cap, first=len(cap.seen) == 1,
+                                            tokens=total)
         if progress is not None:
             progress(done, len(identities))
     if writes and len(identities) > 1:
@@ -444,15 +449,15 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
 
 
 def _visible_timed(conn, spec: Spec, targets_: list[Target], claims: dict, among: dict[str, list[str] | None],
-                   cap: Capture, *, first: bool) -> dict[str, list[str]]:
-    """_visible_all, timing each table on the first token; scan-bound tables only while their budget lasts."""
+                   cap: Capture, *, first: bool, tokens: int = 1) -> dict[str, list[str]]:
+    """_visible_all, timing each table on the first of TOKENS; scan-bound tables only while their budget lasts."""
     if first:
         out = {}
         for t in targets_:
             t0 = time.monotonic()
             out.update(_visible_all(conn, spec, [t], claims, among))
             took = time.monotonic() - t0
-            if took > SCAN_BOUND_S:
+            if took > SCAN_BOUND_S or (took > SCAN_SLOW_S and took * tokens > SCAN_BUDGET_S):
                 cap.scan_bound[str(t.table)] = {"first_token_s": round(took, 2), "spent_s": took,
                                                 "tokens_checked": 1}
         return out
