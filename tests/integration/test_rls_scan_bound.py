@@ -68,3 +68,17 @@ def test_a_table_slow_for_every_token_is_bounded_below_one_second_a_token(fixtur
     bound = data["scan_bound"]["public.order_events"]
     assert 1 <= bound["tokens_checked"] <= 6 < bound["tokens"], bound
     assert "public.carts" not in data["scan_bound"] and "public.order_items" not in data["scan_bound"], data
+
+
+def test_a_write_probe_the_snapshot_cannot_answer_is_not_a_difference():
+    # The application deleted the owner after the check's snapshot: the probe's foreign key check then fails with a
+    # serialization failure (40001), which says nothing about the policies. It is left out, and counted; a real
+    # change of outcome still counts.
+    ident = rls.Identity("p1", ("1",))
+    before = rls.Capture(seen={"anon": {}, "L:1": {"a": ["k1"]}}, writes={"p1|p1|a|L": "allowed"})
+    after = rls.Capture(seen={"anon": {}, "L:1": {"a": ["k1"]}, "C:p1": {"a": ["k1"]}},
+                        writes={"p1|p1|a|L": "error 40001", "p1|p1|a|C": "allowed"})
+    assert rls.compare(before, after, [ident]) == []
+    assert rls.inconclusive_writes(before, after) == 1
+    after.writes["p1|p1|a|C"] = "refused"
+    assert any("allowed before, refused after" in p for p in rls.compare(before, after, [ident]))

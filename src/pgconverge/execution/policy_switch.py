@@ -92,6 +92,8 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
     problems = rls.compare(before, after, identities)
     summary = {"identities": len(identities), "tokens": len(after.seen), "tables": list(op.tables), "coverage": covered,
                "write_probes": len(after.writes), "rows_seen": rls.rows_seen(before), "problems": problems[:200],
+               # probes whose foreign key check met a row the application changed after the snapshot: not compared
+               "write_probes_inconclusive": rls.inconclusive_writes(before, after),
                "rows_by_table": rls.rows_by_table(before), "lock_hold_ms": held,
                # Tables whose old policy reads a whole table per caller: checked for fewer tokens (see rls.py).
                "scan_bound": rls.scan_bound_summary(before, after)}

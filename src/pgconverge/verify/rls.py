@@ -526,12 +526,23 @@ def compare(before: Capture, after: Capture, identities: list[Identity]) -> list
     for key, outcome in after.writes.items():
         base, kind = key.rsplit("|", 1)
         ref = before.writes.get(f"{base}|L")  # what the writer's legacy token could do before
-        if ref is not None and ref != outcome:
+        if ref is not None and ref != outcome and not (inconclusive(ref) or inconclusive(outcome)):
             writer, owner, table = base.split("|")
             token = "legacy" if kind == "L" else "canonical"
             problems.append(f"{writer} ({token} token) inserting a row of {owner} into {table}: "
                             f"{ref} before, {outcome} after")
     return problems + isolation(after, identities)
+
+
+def inconclusive(outcome: str) -> bool:
+    """A write probe the snapshot could not answer: its foreign key check met a row the application changed or
+    deleted after the snapshot (a serialization failure, class 40), which says nothing about the policies."""
+    return outcome.startswith("error 40")
+
+
+def inconclusive_writes(*caps: Capture) -> int:
+    """Write probes of CAPS that ended in such a failure: not compared, and counted in the check's coverage."""
+    return sum(inconclusive(o) for cap in caps for o in cap.writes.values())
 
 
 def _owned_by(row: dict, t: Target, owner: Identity) -> dict:
