@@ -294,12 +294,31 @@ def effective_unmatched(spec: Spec, cat: Catalog) -> str:
     return "refuse" if any(c.not_null or c.generated for c in cols) else "create"
 
 
+def live_predicates(spec: Spec, can: Table, alias: str = "p") -> list[str]:
+    """The WHERE clauses of the canonical table's partial unique indexes over its match columns, as ALIAS.column: the
+    rows the application itself holds unique (`… where deleted_at is null`), where the others are retired ones."""
+    from pgconverge.planning.index_mirror import contains_column, qualified_predicate
+
+    wanted = set(spec.canonical.match_columns)
+    out = []
+    for ix in can.indexes:
+        if not (ix.unique and ix.valid and ix.predicate) or not any(contains_column(ix, c) for c in wanted):
+            continue
+        if all(c is None or c in wanted for c in ix.columns):
+            pred = qualified_predicate(ix, alias)
+            if pred and pred not in out:
+                out.append(pred)
+    return out
+
+
 def _order_by(spec: Spec, can: Table, key: sql.Composable = sql.SQL("k")) -> sql.Composable:
-    """Prefer the row already stored in the key's canonical spelling (what exact lookups find), then the oldest.
+    """Prefer a row the application holds unique (see live_predicates: a soft-deleted profile loses to the live one
+    with the same number), then the row already stored in the key's canonical spelling (what exact lookups find),
+    then the oldest.
 
     Over canonical rows aliased p whose match key is KEY.
     """
-    parts = []
+    parts = [sql.SQL("coalesce(({}), false) desc").format(sql.SQL(pred)) for pred in live_predicates(spec, can)]
     if len(spec.canonical.match_columns) == 1:
         c = can.column(spec.canonical.match_columns[0])
         parts.append(sql.SQL("({} = {}) desc").format(match.as_text("p", c.name, c.type),

@@ -106,3 +106,27 @@ def recreate(index: Index) -> str:
     stmt = pglast.parse_sql(index.definition)[0].stmt
     stmt.concurrent = True
     return stream.RawStream()(stmt)
+
+
+class _Qualify(visitors.Visitor):
+    """Prefix every bare column name with a table alias."""
+
+    def __init__(self, alias: str):
+        super().__init__()
+        self.alias = alias
+
+    def visit_ColumnRef(self, ancestors, node):
+        if len(node.fields) == 1 and isinstance(node.fields[0], ast.String):
+            return ast.ColumnRef(fields=(ast.String(sval=self.alias), node.fields[0]), location=node.location)
+        return None
+
+
+def qualified_predicate(index: Index, alias: str) -> str | None:
+    """The partial index's WHERE clause with its columns as ALIAS.column (None for an index without one)."""
+    stmt = pglast.parse_sql(index.definition)[0].stmt
+    if stmt.whereClause is None:
+        return None
+    qualify = _Qualify(alias)
+    holder = ast.SelectStmt(whereClause=stmt.whereClause)
+    qualify(holder)
+    return stream.RawStream()(holder.whereClause)
