@@ -29,6 +29,12 @@ def load_catalog(conn: psycopg.Connection, spec: Spec) -> Catalog:
         return _Reader(conn, spec).read()
 
 
+def load_table(conn: psycopg.Connection, oid: int) -> Table:
+    """One table as it is now, wherever it lives (the legacy table in the archive schema, say), read in the caller's
+    transaction (with search_path = pg_catalog, as load_catalog reads, so that expressions come out qualified)."""
+    return _Reader(conn, None)._tables([oid])[oid]
+
+
 class _Reader:
     def __init__(self, conn: psycopg.Connection, spec: Spec):
         self.conn, self.spec = conn, spec

@@ -7,6 +7,7 @@ from psycopg import sql
 
 from pgconverge.config import Spec
 from pgconverge.errors import PgConvergeError
+from pgconverge.execution.sql import qn, text
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import Plan, Step
 from pgconverge.operations.check import Check
@@ -79,12 +80,18 @@ def rollback_blockers(conn: psycopg.Connection, steps: list[Step]) -> None:
     What the steps drop takes with it what depends on it automatically (its indexes, constraints, defaults, a
     partition's copies); an object depending on any of that in the ordinary way (pg_depend's 'n') stops a DROP
     without CASCADE, unless the rollback drops it too or gives it back its former definition (the switch's
-    policies, the helpers)."""
+    policies, the helpers).
+
+    Then the legacy rows the rollback would make for canonical rows that have none (legacy_rows)."""
+    drops = [q for s in steps for q in s.op.drops()]
+    if drops:
+        _dependencies(conn, steps, drops)
+    legacy_rows(conn, steps)
+
+
+def _dependencies(conn: psycopg.Connection, steps: list[Step], drops: list[sql.Composable]) -> None:
     from pgconverge.planning.shapes import DESCRIBE
 
-    drops = [q for s in steps for q in s.op.drops()]
-    if not drops:
-        return
     redefines = [q for s in steps for q in s.op.redefines()] or [sql.SQL("select null::oid, null::oid, null::int "
                                                                          "where false")]
     moves = [q for s in steps for q in s.op.moves()] or [sql.SQL("select null::text, null::oid where false")]
@@ -112,6 +119,49 @@ def rollback_blockers(conn: psycopg.Connection, steps: list[Step]) -> None:
             "changed):\n" + "\n".join(f"  - {what} depends on {on}" for what, on in rows),
             fix="drop each object named, or put it back as it was before the migration (a policy on the legacy column "
                 "or the legacy helper, say), then run the rollback again")
+
+
+class LegacyRowsRefused(PgConvergeError):
+    """A rollback would have to make legacy rows the legacy table refuses: it would stop half way; nothing was
+    changed."""
+
+
+def legacy_rows(conn: psycopg.Connection, steps: list[Step]) -> None:
+    """Before a rollback's first change: refuse when its refill of legacy ids (expand's or contract's) would have
+    legacy_for_canonical make a legacy row that the legacy table refuses (a NOT NULL column the canonical row has no
+    value for, say: a person who signed up by e-mail, whose orders new code wrote). The function would raise at that
+    row, half way through the rollback, after the steps before it changed the database.
+
+    From a contracted database the legacy table and the mapping are in the archive schema: they are read where the
+    rollback's restore steps find them."""
+    from pgconverge.identity.check import legacy_refusals
+    from pgconverge.operations.archive import RestoreTable
+
+    made, seen = [], set()
+    for s in steps:
+        for r in s.op.makes_legacy_rows():
+            # A table refilled by contract's rollback and then expand's: the first refill hands over every row.
+            if (r.table, r.new) not in seen:
+                seen.add((r.table, r.new))
+                made.append(r)
+    if not made:
+        return
+    restored = {s.op.table: s.op.archived for s in steps if isinstance(s.op, RestoreTable)}
+
+    def now(name):
+        for candidate in (name, restored.get(name)):
+            if candidate is not None and conn.execute("select pg_catalog.to_regclass(%s) is not null",
+                                                      (text(qn(candidate)),)).fetchone()[0]:
+                return candidate
+        return None
+
+    legacy_at, mapping_at = now(made[0].legacy_table), now(made[0].mapping)
+    if legacy_at is None or mapping_at is None:
+        return  # nowhere to be found: the rollback's own steps say so
+    kept_at = made[0].kept_table is not None and now(made[0].kept_table) is not None
+    refused = legacy_refusals(conn, made, legacy_at, mapping_at, kept_at)
+    if refused:
+        raise LegacyRowsRefused(refused[0], fix=refused[1])
 
 
 class ReadOnly(PgConvergeError):

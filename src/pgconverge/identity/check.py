@@ -16,7 +16,7 @@ from psycopg import sql
 from pgconverge.catalog.model import Catalog, Table
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.errors import CatalogError
-from pgconverge.execution.sql import qn
+from pgconverge.execution.sql import qn, text
 from pgconverge.identity import match, phone
 
 MOST = 0.5  # a kind that reads fewer of the non-blank values than this is the wrong kind
@@ -156,27 +156,8 @@ def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: 
     # Columns a created row leaves NULL: no default, not generated, not an identity, not the key (given one).
     nulls = {c.name for c in can.columns if c.name not in filled and c.default is None and not c.generated
              and not c.identity and c.name != spec.canonical.key}
-    seen = filled | nulls
-    checks, unchecked = [], []
-    for con in can.constraints:
-        if con.kind != "check" or not con.expression:
-            continue  # (a NOT VALID check still holds for new rows)
-        if set(con.columns) <= seen:
-            checks.append(con)
-        elif set(con.columns) & filled:
-            unchecked.append(f"check constraint {con.name} (it reads "
-                             f"{', '.join(sorted(set(con.columns) - seen))}, filled by a default)")
-    uniques = []
-    for ix in can.indexes:
-        cols = set(ix.columns)
-        if not ix.unique or not cols & set(copies):
-            continue  # match values alone cannot collide: a created row's key is one no canonical row has
-        if ix.predicate is not None or None in cols or not cols <= filled:
-            unchecked.append(f"unique index {ix.name.name} (partial, on an expression, or over a column filled by "
-                             "a default)")
-        else:
-            uniques.append(ix)
-    fks = [fk for fk in can.foreign_keys if set(fk.columns) <= filled and set(fk.columns) & set(copies)]
+    # Match values alone cannot collide: a created row's key is one no canonical row has.
+    checks, uniques, fks, unchecked = _rules(can, filled, nulls, set(copies))
     not_null = [c for c in copies if can.column(c) is not None and can.column(c).not_null]
     converted = [cc for cc, lc in copies.items() if leg.column(lc).type != can.column(cc).type]
     if not (checks or uniques or fks or not_null or converted):
@@ -196,67 +177,223 @@ def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: 
         vals.append(sql.SQL("null"))
     ckey = match.key_of(spec, "p", spec.canonical.match_columns,
                         tuple(can.column(c).type for c in spec.canonical.match_columns), _PHONE)
-    created = sql.Identifier("pg_temp", "pgconverge_created")
-    conn.execute(sql.SQL("create temp table {} ({}) on commit drop").format(created, sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in cols)))
-    try:
-        with conn.transaction():
-            conn.execute(sql.SQL("""insert into {created} ({names})
-select {vals} from (
+    failed = _gather(conn, cols, sql.SQL("""select {vals} from (
   (select distinct on (x.k) x.k, x.l from (select {key} as k, l from {t} l) x
     where x.k is not null and not exists (select 1 from {ct} p where {ckey} = x.k)
     order by x.k, (x.l).{lk})
   union all
   select x.k, x.l from (select {key} as k, l from {t} l) x where x.k is null and {create}) x,
   lateral (select (x.l).*) l""").format(
-                created=created, names=sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols),
-                vals=sql.SQL(", ").join(vals), key=key, t=table, ct=qn(can.name), ckey=ckey,
-                lk=sql.Identifier(spec.legacy.key), create=sql.Literal(rule == "create")))
-    except psycopg.errors.DatatypeMismatch:  # no assignment cast: align could not write any created row
+        vals=sql.SQL(", ").join(vals), key=key, t=table, ct=qn(can.name), ckey=ckey,
+        lk=sql.Identifier(spec.legacy.key), create=sql.Literal(rule == "create")))
+    if failed == "types":  # no assignment cast: align could not write any created row
         wrong = [f"{leg.name}.{lc} ({leg.column(lc).type}) into {can.name}.{cc} ({can.column(cc).type})"
                  for cc, lc in copies.items() if leg.column(lc).type != can.column(cc).type]
         return [f"canonical.copy_columns copies {', '.join(wrong)}, and Postgres does not convert between those "
                 "types when a row is written"], unchecked, None
-    except psycopg.errors.DataError as exc:  # a value its column refuses: align would fail on that row the same way
-        why = str(exc).strip().splitlines()[0]
-        return [f"a copied value does not fit its {can.name} column ({why})"], unchecked, None
-    conn.execute(sql.SQL("analyze {}").format(created))
-    count = conn.execute(sql.SQL("select count(*) from {}").format(created)).fetchone()[0]
+    if failed:  # a value its column refuses: align would fail on that row the same way
+        return [f"a copied value does not fit its {can.name} column ({failed})"], unchecked, None
+    count = conn.execute(sql.SQL("select count(*) from {}").format(_CREATED)).fetchone()[0]
+    wrong = [(sql.SQL("x.{} is null").format(sql.Identifier(c)),
+              f"{can.name}.{c} is NOT NULL, copied from {leg.name}.{copies[c]}, which is NULL") for c in not_null]
     out = []
+    for what, found, _n, _cond in _refused(conn, qn(can.name), str(can.name), wrong, checks, uniques, fks,
+                                             unchecked):
+        more = " …" if len(found) > EXAMPLES else ""
+        out.append(f"{what}: {leg.name} row(s) {', '.join(found[:EXAMPLES])}{more}")
+    return out, unchecked, count
 
-    def rows(q: sql.Composable, what: str) -> None:
-        try:
-            with conn.transaction():
-                found = [r[0] for r in conn.execute(sql.SQL(
-                    "select x.{} from {} x where {} order by 1 limit {}").format(
-                        sql.Identifier(_ID), created, q, sql.Literal(EXAMPLES + 1))).fetchall()]
-        except psycopg.errors.InsufficientPrivilege as exc:  # a table the rule reads that this role may not
-            unchecked.append(f"{what.split(':')[0]} ({str(exc).strip().splitlines()[0]})")
-            return
-        if found:
-            more = " …" if len(found) > EXAMPLES else ""
-            out.append(f"{what}: {leg.name} row(s) {', '.join(found[:EXAMPLES])}{more}")
 
-    for c in not_null:
-        rows(sql.SQL("x.{} is null").format(sql.Identifier(c)), f"{can.name}.{c} is NOT NULL, copied from "
-                                                                 f"{leg.name}.{copies[c]}, which is NULL")
+_CREATED = sql.Identifier("pg_temp", "pgconverge_created")  # the rows a check gathers, named like their table's columns
+
+
+def _rules(target: Table, filled: set[str], nulls: set[str], varying: set[str]) -> tuple[list, list, list, list[str]]:
+    """Which of TARGET's rules rows written with the columns FILLED (values given) and NULLS (left NULL, no default)
+    can break, every other column taking its default: (CHECK constraints, unique indexes, foreign keys, [rules not
+    checked, and why]). Only unique indexes and foreign keys over a column of VARYING are of interest (the other
+    values cannot collide); a rule that also reads a column filled by a default is listed as not checked."""
+    seen = filled | nulls
+    checks, uniques, unchecked = [], [], []
+    for con in target.constraints:
+        if con.kind != "check" or not con.expression:
+            continue  # (a NOT VALID check still holds for new rows)
+        if set(con.columns) <= seen:
+            checks.append(con)
+        elif set(con.columns) & filled:
+            unchecked.append(f"check constraint {con.name} (it reads "
+                             f"{', '.join(sorted(set(con.columns) - seen))}, filled by a default)")
+    for ix in target.indexes:
+        cols = set(ix.columns)
+        if not ix.unique or not cols & varying:
+            continue
+        if ix.predicate is not None or None in cols or not cols <= filled:
+            unchecked.append(f"unique index {ix.name.name} (partial, on an expression, or over a column filled by "
+                             "a default)")
+        else:
+            uniques.append(ix)
+    fks = [fk for fk in target.foreign_keys if set(fk.columns) <= filled and set(fk.columns) & varying]
+    return checks, uniques, fks, unchecked
+
+
+def _gather(conn: psycopg.Connection, cols: list[tuple[str, str]], rows: sql.Composable) -> str | None:
+    """Write ROWS (a query whose columns are COLS, in order) into the temporary table _CREATED, typed as COLS say,
+    as an INSERT would convert them. None when it took them; "types" when a value has no assignment conversion to
+    its column's type; else why a value did not fit its column. The table goes with the caller's transaction."""
+    conn.execute(sql.SQL("create temp table {} ({}) on commit drop").format(_CREATED, sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in cols)))
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("insert into {} ({}) {}").format(
+                _CREATED, sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols), rows))
+    except psycopg.errors.DatatypeMismatch:
+        return "types"
+    except psycopg.errors.DataError as exc:
+        return str(exc).strip().splitlines()[0]
+    conn.execute(sql.SQL("analyze {}").format(_CREATED))
+    return None
+
+
+def _refused(conn: psycopg.Connection, at: sql.Composable, label: str, wrong: list[tuple[sql.Composable, str]],
+             checks: list, uniques: list, fks: list, unchecked: list[str], *, made: str = "created rows",
+             limit: int = EXAMPLES):
+    """The rows of _CREATED that a rule refuses, rule by rule: [(what refuses them, the first LIMIT + 1 of their
+    _ID, how many, the condition over row x)]. WRONG: (condition, what) pairs of the caller's own (NOT NULL); AT:
+    the table the rows are for, where it is now (its present rows for the unique keys), LABEL its name as told;
+    MADE what the rows are called. A rule whose tables this role may not read is added to UNCHECKED."""
+    rules = list(wrong)
     for con in checks:
-        rows(sql.SQL("({}) is false").format(sql.SQL(con.expression)), f"check constraint {con.name} "
-                                                                       f"({con.definition})")
+        rules.append((sql.SQL("({}) is false").format(sql.SQL(con.expression)),
+                      f"check constraint {con.name} ({con.definition})"))
     for ix in uniques:
         on = sql.SQL(" and ").join(sql.SQL("p.{c} = x.{c}").format(c=sql.Identifier(c)) for c in ix.columns)
-        rows(sql.SQL("exists (select 1 from {} p where {})").format(qn(can.name), on),
-             f"unique index {ix.name.name} ({', '.join(ix.columns)}): a {can.name} row has the value already")
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in ix.columns)
-        rows(sql.SQL("({c}) in (select {c} from {t} group by {c} having count(*) > 1)").format(c=cols, t=created),
-            f"unique index {ix.name.name} ({', '.join(ix.columns)}): two created rows would have the same value")
+        rules.append((sql.SQL("exists (select 1 from {} p where {})").format(at, on),
+                      f"unique index {ix.name.name} ({', '.join(ix.columns)}): a {label} row has the value already"))
+        cols = sql.SQL(", ").join(sql.SQL("x.{}").format(sql.Identifier(c)) for c in ix.columns)
+        bare = sql.SQL(", ").join(sql.Identifier(c) for c in ix.columns)
+        rules.append((sql.SQL("({c}) in (select {b} from {t} group by {b} having count(*) > 1)").format(
+            c=cols, b=bare, t=_CREATED),
+            f"unique index {ix.name.name} ({', '.join(ix.columns)}): two {made} would have the same value"))
     for fk in fks:
         present = sql.SQL(" and ").join(sql.SQL("x.{} is not null").format(sql.Identifier(c)) for c in fk.columns)
         on = sql.SQL(" and ").join(sql.SQL("r.{} = x.{}").format(sql.Identifier(rc), sql.Identifier(c))
                                    for c, rc in zip(fk.columns, fk.ref_columns))
-        rows(sql.SQL("{} and not exists (select 1 from {} r where {})").format(present, qn(fk.ref_table), on),
-             f"foreign key {fk.name} ({', '.join(fk.columns)} → {fk.ref_table}): no such row there")
-    return out, unchecked, count
+        rules.append((sql.SQL("{} and not exists (select 1 from {} r where {})").format(present, qn(fk.ref_table), on),
+                      f"foreign key {fk.name} ({', '.join(fk.columns)} → {fk.ref_table}): no such row there"))
+    out = []
+    for cond, what in rules:
+        try:
+            with conn.transaction():
+                found = conn.execute(sql.SQL(
+                    "select x.{}, count(*) over () from {} x where {} order by 1 limit {}").format(
+                        sql.Identifier(_ID), _CREATED, cond, sql.Literal(limit + 1))).fetchall()
+        except psycopg.errors.InsufficientPrivilege as exc:  # a table the rule reads that this role may not
+            unchecked.append(f"{what.split(':')[0]} ({str(exc).strip().splitlines()[0]})")
+            continue
+        if found:
+            out.append((what, [r[0] for r in found], found[0][1], cond))
+    return out
+
+
+REVERSE_EXAMPLES = 10
+
+
+def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedName, mapping_at: QualifiedName,
+                    kept_at: bool) -> tuple[str, str] | None:
+    """Before a rollback's first change: the legacy rows its steps MADE (planning/align.py ReverseAligned, one per
+    dependent table walked) would have legacy_for_canonical make, checked against the legacy table's rules as they
+    are now: NOT NULL, CHECK constraints, unique keys, foreign keys, the conversion of each value to its column's
+    type. LEGACY_AT, MAPPING_AT: where the legacy table and the mapping are now (archived, from a contracted
+    database); KEPT_AT: whether contract's kept legacy ids are there to be read. (what refuses which canonical rows,
+    the fix), or None when the legacy table takes every row, or none is to be made.
+
+    The rows are gathered, as the function writes them, into a temporary table typed like the legacy columns, in a
+    transaction that is rolled back: nothing changes."""
+    from pgconverge.catalog.introspect import load_table
+
+    first = made[0]
+    with conn.transaction(force_rollback=True):
+        conn.execute("set local search_path = pg_catalog")
+        oid = conn.execute("select pg_catalog.to_regclass(%s)::oid", (text(qn(legacy_at)),)).fetchone()[0]
+        target = load_table(conn, oid)
+        # The rows handed over, by canonical id, with the table they are in.
+        owners = sql.Identifier("pg_temp", "pgconverge_owners")
+        parts = []
+        for r in made:
+            there = conn.execute("select exists (select 1 from pg_catalog.pg_attribute where attrelid = "
+                                 "pg_catalog.to_regclass(%s) and attname = %s and not attisdropped)",
+                                 (text(qn(r.table)), r.legacy)).fetchone()[0]
+            where = [sql.SQL("d.{} is not null").format(sql.Identifier(r.new))]
+            if there:  # else dropped by contract: the rollback adds it back empty
+                where.append(sql.SQL("d.{} is null").format(sql.Identifier(r.legacy)))
+            if r.kept is not None and kept_at:
+                where.append(sql.SQL("not {}").format(r.kept))
+            parts.append(sql.SQL("select d.{n} as c, {t}::text as tbl from {tab} d where {w}").format(
+                n=sql.Identifier(r.new), t=sql.Literal(str(r.table)), tab=qn(r.table),
+                w=sql.SQL(" and ").join(where)))
+        # One row per canonical row and table, with the rows written for it there (N).
+        conn.execute(sql.SQL("create temp table {o} on commit drop as select o.c, o.tbl, count(*) as n from ({u}) o "
+                             "join {can} p on p.{ck} = o.c where not exists (select 1 from {m} m join {leg} l "
+                             "on l.{lk} = m.{ml} where m.{mc} = o.c) group by o.c, o.tbl").format(
+            o=owners, u=sql.SQL(" union all ").join(parts), can=qn(first.canonical),
+            ck=sql.Identifier(first.canonical_key), m=qn(mapping_at), leg=qn(legacy_at),
+            lk=sql.Identifier(first.legacy_key), ml=sql.Identifier(first.mapping_legacy),
+            mc=sql.Identifier(first.mapping_canonical)))
+        if not conn.execute(sql.SQL("select exists (select 1 from {})").format(owners)).fetchone()[0]:
+            return None
+        filled = {lc for lc, _, _ in first.values}
+        nulls = {c.name for c in target.columns if c.name not in filled and c.default is None and not c.generated
+                 and not c.identity}
+        checks, uniques, fks, unchecked = _rules(target, filled, nulls, filled)
+        cols = [(_ID, "text")] + [(lc, target.column(lc).type) for lc, _, _ in first.values]
+        vals = [sql.SQL("p.{}::text").format(sql.Identifier(first.canonical_key))] + [v for _, _, v in first.values]
+        cols += [(c, target.column(c).type) for c in sorted(nulls)]
+        vals += [sql.SQL("null") for _ in sorted(nulls)]
+        failed = _gather(conn, cols, sql.SQL("select {v} from {can} p where p.{ck} in (select c from {o})"
+                                             ).format(v=sql.SQL(", ").join(vals), can=qn(first.canonical),
+                                                      ck=sql.Identifier(first.canonical_key), o=owners))
+        legacy, canonical = first.legacy_table, first.canonical
+        source = {lc: cc for lc, cc, _ in first.values}
+        if failed:
+            rows = conn.execute(sql.SQL("select c, count(*) over () from (select distinct c::text as c from {} "
+                                        "order by 1) x limit {}").format(
+                owners, sql.Literal(REVERSE_EXAMPLES + 1))).fetchall()
+            why = ("Postgres does not convert " + ", ".join(
+                f"{canonical}.{cc} into {legacy}.{lc} ({target.column(lc).type})" for lc, cc in source.items())
+                + " when a row is written (one of them)" if failed == "types" else
+                f"a value does not fit its {legacy} column ({failed}), among the rows for")
+            refused = [(why, [r[0] for r in rows], rows[0][1], sql.SQL("true"))]
+        else:
+            wrong = []
+            for c in sorted(filled | nulls):
+                col = target.column(c)
+                if col is None or not col.not_null:
+                    continue
+                what = (f"{legacy}.{c} is NOT NULL, and {canonical}.{source[c]}, which it is made from, is NULL"
+                        if c in source else f"{legacy}.{c} is NOT NULL and has no default, and the rollback gives it "
+                                            "no value")
+                wrong.append((sql.SQL("x.{} is null").format(sql.Identifier(c)), what))
+            refused = _refused(conn, qn(legacy_at), str(legacy), wrong, checks, uniques, fks, unchecked,
+                               made="legacy rows made", limit=REVERSE_EXAMPLES)
+        if not refused:
+            return None
+        bad = sql.SQL(" or ").join(cond for *_, cond in refused)
+        which = sql.SQL("where o.c::text in (select x.{} from {} x where {})").format(
+            sql.Identifier(_ID), _CREATED, bad) if not failed else sql.SQL("")
+        affected = conn.execute(sql.SQL("select o.tbl, sum(o.n), count(distinct o.c) from {} o {} group by 1 order by 1"
+                                        ).format(owners, which)).fetchall()
+    lines = []
+    for what, found, n, _ in refused:
+        more = f" … ({n} in all)" if len(found) > REVERSE_EXAMPLES else ""
+        lines.append(f"{what}: {canonical} row(s) {', '.join(found[:REVERSE_EXAMPLES])}{more}")
+    written = ", ".join(f"{tbl} {n:,} (for {people:,} of them)" for tbl, n, people in affected)
+    tables = ", ".join(tbl for tbl, _, _ in affected)
+    message = (f"the rollback would stop half way (nothing was changed): it must make a {legacy} row for each "
+               f"{canonical} row that new code wrote rows for and that has none, and {legacy} would refuse these:\n"
+               + "\n".join(f"  - {line}" for line in lines) + f"\n  rows written for them: {written}")
+    fix = (f"give those {canonical} rows the values {legacy} needs (the columns named above), or delete the rows of "
+           f"{tables} written for them, or give those rows an owner that has a {legacy} row; then run the "
+           "rollback again")
+    return message, fix
 
 
 def _null_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> list[str]:

@@ -94,6 +94,12 @@ class Operation:
         depended on through the definition they have now stops mattering."""
         return ()
 
+    def makes_legacy_rows(self) -> tuple:
+        """Where this step calls the reverse alignment (legacy_for_canonical), as planning/align.py ReverseAligned
+        rows: a rollback checks, before its first change, that the legacy table takes the rows it would make
+        (execution/prechecks.py)."""
+        return ()
+
     def sql_text(self) -> list[str]:
         return [text(s) for s in self.statements()]
 

@@ -55,6 +55,8 @@ class Batched(Operation):
     # of the rows at the ctids %(keys)s returning the rows changed; passes until one finds none.
     sweep_find: sql.Composable | None = None
     sweep_fill: sql.Composable | None = None
+    # A rollback's refill of legacy ids: the rows it hands to legacy_for_canonical (planning/align.py ReverseAligned)
+    legacy_rows: tuple = ()
 
     executor: ClassVar[str] = "batched"
 
@@ -84,6 +86,9 @@ class Batched(Operation):
 
     def statements(self) -> list[sql.Composable]:
         return [self.batch]
+
+    def makes_legacy_rows(self) -> tuple:
+        return self.legacy_rows
 
     def total_estimate(self) -> sql.Composable:
         return sql.SQL("select greatest(reltuples, 0)::bigint from pg_catalog.pg_class where oid = {}::regclass"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from psycopg import sql
 
 from pgconverge.catalog.model import Catalog, Table
@@ -550,6 +552,47 @@ def _foreign_references(spec: Spec, cat: Catalog, live: Catalog | None):
                  if not (len(fk.columns) == 1 and (fk.table, fk.columns[0]) in ours))
 
 
+def reverse_values(spec: Spec, cat: Catalog) -> list[tuple[str, str, sql.Composable]]:
+    """What a legacy row made by legacy_for_canonical holds: (legacy column, the canonical column it comes from, its
+    value over canonical row p). Every other legacy column gets its default. Also what a rollback checks the legacy
+    table's rules against before its first change (identity/check.py legacy_refusals)."""
+    leg = cat.legacy
+    out = [(lc, cc, sql.SQL("p.{}::{}").format(ident(cc), sql.SQL(leg.column(lc).type)))
+           for lc, cc in zip(spec.legacy.match_columns, spec.canonical.match_columns)]
+    # Copied values go in by INSERT's assignment conversion, as written.
+    out += [(lc, cc, sql.SQL("p.{}").format(ident(cc))) for lc, cc in spec.canonical.copy_columns]
+    return out
+
+
+@dataclass(frozen=True)
+class ReverseAligned:
+    """The rows of one dependent table (or leaf partition) that a rollback step hands to legacy_for_canonical: those
+    with the new id and no legacy id. For each canonical row among their owners that has no legacy row, the function
+    makes one; execution/prechecks.py checks, before the rollback's first change, that the legacy table takes them."""
+
+    table: QualifiedName
+    legacy: str  # the dependent's legacy column (absent while contract has it dropped: every row is then handed over)
+    new: str
+    # Over row d: the step takes the legacy id contract kept for it instead (None: no kept ids)
+    kept: sql.Composable | None
+    kept_table: QualifiedName | None
+    legacy_table: QualifiedName
+    legacy_key: str
+    canonical: QualifiedName
+    canonical_key: str
+    mapping: QualifiedName
+    mapping_legacy: str
+    mapping_canonical: str
+    values: tuple[tuple[str, str, sql.Composable], ...]  # reverse_values
+
+
+def reverse_aligned(spec: Spec, cat: Catalog, table: QualifiedName, legacy: str, new: str,
+                    kept: sql.Composable | None = None, kept_table: QualifiedName | None = None) -> ReverseAligned:
+    return ReverseAligned(table, legacy, new, kept, kept_table, cat.legacy.name, spec.legacy.key, cat.canonical.name,
+                          spec.canonical.key, spec.mapping_table, spec.mapping_legacy_column,
+                          spec.migration.new_column, tuple(reverse_values(spec, cat)))
+
+
 def _legacy_for_function(spec: Spec, cat: Catalog) -> sql.Composable:
     """Reverse alignment: the legacy row of a canonical row, made from it when there is none.
 
@@ -560,10 +603,9 @@ def _legacy_for_function(spec: Spec, cat: Catalog) -> sql.Composable:
     leg, can = cat.legacy, cat.canonical
     lk_type = sql.SQL(leg.column(spec.legacy.key).type)
     ck_type = sql.SQL(can.column(spec.canonical.key).type)
-    cols = [ident(c) for c in spec.legacy.match_columns] + [ident(lc) for lc, _ in spec.canonical.copy_columns]
-    vals = [sql.SQL("p.{}::{}").format(ident(cc), sql.SQL(leg.column(lc).type))
-            for lc, cc in zip(spec.legacy.match_columns, spec.canonical.match_columns)]
-    vals += [sql.SQL("p.{}").format(ident(cc)) for _, cc in spec.canonical.copy_columns]
+    made = reverse_values(spec, cat)
+    cols = [ident(lc) for lc, _, _ in made]
+    vals = [v for _, _, v in made]
     code = sql.SQL("""
 declare
   target {lk_type};

@@ -557,8 +557,12 @@ def _refill(spec: Spec, cat: Catalog, d, table=None) -> Operation:
     p = dict(l=ident(d.fk.columns[0]), n=ident(references.new_column(spec, cat, d)), lt=sql.SQL(d.column.type),
              keep=qn(kept_ids_table(spec)), t=sql.Literal(references.label(cat, d)),
              k=_row_id(spec, cat, d), legacy_for=qn(align.names(spec)["legacy_for"]))
-    return expand.batched_update(
+    op = expand.batched_update(
         spec, table, sql.SQL("{l} = coalesce((select x.legacy::{lt} from {keep} x where x.tbl = {t} "
                              "and x.pk = {k}), {legacy_for}(d.{n}))").format(**p), None,
         sql.SQL("d.{l} is null and d.{n} is not null").format(**p),
         f"give {table.name} rows their {d.fk.columns[0]} back")
+    kept = sql.SQL("exists (select 1 from {keep} x where x.tbl = {t} and x.pk = {k} and x.legacy is not null)"
+                   ).format(**p)
+    return dataclasses.replace(op, legacy_rows=(align.reverse_aligned(
+        spec, cat, table.name, d.fk.columns[0], references.new_column(spec, cat, d), kept, kept_ids_table(spec)),))

@@ -9,6 +9,7 @@ the table itself; what Postgres cannot do online there is done partition by part
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 from psycopg import sql
@@ -787,11 +788,11 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             ps = partitions.short_names(leaves)
             for i, leaf in enumerate(leaves):
                 steps.append(Step(f"{rid}.legacy_ids.{ps[leaf.table.name]}", "rollback",
-                                  _reverse_fill(spec, n, leaf.table),
+                                  _reverse_fill(spec, cat, n, leaf.table),
                                   FIRST_STEPS if first and i == 0 else (),
                                   (f"{fwd}.add_column",)))
         else:
-            steps.append(Step(f"{rid}.legacy_ids", "rollback", _reverse_fill(spec, n, d.table),
+            steps.append(Step(f"{rid}.legacy_ids", "rollback", _reverse_fill(spec, cat, n, d.table),
                               FIRST_STEPS if first else (),
                               (f"{fwd}.add_column",)))
         if d.column.not_null:
@@ -878,9 +879,10 @@ def _backfill_ids(d: Dependent, n: Names) -> list[str]:
     return [*(f"{fwd}.backfill.{shorts[leaf.table.name]}" for leaf in d.leaves), f"{fwd}.backfill_attached"]
 
 
-def _reverse_fill(spec: Spec, n: Names, table: Table) -> Batched:
+def _reverse_fill(spec: Spec, cat: Catalog, n: Names, table: Table) -> Batched:
     """Rows new code wrote with only the new id get their legacy id (a legacy row is made if none exists)."""
     p = dict(l=ident(n.legacy), n=ident(n.new), legacy_for=qn(align.names(spec)["legacy_for"]))
-    return batched_update(spec, table, sql.SQL("{l} = {legacy_for}(d.{n})").format(**p), None,
-                          sql.SQL("d.{l} is null and d.{n} is not null").format(**p),
-                          f"give {table.name} rows written with only {n.new} their {n.legacy} back")
+    op = batched_update(spec, table, sql.SQL("{l} = {legacy_for}(d.{n})").format(**p), None,
+                        sql.SQL("d.{l} is null and d.{n} is not null").format(**p),
+                        f"give {table.name} rows written with only {n.new} their {n.legacy} back")
+    return dataclasses.replace(op, legacy_rows=(align.reverse_aligned(spec, cat, table.name, n.legacy, n.new),))
