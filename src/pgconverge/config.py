@@ -112,6 +112,10 @@ class Settings:
     # Views and materialized views that read a legacy column or the legacy table, as "schema.view", that the
     # user drops or re-creates before contract (plan refuses the others; contract refuses while any remains).
     accept_views: tuple[str, ...] = ()
+    # Compared tables whose policies are meant to hide an owner's own rows from the owner's token (readable only
+    # with an admin claim, insert-only), as "schema.table": the RLS check does not fail them as proving nothing,
+    # and its verdict names them as not proven.
+    rls_hidden_from_owners: tuple[str, ...] = ()
     # Seconds that must pass between the runtime baseline (taken by the switch, or again by
     # `audit runtime --rebaseline`) and contract, so that old code has had the time to show itself.
     observation_window: float = 900.0
@@ -287,6 +291,13 @@ def _value(source: str, section: str, key: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) and "." in v for v in value):
             raise _bad(*where, "a list of \"schema.view\" names")
         return tuple(value)
+    if key == "rls_hidden_from_owners":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _bad(*where, "a list of \"schema.table\" names")
+        try:
+            return tuple(str(parse_qualified(v)) for v in value)
+        except ValueError as exc:
+            raise _bad(*where, f"a list of \"schema.table\" names ({exc})") from None
     if key == "accept_policies":
         if not isinstance(value, list) or not all(isinstance(v, str) and v.count(".") >= 2 for v in value):
             raise _bad(*where, "a list of \"schema.table.policy\" names")

@@ -155,7 +155,8 @@ def _assert_rls_per_table(dsn: str, text: str) -> None:
         saved = c.execute("select name from pgconverge.saved_definitions where step = 'switch.policies' "
                           "and kind = 'policy' order by name").fetchall()
     section = text.split("## Row level security", 1)[1].split("\n## ", 1)[0]
-    assert "| table | policies rewritten | rows compared | tokens checked |" in section
+    assert ("| table | policies rewritten | rows compared | tokens checked | sampled owners seeing their rows |"
+            in section)
     policies: dict[str, list[str]] = {}
     for (name,) in saved:
         schema, table, policy = name.split(".")
@@ -165,6 +166,8 @@ def _assert_rls_per_table(dsn: str, text: str) -> None:
         row = next(r for r in section.splitlines() if r.startswith(f"| {table} |"))
         cells = [x.strip() for x in row.strip("|").split("|")]
         assert sorted(cells[1].split(", ")) == sorted(policies[table]) and cells[2] == str(rows), row
+        cov = eq["coverage_by_table"][table]  # this table's sampled owners, and how many saw their own rows
+        assert cells[4] == f"{cov['owners_seeing_own']} of {cov['owners']}" and cov["owners_seeing_own"] > 0, row
     for table, names in policies.items():
         for policy in names:
             block = section.split(f"**{table} policy {policy}: before and after**", 1)[1].split("```", 2)[1]

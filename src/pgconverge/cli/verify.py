@@ -99,11 +99,19 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
         bar.bar.stop()
     what = "old and new tokens agree, " if summary["switched"] else ""
     blind = bool(problems) and all(p.startswith("proves nothing") for p in problems)
+    # Per table: sampled owners, how many of them saw their own rows there, and the rows compared.
+    by_table = summary["coverage_by_table"]
+    covered = "; ".join(f"{t}: {c['owners_seeing_own']} of {c['owners']} owners see their rows, {c['rows_seen']} "
+                        "rows compared" for t, c in by_table.items() if c["owners"] or c["rows_seen"])
+    note = "" if summary["rows_seen"] else "no identity has rows in these tables: nothing was compared"
+    note = "; ".join(x for x in (note, covered, *summary["not_proven"]) if x)
     return invariants.CheckResult(
         "rls", f"{what}isolation of {summary['identities']} identities over {len(tables)} tables",
         not problems, [[p] for p in problems],
         "the RLS check proves nothing: its test tokens saw no rows of their own" if blind else
         "row level security differs from what the migration promises" if problems else "",
-        "make the test tokens carry what the application's do (see the problem), then verify again" if blind else
+        "make the test tokens carry what the application's do, or fix the policy that hides its owners' rows "
+        "(see the problem), then verify again" if blind else
         "roll back the switch (`pgconverge rollback switch`) and review the policies listed" if problems else "",
-        "" if summary["rows_seen"] else "no identity has rows in these tables: nothing was compared")
+        note, {"identities": summary["identities"], "rows_seen": summary["rows_seen"], "by_table": by_table,
+               "not_proven": summary["not_proven"]})

@@ -48,9 +48,12 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
             _say_scan_bound(runner, before)
             covered = rls.coverage(conn, spec, cat, identities, before)
             read = rls.claims_read(conn, cat)
+        by_table = rls.table_coverage(before, identities)
+        hidden, not_proven = rls.hidden_from_owners(spec, by_table, "an old")
         if covered["owning"] and covered["share"] < rls.MIN_COVERAGE:  # nothing has changed yet: refuse rather than prove nothing
             runner.ledger.snapshot(runner.run_id, "rls_equivalence", {"identities": len(identities),
-                                                                      "coverage": covered, "proves_nothing": True})
+                                                                      "coverage": covered, "proves_nothing": True,
+                                                                      "coverage_by_table": by_table})
             carried = sorted({spec.legacy.claim, *dict(spec.migration.token_claims)})
             missing = [c for c in read if c not in carried and c not in (spec.canonical.claim, "sub")]
             raise GateFailed(
@@ -62,6 +65,15 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                 fix=("add the claims the policies need to migration.token_claims, e.g. token_claims = { "
                      + ", ".join(f'{c} = "…"' for c in missing) + " }") if missing else
                     "give migration.token_claims the claims and values the application's tokens carry")
+        if hidden:  # one table blind while the others look: its comparison would prove nothing; nothing changed yet
+            runner.ledger.snapshot(runner.run_id, "rls_equivalence", {
+                "identities": len(identities), "coverage": covered, "proves_nothing": True,
+                "coverage_by_table": by_table, "problems": hidden})
+            raise GateFailed(
+                "the RLS equivalence check proves nothing about some tables, before the switch (under the original "
+                "policies): " + "; ".join(hidden) + "; no policy was rewritten",
+                fix="make the test tokens carry what the application's do (migration.token_claims), or list a table "
+                    "meant to be unreadable to its owners in migration.rls_hidden_from_owners")
         held = time.monotonic()  # ACCESS EXCLUSIVE on the tables lasts this transaction only, not the check
         # The rewrite itself: one transaction, with retries; recorded done but not proven until the check passes.
         result = runner._run_sql(step, resuming, proven=False)
@@ -95,6 +107,8 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                # probes whose foreign key check met a row the application changed after the snapshot: not compared
                "write_probes_inconclusive": rls.inconclusive_writes(before, after),
                "rows_by_table": rls.rows_by_table(before), "lock_hold_ms": held,
+               # Per table: sampled owners, and how many of them saw their own rows before the rewrite.
+               "coverage_by_table": by_table, "not_proven": not_proven,
                # Tables whose old policy reads a whole table per caller: checked for fewer tokens (see rls.py).
                "scan_bound": rls.scan_bound_summary(before, after)}
     runner.ledger.snapshot(runner.run_id, "rls_equivalence", summary)

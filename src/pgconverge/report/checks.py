@@ -202,7 +202,12 @@ def _rls(eq: dict | None, step: dict | None) -> dict:
     if "rows_seen" in eq:
         parts.append(f"{n(eq['rows_seen'])} rows compared")
     by_table = eq.get("rows_by_table")
-    if by_table:
+    owners = eq.get("coverage_by_table") or {}
+    if owners:  # rows compared, and how many of the table's sampled owners saw their own rows there
+        parts.append("per table: " + ", ".join(
+            f"{t} {n(c['rows_seen'])} ({n(c['owners_seeing_own'])} of {n(c['owners'])} owners see their own)"
+            for t, c in owners.items()))
+    elif by_table:
         parts.append("per table: " + _tables(by_table))
     elif eq.get("tables"):
         parts.append(f"{len(eq['tables'])} tables")
@@ -211,6 +216,7 @@ def _rls(eq: dict | None, step: dict | None) -> dict:
     for t, v in (eq.get("scan_bound") or {}).items():
         parts.append(f"{t} checked for {v['tokens_checked']} of {v['tokens']} tokens (its policy scans a table per "
                      f"caller, {v['first_token_s']} s each)")
+    parts += eq.get("not_proven") or []
     text = "; ".join(parts)
     problems = eq.get("problems") or []
     if eq.get("proves_nothing") or not eq.get("identities") or eq.get("rows_seen") == 0:

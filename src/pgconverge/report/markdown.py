@@ -122,8 +122,11 @@ def _rls_tables(eq: dict | None, policies: list[dict]) -> list[Block]:
         b = bound.get(t)
         checked = (f"{b['tokens_checked']} of {b['tokens']} (its policy scans a table per caller)" if b
                    else f"all {tokens}" if tokens is not None else None)
-        rows.append([t, ", ".join(names.get(t, [])) or None, rows_by.get(t, 0 if rows_by else None), checked])
-    out.append(("table", ["table", "policies rewritten", "rows compared", "tokens checked"], rows))
+        cov = (eq.get("coverage_by_table") or {}).get(t)
+        owners = f"{cov['owners_seeing_own']} of {cov['owners']}" if cov else None
+        rows.append([t, ", ".join(names.get(t, [])) or None, rows_by.get(t, 0 if rows_by else None), checked, owners])
+    out.append(("table", ["table", "policies rewritten", "rows compared", "tokens checked",
+                          "sampled owners seeing their rows"], rows))
     for p in policies:
         out.append(("code", f"{p['table']} policy {p['policy']}: before and after",
                     f"-- before\n{p['before']}\n-- after\n{p['after'] or '(not found in the SQL sent)'}", "sql"))

@@ -25,6 +25,9 @@ class CheckResult:
     failure: str = ""
     fix: str = ""
     note: str = ""  # what a pass does not prove (no rows to look at)
+    # What the check looked at, where it says (the RLS check: per table, the sampled owners, how many of them saw
+    # their own rows, and the rows compared).
+    coverage: dict | None = None
 
 
 def finished_phases(plan: Plan, ledger: Ledger) -> list[str]:

@@ -76,6 +76,9 @@ class Capture:
     # Tables whose policy reads a whole table for every caller (see SCAN_BOUND_S), and how many of the
     # tokens they were checked for: table → {"first_token_s", "tokens_checked", "tokens"}.
     scan_bound: dict[str, dict] = field(default_factory=dict)
+    # The rows each sampled identity owns, read as the migration role: table → canonical id → keys. Through the
+    # legacy or new column of the table, or, for a table reached through a parent, through the parent's own rows.
+    owned: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 # The check asks each token only for the rows it may concern (an index lookup), so a table whose visibility check
@@ -338,14 +341,17 @@ def _has_column(conn, t: Target, column: str) -> bool:
 
 
 def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, others: dict[str, list[str]],
-               parties: dict[str, dict[str, set]] | None = None) -> dict[str, list[str] | None]:
+               parties: dict[str, dict[str, set]] | None = None,
+               owned: dict[str, dict[str, list[str]]] | None = None) -> dict[str, list[str] | None]:
     """Per table, the rows linked to IDENTITY (read as the migration role) plus the shared random sample.
 
     RLS is then evaluated on these rows only: an index lookup per identity instead of a full
     scan, so the check stays affordable on large tables; a policy that leaks rows to everyone
-    shows up in the random sample every identity also looks at.
+    shows up in the random sample every identity also looks at. OWNED, when given, receives the rows the
+    identity itself owns per table (without the random sample): what its own tokens should be able to see.
     """
     out: dict[str, list[str] | None] = {}
+    own: dict[str, list[str]] = {}  # table → the identity's own rows (a child's: those under its own parent rows)
     for t in targets_:
         mine: list[str] | None = None
         if t.owner_columns:
@@ -362,15 +368,24 @@ def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, other
             cond = sql.SQL(" or ").join(conds)
             mine = [r[0] for r in conn.execute(sql.SQL("select {k}::text from {t} where {c}").format(
                 k=_key(t), t=qn(t.table), c=cond), {"l": list(ident_.legacy), "c": ident_.canonical}).fetchall()]
+            own[str(t.table)] = mine
             if parties is not None and len(t.owner_pairs) > 1:  # a row names several: each may see it
                 for k in mine:
                     parties.setdefault(str(t.table), {}).setdefault(k, set()).add(ident_.canonical)
         elif t.parent is not None and str(t.parent[1]) in out and out[str(t.parent[1])] is not None:
-            mine = [r[0] for r in conn.execute(sql.SQL(
-                "select {k}::text from {t} where {fk} = any(%s::text[]::{ty}[])").format(
-                k=_key(t), t=qn(t.table), fk=ident(t.parent[0]), ty=sql.SQL(t.parent_type)),
-                (out[str(t.parent[1])],)).fetchall()]
+            # The children of the parent rows checked (the identity's own and the random sample), each flagged
+            # whether it hangs under a parent row the identity owns.
+            rows = conn.execute(sql.SQL(
+                "select {k}::text, {fk} = any(%s::text[]::{ty}[]) from {t} where {fk} = any(%s::text[]::{ty}[])"
+            ).format(k=_key(t), t=qn(t.table), fk=ident(t.parent[0]), ty=sql.SQL(t.parent_type)),
+                (own.get(str(t.parent[1]), []), out[str(t.parent[1])])).fetchall()
+            mine = [r[0] for r in rows]
+            own[str(t.table)] = [r[0] for r in rows if r[1]]
         out[str(t.table)] = None if mine is None else sorted(set(mine) | set(others.get(str(t.table), [])))
+    if owned is not None:
+        for table, keys in own.items():
+            if keys:
+                owned.setdefault(table, {})[ident_.canonical] = keys
     return out
 
 
@@ -415,7 +430,7 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
     total = sum((len(i.legacy) if legacy else 0) + (1 if canonical else 0) for i in identities)
     for done, ident_ in enumerate(identities, 1):
         stop()
-        among = candidates(conn, spec, targets_, ident_, cap.others, cap.parties)
+        among = candidates(conn, spec, targets_, ident_, cap.others, cap.parties, cap.owned)
         tokens: list[tuple[str, dict]] = []
         if legacy:
             tokens += [(f"L:{lid}", _legacy_token(spec, ident_, i)) for i, lid in enumerate(ident_.legacy)]
@@ -632,18 +647,21 @@ def owned_rows_exist(conn, spec: Spec, cat: Catalog, targets_: list, contracted:
 def blind(conn, spec: Spec, cat: Catalog, targets_: list, identities: list[Identity], cap: Capture,
           contracted: bool) -> list[str]:
     """Why the check proves nothing (empty when it looked): the sampled owners hardly saw their own rows (tokens
-    missing a claim the policies read), or no sampled identity owns a row although rows have owners."""
+    missing a claim the policies read), or no sampled identity owns a row although rows have owners; and, table by
+    table, a compared table where not one of its sampled owners saw its own rows (hidden_from_owners)."""
     covered = coverage(conn, spec, cat, identities, cap, contracted)
     token = "canonical" if contracted else "old"
+    per_table, _ = hidden_from_owners(spec, table_coverage(cap, identities), "any")
     if covered["owning"] and covered["share"] < MIN_COVERAGE:
-        return [f"proves nothing: of {covered['owning']} sampled identities that own rows, {covered['seeing_own']} "
+        return per_table + [
+                f"proves nothing: of {covered['owning']} sampled identities that own rows, {covered['seeing_own']} "
                 f"saw any of them with a{'n' if token == 'old' else ''} {token} token; the policies and helpers read "
                 f"the claims {', '.join(claims_read(conn, cat)) or '(none found)'}: give migration.token_claims the "
                 "claims the application's tokens carry"]
     if not covered["owning"] and owned_rows_exist(conn, spec, cat, targets_, contracted):
         return [f"proves nothing: none of the {len(identities)} sampled identities owns a row of these tables, "
                 "although rows have owners: raise --sample (0 = every identity)"]
-    return []
+    return per_table
 
 
 def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switched: bool, sample_size: int,
@@ -656,19 +674,21 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
         targets_ = targets(spec, cat, tables)
         cap = capture(conn, spec, targets_, identities, legacy=not contracted, canonical=switched, progress=progress)
         proves_nothing = blind(conn, spec, cat, targets_, identities, cap, contracted)
+    by_table = table_coverage(cap, identities)
+    not_proven = hidden_from_owners(spec, by_table)[1]
     if contracted:
         problems = ([f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
                     + isolation(cap, identities) + proves_nothing)
         return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
                 "write_probes": len(cap.writes), "switched": True, "scan_bound": scan_bound_summary(cap),
-                "rows_seen": rows_seen(cap)}, problems
+                "rows_seen": rows_seen(cap), "coverage_by_table": by_table, "not_proven": not_proven}, problems
     problems = consistency(cap, identities) if switched else (
         [f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
         + isolation(cap, identities))
     problems += proves_nothing
     return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
             "write_probes": len(cap.writes), "switched": switched, "scan_bound": scan_bound_summary(cap),
-            "rows_seen": rows_seen(cap)}, problems
+            "rows_seen": rows_seen(cap), "coverage_by_table": by_table, "not_proven": not_proven}, problems
 
 
 # The equivalence check proves something only if the sampled identities see their own rows before the switch:
@@ -704,6 +724,57 @@ def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before:
                     seeing.add(i.canonical)
     return {"identities": len(identities), "owning": len(owning), "seeing_own": len(seeing),
             "share": round(len(seeing) / len(owning), 3) if owning else 0.0}
+
+
+def table_coverage(cap: Capture, identities: list[Identity]) -> dict[str, dict]:
+    """Per compared table: how many sampled identities own rows there (Capture.owned), how many of them saw at least
+    one of those rows with any of their tokens, and the rows the tokens saw there in all (rows compared).
+
+    An owner whose tokens were none of them checked on a table (a scan-bound table, see Capture.scan_bound)
+    neither counts nor fails, as in coverage()."""
+    seen_rows = rows_by_table(cap)
+    out: dict[str, dict] = {}
+    tables = list(dict.fromkeys([*seen_rows, *cap.owned, *(t for ts in cap.seen.values() for t in ts)]))
+    for table in tables:
+        owners = seeing = 0
+        mine_by = cap.owned.get(table, {})
+        for ident_ in identities:
+            mine = mine_by.get(ident_.canonical)
+            if not mine:
+                continue
+            tokens = [f"L:{lid}" for lid in ident_.legacy] + [f"C:{ident_.canonical}"]
+            views = [cap.seen[tok][table] for tok in tokens if table in cap.seen.get(tok, {})]
+            if not views:
+                continue
+            owners += 1
+            mine = set(mine)
+            if any(mine.intersection(v) for v in views):
+                seeing += 1
+        out[table] = {"owners": owners, "owners_seeing_own": seeing, "rows_seen": seen_rows.get(table, 0)}
+    return out
+
+
+def hidden_from_owners(spec: Spec, by_table: dict[str, dict], token: str = "any") -> tuple[list[str], list[str]]:
+    """(problems, notes): a compared table where sampled identities own rows but not one of them saw any of its own
+    there proves nothing about that table, whatever the other tables show; one listed in
+    migration.rls_hidden_from_owners (a table meant to be unreadable to its owners) is a note instead."""
+    problems, notes = [], []
+    exempt = set(spec.migration.rls_hidden_from_owners)
+    for table, c in by_table.items():
+        if not c["owners"] or c["owners_seeing_own"]:
+            continue
+        if table in exempt:
+            notes.append(f"{table}: none of its {c['owners']} sampled owners sees its own rows, as "
+                         "migration.rls_hidden_from_owners declares: compared for isolation only, not proven")
+            continue
+        problems.append(
+            f"proves nothing about {table}: {c['owners']} sampled identities own rows there and "
+            f"{c['owners_seeing_own']} of them saw any of them with {token} token; the policy hides owners' own "
+            "rows: check the policy (and what it reads: a table its sub-query reads may itself be hidden by RLS), "
+            "the claims in migration.token_claims, or the grants on what it reads; a table meant to be unreadable "
+            f"to its owners (only an admin claim reads it, say) can be listed in migration.rls_hidden_from_owners "
+            f"(\"{table}\"), which the verdict then reports as not proven")
+    return problems, notes
 
 
 def claims_read(conn, cat: Catalog) -> list[str]:
