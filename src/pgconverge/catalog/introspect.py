@@ -117,8 +117,9 @@ class _Reader:
         if not oids:
             return {}
         cols: dict[int, list[Column]] = defaultdict(list)
-        for rel, name, typ, nn, default, gen, ident, num, acl in self.rows(q.COLUMNS, oids=oids):
-            cols[rel].append(Column(name, typ, nn, default, gen, ident, num, tuple((g, p, o) for g, p, o in acl)))
+        for rel, name, typ, nn, default, gen, ident, num, acl, base in self.rows(q.COLUMNS, oids=oids):
+            cols[rel].append(Column(name, typ, nn, default, gen, ident, num, tuple((g, p, o) for g, p, o in acl),
+                                    base))
         idx: dict[int, list[Index]] = defaultdict(list)
         for rel, ns, iname, tns, tname, icols, idef, uniq, prim, valid, pred, am in self.rows(q.INDEXES, oids=oids):
             idx[rel].append(Index(QualifiedName(ns, iname), QualifiedName(tns, tname), tuple(icols), idef,

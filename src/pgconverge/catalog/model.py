@@ -18,6 +18,9 @@ class Column:
     attnum: int = 0
     # Its own privileges (GRANT SELECT (col) …): (grantee, privilege, with grant option), grantee PUBLIC or a role.
     privileges: tuple[tuple[str, str, bool], ...] = ()
+    # For a column of a domain type, the type underneath every domain (format_type()): what Postgres casts it to
+    # when it compares it with a value of that type, as pg_get_expr then shows ("(customer_id)::integer").
+    base_type: str | None = None
 
 
 @dataclass(frozen=True)

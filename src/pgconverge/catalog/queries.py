@@ -20,7 +20,12 @@ select a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
        coalesce((select json_agg(json_build_array(x.who, x.privilege_type, x.is_grantable)
                                  order by x.who, x.privilege_type, x.is_grantable)
                  from (select case when e.grantee = 0 then 'PUBLIC' else pg_get_userbyid(e.grantee) end as who,
-                              e.privilege_type, e.is_grantable from aclexplode(a.attacl) e) x), '[]')
+                              e.privilege_type, e.is_grantable from aclexplode(a.attacl) e) x), '[]'),
+       (with recursive d(base, mod, depth) as (
+          select t.typbasetype, t.typtypmod, 0 from pg_type t where t.oid = a.atttypid and t.typtype = 'd'
+          union all
+          select t.typbasetype, t.typtypmod, d.depth + 1 from d join pg_type t on t.oid = d.base and t.typtype = 'd')
+        select format_type(d.base, d.mod) from d order by d.depth desc limit 1)
 from pg_attribute a
 left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
 where a.attrelid = any(%(oids)s) and a.attnum > 0 and not a.attisdropped

@@ -54,6 +54,7 @@ def rewrite_policy(
     legacy_table: QualifiedName | None = None,
     legacy_claim: str | None = None,
     table_columns: Mapping[QualifiedName, Iterable[str]] | None = None,
+    domains: Mapping[tuple[QualifiedName, str], str] | None = None,
 ) -> PolicyRewrite:
     """Rewrite POLICY's USING and WITH CHECK to the canonical helper and columns.
 
@@ -70,7 +71,7 @@ def rewrite_policy(
         known_tables.add(legacy_table)
     refs = set(policy.column_refs)
     ctx = Context(policy.table, legacy_helper, canonical_helper, columns, legacy_table, legacy_claim, suspicious,
-                  known_tables, known_columns, refs)
+                  known_tables, known_columns, refs, dict(domains or {}))
     if legacy_table and policy.table == legacy_table:
         # Its rows are legacy ids: the legacy helper (reverse-mapped after the switch) is what it must call.
         return PolicyRewrite(policy.name, policy.table, False, policy.using, policy.with_check, "", "",
@@ -171,7 +172,10 @@ def rewrite_policies(catalog: Catalog, spec: Spec) -> list[PolicyRewrite]:
     suspicious = {f.signature for f in catalog.functions if f.name not in (spec.legacy.helper, spec.canonical.helper)}
     tables = {t.name: [c.name for c in t.columns]
               for t in (catalog.legacy, catalog.canonical, *(d.table for d in catalog.dependents), *catalog.tables)}
+    # Legacy columns of a domain type, and the type Postgres casts them to in comparisons.
+    domains = {(t.name, c.name): c.base_type for t in (d.table for d in catalog.dependents)
+               for c in t.columns if c.base_type and (t.name, c.name) in columns}
     return [rewrite_policy(p, legacy_helper=spec.legacy.helper, canonical_helper=spec.canonical.helper,
                            columns=columns, suspicious_functions=suspicious, legacy_table=spec.legacy.table,
-                           legacy_claim=spec.legacy.claim, table_columns=tables)
+                           legacy_claim=spec.legacy.claim, table_columns=tables, domains=domains)
             for p in catalog.policies]

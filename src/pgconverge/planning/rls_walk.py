@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pglast import ast, enums
 
 from pgconverge.config import QualifiedName
-from pgconverge.planning.rls_ast import children, deparse, strings
+from pgconverge.planning.rls_ast import children, deparse, parse_type, replace_child, same_type, strings
 from pgconverge.planning.rls_scope import Item, Scopes
 
 _EQUALITY = {"=", "<>", "!="}
@@ -29,6 +29,9 @@ class Context:
     known_tables: set[QualifiedName]  # for unqualified table names
     table_columns: dict[QualifiedName, frozenset[str]]  # full column lists, where known
     column_refs: set[tuple[QualifiedName, str]]  # what pg_depend says the policy reads
+    # Legacy columns of a domain type: (table, column) → the type underneath, which Postgres casts them to in a
+    # comparison with a value of that type; pg_get_expr prints that cast, which the rewrite drops with the column.
+    domains: dict[tuple[QualifiedName, str], str] = field(default_factory=dict)
     found_columns: set[tuple[QualifiedName, str]] = field(default_factory=set)
     found_helper: bool = False
 
@@ -174,6 +177,9 @@ class Walker:
         if new is None:
             return
         ref.fields = (*ref.fields[:-1], ast.String(new))
+        ancestors = tuple(self.path)
+        if self._unwrap_domain_cast(ref, item.table, col):
+            ancestors = ancestors[:-1]
         self.ctx.found_columns.add((item.table, col))
         if res.depth == 0:
             via = f" (via table name {'.'.join(qual)})" if qual else ""
@@ -183,7 +189,25 @@ class Walker:
             via = f" (via sub-query table {item.name})"
         what = f"{item.table}.{col}"
         self._change(f"{what} → {new}{via}")
-        self.targets[id(ref)] = (ref, tuple(self.path), f"{what} ({shown})")
+        self.targets[id(ref)] = (ref, ancestors, f"{what} ({shown})")
+
+    def _unwrap_domain_cast(self, ref: ast.ColumnRef, table: QualifiedName, col: str) -> bool:
+        """Drop the cast around REF that Postgres added itself: a legacy column of a domain type cast to the type
+        underneath (`(customer_id)::integer = auth_customer_id()`). The old expression means the same without it,
+        and the new column is of another type. True when it was dropped."""
+        base = self.ctx.domains.get((table, col))
+        cast = self.path[-1] if self.path else None
+        if base is None or not isinstance(cast, ast.TypeCast) or cast.arg is not ref or len(self.path) < 2:
+            return False
+        if not same_type(cast.typeName, parse_type(base)):
+            return False
+        holder = self.path[-2]
+        for attr, index, child in children(holder):
+            if child is cast:
+                replace_child(holder, attr, index, ref)
+                self._change(f"the cast of {col} to {base}, its domain's type, dropped with it")
+                return True
+        return False
 
     def _function(self, call: ast.FuncCall) -> None:
         name = strings(call.funcname)
