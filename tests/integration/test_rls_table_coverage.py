@@ -158,3 +158,20 @@ def test_a_table_meant_to_hide_owners_rows_refuses_the_switch_unless_declared(ma
     out = " ".join(cli("verify", "--rls", *args).split())
     assert "pass rls" in out and "public.addresses: none of its 20 sampled owners sees its own rows" in out, out
     assert "not proven" in out, out
+
+
+def test_a_hand_rewrite_that_still_needs_the_legacy_claim_to_insert_fails_verify(make_db, tmp_path):
+    """Reads are rewritten right, but the insert check still reads the legacy claim itself: old code may insert, new
+    code is refused. Both tokens see the same rows; verify --rls compares what they may write as well."""
+    dsn, args = _switched(make_db, tmp_path)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("alter policy addresses_exists on public.addresses using (profile_id = (select public.auth_profile_id())) "
+                  "with check (customer_id = ((select auth.jwt()) ->> 'customer_id')::bigint)")
+    assert _addresses_seen(dsn) == 60
+    out = " ".join(cli("verify", "--rls", *args, expect=1).split())
+    assert "FAIL rls" in out and "into public.addresses: allowed with the legacy token, refused with the canonical one" \
+        in out, out
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(GOOD + " with check (profile_id = (select public.auth_profile_id()))")
+    out = " ".join(cli("verify", "--rls", *args).split())
+    assert "pass rls" in out, out

@@ -446,8 +446,13 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
         for i, owner in enumerate(identities[:20]):
             other = identities[(i + 1) % len(identities)]
             for t in targets_:
+                # A row the owner's first token sees is the model; where it sees none (a table its owners may only
+                # insert into), a row it owns, read as the migration role, if it has one legacy id only (a merged
+                # person's row may name another of its legacy ids, which the first legacy token may not write).
                 first = f"L:{owner.legacy[0]}" if owner.legacy else None
                 keys = cap.seen.get(first, cap.seen.get(f"C:{owner.canonical}", {})).get(str(t.table))
+                if not keys and len(owner.legacy) <= 1:
+                    keys = cap.owned.get(str(t.table), {}).get(owner.canonical)
                 if not keys or t.key in ("ctid", ROWID):
                     continue
                 row = conn.execute(sql.SQL("select to_jsonb(x) from {t} x where {k} = %s::{ty}").format(
@@ -607,6 +612,14 @@ def consistency(cap: Capture, identities: list[Identity]) -> list[str]:
                 if not diff:
                     continue
                 problems.append(f"{token} and C:{ident_.canonical} see different rows in {', '.join(diff)}")
+    # Old and new code write alike too: a writer's legacy and canonical tokens may insert the same rows.
+    for key, old in cap.writes.items():
+        base, kind = key.rsplit("|", 1)
+        new = cap.writes.get(f"{base}|C")
+        if kind == "L" and new is not None and new != old and not (inconclusive(old) or inconclusive(new)):
+            writer, owner, table = base.split("|")
+            problems.append(f"{writer} inserting a row of {owner} into {table}: {old} with the legacy token, "
+                            f"{new} with the canonical one")
     return problems + isolation(cap, identities)
 
 
