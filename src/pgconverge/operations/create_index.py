@@ -8,7 +8,7 @@ from typing import ClassVar
 from psycopg import sql
 
 from pgconverge.config import QualifiedName
-from pgconverge.execution.sql import qn
+from pgconverge.execution.sql import body, qn, text
 from pgconverge.operations import objects
 from pgconverge.operations.base import Cost, Lock, Operation
 
@@ -106,3 +106,41 @@ def simple_index(name: QualifiedName, table: QualifiedName, columns: sql.Composa
     if predicate is not None:
         stmt = sql.SQL("{} where {}").format(stmt, predicate)
     return CreateIndexConcurrently(name, table, stmt, why)
+
+
+@dataclass(frozen=True)
+class TakeIndexName(Operation):
+    """Give index STANDIN the name NAME, where no index has that name; where one has (it was never dropped), drop
+    STANDIN instead. A stand-in built ahead keeps a unique index over the same columns in place while the
+    constraint that held NAME is swapped for another (ON CONFLICT finds its target all along).
+
+    Safe alone: renaming or dropping a second index over the same columns changes no result."""
+
+    safe_alone: ClassVar[bool] = True
+
+    standin: QualifiedName
+    name: QualifiedName
+    table: QualifiedName
+
+    @property
+    def description(self) -> str:
+        return f"rename index {self.standin} to {self.name.name}"
+
+    @property
+    def lock(self) -> Lock:
+        return Lock.ACCESS_EXCLUSIVE  # only to drop a stand-in no longer needed; a rename takes far less
+
+    @property
+    def lock_target(self) -> str:
+        return str(self.table)
+
+    def statements(self) -> list[sql.Composable]:
+        code = sql.SQL("""begin
+  if pg_catalog.to_regclass({name}) is null then
+    alter index {standin} rename to {bare};
+  elsif pg_catalog.to_regclass({standin_text}) is not null then
+    drop index {standin};
+  end if;
+end""").format(name=sql.Literal(text(qn(self.name))), standin=qn(self.standin), bare=sql.Identifier(self.name.name),
+               standin_text=sql.Literal(text(qn(self.standin))))
+        return [sql.SQL("do {}").format(body(code))]

@@ -502,9 +502,9 @@ def _restore_shapes(spec: Spec, cat: Catalog, cats, d, fid: str) -> list[Step]:
     contract stopped before it dropped the column)."""
     from pgconverge.operations.constraints import AddCheckNotValid, DropConstraint
     from pgconverge.operations.columns import SetNotNull
-    from pgconverge.operations.create_index import CreateIndexConcurrently
+    from pgconverge.operations.create_index import CreateIndexConcurrently, TakeIndexName
     from pgconverge.operations.guarded import Unless
-    from pgconverge.planning.index_mirror import recreate
+    from pgconverge.planning.index_mirror import recreate, renamed
 
     t, legacy_col = d.table.name, d.fk.columns[0]
     when = (f"{fid}.drop_legacy_foreign_key",)
@@ -539,11 +539,23 @@ def _restore_shapes(spec: Spec, cat: Catalog, cats, d, fid: str) -> list[Step]:
         deferrable, deferred = _deferral(c)
         out.append(Step(f"{rid}.legacy_key_{i + 1}_index", "rollback", CreateIndexConcurrently(
             idx.name, t, sql.SQL(recreate(idx)), why=f"the index of {c.name}"), (), when))
+        mirror = mirror_ops[idx.name.name]
+        if not d.partitioned:
+            # The mirror's index is built again ahead, under another name, so that a unique index over the new
+            # column stays in place while its constraint is swapped for the legacy one: new code's
+            # ON CONFLICT (profile_id, …) keeps finding its target. It takes the mirror's name afterwards.
+            standin = QualifiedName(t.schema, f"{k.mirror}_standin"[:63])
+            out.append(Step(f"{rid}.mirror_key_{i + 1}_standin", "rollback", CreateIndexConcurrently(
+                standin, t, sql.SQL(renamed(text(mirror.statement), standin.name)),
+                why=f"{k.mirror} in place while its constraint goes"), (f"{fid}.key_{i + 1}",), when))
         out.append(Step(f"{rid}.legacy_key_{i + 1}", "rollback", Unless(Together((
             DropConstraint(t, k.mirror),
             AddKeyUsingIndex(t, c.name, c.kind, idx.name.name, deferrable, deferred, why="as before contract")),
             "the key is never missing between the two"), exists(c.name), f"{c.name} is still there"), (), when))
-        out.append(Step(f"{rid}.mirror_key_{i + 1}_index", "rollback", mirror_ops[idx.name.name],
+        if not d.partitioned:
+            out.append(Step(f"{rid}.mirror_key_{i + 1}_name", "rollback", TakeIndexName(
+                standin, QualifiedName(t.schema, mirror.name.name), t), (f"{fid}.key_{i + 1}",), when))
+        out.append(Step(f"{rid}.mirror_key_{i + 1}_index", "rollback", mirror,
                         (f"{fid}.key_{i + 1}",), when))
     return out
 

@@ -130,3 +130,10 @@ def qualified_predicate(index: Index, alias: str) -> str | None:
     holder = ast.SelectStmt(whereClause=stmt.whereClause)
     qualify(holder)
     return stream.RawStream()(holder.whereClause)
+
+
+def renamed(statement: str, name: str) -> str:
+    """A CREATE INDEX statement building the same index under NAME."""
+    stmt = pglast.parse_sql(statement)[0].stmt
+    stmt.idxname = name
+    return stream.RawStream()(stmt)
