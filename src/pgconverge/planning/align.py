@@ -30,6 +30,9 @@ PHASE = "align"
 PLACING = "pgconverge.placing_owner"
 METHODS = ("exact", "normalized", "created", "manual", "reverse")  # reverse: legacy row made for a canonical one
 REVERSE_FLAG = "pgconverge.reverse_aligning"
+# Set by align_legacy_row while it creates the canonical row for a key: the key, and the legacy row it is for.
+ALIGNING_KEY = "pgconverge.aligning_key"
+ALIGNING = "pgconverge.aligning_legacy"
 
 
 def names(spec: Spec) -> dict[str, QualifiedName]:
@@ -472,8 +475,14 @@ begin
       -- or serializable) fails this insert with a serialization failure: a canonical row exists for the key
       -- that this transaction cannot see, and a second one would split the person in two.
       insert into {created_keys} (match_key) values (k) on conflict do nothing;
+      -- An application trigger on the canonical table may write a dependent row for the row made now, by the new
+      -- id alone: the sync trigger gives it this legacy row (planning/expand.py), the mapping not written yet.
+      perform pg_catalog.set_config({aligning_key}, k, true), pg_catalog.set_config({aligning}, r.{lk}::text, true);
     end if;
     {create}
+    if k is not null then
+      perform pg_catalog.set_config({aligning_key}, '', true), pg_catalog.set_config({aligning}, '', true);
+    end if;
     how := 'created';
     if target is null and k is not null then  -- lost a race with a writer that does not take our lock
       select p.{ck}, 'normalized' into target, how from {canonical} p where {ckey} = k
@@ -502,6 +511,7 @@ end""").format(
         can_name=sql.Literal(str(can.name)), leg_name=sql.Literal(str(cat.legacy.name)),
         created_cols=sql.Literal(", ".join(spec.canonical.match_columns + tuple(c for _, c in spec.canonical.copy_columns))),
         flag=sql.Literal(REVERSE_FLAG), created_keys=qn(n["created_keys"]),
+        aligning_key=sql.Literal(ALIGNING_KEY), aligning=sql.Literal(ALIGNING),
         own=sql.SQL(", ").join(sql.Literal(a) for a in OWN_APPLICATION_NAMES), placing=sql.Literal(PLACING),
         live_why=sql.Literal(f"created when old code wrote a row of its own for it, with no usable "
                              f"{describe_match(spec)} value (unmatched = \"refuse\" would have it wait for a person, "

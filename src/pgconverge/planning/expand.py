@@ -623,7 +623,13 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
         if several > 1 then  -- a merged person: the caller's own legacy row, which the legacy policies check
           select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n} and {alive}
             order by m.{ml} is not distinct from {helper}() desc, m.{ml} limit 1;
-        end if;""").format(**p)
+        elsif new.{l} is null and pg_catalog.current_setting({aligning}, true) <> '' and exists (
+            select 1 from {ct} p where p.{ck} = new.{n} and {ckey} = pg_catalog.current_setting({aligning_key}, true)) then
+          -- written from inside the creation of this person's canonical row (an application trigger on the
+          -- canonical table), before its mapping: the legacy row it is being created for
+          new.{l} := pg_catalog.current_setting({aligning}, true)::{ltype};
+        end if;""").format(**p, aligning=sql.Literal(align.ALIGNING), aligning_key=sql.Literal(align.ALIGNING_KEY),
+                            ckey=align.canonical_key(spec, cat, "p"), ltype=sql.SQL(d.column.type))
     reject = sql.SQL(
         "raise exception using errcode = 'check_violation', "
         "message = format('pgconverge: %s row has %s = %s, which belongs to %s, but %s = %s was written', "
