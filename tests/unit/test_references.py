@@ -23,7 +23,7 @@ def _cat(*refs: tuple[str, str]) -> Catalog:
                                                             Q("public", "customers"), ("id",), "NO ACTION",
                                                             "NO ACTION", True, False, ""))
                  for t, c in refs)
-    legacy, canonical = _table("customers"), _table("profiles", "user_id")
+    legacy, canonical = _table("customers", "wa_id"), _table("profiles", "user_id", "whatsapp_e164")
     helper = Function(Q("public", "auth_customer_id"), "public.auth_customer_id()", "", "bigint", "sql", "s", False,
                       (), "select 1", "")
     return Catalog("db", 160000, legacy, canonical, deps, (), (), helper, None, ())

@@ -33,6 +33,11 @@ from pgconverge.execution.sql import ident, qn
 from pgconverge.operations.check import Check
 
 MIRRORED, LISTED, REFUSED = "mirrored", "listed", "refused"
+# A unique rule mirrored on the new column holds per person from expand on, where the legacy one held per legacy row.
+MERGED_WRITES = ("; from expand on, the mirror holds for the person: old code writing such a row for one legacy row "
+                 "of a merged person (align's report lists them) fails while another of the person's legacy rows has "
+                 "one, as it would after contract; keep those legacy rows apart with `pgconverge align --decisions "
+                 "FILE` before expand if old code must go on writing both")
 # Functions whose arguments may be the legacy column in a mirrored expression: they only ask "is it NULL".
 _NULL_FUNCTIONS = {"num_nulls", "num_nonnulls"}
 _TEXT_TYPES = {"text", "varchar", "bpchar"}
@@ -480,7 +485,8 @@ def _key(spec: Spec, cat: Catalog, d: Dependent, c: Constraint, what: str, insid
     return Finding(what, MIRRORED, f"unique index {m.mirror} on the new column, built concurrently in expand (rows "
                                    "that would collide once merged are refused before expand), becomes "
                                    f"{'the primary key' if c.kind == 'primary key' else 'a unique constraint'} "
-                                   f"{m.mirror} at contract (USING INDEX){extra}; rollback restores {c.name}")
+                                   f"{m.mirror} at contract (USING INDEX){extra}; rollback restores {c.name}"
+                                   + MERGED_WRITES)
 
 
 def _index(cat: Catalog, t: Table, idx: Index, ren: dict[str, str]) -> list[Finding]:
@@ -503,7 +509,8 @@ def _index(cat: Catalog, t: Table, idx: Index, ren: dict[str, str]) -> list[Find
                         "or use the column plainly (or only under IS [NOT] NULL, or cast to text)")]
     if idx.unique:
         return [Finding(what, MIRRORED, "unique: mirrored on the new column (same columns, predicate and "
-                                        "uniqueness); rows that would collide once merged are refused before expand")]
+                                        "uniqueness); rows that would collide once merged are refused before expand"
+                                        + MERGED_WRITES)]
     return []
 
 
