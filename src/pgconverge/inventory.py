@@ -105,7 +105,7 @@ def _policy(p: Policy, reasons: list[dict]) -> dict:
 
 
 def _function(f: Function, helper: Function | None, names: set[str]) -> dict:
-    found = sorted({(m.name, m.in_string) for m in mentions.find(f.source, names)})
+    found = sorted({(m.name, m.in_string) for m in mentions.find(f.code, names)})
     return {"name": str(f.name), "signature": f.signature, "returns": f.returns, "language": f.language,
             "security_definer": f.security_definer,
             "role": "legacy helper" if helper and f == helper else "mentions legacy names",

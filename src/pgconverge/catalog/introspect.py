@@ -270,7 +270,7 @@ class _Reader:
             fn = Function(QualifiedName(ns, name), sig, args, ret, lang, vol, secdef, tuple(config), src, fdef, oid,
                           owner)
             by_name[fn.name].append(fn)
-            if fn.name in helpers or mentions.find(src, names):
+            if fn.name in helpers or mentions.find(fn.code, names):
                 found.append(fn)
         legacy_helper = self._helper("legacy.helper", spec.legacy.helper, by_name, required=True)
         canonical_helper = self._helper("canonical.helper", spec.canonical.helper, by_name, required=False)

@@ -122,6 +122,11 @@ class Function:
     oid: int = 0
     owner: str = ""
 
+    @property
+    def code(self) -> str:
+        """What the function runs: its source, or for a BEGIN ATOMIC body (source empty) its definition."""
+        return self.source if self.source.strip() else self.definition
+
 
 @dataclass(frozen=True)
 class View:

@@ -134,7 +134,9 @@ where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not li
   and not exists (select 1 from pg_depend e where e.classid = 'pg_proc'::regclass and e.objid = p.oid
                   and e.deptype = 'e')
   and ((n.nspname, p.proname) in (select * from unnest(%(helper_schemas)s::text[], %(helper_names)s::text[]))
-       or p.prosrc ~* %(pattern)s)
+       or p.prosrc ~* %(pattern)s
+       -- a BEGIN ATOMIC body (Postgres 14 and later) leaves prosrc empty: its statements are in the definition
+       or (p.prosrc = '' and l.lanname = 'sql' and p.prokind in ('f', 'p') and pg_get_functiondef(p.oid) ~* %(pattern)s))
 order by n.nspname, p.proname, p.oid
 """
 

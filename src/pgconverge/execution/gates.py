@@ -46,7 +46,7 @@ def evaluate(runner: Runner) -> list[dict]:
     live = runner.catalogs.live
     functions = [f"database function {f.signature} mentions legacy names" for f in (live.functions if live else ())
                  if f.name not in (spec.legacy.helper, spec.canonical.helper)
-                 and f.name.schema != spec.migration.private_schema and mentions.find(f.source, watched)]
+                 and f.name.schema != spec.migration.private_schema and mentions.find(f.code, watched)]
     views = [f"{v.kind} {v.name} reads the legacy table or a legacy column" for v in (live.views if live else ())]
     code = code_details(found, functions, views)
     if not runner.code_dirs:
@@ -239,7 +239,7 @@ def standalone(runner: Runner) -> list[str]:
         fn = calls.from_definition(fn, planned.definition)
     out = []
     for f in [fn, *introspect.callees(runner.work, [fn])]:
-        names = sorted({m.name for m in mentions.find(f.source, archived)})
+        names = sorted({m.name for m in mentions.find(f.code, archived)})
         if names:
             through = "" if f is fn else f" through {f.name}({f.identity_args})"
             out.append(f"{fn.name}() reads {', '.join(names)}{through}, which contract archives")

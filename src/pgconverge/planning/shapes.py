@@ -608,9 +608,9 @@ def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str
                                f"rename it so its name sorts before {expand.LAST_TRIGGER!r} (ALTER TRIGGER "
                                f"{_q(trg.name)} ON {t.name} RENAME TO …)"))
         fn = fns.get(trg.function)
-        if fn is not None and mentions.find(fn.source, set(ren)):
+        if fn is not None and mentions.find(fn.code, set(ren)):
             out.append(Finding(what, LISTED,
-                               f"its function {fn.name}() reads {', '.join(sorted({m.name for m in mentions.find(fn.source, set(ren))}))}: "
+                               f"its function {fn.name}() reads {', '.join(sorted({m.name for m in mentions.find(fn.code, set(ren))}))}: "
                                + ("it fires after the sync trigger, so both ids are filled when it reads them, "
                                   "and should it write one, a last sync trigger makes the other agree; "
                                   if before_row else "")
@@ -671,7 +671,7 @@ def _functions(spec: Spec, cat: Catalog) -> list[Finding]:
     for f in cat.functions:
         if f.name in (spec.legacy.helper, spec.canonical.helper) or f.name.schema == spec.migration.private_schema:
             continue
-        found = sorted({m.name for m in mentions.find(f.source, names)})
+        found = sorted({m.name for m in mentions.find(f.code, names)})
         if found:
             out.append(Finding(f"function {f.signature}", LISTED,
                                f"mentions {', '.join(found)}: rewrite it before contract (its code-references gate "
