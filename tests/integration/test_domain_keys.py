@@ -8,11 +8,10 @@ import json
 
 import psycopg
 
+from _small import roles_sql
 from _support import cli, cli_json, write_config
 
-SCHEMA = "".join(f"do $$ begin if not exists (select 1 from pg_roles where rolname = '{r}') then "
-                 f"create role {r} nologin noinherit{' bypassrls' * (r == 'service_role')}; end if; end $$;\n"
-                 for r in ("anon", "authenticated", "service_role")) + """
+SCHEMA = roles_sql() + """
 create domain public.customer_ref as integer check (value > 0);
 create domain public.order_owner as public.customer_ref;  -- a domain over the domain
 create table public.customers (id public.customer_ref primary key, wa_id text, display_name text);
