@@ -102,7 +102,8 @@ def test_a_hand_rewrite_hiding_every_owners_rows_fails_verify_and_stops_contract
     assert "public.orders" not in out.split("proves nothing", 1)[1], out  # the tables that look are not blamed
     rls = next(c for c in cli_json("verify", "--rls", *args, expect=1)["checks"] if c["step"] == "rls")
     by_table = rls["coverage"]["by_table"]
-    assert by_table["public.addresses"] == {"owners": 20, "owners_seeing_own": 0, "rows_seen": 0}, by_table
+    assert by_table["public.addresses"] == {"owners": 20, "owners_seeing_own": 0, "rows_seen": 0,
+                                            "owners_writing_own": 0}, by_table
     assert by_table["public.orders"]["owners_seeing_own"] == by_table["public.orders"]["owners"] == 20, by_table
     # order_lines is reached through orders: its owners are those of its orders
     assert by_table["public.order_lines"]["owners_seeing_own"] == by_table["public.order_lines"]["owners"] > 0
@@ -175,3 +176,23 @@ def test_a_hand_rewrite_that_still_needs_the_legacy_claim_to_insert_fails_verify
         c.execute(GOOD + " with check (profile_id = (select public.auth_profile_id()))")
     out = " ".join(cli("verify", "--rls", *args).split())
     assert "pass rls" in out, out
+
+
+def test_a_table_its_owners_may_only_insert_into_is_compared_on_what_they_may_write(make_db, tmp_path):
+    """An insert-only table (a log the application writes, no one reads through the API): owners see none of their
+    rows before or after, but what they may insert is compared, so it needs no declaration, and a rewrite that
+    stops new code's inserts there fails the switch's check."""
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute((FIXTURE_SQL / "roles.sql").read_text() + "\n" + (FIXTURE_SQL / "supabase_shim.sql").read_text())
+        c.execute(SCHEMA)
+        c.execute("drop policy addresses_exists on public.addresses; "
+                  "create policy addresses_log on public.addresses for insert to authenticated "
+                  "with check (customer_id = auth_customer_id())")
+    plain = CONFIG.replace('accept_policies = ["public.addresses.addresses_exists"]\n', "")
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, plain))
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, *args)
+    out = " ".join(cli("verify", "--rls", *args).split())
+    assert "pass rls" in out and "public.addresses: none of its" in out, out
+    assert "may write them: compared on what they may write" in out, out

@@ -763,7 +763,11 @@ def table_coverage(cap: Capture, identities: list[Identity]) -> dict[str, dict]:
             mine = set(mine)
             if any(mine.intersection(v) for v in views):
                 seeing += 1
-        out[table] = {"owners": owners, "owners_seeing_own": seeing, "rows_seen": seen_rows.get(table, 0)}
+        # Owners whose write probe of a row of their own there was allowed (a table they may only insert into)
+        writing = sum(1 for ident_ in identities if any(
+            cap.writes.get(f"{ident_.canonical}|{ident_.canonical}|{table}|{kind}") == "allowed" for kind in "LC"))
+        out[table] = {"owners": owners, "owners_seeing_own": seeing, "rows_seen": seen_rows.get(table, 0),
+                      "owners_writing_own": writing}
     return out
 
 
@@ -775,6 +779,10 @@ def hidden_from_owners(spec: Spec, by_table: dict[str, dict], token: str = "any"
     exempt = set(spec.migration.rls_hidden_from_owners)
     for table, c in by_table.items():
         if not c["owners"] or c["owners_seeing_own"]:
+            continue
+        if c.get("owners_writing_own"):
+            notes.append(f"{table}: none of its {c['owners']} sampled owners sees its own rows, and "
+                         f"{c['owners_writing_own']} may write them: compared on what they may write")
             continue
         if table in exempt:
             notes.append(f"{table}: none of its {c['owners']} sampled owners sees its own rows, as "
