@@ -12,6 +12,7 @@ from psycopg import errors
 from _support import cli, cli_json, mapping_problems, write_config
 from pgconverge.config import Spec
 from pgconverge.connection import Target
+from pgconverge.execution import killpoint
 from pgconverge.execution.runner import Runner
 from pgconverge.catalog.introspect import load_catalog
 from pgconverge.planning import plan as planner
@@ -138,6 +139,36 @@ def test_lock_held_longer_than_retry_budget_gives_up_cleanly(conn, fixture_db, t
         blocker.close()
     cli("run", "align", "--dsn", fixture_db, "--config", cfg)
     assert mapping_problems(conn) == []
+
+
+def test_a_backfill_waiting_for_a_row_says_so_and_names_who_writes(conn, fixture_db, tmp_path):
+    # The backfill's batch waits for a row an application transaction holds, not for a table lock: the message says
+    # the batches before it are kept, and names the writer, not every session that read the table.
+    cfg = write_config(tmp_path, "[migration]\nlock_retries = 2\nlock_timeout_ms = 50\nbatch_size = 100\n")
+    cli("run", "align", "--dsn", fixture_db, "--config", cfg)
+    killpoint.fail_at("expand.carts.backfill:before")  # expand stops where the new column and its triggers exist
+    try:
+        cli("run", "expand", "--dsn", fixture_db, "--config", cfg, expect=2)
+    finally:
+        killpoint.fail_at(None)
+    last = conn.execute("select max(id) from public.carts").fetchone()[0]
+    writer = psycopg.connect(fixture_db, application_name="app-writer")
+    reader = psycopg.connect(fixture_db, application_name="app-reader")
+    try:
+        writer.execute("update public.carts set status = status where id = %s", (last,))
+        reader.execute("select count(*) from public.carts")  # a reader's lock: nothing the backfill waits for
+        out = " ".join(cli("run", "expand", "--dsn", fixture_db, "--config", cfg, expect=2).split())
+        assert "expand.carts.backfill could not lock the rows of its next batch on public.carts" in out, out
+        assert "the batches before it are kept" in out and f"pid {writer.info.backend_pid} (app-writer" in out, out
+        assert f"pid {reader.info.backend_pid}" not in out, out
+        assert conn.execute("select count(*) from public.carts where profile_id is not null").fetchone()[0] > 0
+    finally:
+        writer.rollback()
+        writer.close()
+        reader.rollback()
+        reader.close()
+    cli("run", "expand", "--dsn", fixture_db, "--config", cfg)
+    assert conn.execute("select count(*) from public.carts where profile_id is null").fetchone()[0] == 0
 
 
 def test_rollback_of_align_removes_what_it_created(conn, fixture_db):

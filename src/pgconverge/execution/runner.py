@@ -533,7 +533,16 @@ class Runner:
     def _failure(self, step: Step, exc: Exception, last: psycopg.Error) -> StepFailed:
         if isinstance(exc, retry.RetriesExhausted):
             # A step over several tables (the policy rewrite) names each; lock_target joins them for display.
-            blockers = describe_blockers(self.control, tuple(getattr(step.op, "tables", ())) or step.op.lock_target)
+            batched = step.op.executor == "batched"
+            blockers = describe_blockers(self.control, tuple(getattr(step.op, "tables", ())) or step.op.lock_target,
+                                         str(step.op.lock), rows=batched)
+            if batched:  # a batch waits for rows an application transaction holds, not for the table
+                return StepFailed(
+                    f"step {step.id} could not lock the rows of its next batch on {step.op.lock_target} within "
+                    f"{self.lock_timeout_ms} ms in {exc.attempts} attempts; the batches before it are kept, and the "
+                    f"same command goes on from there. {blockers}",
+                    fix="let the transaction holding those rows finish (or end it), then run the same command again; "
+                        "raise migration.lock_retries to wait longer")
             return StepFailed(
                 f"step {step.id} could not get its {step.op.lock} lock on {step.op.lock_target or 'its objects'} "
                 f"within {self.lock_timeout_ms} ms in {exc.attempts} attempts; nothing was changed by this step. "
