@@ -10,6 +10,7 @@ import pytest
 from psycopg import errors
 
 from _support import cli, cli_json, mapping_problems, write_config
+from pgconverge import __version__
 from pgconverge.config import Spec
 from pgconverge.connection import Target
 from pgconverge.execution import killpoint
@@ -106,6 +107,11 @@ def test_changed_config_is_refused_against_the_ledger(conn, fixture_db, tmp_path
     out = cli("run", "align", "--dsn", fixture_db, "--config", cfg, expect=2)
     assert "align.normalize_function already ran with different SQL" in out
     assert "rollback align" in out
+    flat = " ".join(out.split())  # an upgrade of pgconverge itself changes its SQL too: the message says so
+    assert "or pgconverge itself changed since that run (this is pgconverge" in flat, flat
+    assert "go on with the pgconverge version that ran it" in flat, flat
+    client = conn.execute("select client from pgconverge.runs order by id desc limit 1").fetchone()[0]
+    assert client.endswith(f" pgconverge {__version__}"), client
 
 
 def test_second_runner_gets_a_clear_error(fixture_db):

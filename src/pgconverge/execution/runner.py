@@ -13,6 +13,7 @@ from psycopg import sql
 
 from pgconverge.catalog import baseline
 from pgconverge.catalog.introspect import load_catalog
+from pgconverge import __version__
 from pgconverge.config import Spec
 from pgconverge.connection import Target, connect
 from pgconverge.errors import CatalogError, PgConvergeError
@@ -240,10 +241,12 @@ class Runner:
             if st and st.state == "done" and st.fingerprint and st.fingerprint != step.op.fingerprint():
                 raise PlanMismatch(
                     f"step {step.id} already ran with different SQL than the plan now has "
-                    f"(ledger {st.fingerprint}, plan {step.op.fingerprint()}): the configuration or the schema "
-                    "changed since that run",
-                    fix="restore the pgconverge.toml used for that run (`pgconverge status --json` shows it), or "
-                        f"roll back before {step.phase} with `pgconverge rollback {step.phase}` and run again")
+                    f"(ledger {st.fingerprint}, plan {step.op.fingerprint()}): the configuration, the schema or "
+                    f"pgconverge itself changed since that run (this is pgconverge {__version__}; the ledger's runs "
+                    "name the version of each)",
+                    fix="restore the pgconverge.toml used for that run (`pgconverge status --json` shows it), or go on "
+                        "with the pgconverge version that ran it, or roll back before "
+                        f"{step.phase} with `pgconverge rollback {step.phase}` and run again")
         idx = PHASES.index(phase)
         for earlier in PHASES[:idx]:
             pending = [s.id for s in self.plan.phase(earlier) if states.get(s.id) is None

@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from pgconverge import __version__
 from pgconverge.config import Spec
 from pgconverge.ledger import schema
 
@@ -49,7 +50,7 @@ class Ledger:
                 self.conn.execute(stmt)
 
     def start_run(self, command: str) -> int:
-        client = f"{socket.gethostname()}:{os.getpid()}"
+        client = f"{socket.gethostname()}:{os.getpid()} pgconverge {__version__}"
         row = self.conn.execute(
             sql.SQL("insert into {} (command, client, spec) values (%s, %s, %s) returning id").format(self.t("runs")),
             (command, client, Jsonb(self.spec.as_dict()))).fetchone()
