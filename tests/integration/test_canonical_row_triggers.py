@@ -64,3 +64,27 @@ def test_a_dependent_row_written_by_a_canonical_table_trigger_gets_the_legacy_ow
                                 "where m.customer_id = %s", (cid,)).fetchone() == (1, 1)
     out = cli("verify", *args)
     assert "FAIL" not in out, out
+
+
+def test_plan_names_a_sign_up_trigger_that_makes_canonical_rows(make_db, tmp_path):
+    """Supabase's usual `handle_new_user`: a trigger on auth.users inserting the profile. align makes profiles for
+    customers with none; that person's later sign-up meets the profile align made, so plan says so before align."""
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA + """
+create schema if not exists auth;
+create table auth.users (id uuid primary key default gen_random_uuid(), phone text);
+create function public.handle_new_user() returns trigger language plpgsql security definer set search_path = '' as $$
+begin
+  insert into public.profiles (user_id, whatsapp_e164) values (new.id, new.phone);
+  return new;
+end $$;
+create trigger on_auth_user_created after insert on auth.users for each row execute function public.handle_new_user();
+""")
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, "[migration]\nobservation_window = 0\n"
+                                                              "token_claims = {}\n"))
+    planned = " ".join(cli("plan", *args).split())
+    assert ("listed trigger on_auth_user_created on auth.users: calls public.handle_new_user(), which inserts into "
+            "public.profiles: align makes a public.profiles row for each legacy row that matches none") in planned, \
+        planned[-3000:]
+    assert "INSERT … ON CONFLICT (whatsapp_e164) DO UPDATE" in planned, planned[-3000:]

@@ -88,6 +88,8 @@ class _Reader:
             schemas=frozenset(s for (s,) in self.rows(q.SCHEMAS)),
             helper_callees=tuple(callees), user=user,
             user_roles=frozenset(r for (r,) in self.rows(q.USER_ROLES)),
+            canonical_writers=tuple(tuple(r) for r in self.rows(q.CANONICAL_WRITERS, canonical=canonical.oid,
+                                                                pattern=_inserts_into(spec.canonical.table))),
         )
 
     # -- tables ------------------------------------------------------------------------------
@@ -352,3 +354,10 @@ def _fk(row: tuple) -> ForeignKey:
 def _regex_escape(name: str) -> str:
     # Postgres ARE syntax: escape every character that is not a letter, digit or underscore.
     return re.sub(r"([^A-Za-z0-9_])", r"\\\1", name)
+
+
+def _inserts_into(table: QualifiedName) -> str:
+    """A regular expression (case-insensitive) for `INSERT INTO table` in a function's code, qualified or not."""
+    def name(n: str) -> str:
+        return r'(?:"' + _regex_escape(n.replace('"', '""')) + r'"|' + _regex_escape(n) + ")"
+    return r"\minsert\s+into\s+(?:" + name(table.schema) + r"\s*\.\s*)?" + name(table.name) + r"(?![a-z0-9_$])"

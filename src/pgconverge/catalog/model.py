@@ -218,6 +218,9 @@ class Catalog:
     user: str = ""  # the role pgconverge connects as ("" in catalogs saved before it was recorded)
     # Roles whose privileges `user` has as a member (every role for a superuser): who may ALTER whose tables.
     user_roles: frozenset[str] = frozenset()
+    # Triggers on other tables whose function inserts into the canonical table (a sign-up trigger on auth.users
+    # making a profile): (trigger, its table, the function's signature).
+    canonical_writers: tuple[tuple[str, str, str], ...] = ()
 
     def table(self, name: QualifiedName) -> Table | None:
         for t in (self.legacy, self.canonical, *(d.table for d in self.dependents), *self.tables):

@@ -251,3 +251,15 @@ order by con.conname
 
 # Roles whose privileges the connected role has (a superuser has every role's).
 USER_ROLES = "select rolname from pg_roles where pg_has_role(current_user, oid, 'MEMBER')"
+
+# Triggers on other tables than the canonical one whose function's code inserts into it.
+CANONICAL_WRITERS = """
+select t.tgname, format('%%I.%%I', n.nspname, c.relname), p.oid::regprocedure::text
+from pg_trigger t
+join pg_class c on c.oid = t.tgrelid
+join pg_namespace n on n.oid = c.relnamespace
+join pg_proc p on p.oid = t.tgfoid
+where not t.tgisinternal and t.tgrelid <> %(canonical)s and t.tgenabled <> 'D'
+  and (p.prosrc ~* %(pattern)s or (p.prosrc = '' and pg_get_functiondef(p.oid) ~* %(pattern)s))
+order by 2, 1
+"""

@@ -259,6 +259,7 @@ def findings(spec: Spec, cat: Catalog) -> list[Finding]:
     out += _functions(spec, cat)
     out += _switch_review(spec, cat)
     out += _canonical_triggers(cat)
+    out += _canonical_writers(spec, cat)
     if cat.dependents:
         out.append(_canonical_deletes(cat))
     return out
@@ -293,6 +294,22 @@ def _canonical_triggers(cat: Catalog) -> list[Finding]:
             f"if that must not happen for these rows, disable it for align (ALTER TABLE {cat.canonical.name} DISABLE "
             f"TRIGGER {_q(trg.name)}; ENABLE it after)"))
     return out
+
+
+def _canonical_writers(spec: Spec, cat: Catalog) -> list[Finding]:
+    """The application's own ways of making canonical rows from other tables (a sign-up trigger on auth.users that
+    inserts the profile): they meet the rows align makes for legacy rows with no match."""
+    can = cat.canonical.name
+    numbers = ", ".join(spec.canonical.match_columns)
+    return [Finding(
+        f"trigger {_q(trg)} on {table}", LISTED,
+        f"calls {fn}, which inserts into {can}: align makes a {can} row for each legacy row that matches none (and "
+        f"its trigger does so for every one old code adds until contract), so a row this function inserts later for "
+        f"the same person (a sign-up with that {numbers}) meets it: a unique rule over {numbers} fails that insert, "
+        f"and without one the person gets a second {can} row, with the legacy rows on the first",
+        f"make {fn} take over the {can} row already there for the same {numbers} (INSERT … ON CONFLICT ({numbers}) "
+        f"DO UPDATE, or an UPDATE first) before align, or decide such legacy rows by hand (`pgconverge align "
+        "--decisions FILE`)") for trg, table, fn in cat.canonical_writers]
 
 
 def _switch_review(spec: Spec, cat: Catalog) -> list[Finding]:
