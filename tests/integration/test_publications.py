@@ -70,13 +70,19 @@ def test_a_column_list_naming_the_legacy_column_stops_contract_before_its_first_
     dsn = make_db(template_factory(SMALL))
     args = ("--dsn", dsn, "--config", write_config(tmp_path, NO_WINDOW))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("create publication order_feed for table public.orders (id, customer_id, status)")
+        # a column list and a row filter, both on the legacy column (Postgres 15 and later)
+        # (inserts only: a row filter on a column outside the replica identity refuses every UPDATE otherwise)
+        conn.execute("create publication order_feed for table public.orders (id, customer_id, status) "
+                     "where (customer_id is not null) with (publish = 'insert')")
         for phase in ("align", "expand", "switch"):
             cli("run", phase, *args)
         out = " ".join(cli("run", "contract", *ACCEPT, *args, expect=2).split())
-        assert "publication of table orders in publication order_feed uses public.orders.customer_id" in out, out
+        said = "publication of table orders in publication order_feed uses public.orders.customer_id"
+        assert out.count(said) == 1, out  # once, though the list and the filter each depend on the column
+        assert "ALTER PUBLICATION … SET TABLE" in out, out
         assert conn.execute("select to_regclass('public.customers')").fetchone()[0] is not None  # nothing dropped
-        conn.execute("alter publication order_feed set table public.orders (id, profile_id, status)")
+        conn.execute("alter publication order_feed set table public.orders (id, profile_id, status) "
+                     "where (profile_id is not null)")
         cli("run", "contract", *ACCEPT, *args)
         assert conn.execute("select attnames from pg_publication_tables where pubname = 'order_feed'"
                             ).fetchone()[0] == ["id", "status", "profile_id"]

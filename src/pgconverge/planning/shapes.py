@@ -361,7 +361,8 @@ def _ownership(cat: Catalog) -> list[Finding]:
                 f"table {t.name}", REFUSED,
                 f"owned by {t.owner}; pgconverge connects as {cat.user}, which is neither a superuser nor a member "
                 f"of {t.owner}, so its ALTER TABLE would be refused",
-                f"GRANT {t.owner} TO {cat.user}; (or connect as {t.owner} or a superuser)"))
+                f"as {t.owner} (or a superuser): ALTER TABLE {t.name} OWNER TO {cat.user}; or GRANT {t.owner} TO "
+                f"{cat.user}; or connect as {t.owner}"))
     # The switch's RLS check reads the tables as the application's roles (verify/tokens.act_as): found out there, it
     # would stop the switch after align and expand had run.
     for role in ("anon", "authenticated"):
@@ -861,7 +862,9 @@ def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, 
             "pg_catalog.pg_constraint k where k.oid = d.objid and k.conrelid = to_regclass({t}))) "
             "and not (d.classid = 'pg_catalog.pg_trigger'::regclass and exists (select 1 from pg_catalog.pg_trigger g "
             "where g.oid = d.objid and g.tgname = {sync})) "
-            "and not (d.classid = 'pg_catalog.pg_class'::regclass and d.objid = to_regclass({t}))").format(
+            "and not (d.classid = 'pg_catalog.pg_class'::regclass and d.objid = to_regclass({t})) "
+            # one line per object: a publication's column list and its row filter each depend on the column
+            "group by d.classid, d.objid, d.objsubid").format(
             desc=describe, t=t, c=sql.Literal(col), sync=sql.Literal(expand.Names(spec, d, "", cat).trigger)))
     legacy = sql.Literal(str(cat.legacy.name))
     parts.append(sql.SQL(
@@ -898,4 +901,5 @@ def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, 
                  failure="objects still use what contract drops or archives (nothing was dropped)",
                  fix="drop or re-create each object named so it reads the new column and the canonical table (a view: "
                      "CREATE OR REPLACE VIEW, or DROP VIEW and CREATE VIEW; a trigger: without the legacy column in "
-                     "UPDATE OF and WHEN; a policy: on the canonical helper), then run contract again")
+                     "UPDATE OF and WHEN; a policy: on the canonical helper; a publication's column list or row "
+                     "filter: ALTER PUBLICATION … SET TABLE with the new column), then run contract again")
