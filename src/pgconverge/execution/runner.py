@@ -96,7 +96,8 @@ def describe_holder(conn: psycopg.Connection, spec: Spec, holder: tuple) -> str:
     named = dict(part.split("=", 1) for part in (app or "").split()[1:] if "=" in part)
     os_pid, host = named.get("pid"), named.get("host")
     if run and run[2] and ":" in run[2]:
-        host, os_pid = run[2].rsplit(":", 1)
+        where = run[2].split(" ", 1)[0]  # "host:pid", then (since it is recorded) "pgconverge 0.1.0"
+        host, os_pid = where.rsplit(":", 1)
     if not (app or "").startswith(CONTROL_APP) and run is None:
         return f"a session not started by pgconverge holds the migration lock: {backend}"
     said = ([f"process {os_pid}" + (f" on host {host}" if host else "")] if os_pid else []) + \
