@@ -177,6 +177,22 @@ def test_a_backfill_waiting_for_a_row_says_so_and_names_who_writes(conn, fixture
     assert conn.execute("select count(*) from public.carts where profile_id is null").fetchone()[0] == 0
 
 
+def test_an_index_build_waiting_for_an_open_transaction_names_it(conn, fixture_db, tmp_path):
+    # CREATE INDEX CONCURRENTLY waits for every transaction older than it, whatever table lock it holds: a writer
+    # with only ROW EXCLUSIVE on profiles is the one to name.
+    cfg = write_config(tmp_path, "[migration]\nlock_retries = 2\nlock_timeout_ms = 50\n")
+    writer = psycopg.connect(fixture_db, application_name="app-writer")
+    try:
+        writer.execute("insert into public.profiles (whatsapp_e164) values ('+250788999111')")
+        out = " ".join(cli("run", "align", "--dsn", fixture_db, "--config", cfg, expect=2).split())
+        assert "align.match_index could not get its" in out, out
+        assert f"pid {writer.info.backend_pid} (app-writer" in out, out
+    finally:
+        writer.rollback()
+        writer.close()
+    cli("run", "align", "--dsn", fixture_db, "--config", cfg)
+
+
 def test_rollback_of_align_removes_what_it_created(conn, fixture_db):
     def objects():
         return conn.execute("""select (select count(*) from public.profiles),

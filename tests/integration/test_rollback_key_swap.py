@@ -9,13 +9,14 @@ import threading
 import time
 
 import psycopg
+import pytest
 
 from _small import PAIR_SQL, roles_sql
 from _support import cli, write_config
 
 SCHEMA = roles_sql() + PAIR_SQL + """
 create table public.daily_usage (customer_id bigint not null references public.customers (id), day date not null,
-  n int not null default 0, primary key (customer_id, day));
+  n int not null default 0, {pk} primary key (customer_id, day));
 alter table public.daily_usage enable row level security;
 create policy own on public.daily_usage for all to authenticated
   using (customer_id = public.auth_customer_id()) with check (customer_id = public.auth_customer_id());
@@ -27,10 +28,16 @@ insert into public.daily_usage (customer_id, day) select 1 + i % 20, date '2024-
 """
 
 
-def test_new_code_upserts_keep_working_while_contract_is_rolled_back(make_db, tmp_path):
+# A key name of 60 bytes without the legacy column's stem: its mirror's name is cut at 63 bytes, where a plain cut
+# of the stand-in's name would be the mirror's own.
+LONG_KEY = "usage_by_owner_and_day_kept_for_billing_and_reports_pk_00001"
+
+
+@pytest.mark.parametrize("key", [None, LONG_KEY], ids=["default_key_name", "key_name_of_60_bytes"])
+def test_new_code_upserts_keep_working_while_contract_is_rolled_back(make_db, tmp_path, key):
     dsn = make_db()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
+        conn.execute(SCHEMA.replace("{pk}", f"constraint {key}" if key else ""))
     args = ("--dsn", dsn, "--config", write_config(tmp_path, "[migration]\nobservation_window = 0\n"
                                                               "token_claims = {}\n"))
     for phase in ("align", "expand", "switch"):
@@ -65,6 +72,8 @@ def test_new_code_upserts_keep_working_while_contract_is_rolled_back(make_db, tm
     assert done[0] > 50 and not failures, (done[0], sorted(set(failures)))
     with psycopg.connect(dsn, autocommit=True) as conn:
         indexes = {r[0] for r in conn.execute("select indexname from pg_indexes where tablename = 'daily_usage'")}
-        assert indexes == {"daily_usage_pkey", "daily_usage_pkey_profile"}, indexes
+        legacy_key = key or "daily_usage_pkey"
+        mirror = (f"{key}_profile"[:63]) if key else "daily_usage_pkey_profile"
+        assert indexes == {legacy_key, mirror}, indexes
         assert conn.execute("select conname from pg_constraint where conrelid = 'public.daily_usage'::regclass "
-                            "and contype = 'p'").fetchone()[0] == "daily_usage_pkey"
+                            "and contype = 'p'").fetchone()[0] == legacy_key

@@ -543,3 +543,20 @@ def test_a_text_key_needs_no_cast():
     assert d.uncertain == () and d.mechanism == "claim_setting"
     assert ("CASE WHEN pg_catalog.pg_input_is_valid(NULLIF(pg_catalog.current_setting("
             "'request.jwt.claim.profile_id', TRUE), ''), 'uuid')") in d.canonical_sql
+
+
+@pytest.mark.parametrize("base, printed, dropped", [
+    ("integer", "((customer_id)::integer = public.auth_customer_id())", True),
+    # a domain over varchar compared with a text helper: Postgres casts on through to text
+    ("character varying(20)", "((customer_id)::text = public.auth_customer_id())", True),
+    ("character(8)", "((customer_id)::text = public.auth_customer_id())", True),
+    # a cast the domain does not explain stays a reason for doubt
+    ("integer", "((customer_id)::text = public.auth_customer_id())", False),
+])
+def test_the_cast_postgres_adds_around_a_domain_column_goes_with_it(base, printed, dropped):
+    out = rewrite(policy(using=printed, column_refs=refs(("carts", "customer_id")),
+                         function_refs=("public.auth_customer_id()",)), domains={(P("carts"), "customer_id"): base})
+    if dropped:
+        assert out.automatic and out.new_using == "profile_id = public.auth_profile_id()", out
+    else:
+        assert any("inside a cast to text" in u for u in out.uncertain), out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from pgconverge.config import QualifiedName
@@ -124,8 +125,12 @@ class Function:
 
     @property
     def code(self) -> str:
-        """What the function runs: its source, or for a BEGIN ATOMIC body (source empty) its definition."""
-        return self.source if self.source.strip() else self.definition
+        """What the function runs: its source, or for an SQL-standard body (BEGIN ATOMIC or RETURN, source empty)
+        its definition from that body on (not the header, whose parameter and column names it does not run)."""
+        if self.source.strip():
+            return self.source
+        body = re.search(r"^\s*(?:BEGIN\s+ATOMIC|RETURN)\b", self.definition, re.M | re.I)
+        return self.definition[body.start():] if body else self.definition
 
 
 @dataclass(frozen=True)

@@ -538,8 +538,10 @@ class Runner:
         if isinstance(exc, retry.RetriesExhausted):
             # A step over several tables (the policy rewrite) names each; lock_target joins them for display.
             batched = step.op.executor == "batched"
+            # A concurrent index build waits for every transaction older than it, whatever lock that holds.
+            mode = None if step.op.executor == "index" else str(step.op.lock)
             blockers = describe_blockers(self.control, tuple(getattr(step.op, "tables", ())) or step.op.lock_target,
-                                         str(step.op.lock), rows=batched)
+                                         mode, rows=batched)
             if batched:  # a batch waits for rows an application transaction holds, not for the table
                 return StepFailed(
                     f"step {step.id} could not lock the rows of its next batch on {step.op.lock_target} within "

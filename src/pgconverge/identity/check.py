@@ -247,7 +247,7 @@ def _gather(conn: psycopg.Connection, cols: list[tuple[str, str]], rows: sql.Com
                 _CREATED, sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols), rows))
     except psycopg.errors.DatatypeMismatch:
         return "types"
-    except psycopg.errors.DataError as exc:
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:  # a domain's CHECK or NOT NULL, too
         return str(exc).strip().splitlines()[0]
     conn.execute(sql.SQL("analyze {}").format(_CREATED))
     return None

@@ -439,6 +439,8 @@ declare
   target {ck_type};
   how text;
   note text;
+  outer_key text := pg_catalog.current_setting({aligning_key}, true);  -- an enclosing creation's, given back after
+  outer_legacy text := pg_catalog.current_setting({aligning}, true);
   -- old code writing through the application, not pgconverge's own steps: its write must not fail
   live constant boolean := pg_catalog.current_setting('application_name') not like all (array[{own}]);
 begin
@@ -480,14 +482,15 @@ begin
       perform pg_catalog.set_config({aligning_key}, k, true), pg_catalog.set_config({aligning}, r.{lk}::text, true);
     end if;
     {create}
-    if k is not null then
-      perform pg_catalog.set_config({aligning_key}, '', true), pg_catalog.set_config({aligning}, '', true);
-    end if;
     how := 'created';
     if target is null and k is not null then  -- lost a race with a writer that does not take our lock
       select p.{ck}, 'normalized' into target, how from {canonical} p where {ckey} = k
         order by {order_by} limit 1;
     end if;{bare}
+    if k is not null then
+      perform pg_catalog.set_config({aligning_key}, coalesce(outer_key, ''), true),
+        pg_catalog.set_config({aligning}, coalesce(outer_legacy, ''), true);
+    end if;
     if target is null then
       -- the fix in the message itself: the Supabase CLI, which applies emitted files, prints no HINT
       raise exception using errcode = 'unique_violation', message = pg_catalog.format(

@@ -544,7 +544,8 @@ def _restore_shapes(spec: Spec, cat: Catalog, cats, d, fid: str) -> list[Step]:
             # The mirror's index is built again ahead, under another name, so that a unique index over the new
             # column stays in place while its constraint is swapped for the legacy one: new code's
             # ON CONFLICT (profile_id, …) keeps finding its target. It takes the mirror's name afterwards.
-            standin = QualifiedName(t.schema, f"{k.mirror}_standin"[:63])
+            # cut with a hash where long: a plain cut of a 63-byte mirror name would be the mirror's own name
+            standin = QualifiedName(t.schema, expand._bounded(f"{k.mirror}_standin"))
             out.append(Step(f"{rid}.mirror_key_{i + 1}_standin", "rollback", CreateIndexConcurrently(
                 standin, t, sql.SQL(renamed(text(mirror.statement), standin.name)),
                 why=f"{k.mirror} in place while its constraint goes"), (f"{fid}.key_{i + 1}",), when))

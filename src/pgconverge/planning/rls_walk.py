@@ -11,6 +11,7 @@ from pgconverge.planning.rls_ast import children, deparse, parse_type, replace_c
 from pgconverge.planning.rls_scope import Item, Scopes
 
 _EQUALITY = {"=", "<>", "!="}
+_TEXT_LIKE = {"varchar", "bpchar", "text"}  # parse tree names of character varying, character, text
 _K = enums.A_Expr_Kind
 _S = enums.SubLinkType
 
@@ -199,7 +200,11 @@ class Walker:
         cast = self.path[-1] if self.path else None
         if base is None or not isinstance(cast, ast.TypeCast) or cast.arg is not ref or len(self.path) < 2:
             return False
-        if not same_type(cast.typeName, parse_type(base)):
+        # The cast is to the base type, or on through it to the type of the comparison's other side where the base
+        # converts implicitly (a domain over varchar compared with text is cast to text).
+        base_type = parse_type(base)
+        if not (same_type(cast.typeName, base_type) or (
+                _TEXT_LIKE & {strings(base_type.names)[-1]} and same_type(cast.typeName, parse_type("text")))):
             return False
         holder = self.path[-2]
         for attr, index, child in children(holder):
