@@ -133,19 +133,24 @@ def test_a_correct_hand_rewrite_passes_with_its_coverage(make_db, tmp_path):
     assert "pass rls" in out and "public.addresses: 20 of 20 owners see their rows" in out, out
 
 
-def test_a_table_meant_to_hide_owners_rows_refuses_the_switch_unless_declared(make_db, tmp_path):
-    """A table readable only with an admin claim hides its owners' rows by design. Before any policy is rewritten
-    the switch refuses it as proving nothing, changing nothing; listed in migration.rls_hidden_from_owners it
-    switches, and verify --rls passes naming it as not proven."""
+def _addresses_policy(make_db, tmp_path, policy: str) -> tuple[str, tuple[str, ...], str]:
+    """The schema with addresses under POLICY (instead of the accepted one): its DSN, CLI arguments and config."""
     dsn = make_db()
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute((FIXTURE_SQL / "roles.sql").read_text() + "\n" + (FIXTURE_SQL / "supabase_shim.sql").read_text())
         c.execute(SCHEMA)
-        c.execute("drop policy addresses_exists on public.addresses; "
-                  "create policy addresses_admin on public.addresses for all to authenticated using "
-                  "(customer_id = auth_customer_id() and (auth.jwt() ->> 'app_role') = 'admin')")
+        c.execute(f"drop policy addresses_exists on public.addresses; create policy addresses_own on public.addresses "
+                  f"{policy}")
     plain = CONFIG.replace('accept_policies = ["public.addresses.addresses_exists"]\n', "")
-    args = ("--dsn", dsn, "--config", write_config(tmp_path, plain))
+    return dsn, ("--dsn", dsn, "--config", write_config(tmp_path, plain)), plain
+
+
+def test_a_table_meant_to_hide_owners_rows_refuses_the_switch_unless_declared(make_db, tmp_path):
+    """A table readable only with an admin claim hides its owners' rows by design. Before any policy is rewritten
+    the switch refuses it as proving nothing, changing nothing; listed in migration.rls_hidden_from_owners it
+    switches, and verify --rls passes naming it as not proven."""
+    dsn, args, plain = _addresses_policy(make_db, tmp_path, "for all to authenticated using "
+                                         "(customer_id = auth_customer_id() and (auth.jwt() ->> 'app_role') = 'admin')")
     cli("run", "align", *args)
     cli("run", "expand", *args)
     out = " ".join(cli("run", "switch", *args, expect=2).split())
@@ -180,17 +185,9 @@ def test_a_hand_rewrite_that_still_needs_the_legacy_claim_to_insert_fails_verify
 
 def test_a_table_its_owners_may_only_insert_into_is_compared_on_what_they_may_write(make_db, tmp_path):
     """An insert-only table (a log the application writes, no one reads through the API): owners see none of their
-    rows before or after, but what they may insert is compared, so it needs no declaration, and a rewrite that
-    stops new code's inserts there fails the switch's check."""
-    dsn = make_db()
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute((FIXTURE_SQL / "roles.sql").read_text() + "\n" + (FIXTURE_SQL / "supabase_shim.sql").read_text())
-        c.execute(SCHEMA)
-        c.execute("drop policy addresses_exists on public.addresses; "
-                  "create policy addresses_log on public.addresses for insert to authenticated "
-                  "with check (customer_id = auth_customer_id())")
-    plain = CONFIG.replace('accept_policies = ["public.addresses.addresses_exists"]\n', "")
-    args = ("--dsn", dsn, "--config", write_config(tmp_path, plain))
+    rows before or after, but what they may insert is compared, so it needs no declaration."""
+    dsn, args, _ = _addresses_policy(make_db, tmp_path, "for insert to authenticated "
+                                     "with check (customer_id = auth_customer_id())")
     for phase in ("align", "expand", "switch"):
         cli("run", phase, *args)
     out = " ".join(cli("verify", "--rls", *args).split())
