@@ -192,4 +192,15 @@ def test_a_table_its_owners_may_only_insert_into_is_compared_on_what_they_may_wr
         cli("run", phase, *args)
     out = " ".join(cli("verify", "--rls", *args).split())
     assert "pass rls" in out and "public.addresses: none of its" in out, out
-    assert "may write them: compared on what they may write" in out, out
+    assert "may insert their own where another identity may not: checked on who may write them" in out, out
+
+
+def test_a_table_anyone_may_insert_into_for_anyone_proves_nothing_on_writes(make_db, tmp_path):
+    """An insert check that lets every identity insert every owner's rows tells no owner apart: the write probes
+    prove nothing there, and the table is refused as any other table whose owners see none of their rows."""
+    dsn, args, _ = _addresses_policy(make_db, tmp_path, "for insert to authenticated "
+                                     "with check (customer_id = auth_customer_id() or customer_id is not null)")
+    cli("run", "align", *args)
+    cli("run", "expand", *args)
+    out = " ".join(cli("run", "switch", *args, expect=2).split())
+    assert "proves nothing about public.addresses" in out and "no policy was rewritten" in out, out

@@ -747,7 +747,7 @@ def table_coverage(cap: Capture, identities: list[Identity]) -> dict[str, dict]:
     neither counts nor fails, as in coverage()."""
     seen_rows = rows_by_table(cap)
     out: dict[str, dict] = {}
-    tables = list(dict.fromkeys([*seen_rows, *cap.owned, *(t for ts in cap.seen.values() for t in ts)]))
+    tables = list(dict.fromkeys([*cap.owned, *(t for ts in cap.seen.values() for t in ts)]))
     for table in tables:
         owners = seeing = 0
         mine_by = cap.owned.get(table, {})
@@ -763,12 +763,24 @@ def table_coverage(cap: Capture, identities: list[Identity]) -> dict[str, dict]:
             mine = set(mine)
             if any(mine.intersection(v) for v in views):
                 seeing += 1
-        # Owners whose write probe of a row of their own there was allowed (a table they may only insert into)
-        writing = sum(1 for ident_ in identities if any(
-            cap.writes.get(f"{ident_.canonical}|{ident_.canonical}|{table}|{kind}") == "allowed" for kind in "LC"))
+        # Owners who may insert a row of their own there while another identity may not (a table they may only
+        # insert into): the policy tells them apart on writes, where it shows them nothing to read.
+        writing = sum(1 for ident_ in identities if _writes_own_only(cap, ident_.canonical, table))
         out[table] = {"owners": owners, "owners_seeing_own": seeing, "rows_seen": seen_rows.get(table, 0),
                       "owners_writing_own": writing}
     return out
+
+
+def _writes_own_only(cap: Capture, owner: str, table: str) -> bool:
+    """Whether OWNER's write probe of its own row of TABLE was allowed, and another writer's of the same row
+    refused (keys of Capture.writes: writer|owner|table|token)."""
+    own = other = False
+    for key, outcome in cap.writes.items():
+        writer, whose, where, _ = key.split("|")
+        if whose == owner and where == table:
+            own |= writer == owner and outcome == "allowed"
+            other |= writer != owner and outcome == "refused"
+    return own and other
 
 
 def hidden_from_owners(spec: Spec, by_table: dict[str, dict], token: str = "any") -> tuple[list[str], list[str]]:
@@ -782,7 +794,8 @@ def hidden_from_owners(spec: Spec, by_table: dict[str, dict], token: str = "any"
             continue
         if c.get("owners_writing_own"):
             notes.append(f"{table}: none of its {c['owners']} sampled owners sees its own rows, and "
-                         f"{c['owners_writing_own']} may write them: compared on what they may write")
+                         f"{c['owners_writing_own']} may insert their own where another identity may not: checked on "
+                         "who may write them")
             continue
         if table in exempt:
             notes.append(f"{table}: none of its {c['owners']} sampled owners sees its own rows, as "
