@@ -77,3 +77,37 @@ def test_new_code_upserts_keep_working_while_contract_is_rolled_back(make_db, tm
         assert indexes == {legacy_key, mirror}, indexes
         assert conn.execute("select conname from pg_constraint where conrelid = 'public.daily_usage'::regclass "
                             "and contype = 'p'").fetchone()[0] == legacy_key
+
+
+def test_a_rollback_stopped_before_the_key_swap_leaves_the_key_done_and_resumes(make_db, tmp_path):
+    """Stopped after the stand-in index is built and before the keys are swapped, the ledger still shows contract's
+    key as done (it is: the mirror's constraint is in place), and the same command goes on from there."""
+    from pgconverge.execution import killpoint
+
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA.replace("{pk}", ""))
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, "[migration]\nobservation_window = 0\n"
+                                                              "token_claims = {}\n"))
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, *args)
+    cli("run", "contract", *args, "--yes", "--accept-code-references")
+    killpoint.fail_at("rollback.contract.daily_usage.legacy_key_1:before")
+    try:
+        cli("rollback", "contract", *args, "--yes", expect=2)
+    finally:
+        killpoint.fail_at(None)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        state = conn.execute("select event from pgconverge.events where step = 'contract.daily_usage.key_1' "
+                             "and event in ('done', 'reverted') order by id desc limit 1").fetchone()[0]
+        assert state == "done"
+        assert conn.execute("select conname from pg_constraint where conrelid = 'public.daily_usage'::regclass "
+                            "and contype = 'p'").fetchone()[0] == "daily_usage_pkey_profile"
+        assert conn.execute("select to_regclass('public.daily_usage_pkey_profile_standin') is not null").fetchone()[0]
+    cli("rollback", "contract", *args, "--yes")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        indexes = {r[0] for r in conn.execute("select indexname from pg_indexes where tablename = 'daily_usage'")}
+        assert indexes == {"daily_usage_pkey", "daily_usage_pkey_profile"}, indexes
+        state = conn.execute("select event from pgconverge.events where step = 'contract.daily_usage.key_1' "
+                             "and event in ('done', 'reverted') order by id desc limit 1").fetchone()[0]
+        assert state == "reverted"

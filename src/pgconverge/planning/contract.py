@@ -546,16 +546,17 @@ def _restore_shapes(spec: Spec, cat: Catalog, cats, d, fid: str) -> list[Step]:
             # ON CONFLICT (profile_id, …) keeps finding its target. It takes the mirror's name afterwards.
             # cut with a hash where long: a plain cut of a 63-byte mirror name would be the mirror's own name
             standin = QualifiedName(t.schema, expand._bounded(f"{k.mirror}_standin"))
+            # It undoes nothing itself (the mirror's key stays until the swap): it runs where that key was made.
             out.append(Step(f"{rid}.mirror_key_{i + 1}_standin", "rollback", CreateIndexConcurrently(
                 standin, t, sql.SQL(renamed(text(mirror.statement), standin.name)),
-                why=f"{k.mirror} in place while its constraint goes"), (f"{fid}.key_{i + 1}",), when))
+                why=f"{k.mirror} in place while its constraint goes"), (), (f"{fid}.key_{i + 1}",)))
         out.append(Step(f"{rid}.legacy_key_{i + 1}", "rollback", Unless(Together((
             DropConstraint(t, k.mirror),
             AddKeyUsingIndex(t, c.name, c.kind, idx.name.name, deferrable, deferred, why="as before contract")),
             "the key is never missing between the two"), exists(c.name), f"{c.name} is still there"), (), when))
         if not d.partitioned:
             out.append(Step(f"{rid}.mirror_key_{i + 1}_name", "rollback", TakeIndexName(
-                standin, QualifiedName(t.schema, mirror.name.name), t), (f"{fid}.key_{i + 1}",), when))
+                standin, QualifiedName(t.schema, mirror.name.name), t), (), (f"{fid}.key_{i + 1}",)))
         out.append(Step(f"{rid}.mirror_key_{i + 1}_index", "rollback", mirror,
                         (f"{fid}.key_{i + 1}",), when))
     return out
