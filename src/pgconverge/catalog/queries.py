@@ -120,6 +120,11 @@ join pg_attribute ra on ra.attrelid = rc.oid and ra.attnum = d.refobjsubid
 where r.ev_class = any(%(oids)s) and d.refobjsubid > 0 and rc.oid <> r.ev_class
 """
 
+# A function p whose code matches %(pattern)s: its source, or for an SQL-standard body (BEGIN ATOMIC or RETURN,
+# Postgres 14 and later), which leaves prosrc empty, its definition (Function.code then narrows it to the body).
+_CODE_MATCHES = """(p.prosrc ~* %(pattern)s
+       or (p.prosrc = '' and p.prokind in ('f', 'p') and pg_get_functiondef(p.oid) ~* %(pattern)s))"""
+
 # User functions (not part of an extension) that are a named helper or whose source matches a pattern.
 FUNCTIONS = """
 select p.oid, n.nspname, p.proname, p.oid::regprocedure::text, pg_get_function_identity_arguments(p.oid),
@@ -134,9 +139,7 @@ where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not li
   and not exists (select 1 from pg_depend e where e.classid = 'pg_proc'::regclass and e.objid = p.oid
                   and e.deptype = 'e')
   and ((n.nspname, p.proname) in (select * from unnest(%(helper_schemas)s::text[], %(helper_names)s::text[]))
-       or p.prosrc ~* %(pattern)s
-       -- a BEGIN ATOMIC body (Postgres 14 and later) leaves prosrc empty: its statements are in the definition
-       or (p.prosrc = '' and l.lanname = 'sql' and p.prokind in ('f', 'p') and pg_get_functiondef(p.oid) ~* %(pattern)s))
+       or """ + _CODE_MATCHES + """)
 order by n.nspname, p.proname, p.oid
 """
 
@@ -260,6 +263,6 @@ join pg_class c on c.oid = t.tgrelid
 join pg_namespace n on n.oid = c.relnamespace
 join pg_proc p on p.oid = t.tgfoid
 where not t.tgisinternal and t.tgrelid <> %(canonical)s and t.tgenabled <> 'D'
-  and (p.prosrc ~* %(pattern)s or (p.prosrc = '' and pg_get_functiondef(p.oid) ~* %(pattern)s))
+  and """ + _CODE_MATCHES + """
 order by 2, 1
 """

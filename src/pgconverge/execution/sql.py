@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from psycopg import sql
 
 from pgconverge.config import QualifiedName
@@ -10,6 +12,14 @@ from pgconverge.config import QualifiedName
 def qn(name: QualifiedName) -> sql.Identifier:
     """Quote a schema-qualified name."""
     return sql.Identifier(name.schema, name.name)
+
+
+def bounded(name: str) -> str:
+    """NAME as a Postgres identifier: cut to 63 bytes with a hash of the whole, so two long names cut alike stay two
+    (and a name that grew past 63 bytes never cuts back to the one it grew from)."""
+    if len(name.encode()) <= 63:
+        return name
+    return name.encode()[:54].decode(errors="ignore") + "_" + hashlib.md5(name.encode()).hexdigest()[:8]
 
 
 def ident(name: str) -> sql.Identifier:

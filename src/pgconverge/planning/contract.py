@@ -10,7 +10,7 @@ from psycopg import sql
 
 from pgconverge.catalog.model import Catalog, Function
 from pgconverge.config import QualifiedName, Spec
-from pgconverge.execution.sql import ident, qn, text
+from pgconverge.execution.sql import bounded, ident, qn, text
 from pgconverge.operations.archive import ArchiveTable
 from pgconverge.operations.base import Lock, Operation, Step
 from pgconverge.operations.check import Check
@@ -545,7 +545,7 @@ def _restore_shapes(spec: Spec, cat: Catalog, cats, d, fid: str) -> list[Step]:
             # column stays in place while its constraint is swapped for the legacy one: new code's
             # ON CONFLICT (profile_id, …) keeps finding its target. It takes the mirror's name afterwards.
             # cut with a hash where long: a plain cut of a 63-byte mirror name would be the mirror's own name
-            standin = QualifiedName(t.schema, expand._bounded(f"{k.mirror}_standin"))
+            standin = QualifiedName(t.schema, bounded(f"{k.mirror}_standin"))
             # It undoes nothing itself (the mirror's key stays until the swap): it runs where that key was made.
             out.append(Step(f"{rid}.mirror_key_{i + 1}_standin", "rollback", CreateIndexConcurrently(
                 standin, t, sql.SQL(renamed(text(mirror.statement), standin.name)),

@@ -17,7 +17,7 @@ from psycopg import sql
 from pgconverge.catalog.model import Catalog, Dependent, Index, Table
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.errors import CatalogError
-from pgconverge.execution.sql import body, ident, qn, text
+from pgconverge.execution.sql import body, bounded, ident, qn, text
 from pgconverge.operations.base import Operation, Step
 from pgconverge.operations.batched import Batched, max_key
 from pgconverge.operations.check import Check
@@ -72,7 +72,7 @@ class Names:
         self.sync_fn = QualifiedName(private, f"sync_{t.schema}_{t.name}{own}"[:63])
         self.late_fn = QualifiedName(private, f"backfill_{t.schema}_{t.name}{own}"[:63])
         # Counts the rows old code writes with the legacy column alone (see old_writes_sequence)
-        self.old_writes = QualifiedName(private, _bounded(f"old_writes_{t.schema}_{t.name}{own}"))
+        self.old_writes = QualifiedName(private, bounded(f"old_writes_{t.schema}_{t.name}{own}"))
         self.fk = f"{t.name}_{new}_fkey"[:63]
         self.not_null_check = f"{t.name}_{new}_not_null"[:63]
         self.plain_index = QualifiedName(t.schema, f"idx_{t.name}_{new}"[:63])
@@ -535,15 +535,6 @@ def old_writes_sequence(n: Names, d: Dependent) -> Operation:
 
 def drop_old_writes_sequence(n: Names) -> Operation:
     return RunSql(sql.SQL("drop sequence if exists {}").format(qn(n.old_writes)), f"drop sequence {n.old_writes}")
-
-
-def _bounded(name: str) -> str:
-    """NAME as a Postgres identifier: cut to 63 bytes with a hash of the whole, so two long names cut alike stay two."""
-    if len(name.encode()) <= 63:
-        return name
-    import hashlib
-
-    return name.encode()[:54].decode(errors="ignore") + "_" + hashlib.md5(name.encode()).hexdigest()[:8]
 
 
 def _count_old_write(n: Names) -> sql.Composable:
