@@ -43,6 +43,18 @@ def write_config(tmp_path: Path, text: str) -> str:
     return str(p)
 
 
+# A config for small hand-made schemas: contract may follow at once, and test tokens carry only the identity claim.
+PLAIN_CONFIG = "[migration]\nobservation_window = 0\ntoken_claims = {}\n"
+
+
+def schema_db(make_db, tmp_path: Path, schema: str, config: str = PLAIN_CONFIG) -> tuple[str, tuple[str, ...]]:
+    """A new database holding SCHEMA, and the CLI's --dsn/--config arguments for it with CONFIG."""
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(schema)
+    return dsn, ("--dsn", dsn, "--config", write_config(tmp_path, config))
+
+
 def mapping_problems(conn: psycopg.Connection) -> list[str]:
     """Every way the mapping differs from the fixture's ground truth (empty = correct)."""
     rows = conn.execute("""

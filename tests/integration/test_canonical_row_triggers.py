@@ -11,7 +11,7 @@ import json
 import psycopg
 
 from _small import PAIR_SQL, roles_sql
-from _support import cli, write_config
+from _support import cli, schema_db
 
 SCHEMA = roles_sql() + PAIR_SQL + """
 create table public.carts (id bigserial primary key, customer_id bigint not null unique references public.customers (id),
@@ -44,11 +44,7 @@ def _old_code_signs_up(dsn: str, number: str) -> tuple[int, list]:
 
 
 def test_a_dependent_row_written_by_a_canonical_table_trigger_gets_the_legacy_owner(make_db, tmp_path):
-    dsn = make_db()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    args = ("--dsn", dsn, "--config", write_config(tmp_path, "[migration]\nobservation_window = 0\n"
-                                                              "token_claims = {}\n"))
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA)
     cli("run", "align", *args)
     cli("run", "expand", *args)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -69,9 +65,7 @@ def test_a_dependent_row_written_by_a_canonical_table_trigger_gets_the_legacy_ow
 def test_plan_names_a_sign_up_trigger_that_makes_canonical_rows(make_db, tmp_path):
     """Supabase's usual `handle_new_user`: a trigger on auth.users inserting the profile. align makes profiles for
     customers with none; that person's later sign-up meets the profile align made, so plan says so before align."""
-    dsn = make_db()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA + """
+    _, args = schema_db(make_db, tmp_path, SCHEMA + """
 create schema if not exists auth;
 create table auth.users (id uuid primary key default gen_random_uuid(), phone text);
 create function public.handle_new_user() returns trigger language plpgsql security definer set search_path = '' as $$
@@ -81,8 +75,6 @@ begin
 end $$;
 create trigger on_auth_user_created after insert on auth.users for each row execute function public.handle_new_user();
 """)
-    args = ("--dsn", dsn, "--config", write_config(tmp_path, "[migration]\nobservation_window = 0\n"
-                                                              "token_claims = {}\n"))
     planned = " ".join(cli("plan", *args).split())
     assert ("listed trigger on_auth_user_created on auth.users: calls public.handle_new_user(), which inserts into "
             "public.profiles: align makes a public.profiles row for each legacy row that matches none") in planned, \

@@ -9,7 +9,7 @@ import json
 import psycopg
 
 from _small import roles_sql
-from _support import cli, cli_json, write_config
+from _support import cli, cli_json, schema_db
 
 SCHEMA = roles_sql() + """
 create domain public.customer_ref as integer check (value > 0);
@@ -49,12 +49,9 @@ def _sees(dsn: str, claims: dict) -> int:
 
 
 def test_a_domain_typed_legacy_key_is_switched_and_rolled_back(make_db, tmp_path):
-    dsn = make_db()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    config = write_config(tmp_path, "[migration]\nobservation_window = 0\ntoken_claims = {}\n")
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA)
     for phase in ("align", "expand", "switch"):
-        cli("run", phase, "--dsn", dsn, "--config", config)
+        cli("run", phase, *args)
     with psycopg.connect(dsn, autocommit=True) as conn:
         using = dict(conn.execute("select polname, pg_get_expr(polqual, polrelid) from pg_policy"))
         profile = str(conn.execute("select profile_id from pgconverge.legacy_customer_profile "
@@ -63,11 +60,11 @@ def test_a_domain_typed_legacy_key_is_switched_and_rolled_back(make_db, tmp_path
     assert "customer_id" not in using["orders_own"] and "customer_id" not in using["notes_own"], using
     # Customer 3 has 3 orders and their 3 notes: the old token and the new one see the same 6 rows.
     assert _sees(dsn, {"customer_id": "3"}) == _sees(dsn, {"profile_id": profile}) == 6
-    result = cli_json("verify", "--rls", "--json", "--dsn", dsn, "--config", config, "--sample", "0")
+    result = cli_json("verify", "--rls", "--json", *args, "--sample", "0")
     assert result["passed"], result
-    cli("run", "contract", "--dsn", dsn, "--config", config, "--yes", "--accept-code-references")
+    cli("run", "contract", *args, "--yes", "--accept-code-references")
     assert _sees(dsn, {"profile_id": profile}) == 6
-    cli("rollback", "align", "--dsn", dsn, "--config", config, "--yes")
+    cli("rollback", "align", *args, "--yes")
     with psycopg.connect(dsn, autocommit=True) as conn:
         using = dict(conn.execute("select polname, pg_get_expr(polqual, polrelid) from pg_policy"))
         assert conn.execute("select format_type(atttypid, atttypmod) from pg_attribute where attrelid = "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 
 from _small import PAIR_SQL, roles_sql
-from _support import cli, write_config
+from _support import cli, schema_db
 
 SCHEMA = roles_sql() + PAIR_SQL + """
 create table public.orders (id bigserial primary key, customer_id bigint not null references public.customers (id));
@@ -27,11 +27,7 @@ insert into public.orders (customer_id) select 1 + i % 10 from generate_series(1
 
 
 def test_a_begin_atomic_function_is_listed_and_stops_contract(make_db, tmp_path):
-    dsn = make_db()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    args = ("--dsn", dsn, "--config", write_config(tmp_path, "[migration]\nobservation_window = 0\n"
-                                                              "token_claims = {}\n"))
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA)
     planned = " ".join(cli("plan", *args).split())
     assert "listed function public.my_order_count(): mentions auth_customer_id, customer_id" in planned, planned[-2000:]
     assert "listed function public.order_count_quoted(): mentions customer_id" in planned, planned[-2000:]

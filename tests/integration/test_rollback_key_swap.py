@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from _small import PAIR_SQL, roles_sql
-from _support import cli, write_config
+from _support import cli, schema_db
 
 SCHEMA = roles_sql() + PAIR_SQL + """
 create table public.daily_usage (customer_id bigint not null references public.customers (id), day date not null,
@@ -35,11 +35,7 @@ LONG_KEY = "usage_by_owner_and_day_kept_for_billing_and_reports_pk_00001"
 
 @pytest.mark.parametrize("key", [None, LONG_KEY], ids=["default_key_name", "key_name_of_60_bytes"])
 def test_new_code_upserts_keep_working_while_contract_is_rolled_back(make_db, tmp_path, key):
-    dsn = make_db()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA.replace("{pk}", f"constraint {key}" if key else ""))
-    args = ("--dsn", dsn, "--config", write_config(tmp_path, "[migration]\nobservation_window = 0\n"
-                                                              "token_claims = {}\n"))
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA.replace("{pk}", f"constraint {key}" if key else ""))
     for phase in ("align", "expand", "switch"):
         cli("run", phase, *args)
     cli("run", "contract", *args, "--yes", "--accept-code-references")
@@ -84,11 +80,7 @@ def test_a_rollback_stopped_before_the_key_swap_leaves_the_key_done_and_resumes(
     key as done (it is: the mirror's constraint is in place), and the same command goes on from there."""
     from pgconverge.execution import killpoint
 
-    dsn = make_db()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA.replace("{pk}", ""))
-    args = ("--dsn", dsn, "--config", write_config(tmp_path, "[migration]\nobservation_window = 0\n"
-                                                              "token_claims = {}\n"))
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA.replace("{pk}", ""))
     for phase in ("align", "expand", "switch"):
         cli("run", phase, *args)
     cli("run", "contract", *args, "--yes", "--accept-code-references")
