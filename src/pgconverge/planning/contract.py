@@ -540,23 +540,22 @@ def _restore_shapes(spec: Spec, cat: Catalog, cats, d, fid: str) -> list[Step]:
         out.append(Step(f"{rid}.legacy_key_{i + 1}_index", "rollback", CreateIndexConcurrently(
             idx.name, t, sql.SQL(recreate(idx)), why=f"the index of {c.name}"), (), when))
         mirror = mirror_ops[idx.name.name]
-        if not d.partitioned:
-            # The mirror's index is built again ahead, under another name, so that a unique index over the new
-            # column stays in place while its constraint is swapped for the legacy one: new code's
-            # ON CONFLICT (profile_id, …) keeps finding its target. It takes the mirror's name afterwards.
-            # cut with a hash where long: a plain cut of a 63-byte mirror name would be the mirror's own name
-            standin = QualifiedName(t.schema, bounded(f"{k.mirror}_standin"))
-            # It undoes nothing itself (the mirror's key stays until the swap): it runs where that key was made.
-            out.append(Step(f"{rid}.mirror_key_{i + 1}_standin", "rollback", CreateIndexConcurrently(
-                standin, t, sql.SQL(renamed(text(mirror.statement), standin.name)),
-                why=f"{k.mirror} in place while its constraint goes"), (), (f"{fid}.key_{i + 1}",)))
+        # The mirror's index is built again ahead, under another name, so that a unique index over the new column
+        # stays in place while its constraint is swapped for the legacy one: new code's ON CONFLICT (profile_id, …)
+        # keeps finding its target. It takes the mirror's name afterwards. (A partitioned table's keys containing the
+        # legacy column are refused by plan: Postgres has no ADD … USING INDEX there.) The name is cut with a hash
+        # where long: a plain cut of a 63-byte mirror name would be the mirror's own name.
+        standin = QualifiedName(t.schema, bounded(f"{k.mirror}_standin"))
+        # It undoes nothing itself (the mirror's key stays until the swap): it runs where that key was made.
+        out.append(Step(f"{rid}.mirror_key_{i + 1}_standin", "rollback", CreateIndexConcurrently(
+            standin, t, sql.SQL(renamed(text(mirror.statement), standin.name)),
+            why=f"{k.mirror} in place while its constraint goes"), (), (f"{fid}.key_{i + 1}",)))
         out.append(Step(f"{rid}.legacy_key_{i + 1}", "rollback", Unless(Together((
             DropConstraint(t, k.mirror),
             AddKeyUsingIndex(t, c.name, c.kind, idx.name.name, deferrable, deferred, why="as before contract")),
             "the key is never missing between the two"), exists(c.name), f"{c.name} is still there"), (), when))
-        if not d.partitioned:
-            out.append(Step(f"{rid}.mirror_key_{i + 1}_name", "rollback", TakeIndexName(
-                standin, QualifiedName(t.schema, mirror.name.name), t), (), (f"{fid}.key_{i + 1}",)))
+        out.append(Step(f"{rid}.mirror_key_{i + 1}_name", "rollback", TakeIndexName(
+            standin, QualifiedName(t.schema, mirror.name.name), t), (), (f"{fid}.key_{i + 1}",)))
         out.append(Step(f"{rid}.mirror_key_{i + 1}_index", "rollback", mirror,
                         (f"{fid}.key_{i + 1}",), when))
     return out

@@ -170,12 +170,6 @@ def refusals(spec: Spec, cat: Catalog) -> list[tuple[str, str, str]]:
         if col in d.partition_columns or re.search(rf"\b{re.escape(col)}\b", d.partition_key):
             out.append((f"table {d.table.name}", f"is partitioned by {d.partition_key}, which contains the legacy "
                         f"column {col}: contract could not drop it", "re-partition the table by another key first"))
-        for c in getattr(d.table, "constraints", ()):
-            if c.kind in ("primary key", "unique") and col in c.columns:
-                out.append((f"{c.kind} {c.name} on the partitioned table {d.table.name}", f"contains {col}: contract "
-                            "would make the mirror index on the new column the key, and Postgres has no ADD … USING "
-                            "INDEX on a partitioned table", f"take {col} out of the key (and the partition key) first, "
-                            "or migrate this table by hand"))
         for p in d.partitions:
             for idx in p.table.indexes:
                 if idx.primary or idx.name.name in dict(p.index_parents) or not contains_column(idx, col):
