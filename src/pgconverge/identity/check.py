@@ -160,9 +160,12 @@ def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: 
     checks, uniques, fks, unchecked = _rules(can, filled, nulls, set(copies))
     not_null = [c for c in copies if can.column(c) is not None and can.column(c).not_null]
     converted = [cc for cc, lc in copies.items() if leg.column(lc).type != can.column(cc).type]
-    if not (checks or uniques or fks or not_null or converted):
+    from pgconverge.planning.align import created_values, unfilled
+
+    # NOT NULL columns nothing fills but, plan let them through, an application trigger may: tried below.
+    trial = [c for c in unfilled(spec, can) if c in nulls]
+    if not (checks or uniques or fks or not_null or converted or trial):
         return [], unchecked, None
-    from pgconverge.planning.align import created_values
 
     # As align writes them: match values as its function computes them, copied values by INSERT's assignment.
     cols, vals = [(_ID, "text")], [sql.SQL("l.{}::text").format(sql.Identifier(spec.legacy.key))]
@@ -201,7 +204,55 @@ def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: 
                                              unchecked):
         more = " …" if len(found) > EXAMPLES else ""
         out.append(f"{what}: {leg.name} row(s) {', '.join(found[:EXAMPLES])}{more}")
+    if trial and not out:
+        if not count:  # none to create now: a row as one old code writes next would get, made from a legacy row's
+            conn.execute(sql.SQL("""insert into {c} select {vals} from (
+  select x.k, x.l from (select {key} as k, l from {t} l) x where x.k is not null limit 1) x,
+  lateral (select (x.l).*) l""").format(c=_CREATED, vals=sql.SQL(", ").join(vals), key=key, t=table))
+        out += _tried(conn, spec, cat, [c for c, _ in cols if c != _ID and c not in nulls], trial, made=bool(count))
     return out, unchecked, count
+
+
+TRIED = 100  # created rows written, and rolled back, to see what the application's insert triggers fill
+
+
+def _tried(conn: psycopg.Connection, spec: Spec, cat: Catalog, given: list[str], trial: list[str],
+           made: bool) -> list[str]:
+    """Write the first TRIED rows of _CREATED into the canonical table, giving the columns GIVEN, in a savepoint
+    that is rolled back: whether the application's BEFORE INSERT triggers fill the NOT NULL columns TRIAL, which
+    have no default. MADE: the rows are ones align would create (any refusal counts), else one row made from a
+    legacy row that has its match (only NOT NULL can be read from it). Its effects go with the savepoint."""
+    from pgconverge.planning.align import UNFILLED_FIX
+    from pgconverge.planning.shapes import insert_fillers
+
+    can = cat.canonical.name
+    triggers = ", ".join(insert_fillers(spec, cat.canonical))
+    cols = sql.SQL(", ").join(map(sql.Identifier, given))
+    unfilled = f"{can} has NOT NULL column(s) {', '.join(trial)} with no default"
+    if not conn.execute(sql.SQL("select exists (select 1 from {})").format(_CREATED)).fetchone()[0]:
+        return [f"{unfilled}; trigger(s) {triggers} may fill them, but with no legacy row to make one from, a "
+                f"created row could not be tried ({UNFILLED_FIX})"]
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute(sql.SQL("insert into {t} ({c}) select {c} from {x} order by {i} limit {n}").format(
+                t=qn(can), c=cols, x=_CREATED, i=sql.Identifier(_ID), n=sql.Literal(TRIED)))
+    except psycopg.errors.NotNullViolation as exc:
+        column = exc.diag.column_name
+        if column in trial:
+            return [f"{unfilled}, and trigger(s) {triggers} left {column} NULL in a created row written as a "
+                    f"trial and rolled back ({UNFILLED_FIX})"]
+        return [f"a created row, written as a trial and rolled back, was refused: {str(exc).strip().splitlines()[0]}"
+                ] if made else []
+    except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
+        # NOT NULL is checked before these (after the BEFORE triggers): it held.
+        return [f"a created row, written as a trial and rolled back, was refused: {str(exc).strip().splitlines()[0]}"
+                ] if made else []
+    except psycopg.Error as exc:  # raised by a trigger: align would meet it; on a made-up row it tells nothing
+        first = str(exc).strip().splitlines()[0]
+        return [f"a created row, written as a trial and rolled back, was refused: {first}" if made else
+                f"{unfilled}; trigger(s) {triggers} may fill them, but a trial row made from a legacy row was "
+                f"refused ({first}), so pgconverge cannot tell ({UNFILLED_FIX})"]
+    return []
 
 
 _CREATED = sql.Identifier("pg_temp", "pgconverge_created")  # the rows a check gathers, named like their table's columns

@@ -278,16 +278,27 @@ def _canonical_key_source(spec: Spec, can: Table, leg: Table | None = None) -> s
              "yourself and record them with `pgconverge align --decisions FILE`"))
 
 
-def _check_creatable(spec: Spec, can: Table) -> None:
+def unfilled(spec: Spec, can: Table) -> list[str]:
+    """The canonical table's NOT NULL columns that nothing pgconverge writes or defaults fills in a created row."""
     filled = {spec.canonical.key, *spec.canonical.match_columns, *(c for _, c in spec.canonical.copy_columns)}
-    missing = [c.name for c in can.columns
-               if c.not_null and c.default is None and not c.generated and not c.identity and c.name not in filled]
-    if missing:
+    return [c.name for c in can.columns
+            if c.not_null and c.default is None and not c.generated and not c.identity and c.name not in filled]
+
+
+UNFILLED_FIX = ("add a default to those columns, or copy a legacy column into them with "
+                "canonical.copy_columns = { legacy_column = \"canonical_column\" }")
+
+
+def _check_creatable(spec: Spec, can: Table) -> None:
+    from pgconverge.planning.shapes import insert_fillers
+
+    missing = unfilled(spec, can)
+    # A BEFORE INSERT trigger of the application's may fill them (a generated handle, say): the data check
+    # (identity/check.py created_refusals) then writes a created row and rolls it back, and refuses if one stays NULL.
+    if missing and not insert_fillers(spec, can):
         raise CatalogError(
             f"{can.name} has NOT NULL column(s) {', '.join(missing)} with no default: pgconverge cannot fill them "
-            "when it creates a canonical row",
-            fix="add a default to those columns, or copy a legacy column into them with "
-                "canonical.copy_columns = { legacy_column = \"canonical_column\" }")
+            "when it creates a canonical row", fix=UNFILLED_FIX)
 
 
 def effective_unmatched(spec: Spec, cat: Catalog) -> str:

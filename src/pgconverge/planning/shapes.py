@@ -587,6 +587,19 @@ def before_row_triggers_after(spec: Spec, cat: Catalog, d, sync: str) -> list[st
     return out
 
 
+def insert_fillers(spec: Spec, t: Table) -> list[str]:
+    """The application's enabled BEFORE INSERT row triggers on T (pgconverge's own left out): each may fill a
+    column of a row pgconverge writes there that has no default (an unparseable definition counts)."""
+    out = []
+    for trg in t.triggers:
+        if trg.enabled == "D" or trg.function.schema == spec.migration.private_schema:
+            continue
+        stmt = _trigger_stmt(trg)
+        if stmt is None or (stmt.timing & 2 and stmt.row and stmt.events & 4):
+            out.append(trg.name)
+    return out
+
+
 def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str,
               triggers: tuple | None = None) -> list[Finding]:
     """T's triggers (or TRIGGERS of it: a partition's own) against the sync triggers and the legacy columns."""
