@@ -204,3 +204,22 @@ def test_a_table_anyone_may_insert_into_for_anyone_proves_nothing_on_writes(make
     cli("run", "expand", *args)
     out = " ".join(cli("run", "switch", *args, expect=2).split())
     assert "proves nothing about public.addresses" in out and "no policy was rewritten" in out, out
+
+
+def test_a_declared_hidden_table_does_not_count_against_the_switchs_overall_coverage(make_db, tmp_path):
+    """Fifteen of the twenty sampled identities own rows only in the declared admin-only table: they cannot see
+    them by design, so they count neither as owners nor as blind in the overall share (before, 5 of 20 saw their own
+    rows, 25%, and the switch refused as proving nothing)."""
+    dsn, args, plain = _addresses_policy(make_db, tmp_path, "for all to authenticated using "
+                                         "(customer_id = auth_customer_id() and (auth.jwt() ->> 'app_role') = 'admin')")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("delete from public.order_lines; delete from public.orders")
+        c.execute("insert into public.orders (customer_id) select 1 + (i % 5) from generate_series(1, 20) i")
+    args = ("--dsn", dsn, "--config", write_config(
+        tmp_path, plain + 'rls_hidden_from_owners = ["public.addresses"]\n'))
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, *args)
+    with psycopg.connect(dsn) as c:
+        covered = c.execute("select data -> 'coverage' from pgconverge.snapshots where name = 'rls_equivalence' "
+                            "order by id desc limit 1").fetchone()[0]
+    assert covered["owning"] == covered["seeing_own"] == 5, covered

@@ -713,7 +713,8 @@ _CLAIM_READ = re.compile(r"->>?\s*'([^']+)'|request\.jwt\.claim\.([A-Za-z0-9_]+)
 def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before: Capture,
              contracted: bool = False) -> dict:
     """Of the sampled identities that own rows of a dependent table, how many saw one of them with an old token
-    (CONTRACTED: with a canonical token, owning by the new columns, the legacy ones being gone)."""
+    (CONTRACTED: with a canonical token, owning by the new columns, the legacy ones being gone). A table listed in
+    migration.rls_hidden_from_owners is left out: its owners are not meant to see their rows there."""
     from pgconverge.planning.references import new_column
 
     def keys(i: Identity) -> list[str]:
@@ -723,7 +724,10 @@ def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before:
     key_type = cat.canonical.column(spec.canonical.key).type if contracted else cat.legacy.column(spec.legacy.key).type
     ids = [k for i in identities for k in keys(i)]
     owning, seeing = set(), set()
+    hidden = set(spec.migration.rls_hidden_from_owners)
     for d in cat.dependents:
+        if str(d.table.name) in hidden:
+            continue
         column = new_column(spec, cat, d) if contracted else d.fk.columns[0]
         owned = {r[0] for r in conn.execute(sql.SQL(
             "select distinct {c}::text from {t} where {c} = any(%s::{ty}[])").format(
