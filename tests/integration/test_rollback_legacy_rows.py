@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from _support import cli, write_config
 from _zoo import snapshot
@@ -40,13 +41,14 @@ insert into public.orders (customer_id) select 1 + (i % 10) from generate_series
 """
 
 
-def _switched(make_db, tmp_path, wa_id: str, phases=("align", "expand", "switch")) -> tuple[str, str, int]:
-    """The schema migrated through PHASES, with a profile that has no number (no legacy row) and an order new code
-    wrote for it after the switch: (dsn, config, the profile's id)."""
+def _switched(make_db, tmp_path, wa_id: str, phases=("align", "expand", "switch"), extra: str = ""
+              ) -> tuple[str, str, int]:
+    """The schema (and EXTRA) migrated through PHASES, with a profile that has no number (no legacy row) and an order
+    new code wrote for it after the switch: (dsn, config, the profile's id)."""
     dsn = make_db()
     cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\ntoken_claims = {}\n")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(_schema(wa_id))
+        conn.execute(_schema(wa_id) + extra)
     for ph in phases[:3]:
         cli("run", ph, "--dsn", dsn, "--config", cfg)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -114,3 +116,37 @@ def test_rollback_makes_the_legacy_row_where_the_legacy_table_takes_it(make_db, 
     dsn, cfg, newcomer = _switched(make_db, tmp_path, "", ("align", "expand", "switch", "contract"))
     cli("rollback", "expand", "--yes", "--dsn", dsn, "--config", cfg)
     _legacy_row_made(dsn, None)
+
+
+# customers.slug is NOT NULL with no default: the application's insert trigger fills it (when CONDITION holds).
+SLUG = """
+alter table public.customers add column slug text;
+update public.customers set slug = 'c' || id;
+alter table public.customers alter column slug set not null;
+create function public.fill_slug() returns trigger language plpgsql as $$
+begin
+  if {condition} then new.slug := coalesce(new.slug, 'c-' || coalesce(new.display_name, '?')); end if;
+  return new;
+end $$;
+create trigger customers_slug before insert on public.customers for each row execute function public.fill_slug();
+"""
+
+
+@pytest.mark.parametrize("phases", [("align", "expand", "switch"), ("align", "expand", "switch", "contract")],
+                         ids=["switched", "contracted"])
+def test_a_not_null_legacy_column_the_insert_trigger_fills_does_not_stop_the_rollback(make_db, tmp_path, phases):
+    dsn, cfg, newcomer = _switched(make_db, tmp_path, "", phases, SLUG.format(condition="true"))
+    cli("rollback", "expand", "--yes", "--dsn", dsn, "--config", cfg)
+    _legacy_row_made(dsn, None)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("select slug from public.customers where id > 10").fetchall() == [("c-signed up by e-mail",)]
+
+
+def test_a_not_null_legacy_column_the_insert_trigger_leaves_null_refuses_the_rollback(make_db, tmp_path):
+    dsn, cfg, newcomer = _switched(make_db, tmp_path, "", extra=SLUG.format(condition="new.wa_id is not null"))
+    before = snapshot(dsn)
+    out = " ".join(cli("rollback", "expand", "--yes", "--dsn", dsn, "--config", cfg, expect=2).split())
+    assert "the rollback would stop half way (nothing was changed)" in out, out
+    assert "trigger(s) customers_slug left slug NULL in a row written as a trial and rolled back" in out, out
+    assert f"public.profiles row(s) {newcomer}" in out, out
+    assert snapshot(dsn) == before

@@ -209,50 +209,52 @@ def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: 
             conn.execute(sql.SQL("""insert into {c} select {vals} from (
   select x.k, x.l from (select {key} as k, l from {t} l) x where x.k is not null limit 1) x,
   lateral (select (x.l).*) l""").format(c=_CREATED, vals=sql.SQL(", ").join(vals), key=key, t=table))
-        out += _tried(conn, spec, cat, [c for c, _ in cols if c != _ID and c not in nulls], trial, made=bool(count))
+        from pgconverge.planning.align import UNFILLED_FIX
+        from pgconverge.planning.shapes import insert_fillers
+
+        out += _tried(conn, qn(can.name), str(can.name), insert_fillers(can, spec.migration.private_schema),
+                      [c for c, _ in cols if c != _ID and c not in nulls], trial, bool(count), UNFILLED_FIX)
     return out, unchecked, count
 
 
-TRIED = 100  # created rows written, and rolled back, to see what the application's insert triggers fill
+TRIED = 100  # rows written, and rolled back, to see what the application's insert triggers fill
 
 
-def _tried(conn: psycopg.Connection, spec: Spec, cat: Catalog, given: list[str], trial: list[str],
-           made: bool) -> list[str]:
-    """Write the first TRIED rows of _CREATED into the canonical table, giving the columns GIVEN, in a savepoint
-    that is rolled back: whether the application's BEFORE INSERT triggers fill the NOT NULL columns TRIAL, which
-    have no default. MADE: the rows are ones align would create (any refusal counts), else one row made from a
-    legacy row that has its match (only NOT NULL can be read from it). Its effects go with the savepoint."""
-    from pgconverge.planning.align import UNFILLED_FIX
-    from pgconverge.planning.shapes import insert_fillers
-
-    can = cat.canonical.name
-    triggers = ", ".join(insert_fillers(spec, cat.canonical))
+def _tried(conn: psycopg.Connection, at: sql.Composable, label: str, triggers: list[str], given: list[str],
+           trial: list[str], made: bool, fix: str, flags: dict[str, str] | None = None) -> list[str]:
+    """Write the first TRIED rows of _CREATED into the table AT (named LABEL), giving the columns GIVEN, in a
+    savepoint that is rolled back: whether the application's BEFORE INSERT TRIGGERS fill the NOT NULL columns
+    TRIAL, which have no default. MADE: the rows are ones pgconverge would write (any refusal counts), else one made
+    up from another row (only NOT NULL can be read from it). FLAGS: settings for the savepoint (pgconverge's own
+    triggers there stand aside for a row pgconverge itself writes). Every effect goes with the savepoint."""
     cols = sql.SQL(", ").join(map(sql.Identifier, given))
-    unfilled = f"{can} has NOT NULL column(s) {', '.join(trial)} with no default"
+    names = ", ".join(triggers)
+    unfilled = f"{label} has NOT NULL column(s) {', '.join(trial)} with no default"
     if not conn.execute(sql.SQL("select exists (select 1 from {})").format(_CREATED)).fetchone()[0]:
-        return [f"{unfilled}; trigger(s) {triggers} may fill them, but with no legacy row to make one from, a "
-                f"created row could not be tried ({UNFILLED_FIX})"]
+        return [f"{unfilled}; trigger(s) {names} may fill them, but with no row to make one from, a written row "
+                f"could not be tried ({fix})"]
     try:
         with conn.transaction(force_rollback=True):
+            for name, value in (flags or {}).items():
+                conn.execute("select pg_catalog.set_config(%s, %s, true)", (name, value))
             conn.execute(sql.SQL("insert into {t} ({c}) select {c} from {x} order by {i} limit {n}").format(
-                t=qn(can), c=cols, x=_CREATED, i=sql.Identifier(_ID), n=sql.Literal(TRIED)))
+                t=at, c=cols, x=_CREATED, i=sql.Identifier(_ID), n=sql.Literal(TRIED)))
     except psycopg.errors.NotNullViolation as exc:
-        column = exc.diag.column_name
-        if column in trial:
-            return [f"{unfilled}, and trigger(s) {triggers} left {column} NULL in a created row written as a "
-                    f"trial and rolled back ({UNFILLED_FIX})"]
-        return [f"a created row, written as a trial and rolled back, was refused: {str(exc).strip().splitlines()[0]}"
-                ] if made else []
+        if exc.diag.column_name in trial:
+            return [f"{unfilled}, and trigger(s) {names} left {exc.diag.column_name} NULL in a row written as a "
+                    f"trial and rolled back ({fix})"]
+        refused = exc
     except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
-        # NOT NULL is checked before these (after the BEFORE triggers): it held.
-        return [f"a created row, written as a trial and rolled back, was refused: {str(exc).strip().splitlines()[0]}"
-                ] if made else []
-    except psycopg.Error as exc:  # raised by a trigger: align would meet it; on a made-up row it tells nothing
-        first = str(exc).strip().splitlines()[0]
-        return [f"a created row, written as a trial and rolled back, was refused: {first}" if made else
-                f"{unfilled}; trigger(s) {triggers} may fill them, but a trial row made from a legacy row was "
-                f"refused ({first}), so pgconverge cannot tell ({UNFILLED_FIX})"]
-    return []
+        refused = exc  # NOT NULL is checked before these (after the BEFORE triggers): it held
+    except psycopg.Error as exc:  # raised by a trigger: pgconverge would meet it; on a made-up row it tells nothing
+        if not made:
+            return [f"{unfilled}; trigger(s) {names} may fill them, but a trial row made up from another row was "
+                    f"refused ({str(exc).strip().splitlines()[0]}), so pgconverge cannot tell ({fix})"]
+        refused = exc
+    else:
+        return []
+    return [f"a {label} row, written as a trial and rolled back, was refused: "
+            f"{str(refused).strip().splitlines()[0]}"] if made else []
 
 
 _CREATED = sql.Identifier("pg_temp", "pgconverge_created")  # the rows a check gathers, named like their table's columns
@@ -360,6 +362,8 @@ def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedNa
     The rows are gathered, as the function writes them, into a temporary table typed like the legacy columns, in a
     transaction that is rolled back: nothing changes."""
     from pgconverge.catalog.introspect import load_table
+    from pgconverge.planning.align import REVERSE_FLAG
+    from pgconverge.planning.shapes import insert_fillers
 
     first = made[0]
     with conn.transaction(force_rollback=True):
@@ -414,10 +418,14 @@ def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedNa
                 f"a value does not fit its {legacy} column ({failed}), among the rows for")
             refused = [(why, [r[0] for r in rows], rows[0][1], sql.SQL("true"))]
         else:
-            wrong = []
+            wrong, trial = [], []
+            fillers = insert_fillers(target, first.mapping.schema)
             for c in sorted(filled | nulls):
                 col = target.column(c)
                 if col is None or not col.not_null:
+                    continue
+                if c not in source and fillers:  # the application's insert trigger may fill it: tried below
+                    trial.append(c)
                     continue
                 what = (f"{legacy}.{c} is NOT NULL, and {canonical}.{source[c]}, which it is made from, is NULL"
                         if c in source else f"{legacy}.{c} is NOT NULL and has no default, and the rollback gives it "
@@ -425,6 +433,14 @@ def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedNa
                 wrong.append((sql.SQL("x.{} is null").format(sql.Identifier(c)), what))
             refused = _refused(conn, qn(legacy_at), str(legacy), wrong, checks, uniques, fks, unchecked,
                                made="legacy rows made", limit=REVERSE_EXAMPLES)
+            if trial and not refused:  # pgconverge's own trigger there stands aside, as for legacy_for_canonical's
+                tried = _tried(conn, qn(legacy_at), str(legacy), fillers, [lc for lc, _, _ in first.values], trial,
+                               True, f"give {legacy}.{', '.join(trial)} a default, or make the trigger fill it",
+                               flags={REVERSE_FLAG: "on"})
+                if tried:
+                    rows = conn.execute(sql.SQL("select x.{i}, count(*) over () from {c} x order by 1 limit {n}").format(
+                        i=sql.Identifier(_ID), c=_CREATED, n=sql.Literal(REVERSE_EXAMPLES + 1))).fetchall()
+                    refused = [(tried[0] + ", among the rows for", [r[0] for r in rows], rows[0][1], sql.SQL("true"))]
         if not refused:
             return None
         bad = sql.SQL(" or ").join(cond for *_, cond in refused)

@@ -295,7 +295,7 @@ def _check_creatable(spec: Spec, can: Table) -> None:
     missing = unfilled(spec, can)
     # A BEFORE INSERT trigger of the application's may fill them (a generated handle, say): the data check
     # (identity/check.py created_refusals) then writes a created row and rolls it back, and refuses if one stays NULL.
-    if missing and not insert_fillers(spec, can):
+    if missing and not insert_fillers(can, spec.migration.private_schema):
         raise CatalogError(
             f"{can.name} has NOT NULL column(s) {', '.join(missing)} with no default: pgconverge cannot fill them "
             "when it creates a canonical row", fix=UNFILLED_FIX)

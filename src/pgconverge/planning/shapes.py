@@ -587,12 +587,13 @@ def before_row_triggers_after(spec: Spec, cat: Catalog, d, sync: str) -> list[st
     return out
 
 
-def insert_fillers(spec: Spec, t: Table) -> list[str]:
-    """The application's enabled BEFORE INSERT row triggers on T (pgconverge's own left out): each may fill a
-    column of a row pgconverge writes there that has no default (an unparseable definition counts)."""
+def insert_fillers(t: Table, private_schema: str) -> list[str]:
+    """The application's enabled BEFORE INSERT row triggers on T (pgconverge's own, with their functions in
+    PRIVATE_SCHEMA, left out): each may fill a column of a row pgconverge writes there that has no default (an
+    unparseable definition counts)."""
     out = []
     for trg in t.triggers:
-        if trg.enabled == "D" or trg.function.schema == spec.migration.private_schema:
+        if trg.enabled == "D" or trg.function.schema == private_schema:
             continue
         stmt = _trigger_stmt(trg)
         if stmt is None or (stmt.timing & 2 and stmt.row and stmt.events & 4):
