@@ -163,7 +163,7 @@ def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: 
     from pgconverge.planning.align import created_values, unfilled
 
     # NOT NULL columns nothing fills but, plan let them through, an application trigger may: tried below.
-    trial = [c for c in unfilled(spec, can) if c in nulls]
+    trial = [c for c in unfilled(spec, can) if c not in filled]
     if not (checks or uniques or fks or not_null or converted or trial):
         return [], unchecked, None
 

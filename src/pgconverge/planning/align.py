@@ -262,6 +262,8 @@ def _canonical_key_source(spec: Spec, can: Table, leg: Table | None = None) -> s
         return None
     if col.type == "uuid" and not fks:
         return sql.SQL("gen_random_uuid()")
+    if not fks and col.default is None and not col.identity and _insert_fillers(spec, can):
+        return None  # an application trigger may make it ('cus_' || a random id, say): the data check tries it
     why = f"references {fks[0].ref_table}({', '.join(fks[0].ref_columns)})" if fks else f"is of type {col.type}"
     has = "has a default but" if col.default is not None or col.identity else "has no default and"
     # A legacy column pointing where the key points (customers.user_id → auth.users) can give created rows their key.
@@ -279,10 +281,19 @@ def _canonical_key_source(spec: Spec, can: Table, leg: Table | None = None) -> s
 
 
 def unfilled(spec: Spec, can: Table) -> list[str]:
-    """The canonical table's NOT NULL columns that nothing pgconverge writes or defaults fills in a created row."""
-    filled = {spec.canonical.key, *spec.canonical.match_columns, *(c for _, c in spec.canonical.copy_columns)}
+    """The canonical table's NOT NULL columns that nothing pgconverge writes or defaults fills in a created row (the
+    key among them where only an application trigger can make it)."""
+    filled = {*spec.canonical.match_columns, *(c for _, c in spec.canonical.copy_columns)}
+    if can.column(spec.canonical.key).type == "uuid":
+        filled.add(spec.canonical.key)  # gen_random_uuid() where it has no default
     return [c.name for c in can.columns
             if c.not_null and c.default is None and not c.generated and not c.identity and c.name not in filled]
+
+
+def _insert_fillers(spec: Spec, can: Table) -> list[str]:
+    from pgconverge.planning.shapes import insert_fillers
+
+    return insert_fillers(can, spec.migration.private_schema)
 
 
 UNFILLED_FIX = ("add a default to those columns, or copy a legacy column into them with "
@@ -290,12 +301,10 @@ UNFILLED_FIX = ("add a default to those columns, or copy a legacy column into th
 
 
 def _check_creatable(spec: Spec, can: Table) -> None:
-    from pgconverge.planning.shapes import insert_fillers
-
     missing = unfilled(spec, can)
     # A BEFORE INSERT trigger of the application's may fill them (a generated handle, say): the data check
     # (identity/check.py created_refusals) then writes a created row and rolls it back, and refuses if one stays NULL.
-    if missing and not insert_fillers(can, spec.migration.private_schema):
+    if missing and not _insert_fillers(spec, can):
         raise CatalogError(
             f"{can.name} has NOT NULL column(s) {', '.join(missing)} with no default: pgconverge cannot fill them "
             "when it creates a canonical row", fix=UNFILLED_FIX)
