@@ -43,6 +43,7 @@ def names(spec: Spec) -> dict[str, QualifiedName]:
         "created_keys": QualifiedName(s, "created_match_keys"),
         "align_row": QualifiedName(s, "align_legacy_row"),
         "legacy_trigger_fn": QualifiedName(s, "legacy_after_write"),
+        "legacy_key_fn": QualifiedName(s, "legacy_key_moved"),
         "legacy_for": QualifiedName(s, "legacy_for_canonical"),
         "mapping": spec.mapping_table,
         "match_index": QualifiedName(spec.canonical.table.schema,
@@ -99,6 +100,13 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         ("legacy_trigger", CreateTrigger("pgconverge_align", leg.name, sql.SQL("after insert or update of {} ").format(
             sql.SQL(", ").join(map(ident, spec.legacy.match_columns))), n["legacy_trigger_fn"],
             why="keeps the mapping complete while old code writes")),
+        ("legacy_key_function", CreateFunction(n["legacy_key_fn"], "", _legacy_key_function(spec),
+                                               why="a legacy row's mapping follows a change of its key")),
+        ("legacy_key_trigger", CreateTrigger(
+            KEY_TRIGGER, leg.name, sql.SQL("before update of {} ").format(ident(spec.legacy.key)), n["legacy_key_fn"],
+            why="the application may change a legacy key (ON UPDATE CASCADE carries it to the dependents): the "
+                "person keeps the canonical row it has",
+            when=sql.SQL("old.{k} is distinct from new.{k}").format(k=ident(spec.legacy.key)))),
         ("match", Batched(leg.name, spec.legacy.key, lk.type, batch_size=spec.migration.batch_size,
                           what=f"map every {leg.name} row to a {can.name} row",
                           upper_bound=max_key(leg.name, spec.legacy.key), parts=match_batch(spec, cat))),
@@ -698,6 +706,36 @@ end""").format(f=qn(n["align_row"]), pending=qn(n["pending"]), lk=ident(spec.leg
         "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(n["legacy_trigger_fn"]), body=body(code))
 
 
+KEY_TRIGGER = "pgconverge_align_key"
+
+
+def _legacy_key_function(spec: Spec) -> sql.Composable:
+    """A legacy row whose key the application changes keeps its mapping under the new key (and its wait in the
+    pending table): BEFORE the row changes, so the dependents' sync triggers, which ON UPDATE CASCADE fires after it,
+    find the person's canonical row under the new key instead of deciding the row again as a new one (a second
+    canonical row). A mapping left under the new key by a legacy row deleted since gives way."""
+    n = names(spec)
+    code = sql.SQL("""
+begin
+  delete from {mapping} m where m.{ml} = new.{lk};
+  update {mapping} m set {ml} = new.{lk} where m.{ml} = old.{lk};
+  delete from {pending} p where p.legacy_id = new.{lk}::text;
+  update {pending} p set legacy_id = new.{lk}::text where p.legacy_id = old.{lk}::text;
+  return new;
+exception when others then  -- never fail the application's write: the row is decided again, and said why
+  insert into {pending} as p (legacy_id, reason, sqlstate) values (new.{lk}::text, pg_catalog.format(
+    'its key changed from %s and its mapping could not follow: %s', old.{lk}, sqlerrm), sqlstate)
+    on conflict (legacy_id) do update set reason = excluded.reason, sqlstate = excluded.sqlstate,
+    at = clock_timestamp();
+  return new;
+end""").format(mapping=qn(n["mapping"]), ml=ident(spec.mapping_legacy_column), lk=ident(spec.legacy.key),
+               pending=qn(n["pending"]))
+    return sql.SQL(
+        "create or replace function {f}() returns trigger language plpgsql security definer "
+        "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(
+            f=qn(n["legacy_key_fn"]), body=body(code))
+
+
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
     """Undo align: stop mapping new rows, delete the canonical rows align created (if unused), drop the rest.
 
@@ -720,10 +758,12 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         # Then stop mapping: no legacy row written from here on gets a canonical row we would miss.
         ("drop_legacy_trigger", DropTrigger("pgconverge_align", leg.name), ("align.legacy_trigger",
                                                                              "align.coverage_gate")),
+        ("drop_legacy_key_trigger", DropTrigger(KEY_TRIGGER, leg.name), ("align.legacy_key_trigger",)),
         ("delete_created", delete_created(can.name, spec.canonical.key, n["mapping"], spec.mapping_legacy_column,
                                           lk.type, spec.migration.new_column, spec.migration.batch_size),
          ("align.match",)),
         ("drop_legacy_trigger_function", DropFunction(n["legacy_trigger_fn"], ""), ("align.legacy_trigger_function",)),
+        ("drop_legacy_key_function", DropFunction(n["legacy_key_fn"], ""), ("align.legacy_key_function",)),
         ("drop_align_function", DropFunction(n["align_row"], str(leg.name)), ("align.align_function",)),
         ("drop_legacy_for_function", DropFunction(n["legacy_for"], can.column(spec.canonical.key).type),
          ("align.legacy_for_function",)),

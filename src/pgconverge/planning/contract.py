@@ -293,6 +293,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                 d.table.name, m.mirror, m.constraint.kind, m.mirror, deferrable, deferred,
                 why=f"in place of {m.constraint.name}, which went with {legacy_col}"))
     add("drop_legacy_trigger", DropTrigger("pgconverge_align", cat.legacy.name))
+    add("drop_legacy_key_trigger", DropTrigger(align.KEY_TRIGGER, cat.legacy.name))
     switch_cat = cats.for_phase("switch") if cats is not None else cat
     helper = switch._helper(spec, switch_cat)
     readers = switch.mapping_owners(spec, switch_cat, helper)  # the switch let them read the mapping
@@ -390,6 +391,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             prefix="rollback.")]
         add("canonical_helper", fwd[done[0]].op.reverse(), done)
     add("legacy_trigger", al["align.legacy_trigger"].op, (f"{PHASE}.drop_legacy_trigger",))
+    add("legacy_key_trigger", al["align.legacy_key_trigger"].op, (f"{PHASE}.drop_legacy_key_trigger",))
     # Indexes after every reference's column is back: one may hold the legacy columns of two.
     later: list[Step] = []
     for d, n in expand.names_of(spec, cat):
