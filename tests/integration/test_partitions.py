@@ -124,6 +124,9 @@ alter table public.events_2024 add constraint events_2024_customer_fkey foreign 
   references public.customers (id);
 create table public.notes (id bigint, customer_id bigint references public.customers (id));
 create table public.notes_archive () inherits (public.notes);
+create table public.events_log (id bigint, customer_id bigint, at date);  -- a parent with no key of its own
+create table public.order_events (kind text) inherits (public.events_log);
+alter table public.order_events add foreign key (customer_id) references public.customers (id);
 create index orders_old_local on public.orders_old (customer_id, total);
 create function public.touch_leaf() returns trigger language plpgsql as $f$ begin return new; end $f$;
 create trigger " leaf first" before insert on public.orders_old for each row execute function public.touch_leaf();
@@ -160,6 +163,8 @@ def test_partition_shapes_refused_at_plan(make_db, tmp_path):
                 "references public.transfers.buyer_id and public.transfers.seller_id: would all get the new column "
                 "'seller_profile_id'", "migration.new_columns entry 'public.nope.customer_id'",
                 "referrer_of_the_buyer_in_the_marketplace_loyalty_program_profile_id' would be longer than 63 bytes",
+                "table public.order_events: inherits customer_id from public.events_log (INHERITS): contract could "
+                "not drop an inherited column",
                 "fix:"):
             assert needle in out, f"{needle!r} not in: {out}"
         # A partitioned table's key containing the legacy column: contract could not put the mirror in its place

@@ -209,9 +209,10 @@ class _Reader:
         from dataclasses import replace
 
         oid = dep.table.oid
-        _, parent, child_ns, child_names = self.rows(q.PARTITION_FLAGS, oids=[oid])[0]
+        _, parent, child_ns, child_names, inherited, parents = self.rows(q.PARTITION_FLAGS, oids=[oid])[0]
         dep = replace(dep, partition_of=QualifiedName(*parent) if parent else None,
-                      inherited_by=tuple(QualifiedName(a, b) for a, b in zip(child_ns, child_names)))
+                      inherited_by=tuple(QualifiedName(a, b) for a, b in zip(child_ns, child_names)),
+                      inherited_columns=tuple(inherited), inherits_from=parents or "")
         keys = self.rows(q.PARTITION_KEYS, oids=[oid])
         if not keys:
             return dep

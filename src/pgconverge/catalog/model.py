@@ -184,6 +184,9 @@ class Dependent:
     # to), and a parent of old-style inheritance children (INHERITS).
     partition_of: QualifiedName | None = None
     inherited_by: tuple[QualifiedName, ...] = ()
+    # An inheritance child (INHERITS): the columns it has from its parents, and those parents ("s.t, …").
+    inherited_columns: tuple[str, ...] = ()
+    inherits_from: str = ""
 
     @property
     def partitioned(self) -> bool:

@@ -212,7 +212,13 @@ select c.oid,
              order by cn.nspname, cc.relname),
        array(select cc.relname::text from pg_inherits h join pg_class cc on cc.oid = h.inhrelid
              join pg_namespace cn on cn.oid = cc.relnamespace where h.inhparent = c.oid and c.relkind = 'r'
-             order by cn.nspname, cc.relname)
+             order by cn.nspname, cc.relname),
+       -- an inheritance child's columns it has from its parents (INHERITS, not a partition)
+       array(select a.attname::text from pg_attribute a where a.attrelid = c.oid and a.attnum > 0
+             and not a.attisdropped and a.attinhcount > 0 and not c.relispartition order by a.attnum),
+       (select string_agg(format('%%I.%%I', pn.nspname, pc.relname), ', ' order by pn.nspname, pc.relname)
+        from pg_inherits h join pg_class pc on pc.oid = h.inhparent join pg_namespace pn on pn.oid = pc.relnamespace
+        where h.inhrelid = c.oid and not c.relispartition)
 from pg_class c where c.oid = any(%(oids)s)
 """
 

@@ -162,6 +162,12 @@ def refusals(spec: Spec, cat: Catalog) -> list[tuple[str, str, str]]:
                         "rows read through it live in tables its triggers and constraints do not cover",
                         "convert it to declarative partitioning (pgconverge migrates partitioned tables), or "
                         "migrate these tables by hand"))
+        if col in d.inherited_columns:
+            out.append((f"table {d.table.name}", f"inherits {col} from {d.inherits_from} (INHERITS): contract could "
+                        "not drop an inherited column, and rows read through the parent are not the child's own",
+                        f"make {col} the child's own (ALTER TABLE {d.table.name} NO INHERIT …) or convert the "
+                        "tables to declarative partitioning (pgconverge migrates partitioned tables), or migrate "
+                        "these tables by hand"))
         if not d.partitioned:
             continue
         if cat.server_version and cat.server_version < 130000:
