@@ -50,6 +50,10 @@ class ForeignKey:
     deferrable: bool
     definition: str
 
+    @property
+    def match_full(self) -> bool:
+        return " MATCH FULL" in self.definition
+
 
 @dataclass(frozen=True)
 class Constraint:

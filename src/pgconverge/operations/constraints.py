@@ -42,6 +42,7 @@ class AddForeignKeyNotValid(_ConstraintOp):
     # As the foreign key it mirrors: a deferrable one is checked at commit (or when SET CONSTRAINTS says).
     deferrable: bool = False
     initially_deferred: bool = False
+    match_full: bool = False  # as declared (MATCH FULL), so a rollback gives back the same definition
 
     @property
     def description(self) -> str:
@@ -55,8 +56,9 @@ class AddForeignKeyNotValid(_ConstraintOp):
         return Lock.SHARE_ROW_EXCLUSIVE  # on both tables; writes wait only for the catalog change
 
     def statements(self) -> list[sql.Composable]:
-        return [sql.SQL("alter table {t} add constraint {n} foreign key ({c}) references {rt} ({rc}) "
+        return [sql.SQL("alter table {t} add constraint {n} foreign key ({c}) references {rt} ({rc}){m} "
                         "on delete {od} on update {ou}{df} not valid").format(
+            m=sql.SQL(" match full" if self.match_full else ""),
             t=qn(self.table), n=ident(self.name), c=ident(self.column), rt=qn(self.ref_table),
             rc=ident(self.ref_column), od=sql.SQL(self.on_delete), ou=sql.SQL(self.on_update),
             df=sql.SQL(_deferral(self.deferrable, self.initially_deferred).lower()))]

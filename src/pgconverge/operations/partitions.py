@@ -150,6 +150,7 @@ class AddForeignKey(Operation):
     partitions: tuple[QualifiedName, ...] = ()  # the leaves that already carry it, validated
     deferrable: bool = False  # as the partitions' (Postgres attaches only an identical key)
     initially_deferred: bool = False
+    match_full: bool = False
 
     @property
     def description(self) -> str:
@@ -170,9 +171,9 @@ class AddForeignKey(Operation):
         return Cost.INSTANT
 
     def statements(self) -> list[sql.Composable]:
-        return [sql.SQL("alter table {t} add constraint {n} foreign key ({c}) references {rt} ({rc}) "
+        return [sql.SQL("alter table {t} add constraint {n} foreign key ({c}) references {rt} ({rc}){m} "
                         "on delete {od} on update {ou}{df}").format(
-            t=qn(self.table), n=ident(self.name), c=ident(self.column), rt=qn(self.ref_table),
+            m=sql.SQL(" match full" if self.match_full else ""), t=qn(self.table), n=ident(self.name), c=ident(self.column), rt=qn(self.ref_table),
             rc=ident(self.ref_column), od=sql.SQL(self.on_delete), ou=sql.SQL(self.on_update),
             df=sql.SQL((" deferrable initially deferred" if self.initially_deferred else " deferrable")
                        if self.deferrable else ""))]

@@ -427,19 +427,20 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                 steps.append(Step(f"rollback.{fid}.legacy_foreign_key.{ps[leaf.table.name]}", "rollback",
                                   AddForeignKeyNotValid(leaf.table.name, name, legacy_col, fk.ref_table,
                                                         fk.ref_columns[0], fk.on_delete, fk.on_update,
-                                                        *shapes.fk_deferral(d)),
+                                                        *shapes.fk_deferral(d), match_full=fk.match_full),
                                   (), (f"{fid}.drop_legacy_foreign_key",)))
                 steps.append(Step(f"rollback.{fid}.validate_legacy_foreign_key.{ps[leaf.table.name]}", "rollback",
                                   ValidateConstraint(leaf.table.name, name), (), (f"{fid}.drop_legacy_foreign_key",)))
             steps.append(Step(f"rollback.{fid}.legacy_foreign_key", "rollback", AddForeignKey(
                 d.table.name, fk.name, legacy_col, fk.ref_table, fk.ref_columns[0], fk.on_delete, fk.on_update,
-                tuple(leaf.table.name for leaf in leaves), *shapes.fk_deferral(d)), (),
+                tuple(leaf.table.name for leaf in leaves), *shapes.fk_deferral(d), match_full=fk.match_full), (),
                 (f"{fid}.drop_legacy_foreign_key",)))
         else:
             steps.append(Step(f"rollback.{fid}.legacy_ids", "rollback", _refill(spec, cat, d, d.table), (),
                               (f"{fid}.drop_legacy_foreign_key",)))
             legacy_fk = AddForeignKeyNotValid(d.table.name, fk.name, legacy_col, fk.ref_table, fk.ref_columns[0],
-                                              fk.on_delete, fk.on_update, *shapes.fk_deferral(d))
+                                              fk.on_delete, fk.on_update, *shapes.fk_deferral(d),
+                                              match_full=fk.match_full)
             if fk.validated:
                 steps.append(Step(f"rollback.{fid}.legacy_foreign_key", "rollback", legacy_fk, (),
                                   (f"{fid}.drop_legacy_foreign_key",)))
