@@ -639,6 +639,16 @@ def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str
                                "so an id it writes would be left disagreeing with the other",
                                f"rename it so its name sorts before {expand.LAST_TRIGGER!r} (ALTER TRIGGER "
                                f"{_q(trg.name)} ON {t.name} RENAME TO …)"))
+        if stmt is not None and stmt.events & 16 and not cols and trg.enabled != "D":
+            # UPDATE (not UPDATE OF a list, which the backfill's SET of the new column alone never names)
+            out.append(Finding(what, LISTED,
+                               f"fires on UPDATE ({'each row' if stmt.row else 'each statement'}), so also for expand's "
+                               f"backfill, which updates every row of {t.name} to fill the new column: what it does on "
+                               "an update (sets updated_at, writes an audit row, notifies) happens for every row then",
+                               f"if it must not, have {trg.function}() skip its work (return NEW) when "
+                               f"current_setting('{expand.BACKFILL_SETTING}', true) = 'on' (set for the backfill's "
+                               "batches only), or disable it for expand (ALTER TABLE … DISABLE TRIGGER, which stops it "
+                               "for the application's updates too)"))
         fn = fns.get(trg.function)
         if fn is not None and mentions.find(fn.code, set(ren)):
             out.append(Finding(what, LISTED,
