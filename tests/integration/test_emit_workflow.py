@@ -420,3 +420,42 @@ def test_supabase_db_push_phase_by_phase_with_the_app_running_and_back(pg15, tmp
     assert "up to date" in _push(supabase, out, dsn)
     assert _status(dsn, cfg)["summary"]["state"] == "rolled back"
     assert cli_json("verify", "--rls", "--sample", "10", "--dsn", dsn, "--config", cfg)["passed"]
+
+
+def test_reverse_files_from_part_way_through_a_phase_refuse_and_rollback_to_finishes(fixture_db, tmp_path):
+    """Files applied up to the middle of expand: some of what they did is undone by reverse files of later
+    migrations, never applied. Applying the reverse files latest first then stops, at the first one whose
+    undo needs such a file, naming it and `--rollback-to`, with that file changing nothing (before, every reverse
+    file went through and left the new column, its foreign key and align's created profiles in place, while the
+    private schema with the mapping was dropped). `emit --rollback-to align` then finishes the undo. A reverse file
+    of a migration never applied refuses too. From the end of a phase the reverse files undo it."""
+    dsn, out = fixture_db, tmp_path / "project"
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\n")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        original = schema_dump(conn)
+        profiles = conn.execute("select count(*) from public.profiles").fetchone()[0]
+    migs = sorted(_emit(out, dsn, cfg)["migrations"])  # every phase at once
+    downs = {Path(p).name[:14]: str(p) for p in (out / "supabase" / "rollback").glob("*.down.sql")}
+    backfill = next(i for i, m in enumerate(migs) if "_expand_" in m and "backfill" in m)
+    _apply(dsn, migs[:backfill + 1])
+    never = next(d for m in migs[backfill + 1:] if "was never applied" in Path(d := downs[Path(m).name[:14]]).read_text())
+    r = _psql(dsn, "-f", never)
+    assert r.returncode != 0 and "was never applied: nothing here to undo" in r.stderr, r.stderr
+    stopped = None
+    for m in reversed(migs[:backfill + 1]):
+        r = _psql(dsn, "-f", downs[Path(m).name[:14]])
+        if r.returncode != 0:
+            stopped = r.stderr
+            break
+    assert stopped is not None and "is still in place, and " in stopped and "--rollback-to PHASE" in stopped, stopped
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("select to_regclass('pgconverge.legacy_customer_profile')").fetchone()[0] is not None
+    back = tmp_path / "back"
+    import shutil
+    shutil.copytree(out, back)
+    for p in sorted((back / "supabase" / "migrations").glob("*.sql"))[backfill + 1:]:
+        p.unlink()
+    _apply(dsn, cli_json("emit", str(back), "--dsn", dsn, "--config", cfg, "--rollback-to", "align")["migrations"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert schema_dump(conn) == original
+        assert conn.execute("select count(*) from public.profiles").fetchone()[0] == profiles

@@ -115,9 +115,13 @@ def emit(directory: Annotated[Path, typer.Argument(
     \b
     Rolling back, either as new migrations the CLI's history keeps:
       pgconverge emit . --rollback-to PHASE    # then: supabase db push
-    or with the reverse files, latest file first:
+    or with the reverse files of the migrations applied, latest file first:
       for f in $(ls -r supabase/rollback/*.down.sql); do
         psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f "$f" || break; done
+    A reverse file reads the ledger and refuses, changing nothing, when its
+    migration was never applied (start from the latest one applied), or when
+    a later reverse file that undoes part of its migration has not run: the
+    files stopped part way through a phase. Use --rollback-to then.
 
     \b
     Contract drops and archives the legacy side. Its first files are

@@ -499,8 +499,59 @@ def render_reverse(f: MigrationFile, lock_ms: int, spec: Spec) -> str:
                     for sid, where in f.reverse_moved)
     if not f.reverse:
         return head + moved + "\n\n-- Nothing (else) to undo in this file.\n"
-    return head + moved + "\n\n" + _parts(f.reverse, lock_ms, spec, f.down_filename,
-                                           f"emitted {f.down_filename}") + "\n"
+    return head + moved + "\n\n" + _reverse_guard(f, spec) + "\n\n" + _parts(
+        f.reverse, lock_ms, spec, f.down_filename, f"emitted {f.down_filename}") + "\n"
+
+
+def _reverse_guard(f: MigrationFile, spec: Spec) -> str:
+    """A reverse file undoes its migration file only where the reverse files after it have undone theirs: from a
+    database where the files were applied up to the middle of a phase, some of what this file's migration did is
+    undone by a later reverse file whose own migration never ran, and applying the reverse files from the last one
+    applied would leave it in place (or stop on it half way). The guard reads pgconverge's ledger and refuses,
+    changing nothing, when this file's migration was not applied, or when a step a later reverse file undoes is
+    still in place; `emit --rollback-to` then writes the undo from where the database stands."""
+    events = text(sql.Identifier(spec.migration.private_schema, "events"))
+    later = sql.SQL("array[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(s) for s, _ in f.undone_later)) \
+        if f.undone_later else sql.SQL("array[]::text[]")
+    files = sql.Literal(_json(dict(f.undone_later)))
+    # The steps this file's migration records (not one recorded only where others are: a gate's stand-in)
+    here = list(dict.fromkeys(r.step for p in f.parts for r in p.records if not r.requires))
+    stmt = sql.SQL("""do $pgc$
+declare
+  here text[] := {here};
+  later text[] := {later};
+  placed text;
+begin
+  if pg_catalog.to_regclass({events_name}) is null then
+    return;  -- no ledger: nothing was recorded, so nothing can be checked
+  end if;
+  if pg_catalog.cardinality(here) > 0
+     and not exists (select 1 from {events} where step = any(here) and event in ('start', 'done')) then
+    raise exception using message = pg_catalog.format('pgconverge: supabase/migrations/%s was never applied: '
+      'nothing here to undo; apply the rollback files from the latest migration applied, latest first (from a '
+      'database part way through a phase, write the undo with `pgconverge emit DIR --rollback-to PHASE` '
+      'instead); nothing was changed', {name});
+  end if;
+  select s.step into placed from (select distinct on (step) step, event from {events}
+                                   where step = any(later) and event in ('start', 'done', 'reverted')
+                                   order by step, id desc) s where s.event <> 'reverted' limit 1;
+  if placed is not null then
+    raise exception using message = pg_catalog.format('pgconverge: step %s is still in place, and %s, which undoes '
+      'it, runs before this file: apply it first, or, from a database part way through a phase (where it was '
+      'never applied), write the undo with `pgconverge emit DIR --rollback-to PHASE`; nothing was changed',
+      placed, ({files}::jsonb) ->> placed);
+  end if;
+end $pgc$;""").format(here=sql.SQL("array[{}]::text[]").format(sql.SQL(", ").join(map(sql.Literal, here))),
+                      later=later, events_name=sql.Literal(events), events=sql.SQL(events),
+                      name=sql.Literal(f.filename), files=files)
+    return ("-- Refuses, changing nothing, unless this file's migration was applied and every later rollback file "
+            "that undoes\n-- part of it has been applied\n" + text(stmt))
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value)
 
 
 def _test_header(name: str, samples: list[pgtap.Sample], where: Path) -> str:

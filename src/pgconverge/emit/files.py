@@ -59,6 +59,8 @@ class MigrationFile:
     reverse: list[Part] = field(default_factory=list)
     reverse_steps: list[str] = field(default_factory=list)
     reverse_moved: list[tuple[str, str]] = field(default_factory=list)  # (rollback step, later file undoing it)
+    # (forward step, the later reverse file that undoes it): those reverse files run before this one
+    undone_later: list[tuple[str, str]] = field(default_factory=list)
     runtime: list[Step] = field(default_factory=list)  # runtime-only steps noted in this file (recorded by it)
 
     @property
@@ -247,15 +249,20 @@ def attach_reverse(plan: Plan, rollback: Plan, files: list[MigrationFile], spec:
     first = [t for t, _ in placed]
     for k in range(len(placed) - 2, -1, -1):
         placed[k] = (max(placed[k][0], placed[k + 1][0]), placed[k][1])
+    kept: list[tuple[int, Step]] = []
     for (target, rs), was in zip(placed, first):
         parts, note = parts_for(spec, rs)
         if note:
             left_out.append(note)
             continue
+        kept.append((target, rs))
         files[target].reverse.extend(parts)
         files[target].reverse_steps.append(rs.id)
         if target != was:
             files[was].reverse_moved.append((rs.id, files[target].down_filename))
+    # What each reverse file needs undone before it: the forward steps reverse files after it undo.
+    for k, f in enumerate(files):
+        f.undone_later = [(s, files[t].down_filename) for t, rs in kept if t > k for s in rs.reverts if s in fwd]
     return left_out
 
 
