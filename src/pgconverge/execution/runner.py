@@ -672,6 +672,16 @@ class Runner:
                               detail={"problems": [list(map(str, r)) for r in rows]})
             for sid in op.redo:  # sent back: the next run of the phase does them again (a backfill fills the rows)
                 self.ledger.event(self.run_id, step.phase, sid, "reverted", message=f"to be done again: {step.id} failed")
+            if op.replan:  # nothing changed yet: the next run plans the phase again, from the database as it is then
+                states = self.ledger.step_states()
+                for s in self.plan.phase(step.phase):
+                    if s.id == step.id:
+                        break
+                    if states.get(s.id) is not None and states[s.id].state == "done":
+                        self.ledger.event(self.run_id, step.phase, s.id, "reverted",
+                                          message=f"to be planned again: {step.id} failed before any change")
+                baseline.discard(self.ledger, self.run_id, [step.phase])
+                self.catalogs.saved.pop(step.phase, None)
             raise GateFailed(f"gate {op.name} failed in {step.id}: {op.failure}: {listed}{more}", fix=op.fix)
         # Rows per table it looked at (its coverage), and what it compared where it says so.
         self._done(step, 1, op.sql_text(), examined=examined, **({"compared": tally} if tally is not None else {}))

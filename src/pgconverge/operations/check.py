@@ -32,6 +32,10 @@ class Check(Operation):
     standing: bool = True
     # A query whose one value (jsonb) says what a pass compared, recorded with the done record (not part of the SQL).
     tally: sql.Composable | None = None
+    # A gate before its phase's first change that reads what the phase was planned from: a failure discards the
+    # catalog saved for the phase and sends its steps done so far back, so the next run plans the phase again from
+    # the database as the fix left it (not part of the SQL).
+    replan: bool = False
 
     executor: ClassVar[str] = "check"
 

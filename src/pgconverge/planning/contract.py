@@ -264,7 +264,8 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     add("coverage", align.coverage_gate(spec, cat, PHASE))
     # Before the first drop, read from the database as it is then: nothing else may use what contract drops.
     add("dependencies", shapes.contract_dependencies(
-        spec, cat, [(d, k) for d in cat.dependents for k in _key_mirrors(spec, cat, cats, d)]))
+        spec, cat, [(d, k) for d in cat.dependents for k in _key_mirrors(spec, cat, cats, d)],
+        planned=cats.for_phase("expand") if cats is not None else None))
     add("keep_legacy_ids", keep_legacy_ids(spec, cat))
     # The last read before the first drop, while every row still has both ids: a failure changes nothing.
     add("linkage_after", linkage_now(spec, cat))

@@ -850,7 +850,52 @@ DESCRIBE = sql.SQL(
     "where r.oid = d.objid) else pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) end")
 
 
-def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, KeyMirror]] = ()) -> Check:
+def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.Composable]:
+    """Gate parts: what the application made on the legacy side since expand was planned (PLANNED, the catalog saved
+    then). A foreign key to the legacy table got no new column, sync trigger or backfill: contract would stop at it
+    part way. An index (or a key's) holding a dependent's legacy column got no mirror on the new column: contract
+    would drop it with the column, and a unique one's rule with it; one whose mirror the application made as well
+    (the same columns with the new one in place of the legacy one, as unique) is left to contract."""
+    from pgconverge.planning import references
+
+    legacy = sql.Literal(str(cat.legacy.name))
+    known = sql.SQL(", ").join(sql.SQL("({}, {}, {})").format(
+        sql.Literal(d.table.name.schema), sql.Literal(d.table.name.name), sql.Literal(d.fk.name))
+        for d in planned.dependents) or sql.SQL("(null, null, null)")
+    parts = [sql.SQL(
+        "select format('foreign key %I on %I.%I references %s and was made after expand was planned: it has no new "
+        "column, sync trigger or backfill, so contract would stop at it; drop it (or point it at the canonical table "
+        "yourself), or roll back to before expand (pgconverge rollback expand) and run expand again, which carries "
+        "it', k.conname, n.nspname, c.relname, {l}), null from pg_catalog.pg_constraint k "
+        "join pg_catalog.pg_class c on c.oid = k.conrelid join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+        "where k.contype = 'f' and k.confrelid = to_regclass({l}) and k.conparentid = 0 "
+        "and (n.nspname::text, c.relname::text, k.conname::text) not in (values {known})").format(
+            l=legacy, known=known)]
+    for d in planned.dependents:
+        t, col = sql.Literal(str(d.table.name)), d.fk.columns[0]
+        new = references.new_column(spec, planned, d)
+        names = sql.Literal([i.name.name for i in d.table.indexes])
+        attnum = sql.SQL("(select a.attnum from pg_catalog.pg_attribute a where a.attrelid = to_regclass({t}) and "
+                         "a.attname = {c} and not a.attisdropped)")
+        parts.append(sql.SQL(
+            "select format('%sindex %I on %s contains {c} and was made after expand was planned: it has no mirror on "
+            "{n}, so contract would drop it with {c}%s; make its mirror (CREATE %sINDEX CONCURRENTLY … ON %s with {n} "
+            "in place of {c}) and drop it, or drop it', case when i.indisunique then 'unique ' else '' end, "
+            "ic.relname, {t}, case when i.indisunique then ' and the rule it keeps' else '' end, "
+            "case when i.indisunique then 'UNIQUE ' else '' end, {t}), null "
+            "from pg_catalog.pg_index i join pg_catalog.pg_class ic on ic.oid = i.indexrelid "
+            "where i.indrelid = to_regclass({t}) and not i.indisprimary and {lnum} = any(i.indkey::int2[]) "
+            "and ic.relname::text <> all({names}::text[]) and not exists (select 1 from pg_catalog.pg_index o "
+            "where o.indrelid = i.indrelid and o.indisunique = i.indisunique "
+            "and o.indkey::int2[] = pg_catalog.array_replace(i.indkey::int2[], {lnum}, {nnum}))").format(
+                c=sql.SQL(col.replace("'", "''").replace("%", "%%")), n=sql.SQL(new.replace("'", "''").replace("%", "%%")),
+                t=t, names=names, lnum=attnum.format(t=t, c=sql.Literal(col)),
+                nnum=attnum.format(t=t, c=sql.Literal(new))))
+    return parts
+
+
+def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, KeyMirror]] = (),
+                          planned: Catalog | None = None) -> Check:
     """A gate, run by contract right after its gates and before its first drop, reading the database as it is
     then: every object that would stop DROP COLUMN of a legacy column (views, generated columns, triggers naming
     the column, policies left to the user), every view reading the legacy table, every object still using the
@@ -891,6 +936,8 @@ def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, 
             "group by d.classid, d.objid, d.objsubid").format(
             desc=describe, t=t, c=sql.Literal(col), sync=sql.Literal(expand.Names(spec, d, "", cat).trigger)))
     legacy = sql.Literal(str(cat.legacy.name))
+    if planned is not None:
+        parts += _made_after_expand(spec, cat, planned)
     parts.append(sql.SQL(
         "select format('%s reads %s, which contract archives out of the API roles'' reach', {desc}, {l}), null "
         "from pg_catalog.pg_depend d where d.refclassid = 'pg_catalog.pg_class'::regclass and d.refobjid = "
@@ -922,6 +969,7 @@ def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, 
     # A gate of that moment (the legacy table is archived after it, its own policies with it): `verify` does not run
     # it again.
     return Check("nothing else depends on what contract drops", sql.SQL(" union all ").join(parts), standing=False,
+                 replan=True,
                  failure="objects still use what contract drops or archives (nothing was dropped)",
                  fix="drop or re-create each object named so it reads the new column and the canonical table (a view: "
                      "CREATE OR REPLACE VIEW, or DROP VIEW and CREATE VIEW; a trigger: without the legacy column in "
