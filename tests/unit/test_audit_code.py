@@ -301,6 +301,22 @@ def test_query_builders_called_with_the_table(tmp_path):
                                  ("k.ts", 3, 12, "table", "customers"), ("k.ts", 4, 5, "table", "customers")}
 
 
+def test_a_string_concatenated_onto_sql_text(tmp_path):
+    write(tmp_path, "c.ts", "db.query('select * from ' + 'customers' + ' where id = ' + id);\n"
+                            "const a = 'select ' + cols + ' from ' + 'customers';\n"
+                            "const b = `select ${cols} from ` + 'public.customers';\n"
+                            "const c = 'select * from ' + 'customers c join carts k on k.customer_id = c.id';\n"
+                            "const d = 'delete from ' + ('customers');\n")
+    write(tmp_path, "c.py", 'q = "select id from " + "customers"\n'
+                            'r = "insert into " + "customers" + " (id) values (%s)"\n'
+                            'S = ("select * from "\n     "customers")\n')
+    assert located(tmp_path) == {("c.ts", 1, 30, "table", "customers"), ("c.ts", 2, 42, "table", "customers"),
+                                 ("c.ts", 3, 44, "table", "customers"), ("c.ts", 4, 31, "table", "customers"),
+                                 ("c.ts", 4, 61, "column", "customer_id"), ("c.ts", 5, 30, "table", "customers"),
+                                 ("c.py", 1, 26, "table", "customers"), ("c.py", 2, 23, "table", "customers"),
+                                 ("c.py", 4, 7, "table", "customers")}
+
+
 def test_the_bare_word_elsewhere_stays_prose(tmp_path):
     write(tmp_path, "p.ts", "const a = 'Update ' + 'customers', b = 'Manage your ' + 'customers';\n"
                             "const c = '/api/' + 'customers', d = 'Customers' + ' list', e = 'Select ' + 'customers';\n"

@@ -104,10 +104,37 @@ def _unwrap(node: tree_sitter.Node | None) -> tree_sitter.Node | None:
 
 def _literal(node: tree_sitter.Node | None, src: bytes) -> str | None:
     node = _unwrap(node)
+    if node is not None and node.type == "concatenated_string" and node.named_children:
+        node = node.named_children[-1]
     if node is None or node.type != "string":
         return None
     content = _content(node, src)
     return content.decode("utf-8", "replace") if content is not None else None
+
+
+def _is_plus(node: tree_sitter.Node) -> bool:
+    op = node.child_by_field_name("operator")
+    return node.type == "binary_operator" and op is not None and op.type == "+"
+
+
+def _concatenated_onto(node: tree_sitter.Node, src: bytes) -> str | None:
+    """The string literal NODE continues: the one before it in an implicit concatenation ('a ' 'b'),
+    else in `a + b` the string A, or the last string of A = `x + 'from '`."""
+    parent = node.parent
+    if parent is not None and parent.type == "concatenated_string":
+        siblings = parent.named_children
+        i = next((i for i, c in enumerate(siblings) if c == node), 0)
+        if i > 0:
+            return _literal(siblings[i - 1], src)
+    child, parent = node, node.parent
+    while parent is not None and parent.type in _WRAPPERS:
+        child, parent = parent, parent.parent
+    if parent is None or not _is_plus(parent) or parent.child_by_field_name("right") != child:
+        return None
+    left = _unwrap(parent.child_by_field_name("left"))
+    while left is not None and _is_plus(left):
+        left = _unwrap(left.child_by_field_name("right"))
+    return _literal(left, src)
 
 
 def _call_name(call: tree_sitter.Node | None) -> str | None:
@@ -126,26 +153,27 @@ def _prev_literal(child: tree_sitter.Node, siblings: list[tree_sitter.Node], src
 
 
 def _context(node: tree_sitter.Node, quote: str, src: bytes) -> StringContext:
+    sql_before = _concatenated_onto(node, src)
     child, parent = node, node.parent
     while parent is not None and parent.type in _WRAPPERS:
         child, parent = parent, parent.parent
     if parent is None:
-        return StringContext(quote=quote)
+        return StringContext(quote=quote, sql_before=sql_before)
     kind = parent.type
     if kind == "expression_statement":  # a docstring or a bare string: documentation
         return StringContext(skip=True)
     if kind == "argument_list":
         index = next((i for i, c in enumerate(parent.named_children) if c == child), -1)
         return StringContext(method=_call_name(parent.parent), arg_index=index, quote=quote,
-                             prev_arg=_prev_literal(child, parent.named_children, src))
+                             prev_arg=_prev_literal(child, parent.named_children, src), sql_before=sql_before)
     if kind in ("list", "tuple") and parent.parent is not None and parent.parent.type == "argument_list":
         return StringContext(list_of=_call_name(parent.parent.parent), quote=quote,
-                             prev_arg=_prev_literal(child, parent.named_children, src))
+                             prev_arg=_prev_literal(child, parent.named_children, src), sql_before=sql_before)
     if kind == "subscript" and parent.child_by_field_name("subscript") == child:
         obj = parent.child_by_field_name("value")
         if obj is not None and obj.type == "attribute":
             obj = obj.child_by_field_name("attribute")
-        return StringContext(key=obj.text.decode() if obj is not None else None, quote=quote)
+        return StringContext(key=obj.text.decode() if obj is not None else None, quote=quote, sql_before=sql_before)
     if kind in ("keyword_argument", "pair", "assignment"):
         field = {"keyword_argument": "name", "pair": "key", "assignment": "left"}[kind]
         key = parent.child_by_field_name(field)
@@ -159,5 +187,5 @@ def _context(node: tree_sitter.Node, quote: str, src: bytes) -> StringContext:
         if kind == "pair" and parent.parent is not None and parent.parent.type == "dictionary" \
                 and parent.parent.parent is not None and parent.parent.parent.type == "argument_list":
             owner = _call_name(parent.parent.parent.parent)
-        return StringContext(key=text, quote=quote, owner=owner)
-    return StringContext(quote=quote)
+        return StringContext(key=text, quote=quote, owner=owner, sql_before=sql_before)
+    return StringContext(quote=quote, sql_before=sql_before)

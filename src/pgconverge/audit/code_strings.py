@@ -4,7 +4,8 @@ A string is read according to where it stands (its StringContext) and what it lo
 the table argument of `.from()`, a PostgREST select list, a PostgREST filter, SQL, a dotted
 name, or exactly a legacy name. The bare table name is the table only where the code says it
 is a relation: a query builder's table argument, an identifier builder's argument, an ORM's
-table declaration or a value under a table-ish key. Anything else is prose (labels, descriptions, messages) and yields nothing.
+table declaration, a value under a table-ish key, or the continuation of SQL text it is
+concatenated onto. Anything else is prose (labels, descriptions, messages) and yields nothing.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class StringContext:
     list_of: str | None = None  # an element of a list or array that is an argument of this call
     chained: str | None = None  # the method called on the result of the call (a plain function call)
     owner: str | None = None  # the call whose argument the object holding this key: value is
+    sql_before: str | None = None  # the string literal this one is concatenated onto ('select * from ' + ...)
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def classify(text: str, ctx: StringContext, names: Names) -> list[_StrRef]:
     if names_table:
         if ctx.in_type or (ctx.key and _TABLE_KEY.search(ctx.key.strip("_"))) or _declares_relation(ctx, names):
             return [_StrRef(table_at, TABLE, names.table, f"{q}{names.table_sql(bool(schema))}{q}")]
-        return []  # the bare word: a label, an i18n key, a route
+        return _after_sql(text, ctx, names)  # else the bare word: a label, an i18n key, a route
 
     if ctx.method in ("or", "and") or (ctx.method == "not" and ctx.arg_index == 0):
         refs = _filter_refs(text, names)
@@ -126,6 +128,9 @@ def classify(text: str, ctx: StringContext, names: Names) -> list[_StrRef]:
     sql = refs_in_string(text, names)
     if sql is not None:
         return [_StrRef(r.offset, r.category, r.name, r.suggestion) for r in sql]
+    after = _after_sql(text, ctx, names)
+    if after:
+        return after
 
     sel = parse_select(text)
     if sel is not None:
@@ -145,6 +150,17 @@ def _declares_relation(ctx: StringContext, names: Names) -> bool:
                                or ctx.chained in QUERY_CHAIN_METHODS):
         return True
     return ctx.owner in TABLE_DECLARATIONS and ctx.key in ("name", "tableName")
+
+
+def _after_sql(text: str, ctx: StringContext, names: Names) -> list[_StrRef]:
+    """References in TEXT read as the continuation of the SQL string it is concatenated onto:
+    `"select id from " + "customers"`. Only what falls in TEXT counts; the text before is read on its own."""
+    before = ctx.sql_before
+    if not before or not names.candidate_text_regex.search(text):
+        return []
+    refs = refs_in_string(before + text, names)
+    n = len(before)
+    return [_StrRef(r.offset - n, r.category, r.name, r.suggestion) for r in refs or () if r.offset >= n]
 
 
 def _dotted(m: re.Match, lead: int, ctx: StringContext, names: Names) -> list[_StrRef]:

@@ -131,6 +131,21 @@ def _literal(node: tree_sitter.Node | None, src: bytes) -> str | None:
     return _content(node, src).decode("utf-8", "replace")
 
 
+def _is_plus(node: tree_sitter.Node) -> bool:
+    op = node.child_by_field_name("operator")
+    return node.type == "binary_expression" and op is not None and op.type == "+"
+
+
+def _concatenated_onto(node: tree_sitter.Node, parent: tree_sitter.Node, src: bytes) -> str | None:
+    """In `a + b`, B's literal left neighbour: the string A, or the last string of A = `x + 'from '`."""
+    if parent.child_by_field_name("right") != node:
+        return None
+    left = _unwrap(parent.child_by_field_name("left"))
+    while left is not None and _is_plus(left):
+        left = _unwrap(left.child_by_field_name("right"))
+    return _literal(left, src)
+
+
 def _call_name(call: tree_sitter.Node | None) -> tuple[str | None, tree_sitter.Node | None]:
     fn = call.child_by_field_name("function") if call is not None else None
     if fn is not None and fn.type == "member_expression":
@@ -180,6 +195,8 @@ def _context(node: tree_sitter.Node, src: bytes) -> StringContext:
     if kind == "array" and parent.parent is not None and parent.parent.type == "arguments":
         method, _ = _call_name(parent.parent.parent)
         return StringContext(list_of=method, quote=quote, prev_arg=_prev_literal(child, parent.named_children, src))
+    if _is_plus(parent):
+        return StringContext(quote=quote, sql_before=_concatenated_onto(child, parent, src))
     if kind == "subscript_expression" and parent.child_by_field_name("index") == child:
         obj = parent.child_by_field_name("object")
         if obj is not None and obj.type == "member_expression":
