@@ -247,6 +247,94 @@ def test_supabase_strings(tmp_path):
     }
 
 
+# --- the bare table name where the code makes it a relation -----------------------------------------
+
+def located(root: Path) -> set[tuple[str, int, int, str, str]]:
+    return {(f.path, f.line, f.column, f.category, f.name) for f in audit_code(root, Spec())}
+
+
+def test_identifier_builders_name_the_table(tmp_path):
+    write(tmp_path, "i.py", "from psycopg import sql\n"
+                            'a = sql.SQL("select * from {}").format(sql.Identifier("customers"))\n'
+                            'b = sql.Identifier("public", "customers")\n'
+                            'c = sql.Identifier("customers", "id")\n'
+                            'd = sql.Identifier("archive", "customers")\n'     # another schema's table
+                            'e = sql.Identifier("Customers")\n')               # quoted: another name
+    write(tmp_path, "i.ts", "sql.identifier(['customers']);\n"
+                            "sql.identifier(['public', 'customers']);\n"
+                            "db.selectFrom(sql.id('customers'));\n"
+                            "client.escapeIdentifier('customers');\n"
+                            "sql`select * from ${sql('customers')}`;\n"
+                            "sql.identifier(['archive', 'customers']);\n")
+    assert located(tmp_path) == {("i.py", 2, 56, "table", "customers"), ("i.py", 3, 31, "table", "customers"),
+                                 ("i.py", 4, 21, "table", "customers"),
+                                 ("i.ts", 1, 18, "table", "customers"), ("i.ts", 2, 28, "table", "customers"),
+                                 ("i.ts", 3, 23, "table", "customers"), ("i.ts", 4, 26, "table", "customers"),
+                                 ("i.ts", 5, 26, "table", "customers")}
+
+
+def test_table_declarations_of_orms_name_the_table(tmp_path):
+    write(tmp_path, "m.py", "from sqlalchemy import Column, Integer, MetaData, Table\n"
+                            "md = MetaData()\n"
+                            'customers = Table("customers", md, Column("id", Integer))\n'
+                            't = md.tables["customers"]\n'
+                            'archive = Table("customers_archive", md)\n')
+    write(tmp_path, "m.ts", "@Entity('customers')\nexport class Customer {}\n"
+                            "@Entity({ name: 'customers', schema: 'public' })\nexport class Customer2 {}\n"
+                            "export const customers = pgTable('customers', { id: serial('id') });\n"
+                            "@Entity('customer_identity')\nexport class Identity {}\n"
+                            "@Column({ name: 'customers' })\n")               # a column called so, not the table
+    assert located(tmp_path) == {("m.py", 3, 20, "table", "customers"), ("m.py", 4, 16, "table", "customers"),
+                                 ("m.ts", 1, 10, "table", "customers"), ("m.ts", 3, 18, "table", "customers"),
+                                 ("m.ts", 5, 35, "table", "customers")}
+
+
+def test_query_builders_called_with_the_table(tmp_path):
+    write(tmp_path, "k.ts", "knex('customers').where('id', 1);\n"
+                            "const q = knex('customers');\n"
+                            "await trx('customers').insert(row);\n"
+                            "db('customers').del();\n"
+                            "t('customers').toUpperCase();\n"                 # i18n, then a string method
+                            "cy.contains('customers').first();\n"             # a test's text lookup
+                            "knex('orders').where('kind', 'customers');\n")   # a value
+    assert located(tmp_path) == {("k.ts", 1, 7, "table", "customers"), ("k.ts", 2, 17, "table", "customers"),
+                                 ("k.ts", 3, 12, "table", "customers"), ("k.ts", 4, 5, "table", "customers")}
+
+
+def test_a_string_concatenated_onto_sql_text(tmp_path):
+    write(tmp_path, "c.ts", "db.query('select * from ' + 'customers' + ' where id = ' + id);\n"
+                            "const a = 'select ' + cols + ' from ' + 'customers';\n"
+                            "const b = `select ${cols} from ` + 'public.customers';\n"
+                            "const c = 'select * from ' + 'customers c join carts k on k.customer_id = c.id';\n"
+                            "const d = 'delete from ' + ('customers');\n")
+    write(tmp_path, "c.py", 'q = "select id from " + "customers"\n'
+                            'r = "insert into " + "customers" + " (id) values (%s)"\n'
+                            'S = ("select * from "\n     "customers")\n')
+    assert located(tmp_path) == {("c.ts", 1, 30, "table", "customers"), ("c.ts", 2, 42, "table", "customers"),
+                                 ("c.ts", 3, 44, "table", "customers"), ("c.ts", 4, 31, "table", "customers"),
+                                 ("c.ts", 4, 61, "column", "customer_id"), ("c.ts", 5, 30, "table", "customers"),
+                                 ("c.py", 1, 26, "table", "customers"), ("c.py", 2, 23, "table", "customers"),
+                                 ("c.py", 4, 7, "table", "customers")}
+
+
+def test_the_bare_word_elsewhere_stays_prose(tmp_path):
+    write(tmp_path, "p.ts", "const a = 'Update ' + 'customers', b = 'Manage your ' + 'customers';\n"
+                            "const c = '/api/' + 'customers', d = 'Customers' + ' list', e = 'Select ' + 'customers';\n"
+                            "const f = 'select * from t where kind = ' + \"'customers'\";\n"
+                            "const g = \"select * from t where label = '\" + 'customers' + \"'\";\n"
+                            "const h = rows['customers'], i = counts.customers_archive;\n"
+                            "const j = sql.identifier(['Customers']), k = knex('customers_archive');\n"
+                            "screen.getByText('customers').click();\n")
+    write(tmp_path, "p.py", 'a = _("customers").upper()\n'
+                            'b = "Update " + "customers"\n'
+                            'c = "Manage your " "customers"\n'
+                            'd = counts["customers"]\n'
+                            'log.info("loaded " + "customers")\n'
+                            'e = "select * from t where kind = " + "\'customers\'"\n'
+                            'f = "select 1 -- from " + "customers"\n')
+    assert audit_code(tmp_path, Spec()) == []
+
+
 # --- configuration ----------------------------------------------------------------------------------
 
 def test_names_come_from_the_spec_and_the_code_helpers(tmp_path):

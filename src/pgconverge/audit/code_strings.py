@@ -2,8 +2,10 @@
 
 A string is read according to where it stands (its StringContext) and what it looks like:
 the table argument of `.from()`, a PostgREST select list, a PostgREST filter, SQL, a dotted
-name, or exactly a legacy name. Anything else is prose (labels, descriptions, messages) and
-yields nothing.
+name, or exactly a legacy name. The bare table name is the table only where the code says it
+is a relation: a query builder's table argument, an identifier builder's argument, an ORM's
+table declaration, a value under a table-ish key, or the continuation of SQL text it is
+concatenated onto. Anything else is prose (labels, descriptions, messages) and yields nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,22 @@ from pgconverge.audit.code_sql import refs_in_string
 # query builders (Kysely, Knex).
 TABLE_METHODS = frozenset({"from", "from_", "table", "selectFrom", "insertInto", "updateTable", "deleteFrom",
                            "into", "join", "innerJoin", "leftJoin", "rightJoin", "fullJoin", "crossJoin"})
+# Identifier builders: every string argument (or element of a list argument) is a part of a qualified
+# name: psycopg `sql.Identifier("public", "customers")`, slonik/drizzle `sql.identifier(["customers"])`,
+# Kysely `sql.id()`, pg-format `format.ident()`, node-postgres `escapeIdentifier()`, postgres.js `sql("customers")`.
+IDENTIFIER_METHODS = frozenset({"Identifier", "identifier", "ident", "id", "sql", "escapeIdentifier",
+                                "quoteIdentifier", "quoteIdent", "quote_ident", "quote_identifier"})
+# Table declarations of ORMs and schema builders, whose first argument (or `name:` option) is the table:
+# SQLAlchemy/pypika `Table("customers", ...)`, TypeORM `@Entity("customers")`, Drizzle `pgTable("customers", ...)`.
+TABLE_DECLARATIONS = frozenset({"Table", "Entity", "ViewEntity", "pgTable", "pgView", "pgMaterializedView",
+                                "mysqlTable", "sqliteTable"})
+# A query builder called as a function with the table (`knex("customers")`, `db("customers").where(...)`):
+# the call named knex, or any plain function call whose result gets one of these query methods.
+QUERY_ROOTS = frozenset({"knex"})
+QUERY_CHAIN_METHODS = frozenset({"where", "andWhere", "orWhere", "whereIn", "whereNot", "whereNull",
+                                 "whereNotNull", "select", "insert", "update", "upsert", "del", "delete",
+                                 "truncate", "returning", "pluck", "orderBy", "groupBy", "onConflict",
+                                 "increment", "decrement", "join", "leftJoin", "innerJoin", "count"})
 # PostgREST calls whose string arguments are column names or column paths.
 FILTER_METHODS = frozenset({"eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "is", "in", "contains",
                             "containedBy", "overlaps", "match", "filter", "not", "order", "textSearch",
@@ -25,7 +43,8 @@ FILTER_METHODS = frozenset({"eq", "neq", "gt", "gte", "lt", "lte", "like", "ilik
                             "likeAnyOf", "ilikeAllOf", "ilikeAnyOf", "isDistinct", "select"})
 # Object keys, keyword arguments and variables whose string value is a table name
 # (realtime `table:`, `referencedTable:`, `__tablename__`, `db_table`, `CUSTOMERS_TABLE`, `tableName`).
-_TABLE_KEY = re.compile(r"(?i)table(?:_?name)?$")
+# A subscript of something called tables is a key too (`metadata.tables["customers"]`).
+_TABLE_KEY = re.compile(r"(?i)tables?(?:_?name)?$")
 _SELECT_KEY = re.compile(r"(?i)(?:select|columns)$")
 _FILE_EXT = frozenset({"ts", "tsx", "js", "jsx", "mjs", "cjs", "py", "json", "sql", "csv", "md", "txt", "html",
                        "css", "yml", "yaml", "toml", "png", "svg", "jpg", "pdf", "xlsx"})
@@ -45,6 +64,11 @@ class StringContext:
     in_type: bool = False  # a TypeScript literal type: Tables<'customers'>, Database['public']['Tables']['customers']
     quote: str = "'"
     skip: bool = False  # an import path or a docstring
+    prev_arg: str | None = None  # the string argument (or list element) just before this one, if a string
+    list_of: str | None = None  # an element of a list or array that is an argument of this call
+    chained: str | None = None  # the method called on the result of the call (a plain function call)
+    owner: str | None = None  # the call whose argument the object holding this key: value is
+    sql_before: str | None = None  # the string literal this one is concatenated onto ('select * from ' + ...)
 
 
 @dataclass(frozen=True)
@@ -84,9 +108,9 @@ def classify(text: str, ctx: StringContext, names: Names) -> list[_StrRef]:
     if word in names.columns:
         return [_StrRef(lead, COLUMN, word, names.canon_column)]
     if names_table:
-        if ctx.in_type or (ctx.key and _TABLE_KEY.search(ctx.key.strip("_"))):
+        if ctx.in_type or (ctx.key and _TABLE_KEY.search(ctx.key.strip("_"))) or _declares_relation(ctx, names):
             return [_StrRef(table_at, TABLE, names.table, f"{q}{names.table_sql(bool(schema))}{q}")]
-        return []  # the bare word: a label, an i18n key, a route
+        return _after_sql(text, ctx, names)  # else the bare word: a label, an i18n key, a route
 
     if ctx.method in ("or", "and") or (ctx.method == "not" and ctx.arg_index == 0):
         refs = _filter_refs(text, names)
@@ -104,6 +128,9 @@ def classify(text: str, ctx: StringContext, names: Names) -> list[_StrRef]:
     sql = refs_in_string(text, names)
     if sql is not None:
         return [_StrRef(r.offset, r.category, r.name, r.suggestion) for r in sql]
+    after = _after_sql(text, ctx, names)
+    if after:
+        return after
 
     sel = parse_select(text)
     if sel is not None:
@@ -111,6 +138,29 @@ def classify(text: str, ctx: StringContext, names: Names) -> list[_StrRef]:
         if ctx.method == "select" or (ctx.key and _SELECT_KEY.search(ctx.key)) or has_embed or items >= 2:
             return _select_refs(refs, text, names)
     return []
+
+
+def _declares_relation(ctx: StringContext, names: Names) -> bool:
+    """The bare table name where the code makes it a relation's name (see IDENTIFIER_METHODS,
+    TABLE_DECLARATIONS, QUERY_ROOTS)."""
+    if ctx.method in IDENTIFIER_METHODS or ctx.list_of in IDENTIFIER_METHODS:
+        # the name's qualifier, when written as the argument before it, must be the legacy table's schema
+        return ctx.prev_arg is None or ctx.prev_arg.strip() == names.table_schema
+    if ctx.arg_index == 0 and (ctx.method in TABLE_DECLARATIONS or ctx.method in QUERY_ROOTS
+                               or ctx.chained in QUERY_CHAIN_METHODS):
+        return True
+    return ctx.owner in TABLE_DECLARATIONS and ctx.key in ("name", "tableName")
+
+
+def _after_sql(text: str, ctx: StringContext, names: Names) -> list[_StrRef]:
+    """References in TEXT read as the continuation of the SQL string it is concatenated onto:
+    `"select id from " + "customers"`. Only what falls in TEXT counts; the text before is read on its own."""
+    before = ctx.sql_before
+    if not before or not names.candidate_text_regex.search(text):
+        return []
+    refs = refs_in_string(before + text, names)
+    n = len(before)
+    return [_StrRef(r.offset - n, r.category, r.name, r.suggestion) for r in refs or () if r.offset >= n]
 
 
 def _dotted(m: re.Match, lead: int, ctx: StringContext, names: Names) -> list[_StrRef]:

@@ -104,12 +104,75 @@ def _string(node: tree_sitter.Node, src: bytes, names: Names) -> list[Hit]:
     start, end = node.start_byte + 1, node.end_byte - 1
     if end < start:
         return []
+    return string_hits(start, _content(node, src), _context(node, src), names)
+
+
+def _content(node: tree_sitter.Node, src: bytes) -> bytes:
+    """The string's content, escapes blanked and each ${expr} made $1 padded (a parameter to the SQL parser)."""
+    start, end = node.start_byte + 1, node.end_byte - 1
     content = bytearray(neutralise_escapes(src[start:end]))
     for child in node.children:
-        if child.type == "template_substitution":  # ${expr} → $1 padded: a parameter to the SQL parser
+        if child.type == "template_substitution":
             a, b = child.start_byte - start, child.end_byte - start
             content[a:b] = b"$1".ljust(b - a)
-    return string_hits(start, bytes(content), _context(node, src), names)
+    return bytes(content)
+
+
+def _unwrap(node: tree_sitter.Node | None) -> tree_sitter.Node | None:
+    while node is not None and node.type in _WRAPPERS:
+        node = node.named_children[0] if node.named_children else None
+    return node
+
+
+def _literal(node: tree_sitter.Node | None, src: bytes) -> str | None:
+    node = _unwrap(node)
+    if node is None or node.type not in _STRINGS:
+        return None
+    return _content(node, src).decode("utf-8", "replace")
+
+
+def _is_plus(node: tree_sitter.Node) -> bool:
+    op = node.child_by_field_name("operator")
+    return node.type == "binary_expression" and op is not None and op.type == "+"
+
+
+def _concatenated_onto(node: tree_sitter.Node, parent: tree_sitter.Node, src: bytes) -> str | None:
+    """In `a + b`, B's literal left neighbour: the string A, or the last string of A = `x + 'from '`."""
+    if parent.child_by_field_name("right") != node:
+        return None
+    left = _unwrap(parent.child_by_field_name("left"))
+    while left is not None and _is_plus(left):
+        left = _unwrap(left.child_by_field_name("right"))
+    return _literal(left, src)
+
+
+def _call_name(call: tree_sitter.Node | None) -> tuple[str | None, tree_sitter.Node | None]:
+    fn = call.child_by_field_name("function") if call is not None else None
+    if fn is not None and fn.type == "member_expression":
+        prop = fn.child_by_field_name("property")
+        return (prop.text.decode() if prop is not None else None), fn
+    if fn is not None and fn.type in ("identifier", "import"):
+        return fn.text.decode(), fn
+    return None, fn
+
+
+def _chained(call: tree_sitter.Node | None, fn: tree_sitter.Node | None) -> str | None:
+    """The method called on the result of a plain function call: `db('t').where(...)` → where."""
+    if call is None or fn is None or fn.type != "identifier" or fn.text == b"$":
+        return None
+    member = call.parent
+    if member is None or member.type != "member_expression" or member.child_by_field_name("object") != call:
+        return None
+    outer = member.parent
+    if outer is None or outer.type != "call_expression" or outer.child_by_field_name("function") != member:
+        return None
+    prop = member.child_by_field_name("property")
+    return prop.text.decode() if prop is not None else None
+
+
+def _prev_literal(child: tree_sitter.Node, siblings: list[tree_sitter.Node], src: bytes) -> str | None:
+    i = next((i for i, c in enumerate(siblings) if c == child), 0)
+    return _literal(siblings[i - 1], src) if i > 0 else None
 
 
 def _context(node: tree_sitter.Node, src: bytes) -> StringContext:
@@ -122,18 +185,23 @@ def _context(node: tree_sitter.Node, src: bytes) -> StringContext:
     kind = parent.type
     if kind == "arguments":
         call = parent.parent
-        fn = call.child_by_field_name("function") if call is not None else None
-        method = None
-        if fn is not None and fn.type == "member_expression":
-            prop = fn.child_by_field_name("property")
-            method = prop.text.decode() if prop is not None else None
-        elif fn is not None and fn.type in ("identifier", "import"):
-            method = fn.text.decode()
+        method, fn = _call_name(call)
         if method in ("require", "import") or (call is not None and call.type == "new_expression"
                                                and method in ("URL", "Worker")):
             return StringContext(skip=True)
         index = next((i for i, c in enumerate(parent.named_children) if c == child), -1)
-        return StringContext(method=method, arg_index=index, quote=quote)
+        return StringContext(method=method, arg_index=index, quote=quote, chained=_chained(call, fn),
+                             prev_arg=_prev_literal(child, parent.named_children, src))
+    if kind == "array" and parent.parent is not None and parent.parent.type == "arguments":
+        method, _ = _call_name(parent.parent.parent)
+        return StringContext(list_of=method, quote=quote, prev_arg=_prev_literal(child, parent.named_children, src))
+    if _is_plus(parent):
+        return StringContext(quote=quote, sql_before=_concatenated_onto(child, parent, src))
+    if kind == "subscript_expression" and parent.child_by_field_name("index") == child:
+        obj = parent.child_by_field_name("object")
+        if obj is not None and obj.type == "member_expression":
+            obj = obj.child_by_field_name("property")
+        return StringContext(key=obj.text.decode() if obj is not None else None, quote=quote)
     if kind in ("import_statement", "export_statement", "import_require_clause"):
         return StringContext(skip=True)
     if kind in ("pair", "variable_declarator", "public_field_definition", "field_definition",
@@ -143,7 +211,12 @@ def _context(node: tree_sitter.Node, src: bytes) -> StringContext:
         if key is not None and key.type == "member_expression":
             key = key.child_by_field_name("property")
         text = key.text.decode().strip("'\"`") if key is not None else None
-        return StringContext(key=text, quote=quote)
+        owner = None
+        obj = parent.parent
+        if kind == "pair" and obj is not None and obj.type == "object" and obj.parent is not None \
+                and obj.parent.type == "arguments":
+            owner, _ = _call_name(obj.parent.parent)
+        return StringContext(key=text, quote=quote, owner=owner)
     if kind == "literal_type":
         return StringContext(in_type=True, quote=quote)
     return StringContext(quote=quote)
