@@ -150,3 +150,40 @@ def test_a_not_null_legacy_column_the_insert_trigger_leaves_null_refuses_the_rol
     assert "trigger(s) customers_slug left slug NULL in a row written as a trial and rolled back" in out, out
     assert f"public.profiles row(s) {newcomer}" in out, out
     assert snapshot(dsn) == before
+
+
+CARTS = """
+create table public.carts (id bigint generated always as identity primary key,
+  customer_id bigint not null references public.customers(id));
+alter table public.carts enable row level security;
+create policy carts_own on public.carts for all to authenticated using (customer_id = auth_customer_id())
+  with check (customer_id = auth_customer_id());
+insert into public.carts (customer_id) select i from generate_series(1, 10) i;
+"""
+
+
+def test_a_row_written_after_its_tables_refill_gets_the_legacy_row_a_later_refill_made(make_db, tmp_path):
+    """`rollback contract` refills carts, then orders. New code writes a cart and an order for a person with no
+    legacy row in between: the cart keeps NULL (the sync trigger finds no legacy row), then orders' refill makes one.
+    A last pass over every table, which makes none, gives the cart that legacy row (before, it kept NULL while its
+    person had a customer: old code could not find it)."""
+    from pgconverge.execution import killpoint
+
+    dsn, cfg, _ = _switched(make_db, tmp_path, "", ("align", "expand", "switch", "contract"), CARTS)
+    killpoint.fail_at("rollback.contract.orders.legacy_ids:before")
+    try:
+        cli("rollback", "contract", "--yes", "--dsn", dsn, "--config", cfg, expect=2)
+    finally:
+        killpoint.fail_at(None)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        late = conn.execute("insert into public.profiles (display_name) values ('late') returning user_id").fetchone()[0]
+        cart = conn.execute("insert into public.carts (profile_id) values (%s) returning customer_id, id",
+                            (late,)).fetchone()
+        assert cart[0] is None  # no legacy row yet
+        conn.execute("insert into public.orders (profile_id) values (%s)", (late,))
+    cli("rollback", "contract", "--yes", "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn) as conn:
+        legacy = conn.execute("select customer_id from pgconverge.legacy_customer_profile where profile_id = %s",
+                              (late,)).fetchone()
+        got = conn.execute("select customer_id from public.carts where id = %s", (cart[1],)).fetchone()[0]
+    assert legacy is not None and got == legacy[0], (legacy, got)

@@ -465,6 +465,18 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                 continue
             later.append(Step(f"rollback.{fid}.legacy_index_{i + 1}", "rollback", CreateIndexConcurrently(
                 idx.name, d.table.name, sql.SQL(recreate(idx))), (f"{fid}.drop_legacy_index_{i + 1}",)))
+    # Once more over every table, now that every refill has run: a row new code wrote by the new id alone, after its
+    # table's refill, for a person who had no legacy row until another table's refill made one, gets it now (the sync
+    # trigger found none when the row was written). This pass makes no legacy row, so none appears after it: a row
+    # written since for a canonical row without one keeps NULL, as such rows do in the switched state.
+    for d, n in expand.names_of(spec, cat):
+        fid = f"{PHASE}.{n.short}"
+        tables = [leaf.table for leaf in partitions.leaves(d, expand._now(live, cats))] if d.partitioned else [d.table]
+        for t in tables:
+            suffix = f".{partitions.short_names(partitions.leaves(d, expand._now(live, cats)))[t.name]}" \
+                if d.partitioned else ""
+            steps.append(Step(f"rollback.{fid}.legacy_ids_again{suffix}", "rollback", _refill(spec, cat, d, t, True), (),
+                              (f"{PHASE}.keep_legacy_ids",)))
     steps += later
     add("drop_kept_ids", DropTable(kept_ids_table(spec)), (f"{PHASE}.keep_legacy_ids", f"{PHASE}.gates",
                                                            f"{PHASE}.dependencies", f"{PHASE}.map_pending",
@@ -565,20 +577,24 @@ def _restore_shapes(spec: Spec, cat: Catalog, cats, d, fid: str) -> list[Step]:
     return out
 
 
-def _refill(spec: Spec, cat: Catalog, d, table=None) -> Operation:
+def _refill(spec: Spec, cat: Catalog, d, table=None, mapped: bool = False) -> Operation:
     """The legacy column filled again: the kept id where one was kept, else the canonical row's legacy row.
 
     TABLE: D's table, or one of its leaf partitions (walked on its own; rows are named as keep_legacy_ids
-    named them, through the partitioned table)."""
+    named them, through the partitioned table). MAPPED: only rows whose canonical row has a legacy row already
+    (none is made)."""
     table = table if table is not None else d.table
     p = dict(l=ident(d.fk.columns[0]), n=ident(references.new_column(spec, cat, d)), lt=sql.SQL(d.column.type),
              keep=qn(kept_ids_table(spec)), t=sql.Literal(references.label(cat, d)),
-             k=_row_id(spec, cat, d), legacy_for=qn(align.names(spec)["legacy_for"]))
+             k=_row_id(spec, cat, d), legacy_for=qn(align.names(spec)["legacy_for"]),
+             m=qn(align.names(spec)["mapping"]), mn=ident(spec.migration.new_column))
     op = expand.batched_update(
         spec, table, sql.SQL("{l} = coalesce((select x.legacy::{lt} from {keep} x where x.tbl = {t} "
                              "and x.pk = {k}), {legacy_for}(d.{n}))").format(**p), None,
-        sql.SQL("d.{l} is null and d.{n} is not null").format(**p),
-        f"give {table.name} rows their {d.fk.columns[0]} back")
+        sql.SQL("d.{l} is null and d.{n} is not null").format(**p) + (sql.SQL(
+            " and exists (select 1 from {m} m where m.{mn} = d.{n})").format(**p) if mapped else sql.SQL("")),
+        f"give {table.name} rows their {d.fk.columns[0]} back"
+        + (" where their canonical row has a legacy row by now" if mapped else ""))
     kept = sql.SQL("exists (select 1 from {keep} x where x.tbl = {t} and x.pk = {k} and x.legacy is not null)"
                    ).format(**p)
     return dataclasses.replace(op, legacy_rows=(align.reverse_aligned(
