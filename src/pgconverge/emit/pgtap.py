@@ -47,7 +47,10 @@ class TestFile:
         self.lines.append(line)
 
     def render(self, header: str) -> str:
-        return (f"{header}\nbegin;\ncreate extension if not exists pgtap;\nselect plan({self.count});\n\n"
+        # One snapshot for the whole file: the rows an identity is expected to see are read once, before acting as
+        # it, and what it then sees must be read in the same data, whatever the application commits meanwhile.
+        return (f"{header}\nbegin;\nset transaction isolation level repeatable read;\n"
+                f"create extension if not exists pgtap;\nselect plan({self.count});\n\n"
                 + "\n".join(self.lines) + "\n\nselect * from finish();\nrollback;\n")
 
 
