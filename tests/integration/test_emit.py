@@ -123,6 +123,7 @@ def test_layout(emitted):
     for t in tests + earlier:
         code = _code(t)
         assert code.startswith("begin;") and "select * from finish();" in code and code.rstrip().endswith("rollback;")
+        assert code.splitlines()[1] == "set transaction isolation level repeatable read;", t.name
         n = int(re.search(r"select plan\((\d+)\);", code).group(1))
         assert n == len(re.findall(r"^select (?!plan\(|\* from finish|pg_temp\.)", code, re.M))
 

@@ -162,6 +162,34 @@ def test_pgtap_tokens_carry_the_claims_where_the_helper_reads_them(pg15, tmp_pat
     assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
 
 
+def test_pgtap_tokens_after_contract_name_the_auth_user_the_canonical_lookup_knows(pg15, tmp_path):
+    """The legacy helper looks the caller up by auth.uid() and so does the canonical helper's successor, written
+    before contract: the token after contract carries the auth user the canonical row is known by, which for a
+    merged identity need not be its sample legacy row's."""
+    dsn, args = _zoo_db(_on_pg15(pg15, "shapes_lookup"), tmp_path, helper_style="lookup")
+    out = tmp_path / "project"
+    data = _emit(out, args)
+    files = data["migrations"]
+    switched = max(i for i, f in enumerate(files) if "_pgconverge_switch_" in f) + 1
+    _apply(dsn, files[:switched])
+    r = _prove(dsn, out, *sorted(str(p) for p in (out / "pgconverge-tests" / "before_contract").glob("*.sql")))
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+    zoo = build(helper_style="lookup")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(zoo.before_contract_sql)
+        # The case this is about: a sample whose legacy row's auth user is not its canonical row's.
+        differ = [s["label"] for s in data["sample_identities"] if conn.execute(sql.SQL(
+            "select c.auth_user_id::text is distinct from %s from {c} c join {m} m on m.{n} = c.id "
+            "where m.{ml}::text = %s").format(c=sql.SQL(zoo.canonical_table), m=sql.SQL(zoo.mapping_table),
+                                              n=sql.Identifier(zoo.new_column),
+                                              ml=sql.Identifier(zoo.mapping_legacy_column)),
+            (s["subject"], s["legacy_id"])).fetchone()[0]]
+    assert differ, data["sample_identities"]
+    _apply(dsn, files[switched:])
+    r = _prove(dsn, out, *sorted(str(p) for p in (out / "supabase" / "tests" / "database").glob("*.sql")))
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+
+
 def test_rollback_to_contract_after_contract(pg15, tmp_path):
     """Undoing contract alone: the samples of the tests of the state after switch are picked from the archived
     legacy table and mapping, and those tests pass once the undo is applied."""

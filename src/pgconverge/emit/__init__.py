@@ -178,7 +178,7 @@ def _state_tests(spec: Spec, cats: Catalogs, plan: Plan, picked: list, after: st
                 pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked, after_contract=True)]
     cat = cats.for_phase("expand")
     done = PHASES[:PHASES.index(after) + 1]
-    tests = [pgtap.align_tests(spec, cat)]
+    tests = [pgtap.align_tests(spec, cat, plan)]
     if "expand" in done:
         tests.append(pgtap.expand_tests(spec, cat, plan))
     if "switch" in done:

@@ -243,6 +243,37 @@ def final_validation(spec: Spec, cat: Catalog) -> Check:
         covers=(linkage_table(spec, "after"),), redo=(f"{PHASE}.linkage_after",), tally=tally)
 
 
+def recorded_owner(spec: Spec, cat: Catalog, d, i: int = 1) -> tuple[sql.Composable, sql.Composable]:
+    """After contract: (the joins, the owner as text) a row of D's table read as ``d`` must have, from what was
+    recorded while its legacy id was there rather than from the new column it is compared with: the owner its
+    legacy id had through the mapping when contract read every row before the first drop (linkage_after, which
+    the final validation checked the new id against), else the owner align recorded (linkage_before). A row
+    neither names (written by new code alone, or since contract) and a row of a table without a key (named by a
+    ctid, which changes) are given their new column's value. I numbers the joins' aliases (one per reference)."""
+    new = sql.SQL("d.{}::text").format(ident(references.new_column(spec, cat, d)))
+    label = references.label(cat, d)
+    if label in keyless(cat):
+        return sql.SQL(""), new
+    a, b = sql.Identifier(f"pgc_after{i}"), sql.Identifier(f"pgc_before{i}")
+    p = dict(a=a, b=b, t=sql.Literal(label), r=_row_id(spec, cat, d), new=new,
+             after=qn(linkage_table(spec, "after")), before=qn(linkage_table(spec, "before")))
+    joins = sql.SQL(" left join {after} {a} on {a}.tbl = {t} and {a}.pk = {r}"
+                    " left join {before} {b} on {b}.tbl = {t} and {b}.pk = {r}").format(**p)
+    owner = sql.SQL("case when {a}.pk is not null then case when {a}.legacy is not null then {a}.mapped else {new} "
+                    "end when {b}.pk is not null then {b}.owner else {new} end").format(**p)
+    return joins, owner
+
+
+def relinked(spec: Spec, cat: Catalog, d) -> sql.Composable:
+    """After contract: rows of D's table whose new id is not the owner recorded for them (recorded_owner), as
+    (table, row, new id, recorded owner), at most 50."""
+    joins, owner = recorded_owner(spec, cat, d)
+    new = sql.SQL("d.{}::text").format(ident(references.new_column(spec, cat, d)))
+    return sql.SQL("select {t}::text, {r}, {new}, {o} from {tab} d{j} where {new} is distinct from {o} "
+                   "limit 50").format(t=sql.Literal(references.label(cat, d)), r=_row_id(spec, cat, d), new=new,
+                                      o=owner, tab=qn(d.table.name), j=joins)
+
+
 def archive_names(spec: Spec, cat: Catalog) -> tuple[QualifiedName, QualifiedName]:
     stamp = cat.read_at or "undated"
     a = spec.migration.archive_schema

@@ -697,19 +697,12 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
     A failure sends the backfill steps back (Check.redo): the next `pgconverge run expand` walks the tables
     again, filling the rows named (those of a partition attached after its backfill ran, say).
     """
-    an = align.names(spec)
     parts = []
     redo = []
     for d, n in names_of(spec, cat):
-        legacy_col, new = d.fk.columns[0], n.new
-        p = dict(t=qn(d.table.name), l=ident(legacy_col), n=ident(new), m=qn(an["mapping"]),
-                 ml=ident(spec.mapping_legacy_column), mn=ident(spec.migration.new_column),
-                 tn=sql.Literal(str(d.table.name)), fk=sql.Literal(n.fk))
+        p = dict(tn=sql.Literal(str(d.table.name)), fk=sql.Literal(n.fk))
         parts.append(_unfilled(spec, d, n))
-        parts.append(sql.SQL(
-            "select format('%s: %s rows whose %s is not the mapping''s', {tn}, count(*), {nn}), null "
-            "from {t} d join {m} m on m.{ml} = d.{l} where d.{n} is distinct from m.{mn} having count(*) > 0").format(
-            **p, nn=sql.Literal(new)))
+        parts.append(mismatched(spec, d, n))
         parts.append(sql.SQL(
             "select format('%s: foreign key %s is missing or not validated', {tn}, {fk}), null "
             "where not exists (select 1 from pg_catalog.pg_constraint where conrelid = {tn}::regclass "
@@ -726,6 +719,18 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
                  fix="run `pgconverge run expand` again (the backfill picks up missing rows); if rows disagree "
                      "with the mapping, they were written by hand — correct them or roll back with "
                      "`pgconverge rollback expand`", redo=tuple(redo))
+
+
+def mismatched(spec: Spec, d: Dependent, n: Names) -> sql.Composable:
+    """Rows of D's table whose new id is not the mapping of their legacy id, as (what, which rows) for a check
+    (also the emitted pgTAP tests')."""
+    p = dict(t=qn(d.table.name), l=ident(n.legacy), n=ident(n.new), m=qn(align.names(spec)["mapping"]),
+             ml=ident(spec.mapping_legacy_column), mn=ident(spec.migration.new_column),
+             tn=sql.Literal(str(d.table.name)))
+    return sql.SQL(
+        "select format('%s: %s rows whose %s is not the mapping''s', {tn}, count(*), {nn}), null "
+        "from {t} d join {m} m on m.{ml} = d.{l} where d.{n} is distinct from m.{mn} having count(*) > 0").format(
+        **p, nn=sql.Literal(n.new))
 
 
 def _unfilled(spec: Spec, d: Dependent, n: Names) -> sql.Composable:
