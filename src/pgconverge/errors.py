@@ -16,8 +16,13 @@ class PgConvergeError(Exception):
     def __str__(self) -> str:
         return self.problem if not self.fix else f"{self.problem}\n  fix: {self.fix}"
 
+    progress: dict | None = None  # where the phase stands when a run stopped on this error (execution/runner.py)
+
     def as_dict(self) -> dict:
-        return {"error": type(self).__name__, "problem": self.problem, "fix": self.fix}
+        out = {"error": type(self).__name__, "problem": self.problem, "fix": self.fix}
+        if self.progress is not None:
+            out["progress"] = self.progress
+        return out
 
 
 class ConfigError(PgConvergeError):

@@ -175,3 +175,21 @@ def test_help_claims_only_options_that_exist():
     assert "Default: every phase" not in run_help and "Required unless --all" in run_help
     bare = runner.invoke(app, ["run"])
     assert bare.exit_code == 2 and "or pass --all" in _flat(bare.output)
+
+
+def test_a_run_stopped_part_way_says_where_the_phase_stands_in_json(fixture_db, tmp_path):
+    """Exit 2 both for a refusal and for a step failing part way: `--json` tells them apart by `progress`."""
+    from pgconverge.execution import killpoint
+
+    from _support import cli_json, write_config
+
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\n")
+    refused = cli_json("run", "switch", "--dsn", fixture_db, "--config", cfg, expect=2)
+    assert "progress" not in refused, refused
+    killpoint.fail_at("align.match:before")
+    try:
+        err = cli_json("run", "align", "--skip-preflight", "--dsn", fixture_db, "--config", cfg, expect=2)
+    finally:
+        killpoint.fail_at(None)
+    p = err["progress"]
+    assert p["phase"] == "align" and p["failed_step"] == "align.match" and 0 < p["steps_done"] < p["steps"], err

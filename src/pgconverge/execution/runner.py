@@ -267,6 +267,7 @@ class Runner:
         results = []
         steps = self.plan.phase(phase)
         ran = False  # a step began: the schema may have changed, whatever became of the step
+        current = None
         try:
             for i, step in enumerate(steps):
                 st = states.get(step.id)
@@ -276,8 +277,16 @@ class Runner:
                     self.progress.step_finished(step, "skipped", 0.0)
                     continue
                 self._start_ahead(steps, i, states)
-                ran = True
+                ran, current = True, step
                 results.append(self.run_step(step, resuming=bool(st and st.state == "pending")))
+        except PgConvergeError as exc:
+            # Where the phase stands, for scripts (`--json`): a refusal before the first step leaves it where it was;
+            # a step that failed part way leaves the steps before it done, and the same command resumes there.
+            if getattr(exc, "progress", None) is None:
+                now = self.ledger.step_states()
+                exc.progress = {"phase": phase, "steps": len(steps), "failed_step": current.id if current else None,
+                                "steps_done": sum(1 for s in steps if s.id in now and now[s.id].state == "done")}
+            raise
         finally:
             if ran:
                 self._reload_api_schema()
