@@ -39,6 +39,20 @@ grant execute on function public.auth_customer_id() to anon, authenticated, serv
 """
 
 
+def owned(table: str) -> str:
+    """public.TABLE (with a customer_id) under one owner policy on the legacy helper, writable by authenticated."""
+    return (f"alter table public.{table} enable row level security;\n"
+            f"create policy {table}_own on public.{table} for all to authenticated "
+            "using (customer_id = auth_customer_id());\n"
+            f"grant select, insert, update, delete on public.{table} to authenticated;\n")
+
+
+def numbered_customers(n: int) -> str:
+    """N customers of PAIR_SQL, numbered +250780000001 on, named c1 on."""
+    return ("insert into public.customers (wa_id, display_name)\n"
+            f"  select '+25078' || lpad(i::text, 7, '0'), 'c' || i from generate_series(1, {n}) i;\n")
+
+
 # A minimal auth schema (auth.uid(), auth.jwt()), created only where the server has none.
 AUTH_SQL = """
 create schema if not exists auth;

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import psycopg
 
-from _small import PAIR_SQL, roles_sql
+from _small import PAIR_SQL, numbered_customers, owned, roles_sql
 from _support import cli, schema_db
 
 SCHEMA = roles_sql() + PAIR_SQL + """
@@ -30,11 +30,7 @@ end $$;
 create trigger orders_touch before update on public.orders for each row execute function public.touch();
 create trigger orders_audit after update on public.orders for each row execute function public.audit();
 create trigger orders_status after update of total on public.orders for each row execute function public.audit();
-alter table public.orders enable row level security;
-create policy orders_own on public.orders for all to authenticated using (customer_id = auth_customer_id());
-grant select, insert, update, delete on public.orders to authenticated;
-insert into public.customers (wa_id, display_name)
-  select '+25078' || lpad(i::text, 7, '0'), 'c' || i from generate_series(1, 8) i;
+""" + owned("orders") + numbered_customers(8) + """
 insert into public.orders (customer_id, total) select 1 + (i % 8), i from generate_series(1, 24) i;
 """
 
