@@ -223,3 +223,56 @@ def test_a_declared_hidden_table_does_not_count_against_the_switchs_overall_cove
         covered = c.execute("select data -> 'coverage' from pgconverge.snapshots where name = 'rls_equivalence' "
                             "order by id desc limit 1").fetchone()[0]
     assert covered["owning"] == covered["seeing_own"] == 5, covered
+
+
+def test_a_policy_hiding_reads_is_not_excused_by_owner_only_writes(make_db, tmp_path):
+    """A table that owners may read (a SELECT or ALL policy) whose hand-rewritten read policy hides every owner's
+    rows, while its insert check stays owner-only: proves nothing about that table. Owner-only writes excuse only
+    a table no policy lets anyone read (before, they excused this one too, and verify passed)."""
+    dsn, args, _ = _addresses_policy(make_db, tmp_path, "for all to authenticated using (customer_id = "
+                                     "auth_customer_id()) with check (customer_id = auth_customer_id())")
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, *args)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("create policy addresses_hidden on public.addresses as restrictive for select to authenticated "
+                  "using (false)")
+    out = " ".join(cli("verify", "--rls", *args, expect=1).split())
+    assert "proves nothing about public.addresses" in out, out
+
+
+def test_verify_rls_catches_a_leak_with_one_identity_and_to_identities_out_of_the_sample(make_db, tmp_path):
+    """A token that sees a row another identity owns fails verify --rls, whether that other is sampled or not: with a
+    sample of one (no second identity to see the same row), and with a policy that shows one sampled identity the
+    rows of an identity outside the sample (before, both passed: only a row two sampled identities saw counted)."""
+    dsn, args, _ = _addresses_policy(make_db, tmp_path, "for all to authenticated using (customer_id = "
+                                     "auth_customer_id())")
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, *args)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("create policy orders_all on public.orders for select to authenticated using (true)")
+    out = " ".join(cli("verify", "--rls", "--sample", "1", *args, expect=1).split())
+    assert "which does not own it" in out, out
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("drop policy orders_all on public.orders")
+        c.execute("create policy orders_peek on public.orders for select to authenticated "
+                  "using (customer_id = 20 and auth_customer_id() is not null)")
+    out = " ".join(cli("verify", "--rls", "--sample", "3", *args, expect=1).split())
+    assert "which does not own it" in out, out
+
+
+def test_the_switch_refuses_when_no_sampled_identity_owns_a_row(make_db, tmp_path):
+    """Rows have owners, but none of the sampled identities owns one: the equivalence check would compare nothing
+    of anyone's. The switch refuses before any rewrite (before, it recorded the rewrite as proven)."""
+    dsn, args, plain = _addresses_policy(make_db, tmp_path, "for all to authenticated using (customer_id = "
+                                         "auth_customer_id())")
+    with psycopg.connect(dsn, autocommit=True) as c:  # only customer 20 owns rows
+        c.execute("delete from public.order_lines; delete from public.orders; delete from public.addresses")
+        c.execute("insert into public.orders (customer_id) values (20), (20)")
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, plain + "rls_sample = 1\n"))
+    cli("run", "align", *args)
+    cli("run", "expand", *args)
+    with psycopg.connect(dsn) as c:
+        sampled = c.execute("select count(*) from pgconverge.legacy_customer_profile").fetchone()[0]
+    out = " ".join(cli("run", "switch", *args, expect=2).split())
+    assert sampled == 20
+    assert "none of the 1 sampled identities owns a row" in out and "no policy was rewritten" in out, out

@@ -24,7 +24,8 @@ def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
                              "sees another's rows, anonymous callers see nothing, and after the switch old and "
                              "new tokens of one identity see the same rows.")] = False,
            sample: Annotated[int | None, typer.Option(
-               "--sample", help="Identities to check with --rls (0 = all). Default: migration.rls_sample.")] = None
+               "--sample", min=0,
+               help="Identities to check with --rls (0 = all). Default: migration.rls_sample.")] = None
            ) -> None:
     """Check the invariants of every finished phase; exit 1 if any fails.
 
@@ -102,7 +103,8 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
     # Per table: sampled owners, how many of them saw their own rows there, and the rows compared.
     by_table = summary["coverage_by_table"]
     covered = "; ".join(f"{t}: {c['owners_seeing_own']} of {c['owners']} owners see their rows, {c['rows_seen']} "
-                        "rows compared" for t, c in by_table.items() if c["owners"] or c["rows_seen"])
+                        "rows compared" if c["owners"] else f"{t}: no sampled identity owns a row there, "
+                        f"{c['rows_seen']} rows compared (its owners' view not checked)" for t, c in by_table.items())
     note = "" if summary["rows_seen"] else "no identity has rows in these tables: nothing was compared"
     note = "; ".join(x for x in (note, covered, *summary["not_proven"]) if x)
     return invariants.CheckResult(

@@ -48,6 +48,8 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
             _say_scan_bound(runner, before)
             covered = rls.coverage(conn, spec, cat, identities, before)
             read = rls.claims_read(conn, cat)
+            # No sampled identity owns a row although rows have owners: nothing of anyone's would be compared.
+            unowned = not covered["owning"] and rls.owned_rows_exist(conn, spec, cat, targets, False)
         by_table = rls.table_coverage(before, identities)
         hidden, not_proven = rls.hidden_from_owners(spec, by_table, "an old")
         if covered["owning"] and covered["share"] < rls.MIN_COVERAGE:  # nothing has changed yet: refuse rather than prove nothing
@@ -65,6 +67,14 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                 fix=("add the claims the policies need to migration.token_claims, e.g. token_claims = { "
                      + ", ".join(f'{c} = "…"' for c in missing) + " }") if missing else
                     "give migration.token_claims the claims and values the application's tokens carry")
+        if unowned:
+            runner.ledger.snapshot(runner.run_id, "rls_equivalence", {"identities": len(identities),
+                                                                      "coverage": covered, "proves_nothing": True,
+                                                                      "coverage_by_table": by_table})
+            raise GateFailed(
+                f"the RLS equivalence check proves nothing: none of the {len(identities)} sampled identities owns a "
+                "row of the tables whose policies are rewritten, although rows there have owners; no policy was "
+                "rewritten", fix="raise migration.rls_sample (0 = every identity), so that the sample meets owners")
         if hidden:  # one table blind while the others look: its comparison would prove nothing; nothing changed yet
             runner.ledger.snapshot(runner.run_id, "rls_equivalence", {
                 "identities": len(identities), "coverage": covered, "proves_nothing": True,

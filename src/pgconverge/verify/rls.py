@@ -50,6 +50,8 @@ class Target:
         c, t = self.owner_columns, self.owner_types
         return list(zip(c[0::2], c[1::2], t[0::2], t[1::2]))
     parent_type: str = ""  # type of the parent fk column
+    # A permissive policy lets some role read it (SELECT or ALL): not a table its owners may only insert into.
+    readable: bool = True
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,11 @@ class Capture:
     # The rows each sampled identity owns, read as the migration role: table → canonical id → keys. Through the
     # legacy or new column of the table, or, for a table reached through a parent, through the parent's own rows.
     owned: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # Tables whose rows' owners are known (an owner column, or a parent's): a row there that a token sees and its
+    # identity does not own is another's, whether or not that other is sampled.
+    owner_known: set[str] = field(default_factory=set)
+    # Tables no permissive policy lets anyone read: those its owners may only insert into (table_coverage).
+    insert_only: set[str] = field(default_factory=set)
 
 
 # The check asks each token only for the rows it may concern (an index lookup), so a table whose visibility check
@@ -116,8 +123,9 @@ def targets(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> list[Targe
         parent = next(((fk.columns[0], fk.ref_table) for fk in t.foreign_keys
                        if fk.ref_table in deps and len(fk.columns) == 1), None)
         types = tuple(x for d in deps.get(name, ()) for x in (d.column.type, ck_type))
+        readable = any(p.table == name and p.permissive and p.command in ("ALL", "SELECT") for p in cat.policies)
         out.append(Target(name, key, key_type, cols, owner, parent, types,
-                          t.column(parent[0]).type if parent else ""))
+                          t.column(parent[0]).type if parent else "", readable))
     # Parents first, so a child's candidates can be derived from them.
     return sorted(out, key=lambda x: x.parent is not None)
 
@@ -342,7 +350,8 @@ def _has_column(conn, t: Target, column: str) -> bool:
 
 def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, others: dict[str, list[str]],
                parties: dict[str, dict[str, set]] | None = None,
-               owned: dict[str, dict[str, list[str]]] | None = None) -> dict[str, list[str] | None]:
+               owned: dict[str, dict[str, list[str]]] | None = None,
+               known: set[str] | None = None) -> dict[str, list[str] | None]:
     """Per table, the rows linked to IDENTITY (read as the migration role) plus the shared random sample.
 
     RLS is then evaluated on these rows only: an index lookup per identity instead of a full
@@ -381,6 +390,8 @@ def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, other
                 (own.get(str(t.parent[1]), []), out[str(t.parent[1])])).fetchall()
             mine = [r[0] for r in rows]
             own[str(t.table)] = [r[0] for r in rows if r[1]]
+        if mine is not None and known is not None:
+            known.add(str(t.table))
         out[str(t.table)] = None if mine is None else sorted(set(mine) | set(others.get(str(t.table), [])))
     if owned is not None:
         for table, keys in own.items():
@@ -423,14 +434,15 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
     is told after each identity whose tokens were compared.
     """
     stop = stop or (lambda: None)
-    cap = Capture(others=others if others is not None else {str(t.table): random_rows(conn, t) for t in targets_})
+    cap = Capture(others=others if others is not None else {str(t.table): random_rows(conn, t) for t in targets_},
+                  insert_only={str(t.table) for t in targets_ if not t.readable})
     # Anonymous callers: checked on the shared random sample (a full scan per table would evaluate
     # every policy on every row, which on a large database takes minutes and proves no more).
     cap.seen["anon"] = {str(t.table): _visible(conn, spec, t, None, cap.others[str(t.table)]) for t in targets_}
     total = sum((len(i.legacy) if legacy else 0) + (1 if canonical else 0) for i in identities)
     for done, ident_ in enumerate(identities, 1):
         stop()
-        among = candidates(conn, spec, targets_, ident_, cap.others, cap.parties, cap.owned)
+        among = candidates(conn, spec, targets_, ident_, cap.others, cap.parties, cap.owned, cap.owner_known)
         tokens: list[tuple[str, dict]] = []
         if legacy:
             tokens += [(f"L:{lid}", _legacy_token(spec, ident_, i)) for i, lid in enumerate(ident_.legacy)]
@@ -584,14 +596,22 @@ def _owned_by(row: dict, t: Target, owner: Identity) -> dict:
 
 
 def isolation(cap: Capture, identities: list[Identity]) -> list[str]:
-    """No row is visible to two different identities, unless it names both (a table with several references)."""
+    """No row is visible to two different identities, unless it names both (a table with several references); and
+    where the rows' owners are known (Capture.owner_known), no token sees a row its identity does not own: the
+    shared random sample shows a row another identity owns, sampled or not (with one identity sampled, the only
+    way a leak shows)."""
     owner: dict[tuple[str, str], str] = {}
     problems = []
     for ident_ in identities:
         tokens = [f"L:{lid}" for lid in ident_.legacy] + [f"C:{ident_.canonical}"]
         for token in tokens:
             for table, keys in cap.seen.get(token, {}).items():
+                mine = set(cap.owned.get(table, {}).get(ident_.canonical, ())) if table in cap.owner_known else None
                 for k in keys:
+                    if mine is not None and k not in mine:
+                        problems.append(f"{table} row {k} is visible to {ident_.canonical} ({token}), which does not "
+                                        "own it")
+                        continue
                     prev = owner.setdefault((table, k), ident_.canonical)
                     named = cap.parties.get(table, {}).get(k, ())
                     if prev != ident_.canonical and not (prev in named and ident_.canonical in named):
@@ -769,7 +789,8 @@ def table_coverage(cap: Capture, identities: list[Identity]) -> dict[str, dict]:
                 seeing += 1
         # Owners who may insert a row of their own there while another identity may not (a table they may only
         # insert into): the policy tells them apart on writes, where it shows them nothing to read.
-        writing = sum(1 for ident_ in identities if _writes_own_only(cap, ident_.canonical, table))
+        writing = sum(1 for ident_ in identities if _writes_own_only(cap, ident_.canonical, table)) \
+            if table in cap.insert_only else 0
         out[table] = {"owners": owners, "owners_seeing_own": seeing, "rows_seen": seen_rows.get(table, 0),
                       "owners_writing_own": writing}
     return out
