@@ -93,12 +93,12 @@ CASES = [
     Case("shape_user_trigger", dict(shapes=("user_trigger",)), plan_lists=(
         "listed trigger a_require_owner on public.orders", "listed function public.require_owner()")),
     # The owner filled in by the database when the writers leave it out (every third row): the legacy helper as
-    # the column's default (carried to the new column at contract), or a BEFORE trigger reading the token that
+    # the column's default (moved to the new column at the switch), or a BEFORE trigger reading the token that
     # fires after the sync trigger (the last sync trigger derives the other id).
     Case("shape_owner_default", dict(shapes=("owner_default",), legacy_key="uuid", canonical_key="text",
                                      helper_style="lookup"),
-         plan_lists=("mirrored default of public.orders.customer_id: public.auth_customer_id(): contract gives "
-                     'profile_id the default "public"."auth_profile_id"()',)),
+         plan_lists=("mirrored default of public.orders.customer_id: public.auth_customer_id(): the switch moves it "
+                     'to profile_id as "public"."auth_profile_id"()',)),
     Case("shape_owner_trigger", dict(shapes=("owner_trigger",), legacy_key="text", canonical_key="bigint",
                                      match="email"),
          plan_lists=("listed trigger set_owner on public.orders",)),

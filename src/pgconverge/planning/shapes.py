@@ -870,6 +870,7 @@ def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.C
         "it', k.conname, n.nspname, c.relname, {l}), null from pg_catalog.pg_constraint k "
         "join pg_catalog.pg_class c on c.oid = k.conrelid join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
         "where k.contype = 'f' and k.confrelid = to_regclass({l}) and k.conparentid = 0 "
+        "and k.conrelid <> to_regclass({l}) "  # the legacy table's own (customers.referred_by) go with it
         "and (n.nspname::text, c.relname::text, k.conname::text) not in (values {known})").format(
             l=legacy, known=known)]
     for d in planned.dependents:
