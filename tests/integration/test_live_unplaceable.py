@@ -151,8 +151,9 @@ def test_expand_refuses_before_any_change_while_a_legacy_row_has_no_canonical_ro
     conn.execute("set session_replication_role = replica")  # a restore or a replica's apply: no triggers fire
     unseen = conn.execute("insert into public.customers (wa_id) values ('0780000771') returning id").fetchone()[0]
     conn.execute("reset session_replication_role")
-    conn.execute("alter table public.profiles add constraint no_such_number check (whatsapp_e164 <> '+250780000772') "
-                 "not valid")
+    # refuses the number, and a row without one too: no canonical row it can have at all
+    conn.execute("alter table public.profiles add constraint no_such_number check (whatsapp_e164 <> '+250780000772' "
+                 "and whatsapp_e164 is not null) not valid")
     with psycopg.connect(fixture_db, application_name="shop") as app:
         stuck = app.execute("insert into public.customers (wa_id) values ('0780000772') returning id").fetchone()[0]
     before = schema_dump(conn)

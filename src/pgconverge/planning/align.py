@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -373,8 +374,15 @@ def created_values(spec: Spec, cat: Catalog, normalize: QualifiedName, alias: st
         raw = match.as_text(alias, lc, cat.legacy.column(lc).type)
         value = match.stored_value(kind, match.part_key(kind, raw, normalize), raw)
         out.append(sql.SQL("case when {} is null then null else ({})::{} end").format(
-            key, value, sql.SQL(cat.canonical.column(cc).type)))
+            key, value, sql.SQL(unsized(cat.canonical.column(cc).type))))
     return out
+
+
+def unsized(type_: str) -> str:
+    """TYPE without the length of a character or bit type (`character varying(80)` → `character varying`): an
+    explicit cast to the sized type cuts a longer value short without a word, where writing it into the column
+    refuses it (so a long e-mail is not stored cut, as another person's)."""
+    return re.sub(r"\(\d+\)$", "", type_) if type_.startswith(("character", "bit")) else type_
 
 
 def _same_spelling(spec: Spec, cat: Catalog) -> sql.Composable:
@@ -453,11 +461,12 @@ def _align_row_function(spec: Spec, cat: Catalog, key_insert: sql.Composable | N
     bare = [(c, v) for i, (c, v) in enumerate(zip(cols, vals))
             if i < kept or spec.canonical.copy_columns[i - kept][1] == spec.canonical.key]
     bare_cols, bare_vals = [c for c, _ in bare], [v for _, v in bare]
+    # And where the canonical table refuses the match values too (a CHECK on the number's form): a row without them.
+    empty_cols, empty_vals = bare_cols[kept:], bare_vals[kept:]
     if key_insert is not None:
-        cols.insert(0, ck)
-        vals.insert(0, key_insert)
-        bare_cols.insert(0, ck)
-        bare_vals.insert(0, key_insert)
+        for lst, x in ((cols, ck), (vals, key_insert), (bare_cols, ck), (bare_vals, key_insert),
+                       (empty_cols, ck), (empty_vals, key_insert)):
+            lst.insert(0, x)
     same = _same_spelling(spec, cat)
     refuse = effective_unmatched(spec, cat) == "refuse"
     ck_type = sql.SQL(can.column(spec.canonical.key).type)
@@ -467,6 +476,7 @@ declare
   target {ck_type};
   how text;
   note text;
+  refused text;  -- why the canonical table refused a row made for old code's write
   outer_key text := pg_catalog.current_setting({aligning_key}, true);  -- an enclosing creation's, given back after
   outer_legacy text := pg_catalog.current_setting({aligning}, true);
   -- old code writing through the application, not pgconverge's own steps: its write must not fail
@@ -519,6 +529,10 @@ begin
       perform pg_catalog.set_config({aligning_key}, coalesce(outer_key, ''), true),
         pg_catalog.set_config({aligning}, coalesce(outer_legacy, ''), true);
     end if;
+    if target is null and refused is not null then  -- refused even without its values: it waits, and says why
+      raise exception using errcode = 'check_violation', message = pg_catalog.format(
+        'pgconverge: could not create a %s row for %s %s: %s', {can_name}, {leg_name}, r.{lk}, refused);
+    end if;
     if target is null then
       -- the fix in the message itself: the Supabase CLI, which applies emitted files, prints no HINT
       raise exception using errcode = 'unique_violation', message = pg_catalog.format(
@@ -547,7 +561,7 @@ end""").format(
         live_why=sql.Literal(f"created when old code wrote a row of its own for it, with no usable "
                              f"{describe_match(spec)} value (unmatched = \"refuse\" would have it wait for a person, "
                              "and that write would fail): review it"),
-        **_create(qn(can.name), ck, cols, vals, bare_cols, bare_vals))
+        **_create(qn(can.name), ck, cols, vals, bare_cols, bare_vals, empty_cols, empty_vals))
     return sql.SQL(
         "create or replace function {f}(r {lt}) returns {ck_type} language plpgsql volatile security definer "
         "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(
@@ -555,32 +569,52 @@ end""").format(
 
 
 def _create(table: sql.Composable, ck: sql.Composable, cols: list, vals: list, bare_cols: list,
-            bare_vals: list) -> dict[str, sql.Composable]:
+            bare_vals: list, empty_cols: list, empty_vals: list) -> dict[str, sql.Composable]:
     """PL/pgSQL creating the canonical row into TARGET ("create"), and for old code's writes (LIVE) making one that
-    the canonical table refuses with its copied values (a CHECK raises; a unique rule leaves TARGET empty) again
-    without them ("bare"), NOTE saying why: the report lists such rows for review."""
-    insert = sql.SQL("insert into {t} as p ({c}) values ({v}) on conflict do nothing returning p.{ck} into target;")
-    full = insert.format(t=table, c=sql.SQL(", ").join(cols), v=sql.SQL(", ").join(vals), ck=ck)
-    if len(bare_cols) == len(cols):
-        return {"create": full, "bare": sql.SQL("")}  # nothing copied: nothing to leave out
+    the canonical table refuses with its copied values (a CHECK or a type's length raises; a unique rule leaves
+    TARGET empty) again without them ("bare"), and one it refuses with its match values too (a CHECK on the
+    number's form) with neither ("empty": a person without a number there, like an unusable one), NOTE saying why:
+    the report lists such rows for review. Old code's write goes through either way."""
+    name = sql.Literal(text(table))
+
+    def insert(c: list, v: list) -> sql.Composable:
+        into = sql.SQL("({}) values ({})").format(sql.SQL(", ").join(c), sql.SQL(", ").join(v)) if c \
+            else sql.SQL("default values")
+        return sql.SQL("insert into {t} as p {into} on conflict do nothing returning p.{ck} into target;").format(
+            t=table, into=into, ck=ck)
+
+    copied = len(bare_cols) != len(cols)
     create = sql.SQL("""if live then
       begin
         {full}
-      exception when integrity_constraint_violation then
-        note := pg_catalog.format('created without its copied columns, which %s refused (%s): review it', {name},
-                                  sqlerrm);
+      exception when integrity_constraint_violation or data_exception then
+        refused := sqlerrm;
       end;
     else
       {full}
-    end if;""").format(full=full, name=sql.Literal(text(table)))
+    end if;""").format(full=insert(cols, vals))
     bare = sql.SQL("""
     if target is null and live then
-      {insert}
+      {bare}
+      if target is null then  -- it refuses the match values too: a row without them, for a person to look at
+        begin
+          {empty}
+          note := pg_catalog.format('created without its match values, which %s refused (%s): review it', {name},
+                                    coalesce(refused, 'a unique rule'));
+        exception when integrity_constraint_violation or data_exception then
+          null;  -- no canonical row it can have at all: it waits, and says why
+        end;
+      end if;
       how := 'created';
-      note := coalesce(note, pg_catalog.format('created without its copied columns, one of whose values another %s '
-                                                'row holds under a unique rule: review it', {name}));
-    end if;""").format(name=sql.Literal(text(table)), insert=insert.format(
-        t=table, c=sql.SQL(", ").join(bare_cols), v=sql.SQL(", ").join(bare_vals), ck=ck))
+    end if;""").format(name=name, empty=insert(empty_cols, empty_vals), bare=sql.SQL("""begin
+        {insert}
+        note := case when refused is not null then pg_catalog.format(
+          'created without its copied columns, which %s refused (%s): review it', {name}, refused)
+          else pg_catalog.format('created without its copied columns, one of whose values another %s row holds '
+                                 'under a unique rule: review it', {name}) end;
+      exception when integrity_constraint_violation or data_exception then
+        refused := sqlerrm;
+      end;""").format(insert=insert(bare_cols, bare_vals), name=name) if copied else sql.SQL(""))
     return {"create": create, "bare": bare}
 
 
@@ -598,7 +632,7 @@ def reverse_values(spec: Spec, cat: Catalog) -> list[tuple[str, str, sql.Composa
     value over canonical row p). Every other legacy column gets its default. Also what a rollback checks the legacy
     table's rules against before its first change (identity/check.py legacy_refusals)."""
     leg = cat.legacy
-    out = [(lc, cc, sql.SQL("p.{}::{}").format(ident(cc), sql.SQL(leg.column(lc).type)))
+    out = [(lc, cc, sql.SQL("p.{}::{}").format(ident(cc), sql.SQL(unsized(leg.column(lc).type))))
            for lc, cc in zip(spec.legacy.match_columns, spec.canonical.match_columns)]
     # Copied values go in by INSERT's assignment conversion, as written.
     out += [(lc, cc, sql.SQL("p.{}").format(ident(cc))) for lc, cc in spec.canonical.copy_columns]
