@@ -422,6 +422,19 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             f"{PHASE}.canonical_helper", spec.canonical.helper, _direct_helper(fwd[done[0]].op), True),),
             prefix="rollback.")]
         add("canonical_helper", fwd[done[0]].op.reverse(), done)
+    elif cat.canonical_helper is not None:
+        # A helper the switch could not make stand alone (a lookup through auth.uid()): the user rewrote it for
+        # contract's gate, reading no mapping. Back to the switched state, old tokens need the switch's bridged one
+        # again, or the rewritten policies show a merged person's second legacy row nothing (the rewrite is kept in
+        # the ledger's saved definitions).
+        switch_cat = cats.for_phase("switch") if cats is not None else cat
+        bridged = switch._helper(spec, switch_cat).canonical_sql
+        done = (f"{PHASE}.gates",)  # done until the rollback's last step
+        steps += [dataclasses.replace(s, when=done) for s in switch.definer_first(PHASE, ((
+            f"{PHASE}.canonical_helper", spec.canonical.helper, cat.canonical_helper, True),), prefix="rollback.")]
+        steps.append(Step(f"rollback.{PHASE}.canonical_helper", "rollback", ReplaceFunction(
+            spec.canonical.helper, "", bridged, cat.canonical_helper.definition,
+            why="the switch's bridged helper back: old tokens need it"), (), done))
     add("legacy_trigger", al["align.legacy_trigger"].op, (f"{PHASE}.drop_legacy_trigger",))
     add("legacy_key_trigger", al["align.legacy_key_trigger"].op, (f"{PHASE}.drop_legacy_key_trigger",))
     # Indexes after every reference's column is back: one may hold the legacy columns of two.
