@@ -241,6 +241,20 @@ def test_contract_waiting_for_the_team_is_not_a_preflight_failure(make_db, tmp_p
     assert out["schema_restored"] is True, out
 
 
+def test_a_rollback_waiting_for_the_teams_view_is_not_a_preflight_failure(make_db, tmp_path):
+    """New code's own view on the new column after expand: the rehearsed rollback (to before align) refuses on the
+    copy, as a real one would until the view goes, which is the team's to do: the switch goes through, and the
+    preflight says why its rollback was not tried to the end (before, it refused the switch)."""
+    dsn, cfg = _small(make_db, tmp_path, "")
+    cli("run", "align", "--skip-preflight", "--dsn", dsn, "--config", cfg)
+    cli("run", "expand", "--skip-preflight", "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("create view public.my_carts as select id, profile_id from public.carts")
+    out = cli_json("plan", "--check", "--dsn", dsn, "--config", cfg)
+    assert out["verdict"] == "passed" and "public.my_carts" in (out["rollback_deferred"] or ""), out
+    cli("run", "switch", "--dsn", dsn, "--config", cfg)
+
+
 def test_copies_left_by_a_killed_run_are_dropped_by_the_next(admin_dsn):
     """A copy whose process is gone (SIGKILL before it could drop it) is swept; a running or kept one stays."""
     import os

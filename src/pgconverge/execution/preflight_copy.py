@@ -38,6 +38,7 @@ from pgconverge.catalog import baseline
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.connection import CONNECT_TIMEOUT_S, Target, connect, redact
 from pgconverge.errors import PgConvergeError
+from pgconverge.execution.prechecks import RollbackBlocked
 from pgconverge.execution import gates
 from pgconverge.operations.base import PHASES, Plan, Step
 
@@ -105,6 +106,9 @@ class Result:
     kept: bool = False
     skipped_extensions: list[str] = field(default_factory=list)  # left out of the copy; the plan's tables did not need them
     deferred: str | None = None  # contract stopped at a gate only the team can satisfy (views, a helper to rewrite)
+    # The rollback refused before its first change, for objects the team made on what it drops (a view on the new
+    # column): a real rollback refuses the same way until they go, which is the team's to do, not the plan's.
+    rollback_deferred: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -119,6 +123,7 @@ class Result:
                 "phases": self.phases, "rollback_to": self.rollback_to, "schema_restored": self.schema_restored,
                 "schema_differences": self.schema_differences[:20], "plan_matches": self.plan_matches,
                 "skipped_extensions": self.skipped_extensions, "deferred": self.deferred,
+                "rollback_deferred": self.rollback_deferred,
                 "failure": self.failure.as_dict() if self.failure else None}
 
 
@@ -680,6 +685,11 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
             if fresh:
                 result.schema_differences = _diff(before, after)
                 result.schema_restored = not result.schema_differences
+        except RollbackBlocked as exc:
+            if failed is None:
+                result.rollback_deferred = exc.problem
+            else:
+                result.schema_differences = [f"the rollback after the failure refused: {exc.problem}"]
         except Exception as exc:  # noqa: BLE001
             if failed is None:
                 failed = _failure("rollback", exc, tracker.step)
@@ -690,7 +700,8 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
                              + "; ".join(result.schema_differences[:5]), None, None,
                              "the rollback would leave these objects changed on the target: report it with "
                              "`pgconverge plan --rollback-to align` and the lines above")
-        detail = (f"back to the start of {PHASES[0]}, "
+        detail = (f"not tried to the end: it would wait for objects the team made ({result.rollback_deferred})"
+                  if result.rollback_deferred else f"back to the start of {PHASES[0]}, "
                   + ("schema as at the start" if result.schema_restored else
                      "schema not compared (the copy started mid-migration)" if result.schema_restored is None
                      else f"{len(result.schema_differences)} schema differences"))
