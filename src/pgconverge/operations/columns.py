@@ -119,6 +119,10 @@ class SetDefault(_TableOp):
     def lock(self) -> Lock:
         return Lock.ACCESS_EXCLUSIVE
 
+    def drops(self) -> tuple[sql.Composable, ...]:
+        # The default it replaces or drops (on every partition too): what depends on it is no obstacle.
+        return (objects.defaults(self.table, self.column),)
+
     def statements(self) -> list[sql.Composable]:
         if self.expression is None:
             return [sql.SQL("alter table {} alter column {} drop default").format(qn(self.table), ident(self.column))]

@@ -81,3 +81,14 @@ def constraint(table: QualifiedName, name: str) -> sql.Composable:
 
 def policy(table: QualifiedName, name: str) -> sql.Composable:
     return _table_member("pg_policy", "polrelid", "polname", table, name)
+
+
+def defaults(table: QualifiedName, name: str) -> sql.Composable:
+    """The default of TABLE's column NAME, and its copies on TABLE's partitions (ALTER … DROP DEFAULT on the
+    partitioned table drops them all)."""
+    r = _rel(table)
+    return sql.SQL("select 'pg_catalog.pg_attrdef'::regclass::oid, d.oid, null::int from pg_catalog.pg_attrdef d "
+                   "join pg_catalog.pg_attribute a on a.attrelid = d.adrelid and a.attnum = d.adnum "
+                   "where a.attname = {n} and d.adrelid in (select t.relid from pg_catalog.pg_partition_tree({r}) t "
+                   "where {r} is not null)").format(n=sql.Literal(name), r=r)
+
