@@ -390,6 +390,9 @@ def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, other
                 (own.get(str(t.parent[1]), []), out[str(t.parent[1])])).fetchall()
             mine = [r[0] for r in rows]
             own[str(t.table)] = [r[0] for r in rows if r[1]]
+            if parties is not None and str(t.parent[1]) in parties:  # under a row that names several: each may see it
+                for k in own[str(t.table)]:
+                    parties.setdefault(str(t.table), {}).setdefault(k, set()).add(ident_.canonical)
         if mine is not None and known is not None:
             known.add(str(t.table))
         out[str(t.table)] = None if mine is None else sorted(set(mine) | set(others.get(str(t.table), [])))
