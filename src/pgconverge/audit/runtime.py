@@ -119,6 +119,7 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
                                  "for the database; the switch does so where it may)")
     else:
         audit.helper_calls = int(fn[0] if fn else 0) - int((base.get("legacy_helper") or {}).get("calls") or 0)
+        _sessions_before_tracking(conn, audit)
     _old_writes(conn, spec, cat, base, audit)
     audit.observation_window = spec.migration.observation_window
     if audit.baseline_at:
@@ -142,6 +143,27 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
             audit.unavailable.append(f"statements: pg_stat_statements cannot be read ({str(exc).strip()})")
             conn.rollback()
     return audit
+
+
+def _sessions_before_tracking(conn: psycopg.Connection, audit: RuntimeAudit) -> None:
+    """Where function calls are counted because the switch set track_functions for the database, a session keeps the
+    setting it started with: the application's sessions older than the baseline count none of their calls (a pool's
+    connections live for hours), so the helper's count does not cover them."""
+    from pgconverge.connection import OWN_APPLICATION_NAMES
+
+    if audit.baseline_at is None:
+        return
+    source = conn.execute("select source from pg_catalog.pg_settings where name = 'track_functions'").fetchone()[0]
+    if source not in ("database", "database user", "user"):
+        return  # the server's own setting: every session counts
+    n, oldest = conn.execute(
+        "select count(*), min(backend_start) from pg_catalog.pg_stat_activity where datname = current_database() "
+        "and backend_type = 'client backend' and pid <> pg_catalog.pg_backend_pid() and backend_start < %s::timestamptz "
+        "and application_name not like all (%s)", (audit.baseline_at, list(OWN_APPLICATION_NAMES))).fetchone()
+    if n:
+        audit.blind.append(f"calls of the legacy helper in {n} application session(s) started before the switch turned "
+                           f"on function tracking for the database (the oldest at {oldest}; a session keeps the "
+                           "setting it started with): reconnect them (restart the application or its pool)")
 
 
 def _old_writes(conn: psycopg.Connection, spec: Spec, cat: Catalog, base: dict, audit: RuntimeAudit) -> None:

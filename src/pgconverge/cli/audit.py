@@ -114,7 +114,8 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
     column (counted by expand's sync trigger) and, where installed, pg_stat_statements with the baseline
     the switch recorded (or the newer one `--rebaseline` took). Says how much of the observation window
     (migration.observation_window) contract still waits for. Signals this server cannot give are listed,
-    with the reason. With --fail-on-use, exits 1 while anything still uses the legacy side.
+    with the reason. With --fail-on-use, exits 1 while anything still uses the legacy side, or a signal that
+    could show such use was not measured (application sessions older than the switch's function tracking, say).
     """
     from pgconverge.audit import runtime as rt
     from pgconverge.catalog import baseline
@@ -150,12 +151,15 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
         if audit.reads:
             console.print(f"  reads of the legacy table: {', '.join(audit.reads)} (not counted as use: the legacy "
                           "foreign keys' own checks read it too)", highlight=False)
+        for b in audit.blind:
+            console.print(f"  [yellow]not measured[/]: {escape(b)}", highlight=False)
         console.print("[red]still in use[/]: " + escape("; ".join(audit.in_use)) if audit.in_use
+                      else "[yellow]not shown unused[/]: some signals were not measured (above)" if audit.blind
                       else "[green]no use of the legacy side since the baseline[/]", highlight=False)
         if audit.window_open:
             console.print("[yellow]contract waits[/]: " + escape(audit.window_detail()), highlight=False)
         elif audit.observed_s is not None:
             console.print(f"observation window of {format_duration(audit.observation_window)} passed "
                           f"({format_duration(audit.observed_s)} since the baseline)", highlight=False)
-    if (fail_on_use or fail_on_findings) and audit.in_use:
+    if (fail_on_use or fail_on_findings) and (audit.in_use or audit.blind):  # what was not measured is not unused
         raise typer.Exit(1)
