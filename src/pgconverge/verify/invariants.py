@@ -73,28 +73,21 @@ def run(conn: psycopg.Connection, plan: Plan, phases: list[str]) -> list[CheckRe
                         conn.execute("select set_config(%s, %s, true)", (name, value))
                     rows = conn.execute(step.op.query).fetchall()
                     conn.execute("release savepoint pgc_check")
-                    # A pass over no rows proves nothing about them: say so.
-                    empty = [] if rows else _empty(conn, step.op.covers or walked(plan, ph))
+                    # A pass over no rows proves nothing about them: say so, and say what it looked at.
+                    tables = step.op.covers or walked(plan, ph)
+                    examined = rows_in(conn, tables)
+                    empty = [] if rows else [t for t in tables if examined.get(str(t)) == 0]
                     out.append(CheckResult(step.id, step.op.name, not rows,
                                            [[str(x) if x is not None else "" for x in r] for r in rows],
                                            step.op.failure if rows else "", step.op.fix if rows else "",
-                                           f"{', '.join(map(str, empty))}: no rows, nothing was checked there"
-                                           if empty else ""))
+                                           f"{', '.join(map(str, empty))}: no rows, so it proves nothing there"
+                                           if empty else "", {"rows_examined": examined} if examined else None))
     return out
 
 
 def walked(plan: Plan, phase: str) -> list[QualifiedName]:
     """The tables PHASE's batches walk: the rows its checks are about."""
     return list(dict.fromkeys(s.op.table for s in plan.phase(phase) if isinstance(s.op, Batched)))
-
-
-def _empty(conn: psycopg.Connection, tables) -> list[QualifiedName]:
-    out = []
-    for t in tables:
-        if conn.execute("select pg_catalog.to_regclass(%s) is not null", (str(t),)).fetchone()[0] and \
-                not conn.execute(sql.SQL("select exists (select 1 from {})").format(qn(t))).fetchone()[0]:
-            out.append(t)
-    return out
 
 
 # Past this many rows a table's count reads "at least": enough to say what a check looked at, at a bounded cost.
