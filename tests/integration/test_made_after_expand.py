@@ -58,3 +58,20 @@ def test_contract_refuses_what_was_made_on_the_legacy_column_after_expand(make_d
         conn.execute("drop index public.orders_customer_cart")
     cli("run", "contract", *ACCEPT, *args)
     assert {"orders_profile_cart", "orders_profile_day"} <= _indexes(dsn), _indexes(dsn)
+
+
+def test_verify_after_contract_reads_the_new_columns_as_they_are(make_db, tmp_path):
+    """After contract, verify reads the live tables, not only the snapshot contract validated: a new column that lost
+    its foreign key or its NOT NULL fails it (before, verify passed on the snapshot alone)."""
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA.replace("customer_id bigint references", "customer_id bigint "
+                                                            "not null references"))
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, *args)
+    cli("run", "contract", *ACCEPT, *args)
+    cli("verify", *args)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("alter table public.orders drop constraint orders_profile_id_fkey")
+        conn.execute("alter table public.orders alter column profile_id drop not null")
+    out = " ".join(cli("verify", *args, expect=1).split())
+    assert "foreign key orders_profile_id_fkey is missing or not validated" in out, out
+    assert "public.orders.profile_id is no longer NOT NULL" in out, out

@@ -147,8 +147,9 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
 
 def _sessions_before_tracking(conn: psycopg.Connection, audit: RuntimeAudit) -> None:
     """Where function calls are counted because the switch set track_functions for the database, a session keeps the
-    setting it started with: the application's sessions older than the baseline count none of their calls (a pool's
-    connections live for hours), so the helper's count does not cover them."""
+    setting it started with: sessions older than the baseline count none of their calls (a pool's connections live
+    for hours), so the helper's count does not cover them, and the audit says so (the legacy table's counters and
+    the rows old code writes are counted in every session)."""
     from pgconverge.connection import OWN_APPLICATION_NAMES
 
     if audit.baseline_at is None:
@@ -160,10 +161,11 @@ def _sessions_before_tracking(conn: psycopg.Connection, audit: RuntimeAudit) -> 
         "select count(*), min(backend_start) from pg_catalog.pg_stat_activity where datname = current_database() "
         "and backend_type = 'client backend' and pid <> pg_catalog.pg_backend_pid() and backend_start < %s::timestamptz "
         "and application_name not like all (%s)", (audit.baseline_at, list(OWN_APPLICATION_NAMES))).fetchone()
-    if n:
-        audit.blind.append(f"calls of the legacy helper in {n} application session(s) started before the switch turned "
-                           f"on function tracking for the database (the oldest at {oldest}; a session keeps the "
-                           "setting it started with): reconnect them (restart the application or its pool)")
+    if n:  # the table's counters and the sync triggers' count every session: this signal alone is partial
+        audit.unavailable.append(
+            f"helper calls in {n} session(s) started before the switch turned on function tracking for the database "
+            f"(the oldest at {oldest}; a session keeps the setting it started with) are not counted: reconnect them "
+            "(restart the application or its pool) for a full count")
 
 
 def _old_writes(conn: psycopg.Connection, spec: Spec, cat: Catalog, base: dict, audit: RuntimeAudit) -> None:

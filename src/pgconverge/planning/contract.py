@@ -361,7 +361,41 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     add("archive_mapping", ArchiveTable(an["mapping"], archived_map, roles + readers,
                                         tuple((r, "SELECT") for r in readers)))
     add("counts_after", counts(spec, cat, "counts_after", archived))
+    add("new_columns", new_columns_hold(spec, cat))
     return steps
+
+
+def new_columns_hold(spec: Spec, cat: Catalog) -> Check:
+    """What contract leaves for good, read from the live tables whenever `verify` runs: each new column, its foreign
+    key to the canonical table validated, its NOT NULL where expand gave it one, and the tables' indexes valid (the
+    final validation before it read the rows once, from its snapshot)."""
+    parts = []
+    for d, n in expand.names_of(spec, cat):
+        t, new = sql.Literal(str(d.table.name)), sql.Literal(n.new)
+        col = d.table.column(n.new)
+        parts.append(sql.SQL(
+            "select format('%s: foreign key %s is missing or not validated', {t}, {fk}), null where not exists "
+            "(select 1 from pg_catalog.pg_constraint where conrelid = to_regclass({t}) and conname = {fk} and "
+            "convalidated)").format(t=t, fk=sql.Literal(n.fk)))
+        parts.append(sql.SQL(
+            "select format('%s.%s is missing', {t}, {c}), null where not exists (select 1 from pg_catalog.pg_attribute "
+            "where attrelid = to_regclass({t}) and attname = {c} and not attisdropped)").format(t=t, c=new))
+        if col is not None and col.not_null:
+            parts.append(sql.SQL(
+                "select format('%s.%s is no longer NOT NULL', {t}, {c}), null from pg_catalog.pg_attribute "
+                "where attrelid = to_regclass({t}) and attname = {c} and not attnotnull").format(t=t, c=new))
+    tables = list(dict.fromkeys(str(d.table.name) for d in cat.dependents))
+    if tables:
+        parts.append(sql.SQL(
+            "select format('index %s is invalid', i.indexrelid::regclass), null from pg_catalog.pg_index i "
+            "where i.indrelid in (select t.relid from unnest(array[{}]::regclass[]) r, "
+            "pg_catalog.pg_partition_tree(r) t) and not i.indisvalid").format(
+            sql.SQL(", ").join(sql.Literal(x) for x in tables)))
+    query = sql.SQL(" union all ").join(parts) if parts else sql.SQL("select null::text, null::text where false")
+    return Check("new columns hold", query, failure="what contract left on the new columns has changed",
+                 fix="give the new column back its foreign key (ADD … NOT VALID, then VALIDATE), its NOT NULL, or "
+                     "rebuild the invalid index (REINDEX INDEX CONCURRENTLY)",
+                 covers=tuple(d.table.name for d in cat.dependents))
 
 
 def _direct_helper(op: ReplaceFunction) -> Function:
@@ -406,7 +440,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     from pgconverge.operations.create_table import DropTable
 
     add("drop_linkage_after", DropTable(linkage_table(spec, "after")),
-        (f"{PHASE}.linkage_after", f"{PHASE}.counts_after", f"{PHASE}.final_validation"))
+        (f"{PHASE}.linkage_after", f"{PHASE}.counts_after", f"{PHASE}.final_validation", f"{PHASE}.new_columns"))
     add("unarchive_mapping", fwd[f"{PHASE}.archive_mapping"].op.reverse(), (f"{PHASE}.archive_mapping",))
     add("unarchive_legacy_table", fwd[f"{PHASE}.archive_legacy_table"].op.reverse(),
         (f"{PHASE}.archive_legacy_table",))
