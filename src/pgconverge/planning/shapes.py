@@ -446,10 +446,9 @@ def _table(spec: Spec, cat: Catalog, d: Dependent) -> list[Finding]:
         new = expand.Names(spec, d, "", cat).new
         carried = owner_default(spec, d)
         out.append(Finding(f"default of {t.name}.{d.column.name}", MIRRORED if carried else LISTED,
-                           f"{d.column.default}: the switch moves it to {new} as {carried} (which serves old tokens "
-                           f"and new ones), so inserts that leave the owner out keep getting one, through contract, "
-                           f"which drops {d.column.name}, and are not counted as old code's; rollback restores both"
-                           if carried else
+                           f"{d.column.default}: contract gives {new} the default {carried} in the transaction that "
+                           f"drops {d.column.name}, so inserts that leave the owner out keep getting one; rollback "
+                           "restores both" if carried else
                            f"not a call of the legacy helper: it goes with {d.column.name} at contract and {new} gets "
                            f"no default; new code writes {new}, or give it a default after contract"))
     keyed = constraint_indexes(t)

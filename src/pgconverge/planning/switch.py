@@ -117,35 +117,10 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             tuple(_statement(r, spec) for r in auto), tuple(r.reverse_statement for r in auto),
             tuple(policy_name(r) for r in auto), lock_order(cat, {r.table for r in auto}),
             checked=tuple(str(t) for t in lock_order(cat, accepted_tables(spec, cat) - {r.table for r in auto})))),
-    ]
-    moved = _owner_defaults(spec, cat)
-    if moved is not None:
-        steps.append(Step(f"{PHASE}.owner_defaults", PHASE, moved))
-    steps += [
         Step(f"{PHASE}.function_tracking", PHASE, _track_functions()),
         Step(f"{PHASE}.runtime_baseline", PHASE, runtime_baseline(spec, cat)),
     ]
     return steps
-
-
-def _owner_defaults(spec: Spec, cat: Catalog, back: bool = False) -> Together | None:
-    """Where a legacy column's default is the legacy helper (`customer_id default auth_customer_id()`), the default
-    moves to the new column as the canonical helper, which serves old tokens and new ones from the switch on: an
-    insert that names neither owner column is the same statement in old code and new, and counting it (or its call
-    of the legacy helper) as old code's would keep the runtime gate from ever letting contract through. The sync
-    trigger fills the legacy id from the new one. BACK: the reverse, for the rollback."""
-    from pgconverge.operations.columns import SetDefault
-    from pgconverge.planning import expand, shapes
-
-    ops = []
-    for d, n in expand.names_of(spec, cat):
-        owner = shapes.owner_default(spec, d)
-        if owner is None:
-            continue
-        ops += ([SetDefault(d.table.name, n.new, None), SetDefault(d.table.name, n.legacy, d.column.default)] if back
-                else [SetDefault(d.table.name, n.legacy, None), SetDefault(d.table.name, n.new, owner)])
-    return Together(tuple(ops), "an insert naming neither column gets its owner from one default or the other, never "
-                                "from both or none") if ops else None
 
 
 def becomes_definer(fn, new_is_definer: bool) -> bool:
@@ -244,9 +219,7 @@ def runtime_baseline(spec: Spec, cat: Catalog) -> Snapshot:
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
     """Restore every policy and function definition exactly as it was."""
     fwd = {s.id: s for s in plan(spec, cat, cats)}
-    back = _owner_defaults(spec, cat, back=True)
     return [
-        *((Step("rollback.switch.owner_defaults", "rollback", back, (f"{PHASE}.owner_defaults",)),) if back else ()),
         Step("rollback.switch.policies", "rollback", fwd[f"{PHASE}.policies"].op.reverse(),
              (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.function_tracking", f"{PHASE}.review",
               *(i for i in (f"{PHASE}.settle_helpers",) if i in fwd))),
