@@ -93,12 +93,12 @@ CASES = [
     Case("shape_user_trigger", dict(shapes=("user_trigger",)), plan_lists=(
         "listed trigger a_require_owner on public.orders", "listed function public.require_owner()")),
     # The owner filled in by the database when the writers leave it out (every third row): the legacy helper as
-    # the column's default (moved to the new column at the switch), or a BEFORE trigger reading the token that
+    # the column's default (carried to the new column at contract), or a BEFORE trigger reading the token that
     # fires after the sync trigger (the last sync trigger derives the other id).
     Case("shape_owner_default", dict(shapes=("owner_default",), legacy_key="uuid", canonical_key="text",
                                      helper_style="lookup"),
-         plan_lists=("mirrored default of public.orders.customer_id: public.auth_customer_id(): the switch moves it "
-                     'to profile_id as "public"."auth_profile_id"()',)),
+         plan_lists=("mirrored default of public.orders.customer_id: public.auth_customer_id(): contract gives "
+                     'profile_id the default "public"."auth_profile_id"()',)),
     Case("shape_owner_trigger", dict(shapes=("owner_trigger",), legacy_key="text", canonical_key="bigint",
                                      match="email"),
          plan_lists=("listed trigger set_owner on public.orders",)),
@@ -136,8 +136,8 @@ CASES = [
                                                 legacy_key="text", canonical_key="bigint"),
          plan_lists=("listed trigger set_owner on public.orders_recent",)),
     Case("partitioned_hash_uuid", dict(partitioned="hash", legacy_key="uuid", canonical_key="uuid")),
-    # The owner default on a partitioned table: the switch moves it on every partition, so contract's gate finds no
-    # partition's copy of it still calling the legacy helper.
+    # The owner default on a partitioned table: each partition's copy of it goes with the column at contract, so the
+    # gate does not count it as a use of the legacy helper.
     Case("partitioned_owner_default", dict(partitioned="range", shapes=("owner_default",))),
     # Two references from one table (transfers.buyer_id, seller_id), each with its own new column, a policy
     # reading both and an index holding both; one name set in the configuration.

@@ -963,7 +963,8 @@ def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, 
             "pg_catalog.pg_policy p where p.oid = d.objid and p.polrelid = to_regclass({l}))) "
             "and not (d.classid = 'pg_catalog.pg_attrdef'::regclass and exists (select 1 from pg_catalog.pg_attrdef a "
             "join pg_catalog.pg_attribute c on c.attrelid = a.adrelid and c.attnum = a.adnum "
-            "join (values {columns}) as x(t, col) on to_regclass(x.t) = a.adrelid and x.col = c.attname "
+            "join (values {columns}) as x(t, col) on (a.adrelid = to_regclass(x.t) or a.adrelid in (select p.relid "
+            "from pg_catalog.pg_partition_tree(to_regclass(x.t)) p)) and x.col = c.attname "
             "where a.oid = d.objid))").format(
             fate=sql.SQL(fate.replace("'", "''")), desc=describe, h=sql.Literal(cat.legacy_helper.signature),
             l=legacy, columns=columns))
