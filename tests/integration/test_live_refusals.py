@@ -97,3 +97,15 @@ def test_a_long_email_is_not_stored_cut_into_another_persons(make_db, tmp_path):
     assert owners[a[0]][0] != owners[b[0]][0], owners
     assert owners[a[0]][1] is None and owners[b[0]][1] == long[:40], owners  # A's never stored cut short
     assert orders[a[1]] == owners[a[0]][0] and orders[b[1]] == owners[b[0]][0], orders
+
+
+def test_a_fixed_length_canonical_column_keeps_the_whole_value(make_db, tmp_path):
+    """`email character(60)`: created rows keep the whole address (a cast to a bare `character` is one long: every
+    created e-mail would have been cut to its first letter)."""
+    dsn, args = schema_db(make_db, tmp_path, EMAILS.replace("email varchar(40) unique", "email character(60)"),
+                          EMAIL_CONFIG)
+    cli("run", "align", *args)
+    with psycopg.connect(dsn) as conn:
+        made = conn.execute("select rtrim(p.email) from pgconverge.legacy_customer_profile m join public.profiles p "
+                            "on p.id = m.profile_id order by m.customer_id").fetchall()
+    assert [r[0] for r in made] == [f"c{i}@example.org" for i in range(1, 7)], made

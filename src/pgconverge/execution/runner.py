@@ -276,16 +276,21 @@ class Runner:
                     results.append(StepResult(step.id, "skipped", 0.0))
                     self.progress.step_finished(step, "skipped", 0.0)
                     continue
+                current = step
                 self._start_ahead(steps, i, states)
-                ran, current = True, step
+                ran = True
                 results.append(self.run_step(step, resuming=bool(st and st.state == "pending")))
         except PgConvergeError as exc:
             # Where the phase stands, for scripts (`--json`): a refusal before the first step leaves it where it was;
             # a step that failed part way leaves the steps before it done, and the same command resumes there.
             if getattr(exc, "progress", None) is None:
-                now = self.ledger.step_states()
+                try:
+                    now = self.ledger.step_states()
+                    done = sum(1 for s in steps if s.id in now and now[s.id].state == "done")
+                except psycopg.Error:  # the connection the error came through may be gone: the error comes first
+                    done = None
                 exc.progress = {"phase": phase, "steps": len(steps), "failed_step": current.id if current else None,
-                                "steps_done": sum(1 for s in steps if s.id in now and now[s.id].state == "done")}
+                                "steps_done": done}
             raise
         finally:
             if ran:

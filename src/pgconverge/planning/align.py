@@ -379,10 +379,15 @@ def created_values(spec: Spec, cat: Catalog, normalize: QualifiedName, alias: st
 
 
 def unsized(type_: str) -> str:
-    """TYPE without the length of a character or bit type (`character varying(80)` → `character varying`): an
-    explicit cast to the sized type cuts a longer value short without a word, where writing it into the column
-    refuses it (so a long e-mail is not stored cut, as another person's)."""
-    return re.sub(r"\(\d+\)$", "", type_) if type_.startswith(("character", "bit")) else type_
+    """TYPE with no length for a character or bit type (`character varying(80)` → `character varying`,
+    `character(30)` → `bpchar`, `bit(8)` → `bit varying`): an explicit cast to the sized type cuts a longer value
+    short without a word (and a bare `character` or `bit` is one long), where writing it into the column refuses
+    it, so a long e-mail is not stored cut, as another person's."""
+    if not re.search(r"\(\d+\)$", type_):
+        return type_
+    base = re.sub(r"\(\d+\)$", "", type_)
+    return {"character": "bpchar", "bit": "bit varying"}.get(base, base) \
+        if base in ("character", "bit", "character varying", "bit varying") else type_
 
 
 def _same_spelling(spec: Spec, cat: Catalog) -> sql.Composable:

@@ -665,12 +665,14 @@ def _refill(spec: Spec, cat: Catalog, d, table=None, mapped: bool = False) -> Op
     p = dict(l=ident(d.fk.columns[0]), n=ident(references.new_column(spec, cat, d)), lt=sql.SQL(d.column.type),
              keep=qn(kept_ids_table(spec)), t=sql.Literal(references.label(cat, d)),
              k=_row_id(spec, cat, d), legacy_for=qn(align.names(spec)["legacy_for"]),
-             m=qn(align.names(spec)["mapping"]), mn=ident(spec.migration.new_column))
+             m=qn(align.names(spec)["mapping"]), mn=ident(spec.migration.new_column),
+             ml=ident(spec.mapping_legacy_column), leg=qn(cat.legacy.name), lk=ident(spec.legacy.key))
     op = expand.batched_update(
         spec, table, sql.SQL("{l} = coalesce((select x.legacy::{lt} from {keep} x where x.tbl = {t} "
                              "and x.pk = {k}), {legacy_for}(d.{n}))").format(**p), None,
         sql.SQL("d.{l} is null and d.{n} is not null").format(**p) + (sql.SQL(
-            " and exists (select 1 from {m} m where m.{mn} = d.{n})").format(**p) if mapped else sql.SQL("")),
+            " and exists (select 1 from {m} m join {leg} l on l.{lk} = m.{ml} where m.{mn} = d.{n})").format(**p)
+            if mapped else sql.SQL("")),
         f"give {table.name} rows their {d.fk.columns[0]} back"
         + (" where their canonical row has a legacy row by now" if mapped else ""))
     kept = sql.SQL("exists (select 1 from {keep} x where x.tbl = {t} and x.pk = {k} and x.legacy is not null)"

@@ -861,7 +861,7 @@ def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.C
     legacy = sql.Literal(str(cat.legacy.name))
     known = sql.SQL(", ").join(sql.SQL("({}, {}, {})").format(
         sql.Literal(d.table.name.schema), sql.Literal(d.table.name.name), sql.Literal(d.fk.name))
-        for d in planned.dependents) or sql.SQL("(null, null, null)")
+        for d in planned.dependents) or sql.SQL("(null, null, null)")  # NOT IN over NULLs: see the exists below
     parts = [sql.SQL(
         "select format('foreign key %I on %I.%I references %s and was made after expand was planned: it has no new "
         "column, sync trigger or backfill, so contract would stop at it; drop it (or point it at the canonical table "
@@ -870,7 +870,8 @@ def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.C
         "join pg_catalog.pg_class c on c.oid = k.conrelid join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
         "where k.contype = 'f' and k.confrelid = to_regclass({l}) and k.conparentid = 0 "
         "and k.conrelid <> to_regclass({l}) "  # the legacy table's own (customers.referred_by) go with it
-        "and (n.nspname::text, c.relname::text, k.conname::text) not in (values {known})").format(
+        "and not exists (select 1 from (values {known}) v(s, t, c) where v.s = n.nspname::text "
+        "and v.t = c.relname::text and v.c = k.conname::text)").format(
             l=legacy, known=known)]
     for d in planned.dependents:
         t, col = sql.Literal(str(d.table.name)), d.fk.columns[0]
