@@ -752,7 +752,9 @@ def _legacy_key_function(spec: Spec) -> sql.Composable:
     """A legacy row whose key the application changes keeps its mapping under the new key (and its wait in the
     pending table): BEFORE the row changes, so the dependents' sync triggers, which ON UPDATE CASCADE fires after it,
     find the person's canonical row under the new key instead of deciding the row again as a new one (a second
-    canonical row). A mapping left under the new key by a legacy row deleted since gives way."""
+    canonical row). A mapping left under the new key by a legacy row deleted since gives way: no live row holds that
+    key then, because a key the dependents' foreign keys reference cannot be DEFERRABLE, and a unique key that is not
+    refuses two rows the same key even in the middle of a statement (so two rows cannot swap keys)."""
     n = names(spec)
     code = sql.SQL("""
 begin
