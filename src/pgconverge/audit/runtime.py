@@ -157,10 +157,19 @@ def _sessions_before_tracking(conn: psycopg.Connection, audit: RuntimeAudit) -> 
     source = conn.execute("select source from pg_catalog.pg_settings where name = 'track_functions'").fetchone()[0]
     if source not in ("database", "database user", "user"):
         return  # the server's own setting: every session counts
-    n, oldest = conn.execute(
-        "select count(*), min(backend_start) from pg_catalog.pg_stat_activity where datname = current_database() "
-        "and backend_type = 'client backend' and pid <> pg_catalog.pg_backend_pid() and backend_start < %s::timestamptz "
-        "and application_name not like all (%s)", (audit.baseline_at, list(OWN_APPLICATION_NAMES))).fetchone()
+    n, oldest, hidden = conn.execute(
+        "select count(*) filter (where backend_type = 'client backend' and backend_start < %s::timestamptz "
+        "and application_name not like all (%s)), min(backend_start) filter (where backend_type = 'client backend' "
+        "and backend_start < %s::timestamptz and application_name not like all (%s)), "
+        # another role's session shows none of this without pg_read_all_stats
+        "count(*) filter (where backend_type is null and backend_start is null) "
+        "from pg_catalog.pg_stat_activity where datname = current_database() and pid <> pg_catalog.pg_backend_pid()",
+        (audit.baseline_at, list(OWN_APPLICATION_NAMES), audit.baseline_at, list(OWN_APPLICATION_NAMES))).fetchone()
+    if hidden:
+        audit.unavailable.append(
+            f"helper calls in {hidden} session(s) of other roles may not be counted: when they started is hidden from "
+            "this role (grant it pg_read_all_stats to see), and a session older than the switch's function tracking "
+            "counts none of its calls")
     if n:  # the table's counters and the sync triggers' count every session: this signal alone is partial
         audit.unavailable.append(
             f"helper calls in {n} session(s) started before the switch turned on function tracking for the database "

@@ -115,7 +115,7 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
     the switch recorded (or the newer one `--rebaseline` took). Says how much of the observation window
     (migration.observation_window) contract still waits for. Signals this server cannot give are listed,
     with the reason. With --fail-on-use, exits 1 while anything still uses the legacy side, or a signal that
-    could show such use was not measured (application sessions older than the switch's function tracking, say).
+    could show such use was not measured at all (a table without statistics, a missing counter).
     """
     from pgconverge.audit import runtime as rt
     from pgconverge.catalog import baseline
