@@ -239,15 +239,17 @@ def _tried(conn: psycopg.Connection, at: sql.Composable, label: str, triggers: l
                 conn.execute("select pg_catalog.set_config(%s, %s, true)", (name, value))
             conn.execute(sql.SQL("insert into {t} ({c}) select {c} from {x} order by {i} limit {n}").format(
                 t=at, c=cols, x=_CREATED, i=sql.Identifier(_ID), n=sql.Literal(TRIED)))
-    except psycopg.errors.NotNullViolation as exc:
-        if exc.diag.column_name in trial:
+    except psycopg.Error as exc:
+        ours = exc.diag.table_name == label.rsplit(".", 1)[-1].strip('"')
+        if isinstance(exc, psycopg.errors.NotNullViolation) and ours and exc.diag.column_name in trial:
             return [f"{unfilled}, and trigger(s) {names} left {exc.diag.column_name} NULL in a row written as a "
                     f"trial and rolled back ({fix})"]
-        refused = exc
-    except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
-        refused = exc  # NOT NULL is checked before these (after the BEFORE triggers): it held
-    except psycopg.Error as exc:  # raised by a trigger: pgconverge would meet it; on a made-up row it tells nothing
-        if not made:
+        # A unique, check or foreign key rule of the table itself is checked after the BEFORE triggers and NOT NULL:
+        # those held. Anything else (a value that does not convert, an error of a trigger) comes before or from
+        # them: on a made-up row it tells nothing.
+        held = ours and isinstance(exc, psycopg.errors.IntegrityError) and not isinstance(
+            exc, psycopg.errors.NotNullViolation)
+        if not made and not held:
             return [f"{unfilled}; trigger(s) {names} may fill them, but a trial row made up from another row was "
                     f"refused ({str(exc).strip().splitlines()[0]}), so pgconverge cannot tell ({fix})"]
         refused = exc
