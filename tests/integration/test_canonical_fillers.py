@@ -63,6 +63,8 @@ def test_a_trigger_that_leaves_the_column_null_for_some_rows_is_refused_before_a
     out = cli("plan", *args, expect=2)
     assert "handle" in out and "profiles_handle left handle NULL" in out, out
     cli("run", "align", *args, expect=2)
+    out = " ".join(cli("emit", str(tmp_path / "project"), *args, expect=2).split())  # emit checks the same
+    assert "profiles_handle left handle NULL" in out and not list((tmp_path / "project").rglob("*.sql")), out
     assert not _installed(dsn)
 
 

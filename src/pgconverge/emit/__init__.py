@@ -214,6 +214,12 @@ def emit(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, *, thr
         raise EmitError(f"nothing to write: the ledger records every step of {', '.join(phases)} as done",
                         fix="`pgconverge status` shows where the migration stands; emit the next phase with "
                             "--phase, or the undo with --rollback-to")
+    if any(s.id == "align.match" for s in steps) and cats.live is not None:
+        # What `plan` and `run` check of the rows align will create (their values against the canonical table's
+        # rules, what its insert triggers fill), before a file stops on it part way.
+        from pgconverge.identity import check as match_check
+
+        match_check.run(conn, spec, cats.live)
     plan, files = _adapted(spec, cats, steps, out, start, now)
     rollback = planner.rollback(spec, cats, "align")
     _private_schema_reverse(spec, plan, files)
