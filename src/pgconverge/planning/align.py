@@ -601,7 +601,9 @@ def _create(table: sql.Composable, ck: sql.Composable, cols: list, vals: list, b
     bare = sql.SQL("""
     if target is null and live then
       {bare}
-      if target is null then  -- it refuses the match values too: a row without them, for a person to look at
+      -- It refuses the match values too: where old code writes a row of its own for it (which must not fail for
+      -- want of an owner), a canonical row without them, for a person to look at; else it waits in pending.
+      if target is null and pg_catalog.current_setting({placing}, true) is not distinct from 'on' then
         begin
           {empty}
           note := pg_catalog.format('created without its match values, which %s refused (%s): review it', {name},
@@ -619,7 +621,8 @@ def _create(table: sql.Composable, ck: sql.Composable, cols: list, vals: list, b
                                  'under a unique rule: review it', {name}) end;
       exception when integrity_constraint_violation or data_exception then
         refused := sqlerrm;
-      end;""").format(insert=insert(bare_cols, bare_vals), name=name) if copied else sql.SQL(""))
+      end;""").format(insert=insert(bare_cols, bare_vals), name=name) if copied else sql.SQL(""),
+        placing=sql.Literal(PLACING))
     return {"create": create, "bare": bare}
 
 
