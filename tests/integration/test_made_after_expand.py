@@ -36,6 +36,7 @@ def test_contract_refuses_what_was_made_on_the_legacy_column_after_expand(make_d
         conn.execute("create unique index orders_customer_cart on public.orders (customer_id, cart_no)")
         conn.execute("create index orders_customer_day on public.orders (customer_id, cart_no, created_at)")
         conn.execute("create index orders_profile_day on public.orders (profile_id, cart_no, created_at)")  # its mirror
+        conn.execute("create index orders_customer_text on public.orders ((customer_id::text))")  # an expression
         conn.execute("create table public.wishlists (id serial primary key, customer_id bigint "
                      "references public.customers (id))")
     before = _indexes(dsn)
@@ -47,6 +48,7 @@ def test_contract_refuses_what_was_made_on_the_legacy_column_after_expand(make_d
     assert "unique index orders_customer_cart on public.orders contains customer_id" in out and \
            "and the rule it keeps" in out, out
     assert "orders_customer_day" not in out, out  # its mirror is there
+    assert "index orders_customer_text on public.orders contains customer_id" in out, out
     assert _indexes(dsn) == before
     with psycopg.connect(dsn) as conn:
         assert conn.execute("select count(*) from information_schema.columns where table_name = 'orders' "
@@ -56,6 +58,7 @@ def test_contract_refuses_what_was_made_on_the_legacy_column_after_expand(make_d
         conn.execute("drop index public.orders_customer_created")
         conn.execute("create unique index orders_profile_cart on public.orders (profile_id, cart_no)")
         conn.execute("drop index public.orders_customer_cart")
+        conn.execute("drop index public.orders_customer_text")
     cli("run", "contract", *ACCEPT, *args)
     assert {"orders_profile_cart", "orders_profile_day"} <= _indexes(dsn), _indexes(dsn)
 

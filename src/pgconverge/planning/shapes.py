@@ -876,23 +876,34 @@ def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.C
     for d in planned.dependents:
         t, col = sql.Literal(str(d.table.name)), d.fk.columns[0]
         new = references.new_column(spec, planned, d)
-        names = sql.Literal([i.name.name for i in d.table.indexes])
-        attnum = sql.SQL("(select a.attnum from pg_catalog.pg_attribute a where a.attrelid = to_regclass({t}) and "
+        names = sql.Literal([i.name.name for i in d.table.indexes]
+                            + [i.name.name for p in d.partitions for i in p.table.indexes])
+        attnum = sql.SQL("(select a.attnum from pg_catalog.pg_attribute a where a.attrelid = i.indrelid and "
                          "a.attname = {c} and not a.attisdropped)")
+        word = sql.Literal(r"\m" + re.escape(col) + r"\M")
         parts.append(sql.SQL(
             "select format('%sindex %I on %s contains {c} and was made after expand was planned: it has no mirror on "
             "{n}, so contract would drop it with {c}%s; make its mirror (CREATE %sINDEX CONCURRENTLY … ON %s with {n} "
             "in place of {c}) and drop it, or drop it', case when i.indisunique then 'unique ' else '' end, "
-            "ic.relname, {t}, case when i.indisunique then ' and the rule it keeps' else '' end, "
-            "case when i.indisunique then 'UNIQUE ' else '' end, {t}), null "
+            "ic.relname, tbl, case when i.indisunique then ' and the rule it keeps' else '' end, "
+            "case when i.indisunique then 'UNIQUE ' else '' end, tbl), null "
             "from pg_catalog.pg_index i join pg_catalog.pg_class ic on ic.oid = i.indexrelid "
-            "where i.indrelid = to_regclass({t}) and not i.indisprimary and {lnum} = any(i.indkey::int2[]) "
+            "cross join lateral (select pg_catalog.format('%I.%I', tn.nspname, tc.relname) as tbl "
+            "from pg_catalog.pg_class tc join pg_catalog.pg_namespace tn on tn.oid = tc.relnamespace "
+            "where tc.oid = i.indrelid) w "
+            # the table, or one of its partitions (an index of a partition's own, not one attached to the table's)
+            "where (i.indrelid = to_regclass({t}) or i.indrelid in (select p.relid from "
+            "pg_catalog.pg_partition_tree(to_regclass({t})) p) and not exists (select 1 from pg_catalog.pg_inherits h "
+            "where h.inhrelid = i.indexrelid)) and not i.indisprimary "
+            # a key column, or in an expression, INCLUDE or the predicate
+            "and ({lnum} = any(i.indkey::int2[]) or pg_catalog.pg_get_indexdef(i.indexrelid) ~ {word}) "
             "and ic.relname::text <> all({names}::text[]) and not exists (select 1 from pg_catalog.pg_index o "
             "where o.indrelid = i.indrelid and o.indisunique = i.indisunique "
-            "and o.indkey::int2[] = pg_catalog.array_replace(i.indkey::int2[], {lnum}, {nnum}))").format(
+            "and o.indkey::int2[] = pg_catalog.array_replace(i.indkey::int2[], {lnum}, {nnum}) "
+            "and {lnum} = any(i.indkey::int2[]))").format(
                 c=sql.SQL(col.replace("'", "''").replace("%", "%%")), n=sql.SQL(new.replace("'", "''").replace("%", "%%")),
-                t=t, names=names, lnum=attnum.format(t=t, c=sql.Literal(col)),
-                nnum=attnum.format(t=t, c=sql.Literal(new))))
+                t=t, names=names, word=word, lnum=attnum.format(c=sql.Literal(col)),
+                nnum=attnum.format(c=sql.Literal(new))))
     return parts
 
 
