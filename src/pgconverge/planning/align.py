@@ -734,18 +734,29 @@ begin
   perform {f}(new);
   return null;
 exception when others then
-  insert into {pending} as p (legacy_id, reason, sqlstate) values (new.{lk}::text, case sqlstate
-    when '40001' then 'written by a transaction whose snapshot is older than the canonical row made for the same '
-                      'key (repeatable read or serializable): pgconverge maps it at its next step'
-    else sqlerrm end, sqlstate)
-    on conflict (legacy_id) do update set reason = excluded.reason, sqlstate = excluded.sqlstate,
-    at = clock_timestamp();
+  {park}
   return null;
-end""").format(f=qn(n["align_row"]), pending=qn(n["pending"]), lk=ident(spec.legacy.key))
-    # SECURITY DEFINER: old code runs as an API role, which has no access to the private schema.
+end""").format(f=qn(n["align_row"]), park=_park(spec, sql.SQL(
+        "case sqlstate when '40001' then 'written by a transaction whose snapshot is older than the canonical row made "
+        "for the same key (repeatable read or serializable): pgconverge maps it at its next step' else sqlerrm end")))
+    return _trigger_function(n["legacy_trigger_fn"], code)
+
+
+def _park(spec: Spec, reason: sql.Composable) -> sql.Composable:
+    """PL/pgSQL, in a trigger's exception handler: the legacy row NEW waits in the pending table with REASON (an
+    expression) and the error's SQLSTATE; the coverage gates name it."""
+    return sql.SQL("insert into {pending} as p (legacy_id, reason, sqlstate) values (new.{lk}::text, {reason}, "
+                   "sqlstate) on conflict (legacy_id) do update set reason = excluded.reason, "
+                   "sqlstate = excluded.sqlstate, at = clock_timestamp();").format(
+        pending=qn(names(spec)["pending"]), lk=ident(spec.legacy.key), reason=reason)
+
+
+def _trigger_function(name: QualifiedName, code: sql.Composable) -> sql.Composable:
+    """A trigger function of the legacy table. SECURITY DEFINER: old code runs as an API role, which has no access to
+    the private schema."""
     return sql.SQL(
         "create or replace function {f}() returns trigger language plpgsql security definer "
-        "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(n["legacy_trigger_fn"]), body=body(code))
+        "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(name), body=body(code))
 
 
 KEY_TRIGGER = "pgconverge_align_key"
@@ -767,17 +778,13 @@ begin
   update {pending} p set legacy_id = new.{lk}::text where p.legacy_id = old.{lk}::text;
   return new;
 exception when others then  -- never fail the application's write: the row is decided again, and said why
-  insert into {pending} as p (legacy_id, reason, sqlstate) values (new.{lk}::text, pg_catalog.format(
-    'its key changed from %s and its mapping could not follow: %s', old.{lk}, sqlerrm), sqlstate)
-    on conflict (legacy_id) do update set reason = excluded.reason, sqlstate = excluded.sqlstate,
-    at = clock_timestamp();
+  {park}
   return new;
 end""").format(mapping=qn(n["mapping"]), ml=ident(spec.mapping_legacy_column), lk=ident(spec.legacy.key),
-               pending=qn(n["pending"]))
-    return sql.SQL(
-        "create or replace function {f}() returns trigger language plpgsql security definer "
-        "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(
-            f=qn(n["legacy_key_fn"]), body=body(code))
+               pending=qn(n["pending"]), park=_park(spec, sql.SQL(
+                   "pg_catalog.format('its key changed from %s and its mapping could not follow: %s', old.{}, "
+                   "sqlerrm)").format(ident(spec.legacy.key))))
+    return _trigger_function(n["legacy_key_fn"], code)
 
 
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:

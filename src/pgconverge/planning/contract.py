@@ -369,14 +369,11 @@ def new_columns_hold(spec: Spec, cat: Catalog) -> Check:
     """What contract leaves for good, read from the live tables whenever `verify` runs: each new column, its foreign
     key to the canonical table validated, its NOT NULL where expand gave it one, and the tables' indexes valid (the
     final validation before it read the rows once, from its snapshot)."""
-    parts = []
+    parts = [expand.invalid_indexes(cat)]
     for d, n in expand.names_of(spec, cat):
         t, new = sql.Literal(str(d.table.name)), sql.Literal(n.new)
         col = d.table.column(n.new)
-        parts.append(sql.SQL(
-            "select format('%s: foreign key %s is missing or not validated', {t}, {fk}), null where not exists "
-            "(select 1 from pg_catalog.pg_constraint where conrelid = to_regclass({t}) and conname = {fk} and "
-            "convalidated)").format(t=t, fk=sql.Literal(n.fk)))
+        parts.append(expand.fk_validated(d, n))
         parts.append(sql.SQL(
             "select format('%s.%s is missing', {t}, {c}), null where not exists (select 1 from pg_catalog.pg_attribute "
             "where attrelid = to_regclass({t}) and attname = {c} and not attisdropped)").format(t=t, c=new))
@@ -384,15 +381,7 @@ def new_columns_hold(spec: Spec, cat: Catalog) -> Check:
             parts.append(sql.SQL(
                 "select format('%s.%s is no longer NOT NULL', {t}, {c}), null from pg_catalog.pg_attribute "
                 "where attrelid = to_regclass({t}) and attname = {c} and not attnotnull").format(t=t, c=new))
-    tables = list(dict.fromkeys(str(d.table.name) for d in cat.dependents))
-    if tables:
-        parts.append(sql.SQL(
-            "select format('index %s is invalid', i.indexrelid::regclass), null from pg_catalog.pg_index i "
-            "where i.indrelid in (select t.relid from unnest(array[{}]::regclass[]) r, "
-            "pg_catalog.pg_partition_tree(r) t) and not i.indisvalid").format(
-            sql.SQL(", ").join(sql.Literal(x) for x in tables)))
-    query = sql.SQL(" union all ").join(parts) if parts else sql.SQL("select null::text, null::text where false")
-    return Check("new columns hold", query, failure="what contract left on the new columns has changed",
+    return Check("new columns hold", sql.SQL(" union all ").join(parts), failure="what contract left on the new columns has changed",
                  fix="give the new column back its foreign key (ADD … NOT VALID, then VALIDATE), its NOT NULL, or "
                      "rebuild the invalid index (REINDEX INDEX CONCURRENTLY)",
                  covers=tuple(d.table.name for d in cat.dependents))
@@ -549,12 +538,11 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     # written since for a canonical row without one keeps NULL, as such rows do in the switched state.
     for d, n in expand.names_of(spec, cat):
         fid = f"{PHASE}.{n.short}"
-        tables = [leaf.table for leaf in partitions.leaves(d, expand._now(live, cats))] if d.partitioned else [d.table]
-        for t in tables:
-            suffix = f".{partitions.short_names(partitions.leaves(d, expand._now(live, cats)))[t.name]}" \
-                if d.partitioned else ""
-            steps.append(Step(f"rollback.{fid}.legacy_ids_again{suffix}", "rollback", _refill(spec, cat, d, t, True), (),
-                              (f"{PHASE}.keep_legacy_ids",)))
+        leaves = partitions.leaves(d, expand._now(live, cats)) if d.partitioned else []
+        ps = partitions.short_names(leaves) if leaves else {}
+        for t in [leaf.table for leaf in leaves] if d.partitioned else [d.table]:
+            steps.append(Step(f"rollback.{fid}.legacy_ids_again" + (f".{ps[t.name]}" if leaves else ""), "rollback",
+                              _refill(spec, cat, d, t, True), (), (f"{PHASE}.keep_legacy_ids",)))
     steps += later
     add("drop_kept_ids", DropTable(kept_ids_table(spec)), (f"{PHASE}.keep_legacy_ids", f"{PHASE}.gates",
                                                            f"{PHASE}.dependencies", f"{PHASE}.map_pending",

@@ -700,25 +700,36 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
     parts = []
     redo = []
     for d, n in names_of(spec, cat):
-        p = dict(tn=sql.Literal(str(d.table.name)), fk=sql.Literal(n.fk))
         parts.append(_unfilled(spec, d, n))
         parts.append(mismatched(spec, d, n))
-        parts.append(sql.SQL(
-            "select format('%s: foreign key %s is missing or not validated', {tn}, {fk}), null "
-            "where not exists (select 1 from pg_catalog.pg_constraint where conrelid = {tn}::regclass "
-            "and conname = {fk} and convalidated)").format(**p))
+        parts.append(fk_validated(d, n))
         redo.append(f"{PHASE}.{n.short}.{'backfill_attached' if d.partitioned else 'backfill'}")
-    tables = list(dict.fromkeys(str(d.table.name) for d in cat.dependents))
-    parts.append(sql.SQL(
-        "select format('index %s is invalid', i.indexrelid::regclass), null from pg_catalog.pg_index i "
-        "where i.indrelid in (select t.relid from unnest(array[{}]::regclass[]) r, "
-        "pg_catalog.pg_partition_tree(r) t) and not i.indisvalid").format(
-        sql.SQL(", ").join(sql.Literal(t) for t in tables)))
+    parts.append(invalid_indexes(cat))
     return Check("invariants", sql.SQL(" union all ").join(parts),
                  failure="rows or constraints do not match the mapping",
                  fix="run `pgconverge run expand` again (the backfill picks up missing rows); if rows disagree "
                      "with the mapping, they were written by hand — correct them or roll back with "
                      "`pgconverge rollback expand`", redo=tuple(redo))
+
+
+def fk_validated(d: Dependent, n: Names) -> sql.Composable:
+    """D's new foreign key missing or not validated, as (what, null) for a check (expand's and contract's)."""
+    return sql.SQL(
+        "select format('%s: foreign key %s is missing or not validated', {tn}, {fk}), null "
+        "where not exists (select 1 from pg_catalog.pg_constraint where conrelid = to_regclass({tn}) "
+        "and conname = {fk} and convalidated)").format(tn=sql.Literal(str(d.table.name)), fk=sql.Literal(n.fk))
+
+
+def invalid_indexes(cat: Catalog) -> sql.Composable:
+    """Invalid indexes of the dependent tables and their partitions, as (what, null) for a check."""
+    tables = list(dict.fromkeys(str(d.table.name) for d in cat.dependents))
+    if not tables:
+        return sql.SQL("select null::text, null::text where false")
+    return sql.SQL(
+        "select format('index %s is invalid', i.indexrelid::regclass), null from pg_catalog.pg_index i "
+        "where i.indrelid in (select t.relid from unnest(array[{}]::regclass[]) r, "
+        "pg_catalog.pg_partition_tree(r) t) and not i.indisvalid").format(
+        sql.SQL(", ").join(sql.Literal(t) for t in tables))
 
 
 def mismatched(spec: Spec, d: Dependent, n: Names) -> sql.Composable:
