@@ -882,11 +882,11 @@ def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.C
                          "a.attname = {c} and not a.attisdropped)")
         word = sql.Literal(r"\m" + re.escape(col) + r"\M")
         parts.append(sql.SQL(
-            "select format('%sindex %I on %s contains {c} and was made after expand was planned: it has no mirror on "
-            "{n}, so contract would drop it with {c}%s; make its mirror (CREATE %sINDEX CONCURRENTLY … ON %s with {n} "
-            "in place of {c}) and drop it, or drop it', case when i.indisunique then 'unique ' else '' end, "
-            "ic.relname, tbl, case when i.indisunique then ' and the rule it keeps' else '' end, "
-            "case when i.indisunique then 'UNIQUE ' else '' end, tbl), null "
+            "select format('%sindex %I on %s contains %s and was made after expand was planned: it has no mirror on "
+            "%s, so contract would drop it with %s%s; make its mirror (CREATE %sINDEX CONCURRENTLY … ON %s with %s "
+            "in place of %s) and drop it, or drop it', case when i.indisunique then 'unique ' else '' end, "
+            "ic.relname, tbl, {c}, {n}, {c}, case when i.indisunique then ' and the rule it keeps' else '' end, "
+            "case when i.indisunique then 'UNIQUE ' else '' end, tbl, {n}, {c}), null "
             "from pg_catalog.pg_index i join pg_catalog.pg_class ic on ic.oid = i.indexrelid "
             "cross join lateral (select pg_catalog.format('%I.%I', tn.nspname, tc.relname) as tbl "
             "from pg_catalog.pg_class tc join pg_catalog.pg_namespace tn on tn.oid = tc.relnamespace "
@@ -901,8 +901,7 @@ def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.C
             "where o.indrelid = i.indrelid and o.indisunique = i.indisunique "
             "and o.indkey::int2[] = pg_catalog.array_replace(i.indkey::int2[], {lnum}, {nnum}) "
             "and {lnum} = any(i.indkey::int2[]))").format(
-                c=sql.SQL(col.replace("'", "''").replace("%", "%%")), n=sql.SQL(new.replace("'", "''").replace("%", "%%")),
-                t=t, names=names, word=word, lnum=attnum.format(c=sql.Literal(col)),
+                c=sql.Literal(col), n=sql.Literal(new), t=t, names=names, word=word, lnum=attnum.format(c=sql.Literal(col)),
                 nnum=attnum.format(c=sql.Literal(new))))
     return parts
 
