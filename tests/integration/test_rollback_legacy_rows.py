@@ -142,8 +142,11 @@ def test_a_not_null_legacy_column_the_insert_trigger_fills_does_not_stop_the_rol
         assert conn.execute("select slug from public.customers where id > 10").fetchall() == [("c-signed up by e-mail",)]
 
 
-def test_a_not_null_legacy_column_the_insert_trigger_leaves_null_refuses_the_rollback(make_db, tmp_path):
-    dsn, cfg, newcomer = _switched(make_db, tmp_path, "", extra=SLUG.format(condition="new.wa_id is not null"))
+@pytest.mark.parametrize("phases", [("align", "expand", "switch"), ("align", "expand", "switch", "contract")],
+                         ids=["switched", "contracted"])
+def test_a_not_null_legacy_column_the_insert_trigger_leaves_null_refuses_the_rollback(make_db, tmp_path, phases):
+    # contracted: the trial writes into the archived table, under another name
+    dsn, cfg, newcomer = _switched(make_db, tmp_path, "", phases, SLUG.format(condition="new.wa_id is not null"))
     before = snapshot(dsn)
     out = " ".join(cli("rollback", "expand", "--yes", "--dsn", dsn, "--config", cfg, expect=2).split())
     assert "the rollback would stop half way (nothing was changed)" in out, out

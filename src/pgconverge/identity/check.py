@@ -212,7 +212,7 @@ def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: 
         from pgconverge.planning.align import UNFILLED_FIX
         from pgconverge.planning.shapes import insert_fillers
 
-        out += _tried(conn, qn(can.name), str(can.name), insert_fillers(can, spec.migration.private_schema),
+        out += _tried(conn, can.name, str(can.name), insert_fillers(can, spec.migration.private_schema),
                       [c for c, _ in cols if c != _ID and c not in nulls], trial, bool(count), UNFILLED_FIX)
     return out, unchecked, count
 
@@ -220,9 +220,10 @@ def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: 
 TRIED = 100  # rows written, and rolled back, to see what the application's insert triggers fill
 
 
-def _tried(conn: psycopg.Connection, at: sql.Composable, label: str, triggers: list[str], given: list[str],
+def _tried(conn: psycopg.Connection, at: QualifiedName, label: str, triggers: list[str], given: list[str],
            trial: list[str], made: bool, fix: str, flags: dict[str, str] | None = None) -> list[str]:
-    """Write the first TRIED rows of _CREATED into the table AT (named LABEL), giving the columns GIVEN, in a
+    """Write the first TRIED rows of _CREATED into the table AT (LABEL: its name as told, which AT may be archived
+    under), giving the columns GIVEN, in a
     savepoint that is rolled back: whether the application's BEFORE INSERT TRIGGERS fill the NOT NULL columns
     TRIAL, which have no default. MADE: the rows are ones pgconverge would write (any refusal counts), else one made
     up from another row (only NOT NULL can be read from it). FLAGS: settings for the savepoint (pgconverge's own
@@ -238,9 +239,9 @@ def _tried(conn: psycopg.Connection, at: sql.Composable, label: str, triggers: l
             for name, value in (flags or {}).items():
                 conn.execute("select pg_catalog.set_config(%s, %s, true)", (name, value))
             conn.execute(sql.SQL("insert into {t} ({c}) select {c} from {x} order by {i} limit {n}").format(
-                t=at, c=cols, x=_CREATED, i=sql.Identifier(_ID), n=sql.Literal(TRIED)))
+                t=qn(at), c=cols, x=_CREATED, i=sql.Identifier(_ID), n=sql.Literal(TRIED)))
     except psycopg.Error as exc:
-        ours = exc.diag.table_name == label.rsplit(".", 1)[-1].strip('"')
+        ours = exc.diag.table_name == at.name
         if isinstance(exc, psycopg.errors.NotNullViolation) and ours and exc.diag.column_name in trial:
             return [f"{unfilled}, and trigger(s) {names} left {exc.diag.column_name} NULL in a row written as a "
                     f"trial and rolled back ({fix})"]
@@ -436,7 +437,7 @@ def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedNa
             refused = _refused(conn, qn(legacy_at), str(legacy), wrong, checks, uniques, fks, unchecked,
                                made="legacy rows made", limit=REVERSE_EXAMPLES)
             if trial and not refused:  # pgconverge's own trigger there stands aside, as for legacy_for_canonical's
-                tried = _tried(conn, qn(legacy_at), str(legacy), fillers, [lc for lc, _, _ in first.values], trial,
+                tried = _tried(conn, legacy_at, str(legacy), fillers, [lc for lc, _, _ in first.values], trial,
                                True, f"give {legacy}.{', '.join(trial)} a default, or make the trigger fill it",
                                flags={REVERSE_FLAG: "on"})
                 if tried:
