@@ -158,13 +158,13 @@ def _sessions_before_tracking(conn: psycopg.Connection, audit: RuntimeAudit) -> 
     if source not in ("database", "database user", "user"):
         return  # the server's own setting: every session counts
     n, oldest, hidden = conn.execute(
-        "select count(*) filter (where backend_type = 'client backend' and backend_start < %s::timestamptz "
-        "and application_name not like all (%s)), min(backend_start) filter (where backend_type = 'client backend' "
-        "and backend_start < %s::timestamptz and application_name not like all (%s)), "
+        "select count(*) filter (where older), min(backend_start) filter (where older), "
         # another role's session shows none of this without pg_read_all_stats
         "count(*) filter (where backend_type is null and backend_start is null) "
-        "from pg_catalog.pg_stat_activity where datname = current_database() and pid <> pg_catalog.pg_backend_pid()",
-        (audit.baseline_at, list(OWN_APPLICATION_NAMES), audit.baseline_at, list(OWN_APPLICATION_NAMES))).fetchone()
+        "from (select a.*, a.backend_type = 'client backend' and a.backend_start < %s::timestamptz "
+        "and a.application_name not like all (%s) as older from pg_catalog.pg_stat_activity a "
+        "where a.datname = current_database() and a.pid <> pg_catalog.pg_backend_pid()) s",
+        (audit.baseline_at, list(OWN_APPLICATION_NAMES))).fetchone()
     if hidden:
         audit.unavailable.append(
             f"helper calls in {hidden} session(s) of other roles may not be counted: when they started is hidden from "

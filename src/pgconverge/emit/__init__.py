@@ -60,6 +60,7 @@ the gate file's header says to run `pgconverge audit code DIR --fail-on-findings
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -519,7 +520,7 @@ def _reverse_guard(f: MigrationFile, spec: Spec) -> str:
     events = text(sql.Identifier(spec.migration.private_schema, "events"))
     later = sql.SQL("array[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(s) for s, _ in f.undone_later)) \
         if f.undone_later else sql.SQL("array[]::text[]")
-    files = sql.Literal(_json(dict(f.undone_later)))
+    files = sql.Literal(json.dumps(dict(f.undone_later)))
     # The steps this file's migration records (not one recorded only where others are: a gate's stand-in)
     here = list(dict.fromkeys(r.step for p in f.parts for r in p.records if not r.requires))
     stmt = sql.SQL("""do $pgc$
@@ -552,12 +553,6 @@ end $pgc$;""").format(here=sql.SQL("array[{}]::text[]").format(sql.SQL(", ").joi
                       name=sql.Literal(f.filename), files=files)
     return ("-- Refuses, changing nothing, unless this file's migration was applied and every later rollback file "
             "that undoes\n-- part of it has been applied\n" + text(stmt))
-
-
-def _json(value) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def _test_header(name: str, samples: list[pgtap.Sample], where: Path) -> str:
