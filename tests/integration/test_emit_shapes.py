@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import psycopg
+import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -75,9 +76,12 @@ def _down_files(out: Path) -> list[str]:
     return [str(p) for p in sorted((out / "supabase" / "rollback").glob("*.down.sql"), reverse=True)]
 
 
-def test_down_files_apply_after_phase_by_phase_emits(make_db, tmp_path):
-    """Each phase emitted on its own calls the batch procedure; undoing a later phase leaves it to the earlier."""
-    dsn, args = _zoo_db(make_db, tmp_path)
+@pytest.mark.parametrize("shape", [{}, {"partitioned": "range", "transfers": True, "legacy_key": "uuid"}],
+                         ids=["plain", "partitioned_two_references_uuid"])
+def test_down_files_apply_after_phase_by_phase_emits(make_db, tmp_path, shape):
+    """Each phase emitted on its own calls the batch procedure; undoing a later phase leaves it to the earlier. The
+    reverse files' ledger guards let a whole rollback through, on a partitioned table and two references too."""
+    dsn, args = _zoo_db(make_db, tmp_path, **shape)
     out = tmp_path / "project"
     with psycopg.connect(dsn, autocommit=True) as conn:
         original = schema_dump(conn)
