@@ -474,6 +474,10 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
                     t=qn(t.table), k=ident(t.key), ty=sql.SQL(t.key_type)), (keys[0],)).fetchone()[0]
                 row = _owned_by(row, t, owner)
                 for writer in (owner, other):
+                    if writer is other and keys[0] in cap.owned.get(str(t.table), {}).get(other.canonical, ()):
+                        # the other identity is a party to that row too (a child of a transfer between the two):
+                        # its insert tells nothing about another's rows
+                        continue
                     stop()
                     base = f"{writer.canonical}|{owner.canonical}|{t.table}"
                     if legacy:
