@@ -370,7 +370,7 @@ def main() -> None:
     ap.add_argument("--modes", default="naive,pgconverge")
     ap.add_argument("--contract", action="store_true",
                     help="after the pgconverge mode, run contract with new-code clients only and report it")
-    ap.add_argument("--reuse-template", action="store_true", help="keep the fixture database of an earlier run")
+    ap.add_argument("--reuse-template", action="store_true", help="keep the fixture database of an earlier run (loaded first when there is none)")
     ap.add_argument("--server-defaults", action="store_true",
                     help="run the bench's embedded server with Postgres' default memory and WAL settings")
     ap.add_argument("--dsn", help="admin DSN of the server to use (default: a bench-only embedded Postgres)")
@@ -382,7 +382,9 @@ def main() -> None:
         tune_server(admin, defaults=args.server_defaults)
     tmpl = f"bench_load_tmpl_{str(args.scale).replace('.', '_')}"
     load_s = 0.0
-    if not args.reuse_template:
+    with psycopg.connect(admin, autocommit=True) as c:
+        have = c.execute("select 1 from pg_database where datname = %s", (tmpl,)).fetchone()
+    if not (args.reuse_template and have):
         tmpl_dsn, load_s = load_fixture(admin, tmpl, args.scale)
         vacuum_analyze(tmpl_dsn)
     with psycopg.connect(embedded.with_database(admin, tmpl), autocommit=True) as c:
