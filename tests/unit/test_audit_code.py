@@ -317,6 +317,25 @@ def test_a_string_concatenated_onto_sql_text(tmp_path):
                                  ("c.py", 4, 7, "table", "customers")}
 
 
+def test_a_string_formatted_into_sql_text(tmp_path):
+    write(tmp_path, "f.py", 'a = "select * from %s where id = %s" % ("customers", 5)\n'
+                            'b = "delete from %s" % "customers"\n'
+                            'c = "select * from {} join {}".format("orders", "customers")\n'
+                            'd = "select * from {t}".format(t="customers")\n'
+                            'e = "select * from %(t)s" % {"t": "customers"}\n'
+                            'f = "select %s from t" % "customer_id"\n'
+                            'g = "Hello %s" % "customers"\n'                     # prose
+                            'h = "{} customers".format("customers")\n'
+                            'i = "select * from {}".format(("x", "customers"))\n'  # a tuple's repr, not a name
+                            'j = "label %(t)s" % {"t": "customers"}\n')
+    write(tmp_path, "f.ts", "const q = format('select * from %I where id = %L', 'customers', id);\n"
+                            "const r = util.format('%s loaded', 'customers');\n")
+    assert located(tmp_path) == {("f.py", 1, 42, "table", "customers"), ("f.py", 2, 25, "table", "customers"),
+                                 ("f.py", 3, 50, "table", "customers"), ("f.py", 4, 35, "table", "customers"),
+                                 ("f.py", 5, 36, "table", "customers"), ("f.py", 6, 27, "column", "customer_id"),
+                                 ("f.ts", 1, 53, "table", "customers")}
+
+
 def test_the_bare_word_elsewhere_stays_prose(tmp_path):
     write(tmp_path, "p.ts", "const a = 'Update ' + 'customers', b = 'Manage your ' + 'customers';\n"
                             "const c = '/api/' + 'customers', d = 'Customers' + ' list', e = 'Select ' + 'customers';\n"

@@ -9,7 +9,7 @@ import tree_sitter
 import tree_sitter_python
 
 from pgconverge.audit.code_common import CODE_HELPER, COLUMN, HELPER, Hit, Names
-from pgconverge.audit.code_strings import StringContext, string_hits
+from pgconverge.audit.code_strings import StringContext, before_placeholder, string_hits
 
 SUFFIXES = {".py": "python", ".pyi": "python"}
 
@@ -129,12 +129,55 @@ def _concatenated_onto(node: tree_sitter.Node, src: bytes) -> str | None:
     child, parent = node, node.parent
     while parent is not None and parent.type in _WRAPPERS:
         child, parent = parent, parent.parent
+    formatted = _formatted_into(child, parent, src)
+    if formatted is not None:
+        return formatted
     if parent is None or not _is_plus(parent) or parent.child_by_field_name("right") != child:
         return None
     left = _unwrap(parent.child_by_field_name("left"))
     while left is not None and _is_plus(left):
         left = _unwrap(left.child_by_field_name("right"))
     return _literal(left, src)
+
+
+def _formatted_into(child: tree_sitter.Node, parent: tree_sitter.Node | None, src: bytes) -> str | None:
+    """The SQL text before the placeholder CHILD fills: `"select * from %s" % "customers"` (or one element of a
+    tuple or a dict after `%`), `"select * from {}".format("customers")` or `.format(t="customers")` with `{t}`."""
+    if parent is None:
+        return None
+    which: int | str = 0
+    held = parent.type in ("pair", "tuple")  # an element of the `%` operand, never a `.format` argument
+    if parent.type == "pair" and parent.child_by_field_name("value") == child and parent.parent is not None:
+        key = _literal(parent.child_by_field_name("key"), src)  # `"... %(t)s" % {"t": "customers"}`
+        if key is None:
+            return None
+        which, child, parent = key, parent.parent, parent.parent.parent
+    elif parent.type == "tuple":
+        which, child, parent = parent.named_children.index(child), parent, parent.parent
+    while parent is not None and parent.type == "parenthesized_expression":
+        child, parent = parent, parent.parent
+    if parent is None:
+        return None
+    op = parent.child_by_field_name("operator")
+    if parent.type == "binary_operator" and op is not None and op.type == "%" \
+            and parent.child_by_field_name("right") == child:
+        fmt = _literal(parent.child_by_field_name("left"), src)
+        return before_placeholder(fmt, which, "printf") if fmt is not None else None
+    if held:
+        return None
+    if parent.type == "keyword_argument":
+        name = parent.child_by_field_name("name")
+        which, parent = (name.text.decode() if name is not None else ""), parent.parent
+    elif parent.type == "argument_list":
+        which = sum(1 for c in parent.named_children[:parent.named_children.index(child)]
+                    if c.type != "keyword_argument")
+    else:
+        return None
+    fn = parent.parent.child_by_field_name("function") if parent is not None and parent.parent is not None else None
+    if fn is None or fn.type != "attribute" or _call_name(parent.parent) != "format":
+        return None
+    fmt = _literal(fn.child_by_field_name("object"), src)
+    return before_placeholder(fmt, which, "braces") if fmt is not None else None
 
 
 def _call_name(call: tree_sitter.Node | None) -> str | None:

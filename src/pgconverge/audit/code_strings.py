@@ -163,6 +163,36 @@ def _after_sql(text: str, ctx: StringContext, names: Names) -> list[_StrRef]:
     return [_StrRef(r.offset - n, r.category, r.name, r.suggestion) for r in refs or () if r.offset >= n]
 
 
+_PRINTF = re.compile(r"%%|%(?:\((\w+)\))?[-#0 +]*\d*(?:\.\d+)?[sdirILQ]")
+_BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+
+
+def before_placeholder(fmt: str, which: int | str, style: str) -> str | None:
+    """FMT's text before the placeholder that takes argument WHICH (a position, or a name), read as the SQL
+    the argument continues: `"select * from %s" % "customers"`, `"... {}".format("customers")`, pg-format's
+    `format('... %I', 'customers')`. STYLE is "printf" or "braces"; earlier placeholders read as `x`.
+    None when FMT has no such placeholder."""
+    out, pos, auto = [], 0, 0
+    for m in (_PRINTF if style == "printf" else _BRACES).finditer(fmt):
+        if m.group(0) in ("%%", "{{", "}}"):
+            continue
+        if style == "printf":
+            key: int | str = m.group(1) if m.group(1) is not None else auto
+            auto += m.group(1) is None
+        else:
+            field = re.split(r"[!:\[.]", m.group(1), maxsplit=1)[0]
+            if field == "":
+                key, auto = auto, auto + 1
+            else:
+                key = int(field) if field.isdigit() else field
+        out.append(fmt[pos:m.start()])
+        if key == which:
+            return "".join(out)
+        out.append("x")
+        pos = m.end()
+    return None
+
+
 def _dotted(m: re.Match, lead: int, ctx: StringContext, names: Names) -> list[_StrRef]:
     """`customers.id`, `public.customers`, `public.customers.id`, `carts.customer_id`."""
     a, b, c = m.group(1), m.group(2), m.group(3)

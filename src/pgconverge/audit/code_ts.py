@@ -10,7 +10,7 @@ import tree_sitter_javascript
 import tree_sitter_typescript
 
 from pgconverge.audit.code_common import CODE_HELPER, COLUMN, HELPER, TABLE, Hit, Names
-from pgconverge.audit.code_strings import StringContext, string_hits
+from pgconverge.audit.code_strings import StringContext, before_placeholder, string_hits
 
 SUFFIXES = {".ts": "typescript", ".mts": "typescript", ".cts": "typescript", ".tsx": "tsx",
             ".js": "javascript", ".jsx": "javascript", ".mjs": "javascript", ".cjs": "javascript"}
@@ -190,8 +190,11 @@ def _context(node: tree_sitter.Node, src: bytes) -> StringContext:
                                                and method in ("URL", "Worker")):
             return StringContext(skip=True)
         index = next((i for i, c in enumerate(parent.named_children) if c == child), -1)
+        fmt = _literal(parent.named_children[0], src) if method == "format" and index > 0 else None
         return StringContext(method=method, arg_index=index, quote=quote, chained=_chained(call, fn),
-                             prev_arg=_prev_literal(child, parent.named_children, src))
+                             prev_arg=_prev_literal(child, parent.named_children, src),
+                             # pg-format's and util.format's `format('select * from %I', 'customers')`
+                             sql_before=before_placeholder(fmt, index - 1, "printf") if fmt is not None else None)
     if kind == "array" and parent.parent is not None and parent.parent.type == "arguments":
         method, _ = _call_name(parent.parent.parent)
         return StringContext(list_of=method, quote=quote, prev_arg=_prev_literal(child, parent.named_children, src))
