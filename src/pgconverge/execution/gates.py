@@ -150,7 +150,8 @@ def switch_gate(runner: Runner) -> dict:
             cap = rls.capture(conn, runner.spec, targets, identities, legacy=True, canonical=True)
             covered = rls.coverage(conn, runner.spec, cat, identities, cap)
             owned = not covered["owning"] and rls.owned_rows_exist(conn, runner.spec, cat, targets, False)
-    problems = rls.consistency(cap, identities)
+    shared = (eq or {}).get("shared_by_design") or {}  # as the switch read the original policies
+    problems = rls.consistency(cap, identities, shared)
     seen = rls.rows_seen(cap)
     by_table = rls.table_coverage(cap, identities)
     hidden, not_proven = rls.hidden_from_owners(runner.spec, by_table)
@@ -165,7 +166,7 @@ def switch_gate(runner: Runner) -> dict:
                     "migration.token_claims, or the grants on what the policy reads), or list a table meant to be "
                     "unreadable to its owners in migration.rls_hidden_from_owners; then `pgconverge verify --rls`"),
                 "details": [f"{why}; checked now on the live policies:"] + hidden}
-    partial += not_proven
+    partial += not_proven + rls.shared_notes(shared)
     if covered["owning"] and covered["share"] < rls.MIN_COVERAGE:  # identities own rows, yet hardly any saw them
         return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": (
                     "give migration.token_claims the claims the policies read (`pgconverge inventory` lists "

@@ -111,14 +111,18 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                                          "policies were restored", step=step, stopped="rls_check", side="after",
                                          identities=len(identities)) from None
         exporter.rollback()
-    problems = rls.compare(before, after, identities)
+    # Rows an identity sees but does not own under the application's original policies are its design (a chat
+    # everyone reads): those tables are held to old-equals-new, not to isolation, and the verdict says so.
+    shared = rls.shared_by_design(before, identities)
+    problems = rls.compare(before, after, identities, shared)
     summary = {"identities": len(identities), "tokens": len(after.seen), "tables": list(op.tables), "coverage": covered,
                "write_probes": len(after.writes), "rows_seen": rls.rows_seen(before), "problems": problems[:200],
                # probes whose foreign key check met a row the application changed after the snapshot: not compared
                "write_probes_inconclusive": rls.inconclusive_writes(before, after),
                "rows_by_table": rls.rows_by_table(before), "lock_hold_ms": held,
                # Per table: sampled owners, and how many of them saw their own rows before the rewrite.
-               "coverage_by_table": by_table, "not_proven": not_proven,
+               "coverage_by_table": by_table, "not_proven": not_proven + rls.shared_notes(shared),
+               "shared_by_design": shared,
                # Tables whose old policy reads a whole table per caller: checked for fewer tokens (see rls.py).
                "scan_bound": rls.scan_bound_summary(before, after)}
     runner.ledger.snapshot(runner.run_id, "rls_equivalence", summary)
