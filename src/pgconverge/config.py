@@ -431,6 +431,16 @@ def _cross_check(spec: Spec) -> None:
     if len(kinds) not in (1, len(lc)):
         raise ConfigError(f"{spec.source}: legacy.match lists {len(kinds)} kinds for {len(lc)} match columns",
                           fix="give one kind for all columns, or one per column in legacy.match_column's order")
+    targets = [c for _, c in spec.canonical.copy_columns]
+    twice = sorted({c for c in targets if targets.count(c) > 1 or c in cc})
+    if twice:  # align's INSERT would name the column twice, and a copy would overwrite the match value
+        raise ConfigError(
+            f"{spec.source}: canonical.copy_columns writes {', '.join(twice)} of {spec.canonical.table}, which "
+            + ("canonical.match_column already fills" if any(c in cc for c in twice) else "it names twice")
+            + ": a created row can take one value per column",
+            fix=f"leave {', '.join(twice)} out of canonical.copy_columns (a created row gets the legacy row's match "
+                "value in canonical.match_column already)" if any(c in cc for c in twice) else
+                "copy one legacy column into each canonical column")
     if spec.legacy.table == spec.canonical.table:
         raise ConfigError(f"{spec.source}: legacy.table and canonical.table are both {spec.legacy.table}",
                           fix="point legacy.table at the table to retire and canonical.table at the one to keep")
