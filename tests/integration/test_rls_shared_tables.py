@@ -1,5 +1,5 @@
-"""A table the application shares by design: every signed-in user reads every row (a chat's messages), while writes
-stay the owner's. Under the original policies the sampled identities already see rows they do not own, so the
+"""A table the application shares by design: every caller reads every row (a chat's messages, public reviews), while
+writes stay the owner's. Under the original policies the sampled identities already see rows they do not own, so the
 switch holds that table to "old tokens and new tokens see the same rows", not to isolation, and says so; a table
 that only starts to show others' rows after the switch is still a leak.
 
@@ -16,7 +16,7 @@ from _support import cli
 
 
 def test_a_table_every_user_reads_switches_and_a_later_leak_elsewhere_still_fails(make_db, tmp_path):
-    dsn, args, _ = coverage._addresses_policy(make_db, tmp_path, "for select to authenticated using (true)")
+    dsn, args, _ = coverage._addresses_policy(make_db, tmp_path, "for select to anon, authenticated using (true)")
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("create policy addresses_write on public.addresses for insert to authenticated "
                   "with check (customer_id = auth_customer_id())")
@@ -32,8 +32,8 @@ def test_a_table_every_user_reads_switches_and_a_later_leak_elsewhere_still_fail
     assert list(shared) == ["public.addresses"], shared
     out = " ".join(cli("verify", "--rls", *args).split())
     assert "pass rls" in out, out
-    assert "public.addresses: identities see rows they do not own under the application's own original policies" \
-           in out and "isolation not checked there" in out, out
+    assert ("public.addresses: rows are visible to callers who do not own them under the application's own original "
+            "policies") in out and "isolation not checked there" in out, out
     # orders was isolated when the switch read it: a policy that opens it afterwards is a leak, before contract
     # (the gate reads the live policies) and after it.
     with psycopg.connect(dsn, autocommit=True) as c:

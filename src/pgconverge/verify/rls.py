@@ -546,10 +546,7 @@ def compare(before: Capture, after: Capture, identities: list[Identity], shared:
             ) -> list[str]:
     """Every difference between what each identity saw before (legacy tokens) and after (both tokens); and any row
     an identity sees but does not own, outside the tables SHARED by design (shared_by_design of BEFORE)."""
-    problems = []
-    for table_rows in after.seen.get("anon", {}).items():
-        if table_rows[1]:
-            problems.append(f"anonymous caller sees {len(table_rows[1])} rows of {table_rows[0]}")
+    problems = anonymous(after, shared)
     for ident_ in identities:
         tables = after.seen.get(f"C:{ident_.canonical}", {}).keys() or before.seen.get(
             f"L:{ident_.legacy[0]}", {}).keys()
@@ -633,24 +630,34 @@ def isolation(cap: Capture, identities: list[Identity], shared: dict[str, int] |
 
 def shared_by_design(cap: Capture, identities: list[Identity]) -> dict[str, int]:
     """Tables where identities see rows they do not own under the application's original policies, read before
-    pgconverge changed any (a chat whose messages every signed-in user reads): {table: such sightings}. The
+    pgconverge changed any (a chat whose messages every signed-in user reads, or rows an anonymous caller reads):
+    {table: such sightings}. The
     migration keeps them so; there the check compares old tokens with new ones, and cannot check isolation."""
     out: dict[str, int] = {}
     for table, _ in _leaks(cap, identities):
         out[table] = out.get(table, 0) + 1
+    for table, rows in cap.seen.get("anon", {}).items():  # public rows: a catalogue, reviews anyone may read
+        if rows:
+            out[table] = out.get(table, 0) + len(rows)
     return out
+
+
+def anonymous(cap: Capture, shared: dict[str, int] | None = None) -> list[str]:
+    """Rows an anonymous caller sees, outside the tables SHARED by design."""
+    return [f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items()
+            if v and k not in (shared or {})]
 
 
 def shared_notes(shared: dict[str, int]) -> list[str]:
     """How a verdict names the tables shared by design: what was compared there, and what was not."""
-    return [f"{t}: identities see rows they do not own under the application's own original policies ({n} "
-            "sightings, read before the switch): old and new tokens compared, isolation not checked there"
-            for t, n in sorted(shared.items())]
+    return [f"{t}: rows are visible to callers who do not own them under the application's own original "
+            f"policies ({n} sightings, read before the switch): old and new tokens compared, isolation not checked "
+            "there" for t, n in sorted(shared.items())]
 
 
 def consistency(cap: Capture, identities: list[Identity], shared: dict[str, int] | None = None) -> list[str]:
     """After the switch, one snapshot: every token of an identity (old or new) sees the same rows."""
-    problems = [f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
+    problems = anonymous(cap, shared)
     for ident_ in identities:
         tokens = [f"L:{lid}" for lid in ident_.legacy] + [f"C:{ident_.canonical}"]
         ref = cap.seen.get(tokens[-1])
@@ -748,9 +755,8 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
     else:
         shared = shared_by_design(cap, identities)
     not_proven = hidden_from_owners(spec, by_table)[1] + shared_notes(shared)
-    anon = [f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items() if v]
     problems = (consistency(cap, identities, shared) if switched and not contracted
-                else anon + isolation(cap, identities, shared)) + proves_nothing
+                else anonymous(cap, shared) + isolation(cap, identities, shared)) + proves_nothing
     return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
             "write_probes": len(cap.writes), "switched": switched or contracted, "scan_bound": scan_bound_summary(cap),
             "rows_seen": rows_seen(cap), "coverage_by_table": by_table, "not_proven": not_proven,
