@@ -109,3 +109,34 @@ def test_a_changed_uuid_key_moves_on_a_partitioned_and_a_two_reference_dependent
         assert stray == 0
     cli("run", "switch", *args)
     cli("verify", *args)
+
+
+@pytest.mark.parametrize("phases", [("align",), ("align", "expand", "switch")], ids=["aligned", "switched"])
+def test_a_reused_legacy_key_is_decided_for_the_new_row(make_db, tmp_path, phases):
+    """The application deletes a customer and inserts another person under the same id (a restore, a CRM sync with
+    explicit ids). The new row is decided afresh: another person does not inherit the deleted one's profile (and
+    after the switch its rows: before, customer 2's successor read profile 2's orders). The same person put back
+    (the same number) keeps its profile."""
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA)
+    for phase in phases:
+        cli("run", phase, *args)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        old2, old4 = _owner(conn, 2)[0], _owner(conn, 4)[0]
+        with conn.transaction():
+            conn.execute("delete from public.orders where customer_id in (2, 4)")
+            conn.execute("delete from public.customers where id in (2, 4)")
+            conn.execute("insert into public.customers (id, wa_id, display_name) "
+                         "values (2, '+250788555555', 'somebody else'), (4, '+250780000004', 'c4 back')")
+        assert _owner(conn, 2)[0] != old2
+        assert _owner(conn, 2)[0] == conn.execute(
+            "select user_id from public.profiles where whatsapp_e164 = '+250788555555'").fetchone()[0]
+        assert _owner(conn, 4)[0] == old4
+        if "switch" in phases:  # new code's order for the deleted customer's profile is not the newcomer's
+            got = conn.execute("insert into public.orders (profile_id, total) values (%s, 7) returning customer_id",
+                               (old2,)).fetchone()[0]
+            assert got is None, got
+            with conn.transaction(force_rollback=True):
+                conn.execute("set local role authenticated")
+                conn.execute("select set_config('request.jwt.claims', '{\"customer_id\": 2}', true)")
+                assert conn.execute("select count(*) from public.orders").fetchone()[0] == 0
+    cli("verify", *args)

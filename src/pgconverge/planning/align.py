@@ -96,7 +96,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         ("legacy_for_function", CreateFunction(n["legacy_for"], ck.type, _legacy_for_function(spec, cat),
                                                why="the legacy row for a canonical row, created if missing (used "
                                                    "by rollbacks)")),
-        ("legacy_trigger_function", CreateFunction(n["legacy_trigger_fn"], "", _legacy_trigger_function(spec),
+        ("legacy_trigger_function", CreateFunction(n["legacy_trigger_fn"], "", _legacy_trigger_function(spec, cat),
                                                    why="map legacy rows that old code writes from now on")),
         ("legacy_trigger", CreateTrigger("pgconverge_align", leg.name, sql.SQL("after insert or update of {} ").format(
             sql.SQL(", ").join(map(ident, spec.legacy.match_columns))), n["legacy_trigger_fn"],
@@ -725,18 +725,26 @@ end""").format(lk_type=lk_type, mlc=ident(spec.mapping_legacy_column), mcc=ident
         f=qn(n["legacy_for"]), ck_type=ck_type, lk_type=lk_type, body=body(code))
 
 
-def _legacy_trigger_function(spec: Spec) -> sql.Composable:
+def _legacy_trigger_function(spec: Spec, cat: Catalog) -> sql.Composable:
     n = names(spec)
     # Never fail the application's write: a row that cannot be decided now (an error creating its canonical
     # row, say) waits in the pending table, and the coverage gate names it with the reason.
+    # A key the application gives a new row again (deleted, then inserted: a restore, a CRM sync) finds the mapping
+    # the deleted row left. It is the new row's only where both carry the same match key (the same person back);
+    # else the new row is decided anew, or another person would get the deleted one's canonical row and its rows.
     code = sql.SQL("""
 begin
+  if tg_op = 'INSERT' and pg_catalog.current_setting({flag}, true) is distinct from 'on' then
+    delete from {mapping} m where m.{mlc} = new.{lk} and not coalesce(m.match_key = ({key}), false);
+  end if;
   perform {f}(new);
   return null;
 exception when others then
   {park}
   return null;
-end""").format(f=qn(n["align_row"]), park=_park(spec, sql.SQL(
+end""").format(f=qn(n["align_row"]), flag=sql.Literal(REVERSE_FLAG), mapping=qn(n["mapping"]),
+                 mlc=ident(spec.mapping_legacy_column), lk=ident(spec.legacy.key), key=legacy_key(spec, cat, "new"),
+                 park=_park(spec, sql.SQL(
         "case sqlstate when '40001' then 'written by a transaction whose snapshot is older than the canonical row made "
         "for the same key (repeatable read or serializable): pgconverge maps it at its next step' else sqlerrm end")))
     return _trigger_function(n["legacy_trigger_fn"], code)
