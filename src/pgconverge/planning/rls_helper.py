@@ -56,16 +56,19 @@ def derive_canonical_helper(
     mapping_canonical_column: str,
     callees: Iterable[Function] = (),
     server_version: int = 160000,
+    auth_link: tuple[QualifiedName, str, str] | None = None,
 ) -> HelperDerivation:
     """Build the canonical helper from LEGACY's definition; report what cannot be derived with certainty.
 
     callees are the functions the legacy helper calls, directly or through each other (such as
     auth_claim(text)): they name the mechanism, and when the helper cannot be derived as written (a
     wrapper hiding the claim or the cast) their sql or plpgsql bodies are inlined. server_version picks
-    how a non-castable claim becomes NULL (pg_input_is_valid from 16 on, a pattern before).
+    how a non-castable claim becomes NULL (pg_input_is_valid from 16 on, a pattern before). AUTH_LINK (the canonical
+    table, its key, and its column that holds the row's auth user, one row per user) lets a helper that looks the
+    caller up by auth.uid() find callers who have no legacy row (see _Derivation._lookup).
     """
     args = (legacy, canonical_helper, legacy_claim, canonical_claim, canonical_key_type, mapping,
-            mapping_legacy_column, mapping_canonical_column, list(callees), server_version)
+            mapping_legacy_column, mapping_canonical_column, list(callees), server_version, auth_link)
     first = _Derivation(*args).run()
     if not first.uncertain and first.canonical_sql:
         return first
@@ -78,7 +81,7 @@ def derive_canonical_helper(
 def resolved_body(legacy: Function, callees: Iterable[Function] = ()) -> ast.SelectStmt | None:
     """The legacy helper's body as one SELECT, names qualified and wrapped functions inlined; None if it has none."""
     d = _Derivation(legacy, QualifiedName("", ""), "", "", "text", QualifiedName("", ""), "", "", list(callees),
-                    160000, inline=True)
+                    160000, None, inline=True)
     return d.body() if not legacy.identity_args else None
 
 
@@ -88,8 +91,8 @@ _CALLER_ROLE = {"SVFOP_CURRENT_USER", "SVFOP_CURRENT_ROLE", "SVFOP_USER"}
 
 class _Derivation:
     def __init__(self, legacy, canonical, legacy_claim, canonical_claim, key_type, mapping, lcol, ccol, callees,
-                 server_version, inline=False):
-        self.legacy, self.canonical = legacy, canonical
+                 server_version, auth_link, inline=False):
+        self.legacy, self.canonical, self.auth_link = legacy, canonical, auth_link
         self.legacy_claim, self.canonical_claim = legacy_claim, canonical_claim
         self.key_type_text, self.mapping, self.lcol, self.ccol = key_type, mapping, lcol, ccol
         self.callees, self.server_version, self.inline = callees, server_version, inline
@@ -373,13 +376,31 @@ class _Derivation:
             sel.limitCount = ast.A_Const(isnull=False, val=ast.Integer(1))
             sel.limitOption = enums.LimitOption.LIMIT_OPTION_COUNT
         legacy_id = ast.SubLink(subLinkType=enums.SubLinkType.EXPR_SUBLINK, subselect=sel)
-        canonical = _select(self._mapping_lookup(self.ccol, self.lcol, legacy_id, several=False))
+        mapped = self._mapping_lookup(self.ccol, self.lcol, legacy_id, several=False)
         self.notes.append("the legacy helper identifies the caller by a lookup, not a claim: the canonical helper "
                           f"maps the same caller's legacy row through {self.mapping}; the legacy helper needs no "
                           "bridge (legacy_bridge_sql is its original text)")
-        self.notes.append("no canonical_direct_sql: how the canonical table links to auth users is not in the "
-                          "legacy helper; write it before contract archives the legacy table")
-        return self.result(mechanism, self._function(self.canonical, self.key_type, canonical))
+        subject = _subject(body) if self.auth_link else None
+        if subject is None:
+            self.notes.append("no canonical_direct_sql: how the canonical table links to auth users is not in the "
+                              "legacy helper; write it before contract archives the legacy table")
+            return self.result(mechanism, self._function(self.canonical, self.key_type, _select(mapped)))
+        # A caller with no legacy row (who signed up after the switch) is found through the canonical table's own
+        # link to the auth user, which is how the helper finds everyone once the legacy table is archived; one with
+        # a legacy row keeps the canonical row the mapping gives it, as the switch's RLS check compares.
+        table, key, link = self.auth_link
+        own = ast.SelectStmt(
+            targetList=(ast.ResTarget(val=column_ref("c", key)),), fromClause=(range_var(table, "c"),),
+            whereClause=ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String("="),),
+                                   lexpr=column_ref("c", link), rexpr=subject),
+            limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT, op=enums.SetOperation.SETOP_NONE)
+        by_link = ast.SubLink(subLinkType=enums.SubLinkType.EXPR_SUBLINK, subselect=own)
+        self.notes.append(f"callers with no legacy row are found by {table}.{link} (their auth user); after contract "
+                          "the canonical helper is canonical_direct_sql, that lookup alone")
+        return self.result(mechanism, self._function(self.canonical, self.key_type,
+                                                     _select(ast.CoalesceExpr(args=(mapped, by_link)))),
+                           # as its owner, like the bridged one: the canonical table's own policies may call it
+                           direct=self._function(self.canonical, self.key_type, dup(own)))
 
 
 def _params(fn: Function) -> list[tuple[str | None, ast.TypeName]] | None:
@@ -437,6 +458,19 @@ def _unwrap(sel: ast.SelectStmt) -> ast.SelectStmt:
                "withClause", "limitCount", "limitOffset", "windowClause", "valuesLists"))):
         sel = sel.targetList[0].val.subselect
     return sel
+
+
+def _subject(body: ast.SelectStmt) -> ast.Node | None:
+    """What a lookup helper compares a column with to find the caller: `auth.uid()`, `(auth.jwt() ->> 'sub')::uuid`
+    (a copy), from the first `column = expression` of BODY whose expression reads the token; None if there is none."""
+    for node in walk(body):
+        if not (isinstance(node, ast.A_Expr) and strings(node.name) == ("=",)):
+            continue
+        for col, other in ((node.lexpr, node.rexpr), (node.rexpr, node.lexpr)):
+            if isinstance(col, ast.ColumnRef) and not isinstance(other, ast.ColumnRef) and any(
+                    isinstance(n, ast.FuncCall) and strings(n.funcname) in (UID, JWT) for n in walk(other)):
+                return dup(other)
+    return None
 
 
 def _select(value: ast.Node) -> ast.SelectStmt:

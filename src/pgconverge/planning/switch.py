@@ -5,7 +5,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from pgconverge.catalog.model import Catalog
-from pgconverge.config import Spec
+from pgconverge.config import QualifiedName, Spec
 from pgconverge.execution.sql import qn
 from pgconverge.operations.base import Step
 from pgconverge.operations.check import Check
@@ -48,7 +48,19 @@ def _helper(spec: Spec, cat: Catalog):
         cat.legacy_helper, canonical_helper=spec.canonical.helper, legacy_claim=spec.legacy.claim,
         canonical_claim=spec.canonical.claim, canonical_key_type=cat.canonical.column(spec.canonical.key).type,
         mapping=m, mapping_legacy_column=spec.mapping_legacy_column, mapping_canonical_column=spec.migration.new_column,
-        callees=cat.helper_callees, server_version=cat.server_version)
+        callees=cat.helper_callees, server_version=cat.server_version, auth_link=auth_link(spec, cat))
+
+
+def auth_link(spec: Spec, cat: Catalog) -> tuple[QualifiedName, str, str] | None:
+    """(canonical table, key, column) where the canonical table holds each row's auth user, one row per user: its key
+    itself (Supabase's profiles.id references auth.users) or a unique column referencing auth.users(id)."""
+    can = cat.canonical
+    for fk in can.foreign_keys:
+        col = fk.columns[0]
+        if (len(fk.columns) == 1 and fk.ref_table == QualifiedName("auth", "users") and fk.ref_columns == ("id",)
+                and (col == spec.canonical.key or (col,) in can.unique_keys or (col,) == can.primary_key)):
+            return can.name, spec.canonical.key, col
+    return None
 
 
 def mapping_owners(spec: Spec, cat: Catalog, helper) -> tuple[str, ...]:

@@ -209,6 +209,19 @@ def reverse_lookup(conn: psycopg.Connection, helper: QualifiedName) -> tuple[Qua
     return None
 
 
+def returns_uid(conn: psycopg.Connection, helper: QualifiedName) -> bool:
+    """Whether HELPER is `select auth.uid()` (cast or not): the caller's id is its auth user's, as where the canonical
+    table is keyed by the auth user (Supabase's profiles.id references auth.users)."""
+    fn, callees = function_and_callees(conn, helper)
+    body = resolved_body(fn, callees) if fn is not None else None
+    if body is None or body.fromClause or len(body.targetList or ()) != 1:
+        return False
+    value = body.targetList[0].val
+    while isinstance(value, ast.TypeCast):
+        value = value.arg
+    return isinstance(value, ast.FuncCall) and strings(value.funcname) == UID
+
+
 def _own(parts: tuple[str, ...], names: set[str]) -> bool:
     return len(parts) == 1 or len(parts) == 2 and parts[0] in names
 
@@ -694,6 +707,8 @@ def contracted_sample(conn, spec: Spec, cat: Catalog, n: int) -> list[Identity]:
     # by auth.uid() gets the auth user of each id, read back through its own lookup.
     path = claim_path(conn, spec, spec.canonical.helper, spec.canonical.claim)
     back = reverse_lookup(conn, spec.canonical.helper)
+    if back is None and returns_uid(conn, spec.canonical.helper):  # the canonical key is the auth user itself
+        return [Identity(i, (), (i,), path) for i in ids]
     if back is None:
         return [Identity(i, (), None, path) for i in ids]
     table, target, subject = back
