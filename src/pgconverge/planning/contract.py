@@ -463,6 +463,10 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     # Indexes after every reference's column is back: one may hold the legacy columns of two.
     later: list[Step] = []
     for d, n in expand.names_of(spec, cat):
+        if f"expand.{n.short}.sync_trigger" not in exp:
+            # A reference the application made after expand (contract's gate refuses it, so a contract that ran
+            # never dropped it): nothing of contract's to undo there.
+            continue
         legacy_col = d.fk.columns[0]
         col = d.column
         fid = f"{PHASE}.{n.short}"
