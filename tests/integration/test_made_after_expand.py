@@ -7,6 +7,7 @@ application made too is left to contract, and once the others are dealt with con
 from __future__ import annotations
 
 import psycopg
+import pytest
 
 from _small import PAIR_SQL, numbered_customers, owned, roles_sql
 from _support import cli, schema_db
@@ -78,3 +79,35 @@ def test_verify_after_contract_reads_the_new_columns_as_they_are(make_db, tmp_pa
     out = " ".join(cli("verify", *args, expect=1).split())
     assert "foreign key orders_profile_id_fkey is missing or not validated" in out, out
     assert "public.orders.profile_id is no longer NOT NULL" in out, out
+
+
+def test_a_late_check_is_refused_and_a_late_reference_rolls_back(make_db, tmp_path):
+    """A CHECK using the legacy column, made after expand, has no copy on the new column: contract's gate names it
+    (before, contract dropped it with the column, and its rule with it), and lets it go once the application made
+    its copy. A table the application made after expand with a foreign key to the legacy table leaves every rollback
+    planable: `rollback expand`, which the gate's fix names, undoes expand (before, every rollback stopped with a
+    KeyError), and expand run again carries the new table."""
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA)
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, *args)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("alter table public.orders add constraint orders_owner_or_cart "
+                     "check (customer_id is not null or cart_no is not null)")
+    out = " ".join(cli("run", "contract", *ACCEPT, *args, expect=2).split())
+    assert "check constraint orders_owner_or_cart on public.orders uses customer_id and was made after expand was " \
+           "planned: it has no copy on profile_id" in out, out
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("alter table public.orders add constraint orders_owner_or_cart_copy "
+                     "check (profile_id is not null or cart_no is not null)")
+        conn.execute("create table public.wishlists (id serial primary key, customer_id bigint "
+                     "references public.customers (id))")
+        conn.execute("insert into public.wishlists (customer_id) values (1), (2)")
+    out = " ".join(cli("run", "contract", *ACCEPT, *args, expect=2).split())
+    assert "wishlists" in out and "orders_owner_or_cart" not in out, out
+    cli("rollback", "expand", "--yes", *args)
+    for phase in ("expand", "switch", "contract"):
+        cli("run", phase, *(ACCEPT if phase == "contract" else ()), *args)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("select count(*) from public.wishlists where profile_id is not null").fetchone()[0] == 2
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("insert into public.orders (profile_id, cart_no) values (null, null)")

@@ -855,7 +855,8 @@ def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.C
     then). A foreign key to the legacy table got no new column, sync trigger or backfill: contract would stop at it
     part way. An index (or a key's) holding a dependent's legacy column got no mirror on the new column: contract
     would drop it with the column, and a unique one's rule with it; one whose mirror the application made as well
-    (the same columns with the new one in place of the legacy one, as unique) is left to contract."""
+    (the same columns with the new one in place of the legacy one, as unique) is left to contract. So is a CHECK
+    using the legacy column, unless the application made its copy on the new column."""
     from pgconverge.planning import references
 
     legacy = sql.Literal(str(cat.legacy.name))
@@ -903,6 +904,29 @@ def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.C
             "and {lnum} = any(i.indkey::int2[]))").format(
                 c=sql.Literal(col), n=sql.Literal(new), t=t, names=names, word=word, lnum=attnum.format(c=sql.Literal(col)),
                 nnum=attnum.format(c=sql.Literal(new))))
+        # A CHECK using the legacy column (`customer_id is not null or device_id is not null`) goes with it at
+        # contract, and with it the rule; expand copied those it saw onto the new column. One made since has no copy,
+        # unless the application made that too (the same expression on the new column).
+        checks = sql.Literal([k.name for k in d.table.constraints if k.kind == "check"]
+                             + [k.name for p in d.partitions for k in p.table.constraints if k.kind == "check"])
+        parts.append(sql.SQL(
+            "select format('check constraint %I on %s uses %s and was made after expand was planned: it has no copy "
+            "on %s, so contract would drop it with %s, and the rule with it; add its copy on %s (ADD CONSTRAINT … "
+            "CHECK (…) NOT VALID, then VALIDATE CONSTRAINT) and drop it, or drop it, or roll back to before expand "
+            "(pgconverge rollback expand) and run expand again, which copies it', k.conname, tbl, {c}, {n}, {c}, "
+            "{n}), null from pg_catalog.pg_constraint k "
+            "cross join lateral (select pg_catalog.format('%I.%I', tn.nspname, tc.relname) as tbl "
+            "from pg_catalog.pg_class tc join pg_catalog.pg_namespace tn on tn.oid = tc.relnamespace "
+            "where tc.oid = k.conrelid) w "
+            "where k.contype = 'c' and (k.conrelid = to_regclass({t}) or k.conrelid in (select p.relid from "
+            "pg_catalog.pg_partition_tree(to_regclass({t})) p)) and k.conparentid = 0 and not k.coninhcount > 0 "
+            "and {lnum} = any(k.conkey) and k.conname::text <> all({checks}::text[]) "
+            "and not exists (select 1 from pg_catalog.pg_constraint o where o.conrelid = k.conrelid "
+            "and o.contype = 'c' and pg_catalog.pg_get_expr(o.conbin, o.conrelid) = pg_catalog.regexp_replace("
+            "pg_catalog.pg_get_expr(k.conbin, k.conrelid), {word}, {n}, 'g'))").format(
+                c=sql.Literal(col), n=sql.Literal(new), t=t, checks=checks, word=word,
+                lnum=sql.SQL("(select a.attnum from pg_catalog.pg_attribute a where a.attrelid = k.conrelid and "
+                             "a.attname = {c} and not a.attisdropped)").format(c=sql.Literal(col))))
     return parts
 
 
