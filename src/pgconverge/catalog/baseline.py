@@ -57,12 +57,33 @@ def load(conn: psycopg.Connection, spec: Spec) -> Catalogs:
             if data:
                 saved[ph] = from_json(data)
     if not saved:
-        return Catalogs({}, load_catalog(conn, spec))  # errors in the configuration surface here
+        live = load_catalog(conn, spec)  # errors in the configuration surface here
+        _elsewhere(spec, live)
+        return Catalogs({}, live)
     try:
         live = load_catalog(conn, spec)
     except CatalogError:
         live = None  # e.g. the legacy table is archived: planning uses the saved catalogs
     return Catalogs(saved, live)
+
+
+def _elsewhere(spec: Spec, cat: Catalog) -> None:
+    """Refuse when pgconverge's own triggers on the legacy table or a dependent call functions of another private
+    schema: a migration of these tables is under way there (a config whose migration.private_schema was edited, or
+    another run's). This one would see no ledger, call the migration's column the application's own, and, planned
+    again, run a second migration over the first (a second mapping, its triggers in place of the first's)."""
+    own = spec.migration.private_schema
+    for table in (cat.legacy, *(d.table for d in cat.dependents)):
+        for t in table.triggers:
+            if t.name.lstrip("!~").startswith("pgconverge") and t.function.schema != own:
+                raise CatalogError(
+                    f"a migration of {cat.legacy.name} is under way with migration.private_schema = "
+                    f"{t.function.schema!r} (trigger {t.name} on {table.name} calls {t.function}), and this "
+                    f"configuration says {own!r}: a migration's private schema holds its ledger and mapping, and "
+                    "cannot change while it runs; nothing was changed",
+                    fix=f"set migration.private_schema = \"{t.function.schema}\" again (and keep the rest of that "
+                        "configuration); to start another migration, roll that one back first with its own "
+                        "configuration")
 
 
 def save(ledger: Ledger, run_id: int, phase: str, cat: Catalog) -> None:
