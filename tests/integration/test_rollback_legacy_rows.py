@@ -155,6 +155,22 @@ def test_a_not_null_legacy_column_the_insert_trigger_leaves_null_refuses_the_rol
     assert snapshot(dsn) == before
 
 
+def test_a_not_null_legacy_column_with_no_default_names_a_default_as_the_fix(make_db, tmp_path):
+    """customers.region is NOT NULL with no default, and no canonical column gives it a value: the refusal leads
+    with a default (nothing new code wrote is touched) before deleting or re-owning its rows; given one, the same
+    rollback makes the legacy row with it."""
+    extra = ("alter table public.customers add column region text; update public.customers set region = 'RW'; "
+             "alter table public.customers alter column region set not null;")
+    dsn, cfg, newcomer = _switched(make_db, tmp_path, "", extra=extra)
+    out = " ".join(cli("rollback", "expand", "--yes", "--dsn", dsn, "--config", cfg, expect=2).split())
+    assert "public.customers.region is NOT NULL and has no default, and the rollback gives it no value" in out, out
+    assert "fix: give public.customers.region a default" in out and "nothing new code wrote is touched" in out, out
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("alter table public.customers alter column region set default 'RW'")
+    cli("rollback", "expand", "--yes", "--dsn", dsn, "--config", cfg)
+    _legacy_row_made(dsn, None)
+
+
 CARTS = """
 create table public.carts (id bigint generated always as identity primary key,
   customer_id bigint not null references public.customers(id));

@@ -411,6 +411,7 @@ def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedNa
                                                       ck=sql.Identifier(first.canonical_key), o=owners))
         legacy, canonical = first.legacy_table, first.canonical
         source = {lc: cc for lc, cc, _ in first.values}
+        defaultless: list[str] = []  # NOT NULL legacy columns the rollback gives no value: a default fixes them
         if failed:
             rows = conn.execute(sql.SQL("select c, count(*) over () from (select distinct c::text as c from {} "
                                         "order by 1) x limit {}").format(
@@ -433,6 +434,8 @@ def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedNa
                 what = (f"{legacy}.{c} is NOT NULL, and {canonical}.{source[c]}, which it is made from, is NULL"
                         if c in source else f"{legacy}.{c} is NOT NULL and has no default, and the rollback gives it "
                                             "no value")
+                if c not in source:
+                    defaultless.append(c)
                 wrong.append((sql.SQL("x.{} is null").format(sql.Identifier(c)), what))
             refused = _refused(conn, qn(legacy_at), str(legacy), wrong, checks, uniques, fks, unchecked,
                                made="legacy rows made", limit=REVERSE_EXAMPLES)
@@ -460,9 +463,12 @@ def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedNa
     message = (f"the rollback would stop half way (nothing was changed): it must make a {legacy} row for each "
                f"{canonical} row that new code wrote rows for and that has none, and {legacy} would refuse these:\n"
                + "\n".join(f"  - {line}" for line in lines) + f"\n  rows written for them: {written}")
-    fix = (f"give those {canonical} rows the values {legacy} needs (the columns named above), or delete the rows of "
-           f"{tables} written for them, or give those rows an owner that has a {legacy} row; then run the "
-           "rollback again")
+    keep = (f"give {legacy}.{', '.join(defaultless)} a default (ALTER TABLE … ALTER COLUMN … SET DEFAULT …, a "
+            "key's own sequence or generator, say): the legacy rows the rollback makes take it, and nothing new code "
+            "wrote is touched; or " if defaultless else "")
+    fix = (f"{keep}give those {canonical} rows the values {legacy} needs (the columns named above); failing that, "
+           f"delete the rows of {tables} written for them, or give those rows an owner that has a {legacy} row "
+           "(both change what new code wrote); then run the rollback again")
     return message, fix
 
 
