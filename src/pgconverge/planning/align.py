@@ -283,8 +283,11 @@ def _canonical_key_source(spec: Spec, can: Table, leg: Table | None = None) -> s
         "for legacy rows that have none (old code's new rows among them)",
         fix=(f'copy it from {leg.name}.{same[0]}, which references the same rows: canonical.copy_columns = '
              f'{{ {same[0]} = "{col.name}" }} (a legacy row without one then waits for a decision)' if same else
-             f"create the missing {can.name} rows (and their {fks[0].ref_table} rows) yourself and record them with "
-             "`pgconverge align --decisions FILE`" if fks else
+             f"add to {leg.name if leg is not None else 'the legacy table'} a column referencing "
+             f"{fks[0].ref_table}({', '.join(fks[0].ref_columns)}) that every row has (old code's new rows too) and "
+             f"copy it: canonical.copy_columns = {{ that_column = \"{col.name}\" }}. Deciding the rows that exist "
+             "(`pgconverge align --decisions FILE`) does not lift this: a customer old code creates during the "
+             f"migration needs a {can.name} row at once, which pgconverge could not make" if fks else
              f"give {can.name}.{col.name} a default (e.g. gen_random_uuid()), or create the missing canonical rows "
              "yourself and record them with `pgconverge align --decisions FILE`"))
 
