@@ -661,6 +661,27 @@ def anonymous(cap: Capture, shared: dict[str, int] | None = None) -> list[str]:
             if v and k not in (shared or {})]
 
 
+_IDENTITY = re.compile(r"auth\.uid\s*\(|'sub'|request\.jwt\.claim\.sub")
+
+
+def shared_by_policy(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> set[str]:
+    """TABLES (of the switch's RLS check) that a permissive policy lets `authenticated` read whatever the caller's
+    identity: its USING reads neither helper, auth.uid(), the `sub` claim nor the identity claims (`true`,
+    `auth.role() = 'authenticated'`). Read from the definitions, for the emitted tests, which run where no
+    before-and-after capture does (shared_by_design reads the rows)."""
+    helpers = {f"{spec.legacy.helper}()", f"{spec.canonical.helper}()"}
+    claims = {f"'{spec.legacy.claim}'", f"'{spec.canonical.claim}'"}
+    wanted = {str(t) for t in tables}
+    out = set()
+    for p in cat.policies:
+        if (str(p.table) in wanted and p.permissive and p.command in ("ALL", "SELECT") and p.using is not None
+                and ({"authenticated", "public"} & set(p.roles) or not p.roles)
+                and not helpers & set(p.function_refs) and not _IDENTITY.search(p.using)
+                and not any(c in p.using for c in claims)):
+            out.add(str(p.table))
+    return out
+
+
 def shared_notes(shared: dict[str, int]) -> list[str]:
     """How a verdict names the tables shared by design: what was compared there, and what was not."""
     return [f"{t}: rows are visible to callers who do not own them under the application's own original "
