@@ -1,0 +1,141 @@
+"""Objects a phase changes must be the connected role's to change, and the roles the switch acts as its to become:
+`plan` and `run align` refuse otherwise, before any change, naming the object, its owner and the statement that
+fixes it. A member of an owner that does not inherit its privileges (NOINHERIT, a grant WITH INHERIT FALSE, the
+membership Postgres 16 gives a CREATEROLE role in the roles it creates) may not ALTER what it owns; a member granted
+WITH SET FALSE may not SET ROLE."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgconverge import fixtures
+
+from _support import cli, schema_dump
+
+TABLES = ("customers", "profiles", "carts", "cart_items", "orders", "order_items", "order_events", "sessions",
+          "products")
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _private_schema(conn) -> bool:
+    return conn.execute("select to_regnamespace('pgconverge') is not null").fetchone()[0]
+
+
+def _drop_roles(dsn: str, *roles: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for role in roles:
+            r = sql.Identifier(role)
+            if c.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone():
+                c.execute(sql.SQL("reassign owned by {} to current_user").format(r))
+                c.execute(sql.SQL("drop owned by {}").format(r))
+                c.execute(sql.SQL("drop role {}").format(r))
+
+
+def _hand_over(conn, role: str) -> None:
+    """Make ROLE (LOGIN, not a superuser, BYPASSRLS) own the fixture's tables and public functions, as Supabase's
+    postgres role does, with what else pgconverge needs."""
+    r, db = sql.Identifier(role), sql.Identifier(conn.info.dbname)
+    conn.execute(sql.SQL("create role {} login nosuperuser bypassrls").format(r))
+    conn.execute(sql.SQL("grant create, connect on database {} to {}").format(db, r))
+    conn.execute(sql.SQL("grant usage, create on schema public to {}").format(r))
+    conn.execute(sql.SQL("grant usage on schema auth to {}").format(r))
+    conn.execute(sql.SQL("grant anon, authenticated to {}").format(r))  # the switch's RLS check acts as them
+    for t in TABLES:
+        conn.execute(sql.SQL("alter table public.{} owner to {}").format(sql.Identifier(t), r))
+    conn.execute(sql.SQL("do $$ declare f regprocedure; begin for f in select p.oid from pg_proc p join pg_namespace "
+                         "n on n.oid = p.pronamespace where n.nspname = 'public' loop execute "
+                         "format('alter function %s owner to %I', f, {}); end loop; end $$").format(sql.Literal(role)))
+
+
+@pytest.fixture
+def runner(conn, fixture_db):
+    """(DSN of a role that owns the fixture's tables and functions, its name, a role it is not a member of, the
+    superuser connection)."""
+    tag = uuid.uuid4().hex[:8]
+    role, other = f"pgc_run_{tag}", f"pgc_other_{tag}"
+    _hand_over(conn, role)
+    conn.execute(sql.SQL("create role {} nologin").format(sql.Identifier(other)))
+    yield psycopg.conninfo.make_conninfo(fixture_db, user=role), role, other, conn
+    _drop_roles(fixture_db, role, other)
+
+
+@pytest.mark.parametrize("how", ["inherit false", "noinherit", "createrole"])
+def test_a_member_of_an_owner_that_does_not_inherit_it_is_refused_at_plan(runner, fixture_db, how):
+    """pg_has_role(…, 'MEMBER') is true for each of these, yet ALTER TABLE orders fails with \"must be owner\"."""
+    dsn, role, other, conn = runner
+    r, o = sql.Identifier(role), sql.Identifier(other)
+    if how == "inherit false":
+        conn.execute(sql.SQL("grant {} to {} with inherit false").format(o, r))
+    elif how == "noinherit":  # the grant takes its INHERIT option from the role's, on Postgres 16
+        conn.execute(sql.SQL("alter role {} noinherit").format(r))
+        conn.execute(sql.SQL("grant {} to {}").format(o, r))
+    else:  # a role the runner made itself: Postgres 16 makes it a member WITH ADMIN, INHERIT FALSE, SET FALSE
+        conn.execute(sql.SQL("drop role {}").format(o))
+        conn.execute(sql.SQL("alter role {} createrole").format(r))
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(sql.SQL("create role {} nologin").format(o))
+    conn.execute(sql.SQL("alter table public.orders owner to {}").format(o))
+    assert conn.execute("select pg_has_role(%s, %s, 'MEMBER'), pg_has_role(%s, %s, 'USAGE')",
+                        (role, other, role, other)).fetchone() == (True, False)
+    before = schema_dump(conn, ("public",))
+    for cmd in (("plan",), ("run", "align")):
+        out = _flat(cli(*cmd, "--dsn", dsn, expect=2))
+        assert f"table public.orders: owned by {other}; pgconverge connects as {role}, which is a member of " \
+               f"{other} but does not inherit its privileges" in out, (cmd, out)
+        assert f"GRANT {other} TO {role} WITH INHERIT TRUE;" in out, (cmd, out)
+    assert not _private_schema(conn) and schema_dump(conn, ("public",)) == before
+    conn.execute(sql.SQL("grant {} to {} with inherit true").format(o, r))  # the fix the message gives
+    cli("plan", "--dsn", dsn)
+
+
+def test_a_member_of_authenticated_that_may_not_set_role_to_it_is_refused_at_plan(runner):
+    dsn, role, _other, conn = runner
+    r = sql.Identifier(role)
+    conn.execute(sql.SQL("revoke authenticated from {}").format(r))
+    conn.execute(sql.SQL("grant authenticated to {} with set false").format(r))
+    before = schema_dump(conn, ("public",))
+    for cmd in (("plan",), ("run", "align")):
+        out = _flat(cli(*cmd, "--dsn", dsn, expect=2))
+        assert f"role authenticated: pgconverge connects as {role}, which may not act as authenticated" in out, out
+        assert f"GRANT authenticated TO {role} WITH SET TRUE;" in out, out
+        assert "role anon:" not in out, out
+    assert not _private_schema(conn) and schema_dump(conn, ("public",)) == before
+    conn.execute(sql.SQL("grant authenticated to {} with set true").format(r))
+    cli("plan", "--dsn", dsn)
+
+
+def test_on_postgres_15_membership_lets_pgconverge_act_as_a_role_and_a_noinherit_member_is_refused(make_db15):
+    """Postgres 15 has no SET option (pg_has_role refuses 'SET'): every member may SET ROLE. A NOINHERIT role
+    does not have its roles' privileges there either, and the fix is ALTER ROLE … INHERIT."""
+    dsn = make_db15()
+    tag = uuid.uuid4().hex[:8]
+    role, other = f"pgc_run_{tag}", f"pgc_other_{tag}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        fixtures.load(conn, scale=0.05)
+        _hand_over(conn, role)
+        conn.execute(sql.SQL("create role {} nologin").format(sql.Identifier(other)))
+    try:
+        runner = psycopg.conninfo.make_conninfo(dsn, user=role)
+        cli("plan", "--dsn", runner)  # a plain member of anon and authenticated may act as them
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            r, o = sql.Identifier(role), sql.Identifier(other)
+            conn.execute(sql.SQL("alter role {} noinherit").format(r))
+            conn.execute(sql.SQL("grant {} to {}").format(o, r))
+            conn.execute(sql.SQL("alter table public.orders owner to {}").format(o))
+        out = _flat(cli("plan", "--dsn", runner, expect=2))
+        assert f"table public.orders: owned by {other}; pgconverge connects as {role}, which is a member of " \
+               f"{other} but does not inherit its privileges" in out, out
+        assert f"or ALTER ROLE {role} INHERIT;" in out and "WITH INHERIT" not in out, out
+        assert "role anon:" not in out and "role authenticated:" not in out, out
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("alter role {} inherit").format(sql.Identifier(role)))
+        cli("plan", "--dsn", runner)
+    finally:
+        _drop_roles(dsn, role, other)
