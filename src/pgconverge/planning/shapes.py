@@ -352,9 +352,9 @@ def refused(spec: Spec, cat: Catalog) -> list[Finding]:
 
 
 def _ownership(spec: Spec, cat: Catalog) -> list[Finding]:
-    """Every object a phase ALTERs whose owner's privileges the role pgconverge connects as does not have, and the
-    roles the switch's RLS check acts as that it may not SET ROLE to: Postgres would refuse it part way through a
-    phase."""
+    """Every object a phase ALTERs, replaces or drops whose owner's privileges the role pgconverge connects as does
+    not have (a table: ALTER TABLE, ALTER POLICY; a function: CREATE OR REPLACE, ALTER, DROP), and the roles the
+    switch's RLS check acts as that it may not SET ROLE to: Postgres would refuse it part way through a phase."""
     if not cat.user or not cat.user_roles:  # a catalog saved before roles were recorded
         return []
     out = []
@@ -403,10 +403,37 @@ def _inherit_fix(cat: Catalog, owner: str) -> str:
 
 def _owned(spec: Spec, cat: Catalog) -> list[tuple[str, str, str, str]]:
     """(object, its owner, what a phase does to it, the statement that gives it to the connected role) for every
-    object a phase changes: the legacy, canonical and dependent tables."""
+    object a phase changes: the legacy, canonical and dependent tables (and every partition of a partitioned one),
+    the tables whose policies the switch rewrites, and the helpers the switch replaces and contract retires."""
+    from pgconverge.planning import switch
+
+    out, seen = [], set()
     user = _q(cat.user)
-    return [(f"table {t.name}", t.owner, "its ALTER TABLE", f"ALTER TABLE {t.name} OWNER TO {user}")
-            for t in (cat.legacy, cat.canonical, *(d.table for d in _tables(cat)))]
+
+    def table(t: Table, does: str) -> None:
+        if t.name not in seen:
+            seen.add(t.name)
+            out.append((f"table {t.name}", t.owner, does, f"ALTER TABLE {t.name} OWNER TO {user}"))
+
+    for t in (cat.legacy, cat.canonical, *(d.table for d in _tables(cat))):
+        table(t, "its ALTER TABLE")
+    for d in _tables(cat):
+        for p in d.partitions:
+            table(p.table, f"its ALTER TABLE (a partition of {d.table.name})")
+    try:
+        auto, _review = switch.rewrites(spec, cat)
+    except PgConvergeError:
+        auto = []  # what keeps the rewrite from being planned at all is refused elsewhere
+    for r in auto:
+        t = cat.table(r.table)
+        if t is not None:
+            table(t, f"the switch's rewrite of its policy {r.name} (ALTER POLICY)")
+    for fn, does in ((cat.legacy_helper, "the switch's CREATE OR REPLACE FUNCTION (and contract's, which retires "
+                                         "it)"),
+                     (cat.canonical_helper, "the switch's CREATE OR REPLACE FUNCTION")):
+        if fn is not None and fn.owner:
+            out.append((f"function {fn.signature}", fn.owner, does, f"ALTER FUNCTION {fn.signature} OWNER TO {user}"))
+    return out
 
 
 def _foreign_key(spec: Spec, cat: Catalog, d: Dependent) -> list[Finding]:
