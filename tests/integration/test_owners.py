@@ -2,7 +2,7 @@
 `plan` and `run align` refuse otherwise, before any change, naming the object, its owner and the statement that
 fixes it. A member of an owner that does not inherit its privileges (NOINHERIT, a grant WITH INHERIT FALSE, the
 membership Postgres 16 gives a CREATEROLE role in the roles it creates) may not ALTER what it owns; a member granted
-WITH SET FALSE may not SET ROLE."""
+WITH SET FALSE may not SET ROLE. And a rollback does not undo a step that never committed."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from psycopg import sql
 
 from pgconverge import fixtures
+from pgconverge.execution import killpoint
 
 from _small import PAIR_SQL, numbered_customers, owned, roles_sql
 from _support import cli, schema_db, schema_dump
@@ -201,3 +202,36 @@ insert into public.orders (customer_id, total) select 1 + i % 5, i from generate
         cli("plan", *runner)
     finally:
         _drop_roles(dsn, role, other)
+
+
+@pytest.mark.parametrize("failing, give", [
+    ("switch.legacy_helper_definer", "alter function public.auth_customer_id() owner to {o}"),
+    ("switch.policies", "alter table public.cart_items owner to {o}"),
+])
+def test_a_rollback_does_not_undo_a_step_that_never_committed(runner, failing, give):
+    """The switch fails at FAILING (nothing of that step committed); then its object changes hands, as an object
+    owned by another role made the step fail in the first place. Undoing the step would restore what it never
+    changed, and fail the same way: the rollback skips it, undoes the rest, and leaves the switch to run again."""
+    dsn, role, other, conn = runner
+    cli("run", "align", "--dsn", dsn)
+    cli("run", "expand", "--dsn", dsn)
+    before = schema_dump(conn, ("public",))
+    killpoint.fail_at(f"{failing}:before")
+    try:
+        out = _flat(cli("run", "switch", "--dsn", dsn, expect=2))
+    finally:
+        killpoint.fail_at(None)
+    assert failing in out, out
+    conn.execute(sql.SQL(give).format(o=sql.Identifier(other)))
+    out = _flat(cli("rollback", "switch", "--dsn", dsn, "--yes"))
+    assert "rolled back switch" in out, out
+    assert schema_dump(conn, ("public",)) == before
+    states = dict(conn.execute(
+        "select distinct on (step) step, event from pgconverge.events where event in ('start', 'done', 'reverted') "
+        "and split_part(step, '.', 1) = 'switch' order by step, id desc").fetchall())
+    assert states and all(e != "done" for e in states.values()), states  # the switch runs again from its start
+    note = conn.execute("select detail ->> 'note' from pgconverge.events where step = %s and event = 'done'",
+                        (f"rollback.{failing.replace('_definer', '')}",)).fetchone()
+    assert note and note[0].startswith("nothing to undo:") and failing in note[0], note
+    conn.execute(sql.SQL(give).format(o=sql.Identifier(role)))
+    cli("rollback", "align", "--dsn", dsn, "--yes")
