@@ -270,8 +270,8 @@ def test_partial_rollback_killed_mid_way(admin_dsn, stages, killer, phase, to, m
 
 
 def _live_rollback_steps(dsn: str, cfg: str, to: str) -> list[dict]:
-    """The rollback steps that will run from the database's state (a step whose forward steps never ran is
-    skipped, so none of its kill points is ever reached)."""
+    """The rollback steps that will run from the database's state (a step whose forward steps never ran, or never
+    committed, is skipped, so none of its kill points is ever reached)."""
     from pathlib import Path
 
     from pgconverge.cli.migrate import _plan_for
@@ -281,7 +281,7 @@ def _live_rollback_steps(dsn: str, cfg: str, to: str) -> list[dict]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         states = Ledger(conn, spec).step_states()
     live = {s.id for s in plan.steps if any(states.get(r) and states[r].state in ("done", "pending")
-                                            for r in s.needs)}
+                                            for r in s.needs) and not s.nothing_to_undo(states)}
     return [s for s in _plan(dsn, cfg, rollback_to=to) if s["id"] in live]
 
 

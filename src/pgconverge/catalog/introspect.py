@@ -88,6 +88,10 @@ class _Reader:
             schemas=frozenset(s for (s,) in self.rows(q.SCHEMAS)),
             helper_callees=tuple(callees), user=user,
             user_roles=frozenset(r for (r,) in self.rows(q.USER_ROLES)),
+            user_member_roles=frozenset(r for (r,) in self.rows(q.USER_MEMBER_ROLES)),
+            user_set_roles=frozenset(r for (r,) in self.rows(
+                q.USER_SET_ROLES if version >= 160000 else q.USER_MEMBER_ROLES)),
+            user_inherits=bool(self.rows(q.USER_INHERITS)[0][0]),
             canonical_writers=tuple(tuple(r) for r in self.rows(q.CANONICAL_WRITERS, canonical=canonical.oid,
                                                                 pattern=_inserts_into(spec.canonical.table))),
         )

@@ -228,11 +228,16 @@ class Catalog:
     # Functions the helpers call, directly or through each other (the legacy helper may wrap another).
     helper_callees: tuple[Function, ...] = ()
     user: str = ""  # the role pgconverge connects as ("" in catalogs saved before it was recorded)
-    # Roles whose privileges `user` has as a member (every role for a superuser): who may ALTER whose tables.
+    # Roles whose privileges `user` has, inherited (every role for a superuser): who may ALTER whose tables.
     user_roles: frozenset[str] = frozenset()
     # Triggers on other tables whose function inserts into the canonical table (a sign-up trigger on auth.users
     # making a profile): (trigger, its table, the function's signature).
     canonical_writers: tuple[tuple[str, str, str], ...] = ()
+    # Roles `user` may SET ROLE to, and those it is a member of at all, inheriting or not (both empty in catalogs
+    # saved before they were recorded); whether `user` inherits its roles' privileges (INHERIT).
+    user_set_roles: frozenset[str] = frozenset()
+    user_member_roles: frozenset[str] = frozenset()
+    user_inherits: bool = True
 
     def table(self, name: QualifiedName) -> Table | None:
         for t in (self.legacy, self.canonical, *(d.table for d in self.dependents), *self.tables):

@@ -258,8 +258,15 @@ where con.conrelid = any(%(oids)s) and con.contype in ('c', 'p', 'u', 'x')
 order by con.conname
 """
 
-# Roles whose privileges the connected role has (a superuser has every role's).
-USER_ROLES = "select rolname from pg_roles where pg_has_role(current_user, oid, 'MEMBER')"
+# Roles whose privileges the connected role has (a superuser has every role's): USAGE, not MEMBER, since a member
+# that does not inherit (a NOINHERIT role; on 16 a grant WITH INHERIT FALSE, as a CREATEROLE role gets for the roles
+# it creates) may not ALTER what such a role owns.
+USER_ROLES = "select rolname from pg_roles where pg_has_role(current_user, oid, 'USAGE')"
+# Roles the connected role is a member of, inheriting or not.
+USER_MEMBER_ROLES = "select rolname from pg_roles where pg_has_role(current_user, oid, 'MEMBER')"
+# Roles it may SET ROLE to: from 16 a grant may withhold it (WITH SET FALSE); before, every member may.
+USER_SET_ROLES = "select rolname from pg_roles where pg_has_role(current_user, oid, 'SET')"
+USER_INHERITS = "select rolinherit from pg_roles where rolname = current_user"
 
 # Triggers on other tables than the canonical one whose function's code inserts into it.
 CANONICAL_WRITERS = """

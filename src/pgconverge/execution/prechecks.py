@@ -69,7 +69,7 @@ class RollbackBlocked(PgConvergeError):
 def rollback_steps(plan: Plan, states: dict) -> list[Step]:
     """The steps of rollback PLAN that will run, by the ledger's STATES: those undoing a forward step done or begun."""
     return [s for s in plan.steps if any(states.get(r) is not None and states[r].state in ("done", "pending")
-                                         for r in s.needs)]
+                                         for r in s.needs) and not s.nothing_to_undo(states)]
 
 
 def rollback_blockers(conn: psycopg.Connection, steps: list[Step]) -> None:

@@ -379,6 +379,16 @@ class Runner:
                 results.append(StepResult(step.id, "skipped", 0.0))
                 self.progress.step_finished(step, "skipped", 0.0)
                 continue
+            if step.nothing_to_undo(states):
+                # The forward steps it undoes failed or were stopped before they committed: recorded (the gates and
+                # snapshots it reverts run again on the next run) without undoing what never happened.
+                never = [r for r in step.undoes if r in live]
+                with self.control.transaction():
+                    self._done(step, 1, [], conn=self.control,
+                               note=f"nothing to undo: {', '.join(never) or 'its forward step'} never committed")
+                results.append(StepResult(step.id, "skipped", 0.0))
+                self.progress.step_finished(step, "skipped", 0.0)
+                continue
             results.append(self.run_step(step, resuming=bool(own and own.state == "pending")))
         return results
 

@@ -44,6 +44,8 @@ class Operation:
     # before it that are not safe alone (see execution/runner.py); the planner pairs such a step with what
     # makes it safe in one transaction (Together) wherever it can.
     safe_alone: ClassVar[bool]
+    # Whether it only reads (a gate, a check, a ledger snapshot) or waits: a rollback has nothing of it to undo.
+    reads_only: ClassVar[bool] = False
 
     @property
     def description(self) -> str:
@@ -120,10 +122,22 @@ class Step:
     op: Operation
     reverts: tuple[str, ...] = ()  # rollback steps: the forward steps this one undoes
     when: tuple[str, ...] | None = None  # rollback steps: run only if one of these is done (default: reverts)
+    # Rollback steps: the forward steps of `reverts` whose change this step's operation is the reverse of, where
+    # each commits together with its "done" record (a failed or killed run of one changed nothing); None when not
+    # known. The others of `reverts` (a gate, a snapshot) changed nothing this operation would undo.
+    undoes: tuple[str, ...] | None = None
 
     @property
     def needs(self) -> tuple[str, ...]:
         return self.reverts if self.when is None else self.when
+
+    def nothing_to_undo(self, states: dict) -> bool:
+        """Whether this rollback step would undo what never happened, by the ledger's STATES: none of the forward
+        steps it undoes is done (one that failed or was killed left nothing behind). It is then recorded, marking
+        the steps it reverts undone, without running: its operation would restore, say, a helper the switch never
+        changed, and fail where the role may not change it."""
+        return self.undoes is not None and not any(
+            states.get(r) is not None and states[r].state == "done" for r in self.undoes)
 
     def as_dict(self) -> dict:
         return {

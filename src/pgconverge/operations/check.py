@@ -16,6 +16,7 @@ class Check(Operation):
     """Safe alone: reads only."""
 
     safe_alone: ClassVar[bool] = True
+    reads_only: ClassVar[bool] = True
 
     name: str
     query: sql.Composable  # returns one row per problem: (what, detail)

@@ -123,6 +123,7 @@ class SettleCalls(Operation):
     old way (README, switch)."""
 
     safe_alone: ClassVar[bool] = True
+    reads_only: ClassVar[bool] = True  # waits only
 
     functions: tuple[tuple[QualifiedName, str], ...]  # (name, argument types)
     seconds: int = SETTLE_SECONDS

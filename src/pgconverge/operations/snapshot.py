@@ -15,6 +15,7 @@ class Snapshot(Operation):
     """Safe alone: reads only, into the ledger."""
 
     safe_alone: ClassVar[bool] = True
+    reads_only: ClassVar[bool] = True
 
     name: str
     # (label, query returning one jsonb value); stored together as one ledger snapshot

@@ -39,6 +39,7 @@ class Gates(Operation):
 
     executor: ClassVar[str] = "gates"
     safe_alone: ClassVar[bool] = True
+    reads_only: ClassVar[bool] = True
 
     @property
     def description(self) -> str:

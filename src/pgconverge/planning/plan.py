@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pgconverge.catalog.baseline import Catalogs
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import Spec
-from pgconverge.operations.base import PHASES, Plan
+from pgconverge.operations.base import PHASES, Plan, Step
 from pgconverge.planning import align, contract, expand, shapes, switch
 
 
@@ -33,5 +35,23 @@ def rollback(spec: Spec, cats: Catalog | Catalogs, to: str) -> Plan:
     """
     cats = cats if isinstance(cats, Catalogs) else Catalogs({}, cats)
     phases = [ph for ph in PHASES[PHASES.index(to):] if ph in _PLANNERS]
-    return Plan(tuple(step for ph in reversed(phases)
-                      for step in _PLANNERS[ph].rollback(spec, cats.for_phase(ph), cats.live, cats)))
+    steps = []
+    for ph in reversed(phases):
+        forward = {s.id: s for s in _PLANNERS[ph].plan(spec, cats.for_phase(ph), cats)}
+        steps += [_undoes(s, forward) for s in _PLANNERS[ph].rollback(spec, cats.for_phase(ph), cats.live, cats)]
+    return Plan(tuple(steps))
+
+
+def _undoes(step: Step, forward: dict[str, Step]) -> Step:
+    """STEP with the forward steps it undoes (Step.undoes): those of its reverts that change anything, when its
+    operation is the reverse of one of them and each commits together with its "done" record (one transaction; the
+    policy rewrite too, recorded done in the transaction that commits it). Left unknown otherwise: a concurrent
+    index build or a batched fill that began may be half done."""
+    if step.when is not None or any(r not in forward for r in step.reverts):
+        return step
+    changes = [forward[r] for r in step.reverts if not forward[r].op.reads_only]
+    if not any(f.op.reverse() == step.op for f in changes):
+        return step
+    if not all(f.op.executor in ("sql", "policies") and f.op.transactional for f in changes):
+        return step
+    return dataclasses.replace(step, undoes=tuple(f.id for f in changes))

@@ -236,7 +236,7 @@ def findings(spec: Spec, cat: Catalog) -> list[Finding]:
     """Everything in CAT that depends on the legacy key beyond the foreign keys themselves, and its fate."""
     out: list[Finding] = []
     legacy = cat.legacy.name
-    out += _ownership(cat)
+    out += _ownership(spec, cat)
     for fk in cat.legacy.foreign_keys:
         if fk.ref_table == legacy:
             out.append(Finding(
@@ -351,27 +351,88 @@ def refused(spec: Spec, cat: Catalog) -> list[Finding]:
     return [f for f in findings(spec, cat) if f.action == REFUSED]
 
 
-def _ownership(cat: Catalog) -> list[Finding]:
+def _ownership(spec: Spec, cat: Catalog) -> list[Finding]:
+    """Every object a phase ALTERs, replaces or drops whose owner's privileges the role pgconverge connects as does
+    not have (a table: ALTER TABLE, ALTER POLICY; a function: CREATE OR REPLACE, ALTER, DROP), and the roles the
+    switch's RLS check acts as that it may not SET ROLE to: Postgres would refuse it part way through a phase."""
     if not cat.user or not cat.user_roles:  # a catalog saved before roles were recorded
         return []
     out = []
-    for t in (cat.legacy, cat.canonical, *(d.table for d in _tables(cat))):
-        if t.owner not in cat.user_roles:
-            out.append(Finding(
-                f"table {t.name}", REFUSED,
-                f"owned by {t.owner}; pgconverge connects as {cat.user}, which is neither a superuser nor a member "
-                f"of {t.owner}, so its ALTER TABLE would be refused",
-                f"as {t.owner} (or a superuser): ALTER TABLE {t.name} OWNER TO {cat.user}; or GRANT {t.owner} TO "
-                f"{cat.user}; or connect as {t.owner}"))
+    for what, owner, does, alter in _owned(spec, cat):
+        if owner in cat.user_roles:
+            continue
+        if owner in cat.user_member_roles:
+            why = (f"which is a member of {owner} but does not inherit its privileges (it is NOINHERIT"
+                   + (", or it was granted WITH INHERIT FALSE, as a role that CREATEROLE made is to its maker"
+                      if cat.server_version >= 160000 else "") + ")")
+        else:
+            why = f"which is neither a superuser nor a member of {owner}"
+        out.append(Finding(
+            what, REFUSED, f"owned by {owner}; pgconverge connects as {cat.user}, {why}, so {does} would be "
+                           "refused",
+            f"as {owner} (or a superuser): {alter}; or {_inherit_fix(cat, owner)}; or connect as {owner}"))
     # The switch's RLS check reads the tables as the application's roles (verify/tokens.act_as): found out there, it
-    # would stop the switch after align and expand had run.
+    # would stop the switch after align and expand had run. From Postgres 16 a member may be denied SET ROLE.
+    may_set = cat.user_set_roles or cat.user_roles  # a catalog saved before SET was recorded
     for role in ("anon", "authenticated"):
-        if role in cat.roles and role not in cat.user_roles:
+        if role in cat.roles and role not in may_set:
+            member = role in cat.user_member_roles and cat.server_version >= 160000
             out.append(Finding(
                 f"role {role}", REFUSED,
-                f"pgconverge connects as {cat.user}, which may not act as {role} (SET ROLE): the switch checks row "
+                f"pgconverge connects as {cat.user}, which may not act as {role} (SET ROLE"
+                + (f"; it is a member granted WITH SET FALSE" if member else "") + "): the switch checks row "
                 "level security by reading the tables as the application's roles",
-                f"GRANT {role} TO {cat.user}; (Supabase's postgres role has it)"))
+                f"GRANT {_q(role)} TO {_q(cat.user)}{' WITH SET TRUE' if member else ''}; (Supabase's postgres role "
+                "has it)"))
+    return out
+
+
+def _inherit_fix(cat: Catalog, owner: str) -> str:
+    """The statements that give CAT's user the privileges of OWNER."""
+    user, role = _q(cat.user), _q(owner)
+    if cat.server_version >= 160000:  # the grant's own INHERIT option decides; granting again sets it
+        inherit = not cat.user_inherits or owner in cat.user_member_roles
+        return f"GRANT {role} TO {user}{' WITH INHERIT TRUE' if inherit else ''}"
+    out = []
+    if owner not in cat.user_member_roles or cat.user_inherits:
+        out.append(f"GRANT {role} TO {user}")
+    if not cat.user_inherits:
+        out.append(f"ALTER ROLE {user} INHERIT")
+    return " and ".join(out)
+
+
+def _owned(spec: Spec, cat: Catalog) -> list[tuple[str, str, str, str]]:
+    """(object, its owner, what a phase does to it, the statement that gives it to the connected role) for every
+    object a phase changes: the legacy, canonical and dependent tables (and every partition of a partitioned one),
+    the tables whose policies the switch rewrites, and the helpers the switch replaces and contract retires."""
+    from pgconverge.planning import switch
+
+    out, seen = [], set()
+    user = _q(cat.user)
+
+    def table(t: Table, does: str) -> None:
+        if t.name not in seen:
+            seen.add(t.name)
+            out.append((f"table {t.name}", t.owner, does, f"ALTER TABLE {t.name} OWNER TO {user}"))
+
+    for t in (cat.legacy, cat.canonical, *(d.table for d in _tables(cat))):
+        table(t, "its ALTER TABLE")
+    for d in _tables(cat):
+        for p in d.partitions:
+            table(p.table, f"its ALTER TABLE (a partition of {d.table.name})")
+    try:
+        auto, _review = switch.rewrites(spec, cat)
+    except PgConvergeError:
+        auto = []  # what keeps the rewrite from being planned at all is refused elsewhere
+    for r in auto:
+        t = cat.table(r.table)
+        if t is not None:
+            table(t, f"the switch's rewrite of its policy {r.name} (ALTER POLICY)")
+    for fn, does in ((cat.legacy_helper, "the switch's CREATE OR REPLACE FUNCTION (and contract's, which retires "
+                                         "it)"),
+                     (cat.canonical_helper, "the switch's CREATE OR REPLACE FUNCTION")):
+        if fn is not None and fn.owner:
+            out.append((f"function {fn.signature}", fn.owner, does, f"ALTER FUNCTION {fn.signature} OWNER TO {user}"))
     return out
 
 
