@@ -455,18 +455,17 @@ def _foreign_key(spec: Spec, cat: Catalog, d: Dependent) -> list[Finding]:
             if a not in ("NO ACTION", "SET DEFAULT")]
     if deferrable:
         kept.append("DEFERRABLE INITIALLY DEFERRED" if deferred else "DEFERRABLE")
+    hazard = ""
+    if deferrable:
+        hazard = (f"; being deferrable, from expand on a row written before its {cat.legacy.name} row in one "
+                  "transaction (which the deferred check allows) finds no mapping yet, so its new column stays "
+                  + ("empty and the write fails on the new column's NOT NULL" if d.column.not_null else
+                     "empty: the row is left unlinked (verify and the switch name it)")
+                  + f": have the application write the {cat.legacy.name} row first, or make {fk.name} NOT "
+                  "DEFERRABLE before the migration if nothing needs it deferred")
     if kept:
         out.append(Finding(where, MIRRORED, f"{', '.join(kept)} kept on the new foreign key to "
-                                            f"{cat.canonical.name}({spec.canonical.key})"))
-    if deferrable:
-        col = fk.columns[0]
-        out.append(Finding(
-            where, LISTED, f"{fk.name} is deferrable: from expand on, a row written before its {cat.legacy.name} row "
-            f"in one transaction (which the deferred check allows) finds no mapping yet, so its new column stays "
-            + ("empty, and the write fails on the new column's NOT NULL" if d.column.not_null else
-               "empty: the row is left unlinked (verify and the switch name it)"),
-            f"have the application write the {cat.legacy.name} row before the rows that name it, or set "
-            f"{d.table.name}.{col}'s foreign key NOT DEFERRABLE before the migration if nothing needs it deferred"))
+                                            f"{cat.canonical.name}({spec.canonical.key}){hazard}"))
     return out
 
 
