@@ -11,7 +11,7 @@ from pgconverge.catalog.model import Catalog, Table
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.connection import OWN_APPLICATION_NAMES
 from pgconverge.errors import CatalogError
-from pgconverge.execution.sql import body, ident, qn, text
+from pgconverge.execution.sql import body, bounded, ident, qn, text
 from pgconverge.identity import match, phone
 from pgconverge.operations.base import Step
 from pgconverge.operations.batched import Batched, max_key
@@ -48,7 +48,7 @@ def names(spec: Spec) -> dict[str, QualifiedName]:
         "legacy_for": QualifiedName(s, "legacy_for_canonical"),
         "mapping": spec.mapping_table,
         "match_index": QualifiedName(spec.canonical.table.schema,
-                                     f"pgconverge_{spec.canonical.table.name}_match_key"[:63]),
+                                     bounded(f"pgconverge_{spec.canonical.table.name}_match_key")),
     }
 
 
@@ -75,7 +75,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                 ct=sql.SQL(ck.type), methods=sql.SQL(", ").join(map(sql.Literal, METHODS))),
             why=f"which {can.name} row each {leg.name} row became",
             extra=(sql.SQL("create index if not exists {} on {} ({})").format(
-                sql.Identifier(f"{n['mapping'].name}_{spec.migration.new_column}"[:63]), qn(n["mapping"]),
+                sql.Identifier(bounded(f"{n['mapping'].name}_{spec.migration.new_column}")), qn(n["mapping"]),
                 ident(spec.migration.new_column)),))),
         ("pending_table", CreateTable(n["pending"], sql.SQL(
             "(legacy_id text primary key, reason text not null, sqlstate text, "

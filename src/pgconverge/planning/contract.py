@@ -278,8 +278,8 @@ def relinked(spec: Spec, cat: Catalog, d) -> sql.Composable:
 def archive_names(spec: Spec, cat: Catalog) -> tuple[QualifiedName, QualifiedName]:
     stamp = cat.read_at or "undated"
     a = spec.migration.archive_schema
-    return (QualifiedName(a, f"{cat.legacy.name.name}_{stamp}"[:63]),
-            QualifiedName(a, f"{spec.mapping_table.name}_{stamp}"[:63]))
+    return (QualifiedName(a, bounded(f"{cat.legacy.name.name}_{stamp}")),
+            QualifiedName(a, bounded(f"{spec.mapping_table.name}_{stamp}")))
 
 
 def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
@@ -526,7 +526,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         for i, idx in enumerate(_legacy_indexes(d, cat)):
             if d.partitioned:  # under their own names: the table's index empty, each leaf's built and attached
                 names = partitions.index_names(d, idx.name.name, lambda p, own, col=legacy_col: own or
-                                               f"{p.table.name.name}_{col}_idx"[:63])
+                                               bounded(f"{p.table.name.name}_{col}_idx"))
                 shells, builds = partitions.index_tree(d, idx.definition, idx.name.name, names,
                                                        f"{idx.name.name} went with {legacy_col}")
                 ops = [*shells, *builds]
@@ -612,7 +612,7 @@ def _restore_shapes(spec: Spec, cat: Catalog, cats, d, fid: str) -> list[Step]:
                             when))
     keys = _key_mirrors(spec, cat, cats, d)
     if any(k.constraint.kind == "primary key" for k in keys):
-        chk = f"{t.name}_{legacy_col}_not_null"[:63]
+        chk = bounded(f"{t.name}_{legacy_col}_not_null")
         out += [Step(f"{rid}.legacy_key_not_null_check", "rollback", AddCheckNotValid(
                     t, chk, sql.SQL("{} is not null").format(ident(legacy_col)),
                     why=f"{legacy_col} is part of the primary key again"), (), when),

@@ -67,15 +67,15 @@ class Names:
         self.new = new = references.new_column(spec, cat, dep) if cat is not None else spec.migration.new_column
         own = f"_{self.legacy}" if cat is not None and references.several(cat, dep) else ""
         private = spec.migration.private_schema
-        self.trigger = f"{TRIGGER}{own}"[:63]
-        self.last_trigger = f"{LAST_TRIGGER}{own}"[:63]
-        self.sync_fn = QualifiedName(private, f"sync_{t.schema}_{t.name}{own}"[:63])
-        self.late_fn = QualifiedName(private, f"backfill_{t.schema}_{t.name}{own}"[:63])
+        self.trigger = bounded(f"{TRIGGER}{own}")
+        self.last_trigger = bounded(f"{LAST_TRIGGER}{own}")
+        self.sync_fn = QualifiedName(private, bounded(f"sync_{t.schema}_{t.name}{own}"))
+        self.late_fn = QualifiedName(private, bounded(f"backfill_{t.schema}_{t.name}{own}"))
         # Counts the rows old code writes with the legacy column alone (see old_writes_sequence)
         self.old_writes = QualifiedName(private, bounded(f"old_writes_{t.schema}_{t.name}{own}"))
-        self.fk = f"{t.name}_{new}_fkey"[:63]
-        self.not_null_check = f"{t.name}_{new}_not_null"[:63]
-        self.plain_index = QualifiedName(t.schema, f"idx_{t.name}_{new}"[:63])
+        self.fk = bounded(f"{t.name}_{new}_fkey")
+        self.not_null_check = bounded(f"{t.name}_{new}_not_null")
+        self.plain_index = QualifiedName(t.schema, bounded(f"idx_{t.name}_{new}"))
 
 
 def short_names(cat: Catalog) -> dict[tuple[QualifiedName, str], str]:
@@ -88,12 +88,26 @@ def short_names(cat: Catalog) -> dict[tuple[QualifiedName, str], str]:
         t = d.table.name
         s = t.name if bare.count(t.name) == 1 else f"{t.schema}_{t.name}"
         out[references.key(d)] = f"{s}_{d.fk.columns[0]}" if references.several(cat, d) else s
-    return out
+    return _apart(out)
+
+
+def _apart(names: dict) -> dict:
+    """NAMES (key → name) where two keys came out alike (`billing.orders` as billing_orders beside a table of that
+    name; `a_b.c` and `a.b_c` as a_b_c) with a hash of each key appended to theirs; the others as they are."""
+    taken = list(names.values())
+    return {k: v if taken.count(v) == 1 else f"{v}_{hashlib.md5(repr(k).encode()).hexdigest()[:6]}"
+            for k, v in names.items()}
 
 
 def names_of(spec: Spec, cat: Catalog) -> list[tuple[Dependent, Names]]:
     shorts = short_names(cat)
-    return [(d, Names(spec, d, shorts[references.key(d)], cat)) for d in cat.dependents]
+    out = [(d, Names(spec, d, shorts[references.key(d)], cat)) for d in cat.dependents]
+    # The private schema's objects are named from schema and table joined by "_": two references may come out alike
+    for attr in ("sync_fn", "late_fn", "old_writes"):
+        apart = _apart({references.key(d): getattr(n, attr).name for d, n in out})
+        for d, n in out:
+            setattr(n, attr, QualifiedName(getattr(n, attr).schema, bounded(apart[references.key(d)])))
+    return out
 
 
 def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
@@ -809,7 +823,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                               FIRST_STEPS if first else (),
                               (f"{fwd}.add_column",)))
         if d.column.not_null:
-            chk = f"{d.table.name.name}_{legacy_col}_not_null"[:63]
+            chk = bounded(f"{d.table.name.name}_{legacy_col}_not_null")
             check = sql.SQL("{} is not null").format(ident(legacy_col))
             steps += [
                 Step(f"{rid}.legacy_not_null_check", "rollback",
