@@ -127,7 +127,10 @@ def baseline_op(spec: Spec, cat: Catalog) -> EmittedSql:
 
 
 def _policy_calls(expr_of: str, fn: QualifiedName) -> sql.Composable:
-    pattern = "\\m" + re.escape(fn.name) + "\\s*\\("
+    """Whether the policy text EXPR_OF calls FN: its name as Postgres prints it, bare (`auth_profile_id(`) or quoted
+    where it must be (`"authProfileId"(`)."""
+    quoted = '"' + fn.name.replace('"', '""') + '"'
+    pattern = "(?:\\m" + re.escape(fn.name) + "|" + re.escape(quoted) + ")\\s*\\("
     return sql.SQL("{} ~ {}").format(sql.SQL(expr_of), sql.Literal(pattern))
 
 
