@@ -48,6 +48,7 @@ def evaluate(runner: Runner) -> list[dict]:
                  if f.name not in (spec.legacy.helper, spec.canonical.helper)
                  and f.name.schema != spec.migration.private_schema and mentions.find(f.code, watched)]
     views = [f"{v.kind} {v.name} reads the legacy table or a legacy column" for v in (live.views if live else ())]
+    views += cron_jobs(runner.work, watched)
     code = code_details(found, functions, views)
     if not runner.code_dirs:
         code.insert(0, "no application code was audited: pass its directory with --code DIR (repeatable)")
@@ -57,7 +58,8 @@ def evaluate(runner: Runner) -> list[dict]:
         listing = " and ".join(f"`pgconverge audit code {shlex.quote(d)}`" for d in runner.code_dirs)
         fix.append(f"update the code named (each reference says what to write instead; {listing} lists them all)")
     if functions or views:
-        fix.append("replace the database functions and views named so they no longer use the legacy names")
+        fix.append("replace the database functions, views and scheduled jobs named so they no longer use the legacy "
+                   "names")
     out.append({"gate": "no code references", "passed": not code or accepted, "accepted": accepted and bool(code),
                 "details": code, "references": len(found) + len(functions) + len(views),
                 "unblock": ", ".join(fix) + " — or pass --accept-code-references to contract anyway"})
@@ -76,6 +78,17 @@ def evaluate(runner: Runner) -> list[dict]:
 SHOWN = 20  # references listed in a gate's details; the count says how many there are in all
 
 
+def cron_jobs(conn, watched: set[str]) -> list[str]:
+    """pg_cron's scheduled jobs whose command names the legacy table, a legacy column or the legacy helper: after
+    contract each run of one would fail (the table archived, the column dropped), with nobody there to see it."""
+    if not conn.execute("select to_regclass('cron.job') is not null").fetchone()[0]:
+        return []
+    jobs = conn.execute("select jobid, coalesce(jobname, ''), command from cron.job order by jobid").fetchall()
+    return [f"pg_cron job {jid}{f' ({name})' if name else ''} names {', '.join(sorted({m.name for m in found}))}: "
+            f"{' '.join(command.split())[:120]}"
+            for jid, name, command in jobs if (found := mentions.find(command, watched))]
+
+
 def code_details(found: list, functions: list[str], views: list[str]) -> list[str]:
     """The code gate's details: each kind counted, then its first SHOWN ("75 references in 12 files of
     ./app; first 20: …"), so a run that finds many stays readable and still says how many there are."""
@@ -92,7 +105,7 @@ def code_details(found: list, functions: list[str], views: list[str]) -> list[st
                    + (f"; first {SHOWN}:" if len(functions) > SHOWN else ":"))
         out += functions[:SHOWN]
     if views:
-        out.append(f"{len(views)} view(s) read the legacy table or a legacy column"
+        out.append(f"{len(views)} view(s) or scheduled job(s) read the legacy table or a legacy column"
                    + (f"; first {SHOWN}:" if len(views) > SHOWN else ":"))
         out += views[:SHOWN]
     return out
