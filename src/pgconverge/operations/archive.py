@@ -8,7 +8,7 @@ from typing import ClassVar
 from psycopg import sql
 
 from pgconverge.config import QualifiedName
-from pgconverge.execution.sql import ident, qn
+from pgconverge.execution.sql import body, ident, qn, text
 from pgconverge.operations import objects
 from pgconverge.operations.base import Lock, Operation
 from pgconverge.operations.grant import GrantColumn
@@ -56,7 +56,10 @@ class ArchiveTable(Operation):
 @dataclass(frozen=True)
 class RestoreTable(Operation):
     """Safe alone: puts an archived table back, grants included, in one transaction: what it restores is what the
-    application used before."""
+    application used before.
+
+    Where the table was never archived (the archive step failed, so it never committed) it is still in place with
+    its grants, and nothing is done."""
 
     safe_alone: ClassVar[bool] = True
 
@@ -67,7 +70,7 @@ class RestoreTable(Operation):
 
     @property
     def description(self) -> str:
-        return f"restore {self.archived} as {self.table}"
+        return f"restore {self.archived} as {self.table} (nothing to do where it was never archived)"
 
     @property
     def lock_target(self) -> str:
@@ -77,7 +80,7 @@ class RestoreTable(Operation):
         return (objects.moved(self.table, self.archived),)
 
     def statements(self) -> list[sql.Composable]:
-        return [
+        restore = [
             sql.SQL("alter table {} rename to {}").format(qn(self.archived), ident(self.table.name)),
             sql.SQL("alter table {} set schema {}").format(qn(QualifiedName(self.archived.schema, self.table.name)),
                                                            ident(self.table.schema)),
@@ -88,3 +91,8 @@ class RestoreTable(Operation):
             *(s for column, privileges in self.columns
               for s in GrantColumn(self.table, column, privileges).statements()),
         ]
+        never = sql.SQL("pg_catalog.to_regclass({}) is null and pg_catalog.to_regclass({}) is not null").format(
+            sql.Literal(text(qn(self.archived))), sql.Literal(text(qn(self.table))))
+        code = sql.SQL("begin\n  if not ({}) then\n{}\n  end if;\nend").format(
+            never, sql.SQL("\n").join(sql.SQL("    {};").format(s) for s in restore))
+        return [sql.SQL("do {}").format(body(code))]
