@@ -76,3 +76,60 @@ def test_a_contract_stopped_at_an_archive_step_rolls_back_and_resumes(make_db, t
         assert cli_json("verify", *args)["passed"]
         cli("rollback", "contract", *args, "--yes")
         assert schema_dump(conn, ("public", "archive")) == switched
+
+
+@pytest.fixture
+def runner_role(make_db, template_factory):
+    """(superuser connection, DSN of a LOGIN role that owns the fixture's tables and functions, its name, the other
+    role that owns an archive schema made beforehand): the role may act as the API roles and create schemas, not
+    create tables in that archive schema, as on a hosted database where another admin made one."""
+    dsn = make_db(template_factory(SMALL))
+    role, other = f"pgc_runner_{uuid.uuid4().hex[:8]}", f"pgc_dba_{uuid.uuid4().hex[:8]}"
+    r, o = sql.Identifier(role), sql.Identifier(other)
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute(sql.SQL("create role {} login nosuperuser bypassrls").format(r))
+    conn.execute(sql.SQL("create role {} nologin").format(o))
+    conn.execute(sql.SQL("grant create, connect on database {} to {}").format(sql.Identifier(conn.info.dbname), r))
+    conn.execute(sql.SQL("alter schema public owner to {}").format(r))
+    conn.execute(sql.SQL("grant {} to {}").format(sql.SQL(", ").join(map(sql.Identifier, API)), r))
+    conn.execute(sql.SQL("""do $$ declare x record; begin
+        for x in select c.oid::regclass as t from pg_class c where c.relnamespace = 'public'::regnamespace
+                 and c.relkind in ('r', 'p', 'v', 'm') loop
+          execute format('alter table %s owner to {}', x.t);
+        end loop;
+        for x in select p.oid::regprocedure as f from pg_proc p where p.pronamespace = 'public'::regnamespace loop
+          execute format('alter function %s owner to {}', x.f);
+        end loop; end $$""").format(r, r))
+    conn.execute(sql.SQL("grant usage on schema auth to {}; grant select on all tables in schema auth to {}").format(
+        r, r))
+    conn.execute(sql.SQL("create schema archive authorization {}; grant usage on schema archive to {}").format(o, r))
+    yield conn, psycopg.conninfo.make_conninfo(dsn, user=role), role, other
+    conn.close()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for name in (r, o):
+            c.execute(sql.SQL("reassign owned by {} to current_user").format(name))
+            c.execute(sql.SQL("drop owned by {}").format(name))
+            c.execute(sql.SQL("drop role {}").format(name))
+
+
+def test_an_archive_schema_the_runner_may_not_create_tables_in_is_refused_before_the_first_drop(runner_role,
+                                                                                                  tmp_path):
+    """`archive` exists, owned by another role, and the role running pgconverge may not CREATE there: contract
+    dropped the legacy foreign keys, indexes and columns and only then failed (permission denied for schema
+    archive). Its gates refuse now, changing nothing, and name the grant."""
+    conn, dsn, role, other = runner_role
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, NO_WINDOW))
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, *args)
+    switched, columns = schema_dump(conn, ("public", "archive")), _legacy_columns(conn)
+    out = _flat(cli("run", "contract", *args, *ACCEPT, expect=2))
+    assert "contract is blocked, nothing was dropped" in out, out
+    assert (f"archive schema: the archive schema archive exists, owned by {other}, and {role} may not create "
+            "tables in it") in out, out
+    assert f"GRANT CREATE ON SCHEMA archive TO {role};" in out and "migration.archive_schema" in out, out
+    assert schema_dump(conn, ("public", "archive")) == switched and _legacy_columns(conn) == columns
+    conn.execute(sql.SQL("grant create on schema archive to {}").format(sql.Identifier(role)))  # the fix
+    cli("run", "contract", *args, *ACCEPT)
+    assert cli_json("verify", *args)["passed"]
+    cli("rollback", "contract", *args, "--yes")
+    assert schema_dump(conn, ("public", "archive")) == switched

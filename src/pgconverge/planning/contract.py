@@ -43,7 +43,7 @@ class Gates(Operation):
     @property
     def description(self) -> str:
         return ("gates: switch verified, invariants clean, no code or database object still naming the legacy "
-                "side, no runtime use of the legacy table or helper since the switch")
+                "side, no runtime use of the legacy table or helper since the switch, the archive schema usable")
 
     @property
     def lock(self) -> Lock:
