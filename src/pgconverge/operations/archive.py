@@ -17,7 +17,11 @@ from pgconverge.operations.grant import GrantColumn
 @dataclass(frozen=True)
 class ArchiveTable(Operation):
     """Safe alone: moves the legacy table (or the mapping) out of the API's reach in one catalog change; contract's
-    gates and dependency check ran first, so nothing the application still calls reads it."""
+    gates and dependency check ran first, so nothing the application still calls reads it.
+
+    The archive schema is created here when it does not exist, without any privilege for PUBLIC or the API roles.
+    A schema that exists already keeps its privileges (the application may use it): only what is archived loses
+    those roles' privileges."""
 
     safe_alone: ClassVar[bool] = True
 
@@ -28,6 +32,8 @@ class ArchiveTable(Operation):
     grants: tuple[tuple, ...] = ()
     # (column, its privileges as Column.privileges) of the roles revoked: restored by the reverse
     columns: tuple[tuple[str, tuple[tuple[str, str, bool], ...]], ...] = ()
+    # more roles without any privilege on the archive schema where this step creates it (besides revoke_from)
+    schema_revoke_from: tuple[str, ...] = ()
 
     @property
     def description(self) -> str:
@@ -40,9 +46,13 @@ class ArchiveTable(Operation):
     def statements(self) -> list[sql.Composable]:
         roles = sql.SQL(", ").join([sql.SQL("public"), *map(ident, self.revoke_from)])
         s = ident(self.archived.schema)
+        denied = sql.SQL(", ").join([sql.SQL("public"), *map(ident, dict.fromkeys(
+            (*self.revoke_from, *self.schema_revoke_from)))])
+        made = sql.SQL("begin\n  if pg_catalog.to_regnamespace({}) is null then\n    create schema {};\n"
+                       "    revoke all on schema {} from {};\n  end if;\nend").format(
+            sql.Literal(text(s)), s, s, denied)
         return [
-            sql.SQL("create schema if not exists {}").format(s),
-            sql.SQL("revoke all on schema {} from {}").format(s, roles),
+            sql.SQL("do {}").format(body(made)),
             sql.SQL("alter table {} set schema {}").format(qn(self.table), s),
             sql.SQL("alter table {} rename to {}").format(qn(QualifiedName(self.archived.schema, self.table.name)),
                                                          ident(self.archived.name)),

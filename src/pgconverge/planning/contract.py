@@ -357,7 +357,10 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     revoked = {*roles, "PUBLIC"}
     columns = tuple((c.name, kept) for c in cat.legacy.columns
                     if (kept := tuple(p for p in c.privileges if p[0] in revoked)))
-    add("archive_legacy_table", ArchiveTable(cat.legacy.name, archived, roles, grants, columns))
+    # An archive schema this step creates has no privilege for the API roles, nor for the roles that read the mapping
+    # through a helper they own: the mapping goes there next.
+    add("archive_legacy_table", ArchiveTable(cat.legacy.name, archived, roles, grants, columns,
+                                             schema_revoke_from=readers))
     add("archive_mapping", ArchiveTable(an["mapping"], archived_map, roles + readers,
                                         tuple((r, "SELECT") for r in readers)))
     add("counts_after", counts(spec, cat, "counts_after", archived))
