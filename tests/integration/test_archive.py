@@ -170,3 +170,30 @@ def test_an_archive_schema_the_application_reads_keeps_its_privileges(make_db, t
         assert _acls(conn) == before
         for role in API:
             assert _reads(conn, role, "select note from archive.orders_2023") == [("old order",)], role
+
+
+def test_the_archived_tables_sequence_loses_the_api_roles_privileges_until_rollback(make_db, template_factory,
+                                                                                   tmp_path):
+    """The legacy table's own sequence moves into the archive with it. It kept the API roles' privileges (granted by
+    default on Supabase), so `authenticated` could setval() it by its oid and old code, back after a rollback, then
+    inserted duplicate keys. They are revoked with the table's, and come back on rollback."""
+    dsn = make_db(template_factory(SMALL))
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, NO_WINDOW))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        seq = conn.execute("select pg_get_serial_sequence('public.customers', 'id')").fetchone()[0]
+        assert seq is not None
+        conn.execute(f"grant usage, select, update on sequence {seq} to anon, authenticated, service_role")
+        oid, acl = conn.execute("select %s::regclass::oid, relacl::text from pg_class where oid = %s::regclass",
+                                (seq, seq)).fetchone()
+        for ph in ("align", "expand", "switch", "contract"):
+            cli("run", ph, *args, *(ACCEPT if ph == "contract" else ()))
+        where, granted = conn.execute(
+            "select c.relnamespace::regnamespace::text, array(select distinct case when a.grantee = 0 then 'PUBLIC' "
+            "else pg_get_userbyid(a.grantee) end from aclexplode(c.relacl) a where a.grantee = 0 or "
+            "pg_get_userbyid(a.grantee) = any(%s)) from pg_class c where c.oid = %s", (list(API), oid)).fetchone()
+        assert where == "archive" and granted == [], granted
+        assert re.match(r"refused: permission denied for sequence",
+                        str(_reads(conn, "authenticated", f"select setval({oid}::regclass, 1)")))
+        cli("rollback", "contract", *args, "--yes")
+        assert conn.execute("select relnamespace::regnamespace::text, relacl::text from pg_class where oid = %s",
+                            (oid,)).fetchone() == ("public", acl)
