@@ -75,7 +75,7 @@ class _Reader:
 
         all_oids = [legacy.oid, canonical.oid, *(d.table.oid for d in dependents)]
         views = self._views(all_oids)
-        grants = self._grants(all_oids, [f for f in (legacy_helper, canonical_helper) if f])
+        grants = self._grants(all_oids, [f for f in (legacy_helper, canonical_helper) if f], [legacy.oid])
         return Catalog(
             database=database, server_version=version, read_at=read_at, legacy=legacy, canonical=canonical,
             dependents=tuple(dependents), policies=tuple(policies), functions=tuple(functions),
@@ -329,10 +329,13 @@ class _Reader:
         return sorted((View(QualifiedName(ns, name), kinds[kind], definition, tuple(sorted(refs[oid])))
                        for oid, ns, name, kind, definition in rows), key=lambda v: v.name)
 
-    def _grants(self, oids: list[int], helpers: list[Function]) -> list[Grant]:
+    def _grants(self, oids: list[int], helpers: list[Function], sequences_of: list[int] = ()) -> list[Grant]:
         roles = set(self.spec.migration.api_roles) | {"PUBLIC"}
         out = [Grant("table", str(QualifiedName(ns, rel)), g, p, o)
                for ns, rel, g, p, o in self.rows(q.TABLE_GRANTS, oids=oids) if g in roles]
+        # The legacy table's own sequences: contract archives them with it, out of those roles' reach too.
+        out += [Grant("sequence", str(QualifiedName(ns, rel)), g, p, o)
+                for ns, rel, g, p, o in self.rows(q.OWNED_SEQUENCE_GRANTS, oids=list(sequences_of)) if g in roles]
         fn_oids = [h.oid for h in helpers]
         out += [Grant("function", o, g, p) for o, g, p in self.rows(q.FUNCTION_GRANTS, oids=fn_oids) if g in roles]
         return out

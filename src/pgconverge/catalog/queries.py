@@ -168,6 +168,17 @@ where c.oid = any(%(oids)s)
 order by 1, 2, 3, 4
 """
 
+# Privileges on the sequences the given tables' columns own (serial, identity): they move with their table.
+OWNED_SEQUENCE_GRANTS = """
+select n.nspname, c.relname, case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end,
+       a.privilege_type, a.is_grantable
+from pg_depend d join pg_class c on c.oid = d.objid and c.relkind = 'S'
+join pg_namespace n on n.oid = c.relnamespace, aclexplode(c.relacl) a
+where d.classid = 'pg_class'::regclass and d.refclassid = 'pg_class'::regclass and d.refobjid = any(%(oids)s)
+  and d.deptype in ('a', 'i')
+order by 1, 2, 3, 4
+"""
+
 # A NULL proacl means the default: EXECUTE for PUBLIC.
 FUNCTION_GRANTS = """
 select p.oid::regprocedure::text, case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end,

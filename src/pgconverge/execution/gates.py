@@ -11,6 +11,7 @@ from pgconverge.audit import runtime
 from pgconverge.audit.code import audit_code
 from pgconverge.catalog import calls, introspect, mentions
 from pgconverge.connection import connect
+from pgconverge.config import _show
 from pgconverge.operations.base import Step
 from pgconverge.verify import invariants
 
@@ -65,6 +66,8 @@ def evaluate(runner: Runner) -> list[dict]:
                 "unblock": ", ".join(fix) + " — or pass --accept-code-references to contract anyway"})
 
     out.append(runtime_gate)
+
+    out.append(archive_gate(runner))
 
     leaning = standalone(runner)
     out.append({"gate": "canonical helper stands alone", "passed": not leaning, "details": leaning,
@@ -233,6 +236,39 @@ def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:
                                   f"legacy foreign keys' checks): {', '.join(rt.reads)}"] * bool(rt.reads)
             + [f"unavailable: {u}" for u in rt.unavailable],
             "unblock": "; ".join(unblock)}
+
+
+def archive_gate(runner: Runner) -> dict:
+    """Contract's last steps move the legacy table and the mapping into migration.archive_schema (creating it where
+    it does not exist): Postgres lets them only with CREATE on that schema, or on the database to create it. Read now,
+    as the role that runs contract, so that a refusal comes before the first drop rather than after the last."""
+    schema = runner.spec.migration.archive_schema
+    exists, owner, allowed, user, database = runner.work.execute(
+        "select n.oid is not null, pg_catalog.pg_get_userbyid(n.nspowner), case when n.oid is null "
+        "then pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE') "
+        "else pg_catalog.has_schema_privilege(n.oid, 'CREATE') end, current_user, pg_catalog.current_database() "
+        "from (select 1) x left join pg_catalog.pg_namespace n on n.nspname = %s", (schema,)).fetchone()
+    shown = _show(schema)
+    if allowed:
+        return {"gate": "archive schema", "passed": True, "unblock": "",
+                "details": [f"{shown} exists (owned by {owner}) and {user} may create tables in it; its own privileges "
+                            "are left as they are" if exists
+                            else f"{shown} does not exist; {user} may create it"]}
+    who = _show(user)
+    if exists:
+        detail = (f"the archive schema {shown} exists, owned by {owner}, and {user} may not create tables in it: "
+                  "contract could not move the legacy table and the mapping there")
+        unblock = (f"as {owner} (or a superuser): GRANT CREATE ON SCHEMA {shown} TO {who}; or set "
+                   f"migration.archive_schema to a schema that does not exist yet (contract creates it) or "
+                   f"one {user} may create tables in; then run contract again")
+    else:
+        detail = (f"the archive schema {shown} does not exist, and {user} may not create schemas in database "
+                  f"{database}: contract could not create it")
+        unblock = (f"as the database's owner (or a superuser): GRANT CREATE ON DATABASE "
+                   f"{_show(database)} TO {who}; or create the schema {shown} and GRANT "
+                   f"CREATE ON SCHEMA {shown} TO {who}; or set migration.archive_schema to a schema {user} may "
+                   "create tables in; then run contract again")
+    return {"gate": "archive schema", "passed": False, "details": [detail], "unblock": unblock}
 
 
 def standalone(runner: Runner) -> list[str]:

@@ -9,7 +9,7 @@ from typing import ClassVar
 from psycopg import sql
 
 from pgconverge.catalog.model import Catalog, Function
-from pgconverge.config import QualifiedName, Spec
+from pgconverge.config import QualifiedName, Spec, parse_qualified
 from pgconverge.execution.sql import bounded, ident, qn, text
 from pgconverge.operations.archive import ArchiveTable
 from pgconverge.operations.base import Lock, Operation, Step
@@ -44,7 +44,7 @@ class Gates(Operation):
     @property
     def description(self) -> str:
         return ("gates: switch verified, invariants clean, no code or database object still naming the legacy "
-                "side, no runtime use of the legacy table or helper since the switch")
+                "side, no runtime use of the legacy table or helper since the switch, the archive schema usable")
 
     @property
     def lock(self) -> Lock:
@@ -358,7 +358,17 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     revoked = {*roles, "PUBLIC"}
     columns = tuple((c.name, kept) for c in cat.legacy.columns
                     if (kept := tuple(p for p in c.privileges if p[0] in revoked)))
-    add("archive_legacy_table", ArchiveTable(cat.legacy.name, archived, roles, grants, columns))
+    # The sequences its columns own move with it: the API roles' privileges on them go too (and come back on
+    # rollback), or a role could still call setval() on the archived table's sequence by its oid.
+    sequences: dict[str, list[tuple]] = {}
+    for g in cat.grants:
+        if g.object_kind == "sequence" and g.grantee in revoked:
+            sequences.setdefault(g.object_name, []).append((g.grantee, g.privilege, g.grantable))
+    owned = tuple((parse_qualified(name), tuple(gs)) for name, gs in sequences.items())
+    # An archive schema this step creates has no privilege for the API roles, nor for the roles that read the mapping
+    # through a helper they own: the mapping goes there next.
+    add("archive_legacy_table", ArchiveTable(cat.legacy.name, archived, roles, grants, columns, owned,
+                                             schema_revoke_from=readers))
     add("archive_mapping", ArchiveTable(an["mapping"], archived_map, roles + readers,
                                         tuple((r, "SELECT") for r in readers)))
     add("counts_after", counts(spec, cat, "counts_after", archived))
