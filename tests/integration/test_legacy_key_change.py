@@ -116,17 +116,21 @@ def test_a_reused_legacy_key_is_decided_for_the_new_row(make_db, tmp_path, phase
     """The application deletes a customer and inserts another person under the same id (a restore, a CRM sync with
     explicit ids). The new row is decided afresh: another person does not inherit the deleted one's profile (and
     after the switch its rows: before, customer 2's successor read profile 2's orders). The same person put back
-    (the same number) keeps its profile."""
+    (the same number) keeps its profile. A rollback of align still deletes the profile align created for a customer
+    whose key another took (its mapping is kept aside, not lost)."""
     dsn, args = schema_db(make_db, tmp_path, SCHEMA)
     for phase in phases:
         cli("run", phase, *args)
     with psycopg.connect(dsn, autocommit=True) as conn:
+        original = {r[0] for r in conn.execute("select user_id from public.profiles where user_id not in "
+                                               "(select profile_id from pgconverge.legacy_customer_profile "
+                                               "where method = 'created')")}
         old2, old4 = _owner(conn, 2)[0], _owner(conn, 4)[0]
-        with conn.transaction():
-            conn.execute("delete from public.orders where customer_id in (2, 4)")
-            conn.execute("delete from public.customers where id in (2, 4)")
-            conn.execute("insert into public.customers (id, wa_id, display_name) "
-                         "values (2, '+250788555555', 'somebody else'), (4, '+250780000004', 'c4 back')")
+        with conn.transaction():  # 6's profile was created by align: its successor gets another
+            conn.execute("delete from public.orders where customer_id in (2, 4, 6)")
+            conn.execute("delete from public.customers where id in (2, 4, 6)")
+            conn.execute("insert into public.customers (id, wa_id, display_name) values (2, '+250788555555', "
+                         "'somebody else'), (4, '+250780000004', 'c4 back'), (6, '+250788666666', 'after 6')")
         assert _owner(conn, 2)[0] != old2
         assert _owner(conn, 2)[0] == conn.execute(
             "select user_id from public.profiles where whatsapp_e164 = '+250788555555'").fetchone()[0]
@@ -140,3 +144,7 @@ def test_a_reused_legacy_key_is_decided_for_the_new_row(make_db, tmp_path, phase
                 conn.execute("select set_config('request.jwt.claims', '{\"customer_id\": 2}', true)")
                 assert conn.execute("select count(*) from public.orders").fetchone()[0] == 0
     cli("verify", *args)
+    # The rollback deletes every canonical row align created, the one made for the customer who left too
+    cli("rollback", "align", "--yes", *args)
+    with psycopg.connect(dsn) as conn:
+        assert {r[0] for r in conn.execute("select user_id from public.profiles")} == original

@@ -42,6 +42,7 @@ def names(spec: Spec) -> dict[str, QualifiedName]:
         "normalize": QualifiedName(s, "normalize_phone"),
         "pending": QualifiedName(s, "pending_legacy_rows"),
         "created_keys": QualifiedName(s, "created_match_keys"),
+        "retired": QualifiedName(s, "retired_mappings"),
         "align_row": QualifiedName(s, "align_legacy_row"),
         "legacy_trigger_fn": QualifiedName(s, "legacy_after_write"),
         "legacy_key_fn": QualifiedName(s, "legacy_key_moved"),
@@ -77,6 +78,14 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             extra=(sql.SQL("create index if not exists {} on {} ({})").format(
                 sql.Identifier(bounded(f"{n['mapping'].name}_{spec.migration.new_column}")), qn(n["mapping"]),
                 ident(spec.migration.new_column)),))),
+        # A mapping a deleted legacy row left, given up when the application reuses its key for another person: kept
+        # here, so that a rollback of align still deletes the canonical row align created for the one who left.
+        ("retired_table", CreateTable(n["retired"], sql.SQL(
+            "({lc} {lt}, {cc} {ct} not null, method text not null, match_key text, decided_at timestamptz, note text, "
+            "retired_at timestamptz not null default clock_timestamp())").format(
+                lc=ident(spec.mapping_legacy_column), lt=sql.SQL(lk.type), cc=ident(spec.migration.new_column),
+                ct=sql.SQL(ck.type)),
+            why=f"mappings of deleted {leg.name} rows whose key the application gave another person")),
         ("pending_table", CreateTable(n["pending"], sql.SQL(
             "(legacy_id text primary key, reason text not null, sqlstate text, "
             "at timestamptz not null default clock_timestamp())"),
@@ -738,7 +747,10 @@ def _legacy_trigger_function(spec: Spec, cat: Catalog) -> sql.Composable:
     code = sql.SQL("""
 begin
   if tg_op = 'INSERT' and pg_catalog.current_setting({flag}, true) is distinct from 'on' then
-    delete from {mapping} m where m.{mlc} = new.{lk} and not coalesce(m.match_key = ({key}), false);
+    with gone as (delete from {mapping} m where m.{mlc} = new.{lk} and not coalesce(m.match_key = ({key}), false)
+                  returning m.*)
+    insert into {retired} ({mlc}, {mcc}, method, match_key, decided_at, note)
+      select g.{mlc}, g.{mcc}, g.method, g.match_key, g.decided_at, g.note from gone g;
   end if;
   perform {f}(new);
   return null;
@@ -747,6 +759,7 @@ exception when others then
   return null;
 end""").format(f=qn(n["align_row"]), flag=sql.Literal(REVERSE_FLAG), mapping=qn(n["mapping"]),
                  mlc=ident(spec.mapping_legacy_column), lk=ident(spec.legacy.key), key=legacy_key(spec, cat, "new"),
+                 retired=qn(n["retired"]), mcc=ident(spec.migration.new_column),
                  park=_park(spec, sql.SQL(
         "case sqlstate when '40001' then 'written by a transaction whose snapshot is older than the canonical row made "
         "for the same key (repeatable read or serializable): pgconverge maps it at its next step' else sqlerrm end")))
@@ -817,6 +830,8 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         # Refuse before changing anything when created canonical rows are already in use.
         ("created_rows_unused", referenced_check(can.name, spec.canonical.key, n["mapping"], spec.migration.new_column,
                                                  _foreign_references(spec, cat, live)), (), ("align.match",)),
+        ("retired_rows_unused", referenced_check(can.name, spec.canonical.key, n["retired"], spec.migration.new_column,
+                                                 _foreign_references(spec, cat, live)), (), ("align.retired_table",)),
         # Then stop mapping: no legacy row written from here on gets a canonical row we would miss.
         ("drop_legacy_trigger", DropTrigger("pgconverge_align", leg.name), ("align.legacy_trigger",
                                                                              "align.coverage_gate")),
@@ -824,6 +839,13 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         ("delete_created", delete_created(can.name, spec.canonical.key, n["mapping"], spec.mapping_legacy_column,
                                           lk.type, spec.migration.new_column, spec.migration.batch_size),
          ("align.match",)),
+        # Those of the people whose legacy row left and whose key another took (no mapping names them any more).
+        ("delete_retired_created", RunSql(sql.SQL(
+            "delete from {c} p using {r} r where r.method = 'created' and p.{ck} = r.{mc} and not exists (select 1 "
+            "from {m} m where m.{mc} = r.{mc})").format(c=qn(can.name), r=qn(n["retired"]), ck=ident(spec.canonical.key),
+                                                       mc=ident(spec.migration.new_column), m=qn(n["mapping"])),
+            f"delete the {can.name} rows align created for legacy rows deleted since"),
+         ("align.retired_table",)),
         ("drop_legacy_trigger_function", DropFunction(n["legacy_trigger_fn"], ""), ("align.legacy_trigger_function",)),
         ("drop_legacy_key_function", DropFunction(n["legacy_key_fn"], ""), ("align.legacy_key_function",)),
         ("drop_align_function", DropFunction(n["align_row"], str(leg.name)), ("align.align_function",)),
@@ -832,6 +854,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         ("drop_match_index", DropIndexConcurrently(n["match_index"], can.name), ("align.match_index",)),
         ("drop_mapping_table", DropTable(n["mapping"]), ("align.mapping_table",)),
         ("drop_pending_table", DropTable(n["pending"]), ("align.pending_table", "align.map_pending")),
+        ("drop_retired_table", DropTable(n["retired"]), ("align.retired_table",)),
         ("drop_created_keys_table", DropTable(n["created_keys"]), ("align.created_keys_table",)),
         ("drop_linkage_snapshot", DropTable(contract.linkage_table(spec, "before")),
          ("align.linkage_before", "align.counts_before")),
