@@ -98,8 +98,9 @@ def test_contract_asks_on_a_terminal_and_every_run_ends_with_a_verdict(make_db, 
         assert "pgconverge rollback contract --dsn" in out, out
         out = _flat(cli("rollback", "contract", *common))
         assert re.search(r"rolled back contract on .+? in [\d.]+ s: \d+ steps undone \(\d+ skipped: never ran\); "
-                         r"the database is as it was before contract began; forward again: pgconverge run contract "
-                         r"--dsn", out), out
+                         r"the database is as it was before contract began \(the legacy columns back at the end "
+                         r"of their tables: name the columns in INSERT and COPY\); forward again: pgconverge run "
+                         r"contract --dsn", out), out
         assert schema_dump(conn, ("public", "archive")) == switched
 
 
