@@ -196,7 +196,14 @@ def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:
     blocked = rt.in_use + ([rt.window_detail()] if rt.window_open else []) + [
         f"not measured, so not shown unused: {b}" for b in rt.blind]
     unblock = []
-    if rt.blind:
+    if rt.reset:  # counters below their baseline: the statistics were reset, nobody used the legacy side for it
+        unblock.append("the server's statistics were reset after the runtime baseline ("
+                       + (f"at {rt.reset_at}" if rt.reset_at else "time unknown")
+                       + "), so use since the baseline was not measured: check that no old code runs, then take "
+                         "the baseline again with `pgconverge audit runtime --rebaseline`"
+                       + (" (or wait until the observation window has passed since the reset)"
+                          if rt.reset_at and rt.observation_window > 0 else "") + ", or")
+    elif rt.blind:
         unblock.append("give the gate its counters back (the `unavailable` lines say how for each), or")
     if any(w["rows"] for w in rt.old_writes):
         unblock.append("update the code that writes " + ", ".join(
