@@ -96,3 +96,32 @@ def test_objects_of_the_users_on_what_the_rollback_drops_refuse_it_before_any_ch
                      "drop view public.identity_map")
         cli("rollback", "align", "--yes", "--dsn", dsn, "--config", cfg)
         assert schema_dump(conn, ("public", "storage")) == start
+
+
+def test_rollback_switch_refuses_when_a_rewritten_policy_is_gone(make_db, template_factory, tmp_path):
+    """The application replaced a policy the switch rewrote (dropped carts_owner, made carts_owner_v2): the rollback
+    cannot give carts_owner back its text. It refuses before its first change, the dry run too, naming the policy
+    and the way out; done, the rollback goes through."""
+    import psycopg
+
+    from _support import cli, schema_dump, write_config
+
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\nrls_sample = 5\n")
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("drop policy carts_owner on public.carts; create policy carts_owner_v2 on public.carts for all to "
+                  "authenticated using (customer_id = auth_customer_id()) "
+                  "with check (customer_id = auth_customer_id())")
+        before = schema_dump(c)
+        for args in (("--dry-run",), ("--yes",)):
+            out = " ".join(cli("rollback", "switch", *args, "--dsn", dsn, "--config", cfg, expect=2).split())
+            assert "policy carts_owner on public.carts" in out and "no longer exist" in out, out
+            assert "nothing was changed" in out and "CREATE POLICY" in out and "does not exist" not in out, out
+        assert schema_dump(c) == before
+        c.execute("create policy carts_owner on public.carts for all to authenticated using (true)")
+    cli("rollback", "switch", "--yes", "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        qual = c.execute("select qual from pg_policies where policyname = 'carts_owner'").fetchone()[0]
+        assert "auth_customer_id()" in qual, qual
