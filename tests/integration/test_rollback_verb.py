@@ -1,6 +1,6 @@
 """`rollback PHASE` undoes PHASE and every phase after it; the old `--to` spelling is refused naming the new one; a
-phase that never ran is refused with nothing changed; one rolled back already is left as it is (not even pgconverge's schema created); on a terminal the
-rollback asks first, and an answer of no changes nothing."""
+phase that never ran (not even pgconverge's schema created), or was rolled back already, is refused with nothing
+changed; on a terminal the rollback asks first, and an answer of no changes nothing."""
 
 from __future__ import annotations
 
@@ -29,8 +29,11 @@ def test_rollback_phase_undoes_it_and_what_follows(fixture_db, tmp_path):
         assert schema_dump(conn) == after_align  # align kept: the database is as it was when expand began
         assert cli_json("status", "--dsn", dsn, "--config", cfg)["summary"]["line"].startswith(
             "rolled back to the start of expand")
-        # Rolled back already: the same command again finds nothing left to undo and changes nothing.
-        cli("rollback", "expand", "--dsn", dsn, "--config", cfg)
+        # Rolled back already: the same command again is refused (exit 2), changing nothing; the dry run too.
+        for args in ((), ("--dry-run",)):
+            again = " ".join(cli("rollback", "expand", *args, "--dsn", dsn, "--config", cfg, expect=2).split())
+            assert "nothing to roll back: expand was rolled back already" in again, again
+            assert "nothing was changed" in again and "pgconverge run expand" in again, again
         assert schema_dump(conn) == after_align
 
         # On a terminal it asks; "n" changes nothing.
@@ -43,6 +46,9 @@ def test_rollback_phase_undoes_it_and_what_follows(fixture_db, tmp_path):
         assert schema_dump(conn) == expanded
 
         cli("rollback", "align", "--yes", "--dsn", dsn, "--config", cfg)
+        assert schema_dump(conn) == start
+        again = " ".join(cli("rollback", "align", "--yes", "--dsn", dsn, "--config", cfg, expect=2).split())
+        assert "nothing to roll back: align was rolled back already" in again, again
         assert schema_dump(conn) == start
 
 
