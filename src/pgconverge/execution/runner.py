@@ -578,7 +578,17 @@ class Runner:
                 self.catalogs.live, *self.catalogs.saved.values()), last, f"step {step.id}")
             return StepFailed(why.problem, fix=f"{why.fix}; then run the same command again — finished steps "
                                                "are not repeated")
-        return StepFailed(f"step {step.id} failed: {str(last).strip()} (SQLSTATE {last.sqlstate})",
+        hint = (getattr(last.diag, "message_hint", None) or "").strip()
+        hint = "" if hint in str(last) else hint  # said once: the message may carry it already
+        if last.sqlstate == "53200":  # out of shared memory: the lock table is full
+            return StepFailed(
+                f"step {step.id} failed: {str(last).strip()} (SQLSTATE 53200)"
+                + (f"; HINT: {hint}" if hint else "") + ": the server's lock table is full (a step locks every "
+                "partition and index of the tables it changes, and its transaction holds them to its end)",
+                fix="raise max_locks_per_transaction (a restart), or run when fewer sessions hold locks; then run "
+                    "the same command again — finished steps are not repeated")
+        return StepFailed(f"step {step.id} failed: {str(last).strip()} (SQLSTATE {last.sqlstate})"
+                          + (f"; HINT: {hint}" if hint else ""),
                           fix="see `pgconverge status` for the ledger entry; fix the cause and run again — "
                               "finished steps are not repeated")
 
