@@ -37,3 +37,38 @@ def test_out_of_shared_memory_outside_a_step_names_max_locks_per_transaction(mak
     assert "out of shared memory" in out and "max_locks_per_transaction" in out.split("fix:")[1], out
     assert "connection failed or was lost" not in out, out
 
+
+def test_the_rls_snapshot_session_ended_is_named_as_the_cause(make_db, template_factory, tmp_path, monkeypatch):
+    """The session holding the RLS check's snapshot is terminated after the rewrite, before the check imports the
+    snapshot: the error says which session ended and what it means, not a bare 'invalid snapshot identifier'; the
+    policies are the original ones, and the same command goes through."""
+    import time
+
+    from pgconverge.execution import policy_switch
+
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, "[migration]\nrls_sample = 5\n")
+    for ph in ("align", "expand"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        original = dict(c.execute("select policyname, qual from pg_policies"))
+    at = policy_switch._at
+
+    def terminated_first(runner, snapshot, name):
+        if name == "pgconverge:rls-after":
+            with psycopg.connect(dsn, autocommit=True) as c:
+                c.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                          "where application_name = 'pgconverge:rls-snapshot'")
+                while c.execute("select count(*) from pg_stat_activity "
+                                "where application_name = 'pgconverge:rls-snapshot'").fetchone()[0]:
+                    time.sleep(0.01)
+        return at(runner, snapshot, name)
+
+    monkeypatch.setattr(policy_switch, "_at", terminated_first)
+    out = " ".join(cli("run", "switch", "--dsn", dsn, "--config", cfg, expect=2).split())
+    assert "the session holding the snapshot the RLS equivalence check reads" in out, out
+    assert "pgconverge:rls-snapshot" in out and "terminated" in out and "fix: run the same command again" in out, out
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert dict(c.execute("select policyname, qual from pg_policies")) == original
+    monkeypatch.setattr(policy_switch, "_at", at)
+    cli("run", "switch", "--dsn", dsn, "--config", cfg)

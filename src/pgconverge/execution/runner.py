@@ -578,6 +578,15 @@ class Runner:
                 self.catalogs.live, *self.catalogs.saved.values()), last, f"step {step.id}")
             return StepFailed(why.problem, fix=f"{why.fix}; then run the same command again — finished steps "
                                                "are not repeated")
+        if step.op.executor == "policies" and "invalid snapshot identifier" in str(last):
+            return StepFailed(
+                f"step {step.id} failed: the session holding the snapshot the RLS equivalence check reads "
+                "(application_name pgconverge:rls-snapshot) ended before the check could read from it: it was "
+                f"terminated, or its connection was lost ({str(last).strip()}); the policies were not left "
+                "rewritten (a rewrite its check did not prove is undone)",
+                fix="run the same command again; if something ends sessions that look idle (a script calling "
+                    "pg_terminate_backend, a pooler's or the server's idle timeout), keep it off pgconverge's "
+                    "sessions (application_name pgconverge:…) while the switch runs")
         hint = (getattr(last.diag, "message_hint", None) or "").strip()
         hint = "" if hint in str(last) else hint  # said once: the message may carry it already
         if last.sqlstate == "53200":  # out of shared memory: the lock table is full
