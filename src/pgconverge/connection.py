@@ -87,6 +87,10 @@ POOLER_FIX = ("connect directly to the server, or through a pooler in session mo
               "connection (db.<project>.supabase.co:5432) or the session pooler (port 5432 on the pooler host)")
 PROBE_SETTING = "pgconverge.session_probe"
 PROBE_WAIT_S = 10.0
+# What the server says when it has no connection slot for one more session (SQLSTATE 53300): not a wrong address.
+NO_SLOT = ("too many clients already", "remaining connection slots are reserved", "too many connections for role",
+           "too many connections for database")
+
 _probed: set[str] = set()  # connection strings this process found to be one session per connection
 
 
@@ -221,6 +225,16 @@ def connect(target: Target | str, *, autocommit: bool = True, application_name: 
         )
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        if any(x in str(exc) for x in NO_SLOT):
+            raise ConnectionFailed(
+                f"could not connect to {t.display} (from {t.source}): {reason}: the server has no connection slot "
+                "left for this session; pgconverge needs several at once (its runner, each of "
+                "migration.backfill_workers, the RLS check's three, a snapshot's)",
+                fix="close idle sessions (pg_stat_activity names them: an application pool holding more than it "
+                    "uses), or raise the server's max_connections (a restart), the role's or the database's "
+                    "CONNECTION LIMIT, or lower migration.backfill_workers; then run the same command again "
+                    "(finished steps are not repeated)",
+            ) from exc
         raise ConnectionFailed(
             f"could not connect to {t.display} (from {t.source}): {reason}",
             fix="check that the server runs and the host, port, user, password and database are right; "

@@ -58,3 +58,54 @@ def test_application_sessions_older_than_function_tracking_are_not_measured(make
         assert "are not counted: reconnect them" in text, text
     out = cli_json("audit", "runtime", "--dsn", dsn)  # reconnected
     assert not any("function tracking" in u for u in out["unavailable"]), out
+
+
+def test_a_statistics_reset_after_the_switch_is_named_as_one_not_as_use(make_db, template_factory, tmp_path):
+    """pg_stat_reset() (or a crash restart, which discards the statistics) after the switch takes the legacy table's
+    counters below the baseline. That is a reset, not use: the audit and contract's gate say so and give the fix
+    (check, then --rebaseline), and the gate still refuses (what happened before the reset was not measured)."""
+    from _support import write_config
+
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\n")
+    with psycopg.connect(dsn, autocommit=True) as app:  # old code's writes before the switch: counted in the baseline
+        app.execute("update public.customers set display_name = display_name where id <= 20")
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as dba:
+        dba.execute("select pg_stat_reset()")
+    out = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert out["reset"] and out["reset_at"], out
+    assert out["in_use"] == [] and all(v >= 0 for v in out["legacy_table"].values()), out
+    assert any("reset, not use" in b for b in out["not_measured"]), out
+    text = " ".join(cli("audit", "runtime", "--dsn", dsn, "--config", cfg).split())
+    assert "+-" not in text and "statistics reset" in text and "--rebaseline" in text, text
+    refused = " ".join(cli("run", "contract", "--accept-code-references", "--yes", "--dsn", dsn, "--config", cfg,
+                           expect=2).split())
+    assert "+-" not in refused and "find and update the callers" not in refused, refused
+    assert "statistics were reset" in refused and "pgconverge audit runtime --rebaseline" in refused, refused
+    # After checking, a new baseline counts from now: nothing unmeasured, nothing in use.
+    fresh = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg, "--rebaseline")
+    assert not fresh["reset"] and fresh["not_measured"] == [] and fresh["in_use"] == [], fresh
+
+
+def test_counters_below_their_baseline_are_a_reset_even_with_no_time_recorded(make_db, template_factory, tmp_path):
+    """A table's counters can be reset alone; counters that went backwards are still a reset, not use."""
+    from _support import write_config
+
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\n")
+    with psycopg.connect(dsn, autocommit=True) as app:
+        app.execute("update public.customers set display_name = display_name where id <= 20")
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as dba:
+        dba.execute("select pg_stat_reset_single_table_counters('public.customers'::regclass)")
+        # only the table's counters went back: the database's reset time is not after the baseline
+        dba.execute("insert into pgconverge.snapshots (name, data) select name, jsonb_set(data, '{taken_at}', "
+                    "to_jsonb(clock_timestamp()::text)) from pgconverge.snapshots where name = 'runtime_baseline' "
+                    "order by id desc limit 1")
+    out = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert out["reset"] and out["reset_at"] is None and out["in_use"] == [] and out["not_measured"], out
+    assert any("--rebaseline" in u for u in out["unavailable"]), out
+    assert not any("+-" in x for x in out["in_use"] + out["reads"]), out

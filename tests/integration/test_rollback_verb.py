@@ -1,6 +1,6 @@
 """`rollback PHASE` undoes PHASE and every phase after it; the old `--to` spelling is refused naming the new one; a
-phase that never ran is refused with nothing changed; one rolled back already is left as it is (not even pgconverge's schema created); on a terminal the
-rollback asks first, and an answer of no changes nothing."""
+phase that never ran (not even pgconverge's schema created), or was rolled back already, is refused with nothing
+changed; on a terminal the rollback asks first, and an answer of no changes nothing."""
 
 from __future__ import annotations
 
@@ -29,8 +29,11 @@ def test_rollback_phase_undoes_it_and_what_follows(fixture_db, tmp_path):
         assert schema_dump(conn) == after_align  # align kept: the database is as it was when expand began
         assert cli_json("status", "--dsn", dsn, "--config", cfg)["summary"]["line"].startswith(
             "rolled back to the start of expand")
-        # Rolled back already: the same command again finds nothing left to undo and changes nothing.
-        cli("rollback", "expand", "--dsn", dsn, "--config", cfg)
+        # Rolled back already: the same command again is refused (exit 2), changing nothing; the dry run too.
+        for args in ((), ("--dry-run",)):
+            again = " ".join(cli("rollback", "expand", *args, "--dsn", dsn, "--config", cfg, expect=2).split())
+            assert "nothing to roll back: expand was rolled back already" in again, again
+            assert "nothing was changed" in again and "pgconverge run expand" in again, again
         assert schema_dump(conn) == after_align
 
         # On a terminal it asks; "n" changes nothing.
@@ -43,6 +46,9 @@ def test_rollback_phase_undoes_it_and_what_follows(fixture_db, tmp_path):
         assert schema_dump(conn) == expanded
 
         cli("rollback", "align", "--yes", "--dsn", dsn, "--config", cfg)
+        assert schema_dump(conn) == start
+        again = " ".join(cli("rollback", "align", "--yes", "--dsn", dsn, "--config", cfg, expect=2).split())
+        assert "nothing to roll back: align was rolled back already" in again, again
         assert schema_dump(conn) == start
 
 
@@ -96,3 +102,32 @@ def test_objects_of_the_users_on_what_the_rollback_drops_refuse_it_before_any_ch
                      "drop view public.identity_map")
         cli("rollback", "align", "--yes", "--dsn", dsn, "--config", cfg)
         assert schema_dump(conn, ("public", "storage")) == start
+
+
+def test_rollback_switch_refuses_when_a_rewritten_policy_is_gone(make_db, template_factory, tmp_path):
+    """The application replaced a policy the switch rewrote (dropped carts_owner, made carts_owner_v2): the rollback
+    cannot give carts_owner back its text. It refuses before its first change, the dry run too, naming the policy
+    and the way out; done, the rollback goes through."""
+    import psycopg
+
+    from _support import cli, schema_dump, write_config
+
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\nrls_sample = 5\n")
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("drop policy carts_owner on public.carts; create policy carts_owner_v2 on public.carts for all to "
+                  "authenticated using (customer_id = auth_customer_id()) "
+                  "with check (customer_id = auth_customer_id())")
+        before = schema_dump(c)
+        for args in (("--dry-run",), ("--yes",)):
+            out = " ".join(cli("rollback", "switch", *args, "--dsn", dsn, "--config", cfg, expect=2).split())
+            assert "policy carts_owner on public.carts" in out and "no longer exist" in out, out
+            assert "nothing was changed" in out and "CREATE POLICY" in out and "does not exist" not in out, out
+        assert schema_dump(c) == before
+        c.execute("create policy carts_owner on public.carts for all to authenticated using (true)")
+    cli("rollback", "switch", "--yes", "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        qual = c.execute("select qual from pg_policies where policyname = 'carts_owner'").fetchone()[0]
+        assert "auth_customer_id()" in qual, qual

@@ -42,6 +42,10 @@ class RuntimeAudit:
     old_writes: list[dict] = field(default_factory=list)
     observation_window: float = 0.0  # seconds, from the config
     observed_s: float | None = None  # seconds since the baseline (None: no baseline)
+    # The server's statistics were reset after the baseline (pg_stat_reset(), a crash restart): the counters count
+    # from then, and what happened between the baseline and the reset was not measured.
+    reset: bool = False
+    reset_at: str | None = None  # when, if the server says (None: counters below their baseline, time unknown)
 
     @property
     def in_use(self) -> list[str]:
@@ -73,6 +77,10 @@ class RuntimeAudit:
         from pgconverge.config import format_duration
 
         w = format_duration(self.observation_window)
+        if self.reset:
+            since = f"the statistics reset at {self.reset_at}" if self.reset_at else "the statistics reset"
+            return (f"observation window: {format_duration(self.observed_s or 0)} of {w} observed since {since}, "
+                    f"{format_duration(self.window_left_s or 0)} left (the counters count from the reset)")
         if self.observed_s is None:
             return (f"no runtime baseline to start the observation window of {w} from (the switch records one; "
                     "`pgconverge audit runtime --rebaseline` takes one now)")
@@ -83,7 +91,7 @@ class RuntimeAudit:
     def as_dict(self) -> dict:
         return {"baseline_at": self.baseline_at, "legacy_table": self.table, "legacy_helper_calls": self.helper_calls,
                 "old_code_rows": self.old_writes, "statements": self.statements, "unavailable": self.unavailable,
-                "not_measured": self.blind,
+                "not_measured": self.blind, "reset": self.reset, "reset_at": self.reset_at,
                 "in_use": self.in_use, "reads": self.reads,
                 "observation_window": {"seconds": self.observation_window, "observed_s": self.observed_s,
                                        "left_s": self.window_left_s, "open": self.window_open}}
@@ -108,6 +116,8 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
     before = base.get("legacy_table") or {}
     if now:
         audit.table = {k: int(now[0].get(k) or 0) - int(before.get(k) or 0) for k in TABLE_COUNTERS}
+        if before and any(v < 0 for v in audit.table.values()):
+            audit.reset = True
     else:
         audit.unavailable.append(f"{table} has no statistics row (not a table any more?)")
         audit.blind.append(f"writes to {table} (no statistics row)")
@@ -119,6 +129,8 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
                                  "for the database; the switch does so where it may)")
     else:
         audit.helper_calls = int(fn[0] if fn else 0) - int((base.get("legacy_helper") or {}).get("calls") or 0)
+        if base.get("legacy_helper") and audit.helper_calls < 0:
+            audit.reset = True
         _sessions_before_tracking(conn, audit)
     _old_writes(conn, spec, cat, base, audit)
     audit.observation_window = spec.migration.observation_window
@@ -126,6 +138,7 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
         audit.observed_s = float(conn.execute(
             "select extract(epoch from pg_catalog.clock_timestamp() - %s::timestamptz)", (audit.baseline_at,)
         ).fetchone()[0])
+        _statistics_reset(conn, audit, now[0] if now else None, fn[0] if fn else None)
     has_pss = conn.execute("select exists (select 1 from pg_extension where extname = 'pg_stat_statements')"
                            ).fetchone()[0]
     if not has_pss:
@@ -143,6 +156,49 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
             audit.unavailable.append(f"statements: pg_stat_statements cannot be read ({str(exc).strip()})")
             conn.rollback()
     return audit
+
+
+def _statistics_reset(conn: psycopg.Connection, audit: RuntimeAudit, table: dict | None, calls: int | None) -> None:
+    """The server's statistics reset since the baseline (pg_stat_reset() sets pg_stat_database.stats_reset; a crash
+    restart discards them all; either leaves counters below their baseline): counters that went backwards mean a
+    reset, not use. They count from the reset, the observation window restarts there, and what happened between
+    the baseline and the reset is not measured: until `--rebaseline` (a window of 0), or until the window has
+    passed since the reset, the gate refuses."""
+    reset_db, start = conn.execute(
+        "select d.stats_reset, pg_catalog.pg_postmaster_start_time() from pg_catalog.pg_stat_database d "
+        "where d.datname = pg_catalog.current_database()").fetchone() or (None, None)
+    baseline = conn.execute("select %s::timestamptz", (audit.baseline_at,)).fetchone()[0]
+    if reset_db is not None and reset_db > baseline:
+        at = reset_db
+        audit.reset = True
+    elif audit.reset:  # counters went backwards: a crash restart (stats discarded), or a reset of one table's
+        at = start if start is not None and start > baseline else None
+    else:
+        return
+    audit.table = {k: int((table or {}).get(k) or 0) for k in TABLE_COUNTERS}  # counted from the reset
+    if audit.helper_calls is not None:
+        audit.helper_calls = int(calls or 0)
+    audit.reset_at = at.isoformat() if at is not None else None
+    audit.observed_s = float(conn.execute("select extract(epoch from pg_catalog.clock_timestamp() - %s)",
+                                          (at,)).fetchone()[0]) if at is not None else 0.0
+    when = f"at {audit.reset_at}" if at is not None else "at a time the server does not record"
+    if at is None or audit.observation_window <= 0 or audit.window_open:
+        audit.blind.append(
+            f"use of the legacy side from the runtime baseline of {audit.baseline_at} to the server's statistics "
+            f"reset {when} (pg_stat_reset(), or a restart after a crash): not measured; its counters count from the "
+            "reset, and went below the baseline (a reset, not use)")
+    audit.unavailable.append(
+        f"the server's statistics were reset {when}, after the runtime baseline of {audit.baseline_at}: the legacy "
+        "table's and helper's counts are since the reset. Check that no old code runs (`pgconverge audit runtime`, "
+        "the application's deployments), then take the baseline again: `pgconverge audit runtime --rebaseline`"
+        + (f"; or wait until the observation window ({_fmt(audit.observation_window)}) has passed since the reset"
+           if at is not None and audit.observation_window > 0 else ""))
+
+
+def _fmt(seconds: float) -> str:
+    from pgconverge.config import format_duration
+
+    return format_duration(seconds)
 
 
 def _sessions_before_tracking(conn: psycopg.Connection, audit: RuntimeAudit) -> None:

@@ -136,7 +136,9 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
     if as_json:
         print_json(audit.as_dict())
     else:
-        console.print(f"since {audit.baseline_at or 'statistics were last reset'}:", highlight=False)
+        console.print(f"since the server's statistics reset {'at ' + audit.reset_at if audit.reset_at else ''} "
+                      f"(after the baseline of {audit.baseline_at}):" if audit.reset
+                      else f"since {audit.baseline_at or 'statistics were last reset'}:", highlight=False)
         for k, v in audit.table.items():
             console.print(f"  legacy table {k}: +{v}", highlight=False)
         if audit.helper_calls is not None:

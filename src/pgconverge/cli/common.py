@@ -51,6 +51,14 @@ def fail_cleanly(fn: Callable) -> Callable:
                 if isinstance(exc, psycopg.errors.InsufficientPrivilege):
                     fix = ("the role pgconverge connects as lacks that privilege: grant it, or connect as the "
                            "owner of the tables")
+                elif exc.sqlstate == "53200":  # out of shared memory: the lock table is full
+                    fix = ("the server's lock table is full: raise max_locks_per_transaction (a restart), or run "
+                           "when fewer sessions hold locks; then run the same command again (finished steps are not "
+                           "repeated)")
+                elif exc.sqlstate == "53300":  # too many connections
+                    fix = ("the server has no connection slot left: close idle sessions (pg_stat_activity names "
+                           "them), or raise max_connections or the role's CONNECTION LIMIT; then run the same "
+                           "command again (finished steps are not repeated)")
                 elif isinstance(exc, psycopg.OperationalError):
                     fix = ("the connection failed or was lost: check that the server is up and reachable, then run "
                            "the same command again (finished steps are not repeated)")

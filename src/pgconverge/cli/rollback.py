@@ -72,8 +72,8 @@ def rollback(phase: PhaseToUndo = None,
     switch` goes forward again. The rollback is a plan like any other: its summary is shown and, on a
     terminal, confirmed before anything changes (`--yes` skips the question, `--dry-run` shows the
     steps and stops); it runs with the same lock timeouts, retries and ledger as `run`. Steps that
-    never ran are skipped; a killed rollback resumes when run again. A phase that never ran is
-    refused, changing nothing.
+    never ran are skipped; a killed rollback resumes when run again. A phase that never ran, or was
+    rolled back already, is refused, changing nothing.
     """
     from pgconverge.cli.migrate import _phase, _plan_for, _print_steps
 
@@ -90,7 +90,16 @@ def rollback(phase: PhaseToUndo = None,
         started = ran(conn, spec, _undone_by(phase))
         if started:  # before the question (and in a dry run): objects of the user's that would stop it half way
             ledger = Ledger(conn, spec)
-            prechecks.rollback_blockers(conn, prechecks.rollback_steps(p, ledger.step_states()))
+            steps_left = prechecks.rollback_steps(p, ledger.step_states())
+            # Rolled back already: no step left to undo, and the rollback's last bookkeeping (the saved catalogs
+            # of the phases it undid, discarded at its end) done too; a rollback killed before that goes on.
+            if not steps_left and not any(ph in cats.saved for ph in started):
+                raise NothingToUndo(
+                    f"nothing to roll back: {phase} was rolled back already on {t.display} (no step of "
+                    f"{', '.join(started)} is left done); nothing was changed",
+                    fix=f"`pgconverge status` shows where the migration stands; go forward again with "
+                        f"{command_line(['run', phase], t, config_file)}, or name an earlier phase to undo")
+            prechecks.rollback_blockers(conn, steps_left)
     if not started:
         raise NothingToUndo(
             f"nothing to roll back: {phase} never ran on {t.display}"

@@ -39,8 +39,14 @@ def evaluate(runner: Runner) -> list[dict]:
         # Sent back, so that re-running expand does it again (its backfill fills the rows found missing).
         runner.ledger.event(runner.run_id, sid.split(".")[0], sid, "reverted", message="to be done again: the "
                             "contract gate found its invariants broken")
-    out.append({"gate": "invariants", "passed": not bad, "details": bad,
-                "unblock": "run `pgconverge verify` and fix what it names (re-running expand fills missing ids)"})
+    redone = sorted({x for r in results if not r.passed for x in getattr(ops.get(r.step), "redo", ())})
+    fixes = [f for f in dict.fromkeys(getattr(ops.get(r.step), "fix", "") for r in results if not r.passed) if f]
+    out.append({"gate": "invariants", "passed": not bad, "details": bad, "unblock": (
+        f"run `pgconverge run expand`, then contract again: this gate sent {', '.join(redone)} back, so expand walks "
+        "those tables again and fills the rows that have a legacy id but no new id (written with the sync trigger "
+        "bypassed: session_replication_role = replica, a disabled trigger, a restore)" if redone else "")
+        + ("; for what that does not fix: " if redone and fixes else "") + "; ".join(fixes)
+        or "run `pgconverge verify` and fix what it names"})
 
     found = [(d, f) for d in runner.code_dirs for f in audit_code(Path(d), spec)]
     watched = {spec.legacy.table.name, spec.legacy.helper.name, *(d.fk.columns[0] for d in cat.dependents)}
@@ -212,7 +218,14 @@ def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:
     blocked = rt.in_use + ([rt.window_detail()] if rt.window_open else []) + [
         f"not measured, so not shown unused: {b}" for b in rt.blind]
     unblock = []
-    if rt.blind:
+    if rt.reset:  # counters below their baseline: the statistics were reset, nobody used the legacy side for it
+        unblock.append("the server's statistics were reset after the runtime baseline ("
+                       + (f"at {rt.reset_at}" if rt.reset_at else "time unknown")
+                       + "), so use since the baseline was not measured: check that no old code runs, then take "
+                         "the baseline again with `pgconverge audit runtime --rebaseline`"
+                       + (" (or wait until the observation window has passed since the reset)"
+                          if rt.reset_at and rt.observation_window > 0 else "") + ", or")
+    elif rt.blind:
         unblock.append("give the gate its counters back (the `unavailable` lines say how for each), or")
     if any(w["rows"] for w in rt.old_writes):
         unblock.append("update the code that writes " + ", ".join(

@@ -83,10 +83,41 @@ def rollback_blockers(conn: psycopg.Connection, steps: list[Step]) -> None:
     policies, the helpers).
 
     Then the legacy rows the rollback would make for canonical rows that have none (legacy_rows)."""
+    _policies_gone(conn, steps)
     drops = [q for s in steps for q in s.op.drops()]
     if drops:
         _dependencies(conn, steps, drops)
     legacy_rows(conn, steps)
+
+
+def _policies_gone(conn: psycopg.Connection, steps: list[Step]) -> None:
+    """Refuse while a policy the switch rewrote, which the rollback gives back its text from before the switch, is
+    gone (the application dropped or renamed it): its ALTER POLICY would fail half way through the rollback."""
+    from pgconverge.operations.replace_policies import ReplacePolicies
+
+    gone = []
+    # Probes name tables where the rollback finds them (an archived table is moved back first): `moved` says where.
+    moves = [q for s in steps for q in s.op.moves()] or [sql.SQL("select null::text, null::oid where false")]
+    for s in steps:
+        if isinstance(s.op, ReplacePolicies) and not s.op.verify:
+            for name, probe, restore in zip(s.op.names, s.op.redefines(), s.op.statements_text):
+                found = conn.execute(sql.SQL("with moved(name, oid) as ({}) select count(*) from ({}) p").format(
+                    sql.SQL(" union ").join(moves), probe)).fetchone()[0]
+                if not found:
+                    gone.append((name, restore))
+    if gone:
+        def one(name: str, restore: str) -> str:
+            table, policy = name.rsplit(".", 1)
+            return f"  - policy {policy} on {table}; the rollback would give it back: {restore.strip()}"
+
+        raise RollbackBlocked(
+            "the rollback would stop half way: it gives the policies the switch rewrote back their text from before "
+            "the switch, and these no longer exist (dropped or renamed since the switch; nothing was changed):\n"
+            + "\n".join(one(*g) for g in gone),
+            fix="create each policy named again under its name, on its table, for the command and roles it had "
+                "(`CREATE POLICY name ON table …`; any expression will do: the rollback gives it the text shown), "
+                "then run the rollback again; a policy the application made in its place is left as it is (check it "
+                "reads the legacy side, as the rest will after the rollback)")
 
 
 def _dependencies(conn: psycopg.Connection, steps: list[Step], drops: list[sql.Composable]) -> None:

@@ -19,7 +19,7 @@ from pgconverge.connection import Target, connect
 from pgconverge.errors import CatalogError, PgConvergeError
 from pgconverge.execution import (background, batch, gates, interrupt, killpoint, policy_switch, prechecks,
                                   privileges, retry, session)
-from pgconverge.execution.locks import describe_blockers
+from pgconverge.execution.locks import describe_blockers, describe_old_snapshots
 from pgconverge.execution.throttle import Throttle
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES, Cost, Plan, Step
@@ -573,6 +573,8 @@ class Runner:
                     f"same command goes on from there. {blockers}",
                     fix="let the transaction holding those rows finish (or end it), then run the same command again; "
                         "raise migration.lock_retries to wait longer")
+            if step.op.executor == "index":
+                return self._index_failure(step, exc, blockers)
             return StepFailed(
                 f"step {step.id} could not get its {step.op.lock} lock on {step.op.lock_target or 'its objects'} "
                 f"within {self.lock_timeout_ms} ms in {exc.attempts} attempts; nothing was changed by this step. "
@@ -586,9 +588,49 @@ class Runner:
                 self.catalogs.live, *self.catalogs.saved.values()), last, f"step {step.id}")
             return StepFailed(why.problem, fix=f"{why.fix}; then run the same command again — finished steps "
                                                "are not repeated")
-        return StepFailed(f"step {step.id} failed: {str(last).strip()} (SQLSTATE {last.sqlstate})",
+        if step.op.executor == "policies" and "invalid snapshot identifier" in str(last):
+            return StepFailed(
+                f"step {step.id} failed: the session holding the snapshot the RLS equivalence check reads "
+                "(application_name pgconverge:rls-snapshot) ended before the check could read from it: it was "
+                f"terminated, or its connection was lost ({str(last).strip()}); the policies were not left "
+                "rewritten (a rewrite its check did not prove is undone)",
+                fix="run the same command again; if something ends sessions that look idle (a script calling "
+                    "pg_terminate_backend, a pooler's or the server's idle timeout), keep it off pgconverge's "
+                    "sessions (application_name pgconverge:…) while the switch runs")
+        hint = (getattr(last.diag, "message_hint", None) or "").strip()
+        hint = "" if hint in str(last) else hint  # said once: the message may carry it already
+        if last.sqlstate == "53200":  # out of shared memory: the lock table is full
+            return StepFailed(
+                f"step {step.id} failed: {str(last).strip()} (SQLSTATE 53200)"
+                + (f"; HINT: {hint}" if hint else "") + ": the server's lock table is full (a step locks every "
+                "partition and index of the tables it changes, and its transaction holds them to its end)",
+                fix="raise max_locks_per_transaction (a restart), or run when fewer sessions hold locks; then run "
+                    "the same command again — finished steps are not repeated")
+        return StepFailed(f"step {step.id} failed: {str(last).strip()} (SQLSTATE {last.sqlstate})"
+                          + (f"; HINT: {hint}" if hint else ""),
                           fix="see `pgconverge status` for the ledger entry; fix the cause and run again — "
                               "finished steps are not repeated")
+
+    def _index_failure(self, step: Step, exc: Exception, blockers: str) -> StepFailed:
+        """A concurrent build outwaited: by a lock on the table, or by an older transaction's snapshot (a wait
+        on its virtualxid, which holds no lock on the table). Name both kinds, and the invalid index left behind."""
+        op: CreateIndexConcurrently = step.op  # type: ignore[assignment]
+        snapshots = describe_old_snapshots(self.control, self.lock_timeout_ms)
+        try:
+            invalid = bool(self.control.execute(op.invalid_probe()).fetchone()[0])
+        except psycopg.Error:
+            invalid = False
+        if snapshots and blockers.startswith("No session holds"):
+            blockers = "No session holds a lock on the table now."
+        left = (f"; it left the index {op.name} INVALID (unused by queries, it only costs writes): the next run drops "
+                "it and builds it again" if invalid else "; nothing was changed by this step")
+        return StepFailed(
+            f"step {step.id} could not build its index on {step.op.lock_target or 'its table'} within "
+            f"{self.lock_timeout_ms} ms in {exc.attempts} attempts{left}. {blockers}"
+            + (f" {snapshots}" if snapshots else ""),
+            fix=("end those transactions (pg_terminate_backend(pid)) or let them finish, then run the same command "
+                 "again" if snapshots else "let the blocking transaction finish (or end it), then run the same "
+                 "command again") + "; raise migration.lock_retries to wait longer")
 
     def _on_retry(self, step: Step):
         def note(attempt: int, exc: psycopg.Error, pause: float) -> None:

@@ -719,11 +719,24 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
         parts.append(fk_validated(d, n))
         redo.append(f"{PHASE}.{n.short}.{'backfill_attached' if d.partitioned else 'backfill'}")
     parts.append(invalid_indexes(cat))
+    fills = "; ".join(text(refill(spec, d, n)) for d, n in names_of(spec, cat))
     return Check("invariants", sql.SQL(" union all ").join(parts),
                  failure="rows or constraints do not match the mapping",
-                 fix="run `pgconverge run expand` again (the backfill picks up missing rows); if rows disagree "
-                     "with the mapping, they were written by hand — correct them or roll back with "
-                     "`pgconverge rollback expand`", redo=tuple(redo))
+                 fix=f"rows that have a legacy id but no new id were written with the sync trigger bypassed "
+                     f"(session_replication_role = replica, a disabled trigger, a restore or a bulk load): fill them "
+                     f"from the mapping with the UPDATE for each table named ({fills}); the sync trigger keeps both "
+                     f"ids. Rows it leaves belong to a legacy row the mapping lacks (written with the triggers "
+                     f"bypassed too: align's checks name it). While expand has not finished, `pgconverge run expand` "
+                     f"again does the same. If rows disagree with the mapping, they were written by hand — correct "
+                     f"them or roll back with `pgconverge rollback expand`", redo=tuple(redo))
+
+
+def refill(spec: Spec, d: Dependent, n: Names) -> sql.Composable:
+    """The UPDATE that gives D's rows with a legacy id and no new id the new id the mapping gives (as the backfill
+    does): for rows written with the sync trigger bypassed after the backfill had passed them."""
+    return sql.SQL("update {t} d set {n} = m.{mn} from {m} m where m.{ml} = d.{l} and d.{n} is null").format(
+        t=qn(d.table.name), l=ident(n.legacy), n=ident(n.new), m=qn(align.names(spec)["mapping"]),
+        ml=ident(spec.mapping_legacy_column), mn=ident(spec.migration.new_column))
 
 
 def fk_validated(d: Dependent, n: Names) -> sql.Composable:

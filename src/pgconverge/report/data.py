@@ -54,7 +54,13 @@ def collect(conn: psycopg.Connection, spec: Spec) -> dict:
     snaps = {r["name"]: r for r in _rows(conn, sql.SQL(
         "select distinct on (name) name, data, at from {} where name = any(%s) order by name, id desc").format(
         t("snapshots")), (list(SNAPSHOTS),))}
-    phases = _phases(events)
+    # The plan's steps against the ledger, as `pgconverge status` reads them: a phase is done when all its steps are.
+    from pgconverge.catalog import baseline
+    from pgconverge.planning import plan as planner
+
+    plan = planner.build(spec, baseline.load(conn, spec), refuse=False)
+    unproven = frozenset(s.id for s in plan.steps if s.op.executor == "policies" and ledger.unproven(s.id))
+    phases = _phases(events, [(s.id, s.phase) for s in plan.steps], unproven, _running_run(conn, spec, ledger))
     # The configuration in effect is the one the latest run recorded; the one given to `report` may differ.
     ran = next((r["spec"] for r in reversed(runs) if r.get("spec")), None)
     d = {
@@ -85,6 +91,19 @@ def collect(conn: psycopg.Connection, spec: Spec) -> dict:
     d["attempts"] = verdict.attempts(d)
     d["verdict"] = verdict.build(d)
     return d
+
+
+def _running_run(conn: psycopg.Connection, spec: Spec, ledger: Ledger) -> int | None:
+    """The run of the runner holding the migration lock now, if one does."""
+    from pgconverge.execution.runner import lock_holder
+
+    holder = lock_holder(conn, spec)
+    if holder is None:
+        return None
+    row = conn.execute(sql.SQL("select id from {} where pid = %s and started_at >= coalesce(%s::timestamptz, "
+                               "'-infinity') order by id desc limit 1").format(ledger.t("runs")),
+                       (holder[0], holder[3])).fetchone()
+    return row[0] if row else None
 
 
 def _server(conn: psycopg.Connection) -> dict:
@@ -131,14 +150,28 @@ def _snap(snaps: dict, name: str) -> Any:
     return snaps[name]["data"] if name in snaps else None
 
 
-def _phases(events: list[dict]) -> list[dict]:
+def _new_step(step: str, phase: str) -> dict:
+    return {"id": step, "phase": phase, "state": "pending", "lock": None, "sql": None,
+            "started_at": None, "finished_at": None, "duration_ms": None, "attempts": 0, "executions": 0,
+            "lock_waits": 0, "retry_sqlstates": {}, "errors": [], "notes": [], "history": [],
+            "_start": None, "_last": 0}
+
+
+def _phases(events: list[dict], plan: list[tuple[str, str]] | None = None, unproven: frozenset[str] = frozenset(),
+            running_run: int | None = None) -> list[dict]:
+    """Each phase and its steps, from the ledger's events.
+
+    With PLAN (the plan's steps, (id, phase), in order: what `status` reads too), a phase is done only when every
+    step the plan gives it is: a step with no event is "not started", a step still recorded as running that no
+    runner holds the lock for (RUNNING_RUN: the run of the runner holding it) "stopped" (killed, or its
+    connection lost), and a step in UNPROVEN (the policy rewrite, committed before its check finished)
+    "unproven"."""
     steps: dict[str, dict] = {}
     for e in events:
-        s = steps.setdefault(e["step"], {
-            "id": e["step"], "phase": e["phase"], "state": "pending", "lock": None, "sql": None,
-            "started_at": None, "finished_at": None, "duration_ms": None, "attempts": 0, "executions": 0,
-            "lock_waits": 0, "retry_sqlstates": {}, "errors": [], "notes": [], "history": [], "_start": None})
+        s = steps.setdefault(e["step"], _new_step(e["step"], e["phase"]))
         kind = e["event"]
+        if kind in ("start", "done", "error", "interrupted", "reverted"):
+            s["_last"] = e["id"]
         run = s["history"][-1] if s["history"] and s["history"][-1]["outcome"] == "running" else None
         if kind == "start":
             if run is not None:  # started again with no outcome recorded: the process died (SIGKILL, lost host)
@@ -208,6 +241,21 @@ def _phases(events: list[dict]) -> list[dict]:
             h.pop("_at")
         # Every attempt counts: each execution (interrupted, failed, killed or done) and each lock retry in it.
         s["attempts"] = sum(h["tries"] for h in s["history"])
+    if plan is not None:
+        ran = {s["phase"] for s in steps.values()}
+        planned = {}
+        for sid, phase in plan:  # in the plan's order, then what the ledger has beyond it (rollback steps)
+            if sid in steps or phase in ran:
+                planned[sid] = steps.get(sid) or {**_new_step(sid, phase), "state": "not started"}
+        steps = {**planned, **{k: v for k, v in steps.items() if k not in planned}}
+        for s in steps.values():
+            if s["state"] == "done" and s["id"] in unproven:
+                s["state"] = "unproven"
+                s["notes"].append("rewritten, but its equivalence check did not finish: `pgconverge run switch` "
+                                  "puts the original policies back and checks the rewrite again")
+            elif s["state"] == "running" and (running_run is None or s["history"][-1]["run_id"] != running_run):
+                s["state"] = "stopped"
+                s["notes"].append("started, then nothing recorded: the runner was killed or lost its connection")
     order = {p: i for i, p in enumerate(PHASES)}
     by_phase: dict[str, list[dict]] = {}
     for s in steps.values():
@@ -217,9 +265,16 @@ def _phases(events: list[dict]) -> list[dict]:
     for phase in sorted(by_phase, key=lambda p: (order.get(p, len(order)), p)):
         ss = by_phase[phase]
         states = Counter(s["state"] for s in ss)
+        latest = max(ss, key=lambda s: s["_last"])["state"]
         state = ("failed" if states["failed"] else "interrupted" if states["interrupted"]
+                 else "running" if states["running"] and plan is not None
                  else "done" if states["done"] == len(ss)
-                 else "reverted" if states["reverted"] == len(ss) else "partial")
+                 else "reverted" if states["reverted"] and states["reverted"] + states["not started"] == len(ss)
+                 else "unproven" if states["unproven"]
+                 else "stopped" if plan is not None and (states["stopped"] or states["done"]) and latest != "reverted"
+                 else "partial")
+        for s in ss:
+            s.pop("_last")
         starts = [s["started_at"] for s in ss if s["started_at"]]
         ends = [s["finished_at"] for s in ss if s["finished_at"]]
         out.append({"phase": phase, "state": state, "steps": ss,

@@ -12,7 +12,8 @@ _PALETTE = ("#2563eb", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#0891b2", "#
 _PHASE_COLORS = {"align": "#2563eb", "expand": "#16a34a", "switch": "#d97706", "contract": "#7c3aed"}
 _STATUS = {"passed": "st-passed", "FAILED": "st-bad", "proves nothing": "st-bad", "not measured": "st-warn",
            "accepted": "st-warn", "attention": "st-warn", "not run": "st-muted", "rolled back": "st-muted"}
-_STATE_COLORS = {"failed": "#dc2626", "reverted": "#9ca3af", "running": "#fbbf24", "interrupted": "#f97316"}
+_STATE_COLORS = {"failed": "#dc2626", "reverted": "#9ca3af", "running": "#fbbf24", "interrupted": "#f97316",
+                 "stopped": "#f97316", "unproven": "#f97316"}
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;
@@ -31,6 +32,7 @@ svg text{font:11px system-ui,sans-serif;fill:#374151}
 .st-warn{color:#b45309;font-weight:600}
 code{font-family:ui-monospace,monospace;font-size:12px;background:#f3f4f6;padding:0 3px}
 .state-done{color:#15803d}.state-failed{color:#b91c1c;font-weight:600}.state-interrupted{color:#c2410c;font-weight:600}
+.state-stopped{color:#c2410c;font-weight:600}.state-unproven{color:#c2410c;font-weight:600}
 """
 
 
@@ -219,7 +221,7 @@ def _text(x) -> str:
 
 
 def _status_class(h: str, c) -> str:
-    if h in ("state", "outcome") and c in ("done", "failed", "interrupted"):
+    if h in ("state", "outcome") and c in ("done", "failed", "interrupted", "stopped", "unproven"):
         return f' class="state-{escape(str(c))}"'
     if h == "status" and isinstance(c, str) and c in _STATUS:
         return f' class="{_STATUS[c]}"'

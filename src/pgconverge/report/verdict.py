@@ -43,22 +43,47 @@ def build(d: dict) -> dict:
     unmeasured = [c for c in checks if c["status"] == NOT_MEASURED]
     accepted = [c for c in checks if c["status"] == ACCEPTED]
     done = [ph for ph in PHASES if ph in phases and phases[ph]["state"] == "done"]
-    stopped = next((phases[ph] for ph in PHASES if ph in phases and phases[ph]["state"] in ("failed", "interrupted")),
-                   None)
+    stopped = next((phases[ph] for ph in PHASES if ph in phases
+                    and phases[ph]["state"] in ("failed", "interrupted", "stopped", "unproven", "running")), None)
     nxt: list[str] = []
     if stopped is not None:
-        step = next((s for s in stopped["steps"] if s["state"] == stopped["state"]), None)
-        err = (step["errors"][-1]["message"] if step and step["errors"] else None) or "no message recorded"
-        status = "FAILED" if stopped["state"] == "failed" else "INTERRUPTED"
-        blocked = [g for g in d.get("contract_gates") or [] if not g.get("passed")] \
-            if step and step["id"] == "contract.gates" else []
-        if blocked:  # the gates name their own way out
-            err = f"{len(blocked)} gate(s) failed: " + ", ".join(str(g.get("gate")) for g in blocked)
-            nxt += [f"{g.get('gate')}: {g.get('unblock')}" for g in blocked if g.get("unblock")]
-        verdict = f"{status}: {stopped['phase']} stopped at {step['id'] if step else '?'}: {_short(err)}"
-        nxt.append(f"{'fix what the error names, then ' if status == 'FAILED' else ''}"
-                   f"resume with `pgconverge run {stopped['phase']}`")
-        nxt.append(f"or undo the phase: `pgconverge rollback {stopped['phase']}`")
+        ph = stopped["phase"]
+        ss = stopped["steps"]
+        count = f"{sum(s['state'] == 'done' for s in ss)} of {len(ss)} steps done"
+        if stopped["state"] == "running":
+            step = next((s for s in ss if s["state"] == "running"), None)
+            status = "RUNNING"
+            verdict = f"RUNNING: {ph} is running {step['id'] if step else ''} ({count}); this report is not final"
+            nxt.append("follow it with `pgconverge status`, and report again when it has finished")
+        elif stopped["state"] in ("stopped", "unproven"):
+            status = "INTERRUPTED"
+            step = next((s for s in ss if s["state"] in ("unproven", "stopped")), None)
+            if step is not None and step["state"] == "unproven":
+                verdict = (f"INTERRUPTED: {ph} stopped in {step['id']} ({count}): the policies are rewritten, but "
+                           "their equivalence check did not finish, so the rewrite is unproven")
+                nxt.append(f"resume with `pgconverge run {ph}`: it puts the original policies back and checks the "
+                           "rewrite against them again")
+            else:
+                last = [s for s in ss if s["state"] == "done"]
+                where = (f"in {step['id']}" if step is not None
+                         else f"after {last[-1]['id']}" if last else "before its first step")
+                verdict = (f"INTERRUPTED: {ph} stopped {where} ({count}) with no record of why: the runner was "
+                           "killed or lost its connection")
+                nxt.append(f"resume with `pgconverge run {ph}` (it goes on from the first step not done)")
+            nxt.append(f"or undo the phase: `pgconverge rollback {ph}`")
+        else:
+            step = next((s for s in ss if s["state"] == stopped["state"]), None)
+            err = (step["errors"][-1]["message"] if step and step["errors"] else None) or "no message recorded"
+            status = "FAILED" if stopped["state"] == "failed" else "INTERRUPTED"
+            blocked = [g for g in d.get("contract_gates") or [] if not g.get("passed")] \
+                if step and step["id"] == "contract.gates" else []
+            if blocked:  # the gates name their own way out
+                err = f"{len(blocked)} gate(s) failed: " + ", ".join(str(g.get("gate")) for g in blocked)
+                nxt += [f"{g.get('gate')}: {g.get('unblock')}" for g in blocked if g.get("unblock")]
+            verdict = f"{status}: {ph} stopped at {step['id'] if step else '?'}: {_short(err)}"
+            nxt.append(f"{'fix what the error names, then ' if status == 'FAILED' else ''}"
+                       f"resume with `pgconverge run {ph}`")
+            nxt.append(f"or undo the phase: `pgconverge rollback {ph}`")
     elif failed and not all(phases[ph]["state"] == "reverted" for ph in PHASES if ph in phases):
         status = "FAILED"
         verdict = f"FAILED: {len(failed)} check(s) failed: " + ", ".join(c["check"] for c in failed)
