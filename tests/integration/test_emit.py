@@ -42,6 +42,17 @@ def _copy(pg15, template: str, name: str) -> str:
     return name
 
 
+def _apply_split(pg15, source: str, files: list[str], switched: str, contracted: str) -> None:
+    """FILES applied to copies of SOURCE: those before contract's to SWITCHED, then, on a copy of it, the rest to
+    CONTRACTED."""
+    cut = next(i for i, f in enumerate(files) if "_pgconverge_contract_" in f)
+    for db, template, part in ((switched, source, files[:cut]), (contracted, switched, files[cut:])):
+        _copy(pg15, template, db)
+        for f in part:
+            r = _psql(pg15, db, "-f", f)
+            assert r.returncode == 0, f"{f}:\n{r.stderr}"
+
+
 def _dump(pg15, db: str) -> list[str]:
     host, port = pg15
     out = subprocess.run([str(PG_BIN / "pg_dump"), "--schema-only", "-h", host, "-p", str(port), "-U", "postgres",

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from _support import cli, cli_json
-from test_emit import SCALE, _config, _copy, _dsn, _prove, _psql
+from test_emit import SCALE, _apply_split, _config, _copy, _dsn, _prove, _psql
 
 
 @pytest.fixture(scope="module")
@@ -22,16 +22,7 @@ def migrated(pg15, tmp_path_factory):
     out = tmp_path_factory.mktemp("catch") / "project"
     data = cli_json("emit", str(out), "--dsn", _dsn(pg15, "catch_source"), "--config",
                     _config(tmp_path_factory.mktemp("cfg")))
-    files = data["migrations"]
-    cut = next(i for i, f in enumerate(files) if "_pgconverge_contract_" in f)
-    _copy(pg15, "catch_source", "catch_switch")
-    for f in files[:cut]:
-        r = _psql(pg15, "catch_switch", "-f", f)
-        assert r.returncode == 0, f"{f}:\n{r.stderr}"
-    _copy(pg15, "catch_switch", "catch_contract")
-    for f in files[cut:]:
-        r = _psql(pg15, "catch_contract", "-f", f)
-        assert r.returncode == 0, f"{f}:\n{r.stderr}"
+    _apply_split(pg15, "catch_source", data["migrations"], "catch_switch", "catch_contract")
     for db in ("catch_switch", "catch_contract"):
         r = _run(pg15, db, out, db)
         assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr

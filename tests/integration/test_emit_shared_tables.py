@@ -8,7 +8,7 @@ from __future__ import annotations
 import psycopg
 
 from _support import cli, cli_json
-from test_emit import SCALE, _config, _copy, _dsn, _prove, _psql
+from test_emit import SCALE, _apply_split, _config, _dsn, _prove, _psql
 
 
 def test_the_emitted_tests_pass_with_a_table_every_caller_reads(pg15, tmp_path):
@@ -19,15 +19,7 @@ def test_the_emitted_tests_pass_with_a_table_every_caller_reads(pg15, tmp_path):
     out = tmp_path / "project"
     files = cli_json("emit", str(out), "--dsn", _dsn(pg15, "shared_source"), "--config",
                      _config(tmp_path))["migrations"]
-    cut = next(i for i, f in enumerate(files) if "_pgconverge_contract_" in f)
-    _copy(pg15, "shared_source", "shared_switch")
-    for f in files[:cut]:
-        r = _psql(pg15, "shared_switch", "-f", f)
-        assert r.returncode == 0, f"{f}:\n{r.stderr}"
-    _copy(pg15, "shared_switch", "shared_contract")
-    for f in files[cut:]:
-        r = _psql(pg15, "shared_contract", "-f", f)
-        assert r.returncode == 0, f"{f}:\n{r.stderr}"
+    _apply_split(pg15, "shared_source", files, "shared_switch", "shared_contract")
     for db, where in (("shared_switch", "pgconverge-tests/before_contract"),
                       ("shared_contract", "supabase/tests/database")):
         with psycopg.connect(_dsn(pg15, db), autocommit=True) as conn:
