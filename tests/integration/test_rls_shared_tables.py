@@ -16,10 +16,14 @@ from _support import cli
 
 
 def test_a_table_every_user_reads_switches_and_a_later_leak_elsewhere_still_fails(make_db, tmp_path):
-    dsn, args, _ = coverage._addresses_policy(make_db, tmp_path, "for select to anon, authenticated using (true)")
+    dsn, args, _ = coverage._addresses_policy(make_db, tmp_path, "for select to authenticated using (true)")
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("create policy addresses_write on public.addresses for insert to authenticated "
                   "with check (customer_id = auth_customer_id())")
+        # orders' rows an anonymous caller may read (a public catalogue's shape): the application's design too
+        c.execute("create policy orders_public on public.orders for select to anon using (true)")
+    out = " ".join(cli("verify", "--rls", *args).split())  # before any phase: by the policies' definitions
+    assert "nothing to verify" in out or "pass rls" in out, out
     for phase in ("align", "expand", "switch"):
         cli("run", phase, *args)
     with psycopg.connect(dsn) as c:
@@ -30,10 +34,21 @@ def test_a_table_every_user_reads_switches_and_a_later_leak_elsewhere_still_fail
         shared = c.execute("select data -> 'shared_by_design' from pgconverge.snapshots "
                            "where name = 'rls_equivalence' order by id desc limit 1").fetchone()[0]
     assert list(shared) == ["public.addresses"], shared
+    with psycopg.connect(dsn) as c:
+        public = c.execute("select data -> 'public_by_design' from pgconverge.snapshots "
+                           "where name = 'rls_equivalence' order by id desc limit 1").fetchone()[0]
+    assert list(public) == ["public.orders"], public
     out = " ".join(cli("verify", "--rls", *args).split())
     assert "pass rls" in out, out
     assert ("public.addresses: rows are visible to callers who do not own them under the application's own original "
             "policies") in out and "isolation not checked there" in out, out
+    # addresses was shared among signed-in identities, not with anonymous callers: opening it to them is a leak
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("create policy addresses_anon on public.addresses for select to anon using (true)")
+    out = " ".join(cli("verify", "--rls", *args, expect=1).split())
+    assert "anonymous caller sees" in out and "rows of public.addresses" in out, out
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("drop policy addresses_anon on public.addresses")
     # orders was isolated when the switch read it: a policy that opens it afterwards is a leak, before contract
     # (the gate reads the live policies) and after it.
     with psycopg.connect(dsn, autocommit=True) as c:

@@ -122,7 +122,7 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                "rows_by_table": rls.rows_by_table(before), "lock_hold_ms": held,
                # Per table: sampled owners, and how many of them saw their own rows before the rewrite.
                "coverage_by_table": by_table, "not_proven": not_proven + rls.shared_notes(shared),
-               "shared_by_design": shared,
+               "shared_by_design": shared, "public_by_design": rls.public_by_design(before),
                # Tables whose old policy reads a whole table per caller: checked for fewer tokens (see rls.py).
                "scan_bound": rls.scan_bound_summary(before, after)}
     runner.ledger.snapshot(runner.run_id, "rls_equivalence", summary)

@@ -557,9 +557,10 @@ def scan_bound_summary(*caps: Capture) -> dict[str, dict]:
 
 def compare(before: Capture, after: Capture, identities: list[Identity], shared: dict[str, int] | None = None
             ) -> list[str]:
-    """Every difference between what each identity saw before (legacy tokens) and after (both tokens); and any row
-    an identity sees but does not own, outside the tables SHARED by design (shared_by_design of BEFORE)."""
-    problems = anonymous(after, shared)
+    """Every difference between what each identity saw before (legacy tokens) and after (both tokens); any row
+    an identity sees but does not own, outside the tables SHARED by design (shared_by_design of BEFORE); and rows an
+    anonymous caller sees, none or, on a table it read before, the same."""
+    problems = anonymous(after, public_by_design(before), before)
     for ident_ in identities:
         tables = after.seen.get(f"C:{ident_.canonical}", {}).keys() or before.seen.get(
             f"L:{ident_.legacy[0]}", {}).keys()
@@ -643,39 +644,50 @@ def isolation(cap: Capture, identities: list[Identity], shared: dict[str, int] |
 
 def shared_by_design(cap: Capture, identities: list[Identity]) -> dict[str, int]:
     """Tables where identities see rows they do not own under the application's original policies, read before
-    pgconverge changed any (a chat whose messages every signed-in user reads, or rows an anonymous caller reads):
-    {table: such sightings}. The
+    pgconverge changed any (a chat whose messages every signed-in user reads): {table: such sightings}. The
     migration keeps them so; there the check compares old tokens with new ones, and cannot check isolation."""
     out: dict[str, int] = {}
     for table, _ in _leaks(cap, identities):
         out[table] = out.get(table, 0) + 1
-    for table, rows in cap.seen.get("anon", {}).items():  # public rows: a catalogue, reviews anyone may read
-        if rows:
-            out[table] = out.get(table, 0) + len(rows)
     return out
 
 
-def anonymous(cap: Capture, shared: dict[str, int] | None = None) -> list[str]:
-    """Rows an anonymous caller sees, outside the tables SHARED by design."""
-    return [f"anonymous caller sees {len(v)} rows of {k}" for k, v in cap.seen.get("anon", {}).items()
-            if v and k not in (shared or {})]
+def public_by_design(cap: Capture) -> dict[str, int]:
+    """Tables whose rows an anonymous caller reads under the application's original policies (a catalogue, reviews
+    anyone may read): {table: rows seen}, read before pgconverge changed any."""
+    return {t: len(rows) for t, rows in cap.seen.get("anon", {}).items() if rows}
+
+
+def anonymous(cap: Capture, public: dict[str, int] | None = None, before: Capture | None = None) -> list[str]:
+    """Rows an anonymous caller sees: none, outside the tables PUBLIC by design; there, with BEFORE (the switch's
+    capture under the original policies), exactly the rows it saw then."""
+    out = []
+    for k, v in cap.seen.get("anon", {}).items():
+        if k in (public or {}):
+            was = before.seen.get("anon", {}).get(k) if before is not None else None
+            if was is not None and sorted(was) != sorted(v):
+                out.append(f"anonymous caller sees {len(v)} rows of {k}, {len(was)} under the original policies")
+        elif v:
+            out.append(f"anonymous caller sees {len(v)} rows of {k}")
+    return out
 
 
 _IDENTITY = re.compile(r"auth\.uid\s*\(|'sub'|request\.jwt\.claim\.sub")
 
 
-def shared_by_policy(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> set[str]:
-    """TABLES (of the switch's RLS check) that a permissive policy lets `authenticated` read whatever the caller's
+def shared_by_policy(spec: Spec, cat: Catalog, tables: list[QualifiedName],
+                     roles: tuple[str, ...] = ("authenticated", "public")) -> set[str]:
+    """TABLES (of the switch's RLS check) that a permissive policy lets ROLES read whatever the caller's
     identity: its USING reads neither helper, auth.uid(), the `sub` claim nor the identity claims (`true`,
-    `auth.role() = 'authenticated'`). Read from the definitions, for the emitted tests, which run where no
-    before-and-after capture does (shared_by_design reads the rows)."""
+    `auth.role() = 'authenticated'`). Read from the definitions, for the emitted tests and `verify --rls` before the
+    switch, where no capture under the original policies was taken first (shared_by_design reads the rows)."""
     helpers = {f"{spec.legacy.helper}()", f"{spec.canonical.helper}()"}
     claims = {f"'{spec.legacy.claim}'", f"'{spec.canonical.claim}'"}
     wanted = {str(t) for t in tables}
     out = set()
     for p in cat.policies:
         if (str(p.table) in wanted and p.permissive and p.command in ("ALL", "SELECT") and p.using is not None
-                and ({"authenticated", "public"} & set(p.roles) or not p.roles)
+                and (set(roles) & set(p.roles) or not p.roles)
                 and not helpers & set(p.function_refs) and not _IDENTITY.search(p.using)
                 and not any(c in p.using for c in claims)):
             out.add(str(p.table))
@@ -685,13 +697,14 @@ def shared_by_policy(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> s
 def shared_notes(shared: dict[str, int]) -> list[str]:
     """How a verdict names the tables shared by design: what was compared there, and what was not."""
     return [f"{t}: rows are visible to callers who do not own them under the application's own original "
-            f"policies ({n} sightings, read before the switch): old and new tokens compared, isolation not checked "
-            "there" for t, n in sorted(shared.items())]
+            f"policies ({f'{n} sightings, read before the switch' if n else 'by their definitions'}): old and new "
+            "tokens compared, isolation not checked there" for t, n in sorted(shared.items())]
 
 
-def consistency(cap: Capture, identities: list[Identity], shared: dict[str, int] | None = None) -> list[str]:
+def consistency(cap: Capture, identities: list[Identity], shared: dict[str, int] | None = None,
+                public: dict[str, int] | None = None) -> list[str]:
     """After the switch, one snapshot: every token of an identity (old or new) sees the same rows."""
-    problems = anonymous(cap, shared)
+    problems = anonymous(cap, public)
     for ident_ in identities:
         tokens = [f"L:{lid}" for lid in ident_.legacy] + [f"C:{ident_.canonical}"]
         ref = cap.seen.get(tokens[-1])
@@ -780,23 +793,25 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
         cap = capture(conn, spec, targets_, identities, legacy=not contracted, canonical=switched, progress=progress)
         proves_nothing = blind(conn, spec, cat, targets_, identities, cap, contracted)
     by_table = table_coverage(cap, identities)
-    # Tables the application shares by design: before the switch the policies are its own, read now; after it, as
-    # the switch read them before its rewrite (none recorded, as from emitted files: every table is held to isolation).
+    # Tables the application shares by design, as the switch read them under the original policies before its
+    # rewrite (none recorded, as from emitted files: every table is held to isolation). Before the switch, by the
+    # policies' definitions: what the rows show now is what is being judged.
     if switched or contracted:
         from pgconverge.ledger.store import Ledger
 
         ledger = Ledger(conn, spec)
-        shared = ((ledger.latest_snapshot("rls_equivalence") or {}).get("shared_by_design") or {}
-                  if ledger.exists() else {})
+        eq = (ledger.latest_snapshot("rls_equivalence") or {}) if ledger.exists() else {}
+        shared, public = eq.get("shared_by_design") or {}, eq.get("public_by_design") or {}
     else:
-        shared = shared_by_design(cap, identities)
+        shared = {t: 0 for t in shared_by_policy(spec, cat, tables)}
+        public = {t: 0 for t in shared_by_policy(spec, cat, tables, ("anon", "public"))}
     not_proven = hidden_from_owners(spec, by_table)[1] + shared_notes(shared)
-    problems = (consistency(cap, identities, shared) if switched and not contracted
-                else anonymous(cap, shared) + isolation(cap, identities, shared)) + proves_nothing
+    problems = (consistency(cap, identities, shared, public) if switched and not contracted
+                else anonymous(cap, public) + isolation(cap, identities, shared)) + proves_nothing
     return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
             "write_probes": len(cap.writes), "switched": switched or contracted, "scan_bound": scan_bound_summary(cap),
             "rows_seen": rows_seen(cap), "coverage_by_table": by_table, "not_proven": not_proven,
-            "shared_by_design": shared}, problems
+            "shared_by_design": shared, "public_by_design": public}, problems
 
 
 # The equivalence check proves something only if the sampled identities see their own rows before the switch:
