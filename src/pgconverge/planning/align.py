@@ -638,6 +638,12 @@ def _create(table: sql.Composable, ck: sql.Composable, cols: list, vals: list, b
     return {"create": create, "bare": bare}
 
 
+def _if_exists(table: QualifiedName, stmt: sql.Composable) -> sql.Composable:
+    """STMT run only where TABLE exists (a DO block: a statement naming a missing table fails when it is parsed)."""
+    return sql.SQL("do $pgc$ begin if pg_catalog.to_regclass({t}) is not null then execute {s}; end if; end $pgc$"
+                   ).format(t=sql.Literal(text(qn(table))), s=sql.Literal(text(stmt)))
+
+
 def _foreign_references(spec: Spec, cat: Catalog, live: Catalog | None):
     """Foreign keys to the canonical table other than expand's own (gone by the time align is undone)."""
     from pgconverge.planning.references import new_columns
@@ -830,22 +836,27 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         # Refuse before changing anything when created canonical rows are already in use.
         ("created_rows_unused", referenced_check(can.name, spec.canonical.key, n["mapping"], spec.migration.new_column,
                                                  _foreign_references(spec, cat, live)), (), ("align.match",)),
-        ("retired_rows_unused", referenced_check(can.name, spec.canonical.key, n["retired"], spec.migration.new_column,
-                                                 _foreign_references(spec, cat, live)), (), ("align.retired_table",)),
         # Then stop mapping: no legacy row written from here on gets a canonical row we would miss.
         ("drop_legacy_trigger", DropTrigger("pgconverge_align", leg.name), ("align.legacy_trigger",
                                                                              "align.coverage_gate")),
         ("drop_legacy_key_trigger", DropTrigger(KEY_TRIGGER, leg.name), ("align.legacy_key_trigger",)),
+        # The canonical rows align created for people whose legacy row left and whose key another took (no mapping
+        # names them any more), unless something references them by now: then they carry data of their own and stay.
+        # The table is read only where it exists (a migration begun before it, or killed before it was made, has
+        # none). Before delete_created, which marks align.match undone.
+        ("delete_retired_created", RunSql(_if_exists(n["retired"], sql.SQL(
+            "delete from {c} p using {r} r where r.method = 'created' and p.{ck} = r.{mc} and not exists (select 1 "
+            "from {m} m where m.{mc} = r.{mc}){unused}").format(
+                c=qn(can.name), r=qn(n["retired"]), ck=ident(spec.canonical.key), mc=ident(spec.migration.new_column),
+                m=qn(n["mapping"]), unused=sql.Composed([sql.SQL(" and not exists (select 1 from {t} x where x.{c} = "
+                                                                 "p.{ck})").format(t=qn(fk.table), c=ident(fk.columns[0]),
+                                                                                   ck=ident(spec.canonical.key))
+                                                         for fk in _foreign_references(spec, cat, live)
+                                                         if len(fk.columns) == 1]))),
+            f"delete the {can.name} rows align created for legacy rows deleted since"), (), ("align.match",)),
         ("delete_created", delete_created(can.name, spec.canonical.key, n["mapping"], spec.mapping_legacy_column,
                                           lk.type, spec.migration.new_column, spec.migration.batch_size),
          ("align.match",)),
-        # Those of the people whose legacy row left and whose key another took (no mapping names them any more).
-        ("delete_retired_created", RunSql(sql.SQL(
-            "delete from {c} p using {r} r where r.method = 'created' and p.{ck} = r.{mc} and not exists (select 1 "
-            "from {m} m where m.{mc} = r.{mc})").format(c=qn(can.name), r=qn(n["retired"]), ck=ident(spec.canonical.key),
-                                                       mc=ident(spec.migration.new_column), m=qn(n["mapping"])),
-            f"delete the {can.name} rows align created for legacy rows deleted since"),
-         ("align.retired_table",)),
         ("drop_legacy_trigger_function", DropFunction(n["legacy_trigger_fn"], ""), ("align.legacy_trigger_function",)),
         ("drop_legacy_key_function", DropFunction(n["legacy_key_fn"], ""), ("align.legacy_key_function",)),
         ("drop_align_function", DropFunction(n["align_row"], str(leg.name)), ("align.align_function",)),
@@ -854,7 +865,8 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         ("drop_match_index", DropIndexConcurrently(n["match_index"], can.name), ("align.match_index",)),
         ("drop_mapping_table", DropTable(n["mapping"]), ("align.mapping_table",)),
         ("drop_pending_table", DropTable(n["pending"]), ("align.pending_table", "align.map_pending")),
-        ("drop_retired_table", DropTable(n["retired"]), ("align.retired_table",)),
+        ("drop_retired_table", RunSql(sql.SQL("drop table if exists {}").format(qn(n["retired"])),
+                                      "drop the table of retired mappings"), ("align.retired_table",)),
         ("drop_created_keys_table", DropTable(n["created_keys"]), ("align.created_keys_table",)),
         ("drop_linkage_snapshot", DropTable(contract.linkage_table(spec, "before")),
          ("align.linkage_before", "align.counts_before")),
