@@ -24,6 +24,8 @@ create table cron.job (jobid bigserial primary key, schedule text not null, comm
 insert into cron.job (schedule, command, jobname) values
   ('0 3 * * *', 'delete from public.customers where wa_id is null', 'nightly-clean-up'),
   ('*/5 * * * *', 'refresh materialized view concurrently public.daily_totals', 'totals');
+insert into cron.job (schedule, command, jobname, database) values  -- another database's: not this one's tables
+  ('0 4 * * *', 'delete from public.customers', 'elsewhere', 'another_db');
 """
 CONFIG = "[migration]\nobservation_window = 0\n"
 
@@ -35,7 +37,7 @@ def test_contract_names_a_scheduled_job_that_writes_the_legacy_table(make_db, tm
     out = " ".join(cli("run", "contract", "--yes", "--accept-runtime-use", *args, expect=2).split())
     assert "pg_cron job 1 (nightly-clean-up) names customers: delete from public.customers where wa_id is null" \
         in out, out
-    assert "pg_cron job 2" not in out, out
+    assert "pg_cron job 2" not in out and "elsewhere" not in out, out
     with psycopg.connect(dsn) as conn:
         assert conn.execute("select to_regclass('public.customers') is not null").fetchone()[0]
     cli("run", "contract", "--yes", "--accept-runtime-use", "--accept-code-references", *args)

@@ -90,9 +90,20 @@ SHOWN = 20  # references listed in a gate's details; the count says how many the
 def cron_jobs(conn, watched: set[str]) -> list[str]:
     """pg_cron's scheduled jobs whose command names the legacy table, a legacy column or the legacy helper: after
     contract each run of one would fail (the table archived, the column dropped), with nobody there to see it."""
-    if not conn.execute("select to_regclass('cron.job') is not null").fetchone()[0]:
+    import psycopg
+
+    there = conn.execute("select exists (select 1 from pg_catalog.pg_class c join pg_catalog.pg_namespace n on "
+                         "n.oid = c.relnamespace where n.nspname = 'cron' and c.relname = 'job')").fetchone()[0]
+    if not there:
         return []
-    jobs = conn.execute("select jobid, coalesce(jobname, ''), command from cron.job order by jobid").fetchall()
+    try:
+        with conn.transaction():  # jobs of this database only (pg_cron keeps them all in one)
+            jobs = conn.execute("select jobid, coalesce(jobname, ''), command from cron.job "
+                                "where database = pg_catalog.current_database() order by jobid").fetchall()
+    except psycopg.Error as exc:  # no USAGE on schema cron, or its row level security with row_security off
+        return [f"pg_cron's jobs could not be read ({str(exc).strip().splitlines()[0]}): their commands were not "
+                "checked for legacy names; grant this role USAGE on schema cron and SELECT on cron.job (with "
+                "BYPASSRLS), or check them yourself"]
     return [f"pg_cron job {jid}{f' ({name})' if name else ''} names {', '.join(sorted({m.name for m in found}))}: "
             f"{' '.join(command.split())[:120]}"
             for jid, name, command in jobs if (found := mentions.find(command, watched))]
