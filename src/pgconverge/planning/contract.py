@@ -473,8 +473,12 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     add("legacy_key_trigger", al["align.legacy_key_trigger"].op, (f"{PHASE}.drop_legacy_key_trigger",))
     # Indexes after every reference's column is back: one may hold the legacy columns of two.
     later: list[Step] = []
+    # Expand's names by reference (table and foreign key), as expand planned them: a short name can differ between
+    # the two catalogs (one of two same-named tables dropped in between).
+    expanded = {references.key(d): n for d, n in expand.names_of(spec, cats.for_phase("expand") if cats else cat)}
     for d, n in expand.names_of(spec, cat):
-        if f"expand.{n.short}.sync_trigger" not in exp:
+        en = expanded.get(references.key(d))
+        if en is None or f"expand.{en.short}.sync_trigger" not in exp:
             # A reference the application made after expand (contract's gate refuses it, so a contract that ran
             # never dropped it): nothing of contract's to undo there.
             continue
@@ -492,7 +496,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             if col.privileges else ()
         add(f"{n.short}.legacy_column", Together((
             AddColumn(d.table.name, legacy_col, col.type), *defaults, *grants,
-            exp[f"expand.{n.short}.sync_trigger"].op), "old code writes the column as soon as it exists"),
+            exp[f"expand.{en.short}.sync_trigger"].op), "old code writes the column as soon as it exists"),
             (f"{fid}.drop_legacy_column",))
         # Runs while the legacy foreign key is still to be restored (the two steps before it have
         # already marked their own forward steps undone).
