@@ -168,16 +168,18 @@ def _statistics_reset(conn: psycopg.Connection, audit: RuntimeAudit, table: dict
         "select d.stats_reset, pg_catalog.pg_postmaster_start_time() from pg_catalog.pg_stat_database d "
         "where d.datname = pg_catalog.current_database()").fetchone() or (None, None)
     baseline = conn.execute("select %s::timestamptz", (audit.baseline_at,)).fetchone()[0]
+    backwards = audit.reset  # the legacy table's or helper's counters went below the baseline
     if reset_db is not None and reset_db > baseline:
         at = reset_db
         audit.reset = True
-    elif audit.reset:  # counters went backwards: a crash restart (stats discarded), or a reset of one table's
+    elif backwards:  # a crash restart (stats discarded), or a reset of one table's
         at = start if start is not None and start > baseline else None
     else:
         return
-    audit.table = {k: int((table or {}).get(k) or 0) for k in TABLE_COUNTERS}  # counted from the reset
-    if audit.helper_calls is not None:
-        audit.helper_calls = int(calls or 0)
+    if backwards:  # counted from the reset; else (another object's counters reset) the deltas stand, as a lower bound
+        audit.table = {k: int((table or {}).get(k) or 0) for k in TABLE_COUNTERS}
+        if audit.helper_calls is not None:
+            audit.helper_calls = int(calls or 0)
     audit.reset_at = at.isoformat() if at is not None else None
     audit.observed_s = float(conn.execute("select extract(epoch from pg_catalog.clock_timestamp() - %s)",
                                           (at,)).fetchone()[0]) if at is not None else 0.0
