@@ -327,12 +327,14 @@ def test_a_string_formatted_into_sql_text(tmp_path):
                             'g = "Hello %s" % "customers"\n'                     # prose
                             'h = "{} customers".format("customers")\n'
                             'i = "select * from {}".format(("x", "customers"))\n'  # a tuple's repr, not a name
-                            'j = "label %(t)s" % {"t": "customers"}\n')
+                            'j = "label %(t)s" % {"t": "customers"}\n'
+                            'k = "select %.2f as total, 100%% from %s" % (1.0, "customers")\n')
     write(tmp_path, "f.ts", "const q = format('select * from %I where id = %L', 'customers', id);\n"
                             "const r = util.format('%s loaded', 'customers');\n")
     assert located(tmp_path) == {("f.py", 1, 42, "table", "customers"), ("f.py", 2, 25, "table", "customers"),
                                  ("f.py", 3, 50, "table", "customers"), ("f.py", 4, 35, "table", "customers"),
                                  ("f.py", 5, 36, "table", "customers"), ("f.py", 6, 27, "column", "customer_id"),
+                                 ("f.py", 11, 52, "table", "customers"),
                                  ("f.ts", 1, 53, "table", "customers")}
 
 

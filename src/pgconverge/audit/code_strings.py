@@ -163,7 +163,7 @@ def _after_sql(text: str, ctx: StringContext, names: Names) -> list[_StrRef]:
     return [_StrRef(r.offset - n, r.category, r.name, r.suggestion) for r in refs or () if r.offset >= n]
 
 
-_PRINTF = re.compile(r"%%|%(?:\((\w+)\))?[-#0 +]*\d*(?:\.\d+)?[sdirILQ]")
+_PRINTF = re.compile(r"%%|%(?:\((\w+)\))?[-#0 +]*(?:\d+|\*)?(?:\.(?:\d+|\*))?[hlL]?[sdiouxXeEfFgGcraILQ]")
 _BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 
 
@@ -174,7 +174,9 @@ def before_placeholder(fmt: str, which: int | str, style: str) -> str | None:
     None when FMT has no such placeholder."""
     out, pos, auto = [], 0, 0
     for m in (_PRINTF if style == "printf" else _BRACES).finditer(fmt):
-        if m.group(0) in ("%%", "{{", "}}"):
+        if m.group(0) in ("%%", "{{", "}}"):  # an escaped sign: the text has it once
+            out.append(fmt[pos:m.start()] + m.group(0)[0])
+            pos = m.end()
             continue
         if style == "printf":
             key: int | str = m.group(1) if m.group(1) is not None else auto
