@@ -130,7 +130,8 @@ def rollback(phase: PhaseToUndo = None,
         console.print(f"[green]rolled back {escape(', '.join(reversed(started)))}[/] on {escape(t.display)} in "
                       f"{time.monotonic() - t0:.1f} s: {done} steps undone ({len(out) - done} skipped: never ran); "
                       f"the database is as it was before {phase} began"
-                      + ("" if "contract" not in started else
+                      + ("" if not any(r["status"] == "done" and r["step"].startswith("rollback.contract.")
+                                       and r["step"].endswith(".legacy_column") for r in out) else
                          " (the legacy columns back at the end of their tables: name the columns in INSERT and COPY)")
                       + "; forward again: "
                       + escape(command_line(["run", phase], t, config_file)), highlight=False, soft_wrap=True)
