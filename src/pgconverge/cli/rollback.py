@@ -95,8 +95,9 @@ def rollback(phase: PhaseToUndo = None,
             # of the phases it undid, discarded at its end) done too; a rollback killed before that goes on.
             if not steps_left and not any(ph in cats.saved for ph in started):
                 raise NothingToUndo(
-                    f"nothing to roll back: {phase} was rolled back already on {t.display} (no step of "
-                    f"{', '.join(started)} is left done); nothing was changed",
+                    f"nothing to roll back: no step of {', '.join(started)} is left done on {t.display} (rolled back "
+                    "already, or sent back to be planned again by a gate that refused before anything changed); "
+                    "nothing was changed",
                     fix=f"`pgconverge status` shows where the migration stands; go forward again with "
                         f"{command_line(['run', phase], t, config_file)}, or name an earlier phase to undo")
             prechecks.rollback_blockers(conn, steps_left)
