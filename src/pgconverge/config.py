@@ -29,10 +29,13 @@ class QualifiedName:
     name: str
 
     def __str__(self) -> str:
-        return f"{_show(self.schema)}.{_show(self.name)}"
+        return f"{show_identifier(self.schema)}.{show_identifier(self.name)}"
 
 
-def _show(part: str) -> str:
+def show_identifier(part: str) -> str:
+    """PART as the configuration and messages spell it: bare when it can be, else double-quoted (capitals, other
+    characters). The one spelling: configuration values (accept_policies, rls_hidden_from_owners) are compared
+    with it."""
     simple = part.isidentifier() and part == part.lower() and part.isascii()
     return part if simple else '"' + part.replace('"', '""') + '"'
 
@@ -154,7 +157,7 @@ class Spec:
         out["canonical"]["copy_columns"] = {a: b for a, b in self.canonical.copy_columns}
         out["migration"]["token_claims"] = dict(self.migration.token_claims)
         out["migration"]["code_helpers"] = dict(self.migration.code_helpers)
-        out["migration"]["new_columns"] = {".".join(_show(p) for p in k): v for k, v in self.migration.new_columns}
+        out["migration"]["new_columns"] = {".".join(show_identifier(p) for p in k): v for k, v in self.migration.new_columns}
         return out
 
 

@@ -11,7 +11,7 @@ from pgconverge.audit import runtime
 from pgconverge.audit.code import audit_code
 from pgconverge.catalog import calls, introspect, mentions
 from pgconverge.connection import connect
-from pgconverge.config import _show
+from pgconverge.config import show_identifier
 from pgconverge.operations.base import Step
 from pgconverge.verify import invariants
 
@@ -272,13 +272,13 @@ def archive_gate(runner: Runner) -> dict:
         "then pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE') "
         "else pg_catalog.has_schema_privilege(n.oid, 'CREATE') end, current_user, pg_catalog.current_database() "
         "from (select 1) x left join pg_catalog.pg_namespace n on n.nspname = %s", (schema,)).fetchone()
-    shown = _show(schema)
+    shown = show_identifier(schema)
     if allowed:
         return {"gate": "archive schema", "passed": True, "unblock": "",
                 "details": [f"{shown} exists (owned by {owner}) and {user} may create tables in it; its own privileges "
                             "are left as they are" if exists
                             else f"{shown} does not exist; {user} may create it"]}
-    who = _show(user)
+    who = show_identifier(user)
     if exists:
         detail = (f"the archive schema {shown} exists, owned by {owner}, and {user} may not create tables in it: "
                   "contract could not move the legacy table and the mapping there")
@@ -289,7 +289,7 @@ def archive_gate(runner: Runner) -> dict:
         detail = (f"the archive schema {shown} does not exist, and {user} may not create schemas in database "
                   f"{database}: contract could not create it")
         unblock = (f"as the database's owner (or a superuser): GRANT CREATE ON DATABASE "
-                   f"{_show(database)} TO {who}; or create the schema {shown} and GRANT "
+                   f"{show_identifier(database)} TO {who}; or create the schema {shown} and GRANT "
                    f"CREATE ON SCHEMA {shown} TO {who}; or set migration.archive_schema to a schema {user} may "
                    "create tables in; then run contract again")
     return {"gate": "archive schema", "passed": False, "details": [detail], "unblock": unblock}

@@ -27,7 +27,7 @@ from psycopg import sql
 
 from pgconverge.catalog import mentions
 from pgconverge.catalog.model import Catalog, Constraint, Dependent, Index, Table
-from pgconverge.config import QualifiedName, Spec
+from pgconverge.config import QualifiedName, Spec, show_identifier
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution.sql import ident, qn
 from pgconverge.operations.check import Check
@@ -287,12 +287,12 @@ def _canonical_triggers(cat: Catalog) -> list[Finding]:
         if trg.enabled == "D" or (stmt is not None and not stmt.events & 4):  # disabled, or not on INSERT
             continue
         out.append(Finding(
-            f"trigger {_q(trg.name)} on {cat.canonical.name}", LISTED,
+            f"trigger {show_identifier(trg.name)} on {cat.canonical.name}", LISTED,
             f"fires on insert, so also for each {cat.canonical.name} row align creates for a legacy row that has "
             f"none (it calls {trg.function}()): whatever it does for a new row (a notification, a welcome message, "
             "a call out) happens for every one of them during align, and an error it raises stops the match there",
             f"if that must not happen for these rows, disable it for align (ALTER TABLE {cat.canonical.name} DISABLE "
-            f"TRIGGER {_q(trg.name)}; ENABLE it after)"))
+            f"TRIGGER {show_identifier(trg.name)}; ENABLE it after)"))
     return out
 
 
@@ -302,7 +302,7 @@ def _canonical_writers(spec: Spec, cat: Catalog) -> list[Finding]:
     can = cat.canonical.name
     numbers = ", ".join(spec.canonical.match_columns)
     return [Finding(
-        f"trigger {_q(trg)} on {table}", LISTED,
+        f"trigger {show_identifier(trg)} on {table}", LISTED,
         f"calls {fn}, which inserts into {can}: align makes a {can} row for each legacy row that matches none (and "
         f"its trigger does so for every one old code adds until contract), so a row this function inserts later for "
         f"the same person (a sign-up with that {numbers}) meets it: a unique rule over {numbers} fails that insert, "
@@ -382,14 +382,14 @@ def _ownership(spec: Spec, cat: Catalog) -> list[Finding]:
                 f"pgconverge connects as {cat.user}, which may not act as {role} (SET ROLE"
                 + (f"; it is a member granted WITH SET FALSE" if member else "") + "): the switch checks row "
                 "level security by reading the tables as the application's roles",
-                f"GRANT {_q(role)} TO {_q(cat.user)}{' WITH SET TRUE' if member else ''}; (Supabase's postgres role "
+                f"GRANT {show_identifier(role)} TO {show_identifier(cat.user)}{' WITH SET TRUE' if member else ''}; (Supabase's postgres role "
                 "has it)"))
     return out
 
 
 def _inherit_fix(cat: Catalog, owner: str) -> str:
     """The statements that give CAT's user the privileges of OWNER."""
-    user, role = _q(cat.user), _q(owner)
+    user, role = show_identifier(cat.user), show_identifier(owner)
     if cat.server_version >= 160000:  # the grant's own INHERIT option decides; granting again sets it
         inherit = not cat.user_inherits or owner in cat.user_member_roles
         return f"GRANT {role} TO {user}{' WITH INHERIT TRUE' if inherit else ''}"
@@ -408,7 +408,7 @@ def _owned(spec: Spec, cat: Catalog) -> list[tuple[str, str, str, str]]:
     from pgconverge.planning import switch
 
     out, seen = [], set()
-    user = _q(cat.user)
+    user = show_identifier(cat.user)
 
     def table(t: Table, does: str) -> None:
         if t.name not in seen:
@@ -681,7 +681,7 @@ def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str
         if trg.name == sync or _own_sync_trigger(spec, trg):
             continue
         stmt = _trigger_stmt(trg)
-        what = f"trigger {_q(trg.name)} on {t.name}"
+        what = f"trigger {show_identifier(trg.name)} on {t.name}"
         cols = [c.sval for c in (getattr(stmt, "columns", None) or ())]
         on_cols = sorted(set(cols) & set(ren))
         when = sorted({c for c, _ in _refs_of(getattr(stmt, "whenClause", None), ren)})
@@ -699,7 +699,7 @@ def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str
                                f"a BEFORE row trigger that fires before pgconverge's sync trigger {sync!r} (triggers "
                                "of one kind fire in the C order of their names), so it would see rows new code wrote "
                                "without their legacy id",
-                               f"rename it so its name sorts after {sync!r} (ALTER TRIGGER {_q(trg.name)} ON {t.name} "
+                               f"rename it so its name sorts after {sync!r} (ALTER TRIGGER {show_identifier(trg.name)} ON {t.name} "
                                "RENAME TO …)"))
         if before_row and trg.name > expand.LAST_TRIGGER:
             out.append(Finding(what, REFUSED,
@@ -707,7 +707,7 @@ def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str
                                f"{expand.LAST_TRIGGER!r} (triggers of one kind fire in the C order of their names), "
                                "so an id it writes would be left disagreeing with the other",
                                f"rename it so its name sorts before {expand.LAST_TRIGGER!r} (ALTER TRIGGER "
-                               f"{_q(trg.name)} ON {t.name} RENAME TO …)"))
+                               f"{show_identifier(trg.name)} ON {t.name} RENAME TO …)"))
         if stmt is not None and stmt.events & 16 and not cols and trg.enabled != "D":
             # UPDATE (not UPDATE OF a list, which the backfill's SET of the new column alone never names)
             out.append(Finding(what, LISTED,
@@ -764,11 +764,6 @@ def _views(spec: Spec, cat: Catalog) -> list[Finding]:
                                f"list \"{v.name.schema}.{v.name.name}\" in migration.accept_views and drop or re-create "
                                "it yourself before contract"))
     return out
-
-
-def _q(name: str) -> str:
-    """NAME as SQL would spell it: bare when it can be, else double-quoted."""
-    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
 
 
 def _norm(name: str) -> str:
