@@ -39,10 +39,7 @@ def _runner(conn: psycopg.Connection, spec: Spec, ledger: Ledger) -> dict | None
     if holder is None:
         return None
     pid, app, client, since = holder
-    # The run that control connection started (a pid can be reused: only runs since it connected).
-    run = conn.execute(sql.SQL("select id, command from {} where pid = %s "
-                               "and started_at >= coalesce(%s::timestamptz, '-infinity') "
-                               "order by id desc limit 1").format(ledger.t("runs")), (pid, since)).fetchone()
+    run = ledger.run_of(pid, since)  # the run that control connection started
     return {"pid": pid, "application_name": app, "client": client,
             "connected_since": since.isoformat() if since else None,
             "run_id": run[0] if run else None, "command": run[1] if run else None}

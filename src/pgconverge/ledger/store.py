@@ -49,6 +49,14 @@ class Ledger:
             for stmt in schema.upgrade_statements(self.spec, check[0] if check else None):
                 self.conn.execute(stmt)
 
+    def run_of(self, pid: int, since) -> tuple[int, str] | None:
+        """(id, command) of the run the session PID started, connected SINCE (a pid can be reused: only runs since
+        it connected)."""
+        row = self.conn.execute(sql.SQL("select id, command from {} where pid = %s and started_at >= "
+                                        "coalesce(%s::timestamptz, '-infinity') order by id desc limit 1").format(
+            self.t("runs")), (pid, since)).fetchone()
+        return (row[0], row[1]) if row else None
+
     def start_run(self, command: str) -> int:
         client = f"{socket.gethostname()}:{os.getpid()} pgconverge {__version__}"
         row = self.conn.execute(

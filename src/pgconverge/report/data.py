@@ -100,10 +100,8 @@ def _running_run(conn: psycopg.Connection, spec: Spec, ledger: Ledger) -> int | 
     holder = lock_holder(conn, spec)
     if holder is None:
         return None
-    row = conn.execute(sql.SQL("select id from {} where pid = %s and started_at >= coalesce(%s::timestamptz, "
-                               "'-infinity') order by id desc limit 1").format(ledger.t("runs")),
-                       (holder[0], holder[3])).fetchone()
-    return row[0] if row else None
+    run = ledger.run_of(holder[0], holder[3])
+    return run[0] if run else None
 
 
 def _server(conn: psycopg.Connection) -> dict:
