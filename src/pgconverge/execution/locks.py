@@ -41,15 +41,18 @@ def describe_blockers(conn: psycopg.Connection, relation: str | tuple[str, ...],
     if not found:
         return "No session holds a lock on it now; the blocker has finished."
 
-    def one(pid, app, state, held, age, query) -> str:
-        if state is None:  # pg_stat_activity hides other roles' sessions from a role without pg_read_all_stats
-            return f"pid {pid} ({app or 'no application_name'}, {held}; its details are hidden from this role)"
-        return (f"pid {pid} ({app or 'no application_name'}, {state}, {held}, transaction open "
-                f"{'?' if age is None else age}s: {query!r})")
-
     lead = "Transactions writing it now (the oldest first; one holds the row the batch waits for): " if rows else \
         "Held by: "
-    return lead + "; ".join(one(*r) for r in found) + "."
+    return lead + "; ".join(_session(*r) for r in found) + "."
+
+
+def _session(pid, app, state, held, age, query) -> str:
+    """One session as the errors name it (HELD: the lock mode it holds, or None)."""
+    app = app or "no application_name"
+    if state is None:  # pg_stat_activity hides other roles' sessions from a role without pg_read_all_stats
+        return f"pid {pid} ({', '.join(x for x in (app, held) if x)}; its details are hidden from this role)"
+    return (f"pid {pid} ({', '.join(x for x in (app, state, held) if x)}, transaction open "
+            f"{'?' if age is None else age}s: {query!r})")
 
 
 def describe_old_snapshots(conn: psycopg.Connection, open_for_ms: int) -> str:
@@ -57,10 +60,8 @@ def describe_old_snapshots(conn: psycopg.Connection, open_for_ms: int) -> str:
     least OPEN_FOR_MS: a CREATE INDEX CONCURRENTLY waits for every such older transaction to end (a virtualxid
     wait), whatever table it reads, and it holds no lock on the table being indexed."""
     found = conn.execute(
-        "select a.pid, a.application_name, a.state, a.query_start, "
-        "       extract(epoch from clock_timestamp() - a.xact_start)::int, left(a.query, 120), "
-        "       (select l.mode from pg_locks l where l.pid = a.pid and l.locktype = 'virtualxid' and l.granted "
-        "        limit 1) is not null "
+        "select a.pid, a.application_name, a.state, null, "
+        "       extract(epoch from clock_timestamp() - a.xact_start)::int, left(a.query, 120) "
         "from pg_stat_activity a "
         "where a.datname = current_database() and a.pid <> pg_backend_pid() "
         "  and a.application_name not like 'pgconverge%%' and a.backend_type = 'client backend' "
@@ -69,13 +70,6 @@ def describe_old_snapshots(conn: psycopg.Connection, open_for_ms: int) -> str:
         "order by a.xact_start limit 5", (open_for_ms,)).fetchall()
     if not found:
         return ""
-
-    def one(pid, app, state, since, age, query, _vxid) -> str:
-        if state is None:  # pg_stat_activity hides other roles' sessions from a role without pg_read_all_stats
-            return f"pid {pid} ({app or 'no application_name'}; its details are hidden from this role)"
-        return (f"pid {pid} ({app or 'no application_name'}, {state}, transaction open {age}s, its last query "
-                f"started {since:%Y-%m-%d %H:%M:%S %Z}: {query!r})".replace(" )", ")"))
-
     return ("A concurrent index build also waits for every transaction whose snapshot is older than it, whatever "
             "table that transaction reads (a report at REPEATABLE READ, an export, a session left idle in "
-            "transaction); these are open: " + "; ".join(one(*r) for r in found) + ".")
+            "transaction); these are open: " + "; ".join(_session(*r) for r in found) + ".")
