@@ -119,3 +119,19 @@ def test_a_step_the_lock_holder_runs_is_running_and_stopped_once_it_is_gone(make
     v = cli_json("report", "--dsn", dsn, "--config", cfg)["verdict"]
     assert v["status"] == "INTERRUPTED" and f"expand stopped in {first}" in v["verdict"], v
     assert any("`pgconverge run expand`" in n for n in v["next"]), v
+
+
+def test_report_reads_the_phases_with_the_configuration_the_run_recorded(make_db, template_factory, tmp_path):
+    """`report` given another configuration (here the default phone match, whose align has a phone audit step the
+    run's exact match did not) still reads the phases against the plan of the configuration the run recorded: a
+    finished align and expand are done, not stopped."""
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, CONFIG + '[legacy]\nmatch = "exact"\n')
+    for ph in ("align", "expand"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    (tmp_path / "other").mkdir()
+    other = write_config(tmp_path / "other", CONFIG)
+    report = cli_json("report", "--dsn", dsn, "--config", other)
+    assert [p["state"] for p in report["phases"] if p["phase"] in ("align", "expand")] == ["done", "done"], \
+        [(p["phase"], p["state"]) for p in report["phases"]]
+    assert report["verdict"]["status"] != "INTERRUPTED", report["verdict"]

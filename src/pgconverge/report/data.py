@@ -39,7 +39,8 @@ def _rows(conn: psycopg.Connection, query: sql.Composable, params: Any = None) -
 
 
 def collect(conn: psycopg.Connection, spec: Spec) -> dict:
-    """Everything the report shows, read from the private schema only. Changes nothing."""
+    """Everything the report shows, read from the private schema (and the catalog, for the plan its steps are read
+    against). Changes nothing."""
     ledger = Ledger(conn, spec)
     if not ledger.exists():
         raise NoLedger("no pgconverge ledger in this database: nothing has run yet",
@@ -54,15 +55,33 @@ def collect(conn: psycopg.Connection, spec: Spec) -> dict:
     snaps = {r["name"]: r for r in _rows(conn, sql.SQL(
         "select distinct on (name) name, data, at from {} where name = any(%s) order by name, id desc").format(
         t("snapshots")), (list(SNAPSHOTS),))}
-    # The plan's steps against the ledger, as `pgconverge status` reads them: a phase is done when all its steps are.
-    from pgconverge.catalog import baseline
-    from pgconverge.planning import plan as planner
-
-    plan = planner.build(spec, baseline.load(conn, spec), refuse=False)
-    unproven = frozenset(s.id for s in plan.steps if s.op.executor == "policies" and ledger.unproven(s.id))
-    phases = _phases(events, [(s.id, s.phase) for s in plan.steps], unproven, _running_run(conn, spec, ledger))
     # The configuration in effect is the one the latest run recorded; the one given to `report` may differ.
     ran = next((r["spec"] for r in reversed(runs) if r.get("spec")), None)
+    # The plan's steps against the ledger, as `pgconverge status` reads them: a phase is done when all its steps are.
+    # Planned with the configuration the latest run recorded, else the one given; failing both, from the events alone.
+    from pgconverge.catalog import baseline
+    from pgconverge.config import from_dict
+    from pgconverge.errors import PgConvergeError
+    from pgconverge.planning import plan as planner
+
+    candidates = [spec]
+    if ran:
+        try:  # recorded as the report prints it, a default left empty ('') where the file may omit it
+            candidates.insert(0, from_dict({k: {n: v for n, v in sec.items() if v != ""} for k, sec in ran.items()},
+                                           source="the configuration the latest run recorded"))
+        except PgConvergeError:
+            pass
+    plan = None
+    for planned in candidates:
+        try:
+            plan = planner.build(planned, baseline.load(conn, planned), refuse=False)
+            break
+        except PgConvergeError:
+            continue
+    unproven = frozenset(s.id for s in plan.steps if s.op.executor == "policies" and ledger.unproven(s.id)) \
+        if plan is not None else frozenset()
+    phases = _phases(events, [(s.id, s.phase) for s in plan.steps] if plan is not None else None, unproven,
+                     _running_run(conn, spec, ledger))
     d = {
         "server": _server(conn),
         "pgconverge_version": __version__,
