@@ -235,3 +235,20 @@ def test_a_rollback_does_not_undo_a_step_that_never_committed(runner, failing, g
     assert note and note[0].startswith("nothing to undo:") and failing in note[0], note
     conn.execute(sql.SQL(give).format(o=sql.Identifier(role)))
     cli("rollback", "align", "--dsn", dsn, "--yes")
+
+
+def test_a_helper_schema_the_runner_may_not_create_in_is_refused_at_plan(runner):
+    """The switch creates auth_profile_id() in its schema: without CREATE there, it would fail after align and
+    expand had run. Refused at plan and at align, before any change, with the grant that lifts it."""
+    dsn, role, _other, conn = runner
+    conn.execute(sql.SQL("revoke create on schema public from {}").format(sql.Identifier(role)))
+    assert conn.execute("select has_schema_privilege(%s, 'public', 'CREATE')", (role,)).fetchone()[0] is False
+    before = schema_dump(conn, ("public",))
+    for cmd in (("plan",), ("run", "align")):
+        out = _flat(cli(*cmd, "--dsn", dsn, expect=2))
+        assert f"schema public: the switch creates canonical.helper public.auth_profile_id() there; pgconverge " \
+               f"connects as {role}, which may not create objects in that schema" in out, (cmd, out)
+        assert f"GRANT CREATE ON SCHEMA public TO {role};" in out, (cmd, out)
+    assert not _private_schema(conn) and schema_dump(conn, ("public",)) == before
+    conn.execute(sql.SQL("grant create on schema public to {}").format(sql.Identifier(role)))  # the fix it gives
+    cli("plan", "--dsn", dsn)

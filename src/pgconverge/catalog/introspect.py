@@ -92,6 +92,7 @@ class _Reader:
             user_set_roles=frozenset(r for (r,) in self.rows(
                 q.USER_SET_ROLES if version >= 160000 else q.USER_MEMBER_ROLES)),
             user_inherits=bool(self.rows(q.USER_INHERITS)[0][0]),
+            user_create_schemas=frozenset(s for (s,) in self.rows(q.USER_CREATE_SCHEMAS)),
             canonical_writers=tuple(tuple(r) for r in self.rows(q.CANONICAL_WRITERS, canonical=canonical.oid,
                                                                 pattern=_inserts_into(spec.canonical.table))),
         )

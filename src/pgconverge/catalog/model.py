@@ -238,6 +238,8 @@ class Catalog:
     user_set_roles: frozenset[str] = frozenset()
     user_member_roles: frozenset[str] = frozenset()
     user_inherits: bool = True
+    # Schemas `user` may create objects in (None in catalogs saved before it was recorded).
+    user_create_schemas: frozenset[str] | None = None
 
     def table(self, name: QualifiedName) -> Table | None:
         for t in (self.legacy, self.canonical, *(d.table for d in self.dependents), *self.tables):

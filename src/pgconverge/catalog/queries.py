@@ -278,6 +278,8 @@ USER_MEMBER_ROLES = "select rolname from pg_roles where pg_has_role(current_user
 # Roles it may SET ROLE to: from 16 a grant may withhold it (WITH SET FALSE); before, every member may.
 USER_SET_ROLES = "select rolname from pg_roles where pg_has_role(current_user, oid, 'SET')"
 USER_INHERITS = "select rolinherit from pg_roles where rolname = current_user"
+# Schemas it may create objects in.
+USER_CREATE_SCHEMAS = "select nspname from pg_namespace where has_schema_privilege(oid, 'CREATE')"
 
 # Triggers on other tables than the canonical one whose function's code inserts into it.
 CANONICAL_WRITERS = """

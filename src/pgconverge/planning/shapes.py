@@ -371,6 +371,18 @@ def _ownership(spec: Spec, cat: Catalog) -> list[Finding]:
             what, REFUSED, f"owned by {owner}; pgconverge connects as {cat.user}, {why}, so {does} would be "
                            "refused",
             f"as {owner} (or a superuser): {alter}; or {_inherit_fix(cat, owner)}; or connect as {owner}"))
+    # The switch creates the canonical helper where it does not exist yet: found out there, that would stop the
+    # switch after align and expand had run.
+    helper = spec.canonical.helper
+    if (cat.canonical_helper is None and cat.user_create_schemas is not None and helper.schema in cat.schemas
+            and helper.schema not in cat.user_create_schemas):
+        schema, user = show_identifier(helper.schema), show_identifier(cat.user)
+        out.append(Finding(
+            f"schema {schema}", REFUSED,
+            f"the switch creates canonical.helper {helper}() there; pgconverge connects as {cat.user}, which may not "
+            "create objects in that schema (no CREATE privilege on it), so that would be refused",
+            f"as the schema's owner (or a superuser): GRANT CREATE ON SCHEMA {schema} TO {user}; or set "
+            f"canonical.helper to a function in a schema {cat.user} may create in"))
     # The switch's RLS check reads the tables as the application's roles (verify/tokens.act_as): found out there, it
     # would stop the switch after align and expand had run. From Postgres 16 a member may be denied SET ROLE.
     may_set = cat.user_set_roles or cat.user_roles  # a catalog saved before SET was recorded
