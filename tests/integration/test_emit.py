@@ -370,8 +370,17 @@ def test_contract_gates_refuse_and_change_nothing(pg15, fixture15, emitted):
     missing = _refusal(_dsn(pg15, db), stopped, "alter table pgconverge.emitted_runtime_baseline rename to gone")
     assert "no runtime baseline recorded" in missing and ". Fix: apply the switch files first (supabase/migrations/" \
            f"{Path(files[first - 1]).name} records the baseline)" in missing, missing
+    # A role that may not create the archive schema is stopped at the gate, before the first drop.
+    archive = _refusal(_dsn(pg15, db), gate, "create role pgc_no_create", "grant pg_read_all_data to pgc_no_create",
+                       "set local role pgc_no_create")
+    assert "schema archive (does not exist, and pgc_no_create may not create schemas in database" in archive \
+           and "GRANT CREATE ON DATABASE" in archive, archive
+    archive = _refusal(_dsn(pg15, db), gate, "create role pgc_no_create", "grant pg_read_all_data to pgc_no_create",
+                       "create schema archive", "set local role pgc_no_create")
+    assert "schema archive (exists, owned by postgres, and pgc_no_create may not create tables in it" in archive \
+           and "GRANT CREATE ON SCHEMA archive TO pgc_no_create" in archive, archive
     switch = _refusal(_dsn(pg15, db), gate, f"alter table public.{nullable} alter column profile_id drop not null")
-    assert "gate switch in place: the switch is not complete: " in switch \
+    assert "gate switch in place: contract cannot start: " in switch \
            and ". Fix: apply the align, expand and switch files first" in switch, switch
     assert _dump(pg15, db) == before, "nothing of contract was applied, and every change above was rolled back"
 

@@ -25,7 +25,7 @@ from psycopg import sql
 
 from pgconverge.catalog.baseline import Catalogs
 from pgconverge.catalog.model import Catalog
-from pgconverge.config import QualifiedName, Spec
+from pgconverge.config import QualifiedName, Spec, show_identifier
 from pgconverge.execution.sql import body, ident, qn, text
 from pgconverge.operations.archive import ArchiveTable
 from pgconverge.operations.base import Lock, Operation, Plan, Step
@@ -193,11 +193,30 @@ def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
         "where not exists (select 1 from {m} y where y.{ml} = x.{k})) c where n > 0").format(
         w=sql.Literal(str(legacy)), l=qn(legacy), m=qn(m), ml=ident(spec.mapping_legacy_column),
         k=ident(spec.legacy.key)))
+    # Contract's last files move the legacy table and the mapping into the archive schema, creating it where it does
+    # not exist: as the role applying the files, read before the first drop rather than found out after it.
+    archive = spec.migration.archive_schema
+    shown = show_identifier(archive)
+    parts.append(sql.SQL(
+        "select format('schema %s', {shown}), case when n.oid is null then format('does not exist, and %s may not "
+        "create schemas in database %s: contract could not create it to archive the legacy table and the mapping "
+        "(as the database owner: GRANT CREATE ON DATABASE %s TO %s; or set migration.archive_schema to a schema %s "
+        "may create tables in)', current_user, pg_catalog.current_database(), "
+        "pg_catalog.quote_ident(pg_catalog.current_database()), pg_catalog.quote_ident(current_user), current_user) "
+        "else format('exists, owned by %s, and %s may not create tables in it: contract could not archive the legacy "
+        "table and the mapping there (as its owner: GRANT CREATE ON SCHEMA %s TO %s; or set migration.archive_schema "
+        "to a schema that does not exist yet)', pg_catalog.pg_get_userbyid(n.nspowner), current_user, {shown}, "
+        "pg_catalog.quote_ident(current_user)) end "
+        "from (select 1) x left join pg_catalog.pg_namespace n on n.nspname = {name} "
+        "where not case when n.oid is null then pg_catalog.has_database_privilege(pg_catalog.current_database(), "
+        "'CREATE') else pg_catalog.has_schema_privilege(n.oid, 'CREATE') end").format(
+        shown=sql.Literal(shown), name=sql.Literal(archive)))
     query = sql.SQL("\n  union all ").join(parts)
     header = (
         "Contract gate 1 of 2: the switch is in place. The rewritten policies call the canonical helper, no policy "
         "calls the legacy helper any more, the new column is NOT NULL where expand made it so, every legacy row has "
-        "a mapping row and every dependent row its new id. The DO block raises, naming what is missing, and "
+        "a mapping row and every dependent row its new id; and the role applying the files may create the archive "
+        f"schema {shown} or tables in it. The DO block raises, naming what is missing, and "
         "nothing of contract is applied.",
         "Code audit: whether application code still names the legacy table, column or helper cannot be read from "
         "the database. Run `pgconverge audit code DIR --fail-on-findings` over every code base that uses this "
@@ -207,9 +226,10 @@ def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
         "the pgTAP tests under supabase/tests/before_contract check row level security per sample identity "
         "instead: run them before applying contract.",
     )
-    return EmittedCheck("switch in place", query, failure="the switch is not complete",
-                        fix="apply the align, expand and switch files first (or `pgconverge run switch`), then "
-                            "apply this file again", header=header)
+    return EmittedCheck("switch in place", query, failure="contract cannot start",
+                        fix="apply the align, expand and switch files first (or `pgconverge run switch`) where the "
+                            "switch is not complete, or what an item says in its parentheses; then apply this file "
+                            "again", header=header)
 
 
 def runtime_gate(spec: Spec, cat: Catalog, baseline_file: str) -> EmittedSql:
