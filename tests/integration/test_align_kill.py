@@ -42,7 +42,7 @@ def test_killed_mid_match_resumes_from_checkpoint(make_db, fixture_template, tmp
         proc.wait()
         status = cli_json("status", "--dsn", killed_dsn)
         match = next(s for s in status["steps"] if s["step"] == "align.match")
-        assert match["state"] == "pending" and match["rows_done"] >= done_at_kill
+        assert match["state"] == "stopped" and match["rows_done"] >= done_at_kill
 
         out = cli_json("run", "align", "--dsn", killed_dsn, "--config", cfg)
         by_step = {s["step"]: s for s in out["steps"]}

@@ -172,7 +172,7 @@ def test_interrupted_index_build_is_reapplied_and_gates_say_the_fix(fixture_db, 
         assert admin.execute("select not indisvalid from pg_index where indexrelid = to_regclass(%s)",
                              (index,)).fetchone() == (True,)
         steps = {s["step"]: s["state"] for s in cli_json("status", "--steps", "--dsn", dsn, "--config", cfg)["steps"]}
-        assert steps["align.match_index"] == "pending"
+        assert steps["align.match_index"] == "stopped"
         # Applied again, as `supabase db push` would after the failure: the invalid index goes, the build runs.
         r = _psql(dsn, "-f", index_file)
         assert r.returncode == 0 and "dropping the invalid index" in r.stderr, r.stderr

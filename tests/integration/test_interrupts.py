@@ -282,8 +282,8 @@ def test_status_opens_with_a_summary_and_lists_steps_only_with_steps(make_db, fi
             f"pid {holder.info.backend_pid} holds the migration lock" in out.splitlines()[0], out
     # The runner is gone without a word (killed): pending, and the summary says how to go on.
     data = cli_json("status", "--dsn", dsn)
-    assert next(s for s in data["steps"] if s["step"] == "expand.carts.add_column")["state"] == "pending"
-    assert data["summary"]["state"] == "pending" and data["summary"]["command"].startswith("pgconverge run expand")
+    assert next(s for s in data["steps"] if s["step"] == "expand.carts.add_column")["state"] == "stopped"
+    assert data["summary"]["state"] == "stopped" and data["summary"]["command"].startswith("pgconverge run expand")
     # A failure: failed, with its error, in the summary too.
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("insert into pgconverge.events (run_id, phase, step, event, sqlstate, message) values "

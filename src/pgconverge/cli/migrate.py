@@ -394,7 +394,7 @@ def status(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
     if as_json:
         print_json(data)
         return
-    colors = {"done": "green", "pending": "yellow", "interrupted": "yellow", "running": "cyan", "failed": "red",
+    colors = {"done": "green", "stopped": "yellow", "unproven": "yellow", "interrupted": "yellow", "running": "cyan", "failed": "red",
               "reverted": "magenta", "rolled back": "magenta"}
     summary = data["summary"]
     console.print(f"[{colors.get(summary['state'], 'bold')}]{escape(summary['line'])}[/]", highlight=False,

@@ -1,9 +1,10 @@
 """Where the migration stands, from the ledger and the runner's lock: what `pgconverge status` shows.
 
 Each step is "not started", "running" (an attempt started, nothing recorded since, and the runner
-holding the migration lock started it), "pending" (started, nothing recorded since, and no runner
+holding the migration lock started it), "stopped" (started, nothing recorded since, and no runner
 on it: killed, or its connection lost), "interrupted" (a signal stopped it; see
-execution/interrupt.py), "failed" (with its error), "done" or "reverted". One summary line says
+execution/interrupt.py), "failed" (with its error), "unproven" (the policy rewrite committed, its
+equivalence check never finished), "done" or "reverted": the names the report gives them too. One summary line says
 where the latest work stands and the command that goes on from there.
 """
 
@@ -29,7 +30,7 @@ def _state(outcome: dict | None, running_run: int | None) -> str:
         return "not started"
     kind = outcome["event"]
     if kind == "start":
-        return "running" if running_run is not None and outcome["run_id"] == running_run else "pending"
+        return "running" if running_run is not None and outcome["run_id"] == running_run else "stopped"
     return {"error": "failed"}.get(kind, kind)  # done, reverted, interrupted
 
 
@@ -66,14 +67,14 @@ def collect(conn: psycopg.Connection, spec: Spec, plan: Plan, t: Target, config_
         o = outcomes.get(s.id)
         state = _state(o, running_run)
         if state == "done" and s.op.executor == "policies" and ledger.unproven(s.id):
-            state = "pending"  # rewritten, its equivalence check never finished: `run switch` checks it again
+            state = "unproven"  # rewritten, its equivalence check never finished: `run switch` checks it again
         row: dict[str, Any] = {"step": s.id, "phase": s.phase, "state": state,
                                "at": o["at"].isoformat() if o else None, "attempts": o["starts"] if o else 0}
         if state == "failed":
             row["error"] = {"message": o["message"], "sqlstate": o["sqlstate"], "at": o["at"].isoformat()}
         if state == "interrupted":
             row["interrupted"] = {"message": o["message"], **(o["detail"] or {})}
-        if s.op.executor == "batched" and state in ("running", "pending", "interrupted"):
+        if s.op.executor == "batched" and state in ("running", "stopped", "interrupted"):
             row["rows_done"] = ledger.rows_done(s.id)
             row["rows_total"] = _total(conn, s, row["rows_done"], o)
         steps.append(row)
@@ -181,7 +182,7 @@ def _summary(conn: psycopg.Connection, ledger: Ledger, plan: Plan, steps: list[d
         out.update(error=latest["message"], command=cmd)
         out["line"] = f"{phase}: failed at {step}{progress}: {message} — fix the cause, then {cmd}"
         return out
-    if state == "pending":
+    if state == "stopped":
         out["command"] = cmd
         out["line"] = (f"{phase}: stopped in {step} without a record of how{progress} (the runner was killed or "
                        f"lost its connection) — resume with {cmd}")
