@@ -14,7 +14,8 @@ import psycopg
 import pytest
 
 from _small import CLEAR, PAIR_SQL, config, numbered_customers, owned, roles_sql, visible
-from _support import cli, schema_db
+from _support import cli, cli_json, schema_db, schema_dump
+from test_emit_shapes import _apply, _down_files
 from pgconverge.verify.tokens import act_as
 
 SCHEMA = "set constraints all immediate;\n" + roles_sql() + PAIR_SQL + numbered_customers(20) + """
@@ -190,3 +191,23 @@ def test_after_the_switch_a_nullable_row_written_before_its_customer_is_linked_a
         cli("verify", *args)
         cli("run", "contract", "--accept-code-references", "--accept-runtime-use", "--yes", *args)
         cli("verify", *args)
+
+
+def test_emitted_migrations_fill_at_commit_and_roll_back(make_db, tmp_path):
+    """For teams that ship SQL: the emitted expand carries the fill trigger, the emitted contract declares the NOT
+    NULL, and the reverse files take both away."""
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA, CONFIG)
+    out = tmp_path / "project"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        original = schema_dump(conn)
+        for phase in ("align", "expand"):
+            _apply(dsn, cli_json("emit", str(out), *args, "--phase", phase)["migrations"])
+        assert _fill_triggers(conn) == ["carts", "orders"] and not _not_null(conn)
+        cart, order = _child_first(dsn, 1021)
+        _linked(conn, "carts", cart, 1021)
+        _linked(conn, "orders", order, 1021)
+        for phase in ("switch", "contract"):
+            _apply(dsn, cli_json("emit", str(out), *args, "--phase", phase)["migrations"])
+        assert _not_null(conn) and _fill_triggers(conn) == []
+        _apply(dsn, _down_files(out))
+        assert schema_dump(conn) == original
