@@ -10,8 +10,12 @@ new column is checked there until contract declares it, and every rollback leave
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from _small import CLEAR, PAIR_SQL, config, numbered_customers, owned, roles_sql, visible
 from _support import cli, cli_json, schema_db, schema_dump
@@ -193,21 +197,38 @@ def test_after_the_switch_a_nullable_row_written_before_its_customer_is_linked_a
         cli("verify", *args)
 
 
-def test_emitted_migrations_fill_at_commit_and_roll_back(make_db, tmp_path):
-    """For teams that ship SQL: the emitted expand carries the fill trigger, the emitted contract declares the NOT
-    NULL, and the reverse files take both away."""
-    dsn, args = schema_db(make_db, tmp_path, SCHEMA, CONFIG)
+def _prove(dsn: str, tests: list[str]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("create extension if not exists pgtap")
+    info = conninfo_to_dict(dsn)
+    r = subprocess.run(["pg_prove", "-h", info["host"], "-p", str(info["port"]), "-U", "postgres", "-d",
+                        info["dbname"], *tests], capture_output=True, text=True)
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("drop extension pgtap")
+
+
+def test_emitted_migrations_fill_at_commit_and_roll_back(make_db15, tmp_path):
+    """For teams that ship SQL (on PostgreSQL 15, which has pgTAP): the emitted expand carries the fill trigger and
+    its tests, the emitted contract declares the NOT NULL, and the reverse files take both away."""
+    dsn, args = schema_db(make_db15, tmp_path, SCHEMA, CONFIG)
     out = tmp_path / "project"
+    files = cli_json("emit", str(out), *args)["migrations"]
+    switch = next(i for i, f in enumerate(files) if "_pgconverge_switch_" in f)
+    contract = next(i for i, f in enumerate(files) if "_pgconverge_contract_" in f)
     with psycopg.connect(dsn, autocommit=True) as conn:
         original = schema_dump(conn)
-        for phase in ("align", "expand"):
-            _apply(dsn, cli_json("emit", str(out), *args, "--phase", phase)["migrations"])
+        _apply(dsn, files[:switch])
         assert _fill_triggers(conn) == ["carts", "orders"] and not _not_null(conn)
         cart, order = _child_first(dsn, 1021)
         _linked(conn, "carts", cart, 1021)
         _linked(conn, "orders", order, 1021)
-        for phase in ("switch", "contract"):
-            _apply(dsn, cli_json("emit", str(out), *args, "--phase", phase)["migrations"])
+        _apply(dsn, files[switch:contract])
+        before = sorted(str(p) for p in (out / "pgconverge-tests" / "before_contract").glob("*.test.sql"))
+        assert any("pgconverge_fill_at_commit" in Path(t).read_text() for t in before)
+        _prove(dsn, before)
+        _apply(dsn, files[contract:])
         assert _not_null(conn) and _fill_triggers(conn) == []
+        _prove(dsn, sorted(str(p) for p in (out / "supabase" / "tests" / "database").glob("*.test.sql")))
         _apply(dsn, _down_files(out))
         assert schema_dump(conn) == original
