@@ -140,6 +140,8 @@ CASES = [
     # The owner default on a partitioned table: each partition's copy of it goes with the column at contract, so the
     # gate does not count it as a use of the legacy helper.
     Case("partitioned_owner_default", dict(partitioned="range", shapes=("owner_default",))),
+    # The deferred fill trigger on a partitioned table: cloned onto every partition, the row found by its partition.
+    Case("partitioned_fk_deferrable", dict(partitioned="range", shapes=("fk_deferrable",))),
     # Two references from one table (transfers.buyer_id, seller_id), each with its own new column, a policy
     # reading both and an index holding both; one name set in the configuration.
     Case("two_references_one_table", dict(transfers=True)),
