@@ -89,7 +89,8 @@ CASES = [
          plan_lists=("mirrored index public.baskets_customer_id_open",)),
     Case("shape_fk_deferrable_on_update", dict(shapes=("fk_deferrable",)), plan_lists=(
         "ON DELETE CASCADE, ON UPDATE CASCADE, DEFERRABLE INITIALLY DEFERRED kept on the new foreign key",
-        "being deferrable, it lets old code write a row before its", "deferred to the commit, pgconverge_fill_at_commit")),
+        "being deferrable, it lets old code write a row before its",
+        "deferred to the commit, pgconverge_fill_at_commit")),
     Case("shape_expression_indexes", dict(shapes=("expression_index",), legacy_key="uuid", canonical_key="bigint")),
     Case("shape_user_trigger", dict(shapes=("user_trigger",)), plan_lists=(
         "listed trigger a_require_owner on public.orders", "listed function public.require_owner()")),
