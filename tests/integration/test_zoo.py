@@ -89,7 +89,8 @@ CASES = [
          plan_lists=("mirrored index public.baskets_customer_id_open",)),
     Case("shape_fk_deferrable_on_update", dict(shapes=("fk_deferrable",)), plan_lists=(
         "ON DELETE CASCADE, ON UPDATE CASCADE, DEFERRABLE INITIALLY DEFERRED kept on the new foreign key",
-        "being deferrable, from expand on a row written before its")),
+        "being deferrable, it lets old code write a row before its",
+        "deferred to the commit, pgconverge_fill_at_commit")),
     Case("shape_expression_indexes", dict(shapes=("expression_index",), legacy_key="uuid", canonical_key="bigint")),
     Case("shape_user_trigger", dict(shapes=("user_trigger",)), plan_lists=(
         "listed trigger a_require_owner on public.orders", "listed function public.require_owner()")),
@@ -140,6 +141,8 @@ CASES = [
     # The owner default on a partitioned table: each partition's copy of it goes with the column at contract, so the
     # gate does not count it as a use of the legacy helper.
     Case("partitioned_owner_default", dict(partitioned="range", shapes=("owner_default",))),
+    # The deferred fill trigger on a partitioned table: cloned onto every partition, the row found by its partition.
+    Case("partitioned_fk_deferrable", dict(partitioned="range", shapes=("fk_deferrable",))),
     # Two references from one table (transfers.buyer_id, seller_id), each with its own new column, a policy
     # reading both and an index holding both; one name set in the configuration.
     Case("two_references_one_table", dict(transfers=True)),

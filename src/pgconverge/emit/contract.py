@@ -30,7 +30,7 @@ from pgconverge.execution.sql import body, ident, qn, text
 from pgconverge.operations.archive import ArchiveTable
 from pgconverge.operations.base import Lock, Operation, Plan, Step
 from pgconverge.operations.check import Check
-from pgconverge.planning import align, contract, references, switch
+from pgconverge.planning import align, contract, references, shapes, switch
 
 ACCEPT_SETTING = "pgconverge.accept_runtime_use"
 BASELINE_STEP = "switch.runtime_baseline"
@@ -176,7 +176,8 @@ def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
     for d in cat.dependents:
         new = new_column(spec, cat, d)
         t = sql.Literal(text(qn(d.table.name)))
-        if d.column.not_null:
+        # Where the legacy foreign key is deferrable, contract itself declares it (checked at commit until then).
+        if d.column.not_null and not shapes.not_null_at_commit(d):
             parts.append(sql.SQL(
                 "select {w}::text, {why}::text where not coalesce((select a.attnotnull from pg_catalog.pg_attribute a "
                 "where a.attrelid = pg_catalog.to_regclass({t}) and a.attname = {n} and not a.attisdropped), false)"

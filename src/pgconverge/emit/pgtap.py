@@ -15,7 +15,7 @@ from pgconverge.operations.columns import DropNotNull
 from pgconverge.operations.create_index import CreateIndexConcurrently
 from pgconverge.operations.create_trigger import CreateTrigger
 from pgconverge.operations.together import Together
-from pgconverge.planning import align, contract, expand, references, switch
+from pgconverge.planning import align, contract, expand, references, shapes, switch
 from pgconverge.verify import rls
 
 
@@ -224,7 +224,7 @@ def expand_tests(spec: Spec, cat: Catalog, plan: Plan) -> TestFile:
     for d, n in expand.names_of(spec, cat):
         new = n.new
         s, tb = lit(d.table.name.schema), lit(d.table.name.name)
-        _new_column(t, spec, cat, d, n)
+        _new_column(t, spec, cat, d, n, expanded=True)
         if d.column.not_null:
             if (str(d.table.name), d.fk.columns[0]) in nullable:
                 t.ok(f"col_is_null({s}, {tb}, {lit(d.fk.columns[0])}, "
@@ -242,13 +242,17 @@ def expand_tests(spec: Spec, cat: Catalog, plan: Plan) -> TestFile:
         for table, name in _triggers(plan, "expand", {str(d.table.name)}):
             if name in (n.trigger, n.last_trigger):
                 _trigger_on(t, table, name, "the sync trigger")
+            elif name == n.fill_trigger:
+                _trigger_on(t, table, name, "the deferred fill trigger")
     _new_indexes(t, cat, plan)
     return t
 
 
-def _new_column(t: TestFile, spec: Spec, cat: Catalog, d, n) -> None:
+def _new_column(t: TestFile, spec: Spec, cat: Catalog, d, n, expanded: bool = False) -> None:
     """D's new column: there, of the canonical key's type, NULL as the legacy column was, its foreign key
-    validated. After expand and again after contract (nothing of it may go with the legacy side)."""
+    validated. After expand (EXPANDED) and again after contract (nothing of it may go with the legacy side).
+    Where the legacy foreign key is deferrable, the NOT NULL is checked at commit after expand and declared by
+    contract."""
     ck = cat.canonical.column(spec.canonical.key)
     new = n.new
     s, tb = lit(d.table.name.schema), lit(d.table.name.name)
@@ -261,7 +265,12 @@ def _new_column(t: TestFile, spec: Spec, cat: Catalog, d, n) -> None:
                              "{}::regclass and conname = {}), false)").format(
         sql.Literal(str(d.table.name)), sql.Literal(n.fk)))
     t.ok(f"ok(({validated}), 'foreign key {n.fk} is there and validated')")
-    if d.column.not_null:
+    if d.column.not_null and expanded and shapes.not_null_at_commit(d):
+        t.ok(f"col_is_null({s}, {tb}, {lit(new)}, '{where} is NOT NULL at commit (checked by the deferred fill "
+             f"trigger: {d.fk.name} is deferrable) until contract declares it')")
+        nulls = text(sql.SQL("select count(*) from {} x where x.{} is null").format(qn(d.table.name), ident(new)))
+        t.ok(f"is(({nulls}), 0::bigint, 'no {d.table.name} row is without {new}')")
+    elif d.column.not_null:
         t.ok(f"col_not_null({s}, {tb}, {lit(new)}, '{where} is NOT NULL, as {d.fk.columns[0]} was')")
     else:
         t.ok(f"col_is_null({s}, {tb}, {lit(new)}, '{where} may be NULL, as {d.fk.columns[0]} may')")

@@ -26,10 +26,14 @@ class CreateTrigger(Operation):
     function: QualifiedName
     why: str = ""
     when: sql.Composable | None = None
+    # A constraint trigger, DEFERRABLE INITIALLY DEFERRED: an AFTER row trigger whose calls wait for the commit
+    # (its WHEN is still judged when the row is written, so only rows it holds true for are queued).
+    deferred: bool = False
 
     @property
     def description(self) -> str:
-        return f"create trigger {self.name} on {self.table}" + (f": {self.why}" if self.why else "")
+        kind = "constraint trigger (deferred to commit)" if self.deferred else "trigger"
+        return f"create {kind} {self.name} on {self.table}" + (f": {self.why}" if self.why else "")
 
     @property
     def lock(self) -> Lock:
@@ -43,8 +47,10 @@ class CreateTrigger(Operation):
     def statements(self) -> list[sql.Composable]:
         return [
             sql.SQL("drop trigger if exists {n} on {t}").format(n=sql.Identifier(self.name), t=qn(self.table)),
-            sql.SQL("create trigger {n} {te} on {t} for each row {w}execute function {f}()").format(
+            sql.SQL("create {k}trigger {n} {te} on {t} {d}for each row {w}execute function {f}()").format(
                 n=sql.Identifier(self.name), te=self.timing_events, t=qn(self.table), f=qn(self.function),
+                k=sql.SQL("constraint " if self.deferred else ""),
+                d=sql.SQL("deferrable initially deferred " if self.deferred else ""),
                 w=sql.SQL("when ({}) ").format(self.when) if self.when is not None else sql.SQL("")),
         ]
 

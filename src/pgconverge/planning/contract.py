@@ -14,7 +14,7 @@ from pgconverge.execution.sql import bounded, ident, qn, text
 from pgconverge.operations.archive import ArchiveTable
 from pgconverge.operations.base import Lock, Operation, Step
 from pgconverge.operations.check import Check
-from pgconverge.operations.columns import DropColumn, SetDefault
+from pgconverge.operations.columns import DropColumn, DropNotNull, SetDefault
 from pgconverge.operations.constraints import AddKeyUsingIndex, DropConstraint, ValidateConstraint
 from pgconverge.operations.create_index import DropIndexConcurrently
 from pgconverge.operations.create_trigger import DropTrigger
@@ -305,6 +305,12 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
 
     for d, n in expand.names_of(spec, cat):
         legacy_col = d.fk.columns[0]
+        ed = _expand_dependent(cat, cats, d)[1]
+        if shapes.not_null_at_commit(ed):
+            # Checked at commit by the deferred fill trigger until now (a declared NOT NULL would refuse old code's
+            # row written before its legacy row): declared now, old code being gone, as expand declares it elsewhere.
+            for what, op in _declare_not_null(d, n):
+                add(f"{n.short}.{what}", op)
         # On a partitioned table: the key declared there, with every partition's copy.
         add(f"{n.short}.drop_legacy_foreign_key", DropConstraint(d.table.name, d.fk.name))
         for i, idx in enumerate(_legacy_indexes(d, cat)):
@@ -314,7 +320,8 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         # The sync trigger goes with the legacy column: old code still at work then gets "no such column",
         # not a NULL in the new column it does not know about.
         add(f"{n.short}.drop_legacy_column", Together(
-            (DropTrigger(n.trigger, d.table.name), DropTrigger(n.last_trigger, d.table.name),
+            (*((DropTrigger(n.fill_trigger, d.table.name),) if shapes.fills_at_commit(ed) else ()),
+             DropTrigger(n.trigger, d.table.name), DropTrigger(n.last_trigger, d.table.name),
              DropColumn(d.table.name, legacy_col),
              # An owner the legacy helper filled in by default: the canonical helper fills the new column from now.
              *((SetDefault(d.table.name, n.new, owner),) if (owner := shapes.owner_default(spec, d)) else ())),
@@ -372,11 +379,27 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     add("archive_mapping", ArchiveTable(an["mapping"], archived_map, roles + readers,
                                         tuple((r, "SELECT") for r in readers)))
     add("counts_after", counts(spec, cat, "counts_after", archived))
-    add("new_columns", new_columns_hold(spec, cat))
+    add("new_columns", new_columns_hold(spec, cat, cats))
     return steps
 
 
-def new_columns_hold(spec: Spec, cat: Catalog) -> Check:
+def _declare_not_null(d, n) -> list[tuple[str, Operation]]:
+    """The new column's NOT NULL for a reference whose deferred fill trigger checked it at commit, as expand declares
+    it elsewhere: CHECK NOT VALID, VALIDATE (reads the table under a lock that lets writes go on), SET NOT NULL
+    (proven by the check, reads nothing), the check dropped."""
+    from pgconverge.operations.columns import SetNotNull
+    from pgconverge.operations.constraints import AddCheckNotValid
+
+    check = sql.SQL("{} is not null").format(ident(n.new))
+    return [("not_null_check", AddCheckNotValid(d.table.name, n.not_null_check, check,
+                                                why=f"{n.new} is NOT NULL where {d.fk.columns[0]} was; the deferred "
+                                                    "fill trigger checked it at commit until now")),
+            ("validate_not_null_check", ValidateConstraint(d.table.name, n.not_null_check)),
+            ("set_not_null", SetNotNull(d.table.name, n.new)),
+            ("drop_not_null_check", DropConstraint(d.table.name, n.not_null_check))]
+
+
+def new_columns_hold(spec: Spec, cat: Catalog, cats=None) -> Check:
     """What contract leaves for good, read from the live tables whenever `verify` runs: each new column, its foreign
     key to the canonical table validated, its NOT NULL where expand gave it one, and the tables' indexes valid (the
     final validation before it read the rows once, from its snapshot)."""
@@ -384,11 +407,13 @@ def new_columns_hold(spec: Spec, cat: Catalog) -> Check:
     for d, n in expand.names_of(spec, cat):
         t, new = sql.Literal(str(d.table.name)), sql.Literal(n.new)
         col = d.table.column(n.new)
+        # Declared by contract itself where the deferred fill trigger checked it until then.
+        declared = shapes.not_null_at_commit(_expand_dependent(cat, cats, d)[1])
         parts.append(expand.fk_validated(d, n))
         parts.append(sql.SQL(
             "select format('%s.%s is missing', {t}, {c}), null where not exists (select 1 from pg_catalog.pg_attribute "
             "where attrelid = to_regclass({t}) and attname = {c} and not attisdropped)").format(t=t, c=new))
-        if col is not None and col.not_null:
+        if (col is not None and col.not_null) or declared:
             parts.append(sql.SQL(
                 "select format('%s.%s is no longer NOT NULL', {t}, {c}), null from pg_catalog.pg_attribute "
                 "where attrelid = to_regclass({t}) and attname = {c} and not attnotnull").format(t=t, c=new))
@@ -494,10 +519,21 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         # Its column privileges went with it (where the application's role may use only some columns).
         grants = (GrantColumn(d.table.name, legacy_col, col.privileges, why="as before contract"),) \
             if col.privileges else ()
+        # Where contract declared the new column's NOT NULL (the legacy foreign key deferrable), it goes again as the
+        # deferred fill trigger comes back, which checks it at commit: old code may write a row before its legacy row.
+        ed = _expand_dependent(cat, cats, d)[1]
+        at_commit = shapes.not_null_at_commit(ed)
+        loosen = (DropNotNull(d.table.name, n.new, why="checked at commit by the deferred fill trigger again"),) \
+            if at_commit else ()
         add(f"{n.short}.legacy_column", Together((
             AddColumn(d.table.name, legacy_col, col.type), *defaults, *grants,
-            exp[f"expand.{en.short}.sync_trigger"].op), "old code writes the column as soon as it exists"),
+            exp[f"expand.{en.short}.sync_trigger"].op, *loosen), "old code writes the column as soon as it exists"),
             (f"{fid}.drop_legacy_column",))
+        if at_commit:
+            # Also where contract stopped before it dropped the legacy column (the trigger still there).
+            add(f"{n.short}.new_not_null", Together((DropConstraint(d.table.name, n.not_null_check), *loosen),
+                                                    "the check goes with the NOT NULL it proved"),
+                tuple(f"{fid}.{w}" for w, _ in _declare_not_null(d, n)))
         # Runs while the legacy foreign key is still to be restored (the two steps before it have
         # already marked their own forward steps undone).
         fk = d.fk

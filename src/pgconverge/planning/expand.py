@@ -46,6 +46,10 @@ TRIGGER = "!pgconverge_sync"
 # sorts after letters, digits and '_'), and brings the two ids back into agreement, following the one that moved
 # since the first firing. plan refuses an application trigger whose name sorts after it.
 LAST_TRIGGER = "~pgconverge_sync"
+# Where the legacy foreign key is deferrable, old code may write a row before its legacy row in one transaction:
+# the sync trigger then finds no mapping. This constraint trigger, deferred to the commit, fills the new column of
+# such a row then (and, where the new column is to be NOT NULL, checks it then; see fill_function).
+FILL_TRIGGER = "pgconverge_fill_at_commit"
 # Set by the backfill's own transactions: its UPDATE joins the mapping itself, so the sync trigger
 # has nothing to add there, and skipping it (in the trigger's WHEN, before any function call) keeps
 # the backfill close to a single UPDATE's speed.
@@ -69,7 +73,9 @@ class Names:
         private = spec.migration.private_schema
         self.trigger = bounded(f"{TRIGGER}{own}")
         self.last_trigger = bounded(f"{LAST_TRIGGER}{own}")
+        self.fill_trigger = bounded(f"{FILL_TRIGGER}{own}")
         self.sync_fn = QualifiedName(private, bounded(f"sync_{t.schema}_{t.name}{own}"))
+        self.fill_fn = QualifiedName(private, bounded(f"fill_{t.schema}_{t.name}{own}"))
         self.late_fn = QualifiedName(private, bounded(f"backfill_{t.schema}_{t.name}{own}"))
         # Counts the rows old code writes with the legacy column alone (see old_writes_sequence)
         self.old_writes = QualifiedName(private, bounded(f"old_writes_{t.schema}_{t.name}{own}"))
@@ -103,7 +109,7 @@ def names_of(spec: Spec, cat: Catalog) -> list[tuple[Dependent, Names]]:
     shorts = short_names(cat)
     out = [(d, Names(spec, d, shorts[references.key(d)], cat)) for d in cat.dependents]
     # The private schema's objects are named from schema and table joined by "_": two references may come out alike
-    for attr in ("sync_fn", "late_fn", "old_writes"):
+    for attr in ("sync_fn", "fill_fn", "late_fn", "old_writes"):
         apart = _apart({references.key(d): getattr(n, attr).name for d, n in out})
         for d, n in out:
             setattr(n, attr, QualifiedName(getattr(n, attr).schema, bounded(apart[references.key(d)])))
@@ -145,7 +151,9 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                                                        why="new code may write only the new column"))
         sync = CreateFunction(n.sync_fn, "", _sync_function(spec, cat, d, n, reconciles(spec, cat, d, n)),
                               why=f"keep {legacy_col} and {n.new} of {d.table.name} consistent")
-        add(n, "sync_function", Together((old_writes_sequence(n, d), sync), "the function counts with the sequence"))
+        fill = (fill_function(spec, cat, d, n),) if shapes.fills_at_commit(d) else ()
+        add(n, "sync_function", Together((old_writes_sequence(n, d), sync, *fill),
+                                         "the function counts with the sequence"))
         add(n, "sync_trigger", sync_triggers(spec, cat, d, n))
         if d.partitioned:
             # The partitioned table's own (empty) indexes now, so a partition attached from here on gets
@@ -196,7 +204,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                                                       why=f"mirror of {m.original.name}"))
             if m.original.validated:
                 add(n, f"validate_check_{i + 1}", ValidateConstraint(d.table.name, m.name))
-        if d.column.not_null:
+        if d.column.not_null and not shapes.not_null_at_commit(d):
             # On a partitioned table too: the check is added NOT VALID to every partition, VALIDATE reads
             # them without blocking writes, and SET NOT NULL then reads none (the checks prove it).
             check = sql.SQL("{} is not null").format(ident(n.new))
@@ -508,13 +516,34 @@ def sync_triggers(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> Operation
         + (" (on the partitioned table: Postgres gives every partition, present and future, a copy)"
            if d.partitioned else ""), when=skip_backfill)
     triggers = ", ".join(shapes.before_row_triggers_after(spec, cat, d, n.trigger))
+    fill = (fill_trigger(d, n),) if shapes.fills_at_commit(d) else ()
     if not triggers:
-        return first
+        return Together((first, *fill), "a row the sync trigger leaves without its new id is filled at commit") \
+            if fill else first
     # Every update, not only of the two columns: an application trigger may set the owner on any update.
     last = CreateTrigger(n.last_trigger, d.table.name, sql.SQL("before insert or update"), n.sync_fn,
                          why=f"after the application's {triggers}: the ids agree whichever of them it wrote",
                          when=skip_backfill)
-    return Together((first, last), "both triggers run one function; the last one only repairs what the first left")
+    return Together((first, last, *fill), "both triggers run one function; the last one only repairs what the first "
+                                          "left" + ("; a row they leave without its new id is filled at commit"
+                                                    if fill else ""))
+
+
+def fill_trigger(d: Dependent, n: Names) -> CreateTrigger:
+    """The constraint trigger deferred to the commit, for a reference whose legacy foreign key is deferrable.
+
+    Its WHEN is judged as the row is written: only a row left without its new id while it has a legacy id (or,
+    where the new column is to be NOT NULL, any row without its new id) is queued, so every other write costs no
+    call. It fires on every update, not only of the two columns: a later update of the row moves it, and the
+    queued call of an earlier version of it finds that version gone."""
+    l, new = ident(d.fk.columns[0]), ident(n.new)
+    when = sql.SQL("new.{} is null").format(new) if shapes.not_null_at_commit(d) else \
+        sql.SQL("new.{} is null and new.{} is not null").format(new, l)
+    return CreateTrigger(n.fill_trigger, d.table.name, sql.SQL("after insert or update"), n.fill_fn,
+                         why=f"{d.fk.name} is deferrable: a row written before its legacy row in one transaction "
+                             f"gets {n.new} at commit" + (f", where {n.new} is checked NOT NULL"
+                                                          if shapes.not_null_at_commit(d) else ""),
+                         when=when, deferred=True)
 
 
 def _key_fill(spec: Spec, d: Dependent, p: dict) -> sql.Composable:
@@ -702,6 +731,71 @@ end""").format(**p, key_fill=_key_fill(spec, d, p), count=_count_old_write(n), r
         "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(n.sync_fn), body=body(code))
 
 
+def fill_function(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> CreateFunction:
+    """The function of the deferred fill trigger (fill_trigger): at commit, the row as it was written, if it is
+    still there (its ctid names that very version: a later update leaves a version of its own, queued in turn) and
+    still without its new id, gets the mapping of its legacy id, which exists by then: the legacy row was written
+    since, and align's trigger on the legacy table mapped it. A legacy row the mapping lacks is decided as the sync
+    trigger decides it.
+
+    Where the new column is to be NOT NULL (not_null_at_commit), a row left without it then is refused as the NOT
+    NULL would have refused it, at commit; except when its legacy row does not exist: the legacy foreign key then
+    fails the transaction with its own message. Elsewhere an unfilled row is left as the sync trigger leaves one
+    (verify and the switch name it). It raises nothing else.
+
+    The UPDATE sets the backfill's setting, as the backfill does: it writes a pair that agrees, so the sync triggers
+    have nothing to do, and an application trigger that skips the backfill's updates skips this one too."""
+    an = align.names(spec)
+    legacy_col = d.fk.columns[0]
+    p = dict(l=ident(legacy_col), n=ident(n.new), t=qn(d.table.name), m=qn(an["mapping"]),
+             ml=ident(spec.mapping_legacy_column), mn=ident(spec.migration.new_column),
+             ck_type=sql.SQL(cat.canonical.column(spec.canonical.key).type), lt=qn(cat.legacy.name),
+             lk=ident(spec.legacy.key), align_row=qn(an["align_row"]), ct=qn(cat.canonical.name),
+             ck=ident(spec.canonical.key), placing=sql.Literal(align.PLACING),
+             flag=sql.Literal(BACKFILL_SETTING), nname=sql.Literal(n.new), tname=sql.Literal(str(d.table.name)),
+             fk=sql.Literal(d.fk.name), lname=sql.Literal(legacy_col))
+    p["this_row"] = sql.SQL("d.ctid = new.ctid and d.tableoid = new.tableoid")
+    check = sql.SQL("""
+  if exists (select 1 from {t} d where {this_row} and d.{n} is null) then
+    if new.{l} is not null and not exists (select 1 from {lt} c where c.{lk} = new.{l}) then
+      return null;  -- no legacy row: the legacy foreign key refuses the transaction
+    end if;
+    raise exception using errcode = 'not_null_violation',
+      message = format('null value in column %s of relation %s violates not-null constraint', {nname}, {tname}),
+      detail = format('checked at commit by pgconverge: %s is deferrable, so %s is filled from %s when the '
+                      'transaction commits', {fk}, {nname}, {lname});
+  end if;""").format(**p) if shapes.not_null_at_commit(d) else sql.SQL("")
+    code = sql.SQL("""
+declare
+  mapped {ck_type};
+  flag text;
+begin
+  if new.{l} is not null then
+    select m.{mn} into mapped from {m} m where m.{ml} = new.{l};
+    if mapped is not null and not exists (select 1 from {ct} p where p.{ck} = mapped) then
+      mapped := null;  -- the application deleted that canonical row since: decided again below
+    end if;
+    if mapped is null then
+      perform pg_catalog.set_config({placing}, 'on', true);
+      select {align_row}(c) into mapped from {lt} c where c.{lk} = new.{l};
+      perform pg_catalog.set_config({placing}, '', true);
+    end if;
+    if mapped is not null then
+      flag := pg_catalog.current_setting({flag}, true);
+      perform pg_catalog.set_config({flag}, 'on', true);
+      update {t} d set {n} = mapped where {this_row} and d.{n} is null and d.{l} = new.{l};
+      perform pg_catalog.set_config({flag}, coalesce(flag, ''), true);
+    end if;
+  end if;{check}
+  return null;
+end""").format(**p, check=check)
+    stmt = sql.SQL(
+        "create or replace function {f}() returns trigger language plpgsql security definer "
+        "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(n.fill_fn), body=body(code))
+    return CreateFunction(n.fill_fn, "", stmt, why=f"fill {d.table.name}.{n.new} at commit where {legacy_col}'s "
+                                                   "legacy row was written after the row")
+
+
 # -- the gate ---------------------------------------------------------------------------------------------
 
 
@@ -715,6 +809,8 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
     redo = []
     for d, n in names_of(spec, cat):
         parts.append(_unfilled(spec, d, n))
+        if shapes.not_null_at_commit(d):
+            parts.append(_without_owner(d, n))
         parts.append(mismatched(spec, d, n))
         parts.append(fk_validated(d, n))
         redo.append(f"{PHASE}.{n.short}.{'backfill_attached' if d.partitioned else 'backfill'}")
@@ -780,6 +876,16 @@ def _unfilled(spec: Spec, d: Dependent, n: Names) -> sql.Composable:
         " where d.{l} is not null and d.{n} is null limit 5) s) "
         "from {t} d where d.{l} is not null and d.{n} is null having count(*) > 0").format(
         **p, ln=sql.Literal(n.legacy), nn=sql.Literal(n.new), rid=_shown_row(d))
+
+
+def _without_owner(d: Dependent, n: Names) -> sql.Composable:
+    """Rows of D's table with no new id at all, where it is NOT NULL but checked at commit (not_null_at_commit):
+    what VALIDATE of the NOT NULL check proves elsewhere, as (what, which rows) for a gate."""
+    p = dict(t=qn(d.table.name), n=ident(n.new), tn=sql.Literal(str(d.table.name)), nn=sql.Literal(n.new))
+    return sql.SQL(
+        "select format('%s: %s rows have no %s, which is NOT NULL (checked at commit until contract)', {tn}, "
+        "count(*), {nn}), (select string_agg(x, ', ') from (select {rid} x from {t} d where d.{n} is null limit 5) s) "
+        "from {t} d where d.{n} is null having count(*) > 0").format(**p, rid=_shown_row(d))
 
 
 def _filled(spec: Spec, d: Dependent, n: Names) -> Check:
@@ -882,17 +988,21 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                 steps.append(Step(f"{rid}.drop_index_{i + 1}", "rollback",
                                   DropIndexConcurrently(idx.name, idx.table), (f"{fwd}.index_{i + 1}",)))
         done_with_column = [f"{fwd}.add_column", *_backfill_ids(d, n)]
-        if d.column.not_null:
+        if d.column.not_null and not shapes.not_null_at_commit(d):
             done_with_column += [f"{fwd}.not_null_check", f"{fwd}.validate_not_null_check", f"{fwd}.set_not_null",
                                  f"{fwd}.drop_not_null_check", *([f"{fwd}.filled"] if d.partitioned else [])]
         # The trigger goes with the column, in one transaction: old code inserting in between would leave
         # the new column NULL, and fail where it is NOT NULL.
+        at_commit = shapes.fills_at_commit(d)
+        # The deferred fill trigger's WHEN names both columns: it goes first, with them.
+        fill = (DropTrigger(n.fill_trigger, d.table.name),) if at_commit else ()
         steps.append(Step(f"{rid}.drop_column", "rollback", Together(
-            (DropTrigger(n.trigger, d.table.name), DropTrigger(n.last_trigger, d.table.name),
+            (*fill, DropTrigger(n.trigger, d.table.name), DropTrigger(n.last_trigger, d.table.name),
              DropColumn(d.table.name, n.new)),
             f"old code's rows need the trigger while {n.new} exists"), (f"{fwd}.sync_trigger", *done_with_column)))
         steps.append(Step(f"{rid}.drop_sync_function", "rollback", Together(
-            (DropFunction(n.sync_fn, ""), drop_old_writes_sequence(n)), "the sequence only counts for the function"),
+            (DropFunction(n.sync_fn, ""), *((DropFunction(n.fill_fn, ""),) if at_commit else ()),
+             drop_old_writes_sequence(n)), "the sequence only counts for the function"),
             (f"{fwd}.sync_function",)))
         if d.partitioned:
             steps.append(Step(f"{rid}.drop_backfill_function", "rollback", DropFunction(n.late_fn, LATE_ARGS),

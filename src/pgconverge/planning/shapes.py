@@ -229,6 +229,20 @@ def fk_deferral(d: Dependent) -> tuple[bool, bool]:
     return d.fk.deferrable, bool(re.search(r"\bINITIALLY DEFERRED\b", d.fk.definition))
 
 
+def fills_at_commit(d: Dependent) -> bool:
+    """Whether D's new column may have to wait for the commit to be filled: its legacy foreign key is deferrable, so
+    old code may write the row before its legacy row in one transaction, and the sync trigger then finds no mapping.
+    A deferred constraint trigger fills such rows at commit (planning/expand.py)."""
+    return d.fk.deferrable
+
+
+def not_null_at_commit(d: Dependent) -> bool:
+    """Whether the new column's NOT NULL is checked at commit (by the deferred trigger) from expand until contract,
+    which makes it a real NOT NULL: a NOT NULL or CHECK constraint is checked at once, before the trigger fills
+    the row. D as expand saw it (the legacy column NOT NULL)."""
+    return fills_at_commit(d) and d.column.not_null
+
+
 # -- findings -------------------------------------------------------------------------------------------------
 
 
@@ -469,12 +483,17 @@ def _foreign_key(spec: Spec, cat: Catalog, d: Dependent) -> list[Finding]:
         kept.append("DEFERRABLE INITIALLY DEFERRED" if deferred else "DEFERRABLE")
     hazard = ""
     if deferrable:
-        hazard = (f"; being deferrable, from expand on a row written before its {cat.legacy.name} row in one "
-                  "transaction (which the deferred check allows) finds no mapping yet, so its new column stays "
-                  + ("empty and the write fails on the new column's NOT NULL" if d.column.not_null else
-                     "empty: the row is left unlinked (verify and the switch name it)")
-                  + f": have the application write the {cat.legacy.name} row first, or make {fk.name} NOT "
-                  "DEFERRABLE before the migration if nothing needs it deferred")
+        from pgconverge.planning import expand
+
+        n = expand.Names(spec, d, "", cat)
+        hazard = (f"; being deferrable, it lets old code write a row before its {cat.legacy.name} row in one "
+                  "transaction, when the sync trigger finds no mapping yet: from expand on, a constraint trigger "
+                  f"deferred to the commit, {n.fill_trigger}, gives such a row its {n.new} from the mapping then "
+                  f"(the {cat.legacy.name} row written, align's trigger has mapped it)"
+                  + (f", and {n.new}'s NOT NULL is checked by that trigger at commit rather than declared (a NOT "
+                     f"NULL or CHECK constraint is checked at once, before the row is filled): contract declares "
+                     f"it (CHECK NOT VALID, VALIDATE, SET NOT NULL) before it drops {fk.columns[0]}, and a "
+                     f"rollback of contract takes it off again" if not_null_at_commit(d) else ""))
     if kept:
         out.append(Finding(where, MIRRORED, f"{', '.join(kept)} kept on the new foreign key to "
                                             f"{cat.canonical.name}({spec.canonical.key}){hazard}"))
@@ -643,11 +662,12 @@ def _trigger_stmt(trg):
 
 
 def _own_sync_trigger(spec: Spec, trg) -> bool:
-    """pgconverge's sync triggers: one per reference where a table has several ("!pgconverge_sync_buyer_id"), and
-    the last firing of each where the application has triggers ("~pgconverge_sync_buyer_id")."""
+    """pgconverge's sync triggers: one per reference where a table has several ("!pgconverge_sync_buyer_id"), the
+    last firing of each where the application has triggers ("~pgconverge_sync_buyer_id"), and the deferred fill
+    trigger of a reference whose legacy foreign key is deferrable."""
     from pgconverge.planning import expand
 
-    return (trg.name.startswith((expand.TRIGGER, expand.LAST_TRIGGER))
+    return (trg.name.startswith((expand.TRIGGER, expand.LAST_TRIGGER, expand.FILL_TRIGGER))
             and trg.function.schema == spec.migration.private_schema)
 
 
@@ -1042,11 +1062,12 @@ def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, 
             "and not (d.classid = 'pg_catalog.pg_constraint'::regclass and exists (select 1 from "
             "pg_catalog.pg_constraint k where k.oid = d.objid and k.conrelid = to_regclass({t}))) "
             "and not (d.classid = 'pg_catalog.pg_trigger'::regclass and exists (select 1 from pg_catalog.pg_trigger g "
-            "where g.oid = d.objid and g.tgname = {sync})) "
+            "where g.oid = d.objid and g.tgname in ({sync}, {fill}))) "
             "and not (d.classid = 'pg_catalog.pg_class'::regclass and d.objid = to_regclass({t})) "
             # one line per object: a publication's column list and its row filter each depend on the column
             "group by d.classid, d.objid, d.objsubid").format(
-            desc=describe, t=t, c=sql.Literal(col), sync=sql.Literal(expand.Names(spec, d, "", cat).trigger)))
+            desc=describe, t=t, c=sql.Literal(col), sync=sql.Literal(expand.Names(spec, d, "", cat).trigger),
+            fill=sql.Literal(expand.Names(spec, d, "", cat).fill_trigger)))
     legacy = sql.Literal(str(cat.legacy.name))
     if planned is not None:
         parts += _made_after_expand(spec, cat, planned)
