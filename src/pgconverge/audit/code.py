@@ -28,6 +28,13 @@ SKIP_DIRS = frozenset({"node_modules", ".git", ".hg", ".svn", "dist", "build", "
                        ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache", "site-packages",
                        ".deno", "vendor"})
 SUFFIXES = frozenset({*code_ts.SUFFIXES, *code_py.SUFFIXES, ".sql"})
+# Source of languages the audit does not parse: such a file that names a legacy name as a whole word is listed as
+# not read (a reference the audit cannot judge), so that a verdict over a Go or Ruby code base does not pass blind.
+OTHER_CODE_SUFFIXES = frozenset({
+    ".go", ".rb", ".erb", ".rake", ".java", ".kt", ".kts", ".scala", ".groovy", ".cs", ".fs", ".vb", ".php",
+    ".ex", ".exs", ".erl", ".rs", ".swift", ".dart", ".vue", ".svelte", ".astro", ".lua", ".pl", ".pm", ".r",
+    ".jl", ".clj", ".cljs", ".hs", ".ml", ".c", ".cc", ".cpp", ".h", ".hpp", ".m", ".sh", ".bash", ".zsh", ".ps1",
+    ".graphql", ".gql", ".prisma", ".cr", ".nim", ".zig", ".sc"})
 
 
 @dataclass(frozen=True, order=True)
@@ -52,6 +59,13 @@ class AuditResult:
     findings: list[Finding]
     files_scanned: int
     skipped: list[str]  # files over the size limit or unreadable, relative to root
+    # Files in languages the audit does not parse (OTHER_CODE_SUFFIXES) that name a legacy name, relative to root.
+    unread: list[str] = ()  # type: ignore[assignment]
+
+    @property
+    def proves_nothing(self) -> bool:
+        """No file was read: the audit looked at nothing (a wrong path, or a code base in another language)."""
+        return self.files_scanned == 0
 
     def counts(self) -> dict[str, int]:
         counts = {c: 0 for c in CATEGORIES}
@@ -82,20 +96,28 @@ def scan(root: Path, spec: Spec | None = None, code_helpers: dict[str, str] | No
     root = Path(root)
     names = Names.from_spec(spec or Spec(), code_helpers, extra_columns)
     findings: set[Finding] = set()
-    scanned, skipped = 0, []
-    for path in _source_files(root):
+    scanned, skipped, unread = 0, [], []
+    for path in _source_files(root, SUFFIXES | OTHER_CODE_SUFFIXES):
         rel = path.name if path == root else path.relative_to(root).as_posix()
+        ours = path.suffix.lower() in SUFFIXES
         try:
             if path.stat().st_size > MAX_FILE_BYTES:
-                skipped.append(rel)
+                if ours:
+                    skipped.append(rel)
                 continue
             src = path.read_bytes()
         except OSError:
-            skipped.append(rel)
+            if ours:
+                skipped.append(rel)
+            continue
+        if not ours:
+            if b"\0" not in src[:8192] and names.candidate_regex.search(src):
+                unread.append(rel)
             continue
         scanned += 1
         findings.update(audit_file(rel, src, names))
-    return AuditResult(root, sorted(findings, key=lambda f: (f.path, f.line, f.column, f.name)), scanned, skipped)
+    return AuditResult(root, sorted(findings, key=lambda f: (f.path, f.line, f.column, f.name)), scanned, skipped,
+                       unread)
 
 
 def audit_file(rel: str, src: bytes, names: Names) -> list[Finding]:
@@ -127,14 +149,14 @@ def _sql_hits(src: bytes, names: Names) -> list[Hit]:
     return [Hit(offs[r.offset], r.category, r.name, r.suggestion) for r in refs]
 
 
-def _source_files(root: Path) -> Iterable[Path]:
+def _source_files(root: Path, suffixes: frozenset[str] = SUFFIXES) -> Iterable[Path]:
     if root.is_file():
-        if root.suffix.lower() in SUFFIXES:
+        if root.suffix.lower() in suffixes:
             yield root
         return
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS
                              and not os.path.exists(os.path.join(dirpath, d, "pyvenv.cfg")))
         for name in sorted(filenames):
-            if os.path.splitext(name)[1].lower() in SUFFIXES:
+            if os.path.splitext(name)[1].lower() in suffixes:
                 yield Path(dirpath, name)

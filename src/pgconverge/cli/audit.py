@@ -25,7 +25,9 @@ DirArg = Annotated[Path, typer.Argument(
     help="Directory of application source to read (or a single file): .ts/.tsx/.js/.jsx/.mjs/.cjs, .py, .sql. "
          "node_modules, .git, dist, build and virtualenvs are skipped.", show_default=False)]
 FailOpt = Annotated[bool, typer.Option(
-    "--fail-on-findings", help="Exit with code 1 when anything is found (for CI).")]
+    "--fail-on-findings", help="Exit with code 1 when anything is found, when no file of a language the audit reads "
+                               "was found (it proves nothing then), or when files in other languages (.go, .rb, "
+                               ".vue, ...) name a legacy name (for CI).")]
 ColumnOpt = Annotated[list[str] | None, typer.Option(
     "--column", help="Another legacy column name to report, besides the foreign-key column of the config "
                      "(repeatable).", show_default=False)]
@@ -60,10 +62,11 @@ def code(directory: DirArg, as_json: JsonOpt = False, fail_on_findings: FailOpt 
     counts = result.counts()
     if as_json:
         print_json({"root": str(directory), "findings": [f.as_dict() for f in result.findings], "counts": counts,
-                    "files_scanned": result.files_scanned, "skipped": result.skipped})
+                    "files_scanned": result.files_scanned, "skipped": result.skipped,
+                    "unread": list(result.unread), "proves_nothing": result.proves_nothing})
     else:
         _render(directory, result, counts)
-    if fail_on_findings and result.findings:
+    if fail_on_findings and (result.findings or result.proves_nothing or result.unread):
         raise typer.Exit(1)
 
 
@@ -96,6 +99,13 @@ def _render(directory: Path, result, counts: dict[str, int]) -> None:
                   f"({summary})", highlight=False)
     for rel in result.skipped:
         console.print(f"[yellow]skipped:[/] {escape(rel)} (over 1 MB or unreadable)", highlight=False)
+    for rel in result.unread:
+        console.print(f"[yellow]not read:[/] {escape(rel)} names a legacy name in a language the audit does not "
+                      "parse: check it by hand", highlight=False)
+    if result.proves_nothing:
+        console.print(f"[red]proves nothing:[/] no file under {escape(str(directory))} is in a language the audit "
+                      "reads (.ts, .tsx, .js, .jsx, .mjs, .cjs, .py, .sql): pass the directory of the application's "
+                      "source", highlight=False)
 
 
 @app.command("runtime")

@@ -188,6 +188,10 @@ def run(phase: RunPhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = 
     phase = _phase(phase)
     if phase is None and not all_phases:
         raise typer.BadParameter("name a phase (align, expand, switch, contract) or pass --all")
+    missing = [str(c) for c in code or () if not c.exists()]
+    if missing:  # before anything runs: contract's code gate would audit nothing there
+        raise PgConvergeError(f"--code {missing[0]} does not exist", fix="pass the directory that holds your "
+                              "application's source (repeat --code for each code base), e.g. --code supabase/functions")
     spec, t, p, cats, checked = _plan_for(dsn, config_file, check_data=phase in (None, "align"))
     if checked and not as_json:
         _print_match_check(spec, checked)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 
 from pgconverge.audit import runtime
-from pgconverge.audit.code import audit_code
+from pgconverge.audit.code import scan
 from pgconverge.catalog import calls, introspect, mentions
 from pgconverge.connection import connect
 from pgconverge.config import show_identifier
@@ -48,7 +48,19 @@ def evaluate(runner: Runner) -> list[dict]:
         + ("; for what that does not fix: " if redone and fixes else "") + "; ".join(fixes)
         or "run `pgconverge verify` and fix what it names"})
 
-    found = [(d, f) for d in runner.code_dirs for f in audit_code(Path(d), spec)]
+    found, unaudited = [], []
+    for d in runner.code_dirs:
+        if not Path(d).exists():
+            unaudited.append(f"--code {d} does not exist: nothing was audited there")
+            continue
+        result = scan(Path(d), spec)
+        found += [(d, f) for f in result.findings]
+        if result.proves_nothing:
+            unaudited.append(f"--code {d}: no file there is in a language the audit reads (.ts, .tsx, .js, .jsx, "
+                             ".mjs, .cjs, .py, .sql), so the audit proves nothing about it")
+        if result.unread:
+            unaudited.append(f"--code {d}: {len(result.unread)} file(s) in languages the audit does not parse name "
+                             "legacy names, not judged: " + ", ".join(result.unread[:SHOWN]))
     watched = {spec.legacy.table.name, spec.legacy.helper.name, *(d.fk.columns[0] for d in cat.dependents)}
     live = runner.catalogs.live
     functions = [f"database function {f.signature} mentions legacy names" for f in (live.functions if live else ())
@@ -56,11 +68,13 @@ def evaluate(runner: Runner) -> list[dict]:
                  and f.name.schema != spec.migration.private_schema and mentions.find(f.code, watched)]
     views = [f"{v.kind} {v.name} reads the legacy table or a legacy column" for v in (live.views if live else ())]
     views += cron_jobs(runner.work, watched)
-    code = code_details(found, functions, views)
+    code = unaudited + code_details(found, functions, views)
     if not runner.code_dirs:
         code.insert(0, "no application code was audited: pass its directory with --code DIR (repeatable)")
     accepted = CODE in runner.accept
-    fix = [] if runner.code_dirs else ["run contract again with --code DIR naming your application's source"]
+    fix = [] if runner.code_dirs and not unaudited else [
+        "run contract again with --code DIR naming your application's source (and check by hand the files the audit "
+        "does not read)"]
     if found:
         listing = " and ".join(f"`pgconverge audit code {shlex.quote(d)}`" for d in runner.code_dirs)
         fix.append(f"update the code named (each reference says what to write instead; {listing} lists them all)")

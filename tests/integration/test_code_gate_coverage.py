@@ -1,0 +1,75 @@
+"""The code audit states what it read, and a verdict over nothing fails as "proves nothing": a `--code` path that
+does not exist is refused before anything runs; a tree with no file of a language the audit reads, or with files in
+other languages that name a legacy name, fails `audit code --fail-on-findings` and contract's code gate, which
+then drops nothing."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+
+from _support import cli, schema_dump, write_config
+
+NO_WINDOW = "[migration]\nobservation_window = 0\n"
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _trees(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    go = tmp_path / "go_app"
+    go.mkdir()
+    (go / "main.go").write_text('package main\n\nconst q = "insert into customers (wa_id) values ($1)"\n')
+    (go / "README.md").write_text("Our customers are great.\n")  # prose in a file that is not code: not listed
+    vue = tmp_path / "vue_app"
+    vue.mkdir()
+    (vue / "Cart.vue").write_text("<script setup>\nconst { data } = await supabase.from('customers').select()\n"
+                                  "</script>\n")
+    (vue / "clean.ts").write_text("export const x = supabase.from('profiles').select()\n")
+    return empty, go, vue
+
+
+def test_audit_code_fails_when_it_read_nothing_or_could_not_read_a_reference(tmp_path):
+    empty, go, vue = _trees(tmp_path)
+    out = _flat(cli("audit", "code", str(empty), "--fail-on-findings", expect=1))
+    assert "0 findings in 0 files" in out and "proves nothing: no file under" in out, out
+    data = json.loads(cli("audit", "code", str(empty), "--json", "--fail-on-findings", expect=1))
+    assert data["proves_nothing"] is True and data["files_scanned"] == 0
+    out = _flat(cli("audit", "code", str(go), "--fail-on-findings", expect=1))
+    assert "not read: main.go names a legacy name in a language the audit does not parse" in out, out
+    assert "README.md" not in out
+    data = json.loads(cli("audit", "code", str(vue), "--json", "--fail-on-findings", expect=1))
+    assert data["unread"] == ["Cart.vue"] and data["files_scanned"] == 1 and data["findings"] == []
+    # Without --fail-on-findings it reports and exits 0, as before.
+    cli("audit", "code", str(go))
+
+
+def test_run_with_a_code_path_that_does_not_exist_is_refused_before_anything(make_db, tmp_path):
+    dsn = make_db()
+    out = _flat(cli("run", "align", "--dsn", dsn, "--code", str(tmp_path / "app_typo"), expect=2))
+    assert f"--code {tmp_path / 'app_typo'} does not exist" in out and "pass the directory that holds" in out, out
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("select to_regnamespace('pgconverge')").fetchone()[0] is None
+
+
+def test_contract_code_gate_fails_over_code_it_could_not_read(make_db, template_factory, tmp_path):
+    empty, go, _vue = _trees(tmp_path)
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, NO_WINDOW)
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        before = schema_dump(conn, ("public", "archive"))
+        out = _flat(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--code", str(empty), "--yes", expect=2))
+        assert "contract is blocked, nothing was dropped" in out, out
+        assert f"--code {empty}: no file there is in a language the audit reads" in out and "proves nothing" in out
+        out = _flat(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--code", str(go), "--yes", expect=2))
+        assert f"--code {go}: 1 file(s) in languages the audit does not parse name legacy names, not judged: " \
+               "main.go" in out, out
+        assert schema_dump(conn, ("public", "archive")) == before
+    # Accepting the references on purpose still goes through.
+    cli("run", "contract", "--dsn", dsn, "--config", cfg, "--code", str(go), "--accept-code-references", "--yes")
