@@ -31,6 +31,12 @@ PHASE = "align"
 PLACING = "pgconverge.placing_owner"
 METHODS = ("exact", "normalized", "created", "manual", "reverse")  # reverse: legacy row made for a canonical one
 REVERSE_FLAG = "pgconverge.reverse_aligning"
+# The canonical row a legacy row is being created for while REVERSE_FLAG is on (legacy_for_canonical): an
+# application trigger on the legacy table that writes a dependent row for the new legacy row (a first cart for every
+# new customer) meets it unmapped, and the dependents' sync triggers learn its canonical row from here.
+REVERSE_TARGET = "pgconverge.reverse_target"
+# Set by expand's backfill batches (planning/expand.py BACKFILL_SETTING), whose sync triggers skip their rows.
+BACKFILL_SETTING = "pgconverge.backfill"
 # Set by align_legacy_row while it creates the canonical row for a key: the key, and the legacy row it is for.
 ALIGNING_KEY = "pgconverge.aligning_key"
 ALIGNING = "pgconverge.aligning_legacy"
@@ -500,7 +506,12 @@ declare
   live constant boolean := pg_catalog.current_setting('application_name') not like all (array[{own}]);
 begin
   if pg_catalog.current_setting({flag}, true) = 'on' then
-    return null;  -- a legacy row pgconverge itself is creating for a canonical row; its mapping is written there
+    -- A legacy row pgconverge itself is creating for a canonical row: its mapping is written there, after the
+    -- insert. A dependent row an application trigger writes for it meanwhile belongs to that canonical row.
+    if not exists (select 1 from {mapping} m where m.{mlc} = r.{lk}) then
+      return nullif(pg_catalog.current_setting({reverse_target}, true), '')::{ck_type};
+    end if;
+    return null;
   end if;
   select m.{mcc} into target from {mapping} m where m.{mlc} = r.{lk};
   if found then
@@ -572,7 +583,7 @@ end""").format(
                                                   "are refused (migration.unmatched)"),
         can_name=sql.Literal(str(can.name)), leg_name=sql.Literal(str(cat.legacy.name)),
         created_cols=sql.Literal(", ".join(spec.canonical.match_columns + tuple(c for _, c in spec.canonical.copy_columns))),
-        flag=sql.Literal(REVERSE_FLAG), created_keys=qn(n["created_keys"]),
+        flag=sql.Literal(REVERSE_FLAG), created_keys=qn(n["created_keys"]), reverse_target=sql.Literal(REVERSE_TARGET),
         aligning_key=sql.Literal(ALIGNING_KEY), aligning=sql.Literal(ALIGNING),
         own=sql.SQL(", ").join(sql.Literal(a) for a in OWN_APPLICATION_NAMES), placing=sql.Literal(PLACING),
         live_why=sql.Literal(f"created when old code wrote a row of its own for it, with no usable "
@@ -710,6 +721,7 @@ def _legacy_for_function(spec: Spec, cat: Catalog) -> sql.Composable:
     code = sql.SQL("""
 declare
   target {lk_type};
+  backfill text;
 begin
   -- a legacy row the application deleted since keeps its mapping, and is never named again
   select m.{mlc} into target from {mapping} m where m.{mcc} = canonical_id
@@ -723,10 +735,16 @@ begin
   if target is not null then
     return target;
   end if;
-  perform pg_catalog.set_config({flag}, 'on', true);
+  -- An application trigger on the legacy table may write a dependent row for the row made here (a first cart for
+  -- every new customer): its sync trigger finds the canonical row in REVERSE_TARGET (align_legacy_row), and runs
+  -- even inside a rollback's batch, which would have it skip the row.
+  backfill := pg_catalog.current_setting({backfill}, true);
+  perform pg_catalog.set_config({flag}, 'on', true), pg_catalog.set_config({reverse_target}, canonical_id::text, true),
+    pg_catalog.set_config({backfill}, '', true);
   insert into {legacy} as l ({cols}) select {vals} from {canonical} p where p.{ck} = canonical_id
     returning l.{lk} into target;
-  perform pg_catalog.set_config({flag}, 'off', true);
+  perform pg_catalog.set_config({flag}, 'off', true), pg_catalog.set_config({reverse_target}, '', true),
+    pg_catalog.set_config({backfill}, coalesce(backfill, ''), true);
   if target is null then
     return null;  -- no such canonical row
   end if;
@@ -735,6 +753,7 @@ begin
   return target;
 end""").format(lk_type=lk_type, mlc=ident(spec.mapping_legacy_column), mcc=ident(spec.migration.new_column),
                mapping=qn(n["mapping"]), flag=sql.Literal(REVERSE_FLAG), legacy=qn(leg.name),
+               reverse_target=sql.Literal(REVERSE_TARGET), backfill=sql.Literal(BACKFILL_SETTING),
                cols=sql.SQL(", ").join(cols), vals=sql.SQL(", ").join(vals), canonical=qn(can.name),
                ck=ident(spec.canonical.key), lk=ident(spec.legacy.key), ckey=canonical_key(spec, cat, "p"))
     return sql.SQL(

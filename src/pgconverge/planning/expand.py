@@ -53,7 +53,7 @@ FILL_TRIGGER = "pgconverge_fill_at_commit"
 # Set by the backfill's own transactions: its UPDATE joins the mapping itself, so the sync trigger
 # has nothing to add there, and skipping it (in the trigger's WHEN, before any function call) keeps
 # the backfill close to a single UPDATE's speed.
-BACKFILL_SETTING = "pgconverge.backfill"
+BACKFILL_SETTING = align.BACKFILL_SETTING
 LATE_ARGS = "text, bigint"  # the late-partition backfill function's arguments
 
 
