@@ -546,10 +546,11 @@ def fill_trigger(d: Dependent, n: Names) -> CreateTrigger:
                          when=when, deferred=True)
 
 
-def _key_fill(spec: Spec, d: Dependent, p: dict) -> sql.Composable:
+def _key_fill(spec: Spec, d: Dependent, p: dict, always: bool = False) -> sql.Composable:
     """Where the legacy column is part of the primary key (NOT NULL until contract), a row new code writes for an
-    identity old code never knew gets the legacy row a rollback would make for it (planning/shapes.py)."""
-    if not shapes.in_primary_key(d):
+    identity old code never knew gets the legacy row a rollback would make for it (planning/shapes.py). ALWAYS: the
+    same for any table (a rollback restoring the legacy column's NOT NULL, see rollback)."""
+    if not (always or shapes.in_primary_key(d)):
         return sql.SQL("")
     return sql.SQL("""
   if new.{l} is null and new.{n} is not null then  -- part of the primary key: it cannot stay empty
@@ -636,7 +637,8 @@ def _reconcile(p: dict) -> sql.Composable:
   end if;""").format(**p)
 
 
-def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool = False) -> sql.Composable:
+def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool = False,
+                   fill_legacy: bool = False) -> sql.Composable:
     an = align.names(spec)
     legacy_col, new = d.fk.columns[0], n.new
     ck_type = sql.SQL(cat.canonical.column(spec.canonical.key).type)
@@ -722,7 +724,7 @@ begin{reconcile}
     {reject}
   end if;{key_fill}{remember}
   return new;
-end""").format(**p, key_fill=_key_fill(spec, d, p), count=_count_old_write(n), remember=remember,
+end""").format(**p, key_fill=_key_fill(spec, d, p, fill_legacy), count=_count_old_write(n), remember=remember,
                reconcile=_reconcile(p) if last else sql.SQL(""),
                last_vars=sql.SQL("\n  left_l text;\n  left_n text;\n  moved_l boolean;\n  moved_n boolean;")
                if last else sql.SQL(""))
@@ -944,6 +946,15 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         if d.column.not_null:
             chk = bounded(f"{d.table.name.name}_{legacy_col}_not_null")
             check = sql.SQL("{} is not null").format(ident(legacy_col))
+            # New code may still write rows with the new id alone, for people old code never knew: from the refill
+            # on, the sync trigger makes their legacy rows as the refill does, so that no such write fails the
+            # legacy column's NOT NULL check (added NOT VALID, then validated) and the validation finds none left.
+            steps.insert(len(steps) - (len(leaves) if d.partitioned else 1), Step(
+                f"{rid}.sync_fills_legacy", "rollback", CreateFunction(
+                    n.sync_fn, "", _sync_function(spec, cat, d, n, reconciles(spec, cat, d, n), fill_legacy=True),
+                    why=f"new code's rows of {d.table.name} get their {legacy_col} from now on, a legacy row made "
+                        f"where the person has none, as {legacy_col} becomes NOT NULL again"),
+                (), (f"{fwd}.drop_legacy_not_null",)))
             steps += [
                 Step(f"{rid}.legacy_not_null_check", "rollback",
                      AddCheckNotValid(d.table.name, chk, check, why=f"{legacy_col} was NOT NULL before expand"),
