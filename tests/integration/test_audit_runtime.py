@@ -109,3 +109,35 @@ def test_counters_below_their_baseline_are_a_reset_even_with_no_time_recorded(ma
     assert out["reset"] and out["reset_at"] is None and out["in_use"] == [] and out["not_measured"], out
     assert any("--rebaseline" in u for u in out["unavailable"]), out
     assert not any("+-" in x for x in out["in_use"] + out["reads"]), out
+
+
+def test_statements_naming_a_legacy_column_are_use(make_db15_statements, tmp_path):
+    """pg_stat_statements: old code filtering or deleting by the legacy column (which contract drops) is use, as a
+    statement naming the legacy table is; pgconverge's own statements and the schema's DDL are not."""
+    from _support import write_config
+
+    dsn = make_db15_statements()
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\nrls_sample = 5\n")
+    cli("fixture", "load", "--dsn", dsn, "--scale", "0.05")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("create extension pg_stat_statements")
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    cli("verify", "--rls", "--dsn", dsn, "--config", cfg)  # reads every legacy column, as pgconverge
+    clean = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert clean["statements"] == [] and clean["in_use"] == [], clean
+    old = ["select id, total from public.orders where customer_id = %s",
+           "delete from public.sessions where customer_id = %s and created_at < now() - interval '100 years'"]
+    with psycopg.connect(dsn, autocommit=True) as app:  # old code after the switch
+        for i in range(1, 4):
+            for q in old:
+                app.execute(q, (i,))
+    seen = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    queries = {s["query"]: s["calls"] for s in seen["statements"]}
+    assert queries.get("select id, total from public.orders where customer_id = $1") == 3, seen
+    assert any(q.startswith("delete from public.sessions where customer_id = $1") for q in queries), seen
+    assert len(queries) == 2 and any("customer_id" in u for u in seen["in_use"]), seen
+    cli("audit", "runtime", "--dsn", dsn, "--config", cfg, "--fail-on-use", expect=1)
+    refused = " ".join(cli("run", "contract", "--accept-code-references", "--yes", "--dsn", dsn, "--config", cfg,
+                           expect=2).split())
+    assert "contract is blocked" in refused and "public.orders where customer_id" in refused, refused

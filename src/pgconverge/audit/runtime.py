@@ -139,16 +139,20 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
             "select extract(epoch from pg_catalog.clock_timestamp() - %s::timestamptz)", (audit.baseline_at,)
         ).fetchone()[0])
         _statistics_reset(conn, audit, now[0] if now else None, fn[0] if fn else None)
-    has_pss = conn.execute("select exists (select 1 from pg_extension where extname = 'pg_stat_statements')"
-                           ).fetchone()[0]
-    if not has_pss:
+    pss = conn.execute("select n.nspname from pg_catalog.pg_extension e join pg_catalog.pg_namespace n "
+                       "on n.oid = e.extnamespace where e.extname = 'pg_stat_statements'").fetchone()
+    if pss is None:
         audit.unavailable.append("statements: the pg_stat_statements extension is not installed")
     else:
+        from psycopg import sql
+
         try:
-            rows = conn.execute(
-                "select query, calls from pg_stat_statements where query ~* %s and query !~* 'pgconverge' "
-                "order by calls desc limit 50",
-                (rf"\m({cat.legacy.name.name}|{cat.legacy_helper.name.name})\M",)).fetchall()
+            rows = conn.execute(sql.SQL(
+                "select s.query, s.calls from {} s where s.query ~* %s and s.query !~* %s and s.query !~* %s "
+                "and s.dbid = (select d.oid from pg_catalog.pg_database d "
+                "where d.datname = pg_catalog.current_database()) order by s.calls desc limit 50").format(
+                sql.Identifier(pss[0], "pg_stat_statements")),
+                (statement_pattern(spec, cat), own_statements(spec), SCHEMA_CHANGE)).fetchall()
             audit.statements = [{"query": q, "calls": c} for q, c in rows]
             audit.unavailable.append("statements: pg_stat_statements counts since its last reset, not since the "
                                      "baseline")
@@ -156,6 +160,35 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
             audit.unavailable.append(f"statements: pg_stat_statements cannot be read ({str(exc).strip()})")
             conn.rollback()
     return audit
+
+
+# A statement that changes the schema (the migration's own DDL, the application's migrations, applied emitted files)
+# is not old code at work, nor is LOCK TABLE (pg_dump's, for the preflight's copy): those naming a legacy column are
+# the schema's history and pgconverge's own.
+SCHEMA_CHANGE = r"^\s*(/\*([^*]|\*+[^*/])*\*+/\s*|--[^\n]*\n\s*)*(create|alter|drop|comment|grant|revoke|do|lock)\M"
+
+
+def statement_pattern(spec: Spec, cat: Catalog) -> str:
+    """A regular expression (Postgres ARE) for a statement naming anything contract drops or archives: the legacy
+    table, the legacy helper, the legacy column of every reference, and migration.code_columns."""
+    import re
+
+    names = {cat.legacy.name.name, cat.legacy_helper.name.name, *(d.fk.columns[0] for d in cat.dependents),
+             *spec.migration.code_columns}
+    alts = "|".join(re.escape(n) for n in sorted(n for n in names if n))
+    # quoted or bare, as a whole word (an identifier may hold `$`, which \M does not count as part of a word)
+    return rf"(^|[^\w$])({alts})($|[^\w$])"
+
+
+def own_statements(spec: Spec) -> str:
+    """A regular expression for pgconverge's own statements in pg_stat_statements: those its sessions mark
+    (connection.STATEMENT_MARK), and any naming its private schema (its triggers' and backfills' statements)."""
+    import re
+
+    from pgconverge.connection import STATEMENT_MARK
+
+    return "|".join(re.escape(x) for x in dict.fromkeys((STATEMENT_MARK.strip(), "pgconverge",
+                                                        spec.migration.private_schema)))
 
 
 def _statistics_reset(conn: psycopg.Connection, audit: RuntimeAudit, table: dict | None, calls: int | None) -> None:
