@@ -121,6 +121,7 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
     else:
         audit.unavailable.append(f"{table} has no statistics row (not a table any more?)")
         audit.blind.append(f"writes to {table} (no statistics row)")
+    _track_counts(conn, audit, table)
     track = conn.execute("select current_setting('track_functions')").fetchone()[0]
     fn = conn.execute("select s.calls from pg_catalog.pg_stat_user_functions s "
                       "where s.funcid = to_regprocedure(%s)", (cat.legacy_helper.signature,)).fetchone()
@@ -160,6 +161,49 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
             audit.unavailable.append(f"statements: pg_stat_statements cannot be read ({str(exc).strip()})")
             conn.rollback()
     return audit
+
+
+# Every place the table statistics stop counting for the application's sessions: track_counts off for the server
+# (this session's value, where it comes from the configuration), for this database, for every role or for a role
+# that logs in (pg_db_role_setting: ALTER DATABASE/ROLE … SET; the most specific wins, but any of these leaves some
+# sessions uncounted). One description a row. The emitted runtime gate runs the same query inside PL/pgSQL, so its
+# aliases must not be the names of that block's variables.
+_OFF = "^track_counts=(f|fa|fal|fals|false|n|no|of|off|0)$"
+TRACK_COUNTS_OFF = (
+    "select tc.w from (select 1 as o, pg_catalog.format('for the server (%s)', gs.source) as w "
+    "from pg_catalog.pg_settings gs where gs.name = 'track_counts' and gs.setting = 'off' "
+    "and gs.source not in ('database', 'user', 'database user', 'client', 'session') "
+    "union all "
+    "select 2, case when rs.setrole = 0 and rs.setdatabase = 0 then 'for every role (ALTER ROLE ALL SET)' "
+    "when rs.setrole = 0 then pg_catalog.format('for database %s (ALTER DATABASE %s SET)', "
+    "pg_catalog.current_database(), pg_catalog.quote_ident(pg_catalog.current_database())) "
+    "when rs.setdatabase = 0 then pg_catalog.format('for role %s (ALTER ROLE %s SET)', ro.rolname, "
+    "pg_catalog.quote_ident(ro.rolname)) "
+    "else pg_catalog.format('for role %s in database %s (ALTER ROLE %s IN DATABASE %s SET)', ro.rolname, "
+    "pg_catalog.current_database(), pg_catalog.quote_ident(ro.rolname), "
+    "pg_catalog.quote_ident(pg_catalog.current_database())) end "
+    "from pg_catalog.pg_db_role_setting rs left join pg_catalog.pg_roles ro on ro.oid = rs.setrole "
+    "cross join lateral pg_catalog.unnest(rs.setconfig) as kv(item) "
+    "where rs.setdatabase in (0, (select db.oid from pg_catalog.pg_database db "
+    "where db.datname = pg_catalog.current_database())) "
+    "and (rs.setrole = 0 or ro.rolcanlogin) "
+    f"and pg_catalog.lower(pg_catalog.replace(kv.item, ' ', '')) ~ '{_OFF}') tc order by tc.o, tc.w")
+
+
+def _track_counts(conn: psycopg.Connection, audit: RuntimeAudit, table: str) -> None:
+    """track_counts off leaves the table statistics where they are: every delta reads +0 whatever old code writes.
+    That is not "unused" but unmeasured, so the gate refuses, naming where it is off and the fix."""
+    off = [r[0] for r in conn.execute(TRACK_COUNTS_OFF).fetchall()]
+    if not off:
+        return
+    where = "; ".join(off)
+    audit.blind.append(f"writes to {table}: track_counts is off {where}, so its statistics counters do not move "
+                       "in the sessions it covers")
+    audit.unavailable.append(
+        f"writes to {table}: track_counts is off {where}. Turn it back on (ALTER DATABASE … RESET track_counts, "
+        "ALTER ROLE … RESET track_counts, or track_counts = on in the server's configuration; a session keeps the "
+        "value it started with, so reconnect the application), check that no old code runs, then take the "
+        "baseline again: `pgconverge audit runtime --rebaseline`")
 
 
 # A statement that changes the schema (the migration's own DDL, the application's migrations, applied emitted files)
