@@ -85,10 +85,9 @@ def as_postgres(*cmd: str) -> list[str]:
     return ["runuser", "-u", PG15_USER, "--", *cmd] if os.geteuid() == 0 else list(cmd)
 
 
-@pytest.fixture(scope="session")
-def pg15():
-    """A PostgreSQL 15 server from the Debian binaries (with pgTAP), on a Unix socket in /tmp: (socket dir, port).
-    Most of the suite runs on the embedded server (pgserver's 16); some behaviour differs by version."""
+def _pg15_server(options: str = ""):
+    """Start a PostgreSQL 15 server from the Debian binaries on a Unix socket in /tmp, yield (socket dir, port), stop
+    it. OPTIONS: more server settings (`-c name=value`)."""
     base = Path(tempfile.mkdtemp(prefix="pgc-15-", dir="/tmp"))
     data = base / "data"
     if os.geteuid() == 0:
@@ -99,7 +98,7 @@ def pg15():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     subprocess.run(as_postgres(str(PG15_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o",
-                               f"-k {base} -p {port} -c listen_addresses='' -c fsync=off", "start"),
+                               f"-k {base} -p {port} -c listen_addresses='' -c fsync=off {options}", "start"),
                    check=True, capture_output=True)
     try:
         yield str(base), port
@@ -109,10 +108,31 @@ def pg15():
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def pg15():
+    """A PostgreSQL 15 server from the Debian binaries (with pgTAP), on a Unix socket in /tmp: (socket dir, port).
+    Most of the suite runs on the embedded server (pgserver's 16); some behaviour differs by version."""
+    yield from _pg15_server()
+
+
+@pytest.fixture(scope="session")
+def pg15_statements():
+    """A PostgreSQL 15 server that loads pg_stat_statements at start (as Supabase's do), for the runtime audit's
+    statement signal; the embedded server does not ship the library."""
+    yield from _pg15_server("-c shared_preload_libraries=pg_stat_statements")
+
+
 @pytest.fixture
 def make_db15(pg15):
     """make_db on the PostgreSQL 15 server."""
     yield from _databases(f"host={pg15[0]} port={pg15[1]} user=postgres dbname=postgres", "t15")
+
+
+@pytest.fixture
+def make_db15_statements(pg15_statements):
+    """make_db on the PostgreSQL 15 server with pg_stat_statements loaded."""
+    yield from _databases(f"host={pg15_statements[0]} port={pg15_statements[1]} user=postgres dbname=postgres",
+                          "t15s")
 
 
 @pytest.fixture

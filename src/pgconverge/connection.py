@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgconverge import embedded
@@ -19,6 +20,36 @@ APPLICATION_NAME = "pgconverge"
 # application.
 OWN_APPLICATION_NAMES = (APPLICATION_NAME, f"{APPLICATION_NAME}:%")
 CONNECT_TIMEOUT_S = 10
+# Every statement pgconverge's sessions send starts with this comment. pg_stat_statements keeps a leading comment in
+# the text it stores, so the runtime audit tells pgconverge's own reads of the legacy columns (verify, the contract
+# gates, the preflight's copy) from the application's (audit/runtime.py own_statements).
+STATEMENT_MARK = "/* pgconverge */ "
+
+
+def _marked(query):
+    if isinstance(query, str):
+        return STATEMENT_MARK + query
+    if isinstance(query, bytes):
+        return STATEMENT_MARK.encode() + query
+    if isinstance(query, sql.Composable):
+        return sql.Composed([sql.SQL(STATEMENT_MARK), query])
+    return query
+
+
+class MarkedCursor(psycopg.Cursor):
+    """A cursor whose statements carry STATEMENT_MARK (a comment: the server runs them unchanged)."""
+
+    def execute(self, query, params=None, **kwargs):
+        return super().execute(_marked(query), params, **kwargs)
+
+    def executemany(self, query, params_seq, **kwargs):
+        return super().executemany(_marked(query), params_seq, **kwargs)
+
+    def stream(self, query, params=None, **kwargs):
+        return super().stream(_marked(query), params, **kwargs)
+
+    def copy(self, statement, params=None, **kwargs):
+        return super().copy(_marked(statement), params, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -221,7 +252,7 @@ def connect(target: Target | str, *, autocommit: bool = True, application_name: 
             autocommit=autocommit,
             application_name=application_name,
             connect_timeout=CONNECT_TIMEOUT_S,
-            **kwargs,
+            **{"cursor_factory": MarkedCursor, **kwargs},
         )
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__

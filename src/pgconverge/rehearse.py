@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgconverge import embedded
-from pgconverge.connection import CONNECT_TIMEOUT_S, Target, own_terms, redact, refuse_transaction_pooler
+from pgconverge.connection import CONNECT_TIMEOUT_S, MarkedCursor, Target, own_terms, redact, refuse_transaction_pooler
 from pgconverge.errors import PgConvergeError
 
 DEFAULT_DATABASE = "pgconverge_rehearsal"
@@ -134,7 +134,7 @@ def connect_source(dsn: str) -> psycopg.Connection:
     """A read-only connection to the source; unreachable sources raise RehearsalError."""
     try:
         conn = psycopg.connect(read_only_dsn(dsn), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
-                               application_name="pgconverge rehearse (read-only)")
+                               application_name="pgconverge rehearse (read-only)", cursor_factory=MarkedCursor)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise RehearsalError(f"could not connect to the source {redact(dsn)}: {reason}",

@@ -109,3 +109,83 @@ def test_counters_below_their_baseline_are_a_reset_even_with_no_time_recorded(ma
     assert out["reset"] and out["reset_at"] is None and out["in_use"] == [] and out["not_measured"], out
     assert any("--rebaseline" in u for u in out["unavailable"]), out
     assert not any("+-" in x for x in out["in_use"] + out["reads"]), out
+
+
+def test_track_counts_off_is_not_measured_rather_than_unused(make_db, template_factory, tmp_path):
+    """With track_counts off the legacy table's counters never move: every delta reads +0 while old code writes.
+    The audit names it as not measured (for the database, or for a role that logs in) and the gate refuses."""
+    import uuid
+
+    from psycopg import sql
+
+    from _support import schema_dump, write_config
+
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\nrls_sample = 5\n")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        db = sql.Identifier(c.execute("select current_database()").fetchone()[0])
+        c.execute(sql.SQL("alter database {} set track_counts = off").format(db))
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as app:  # old code after the switch, in a session that counts nothing
+        assert app.execute("show track_counts").fetchone()[0] == "off"
+        app.execute("insert into public.customers (wa_id, display_name) values ('+250788999111', 'old code')")
+        app.execute("update public.customers set display_name = display_name || '.' where id <= 20")
+        app.execute("select pg_stat_force_next_flush()")
+    out = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert out["in_use"] == [] and out["legacy_table"]["n_tup_upd"] == 0, out  # the counters did not move
+    assert any("track_counts is off for database" in b for b in out["not_measured"]), out
+    assert any("RESET track_counts" in u and "--rebaseline" in u for u in out["unavailable"]), out
+    text = " ".join(cli("audit", "runtime", "--dsn", dsn, "--config", cfg, "--fail-on-use", expect=1).split())
+    assert "no use of the legacy side" not in text and "track_counts is off" in text, text
+    with psycopg.connect(dsn, autocommit=True) as c:
+        before = schema_dump(c, ("public", "archive"))
+        refused = " ".join(cli("run", "contract", "--accept-code-references", "--yes", "--dsn", dsn, "--config",
+                               cfg, expect=2).split())
+        assert "contract is blocked, nothing was dropped" in refused and "track_counts is off" in refused, refused
+        assert schema_dump(c, ("public", "archive")) == before
+        # On again for the database, but off for a role the application logs in as, in this database.
+        role = f"old_app_{uuid.uuid4().hex[:8]}"
+        c.execute(sql.SQL("alter database {} reset track_counts").format(db))
+        c.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+        try:
+            c.execute(sql.SQL("alter role {} in database {} set track_counts = off").format(sql.Identifier(role), db))
+            out = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+            assert any(f"track_counts is off for role {role} in database" in b for b in out["not_measured"]), out
+        finally:
+            c.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+    # Counting again everywhere: a new baseline measures from now.
+    fresh = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg, "--rebaseline")
+    assert fresh["not_measured"] == [] and fresh["in_use"] == [], fresh
+
+
+def test_statements_naming_a_legacy_column_are_use(make_db15_statements, tmp_path):
+    """pg_stat_statements: old code filtering or deleting by the legacy column (which contract drops) is use, as a
+    statement naming the legacy table is; pgconverge's own statements and the schema's DDL are not."""
+    from _support import write_config
+
+    dsn = make_db15_statements()
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\nrls_sample = 5\n")
+    cli("fixture", "load", "--dsn", dsn, "--scale", "0.05")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("create extension pg_stat_statements")
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    cli("verify", "--rls", "--dsn", dsn, "--config", cfg)  # reads every legacy column, as pgconverge
+    clean = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert clean["statements"] == [] and clean["in_use"] == [], clean
+    old = ["select id, total from public.orders where customer_id = %s",
+           "delete from public.sessions where customer_id = %s and created_at < now() - interval '100 years'"]
+    with psycopg.connect(dsn, autocommit=True) as app:  # old code after the switch
+        for i in range(1, 4):
+            for q in old:
+                app.execute(q, (i,))
+    seen = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    queries = {s["query"]: s["calls"] for s in seen["statements"]}
+    assert queries.get("select id, total from public.orders where customer_id = $1") == 3, seen
+    assert any(q.startswith("delete from public.sessions where customer_id = $1") for q in queries), seen
+    assert len(queries) == 2 and any("customer_id" in u for u in seen["in_use"]), seen
+    cli("audit", "runtime", "--dsn", dsn, "--config", cfg, "--fail-on-use", expect=1)
+    refused = " ".join(cli("run", "contract", "--accept-code-references", "--yes", "--dsn", dsn, "--config", cfg,
+                           expect=2).split())
+    assert "contract is blocked" in refused and "public.orders where customer_id" in refused, refused

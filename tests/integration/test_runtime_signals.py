@@ -222,3 +222,65 @@ def test_a_counter_the_gate_cannot_read_blocks_contract(fixture_db, tmp_path):
         "--yes")
     with psycopg.connect(dsn, autocommit=True) as c:
         assert c.execute("select to_regclass('public.customers')").fetchone()[0] is None
+
+
+def test_emitted_gate_refuses_after_a_statistics_reset_and_with_track_counts_off(fixture_db, tmp_path):
+    """The emitted runtime gate, like the runner's: a pg_stat_reset() after the baseline wiped what old code wrote
+    before it, so the gate refuses (the cause and the fix in the message, which is all the Supabase CLI prints)
+    until the observation window has passed since the reset; and track_counts off leaves the counters still, so
+    it refuses naming where it is off."""
+    import uuid
+
+    from psycopg import sql
+
+    dsn = fixture_db
+    cfg = write_config(tmp_path, f'[migration]\nobservation_window = "{WINDOW}s"\nrls_sample = 5\n')
+    files = cli_json("emit", str(tmp_path / "project"), "--dsn", dsn, "--config", cfg)["migrations"]
+    baseline = next(f for f in files if f.endswith("_switch_runtime_baseline.sql"))
+    gate = next(f for f in files if "_contract_gate_runtime_use" in f)
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    _apply(dsn, baseline)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        taken = c.execute("select max(taken_at) from pgconverge.emitted_runtime_baseline").fetchone()[0]
+        # Old code after the switch writes the legacy table; then the statistics are reset, wiping those writes.
+        c.execute("insert into public.customers (wa_id, display_name) values ('+250788999222', 'old code')")
+        c.execute("update public.customers set display_name = display_name || '.' where id <= 10")
+        c.execute("select pg_stat_force_next_flush()")
+        time.sleep(1.5)
+        c.execute("select pg_stat_reset()")
+        # The window has passed since the baseline, not since the reset.
+        time.sleep(max(0.0, WINDOW + 0.3 - c.execute("select extract(epoch from clock_timestamp() - %s)::float8",
+                                                      (taken,)).fetchone()[0]))
+    msg = _refused(dsn, gate, psycopg.errors.ObjectNotInPrerequisiteState)
+    assert "statistics were reset at" in msg and "were not measured" in msg, msg
+    assert "take_runtime_baseline\"();" in msg and "since the reset" in msg and "s left" in msg, msg
+    assert "pgconverge.accept_runtime_use" in msg and "passed" not in msg.split(";")[0], msg
+    # The runner's audit agrees on the same state.
+    cli("audit", "runtime", "--dsn", dsn, "--config", cfg, "--fail-on-use", expect=1)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        reset_at = c.execute("select stats_reset from pg_stat_database where datname = current_database()"
+                             ).fetchone()[0]
+        time.sleep(max(0.0, WINDOW + 0.3 - c.execute("select extract(epoch from clock_timestamp() - %s)::float8",
+                                                      (reset_at,)).fetchone()[0]))
+    notices = _apply(dsn, gate)
+    assert any(n.startswith("gate runtime use: passed") and "since the statistics reset at" in n
+               for n in notices), notices
+
+    # track_counts off for the database, then for a role that logs in there: the counters cannot show writes.
+    with psycopg.connect(dsn, autocommit=True) as c:
+        db = sql.Identifier(c.execute("select current_database()").fetchone()[0])
+        c.execute(sql.SQL("alter database {} set track_counts = off").format(db))
+        msg = _refused(dsn, gate, psycopg.errors.ObjectNotInPrerequisiteState)
+        assert "track_counts is off for database" in msg and "RESET track_counts" in msg, msg
+        assert "nothing of contract was applied" in msg, msg
+        c.execute(sql.SQL("alter database {} reset track_counts").format(db))
+        role = f"old_app_{uuid.uuid4().hex[:8]}"
+        c.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+        try:
+            c.execute(sql.SQL("alter role {} in database {} set track_counts = off").format(sql.Identifier(role), db))
+            msg = _refused(dsn, gate, psycopg.errors.ObjectNotInPrerequisiteState)
+            assert f"track_counts is off for role {role} in database" in msg, msg
+        finally:
+            c.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+    assert any(n.startswith("gate runtime use: passed") for n in _apply(dsn, gate))

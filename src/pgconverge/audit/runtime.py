@@ -121,6 +121,7 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
     else:
         audit.unavailable.append(f"{table} has no statistics row (not a table any more?)")
         audit.blind.append(f"writes to {table} (no statistics row)")
+    _track_counts(conn, audit, table)
     track = conn.execute("select current_setting('track_functions')").fetchone()[0]
     fn = conn.execute("select s.calls from pg_catalog.pg_stat_user_functions s "
                       "where s.funcid = to_regprocedure(%s)", (cat.legacy_helper.signature,)).fetchone()
@@ -139,16 +140,20 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
             "select extract(epoch from pg_catalog.clock_timestamp() - %s::timestamptz)", (audit.baseline_at,)
         ).fetchone()[0])
         _statistics_reset(conn, audit, now[0] if now else None, fn[0] if fn else None)
-    has_pss = conn.execute("select exists (select 1 from pg_extension where extname = 'pg_stat_statements')"
-                           ).fetchone()[0]
-    if not has_pss:
+    pss = conn.execute("select n.nspname from pg_catalog.pg_extension e join pg_catalog.pg_namespace n "
+                       "on n.oid = e.extnamespace where e.extname = 'pg_stat_statements'").fetchone()
+    if pss is None:
         audit.unavailable.append("statements: the pg_stat_statements extension is not installed")
     else:
+        from psycopg import sql
+
         try:
-            rows = conn.execute(
-                "select query, calls from pg_stat_statements where query ~* %s and query !~* 'pgconverge' "
-                "order by calls desc limit 50",
-                (rf"\m({cat.legacy.name.name}|{cat.legacy_helper.name.name})\M",)).fetchall()
+            rows = conn.execute(sql.SQL(
+                "select s.query, s.calls from {} s where s.query ~* %s and s.query !~* %s and s.query !~* %s "
+                "and s.dbid = (select d.oid from pg_catalog.pg_database d "
+                "where d.datname = pg_catalog.current_database()) order by s.calls desc limit 50").format(
+                sql.Identifier(pss[0], "pg_stat_statements")),
+                (statement_pattern(spec, cat), own_statements(spec), SCHEMA_CHANGE)).fetchall()
             audit.statements = [{"query": q, "calls": c} for q, c in rows]
             audit.unavailable.append("statements: pg_stat_statements counts since its last reset, not since the "
                                      "baseline")
@@ -156,6 +161,78 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
             audit.unavailable.append(f"statements: pg_stat_statements cannot be read ({str(exc).strip()})")
             conn.rollback()
     return audit
+
+
+# Every place the table statistics stop counting for the application's sessions: track_counts off for the server
+# (this session's value, where it comes from the configuration), for this database, for every role or for a role
+# that logs in (pg_db_role_setting: ALTER DATABASE/ROLE … SET; the most specific wins, but any of these leaves some
+# sessions uncounted). One description a row. The emitted runtime gate runs the same query inside PL/pgSQL, so its
+# aliases must not be the names of that block's variables.
+_OFF = "^track_counts=(f|fa|fal|fals|false|n|no|of|off|0)$"
+TRACK_COUNTS_OFF = (
+    "select tc.w from (select 1 as o, pg_catalog.format('for the server (%s)', gs.source) as w "
+    "from pg_catalog.pg_settings gs where gs.name = 'track_counts' and gs.setting = 'off' "
+    "and gs.source not in ('database', 'user', 'database user', 'client', 'session') "
+    "union all "
+    "select 2, case when rs.setrole = 0 and rs.setdatabase = 0 then 'for every role (ALTER ROLE ALL SET)' "
+    "when rs.setrole = 0 then pg_catalog.format('for database %s (ALTER DATABASE %s SET)', "
+    "pg_catalog.current_database(), pg_catalog.quote_ident(pg_catalog.current_database())) "
+    "when rs.setdatabase = 0 then pg_catalog.format('for role %s (ALTER ROLE %s SET)', ro.rolname, "
+    "pg_catalog.quote_ident(ro.rolname)) "
+    "else pg_catalog.format('for role %s in database %s (ALTER ROLE %s IN DATABASE %s SET)', ro.rolname, "
+    "pg_catalog.current_database(), pg_catalog.quote_ident(ro.rolname), "
+    "pg_catalog.quote_ident(pg_catalog.current_database())) end "
+    "from pg_catalog.pg_db_role_setting rs left join pg_catalog.pg_roles ro on ro.oid = rs.setrole "
+    "cross join lateral pg_catalog.unnest(rs.setconfig) as kv(item) "
+    "where rs.setdatabase in (0, (select db.oid from pg_catalog.pg_database db "
+    "where db.datname = pg_catalog.current_database())) "
+    "and (rs.setrole = 0 or ro.rolcanlogin) "
+    f"and pg_catalog.lower(pg_catalog.replace(kv.item, ' ', '')) ~ '{_OFF}') tc order by tc.o, tc.w")
+
+
+def _track_counts(conn: psycopg.Connection, audit: RuntimeAudit, table: str) -> None:
+    """track_counts off leaves the table statistics where they are: every delta reads +0 whatever old code writes.
+    That is not "unused" but unmeasured, so the gate refuses, naming where it is off and the fix."""
+    off = [r[0] for r in conn.execute(TRACK_COUNTS_OFF).fetchall()]
+    if not off:
+        return
+    where = "; ".join(off)
+    audit.blind.append(f"writes to {table}: track_counts is off {where}, so its statistics counters do not move "
+                       "in the sessions it covers")
+    audit.unavailable.append(
+        f"writes to {table}: track_counts is off {where}. Turn it back on (ALTER DATABASE … RESET track_counts, "
+        "ALTER ROLE … RESET track_counts, or track_counts = on in the server's configuration; a session keeps the "
+        "value it started with, so reconnect the application), check that no old code runs, then take the "
+        "baseline again: `pgconverge audit runtime --rebaseline`")
+
+
+# A statement that changes the schema (the migration's own DDL, the application's migrations, applied emitted files)
+# is not old code at work, nor is LOCK TABLE (pg_dump's, for the preflight's copy): those naming a legacy column are
+# the schema's history and pgconverge's own.
+SCHEMA_CHANGE = r"^\s*(/\*([^*]|\*+[^*/])*\*+/\s*|--[^\n]*\n\s*)*(create|alter|drop|comment|grant|revoke|do|lock)\M"
+
+
+def statement_pattern(spec: Spec, cat: Catalog) -> str:
+    """A regular expression (Postgres ARE) for a statement naming anything contract drops or archives: the legacy
+    table, the legacy helper, the legacy column of every reference, and migration.code_columns."""
+    import re
+
+    names = {cat.legacy.name.name, cat.legacy_helper.name.name, *(d.fk.columns[0] for d in cat.dependents),
+             *spec.migration.code_columns}
+    alts = "|".join(re.escape(n) for n in sorted(n for n in names if n))
+    # quoted or bare, as a whole word (an identifier may hold `$`, which \M does not count as part of a word)
+    return rf"(^|[^\w$])({alts})($|[^\w$])"
+
+
+def own_statements(spec: Spec) -> str:
+    """A regular expression for pgconverge's own statements in pg_stat_statements: those its sessions mark
+    (connection.STATEMENT_MARK), and any naming its private schema (its triggers' and backfills' statements)."""
+    import re
+
+    from pgconverge.connection import STATEMENT_MARK
+
+    return "|".join(re.escape(x) for x in dict.fromkeys((STATEMENT_MARK.strip(), "pgconverge",
+                                                        spec.migration.private_schema)))
 
 
 def _statistics_reset(conn: psycopg.Connection, audit: RuntimeAudit, table: dict | None, calls: int | None) -> None:

@@ -121,11 +121,13 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
 
     Compares pg_stat_user_tables (scans and row writes on the legacy table), pg_stat_user_functions
     (calls of the legacy helper), the rows old code wrote to each dependent table with only the legacy
-    column (counted by expand's sync trigger) and, where installed, pg_stat_statements with the baseline
+    column (counted by expand's sync trigger) and, where installed, pg_stat_statements (statements naming
+    the legacy table, helper or a legacy column) with the baseline
     the switch recorded (or the newer one `--rebaseline` took). Says how much of the observation window
     (migration.observation_window) contract still waits for. Signals this server cannot give are listed,
     with the reason. With --fail-on-use, exits 1 while anything still uses the legacy side, or a signal that
-    could show such use was not measured at all (a table without statistics, a missing counter).
+    could show such use was not measured at all (a table without statistics, track_counts off, a missing
+    counter).
     """
     from pgconverge.audit import runtime as rt
     from pgconverge.catalog import baseline

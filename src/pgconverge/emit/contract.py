@@ -235,6 +235,7 @@ def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
 
 def runtime_gate(spec: Spec, cat: Catalog, baseline_file: str) -> EmittedSql:
     """A DO block comparing the usage counters with the latest baseline; refuses on any write or helper call."""
+    from pgconverge.audit import runtime
     from pgconverge.config import format_duration
 
     table = baseline_table(spec)
@@ -270,6 +271,15 @@ def runtime_gate(spec: Spec, cat: Catalog, baseline_file: str) -> EmittedSql:
                    "recorded one: apply contract with `pgconverge run contract`, which reads the baseline it keeps")
     fix_empty = (f". Fix: take a baseline (select {fn}();) once no old code runs, then apply this file again when "
                  "the observation window has passed")
+    fix_track = (". Fix: turn it back on (ALTER DATABASE … RESET track_counts or ALTER ROLE … RESET track_counts, as "
+                 "named; or track_counts = on in the server's configuration) and reconnect the application (a session "
+                 "keeps the value it started with); check that no old code runs, take a new baseline (select "
+                 f"{fn}();) and apply this file again once the observation window has passed. To go ahead anyway, "
+                 f"on purpose: {accept}")
+    fix_reset = (". Fix: check that no old code runs (`pgconverge audit runtime`, the application's deployments), "
+                 f"then take a new baseline (select {fn}();) and apply this file again once the observation window "
+                 "has passed")
+    accept_tail = f". To go ahead anyway, on purpose: {accept}"
     fix_window = (". Fix: apply this file again once the window has passed, taking no new baseline meanwhile (a new "
                   f"baseline, select {fn}();, starts the window again); or set a shorter "
                   "migration.observation_window in pgconverge.toml and emit the files again; or go ahead now, on "
@@ -285,6 +295,12 @@ declare
   b record;
   bj jsonb;
   observed double precision;
+  off text;
+  reset_at timestamptz;
+  backwards boolean;
+  since timestamptz;
+  since_what text;
+  left_s double precision;
   old_rows bigint;
   old_msg text;
   s record;
@@ -312,7 +328,8 @@ begin
     raise exception using errcode = 'object_not_in_prerequisite_state', message = pg_catalog.format(
       'gate runtime use: %s holds no baseline; nothing of contract was applied', baseline) || {fix_empty};
   end if;
-  select coalesce(t.n_tup_ins, 0) as n_tup_ins, coalesce(t.n_tup_upd, 0) as n_tup_upd,
+  select coalesce(t.seq_scan, 0) as seq_scan, coalesce(t.idx_scan, 0) as idx_scan,
+         coalesce(t.n_tup_ins, 0) as n_tup_ins, coalesce(t.n_tup_upd, 0) as n_tup_upd,
          coalesce(t.n_tup_del, 0) as n_tup_del into s
     from (select 1) as one left join pg_catalog.pg_stat_user_tables t on t.relid = pg_catalog.to_regclass(legacy_table);
   select f.calls into calls from pg_catalog.pg_stat_user_functions f
@@ -321,18 +338,69 @@ begin
   bj := pg_catalog.to_jsonb(b);
   -- Rows old code wrote to the dependent tables with only the legacy column (the sync triggers count them).
   {old_rows}
-  observed := extract(epoch from pg_catalog.clock_timestamp() - b.taken_at);
-  -- A counter below its baseline was reset since (pg_stat_reset, a crash): count from the reset.
-  ins := case when s.n_tup_ins >= b.n_tup_ins then s.n_tup_ins - b.n_tup_ins else s.n_tup_ins end;
-  upd := case when s.n_tup_upd >= b.n_tup_upd then s.n_tup_upd - b.n_tup_upd else s.n_tup_upd end;
-  del := case when s.n_tup_del >= b.n_tup_del then s.n_tup_del - b.n_tup_del else s.n_tup_del end;
-  calls := case when calls >= coalesce(b.helper_calls, 0) then calls - coalesce(b.helper_calls, 0) else calls end;
+  -- track_counts off (for the server, this database, or a role that logs in): the table's counters do not move,
+  -- so zero writes would prove nothing.
+  select pg_catalog.string_agg(o.w, '; ') into off from ({track_counts_off}) as o;
+  if off is not null then
+    if not accepted then
+      raise exception using errcode = 'object_not_in_prerequisite_state', message = pg_catalog.format(
+        'gate runtime use: writes to %s are not counted, so not shown absent: track_counts is off %s; nothing of '
+        'contract was applied', legacy_table, off) || {fix_track};
+    end if;
+    raise warning 'gate runtime use: writes to % are not counted: track_counts is off %; accepted by %',
+      legacy_table, off, setting;
+  end if;
+  -- A statistics reset after the baseline (pg_stat_reset(), a restart after a crash): the counters count from the
+  -- reset, and what happened between the baseline and the reset was not measured. The window then runs from the
+  -- reset (when the server records it), and the gate refuses until it has passed.
+  since := b.taken_at;
+  since_what := pg_catalog.format('the runtime baseline of %s', b.taken_at);
+  select d.stats_reset into reset_at from pg_catalog.pg_stat_database d
+   where d.datname = pg_catalog.current_database();
+  backwards := s.seq_scan < b.seq_scan or s.idx_scan < b.idx_scan or s.n_tup_ins < b.n_tup_ins
+               or s.n_tup_upd < b.n_tup_upd or s.n_tup_del < b.n_tup_del or calls < coalesce(b.helper_calls, 0);
+  if backwards or reset_at > b.taken_at then
+    if not coalesce(reset_at > b.taken_at, false) then  -- counters went back with no reset time: a crash restart?
+      reset_at := case when pg_catalog.pg_postmaster_start_time() > b.taken_at
+                       then pg_catalog.pg_postmaster_start_time() end;
+    end if;
+    left_s := case when reset_at is not null and window_s > 0
+                   then window_s - extract(epoch from pg_catalog.clock_timestamp() - reset_at) end;
+    if left_s is null or left_s > 0 then
+      if not accepted then
+        raise exception using errcode = 'object_not_in_prerequisite_state', message = pg_catalog.format(
+          'gate runtime use: the server''s statistics were reset %s, after the runtime baseline of %s '
+          '(pg_stat_reset(), or a restart after a crash): writes to %s and calls of %s between the two were not '
+          'measured (the counters count from the reset); nothing of contract was applied',
+          coalesce('at ' || reset_at, 'at a time the server does not record'), b.taken_at, legacy_table,
+          legacy_helper) || {fix_reset}
+          || case when left_s is not null then pg_catalog.format('; or apply this file again once the observation '
+                  'window of %s s has passed since the reset (%s s left)', window_s,
+                  pg_catalog.round(left_s::numeric, 1)) else '' end || {accept_tail};
+      end if;
+      raise warning 'gate runtime use: statistics reset %, after the runtime baseline of %: not measured between; accepted by %',
+        coalesce('at ' || reset_at, 'at an unknown time'), b.taken_at, setting;
+    end if;
+    since := reset_at;
+    since_what := pg_catalog.format('the statistics reset at %s', reset_at);
+  end if;
+  observed := coalesce(extract(epoch from pg_catalog.clock_timestamp() - since), 0);
+  if backwards then  -- counted from the reset
+    ins := s.n_tup_ins;
+    upd := s.n_tup_upd;
+    del := s.n_tup_del;
+  else
+    ins := s.n_tup_ins - b.n_tup_ins;
+    upd := s.n_tup_upd - b.n_tup_upd;
+    del := s.n_tup_del - b.n_tup_del;
+    calls := calls - coalesce(b.helper_calls, 0);
+  end if;
   if b.track_functions = 'none' then
     raise notice 'gate runtime use: calls of % are not counted (track_functions was none when the baseline was taken)',
       legacy_helper;
   end if;
-  msg := pg_catalog.format('%s row(s) of %s inserted, %s updated, %s deleted and %s call(s) of %s since the '
-                           'runtime baseline of %s', ins, legacy_table, upd, del, calls, legacy_helper, b.taken_at)
+  msg := pg_catalog.format('%s row(s) of %s inserted, %s updated, %s deleted and %s call(s) of %s since %s', ins,
+                           legacy_table, upd, del, calls, legacy_helper, since_what)
          || coalesce('; ' || old_msg, '');
   if ins + upd + del + calls + old_rows = 0 and observed >= window_s then
     raise notice 'gate runtime use: passed, %; observed for % s (observation window % s)', msg,
@@ -361,7 +429,9 @@ end""").format(accept=sql.Literal(ACCEPT_SETTING), tname=sql.Literal(text(qn(tab
                window_text=sql.Literal(f"migration.observation_window = {format_duration(window)} when the files "
                                        "were emitted"),
                fix_use=sql.Literal(fix_use), fix_missing=sql.Literal(fix_missing), fix_empty=sql.Literal(fix_empty),
-               fix_window=sql.Literal(fix_window))
+               fix_window=sql.Literal(fix_window), fix_track=sql.Literal(fix_track),
+               fix_reset=sql.Literal(fix_reset), accept_tail=sql.Literal(accept_tail),
+               track_counts_off=sql.SQL(runtime.TRACK_COUNTS_OFF))
     stmt = sql.SQL("do {}").format(body(code))
     header = (
         "Contract gate 2 of 2: no runtime use of the legacy side. Reads the usage counters of the legacy table "
@@ -373,6 +443,10 @@ end""").format(accept=sql.Literal(ACCEPT_SETTING), tname=sql.Literal(text(qn(tab
         "Old code that writes a dependent table with only the legacy column counts too: the sync triggers fill the "
         "new column and advance a counter per table (a sequence in the private schema), which this file compares "
         "with the baseline and names per table, with the fix (update the writers to set the new column).",
+        "Counters that cannot move prove nothing: with track_counts off (for the server, this database, or a role "
+        "that logs in: pg_db_role_setting) the file refuses, naming where; after a statistics reset later than the "
+        "baseline (pg_stat_reset(), a restart after a crash) what happened before the reset was not measured, so it "
+        "refuses until the observation window has passed since the reset, or a new baseline is taken.",
         f"Observation window: {format_duration(window)} (migration.observation_window when these files were "
         "emitted). The gate refuses until that long has passed since the latest baseline, so a push that applies "
         "switch and contract together stops here: apply the files again once the window has passed. Set a "
