@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from pgconverge.catalog import baseline
 from pgconverge.cli.common import ConfigOpt, DsnOpt, JsonOpt, console, fail_cleanly, load_spec, print_json, target
@@ -163,6 +164,8 @@ def emit(directory: Annotated[Path, typer.Argument(
     if result.samples:
         console.print("sample identities for the RLS tests: " + ", ".join(
             f"{s.label} = legacy id {s.legacy}" for s in result.samples), highlight=False)
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if result.skipped:
         console.print(f"{len(result.skipped)} runner-only steps are described in comments instead of SQL "
                       "(see the files' headers)", highlight=False)

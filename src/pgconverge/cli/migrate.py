@@ -164,6 +164,9 @@ def run(phase: RunPhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = 
         accept_runtime_use: Annotated[bool, typer.Option(
             "--accept-runtime-use", help="Contract even though the legacy side was used since the runtime "
                                          "baseline, or before migration.observation_window has passed.")] = False,
+        accept_unproven_rls: Annotated[bool, typer.Option(
+            "--accept-unproven-rls", help="Contract even though no row of the policy tables has an owner, so the "
+                                          "switch's RLS check compared nothing (a database without rows).")] = False,
         skip_preflight: Annotated[bool, typer.Option(
             "--skip-preflight", help="Change the target without first running the remaining plan and its rollback "
                                      "on a sampled copy. You give up learning, before the first change, that a "
@@ -209,11 +212,13 @@ def run(phase: RunPhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = 
     started = time.monotonic()
     again = ["run", phase or "--all", *[a for c in code or () for a in ("--code", str(c))],
              *(["--accept-code-references"] if accept_code_references else []),
-             *(["--accept-runtime-use"] if accept_runtime_use else [])]
+             *(["--accept-runtime-use"] if accept_runtime_use else []),
+             *(["--accept-unproven-rls"] if accept_unproven_rls else [])]
     with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
                 command=f"run {phase or '--all'}", catalogs=cats, code_dirs=tuple(str(c) for c in code or ()),
                 accept=frozenset(k for k, v in (("code-references", accept_code_references),
-                                                ("runtime-use", accept_runtime_use)) if v),
+                                                ("runtime-use", accept_runtime_use),
+                                                ("unproven-rls", accept_unproven_rls)) if v),
                 resume=resume_hint(again, t, config_file)) as runner:
         for ph in phases:
             for r in runner.run_phase(ph):

@@ -102,18 +102,30 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
     blind = bool(problems) and all(p.startswith("proves nothing") for p in problems)
     # Per table: sampled owners, how many of them saw their own rows there, and the rows compared.
     by_table = summary["coverage_by_table"]
-    covered = "; ".join(f"{t}: {c['owners_seeing_own']} of {c['owners']} owners see their rows, {c['rows_seen']} "
-                        "rows compared" if c["owners"] else f"{t}: no sampled identity owns a row there, "
-                        f"{c['rows_seen']} rows compared (its owners' view not checked)" for t, c in by_table.items())
+    probes = summary["write_probes_by_table"]
+    covered = "; ".join((f"{t}: {c['owners_seeing_own']} of {c['owners']} owners see their rows, {c['rows_seen']} "
+                         "rows compared" if c["owners"] else f"{t}: no sampled identity owns a row there, "
+                         f"{c['rows_seen']} rows compared (its owners' view not checked)")
+                        + f", {probes.get(t, 0)} write probes" for t, c in by_table.items())
     note = "" if summary["rows_seen"] else "no identity has rows in these tables: nothing was compared"
     note = "; ".join(x for x in (note, covered, *summary["not_proven"]) if x)
+    empty = any(p.startswith("proves nothing: no row of") for p in problems)
+    unsampled = any(p.startswith("proves nothing about") and "sampled identities is one of them" in p
+                    for p in problems)
     return invariants.CheckResult(
         "rls", f"{what}isolation of {summary['identities']} identities over {len(tables)} tables",
         not problems, [[p] for p in problems],
-        "the RLS check proves nothing: its test tokens saw no rows of their own" if blind else
+        "the RLS check proves nothing: no row of its tables has an owner, so nothing was compared" if empty else
+        "the RLS check proves nothing about some tables: none of their owners was sampled" if blind and unsampled
+        else "the RLS check proves nothing: its test tokens saw no rows of their own" if blind else
         "row level security differs from what the migration promises" if problems else "",
+        "verify again once the tables hold rows of their owners; on a database without such rows on purpose, "
+        "contract needs --accept-unproven-rls" if empty else
+        "verify again with a larger --sample (0 = every identity)" if blind and unsampled else
         "make the test tokens carry what the application's do, or fix the policy that hides its owners' rows "
         "(see the problem), then verify again" if blind else
         "roll back the switch (`pgconverge rollback switch`) and review the policies listed" if problems else "",
         note, {"identities": summary["identities"], "rows_seen": summary["rows_seen"], "by_table": by_table,
+               "write_probes": summary["write_probes"], "write_probes_by_table": probes,
+               "rls_disabled": summary["rls_disabled"], "public_by_design": summary["public_by_design"],
                "not_proven": summary["not_proven"]})

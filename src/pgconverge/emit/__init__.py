@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -98,13 +98,14 @@ class Emitted:
     tests: list[tuple[Path, int]]  # (file, number of assertions)
     samples: list[pgtap.Sample]
     skipped: list[str]  # runtime-only steps, with why
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"migrations": [str(p) for p in self.migrations], "rollback": [str(p) for p in self.rollback],
                 "tests": [{"file": str(p), "assertions": n} for p, n in self.tests],
                 "sample_identities": [{"label": s.label, "legacy_id": s.legacy, "subject": s.subject}
                                       for s in self.samples],
-                "not_emitted": self.skipped}
+                "not_emitted": self.skipped, "warnings": self.warnings}
 
 
 def check_dir(out: Path, force: bool, adding: bool = False) -> None:
@@ -236,7 +237,7 @@ def emit(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, *, thr
     # Tests of the state the files leave go to supabase/tests, which `supabase test db` runs whole. With contract,
     # the tests of the state before it (they read the mapping, the legacy columns and old tokens) go elsewhere.
     earlier = _state_tests(spec, cats, every, picked, "switch") if last == "contract" and phase is None else []
-    result = Emitted([], [], [], picked, skipped)
+    result = Emitted([], [], [], picked, skipped, _no_sample_warning(picked, last in ("switch", "contract")))
     _write(spec, out, files, result)
     _write_tests(out, tests, earlier, picked, result)
     return result
@@ -278,10 +279,18 @@ def emit_rollback(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Pat
         if earlier == "switch" else []
     tests = _state_tests(spec, cats, emitted_contract.adapt(spec, cats, planner.build(spec, cats), ""), picked,
                          earlier)
-    result = Emitted([], [], [], picked, skipped)
+    result = Emitted([], [], [], picked, skipped, _no_sample_warning(picked, earlier == "switch"))
     _write(spec, out, files, result, reverse=False, command=command)
     _write_tests(out, tests, [], picked, result)
     return result
+
+
+def _no_sample_warning(picked: list[pgtap.Sample], wanted: bool) -> list[str]:
+    """Where the tests of row level security and the helpers were written with no identity to test them with."""
+    if not wanted or picked:
+        return []
+    return ["the RLS and helper tests have no sample identity (the legacy table has no rows): each such file holds "
+            "one failing assertion that says so; emit again from a database with rows to test identities"]
 
 
 def _archived(conn: psycopg.Connection, spec: Spec, rollback: Plan, cats: Catalogs

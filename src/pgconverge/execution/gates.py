@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 CODE = "code-references"
 RUNTIME = "runtime-use"
+# The switch's RLS check compared nothing because no row of its tables has an owner (a database without rows).
+UNPROVEN_RLS = "unproven-rls"
 
 
 def evaluate(runner: Runner) -> list[dict]:
@@ -192,15 +194,20 @@ def switch_gate(runner: Runner) -> dict:
     with connect(runner.target, application_name="pgconverge:rls-gate") as conn:
         with conn.transaction():
             conn.execute("set transaction isolation level repeatable read")
-            identities = rls.sample(conn, runner.spec, runner.spec.migration.rls_sample)
             targets = rls.targets(runner.spec, cat, tables)
+            identities = rls.sample_covering(conn, runner.spec, cat, targets, runner.spec.migration.rls_sample)
             cap = rls.capture(conn, runner.spec, targets, identities, legacy=True, canonical=True)
             covered = rls.coverage(conn, runner.spec, cat, identities, cap)
             owned = not covered["owning"] and rls.owned_rows_exist(conn, runner.spec, cat, targets, False)
+            by_table = rls.table_coverage(cap, identities)
+            bare = [] if owned else rls.unsampled(conn, runner.spec, cat, targets, cap, identities, False)
+            empty = not covered["owning"] and not owned and not rls.owned_tables(conn, runner.spec, cat, targets,
+                                                                                 False)
+            disabled = rls.rls_disabled(conn, [str(t) for t in tables])
     shared = (eq or {}).get("shared_by_design") or {}  # as the switch read the original policies
-    problems = rls.consistency(cap, identities, shared, (eq or {}).get("public_by_design") or {})
+    public = (eq or {}).get("public_by_design") or {}
+    problems = rls.consistency(cap, identities, shared, public)
     seen = rls.rows_seen(cap)
-    by_table = rls.table_coverage(cap, identities)
     hidden, not_proven = rls.hidden_from_owners(runner.spec, by_table)
     coverage = {"identities": len(identities), "rows_seen": seen, "owning": covered["owning"],
                 "seeing_own": covered["seeing_own"], "checked_now": True, "by_table": by_table}
@@ -213,7 +220,11 @@ def switch_gate(runner: Runner) -> dict:
                     "migration.token_claims, or the grants on what the policy reads), or list a table meant to be "
                     "unreadable to its owners in migration.rls_hidden_from_owners; then `pgconverge verify --rls`"),
                 "details": [f"{why}; checked now on the live policies:"] + hidden}
-    partial += not_proven + rls.shared_notes(shared)
+    if bare:  # a table with owned rows whose owners the check could not look at
+        return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": (
+                    "raise migration.rls_sample (0 = every identity), then run contract again"),
+                "details": [f"{why}; checked now on the live policies:"] + bare}
+    partial += not_proven + rls.design_notes(shared, public, disabled)
     if covered["owning"] and covered["share"] < rls.MIN_COVERAGE:  # identities own rows, yet hardly any saw them
         return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": (
                     "give migration.token_claims the claims the policies read (`pgconverge inventory` lists "
@@ -225,10 +236,18 @@ def switch_gate(runner: Runner) -> dict:
                     "raise migration.rls_sample (0 = every identity), then run contract again"),
                 "details": [f"{why}; checked now: none of the {len(identities)} sampled identities owns a row, "
                             "although rows have owners — proves nothing"]}
-    if not covered["owning"]:
-        return {"gate": "switch verified", "passed": True, "coverage": coverage, "unblock": unblock,
-                "details": partial + [f"{why}; checked now: none of the {len(identities)} sampled identities owns "
-                                      "a row of the policy tables, so there was nothing to compare"]}
+    if not covered["owning"]:  # no row of the policy tables has an owner: nothing was compared, so nothing proven
+        accepted = UNPROVEN_RLS in runner.accept and empty
+        return {"gate": "switch verified", "passed": accepted, "accepted": accepted, "coverage": coverage,
+                "unblock": (
+                    "run contract once the policy tables hold rows of their owners (`pgconverge verify --rls` then "
+                    "compares them), or, where the database has no such rows on purpose (a new project), pass "
+                    "--accept-unproven-rls to contract: nothing then shows that the rewritten policies let each "
+                    "owner see its own rows and no one else's" if empty else unblock),
+                "details": partial + [f"{why}; checked now: proves nothing: none of the {len(identities)} sampled "
+                                      f"identities owns a row of {', '.join(str(t) for t in tables)}"
+                                      + (" and no row there has an owner (the tables are empty, or their rows name no "
+                                         "legacy row), so no identity's rows were compared" if empty else "")]}
     return {"gate": "switch verified", "passed": True, "coverage": coverage, "unblock": unblock,
             "details": partial + [f"{why}; checked now on the live policies: {len(identities)} identities, "
                                   f"{seen} rows, old and new tokens agree"]}

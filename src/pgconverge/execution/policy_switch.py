@@ -41,7 +41,8 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
         # A signal during the check stops it between two identities (or tokens). Before the rewrite nothing has
         # changed: the step is left unfinished, as a failure there leaves it, and runs again from the start.
         with _at(runner, snapshot, "pgconverge:rls-before") as conn:
-            identities = rls.sample(conn, spec, spec.migration.rls_sample)
+            # The sample, with an owner added for each table it would miss (a table few identities own rows of).
+            identities = rls.sample_covering(conn, spec, cat, targets, spec.migration.rls_sample)
             before = rls.capture(conn, spec, targets, identities, legacy=True, canonical=False, stop=_stop(
                 runner, step, "before", "the policies were not changed", len(identities)),
                 progress=_ticks(runner, step, "RLS check, before the rewrite"))
@@ -50,7 +51,12 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
             read = rls.claims_read(conn, cat)
             # No sampled identity owns a row although rows have owners: nothing of anyone's would be compared.
             unowned = not covered["owning"] and rls.owned_rows_exist(conn, spec, cat, targets, False)
-        by_table = rls.table_coverage(before, identities)
+            by_table = rls.table_coverage(before, identities)
+            # A table with owned rows none of whose owners the check could look at (left after the sample's cover).
+            bare = [] if unowned else rls.unsampled(conn, spec, cat, targets, before, identities, False)
+            # Nothing anyone owns in any of the tables (an empty database): nothing will be compared.
+            empty = not covered["owning"] and not unowned and not rls.owned_tables(conn, spec, cat, targets, False)
+            disabled = rls.rls_disabled(conn, list(op.tables))
         hidden, not_proven = rls.hidden_from_owners(spec, by_table, "an old")
         if covered["owning"] and covered["share"] < rls.MIN_COVERAGE:  # nothing has changed yet: refuse rather than prove nothing
             runner.ledger.snapshot(runner.run_id, "rls_equivalence", {"identities": len(identities),
@@ -75,6 +81,14 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                 f"the RLS equivalence check proves nothing: none of the {len(identities)} sampled identities owns a "
                 "row of the tables whose policies are rewritten, although rows there have owners; no policy was "
                 "rewritten", fix="raise migration.rls_sample (0 = every identity), so that the sample meets owners")
+        if bare:
+            runner.ledger.snapshot(runner.run_id, "rls_equivalence", {"identities": len(identities),
+                                                                      "coverage": covered, "proves_nothing": True,
+                                                                      "coverage_by_table": by_table, "problems": bare})
+            raise GateFailed("the RLS equivalence check proves nothing about some tables: " + "; ".join(bare)
+                             + "; no policy was rewritten",
+                             fix="raise migration.rls_sample (0 = every identity), so that the sample meets the owners "
+                                 "of every table")
         if hidden:  # one table blind while the others look: its comparison would prove nothing; nothing changed yet
             runner.ledger.snapshot(runner.run_id, "rls_equivalence", {
                 "identities": len(identities), "coverage": covered, "proves_nothing": True,
@@ -114,15 +128,24 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
     # Rows an identity sees but does not own under the application's original policies are its design (a chat
     # everyone reads): those tables are held to old-equals-new, not to isolation, and the verdict says so.
     shared = rls.shared_by_design(before, identities)
+    public = rls.public_by_design(before)
     problems = rls.compare(before, after, identities, shared)
+    nothing = [rls.nothing_owned(list(op.tables), len(identities))] if empty else []
     summary = {"identities": len(identities), "tokens": len(after.seen), "tables": list(op.tables), "coverage": covered,
                "write_probes": len(after.writes), "rows_seen": rls.rows_seen(before), "problems": problems[:200],
+               "write_probes_by_table": rls.write_probes_by_table(before, after),
+               # Tables where an owner could insert a row of its own (old token before the rewrite, or new token
+               # after it): after contract, verify --rls holds the canonical token to it (new code's inserts).
+               "owners_insert": sorted({t for t, ok in rls.own_inserts(before, "L").items() if ok}
+                                       | {t for t, ok in rls.own_inserts(after, "C").items() if ok}),
+               **({"proves_nothing": True} if empty else {}), "rls_disabled": disabled,
                # probes whose foreign key check met a row the application changed after the snapshot: not compared
                "write_probes_inconclusive": rls.inconclusive_writes(before, after),
                "rows_by_table": rls.rows_by_table(before), "lock_hold_ms": held,
                # Per table: sampled owners, and how many of them saw their own rows before the rewrite.
-               "coverage_by_table": by_table, "not_proven": not_proven + rls.shared_notes(shared),
-               "shared_by_design": shared, "public_by_design": rls.public_by_design(before),
+               "coverage_by_table": by_table,
+               "not_proven": nothing + not_proven + rls.design_notes(shared, public, disabled),
+               "shared_by_design": shared, "public_by_design": public,
                # Tables whose old policy reads a whole table per caller: checked for fewer tokens (see rls.py).
                "scan_bound": rls.scan_bound_summary(before, after)}
     runner.ledger.snapshot(runner.run_id, "rls_equivalence", summary)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import psycopg
@@ -22,7 +22,7 @@ from pgconverge.catalog.introspect import function_and_callees
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.errors import PgConvergeError
-from pgconverge.execution.sql import ident, qn
+from pgconverge.execution.sql import ident, qn, text
 from pgconverge.planning import align
 from pgconverge.planning.rls_ast import strings, walk
 from pgconverge.planning.rls_claims import UID
@@ -96,6 +96,8 @@ class Capture:
 # and the capture says so; the others keep every token, however many the sample asks for. Such a policy costs the
 # application the same read on every query of the table.
 SCAN_BOUND_S = 1.0
+# Owners whose writes are probed per table (each: its own row, and the next identity trying the same row).
+WRITE_OWNERS = 20
 SCAN_SLOW_S = 0.1
 SCAN_BUDGET_S = 10.0
 
@@ -226,10 +228,11 @@ def _own(parts: tuple[str, ...], names: set[str]) -> bool:
     return len(parts) == 1 or len(parts) == 2 and parts[0] in names
 
 
-def sample(conn: psycopg.Connection, spec: Spec, n: int) -> list[Identity]:
+def sample(conn: psycopg.Connection, spec: Spec, n: int, only: list[str] | None = None) -> list[Identity]:
     """Canonical rows that have legacy rows, picked deterministically (by hash), with their legacy ids.
 
-    For a legacy helper that looks the caller up by auth.uid(), also the auth user of each legacy row.
+    For a legacy helper that looks the caller up by auth.uid(), also the auth user of each legacy row. ONLY: these
+    canonical ids (as text) instead of a sample.
     """
     m = align.names(spec)["mapping"]
     subject = subject_column(conn, spec)
@@ -239,12 +242,102 @@ def sample(conn: psycopg.Connection, spec: Spec, n: int) -> list[Identity]:
             s=ident(subject), l=ident(spec.mapping_legacy_column))
         join = sql.SQL(" left join {t} x on x.{k} = m.{l}").format(
             t=qn(spec.legacy.table), k=ident(spec.legacy.key), l=ident(spec.mapping_legacy_column))
-    q = sql.SQL("select m.{c}::text, array_agg(m.{l}::text order by m.{l}){s} from {mt} m{j} group by m.{c} "
+    q = sql.SQL("select m.{c}::text, array_agg(m.{l}::text order by m.{l}){s} from {mt} m{j}{w} group by m.{c} "
                 "order by hashtext(m.{c}::text), m.{c}::text {lim}").format(
         c=ident(spec.migration.new_column), l=ident(spec.mapping_legacy_column), mt=qn(m), s=subjects, j=join,
-        lim=sql.SQL("limit {}").format(sql.Literal(n)) if n else sql.SQL(""))
+        w=sql.SQL("") if only is None else sql.SQL(" where m.{}::text = any(%s::text[])").format(
+            ident(spec.migration.new_column)),
+        lim=sql.SQL("limit {}").format(sql.Literal(n)) if n and only is None else sql.SQL(""))
     path = claim_path(conn, spec)
-    return [Identity(r[0], tuple(r[1]), tuple(r[2]) if subject else None, path) for r in conn.execute(q).fetchall()]
+    return [Identity(r[0], tuple(r[1]), tuple(r[2]) if subject else None, path)
+            for r in conn.execute(q, None if only is None else (only,)).fetchall()]
+
+
+def _owners(spec: Spec, cat: Catalog, t: Target, by: dict[str, Target], contracted: bool
+            ) -> tuple[sql.Composable, list[tuple[sql.Composable, str]]] | None:
+    """How to read the owners of T's rows: (FROM clause naming the owning row `o`, [(owner column of o, its type)]).
+    A table with owner columns owns its rows itself (legacy ids, or the new ids once CONTRACTED); a table reached
+    through a parent that is checked too belongs to the owners of its parent rows. None where its owners cannot be
+    told (a parent without a single-column key, or not checked)."""
+    from pgconverge.planning.references import new_column
+
+    def columns(x: Target) -> list[tuple[sql.Composable, str]]:
+        if contracted:  # the legacy columns are gone; the new ones hold the canonical ids
+            ck = cat.canonical.column(spec.canonical.key).type
+            deps = [d for d in cat.dependents if d.table.name == x.table]
+            return [(ident(new_column(spec, cat, d)), ck) for d in deps]
+        return [(ident(legacy), ltype) for legacy, _, ltype, _ in x.owner_pairs]
+
+    if t.owner_columns:
+        cols = columns(t)
+        return (sql.SQL("{} o").format(qn(t.table)), cols) if cols else None
+    if t.parent is None or str(t.parent[1]) not in by:
+        return None
+    p = by[str(t.parent[1])]
+    if p.key in ("ctid", ROWID) or not p.owner_columns:
+        return None
+    cols = columns(p)
+    return (sql.SQL("{t} d join {p} o on o.{pk} = d.{fk}").format(t=qn(t.table), p=qn(p.table), pk=ident(p.key),
+                                                                   fk=ident(t.parent[0])), cols) if cols else None
+
+
+def owned_tables(conn, spec: Spec, cat: Catalog, targets_: list[Target], contracted: bool) -> list[str]:
+    """The checked tables some row of which has an owner (through its own columns or its parent row's)."""
+    by = {str(t.table): t for t in targets_}
+    out = []
+    for t in targets_:
+        how = _owners(spec, cat, t, by, contracted)
+        if how is None:
+            continue
+        rows, cols = how
+        cond = sql.SQL(" or ").join(sql.SQL("o.{} is not null").format(c) for c, _ in cols)
+        if conn.execute(sql.SQL("select exists (select from {} where {})").format(rows, cond)).fetchone()[0]:
+            out.append(str(t.table))
+    return out
+
+
+def cover_tables(conn, spec: Spec, cat: Catalog, targets_: list[Target], identities: list[Identity],
+                 contracted: bool = False) -> list[Identity]:
+    """IDENTITIES, and for every checked table that has rows with owners but no sampled owner, one owner of its rows
+    more (the first of them by the hash the sample is ordered by, so the same database gives the same sample): a table
+    whose rows belong to few identities (refunds, disputes) is then compared for its owners too, whatever the sample
+    size, instead of being passed over because the sample happened to miss all of them."""
+    by = {str(t.table): t for t in targets_}
+    out = list(identities)
+    for t in targets_:
+        how = _owners(spec, cat, t, by, contracted)
+        if how is None:
+            continue
+        rows, cols = how
+        ids = [i.canonical for i in out] if contracted else [x for i in out for x in i.legacy]
+        mine = sql.SQL(" or ").join(sql.SQL("o.{c} = any(%(ids)s::text[]::{ty}[])").format(c=c, ty=sql.SQL(ty))
+                                    for c, ty in cols)
+        if conn.execute(sql.SQL("select exists (select from {} where {})").format(rows, mine),
+                        {"ids": ids}).fetchone()[0]:
+            continue
+        owners = sql.SQL(" union ").join(sql.SQL("select o.{c}::text from {r} where o.{c} is not null").format(
+            c=c, r=rows) for c, _ in cols)
+        if contracted:
+            q = sql.SQL("select x.id from ({}) x(id) order by hashtext(x.id), x.id limit 1").format(owners)
+        else:
+            m = align.names(spec)["mapping"]
+            q = sql.SQL("select m.{c}::text from {m} m join ({o}) x(id) on x.id = m.{l}::text "
+                        "order by hashtext(m.{c}::text), m.{c}::text limit 1").format(
+                c=ident(spec.migration.new_column), m=qn(m), o=owners, l=ident(spec.mapping_legacy_column))
+        row = conn.execute(q).fetchone()
+        if row is None:
+            continue  # no row has an owner (or none a sampled identity could be): nothing to add
+        more = _contracted_identities(conn, spec, [row[0]]) if contracted else sample(conn, spec, 0, only=[row[0]])
+        out += [i for i in more if i.canonical not in {x.canonical for x in out}]
+    return out
+
+
+def sample_covering(conn, spec: Spec, cat: Catalog, targets_: list[Target], n: int,
+                    contracted: bool = False) -> list[Identity]:
+    """The sample of N identities (0: all of them), with an owner added for each checked table the sample misses
+    (cover_tables). Before contract from the mapping; after it (CONTRACTED) from the dependents' new columns."""
+    picked = contracted_sample(conn, spec, cat, n) if contracted else sample(conn, spec, n)
+    return picked if not n else cover_tables(conn, spec, cat, targets_, picked, contracted)
 
 
 def _claims(spec: Spec, claim: str, value: str, path: tuple[str, ...] = ()) -> dict:
@@ -450,6 +543,8 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
     is told after each identity whose tokens were compared.
     """
     stop = stop or (lambda: None)
+    if writes:
+        targets_ = [_live_columns(conn, t) for t in targets_]
     cap = Capture(others=others if others is not None else {str(t.table): random_rows(conn, t) for t in targets_},
                   insert_only={str(t.table) for t in targets_ if not t.readable})
     # Anonymous callers: checked on the shared random sample (a full scan per table would evaluate
@@ -470,10 +565,18 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
                                             tokens=total)
         if progress is not None:
             progress(done, len(identities))
-    if writes and len(identities) > 1:
-        for i, owner in enumerate(identities[:20]):
-            other = identities[(i + 1) % len(identities)]
-            for t in targets_:
+    if writes and identities:
+        # Per table, up to WRITE_OWNERS identities with a row there to copy: each tries to insert a copy of its own
+        # row, and (with a second identity in the sample) the next identity tries to insert the same row. One
+        # identity alone still probes its own writes, which is what new code's inserts need.
+        for t in targets_:
+            if t.key in ("ctid", ROWID):
+                continue
+            probed = 0
+            for i, owner in enumerate(identities):
+                if probed >= WRITE_OWNERS:
+                    break
+                other = identities[(i + 1) % len(identities)] if len(identities) > 1 else None
                 # A row the owner's first token sees is the model; where it sees none (a table its owners may only
                 # insert into), a row it owns, read as the migration role, if it has one legacy id only (a merged
                 # person's row may name another of its legacy ids, which the first legacy token may not write).
@@ -481,12 +584,15 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
                 keys = cap.seen.get(first, cap.seen.get(f"C:{owner.canonical}", {})).get(str(t.table))
                 if not keys and len(owner.legacy) <= 1:
                     keys = cap.owned.get(str(t.table), {}).get(owner.canonical)
-                if not keys or t.key in ("ctid", ROWID):
+                if not keys:
                     continue
+                probed += 1
                 row = conn.execute(sql.SQL("select to_jsonb(x) from {t} x where {k} = %s::{ty}").format(
                     t=qn(t.table), k=ident(t.key), ty=sql.SQL(t.key_type)), (keys[0],)).fetchone()[0]
                 row = _owned_by(row, t, owner)
                 for writer in (owner, other):
+                    if writer is None:
+                        continue
                     if writer is other and keys[0] in cap.owned.get(str(t.table), {}).get(other.canonical, ()):
                         # the other identity is a party to that row too (a child of a transfer between the two):
                         # its insert tells nothing about another's rows
@@ -498,6 +604,15 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
                     if canonical:
                         cap.writes[f"{base}|C"] = _write(conn, spec, t, _canonical_token(spec, writer), row)
     return cap
+
+
+def _live_columns(conn, t: Target) -> Target:
+    """T with the insert columns the table has now: after contract its legacy columns are gone, and a write probe
+    naming one would fail on the column, never reaching the policy."""
+    have = {r[0] for r in conn.execute("select attname from pg_catalog.pg_attribute where attrelid = %s::regclass "
+                                       "and attnum > 0 and not attisdropped", (text(qn(t.table)),))}
+    cols = tuple(c for c in t.insert_columns if c in have)
+    return t if cols == t.insert_columns else replace(t, insert_columns=cols)
 
 
 def _visible_timed(conn, spec: Spec, targets_: list[Target], claims: dict, among: dict[str, list[str] | None],
@@ -584,6 +699,96 @@ def compare(before: Capture, after: Capture, identities: list[Identity], shared:
             problems.append(f"{writer} ({token} token) inserting a row of {owner} into {table}: "
                             f"{ref} before, {outcome} after")
     return problems + isolation(after, identities, shared)
+
+
+def write_probes_by_table(*caps: Capture) -> dict[str, int]:
+    """Write probes per table (keys of Capture.writes: writer|owner|table|token), over CAPS together."""
+    out: dict[str, int] = {}
+    for cap in caps:
+        for key in cap.writes:
+            table = key.split("|")[2]
+            out[table] = out.get(table, 0) + 1
+    return out
+
+
+def own_inserts(cap: Capture, token: str = "C") -> dict[str, bool]:
+    """Per table with an own-row probe of TOKEN (C: canonical, L: legacy): whether some owner was allowed to insert
+    a copy of a row of its own there."""
+    out: dict[str, bool] = {}
+    for key, outcome in cap.writes.items():
+        writer, owner, table, kind = key.split("|")
+        if writer == owner and kind == token and not inconclusive(outcome):
+            out[table] = out.get(table, False) or outcome == "allowed"
+    return out
+
+
+def insertable(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> set[str]:
+    """TABLES a permissive policy lets signed-in callers insert into (INSERT or ALL): their owners are meant to
+    write rows of their own there. Read from the definitions, where no switch recorded what owners could insert."""
+    wanted = {str(t) for t in tables}
+    return {str(p.table) for p in cat.policies if str(p.table) in wanted and p.permissive
+            and p.command in ("ALL", "INSERT") and (not p.roles or {"authenticated", "public"} & set(p.roles))}
+
+
+def own_inserts_refused(cap: Capture, expected: set[str]) -> list[str]:
+    """After contract: a table in EXPECTED (owners could insert their own rows there at the switch, or its policies
+    allow inserts) where every sampled owner's canonical token is refused inserting a row of its own."""
+    out = []
+    for table, allowed in sorted(own_inserts(cap, "C").items()):
+        if table in expected and not allowed:
+            n = sum(1 for k, o in cap.writes.items() if k.endswith(f"|{table}|C") and k.split("|")[0] ==
+                    k.split("|")[1] and o == "refused")
+            if n:
+                out.append(f"no sampled owner may insert a row of its own into {table} with its canonical token ({n} "
+                           "refused), although owners could insert their own rows there: new code cannot write it")
+    return out
+
+
+def unsampled(conn, spec: Spec, cat: Catalog, targets_: list[Target], cap: Capture, identities: list[Identity],
+              contracted: bool) -> list[str]:
+    """A checked table that has rows with owners, none of them a sampled identity (Capture.owned): the check saw
+    nothing of any owner's there, so it proves nothing about that table. (A table whose policy scans a table per
+    caller may have sampled owners it was not checked for: the verdict says how many tokens it was checked for.)"""
+    bare = [t for t in targets_ if not cap.owned.get(str(t.table))]
+    return [f"proves nothing about {t}: rows there have owners and none of the {len(identities)} sampled identities "
+            "is one of them (its owners' view was not checked): raise --sample (0 = every identity)"
+            for t in owned_tables(conn, spec, cat, bare, contracted)] if bare else []
+
+
+def nothing_owned(tables: list[str], identities: int) -> str:
+    """The verdict of a check that compared nothing: no row of the checked tables has an owner."""
+    return (f"proves nothing: no row of {', '.join(tables) or 'the checked tables'} has an owner (the tables are "
+            f"empty, or their rows name no legacy row; {identities} sampled identities), so no identity's rows "
+            "were compared: check again once the tables hold rows of their owners")
+
+
+def rls_disabled(conn, tables: list[str]) -> list[str]:
+    """TABLES whose row level security is disabled (relrowsecurity off): their policies are not applied at all."""
+    from pgconverge.config import parse_qualified
+
+    if not tables:
+        return []
+    off = {r[0] for r in conn.execute(
+        "select t from unnest(%s::text[]) t where not (select c.relrowsecurity from pg_catalog.pg_class c "
+        "where c.oid = pg_catalog.to_regclass(t))", ([text(qn(parse_qualified(t))) for t in tables],)).fetchall()}
+    return sorted(t for t in tables if text(qn(parse_qualified(t))) in off)
+
+
+def design_notes(shared: dict[str, int], public: dict[str, int], disabled: list[str]) -> list[str]:
+    """How a verdict names the tables it could not hold to isolation: those whose row level security is disabled
+    (their policies inert, every caller reads every row), those shared by the application's own policies, and
+    those anonymous callers read."""
+    out = [f"{t}: row level security is disabled on it, so its policies do not apply and every caller, anonymous "
+           "ones too, reads every row" + (" (old and new tokens compared, isolation not checked there)" if t in shared
+                                          else "") + f"; if that is not meant: ALTER TABLE {t} ENABLE ROW LEVEL "
+           "SECURITY" for t in disabled]
+    out += shared_notes({t: n for t, n in shared.items() if t not in disabled})
+    for t, n in sorted(public.items()):
+        if t not in disabled:
+            what = f"{n} rows, read before the switch" if n else "by its policies' definitions"
+            out.append(f"{t}: anonymous callers read its rows ({what}), as the application's own original policies "
+                       "let them (not held to none there)")
+    return out
 
 
 def inconclusive(outcome: str) -> bool:
@@ -736,7 +941,11 @@ def contracted_sample(conn, spec: Spec, cat: Catalog, n: int) -> list[Identity]:
         c=ident(new_column(spec, cat, d)), t=qn(d.table.name)) for d in cat.dependents)
     q = sql.SQL("select c from ({}) x(c) order by hashtext(c), c {}").format(
         q, sql.SQL("limit {}").format(sql.Literal(n)) if n else sql.SQL(""))
-    ids = [r[0] for r in conn.execute(q).fetchall()]
+    return _contracted_identities(conn, spec, [r[0] for r in conn.execute(q).fetchall()])
+
+
+def _contracted_identities(conn, spec: Spec, ids: list[str]) -> list[Identity]:
+    """The identities of canonical IDS after contract, their tokens as the canonical helper reads them."""
     # The token as the canonical helper reads it: its claim at the same path; a helper that looks the caller up
     # by auth.uid() gets the auth user of each id, read back through its own lookup.
     path = claim_path(conn, spec, spec.canonical.helper, spec.canonical.claim)
@@ -776,10 +985,13 @@ def blind(conn, spec: Spec, cat: Catalog, targets_: list, identities: list[Ident
                 f"saw any of them with a{'n' if token == 'old' else ''} {token} token; the policies and helpers read "
                 f"the claims {', '.join(claims_read(conn, cat)) or '(none found)'}: give migration.token_claims the "
                 "claims the application's tokens carry"]
-    if not covered["owning"] and owned_rows_exist(conn, spec, cat, targets_, contracted):
-        return [f"proves nothing: none of the {len(identities)} sampled identities owns a row of these tables, "
-                "although rows have owners: raise --sample (0 = every identity)"]
-    return per_table
+    if not covered["owning"]:
+        if owned_rows_exist(conn, spec, cat, targets_, contracted):
+            return [f"proves nothing: none of the {len(identities)} sampled identities owns a row of these tables, "
+                    "although rows have owners: raise --sample (0 = every identity)"]
+        if not owned_tables(conn, spec, cat, targets_, contracted):  # empty tables, or rows that name no one
+            return [nothing_owned([str(t.table) for t in targets_], len(identities))]
+    return per_table + unsampled(conn, spec, cat, targets_, cap, identities, contracted)
 
 
 def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switched: bool, sample_size: int,
@@ -787,15 +999,16 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
     """verify --rls: isolation (and, once switched, old/new token agreement) on one consistent snapshot."""
     with conn.transaction():
         conn.execute("set transaction isolation level repeatable read")
-        identities = (contracted_sample(conn, spec, cat, sample_size) if contracted
-                      else sample(conn, spec, sample_size))
         targets_ = targets(spec, cat, tables)
+        identities = sample_covering(conn, spec, cat, targets_, sample_size, contracted)
         cap = capture(conn, spec, targets_, identities, legacy=not contracted, canonical=switched, progress=progress)
         proves_nothing = blind(conn, spec, cat, targets_, identities, cap, contracted)
+        disabled = rls_disabled(conn, [str(t) for t in tables])
     by_table = table_coverage(cap, identities)
     # Tables the application shares by design, as the switch read them under the original policies before its
     # rewrite (none recorded, as from emitted files: every table is held to isolation). Before the switch, by the
     # policies' definitions: what the rows show now is what is being judged.
+    eq: dict = {}
     if switched or contracted:
         from pgconverge.ledger.store import Ledger
 
@@ -805,13 +1018,17 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
     else:
         shared = {t: 0 for t in shared_by_policy(spec, cat, tables)}
         public = {t: 0 for t in shared_by_policy(spec, cat, tables, ("anon", "public"))}
-    not_proven = hidden_from_owners(spec, by_table)[1] + shared_notes(shared)
+    not_proven = hidden_from_owners(spec, by_table)[1] + design_notes(shared, public, disabled)
     problems = (consistency(cap, identities, shared, public) if switched and not contracted
                 else anonymous(cap, public) + isolation(cap, identities, shared)) + proves_nothing
+    if contracted:  # new code's inserts: where owners could write their own rows, the canonical token still may
+        expected = set(eq["owners_insert"]) if "owners_insert" in eq else insertable(spec, cat, tables)
+        problems += own_inserts_refused(cap, expected)
     return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
-            "write_probes": len(cap.writes), "switched": switched or contracted, "scan_bound": scan_bound_summary(cap),
+            "write_probes": len(cap.writes), "write_probes_by_table": write_probes_by_table(cap),
+            "switched": switched or contracted, "scan_bound": scan_bound_summary(cap),
             "rows_seen": rows_seen(cap), "coverage_by_table": by_table, "not_proven": not_proven,
-            "shared_by_design": shared, "public_by_design": public}, problems
+            "shared_by_design": shared, "public_by_design": public, "rls_disabled": disabled}, problems
 
 
 # The equivalence check proves something only if the sampled identities see their own rows before the switch:
