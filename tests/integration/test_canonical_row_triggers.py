@@ -80,3 +80,44 @@ create trigger on_auth_user_created after insert on auth.users for each row exec
             "public.profiles: align makes a public.profiles row for each legacy row that matches none") in planned, \
         planned[-3000:]
     assert "INSERT … ON CONFLICT (whatsapp_e164) DO UPDATE" in planned, planned[-3000:]
+
+
+SIGN_UP_BOTH = """
+create schema if not exists auth;
+create table auth.users (id uuid primary key default gen_random_uuid(), phone text);
+create unique index on public.profiles (whatsapp_e164);
+create function public.handle_new_user() returns trigger language plpgsql security definer set search_path = '' as $$
+begin
+  insert into public.customers (wa_id) values (new.phone);
+  insert into public.profiles (user_id, whatsapp_e164) values (new.id, new.phone);
+  return new;
+end $$;
+create trigger on_auth_user_created after insert on auth.users for each row execute function public.handle_new_user();
+"""
+
+
+def test_a_sign_up_trigger_making_the_legacy_row_then_the_canonical_row_is_refused(make_db, tmp_path):
+    """The sign-up makes the customer, then the profile: from align on, pgconverge's trigger on customers makes the
+    profile at the first insert, and the second fails on the unique number, every sign-up. Refused before align,
+    changing nothing; the same function making the profile first is only listed, and align then leaves sign-ups
+    working."""
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA + SIGN_UP_BOTH)
+    for cmd in (("plan",), ("run", "align")):
+        out = " ".join(cli(*cmd, *args, expect=2).split())
+        assert ("trigger on_auth_user_created on auth.users: calls public.handle_new_user(), which inserts into "
+                "public.customers and then into public.profiles without ON CONFLICT") in out, out[-3000:]
+        assert "insert the public.profiles row first" in out, out[-3000:]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("select to_regnamespace('pgconverge')").fetchone()[0] is None
+        conn.execute("""create or replace function public.handle_new_user() returns trigger language plpgsql
+            security definer set search_path = '' as $$
+            begin
+              insert into public.profiles (user_id, whatsapp_e164) values (new.id, new.phone);
+              insert into public.customers (wa_id) values (new.phone);
+              return new;
+            end $$""")
+    cli("run", "align", *args)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("insert into auth.users (phone) values ('+250788999001')")
+        assert conn.execute("select count(*) from public.profiles where whatsapp_e164 = '+250788999001'"
+                            ).fetchone()[0] == 1

@@ -231,8 +231,9 @@ class Catalog:
     # Roles whose privileges `user` has, inherited (every role for a superuser): who may ALTER whose tables.
     user_roles: frozenset[str] = frozenset()
     # Triggers on other tables whose function inserts into the canonical table (a sign-up trigger on auth.users
-    # making a profile): (trigger, its table, the function's signature).
-    canonical_writers: tuple[tuple[str, str, str], ...] = ()
+    # making a profile): (trigger, its table, the function's signature, its source; the source is missing in catalogs
+    # saved before it was recorded).
+    canonical_writers: tuple[tuple[str, ...], ...] = ()
     # Roles `user` may SET ROLE to, and those it is a member of at all, inheriting or not (both empty in catalogs
     # saved before they were recorded); whether `user` inherits its roles' privileges (INHERIT).
     user_set_roles: frozenset[str] = frozenset()

@@ -283,7 +283,7 @@ USER_CREATE_SCHEMAS = "select nspname from pg_namespace where has_schema_privile
 
 # Triggers on other tables than the canonical one whose function's code inserts into it.
 CANONICAL_WRITERS = """
-select t.tgname, format('%%I.%%I', n.nspname, c.relname), p.oid::regprocedure::text
+select t.tgname, format('%%I.%%I', n.nspname, c.relname), p.oid::regprocedure::text, p.prosrc
 from pg_trigger t
 join pg_class c on c.oid = t.tgrelid
 join pg_namespace n on n.oid = c.relnamespace

@@ -310,12 +310,48 @@ def _canonical_triggers(cat: Catalog) -> list[Finding]:
     return out
 
 
+def _insert_at(src: str, table: QualifiedName) -> list[int]:
+    """Where SRC (a function's code) has INSERT INTO TABLE, qualified or not, quoted or not."""
+    def name(n: str) -> str:
+        return r'(?:"' + re.escape(n.replace('"', '""')) + r'"|' + re.escape(n) + r")"
+    pattern = r"\binsert\s+into\s+(?:" + name(table.schema) + r"\s*\.\s*)?" + name(table.name) + r"(?![\w$])"
+    return [m.start() for m in re.finditer(pattern, src, re.I)]
+
+
+def legacy_then_canonical(spec: Spec, src: str) -> bool:
+    """Whether SRC inserts into the legacy table and after that into the canonical table without ON CONFLICT: from
+    align on, pgconverge's trigger on the legacy table has made that person's canonical row by then, so the second
+    insert meets it (a unique rule fails it: every sign-up; without one the person is split in two)."""
+    legacy = _insert_at(src, spec.legacy.table)
+    if not legacy:
+        return False
+    for at in _insert_at(src, spec.canonical.table):
+        if at > legacy[0]:
+            statement = src[at:].split(";", 1)[0]
+            if not re.search(r"\bon\s+conflict\b", statement, re.I):
+                return True
+    return False
+
+
 def _canonical_writers(spec: Spec, cat: Catalog) -> list[Finding]:
     """The application's own ways of making canonical rows from other tables (a sign-up trigger on auth.users that
-    inserts the profile): they meet the rows align makes for legacy rows with no match."""
+    inserts the profile): they meet the rows align makes for legacy rows with no match. One that inserts the legacy
+    row first and then the canonical row (legacy_then_canonical) meets it on every call: refused."""
     can = cat.canonical.name
     numbers = ", ".join(spec.canonical.match_columns)
-    return [Finding(
+    out = []
+    for trg, table, fn, *src in cat.canonical_writers:
+        if src and legacy_then_canonical(spec, src[0]):
+            out.append(Finding(
+                f"trigger {show_identifier(trg)} on {table}", REFUSED,
+                f"calls {fn}, which inserts into {cat.legacy.name} and then into {can} without ON CONFLICT: from "
+                f"align on, pgconverge's trigger on {cat.legacy.name} makes the {can} row of the new "
+                f"{cat.legacy.name} row at once, so that second insert meets it on every call (a unique rule over "
+                f"{numbers} fails it, and with it the whole write, a sign-up say; without one each person gets two "
+                f"{can} rows)",
+                f"make {fn} insert the {can} row first, or take over the row already there (INSERT … ON CONFLICT "
+                f"({numbers}) DO UPDATE, or an UPDATE first), before align"))
+    return out + [Finding(
         f"trigger {show_identifier(trg)} on {table}", LISTED,
         f"calls {fn}, which inserts into {can}: align makes a {can} row for each legacy row that matches none (and "
         f"its trigger does so for every one old code adds until contract), so a row this function inserts later for "
@@ -323,7 +359,8 @@ def _canonical_writers(spec: Spec, cat: Catalog) -> list[Finding]:
         f"and without one the person gets a second {can} row, with the legacy rows on the first",
         f"make {fn} take over the {can} row already there for the same {numbers} (INSERT … ON CONFLICT ({numbers}) "
         f"DO UPDATE, or an UPDATE first) before align, or decide such legacy rows by hand (`pgconverge align "
-        "--decisions FILE`)") for trg, table, fn in cat.canonical_writers]
+        "--decisions FILE`)") for trg, table, fn, *src in cat.canonical_writers
+        if not (src and legacy_then_canonical(spec, src[0]))]
 
 
 def _switch_review(spec: Spec, cat: Catalog) -> list[Finding]:
