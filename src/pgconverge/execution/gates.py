@@ -197,8 +197,9 @@ def switch_gate(runner: Runner) -> dict:
             cap = rls.capture(conn, runner.spec, targets, identities, legacy=True, canonical=True)
             covered = rls.coverage(conn, runner.spec, cat, identities, cap)
             owned = not covered["owning"] and rls.owned_rows_exist(conn, runner.spec, cat, targets, False)
-    shared = (eq or {}).get("shared_by_design") or {}  # as the switch read the original policies
-    problems = rls.consistency(cap, identities, shared, (eq or {}).get("public_by_design") or {})
+    # As the switch read the original policies; the accepted tables' by their original definitions.
+    shared, public = rls.recorded_design(runner.spec, cat, eq)
+    problems = rls.consistency(cap, identities, shared, public)
     seen = rls.rows_seen(cap)
     by_table = rls.table_coverage(cap, identities)
     hidden, not_proven = rls.hidden_from_owners(runner.spec, by_table)
