@@ -124,9 +124,13 @@ def rollback(phase: PhaseToUndo = None,
                 resume=resume_hint(["rollback", phase], t, config_file)) as runner:
         for r in runner.run_rollback(p, to=phase):
             out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3), "rows": r.rows})
+    newcomers = _newcomers(t, spec, out)
     if as_json:
-        print_json({"target": t.display, "phase": phase, "undone": started, "steps": out})
+        print_json({"target": t.display, "phase": phase, "undone": started, "steps": out,
+                    **({"legacy_rows_made": newcomers} if newcomers is not None else {})})
     else:
+        if newcomers and newcomers.get("people"):
+            console.print(_newcomers_line(newcomers, spec), highlight=False, soft_wrap=True)
         done = sum(r["status"] == "done" for r in out)
         console.print(f"[green]rolled back {escape(', '.join(reversed(started)))}[/] on {escape(t.display)} in "
                       f"{time.monotonic() - t0:.1f} s: {done} steps undone ({len(out) - done} skipped: never ran); "
@@ -136,3 +140,23 @@ def rollback(phase: PhaseToUndo = None,
                          " (the legacy columns back at the end of their tables: name the columns in INSERT and COPY)")
                       + "; forward again: "
                       + escape(command_line(["run", phase], t, config_file)), highlight=False, soft_wrap=True)
+
+
+def _newcomers(t, spec, out: list[dict]) -> dict | None:
+    """What the rollback of the switch recorded before it gave legacy rows to the people who had none (planning/
+    switch.py newcomer_refills), when its refill ran in this command; else None."""
+    from pgconverge.planning.switch import NEWCOMERS
+
+    if not any(r["status"] == "done" and r["step"].startswith("rollback.switch.legacy_ids") for r in out):
+        return None
+    with connect(t) as conn:
+        return Ledger(conn, spec).latest_snapshot(NEWCOMERS)
+
+
+def _newcomers_line(made: dict, spec) -> str:
+    people = made["people"]
+    tables = ", ".join(f"{n} in {tab}" for tab, n in sorted((made.get("by_table") or {}).items()))
+    return (f"made {people} {escape(str(spec.legacy.table))} row{'s' if people != 1 else ''} for {people} "
+            f"{'person' if people == 1 else 'people'} who owned rows by the canonical id alone (signed up after the "
+            f"switch), and gave their rows the legacy id ({escape(tables)}): the restored policies compare the legacy "
+            f"column with {escape(str(spec.legacy.helper))}() again")

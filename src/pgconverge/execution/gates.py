@@ -204,8 +204,8 @@ def switch_gate(runner: Runner) -> dict:
             empty = not covered["owning"] and not owned and not rls.owned_tables(conn, runner.spec, cat, targets,
                                                                                  False)
             disabled = rls.rls_disabled(conn, [str(t) for t in tables])
-    shared = (eq or {}).get("shared_by_design") or {}  # as the switch read the original policies
-    public = (eq or {}).get("public_by_design") or {}
+    # As the switch read the original policies; the accepted tables' by their original definitions.
+    shared, public = rls.recorded_design(runner.spec, cat, eq)
     problems = rls.consistency(cap, identities, shared, public)
     seen = rls.rows_seen(cap)
     hidden, not_proven = rls.hidden_from_owners(runner.spec, by_table)

@@ -6,7 +6,7 @@ from psycopg import sql
 
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import QualifiedName, Spec
-from pgconverge.execution.sql import qn
+from pgconverge.execution.sql import ident, qn
 from pgconverge.operations.base import Step
 from pgconverge.operations.check import Check
 from pgconverge.operations.grant import GrantRead
@@ -229,9 +229,11 @@ def runtime_baseline(spec: Spec, cat: Catalog) -> Snapshot:
 
 
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
-    """Restore every policy and function definition exactly as it was."""
+    """Give the people the switch let in without a legacy row one, then restore every policy and function
+    definition exactly as it was."""
     fwd = {s.id: s for s in plan(spec, cat, cats)}
     return [
+        *newcomer_refills(spec, cat, live, cats),
         Step("rollback.switch.policies", "rollback", fwd[f"{PHASE}.policies"].op.reverse(),
              (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.function_tracking", f"{PHASE}.review",
               *(i for i in (f"{PHASE}.settle_helpers",) if i in fwd))),
@@ -256,3 +258,57 @@ def accepted_tables(spec: Spec, cat: Catalog) -> set:
     the RLS check must read them too, or a switch that leaves every policy to the user would compare nothing."""
     return {r.table for r in rewrite_policies(cat, spec)
             if r.table != cat.legacy.name and r.uncertain and policy_name(r) in spec.migration.accept_policies}
+
+
+NEWCOMERS = "rollback_switch_newcomers"  # the ledger snapshot naming who the rollback of the switch made legacy rows for
+
+
+def newcomer_refills(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
+    """Before the policies read the legacy helper again: the rows new code wrote by the canonical id alone get their
+    legacy id, through a legacy row made for their owner where it has none (align's legacy_for_canonical).
+
+    After the switch the derived helper serves a caller the canonical table knows and the legacy one does not (a
+    sign-up through the canonical table, a lookup helper finding it by auth.uid()): its rows carry the new id only.
+    The restored policies compare the legacy column with the legacy helper, NULL for such a caller, so without a
+    legacy row and a filled legacy column that person would see none of its rows and be refused every insert. The
+    steps run only where the switch's policies were rewritten; they change no trigger or function, so once the switch
+    runs again nothing goes on making legacy rows (the sync trigger fills the legacy id where one exists, as in
+    expand). A person new code signs up after these steps have passed its tables is not covered: new code that makes
+    people without a legacy row has to stop before the rollback, as it would have to for a rollback of expand."""
+    from pgconverge.planning import expand, partitions
+
+    when = (f"{PHASE}.policies",)
+    deps = expand.names_of(spec, cat)
+    steps = [Step(f"rollback.{PHASE}.newcomers", "rollback", Snapshot(NEWCOMERS, (
+        ("people", _newcomers(spec, cat, deps, count=True)), ("by_table", _newcomers(spec, cat, deps, count=False))),
+        "the people who own rows by the canonical id alone and have no legacy row, given one next"), (), when)]
+    for d, n in deps:
+        rid = f"rollback.{PHASE}.legacy_ids.{n.short}"
+        if d.partitioned:
+            leaves = partitions.leaves(d, expand._now(live, cats))
+            shorts = partitions.short_names(leaves)
+            steps += [Step(f"{rid}.{shorts[leaf.table.name]}", "rollback",
+                           expand._reverse_fill(spec, cat, n, leaf.table), (), when) for leaf in leaves]
+        else:
+            steps.append(Step(rid, "rollback", expand._reverse_fill(spec, cat, n, d.table), (), when))
+    return steps
+
+
+def _newcomers(spec: Spec, cat: Catalog, deps: list, count: bool) -> sql.Composable:
+    """One jsonb value: how many canonical ids own rows written without a legacy id and have no legacy row (COUNT), or
+    those rows' number per table."""
+    m = align.names(spec)["mapping"]
+    if not deps:
+        return sql.SQL("select to_jsonb(0)" if count else "select '{}'::jsonb")
+    p = dict(m=qn(m), ml=ident(spec.mapping_legacy_column), mn=ident(spec.migration.new_column),
+             leg=qn(cat.legacy.name), lk=ident(spec.legacy.key))
+    parts = [sql.SQL("select {label}::text t, d.{n} c from {t} d where d.{l} is null and d.{n} is not null "
+                     "and not exists (select 1 from {m} m join {leg} x on x.{lk} = m.{ml} where m.{mn} = d.{n})"
+                     ).format(label=sql.Literal(str(d.table.name)), t=qn(d.table.name), l=ident(n.legacy),
+                              n=ident(n.new), **p)
+             for d, n in deps]
+    rows = sql.SQL(" union all ").join(parts)
+    if count:
+        return sql.SQL("select to_jsonb(count(distinct x.c::text)) from ({}) x").format(rows)
+    return sql.SQL("select coalesce(jsonb_object_agg(t, n), '{{}}'::jsonb) from (select x.t, count(*) n from ({}) x "
+                   "group by x.t) y").format(rows)

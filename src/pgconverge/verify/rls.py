@@ -899,6 +899,32 @@ def shared_by_policy(spec: Spec, cat: Catalog, tables: list[QualifiedName],
     return out
 
 
+def recorded_design(spec: Spec, cat: Catalog, eq: dict | None) -> tuple[dict[str, int], dict[str, int]]:
+    """(shared, public) by design once the switch has run: the tables the switch saw shared (shared_by_design) and
+    read by anonymous callers (public_by_design) under the original policies, from EQ, its rls_equivalence snapshot;
+    and the same, by the policies' definitions (shared_by_policy), for the tables of accepted policies.
+
+    The switch's capture leaves those tables out (their policies are rewritten by hand after it), so it recorded no
+    design for them, and every row there that another identity or an anonymous caller reads looked like a leak: a
+    public bucket's files on storage.objects blocked contract for good. Their design is read from the definitions in
+    CAT, the catalog saved as the switch began, i.e. the application's own policies, never the hand rewrites live now:
+    a rewrite that opens such a table to others, or to anonymous callers, is judged against what the table was and
+    still fails as a leak. The definitions show only a policy that reads no identity at all (`sharing <> 'private'`,
+    `true`); one that mixes the owner test with sharing is not recognised, and its shared rows are called a leak, a
+    refusal rather than a leak passed."""
+    from pgconverge.planning.switch import accepted_tables
+
+    eq = eq or {}
+    shared, public = dict(eq.get("shared_by_design") or {}), dict(eq.get("public_by_design") or {})
+    accepted = sorted(accepted_tables(spec, cat), key=str)
+    if accepted:
+        for t in shared_by_policy(spec, cat, accepted):
+            shared.setdefault(t, 0)
+        for t in shared_by_policy(spec, cat, accepted, ("anon", "public")):
+            public.setdefault(t, 0)
+    return shared, public
+
+
 def shared_notes(shared: dict[str, int]) -> list[str]:
     """How a verdict names the tables shared by design: what was compared there, and what was not."""
     return [f"{t}: rows are visible to callers who do not own them under the application's own original "
@@ -1006,7 +1032,8 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
         disabled = rls_disabled(conn, [str(t) for t in tables])
     by_table = table_coverage(cap, identities)
     # Tables the application shares by design, as the switch read them under the original policies before its
-    # rewrite (none recorded, as from emitted files: every table is held to isolation). Before the switch, by the
+    # rewrite (none recorded, as from emitted files: every table is held to isolation), and for the tables of accepted
+    # policies by the original definitions (recorded_design). Before the switch, by the
     # policies' definitions: what the rows show now is what is being judged.
     eq: dict = {}
     if switched or contracted:
@@ -1014,7 +1041,7 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
 
         ledger = Ledger(conn, spec)
         eq = (ledger.latest_snapshot("rls_equivalence") or {}) if ledger.exists() else {}
-        shared, public = eq.get("shared_by_design") or {}, eq.get("public_by_design") or {}
+        shared, public = recorded_design(spec, cat, eq)
     else:
         shared = {t: 0 for t in shared_by_policy(spec, cat, tables)}
         public = {t: 0 for t in shared_by_policy(spec, cat, tables, ("anon", "public"))}
