@@ -30,6 +30,15 @@ def _private_schema(conn) -> bool:
     return conn.execute("select to_regnamespace('pgconverge') is not null").fetchone()[0]
 
 
+def _refused_before_any_change(conn, dsn: str, *said: str, unsaid: tuple[str, ...] = ()) -> None:
+    """`plan` and `run align` both exit 2 saying each of SAID (and none of UNSAID), and nothing has changed."""
+    before = schema_dump(conn, ("public",))
+    for cmd in (("plan",), ("run", "align")):
+        out = _flat(cli(*cmd, "--dsn", dsn, expect=2))
+        assert all(s in out for s in said) and not any(u in out for u in unsaid), (cmd, out)
+    assert not _private_schema(conn) and schema_dump(conn, ("public",)) == before
+
+
 def _drop_roles(dsn: str, *roles: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         for role in roles:
@@ -109,13 +118,9 @@ def test_a_member_of_an_owner_that_does_not_inherit_it_is_refused_at_plan(runner
     conn.execute(sql.SQL("alter table public.orders owner to {}").format(o))
     assert conn.execute("select pg_has_role(%s, %s, 'MEMBER'), pg_has_role(%s, %s, 'USAGE')",
                         (role, other, role, other)).fetchone() == (True, False)
-    before = schema_dump(conn, ("public",))
-    for cmd in (("plan",), ("run", "align")):
-        out = _flat(cli(*cmd, "--dsn", dsn, expect=2))
-        assert f"table public.orders: owned by {other}; pgconverge connects as {role}, which is a member of " \
-               f"{other} but does not inherit its privileges" in out, (cmd, out)
-        assert f"GRANT {other} TO {role} WITH INHERIT TRUE;" in out, (cmd, out)
-    assert not _private_schema(conn) and schema_dump(conn, ("public",)) == before
+    _refused_before_any_change(conn, dsn, f"table public.orders: owned by {other}; pgconverge connects as {role}, "
+                               f"which is a member of {other} but does not inherit its privileges",
+                               f"GRANT {other} TO {role} WITH INHERIT TRUE;")
     conn.execute(sql.SQL("grant {} to {} with inherit true").format(o, r))  # the fix the message gives
     cli("plan", "--dsn", dsn)
 
@@ -125,13 +130,8 @@ def test_a_member_of_authenticated_that_may_not_set_role_to_it_is_refused_at_pla
     r = sql.Identifier(role)
     conn.execute(sql.SQL("revoke authenticated from {}").format(r))
     conn.execute(sql.SQL("grant authenticated to {} with set false").format(r))
-    before = schema_dump(conn, ("public",))
-    for cmd in (("plan",), ("run", "align")):
-        out = _flat(cli(*cmd, "--dsn", dsn, expect=2))
-        assert f"role authenticated: pgconverge connects as {role}, which may not act as authenticated" in out, out
-        assert f"GRANT authenticated TO {role} WITH SET TRUE;" in out, out
-        assert "role anon:" not in out, out
-    assert not _private_schema(conn) and schema_dump(conn, ("public",)) == before
+    _refused_before_any_change(conn, dsn, f"role authenticated: pgconverge connects as {role}, which may not act as "
+                               "authenticated", f"GRANT authenticated TO {role} WITH SET TRUE;", unsaid=("role anon:",))
     conn.execute(sql.SQL("grant authenticated to {} with set true").format(r))
     cli("plan", "--dsn", dsn)
 
@@ -243,12 +243,8 @@ def test_a_helper_schema_the_runner_may_not_create_in_is_refused_at_plan(runner)
     dsn, role, _other, conn = runner
     conn.execute(sql.SQL("revoke create on schema public from {}").format(sql.Identifier(role)))
     assert conn.execute("select has_schema_privilege(%s, 'public', 'CREATE')", (role,)).fetchone()[0] is False
-    before = schema_dump(conn, ("public",))
-    for cmd in (("plan",), ("run", "align")):
-        out = _flat(cli(*cmd, "--dsn", dsn, expect=2))
-        assert f"schema public: the switch creates canonical.helper public.auth_profile_id() there; pgconverge " \
-               f"connects as {role}, which may not create objects in that schema" in out, (cmd, out)
-        assert f"GRANT CREATE ON SCHEMA public TO {role};" in out, (cmd, out)
-    assert not _private_schema(conn) and schema_dump(conn, ("public",)) == before
+    _refused_before_any_change(conn, dsn, f"schema public: the switch creates canonical.helper "
+                               f"public.auth_profile_id() there; pgconverge connects as {role}, which may not create "
+                               "objects in that schema", f"GRANT CREATE ON SCHEMA public TO {role};")
     conn.execute(sql.SQL("grant create on schema public to {}").format(sql.Identifier(role)))  # the fix it gives
     cli("plan", "--dsn", dsn)
