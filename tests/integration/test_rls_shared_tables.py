@@ -104,7 +104,7 @@ insert into public.notes (customer_id) select 1 + (i % 20) from generate_series(
         assert c.execute("select count(*) from public.addresses").fetchone()[0] == 15
         c.execute("reset role")
     out = " ".join(cli("verify", "--rls", *args).split())
-    assert "pass rls" in out and "anonymous caller" not in out, out
+    assert "pass rls" in out and "anonymous caller sees" not in out, out
     assert ("public.addresses: rows are visible to callers who do not own them under the application's own original "
             "policies (by their definitions)") in out, out
     assert "public.notes: rows are visible" not in out, out
