@@ -33,6 +33,8 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
+from pgconverge.connection import STATEMENT_MARK
+
 from _killer import Killer, wait_runner_gone
 from _support import ReaderAfter, cli, cli_json, linkage_problems, mapping_problems, row_owners, schema_dump, write_config
 
@@ -494,9 +496,9 @@ def test_killed_while_the_concurrent_index_builds_leaves_an_invalid_index_that_i
             deadline, backend = time.monotonic() + 60, None
             while backend is None and time.monotonic() < deadline:
                 assert proc.poll() is None, proc.stderr.read()
-                backend = conn.execute("select pid from pg_stat_activity where state = 'active' and query ilike "
-                                       "'create index concurrently%%' and application_name = "
-                                       "'pgconverge:expand.carts.index_1'").fetchone()
+                backend = conn.execute("select pid from pg_stat_activity where state = 'active' and query ilike %s "
+                                       "and application_name = 'pgconverge:expand.carts.index_1'",
+                                       (STATEMENT_MARK + "create index concurrently%",)).fetchone()
                 time.sleep(0.002)
             assert backend, "the index build never showed up"
             os.kill(proc.pid, signal.SIGKILL)  # the runner dies while its build is under way

@@ -11,7 +11,7 @@ import pytest
 
 from pgconverge.catalog.introspect import load_catalog
 from pgconverge.config import Spec
-from pgconverge.connection import Target
+from pgconverge.connection import STATEMENT_MARK, Target
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution import killpoint
 from pgconverge.execution.runner import Runner
@@ -85,8 +85,8 @@ def test_a_snapshot_whose_session_ended_is_taken_in_place(conn, fixture_db):
             # Idle in its transaction after its last statement (the DO block keying the table), not between two
             # of them: ended between statements, the job fails instead, which is another path.
             pids = [r[0] for r in conn.execute("select pid from pg_stat_activity where application_name = %s and "
-                                               "state = 'idle in transaction' and query ilike 'do %%'",
-                                               (APP,)).fetchall()]
+                                               "state = 'idle in transaction' and query ilike %s",
+                                               (APP, STATEMENT_MARK + "do %")).fetchall()]
             if pids:
                 conn.execute("select pg_terminate_backend(%s)", (pids[0],))
                 return
