@@ -332,3 +332,30 @@ def test_final_validation_of_a_dependent_without_a_key(make_db, template_factory
         rows = conn.execute("select count(*) from public.events").fetchone()[0]
         assert events == {"rows": rows, "checked": rows, "before": rows // 2, "keyless": True}
     assert "public.events (" in cli("report", "--dsn", dsn, "--config", cfg)
+
+
+def test_rollback_from_contract_gives_the_legacy_column_its_comments_back(make_db, template_factory, tmp_path):
+    """Contract drops the legacy column, its foreign key and its indexes, and their comments with them (pg_graphql
+    reads its directives there): the rollback sets them again as they were."""
+    dsn = make_db(template_factory(SMALL))
+    cfg = write_config(tmp_path, NO_WINDOW)
+    notes = {
+        "column": ("comment on column public.carts.customer_id is %s", '@graphql({"name": "buyer"})'),
+        "fk": ("comment on constraint carts_customer_id_fkey on public.carts is %s", "who owns the cart"),
+        "index": ("comment on index public.idx_carts_customer_status is %s", "the cart list's index"),
+    }
+    read = ("select col_description('public.carts'::regclass, (select attnum from pg_attribute where attrelid = "
+            "'public.carts'::regclass and attname = 'customer_id')), (select obj_description(oid, 'pg_constraint') "
+            "from pg_constraint where conname = 'carts_customer_id_fkey'), "
+            "obj_description(to_regclass('public.idx_carts_customer_status'), 'pg_class')")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for stmt, value in notes.values():
+            conn.execute(stmt.replace("%s", "'" + value.replace("'", "''") + "'"))
+        before = conn.execute(read).fetchone()
+        assert before == tuple(v for _, v in notes.values())
+        for ph in ("align", "expand", "switch", "contract"):
+            cli("run", ph, "--dsn", dsn, "--config", cfg, "--skip-preflight",
+                *(("--accept-code-references", "--yes") if ph == "contract" else ()))
+        assert conn.execute("select to_regclass('public.idx_carts_customer_status')").fetchone()[0] is None
+        cli("rollback", "contract", "--dsn", dsn, "--config", cfg, "--yes")
+        assert conn.execute(read).fetchone() == before

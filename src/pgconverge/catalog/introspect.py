@@ -124,13 +124,14 @@ class _Reader:
         if not oids:
             return {}
         cols: dict[int, list[Column]] = defaultdict(list)
-        for rel, name, typ, nn, default, gen, ident, num, acl, base in self.rows(q.COLUMNS, oids=oids):
+        for rel, name, typ, nn, default, gen, ident, num, acl, base, note in self.rows(q.COLUMNS, oids=oids):
             cols[rel].append(Column(name, typ, nn, default, gen, ident, num, tuple((g, p, o) for g, p, o in acl),
-                                    base))
+                                    base, note))
         idx: dict[int, list[Index]] = defaultdict(list)
-        for rel, ns, iname, tns, tname, icols, idef, uniq, prim, valid, pred, am in self.rows(q.INDEXES, oids=oids):
+        for rel, ns, iname, tns, tname, icols, idef, uniq, prim, valid, pred, am, note in self.rows(q.INDEXES,
+                                                                                                   oids=oids):
             idx[rel].append(Index(QualifiedName(ns, iname), QualifiedName(tns, tname), tuple(icols), idef,
-                                  uniq, prim, valid, pred, am))
+                                  uniq, prim, valid, pred, am, note))
         pk: dict[int, tuple[str, ...]] = {}
         uniq_keys: dict[int, list[tuple[str, ...]]] = defaultdict(list)
         fks: dict[int, list[ForeignKey]] = defaultdict(list)
@@ -355,9 +356,10 @@ def callees(conn: psycopg.Connection, fns: list[Function]) -> list[Function]:
 
 
 def _fk(row: tuple) -> ForeignKey:
-    (_rel, name, _t, cols, tns, tname, _ref, fns, fname, refcols, deltype, updtype, valid, deferrable, cdef) = row
+    (_rel, name, _t, cols, tns, tname, _ref, fns, fname, refcols, deltype, updtype, valid, deferrable, cdef,
+     note) = row
     return ForeignKey(name, QualifiedName(tns, tname), tuple(cols), QualifiedName(fns, fname), tuple(refcols),
-                      _ACTIONS[deltype], _ACTIONS[updtype], valid, deferrable, cdef)
+                      _ACTIONS[deltype], _ACTIONS[updtype], valid, deferrable, cdef, note)
 
 
 def _regex_escape(name: str) -> str:

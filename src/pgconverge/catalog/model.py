@@ -22,6 +22,7 @@ class Column:
     # For a column of a domain type, the type underneath every domain (format_type()): what Postgres casts it to
     # when it compares it with a value of that type, as pg_get_expr then shows ("(customer_id)::integer").
     base_type: str | None = None
+    comment: str | None = None  # COMMENT ON COLUMN (pg_graphql reads its directives there)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Index:
     valid: bool
     predicate: str | None
     method: str
+    comment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ForeignKey:
     validated: bool
     deferrable: bool
     definition: str
+    comment: str | None = None
 
     @property
     def match_full(self) -> bool:

@@ -25,7 +25,8 @@ select a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
           select t.typbasetype, t.typtypmod, 0 from pg_type t where t.oid = a.atttypid and t.typtype = 'd'
           union all
           select t.typbasetype, t.typtypmod, d.depth + 1 from d join pg_type t on t.oid = d.base and t.typtype = 'd')
-        select format_type(d.base, d.mod) from d order by d.depth desc limit 1)
+        select format_type(d.base, d.mod) from d order by d.depth desc limit 1),
+       col_description(a.attrelid, a.attnum)
 from pg_attribute a
 left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
 where a.attrelid = any(%(oids)s) and a.attnum > 0 and not a.attisdropped
@@ -38,7 +39,7 @@ select i.indrelid, n.nspname, ic.relname, tn.nspname, tc.relname,
                    (select attname from pg_attribute where attrelid = i.indrelid and attnum = k.attnum) end
              from unnest(i.indkey::int2[]) with ordinality as k(attnum, ord) order by k.ord) as cols,
        pg_get_indexdef(i.indexrelid), i.indisunique, i.indisprimary, i.indisvalid,
-       pg_get_expr(i.indpred, i.indrelid), am.amname
+       pg_get_expr(i.indpred, i.indrelid), am.amname, obj_description(i.indexrelid, 'pg_class')
 from pg_index i
 join pg_class ic on ic.oid = i.indexrelid
 join pg_namespace n on n.oid = ic.relnamespace
@@ -57,7 +58,8 @@ select con.conrelid, con.conname, con.contype,
        tn.nspname, tc.relname, con.confrelid, fn.nspname, fc.relname,
        array(select a.attname from unnest(con.confkey) with ordinality as k(attnum, ord)
              join pg_attribute a on a.attrelid = con.confrelid and a.attnum = k.attnum order by k.ord),
-       con.confdeltype, con.confupdtype, con.convalidated, con.condeferrable, pg_get_constraintdef(con.oid)
+       con.confdeltype, con.confupdtype, con.convalidated, con.condeferrable, pg_get_constraintdef(con.oid),
+       obj_description(con.oid, 'pg_constraint')
 from pg_constraint con
 join pg_class tc on tc.oid = con.conrelid
 join pg_namespace tn on tn.oid = tc.relnamespace

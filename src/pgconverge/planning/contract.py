@@ -599,10 +599,44 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             steps.append(Step(f"rollback.{fid}.legacy_ids_again" + (f".{ps[t.name]}" if leaves else ""), "rollback",
                               _refill(spec, cat, d, t, True), (), (f"{PHASE}.keep_legacy_ids",)))
     steps += later
+    # Their comments went with the legacy column, its foreign key and its indexes (pg_graphql reads its directives
+    # there): put back once all three are, whichever of them contract got to drop.
+    for d, n in expand.names_of(spec, cat):
+        comments = _legacy_comments(d, _legacy_indexes(d, cat))
+        if comments is not None:
+            steps.append(Step(f"rollback.{PHASE}.{n.short}.legacy_comments", "rollback", comments, (),
+                              (f"{PHASE}.keep_legacy_ids",)))
     add("drop_kept_ids", DropTable(kept_ids_table(spec)), (f"{PHASE}.keep_legacy_ids", f"{PHASE}.gates",
                                                            f"{PHASE}.dependencies", f"{PHASE}.map_pending",
                                                            f"{PHASE}.coverage"))
     return steps
+
+
+def _legacy_comments(d, indexes: list) -> Operation | None:
+    """The comments of D's legacy column, legacy foreign key and INDEXES as they were before contract, each set again
+    where its object exists (None: none of them had one)."""
+    from pgconverge.operations.run_sql import RunSql
+
+    t, col, fk = qn(d.table.name), d.fk.columns[0], d.fk
+    parts = []
+    if d.column.comment is not None:
+        parts.append(sql.SQL("if exists (select 1 from pg_catalog.pg_attribute where attrelid = {reg}::regclass and "
+                             "attname = {c} and not attisdropped) then comment on column {t}.{ci} is {v}; end if;"
+                             ).format(reg=sql.Literal(text(t)), c=sql.Literal(col), t=t, ci=ident(col),
+                                      v=sql.Literal(d.column.comment)))
+    if fk.comment is not None:
+        parts.append(sql.SQL("if exists (select 1 from pg_catalog.pg_constraint where conrelid = {reg}::regclass and "
+                             "conname = {c}) then comment on constraint {ci} on {t} is {v}; end if;").format(
+            reg=sql.Literal(text(t)), c=sql.Literal(fk.name), ci=ident(fk.name), t=t, v=sql.Literal(fk.comment)))
+    for idx in indexes:
+        if idx.comment is not None:
+            parts.append(sql.SQL("if pg_catalog.to_regclass({reg}) is not null then comment on index {i} is {v}; "
+                                 "end if;").format(reg=sql.Literal(text(qn(idx.name))), i=qn(idx.name),
+                                                   v=sql.Literal(idx.comment)))
+    if not parts:
+        return None
+    return RunSql(sql.SQL("do $pgc$ begin {} end $pgc$").format(sql.SQL(" ").join(parts)),
+                  f"the comments of {d.table.name}.{col}, its foreign key and its indexes, as before contract")
 
 
 def _legacy_indexes(d, cat: Catalog | None = None) -> list:
