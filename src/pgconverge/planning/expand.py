@@ -931,6 +931,15 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         fwd = f"{PHASE}.{n.short}"
         rid = f"rollback.{fwd}"
         first = not steps  # the last reference's, which undoes the gate
+        if d.column.not_null:
+            # New code may still write rows with the new id alone, for people old code never knew: from the refill
+            # on, the sync trigger makes their legacy rows as the refill does, so that no such write fails the
+            # legacy column's NOT NULL check (added NOT VALID, then validated) and the validation finds none left.
+            steps.append(Step(f"{rid}.sync_fills_legacy", "rollback", CreateFunction(
+                n.sync_fn, "", _sync_function(spec, cat, d, n, reconciles(spec, cat, d, n), fill_legacy=True),
+                why=f"new code's rows of {d.table.name} get their {legacy_col} from now on, a legacy row made where "
+                    f"the person has none, as {legacy_col} becomes NOT NULL again"),
+                (), (f"{fwd}.drop_legacy_not_null",)))
         if d.partitioned:
             leaves = partitions.leaves(d, _now(live, cats))
             ps = partitions.short_names(leaves)
@@ -946,15 +955,6 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         if d.column.not_null:
             chk = bounded(f"{d.table.name.name}_{legacy_col}_not_null")
             check = sql.SQL("{} is not null").format(ident(legacy_col))
-            # New code may still write rows with the new id alone, for people old code never knew: from the refill
-            # on, the sync trigger makes their legacy rows as the refill does, so that no such write fails the
-            # legacy column's NOT NULL check (added NOT VALID, then validated) and the validation finds none left.
-            steps.insert(len(steps) - (len(leaves) if d.partitioned else 1), Step(
-                f"{rid}.sync_fills_legacy", "rollback", CreateFunction(
-                    n.sync_fn, "", _sync_function(spec, cat, d, n, reconciles(spec, cat, d, n), fill_legacy=True),
-                    why=f"new code's rows of {d.table.name} get their {legacy_col} from now on, a legacy row made "
-                        f"where the person has none, as {legacy_col} becomes NOT NULL again"),
-                (), (f"{fwd}.drop_legacy_not_null",)))
             steps += [
                 Step(f"{rid}.legacy_not_null_check", "rollback",
                      AddCheckNotValid(d.table.name, chk, check, why=f"{legacy_col} was NOT NULL before expand"),
