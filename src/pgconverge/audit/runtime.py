@@ -15,12 +15,14 @@ window has passed since the latest baseline.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
 
 from pgconverge.catalog.model import Catalog
-from pgconverge.config import Spec
+from pgconverge.config import Spec, format_duration
 from pgconverge.ledger.store import Ledger
 
 TABLE_COUNTERS = ("seq_scan", "idx_scan", "n_tup_ins", "n_tup_upd", "n_tup_del")
@@ -74,8 +76,6 @@ class RuntimeAudit:
         return left is None or left > 0
 
     def window_detail(self) -> str:
-        from pgconverge.config import format_duration
-
         w = format_duration(self.observation_window)
         if self.reset:
             since = f"the statistics reset at {self.reset_at}" if self.reset_at else "the statistics reset"
@@ -145,8 +145,6 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
     if pss is None:
         audit.unavailable.append("statements: the pg_stat_statements extension is not installed")
     else:
-        from psycopg import sql
-
         try:
             rows = conn.execute(sql.SQL(
                 "select s.query, s.calls from {} s where s.query ~* %s and s.query !~* %s and s.query !~* %s "
@@ -215,8 +213,6 @@ SCHEMA_CHANGE = r"^\s*(/\*([^*]|\*+[^*/])*\*+/\s*|--[^\n]*\n\s*)*(create|alter|d
 def statement_pattern(spec: Spec, cat: Catalog) -> str:
     """A regular expression (Postgres ARE) for a statement naming anything contract drops or archives: the legacy
     table, the legacy helper, the legacy column of every reference, and migration.code_columns."""
-    import re
-
     names = {cat.legacy.name.name, cat.legacy_helper.name.name, *(d.fk.columns[0] for d in cat.dependents),
              *spec.migration.code_columns}
     alts = "|".join(re.escape(n) for n in sorted(n for n in names if n))
@@ -227,8 +223,6 @@ def statement_pattern(spec: Spec, cat: Catalog) -> str:
 def own_statements(spec: Spec) -> str:
     """A regular expression for pgconverge's own statements in pg_stat_statements: those its sessions mark
     (connection.STATEMENT_MARK), and any naming its private schema (its triggers' and backfills' statements)."""
-    import re
-
     from pgconverge.connection import STATEMENT_MARK
 
     return "|".join(re.escape(x) for x in dict.fromkeys((STATEMENT_MARK.strip(), "pgconverge",
@@ -270,14 +264,9 @@ def _statistics_reset(conn: psycopg.Connection, audit: RuntimeAudit, table: dict
         f"the server's statistics were reset {when}, after the runtime baseline of {audit.baseline_at}: the legacy "
         "table's and helper's counts are since the reset. Check that no old code runs (`pgconverge audit runtime`, "
         "the application's deployments), then take the baseline again: `pgconverge audit runtime --rebaseline`"
-        + (f"; or wait until the observation window ({_fmt(audit.observation_window)}) has passed since the reset"
+        + (f"; or wait until the observation window ({format_duration(audit.observation_window)}) has passed since "
+           "the reset"
            if at is not None and audit.observation_window > 0 else ""))
-
-
-def _fmt(seconds: float) -> str:
-    from pgconverge.config import format_duration
-
-    return format_duration(seconds)
 
 
 def _sessions_before_tracking(conn: psycopg.Connection, audit: RuntimeAudit) -> None:
@@ -349,8 +338,6 @@ def _old_writes(conn: psycopg.Connection, spec: Spec, cat: Catalog, base: dict, 
 
 def _emitted_baseline(conn: psycopg.Connection, spec: Spec) -> dict | None:
     """The latest baseline the emitted migration files recorded (`pgconverge emit`), in the ledger's shape."""
-    from psycopg import sql
-
     from pgconverge.emit.contract import baseline_table
     from pgconverge.execution.sql import qn, text
 
