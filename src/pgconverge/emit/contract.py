@@ -26,7 +26,7 @@ from psycopg import sql
 from pgconverge.catalog.baseline import Catalogs
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import QualifiedName, Spec, show_identifier
-from pgconverge.execution.sql import body, ident, qn, text
+from pgconverge.execution.sql import archive_access, body, ident, qn, text
 from pgconverge.operations.archive import ArchiveTable
 from pgconverge.operations.base import Lock, Operation, Plan, Step
 from pgconverge.operations.check import Check
@@ -199,19 +199,14 @@ def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
     archive = spec.migration.archive_schema
     shown = show_identifier(archive)
     parts.append(sql.SQL(
-        "select format('schema %s', {shown}), case when n.oid is null then format('does not exist, and %s may not "
+        "select format('schema %s', {shown}), case when not a.present then format('does not exist, and %s may not "
         "create schemas in database %s: contract could not create it to archive the legacy table and the mapping "
         "(as the database owner: GRANT CREATE ON DATABASE %s TO %s; or set migration.archive_schema to a schema %s "
-        "may create tables in)', current_user, pg_catalog.current_database(), "
-        "pg_catalog.quote_ident(pg_catalog.current_database()), pg_catalog.quote_ident(current_user), current_user) "
+        "may create tables in)', a.who, a.db, pg_catalog.quote_ident(a.db), pg_catalog.quote_ident(a.who), a.who) "
         "else format('exists, owned by %s, and %s may not create tables in it: contract could not archive the legacy "
         "table and the mapping there (as its owner: GRANT CREATE ON SCHEMA %s TO %s; or set migration.archive_schema "
-        "to a schema that does not exist yet)', pg_catalog.pg_get_userbyid(n.nspowner), current_user, {shown}, "
-        "pg_catalog.quote_ident(current_user)) end "
-        "from (select 1) x left join pg_catalog.pg_namespace n on n.nspname = {name} "
-        "where not case when n.oid is null then pg_catalog.has_database_privilege(pg_catalog.current_database(), "
-        "'CREATE') else pg_catalog.has_schema_privilege(n.oid, 'CREATE') end").format(
-        shown=sql.Literal(shown), name=sql.Literal(archive)))
+        "to a schema that does not exist yet)', a.owner, a.who, {shown}, pg_catalog.quote_ident(a.who)) end "
+        "from ({access}) a where not a.allowed").format(shown=sql.Literal(shown), access=archive_access(archive)))
     query = sql.SQL("\n  union all ").join(parts)
     header = (
         "Contract gate 1 of 2: the switch is in place. The rewritten policies call the canonical helper, no policy "

@@ -13,6 +13,7 @@ from pgconverge.catalog import calls, introspect, mentions
 from pgconverge.connection import connect
 from pgconverge.config import show_identifier
 from pgconverge.operations.base import Step
+from pgconverge.execution.sql import archive_access
 from pgconverge.verify import invariants
 
 if TYPE_CHECKING:
@@ -300,11 +301,7 @@ def archive_gate(runner: Runner) -> dict:
     it does not exist): Postgres lets them only with CREATE on that schema, or on the database to create it. Read now,
     as the role that runs contract, so that a refusal comes before the first drop rather than after the last."""
     schema = runner.spec.migration.archive_schema
-    exists, owner, allowed, user, database = runner.work.execute(
-        "select n.oid is not null, pg_catalog.pg_get_userbyid(n.nspowner), case when n.oid is null "
-        "then pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE') "
-        "else pg_catalog.has_schema_privilege(n.oid, 'CREATE') end, current_user, pg_catalog.current_database() "
-        "from (select 1) x left join pg_catalog.pg_namespace n on n.nspname = %s", (schema,)).fetchone()
+    exists, owner, allowed, user, database = runner.work.execute(archive_access(schema)).fetchone()
     shown = show_identifier(schema)
     if allowed:
         return {"gate": "archive schema", "passed": True, "unblock": "",

@@ -26,6 +26,18 @@ def ident(name: str) -> sql.Identifier:
     return sql.Identifier(name)
 
 
+def archive_access(schema: str) -> sql.Composable:
+    """One row about SCHEMA (migration.archive_schema) as the connected role sees it: present (it exists), owner,
+    allowed (the role may create tables in it; where it does not exist, may create it: CREATE on the database), who
+    (the role) and db (the database). Contract's archive gate reads it, and its emitted gate file too."""
+    return sql.SQL(
+        "select n.oid is not null as present, pg_catalog.pg_get_userbyid(n.nspowner) as owner, case when n.oid is null "
+        "then pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE') "
+        "else pg_catalog.has_schema_privilege(n.oid, 'CREATE') end as allowed, current_user as who, "
+        "pg_catalog.current_database() as db "
+        "from (select 1) x left join pg_catalog.pg_namespace n on n.nspname = {}").format(sql.Literal(schema))
+
+
 def text(stmt: sql.Composable) -> str:
     """Render a statement without a connection (for plans, the ledger and emitted files)."""
     return stmt.as_string(None)
