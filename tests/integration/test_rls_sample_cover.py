@@ -119,3 +119,35 @@ def test_tables_with_row_level_security_disabled_and_read_by_anonymous_callers_a
     assert "public.order_lines: anonymous callers read its rows" in out, out
     rls = next(c for c in cli_json("verify", "--rls", *args)["checks"] if c["step"] == "rls")
     assert rls["coverage"]["rls_disabled"] == ["public.addresses"], rls["coverage"]
+
+
+def test_a_table_without_a_single_column_key_gets_write_probes_too(make_db, tmp_path):
+    """Addresses keyed by (customer_id, label): its rows are named by their ctids, and an owner's copy of its own row
+    meets the key after the policies let it through. A hand rewrite whose insert check still reads the legacy claim
+    is caught there as on any table."""
+    from test_rls_table_coverage import CONFIG, FIXTURE_SQL, SCHEMA
+
+    schema = SCHEMA.replace(
+        "create table public.addresses (id bigserial primary key, customer_id bigint not null references "
+        "public.customers(id));",
+        "create table public.addresses (customer_id bigint not null references public.customers(id), "
+        "label text not null, primary key (customer_id, label));").replace(
+        "insert into public.addresses (customer_id) select 1 + (i % 20) from",
+        "insert into public.addresses (customer_id, label) select 1 + (i % 20), 'a' || i from")
+    assert schema.count("primary key (customer_id, label)") == 1 and "'a' || i" in schema
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute((FIXTURE_SQL / "roles.sql").read_text() + "\n" + (FIXTURE_SQL / "supabase_shim.sql").read_text())
+        c.execute(schema)
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, CONFIG))
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, *args)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(GOOD + " with check (profile_id = (select public.auth_profile_id()))")
+    rls = next(c for c in cli_json("verify", "--rls", "--sample", "1", *args)["checks"] if c["step"] == "rls")
+    assert rls["coverage"]["write_probes_by_table"].get("public.addresses", 0) > 0, rls["coverage"]
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("alter policy addresses_exists on public.addresses using (profile_id = (select "
+                  "public.auth_profile_id())) with check (customer_id = ((select auth.jwt()) ->> 'customer_id')::bigint)")
+    out = " ".join(cli("verify", "--rls", "--sample", "1", *args, expect=1).split())
+    assert "into public.addresses: allowed with the legacy token, refused with the canonical one" in out, out
