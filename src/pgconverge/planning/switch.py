@@ -310,6 +310,43 @@ def newcomer_refills(spec: Spec, cat: Catalog, live: Catalog | None = None, cats
     return steps
 
 
+def newcomer_link_gap(spec: Spec, cat: Catalog) -> str | None:
+    """Why the restored legacy helper would not find the people the rollback of the switch makes legacy rows for, or
+    None: a helper that looks the caller up by auth.uid() through a column of the legacy table that a legacy row
+    legacy_for_canonical makes leaves empty (neither a match column nor a copied one: align's reverse_values). Such a
+    person would see none of its rows after the rollback, and be refused every insert. The rollback goes on (it is
+    how a broken switch is left); this says so before its first change, with the fix."""
+    from pgconverge.planning.rls_helper import lookup_link
+
+    if cat.legacy_helper is None:
+        return None
+    link = lookup_link(cat.legacy_helper, cat.helper_callees)
+    if link is None or (link[0] is not None and link[0] != cat.legacy.name) or cat.legacy.column(link[1]) is None:
+        return None
+    column = link[1]
+    filled = {*spec.legacy.match_columns, *(lc for lc, _ in spec.canonical.copy_columns)}
+    if column in filled:
+        return None
+    auth = auth_link(spec, cat)
+    m = align.names(spec)["mapping"]
+    if auth is not None:
+        fix = sql.SQL(
+            "update {leg} l set {link} = p.{ac} from {m} m join {can} p on p.{ck} = m.{mn} where m.{ml} = l.{lk} "
+            "and m.method = 'reverse' and l.{link} is null").format(
+            leg=qn(cat.legacy.name), link=ident(column), ac=ident(auth[2]), m=qn(m), can=qn(auth[0]),
+            ck=ident(auth[1]), mn=ident(spec.migration.new_column), ml=ident(spec.mapping_legacy_column),
+            lk=ident(spec.legacy.key))
+        how = (f"after the rollback, give those rows their auth user: {text(fix)} (the rows the mapping "
+               f"records with method 'reverse' are the ones pgconverge made)")
+    else:
+        how = (f"after the rollback, set {column} of the {cat.legacy.name} rows the mapping {m} records with method "
+               "'reverse' (the ones pgconverge made) to each person's auth user")
+    return (f"{spec.legacy.helper}() finds the caller by {cat.legacy.name}.{column}, which the {cat.legacy.name} rows "
+            f"this rollback makes for people the switch let in without one leave empty ({column} is neither a match "
+            "column nor in canonical.copy_columns): the restored helper will not find those people, who would see "
+            f"none of their rows and be refused every insert. Fix: {how}")
+
+
 def _sync_functions(spec: Spec, cat: Catalog, cats, fill_legacy: bool) -> list[tuple]:
     """(step name, sync function, its CREATE OR REPLACE, table, legacy column, new column) of every reference: the body
     expand installs (planned from expand's catalog, as expand was), or with FILL_LEGACY the one that also makes the
