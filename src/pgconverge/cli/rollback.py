@@ -108,13 +108,16 @@ def rollback(phase: PhaseToUndo = None,
             + "; nothing was changed",
             fix="`pgconverge status` shows which phases ran; name one of them")
     steps = p.as_dict()["steps"]
+    warnings = _warnings(spec, cats, started)
     if not as_json:
         console.print(f"[bold]rollback {phase}[/] on {t.display}: undoes {', '.join(reversed(started))}",
                       highlight=False)
         _print_steps(steps, show_sql=False)
+    for w in warnings:  # on stderr: stdout stays what --json promises
+        err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     if dry_run:
         if as_json:
-            print_json(p.as_dict())
+            print_json({**p.as_dict(), **({"warnings": warnings} if warnings else {})})
         return
     confirm(f"Undo {', '.join(reversed(started))} on {t.display}",
             f"{len(steps)} rollback steps (those that never ran are skipped)", yes)
@@ -127,7 +130,8 @@ def rollback(phase: PhaseToUndo = None,
     newcomers = _newcomers(t, spec, out)
     if as_json:
         print_json({"target": t.display, "phase": phase, "undone": started, "steps": out,
-                    **({"legacy_rows_made": newcomers} if newcomers is not None else {})})
+                    **({"legacy_rows_made": newcomers} if newcomers is not None else {}),
+                    **({"warnings": warnings} if warnings else {})})
     else:
         if newcomers and newcomers.get("people"):
             console.print(_newcomers_line(newcomers, spec), highlight=False, soft_wrap=True)
@@ -140,6 +144,16 @@ def rollback(phase: PhaseToUndo = None,
                          " (the legacy columns back at the end of their tables: name the columns in INSERT and COPY)")
                       + "; forward again: "
                       + escape(command_line(["run", phase], t, config_file)), highlight=False, soft_wrap=True)
+
+
+def _warnings(spec, cats, started: list[str]) -> list[str]:
+    """What the rollback will do that leaves someone unable to use the application, said before its first change."""
+    from pgconverge.planning.switch import newcomer_link_gap
+
+    if "switch" not in started:
+        return []
+    gap = newcomer_link_gap(spec, cats.for_phase("switch"))
+    return [gap] if gap else []
 
 
 def _newcomers(t, spec, out: list[dict]) -> dict | None:

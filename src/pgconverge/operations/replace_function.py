@@ -127,10 +127,17 @@ class SettleCalls(Operation):
 
     functions: tuple[tuple[QualifiedName, str], ...]  # (name, argument types)
     seconds: int = SETTLE_SECONDS
+    # What the functions became, and what a transaction open since before would do: the wait's description and its
+    # message when it gives up. Empty: made SECURITY DEFINER (MakeDefiner), as above.
+    became: str = ""
+    risk: str = ""
 
     @property
     def description(self) -> str:
-        return (f"wait for the transactions that may call {', '.join(f'{n}({a})' for n, a in self.functions)} the "
+        fns = ", ".join(f"{n}({a})" for n, a in self.functions)
+        if self.became:
+            return f"wait for the transactions open before {fns} {self.became} to end (at most {self.seconds} s)"
+        return (f"wait for the transactions that may call {fns} the "
                 f"way it was before it became SECURITY DEFINER to end (at most {self.seconds} s)")
 
     @property
@@ -178,11 +185,18 @@ begin
         from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
        where l.locktype = 'virtualxid' and l.granted and l.virtualxid = any (open);
       raise exception using errcode = 'object_in_use', message = pg_catalog.format(
-        '%s became SECURITY DEFINER, but transactions open since before then have not ended in %s s: %s. A '
-        'statement of theirs would run its new body as its caller and fail. Let them finish (or end them with '
-        'pg_terminate_backend), then run the phase (or apply this file) again: it resumes here.',
+        {message}
         pg_catalog.array_to_string(fns, ', '), {secs}, left_open);
     end if;
     perform pg_catalog.pg_sleep(0.1);
   end loop;
-end $pgc$""").format(fns=fns, secs=sql.Literal(self.seconds), own=own)]
+end $pgc$""").format(fns=fns, secs=sql.Literal(self.seconds), own=own, message=self._message())]
+
+    def _message(self) -> sql.Composable:
+        if not self.became:
+            return sql.SQL("""'%s became SECURITY DEFINER, but transactions open since before then have not ended in %s s: %s. A '
+        'statement of theirs would run its new body as its caller and fail. Let them finish (or end them with '
+        'pg_terminate_backend), then run the phase (or apply this file) again: it resumes here.',""")
+        return sql.SQL("{},").format(sql.Literal(
+            f"%s {self.became}, but transactions open since before then have not ended in %s s: %s. {self.risk} Let "
+            "them finish (or end them with pg_terminate_backend), then run the command again: it resumes here."))

@@ -473,6 +473,31 @@ def _subject(body: ast.SelectStmt) -> ast.Node | None:
     return None
 
 
+def lookup_link(legacy: Function, callees: Iterable[Function] = ()) -> tuple[QualifiedName | None, str] | None:
+    """Where a lookup helper finds the caller: (the table the column is read from, when BODY names it; the column)
+    of the first `column = expression` whose expression reads the token (auth.uid(), auth.jwt() ->> 'sub'); None
+    for a helper that reads a claim, or one whose body cannot be read."""
+    body = resolved_body(legacy, callees)
+    if body is None:
+        return None
+    tables = {}
+    for node in walk(body):
+        if isinstance(node, ast.RangeVar):
+            name = QualifiedName(node.schemaname or "public", node.relname)
+            tables[node.alias.aliasname if node.alias else node.relname] = name
+    for node in walk(body):
+        if not (isinstance(node, ast.A_Expr) and strings(node.name) == ("=",)):
+            continue
+        for col, other in ((node.lexpr, node.rexpr), (node.rexpr, node.lexpr)):
+            if isinstance(col, ast.ColumnRef) and not isinstance(other, ast.ColumnRef) and any(
+                    isinstance(n, ast.FuncCall) and strings(n.funcname) in (UID, JWT) for n in walk(other)):
+                parts = strings(col.fields)
+                table = tables.get(parts[-2]) if len(parts) > 1 else (
+                    next(iter(tables.values())) if len(tables) == 1 else None)
+                return table, parts[-1]
+    return None
+
+
 def _select(value: ast.Node) -> ast.SelectStmt:
     return ast.SelectStmt(targetList=(ast.ResTarget(val=value),), limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
                           op=enums.SetOperation.SETOP_NONE)

@@ -6,9 +6,10 @@ from psycopg import sql
 
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import QualifiedName, Spec
-from pgconverge.execution.sql import ident, qn
+from pgconverge.execution.sql import ident, qn, text
 from pgconverge.operations.base import Step
 from pgconverge.operations.check import Check
+from pgconverge.operations.create_function import CreateFunction
 from pgconverge.operations.grant import GrantRead
 from pgconverge.operations.replace_function import MakeDefiner, ReplaceFunction, SettleCalls
 from pgconverge.operations.replace_policies import ReplacePolicies
@@ -197,7 +198,6 @@ def _track_functions() -> RunSql:
 def old_writes_counters(spec: Spec, cat: Catalog) -> list[tuple[str, str, str]]:
     """(sequence, table, legacy column) of every reference: the sequence counts the rows old code writes to the
     table with the legacy column alone (expand's sync trigger calls nextval on it)."""
-    from pgconverge.execution.sql import text
     from pgconverge.planning import expand
 
     return [(text(qn(n.old_writes)), str(d.table.name), n.legacy) for d, n in expand.names_of(spec, cat)]
@@ -237,6 +237,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         Step("rollback.switch.policies", "rollback", fwd[f"{PHASE}.policies"].op.reverse(),
              (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.function_tracking", f"{PHASE}.review",
               *(i for i in (f"{PHASE}.settle_helpers",) if i in fwd))),
+        *sync_functions_back(spec, cat, cats),
         Step("rollback.switch.legacy_helper", "rollback", fwd[f"{PHASE}.legacy_helper"].op.reverse(),
              tuple(i for i in (f"{PHASE}.legacy_helper", f"{PHASE}.legacy_helper_definer") if i in fwd)),
         Step("rollback.switch.canonical_helper", "rollback", fwd[f"{PHASE}.canonical_helper"].op.reverse(),
@@ -271,10 +272,15 @@ def newcomer_refills(spec: Spec, cat: Catalog, live: Catalog | None = None, cats
     sign-up through the canonical table, a lookup helper finding it by auth.uid()): its rows carry the new id only.
     The restored policies compare the legacy column with the legacy helper, NULL for such a caller, so without a
     legacy row and a filled legacy column that person would see none of its rows and be refused every insert. The
-    steps run only where the switch's policies were rewritten; they change no trigger or function, so once the switch
-    runs again nothing goes on making legacy rows (the sync trigger fills the legacy id where one exists, as in
-    expand). A person new code signs up after these steps have passed its tables is not covered: new code that makes
-    people without a legacy row has to stop before the rollback, as it would have to for a rollback of expand."""
+    steps run only where the switch's policies were rewritten.
+
+    New code may go on signing people up while the rollback runs, and the switched policies let it write for them
+    until the restored ones are in place. So first every sync function makes the legacy row of a row written with the
+    new id alone, as the refill does (expand's fill_legacy, as `rollback expand` has it from its refill on); then the
+    rollback waits for the transactions open before that to end (a row one of them wrote the old way is committed, and
+    the refill finds it); then the refill walks the rows written before. From then on no write leaves a row without
+    its legacy id, whenever its owner signed up. Once the restored policies are in place, sync_functions_back gives
+    every sync function expand's body again (see there for why the filling stops)."""
     from pgconverge.planning import expand, partitions
 
     when = (f"{PHASE}.policies",)
@@ -282,6 +288,16 @@ def newcomer_refills(spec: Spec, cat: Catalog, live: Catalog | None = None, cats
     steps = [Step(f"rollback.{PHASE}.newcomers", "rollback", Snapshot(NEWCOMERS, (
         ("people", _newcomers(spec, cat, deps, count=True)), ("by_table", _newcomers(spec, cat, deps, count=False))),
         "the people who own rows by the canonical id alone and have no legacy row, given one next"), (), when)]
+    fills = _sync_functions(spec, cat, cats, fill_legacy=True)
+    steps += [Step(f"rollback.{PHASE}.sync_fills_legacy.{short}", "rollback", CreateFunction(
+        fn, "", body, why=f"a row of {table} written with {new} alone gets its {legacy} from now on, a legacy row "
+                          "made where its owner has none, until the restored policies are in place"), (), when)
+        for short, fn, body, table, legacy, new in fills]
+    if fills:
+        steps.append(Step(f"rollback.{PHASE}.settle_sync_functions", "rollback", SettleCalls(
+            tuple((fn, "") for _, fn, *_ in fills), became="began filling the legacy id",
+            risk="A row one of them wrote with the new id alone may have no legacy id, and the refill after this "
+                 "would not see it before it commits."), (), when))
     for d, n in deps:
         rid = f"rollback.{PHASE}.legacy_ids.{n.short}"
         if d.partitioned:
@@ -292,6 +308,75 @@ def newcomer_refills(spec: Spec, cat: Catalog, live: Catalog | None = None, cats
         else:
             steps.append(Step(rid, "rollback", expand._reverse_fill(spec, cat, n, d.table), (), when))
     return steps
+
+
+def newcomer_link_gap(spec: Spec, cat: Catalog) -> str | None:
+    """Why the restored legacy helper would not find the people the rollback of the switch makes legacy rows for, or
+    None: a helper that looks the caller up by auth.uid() through a column of the legacy table that a legacy row
+    legacy_for_canonical makes leaves empty (neither a match column nor a copied one: align's reverse_values). Such a
+    person would see none of its rows after the rollback, and be refused every insert. The rollback goes on (it is
+    how a broken switch is left); this says so before its first change, with the fix."""
+    from pgconverge.planning.rls_helper import lookup_link
+
+    if cat.legacy_helper is None:
+        return None
+    link = lookup_link(cat.legacy_helper, cat.helper_callees)
+    if link is None or (link[0] is not None and link[0] != cat.legacy.name) or cat.legacy.column(link[1]) is None:
+        return None
+    column = link[1]
+    filled = {*spec.legacy.match_columns, *(lc for lc, _ in spec.canonical.copy_columns)}
+    if column in filled:
+        return None
+    auth = auth_link(spec, cat)
+    m = align.names(spec)["mapping"]
+    if auth is not None:
+        fix = sql.SQL(
+            "update {leg} l set {link} = p.{ac} from {m} m join {can} p on p.{ck} = m.{mn} where m.{ml} = l.{lk} "
+            "and m.method = 'reverse' and l.{link} is null").format(
+            leg=qn(cat.legacy.name), link=ident(column), ac=ident(auth[2]), m=qn(m), can=qn(auth[0]),
+            ck=ident(auth[1]), mn=ident(spec.migration.new_column), ml=ident(spec.mapping_legacy_column),
+            lk=ident(spec.legacy.key))
+        how = (f"after the rollback, give those rows their auth user: {text(fix)} (the rows the mapping "
+               f"records with method 'reverse' are the ones pgconverge made)")
+    else:
+        how = (f"after the rollback, set {column} of the {cat.legacy.name} rows the mapping {m} records with method "
+               "'reverse' (the ones pgconverge made) to each person's auth user")
+    return (f"{spec.legacy.helper}() finds the caller by {cat.legacy.name}.{column}, which the {cat.legacy.name} rows "
+            f"this rollback makes for people the switch let in without one leave empty ({column} is neither a match "
+            "column nor in canonical.copy_columns): the restored helper will not find those people, who would see "
+            f"none of their rows and be refused every insert. Fix: {how}")
+
+
+def _sync_functions(spec: Spec, cat: Catalog, cats, fill_legacy: bool) -> list[tuple]:
+    """(step name, sync function, its CREATE OR REPLACE, table, legacy column, new column) of every reference: the body
+    expand installs (planned from expand's catalog, as expand was), or with FILL_LEGACY the one that also makes the
+    legacy row of a row written with the new id alone (expand's _key_fill, always)."""
+    from pgconverge.planning import expand
+
+    ecat = cats.for_phase("expand") if cats is not None else cat
+    return [(n.short, n.sync_fn, expand._sync_function(spec, ecat, d, n, expand.reconciles(spec, ecat, d, n),
+                                                        fill_legacy=fill_legacy), d.table.name, n.legacy, n.new)
+            for d, n in expand.names_of(spec, ecat)]
+
+
+def sync_functions_back(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
+    """Once the restored policies are in place: every sync function gets expand's body back, which makes no legacy
+    row (it fills the legacy id where its owner has one).
+
+    The filling stops there because it helps nobody the rollback has not covered. Under the restored policies a
+    person without a legacy row cannot use the application whatever the trigger does: their first insert is checked
+    against the legacy helper, which reads a claim their token lacks or, as a lookup, cannot see a legacy row made
+    within the same statement (a STABLE function reads the statement's snapshot), and the refused insert takes the
+    legacy row with it. This is the state the switch began from, where new code cannot sign people up either: new
+    code that makes people without a legacy row has to stop by the end of the rollback (`pgconverge run switch`
+    again serves them, their rows kept by the new id). Going on would also leave the legacy table growing with rows
+    pgconverge made, and a state the forward switch would have to undo. The step runs wherever a step of the
+    switch's helpers or policies is done (these are undone after it)."""
+    return [Step(f"rollback.{PHASE}.sync_function.{short}", "rollback", CreateFunction(
+        fn, "", body, why=f"as expand made it: rows of {table} written with {new} alone get {legacy} where their owner "
+                          "has a legacy row; the rollback's refill gave one to everyone who owned rows"), (),
+        (f"{PHASE}.policies", f"{PHASE}.legacy_helper", f"{PHASE}.canonical_helper"))
+        for short, fn, body, table, legacy, new in _sync_functions(spec, cat, cats, fill_legacy=False)]
 
 
 def _newcomers(spec: Spec, cat: Catalog, deps: list, count: bool) -> sql.Composable:
