@@ -284,3 +284,48 @@ def test_emitted_gate_refuses_after_a_statistics_reset_and_with_track_counts_off
         finally:
             c.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
     assert any(n.startswith("gate runtime use: passed") for n in _apply(dsn, gate))
+
+
+def test_legacy_rows_pgconverge_makes_for_newcomers_are_not_old_code(fixture_db, tmp_path):
+    """After the switch, new code writing a table whose key holds the legacy column for someone with no legacy row gets
+    a legacy row made for them: an insert into the legacy table that is pgconverge's, not old code's. The runner's
+    audit and the emitted gate take those off the count (and say so); an insert by old code still counts."""
+    dsn = fixture_db
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\nrls_sample = 5\n")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("create table public.favorites (customer_id bigint not null references public.customers (id) "
+                  "on delete cascade, product_id bigint not null, primary key (customer_id, product_id)); "
+                  "alter table public.favorites enable row level security; "
+                  "create policy fav_own on public.favorites for all to authenticated "
+                  "using (customer_id = auth_customer_id()); "
+                  "grant select, insert, update, delete on public.favorites to authenticated")
+    files = cli_json("emit", str(tmp_path / "project"), "--dsn", dsn, "--config", cfg)["migrations"]
+    baseline = next(f for f in files if f.endswith("_switch_runtime_baseline.sql"))
+    gate = next(f for f in files if "_contract_gate_runtime_use" in f)
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    _apply(dsn, baseline)
+    with psycopg.connect(dsn, autocommit=True, application_name="shop-backend-v2") as c:
+        for i in range(3):  # people new code signs up through the canonical table, and their favourites
+            pid = c.execute("insert into public.profiles (whatsapp_e164, display_name) values (%s, 'newcomer') "
+                            "returning user_id", (f"+25078955510{i}",)).fetchone()[0]
+            with c.transaction():
+                c.execute("set local role authenticated")
+                c.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(
+                    {"role": "authenticated", "app_role": "customer", "profile_id": str(pid)}),))
+                c.execute("insert into public.favorites (profile_id, product_id) values (%s, 7)", (pid,))
+        c.execute("select pg_stat_force_next_flush()")
+        assert c.execute("select count(*) from pgconverge.legacy_customer_profile where method = 'reverse'"
+                         ).fetchone()[0] == 3
+    seen = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert seen["in_use"] == [] and seen["legacy_rows_made"] == 3 and seen["legacy_table"]["n_tup_ins"] == 0, seen
+    notices = _apply(dsn, gate)
+    assert any(n.startswith("gate runtime use: passed") and "3 legacy row(s) pgconverge made" in n
+               for n in notices), notices
+    with psycopg.connect(dsn, autocommit=True, application_name=OLD_APP) as c:  # old code signs someone up
+        c.execute("insert into public.customers (wa_id, display_name) values ('+250788999222', 'old code')")
+        c.execute("select pg_stat_force_next_flush()")
+    seen = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert "n_tup_ins +1" in seen["in_use"], seen
+    msg = _refused(dsn, gate, psycopg.errors.ObjectInUse)
+    assert "1 row(s) of \"public\".\"customers\" inserted" in msg and "besides 3 legacy row(s)" in msg, msg

@@ -23,6 +23,7 @@ from psycopg import sql
 
 from pgconverge.catalog.model import Catalog
 from pgconverge.config import Spec, format_duration
+from pgconverge.execution.sql import qn, text
 from pgconverge.ledger.store import Ledger
 
 TABLE_COUNTERS = ("seq_scan", "idx_scan", "n_tup_ins", "n_tup_upd", "n_tup_del")
@@ -48,6 +49,9 @@ class RuntimeAudit:
     # from then, and what happened between the baseline and the reset was not measured.
     reset: bool = False
     reset_at: str | None = None  # when, if the server says (None: counters below their baseline, time unknown)
+    # Legacy rows pgconverge itself made over the same time (align's legacy_for_canonical, for people new code wrote
+    # for who had none): inserts into the legacy table that are not old code's, taken off n_tup_ins.
+    made: int = 0
 
     @property
     def in_use(self) -> list[str]:
@@ -92,7 +96,7 @@ class RuntimeAudit:
         return {"baseline_at": self.baseline_at, "legacy_table": self.table, "legacy_helper_calls": self.helper_calls,
                 "old_code_rows": self.old_writes, "statements": self.statements, "unavailable": self.unavailable,
                 "not_measured": self.blind, "reset": self.reset, "reset_at": self.reset_at,
-                "in_use": self.in_use, "reads": self.reads,
+                "in_use": self.in_use, "reads": self.reads, "legacy_rows_made": self.made,
                 "observation_window": {"seconds": self.observation_window, "observed_s": self.observed_s,
                                        "left_s": self.window_left_s, "open": self.window_open}}
 
@@ -140,6 +144,7 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
             "select extract(epoch from pg_catalog.clock_timestamp() - %s::timestamptz)", (audit.baseline_at,)
         ).fetchone()[0])
         _statistics_reset(conn, audit, now[0] if now else None, fn[0] if fn else None)
+        _made_rows(conn, spec, audit)
     pss = conn.execute("select n.nspname from pg_catalog.pg_extension e join pg_catalog.pg_namespace n "
                        "on n.oid = e.extnamespace where e.extname = 'pg_stat_statements'").fetchone()
     if pss is None:
@@ -269,6 +274,31 @@ def _statistics_reset(conn: psycopg.Connection, audit: RuntimeAudit, table: dict
            if at is not None and audit.observation_window > 0 else ""))
 
 
+def made_since(spec: Spec, since: sql.Composable) -> tuple[str, sql.Composable]:
+    """(the mapping's name, a count of the legacy rows pgconverge made since SINCE): the mapping's 'reverse' rows,
+    written by align's legacy_for_canonical. The emitted runtime gate runs the same count."""
+    from pgconverge.planning import align
+
+    m = align.names(spec)["mapping"]
+    return text(qn(m)), sql.SQL("select count(*) from {m} x where x.method = 'reverse' and x.decided_at >= {since}").format(
+        m=qn(m), since=since)
+
+
+def _made_rows(conn: psycopg.Connection, spec: Spec, audit: RuntimeAudit) -> None:
+    """Take the legacy rows pgconverge made since the counters' start off their inserts: a person new code wrote for
+    who had no legacy row gets one (a table whose key holds the legacy column, a rollback's refill), which is not old
+    code writing. Made in a transaction that rolled back, a row is counted by the statistics and not by the mapping:
+    such an insert still shows, on the side of refusing."""
+    since = audit.reset_at if audit.reset else audit.baseline_at
+    if since is None or not audit.table.get("n_tup_ins"):
+        return
+    mapping, count = made_since(spec, sql.SQL("%s::timestamptz"))
+    if not conn.execute("select pg_catalog.to_regclass(%s) is not null", (mapping,)).fetchone()[0]:
+        return
+    audit.made = int(conn.execute(count, (since,)).fetchone()[0])
+    audit.table["n_tup_ins"] = max(0, audit.table["n_tup_ins"] - audit.made)
+
+
 def _sessions_before_tracking(conn: psycopg.Connection, audit: RuntimeAudit) -> None:
     """Where function calls are counted because the switch set track_functions for the database, a session keeps the
     setting it started with: sessions older than the baseline count none of their calls (a pool's connections live
@@ -339,7 +369,6 @@ def _old_writes(conn: psycopg.Connection, spec: Spec, cat: Catalog, base: dict, 
 def _emitted_baseline(conn: psycopg.Connection, spec: Spec) -> dict | None:
     """The latest baseline the emitted migration files recorded (`pgconverge emit`), in the ledger's shape."""
     from pgconverge.emit.contract import baseline_table
-    from pgconverge.execution.sql import qn, text
 
     table = baseline_table(spec)
     if conn.execute("select to_regclass(%s)", (text(qn(table)),)).fetchone()[0] is None:

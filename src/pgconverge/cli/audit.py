@@ -153,6 +153,9 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
                       else f"since {audit.baseline_at or 'statistics were last reset'}:", highlight=False)
         for k, v in audit.table.items():
             console.print(f"  legacy table {k}: +{v}", highlight=False)
+        if audit.made:
+            console.print(f"  legacy rows pgconverge made for people new code wrote for: {audit.made} (not old code: "
+                          "taken off n_tup_ins)", highlight=False)
         if audit.helper_calls is not None:
             console.print(f"  legacy helper calls: +{audit.helper_calls}", highlight=False)
         for w in audit.old_writes:

@@ -228,6 +228,15 @@ def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
                             "again", header=header)
 
 
+def _made_since(spec: Spec) -> sql.Composable:
+    """PL/pgSQL setting MADE to the legacy rows pgconverge made since SINCE (audit/runtime.py made_since)."""
+    from pgconverge.audit import runtime
+
+    mapping, count = runtime.made_since(spec, sql.SQL("since"))
+    return sql.SQL("made := 0;\n  if pg_catalog.to_regclass({}) is not null then\n    {} into made;\n  end if;").format(
+        sql.Literal(mapping), count)
+
+
 def runtime_gate(spec: Spec, cat: Catalog, baseline_file: str) -> EmittedSql:
     """A DO block comparing the usage counters with the latest baseline; refuses on any write or helper call."""
     from pgconverge.audit import runtime
@@ -301,6 +310,7 @@ declare
   s record;
   calls bigint;
   ins bigint;
+  made bigint;
   upd bigint;
   del bigint;
   msg text;
@@ -390,12 +400,17 @@ begin
     del := s.n_tup_del - b.n_tup_del;
     calls := calls - coalesce(b.helper_calls, 0);
   end if;
+  -- Legacy rows pgconverge made for people new code wrote for who had none are not old code's inserts.
+  {made_since}
+  ins := greatest(0, ins - made);  -- GREATEST is a construct of the grammar, not a function
   if b.track_functions = 'none' then
     raise notice 'gate runtime use: calls of % are not counted (track_functions was none when the baseline was taken)',
       legacy_helper;
   end if;
   msg := pg_catalog.format('%s row(s) of %s inserted, %s updated, %s deleted and %s call(s) of %s since %s', ins,
                            legacy_table, upd, del, calls, legacy_helper, since_what)
+         || case when made > 0 then pg_catalog.format(' (besides %s legacy row(s) pgconverge made for people new '
+                                                      'code wrote for)', made) else '' end
          || coalesce('; ' || old_msg, '');
   if ins + upd + del + calls + old_rows = 0 and observed >= window_s then
     raise notice 'gate runtime use: passed, %; observed for % s (observation window % s)', msg,
@@ -426,7 +441,7 @@ end""").format(accept=sql.Literal(ACCEPT_SETTING), tname=sql.Literal(text(qn(tab
                fix_use=sql.Literal(fix_use), fix_missing=sql.Literal(fix_missing), fix_empty=sql.Literal(fix_empty),
                fix_window=sql.Literal(fix_window), fix_track=sql.Literal(fix_track),
                fix_reset=sql.Literal(fix_reset), accept_tail=sql.Literal(accept_tail),
-               track_counts_off=sql.SQL(runtime.TRACK_COUNTS_OFF))
+               track_counts_off=sql.SQL(runtime.TRACK_COUNTS_OFF), made_since=_made_since(spec))
     stmt = sql.SQL("do {}").format(body(code))
     header = (
         "Contract gate 2 of 2: no runtime use of the legacy side. Reads the usage counters of the legacy table "
