@@ -385,7 +385,10 @@ def test_python_names_reached_through_a_binding(tmp_path):
                             '    db.table("carts").select("id").eq(COL, 1)\n'                    # 17
                             "    db.rpc(HELPER)\n"                                               # 18
                             '    cur.execute("select * from {}".format(LEGACY))\n'               # 19
-                            'SOURCES = {"legacy": "customers", "qualified": "public.auth_customer_id"}\n')  # 20
+                            'SOURCES = {"legacy": "customers", "qualified": "public.auth_customer_id"}\n'  # 20
+                            "def p(db):\n"
+                            "    alias = LEGACY\n"                                               # 22
+                            "    return db.table(alias)\n")                                      # 23
     via = 'reached through {}, bound to "{}" at line {}'.format
     assert reached(tmp_path) == {
         ("b.py", 1, 11, "table", "customers", "bound to LEGACY"),
@@ -406,6 +409,8 @@ def test_python_names_reached_through_a_binding(tmp_path):
         ("b.py", 19, 43, "table", "customers", via("LEGACY", "customers", 1)),
         ("b.py", 20, 23, "table", "customers", "bound to legacy"),
         ("b.py", 20, 56, "helper", "auth_customer_id", "bound to qualified"),
+        ("b.py", 23, 21, "table", "customers", 'reached through alias (line 22) and LEGACY, bound to "customers" at '
+                                               "line 1"),
     }
 
 
@@ -426,7 +431,9 @@ def test_typescript_names_reached_through_a_binding(tmp_path):
                             "let helper: string;\n"
                             "helper = 'auth_customer_id';\n"                                       # 15
                             "export const m = (db: any) => db.rpc(helper);\n"                      # 16
-                            "export const n = (q: any) => q('select * from ' + LEGACY);\n")         # 17
+                            "export const n = (q: any) => q('select * from ' + LEGACY);\n"          # 17
+                            "const again = name, more = again;\n"                                  # 18
+                            "export const o = (db: any) => db.from(more);\n")                      # 19
     write(tmp_path, "b.js", "const who = 'customers';\n"
                             "module.exports = (db) => db.query(`delete from ${who} where id = $1`);\n")
     via = "reached through {}, bound to '{}' at line {}".format
@@ -447,6 +454,8 @@ def test_typescript_names_reached_through_a_binding(tmp_path):
         ("b.ts", 15, 11, "helper", "auth_customer_id", "bound to helper"),
         ("b.ts", 16, 38, "helper", "auth_customer_id", via("helper", "auth_customer_id", 15)),
         ("b.ts", 17, 51, "table", "customers", dvia("LEGACY", "customers", 5)),
+        ("b.ts", 19, 39, "table", "customers", "reached through more (line 18) and again (line 18) and name, bound "
+                                               "to 'customers' at line 2"),
         ("b.js", 1, 14, "table", "customers", "bound to who"),
         ("b.js", 2, 50, "table", "customers", via("who", "customers", 1)),
     }

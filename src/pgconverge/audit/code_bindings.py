@@ -24,9 +24,17 @@ class Binding:
     line: int  # 1-based line of the binding
     quote: str  # the literal's quote character
     at: int  # byte offset of the name at the binding, which is not a use
+    via: "Binding | None" = None  # for `alias = LEGACY`, LEGACY's binding
 
     def reason(self) -> str:
+        if self.via is not None:
+            return f"reached through {self.name} (line {self.line}) and " + self.via.reason().removeprefix(
+                "reached through ")
         return f"reached through {self.name}, bound to {self.quote}{self.value}{self.quote} at line {self.line}"
+
+    def alias(self, name: str, line: int, at: int) -> "Binding":
+        """NAME, bound at LINE to this binding's name."""
+        return Binding(name, self.value, line, self.quote, at, self)
 
 
 def legacy_value(text: str, names) -> bool:

@@ -170,17 +170,31 @@ def _uses(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, 
     """Each use of a bound name read as the legacy name it holds: an argument, an operand of `+` or `%`, a
     `.format()` argument, an f-string's {substitution}."""
     out: list[Hit] = []
+    pending = dict(bindings)
+    while pending:  # the bound names, then the aliases found for them (`alias = LEGACY`), and so on
+        aliases: dict[str, Binding] = {}
+        out += _uses_of(root, src, names, bindings, pending, set(), aliases)  # a string read again: same hits
+        pending = {k: b for k, b in aliases.items() if k not in bindings}
+        bindings.update(pending)
+    return out
+
+
+def _uses_of(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding],
+             pending: dict[str, Binding], strings: set[int], aliases: dict[str, Binding]) -> list[Hit]:
+    out: list[Hit] = []
     defs = {b.at for b in bindings.values()}
-    strings: set[int] = set()
-    for m in use_regex(bindings).finditer(src):
+    for m in use_regex(pending).finditer(src):
         node = root.descendant_for_byte_range(m.start(), m.end())
         if node is None or node.start_byte != m.start() or node.end_byte != m.end() \
                 or node.type not in ("identifier", "attribute") or node.start_byte in defs:
             continue
-        binding = bindings[re.sub(rb"\s+", b"", m.group()).decode()]
+        binding = pending[re.sub(rb"\s+", b"", m.group()).decode()]
         parent = node.parent
         if parent is None:
             continue
+        alias = _alias_of(node, parent)
+        if alias is not None:
+            aliases.setdefault(alias[0], binding.alias(alias[0], parent.start_point[0] + 1, alias[1]))
         if parent.type == "interpolation":
             string = parent.parent
             if string is not None and string.type == "string" and string.start_byte not in strings:
@@ -197,6 +211,14 @@ def _uses(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, 
         out += [Hit(node.start_byte, r.category, r.name, r.suggestion, binding.reason())
                 for r in classify(binding.value, ctx, names)]
     return out
+
+
+def _alias_of(node: tree_sitter.Node, parent: tree_sitter.Node) -> tuple[str, int] | None:
+    """`alias = NODE`: the alias's name and offset."""
+    left = parent.child_by_field_name("left") if parent.type == "assignment" else None
+    if left is None or parent.child_by_field_name("right") != node or left.type not in ("identifier", "attribute"):
+        return None
+    return re.sub(r"\s+", "", left.text.decode()), left.start_byte
 
 
 def _interpolated(string: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding]) -> list[Hit]:
