@@ -80,16 +80,21 @@ REACHED = {
     "py_fstring": ("a.py", 'LEGACY = "customers"\ndef f(cur, cid):\n'
                            '    cur.execute(f"select * from {LEGACY} where id = %s", (cid,))\n',
                    'a.py:3:34 table customers → profiles (reached through LEGACY, bound to "customers" at line 1)'),
-    "py_local": ("c.py", 'def h(supabase):\n    t = "customers"\n    return supabase.table(t).select("*").execute()\n',
-                 'c.py:3:27 table customers → .table("profiles") (reached through t, bound to "customers" at line 2)'),
+    "py_local": ("c.py", 'def h(supabase):\n    t = "customers"\n'
+                         '    return supabase.table(t).select("*").execute()\n',
+                 'c.py:3:27 table customers → .table("profiles") (reached through t, bound to "customers" at '
+                 'line 2)'),
     "ts_local": ("a.ts", "export async function f(supabase: any) {\n  const name = 'customers';\n"
                          "  return supabase.from(name).select('*');\n}\n",
-                 "a.ts:3:24 table customers → .from('profiles') (reached through name, bound to 'customers' at line 2)"),
+                 "a.ts:3:24 table customers → .from('profiles') (reached through name, bound to 'customers' at "
+                 "line 2)"),
     "ts_template": ("b.ts", 'const LEGACY = "customers";\nexport async function g(sql: any) {\n'
                             "  return sql.unsafe(`select * from ${LEGACY}`);\n}\n",
                     'b.ts:3:38 table customers → profiles (reached through LEGACY, bound to "customers" at line 1)'),
-    "py_column": ("k.py", 'COL = "customer_id"\ndef k(cur):\n    cur.execute(f"select id from carts where {COL} = 1")\n',
-                  'k.py:3:47 column customer_id → profile_id (reached through COL, bound to "customer_id" at line 1)'),
+    "py_column": ("k.py", 'COL = "customer_id"\ndef k(cur):\n'
+                          '    cur.execute(f"select id from carts where {COL} = 1")\n',
+                  'k.py:3:47 column customer_id → profile_id (reached through COL, bound to "customer_id" at '
+                  'line 1)'),
     "ts_helper": ("h.ts", "const HELPER = 'auth_customer_id';\nexport const me = (db: any) => db.rpc(HELPER);\n",
                   "h.ts:2:39 helper auth_customer_id → .rpc('auth_profile_id') (reached through HELPER, bound to "
                   "'auth_customer_id' at line 1)"),

@@ -241,7 +241,8 @@ def _alias_of(node: tree_sitter.Node, parent: tree_sitter.Node) -> tuple[str, in
     target, value = {"variable_declarator": ("name", "value"),
                      "assignment_expression": ("left", "right")}.get(parent.type, (None, None))
     left = parent.child_by_field_name(target) if target else None
-    if left is None or parent.child_by_field_name(value) != node or left.type not in ("identifier", "member_expression"):
+    if left is None or parent.child_by_field_name(value) != node \
+            or left.type not in ("identifier", "member_expression"):
         return None
     return re.sub(r"\s+", "", left.text.decode()), left.start_byte
 
