@@ -47,7 +47,7 @@ def test_json_on_the_sample():
     assert distinct == planted_counts()
     assert all(c > 0 for c in data["counts"].values())
     first = data["findings"][0]
-    assert set(first) == {"path", "line", "column", "code", "category", "name", "suggestion"}
+    assert set(first) == {"path", "line", "column", "code", "category", "name", "suggestion", "reason"}
     assert data["files_scanned"] == 9 and data["skipped"] == []
 
 

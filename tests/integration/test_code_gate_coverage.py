@@ -73,3 +73,65 @@ def test_contract_code_gate_fails_over_code_it_could_not_read(make_db, template_
         assert schema_dump(conn, ("public", "archive")) == before
     # Accepting the references on purpose still goes through.
     cli("run", "contract", "--dsn", dsn, "--config", cfg, "--code", str(go), "--accept-code-references", "--yes")
+
+
+# Legacy names reached through a variable, each in a directory of its own: (file, source, the use's place and how).
+REACHED = {
+    "py_fstring": ("a.py", 'LEGACY = "customers"\ndef f(cur, cid):\n'
+                           '    cur.execute(f"select * from {LEGACY} where id = %s", (cid,))\n',
+                   'a.py:3:34 table customers → profiles (reached through LEGACY, bound to "customers" at line 1)'),
+    "py_local": ("c.py", 'def h(supabase):\n    t = "customers"\n'
+                         '    return supabase.table(t).select("*").execute()\n',
+                 'c.py:3:27 table customers → .table("profiles") (reached through t, bound to "customers" at '
+                 'line 2)'),
+    "ts_local": ("a.ts", "export async function f(supabase: any) {\n  const name = 'customers';\n"
+                         "  return supabase.from(name).select('*');\n}\n",
+                 "a.ts:3:24 table customers → .from('profiles') (reached through name, bound to 'customers' at "
+                 "line 2)"),
+    "ts_template": ("b.ts", 'const LEGACY = "customers";\nexport async function g(sql: any) {\n'
+                            "  return sql.unsafe(`select * from ${LEGACY}`);\n}\n",
+                    'b.ts:3:38 table customers → profiles (reached through LEGACY, bound to "customers" at line 1)'),
+    "py_column": ("k.py", 'COL = "customer_id"\ndef k(cur):\n'
+                          '    cur.execute(f"select id from carts where {COL} = 1")\n',
+                  'k.py:3:47 column customer_id → profile_id (reached through COL, bound to "customer_id" at '
+                  'line 1)'),
+    "ts_helper": ("h.ts", "const HELPER = 'auth_customer_id';\nexport const me = (db: any) => db.rpc(HELPER);\n",
+                  "h.ts:2:39 helper auth_customer_id → .rpc('auth_profile_id') (reached through HELPER, bound to "
+                  "'auth_customer_id' at line 1)"),
+}
+
+
+def _reached_trees(tmp_path):
+    trees = {}
+    for case, (name, source, _) in REACHED.items():
+        d = tmp_path / case
+        d.mkdir()
+        (d / name).write_text(source)
+        trees[case] = d
+    return trees
+
+
+def test_audit_code_fails_on_names_reached_through_a_variable(tmp_path):
+    for case, d in _reached_trees(tmp_path).items():
+        data = json.loads(cli("audit", "code", str(d), "--json", "--fail-on-findings", expect=1))
+        name, _, use = REACHED[case]
+        where, rest = use.split(" ", 1)
+        at = [f for f in data["findings"] if f"{f['path']}:{f['line']}:{f['column']}" == where]
+        assert at and at[0]["reason"] == rest.split(" (", 1)[1].rstrip(")"), (case, data["findings"])
+        out = _flat(cli("audit", "code", str(d), "--fail-on-findings", expect=1))
+        assert "reached through" in out, out
+
+
+def test_contract_code_gate_fails_on_names_reached_through_a_variable(make_db, template_factory, tmp_path):
+    trees = _reached_trees(tmp_path)
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, NO_WINDOW)
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        before = schema_dump(conn, ("public", "archive"))
+        for case, d in trees.items():
+            out = _flat(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--code", str(d), "--yes", expect=2))
+            assert "contract is blocked, nothing was dropped" in out, (case, out)
+            assert REACHED[case][2] in out, (case, out)
+        assert schema_dump(conn, ("public", "archive")) == before

@@ -83,8 +83,11 @@ def test_findings_are_sorted_unique_and_positioned(sample_findings):
     for f in sample_findings:
         line = (SAMPLE / f.path).read_text().splitlines()[f.line - 1]
         assert f.code == line.strip()
-        # the column points at the name itself (case-insensitively: SQL folds identifiers)
-        assert line[f.column - 1:f.column - 1 + len(f.name)].lower() == f.name.lower(), f
+        # the column points at the name itself (case-insensitively: SQL folds identifiers), or, for a name reached
+        # through a variable, at the variable where it is used
+        through = re.match(r"reached through (\S+), bound to ", f.reason)
+        shown = through.group(1) if through else f.name
+        assert line[f.column - 1:f.column - 1 + len(shown)].lower() == shown.lower(), f
 
 
 @pytest.mark.parametrize("path, snippet, category, suggestion", [
@@ -354,6 +357,123 @@ def test_the_bare_word_elsewhere_stays_prose(tmp_path):
                             'e = "select * from t where kind = " + "\'customers\'"\n'
                             'f = "select 1 -- from " + "customers"\n')
     assert audit_code(tmp_path, Spec()) == []
+
+
+# --- names reached through a binding ----------------------------------------------------------------
+
+def reached(root: Path) -> set[tuple[str, int, int, str, str, str]]:
+    return {(f.path, f.line, f.column, f.category, f.name, f.reason) for f in audit_code(root, Spec())}
+
+
+def test_python_names_reached_through_a_binding(tmp_path):
+    write(tmp_path, "b.py", 'LEGACY = "customers"\n'                                            # 1
+                            "def f(cur, cid):\n"
+                            '    cur.execute(f"select * from {LEGACY} where id = %s", (cid,))\n'  # 3
+                            "def h(supabase):\n"
+                            '    t = "customers"\n'                                              # 5
+                            '    return supabase.table(t).select("*").execute()\n'               # 6
+                            'def g(db, rel="public.customers"):\n'                              # 7
+                            "    return db.table(rel).select().execute()\n"                      # 8
+                            "class Repo:\n"
+                            '    TABLE = "customers"\n'                                          # 10
+                            "    def all(self, cur):\n"
+                            '        cur.execute("delete from " + self.TABLE)\n'                 # 12
+                            'COL = "customer_id"\n'                                              # 13
+                            'HELPER = "auth_customer_id"\n'                                      # 14
+                            "def k(cur, db):\n"
+                            '    cur.execute(f"select {COL} from carts where {COL} = {HELPER}()")\n'  # 16
+                            '    db.table("carts").select("id").eq(COL, 1)\n'                    # 17
+                            "    db.rpc(HELPER)\n"                                               # 18
+                            '    cur.execute("select * from {}".format(LEGACY))\n'               # 19
+                            'SOURCES = {"legacy": "customers", "qualified": "public.auth_customer_id"}\n'  # 20
+                            "def p(db):\n"
+                            "    alias = LEGACY\n"                                               # 22
+                            "    return db.table(alias)\n")                                      # 23
+    via = 'reached through {}, bound to "{}" at line {}'.format
+    assert reached(tmp_path) == {
+        ("b.py", 1, 11, "table", "customers", "bound to LEGACY"),
+        ("b.py", 3, 34, "table", "customers", via("LEGACY", "customers", 1)),
+        ("b.py", 5, 10, "table", "customers", "bound to t"),
+        ("b.py", 6, 27, "table", "customers", via("t", "customers", 5)),
+        ("b.py", 7, 23, "table", "customers", "bound to rel"),
+        ("b.py", 8, 21, "table", "customers", via("rel", "public.customers", 7)),
+        ("b.py", 10, 14, "table", "customers", "bound to TABLE"),
+        ("b.py", 12, 38, "table", "customers", via("self.TABLE", "customers", 10)),
+        ("b.py", 13, 8, "column", "customer_id", "bound to COL"),
+        ("b.py", 14, 11, "helper", "auth_customer_id", "bound to HELPER"),
+        ("b.py", 16, 27, "column", "customer_id", via("COL", "customer_id", 13)),
+        ("b.py", 16, 50, "column", "customer_id", via("COL", "customer_id", 13)),
+        ("b.py", 16, 58, "helper", "auth_customer_id", via("HELPER", "auth_customer_id", 14)),
+        ("b.py", 17, 39, "column", "customer_id", via("COL", "customer_id", 13)),
+        ("b.py", 18, 12, "helper", "auth_customer_id", via("HELPER", "auth_customer_id", 14)),
+        ("b.py", 19, 43, "table", "customers", via("LEGACY", "customers", 1)),
+        ("b.py", 20, 23, "table", "customers", "bound to legacy"),
+        ("b.py", 20, 56, "helper", "auth_customer_id", "bound to qualified"),
+        ("b.py", 23, 21, "table", "customers", 'reached through alias (line 22) and LEGACY, bound to "customers" at '
+                                               "line 1"),
+    }
+
+
+def test_typescript_names_reached_through_a_binding(tmp_path):
+    write(tmp_path, "b.ts", "export async function f(supabase: any) {\n"
+                            "  const name = 'customers';\n"                                        # 2
+                            "  return supabase.from(name).select('*');\n"                          # 3
+                            "}\n"
+                            'const LEGACY = "customers";\n'                                        # 5
+                            "export const g = (sql: any) => sql.unsafe(`select * from ${LEGACY}`);\n"  # 6
+                            "export const h = (db: any, t = 'customers') => db.from(t);\n"          # 7
+                            "class Repo {\n"
+                            "  table = 'public.customers';\n"                                      # 9
+                            "  all(db: any) { return db.from(this.table).select(); }\n"            # 10
+                            "}\n"
+                            "const T = { legacy: 'customers', col: 'customer_id' } as const;\n"    # 12
+                            "export const k = (db: any) => db.from(T.legacy).select().eq(T.col, 1);\n"  # 13
+                            "let helper: string;\n"
+                            "helper = 'auth_customer_id';\n"                                       # 15
+                            "export const m = (db: any) => db.rpc(helper);\n"                      # 16
+                            "export const n = (q: any) => q('select * from ' + LEGACY);\n"          # 17
+                            "const again = name, more = again;\n"                                  # 18
+                            "export const o = (db: any) => db.from(more);\n")                      # 19
+    write(tmp_path, "b.js", "const who = 'customers';\n"
+                            "module.exports = (db) => db.query(`delete from ${who} where id = $1`);\n")
+    via = "reached through {}, bound to '{}' at line {}".format
+    dvia = 'reached through {}, bound to "{}" at line {}'.format
+    assert reached(tmp_path) == {
+        ("b.ts", 2, 17, "table", "customers", "bound to name"),
+        ("b.ts", 3, 24, "table", "customers", via("name", "customers", 2)),
+        ("b.ts", 5, 17, "table", "customers", "bound to LEGACY"),
+        ("b.ts", 6, 60, "table", "customers", dvia("LEGACY", "customers", 5)),
+        ("b.ts", 7, 33, "table", "customers", "bound to t"),
+        ("b.ts", 7, 56, "table", "customers", via("t", "customers", 7)),
+        ("b.ts", 9, 19, "table", "customers", "bound to table"),
+        ("b.ts", 10, 33, "table", "customers", via("this.table", "public.customers", 9)),
+        ("b.ts", 12, 22, "table", "customers", "bound to legacy"),
+        ("b.ts", 12, 40, "column", "customer_id", "bound to col"),
+        ("b.ts", 13, 39, "table", "customers", via("T.legacy", "customers", 12)),
+        ("b.ts", 13, 61, "column", "customer_id", via("T.col", "customer_id", 12)),
+        ("b.ts", 15, 11, "helper", "auth_customer_id", "bound to helper"),
+        ("b.ts", 16, 38, "helper", "auth_customer_id", via("helper", "auth_customer_id", 15)),
+        ("b.ts", 17, 51, "table", "customers", dvia("LEGACY", "customers", 5)),
+        ("b.ts", 19, 39, "table", "customers", "reached through more (line 18) and again (line 18) and name, bound "
+                                               "to 'customers' at line 2"),
+        ("b.js", 1, 14, "table", "customers", "bound to who"),
+        ("b.js", 2, 50, "table", "customers", via("who", "customers", 1)),
+    }
+
+
+def test_a_bound_name_is_quiet_where_a_literal_would_be(tmp_path):
+    """The binding of a legacy name is reported; its uses are reported only where the literal itself would be."""
+    write(tmp_path, "q.ts", "const LABEL = 'customers';\n"
+                            "console.log(LABEL); toast(`Manage your ${LABEL}`); nav.push('/' + LABEL);\n"
+                            "db.from('orders').insert({ kind: 'customers' });\n"  # a row's value, judged by the call
+                            "@Column({ name: 'customers' })\n"
+                            "const x = other.LABEL, y = 'Customers', z = { LABEL: 1 };\n")
+    write(tmp_path, "q.py", 'LABEL = "customers"\n'
+                            'print(LABEL, f"Manage your {LABEL}", obj.LABEL)\n'
+                            'db.table("orders").insert({"kind": "customers"})\n'
+                            'j = "label %(t)s" % {"t": "customers"}\n'
+                            "def f(LABEL=1): return g(LABEL=2)\n")
+    assert {(f.path, f.line) for f in audit_code(tmp_path, Spec())} == {("q.ts", 1), ("q.py", 1)}
 
 
 # --- configuration ----------------------------------------------------------------------------------

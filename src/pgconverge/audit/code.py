@@ -48,6 +48,9 @@ class Finding:
     category: str  # table, column, helper or code_helper
     name: str  # the legacy name matched
     suggestion: str  # the replacement text
+    # How the name was reached when it is not written where it is reported ("reached through LEGACY, bound to
+    # 'customers' at line 3"), or that the literal is bound to a name ("bound to LEGACY"); else empty.
+    reason: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -138,7 +141,8 @@ def audit_file(rel: str, src: bytes, names: Names) -> list[Finding]:
     out: dict[tuple[int, str], Finding] = {}
     for h in hits:
         line, column, code = lines.locate(h.offset)
-        out.setdefault((h.offset, h.name), Finding(rel, line, column, code, h.category, h.name, h.suggestion))
+        out.setdefault((h.offset, h.name), Finding(rel, line, column, code, h.category, h.name, h.suggestion,
+                                                            h.reason))
     return list(out.values())
 
 

@@ -25,6 +25,7 @@ class Hit:
     category: str
     name: str
     suggestion: str
+    reason: str = ""  # how the name was reached, when not written where it is reported
 
 
 @dataclass(frozen=True)

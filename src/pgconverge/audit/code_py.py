@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from functools import lru_cache
 
 import tree_sitter
 import tree_sitter_python
 
+from pgconverge.audit.code_bindings import Binding, legacy_value, substitute, use_regex
 from pgconverge.audit.code_common import CODE_HELPER, COLUMN, HELPER, Hit, Names
-from pgconverge.audit.code_strings import StringContext, before_placeholder, string_hits
+from pgconverge.audit.code_strings import StringContext, before_placeholder, classify, string_hits
 
 SUFFIXES = {".py": "python", ".pyi": "python"}
 
@@ -27,6 +29,7 @@ def hits(src: bytes, suffix: str, names: Names, candidates: list[tuple[int, int]
     root = _parser().parse(src).root_node
     out: list[Hit] = []
     seen: set[int] = set()
+    bindings: dict[str, Binding] = {}
     for start, end in candidates:
         node = root.descendant_for_byte_range(start, end)
         if node is None:
@@ -41,7 +44,9 @@ def hits(src: bytes, suffix: str, names: Names, candidates: list[tuple[int, int]
         if string is None or string.start_byte in seen:
             continue  # a comment: not a reference
         seen.add(string.start_byte)
-        out.extend(_string(string, src, names))
+        out.extend(_string(string, src, names, bindings))
+    if bindings:
+        out.extend(_uses(root, src, names, bindings))
     return out
 
 
@@ -68,13 +73,178 @@ def _identifier(node: tree_sitter.Node, text: str, names: Names) -> Hit | None:
     return None
 
 
-def _string(node: tree_sitter.Node, src: bytes, names: Names) -> list[Hit]:
+def _quote(node: tree_sitter.Node) -> str:
+    return node.child(0).text.decode().lstrip("rRbBuUfFtT")[:1] or "'"
+
+
+def _string(node: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding] | None = None) -> list[Hit]:
     content = _content(node, src)
     if content is None:
         return []
-    prefix = node.child(0).text.decode()
-    quote = prefix.lstrip("rRbBuUfFtT")[:1] or "'"
-    return string_hits(node.child(0).end_byte, content, _context(node, quote, src), names)
+    quote = _quote(node)
+    ctx = _context(node, quote, src)
+    text = content.decode("utf-8", "replace")
+    if not ctx.skip and legacy_value(text, names):
+        shown, uses = _bound_to(node, src)
+        if shown:
+            ctx = replace(ctx, bound_to=shown)
+            line = node.start_point[0] + 1
+            for name, at in uses:
+                if bindings is not None:
+                    bindings.setdefault(name, Binding(name, text.strip(), line, quote, at))
+    return string_hits(node.child(0).end_byte, content, ctx, names)
+
+
+_COLLECTIONS = {"dictionary", "pair", "list", "tuple", "set", "parenthesized_expression", "keyword_argument"}
+
+
+def _bound_to(node: tree_sitter.Node, src: bytes) -> tuple[str | None, list[tuple[str, int]]]:
+    """The name the string literal NODE is the whole value of (a variable, a default argument, a dict value), and
+    the names (with their offsets there) a use of it may be written as."""
+    child, parent = node, node.parent
+    while parent is not None and parent.type == "parenthesized_expression":
+        child, parent = parent, parent.parent
+    if parent is None:
+        return None, []
+    kind = parent.type
+    if kind in ("assignment", "named_expression", "default_parameter", "typed_default_parameter"):
+        target, value = ("left", "right") if kind == "assignment" else ("name", "value")
+        left = parent.child_by_field_name(target)
+        if parent.child_by_field_name(value) != child or left is None:
+            return None, []
+        text = re.sub(r"\s+", "", left.text.decode())
+        if left.type == "identifier":
+            uses = [(text, left.start_byte)]
+            cls = _class_of(parent)
+            if cls is not None:  # a class attribute: read as self.X, cls.X or Class.X
+                uses += [(f"{o}.{text}", left.start_byte) for o in ("self", "cls", cls)]
+            return text, uses
+        if left.type == "attribute":
+            return text, [(text, left.start_byte)]
+        return text, []  # a subscript or a pattern: named, not followed
+    if kind == "pair" and parent.child_by_field_name("value") == child:
+        # A dict written as a call's argument (a row, options) or formatted with `%` is judged by that call.
+        up = parent.parent
+        while up is not None and up.type in _COLLECTIONS:
+            up = up.parent
+        if up is None or up.type == "argument_list" or (up.type == "binary_operator" and _is_percent(up)):
+            return None, []
+        key = parent.child_by_field_name("key")
+        if key is None:
+            return None, []
+        text = "".join(c.text.decode() for c in key.children if c.type == "string_content") \
+            if key.type == "string" else key.text.decode()
+        return text, []
+    return None, []
+
+
+def _is_percent(node: tree_sitter.Node) -> bool:
+    op = node.child_by_field_name("operator")
+    return op is not None and op.type == "%"
+
+
+def _class_of(assignment: tree_sitter.Node) -> str | None:
+    """The class whose body ASSIGNMENT is a statement of, if any."""
+    stmt = assignment.parent
+    block = stmt.parent if stmt is not None and stmt.type == "expression_statement" else None
+    cls = block.parent if block is not None and block.type == "block" else None
+    if cls is None or cls.type != "class_definition":
+        return None
+    name = cls.child_by_field_name("name")
+    return name.text.decode() if name is not None else None
+
+
+# Places where a bound name is written but not read: its own (re)binding, a parameter, a keyword's name.
+_NOT_A_USE = {"global_statement", "nonlocal_statement", "import_statement", "import_from_statement",
+              "aliased_import", "dotted_name", "parameters", "lambda_parameters", "keyword_argument",
+              "default_parameter", "typed_default_parameter", "typed_parameter", "named_expression",
+              "assignment", "augmented_assignment", "for_statement", "for_in_clause", "delete_statement",
+              "pattern_list", "tuple_pattern", "list_pattern", "as_pattern", "function_definition",
+              "class_definition"}
+# ... except as the value there: `alias = LEGACY`, `f(t=LEGACY)`, `def f(t=LEGACY)`, `for t in LEGACY`.
+_VALUE_FIELD = {"assignment": "right", "augmented_assignment": "right", "for_statement": "right",
+                "for_in_clause": "right"}
+
+
+def _uses(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding]) -> list[Hit]:
+    """Each use of a bound name read as the legacy name it holds: an argument, an operand of `+` or `%`, a
+    `.format()` argument, an f-string's {substitution}."""
+    out: list[Hit] = []
+    pending = dict(bindings)
+    while pending:  # the bound names, then the aliases found for them (`alias = LEGACY`), and so on
+        aliases: dict[str, Binding] = {}
+        out += _uses_of(root, src, names, bindings, pending, set(), aliases)  # a string read again: same hits
+        pending = {k: b for k, b in aliases.items() if k not in bindings}
+        bindings.update(pending)
+    return out
+
+
+def _uses_of(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding],
+             pending: dict[str, Binding], strings: set[int], aliases: dict[str, Binding]) -> list[Hit]:
+    out: list[Hit] = []
+    defs = {b.at for b in bindings.values()}
+    for m in use_regex(pending).finditer(src):
+        node = root.descendant_for_byte_range(m.start(), m.end())
+        if node is None or node.start_byte != m.start() or node.end_byte != m.end() \
+                or node.type not in ("identifier", "attribute") or node.start_byte in defs:
+            continue
+        binding = pending[re.sub(rb"\s+", b"", m.group()).decode()]
+        parent = node.parent
+        if parent is None:
+            continue
+        alias = _alias_of(node, parent)
+        if alias is not None:
+            aliases.setdefault(alias[0], binding.alias(alias[0], parent.start_point[0] + 1, alias[1]))
+        if parent.type == "interpolation":
+            string = parent.parent
+            if string is not None and string.type == "string" and string.start_byte not in strings:
+                strings.add(string.start_byte)
+                out.extend(_interpolated(string, src, names, bindings))
+            continue
+        if parent.type in _NOT_A_USE and node != parent.child_by_field_name(_VALUE_FIELD.get(parent.type, "value")):
+            continue
+        if parent.type == "attribute" and parent.child_by_field_name("attribute") == node:
+            continue
+        ctx = replace(_context(node, binding.quote, src), bound_to=None)
+        if ctx.skip:
+            continue
+        out += [Hit(node.start_byte, r.category, r.name, r.suggestion, binding.reason())
+                for r in classify(binding.value, ctx, names)]
+    return out
+
+
+def _alias_of(node: tree_sitter.Node, parent: tree_sitter.Node) -> tuple[str, int] | None:
+    """`alias = NODE`: the alias's name and offset."""
+    left = parent.child_by_field_name("left") if parent.type == "assignment" else None
+    if left is None or parent.child_by_field_name("right") != node or left.type not in ("identifier", "attribute"):
+        return None
+    return re.sub(r"\s+", "", left.text.decode()), left.start_byte
+
+
+def _interpolated(string: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding]) -> list[Hit]:
+    """An f-string read with each {substitution} of a bound name replaced by the name it holds: what lands in
+    a substitution is reported there."""
+    content = _content(string, src)
+    if content is None:
+        return []
+    base = string.child(0).end_byte
+    spans = []
+    for child in string.children:
+        if child.type != "interpolation":
+            continue
+        expr = child.child_by_field_name("expression")
+        binding = bindings.get(re.sub(r"\s+", "", expr.text.decode())) \
+            if expr is not None and expr.type in ("identifier", "attribute") else None
+        spans.append((child.start_byte - base, child.end_byte - base, binding, expr.start_byte if expr else 0))
+    ctx = _context(string, _quote(string), src)
+    if ctx.skip:
+        return []
+    text, ranges = substitute(content, spans)
+    out = []
+    for r in classify(text, replace(ctx, bound_to=None), names):
+        out += [Hit(at, r.category, r.name, r.suggestion, binding.reason())
+                for a, b, binding, at in ranges if a <= r.offset < b]
+    return out
 
 
 def _content(node: tree_sitter.Node, src: bytes) -> bytes | None:

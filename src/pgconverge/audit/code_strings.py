@@ -69,6 +69,7 @@ class StringContext:
     chained: str | None = None  # the method called on the result of the call (a plain function call)
     owner: str | None = None  # the call whose argument the object holding this key: value is
     sql_before: str | None = None  # the string literal this one is concatenated onto ('select * from ' + ...)
+    bound_to: str | None = None  # the variable, parameter, field or key the string is the whole value of
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class _StrRef:
     category: str
     name: str
     suggestion: str
+    reason: str = ""
 
 
 def string_hits(region_start: int, content: bytes, ctx: StringContext, names: Names) -> list[Hit]:
@@ -89,7 +91,7 @@ def string_hits(region_start: int, content: bytes, ctx: StringContext, names: Na
     if not refs:
         return []
     offs = char_to_byte_offsets(text, (r.offset for r in refs))
-    return [Hit(region_start + offs[r.offset], r.category, r.name, r.suggestion) for r in refs]
+    return [Hit(region_start + offs[r.offset], r.category, r.name, r.suggestion, r.reason) for r in refs]
 
 
 def classify(text: str, ctx: StringContext, names: Names) -> list[_StrRef]:
@@ -100,17 +102,24 @@ def classify(text: str, ctx: StringContext, names: Names) -> list[_StrRef]:
     names_table = rel == names.table and (not schema or schema == names.table_schema)
     table_at = lead + (len(schema) + 1 if schema else 0)
 
+    # A literal that is exactly a legacy name and the whole value of a variable, parameter, field or key
+    # is a reference wherever it stands: its uses may be anywhere (code_bindings follows them in the file).
+    why = f"bound to {ctx.bound_to}" if ctx.bound_to else ""
     if ctx.method in TABLE_METHODS and ctx.arg_index == 0 and names_table:
         return [_StrRef(table_at, TABLE, names.table, f".{ctx.method}({q}{names.table_sql(bool(schema))}{q})")]
-    if word == names.helper:
-        suggestion = (f".rpc({q}{names.canon_helper}{q})" if ctx.method == "rpc" else f"{q}{names.canon_helper}{q}")
-        return [_StrRef(lead, HELPER, names.helper, suggestion)]
+    if rel == names.helper and schema in ("", names.helper_schema):
+        suggestion = (f".rpc({q}{names.canon_helper}{q})" if ctx.method == "rpc"
+                      else f"{q}{names.helper_sql(bool(schema)).removesuffix('()')}{q}")
+        return [_StrRef(lead + (len(schema) + 1 if schema else 0), HELPER, names.helper, suggestion, why)]
     if word in names.columns:
-        return [_StrRef(lead, COLUMN, word, names.canon_column)]
+        return [_StrRef(lead, COLUMN, word, names.canon_column, why)]
     if names_table:
         if ctx.in_type or (ctx.key and _TABLE_KEY.search(ctx.key.strip("_"))) or _declares_relation(ctx, names):
-            return [_StrRef(table_at, TABLE, names.table, f"{q}{names.table_sql(bool(schema))}{q}")]
-        return _after_sql(text, ctx, names)  # else the bare word: a label, an i18n key, a route
+            return [_StrRef(table_at, TABLE, names.table, f"{q}{names.table_sql(bool(schema))}{q}", why)]
+        after = _after_sql(text, ctx, names)
+        if after or not why:
+            return after  # else the bare word: a label, an i18n key, a route
+        return [_StrRef(table_at, TABLE, names.table, f"{q}{names.table_sql(bool(schema))}{q}", why)]
 
     if ctx.method in ("or", "and") or (ctx.method == "not" and ctx.arg_index == 0):
         refs = _filter_refs(text, names)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from functools import lru_cache
 
 import tree_sitter
 import tree_sitter_javascript
 import tree_sitter_typescript
 
+from pgconverge.audit.code_bindings import Binding, legacy_value, substitute, use_regex
 from pgconverge.audit.code_common import CODE_HELPER, COLUMN, HELPER, TABLE, Hit, Names
-from pgconverge.audit.code_strings import StringContext, before_placeholder, string_hits
+from pgconverge.audit.code_strings import StringContext, before_placeholder, classify, string_hits
 
 SUFFIXES = {".ts": "typescript", ".mts": "typescript", ".cts": "typescript", ".tsx": "tsx",
             ".js": "javascript", ".jsx": "javascript", ".mjs": "javascript", ".cjs": "javascript"}
@@ -43,6 +45,7 @@ def hits(src: bytes, suffix: str, names: Names, candidates: list[tuple[int, int]
     root = _parser(SUFFIXES[suffix]).parse(src).root_node
     out: list[Hit] = []
     seen: set[int] = set()
+    bindings: dict[str, Binding] = {}
     for start, end in candidates:
         node = root.descendant_for_byte_range(start, end)
         if node is None:
@@ -57,7 +60,9 @@ def hits(src: bytes, suffix: str, names: Names, candidates: list[tuple[int, int]
         if string is None or string.start_byte in seen:
             continue  # a comment, JSX text, a regex: not a reference
         seen.add(string.start_byte)
-        out.extend(_string(string, src, names))
+        out.extend(_string(string, src, names, bindings))
+    if bindings:
+        out.extend(_uses(root, src, names, bindings))
     return out
 
 
@@ -100,11 +105,169 @@ def _in_tables_type(node: tree_sitter.Node) -> bool:
     return name is not None and name.text in (b"Tables", b"Views")
 
 
-def _string(node: tree_sitter.Node, src: bytes, names: Names) -> list[Hit]:
+def _string(node: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding]) -> list[Hit]:
     start, end = node.start_byte + 1, node.end_byte - 1
     if end < start:
         return []
-    return string_hits(start, _content(node, src), _context(node, src), names)
+    content = _content(node, src)
+    ctx = _context(node, src)
+    text = content.decode("utf-8", "replace")
+    if not ctx.skip and legacy_value(text, names):
+        shown, uses = _bound_to(node)
+        if shown:
+            ctx = replace(ctx, bound_to=shown)
+            for name, at in uses:
+                bindings.setdefault(name, Binding(name, text.strip(), node.start_point[0] + 1, ctx.quote, at))
+    return string_hits(start, content, ctx, names)
+
+
+_COLLECTIONS = {"object", "pair", "array", *_WRAPPERS}
+
+
+def _bound_to(node: tree_sitter.Node) -> tuple[str | None, list[tuple[str, int]]]:
+    """The name the string literal NODE is the whole value of (a variable, a default argument, a class field, an
+    enum member, an object property), and the names (with their offsets there) a use of it may be written as."""
+    child, parent = node, node.parent
+    while parent is not None and parent.type in _WRAPPERS:
+        child, parent = parent, parent.parent
+    if parent is None:
+        return None, []
+    kind = parent.type
+    target, value = {"variable_declarator": ("name", "value"), "assignment_expression": ("left", "right"),
+                     "required_parameter": ("pattern", "value"), "optional_parameter": ("pattern", "value"),
+                     "assignment_pattern": ("left", "right"), "object_assignment_pattern": ("left", "right"),
+                     "public_field_definition": ("name", "value"), "field_definition": ("property", "value"),
+                     "enum_assignment": ("name", "value"), "pair": ("key", "value")}.get(kind, (None, None))
+    left = parent.child_by_field_name(target) if target else None
+    if left is None or parent.child_by_field_name(value) != child:
+        return None, []
+    text = re.sub(r"\s+", "", left.text.decode())
+    if kind in ("public_field_definition", "field_definition"):  # a class field: read as this.X or Class.X
+        cls = parent.parent.parent if parent.parent is not None else None
+        name = cls.child_by_field_name("name") if cls is not None else None
+        return text, [(f"{o}.{text}", left.start_byte)
+                      for o in ("this", *([name.text.decode()] if name is not None else []))]
+    if kind == "enum_assignment":  # read as Enum.X
+        enum = parent.parent.parent if parent.parent is not None else None
+        name = enum.child_by_field_name("name") if enum is not None else None
+        return text, [(f"{name.text.decode()}.{text}", left.start_byte)] if name is not None else []
+    if kind == "pair":
+        # An object written as a call's argument (a row, options) is judged by that call.
+        up = parent.parent
+        while up is not None and up.type in _COLLECTIONS:
+            up = up.parent
+        if up is None or up.type == "arguments":
+            return None, []
+        key = text.strip("'\"`")
+        holder = _unwrap_up(parent.parent)
+        if holder is not None and holder.type == "variable_declarator" and re.fullmatch(r"[A-Za-z_$][\w$]*", key):
+            var = holder.child_by_field_name("name")
+            if var is not None and var.type == "identifier":  # const Tables = { legacy: 'customers' }: Tables.legacy
+                return key, [(f"{var.text.decode()}.{key}", left.start_byte)]
+        return key, []
+    if left.type in ("identifier", "shorthand_property_identifier_pattern", "member_expression"):
+        return text, [(text, left.start_byte)]
+    return text, []  # a subscript or a pattern: named, not followed
+
+
+def _unwrap_up(node: tree_sitter.Node | None) -> tree_sitter.Node | None:
+    """NODE's parent past parentheses and type assertions (`{ ... } as const`)."""
+    parent = node.parent if node is not None else None
+    while parent is not None and parent.type in _WRAPPERS:
+        parent = parent.parent
+    return parent
+
+
+# Places where a bound name is written but not read: its own (re)binding, a parameter, an import.
+_NOT_A_USE = {"variable_declarator", "assignment_expression", "augmented_assignment_expression", "required_parameter",
+              "optional_parameter", "assignment_pattern", "object_assignment_pattern", "import_specifier",
+              "export_specifier", "namespace_import", "import_clause", "formal_parameters", "for_in_statement",
+              "function_declaration", "class_declaration", "update_expression", "labeled_statement",
+              "type_annotation"}
+# ... except as the value there: `const alias = LEGACY`, `function f(t = LEGACY)`.
+_VALUE_FIELD = {"variable_declarator": "value", "assignment_expression": "right",
+                "augmented_assignment_expression": "right", "required_parameter": "value",
+                "optional_parameter": "value", "assignment_pattern": "right", "object_assignment_pattern": "right",
+                "for_in_statement": "right"}
+
+
+def _uses(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding]) -> list[Hit]:
+    """Each use of a bound name read as the legacy name it holds: an argument, an operand of `+`, a template
+    literal's ${substitution}."""
+    out: list[Hit] = []
+    pending = dict(bindings)
+    while pending:  # the bound names, then the aliases found for them (`alias = LEGACY`), and so on
+        aliases: dict[str, Binding] = {}
+        out += _uses_of(root, src, names, bindings, pending, set(), aliases)  # a string read again: same hits
+        pending = {k: b for k, b in aliases.items() if k not in bindings}
+        bindings.update(pending)
+    return out
+
+
+def _uses_of(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding],
+             pending: dict[str, Binding], strings: set[int], aliases: dict[str, Binding]) -> list[Hit]:
+    out: list[Hit] = []
+    defs = {b.at for b in bindings.values()}
+    for m in use_regex(pending).finditer(src):
+        node = root.descendant_for_byte_range(m.start(), m.end())
+        if node is None or node.start_byte != m.start() or node.end_byte != m.end() \
+                or node.type not in ("identifier", "member_expression") or node.start_byte in defs:
+            continue
+        binding = pending[re.sub(rb"\s+", b"", m.group()).decode()]
+        parent = node.parent
+        if parent is None:
+            continue
+        alias = _alias_of(node, parent)
+        if alias is not None:
+            aliases.setdefault(alias[0], binding.alias(alias[0], parent.start_point[0] + 1, alias[1]))
+        if parent.type == "template_substitution":
+            string = parent.parent
+            if string is not None and string.type == "template_string" and string.start_byte not in strings:
+                strings.add(string.start_byte)
+                out.extend(_interpolated(string, src, names, bindings))
+            continue
+        if parent.type in _NOT_A_USE and node != parent.child_by_field_name(_VALUE_FIELD.get(parent.type, "value")):
+            continue
+        ctx = replace(_context(node, src, binding.quote), bound_to=None)
+        if ctx.skip:
+            continue
+        out += [Hit(node.start_byte, r.category, r.name, r.suggestion, binding.reason())
+                for r in classify(binding.value, ctx, names)]
+    return out
+
+
+def _alias_of(node: tree_sitter.Node, parent: tree_sitter.Node) -> tuple[str, int] | None:
+    """`const alias = NODE`, `alias = NODE`: the alias's name and offset."""
+    target, value = {"variable_declarator": ("name", "value"),
+                     "assignment_expression": ("left", "right")}.get(parent.type, (None, None))
+    left = parent.child_by_field_name(target) if target else None
+    if left is None or parent.child_by_field_name(value) != node \
+            or left.type not in ("identifier", "member_expression"):
+        return None
+    return re.sub(r"\s+", "", left.text.decode()), left.start_byte
+
+
+def _interpolated(string: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding]) -> list[Hit]:
+    """A template literal read with each ${substitution} of a bound name replaced by the name it holds: what
+    lands in a substitution is reported there."""
+    base = string.start_byte + 1
+    spans = []
+    for child in string.children:
+        if child.type != "template_substitution":
+            continue
+        expr = next(iter(child.named_children), None)
+        binding = bindings.get(re.sub(r"\s+", "", expr.text.decode())) \
+            if expr is not None and expr.type in ("identifier", "member_expression") else None
+        spans.append((child.start_byte - base, child.end_byte - base, binding, expr.start_byte if expr else 0))
+    ctx = _context(string, src)
+    if ctx.skip:
+        return []
+    text, ranges = substitute(_content(string, src), spans)
+    out = []
+    for r in classify(text, replace(ctx, bound_to=None), names):
+        out += [Hit(at, r.category, r.name, r.suggestion, binding.reason())
+                for a, b, binding, at in ranges if a <= r.offset < b]
+    return out
 
 
 def _content(node: tree_sitter.Node, src: bytes) -> bytes:
@@ -175,8 +338,10 @@ def _prev_literal(child: tree_sitter.Node, siblings: list[tree_sitter.Node], src
     return _literal(siblings[i - 1], src) if i > 0 else None
 
 
-def _context(node: tree_sitter.Node, src: bytes) -> StringContext:
-    quote = src[node.start_byte:node.start_byte + 1].decode()
+def _context(node: tree_sitter.Node, src: bytes, quote: str | None = None) -> StringContext:
+    """Where the string literal NODE stands (or a name used where a string could: QUOTE is then the bound
+    literal's)."""
+    quote = quote or src[node.start_byte:node.start_byte + 1].decode()
     child, parent = node, node.parent
     while parent is not None and parent.type in _WRAPPERS:
         child, parent = parent, parent.parent

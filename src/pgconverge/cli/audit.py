@@ -49,7 +49,9 @@ def code(directory: DirArg, as_json: JsonOpt = False, fail_on_findings: FailOpt 
     TypeScript/JavaScript and Python are parsed with tree-sitter and SQL with pglast: comments and
     prose never count. Categories: table (.from('customers'), select embeds, SQL), column
     (customer_id as key, filter, type property, SQL column), helper (auth_customer_id in SQL or
-    rpc()), code_helper (ensureCustomer). Nothing is changed.
+    rpc()), code_helper (ensureCustomer). A legacy name bound to a variable, parameter, field or key is
+    a finding, and so is each use of that name in the same file where the literal would be one
+    (`.from(name)`, an f-string or template literal), with how it was reached. Nothing is changed.
     """
     from pgconverge.audit.code import scan
 
@@ -90,8 +92,8 @@ def _render(directory: Path, result, counts: dict[str, int]) -> None:
         t.add_column("code", overflow="fold")
         t.add_column("suggestion", overflow="fold")
         for f in result.findings:
-            t.add_row(escape(f"{f.path}:{f.line}:{f.column}"), f.category, escape(f.name), escape(f.code),
-                      escape(f.suggestion))
+            t.add_row(escape(f"{f.path}:{f.line}:{f.column}"), f.category, escape(f.name),
+                      escape(f.code) + (f"\n[dim]{escape(f.reason)}[/]" if f.reason else ""), escape(f.suggestion))
         console.print(t)
     summary = ", ".join(f"{n} {c}" for c, n in counts.items())
     total = len(result.findings)

@@ -136,7 +136,8 @@ def code_details(found: list, functions: list[str], views: list[str]) -> list[st
         n = len(found)
         out.append(f"{n} reference{'s' if n != 1 else ''} to legacy names in {len(files)} "
                    f"file{'s' if len(files) != 1 else ''} of {dirs}" + (f"; first {SHOWN}:" if n > SHOWN else ":"))
-        out += [f"{f.path}:{f.line}:{f.column} {f.category} {f.name} → {f.suggestion}" for _, f in found[:SHOWN]]
+        out += [f"{f.path}:{f.line}:{f.column} {f.category} {f.name} → {f.suggestion}"
+                + (f" ({f.reason})" if f.reason else "") for _, f in found[:SHOWN]]
     if functions:
         out.append(f"{len(functions)} database function(s) mention legacy names"
                    + (f"; first {SHOWN}:" if len(functions) > SHOWN else ":"))
