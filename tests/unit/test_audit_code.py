@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pglast
@@ -527,17 +526,13 @@ def test_a_single_file_can_be_audited():
     assert {f.path for f in audit_code(one, Spec())} == {"backfill.js"}
 
 
-def test_throughput(tmp_path):
-    """Well over 1 MB/s on the machine this was written on (~4 MB/s); the bound leaves room for slow CI."""
+def test_a_large_file_is_read_whole(tmp_path):
+    """Each sample file repeated to about 150 kB: every one is read, and its findings repeat with it (its speed is
+    measured by bench/code_audit.py, not asserted here)."""
     sources = [p for p in SAMPLE.rglob("*") if p.suffix in SOURCE_SUFFIXES]
-    total = 0
+    once = scan(SAMPLE, Spec())
     for i, p in enumerate(sources):
         data = p.read_bytes()
-        body = data * max(1, 150_000 // len(data))
-        (tmp_path / f"{i}_{p.name}").write_bytes(body)
-        total += len(body)
-    started = time.perf_counter()
+        (tmp_path / f"{i}_{p.name}").write_bytes(data * max(1, 150_000 // len(data)))
     result = scan(tmp_path, Spec())
-    elapsed = time.perf_counter() - started
-    assert result.files_scanned == len(sources) and result.findings
-    assert total / elapsed > 300_000, f"{total / elapsed / 1e6:.2f} MB/s"
+    assert result.files_scanned == len(sources) and len(result.findings) > 10 * len(once.findings)
