@@ -729,7 +729,7 @@ class Runner:
             for name, value in op.settings:
                 self.work.execute("select set_config(%s, %s, true)", (name, value))
             rows = self.work.execute(op.query).fetchall()
-            examined = invariants.rows_in(self.work, op.covers or invariants.walked(self.plan, step.phase))
+            cov = invariants.coverage(self.work, op.covers or invariants.walked(self.plan, step.phase))
             tally = self.work.execute(op.tally).fetchone()[0] if op.tally is not None and not rows else None
         if rows:
             listed = "; ".join(f"{a} ({b})" if b is not None else str(a) for a, b in rows[:20])
@@ -749,8 +749,13 @@ class Runner:
                 baseline.discard(self.ledger, self.run_id, [step.phase])
                 self.catalogs.saved.pop(step.phase, None)
             raise GateFailed(f"gate {op.name} failed in {step.id}: {op.failure}: {listed}{more}", fix=op.fix)
-        # Rows per table it looked at (its coverage), and what it compared where it says so.
-        self._done(step, 1, op.sql_text(), examined=examined, **({"compared": tally} if tally is not None else {}))
+        # Rows per table it judged (its coverage; for a table it judges only some rows of, which and of how many),
+        # what it compared where it says so, and where it judged no row, that it proves nothing there.
+        blind = invariants.proves_nothing(cov)
+        self._done(step, 1, op.sql_text(), examined=cov["rows_examined"],
+                   **({"judged_only": cov["judged_only"]} if "judged_only" in cov else {}),
+                   **({"proves_nothing": blind} if blind else {}),
+                   **({"compared": tally} if tally is not None else {}))
         return StepResult(step.id, "done", 0.0)
 
     def _run_snapshot(self, step: Step, resuming: bool) -> StepResult:

@@ -12,6 +12,16 @@ from pgconverge.operations.base import Lock, Operation
 
 
 @dataclass(frozen=True)
+class Rows:
+    """The rows of TABLE a check judges: those WHERE holds (a condition on the table's own columns), described by
+    WHICH ("with a customer_id") for its coverage. A table named alone in `covers` is judged on every row."""
+
+    table: QualifiedName
+    where: sql.Composable
+    which: str
+
+
+@dataclass(frozen=True)
 class Check(Operation):
     """Safe alone: reads only."""
 
@@ -23,8 +33,10 @@ class Check(Operation):
     failure: str  # what it means when rows come back
     fix: str
     settings: tuple[tuple[str, str], ...] = ()  # set_config(name, value, true) before the query
-    # Tables whose rows it examines, so `verify` can say when there were none (not part of the SQL).
-    covers: tuple[QualifiedName, ...] = ()
+    # Tables whose rows it examines, so `verify` can say when there were none (not part of the SQL): a table alone
+    # where it judges every row, Rows where it judges only some (an invariant about the legacy id, say, judges only
+    # the rows that have one). None given: the tables its phase's batches walk, every row.
+    covers: tuple[QualifiedName | Rows, ...] = ()
     # Steps a failure sends back, so the next run of the phase does them again (a backfill that can fill
     # what the check found missing); not part of the SQL.
     redo: tuple[str, ...] = ()

@@ -159,7 +159,8 @@ def coverage_gate(spec: Spec, cat: Catalog, phase: str = PHASE, redo: str = "") 
                                                             "record them with `pgconverge align --decisions FILE`",
         # Read the legacy keys through the primary key index: the runtime audit counts sequential
         # scans of the legacy table as use by old code, and this check runs after the switch too.
-        settings=(("enable_seqscan", "off"),), redo=(redo or f"{phase}.map_pending",), standing=phase == PHASE)
+        settings=(("enable_seqscan", "off"),), redo=(redo or f"{phase}.map_pending",), standing=phase == PHASE,
+        covers=(cat.legacy.name,))
 
 
 def map_pending(spec: Spec, cat: Catalog) -> RunSql:

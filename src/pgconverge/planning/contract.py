@@ -13,7 +13,7 @@ from pgconverge.config import QualifiedName, Spec, parse_qualified
 from pgconverge.execution.sql import bounded, ident, qn, text
 from pgconverge.operations.archive import ArchiveTable
 from pgconverge.operations.base import Lock, Operation, Step
-from pgconverge.operations.check import Check
+from pgconverge.operations.check import Check, Rows
 from pgconverge.operations.columns import DropColumn, DropNotNull, SetDefault
 from pgconverge.operations.constraints import AddKeyUsingIndex, DropConstraint, ValidateConstraint
 from pgconverge.operations.create_index import DropIndexConcurrently
@@ -241,7 +241,10 @@ def final_validation(spec: Spec, cat: Catalog) -> Check:
         failure="rows are linked to another identity than their legacy id's owner through the mapping",
         fix="nothing was dropped: investigate the rows named, then run contract again or roll back with "
             "`pgconverge rollback contract`",
-        covers=(linkage_table(spec, "after"),), redo=(f"{PHASE}.linkage_after",), tally=tally)
+        # It judges the rows that have a legacy id (the tally says how many of each table's rows that is).
+        covers=(Rows(linkage_table(spec, "after"), sql.SQL("{} is not null").format(ident("legacy")),
+                     "with a legacy id"),),
+        redo=(f"{PHASE}.linkage_after",), tally=tally)
 
 
 def recorded_owner(spec: Spec, cat: Catalog, d, i: int = 1) -> tuple[sql.Composable, sql.Composable]:

@@ -809,10 +809,13 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
     """
     parts = []
     redo = []
+    covers: list = []
     for d, n in names_of(spec, cat):
         parts.append(_unfilled(spec, d, n))
         if shapes.not_null_at_commit(d):
             parts.append(_without_owner(d, n))
+        # Every row where no row may lack the new id; elsewhere only the rows that have a legacy id.
+        covers.append(d.table.name if shapes.not_null_at_commit(d) else shapes.with_legacy_id(d))
         parts.append(mismatched(spec, d, n))
         parts.append(fk_validated(d, n))
         redo.append(f"{PHASE}.{n.short}.{'backfill_attached' if d.partitioned else 'backfill'}")
@@ -826,7 +829,7 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
                      f"ids. Rows it leaves belong to a legacy row the mapping lacks (written with the triggers "
                      f"bypassed too: align's checks name it). While expand has not finished, `pgconverge run expand` "
                      f"again does the same. If rows disagree with the mapping, they were written by hand — correct "
-                     f"them or roll back with `pgconverge rollback expand`", redo=tuple(redo))
+                     f"them or roll back with `pgconverge rollback expand`", redo=tuple(redo), covers=tuple(covers))
 
 
 def refill(spec: Spec, d: Dependent, n: Names) -> sql.Composable:
@@ -894,7 +897,8 @@ def _filled(spec: Spec, d: Dependent, n: Names) -> Check:
     return Check(f"{d.table.name}.{n.new} filled", _unfilled(spec, d, n),
                  failure=f"rows of {d.table.name} have no {n.new} (in a partition attached after its backfill)",
                  fix="run `pgconverge run expand` again: it walks the partitions attached since the plan was made "
-                     "and fills them", redo=(f"{PHASE}.{n.short}.backfill_attached",))
+                     "and fills them", redo=(f"{PHASE}.{n.short}.backfill_attached",),
+                 covers=(shapes.with_legacy_id(d),))
 
 
 def _shown_row(d: Dependent) -> sql.Composable:

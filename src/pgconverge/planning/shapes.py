@@ -30,7 +30,7 @@ from pgconverge.catalog.model import Catalog, Constraint, Dependent, Index, Tabl
 from pgconverge.config import QualifiedName, Spec, show_identifier
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution.sql import ident, qn
-from pgconverge.operations.check import Check
+from pgconverge.operations.check import Check, Rows
 
 MIRRORED, LISTED, REFUSED = "mirrored", "listed", "refused"
 # A unique rule mirrored on the new column holds per person from expand on, where the legacy one held per legacy row.
@@ -903,6 +903,7 @@ def collisions(spec: Spec, cat: Catalog) -> Check | None:
 
     m = align.names(spec)["mapping"]
     parts = []
+    covers = []
     for d in cat.dependents:
         col = d.fk.columns[0]
         for idx in d.table.indexes:
@@ -933,6 +934,7 @@ def collisions(spec: Spec, cat: Catalog) -> Check | None:
                 idx=sql.Literal(str(idx.name)), rid=references.row_id(d, "d"), mn=ident(spec.migration.new_column),
                 alias=ident(alias), tab=qn(d.table.name), m=qn(m), ml=ident(spec.mapping_legacy_column),
                 where=sql.SQL(" and ").join(where) if where else sql.SQL("true"), els=sql.SQL(", ").join(els)))
+            covers.append(with_legacy_id(d))  # the rows it merges: those that have a legacy id
     if not parts:
         return None
     return Check("no rows collide once merged", sql.SQL(" union all ").join(parts),
@@ -940,7 +942,7 @@ def collisions(spec: Spec, cat: Catalog) -> Check | None:
                          "column",
                  fix="keep at most one row of each group named (close, delete or merge the others, e.g. UPDATE … SET "
                      "status = 'closed'), or keep those legacy rows apart with `pgconverge align --decisions FILE`; "
-                     "then run expand again (nothing was changed)")
+                     "then run expand again (nothing was changed)", covers=tuple(covers))
 
 
 ORPHAN_IDS_SHOWN = 5
@@ -951,10 +953,12 @@ def orphans(spec: Spec, cat: Catalog) -> Check | None:
     no mapping can give them a canonical id, so expand's NOT NULL or invariants would stop half way. Expand's first
     step, run by `plan` too before expand starts; None when every legacy foreign key is validated."""
     parts = []
+    covers = []
     for d in cat.dependents:
         if d.fk.validated:
             continue
         col = d.fk.columns[0]
+        covers.append(with_legacy_id(d))
         parts.append(sql.SQL(
             "select format('%s: %s rows have a %s with no %s row (foreign key %s is NOT VALID)', {t}, count(*), {c}, "
             "{lt}, {fk}), 'ids ' || array_to_string((array_agg(distinct x.v order by x.v))[1:{n}], ', ') "
@@ -969,7 +973,14 @@ def orphans(spec: Spec, cat: Catalog) -> Check | None:
     return Check("no rows point at a missing legacy row", sql.SQL(" union all ").join(parts),
                  failure="rows point at legacy ids that exist nowhere: no mapping can give them a canonical id",
                  fix="delete those rows, point them at an existing legacy row, or set the legacy column NULL where "
-                     "it may be NULL; then run again (nothing was changed)")
+                     "it may be NULL; then run again (nothing was changed)", covers=tuple(covers))
+
+
+def with_legacy_id(d: Dependent) -> Rows:
+    """The rows of D's table a check of the legacy id judges: those that have one (a guest's row, with none, says
+    nothing about the mapping)."""
+    col = d.fk.columns[0]
+    return Rows(d.table.name, sql.SQL("{} is not null").format(ident(col)), f"with a {col}")
 
 
 # -- contract: nothing else may depend on what it drops ----------------------------------------------------------

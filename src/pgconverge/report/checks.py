@@ -18,8 +18,15 @@ def n(x: Any) -> str:
     return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else "—" if x is None else str(x)
 
 
-def _tables(counts: dict[str, Any]) -> str:
-    return ", ".join(f"{t} {n(c)}" if c is not None else f"{t} (absent)" for t, c in counts.items())
+def _tables(counts: dict[str, Any], only: dict[str, dict] | None = None) -> str:
+    """"public.carts 72, public.sessions 0 of 608 (rows with a customer_id)": ONLY gives, for a table a check
+    judges only some rows of, which rows and how many the table has."""
+    def one(t: str, c: Any) -> str:
+        if c is None:
+            return f"{t} (absent)"
+        part = (only or {}).get(t)
+        return f"{t} {n(c)}" + (f" of {n(part.get('table_rows'))} (rows {part.get('which')})" if part else "")
+    return ", ".join(one(t, c) for t, c in counts.items())
 
 
 def _steps(d: dict) -> dict[str, dict]:
@@ -79,13 +86,23 @@ def _check_step(s: dict, detail: dict, counts_before: dict) -> dict:
     if not examined:
         return {**row, "status": PASSED, "looked_at": "the catalog (no table rows to count)"}
     total = sum(c or 0 for c in examined.values())
-    empty = [t for t, c in examined.items() if not c]
-    row["figures"]["rows"] = total
-    text = f"{n(total)} rows in {len(examined)} table(s): {_tables(examined)}"
+    # Tables it judges only some rows of (an invariant of the legacy id: the rows that have one), and of those, the
+    # ones with rows but none it judges: nothing was checked there either.
+    only = detail.get("judged_only") or {}
+    blind = {t: only[t] for t, c in examined.items() if not c and (only.get(t) or {}).get("table_rows")}
+    empty = [t for t, c in examined.items() if not c and t not in blind]
+    row["figures"].update(rows=total, **({"judged_only": only} if only else {}))
+    text = f"{n(total)} rows in {len(examined)} table(s): {_tables(examined, only)}"
+    unjudged = [f"{t}: {n(b['table_rows'])} rows, none {b.get('which')}" for t, b in blind.items()]
     if total == 0:
-        return {**row, "status": NOTHING, "looked_at": text + " — no rows, nothing was checked"}
+        if not blind:
+            return {**row, "status": NOTHING, "looked_at": text + " — no rows, nothing was checked"}
+        return {**row, "status": NOTHING, "looked_at": text + " — no row it judges ("
+                + "; ".join(unjudged + ([f"no rows in {', '.join(empty)}"] if empty else [])) + "), nothing was checked"}
     if empty:
         text += f"; no rows in {', '.join(empty)}: nothing was checked there"
+    for u in unjudged:
+        text += f"; {u}: nothing was checked there"
     return {**row, "status": PASSED, "looked_at": text}
 
 

@@ -9,11 +9,11 @@ from psycopg import sql
 
 from pgconverge.config import QualifiedName
 from pgconverge.execution import session
-from pgconverge.execution.sql import qn
+from pgconverge.execution.sql import qn, text
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES, Plan
 from pgconverge.operations.batched import Batched
-from pgconverge.operations.check import Check
+from pgconverge.operations.check import Check, Rows
 
 
 @dataclass
@@ -63,7 +63,7 @@ def nothing_to_verify(plan: Plan, ledger: Ledger) -> str | None:
 def run(conn: psycopg.Connection, plan: Plan, phases: list[str]) -> list[CheckResult]:
     """Every Check step of PHASES, in a read-only snapshot."""
     out = []
-    counted: dict[str, int | None] = {}  # each table counted once for every check that covers it (one snapshot)
+    counted: dict[tuple[str, str], int | None] = {}  # each count made once for every check that needs it (one snapshot)
     with session.transaction(conn, lock_timeout_ms=1000, statement_timeout_ms=0, repeatable_read=True):
         conn.execute("set transaction read only")
         for ph in phases:
@@ -75,15 +75,12 @@ def run(conn: psycopg.Connection, plan: Plan, phases: list[str]) -> list[CheckRe
                     rows = conn.execute(step.op.query).fetchall()
                     conn.execute("release savepoint pgc_check")
                     # A pass over no rows proves nothing about them: say so, and say what it looked at.
-                    tables = step.op.covers or walked(plan, ph)
-                    counted.update(rows_in(conn, [t for t in tables if str(t) not in counted]))
-                    examined = {str(t): counted[str(t)] for t in tables}
-                    empty = [] if rows else [t for t in tables if examined.get(str(t)) == 0]
+                    cov = coverage(conn, step.op.covers or walked(plan, ph), counted)
                     out.append(CheckResult(step.id, step.op.name, not rows,
                                            [[str(x) if x is not None else "" for x in r] for r in rows],
                                            step.op.failure if rows else "", step.op.fix if rows else "",
-                                           f"{', '.join(map(str, empty))}: no rows, so it proves nothing there"
-                                           if empty else "", {"rows_examined": examined} if examined else None))
+                                           "" if rows else "; ".join(proves_nothing(cov)),
+                                           cov if cov["rows_examined"] else None))
     return out
 
 
@@ -96,13 +93,53 @@ def walked(plan: Plan, phase: str) -> list[QualifiedName]:
 COUNT_CAP = 1_000_000
 
 
-def rows_in(conn: psycopg.Connection, tables) -> dict[str, int | None]:
-    """Rows of each of TABLES a check looked at (None: the table does not exist), counted up to COUNT_CAP."""
-    out: dict[str, int | None] = {}
-    for t in tables:
-        if not conn.execute("select pg_catalog.to_regclass(%s) is not null", (str(t),)).fetchone()[0]:
-            out[str(t)] = None
+def coverage(conn: psycopg.Connection, covers, counted: dict | None = None) -> dict:
+    """What a check covering COVERS (tables, or Rows: the rows of a table it judges) looked at: {"rows_examined":
+    {table: rows it judged}}, and for each table it judges only some rows of, "judged_only": {table: {"which": those
+    rows ("with a customer_id"), "table_rows": all its rows}}. Counted up to COUNT_CAP; None: the table does not
+    exist. COUNTED keeps the counts already made in this snapshot, keyed by table and condition."""
+    counted = {} if counted is None else counted
+
+    def count(t: QualifiedName, where: sql.Composable | None) -> int | None:
+        key = (str(t), "" if where is None else text(where))
+        if key not in counted:
+            counted[key] = _count(conn, t, where)
+        return counted[key]
+
+    # A table named more than once (several references to the legacy table): the rows any of them judges; every row
+    # where one of them judges every row.
+    tables: dict[str, tuple[QualifiedName, list[Rows] | None]] = {}
+    for c in covers:
+        t = c.table if isinstance(c, Rows) else c
+        judged = tables.get(str(t), (t, []))[1]
+        tables[str(t)] = (t, None if judged is None or not isinstance(c, Rows) else [*judged, c])
+    examined: dict[str, int | None] = {}
+    only: dict[str, dict] = {}
+    for key, (t, judged) in tables.items():
+        if judged is None:
+            examined[key] = count(t, None)
             continue
-        out[str(t)] = conn.execute(sql.SQL("select count(*) from (select from {} limit {}) x").format(
-            qn(t), sql.Literal(COUNT_CAP + 1))).fetchone()[0]
+        where = (judged[0].where if len(judged) == 1
+                 else sql.SQL(" or ").join(sql.SQL("({})").format(r.where) for r in judged))
+        examined[key] = count(t, where)
+        only[key] = {"which": " or ".join(dict.fromkeys(r.which for r in judged)), "table_rows": count(t, None)}
+    return {"rows_examined": examined, **({"judged_only": only} if only else {})}
+
+
+def proves_nothing(cov: dict) -> list[str]:
+    """Where a check of coverage COV judged no row: the tables with none, and those whose rows it says nothing
+    about (an invariant of the legacy id on a table where no row has one)."""
+    examined, only = cov["rows_examined"], cov.get("judged_only") or {}
+    empty = [t for t, c in examined.items() if c == 0 and not (only.get(t) or {}).get("table_rows")]
+    out = [f"{', '.join(empty)}: no rows, so it proves nothing there"] if empty else []
+    out += [f"{t}: {only[t]['table_rows']:,} rows, none {only[t]['which']}, so it proves nothing there"
+            for t, c in examined.items() if c == 0 and (only.get(t) or {}).get("table_rows")]
     return out
+
+
+def _count(conn: psycopg.Connection, t: QualifiedName, where: sql.Composable | None) -> int | None:
+    if not conn.execute("select pg_catalog.to_regclass(%s) is not null", (str(t),)).fetchone()[0]:
+        return None
+    return conn.execute(sql.SQL("select count(*) from (select from {} {} limit {}) x").format(
+        qn(t), sql.SQL("") if where is None else sql.SQL("where ") + where,
+        sql.Literal(COUNT_CAP + 1))).fetchone()[0]
