@@ -1,11 +1,17 @@
-"""Which functions a SQL or PL/pgSQL function body calls, by name as written (parse trees, not text)."""
+"""Which functions a SQL or PL/pgSQL function body calls, by name as written (parse trees, not text), and whether it
+may reach a column, a function or another named object (a rollback checks, before its first change, that no function
+of the application reaches what it drops: Postgres records no dependency of such a body)."""
 
 from __future__ import annotations
+
+import re
 
 from pglast import ast, parse_plpgsql, parse_sql
 from pglast.parser import ParseError
 
+from pgconverge.catalog import mentions
 from pgconverge.catalog.model import Function
+from pgconverge.config import QualifiedName
 
 
 def statements(fn: Function) -> list[ast.Node] | None:
@@ -81,3 +87,62 @@ def from_definition(fn: Function, definition: str) -> Function:
     language = opts["language"].sval if isinstance(opts.get("language"), ast.String) else fn.language
     return Function(fn.name, fn.signature, fn.identity_args, fn.returns, language, fn.volatility,
                     fn.security_definer, fn.config, source, definition, fn.oid, fn.owner)
+
+
+def _word(name: str, text: str) -> bool:
+    return re.search(r"(?<![\w$])" + re.escape(name) + r"(?![\w$])", text, re.I) is not None
+
+
+def reads_column(fn: Function, table: QualifiedName, column: str, on_tables: frozenset = frozenset()) -> bool:
+    """Whether FN may read or write TABLE's COLUMN when it runs: its body names the column, and the table (or FN is
+    a trigger function on it, ON_TABLES, or takes or returns its rows). Not when every mention of the column, in its
+    parse trees, is qualified by the alias of another table (`au.user_id` of `from account_user au`). Anything the
+    parse trees do not account for (a body that does not parse, the name in dynamic SQL, a mention outside the
+    expressions found) counts as a read: unsure means yes."""
+    found = mentions.find(fn.code, {column, table.name})
+    hits = [m for m in found if m.name == column]
+    if not hits:
+        return False
+    if not (table in on_tables or any(m.name == table.name for m in found)
+            or _word(table.name, f"{fn.identity_args} {fn.returns}")):
+        return False
+    if any(m.in_string for m in hits):
+        return True
+    stmts = statements(fn)
+    if stmts is None:
+        return True
+    seen = elsewhere = 0
+    for stmt in stmts:
+        aliases: dict[str, set] = {}
+        for node in _walk(stmt):
+            if isinstance(node, ast.RangeVar):
+                key = node.alias.aliasname if node.alias else node.relname
+                aliases.setdefault(key, set()).add((node.schemaname, node.relname))
+        for node in _walk(stmt):
+            if not isinstance(node, ast.ColumnRef):
+                continue
+            fields = [f.sval for f in node.fields if isinstance(f, ast.String)]
+            if not fields or fields[-1] != column:
+                continue
+            seen += 1
+            targets = aliases.get(fields[-2]) if len(fields) >= 2 else None
+            if targets and not any(r == table.name and s in (None, table.schema) for s, r in targets):
+                elsewhere += 1
+    return not (seen == len(hits) and elsewhere == seen)
+
+
+def calls_function(fn: Function, name: QualifiedName) -> bool:
+    """Whether FN calls the function NAME (by its name alone, or qualified by its schema); a body that does not
+    parse, or names it in dynamic SQL, counts as a call."""
+    found = mentions.find(fn.code, {name.name})
+    if not found:
+        return False
+    if any(m.in_string for m in found) or statements(fn) is None:
+        return True
+    called_names = called(fn)
+    return (name.name,) in called_names or (name.schema, name.name) in called_names
+
+
+def names(fn: Function, name: str) -> bool:
+    """Whether FN's body names NAME (a table, an index, a constraint) as an identifier or in dynamic SQL."""
+    return bool(mentions.find(fn.code, {name}))

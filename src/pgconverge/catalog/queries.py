@@ -145,6 +145,30 @@ where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not li
 order by n.nspname, p.proname, p.oid
 """
 
+# User functions (not part of an extension) outside SKIP schemas and the OIDS given, whose code matches a pattern:
+# those a rollback checks against what it drops. Each with the tables whose triggers run it (and their ancestors).
+FUNCTIONS_MATCHING = """
+select p.oid, n.nspname, p.proname, p.oid::regprocedure::text, pg_get_function_identity_arguments(p.oid),
+       pg_get_function_result(p.oid), l.lanname, p.provolatile, p.prosecdef,
+       coalesce(p.proconfig, '{}'::text[]), p.prosrc,
+       case when p.prokind in ('f', 'p') then pg_get_functiondef(p.oid) else '' end, pg_get_userbyid(p.proowner),
+       array(select array[tn.nspname::text, tc.relname::text] from pg_trigger t
+             join pg_class c on c.oid = t.tgrelid
+             join pg_class tc on tc.oid = c.oid or tc.oid in (select relid from pg_partition_ancestors(c.oid))
+             join pg_namespace tn on tn.oid = tc.relnamespace
+             where t.tgfoid = p.oid and not t.tgisinternal)
+from pg_proc p
+join pg_namespace n on n.oid = p.pronamespace
+join pg_language l on l.oid = p.prolang
+where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%%'
+  and n.nspname <> all(%(skip)s::text[]) and p.oid <> all(%(oids)s::oid[])
+  and l.lanname not in ('c', 'internal') and p.prokind in ('f', 'p')
+  and not exists (select 1 from pg_depend e where e.classid = 'pg_proc'::regclass and e.objid = p.oid
+                  and e.deptype = 'e')
+  and """ + _CODE_MATCHES + """
+order by n.nspname, p.proname, p.oid
+"""
+
 # User functions by name: schema-qualified names, and bare names in any schema (the caller resolves them).
 FUNCTIONS_NAMED = """
 select p.oid, n.nspname, p.proname, p.oid::regprocedure::text, pg_get_function_identity_arguments(p.oid),

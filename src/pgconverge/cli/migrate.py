@@ -139,12 +139,24 @@ def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = No
         from pgconverge.planning import shapes
 
         data["dependent_objects"] = shapes.report(spec, cats)
+    else:  # functions of the application that reach what the rollback drops: it refuses while they do
+        with connect(t) as conn:
+            ledger = Ledger(conn, spec)
+            steps = prechecks.rollback_steps(p, ledger.step_states()) if ledger.exists() else []
+            refusing = prechecks.function_references(conn, steps, spec)
+        if refusing:
+            fix = prechecks.functions_fix(spec, "`" + command_line(
+                ["rollback", rollback_to, "--accept-function-references"], t, config_file) + "`")
+            data["rollback_refused_by"] = [{"object": line, "fix": fix} for line in refusing]
     if as_json:
         print_json(data)
         return
     _print_steps(data["steps"], sql)
     if checked:
         _print_match_check(spec, checked)
+    for f in data.get("rollback_refused_by", ()):
+        console.print(f"[bold]refuses the rollback[/] {escape(f['object'])}: it fails once the rollback drops what it "
+                      f"reaches — fix: {escape(f['fix'])}", highlight=False, soft_wrap=True)
     for f in data.get("dependent_objects", ()):
         fix = f" — fix: {escape(f['fix'])}" if f.get("fix") else ""
         console.print(f"[bold]{f['action']}[/] {escape(f['object'])}: {escape(f['detail'])}{fix}", highlight=False,

@@ -15,7 +15,7 @@ from pgconverge.cli.progress import RichProgress
 from pgconverge.connection import connect
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution import prechecks
-from pgconverge.execution.runner import Runner
+from pgconverge.execution.runner import ACCEPT_FUNCTIONS, Runner
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES
 
@@ -64,6 +64,11 @@ def rollback(phase: PhaseToUndo = None,
              dry_run: Annotated[bool, typer.Option("--dry-run", help=(
                  "Only show the rollback plan (refused, as the rollback would be, when objects of yours depend on "
                  "what it drops)."))] = False,
+             accept_function_references: Annotated[bool, typer.Option(
+                 "--accept-function-references", help=(
+                     "Roll back even though functions of yours read or call what the rollback drops (a new column, "
+                     "the canonical helper): they fail once it is gone. Without it the rollback refuses, naming "
+                     "them."))] = False,
              yes: YesOpt = False) -> None:
     """Undo PHASE and every phase after it, from whatever state the migration is in.
 
@@ -88,6 +93,7 @@ def rollback(phase: PhaseToUndo = None,
     spec, t, p, cats, _ = _plan_for(dsn, config_file, phase)
     with connect(t) as conn:
         started = ran(conn, spec, _undone_by(phase))
+        accepted: list[str] = []
         if started:  # before the question (and in a dry run): objects of the user's that would stop it half way
             ledger = Ledger(conn, spec)
             steps_left = prechecks.rollback_steps(p, ledger.step_states())
@@ -100,7 +106,12 @@ def rollback(phase: PhaseToUndo = None,
                     "nothing was changed",
                     fix=f"`pgconverge status` shows where the migration stands; go forward again with "
                         f"{command_line(['run', phase], t, config_file)}, or name an earlier phase to undo")
-            prechecks.rollback_blockers(conn, steps_left)
+            prechecks.rollback_blockers(conn, steps_left, spec, accept_functions=accept_function_references,
+                                        accept_flag="`" + command_line(
+                                            ["rollback", phase, "--accept-function-references"], t,
+                                            config_file) + "`")
+            if accept_function_references:
+                accepted = prechecks.function_references(conn, steps_left, spec)
     if not started:
         raise NothingToUndo(
             f"nothing to roll back: {phase} never ran on {t.display}"
@@ -108,7 +119,8 @@ def rollback(phase: PhaseToUndo = None,
             + "; nothing was changed",
             fix="`pgconverge status` shows which phases ran; name one of them")
     steps = p.as_dict()["steps"]
-    warnings = _warnings(spec, cats, started)
+    warnings = _warnings(spec, cats, started) + [
+        f"{line}: it fails once the rollback is done (--accept-function-references)" for line in accepted]
     if not as_json:
         console.print(f"[bold]rollback {phase}[/] on {t.display}: undoes {', '.join(reversed(started))}",
                       highlight=False)
@@ -124,7 +136,9 @@ def rollback(phase: PhaseToUndo = None,
     out, t0 = [], time.monotonic()
     with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
                 command=f"rollback {phase}", catalogs=cats,
-                resume=resume_hint(["rollback", phase], t, config_file)) as runner:
+                accept=frozenset({ACCEPT_FUNCTIONS} if accept_function_references else ()),
+                resume=resume_hint(["rollback", phase, *(["--accept-function-references"]
+                                                         if accept_function_references else [])], t, config_file)) as runner:
         for r in runner.run_rollback(p, to=phase):
             out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3), "rows": r.rows})
     newcomers = _newcomers(t, spec, out)

@@ -264,7 +264,7 @@ def emit_rollback(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Pat
         raise EmitError(f"nothing to roll back to the start of {to}: the ledger records no step of {to} or a "
                         "later phase as done", fix="check `pgconverge status`; apply the migrations first")
     # Files that would stop half way at a DROP are not written: objects of the user's on what they drop are named.
-    prechecks.rollback_blockers(conn, live)
+    prechecks.rollback_blockers(conn, live, spec)
     plan, files = _adapted(spec, cats, live, out, start, now)
     command = f"rollback {to}"
     for f in files:

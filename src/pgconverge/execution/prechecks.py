@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 from psycopg import sql
 
@@ -72,7 +74,8 @@ def rollback_steps(plan: Plan, states: dict) -> list[Step]:
                                          for r in s.needs) and not s.nothing_to_undo(states)]
 
 
-def rollback_blockers(conn: psycopg.Connection, steps: list[Step]) -> None:
+def rollback_blockers(conn: psycopg.Connection, steps: list[Step], spec: Spec, *,
+                      accept_functions: bool = False, accept_flag: str | None = None) -> None:
     """Before a rollback's first change: refuse while any object that the rollback neither drops nor redefines
     depends on what STEPS drop (a policy or view on a new column, a policy calling the canonical helper pgconverge
     made, a view on the mapping): Postgres would refuse that DROP half way through the rollback.
@@ -82,12 +85,125 @@ def rollback_blockers(conn: psycopg.Connection, steps: list[Step]) -> None:
     without CASCADE, unless the rollback drops it too or gives it back its former definition (the switch's
     policies, the helpers).
 
+    Then, unless ACCEPT_FUNCTIONS, the functions of the application whose body reaches what the steps drop
+    (function_references): Postgres records no such dependency, so the DROP goes through and every statement
+    calling the function fails from then on. ACCEPT_FLAG is the option that accepts them, named in the refusal.
+
     Then the legacy rows the rollback would make for canonical rows that have none (legacy_rows)."""
     _policies_gone(conn, steps)
     drops = [q for s in steps for q in s.op.drops()]
     if drops:
         _dependencies(conn, steps, drops)
+        if not accept_functions:
+            found = function_references(conn, steps, spec)
+            if found:
+                raise FunctionsReachDrops(
+                    "the rollback would break the application: functions of yours reach what it drops, and every "
+                    "statement calling them would fail once it is gone (Postgres records nothing of what a "
+                    "function's body reads, so the DROP would not stop at them; nothing was changed):\n"
+                    + "\n".join(f"  - {line}" for line in found),
+                    fix=functions_fix(spec, accept_flag))
     legacy_rows(conn, steps)
+
+
+class FunctionsReachDrops(RollbackBlocked):
+    """Functions of the application read or call what a rollback drops: they would fail after it; nothing was
+    changed."""
+
+
+def functions_fix(spec: Spec, accept_flag: str | None) -> str:
+    return (f"rewrite each function named back onto the legacy side, as it was before the migration (the legacy "
+            f"column, or the legacy helper {spec.legacy.helper}() where it calls {spec.canonical.helper}()), then run "
+            "the rollback again" + (f"; or, when none of them is called any more, {accept_flag} rolls back anyway "
+                                    "(they fail once what they reach is gone)" if accept_flag else ""))
+
+
+def _gone(steps: list[Step], drops: list[sql.Composable]) -> sql.Composable:
+    """The CTEs moved, gone (what the steps drop, and what goes with it automatically) and redefined."""
+    redefines = [q for s in steps for q in s.op.redefines()] or [sql.SQL("select null::oid, null::oid, null::int "
+                                                                         "where false")]
+    moves = [q for s in steps for q in s.op.moves()] or [sql.SQL("select null::text, null::oid where false")]
+    union = sql.SQL(" union ")
+    return sql.SQL(
+        "with recursive moved(name, oid) as ({moves}), "
+        "gone(classid, objid, objsubid) as ({drops} union select a.classid, a.objid, "
+        "nullif(a.objsubid, 0) from pg_catalog.pg_depend a join gone g on a.refclassid = g.classid and "
+        "a.refobjid = g.objid and (g.objsubid is null or a.refobjsubid = g.objsubid) "
+        "where a.deptype in ('a', 'i', 'P', 'S')), "
+        "redefined(classid, objid, objsubid) as ({redefines}) ").format(
+        drops=union.join(drops), redefines=union.join(redefines), moves=union.join(moves))
+
+
+def function_references(conn: psycopg.Connection, steps: list[Step], spec: Spec) -> list[str]:
+    """The functions of the application (outside pgconverge's schemas, neither dropped nor redefined by STEPS) whose
+    body reaches what STEPS drop: a new column (read or written where the body also names its table, or in a
+    trigger function on it), a function pgconverge made (the canonical helper), a table (the mapping), an index or
+    a constraint by name. One line each, naming what the function reaches and what calls it (policies, views,
+    triggers, defaults). A body Postgres keeps only as text (SQL without BEGIN ATOMIC, PL/pgSQL) is in no
+    dependency Postgres records; a body that does not parse counts as reaching every name it holds."""
+    from pgconverge.catalog import calls, queries
+    from pgconverge.catalog.model import Function
+    from pgconverge.config import QualifiedName
+    from pgconverge.planning.shapes import DESCRIBE
+
+    drops = [q for s in steps for q in s.op.drops()]
+    if not drops:
+        return []
+    rows = conn.execute(_gone(steps, drops) + sql.SQL(
+        "select 'column', n.nspname, c.relname, a.attname::text from gone g "
+        "join pg_catalog.pg_class c on g.classid = 'pg_catalog.pg_class'::regclass and c.oid = g.objid "
+        "join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+        "join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum = g.objsubid and g.objsubid is not null "
+        "union select case c.relkind when 'i' then 'index' when 'I' then 'index' else 'table' end, n.nspname, "
+        "c.relname, null from gone g "
+        "join pg_catalog.pg_class c on g.classid = 'pg_catalog.pg_class'::regclass and c.oid = g.objid "
+        "and g.objsubid is null join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+        "where c.relkind in ('r', 'p', 'v', 'm', 'i', 'I', 'S', 'f') "
+        "union select 'constraint', n.nspname, c.relname, k.conname::text from gone g "
+        "join pg_catalog.pg_constraint k on g.classid = 'pg_catalog.pg_constraint'::regclass and k.oid = g.objid "
+        "join pg_catalog.pg_class c on c.oid = k.conrelid join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+        "union select 'function', n.nspname, p.proname, p.oid::text from "
+        "(select classid, objid from gone union select classid, objid from redefined) g "
+        "join pg_catalog.pg_proc p on g.classid = 'pg_catalog.pg_proc'::regclass and p.oid = g.objid "
+        "join pg_catalog.pg_namespace n on n.oid = p.pronamespace")).fetchall()
+    own = {spec.migration.private_schema, spec.migration.archive_schema}
+    columns = [(QualifiedName(ns, rel), name) for kind, ns, rel, name in rows if kind == "column"]
+    tables = [QualifiedName(ns, rel) for kind, ns, rel, _ in rows if kind == "table"]
+    columns = [(t, c) for t, c in columns if t not in tables]  # the table goes whole
+    indexes = [QualifiedName(ns, rel) for kind, ns, rel, _ in rows if kind == "index"]
+    constraints = [(QualifiedName(ns, rel), name) for kind, ns, rel, name in rows if kind == "constraint"]
+    # Functions the steps drop or redefine are theirs to change; those dropped are names others may call.
+    functions = {int(oid): QualifiedName(ns, rel) for kind, ns, rel, oid in rows if kind == "function"}
+    redefined = {int(o) for (o,) in conn.execute(_gone(steps, drops) + sql.SQL(
+        "select r.objid from redefined r where r.classid = 'pg_catalog.pg_proc'::regclass")).fetchall()}
+    called = {name for oid, name in functions.items() if oid not in redefined}
+    words = {c for _, c in columns} | {t.name for t in (*tables, *indexes, *called)} | {c for _, c in constraints}
+    if not words:
+        return []
+    pattern = r"\m(" + "|".join(re.escape(w) for w in sorted(words)) + r")\M"
+    found = []
+    for (oid, ns, name, sig, args, ret, lang, vol, secdef, config, src, fdef, owner, on) in conn.execute(
+            queries.FUNCTIONS_MATCHING, {"skip": sorted(own), "oids": sorted(functions), "pattern": pattern}):
+        fn = Function(QualifiedName(ns, name), sig, args, ret, lang, vol, secdef, tuple(config), src, fdef, oid, owner)
+        on_tables = frozenset(QualifiedName(s, t) for s, t in on or ())
+        reaches = [f"reads {t}.{c}" for t, c in columns if calls.reads_column(fn, t, c, on_tables)]
+        reaches += [f"calls {f}()" for f in sorted(called, key=str) if calls.calls_function(fn, f)]
+        reaches += [f"names table {t}" for t in tables if calls.names(fn, t.name)]
+        reaches += [f"names index {i}" for i in indexes if calls.names(fn, i.name)]
+        reaches += [f"names constraint {c} of {t}" for t, c in constraints if calls.names(fn, c)]
+        if reaches:
+            found.append((oid, f"{fn.name}{sig[sig.index('('):]}", reaches))  # types as in regprocedure
+    if not found:
+        return []
+    callers: dict[int, list[str]] = {}
+    for oid, what in conn.execute(sql.SQL(
+            "select d.refobjid, {} from pg_catalog.pg_depend d where d.refclassid = 'pg_catalog.pg_proc'::regclass "
+            "and d.refobjid = any({}::oid[]) and d.deptype = 'n' order by 2").format(
+            DESCRIBE, sql.Literal([o for o, _, _ in found]))).fetchall():
+        callers.setdefault(oid, []).append(what)
+    return [f"function {sig} {', '.join(dict.fromkeys(reaches))}"
+            + (f" (called by {', '.join(dict.fromkeys(callers[oid]))})" if callers.get(oid) else "")
+            for oid, sig, reaches in found]
 
 
 def _policies_gone(conn: psycopg.Connection, steps: list[Step]) -> None:
@@ -123,17 +239,7 @@ def _policies_gone(conn: psycopg.Connection, steps: list[Step]) -> None:
 def _dependencies(conn: psycopg.Connection, steps: list[Step], drops: list[sql.Composable]) -> None:
     from pgconverge.planning.shapes import DESCRIBE
 
-    redefines = [q for s in steps for q in s.op.redefines()] or [sql.SQL("select null::oid, null::oid, null::int "
-                                                                         "where false")]
-    moves = [q for s in steps for q in s.op.moves()] or [sql.SQL("select null::text, null::oid where false")]
-    union = sql.SQL(" union ")
-    query = sql.SQL(
-        "with recursive moved(name, oid) as ({moves}), "
-        "gone(classid, objid, objsubid) as ({drops} union select a.classid, a.objid, "
-        "nullif(a.objsubid, 0) from pg_catalog.pg_depend a join gone g on a.refclassid = g.classid and "
-        "a.refobjid = g.objid and (g.objsubid is null or a.refobjsubid = g.objsubid) "
-        "where a.deptype in ('a', 'i', 'P', 'S')), "
-        "redefined(classid, objid, objsubid) as ({redefines}) "
+    query = _gone(steps, drops) + sql.SQL(
         "select {describe}, string_agg(distinct pg_catalog.pg_describe_object(d.refclassid, d.refobjid, "
         "coalesce(g.objsubid, 0)), ', ') "
         "from pg_catalog.pg_depend d join gone g on d.refclassid = g.classid and d.refobjid = g.objid "
@@ -141,8 +247,7 @@ def _dependencies(conn: psycopg.Connection, steps: list[Step], drops: list[sql.C
         "and not exists (select 1 from gone x where x.classid = d.classid and x.objid = d.objid "
         "and (x.objsubid is null or x.objsubid = d.objsubid)) "
         "and not exists (select 1 from redefined r where r.classid = d.classid and r.objid = d.objid) "
-        "group by d.classid, d.objid, d.objsubid order by 1").format(
-        drops=union.join(drops), redefines=union.join(redefines), moves=union.join(moves), describe=DESCRIBE)
+        "group by d.classid, d.objid, d.objsubid order by 1").format(describe=DESCRIBE)
     rows = conn.execute(query).fetchall()
     if rows:
         raise RollbackBlocked(

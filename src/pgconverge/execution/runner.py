@@ -33,6 +33,10 @@ LOCK_NAMESPACE = "pgconverge:"
 CONTROL_APP = "pgconverge:control"
 
 
+# In Runner.accept: roll back although functions of the application reach what the rollback drops.
+ACCEPT_FUNCTIONS = "function-references"
+
+
 class RunnerBusy(PgConvergeError):
     """Another runner holds the migration lock."""
 
@@ -359,7 +363,8 @@ class Runner:
         undoing = [s for s in rollback.steps if state(s) in ("done", "pending") or any(
             at_start.get(r) and at_start[r].state in ("done", "pending") for r in s.needs)]
         # Before the first change: nothing the rollback did not make may depend on what it drops.
-        prechecks.rollback_blockers(self.control, prechecks.rollback_steps(rollback, at_start))
+        prechecks.rollback_blockers(self.control, prechecks.rollback_steps(rollback, at_start), self.spec,
+                                    accept_functions=ACCEPT_FUNCTIONS in self.accept)
         self._announce_resume("rollback", undoing, state)
         results = []
         for step in rollback.steps:
