@@ -10,7 +10,7 @@ import psycopg
 from _small import PAIR_SQL, numbered_customers, owned, roles_sql
 from _support import cli, cli_json, schema_db
 
-GUESTS = 8  # sessions, none with a customer_id
+GUESTS = 8  # sessions, none with customer_id set
 
 
 def _schema(owned_orders: bool) -> str:
@@ -41,15 +41,15 @@ def test_a_dependent_with_only_guest_rows_proves_nothing_there(make_db, tmp_path
     dsn, args = schema_db(make_db, tmp_path, _schema(owned_orders=True))
     for phase in ("align", "expand"):
         cli("run", phase, *args)
-    blind = f"public.sessions: {GUESTS} rows, none with a customer_id, so it proves nothing there"
+    blind = f"public.sessions: {GUESTS} rows, none with customer_id set, so it proves nothing there"
 
     checks = {c["step"]: c for c in cli_json("verify", *args)["checks"]}
     inv = checks["expand.invariants"]
     assert inv["passed"], inv
     assert inv["coverage"]["rows_examined"] == {"public.orders": 12, "public.sessions": 0}, inv["coverage"]
     assert inv["coverage"]["judged_only"] == {
-        "public.orders": {"which": "with a customer_id", "table_rows": 13},
-        "public.sessions": {"which": "with a customer_id", "table_rows": GUESTS}}, inv["coverage"]
+        "public.orders": {"which": "with customer_id set", "table_rows": 13},
+        "public.sessions": {"which": "with customer_id set", "table_rows": GUESTS}}, inv["coverage"]
     assert inv["note"] == blind, inv
     # align's coverage judges every legacy row: the table's count, no condition
     assert checks["align.coverage_gate"]["coverage"] == {"rows_examined": {"public.customers": 6}}, checks
@@ -59,17 +59,17 @@ def test_a_dependent_with_only_guest_rows_proves_nothing_there(make_db, tmp_path
     # the ledger records what the run's own check judged
     detail = _done_detail(dsn, "expand.invariants")
     assert detail["examined"] == {"public.orders": 12, "public.sessions": 0}, detail
-    assert detail["judged_only"]["public.sessions"] == {"which": "with a customer_id", "table_rows": GUESTS}, detail
+    assert detail["judged_only"]["public.sessions"] == {"which": "with customer_id set", "table_rows": GUESTS}, detail
     assert detail["proves_nothing"] == [blind], detail
 
     inv = _check(cli_json("report", *args), "expand.invariants")
     assert inv["status"] == "passed", inv
     assert inv["looked_at"] == (
-        "12 rows in 2 table(s): public.orders 12 of 13 (rows with a customer_id), public.sessions 0 of "
-        f"{GUESTS} (rows with a customer_id); public.sessions: {GUESTS} rows, none with a customer_id: nothing was "
+        "12 rows in 2 table(s): public.orders 12 of 13 (rows with customer_id set), public.sessions 0 of "
+        f"{GUESTS} (rows with customer_id set); public.sessions: {GUESTS} rows, none with customer_id set: nothing was "
         "checked there"), inv
     text = cli("report", *args)
-    assert f"public.sessions: {GUESTS} rows, none with a customer_id: nothing was checked there |" in text
+    assert f"public.sessions: {GUESTS} rows, none with customer_id set: nothing was checked there |" in text
 
     # after contract, its final validation judges the rows that had a legacy id
     cli("run", "switch", *args)
@@ -88,15 +88,15 @@ def test_a_check_that_judged_no_row_anywhere_proves_nothing(make_db, tmp_path):
         cli("run", phase, *args)
     inv = _check(cli_json("verify", *args), "expand.invariants")
     assert inv["passed"] and inv["coverage"]["rows_examined"] == {"public.orders": 0, "public.sessions": 0}, inv
-    assert inv["note"] == ("public.orders: 13 rows, none with a customer_id, so it proves nothing there; "
-                           f"public.sessions: {GUESTS} rows, none with a customer_id, so it proves nothing there"), inv
+    assert inv["note"] == ("public.orders: 13 rows, none with customer_id set, so it proves nothing there; "
+                           f"public.sessions: {GUESTS} rows, none with customer_id set, so it proves nothing there"), inv
 
     report = cli_json("report", *args)
     inv = _check(report, "expand.invariants")
     assert inv["status"] == "proves nothing", inv
     assert inv["looked_at"].endswith(
-        f" — no row it judges (public.orders: 13 rows, none with a customer_id; public.sessions: {GUESTS} rows, none "
-        "with a customer_id), nothing was checked"), inv
+        f" — no row it judges (public.orders: 13 rows, none with customer_id set; public.sessions: {GUESTS} rows, none "
+        "with customer_id set), nothing was checked"), inv
     assert "check(s) prove nothing so far" in report["verdict"]["verdict"], report["verdict"]
     assert "| expand invariants | proves nothing |" in cli("report", *args)
 

@@ -14,7 +14,7 @@ from pgconverge.operations.base import Lock, Operation
 @dataclass(frozen=True)
 class Rows:
     """The rows of TABLE a check judges: those WHERE holds (a condition on the table's own columns), described by
-    WHICH ("with a customer_id") for its coverage. A table named alone in `covers` is judged on every row."""
+    WHICH ("with customer_id set") for its coverage. A table named alone in `covers` is judged on every row."""
 
     table: QualifiedName
     where: sql.Composable

@@ -980,7 +980,7 @@ def with_legacy_id(d: Dependent) -> Rows:
     """The rows of D's table a check of the legacy id judges: those that have one (a guest's row, with none, says
     nothing about the mapping)."""
     col = d.fk.columns[0]
-    return Rows(d.table.name, sql.SQL("{} is not null").format(ident(col)), f"with a {col}")
+    return Rows(d.table.name, sql.SQL("{} is not null").format(ident(col)), f"with {col} set")
 
 
 # -- contract: nothing else may depend on what it drops ----------------------------------------------------------

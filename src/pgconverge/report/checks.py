@@ -19,7 +19,7 @@ def n(x: Any) -> str:
 
 
 def _tables(counts: dict[str, Any], only: dict[str, dict] | None = None) -> str:
-    """"public.carts 72, public.sessions 0 of 608 (rows with a customer_id)": ONLY gives, for a table a check
+    """"public.carts 72, public.sessions 0 of 608 (rows with customer_id set)": ONLY gives, for a table a check
     judges only some rows of, which rows and how many the table has."""
     def one(t: str, c: Any) -> str:
         if c is None:

@@ -96,7 +96,7 @@ COUNT_CAP = 1_000_000
 def coverage(conn: psycopg.Connection, covers, counted: dict | None = None) -> dict:
     """What a check covering COVERS (tables, or Rows: the rows of a table it judges) looked at: {"rows_examined":
     {table: rows it judged}}, and for each table it judges only some rows of, "judged_only": {table: {"which": those
-    rows ("with a customer_id"), "table_rows": all its rows}}. Counted up to COUNT_CAP; None: the table does not
+    rows ("with customer_id set"), "table_rows": all its rows}}. Counted up to COUNT_CAP; None: the table does not
     exist. COUNTED keeps the counts already made in this snapshot, keyed by table and condition."""
     counted = {} if counted is None else counted
 
