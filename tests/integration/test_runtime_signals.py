@@ -21,7 +21,7 @@ import pytest
 from _support import wait_disconnected, cli, cli_json, schema_dump, write_config
 from pgconverge.config import ConfigError, from_dict
 
-WINDOW = 3  # seconds
+WINDOW = 8  # seconds: long enough for the refusals below to run inside it on a loaded machine
 OLD_APP = "shop-backend-v1"  # the application name of the old code's sessions
 
 
@@ -104,7 +104,7 @@ def test_old_code_rows_block_contract_until_they_stop_and_the_window_passes(fixt
     files = cli_json("emit", str(tmp_path / "project"), "--dsn", dsn, "--config", cfg)["migrations"]
     baseline = next(f for f in files if f.endswith("_switch_runtime_baseline.sql"))
     gate = next(f for f in files if "_contract_gate_runtime_use" in f)
-    assert "Observation window: 3 s" in Path(gate).read_text()
+    assert f"Observation window: {WINDOW} s" in Path(gate).read_text()
     for ph in ("align", "expand", "switch"):
         cli("run", ph, "--dsn", dsn, "--config", cfg)
     _apply(dsn, baseline)
@@ -168,7 +168,7 @@ def test_old_code_rows_block_contract_until_they_stop_and_the_window_passes(fixt
         assert "observation window" in out and " left" in out and "migration.observation_window" in out, out
         assert schema_dump(c, ("public", "archive")) == before
     msg = _refused(dsn, gate, psycopg.errors.ObjectNotInPrerequisiteState)
-    assert "under the observation window of 3 s" in msg and "s left" in msg, msg
+    assert f"under the observation window of {WINDOW} s" in msg and "s left" in msg, msg
     assert "migration.observation_window" in msg and "pgconverge.accept_runtime_use" in msg, msg
 
     left = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)["observation_window"]["left_s"]
