@@ -68,6 +68,9 @@ def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool
             # unique index would reject
             prechecks.orphans(conn, spec, p)
             prechecks.collisions(conn, spec, p)
+            # before align and expand: a legacy row pgconverge makes for a person new code writes for must be one the
+            # legacy table takes
+            prechecks.newcomer_rows(conn, spec, p, cats)
     return spec, t, p, cats, checked
 
 

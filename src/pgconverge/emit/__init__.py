@@ -222,6 +222,10 @@ def emit(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, *, thr
         from pgconverge.identity import check as match_check
 
         match_check.run(conn, spec, cats.live)
+    if any(s.phase == "expand" for s in steps) and cats.live is not None:
+        # Expand's sync trigger makes a legacy row for a person new code writes for who has none: one the legacy
+        # table takes, as `plan` and `run` check, or a file would install a trigger that fails the application's writes.
+        prechecks.newcomer_rows(conn, spec, full, cats)
     plan, files = _adapted(spec, cats, steps, out, start, now)
     rollback = planner.rollback(spec, cats, "align")
     _private_schema_reverse(spec, plan, files)

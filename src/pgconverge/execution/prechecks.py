@@ -300,6 +300,43 @@ def legacy_rows(conn: psycopg.Connection, steps: list[Step]) -> None:
         raise LegacyRowsRefused(refused[0], fix=refused[1])
 
 
+class NewcomerRowsRefused(PgConvergeError):
+    """From expand on, a legacy row pgconverge's sync trigger makes for a person new code writes for would be refused
+    by the legacy table, failing the application's write; nothing was changed."""
+
+
+def newcomer_rows(conn: psycopg.Connection, spec: Spec, plan: Plan, cats) -> None:
+    """Before expand has run its first step (from before align on): refuse when the legacy row that expand's sync
+    trigger makes, on a table whose primary key holds the legacy column, for a person new code writes a row for who
+    has none (align's legacy_for_canonical) would be refused by the legacy table (identity/check.py
+    newcomer_refusals, the check a rollback runs on the rows it makes). Align installs the function that makes the
+    row and expand the trigger that calls it: refused before either, not when the application's write fails."""
+    from pgconverge.identity.check import newcomer_refusals
+    from pgconverge.planning import align, references, shapes
+
+    if not plan.phase("expand"):
+        return
+    ledger = Ledger(conn, spec)
+    states = ledger.step_states() if ledger.exists() else {}
+
+    def done(phase: str) -> bool:
+        return all(states.get(s.id) is not None and states[s.id].state == "done" for s in plan.phase(phase))
+
+    if any(states.get(s.id) is not None and states[s.id].state in ("done", "pending") for s in plan.phase("expand")):
+        return  # expand has started: the trigger is in place
+    cat = cats.for_phase("expand")
+    keyed = [d for d in cat.dependents if shapes.in_primary_key(d)]
+    if not keyed:
+        return
+    d = keyed[0]
+    # As align installs the function (its column list and casts), checked against the legacy table as it is now.
+    first = align.reverse_aligned(spec, cats.for_phase("align"), d.table.name, d.fk.columns[0],
+                                  references.new_column(spec, cat, d))
+    refused = newcomer_refusals(conn, first, list(dict.fromkeys(str(k.table.name) for k in keyed)), done("align"))
+    if refused:
+        raise NewcomerRowsRefused(refused[0], fix=refused[1])
+
+
 class ReadOnly(PgConvergeError):
     """The server or the session takes no writes."""
 

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from pgconverge.catalog.model import Catalog, Table
-from pgconverge.config import QualifiedName, Spec
+from pgconverge.config import QualifiedName, Spec, show_identifier
 from pgconverge.errors import CatalogError
 from pgconverge.execution.sql import qn, text
 from pgconverge.identity import match, phone
@@ -353,6 +353,73 @@ def _refused(conn: psycopg.Connection, at: sql.Composable, label: str, wrong: li
 REVERSE_EXAMPLES = 10
 
 
+def _made_refusals(conn: psycopg.Connection, first, target: Table, legacy_at: QualifiedName, source: sql.Composable,
+                   ids: sql.Composable, *, made: bool, gives: str) -> tuple[list, str | None, list[str]]:
+    """What refuses the legacy rows legacy_for_canonical would make (FIRST: planning/align.py ReverseAligned, its
+    column list and casts) for the canonical rows p of SOURCE (a FROM clause over p; IDS: a query of their keys as
+    text, for the examples), in TARGET (the legacy table as loaded now, at LEGACY_AT). MADE: the rows are ones
+    pgconverge would make; else one made up from another canonical row, of which only what holds for any row counts:
+    a NOT NULL column no value reaches, a CHECK that reads only such columns, a type that does not convert. GIVES:
+    how a refusal says that nothing gives a column a value. ([(what refuses, the first keys, how many, the condition
+    over row x)], why a value did not fit its column or None, the NOT NULL columns with no default the made rows
+    leave empty). Run inside the caller's rolled-back transaction: the rows go into _CREATED."""
+    from pgconverge.planning.align import REVERSE_FLAG
+    from pgconverge.planning.shapes import insert_fillers
+
+    filled = {lc for lc, _, _ in first.values}
+    nulls = {c.name for c in target.columns if c.name not in filled and c.default is None and not c.generated
+             and not c.identity}
+    checks, uniques, fks, unchecked = _rules(target, filled, nulls, filled)
+    if not made:  # a value of another person's row proves nothing about the next one's
+        checks, uniques, fks = [c for c in checks if set(c.columns) <= nulls], [], []
+    cols = [(_ID, "text")] + [(lc, target.column(lc).type) for lc, _, _ in first.values]
+    vals = [sql.SQL("p.{}::text").format(sql.Identifier(first.canonical_key))] + [v for _, _, v in first.values]
+    cols += [(c, target.column(c).type) for c in sorted(nulls)]
+    vals += [sql.SQL("null") for _ in sorted(nulls)]
+    failed = _gather(conn, cols, sql.SQL("select {} {}").format(sql.SQL(", ").join(vals), source))
+    legacy, canonical = first.legacy_table, first.canonical
+    source_of = {lc: cc for lc, cc, _ in first.values}
+    defaultless: list[str] = []  # NOT NULL legacy columns the made rows get no value for: a default fixes them
+    if failed and (made or failed == "types"):
+        rows = conn.execute(sql.SQL("select c, count(*) over () from ({}) x(c) order by 1 limit {}").format(
+            ids, sql.Literal(REVERSE_EXAMPLES + 1))).fetchall()
+        why = ("Postgres does not convert " + ", ".join(
+            f"{canonical}.{cc} into {legacy}.{lc} ({target.column(lc).type})" for lc, cc in source_of.items())
+            + " when a row is written (one of them)" if failed == "types" else
+            f"a value does not fit its {legacy} column ({failed}), among the rows for")
+        return [(why, [r[0] for r in rows], rows[0][1] if rows else 0, sql.SQL("true"))], failed, defaultless
+    if failed:  # a made-up value that does not fit says nothing about the next person's: a row of NULLs stands in
+        conn.execute(sql.SQL("insert into {} default values").format(_CREATED))
+        failed = None
+    wrong, trial = [], []
+    fillers = insert_fillers(target, first.mapping.schema)
+    for c in sorted(filled | nulls):
+        col = target.column(c)
+        if col is None or not col.not_null or (c in source_of and not made):
+            continue
+        if c not in source_of and fillers:  # the application's insert trigger may fill it: tried below
+            trial.append(c)
+            continue
+        what = (f"{legacy}.{c} is NOT NULL, and {canonical}.{source_of[c]}, which it is made from, is NULL"
+                if c in source_of else f"{legacy}.{c} is NOT NULL and has no default, and {gives}")
+        if c not in source_of:
+            defaultless.append(c)
+        wrong.append((sql.SQL("x.{} is null").format(sql.Identifier(c)), what))
+    refused = _refused(conn, qn(legacy_at), str(legacy), wrong, checks, uniques, fks, unchecked,
+                       made="legacy rows made", limit=REVERSE_EXAMPLES)
+    if trial and not refused:  # pgconverge's own trigger there stands aside, as for legacy_for_canonical's
+        tried = _tried(conn, legacy_at, str(legacy), fillers, [lc for lc, _, _ in first.values], trial,
+                       made, f"give {legacy}.{', '.join(trial)} a default, or make the trigger fill it",
+                       flags={REVERSE_FLAG: "on"})
+        if tried:
+            defaultless += trial
+            rows = conn.execute(sql.SQL("select x.{i}, count(*) over () from {c} x order by 1 limit {n}").format(
+                i=sql.Identifier(_ID), c=_CREATED, n=sql.Literal(REVERSE_EXAMPLES + 1))).fetchall()
+            refused = [(tried[0] + ", among the rows for", [r[0] for r in rows], rows[0][1] if rows else 0,
+                        sql.SQL("true"))]
+    return refused, failed, defaultless
+
+
 def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedName, mapping_at: QualifiedName,
                     kept_at: bool) -> tuple[str, str] | None:
     """Before a rollback's first change: the legacy rows its steps MADE (planning/align.py ReverseAligned, one per
@@ -365,8 +432,6 @@ def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedNa
     The rows are gathered, as the function writes them, into a temporary table typed like the legacy columns, in a
     transaction that is rolled back: nothing changes."""
     from pgconverge.catalog.introspect import load_table
-    from pgconverge.planning.align import REVERSE_FLAG
-    from pgconverge.planning.shapes import insert_fillers
 
     first = made[0]
     with conn.transaction(force_rollback=True):
@@ -398,55 +463,12 @@ def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedNa
             mc=sql.Identifier(first.mapping_canonical)))
         if not conn.execute(sql.SQL("select exists (select 1 from {})").format(owners)).fetchone()[0]:
             return None
-        filled = {lc for lc, _, _ in first.values}
-        nulls = {c.name for c in target.columns if c.name not in filled and c.default is None and not c.generated
-                 and not c.identity}
-        checks, uniques, fks, unchecked = _rules(target, filled, nulls, filled)
-        cols = [(_ID, "text")] + [(lc, target.column(lc).type) for lc, _, _ in first.values]
-        vals = [sql.SQL("p.{}::text").format(sql.Identifier(first.canonical_key))] + [v for _, _, v in first.values]
-        cols += [(c, target.column(c).type) for c in sorted(nulls)]
-        vals += [sql.SQL("null") for _ in sorted(nulls)]
-        failed = _gather(conn, cols, sql.SQL("select {v} from {can} p where p.{ck} in (select c from {o})"
-                                             ).format(v=sql.SQL(", ").join(vals), can=qn(first.canonical),
-                                                      ck=sql.Identifier(first.canonical_key), o=owners))
+        source = sql.SQL("from {can} p where p.{ck} in (select c from {o})").format(
+            can=qn(first.canonical), ck=sql.Identifier(first.canonical_key), o=owners)
+        ids = sql.SQL("select distinct c::text from {}").format(owners)
+        refused, failed, defaultless = _made_refusals(conn, first, target, legacy_at, source, ids, made=True,
+                                                      gives="the rollback gives it no value")
         legacy, canonical = first.legacy_table, first.canonical
-        source = {lc: cc for lc, cc, _ in first.values}
-        defaultless: list[str] = []  # NOT NULL legacy columns the rollback gives no value: a default fixes them
-        if failed:
-            rows = conn.execute(sql.SQL("select c, count(*) over () from (select distinct c::text as c from {} "
-                                        "order by 1) x limit {}").format(
-                owners, sql.Literal(REVERSE_EXAMPLES + 1))).fetchall()
-            why = ("Postgres does not convert " + ", ".join(
-                f"{canonical}.{cc} into {legacy}.{lc} ({target.column(lc).type})" for lc, cc in source.items())
-                + " when a row is written (one of them)" if failed == "types" else
-                f"a value does not fit its {legacy} column ({failed}), among the rows for")
-            refused = [(why, [r[0] for r in rows], rows[0][1], sql.SQL("true"))]
-        else:
-            wrong, trial = [], []
-            fillers = insert_fillers(target, first.mapping.schema)
-            for c in sorted(filled | nulls):
-                col = target.column(c)
-                if col is None or not col.not_null:
-                    continue
-                if c not in source and fillers:  # the application's insert trigger may fill it: tried below
-                    trial.append(c)
-                    continue
-                what = (f"{legacy}.{c} is NOT NULL, and {canonical}.{source[c]}, which it is made from, is NULL"
-                        if c in source else f"{legacy}.{c} is NOT NULL and has no default, and the rollback gives it "
-                                            "no value")
-                if c not in source:
-                    defaultless.append(c)
-                wrong.append((sql.SQL("x.{} is null").format(sql.Identifier(c)), what))
-            refused = _refused(conn, qn(legacy_at), str(legacy), wrong, checks, uniques, fks, unchecked,
-                               made="legacy rows made", limit=REVERSE_EXAMPLES)
-            if trial and not refused:  # pgconverge's own trigger there stands aside, as for legacy_for_canonical's
-                tried = _tried(conn, legacy_at, str(legacy), fillers, [lc for lc, _, _ in first.values], trial,
-                               True, f"give {legacy}.{', '.join(trial)} a default, or make the trigger fill it",
-                               flags={REVERSE_FLAG: "on"})
-                if tried:
-                    rows = conn.execute(sql.SQL("select x.{i}, count(*) over () from {c} x order by 1 limit {n}").format(
-                        i=sql.Identifier(_ID), c=_CREATED, n=sql.Literal(REVERSE_EXAMPLES + 1))).fetchall()
-                    refused = [(tried[0] + ", among the rows for", [r[0] for r in rows], rows[0][1], sql.SQL("true"))]
         if not refused:
             return None
         bad = sql.SQL(" or ").join(cond for *_, cond in refused)
@@ -469,6 +491,87 @@ def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedNa
     fix = (f"{keep}give those {canonical} rows the values {legacy} needs (the columns named above); failing that, "
            f"delete the rows of {tables} written for them, or give those rows an owner that has a {legacy} row "
            "(both change what new code wrote); then run the rollback again")
+    return message, fix
+
+
+NEWCOMERS_READ = 10_000  # canonical rows with no legacy row the forward check reads, at most
+
+
+def newcomer_refusals(conn: psycopg.Connection, first, tables: list[str], mapped: bool) -> tuple[str, str] | None:
+    """Before align and expand change anything: the legacy row the sync trigger of TABLES (dependents whose primary
+    key holds the legacy column) has legacy_for_canonical make, from expand on, for a person new code writes a row
+    for who has none (a sign-up through the canonical table alone), checked against the legacy table's rules as
+    they are now, as a rollback checks the rows it makes (FIRST: planning/align.py ReverseAligned, the function's
+    column list and casts). A row the legacy table refuses fails the application's write inside that trigger.
+
+    MAPPED (align is done): the canonical rows that have no legacy row now are the first such people; up to
+    NEWCOMERS_READ of them are checked as they are. Without them (before align, or none yet), a row made up from
+    one canonical row stands in for the next person, and only what holds for any row counts: a NOT NULL column that
+    has no default and gets no value, a CHECK that reads only such columns, a type that does not convert, and
+    whether the application's BEFORE INSERT trigger fills such a column (a trial write, rolled back). (what
+    refuses, the fix), or None. Nothing changes: the transaction is rolled back."""
+    from pgconverge.catalog.introspect import load_table
+
+    legacy, canonical = first.legacy_table, first.canonical
+    with conn.transaction(force_rollback=True):
+        conn.execute("set local search_path = pg_catalog")
+        oid = conn.execute("select pg_catalog.to_regclass(%s)::oid", (text(qn(legacy)),)).fetchone()[0]
+        if oid is None:
+            return None
+        target = load_table(conn, oid)
+        people = sql.Identifier("pg_temp", "pgconverge_newcomers")
+        can, ck = qn(canonical), sql.Identifier(first.canonical_key)
+        found = 0
+        if mapped:
+            conn.execute(sql.SQL(
+                "create temp table {o} on commit drop as select p.{ck} as c from {can} p where not exists (select 1 "
+                "from {m} m join {leg} l on l.{lk} = m.{ml} where m.{mc} = p.{ck}) limit {n}").format(
+                o=people, ck=ck, can=can, m=qn(first.mapping), leg=qn(legacy), lk=sql.Identifier(first.legacy_key),
+                ml=sql.Identifier(first.mapping_legacy), mc=sql.Identifier(first.mapping_canonical),
+                n=sql.Literal(NEWCOMERS_READ)))
+            found = conn.execute(sql.SQL("select count(*) from {}").format(people)).fetchone()[0]
+        if found:
+            source = sql.SQL("from {} p where p.{} in (select c from {})").format(can, ck, people)
+            ids = sql.SQL("select c::text from {}").format(people)
+        else:
+            source = sql.SQL("from (select) o left join lateral (select * from {} limit 1) p on true").format(can)
+            ids = sql.SQL("select null::text where false")
+        refused, failed, defaultless = _made_refusals(conn, first, target, legacy, source, ids, made=bool(found),
+                                                      gives="pgconverge gives it no value")
+        same = {r[0] for r in conn.execute(
+            "select attname::text from pg_catalog.pg_attribute where attrelid = pg_catalog.to_regclass(%s) "
+            "and attnum > 0 and not attisdropped", (text(qn(canonical)),)).fetchall()}
+    if not refused:
+        return None
+    lines = []
+    for what, keys, n, _ in refused:
+        what = what.removesuffix(", among the rows for")
+        if found:
+            more = f" … ({n} in all)" if len(keys) > REVERSE_EXAMPLES else ""
+            lines.append(f"{what}: {canonical} row(s) {', '.join(keys[:REVERSE_EXAMPLES])}{more}, which have no "
+                         f"{legacy} row now")
+        else:
+            lines.append(what)
+    read = (f" (read: the {found:,} {canonical} rows that have no {legacy} row"
+            + (f", the first {NEWCOMERS_READ:,}" if found >= NEWCOMERS_READ else "") + ")") if found else ""
+    message = (f"from expand on, a row new code writes into {', '.join(tables)} with the new id alone for a person "
+               f"who has no {legacy} row (one who signed up through {canonical} alone) gets a {legacy} row made for "
+               "that person by pgconverge's sync trigger (the legacy column is part of the primary key, so it must "
+               f"be filled until contract), and {legacy} would refuse that row: the application's write would fail "
+               f"(nothing was changed){read}:\n" + "\n".join(f"  - {line}" for line in lines))
+    fixes = []
+    if defaultless:
+        cols = ", ".join(defaultless)
+        alter = (f"ALTER TABLE {legacy} ALTER COLUMN {show_identifier(defaultless[0])} SET DEFAULT …"
+                 if len(defaultless) == 1 else f"ALTER TABLE {legacy} ALTER COLUMN … SET DEFAULT …, for each")
+        fixes.append(f"give {legacy}.{cols} a default ({alter}): the {legacy} rows pgconverge makes take it")
+        fixes.append(f"or fill it from a column of {canonical}: canonical.copy_columns = {{ "
+                     + ", ".join(f'{c} = "{c if c in same else f"<{canonical} column>"}"' for c in defaultless)
+                     + " } (before align, which installs the function that makes the rows)")
+    if found and (not defaultless or len(refused) > 1):
+        fixes.append(f"give those {canonical} rows the values {legacy} needs (the columns named above), or relax "
+                     "the rule")
+    fix = "; ".join(fixes) + "; then run `pgconverge plan` again"
     return message, fix
 
 

@@ -276,7 +276,37 @@ def findings(spec: Spec, cat: Catalog) -> list[Finding]:
     out += _canonical_writers(spec, cat)
     if cat.dependents:
         out.append(_canonical_deletes(cat))
+    out += _legacy_rows_made(spec, cat)
     return out
+
+
+def _legacy_rows_made(spec: Spec, cat: Catalog) -> list[Finding]:
+    """The legacy rows expand's sync trigger makes, on a table whose primary key holds the legacy column, for a person
+    new code writes a row for who has none (align's legacy_for_canonical): what they hold. That the legacy table
+    takes them is checked before align and expand (execution/prechecks.py newcomer_rows)."""
+    from pgconverge.planning import align
+
+    keyed = list(dict.fromkeys(str(d.table.name) for d in cat.dependents if in_primary_key(d)))
+    if not keyed:
+        return []
+    leg, can = cat.legacy, cat.canonical
+    made = align.reverse_values(spec, cat)
+    filled = ", ".join(f"{lc} from {cc}" for lc, cc, _ in made)
+    # A NOT NULL legacy column made from a canonical column that may be NULL: refused for a person who has none.
+    loose = [f"{cc} NULL ({leg.name}.{lc} is NOT NULL)" for lc, cc, _ in made
+             if leg.column(lc) is not None and leg.column(lc).not_null and can.column(cc) is not None
+             and not can.column(cc).not_null and cc not in can.primary_key]
+    return [Finding(
+        f"legacy rows made for {', '.join(keyed)}", LISTED,
+        f"the primary key holds the legacy column, which stays filled until contract: from expand on, a row new code "
+        f"writes there with the new id alone for a person who has no {leg.name} row (one who signed up through "
+        f"{can.name} alone) gets a {leg.name} row made by pgconverge's sync trigger, holding {filled} of the "
+        f"{can.name} row, every other column its default. `plan` and `run` check before align and expand that "
+        f"{leg.name} takes such a row (NOT NULL, CHECK, unique and foreign keys, the application's BEFORE INSERT "
+        "triggers), and refuse if it does not"
+        + (f"; {leg.name} refuses it for a person whose {can.name} row has " + ", ".join(loose) if loose else ""),
+        f"give such people that value before new code writes for them, or relax that NOT NULL of {leg.name} (a "
+        "default does not help: the row gives the column its NULL)" if loose else "")]
 
 
 def _canonical_deletes(cat: Catalog) -> Finding:
