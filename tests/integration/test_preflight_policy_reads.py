@@ -23,8 +23,9 @@ from pgconverge.execution import preflight_copy
 HELPER = ("create function public.auth_customer_id() returns bigint language sql stable security definer "
           "set search_path = '' as $$ select c.id from public.customers c where c.auth_user_id = auth.uid() $$;")
 
-# Each customer is a member of its carts' team through its auth user (a member reads the team's carts); 3,000 memberships more, of auth users without
-# a customer, so that a random few hundred of team_members would hold hardly any of the customers' own.
+# Each customer is a member of its carts' team through its auth user (a member reads the team's carts); 3,000
+# memberships more, of auth users without a customer, so that a random few hundred of team_members would hold hardly
+# any of the customers' own.
 TEAMS_SQL = """
 delete from public.carts where customer_id = (select id from public.customers where wa_id = '0780000001');
 delete from public.customers where wa_id = '0780000001';  -- one person, one auth user

@@ -58,17 +58,17 @@ def reads(fn: Function) -> tuple[set[tuple[str, ...]] | None, str]:
     (schema, name); a WITH query's own name is left out. (None, why) when that cannot be told from the body: it
     does not parse, it runs SQL built at run time, or it is in a language other than sql and plpgsql."""
     if fn.language not in ("sql", "plpgsql"):
-        return None, f"written in {fn.language}"
+        return None, f"is written in {fn.language}"
     if fn.language == "plpgsql":
         try:
             tree = parse_plpgsql(fn.definition)
         except (ParseError, IndexError, AttributeError):
-            return None, "its body does not parse"
+            return None, "has a body that does not parse"
         if any(k in _DYNAMIC for k in _keys(tree)):
-            return None, "it runs SQL built at run time (EXECUTE)"
+            return None, "runs SQL built at run time (EXECUTE)"
     stmts = statements(fn)
     if stmts is None:
-        return None, "its body does not parse"
+        return None, "has a body that does not parse"
     out: set[tuple[str, ...]] = set()
     for stmt in stmts:
         nodes = list(_walk(stmt))

@@ -325,7 +325,8 @@ def policy_reads(conn: psycopg.Connection, oids: list[int]) -> tuple[list[int], 
     """What the policies of tables OIDS read beyond their own table: the tables their sub-queries name, and those the
     functions they call read, directly or through the functions those call, whatever their security (a SECURITY
     DEFINER helper reading a membership table nothing else names). Returns (table oids, each leaf partition and the
-    tables under a view; functions whose reads cannot be told from their body, each with why)."""
+    tables under a view; the functions whose reads cannot be told from their body, each with why: "f(integer) runs
+    SQL built at run time (EXECUTE)")."""
     from pgconverge.catalog import calls, introspect
 
     rels: set[int] = set()
@@ -345,7 +346,7 @@ def policy_reads(conn: psycopg.Connection, oids: list[int]) -> tuple[list[int], 
             continue
         names, why = calls.reads(fn)
         if names is None:
-            unread.append(f"{fn.signature} ({why})")
+            unread.append(f"{fn.signature} {why}")
             continue
         path = _search_path(conn, fn)
         for name in names:
@@ -745,8 +746,8 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
         result.sample, result.unread_functions = _fill(target.dsn, copy_dsn, spec, plan, cats)
         rows = sum(v for k, v in result.sample.items() if not k.startswith(spec.migration.private_schema + "."))
         stage("copy", t0, f"schema and {rows:,} sampled rows of {len(result.sample)} tables into {database} "
-                          f"({where})" + (f"; it may lack what {_unread(result)} read" if result.unread_functions
-                                          else ""))
+                          f"({where})" + (f"; it may lack what some functions the policies call read: {_unread(result)}"
+                                          if result.unread_functions else ""))
 
         copy = Target(copy_dsn, "preflight copy")
         tracker = _Tracker()
@@ -792,8 +793,9 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
             failed = _failure("phases", exc, tracker.step)
         stage("phases", t0, (f"{', '.join(result.phases)} on the copy"
                              + (f" ({result.deferred}; the rest of contract was not tried)" if result.deferred else "")
-                             + (f"; the RLS check there proved nothing (the copy may lack what {_unread(result)} "
-                                "read; the check on the target still runs)" if result.rls_not_proven else "")
+                             + ("; the RLS check there saw no owner's own rows, not a refusal: the copy may lack what "
+                                f"some functions the policies call read ({_unread(result)}); the check on the target "
+                                "still runs" if result.rls_not_proven else "")
                              if failed is None else f"failed at {failed.step or 'the start'}"), failed is None)
         # The whole rollback runs in any case: from a failed step too, as a real rollback would.
         t0 = time.monotonic()
@@ -845,7 +847,7 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
 
 
 def _unread(result: Result) -> str:
-    return ", ".join(result.unread_functions[:5]) + (f" and {len(result.unread_functions) - 5} more"
+    return "; ".join(result.unread_functions[:5]) + (f" and {len(result.unread_functions) - 5} more"
                                                      if len(result.unread_functions) > 5 else "")
 
 
