@@ -54,6 +54,48 @@ def called(fn: Function) -> set[tuple[str, ...]]:
     return out
 
 
+# PL/pgSQL statements that run SQL built at run time (EXECUTE, FOR ... IN EXECUTE, RETURN QUERY EXECUTE,
+# OPEN ... FOR EXECUTE): what they read is not in the body.
+_DYNAMIC = ("PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors", "dynquery")
+
+
+def reads(fn: Function) -> tuple[set[tuple[str, ...]] | None, str]:
+    """The relations FN's body names (FROM, JOIN, sub-queries, the tables it writes), as written: (name,) or
+    (schema, name); a WITH query's own name is left out. (None, why) when that cannot be told from the body: it
+    does not parse, it runs SQL built at run time, or it is in a language other than sql and plpgsql."""
+    if fn.language not in ("sql", "plpgsql"):
+        return None, f"is written in {fn.language}"
+    if fn.language == "plpgsql":
+        try:
+            tree = parse_plpgsql(fn.definition)
+        except (ParseError, IndexError, AttributeError):
+            return None, "has a body that does not parse"
+        if any(k in _DYNAMIC for k in _keys(tree)):
+            return None, "runs SQL built at run time (EXECUTE)"
+    stmts = statements(fn)
+    if stmts is None:
+        return None, "has a body that does not parse"
+    out: set[tuple[str, ...]] = set()
+    for stmt in stmts:
+        nodes = list(_walk(stmt))
+        ctes = {n.ctename for n in nodes if isinstance(n, ast.CommonTableExpr)}
+        into = {id(n.rel) for n in nodes if isinstance(n, ast.IntoClause)}
+        for n in nodes:
+            if isinstance(n, ast.RangeVar) and id(n) not in into and not (n.schemaname is None and n.relname in ctes):
+                out.add((n.schemaname, n.relname) if n.schemaname else (n.relname,))
+    return out, ""
+
+
+def _keys(value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _keys(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _keys(v)
+
+
 def _plpgsql_queries(value):
     if isinstance(value, dict):
         if "PLpgSQL_expr" in value:

@@ -350,6 +350,13 @@ def function_and_callees(conn: psycopg.Connection, name: QualifiedName) -> tuple
     return fn, (reader._callees([fn]) if fn else [])
 
 
+def functions(conn: psycopg.Connection, oids: list[int]) -> list[Function]:
+    """The functions OIDS as they are now, in any language."""
+    return [Function(QualifiedName(ns, name), sig, args, ret, lang, vol, secdef, tuple(config), src, fdef, oid, owner)
+            for oid, ns, name, sig, args, ret, lang, vol, secdef, config, src, fdef, owner
+            in conn.execute(q.FUNCTIONS_BY_OID, {"oids": list(oids)}).fetchall()]
+
+
 def callees(conn: psycopg.Connection, fns: list[Function]) -> list[Function]:
     """Every function FNS call, directly or through each other, as they are now."""
     return _Reader(conn, None)._callees(fns)  # type: ignore[arg-type]

@@ -185,6 +185,19 @@ where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not li
 order by n.nspname, p.proname, p.oid
 """
 
+# The same columns, by oid and in any language (a policy may call a C or plv8 function).
+FUNCTIONS_BY_OID = """
+select p.oid, n.nspname, p.proname, p.oid::regprocedure::text, pg_get_function_identity_arguments(p.oid),
+       pg_get_function_result(p.oid), l.lanname, p.provolatile, p.prosecdef,
+       coalesce(p.proconfig, '{}'::text[]), p.prosrc,
+       case when p.prokind = 'f' then pg_get_functiondef(p.oid) else '' end, pg_get_userbyid(p.proowner)
+from pg_proc p
+join pg_namespace n on n.oid = p.pronamespace
+join pg_language l on l.oid = p.prolang
+where p.oid = any(%(oids)s::oid[]) and p.prokind = 'f'
+order by n.nspname, p.proname, p.oid
+"""
+
 # Roles by their names as written in pgconverge.toml (unquoted), tables by schema and name (the caller quotes).
 TABLE_GRANTS = """
 select n.nspname, c.relname, case when a.grantee = 0 then 'PUBLIC' else pg_get_userbyid(a.grantee) end,

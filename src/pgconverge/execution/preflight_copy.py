@@ -109,6 +109,10 @@ class Result:
     # The rollback refused before its first change, for objects the team made on what it drops (a view on the new
     # column): a real rollback refuses the same way until they go, which is the team's to do, not the plan's.
     rollback_deferred: str | None = None
+    # Functions the policies call whose reads cannot be told from their body (dynamic SQL, a body that does not
+    # parse): the copy may lack the rows they read, so an RLS check there that sees nothing is noted, not a refusal.
+    unread_functions: list[str] = field(default_factory=list)
+    rls_not_proven: list[str] = field(default_factory=list)  # those RLS checks on the copy, as they ended
 
     @property
     def passed(self) -> bool:
@@ -123,7 +127,8 @@ class Result:
                 "phases": self.phases, "rollback_to": self.rollback_to, "schema_restored": self.schema_restored,
                 "schema_differences": self.schema_differences[:20], "plan_matches": self.plan_matches,
                 "skipped_extensions": self.skipped_extensions, "deferred": self.deferred,
-                "rollback_deferred": self.rollback_deferred,
+                "rollback_deferred": self.rollback_deferred, "unread_functions": self.unread_functions,
+                "rls_not_proven": self.rls_not_proven,
                 "failure": self.failure.as_dict() if self.failure else None}
 
 
@@ -182,6 +187,7 @@ class _Sampler:
         self.conn = conn
         self.rows: dict[int, set[str]] = {}
         self.new: dict[int, set[str]] = {}
+        self.unread: list[str] = []  # functions the policies call whose reads cannot be told (see policy_reads)
 
     def _q(self, query: sql.Composable, params=None) -> list[tuple]:
         with self.conn.transaction():  # a savepoint: a column that cannot be ordered fails alone
@@ -224,6 +230,29 @@ class _Sampler:
             self.take(sql.SQL("select tableoid::oid, ctid::text from only {} tablesample system ({}) limit {}").format(
                 rel, sql.Literal(pct), n))
 
+    def referring(self, oid: int, n: int) -> None:
+        """Rows of table OID that refer by a foreign key to rows already chosen (up to N per foreign key): the
+        memberships of the sampled people, the rows of the sampled accounts."""
+        fks = self.conn.execute(
+            "select confrelid::oid, "
+            "  array(select a.attname from unnest(conkey) with ordinality k(n, i) join pg_attribute a "
+            "        on a.attrelid = conrelid and a.attnum = k.n order by k.i), "
+            "  array(select a.attname from unnest(confkey) with ordinality k(n, i) join pg_attribute a "
+            "        on a.attrelid = confrelid and a.attnum = k.n order by k.i) "
+            "from pg_constraint where contype = 'f' and conrelid = %s", (oid,)).fetchall()
+        rel = sql.SQL("{}.{}").format(*map(sql.Identifier, _rel(self.conn, oid)))
+        for ref, cols, refcols in fks:
+            chosen = [(leaf, sorted(self.rows[leaf])) for leaf in _leaf_oids(self.conn, ref) if self.rows.get(leaf)]
+            if not chosen:
+                continue
+            keys = sql.SQL(" union all ").join(
+                sql.SQL("select {} from only {} where ctid = any({}::tid[])").format(
+                    sql.SQL(", ").join(map(sql.Identifier, refcols)),
+                    sql.SQL("{}.{}").format(*map(sql.Identifier, _rel(self.conn, leaf))), sql.Literal(ctids))
+                for leaf, ctids in chosen)
+            self.take(sql.SQL("select tableoid::oid, ctid::text from only {} where ({}) in ({}) limit {}").format(
+                rel, sql.SQL(", ").join(map(sql.Identifier, cols)), keys, sql.Literal(n)))
+
     def follow(self, rounds: int = CLOSURE_ROUNDS) -> None:
         """Add every row the chosen rows refer to by a foreign key, and the rows those refer to, and so on."""
         for _ in range(rounds):
@@ -261,6 +290,74 @@ class _Sampler:
                         sql.SQL(", ").join(names)))
             if not self.new:
                 return
+
+
+def _leaf_oids(conn: psycopg.Connection, oid: int, depth: int = 4) -> list[int]:
+    """The tables holding the rows relation OID shows: itself, each leaf partition, or for a view the tables it
+    reads (DEPTH views deep)."""
+    kind = conn.execute("select relkind from pg_class where oid = %s", (oid,)).fetchone()
+    kind = kind[0] if kind else None
+    if kind == "r":
+        return [oid]
+    if kind == "p":
+        return [r[0] for r in conn.execute(
+            "select relid::oid from pg_partition_tree(%s::oid) t join pg_class c on c.oid = t.relid "
+            "where t.isleaf and c.relkind = 'r'", (oid,)).fetchall()]
+    if kind in ("v", "m") and depth:
+        refs = conn.execute("select distinct d.refobjid::oid from pg_rewrite r join pg_depend d on d.classid = "
+                            "'pg_rewrite'::regclass and d.objid = r.oid and d.refclassid = 'pg_class'::regclass "
+                            "where r.ev_class = %s and d.refobjid <> %s", (oid, oid)).fetchall()
+        return [leaf for (ref,) in refs for leaf in _leaf_oids(conn, ref, depth - 1)]
+    return []
+
+
+def _search_path(conn: psycopg.Connection, fn) -> list[str]:
+    """The schemas FN's unqualified names resolve in: its own search_path setting, else the session's, then its
+    own schema."""
+    setting = next((c.split("=", 1)[1] for c in fn.config if c.startswith("search_path=")), None)
+    if setting is None:
+        setting = conn.execute("select current_setting('search_path')").fetchone()[0]
+    schemas = [x.strip().strip('"') for x in setting.split(",") if x.strip()]
+    return [x for x in schemas if x and x != "$user"] + [fn.name.schema]
+
+
+def policy_reads(conn: psycopg.Connection, oids: list[int]) -> tuple[list[int], list[str]]:
+    """What the policies of tables OIDS read beyond their own table: the tables their sub-queries name, and those the
+    functions they call read, directly or through the functions those call, whatever their security (a SECURITY
+    DEFINER helper reading a membership table nothing else names). Returns (table oids, each leaf partition and the
+    tables under a view; the functions whose reads cannot be told from their body, each with why: "f(integer) runs
+    SQL built at run time (EXECUTE)")."""
+    from pgconverge.catalog import calls, introspect
+
+    rels: set[int] = set()
+    fns_oids: set[int] = set()
+    for refclass, ref in conn.execute(
+            "select d.refclassid::regclass::text, d.refobjid::oid from pg_policy p join pg_depend d on d.classid = "
+            "'pg_policy'::regclass and d.objid = p.oid where p.polrelid = any(%s::oid[]) and d.refobjid <> p.polrelid "
+            "and d.refclassid in ('pg_class'::regclass, 'pg_proc'::regclass)", (list(oids),)).fetchall():
+        (rels if refclass == "pg_class" else fns_oids).add(ref)
+    direct = introspect.functions(conn, sorted(fns_oids))
+    seen = {f.oid for f in direct}
+    fns = direct + [f for f in introspect.callees(conn, [f for f in direct if f.language in ("sql", "plpgsql")])
+                    if f.oid not in seen]
+    unread = []
+    for fn in fns:
+        if fn.language in ("c", "internal"):  # an extension's or the server's own: nothing of the database's
+            continue
+        names, why = calls.reads(fn)
+        if names is None:
+            unread.append(f"{fn.signature} {why}")
+            continue
+        path = _search_path(conn, fn)
+        for name in names:
+            found = conn.execute(
+                "select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.relname = %s "
+                "and n.nspname = any(%s::text[]) and c.relkind in ('r', 'p', 'v', 'm') "
+                "order by array_position(%s::text[], n.nspname::text) limit 1",
+                (name[-1], [name[0]] if len(name) == 2 else path, path)).fetchone()
+            if found:
+                rels.add(found[0])
+    return sorted({leaf for r in rels for leaf in _leaf_oids(conn, r)}), unread
 
 
 class _Skip(Exception):
@@ -323,6 +420,15 @@ def _choose(conn: psycopg.Connection, spec: Spec, plan: Plan, cats: baseline.Cat
         for oid in _leaves(conn, t.name):
             if oid not in s.rows:
                 s.random(oid, PER_TABLE // 3)
+    # and what those policies read beyond the tables above: in their sub-queries, and in the functions they call
+    # (basejump's has_role_on_account() reads account_user, which no policy names and nothing refers to)
+    checked = {*legacy, *canonical, *(o for d in (cat.dependents if cat else ()) for o in _leaves(conn, d.table.name)),
+               *(o for t in (cat.tables if cat else ()) for o in _leaves(conn, t.name))}
+    read, s.unread = policy_reads(conn, sorted(checked))
+    read = [oid for oid in read if oid not in checked]
+    for oid in read:
+        if oid not in s.rows:
+            s.random(oid, PER_TABLE // 3)
     s.follow()  # the legacy rows the dependents' rows name, first: their mapping rows come next
     # the mapping rows of every sampled legacy row, and the canonical rows they name
     if mapping is not None and legacy:
@@ -335,6 +441,10 @@ def _choose(conn: psycopg.Connection, spec: Spec, plan: Plan, cats: baseline.Cat
             s.take(sql.SQL("select tableoid::oid, ctid::text from {c} where {ck}::text in (select {mc}::text "
                            "from {m} where ctid = any({ids}::tid[]))").format(
                 c=ctab, ck=sql.Identifier(can.key), mc=mc, m=mtab, ids=sql.Literal(picked)))
+    # the rows of those tables that name the rows chosen so far (a membership keyed by the auth user: every sampled
+    # person's), so that the sampled identities see on the copy what they see on the target
+    for oid in read:
+        s.referring(oid, 3 * PER_TABLE)
     s.follow()
     return s
 
@@ -396,8 +506,10 @@ def _refuse_unfaithful(source_dsn: str, copy_dsn: str, tables: list[str], missin
                 "preflight (--skip-preflight), knowing it would have tried every step on a copy first")
 
 
-def _fill(source_dsn: str, copy_dsn: str, spec: Spec, plan: Plan, cats: baseline.Catalogs) -> dict[str, int]:
-    """Sample the source in one snapshot and write the rows into the copy; return rows per table."""
+def _fill(source_dsn: str, copy_dsn: str, spec: Spec, plan: Plan, cats: baseline.Catalogs
+          ) -> tuple[dict[str, int], list[str]]:
+    """Sample the source in one snapshot and write the rows into the copy; return rows per table, and the functions
+    the policies call whose reads the copy may lack (see policy_reads)."""
     counts: dict[str, int] = {}
     with rh.connect_source(source_dsn) as src, psycopg.connect(copy_dsn, connect_timeout=CONNECT_TIMEOUT_S) as dst:
         src.autocommit = False
@@ -442,7 +554,7 @@ def _fill(source_dsn: str, copy_dsn: str, spec: Spec, plan: Plan, cats: baseline
         dst.commit()
     with psycopg.connect(copy_dsn, autocommit=True) as conn:
         conn.execute("analyze")
-    return counts
+    return counts, sampler.unread
 
 
 # -- comparing the schema ------------------------------------------------------------------------------
@@ -631,10 +743,11 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
         if missing:
             _refuse_unfaithful(target.dsn, copy_dsn, _plan_tables(cats), missing, restore_errors, admin)
         result.skipped_extensions = list(missing)
-        result.sample = _fill(target.dsn, copy_dsn, spec, plan, cats)
+        result.sample, result.unread_functions = _fill(target.dsn, copy_dsn, spec, plan, cats)
         rows = sum(v for k, v in result.sample.items() if not k.startswith(spec.migration.private_schema + "."))
         stage("copy", t0, f"schema and {rows:,} sampled rows of {len(result.sample)} tables into {database} "
-                          f"({where})")
+                          f"({where})" + (f"; it may lack what some functions the policies call read: {_unread(result)}"
+                                          if result.unread_functions else ""))
 
         copy = Target(copy_dsn, "preflight copy")
         tracker = _Tracker()
@@ -651,8 +764,11 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
         t0 = time.monotonic()
         failed = None
         try:
+            # Where the copy may lack what a policy reads, an RLS check that sees nothing there goes on (noted): the
+            # real run's check, on the target's rows, still decides.
+            accept = {gates.CODE, gates.RUNTIME} | ({gates.COPY_UNREAD} if result.unread_functions else set())
             with Runner(copy, spec, cplan, progress=tracker, command="preflight", catalogs=ccats,
-                        accept=frozenset({gates.CODE, gates.RUNTIME})) as runner:
+                        accept=frozenset(accept)) as runner:
                 if not result.plan_matches:  # a pass would be about another plan than the one run will execute
                     raise PgConvergeError(
                         "the copy plans other steps than the target (only on the target: "
@@ -669,12 +785,17 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
                         # drop, a helper to rewrite): not a failure of the plan. The rest of contract is not tried.
                         at = getattr(tracker.step, "id", tracker.step)
                         result.deferred = f"contract stopped at {at} on the copy: {exc.problem}"
+                    finally:
+                        result.rls_not_proven = list(runner.rls_not_proven)
         except Interrupted:
             raise  # a signal: the run stops, it is not the preflight's verdict
         except Exception as exc:  # noqa: BLE001 - every failure on the copy is the preflight's verdict
             failed = _failure("phases", exc, tracker.step)
         stage("phases", t0, (f"{', '.join(result.phases)} on the copy"
                              + (f" ({result.deferred}; the rest of contract was not tried)" if result.deferred else "")
+                             + ("; the RLS check there saw no owner's own rows, not a refusal: the copy may lack what "
+                                f"some functions the policies call read ({_unread(result)}); the check on the target "
+                                "still runs" if result.rls_not_proven else "")
                              if failed is None else f"failed at {failed.step or 'the start'}"), failed is None)
         # The whole rollback runs in any case: from a failed step too, as a real rollback would.
         t0 = time.monotonic()
@@ -723,6 +844,11 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
         elif made:
             _mark(admin, database, "kept")
     return result
+
+
+def _unread(result: Result) -> str:
+    return "; ".join(result.unread_functions[:5]) + (f" and {len(result.unread_functions) - 5} more"
+                                                     if len(result.unread_functions) > 5 else "")
 
 
 # Each copy is marked with the process that made it; a copy whose process is gone (killed before it could drop

@@ -169,6 +169,7 @@ class Runner:
         self.policy = retry.RetryPolicy(attempts=max(1, spec.migration.lock_retries))
         self.lock_timeout_ms = spec.migration.lock_timeout_ms
         self.undone: list[str] = []  # during a step: what its failure path already put back (see _undo_unsafe)
+        self.rls_not_proven: list[str] = []  # RLS checks that proved nothing and went on (gates.COPY_UNREAD)
         # step id → its job, started ahead (see _start_ahead)
         self.jobs: dict[str, background.PhoneAuditJob | background.SnapshotJob] = {}
 
