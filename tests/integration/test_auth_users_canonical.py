@@ -116,3 +116,33 @@ def test_the_emitted_files_carry_the_same_helpers(make_db, tmp_path):
     contracted = [n for n, t in text.items() if "_contract_" in n and "FUNCTION public.current_user_id()" in t]
     assert contracted and all("SELECT CAST(auth.uid() AS uuid)" in text[n] for n in contracted), contracted
 
+
+def test_a_lookup_by_something_else_than_the_auth_user_gets_no_fallback_and_contract_says_what_to_write(
+        make_db, tmp_path):
+    """The legacy helper compares the token's e-mail (where it has one) before the auth user: that is no canonical
+    key, so the switch's helper does not take it for one, and contract's gate holds until the helper is written as
+    the auth user's id, which it names; written so, contract and `verify --rls` pass."""
+    by_email = SCHEMA.replace("where m.auth_user_id = auth.uid()", "where m.email = coalesce(auth.jwt() ->> 'email', "
+                              "m.email) and m.auth_user_id = auth.uid()")
+    assert by_email != SCHEMA
+    dsn, args = schema_db(make_db, tmp_path, by_email, CONFIG)
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, *args)
+    newcomer = uuid.uuid4()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert "uuid" not in _helper(conn).split("LIMIT 1")[-1], _helper(conn)
+        conn.execute("insert into auth.users (id, email) values (%s, 'new@example.com')", (newcomer,))
+        assert _as(conn, newcomer, "select count(*) from public.notes") == 0
+        assert _as(conn, OLD, "select count(*) from public.notes") == 4
+    out = " ".join(cli("run", "contract", "--accept-code-references", "--accept-runtime-use", "--yes", *args,
+                       expect=2).split())
+    assert "canonical helper stands alone" in out and "public.current_user_id() reads" in out, out
+    assert "auth.users.id is the auth user's id, so `select auth.uid()::uuid` is the helper" in out, out
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("create or replace function public.current_user_id() returns uuid language sql stable "
+                     "set search_path = '' as $$ select auth.uid()::uuid $$")
+    cli("run", "contract", "--accept-code-references", "--accept-runtime-use", "--yes", *args)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert _as(conn, OLD, "select count(*) from public.notes") == 4
+    out = " ".join(cli("verify", "--rls", *args).split())
+    assert "pass rls" in out and "proves nothing" not in out, out

@@ -70,6 +70,16 @@ def auth_link(spec: Spec, cat: Catalog) -> tuple[QualifiedName, str, str] | None
     return None
 
 
+def by_auth_user(spec: Spec, cat: Catalog) -> str:
+    """How the canonical helper finds the caller by its auth user once the legacy table and the mapping are gone."""
+    link = auth_link(spec, cat)
+    if link is not None and link[1] == link[2]:
+        typ = cat.canonical.column(spec.canonical.key).type
+        return (f"{spec.canonical.table}.{spec.canonical.key} is the auth user's id, so `select auth.uid()::{typ}` "
+                "is the helper")
+    return "through the canonical table's own link to the auth user"
+
+
 def mapping_owners(spec: Spec, cat: Catalog, helper) -> tuple[str, ...]:
     """Owners of helpers that read the mapping after the switch as SECURITY DEFINER, pgconverge's role aside.
 
