@@ -446,6 +446,26 @@ def test_uid_lookup_maps_the_same_caller_through_the_mapping():
     assert d.legacy_bridge_sql == d.legacy_original_sql  # nothing to bridge: the caller is the same auth user
 
 
+@pytest.mark.parametrize("table", [QualifiedName("auth", "users"), QualifiedName("public", "profiles")])
+@pytest.mark.parametrize("subject", ["auth.uid()", "(select auth.uid())", "(auth.jwt() ->> 'sub')::uuid"])
+def test_a_caller_with_no_legacy_row_is_its_auth_user_where_the_canonical_key_is_the_auth_id(table, subject):
+    """The canonical table is auth.users, or keyed by the auth user: the caller's id is its auth user's."""
+    d = derive(helper(f"select c.id from public.customers c where c.auth_user_id = {subject}"),
+               auth_link=(table, "id", "id"))
+    assert d.mechanism == "uid_lookup" and d.uncertain == ()
+    body = d.canonical_sql.split("$$")[1]
+    assert body.startswith("\n  SELECT COALESCE((SELECT m.profile_id FROM pgconverge.legacy_customer_profile AS m ")
+    assert str(table) not in d.canonical_sql and str(table) not in d.canonical_direct_sql  # no table read
+    assert "SECURITY DEFINER" in d.canonical_direct_sql and " AS uuid)" in d.canonical_direct_sql
+    assert d.canonical_direct_sql.split("$$")[1].strip().startswith("SELECT CAST(")
+
+
+def test_a_lookup_by_another_value_gets_no_auth_user_fallback():
+    d = derive(helper("select c.id from public.customers c where c.email = (select u.email from auth.users u "
+                      "where u.id = auth.uid())"), auth_link=(QualifiedName("auth", "users"), "id", "id"))
+    assert "COALESCE" not in d.canonical_sql and d.canonical_direct_sql == ""
+
+
 @pytest.mark.parametrize("body, reason", [
     ("select 42::bigint", "the claim mechanism is not recognised"),
     ("select c.id from public.customers c where c.wa_id = current_setting('x.phone', true)",

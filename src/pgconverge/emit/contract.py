@@ -170,7 +170,8 @@ def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
             w=sql.Literal(f"function {canon_h}()"), fn=sql.Literal(f"{text(qn(canon_h))}()"),
             pat=sql.Literal(rf"\m({archived})\M"),
             why=sql.Literal(f"reads {spec.legacy.table.name} or {spec.mapping_table.name}, which contract archives: "
-                            f"redefine it to find the caller's {spec.canonical.table} row without them")))
+                            f"redefine it to find the caller's {spec.canonical.table} row without them (for a "
+                            f"lookup by auth.uid(): {switch.by_auth_user(spec, cat)})")))
     from pgconverge.planning.references import new_column
 
     for d in cat.dependents:

@@ -96,12 +96,13 @@ def evaluate(runner: Runner) -> list[dict]:
 
     out.append(archive_gate(runner))
 
+    from pgconverge.planning.switch import by_auth_user
+
     leaning = standalone(runner)
     out.append({"gate": "canonical helper stands alone", "passed": not leaning, "details": leaning,
                 "unblock": f"replace {spec.canonical.helper}() by a definition that finds the caller's "
                            f"{spec.canonical.table} row without {spec.legacy.table} or the mapping (for a lookup by "
-                           "auth.uid(): through the canonical table's own link to the auth user), then run "
-                           "contract again"})
+                           f"auth.uid(): {by_auth_user(spec, cat)}), then run contract again"})
     return out
 
 

@@ -64,8 +64,9 @@ def derive_canonical_helper(
     auth_claim(text)): they name the mechanism, and when the helper cannot be derived as written (a
     wrapper hiding the claim or the cast) their sql or plpgsql bodies are inlined. server_version picks
     how a non-castable claim becomes NULL (pg_input_is_valid from 16 on, a pattern before). AUTH_LINK (the canonical
-    table, its key, and its column that holds the row's auth user, one row per user) lets a helper that looks the
-    caller up by auth.uid() find callers who have no legacy row (see _Derivation._lookup).
+    table, its key, and its column that holds the row's auth user, one row per user; the key itself where the key is
+    the auth user's id) lets a helper that looks the caller up by auth.uid() find callers who have no legacy row (see
+    _Derivation._lookup).
     """
     args = (legacy, canonical_helper, legacy_claim, canonical_claim, canonical_key_type, mapping,
             mapping_legacy_column, mapping_canonical_column, list(callees), server_version, auth_link)
@@ -381,6 +382,8 @@ class _Derivation:
                           f"maps the same caller's legacy row through {self.mapping}; the legacy helper needs no "
                           "bridge (legacy_bridge_sql is its original text)")
         subject = _subject(body) if self.auth_link else None
+        if subject is not None and self.auth_link[1] == self.auth_link[2] and not is_auth_user(subject):
+            subject = None  # where the key is the auth user's id, only the auth user's id finds the caller
         if subject is None:
             self.notes.append("no canonical_direct_sql: how the canonical table links to auth users is not in the "
                               "legacy helper; write it before contract archives the legacy table")
@@ -389,6 +392,17 @@ class _Derivation:
         # link to the auth user, which is how the helper finds everyone once the legacy table is archived; one with
         # a legacy row keeps the canonical row the mapping gives it, as the switch's RLS check compares.
         table, key, link = self.auth_link
+        if link == key:
+            # The canonical key is the auth user's id (the canonical table is auth.users, or its key references it):
+            # the caller's id is the token's auth user, as in every policy that compares with auth.uid(). No table
+            # read, so nothing for the helper's owner to be granted (auth.users is the auth service's).
+            uid = ast.TypeCast(arg=subject, typeName=dup(self.key_type))
+            self.notes.append(f"callers with no legacy row are their auth user ({table}.{key} is the auth user's "
+                              "id); after contract the canonical helper is canonical_direct_sql, that id alone")
+            return self.result(mechanism, self._function(self.canonical, self.key_type,
+                                                         _select(ast.CoalesceExpr(args=(mapped, uid)))),
+                               # as its owner, like the legacy lookup and the bridged one
+                               direct=self._function(self.canonical, self.key_type, _select(dup(uid))))
         own = ast.SelectStmt(
             targetList=(ast.ResTarget(val=column_ref("c", key)),), fromClause=(range_var(table, "c"),),
             whereClause=ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String("="),),
@@ -496,6 +510,29 @@ def lookup_link(legacy: Function, callees: Iterable[Function] = ()) -> tuple[Qua
                     next(iter(tables.values())) if len(tables) == 1 else None)
                 return table, parts[-1]
     return None
+
+
+def is_auth_user(node: ast.Node) -> bool:
+    """Whether NODE is the caller's auth user id: `auth.uid()` or `auth.jwt() ->> 'sub'`, cast, in nullif(…, '') or in
+    a scalar sub-query (`(select auth.uid())`). Not, say, `auth.jwt() ->> 'email'`, which a lookup may compare too."""
+    while True:
+        if isinstance(node, ast.TypeCast):
+            node = node.arg
+        elif (isinstance(node, ast.SubLink) and node.subLinkType == enums.SubLinkType.EXPR_SUBLINK
+              and isinstance(node.subselect, ast.SelectStmt) and len(node.subselect.targetList or ()) == 1
+              and not node.subselect.fromClause and node.subselect.whereClause is None):
+            node = node.subselect.targetList[0].val
+        elif (isinstance(node, ast.A_Expr) and node.kind == enums.A_Expr_Kind.AEXPR_NULLIF
+              and isinstance(node.rexpr, ast.A_Const) and isinstance(node.rexpr.val, ast.String)
+              and node.rexpr.val.sval == ""):
+            node = node.lexpr
+        else:
+            break
+    if isinstance(node, ast.FuncCall):
+        return strings(node.funcname) == UID and not node.args
+    return (isinstance(node, ast.A_Expr) and strings(node.name) == ("->>",) and isinstance(node.lexpr, ast.FuncCall)
+            and strings(node.lexpr.funcname) == JWT and isinstance(node.rexpr, ast.A_Const)
+            and isinstance(node.rexpr.val, ast.String) and node.rexpr.val.sval == "sub")
 
 
 def _select(value: ast.Node) -> ast.SelectStmt:

@@ -52,16 +52,33 @@ def _helper(spec: Spec, cat: Catalog):
         callees=cat.helper_callees, server_version=cat.server_version, auth_link=auth_link(spec, cat))
 
 
+AUTH_USERS = QualifiedName("auth", "users")
+
+
 def auth_link(spec: Spec, cat: Catalog) -> tuple[QualifiedName, str, str] | None:
-    """(canonical table, key, column) where the canonical table holds each row's auth user, one row per user: its key
-    itself (Supabase's profiles.id references auth.users) or a unique column referencing auth.users(id)."""
+    """(canonical table, key, column) where the canonical table holds each row's auth user, one row per user: the
+    auth users themselves (the canonical table is auth.users, keyed by id), its key itself (Supabase's profiles.id
+    references auth.users) or a unique column referencing auth.users(id). Where the column is the key, the canonical
+    key is the auth user's id."""
     can = cat.canonical
+    if can.name == AUTH_USERS:
+        return (can.name, spec.canonical.key, spec.canonical.key) if spec.canonical.key == "id" else None
     for fk in can.foreign_keys:
         col = fk.columns[0]
-        if (len(fk.columns) == 1 and fk.ref_table == QualifiedName("auth", "users") and fk.ref_columns == ("id",)
+        if (len(fk.columns) == 1 and fk.ref_table == AUTH_USERS and fk.ref_columns == ("id",)
                 and (col == spec.canonical.key or (col,) in can.unique_keys or (col,) == can.primary_key)):
             return can.name, spec.canonical.key, col
     return None
+
+
+def by_auth_user(spec: Spec, cat: Catalog) -> str:
+    """How the canonical helper finds the caller by its auth user once the legacy table and the mapping are gone."""
+    link = auth_link(spec, cat)
+    if link is not None and link[1] == link[2]:
+        typ = cat.canonical.column(spec.canonical.key).type
+        return (f"{spec.canonical.table}.{spec.canonical.key} is the auth user's id, so `select auth.uid()::{typ}` "
+                "is the helper")
+    return "through the canonical table's own link to the auth user"
 
 
 def mapping_owners(spec: Spec, cat: Catalog, helper) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from pgconverge.execution.sql import ident, qn, text
 from pgconverge.planning import align
 from pgconverge.planning.rls_ast import strings, walk
 from pgconverge.planning.rls_claims import UID
-from pgconverge.planning.rls_helper import resolved_body
+from pgconverge.planning.rls_helper import is_auth_user, resolved_body
 from pgconverge.verify.tokens import act_as
 
 
@@ -212,16 +212,14 @@ def reverse_lookup(conn: psycopg.Connection, helper: QualifiedName) -> tuple[Qua
 
 
 def returns_uid(conn: psycopg.Connection, helper: QualifiedName) -> bool:
-    """Whether HELPER is `select auth.uid()` (cast or not): the caller's id is its auth user's, as where the canonical
-    table is keyed by the auth user (Supabase's profiles.id references auth.users)."""
+    """Whether HELPER is `select auth.uid()` (cast or not, or `auth.jwt() ->> 'sub'`): the caller's id is its auth
+    user's, as where the canonical table is auth.users or keyed by the auth user (Supabase's profiles.id references
+    auth.users)."""
     fn, callees = function_and_callees(conn, helper)
     body = resolved_body(fn, callees) if fn is not None else None
     if body is None or body.fromClause or len(body.targetList or ()) != 1:
         return False
-    value = body.targetList[0].val
-    while isinstance(value, ast.TypeCast):
-        value = value.arg
-    return isinstance(value, ast.FuncCall) and strings(value.funcname) == UID
+    return is_auth_user(body.targetList[0].val)
 
 
 def _own(parts: tuple[str, ...], names: set[str]) -> bool:
