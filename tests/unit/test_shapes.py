@@ -30,8 +30,11 @@ def _index(table: Q, name: str, definition: str, unique=False, primary=False) ->
 
 
 def _catalog(*deps: Dependent, views=(), functions=(), legacy_fks=(), user="", roles=frozenset()) -> Catalog:
-    legacy = _table(CUSTOMERS, [("id", "bigint", True, None, False)], pk=("id",), fks=legacy_fks)
-    canonical = _table(PROFILES, [("user_id", "uuid", True, None, False)], pk=("user_id",))
+    # with the default config's match and copied columns, as plan's catalog always has them
+    legacy = _table(CUSTOMERS, [("id", "bigint", True, None, False), ("wa_id", "text", False, None, False),
+                                ("display_name", "text", False, None, False)], pk=("id",), fks=legacy_fks)
+    canonical = _table(PROFILES, [("user_id", "uuid", True, None, False), ("whatsapp_e164", "text", False, None, False),
+                                  ("display_name", "text", False, None, False)], pk=("user_id",))
     return Catalog("db", 160000, legacy, canonical, tuple(deps), (), tuple(functions), None, None, tuple(views),
                    user=user, user_roles=roles)
 
