@@ -451,6 +451,27 @@ def _cross_check(spec: Spec) -> None:
         raise ConfigError(f"{spec.source}: migration.private_schema and migration.archive_schema are both "
                           f"{spec.migration.private_schema!r}",
                           fix="use two different schemas: the private one holds the ledger, the archive one the retired table")
+    if system_schema(spec.migration.private_schema):
+        raise ConfigError(f"{spec.source}: migration.private_schema = {spec.migration.private_schema!r} is a schema "
+                          "of Postgres or of the platform, not one pgconverge may own",
+                          fix="use a schema of its own, such as \"pgconverge\"")
+    archive = spec.migration.archive_schema
+    if system_schema(archive) or archive in ("public", spec.legacy.table.schema, spec.canonical.table.schema):
+        raise ConfigError(f"{spec.source}: migration.archive_schema = {archive!r} is "
+                          + ("a schema of Postgres or of the platform" if system_schema(archive) else
+                             "an application schema, where the API roles still reach what contract archives"),
+                          fix="use a schema of its own, such as \"archive\"")
+    helper = spec.canonical.helper
+    if helper == spec.legacy.helper:
+        raise ConfigError(f"{spec.source}: canonical.helper and legacy.helper are both {helper}: the switch gives "
+                          "the canonical helper a new body and keeps the legacy one working beside it",
+                          fix=f"name a new function for canonical.helper, e.g. {new_helper_example(spec)}")
+    if system_schema(helper.schema):
+        raise ConfigError(f"{spec.source}: canonical.helper = {str(helper)!r} is in schema {helper.schema}, which "
+                          "belongs to Postgres or the platform: the switch would make that function SECURITY DEFINER "
+                          "and replace its body, changing every policy and function that calls it",
+                          fix=f"name a new function for canonical.helper, e.g. {new_helper_example(spec)} (the "
+                              "switch creates it)")
     if spec.migration.private_schema in ("public", spec.legacy.table.schema, spec.canonical.table.schema):
         raise ConfigError(f"{spec.source}: migration.private_schema = {spec.migration.private_schema!r} is an "
                           "application schema; the mapping would be exposed through the Data API",
@@ -458,6 +479,25 @@ def _cross_check(spec: Spec) -> None:
     if spec.legacy.claim == spec.canonical.claim:
         raise ConfigError(f"{spec.source}: legacy.claim and canonical.claim are both {spec.legacy.claim!r}",
                           fix="the canonical claim must be a different JWT claim name, e.g. \"profile_id\"")
+
+
+# Schemas of Postgres and of the platform (Supabase) that pgconverge does not own: the canonical helper, the private
+# schema and the archive schema may not be in one.
+PLATFORM_SCHEMAS = frozenset({
+    "information_schema", "auth", "extensions", "storage", "realtime", "graphql", "graphql_public", "vault",
+    "pgsodium", "pgsodium_masks", "net", "supabase_functions", "supabase_migrations", "cron", "pgbouncer", "pgtle"})
+
+
+def system_schema(name: str) -> bool:
+    return name in PLATFORM_SCHEMAS or name.startswith("pg_")
+
+
+def new_helper_example(spec: Spec) -> str:
+    """A name the canonical helper could take instead of a function it may not replace."""
+    name = f"auth_{_singular(spec.canonical.table.name)}_id"
+    taken = {spec.canonical.helper, spec.legacy.helper}
+    out = QualifiedName("public", name)
+    return str(out if out not in taken else QualifiedName("public", name + "_new"))
 
 
 def check_identifier(name: str) -> None:

@@ -13,7 +13,7 @@ from pgconverge.cli.common import (
 )
 from pgconverge.connection import connect
 from pgconverge.errors import PgConvergeError
-from pgconverge.execution import decisions
+from pgconverge.execution import decisions, prechecks
 from pgconverge.execution.runner import Runner
 from pgconverge.planning import plan as planner
 
@@ -35,8 +35,10 @@ def align(decisions_file: Annotated[Path, typer.Option(
     t = target(dsn)
     with connect(t) as conn:
         cats = baseline.load(conn, spec)
-    cat = cats.for_phase("align")
-    plan = planner.build(spec, cats)
+        prechecks.configuration(conn, spec, cats)
+        cat = cats.for_phase("align")
+        plan = planner.build(spec, cats)
+        decisions.check(conn, spec, cat, pairs)  # the whole file, before the mapping table is made for it
     with Runner(t, spec, plan, command=f"align --decisions {decisions_file.name}", catalogs=cats,
                 resume=resume_hint(["align", "--decisions", str(decisions_file)], t, config_file)) as runner:
         states = runner.ledger.step_states()

@@ -57,6 +57,8 @@ def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool
             # role that row level security filters
             prechecks.writable(conn)
             privileges.check_catalogs(conn, cats.live, *cats.saved.values())
+        if see_rows and not rollback_to:  # configuration values the database shows wrong, before any change
+            prechecks.configuration(conn, spec, cats)
         p = planner.rollback(spec, cats, rollback_to) if rollback_to else planner.build(spec, cats, refuse=see_rows)
         # Before align has started: refuse a match kind that cannot read the legacy values, or rows it
         # cannot place, before anything changes.

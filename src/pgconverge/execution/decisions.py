@@ -53,6 +53,16 @@ def read_csv(path: Path, spec: Spec) -> list[tuple[str, str]]:
     return pairs
 
 
+def check(conn: psycopg.Connection, spec: Spec, cat: Catalog, pairs: list[tuple[str, str]]) -> None:
+    """Validate every pair against the database and change nothing: before the mapping table is made for them."""
+    try:
+        with conn.transaction():
+            _validate(conn, spec, cat, pairs)
+            raise psycopg.Rollback()
+    except psycopg.DataError as exc:  # a value that does not cast, on servers without pg_input_is_valid
+        raise PgConvergeError(f"decisions: {str(exc).strip()}", fix="correct the ids in the file") from exc
+
+
 def apply(conn: psycopg.Connection, spec: Spec, cat: Catalog, pairs: list[tuple[str, str]],
           digest: str) -> DecisionResult:
     """Validate every pair against the database, then upsert them as method 'manual'; all or nothing."""
@@ -66,33 +76,40 @@ def apply(conn: psycopg.Connection, spec: Spec, cat: Catalog, pairs: list[tuple[
         raise PgConvergeError(f"decisions: {str(exc).strip()}", fix="correct the ids in the file") from exc
 
 
+def _validate(conn, spec, cat, pairs) -> None:
+    """Load PAIRS into a temporary table (dropped at commit) and refuse ids that are not valid or name no row."""
+    lk_type = cat.legacy.column(spec.legacy.key).type
+    ck_type = cat.canonical.column(spec.canonical.key).type
+    conn.execute("create temp table pgconverge_decisions (line int, lid text, cid text) on commit drop")
+    with conn.cursor().copy("copy pgconverge_decisions from stdin") as cp:
+        for i, (lid, cid) in enumerate(pairs, start=2):
+            cp.write_row((i, lid, cid))
+    for col, typ, what in (("lid", lk_type, "legacy"), ("cid", ck_type, "canonical")):
+        bad = conn.execute(sql.SQL(
+            "select line, {c} from pgconverge_decisions where pg_input_is_valid({c}, {t}) is not true "
+            "order by line limit 5").format(c=sql.Identifier(col), t=sql.Literal(typ))).fetchall() \
+            if cat.server_version >= 160000 else []
+        if bad:
+            raise PgConvergeError(
+                f"decisions: {what} ids that are not valid {typ}: "
+                + ", ".join(f"line {line}: {v!r}" for line, v in bad), fix="correct those lines")
+    missing = conn.execute(sql.SQL(
+        "select d.line, d.lid, 'legacy' from pgconverge_decisions d where not exists "
+        "(select 1 from {lt} l where l.{lk} = d.lid::{lty}) union all "
+        "select d.line, d.cid, 'canonical' from pgconverge_decisions d where not exists "
+        "(select 1 from {ct} c where c.{ck} = d.cid::{cty}) order by 1 limit 10").format(
+        lt=qn(cat.legacy.name), lk=ident(spec.legacy.key), lty=sql.SQL(lk_type), ct=qn(cat.canonical.name),
+        ck=ident(spec.canonical.key), cty=sql.SQL(ck_type))).fetchall()
+    if missing:
+        raise PgConvergeError(
+            "decisions name rows that do not exist: "
+            + ", ".join(f"line {line}: {kind} id {v}" for line, v, kind in missing),
+            fix=f"check the ids against {cat.legacy.name} and {cat.canonical.name}")
+
+
 def _apply(conn, spec, cat, pairs, digest, n, lk_type, ck_type, mlc, mcc) -> DecisionResult:
     with conn.transaction():
-        conn.execute("create temp table pgconverge_decisions (line int, lid text, cid text) on commit drop")
-        with conn.cursor().copy("copy pgconverge_decisions from stdin") as cp:
-            for i, (lid, cid) in enumerate(pairs, start=2):
-                cp.write_row((i, lid, cid))
-        for col, typ, what in (("lid", lk_type, "legacy"), ("cid", ck_type, "canonical")):
-            bad = conn.execute(sql.SQL(
-                "select line, {c} from pgconverge_decisions where pg_input_is_valid({c}, {t}) is not true "
-                "order by line limit 5").format(c=sql.Identifier(col), t=sql.Literal(typ))).fetchall() \
-                if cat.server_version >= 160000 else []
-            if bad:
-                raise PgConvergeError(
-                    f"decisions: {what} ids that are not valid {typ}: "
-                    + ", ".join(f"line {line}: {v!r}" for line, v in bad), fix="correct those lines")
-        missing = conn.execute(sql.SQL(
-            "select d.line, d.lid, 'legacy' from pgconverge_decisions d where not exists "
-            "(select 1 from {lt} l where l.{lk} = d.lid::{lty}) union all "
-            "select d.line, d.cid, 'canonical' from pgconverge_decisions d where not exists "
-            "(select 1 from {ct} c where c.{ck} = d.cid::{cty}) order by 1 limit 10").format(
-            lt=qn(cat.legacy.name), lk=ident(spec.legacy.key), lty=sql.SQL(lk_type), ct=qn(cat.canonical.name),
-            ck=ident(spec.canonical.key), cty=sql.SQL(ck_type))).fetchall()
-        if missing:
-            raise PgConvergeError(
-                "decisions name rows that do not exist: "
-                + ", ".join(f"line {line}: {kind} id {v}" for line, v, kind in missing),
-                fix=f"check the ids against {cat.legacy.name} and {cat.canonical.name}")
+        _validate(conn, spec, cat, pairs)
         before = dict(conn.execute(sql.SQL(
             "select m.{mlc}::text, m.{mcc}::text from {m} m join pgconverge_decisions d on m.{mlc} = d.lid::{lty}"
         ).format(mlc=mlc, mcc=mcc, m=qn(n["mapping"]), lty=sql.SQL(lk_type))).fetchall())

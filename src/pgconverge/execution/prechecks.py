@@ -8,7 +8,7 @@ import psycopg
 from psycopg import sql
 
 from pgconverge.config import Spec
-from pgconverge.errors import PgConvergeError
+from pgconverge.errors import ConfigError, PgConvergeError
 from pgconverge.execution.sql import qn, text
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import Plan, Step
@@ -416,3 +416,112 @@ def replica_identity(conn: psycopg.Connection, cat) -> None:
     if problems:
         raise Unidentified("the migration cannot keep these tables' replica identity; nothing was changed:\n"
                            + "\n".join(f"  - {p}" for p in problems), fix="; ".join(fixes))
+
+
+def configuration(conn: psycopg.Connection, spec: Spec, cats) -> None:
+    """Configuration values that only the database shows wrong, refused before the first change (`plan`, `run` and
+    `align --decisions`, ahead of the step that would fail on them or act on them unseen): an API role or an accepted
+    policy that does not exist, an archive schema holding the application's tables, a canonical helper the switch
+    must not replace, a legacy claim the legacy helper does not read."""
+    from pgconverge.config import Settings
+
+    cat = cats.for_phase("switch")
+    source = spec.source
+    roles = cats.current.roles
+    default_roles = Settings().api_roles  # absent from a database that is not Supabase's, and then left alone
+    missing = [r for r in spec.migration.api_roles if r not in roles and r not in default_roles]
+    if missing:
+        raise ConfigError(
+            f"{source}: migration.api_roles names {', '.join(map(repr, missing))}, which is no role in this database",
+            fix="list the roles the application's requests run as; roles here: "
+                + ", ".join(sorted(r for r in roles if not r.startswith("pg_"))[:20]))
+    policies = {f"{p.table}.{p.name}" for p in cat.policies}
+    unknown = [a for a in spec.migration.accept_policies if a not in policies]
+    if unknown:
+        table = unknown[0].rsplit(".", 1)[0]
+        here = sorted(p.name for p in cat.policies if str(p.table) == table)
+        raise ConfigError(
+            f"{source}: migration.accept_policies names {', '.join(map(repr, unknown))}, which is no policy in this "
+            "database: the switch would leave nothing to you by it",
+            fix=(f"policies on {table}: {', '.join(here)}" if here else f"{table} has no policies")
+                + "; write each entry as schema.table.policy, as `pgconverge plan switch` names them")
+    archive = spec.migration.archive_schema
+    app_schemas = {d.table.name.schema for d in cat.dependents} | {t.name.schema for t in cat.tables}
+    if archive in app_schemas:
+        raise ConfigError(
+            f"{source}: migration.archive_schema = {archive!r} holds the application's tables "
+            f"({', '.join(sorted(str(d.table.name) for d in cat.dependents if d.table.name.schema == archive)[:3])}"
+            "…): the API roles still reach what contract would archive there",
+            fix="use a schema of its own, such as \"archive\"")
+    if "switch" in cats.saved:  # the switch has started: it checked these before its first change
+        return
+    _canonical_helper(conn, spec, cat)
+    _legacy_claim(spec, cat)
+
+
+def _canonical_helper(conn: psycopg.Connection, spec: Spec, cat) -> None:
+    """Refuse a canonical helper that exists and that anything the switch does not rewrite calls: the switch makes it
+    SECURITY DEFINER and gives it the derived body, so every other caller would change meaning (a policy on
+    auth.uid() of a table outside the migration, say). One nothing calls (written for the migration) is replaced."""
+    from pgconverge.catalog import calls, queries
+    from pgconverge.catalog.model import Function
+    from pgconverge.config import QualifiedName, new_helper_example
+    from pgconverge.planning import switch
+    from pgconverge.planning.shapes import DESCRIBE
+
+    fn = cat.canonical_helper
+    if fn is None:
+        return
+    rewritten = {switch.policy_name(r) for r in switch.rewrites(spec, cat)[0]}
+    callers = []
+    with conn.transaction():  # names come out schema-qualified
+        conn.execute("set local search_path = pg_catalog")
+        depending = conn.execute(sql.SQL(
+            "select d.classid = 'pg_catalog.pg_policy'::regclass, n.nspname, c.relname, p.polname, {} "
+            "from pg_catalog.pg_depend d "
+            "left join pg_catalog.pg_policy p on d.classid = 'pg_catalog.pg_policy'::regclass and p.oid = d.objid "
+            "left join pg_catalog.pg_class c on c.oid = p.polrelid "
+            "left join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+            "where d.refclassid = 'pg_catalog.pg_proc'::regclass and d.refobjid = {} and d.deptype = 'n' "
+            "order by 5").format(DESCRIBE, sql.Literal(fn.oid))).fetchall()
+    for is_policy, ns, rel, pol, what in depending:
+        if not (is_policy and f"{QualifiedName(ns, rel)}.{pol}" in rewritten):
+            callers.append(what)
+    skip = sorted({spec.migration.private_schema, spec.migration.archive_schema})
+    oids = [fn.oid] + ([cat.legacy_helper.oid] if cat.legacy_helper else [])  # the switch replaces the legacy helper
+    for (oid, ns, name, sig, args, ret, lang, vol, secdef, config, src, fdef, owner, _) in conn.execute(
+            queries.FUNCTIONS_MATCHING, {"skip": skip, "oids": oids,
+                                         "pattern": r"\m" + re.escape(fn.name.name) + r"\M"}):
+        f = Function(QualifiedName(ns, name), sig, args, ret, lang, vol, secdef, tuple(config), src, fdef, oid, owner)
+        if calls.calls_function(f, fn.name):
+            callers.append(f"function {f.name}{sig[sig.index('('):]}")
+    callers = list(dict.fromkeys(callers))  # a BEGIN ATOMIC body is both recorded and read
+    if callers:
+        shown = ", ".join(callers[:5]) + (f" and {len(callers) - 5} more" if len(callers) > 5 else "")
+        raise ConfigError(
+            f"{spec.source}: canonical.helper = {str(spec.canonical.helper)!r} is a function that exists and that "
+            f"{shown} call{'s' if len(callers) == 1 else ''}: the switch would make it SECURITY DEFINER and replace its "
+            f"body with one reading the '{spec.canonical.claim}' claim, changing what each of them sees",
+            fix=f"name a new function for canonical.helper, e.g. {new_helper_example(spec)} (the switch creates it)")
+
+
+def _legacy_claim(spec: Spec, cat) -> None:
+    """Refuse a legacy.claim the legacy helper (and the functions it calls) never names, when the switch could not
+    derive the canonical helper: a misspelt claim would otherwise be refused by the switch only, after align and
+    expand. A helper that looks the caller up needs no claim and is left alone."""
+    import difflib
+
+    from pgconverge.planning import switch
+
+    if cat.legacy_helper is None or not switch.helper_refusals(spec, cat):
+        return
+    texts = [f.definition or f.source for f in (cat.legacy_helper, *cat.helper_callees)]
+    claim = spec.legacy.claim
+    if any(re.search(r"(?<![\w$])" + re.escape(claim) + r"(?![\w$])", t) for t in texts):
+        return
+    words = set(re.findall(r"[A-Za-z_][\w$]*", " ".join(texts)))
+    close = difflib.get_close_matches(claim, sorted(words), n=1)
+    raise ConfigError(
+        f"{spec.source}: legacy.claim = {claim!r}: the legacy helper {spec.legacy.helper}() reads no claim of that "
+        "name" + (f" (did you mean {close[0]!r}?)" if close else ""),
+        fix="set legacy.claim to the JWT claim that holds the legacy id, as the legacy helper reads it")
