@@ -64,6 +64,9 @@ def evaluate(runner: Runner) -> list[dict]:
         if result.unread:
             unaudited.append(f"--code {d}: {len(result.unread)} file(s) in languages the audit does not parse name "
                              "legacy names, not judged: " + ", ".join(result.unread[:SHOWN]))
+        if result.unproven:
+            unaudited.append(f"--code {d}: {len(result.unproven)} file(s) skipped, not proven clean: "
+                             + ", ".join(f"{rel} {why}" for rel, why in result.unproven[:SHOWN]))
     watched = {spec.legacy.table.name, spec.legacy.helper.name, *(d.fk.columns[0] for d in cat.dependents)}
     live = runner.catalogs.live
     functions = [f"database function {f.signature} mentions legacy names" for f in (live.functions if live else ())
