@@ -175,6 +175,8 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
         if audit.reads:
             console.print(f"  reads of the legacy table: {', '.join(audit.reads)} (not counted as use: the legacy "
                           "foreign keys' own checks read it too)", highlight=False)
+        if audit.baseline_at is not None:
+            console.print(f"  {escape(audit.traffic_detail())}", highlight=False)
         for b in audit.blind:
             console.print(f"  [yellow]not measured[/]: {escape(b)}", highlight=False)
         console.print("[red]still in use[/]: " + escape("; ".join(audit.in_use)) if audit.in_use

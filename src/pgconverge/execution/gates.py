@@ -274,6 +274,9 @@ def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:
                          "the baseline again with `pgconverge audit runtime --rebaseline`"
                        + (" (or wait until the observation window has passed since the reset)"
                           if rt.reset_at and rt.observation_window > 0 else "") + ", or")
+    elif rt.quiet:
+        unblock.append("run contract once the application has run against this database for the observation window "
+                       "(check its connection string), or")
     elif rt.blind:
         unblock.append("give the gate its counters back (the `unavailable` lines say how for each), or")
     if any(w["rows"] for w in rt.old_writes):
@@ -296,7 +299,7 @@ def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:
             "accepted": accepted and bool(blocked),
             "details": blocked + [f"reads of the legacy table (not counted as use; they include the "
                                   f"legacy foreign keys' checks): {', '.join(rt.reads)}"] * bool(rt.reads)
-            + [f"unavailable: {u}" for u in rt.unavailable],
+            + [f"unavailable: {u}" for u in rt.unavailable] + [rt.traffic_detail()] * (rt.baseline_at is not None),
             "unblock": "; ".join(unblock)}
 
 
