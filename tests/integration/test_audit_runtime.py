@@ -189,3 +189,38 @@ def test_statements_naming_a_legacy_column_are_use(make_db15_statements, tmp_pat
     refused = " ".join(cli("run", "contract", "--accept-code-references", "--yes", "--dsn", dsn, "--config", cfg,
                            expect=2).split())
     assert "contract is blocked" in refused and "public.orders where customer_id" in refused, refused
+
+
+def test_a_window_without_application_traffic_proves_nothing(make_db, template_factory, tmp_path):
+    """A window in which nothing wrote to the canonical or dependent tables (the application down, or pointed at
+    another database) is not "no use of the legacy side": the audit says what it saw, and the gate refuses."""
+    import time
+
+    from _support import schema_dump, write_config
+
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, '[migration]\nobservation_window = "2s"\nrls_sample = 5\n')
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    cli("audit", "runtime", "--dsn", dsn, "--config", cfg, "--rebaseline")
+    time.sleep(2.3)
+    quiet = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert quiet["in_use"] == [] and quiet["traffic_writes"] == 0, quiet
+    assert any("the window saw no application traffic: proves nothing" in b for b in quiet["not_measured"]), quiet
+    text = " ".join(cli("audit", "runtime", "--dsn", dsn, "--config", cfg, "--fail-on-use", expect=1).split())
+    assert "application traffic in the window: no writes to public.carts, public.orders, public.profiles" in text, text
+    assert "the window saw no application traffic: proves nothing" in text, text
+    with psycopg.connect(dsn, autocommit=True) as c:
+        before = schema_dump(c, ("public", "archive"))
+        out = " ".join(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references",
+                           expect=2).split())
+        assert "contract is blocked, nothing was dropped" in out and "no application traffic" in out, out
+        assert schema_dump(c, ("public", "archive")) == before
+        # The application writes (new code, by the new column): the window saw it, and the gate passes.
+        profile = c.execute("select profile_id from pgconverge.legacy_customer_profile limit 1").fetchone()[0]
+        c.execute("insert into public.carts (profile_id) values (%s)", (profile,))
+        c.execute("select pg_stat_force_next_flush()")
+    busy = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert busy["traffic"]["public.carts"]["writes"] >= 1 and busy["not_measured"] == [], busy
+    cli("audit", "runtime", "--dsn", dsn, "--config", cfg, "--fail-on-use")
+    cli("run", "contract", "--dsn", dsn, "--config", cfg, "--accept-code-references")

@@ -135,3 +135,47 @@ def test_contract_code_gate_fails_on_names_reached_through_a_variable(make_db, t
             assert "contract is blocked, nothing was dropped" in out, (case, out)
             assert REACHED[case][2] in out, (case, out)
         assert schema_dump(conn, ("public", "archive")) == before
+
+
+def _skipped_tree(tmp_path):
+    """A clean file, a .ts over 1 MB naming the legacy table, a dangling .py link and a large file without one."""
+    app = tmp_path / "skipped_app"
+    app.mkdir()
+    (app / "util.py").write_text("x = 1\n")
+    (app / "orders.ts").write_text('export const load = () => supabase.from("customers").select()\n'
+                                   + "// generated\n" * 90000)
+    (app / "bundle.js").write_text("export const n = 1;\n" + "// generated\n" * 90000)  # large, names nothing
+    (app / "jobs.py").symlink_to(tmp_path / "no_such_checkout" / "jobs.py")
+    return app
+
+
+def test_audit_code_fails_on_skipped_files_not_proven_clean(tmp_path):
+    app = _skipped_tree(tmp_path)
+    data = json.loads(cli("audit", "code", str(app), "--json", "--fail-on-findings", expect=1))
+    assert data["files_scanned"] == 1 and data["findings"] == []
+    assert {u["path"]: u["why"] for u in data["unproven"]} == {
+        "orders.ts": "is over 1 MB, not parsed, and names a legacy name",
+        "jobs.py": "could not be read (No such file or directory)"}, data
+    out = _flat(cli("audit", "code", str(app), "--fail-on-findings", expect=1))
+    assert "not read: orders.ts is over 1 MB, not parsed, and names a legacy name: not proven clean" in out, out
+    assert "not read: jobs.py could not be read" in out, out
+    # A large file that names no legacy name is skipped and does not fail the audit.
+    (app / "orders.ts").unlink()
+    (app / "jobs.py").unlink()
+    data = json.loads(cli("audit", "code", str(app), "--json", "--fail-on-findings"))
+    assert data["skipped"] == ["bundle.js"] and data["unproven"] == []
+
+
+def test_contract_code_gate_fails_over_skipped_files_not_proven_clean(make_db, template_factory, tmp_path):
+    app = _skipped_tree(tmp_path)
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, NO_WINDOW)
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        before = schema_dump(conn, ("public", "archive"))
+        out = _flat(cli("run", "contract", "--dsn", dsn, "--config", cfg, "--code", str(app), "--yes", expect=2))
+        assert "contract is blocked, nothing was dropped" in out, out
+        assert f"--code {app}: 2 file(s) skipped, not proven clean: " in out, out
+        assert "orders.ts is over 1 MB" in out and "jobs.py could not be read" in out, out
+        assert schema_dump(conn, ("public", "archive")) == before

@@ -171,6 +171,8 @@ def test_old_code_rows_block_contract_until_they_stop_and_the_window_passes(fixt
     assert f"under the observation window of {WINDOW} s" in msg and "s left" in msg, msg
     assert "migration.observation_window" in msg and "pgconverge.accept_runtime_use" in msg, msg
 
+    with psycopg.connect(dsn, autocommit=True) as c:  # new code at work in the window: it saw the application
+        c.execute("insert into public.carts (profile_id) values (%s)", (profile,))
     left = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)["observation_window"]["left_s"]
     time.sleep(left + 0.2)
     passed = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)

@@ -64,6 +64,9 @@ class AuditResult:
     skipped: list[str]  # files over the size limit or unreadable, relative to root
     # Files in languages the audit does not parse (OTHER_CODE_SUFFIXES) that name a legacy name, relative to root.
     unread: list[str] = ()  # type: ignore[assignment]
+    # Skipped files not proven clean, each with why: one over the size limit that names a legacy name as a word
+    # (its bytes are searched, not parsed), or one that could not be read at all (a dangling link, no permission).
+    unproven: list[tuple[str, str]] = ()  # type: ignore[assignment]
 
     @property
     def proves_nothing(self) -> bool:
@@ -99,19 +102,26 @@ def scan(root: Path, spec: Spec | None = None, code_helpers: dict[str, str] | No
     root = Path(root)
     names = Names.from_spec(spec or Spec(), code_helpers, extra_columns)
     findings: set[Finding] = set()
-    scanned, skipped, unread = 0, [], []
+    scanned, skipped, unread, unproven = 0, [], [], []
     for path in _source_files(root, SUFFIXES | OTHER_CODE_SUFFIXES):
         rel = path.name if path == root else path.relative_to(root).as_posix()
         ours = path.suffix.lower() in SUFFIXES
         try:
-            if path.stat().st_size > MAX_FILE_BYTES:
-                if ours:
-                    skipped.append(rel)
-                continue
             src = path.read_bytes()
-        except OSError:
+        except OSError as exc:
+            # Not read at all, so not proven clean, whatever its language.
             if ours:
                 skipped.append(rel)
+            unproven.append((rel, f"could not be read ({exc.strerror or exc.__class__.__name__})"))
+            continue
+        if len(src) > MAX_FILE_BYTES:
+            # Too large to parse (a bundle, a generated client): a whole-word legacy name in it is not judged.
+            if ours:
+                skipped.append(rel)
+                if names.candidate_regex.search(src):
+                    unproven.append((rel, "is over 1 MB, not parsed, and names a legacy name"))
+            elif b"\0" not in src[:8192] and names.candidate_regex.search(src):
+                unread.append(rel)
             continue
         if not ours:
             if b"\0" not in src[:8192] and names.candidate_regex.search(src):
@@ -120,7 +130,7 @@ def scan(root: Path, spec: Spec | None = None, code_helpers: dict[str, str] | No
         scanned += 1
         findings.update(audit_file(rel, src, names))
     return AuditResult(root, sorted(findings, key=lambda f: (f.path, f.line, f.column, f.name)), scanned, skipped,
-                       unread)
+                       unread, unproven)
 
 
 def audit_file(rel: str, src: bytes, names: Names) -> list[Finding]:

@@ -8,6 +8,17 @@ are reported but are not proof of use: until contract drops them, the legacy for
 every row new code writes (the sync trigger fills the legacy id), and on a small table Postgres
 reads the table rather than its index for that check.
 
+No use is shown only where something ran: the same statistics of the canonical table and every dependent table
+say whether the application wrote at all in the window (`traffic`). A window above 0 that saw no write to any of
+them and no use of the legacy side (the application down, or pointed at another database) proves nothing, and the
+gate refuses it as not measured. Only writes count as traffic: pgconverge's own reads of those tables after the
+switch (verify, the contract gate's invariant checks, the RLS check) scan the same tables and cannot be told apart
+from the application's in the statistics, so scans are reported and not counted. pgconverge writes none of those
+tables between the baseline and contract's gate: the legacy rows it makes for newcomers go to the legacy table (and
+are taken off its inserts, see `made`), the rollback's refills run only once the switch is being undone (running
+the switch again takes a new baseline), and contract's own changes come after the gate reads the counters. A
+window of 0 observes nothing by choice (tests, the demo): the traffic is then reported, not required.
+
 The baseline also starts the observation window (migration.observation_window): old code that
 runs only now and then (a nightly job) needs time to show itself, so contract waits until the
 window has passed since the latest baseline.
@@ -52,6 +63,30 @@ class RuntimeAudit:
     # Legacy rows pgconverge itself made over the same time (align's legacy_for_canonical, for people new code wrote
     # for who had none): inserts into the legacy table that are not old code's, taken off n_tup_ins.
     made: int = 0
+    # Per table (the canonical table and each dependent): {"writes": n_tup_ins+upd+del, "scans": seq+idx} since the
+    # baseline; None: the baseline holds no such counters (taken by an earlier version).
+    traffic: dict | None = None
+
+    @property
+    def quiet(self) -> bool:
+        """The window (above 0) saw no application traffic at all: it proves nothing."""
+        return (self.traffic is not None and self.observation_window > 0 and not self.writes_seen
+                and not self.in_use)
+
+    @property
+    def writes_seen(self) -> int:
+        return sum(t["writes"] for t in (self.traffic or {}).values())
+
+    def traffic_detail(self) -> str:
+        """What application activity the window saw, in one line."""
+        if self.traffic is None:
+            return "application traffic in the window: not measured (the baseline holds no counters of the canonical " \
+                   "and dependent tables)"
+        busy = [f"{t} +{c['writes']} writes" for t, c in self.traffic.items() if c["writes"]]
+        scans = sum(c["scans"] for c in self.traffic.values())
+        seen = ", ".join(busy) if busy else "no writes to " + (", ".join(self.traffic) or "any of them")
+        return (f"application traffic in the window: {seen}; scans +{scans} (not counted: pgconverge's own checks "
+                "read these tables too)")
 
     @property
     def in_use(self) -> list[str]:
@@ -97,6 +132,7 @@ class RuntimeAudit:
                 "old_code_rows": self.old_writes, "statements": self.statements, "unavailable": self.unavailable,
                 "not_measured": self.blind, "reset": self.reset, "reset_at": self.reset_at,
                 "in_use": self.in_use, "reads": self.reads, "legacy_rows_made": self.made,
+                "traffic": self.traffic, "traffic_writes": self.writes_seen if self.traffic is not None else None,
                 "observation_window": {"seconds": self.observation_window, "observed_s": self.observed_s,
                                        "left_s": self.window_left_s, "open": self.window_open}}
 
@@ -145,6 +181,7 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
         ).fetchone()[0])
         _statistics_reset(conn, audit, now[0] if now else None, fn[0] if fn else None)
         _made_rows(conn, spec, audit)
+        _traffic(conn, cat, base, audit)
     pss = conn.execute("select n.nspname from pg_catalog.pg_extension e join pg_catalog.pg_namespace n "
                        "on n.oid = e.extnamespace where e.extname = 'pg_stat_statements'").fetchone()
     if pss is None:
@@ -272,6 +309,35 @@ def _statistics_reset(conn: psycopg.Connection, audit: RuntimeAudit, table: dict
         + (f"; or wait until the observation window ({format_duration(audit.observation_window)}) has passed since "
            "the reset"
            if at is not None and audit.observation_window > 0 else ""))
+
+
+def _traffic(conn: psycopg.Connection, cat: Catalog, base: dict, audit: RuntimeAudit) -> None:
+    """The application's writes (and scans) to the canonical and dependent tables since the baseline (see the
+    module's docstring for why only writes count). A window above 0 with none of them and no use of the legacy side
+    saw no application at all: not measured."""
+    from pgconverge.planning import switch
+
+    before = base.get("traffic")
+    if before is None:
+        if audit.observation_window > 0:
+            audit.blind.append("application traffic in the window: the baseline holds no counters of the canonical "
+                               "and dependent tables (taken by an earlier version); take it again with "
+                               "`pgconverge audit runtime --rebaseline`")
+        return
+    now = conn.execute(switch.traffic_values(switch.traffic_tables(cat))).fetchone()[0] or {}
+    audit.traffic = {}
+    for table, c in now.items():
+        b = before.get(table) or {}
+        delta = {k: int(c.get(k) or 0) - int(b.get(k) or 0) for k in TABLE_COUNTERS}
+        if any(v < 0 for v in delta.values()):  # reset since the baseline: counted from the reset
+            delta = {k: int(c.get(k) or 0) for k in TABLE_COUNTERS}
+        audit.traffic[table] = {"writes": sum(delta[k] for k in USE), "scans": sum(delta[k] for k in READS)}
+    if audit.quiet:
+        audit.blind.append(
+            "the window saw no application traffic: proves nothing (no write to "
+            + (", ".join(audit.traffic) or "the canonical and dependent tables")
+            + " since the baseline: the application down, or pointed at another database?); check that the "
+            "application runs against this database, or pass --accept-runtime-use to go ahead on purpose")
 
 
 def made_since(spec: Spec, since: sql.Composable) -> tuple[str, sql.Composable]:

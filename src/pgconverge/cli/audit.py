@@ -65,10 +65,12 @@ def code(directory: DirArg, as_json: JsonOpt = False, fail_on_findings: FailOpt 
     if as_json:
         print_json({"root": str(directory), "findings": [f.as_dict() for f in result.findings], "counts": counts,
                     "files_scanned": result.files_scanned, "skipped": result.skipped,
-                    "unread": list(result.unread), "proves_nothing": result.proves_nothing})
+                    "unread": list(result.unread),
+                    "unproven": [{"path": rel, "why": why} for rel, why in result.unproven],
+                    "proves_nothing": result.proves_nothing})
     else:
         _render(directory, result, counts)
-    if fail_on_findings and (result.findings or result.proves_nothing or result.unread):
+    if fail_on_findings and (result.findings or result.proves_nothing or result.unread or result.unproven):
         raise typer.Exit(1)
 
 
@@ -104,6 +106,9 @@ def _render(directory: Path, result, counts: dict[str, int]) -> None:
     for rel in result.unread:
         console.print(f"[yellow]not read:[/] {escape(rel)} names a legacy name in a language the audit does not "
                       "parse: check it by hand", highlight=False)
+    for rel, why in result.unproven:
+        console.print(f"[yellow]not read:[/] {escape(rel)} {escape(why)}: not proven clean, check it by hand",
+                      highlight=False)
     if result.proves_nothing:
         console.print(f"[red]proves nothing:[/] no file under {escape(str(directory))} is in a language the audit "
                       "reads (.ts, .tsx, .js, .jsx, .mjs, .cjs, .py, .sql): pass the directory of the application's "
@@ -170,6 +175,8 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
         if audit.reads:
             console.print(f"  reads of the legacy table: {', '.join(audit.reads)} (not counted as use: the legacy "
                           "foreign keys' own checks read it too)", highlight=False)
+        if audit.baseline_at is not None:
+            console.print(f"  {escape(audit.traffic_detail())}", highlight=False)
         for b in audit.blind:
             console.print(f"  [yellow]not measured[/]: {escape(b)}", highlight=False)
         console.print("[red]still in use[/]: " + escape("; ".join(audit.in_use)) if audit.in_use

@@ -68,6 +68,9 @@ def evaluate(runner: Runner) -> list[dict]:
         if result.unread:
             unaudited.append(f"--code {d}: {len(result.unread)} file(s) in languages the audit does not parse name "
                              "legacy names, not judged: " + ", ".join(result.unread[:SHOWN]))
+        if result.unproven:
+            unaudited.append(f"--code {d}: {len(result.unproven)} file(s) skipped, not proven clean: "
+                             + ", ".join(f"{rel} {why}" for rel, why in result.unproven[:SHOWN]))
     watched = {spec.legacy.table.name, spec.legacy.helper.name, *(d.fk.columns[0] for d in cat.dependents)}
     live = runner.catalogs.live
     functions = [f"database function {f.signature} mentions legacy names" for f in (live.functions if live else ())
@@ -276,6 +279,9 @@ def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:
                          "the baseline again with `pgconverge audit runtime --rebaseline`"
                        + (" (or wait until the observation window has passed since the reset)"
                           if rt.reset_at and rt.observation_window > 0 else "") + ", or")
+    elif rt.quiet:
+        unblock.append("run contract once the application has run against this database for the observation window "
+                       "(check its connection string), or")
     elif rt.blind:
         unblock.append("give the gate its counters back (the `unavailable` lines say how for each), or")
     if any(w["rows"] for w in rt.old_writes):
@@ -298,7 +304,7 @@ def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:
             "accepted": accepted and bool(blocked),
             "details": blocked + [f"reads of the legacy table (not counted as use; they include the "
                                   f"legacy foreign keys' checks): {', '.join(rt.reads)}"] * bool(rt.reads)
-            + [f"unavailable: {u}" for u in rt.unavailable],
+            + [f"unavailable: {u}" for u in rt.unavailable] + [rt.traffic_detail()] * (rt.baseline_at is not None),
             "unblock": "; ".join(unblock)}
 
 

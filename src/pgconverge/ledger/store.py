@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,9 @@ from psycopg.types.json import Jsonb
 from pgconverge import __version__
 from pgconverge.config import Spec
 from pgconverge.ledger import schema
+
+
+_HOME_CHECKED: "weakref.WeakSet[psycopg.Connection]" = weakref.WeakSet()  # connections whose ledger was checked
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,71 @@ class Ledger:
     def exists(self) -> bool:
         row = self.conn.execute("select to_regclass(%s) is not null",
                                 (f'"{self.schema.replace(chr(34), 2 * chr(34))}".events',)).fetchone()
-        return bool(row and row[0])
+        there = bool(row and row[0])
+        if there and self.conn not in _HOME_CHECKED:
+            self.check_home()
+            _HOME_CHECKED.add(self.conn)
+        return there
+
+    IDENTITY = "database_identity"
+
+    def identity(self) -> dict:
+        """This database: its name and oid, and the server's system identifier (pg_control_system())."""
+        name, oid, system = self.conn.execute(
+            "select d.datname, d.oid::bigint, (select s.system_identifier::text from pg_catalog.pg_control_system() s) "
+            "from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()").fetchone()
+        return {"database": name, "oid": oid, "system_identifier": system}
+
+    def check_home(self) -> None:
+        """Refuse a ledger written in another database: a private schema restored or copied on its own into a
+        database that never ran the migration would otherwise be taken at its word.
+
+        The ledger records the database it belongs to (name, oid, system identifier) on first use. A database that
+        does not match is still this ledger's home when the migration's own objects are there: a copy of the whole
+        database (CREATE DATABASE … TEMPLATE, a full restore, a rename) carries them along, and the ledger is then
+        adopted silently (its new identity recorded). Only where they are missing (the private schema came alone) is
+        every command refused, naming both databases and the fix."""
+        mine = self.identity()
+        home = self.latest_snapshot(self.IDENTITY)
+        if home and (home.get("oid"), home.get("system_identifier")) == (mine["oid"], mine["system_identifier"]):
+            return
+        if home:
+            missing = self._missing_objects()
+            if missing:
+                from pgconverge.errors import PgConvergeError
+
+                raise PgConvergeError(
+                    f"the private schema {self.schema} was written in another database: database "
+                    f"{home.get('database')} (oid {home.get('oid')}) on server {home.get('system_identifier')}, and "
+                    f"this is database {mine['database']} (oid {mine['oid']}) on server {mine['system_identifier']}; "
+                    f"{missing}, so its record of the migration does not describe this database",
+                    fix=f"if it was copied here by a restore, drop it (drop schema {self.schema} cascade) and start "
+                        "from `pgconverge run align`; if this database is the migrated one, restored or renamed on "
+                        f"purpose, adopt the ledger: delete from {self.schema}.snapshots where name = "
+                        f"'{self.IDENTITY}'")
+        try:
+            with self.conn.transaction():
+                self.snapshot(None, self.IDENTITY, mine)
+        except psycopg.Error:
+            pass  # a role that may only read the ledger: checked again on the next run that can write
+
+    def _missing_objects(self) -> str:
+        """What the ledger says the migration made outside its private schema and this database lacks ('' when
+        all is there): expand's and align's triggers while the legacy table is in place, its absence after contract."""
+        phases = {s.step.split(".")[0] for s in self.step_states().values() if s.state == "done"}
+        if "contract" in phases:
+            there = self.conn.execute("select to_regclass(%s) is null",
+                                      (str(self.spec.legacy.table),)).fetchone()[0]
+            return "" if there else f"the ledger says contract archived {self.spec.legacy.table}, which is still here"
+        if not phases & {"align", "expand", "switch"}:
+            return ""
+        n = self.conn.execute(
+            "select count(*) from pg_catalog.pg_trigger t join pg_catalog.pg_proc p on p.oid = t.tgfoid "
+            "join pg_catalog.pg_class c on c.oid = t.tgrelid "
+            "where p.pronamespace = to_regnamespace(%s) and c.relnamespace <> to_regnamespace(%s)",
+            (f'"{self.schema.replace(chr(34), 2 * chr(34))}"',) * 2).fetchone()[0]
+        return "" if n else ("the ledger says " + ", ".join(sorted(phases & {"align", "expand", "switch"}))
+                             + " ran, but no trigger of its sync functions is on a table here")
 
     def ensure(self, roles: frozenset[str] | set[str]) -> None:
         with self.conn.transaction():

@@ -241,8 +241,23 @@ def runtime_baseline(spec: Spec, cat: Catalog) -> Snapshot:
         ("legacy_helper", sql.SQL(
             "select coalesce((select to_jsonb(s) - 'funcid' from pg_catalog.pg_stat_user_functions s "
             "where s.funcid = {}::regprocedure), 'null'::jsonb)").format(sql.Literal(cat.legacy_helper.signature))),
+        ("traffic", traffic_values(traffic_tables(cat))),
         ("taken_at", sql.SQL("select to_jsonb(clock_timestamp())")),
     ), "the usage counters of the legacy table and helper")
+
+
+def traffic_tables(cat: Catalog) -> list[str]:
+    """The tables whose counters show that an application ran at all: the canonical table and every dependent."""
+    return list(dict.fromkeys([str(cat.canonical.name), *(str(d.table.name) for d in cat.dependents)]))
+
+
+def traffic_values(tables: list[str]) -> sql.Composable:
+    """A jsonb object: each of TABLES (that has a statistics row) → its pg_stat_user_tables counters."""
+    return sql.SQL(
+        "select coalesce(pg_catalog.jsonb_object_agg(t.name, to_jsonb(s) - 'relid'), '{{}}'::jsonb) "
+        "from pg_catalog.unnest({}::text[]) as t(name) "
+        "join pg_catalog.pg_stat_user_tables s on s.relid = pg_catalog.to_regclass(t.name)").format(
+        sql.Literal(tables))
 
 
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
