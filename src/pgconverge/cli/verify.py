@@ -49,7 +49,7 @@ def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
             # A role that row level security filters would check part of the data, and pass: refuse instead.
             privileges.check_catalogs(conn, cats.live, *cats.saved.values(),
                                       outcome="nothing was checked: a check that cannot see every row could pass")
-            results = invariants.run(conn, plan, phases)
+            results = invariants.run(conn, plan, phases) + invariants.unproven_policies(plan, ledger)
             if rls_check:
                 results.append(_rls(conn, spec, cat, plan, phases, sample, shown=not as_json))
     ok = all(r.passed for r in results)
