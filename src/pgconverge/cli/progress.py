@@ -31,6 +31,10 @@ class RichProgress:
             self.bar_label = None
         if self.quiet or status == "interrupted":  # the command prints one line saying where and how to resume
             return
+        if status == "proves nothing":  # done, but its check compared nothing: not a pass
+            self.console.print(f"[yellow]?[/] {step.id} ({seconds:.2f}s): done, but its check compared nothing and "
+                               "proves nothing", highlight=False)
+            return
         mark = "[green]✓[/]" if status == "done" else "[dim]=[/]"
         suffix = f" ({seconds:.2f}s)" if status == "done" else " (already done)"
         self.console.print(f"{mark} {step.id}{suffix}", highlight=False)

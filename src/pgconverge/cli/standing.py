@@ -164,6 +164,15 @@ def _summary(conn: psycopg.Connection, ledger: Ledger, plan: Plan, steps: list[d
     progress = _progress(row if row is not None else (out if "rows_done" in out else None), phase_steps)
     progress = f" ({progress})" if progress else ""
     cmd = again(_command(conn, ledger, latest["run_id"], phase))
+    unproven = next((s for s in steps if s["state"] == "unproven"), None)
+    if unproven is not None and state != "running":
+        # A policy rewrite in force that its equivalence check never confirmed: that is what the user must know first,
+        # however the other steps stand; `run` of its phase restores the old policies and checks the rewrite again.
+        ph = unproven["phase"]
+        out.update(phase=ph, state="unproven", step=unproven["step"], command=again(["run", ph]))
+        out["line"] = (f"{ph}: the live policies are unproven: the check did not finish — resume with "
+                       f"{again(['run', ph])}")
+        return out
     if state == "running":
         doing = f"running {step}" if latest["event"] == "start" else f"running (last: {step} {latest['event']})"
         out["line"] = (f"{phase}: {doing}{progress} — pid {runner['pid']} holds the migration lock"

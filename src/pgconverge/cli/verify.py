@@ -49,7 +49,7 @@ def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
             # A role that row level security filters would check part of the data, and pass: refuse instead.
             privileges.check_catalogs(conn, cats.live, *cats.saved.values(),
                                       outcome="nothing was checked: a check that cannot see every row could pass")
-            results = invariants.run(conn, plan, phases)
+            results = invariants.run(conn, plan, phases) + invariants.unproven_policies(plan, ledger)
             if rls_check:
                 results.append(_rls(conn, spec, cat, plan, phases, sample, shown=not as_json))
     ok = all(r.passed for r in results)
@@ -103,9 +103,13 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
     # Per table: sampled owners, how many of them saw their own rows there, and the rows compared.
     by_table = summary["coverage_by_table"]
     probes = summary["write_probes_by_table"]
+    unknown = set(summary["owner_unknown"])
     covered = "; ".join((f"{t}: {c['owners_seeing_own']} of {c['owners']} owners see their rows, {c['rows_seen']} "
-                         "rows compared" if c["owners"] else f"{t}: no sampled identity owns a row there, "
-                         f"{c['rows_seen']} rows compared (its owners' view not checked)")
+                         "rows compared" if c["owners"] else
+                         f"{t}: owner unknown (no chain of single-column foreign keys leads from it to a table naming "
+                         f"the owner), {c['rows_seen']} rows compared (its owners' view not checked)" if t in unknown
+                         else f"{t}: no sampled identity owns a row there, {c['rows_seen']} rows compared (its "
+                         "owners' view not checked)")
                         + f", {probes.get(t, 0)} write probes" for t, c in by_table.items())
     note = "" if summary["rows_seen"] else "no identity has rows in these tables: nothing was compared"
     note = "; ".join(x for x in (note, covered, *summary["not_proven"]) if x)
@@ -128,4 +132,4 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
         note, {"identities": summary["identities"], "rows_seen": summary["rows_seen"], "by_table": by_table,
                "write_probes": summary["write_probes"], "write_probes_by_table": probes,
                "rls_disabled": summary["rls_disabled"], "public_by_design": summary["public_by_design"],
-               "not_proven": summary["not_proven"]})
+               "not_proven": summary["not_proven"], "owner_unknown": summary["owner_unknown"]})

@@ -143,7 +143,7 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                "write_probes_inconclusive": rls.inconclusive_writes(before, after),
                "rows_by_table": rls.rows_by_table(before), "lock_hold_ms": held,
                # Per table: sampled owners, and how many of them saw their own rows before the rewrite.
-               "coverage_by_table": by_table,
+               "coverage_by_table": by_table, "owner_unknown": rls.owner_unknown(targets),
                "not_proven": nothing + not_proven + rls.design_notes(shared, public, disabled),
                "shared_by_design": shared, "public_by_design": public,
                # Tables whose old policy reads a whole table per caller: checked for fewer tokens (see rls.py).

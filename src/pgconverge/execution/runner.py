@@ -122,6 +122,7 @@ def upper_bound(conn: psycopg.Connection, op: Batched):
 
 class Progress(Protocol):
     def step_started(self, step: Step) -> None: ...
+    # STATUS: "done"; "proves nothing" (done, but its check compared nothing); "skipped" (already done); "interrupted".
     def step_finished(self, step: Step, status: str, seconds: float) -> None: ...
     def batch(self, step: Step, rows_done: int, total: int, rows_per_s: float) -> None: ...
 
@@ -500,7 +501,9 @@ class Runner:
             raise
         result.seconds = time.monotonic() - started
         killpoint.reached(step.id, "after")
-        self.progress.step_finished(step, "done", result.seconds)
+        # A check that compared nothing (its tables empty, say) finished, but proves nothing: not shown as a plain pass.
+        self.progress.step_finished(step, "proves nothing" if result.detail.get("proves_nothing") else "done",
+                                    result.seconds)
         return result
 
     def _interrupted(self, step: Step, exc: interrupt.Interrupted, started: float | None) -> interrupt.Interrupted:
@@ -762,7 +765,9 @@ class Runner:
                    **({"judged_only": cov["judged_only"]} if "judged_only" in cov else {}),
                    **({"proves_nothing": blind} if blind else {}),
                    **({"compared": tally} if tally is not None else {}))
-        return StepResult(step.id, "done", 0.0)
+        # Where it judged no row of any table, it compared nothing: shown so (see run_step), not as a pass.
+        nothing = bool(blind) and all(v == 0 for v in cov["rows_examined"].values())
+        return StepResult(step.id, "done", 0.0, detail={"proves_nothing": blind} if nothing else {})
 
     def _run_snapshot(self, step: Step, resuming: bool) -> StepResult:
         op: Snapshot = step.op  # type: ignore[assignment]

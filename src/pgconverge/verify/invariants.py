@@ -38,6 +38,20 @@ def finished_phases(plan: Plan, ledger: Ledger) -> list[str]:
     return ["contract"] if "contract" in done else done
 
 
+def unproven_policies(plan: Plan, ledger: Ledger) -> list[CheckResult]:
+    """A failed check per policy rewrite in force whose equivalence check never finished (a run stopped between the
+    rewrite and its check): the policies the application reads now are proven by nothing, whatever else passes."""
+    if not ledger.exists():
+        return []
+    return [CheckResult(
+        s.id, "the live policies are the rewrite its RLS equivalence check proved", False,
+        [[f"the live policies are unproven: the check did not finish ({s.id} rewrote them and the run stopped "
+          "before their RLS equivalence check ended)"]],
+        "the live policies are unproven: the check did not finish",
+        f"resume with `pgconverge run {s.phase}` (it puts the original policies back and checks the rewrite again)")
+        for s in plan.steps if s.phase in PHASES and s.op.executor == "policies" and ledger.unproven(s.id)]
+
+
 def nothing_to_verify(plan: Plan, ledger: Ledger) -> str | None:
     """Why no phase's checks apply (None when one has finished): nothing ran, everything was rolled back,
     or the first phase has not finished. Its mapping and ledger may not exist, so there is nothing to read."""

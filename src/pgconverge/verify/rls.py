@@ -52,6 +52,18 @@ class Target:
     parent_type: str = ""  # type of the parent fk column
     # A permissive policy lets some role read it (SELECT or ALL): not a table its owners may only insert into.
     readable: bool = True
+    # A table without owner columns of its own: the chain of single-column foreign keys that leads from it to a table
+    # that has them (order notes → order items → orders), one hop per key: (its column, that column's type, the table
+    # it references, the column it references). A row belongs to the owners of the row at the end of the chain.
+    chain: tuple[tuple[str, str, QualifiedName, str], ...] = ()
+    # The owner columns (legacy, new) of that last table, a pair per reference, and their types.
+    chain_owner_columns: tuple[str, ...] = ()
+    chain_owner_types: tuple[str, ...] = ()
+
+    @property
+    def chain_owner_pairs(self) -> list[tuple[str, str, str, str]]:
+        c, t = self.chain_owner_columns, self.chain_owner_types
+        return list(zip(c[0::2], c[1::2], t[0::2], t[1::2]))
 
 
 @dataclass(frozen=True)
@@ -126,10 +138,54 @@ def targets(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> list[Targe
                        if fk.ref_table in deps and len(fk.columns) == 1), None)
         types = tuple(x for d in deps.get(name, ()) for x in (d.column.type, ck_type))
         readable = any(p.table == name and p.permissive and p.command in ("ALL", "SELECT") for p in cat.policies)
+        chain = () if owner else owner_chain(cat, name, deps)
+        root = deps.get(chain[-1][2], ()) if chain else ()
         out.append(Target(name, key, key_type, cols, owner, parent, types,
-                          t.column(parent[0]).type if parent else "", readable))
+                          t.column(parent[0]).type if parent else "", readable, chain,
+                          tuple(x for d in root for x in (d.fk.columns[0], new_column(spec, cat, d))),
+                          tuple(x for d in root for x in (d.column.type, ck_type))))
     # Parents first, so a child's candidates can be derived from them.
     return sorted(out, key=lambda x: x.parent is not None)
+
+
+# The longest chain of foreign keys followed from a table to the table that names its rows' owners.
+MAX_CHAIN = 8
+
+
+def owner_chain(cat: Catalog, name: QualifiedName, deps: dict[QualifiedName, list]
+                ) -> tuple[tuple[str, str, QualifiedName, str], ...]:
+    """The shortest chain of single-column foreign keys from NAME to a table in DEPS (one with owner columns), as
+    Target.chain: breadth first, each table once (a cycle of keys ends), at most MAX_CHAIN hops; () where none leads
+    there (its owners cannot be told)."""
+    seen = {name}
+    level: list[tuple[QualifiedName, tuple]] = [(name, ())]
+    for _ in range(MAX_CHAIN):
+        following = []
+        for table, path in level:
+            t = cat.table(table)
+            for fk in (t.foreign_keys if t is not None else ()):
+                if len(fk.columns) != 1 or fk.ref_table in seen:
+                    continue
+                hop = path + ((fk.columns[0], t.column(fk.columns[0]).type, fk.ref_table, fk.ref_columns[0]),)
+                if fk.ref_table in deps:
+                    return hop
+                if cat.table(fk.ref_table) is not None and fk.ref_table not in (cat.legacy.name, cat.canonical.name):
+                    seen.add(fk.ref_table)
+                    following.append((fk.ref_table, hop))
+        level = following
+    return ()
+
+
+def _chain_from(t: Target) -> sql.Composable:
+    """FROM clause reading T's rows as `d` joined along its chain to the owning row, `o`."""
+    out = sql.SQL("{} d").format(qn(t.table))
+    prev = "d"
+    for i, (fk, _type, ref, ref_col) in enumerate(t.chain):
+        alias = "o" if i == len(t.chain) - 1 else f"x{i + 1}"
+        out = sql.SQL("{} join {} {} on {}.{} = {}.{}").format(out, qn(ref), ident(alias), ident(alias),
+                                                              ident(ref_col), ident(prev), ident(fk))
+        prev = alias
+    return out
 
 
 def subject_column(conn: psycopg.Connection, spec: Spec) -> str | None:
@@ -255,32 +311,35 @@ def _owners(spec: Spec, cat: Catalog, t: Target, by: dict[str, Target], contract
             ) -> tuple[sql.Composable, list[tuple[sql.Composable, str]]] | None:
     """How to read the owners of T's rows: (FROM clause naming the owning row `o`, [(owner column of o, its type)]).
     A table with owner columns owns its rows itself (legacy ids, or the new ids once CONTRACTED); a table reached
-    through a parent that is checked too belongs to the owners of its parent rows. None where its owners cannot be
-    told (a parent without a single-column key, or not checked)."""
+    through a chain of foreign keys (Target.chain: a parent, a grandparent, …) belongs to the owners of the row at
+    its end. None where its owners cannot be told (no such chain)."""
     from pgconverge.planning.references import new_column
 
-    def columns(x: Target) -> list[tuple[sql.Composable, str]]:
+    def columns(table: QualifiedName, pairs: list[tuple[str, str, str, str]]) -> list[tuple[sql.Composable, str]]:
         if contracted:  # the legacy columns are gone; the new ones hold the canonical ids
             ck = cat.canonical.column(spec.canonical.key).type
-            deps = [d for d in cat.dependents if d.table.name == x.table]
+            deps = [d for d in cat.dependents if d.table.name == table]
             return [(ident(new_column(spec, cat, d)), ck) for d in deps]
-        return [(ident(legacy), ltype) for legacy, _, ltype, _ in x.owner_pairs]
+        return [(ident(legacy), ltype) for legacy, _, ltype, _ in pairs]
 
     if t.owner_columns:
-        cols = columns(t)
+        cols = columns(t.table, t.owner_pairs)
         return (sql.SQL("{} o").format(qn(t.table)), cols) if cols else None
-    if t.parent is None or str(t.parent[1]) not in by:
+    if not t.chain:
         return None
-    p = by[str(t.parent[1])]
-    if p.key in ("ctid", ROWID) or not p.owner_columns:
-        return None
-    cols = columns(p)
-    return (sql.SQL("{t} d join {p} o on o.{pk} = d.{fk}").format(t=qn(t.table), p=qn(p.table), pk=ident(p.key),
-                                                                   fk=ident(t.parent[0])), cols) if cols else None
+    cols = columns(t.chain[-1][2], t.chain_owner_pairs)
+    return (_chain_from(t), cols) if cols else None
+
+
+def owner_unknown(targets_: list[Target]) -> list[str]:
+    """The checked tables whose rows' owners cannot be told: no owner column, and no chain of single-column foreign
+    keys to a table with one (its owners' view is not checked there, only what other identities see)."""
+    return [str(t.table) for t in targets_ if not t.owner_columns and not t.chain]
 
 
 def owned_tables(conn, spec: Spec, cat: Catalog, targets_: list[Target], contracted: bool) -> list[str]:
-    """The checked tables some row of which has an owner (through its own columns or its parent row's)."""
+    """The checked tables some row of which has an owner (through its own columns, or those of the row its chain of
+    foreign keys leads to)."""
     by = {str(t.table): t for t in targets_}
     out = []
     for t in targets_:
@@ -372,10 +431,12 @@ def _clear(spec: Spec) -> tuple[str, ...]:
 ROWID = "tableoid+ctid"  # Target.key of a partitioned table without a single-column key
 
 
-def _key(t: Target) -> sql.Composable:
+def _key(t: Target, alias: str | None = None) -> sql.Composable:
+    """The expression naming a row of T (of T read as ALIAS, where given)."""
+    at = sql.SQL("") if alias is None else sql.SQL("{}.").format(ident(alias))
     if t.key == ROWID:
-        return sql.SQL("(tableoid::regclass::text || ' ' || ctid::text)")
-    return sql.SQL("ctid") if t.key == "ctid" else ident(t.key)
+        return sql.SQL("({a}tableoid::regclass::text || ' ' || {a}ctid::text)").format(a=at)
+    return sql.SQL("{}ctid").format(at) if t.key == "ctid" else sql.SQL("{}{}").format(at, ident(t.key))
 
 
 def _visible(conn, spec: Spec, t: Target, claims: dict | None, among: list[str] | None) -> list[str]:
@@ -447,9 +508,10 @@ def _visible_all(conn, spec: Spec, targets_: list[Target], claims: dict | None,
     return out
 
 
-def _has_column(conn, t: Target, column: str) -> bool:
+def _has_column(conn, t: Target | QualifiedName, column: str) -> bool:
+    table = t.table if isinstance(t, Target) else t
     return conn.execute("select exists (select 1 from pg_attribute where attrelid = %s::regclass and attname = %s "
-                        "and not attisdropped)", (str(t.table), column)).fetchone()[0]
+                        "and not attisdropped)", (text(qn(table)), column)).fetchone()[0]
 
 
 def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, others: dict[str, list[str]],
@@ -485,7 +547,8 @@ def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, other
             if parties is not None and len(t.owner_pairs) > 1:  # a row names several: each may see it
                 for k in mine:
                     parties.setdefault(str(t.table), {}).setdefault(k, set()).add(ident_.canonical)
-        elif t.parent is not None and str(t.parent[1]) in out and out[str(t.parent[1])] is not None:
+        elif (t.parent is not None and len(t.chain) == 1 and str(t.parent[1]) in out
+              and out[str(t.parent[1])] is not None):
             # The children of the parent rows checked (the identity's own and the random sample), each flagged
             # whether it hangs under a parent row the identity owns.
             rows = conn.execute(sql.SQL(
@@ -497,6 +560,25 @@ def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, other
             if parties is not None and str(t.parent[1]) in parties:  # under a row that names several: each may see it
                 for k in own[str(t.table)]:
                     parties.setdefault(str(t.table), {}).setdefault(k, set()).add(ident_.canonical)
+        elif t.chain:
+            # Further down (a grandchild, …): the rows whose chain of foreign keys ends at a row the identity owns,
+            # read through the owner columns of that row as above.
+            root = t.chain[-1][2]
+            conds = []
+            for legacy_col, new_col, legacy_type, new_type in t.chain_owner_pairs:
+                if _has_column(conn, root, new_col):
+                    conds.append(sql.SQL("o.{} = %(c)s::{}").format(ident(new_col), sql.SQL(new_type)))
+                else:
+                    conds.append(sql.SQL("o.{} = any(%(l)s::text[]::{}[])").format(ident(legacy_col),
+                                                                                  sql.SQL(legacy_type)))
+            if conds:
+                mine = [r[0] for r in conn.execute(sql.SQL("select distinct {k}::text from {f} where {c}").format(
+                    k=_key(t, "d"), f=_chain_from(t),
+                    c=sql.SQL(" or ").join(conds)), {"l": list(ident_.legacy), "c": ident_.canonical}).fetchall()]
+                own[str(t.table)] = mine
+                if parties is not None and len(t.chain_owner_pairs) > 1:  # under a row that names several
+                    for k in mine:
+                        parties.setdefault(str(t.table), {}).setdefault(k, set()).add(ident_.canonical)
         if mine is not None and known is not None:
             known.add(str(t.table))
         out[str(t.table)] = None if mine is None else sorted(set(mine) | set(others.get(str(t.table), [])))
@@ -1076,7 +1158,8 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
             "write_probes": len(cap.writes), "write_probes_by_table": write_probes_by_table(cap),
             "switched": switched or contracted, "scan_bound": scan_bound_summary(cap),
             "rows_seen": rows_seen(cap), "coverage_by_table": by_table, "not_proven": not_proven,
-            "shared_by_design": shared, "public_by_design": public, "rls_disabled": disabled}, problems
+            "shared_by_design": shared, "public_by_design": public, "rls_disabled": disabled,
+            "owner_unknown": owner_unknown(targets_)}, problems
 
 
 # The equivalence check proves something only if the sampled identities see their own rows before the switch:
