@@ -837,6 +837,14 @@ end""").format(mapping=qn(n["mapping"]), ml=ident(spec.mapping_legacy_column), l
     return _trigger_function(n["legacy_key_fn"], code)
 
 
+# The forward steps after which canonical rows align created may exist: the trigger creates one for every person old
+# code signs up from the moment it is in place (a run stopped before the match leaves them too), the match and
+# map_pending for the rows already there. drop_legacy_trigger marks align.legacy_trigger undone before the rows are
+# deleted (they are deleted once no new one can come), so the trigger's function, which it calls and which is undone
+# only after them, stands for it: the trigger is never in place without it.
+CREATED_BY = (f"{PHASE}.legacy_trigger", f"{PHASE}.legacy_trigger_function", f"{PHASE}.match", f"{PHASE}.map_pending")
+
+
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
     """Undo align: stop mapping new rows, delete the canonical rows align created (if unused), drop the rest.
 
@@ -855,7 +863,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     steps = [
         # Refuse before changing anything when created canonical rows are already in use.
         ("created_rows_unused", referenced_check(can.name, spec.canonical.key, n["mapping"], spec.migration.new_column,
-                                                 _foreign_references(spec, cat, live)), (), ("align.match",)),
+                                                 _foreign_references(spec, cat, live)), (), CREATED_BY),
         # Then stop mapping: no legacy row written from here on gets a canonical row we would miss.
         ("drop_legacy_trigger", DropTrigger("pgconverge_align", leg.name), ("align.legacy_trigger",
                                                                              "align.coverage_gate")),
@@ -873,10 +881,10 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                                                                                    ck=ident(spec.canonical.key))
                                                          for fk in _foreign_references(spec, cat, live)
                                                          if len(fk.columns) == 1]))),
-            f"delete the {can.name} rows align created for legacy rows deleted since"), (), ("align.match",)),
+            f"delete the {can.name} rows align created for legacy rows deleted since"), (), CREATED_BY),
         ("delete_created", delete_created(can.name, spec.canonical.key, n["mapping"], spec.mapping_legacy_column,
                                           lk.type, spec.migration.new_column, spec.migration.batch_size),
-         ("align.match",)),
+         ("align.match",), CREATED_BY),
         ("drop_legacy_trigger_function", DropFunction(n["legacy_trigger_fn"], ""), ("align.legacy_trigger_function",)),
         ("drop_legacy_key_function", DropFunction(n["legacy_key_fn"], ""), ("align.legacy_key_function",)),
         ("drop_align_function", DropFunction(n["align_row"], str(leg.name)), ("align.align_function",)),
