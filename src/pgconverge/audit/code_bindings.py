@@ -74,3 +74,18 @@ def substitute(content: bytes, spans: list[tuple[int, int, Binding | None, int]]
         pos = b
     out.append(content[pos:].decode("utf-8", "replace"))
     return "".join(out), ranges
+
+
+def follow(bindings: dict[str, Binding], uses_of) -> list:
+    """The hits of every use of a bound name, then of the names it is copied to (`alias = LEGACY`), and so on, until
+    no new alias turns up. USES_OF(pending, aliases) returns the hits of the names in PENDING and records in ALIASES
+    the aliases it meets; BINDINGS gains them (a string read again gives the same hits, so each is read once per
+    round)."""
+    out: list = []
+    pending = dict(bindings)
+    while pending:
+        aliases: dict[str, Binding] = {}
+        out += uses_of(pending, aliases)
+        pending = {k: b for k, b in aliases.items() if k not in bindings}
+        bindings.update(pending)
+    return out

@@ -9,7 +9,7 @@ from functools import lru_cache
 import tree_sitter
 import tree_sitter_python
 
-from pgconverge.audit.code_bindings import Binding, legacy_value, substitute, use_regex
+from pgconverge.audit.code_bindings import Binding, follow, legacy_value, substitute, use_regex
 from pgconverge.audit.code_common import CODE_HELPER, COLUMN, HELPER, Hit, Names
 from pgconverge.audit.code_strings import StringContext, before_placeholder, classify, string_hits
 
@@ -169,14 +169,7 @@ _VALUE_FIELD = {"assignment": "right", "augmented_assignment": "right", "for_sta
 def _uses(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding]) -> list[Hit]:
     """Each use of a bound name read as the legacy name it holds: an argument, an operand of `+` or `%`, a
     `.format()` argument, an f-string's {substitution}."""
-    out: list[Hit] = []
-    pending = dict(bindings)
-    while pending:  # the bound names, then the aliases found for them (`alias = LEGACY`), and so on
-        aliases: dict[str, Binding] = {}
-        out += _uses_of(root, src, names, bindings, pending, set(), aliases)  # a string read again: same hits
-        pending = {k: b for k, b in aliases.items() if k not in bindings}
-        bindings.update(pending)
-    return out
+    return follow(bindings, lambda pending, aliases: _uses_of(root, src, names, bindings, pending, set(), aliases))
 
 
 def _uses_of(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding],

@@ -10,7 +10,7 @@ import tree_sitter
 import tree_sitter_javascript
 import tree_sitter_typescript
 
-from pgconverge.audit.code_bindings import Binding, legacy_value, substitute, use_regex
+from pgconverge.audit.code_bindings import Binding, follow, legacy_value, substitute, use_regex
 from pgconverge.audit.code_common import CODE_HELPER, COLUMN, HELPER, TABLE, Hit, Names
 from pgconverge.audit.code_strings import StringContext, before_placeholder, classify, string_hits
 
@@ -194,14 +194,7 @@ _VALUE_FIELD = {"variable_declarator": "value", "assignment_expression": "right"
 def _uses(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding]) -> list[Hit]:
     """Each use of a bound name read as the legacy name it holds: an argument, an operand of `+`, a template
     literal's ${substitution}."""
-    out: list[Hit] = []
-    pending = dict(bindings)
-    while pending:  # the bound names, then the aliases found for them (`alias = LEGACY`), and so on
-        aliases: dict[str, Binding] = {}
-        out += _uses_of(root, src, names, bindings, pending, set(), aliases)  # a string read again: same hits
-        pending = {k: b for k, b in aliases.items() if k not in bindings}
-        bindings.update(pending)
-    return out
+    return follow(bindings, lambda pending, aliases: _uses_of(root, src, names, bindings, pending, set(), aliases))
 
 
 def _uses_of(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding],
