@@ -169,8 +169,8 @@ where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not li
 order by n.nspname, p.proname, p.oid
 """
 
-# User functions by name: schema-qualified names, and bare names in any schema (the caller resolves them).
-FUNCTIONS_NAMED = """
+# What the catalog reads of a function (catalog/introspect.py builds a Function of each row).
+_FUNCTION_COLUMNS = """
 select p.oid, n.nspname, p.proname, p.oid::regprocedure::text, pg_get_function_identity_arguments(p.oid),
        pg_get_function_result(p.oid), l.lanname, p.provolatile, p.prosecdef,
        coalesce(p.proconfig, '{}'::text[]), p.prosrc,
@@ -178,6 +178,9 @@ select p.oid, n.nspname, p.proname, p.oid::regprocedure::text, pg_get_function_i
 from pg_proc p
 join pg_namespace n on n.oid = p.pronamespace
 join pg_language l on l.oid = p.prolang
+"""
+# User functions by name: schema-qualified names, and bare names in any schema (the caller resolves them).
+FUNCTIONS_NAMED = _FUNCTION_COLUMNS + """
 where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%%'
   and l.lanname in ('sql', 'plpgsql') and p.prokind = 'f'
   and ((n.nspname, p.proname) in (select * from unnest(%(schemas)s::text[], %(names)s::text[]))
@@ -186,14 +189,7 @@ order by n.nspname, p.proname, p.oid
 """
 
 # The same columns, by oid and in any language (a policy may call a C or plv8 function).
-FUNCTIONS_BY_OID = """
-select p.oid, n.nspname, p.proname, p.oid::regprocedure::text, pg_get_function_identity_arguments(p.oid),
-       pg_get_function_result(p.oid), l.lanname, p.provolatile, p.prosecdef,
-       coalesce(p.proconfig, '{}'::text[]), p.prosrc,
-       case when p.prokind = 'f' then pg_get_functiondef(p.oid) else '' end, pg_get_userbyid(p.proowner)
-from pg_proc p
-join pg_namespace n on n.oid = p.pronamespace
-join pg_language l on l.oid = p.prolang
+FUNCTIONS_BY_OID = _FUNCTION_COLUMNS + """
 where p.oid = any(%(oids)s::oid[]) and p.prokind = 'f'
 order by n.nspname, p.proname, p.oid
 """
