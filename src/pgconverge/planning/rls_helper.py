@@ -474,17 +474,23 @@ def _unwrap(sel: ast.SelectStmt) -> ast.SelectStmt:
     return sel
 
 
-def _subject(body: ast.SelectStmt) -> ast.Node | None:
-    """What a lookup helper compares a column with to find the caller: `auth.uid()`, `(auth.jwt() ->> 'sub')::uuid`
-    (a copy), from the first `column = expression` of BODY whose expression reads the token; None if there is none."""
+def _token_comparison(body: ast.Node) -> tuple[ast.ColumnRef, ast.Node] | None:
+    """(the column, the expression) of the first `column = expression` of BODY whose expression reads the token
+    (`auth.uid()`, `(auth.jwt() ->> 'sub')::uuid`): where a lookup helper finds the caller; None if there is none."""
     for node in walk(body):
         if not (isinstance(node, ast.A_Expr) and strings(node.name) == ("=",)):
             continue
         for col, other in ((node.lexpr, node.rexpr), (node.rexpr, node.lexpr)):
             if isinstance(col, ast.ColumnRef) and not isinstance(other, ast.ColumnRef) and any(
                     isinstance(n, ast.FuncCall) and strings(n.funcname) in (UID, JWT) for n in walk(other)):
-                return dup(other)
+                return col, other
     return None
+
+
+def _subject(body: ast.SelectStmt) -> ast.Node | None:
+    """What a lookup helper compares a column with to find the caller (a copy), or None."""
+    found = _token_comparison(body)
+    return dup(found[1]) if found else None
 
 
 def lookup_link(legacy: Function, callees: Iterable[Function] = ()) -> tuple[QualifiedName | None, str] | None:
@@ -499,17 +505,12 @@ def lookup_link(legacy: Function, callees: Iterable[Function] = ()) -> tuple[Qua
         if isinstance(node, ast.RangeVar):
             name = QualifiedName(node.schemaname or "public", node.relname)
             tables[node.alias.aliasname if node.alias else node.relname] = name
-    for node in walk(body):
-        if not (isinstance(node, ast.A_Expr) and strings(node.name) == ("=",)):
-            continue
-        for col, other in ((node.lexpr, node.rexpr), (node.rexpr, node.lexpr)):
-            if isinstance(col, ast.ColumnRef) and not isinstance(other, ast.ColumnRef) and any(
-                    isinstance(n, ast.FuncCall) and strings(n.funcname) in (UID, JWT) for n in walk(other)):
-                parts = strings(col.fields)
-                table = tables.get(parts[-2]) if len(parts) > 1 else (
-                    next(iter(tables.values())) if len(tables) == 1 else None)
-                return table, parts[-1]
-    return None
+    found = _token_comparison(body)
+    if found is None:
+        return None
+    parts = strings(found[0].fields)
+    table = tables.get(parts[-2]) if len(parts) > 1 else (next(iter(tables.values())) if len(tables) == 1 else None)
+    return table, parts[-1]
 
 
 def is_auth_user(node: ast.Node) -> bool:
