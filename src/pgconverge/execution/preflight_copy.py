@@ -180,6 +180,18 @@ def _columns(conn: psycopg.Connection, oid: int) -> list[tuple[str, str, bool]]:
         "where attrelid = %s and attnum > 0 and not attisdropped order by attnum", (oid,)).fetchall()]
 
 
+# The foreign keys of a table: (referenced table, its columns here, the referenced columns, their types there).
+FOREIGN_KEYS = (
+    "select confrelid::oid, "
+    "  array(select a.attname from unnest(conkey) with ordinality k(n, i) join pg_attribute a "
+    "        on a.attrelid = conrelid and a.attnum = k.n order by k.i), "
+    "  array(select a.attname from unnest(confkey) with ordinality k(n, i) join pg_attribute a "
+    "        on a.attrelid = confrelid and a.attnum = k.n order by k.i), "
+    "  array(select format_type(a.atttypid, a.atttypmod) from unnest(confkey) with ordinality k(n, i) "
+    "        join pg_attribute a on a.attrelid = confrelid and a.attnum = k.n order by k.i) "
+    "from pg_constraint where contype = 'f' and conrelid = %s")
+
+
 class _Sampler:
     """Chooses rows on the source (one repeatable-read snapshot): tableoid -> set of ctid texts."""
 
@@ -233,15 +245,9 @@ class _Sampler:
     def referring(self, oid: int, n: int) -> None:
         """Rows of table OID that refer by a foreign key to rows already chosen (up to N per foreign key): the
         memberships of the sampled people, the rows of the sampled accounts."""
-        fks = self.conn.execute(
-            "select confrelid::oid, "
-            "  array(select a.attname from unnest(conkey) with ordinality k(n, i) join pg_attribute a "
-            "        on a.attrelid = conrelid and a.attnum = k.n order by k.i), "
-            "  array(select a.attname from unnest(confkey) with ordinality k(n, i) join pg_attribute a "
-            "        on a.attrelid = confrelid and a.attnum = k.n order by k.i) "
-            "from pg_constraint where contype = 'f' and conrelid = %s", (oid,)).fetchall()
+        fks = self.conn.execute(FOREIGN_KEYS, (oid,)).fetchall()
         rel = sql.SQL("{}.{}").format(*map(sql.Identifier, _rel(self.conn, oid)))
-        for ref, cols, refcols in fks:
+        for ref, cols, refcols, _types in fks:
             chosen = [(leaf, sorted(self.rows[leaf])) for leaf in _leaf_oids(self.conn, ref) if self.rows.get(leaf)]
             if not chosen:
                 continue
@@ -258,15 +264,7 @@ class _Sampler:
         for _ in range(rounds):
             todo, self.new = self.new, {}
             for oid, ctids in todo.items():
-                fks = self.conn.execute(
-                    "select confrelid::oid, "
-                    "  array(select a.attname from unnest(conkey) with ordinality k(n, i) join pg_attribute a "
-                    "        on a.attrelid = conrelid and a.attnum = k.n order by k.i), "
-                    "  array(select a.attname from unnest(confkey) with ordinality k(n, i) join pg_attribute a "
-                    "        on a.attrelid = confrelid and a.attnum = k.n order by k.i), "
-                    "  array(select format_type(a.atttypid, a.atttypmod) from unnest(confkey) with ordinality k(n, i) "
-                    "        join pg_attribute a on a.attrelid = confrelid and a.attnum = k.n order by k.i) "
-                    "from pg_constraint where contype = 'f' and conrelid = %s", (oid,)).fetchall()
+                fks = self.conn.execute(FOREIGN_KEYS, (oid,)).fetchall()
                 rel = sql.SQL("{}.{}").format(*map(sql.Identifier, _rel(self.conn, oid)))
                 for ref, cols, refcols, types in fks:
                     try:
