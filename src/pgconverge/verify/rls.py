@@ -508,6 +508,20 @@ def _visible_all(conn, spec: Spec, targets_: list[Target], claims: dict | None,
     return out
 
 
+def _owned_conds(conn, t: Target | QualifiedName, pairs, alias: str) -> list[sql.Composable]:
+    """Per owner pair of T: its rows the identity owns (%(c)s, its canonical id; %(l)s, its legacy ids). Compared in
+    the columns' own types, so their indexes serve; once the new column exists the sync trigger keeps it equal to the
+    mapping of the legacy one, so it alone suffices. ALIAS ("o.") qualifies the columns."""
+    out = []
+    for legacy_col, new_col, legacy_type, new_type in pairs:
+        if _has_column(conn, t, new_col):
+            out.append(sql.SQL("{}{} = %(c)s::{}").format(sql.SQL(alias), ident(new_col), sql.SQL(new_type)))
+        else:
+            out.append(sql.SQL("{}{} = any(%(l)s::text[]::{}[])").format(sql.SQL(alias), ident(legacy_col),
+                                                                       sql.SQL(legacy_type)))
+    return out
+
+
 def _has_column(conn, t: Target | QualifiedName, column: str) -> bool:
     table = t.table if isinstance(t, Target) else t
     return conn.execute("select exists (select 1 from pg_attribute where attrelid = %s::regclass and attname = %s "
@@ -530,17 +544,8 @@ def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, other
     for t in targets_:
         mine: list[str] | None = None
         if t.owner_columns:
-            # Compared in the columns' own types, so their indexes serve; once the new column exists
-            # the sync trigger keeps it equal to the mapping of the legacy one, so it alone suffices.
             # A table with several references: the rows any of them links to the identity.
-            conds = []
-            for legacy_col, new_col, legacy_type, new_type in t.owner_pairs:
-                if _has_column(conn, t, new_col):
-                    conds.append(sql.SQL("{} = %(c)s::{}").format(ident(new_col), sql.SQL(new_type)))
-                else:
-                    conds.append(sql.SQL("{} = any(%(l)s::text[]::{}[])").format(ident(legacy_col),
-                                                                                sql.SQL(legacy_type)))
-            cond = sql.SQL(" or ").join(conds)
+            cond = sql.SQL(" or ").join(_owned_conds(conn, t, t.owner_pairs, ""))
             mine = [r[0] for r in conn.execute(sql.SQL("select {k}::text from {t} where {c}").format(
                 k=_key(t), t=qn(t.table), c=cond), {"l": list(ident_.legacy), "c": ident_.canonical}).fetchall()]
             own[str(t.table)] = mine
@@ -564,13 +569,7 @@ def candidates(conn, spec: Spec, targets_: list[Target], ident_: Identity, other
             # Further down (a grandchild, …): the rows whose chain of foreign keys ends at a row the identity owns,
             # read through the owner columns of that row as above.
             root = t.chain[-1][2]
-            conds = []
-            for legacy_col, new_col, legacy_type, new_type in t.chain_owner_pairs:
-                if _has_column(conn, root, new_col):
-                    conds.append(sql.SQL("o.{} = %(c)s::{}").format(ident(new_col), sql.SQL(new_type)))
-                else:
-                    conds.append(sql.SQL("o.{} = any(%(l)s::text[]::{}[])").format(ident(legacy_col),
-                                                                                  sql.SQL(legacy_type)))
+            conds = _owned_conds(conn, root, t.chain_owner_pairs, "o.")
             if conds:
                 mine = [r[0] for r in conn.execute(sql.SQL("select distinct {k}::text from {f} where {c}").format(
                     k=_key(t, "d"), f=_chain_from(t),
