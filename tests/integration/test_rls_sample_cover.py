@@ -125,7 +125,7 @@ def test_a_table_without_a_single_column_key_gets_write_probes_too(make_db, tmp_
     """Addresses keyed by (customer_id, label): its rows are named by their ctids, and an owner's copy of its own row
     meets the key after the policies let it through. A hand rewrite whose insert check still reads the legacy claim
     is caught there as on any table."""
-    from test_rls_table_coverage import CONFIG, FIXTURE_SQL, SCHEMA
+    from test_rls_table_coverage import SCHEMA
 
     schema = SCHEMA.replace(
         "create table public.addresses (id bigserial primary key, customer_id bigint not null references "
@@ -135,13 +135,7 @@ def test_a_table_without_a_single_column_key_gets_write_probes_too(make_db, tmp_
         "insert into public.addresses (customer_id) select 1 + (i % 20) from",
         "insert into public.addresses (customer_id, label) select 1 + (i % 20), 'a' || i from")
     assert schema.count("primary key (customer_id, label)") == 1 and "'a' || i" in schema
-    dsn = make_db()
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute((FIXTURE_SQL / "roles.sql").read_text() + "\n" + (FIXTURE_SQL / "supabase_shim.sql").read_text())
-        c.execute(schema)
-    args = ("--dsn", dsn, "--config", write_config(tmp_path, CONFIG))
-    for phase in ("align", "expand", "switch"):
-        cli("run", phase, *args)
+    dsn, args = _switched(make_db, tmp_path, schema=schema)
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute(GOOD + " with check (profile_id = (select public.auth_profile_id()))")
     rls = next(c for c in cli_json("verify", "--rls", "--sample", "1", *args)["checks"] if c["step"] == "rls")

@@ -64,11 +64,11 @@ GOOD = """alter policy addresses_exists on public.addresses using (profile_id = 
 ACCEPT = ("--accept-code-references", "--accept-runtime-use")
 
 
-def _switched(make_db, tmp_path, config: str = CONFIG) -> tuple[str, tuple[str, ...]]:
+def _switched(make_db, tmp_path, config: str = CONFIG, schema: str = SCHEMA) -> tuple[str, tuple[str, ...]]:
     dsn = make_db()
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute((FIXTURE_SQL / "roles.sql").read_text() + "\n" + (FIXTURE_SQL / "supabase_shim.sql").read_text())
-        c.execute(SCHEMA)
+        c.execute(schema)
     args = ("--dsn", dsn, "--config", write_config(tmp_path, config))
     for phase in ("align", "expand", "switch"):
         cli("run", phase, *args)
