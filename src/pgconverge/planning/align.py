@@ -52,6 +52,7 @@ def names(spec: Spec) -> dict[str, QualifiedName]:
         "align_row": QualifiedName(s, "align_legacy_row"),
         "legacy_trigger_fn": QualifiedName(s, "legacy_after_write"),
         "legacy_key_fn": QualifiedName(s, "legacy_key_moved"),
+        "legacy_reuse_fn": QualifiedName(s, "legacy_key_reused"),
         "legacy_for": QualifiedName(s, "legacy_for_canonical"),
         "mapping": spec.mapping_table,
         "match_index": QualifiedName(spec.canonical.table.schema,
@@ -116,6 +117,13 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         ("legacy_trigger", CreateTrigger("pgconverge_align", leg.name, sql.SQL("after insert or update of {} ").format(
             sql.SQL(", ").join(map(ident, spec.legacy.match_columns))), n["legacy_trigger_fn"],
             why="keeps the mapping complete while old code writes")),
+        ("legacy_reuse_function", CreateFunction(n["legacy_reuse_fn"], "", _legacy_reuse_function(spec, cat),
+                                                 why="a key the application gives another person again gives up "
+                                                     "the mapping the deleted row left")),
+        ("legacy_reuse_trigger", CreateTrigger(
+            REUSE_TRIGGER, leg.name, sql.SQL("before insert "), n["legacy_reuse_fn"],
+            why="before the row is written: a dependent row written in the same statement (a writable CTE, an "
+                "application trigger on the legacy table) finds no stale mapping of a reused key")),
         ("legacy_key_function", CreateFunction(n["legacy_key_fn"], "", _legacy_key_function(spec),
                                                why="a legacy row's mapping follows a change of its key")),
         ("legacy_key_trigger", CreateTrigger(
@@ -767,13 +775,15 @@ def _legacy_trigger_function(spec: Spec, cat: Catalog) -> sql.Composable:
     n = names(spec)
     # Never fail the application's write: a row that cannot be decided now (an error creating its canonical
     # row, say) waits in the pending table, and the coverage gate names it with the reason.
-    # A key the application gives a new row again (deleted, then inserted: a restore, a CRM sync) finds the mapping
-    # the deleted row left. It is the new row's only where both carry the same match key (the same person back);
-    # else the new row is decided anew, or another person would get the deleted one's canonical row and its rows.
+    # A key the application gives a new row again is retired before the row is written (_legacy_reuse_function).
+    # Here, after it, only a mapping decided before this statement is retired: one that trigger could not retire
+    # (the deleted row's transaction committed while this insert waited for its key). A mapping decided in this
+    # statement is the new row's own, made by a dependent row's sync trigger: kept, even without a match key.
     code = sql.SQL("""
 begin
   if tg_op = 'INSERT' and pg_catalog.current_setting({flag}, true) is distinct from 'on' then
     with gone as (delete from {mapping} m where m.{mlc} = new.{lk} and not coalesce(m.match_key = ({key}), false)
+                    and m.decided_at < pg_catalog.statement_timestamp()
                   returning m.*)
     insert into {retired} ({mlc}, {mcc}, method, match_key, decided_at, note)
       select g.{mlc}, g.{mcc}, g.method, g.match_key, g.decided_at, g.note from gone g;
@@ -810,6 +820,39 @@ def _trigger_function(name: QualifiedName, code: sql.Composable) -> sql.Composab
 
 
 KEY_TRIGGER = "pgconverge_align_key"
+# A BEFORE INSERT trigger fires before every AFTER trigger (an application's that writes a dependent row among them)
+# and, for a row a writable CTE inserts, before the statement's other parts read it; '~' sorts after letters, digits
+# and '_', so it fires after the application's BEFORE triggers and sees the row as it will be written.
+REUSE_TRIGGER = "~pgconverge_align_reused"
+
+
+def _legacy_reuse_function(spec: Spec, cat: Catalog) -> sql.Composable:
+    """A key the application gives a new row again (deleted, then inserted: a restore, a CRM sync) finds the mapping
+    the deleted row left. It is the new row's only where both carry the same match key (the same person back); else
+    it is retired here, BEFORE the row is written, so that the sync trigger of a dependent row written in the same
+    statement finds no mapping and decides the new row (as align's trigger would), instead of giving the dependent row
+    the deleted person's canonical row. A key a live row still holds is left alone: the insert then fails on it or,
+    under ON CONFLICT, is not made."""
+    n = names(spec)
+    code = sql.SQL("""
+begin
+  if pg_catalog.current_setting({flag}, true) is distinct from 'on'
+      and exists (select 1 from {mapping} m where m.{mlc} = new.{lk}) then
+    begin
+      with gone as (delete from {mapping} m where m.{mlc} = new.{lk} and not coalesce(m.match_key = ({key}), false)
+                      and not exists (select 1 from {lt} l where l.{lk} = new.{lk})
+                    returning m.*)
+      insert into {retired} ({mlc}, {mcc}, method, match_key, decided_at, note)
+        select g.{mlc}, g.{mcc}, g.method, g.match_key, g.decided_at, g.note from gone g;
+    exception when others then
+      null;  -- never fail the application's write: align's trigger retires the mapping once the row is written
+    end;
+  end if;
+  return new;
+end""").format(flag=sql.Literal(REVERSE_FLAG), mapping=qn(n["mapping"]), mlc=ident(spec.mapping_legacy_column),
+               lk=ident(spec.legacy.key), key=legacy_key(spec, cat, "new"), lt=qn(cat.legacy.name),
+               retired=qn(n["retired"]), mcc=ident(spec.migration.new_column))
+    return _trigger_function(n["legacy_reuse_fn"], code)
 
 
 def _legacy_key_function(spec: Spec) -> sql.Composable:
@@ -868,6 +911,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         ("drop_legacy_trigger", DropTrigger("pgconverge_align", leg.name), ("align.legacy_trigger",
                                                                              "align.coverage_gate")),
         ("drop_legacy_key_trigger", DropTrigger(KEY_TRIGGER, leg.name), ("align.legacy_key_trigger",)),
+        ("drop_legacy_reuse_trigger", DropTrigger(REUSE_TRIGGER, leg.name), ("align.legacy_reuse_trigger",)),
         # The canonical rows align created for people whose legacy row left and whose key another took (no mapping
         # names them any more), unless something references them by now: then they carry data of their own and stay.
         # The table is read only where it exists (a migration begun before it, or killed before it was made, has
@@ -887,6 +931,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
          ("align.match",), CREATED_BY),
         ("drop_legacy_trigger_function", DropFunction(n["legacy_trigger_fn"], ""), ("align.legacy_trigger_function",)),
         ("drop_legacy_key_function", DropFunction(n["legacy_key_fn"], ""), ("align.legacy_key_function",)),
+        ("drop_legacy_reuse_function", DropFunction(n["legacy_reuse_fn"], ""), ("align.legacy_reuse_function",)),
         ("drop_align_function", DropFunction(n["align_row"], str(leg.name)), ("align.align_function",)),
         ("drop_legacy_for_function", DropFunction(n["legacy_for"], can.column(spec.canonical.key).type),
          ("align.legacy_for_function",)),

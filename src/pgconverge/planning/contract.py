@@ -337,6 +337,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                 why=f"in place of {m.constraint.name}, which went with {legacy_col}"))
     add("drop_legacy_trigger", DropTrigger("pgconverge_align", cat.legacy.name))
     add("drop_legacy_key_trigger", DropTrigger(align.KEY_TRIGGER, cat.legacy.name))
+    add("drop_legacy_reuse_trigger", DropTrigger(align.REUSE_TRIGGER, cat.legacy.name))
     switch_cat = cats.for_phase("switch") if cats is not None else cat
     helper = switch._helper(spec, switch_cat)
     readers = switch.mapping_owners(spec, switch_cat, helper)  # the switch let them read the mapping
@@ -499,6 +500,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             why="the switch's bridged helper back: old tokens need it"), (), done))
     add("legacy_trigger", al["align.legacy_trigger"].op, (f"{PHASE}.drop_legacy_trigger",))
     add("legacy_key_trigger", al["align.legacy_key_trigger"].op, (f"{PHASE}.drop_legacy_key_trigger",))
+    add("legacy_reuse_trigger", al["align.legacy_reuse_trigger"].op, (f"{PHASE}.drop_legacy_reuse_trigger",))
     # Indexes after every reference's column is back: one may hold the legacy columns of two.
     later: list[Step] = []
     # Expand's names by reference (table and foreign key), as expand planned them: a short name can differ between

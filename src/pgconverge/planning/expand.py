@@ -821,6 +821,7 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
         redo.append(f"{PHASE}.{n.short}.{'backfill_attached' if d.partitioned else 'backfill'}")
     parts.append(invalid_indexes(cat))
     fills = "; ".join(text(refill(spec, d, n)) for d, n in names_of(spec, cat))
+    retired = align.names(spec)["retired"]
     return Check("invariants", sql.SQL(" union all ").join(parts),
                  failure="rows or constraints do not match the mapping",
                  fix=f"rows that have a legacy id but no new id were written with the sync trigger bypassed "
@@ -828,8 +829,14 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
                      f"from the mapping with the UPDATE for each table named ({fills}); the sync trigger keeps both "
                      f"ids. Rows it leaves belong to a legacy row the mapping lacks (written with the triggers "
                      f"bypassed too: align's checks name it). While expand has not finished, `pgconverge run expand` "
-                     f"again does the same. If rows disagree with the mapping, they were written by hand — correct "
-                     f"them or roll back with `pgconverge rollback expand`", redo=tuple(redo), covers=tuple(covers))
+                     f"again does the same. If rows disagree with the mapping, look first for a reused legacy key: the "
+                     f"application deleted a legacy row and gave its key to another person, and a row for the "
+                     f"newcomer was written in the same statement as the insert (a writable CTE, an application "
+                     f"trigger on the legacy table) while the deleting transaction was still open; the mapping the "
+                     f"deleted row left is in {retired}, retired when the key was decided again. Otherwise they were "
+                     f"written by hand. Give them the new id the mapping gives (the UPDATE above, with the new id "
+                     f"differing from the mapping's in place of `is null`), or roll back with "
+                     f"`pgconverge rollback expand`", redo=tuple(redo), covers=tuple(covers))
 
 
 def refill(spec: Spec, d: Dependent, n: Names) -> sql.Composable:

@@ -746,7 +746,8 @@ def before_row_triggers_after(spec: Spec, cat: Catalog, d, sync: str) -> list[st
     found = [(None, trg) for trg in table.triggers]
     found += [(part.name, trg) for part, trgs in partition_triggers(d) for trg in trgs]
     for part, trg in found:
-        if _own_sync_trigger(spec, trg) or trg.name <= sync:
+        # pgconverge's own: the sync triggers, and align's on a legacy table that references itself
+        if _own_sync_trigger(spec, trg) or trg.function.schema == spec.migration.private_schema or trg.name <= sync:
             continue
         stmt = _trigger_stmt(trg)
         # TRIGGER_TYPE_BEFORE = 2; events INSERT = 4, UPDATE = 16 (an unparseable one counts)
@@ -777,7 +778,7 @@ def _triggers(spec: Spec, cat: Catalog, t: Table, ren: dict[str, str], sync: str
     out = []
     fns = {f.name: f for f in cat.functions}
     for trg in t.triggers if triggers is None else triggers:
-        if trg.name == sync or _own_sync_trigger(spec, trg):
+        if trg.name == sync or _own_sync_trigger(spec, trg) or trg.function.schema == spec.migration.private_schema:
             continue
         stmt = _trigger_stmt(trg)
         what = f"trigger {show_identifier(trg.name)} on {t.name}"
