@@ -121,3 +121,16 @@ def test_after_contract_a_dropped_not_null_fails_verify(make_db, phased, tmp_pat
     problems = _problems(cli_json("verify", "--dsn", dsn, "--config", cfg, expect=1))
     assert any("public.carts.profile_id is no longer NOT NULL" in p for p in problems), problems
     assert any(f"index public.{name.split('.')[-1]} on public.orders is missing" in p for p in problems), problems
+
+
+def test_rls_write_probes_write_as_old_and_new_code(make_db, phased, tmp_path):
+    """Old code writes the legacy column alone, new code the new one alone: with the sync trigger disabled, the
+    legacy token's insert of its own cart is refused by the switched policy, and `verify --rls` says so."""
+    dsn = make_db(phased["switch"])
+    cfg = write_config(tmp_path, NO_WINDOW)
+    assert cli_json("verify", "--rls", "--dsn", dsn, "--config", cfg)["passed"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'alter table public.carts disable trigger "{_sync_trigger(conn)}"')
+    out = cli_json("verify", "--rls", "--dsn", dsn, "--config", cfg, expect=1)
+    rls = next(c for c in out["checks"] if c["step"] == "rls")
+    assert not rls["passed"] and any("public.carts" in " ".join(p) for p in rls["problems"]), rls
