@@ -31,8 +31,9 @@ def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
 
     align: every legacy row has a mapping. expand: every dependent row's new id is the mapping
     of its legacy id, no row has a legacy id without a new one, the new foreign keys are
-    validated and the new indexes valid. contract: every dependent row has the owner it had
-    before the migration. Changes nothing: the invariants are read in one read-only snapshot.
+    validated and the new indexes valid; what align and expand installed (their triggers enabled,
+    the new columns' NOT NULL, keys and indexes) is there as their plans made it. contract: every
+    dependent row has the owner it had before the migration, and the new columns hold. Changes nothing: the invariants are read in one read-only snapshot.
     """
     started = time.monotonic()
     spec = load_spec(config_file)

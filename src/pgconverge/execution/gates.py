@@ -40,14 +40,16 @@ def evaluate(runner: Runner) -> list[dict]:
 
     out.append(switch_gate(runner))
     results = invariants.run(runner.work, runner.plan, ["align", "expand"])
-    bad = [f"{r.step}: " + "; ".join(" ".join(p) for p in r.problems[:5]) for r in results if not r.passed]
+    bad = [f"{r.step}: " + "; ".join(" — ".join(x for x in p if x) for p in r.problems[:5])
+           for r in results if not r.passed]
     ops = {s.id: s.op for s in runner.plan.steps}
     for sid in {x for r in results if not r.passed for x in getattr(ops.get(r.step), "redo", ())}:
         # Sent back, so that re-running expand does it again (its backfill fills the rows found missing).
         runner.ledger.event(runner.run_id, sid.split(".")[0], sid, "reverted", message="to be done again: the "
                             "contract gate found its invariants broken")
     redone = sorted({x for r in results if not r.passed for x in getattr(ops.get(r.step), "redo", ())})
-    fixes = [f for f in dict.fromkeys(getattr(ops.get(r.step), "fix", "") for r in results if not r.passed) if f]
+    fixes = [f for f in dict.fromkeys(r.fix or getattr(ops.get(r.step), "fix", "") for r in results
+                                      if not r.passed) if f]
     out.append({"gate": "invariants", "passed": not bad, "details": bad, "unblock": (
         f"run `pgconverge run expand`, then contract again: this gate sent {', '.join(redone)} back, so expand walks "
         "those tables again and fills the rows that have a legacy id but no new id (written with the sync trigger "

@@ -27,7 +27,7 @@ from pgconverge.operations.batched import Batched
 from pgconverge.operations.check import Check
 from pgconverge.operations.create_index import CreateIndexConcurrently
 from pgconverge.operations.snapshot import Snapshot
-from pgconverge.verify import invariants
+from pgconverge.verify import installed, invariants
 
 LOCK_NAMESPACE = "pgconverge:"
 CONTROL_APP = "pgconverge:control"
@@ -275,6 +275,8 @@ class Runner:
         ran = False  # a step began: the schema may have changed, whatever became of the step
         current = None
         try:
+            if phase in ("expand", "switch"):  # contract's gates do the same before its first drop
+                self._installed_hold(phase)
             for i, step in enumerate(steps):
                 st = states.get(step.id)
                 if st and st.state == "done" and not (step.op.executor == "policies"
@@ -302,6 +304,22 @@ class Runner:
             if ran:
                 self._reload_api_schema()
         return results
+
+    def _installed_hold(self, phase: str) -> None:
+        """Before PHASE changes anything: what the earlier phases installed (their triggers, expand's NOT NULL,
+        keys and indexes) is there and enabled as their plans made it, or the phase refuses."""
+        earlier = list(PHASES[:PHASES.index(phase)])
+        failed = []
+        with self.work.transaction():
+            for sid, check in installed.checks(self.plan, earlier):
+                rows = self.work.execute(check.query).fetchall()
+                if rows:
+                    failed.append((sid, check, rows))
+        if failed:
+            shown = "".join(f"\n  {sid}: {check.failure}" + "".join(
+                "\n    " + " — ".join(str(x) for x in r if x) for r in rows) for sid, check, rows in failed)
+            raise GateFailed(f"{phase} is blocked, nothing was changed —{shown}",
+                             fix=" / ".join(dict.fromkeys(check.fix for _, check, _ in failed)))
 
     def _reload_api_schema(self) -> None:
         """Tell PostgREST (Supabase's data API) to read the schema again, after a phase or a rollback that ran a

@@ -383,7 +383,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     add("archive_mapping", ArchiveTable(an["mapping"], archived_map, roles + readers,
                                         tuple((r, "SELECT") for r in readers)))
     add("counts_after", counts(spec, cat, "counts_after", archived))
-    add("new_columns", new_columns_hold(spec, cat, cats))
+    add("new_columns", new_columns_hold(spec, cat, cats, [s.op for s in steps]))
     return steps
 
 
@@ -403,27 +403,21 @@ def _declare_not_null(d, n) -> list[tuple[str, Operation]]:
             ("drop_not_null_check", DropConstraint(d.table.name, n.not_null_check))]
 
 
-def new_columns_hold(spec: Spec, cat: Catalog, cats=None) -> Check:
+def new_columns_hold(spec: Spec, cat: Catalog, cats=None, ops: list[Operation] = ()) -> Check:
     """What contract leaves for good, read from the live tables whenever `verify` runs: each new column, its foreign
-    key to the canonical table validated, its NOT NULL where expand gave it one, and the tables' indexes valid (the
-    final validation before it read the rows once, from its snapshot)."""
-    parts = [expand.invalid_indexes(cat)]
-    for d, n in expand.names_of(spec, cat):
-        t, new = sql.Literal(str(d.table.name)), sql.Literal(n.new)
-        col = d.table.column(n.new)
-        # Declared by contract itself where the deferred fill trigger checked it until then.
-        declared = shapes.not_null_at_commit(_expand_dependent(cat, cats, d)[1])
-        parts.append(expand.fk_validated(d, n))
-        parts.append(sql.SQL(
-            "select format('%s.%s is missing', {t}, {c}), null where not exists (select 1 from pg_catalog.pg_attribute "
-            "where attrelid = to_regclass({t}) and attname = {c} and not attisdropped)").format(t=t, c=new))
-        if (col is not None and col.not_null) or declared:
-            parts.append(sql.SQL(
-                "select format('%s.%s is no longer NOT NULL', {t}, {c}), null from pg_catalog.pg_attribute "
-                "where attrelid = to_regclass({t}) and attname = {c} and not attnotnull").format(t=t, c=new))
+    key to the canonical table validated, its NOT NULL, the indexes expand built there, and the tables' indexes
+    valid (the final validation before it read the rows once, from its snapshot). What to expect comes from expand's
+    plan (from the catalog saved before expand) and contract's own OPS (the NOT NULL it declares), never from the
+    catalog as it is now: a NOT NULL or an index dropped by hand would take its own check with it."""
+    from pgconverge.verify import installed
+
+    ecat = cats.for_phase("expand") if cats is not None else cat
+    made = [s.op for s in expand.plan(spec, ecat, cats)] + list(ops)
+    parts = [expand.invalid_indexes(cat), installed.made_holds(made)]
     return Check("new columns hold", sql.SQL(" union all ").join(parts), failure="what contract left on the new columns has changed",
-                 fix="give the new column back its foreign key (ADD … NOT VALID, then VALIDATE), its NOT NULL, or "
-                     "rebuild the invalid index (REINDEX INDEX CONCURRENTLY)",
+                 fix="run the statement given for each: it gives the new column back its foreign key (ADD … NOT "
+                     "VALID, then VALIDATE), its NOT NULL or its index; rebuild an invalid index with REINDEX INDEX "
+                     "CONCURRENTLY",
                  covers=tuple(d.table.name for d in cat.dependents))
 
 

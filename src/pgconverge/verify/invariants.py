@@ -14,6 +14,7 @@ from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES, Plan
 from pgconverge.operations.batched import Batched
 from pgconverge.operations.check import Check, Rows
+from pgconverge.verify import installed
 
 
 @dataclass
@@ -95,6 +96,12 @@ def run(conn: psycopg.Connection, plan: Plan, phases: list[str]) -> list[CheckRe
                                            step.op.failure if rows else "", step.op.fix if rows else "",
                                            "" if rows else "; ".join(proves_nothing(cov)),
                                            cov if cov["rows_examined"] else None))
+        # What the phases installed, against what their plans made: catalog reads, no rows judged.
+        for sid, check in installed.checks(plan, phases):
+            rows = conn.execute(check.query).fetchall()
+            out.append(CheckResult(sid, check.name, not rows, [[str(x) if x is not None else "" for x in r]
+                                                             for r in rows],
+                                   check.failure if rows else "", check.fix if rows else ""))
     return out
 
 

@@ -682,10 +682,14 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
                         continue
                     stop()
                     base = f"{writer.canonical}|{owner.canonical}|{t.table}"
+                    # As the code that holds each token writes: old code the legacy column alone, new code the new
+                    # one alone; the sync trigger fills the other (a disabled one leaves the policy a NULL to judge).
                     if legacy:
-                        cap.writes[f"{base}|L"] = _write(conn, spec, t, _legacy_token(spec, writer, 0), row)
+                        cap.writes[f"{base}|L"] = _write(conn, spec, t, _legacy_token(spec, writer, 0),
+                                                         _without(row, t, new=True))
                     if canonical:
-                        cap.writes[f"{base}|C"] = _write(conn, spec, t, _canonical_token(spec, writer), row)
+                        cap.writes[f"{base}|C"] = _write(conn, spec, t, _canonical_token(spec, writer),
+                                                         _without(row, t, new=False))
     return cap
 
 
@@ -902,6 +906,12 @@ def inconclusive(outcome: str) -> bool:
 def inconclusive_writes(*caps: Capture) -> int:
     """Write probes of CAPS that ended in such a failure: not compared, and counted in the check's coverage."""
     return sum(inconclusive(o) for cap in caps for o in cap.writes.values())
+
+
+def _without(row: dict, t: Target, *, new: bool) -> dict:
+    """ROW without its new ids (NEW) or its legacy ids, where it has both: the row old code, or new code, writes."""
+    pairs = [(l, n) for l, n, _, _ in t.owner_pairs if l in row and n in row]
+    return {k: (None if any(k == (n if new else l) for l, n in pairs) else v) for k, v in row.items()}
 
 
 def _owned_by(row: dict, t: Target, owner: Identity) -> dict:
