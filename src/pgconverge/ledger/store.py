@@ -60,45 +60,49 @@ class Ledger:
         """Refuse a ledger written in another database: a private schema restored or copied on its own into a
         database that never ran the migration would otherwise be taken at its word.
 
-        The ledger records the database it belongs to (name, oid, system identifier) on first use. A database that
-        does not match is still this ledger's home when the migration's own objects are there: a copy of the whole
-        database (CREATE DATABASE … TEMPLATE, a full restore, a rename) carries them along, and the ledger is then
-        adopted silently (its new identity recorded). Only where they are missing (the private schema came alone) is
-        every command refused, naming both databases and the fix."""
+        The ledger records the database it belongs to (name, oid, system identifier) when a run writes it. A database
+        that does not match is still this ledger's home when the migration's own objects are there: a copy of the
+        whole database (CREATE DATABASE … TEMPLATE, a full restore, a rename) carries them along, and the ledger is
+        then adopted silently (the next run records the copy). Only where they are missing (the private schema came
+        alone) is every command refused, naming both databases and the fix. Nothing is written here: a command that
+        only reads the ledger, or refuses, leaves it as it was."""
         mine = self.identity()
         home = self.latest_snapshot(self.IDENTITY)
-        if home and (home.get("oid"), home.get("system_identifier")) == (mine["oid"], mine["system_identifier"]):
-            return
-        if home:
-            missing = self._missing_objects()
-            if missing:
-                from pgconverge.errors import PgConvergeError
+        if not home or (home.get("oid"), home.get("system_identifier")) == (mine["oid"], mine["system_identifier"]):
+            return  # none recorded yet (the next run records it: record_home), or this database
+        missing = self._missing_objects()
+        if not missing:
+            return  # a whole copy: adopted, and recorded by the next run that writes the ledger (record_home)
+        from pgconverge.errors import PgConvergeError
 
-                raise PgConvergeError(
-                    f"the private schema {self.schema} was written in another database: database "
-                    f"{home.get('database')} (oid {home.get('oid')}) on server {home.get('system_identifier')}, and "
-                    f"this is database {mine['database']} (oid {mine['oid']}) on server {mine['system_identifier']}; "
-                    f"{missing}, so its record of the migration does not describe this database",
-                    fix=f"if it was copied here by a restore, drop it (drop schema {self.schema} cascade) and start "
-                        "from `pgconverge run align`; if this database is the migrated one, restored or renamed on "
-                        f"purpose, adopt the ledger: delete from {self.schema}.snapshots where name = "
-                        f"'{self.IDENTITY}'")
-        try:
-            with self.conn.transaction():
-                self.snapshot(None, self.IDENTITY, mine)
-        except psycopg.Error:
-            pass  # a role that may only read the ledger: checked again on the next run that can write
+        raise PgConvergeError(
+            f"the private schema {self.schema} was written in another database: database "
+            f"{home.get('database')} (oid {home.get('oid')}) on server {home.get('system_identifier')}, and "
+            f"this is database {mine['database']} (oid {mine['oid']}) on server {mine['system_identifier']}; "
+            f"{missing}, so its record of the migration does not describe this database",
+            fix=f"if it was copied here by a restore, drop it (drop schema {self.schema} cascade) and start "
+                "from `pgconverge run align`; if this database is the migrated one, restored or renamed on "
+                f"purpose, adopt the ledger: delete from {self.schema}.snapshots where name = "
+                f"'{self.IDENTITY}'")
+
+    def record_home(self) -> None:
+        """Record this database as the ledger's home where the latest record names another (or none): a new ledger,
+        one older than the record, or a whole copy adopted by check_home."""
+        mine = self.identity()
+        home = self.latest_snapshot(self.IDENTITY)
+        if not home or (home.get("oid"), home.get("system_identifier")) != (mine["oid"], mine["system_identifier"]):
+            self.snapshot(None, self.IDENTITY, mine)
 
     def _missing_objects(self) -> str:
         """What the ledger says the migration made outside its private schema and this database lacks ('' when
         all is there): expand's and align's triggers while the legacy table is in place, its absence after contract."""
-        phases = {s.step.split(".")[0] for s in self.step_states().values() if s.state == "done"}
-        if "contract" in phases:
-            there = self.conn.execute("select to_regclass(%s) is null",
-                                      (str(self.spec.legacy.table),)).fetchone()[0]
-            return "" if there else f"the ledger says contract archived {self.spec.legacy.table}, which is still here"
-        if not phases & {"align", "expand", "switch"}:
-            return ""
+        done = {s.step for s in self.step_states().values() if s.state == "done"}
+        phases = {s.split(".")[0] for s in done}
+        if "contract.archive_legacy_table" in done:
+            gone = self.conn.execute("select to_regclass(%s) is null", (str(self.spec.legacy.table),)).fetchone()[0]
+            return "" if gone else f"the ledger says contract archived {self.spec.legacy.table}, which is still here"
+        if "contract" in phases or not phases & {"align", "expand", "switch"}:
+            return ""  # nothing made yet, or a contract stopped part way (its triggers may be gone already)
         n = self.conn.execute(
             "select count(*) from pg_catalog.pg_trigger t join pg_catalog.pg_proc p on p.oid = t.tgfoid "
             "join pg_catalog.pg_class c on c.oid = t.tgrelid "
@@ -116,6 +120,7 @@ class Ledger:
                 "and conname = 'events_event_check'", (self.t("events").as_string(self.conn),)).fetchone()
             for stmt in schema.upgrade_statements(self.spec, check[0] if check else None):
                 self.conn.execute(stmt)
+            self.record_home()
 
     def run_of(self, pid: int, since) -> tuple[int, str] | None:
         """(id, command) of the run the session PID started, connected SINCE (a pid can be reused: only runs since
