@@ -275,12 +275,19 @@ class Runner:
         ran = False  # a step began: the schema may have changed, whatever became of the step
         current = None
         try:
-            if phase in ("expand", "switch"):  # contract's gates do the same before its first drop
+            def finished(step: Step) -> bool:
+                st = states.get(step.id)
+                return bool(st and st.state == "done" and not (step.op.executor == "policies"
+                                                               and self.ledger.unproven(step.id)))
+
+            # Before a step of expand or switch runs (contract's gates do the same before its first drop): not for a
+            # phase with nothing left to do, nor once contract began taking the earlier phases' objects away.
+            contracting = any(sid.startswith("contract.") and st.state == "done" for sid, st in states.items())
+            if phase in ("expand", "switch") and not contracting and not all(map(finished, steps)):
                 self._installed_hold(phase)
             for i, step in enumerate(steps):
                 st = states.get(step.id)
-                if st and st.state == "done" and not (step.op.executor == "policies"
-                                                      and self.ledger.unproven(step.id)):
+                if finished(step):
                     results.append(StepResult(step.id, "skipped", 0.0))
                     self.progress.step_finished(step, "skipped", 0.0)
                     continue
