@@ -12,7 +12,11 @@ scope: a reviewer's reading, not data-flow analysis.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from pgconverge.audit.code_common import Hit, Names
+from pgconverge.audit.code_strings import classify
 
 
 @dataclass(frozen=True)
@@ -89,3 +93,61 @@ def follow(bindings: dict[str, Binding], uses_of) -> list:
         pending = {k: b for k, b in aliases.items() if k not in bindings}
         bindings.update(pending)
     return out
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """What a language's tree calls the pieces the walk over uses needs (code_py, code_ts)."""
+
+    use: tuple[str, ...]  # node types a use of a bound name is: ("identifier", "attribute")
+    substitution: str  # a substitution in a string: "interpolation", "template_substitution"
+    template: str  # the string holding it: "string", "template_string"
+    not_a_use: frozenset[str]  # parents where a name is declared, assigned or imported, not used ...
+    value_field: dict[str, str] = field(default_factory=dict)  # ... except as their value (default field "value")
+    member: str | None = None  # a member access whose member part is no use of a bound name (Python's attribute)
+    # (node, parent) -> (alias, offset) for `alias = NODE`; (node, quote, src) -> its StringContext;
+    # (string, src, names, bindings) -> the hits of a string read with its substitutions filled in
+    alias_of: Callable = None  # type: ignore[assignment]
+    context: Callable = None  # type: ignore[assignment]
+    interpolated: Callable = None  # type: ignore[assignment]
+
+
+def uses(grammar: Grammar, root, src: bytes, names: Names, bindings: dict[str, Binding]) -> list[Hit]:
+    """Each use of a bound name read as the legacy name it holds (an argument, an operand of `+` or `%`, a
+    `.format()` argument, a substitution in a string), then of the names it is copied to, each reported where it
+    is used with how the name was reached."""
+    def uses_of(pending: dict[str, Binding], aliases: dict[str, Binding]) -> list:
+        out: list[Hit] = []
+        strings: set[int] = set()  # strings read with their substitutions: once each
+        defs = {b.at for b in bindings.values()}
+        for m in use_regex(pending).finditer(src):
+            node = root.descendant_for_byte_range(m.start(), m.end())
+            if node is None or node.start_byte != m.start() or node.end_byte != m.end() \
+                    or node.type not in grammar.use or node.start_byte in defs:
+                continue
+            binding = pending[re.sub(rb"\s+", b"", m.group()).decode()]
+            parent = node.parent
+            if parent is None:
+                continue
+            alias = grammar.alias_of(node, parent)
+            if alias is not None:
+                aliases.setdefault(alias[0], binding.alias(alias[0], parent.start_point[0] + 1, alias[1]))
+            if parent.type == grammar.substitution:
+                string = parent.parent
+                if string is not None and string.type == grammar.template and string.start_byte not in strings:
+                    strings.add(string.start_byte)
+                    out.extend(grammar.interpolated(string, src, names, bindings))
+                continue
+            if parent.type in grammar.not_a_use and node != parent.child_by_field_name(
+                    grammar.value_field.get(parent.type, "value")):
+                continue
+            if grammar.member and parent.type == grammar.member and parent.child_by_field_name(grammar.member) == node:
+                continue
+            ctx = replace(grammar.context(node, binding.quote, src), bound_to=None)
+            if ctx.skip:
+                continue
+            out += [Hit(node.start_byte, r.category, r.name, r.suggestion, binding.reason())
+                    for r in classify(binding.value, ctx, names)]
+        return out
+
+    return follow(bindings, uses_of)

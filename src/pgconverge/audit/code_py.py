@@ -9,7 +9,7 @@ from functools import lru_cache
 import tree_sitter
 import tree_sitter_python
 
-from pgconverge.audit.code_bindings import Binding, follow, legacy_value, substitute, use_regex
+from pgconverge.audit.code_bindings import Binding, Grammar, legacy_value, substitute, uses
 from pgconverge.audit.code_common import CODE_HELPER, COLUMN, HELPER, Hit, Names
 from pgconverge.audit.code_strings import StringContext, before_placeholder, classify, string_hits
 
@@ -46,7 +46,7 @@ def hits(src: bytes, suffix: str, names: Names, candidates: list[tuple[int, int]
         seen.add(string.start_byte)
         out.extend(_string(string, src, names, bindings))
     if bindings:
-        out.extend(_uses(root, src, names, bindings))
+        out.extend(uses(_GRAMMAR, root, src, names, bindings))
     return out
 
 
@@ -164,46 +164,6 @@ _NOT_A_USE = {"global_statement", "nonlocal_statement", "import_statement", "imp
 # ... except as the value there: `alias = LEGACY`, `f(t=LEGACY)`, `def f(t=LEGACY)`, `for t in LEGACY`.
 _VALUE_FIELD = {"assignment": "right", "augmented_assignment": "right", "for_statement": "right",
                 "for_in_clause": "right"}
-
-
-def _uses(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding]) -> list[Hit]:
-    """Each use of a bound name read as the legacy name it holds: an argument, an operand of `+` or `%`, a
-    `.format()` argument, an f-string's {substitution}."""
-    return follow(bindings, lambda pending, aliases: _uses_of(root, src, names, bindings, pending, set(), aliases))
-
-
-def _uses_of(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding],
-             pending: dict[str, Binding], strings: set[int], aliases: dict[str, Binding]) -> list[Hit]:
-    out: list[Hit] = []
-    defs = {b.at for b in bindings.values()}
-    for m in use_regex(pending).finditer(src):
-        node = root.descendant_for_byte_range(m.start(), m.end())
-        if node is None or node.start_byte != m.start() or node.end_byte != m.end() \
-                or node.type not in ("identifier", "attribute") or node.start_byte in defs:
-            continue
-        binding = pending[re.sub(rb"\s+", b"", m.group()).decode()]
-        parent = node.parent
-        if parent is None:
-            continue
-        alias = _alias_of(node, parent)
-        if alias is not None:
-            aliases.setdefault(alias[0], binding.alias(alias[0], parent.start_point[0] + 1, alias[1]))
-        if parent.type == "interpolation":
-            string = parent.parent
-            if string is not None and string.type == "string" and string.start_byte not in strings:
-                strings.add(string.start_byte)
-                out.extend(_interpolated(string, src, names, bindings))
-            continue
-        if parent.type in _NOT_A_USE and node != parent.child_by_field_name(_VALUE_FIELD.get(parent.type, "value")):
-            continue
-        if parent.type == "attribute" and parent.child_by_field_name("attribute") == node:
-            continue
-        ctx = replace(_context(node, binding.quote, src), bound_to=None)
-        if ctx.skip:
-            continue
-        out += [Hit(node.start_byte, r.category, r.name, r.suggestion, binding.reason())
-                for r in classify(binding.value, ctx, names)]
-    return out
 
 
 def _alias_of(node: tree_sitter.Node, parent: tree_sitter.Node) -> tuple[str, int] | None:
@@ -395,3 +355,8 @@ def _context(node: tree_sitter.Node, quote: str, src: bytes) -> StringContext:
             owner = _call_name(parent.parent.parent.parent)
         return StringContext(key=text, quote=quote, owner=owner, sql_before=sql_before)
     return StringContext(quote=quote, sql_before=sql_before)
+
+
+# The walk over uses of bound names (code_bindings.uses), in this grammar's words.
+_GRAMMAR = Grammar(("identifier", "attribute"), "interpolation", "string", frozenset(_NOT_A_USE), _VALUE_FIELD,
+                   member="attribute", alias_of=_alias_of, context=_context, interpolated=_interpolated)

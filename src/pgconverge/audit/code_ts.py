@@ -10,7 +10,7 @@ import tree_sitter
 import tree_sitter_javascript
 import tree_sitter_typescript
 
-from pgconverge.audit.code_bindings import Binding, follow, legacy_value, substitute, use_regex
+from pgconverge.audit.code_bindings import Binding, Grammar, legacy_value, substitute, uses
 from pgconverge.audit.code_common import CODE_HELPER, COLUMN, HELPER, TABLE, Hit, Names
 from pgconverge.audit.code_strings import StringContext, before_placeholder, classify, string_hits
 
@@ -62,7 +62,7 @@ def hits(src: bytes, suffix: str, names: Names, candidates: list[tuple[int, int]
         seen.add(string.start_byte)
         out.extend(_string(string, src, names, bindings))
     if bindings:
-        out.extend(_uses(root, src, names, bindings))
+        out.extend(uses(_GRAMMAR, root, src, names, bindings))
     return out
 
 
@@ -189,44 +189,6 @@ _VALUE_FIELD = {"variable_declarator": "value", "assignment_expression": "right"
                 "augmented_assignment_expression": "right", "required_parameter": "value",
                 "optional_parameter": "value", "assignment_pattern": "right", "object_assignment_pattern": "right",
                 "for_in_statement": "right"}
-
-
-def _uses(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding]) -> list[Hit]:
-    """Each use of a bound name read as the legacy name it holds: an argument, an operand of `+`, a template
-    literal's ${substitution}."""
-    return follow(bindings, lambda pending, aliases: _uses_of(root, src, names, bindings, pending, set(), aliases))
-
-
-def _uses_of(root: tree_sitter.Node, src: bytes, names: Names, bindings: dict[str, Binding],
-             pending: dict[str, Binding], strings: set[int], aliases: dict[str, Binding]) -> list[Hit]:
-    out: list[Hit] = []
-    defs = {b.at for b in bindings.values()}
-    for m in use_regex(pending).finditer(src):
-        node = root.descendant_for_byte_range(m.start(), m.end())
-        if node is None or node.start_byte != m.start() or node.end_byte != m.end() \
-                or node.type not in ("identifier", "member_expression") or node.start_byte in defs:
-            continue
-        binding = pending[re.sub(rb"\s+", b"", m.group()).decode()]
-        parent = node.parent
-        if parent is None:
-            continue
-        alias = _alias_of(node, parent)
-        if alias is not None:
-            aliases.setdefault(alias[0], binding.alias(alias[0], parent.start_point[0] + 1, alias[1]))
-        if parent.type == "template_substitution":
-            string = parent.parent
-            if string is not None and string.type == "template_string" and string.start_byte not in strings:
-                strings.add(string.start_byte)
-                out.extend(_interpolated(string, src, names, bindings))
-            continue
-        if parent.type in _NOT_A_USE and node != parent.child_by_field_name(_VALUE_FIELD.get(parent.type, "value")):
-            continue
-        ctx = replace(_context(node, src, binding.quote), bound_to=None)
-        if ctx.skip:
-            continue
-        out += [Hit(node.start_byte, r.category, r.name, r.suggestion, binding.reason())
-                for r in classify(binding.value, ctx, names)]
-    return out
 
 
 def _alias_of(node: tree_sitter.Node, parent: tree_sitter.Node) -> tuple[str, int] | None:
@@ -381,3 +343,9 @@ def _context(node: tree_sitter.Node, src: bytes, quote: str | None = None) -> St
     if kind == "literal_type":
         return StringContext(in_type=True, quote=quote)
     return StringContext(quote=quote)
+
+
+# The walk over uses of bound names (code_bindings.uses), in this grammar's words.
+_GRAMMAR = Grammar(("identifier", "member_expression"), "template_substitution", "template_string",
+                   frozenset(_NOT_A_USE), _VALUE_FIELD, alias_of=_alias_of,
+                   context=lambda node, quote, src: _context(node, src, quote), interpolated=_interpolated)
