@@ -52,3 +52,14 @@ def test_a_body_that_does_not_parse_counts_and_a_call_of_the_helper():
     assert not calls_function(_fn("select other.current_user_id() is not null"), helper)
     assert not calls_function(_fn("declare current_user_id uuid; begin return current_user_id is null; end",
                                   "plpgsql"), helper)
+
+
+def test_the_name_in_a_string_is_a_read_only_where_the_body_builds_sql():
+    """A trigger function written to work with either owner column (`to_jsonb(new) ->> 'user_id'`) reads NULL once
+    the column is gone: the name is data there. In SQL the body builds and EXECUTEs, it is a column again."""
+    either = _fn("begin if to_jsonb(new) ->> 'user_id' is null then raise exception 'owner required'; end if; "
+                 "return new; end", "plpgsql")
+    assert not reads_column(either, MEMBERS, "user_id", frozenset({MEMBERS}))
+    built = _fn("begin execute format('select %I from public.project_members', 'user_id'); return new; end",
+                "plpgsql")
+    assert reads_column(built, MEMBERS, "user_id", frozenset({MEMBERS}))

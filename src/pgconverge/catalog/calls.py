@@ -59,6 +59,16 @@ def called(fn: Function) -> set[tuple[str, ...]]:
 _DYNAMIC = ("PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors", "dynquery")
 
 
+def runs_dynamic_sql(fn: Function) -> bool:
+    """Whether FN is plpgsql that runs SQL built at run time (EXECUTE in any form), or a body that does not parse."""
+    if fn.language != "plpgsql":
+        return False
+    try:
+        return any(k in _DYNAMIC for k in _keys(parse_plpgsql(fn.definition)))
+    except (ParseError, IndexError, AttributeError):
+        return True
+
+
 def reads(fn: Function) -> tuple[set[tuple[str, ...]] | None, str]:
     """The relations FN's body names (FROM, JOIN, sub-queries, the tables it writes), as written: (name,) or
     (schema, name); a WITH query's own name is left out. (None, why) when that cannot be told from the body: it
@@ -139,8 +149,10 @@ def reads_column(fn: Function, table: QualifiedName, column: str, on_tables: fro
     """Whether FN may read or write TABLE's COLUMN when it runs: its body names the column, and the table (or FN is
     a trigger function on it, ON_TABLES, or takes or returns its rows). Not when every mention of the column, in its
     parse trees, is qualified by the alias of another table (`au.user_id` of `from account_user au`). Anything the
-    parse trees do not account for (a body that does not parse, the name in dynamic SQL, a mention outside the
-    expressions found) counts as a read: unsure means yes."""
+    parse trees do not account for (a body that does not parse, the name in SQL it builds and EXECUTEs, a mention
+    outside the expressions found) counts as a read: unsure means yes. The name in a string of a body that runs no
+    SQL of its own making is data, not a column Postgres resolves (`to_jsonb(new) ->> 'profile_id'` reads NULL
+    once the column is gone): not a read."""
     found = mentions.find(fn.code, {column, table.name})
     hits = [m for m in found if m.name == column]
     if not hits:
@@ -149,7 +161,11 @@ def reads_column(fn: Function, table: QualifiedName, column: str, on_tables: fro
             or _word(table.name, f"{fn.identity_args} {fn.returns}")):
         return False
     if any(m.in_string for m in hits):
-        return True
+        if runs_dynamic_sql(fn):
+            return True
+        hits = [m for m in hits if not m.in_string]
+        if not hits:
+            return False
     stmts = statements(fn)
     if stmts is None:
         return True
