@@ -684,12 +684,15 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
                     base = f"{writer.canonical}|{owner.canonical}|{t.table}"
                     # As the code that holds each token writes: old code the legacy column alone, new code the new
                     # one alone; the sync trigger fills the other (a disabled one leaves the policy a NULL to judge).
+                    # A merged owner's row is copied whole: the sync trigger would ask the legacy helper which of its
+                    # legacy rows is meant, a call the runtime gate would count as old code's.
+                    merged = len(owner.legacy) > 1
                     if legacy:
                         cap.writes[f"{base}|L"] = _write(conn, spec, t, _legacy_token(spec, writer, 0),
-                                                         _without(row, t, new=True))
+                                                         row if merged else _without(row, t, new=True))
                     if canonical:
                         cap.writes[f"{base}|C"] = _write(conn, spec, t, _canonical_token(spec, writer),
-                                                         _without(row, t, new=False))
+                                                         row if merged else _without(row, t, new=False))
     return cap
 
 
