@@ -87,6 +87,18 @@ def _apply(dsn: str, path: str) -> list[str]:
     return notices
 
 
+def _switched_with_emitted_baseline(dsn: str, cfg: str, tmp_path) -> str:
+    """The emitted files written from the database before any phase, the runner through the switch, then the emitted
+    baseline taken beside the runner's: the path of the emitted runtime gate file."""
+    files = cli_json("emit", str(tmp_path / "project"), "--dsn", dsn, "--config", cfg)["migrations"]
+    baseline = next(f for f in files if f.endswith("_switch_runtime_baseline.sql"))
+    gate = next(f for f in files if "_contract_gate_runtime_use" in f)
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, "--dsn", dsn, "--config", cfg)
+    _apply(dsn, baseline)
+    return gate
+
+
 def _refused(dsn: str, path: str, error: type) -> str:
     """The message of the error applying PATH raises (the Supabase CLI prints the message, not the hint)."""
     with pytest.raises(error) as exc:
@@ -237,12 +249,7 @@ def test_emitted_gate_refuses_after_a_statistics_reset_and_with_track_counts_off
 
     dsn = fixture_db
     cfg = write_config(tmp_path, f'[migration]\nobservation_window = "{WINDOW}s"\nrls_sample = 5\n')
-    files = cli_json("emit", str(tmp_path / "project"), "--dsn", dsn, "--config", cfg)["migrations"]
-    baseline = next(f for f in files if f.endswith("_switch_runtime_baseline.sql"))
-    gate = next(f for f in files if "_contract_gate_runtime_use" in f)
-    for ph in ("align", "expand", "switch"):
-        cli("run", ph, "--dsn", dsn, "--config", cfg)
-    _apply(dsn, baseline)
+    gate = _switched_with_emitted_baseline(dsn, cfg, tmp_path)
     with psycopg.connect(dsn, autocommit=True) as c:
         taken = c.execute("select max(taken_at) from pgconverge.emitted_runtime_baseline").fetchone()[0]
         # Old code after the switch writes the legacy table; then the statistics are reset, wiping those writes.
@@ -301,12 +308,7 @@ def test_legacy_rows_pgconverge_makes_for_newcomers_are_not_old_code(fixture_db,
                   "create policy fav_own on public.favorites for all to authenticated "
                   "using (customer_id = auth_customer_id()); "
                   "grant select, insert, update, delete on public.favorites to authenticated")
-    files = cli_json("emit", str(tmp_path / "project"), "--dsn", dsn, "--config", cfg)["migrations"]
-    baseline = next(f for f in files if f.endswith("_switch_runtime_baseline.sql"))
-    gate = next(f for f in files if "_contract_gate_runtime_use" in f)
-    for ph in ("align", "expand", "switch"):
-        cli("run", ph, "--dsn", dsn, "--config", cfg)
-    _apply(dsn, baseline)
+    gate = _switched_with_emitted_baseline(dsn, cfg, tmp_path)
     with psycopg.connect(dsn, autocommit=True, application_name="shop-backend-v2") as c:
         for i in range(3):  # people new code signs up through the canonical table, and their favourites
             pid = c.execute("insert into public.profiles (whatsapp_e164, display_name) values (%s, 'newcomer') "
