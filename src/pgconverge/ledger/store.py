@@ -107,7 +107,7 @@ class Ledger:
             "select count(*) from pg_catalog.pg_trigger t join pg_catalog.pg_proc p on p.oid = t.tgfoid "
             "join pg_catalog.pg_class c on c.oid = t.tgrelid "
             "where p.pronamespace = to_regnamespace(%s) and c.relnamespace <> to_regnamespace(%s)",
-            (f'"{self.schema.replace(chr(34), 2 * chr(34))}"',) * 2).fetchone()[0]
+            (sql.Identifier(self.schema).as_string(self.conn),) * 2).fetchone()[0]
         return "" if n else ("the ledger says " + ", ".join(sorted(phases & {"align", "expand", "switch"}))
                              + " ran, but no trigger of its sync functions is on a table here")
 
