@@ -75,16 +75,11 @@ def reads(fn: Function) -> tuple[set[tuple[str, ...]] | None, str]:
     does not parse, it runs SQL built at run time, or it is in a language other than sql and plpgsql."""
     if fn.language not in ("sql", "plpgsql"):
         return None, f"is written in {fn.language}"
-    if fn.language == "plpgsql":
-        try:
-            tree = parse_plpgsql(fn.definition)
-        except (ParseError, IndexError, AttributeError):
-            return None, "has a body that does not parse"
-        if any(k in _DYNAMIC for k in _keys(tree)):
-            return None, "runs SQL built at run time (EXECUTE)"
     stmts = statements(fn)
     if stmts is None:
         return None, "has a body that does not parse"
+    if runs_dynamic_sql(fn):
+        return None, "runs SQL built at run time (EXECUTE)"
     out: set[tuple[str, ...]] = set()
     for stmt in stmts:
         nodes = list(_walk(stmt))
