@@ -210,3 +210,30 @@ def test_partitioned_expand_killed_at_every_kind_of_step_resumes(make_db, tmp_pa
         del run.original[key]
     problems = run.check("rollback")
     assert problems == [], "\n".join(problems)
+
+
+def test_writes_to_a_partitioned_dependent_are_application_traffic(make_db, tmp_path):
+    """The runtime gate's proof that the application ran reads the statistics of the canonical table and every
+    dependent. A partitioned table's own statistics row counts nothing (its rows are in its partitions): the writes
+    to its partitions are its traffic, or a window in which the application wrote only there reads as quiet."""
+    import time
+
+    from _support import cli_json
+
+    zoo = build(partitioned="hash", legacy_key="uuid", canonical_key="uuid")
+    dsn = make_db()
+    load(dsn, zoo)
+    args = ("--dsn", dsn, "--config", write_config(tmp_path, zoo.config.replace(
+        "[migration]", '[migration]\nobservation_window = "2s"', 1)))
+    for ph in ("align", "expand", "switch"):
+        cli("run", ph, *args)
+    cli("audit", "runtime", *args, "--rebaseline")
+    time.sleep(2.3)
+    with psycopg.connect(dsn, autocommit=True) as c:  # new code writes an order, and only that
+        profile = c.execute("select id from public.profiles limit 1").fetchone()[0]
+        c.execute("insert into public.orders (profile_id) values (%s)", (profile,))
+        c.execute("select pg_stat_force_next_flush()")
+    seen = cli_json("audit", "runtime", *args)
+    assert seen["traffic"]["public.orders"]["writes"] == 1, seen["traffic"]
+    assert seen["not_measured"] == [], seen["not_measured"]
+    cli("audit", "runtime", *args, "--fail-on-use")

@@ -272,6 +272,9 @@ def test_emitted_gate_refuses_after_a_statistics_reset_and_with_track_counts_off
                              ).fetchone()[0]
         time.sleep(max(0.0, WINDOW + 0.3 - c.execute("select extract(epoch from clock_timestamp() - %s)::float8",
                                                       (reset_at,)).fetchone()[0]))
+        # New code wrote since the reset: the window saw the application at work (without it, it proves nothing).
+        c.execute("insert into public.sessions (profile_id) values (%s)", (_person(dsn)[1],))
+        c.execute("select pg_stat_force_next_flush()")
     notices = _apply(dsn, gate)
     assert any(n.startswith("gate runtime use: passed") and "since the statistics reset at" in n
                for n in notices), notices
@@ -333,3 +336,57 @@ def test_legacy_rows_pgconverge_makes_for_newcomers_are_not_old_code(fixture_db,
     assert "n_tup_ins +1" in seen["in_use"], seen
     msg = _refused(dsn, gate, psycopg.errors.ObjectInUse)
     assert "1 row(s) of \"public\".\"customers\" inserted" in msg and "besides 3 legacy row(s)" in msg, msg
+
+
+def test_the_sync_triggers_calls_of_the_legacy_helper_are_not_old_code(fixture_db, tmp_path):
+    """New code writing for a merged person (several legacy rows, one canonical row) has the sync trigger ask the
+    legacy helper which legacy row is the caller's: calls of the helper that are pgconverge's, not old code's. The
+    runner's audit and the emitted gate take them off (and the first says so); a call by old code still counts."""
+    dsn = fixture_db
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\nrls_sample = 5\n")
+    gate = _switched_with_emitted_baseline(dsn, cfg, tmp_path)
+    with psycopg.connect(dsn, autocommit=True, application_name="shop-backend-v2") as c:
+        merged = c.execute("select profile_id from pgconverge.legacy_customer_profile group by 1 "
+                           "having count(*) > 1 order by 1 limit 3").fetchall()
+        assert len(merged) == 3
+        for (pid,) in merged:
+            with c.transaction():
+                c.execute("set local role authenticated")
+                c.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(
+                    {"role": "authenticated", "app_role": "customer", "profile_id": str(pid)}),))
+                c.execute("insert into public.carts (profile_id) values (%s)", (pid,))
+        c.execute("select pg_stat_force_next_flush()")
+    seen = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert seen["helper_calls_by_sync"] == 3 and seen["legacy_helper_calls"] == 0 and seen["in_use"] == [], seen
+    assert any(n.startswith("gate runtime use: passed") and "0 call(s)" in n for n in _apply(dsn, gate))
+    with psycopg.connect(dsn, autocommit=True, application_name=OLD_APP) as c:  # old code asks who is calling
+        with c.transaction():
+            c.execute("select set_config('request.jwt.claims', '{\"customer_id\": \"1\"}', true)")
+            c.execute("select public.auth_customer_id()")
+        c.execute("select pg_stat_force_next_flush()")
+    seen = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
+    assert "legacy helper calls +1" in seen["in_use"], seen
+    msg = _refused(dsn, gate, psycopg.errors.ObjectInUse)
+    assert "1 call(s) of public.auth_customer_id()" in msg, msg
+
+
+def test_the_emitted_gate_refuses_a_window_without_application_traffic(fixture_db, tmp_path):
+    """The emitted gate, as the runner's: a window above 0 in which nothing wrote to the canonical or dependent tables
+    (the application down, or pointed at another database) proves nothing, and nothing of contract is applied; once
+    new code writes, it passes and names the writes it saw."""
+    import time
+
+    dsn = fixture_db
+    cfg = write_config(tmp_path, '[migration]\nobservation_window = "2s"\nrls_sample = 5\n')
+    gate = _switched_with_emitted_baseline(dsn, cfg, tmp_path)
+    time.sleep(2.3)
+    msg = _refused(dsn, gate, psycopg.errors.ObjectNotInPrerequisiteState)
+    assert "the window saw no application traffic: proves nothing" in msg, msg
+    assert "no writes to public.carts, public.orders, public.profiles, public.sessions" in msg, msg
+    _, profile = _person(dsn)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("insert into public.sessions (profile_id) values (%s)", (profile,))
+        c.execute("select pg_stat_force_next_flush()")
+    notices = _apply(dsn, gate)
+    assert any(n.startswith("gate runtime use: passed") and "application traffic: public.sessions +1" in n
+               for n in notices), notices

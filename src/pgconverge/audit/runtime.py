@@ -63,6 +63,9 @@ class RuntimeAudit:
     # Legacy rows pgconverge itself made over the same time (align's legacy_for_canonical, for people new code wrote
     # for who had none): inserts into the legacy table that are not old code's, taken off n_tup_ins.
     made: int = 0
+    # Calls of the legacy helper the sync triggers made over the same time (the caller's own legacy row of a merged
+    # person new code wrote for), taken off helper_calls.
+    sync_calls: int = 0
     # Per table (the canonical table and each dependent): {"writes": n_tup_ins+upd+del, "scans": seq+idx} since the
     # baseline; None: the baseline holds no such counters (taken by an earlier version).
     traffic: dict | None = None
@@ -132,6 +135,7 @@ class RuntimeAudit:
                 "old_code_rows": self.old_writes, "statements": self.statements, "unavailable": self.unavailable,
                 "not_measured": self.blind, "reset": self.reset, "reset_at": self.reset_at,
                 "in_use": self.in_use, "reads": self.reads, "legacy_rows_made": self.made,
+                "helper_calls_by_sync": self.sync_calls,
                 "traffic": self.traffic, "traffic_writes": self.writes_seen if self.traffic is not None else None,
                 "observation_window": {"seconds": self.observation_window, "observed_s": self.observed_s,
                                        "left_s": self.window_left_s, "open": self.window_open}}
@@ -181,6 +185,7 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
         ).fetchone()[0])
         _statistics_reset(conn, audit, now[0] if now else None, fn[0] if fn else None)
         _made_rows(conn, spec, audit)
+        _sync_calls(conn, spec, base, audit)
         _traffic(conn, cat, base, audit)
     pss = conn.execute("select n.nspname from pg_catalog.pg_extension e join pg_catalog.pg_namespace n "
                        "on n.oid = e.extnamespace where e.extname = 'pg_stat_statements'").fetchone()
@@ -348,6 +353,23 @@ def made_since(spec: Spec, since: sql.Composable) -> tuple[str, sql.Composable]:
     m = align.names(spec)["mapping"]
     return text(qn(m)), sql.SQL("select count(*) from {m} x where x.method = 'reverse' and x.decided_at >= {since}").format(
         m=qn(m), since=since)
+
+
+def _sync_calls(conn: psycopg.Connection, spec: Spec, base: dict, audit: RuntimeAudit) -> None:
+    """Take the legacy helper's calls the sync triggers made since the baseline off its calls: new code writing for
+    a merged person asks the helper which of their legacy rows is the caller's, which is not old code at work. Not
+    after a statistics reset (the calls count from a time the counter cannot be read at), nor without a baseline
+    value (taken by an earlier version): the calls then stand, on the side of refusing."""
+    from pgconverge.planning import switch
+
+    then = base.get("sync_helper_calls")
+    if audit.reset or then is None or not audit.helper_calls:
+        return
+    now = conn.execute(switch.sync_helper_calls_value(spec)).fetchone()[0]
+    if now is None or int(now) < int(then):
+        return
+    audit.sync_calls = int(now) - int(then)
+    audit.helper_calls = max(0, audit.helper_calls - audit.sync_calls)
 
 
 def _made_rows(conn: psycopg.Connection, spec: Spec, audit: RuntimeAudit) -> None:

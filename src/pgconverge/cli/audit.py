@@ -165,6 +165,9 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
                           "taken off n_tup_ins)", highlight=False)
         if audit.helper_calls is not None:
             console.print(f"  legacy helper calls: +{audit.helper_calls}", highlight=False)
+        if audit.sync_calls:
+            console.print(f"  legacy helper calls the sync triggers made for merged people new code wrote for: "
+                          f"{audit.sync_calls} (not old code: taken off the calls)", highlight=False)
         for w in audit.old_writes:
             console.print(f"  {escape(w['table'])}: +{w['rows']} row(s) written with {escape(w['column'])} only "
                           f"(old code; {escape(str(w['new_column']))} filled by the sync trigger)", highlight=False)

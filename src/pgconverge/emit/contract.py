@@ -86,23 +86,30 @@ def baseline_op(spec: Spec, cat: Catalog) -> EmittedSql:
     table, fn = baseline_table(spec), baseline_function(spec)
     code = sql.SQL(
         "insert into {t} (legacy_table, seq_scan, idx_scan, n_tup_ins, n_tup_upd, n_tup_del, legacy_helper, "
-        "helper_calls, track_functions, old_writes)\n"
+        "helper_calls, track_functions, old_writes, sync_helper_calls, traffic)\n"
         "select {lt}, coalesce(s.seq_scan, 0), coalesce(s.idx_scan, 0), coalesce(s.n_tup_ins, 0), "
         "coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_del, 0), {lh},\n"
         "  (select f.calls from pg_catalog.pg_stat_user_functions f where f.funcid = pg_catalog.to_regprocedure({lh})),\n"
         "  pg_catalog.current_setting('track_functions'),\n"
-        "  ({old})\n"
+        "  ({old}),\n"
+        "  ({sync})::bigint,\n"
+        "  ({traffic})\n"
         "from (select 1) as one left join pg_catalog.pg_stat_user_tables s on s.relid = pg_catalog.to_regclass({lt})\n"
         "returning taken_at").format(t=qn(table), lt=sql.Literal(text(qn(cat.legacy.name))),
                                      lh=sql.Literal(cat.legacy_helper.signature),
-                                     old=switch.old_writes_values(switch.old_writes_counters(spec, cat)))
+                                     old=switch.old_writes_values(switch.old_writes_counters(spec, cat)),
+                                     sync=switch.sync_helper_calls_value(spec),
+                                     traffic=switch.traffic_values(switch.traffic_tables(cat)))
     stmts = (
         sql.SQL("create table if not exists {} (taken_at timestamptz primary key default pg_catalog.clock_timestamp(), "
                 "legacy_table text not null, seq_scan bigint not null, idx_scan bigint not null, n_tup_ins bigint not null, n_tup_upd bigint not null, "
                 "n_tup_del bigint not null, legacy_helper text not null, helper_calls bigint, "
-                "track_functions text not null, old_writes jsonb)").format(qn(table)),
-        # A table made by an earlier version's file lacks the per-table counters of old code's rows.
-        sql.SQL("alter table {} add column if not exists old_writes jsonb").format(qn(table)),
+                "track_functions text not null, old_writes jsonb, sync_helper_calls bigint, traffic jsonb)").format(
+                    qn(table)),
+        # A table made by an earlier version's file lacks the per-table counters of old code's rows, the count of
+        # the helper's calls the sync triggers made and the counters of the canonical and dependent tables.
+        *(sql.SQL("alter table {} add column if not exists {} {}").format(qn(table), sql.Identifier(c), sql.SQL(t))
+          for c, t in (("old_writes", "jsonb"), ("sync_helper_calls", "bigint"), ("traffic", "jsonb"))),
         sql.SQL("create or replace function {}() returns timestamptz language sql volatile as {}").format(
             qn(fn), body(code)),
         sql.SQL("revoke all on function {}() from public").format(qn(fn)),
@@ -238,6 +245,20 @@ def _made_since(spec: Spec) -> sql.Composable:
         sql.Literal(mapping), count)
 
 
+def _writes(counters: str) -> sql.Composable:
+    """The rows inserted, updated and deleted in COUNTERS (a jsonb expression of one table's traffic counters)."""
+    return sql.SQL(" + ").join(sql.SQL("coalesce(({} ->> {})::bigint, 0)").format(sql.SQL(counters), sql.Literal(k))
+                               for k in ("n_tup_ins", "n_tup_upd", "n_tup_del"))
+
+
+def _sync_calls(spec: Spec) -> sql.Composable:
+    """PL/pgSQL taking the legacy helper's calls the sync triggers made since the baseline off CALLS (audit/runtime.py
+    _sync_calls): only where the baseline holds the counter's value and the counter has not gone below it."""
+    return sql.SQL("calls := greatest(0, calls - coalesce((select v.n - (bj ->> 'sync_helper_calls')::bigint\n"
+                   "      from (select ({})::bigint) as v(n) where v.n >= (bj ->> 'sync_helper_calls')::bigint), 0));"
+                   ).format(switch.sync_helper_calls_value(spec))
+
+
 def runtime_gate(spec: Spec, cat: Catalog, baseline_file: str) -> EmittedSql:
     """A DO block comparing the usage counters with the latest baseline; refuses on any write or helper call."""
     from pgconverge.audit import runtime
@@ -289,6 +310,9 @@ def runtime_gate(spec: Spec, cat: Catalog, baseline_file: str) -> EmittedSql:
                   f"baseline, select {fn}();, starts the window again); or set a shorter "
                   "migration.observation_window in pgconverge.toml and emit the files again; or go ahead now, on "
                   f"purpose: {accept}")
+    fix_quiet = (". Fix: check that the application runs against this database and writes, then apply this file "
+                 f"again; where the baseline holds no such counters (an earlier version's), take it again (select "
+                 f"{fn}();) and wait the window out. To go ahead anyway, on purpose: {accept}")
     code = sql.SQL("""
 declare
   setting constant text := {accept};
@@ -315,6 +339,8 @@ declare
   upd bigint;
   del bigint;
   msg text;
+  writes bigint;
+  traffic_msg text;
 begin
   if pg_catalog.to_regclass(baseline) is null then
     if accepted then
@@ -400,6 +426,8 @@ begin
     upd := s.n_tup_upd - b.n_tup_upd;
     del := s.n_tup_del - b.n_tup_del;
     calls := calls - coalesce(b.helper_calls, 0);
+    -- The helper's calls the sync triggers made (a merged person's own legacy row, for new code) are not old code's.
+    {sync_calls}
   end if;
   -- Legacy rows pgconverge made for people new code wrote for who had none are not old code's inserts.
   {made_since}
@@ -413,7 +441,32 @@ begin
          || case when made > 0 then pg_catalog.format(' (besides %s legacy row(s) pgconverge made for people new '
                                                       'code wrote for)', made) else '' end
          || coalesce('; ' || old_msg, '');
-  if ins + upd + del + calls + old_rows = 0 and observed >= window_s then
+  -- Whether the application wrote at all in the window: the writes to the canonical and dependent tables (a
+  -- partitioned table's summed over its partitions). A window above 0 that saw none, and no use of the legacy side,
+  -- proves nothing: the application down, or pointed at another database.
+  select coalesce(sum(t.n), 0), coalesce(pg_catalog.string_agg(pg_catalog.format('%s +%s', t.tbl, t.n), ', ')
+                                          filter (where t.n > 0), 'no writes to ' || pg_catalog.string_agg(t.tbl, ', '))
+    into writes, traffic_msg
+    from (select n.key as tbl, case when w.now_n >= w.base_n then w.now_n - w.base_n else w.now_n end as n
+            from pg_catalog.jsonb_each(({traffic})) as n
+            cross join lateral (select {sum_now} as now_n, {sum_base} as base_n) w) t;
+  if bj -> 'traffic' is null then
+    traffic_msg := 'application traffic: not measured (the baseline holds no counters of the canonical and '
+                   'dependent tables)';
+  else
+    traffic_msg := 'application traffic: ' || traffic_msg;
+  end if;
+  msg := msg || '; ' || traffic_msg;
+  if window_s > 0 and ins + upd + del + calls + old_rows = 0 and observed >= window_s
+     and (bj -> 'traffic' is null or writes = 0) then
+    if not accepted then
+      raise exception using errcode = 'object_not_in_prerequisite_state', message = pg_catalog.format(
+        'gate runtime use: the window saw no application traffic: proves nothing (%s since %s: the application '
+        'down, or pointed at another database?); nothing of contract was applied', traffic_msg, since_what)
+        || {fix_quiet};
+    end if;
+    raise warning 'gate runtime use: the window saw no application traffic (%); accepted by %', traffic_msg, setting;
+  elsif ins + upd + del + calls + old_rows = 0 and observed >= window_s then
     raise notice 'gate runtime use: passed, %; observed for % s (observation window % s)', msg,
       pg_catalog.round(observed::numeric, 1), window_s;
   elsif accepted then
@@ -442,7 +495,9 @@ end""").format(accept=sql.Literal(ACCEPT_SETTING), tname=sql.Literal(text(qn(tab
                fix_use=sql.Literal(fix_use), fix_missing=sql.Literal(fix_missing), fix_empty=sql.Literal(fix_empty),
                fix_window=sql.Literal(fix_window), fix_track=sql.Literal(fix_track),
                fix_reset=sql.Literal(fix_reset), accept_tail=sql.Literal(accept_tail),
-               track_counts_off=sql.SQL(runtime.TRACK_COUNTS_OFF), made_since=_made_since(spec))
+               track_counts_off=sql.SQL(runtime.TRACK_COUNTS_OFF), made_since=_made_since(spec), sync_calls=_sync_calls(spec),
+               traffic=switch.traffic_values(switch.traffic_tables(cat)), sum_now=_writes("n.value"),
+               sum_base=_writes("(bj -> 'traffic' -> n.key)"), fix_quiet=sql.Literal(fix_quiet))
     stmt = sql.SQL("do {}").format(body(code))
     header = (
         "Contract gate 2 of 2: no runtime use of the legacy side. Reads the usage counters of the legacy table "

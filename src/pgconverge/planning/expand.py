@@ -152,7 +152,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         sync = CreateFunction(n.sync_fn, "", _sync_function(spec, cat, d, n, reconciles(spec, cat, d, n)),
                               why=f"keep {legacy_col} and {n.new} of {d.table.name} consistent")
         fill = (fill_function(spec, cat, d, n),) if shapes.fills_at_commit(d) else ()
-        add(n, "sync_function", Together((old_writes_sequence(n, d), sync, *fill),
+        add(n, "sync_function", Together((old_writes_sequence(n, d), helper_calls_sequence_op(spec), sync, *fill),
                                          "the function counts with the sequence"))
         add(n, "sync_trigger", sync_triggers(spec, cat, d, n))
         if d.partitioned:
@@ -577,6 +577,23 @@ def old_writes_sequence(n: Names, d: Dependent) -> Operation:
                            f"{n.legacy} only (old code), for the runtime audit and the contract gate")
 
 
+def helper_calls_sequence(spec: Spec) -> QualifiedName:
+    """The counter of the legacy helper's calls the sync triggers make (the caller's own legacy row of a merged
+    person): the runtime audit takes them off the helper's calls, which would otherwise read as old code."""
+    return QualifiedName(spec.migration.private_schema, "legacy_helper_calls_by_sync")
+
+
+def helper_calls_sequence_op(spec: Spec) -> Operation:
+    return RunSql(sql.SQL("create sequence if not exists {} as bigint").format(qn(helper_calls_sequence(spec))),
+                  f"create sequence {helper_calls_sequence(spec)}: counts the legacy helper's calls the sync "
+                  "triggers make, which are not old code's")
+
+
+def drop_helper_calls_sequence(spec: Spec) -> Operation:
+    return RunSql(sql.SQL("drop sequence if exists {}").format(qn(helper_calls_sequence(spec))),
+                  f"drop sequence {helper_calls_sequence(spec)}")
+
+
 def drop_old_writes_sequence(n: Names) -> Operation:
     return RunSql(sql.SQL("drop sequence if exists {}").format(qn(n.old_writes)), f"drop sequence {n.old_writes}")
 
@@ -647,7 +664,8 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
              align_row=qn(an["align_row"]), table=sql.Literal(str(d.table.name)),
              lname=sql.Literal(legacy_col), nname=sql.Literal(new),
              helper=qn(cat.legacy_helper.name), ct=qn(cat.canonical.name), ck=ident(spec.canonical.key),
-             placing=sql.Literal(align.PLACING))
+             placing=sql.Literal(align.PLACING), calls=sql.Literal(text(qn(helper_calls_sequence(spec)))),
+             helper_type=sql.SQL(cat.legacy_helper.returns))
     tag = hashlib.md5(f"{d.table.name}|{legacy_col}".encode()).hexdigest()[:8]
     p.update(last=sql.Literal(n.last_trigger), gl=sql.Literal(f"pgconverge.sync_{tag}_l_"),
              gn=sql.Literal(f"pgconverge.sync_{tag}_n_"))
@@ -657,8 +675,10 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
     p["legacy_of_new"] = sql.SQL("""select m.{ml}, count(*) over () into new.{l}, several from {m} m where m.{mn} = new.{n}
           and {alive} order by m.{ml} limit 1;
         if several > 1 then  -- a merged person: the caller's own legacy row, which the legacy policies check
+          caller := {helper}();  -- once, and counted: these calls are not old code's (the runtime audit)
+          perform pg_catalog.nextval(c.s) from (select pg_catalog.to_regclass({calls}) as s) c where c.s is not null;
           select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n} and {alive}
-            order by m.{ml} is not distinct from {helper}() desc, m.{ml} limit 1;
+            order by m.{ml} is not distinct from caller desc, m.{ml} limit 1;
         elsif new.{l} is null and pg_catalog.current_setting({aligning}, true) <> '' and exists (
             select 1 from {ct} p where p.{ck} = new.{n} and {ckey} = pg_catalog.current_setting({aligning_key}, true)) then
           -- written from inside the creation of this person's canonical row (an application trigger on the
@@ -680,7 +700,8 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
     code = sql.SQL("""
 declare
   mapped {ck_type};
-  several bigint;{last_vars}
+  several bigint;
+  caller {helper_type};{last_vars}
 begin{reconcile}
   if new.{l} is not null and (tg_op = 'INSERT' or new.{l} is distinct from old.{l} or new.{n} is distinct from old.{n}) then
     select m.{mn} into mapped from {m} m where m.{ml} = new.{l};
@@ -1024,7 +1045,8 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             f"old code's rows need the trigger while {n.new} exists"), (f"{fwd}.sync_trigger", *done_with_column)))
         steps.append(Step(f"{rid}.drop_sync_function", "rollback", Together(
             (DropFunction(n.sync_fn, ""), *((DropFunction(n.fill_fn, ""),) if at_commit else ()),
-             drop_old_writes_sequence(n)), "the sequence only counts for the function"),
+             drop_old_writes_sequence(n), drop_helper_calls_sequence(spec)),
+            "the sequences only count for the function"),
             (f"{fwd}.sync_function",)))
         if d.partitioned:
             steps.append(Step(f"{rid}.drop_backfill_function", "rollback", DropFunction(n.late_fn, LATE_ARGS),

@@ -242,8 +242,19 @@ def runtime_baseline(spec: Spec, cat: Catalog) -> Snapshot:
             "select coalesce((select to_jsonb(s) - 'funcid' from pg_catalog.pg_stat_user_functions s "
             "where s.funcid = {}::regprocedure), 'null'::jsonb)").format(sql.Literal(cat.legacy_helper.signature))),
         ("traffic", traffic_values(traffic_tables(cat))),
+        ("sync_helper_calls", sync_helper_calls_value(spec)),
         ("taken_at", sql.SQL("select to_jsonb(clock_timestamp())")),
     ), "the usage counters of the legacy table and helper")
+
+
+def sync_helper_calls_value(spec: Spec) -> sql.Composable:
+    """A query of one jsonb value: the legacy helper's calls the sync triggers made (expand's counter), null where
+    the counter is missing."""
+    from pgconverge.planning import expand
+
+    s = sql.Literal(text(qn(expand.helper_calls_sequence(spec))))
+    return sql.SQL("select to_jsonb(case when pg_catalog.to_regclass({s}) is null then null else "
+                   "coalesce(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass({s})), 0) end)").format(s=s)
 
 
 def traffic_tables(cat: Catalog) -> list[str]:
@@ -252,12 +263,23 @@ def traffic_tables(cat: Catalog) -> list[str]:
 
 
 def traffic_values(tables: list[str]) -> sql.Composable:
-    """A jsonb object: each of TABLES (that has a statistics row) → its pg_stat_user_tables counters."""
+    """A jsonb object: each of TABLES (that has a statistics row) → its pg_stat_user_tables counters. A partitioned
+    table's own row counts nothing (its rows live in its partitions), so a table's counters are the sums over its
+    whole partition tree. The emitted runtime gate runs it inside PL/pgSQL: its aliases are none of that block's
+    variables."""
+    sums = sql.SQL(", ").join(
+        sql.SQL("{k}, coalesce(sum(ts.{c}), 0)").format(k=sql.Literal(c), c=sql.Identifier(c)) for c in TRAFFIC_COUNTERS)
     return sql.SQL(
-        "select coalesce(pg_catalog.jsonb_object_agg(t.name, to_jsonb(s) - 'relid'), '{{}}'::jsonb) "
-        "from pg_catalog.unnest({}::text[]) as t(name) "
-        "join pg_catalog.pg_stat_user_tables s on s.relid = pg_catalog.to_regclass(t.name)").format(
-        sql.Literal(tables))
+        "select coalesce(pg_catalog.jsonb_object_agg(tn.name, tc.v), '{{}}'::jsonb) "
+        "from pg_catalog.unnest({tables}::text[]) as tn(name) "
+        "cross join lateral (select count(ts.relid) as n, pg_catalog.jsonb_build_object({sums}) as v "
+        "from pg_catalog.pg_stat_user_tables ts where ts.relid in (select pg_catalog.to_regclass(tn.name) "
+        "union select tp.relid from pg_catalog.pg_partition_tree(pg_catalog.to_regclass(tn.name)) tp)) tc "
+        "where tc.n > 0").format(tables=sql.Literal(tables), sums=sums)
+
+
+# The counters traffic_values sums (the runtime audit's TABLE_COUNTERS).
+TRAFFIC_COUNTERS = ("seq_scan", "idx_scan", "n_tup_ins", "n_tup_upd", "n_tup_del")
 
 
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
