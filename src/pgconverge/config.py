@@ -115,6 +115,9 @@ class Settings:
     # Views and materialized views that read a legacy column or the legacy table, as "schema.view", that the
     # user drops or re-creates before contract (plan refuses the others; contract refuses while any remains).
     accept_views: tuple[str, ...] = ()
+    # Canonical columns whose default reads who is calling (auth.uid(), say) that rows align creates may take from
+    # the writer of the legacy row: the user says every legacy row is written by the person it is for.
+    accept_caller_defaults: tuple[str, ...] = ()
     # Compared tables whose policies are meant to hide an owner's own rows from the owner's token (readable only
     # with an admin claim, insert-only), as "schema.table": the RLS check does not fail them as proving nothing,
     # and its verdict names them as not proven.
@@ -293,6 +296,10 @@ def _value(source: str, section: str, key: str, value: Any) -> Any:
     if key == "accept_views":
         if not isinstance(value, list) or not all(isinstance(v, str) and "." in v for v in value):
             raise _bad(*where, "a list of \"schema.view\" names")
+        return tuple(value)
+    if key == "accept_caller_defaults":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise _bad(*where, "a list of column names of the canonical table, e.g. [\"owner_id\"]")
         return tuple(value)
     if key == "rls_hidden_from_owners":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

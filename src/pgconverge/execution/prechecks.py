@@ -445,6 +445,7 @@ def configuration(conn: psycopg.Connection, spec: Spec, cats) -> None:
             "database: the switch would leave nothing to you by it",
             fix=(f"policies on {table}: {', '.join(here)}" if here else f"{table} has no policies")
                 + "; write each entry as schema.table.policy, as `pgconverge plan switch` names them")
+    _accepted_caller_defaults(spec, cats.current.canonical)
     archive = spec.migration.archive_schema
     app_schemas = {d.table.name.schema for d in cat.dependents} | {t.name.schema for t in cat.tables}
     if archive in app_schemas:
@@ -457,6 +458,21 @@ def configuration(conn: psycopg.Connection, spec: Spec, cats) -> None:
         return
     _canonical_helper(conn, spec, cat)
     _legacy_claim(spec, cat)
+
+
+def _accepted_caller_defaults(spec: Spec, can) -> None:
+    """Every migration.accept_caller_defaults entry is a column of the canonical table whose default reads the
+    caller: a misspelt one would accept nothing, and the refusal it was meant for would stand unexplained."""
+    from pgconverge.planning import align
+
+    readers = {c for c, _ in align.caller_defaults(spec, can)}
+    unknown = [c for c in spec.migration.accept_caller_defaults if c not in readers]
+    if unknown:
+        raise ConfigError(
+            f"{spec.source}: migration.accept_caller_defaults names {', '.join(map(repr, unknown))}, which is no "
+            f"column of {can.name} whose default reads who is calling",
+            fix=(f"such columns of {can.name}: {', '.join(sorted(readers))}" if readers else
+                 f"{can.name} has no such column: remove the entry"))
 
 
 def _canonical_helper(conn: psycopg.Connection, spec: Spec, cat) -> None:

@@ -65,6 +65,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     leg, can = cat.legacy, cat.canonical
     key_insert = _canonical_key_source(spec, can, leg)
     _check_creatable(spec, can)
+    _check_caller_defaults(spec, cat)
     lk, ck = leg.column(spec.legacy.key), can.column(spec.canonical.key)
     steps = [
         ("private_schema", CreatePrivateSchema(spec, cat.roles)),
@@ -344,6 +345,74 @@ def _check_creatable(spec: Spec, can: Table) -> None:
         raise CatalogError(
             f"{can.name} has NOT NULL column(s) {', '.join(missing)} with no default: pgconverge cannot fill them "
             "when it creates a canonical row", fix=UNFILLED_FIX)
+
+
+# What a column default may read that is the session's caller, not the person a row is for.
+_CALLER_FUNCTIONS = {("auth", "uid"), ("auth", "jwt"), ("auth", "email"), ("auth", "role")}
+_CALLER_VALUES = {"CURRENT_USER", "SESSION_USER", "USER", "CURRENT_ROLE"}
+
+
+def caller_defaults(spec: Spec, can: Table) -> list[tuple[str, str]]:
+    """(column, its default) of the canonical table's columns a created row leaves to their default where that default
+    reads who is calling: auth.uid(), auth.jwt(), auth.email(), auth.role(), CURRENT_USER and its kin, a request.jwt
+    setting, or the legacy or canonical helper. A canonical row align's trigger creates takes those from whoever wrote
+    the legacy row (an admin registering someone), and one align's batches create from no one."""
+    from pglast import ast, enums, parse_sql
+    from pglast.parser import ParseError
+
+    from pgconverge.catalog.calls import _walk
+    from pgconverge.planning.rls_ast import strings
+
+    helpers = {tuple(str(n).split(".")) for n in (spec.legacy.helper, spec.canonical.helper)}
+    helpers |= {(h[-1],) for h in helpers}
+    filled = {*spec.canonical.match_columns, *(c for _, c in spec.canonical.copy_columns)}
+    out = []
+    for col in can.columns:
+        if col.name in filled or col.default is None or col.generated:
+            continue
+        try:
+            nodes = list(_walk(parse_sql(f"select {col.default}")[0].stmt))
+        except ParseError:
+            continue
+        for n in nodes:
+            if isinstance(n, ast.FuncCall):
+                name = strings(n.funcname)
+                arg = n.args[0] if n.args else None
+                setting = (name[-1] == "current_setting" and isinstance(arg, ast.A_Const)
+                           and isinstance(arg.val, ast.String) and arg.val.sval.startswith("request.jwt"))
+                if name in _CALLER_FUNCTIONS or name in helpers or setting:
+                    break
+            elif (isinstance(n, ast.SQLValueFunction)
+                  and enums.SQLValueFunctionOp(n.op).name.replace("SVFOP_", "") in _CALLER_VALUES):
+                break
+        else:
+            continue
+        out.append((col.name, col.default))
+    return out
+
+
+def _check_caller_defaults(spec: Spec, cat: Catalog) -> None:
+    """Refuse, before any change, a canonical column whose default reads the caller (caller_defaults), where align
+    may create canonical rows and the column is not accepted in migration.accept_caller_defaults."""
+    can, leg = cat.canonical, cat.legacy
+    found = [(c, d) for c, d in caller_defaults(spec, can) if c not in spec.migration.accept_caller_defaults]
+    if not found or effective_unmatched(spec, cat) == "refuse":
+        return
+    fixes = []
+    for c, _ in found:
+        fk = next((f for f in can.foreign_keys if f.columns == (c,)), None)
+        same = [f.columns[0] for f in leg.foreign_keys if fk is not None and len(f.columns) == 1
+                and f.ref_table == fk.ref_table and f.ref_columns == fk.ref_columns]
+        fixes.append(f'copy it from the legacy column that holds the person\'s own value: canonical.copy_columns = '
+                     f'{{ {same[0] if same else "legacy_column"} = "{c}" }}')
+    listed = ", ".join(f"{c} (default {d})" for c, d in found)
+    raise CatalogError(
+        f"{can.name} column(s) {listed} read who is calling: a {can.name} row pgconverge creates for a {leg.name} row "
+        "takes them from whoever wrote that row (an admin or a service registering someone would own the new "
+        "identity), and a row align's own batches create gets them empty",
+        fix="; ".join(dict.fromkeys(fixes)) + "; or, where every legacy row is written by the person it is for "
+        "(people signing themselves up) and rows align creates for the existing ones may have it empty, accept it: "
+        f"migration.accept_caller_defaults = [{', '.join(repr(c).replace(chr(39), chr(34)) for c, _ in found)}]")
 
 
 def effective_unmatched(spec: Spec, cat: Catalog) -> str:
