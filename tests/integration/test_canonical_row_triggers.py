@@ -80,6 +80,8 @@ create trigger on_auth_user_created after insert on auth.users for each row exec
             "public.profiles: align makes a public.profiles row for each legacy row that matches none") in planned, \
         planned[-3000:]
     assert "INSERT … ON CONFLICT (whatsapp_e164) DO UPDATE" in planned, planned[-3000:]
+    # A rule on the raw column sees two spellings of one number as two people, where pgconverge sees one.
+    assert "a unique rule on the raw column, and ON CONFLICT on it, tell them apart" in planned, planned[-3000:]
 
 
 SIGN_UP_BOTH = """

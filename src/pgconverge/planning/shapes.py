@@ -385,8 +385,10 @@ def _canonical_writers(spec: Spec, cat: Catalog) -> list[Finding]:
         f"trigger {show_identifier(trg)} on {table}", LISTED,
         f"calls {fn}, which inserts into {can}: align makes a {can} row for each legacy row that matches none (and "
         f"its trigger does so for every one old code adds until contract), so a row this function inserts later for "
-        f"the same person (a sign-up with that {numbers}) meets it: a unique rule over {numbers} fails that insert, "
-        f"and without one the person gets a second {can} row, with the legacy rows on the first",
+        f"the same person (a sign-up with that {numbers}) meets it: a unique rule over {numbers} fails that insert "
+        f"where it sees the same value, and otherwise the person gets a second {can} row, with the legacy rows on the "
+        "first (pgconverge matches spellings as one, e-mails by case and spaces, phone numbers by their digits: a "
+        "unique rule on the raw column, and ON CONFLICT on it, tell them apart)",
         f"make {fn} take over the {can} row already there for the same {numbers} (INSERT … ON CONFLICT ({numbers}) "
         f"DO UPDATE, or an UPDATE first) before align, or decide such legacy rows by hand (`pgconverge align "
         "--decisions FILE`)") for trg, table, fn, *src in cat.canonical_writers
