@@ -307,6 +307,7 @@ def test_a_helper_that_cannot_be_derived_is_refused_before_the_switch_changes_an
             out = " ".join(cli(*args, "--dsn", dsn, "--config", cfg, expect=2).split())
             assert "cannot derive public.auth_profile_id() from the legacy helper public.auth_customer_id()" in out
             assert reason in out and "fix: rewrite public.auth_customer_id() as one SELECT" in out, out
+            assert "where no column of public.customers holds its person's auth user id" in out, out
         cli("plan", "align", "--dsn", dsn, "--config", cfg)  # align and expand do not depend on it
         for phase in ("align", "expand"):
             cli("run", phase, "--dsn", dsn, "--config", cfg)

@@ -108,8 +108,9 @@ def helper_fix(spec: Spec, cat: Catalog) -> str:
     return (f"rewrite {spec.legacy.helper}() as one SELECT (LANGUAGE sql) or one RETURN (plpgsql) of the "
             f"'{spec.legacy.claim}' claim, read from request.jwt.claims, request.jwt.claim.{spec.legacy.claim} or "
             f"auth.jwt() and cast to {typ}, or of a lookup of the caller's {spec.legacy.table} row by auth.uid() "
-            "(a function it calls may do the reading; schema-qualify every name), or point legacy.helper at the "
-            "function that does; then run `pgconverge plan` again")
+            f"(a function it calls may do the reading; schema-qualify every name; where no column of "
+            f"{spec.legacy.table} holds its person's auth user id, a lookup by e-mail say, add one and fill it "
+            "first), or point legacy.helper at the function that does; then run `pgconverge plan` again")
 
 
 def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
