@@ -157,6 +157,7 @@ def test_contract_is_blocked_while_the_canonical_helper_reads_what_it_archives(m
         out = " ".join(cli("run", "contract", *accept, "--dsn", dsn, "--config", cfg, expect=2).split())
         assert "canonical helper stands alone" in out and "public.auth_profile_id() reads" in out, out
         assert "customers" in out and "legacy_customer_profile" in out and "run contract again" in out, out
+        assert "under a unique rule" in out and "then `select auth.uid()` is the helper" in out, out
         assert schema_dump(conn, ("public", "pgconverge")) == before  # nothing dropped, nothing archived
         _canonical_helper_by_hand(conn)
     cli("run", "contract", *accept, "--dsn", dsn, "--config", cfg)

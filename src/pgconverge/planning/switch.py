@@ -78,7 +78,10 @@ def by_auth_user(spec: Spec, cat: Catalog) -> str:
         typ = cat.canonical.column(spec.canonical.key).type
         return (f"{spec.canonical.table}.{spec.canonical.key} is the auth user's id, so `select auth.uid()::{typ}` "
                 "is the helper")
-    return "through the canonical table's own link to the auth user"
+    return ("through the canonical table's own link to the auth user: a column naming one auth user per row under a "
+            "unique rule (one a person shares between rows, an owner of several accounts say, needs a condition "
+            "that picks their own row), or the key itself where the application makes it the auth user's id, and "
+            "then `select auth.uid()` is the helper")
 
 
 def mapping_owners(spec: Spec, cat: Catalog, helper) -> tuple[str, ...]:
