@@ -84,6 +84,7 @@ def test_a_statistics_reset_after_the_switch_is_named_as_one_not_as_use(make_db,
                            expect=2).split())
     assert "+-" not in refused and "find and update the callers" not in refused, refused
     assert "statistics were reset" in refused and "pgconverge audit runtime --rebaseline" in refused, refused
+    assert "or; or" not in refused and "--rebaseline`; or pass --accept-runtime-use" in refused, refused
     # After checking, a new baseline counts from now: nothing unmeasured, nothing in use.
     fresh = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg, "--rebaseline")
     assert not fresh["reset"] and fresh["not_measured"] == [] and fresh["in_use"] == [], fresh

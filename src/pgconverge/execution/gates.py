@@ -280,12 +280,12 @@ def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:
                        + "), so use since the baseline was not measured: check that no old code runs, then take "
                          "the baseline again with `pgconverge audit runtime --rebaseline`"
                        + (" (or wait until the observation window has passed since the reset)"
-                          if rt.reset_at and rt.observation_window > 0 else "") + ", or")
+                          if rt.reset_at and rt.observation_window > 0 else ""))
     elif rt.quiet:
         unblock.append("run contract once the application has run against this database for the observation window "
-                       "(check its connection string), or")
+                       "(check its connection string)")
     elif rt.blind:
-        unblock.append("give the gate its counters back (the `unavailable` lines say how for each), or")
+        unblock.append("give the gate its counters back (the `unavailable` lines say how for each)")
     if any(w["rows"] for w in rt.old_writes):
         unblock.append("update the code that writes " + ", ".join(
             f"{w['table']} with only {w['column']}" for w in rt.old_writes if w["rows"])
