@@ -10,8 +10,8 @@ import psycopg
 
 from pgconverge.catalog import calls, mentions, queries as q
 from pgconverge.catalog.model import (
-    Catalog, Column, Constraint, Dependent, ForeignKey, Function, Grant, Index, Partition, Policy, Table, Trigger,
-    View,
+    Catalog, Column, Constraint, Dependent, ForeignKey, Function, Grant, Index, Partition, Policy, Rule, Table,
+    Trigger, View,
 )
 from pgconverge.config import QualifiedName, Spec
 from pgconverge.errors import CatalogError
@@ -151,6 +151,10 @@ class _Reader:
         trg: dict[int, list[Trigger]] = defaultdict(list)
         for rel, tname, fns, fname, tdef, enabled in self.rows(q.TRIGGERS, oids=oids):
             trg[rel].append(Trigger(tname, QualifiedName("", ""), QualifiedName(fns, fname), tdef, enabled))
+        rules: dict[int, list[Rule]] = defaultdict(list)
+        events = {"1": "SELECT", "2": "UPDATE", "3": "INSERT", "4": "DELETE"}
+        for rel, rname, ev, instead, rdef, enabled in self.rows(q.RULES, oids=oids):
+            rules[rel].append(Rule(rname, events.get(str(ev), str(ev)), instead, rdef, enabled))
         out = {}
         for oid, ns, name, rls, forced, owner, est in self.rows(q.TABLES, oids=oids):
             qn = QualifiedName(ns, name)
@@ -158,7 +162,8 @@ class _Reader:
                 name=qn, oid=oid, columns=tuple(cols[oid]), primary_key=pk.get(oid, ()),
                 unique_keys=tuple(uniq_keys[oid]), indexes=tuple(idx[oid]), foreign_keys=tuple(fks[oid]),
                 triggers=tuple(Trigger(t.name, qn, t.function, t.definition, t.enabled) for t in trg[oid]),
-                rls_enabled=rls, rls_forced=forced, owner=owner, row_estimate=est, constraints=tuple(cons[oid]))
+                rls_enabled=rls, rls_forced=forced, owner=owner, row_estimate=est, constraints=tuple(cons[oid]),
+                rules=tuple(rules[oid]))
         return out
 
     def _check_column(self, key: str, table: Table, column: str) -> None:

@@ -82,6 +82,16 @@ class Trigger:
 
 
 @dataclass(frozen=True)
+class Rule:
+    """A rewrite rule on a table (CREATE RULE), not a view's own _RETURN."""
+    name: str
+    event: str  # SELECT, UPDATE, INSERT, DELETE
+    instead: bool
+    definition: str  # pg_get_ruledef
+    enabled: str  # O, D, R, A
+
+
+@dataclass(frozen=True)
 class Table:
     name: QualifiedName
     oid: int
@@ -96,6 +106,7 @@ class Table:
     owner: str
     row_estimate: int
     constraints: tuple[Constraint, ...] = ()  # primary key, unique, check and exclusion constraints
+    rules: tuple[Rule, ...] = ()
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)

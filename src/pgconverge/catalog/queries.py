@@ -79,6 +79,14 @@ where not t.tgisinternal and t.tgrelid = any(%(oids)s)
 order by t.tgname
 """
 
+# Rewrite rules of tables (a view's own _RETURN rule aside); ev_type 1 SELECT, 2 UPDATE, 3 INSERT, 4 DELETE.
+RULES = """
+select r.ev_class, r.rulename, r.ev_type, r.is_instead, pg_get_ruledef(r.oid), r.ev_enabled
+from pg_rewrite r
+where r.ev_class = any(%(oids)s) and r.rulename <> '_RETURN'
+order by r.rulename
+"""
+
 POLICIES = """
 select pol.oid, n.nspname, c.relname, c.oid, pol.polname, pol.polcmd, pol.polpermissive,
        case when pol.polroles = '{0}' then array['public']::text[]

@@ -9,7 +9,7 @@ from pgconverge.catalog import model
 from pgconverge.config import QualifiedName
 
 _TYPES = {cls.__name__: cls for cls in (
-    model.Column, model.Constraint, model.Index, model.ForeignKey, model.Trigger, model.Table, model.Policy,
+    model.Column, model.Constraint, model.Index, model.ForeignKey, model.Trigger, model.Rule, model.Table, model.Policy,
     model.Function, model.View, model.Grant, model.Dependent, model.Partition, model.Catalog, QualifiedName)}
 
 

@@ -272,11 +272,55 @@ def findings(spec: Spec, cat: Catalog) -> list[Finding]:
     out += _views(spec, cat)
     out += _functions(spec, cat)
     out += _switch_review(spec, cat)
+    out += _rules(cat)
     out += _canonical_triggers(cat)
     out += _canonical_writers(spec, cat)
     if cat.dependents:
         out.append(_canonical_deletes(cat))
     out += _legacy_rows_made(spec, cat)
+    return out
+
+
+def _rules(cat: Catalog) -> list[Finding]:
+    """Rewrite rules (CREATE RULE) on the tables pgconverge writes. A rule rewrites the statement before any trigger
+    fires, so it sees the values the statement gives, not the row as the sync trigger completes it; and Postgres
+    refuses some of pgconverge's statements on a table with rules (INSERT … ON CONFLICT with an INSERT or UPDATE
+    rule; an UPDATE in a WITH query, the backfill's, with an UPDATE rule)."""
+    out = []
+    fix = ("replace it by a trigger (AFTER … FOR EACH ROW sees the row as the sync trigger completes it), or drop it "
+           "for the migration")
+    for t, role in ((cat.legacy, "legacy"), (cat.canonical, "canonical")):
+        for r in t.rules:
+            if r.enabled != "D" and r.event != "SELECT":
+                out.append(Finding(
+                    f"rule {show_identifier(r.name)} on {t.name}", REFUSED,
+                    f"a {'DO INSTEAD' if r.instead else 'DO ALSO'} rule on {r.event} of the {role} table: pgconverge "
+                    f"inserts, updates and deletes {t.name} rows itself (align's matching and its trigger, the "
+                    "rollbacks), which the rule would rewrite, and Postgres refuses INSERT … ON CONFLICT on a table "
+                    "with INSERT or UPDATE rules", fix))
+    seen = set()
+    for d in cat.dependents:
+        if d.table.name in seen:
+            continue
+        seen.add(d.table.name)
+        legacy_cols = {x.fk.columns[0] for x in cat.dependents if x.table.name == d.table.name}
+        for r in d.table.rules:
+            if r.enabled == "D":
+                continue
+            what = f"rule {show_identifier(r.name)} on {d.table.name}"
+            kind = f"a {'DO INSTEAD' if r.instead else 'DO ALSO'} rule on {r.event}"
+            named = sorted(c for c in legacy_cols if re.search(rf"(?<![\w$]){re.escape(c)}(?![\w$])", r.definition))
+            if r.event == "UPDATE":
+                out.append(Finding(what, REFUSED, f"{kind}: expand's backfill updates every row in a WITH query, "
+                                                  "which Postgres refuses on a table with UPDATE rules", fix))
+            elif named and r.event == "INSERT":
+                out.append(Finding(what, REFUSED, f"{kind} reading {', '.join(named)}: it sees the values the "
+                                                  f"statement gives, so from expand on it reads {', '.join(named)} as "
+                                                  "NULL for every row new code writes (the sync trigger fills it "
+                                                  "later)", fix))
+            elif named:
+                out.append(Finding(what, LISTED, f"{kind} reading {', '.join(named)}, which contract drops: rewrite "
+                                                 "it on the new column before contract (its gate names it)"))
     return out
 
 
@@ -1021,8 +1065,9 @@ def with_legacy_id(d: Dependent) -> Rows:
 
 # The object of pg_depend row d, as a person names it (a view rather than its rewrite rule).
 DESCRIBE = sql.SQL(
-    "case when d.classid = 'pg_catalog.pg_rewrite'::regclass then (select format('%s %I.%I', case c.relkind when "
-    "'m' then 'materialized view' else 'view' end, n.nspname, c.relname) from pg_catalog.pg_rewrite r join "
+    "case when d.classid = 'pg_catalog.pg_rewrite'::regclass then (select case when r.rulename <> '_RETURN' then "
+    "format('rule %I on %I.%I', r.rulename, n.nspname, c.relname) else format('%s %I.%I', case c.relkind when "
+    "'m' then 'materialized view' else 'view' end, n.nspname, c.relname) end from pg_catalog.pg_rewrite r join "
     "pg_catalog.pg_class c on c.oid = r.ev_class join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
     "where r.oid = d.objid) else pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) end")
 
