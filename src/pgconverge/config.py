@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,9 @@ class LegacySide:
     # one column, or several matched together (a tuple); `match` is one kind for all or one per column
     match_column: str | tuple[str, ...] = "wa_id"
     match: str | tuple[str, ...] = "phone"
-    helper: QualifiedName = QualifiedName("public", "auth_customer_id")
+    # The function the RLS policies call for the caller's legacy id; None (legacy.helper = "") where the database
+    # has none: no policy identifies the caller, the application filters by user itself.
+    helper: QualifiedName | None = QualifiedName("public", "auth_customer_id")
     claim: str = "customer_id"
 
     @property
@@ -69,7 +71,7 @@ class CanonicalSide:
     table: QualifiedName = QualifiedName("public", "profiles")
     key: str = "user_id"
     match_column: str | tuple[str, ...] = "whatsapp_e164"
-    helper: QualifiedName = QualifiedName("public", "auth_profile_id")
+    helper: QualifiedName | None = QualifiedName("public", "auth_profile_id")  # None where legacy.helper is ""
     claim: str = "profile_id"
     # legacy column -> canonical column, copied when a canonical row is created for a legacy row
     copy_columns: tuple[tuple[str, str], ...] = (("display_name", "display_name"),)
@@ -144,9 +146,15 @@ class Spec:
         """The mapping's legacy-id column, named as a dependent table would name its FK (customer_id)."""
         return f"{_singular(self.legacy.table.name)}_id"
 
+    @property
+    def has_helper(self) -> bool:
+        """Whether the database has an RLS identity helper (legacy.helper is not "")."""
+        return self.legacy.helper is not None
 
     def as_dict(self) -> dict:
         def conv(v: Any) -> Any:
+            if v is None:
+                return ""
             if isinstance(v, QualifiedName):
                 return str(v)
             if isinstance(v, tuple):
@@ -215,6 +223,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Spec:
             kwargs[key] = _value(source, section, key, value)
         parts[section] = cls(**kwargs)
     spec = Spec(**parts, source=source)
+    spec = _no_helper(spec, data)
     _cross_check(spec)
     return spec
 
@@ -231,6 +240,8 @@ def _bad(source: str, section: str, key: str, value: Any, expected: str) -> Conf
 
 def _value(source: str, section: str, key: str, value: Any) -> Any:
     where = (source, section, key, value)
+    if key == "helper" and value == "":
+        return None  # no RLS identity helper in this database (legacy.helper = "")
     if key in _QUALIFIED:
         if not isinstance(value, str):
             raise _bad(*where, "a string like \"public.customers\"")
@@ -432,6 +443,23 @@ def _as_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def _no_helper(spec: Spec, data: dict[str, Any]) -> Spec:
+    """Without a legacy helper (legacy.helper = ""), there is no canonical helper either."""
+    if spec.legacy.helper is not None:
+        if spec.canonical.helper is None:
+            raise ConfigError(f"{spec.source}: canonical.helper = \"\" but legacy.helper names "
+                              f"{spec.legacy.helper}: the switch derives the canonical helper from the legacy one",
+                              fix="name the canonical helper the switch creates (e.g. public.auth_profile_id), or "
+                                  "set legacy.helper = \"\" too where the database has no RLS identity helper")
+        return spec
+    if data.get("canonical", {}).get("helper", ""):
+        raise ConfigError(f"{spec.source}: canonical.helper is set but legacy.helper = \"\" says the database has no "
+                          "RLS identity helper: the canonical helper is derived from the legacy one",
+                          fix="remove canonical.helper, or set legacy.helper to the function your RLS policies call "
+                              "for the caller's legacy id")
+    return replace(spec, canonical=replace(spec.canonical, helper=None))
+
+
 def _cross_check(spec: Spec) -> None:
     lc, cc, kinds = spec.legacy.match_columns, spec.canonical.match_columns, _as_tuple(spec.legacy.match)
     if len(lc) != len(cc):
@@ -469,11 +497,13 @@ def _cross_check(spec: Spec) -> None:
                              "an application schema, where the API roles still reach what contract archives"),
                           fix="use a schema of its own, such as \"archive\"")
     helper = spec.canonical.helper
-    if helper == spec.legacy.helper:
+    if helper is None:
+        pass
+    elif helper == spec.legacy.helper:
         raise ConfigError(f"{spec.source}: canonical.helper and legacy.helper are both {helper}: the switch gives "
                           "the canonical helper a new body and keeps the legacy one working beside it",
                           fix=f"name a new function for canonical.helper, e.g. {new_helper_example(spec)}")
-    if system_schema(helper.schema):
+    elif system_schema(helper.schema):
         raise ConfigError(f"{spec.source}: canonical.helper = {str(helper)!r} is in schema {helper.schema}, which "
                           "belongs to Postgres or the platform: the switch would make that function SECURITY DEFINER "
                           "and replace its body, changing every policy and function that calls it",

@@ -19,7 +19,7 @@ def build(spec: Spec, cat: Catalog) -> dict:
     legacy_cols = {(cat.legacy.name, c.name) for c in cat.legacy.columns}
     fk_cols = {(d.table.name, d.fk.columns[0]) for d in cat.dependents}
     watched_fns = {f.signature for f in cat.functions}
-    names = {spec.legacy.table.name, spec.legacy.helper.name, *(c for _, c in fk_cols)}
+    names = {spec.legacy.table.name, *(c for _, c in fk_cols), *((spec.legacy.helper.name,) if spec.has_helper else ())}
 
     policies = []
     for p in cat.policies:

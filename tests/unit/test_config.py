@@ -91,3 +91,16 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("[legacy\ntable = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load(bad)
+
+
+def test_no_helper():
+    """legacy.helper = "": the database has no RLS identity helper, so there is no canonical one either."""
+    spec = from_dict({"legacy": {"helper": ""}})
+    assert spec.legacy.helper is None and spec.canonical.helper is None and not spec.has_helper
+    assert spec.as_dict()["legacy"]["helper"] == "" and spec.as_dict()["canonical"]["helper"] == ""
+    assert from_dict({"legacy": {"helper": ""}, "canonical": {"helper": ""}}).canonical.helper is None
+    with pytest.raises(ConfigError, match="remove canonical.helper"):
+        from_dict({"legacy": {"helper": ""}, "canonical": {"helper": "public.auth_profile_id"}})
+    with pytest.raises(ConfigError, match="canonical.helper = \"\" but legacy.helper names"):
+        from_dict({"canonical": {"helper": ""}})
+    assert Spec().has_helper

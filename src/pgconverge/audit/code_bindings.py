@@ -47,7 +47,7 @@ def legacy_value(text: str, names) -> bool:
     schema, _, rel = word.rpartition(".")
     if rel == names.table and schema in ("", names.table_schema):
         return True
-    if rel == names.helper and schema in ("", names.helper_schema):
+    if names.helper and rel == names.helper and schema in ("", names.helper_schema):
         return True
     return word in names.columns
 

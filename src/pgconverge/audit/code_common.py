@@ -55,15 +55,18 @@ class Names:
             canon_table=spec.canonical.table.name, canon_schema=spec.canonical.table.schema,
             columns=frozenset(c for c in cols if c), canon_column=spec.migration.new_column,
             key=spec.legacy.key, canon_key=spec.canonical.key,
-            helper=spec.legacy.helper.name, helper_schema=spec.legacy.helper.schema,
-            canon_helper=spec.canonical.helper.name, canon_helper_schema=spec.canonical.helper.schema,
+            # "" where the database has no RLS identity helper (legacy.helper = ""): no helper name to report
+            helper=spec.legacy.helper.name if spec.has_helper else "",
+            helper_schema=spec.legacy.helper.schema if spec.has_helper else "",
+            canon_helper=spec.canonical.helper.name if spec.has_helper else "",
+            canon_helper_schema=spec.canonical.helper.schema if spec.has_helper else "",
             code_helpers=dict(spec.migration.code_helpers if code_helpers is None else code_helpers),
         )
 
     # --- matching -----------------------------------------------------------------------------
 
     def all_names(self) -> list[str]:
-        return sorted({self.table, self.helper, *self.columns, *self.code_helpers}, key=len, reverse=True)
+        return sorted({self.table, self.helper, *self.columns, *self.code_helpers} - {""}, key=len, reverse=True)
 
     @cached_property
     def candidate_regex(self) -> re.Pattern[bytes]:
@@ -83,7 +86,7 @@ class Names:
             return TABLE
         if name in self.columns:
             return COLUMN
-        if name == self.helper:
+        if self.helper and name == self.helper:
             return HELPER
         return None
 
@@ -97,7 +100,7 @@ class Names:
 
     def rewrite(self, text: str) -> str:
         """TEXT with every whole-word legacy SQL name replaced by its canonical counterpart."""
-        repl = {self.table: self.canon_table, self.helper: self.canon_helper,
+        repl = {self.table: self.canon_table, **({self.helper: self.canon_helper} if self.helper else {}),
                 **{c: self.canon_column for c in self.columns}}
         pat = re.compile(r"(?<![\w$])(" + "|".join(re.escape(n) for n in sorted(repl, key=len, reverse=True))
                          + r")(?![\w$])")

@@ -68,7 +68,7 @@ def _identifier(node: tree_sitter.Node, text: str, names: Names) -> Hit | None:
         return Hit(at, CODE_HELPER, text, names.code_helpers[text])
     if text in names.columns:
         return Hit(at, COLUMN, text, names.canon_column)
-    if text == names.helper:
+    if names.helper and text == names.helper:
         return Hit(at, HELPER, text, names.canon_helper)
     return None
 

@@ -102,7 +102,7 @@ def _parse(text: str, names: Names) -> list[tuple[int, str, str]] | None:
         data = pgparser.parse_sql_json(text)
     except Exception:  # pglast.parser.ParseError, and anything odd the C parser may raise
         return None
-    quoted = [json.dumps(n, ensure_ascii=False) for n in (names.table, names.helper, *names.columns)]
+    quoted = [json.dumps(n, ensure_ascii=False) for n in (names.table, names.helper, *names.columns) if n]
     out: list[tuple[int, str, str]] = []
     for m in _NODE.finditer(data):
         head = data[m.end():m.end() + 400]
@@ -124,7 +124,7 @@ def _parse(text: str, names: Names) -> list[tuple[int, str, str]] | None:
                 out.append((val["location"], val["colname"], COLUMN))
         else:  # FuncCall
             parts = [p.get("String", {}).get("sval") for p in val.get("funcname", [])]
-            if parts and parts[-1] == names.helper and (len(parts) == 1 or parts[-2] == names.helper_schema):
+            if parts and names.helper and parts[-1] == names.helper and (len(parts) == 1 or parts[-2] == names.helper_schema):
                 out.append((val["location"], names.helper, HELPER))
     return out
 
@@ -173,7 +173,7 @@ def _refs(text: str, names: Names, targets: list[tuple[int, str, str]] | None, *
     if not names.candidate_text_regex.search(text):
         return []
     tokens = _tokens(text, slices)
-    wanted = {names.table, names.helper, *names.columns}
+    wanted = {names.table, names.helper, *names.columns} - {""}
     out: list[SqlRef] = []
     cands: dict[int, tuple[int, str]] = {}  # token index -> (char offset, name)
     for i, t in enumerate(tokens):

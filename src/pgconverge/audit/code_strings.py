@@ -107,7 +107,7 @@ def classify(text: str, ctx: StringContext, names: Names) -> list[_StrRef]:
     why = f"bound to {ctx.bound_to}" if ctx.bound_to else ""
     if ctx.method in TABLE_METHODS and ctx.arg_index == 0 and names_table:
         return [_StrRef(table_at, TABLE, names.table, f".{ctx.method}({q}{names.table_sql(bool(schema))}{q})")]
-    if rel == names.helper and schema in ("", names.helper_schema):
+    if names.helper and rel == names.helper and schema in ("", names.helper_schema):
         suggestion = (f".rpc({q}{names.canon_helper}{q})" if ctx.method == "rpc"
                       else f"{q}{names.helper_sql(bool(schema)).removesuffix('()')}{q}")
         return [_StrRef(lead + (len(schema) + 1 if schema else 0), HELPER, names.helper, suggestion, why)]

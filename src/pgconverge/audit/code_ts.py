@@ -86,7 +86,7 @@ def _identifier(node: tree_sitter.Node, text: str, names: Names) -> Hit | None:
         return None
     if text in names.columns:
         return Hit(at, COLUMN, text, names.canon_column)
-    if text == names.helper:
+    if names.helper and text == names.helper:
         return Hit(at, HELPER, text, names.canon_helper)
     if text == names.table and node.type == "property_identifier" and _in_tables_type(node):
         return Hit(at, TABLE, text, names.canon_table)

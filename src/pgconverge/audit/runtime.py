@@ -42,6 +42,9 @@ USE = ("n_tup_ins", "n_tup_upd", "n_tup_del")
 READS = ("seq_scan", "idx_scan")
 
 
+NO_HELPER_CALLS = "legacy helper calls: not applicable: no RLS identity helper (legacy.helper = \"\")"
+
+
 @dataclass
 class RuntimeAudit:
     baseline_at: str | None
@@ -69,6 +72,8 @@ class RuntimeAudit:
     # Per table (the canonical table and each dependent): {"writes": n_tup_ins+upd+del, "scans": seq+idx} since the
     # baseline; None: the baseline holds no such counters (taken by an earlier version).
     traffic: dict | None = None
+    # Why the legacy helper's calls are no signal at all ("" where they are one): the database has none.
+    helper_not_applicable: str = ""
 
     @property
     def quiet(self) -> bool:
@@ -136,6 +141,7 @@ class RuntimeAudit:
                 "not_measured": self.blind, "reset": self.reset, "reset_at": self.reset_at,
                 "in_use": self.in_use, "reads": self.reads, "legacy_rows_made": self.made,
                 "helper_calls_by_sync": self.sync_calls,
+                **({"legacy_helper": self.helper_not_applicable} if self.helper_not_applicable else {}),
                 "traffic": self.traffic, "traffic_writes": self.writes_seen if self.traffic is not None else None,
                 "observation_window": {"seconds": self.observation_window, "observed_s": self.observed_s,
                                        "left_s": self.window_left_s, "open": self.window_open}}
@@ -167,9 +173,12 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
         audit.blind.append(f"writes to {table} (no statistics row)")
     _track_counts(conn, audit, table)
     track = conn.execute("select current_setting('track_functions')").fetchone()[0]
-    fn = conn.execute("select s.calls from pg_catalog.pg_stat_user_functions s "
-                      "where s.funcid = to_regprocedure(%s)", (cat.legacy_helper.signature,)).fetchone()
-    if track == "none" and fn is None:
+    fn = None if cat.legacy_helper is None else conn.execute(
+        "select s.calls from pg_catalog.pg_stat_user_functions s where s.funcid = to_regprocedure(%s)",
+        (cat.legacy_helper.signature,)).fetchone()
+    if cat.legacy_helper is None:  # legacy.helper = "": no helper whose calls could show old code
+        audit.helper_not_applicable = NO_HELPER_CALLS
+    elif track == "none" and fn is None:
         audit.unavailable.append("helper calls: track_functions is 'none' in this session (a superuser can set it "
                                  "for the database; the switch does so where it may)")
     else:
@@ -260,8 +269,8 @@ SCHEMA_CHANGE = r"^\s*(/\*([^*]|\*+[^*/])*\*+/\s*|--[^\n]*\n\s*)*(create|alter|d
 def statement_pattern(spec: Spec, cat: Catalog) -> str:
     """A regular expression (Postgres ARE) for a statement naming anything contract drops or archives: the legacy
     table, the legacy helper, the legacy column of every reference, and migration.code_columns."""
-    names = {cat.legacy.name.name, cat.legacy_helper.name.name, *(d.fk.columns[0] for d in cat.dependents),
-             *spec.migration.code_columns}
+    names = {cat.legacy.name.name, *(d.fk.columns[0] for d in cat.dependents), *spec.migration.code_columns,
+             *((cat.legacy_helper.name.name,) if cat.legacy_helper is not None else ())}
     alts = "|".join(re.escape(n) for n in sorted(n for n in names if n))
     # quoted or bare, as a whole word (an identifier may hold `$`, which \M does not count as part of a word)
     return rf"(^|[^\w$])({alts})($|[^\w$])"

@@ -273,8 +273,10 @@ class _Reader:
 
     def _functions(self, dependents: list[Dependent]):
         spec = self.spec
-        helpers = [spec.legacy.helper, spec.canonical.helper]
-        names = {spec.legacy.table.name, spec.legacy.helper.name, *(d.fk.columns[0] for d in dependents)}
+        helpers = [h for h in (spec.legacy.helper, spec.canonical.helper) if h is not None]
+        names = {spec.legacy.table.name, *(d.fk.columns[0] for d in dependents)}
+        if spec.legacy.helper is not None:
+            names.add(spec.legacy.helper.name)
         pattern = r"\m(" + "|".join(_regex_escape(n) for n in sorted(names)) + r")\M"
         rows = self.rows(q.FUNCTIONS, helper_schemas=[h.schema for h in helpers],
                          helper_names=[h.name for h in helpers], pattern=pattern)
@@ -286,7 +288,8 @@ class _Reader:
             by_name[fn.name].append(fn)
             if fn.name in helpers or mentions.find(fn.code, names):
                 found.append(fn)
-        legacy_helper = self._helper("legacy.helper", spec.legacy.helper, by_name, required=True)
+        legacy_helper = self._helper("legacy.helper", spec.legacy.helper, by_name, required=True,
+                                     tables=[d.table.oid for d in dependents])
         canonical_helper = self._helper("canonical.helper", spec.canonical.helper, by_name, required=False)
         found = [f for f in found if f.name != spec.canonical.helper or f == canonical_helper]
         return legacy_helper, canonical_helper, found
@@ -313,7 +316,10 @@ class _Reader:
         return [Function(QualifiedName(ns, name), sig, args, ret, lang, vol, secdef, tuple(config), src, fdef, oid,
                          owner) for oid, ns, name, sig, args, ret, lang, vol, secdef, config, src, fdef, owner in rows]
 
-    def _helper(self, key: str, name: QualifiedName, by_name, required: bool) -> Function | None:
+    def _helper(self, key: str, name: QualifiedName | None, by_name, required: bool,
+                tables: list[int] = ()) -> Function | None:
+        if name is None:  # legacy.helper = "": the database has no RLS identity helper
+            return None
         cands = by_name.get(name, [])
         if len(cands) > 1:
             no_args = [c for c in cands if not c.identity_args]
@@ -322,10 +328,20 @@ class _Reader:
             raise CatalogError(f"{key} = {str(name)!r} is overloaded ({', '.join(c.signature for c in cands)})",
                                fix="give the helper a unique name, or drop the unused overloads")
         if not cands and required:
-            raise CatalogError(f"{key} = {str(name)!r}: no such function in database {self._db()}",
-                               fix=f"set {key} to the function your RLS policies call to get the current "
-                                   "identity (e.g. public.auth_customer_id)")
+            fix = (f"set {key} to the function your RLS policies call to get the current identity (e.g. "
+                   "public.auth_customer_id)")
+            if not self._rls_policies([self._relation("legacy.table", self.spec.legacy.table),
+                                       self._relation("canonical.table", self.spec.canonical.table), *tables]):
+                fix = (f"no RLS policy is enabled on {self.spec.legacy.table}, {self.spec.canonical.table} or the "
+                       f"tables referencing it: where the application filters by user itself, set {key} = \"\" "
+                       f"(no RLS identity helper); else {fix}")
+            raise CatalogError(f"{key} = {str(name)!r}: no such function in database {self._db()}", fix=fix)
         return cands[0] if cands else None
+
+    def _rls_policies(self, oids: list[int]) -> int:
+        """How many policies are in force on the tables OIDS (row level security enabled)."""
+        return self.rows("select count(*) from pg_catalog.pg_policy p join pg_catalog.pg_class c on c.oid = p.polrelid "
+                         "where c.relrowsecurity and p.polrelid = any(%(oids)s::oid[])", oids=list(oids))[0][0]
 
     def _views(self, oids: list[int]) -> list[View]:
         rows = self.rows(q.VIEWS_USING, oids=oids)
@@ -348,8 +364,12 @@ class _Reader:
         return out
 
 
-def function_and_callees(conn: psycopg.Connection, name: QualifiedName) -> tuple[Function | None, list[Function]]:
-    """The argument-less function NAME as it is now, and every function it calls (see Catalog.helper_callees)."""
+def function_and_callees(conn: psycopg.Connection,
+                         name: QualifiedName | None) -> tuple[Function | None, list[Function]]:
+    """The argument-less function NAME as it is now, and every function it calls (see Catalog.helper_callees); none
+    where NAME is None (legacy.helper = "")."""
+    if name is None:
+        return None, []
     reader = _Reader(conn, None)  # type: ignore[arg-type]
     fn = next((f for f in reader.named([(name.schema, name.name)]) if not f.identity_args), None)
     return fn, (reader._callees([fn]) if fn else [])

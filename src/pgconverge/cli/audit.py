@@ -163,7 +163,9 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
         if audit.made:
             console.print(f"  legacy rows pgconverge made for people new code wrote for: {audit.made} (not old code: "
                           "taken off n_tup_ins)", highlight=False)
-        if audit.helper_calls is not None:
+        if audit.helper_not_applicable:
+            console.print(f"  {escape(audit.helper_not_applicable)}", highlight=False)
+        elif audit.helper_calls is not None:
             console.print(f"  legacy helper calls: +{audit.helper_calls}", highlight=False)
         if audit.sync_calls:
             console.print(f"  legacy helper calls the sync triggers made for merged people new code wrote for: "

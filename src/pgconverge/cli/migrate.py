@@ -344,7 +344,7 @@ def contract_summary(spec, steps) -> list[str]:
     for o in ops:
         if isinstance(o, RetireFunction):
             out.append(f"drops function {o.name}()")
-        elif isinstance(o, ReplaceFunction) and o.name == spec.legacy.helper:
+        elif isinstance(o, ReplaceFunction) and spec.has_helper and o.name == spec.legacy.helper:
             out.append(f"replaces {o.name}() by a stub that raises \"retired\"")
     return out
 

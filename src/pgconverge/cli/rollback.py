@@ -186,5 +186,6 @@ def _newcomers_line(made: dict, spec) -> str:
     tables = ", ".join(f"{n} in {tab}" for tab, n in sorted((made.get("by_table") or {}).items()))
     return (f"made {people} {escape(str(spec.legacy.table))} row{'s' if people != 1 else ''} for {people} "
             f"{'person' if people == 1 else 'people'} who owned rows by the canonical id alone (signed up after the "
-            f"switch), and gave their rows the legacy id ({escape(tables)}): the restored policies compare the legacy "
-            f"column with {escape(str(spec.legacy.helper))}() again")
+            f"switch), and gave their rows the legacy id ({escape(tables)})"
+            + (f": the restored policies compare the legacy column with {escape(str(spec.legacy.helper))}() again"
+               if spec.has_helper else ": old code finds them by the legacy column again"))

@@ -62,7 +62,7 @@ def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
         if nothing:
             console.print(f"nothing to verify: {escape(nothing)}", highlight=False)
         for r in results:
-            mark = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
+            mark = ("[yellow]n/a[/]" if r.not_applicable else "[green]pass[/]") if r.passed else "[red]FAIL[/]"
             console.print(f"{mark} {r.step}" + (f" [dim]({escape(r.note)})[/]" if r.note else ""), highlight=False)
             for p in r.problems[:20]:
                 console.print("     " + escape(" — ".join(x for x in p if x)), highlight=False)
@@ -79,10 +79,27 @@ def verdict(where: str, phases: list[str], results: list, seconds: float) -> str
     """"verify passed on X in 1.2 s: 6 checks of align, expand" or "verify FAILED …: 1 of 6 checks failed (…)"."""
     failed = [r.step for r in results if not r.passed]
     of = f"{len(results)} check{'s' if len(results) != 1 else ''} of {', '.join(phases)}"
+    na = [r.step for r in results if getattr(r, "not_applicable", "")]
     if not failed:
-        return f"[green]verify passed[/] on {escape(where)} in {seconds:.1f} s: {of}, nothing changed"
+        return (f"[green]verify passed[/] on {escape(where)} in {seconds:.1f} s: {of}"
+                + (f" ({len(na)} not applicable: {escape(', '.join(na))})" if na else "") + ", nothing changed")
     return (f"[red]verify FAILED[/] on {escape(where)} in {seconds:.1f} s: {len(failed)} of {of} failed "
             f"({escape(', '.join(failed))}); nothing was changed")
+
+
+def _rls_without_helper(conn, spec, cat) -> invariants.CheckResult:
+    """verify --rls where the database has no RLS identity helper (legacy.helper = ""): not applicable, with what was
+    looked at; a policy that reads the legacy side fails it."""
+    from pgconverge.verify import rls
+
+    with conn.transaction():
+        summary, problems = rls.without_helper(conn, spec, cat)
+    return invariants.CheckResult(
+        "rls", f"row level security over {len(summary['tables'])} tables", not problems, [[p] for p in problems],
+        "policies read the legacy side, and nothing rewrites them" if problems else "",
+        "rewrite or drop the policies named so that they read neither the legacy table nor a legacy column, or set "
+        "legacy.helper to the function they call for the caller's legacy id" if problems else "",
+        summary["not_applicable"], {**summary, "rows_seen": None}, not_applicable=summary["not_applicable"])
 
 
 def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariants.CheckResult:
@@ -90,6 +107,8 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
     from pgconverge.planning.switch import policy_tables
     from pgconverge.verify import rls
 
+    if not spec.has_helper:
+        return _rls_without_helper(conn, spec, cat)
     tables = policy_tables(plan)
     bar = RichProgress(console, quiet=not shown)
     summary, problems = rls.check_now(conn, spec, cat, tables, "switch" in phases or "contract" in phases,

@@ -177,13 +177,14 @@ def _state_tests(spec: Spec, cats: Catalogs, plan: Plan, picked: list, after: st
         return []
     if after == "contract":
         return [pgtap.contract_tests(spec, cats, plan, picked),
-                pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked, after_contract=True)]
+                *([pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked, after_contract=True)]
+                  if spec.has_helper else [])]  # no RLS identity helper (legacy.helper = ""): no token to test
     cat = cats.for_phase("expand")
     done = PHASES[:PHASES.index(after) + 1]
     tests = [pgtap.align_tests(spec, cat, plan)]
     if "expand" in done:
         tests.append(pgtap.expand_tests(spec, cat, plan))
-    if "switch" in done:
+    if "switch" in done and spec.has_helper:
         tests += [pgtap.helper_tests(spec, cat, picked), pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked)]
     return tests
 

@@ -96,7 +96,8 @@ def baseline_op(spec: Spec, cat: Catalog) -> EmittedSql:
         "  ({traffic})\n"
         "from (select 1) as one left join pg_catalog.pg_stat_user_tables s on s.relid = pg_catalog.to_regclass({lt})\n"
         "returning taken_at").format(t=qn(table), lt=sql.Literal(text(qn(cat.legacy.name))),
-                                     lh=sql.Literal(cat.legacy_helper.signature),
+                                     # '' where the database has no RLS identity helper (legacy.helper = "")
+                                     lh=sql.Literal(cat.legacy_helper.signature if cat.legacy_helper else ""),
                                      old=switch.old_writes_values(switch.old_writes_counters(spec, cat)),
                                      sync=switch.sync_helper_calls_value(spec),
                                      traffic=switch.traffic_values(switch.traffic_tables(cat)))
@@ -118,10 +119,11 @@ def baseline_op(spec: Spec, cat: Catalog) -> EmittedSql:
     undo = (sql.SQL("drop function if exists {}()").format(qn(fn)),
             sql.SQL("drop table if exists {}").format(qn(table)))
     fn_text = text(qn(fn))
+    helper = (f", of {cat.legacy_helper.signature} (calls; counted where track_functions is on, which the function "
+              "tracking file turns on for this database)" if cat.legacy_helper else
+              " (no legacy helper calls: not applicable, no RLS identity helper, legacy.helper = \"\")")
     header = (
-        f"Records the usage counters of {cat.legacy.name} (rows inserted, updated, deleted), of "
-        f"{cat.legacy_helper.signature} (calls; counted where track_functions is on, which the function tracking "
-        "file turns on for this database) and the counters of rows old code wrote to each dependent table with "
+        f"Records the usage counters of {cat.legacy.name} (rows inserted, updated, deleted){helper} and the counters of rows old code wrote to each dependent table with "
         f"only the legacy column (sequences the sync triggers advance) into {text(qn(table))}. The contract gate "
         "compares the counters with the latest row: any write or call after it means old code still runs; and "
         "it waits for the observation window (migration.observation_window) to pass since that row was taken.",
@@ -145,40 +147,11 @@ def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
     """Everything the switch left that contract relies on, as one query of problems."""
     cat = cats.for_phase("contract")
     legacy = cat.legacy.name
-    canon_h, legacy_h = spec.canonical.helper, spec.legacy.helper
-    expr = ("concat_ws(' ', pg_catalog.pg_get_expr(p.polqual, p.polrelid), "
-            "pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid))")
     parts: list[sql.Composable] = []
-    auto, _ = switch.rewrites(spec, cats.for_phase("switch"))
-    for r in auto:
-        if not re.search(r"\b" + re.escape(canon_h.name) + r"\b", switch._statement(r, spec)):
-            continue
-        parts.append(sql.SQL(
-            "select {what}::text, {why}::text where not exists (select 1 from pg_catalog.pg_policy p "
-            "where p.polrelid = pg_catalog.to_regclass({t}) and p.polname = {n} and {calls})").format(
-            what=sql.Literal(f"policy {switch.policy_name(r)}"),
-            why=sql.Literal(f"does not call {canon_h}() (the switch rewrites it)"),
-            t=sql.Literal(text(qn(r.table))), n=sql.Literal(r.name), calls=_policy_calls(expr, canon_h)))
-    parts.append(sql.SQL(
-        "select format('policy %s.%s', p.polrelid::regclass, p.polname), {why}::text from pg_catalog.pg_policy p "
-        "where p.polrelid is distinct from pg_catalog.to_regclass({lt}) and {calls}").format(
-        why=sql.Literal(f"still calls {legacy_h}(), which contract retires"), lt=sql.Literal(text(qn(legacy))),
-        calls=_policy_calls(expr, legacy_h)))
-    parts.append(sql.SQL("select {}::text, 'does not exist (the switch creates it)'::text "
-                         "where pg_catalog.to_regprocedure({}) is null").format(
-        sql.Literal(f"function {canon_h}()"), sql.Literal(f"{text(qn(canon_h))}()")))
-    if not any(s.id == "contract.canonical_helper" for s in contract.plan(spec, cat, cats)):
-        # Contract cannot make the canonical helper read the claim alone (a lookup through the legacy table,
-        # say): it must not read what contract archives, or every policy calling it fails afterwards.
-        archived = "|".join(re.escape(n) for n in (spec.legacy.table.name, spec.mapping_table.name))
-        parts.append(sql.SQL(
-            "select {w}::text, {why}::text from pg_catalog.pg_proc f where f.oid = pg_catalog.to_regprocedure({fn}) "
-            "and f.prosrc ~ {pat}").format(
-            w=sql.Literal(f"function {canon_h}()"), fn=sql.Literal(f"{text(qn(canon_h))}()"),
-            pat=sql.Literal(rf"\m({archived})\M"),
-            why=sql.Literal(f"reads {spec.legacy.table.name} or {spec.mapping_table.name}, which contract archives: "
-                            f"redefine it to find the caller's {spec.canonical.table} row without them (for a "
-                            f"lookup by auth.uid(): {switch.by_auth_user(spec, cat)})")))
+    if spec.has_helper:
+        _helper_parts(spec, cats, cat, parts)
+    else:
+        parts.append(_legacy_readers(cat))
     from pgconverge.planning.references import new_column
 
     for d in cat.dependents:
@@ -236,6 +209,63 @@ def switch_gate(spec: Spec, cats: Catalogs) -> EmittedCheck:
                             "again", header=header)
 
 
+def _legacy_readers(cat: Catalog) -> sql.Composable:
+    """Where the database has no RLS identity helper (legacy.helper = ""): the policies that read the legacy table or
+    a legacy column (pg_depend), which nothing rewrites (verify/rls.py without_helper): a policy of the legacy table
+    itself only where its row level security is on (the others go with it into the archive)."""
+    refs = sql.SQL(", ").join(sql.SQL("({}, {})").format(sql.Literal(text(qn(d.table.name))),
+                                                          sql.Literal(d.fk.columns[0])) for d in cat.dependents)
+    cols = sql.SQL(" or (d.refobjid, d.refobjsubid) in (select a.attrelid, a.attnum::int from (values {}) as x(t, c) "
+                   "join pg_catalog.pg_attribute a on a.attrelid = pg_catalog.to_regclass(x.t) and a.attname = x.c)"
+                   ).format(refs) if cat.dependents else sql.SQL("")
+    return sql.SQL(
+        "select format('policy %s.%s', c.oid::regclass, p.polname), {why}::text from pg_catalog.pg_policy p "
+        "join pg_catalog.pg_class c on c.oid = p.polrelid where exists (select 1 from pg_catalog.pg_depend d "
+        "where d.classid = 'pg_catalog.pg_policy'::regclass and d.objid = p.oid "
+        "and d.refclassid = 'pg_catalog.pg_class'::regclass and (d.refobjid = pg_catalog.to_regclass({lt}){cols})) "
+        "and (c.relrowsecurity or c.oid is distinct from pg_catalog.to_regclass({lt}))").format(
+        why=sql.Literal("reads the legacy table or a legacy column, but legacy.helper = \"\" (no RLS identity "
+                        "helper): nothing rewrites it; rewrite or drop it"),
+        lt=sql.Literal(text(qn(cat.legacy.name))), cols=cols)
+
+
+def _helper_parts(spec: Spec, cats: Catalogs, cat: Catalog, parts: list) -> None:
+    """The switch gate's checks of the helpers and the policies that call them."""
+    canon_h, legacy_h = spec.canonical.helper, spec.legacy.helper
+    expr = ("concat_ws(' ', pg_catalog.pg_get_expr(p.polqual, p.polrelid), "
+            "pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid))")
+    auto, _ = switch.rewrites(spec, cats.for_phase("switch"))
+    for r in auto:
+        if not re.search(r"\b" + re.escape(canon_h.name) + r"\b", switch._statement(r, spec)):
+            continue
+        parts.append(sql.SQL(
+            "select {what}::text, {why}::text where not exists (select 1 from pg_catalog.pg_policy p "
+            "where p.polrelid = pg_catalog.to_regclass({t}) and p.polname = {n} and {calls})").format(
+            what=sql.Literal(f"policy {switch.policy_name(r)}"),
+            why=sql.Literal(f"does not call {canon_h}() (the switch rewrites it)"),
+            t=sql.Literal(text(qn(r.table))), n=sql.Literal(r.name), calls=_policy_calls(expr, canon_h)))
+    parts.append(sql.SQL(
+        "select format('policy %s.%s', p.polrelid::regclass, p.polname), {why}::text from pg_catalog.pg_policy p "
+        "where p.polrelid is distinct from pg_catalog.to_regclass({lt}) and {calls}").format(
+        why=sql.Literal(f"still calls {legacy_h}(), which contract retires"), lt=sql.Literal(text(qn(cat.legacy.name))),
+        calls=_policy_calls(expr, legacy_h)))
+    parts.append(sql.SQL("select {}::text, 'does not exist (the switch creates it)'::text "
+                         "where pg_catalog.to_regprocedure({}) is null").format(
+        sql.Literal(f"function {canon_h}()"), sql.Literal(f"{text(qn(canon_h))}()")))
+    if not any(s.id == "contract.canonical_helper" for s in contract.plan(spec, cat, cats)):
+        # Contract cannot make the canonical helper read the claim alone (a lookup through the legacy table,
+        # say): it must not read what contract archives, or every policy calling it fails afterwards.
+        archived = "|".join(re.escape(n) for n in (spec.legacy.table.name, spec.mapping_table.name))
+        parts.append(sql.SQL(
+            "select {w}::text, {why}::text from pg_catalog.pg_proc f where f.oid = pg_catalog.to_regprocedure({fn}) "
+            "and f.prosrc ~ {pat}").format(
+            w=sql.Literal(f"function {canon_h}()"), fn=sql.Literal(f"{text(qn(canon_h))}()"),
+            pat=sql.Literal(rf"\m({archived})\M"),
+            why=sql.Literal(f"reads {spec.legacy.table.name} or {spec.mapping_table.name}, which contract archives: "
+                            f"redefine it to find the caller's {spec.canonical.table} row without them (for a "
+                            f"lookup by auth.uid(): {switch.by_auth_user(spec, cat)})")))
+
+
 def _made_since(spec: Spec) -> sql.Composable:
     """PL/pgSQL setting MADE to the legacy rows pgconverge made since SINCE (audit/runtime.py made_since)."""
     from pgconverge.audit import runtime
@@ -266,7 +296,7 @@ def runtime_gate(spec: Spec, cat: Catalog, baseline_file: str) -> EmittedSql:
 
     table = baseline_table(spec)
     fn = text(qn(baseline_function(spec)))
-    lh = cat.legacy_helper.signature
+    lh = cat.legacy_helper.signature if cat.legacy_helper else None  # None: no RLS identity helper
     window = spec.migration.observation_window
     news = {(str(d.table.name), d.fk.columns[0]): references.new_column(spec, cat, d) for d in cat.dependents}
     counters = [(seq, t, c, news.get((t, c)) or spec.migration.new_column)
@@ -313,7 +343,7 @@ def runtime_gate(spec: Spec, cat: Catalog, baseline_file: str) -> EmittedSql:
     fix_quiet = (". Fix: check that the application runs against this database and writes, then apply this file "
                  f"again; where the baseline holds no such counters (an earlier version's), take it again (select "
                  f"{fn}();) and wait the window out. To go ahead anyway, on purpose: {accept}")
-    code = sql.SQL("""
+    template = """
 declare
   setting constant text := {accept};
   baseline constant text := {tname};
@@ -488,7 +518,12 @@ begin
       'gate runtime use: old code still uses the legacy side: %s; nothing of contract was applied', msg)
       || {fix_use};
   end if;
-end""").format(accept=sql.Literal(ACCEPT_SETTING), tname=sql.Literal(text(qn(table))), lt=sql.Literal(text(qn(cat.legacy.name))),
+end"""
+    if lh is None:  # no legacy helper: its calls are no signal, and the messages say so rather than count 0
+        for old, new in _NO_HELPER_GATE:
+            assert old in template
+            template = template.replace(old, new)
+    code = sql.SQL(template).format(accept=sql.Literal(ACCEPT_SETTING), tname=sql.Literal(text(qn(table))), lt=sql.Literal(text(qn(cat.legacy.name))),
                lh=sql.Literal(lh), window=sql.Literal(float(window)), old_rows=old_rows,
                window_text=sql.Literal(f"migration.observation_window = {format_duration(window)} when the files "
                                        "were emitted"),
@@ -525,6 +560,25 @@ end""").format(accept=sql.Literal(ACCEPT_SETTING), tname=sql.Literal(text(qn(tab
     )
     return EmittedSql((stmt,), "gate: no write to the legacy table and no call of the legacy helper since the "
                                "runtime baseline", header)
+
+
+# The emitted runtime gate's text where the database has no RLS identity helper (legacy.helper = ""): what replaces
+# what, in runtime_gate's DO block.
+_NO_HELPER_GATE = (
+    ("'(pg_stat_reset(), or a restart after a crash): writes to %s and calls of %s between the two were not '\n"
+     "          'measured (the counters count from the reset); nothing of contract was applied',\n"
+     "          coalesce('at ' || reset_at, 'at a time the server does not record'), b.taken_at, legacy_table,\n"
+     "          legacy_helper)",
+     "'(pg_stat_reset(), or a restart after a crash): writes to %s between the two were not '\n"
+     "          'measured (the counters count from the reset); nothing of contract was applied',\n"
+     "          coalesce('at ' || reset_at, 'at a time the server does not record'), b.taken_at, legacy_table)"),
+    ("  if b.track_functions = 'none' then", "  if false then  -- no legacy helper"),
+    ("  msg := pg_catalog.format('%s row(s) of %s inserted, %s updated, %s deleted and %s call(s) of %s since %s', ins,\n"
+     "                           legacy_table, upd, del, calls, legacy_helper, since_what)",
+     "  msg := pg_catalog.format('%s row(s) of %s inserted, %s updated, %s deleted since %s (legacy helper calls: not '\n"
+     "                           'applicable: no RLS identity helper, legacy.helper = \"\")', ins, legacy_table, upd, del,\n"
+     "                           since_what)"),
+)
 
 
 def adapt(spec: Spec, cats: Catalogs, plan: Plan, baseline_file: str) -> Plan:

@@ -73,7 +73,8 @@ def evaluate(runner: Runner) -> list[dict]:
         if result.unproven:
             unaudited.append(f"--code {d}: {len(result.unproven)} file(s) skipped, not proven clean: "
                              + ", ".join(f"{rel} {why}" for rel, why in result.unproven[:SHOWN]))
-    watched = {spec.legacy.table.name, spec.legacy.helper.name, *(d.fk.columns[0] for d in cat.dependents)}
+    watched = {spec.legacy.table.name, *(d.fk.columns[0] for d in cat.dependents),
+               *((spec.legacy.helper.name,) if spec.has_helper else ())}
     live = runner.catalogs.live
     functions = [f"database function {f.signature} mentions legacy names" for f in (live.functions if live else ())
                  if f.name not in (spec.legacy.helper, spec.canonical.helper)
@@ -103,6 +104,10 @@ def evaluate(runner: Runner) -> list[dict]:
 
     from pgconverge.planning.switch import by_auth_user
 
+    if not spec.has_helper:
+        out.append({"gate": "canonical helper stands alone", "passed": True, "not_applicable": NO_HELPER_GATE,
+                    "details": [NO_HELPER_GATE], "unblock": ""})
+        return out
     leaning = standalone(runner)
     out.append({"gate": "canonical helper stands alone", "passed": not leaning, "details": leaning,
                 "unblock": f"replace {spec.canonical.helper}() by a definition that finds the caller's "
@@ -110,6 +115,10 @@ def evaluate(runner: Runner) -> list[dict]:
                            f"auth.uid(): {by_auth_user(spec, cat)}), then run contract again"})
     return out
 
+
+# The helper gate where the database has none (legacy.helper = ""): nothing was looked at, and it says so.
+NO_HELPER_GATE = ("not applicable: no RLS identity helper (legacy.helper = \"\"), so no canonical helper to read the "
+                  "legacy table or the mapping")
 
 SHOWN = 20  # references listed in a gate's details; the count says how many there are in all
 
@@ -167,6 +176,22 @@ def _flat(details: list[str]) -> str:
     return out
 
 
+def _switch_gate_without_helper(runner: Runner) -> dict:
+    """The switch gate where the database has no RLS identity helper: nothing to compare, read again now (a policy
+    that reads the legacy side, made since the switch, fails it)."""
+    from pgconverge.verify import rls
+
+    with connect(runner.target, application_name="pgconverge:rls-gate") as conn:
+        summary, problems = rls.without_helper(conn, runner.spec, runner.catalogs.for_phase("switch"))
+    coverage = {"identities": 0, "rows_seen": None, "policies": summary["policies"], "tables": summary["tables"]}
+    if problems:
+        return {"gate": "switch verified", "passed": False, "details": problems, "coverage": coverage,
+                "unblock": "rewrite or drop the policies named so that they read neither the legacy table nor a "
+                           "legacy column (with legacy.helper = \"\" nothing rewrites them), then run contract again"}
+    return {"gate": "switch verified", "passed": True, "not_applicable": summary["not_applicable"],
+            "details": [summary["not_applicable"]], "coverage": coverage, "unblock": ""}
+
+
 def switch_gate(runner: Runner) -> dict:
     """RLS proven after the switch: by the switch's own before/after comparison, or, where that compared no rows
     or is missing (the switch applied from emitted files), by the same check `verify --rls` makes, run now on the
@@ -181,6 +206,8 @@ def switch_gate(runner: Runner) -> dict:
                     "them again"),
                 "details": ["the policies were rewritten, but the run stopped before their equivalence check "
                             "finished: nothing proves the rewrite"]}
+    if not runner.spec.has_helper:
+        return _switch_gate_without_helper(runner)
     eq = runner.ledger.latest_snapshot("rls_equivalence")
     if eq and eq.get("problems"):
         return {"gate": "switch verified", "passed": False, "details": eq["problems"][:10], "unblock": unblock}
@@ -306,7 +333,8 @@ def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:
             "accepted": accepted and bool(blocked),
             "details": blocked + [f"reads of the legacy table (not counted as use; they include the "
                                   f"legacy foreign keys' checks): {', '.join(rt.reads)}"] * bool(rt.reads)
-            + [f"unavailable: {u}" for u in rt.unavailable] + [rt.traffic_detail()] * (rt.baseline_at is not None),
+            + [f"unavailable: {u}" for u in rt.unavailable] + [rt.traffic_detail()] * (rt.baseline_at is not None)
+            + [rt.helper_not_applicable] * bool(rt.helper_not_applicable),
             "unblock": "; ".join(unblock)}
 
 

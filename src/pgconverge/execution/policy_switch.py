@@ -26,6 +26,8 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
 
     op = step.op
     spec, cat = runner.spec, runner.catalogs.for_phase(step.phase)
+    if not spec.has_helper:
+        return _without_helper(runner, step, resuming)
     if runner.ledger.unproven(step.id):
         # An earlier run committed the rewrite and stopped before its check finished: the "before" side must be
         # read from the original policies again, or the check would compare the new policies with themselves.
@@ -158,6 +160,26 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
                 "migration.accept_policies and rewritten by hand")
     runner._done(step, result.attempts or 1, step.op.sql_text(), proven=True)
     result.detail.update({k: v for k, v in summary.items() if k != "problems"})
+    return result
+
+
+def _without_helper(runner: Runner, step: Step, resuming: bool) -> StepResult:
+    """The database has no RLS identity helper (legacy.helper = ""): no policy to rewrite and no token that names
+    anyone, so no equivalence to check. Said as such, with what was looked at (rls.without_helper): the ledger's
+    rls_equivalence records it "not applicable", never a pass. A policy that reads the legacy side, made since plan
+    refused none, stops the switch here."""
+    from pgconverge.execution.runner import GateFailed
+
+    with connect(runner.target, application_name="pgconverge:rls-snapshot") as conn:
+        summary, problems = rls.without_helper(conn, runner.spec, runner.catalogs.for_phase(step.phase))
+    runner.ledger.snapshot(runner.run_id, "rls_equivalence", {**summary, "problems": problems})
+    if problems:
+        raise GateFailed("; ".join(problems),
+                         fix="set legacy.helper to the function these policies call for the caller's legacy id, or "
+                             "rewrite them so that they read neither the legacy table nor a legacy column (or drop "
+                             "them), then run the switch again")
+    result = runner._run_sql(step, resuming)
+    result.detail.update(summary)
     return result
 
 

@@ -112,9 +112,10 @@ class FunctionsReachDrops(RollbackBlocked):
 
 
 def functions_fix(spec: Spec, accept_flag: str | None) -> str:
+    helper = (f", or the legacy helper {spec.legacy.helper}() where it calls {spec.canonical.helper}()"
+              if spec.has_helper else "")
     return (f"rewrite each function named back onto the legacy side, as it was before the migration (the legacy "
-            f"column, or the legacy helper {spec.legacy.helper}() where it calls {spec.canonical.helper}()), then run "
-            "the rollback again" + (f"; or, when none of them is called any more, {accept_flag} rolls back anyway "
+            f"column{helper}), then run the rollback again" + (f"; or, when none of them is called any more, {accept_flag} rolls back anyway "
                                     "(they fail once what they reach is gone)" if accept_flag else ""))
 
 

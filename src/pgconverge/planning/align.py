@@ -363,7 +363,7 @@ def caller_defaults(spec: Spec, can: Table) -> list[tuple[str, str]]:
     from pgconverge.catalog.calls import _walk
     from pgconverge.planning.rls_ast import strings
 
-    helpers = {tuple(str(n).split(".")) for n in (spec.legacy.helper, spec.canonical.helper)}
+    helpers = {tuple(str(n).split(".")) for n in (spec.legacy.helper, spec.canonical.helper) if n is not None}
     helpers |= {(h[-1],) for h in helpers}
     filled = {*spec.canonical.match_columns, *(c for _, c in spec.canonical.copy_columns)}
     out = []

@@ -339,26 +339,10 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     add("drop_legacy_key_trigger", DropTrigger(align.KEY_TRIGGER, cat.legacy.name))
     add("drop_legacy_reuse_trigger", DropTrigger(align.REUSE_TRIGGER, cat.legacy.name))
     switch_cat = cats.for_phase("switch") if cats is not None else cat
-    helper = switch._helper(spec, switch_cat)
-    readers = switch.mapping_owners(spec, switch_cat, helper)  # the switch let them read the mapping
-    if helper.canonical_direct_sql:
-        add("canonical_helper", ReplaceFunction(spec.canonical.helper, "", helper.canonical_direct_sql,
-                                                helper.canonical_sql, why="read the canonical claim only: "
-                                                                          "the mapping is archived"))
-    if spec.migration.legacy_helper_after_contract == "drop":
-        # The legacy table's own policies call the helper; the table is about to be archived out of the
-        # API roles' reach, so they go (and come back on rollback) instead of blocking the drop.
-        own = tuple(p for p in cat.policies if p.table == cat.legacy.name
-                    and cat.legacy_helper.signature in p.function_refs)
-        retire = RetireFunction(spec.legacy.helper, helper.legacy_bridge_sql)
-        # One transaction: the legacy table without its policies would show its rows to no one while the
-        # helper is still there, should the drop fail (DropPolicies is not safe alone).
-        add("legacy_helper", Together((DropPolicies(
-            own, f"they call {spec.legacy.helper}(), which is dropped, on a table that is archived"), retire),
-            "the legacy table never stands without its policies") if own else retire)
-    else:
-        add("legacy_helper", ReplaceFunction(spec.legacy.helper, "", _legacy_stub(spec, cat),
-                                             helper.legacy_bridge_sql, why="a stub that says the helper is retired"))
+    if spec.has_helper:
+        readers = _helpers(spec, cat, switch_cat, add)
+    else:  # no RLS identity helper (legacy.helper = ""): none to make stand alone, none to retire
+        readers = ()
     archived, archived_map = archive_names(spec, cat)
     roles = tuple(r for r in spec.migration.api_roles if r in cat.roles)
     # (A catalog saved by an earlier release named the table unquoted.)
@@ -385,6 +369,32 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     add("counts_after", counts(spec, cat, "counts_after", archived))
     add("new_columns", new_columns_hold(spec, cat, cats, [s.op for s in steps]))
     return steps
+
+
+def _helpers(spec: Spec, cat: Catalog, switch_cat: Catalog, add) -> tuple[str, ...]:
+    """The canonical helper made to stand alone, and the legacy helper retired (dropped or a stub); the roles the
+    switch let read the mapping through a helper they own."""
+    helper = switch._helper(spec, switch_cat)
+    readers = switch.mapping_owners(spec, switch_cat, helper)  # the switch let them read the mapping
+    if helper.canonical_direct_sql:
+        add("canonical_helper", ReplaceFunction(spec.canonical.helper, "", helper.canonical_direct_sql,
+                                                helper.canonical_sql, why="read the canonical claim only: "
+                                                                          "the mapping is archived"))
+    if spec.migration.legacy_helper_after_contract == "drop":
+        # The legacy table's own policies call the helper; the table is about to be archived out of the
+        # API roles' reach, so they go (and come back on rollback) instead of blocking the drop.
+        own = tuple(p for p in cat.policies if p.table == cat.legacy.name
+                    and cat.legacy_helper.signature in p.function_refs)
+        retire = RetireFunction(spec.legacy.helper, helper.legacy_bridge_sql)
+        # One transaction: the legacy table without its policies would show its rows to no one while the
+        # helper is still there, should the drop fail (DropPolicies is not safe alone).
+        add("legacy_helper", Together((DropPolicies(
+            own, f"they call {spec.legacy.helper}(), which is dropped, on a table that is archived"), retire),
+            "the legacy table never stands without its policies") if own else retire)
+    else:
+        add("legacy_helper", ReplaceFunction(spec.legacy.helper, "", _legacy_stub(spec, cat),
+                                             helper.legacy_bridge_sql, why="a stub that says the helper is retired"))
+    return readers
 
 
 def _declare_not_null(d, n) -> list[tuple[str, Operation]]:
@@ -467,7 +477,8 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     add("unarchive_mapping", fwd[f"{PHASE}.archive_mapping"].op.reverse(), (f"{PHASE}.archive_mapping",))
     add("unarchive_legacy_table", fwd[f"{PHASE}.archive_legacy_table"].op.reverse(),
         (f"{PHASE}.archive_legacy_table",))
-    add("legacy_helper", fwd[f"{PHASE}.legacy_helper"].op.reverse(), (f"{PHASE}.legacy_helper",))
+    if f"{PHASE}.legacy_helper" in fwd:
+        add("legacy_helper", fwd[f"{PHASE}.legacy_helper"].op.reverse(), (f"{PHASE}.legacy_helper",))
     if f"{PHASE}.legacy_table_policies" in fwd:
         add("legacy_table_policies", fwd[f"{PHASE}.legacy_table_policies"].op.reverse(),
             (f"{PHASE}.legacy_table_policies",))

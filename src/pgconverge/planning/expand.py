@@ -152,7 +152,8 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         sync = CreateFunction(n.sync_fn, "", _sync_function(spec, cat, d, n, reconciles(spec, cat, d, n)),
                               why=f"keep {legacy_col} and {n.new} of {d.table.name} consistent")
         fill = (fill_function(spec, cat, d, n),) if shapes.fills_at_commit(d) else ()
-        add(n, "sync_function", Together((old_writes_sequence(n, d), helper_calls_sequence_op(spec), sync, *fill),
+        add(n, "sync_function", Together((old_writes_sequence(n, d), *([helper_calls_sequence_op(spec)] if spec.has_helper else []), sync,
+                                             *fill),
                                          "the function counts with the sequence"))
         add(n, "sync_trigger", sync_triggers(spec, cat, d, n))
         if d.partitioned:
@@ -663,23 +664,28 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
              mn=ident(spec.migration.new_column), ck_type=ck_type, lt=qn(cat.legacy.name), lk=ident(spec.legacy.key),
              align_row=qn(an["align_row"]), table=sql.Literal(str(d.table.name)),
              lname=sql.Literal(legacy_col), nname=sql.Literal(new),
-             helper=qn(cat.legacy_helper.name), ct=qn(cat.canonical.name), ck=ident(spec.canonical.key),
-             placing=sql.Literal(align.PLACING), calls=sql.Literal(text(qn(helper_calls_sequence(spec)))),
-             helper_type=sql.SQL(cat.legacy_helper.returns))
+             ct=qn(cat.canonical.name), ck=ident(spec.canonical.key),
+             placing=sql.Literal(align.PLACING), calls=sql.Literal(text(qn(helper_calls_sequence(spec)))))
+    # Without a legacy helper (legacy.helper = "") no policy checks the caller's own legacy row: a merged person's
+    # first legacy id by the key's order stands.
+    helper = cat.legacy_helper
+    p.update(helper=qn(helper.name) if helper else sql.SQL(""),
+             helper_type=sql.SQL(helper.returns if helper else d.column.type))
     tag = hashlib.md5(f"{d.table.name}|{legacy_col}".encode()).hexdigest()[:8]
     p.update(last=sql.Literal(n.last_trigger), gl=sql.Literal(f"pgconverge.sync_{tag}_l_"),
              gn=sql.Literal(f"pgconverge.sync_{tag}_n_"))
     # A legacy row the application deleted since it was mapped keeps its mapping: never named again (its id would
     # fail the legacy foreign key).
     p["alive"] = sql.SQL("exists (select 1 from {lt} c where c.{lk} = m.{ml})").format(**p)
-    p["legacy_of_new"] = sql.SQL("""select m.{ml}, count(*) over () into new.{l}, several from {m} m where m.{mn} = new.{n}
-          and {alive} order by m.{ml} limit 1;
-        if several > 1 then  -- a merged person: the caller's own legacy row, which the legacy policies check
+    p["merged"] = sql.SQL("""if several > 1 then  -- a merged person: the caller's own legacy row, which the legacy policies check
           caller := {helper}();  -- once, and counted: these calls are not old code's (the runtime audit)
           perform pg_catalog.nextval(c.s) from (select pg_catalog.to_regclass({calls}) as s) c where c.s is not null;
           select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n} and {alive}
             order by m.{ml} is not distinct from caller desc, m.{ml} limit 1;
-        elsif new.{l} is null and pg_catalog.current_setting({aligning}, true) <> '' and exists (
+        elsif""").format(**p) if helper else sql.SQL("if")
+    p["legacy_of_new"] = sql.SQL("""select m.{ml}, count(*) over () into new.{l}, several from {m} m where m.{mn} = new.{n}
+          and {alive} order by m.{ml} limit 1;
+        {merged} new.{l} is null and pg_catalog.current_setting({aligning}, true) <> '' and exists (
             select 1 from {ct} p where p.{ck} = new.{n} and {ckey} = pg_catalog.current_setting({aligning_key}, true)) then
           -- written from inside the creation of this person's canonical row (an application trigger on the
           -- canonical table), before its mapping: the legacy row it is being created for

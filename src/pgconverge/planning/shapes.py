@@ -26,7 +26,7 @@ from pglast import ast, stream, visitors
 from psycopg import sql
 
 from pgconverge.catalog import mentions
-from pgconverge.catalog.model import Catalog, Constraint, Dependent, Index, Table
+from pgconverge.catalog.model import Catalog, Constraint, Dependent, Index, Policy, Table
 from pgconverge.config import QualifiedName, Spec, show_identifier
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution.sql import ident, qn
@@ -251,6 +251,7 @@ def findings(spec: Spec, cat: Catalog) -> list[Finding]:
     out: list[Finding] = []
     legacy = cat.legacy.name
     out += _ownership(spec, cat)
+    out += _policies_without_helper(spec, cat)
     for fk in cat.legacy.foreign_keys:
         if fk.ref_table == legacy:
             out.append(Finding(
@@ -322,6 +323,39 @@ def _rules(cat: Catalog) -> list[Finding]:
                 out.append(Finding(what, LISTED, f"{kind} reading {', '.join(named)}, which contract drops: rewrite "
                                                  "it on the new column before contract (its gate names it)"))
     return out
+
+
+def legacy_readers(spec: Spec, cat: Catalog) -> list[Policy]:
+    """Policies that read a legacy column, the legacy table or a function that mentions them: on the legacy table
+    itself, those in force (row level security enabled; the others go with it into the archive)."""
+    cols = {(d.table.name, d.fk.columns[0]) for d in cat.dependents}
+    fns = {f.signature for f in cat.functions}
+    out = []
+    for p in cat.policies:
+        if p.table == cat.legacy.name and not cat.legacy.rls_enabled:
+            continue
+        if (p.table == cat.legacy.name or set(p.column_refs) & cols
+                or any(t == cat.legacy.name for t, _ in p.column_refs) or set(p.function_refs) & fns):
+            out.append(p)
+    return out
+
+
+def _policies_without_helper(spec: Spec, cat: Catalog) -> list[Finding]:
+    """With no RLS identity helper (legacy.helper = ""), the switch has nothing to rewrite a policy on: one that reads
+    the legacy table or a legacy column would break when contract drops them."""
+    if spec.has_helper:
+        return []
+    readers = legacy_readers(spec, cat)
+    if not readers:
+        return []
+    names = ", ".join(f"{p.name} on {p.table}" for p in readers)
+    return [Finding(
+        f"polic{'ies' if len(readers) > 1 else 'y'} {names}", REFUSED,
+        "they read the legacy table or a legacy column, but legacy.helper = "
+        "\"\" says the database has no RLS identity helper: the switch rewrites such policies through the helper, "
+        "and without one contract would leave them reading what it drops",
+        "set legacy.helper to the function these policies call for the caller's legacy id, or rewrite them first "
+        f"so that they read neither {cat.legacy.name} nor its references (or drop them)")]
 
 
 def _legacy_rows_made(spec: Spec, cat: Catalog) -> list[Finding]:
@@ -501,7 +535,8 @@ def _ownership(spec: Spec, cat: Catalog) -> list[Finding]:
     # The switch creates the canonical helper where it does not exist yet: found out there, that would stop the
     # switch after align and expand had run.
     helper = spec.canonical.helper
-    if (cat.canonical_helper is None and cat.user_create_schemas is not None and helper.schema in cat.schemas
+    if (helper is not None and cat.canonical_helper is None and cat.user_create_schemas is not None
+            and helper.schema in cat.schemas
             and helper.schema not in cat.user_create_schemas):
         schema, user = show_identifier(helper.schema), show_identifier(cat.user)
         out.append(Finding(
@@ -762,7 +797,7 @@ def owner_default(spec: Spec, d: Dependent) -> str | None:
     if not isinstance(node, ast.FuncCall) or node.args:
         return None
     h = spec.legacy.helper
-    if tuple(s.sval for s in node.funcname) not in ((h.name,), (h.schema, h.name)):
+    if h is None or tuple(s.sval for s in node.funcname) not in ((h.name,), (h.schema, h.name)):
         return None
     return text(qn(spec.canonical.helper)) + "()"
 
@@ -918,7 +953,7 @@ def _norm(name: str) -> str:
 
 def _functions(spec: Spec, cat: Catalog) -> list[Finding]:
     legacy_cols = {d.fk.columns[0] for d in cat.dependents}
-    names = {spec.legacy.table.name, spec.legacy.helper.name, *legacy_cols}
+    names = {spec.legacy.table.name, *legacy_cols} | ({spec.legacy.helper.name} if spec.has_helper else set())
     out = []
     for f in cat.functions:
         if f.name in (spec.legacy.helper, spec.canonical.helper) or f.name.schema == spec.migration.private_schema:

@@ -32,6 +32,8 @@ def policy_name(r: PolicyRewrite) -> str:
 def rewrites(spec: Spec, cat: Catalog) -> tuple[list[PolicyRewrite], list[PolicyRewrite]]:
     """(policies to rewrite, policies that need a person), leaving the legacy table's own policies alone."""
     auto, review = [], []
+    if not spec.has_helper:  # nothing to rewrite on: plan refuses a policy that reads the legacy side (shapes.py)
+        return auto, review
     for r in rewrite_policies(cat, spec):
         if r.table == cat.legacy.name or not (r.changed or r.uncertain):
             continue  # the legacy table keeps its policies (on the bridged legacy helper) until contract
@@ -97,7 +99,10 @@ def mapping_owners(spec: Spec, cat: Catalog, helper) -> tuple[str, ...]:
 
 
 def helper_refusals(spec: Spec, cat: Catalog, helper=None) -> list[str]:
-    """Why the canonical helper cannot be derived from the legacy one with certainty (empty: it can)."""
+    """Why the canonical helper cannot be derived from the legacy one with certainty (empty: it can, or there is no
+    helper at all: legacy.helper = "")."""
+    if not spec.has_helper:
+        return []
     helper = helper or _helper(spec, cat)
     out = list(helper.uncertain)
     out += [f"its owner {r} is an API role, and the derived helpers read the private mapping as their owner: "
@@ -107,6 +112,8 @@ def helper_refusals(spec: Spec, cat: Catalog, helper=None) -> list[str]:
 
 
 def helper_fix(spec: Spec, cat: Catalog) -> str:
+    if not spec.has_helper:
+        return ""
     typ = cat.legacy_helper.returns if cat.legacy_helper else "the key type"
     return (f"rewrite {spec.legacy.helper}() as one SELECT (LANGUAGE sql) or one RETURN (plpgsql) of the "
             f"'{spec.legacy.claim}' claim, read from request.jwt.claims, request.jwt.claim.{spec.legacy.claim} or "
@@ -117,6 +124,8 @@ def helper_fix(spec: Spec, cat: Catalog) -> str:
 
 
 def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
+    if not spec.has_helper:
+        return _plan_without_helper(spec, cat)
     auto, review = rewrites(spec, cat)
     helper = _helper(spec, cat)
     legacy_sig = cat.legacy_helper.signature
@@ -155,6 +164,19 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         Step(f"{PHASE}.runtime_baseline", PHASE, runtime_baseline(spec, cat)),
     ]
     return steps
+
+
+def _plan_without_helper(spec: Spec, cat: Catalog) -> list[Step]:
+    """The switch where the database has no RLS identity helper (legacy.helper = ""): the moment the application's
+    code moves to the new column. No helper to derive and no policy to rewrite (plan refuses one that reads the
+    legacy side); the runtime baseline that contract's gate compares against is taken all the same."""
+    return [
+        Step(f"{PHASE}.review", PHASE, Check(
+            "rewritable", sql.SQL("select null::text, null::text where false"),
+            failure="pgconverge cannot rewrite these with certainty", fix="")),
+        Step(f"{PHASE}.policies", PHASE, ReplacePolicies((), (), (), ())),
+        Step(f"{PHASE}.runtime_baseline", PHASE, runtime_baseline(spec, cat)),
+    ]
 
 
 def becomes_definer(fn, new_is_definer: bool) -> bool:
@@ -237,18 +259,19 @@ def old_writes_values(counters: list[tuple[str, str, str]]) -> sql.Composable:
 def runtime_baseline(spec: Spec, cat: Catalog) -> Snapshot:
     """Counters the runtime audit compares against: legacy table scans and writes, legacy helper calls, and
     the rows old code wrote to each dependent table with only the legacy column (expand's counters)."""
+    helper = () if cat.legacy_helper is None else (("legacy_helper", sql.SQL(
+        "select coalesce((select to_jsonb(s) - 'funcid' from pg_catalog.pg_stat_user_functions s "
+        "where s.funcid = {}::regprocedure), 'null'::jsonb)").format(sql.Literal(cat.legacy_helper.signature))),)
     return Snapshot("runtime_baseline", (
         ("old_writes", old_writes_values(old_writes_counters(spec, cat))),
         ("legacy_table", sql.SQL(
             "select coalesce((select to_jsonb(s) - 'relid' from pg_catalog.pg_stat_user_tables s "
             "where s.relid = {}::regclass), 'null'::jsonb)").format(sql.Literal(str(cat.legacy.name)))),
-        ("legacy_helper", sql.SQL(
-            "select coalesce((select to_jsonb(s) - 'funcid' from pg_catalog.pg_stat_user_functions s "
-            "where s.funcid = {}::regprocedure), 'null'::jsonb)").format(sql.Literal(cat.legacy_helper.signature))),
+        *helper,
         ("traffic", traffic_values(traffic_tables(cat))),
-        ("sync_helper_calls", sync_helper_calls_value(spec)),
+        *((("sync_helper_calls", sync_helper_calls_value(spec)),) if helper else ()),
         ("taken_at", sql.SQL("select to_jsonb(clock_timestamp())")),
-    ), "the usage counters of the legacy table and helper")
+    ), "the usage counters of the legacy table and helper" if helper else "the usage counters of the legacy table")
 
 
 def sync_helper_calls_value(spec: Spec) -> sql.Composable:
@@ -293,13 +316,14 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     return [
         *newcomer_refills(spec, cat, live, cats),
         Step("rollback.switch.policies", "rollback", fwd[f"{PHASE}.policies"].op.reverse(),
-             (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.function_tracking", f"{PHASE}.review",
-              *(i for i in (f"{PHASE}.settle_helpers",) if i in fwd))),
+             (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.review",
+              *(i for i in (f"{PHASE}.function_tracking", f"{PHASE}.settle_helpers") if i in fwd))),
         *sync_functions_back(spec, cat, cats),
-        Step("rollback.switch.legacy_helper", "rollback", fwd[f"{PHASE}.legacy_helper"].op.reverse(),
-             tuple(i for i in (f"{PHASE}.legacy_helper", f"{PHASE}.legacy_helper_definer") if i in fwd)),
-        Step("rollback.switch.canonical_helper", "rollback", fwd[f"{PHASE}.canonical_helper"].op.reverse(),
-             tuple(i for i in (f"{PHASE}.canonical_helper", f"{PHASE}.canonical_helper_definer") if i in fwd)),
+        *([] if not spec.has_helper else [
+            Step("rollback.switch.legacy_helper", "rollback", fwd[f"{PHASE}.legacy_helper"].op.reverse(),
+                 tuple(i for i in (f"{PHASE}.legacy_helper", f"{PHASE}.legacy_helper_definer") if i in fwd)),
+            Step("rollback.switch.canonical_helper", "rollback", fwd[f"{PHASE}.canonical_helper"].op.reverse(),
+                 tuple(i for i in (f"{PHASE}.canonical_helper", f"{PHASE}.canonical_helper_definer") if i in fwd))]),
     ]
 
 
@@ -315,6 +339,8 @@ def policy_tables(plan) -> list:
 def accepted_tables(spec: Spec, cat: Catalog) -> set:
     """Tables with a policy that needs a person and is accepted (migration.accept_policies): rewritten by hand, so
     the RLS check must read them too, or a switch that leaves every policy to the user would compare nothing."""
+    if not spec.has_helper:
+        return set()
     return {r.table for r in rewrite_policies(cat, spec)
             if r.table != cat.legacy.name and r.uncertain and policy_name(r) in spec.migration.accept_policies}
 

@@ -6,6 +6,8 @@ from typing import Any
 
 PASSED, FAILED, NOTHING, NOT_RUN = "passed", "FAILED", "proves nothing", "not run"
 NOT_MEASURED, ACCEPTED, ATTENTION, ROLLED_BACK = "not measured", "accepted", "attention", "rolled back"
+# A check with nothing to look at by the database's design (no RLS identity helper): said so, never "passed".
+NOT_APPLICABLE = "not applicable"
 # Checks a ledger of an older version recorded without their coverage: shown as such, never as "proves nothing".
 _KNOWN = {"align.coverage_gate": "legacy rows have a mapping row", "expand.invariants": "expand invariants",
           "contract.final_validation": "final validation (every row's new id = its legacy id's owner)"}
@@ -209,6 +211,11 @@ def _rls(eq: dict | None, step: dict | None) -> dict:
            "figures": eq}
     if eq is None:
         return {**row, "status": NOT_RUN, "looked_at": "not checked (the switch has not run)"}
+    if eq.get("not_applicable"):
+        policies = eq.get("policies") or []
+        return {**row, "status": NOT_APPLICABLE, "looked_at": eq["not_applicable"] + (
+            f"; looked at {n(len(eq.get('tables') or []))} tables ({', '.join(eq.get('tables') or [])}) and "
+            f"{n(len(policies))} policies on them")}
     cov = eq.get("coverage") or {}
     parts = [f"{n(eq.get('identities', 0))} identities"]
     if cov:
@@ -254,6 +261,8 @@ def unavailable(g: dict) -> list[str]:
 def gate_status(g: dict) -> str:
     if not g.get("passed"):
         return FAILED
+    if g.get("not_applicable"):
+        return NOT_APPLICABLE
     if g.get("accepted"):
         return ACCEPTED
     if unavailable(g) or g.get("measured") is False:
@@ -272,6 +281,8 @@ def _gates(gates: list[dict] | None) -> list[dict]:
         status = gate_status(g)
         if status == NOT_MEASURED:
             text = f"{len(missing)} signal(s) unavailable: " + "; ".join(missing)
+        elif status == NOT_APPLICABLE:
+            text = str(g.get("not_applicable"))
         elif details:
             text = f"{len(details)} finding(s): " + details[0][:160] + (" …" if len(details) > 1 else "")
         else:

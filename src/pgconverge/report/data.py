@@ -66,8 +66,10 @@ def collect(conn: psycopg.Connection, spec: Spec) -> dict:
 
     candidates = [spec]
     if ran:
-        try:  # recorded as the report prints it, a default left empty ('') where the file may omit it
-            candidates.insert(0, from_dict({k: {n: v for n, v in sec.items() if v != ""} for k, sec in ran.items()},
+        try:  # recorded as the report prints it, a default left empty ('') where the file may omit it; an empty
+            # helper is the configuration's own (legacy.helper = "": no RLS identity helper)
+            candidates.insert(0, from_dict({k: {n: v for n, v in sec.items() if v != "" or n == "helper"}
+                                            for k, sec in ran.items()},
                                            source="the configuration the latest run recorded"))
         except PgConvergeError:
             pass

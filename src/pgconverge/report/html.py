@@ -11,7 +11,8 @@ from pgconverge.report.markdown import _v, blocks
 _PALETTE = ("#2563eb", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d")
 _PHASE_COLORS = {"align": "#2563eb", "expand": "#16a34a", "switch": "#d97706", "contract": "#7c3aed"}
 _STATUS = {"passed": "st-passed", "FAILED": "st-bad", "proves nothing": "st-bad", "not measured": "st-warn",
-           "accepted": "st-warn", "attention": "st-warn", "not run": "st-muted", "rolled back": "st-muted"}
+           "accepted": "st-warn", "attention": "st-warn", "not run": "st-muted", "rolled back": "st-muted",
+           "not applicable": "st-muted"}
 _STATE_COLORS = {"failed": "#dc2626", "reverted": "#9ca3af", "running": "#fbbf24", "interrupted": "#f97316",
                  "stopped": "#f97316", "unproven": "#f97316"}
 

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from pgconverge.operations.base import PHASES
-from pgconverge.report.checks import ACCEPTED, FAILED, NOT_MEASURED, NOTHING, PASSED
+from pgconverge.report.checks import ACCEPTED, FAILED, NOT_APPLICABLE, NOT_MEASURED, NOTHING, PASSED
 
 # `alter table "archive"."customers" rename to "customers_20261124T031500Z"` in the archive step's SQL
 _RENAME = re.compile(r'alter table "((?:[^"]|"")+)"\."(?:[^"]|"")+" rename to "((?:[^"]|"")+)"', re.IGNORECASE)
@@ -42,6 +42,7 @@ def build(d: dict) -> dict:
     nothing = [c for c in checks if c["status"] == NOTHING]
     unmeasured = [c for c in checks if c["status"] == NOT_MEASURED]
     accepted = [c for c in checks if c["status"] == ACCEPTED]
+    inapplicable = [c for c in checks if c["status"] == NOT_APPLICABLE]
     done = [ph for ph in PHASES if ph in phases and phases[ph]["state"] == "done"]
     stopped = next((phases[ph] for ph in PHASES if ph in phases
                     and phases[ph]["state"] in ("failed", "interrupted", "stopped", "unproven", "running")), None)
@@ -93,10 +94,11 @@ def build(d: dict) -> dict:
                    + ", ".join(c["check"] for c in nothing)) if nothing else (
             f"COMPLETE: all {len(PHASES)} phases done; {sum(c['status'] == PASSED for c in checks)} checks passed "
             "over the rows they state")
-        if not nothing and (unmeasured or accepted):
+        if not nothing and (unmeasured or accepted or inapplicable):
             verdict += "; " + ", ".join(x for x in (
                 f"{len(unmeasured)} gate(s) not measured" if unmeasured else "",
-                f"{len(accepted)} gate(s) accepted by the operator" if accepted else "") if x)
+                f"{len(accepted)} gate(s) accepted by the operator" if accepted else "",
+                f"{len(inapplicable)} check(s) not applicable (no RLS identity helper)" if inapplicable else "") if x)
     elif any(ph in phases for ph in PHASES) and all(phases[ph]["state"] == "reverted" for ph in PHASES
                                                     if ph in phases):
         status = "ROLLED BACK"

@@ -29,6 +29,8 @@ class CheckResult:
     # What the check looked at, where it says (the RLS check: per table, the sampled owners, how many of them saw
     # their own rows, and the rows compared).
     coverage: dict | None = None
+    # Why the check has nothing to look at by the database's design ("": it applies): said, never counted a pass.
+    not_applicable: str = ""
 
 
 def finished_phases(plan: Plan, ledger: Ledger) -> list[str]:

@@ -871,6 +871,51 @@ def nothing_owned(tables: list[str], identities: int) -> str:
             "were compared: check again once the tables hold rows of their owners")
 
 
+NO_HELPER = "not applicable: no RLS identity helper (legacy.helper = \"\")"
+
+
+def without_helper(conn, spec: Spec, cat: Catalog) -> tuple[dict, list[str]]:
+    """The RLS check where the database has no RLS identity helper (legacy.helper = ""): no token identifies anyone,
+    and the switch rewrites no policy, so there is nothing to compare. What it looks at instead, live: every policy on
+    the migrated tables (legacy, canonical, dependents) and any other that reads the legacy table or a legacy column.
+    (summary, problems): a policy in force that reads the legacy side is a problem (contract would leave it reading
+    what it drops); otherwise the summary says plainly that the check is not applicable, and why."""
+    names = list(dict.fromkeys((cat.legacy.name, cat.canonical.name, *(d.table.name for d in cat.dependents))))
+    tables = [str(t) for t in names]
+    refs = [(text(qn(d.table.name)), d.fk.columns[0]) for d in cat.dependents]
+    rows = conn.execute(
+        "with reads as (select d.objid from pg_catalog.pg_depend d "
+        "  where d.classid = 'pg_catalog.pg_policy'::regclass and d.refclassid = 'pg_catalog.pg_class'::regclass "
+        "  and (d.refobjid = pg_catalog.to_regclass(%(legacy)s) or (d.refobjid, d.refobjsubid) in ("
+        "    select a.attrelid, a.attnum::int from unnest(%(t)s::text[], %(c)s::text[]) x(t, c) "
+        "    join pg_catalog.pg_attribute a on a.attrelid = pg_catalog.to_regclass(x.t) and a.attname = x.c))) "
+        "select n.nspname, c.relname, p.polname, c.relrowsecurity, p.oid in (select objid from reads), "
+        "p.polrelid = pg_catalog.to_regclass(%(legacy)s) "
+        "from pg_catalog.pg_policy p join pg_catalog.pg_class c on c.oid = p.polrelid "
+        "join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+        "where p.polrelid in (select pg_catalog.to_regclass(t) from pg_catalog.unnest(%(tables)s::text[]) t) "
+        "or p.oid in (select objid from reads) order by 1, 2, 3",
+        {"legacy": text(qn(cat.legacy.name)), "t": [t for t, _ in refs], "c": [c for _, c in refs],
+         "tables": [text(qn(t)) for t in names]}).fetchall()
+    # A policy of the legacy table itself goes with it into the archive: one in force still needs the helper.
+    policies = [{"policy": f"{QualifiedName(ns, rel)}.{name}", "rls_enabled": on, "reads_legacy": reads,
+                 "problem": reads and (on or not own)} for ns, rel, name, on, reads, own in rows]
+    problems = [f"policy {p['policy']} reads {cat.legacy.name} or a legacy column"
+                + (" (row level security is off on its table, but the policy depends on them)" if not p["rls_enabled"]
+                   else "") + ", but legacy.helper = \"\" says the database has no RLS identity helper: nothing "
+                "rewrites it, and contract would leave it reading what it drops"
+                for p in policies if p.pop("problem")]
+    if not policies:
+        verdict = f"{NO_HELPER} and no policy on the migrated tables"
+    else:
+        verdict = (f"{NO_HELPER} and no policy on the migrated tables that reads the legacy table or a legacy column "
+                   f"is in force ({len(policies)} polic{'y' if len(policies) == 1 else 'ies'} there: "
+                   + ", ".join(p["policy"] + (" (reads the legacy table, archived with it; row level security off)"
+                                              if p["reads_legacy"] else "") for p in policies) + ")")
+    return {"not_applicable": "" if problems else verdict, "identities": 0, "tables": tables,
+            "policies": policies, "legacy_helper": None}, problems
+
+
 def rls_disabled(conn, tables: list[str]) -> list[str]:
     """TABLES whose row level security is disabled (relrowsecurity off): their policies are not applied at all."""
     from pgconverge.config import parse_qualified
@@ -1001,7 +1046,7 @@ def shared_by_policy(spec: Spec, cat: Catalog, tables: list[QualifiedName],
     identity: its USING reads neither helper, auth.uid(), the `sub` claim nor the identity claims (`true`,
     `auth.role() = 'authenticated'`). Read from the definitions, for the emitted tests and `verify --rls` before the
     switch, where no capture under the original policies was taken first (shared_by_design reads the rows)."""
-    helpers = {f"{spec.legacy.helper}()", f"{spec.canonical.helper}()"}
+    helpers = {f"{h}()" for h in (spec.legacy.helper, spec.canonical.helper) if h is not None}
     claims = {f"'{spec.legacy.claim}'", f"'{spec.canonical.claim}'"}
     wanted = {str(t) for t in tables}
     out = set()
