@@ -152,6 +152,9 @@ def _cycle(dsn: str, args: tuple[str, ...], spelled: str = SPELLED) -> None:
     assert _old_code(dsn, "old after rollback align") == _owned(dsn, None) == n + 9
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert _columns(conn) == {"id", "customer_id", "tag"}
+        # contract dropped it, its rollback wrote it back: as old code spelled it, not as its legacy row is stored
+        assert conn.execute("select customer_id::text from public.orders where tag = 'old after expand'"
+                            ).fetchone()[0] == spelled
         assert conn.execute("select to_regclass('pgconverge.legacy_customer_profile')").fetchone()[0] is None
 
 
