@@ -580,3 +580,27 @@ def test_the_cast_postgres_adds_around_a_domain_column_goes_with_it(base, printe
         assert out.automatic and out.new_using == "profile_id = public.auth_profile_id()", out
     else:
         assert any("inside a cast to text" in u for u in out.uncertain), out
+
+
+@pytest.mark.parametrize("using, expected", [
+    ("(customer_id OPERATOR(public.=) public.auth_customer_id())", "profile_id = public.auth_profile_id()"),
+    ("(customer_id OPERATOR(extensions.=) ( SELECT public.auth_customer_id() AS auth_customer_id))",
+     "profile_id = (SELECT public.auth_profile_id() AS auth_customer_id)"),
+    ("(customer_id OPERATOR(public.=) ANY (SELECT public.auth_customer_id()))",
+     "profile_id = ANY (SELECT public.auth_profile_id())"),
+])
+def test_a_comparison_with_the_legacy_types_own_operator_takes_the_canonical_types(using, expected):
+    """A citext key's policy compares with citext's =, which pg_get_expr names with its schema: the uuid column and
+    helper that replace both sides compare with uuid's, the bare = (OPERATOR(public.=) does not exist for uuid)."""
+    r = rewrite(policy(using=using, column_refs=refs(("carts", "customer_id")),
+                       function_refs=("public.auth_customer_id()",)))
+    assert r.automatic, r.uncertain
+    assert r.new_using == expected
+    assert any("OPERATOR(" in c and "of the canonical key's" in c for c in r.changes), r.changes
+
+
+def test_a_comparison_with_the_legacy_types_operator_and_an_unchanged_side_keeps_it():
+    r = rewrite(policy(using="(customer_id OPERATOR(public.=) 'a@b.org'::public.citext)",
+                       column_refs=refs(("carts", "customer_id"))))
+    assert not r.automatic
+    assert "OPERATOR(public.=)" in r.new_using

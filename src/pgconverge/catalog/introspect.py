@@ -124,9 +124,9 @@ class _Reader:
         if not oids:
             return {}
         cols: dict[int, list[Column]] = defaultdict(list)
-        for rel, name, typ, nn, default, gen, ident, num, acl, base, note in self.rows(q.COLUMNS, oids=oids):
+        for rel, name, typ, nn, default, gen, ident, num, acl, base, note, coll in self.rows(q.COLUMNS, oids=oids):
             cols[rel].append(Column(name, typ, nn, default, gen, ident, num, tuple((g, p, o) for g, p, o in acl),
-                                    base, note))
+                                    base, note, coll))
         idx: dict[int, list[Index]] = defaultdict(list)
         for rel, ns, iname, tns, tname, icols, idef, uniq, prim, valid, pred, am, note in self.rows(q.INDEXES,
                                                                                                    oids=oids):

@@ -23,6 +23,14 @@ class Column:
     # when it compares it with a value of that type, as pg_get_expr then shows ("(customer_id)::integer").
     base_type: str | None = None
     comment: str | None = None  # COMMENT ON COLUMN (pg_graphql reads its directives there)
+    # Its collation where it is not the database's default (quoted and qualified, e.g. `public.ci`): a column made
+    # to hold its values (the mapping's legacy column) compares them as it does only with it.
+    collation: str | None = None
+
+    @property
+    def declared_type(self) -> str:
+        """Its type as a column definition gives it: the type, and its collation where it is not the default."""
+        return f"{self.type} collate {self.collation}" if self.collation else self.type
 
 
 @dataclass(frozen=True)

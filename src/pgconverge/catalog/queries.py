@@ -26,7 +26,10 @@ select a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
           union all
           select t.typbasetype, t.typtypmod, d.depth + 1 from d join pg_type t on t.oid = d.base and t.typtype = 'd')
         select format_type(d.base, d.mod) from d order by d.depth desc limit 1),
-       col_description(a.attrelid, a.attnum)
+       col_description(a.attrelid, a.attnum),
+       (select quote_ident(cn.nspname) || '.' || quote_ident(co.collname) from pg_collation co
+        join pg_namespace cn on cn.oid = co.collnamespace
+        where co.oid = a.attcollation and a.attcollation <> 'pg_catalog."default"'::regcollation)
 from pg_attribute a
 left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
 where a.attrelid = any(%(oids)s) and a.attnum > 0 and not a.attisdropped

@@ -132,7 +132,9 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
                          "owners' view not checked)")
                         + f", {probes.get(t, 0)} write probes" for t, c in by_table.items())
     note = "" if summary["rows_seen"] else "no identity has rows in these tables: nothing was compared"
-    note = "; ".join(x for x in (note, covered, *summary["not_proven"]) if x)
+    spelled = summary["legacy_spelled_otherwise"]
+    spelled = f"{rls.SPELLED_OTHERWISE}: {spelled} of {summary['identities']} identities" if spelled else ""
+    note = "; ".join(x for x in (note, covered, spelled, *summary["not_proven"]) if x)
     empty = any(p.startswith("proves nothing: no row of") for p in problems)
     unsampled = any(p.startswith("proves nothing about") and "sampled identities is one of them" in p
                     for p in problems)
@@ -152,4 +154,5 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
         note, {"identities": summary["identities"], "rows_seen": summary["rows_seen"], "by_table": by_table,
                "write_probes": summary["write_probes"], "write_probes_by_table": probes,
                "rls_disabled": summary["rls_disabled"], "public_by_design": summary["public_by_design"],
-               "not_proven": summary["not_proven"], "owner_unknown": summary["owner_unknown"]})
+               "not_proven": summary["not_proven"], "owner_unknown": summary["owner_unknown"],
+               "legacy_spelled_otherwise": summary["legacy_spelled_otherwise"]})

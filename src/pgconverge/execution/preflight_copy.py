@@ -364,10 +364,12 @@ class _Skip(Exception):
 
 def _match_key(kind: str, column: sql.Composable) -> sql.Composable:
     """A rough equivalence key, only to find rows of one person spelled differently (no private functions
-    exist before align): the last nine digits of a phone number, else the trimmed lower-case text."""
+    exist before align): the last nine digits of a phone number, else the trimmed lower-case text. Under the
+    default collation: Postgres runs no regular expression under a nondeterministic one."""
+    text = sql.SQL('({}::text collate pg_catalog."default")').format(column)
     if "phone" in kind:
-        return sql.SQL("right(regexp_replace({}::text, '[^0-9]', '', 'g'), 9)").format(column)
-    return sql.SQL("lower(btrim({}::text))").format(column)
+        return sql.SQL("right(regexp_replace({}, '[^0-9]', '', 'g'), 9)").format(text)
+    return sql.SQL("lower(btrim({}))").format(text)
 
 
 def _choose(conn: psycopg.Connection, spec: Spec, plan: Plan, cats: baseline.Catalogs) -> _Sampler:

@@ -75,9 +75,9 @@ def run(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> MatchCheck:
     leg = cat.legacy
     lcols = spec.legacy.match_columns
     # the key align will compute, over a temporary copy of the phone function
-    key = match.key_of(spec, "l", lcols, tuple(leg.column(c).type for c in lcols), _PHONE)
+    key = match.key_of(spec, "l", tuple(leg.column(c) for c in lcols), _PHONE)
     nonblank = sql.SQL(" and ").join(sql.SQL("coalesce(pg_catalog.btrim({}), '') <> ''").format(
-        match.as_text("l", c, leg.column(c).type)) for c in lcols)
+        match.as_text("l", leg.column(c))) for c in lcols)
     shown = _shown(spec, leg)
     table = sql.Identifier(leg.name.schema, leg.name.name)
     mapping = spec.mapping_table
@@ -178,8 +178,7 @@ def created_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog, table: 
     for c in sorted(nulls):
         cols.append((c, can.column(c).type))
         vals.append(sql.SQL("null"))
-    ckey = match.key_of(spec, "p", spec.canonical.match_columns,
-                        tuple(can.column(c).type for c in spec.canonical.match_columns), _PHONE)
+    ckey = match.key_of(spec, "p", tuple(can.column(c) for c in spec.canonical.match_columns), _PHONE)
     failed = _gather(conn, cols, sql.SQL("""select {vals} from (
   (select distinct on (x.k) x.k, x.l from (select {key} as k, l from {t} l) x
     where x.k is not null and not exists (select 1 from {ct} p where {ckey} = x.k)
@@ -612,7 +611,7 @@ def _kinds(spec: Spec) -> str:
 
 
 def _shown(spec: Spec, leg: Table) -> sql.Composable:
-    refs = [match.as_text("l", c, leg.column(c).type) for c in spec.legacy.match_columns]
+    refs = [match.as_text("l", leg.column(c)) for c in spec.legacy.match_columns]
     return refs[0] if len(refs) == 1 else sql.SQL("concat_ws(' / ', {})").format(sql.SQL(", ").join(refs))
 
 

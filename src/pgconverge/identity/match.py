@@ -21,6 +21,7 @@ import re
 
 from psycopg import sql
 
+from pgconverge.catalog.model import Column
 from pgconverge.config import QualifiedName, Spec
 
 # Types whose ::text is immutable (date and timestamp casts read DateStyle/TimeZone, so no index can use them).
@@ -72,16 +73,19 @@ def key_expr(kinds: tuple[str, ...], values: list[sql.Composable], normalize: Qu
     return sql.SQL("(case when {} then null else {} end)").format(nulls, joined)
 
 
-def as_text(alias: str | None, column: str, type_: str) -> sql.Composable:
-    ref = sql.Identifier(column) if alias is None else sql.SQL("{}.{}").format(sql.Identifier(alias),
-                                                                               sql.Identifier(column))
-    return ref if type_ == "text" else sql.SQL("({})::text").format(ref)
+def as_text(alias: str | None, col: Column) -> sql.Composable:
+    """COL's value as text under ALIAS (None: the bare name, as in an index), under the database's default
+    collation: Postgres runs no regular expression under a nondeterministic one (a case-insensitive ICU collation),
+    and lower() under another collation ("C") folds other letters; either side of a match is keyed alike."""
+    ref = sql.Identifier(col.name) if alias is None else sql.SQL("{}.{}").format(sql.Identifier(alias),
+                                                                                 sql.Identifier(col.name))
+    out = ref if col.type == "text" else sql.SQL("({})::text").format(ref)
+    return sql.SQL('({} collate pg_catalog."default")').format(out) if col.collation else out
 
 
-def key_of(spec: Spec, alias: str | None, columns: tuple[str, ...], types: tuple[str, ...],
-           normalize: QualifiedName) -> sql.Composable:
-    """The match key of one side's match columns under ALIAS (None: bare names, as in an index)."""
-    return key_expr(spec.legacy.match_kinds, [as_text(alias, c, t) for c, t in zip(columns, types)], normalize)
+def key_of(spec: Spec, alias: str | None, columns: tuple[Column, ...], normalize: QualifiedName) -> sql.Composable:
+    """The match key of one side's match COLUMNS under ALIAS (None: bare names, as in an index)."""
+    return key_expr(spec.legacy.match_kinds, [as_text(alias, c) for c in columns], normalize)
 
 
 def reads(kind: str, value: str, region: str) -> bool:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from pgconverge.catalog.model import Catalog, Table
-from pgconverge.config import QualifiedName, Spec
+from pgconverge.catalog.model import Catalog, Column, Table
+from pgconverge.config import QualifiedName, Spec, parse_qualified
 from pgconverge.connection import OWN_APPLICATION_NAMES
 from pgconverge.errors import CatalogError
 from pgconverge.execution.sql import body, bounded, ident, qn, text
@@ -80,8 +80,9 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         ("mapping_table", CreateTable(n["mapping"], sql.SQL(
             "({lc} {lt} primary key, {cc} {ct} not null, method text not null check (method in ({methods})), "
             "match_key text, decided_at timestamptz not null default clock_timestamp(), note text)").format(
-                lc=ident(spec.mapping_legacy_column), lt=sql.SQL(lk.type), cc=ident(spec.migration.new_column),
-                ct=sql.SQL(ck.type), methods=sql.SQL(", ").join(map(sql.Literal, METHODS))),
+                lc=ident(spec.mapping_legacy_column), lt=sql.SQL(lk.declared_type),
+                cc=ident(spec.migration.new_column), ct=sql.SQL(ck.type),
+                methods=sql.SQL(", ").join(map(sql.Literal, METHODS))),
             why=f"which {can.name} row each {leg.name} row became",
             extra=(sql.SQL("create index if not exists {} on {} ({})").format(
                 sql.Identifier(bounded(f"{n['mapping'].name}_{spec.migration.new_column}")), qn(n["mapping"]),
@@ -91,8 +92,8 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         ("retired_table", CreateTable(n["retired"], sql.SQL(
             "({lc} {lt}, {cc} {ct} not null, method text not null, match_key text, decided_at timestamptz, note text, "
             "retired_at timestamptz not null default clock_timestamp())").format(
-                lc=ident(spec.mapping_legacy_column), lt=sql.SQL(lk.type), cc=ident(spec.migration.new_column),
-                ct=sql.SQL(ck.type)),
+                lc=ident(spec.mapping_legacy_column), lt=sql.SQL(lk.declared_type),
+                cc=ident(spec.migration.new_column), ct=sql.SQL(ck.type)),
             why=f"mappings of deleted {leg.name} rows whose key the application gave another person")),
         ("pending_table", CreateTable(n["pending"], sql.SQL(
             "(legacy_id text primary key, reason text not null, sqlstate text, "
@@ -125,7 +126,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             REUSE_TRIGGER, leg.name, sql.SQL("before insert "), n["legacy_reuse_fn"],
             why="before the row is written: a dependent row written in the same statement (a writable CTE, an "
                 "application trigger on the legacy table) finds no stale mapping of a reused key")),
-        ("legacy_key_function", CreateFunction(n["legacy_key_fn"], "", _legacy_key_function(spec),
+        ("legacy_key_function", CreateFunction(n["legacy_key_fn"], "", _legacy_key_function(spec, cat),
                                                why="a legacy row's mapping follows a change of its key")),
         ("legacy_key_trigger", CreateTrigger(
             KEY_TRIGGER, leg.name, sql.SQL("before update of {} ").format(ident(spec.legacy.key)), n["legacy_key_fn"],
@@ -151,6 +152,26 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                                                               after=f"{PHASE}.coverage_gate")))
     steps.append(("counts_before", contract.counts(spec, cat, "counts_before")))
     return [Step(f"{PHASE}.{i}", PHASE, op) for i, op in steps]
+
+
+def search_path(spec: Spec, cat: Catalog) -> sql.Composable:
+    """The search_path the functions pgconverge installs pin: pg_catalog, then the schema of the legacy key's type
+    where that is not pg_catalog's (citext's, in public or extensions), and pg_temp. Their = between two legacy keys is
+    then the key type's own (citext's ignores case), not text's, which Postgres would reach through citext's implicit
+    cast to text and compare byte for byte."""
+    col = cat.legacy.column(spec.legacy.key)
+    schema = key_type_schema(col.base_type or col.type) if col is not None else None
+    return sql.SQL("pg_catalog, {}pg_temp").format(sql.SQL("{}, ").format(ident(schema)) if schema else sql.SQL(""))
+
+
+def key_type_schema(type_: str) -> str | None:
+    """The schema of TYPE as format_type() prints it under search_path = pg_catalog (qualified where it is not
+    pg_catalog's), or None for one of pg_catalog."""
+    try:
+        name = parse_qualified(re.sub(r"(\(.*\))?(\[\])*$", "", type_.strip()), "pg_catalog")
+    except ValueError:
+        return None
+    return None if name.schema == "pg_catalog" else name.schema
 
 
 def coverage_gate(spec: Spec, cat: Catalog, phase: str = PHASE, redo: str = "") -> Check:
@@ -216,20 +237,18 @@ def describe_match(spec: Spec) -> str:
     return " and ".join(pairs)
 
 
-def _types(table: Table, columns: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(table.column(c).type for c in columns)
+def _columns(table: Table, columns: tuple[str, ...]) -> tuple[Column, ...]:
+    return tuple(table.column(c) for c in columns)
 
 
 def legacy_key(spec: Spec, cat: Catalog, alias: str = "l") -> sql.Composable:
     """The match key of a legacy row under ALIAS."""
-    return match.key_of(spec, alias, spec.legacy.match_columns, _types(cat.legacy, spec.legacy.match_columns),
-                        names(spec)["normalize"])
+    return match.key_of(spec, alias, _columns(cat.legacy, spec.legacy.match_columns), names(spec)["normalize"])
 
 
 def canonical_key(spec: Spec, cat: Catalog, alias: str | None = "p") -> sql.Composable:
     """The match key of a canonical row under ALIAS (None: bare column names, as in an index definition)."""
-    return match.key_of(spec, alias, spec.canonical.match_columns,
-                        _types(cat.canonical, spec.canonical.match_columns), names(spec)["normalize"])
+    return match.key_of(spec, alias, _columns(cat.canonical, spec.canonical.match_columns), names(spec)["normalize"])
 
 
 def _legacy_values(spec: Spec, alias: str) -> sql.Composable:
@@ -451,7 +470,7 @@ def _order_by(spec: Spec, can: Table, key: sql.Composable = sql.SQL("k")) -> sql
     parts = [sql.SQL("coalesce(({}), false) desc").format(sql.SQL(pred)) for pred in live_predicates(spec, can)]
     if len(spec.canonical.match_columns) == 1:
         c = can.column(spec.canonical.match_columns[0])
-        parts.append(sql.SQL("({} = {}) desc").format(match.as_text("p", c.name, c.type),
+        parts.append(sql.SQL("({} = {}) desc").format(match.as_text("p", c),
                                                       match.preferred_form(spec.legacy.match_kinds[0], key)))
     for cand in ("created_at", "inserted_at"):
         if can.column(cand):
@@ -467,7 +486,7 @@ def created_values(spec: Spec, cat: Catalog, normalize: QualifiedName, alias: st
     canonical spelling. Also what `plan` checks the canonical table's rules against (identity/check.py)."""
     out = []
     for lc, cc, kind in zip(spec.legacy.match_columns, spec.canonical.match_columns, spec.legacy.match_kinds):
-        raw = match.as_text(alias, lc, cat.legacy.column(lc).type)
+        raw = match.as_text(alias, cat.legacy.column(lc))
         value = match.stored_value(kind, match.part_key(kind, raw, normalize), raw)
         out.append(sql.SQL("case when {} is null then null else ({})::{} end").format(
             key, value, sql.SQL(unsized(cat.canonical.column(cc).type))))
@@ -489,8 +508,8 @@ def unsized(type_: str) -> str:
 def _same_spelling(spec: Spec, cat: Catalog) -> sql.Composable:
     """Whether canonical row p stores legacy row r's match value(s) as written: 'exact', else 'normalized'."""
     return sql.SQL(" and ").join(
-        sql.SQL("{} = {}").format(match.as_text("p", cc, cat.canonical.column(cc).type),
-                                  match.as_text("r", lc, cat.legacy.column(lc).type))
+        sql.SQL("{} = {}").format(match.as_text("p", cat.canonical.column(cc)),
+                                  match.as_text("r", cat.legacy.column(lc)))
         for lc, cc in zip(spec.legacy.match_columns, spec.canonical.match_columns))
 
 
@@ -670,8 +689,8 @@ end""").format(
         **_create(qn(can.name), ck, cols, vals, bare_cols, bare_vals, empty_cols, empty_vals))
     return sql.SQL(
         "create or replace function {f}(r {lt}) returns {ck_type} language plpgsql volatile security definer "
-        "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(
-        f=qn(n["align_row"]), lt=qn(cat.legacy.name), ck_type=ck_type, body=body(code))
+        "set search_path = {path} set row_security = off as {body}").format(
+        f=qn(n["align_row"]), lt=qn(cat.legacy.name), ck_type=ck_type, body=body(code), path=search_path(spec, cat))
 
 
 def _create(table: sql.Composable, ck: sql.Composable, cols: list, vals: list, bare_cols: list,
@@ -836,8 +855,8 @@ end""").format(lk_type=lk_type, mlc=ident(spec.mapping_legacy_column), mcc=ident
                ck=ident(spec.canonical.key), lk=ident(spec.legacy.key), ckey=canonical_key(spec, cat, "p"))
     return sql.SQL(
         "create or replace function {f}(canonical_id {ck_type}) returns {lk_type} language plpgsql volatile "
-        "security definer set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(
-        f=qn(n["legacy_for"]), ck_type=ck_type, lk_type=lk_type, body=body(code))
+        "security definer set search_path = {path} set row_security = off as {body}").format(
+        f=qn(n["legacy_for"]), ck_type=ck_type, lk_type=lk_type, body=body(code), path=search_path(spec, cat))
 
 
 def _legacy_trigger_function(spec: Spec, cat: Catalog) -> sql.Composable:
@@ -868,7 +887,7 @@ end""").format(f=qn(n["align_row"]), flag=sql.Literal(REVERSE_FLAG), mapping=qn(
                  park=_park(spec, sql.SQL(
         "case sqlstate when '40001' then 'written by a transaction whose snapshot is older than the canonical row made "
         "for the same key (repeatable read or serializable): pgconverge maps it at its next step' else sqlerrm end")))
-    return _trigger_function(n["legacy_trigger_fn"], code)
+    return _trigger_function(n["legacy_trigger_fn"], code, search_path(spec, cat))
 
 
 def _park(spec: Spec, reason: sql.Composable) -> sql.Composable:
@@ -880,12 +899,12 @@ def _park(spec: Spec, reason: sql.Composable) -> sql.Composable:
         pending=qn(names(spec)["pending"]), lk=ident(spec.legacy.key), reason=reason)
 
 
-def _trigger_function(name: QualifiedName, code: sql.Composable) -> sql.Composable:
+def _trigger_function(name: QualifiedName, code: sql.Composable, path: sql.Composable) -> sql.Composable:
     """A trigger function of the legacy table. SECURITY DEFINER: old code runs as an API role, which has no access to
-    the private schema."""
+    the private schema. PATH: its search_path (search_path())."""
     return sql.SQL(
         "create or replace function {f}() returns trigger language plpgsql security definer "
-        "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(name), body=body(code))
+        "set search_path = {path} set row_security = off as {body}").format(f=qn(name), body=body(code), path=path)
 
 
 KEY_TRIGGER = "pgconverge_align_key"
@@ -921,10 +940,10 @@ begin
 end""").format(flag=sql.Literal(REVERSE_FLAG), mapping=qn(n["mapping"]), mlc=ident(spec.mapping_legacy_column),
                lk=ident(spec.legacy.key), key=legacy_key(spec, cat, "new"), lt=qn(cat.legacy.name),
                retired=qn(n["retired"]), mcc=ident(spec.migration.new_column))
-    return _trigger_function(n["legacy_reuse_fn"], code)
+    return _trigger_function(n["legacy_reuse_fn"], code, search_path(spec, cat))
 
 
-def _legacy_key_function(spec: Spec) -> sql.Composable:
+def _legacy_key_function(spec: Spec, cat: Catalog) -> sql.Composable:
     """A legacy row whose key the application changes keeps its mapping under the new key (and its wait in the
     pending table): BEFORE the row changes, so the dependents' sync triggers, which ON UPDATE CASCADE fires after it,
     find the person's canonical row under the new key instead of deciding the row again as a new one (a second
@@ -946,7 +965,7 @@ end""").format(mapping=qn(n["mapping"]), ml=ident(spec.mapping_legacy_column), l
                pending=qn(n["pending"]), park=_park(spec, sql.SQL(
                    "pg_catalog.format('its key changed from %s and its mapping could not follow: %s', old.{}, "
                    "sqlerrm)").format(ident(spec.legacy.key))))
-    return _trigger_function(n["legacy_key_fn"], code)
+    return _trigger_function(n["legacy_key_fn"], code, search_path(spec, cat))
 
 
 # The forward steps after which canonical rows align created may exist: the trigger creates one for every person old

@@ -149,7 +149,9 @@ def keep_legacy_ids(spec: Spec, cat: Catalog) -> Operation:
     """Rows whose legacy id a rollback could not derive from the new id (merged legacy rows), kept aside.
 
     Reverse-filling the legacy column gives each row the first legacy row of its canonical row;
-    for legacy rows that were merged onto one canonical row that is not always the one it had.
+    for legacy rows that were merged onto one canonical row that is not always the one it had. Compared as text
+    byte for byte: a key whose equality ignores case (citext, a nondeterministic collation) takes a row's
+    'cust3@shop.org' for its legacy row's 'Cust3@Shop.org', and the rollback gives the row back its own spelling.
     """
     from pgconverge.operations.create_table import CreateTable
 
@@ -161,7 +163,8 @@ def keep_legacy_ids(spec: Spec, cat: Catalog) -> Operation:
         # of the mapping and a hash join): a per-row sub-query walked the mapping's key for every row.
         parts.append(sql.SQL(
             "select {t}, {k}, d.{l}::text from {tab} d left join (select distinct on (mm.{mn}) mm.{mn}, mm.{ml} "
-            "from {m} mm order by mm.{mn}, mm.{ml}) f on f.{mn} = d.{n} where d.{l} is distinct from f.{ml}").format(
+            "from {m} mm order by mm.{mn}, mm.{ml}) f on f.{mn} = d.{n} "
+            "where d.{l}::text collate pg_catalog.\"C\" is distinct from f.{ml}::text").format(
             t=sql.Literal(references.label(cat, d)), k=_row_id(spec, cat, d), l=ident(d.fk.columns[0]),
             tab=qn(d.table.name), ml=ident(spec.mapping_legacy_column), m=qn(m), mn=ident(spec.migration.new_column),
             n=ident(references.new_column(spec, cat, d))))
@@ -536,7 +539,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         loosen = (DropNotNull(d.table.name, n.new, why="checked at commit by the deferred fill trigger again"),) \
             if at_commit else ()
         add(f"{n.short}.legacy_column", Together((
-            AddColumn(d.table.name, legacy_col, col.type), *defaults, *grants,
+            AddColumn(d.table.name, legacy_col, col.declared_type), *defaults, *grants,
             exp[f"expand.{en.short}.sync_trigger"].op, *loosen), "old code writes the column as soon as it exists"),
             (f"{fid}.drop_legacy_column",))
         if at_commit:

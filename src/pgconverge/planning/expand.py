@@ -757,7 +757,8 @@ end""").format(**p, key_fill=_key_fill(spec, d, p, fill_legacy), count=_count_ol
                if last else sql.SQL(""))
     return sql.SQL(
         "create or replace function {f}() returns trigger language plpgsql security definer "
-        "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(n.sync_fn), body=body(code))
+        "set search_path = {path} set row_security = off as {body}").format(
+            f=qn(n.sync_fn), body=body(code), path=align.search_path(spec, cat))
 
 
 def fill_function(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> CreateFunction:
@@ -820,7 +821,8 @@ begin
 end""").format(**p, check=check)
     stmt = sql.SQL(
         "create or replace function {f}() returns trigger language plpgsql security definer "
-        "set search_path = pg_catalog, pg_temp set row_security = off as {body}").format(f=qn(n.fill_fn), body=body(code))
+        "set search_path = {path} set row_security = off as {body}").format(
+            f=qn(n.fill_fn), body=body(code), path=align.search_path(spec, cat))
     return CreateFunction(n.fill_fn, "", stmt, why=f"fill {d.table.name}.{n.new} at commit where {legacy_col}'s "
                                                    "legacy row was written after the row")
 

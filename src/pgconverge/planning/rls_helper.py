@@ -319,9 +319,15 @@ class _Derivation:
 
     def _mapping_lookup(self, want: str, given: str, value: ast.Node, *, several: bool) -> ast.SubLink:
         """(SELECT m.<want> FROM <mapping> m WHERE m.<given> = <value>), the first by <want>'s order when several
-        rows may match (ORDER BY … LIMIT 1, not min(): there is no min() for uuid)."""
-        where = ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String("="),), lexpr=column_ref(_M, given),
-                           rexpr=value)
+        rows may match (ORDER BY … LIMIT 1, not min(): there is no min() for uuid). A legacy key of a type with an
+        = of its own (citext's, which ignores case) is compared with that one, named with its schema: under the
+        helper's empty search_path a bare = would be text's, reached through citext's cast to text."""
+        op: tuple[str, ...] = ("=",)
+        schema = strings(self.legacy_type.names)[:-1]
+        if given == self.lcol and schema and schema[0] != "pg_catalog":
+            op = (schema[0], "=")
+        where = ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=tuple(ast.String(p) for p in op),
+                           lexpr=column_ref(_M, given), rexpr=value)
         sub = ast.SelectStmt(targetList=(ast.ResTarget(val=column_ref(_M, want)),),
                              fromClause=(range_var(self.mapping, _M),), whereClause=where,
                              limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT, op=enums.SetOperation.SETOP_NONE)

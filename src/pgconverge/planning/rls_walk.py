@@ -56,6 +56,28 @@ class Walker:
             problem = self._use_problem(node, ancestors)
             if problem:
                 self._doubt(f"{what} is {problem}")
+            else:
+                self._own_operator(node, ancestors)
+
+    def _own_operator(self, node: ast.Node, ancestors: tuple[ast.Node, ...]) -> None:
+        """A comparison whose two sides both changed compares canonical keys: with their type's own operator, not
+        the legacy type's. pg_get_expr names an operator of another schema than pg_catalog with its schema
+        (`customer_id OPERATOR(public.=) auth_customer_id()` on a citext key), which uuid does not have: the bare
+        operator is what Postgres resolves for the canonical key's type."""
+        parent = ancestors[-1] if ancestors else None
+        if isinstance(parent, ast.A_Expr) and parent.kind == _K.AEXPR_OP:
+            attr = "name"
+        elif isinstance(parent, ast.SubLink) and parent.testexpr is node:
+            attr = "operName"
+        elif (isinstance(parent, ast.ResTarget) and len(ancestors) >= 3 and isinstance(ancestors[-3], ast.SubLink)
+              and ancestors[-3].subLinkType == _S.ANY_SUBLINK):  # what the sub-query of an IN returns
+            parent, attr = ancestors[-3], "operName"
+        else:
+            return
+        name = strings(getattr(parent, attr))
+        if len(name) == 2 and name[0] != "pg_catalog" and name[1] in _EQUALITY:
+            setattr(parent, attr, (ast.String(name[1]),))
+            self._change(f"OPERATOR({'.'.join(name)}) of the legacy key's type → {name[1]} of the canonical key's")
 
     def _doubt(self, reason: str) -> None:
         text = f"{self.clause}: {reason}"
@@ -267,7 +289,7 @@ class Walker:
             kind = "" if parent.kind == _K.AEXPR_OP else f" {parent.kind.name.removeprefix('AEXPR_')}"
             return f"an operand of {op}{kind} (not a plain = comparison)"
         if isinstance(parent, ast.SubLink) and parent.testexpr is node:
-            if parent.subLinkType == _S.ANY_SUBLINK and strings(parent.operName) in ((), ("=",)):
+            if parent.subLinkType == _S.ANY_SUBLINK and strings(parent.operName)[-1:] in ((), ("=",)):
                 return None if self._key_valued(_single_value(parent.subselect)) else \
                     "compared with a sub-query whose value does not change"
             return "compared with a sub-query in a way other than = / IN"
@@ -278,7 +300,7 @@ class Walker:
                 return None  # EXISTS ignores the value
             if _single_value(ancestors[-2]) is not node:
                 return "one of several values of a sub-query"
-            if link.subLinkType == _S.ANY_SUBLINK and strings(link.operName) in ((), ("=",)):
+            if link.subLinkType == _S.ANY_SUBLINK and strings(link.operName)[-1:] in ((), ("=",)):
                 return None if self._key_valued(link.testexpr) else "returned to an IN whose left side does not change"
             if link.subLinkType == _S.EXPR_SUBLINK:
                 return self._use_problem(link, ancestors[:-3])

@@ -76,6 +76,14 @@ class Identity:
     # Where in the token the helper reads the claim: () at the top, ("app_metadata",) for
     # auth.jwt() -> 'app_metadata' ->> 'customer_id' (the derived helper reads the canonical claim there too).
     claim_path: tuple[str, ...] = ()
+    # How old code's token spells each legacy id, in the order of LEGACY: for a key whose equality ignores case (citext,
+    # a nondeterministic collation), in another case than stored where the key takes it for the same (SPELLED_OTHERWISE
+    # says how the check chooses it); else as stored. None: as stored.
+    spellings: tuple[str, ...] | None = None
+
+    @property
+    def spelled_otherwise(self) -> bool:
+        return self.spellings is not None and self.spellings != self.legacy
 
 
 @dataclass
@@ -296,15 +304,51 @@ def sample(conn: psycopg.Connection, spec: Spec, n: int, only: list[str] | None 
             s=ident(subject), l=ident(spec.mapping_legacy_column))
         join = sql.SQL(" left join {t} x on x.{k} = m.{l}").format(
             t=qn(spec.legacy.table), k=ident(spec.legacy.key), l=ident(spec.mapping_legacy_column))
-    q = sql.SQL("select m.{c}::text, array_agg(m.{l}::text order by m.{l}){s} from {mt} m{j}{w} group by m.{c} "
+    spelled = _spelled_otherwise(conn, spec)
+    spellings = sql.SQL(", array_agg({} order by m.{})").format(spelled, ident(spec.mapping_legacy_column)) \
+        if spelled is not None else sql.SQL("")
+    q = sql.SQL("select m.{c}::text, array_agg(m.{l}::text order by m.{l}){s}{sp} from {mt} m{j}{w} group by m.{c} "
                 "order by hashtext(m.{c}::text), m.{c}::text {lim}").format(
         c=ident(spec.migration.new_column), l=ident(spec.mapping_legacy_column), mt=qn(m), s=subjects, j=join,
-        w=sql.SQL("") if only is None else sql.SQL(" where m.{}::text = any(%s::text[])").format(
+        sp=spellings, w=sql.SQL("") if only is None else sql.SQL(" where m.{}::text = any(%s::text[])").format(
             ident(spec.migration.new_column)),
         lim=sql.SQL("limit {}").format(sql.Literal(n)) if n and only is None else sql.SQL(""))
     path = claim_path(conn, spec)
-    return [Identity(r[0], tuple(r[1]), tuple(r[2]) if subject else None, path)
+    return [Identity(r[0], tuple(r[1]), tuple(r[2]) if subject else None, path,
+                     tuple(r[-1]) if spelled is not None else None)
             for r in conn.execute(q, None if only is None else (only,)).fetchall()]
+
+
+SPELLED_OTHERWISE = ("old code's tokens spell the legacy key in another case than stored (upper, else lower case) "
+                     "where the key's equality takes it for the same (citext, a nondeterministic collation)")
+
+
+def _spelled_otherwise(conn, spec: Spec) -> sql.Composable | None:
+    """For a legacy key of a string type: the mapping row m's legacy id in upper case, else in lower case, where the
+    legacy key's own = (citext's, or text's under a case-insensitive collation) takes that for the legacy row's, else
+    as stored. Asked of the legacy table, not of the mapping: the check is to find out whether what pgconverge put in
+    between compares as the key does. None for a key of another type, or without the legacy table."""
+    row = conn.execute(
+        "with recursive d(t, depth) as (select a.atttypid, 0 from pg_catalog.pg_attribute a "
+        "  where a.attrelid = pg_catalog.to_regclass(%s) and a.attname = %s "
+        "  union all select t.typbasetype, d.depth + 1 from d join pg_catalog.pg_type t on t.oid = d.t "
+        "  and t.typtype = 'd') "
+        "select pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.typname), t.typcategory = 'S', "
+        "(select bn.nspname from d join pg_catalog.pg_type b on b.oid = d.t join pg_catalog.pg_namespace bn "
+        "  on bn.oid = b.typnamespace order by d.depth desc limit 1) "
+        "from d join pg_catalog.pg_type t on t.oid = d.t join pg_catalog.pg_namespace n on n.oid = t.typnamespace "
+        "where d.depth = 0", (text(qn(spec.legacy.table)), spec.legacy.key)).fetchone()
+    if row is None or not row[1]:
+        return None
+    type_, schema = row[0], row[2]
+    # the = of the key's type (a domain's base type) itself, named with its schema, whatever the session's search_path
+    raw = sql.SQL("m.{}::text").format(ident(spec.mapping_legacy_column))
+    return sql.SQL(
+        "coalesce((select s.v from unnest(array[pg_catalog.upper({t}), pg_catalog.lower({t})]) s(v) "
+        'where s.v <> ({raw} collate pg_catalog."C") and exists (select from {lt} l where l.{lk} operator({eq}.=) '
+        's.v::{ty} and (l.{lk}::text collate pg_catalog."C") = {raw}) limit 1), {raw})').format(
+            t=sql.SQL('({} collate pg_catalog."default")').format(raw), raw=raw, lt=qn(spec.legacy.table),
+            lk=ident(spec.legacy.key), eq=ident(schema), ty=sql.SQL(type_))
 
 
 def _owners(spec: Spec, cat: Catalog, t: Target, by: dict[str, Target], contracted: bool
@@ -411,7 +455,8 @@ def _claims(spec: Spec, claim: str, value: str, path: tuple[str, ...] = ()) -> d
 def _legacy_token(spec: Spec, ident_: Identity, i: int) -> dict:
     """The token of the caller owning legacy row ident_.legacy[i], as the application minted it before the switch."""
     if ident_.subjects is None:
-        return _claims(spec, spec.legacy.claim, ident_.legacy[i], ident_.claim_path)
+        spelled = ident_.spellings[i] if ident_.spellings is not None else ident_.legacy[i]
+        return _claims(spec, spec.legacy.claim, spelled, ident_.claim_path)
     sub = ident_.subjects[i]  # looked up by auth.uid(): the token names its auth user, not the legacy row
     return {**dict(spec.migration.token_claims), **({"sub": sub} if sub else {})}
 
@@ -1212,6 +1257,7 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
         expected = set(eq["owners_insert"]) if "owners_insert" in eq else insertable(spec, cat, tables)
         problems += own_inserts_refused(cap, expected)
     return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
+            "legacy_spelled_otherwise": 0 if contracted else sum(i.spelled_otherwise for i in identities),
             "write_probes": len(cap.writes), "write_probes_by_table": write_probes_by_table(cap),
             "switched": switched or contracted, "scan_bound": scan_bound_summary(cap),
             "rows_seen": rows_seen(cap), "coverage_by_table": by_table, "not_proven": not_proven,
