@@ -176,7 +176,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             shorts = partitions.short_names(d.partitions)
             for leaf in d.leaves:
                 add(n, f"backfill.{shorts[leaf.table.name]}", _backfill(spec, d, n, leaf.table))
-            fn, late = _late_backfill(spec, d, n)
+            fn, late = _late_backfill(spec, cat, d, n)
             add(n, "backfill_function", fn)
             add(n, "backfill_attached", late)
         else:
@@ -286,11 +286,11 @@ def _backfill(spec: Spec, d: Dependent, n: Names, table: Table) -> Batched:
                           ((BACKFILL_SETTING, "on"),), parallel=True, by_pages=True)
 
 
-def _late_backfill(spec: Spec, d: Dependent, n: Names) -> tuple[CreateFunction, Batched]:
+def _late_backfill(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> tuple[CreateFunction, Batched]:
     set_, from_, where = _fill(spec, n)
     return partitions.late_backfill(spec, d, n.late_fn, [p.table.name for p in d.leaves], set_, from_, where,
                                     f"backfill {d.table.name}.{n.new} from {n.legacy} through the mapping",
-                                    ((BACKFILL_SETTING, "on"),))
+                                    ((BACKFILL_SETTING, "on"),), path=align.search_path(spec, cat))
 
 
 # Key types whose values come in no particular order: a keyset walk over them visits the heap at random, one page

@@ -169,7 +169,8 @@ def taken_names(d: Dependent) -> set[str]:
 
 def late_backfill(spec: Spec, d: Dependent, fn: QualifiedName, planned: list[QualifiedName],
                   set_: sql.Composable, from_: sql.Composable | None, where: sql.Composable, what: str,
-                  settings: tuple = ()) -> tuple[CreateFunction, Batched]:
+                  settings: tuple = (), path: sql.Composable = sql.SQL("pg_catalog, pg_temp")
+                  ) -> tuple[CreateFunction, Batched]:
     """(the function, the batched step) that walk, by pages, every leaf partition of D not in PLANNED.
 
     The leaves are listed when each batch runs, in oid order; the position is "<leaf oid>:<next page>".
@@ -214,8 +215,8 @@ end""").format(parent=sql.Literal(str(d.table.name)), planned=sql.Literal([text(
                template=sql.Literal(template))
     create = CreateFunction(fn, "text, bigint", sql.SQL(
         "create or replace function {f}(after text, pages bigint) returns table (scanned bigint, last_done text, "
-        "changed bigint) language plpgsql volatile set search_path = pg_catalog, pg_temp set row_security = off "
-        "as {b}").format(f=qn(fn), b=body(code)),
+        "changed bigint) language plpgsql volatile set search_path = {path} set row_security = off "
+        "as {b}").format(f=qn(fn), b=body(code), path=path),
         why=f"backfill the leaf partitions of {d.table.name} attached after expand was planned")
     stmt = (sql.SQL("b as (select * from {}(%(after)s::text, %(n)s::bigint))").format(qn(fn)),
                        sql.SQL("b.scanned, b.last_done, b.changed from b"))
