@@ -764,7 +764,7 @@ def _refill(spec: Spec, cat: Catalog, d, table=None, mapped: bool = False) -> Op
             " and exists (select 1 from {m} m join {leg} l on l.{lk} = m.{ml} where m.{mn} = d.{n})").format(**p)
             if mapped else sql.SQL("")),
         f"give {table.name} rows their {d.fk.columns[0]} back"
-        + (" where their canonical row has a legacy row by now" if mapped else ""))
+        + (" where their canonical row has a legacy row by now" if mapped else ""), not_by=d.fk.columns[0])
     kept = sql.SQL("exists (select 1 from {keep} x where x.tbl = {t} and x.pk = {k} and x.legacy is not null)"
                    ).format(**p)
     return dataclasses.replace(op, legacy_rows=(align.reverse_aligned(

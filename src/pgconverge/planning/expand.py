@@ -253,17 +253,17 @@ def _check_dependent(spec: Spec, d: Dependent, n: Names | None = None) -> None:
                 "or drop that column if it is a leftover of a migration done by hand")
 
 
-def _key(d: Dependent | Table) -> tuple[str, str] | None:
-    """The single-column key a keyset scan can walk, if the table has one."""
-    t = d.table if isinstance(d, Dependent) else d
-    # Not the legacy column itself (a table keyed by it alone): a rollback walks the table while it is empty.
-    legacy = d.fk.columns[0] if isinstance(d, Dependent) else None
-    if len(t.primary_key) == 1 and t.primary_key[0] != legacy:
+def _key(t: Table, not_by: str | None = None) -> tuple[str, str] | None:
+    """The single-column key a keyset scan of T can walk, if it has one other than NOT_BY.
+
+    NOT_BY: the column the walk fills. A rollback's refill of the legacy column cannot walk by it (a table keyed by
+    that column alone, `wallets(customer_id primary key)`): every value there is NULL until the refill is done."""
+    if len(t.primary_key) == 1 and t.primary_key[0] != not_by:
         col = t.column(t.primary_key[0])
         return col.name, col.type
     for uk in t.unique_keys:
         col = t.column(uk[0]) if len(uk) == 1 else None
-        if col is not None and col.not_null and col.name != legacy:
+        if col is not None and col.not_null and col.name != not_by:
             return col.name, col.type
     return None
 
@@ -313,16 +313,17 @@ PAGE_WALK_SETTINGS = (("enable_hashjoin", "off"), ("enable_mergejoin", "off"))
 
 def batched_update(spec: Spec, d: Dependent | Table, set_: sql.Composable, from_: sql.Composable | None,
                    where: sql.Composable, what: str, settings: tuple = (), parallel: bool = False,
-                   by_pages: bool = False) -> Batched:
+                   by_pages: bool = False, not_by: str | None = None) -> Batched:
     """UPDATE d SET SET_ [FROM FROM_] WHERE WHERE over the table in key order, or in page order.
 
     D is a dependent (its table) or a table: a leaf partition is walked on its own.
     Each batch is one short transaction that locks at most about batch-size rows.
     Page order is taken for a table without a usable key, and, with BY_PAGES, for a table whose key's values are
     scattered over the heap (scattered_key): a key order there reads a different page for every row.
+    NOT_BY: the column SET_ fills, which the walk must not go by (see _key).
     """
     table = d.table if isinstance(d, Dependent) else d
-    key = _key(table)
+    key = _key(table, not_by)
     p = dict(t=qn(table.name), set=set_, where=where,
              frm=sql.SQL(", {}").format(from_) if from_ is not None else sql.SQL(""))
     if key is not None and not (by_pages and scattered_key(key[1])):
@@ -338,7 +339,8 @@ def batched_update(spec: Spec, d: Dependent | Table, set_: sql.Composable, from_
                        upper_bound=max_key(table.name, k), settings=settings, parallel=parallel, parts=stmt)
     return Batched(table.name, "ctid", "bigint", batch_size=spec.migration.batch_size,
                    what=f"{what} (in page order, {spec.migration.batch_size} rows' worth of pages per transaction"
-                   + (": no key)" if key is None else f": {key[0]} is a {key[1]}, scattered over the table)"),
+                   + ((f": no key but {not_by}, which it fills)" if not_by is not None and _key(table) is not None
+                       else ": no key)") if key is None else f": {key[0]} is a {key[1]}, scattered over the table)"),
                    upper_bound=last_page(table.name), settings=settings + PAGE_WALK_SETTINGS, parallel=parallel,
                    sweep=sweep_batch(table.name, set_, from_, where), sweep_find=sweep_find(table.name, from_, where),
                    sweep_fill=sweep_fill(table.name, set_, from_, where),
@@ -1086,5 +1088,5 @@ def _reverse_fill(spec: Spec, cat: Catalog, n: Names, table: Table) -> Batched:
     p = dict(l=ident(n.legacy), n=ident(n.new), legacy_for=qn(align.names(spec)["legacy_for"]))
     op = batched_update(spec, table, sql.SQL("{l} = {legacy_for}(d.{n})").format(**p), None,
                         sql.SQL("d.{l} is null and d.{n} is not null").format(**p),
-                        f"give {table.name} rows written with only {n.new} their {n.legacy} back")
+                        f"give {table.name} rows written with only {n.new} their {n.legacy} back", not_by=n.legacy)
     return dataclasses.replace(op, legacy_rows=(align.reverse_aligned(spec, cat, table.name, n.legacy, n.new),))

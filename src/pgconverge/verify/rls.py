@@ -134,7 +134,10 @@ def targets(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> list[Targe
         t = cat.table(name)
         if t is None:
             continue
-        key = t.primary_key[0] if len(t.primary_key) == 1 else "ctid"
+        # Not a legacy column (a table keyed by one alone, `wallets(customer_id primary key)`): contract drops it, so
+        # the rows are named by their ctids, as a table's without a single-column key are.
+        legacy = {d.fk.columns[0] for d in deps.get(name, ())}
+        key = t.primary_key[0] if len(t.primary_key) == 1 and t.primary_key[0] not in legacy else "ctid"
         if key == "ctid" and any(d.partitioned for d in deps.get(name, ())):
             key = ROWID  # a ctid names a row within one partition only
         key_type = {"ctid": "tid", ROWID: "text"}.get(key) or t.column(key).type
