@@ -164,11 +164,28 @@ def test_a_not_null_legacy_column_with_no_default_names_a_default_as_the_fix(mak
     dsn, cfg, newcomer = _switched(make_db, tmp_path, "", extra=extra)
     out = " ".join(cli("rollback", "expand", "--yes", "--dsn", dsn, "--config", cfg, expect=2).split())
     assert "public.customers.region is NOT NULL and has no default, and the rollback gives it no value" in out, out
-    assert "fix: give public.customers.region a default" in out and "nothing new code wrote is touched" in out, out
+    assert "fix: give public.customers a default on region" in out and "nothing new code wrote is touched" in out, out
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("alter table public.customers alter column region set default 'RW'")
     cli("rollback", "expand", "--yes", "--dsn", dsn, "--config", cfg)
     _legacy_row_made(dsn, None)
+
+
+def test_after_contract_the_default_fix_names_the_archived_legacy_table(make_db, tmp_path):
+    """After contract the legacy table is in the archive under another name: the fix's ALTER TABLE names it there,
+    and following it lets the rollback through."""
+    extra = ("alter table public.customers add column region text; update public.customers set region = 'RW'; "
+             "alter table public.customers alter column region set not null;")
+    dsn, cfg, newcomer = _switched(make_db, tmp_path, "", ("align", "expand", "switch", "contract"), extra=extra)
+    out = " ".join(cli("rollback", "contract", "--yes", "--dsn", dsn, "--config", cfg, expect=2).split())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        archived = conn.execute("select format('%I.%I', n.nspname, c.relname) from pg_class c join pg_namespace n "
+                                "on n.oid = c.relnamespace where n.nspname = 'archive' and c.relname like "
+                                "'customers%' and c.relkind = 'r'").fetchone()[0]
+        assert f"fix: give {archived} (contract archived public.customers there" in out, out
+        assert f"ALTER TABLE {archived} ALTER COLUMN" in out, out
+        conn.execute(f"alter table {archived} alter column region set default 'RW'")
+    cli("rollback", "contract", "--yes", "--dsn", dsn, "--config", cfg)
 
 
 CARTS = """

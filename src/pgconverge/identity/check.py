@@ -484,7 +484,10 @@ def legacy_refusals(conn: psycopg.Connection, made: list, legacy_at: QualifiedNa
     message = (f"the rollback would stop half way (nothing was changed): it must make a {legacy} row for each "
                f"{canonical} row that new code wrote rows for and that has none, and {legacy} would refuse these:\n"
                + "\n".join(f"  - {line}" for line in lines) + f"\n  rows written for them: {written}")
-    keep = (f"give {legacy}.{', '.join(defaultless)} a default (ALTER TABLE … ALTER COLUMN … SET DEFAULT …, a "
+    # Contract archived the legacy table under another name: the default goes on the table as it is now.
+    now = str(legacy_at)
+    at = legacy if now == str(legacy) else f"{now} (contract archived {legacy} there; the rollback moves it back)"
+    keep = (f"give {at} a default on {', '.join(defaultless)} (ALTER TABLE {now} ALTER COLUMN … SET DEFAULT …, a "
             "key's own sequence or generator, say): the legacy rows the rollback makes take it, and nothing new code "
             "wrote is touched; or " if defaultless else "")
     fix = (f"{keep}give those {canonical} rows the values {legacy} needs (the columns named above); failing that, "
