@@ -106,3 +106,25 @@ def test_decisions_naming_rows_that_do_not_exist_change_nothing_before_align(mak
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("select to_regnamespace('pgconverge')").fetchone()[0] is None
         assert "done" in _snapshot(conn)
+
+
+def test_a_default_the_file_does_not_set_is_named_as_one(make_db, tmp_path):
+    """A schema other than the bundled fixture's meets the defaults made for it (canonical.copy_columns copies
+    display_name, canonical.key is user_id): the error says the value is a default the file did not set, and for
+    copy_columns that [] copies none."""
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("create table public.users (id bigserial primary key, email text not null); "
+                     "create table public.people (id bigserial primary key, email text unique); "
+                     "create table public.comments (id bigserial primary key, user_id bigint not null "
+                     "references public.users (id))")
+    base = ('[legacy]\ntable = "public.users"\nkey = "id"\nmatch_column = "email"\nmatch = "email"\nhelper = ""\n'
+            '[canonical]\ntable = "public.people"\nmatch_column = "email"\n')
+    out = " ".join(cli("plan", "--dsn", dsn, "--config", write_config(tmp_path, base + 'key = "id"\n'),
+                       expect=2).split())
+    assert "canonical.copy_columns = 'display_name': table public.users has no such column" in out, out
+    assert "canonical.copy_columns is not set in" in out and "or to [] to copy none" in out, out
+    out = " ".join(cli("plan", "--dsn", dsn, "--config", write_config(tmp_path, base + "copy_columns = []\n"),
+                       expect=2).split())
+    assert "canonical.key = 'user_id'" in out and "canonical.key is not set in" in out, out
+    cli("plan", "--dsn", dsn, "--config", write_config(tmp_path, base + 'key = "id"\ncopy_columns = []\n'))

@@ -170,8 +170,16 @@ class _Reader:
         if table.column(column) is None:
             close = difflib.get_close_matches(column, [c.name for c in table.columns], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise CatalogError(f"{key} = {column!r}: table {table.name} has no such column{hint}",
-                               fix=f"set {key} to one of: {', '.join(c.name for c in table.columns)}")
+            default = _defaulted(self.spec, key)
+            if default:
+                hint += f"; {key} is not set in {self.spec.source}, and this is its default, made for the bundled " \
+                        "fixture"
+            fix = f"set {key} to one of: {', '.join(c.name for c in table.columns)}"
+            if key == "canonical.copy_columns":
+                fix = ("set canonical.copy_columns to the legacy columns to copy into a canonical row align creates, "
+                       "as { legacy_column = \"canonical_column\" } (columns of "
+                       f"{table.name}: {', '.join(c.name for c in table.columns)}), or to [] to copy none")
+            raise CatalogError(f"{key} = {column!r}: table {table.name} has no such column{hint}", fix=fix)
 
     def _check_key(self, side: str, table: Table, key: str) -> None:
         self._check_column(f"{side}.key", table, key)
@@ -404,3 +412,13 @@ def _inserts_into(table: QualifiedName) -> str:
     def name(n: str) -> str:
         return r'(?:"' + _regex_escape(n.replace('"', '""')) + r'"|' + _regex_escape(n) + ")"
     return r"\minsert\s+into\s+(?:" + name(table.schema) + r"\s*\.\s*)?" + name(table.name) + r"(?![a-z0-9_$])"
+
+
+def _defaulted(spec: Spec, key: str) -> bool:
+    """Whether the configuration KEY ("canonical.copy_columns") holds its built-in default: a file that does not set
+    it, or sets it to the same value."""
+    from pgconverge.config import CanonicalSide, LegacySide
+
+    section, name = key.split(".", 1)
+    side, default = (spec.legacy, LegacySide()) if section == "legacy" else (spec.canonical, CanonicalSide())
+    return getattr(side, name, None) == getattr(default, name, object())
