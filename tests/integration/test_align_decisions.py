@@ -1,5 +1,7 @@
 """Manual decisions from a CSV: respected by matching, validated as a whole, refused once expand used the mapping."""
 
+import psycopg
+
 from _support import cli, cli_json, mapping_problems
 
 
@@ -55,3 +57,59 @@ def test_bad_decisions_change_nothing(conn, fixture_db, tmp_path):
     after = conn.execute("select md5(string_agg(m::text, ',' order by customer_id)) "
                          "from pgconverge.legacy_customer_profile m").fetchone()[0]
     assert before == after
+
+
+def test_decisions_are_accepted_after_expands_coverage_gate_failed(conn, fixture_db, tmp_path):
+    """A legacy row old code writes after align that no canonical row can be made for stops expand at its coverage
+    gate, before any change, and the gate's fix is a decision: the decision is accepted (the failed gate changed
+    nothing, so nothing has used the mapping) and expand then goes through."""
+    cli("run", "align", "--dsn", fixture_db)
+    # no canonical row can be made without a number, and this one has none that can be read
+    conn.execute("alter table public.profiles add constraint needs_a_number check (whatsapp_e164 is not null) "
+                 "not valid")
+    with psycopg.connect(fixture_db, application_name="shop") as app:
+        stuck = app.execute("insert into public.customers (wa_id) values ('no number') returning id").fetchone()[0]
+    out = " ".join(cli("run", "expand", "--dsn", fixture_db, expect=2).split())
+    assert "expand.coverage" in out and f"{stuck} has no mapping" in out, out
+    assert "pgconverge align --decisions FILE" in out, out
+    p1, _ = _two_profiles(conn)
+    csv = tmp_path / "d.csv"
+    csv.write_text(f"customer_id,profile_id\n{stuck},{p1}\n")
+    out = cli_json("align", "--decisions", str(csv), "--dsn", fixture_db)
+    assert out == {"rows": 1, "new": 1, "unchanged": 0, "changed": []}, out
+    cli("run", "expand", "--dsn", fixture_db)
+    assert cli_json("status", "--dsn", fixture_db)["phases"]["expand"] == "done"
+    with psycopg.connect(fixture_db, application_name="shop") as app:
+        app.execute("insert into public.carts (customer_id) values (%s)", (stuck,))
+    assert conn.execute("select profile_id::text from public.carts where customer_id = %s",
+                        (stuck,)).fetchone()[0] == p1
+
+
+def test_decisions_still_refused_once_expand_changed_something(conn, fixture_db, tmp_path):
+    cli("run", "align", "--dsn", fixture_db)
+    cli("run", "expand", "--dsn", fixture_db)
+    p1, _ = _two_profiles(conn)
+    csv = tmp_path / "d.csv"
+    csv.write_text(f"customer_id,profile_id\n1,{p1}\n")
+    out = " ".join(cli("align", "--decisions", str(csv), "--dsn", fixture_db, expect=2).split())
+    assert "later phases have used it" in out, out
+    cli("rollback", "expand", "--dsn", fixture_db)
+    cli_json("align", "--decisions", str(csv), "--dsn", fixture_db)
+
+
+def test_report_agrees_with_status_after_decisions_then_align(conn, fixture_db, tmp_path):
+    """The decisions' record is not a step of align: a clean `run align` after them is reported complete."""
+    p1, _ = _two_profiles(conn)
+    csv = tmp_path / "d.csv"
+    csv.write_text(f"customer_id,profile_id\n1,{p1}\n")
+    cli_json("align", "--decisions", str(csv), "--dsn", fixture_db)
+    cli("run", "align", "--dsn", fixture_db)
+    assert cli_json("status", "--dsn", fixture_db)["phases"]["align"] == "done"
+    report = cli_json("report", "--dsn", fixture_db)
+    align = next(p for p in report["phases"] if p["phase"] == "align")
+    assert align["state"] == "done", align["states"]
+    assert "align.decisions" not in [s["id"] for s in align["steps"]]
+    assert any("1 manual decisions" in n for n in align["notes"]), align["notes"]
+    v = report["verdict"]
+    assert v["status"] not in ("INTERRUPTED", "FAILED"), v
+    assert "align" not in v["verdict"] or "stopped" not in v["verdict"], v

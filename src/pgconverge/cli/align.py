@@ -15,9 +15,32 @@ from pgconverge.connection import connect
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution import decisions, prechecks
 from pgconverge.execution.runner import Runner
+from pgconverge.ledger.store import StepState
+from pgconverge.operations.base import Plan
 from pgconverge.planning import plan as planner
 
 PREREQUISITES = ("align.private_schema", "align.normalize_function", "align.mapping_table")
+
+
+def used(plan: Plan, states: dict[str, StepState]) -> list[str]:
+    """The steps after align that have used the mapping: done, or started and possibly part done.
+
+    A step that only reads (a gate, a snapshot) changes nothing whatever its state: the coverage gate that failed on
+    an unmapped row, whose fix is these decisions, does not count. Nor does a step that started and never finished
+    where its change commits together with its "done" record (one transaction): it failed, or was stopped, before
+    changing anything. What a rollback undid is recorded as reverted and does not count either. A step the plan
+    does not know counts (what it did cannot be told)."""
+    steps = {s.id: s for s in plan.steps}
+    out = []
+    for sid, st in states.items():
+        if sid.startswith(("align.", "rollback.")) or st.state not in ("done", "pending"):
+            continue
+        step = steps.get(sid)
+        if step is not None and (step.op.reads_only or (
+                st.state == "pending" and step.op.executor in ("sql", "policies") and step.op.transactional)):
+            continue
+        out.append(sid)
+    return out
 
 
 @fail_cleanly
@@ -42,8 +65,7 @@ def align(decisions_file: Annotated[Path, typer.Option(
     with Runner(t, spec, plan, command=f"align --decisions {decisions_file.name}", catalogs=cats,
                 resume=resume_hint(["align", "--decisions", str(decisions_file)], t, config_file)) as runner:
         states = runner.ledger.step_states()
-        started = [s for s, st in states.items() if not s.startswith(("align.", "rollback."))
-                   and st.state in ("done", "pending")]
+        started = used(plan, states)
         if started:
             raise PgConvergeError(
                 "manual decisions can no longer change the mapping: later phases have used it "

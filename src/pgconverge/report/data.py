@@ -277,8 +277,15 @@ def _phases(events: list[dict], plan: list[tuple[str, str]] | None = None, unpro
                 s["notes"].append("started, then nothing recorded: the runner was killed or lost its connection")
     order = {p: i for i, p in enumerate(PHASES)}
     by_phase: dict[str, list[dict]] = {}
+    remarks: dict[str, list[str]] = {}
+    known = {sid for sid, _ in plan or ()}
     for s in steps.values():
         s.pop("_start")
+        if not s["_last"] and s["state"] == "pending" and s["id"] not in known:
+            # Notes alone under a name no step has (the manual decisions `align --decisions` recorded): said with
+            # the phase, not counted as one of its steps, which would never finish.
+            remarks.setdefault(s["phase"], []).extend(f"{s['id']}: {x}" for x in s["notes"])
+            continue
         by_phase.setdefault(s["phase"], []).append(s)
     out = []
     for phase in sorted(by_phase, key=lambda p: (order.get(p, len(order)), p)):
@@ -298,7 +305,7 @@ def _phases(events: list[dict], plan: list[tuple[str, str]] | None = None, unpro
         ends = [s["finished_at"] for s in ss if s["finished_at"]]
         out.append({"phase": phase, "state": state, "steps": ss,
                     "started_at": min(starts) if starts else None, "finished_at": max(ends) if ends else None,
-                    "states": dict(states)})
+                    "states": dict(states), "notes": remarks.get(phase, [])})
     return out
 
 

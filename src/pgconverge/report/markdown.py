@@ -71,7 +71,7 @@ def blocks(d: dict) -> list[Block]:
             out.append(("table", ["step", "execution", "outcome", "started", "duration ms", "error or where it stopped"],
                         [[s["id"], i, h["outcome"], h["started_at"], h["duration_ms"],
                           _err(h) if h.get("message") else None] for s, i, h in stopped]))
-        notes = [f"{s['id']}: {x}" for s in p["steps"] for x in s["notes"]]
+        notes = list(p.get("notes") or []) + [f"{s['id']}: {x}" for s in p["steps"] for x in s["notes"]]
         if notes:  # a throttled backfill notes every pause: capped
             shown, of = _cap(notes)
             out.append(("p", f"Notes ({of}):"))
