@@ -4,6 +4,9 @@
   not undo it (re-adding a foreign key contract never dropped failed on every retry). Each such step of each phase is
   killed at its ``commit`` point, then its phase is rolled back: the rollback finishes and the schema is the one the
   phase started from.
+- A rollback killed between two of its steps (after one committed, before the next began) leaves no step started, yet
+  the phases it undoes are half undone: status, status --json and report name the rollback to finish, and verify
+  fails, until the rollback runs again; then status says rolled back and verify passes.
 """
 
 from __future__ import annotations
@@ -97,3 +100,67 @@ def test_rollback_after_a_step_killed_before_its_commit_leaves_the_phase_start(s
         if status["state"] != "rolled back":
             broken.append(f"{point}: status after the rollback: {status['line']}")
     assert broken == [], "\n".join(broken)
+
+
+def _between(dsn: str, cfg: str, phase: str, from_phase: str) -> list[str]:
+    """Kill points between two steps of `rollback PHASE` from a database at FROM_PHASE's end: before a step it runs
+    that comes after one it ran (so at least one committed)."""
+    from pathlib import Path
+
+    from pgconverge.cli.migrate import _plan_for
+    from pgconverge.execution import prechecks
+    from pgconverge.ledger.store import Ledger
+
+    if phase == "switch" and from_phase == "switch":  # after the restored policies, before the helpers' steps
+        return ["rollback.switch.sync_function.carts:before", "rollback.switch.legacy_helper:before"]
+    spec, _, plan, _, _ = _plan_for(dsn, Path(cfg), phase)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        runs = prechecks.rollback_steps(plan, Ledger(conn, spec).step_states())
+    return [f"{runs[len(runs) // 2].id}:before"]
+
+
+@pytest.mark.parametrize("phase, from_phase", [("switch", "switch"), ("contract", "contract"),
+                                               ("expand", "expand"), ("align", "contract")])
+def test_rollback_killed_between_two_steps_is_shown_as_stopped_until_it_finishes(stages, killer, make_db, phase,
+                                                                                   from_phase):
+    cfg = stages["config"]
+    template = stages["names"][from_phase]
+    for point in _between(make_db(template), cfg, phase, from_phase):
+        dsn = make_db(template)
+        back = ["rollback", phase, "--yes", "--dsn", dsn, "--config", cfg]
+        if phase == "switch":
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                switched = conn.execute("select pg_get_functiondef('public.auth_customer_id'::regproc)").fetchone()[0]
+        _kill(killer, dsn, back, point)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            step = point.split(":")[0]
+            assert conn.execute("select count(*) from pgconverge.events where step = %s", (step,)).fetchone()[0] == 0
+            assert conn.execute("select count(*) from pgconverge.events e join pgconverge.runs r on r.id = e.run_id "
+                                "where r.command = %s and e.event = 'done'", (f"rollback {phase}",)).fetchone()[0]
+            if phase == "switch":  # half undone: the switch's helpers are still in place
+                assert conn.execute("select to_regproc('public.auth_profile_id') is not null").fetchone()[0]
+                assert conn.execute("select pg_get_functiondef('public.auth_customer_id'::regproc)"
+                                    ).fetchone()[0] == switched
+        status = cli_json("status", "--dsn", dsn, "--config", cfg)["summary"]
+        assert status["state"] == "stopped", (point, status)
+        assert status["command"].startswith(f"pgconverge rollback {phase}"), (point, status)
+        assert f"rollback {phase}" in status["line"] and "rolled back to" not in status["line"], (point, status)
+        text = " ".join(cli("status", "--dsn", dsn, "--config", cfg).split())
+        assert f"resume with pgconverge rollback {phase}" in text, (point, text)
+        v = cli_json("verify", "--dsn", dsn, "--config", cfg, expect=1)
+        assert not v["passed"], (point, v)
+        failed = [c for c in v["checks"] if not c["passed"]]
+        assert [c["step"] for c in failed] == [f"rollback.{phase}"], (point, v)
+        assert f"pgconverge rollback {phase}" in failed[0]["fix"], (point, v)
+        verdict = cli_json("report", "--dsn", dsn, "--config", cfg)["verdict"]
+        assert verdict["status"] == "INTERRUPTED" and f"rollback {phase}" in verdict["verdict"], (point, verdict)
+        assert any(f"pgconverge rollback {phase}" in n for n in verdict["next"]), (point, verdict)
+        # Finished: rolled back, and verify passes.
+        answer, log = killer.run(back, None)
+        assert answer["code"] == 0, log[-3000:]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert schema_dump(conn) == stages["schemas"][BEFORE[phase]], point
+        status = cli_json("status", "--dsn", dsn, "--config", cfg)["summary"]
+        assert status["state"] == "rolled back", (point, status)
+        assert cli_json("verify", "--dsn", dsn, "--config", cfg)["passed"], point
+        assert cli_json("report", "--dsn", dsn, "--config", cfg)["verdict"]["status"] != "INTERRUPTED", point
