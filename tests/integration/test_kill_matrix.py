@@ -277,13 +277,13 @@ def _live_rollback_steps(dsn: str, cfg: str, to: str) -> list[dict]:
     from pathlib import Path
 
     from pgconverge.cli.migrate import _plan_for
+    from pgconverge.execution import prechecks
     from pgconverge.ledger.store import Ledger
 
     spec, _, plan, _, _ = _plan_for(dsn, Path(cfg), to)
     with psycopg.connect(dsn, autocommit=True) as conn:
         states = Ledger(conn, spec).step_states()
-    live = {s.id for s in plan.steps if any(states.get(r) and states[r].state in ("done", "pending")
-                                            for r in s.needs) and not s.nothing_to_undo(states)}
+    live = {s.id for s in prechecks.rollback_steps(plan, states)}
     return [s for s in _plan(dsn, cfg, rollback_to=to) if s["id"] in live]
 
 

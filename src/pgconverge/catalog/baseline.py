@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
 
 from pgconverge.catalog.introspect import load_catalog
 from pgconverge.catalog.model import Catalog
@@ -93,3 +94,36 @@ def save(ledger: Ledger, run_id: int, phase: str, cat: Catalog) -> None:
 def discard(ledger: Ledger, run_id: int, phases: list[str]) -> None:
     for ph in phases:
         ledger.snapshot(run_id, _name(ph), None)
+
+
+def unfinished_rollback(ledger: Ledger) -> dict | None:
+    """The rollback that stopped part way, if the latest step recorded is one of its run's: {"phase": the earliest
+    phase it undoes, "run_id", "step": the latest step it recorded, "event": that record's kind}; None otherwise.
+
+    A rollback discards the saved catalogs of the phases it undoes after its last step (Runner.run_rollback), so while
+    one of them is still there it has steps (or that last bookkeeping) left, wherever it stopped: inside a step, or
+    between two, its forward steps then looking half undone. `pgconverge rollback PHASE` goes on from there."""
+    if not ledger.exists():
+        return None
+    row = ledger.conn.execute(sql.SQL(
+        "select e.run_id, e.step, e.event, r.command from {e} e join {r} r on r.id = e.run_id "
+        "where e.event in ('start', 'done', 'error', 'interrupted', 'reverted') order by e.id desc limit 1").format(
+        e=ledger.t("events"), r=ledger.t("runs"))).fetchone()
+    if row is None:
+        return None
+    run_id, step, event, command = row
+    words = (command or "").split()
+    if words[:2] == ["rollback", "--to"]:  # runs recorded with the earlier spelling
+        words = ["rollback", *words[2:]]
+    if words[:1] != ["rollback"] or len(words) < 2 or words[1] not in PHASES:
+        return None
+    phase = words[1]
+    if not any(ledger.latest_snapshot(_name(ph)) for ph in PHASES[PHASES.index(phase):]):
+        return None
+    own = ledger.conn.execute(sql.SQL(
+        "select step, event from {} where run_id = %s and phase = 'rollback' "
+        "and event in ('start', 'done', 'error', 'interrupted') order by id desc limit 1").format(ledger.t("events")),
+        (run_id,)).fetchone()
+    if own is not None:  # its own step, rather than a forward step it marked undone
+        step, event = own
+    return {"phase": phase, "run_id": run_id, "step": step, "event": event}

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgconverge.catalog import baseline
 from pgconverge.cli.common import command_line
 from pgconverge.config import Spec
 from pgconverge.connection import Target
@@ -196,8 +197,19 @@ def _summary(conn: psycopg.Connection, ledger: Ledger, plan: Plan, steps: list[d
         out["line"] = (f"{phase}: stopped in {step} without a record of how{progress} (the runner was killed or "
                        f"lost its connection) — resume with {cmd}")
         return out
-    # Nothing in flight: the last phase finished, or a rollback did.
+    # Nothing in flight: the last phase finished, or a rollback did, or a rollback stopped between two of its steps.
     command = _command(conn, ledger, latest["run_id"], phase)
+    unfinished = baseline.unfinished_rollback(ledger) if command[:1] == ["rollback"] else None
+    if unfinished is not None:
+        # Killed (or its connection lost) after one step committed and before the next began: no step is left
+        # started, but the rollback has steps to run, and the database is neither the phase's start nor its end.
+        out.update(phase="rollback", state="stopped", step=unfinished["step"], command=cmd)
+        out.pop("steps_done", None)
+        out.pop("steps_total", None)
+        out["line"] = (f"rollback {unfinished['phase']}: stopped after {unfinished['step']}, with steps still to run "
+                       "(the runner was killed or lost its connection between two steps; the database is half "
+                       f"rolled back) — resume with {cmd}")
+        return out
     if command[:1] == ["rollback"] and len(command) > 1 and command[1] in PHASES:
         out.update(phase="rollback", state="rolled back", step=None, command=again(["run", command[1]]))
         out["line"] = f"rolled back to the start of {command[1]} — go on again with {again(['run', command[1]])}"

@@ -69,9 +69,9 @@ class RollbackBlocked(PgConvergeError):
 
 
 def rollback_steps(plan: Plan, states: dict) -> list[Step]:
-    """The steps of rollback PLAN that will run, by the ledger's STATES: those undoing a forward step done or begun."""
-    return [s for s in plan.steps if any(states.get(r) is not None and states[r].state in ("done", "pending")
-                                         for r in s.needs) and not s.nothing_to_undo(states)]
+    """The steps of rollback PLAN that will run, by the ledger's STATES: those undoing a forward step whose change may
+    be in place (done, or begun and not all or nothing: see Step.live)."""
+    return [s for s in plan.steps if s.live(states) and not s.nothing_to_undo(states)]
 
 
 def rollback_blockers(conn: psycopg.Connection, steps: list[Step], spec: Spec, *,

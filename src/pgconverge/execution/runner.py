@@ -22,7 +22,7 @@ from pgconverge.execution import (background, batch, gates, interrupt, killpoint
 from pgconverge.execution.locks import describe_blockers, describe_old_snapshots
 from pgconverge.execution.throttle import Throttle
 from pgconverge.ledger.store import Ledger
-from pgconverge.operations.base import PHASES, Cost, Plan, Step
+from pgconverge.operations.base import PHASES, Cost, Plan, Step, committed
 from pgconverge.operations.batched import Batched
 from pgconverge.operations.check import Check
 from pgconverge.operations.create_index import CreateIndexConcurrently
@@ -387,8 +387,8 @@ class Runner:
                 return own.state if own else None
             latest_forward = self.ledger.latest_start({r.split(".", 1)[0] for r in step.needs})
             return "done" if latest_forward is not None and own.at > latest_forward else None
-        undoing = [s for s in rollback.steps if state(s) in ("done", "pending") or any(
-            at_start.get(r) and at_start[r].state in ("done", "pending") for r in s.needs)]
+        undoing = [s for s in rollback.steps if state(s) in ("done", "pending") or s.live(at_start)
+                   or s.never_committed(at_start)]
         # Before the first change: nothing the rollback did not make may depend on what it drops.
         prechecks.rollback_blockers(self.control, prechecks.rollback_steps(rollback, at_start), self.spec,
                                     accept_functions=ACCEPT_FUNCTIONS in self.accept)
@@ -396,8 +396,10 @@ class Runner:
         results = []
         for step in rollback.steps:
             states = self.ledger.step_states()
-            live = [r for r in step.needs if states.get(r) and states[r].state in ("done", "pending")]
-            if not live:
+            # What it undoes may be in place: a forward step done, or begun and not all or nothing (a batched fill,
+            # a concurrent index build). One of one transaction that never committed left nothing to undo.
+            live = step.live(states)
+            if not live and not step.never_committed(states):
                 results.append(StepResult(step.id, "skipped", 0.0))
                 self.progress.step_finished(step, "skipped", 0.0)
                 continue
@@ -414,7 +416,7 @@ class Runner:
             if step.nothing_to_undo(states):
                 # The forward steps it undoes failed or were stopped before they committed: recorded (the gates and
                 # snapshots it reverts run again on the next run) without undoing what never happened.
-                never = [r for r in step.undoes if r in live]
+                never = step.never_committed(states)
                 with self.control.transaction():
                     self._done(step, 1, [], conn=self.control,
                                note=f"nothing to undo: {', '.join(never) or 'its forward step'} never committed")
@@ -422,6 +424,16 @@ class Runner:
                 self.progress.step_finished(step, "skipped", 0.0)
                 continue
             results.append(self.run_step(step, resuming=bool(own and own.state == "pending")))
+        # Forward steps still started and never done that left nothing behind (stopped before their COMMIT, or only
+        # reading): nothing was there to undo, and they are recorded undone, so the phases read as rolled back.
+        states = self.ledger.step_states()
+        never = [r for r in dict.fromkeys(r for s in rollback.steps for r in s.leave_nothing)
+                 if states.get(r) is not None and states[r].state == "pending" and not committed(states[r])]
+        if never:
+            with self.control.transaction():
+                for r in never:
+                    self.ledger.event(self.run_id, r.split(".", 1)[0], r, "reverted",
+                                      message="nothing to undo: it was stopped before it committed")
         return results
 
     def _say_reading(self, step: Step) -> None:

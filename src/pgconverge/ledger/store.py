@@ -26,6 +26,9 @@ class StepState:
     state: str  # "done", "reverted" or "pending" (started or failed, never finished)
     fingerprint: str | None
     at: Any
+    # Pending: whether its latest done or reverted record is a done, an earlier run's change still in force while it
+    # runs again (the policy rewrite, recorded done before its equivalence check, is run again when that never ended).
+    earlier_done: bool = False
 
 
 class Ledger:
@@ -151,9 +154,13 @@ class Ledger:
         rows = self.conn.execute(sql.SQL(
             "select distinct on (step) step, event, fingerprint, at from {} "
             "where event in ('start', 'done', 'reverted') order by step, id desc").format(self.t("events"))).fetchall()
+        settled = dict(self.conn.execute(sql.SQL(
+            "select distinct on (step) step, event from {} where event in ('done', 'reverted') "
+            "order by step, id desc").format(self.t("events"))).fetchall())
         out = {}
         for step, event, fp, at in rows:
-            out[step] = StepState(step, event if event != "start" else "pending", fp, at)
+            out[step] = StepState(step, event if event != "start" else "pending", fp, at,
+                                  earlier_done=event == "start" and settled.get(step) == "done")
         return out
 
     def latest_start(self, phases: set[str]) -> Any | None:

@@ -67,6 +67,15 @@ class Operation:
     def transactional(self) -> bool:
         return True
 
+    @property
+    def all_or_nothing(self) -> bool:
+        """Whether a run of it that never recorded "done" changed nothing: its statements and its "done" record commit
+        in one transaction (the runner's plain SQL steps, and the policy rewrite), so a run that failed or was killed
+        before that COMMIT left nothing behind for a rollback to undo. Not so for what runs in several transactions or
+        none (a batched fill, a concurrent index build or drop): a run stopped part way may have made part of its
+        change."""
+        return self.transactional and self.executor in ("sql", "policies")
+
     def statements(self) -> list[sql.Composable]:
         raise NotImplementedError
 
@@ -113,6 +122,12 @@ class Operation:
         return h.hexdigest()[:16]
 
 
+def committed(state) -> bool:
+    """Whether a step's change is in force by its ledger STATE (a StepState): done, or started again while an earlier
+    run's done stands (the policy rewrite, recorded done before its check, runs again when the check never finished)."""
+    return state.state == "done" or state.state == "pending" and state.earlier_done
+
+
 @dataclass(frozen=True)
 class Step:
     """One operation placed in a phase, with a stable id the ledger keys on."""
@@ -126,18 +141,38 @@ class Step:
     # each commits together with its "done" record (a failed or killed run of one changed nothing); None when not
     # known. The others of `reverts` (a gate, a snapshot) changed nothing this operation would undo.
     undoes: tuple[str, ...] | None = None
+    # Rollback steps: those of `needs` whose operation changes something and is all or nothing (see
+    # Operation.all_or_nothing): one started and never done changed nothing, so it calls for no undo.
+    atomic: tuple[str, ...] = ()
+    # Rollback steps: those of `needs` and `reverts` that leave nothing behind unless done (all or nothing, or only
+    # reading): one still started and never done when the rollback ends is recorded undone (Runner._rollback_steps).
+    leave_nothing: tuple[str, ...] = ()
 
     @property
     def needs(self) -> tuple[str, ...]:
         return self.reverts if self.when is None else self.when
 
+    def live(self, states: dict) -> list[str]:
+        """Those of `needs` whose change may be in place, by the ledger's STATES: done, or started and never done
+        (killed or failed part way), unless it runs in one transaction (`atomic`) and no earlier run's change of it
+        is still in force (the policy rewrite run again after a run that never proved it)."""
+        return [r for r in self.needs if states.get(r) is not None and (
+            committed(states[r]) or states[r].state == "pending" and r not in self.atomic)]
+
+    def never_committed(self, states: dict) -> list[str]:
+        """Those of `needs` that started and never committed anything: of one transaction, never done."""
+        return [r for r in self.needs if r in self.atomic and states.get(r) is not None
+                and states[r].state == "pending" and not committed(states[r])]
+
     def nothing_to_undo(self, states: dict) -> bool:
-        """Whether this rollback step would undo what never happened, by the ledger's STATES: none of the forward
-        steps it undoes is done (one that failed or was killed left nothing behind). It is then recorded, marking
-        the steps it reverts undone, without running: its operation would restore, say, a helper the switch never
-        changed, and fail where the role may not change it."""
-        return self.undoes is not None and not any(
-            states.get(r) is not None and states[r].state == "done" for r in self.undoes)
+        """Whether this rollback step would undo what never happened, by the ledger's STATES: no forward step whose
+        change it undoes is in force (one that failed or was killed before its COMMIT left nothing behind). It is then
+        recorded, marking the steps it reverts undone, without running: its operation would restore, say, a helper
+        the switch never changed, and fail where the role may not change it, or add a foreign key contract never
+        dropped."""
+        if self.undoes is not None:
+            return not any(states.get(r) is not None and committed(states[r]) for r in self.undoes)
+        return not self.live(states) and bool(self.never_committed(states))
 
     def as_dict(self) -> dict:
         return {

@@ -46,12 +46,18 @@ def _undoes(step: Step, forward: dict[str, Step]) -> Step:
     """STEP with the forward steps it undoes (Step.undoes): those of its reverts that change anything, when its
     operation is the reverse of one of them and each commits together with its "done" record (one transaction; the
     policy rewrite too, recorded done in the transaction that commits it). Left unknown otherwise: a concurrent
-    index build or a batched fill that began may be half done."""
+    index build or a batched fill that began may be half done. And, as their operations declare, those of its needs
+    that are all or nothing (Step.atomic: one of them started and never done calls for no undo), and those of its
+    forward steps that leave nothing behind unless done (Step.leave_nothing)."""
+    quiet = tuple(r for r in dict.fromkeys((*step.needs, *step.reverts))
+                  if r in forward and (forward[r].op.reads_only or forward[r].op.all_or_nothing))
+    step = dataclasses.replace(step, leave_nothing=quiet, atomic=tuple(
+        r for r in step.needs if r in quiet and not forward[r].op.reads_only))
     if step.when is not None or any(r not in forward for r in step.reverts):
         return step
     changes = [forward[r] for r in step.reverts if not forward[r].op.reads_only]
     if not any(f.op.reverse() == step.op for f in changes):
         return step
-    if not all(f.op.executor in ("sql", "policies") and f.op.transactional for f in changes):
+    if not all(f.op.all_or_nothing for f in changes):
         return step
     return dataclasses.replace(step, undoes=tuple(f.id for f in changes))

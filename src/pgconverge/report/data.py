@@ -107,6 +107,8 @@ def collect(conn: psycopg.Connection, spec: Spec) -> dict:
     for p in phases:  # the policy switch holds its strong locks for the rewrite only, not for its check
         for s in p["steps"]:
             s["lock_held_ms"] = lock_hold if s["id"] == "switch.policies" and s["state"] == "done" else None
+    # A rollback stopped part way (between two of its steps too): the verdict says so before anything else.
+    d["rollback_stopped"] = baseline.unfinished_rollback(ledger)
     d["rls_policies"] = _policies(ledger, phases)
     d["checks"] = checks.build(d)
     d["attempts"] = verdict.attempts(d)

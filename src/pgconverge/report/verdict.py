@@ -47,7 +47,16 @@ def build(d: dict) -> dict:
     stopped = next((phases[ph] for ph in PHASES if ph in phases
                     and phases[ph]["state"] in ("failed", "interrupted", "stopped", "unproven", "running")), None)
     nxt: list[str] = []
-    if stopped is not None:
+    rollback = d.get("rollback_stopped")
+    if rollback is not None:
+        ph = rollback["phase"]
+        where = f"after {rollback['step']}" if rollback["event"] == "done" else f"at {rollback['step']}"
+        status = "INTERRUPTED"
+        verdict = (f"INTERRUPTED: rollback {ph} stopped {where} with steps still to run: "
+                   f"{', '.join(PHASES[PHASES.index(ph):])} are half undone")
+        nxt.append(f"finish it with `pgconverge rollback {ph}` (it goes on from the first step not done)")
+        nxt.append(f"or go forward again: `pgconverge run {ph}`")
+    elif stopped is not None:
         ph = stopped["phase"]
         ss = stopped["steps"]
         count = f"{sum(s['state'] == 'done' for s in ss)} of {len(ss)} steps done"
@@ -119,7 +128,7 @@ def build(d: dict) -> dict:
                          "them (nothing reads them any more)")
         nxt.append("to undo contract (restores the legacy table, its columns and triggers from the archive): "
                    "`pgconverge rollback contract`; to undo everything: `pgconverge rollback align`")
-    elif done and stopped is None:
+    elif done and stopped is None and rollback is None:
         nxt.append(f"to undo {done[-1]}: `pgconverge rollback {done[-1]}`; to undo everything: "
                    "`pgconverge rollback align`")
     if nothing:

@@ -55,6 +55,25 @@ def unproven_policies(plan: Plan, ledger: Ledger) -> list[CheckResult]:
         for s in plan.steps if s.phase in PHASES and s.op.executor == "policies" and ledger.unproven(s.id)]
 
 
+def unfinished_rollback(ledger: Ledger) -> list[CheckResult]:
+    """A failed check when a rollback stopped part way (catalog/baseline.py unfinished_rollback): the phases it was
+    undoing are half undone, a state no phase's checks describe (the switch's helpers with the old policies, say), so
+    whatever else passes, verify does not."""
+    from pgconverge.catalog import baseline
+
+    stopped = baseline.unfinished_rollback(ledger)
+    if stopped is None:
+        return []
+    ph = stopped["phase"]
+    where = (f"after {stopped['step']}" if stopped["event"] == "done" else f"at {stopped['step']}")
+    return [CheckResult(
+        f"rollback.{ph}", f"the rollback of {ph} finished", False,
+        [[f"rollback {ph} stopped {where} with steps still to run: {', '.join(PHASES[PHASES.index(ph):])} are "
+          "half undone"]],
+        f"rollback {ph} did not finish",
+        f"finish it with `pgconverge rollback {ph}` (or go forward again with `pgconverge run {ph}`)")]
+
+
 def nothing_to_verify(plan: Plan, ledger: Ledger) -> str | None:
     """Why no phase's checks apply (None when one has finished): nothing ran, everything was rolled back,
     or the first phase has not finished. Its mapping and ledger may not exist, so there is nothing to read."""
