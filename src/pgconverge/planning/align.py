@@ -186,7 +186,9 @@ def coverage_gate(spec: Spec, cat: Catalog, phase: str = PHASE, redo: str = "") 
             lk=ident(spec.legacy.key), lm=_legacy_values(spec, "l"), lt=qn(cat.legacy.name), m=qn(n["mapping"]),
             mlc=ident(spec.mapping_legacy_column), pending=qn(n["pending"])),
         failure=f"mapping rows < {cat.legacy.name} rows", fix="re-run `pgconverge run align`; if rows stay unmapped, "
-                                                            "record them with `pgconverge align --decisions FILE`",
+                                                            "record them with `pgconverge align --decisions FILE`, "
+                                                            "or give them a usable match value (the trigger maps "
+                                                            "them as it is written)",
         # Read the legacy keys through the primary key index: the runtime audit counts sequential
         # scans of the legacy table as use by old code, and this check runs after the switch too.
         settings=(("enable_seqscan", "off"),), redo=(redo or f"{phase}.map_pending",), standing=phase == PHASE,

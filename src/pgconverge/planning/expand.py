@@ -708,6 +708,8 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
     code = sql.SQL("""
 declare
   mapped {ck_type};
+  e_state text;
+  e_text text;
   several bigint;
   caller {helper_type};{last_vars}
 begin{reconcile}
@@ -717,9 +719,7 @@ begin{reconcile}
       mapped := null;  -- the application deleted that canonical row since: decided again below
     end if;
     if mapped is null then  -- a legacy row the mapping has not seen yet: decide it now, as align would
-      perform pg_catalog.set_config({placing}, 'on', true);
-      select {align_row}(c) into mapped from {lt} c where c.{lk} = new.{l};
-      perform pg_catalog.set_config({placing}, '', true);
+      {place}
     end if;
   end if;
   if tg_op = 'INSERT' then
@@ -754,6 +754,7 @@ begin{reconcile}
   end if;{key_fill}{remember}
   return new;
 end""").format(**p, key_fill=_key_fill(spec, d, p, fill_legacy), count=_count_old_write(n), remember=remember,
+               place=_place(spec, p),
                reconcile=_reconcile(p) if last else sql.SQL(""),
                last_vars=sql.SQL("\n  left_l text;\n  left_n text;\n  moved_l boolean;\n  moved_n boolean;")
                if last else sql.SQL(""))
@@ -761,6 +762,31 @@ end""").format(**p, key_fill=_key_fill(spec, d, p, fill_legacy), count=_count_ol
         "create or replace function {f}() returns trigger language plpgsql security definer "
         "set search_path = {path} set row_security = off as {body}").format(
             f=qn(n.sync_fn), body=body(code), path=align.search_path(spec, cat))
+
+
+def _place(spec: Spec, p: dict) -> sql.Composable:
+    """PL/pgSQL deciding the legacy row NEW names (P's l) into MAPPED, as align would, for a row old code writes.
+
+    A legacy row that cannot be placed now (no usable match value under unmatched = "refuse" where the canonical
+    table refuses a row without one, or a canonical row it refuses to create) never fails the application's write:
+    MAPPED stays NULL, so the row is written with its legacy id and no new id (where the new column is NOT NULL, that
+    NOT NULL refuses it, as it will after contract), and the legacy row waits in the pending table with the reason,
+    as align's trigger on the legacy table keeps it. The coverage gate names the legacy row and expand's invariants
+    the row without its new id, until the person is decided (`pgconverge align --decisions FILE`) or given a usable
+    value. A serialization failure or a deadlock is raised: the application's retry decides the row then."""
+    return sql.SQL("""begin
+        perform pg_catalog.set_config({placing}, 'on', true);
+        select {align_row}(c) into mapped from {lt} c where c.{lk} = new.{l};
+        perform pg_catalog.set_config({placing}, '', true);
+      exception when serialization_failure or deadlock_detected then
+        raise;
+      when others then
+        get stacked diagnostics e_state = returned_sqlstate, e_text = message_text;
+        mapped := null;
+        insert into {pending} as q (legacy_id, reason, sqlstate) values (new.{l}::text, e_text, e_state)
+          on conflict (legacy_id) do update set reason = excluded.reason, sqlstate = excluded.sqlstate,
+          at = clock_timestamp();
+      end;""").format(**p, pending=qn(align.names(spec)["pending"]))
 
 
 def fill_function(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> CreateFunction:
@@ -800,6 +826,8 @@ def fill_function(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> CreateFun
     code = sql.SQL("""
 declare
   mapped {ck_type};
+  e_state text;
+  e_text text;
   flag text;
 begin
   if new.{l} is not null then
@@ -808,9 +836,7 @@ begin
       mapped := null;  -- the application deleted that canonical row since: decided again below
     end if;
     if mapped is null then
-      perform pg_catalog.set_config({placing}, 'on', true);
-      select {align_row}(c) into mapped from {lt} c where c.{lk} = new.{l};
-      perform pg_catalog.set_config({placing}, '', true);
+      {place}
     end if;
     if mapped is not null then
       flag := pg_catalog.current_setting({flag}, true);
@@ -820,7 +846,7 @@ begin
     end if;
   end if;{check}
   return null;
-end""").format(**p, check=check)
+end""").format(**p, check=check, place=_place(spec, p))
     stmt = sql.SQL(
         "create or replace function {f}() returns trigger language plpgsql security definer "
         "set search_path = {path} set row_security = off as {body}").format(
@@ -858,8 +884,11 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
                  fix=f"rows that have a legacy id but no new id were written with the sync trigger bypassed "
                      f"(session_replication_role = replica, a disabled trigger, a restore or a bulk load): fill them "
                      f"from the mapping with the UPDATE for each table named ({fills}); the sync trigger keeps both "
-                     f"ids. Rows it leaves belong to a legacy row the mapping lacks (written with the triggers "
-                     f"bypassed too: align's checks name it). While expand has not finished, `pgconverge run expand` "
+                     f"ids. Rows it leaves belong to a legacy row the mapping lacks (align's coverage check names it, "
+                     f"with the reason): one old code created that pgconverge could not place (no usable match value, "
+                     f"or a canonical row the table refuses), whose rows old code writes without the new id, or one "
+                     f"written with the triggers bypassed too; decide it with `pgconverge align --decisions FILE` or "
+                     f"give it a usable match value (its trigger maps it), then run the UPDATE again. While expand has not finished, `pgconverge run expand` "
                      f"again does the same. If rows disagree with the mapping, look first for a reused legacy key: the "
                      f"application deleted a legacy row and gave its key to another person, and a row for the "
                      f"newcomer was written in the same statement as the insert (a writable CTE, an application "

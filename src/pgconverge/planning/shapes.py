@@ -279,7 +279,58 @@ def findings(spec: Spec, cat: Catalog) -> list[Finding]:
     if cat.dependents:
         out.append(_canonical_deletes(cat))
     out += _legacy_rows_made(spec, cat)
+    out += _unplaceable_writes(spec, cat)
     return out
+
+
+def _unplaceable_writes(spec: Spec, cat: Catalog) -> list[Finding]:
+    """Legacy rows old code may write during the migration that pgconverge cannot place: their match column takes a
+    value that gives no key (it is nullable, or takes text no CHECK rules out: Django's optional e-mail is '', NOT
+    NULL), unmatched is "refuse" in effect, and the canonical table refuses a row without its match values (a NOT
+    NULL column with no default). What happens to the rows old code writes for such a person, said before align."""
+    from pgconverge.planning import align
+
+    leg, can = cat.legacy, cat.canonical
+    if align.effective_unmatched(spec, cat) != "refuse" or not cat.dependents:
+        return []
+    needed = [c for c in spec.canonical.match_columns if can.column(c) is not None and can.column(c).not_null
+              and (can.column(c).generated or can.column(c).default is None)]
+    if not needed:
+        return []
+
+    def keyless(c: str) -> bool:
+        col = leg.column(c)
+        if col is None:
+            return False
+        return not col.not_null or not any(k.kind == "check" and k.validated and c in k.columns
+                                           for k in leg.constraints)
+
+    loose = [c for c in spec.legacy.match_columns if keyless(c)]
+    if not loose:
+        return []
+    no_check = "NOT NULL, but no CHECK rules out a value that gives no key, such as an empty string"
+    how = ", ".join(f"{c} ({'nullable' if not leg.column(c).not_null else no_check})" for c in loose)
+    refs = [f"{d.table.name} ({d.fk.columns[0]})" for d in cat.dependents]
+    nullable = [r for d, r in zip(cat.dependents, refs) if not d.column.not_null]
+    strict = [r for d, r in zip(cat.dependents, refs) if d.column.not_null]
+    detail = (f"{leg.name}.{how} can hold a value that gives no match key, unmatched rows are refused "
+              f"(migration.unmatched), and {can.name} takes no row without {', '.join(needed)}: a {leg.name} row old "
+              "code writes so during the migration cannot be placed. It waits in pgconverge's pending table (the "
+              "coverage checks of `verify`, the switch and contract name it) and old code's write of the row itself "
+              "succeeds. From expand on, the rows old code writes for such a person")
+    parts = []
+    if nullable:
+        parts.append(f"in {', '.join(nullable)} are written with the legacy id and without the new id, and the "
+                     "checks name them until the person is decided")
+    if strict:
+        parts.append(f"in {', '.join(strict)} (a NOT NULL reference) fail: the new column is NOT NULL from expand "
+                     "on, as it will be after contract (during expand, before its NOT NULL check is validated, such "
+                     "a row stops that validation and `pgconverge run expand` names it)")
+    return [Finding(
+        f"{leg.name} rows old code writes without a usable {align.describe_match(spec)} value", LISTED,
+        detail + " " + "; those ".join(parts),
+        f"give such people a usable value as they are created (old code's write of it maps them at once), decide "
+        f"them with `pgconverge align --decisions FILE`, or stop creating them before expand")]
 
 
 def _rules(cat: Catalog) -> list[Finding]:
