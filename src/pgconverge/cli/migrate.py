@@ -19,7 +19,7 @@ from pgconverge.cli.progress import RichProgress
 from pgconverge.cli.rollback import confirm
 from pgconverge.connection import connect
 from pgconverge.errors import PgConvergeError
-from pgconverge.execution.runner import Runner
+from pgconverge.execution.runner import Runner, claimed
 from pgconverge.execution import preflight_copy, prechecks, privileges
 from pgconverge.identity import check as match_check
 from pgconverge.ledger.store import Ledger
@@ -212,54 +212,57 @@ def run(phase: RunPhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = 
     if missing:  # before anything runs: contract's code gate would audit nothing there
         raise PgConvergeError(f"--code {missing[0]} does not exist", fix="pass the directory that holds your "
                               "application's source (repeat --code for each code base), e.g. --code supabase/functions")
-    spec, t, p, cats, checked = _plan_for(dsn, config_file, check_data=phase in (None, "align"))
-    if checked and not as_json:
-        _print_match_check(spec, checked)
-    preflight = None
-    if not skip_preflight and preflight_copy.enabled():
-        preflight = _preflight(spec, t, p, cats, preflight_server, keep_copy, as_json)
-        if preflight is not None and not preflight.passed:
-            raise preflight_copy.refusal(preflight)
-    phases = [ph for ph in PHASES if p.phase(ph)] if phase is None else [phase]
-    if "contract" in phases:  # before the first phase starts: a "no" leaves the database as it is
-        question = _contract_question(spec, t, p, phases)
-        if question:
-            confirm(*question, yes)
-    out = []
-    started = time.monotonic()
-    again = ["run", phase or "--all", *[a for c in code or () for a in ("--code", str(c))],
-             *(["--accept-code-references"] if accept_code_references else []),
-             *(["--accept-runtime-use"] if accept_runtime_use else []),
-             *(["--accept-unproven-rls"] if accept_unproven_rls else [])]
-    with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
-                command=f"run {phase or '--all'}", catalogs=cats, code_dirs=tuple(str(c) for c in code or ()),
-                accept=frozenset(k for k, v in (("code-references", accept_code_references),
-                                                ("runtime-use", accept_runtime_use),
-                                                ("unproven-rls", accept_unproven_rls)) if v),
-                resume=resume_hint(again, t, config_file)) as runner:
-        for ph in phases:
-            for r in runner.run_phase(ph):
-                out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3),
-                            "attempts": r.attempts, "rows": r.rows, **r.detail})
-        report = runner.ledger.latest_snapshot("align_report") if "align" in phases else None
-        audit = runner.ledger.latest_snapshot("phone_audit") if "align" in phases else None
-    if as_json:
-        print_json({"target": t.display, "phases": phases, "steps": out, "resumed": runner.resumed,
-                    "preflight": preflight.as_dict() if preflight else None,
-                    **({"align": _align_summary(report)} if report else {})})
-        return
-    if report:
-        a = _align_summary(report)
-        console.print("identity decisions: " + ", ".join(f"{k} {v:,}" for k, v in a["methods"].items())
-                      + f"; {a['merged_groups']:,} groups of legacy rows merged onto one canonical row, "
-                        f"{a['canonical_duplicate_groups']:,} numbers with several canonical rows (preferred one "
-                        f"chosen), {a['unusable_numbers']:,} NULL or unparseable numbers", highlight=False)
-    if audit:
-        console.print(f"phone key audit: {audit['checked']:,} distinct numbers compared with phonenumbers, "
-                      f"{audit['disagreements']:,} disagree ({audit['unexplained']:,} outside the documented "
-                      "classes)", highlight=False)
-    console.print(_verdict(spec, t, p, phases, out, time.monotonic() - started, config_file), highlight=False,
-                  soft_wrap=True)
+    # One runner at a time: the lock first, before anything reads the catalog (a runner stopped inside a step would
+    # keep that read waiting for its table lock); a second runner is refused at once, naming the first.
+    with claimed(target(dsn), load_spec(config_file)) as control:
+        spec, t, p, cats, checked = _plan_for(dsn, config_file, check_data=phase in (None, "align"))
+        if checked and not as_json:
+            _print_match_check(spec, checked)
+        preflight = None
+        if not skip_preflight and preflight_copy.enabled():
+            preflight = _preflight(spec, t, p, cats, preflight_server, keep_copy, as_json)
+            if preflight is not None and not preflight.passed:
+                raise preflight_copy.refusal(preflight)
+        phases = [ph for ph in PHASES if p.phase(ph)] if phase is None else [phase]
+        if "contract" in phases:  # before the first phase starts: a "no" leaves the database as it is
+            question = _contract_question(spec, t, p, phases)
+            if question:
+                confirm(*question, yes)
+        out = []
+        started = time.monotonic()
+        again = ["run", phase or "--all", *[a for c in code or () for a in ("--code", str(c))],
+                 *(["--accept-code-references"] if accept_code_references else []),
+                 *(["--accept-runtime-use"] if accept_runtime_use else []),
+                 *(["--accept-unproven-rls"] if accept_unproven_rls else [])]
+        with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
+                    command=f"run {phase or '--all'}", catalogs=cats, code_dirs=tuple(str(c) for c in code or ()),
+                    accept=frozenset(k for k, v in (("code-references", accept_code_references),
+                                                    ("runtime-use", accept_runtime_use),
+                                                    ("unproven-rls", accept_unproven_rls)) if v),
+                    resume=resume_hint(again, t, config_file), control=control) as runner:
+            for ph in phases:
+                for r in runner.run_phase(ph):
+                    out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3),
+                                "attempts": r.attempts, "rows": r.rows, **r.detail})
+            report = runner.ledger.latest_snapshot("align_report") if "align" in phases else None
+            audit = runner.ledger.latest_snapshot("phone_audit") if "align" in phases else None
+        if as_json:
+            print_json({"target": t.display, "phases": phases, "steps": out, "resumed": runner.resumed,
+                        "preflight": preflight.as_dict() if preflight else None,
+                        **({"align": _align_summary(report)} if report else {})})
+            return
+        if report:
+            a = _align_summary(report)
+            console.print("identity decisions: " + ", ".join(f"{k} {v:,}" for k, v in a["methods"].items())
+                          + f"; {a['merged_groups']:,} groups of legacy rows merged onto one canonical row, "
+                            f"{a['canonical_duplicate_groups']:,} numbers with several canonical rows (preferred one "
+                            f"chosen), {a['unusable_numbers']:,} NULL or unparseable numbers", highlight=False)
+        if audit:
+            console.print(f"phone key audit: {audit['checked']:,} distinct numbers compared with phonenumbers, "
+                          f"{audit['disagreements']:,} disagree ({audit['unexplained']:,} outside the documented "
+                          "classes)", highlight=False)
+        console.print(_verdict(spec, t, p, phases, out, time.monotonic() - started, config_file), highlight=False,
+                      soft_wrap=True)
 
 
 def _verdict(spec, t, p, phases: list[str], out: list[dict], seconds: float, config_file) -> str:

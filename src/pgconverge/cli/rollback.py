@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from pgconverge.cli.common import (ConfigOpt, DsnOpt, JsonOpt, command_line, console, err_console, fail_cleanly,
-                                   print_json, resume_hint)
+                                   load_spec, print_json, resume_hint, target)
 from pgconverge.cli.progress import RichProgress
 from pgconverge.connection import connect
 from pgconverge.errors import PgConvergeError
 from pgconverge.execution import prechecks
-from pgconverge.execution.runner import ACCEPT_FUNCTIONS, Runner
+from pgconverge.execution.runner import ACCEPT_FUNCTIONS, Runner, claimed
 from pgconverge.ledger.store import Ledger
 from pgconverge.operations.base import PHASES
 
@@ -90,74 +91,78 @@ def rollback(phase: PhaseToUndo = None,
         raise typer.BadParameter(f"name the earliest phase to undo, one of {', '.join(PHASES)} "
                                  "(e.g. `pgconverge rollback switch`)", param_hint="PHASE")
     phase = _phase(phase)
-    spec, t, p, cats, _ = _plan_for(dsn, config_file, phase)
-    with connect(t) as conn:
-        started = ran(conn, spec, _undone_by(phase))
-        accepted: list[str] = []
-        if started:  # before the question (and in a dry run): objects of the user's that would stop it half way
-            ledger = Ledger(conn, spec)
-            steps_left = prechecks.rollback_steps(p, ledger.step_states())
-            # Rolled back already: no step left to undo, and the rollback's last bookkeeping (the saved catalogs
-            # of the phases it undid, discarded at its end) done too; a rollback killed before that goes on.
-            if not steps_left and not any(ph in cats.saved for ph in started):
-                raise NothingToUndo(
-                    f"nothing to roll back: no step of {', '.join(started)} is left done on {t.display} (rolled back "
-                    "already, or sent back to be planned again by a gate that refused before anything changed); "
-                    "nothing was changed",
-                    fix=f"`pgconverge status` shows where the migration stands; go forward again with "
-                        f"{command_line(['run', phase], t, config_file)}, or name an earlier phase to undo")
-            prechecks.rollback_blockers(conn, steps_left, spec, accept_functions=accept_function_references,
-                                        accept_flag="`" + command_line(
-                                            ["rollback", phase, "--accept-function-references"], t,
-                                            config_file) + "`")
-            if accept_function_references:
-                accepted = prechecks.function_references(conn, steps_left, spec)
-    if not started:
-        raise NothingToUndo(
-            f"nothing to roll back: {phase} never ran on {t.display}"
-            + (f" (nor did {', '.join(_undone_by(phase)[1:])})" if phase != PHASES[-1] else "")
-            + "; nothing was changed",
-            fix="`pgconverge status` shows which phases ran; name one of them")
-    steps = p.as_dict()["steps"]
-    warnings = _warnings(spec, cats, started) + [
-        f"{line}: it fails once the rollback is done (--accept-function-references)" for line in accepted]
-    if not as_json:
-        console.print(f"[bold]rollback {phase}[/] on {t.display}: undoes {', '.join(reversed(started))}",
-                      highlight=False)
-        _print_steps(steps, show_sql=False)
-    for w in warnings:  # on stderr: stdout stays what --json promises
-        err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
-    if dry_run:
+    # One runner at a time: the lock first, before anything reads the catalog (a runner stopped inside a step would
+    # keep that read waiting for its table lock); a second runner is refused at once, naming the first.
+    with nullcontext() if dry_run else claimed(target(dsn), load_spec(config_file)) as control:
+        spec, t, p, cats, _ = _plan_for(dsn, config_file, phase)
+        with connect(t) as conn:
+            started = ran(conn, spec, _undone_by(phase))
+            accepted: list[str] = []
+            if started:  # before the question (and in a dry run): objects of the user's that would stop it half way
+                ledger = Ledger(conn, spec)
+                steps_left = prechecks.rollback_steps(p, ledger.step_states())
+                # Rolled back already: no step left to undo, and the rollback's last bookkeeping (the saved catalogs
+                # of the phases it undid, discarded at its end) done too; a rollback killed before that goes on.
+                if not steps_left and not any(ph in cats.saved for ph in started):
+                    raise NothingToUndo(
+                        f"nothing to roll back: no step of {', '.join(started)} is left done on {t.display} (rolled back "
+                        "already, or sent back to be planned again by a gate that refused before anything changed); "
+                        "nothing was changed",
+                        fix=f"`pgconverge status` shows where the migration stands; go forward again with "
+                            f"{command_line(['run', phase], t, config_file)}, or name an earlier phase to undo")
+                prechecks.rollback_blockers(conn, steps_left, spec, accept_functions=accept_function_references,
+                                            accept_flag="`" + command_line(
+                                                ["rollback", phase, "--accept-function-references"], t,
+                                                config_file) + "`")
+                if accept_function_references:
+                    accepted = prechecks.function_references(conn, steps_left, spec)
+        if not started:
+            raise NothingToUndo(
+                f"nothing to roll back: {phase} never ran on {t.display}"
+                + (f" (nor did {', '.join(_undone_by(phase)[1:])})" if phase != PHASES[-1] else "")
+                + "; nothing was changed",
+                fix="`pgconverge status` shows which phases ran; name one of them")
+        steps = p.as_dict()["steps"]
+        warnings = _warnings(spec, cats, started) + [
+            f"{line}: it fails once the rollback is done (--accept-function-references)" for line in accepted]
+        if not as_json:
+            console.print(f"[bold]rollback {phase}[/] on {t.display}: undoes {', '.join(reversed(started))}",
+                          highlight=False)
+            _print_steps(steps, show_sql=False)
+        for w in warnings:  # on stderr: stdout stays what --json promises
+            err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+        if dry_run:
+            if as_json:
+                print_json({**p.as_dict(), **({"warnings": warnings} if warnings else {})})
+            return
+        confirm(f"Undo {', '.join(reversed(started))} on {t.display}",
+                f"{len(steps)} rollback steps (those that never ran are skipped)", yes)
+        out, t0 = [], time.monotonic()
+        with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
+                    command=f"rollback {phase}", catalogs=cats,
+                    accept=frozenset({ACCEPT_FUNCTIONS} if accept_function_references else ()),
+                    resume=resume_hint(["rollback", phase, *(["--accept-function-references"]
+                                                             if accept_function_references else [])], t, config_file),
+                    control=control) as runner:
+            for r in runner.run_rollback(p, to=phase):
+                out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3), "rows": r.rows})
+        newcomers = _newcomers(t, spec, out)
         if as_json:
-            print_json({**p.as_dict(), **({"warnings": warnings} if warnings else {})})
-        return
-    confirm(f"Undo {', '.join(reversed(started))} on {t.display}",
-            f"{len(steps)} rollback steps (those that never ran are skipped)", yes)
-    out, t0 = [], time.monotonic()
-    with Runner(t, spec, p, progress=RichProgress(err_console if as_json else console, quiet=as_json),
-                command=f"rollback {phase}", catalogs=cats,
-                accept=frozenset({ACCEPT_FUNCTIONS} if accept_function_references else ()),
-                resume=resume_hint(["rollback", phase, *(["--accept-function-references"]
-                                                         if accept_function_references else [])], t, config_file)) as runner:
-        for r in runner.run_rollback(p, to=phase):
-            out.append({"step": r.step, "status": r.status, "seconds": round(r.seconds, 3), "rows": r.rows})
-    newcomers = _newcomers(t, spec, out)
-    if as_json:
-        print_json({"target": t.display, "phase": phase, "undone": started, "steps": out,
-                    **({"legacy_rows_made": newcomers} if newcomers is not None else {}),
-                    **({"warnings": warnings} if warnings else {})})
-    else:
-        if newcomers and newcomers.get("people"):
-            console.print(_newcomers_line(newcomers, spec), highlight=False, soft_wrap=True)
-        done = sum(r["status"] == "done" for r in out)
-        console.print(f"[green]rolled back {escape(', '.join(reversed(started)))}[/] on {escape(t.display)} in "
-                      f"{time.monotonic() - t0:.1f} s: {done} steps undone ({len(out) - done} skipped: never ran); "
-                      f"the database is as it was before {phase} began"
-                      + ("" if not any(r["status"] == "done" and r["step"].startswith("rollback.contract.")
-                                       and r["step"].endswith(".legacy_column") for r in out) else
-                         " (the legacy columns back at the end of their tables: name the columns in INSERT and COPY)")
-                      + "; forward again: "
-                      + escape(command_line(["run", phase], t, config_file)), highlight=False, soft_wrap=True)
+            print_json({"target": t.display, "phase": phase, "undone": started, "steps": out,
+                        **({"legacy_rows_made": newcomers} if newcomers is not None else {}),
+                        **({"warnings": warnings} if warnings else {})})
+        else:
+            if newcomers and newcomers.get("people"):
+                console.print(_newcomers_line(newcomers, spec), highlight=False, soft_wrap=True)
+            done = sum(r["status"] == "done" for r in out)
+            console.print(f"[green]rolled back {escape(', '.join(reversed(started)))}[/] on {escape(t.display)} in "
+                          f"{time.monotonic() - t0:.1f} s: {done} steps undone ({len(out) - done} skipped: never ran); "
+                          f"the database is as it was before {phase} began"
+                          + ("" if not any(r["status"] == "done" and r["step"].startswith("rollback.contract.")
+                                           and r["step"].endswith(".legacy_column") for r in out) else
+                             " (the legacy columns back at the end of their tables: name the columns in INSERT and COPY)")
+                          + "; forward again: "
+                          + escape(command_line(["run", phase], t, config_file)), highlight=False, soft_wrap=True)
 
 
 def _warnings(spec, cats, started: list[str]) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from psycopg import pq, sql
+from psycopg import sql
 
 from pgconverge.execution import killpoint, session
 from pgconverge.operations.batched import INTEGER_TYPES, Batched
@@ -76,7 +76,7 @@ def run(conn: psycopg.Connection, stmt: sql.Composable, params: dict[str, Any], 
             cur.nextset()
         row = cur.fetchone()
     except BaseException:
-        _abandon(conn)
+        session.abandon(conn)
         raise
     finally:
         cur.close()
@@ -93,15 +93,3 @@ def settings(op: Batched, lock_timeout_ms: int) -> list[tuple[str, str]]:
     """A batch transaction's settings: its limits, then OP's own."""
     return session.limits(lock_timeout_ms=lock_timeout_ms,
                           statement_timeout_ms=session.BATCH_STATEMENT_TIMEOUT_MS) + list(op.settings)
-
-
-def _abandon(conn: psycopg.Connection) -> None:
-    """Roll back the batch's transaction if it is still open (a failed one, or one cut off by a signal); a
-    connection that cannot even do that is left to the caller's error."""
-    if conn.closed or conn.info.transaction_status not in (pq.TransactionStatus.INTRANS,
-                                                           pq.TransactionStatus.INERROR):
-        return
-    try:
-        conn.rollback()
-    except psycopg.Error:
-        pass

@@ -199,9 +199,10 @@ def _restore(runner: Runner, step: Step, message: str) -> None:
     undo = step.op.reverse()
 
     def restore(attempt: int) -> None:
-        with session.transaction(runner.work, lock_timeout_ms=runner.lock_timeout_ms):
-            for s in undo.statements():
-                runner.work.execute(s)
+        out = session.Collected()
+        for s in undo.statements():
+            out.execute(s)
+        session.at_once(runner.work, out, lock_timeout_ms=runner.lock_timeout_ms)
 
     with runner.interrupts.shielded():
         retry.run(restore, runner.policy)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import psycopg
 from psycopg import sql
@@ -109,6 +110,33 @@ def describe_holder(conn: psycopg.Connection, spec: Spec, holder: tuple) -> str:
     return "pgconverge runner " + (f"({', '.join(said)}) " if said else "") + f"holds the migration lock from {backend}"
 
 
+def take_lock(conn: psycopg.Connection, spec: Spec) -> None:
+    """Take the migration lock on CONN for its session, or raise RunnerBusy naming the session that holds it."""
+    got = conn.execute(sql.SQL("select pg_try_advisory_lock({})").format(lock_key(spec))).fetchone()[0]
+    if got:
+        return
+    holder = lock_holder(conn, spec)
+    raise RunnerBusy(
+        "another pgconverge runner is working on this database: "
+        + (describe_holder(conn, spec, holder) if holder else "another session holds the migration lock"),
+        fix="wait for it to finish (`pgconverge status` shows its progress); if that process is gone, "
+            "its lock went with its connection, so simply run again")
+
+
+@contextmanager
+def claimed(target: Target, spec: Spec) -> Iterator[psycopg.Connection]:
+    """A control connection holding the migration lock, for a command that changes the database to take before it
+    reads anything else (for Runner(control=…)). Reading the catalog waits for the locks on the tables it describes
+    (a policy's or a constraint's expression): taken first, the lock refuses a second runner at once, naming the
+    first, whatever the first holds or waits for."""
+    conn = connect(target, application_name=control_application_name())
+    try:
+        take_lock(conn, spec)
+        yield conn
+    finally:
+        conn.close()
+
+
 def upper_bound(conn: psycopg.Connection, op: Batched):
     """OP's last key to visit, read once (None: no bound); EMPTY when the table had no rows to visit.
 
@@ -156,8 +184,10 @@ class Runner:
 
     def __init__(self, target: Target, spec: Spec, plan: Plan, *, progress: Progress | None = None,
                  command: str = "run", catalogs: baseline.Catalogs | None = None,
-                 accept: frozenset[str] = frozenset(), code_dirs: tuple[str, ...] = (), resume: str | None = None):
+                 accept: frozenset[str] = frozenset(), code_dirs: tuple[str, ...] = (), resume: str | None = None,
+                 control: psycopg.Connection | None = None):
         self.target, self.spec, self.plan = target, spec, plan
+        self.claimed = control  # a control connection holding the migration lock already (see claimed)
         # SIGINT/SIGTERM stop the run at its next safe point (execution/interrupt.py); RESUME ("resume with:
         # pgconverge run expand …") ends the one line the command then prints.
         self.interrupts = interrupt.Interrupts(hint=resume)
@@ -182,12 +212,14 @@ class Runner:
         self.interrupts.install()
         interrupt.activate(self.interrupts)
         try:
-            self.control = connect(self.target, application_name=control_application_name())
+            self.control = self.claimed if self.claimed is not None else connect(
+                self.target, application_name=control_application_name())
         except BaseException:
             self.interrupts.uninstall()
             raise
         try:
-            self._lock()
+            if self.claimed is None:
+                self._lock()
             # Before anything changes (the ledger included): a role that row level security filters would
             # migrate and check only the rows the policies show it. Refuse, naming the tables and the fix.
             self.preflight()
@@ -228,16 +260,7 @@ class Runner:
         return lock_key(self.spec)
 
     def _lock(self) -> None:
-        got = self.control.execute(sql.SQL("select pg_try_advisory_lock({})").format(self._lock_key())).fetchone()[0]
-        if got:
-            return
-        holder = lock_holder(self.control, self.spec)
-        raise RunnerBusy(
-            "another pgconverge runner is working on this database: "
-            + (describe_holder(self.control, self.spec, holder) if holder
-               else "another session holds the migration lock"),
-            fix="wait for it to finish (`pgconverge status` shows its progress); if that process is gone, "
-                "its lock went with its connection, so simply run again")
+        take_lock(self.control, self.spec)
 
     # -- plan vs ledger -----------------------------------------------------------------------
 
@@ -585,9 +608,10 @@ class Runner:
                     with self.interrupts.shielded():
                         if back.executor == "sql" and back.transactional:
                             def attempt(n: int) -> None:
-                                with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms):
-                                    for s in back.statements():
-                                        self.work.execute(s)
+                                out = session.Collected()
+                                for s in back.statements():
+                                    out.execute(s)
+                                session.at_once(self.work, out, lock_timeout_ms=self.lock_timeout_ms)
                             retry.run(attempt, self.policy)
                         else:
                             self._plain(back.statements())
@@ -643,6 +667,13 @@ class Runner:
                 fix="run the same command again; if something ends sessions that look idle (a script calling "
                     "pg_terminate_backend, a pooler's or the server's idle timeout), keep it off pgconverge's "
                     "sessions (application_name pgconverge:…) while the switch runs")
+        if last.sqlstate == "25P03":  # idle_in_transaction_session_timeout: the server ended the work session
+            return StepFailed(
+                f"step {step.id} failed: the server ended its session ({str(last).strip()}): this process stood still "
+                "inside the step's open transaction for longer than the transaction allows (a paused machine, a "
+                "stopped or starved process), so its locks stopped holding up the application; nothing of the step "
+                "was committed",
+                fix="run the same command again — finished steps are not repeated")
         hint = (getattr(last.diag, "message_hint", None) or "").strip()
         hint = "" if hint in str(last) else hint  # said once: the message may carry it already
         if last.sqlstate == "53200":  # out of shared memory: the lock table is full
@@ -721,15 +752,17 @@ class Runner:
                 return n
             # A scan (VALIDATE) may take long; its lock is weak, so only the lock wait is bounded.
             timeout = 0 if step.op.cost == Cost.SCANS else session.DDL_STATEMENT_TIMEOUT_MS
-            with session.transaction(self.work, lock_timeout_ms=self.lock_timeout_ms, statement_timeout_ms=timeout):
-                for s in statements:
-                    self.work.execute(s)
-                for kind, name, text in step.op.saved():
-                    self.ledger.save_definition(self.run_id, step.id, kind, name, text, conn=self.work)
-                # Same transaction: the step and its "done" record commit together or not at all.
-                self._done(step, n, texts, conn=self.work, **done_detail)
-                killpoint.reached(step.id, "commit")
-                killpoint.fail(step.id, "commit", self.work)
+            # One transaction, sent in one message with its COMMIT: the locks it takes (ACCESS EXCLUSIVE on a
+            # table the application writes) are never held while this process waits, is stopped or dies.
+            out = session.Collected()
+            for s in statements:
+                out.execute(s)
+            for kind, name, text in step.op.saved():
+                self.ledger.save_definition(self.run_id, step.id, kind, name, text, conn=out)
+            # Same transaction: the step and its "done" record commit together or not at all.
+            self._done(step, n, texts, conn=out, **done_detail)
+            session.at_once(self.work, out, lock_timeout_ms=self.lock_timeout_ms, statement_timeout_ms=timeout,
+                            point=f"{step.id}:commit")
             return n
 
         n = retry.run(attempt, self.policy, self._on_retry(step))
