@@ -87,5 +87,27 @@ def wait_runner_gone(dsn: str, timeout: float = 20) -> None:
     raise AssertionError("the killed runner's connections did not go away")
 
 
+def kill(killer: Killer, dsn: str, args: list[str], point: str) -> None:
+    """Run ARGS killed at POINT; fail if the run got past it (or failed before it) instead of dying there."""
+    import signal
+
+    answer, log = killer.run(args, point)
+    assert answer["signal"] == signal.SIGKILL, f"not killed at {point}: exit {answer['code']}\n{log[-3000:]}"
+    wait_runner_gone(dsn)
+
+
+def module_killer():
+    """A module-scoped `killer` fixture: `killer = module_killer()` in a test module."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def killer(tmp_path_factory):
+        k = Killer(tmp_path_factory.mktemp("killer"))
+        yield k
+        k.close()
+
+    return killer
+
+
 if __name__ == "__main__":
     _serve()

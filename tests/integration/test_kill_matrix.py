@@ -35,7 +35,7 @@ from psycopg import errors, sql
 
 from pgconverge.connection import STATEMENT_MARK
 
-from _killer import Killer, wait_runner_gone
+from _killer import kill, module_killer, wait_runner_gone
 from _support import ReaderAfter, cli, cli_json, linkage_problems, mapping_problems, row_owners, schema_dump, write_config
 
 SMALL = 0.1
@@ -127,11 +127,7 @@ def stages(admin_dsn, template_factory, tmp_path_factory):
         _drop_database(admin_dsn, n)
 
 
-@pytest.fixture(scope="module")
-def killer(tmp_path_factory):
-    k = Killer(tmp_path_factory.mktemp("killer"))
-    yield k
-    k.close()
+killer = module_killer()
 
 
 def _plan(dsn: str, cfg: str, rollback_to: str | None = None) -> list[dict]:
@@ -156,13 +152,6 @@ def _last_event(conn, step: str) -> str | None:
     row = conn.execute("select event from pgconverge.events where step = %s and event in ('start', 'done', "
                        "'reverted') order by id desc limit 1", (step,)).fetchone()
     return row[0] if row else None
-
-
-def _kill(killer: Killer, dsn: str, args: list[str], point: str) -> None:
-    """Run ARGS killed at POINT; fail if the run got past it (or failed before it) instead of dying there."""
-    answer, log = killer.run(args, point)
-    assert answer["signal"] == signal.SIGKILL, f"not killed at {point}: exit {answer['code']}\n{log[-3000:]}"
-    wait_runner_gone(dsn)
 
 
 def _assert_point_state(conn, point: str) -> None:
@@ -195,7 +184,7 @@ def test_forward_kill_at_every_step_of_every_phase(admin_dsn, stages, killer):
         points = _points(steps, batches=1)
         with psycopg.connect(dsn, autocommit=True) as conn:
             for point in points:
-                _kill(killer, dsn, args, point)
+                kill(killer, dsn, args, point)
                 _count("forward run --all", 1)
                 _assert_point_state(conn, point)
                 step, where = point.split(":", 1)
@@ -227,7 +216,7 @@ def test_rollback_killed_at_every_step_resumes_to_the_original(admin_dsn, stages
         points = _points(steps, batches=1)
         with psycopg.connect(dsn, autocommit=True) as conn:
             for point in points:
-                _kill(killer, dsn, args, point)
+                kill(killer, dsn, args, point)
                 _count("rollback align", 1)
                 _assert_point_state(conn, point)
         answer, log = killer.run(args, None)
@@ -262,7 +251,7 @@ def test_partial_rollback_killed_mid_way(admin_dsn, stages, killer, phase, to, m
     points = [f"{steps[len(steps) // 2]['id']}:before", f"{tx[-1]['id']}:commit"]
     with psycopg.connect(dsn, autocommit=True) as conn:
         for point in points:
-            _kill(killer, dsn, args, point)
+            kill(killer, dsn, args, point)
             _count(f"rollback {to}", 1)
             _assert_point_state(conn, point)
     cli(*args)
@@ -299,14 +288,14 @@ def test_rollback_of_a_half_done_phase_killed_at_every_step(stages, killer, make
     if half is None:
         plan = cli_json("plan", phase, "--dsn", dsn, "--config", cfg)["steps"]
         half = f"{plan[len(plan) // 2]['id']}:after"
-    _kill(killer, dsn, forward, half)
+    kill(killer, dsn, forward, half)
     _count(f"{phase} half done, then rolled back")
     steps = _live_rollback_steps(dsn, cfg, phase)
     assert steps, "nothing to roll back"
     back = ["rollback", phase, "--dsn", dsn, "--config", cfg]
     with psycopg.connect(dsn, autocommit=True) as conn:
         for point in _points(steps, batches=1):
-            _kill(killer, dsn, back, point)
+            kill(killer, dsn, back, point)
             _count(f"{phase} half done, then rolled back")
             _assert_point_state(conn, point)
     answer, log = killer.run(back, None)
@@ -338,7 +327,7 @@ def test_backfill_with_several_workers_killed_mid_way(stages, killer, make_db, t
                              ).fetchone()[0]
         assert pages >= 1 + 2 + 3, f"sessions has {pages} pages: too few for the kill points below"
         for point in points:
-            _kill(killer, dsn, args, point)
+            kill(killer, dsn, args, point)
             _count("backfill with three workers")
             _assert_point_state(conn, point)
         ranges = conn.execute("select count(*) from pgconverge.events where step = 'expand.carts.backfill' "
@@ -454,7 +443,7 @@ def test_kills_with_old_and_new_code_writing(admin_dsn, stages, killer, make_db,
         # Contract comes once old code is gone (its gates look for legacy use): there only new code writes.
         with Writer(dsn, old_code=phase != "contract") as writer:
             for point in points:
-                _kill(killer, dsn, args, point)
+                kill(killer, dsn, args, point)
                 _count(f"{phase} with a writer", 1)
                 _assert_point_state(conn, point)
                 time.sleep(0.05)  # let the writer write between runs too
@@ -482,7 +471,7 @@ def test_killed_while_the_concurrent_index_builds_leaves_an_invalid_index_that_i
     cfg = stages["config"]
     dsn = make_db(stages["names"]["align"])
     args = ["run", "expand", "--dsn", dsn, "--config", cfg]
-    _kill(killer, dsn, args, "expand.carts.index_1:before")
+    kill(killer, dsn, args, "expand.carts.index_1:before")
     index = cli_json("plan", "expand", "--dsn", dsn, "--config", cfg)["steps"]
     index = next(s for s in index if s["id"] == "expand.carts.index_1")
     name = re.match(r"create index concurrently (\S+) on ", index["sql"][0], re.I).group(1)
@@ -530,7 +519,7 @@ def test_index_build_outwaited_by_a_writer_retries_instead_of_failing(admin_dsn,
     cfg = stages["config"]
     dsn = make_db(stages["names"]["align"])
     args = ["run", "expand", "--dsn", dsn, "--config", cfg]
-    _kill(killer, dsn, args, "expand.carts.index_1:before")
+    kill(killer, dsn, args, "expand.carts.index_1:before")
     blocker = psycopg.connect(dsn, application_name="app-open-transaction")
     blocker.execute("update public.carts set id = id where false")
     release = threading.Timer(1.0, blocker.rollback)
@@ -670,7 +659,7 @@ def test_killed_during_the_rls_check_the_rewrite_is_checked_again_from_the_origi
     dsn = make_db(stages["names"]["expand"])
     with psycopg.connect(dsn, autocommit=True) as conn:
         original = dict(conn.execute("select policyname, qual from pg_policies"))
-        _kill(killer, dsn, ["run", "switch", "--dsn", dsn, "--config", cfg], "switch.policies:rls_check")
+        kill(killer, dsn, ["run", "switch", "--dsn", dsn, "--config", cfg], "switch.policies:rls_check")
         rewritten = dict(conn.execute("select policyname, qual from pg_policies"))
         assert rewritten != original and _last_event(conn, "switch.policies") == "done"
         assert conn.execute("select detail ->> 'proven' from pgconverge.events where step = 'switch.policies' "

@@ -12,12 +12,11 @@
 from __future__ import annotations
 
 import os
-import signal
 
 import psycopg
 import pytest
 
-from _killer import Killer, wait_runner_gone
+from _killer import kill, module_killer
 from _support import cli, cli_json, schema_dump, write_config
 
 SCALE = 0.05
@@ -51,17 +50,7 @@ def stages(admin_dsn, template_factory, tmp_path_factory):
         _drop_database(admin_dsn, n)
 
 
-@pytest.fixture(scope="module")
-def killer(tmp_path_factory):
-    k = Killer(tmp_path_factory.mktemp("killer"))
-    yield k
-    k.close()
-
-
-def _kill(killer: Killer, dsn: str, args: list[str], point: str) -> None:
-    answer, log = killer.run(args, point)
-    assert answer["signal"] == signal.SIGKILL, f"not killed at {point}: exit {answer['code']}\n{log[-3000:]}"
-    wait_runner_gone(dsn)
+killer = module_killer()
 
 
 def _commit_points(dsn: str, cfg: str, phase: str) -> list[str]:
@@ -83,7 +72,7 @@ def test_rollback_after_a_step_killed_before_its_commit_leaves_the_phase_start(s
     for point in points:
         dsn = make_db(template)
         forward = ["run", phase, *(ACCEPT if phase == "contract" else ()), "--dsn", dsn, "--config", cfg]
-        _kill(killer, dsn, forward, point)
+        kill(killer, dsn, forward, point)
         with psycopg.connect(dsn, autocommit=True) as conn:
             step = point.split(":")[0]
             assert conn.execute("select event from pgconverge.events where step = %s and event in ('start', 'done') "
@@ -131,7 +120,7 @@ def test_rollback_killed_between_two_steps_is_shown_as_stopped_until_it_finishes
         if phase == "switch":
             with psycopg.connect(dsn, autocommit=True) as conn:
                 switched = conn.execute("select pg_get_functiondef('public.auth_customer_id'::regproc)").fetchone()[0]
-        _kill(killer, dsn, back, point)
+        kill(killer, dsn, back, point)
         with psycopg.connect(dsn, autocommit=True) as conn:
             step = point.split(":")[0]
             assert conn.execute("select count(*) from pgconverge.events where step = %s", (step,)).fetchone()[0] == 0

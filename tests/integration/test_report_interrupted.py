@@ -3,29 +3,16 @@ ledger), never calls such a phase done, and names the command that resumes it.""
 
 from __future__ import annotations
 
-import signal
-
 import psycopg
-import pytest
 
-from _killer import Killer, wait_runner_gone
+from _killer import kill, module_killer
 from _support import cli, cli_json, write_config
 
 CONFIG = "[migration]\nobservation_window = 0\nrls_sample = 5\n"
 ACCEPT = ("--accept-code-references", "--accept-runtime-use")
 
 
-@pytest.fixture(scope="module")
-def killer(tmp_path_factory):
-    k = Killer(tmp_path_factory.mktemp("killer"))
-    yield k
-    k.close()
-
-
-def _kill(killer: Killer, dsn: str, args: list[str], point: str) -> None:
-    answer, log = killer.run(args, point)
-    assert answer["signal"] == signal.SIGKILL, f"not killed at {point}: exit {answer['code']}\n{log[-3000:]}"
-    wait_runner_gone(dsn)
+killer = module_killer()
 
 
 def _phase(report: dict, name: str) -> dict:
@@ -37,7 +24,7 @@ def test_report_of_a_contract_killed_after_a_step_is_not_complete(make_db, templ
     cfg = write_config(tmp_path, CONFIG)
     for ph in ("align", "expand", "switch"):
         cli("run", ph, "--dsn", dsn, "--config", cfg)
-    _kill(killer, dsn, ["run", "contract", *ACCEPT, "--yes", "--dsn", dsn, "--config", cfg],
+    kill(killer, dsn, ["run", "contract", *ACCEPT, "--yes", "--dsn", dsn, "--config", cfg],
           "contract.carts.drop_legacy_column:after")
     status = cli_json("status", "--dsn", dsn, "--config", cfg)
     contract = [s for s in status["steps"] if s["phase"] == "contract"]
@@ -78,7 +65,7 @@ def test_report_of_a_switch_killed_during_its_rls_check_says_unproven(make_db, t
     cfg = write_config(tmp_path, CONFIG)
     for ph in ("align", "expand"):
         cli("run", ph, "--dsn", dsn, "--config", cfg)
-    _kill(killer, dsn, ["run", "switch", "--dsn", dsn, "--config", cfg], "switch.policies:rls_check")
+    kill(killer, dsn, ["run", "switch", "--dsn", dsn, "--config", cfg], "switch.policies:rls_check")
     status = cli_json("status", "--dsn", dsn, "--config", cfg)
     assert next(s for s in status["steps"] if s["step"] == "switch.policies")["state"] == "unproven"
 

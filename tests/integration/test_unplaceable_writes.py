@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from _support import cli, schema_db
+from test_no_helper import CONFIG
 
 SCHEMA = """
 create table users (id serial primary key, email text not null default '', name text);
@@ -28,22 +29,6 @@ insert into posts (user_id, title) select 1 + g % 6, 'post ' || g from generate_
 insert into admin_log (user_id, what) select 1 + g % 6, 'log ' || g from generate_series(1, 12) g;
 """
 
-CONFIG = """
-[legacy]
-table = "public.users"
-match_column = "email"
-match = "email"
-helper = ""
-[canonical]
-table = "public.accounts"
-key = "id"
-match_column = "email"
-copy_columns = { name = "display_name" }
-[migration]
-new_column = "account_id"
-observation_window = 0
-token_claims = {}
-"""
 
 
 @pytest.mark.parametrize("deferred", [False, True], ids=["immediate", "deferrable"])

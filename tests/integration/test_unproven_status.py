@@ -10,20 +10,15 @@ from __future__ import annotations
 import signal
 
 import psycopg
-import pytest
 
-from _killer import Killer, wait_runner_gone
+from _killer import module_killer, wait_runner_gone
 from _small import AUTH_SQL, base_sql, config, policy_sql, roles_sql
 from _support import cli, cli_json, write_config
 
 CONFIG = "[migration]\nobservation_window = 0\nrls_sample = 5\n"
 
 
-@pytest.fixture(scope="module")
-def killer(tmp_path_factory):
-    k = Killer(tmp_path_factory.mktemp("killer"))
-    yield k
-    k.close()
+killer = module_killer()
 
 
 def test_a_switch_killed_before_its_check_is_unproven_in_status_and_fails_verify(make_db, template_factory,
