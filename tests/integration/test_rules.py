@@ -62,3 +62,19 @@ def test_a_delete_rule_reading_the_legacy_column_is_listed_and_named_as_a_rule_b
                        expect=2).split())
     assert "rule carts_gone on public.carts uses public.carts.customer_id" in out, out
     assert "view public.carts" not in out, out
+
+
+def test_a_polymorphic_reference_without_a_foreign_key_is_listed(make_db, template_factory, tmp_path):
+    """Rails' activities(owner_id, owner_type): no foreign key says owner_id holds customers ids, so pgconverge moves
+    none of them; plan names the column and the way through the mapping."""
+    dsn = make_db(template_factory(SMALL))
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("create table public.activities (id bigserial primary key, owner_id bigint, owner_type text, "
+                  "subject_id uuid, subject_type text); "
+                  "insert into public.activities (owner_id, owner_type) values (1, 'Customer'), (2, 'Product')")
+    cfg = write_config(tmp_path, "[migration]\nobservation_window = 0\n")
+    planned = " ".join(cli("plan", "--dsn", dsn, "--config", cfg).split())
+    assert ("column public.activities.owner_id: beside owner_type, with no foreign key: it may hold "
+            "public.customers ids") in planned, planned[-2000:]
+    assert "pgconverge.legacy_customer_profile: customer_id → profile_id" in planned, planned[-2000:]
+    assert "activities.subject_id" not in planned  # not of the legacy key's type

@@ -95,6 +95,9 @@ class _Reader:
             user_create_schemas=frozenset(s for (s,) in self.rows(q.USER_CREATE_SCHEMAS)),
             canonical_writers=tuple(tuple(r) for r in self.rows(q.CANONICAL_WRITERS, canonical=canonical.oid,
                                                                 pattern=_inserts_into(spec.canonical.table))),
+            untyped_references=tuple(tuple(r) for r in self.rows(
+                q.UNTYPED_REFERENCES, private=spec.migration.private_schema,
+                key_type=legacy.column(spec.legacy.key).type)),
         )
 
     # -- tables ------------------------------------------------------------------------------

@@ -263,6 +263,9 @@ class Catalog:
     user_inherits: bool = True
     # Schemas `user` may create objects in (None in catalogs saved before it was recorded).
     user_create_schemas: frozenset[str] | None = None
+    # Columns that may hold legacy ids without a foreign key, beside a column naming what they point at (a
+    # polymorphic reference, Rails' owner_id and owner_type): (table, id column, type column).
+    untyped_references: tuple[tuple[str, str, str], ...] = ()
 
     def table(self, name: QualifiedName) -> Table | None:
         for t in (self.legacy, self.canonical, *(d.table for d in self.dependents), *self.tables):

@@ -235,6 +235,23 @@ order by 1, 2, 3
 """
 
 ROLES = "select rolname from pg_roles"
+# Columns X_id beside a column X_type in one table of a user schema, of the legacy key's type, that no foreign key
+# covers: a polymorphic reference (Rails' owner_id and owner_type) may hold legacy ids.
+UNTYPED_REFERENCES = """
+select pg_catalog.format('%%I.%%I', n.nspname, c.relname), a.attname, t.attname
+from pg_attribute a
+join pg_class c on c.oid = a.attrelid and c.relkind in ('r', 'p') and not c.relispartition
+join pg_namespace n on n.oid = c.relnamespace
+join pg_attribute t on t.attrelid = a.attrelid and t.attname = left(a.attname, -3) || '_type' and not t.attisdropped
+where a.attname ~ '_id$' and a.attnum > 0 and not a.attisdropped
+  and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_'
+  and n.nspname <> %(private)s
+  and format_type(a.atttypid, a.atttypmod) = %(key_type)s
+  and not exists (select 1 from pg_constraint k where k.conrelid = a.attrelid and k.contype = 'f'
+                  and a.attnum = any(k.conkey))
+order by 1, 2
+"""
+
 SCHEMAS = "select nspname from pg_namespace"
 SERVER = ("select current_database(), current_setting('server_version_num')::int, "
           "to_char(clock_timestamp() at time zone 'utc', 'YYYYMMDD\"T\"HH24MISS\"Z\"'), current_user")

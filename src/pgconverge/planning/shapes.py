@@ -274,6 +274,7 @@ def findings(spec: Spec, cat: Catalog) -> list[Finding]:
     out += _functions(spec, cat)
     out += _switch_review(spec, cat)
     out += _rules(cat)
+    out += _untyped_references(spec, cat)
     out += _canonical_triggers(cat)
     out += _canonical_writers(spec, cat)
     if cat.dependents:
@@ -331,6 +332,23 @@ def _unplaceable_writes(spec: Spec, cat: Catalog) -> list[Finding]:
         detail + " " + "; those ".join(parts),
         f"give such people a usable value as they are created (old code's write of it maps them at once), decide "
         f"them with `pgconverge align --decisions FILE`, or stop creating them before expand")]
+
+
+def _untyped_references(spec: Spec, cat: Catalog) -> list[Finding]:
+    """Columns that may hold legacy ids with no foreign key to say so (a polymorphic owner_id beside owner_type):
+    pgconverge finds references through foreign keys, so it moves none of these."""
+    from pgconverge.planning import align
+
+    mapping = align.names(spec)["mapping"]
+    return [Finding(
+        f"column {table}.{col}", LISTED,
+        f"beside {kind}, with no foreign key: it may hold {cat.legacy.name} ids for some rows (a polymorphic "
+        f"reference), which pgconverge does not move; after contract those ids name archived {cat.legacy.name} rows, "
+        f"and read as {cat.canonical.name} ids they may name another person",
+        f"before contract, give such rows their {cat.canonical.name} id yourself through the mapping ({mapping}: "
+        f"{spec.mapping_legacy_column} → {spec.migration.new_column}), with the {kind} value that names "
+        f"{cat.canonical.name}, once the code that reads them knows that value")
+        for table, col, kind in cat.untyped_references]
 
 
 def _rules(cat: Catalog) -> list[Finding]:
