@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 
 import psycopg
+from psycopg import sql
 
 from _small import roles_sql
 from _support import PLAIN_CONFIG, cli, cli_json, write_config
@@ -80,25 +81,26 @@ def _as(conn, claims: dict) -> None:
     conn.execute("set local role authenticated")
 
 
-def _old(dsn: str, tag: str, spelled: str) -> int:
-    """Old code for customer 3, whose token spells the key SPELLED: inserts a row tagged TAG, then counts the rows
-    it sees. A refused insert fails the test."""
+def _write(dsn: str, tag: str, column: str, value: str) -> int:
+    """Code that knows the caller by COLUMN (its token carries the claim of that name, VALUE) inserts a row tagged TAG
+    with COLUMN alone, then counts the rows it sees. A refused insert fails the test."""
     with psycopg.connect(dsn) as conn:
-        _as(conn, {"customer_id": spelled})
-        conn.execute("insert into public.orders (customer_id, tag) values (%s, %s)", (spelled, tag))
+        _as(conn, {column: value})
+        conn.execute(sql.SQL("insert into public.orders ({}, tag) values (%s, %s)").format(sql.Identifier(column)),
+                     (value, tag))
         n = conn.execute("select count(*) from public.orders").fetchone()[0]
         conn.commit()
     return n
+
+
+def _old(dsn: str, tag: str, spelled: str) -> int:
+    """Old code for customer 3, whose token spells the key SPELLED."""
+    return _write(dsn, tag, "customer_id", spelled)
 
 
 def _new_code(dsn: str, tag: str, profile: str) -> int:
-    """New code for customer 3's profile: writes the new column only, then counts the rows it sees."""
-    with psycopg.connect(dsn) as conn:
-        _as(conn, {"profile_id": profile})
-        conn.execute("insert into public.orders (profile_id, tag) values (%s, %s)", (profile, tag))
-        n = conn.execute("select count(*) from public.orders").fetchone()[0]
-        conn.commit()
-    return n
+    """New code for customer 3's profile: the new column only."""
+    return _write(dsn, tag, "profile_id", profile)
 
 
 def _owned(dsn: str, profile: str | None) -> int:
