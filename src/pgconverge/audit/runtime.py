@@ -36,8 +36,9 @@ from pgconverge.catalog.model import Catalog
 from pgconverge.config import Spec, format_duration
 from pgconverge.execution.sql import qn, text
 from pgconverge.ledger.store import Ledger
+from pgconverge.planning.switch import TRAFFIC_COUNTERS
 
-TABLE_COUNTERS = ("seq_scan", "idx_scan", "n_tup_ins", "n_tup_upd", "n_tup_del")
+TABLE_COUNTERS = TRAFFIC_COUNTERS  # the same counters, of the legacy table
 USE = ("n_tup_ins", "n_tup_upd", "n_tup_del")
 READS = ("seq_scan", "idx_scan")
 

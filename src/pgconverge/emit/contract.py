@@ -475,7 +475,8 @@ begin
   -- partitioned table's summed over its partitions). A window above 0 that saw none, and no use of the legacy side,
   -- proves nothing: the application down, or pointed at another database.
   select coalesce(sum(t.n), 0), coalesce(pg_catalog.string_agg(pg_catalog.format('%s +%s', t.tbl, t.n), ', ')
-                                          filter (where t.n > 0), 'no writes to ' || pg_catalog.string_agg(t.tbl, ', '))
+                                          filter (where t.n > 0), 'no writes to ' || pg_catalog.string_agg(t.tbl, ', '),
+                                          'no statistics row for the canonical or any dependent table')
     into writes, traffic_msg
     from (select n.key as tbl, case when w.now_n >= w.base_n then w.now_n - w.base_n else w.now_n end as n
             from pg_catalog.jsonb_each(({traffic})) as n

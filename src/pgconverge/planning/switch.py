@@ -289,6 +289,10 @@ def traffic_tables(cat: Catalog) -> list[str]:
     return list(dict.fromkeys([str(cat.canonical.name), *(str(d.table.name) for d in cat.dependents)]))
 
 
+# The statistics counters the runtime audit reads of a table (pg_stat_user_tables); traffic_values sums them.
+TRAFFIC_COUNTERS = ("seq_scan", "idx_scan", "n_tup_ins", "n_tup_upd", "n_tup_del")
+
+
 def traffic_values(tables: list[str]) -> sql.Composable:
     """A jsonb object: each of TABLES (that has a statistics row) → its pg_stat_user_tables counters. A partitioned
     table's own row counts nothing (its rows live in its partitions), so a table's counters are the sums over its
@@ -303,10 +307,6 @@ def traffic_values(tables: list[str]) -> sql.Composable:
         "from pg_catalog.pg_stat_user_tables ts where ts.relid in (select pg_catalog.to_regclass(tn.name) "
         "union select tp.relid from pg_catalog.pg_partition_tree(pg_catalog.to_regclass(tn.name)) tp)) tc "
         "where tc.n > 0").format(tables=sql.Literal(tables), sums=sums)
-
-
-# The counters traffic_values sums (the runtime audit's TABLE_COUNTERS).
-TRAFFIC_COUNTERS = ("seq_scan", "idx_scan", "n_tup_ins", "n_tup_upd", "n_tup_del")
 
 
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
