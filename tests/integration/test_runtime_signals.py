@@ -74,6 +74,15 @@ def _person(dsn: str) -> tuple[int, object]:
                          "group by 1 having count(*) = 1) order by 1 limit 1").fetchone()
 
 
+def _new_code_insert(c: psycopg.Connection, profile, statement: str) -> None:
+    """STATEMENT (one %s: the profile) as new code: role authenticated, a token with the canonical claim alone."""
+    with c.transaction():
+        c.execute("set local role authenticated")
+        c.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(
+            {"role": "authenticated", "app_role": "customer", "profile_id": str(profile)}),))
+        c.execute(statement, (profile,))
+
+
 def _carts(audit: dict) -> dict:
     return next(w for w in audit["old_code_rows"] if w["table"] == "public.carts")
 
@@ -316,11 +325,7 @@ def test_legacy_rows_pgconverge_makes_for_newcomers_are_not_old_code(fixture_db,
         for i in range(3):  # people new code signs up through the canonical table, and their favourites
             pid = c.execute("insert into public.profiles (whatsapp_e164, display_name) values (%s, 'newcomer') "
                             "returning user_id", (f"+25078955510{i}",)).fetchone()[0]
-            with c.transaction():
-                c.execute("set local role authenticated")
-                c.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(
-                    {"role": "authenticated", "app_role": "customer", "profile_id": str(pid)}),))
-                c.execute("insert into public.favorites (profile_id, product_id) values (%s, 7)", (pid,))
+            _new_code_insert(c, pid, "insert into public.favorites (profile_id, product_id) values (%s, 7)")
         c.execute("select pg_stat_force_next_flush()")
         assert c.execute("select count(*) from pgconverge.legacy_customer_profile where method = 'reverse'"
                          ).fetchone()[0] == 3
@@ -350,11 +355,7 @@ def test_the_sync_triggers_calls_of_the_legacy_helper_are_not_old_code(fixture_d
                            "having count(*) > 1 order by 1 limit 3").fetchall()
         assert len(merged) == 3
         for (pid,) in merged:
-            with c.transaction():
-                c.execute("set local role authenticated")
-                c.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(
-                    {"role": "authenticated", "app_role": "customer", "profile_id": str(pid)}),))
-                c.execute("insert into public.carts (profile_id) values (%s)", (pid,))
+            _new_code_insert(c, pid, "insert into public.carts (profile_id) values (%s)")
         c.execute("select pg_stat_force_next_flush()")
     seen = cli_json("audit", "runtime", "--dsn", dsn, "--config", cfg)
     assert seen["helper_calls_by_sync"] == 3 and seen["legacy_helper_calls"] == 0 and seen["in_use"] == [], seen
