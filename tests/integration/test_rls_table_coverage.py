@@ -266,16 +266,19 @@ def test_the_switch_samples_an_owner_when_no_sampled_identity_owns_a_row(make_db
     (before, the switch refused, and a larger sample was the only way through)."""
     dsn, args, plain = _addresses_policy(make_db, tmp_path, "for all to authenticated using (customer_id = "
                                          "auth_customer_id())")
-    with psycopg.connect(dsn, autocommit=True) as c:  # only customer 20 owns rows
+    with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("delete from public.order_lines; delete from public.orders; delete from public.addresses")
-        c.execute("insert into public.orders (customer_id) values (20), (20)")
     args = ("--dsn", dsn, "--config", write_config(tmp_path, plain + "rls_sample = 1\n"))
     cli("run", "align", *args)
-    cli("run", "expand", *args)
-    with psycopg.connect(dsn) as c:
-        sampled = c.execute("select customer_id from pgconverge.legacy_customer_profile "
+    # The sample of one is the first profile by a hash of its (random) id: the only owner is a customer of another
+    # profile, chosen once the mapping says which one is sampled, so that the sample alone always misses it.
+    with psycopg.connect(dsn, autocommit=True) as c:
+        sampled = c.execute("select profile_id from pgconverge.legacy_customer_profile "
                             "order by hashtext(profile_id::text), profile_id::text limit 1").fetchone()[0]
-    assert sampled != 20  # the sample of one alone would miss the only owner
+        owner = c.execute("select customer_id from pgconverge.legacy_customer_profile where profile_id <> %s "
+                          "order by customer_id limit 1", (sampled,)).fetchone()[0]
+        c.execute("insert into public.orders (customer_id) values (%s), (%s)", (owner, owner))
+    cli("run", "expand", *args)
     cli("run", "switch", *args)
     with psycopg.connect(dsn) as c:
         snap = c.execute("select data from pgconverge.snapshots where name = 'rls_equivalence' "
