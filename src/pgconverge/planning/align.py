@@ -137,6 +137,10 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
                           what=f"map every {leg.name} row to a {can.name} row",
                           upper_bound=max_key(leg.name, spec.legacy.key), parts=match_batch(spec, cat))),
         ("map_pending", map_pending(spec, cat)),
+        # Statistics of the mapping as filled, before anything plans a query over it: the sync functions' lookups
+        # by the new id, contract's refills. Without them Postgres guesses, and may guess a walk of the whole table.
+        ("analyze_mapping", RunSql(sql.SQL("analyze {}").format(qn(n["mapping"])),
+                                   f"analyze {n['mapping']}: statistics of the mapping as filled")),
         ("coverage_gate", coverage_gate(spec, cat)),
         ("report", _report(spec, cat)),
     ]
@@ -822,15 +826,18 @@ declare
   target {lk_type};
   backfill text;
 begin
-  -- a legacy row the application deleted since keeps its mapping, and is never named again
-  select m.{mlc} into target from {mapping} m where m.{mcc} = canonical_id
-    and exists (select 1 from {legacy} l where l.{lk} = m.{mlc}) order by m.{mlc} limit 1;
+  -- a legacy row the application deleted since keeps its mapping, and is never named again. Found through the
+  -- mapping's index on the canonical id before they are ordered (see the sync functions in planning/expand.py).
+  with mine as materialized (select m.{mlc} as id from {mapping} m where m.{mcc} = canonical_id
+    and exists (select 1 from {legacy} l where l.{lk} = m.{mlc}))
+  select mine.id into target from mine order by mine.id limit 1;
   if target is not null then
     return target;
   end if;
   perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('pgconverge:reverse:' || canonical_id::text, 0));
-  select m.{mlc} into target from {mapping} m where m.{mcc} = canonical_id
-    and exists (select 1 from {legacy} l where l.{lk} = m.{mlc}) order by m.{mlc} limit 1;
+  with mine as materialized (select m.{mlc} as id from {mapping} m where m.{mcc} = canonical_id
+    and exists (select 1 from {legacy} l where l.{lk} = m.{mlc}))
+  select mine.id into target from mine order by mine.id limit 1;
   if target is not null then
     return target;
   end if;

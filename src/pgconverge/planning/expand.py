@@ -679,14 +679,19 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
     # A legacy row the application deleted since it was mapped keeps its mapping: never named again (its id would
     # fail the legacy foreign key).
     p["alive"] = sql.SQL("exists (select 1 from {lt} c where c.{lk} = m.{ml})").format(**p)
+    # The live legacy rows mapped to new.{n}, found through the mapping's index on the new column before they are
+    # ordered. Written as `where new = $1 order by legacy limit 1`, a session's cached generic plan could walk the
+    # mapping's primary key in order, filtering on the new id: every new-code insert then read the whole mapping.
+    p["mine"] = sql.SQL("with mine as materialized (select m.{ml} as id from {m} m where m.{mn} = new.{n} and {alive})"
+                        ).format(**p)
     p["merged"] = sql.SQL("""if several > 1 then  -- a merged person: the caller's own legacy row, which the legacy policies check
           caller := {helper}();  -- once, and counted: these calls are not old code's (the runtime audit)
           perform pg_catalog.nextval(c.s) from (select pg_catalog.to_regclass({calls}) as s) c where c.s is not null;
-          select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n} and {alive}
-            order by m.{ml} is not distinct from caller desc, m.{ml} limit 1;
+          {mine}
+          select mine.id into new.{l} from mine order by mine.id is not distinct from caller desc, mine.id limit 1;
         elsif""").format(**p) if helper else sql.SQL("if")
-    p["legacy_of_new"] = sql.SQL("""select m.{ml}, count(*) over () into new.{l}, several from {m} m where m.{mn} = new.{n}
-          and {alive} order by m.{ml} limit 1;
+    p["legacy_of_new"] = sql.SQL("""{mine}
+        select mine.id, count(*) over () into new.{l}, several from mine order by mine.id limit 1;
         {merged} new.{l} is null and pg_catalog.current_setting({aligning}, true) <> '' and exists (
             select 1 from {ct} p where p.{ck} = new.{n} and {ckey} = pg_catalog.current_setting({aligning_key}, true)) then
           -- written from inside the creation of this person's canonical row (an application trigger on the
@@ -746,7 +751,8 @@ begin{reconcile}
     if new.{n} is null then
       new.{l} := null;
     elsif mapped is distinct from new.{n} then
-      select m.{ml} into new.{l} from {m} m where m.{mn} = new.{n} and {alive} order by m.{ml} limit 1;
+      {mine}
+      select mine.id into new.{l} from mine order by mine.id limit 1;
     end if;
   elsif (new.{l} is distinct from old.{l} or new.{n} is distinct from old.{n}) and new.{l} is not null
       and new.{n} is distinct from mapped then  -- both moved, apart (an UPDATE naming both unchanged is left alone)
