@@ -50,6 +50,9 @@ LAST_TRIGGER = "~pgconverge_sync"
 # the sync trigger then finds no mapping. This constraint trigger, deferred to the commit, fills the new column of
 # such a row then (and, where the new column is to be NOT NULL, checks it then; see fill_function).
 FILL_TRIGGER = "pgconverge_fill_at_commit"
+# Where the legacy column was NOT NULL: refuses a row with neither id from the moment that NOT NULL is dropped until
+# the new column's own is in place (see owner_guard).
+OWNER_TRIGGER = "~~pgconverge_owner"
 # Set by the backfill's own transactions: its UPDATE joins the mapping itself, so the sync trigger
 # has nothing to add there, and skipping it (in the trigger's WHEN, before any function call) keeps
 # the backfill close to a single UPDATE's speed.
@@ -81,6 +84,9 @@ class Names:
         self.old_writes = QualifiedName(private, bounded(f"old_writes_{t.schema}_{t.name}{own}"))
         self.fk = bounded(f"{t.name}_{new}_fkey")
         self.not_null_check = bounded(f"{t.name}_{new}_not_null")
+        # A row still needs one of the two ids while the legacy column's NOT NULL is down (see owner_guard)
+        self.owner_trigger = bounded(f"{OWNER_TRIGGER}{own}")
+        self.owner_fn = QualifiedName(private, bounded(f"owner_{t.schema}_{t.name}{own}"))
         self.plain_index = QualifiedName(t.schema, bounded(f"idx_{t.name}_{new}"))
 
 
@@ -147,6 +153,10 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         legacy_col = d.fk.columns[0]
         add(n, "add_column", add_column(d, n, ck.type))
         if d.column.not_null and not shapes.in_primary_key(d):  # a key column keeps it until contract
+            # The NOT NULL the application relied on to refuse a row with no owner (an application trigger that
+            # found none, say) stands, over the two columns, until the new column's own is in place: a row with
+            # neither id is refused from the first moment the legacy column may be NULL.
+            add(n, "owner_check", owner_guard(spec, cat, d, n))
             add(n, "drop_legacy_not_null", DropNotNull(d.table.name, legacy_col,
                                                        why="new code may write only the new column"))
         sync = CreateFunction(n.sync_fn, "", _sync_function(spec, cat, d, n, reconciles(spec, cat, d, n)),
@@ -219,6 +229,9 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             add(n, "validate_not_null_check", ValidateConstraint(d.table.name, n.not_null_check))
             add(n, "set_not_null", SetNotNull(d.table.name, n.new))
             add(n, "drop_not_null_check", DropConstraint(d.table.name, n.not_null_check))
+        if d.column.not_null and not shapes.in_primary_key(d):
+            # The new column's NOT NULL holds now, or (checked at commit) the fill trigger's check does.
+            add(n, "drop_owner_check", drop_owner_guard(d, n))
     add(None, "invariants", invariants(spec, cat))
     return steps
 
@@ -530,6 +543,45 @@ def sync_triggers(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> Operation
     return Together((first, last, *fill), "both triggers run one function; the last one only repairs what the first "
                                           "left" + ("; a row they leave without its new id is filled at commit"
                                                     if fill else ""))
+
+
+def owner_guard(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> Operation:
+    """The legacy column's NOT NULL, over the two columns, while it is down: a row with neither id is refused as the
+    NOT NULL refused it (same SQLSTATE and message), whatever the application's triggers did to it first. An
+    application may rely on that refusal (a BEFORE trigger that finds no owner leaves the column NULL).
+
+    A trigger, not a CHECK constraint: ATTACH PARTITION requires a partition to carry every CHECK of its parent,
+    which would fail the application's own attaching of partitions for the whole expand; a partitioned table's
+    row trigger is given to every partition, present and future (and names the partition, as the NOT NULL did).
+    BEFORE, but after every other BEFORE trigger (its name sorts after the last sync trigger's), so that they have
+    had their say, and before the new column's NOT VALID check and NOT NULL, which would refuse the row with
+    another SQLSTATE or column. Its WHEN calls nothing for a row that has an id."""
+    from pgconverge.operations.create_trigger import CreateTrigger
+
+    legacy_col, t = d.fk.columns[0], d.table.name
+    code = sql.SQL("""
+begin
+  raise exception using errcode = 'not_null_violation',
+    message = pg_catalog.format('null value in column "%s" of relation "%s" violates not-null constraint', {l},
+                                tg_table_name),
+    detail = pg_catalog.format('pgconverge: %s was NOT NULL; until %s is, a row needs one of the two', {l}, {n}),
+    column = {l}, table = tg_table_name, schema = tg_table_schema;
+end""").format(l=sql.Literal(legacy_col), n=sql.Literal(n.new))
+    fn = CreateFunction(n.owner_fn, "", sql.SQL(
+        "create or replace function {f}() returns trigger language plpgsql set search_path = pg_catalog as {body}"
+    ).format(f=qn(n.owner_fn), body=body(code)), why=f"refuses a {t} row with neither {legacy_col} nor {n.new}")
+    trg = CreateTrigger(n.owner_trigger, t, sql.SQL("before insert or update"), n.owner_fn,
+                        why=f"{legacy_col}'s NOT NULL, while it is down: a row needs {legacy_col} or {n.new}",
+                        when=sql.SQL("new.{} is null and new.{} is null").format(ident(legacy_col), ident(n.new)))
+    return Together((fn, trg), "the trigger calls the function")
+
+
+def drop_owner_guard(d: Dependent, n: Names) -> Operation:
+    from pgconverge.operations.create_function import DropFunction
+    from pgconverge.operations.create_trigger import DropTrigger
+
+    return Together((DropTrigger(n.owner_trigger, d.table.name), DropFunction(n.owner_fn, "")),
+                    "the function goes with its trigger")
 
 
 def fill_trigger(d: Dependent, n: Names) -> CreateTrigger:
@@ -1043,6 +1095,9 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                 Step(f"{rid}.drop_legacy_not_null_check", "rollback", DropConstraint(d.table.name, chk),
                      (f"{fwd}.drop_legacy_not_null",)),
             ]
+            if not shapes.in_primary_key(d):
+                steps.append(Step(f"{rid}.drop_owner_check", "rollback", drop_owner_guard(d, n),
+                                  (f"{fwd}.owner_check", f"{fwd}.drop_owner_check")))
         for i, m in enumerate(_check_mirrors(spec, cat, d)):
             steps.append(Step(f"{rid}.drop_check_{i + 1}", "rollback", DropConstraint(d.table.name, m.name),
                               (f"{fwd}.check_{i + 1}", f"{fwd}.validate_check_{i + 1}")))

@@ -880,11 +880,12 @@ def _trigger_stmt(trg):
 
 def _own_sync_trigger(spec: Spec, trg) -> bool:
     """pgconverge's sync triggers: one per reference where a table has several ("!pgconverge_sync_buyer_id"), the
-    last firing of each where the application has triggers ("~pgconverge_sync_buyer_id"), and the deferred fill
-    trigger of a reference whose legacy foreign key is deferrable."""
+    last firing of each where the application has triggers ("~pgconverge_sync_buyer_id"), the deferred fill
+    trigger of a reference whose legacy foreign key is deferrable, and the guard of a NOT NULL legacy column
+    (expand.owner_guard)."""
     from pgconverge.planning import expand
 
-    return (trg.name.startswith((expand.TRIGGER, expand.LAST_TRIGGER, expand.FILL_TRIGGER))
+    return (trg.name.startswith((expand.TRIGGER, expand.LAST_TRIGGER, expand.FILL_TRIGGER, expand.OWNER_TRIGGER))
             and trg.function.schema == spec.migration.private_schema)
 
 
