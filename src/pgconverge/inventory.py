@@ -51,9 +51,12 @@ def build(spec: Spec, cat: Catalog) -> dict:
         "foreign_keys": [_foreign_key(d) for d in cat.dependents],
         "policies": policies,
         "functions": functions,
+        # Those that read the legacy table or a legacy column (a whole row, a view over such a view), not every
+        # view over these tables.
         "views": [{"name": str(v.name), "kind": v.kind, "definition": v.definition.strip(),
-                   "columns": sorted(f"{t}.{c}" for t, c in v.column_refs if (t, c) in legacy_cols | fk_cols)}
-                  for v in cat.views],
+                   "columns": sorted(f"{t}.{c}" for t, c in v.column_refs if (t, c) in legacy_cols | fk_cols),
+                   "reads": reads}
+                  for v, reads in shapes.view_readers(cat)],
         "triggers": triggers,
         "grants": _grants(cat),
         "rls": _rls(cat, policies),

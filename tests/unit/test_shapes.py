@@ -165,3 +165,32 @@ def test_self_reference_and_fk_options():
     assert found["foreign key customers_referred_by_fkey on public.customers"].action == shapes.LISTED
     fk = found["foreign key orders_customer_id_fkey on public.orders"]
     assert fk.action == shapes.MIRRORED and "ON UPDATE CASCADE" in fk.detail and "INITIALLY DEFERRED" in fk.detail
+
+
+def test_view_readers_are_the_views_that_read_the_legacy_column_or_table():
+    """What pg_depend records decides, not which tables a view reads: a view of other columns, a count(*) and a view
+    of the canonical table pass; a whole row of a dependent counts as its legacy column, and views over a reader are
+    named with it, to any depth."""
+    t = Q("public", "orders")
+    table = _table(t, [("id", "bigint", True, None, False), ("customer_id", "bigint", True, None, False),
+                       ("total", "int", False, None, False)], pk=("id",))
+    views = [
+        View(Q("public", "totals"), "view", "SELECT id, total FROM public.orders", ((t, "id"), (t, "total")), (t,)),
+        View(Q("public", "n"), "view", "SELECT count(*) AS n FROM public.orders", (), (t,)),
+        View(Q("public", "names"), "view", "SELECT user_id FROM public.profiles", ((PROFILES, "user_id"),),
+             (PROFILES,)),
+        View(Q("public", "rows"), "view", "SELECT to_jsonb(o.*) AS j FROM public.orders o", (), (t,), (t,)),
+        View(Q("public", "legacy_n"), "view", "SELECT count(*) AS n FROM public.customers", (), (CUSTOMERS,)),
+        View(Q("public", "rows_2"), "view", "SELECT j FROM public.rows", ((Q("public", "rows"), "j"),),
+             (Q("public", "rows"),)),
+        View(Q("public", "rows_3"), "materialized view", "SELECT 1 FROM public.rows_2", (), (Q("public", "rows_2"),)),
+        View(Q("public", "big"), "view", "SELECT id FROM public.totals", ((Q("public", "totals"), "id"),),
+             (Q("public", "totals"),)),
+    ]
+    found = {str(v.name): reads for v, reads in shapes.view_readers(_catalog(_dep(table), views=views))}
+    assert found == {
+        "public.rows": ["the whole row of public.orders, so public.orders.customer_id"],
+        "public.legacy_n": ["the legacy table public.customers"],
+        "public.rows_2": ["view public.rows, which reads the whole row of public.orders, so public.orders.customer_id"],
+        "public.rows_3": ["view public.rows_2, which reads view public.rows, which reads the whole row of "
+                          "public.orders, so public.orders.customer_id"]}

@@ -7,6 +7,8 @@ import re
 from collections import defaultdict
 
 import psycopg
+from pglast import ast, parse_sql, visitors
+from pglast.parser import ParseError
 
 from pgconverge.catalog import calls, mentions, queries as q
 from pgconverge.catalog.model import (
@@ -356,11 +358,16 @@ class _Reader:
 
     def _views(self, oids: list[int]) -> list[View]:
         rows = self.rows(q.VIEWS_USING, oids=oids)
+        view_oids = [r[0] for r in rows]
         refs: dict[int, set] = defaultdict(set)
-        for voids, ns, rel, att in self.rows(q.VIEW_COLUMN_REFS, oids=[r[0] for r in rows]):
+        for voids, ns, rel, att in self.rows(q.VIEW_COLUMN_REFS, oids=view_oids):
             refs[voids].add((QualifiedName(ns, rel), att))
+        relations: dict[int, set] = defaultdict(set)
+        for voids, ns, rel in self.rows(q.VIEW_RELATION_REFS, oids=view_oids):
+            relations[voids].add(QualifiedName(ns, rel))
         kinds = {"v": "view", "m": "materialized view"}
-        return sorted((View(QualifiedName(ns, name), kinds[kind], definition, tuple(sorted(refs[oid])))
+        return sorted((View(QualifiedName(ns, name), kinds[kind], definition, tuple(sorted(refs[oid])),
+                            tuple(sorted(relations[oid])), tuple(sorted(whole_rows(definition, relations[oid]))))
                        for oid, ns, name, kind, definition in rows), key=lambda v: v.name)
 
     def _grants(self, oids: list[int], helpers: list[Function], sequences_of: list[int] = ()) -> list[Grant]:
@@ -373,6 +380,42 @@ class _Reader:
         fn_oids = [h.oid for h in helpers]
         out += [Grant("function", o, g, p) for o, g, p in self.rows(q.FUNCTION_GRANTS, oids=fn_oids) if g in roles]
         return out
+
+
+class _WholeRows(visitors.Visitor):
+    """The relations of a query (by the name it reads them under) and the names whose whole row it reads (`p.*`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.relations: dict[str, set[QualifiedName]] = defaultdict(set)
+        self.rows: set[tuple[str, ...]] = set()
+
+    def visit_RangeVar(self, ancestors, node):
+        if node.schemaname:  # no schema: a CTE, or pg_catalog's own (read with search_path = pg_catalog)
+            name = QualifiedName(node.schemaname, node.relname)
+            self.relations[node.alias.aliasname if node.alias else node.relname].add(name)
+            self.relations[f"{node.schemaname}.{node.relname}"].add(name)
+
+    def visit_ColumnRef(self, ancestors, node):
+        fields = node.fields or ()
+        if len(fields) >= 2 and isinstance(fields[-1], ast.A_Star) and all(
+                isinstance(f, ast.String) for f in fields[:-1]):
+            self.rows.add(tuple(f.sval for f in fields[:-1]))
+
+
+def whole_rows(definition: str, relations: set[QualifiedName]) -> set[QualifiedName]:
+    """The tables and views whose whole row the view DEFINITION (pg_get_viewdef, which writes every whole-row
+    reference as `alias.*` and expands a `*` of the select list into columns) reads: to_jsonb(p), row_to_json(p.*),
+    `select p from posts p`. A reference to a sub-query's or a CTE's row is left out: what it holds of a table is
+    recorded column by column. A definition that does not parse reads, for all one can tell, every row of RELATIONS,
+    the relations Postgres recorded for it."""
+    try:
+        tree = parse_sql(definition)
+    except ParseError:
+        return set(relations)
+    walk = _WholeRows()
+    walk(tree)
+    return {t for ref in walk.rows for t in walk.relations.get(".".join(ref), ())}
 
 
 def function_and_callees(conn: psycopg.Connection,

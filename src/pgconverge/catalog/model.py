@@ -164,7 +164,13 @@ class View:
     name: QualifiedName
     kind: str  # "view" or "materialized view"
     definition: str
+    # The columns it reads (pg_depend), including through sub-queries and a field of a whole row ((p).body).
     column_refs: tuple[tuple[QualifiedName, str], ...] = ()
+    # Every table or view it reads, whichever columns (pg_depend): a count(*) reads no column but still the table.
+    relation_refs: tuple[QualifiedName, ...] = ()
+    # The tables or views whose whole row it reads (to_jsonb(p), p.*::posts), found on its definition's parse tree:
+    # Postgres records no column for them, yet the row loses a column dropped from its table.
+    whole_rows: tuple[QualifiedName, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -113,14 +113,38 @@ left join pg_attribute ra on ra.attrelid = rc.oid and ra.attnum = d.refobjsubid 
 where d.classid = %(classid)s::regclass and d.objid = any(%(objids)s)
 """
 
+# Views and materialized views reading one of %(oids)s, and the views reading those, and so on.
 VIEWS_USING = """
-select distinct vc.oid, vn.nspname, vc.relname, vc.relkind, pg_get_viewdef(vc.oid)
+with recursive used(oid) as (
+  select r.ev_class
+  from pg_depend d
+  join pg_rewrite r on d.classid = 'pg_rewrite'::regclass and d.objid = r.oid
+  join pg_class vc on vc.oid = r.ev_class
+  where d.refclassid = 'pg_class'::regclass and d.refobjid = any(%(oids)s)
+    and vc.oid <> d.refobjid and vc.relkind in ('v', 'm')
+  union
+  select r.ev_class
+  from used u
+  join pg_depend d on d.refclassid = 'pg_class'::regclass and d.refobjid = u.oid
+                  and d.classid = 'pg_rewrite'::regclass
+  join pg_rewrite r on r.oid = d.objid
+  join pg_class vc on vc.oid = r.ev_class
+  where vc.oid <> u.oid and vc.relkind in ('v', 'm')
+)
+select vc.oid, vn.nspname, vc.relname, vc.relkind, pg_get_viewdef(vc.oid)
+from used u
+join pg_class vc on vc.oid = u.oid
+join pg_namespace vn on vn.oid = vc.relnamespace
+"""
+
+# Every table or view each view reads, whichever of its columns (a count(*) records the table alone).
+VIEW_RELATION_REFS = """
+select distinct r.ev_class, rn.nspname, rc.relname
 from pg_depend d
 join pg_rewrite r on d.classid = 'pg_rewrite'::regclass and d.objid = r.oid
-join pg_class vc on vc.oid = r.ev_class
-join pg_namespace vn on vn.oid = vc.relnamespace
-where d.refclassid = 'pg_class'::regclass and d.refobjid = any(%(oids)s)
-  and vc.oid <> d.refobjid and vc.relkind in ('v', 'm')
+join pg_class rc on d.refclassid = 'pg_class'::regclass and rc.oid = d.refobjid
+join pg_namespace rn on rn.oid = rc.relnamespace
+where r.ev_class = any(%(oids)s) and rc.oid <> r.ev_class
 """
 
 VIEW_COLUMN_REFS = """

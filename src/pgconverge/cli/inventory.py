@@ -106,7 +106,7 @@ def render(data: dict) -> None:
         for f in data["functions"]:
             t.add_row("function", f["signature"], f["role"] + ": " + ", ".join(m["name"] for m in f["mentions"]))
         for v in data["views"]:
-            t.add_row(v["kind"], v["name"], ", ".join(v["columns"]) or "reads the legacy table")
+            t.add_row(v["kind"], v["name"], "reads " + ", ".join(v["reads"]))
         for trg in data["triggers"]:
             t.add_row("trigger", f"{trg['name']} on {trg['table']}", "; ".join(trg["reasons"]))
         console.print(t)

@@ -79,9 +79,9 @@ def evaluate(runner: Runner) -> list[dict]:
     functions = [f"database function {f.signature} mentions legacy names" for f in (live.functions if live else ())
                  if f.name not in (spec.legacy.helper, spec.canonical.helper)
                  and f.name.schema != spec.migration.private_schema and mentions.find(f.code, watched)]
-    views = [f"{v.kind} {v.name} reads the legacy table or a legacy column" for v in (live.views if live else ())]
-    views += cron_jobs(runner.work, watched)
-    code = unaudited + code_details(found, functions, views)
+    views, looked_at = view_references(spec, live)
+    jobs = cron_jobs(runner.work, watched)
+    code = unaudited + code_details(found, functions, views, jobs, looked_at)
     if not runner.code_dirs:
         code.insert(0, "no application code was audited: pass its directory with --code DIR (repeatable)")
     accepted = CODE in runner.accept
@@ -91,11 +91,12 @@ def evaluate(runner: Runner) -> list[dict]:
     if found:
         listing = " and ".join(f"`pgconverge audit code {shlex.quote(d)}`" for d in runner.code_dirs)
         fix.append(f"update the code named (each reference says what to write instead; {listing} lists them all)")
-    if functions or views:
+    if functions or views or jobs:
         fix.append("replace the database functions, views and scheduled jobs named so they no longer use the legacy "
                    "names")
     out.append({"gate": "no code references", "passed": not code or accepted, "accepted": accepted and bool(code),
-                "details": code, "references": len(found) + len(functions) + len(views),
+                "details": code, "references": len(found) + len(functions) + len(views) + len(jobs),
+                "coverage": {"views": looked_at, "views_reading_legacy": len(views)},
                 "unblock": ", ".join(fix) + " — or pass --accept-code-references to contract anyway"})
 
     out.append(runtime_gate)
@@ -123,6 +124,25 @@ NO_HELPER_GATE = ("not applicable: no RLS identity helper (legacy.helper = \"\")
 SHOWN = 20  # references listed in a gate's details; the count says how many there are in all
 
 
+def view_references(spec, live) -> tuple[list[str], int]:
+    """The views over the legacy, canonical and dependent tables (and over those views) that read the legacy table
+    or a legacy column (planning/shapes.view_readers) or call the legacy helper, each with what it reads; and how
+    many views were looked at. The others read only columns contract leaves, and pass."""
+    from pgconverge.planning.shapes import view_readers
+
+    if live is None:
+        return [], 0
+    reads = {v.name: f"reads {', '.join(what)}" for v, what in view_readers(live)}
+    out = []
+    for v in live.views:
+        why = [reads[v.name]] if v.name in reads else []
+        if spec.has_helper and mentions.find(v.definition, {spec.legacy.helper.name}):
+            why.append(f"calls the legacy helper {spec.legacy.helper}()")
+        if why:
+            out.append(f"{v.kind} {v.name} {' and '.join(why)}")
+    return out, len(live.views)
+
+
 def cron_jobs(conn, watched: set[str]) -> list[str]:
     """pg_cron's scheduled jobs whose command names the legacy table, a legacy column or the legacy helper: after
     contract each run of one would fail (the table archived, the column dropped), with nobody there to see it."""
@@ -145,9 +165,11 @@ def cron_jobs(conn, watched: set[str]) -> list[str]:
             for jid, name, command in jobs if (found := mentions.find(command, watched))]
 
 
-def code_details(found: list, functions: list[str], views: list[str]) -> list[str]:
+def code_details(found: list, functions: list[str], views: list[str], jobs: list[str] = (),
+                 looked_at: int | None = None) -> list[str]:
     """The code gate's details: each kind counted, then its first SHOWN ("75 references in 12 files of
-    ./app; first 20: …"), so a run that finds many stays readable and still says how many there are."""
+    ./app; first 20: …"), so a run that finds many stays readable and still says how many there are. Views are
+    counted against LOOKED_AT, the views over the legacy, canonical and dependent tables read."""
     out: list[str] = []
     if found:
         files = {(d, f.path) for d, f in found}
@@ -162,9 +184,15 @@ def code_details(found: list, functions: list[str], views: list[str]) -> list[st
                    + (f"; first {SHOWN}:" if len(functions) > SHOWN else ":"))
         out += functions[:SHOWN]
     if views:
-        out.append(f"{len(views)} view(s) or scheduled job(s) read the legacy table or a legacy column"
-                   + (f"; first {SHOWN}:" if len(views) > SHOWN else ":"))
+        of = (f" of the {looked_at} over the legacy, canonical and dependent tables (or over such views)"
+              if looked_at is not None else "")
+        out.append(f"{len(views)} view(s){of} read the legacy table or a legacy column (the others read only columns "
+                   "contract leaves)" + (f"; first {SHOWN}:" if len(views) > SHOWN else ":"))
         out += views[:SHOWN]
+    if jobs:
+        out.append(f"pg_cron's scheduled jobs, {len(jobs)} finding(s)" + (f"; first {SHOWN}:" if len(jobs) > SHOWN
+                                                                           else ":"))
+        out += jobs[:SHOWN]
     return out
 
 

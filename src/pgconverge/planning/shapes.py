@@ -989,22 +989,39 @@ def _refs_of(node, columns):
     return refs.found
 
 
-def _legacy_readers(cat: Catalog):
-    """Every view that reads a legacy column of a dependent or the legacy table, with what it reads."""
+def view_readers(cat: Catalog) -> list[tuple]:
+    """Every view that reads the legacy table or a dependent's legacy column, with what it reads: [(view, [what])].
+    The columns are those Postgres recorded (pg_depend); a view reading a dependent's whole row (to_jsonb(p)) reads
+    its legacy column too, and loses it with the column; a view reading such a view is named with it, since Postgres
+    drops or changes them together. A view that reads only other columns of these tables, or none (count(*)), is
+    not one."""
     legacy_cols = {(d.table.name, d.fk.columns[0]) for d in cat.dependents}
+    out: dict = {}
     for v in cat.views:
-        cols = sorted(f"{t}.{c}" for t, c in v.column_refs if (t, c) in legacy_cols)
-        table = any(t == cat.legacy.name for t, _ in v.column_refs) or bool(
-            mentions.find(v.definition, {cat.legacy.name.name}))
-        if cols or table:
-            yield v, cols, table
+        reads = sorted(f"{t}.{c}" for t, c in v.column_refs if (t, c) in legacy_cols)
+        reads += [f"the whole row of {t}, so {t}.{c}" for t, c in sorted(legacy_cols) if t in v.whole_rows]
+        # A catalog read before relation_refs was recorded: the legacy table's name in the definition instead.
+        if (cat.legacy.name in v.relation_refs or any(t == cat.legacy.name for t, _ in v.column_refs)
+                or not v.relation_refs and mentions.find(v.definition, {cat.legacy.name.name})):
+            reads.append(f"the legacy table {cat.legacy.name}")
+        if reads:
+            out[v.name] = (v, reads)
+    grown = True
+    while grown:  # views over those views, to any depth
+        grown = False
+        for v in cat.views:
+            over = [t for t in v.relation_refs if t in out and t != v.name]
+            if v.name not in out and over:
+                out[v.name] = (v, [f"{out[t][0].kind} {t}, which reads {', '.join(out[t][1])}" for t in sorted(over)])
+                grown = True
+    return [out[v.name] for v in cat.views if v.name in out]
 
 
 def _views(spec: Spec, cat: Catalog) -> list[Finding]:
     out = []
     accepted = {_norm(v) for v in spec.migration.accept_views}
-    for v, cols, table in _legacy_readers(cat):
-        reads = ", ".join(cols + ([f"the legacy table {cat.legacy.name}"] if table else []))
+    for v, reads in view_readers(cat):
+        reads = ", ".join(reads)
         what = f"{v.kind} {v.name}"
         if _norm(str(v.name)) in accepted or _norm(f"{v.name.schema}.{v.name.name}") in accepted:
             out.append(Finding(what, LISTED, f"reads {reads}; accepted (migration.accept_views): drop or re-create "

@@ -287,6 +287,11 @@ def _gates(gates: list[dict] | None) -> list[dict]:
             text = f"{len(details)} finding(s): " + details[0][:160] + (" …" if len(details) > 1 else "")
         else:
             text = "nothing found"
+        views = (g.get("coverage") or {}).get("views")
+        if views is not None:  # the code gate: the views it read, which pass when they read no legacy column
+            text += (f"; {views} view(s) over the legacy, canonical and dependent tables (or over such views) "
+                     f"looked at, {(g.get('coverage') or {}).get('views_reading_legacy', 0)} reading the legacy table "
+                     "or a legacy column")
         out.append({"check": f"contract gate: {g.get('gate')}", "step": "contract.gates", "status": status,
                     "looked_at": text, "figures": {"details": len(details), "unavailable": len(missing)}})
     return out
