@@ -1190,9 +1190,10 @@ def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.C
         sql.Literal(d.table.name.schema), sql.Literal(d.table.name.name), sql.Literal(d.fk.name))
         for d in planned.dependents) or sql.SQL("(null, null, null)")  # NOT IN over NULLs: see the exists below
     # A partition detached since expand (an old year archived) keeps a copy of the partitioned table's foreign key
-    parts_of = sql.SQL(", ").join(sql.SQL("({}, {}, {})").format(
+    parts_of = [sql.SQL("({}, {}, {})").format(
         sql.Literal(p.table.name.schema), sql.Literal(p.table.name.name), sql.Literal(str(d.table.name)))
-        for d in planned.dependents for p in d.partitions) or sql.SQL("(null, null, null)")
+        for d in planned.dependents for p in d.partitions]
+    parts_of = sql.SQL(", ").join(parts_of) if parts_of else sql.SQL("(null, null, null)")
     parts = [sql.SQL(
         "select case when w.parent is null then format('foreign key %I on %I.%I references %s and was made after "
         "expand was planned: it has no new column, sync trigger or backfill, so contract would stop at it; drop it "
