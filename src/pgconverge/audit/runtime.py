@@ -153,8 +153,10 @@ def old_write_detail(w: dict) -> str:
             f"{w['new_column']}) — update the writers to set {w['new_column']}")
 
 
-def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str | None = None) -> RuntimeAudit:
-    """Deltas of the legacy table's and helper's counters since the switch's baseline."""
+def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str | None = None,
+            expanded: Catalog | None = None) -> RuntimeAudit:
+    """Deltas of the legacy table's and helper's counters since the switch's baseline. EXPANDED: the catalog expand
+    was planned from, which names the partitions detached since (see _old_writes)."""
     base = Ledger(conn, spec).latest_snapshot("runtime_baseline") if Ledger(conn, spec).exists() else None
     base = base or _emitted_baseline(conn, spec)
     audit = RuntimeAudit(base.get("taken_at") if base else None)
@@ -187,7 +189,7 @@ def measure(conn: psycopg.Connection, spec: Spec, cat: Catalog, table_name: str 
         if base.get("legacy_helper") and audit.helper_calls < 0:
             audit.reset = True
         _sessions_before_tracking(conn, audit)
-    _old_writes(conn, spec, cat, base, audit)
+    _old_writes(conn, spec, cat, base, audit, expanded)
     audit.observation_window = spec.migration.observation_window
     if audit.baseline_at:
         audit.observed_s = float(conn.execute(
@@ -429,9 +431,17 @@ def _sessions_before_tracking(conn: psycopg.Connection, audit: RuntimeAudit) -> 
             "(restart the application or its pool) for a full count")
 
 
-def _old_writes(conn: psycopg.Connection, spec: Spec, cat: Catalog, base: dict, audit: RuntimeAudit) -> None:
-    """Rows written to each dependent table with only the legacy column since the baseline (expand's counters)."""
+def _old_writes(conn: psycopg.Connection, spec: Spec, cat: Catalog, base: dict, audit: RuntimeAudit,
+                expanded: Catalog | None = None) -> None:
+    """Rows written to each dependent table with only the legacy column since the baseline (expand's counters).
+
+    A partition detached since expand (EXPANDED, the catalog it was planned from) keeps a copy of the legacy foreign
+    key, and so reads as a reference of its own with no counter: said as such, not as an expand of an earlier
+    version."""
     from pgconverge.planning import references, switch
+
+    parents = {str(p.table.name): str(x.table.name) for x in (expanded.dependents if expanded else ())
+               for p in x.partitions}
 
     counters = switch.old_writes_counters(spec, cat)
     if not counters:
@@ -440,6 +450,16 @@ def _old_writes(conn: psycopg.Connection, spec: Spec, cat: Catalog, base: dict, 
     before = base.get("old_writes")
     news = {(str(d.table.name), d.fk.columns[0]): references.new_column(spec, cat, d) for d in cat.dependents}
     for seq, table, column in counters:
+        if now.get(seq) is None and table in parents:
+            audit.unavailable.append(
+                f"{table}.{column}: rows written with it alone are not counted: {table} was a partition of "
+                f"{parents[table]} when expand was planned and was detached since, keeping a copy of the legacy "
+                f"foreign key but no sync trigger or counter ({seq} does not exist); `pgconverge rollback expand` "
+                f"takes off it what expand left there, and `pgconverge run expand` then carries it as a table of its "
+                "own")
+            audit.blind.append(f"rows old code writes to {table} with {column} alone (detached from "
+                               f"{parents[table]} since expand: no counter)")
+            continue
         if now.get(seq) is None:
             audit.unavailable.append(f"{table}.{column}: rows written with it alone are not counted (no counter "
                                      f"{seq}: expand made by an earlier version; `pgconverge rollback expand` "

@@ -32,6 +32,9 @@ def _name(phase: str) -> str:
 class Catalogs:
     saved: dict[str, Catalog] = field(default_factory=dict)
     live: Catalog | None = None
+    # The catalog the latest expand was planned from, kept by the ledger after a rollback discarded it: what expand
+    # made before (the partitions it gave the new column through their partitioned table), for messages only.
+    last_expand: Catalog | None = None
 
     def for_phase(self, phase: str) -> Catalog:
         if phase in self.saved:
@@ -52,20 +55,36 @@ class Catalogs:
 def load(conn: psycopg.Connection, spec: Spec) -> Catalogs:
     ledger = Ledger(conn, spec)
     saved = {}
+    last_expand = None
     if ledger.exists():
         for ph in PHASES:
             data = ledger.latest_snapshot(_name(ph))
             if data:
                 saved[ph] = from_json(data)
+        last_expand = saved.get("expand") or _last_expand(ledger)
     if not saved:
         live = load_catalog(conn, spec)  # errors in the configuration surface here
         _elsewhere(spec, live)
-        return Catalogs({}, live)
+        return Catalogs({}, live, last_expand)
     try:
         live = load_catalog(conn, spec)
     except CatalogError:
         live = None  # e.g. the legacy table is archived: planning uses the saved catalogs
-    return Catalogs(saved, live)
+    return Catalogs(saved, live, last_expand)
+
+
+def _last_expand(ledger: Ledger) -> Catalog | None:
+    """The latest catalog expand was planned from, discarded since by a rollback (None where there is none, or it
+    cannot be read)."""
+    row = ledger.conn.execute(sql.SQL(
+        "select data from {} where name = %s and data is not null and data <> 'null'::jsonb "
+        "order by id desc limit 1").format(ledger.t("snapshots")), (_name("expand"),)).fetchone()
+    if row is None:
+        return None
+    try:
+        return from_json(row[0])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _elsewhere(spec: Spec, cat: Catalog) -> None:

@@ -151,7 +151,7 @@ def runtime(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt 
                 raise PgConvergeError("there is no switch to take the runtime baseline again after",
                                       fix="run `pgconverge run switch` first; it records the first baseline")
             rt.record_baseline(conn, spec, cat)
-        audit = rt.measure(conn, spec, cat)
+        audit = rt.measure(conn, spec, cat, expanded=cats.saved.get("expand"))
     if as_json:
         print_json(audit.as_dict())
     else:

@@ -35,7 +35,7 @@ def evaluate(runner: Runner) -> list[dict]:
     cat = runner.catalogs.for_phase("contract")
     out = []
     # Counters first: the checks below read tables, and this backend's own reads must not count.
-    rt = runtime.measure(runner.work, spec, cat)
+    rt = runtime.measure(runner.work, spec, cat, expanded=runner.catalogs.saved.get("expand"))
     runtime_gate = runtime_use_gate(rt, RUNTIME in runner.accept)
 
     out.append(switch_gate(runner))

@@ -764,11 +764,13 @@ def _if_exists(table: QualifiedName, stmt: sql.Composable) -> sql.Composable:
                    ).format(t=sql.Literal(text(qn(table))), s=sql.Literal(text(stmt)))
 
 
-def _foreign_references(spec: Spec, cat: Catalog, live: Catalog | None):
-    """Foreign keys to the canonical table other than expand's own (gone by the time align is undone)."""
+def _foreign_references(spec: Spec, cat: Catalog, live: Catalog | None, expanded: Catalog | None = None):
+    """Foreign keys to the canonical table other than expand's own (gone by the time align is undone): those of the
+    references align saw, and of those expand was planned with (EXPANDED; a table that became a reference since
+    align, a partition detached in between, say)."""
     from pgconverge.planning.references import new_columns
 
-    ours = {(t, new) for (t, _legacy), new in new_columns(spec, cat).items()}
+    ours = {(t, new) for c in (cat, expanded) if c is not None for (t, _legacy), new in new_columns(spec, c).items()}
     return tuple(fk for fk in (live or cat).canonical_referenced_by
                  if not (len(fk.columns) == 1 and (fk.table, fk.columns[0]) in ours))
 
@@ -1006,10 +1008,11 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     n = names(spec)
     leg, can = cat.legacy, cat.canonical
     lk = leg.column(spec.legacy.key)
+    expanded = getattr(cats, "saved", {}).get("expand")
     steps = [
         # Refuse before changing anything when created canonical rows are already in use.
         ("created_rows_unused", referenced_check(can.name, spec.canonical.key, n["mapping"], spec.migration.new_column,
-                                                 _foreign_references(spec, cat, live)), (), CREATED_BY),
+                                                 _foreign_references(spec, cat, live, expanded)), (), CREATED_BY),
         # Then stop mapping: no legacy row written from here on gets a canonical row we would miss.
         ("drop_legacy_trigger", DropTrigger("pgconverge_align", leg.name), ("align.legacy_trigger",
                                                                              "align.coverage_gate")),
@@ -1026,7 +1029,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                 m=qn(n["mapping"]), unused=sql.Composed([sql.SQL(" and not exists (select 1 from {t} x where x.{c} = "
                                                                  "p.{ck})").format(t=qn(fk.table), c=ident(fk.columns[0]),
                                                                                    ck=ident(spec.canonical.key))
-                                                         for fk in _foreign_references(spec, cat, live)
+                                                         for fk in _foreign_references(spec, cat, live, expanded)
                                                          if len(fk.columns) == 1]))),
             f"delete the {can.name} rows align created for legacy rows deleted since"), (), CREATED_BY),
         ("delete_created", delete_created(can.name, spec.canonical.key, n["mapping"], spec.mapping_legacy_column,

@@ -15,7 +15,7 @@ import hashlib
 from psycopg import sql
 
 from pgconverge.catalog.model import Catalog, Dependent, Index, Table
-from pgconverge.config import QualifiedName, Spec
+from pgconverge.config import QualifiedName, Spec, show_identifier
 from pgconverge.errors import CatalogError
 from pgconverge.execution.sql import body, bounded, ident, qn, text
 from pgconverge.operations.base import Operation, Step
@@ -126,7 +126,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     references.check(spec, cat)
     deps = names_of(spec, cat)
     for d, n in deps:
-        _check_dependent(spec, d, n)
+        _check_dependent(spec, d, n, getattr(cats, "last_expand", None))
     steps: list[Step] = []
 
     def add(dep_names: Names | None, what: str, op) -> None:
@@ -257,13 +257,31 @@ def _check_mirrors(spec: Spec, cat: Catalog, d: Dependent):
     return shapes.check_mirrors(spec, cat, d.table) if shapes.first_reference(cat, d) else []
 
 
-def _check_dependent(spec: Spec, d: Dependent, n: Names | None = None) -> None:
+def _check_dependent(spec: Spec, d: Dependent, n: Names | None = None, earlier: Catalog | None = None) -> None:
+    """Refuse a table that already has the new column. EARLIER: the catalog a previous expand was planned from; where
+    the table was a partition there of a table that expand gave the column, the column is that expand's, left on it
+    by a DETACH since."""
     new = n.new if n is not None else spec.migration.new_column
-    if d.table.column(new) is not None:
+    if d.table.column(new) is None:
+        return
+    was = next((x for x in (earlier.dependents if earlier is not None else ()) if x.partitioned
+                and x.fk.columns == d.fk.columns and references.new_column(spec, earlier, x) == new
+                and any(p.table.name == d.table.name for p in x.partitions)), None)
+    if was is not None and d.partition_of is None:
+        parent, legacy, t = was.table.name, d.fk.columns[0], d.table.name
+        restore = was.column.not_null and not d.column.not_null
         raise CatalogError(
-            f"{d.table.name} already has a column {new!r} that pgconverge did not create",
-            fix="set migration.new_column to another name (or give this reference one in migration.new_columns), "
-                "or drop that column if it is a leftover of a migration done by hand")
+            f"{d.table.name} has a column {new!r} that pgconverge's expand gave it as a partition of {parent}: it was "
+            f"detached from {parent} since and kept the column"
+            + (f" (and {legacy} without the NOT NULL expand dropped)" if restore else "")
+            + ", which the rollback of that expand did not reach",
+            fix=f"remove what expand left there, then run again: ALTER TABLE {t} DROP COLUMN {show_identifier(new)}"
+                + (f"; and, once every row of it has {legacy}, ALTER TABLE {t} ALTER COLUMN {show_identifier(legacy)} "
+                   "SET NOT NULL" if restore else ""))
+    raise CatalogError(
+        f"{d.table.name} already has a column {new!r} that pgconverge did not create",
+        fix="set migration.new_column to another name (or give this reference one in migration.new_columns), "
+            "or drop that column if it is a leftover of a migration done by hand")
 
 
 def _key(t: Table, not_by: str | None = None) -> tuple[str, str] | None:
@@ -1069,6 +1087,17 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                 why=f"new code's rows of {d.table.name} get their {legacy_col} from now on, a legacy row made where "
                     f"the person has none, as {legacy_col} becomes NOT NULL again"),
                 (), (f"{fwd}.drop_legacy_not_null",)))
+        # Partitions detached since expand was planned keep the new column and what came with it (its foreign key
+        # and indexes, as the table's own now); they are undone here too, as tables of their own.
+        loose, elsewhere = partitions.detached(d, live, n.new) if d.partitioned else ([], [])
+        if elsewhere:
+            raise CatalogError(
+                "; ".join(f"{p} was a partition of {d.table.name} when expand gave it {n.new}, and is now a partition "
+                          f"of {parent}: the rollback cannot drop {n.new} there (a partition has exactly its parent's "
+                          "columns)" for p, parent in elsewhere) + "; nothing was changed",
+                fix="; ".join(f"detach it (ALTER TABLE {parent} DETACH PARTITION {p}) and run the rollback again, "
+                              f"which then undoes expand on {p} as on a table of its own" for p, parent in elsewhere))
+        gone = partitions.short_names(d.partitions) if loose else {}
         if d.partitioned:
             leaves = partitions.leaves(d, _now(live, cats))
             ps = partitions.short_names(leaves)
@@ -1077,6 +1106,16 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                                   _reverse_fill(spec, cat, n, leaf.table),
                                   FIRST_STEPS if first and i == 0 else (),
                                   (f"{fwd}.add_column",)))
+            for own in loose:
+                did = f"{rid}.detached.{gone[own.table.name]}"
+                if own.partitioned:
+                    os_ = partitions.short_names(own.leaves)
+                    for leaf in own.leaves:
+                        steps.append(Step(f"{did}.legacy_ids.{os_[leaf.table.name]}", "rollback",
+                                          _reverse_fill(spec, cat, n, leaf.table), (), (f"{fwd}.add_column",)))
+                else:
+                    steps.append(Step(f"{did}.legacy_ids", "rollback", _reverse_fill(spec, cat, n, own.table), (),
+                                      (f"{fwd}.add_column",)))
         else:
             steps.append(Step(f"{rid}.legacy_ids", "rollback", _reverse_fill(spec, cat, n, d.table),
                               FIRST_STEPS if first else (),
@@ -1084,6 +1123,24 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         if d.column.not_null:
             chk = bounded(f"{d.table.name.name}_{legacy_col}_not_null")
             check = sql.SQL("{} is not null").format(ident(legacy_col))
+            # A partition detached since has a NOT NULL of its own now: dropped through the partitioned table by
+            # expand, restored here the same way, before the partitioned table's last step marks that drop undone.
+            for own in loose:
+                if own.column.not_null:
+                    continue
+                t, did = own.table.name, f"{rid}.detached.{gone[own.table.name]}"
+                own_chk = bounded(f"{t.name}_{legacy_col}_not_null")
+                steps += [
+                    Step(f"{did}.legacy_not_null_check", "rollback",
+                         AddCheckNotValid(t, own_chk, check, why=f"{legacy_col} was NOT NULL before expand"),
+                         (), (f"{fwd}.drop_legacy_not_null",)),
+                    Step(f"{did}.validate_legacy_not_null", "rollback", ValidateConstraint(t, own_chk), (),
+                         (f"{fwd}.drop_legacy_not_null",)),
+                    Step(f"{did}.legacy_set_not_null", "rollback", SetNotNull(t, legacy_col), (),
+                         (f"{fwd}.drop_legacy_not_null",)),
+                    Step(f"{did}.drop_legacy_not_null_check", "rollback", DropConstraint(t, own_chk), (),
+                         (f"{fwd}.drop_legacy_not_null",)),
+                ]
             steps += [
                 Step(f"{rid}.legacy_not_null_check", "rollback",
                      AddCheckNotValid(d.table.name, chk, check, why=f"{legacy_col} was NOT NULL before expand"),
@@ -1138,10 +1195,15 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         # the new column NULL, and fail where it is NOT NULL.
         at_commit = shapes.fills_at_commit(d)
         # The deferred fill trigger's WHEN names both columns: it goes first, with them.
-        fill = (DropTrigger(n.fill_trigger, d.table.name),) if at_commit else ()
+        def column_drop(t: QualifiedName) -> tuple[Operation, ...]:
+            fill = (DropTrigger(n.fill_trigger, t),) if at_commit else ()
+            return (*fill, DropTrigger(n.trigger, t), DropTrigger(n.last_trigger, t), DropColumn(t, n.new))
+
+        # A detached partition's column goes in the same transaction, and with it its foreign key, indexes and
+        # checks on the column (Postgres drops those with the column); its copies of the triggers went with the
+        # DETACH, and are dropped where a server kept them.
         steps.append(Step(f"{rid}.drop_column", "rollback", Together(
-            (*fill, DropTrigger(n.trigger, d.table.name), DropTrigger(n.last_trigger, d.table.name),
-             DropColumn(d.table.name, n.new)),
+            (*column_drop(d.table.name), *(op for own in loose for op in column_drop(own.table.name))),
             f"old code's rows need the trigger while {n.new} exists"), (f"{fwd}.sync_trigger", *done_with_column)))
         steps.append(Step(f"{rid}.drop_sync_function", "rollback", Together(
             (DropFunction(n.sync_fn, ""), *((DropFunction(n.fill_fn, ""),) if at_commit else ()),

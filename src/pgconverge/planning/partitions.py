@@ -51,6 +51,40 @@ def leaves(d: Dependent, live: Catalog | None = None) -> list[Partition]:
     return out
 
 
+def detached(d: Dependent, live: Catalog | None, new: str
+             ) -> tuple[list[Dependent], list[tuple[QualifiedName, QualifiedName]]]:
+    """D's partitions as planned that LIVE shows detached since (an old year archived), the topmost of each branch,
+    still carrying the column NEW the partitioned table gave them (and with it what pgconverge made on it): (those
+    standing alone, each as the reference it keeps, the copy of D's foreign key Postgres leaves on a partition it
+    detaches; those attached to another table since, as (partition, its parent now)). A detached partition whose
+    legacy key is gone too, or that was dropped, is not among them: LIVE does not show it."""
+    if live is None:
+        return [], []
+    now = next((x for x in live.dependents if references.key(x) == references.key(d)), None)
+    if now is None or not now.partitioned:
+        return [], []
+    have = {p.table.name for p in now.partitions}
+    gone = {p.table.name for p in d.partitions if p.table.name not in have}
+    alone: list[Dependent] = []
+    elsewhere: list[tuple[QualifiedName, QualifiedName]] = []
+    for p in d.partitions:
+        if p.table.name not in gone or p.parent in gone:
+            continue
+        own = next((x for x in live.dependents if x.table.name == p.table.name and x.fk.columns == d.fk.columns),
+                   None)
+        if own is not None and own.partition_of is None:
+            if own.table.column(new) is not None:
+                alone.append(own)
+            continue
+        parent = own.partition_of if own is not None else next(
+            (q.parent for x in live.dependents for q in x.partitions if q.table.name == p.table.name), None)
+        table = own.table if own is not None else next(
+            (q.table for x in live.dependents for q in x.partitions if q.table.name == p.table.name), None)
+        if parent is not None and table is not None and table.column(new) is not None:
+            elsewhere.append((p.table.name, parent))
+    return alone, elsewhere
+
+
 # -- indexes -----------------------------------------------------------------------------------------
 
 
