@@ -13,6 +13,7 @@ from pgconverge.catalog import calls, introspect, mentions
 from pgconverge.connection import connect
 from pgconverge.config import show_identifier
 from pgconverge.operations.base import Step
+from pgconverge.planning import expand
 from pgconverge.execution.sql import archive_access
 from pgconverge.verify import invariants
 
@@ -51,9 +52,7 @@ def evaluate(runner: Runner) -> list[dict]:
     fixes = [f for f in dict.fromkeys(r.fix or getattr(ops.get(r.step), "fix", "") for r in results
                                       if not r.passed) if f]
     out.append({"gate": "invariants", "passed": not bad, "details": bad, "unblock": (
-        f"run `pgconverge run expand`, then contract again: this gate sent {', '.join(redone)} back, so expand walks "
-        "those tables again and fills the rows that have a legacy id but no new id (written with the sync trigger "
-        "bypassed: session_replication_role = replica, a disabled trigger, a restore)" if redone else "")
+        expand.sent_back(redone, "contract") if redone else "")
         + ("; for what that does not fix: " if redone and fixes else "") + "; ".join(fixes)
         or "run `pgconverge verify` and fix what it names"})
 

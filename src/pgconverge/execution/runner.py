@@ -28,6 +28,7 @@ from pgconverge.operations.batched import Batched
 from pgconverge.operations.check import Check
 from pgconverge.operations.create_index import CreateIndexConcurrently
 from pgconverge.operations.snapshot import Snapshot
+from pgconverge.report.checks import table_counts
 from pgconverge.verify import installed, invariants
 
 LOCK_NAMESPACE = "pgconverge:"
@@ -813,10 +814,16 @@ class Runner:
         if rows:
             listed = "; ".join(f"{a} ({b})" if b is not None else str(a) for a, b in rows[:20])
             more = f" and more" if len(rows) > 20 else ""
+            # What it looked at, as a pass records it: the rows per table it judged.
+            if cov["rows_examined"]:
+                more += f" (looked at: {table_counts(cov['rows_examined'], cov.get('judged_only'))})"
             self.ledger.event(self.run_id, step.phase, step.id, "error", message=f"{op.failure}: {listed}{more}",
-                              detail={"problems": [list(map(str, r)) for r in rows]})
+                              detail={"problems": [list(map(str, r)) for r in rows],
+                                      "examined": cov["rows_examined"],
+                                      **({"judged_only": cov["judged_only"]} if "judged_only" in cov else {})})
             for sid in op.redo:  # sent back: the next run of the phase does them again (a backfill fills the rows)
-                self.ledger.event(self.run_id, step.phase, sid, "reverted", message=f"to be done again: {step.id} failed")
+                self.ledger.event(self.run_id, sid.split(".")[0], sid, "reverted",
+                                  message=f"to be done again: {step.id} failed")
             if op.replan:  # nothing changed yet: the next run plans the phase again, from the database as it is then
                 states = self.ledger.step_states()
                 for s in self.plan.phase(step.phase):

@@ -975,6 +975,15 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
                      f"`pgconverge rollback expand`", redo=tuple(redo), covers=tuple(covers))
 
 
+def sent_back(redo: list[str] | tuple[str, ...], then: str) -> str:
+    """What to do when a later phase's gate (the switch's, contract's) found expand's invariants broken and sent REDO,
+    expand's backfills, back: THEN is the phase to run again after expand."""
+    return (f"run `pgconverge run expand`, then {then} again: this gate sent {', '.join(redo)} back, so expand walks "
+            "those tables again and fills the rows that have a legacy id but no new id (in a partition attached "
+            "after expand, or written with the sync trigger bypassed: session_replication_role = replica, a disabled "
+            "trigger, a restore)")
+
+
 def refill(spec: Spec, d: Dependent, n: Names) -> sql.Composable:
     """The UPDATE that gives D's rows with a legacy id and no new id the new id the mapping gives (as the backfill
     does): for rows written with the sync trigger bypassed after the backfill had passed them."""

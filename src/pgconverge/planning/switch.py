@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from psycopg import sql
 
 from pgconverge.catalog.model import Catalog
@@ -125,7 +127,7 @@ def helper_fix(spec: Spec, cat: Catalog) -> str:
 
 def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     if not spec.has_helper:
-        return _plan_without_helper(spec, cat)
+        return _plan_without_helper(spec, cat, cats)
     auto, review = rewrites(spec, cat)
     helper = _helper(spec, cat)
     legacy_sig = cat.legacy_helper.signature
@@ -141,6 +143,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     fix = ("rewrite them by hand and list them in migration.accept_policies (as schema.table.policy), or "
            "change them so they compare the legacy column or helper directly") if review else ""
     steps = [
+        links_gate(spec, cat, cats),
         Step(f"{PHASE}.review", PHASE, Check(
             "rewritable", gate, failure="pgconverge cannot rewrite these with certainty",
             fix=" / ".join(f for f in (fix, helper_fix(spec, cat) if helper_problems else "") if f))),
@@ -166,17 +169,49 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     return steps
 
 
-def _plan_without_helper(spec: Spec, cat: Catalog) -> list[Step]:
+def _plan_without_helper(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     """The switch where the database has no RLS identity helper (legacy.helper = ""): the moment the application's
     code moves to the new column. No helper to derive and no policy to rewrite (plan refuses one that reads the
     legacy side); the runtime baseline that contract's gate compares against is taken all the same."""
     return [
+        links_gate(spec, cat, cats),
         Step(f"{PHASE}.review", PHASE, Check(
             "rewritable", sql.SQL("select null::text, null::text where false"),
             failure="pgconverge cannot rewrite these with certainty", fix="")),
         Step(f"{PHASE}.policies", PHASE, ReplacePolicies((), (), (), ())),
         Step(f"{PHASE}.runtime_baseline", PHASE, runtime_baseline(spec, cat)),
     ]
+
+
+LINKS = f"{PHASE}.expand_invariants"
+
+
+def links_gate(spec: Spec, cat: Catalog, cats=None) -> Step:
+    """Before the switch's first change: expand's invariants (expand.invariants), read again now. From the switch on,
+    new code reads the dependents by the new column, so a row with a legacy id and no new id (in a partition attached
+    after expand, say, or written with the sync trigger bypassed), or one whose ids disagree, would be invisible to
+    it or shown to the wrong person. A failure names the rows (how many, and the first few) and sends expand's
+    backfills back, as contract's gate does: `pgconverge run expand` fills them, and the switch runs after it. Planned
+    from expand's catalog, as expand's own check was. A gate about the moment of the switch: `verify` runs expand's
+    own check instead (standing=False)."""
+    from pgconverge.planning import expand
+
+    ecat = cats.for_phase("expand") if cats is not None else cat
+    inv = expand.invariants(spec, ecat)
+    failure = ("expand's invariants do not hold, and from the switch on new code reads by the new column (rows "
+               "without it, or with another one, would be hidden from their owner or shown to another): nothing "
+               "was changed")
+    if not expand.names_of(spec, ecat):  # nothing to look at: not a pass
+        return Step(LINKS, PHASE, Check(
+            "expand invariants", sql.SQL("select {}::text, null::text").format(sql.Literal(
+                f"no table references {spec.legacy.table} in the catalog expand was planned from: the check looked "
+                "at nothing and proves nothing")), failure=failure,
+            fix="check legacy.table and legacy.key in pgconverge.toml: pgconverge finds the dependent tables through "
+                "their foreign keys",
+            standing=False))
+    return Step(LINKS, PHASE, dataclasses.replace(
+        inv, name="expand invariants", failure=failure,
+        fix=f"{expand.sent_back(inv.redo, 'switch')}; for what that does not fix: {inv.fix}", standing=False))
 
 
 def becomes_definer(fn, new_is_definer: bool) -> bool:
@@ -316,7 +351,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     return [
         *newcomer_refills(spec, cat, live, cats),
         Step("rollback.switch.policies", "rollback", fwd[f"{PHASE}.policies"].op.reverse(),
-             (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.review",
+             (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.review", LINKS,
               *(i for i in (f"{PHASE}.function_tracking", f"{PHASE}.settle_helpers") if i in fwd))),
         *sync_functions_back(spec, cat, cats),
         *([] if not spec.has_helper else [

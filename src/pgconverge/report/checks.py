@@ -20,7 +20,7 @@ def n(x: Any) -> str:
     return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else "—" if x is None else str(x)
 
 
-def _tables(counts: dict[str, Any], only: dict[str, dict] | None = None) -> str:
+def table_counts(counts: dict[str, Any], only: dict[str, dict] | None = None) -> str:
     """"public.carts 72, public.sessions 0 of 608 (rows with customer_id set)": ONLY gives, for a table a check
     judges only some rows of, which rows and how many the table has."""
     def one(t: str, c: Any) -> str:
@@ -94,7 +94,7 @@ def _check_step(s: dict, detail: dict, counts_before: dict) -> dict:
     blind = {t: only[t] for t, c in examined.items() if not c and (only.get(t) or {}).get("table_rows")}
     empty = [t for t, c in examined.items() if not c and t not in blind]
     row["figures"].update(rows=total, **({"judged_only": only} if only else {}))
-    text = f"{n(total)} rows in {len(examined)} table(s): {_tables(examined, only)}"
+    text = f"{n(total)} rows in {len(examined)} table(s): {table_counts(examined, only)}"
     unjudged = [f"{t}: {n(b['table_rows'])} rows, none {b.get('which')}" for t, b in blind.items()]
     if total == 0:
         if not blind:
@@ -148,7 +148,7 @@ def _linkage(counts: dict | None, step: dict | None) -> dict:
         return {**row, "status": NOT_RUN if _state(step) != "done" else PASSED, "looked_at": why}
     total = sum(c["rows"] for c in counts.values())
     text = f"{n(total)} dependent rows" + (f" in {len(counts)} table(s): " if counts else "") \
-        + _tables({t: c["rows"] for t, c in counts.items()})
+        + table_counts({t: c["rows"] for t, c in counts.items()})
     orphans = sum(c["no_owner"] for c in counts.values())
     if orphans:
         text += f"; {n(orphans)} with no owner"
@@ -175,7 +175,7 @@ def _final_validation(s: dict, linkage: dict) -> dict:
     row["figures"]["rows"] = rows
     text = f"{n(rows)} rows' owners compared"
     if before:
-        text += " (" + _tables({t: c["rows"] for t, c in before.items()}) + ")"
+        text += " (" + table_counts({t: c["rows"] for t, c in before.items()}) + ")"
     if after:
         text += f"; {n(sum(c['rows'] for c in after.values()))} rows after"
     return {**row, "status": NOTHING if rows == 0 else PASSED,
@@ -232,7 +232,7 @@ def _rls(eq: dict | None, step: dict | None) -> dict:
             f"{t} {n(c['rows_seen'])} ({n(c['owners_seeing_own'])} of {n(c['owners'])} owners see their own)"
             for t, c in owners.items()))
     elif by_table:
-        parts.append("per table: " + _tables(by_table))
+        parts.append("per table: " + table_counts(by_table))
     elif eq.get("tables"):
         parts.append(f"{len(eq['tables'])} tables")
     if "write_probes" in eq:
