@@ -25,7 +25,6 @@ from pgconverge.errors import PgConvergeError
 from pgconverge.execution.sql import ident, qn, text
 from pgconverge.planning import align
 from pgconverge.planning.rls_ast import strings, walk
-from pgconverge.planning.rls_claims import UID
 from pgconverge.planning.rls_helper import is_auth_user, resolved_body
 from pgconverge.verify.tokens import act_as
 
@@ -221,8 +220,8 @@ def subject_column(conn: psycopg.Connection, spec: Spec) -> str | None:
             if not (isinstance(node, ast.A_Expr) and strings(node.name) == ("=",)):
                 continue
             for col, other in ((node.lexpr, node.rexpr), (node.rexpr, node.lexpr)):
-                if (isinstance(col, ast.ColumnRef) and isinstance(other, ast.FuncCall)
-                        and strings(other.funcname) == UID):
+                # auth.uid() as is, or as Supabase advises writing it in policies, `(select auth.uid())`
+                if isinstance(col, ast.ColumnRef) and is_auth_user(other):
                     parts = strings(col.fields)
                     if parts[-2:-1] and parts[-2] in names or len(parts) == 1 and len(tables) == 1 and names:
                         return parts[-1]
@@ -271,8 +270,7 @@ def reverse_lookup(conn: psycopg.Connection, helper: QualifiedName) -> tuple[Qua
     for node in walk(body.whereClause):
         if isinstance(node, ast.A_Expr) and strings(node.name) == ("=",):
             for col, other in ((node.lexpr, node.rexpr), (node.rexpr, node.lexpr)):
-                if (isinstance(col, ast.ColumnRef) and isinstance(other, ast.FuncCall)
-                        and strings(other.funcname) == UID and _own(strings(col.fields), names)):
+                if isinstance(col, ast.ColumnRef) and is_auth_user(other) and _own(strings(col.fields), names):
                     return (QualifiedName(rv.schemaname or "public", rv.relname), strings(target.fields)[-1],
                             strings(col.fields)[-1])
     return None
