@@ -187,6 +187,8 @@ def test_an_index_build_waiting_for_an_open_transaction_names_it(conn, fixture_d
         out = " ".join(cli("run", "align", "--dsn", fixture_db, "--config", cfg, expect=2).split())
         assert "align.match_index could not build its index on public.profiles" in out, out
         assert f"pid {writer.info.backend_pid} (app-writer" in out, out
+        # more attempts, or longer ones: an application whose transactions outlast each attempt needs the latter
+        assert "raise migration.lock_retries" in out and "migration.lock_timeout_ms (now 50 ms)" in out, out
     finally:
         writer.rollback()
         writer.close()

@@ -642,16 +642,16 @@ class Runner:
                     f"step {step.id} could not lock the rows of its next batch on {step.op.lock_target} within "
                     f"{self.lock_timeout_ms} ms in {exc.attempts} attempts; the batches before it are kept, and the "
                     f"same command goes on from there. {blockers}",
-                    fix="let the transaction holding those rows finish (or end it), then run the same command again; "
-                        "raise migration.lock_retries to wait longer")
+                    fix="let the transaction holding those rows finish (or end it), then run the same command again"
+                        + self._wait_longer())
             if step.op.executor == "index":
                 return self._index_failure(step, exc, blockers)
             return StepFailed(
                 f"step {step.id} could not get its {step.op.lock} lock on {step.op.lock_target or 'its objects'} "
                 f"within {self.lock_timeout_ms} ms in {exc.attempts} attempts; nothing was changed by this step. "
                 f"{blockers}",
-                fix="let the blocking transaction finish (or end it), then run the same command again; "
-                    "raise migration.lock_retries to wait longer")
+                fix="let the blocking transaction finish (or end it), then run the same command again"
+                    + self._wait_longer())
         if privileges.refusal(last):
             # row_security is off in every pgconverge session: a policy that would have hidden rows from this
             # role made Postgres refuse the statement (its transaction rolled back) instead of filtering it.
@@ -689,6 +689,14 @@ class Runner:
                           fix="see `pgconverge status` for the ledger entry; fix the cause and run again — "
                               "finished steps are not repeated")
 
+    def _wait_longer(self) -> str:
+        """The end of a lock failure's fix: more attempts, or longer ones. Each attempt waits lock_timeout_ms; where
+        the application's own transactions each last longer than that (policies that call functions per row, say),
+        no number of attempts outwaits one of them."""
+        return ("; raise migration.lock_retries to wait longer, or migration.lock_timeout_ms (now "
+                f"{self.lock_timeout_ms} ms) where the application's transactions each last longer than that: "
+                "more attempts of the same length never outwait one of them")
+
     def _index_failure(self, step: Step, exc: Exception, blockers: str) -> StepFailed:
         """A concurrent build outwaited: by a lock on the table, or by an older transaction's snapshot (a wait
         on its virtualxid, which holds no lock on the table). Name both kinds, and the invalid index left behind."""
@@ -708,7 +716,7 @@ class Runner:
             + (f" {snapshots}" if snapshots else ""),
             fix=("end those transactions (pg_terminate_backend(pid)) or let them finish, then run the same command "
                  "again" if snapshots else "let the blocking transaction finish (or end it), then run the same "
-                 "command again") + "; raise migration.lock_retries to wait longer")
+                 "command again") + self._wait_longer())
 
     def _on_retry(self, step: Step):
         def note(attempt: int, exc: psycopg.Error, pause: float) -> None:
