@@ -105,6 +105,10 @@ class Capture:
     owner_known: set[str] = field(default_factory=set)
     # Tables no permissive policy lets anyone read: those its owners may only insert into (table_coverage).
     insert_only: set[str] = field(default_factory=set)
+    # table → keys a signed-in caller who is nobody in particular sees, among the sampled owners' rows and the
+    # shared random ones: rows the application shows everyone (a public listing, a `using (true)` read). Seeing
+    # them proves nothing about the policies that pick out an owner (coverage, table_coverage).
+    shared: dict[str, set[str]] = field(default_factory=dict)
 
 
 # The check asks each token only for the rows it may concern (an index lookup), so a table whose visibility check
@@ -470,6 +474,16 @@ def _canonical_token(spec: Spec, ident_: Identity) -> dict:
     return claims
 
 
+# The auth user of the stranger token: a signed-in caller whom no row names.
+NOBODY = "00000000-0000-0000-0000-000000000000"
+
+
+def _stranger_token(spec: Spec) -> dict:
+    """A token as the application mints them (token_claims) that names no identity: no legacy or canonical claim,
+    and an auth user no row belongs to."""
+    return {**dict(spec.migration.token_claims), "sub": NOBODY}
+
+
 def _clear(spec: Spec) -> tuple[str, ...]:
     return (spec.legacy.claim, spec.canonical.claim, "sub", *dict(spec.migration.token_claims))
 
@@ -695,6 +709,14 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
                                             tokens=total)
         if progress is not None:
             progress(done, len(identities))
+    for t in targets_:
+        table = str(t.table)
+        if table in cap.scan_bound:  # a whole-table read per token: left out, as for the tokens it skips
+            continue
+        among = {k for keys in cap.owned.get(table, {}).values() for k in keys} | set(cap.others.get(table, ()))
+        if among:
+            stop()
+            cap.shared[table] = set(_visible(conn, spec, t, _stranger_token(spec), sorted(among)))
     if writes and identities:
         # Per table, up to WRITE_OWNERS identities with a row there to copy: each tries to insert a copy of its own
         # row, and (with a second identity in the sample) the next identity tries to insert the same row. One
@@ -1294,12 +1316,18 @@ def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before:
         owned = {r[0] for r in conn.execute(sql.SQL(
             "select distinct {c}::text from {t} where {c} = any(%s::{ty}[])").format(
                 c=ident(column), t=qn(d.table.name), ty=sql.SQL(key_type)), (ids,))}
+        shared = before.shared.get(str(d.table.name), set())
         for i in identities:
-            # a token a scan-bound table was not checked for (no key at all) neither counts nor fails
+            # a token a scan-bound table was not checked for (no key at all) neither counts nor fails, and nor does
+            # an identity whose rows there a stranger sees too (table_coverage)
             mine = [k for k in keys(i) if k in owned and str(d.table.name) in before.seen.get(f"{token}{k}", {})]
+            rows = set(before.owned.get(str(d.table.name), {}).get(i.canonical, ()))
+            if rows and not rows - shared:
+                continue
             if mine:
                 owning.add(i.canonical)
-                if any(before.seen[f"{token}{k}"][str(d.table.name)] for k in mine):
+                # rows a stranger sees too (public ones) show nothing about the owner policies
+                if any(set(before.seen[f"{token}{k}"][str(d.table.name)]) - shared for k in mine):
                     seeing.add(i.canonical)
     return {"identities": len(identities), "owning": len(owning), "seeing_own": len(seeing),
             "share": round(len(seeing) / len(owning), 3) if owning else 0.0}
@@ -1315,18 +1343,22 @@ def table_coverage(cap: Capture, identities: list[Identity]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     tables = list(dict.fromkeys([*cap.owned, *(t for ts in cap.seen.values() for t in ts)]))
     for table in tables:
-        owners = seeing = 0
+        owners = seeing = public_only = 0
         mine_by = cap.owned.get(table, {})
+        shared = cap.shared.get(table, set())
         for ident_ in identities:
             mine = mine_by.get(ident_.canonical)
             if not mine:
+                continue
+            if not set(mine) - shared:  # every row of it a stranger sees too: neither counts nor fails
+                public_only += 1
                 continue
             tokens = [f"L:{lid}" for lid in ident_.legacy] + [f"C:{ident_.canonical}"]
             views = [cap.seen[tok][table] for tok in tokens if table in cap.seen.get(tok, {})]
             if not views:
                 continue
             owners += 1
-            mine = set(mine)
+            mine = set(mine) - shared
             if any(mine.intersection(v) for v in views):
                 seeing += 1
         # Owners who may insert a row of their own there while another identity may not (a table they may only
@@ -1334,7 +1366,8 @@ def table_coverage(cap: Capture, identities: list[Identity]) -> dict[str, dict]:
         writing = sum(1 for ident_ in identities if _writes_own_only(cap, ident_.canonical, table)) \
             if table in cap.insert_only else 0
         out[table] = {"owners": owners, "owners_seeing_own": seeing, "rows_seen": seen_rows.get(table, 0),
-                      "owners_writing_own": writing}
+                      "owners_writing_own": writing, **({"owners_of_public_rows_only": public_only}
+                                                        if public_only else {})}
     return out
 
 
