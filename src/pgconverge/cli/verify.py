@@ -129,6 +129,7 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
     # Per table: sampled owners, how many of them saw their own rows there, and the rows compared.
     by_table = summary["coverage_by_table"]
     probes = summary["write_probes_by_table"]
+    owners_probed = summary["write_owners_by_table"]
     unknown = set(summary["owner_unknown"])
     covered = "; ".join((f"{t}: {c['owners_seeing_own']} of {c['owners']} owners see their rows, {c['rows_seen']} "
                          "rows compared" if c["owners"] else
@@ -136,7 +137,9 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
                          f"the owner), {c['rows_seen']} rows compared (its owners' view not checked)" if t in unknown
                          else f"{t}: no sampled identity owns a row there, {c['rows_seen']} rows compared (its "
                          "owners' view not checked)")
-                        + f", {probes.get(t, 0)} write probes" for t, c in by_table.items())
+                        + f", {probes.get(t, 0)} write probes"
+                        + (f" ({owners_probed.get(t, 0)} owners inserting a copy of a row of their own)"
+                           if c["owners"] and t not in unknown else "") for t, c in by_table.items())
     note = "" if summary["rows_seen"] else "no identity has rows in these tables: nothing was compared"
     spelled = summary["legacy_spelled_otherwise"]
     spelled = f"{rls.SPELLED_OTHERWISE}: {spelled} of {summary['identities']} identities" if spelled else ""
@@ -159,6 +162,7 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
         "roll back the switch (`pgconverge rollback switch`) and review the policies listed" if problems else "",
         note, {"identities": summary["identities"], "rows_seen": summary["rows_seen"], "by_table": by_table,
                "write_probes": summary["write_probes"], "write_probes_by_table": probes,
+               "write_owners_by_table": owners_probed,
                "rls_disabled": summary["rls_disabled"], "public_by_design": summary["public_by_design"],
                "not_proven": summary["not_proven"], "owner_unknown": summary["owner_unknown"],
                "legacy_spelled_otherwise": summary["legacy_spelled_otherwise"]})

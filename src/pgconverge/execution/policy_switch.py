@@ -136,6 +136,8 @@ def run(runner: Runner, step: Step, resuming: bool) -> StepResult:
     summary = {"identities": len(identities), "tokens": len(after.seen), "tables": list(op.tables), "coverage": covered,
                "write_probes": len(after.writes), "rows_seen": rls.rows_seen(before), "problems": problems[:200],
                "write_probes_by_table": rls.write_probes_by_table(before, after),
+               # Per table, the sampled owners whose copy of a row of their own was probed (none: nothing proven)
+               "write_owners_by_table": rls.write_owners_by_table(before, after),
                # Tables where an owner could insert a row of its own (old token before the rewrite, or new token
                # after it): after contract, verify --rls holds the canonical token to it (new code's inserts).
                "owners_insert": sorted({t for t, ok in rls.own_inserts(before, "L").items() if ok}

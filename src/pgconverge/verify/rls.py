@@ -727,15 +727,9 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
                 if probed >= WRITE_OWNERS:
                     break
                 other = identities[(i + 1) % len(identities)] if len(identities) > 1 else None
-                # A row the owner's first token sees is the model; where it sees none (a table its owners may only
-                # insert into), a row it owns, read as the migration role, if it has one legacy id only (a merged
-                # person's row may name another of its legacy ids, which the first legacy token may not write).
-                first = f"L:{owner.legacy[0]}" if owner.legacy else None
-                keys = cap.seen.get(first, cap.seen.get(f"C:{owner.canonical}", {})).get(str(t.table))
-                if not keys and len(owner.legacy) <= 1:
-                    keys = cap.owned.get(str(t.table), {}).get(owner.canonical)
+                keys = _model_rows(cap, t, owner)
                 if not keys:
-                    continue
+                    continue  # it owns no row there to copy: no probe, and no refusal (write_owners_by_table)
                 probed += 1
                 row = _row(conn, t, keys[0])
                 if row is None:
@@ -762,6 +756,23 @@ def capture(conn, spec: Spec, targets_: list[Target], identities: list[Identity]
                         cap.writes[f"{base}|C"] = _write(conn, spec, t, _canonical_token(spec, writer),
                                                          row if merged else _without(row, t, new=False))
     return cap
+
+
+def _model_rows(cap: Capture, t: Target, owner: Identity) -> list[str]:
+    """The rows of T whose copy OWNER's write probes insert: rows OWNER owns (Capture.owned), read as the migration
+    role, never merely rows its tokens see: on a table other policies share (public rows, a `using (true)` read) the
+    first row a token sees is often another's, whose copy the policies rightly refuse. A merged person's rows only
+    where its first legacy token sees them (another of its rows may name another of its legacy ids, which that token
+    may not write). A table whose owners cannot be told (owner_unknown): the rows the owner's first token sees."""
+    table = str(t.table)
+    first = f"L:{owner.legacy[0]}" if owner.legacy else f"C:{owner.canonical}"
+    seen = cap.seen.get(first, cap.seen.get(f"C:{owner.canonical}", {})).get(table)
+    if table not in cap.owner_known:
+        return list(seen or ())
+    mine = sorted(cap.owned.get(table, {}).get(owner.canonical, ()))
+    if len(owner.legacy) > 1:
+        return [k for k in mine if k in set(seen or ())]
+    return mine
 
 
 def _row(conn, t: Target, key: str) -> dict | None:
@@ -894,9 +905,22 @@ def own_inserts(cap: Capture, token: str = "C") -> dict[str, bool]:
     out: dict[str, bool] = {}
     for key, outcome in cap.writes.items():
         writer, owner, table, kind = key.split("|")
-        if writer == owner and kind == token and not inconclusive(outcome):
+        # a table whose owners cannot be told copies a row its owner's token sees, maybe another's: no own row
+        if writer == owner and kind == token and table in cap.owner_known and not inconclusive(outcome):
             out[table] = out.get(table, False) or outcome == "allowed"
     return out
+
+
+def write_owners_by_table(*caps: Capture) -> dict[str, int]:
+    """Per table, the sampled owners whose own-row write probe ran (a copy of a row each owns, Capture.owned), over
+    CAPS together; an identity that owns no row of a table is not probed there, and is no refusal."""
+    out: dict[str, set] = {}
+    for cap in caps:
+        for key in cap.writes:
+            writer, owner, table, _ = key.split("|")
+            if writer == owner and table in cap.owner_known:
+                out.setdefault(table, set()).add(owner)
+    return {t: len(o) for t, o in out.items()}
 
 
 def insertable(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> set[str]:
@@ -918,6 +942,13 @@ def own_inserts_refused(cap: Capture, expected: set[str]) -> list[str]:
             if n:
                 out.append(f"no sampled owner may insert a row of its own into {table} with its canonical token ({n} "
                            "refused), although owners could insert their own rows there: new code cannot write it")
+    probed = write_owners_by_table(cap)
+    for table in sorted(expected):
+        # sampled identities own rows there, and not one of them had a row its write probe could copy
+        if cap.owned.get(table) and table in cap.owner_known and not probed.get(table):
+            out.append(f"proves nothing about new code's inserts into {table}: {len(cap.owned[table])} sampled "
+                       "identities own rows there and none of their own rows could be copied by a write probe "
+                       "(0 owners probed): raise --sample (0 = every identity)")
     return out
 
 
@@ -1282,7 +1313,7 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
     return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
             "legacy_spelled_otherwise": 0 if contracted else sum(i.spelled_otherwise for i in identities),
             "write_probes": len(cap.writes), "write_probes_by_table": write_probes_by_table(cap),
-            "switched": switched or contracted, "scan_bound": scan_bound_summary(cap),
+            "write_owners_by_table": write_owners_by_table(cap), "switched": switched or contracted, "scan_bound": scan_bound_summary(cap),
             "rows_seen": rows_seen(cap), "coverage_by_table": by_table, "not_proven": not_proven,
             "shared_by_design": shared, "public_by_design": public, "rls_disabled": disabled,
             "owner_unknown": owner_unknown(targets_)}, problems
