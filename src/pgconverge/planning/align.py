@@ -1041,8 +1041,11 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
         ("drop_align_function", DropFunction(n["align_row"], str(leg.name)), ("align.align_function",)),
         ("drop_legacy_for_function", DropFunction(n["legacy_for"], can.column(spec.canonical.key).type),
          ("align.legacy_for_function",)),
-        ("drop_match_index", DropIndexConcurrently(n["match_index"], can.name), ("align.match_index",)),
-        ("drop_mapping_table", DropTable(n["mapping"]), ("align.mapping_table",)),
+        # The statistics the ANALYZE steps gathered go with the index and the table they were of (the canonical
+        # table's own columns' are refreshed, which undoes nothing the application relies on).
+        ("drop_match_index", DropIndexConcurrently(n["match_index"], can.name), ("align.match_index",
+                                                                                 "align.analyze_canonical")),
+        ("drop_mapping_table", DropTable(n["mapping"]), ("align.mapping_table", "align.analyze_mapping")),
         ("drop_pending_table", DropTable(n["pending"]), ("align.pending_table", "align.map_pending")),
         ("drop_retired_table", RunSql(sql.SQL("drop table if exists {}").format(qn(n["retired"])),
                                       "drop the table of retired mappings"), ("align.retired_table",)),

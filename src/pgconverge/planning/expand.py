@@ -115,7 +115,7 @@ def names_of(spec: Spec, cat: Catalog) -> list[tuple[Dependent, Names]]:
     shorts = short_names(cat)
     out = [(d, Names(spec, d, shorts[references.key(d)], cat)) for d in cat.dependents]
     # The private schema's objects are named from schema and table joined by "_": two references may come out alike
-    for attr in ("sync_fn", "fill_fn", "late_fn", "old_writes"):
+    for attr in ("sync_fn", "fill_fn", "late_fn", "old_writes", "owner_fn"):
         apart = _apart({references.key(d): getattr(n, attr).name for d, n in out})
         for d, n in out:
             setattr(n, attr, QualifiedName(getattr(n, attr).schema, bounded(apart[references.key(d)])))

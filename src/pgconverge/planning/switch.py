@@ -143,6 +143,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     fix = ("rewrite them by hand and list them in migration.accept_policies (as schema.table.policy), or "
            "change them so they compare the legacy column or helper directly") if review else ""
     steps = [
+        coverage_gate(spec, cat),
         links_gate(spec, cat, cats),
         Step(f"{PHASE}.review", PHASE, Check(
             "rewritable", gate, failure="pgconverge cannot rewrite these with certainty",
@@ -174,6 +175,7 @@ def _plan_without_helper(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     code moves to the new column. No helper to derive and no policy to rewrite (plan refuses one that reads the
     legacy side); the runtime baseline that contract's gate compares against is taken all the same."""
     return [
+        coverage_gate(spec, cat),
         links_gate(spec, cat, cats),
         Step(f"{PHASE}.review", PHASE, Check(
             "rewritable", sql.SQL("select null::text, null::text where false"),
@@ -184,6 +186,16 @@ def _plan_without_helper(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
 
 
 LINKS = f"{PHASE}.expand_invariants"
+COVERAGE = f"{PHASE}.coverage"
+
+
+def coverage_gate(spec: Spec, cat: Catalog) -> Step:
+    """Before the switch's first change: every legacy row has its canonical row. A person old code created since
+    expand that pgconverge could not place (no usable match value) has rows without the new id, which the links gate
+    would name; this names the person, and the way to place them (`align --decisions`, a usable value), which
+    running expand again does not give. Nothing to send back: no step of the switch or before it decides them."""
+    gate = align.coverage_gate(spec, cat, PHASE)
+    return Step(COVERAGE, PHASE, dataclasses.replace(gate, redo=(), standing=False))
 
 
 def links_gate(spec: Spec, cat: Catalog, cats=None) -> Step:
@@ -351,7 +363,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
     return [
         *newcomer_refills(spec, cat, live, cats),
         Step("rollback.switch.policies", "rollback", fwd[f"{PHASE}.policies"].op.reverse(),
-             (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.review", LINKS,
+             (f"{PHASE}.policies", f"{PHASE}.runtime_baseline", f"{PHASE}.review", COVERAGE, LINKS,
               *(i for i in (f"{PHASE}.function_tracking", f"{PHASE}.settle_helpers") if i in fwd))),
         *sync_functions_back(spec, cat, cats),
         *([] if not spec.has_helper else [
