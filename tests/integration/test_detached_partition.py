@@ -31,6 +31,15 @@ def _detach(dsn: str) -> None:
         c.execute("alter table public.events detach partition public.events_2024")
 
 
+def _detached_after(make_db, tmp_path, *phases: str) -> tuple[str, tuple[str, ...]]:
+    """A database of SCHEMA through PHASES, then events_2024 detached."""
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA)
+    for phase in phases:
+        cli("run", phase, *args)
+    _detach(dsn)
+    return dsn, args
+
+
 def _columns(dsn: str, table: str = "public.events_2024") -> dict[str, bool]:
     with psycopg.connect(dsn) as c:
         return dict(c.execute("select attname::text, attnotnull from pg_attribute where attrelid = %s::regclass "
@@ -38,10 +47,7 @@ def _columns(dsn: str, table: str = "public.events_2024") -> dict[str, bool]:
 
 
 def test_rollback_expand_undoes_expand_on_a_partition_detached_since(make_db, tmp_path):
-    dsn, args = schema_db(make_db, tmp_path, SCHEMA)
-    cli("run", "align", *args)
-    cli("run", "expand", *args)
-    _detach(dsn)
+    dsn, args = _detached_after(make_db, tmp_path, "align", "expand")
     with psycopg.connect(dsn, autocommit=True) as c:
         # New code writes to the archived table with the new id alone (its legacy column is nullable now).
         person = c.execute("select user_id from public.profiles order by user_id limit 1").fetchone()[0]
@@ -70,10 +76,7 @@ def test_rollback_expand_undoes_expand_on_a_partition_detached_since(make_db, tm
 
 
 def test_contract_names_the_detached_partition(make_db, tmp_path):
-    dsn, args = schema_db(make_db, tmp_path, SCHEMA)
-    for phase in ("align", "expand", "switch"):
-        cli("run", phase, *args)
-    _detach(dsn)
+    dsn, args = _detached_after(make_db, tmp_path, "align", "expand", "switch")
     # The runtime gate: the archived table reads as a reference with no counter, because it was detached.
     out = " ".join(cli("run", "contract", *(a for a in ACCEPT if a != "--accept-runtime-use"), *args,
                        expect=2).split())
@@ -93,10 +96,7 @@ def test_contract_names_the_detached_partition(make_db, tmp_path):
 def test_a_leftover_column_the_rollback_did_not_reach_is_named_as_expands(make_db, tmp_path):
     """The archived table's legacy key dropped before the rollback (so it did not read as a reference) and made
     again after: the column left there is named as expand's, with the statements that remove it."""
-    dsn, args = schema_db(make_db, tmp_path, SCHEMA)
-    cli("run", "align", *args)
-    cli("run", "expand", *args)
-    _detach(dsn)
+    dsn, args = _detached_after(make_db, tmp_path, "align", "expand")
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("alter table public.events_2024 drop constraint events_customer_id_fkey")
     cli("rollback", "expand", "--yes", *args)
@@ -118,10 +118,7 @@ def test_a_leftover_column_the_rollback_did_not_reach_is_named_as_expands(make_d
 
 
 def test_rollback_refuses_a_detached_partition_attached_elsewhere(make_db, tmp_path):
-    dsn, args = schema_db(make_db, tmp_path, SCHEMA)
-    cli("run", "align", *args)
-    cli("run", "expand", *args)
-    _detach(dsn)
+    dsn, args = _detached_after(make_db, tmp_path, "align", "expand")
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("create table public.events_archive (like public.events) partition by range (created_at)")
         c.execute("alter table public.events_archive attach partition public.events_2024 "
