@@ -67,6 +67,16 @@ def schema_db(make_db, tmp_path: Path, schema: str, config: str = PLAIN_CONFIG) 
     return dsn, ("--dsn", dsn, "--config", write_config(tmp_path, config))
 
 
+# Their config: created profiles copy the auth user, contract may follow at once, tokens carry the identity claim.
+IDENTITY_CONFIG = """
+[canonical]
+copy_columns = ["display_name", "auth_user_id"]
+[migration]
+observation_window = 0
+token_claims = {}
+"""
+
+
 def shim_db(make_db, tmp_path: Path, schema: str, config: str) -> tuple[str, tuple[str, ...]]:
     """A new database with the bundled fixture's roles and Supabase shim (auth.uid(), auth.users) and SCHEMA on them,
     and the CLI's --dsn/--config arguments for it with CONFIG."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 
 import pgconverge.fixtures
-from _support import IDENTITY_TABLES, cli, cli_json, shim_db, write_config
+from _support import IDENTITY_CONFIG, IDENTITY_TABLES, cli, cli_json, shim_db, write_config
 
 FIXTURE_SQL = Path(pgconverge.fixtures.__file__).parent / "sql"
 
@@ -41,13 +41,7 @@ insert into public.orders (customer_id) select 1 + (i % 20) from generate_series
 insert into public.order_lines (order_id) select 1 + (i % 60) from generate_series(1, 120) i;
 insert into public.addresses (customer_id) select 1 + (i % 20) from generate_series(1, 60) i;
 """
-CONFIG = """
-[canonical]
-copy_columns = ["display_name", "auth_user_id"]
-[migration]
-observation_window = 0
-token_claims = {}
-accept_policies = ["public.addresses.addresses_exists"]
+CONFIG = IDENTITY_CONFIG + """accept_policies = ["public.addresses.addresses_exists"]
 """
 # The team's hand rewrite of the accepted policy. BAD reads profiles, which RLS hides from authenticated, so no one
 # sees an address; GOOD reads the caller's id through the canonical helper the switch made.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import psycopg
 
-from _support import IDENTITY_TABLES, cli, cli_json, shim_db
+from _support import IDENTITY_CONFIG, IDENTITY_TABLES, cli, cli_json, shim_db
 
 SCHEMA = IDENTITY_TABLES + r"""
 create table public.orders (id bigserial primary key, customer_id bigint not null references public.customers(id),
@@ -41,13 +41,7 @@ update public.orders set is_public = true where id = 1 or id between 10 and 19;
 -- repository links of three owners only, read by everyone
 insert into public.notes (customer_id, body) select 1 + (i % 3), 'n' || i from generate_series(1, 9) i;
 """
-CONFIG = """
-[canonical]
-copy_columns = ["display_name", "auth_user_id"]
-[migration]
-observation_window = 0
-token_claims = {}
-"""
+CONFIG = IDENTITY_CONFIG
 ACCEPT = ("--accept-code-references", "--accept-runtime-use")
 
 
