@@ -4,7 +4,7 @@ The RLS checks count an owner as "seeing its own rows" to know that the test tok
 application's do (a check whose tokens name nobody compares nothing). A row readable by every signed-in caller (a
 public listing) is seen by any token: counted, it let a check whose tokens named nobody pass, as long as half the
 owners had a public row. Now a row a stranger's token sees too does not count, and an owner whose rows are all
-public neither counts nor fails.
+public has nothing private to see: it is no failure, and is counted apart.
 """
 
 from __future__ import annotations
@@ -63,3 +63,24 @@ def test_public_rows_do_not_make_a_blind_check_pass(make_db, template_factory, t
     # old and new tokens compares nobody's own rows, and must say so rather than rewrite the policies.
     out = " ".join(cli("run", "switch", "--dsn", dsn, "--config", cfg, expect=2).split())
     assert "proves nothing" in out and "token_claims = { aud = " in out, out[-3000:]
+
+
+ALL_PUBLIC = "\n".join(
+    f"create policy {t}_everyone on public.{t} for select to authenticated using (true);"
+    for t in ("carts", "cart_items", "orders", "order_items", "order_events", "sessions"))
+
+
+def test_an_application_that_shows_every_row_to_everyone_still_switches(make_db, template_factory, tmp_path):
+    """Every dependent row readable by every signed-in caller (owners only write their own): no owner has a private
+    row to see, so the read comparison proves nothing about owner reads, and there are none to prove. The switch must
+    not stop as though the tokens were wrong ("raise --sample" would never help); it says what it set aside."""
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, "[migration]\nrls_sample = 8\n")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(ALL_PUBLIC)
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, "--dsn", dsn, "--config", cfg)
+    out = _verify(dsn, cfg, 0)
+    (rls,) = [c for c in out["checks"] if c["step"] == "rls"]
+    by_table = rls["coverage"]["by_table"]
+    assert all(c.get("owners_of_public_rows_only") for c in by_table.values()), by_table

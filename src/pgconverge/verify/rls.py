@@ -1313,7 +1313,8 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
     return {"identities": len(identities), "tokens": len(cap.seen), "tables": [str(t) for t in tables],
             "legacy_spelled_otherwise": 0 if contracted else sum(i.spelled_otherwise for i in identities),
             "write_probes": len(cap.writes), "write_probes_by_table": write_probes_by_table(cap),
-            "write_owners_by_table": write_owners_by_table(cap), "switched": switched or contracted, "scan_bound": scan_bound_summary(cap),
+            "write_owners_by_table": write_owners_by_table(cap), "switched": switched or contracted,
+            "scan_bound": scan_bound_summary(cap),
             "rows_seen": rows_seen(cap), "coverage_by_table": by_table, "not_proven": not_proven,
             "shared_by_design": shared, "public_by_design": public, "rls_disabled": disabled,
             "owner_unknown": owner_unknown(targets_)}, problems
@@ -1338,7 +1339,7 @@ def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before:
     token = "C:" if contracted else "L:"
     key_type = cat.canonical.column(spec.canonical.key).type if contracted else cat.legacy.column(spec.legacy.key).type
     ids = [k for i in identities for k in keys(i)]
-    owning, seeing = set(), set()
+    owning, seeing, public_only = set(), set(), set()
     hidden = set(spec.migration.rls_hidden_from_owners)
     for d in cat.dependents:
         if str(d.table.name) in hidden:
@@ -1349,11 +1350,15 @@ def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before:
                 c=ident(column), t=qn(d.table.name), ty=sql.SQL(key_type)), (ids,))}
         shared = before.shared.get(str(d.table.name), set())
         for i in identities:
-            # a token a scan-bound table was not checked for (no key at all) neither counts nor fails, and nor does
-            # an identity whose rows there a stranger sees too (table_coverage)
+            # a token a scan-bound table was not checked for (no key at all) neither counts nor fails
             mine = [k for k in keys(i) if k in owned and str(d.table.name) in before.seen.get(f"{token}{k}", {})]
             rows = set(before.owned.get(str(d.table.name), {}).get(i.canonical, ()))
-            if rows and not rows - shared:
+            if mine and rows and not rows - shared:
+                # every row of it there a stranger sees too: it has nothing private there to see, which is not the
+                # tokens' failing (table_coverage leaves it out of the table's owners, and the verdict says so)
+                owning.add(i.canonical)
+                seeing.add(i.canonical)
+                public_only.add(i.canonical)
                 continue
             if mine:
                 owning.add(i.canonical)
@@ -1361,7 +1366,8 @@ def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before:
                 if any(set(before.seen[f"{token}{k}"][str(d.table.name)]) - shared for k in mine):
                     seeing.add(i.canonical)
     return {"identities": len(identities), "owning": len(owning), "seeing_own": len(seeing),
-            "share": round(len(seeing) / len(owning), 3) if owning else 0.0}
+            "share": round(len(seeing) / len(owning), 3) if owning else 0.0,
+            **({"owning_public_rows_only": len(public_only)} if public_only else {})}
 
 
 def table_coverage(cap: Capture, identities: list[Identity]) -> dict[str, dict]:
