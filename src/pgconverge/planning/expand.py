@@ -1130,37 +1130,13 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                               FIRST_STEPS if first else (),
                               (f"{fwd}.add_column",)))
         if d.column.not_null:
-            chk = bounded(f"{d.table.name.name}_{legacy_col}_not_null")
-            check = sql.SQL("{} is not null").format(ident(legacy_col))
             # A partition detached since has a NOT NULL of its own now: dropped through the partitioned table by
             # expand, restored here the same way, before the partitioned table's last step marks that drop undone.
             for own in loose:
-                if own.column.not_null:
-                    continue
-                t, did = own.table.name, f"{rid}.detached.{gone[own.table.name]}"
-                own_chk = bounded(f"{t.name}_{legacy_col}_not_null")
-                steps += [
-                    Step(f"{did}.legacy_not_null_check", "rollback",
-                         AddCheckNotValid(t, own_chk, check, why=f"{legacy_col} was NOT NULL before expand"),
-                         (), (f"{fwd}.drop_legacy_not_null",)),
-                    Step(f"{did}.validate_legacy_not_null", "rollback", ValidateConstraint(t, own_chk), (),
-                         (f"{fwd}.drop_legacy_not_null",)),
-                    Step(f"{did}.legacy_set_not_null", "rollback", SetNotNull(t, legacy_col), (),
-                         (f"{fwd}.drop_legacy_not_null",)),
-                    Step(f"{did}.drop_legacy_not_null_check", "rollback", DropConstraint(t, own_chk), (),
-                         (f"{fwd}.drop_legacy_not_null",)),
-                ]
-            steps += [
-                Step(f"{rid}.legacy_not_null_check", "rollback",
-                     AddCheckNotValid(d.table.name, chk, check, why=f"{legacy_col} was NOT NULL before expand"),
-                     (), (f"{fwd}.drop_legacy_not_null",)),
-                Step(f"{rid}.validate_legacy_not_null", "rollback", ValidateConstraint(d.table.name, chk), (),
-                     (f"{fwd}.drop_legacy_not_null",)),
-                Step(f"{rid}.legacy_set_not_null", "rollback", SetNotNull(d.table.name, legacy_col), (),
-                     (f"{fwd}.drop_legacy_not_null",)),
-                Step(f"{rid}.drop_legacy_not_null_check", "rollback", DropConstraint(d.table.name, chk),
-                     (f"{fwd}.drop_legacy_not_null",)),
-            ]
+                if not own.column.not_null:
+                    steps += _legacy_not_null_back(f"{rid}.detached.{gone[own.table.name]}", own.table.name,
+                                                   legacy_col, fwd, marks_undone=False)
+            steps += _legacy_not_null_back(rid, d.table.name, legacy_col, fwd, marks_undone=True)
             if not shapes.in_primary_key(d):
                 steps.append(Step(f"{rid}.drop_owner_check", "rollback", drop_owner_guard(d, n),
                                   (f"{fwd}.owner_check", f"{fwd}.drop_owner_check")))
@@ -1223,6 +1199,24 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             steps.append(Step(f"{rid}.drop_backfill_function", "rollback", DropFunction(n.late_fn, LATE_ARGS),
                               (f"{fwd}.backfill_function",)))
     return steps
+
+
+def _legacy_not_null_back(prefix: str, table: QualifiedName, legacy_col: str, fwd: str,
+                          marks_undone: bool) -> list[Step]:
+    """Rollback steps giving TABLE's legacy column its NOT NULL back without a long lock: a check added NOT VALID,
+    validated, SET NOT NULL (which the check proves), the check dropped. Each runs where expand's drop of it ran;
+    MARKS_UNDONE: the last one records that drop undone (the partitioned table's own, after its detached ones)."""
+    chk = bounded(f"{table.name}_{legacy_col}_not_null")
+    when = (f"{fwd}.drop_legacy_not_null",)
+    return [
+        Step(f"{prefix}.legacy_not_null_check", "rollback", AddCheckNotValid(
+            table, chk, sql.SQL("{} is not null").format(ident(legacy_col)),
+            why=f"{legacy_col} was NOT NULL before expand"), (), when),
+        Step(f"{prefix}.validate_legacy_not_null", "rollback", ValidateConstraint(table, chk), (), when),
+        Step(f"{prefix}.legacy_set_not_null", "rollback", SetNotNull(table, legacy_col), (), when),
+        Step(f"{prefix}.drop_legacy_not_null_check", "rollback", DropConstraint(table, chk),
+             *((when,) if marks_undone else ((), when))),
+    ]
 
 
 def _now(live: Catalog | None, cats) -> Catalog | None:
