@@ -76,10 +76,10 @@ def detached(d: Dependent, live: Catalog | None, new: str
             if own.table.column(new) is not None:
                 alone.append(own)
             continue
-        parent = own.partition_of if own is not None else next(
-            (q.parent for x in live.dependents for q in x.partitions if q.table.name == p.table.name), None)
-        table = own.table if own is not None else next(
-            (q.table for x in live.dependents for q in x.partitions if q.table.name == p.table.name), None)
+        # where it keeps no reference of its own: the partition of another table it is now
+        q = None if own is not None else next(
+            (q for x in live.dependents for q in x.partitions if q.table.name == p.table.name), None)
+        parent, table = (own.partition_of, own.table) if own is not None else (q.parent, q.table) if q else (None, None)
         if parent is not None and table is not None and table.column(new) is not None:
             elsewhere.append((p.table.name, parent))
     return alone, elsewhere
