@@ -1,3 +1,3 @@
 """pgconverge: retire a legacy identity table online and reversibly."""
 
-__version__ = "0.5.2"
+__version__ = "0.5.3"

@@ -456,11 +456,49 @@ def effective_unmatched(spec: Spec, cat: Catalog) -> str:
 def live_predicates(spec: Spec, can: Table, alias: str = "p") -> list[str]:
     """The WHERE clauses of the canonical table's partial unique indexes over its match columns, as ALIAS.column: the
     rows the application itself holds unique (`… where deleted_at is null`), where the others are retired ones."""
+    return _partial_unique_predicates(can, spec.canonical.match_columns, alias)
+
+
+def legacy_live(spec: Spec, leg: Table, alias: str = "c") -> str | None:
+    """The legacy side's rule of the same kind, as one condition over the legacy row ALIAS (None where the legacy
+    table has no such index): of a merged person's legacy rows, the ones it holds true are live, the others retired
+    (`unique (lower(email)) where deleted_at is null`: the soft-deleted account). Wherever pgconverge picks one of a
+    merged person's legacy ids (the sync functions, the legacy-row maker, the bridged legacy helper) it picks a live
+    one first, so that old code finds the person's new rows under the account still in use."""
+    preds = _partial_unique_predicates(leg, spec.legacy.match_columns, alias)
+    return " and ".join(f"({p})" for p in preds) or None
+
+
+def legacy_live_sql(spec: Spec, leg: Table, alias: str = "c") -> sql.Composable:
+    """legacy_live as a boolean that is never NULL (true where the table has no such index)."""
+    pred = legacy_live(spec, leg, alias)
+    return sql.SQL("coalesce(({}), false)").format(sql.SQL(pred)) if pred else sql.SQL("true")
+
+
+def mapped_legacy_rows(spec: Spec, cat: Catalog, canonical_id: sql.Composable) -> sql.Composable:
+    """`with mine as materialized (…)`: the live legacy rows mapped to CANONICAL_ID (mine.id), with whether each is
+    live (mine.live, see legacy_live), for a SELECT over mine ordered by MINE_ORDER. A legacy row the application
+    deleted since it was mapped keeps its mapping and is never named again (its id would fail the legacy foreign
+    key). Selected through the mapping's index on the new id before they are ordered: written as `where new = $1
+    order by legacy limit 1`, a session's cached generic plan could walk the mapping's primary key in order,
+    filtering on the new id, and read the whole mapping for every new-code insert."""
+    return sql.SQL("with mine as materialized (select m.{ml} as id, {live} as live from {m} m join {lt} c "
+                   "on c.{lk} = m.{ml} where m.{mn} = {v})").format(
+        ml=ident(spec.mapping_legacy_column), live=legacy_live_sql(spec, cat.legacy, "c"), m=qn(names(spec)["mapping"]),
+        lt=qn(cat.legacy.name), lk=ident(spec.legacy.key), mn=ident(spec.migration.new_column), v=canonical_id)
+
+
+# A merged person's legacy ids in the order pgconverge picks them: a live one first, then the key's own order (no
+# min(): there is none for uuid).
+MINE_ORDER = sql.SQL("mine.live desc, mine.id")
+
+
+def _partial_unique_predicates(table: Table, columns, alias: str) -> list[str]:
     from pgconverge.planning.index_mirror import contains_column, qualified_predicate
 
-    wanted = set(spec.canonical.match_columns)
+    wanted = set(columns)
     out = []
-    for ix in can.indexes:
+    for ix in table.indexes:
         if not (ix.unique and ix.valid and ix.predicate) or not any(contains_column(ix, c) for c in wanted):
             continue
         if all(c is None or c in wanted for c in ix.columns):
@@ -834,18 +872,15 @@ declare
   target {lk_type};
   backfill text;
 begin
-  -- a legacy row the application deleted since keeps its mapping, and is never named again. Found through the
-  -- mapping's index on the canonical id before they are ordered (see the sync functions in planning/expand.py).
-  with mine as materialized (select m.{mlc} as id from {mapping} m where m.{mcc} = canonical_id
-    and exists (select 1 from {legacy} l where l.{lk} = m.{mlc}))
-  select mine.id into target from mine order by mine.id limit 1;
+  -- the person's legacy row where there is one (a live one first: see mapped_legacy_rows)
+  {mine}
+  select mine.id into target from mine order by {order} limit 1;
   if target is not null then
     return target;
   end if;
   perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('pgconverge:reverse:' || canonical_id::text, 0));
-  with mine as materialized (select m.{mlc} as id from {mapping} m where m.{mcc} = canonical_id
-    and exists (select 1 from {legacy} l where l.{lk} = m.{mlc}))
-  select mine.id into target from mine order by mine.id limit 1;
+  {mine}
+  select mine.id into target from mine order by {order} limit 1;
   if target is not null then
     return target;
   end if;
@@ -869,7 +904,8 @@ end""").format(lk_type=lk_type, mlc=ident(spec.mapping_legacy_column), mcc=ident
                mapping=qn(n["mapping"]), flag=sql.Literal(REVERSE_FLAG), legacy=qn(leg.name),
                reverse_target=sql.Literal(REVERSE_TARGET), backfill=sql.Literal(BACKFILL_SETTING),
                cols=sql.SQL(", ").join(cols), vals=sql.SQL(", ").join(vals), canonical=qn(can.name),
-               ck=ident(spec.canonical.key), lk=ident(spec.legacy.key), ckey=canonical_key(spec, cat, "p"))
+               ck=ident(spec.canonical.key), lk=ident(spec.legacy.key), ckey=canonical_key(spec, cat, "p"),
+               mine=mapped_legacy_rows(spec, cat, sql.SQL("canonical_id")), order=MINE_ORDER)
     return sql.SQL(
         "create or replace function {f}(canonical_id {ck_type}) returns {lk_type} language plpgsql volatile "
         "security definer set search_path = {path} set row_security = off as {body}").format(

@@ -159,12 +159,16 @@ def keep_legacy_ids(spec: Spec, cat: Catalog) -> Operation:
     table = kept_ids_table(spec)
     parts = []
     for d in cat.dependents:
-        # The first legacy id of every canonical row, computed once for the whole table and joined (a sort
-        # of the mapping and a hash join): a per-row sub-query walked the mapping's key for every row.
+        # Every row of a merged person, and every row whose legacy id is not its canonical row's one legacy id
+        # byte for byte. Which of a merged person's legacy ids the rollback's legacy-row lookup would pick depends
+        # on the legacy rows as they are then (a live one first, align.MINE_ORDER), so those are all kept. The
+        # mapping is grouped once for the whole table and joined (a sort and a hash join): a per-row sub-query
+        # walked the mapping's key for every row.
         parts.append(sql.SQL(
-            "select {t}, {k}, d.{l}::text from {tab} d left join (select distinct on (mm.{mn}) mm.{mn}, mm.{ml} "
-            "from {m} mm order by mm.{mn}, mm.{ml}) f on f.{mn} = d.{n} "
-            "where d.{l}::text collate pg_catalog.\"C\" is distinct from f.{ml}::text").format(
+            "select {t}, {k}, d.{l}::text from {tab} d left join (select mm.{mn}, min(mm.{ml}::text) as legacy, "
+            "count(*) as several from {m} mm group by mm.{mn}) f on f.{mn} = d.{n} "
+            "where d.{l} is not null and (f.several is distinct from 1 "
+            "or d.{l}::text collate pg_catalog.\"C\" is distinct from f.legacy collate pg_catalog.\"C\")").format(
             t=sql.Literal(references.label(cat, d)), k=_row_id(spec, cat, d), l=ident(d.fk.columns[0]),
             tab=qn(d.table.name), ml=ident(spec.mapping_legacy_column), m=qn(m), mn=ident(spec.migration.new_column),
             n=ident(references.new_column(spec, cat, d))))

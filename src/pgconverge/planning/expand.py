@@ -739,29 +739,24 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
              ct=qn(cat.canonical.name), ck=ident(spec.canonical.key),
              placing=sql.Literal(align.PLACING), calls=sql.Literal(text(qn(helper_calls_sequence(spec)))))
     # Without a legacy helper (legacy.helper = "") no policy checks the caller's own legacy row: a merged person's
-    # first legacy id by the key's order stands.
+    # live legacy id stands (align.MINE_ORDER).
     helper = cat.legacy_helper
     p.update(helper=qn(helper.name) if helper else sql.SQL(""),
              helper_type=sql.SQL(helper.returns if helper else d.column.type))
     tag = hashlib.md5(f"{d.table.name}|{legacy_col}".encode()).hexdigest()[:8]
     p.update(last=sql.Literal(n.last_trigger), gl=sql.Literal(f"pgconverge.sync_{tag}_l_"),
              gn=sql.Literal(f"pgconverge.sync_{tag}_n_"))
-    # A legacy row the application deleted since it was mapped keeps its mapping: never named again (its id would
-    # fail the legacy foreign key).
-    p["alive"] = sql.SQL("exists (select 1 from {lt} c where c.{lk} = m.{ml})").format(**p)
-    # The live legacy rows mapped to new.{n}, found through the mapping's index on the new column before they are
-    # ordered. Written as `where new = $1 order by legacy limit 1`, a session's cached generic plan could walk the
-    # mapping's primary key in order, filtering on the new id: every new-code insert then read the whole mapping.
-    p["mine"] = sql.SQL("with mine as materialized (select m.{ml} as id from {m} m where m.{mn} = new.{n} and {alive})"
-                        ).format(**p)
+    # The legacy rows mapped to new.{n}, a live one first (align.mapped_legacy_rows).
+    p["mine"] = align.mapped_legacy_rows(spec, cat, sql.SQL("new.{}").format(p["n"]))
+    p["order"] = align.MINE_ORDER
     p["merged"] = sql.SQL("""if several > 1 then  -- a merged person: the caller's own legacy row, which the legacy policies check
           caller := {helper}();  -- once, and counted: these calls are not old code's (the runtime audit)
           perform pg_catalog.nextval(c.s) from (select pg_catalog.to_regclass({calls}) as s) c where c.s is not null;
           {mine}
-          select mine.id into new.{l} from mine order by mine.id is not distinct from caller desc, mine.id limit 1;
+          select mine.id into new.{l} from mine order by mine.id is not distinct from caller desc, {order} limit 1;
         elsif""").format(**p) if helper else sql.SQL("if")
     p["legacy_of_new"] = sql.SQL("""{mine}
-        select mine.id, count(*) over () into new.{l}, several from mine order by mine.id limit 1;
+        select mine.id, count(*) over () into new.{l}, several from mine order by {order} limit 1;
         {merged} new.{l} is null and pg_catalog.current_setting({aligning}, true) <> '' and exists (
             select 1 from {ct} p where p.{ck} = new.{n} and {ckey} = pg_catalog.current_setting({aligning_key}, true)) then
           -- written from inside the creation of this person's canonical row (an application trigger on the
@@ -800,7 +795,7 @@ begin{reconcile}
   if tg_op = 'INSERT' then
     if new.{l} is null then
       if new.{n} is not null then  -- new code: give old code its legacy id back where one exists
-        -- the first legacy id by the key's own order (no min(): it does not exist for uuid)
+        -- a live legacy id first, then the first by the key's own order (align.MINE_ORDER)
         {legacy_of_new}
       end if;
     elsif new.{n} is null then     -- old code: derive the new id
@@ -822,7 +817,7 @@ begin{reconcile}
       new.{l} := null;
     elsif mapped is distinct from new.{n} then
       {mine}
-      select mine.id into new.{l} from mine order by mine.id limit 1;
+      select mine.id into new.{l} from mine order by {order} limit 1;
     end if;
   elsif (new.{l} is distinct from old.{l} or new.{n} is distinct from old.{n}) and new.{l} is not null
       and new.{n} is distinct from mapped then  -- both moved, apart (an UPDATE naming both unchanged is left alone)

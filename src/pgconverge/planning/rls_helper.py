@@ -57,6 +57,7 @@ def derive_canonical_helper(
     callees: Iterable[Function] = (),
     server_version: int = 160000,
     auth_link: tuple[QualifiedName, str, str] | None = None,
+    prefer: tuple[QualifiedName, str, str] | None = None,
 ) -> HelperDerivation:
     """Build the canonical helper from LEGACY's definition; report what cannot be derived with certainty.
 
@@ -66,10 +67,11 @@ def derive_canonical_helper(
     how a non-castable claim becomes NULL (pg_input_is_valid from 16 on, a pattern before). AUTH_LINK (the canonical
     table, its key, and its column that holds the row's auth user, one row per user; the key itself where the key is
     the auth user's id) lets a helper that looks the caller up by auth.uid() find callers who have no legacy row (see
-    _Derivation._lookup).
+    _Derivation._lookup). PREFER (the legacy table, its key, and align.legacy_live over its rows aliased c) has the
+    bridge give a merged person's new token the live one of their legacy ids, as the sync functions pick it.
     """
     args = (legacy, canonical_helper, legacy_claim, canonical_claim, canonical_key_type, mapping,
-            mapping_legacy_column, mapping_canonical_column, list(callees), server_version, auth_link)
+            mapping_legacy_column, mapping_canonical_column, list(callees), server_version, auth_link, prefer)
     first = _Derivation(*args).run()
     if not first.uncertain and first.canonical_sql:
         return first
@@ -82,7 +84,7 @@ def derive_canonical_helper(
 def resolved_body(legacy: Function, callees: Iterable[Function] = ()) -> ast.SelectStmt | None:
     """The legacy helper's body as one SELECT, names qualified and wrapped functions inlined; None if it has none."""
     d = _Derivation(legacy, QualifiedName("", ""), "", "", "text", QualifiedName("", ""), "", "", list(callees),
-                    160000, None, inline=True)
+                    160000, None, None, inline=True)
     return d.body() if not legacy.identity_args else None
 
 
@@ -92,8 +94,8 @@ _CALLER_ROLE = {"SVFOP_CURRENT_USER", "SVFOP_CURRENT_ROLE", "SVFOP_USER"}
 
 class _Derivation:
     def __init__(self, legacy, canonical, legacy_claim, canonical_claim, key_type, mapping, lcol, ccol, callees,
-                 server_version, auth_link, inline=False):
-        self.legacy, self.canonical, self.auth_link = legacy, canonical, auth_link
+                 server_version, auth_link, prefer, inline=False):
+        self.legacy, self.canonical, self.auth_link, self.prefer = legacy, canonical, auth_link, prefer
         self.legacy_claim, self.canonical_claim = legacy_claim, canonical_claim
         self.key_type_text, self.mapping, self.lcol, self.ccol = key_type, mapping, lcol, ccol
         self.callees, self.server_version, self.inline = callees, server_version, inline
@@ -332,8 +334,19 @@ class _Derivation:
                              fromClause=(range_var(self.mapping, _M),), whereClause=where,
                              limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT, op=enums.SetOperation.SETOP_NONE)
         if several:  # several legacy rows may have become one canonical row
-            sub.sortClause = (ast.SortBy(node=column_ref(_M, want), sortby_dir=enums.SortByDir.SORTBY_DEFAULT,
-                                         sortby_nulls=enums.SortByNulls.SORTBY_NULLS_DEFAULT),)
+            order = [column_ref(_M, want)]
+            if self.prefer is not None:  # a live legacy row first, as the sync functions pick one
+                table, key, live = self.prefer
+                sub.fromClause = (ast.JoinExpr(
+                    jointype=enums.JoinType.JOIN_INNER, larg=range_var(self.mapping, _M), rarg=range_var(table, "c"),
+                    quals=ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String("="),),
+                                     lexpr=column_ref("c", key), rexpr=column_ref(_M, want))),)
+                order.insert(0, ast.CoalesceExpr(args=(parse_sql(f"select ({live})")[0].stmt.targetList[0].val,
+                                                       ast.A_Const(isnull=False, val=ast.Boolean(False)))))
+            sub.sortClause = tuple(ast.SortBy(node=o, sortby_dir=enums.SortByDir.SORTBY_DESC if i < len(order) - 1
+                                              else enums.SortByDir.SORTBY_DEFAULT,
+                                              sortby_nulls=enums.SortByNulls.SORTBY_NULLS_DEFAULT)
+                                   for i, o in enumerate(order))
             sub.limitCount = ast.A_Const(isnull=False, val=ast.Integer(1))
             sub.limitOption = enums.LimitOption.LIMIT_OPTION_COUNT
         return ast.SubLink(subLinkType=enums.SubLinkType.EXPR_SUBLINK, subselect=sub)

@@ -53,7 +53,14 @@ def _helper(spec: Spec, cat: Catalog):
         cat.legacy_helper, canonical_helper=spec.canonical.helper, legacy_claim=spec.legacy.claim,
         canonical_claim=spec.canonical.claim, canonical_key_type=cat.canonical.column(spec.canonical.key).type,
         mapping=m, mapping_legacy_column=spec.mapping_legacy_column, mapping_canonical_column=spec.migration.new_column,
-        callees=cat.helper_callees, server_version=cat.server_version, auth_link=auth_link(spec, cat))
+        callees=cat.helper_callees, server_version=cat.server_version, auth_link=auth_link(spec, cat),
+        prefer=_prefer(spec, cat))
+
+
+def _prefer(spec: Spec, cat: Catalog) -> tuple[QualifiedName, str, str] | None:
+    """The legacy table, its key and its live rule (align.legacy_live over alias c), where it has one."""
+    live = align.legacy_live(spec, cat.legacy, "c")
+    return (cat.legacy.name, spec.legacy.key, live) if live else None
 
 
 AUTH_USERS = QualifiedName("auth", "users")
