@@ -80,3 +80,43 @@ def test_views_reading_a_legacy_column_still_block_contract(make_db, tmp_path):
         assert f"view {v} " not in out, out
     with psycopg.connect(dsn) as conn:
         assert conn.execute("select to_regclass('public.customers') is not null").fetchone()[0]
+
+
+# A partitioned dependent, and views over one of its partitions: Postgres records them against the partition, not
+# the partitioned table, and contract's DROP COLUMN on the partitioned table fails on the first of them.
+PARTITIONED = roles_sql() + PAIR_SQL + """
+create table public.events (id bigint not null, customer_id bigint references public.customers (id), kind text,
+  primary key (id)) partition by range (id);
+create table public.events_low partition of public.events for values from (0) to (100);
+create table public.events_high partition of public.events for values from (100) to (1000);
+""" + owned("events") + numbered_customers(6) + """
+insert into public.profiles (whatsapp_e164, display_name)
+  select '+25078' || lpad(i::text, 7, '0'), 'p' || i from generate_series(1, 6) i;
+insert into public.events (id, customer_id, kind) select i * 20, 1 + i % 6, 'k' from generate_series(1, 12) i;
+create view public.low_kinds as select id, kind from public.events_low;
+create view public.low_owners as select id, customer_id from public.events_low;
+create view public.low_rows as select to_jsonb(e) as line from public.events_high e;
+"""
+
+
+def test_views_over_one_partition_are_looked_at_too(make_db, tmp_path):
+    dsn, args = schema_db(make_db, tmp_path, PARTITIONED, CONFIG)
+    out = " ".join(cli("plan", *args, expect=2).split())
+    assert "view public.low_owners" in out and "reads public.events_low.customer_id" in out, out
+    assert "view public.low_rows" in out and "the whole row of public.events_high" in out, out
+    assert "view public.low_kinds" not in out, out
+    accept = 'accept_views = ["public.low_owners", "public.low_rows"]\n'
+    dsn, args = schema_db(make_db, tmp_path, PARTITIONED, CONFIG + accept)
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, *args)
+    code = _code(tmp_path)
+    out = " ".join(cli("run", "contract", "--yes", "--accept-runtime-use", "--code", code, *args,
+                       expect=2).split())
+    assert "contract is blocked, nothing was dropped" in out, out
+    assert "view public.low_owners reads public.events_low.customer_id" in out, out
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("select to_regclass('public.customers') is not null").fetchone()[0]
+        conn.execute("drop view public.low_owners, public.low_rows")
+    cli("run", "contract", "--yes", "--accept-runtime-use", "--code", code, *args)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("select count(*) from public.low_kinds").fetchone()[0] == 4

@@ -76,7 +76,9 @@ class _Reader:
         extra = self._tables([o for o in policy_oids if o not in known]) if set(policy_oids) - known else {}
 
         all_oids = [legacy.oid, canonical.oid, *(d.table.oid for d in dependents)]
-        views = self._views(all_oids)
+        # Views over one partition of a partitioned dependent too: Postgres records them against that partition,
+        # and the DROP COLUMN on the partitioned table fails on them as on a view over the whole table.
+        views = self._views(all_oids + [p.table.oid for d in dependents for p in d.partitions])
         grants = self._grants(all_oids, [f for f in (legacy_helper, canonical_helper) if f], [legacy.oid])
         return Catalog(
             database=database, server_version=version, read_at=read_at, legacy=legacy, canonical=canonical,

@@ -995,7 +995,7 @@ def view_readers(cat: Catalog) -> list[tuple]:
     its legacy column too, and loses it with the column; a view reading such a view is named with it, since Postgres
     drops or changes them together. A view that reads only other columns of these tables, or none (count(*)), is
     not one."""
-    legacy_cols = {(d.table.name, d.fk.columns[0]) for d in cat.dependents}
+    legacy_cols = {(t.name, d.fk.columns[0]) for d in cat.dependents for t in (d.table, *(p.table for p in d.partitions))}
     out: dict = {}
     for v in cat.views:
         reads = sorted(f"{t}.{c}" for t, c in v.column_refs if (t, c) in legacy_cols)
