@@ -62,7 +62,7 @@ class _Reader:
             self._check_column("canonical.copy_columns", canonical, ccol)
 
         dependents = self._dependents(legacy)
-        watched_cols = {(d.table.name, d.fk.columns[0]) for d in dependents}
+        watched_cols = {(t.name, d.fk.columns[0]) for d in dependents for t in (d.table, *(p.table for p in d.partitions))}
         watched_cols |= {(legacy.name, c.name) for c in legacy.columns}
 
         legacy_helper, canonical_helper, functions = self._functions(dependents)

@@ -168,12 +168,18 @@ def rewrite_policies(catalog: Catalog, spec: Spec) -> list[PolicyRewrite]:
 
     # Each reference's own new column: buyer_id → buyer_profile_id, seller_id → seller_profile_id.
     columns = {k: v for k, v in new_columns(spec, catalog).items()}
+    # A partition of a partitioned dependent has the same columns, the new one included: a policy of its own (read
+    # where the application queries the partition by name) is rewritten as the table's would be.
+    columns.update({(p.table.name, d.fk.columns[0]): columns[(d.table.name, d.fk.columns[0])]
+                    for d in catalog.dependents for p in d.partitions})
     # Every other function that mentions the legacy table, helper or columns may hide them from the walk.
     suspicious = {f.signature for f in catalog.functions if f.name not in (spec.legacy.helper, spec.canonical.helper)}
     tables = {t.name: [c.name for c in t.columns]
-              for t in (catalog.legacy, catalog.canonical, *(d.table for d in catalog.dependents), *catalog.tables)}
+              for t in (catalog.legacy, catalog.canonical, *(d.table for d in catalog.dependents),
+                        *(p.table for d in catalog.dependents for p in d.partitions), *catalog.tables)}
     # Legacy columns of a domain type, and the type Postgres casts them to in comparisons.
-    domains = {(t.name, c.name): c.base_type for t in (d.table for d in catalog.dependents)
+    domains = {(t.name, c.name): c.base_type
+               for t in (t for d in catalog.dependents for t in (d.table, *(p.table for p in d.partitions)))
                for c in t.columns if c.base_type and (t.name, c.name) in columns}
     return [rewrite_policy(p, legacy_helper=spec.legacy.helper, canonical_helper=spec.canonical.helper,
                            columns=columns, suspicious_functions=suspicious, legacy_table=spec.legacy.table,

@@ -1,0 +1,68 @@
+"""A policy of one partition of a partitioned dependent is rewritten with the table's.
+
+Row security on a partition applies where the application reads that partition by name. Such a policy comparing the
+legacy column with the helper used to be left out of the policies pgconverge reads: the switch then stopped at its
+review gate ("cannot rewrite these with certainty") after align and expand had run, and had it been accepted,
+contract's DROP COLUMN would have failed on it. Now it is rewritten onto the new column as the partitioned table's
+policy is, checked by the RLS check, put back by the switch's rollback, and contract goes through.
+"""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+
+from _small import PAIR_SQL, numbered_customers, owned, roles_sql
+from _support import cli, schema_db
+
+SCHEMA = roles_sql() + PAIR_SQL + """
+create table public.events (id bigint not null, customer_id bigint references public.customers (id), kind text,
+  primary key (id)) partition by range (id);
+create table public.events_low partition of public.events for values from (0) to (100);
+create table public.events_high partition of public.events for values from (100) to (1000);
+""" + owned("events") + numbered_customers(6) + """
+insert into public.profiles (whatsapp_e164, display_name)
+  select '+25078' || lpad(i::text, 7, '0'), 'p' || i from generate_series(1, 6) i;
+insert into public.events (id, customer_id, kind) select i * 20, 1 + i % 6, 'k' from generate_series(1, 12) i;
+alter table public.events_low enable row level security;
+create policy low_own on public.events_low for select to authenticated
+  using (customer_id = public.auth_customer_id());
+grant select on public.events_low to authenticated;
+"""
+CONFIG = "[migration]\nobservation_window = 0\ntoken_claims = {}\n"
+
+
+def _policy(conn) -> str:
+    return conn.execute("select pg_get_expr(polqual, polrelid) from pg_policy where polname = 'low_own'").fetchone()[0]
+
+
+def _low_ids(conn, claims: dict) -> list[int]:
+    with conn.transaction():
+        conn.execute("set local role authenticated")
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+        return [r[0] for r in conn.execute("select id from public.events_low order by id")]
+
+
+def test_a_partitions_own_policy_is_rewritten_and_contract_goes_through(make_db, tmp_path):
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA, CONFIG)
+    for phase in ("align", "expand"):
+        cli("run", phase, *args)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        profile = str(conn.execute("select profile_id from public.events where id = 20").fetchone()[0])
+        mine = _low_ids(conn, {"customer_id": "2"})
+        assert mine == [20], mine
+    out = " ".join(cli("run", "switch", *args).split())
+    assert "public.events_low" in out, out
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert "profile_id" in _policy(conn) and "customer_id" not in _policy(conn), _policy(conn)
+        assert _low_ids(conn, {"profile_id": profile}) == mine
+    cli("rollback", "switch", *args, "--yes")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert "customer_id" in _policy(conn), _policy(conn)
+        assert _low_ids(conn, {"customer_id": "2"}) == mine
+    cli("run", "switch", *args)
+    cli("run", "contract", "--yes", "--accept-runtime-use", "--accept-code-references", *args)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("select to_regclass('public.customers') is null").fetchone()[0]
+        assert _low_ids(conn, {"profile_id": profile}) == mine
