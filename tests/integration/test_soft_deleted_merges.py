@@ -5,7 +5,8 @@ an account closed and opened again under the same e-mail is two legacy rows of o
 such a person one legacy id (new code's insert by the new id alone, the bridged legacy helper for a new token, a
 contract rollback's legacy-row lookup) it now gives the live account's, whatever the keys' order: by uuid order it
 used to be whichever came first, the closed account as often as not, and old code signed in as the live account then
-did not see the person's new rows. Rows that had an id of their own keep it through contract and its rollback.
+did not see the person's new rows. Rows that had an id of their own keep it through contract and its rollback. A
+canonical row align creates for such a person is made from the live account too (it maps the live rows first).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ LIVE2, DEAD2 = "00000000-0000-4000-8000-000000000002", "ffffffff-0000-4000-8000-
 
 SCHEMA = f"""
 create table public.accounts (id uuid primary key default gen_random_uuid(), email text not null,
-  deleted_at timestamptz);
+  display_name text, deleted_at timestamptz);
 create unique index accounts_live_email on public.accounts (lower(email)) where deleted_at is null;
-create table public.people (id uuid primary key default gen_random_uuid(), email text unique);
+create table public.people (id uuid primary key default gen_random_uuid(), email text unique, display_name text);
 create function public.auth_account_id() returns uuid language sql stable set search_path = '' as $$
   select nullif(nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'account_id', '')::uuid $$;
 grant execute on function public.auth_account_id() to anon, authenticated, service_role;
@@ -35,9 +36,9 @@ create policy notes_own on public.notes for all to authenticated
   using (account_id = public.auth_account_id()) with check (account_id = public.auth_account_id());
 grant select, insert, update, delete on public.notes to authenticated;
 grant usage on sequence public.notes_id_seq to authenticated;
-insert into public.accounts (id, email, deleted_at) values
-  ('{DEAD1}', 'one@x.test', now() - interval '1 year'), ('{LIVE1}', 'One@x.test', null),
-  ('{LIVE2}', 'two@x.test', null), ('{DEAD2}', 'TWO@x.test', now() - interval '1 year');
+insert into public.accounts (id, email, display_name, deleted_at) values
+  ('{DEAD1}', 'one@x.test', 'closed one', now() - interval '1 year'), ('{LIVE1}', 'One@x.test', 'open one', null),
+  ('{LIVE2}', 'two@x.test', 'open two', null), ('{DEAD2}', 'TWO@x.test', 'closed two', now() - interval '1 year');
 insert into public.accounts (email) select 'p' || g || '@x.test' from generate_series(1, 12) g;
 insert into public.notes (account_id, body) select id, 'seed ' || email from public.accounts;
 """
@@ -57,7 +58,7 @@ key = "id"
 match_column = "email"
 helper = "public.auth_person_id"
 claim = "person_id"
-copy_columns = []
+copy_columns = ["display_name"]
 
 [migration]
 new_column = "person_id"
@@ -84,6 +85,9 @@ def test_a_merged_persons_new_rows_get_the_live_accounts_id(make_db, tmp_path):
     with psycopg.connect(dsn, autocommit=True) as conn:
         p1, p2 = _person(conn, LIVE1), _person(conn, LIVE2)
         assert p1 == _person(conn, DEAD1) and p2 == _person(conn, DEAD2)  # each person merged
+        # ... onto one canonical row, made from the live account (align maps the live rows first)
+        names = dict(conn.execute("select id::text, display_name from public.people").fetchall())
+        assert (names[p1], names[p2]) == ("open one", "open two"), names
         assert _new_code_note(conn, p1, "service for one") == LIVE1
         assert _new_code_note(conn, p2, "service for two") == LIVE2
     cli("run", "switch", *args)

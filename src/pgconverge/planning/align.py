@@ -137,6 +137,13 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             why="the application may change a legacy key (ON UPDATE CASCADE carries it to the dependents): the "
                 "person keeps the canonical row it has",
             when=sql.SQL("old.{k} is distinct from new.{k}").format(k=ident(spec.legacy.key)))),
+        # Where the legacy table holds its match column unique over live rows alone (soft deletes), those go
+        # first: a canonical row created for a person with a closed and a live account is made from the live one.
+        *([("match_live", Batched(leg.name, spec.legacy.key, lk.type, batch_size=spec.migration.batch_size,
+                                  what=f"map the live {leg.name} rows ({legacy_live(spec, leg, leg.name.name)}) first",
+                                  upper_bound=max_key(leg.name, spec.legacy.key),
+                                  parts=match_batch(spec, cat, live_only=True)))]
+          if legacy_live(spec, leg) else []),
         ("match", Batched(leg.name, spec.legacy.key, lk.type, batch_size=spec.migration.batch_size,
                           what=f"map every {leg.name} row to a {can.name} row",
                           upper_bound=max_key(leg.name, spec.legacy.key), parts=match_batch(spec, cat))),
@@ -563,9 +570,9 @@ def _same_spelling(spec: Spec, cat: Catalog) -> sql.Composable:
         for lc, cc in zip(spec.legacy.match_columns, spec.canonical.match_columns))
 
 
-def match_batch(spec: Spec, cat: Catalog) -> tuple[sql.Composable, sql.Composable]:
+def match_batch(spec: Spec, cat: Catalog, live_only: bool = False) -> tuple[sql.Composable, sql.Composable]:
     """One batch of align.match, as the halves of a Batched statement (%(after)s, %(upper)s, %(n)s → scanned,
-    last key, mapped).
+    last key, mapped). LIVE_ONLY: the legacy rows legacy_live holds alone (align.match_live, before the others).
 
     Most legacy rows match a canonical row that already exists, and for those the decision is a lookup:
     the preferred canonical row with the row's key (the order `align_legacy_row` uses), 'exact' or
@@ -589,7 +596,7 @@ def match_batch(spec: Spec, cat: Catalog) -> tuple[sql.Composable, sql.Composabl
     -- the whole mapping, read again by every batch)
     left join lateral (select 1 as one from {mapping} m where m.{mlc} = r.{lk} limit 1) as x on true
    where (%(after)s::{ty} is null or r.{lk} > %(after)s::{ty})
-     and (%(upper)s::{ty} is null or r.{lk} <= %(upper)s::{ty})
+     and (%(upper)s::{ty} is null or r.{lk} <= %(upper)s::{ty}){live}
    order by r.{lk} limit %(n)s),
 found as materialized (
   select b.id, c.target, c.how, b.k
@@ -613,7 +620,8 @@ rest as materialized (
         mapping=qn(n["mapping"]), mlc=ident(spec.mapping_legacy_column), mcc=ident(spec.migration.new_column),
         lkey=legacy_key(spec, cat, "r"), ck=ident(spec.canonical.key), same=_same_spelling(spec, cat),
         canonical=qn(can.name), ckey=canonical_key(spec, cat, "p"), order_by=_order_by(spec, can, sql.SQL("b.k")),
-        flag=sql.Literal(REVERSE_FLAG), pending=qn(n["pending"]), align_row=qn(n["align_row"])), sql.SQL(
+        flag=sql.Literal(REVERSE_FLAG), pending=qn(n["pending"]), align_row=qn(n["align_row"]),
+        live=sql.SQL("\n     and {}").format(legacy_live_sql(spec, leg, "r")) if live_only else sql.SQL("")), sql.SQL(
         "(select count(*) from b), (select b.id from b order by b.id desc limit 1), "
         "(select count(*) from b where b.mapped) + (select count(*) from found) + (select count(v) from rest)"))
 
@@ -1026,7 +1034,8 @@ end""").format(mapping=qn(n["mapping"]), ml=ident(spec.mapping_legacy_column), l
 # map_pending for the rows already there. drop_legacy_trigger marks align.legacy_trigger undone before the rows are
 # deleted (they are deleted once no new one can come), so the trigger's function, which it calls and which is undone
 # only after them, stands for it: the trigger is never in place without it.
-CREATED_BY = (f"{PHASE}.legacy_trigger", f"{PHASE}.legacy_trigger_function", f"{PHASE}.match", f"{PHASE}.map_pending")
+CREATED_BY = (f"{PHASE}.legacy_trigger", f"{PHASE}.legacy_trigger_function", f"{PHASE}.match_live", f"{PHASE}.match",
+              f"{PHASE}.map_pending")
 
 
 def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -> list[Step]:
@@ -1070,7 +1079,7 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             f"delete the {can.name} rows align created for legacy rows deleted since"), (), CREATED_BY),
         ("delete_created", delete_created(can.name, spec.canonical.key, n["mapping"], spec.mapping_legacy_column,
                                           lk.type, spec.migration.new_column, spec.migration.batch_size),
-         ("align.match",), CREATED_BY),
+         ("align.match_live", "align.match"), CREATED_BY),
         ("drop_legacy_trigger_function", DropFunction(n["legacy_trigger_fn"], ""), ("align.legacy_trigger_function",)),
         ("drop_legacy_key_function", DropFunction(n["legacy_key_fn"], ""), ("align.legacy_key_function",)),
         ("drop_legacy_reuse_function", DropFunction(n["legacy_reuse_fn"], ""), ("align.legacy_reuse_function",)),
