@@ -227,7 +227,8 @@ def test_verify_passes_after_expand_and_names_a_mislinked_row(expanded, fixture_
     out = cli_json("verify", "--dsn", fixture_db)
     assert out["passed"] and out["phases"] == ["align", "expand"]
     assert [c["step"] for c in out["checks"]] == ["align.coverage_gate", "expand.invariants",
-                                                  "expand.new_columns_hold", "expand.triggers_hold"]
+                                                  "expand.new_columns_hold", "expand.references",
+                                                  "expand.triggers_hold"]
     # A row changed behind the trigger's back (as a careless manual fix would).
     conn.execute("alter table public.orders disable trigger \"!pgconverge_sync\"")
     conn.execute("update public.orders set profile_id = (select user_id from public.profiles order by user_id desc "

@@ -35,6 +35,11 @@ class Catalogs:
     # The catalog the latest expand was planned from, kept by the ledger after a rollback discarded it: what expand
     # made before (the partitions it gave the new column through their partitioned table), for messages only.
     last_expand: Catalog | None = None
+    # References the application made since expand was planned that expand takes in (planning/expand.py take_in):
+    # saved["expand"] holds them, and is saved over the ledger's by the run's first phase (with SEND_BACK, expand's
+    # done checks whose query now reads them too, recorded to be done again).
+    taken_in: tuple[str, ...] = ()
+    send_back: tuple[str, ...] = ()
 
     def for_phase(self, phase: str) -> Catalog:
         if phase in self.saved:

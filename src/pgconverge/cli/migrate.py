@@ -48,11 +48,14 @@ def _phase(name: str | None) -> str | None:
     return name
 
 
-def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool = False, see_rows: bool = True):
+def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool = False, see_rows: bool = True,
+              take_in: bool = False):
     spec = load_spec(config_file)
     t = target(dsn)
     with connect(t) as conn:
         cats = baseline.load(conn, spec)
+        if take_in:  # expand run (or shown) again: references the application made since it was planned
+            cats = _take_in(conn, spec, cats)
         if see_rows:  # plan, run, rollback, before anything else: refuse a database that takes no writes, and a
             # role that row level security filters
             prechecks.writable(conn)
@@ -74,6 +77,21 @@ def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool
             # legacy table takes
             prechecks.newcomer_rows(conn, spec, p, cats)
     return spec, t, p, cats, checked
+
+
+def _take_in(conn, spec, cats):
+    """CATS with expand's catalog taking in the references the application made since expand was planned (see
+    planning/expand.py take_in), or a refusal naming them where expand cannot."""
+    from pgconverge.planning import expand
+
+    ledger = Ledger(conn, spec)
+    cats, problems = expand.take_in(spec, cats, ledger.step_states() if ledger.exists() else {})
+    if problems:
+        raise PgConvergeError("; ".join(problems) + ": it has no new column, sync trigger or backfill; nothing was "
+                              "changed",
+                              fix="roll back to before expand (`pgconverge rollback expand`), then `pgconverge run "
+                                  "expand`, which carries it; or drop that foreign key")
+    return cats
 
 
 def _done(conn, spec, step: str) -> bool:
@@ -123,7 +141,8 @@ def plan(phase: PhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = No
     scans table (reads every row), rows (short batches, one transaction each).
     """
     phase = _phase(phase)
-    spec, t, p, cats, checked = _plan_for(dsn, config_file, _phase(rollback_to), check_data=not rollback_to)
+    spec, t, p, cats, checked = _plan_for(dsn, config_file, _phase(rollback_to), check_data=not rollback_to,
+                                          take_in=not rollback_to and phase in (None, "expand"))
     if not rollback_to and phase in (None, "switch", "contract"):
         _refuse_underivable(spec, cats)
     if check:
@@ -215,7 +234,8 @@ def run(phase: RunPhaseArg = None, dsn: DsnOpt = None, config_file: ConfigOpt = 
     # One runner at a time: the lock first, before anything reads the catalog (a runner stopped inside a step would
     # keep that read waiting for its table lock); a second runner is refused at once, naming the first.
     with claimed(target(dsn), load_spec(config_file)) as control:
-        spec, t, p, cats, checked = _plan_for(dsn, config_file, check_data=phase in (None, "align"))
+        spec, t, p, cats, checked = _plan_for(dsn, config_file, check_data=phase in (None, "align"),
+                                              take_in=phase in (None, "expand"))
         if checked and not as_json:
             _print_match_check(spec, checked)
         preflight = None

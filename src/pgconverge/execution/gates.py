@@ -40,7 +40,10 @@ def evaluate(runner: Runner) -> list[dict]:
     runtime_gate = runtime_use_gate(rt, RUNTIME in runner.accept)
 
     out.append(switch_gate(runner))
-    results = invariants.run(runner.work, runner.plan, ["align", "expand"])
+    # A reference expand did not plan is named by contract's dependency check, with the fix that holds after the
+    # switch, beside the other objects made on the legacy side since expand
+    results = [r for r in invariants.run(runner.work, runner.plan, ["align", "expand"])
+               if r.step != expand.REFERENCES]
     bad = [f"{r.step}: " + "; ".join(" — ".join(x for x in p if x) for p in r.problems[:5])
            for r in results if not r.passed]
     ops = {s.id: s.op for s in runner.plan.steps}

@@ -754,6 +754,11 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
         with connect(copy) as conn:
             before = schema_state(conn, spec)
             ccats = baseline.load(conn, spec)
+            if cats.taken_in:  # as on the target: expand takes in the references made since it was planned
+                from pgconverge.ledger.store import Ledger
+                from pgconverge.planning import expand
+
+                ccats, _ = expand.take_in(spec, ccats, Ledger(conn, spec).step_states())
             fresh = not started_mid_migration(conn, spec)
         cplan = planner.build(spec, ccats)
         # the same steps (their SQL differs only by the names contract stamps with the time of planning)

@@ -291,6 +291,7 @@ class Runner:
     # -- execution ----------------------------------------------------------------------------
 
     def run_phase(self, phase: str) -> list[StepResult]:
+        self._take_in()
         self.check_ledger(phase)
         states = self.ledger.step_states()
         self._announce_resume(phase, self.plan.phase(phase), lambda s: states[s.id].state if s.id in states else None)
@@ -335,6 +336,23 @@ class Runner:
             if ran:
                 self._reload_api_schema()
         return results
+
+    def _take_in(self) -> None:
+        """Where expand takes in references the application made since it was planned (planning/expand.py take_in):
+        expand's catalog that holds them saved over the ledger's, before any step runs, and expand's done checks
+        whose query reads them now sent back, so this run does them again."""
+        cats = self.catalogs
+        if not cats.taken_in:
+            return
+        baseline.save(self.ledger, self.run_id, "expand", cats.saved["expand"])
+        for sid in cats.send_back:
+            self.ledger.event(self.run_id, "expand", sid, "reverted",
+                              message=f"to be done again: expand takes in {', '.join(cats.taken_in)}")
+        note = getattr(self.progress, "note", None)
+        if note is not None:
+            note(f"expand takes in {', '.join(cats.taken_in)}, made since it was planned: their steps run now, and "
+                 "its checks over every table again")
+        cats.taken_in, cats.send_back = (), ()
 
     def _installed_hold(self, phase: str) -> None:
         """Before PHASE changes anything: what the earlier phases installed (their triggers, expand's NOT NULL,

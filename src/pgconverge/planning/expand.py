@@ -232,8 +232,69 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         if d.column.not_null and not shapes.in_primary_key(d):
             # The new column's NOT NULL holds now, or (checked at commit) the fill trigger's check does.
             add(n, "drop_owner_check", drop_owner_guard(d, n))
+    add(None, "references", references_gate(spec, cat))
     add(None, "invariants", invariants(spec, cat))
     return steps
+
+
+def late_references(planned: Catalog, live: Catalog) -> list[Dependent]:
+    """References of LIVE that PLANNED (the catalog expand was planned from) lacks: a table with a foreign key to the
+    legacy table the application made (or a reference it added to a table) while expand ran or after it. Not one of
+    a partition PLANNED had, detached since (contract names it, with the detach)."""
+    known = {references.key(d) for d in planned.dependents}
+    parts = {p.table.name for d in planned.dependents for p in d.partitions}
+    return [d for d in live.dependents if references.key(d) not in known and d.table.name not in parts
+            and d.partition_of is None]
+
+
+def take_in(spec: Spec, cats, states: dict):
+    """CATS with expand's saved catalog taking in the references the application made since expand was planned
+    (late_references), so that `pgconverge run expand` does their steps (`expand.<table>.…`, not in the ledger) and
+    leaves the steps it did alone. Expand's done checks whose query changes with them (the gates before its first
+    change, its invariants) are sent back, to run again over them (Catalogs.send_back). Returns (catalogs, problems):
+    PROBLEMS, why they cannot be taken in (the switch has begun, or a step expand did would change), leave CATS as
+    they are."""
+    from pgconverge.catalog.baseline import Catalogs
+
+    planned, live = cats.saved.get(PHASE), cats.live
+    if planned is None or live is None:
+        return cats, []
+    late = late_references(planned, live)
+    if not late:
+        return cats, []
+    what = ", ".join(f"foreign key {d.fk.name} on {d.table.name}" for d in late)
+    begun = sorted(sid for sid, st in states.items() if sid.split(".", 1)[0] in ("switch", "contract")
+                   and st.state in ("done", "pending"))
+    if begun:
+        return cats, [f"{what} was made after expand was planned, and the switch has begun ({begun[0]}), so expand "
+                      "cannot take it in"]
+    tables = {d.table.name for d in late}
+    names = {str(t) for t in tables}
+    merged = dataclasses.replace(
+        planned,
+        dependents=tuple(sorted((*planned.dependents, *late), key=lambda d: (d.table.name, d.fk.name))),
+        policies=(*planned.policies, *(p for p in live.policies if p.table in tables)),
+        tables=(*planned.tables, *(t for t in live.tables if t.name in tables
+                                   and all(x.name != t.name for x in planned.tables))),
+        grants=(*planned.grants, *(g for g in live.grants if g.object_kind == "table" and g.object_name in names)),
+        views=(*planned.views, *(v for v in live.views if v.name not in {x.name for x in planned.views}
+                                 and any(r in tables for r in v.relation_refs))))
+    then = Catalogs({**cats.saved, PHASE: merged}, live, cats.last_expand)
+    try:
+        before = {s.id: s for s in plan(spec, planned, cats)}
+        after = {s.id: s for s in plan(spec, merged, then)}
+    except CatalogError as exc:
+        return cats, [f"{what} was made after expand was planned, and expand cannot take it in: {exc.problem}"]
+    gone = [sid for sid in before if sid not in after]
+    changed = [sid for sid, s in before.items() if sid in after and states.get(sid) is not None
+               and states[sid].state in ("done", "pending")
+               and after[sid].op.fingerprint() != s.op.fingerprint()]
+    redone = [sid for sid in changed if before[sid].op.reads_only]
+    moved = gone + [sid for sid in changed if sid not in redone]
+    if moved:
+        return cats, [f"{what} was made after expand was planned, and taking it in would change steps expand did "
+                      f"({', '.join(moved[:5])})"]
+    return dataclasses.replace(then, taken_in=tuple(sorted(names)), send_back=tuple(redone)), []
 
 
 def add_column(d: Dependent, n: Names, type_: str) -> Operation:
@@ -970,6 +1031,28 @@ def invariants(spec: Spec, cat: Catalog) -> Check:
                      f"`pgconverge rollback expand`", redo=tuple(redo), covers=tuple(covers))
 
 
+REFERENCES = f"{PHASE}.references"
+
+
+def references_gate(spec: Spec, cat: Catalog) -> Check:
+    """Every foreign key to the legacy table is one expand was planned from CAT with: a table the application made
+    (or gave a reference) while expand ran or after it has no new column, sync trigger or backfill, so the switch
+    would stop at its policies and new code would not see its rows. Read at expand's end, before the switch's first
+    change (verify/installed.py) and by `verify`; `pgconverge run expand` takes such a reference in before the
+    switch (take_in). A partition detached since is contract's to name (planning/shapes.py)."""
+    query = sql.SQL(
+        "select format('foreign key %I on %I.%I references %s and was made after expand was planned: it has no "
+        "new column, sync trigger or backfill', k.conname, n.nspname, c.relname, {l}), null {unplanned} "
+        "and w.parent is null").format(l=sql.Literal(str(cat.legacy.name)),
+                                        unplanned=shapes.unplanned_references(cat.legacy.name, cat))
+    return Check("every reference to the legacy key is expand's", query, standing=False,
+                 failure="tables reference the legacy table that expand did not plan (nothing was changed)",
+                 fix="run `pgconverge run expand` again: it takes these references in (their new column, sync "
+                     "trigger, backfill, indexes, foreign key and checks) and leaves what it did before alone; then "
+                     "the switch. Once the switch has begun, roll back to before expand (`pgconverge rollback "
+                     "expand`), then `pgconverge run expand`", covers=())
+
+
 def sent_back(redo: list[str] | tuple[str, ...], then: str) -> str:
     """What to do when a later phase's gate (the switch's, contract's) found expand's invariants broken and sent REDO,
     expand's backfills, back: THEN is the phase to run again after expand."""
@@ -1059,7 +1142,7 @@ def _shown_row(d: Dependent) -> sql.Composable:
 
 
 # Steps that change nothing: undone with the first step of the rollback, so that a later expand runs them again.
-FIRST_STEPS = ("expand.invariants", "expand.orphans", "expand.unique_collisions", "expand.map_pending",
+FIRST_STEPS = ("expand.invariants", "expand.references", "expand.orphans", "expand.unique_collisions", "expand.map_pending",
                "expand.map_pending_first", "expand.coverage")
 
 

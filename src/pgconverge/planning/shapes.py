@@ -1194,6 +1194,30 @@ DESCRIBE = sql.SQL(
     "where r.oid = d.objid) else pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) end")
 
 
+def unplanned_references(legacy_table: QualifiedName, planned: Catalog) -> sql.Composable:
+    """FROM and WHERE of a catalog query over the foreign keys to LEGACY_TABLE that PLANNED (the catalog expand was
+    planned from) does not hold: made by the application since (`k` the key, `n` and `c` its table's schema and
+    class, `w.parent` the table it was a partition of in PLANNED, NULL for a table of its own)."""
+    legacy = sql.Literal(str(legacy_table))
+    known = sql.SQL(", ").join(sql.SQL("({}, {}, {})").format(
+        sql.Literal(d.table.name.schema), sql.Literal(d.table.name.name), sql.Literal(d.fk.name))
+        for d in planned.dependents) or sql.SQL("(null, null, null)")  # NOT IN over NULLs: see the exists below
+    # A partition detached since expand (an old year archived) keeps a copy of the partitioned table's foreign key
+    parts_of = [sql.SQL("({}, {}, {})").format(
+        sql.Literal(p.table.name.schema), sql.Literal(p.table.name.name), sql.Literal(str(d.table.name)))
+        for d in planned.dependents for p in d.partitions]
+    parts_of = sql.SQL(", ").join(parts_of) if parts_of else sql.SQL("(null, null, null)")
+    return sql.SQL(
+        "from pg_catalog.pg_constraint k "
+        "join pg_catalog.pg_class c on c.oid = k.conrelid join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+        "left join lateral (select v.p as parent from (values {parts}) v(s, t, p) where v.s = n.nspname::text "
+        "and v.t = c.relname::text limit 1) w on true "
+        "where k.contype = 'f' and k.confrelid = to_regclass({l}) and k.conparentid = 0 "
+        "and k.conrelid <> to_regclass({l}) "  # the legacy table's own (customers.referred_by) go with it
+        "and not exists (select 1 from (values {known}) v(s, t, c) where v.s = n.nspname::text "
+        "and v.t = c.relname::text and v.c = k.conname::text)").format(l=legacy, known=known, parts=parts_of)
+
+
 def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.Composable]:
     """Gate parts: what the application made on the legacy side since expand was planned (PLANNED, the catalog saved
     then). A foreign key to the legacy table got no new column, sync trigger or backfill: contract would stop at it
@@ -1204,14 +1228,6 @@ def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.C
     from pgconverge.planning import references
 
     legacy = sql.Literal(str(cat.legacy.name))
-    known = sql.SQL(", ").join(sql.SQL("({}, {}, {})").format(
-        sql.Literal(d.table.name.schema), sql.Literal(d.table.name.name), sql.Literal(d.fk.name))
-        for d in planned.dependents) or sql.SQL("(null, null, null)")  # NOT IN over NULLs: see the exists below
-    # A partition detached since expand (an old year archived) keeps a copy of the partitioned table's foreign key
-    parts_of = [sql.SQL("({}, {}, {})").format(
-        sql.Literal(p.table.name.schema), sql.Literal(p.table.name.name), sql.Literal(str(d.table.name)))
-        for d in planned.dependents for p in d.partitions]
-    parts_of = sql.SQL(", ").join(parts_of) if parts_of else sql.SQL("(null, null, null)")
     parts = [sql.SQL(
         "select case when w.parent is null then format('foreign key %I on %I.%I references %s and was made after "
         "expand was planned: it has no new column, sync trigger or backfill, so contract would stop at it; drop it "
@@ -1222,15 +1238,7 @@ def _made_after_expand(spec: Spec, cat: Catalog, planned: Catalog) -> list[sql.C
         "stop at it; roll back to before expand (pgconverge rollback expand, which also takes off %I.%I what expand "
         "left there) and run expand again, which carries it as a table of its own; or drop that key', k.conname, "
         "n.nspname, c.relname, {l}, n.nspname, c.relname, w.parent, n.nspname, c.relname) end, null "
-        "from pg_catalog.pg_constraint k "
-        "join pg_catalog.pg_class c on c.oid = k.conrelid join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
-        "left join lateral (select v.p as parent from (values {parts}) v(s, t, p) where v.s = n.nspname::text "
-        "and v.t = c.relname::text limit 1) w on true "
-        "where k.contype = 'f' and k.confrelid = to_regclass({l}) and k.conparentid = 0 "
-        "and k.conrelid <> to_regclass({l}) "  # the legacy table's own (customers.referred_by) go with it
-        "and not exists (select 1 from (values {known}) v(s, t, c) where v.s = n.nspname::text "
-        "and v.t = c.relname::text and v.c = k.conname::text)").format(
-            l=legacy, known=known, parts=parts_of)]
+        "{unplanned}").format(l=legacy, unplanned=unplanned_references(cat.legacy.name, planned))]
     for d in planned.dependents:
         t, col = sql.Literal(str(d.table.name)), d.fk.columns[0]
         new = references.new_column(spec, planned, d)
