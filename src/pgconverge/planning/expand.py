@@ -854,7 +854,9 @@ def _place(spec: Spec, p: dict) -> sql.Composable:
       when others then
         get stacked diagnostics e_state = returned_sqlstate, e_text = message_text;
         mapped := null;
-        insert into {pending} as q (legacy_id, reason, sqlstate) values (new.{l}::text, e_text, e_state)
+        -- named as the legacy row spells its key (numeric(12,2)'s 1001.00 is the key's 1001), as align names it
+        insert into {pending} as q (legacy_id, reason, sqlstate) values (coalesce(
+          (select c.{lk}::text from {lt} c where c.{lk} = new.{l}), new.{l}::text), e_text, e_state)
           on conflict (legacy_id) do update set reason = excluded.reason, sqlstate = excluded.sqlstate,
           at = clock_timestamp();
       end;""").format(**p, pending=qn(align.names(spec)["pending"]))
