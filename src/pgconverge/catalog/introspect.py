@@ -7,6 +7,7 @@ import re
 from collections import defaultdict
 
 import psycopg
+from psycopg import sql
 from pglast import ast, parse_sql, visitors
 from pglast.parser import ParseError
 
@@ -124,6 +125,18 @@ class _Reader:
                                fix=f"point {key} at the base table, not a view or other relation")
         return oid
 
+    def _null_refusing(self, domains: set[str]) -> set[str]:
+        """The DOMAINS (as format_type() prints them) that refuse NULL: a NOT NULL, or a CHECK that fails on it
+        (`value is not null`), which only casting NULL to the domain tells. Each in a savepoint of its own."""
+        out = set()
+        for domain in sorted(domains):
+            try:
+                with self.conn.transaction():
+                    self.conn.execute(sql.SQL("select null::{}").format(sql.SQL(domain)))
+            except psycopg.Error:
+                out.add(domain)
+        return out
+
     def _db(self) -> str:
         return self.rows("select current_database()")[0][0]
 
@@ -131,9 +144,11 @@ class _Reader:
         if not oids:
             return {}
         cols: dict[int, list[Column]] = defaultdict(list)
-        for rel, name, typ, nn, default, gen, ident, num, acl, base, note, coll in self.rows(q.COLUMNS, oids=oids):
+        found = self.rows(q.COLUMNS, oids=oids)
+        refusing = self._null_refusing({r[2] for r in found if r[9] is not None})
+        for rel, name, typ, nn, default, gen, ident, num, acl, base, note, coll in found:
             cols[rel].append(Column(name, typ, nn, default, gen, ident, num, tuple((g, p, o) for g, p, o in acl),
-                                    base, note, coll))
+                                    base, note, coll, refuses_null=typ in refusing))
         idx: dict[int, list[Index]] = defaultdict(list)
         for rel, ns, iname, tns, tname, icols, idef, uniq, prim, valid, pred, am, note in self.rows(q.INDEXES,
                                                                                                    oids=oids):

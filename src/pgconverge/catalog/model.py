@@ -26,11 +26,28 @@ class Column:
     # Its collation where it is not the database's default (quoted and qualified, e.g. `public.ci`): a column made
     # to hold its values (the mapping's legacy column) compares them as it does only with it.
     collation: str | None = None
+    # For a column of a domain type: the domain refuses NULL (its NOT NULL, or a CHECK such as `value is not null`).
+    # Postgres then refuses a row that leaves the column out before any trigger could fill it.
+    refuses_null: bool = False
 
     @property
     def declared_type(self) -> str:
         """Its type as a column definition gives it: the type, and its collation where it is not the default."""
         return f"{self.type} collate {self.collation}" if self.collation else self.type
+
+    @property
+    def value_type(self) -> str:
+        """The type pgconverge gives what it makes to hold this column's values (a column of its own tables, a
+        variable, a function's argument or result, a cast): the type underneath every domain, where the column's is
+        one. Those may hold NULL (a row not found, a variable not yet set, a batch's first bound), which a domain's
+        NOT NULL or CHECK (value is not null) refuses; no value of the column is refused by it."""
+        return self.base_type or self.type
+
+    @property
+    def declared_value_type(self) -> str:
+        """value_type with the column's collation where it is not the default (a column made to hold its values
+        compares them as it does only with it)."""
+        return f"{self.value_type} collate {self.collation}" if self.collation else self.value_type
 
 
 @dataclass(frozen=True)

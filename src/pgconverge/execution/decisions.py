@@ -67,8 +67,8 @@ def apply(conn: psycopg.Connection, spec: Spec, cat: Catalog, pairs: list[tuple[
           digest: str) -> DecisionResult:
     """Validate every pair against the database, then upsert them as method 'manual'; all or nothing."""
     n = names(spec)
-    lk_type = cat.legacy.column(spec.legacy.key).type
-    ck_type = cat.canonical.column(spec.canonical.key).type
+    lk_type = cat.legacy.column(spec.legacy.key).value_type
+    ck_type = cat.canonical.column(spec.canonical.key).value_type
     mlc, mcc = ident(spec.mapping_legacy_column), ident(spec.migration.new_column)
     try:
         return _apply(conn, spec, cat, pairs, digest, n, lk_type, ck_type, mlc, mcc)
@@ -78,8 +78,8 @@ def apply(conn: psycopg.Connection, spec: Spec, cat: Catalog, pairs: list[tuple[
 
 def _validate(conn, spec, cat, pairs) -> None:
     """Load PAIRS into a temporary table (dropped at commit) and refuse ids that are not valid or name no row."""
-    lk_type = cat.legacy.column(spec.legacy.key).type
-    ck_type = cat.canonical.column(spec.canonical.key).type
+    lk_type = cat.legacy.column(spec.legacy.key).value_type
+    ck_type = cat.canonical.column(spec.canonical.key).value_type
     conn.execute("create temp table pgconverge_decisions (line int, lid text, cid text) on commit drop")
     with conn.cursor().copy("copy pgconverge_decisions from stdin") as cp:
         for i, (lid, cid) in enumerate(pairs, start=2):

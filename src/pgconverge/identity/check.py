@@ -592,7 +592,7 @@ def _null_refusals(conn: psycopg.Connection, spec: Spec, cat: Catalog) -> list[s
     for name, expr, attnames in checks:
         # The constraint's own expression over a row whose columns are all NULL (the created row's match
         # columns are; its other columns are approximated the same way).
-        row = sql.SQL(", ").join(sql.SQL("null::{} as {}").format(sql.SQL(can.column(a).type), sql.Identifier(a))
+        row = sql.SQL(", ").join(sql.SQL("null::{} as {}").format(sql.SQL(can.column(a).value_type), sql.Identifier(a))
                                  for a in attnames)
         with conn.transaction(force_rollback=True):
             fails = conn.execute(sql.SQL("select ({}) is false from (select {}) as x").format(

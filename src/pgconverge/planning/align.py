@@ -80,8 +80,8 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         ("mapping_table", CreateTable(n["mapping"], sql.SQL(
             "({lc} {lt} primary key, {cc} {ct} not null, method text not null check (method in ({methods})), "
             "match_key text, decided_at timestamptz not null default clock_timestamp(), note text)").format(
-                lc=ident(spec.mapping_legacy_column), lt=sql.SQL(lk.declared_type),
-                cc=ident(spec.migration.new_column), ct=sql.SQL(ck.type),
+                lc=ident(spec.mapping_legacy_column), lt=sql.SQL(lk.declared_value_type),
+                cc=ident(spec.migration.new_column), ct=sql.SQL(ck.value_type),
                 methods=sql.SQL(", ").join(map(sql.Literal, METHODS))),
             why=f"which {can.name} row each {leg.name} row became",
             extra=(sql.SQL("create index if not exists {} on {} ({})").format(
@@ -92,8 +92,8 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         ("retired_table", CreateTable(n["retired"], sql.SQL(
             "({lc} {lt}, {cc} {ct} not null, method text not null, match_key text, decided_at timestamptz, note text, "
             "retired_at timestamptz not null default clock_timestamp())").format(
-                lc=ident(spec.mapping_legacy_column), lt=sql.SQL(lk.declared_type),
-                cc=ident(spec.migration.new_column), ct=sql.SQL(ck.type)),
+                lc=ident(spec.mapping_legacy_column), lt=sql.SQL(lk.declared_value_type),
+                cc=ident(spec.migration.new_column), ct=sql.SQL(ck.value_type)),
             why=f"mappings of deleted {leg.name} rows whose key the application gave another person")),
         ("pending_table", CreateTable(n["pending"], sql.SQL(
             "(legacy_id text primary key, reason text not null, sqlstate text, "
@@ -115,7 +115,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         ("align_function", CreateFunction(n["align_row"], str(leg.name), _align_row_function(spec, cat, key_insert),
                                           why="find or create the canonical row for one legacy row (trigger and "
                                               "batches alike)")),
-        ("legacy_for_function", CreateFunction(n["legacy_for"], ck.type, _legacy_for_function(spec, cat),
+        ("legacy_for_function", CreateFunction(n["legacy_for"], ck.value_type, _legacy_for_function(spec, cat),
                                                why="the legacy row for a canonical row, created if missing (used "
                                                    "by rollbacks)")),
         ("legacy_trigger_function", CreateFunction(n["legacy_trigger_fn"], "", _legacy_trigger_function(spec, cat),
@@ -139,12 +139,12 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
             when=sql.SQL("old.{k} is distinct from new.{k}").format(k=ident(spec.legacy.key)))),
         # Where the legacy table holds its match column unique over live rows alone (soft deletes), those go
         # first: a canonical row created for a person with a closed and a live account is made from the live one.
-        *([("match_live", Batched(leg.name, spec.legacy.key, lk.type, batch_size=spec.migration.batch_size,
+        *([("match_live", Batched(leg.name, spec.legacy.key, lk.value_type, batch_size=spec.migration.batch_size,
                                   what=f"map the live {leg.name} rows ({legacy_live(spec, leg, leg.name.name)}) first",
                                   upper_bound=max_key(leg.name, spec.legacy.key),
                                   parts=match_batch(spec, cat, live_only=True)))]
           if legacy_live(spec, leg) else []),
-        ("match", Batched(leg.name, spec.legacy.key, lk.type, batch_size=spec.migration.batch_size,
+        ("match", Batched(leg.name, spec.legacy.key, lk.value_type, batch_size=spec.migration.batch_size,
                           what=f"map every {leg.name} row to a {can.name} row",
                           upper_bound=max_key(leg.name, spec.legacy.key), parts=match_batch(spec, cat))),
         ("map_pending", map_pending(spec, cat)),
@@ -217,7 +217,7 @@ def map_pending(spec: Spec, cat: Catalog) -> RunSql:
     that fails again waits in the pending table with the new reason: the coverage gate names it; nothing here fails
     the step."""
     n = names(spec)
-    lk_type = cat.legacy.column(spec.legacy.key).type
+    lk_type = cat.legacy.column(spec.legacy.key).value_type
     code = sql.SQL("""
 declare
   r record;
@@ -330,7 +330,7 @@ def _canonical_key_source(spec: Spec, can: Table, leg: Table | None = None) -> s
     fks = [fk for fk in can.foreign_keys if fk.columns == (col.name,)]
     if (col.default is not None or col.identity) and not fks:
         return None
-    if col.type == "uuid" and not fks:
+    if col.value_type == "uuid" and not fks:
         return sql.SQL("gen_random_uuid()")
     if not fks and col.default is None and not col.identity and _insert_fillers(spec, can):
         return None  # an application trigger may make it ('cus_' || a random id, say): the data check tries it
@@ -357,7 +357,7 @@ def unfilled(spec: Spec, can: Table) -> list[str]:
     """The canonical table's NOT NULL columns that nothing pgconverge writes or defaults fills in a created row (the
     key among them where only an application trigger can make it)."""
     filled = {*spec.canonical.match_columns, *(c for _, c in spec.canonical.copy_columns)}
-    if can.column(spec.canonical.key).type == "uuid":
+    if can.column(spec.canonical.key).value_type == "uuid":
         filled.add(spec.canonical.key)  # gen_random_uuid() where it has no default
     return [c.name for c in can.columns
             if c.not_null and c.default is None and not c.generated and not c.identity and c.name not in filled]
@@ -616,7 +616,7 @@ cleared as (
 rest as materialized (
   select b.id, {align_row}(b.rec) as v from b
    where not b.mapped and not exists (select 1 from found f where f.id = b.id))""").format(
-        lk=ident(spec.legacy.key), ty=sql.SQL(leg.column(spec.legacy.key).type), lt=qn(leg.name),
+        lk=ident(spec.legacy.key), ty=sql.SQL(leg.column(spec.legacy.key).value_type), lt=qn(leg.name),
         mapping=qn(n["mapping"]), mlc=ident(spec.mapping_legacy_column), mcc=ident(spec.migration.new_column),
         lkey=legacy_key(spec, cat, "r"), ck=ident(spec.canonical.key), same=_same_spelling(spec, cat),
         canonical=qn(can.name), ckey=canonical_key(spec, cat, "p"), order_by=_order_by(spec, can, sql.SQL("b.k")),
@@ -647,7 +647,7 @@ def _align_row_function(spec: Spec, cat: Catalog, key_insert: sql.Composable | N
             lst.insert(0, x)
     same = _same_spelling(spec, cat)
     refuse = effective_unmatched(spec, cat) == "refuse"
-    ck_type = sql.SQL(can.column(spec.canonical.key).type)
+    ck_type = sql.SQL(can.column(spec.canonical.key).value_type)
     code = sql.SQL("""
 declare
   k text;
@@ -870,8 +870,8 @@ def _legacy_for_function(spec: Spec, cat: Catalog) -> sql.Composable:
     """
     n = names(spec)
     leg, can = cat.legacy, cat.canonical
-    lk_type = sql.SQL(leg.column(spec.legacy.key).type)
-    ck_type = sql.SQL(can.column(spec.canonical.key).type)
+    lk_type = sql.SQL(leg.column(spec.legacy.key).value_type)
+    ck_type = sql.SQL(can.column(spec.canonical.key).value_type)
     made = reverse_values(spec, cat)
     cols = [ident(lc) for lc, _, _ in made]
     vals = [v for _, _, v in made]
@@ -1078,13 +1078,13 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
                                                          if len(fk.columns) == 1]))),
             f"delete the {can.name} rows align created for legacy rows deleted since"), (), CREATED_BY),
         ("delete_created", delete_created(can.name, spec.canonical.key, n["mapping"], spec.mapping_legacy_column,
-                                          lk.type, spec.migration.new_column, spec.migration.batch_size),
+                                          lk.value_type, spec.migration.new_column, spec.migration.batch_size),
          ("align.match_live", "align.match"), CREATED_BY),
         ("drop_legacy_trigger_function", DropFunction(n["legacy_trigger_fn"], ""), ("align.legacy_trigger_function",)),
         ("drop_legacy_key_function", DropFunction(n["legacy_key_fn"], ""), ("align.legacy_key_function",)),
         ("drop_legacy_reuse_function", DropFunction(n["legacy_reuse_fn"], ""), ("align.legacy_reuse_function",)),
         ("drop_align_function", DropFunction(n["align_row"], str(leg.name)), ("align.align_function",)),
-        ("drop_legacy_for_function", DropFunction(n["legacy_for"], can.column(spec.canonical.key).type),
+        ("drop_legacy_for_function", DropFunction(n["legacy_for"], can.column(spec.canonical.key).value_type),
          ("align.legacy_for_function",)),
         # The statistics the ANALYZE steps gathered go with the index and the table they were of (the canonical
         # table's own columns' are refreshed, which undoes nothing the application relies on).

@@ -756,7 +756,7 @@ def _refill(spec: Spec, cat: Catalog, d, table=None, mapped: bool = False) -> Op
     named them, through the partitioned table). MAPPED: only rows whose canonical row has a legacy row already
     (none is made)."""
     table = table if table is not None else d.table
-    p = dict(l=ident(d.fk.columns[0]), n=ident(references.new_column(spec, cat, d)), lt=sql.SQL(d.column.type),
+    p = dict(l=ident(d.fk.columns[0]), n=ident(references.new_column(spec, cat, d)), lt=sql.SQL(d.column.value_type),
              keep=qn(kept_ids_table(spec)), t=sql.Literal(references.label(cat, d)),
              k=_row_id(spec, cat, d), legacy_for=qn(align.names(spec)["legacy_for"]),
              m=qn(align.names(spec)["mapping"]), mn=ident(spec.migration.new_column),

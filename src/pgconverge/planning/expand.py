@@ -151,7 +151,7 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
     #    code both write rows that carry both ids.
     for d, n in deps:
         legacy_col = d.fk.columns[0]
-        add(n, "add_column", add_column(d, n, ck.type))
+        add(n, "add_column", add_column(d, n, ck.value_type))
         if d.column.not_null and not shapes.in_primary_key(d):  # a key column keeps it until contract
             # The NOT NULL the application relied on to refuse a row with no owner (an application trigger that
             # found none, say) stands, over the two columns, until the new column's own is in place: a row with
@@ -352,11 +352,11 @@ def _key(t: Table, not_by: str | None = None) -> tuple[str, str] | None:
     that column alone, `wallets(customer_id primary key)`): every value there is NULL until the refill is done."""
     if len(t.primary_key) == 1 and t.primary_key[0] != not_by:
         col = t.column(t.primary_key[0])
-        return col.name, col.type
+        return col.name, col.value_type
     for uk in t.unique_keys:
         col = t.column(uk[0]) if len(uk) == 1 else None
         if col is not None and col.not_null and col.name != not_by:
-            return col.name, col.type
+            return col.name, col.value_type
     return None
 
 
@@ -792,7 +792,7 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
                    fill_legacy: bool = False) -> sql.Composable:
     an = align.names(spec)
     legacy_col, new = d.fk.columns[0], n.new
-    ck_type = sql.SQL(cat.canonical.column(spec.canonical.key).type)
+    ck_type = sql.SQL(cat.canonical.column(spec.canonical.key).value_type)
     p = dict(l=ident(legacy_col), n=ident(new), m=qn(an["mapping"]), ml=ident(spec.mapping_legacy_column),
              mn=ident(spec.migration.new_column), ck_type=ck_type, lt=qn(cat.legacy.name), lk=ident(spec.legacy.key),
              align_row=qn(an["align_row"]), table=sql.Literal(str(d.table.name)),
@@ -803,7 +803,7 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
     # live legacy id stands (align.MINE_ORDER).
     helper = cat.legacy_helper
     p.update(helper=qn(helper.name) if helper else sql.SQL(""),
-             helper_type=sql.SQL(helper.returns if helper else d.column.type))
+             helper_type=sql.SQL(helper.returns if helper else d.column.value_type))
     tag = hashlib.md5(f"{d.table.name}|{legacy_col}".encode()).hexdigest()[:8]
     p.update(last=sql.Literal(n.last_trigger), gl=sql.Literal(f"pgconverge.sync_{tag}_l_"),
              gn=sql.Literal(f"pgconverge.sync_{tag}_n_"))
@@ -824,7 +824,7 @@ def _sync_function(spec: Spec, cat: Catalog, d: Dependent, n: Names, last: bool 
           -- canonical table), before its mapping: the legacy row it is being created for
           new.{l} := pg_catalog.current_setting({aligning}, true)::{ltype};
         end if;""").format(**p, aligning=sql.Literal(align.ALIGNING), aligning_key=sql.Literal(align.ALIGNING_KEY),
-                            ckey=align.canonical_key(spec, cat, "p"), ltype=sql.SQL(d.column.type))
+                            ckey=align.canonical_key(spec, cat, "p"), ltype=sql.SQL(d.column.value_type))
     reject = sql.SQL(
         "raise exception using errcode = 'check_violation', "
         "message = format('pgconverge: %s row has %s = %s, which belongs to %s, but %s = %s was written', "
@@ -915,7 +915,9 @@ def _place(spec: Spec, p: dict) -> sql.Composable:
       when others then
         get stacked diagnostics e_state = returned_sqlstate, e_text = message_text;
         mapped := null;
-        insert into {pending} as q (legacy_id, reason, sqlstate) values (new.{l}::text, e_text, e_state)
+        -- named as the legacy row spells its key (numeric(12,2)'s 1001.00 is the key's 1001), as align names it
+        insert into {pending} as q (legacy_id, reason, sqlstate) values (coalesce(
+          (select c.{lk}::text from {lt} c where c.{lk} = new.{l}), new.{l}::text), e_text, e_state)
           on conflict (legacy_id) do update set reason = excluded.reason, sqlstate = excluded.sqlstate,
           at = clock_timestamp();
       end;""").format(**p, pending=qn(align.names(spec)["pending"]))
@@ -939,7 +941,7 @@ def fill_function(spec: Spec, cat: Catalog, d: Dependent, n: Names) -> CreateFun
     legacy_col = d.fk.columns[0]
     p = dict(l=ident(legacy_col), n=ident(n.new), t=qn(d.table.name), m=qn(an["mapping"]),
              ml=ident(spec.mapping_legacy_column), mn=ident(spec.migration.new_column),
-             ck_type=sql.SQL(cat.canonical.column(spec.canonical.key).type), lt=qn(cat.legacy.name),
+             ck_type=sql.SQL(cat.canonical.column(spec.canonical.key).value_type), lt=qn(cat.legacy.name),
              lk=ident(spec.legacy.key), align_row=qn(an["align_row"]), ct=qn(cat.canonical.name),
              ck=ident(spec.canonical.key), placing=sql.Literal(align.PLACING),
              flag=sql.Literal(BACKFILL_SETTING), nname=sql.Literal(n.new), tname=sql.Literal(str(d.table.name)),

@@ -152,6 +152,14 @@ def refusals(spec: Spec, cat: Catalog) -> list[tuple[str, str, str]]:
     for d in cat.dependents:
         col = d.fk.columns[0]
         where = f"foreign key {d.fk.name} on {d.table.name}"
+        if d.column.refuses_null:
+            c = show_column(d.table.name, col)[len(str(d.table.name)) + 1:]
+            out.append((f"column {show_column(d.table.name, col)}", f"is of the domain {d.column.type}, which refuses "
+                        f"NULL: Postgres refuses a row that leaves the column out before a trigger could fill it, so "
+                        f"new code writing {new_column(spec, cat, d)} alone would fail from the switch on",
+                        f"give {show_column(d.table.name, col)} the type underneath, and the domain's rules as the "
+                        f"column's own (ALTER TABLE {d.table.name} ALTER COLUMN {c} TYPE {d.column.base_type}, "
+                        f"ALTER COLUMN {c} SET NOT NULL; a CHECK for any other rule of the domain)"))
         if d.partition_of is not None:
             out.append((where, f"is declared on that partition alone, not on the partitioned table "
                         f"{d.partition_of}: a partition cannot have a column its parent lacks",

@@ -51,7 +51,7 @@ def _helper(spec: Spec, cat: Catalog):
     m = align.names(spec)["mapping"]
     return derive_canonical_helper(
         cat.legacy_helper, canonical_helper=spec.canonical.helper, legacy_claim=spec.legacy.claim,
-        canonical_claim=spec.canonical.claim, canonical_key_type=cat.canonical.column(spec.canonical.key).type,
+        canonical_claim=spec.canonical.claim, canonical_key_type=cat.canonical.column(spec.canonical.key).value_type,
         mapping=m, mapping_legacy_column=spec.mapping_legacy_column, mapping_canonical_column=spec.migration.new_column,
         callees=cat.helper_callees, server_version=cat.server_version, auth_link=auth_link(spec, cat),
         prefer=_prefer(spec, cat))

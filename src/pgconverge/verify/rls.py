@@ -131,7 +131,7 @@ def targets(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> list[Targe
     deps: dict[QualifiedName, list] = {}
     for d in cat.dependents:  # every reference of a table: a row belongs to whoever any of them names
         deps.setdefault(d.table.name, []).append(d)
-    ck_type = cat.canonical.column(spec.canonical.key).type
+    ck_type = cat.canonical.column(spec.canonical.key).value_type
     out = []
     for name in tables:
         t = cat.table(name)
@@ -143,21 +143,21 @@ def targets(spec: Spec, cat: Catalog, tables: list[QualifiedName]) -> list[Targe
         key = t.primary_key[0] if len(t.primary_key) == 1 and t.primary_key[0] not in legacy else "ctid"
         if key == "ctid" and any(d.partitioned for d in deps.get(name, ())):
             key = ROWID  # a ctid names a row within one partition only
-        key_type = {"ctid": "tid", ROWID: "text"}.get(key) or t.column(key).type
+        key_type = {"ctid": "tid", ROWID: "text"}.get(key) or t.column(key).value_type
         cols = tuple(c.name for c in t.columns if not c.generated and not (c.name == key and (c.default or c.identity)))
         news = [new_column(spec, cat, d) for d in deps.get(name, ())]
         cols += tuple(n for n in news if n not in cols)
         owner = tuple(x for d, n in zip(deps.get(name, ()), news) for x in (d.fk.columns[0], n))
         parent = next(((fk.columns[0], fk.ref_table) for fk in t.foreign_keys
                        if fk.ref_table in deps and len(fk.columns) == 1), None)
-        types = tuple(x for d in deps.get(name, ()) for x in (d.column.type, ck_type))
+        types = tuple(x for d in deps.get(name, ()) for x in (d.column.value_type, ck_type))
         readable = any(p.table == name and p.permissive and p.command in ("ALL", "SELECT") for p in cat.policies)
         chain = () if owner else owner_chain(cat, name, deps)
         root = deps.get(chain[-1][2], ()) if chain else ()
         out.append(Target(name, key, key_type, cols, owner, parent, types,
-                          t.column(parent[0]).type if parent else "", readable, chain,
+                          t.column(parent[0]).value_type if parent else "", readable, chain,
                           tuple(x for d in root for x in (d.fk.columns[0], new_column(spec, cat, d))),
-                          tuple(x for d in root for x in (d.column.type, ck_type))))
+                          tuple(x for d in root for x in (d.column.value_type, ck_type))))
     # Parents first, so a child's candidates can be derived from them.
     return sorted(out, key=lambda x: x.parent is not None)
 
@@ -366,7 +366,7 @@ def _owners(spec: Spec, cat: Catalog, t: Target, by: dict[str, Target], contract
 
     def columns(table: QualifiedName, pairs: list[tuple[str, str, str, str]]) -> list[tuple[sql.Composable, str]]:
         if contracted:  # the legacy columns are gone; the new ones hold the canonical ids
-            ck = cat.canonical.column(spec.canonical.key).type
+            ck = cat.canonical.column(spec.canonical.key).value_type
             deps = [d for d in cat.dependents if d.table.name == table]
             return [(ident(new_column(spec, cat, d)), ck) for d in deps]
         return [(ident(legacy), ltype) for legacy, _, ltype, _ in pairs]
@@ -421,13 +421,16 @@ def cover_tables(conn, spec: Spec, cat: Catalog, targets_: list[Target], identit
         if conn.execute(sql.SQL("select exists (select from {} where {})").format(rows, mine),
                         {"ids": ids}).fetchone()[0]:
             continue
-        owners = sql.SQL(" union ").join(sql.SQL("select o.{c}::text from {r} where o.{c} is not null").format(
-            c=c, r=rows) for c, _ in cols)
         if contracted:
+            owners = sql.SQL(" union ").join(sql.SQL("select o.{c}::text from {r} where o.{c} is not null").format(
+                c=c, r=rows) for c, _ in cols)
             q = sql.SQL("select x.id from ({}) x(id) order by hashtext(x.id), x.id limit 1").format(owners)
         else:
+            # Legacy ids compared as the legacy key's type, not as text (numeric(12,2)'s 1001.00 is the key's 1001).
             m = align.names(spec)["mapping"]
-            q = sql.SQL("select m.{c}::text from {m} m join ({o}) x(id) on x.id = m.{l}::text "
+            owners = sql.SQL(" union ").join(sql.SQL("select o.{c}::{ty} from {r} where o.{c} is not null").format(
+                c=c, r=rows, ty=sql.SQL(cat.legacy.column(spec.legacy.key).value_type)) for c, _ in cols)
+            q = sql.SQL("select m.{c}::text from {m} m join ({o}) x(id) on x.id = m.{l} "
                         "order by hashtext(m.{c}::text), m.{c}::text limit 1").format(
                 c=ident(spec.migration.new_column), m=qn(m), o=owners, l=ident(spec.mapping_legacy_column))
         row = conn.execute(q).fetchone()
@@ -1337,7 +1340,8 @@ def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before:
         return [i.canonical] if contracted else list(i.legacy)
 
     token = "C:" if contracted else "L:"
-    key_type = cat.canonical.column(spec.canonical.key).type if contracted else cat.legacy.column(spec.legacy.key).type
+    key_type = (cat.canonical.column(spec.canonical.key) if contracted else cat.legacy.column(spec.legacy.key)
+                ).value_type
     ids = [k for i in identities for k in keys(i)]
     owning, seeing, public_only = set(), set(), set()
     hidden = set(spec.migration.rls_hidden_from_owners)
@@ -1345,8 +1349,10 @@ def coverage(conn, spec: Spec, cat: Catalog, identities: list[Identity], before:
         if str(d.table.name) in hidden:
             continue
         column = new_column(spec, cat, d) if contracted else d.fk.columns[0]
+        # The ids as the identities spell them, compared as the key's type: a column of another scale (numeric(12,2)
+        # holds 1001 as 1001.00) names the same owner in another text.
         owned = {r[0] for r in conn.execute(sql.SQL(
-            "select distinct {c}::text from {t} where {c} = any(%s::{ty}[])").format(
+            "select x.id from unnest(%s::text[]) x(id) where exists (select from {t} where {c} = x.id::{ty})").format(
                 c=ident(column), t=qn(d.table.name), ty=sql.SQL(key_type)), (ids,))}
         shared = before.shared.get(str(d.table.name), set())
         for i in identities:
