@@ -151,6 +151,49 @@ def test_expand_tests_of_a_legacy_column_in_the_primary_key(pg15, tmp_path):
     assert "public.customer_tags.customer_id stays NOT NULL" in (out / expand).read_text()
 
 
+def test_trigger_and_index_tests_look_at_every_partition(pg15, tmp_path):
+    """A partitioned dependent: the sync trigger disabled on one leaf partition only, or a leaf's new index made
+    invalid on its own, fails the expand tests (each leaves the partitioned table's own as it was); so does a leaf's
+    index after contract. On the unbroken database every test passes, before contract and after."""
+    dsn, args = _zoo_db(_on_pg15(pg15, "shapes_part_triggers"), tmp_path, partitioned="range")
+    out = tmp_path / "project"
+    files = _emit(out, args)["migrations"]
+    switched = max(i for i, f in enumerate(files) if "_pgconverge_switch_" in f) + 1
+    _apply(dsn, files[:switched])
+    expand = "pgconverge-tests/before_contract/pgconverge_expand.test.sql"
+    contract = "supabase/tests/database/pgconverge_contract.test.sql"
+    r = _prove(dsn, out, expand)
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+    leaf_index = ("select i.indexrelid::regclass::text from pg_index i join pg_class c on c.oid = i.indexrelid "
+                  "where i.indrelid = 'public.orders_2024_h1'::regclass and c.relname ~ 'profile_id'")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        index = conn.execute(leaf_index).fetchone()[0]
+    text = (out / expand).read_text()
+    assert "index orders_profile_id_idx is valid" in text, text
+    for broken, undo, failing in (
+            ('alter table public.orders_2024_h1 disable trigger "!pgconverge_sync"',
+             'alter table public.orders_2024_h1 enable trigger "!pgconverge_sync"',
+             "the sync trigger !pgconverge_sync on public.orders is there and enabled"),
+            (f"update pg_index set indisvalid = false where indexrelid = '{index}'::regclass",
+             f"update pg_index set indisvalid = true where indexrelid = '{index}'::regclass",
+             "index orders_profile_id_idx is valid")):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(broken)
+        r = _prove(dsn, out, expand)
+        assert r.returncode != 0 and f'"{failing}"' in r.stdout, r.stdout + r.stderr
+        assert "orders_2024_h1" in r.stdout + r.stderr, r.stdout + r.stderr  # the failure names the partition
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(undo)
+    _apply(dsn, files[switched:])
+    r = _prove(dsn, out, *sorted(str(p) for p in (out / "supabase" / "tests" / "database").glob("*.sql")))
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        index = conn.execute(leaf_index).fetchone()[0]
+        conn.execute(f"update pg_index set indisvalid = false where indexrelid = '{index}'::regclass")
+    r = _prove(dsn, out, contract)
+    assert r.returncode != 0 and '"index orders_profile_id_idx is valid"' in r.stdout, r.stdout + r.stderr
+
+
 def test_pgtap_tokens_carry_the_claims_where_the_helper_reads_them(pg15, tmp_path):
     """The legacy helper reads auth.jwt() -> 'app_metadata' ->> 'customer_id': the pgTAP tokens nest the claims
     there, before contract and after."""

@@ -14,6 +14,7 @@ from pgconverge.operations.base import Plan
 from pgconverge.operations.columns import DropNotNull
 from pgconverge.operations.create_index import CreateIndexConcurrently
 from pgconverge.operations.create_trigger import CreateTrigger
+from pgconverge.operations.partitions import CreateIndexShell
 from pgconverge.operations.together import Together
 from pgconverge.planning import align, contract, expand, references, shapes, switch
 from pgconverge.verify import rls
@@ -221,10 +222,19 @@ def _triggers(plan: Plan | None, phase: str, tables: set[str]) -> list[tuple[Qua
 
 
 def _trigger_on(t: TestFile, table: QualifiedName, name: str, what: str) -> None:
-    """TABLE has the trigger NAME, enabled."""
-    q = text(sql.SQL("select coalesce((select tgenabled <> 'D' from pg_catalog.pg_trigger where tgrelid = "
-                     "{}::regclass and tgname = {}), false)").format(sql.Literal(text(qn(table))), sql.Literal(name)))
-    t.ok(f"ok(({q}), {lit(f'{what} {name} on {table} is there and enabled')})")
+    """TABLE has the trigger NAME, firing for the application ('O' or 'A': not disabled, nor enabled for replica
+    sessions only), on the table and on every partition of it (a partition's copy can be disabled on its own), as
+    `verify` checks it. The failing rows name each table, its state and the fix."""
+    q = text(sql.SQL(
+        "select pg_catalog.format('trigger %s on %s is %s', {n}, x.relid, case when g.oid is null then 'missing' "
+        "when g.tgenabled = 'D' then 'disabled' when g.tgenabled = 'R' then 'enabled for replica sessions only' "
+        "else 'in state ' || g.tgenabled::text end) || case when g.oid is null then '' else pg_catalog.format("
+        "' (fix: alter table %s enable trigger %I)', x.relid, {n}) end "
+        "from (select {t}::regclass as relid union select p.relid from pg_catalog.pg_partition_tree({t}::regclass) p) "
+        "x left join pg_catalog.pg_trigger g on g.tgrelid = x.relid and g.tgname = {n} "
+        "where g.oid is null or g.tgenabled not in ('O', 'A')").format(t=sql.Literal(text(qn(table))),
+                                                                        n=sql.Literal(name)))
+    t.ok(f"is_empty({lit(q)}, {lit(f'{what} {name} on {table} is there and enabled')})")
 
 
 def expand_tests(spec: Spec, cat: Catalog, plan: Plan) -> TestFile:
@@ -288,16 +298,21 @@ def _new_column(t: TestFile, spec: Spec, cat: Catalog, d, n, expanded: bool = Fa
 
 
 def _new_indexes(t: TestFile, cat: Catalog, plan: Plan) -> None:
-    """The indexes expand built on the dependent tables (the legacy ones' mirrors): there and valid."""
+    """The indexes expand built on the dependent tables (the legacy ones' mirrors): there and valid; on a
+    partitioned table, its own index and every partition's attached to it."""
     tables = {str(d.table.name) for d in cat.dependents}
     for step in plan.phase("expand"):
-        if isinstance(step.op, CreateIndexConcurrently) and str(step.op.table) in tables:
+        if isinstance(step.op, (CreateIndexConcurrently, CreateIndexShell)) and str(step.op.table) in tables:
             i = step.op
             t.ok(f"has_index({lit(i.table.schema)}, {lit(i.table.name)}, {lit(i.name.name)}, "
                  f"'index {i.name.name} on {i.table}')")
-            valid = text(sql.SQL("select coalesce((select indisvalid from pg_catalog.pg_index where indexrelid = "
-                                 "pg_catalog.to_regclass({})), false)").format(sql.Literal(str(i.name))))
-            t.ok(f"ok(({valid}), 'index {i.name.name} is valid')")
+            # And each partition's index attached to it: one made invalid on its own leaves the parent's valid.
+            invalid = text(sql.SQL(
+                "select pg_catalog.format('index %s is missing', {n}) where pg_catalog.to_regclass({n}) is null "
+                "union all select pg_catalog.format('index %s is not valid', p.relid) from "
+                "pg_catalog.pg_partition_tree(pg_catalog.to_regclass({n})) p join pg_catalog.pg_index x on "
+                "x.indexrelid = p.relid where not x.indisvalid").format(n=sql.Literal(text(qn(i.name)))))
+            t.ok(f"is_empty({lit(invalid)}, 'index {i.name.name} is valid')")
 
 
 def helper_tests(spec: Spec, cat: Catalog, samples: list[Sample]) -> TestFile:
