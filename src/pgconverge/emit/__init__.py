@@ -171,13 +171,16 @@ def _written_baseline_file(out: Path) -> str:
     return names[-1] if names else ""
 
 
-def _state_tests(spec: Spec, cats: Catalogs, plan: Plan, picked: list, after: str | None) -> list[pgtap.TestFile]:
-    """pgTAP files of the state after phase AFTER (None: before align, no tests). PLAN: every phase, adapted."""
+def _state_tests(spec: Spec, cats: Catalogs, plan: Plan, picked: list, after: str | None,
+                 uncovered: list[str] = ()) -> list[pgtap.TestFile]:
+    """pgTAP files of the state after phase AFTER (None: before align, no tests). PLAN: every phase, adapted.
+    UNCOVERED: the policy tables no sample owns rows in (pgtap.unowned_tables)."""
     if after is None:
         return []
     if after == "contract":
         return [pgtap.contract_tests(spec, cats, plan, picked),
-                *([pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked, after_contract=True)]
+                *([pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked, after_contract=True,
+                                   uncovered=uncovered)]
                   if spec.has_helper else [])]  # no RLS identity helper (legacy.helper = ""): no token to test
     cat = cats.for_phase("expand")
     done = PHASES[:PHASES.index(after) + 1]
@@ -185,7 +188,8 @@ def _state_tests(spec: Spec, cats: Catalogs, plan: Plan, picked: list, after: st
     if "expand" in done:
         tests.append(pgtap.expand_tests(spec, cat, plan))
     if "switch" in done and spec.has_helper:
-        tests += [pgtap.helper_tests(spec, cat, picked), pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked)]
+        tests += [pgtap.helper_tests(spec, cat, picked), pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked,
+                                                                           uncovered=uncovered)]
     return tests
 
 
@@ -235,14 +239,18 @@ def emit(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, *, thr
     _contract_reverse(spec, cats, plan, files)
     attach_ledger(spec, cats, plan, full, rollback, files)
     last = phases[-1]
-    picked = pgtap.pick_samples(conn, spec, cats.for_phase("expand"), samples) \
-        if last in ("switch", "contract") else []
     every = emitted_contract.adapt(spec, cats, full, "")
-    tests = _state_tests(spec, cats, every, picked, last)
+    policy = _policy_tables(spec, every)
+    picked = pgtap.pick_samples(conn, spec, cats.for_phase("expand"), samples, tables=policy) \
+        if last in ("switch", "contract") else []
+    uncovered = pgtap.unowned_tables(conn, spec, cats.for_phase("expand"), picked, policy)
+    tests = _state_tests(spec, cats, every, picked, last, uncovered)
     # Tests of the state the files leave go to supabase/tests, which `supabase test db` runs whole. With contract,
     # the tests of the state before it (they read the mapping, the legacy columns and old tokens) go elsewhere.
-    earlier = _state_tests(spec, cats, every, picked, "switch") if last == "contract" and phase is None else []
-    result = Emitted([], [], [], picked, skipped, _no_sample_warning(picked, last in ("switch", "contract")))
+    earlier = _state_tests(spec, cats, every, picked, "switch", uncovered) \
+        if last == "contract" and phase is None else []
+    result = Emitted([], [], [], picked, skipped, _no_sample_warning(picked, last in ("switch", "contract"))
+                     + _unowned_warning(uncovered))
     _write(spec, out, files, result)
     _write_tests(out, tests, earlier, picked, result)
     return result
@@ -280,14 +288,34 @@ def emit_rollback(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Pat
     files[-1].parts[-1].discard.extend(discard)
     skipped = [n for f in files for n in f.notes]
     earlier = PHASES[PHASES.index(to) - 1] if PHASES.index(to) > 0 else None
-    picked = pgtap.pick_samples(conn, spec, cats.for_phase("expand"), 2, _archived(conn, spec, rollback, cats)) \
+    every = emitted_contract.adapt(spec, cats, planner.build(spec, cats), "")
+    policy = _policy_tables(spec, every)
+    archived = _archived(conn, spec, rollback, cats)
+    picked = pgtap.pick_samples(conn, spec, cats.for_phase("expand"), 2, archived, tables=policy) \
         if earlier == "switch" else []
-    tests = _state_tests(spec, cats, emitted_contract.adapt(spec, cats, planner.build(spec, cats), ""), picked,
-                         earlier)
-    result = Emitted([], [], [], picked, skipped, _no_sample_warning(picked, earlier == "switch"))
+    uncovered = pgtap.unowned_tables(conn, spec, cats.for_phase("expand"), picked, policy, archived)
+    tests = _state_tests(spec, cats, every, picked, earlier, uncovered)
+    result = Emitted([], [], [], picked, skipped, _no_sample_warning(picked, earlier == "switch")
+                     + _unowned_warning(uncovered))
     _write(spec, out, files, result, reverse=False, command=command)
     _write_tests(out, tests, [], picked, result)
     return result
+
+
+def _policy_tables(spec: Spec, plan: Plan) -> list[QualifiedName]:
+    """The tables the RLS tests read (switch.policy_tables); none where the database has no RLS identity helper."""
+    from pgconverge.planning import switch
+
+    if not spec.has_helper or not any(s.id == f"{switch.PHASE}.policies" for s in plan.steps):
+        return []
+    return switch.policy_tables(plan)
+
+
+def _unowned_warning(tables: list[str]) -> list[str]:
+    """Where a policy table has no row a sample identity owns (no row there has an owner: an empty table, say)."""
+    return [f"the RLS tests prove nothing for {t}: no row there has an owner, so no sample identity covers it; its "
+            "assertion is skipped as proving nothing while that holds, and fails once rows there have owners none of "
+            "the samples is one of: emit the tests again then" for t in tables]
 
 
 def _no_sample_warning(picked: list[pgtap.Sample], wanted: bool) -> list[str]:
