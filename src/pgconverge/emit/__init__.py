@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -81,6 +82,7 @@ from pgconverge.ledger.store import Ledger
 from pgconverge.operations.archive import ArchiveTable, RestoreTable
 from pgconverge.operations.base import PHASES, Plan, Step
 from pgconverge.operations.private_schema import CreatePrivateSchema
+from pgconverge.outputs import cannot_make_dir, first_unwritable
 from pgconverge.planning import align, plan as planner
 
 EMITTABLE = ("align", "expand", "switch", "contract")
@@ -112,11 +114,47 @@ def check_dir(out: Path, force: bool, adding: bool = False) -> None:
     """Refuse a file, or a non-empty directory unless FORCE or ADDING (new files after those already there)."""
     if out.exists() and not out.is_dir():
         raise EmitError(f"{out} exists and is not a directory", fix="name a new or empty directory")
+    why = cannot_make_dir(out)
+    if why is not None:
+        raise EmitError(f"cannot write under {out}: {why}; nothing was written",
+                        fix="name a directory you may write to (emit makes it where it does not exist)")
     if out.exists() and any(out.iterdir()) and not (force or adding):
         raise EmitError(f"{out} exists and is not empty; emit writes a fresh set of files there",
                         fix="name a new or empty directory, pass --phase PHASE to add one phase's files after the "
                             "migrations already there, or pass --force to write into it anyway (files of the same "
                             "names are replaced, others are left alone)")
+
+
+def _check_writable(out: Path, paths: list[Path]) -> None:
+    """Refuse, before a first file is written, where one of PATHS (files under OUT) cannot be: a directory half
+    written (migrations without their tests, say) is worse than none."""
+    bad = first_unwritable(paths, make_parents=True)
+    if bad is not None:
+        path, why = bad
+        raise EmitError(f"cannot write {path}: {why}; nothing was written",
+                        fix=f"name a directory you may write to, or move what is in the way under {out} (emit makes "
+                            "supabase/migrations, supabase/rollback, supabase/tests/database and "
+                            f"{BEFORE_CONTRACT} there)")
+
+
+@contextmanager
+def _writing(out: Path):
+    """A write that fails after the checks (a full disk, say) as an error naming OUT, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise EmitError(f"writing the files under {out} failed part way: {exc}",
+                        fix="free the space or fix what the error names, then emit again with --force (files of "
+                            "the same names are replaced)") from None
+
+
+def _planned_paths(out: Path, files: list[MigrationFile], tests: list, earlier: list, reverse: bool = True
+                   ) -> list[Path]:
+    """Every file _write and _write_tests would write."""
+    mig_dir, rb_dir = out / "supabase" / "migrations", out / "supabase" / "rollback"
+    return [*(mig_dir / f.filename for f in files), *(rb_dir / f.down_filename for f in files if reverse),
+            *(out / "supabase" / "tests" / "database" / t.name for t in tests),
+            *(out / BEFORE_CONTRACT / t.name for t in earlier)]
 
 
 def latest_migration(out: Path) -> datetime | None:
@@ -251,8 +289,10 @@ def emit(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, *, thr
         if last == "contract" and phase is None else []
     result = Emitted([], [], [], picked, skipped, _no_sample_warning(picked, last in ("switch", "contract"))
                      + _unowned_warning(uncovered))
-    _write(spec, out, files, result)
-    _write_tests(out, tests, earlier, picked, result)
+    _check_writable(out, _planned_paths(out, files, tests, earlier))
+    with _writing(out):
+        _write(spec, out, files, result)
+        _write_tests(out, tests, earlier, picked, result)
     return result
 
 
@@ -297,8 +337,10 @@ def emit_rollback(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Pat
     tests = _state_tests(spec, cats, every, picked, earlier, uncovered)
     result = Emitted([], [], [], picked, skipped, _no_sample_warning(picked, earlier == "switch")
                      + _unowned_warning(uncovered))
-    _write(spec, out, files, result, reverse=False, command=command)
-    _write_tests(out, tests, [], picked, result)
+    _check_writable(out, _planned_paths(out, files, tests, [], reverse=False))
+    with _writing(out):
+        _write(spec, out, files, result, reverse=False, command=command)
+        _write_tests(out, tests, [], picked, result)
     return result
 
 
