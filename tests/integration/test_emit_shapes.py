@@ -249,3 +249,16 @@ def test_rollback_to_contract_after_contract(pg15, tmp_path):
     r = _prove(dsn, out, *sorted(str(p) for p in (out / "supabase" / "tests" / "database").glob("*.sql")))
     assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
     assert "pgconverge_switch_rls.test.sql" in r.stdout
+
+
+def test_report_reads_rolled_back_after_files_and_a_rollback_by_the_runner(make_db, tmp_path):
+    """Every phase applied from the emitted files, then `pgconverge rollback align`: report's verdict is ROLLED BACK,
+    as status reads it (the files' two contract gate steps are undone with the gates step they stand for)."""
+    dsn, args = _zoo_db(make_db, tmp_path, dependents=2)
+    _apply(dsn, _emit(tmp_path / "project", args)["migrations"])
+    cli_json("rollback", "align", "--yes", *args)
+    assert cli_json("status", *args)["summary"]["state"] == "rolled back"
+    report = cli_json("report", *args)
+    assert report["verdict"]["status"] == "ROLLED BACK", report["verdict"]
+    contract = next(p for p in report["phases"] if p["phase"] == "contract")
+    assert contract["state"] == "reverted", [(s["id"], s["state"]) for s in contract["steps"]]

@@ -34,8 +34,7 @@ from pgconverge.planning import align, contract, references, shapes, switch
 
 ACCEPT_SETTING = "pgconverge.accept_runtime_use"
 BASELINE_STEP = "switch.runtime_baseline"
-SWITCH_GATE_STEP = "contract.gate_switch_in_place"
-RUNTIME_GATE_STEP = "contract.gate_runtime_use"
+SWITCH_GATE_STEP, RUNTIME_GATE_STEP = contract.EMITTED_GATES
 
 
 @dataclass(frozen=True)
