@@ -65,6 +65,12 @@ BEFORE_CONTRACT = {
     "sync_trigger_disabled": (
         'alter table public.carts disable trigger "!pgconverge_sync"',
         "pgconverge_expand", "the sync trigger !pgconverge_sync on public.carts is there and enabled"),
+    "sync_trigger_enabled_for_replica_sessions_only": (  # as a replication or restore tool can leave it
+        'alter table public.carts enable replica trigger "!pgconverge_sync"',
+        "pgconverge_expand", "the sync trigger !pgconverge_sync on public.carts is there and enabled"),
+    "align_trigger_enabled_for_replica_sessions_only": (
+        "alter table public.customers enable replica trigger pgconverge_align",
+        "pgconverge_align", "the align trigger pgconverge_align on public.customers is there and enabled"),
     "align_trigger_dropped": (
         "drop trigger pgconverge_align on public.customers",
         "pgconverge_align", "the align trigger pgconverge_align on public.customers is there and enabled"),

@@ -151,6 +151,49 @@ def test_expand_tests_of_a_legacy_column_in_the_primary_key(pg15, tmp_path):
     assert "public.customer_tags.customer_id stays NOT NULL" in (out / expand).read_text()
 
 
+def test_trigger_and_index_tests_look_at_every_partition(pg15, tmp_path):
+    """A partitioned dependent: the sync trigger disabled on one leaf partition only, or a leaf's new index made
+    invalid on its own, fails the expand tests (each leaves the partitioned table's own as it was); so does a leaf's
+    index after contract. On the unbroken database every test passes, before contract and after."""
+    dsn, args = _zoo_db(_on_pg15(pg15, "shapes_part_triggers"), tmp_path, partitioned="range")
+    out = tmp_path / "project"
+    files = _emit(out, args)["migrations"]
+    switched = max(i for i, f in enumerate(files) if "_pgconverge_switch_" in f) + 1
+    _apply(dsn, files[:switched])
+    expand = "pgconverge-tests/before_contract/pgconverge_expand.test.sql"
+    contract = "supabase/tests/database/pgconverge_contract.test.sql"
+    r = _prove(dsn, out, expand)
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+    leaf_index = ("select i.indexrelid::regclass::text from pg_index i join pg_class c on c.oid = i.indexrelid "
+                  "where i.indrelid = 'public.orders_2024_h1'::regclass and c.relname ~ 'profile_id'")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        index = conn.execute(leaf_index).fetchone()[0]
+    text = (out / expand).read_text()
+    assert "index orders_profile_id_idx is valid" in text, text
+    for broken, undo, failing in (
+            ('alter table public.orders_2024_h1 disable trigger "!pgconverge_sync"',
+             'alter table public.orders_2024_h1 enable trigger "!pgconverge_sync"',
+             "the sync trigger !pgconverge_sync on public.orders is there and enabled"),
+            (f"update pg_index set indisvalid = false where indexrelid = '{index}'::regclass",
+             f"update pg_index set indisvalid = true where indexrelid = '{index}'::regclass",
+             "index orders_profile_id_idx is valid")):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(broken)
+        r = _prove(dsn, out, expand)
+        assert r.returncode != 0 and f'"{failing}"' in r.stdout, r.stdout + r.stderr
+        assert "orders_2024_h1" in r.stdout + r.stderr, r.stdout + r.stderr  # the failure names the partition
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(undo)
+    _apply(dsn, files[switched:])
+    r = _prove(dsn, out, *sorted(str(p) for p in (out / "supabase" / "tests" / "database").glob("*.sql")))
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        index = conn.execute(leaf_index).fetchone()[0]
+        conn.execute(f"update pg_index set indisvalid = false where indexrelid = '{index}'::regclass")
+    r = _prove(dsn, out, contract)
+    assert r.returncode != 0 and '"index orders_profile_id_idx is valid"' in r.stdout, r.stdout + r.stderr
+
+
 def test_pgtap_tokens_carry_the_claims_where_the_helper_reads_them(pg15, tmp_path):
     """The legacy helper reads auth.jwt() -> 'app_metadata' ->> 'customer_id': the pgTAP tokens nest the claims
     there, before contract and after."""
@@ -206,3 +249,16 @@ def test_rollback_to_contract_after_contract(pg15, tmp_path):
     r = _prove(dsn, out, *sorted(str(p) for p in (out / "supabase" / "tests" / "database").glob("*.sql")))
     assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr
     assert "pgconverge_switch_rls.test.sql" in r.stdout
+
+
+def test_report_reads_rolled_back_after_files_and_a_rollback_by_the_runner(make_db, tmp_path):
+    """Every phase applied from the emitted files, then `pgconverge rollback align`: report's verdict is ROLLED BACK,
+    as status reads it (the files' two contract gate steps are undone with the gates step they stand for)."""
+    dsn, args = _zoo_db(make_db, tmp_path, dependents=2)
+    _apply(dsn, _emit(tmp_path / "project", args)["migrations"])
+    cli_json("rollback", "align", "--yes", *args)
+    assert cli_json("status", *args)["summary"]["state"] == "rolled back"
+    report = cli_json("report", *args)
+    assert report["verdict"]["status"] == "ROLLED BACK", report["verdict"]
+    contract = next(p for p in report["phases"] if p["phase"] == "contract")
+    assert contract["state"] == "reverted", [(s["id"], s["state"]) for s in contract["steps"]]

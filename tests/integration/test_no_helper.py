@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from _support import cli, cli_json, schema_dump, write_config
 
@@ -277,8 +278,10 @@ def _apply(dsn: str, files: list[str]) -> None:
         assert r.returncode == 0, f"{Path(f).name}:\n{r.stderr}"
 
 
-def test_emitted_files_apply(make_db, tmp_path):
-    dsn, args = _db(make_db, tmp_path)
+@pytest.mark.parametrize("server", ["make_db", "make_db15"])
+def test_emitted_files_apply(server, request, tmp_path):
+    """On the embedded 16 and on 15 (Supabase's), where to_regprocedure('') raises rather than returning null."""
+    dsn, args = _db(request.getfixturevalue(server), tmp_path)
     out = tmp_path / "project"
     with psycopg.connect(dsn, autocommit=True) as conn:
         before = schema_dump(conn)
@@ -290,6 +293,7 @@ def test_emitted_files_apply(make_db, tmp_path):
         _apply(dsn, data["migrations"])
     text = "".join(Path(f).read_text() for f in written)
     assert "auth_customer_id" not in text and "auth_profile_id" not in text
+    assert "to_regprocedure('')" not in text
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("select count(*) from orders where account_id is null").fetchone()[0] == 0
         for total, email in conn.execute(

@@ -10,6 +10,8 @@ from rich.markup import escape
 
 from pgconverge.cli.common import ConfigOpt, DsnOpt, JsonOpt, console, fail_cleanly, load_spec, print_json, target
 from pgconverge.connection import connect
+from pgconverge.errors import PgConvergeError
+from pgconverge.outputs import first_unwritable
 from pgconverge.report import data, html, markdown
 
 
@@ -26,15 +28,22 @@ def report(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
 
     Reads only the private schema; changes nothing. Without --md/--html/--json, prints the Markdown.
     """
+    bad = first_unwritable([p for p in (md, html_file) if p], make_parents=False)
+    if bad is not None:  # before reading anything: the report is written whole or not at all
+        raise PgConvergeError(f"cannot write the report to {bad[0]}: {bad[1]}",
+                              fix="name a file in an existing directory you may write to")
     spec = load_spec(config_file)
     t = target(dsn)
     with connect(t) as conn:
         d = data.collect(conn, spec)
     d = {"target": t.display, **d}
-    if md:
-        md.write_text(markdown.render(d), encoding="utf-8")
-    if html_file:
-        html_file.write_text(html.render(d), encoding="utf-8")
+    for path, render in ((md, markdown.render), (html_file, html.render)):
+        if path:
+            try:
+                path.write_text(render(d), encoding="utf-8")
+            except OSError as exc:
+                raise PgConvergeError(f"cannot write the report to {path}: {exc}",
+                                      fix="name a file in an existing directory you may write to") from None
     if as_json:
         print_json(d)
         return

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -81,6 +82,7 @@ from pgconverge.ledger.store import Ledger
 from pgconverge.operations.archive import ArchiveTable, RestoreTable
 from pgconverge.operations.base import PHASES, Plan, Step
 from pgconverge.operations.private_schema import CreatePrivateSchema
+from pgconverge.outputs import cannot_make_dir, first_unwritable
 from pgconverge.planning import align, plan as planner
 
 EMITTABLE = ("align", "expand", "switch", "contract")
@@ -112,11 +114,47 @@ def check_dir(out: Path, force: bool, adding: bool = False) -> None:
     """Refuse a file, or a non-empty directory unless FORCE or ADDING (new files after those already there)."""
     if out.exists() and not out.is_dir():
         raise EmitError(f"{out} exists and is not a directory", fix="name a new or empty directory")
+    why = cannot_make_dir(out)
+    if why is not None:
+        raise EmitError(f"cannot write under {out}: {why}; nothing was written",
+                        fix="name a directory you may write to (emit makes it where it does not exist)")
     if out.exists() and any(out.iterdir()) and not (force or adding):
         raise EmitError(f"{out} exists and is not empty; emit writes a fresh set of files there",
                         fix="name a new or empty directory, pass --phase PHASE to add one phase's files after the "
                             "migrations already there, or pass --force to write into it anyway (files of the same "
                             "names are replaced, others are left alone)")
+
+
+def _check_writable(out: Path, paths: list[Path]) -> None:
+    """Refuse, before a first file is written, where one of PATHS (files under OUT) cannot be: a directory half
+    written (migrations without their tests, say) is worse than none."""
+    bad = first_unwritable(paths, make_parents=True)
+    if bad is not None:
+        path, why = bad
+        raise EmitError(f"cannot write {path}: {why}; nothing was written",
+                        fix=f"name a directory you may write to, or move what is in the way under {out} (emit makes "
+                            "supabase/migrations, supabase/rollback, supabase/tests/database and "
+                            f"{BEFORE_CONTRACT} there)")
+
+
+@contextmanager
+def _writing(out: Path):
+    """A write that fails after the checks (a full disk, say) as an error naming OUT, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise EmitError(f"writing the files under {out} failed part way: {exc}",
+                        fix="free the space or fix what the error names, then emit again with --force (files of "
+                            "the same names are replaced)") from None
+
+
+def _planned_paths(out: Path, files: list[MigrationFile], tests: list, earlier: list, reverse: bool = True
+                   ) -> list[Path]:
+    """Every file _write and _write_tests would write."""
+    mig_dir, rb_dir = out / "supabase" / "migrations", out / "supabase" / "rollback"
+    return [*(mig_dir / f.filename for f in files), *(rb_dir / f.down_filename for f in files if reverse),
+            *(out / "supabase" / "tests" / "database" / t.name for t in tests),
+            *(out / BEFORE_CONTRACT / t.name for t in earlier)]
 
 
 def latest_migration(out: Path) -> datetime | None:
@@ -171,13 +209,16 @@ def _written_baseline_file(out: Path) -> str:
     return names[-1] if names else ""
 
 
-def _state_tests(spec: Spec, cats: Catalogs, plan: Plan, picked: list, after: str | None) -> list[pgtap.TestFile]:
-    """pgTAP files of the state after phase AFTER (None: before align, no tests). PLAN: every phase, adapted."""
+def _state_tests(spec: Spec, cats: Catalogs, plan: Plan, picked: list, after: str | None,
+                 uncovered: list[str] = ()) -> list[pgtap.TestFile]:
+    """pgTAP files of the state after phase AFTER (None: before align, no tests). PLAN: every phase, adapted.
+    UNCOVERED: the policy tables no sample owns rows in (pgtap.unowned_tables)."""
     if after is None:
         return []
     if after == "contract":
         return [pgtap.contract_tests(spec, cats, plan, picked),
-                *([pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked, after_contract=True)]
+                *([pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked, after_contract=True,
+                                   uncovered=uncovered)]
                   if spec.has_helper else [])]  # no RLS identity helper (legacy.helper = ""): no token to test
     cat = cats.for_phase("expand")
     done = PHASES[:PHASES.index(after) + 1]
@@ -185,7 +226,8 @@ def _state_tests(spec: Spec, cats: Catalogs, plan: Plan, picked: list, after: st
     if "expand" in done:
         tests.append(pgtap.expand_tests(spec, cat, plan))
     if "switch" in done and spec.has_helper:
-        tests += [pgtap.helper_tests(spec, cat, picked), pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked)]
+        tests += [pgtap.helper_tests(spec, cat, picked), pgtap.rls_tests(spec, cats.for_phase("switch"), plan, picked,
+                                                                           uncovered=uncovered)]
     return tests
 
 
@@ -235,16 +277,22 @@ def emit(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, *, thr
     _contract_reverse(spec, cats, plan, files)
     attach_ledger(spec, cats, plan, full, rollback, files)
     last = phases[-1]
-    picked = pgtap.pick_samples(conn, spec, cats.for_phase("expand"), samples) \
-        if last in ("switch", "contract") else []
     every = emitted_contract.adapt(spec, cats, full, "")
-    tests = _state_tests(spec, cats, every, picked, last)
+    policy = _policy_tables(spec, every)
+    picked = pgtap.pick_samples(conn, spec, cats.for_phase("expand"), samples, tables=policy) \
+        if last in ("switch", "contract") else []
+    uncovered = pgtap.unowned_tables(conn, spec, cats.for_phase("expand"), picked, policy)
+    tests = _state_tests(spec, cats, every, picked, last, uncovered)
     # Tests of the state the files leave go to supabase/tests, which `supabase test db` runs whole. With contract,
     # the tests of the state before it (they read the mapping, the legacy columns and old tokens) go elsewhere.
-    earlier = _state_tests(spec, cats, every, picked, "switch") if last == "contract" and phase is None else []
-    result = Emitted([], [], [], picked, skipped, _no_sample_warning(picked, last in ("switch", "contract")))
-    _write(spec, out, files, result)
-    _write_tests(out, tests, earlier, picked, result)
+    earlier = _state_tests(spec, cats, every, picked, "switch", uncovered) \
+        if last == "contract" and phase is None else []
+    result = Emitted([], [], [], picked, skipped, _no_sample_warning(picked, last in ("switch", "contract"))
+                     + _unowned_warning(uncovered))
+    _check_writable(out, _planned_paths(out, files, tests, earlier))
+    with _writing(out):
+        _write(spec, out, files, result)
+        _write_tests(out, tests, earlier, picked, result)
     return result
 
 
@@ -280,14 +328,36 @@ def emit_rollback(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Pat
     files[-1].parts[-1].discard.extend(discard)
     skipped = [n for f in files for n in f.notes]
     earlier = PHASES[PHASES.index(to) - 1] if PHASES.index(to) > 0 else None
-    picked = pgtap.pick_samples(conn, spec, cats.for_phase("expand"), 2, _archived(conn, spec, rollback, cats)) \
+    every = emitted_contract.adapt(spec, cats, planner.build(spec, cats), "")
+    policy = _policy_tables(spec, every)
+    archived = _archived(conn, spec, rollback, cats)
+    picked = pgtap.pick_samples(conn, spec, cats.for_phase("expand"), 2, archived, tables=policy) \
         if earlier == "switch" else []
-    tests = _state_tests(spec, cats, emitted_contract.adapt(spec, cats, planner.build(spec, cats), ""), picked,
-                         earlier)
-    result = Emitted([], [], [], picked, skipped, _no_sample_warning(picked, earlier == "switch"))
-    _write(spec, out, files, result, reverse=False, command=command)
-    _write_tests(out, tests, [], picked, result)
+    uncovered = pgtap.unowned_tables(conn, spec, cats.for_phase("expand"), picked, policy, archived)
+    tests = _state_tests(spec, cats, every, picked, earlier, uncovered)
+    result = Emitted([], [], [], picked, skipped, _no_sample_warning(picked, earlier == "switch")
+                     + _unowned_warning(uncovered))
+    _check_writable(out, _planned_paths(out, files, tests, [], reverse=False))
+    with _writing(out):
+        _write(spec, out, files, result, reverse=False, command=command)
+        _write_tests(out, tests, [], picked, result)
     return result
+
+
+def _policy_tables(spec: Spec, plan: Plan) -> list[QualifiedName]:
+    """The tables the RLS tests read (switch.policy_tables); none where the database has no RLS identity helper."""
+    from pgconverge.planning import switch
+
+    if not spec.has_helper or not any(s.id == f"{switch.PHASE}.policies" for s in plan.steps):
+        return []
+    return switch.policy_tables(plan)
+
+
+def _unowned_warning(tables: list[str]) -> list[str]:
+    """Where a policy table has no row a sample identity owns (no row there has an owner: an empty table, say)."""
+    return [f"the RLS tests prove nothing for {t}: no row there has an owner, so no sample identity covers it; its "
+            "assertion is skipped as proving nothing while that holds, and fails once rows there have owners none of "
+            "the samples is one of: emit the tests again then" for t in tables]
 
 
 def _no_sample_warning(picked: list[pgtap.Sample], wanted: bool) -> list[str]:

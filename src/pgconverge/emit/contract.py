@@ -34,8 +34,7 @@ from pgconverge.planning import align, contract, references, shapes, switch
 
 ACCEPT_SETTING = "pgconverge.accept_runtime_use"
 BASELINE_STEP = "switch.runtime_baseline"
-SWITCH_GATE_STEP = "contract.gate_switch_in_place"
-RUNTIME_GATE_STEP = "contract.gate_runtime_use"
+SWITCH_GATE_STEP, RUNTIME_GATE_STEP = contract.EMITTED_GATES
 
 
 @dataclass(frozen=True)
@@ -84,12 +83,16 @@ def baseline_function(spec: Spec) -> QualifiedName:
 def baseline_op(spec: Spec, cat: Catalog) -> EmittedSql:
     """The switch's runtime baseline as a table row, taken by a function that can be called again later."""
     table, fn = baseline_table(spec), baseline_function(spec)
+    # No helper, no call count: to_regprocedure('') raises before PostgreSQL 16 ("expected a left parenthesis").
+    helper_calls = sql.SQL(
+        "(select f.calls from pg_catalog.pg_stat_user_functions f where f.funcid = pg_catalog.to_regprocedure({}))"
+    ).format(sql.Literal(cat.legacy_helper.signature)) if cat.legacy_helper else sql.SQL("null::bigint")
     code = sql.SQL(
         "insert into {t} (legacy_table, seq_scan, idx_scan, n_tup_ins, n_tup_upd, n_tup_del, legacy_helper, "
         "helper_calls, track_functions, old_writes, sync_helper_calls, traffic)\n"
         "select {lt}, coalesce(s.seq_scan, 0), coalesce(s.idx_scan, 0), coalesce(s.n_tup_ins, 0), "
         "coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_del, 0), {lh},\n"
-        "  (select f.calls from pg_catalog.pg_stat_user_functions f where f.funcid = pg_catalog.to_regprocedure({lh})),\n"
+        "  {calls},\n"
         "  pg_catalog.current_setting('track_functions'),\n"
         "  ({old}),\n"
         "  ({sync})::bigint,\n"
@@ -98,6 +101,7 @@ def baseline_op(spec: Spec, cat: Catalog) -> EmittedSql:
         "returning taken_at").format(t=qn(table), lt=sql.Literal(text(qn(cat.legacy.name))),
                                      # '' where the database has no RLS identity helper (legacy.helper = "")
                                      lh=sql.Literal(cat.legacy_helper.signature if cat.legacy_helper else ""),
+                                     calls=helper_calls,
                                      old=switch.old_writes_values(switch.old_writes_counters(spec, cat)),
                                      sync=switch.sync_helper_calls_value(spec),
                                      traffic=switch.traffic_values(switch.traffic_tables(cat)))

@@ -14,6 +14,7 @@ from pgconverge.operations.base import Plan
 from pgconverge.operations.columns import DropNotNull
 from pgconverge.operations.create_index import CreateIndexConcurrently
 from pgconverge.operations.create_trigger import CreateTrigger
+from pgconverge.operations.partitions import CreateIndexShell
 from pgconverge.operations.together import Together
 from pgconverge.planning import align, contract, expand, references, shapes, switch
 from pgconverge.verify import rls
@@ -57,9 +58,27 @@ class TestFile:
                 + "\n".join(self.lines) + "\n\nselect * from finish();\nrollback;\n")
 
 
+def _owns(spec: Spec, cat: Catalog, archived: tuple[QualifiedName, QualifiedName] | None
+          ) -> list[tuple[str, sql.Composable]]:
+    """(dependent table, whether the legacy row `l` owns rows there) per dependent: through its legacy column, or
+    where contract ARCHIVED the legacy table and the mapping, through the mapping and the new column."""
+    key = ident(spec.legacy.key)
+    if archived is None:
+        return [(str(d.table.name), sql.SQL("exists (select 1 from {t} d where d.{c} = l.{k})").format(
+            t=qn(d.table.name), c=ident(d.fk.columns[0]), k=key)) for d in cat.dependents]
+    return [(str(d.table.name), sql.SQL(
+        "exists (select 1 from {t} d join {m} m on m.{mc} = d.{c} where m.{ml} = l.{k})").format(
+        t=qn(d.table.name), m=qn(archived[1]), mc=ident(spec.migration.new_column), c=ident(names.new),
+        ml=ident(spec.mapping_legacy_column), k=key)) for d, names in expand.names_of(spec, cat)]
+
+
 def pick_samples(conn: psycopg.Connection, spec: Spec, cat: Catalog, n: int = 2,
-                 archived: tuple[QualifiedName, QualifiedName] | None = None) -> list[Sample]:
-    """Legacy rows that own rows in as many dependent tables as possible, picked by hash (deterministic).
+                 archived: tuple[QualifiedName, QualifiedName] | None = None,
+                 tables: list[QualifiedName] | None = None) -> list[Sample]:
+    """Legacy rows that own rows in as many dependent tables as possible, picked by hash (deterministic); and, for
+    each dependent table of TABLES (the policy tables; None: every dependent) whose rows none of them owns, the first
+    legacy row by the same hash that owns rows there, searched in the whole legacy table (as `verify --rls` adds
+    an owner per table): a table whose rows belong to few people is then tested for its owners too.
 
     ARCHIVED: where contract moved the legacy table and the mapping, (legacy table, mapping). The legacy
     rows are then read there, and what they own through the mapping and the dependents' new columns (the
@@ -67,24 +86,46 @@ def pick_samples(conn: psycopg.Connection, spec: Spec, cat: Catalog, n: int = 2,
     """
     leg = cat.legacy.name if archived is None else archived[0]
     key = ident(spec.legacy.key)
-    if archived is None:
-        owns = [sql.SQL("(exists (select 1 from {t} d where d.{c} = l.{k}))::int").format(
-            t=qn(d.table.name), c=ident(d.fk.columns[0]), k=key) for d in cat.dependents]
-    else:
-        owns = [sql.SQL("(exists (select 1 from {t} d join {m} m on m.{mc} = d.{c} where m.{ml} = l.{k}))::int"
-                        ).format(t=qn(d.table.name), m=qn(archived[1]), mc=ident(spec.migration.new_column),
-                                 c=ident(names.new), ml=ident(spec.mapping_legacy_column), k=key)
-                for d, names in expand.names_of(spec, cat)]
-    owns = owns or [sql.SQL("0")]
+    ktype = cat.legacy.column(spec.legacy.key).type
+    owns = _owns(spec, cat, archived)
+    score = [sql.SQL("({})::int").format(o) for _, o in owns] or [sql.SQL("0")]
     subject = rls.subject_column(conn, spec)
     subj = sql.SQL("l.{}::text").format(ident(subject)) if subject else sql.SQL("null::text")
+    nn = sql.SQL("l.{} is not null").format(ident(subject)) if subject else sql.SQL("true")
     rows = conn.execute(sql.SQL(
         "select l.{k}::text, {subj} from (select * from {t} order by pg_catalog.hashtext({k}::text), {k} limit 500) l "
         "where {nn} order by {owns} desc, pg_catalog.hashtext(l.{k}::text), l.{k} limit {n}").format(
-        k=key, t=qn(leg), subj=subj, owns=sql.SQL(" + ").join(owns), n=sql.Literal(n),
-        nn=sql.SQL("l.{} is not null").format(ident(subject)) if subject else sql.SQL("true"))).fetchall()
+        k=key, t=qn(leg), subj=subj, owns=sql.SQL(" + ").join(score), n=sql.Literal(n), nn=nn)).fetchall()
+    wanted = None if tables is None else {str(x) for x in tables}
+    for table, own in owns:
+        if not rows or (wanted is not None and table not in wanted):
+            continue
+        if conn.execute(sql.SQL("select exists (select 1 from {t} l where l.{k} = any(%s::text[]::{ty}[]) and {o})"
+                                ).format(t=qn(leg), k=key, ty=sql.SQL(ktype), o=own),
+                        ([r[0] for r in rows],)).fetchone()[0]:
+            continue
+        more = conn.execute(sql.SQL(
+            "select l.{k}::text, {subj} from {t} l where {nn} and {o} order by pg_catalog.hashtext(l.{k}::text), l.{k} "
+            "limit 1").format(k=key, subj=subj, t=qn(leg), nn=nn, o=own)).fetchone()
+        if more is not None:
+            rows.append(more)
     path = rls.claim_path(conn, spec)
     return [Sample(chr(ord("A") + i), r[0], r[1], path, subject) for i, r in enumerate(rows)]
+
+
+def unowned_tables(conn: psycopg.Connection, spec: Spec, cat: Catalog, samples: list[Sample],
+                   tables: list[QualifiedName], archived: tuple[QualifiedName, QualifiedName] | None = None
+                   ) -> list[str]:
+    """The dependent tables among TABLES whose rows none of SAMPLES owns (after pick_samples: no legacy row owns
+    rows there, as when the table is empty): the RLS tests prove nothing for them."""
+    if not samples:
+        return []
+    leg = cat.legacy.name if archived is None else archived[0]
+    wanted = {str(x) for x in tables}
+    return [table for table, own in _owns(spec, cat, archived) if table in wanted and not conn.execute(sql.SQL(
+        "select exists (select 1 from {t} l where l.{k} = any(%s::text[]::{ty}[]) and {o})").format(
+        t=qn(leg), k=ident(spec.legacy.key), ty=sql.SQL(cat.legacy.column(spec.legacy.key).type), o=own),
+        ([s.legacy for s in samples],)).fetchone()[0]]
 
 
 # What the identity tests say when emit found no identity to test with: pgTAP's own "No tests run!" names no cause.
@@ -221,10 +262,19 @@ def _triggers(plan: Plan | None, phase: str, tables: set[str]) -> list[tuple[Qua
 
 
 def _trigger_on(t: TestFile, table: QualifiedName, name: str, what: str) -> None:
-    """TABLE has the trigger NAME, enabled."""
-    q = text(sql.SQL("select coalesce((select tgenabled <> 'D' from pg_catalog.pg_trigger where tgrelid = "
-                     "{}::regclass and tgname = {}), false)").format(sql.Literal(text(qn(table))), sql.Literal(name)))
-    t.ok(f"ok(({q}), {lit(f'{what} {name} on {table} is there and enabled')})")
+    """TABLE has the trigger NAME, firing for the application ('O' or 'A': not disabled, nor enabled for replica
+    sessions only), on the table and on every partition of it (a partition's copy can be disabled on its own), as
+    `verify` checks it. The failing rows name each table, its state and the fix."""
+    q = text(sql.SQL(
+        "select pg_catalog.format('trigger %s on %s is %s', {n}, x.relid, case when g.oid is null then 'missing' "
+        "when g.tgenabled = 'D' then 'disabled' when g.tgenabled = 'R' then 'enabled for replica sessions only' "
+        "else 'in state ' || g.tgenabled::text end) || case when g.oid is null then '' else pg_catalog.format("
+        "' (fix: alter table %s enable trigger %I)', x.relid, {n}) end "
+        "from (select {t}::regclass as relid union select p.relid from pg_catalog.pg_partition_tree({t}::regclass) p) "
+        "x left join pg_catalog.pg_trigger g on g.tgrelid = x.relid and g.tgname = {n} "
+        "where g.oid is null or g.tgenabled not in ('O', 'A')").format(t=sql.Literal(text(qn(table))),
+                                                                        n=sql.Literal(name)))
+    t.ok(f"is_empty({lit(q)}, {lit(f'{what} {name} on {table} is there and enabled')})")
 
 
 def expand_tests(spec: Spec, cat: Catalog, plan: Plan) -> TestFile:
@@ -288,16 +338,21 @@ def _new_column(t: TestFile, spec: Spec, cat: Catalog, d, n, expanded: bool = Fa
 
 
 def _new_indexes(t: TestFile, cat: Catalog, plan: Plan) -> None:
-    """The indexes expand built on the dependent tables (the legacy ones' mirrors): there and valid."""
+    """The indexes expand built on the dependent tables (the legacy ones' mirrors): there and valid; on a
+    partitioned table, its own index and every partition's attached to it."""
     tables = {str(d.table.name) for d in cat.dependents}
     for step in plan.phase("expand"):
-        if isinstance(step.op, CreateIndexConcurrently) and str(step.op.table) in tables:
+        if isinstance(step.op, (CreateIndexConcurrently, CreateIndexShell)) and str(step.op.table) in tables:
             i = step.op
             t.ok(f"has_index({lit(i.table.schema)}, {lit(i.table.name)}, {lit(i.name.name)}, "
                  f"'index {i.name.name} on {i.table}')")
-            valid = text(sql.SQL("select coalesce((select indisvalid from pg_catalog.pg_index where indexrelid = "
-                                 "pg_catalog.to_regclass({})), false)").format(sql.Literal(str(i.name))))
-            t.ok(f"ok(({valid}), 'index {i.name.name} is valid')")
+            # And each partition's index attached to it: one made invalid on its own leaves the parent's valid.
+            invalid = text(sql.SQL(
+                "select pg_catalog.format('index %s is missing', {n}) where pg_catalog.to_regclass({n}) is null "
+                "union all select pg_catalog.format('index %s is not valid', p.relid) from "
+                "pg_catalog.pg_partition_tree(pg_catalog.to_regclass({n})) p join pg_catalog.pg_index x on "
+                "x.indexrelid = p.relid where not x.indisvalid").format(n=sql.Literal(text(qn(i.name)))))
+            t.ok(f"is_empty({lit(invalid)}, 'index {i.name.name} is valid')")
 
 
 def helper_tests(spec: Spec, cat: Catalog, samples: list[Sample]) -> TestFile:
@@ -321,9 +376,11 @@ def helper_tests(spec: Spec, cat: Catalog, samples: list[Sample]) -> TestFile:
     return t
 
 
-def rls_tests(spec: Spec, cat: Catalog, plan: Plan, samples: list[Sample], after_contract: bool = False) -> TestFile:
+def rls_tests(spec: Spec, cat: Catalog, plan: Plan, samples: list[Sample], after_contract: bool = False,
+              uncovered: list[str] = ()) -> TestFile:
     """Each sample sees exactly its own rows of every policy table: with old and new tokens, or after contract
-    (legacy tokens retired, the mapping archived) with the canonical token only."""
+    (legacy tokens retired, the mapping archived) with the canonical token only. UNCOVERED: the policy tables no
+    sample owned rows in when emitted (unowned_tables), named in the file."""
     t = TestFile("pgconverge_contract_rls.test.sql" if after_contract else "pgconverge_switch_rls.test.sql")
     tok = Tokens(spec, cat, *_archived(spec, cat, plan)) if after_contract else Tokens(spec, cat)
     tables = switch.policy_tables(plan)
@@ -383,11 +440,32 @@ def rls_tests(spec: Spec, cat: Catalog, plan: Plan, samples: list[Sample], after
     if shared:
         t.raw("create temp table pgc_seen (who text, tbl text, keys text[]) on commit drop;")
         t.raw(f"grant select, insert on pgc_seen to {text(ident(role))};\n")
-    for s in samples:
-        for x in checked:
-            if x.owner_columns:
-                t.ok(f"ok((select cardinality(keys) > 0 from pgc_expected where who = {lit(s.label)} and tbl = "
-                     f"{lit(str(x.table))}), 'sample {s.label} owns rows in {x.table}')")
+    # Per table, as `verify --rls` judges it: some sample owns rows there; or no row there has an owner (an empty
+    # table: nothing to compare, skipped as proving nothing); or rows have owners none of the samples is one of
+    # (fails: emit picks an owner of each policy table's rows). And some sample owns rows somewhere, or nothing at all
+    # was compared (fails).
+    labels = ", ".join(s.label for s in samples)
+    for table in uncovered if samples else ():
+        t.raw(f"-- No sample identity covers {table}: no row there had an owner when these tests were emitted. Its "
+              "assertion below is skipped, as proving nothing for it, while no row there has an owner.")
+    for x in checked if samples else ():
+        if not x.owner_columns:
+            continue
+        has_owner = sql.SQL(" or ").join(sql.SQL("d.{} is not null").format(ident(new if after_contract else legacy))
+                                         for legacy, new, _lt, _nt in x.owner_pairs)
+        nothing = (f"proves nothing for {x.table}: no row there has an owner (an empty table, or rows naming no "
+                   "legacy row), so no identity's rows of it are compared; run these tests again once it holds "
+                   "rows of their owners")
+        unsampled = (f"proves nothing for {x.table}: rows there have owners and none of the sample identities "
+                     f"({labels}) is one of them; emit the tests again (emit adds an owner of each policy table's "
+                     "rows to the samples)")
+        t.ok(f"case when exists (select 1 from pgc_expected where tbl = {lit(str(x.table))} and cardinality(keys) > 0) "
+             f"then pass({lit(f'the sample identities own rows in {x.table}')}) when not exists (select 1 from "
+             f"{text(qn(x.table))} d where {text(has_owner)}) then skip({lit(nothing)}, 1) else fail({lit(unsampled)}) "
+             "end")
+    if samples and checked:
+        t.ok(f"ok(exists (select 1 from pgc_expected where cardinality(keys) > 0), "
+             f"{lit(f'the sample identities ({labels}) own rows in the policy tables: else no row of them has an owner and nothing is compared (proves nothing); run these tests again once the tables hold rows of their owners')})")
     for s in samples:
         others = [o for o in samples if o is not s]
         kinds = (("canonical", tok.new(s)),) if after_contract else (("old", tok.old(s)), ("new", tok.new(s)))

@@ -28,6 +28,7 @@ from pgconverge.operations.batched import Batched
 from pgconverge.operations.check import Check
 from pgconverge.operations.create_index import CreateIndexConcurrently
 from pgconverge.operations.snapshot import Snapshot
+from pgconverge.planning import contract as contract_plan
 from pgconverge.report.checks import table_counts
 from pgconverge.verify import installed, invariants
 
@@ -798,7 +799,11 @@ class Runner:
     def _done(self, step: Step, attempt: int, texts: list[str], conn=None, **detail) -> None:
         self.ledger.event(self.run_id, step.phase, step.id, "done", conn=conn, attempt=attempt,
                           sql=";\n".join(texts), fingerprint=step.op.fingerprint(), detail=detail or None)
+        emitted = [r for r in step.reverts if r in contract_plan.EMITTED_GATES]
+        recorded = self.ledger.step_states() if emitted else {}
         for original in step.reverts:
+            if original in emitted and original not in recorded:
+                continue  # a step only emitted files record, and none did here: nothing to mark undone
             self.ledger.event(self.run_id, original.split(".")[0], original, "reverted", conn=conn,
                               message=f"undone by {step.id}")
 

@@ -28,6 +28,9 @@ from pgconverge.planning import align, expand, partitions, references, shapes, s
 from pgconverge.planning.index_mirror import contains_column
 
 PHASE = "contract"
+# The steps the emitted files record in place of the gates step (emit/contract.py adapt): undone with it, so a
+# rollback by `pgconverge rollback` after contract was applied from files leaves none of contract recorded done.
+EMITTED_GATES = (f"{PHASE}.gate_switch_in_place", f"{PHASE}.gate_runtime_use")
 
 
 @dataclass(frozen=True)
@@ -624,8 +627,8 @@ def rollback(spec: Spec, cat: Catalog, live: Catalog | None = None, cats=None) -
             steps.append(Step(f"rollback.{PHASE}.{n.short}.legacy_comments", "rollback", comments, (),
                               (f"{PHASE}.keep_legacy_ids",)))
     add("drop_kept_ids", DropTable(kept_ids_table(spec)), (f"{PHASE}.keep_legacy_ids", f"{PHASE}.gates",
-                                                           f"{PHASE}.dependencies", f"{PHASE}.map_pending",
-                                                           f"{PHASE}.coverage"))
+                                                           *EMITTED_GATES, f"{PHASE}.dependencies",
+                                                           f"{PHASE}.map_pending", f"{PHASE}.coverage"))
     return steps
 
 

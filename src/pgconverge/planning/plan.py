@@ -53,9 +53,10 @@ def _undoes(step: Step, forward: dict[str, Step]) -> Step:
                   if r in forward and (forward[r].op.reads_only or forward[r].op.all_or_nothing))
     step = dataclasses.replace(step, leave_nothing=quiet, atomic=tuple(
         r for r in step.needs if r in quiet and not forward[r].op.reads_only))
-    if step.when is not None or any(r not in forward for r in step.reverts):
+    # (The steps only emitted files record, in place of the gates step, change nothing.)
+    if step.when is not None or any(r not in forward and r not in contract.EMITTED_GATES for r in step.reverts):
         return step
-    changes = [forward[r] for r in step.reverts if not forward[r].op.reads_only]
+    changes = [forward[r] for r in step.reverts if r in forward and not forward[r].op.reads_only]
     if not any(f.op.reverse() == step.op for f in changes):
         return step
     if not all(f.op.all_or_nothing for f in changes):
