@@ -132,3 +132,22 @@ def test_a_reference_of_a_not_null_domain_is_refused_at_plan(make_db, tmp_path):
     cli("run", "align", *args, expect=2)
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("select to_regnamespace('pgconverge')").fetchone()[0] is None
+
+
+@pytest.mark.parametrize("side", ["legacy", "canonical"])
+def test_emitted_tests_pass_on_a_key_of_a_not_null_domain(pg15, tmp_path, side):
+    """The emitted pgTAP tests expect the new column and the canonical helper of the type underneath the domain,
+    as pgconverge makes them, and cast the samples' ids as such: they pass on the database the files made."""
+    from test_emit_shapes import _apply, _emit, _on_pg15, _prove
+
+    dsn = _on_pg15(pg15, f"domain_key_emit_{side}")()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(_schema(side, "not null"))
+    cfg = tmp_path / "pgconverge.toml"
+    cfg.write_text(CONFIG)
+    out = tmp_path / "project"
+    _apply(dsn, _emit(out, ("--dsn", dsn, "--config", str(cfg)), "--through", "switch")["migrations"])
+    tests = sorted(str(p.relative_to(out)) for p in (out / "supabase" / "tests").rglob("*.test.sql"))
+    assert tests
+    r = _prove(dsn, out, *tests)
+    assert r.returncode == 0 and "All tests successful." in r.stdout, r.stdout + r.stderr

@@ -86,7 +86,7 @@ def pick_samples(conn: psycopg.Connection, spec: Spec, cat: Catalog, n: int = 2,
     """
     leg = cat.legacy.name if archived is None else archived[0]
     key = ident(spec.legacy.key)
-    ktype = cat.legacy.column(spec.legacy.key).type
+    ktype = cat.legacy.column(spec.legacy.key).value_type
     owns = _owns(spec, cat, archived)
     score = [sql.SQL("({})::int").format(o) for _, o in owns] or [sql.SQL("0")]
     subject = rls.subject_column(conn, spec)
@@ -124,7 +124,7 @@ def unowned_tables(conn: psycopg.Connection, spec: Spec, cat: Catalog, samples: 
     wanted = {str(x) for x in tables}
     return [table for table, own in _owns(spec, cat, archived) if table in wanted and not conn.execute(sql.SQL(
         "select exists (select 1 from {t} l where l.{k} = any(%s::text[]::{ty}[]) and {o})").format(
-        t=qn(leg), k=ident(spec.legacy.key), ty=sql.SQL(cat.legacy.column(spec.legacy.key).type), o=own),
+        t=qn(leg), k=ident(spec.legacy.key), ty=sql.SQL(cat.legacy.column(spec.legacy.key).value_type), o=own),
         ([s.legacy for s in samples],)).fetchone()[0]]
 
 
@@ -146,7 +146,7 @@ class Tokens:
                  legacy: QualifiedName | None = None):
         self.spec = spec
         self.cat = cat
-        self.legacy_type = cat.legacy.column(spec.legacy.key).type
+        self.legacy_type = cat.legacy.column(spec.legacy.key).value_type
         self.mapping = mapping or align.names(spec)["mapping"]  # after contract: the archived mapping
         self.legacy = legacy  # after contract: the archived legacy table (None before)
 
@@ -319,7 +319,7 @@ def _new_column(t: TestFile, spec: Spec, cat: Catalog, d, n, expanded: bool = Fa
     s, tb = lit(d.table.name.schema), lit(d.table.name.name)
     where = f"{d.table.name}.{new}"
     t.ok(f"has_column({s}, {tb}, {lit(new)}, '{where} exists')")
-    t.ok(f"col_type_is({s}, {tb}, {lit(new)}, {lit(ck.type)}, '{where} is {ck.type}')")
+    t.ok(f"col_type_is({s}, {tb}, {lit(new)}, {lit(ck.value_type)}, '{where} is {ck.value_type}')")
     t.ok(f"fk_ok({s}, {tb}, {lit(new)}, {lit(cat.canonical.name.schema)}, {lit(cat.canonical.name.name)}, "
          f"{lit(spec.canonical.key)}, '{where} references {cat.canonical.name}({spec.canonical.key})')")
     validated = text(sql.SQL("select coalesce((select convalidated from pg_catalog.pg_constraint where conrelid = "
@@ -362,7 +362,7 @@ def helper_tests(spec: Spec, cat: Catalog, samples: list[Sample]) -> TestFile:
     t.raw(_act_as_function(spec))
     t.ok(f"has_function({lit(h.schema)}, {lit(h.name)}, '{{}}'::name[], '{h}() exists')")
     t.ok(f"function_returns({lit(h.schema)}, {lit(h.name)}, '{{}}'::name[], "
-         f"{lit(cat.canonical.column(spec.canonical.key).type)}, '{h}() returns the canonical key type')")
+         f"{lit(cat.canonical.column(spec.canonical.key).value_type)}, '{h}() returns the canonical key type')")
     call = text(sql.SQL("{}()::text").format(qn(h)))
     if not samples:
         _no_sample(t)
@@ -386,7 +386,7 @@ def rls_tests(spec: Spec, cat: Catalog, plan: Plan, samples: list[Sample], after
     tables = switch.policy_tables(plan)
     targets = rls.targets(spec, cat, tables)
     by_name = {str(x.table): x for x in targets}
-    ck_type = cat.canonical.column(spec.canonical.key).type
+    ck_type = cat.canonical.column(spec.canonical.key).value_type
     role = "authenticated"
     t.raw(_act_as_function(spec))
     if after_contract and any(s.subject is not None for s in samples):
