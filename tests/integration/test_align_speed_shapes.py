@@ -10,6 +10,7 @@ import sys
 import time
 
 import psycopg
+from psycopg import sql
 
 from _support import cli, write_config
 
@@ -175,6 +176,9 @@ def test_key_being_decided_elsewhere_waits_for_that_decision(make_db, tmp_path):
         conn.execute("insert into public.profiles (user_id, whatsapp_e164, created_at) values "
                      "('00000000-0000-0000-0000-0000000000e1', '250788000009', '2020-01-01')")
         conn.execute("insert into public.customers (id, wa_id) values (20, '0788000009')")
+        # a long lock wait, which pgconverge takes only well below the server's deadlock_timeout
+        conn.execute(sql.SQL("alter database {} set deadlock_timeout = '60s'").format(
+            sql.Identifier(conn.info.dbname)))
     cfg = write_config(tmp_path, PHONES_CONFIG + "lock_timeout_ms = 10000\n")
     with psycopg.connect(dsn) as other, psycopg.connect(dsn, autocommit=True) as watch:
         other.execute("select pg_advisory_xact_lock(hashtextextended('pgconverge:250788000009', 0))")

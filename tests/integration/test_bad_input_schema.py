@@ -105,6 +105,10 @@ BAD_CONFIG = [
     ("column that does not exist", '[legacy]\nmatch_column = "wa id"\n',
      ["legacy.match_column = 'wa id'", "has no such column"]),
     ("config file missing", None, ["does not exist"]),
+    # The application's statement, not pgconverge's, would be the one Postgres cancels in a deadlock.
+    ("lock timeout near the deadlock timeout", "[migration]\nlock_timeout_ms = 1000\n",
+     ["migration.lock_timeout_ms = 1000 is more than half of this server's deadlock_timeout (1000 ms)",
+      "set migration.lock_timeout_ms to at most 500"]),
 ]
 
 

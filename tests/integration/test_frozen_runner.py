@@ -21,6 +21,7 @@ import threading
 import time
 
 import psycopg
+from psycopg import sql
 import pytest
 
 from _support import cli, cli_json, write_config
@@ -164,6 +165,9 @@ def test_a_runner_stopped_once_its_step_is_sent_holds_nothing_and_a_second_runne
         make_db, switched, tmp_path):
     # A long lock wait, so that the step can be caught waiting for its lock behind an application's transaction.
     dsn, cfg = make_db(switched), write_config(tmp_path, CONFIG + "lock_timeout_ms = 60000\nlock_retries = 0\n")
+    with psycopg.connect(dsn, autocommit=True) as conn:  # pgconverge waits that long only below deadlock_timeout
+        conn.execute(sql.SQL("alter database {} set deadlock_timeout = '300s'").format(
+            sql.Identifier(conn.info.dbname)))
     runner = _start(dsn, cfg, "run", "contract", *ACCEPT, stop_at=f"{STEP}:before")
     blocker = psycopg.connect(dsn, application_name="app-report")
     try:

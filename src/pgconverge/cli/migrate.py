@@ -59,6 +59,7 @@ def _plan_for(dsn, config_file, rollback_to: str | None = None, check_data: bool
         if see_rows:  # plan, run, rollback, before anything else: refuse a database that takes no writes, and a
             # role that row level security filters
             prechecks.writable(conn)
+            prechecks.lock_timeout(conn, spec)
             privileges.check_catalogs(conn, cats.live, *cats.saved.values())
         if see_rows and not rollback_to:  # configuration values the database shows wrong, before any change
             prechecks.configuration(conn, spec, cats)

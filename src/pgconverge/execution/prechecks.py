@@ -358,6 +358,26 @@ def writable(conn: psycopg.Connection) -> None:
                            "default_transaction_read_only;` (or ALTER ROLE … RESET) if the setting is left over")
 
 
+def lock_timeout(conn: psycopg.Connection, spec: Spec) -> None:
+    """Refuse, before anything changes, a migration.lock_timeout_ms that is not well below the server's
+    deadlock_timeout. A DDL statement of pgconverge's locks two tables (a dependent, then the legacy table its
+    foreign key references), and an application transaction may hold one and want the other: Postgres then cancels
+    one of the two, whichever waited deadlock_timeout first. The application's waits on pgconverge's lock last no
+    longer than pgconverge's own lock_timeout (it gives up and tries again later), so with lock_timeout_ms at most
+    half of deadlock_timeout it is always pgconverge's statement that gives way, never the application's."""
+    deadlock_ms = float(conn.execute("select pg_catalog.date_part('epoch', pg_catalog.current_setting("
+                                     "'deadlock_timeout')::interval) * 1000").fetchone()[0])
+    mine = spec.migration.lock_timeout_ms
+    if deadlock_ms and mine * 2 > deadlock_ms:
+        raise ConfigError(
+            f"{spec.source}: migration.lock_timeout_ms = {mine} is more than half of this server's deadlock_timeout "
+            f"({deadlock_ms:g} ms): where an application transaction and one of pgconverge's DDL statements wait for "
+            "each other's locks, Postgres could cancel the application's statement instead of pgconverge's; nothing "
+            "was changed",
+            fix=f"set migration.lock_timeout_ms to at most {int(deadlock_ms // 2)} (the default, 100, waits less and "
+                "tries again: raise migration.lock_retries instead), or raise the server's deadlock_timeout")
+
+
 class Unidentified(PgConvergeError):
     """A dependent table's replica identity would stop the migration, or be lost by it."""
 
