@@ -432,10 +432,12 @@ def _new_columns(where: tuple, value: Any) -> tuple[tuple[tuple[str, str, str], 
         except ValueError as exc:
             raise _bad(*where, f"{expected} ({exc})") from None
         out.append((tuple(parts), v))
-    news = [v for _, v in out]
-    dup = sorted({v for v in news if news.count(v) > 1})
+    # One name for two references of one table would be one column; on two tables it is two columns, as the
+    # default rule (migration.new_column) makes them.
+    news = [(k[0], k[1], v) for k, v in out]
+    dup = sorted({f"{v!r} on {s}.{t}" for s, t, v in news if news.count((s, t, v)) > 1})
     if dup:
-        raise _bad(*where, f"{expected}, each new column named once ({', '.join(map(repr, dup))} is given twice)")
+        raise _bad(*where, f"{expected}, each new column of a table named once ({', '.join(dup)} is given twice)")
     return tuple(out)
 
 

@@ -44,7 +44,7 @@ def test_new_columns_config_is_parsed_and_shown():
     ("buyer_pid", ["migration.new_columns = 'buyer_pid'", "a table of"]),
     ({"public.transfers.buyer_id": "x" * 64}, ["longer than 63 bytes"]),
     ({"public.transfers.Buyer": "x"}, ["double-quoted"]),
-    ({"public.t.a": "same", "public.t.b": "same"}, ["each new column named once", "'same'"]),
+    ({"public.t.a": "same", "public.t.b": "same"}, ["each new column of a table named once", "'same' on public.t"]),
 ])
 def test_bad_new_columns_are_named(value, fragments):
     with pytest.raises(ConfigError) as exc:
@@ -52,6 +52,13 @@ def test_bad_new_columns_are_named(value, fragments):
     for f in fragments:
         assert f in str(exc.value), str(exc.value)
     assert exc.value.fix
+
+
+def test_one_new_column_name_on_two_tables_is_two_columns():
+    s = from_dict({"migration": {"new_columns": {"public.transactions.assigned_member_id": "assigned_id",
+                                                 "public.tracker_entries.assigned_member_id": "assigned_id"}}})
+    assert dict(s.migration.new_columns) == {("public", "transactions", "assigned_member_id"): "assigned_id",
+                                             ("public", "tracker_entries", "assigned_member_id"): "assigned_id"}
 
 
 def test_the_naming_rule():
