@@ -155,3 +155,17 @@ def state(conn: psycopg.Connection, schemas: tuple[str, ...]) -> list[tuple]:
                pg_get_functiondef(p.oid)
         from pg_proc p join pg_namespace n on n.oid = p.pronamespace
         where n.nspname = any(%s) and p.prokind = 'f' order by 1""", (list(schemas),)).fetchall()
+
+
+# PAIR_SQL with a range-partitioned dependent, public.events (partitions events_low below id 100, events_high above),
+# under one owner policy: 6 customers and their 6 profiles, 12 events (ids 20, 40, … 240).
+PARTITIONED_EVENTS = roles_sql() + PAIR_SQL + """
+create table public.events (id bigint not null, customer_id bigint references public.customers (id), kind text,
+  primary key (id)) partition by range (id);
+create table public.events_low partition of public.events for values from (0) to (100);
+create table public.events_high partition of public.events for values from (100) to (1000);
+""" + owned("events") + numbered_customers(6) + """
+insert into public.profiles (whatsapp_e164, display_name)
+  select '+25078' || lpad(i::text, 7, '0'), 'p' || i from generate_series(1, 6) i;
+insert into public.events (id, customer_id, kind) select i * 20, 1 + i % 6, 'k' from generate_series(1, 12) i;
+"""

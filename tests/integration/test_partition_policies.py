@@ -13,18 +13,10 @@ import json
 
 import psycopg
 
-from _small import PAIR_SQL, numbered_customers, owned, roles_sql
+from _small import PARTITIONED_EVENTS
 from _support import cli, schema_db
 
-SCHEMA = roles_sql() + PAIR_SQL + """
-create table public.events (id bigint not null, customer_id bigint references public.customers (id), kind text,
-  primary key (id)) partition by range (id);
-create table public.events_low partition of public.events for values from (0) to (100);
-create table public.events_high partition of public.events for values from (100) to (1000);
-""" + owned("events") + numbered_customers(6) + """
-insert into public.profiles (whatsapp_e164, display_name)
-  select '+25078' || lpad(i::text, 7, '0'), 'p' || i from generate_series(1, 6) i;
-insert into public.events (id, customer_id, kind) select i * 20, 1 + i % 6, 'k' from generate_series(1, 12) i;
+SCHEMA = PARTITIONED_EVENTS + """
 alter table public.events_low enable row level security;
 create policy low_own on public.events_low for select to authenticated
   using (customer_id = public.auth_customer_id());

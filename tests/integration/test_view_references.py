@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import psycopg
 
-from _small import PAIR_SQL, numbered_customers, owned, roles_sql
+from _small import PAIR_SQL, PARTITIONED_EVENTS, numbered_customers, owned, roles_sql
 from _support import cli, cli_json, schema_db
 
 SCHEMA = roles_sql() + PAIR_SQL + """
@@ -84,15 +84,7 @@ def test_views_reading_a_legacy_column_still_block_contract(make_db, tmp_path):
 
 # A partitioned dependent, and views over one of its partitions: Postgres records them against the partition, not
 # the partitioned table, and contract's DROP COLUMN on the partitioned table fails on the first of them.
-PARTITIONED = roles_sql() + PAIR_SQL + """
-create table public.events (id bigint not null, customer_id bigint references public.customers (id), kind text,
-  primary key (id)) partition by range (id);
-create table public.events_low partition of public.events for values from (0) to (100);
-create table public.events_high partition of public.events for values from (100) to (1000);
-""" + owned("events") + numbered_customers(6) + """
-insert into public.profiles (whatsapp_e164, display_name)
-  select '+25078' || lpad(i::text, 7, '0'), 'p' || i from generate_series(1, 6) i;
-insert into public.events (id, customer_id, kind) select i * 20, 1 + i % 6, 'k' from generate_series(1, 12) i;
+PARTITIONED = PARTITIONED_EVENTS + """
 create view public.low_kinds as select id, kind from public.events_low;
 create view public.low_owners as select id, customer_id from public.events_low;
 create view public.low_rows as select to_jsonb(e) as line from public.events_high e;
