@@ -58,3 +58,23 @@ def test_a_partitions_own_policy_is_rewritten_and_contract_goes_through(make_db,
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("select to_regclass('public.customers') is null").fetchone()[0]
         assert _low_ids(conn, {"profile_id": profile}) == mine
+
+
+def test_an_object_of_one_partition_using_the_legacy_column_blocks_contract_before_any_drop(make_db, tmp_path):
+    """Contract's last gate reads what depends on the legacy column of each partition too: a publication listing the
+    column of one partition is named, and nothing is dropped, where the partitioned table's DROP COLUMN used to fail
+    on it after the legacy foreign keys had gone."""
+    schema = PARTITIONED_EVENTS + "create publication events_low_feed for table public.events_low (id, customer_id);\n"
+    dsn, args = schema_db(make_db, tmp_path, schema, CONFIG)
+    for phase in ("align", "expand", "switch"):
+        cli("run", phase, *args)
+    out = " ".join(cli("run", "contract", "--yes", "--accept-runtime-use", "--accept-code-references", *args,
+                       expect=2).split())
+    assert "events_low_feed" in out and "uses public.events_low.customer_id, which contract drops" in out, out
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("select to_regclass('public.customers') is not null").fetchone()[0]
+        assert conn.execute("select count(*) from pg_constraint where conrelid = 'public.events'::regclass "
+                            "and contype = 'f' and 'customer_id' = any(array(select attname from pg_attribute "
+                            "where attrelid = conrelid and attnum = any(conkey)))").fetchone()[0] == 1
+        conn.execute("alter publication events_low_feed set table public.events_low (id, kind)")
+    cli("run", "contract", "--yes", "--accept-runtime-use", "--accept-code-references", *args)

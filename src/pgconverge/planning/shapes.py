@@ -1323,18 +1323,24 @@ def contract_dependencies(spec: Spec, cat: Catalog, keys: list[tuple[Dependent, 
     for d in cat.dependents:
         col = d.fk.columns[0]
         t = sql.Literal(str(d.table.name))
+        # The table and each of its partitions: a view or a policy of one partition (read where the application
+        # names the partition) stops the DROP COLUMN of the partitioned table as one of the table would.
         parts.append(sql.SQL(
-            "select format('%s uses %s.%s, which contract drops', {desc}, {t}, {c}), null "
-            "from pg_catalog.pg_depend d where d.refclassid = 'pg_catalog.pg_class'::regclass "
-            "and d.refobjid = to_regclass({t}) and d.deptype = 'n' and d.refobjsubid = (select a.attnum from "
-            "pg_catalog.pg_attribute a where a.attrelid = to_regclass({t}) and a.attname = {c} and not a.attisdropped) "
-            "and not (d.classid = 'pg_catalog.pg_constraint'::regclass and exists (select 1 from "
-            "pg_catalog.pg_constraint k where k.oid = d.objid and k.conrelid = to_regclass({t}))) "
+            "select format('%s uses %s.%s, which contract drops', {desc}, (select format('%I.%I', n.nspname, "
+            "c.relname) from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
+            "where c.oid = x.rel), {c}), null "
+            "from (select to_regclass({t}) as rel union select p.relid from "
+            "pg_catalog.pg_partition_tree(to_regclass({t})) p) x "
+            "join pg_catalog.pg_attribute a on a.attrelid = x.rel and a.attname = {c} and not a.attisdropped "
+            "join pg_catalog.pg_depend d on d.refclassid = 'pg_catalog.pg_class'::regclass "
+            "and d.refobjid = x.rel and d.deptype = 'n' and d.refobjsubid = a.attnum "
+            "where not (d.classid = 'pg_catalog.pg_constraint'::regclass and exists (select 1 from "
+            "pg_catalog.pg_constraint k where k.oid = d.objid and k.conrelid = x.rel)) "
             "and not (d.classid = 'pg_catalog.pg_trigger'::regclass and exists (select 1 from pg_catalog.pg_trigger g "
             "where g.oid = d.objid and g.tgname in ({sync}, {fill}))) "
-            "and not (d.classid = 'pg_catalog.pg_class'::regclass and d.objid = to_regclass({t})) "
+            "and not (d.classid = 'pg_catalog.pg_class'::regclass and d.objid = x.rel) "
             # one line per object: a publication's column list and its row filter each depend on the column
-            "group by d.classid, d.objid, d.objsubid").format(
+            "group by d.classid, d.objid, d.objsubid, x.rel").format(
             desc=describe, t=t, c=sql.Literal(col), sync=sql.Literal(expand.Names(spec, d, "", cat).trigger),
             fill=sql.Literal(expand.Names(spec, d, "", cat).fill_trigger)))
     legacy = sql.Literal(str(cat.legacy.name))
