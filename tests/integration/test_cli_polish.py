@@ -54,7 +54,8 @@ def test_contract_asks_on_a_terminal_and_every_run_ends_with_a_verdict(make_db, 
         assert re.search(r"expand finished on .+? in [\d.]+ s: \d+ steps, [\d,]+ rows backfilled; next: pgconverge "
                          r"run switch", out), out
         out = _flat(cli("verify", *common))
-        assert re.search(r"verify passed on .+? in [\d.]+ s: \d+ checks of align, expand, nothing changed", out), out
+        assert re.search(r"verify passed on .+? in [\d.]+ s: \d+ checks of align, expand; rows judged: align [\d,]+ in 1 "
+                         r"table, expand [\d,]+ in \d+ tables; nothing changed", out), out
         out = _flat(cli("run", "switch", *common))
         assert re.search(r"next: pgconverge run contract --dsn .* once the observation window", out), out
 

@@ -64,7 +64,9 @@ def test_every_phase_and_rollback_with_an_empty_table(empty, workers, make_db, t
             if empty == "legacy":  # nothing to compare: the RLS check fails as proving nothing, exit 1
                 out = _verify_text(dsn, cfg, expect=1)
                 assert "FAIL rls" in out and "proves nothing: no row of" in out and "has an owner" in out, out
-                assert "verify FAILED" in out and "1 of" in out, out
+                # nothing failed: the checks saw nothing, so the verdict is "proves nothing", with its fix
+                assert "verify PROVES NOTHING" in out and "the RLS check proves nothing" in out, out
+                assert "fix: verify again once those tables hold rows" in out, out
                 assert "public.customers: no rows, so it proves nothing there" in out or phase != "align", out
                 assert "no identity has rows in these tables: nothing was compared" in out, out
             else:
@@ -128,3 +130,59 @@ def test_the_fixture_with_an_empty_table(empty, workers, make_db, template_facto
         cli("rollback", "align", "--dsn", dsn, "--config", cfg)
         assert schema_dump(conn, ("public",)) == before
         assert counts == {t: conn.execute(f"select count(*) from public.{t}").fetchone()[0] for t in counts}
+
+
+@pytest.mark.parametrize("empty", ["dependents", "everything"])
+def test_verify_proves_nothing_where_the_checks_judged_no_row(empty, make_db, tmp_path):
+    """Every dependent table empty after expand (and, the second time, the legacy table too): each check passes over
+    nothing, so verify's verdict is "proves nothing", exit 1, not "passed"; the JSON says so at the top, with the
+    rows each phase's checks judged (0 for expand), the tables they judged none of, the reason and the fix."""
+    dsn = make_db()
+    cfg = write_config(tmp_path, config("public.auth_customer_id"))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _build(conn, "legacy" if empty == "everything" else "dependent")
+        conn.execute("delete from public.carts")
+        customers = conn.execute("select count(*) from public.customers").fetchone()[0]
+    for phase in ("align", "expand"):
+        cli("run", phase, "--dsn", dsn, "--config", cfg)
+    v = cli_json("verify", "--dsn", dsn, "--config", cfg, expect=1)
+    assert v["passed"] is False and v["outcome"] == "proves nothing", v
+    assert not [c for c in v["checks"] if not c["passed"]], v  # no invariant is broken: they saw nothing
+    cov = v["coverage"]
+    assert cov["phases"]["expand"]["rows_examined"] == 0 and cov["phases"]["expand"]["row_checks"] >= 1, cov
+    assert cov["phases"]["align"]["rows_examined"] == customers, cov
+    assert cov["rows_examined"] == customers, cov
+    assert cov["proves_nothing"]["public.carts"] == "no rows" == cov["proves_nothing"]["public.orders"], cov
+    assert "the checks of expand judged no row (public.carts, public.orders: no rows)" in v["reason"], v
+    assert "verify again once those tables hold rows" in v["fix"], v
+    assert (customers == 0) == (empty == "everything")
+    if empty == "everything":
+        assert "the checks of align judged no row (public.customers: no rows)" in v["reason"], v
+    out = " ".join(cli("verify", "--dsn", dsn, "--config", cfg, expect=1).split())
+    assert "verify PROVES NOTHING on" in out and "verify passed" not in out, out
+    assert f"rows judged: align {customers} in 1 table, expand 0 in 2 tables" in out, out
+    assert "proves nothing expand.invariants" in out and "fix: verify again once those tables hold rows" in out, out
+    # the switch's own checks read the catalog: its phase adds no rows, and the verdict stays "proves nothing"
+    cli("run", "switch", "--dsn", dsn, "--config", cfg)
+    v = cli_json("verify", "--dsn", dsn, "--config", cfg, expect=1)
+    assert v["outcome"] == "proves nothing" and v["coverage"]["phases"]["switch"]["row_checks"] == 0, v
+
+
+def test_verify_passes_a_partly_empty_database_naming_the_empty_table(make_db, tmp_path):
+    """One dependent table empty, the other with rows: the checks judged rows, so verify passes, and says which table
+    they proved nothing about, in its last line and in the JSON's coverage."""
+    dsn = make_db()
+    cfg = write_config(tmp_path, config("public.auth_customer_id"))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _build(conn, "dependent")
+        carts = conn.execute("select count(*) from public.carts").fetchone()[0]
+    for phase in ("align", "expand"):
+        cli("run", phase, "--dsn", dsn, "--config", cfg)
+    v = cli_json("verify", "--dsn", dsn, "--config", cfg)
+    assert v["passed"] is True and v["outcome"] == "passed" and "reason" not in v, v
+    cov = v["coverage"]
+    assert cov["proves_nothing"] == {"public.orders": "no rows"}, cov
+    assert cov["phases"]["expand"]["tables"] == {"public.carts": carts, "public.orders": 0}, cov
+    assert cov["phases"]["expand"]["rows_examined"] == carts > 0, cov
+    out = " ".join(cli("verify", "--dsn", dsn, "--config", cfg).split())
+    assert "verify passed on" in out and "they prove nothing about public.orders: no rows; nothing changed" in out, out

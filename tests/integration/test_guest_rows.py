@@ -86,8 +86,14 @@ def test_a_check_that_judged_no_row_anywhere_proves_nothing(make_db, tmp_path):
     dsn, args = schema_db(make_db, tmp_path, _schema(owned_orders=False))
     for phase in ("align", "expand"):
         cli("run", phase, *args)
-    inv = _check(cli_json("verify", *args), "expand.invariants")
-    assert inv["passed"] and inv["coverage"]["rows_examined"] == {"public.orders": 0, "public.sessions": 0}, inv
+    v = cli_json("verify", *args, expect=1)  # its verdict too: "proves nothing", not "passed"
+    assert not v["passed"] and v["outcome"] == "proves nothing" and v["coverage"]["phases"]["expand"]["rows_examined"] \
+        == 0, v
+    assert v["coverage"]["proves_nothing"] == {"public.orders": "13 rows, none with customer_id set",
+                                               "public.sessions": f"{GUESTS} rows, none with customer_id set"}, v
+    inv = _check(v, "expand.invariants")
+    assert inv["passed"] and inv["proves_nothing"], inv
+    assert inv["coverage"]["rows_examined"] == {"public.orders": 0, "public.sessions": 0}, inv
     assert inv["note"] == ("public.orders: 13 rows, none with customer_id set, so it proves nothing there; "
                            f"public.sessions: {GUESTS} rows, none with customer_id set, so it proves nothing there"), inv
 

@@ -27,7 +27,8 @@ def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
                "--sample", min=0,
                help="Identities to check with --rls (0 = all). Default: migration.rls_sample.")] = None
            ) -> None:
-    """Check the invariants of every finished phase; exit 1 if any fails.
+    """Check the invariants of every finished phase; exit 1 if any fails, or if they prove nothing (a phase's checks
+    judged no row: its tables are empty). The last line says how many rows each phase's checks judged.
 
     align: every legacy row has a mapping. expand: every dependent row's new id is the mapping
     of its legacy id, no row has a legacy id without a new one, the new foreign keys are
@@ -59,38 +60,58 @@ def verify(dsn: DsnOpt = None, config_file: ConfigOpt = None, as_json: JsonOpt =
             if rls_check:
                 results.append(_rls(conn, spec, cat, plan, phases, sample, shown=not as_json))
         results = stopped + results
-    ok = all(r.passed for r in results)
+    seen = invariants.summary(phases, results)
+    outcome = invariants.NOTHING_TO_VERIFY if nothing else seen["outcome"]
+    # "nothing to verify" (nothing ran, or all was rolled back) is no verdict on the migration: it exits 0.
+    ok = outcome in (invariants.PASSED, invariants.NOTHING_TO_VERIFY)
     if as_json:
-        print_json({"target": t.display, "phases": phases, "passed": ok,
+        print_json({"target": t.display, "phases": phases, "passed": ok, "outcome": outcome,
                     **({"nothing_to_verify": nothing} if nothing else {}),
+                    **{k: v for k, v in seen.items() if k != "outcome"},
                     "checks": [r.__dict__ for r in results]})
     else:
         if nothing:
             console.print(f"nothing to verify: {escape(nothing)}", highlight=False)
         for r in results:
-            mark = ("[yellow]n/a[/]" if r.not_applicable else "[green]pass[/]") if r.passed else "[red]FAIL[/]"
+            mark = ("[yellow]n/a[/]" if r.not_applicable else "[red]proves nothing[/]" if r.proves_nothing
+                    else "[green]pass[/]") if r.passed else "[red]FAIL[/]"
             console.print(f"{mark} {r.step}" + (f" [dim]({escape(r.note)})[/]" if r.note else ""), highlight=False)
             for p in r.problems[:20]:
                 console.print("     " + escape(" — ".join(x for x in p if x)), highlight=False)
             if not r.passed:
                 console.print(f"     fix: {escape(r.fix)}", highlight=False)
         if results:
-            console.print(verdict(t.display, phases, results, time.monotonic() - started), highlight=False,
+            console.print(verdict(t.display, phases, results, time.monotonic() - started, seen), highlight=False,
                           soft_wrap=True)
+            if outcome == invariants.NOTHING:
+                console.print(f"fix: {escape(seen['fix'])}", highlight=False, soft_wrap=True)
     if not ok:
         raise typer.Exit(1)
 
 
-def verdict(where: str, phases: list[str], results: list, seconds: float) -> str:
-    """"verify passed on X in 1.2 s: 6 checks of align, expand" or "verify FAILED …: 1 of 6 checks failed (…)"."""
+def verdict(where: str, phases: list[str], results: list, seconds: float, seen: dict | None = None) -> str:
+    """"verify passed on X in 1.2 s: 6 checks of align, expand; rows judged: align 60 in 1 table, …", "verify
+    FAILED …: 1 of 6 checks failed (…)", or "verify PROVES NOTHING …; the checks of expand judged no row (public.orders: no rows); …"."""
+    seen = seen or invariants.summary(phases, results)
     failed = [r.step for r in results if not r.passed]
     of = f"{len(results)} check{'s' if len(results) != 1 else ''}" + (f" of {', '.join(phases)}" if phases else "")
     na = [r.step for r in results if getattr(r, "not_applicable", "")]
-    if not failed:
-        return (f"[green]verify passed[/] on {escape(where)} in {seconds:.1f} s: {of}"
-                + (f" ({len(na)} not applicable: {escape(', '.join(na))})" if na else "") + ", nothing changed")
-    return (f"[red]verify FAILED[/] on {escape(where)} in {seconds:.1f} s: {len(failed)} of {of} failed "
-            f"({escape(', '.join(failed))}); nothing was changed")
+    cov = seen["coverage"]
+    judged = "; rows judged: " + ", ".join(
+        f"{ph} {p['rows_examined']:,} in {len(p['tables'])} table{'s' if len(p['tables']) != 1 else ''}"
+        if p["row_checks"] else f"{ph} none (its checks read the catalog)" for ph, p in cov["phases"].items()) \
+        if cov["phases"] else ""
+    if seen["outcome"] == invariants.FAILED:
+        return (f"[red]verify FAILED[/] on {escape(where)} in {seconds:.1f} s: {len(failed)} of {of} failed "
+                f"({escape(', '.join(failed))}){escape(judged)}; nothing was changed")
+    if seen["outcome"] == invariants.NOTHING:
+        return (f"[red]verify PROVES NOTHING[/] on {escape(where)} in {seconds:.1f} s: {of}{escape(judged)}; "
+                f"{escape(seen['reason'])}; nothing was changed")
+    unseen = cov["proves_nothing"]
+    return (f"[green]verify passed[/] on {escape(where)} in {seconds:.1f} s: {of}"
+            + (f" ({len(na)} not applicable: {escape(', '.join(na))})" if na else "") + escape(judged)
+            + (f"; they prove nothing about {escape(invariants.why_tables(unseen))}" if unseen else "")
+            + "; nothing changed")
 
 
 def _rls_without_helper(conn, spec, cat) -> invariants.CheckResult:
@@ -125,7 +146,7 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
     if bar.bar is not None:
         bar.bar.stop()
     what = "old and new tokens agree, " if summary["switched"] else ""
-    blind = bool(problems) and all(p.startswith("proves nothing") for p in problems)
+    blind = bool(problems) and all(p.startswith("proves nothing") for p in problems)  # fails, as proving nothing
     # Per table: sampled owners, how many of them saw their own rows there, and the rows compared.
     by_table = summary["coverage_by_table"]
     probes = summary["write_probes_by_table"]
@@ -165,4 +186,4 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
                "write_owners_by_table": owners_probed,
                "rls_disabled": summary["rls_disabled"], "public_by_design": summary["public_by_design"],
                "not_proven": summary["not_proven"], "owner_unknown": summary["owner_unknown"],
-               "legacy_spelled_otherwise": summary["legacy_spelled_otherwise"]})
+               "legacy_spelled_otherwise": summary["legacy_spelled_otherwise"]}, proves_nothing=blind)

@@ -31,6 +31,9 @@ class CheckResult:
     coverage: dict | None = None
     # Why the check has nothing to look at by the database's design ("": it applies): said, never counted a pass.
     not_applicable: str = ""
+    # It saw nothing: a check of rows that judged no row of any table it covers, or the RLS check failing only
+    # because it compared nothing. Never counted a pass of the migration (see summary).
+    proves_nothing: bool = False
 
 
 def finished_phases(plan: Plan, ledger: Ledger) -> list[str]:
@@ -116,7 +119,8 @@ def run(conn: psycopg.Connection, plan: Plan, phases: list[str]) -> list[CheckRe
                                            [[str(x) if x is not None else "" for x in r] for r in rows],
                                            step.op.failure if rows else "", step.op.fix if rows else "",
                                            "" if rows else "; ".join(proves_nothing(cov)),
-                                           cov if cov["rows_examined"] else None))
+                                           cov if cov["rows_examined"] else None,
+                                           proves_nothing=not rows and judged_none(cov)))
         # What the phases installed, against what their plans made: catalog reads, no rows judged.
         for sid, check in installed.checks(plan, phases):
             rows = conn.execute(check.query).fetchall()
@@ -168,6 +172,11 @@ def coverage(conn: psycopg.Connection, covers, counted: dict | None = None) -> d
     return {"rows_examined": examined, **({"judged_only": only} if only else {})}
 
 
+def judged_none(cov: dict) -> bool:
+    """Whether a check of coverage COV covers tables and judged no row of any of them."""
+    return bool(cov["rows_examined"]) and not any(cov["rows_examined"].values())
+
+
 def proves_nothing(cov: dict) -> list[str]:
     """Where a check of coverage COV judged no row: the tables with none, and those whose rows it says nothing
     about (an invariant of the legacy id on a table where no row has one)."""
@@ -185,3 +194,66 @@ def _count(conn: psycopg.Connection, t: QualifiedName, where: sql.Composable | N
     return conn.execute(sql.SQL("select count(*) from (select from {} {} limit {}) x").format(
         qn(t), sql.SQL("") if where is None else sql.SQL("where ") + where,
         sql.Literal(COUNT_CAP + 1))).fetchone()[0]
+
+
+# verify's overall outcomes: a verdict over checks that saw nothing is neither a pass nor a failure of an invariant.
+PASSED, FAILED, NOTHING, NOTHING_TO_VERIFY = "passed", "failed", "proves nothing", "nothing to verify"
+
+
+def summary(phases: list[str], results: list[CheckResult]) -> dict:
+    """What the checks of each finished phase looked at together, and the outcome that follows.
+
+    {"outcome", "coverage": {"rows_examined": rows judged over every phase, "tables": tables judged,
+    "phases": {phase: {"checks", "row_checks", "rows_examined", "tables": {table: rows}}}, "proves_nothing": {table:
+    why} for each table no check judged a row of}, and where the outcome is "proves nothing", "reason" and "fix"}.
+    A table's rows in a phase are the most any of its checks judged there (two checks of one table count its rows
+    once). A phase whose checks of rows judged no row together proves nothing, and so does the RLS check when it
+    compared nothing; a phase with only catalog checks (the switch's) has no rows to judge. Where some tables have
+    no rows and others do, the checks prove something and the outcome is a pass that names the tables."""
+    per_phase: dict[str, dict] = {}
+    most: dict[str, int] = {}
+    why: dict[str, str] = {}
+    for ph in phases:
+        mine = [r for r in results if r.step.split(".")[0] == ph]
+        rowed = [r for r in mine if r.coverage and r.coverage.get("rows_examined")]
+        tables: dict[str, int] = {}
+        for r in rowed:
+            only = r.coverage.get("judged_only") or {}
+            for t, c in r.coverage["rows_examined"].items():
+                tables[t] = max(tables.get(t, 0), c or 0)
+                most[t] = max(most.get(t, 0), c or 0)
+                if not c:
+                    part = only.get(t) or {}
+                    why[t] = (f"{part['table_rows']:,} rows, none {part['which']}" if part.get("table_rows")
+                              else why.get(t) or ("no rows" if c == 0 else "not found"))
+        per_phase[ph] = {"checks": len(mine), "row_checks": len(rowed), "rows_examined": sum(tables.values()),
+                         "tables": tables}
+    unseen = {t: why[t] for t, c in most.items() if not c}
+    cov = {"rows_examined": sum(p["rows_examined"] for p in per_phase.values()), "tables": len(most),
+           "phases": per_phase, "proves_nothing": unseen}
+    rls = next((r for r in results if r.step == "rls"), None)
+    if rls is not None and rls.coverage and "rows_seen" in rls.coverage:
+        cov["rls"] = {"identities": rls.coverage.get("identities"), "rows_seen": rls.coverage["rows_seen"]}
+    if any(not r.passed and not r.proves_nothing for r in results):
+        return {"outcome": FAILED, "coverage": cov}
+    blind = [ph for ph, p in per_phase.items() if p["row_checks"] and not p["rows_examined"]]
+    blind_rls = [r for r in results if not r.passed and r.proves_nothing]
+    if not blind and not blind_rls:
+        return {"outcome": PASSED, "coverage": cov}
+    reasons = [f"the checks of {ph} judged no row ("
+               + why_tables({t: unseen.get(t, "no rows") for t in per_phase[ph]["tables"]}) + ")" for ph in blind]
+    reasons += [r.failure for r in blind_rls]
+    fixes = (["verify again once those tables hold rows (with a legacy id, where a check judges only those): a check "
+              "proves nothing about rows it never saw. Tables empty on purpose leave nothing to verify yet; "
+              "`pgconverge report` reads these checks as \"proves nothing\" too"]
+             if blind else []) + [r.fix for r in blind_rls if r.fix]
+    return {"outcome": NOTHING, "coverage": cov, "reason": "; ".join(reasons), "fix": "; ".join(fixes)}
+
+
+def why_tables(why: dict[str, str]) -> str:
+    """"public.carts, public.orders: no rows; public.sessions: 608 rows, none with customer_id set": tables grouped by
+    why no row of them was judged."""
+    grouped: dict[str, list[str]] = {}
+    for t, w in why.items():
+        grouped.setdefault(w, []).append(t)
+    return "; ".join(f"{', '.join(ts)}: {w}" for w, ts in grouped.items())
