@@ -180,7 +180,10 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
         "verify again with a larger --sample (0 = every identity)" if blind and unsampled else
         "make the test tokens carry what the application's do, or fix the policy that hides its owners' rows "
         "(see the problem), then verify again" if blind else
-        "roll back the switch (`pgconverge rollback switch`) and review the policies listed" if problems else "",
+        "roll back the switch (`pgconverge rollback switch`) and review the policies listed" if problems
+        and summary["switched"] else
+        "review the policies listed: no switch has run, so they are the application's own, as pgconverge found them"
+        if problems else "",
         note, {"identities": summary["identities"], "rows_seen": summary["rows_seen"], "by_table": by_table,
                "write_probes": summary["write_probes"], "write_probes_by_table": probes,
                "write_owners_by_table": owners_probed,

@@ -273,9 +273,13 @@ def switch_gate(runner: Runner) -> dict:
             empty = not covered["owning"] and not owned and not rls.owned_tables(conn, runner.spec, cat, targets,
                                                                                  False)
             disabled = rls.rls_disabled(conn, [str(t) for t in tables])
+            # Rows an identity sees and does not own that the policies as the switch began show it: the
+            # application's design (a team's members see each other's rows), not a leak.
+            own, design, own_notes = rls.own_policies_design(conn, runner.spec, cat, targets, cap, identities,
+                                                             live_are_original=False)
     # As the switch read the original policies; the accepted tables' by their original definitions.
     shared, public = rls.recorded_design(runner.spec, cat, eq)
-    problems = rls.consistency(cap, identities, shared, public)
+    problems = rls.consistency(cap, identities, shared, public, design)
     seen = rls.rows_seen(cap)
     hidden, not_proven = rls.hidden_from_owners(runner.spec, by_table)
     coverage = {"identities": len(identities), "rows_seen": seen, "owning": covered["owning"],
@@ -293,7 +297,7 @@ def switch_gate(runner: Runner) -> dict:
         return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": (
                     "raise migration.rls_sample (0 = every identity), then run contract again"),
                 "details": [f"{why}; checked now on the live policies:"] + bare}
-    partial += not_proven + rls.design_notes(shared, public, disabled)
+    partial += not_proven + rls.design_notes(shared, public, disabled) + rls.own_policies_notes(own, True) + own_notes
     if covered["owning"] and covered["share"] < rls.MIN_COVERAGE:  # identities own rows, yet hardly any saw them
         return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": (
                     "give migration.token_claims the claims the policies read (`pgconverge inventory` lists "

@@ -1087,6 +1087,12 @@ def _leaks(cap: Capture, identities: list[Identity]):
     references); and, where the rows' owners are known (Capture.owner_known), for every row a token sees that its
     identity does not own: the shared random sample shows a row another identity owns, sampled or not (with one
     identity sampled, the only way a leak shows)."""
+    for table, _, _, problem in _sightings(cap, identities):
+        yield table, problem
+
+
+def _sightings(cap: Capture, identities: list[Identity]):
+    """_leaks as (table, the identities that see the row (canonical ids), the row's key, problem)."""
     owner: dict[tuple[str, str], str] = {}
     for ident_ in identities:
         tokens = [f"L:{lid}" for lid in ident_.legacy] + [f"C:{ident_.canonical}"]
@@ -1095,18 +1101,177 @@ def _leaks(cap: Capture, identities: list[Identity]):
                 mine = set(cap.owned.get(table, {}).get(ident_.canonical, ())) if table in cap.owner_known else None
                 for k in keys:
                     if mine is not None and k not in mine:
-                        yield table, (f"{table} row {k} is visible to {ident_.canonical} ({token}), which does not "
-                                      "own it")
+                        yield table, (ident_.canonical,), k, (
+                            f"{table} row {k} is visible to {ident_.canonical} ({token}), which does not own it")
                         continue
                     prev = owner.setdefault((table, k), ident_.canonical)
                     named = cap.parties.get(table, {}).get(k, ())
                     if prev != ident_.canonical and not (prev in named and ident_.canonical in named):
-                        yield table, f"{table} row {k} is visible to {prev} and to {ident_.canonical}"
+                        yield table, (prev, ident_.canonical), k, (
+                            f"{table} row {k} is visible to {prev} and to {ident_.canonical}")
 
 
-def isolation(cap: Capture, identities: list[Identity], shared: dict[str, int] | None = None) -> list[str]:
-    """No identity sees another's rows (_leaks), except in the tables SHARED by the application's own design."""
-    return [p for t, p in _leaks(cap, identities) if t not in (shared or {})][:50]
+def isolation(cap: Capture, identities: list[Identity], shared: dict[str, int] | None = None,
+              design: set[tuple[str, str, str]] | None = None) -> list[str]:
+    """No identity sees another's rows (_leaks), except in the tables SHARED by the application's own design and the
+    rows of DESIGN, (table, canonical id, key): rows the application's own original policies show that identity
+    (own_policies_design)."""
+    design = design or set()
+    return [p for t, who, k, p in _sightings(cap, identities)
+            if t not in (shared or {}) and not all((t, i, k) in design for i in who)][:50]
+
+
+def own_policies_design(conn, spec: Spec, cat: Catalog, targets_: list[Target], cap: Capture,
+                        identities: list[Identity], *, live_are_original: bool
+                        ) -> tuple[dict[str, int], set[tuple[str, str, str]], list[str]]:
+    """Which of the rows the identities see and do not own (_sightings) the application's own original policies show
+    them: those are its design (a team's members see each other's memberships), not a leak; a row only the policies
+    in force show is one. Run inside CAPTURE's transaction, on its snapshot. (counts per table, {(table, canonical
+    id, key)} shown by the original policies, notes).
+
+    LIVE_ARE_ORIGINAL (before the switch): the policies in force are the application's own, which pgconverge has not
+    rewritten, so every such row is its design. After the switch, each identity's legacy tokens ask CAT's policies
+    (the definitions as the switch began) about the rows it sees: their USING, as the query's own condition, on top
+    of the policies in force, with the functions of CAT (those reading the legacy side) whose body was changed since
+    put back as they were, in a savepoint rolled back at once (nothing is committed, and no table is locked). A view
+    changed since is read as it is now."""
+    seen: dict[tuple[str, str], set[str]] = {}
+    for table, who, k, _ in _sightings(cap, identities):
+        for i in who:
+            seen.setdefault((table, i), set()).add(k)
+    design: set[tuple[str, str, str]] = set()
+    notes: list[str] = []
+    if live_are_original:
+        design = {(t, i, k) for (t, i), keys in seen.items() for k in keys}
+    elif seen:
+        by_table = {str(t.table): t for t in targets_}
+        by_id = {i.canonical: i for i in identities}
+        conn.execute("savepoint pgc_original")
+        try:
+            notes = _original_functions(conn, spec, cat)
+            views = _original_views(conn, cat, notes)
+            for (table, who), keys in sorted(seen.items()):
+                t, ident_ = by_table.get(table), by_id.get(who)
+                if t is None or ident_ is None or not ident_.legacy:
+                    continue
+                cond = _original_using(cat, t.table, views)
+                shown: set[str] = set()
+                for n in range(len(ident_.legacy)):
+                    shown |= set(_visible_where(conn, spec, t, _legacy_token(spec, ident_, n), sorted(keys), cond))
+                design |= {(table, who, k) for k in shown}
+        finally:
+            conn.execute("rollback to savepoint pgc_original")
+    counts: dict[str, int] = {}
+    for t, _, _ in design:
+        counts[t] = counts.get(t, 0) + 1
+    return counts, design, notes
+
+
+def _original_using(cat: Catalog, table: QualifiedName, views: dict[QualifiedName, str] | None = None
+                    ) -> sql.Composable:
+    """The condition CAT's policies put on a signed-in caller's SELECT of TABLE: any permissive USING (SELECT or ALL,
+    for authenticated or public), and every restrictive one; false where none lets it read. VIEWS: views changed
+    since, read instead as the temporary copies of their definitions there named (_original_views)."""
+    ps = [p for p in cat.policies if p.table == table and p.command in ("ALL", "SELECT") and p.using is not None
+          and (not p.roles or {"authenticated", "public"} & set(p.roles))]
+
+    def text_(using: str) -> sql.SQL:
+        # the text goes into a query with parameters: a % of its own (`id % 4 = 0`) is doubled
+        return sql.SQL(_reading_views(using, views or {}).replace("%", "%%"))
+
+    permissive = [sql.SQL("coalesce(({}), false)").format(text_(p.using)) for p in ps if p.permissive]
+    restrictive = [sql.SQL("coalesce(({}), false)").format(text_(p.using)) for p in ps if not p.permissive]
+    if not permissive:
+        return sql.SQL("false")
+    return sql.SQL(" and ").join([sql.SQL("({})").format(sql.SQL(" or ").join(permissive)), *restrictive])
+
+
+def _original_functions(conn, spec: Spec, cat: Catalog) -> list[str]:
+    """Put back, in the open savepoint, the functions of CAT (those reading the legacy side, as the switch began)
+    whose definition changed since (a hand rewrite of a membership helper), the helpers aside (the switch bridges the
+    legacy one itself). Notes naming those that could not be."""
+    helpers = {h for h in (spec.legacy.helper, spec.canonical.helper) if h is not None}
+    notes = []
+    for fn in cat.functions:
+        if fn.name in helpers or not fn.definition:
+            continue
+        now = conn.execute("select pg_catalog.pg_get_functiondef(p.oid) from pg_catalog.pg_proc p "
+                           "where p.oid = pg_catalog.to_regprocedure(%s)", (fn.signature,)).fetchone()
+        if now is not None and now[0] == fn.definition:
+            continue
+        conn.execute("savepoint pgc_function")
+        try:
+            conn.execute(fn.definition)
+        except psycopg.Error as exc:
+            conn.execute("rollback to savepoint pgc_function")
+            notes.append(f"{fn.signature}: its definition as the switch began could not be put back to ask the "
+                         f"original policies ({str(exc).strip()}): the rows they show through it are judged by its "
+                         "body now")
+    return notes
+
+
+def _reading_views(using: str, views: dict[QualifiedName, str]) -> str:
+    """USING with each view of VIEWS it reads replaced by the temporary copy named there (kept under its own name
+    as the alias, so the columns it qualifies still resolve)."""
+    if not views:
+        return using
+    from pgconverge.planning.rls_ast import deparse, parse_expression
+
+    try:
+        tree = parse_expression(using)
+    except Exception:  # noqa: BLE001 - not parsed: read as written
+        return using
+    changed = False
+    for node in walk(tree):
+        if isinstance(node, ast.RangeVar):
+            name = QualifiedName(node.schemaname or "public", node.relname)
+            if name in views:
+                if node.alias is None:
+                    node.alias = ast.Alias(aliasname=node.relname)
+                node.schemaname, node.relname, changed = "pg_temp", views[name], True
+    return deparse(tree) if changed else using
+
+
+def _original_views(conn, cat: Catalog, notes: list[str]) -> dict[QualifiedName, str]:
+    """Temporary copies, in the open savepoint, of CAT's views (those reading the legacy side, as the switch began)
+    whose definition changed since (a hand rewrite): {view: its copy's name}. Nothing of the application's is locked
+    or changed; NOTES names a view whose copy could not be made."""
+    out: dict[QualifiedName, str] = {}
+    for i, v in enumerate(cat.views):
+        if v.kind != "view":
+            continue
+        now = conn.execute("select pg_catalog.pg_get_viewdef(pg_catalog.to_regclass(%s))",
+                           (text(qn(v.name)),)).fetchone()
+        if now is not None and now[0] == v.definition:
+            continue
+        copy = f"pgc_original_view_{i}"
+        conn.execute("savepoint pgc_view")
+        try:
+            conn.execute(sql.SQL("create temporary view {} as {}").format(
+                ident(copy), sql.SQL(v.definition.strip().rstrip(";"))))
+            conn.execute(sql.SQL("grant select on {} to public").format(ident(copy)))
+        except psycopg.Error as exc:
+            conn.execute("rollback to savepoint pgc_view")
+            notes.append(f"{v.name}: its definition as the switch began could not be read again to ask the original "
+                         f"policies ({str(exc).strip()}): the rows they show through it are judged by the view now")
+            continue
+        out[v.name] = copy
+    return out
+
+
+def _visible_where(conn, spec: Spec, t: Target, claims: dict, among: list[str], cond: sql.Composable) -> list[str]:
+    """Keys among AMONG of T's rows the caller sees that also meet COND (read as the caller, the policies in force
+    applying too)."""
+    conn.execute("savepoint pgc_rls")
+    try:
+        act_as(conn, claims, clear=_clear(spec))
+        rows = conn.execute(sql.SQL("select {k}::text from {t} where {k} = any(%s::{ty}[]) and ({c})").format(
+            k=_key(t), t=qn(t.table), ty=sql.SQL(t.key_type), c=cond), (among,)).fetchall()
+    except psycopg.Error:
+        rows = []  # the original condition cannot be asked any more (it reads what is gone): not shown
+    finally:
+        conn.execute("rollback to savepoint pgc_rls")
+    return [r[0] for r in rows]
 
 
 def shared_by_design(cap: Capture, identities: list[Identity]) -> dict[str, int]:
@@ -1143,11 +1308,13 @@ _IDENTITY = re.compile(r"auth\.uid\s*\(|'sub'|request\.jwt\.claim\.sub")
 
 
 def shared_by_policy(spec: Spec, cat: Catalog, tables: list[QualifiedName],
-                     roles: tuple[str, ...] = ("authenticated", "public")) -> set[str]:
+                     roles: tuple[str, ...] = ("authenticated", "public"), functions: bool = True) -> set[str]:
     """TABLES (of the switch's RLS check) that a permissive policy lets ROLES read whatever the caller's
     identity: its USING reads neither helper, auth.uid(), the `sub` claim nor the identity claims (`true`,
     `auth.role() = 'authenticated'`). Read from the definitions, for the emitted tests and `verify --rls` before the
-    switch, where no capture under the original policies was taken first (shared_by_design reads the rows)."""
+    switch, where no capture under the original policies was taken first (shared_by_design reads the rows).
+    FUNCTIONS=False: a policy that calls a function of the database's own (`team_id in (select my_teams())`) does not
+    count, as that function may read the caller."""
     helpers = {f"{h}()" for h in (spec.legacy.helper, spec.canonical.helper) if h is not None}
     claims = {f"'{spec.legacy.claim}'", f"'{spec.canonical.claim}'"}
     wanted = {str(t) for t in tables}
@@ -1155,7 +1322,8 @@ def shared_by_policy(spec: Spec, cat: Catalog, tables: list[QualifiedName],
     for p in cat.policies:
         if (str(p.table) in wanted and p.permissive and p.command in ("ALL", "SELECT") and p.using is not None
                 and (set(roles) & set(p.roles) or not p.roles)
-                and not helpers & set(p.function_refs) and not _IDENTITY.search(p.using)
+                and not helpers & set(p.function_refs) and (functions or not p.function_refs)
+                and not _IDENTITY.search(p.using)
                 and not any(c in p.using for c in claims)):
             out.add(str(p.table))
     return out
@@ -1180,7 +1348,9 @@ def recorded_design(spec: Spec, cat: Catalog, eq: dict | None) -> tuple[dict[str
     shared, public = dict(eq.get("shared_by_design") or {}), dict(eq.get("public_by_design") or {})
     accepted = sorted(accepted_tables(spec, cat), key=str)
     if accepted:
-        for t in shared_by_policy(spec, cat, accepted):
+        # A policy calling a function of the database's own is judged row by row (own_policies_design): the function
+        # may read the caller (a team's membership helper), and a hand rewrite of it may open the table.
+        for t in shared_by_policy(spec, cat, accepted, functions=False):
             shared.setdefault(t, 0)
         for t in shared_by_policy(spec, cat, accepted, ("anon", "public")):
             public.setdefault(t, 0)
@@ -1195,7 +1365,7 @@ def shared_notes(shared: dict[str, int]) -> list[str]:
 
 
 def consistency(cap: Capture, identities: list[Identity], shared: dict[str, int] | None = None,
-                public: dict[str, int] | None = None) -> list[str]:
+                public: dict[str, int] | None = None, design: set[tuple[str, str, str]] | None = None) -> list[str]:
     """After the switch, one snapshot: every token of an identity (old or new) sees the same rows."""
     problems = anonymous(cap, public)
     for ident_ in identities:
@@ -1216,7 +1386,15 @@ def consistency(cap: Capture, identities: list[Identity], shared: dict[str, int]
             writer, owner, table = base.split("|")
             problems.append(f"{writer} inserting a row of {owner} into {table}: {old} with the legacy token, "
                             f"{new} with the canonical one")
-    return problems + isolation(cap, identities, shared)
+    return problems + isolation(cap, identities, shared, design)
+
+
+def own_policies_notes(counts: dict[str, int], switched: bool) -> list[str]:
+    """How a verdict names the rows own_policies_design found shown by the application's own policies."""
+    when = "as they were when the switch began" if switched else "in force, which pgconverge has not rewritten"
+    return [f"{t}: {n} sightings of rows by sampled identities that do not own them, each shown to that identity by "
+            f"the application's own policies ({when}): shared by the application's own policies, not a leak"
+            for t, n in sorted(counts.items())]
 
 
 def contracted_sample(conn, spec: Spec, cat: Catalog, n: int) -> list[Identity]:
@@ -1292,6 +1470,12 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
         cap = capture(conn, spec, targets_, identities, legacy=not contracted, canonical=switched, progress=progress)
         proves_nothing = blind(conn, spec, cat, targets_, identities, cap, contracted)
         disabled = rls_disabled(conn, [str(t) for t in tables])
+        # Rows an identity sees and does not own that the application's own policies show it (before the switch the
+        # ones in force; after it the definitions as the switch began): its design, not a leak. After contract the
+        # original policies read what is gone: the tables recorded as shared stand in (recorded_design).
+        own, design, own_notes = own_policies_design(conn, spec, cat, targets_, cap, identities,
+                                                     live_are_original=not switched) \
+            if not contracted else ({}, set(), [])
     by_table = table_coverage(cap, identities)
     # Tables the application shares by design, as the switch read them under the original policies before its
     # rewrite (none recorded, as from emitted files: every table is held to isolation), and for the tables of accepted
@@ -1305,11 +1489,14 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
         eq = (ledger.latest_snapshot("rls_equivalence") or {}) if ledger.exists() else {}
         shared, public = recorded_design(spec, cat, eq)
     else:
+        # No policy rewritten yet: what anonymous callers read is the application's own design too.
         shared = {t: 0 for t in shared_by_policy(spec, cat, tables)}
         public = {t: 0 for t in shared_by_policy(spec, cat, tables, ("anon", "public"))}
-    not_proven = hidden_from_owners(spec, by_table)[1] + design_notes(shared, public, disabled)
-    problems = (consistency(cap, identities, shared, public) if switched and not contracted
-                else anonymous(cap, public) + isolation(cap, identities, shared)) + proves_nothing
+        public.update(public_by_design(cap))
+    not_proven = (hidden_from_owners(spec, by_table)[1] + design_notes(shared, public, disabled)
+                  + own_policies_notes(own, switched) + own_notes)
+    problems = (consistency(cap, identities, shared, public, design) if switched and not contracted
+                else anonymous(cap, public) + isolation(cap, identities, shared, design)) + proves_nothing
     if contracted:  # new code's inserts: where owners could write their own rows, the canonical token still may
         expected = set(eq["owners_insert"]) if "owners_insert" in eq else insertable(spec, cat, tables)
         problems += own_inserts_refused(cap, expected)
@@ -1320,7 +1507,7 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
             "scan_bound": scan_bound_summary(cap),
             "rows_seen": rows_seen(cap), "coverage_by_table": by_table, "not_proven": not_proven,
             "shared_by_design": shared, "public_by_design": public, "rls_disabled": disabled,
-            "owner_unknown": owner_unknown(targets_)}, problems
+            "shared_by_own_policies": own, "owner_unknown": owner_unknown(targets_)}, problems
 
 
 # The equivalence check proves something only if the sampled identities see their own rows before the switch:
