@@ -110,3 +110,18 @@ def test_teammates_rows_are_the_applications_design_before_and_after_the_switch_
     cli("run", "contract", *ACCEPT, *args)
     with psycopg.connect(dsn) as c:
         assert c.execute("select to_regclass('public.customers')").fetchone()[0] is None
+
+
+def test_plan_names_the_membership_helper_once_with_the_policies_that_call_it(make_db, tmp_path):
+    """A policy held back only by a function it calls that reads the legacy column is listed under that function,
+    once, with the policies calling it, and the way through is to rewrite the function; a reason is said once."""
+    extra = ("create policy invoices_mine on public.invoices for select to authenticated "
+             "using (team_id in (select private.my_teams()) and customer_id is not null);\n")
+    dsn, args = shim_db(make_db, tmp_path, SCHEMA + extra, IDENTITY_CONFIG + 'accept_views = ["private.memberships"]\n')
+    out = " ".join(cli("plan", *args).split())
+    assert "function private.my_teams(): its body uses the legacy column, and 2 policies call it " \
+           "(public.invoices.invoices_mine, public.invoices.invoices_of_my_teams)" in out, out
+    assert "rewrite private.my_teams() to read the new column" in out, out
+    assert "listed policy public.invoices.invoices_of_my_teams" not in out, out
+    # the policy left to review names the call once per clause, not again for the policy as a whole
+    assert "first; calls private.my_teams(), whose body" not in out, out

@@ -552,13 +552,36 @@ def _switch_review(spec: Spec, cat: Catalog) -> list[Finding]:
         _auto, review = switch.rewrites(spec, cat)
     except PgConvergeError:
         return []  # what keeps the rewrite from being planned at all is refused elsewhere
-    return [Finding(f"policy {switch.policy_name(r)}", LISTED,
-                    f"the switch cannot rewrite it with certainty ({'; '.join(r.uncertain)}): its review gate stops "
-                    "the switch, before any policy changes, until it is settled",
-                    "rewrite it by hand and list it in migration.accept_policies as schema.table.policy (one that "
-                    "uses the legacy id as a value, in a cast or a storage path, needs its data to follow), or change "
-                    "it now to compare the legacy column with the legacy helper")
-            for r in review]
+    out, by_function = [], {}
+    for r in review:
+        why = list(dict.fromkeys(r.uncertain))
+        # A policy held back only by the functions it calls (a membership helper reading the legacy column): the
+        # functions are what to rewrite, listed once each with the policies that call them.
+        said = "; ".join(why)
+        called = list(dict.fromkeys(_CALLS_SUSPICIOUS.findall(said)))
+        if called and not re.sub(r"(USING|WITH CHECK):|[;\s]", "", _CALLS_SUSPICIOUS.sub("", said)):
+            for f in called:
+                by_function.setdefault(f, []).append(switch.policy_name(r))
+            continue
+        out.append(Finding(f"policy {switch.policy_name(r)}", LISTED,
+                           f"the switch cannot rewrite it with certainty ({'; '.join(why)}): its review gate stops "
+                           "the switch, before any policy changes, until it is settled",
+                           "rewrite it by hand and list it in migration.accept_policies as schema.table.policy (one "
+                           "that uses the legacy id as a value, in a cast or a storage path, needs its data to "
+                           "follow), or change it now to compare the legacy column with the legacy helper"))
+    for f, names in sorted(by_function.items()):
+        out.append(Finding(
+            f"function {f}", LISTED,
+            f"its body uses the legacy column, and {len(names)} policies call it ({', '.join(names[:10])}"
+            f"{', …' if len(names) > 10 else ''}): the switch cannot rewrite them with certainty, and its review "
+            "gate stops the switch, before any policy changes, until the function is settled",
+            f"after expand, rewrite {f} to read the new column instead of the legacy one (the policies that call it "
+            "then need nothing), or rewrite each of those policies by hand and list them in "
+            "migration.accept_policies"))
+    return out
+
+
+_CALLS_SUSPICIOUS = re.compile(r"calls (.+?), whose body uses the legacy column; rewrite that function first")
 
 
 def _row_type(cat: Catalog) -> Finding:
