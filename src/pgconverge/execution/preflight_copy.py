@@ -537,6 +537,15 @@ def _fill(source_dsn: str, copy_dsn: str, spec: Spec, plan: Plan, cats: baseline
                 dst.execute("select setval(to_regclass(%s), %s)",
                             (sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name)).as_string(dst),
                              value))
+            if ledger_tables:
+                from pgconverge.ledger.store import Ledger
+
+                # The copy is the target's whole schema with a sample of its rows: the ledger's home there, recorded
+                # as such once the target's own record is found to be the target's (check_home, which refuses naming
+                # the target otherwise). Without it, the copy of a run killed before its first trigger lacked what
+                # the home check looks for, and its ledger was refused as one restored on its own.
+                if Ledger(src, spec).exists():
+                    Ledger(dst, spec).record_home()
             # snapshots of every dependent row taken by steps done on the target: taken again over the sample
             for name, op in snapshots.items():
                 if dst.execute("select to_regclass(%s)", (str(op.name),)).fetchone()[0] is not None:
@@ -645,7 +654,11 @@ def _failure(stage: str, exc: BaseException, step: Step | None) -> Failure:
     while pg is None and cause is not None:
         pg = cause if isinstance(cause, psycopg.Error) else None
         cause = cause.__cause__
-    if isinstance(exc, PgConvergeError):
+    from pgconverge.ledger.store import LedgerElsewhere
+
+    if isinstance(exc, LedgerElsewhere):  # the copy's ledger, not the target's: its fix does not apply there
+        error, fix = f"on the copy: {exc.problem}", _copy_fix("a database made and dropped by the preflight", False)
+    elif isinstance(exc, PgConvergeError):
         error, fix = exc.problem, exc.fix or ""
     else:
         error, fix = str(exc).strip() or type(exc).__name__, ""
@@ -751,16 +764,24 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
 
         copy = Target(copy_dsn, "preflight copy")
         tracker = _Tracker()
-        with connect(copy) as conn:
-            before = schema_state(conn, spec)
-            ccats = baseline.load(conn, spec)
-            if cats.taken_in:  # as on the target: expand takes in the references made since it was planned
-                from pgconverge.ledger.store import Ledger
-                from pgconverge.planning import expand
+        t0 = time.monotonic()
+        try:
+            with connect(copy) as conn:
+                before = schema_state(conn, spec)
+                ccats = baseline.load(conn, spec)
+                if cats.taken_in:  # as on the target: expand takes in the references made since it was planned
+                    from pgconverge.ledger.store import Ledger
+                    from pgconverge.planning import expand
 
-                ccats, _ = expand.take_in(spec, ccats, Ledger(conn, spec).step_states())
-            fresh = not started_mid_migration(conn, spec)
-        cplan = planner.build(spec, ccats)
+                    ccats, _ = expand.take_in(spec, ccats, Ledger(conn, spec).step_states())
+                fresh = not started_mid_migration(conn, spec)
+            cplan = planner.build(spec, ccats)
+        except PgConvergeError as exc:
+            # The copy could not be read or planned: about the copy, not the target, whatever the error's own fix says
+            result.failure = Failure("copy", None, f"on the copy {database}: {exc.problem}", None, None,
+                                     _copy_fix(database, keep))
+            stage("phases", t0, "not started: the copy could not be read or planned", False)
+            return result
         # the same steps (their SQL differs only by the names contract stamps with the time of planning)
         only_here = sorted({s.id for s in plan.steps} - {s.id for s in cplan.steps})
         only_copy = sorted({s.id for s in cplan.steps} - {s.id for s in plan.steps})
@@ -849,6 +870,14 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
         elif made:
             _mark(admin, database, "kept")
     return result
+
+
+def _copy_fix(database: str, kept: bool) -> str:
+    """The fix of a refusal about the preflight's own copy: nothing of it is to be done on the target."""
+    return (f"this is about the preflight's own copy of the target ({database}, "
+            + ("kept" if kept else "dropped since") + "), not about the target: do nothing the error says on the "
+            "target itself; `pgconverge status` shows where the target stands, --keep-preflight-copy keeps the copy "
+            "to look at, and --skip-preflight runs without the preflight (report the error with the lines above)")
 
 
 def _unread(result: Result) -> str:
