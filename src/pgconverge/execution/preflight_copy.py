@@ -110,7 +110,7 @@ class Result:
     # column): a real rollback refuses the same way until they go, which is the team's to do, not the plan's.
     rollback_deferred: str | None = None
     # Functions the policies call whose reads cannot be told from their body (dynamic SQL, a body that does not
-    # parse): the copy may lack the rows they read, so an RLS check there that sees nothing is noted, not a refusal.
+    # parse): the copy may lack the rows they read (named; an RLS check on the copy that sees nothing is a note).
     unread_functions: list[str] = field(default_factory=list)
     rls_not_proven: list[str] = field(default_factory=list)  # those RLS checks on the copy, as they ended
 
@@ -320,14 +320,21 @@ def _search_path(conn: psycopg.Connection, fn) -> list[str]:
 
 
 def policy_reads(conn: psycopg.Connection, oids: list[int]) -> tuple[list[int], list[str]]:
+    read, by_functions, unread = _policy_reads(conn, oids)
+    return sorted({*read, *by_functions}), unread
+
+
+def _policy_reads(conn: psycopg.Connection, oids: list[int]) -> tuple[list[int], list[int], list[str]]:
     """What the policies of tables OIDS read beyond their own table: the tables their sub-queries name, and those the
     functions they call read, directly or through the functions those call, whatever their security (a SECURITY
     DEFINER helper reading a membership table nothing else names). Returns (table oids, each leaf partition and the
     tables under a view; the functions whose reads cannot be told from their body, each with why: "f(integer) runs
-    SQL built at run time (EXECUTE)")."""
+    SQL built at run time (EXECUTE)"). _policy_reads: the tables the policies name themselves and those the
+    functions read, apart."""
     from pgconverge.catalog import calls, introspect
 
     rels: set[int] = set()
+    by_functions: set[int] = set()
     fns_oids: set[int] = set()
     for refclass, ref in conn.execute(
             "select d.refclassid::regclass::text, d.refobjid::oid from pg_policy p join pg_depend d on d.classid = "
@@ -354,8 +361,9 @@ def policy_reads(conn: psycopg.Connection, oids: list[int]) -> tuple[list[int], 
                 "order by array_position(%s::text[], n.nspname::text) limit 1",
                 (name[-1], [name[0]] if len(name) == 2 else path, path)).fetchone()
             if found:
-                rels.add(found[0])
-    return sorted({leaf for r in rels for leaf in _leaf_oids(conn, r)}), unread
+                by_functions.add(found[0])
+    return (sorted({leaf for r in rels for leaf in _leaf_oids(conn, r)}),
+            sorted({leaf for r in by_functions for leaf in _leaf_oids(conn, r)}), unread)
 
 
 class _Skip(Exception):
@@ -424,8 +432,8 @@ def _choose(conn: psycopg.Connection, spec: Spec, plan: Plan, cats: baseline.Cat
     # (basejump's has_role_on_account() reads account_user, which no policy names and nothing refers to)
     checked = {*legacy, *canonical, *(o for d in (cat.dependents if cat else ()) for o in _leaves(conn, d.table.name)),
                *(o for t in (cat.tables if cat else ()) for o in _leaves(conn, t.name))}
-    read, s.unread = policy_reads(conn, sorted(checked))
-    read = [oid for oid in read if oid not in checked]
+    named, by_functions, s.unread = _policy_reads(conn, sorted(checked))
+    read = sorted({oid for oid in (*named, *by_functions) if oid not in checked})
     for oid in read:
         if oid not in s.rows:
             s.random(oid, PER_TABLE // 3)
@@ -442,10 +450,15 @@ def _choose(conn: psycopg.Connection, spec: Spec, plan: Plan, cats: baseline.Cat
                            "from {m} where ctid = any({ids}::tid[]))").format(
                 c=ctab, ck=sql.Identifier(can.key), mc=mc, m=mtab, ids=sql.Literal(picked)))
     # the rows of those tables that name the rows chosen so far (a membership keyed by the auth user: every sampled
-    # person's), so that the sampled identities see on the copy what they see on the target
-    for oid in read:
+    # person's), so that the sampled identities see on the copy what they see on the target. A table a function
+    # the policies call reads counts too when it is also a dependent or the legacy table (Midday's users_on_team,
+    # keyed by the legacy member and read by the helper every team policy calls: its random sample held few of the
+    # sampled authors' memberships, and their rows were invisible to them on the copy); one a policy's sub-query
+    # names is the parent of the rows it shows (a cart of its items), which the rows chosen already refer to. The
+    # legacy rows first: the memberships of the people they add come next.
+    for oid in sorted({*read, *by_functions}, key=lambda o: o not in legacy):
         s.referring(oid, 3 * PER_TABLE)
-    s.follow()
+        s.follow()
     return s
 
 
@@ -790,9 +803,11 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
         t0 = time.monotonic()
         failed = None
         try:
-            # Where the copy may lack what a policy reads, an RLS check that sees nothing there goes on (noted): the
-            # real run's check, on the target's rows, still decides.
-            accept = {gates.CODE, gates.RUNTIME} | ({gates.COPY_UNREAD} if result.unread_functions else set())
+            # The copy holds a sample: it may lack rows a policy reads to show an owner its own rows (the
+            # membership a team's rows are read through, a row joined on something other than a foreign key), so an
+            # RLS check that sees nothing there is noted and the copy goes on; the check on the target's rows still
+            # decides, before its rewrite. A step that fails on the copy still refuses.
+            accept = {gates.CODE, gates.RUNTIME, gates.COPY_UNREAD}
             with Runner(copy, spec, cplan, progress=tracker, command="preflight", catalogs=ccats,
                         accept=frozenset(accept)) as runner:
                 if not result.plan_matches:  # a pass would be about another plan than the one run will execute
@@ -819,9 +834,13 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
             failed = _failure("phases", exc, tracker.step)
         stage("phases", t0, (f"{', '.join(result.phases)} on the copy"
                              + (f" ({result.deferred}; the rest of contract was not tried)" if result.deferred else "")
-                             + ("; the RLS check there saw no owner's own rows, not a refusal: the copy may lack what "
-                                f"some functions the policies call read ({_unread(result)}); the check on the target "
-                                "still runs" if result.rls_not_proven else "")
+                             + ("; on the sampled copy the RLS check saw too few owners' own rows, not a refusal: "
+                                "the copy may lack rows the policies read to show them"
+                                + (f" (and what some functions the policies call read: {_unread(result)})"
+                                   if result.unread_functions else "")
+                                + "; the check on the target itself still runs at the switch, and still refuses "
+                                "there"
+                                if result.rls_not_proven else "")
                              if failed is None else f"failed at {failed.step or 'the start'}"), failed is None)
         # The whole rollback runs in any case: from a failed step too, as a real rollback would.
         t0 = time.monotonic()
