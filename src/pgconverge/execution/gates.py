@@ -24,9 +24,9 @@ CODE = "code-references"
 RUNTIME = "runtime-use"
 # The switch's RLS check compared nothing because no row of its tables has an owner (a database without rows).
 UNPROVEN_RLS = "unproven-rls"
-# On the preflight's copy only: some function the policies call reads tables its body does not name (dynamic SQL, a
-# body that does not parse), so the copy may lack their rows; the switch's RLS check proving nothing there is noted
-# and the copy goes on (the check on the target still runs, and still refuses).
+# On the preflight's copy only: the copy holds a sample of rows, and may lack those the policies read to show an owner
+# its own rows (memberships, rows a function reads that its body does not name); the switch's RLS check proving
+# nothing there is noted and the copy goes on (the check on the target still runs, and still refuses).
 COPY_UNREAD = "copy-unread"
 
 

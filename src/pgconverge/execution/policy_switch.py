@@ -187,8 +187,8 @@ def _without_helper(runner: Runner, step: Step, resuming: bool) -> StepResult:
 
 def _sees_nothing(runner: Runner, exc: Exception) -> None:
     """Raise EXC, the refusal of a check whose owners see none of their own rows (nothing changed yet); on the
-    preflight's copy when it may lack what the policies read (gates.COPY_UNREAD), note it and go on instead: the
-    check on the target still runs and still refuses."""
+    preflight's copy, a sample that may lack what the policies read (gates.COPY_UNREAD), note it and go on instead:
+    the check on the target still runs and still refuses."""
     from pgconverge.execution import gates
 
     if gates.COPY_UNREAD not in runner.accept:

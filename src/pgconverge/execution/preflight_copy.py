@@ -110,7 +110,7 @@ class Result:
     # column): a real rollback refuses the same way until they go, which is the team's to do, not the plan's.
     rollback_deferred: str | None = None
     # Functions the policies call whose reads cannot be told from their body (dynamic SQL, a body that does not
-    # parse): the copy may lack the rows they read, so an RLS check there that sees nothing is noted, not a refusal.
+    # parse): the copy may lack the rows they read (named; an RLS check on the copy that sees nothing is a note).
     unread_functions: list[str] = field(default_factory=list)
     rls_not_proven: list[str] = field(default_factory=list)  # those RLS checks on the copy, as they ended
 
@@ -320,14 +320,21 @@ def _search_path(conn: psycopg.Connection, fn) -> list[str]:
 
 
 def policy_reads(conn: psycopg.Connection, oids: list[int]) -> tuple[list[int], list[str]]:
+    read, by_functions, unread = _policy_reads(conn, oids)
+    return sorted({*read, *by_functions}), unread
+
+
+def _policy_reads(conn: psycopg.Connection, oids: list[int]) -> tuple[list[int], list[int], list[str]]:
     """What the policies of tables OIDS read beyond their own table: the tables their sub-queries name, and those the
     functions they call read, directly or through the functions those call, whatever their security (a SECURITY
     DEFINER helper reading a membership table nothing else names). Returns (table oids, each leaf partition and the
     tables under a view; the functions whose reads cannot be told from their body, each with why: "f(integer) runs
-    SQL built at run time (EXECUTE)")."""
+    SQL built at run time (EXECUTE)"). _policy_reads: the tables the policies name themselves and those the
+    functions read, apart."""
     from pgconverge.catalog import calls, introspect
 
     rels: set[int] = set()
+    by_functions: set[int] = set()
     fns_oids: set[int] = set()
     for refclass, ref in conn.execute(
             "select d.refclassid::regclass::text, d.refobjid::oid from pg_policy p join pg_depend d on d.classid = "
@@ -354,8 +361,9 @@ def policy_reads(conn: psycopg.Connection, oids: list[int]) -> tuple[list[int], 
                 "order by array_position(%s::text[], n.nspname::text) limit 1",
                 (name[-1], [name[0]] if len(name) == 2 else path, path)).fetchone()
             if found:
-                rels.add(found[0])
-    return sorted({leaf for r in rels for leaf in _leaf_oids(conn, r)}), unread
+                by_functions.add(found[0])
+    return (sorted({leaf for r in rels for leaf in _leaf_oids(conn, r)}),
+            sorted({leaf for r in by_functions for leaf in _leaf_oids(conn, r)}), unread)
 
 
 class _Skip(Exception):
@@ -424,8 +432,8 @@ def _choose(conn: psycopg.Connection, spec: Spec, plan: Plan, cats: baseline.Cat
     # (basejump's has_role_on_account() reads account_user, which no policy names and nothing refers to)
     checked = {*legacy, *canonical, *(o for d in (cat.dependents if cat else ()) for o in _leaves(conn, d.table.name)),
                *(o for t in (cat.tables if cat else ()) for o in _leaves(conn, t.name))}
-    read, s.unread = policy_reads(conn, sorted(checked))
-    read = [oid for oid in read if oid not in checked]
+    named, by_functions, s.unread = _policy_reads(conn, sorted(checked))
+    read = sorted({oid for oid in (*named, *by_functions) if oid not in checked})
     for oid in read:
         if oid not in s.rows:
             s.random(oid, PER_TABLE // 3)
@@ -442,10 +450,15 @@ def _choose(conn: psycopg.Connection, spec: Spec, plan: Plan, cats: baseline.Cat
                            "from {m} where ctid = any({ids}::tid[]))").format(
                 c=ctab, ck=sql.Identifier(can.key), mc=mc, m=mtab, ids=sql.Literal(picked)))
     # the rows of those tables that name the rows chosen so far (a membership keyed by the auth user: every sampled
-    # person's), so that the sampled identities see on the copy what they see on the target
-    for oid in read:
+    # person's), so that the sampled identities see on the copy what they see on the target. A table a function
+    # the policies call reads counts too when it is also a dependent or the legacy table (Midday's users_on_team,
+    # keyed by the legacy member and read by the helper every team policy calls: its random sample held few of the
+    # sampled authors' memberships, and their rows were invisible to them on the copy); one a policy's sub-query
+    # names is the parent of the rows it shows (a cart of its items), which the rows chosen already refer to. The
+    # legacy rows first: the memberships of the people they add come next.
+    for oid in sorted({*read, *by_functions}, key=lambda o: o not in legacy):
         s.referring(oid, 3 * PER_TABLE)
-    s.follow()
+        s.follow()
     return s
 
 
@@ -537,6 +550,15 @@ def _fill(source_dsn: str, copy_dsn: str, spec: Spec, plan: Plan, cats: baseline
                 dst.execute("select setval(to_regclass(%s), %s)",
                             (sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name)).as_string(dst),
                              value))
+            if ledger_tables:
+                from pgconverge.ledger.store import Ledger
+
+                # The copy is the target's whole schema with a sample of its rows: the ledger's home there, recorded
+                # as such once the target's own record is found to be the target's (check_home, which refuses naming
+                # the target otherwise). Without it, the copy of a run killed before its first trigger lacked what
+                # the home check looks for, and its ledger was refused as one restored on its own.
+                if Ledger(src, spec).exists():
+                    Ledger(dst, spec).record_home()
             # snapshots of every dependent row taken by steps done on the target: taken again over the sample
             for name, op in snapshots.items():
                 if dst.execute("select to_regclass(%s)", (str(op.name),)).fetchone()[0] is not None:
@@ -645,7 +667,11 @@ def _failure(stage: str, exc: BaseException, step: Step | None) -> Failure:
     while pg is None and cause is not None:
         pg = cause if isinstance(cause, psycopg.Error) else None
         cause = cause.__cause__
-    if isinstance(exc, PgConvergeError):
+    from pgconverge.ledger.store import LedgerElsewhere
+
+    if isinstance(exc, LedgerElsewhere):  # the copy's ledger, not the target's: its fix does not apply there
+        error, fix = f"on the copy: {exc.problem}", _copy_fix("a database made and dropped by the preflight", False)
+    elif isinstance(exc, PgConvergeError):
         error, fix = exc.problem, exc.fix or ""
     else:
         error, fix = str(exc).strip() or type(exc).__name__, ""
@@ -751,16 +777,24 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
 
         copy = Target(copy_dsn, "preflight copy")
         tracker = _Tracker()
-        with connect(copy) as conn:
-            before = schema_state(conn, spec)
-            ccats = baseline.load(conn, spec)
-            if cats.taken_in:  # as on the target: expand takes in the references made since it was planned
-                from pgconverge.ledger.store import Ledger
-                from pgconverge.planning import expand
+        t0 = time.monotonic()
+        try:
+            with connect(copy) as conn:
+                before = schema_state(conn, spec)
+                ccats = baseline.load(conn, spec)
+                if cats.taken_in:  # as on the target: expand takes in the references made since it was planned
+                    from pgconverge.ledger.store import Ledger
+                    from pgconverge.planning import expand
 
-                ccats, _ = expand.take_in(spec, ccats, Ledger(conn, spec).step_states())
-            fresh = not started_mid_migration(conn, spec)
-        cplan = planner.build(spec, ccats)
+                    ccats, _ = expand.take_in(spec, ccats, Ledger(conn, spec).step_states())
+                fresh = not started_mid_migration(conn, spec)
+            cplan = planner.build(spec, ccats)
+        except PgConvergeError as exc:
+            # The copy could not be read or planned: about the copy, not the target, whatever the error's own fix says
+            result.failure = Failure("copy", None, f"on the copy {database}: {exc.problem}", None, None,
+                                     _copy_fix(database, keep))
+            stage("phases", t0, "not started: the copy could not be read or planned", False)
+            return result
         # the same steps (their SQL differs only by the names contract stamps with the time of planning)
         only_here = sorted({s.id for s in plan.steps} - {s.id for s in cplan.steps})
         only_copy = sorted({s.id for s in cplan.steps} - {s.id for s in plan.steps})
@@ -769,9 +803,11 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
         t0 = time.monotonic()
         failed = None
         try:
-            # Where the copy may lack what a policy reads, an RLS check that sees nothing there goes on (noted): the
-            # real run's check, on the target's rows, still decides.
-            accept = {gates.CODE, gates.RUNTIME} | ({gates.COPY_UNREAD} if result.unread_functions else set())
+            # The copy holds a sample: it may lack rows a policy reads to show an owner its own rows (the
+            # membership a team's rows are read through, a row joined on something other than a foreign key), so an
+            # RLS check that sees nothing there is noted and the copy goes on; the check on the target's rows still
+            # decides, before its rewrite. A step that fails on the copy still refuses.
+            accept = {gates.CODE, gates.RUNTIME, gates.COPY_UNREAD}
             with Runner(copy, spec, cplan, progress=tracker, command="preflight", catalogs=ccats,
                         accept=frozenset(accept)) as runner:
                 if not result.plan_matches:  # a pass would be about another plan than the one run will execute
@@ -798,9 +834,13 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
             failed = _failure("phases", exc, tracker.step)
         stage("phases", t0, (f"{', '.join(result.phases)} on the copy"
                              + (f" ({result.deferred}; the rest of contract was not tried)" if result.deferred else "")
-                             + ("; the RLS check there saw no owner's own rows, not a refusal: the copy may lack what "
-                                f"some functions the policies call read ({_unread(result)}); the check on the target "
-                                "still runs" if result.rls_not_proven else "")
+                             + ("; on the sampled copy the RLS check saw too few owners' own rows, not a refusal: "
+                                "the copy may lack rows the policies read to show them"
+                                + (f" (and what some functions the policies call read: {_unread(result)})"
+                                   if result.unread_functions else "")
+                                + "; the check on the target itself still runs at the switch, and still refuses "
+                                "there"
+                                if result.rls_not_proven else "")
                              if failed is None else f"failed at {failed.step or 'the start'}"), failed is None)
         # The whole rollback runs in any case: from a failed step too, as a real rollback would.
         t0 = time.monotonic()
@@ -849,6 +889,14 @@ def _run(spec: Spec, target: Target, plan: Plan, cats: baseline.Catalogs, *, ser
         elif made:
             _mark(admin, database, "kept")
     return result
+
+
+def _copy_fix(database: str, kept: bool) -> str:
+    """The fix of a refusal about the preflight's own copy: nothing of it is to be done on the target."""
+    return (f"this is about the preflight's own copy of the target ({database}, "
+            + ("kept" if kept else "dropped since") + "), not about the target: do nothing the error says on the "
+            "target itself; `pgconverge status` shows where the target stands, --keep-preflight-copy keeps the copy "
+            "to look at, and --skip-preflight runs without the preflight (report the error with the lines above)")
 
 
 def _unread(result: Result) -> str:

@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 
 from pgconverge import __version__
 from pgconverge.config import Spec
+from pgconverge.errors import PgConvergeError
 from pgconverge.ledger import schema
 
 
@@ -29,6 +30,10 @@ class StepState:
     # Pending: whether its latest done or reverted record is a done, an earlier run's change still in force while it
     # runs again (the policy rewrite, recorded done before its equivalence check, is run again when that never ended).
     earlier_done: bool = False
+
+
+class LedgerElsewhere(PgConvergeError):
+    """The ledger records another database as its home, and this one lacks what it says the migration made."""
 
 
 class Ledger:
@@ -76,9 +81,7 @@ class Ledger:
         missing = self._missing_objects()
         if not missing:
             return  # a whole copy: adopted, and recorded by the next run that writes the ledger (record_home)
-        from pgconverge.errors import PgConvergeError
-
-        raise PgConvergeError(
+        raise LedgerElsewhere(
             f"the private schema {self.schema} was written in another database: database "
             f"{home.get('database')} (oid {home.get('oid')}) on server {home.get('system_identifier')}, and "
             f"this is database {mine['database']} (oid {mine['oid']}) on server {mine['system_identifier']}; "
