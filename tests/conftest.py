@@ -27,6 +27,16 @@ _counter = itertools.count()
 os.environ.setdefault("PGCONVERGE_PREFLIGHT", "off")
 
 
+@pytest.fixture
+def preflight_on(monkeypatch, admin_dsn):
+    """`run` preflights on a copy, made on the test server (not another one), for a module that says
+    `pytestmark = pytest.mark.usefixtures("preflight_on")`."""
+    from pgconverge.execution import preflight_copy
+
+    monkeypatch.setenv(preflight_copy.ENABLE_ENV, "on")
+    monkeypatch.setenv(preflight_copy.SERVER_ENV, admin_dsn)
+
+
 @pytest.fixture(scope="session")
 def admin_dsn(tmp_path_factory) -> str:
     """DSN of a superuser connection to the test server's maintenance database."""

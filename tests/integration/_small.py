@@ -169,3 +169,10 @@ insert into public.profiles (whatsapp_e164, display_name)
   select '+25078' || lpad(i::text, 7, '0'), 'p' || i from generate_series(1, 6) i;
 insert into public.events (id, customer_id, kind) select i * 20, 1 + i % 6, 'k' from generate_series(1, 12) i;
 """
+
+
+def email_config(sample: int = 0) -> str:
+    """The config of a customers/profiles pair matched by e-mail (the tables' own defaults otherwise): contract may
+    follow at once, tokens carry only the identity claim, the RLS check acts as SAMPLE identities (0: all)."""
+    return ('[legacy]\nmatch_column = "email"\nmatch = "email"\n[canonical]\nmatch_column = "email"\n'
+            f"[migration]\nobservation_window = 0\ntoken_claims = {{}}\nrls_sample = {sample}\n")

@@ -9,21 +9,11 @@ import json
 import psycopg
 import pytest
 
-from _small import roles_sql
+from _small import email_config, roles_sql
 from _support import cli, schema_db
 from pgconverge.execution import preflight_copy
 
-CONFIG = """
-[legacy]
-match_column = "email"
-match = "email"
-[canonical]
-match_column = "email"
-[migration]
-observation_window = 0
-token_claims = {}
-rls_sample = 0
-"""
+CONFIG = email_config()
 
 
 def _schema(side: str, constraint: str) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from _small import roles_sql
+from _small import email_config, roles_sql
 from _support import cli, cli_json, schema_db
 
 SCHEMA = roles_sql() + """
@@ -29,22 +29,10 @@ insert into public.profiles (email, display_name) select 'U' || i || '@x.test', 
 insert into public.carts (customer_id, note) select id, 'seed' from public.customers, generate_series(1, 2);
 """
 
-CONFIG = """
-[legacy]
-match_column = "email"
-match = "email"
-[canonical]
-match_column = "email"
-[migration]
-observation_window = 0
-token_claims = {}
-rls_sample = %d
-"""
-
 
 @pytest.mark.parametrize("sample", [0, 2])
 def test_owners_are_found_whatever_the_scale_of_their_legacy_id(make_db, tmp_path, sample):
-    dsn, args = schema_db(make_db, tmp_path, SCHEMA, CONFIG % sample)
+    dsn, args = schema_db(make_db, tmp_path, SCHEMA, email_config(sample))
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("select min(customer_id)::text from public.carts").fetchone()[0] == "1001.00"
     for phase in ("align", "expand", "switch"):

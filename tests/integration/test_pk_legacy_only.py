@@ -20,7 +20,6 @@ from psycopg import sql
 from _small import CLEAR, PAIR_SQL, numbered_customers, owned, roles_sql
 from _support import cli, schema_db
 
-from pgconverge.execution import preflight_copy
 from pgconverge.verify.tokens import act_as
 
 CONFIG = """
@@ -64,10 +63,7 @@ insert into public.wallets (customer_id, note) select id, 'seed ' || id from pub
 ACCEPT = ("--yes", "--accept-code-references", "--accept-runtime-use")
 
 
-@pytest.fixture(autouse=True)
-def preflight_on(monkeypatch, admin_dsn):
-    monkeypatch.setenv(preflight_copy.ENABLE_ENV, "on")
-    monkeypatch.setenv(preflight_copy.SERVER_ENV, admin_dsn)
+pytestmark = pytest.mark.usefixtures("preflight_on")
 
 
 class Wallets:

@@ -26,10 +26,7 @@ HELPER = ("create function public.auth_customer_id() returns bigint language sql
 ACCEPT = ("--accept-code-references", "--accept-runtime-use")
 
 
-@pytest.fixture(autouse=True)
-def preflight_on(monkeypatch, admin_dsn):
-    monkeypatch.setenv(preflight_copy.ENABLE_ENV, "on")
-    monkeypatch.setenv(preflight_copy.SERVER_ENV, admin_dsn)  # copies go to the test server, not another one
+pytestmark = pytest.mark.usefixtures("preflight_on")
 
 
 def fingerprint(dsn: str) -> str:

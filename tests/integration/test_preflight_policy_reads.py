@@ -17,7 +17,6 @@ from psycopg import conninfo
 from _small import AUTH_SQL, base_sql, config, roles_sql
 from _support import cli, cli_json, write_config
 
-from pgconverge.execution import preflight_copy
 
 # The legacy helper finds the caller's customer by its auth user (the tokens carry `sub`), as basejump's does.
 HELPER = ("create function public.auth_customer_id() returns bigint language sql stable security definer "
@@ -79,10 +78,7 @@ analyze;
 """
 
 
-@pytest.fixture(autouse=True)
-def preflight_on(monkeypatch, admin_dsn):
-    monkeypatch.setenv(preflight_copy.ENABLE_ENV, "on")
-    monkeypatch.setenv(preflight_copy.SERVER_ENV, admin_dsn)
+pytestmark = pytest.mark.usefixtures("preflight_on")
 
 
 def _db(make_db, tmp_path, functions: str) -> tuple[str, str]:

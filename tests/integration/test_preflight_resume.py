@@ -28,10 +28,7 @@ HELPER = ("create function public.auth_customer_id() returns bigint language sql
           "select nullif(current_setting('request.jwt.claims', true)::jsonb ->> 'customer_id', '')::bigint $$;")
 
 
-@pytest.fixture(autouse=True)
-def preflight_on(monkeypatch, admin_dsn):
-    monkeypatch.setenv(preflight_copy.ENABLE_ENV, "on")
-    monkeypatch.setenv(preflight_copy.SERVER_ENV, admin_dsn)
+pytestmark = pytest.mark.usefixtures("preflight_on")
 
 
 def _small(make_db, tmp_path) -> tuple[str, str]:
