@@ -293,6 +293,7 @@ class Runner:
 
     def run_phase(self, phase: str) -> list[StepResult]:
         self._take_in()
+        self._new_checks_first(phase)
         self.check_ledger(phase)
         states = self.ledger.step_states()
         self._announce_resume(phase, self.plan.phase(phase), lambda s: states[s.id].state if s.id in states else None)
@@ -337,6 +338,24 @@ class Runner:
             if ran:
                 self._reload_api_schema()
         return results
+
+    def _new_checks_first(self, phase: str) -> None:
+        """An earlier phase a former pgconverge finished, but for checks this one adds to it (expand.references, say,
+        in a ledger written before it existed): checks only read, so they run now, before PHASE, instead of PHASE
+        refusing with 'needs expand finished first'. A check that fails stops here, as under `run expand`."""
+        states = self.ledger.step_states()
+        for earlier in PHASES[:PHASES.index(phase)]:
+            steps = self.plan.phase(earlier)
+            missing = [s for s in steps if states.get(s.id) is None or states[s.id].state != "done"]
+            ran = any(states.get(s.id) is not None and states[s.id].state == "done" for s in steps)
+            # Checks alone: a snapshot is of its moment (align's linkage), and taken late it would be of another.
+            if missing and ran and all(states.get(s.id) is None and isinstance(s.op, Check) for s in missing):
+                note = getattr(self.progress, "note", None)
+                if note is not None:
+                    note(f"{earlier} was finished without {', '.join(s.id for s in missing)}, which this pgconverge "
+                         f"adds to it and which only read: running them first")
+                self.run_phase(earlier)
+                states = self.ledger.step_states()
 
     def _take_in(self) -> None:
         """Where expand takes in references the application made since it was planned (planning/expand.py take_in):
