@@ -27,6 +27,7 @@ from pgconverge.operations.base import PHASES, Cost, Plan, Step, committed
 from pgconverge.operations.batched import Batched
 from pgconverge.operations.check import Check
 from pgconverge.operations.create_index import CreateIndexConcurrently
+from pgconverge.operations.replace_policies import LOCK_BUDGET_MS, ReplacePolicies
 from pgconverge.operations.snapshot import Snapshot
 from pgconverge.planning import contract as contract_plan
 from pgconverge.report.checks import table_counts
@@ -684,9 +685,13 @@ class Runner:
                         + self._wait_longer())
             if step.op.executor == "index":
                 return self._index_failure(step, exc, blockers)
+            # The policy rewrite shares one budget out among its tables (operations/replace_policies.py).
+            within = (f"{step.op.per_table_ms} ms a table ({step.op.lock_budget_ms} ms for all "
+                      f"{len(step.op.tables)}: migration.lock_timeout_ms, or {LOCK_BUDGET_MS} ms where that is less)"
+                      if isinstance(step.op, ReplacePolicies) else f"{self.lock_timeout_ms} ms")
             return StepFailed(
                 f"step {step.id} could not get its {step.op.lock} lock on {step.op.lock_target or 'its objects'} "
-                f"within {self.lock_timeout_ms} ms in {exc.attempts} attempts; nothing was changed by this step. "
+                f"within {within} in {exc.attempts} attempts; nothing was changed by this step. "
                 f"{blockers}",
                 fix="let the blocking transaction finish (or end it), then run the same command again"
                     + self._wait_longer())

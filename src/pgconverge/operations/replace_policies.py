@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -29,6 +30,19 @@ class ReplacePolicies(Operation):
     # Tables of policies left to the user (migration.accept_policies): not locked, and not in this step's own check
     # (such a policy may be rewritten by hand only after the switch); `verify --rls` and contract's gate read them.
     checked: tuple[str, ...] = ()
+    # The longest all the tables' locks may take to acquire, together: LOCK_BUDGET_MS, or migration.lock_timeout_ms
+    # where that is longer (an application whose transactions each last longer than LOCK_BUDGET_MS / n).
+    lock_budget_ms: int = LOCK_BUDGET_MS
+
+    @property
+    def per_table_ms(self) -> int:
+        return max(10, self.lock_budget_ms // max(1, len(self.tables)))
+
+    def fingerprint(self) -> str:
+        # The same for any budget: a ledger written with another lock_timeout_ms still recognizes the step.
+        if self.lock_budget_ms != LOCK_BUDGET_MS:
+            return dataclasses.replace(self, lock_budget_ms=LOCK_BUDGET_MS).fingerprint()
+        return super().fingerprint()
 
     @property
     def executor(self) -> str:  # type: ignore[override]
@@ -48,9 +62,8 @@ class ReplacePolicies(Operation):
         # in), so the rewrite never holds one table while waiting for a writer that needs it.
         # lock_timeout bounds each table's wait, not the sum: while waiting for the fifth table the
         # first four are held and writers queue behind them. So the budget is shared out: each
-        # table may wait LOCK_BUDGET_MS / n, and the whole acquisition stays within the budget.
-        per_table = max(10, LOCK_BUDGET_MS // max(1, len(self.tables)))
-        budget = sql.SQL("select set_config('lock_timeout', {}, true)").format(sql.Literal(f"{per_table}ms"))
+        # table may wait lock_budget_ms / n, and the whole acquisition stays within the budget.
+        budget = sql.SQL("select set_config('lock_timeout', {}, true)").format(sql.Literal(f"{self.per_table_ms}ms"))
         locks = [sql.SQL("lock table {} in access exclusive mode").format(sql.Identifier(*_split(t)))
                  for t in self.tables]
         return [budget, *locks, *(sql.SQL(s) for s in self.statements_text)]
@@ -66,7 +79,8 @@ class ReplacePolicies(Operation):
         return tuple(out)
 
     def reverse(self) -> Operation:
-        return ReplacePolicies(self.reverse_text, self.statements_text, self.names, self.tables, verify=False)
+        return ReplacePolicies(self.reverse_text, self.statements_text, self.names, self.tables, verify=False,
+                               lock_budget_ms=self.lock_budget_ms)
 
 
 def _qualified(name: str):

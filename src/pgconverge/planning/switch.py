@@ -14,7 +14,7 @@ from pgconverge.operations.check import Check
 from pgconverge.operations.create_function import CreateFunction
 from pgconverge.operations.grant import GrantRead
 from pgconverge.operations.replace_function import MakeDefiner, ReplaceFunction, SettleCalls
-from pgconverge.operations.replace_policies import ReplacePolicies
+from pgconverge.operations.replace_policies import LOCK_BUDGET_MS, ReplacePolicies
 from pgconverge.operations.run_sql import RunSql
 from pgconverge.operations.snapshot import Snapshot
 from pgconverge.operations.together import Together
@@ -170,7 +170,8 @@ def plan(spec: Spec, cat: Catalog, cats=None) -> list[Step]:
         Step(f"{PHASE}.policies", PHASE, ReplacePolicies(
             tuple(_statement(r, spec) for r in auto), tuple(r.reverse_statement for r in auto),
             tuple(policy_name(r) for r in auto), lock_order(cat, {r.table for r in auto}),
-            checked=tuple(str(t) for t in lock_order(cat, accepted_tables(spec, cat) - {r.table for r in auto})))),
+            checked=tuple(str(t) for t in lock_order(cat, accepted_tables(spec, cat) - {r.table for r in auto})),
+            lock_budget_ms=max(LOCK_BUDGET_MS, spec.migration.lock_timeout_ms))),
         Step(f"{PHASE}.function_tracking", PHASE, _track_functions()),
         Step(f"{PHASE}.runtime_baseline", PHASE, runtime_baseline(spec, cat)),
     ]
