@@ -194,3 +194,16 @@ def test_view_readers_are_the_views_that_read_the_legacy_column_or_table():
         "public.rows_2": ["view public.rows, which reads the whole row of public.orders, so public.orders.customer_id"],
         "public.rows_3": ["view public.rows_2, which reads view public.rows, which reads the whole row of "
                           "public.orders, so public.orders.customer_id"]}
+
+
+def test_a_mirrored_index_name_swaps_the_columns_last_mention():
+    from pgconverge.planning.index_mirror import mirrored_name, mirrored_names
+
+    assert mirrored_name("idx_carts_customer_status", "customer_id", "profile_id", set()) == "idx_carts_profile_status"
+    # the table named by the column's word too: only the column's mention changes
+    assert mirrored_name("user_roles_user_id_role_key", "user_id", "account_id", set()) == \
+        "user_roles_account_id_role_key"
+    assert mirrored_name("orders_pkey", "customer_id", "profile_id", set()) == "orders_pkey_profile"
+    assert mirrored_names("transfers_buyer_id_seller_id_key", {"buyer_id": "buyer_profile_id",
+                                                               "seller_id": "seller_profile_id"}, set()) == \
+        "transfers_buyer_profile_id_seller_profile_id_key"

@@ -50,8 +50,7 @@ def contains_column(index: Index, column: str) -> bool:
 
 def mirrored_name(name: str, old_column: str, new_column: str, taken: set[str]) -> str:
     """idx_carts_customer_status → idx_carts_profile_status: the column's stem swapped, else a suffix."""
-    old_stem, new_stem = _stem(old_column), _stem(new_column)
-    candidate = name.replace(old_stem, new_stem) if old_stem in name else f"{name}_{new_stem}"
+    candidate = _swapped(name, old_column, new_column) or f"{name}_{_stem(new_column)}"
     candidate = candidate[:MAX_NAME]
     n = 1
     while candidate in taken or candidate == name:
@@ -65,8 +64,17 @@ def mirrored_names(name: str, renames: dict[str, str], taken: set[str]) -> str:
     """mirrored_name for an index containing several legacy columns: each column's stem swapped in turn."""
     (first_old, first_new), *rest = renames.items()
     for old, new in rest:
-        name = name.replace(_stem(old), _stem(new))
+        name = _swapped(name, old, new) or name
     return mirrored_name(name, first_old, first_new, taken)
+
+
+def _swapped(name: str, old_column: str, new_column: str) -> str | None:
+    """NAME with its last mention of the column's stem swapped for the new column's (None if it has none): only the
+    last, which names the column where the name also names its table by the same word (user_roles_user_id_key →
+    user_roles_profile_id_key, not profile_roles_profile_id_key)."""
+    old_stem, new_stem = _stem(old_column), _stem(new_column)
+    at = name.rfind(old_stem)
+    return None if at < 0 else name[:at] + new_stem + name[at + len(old_stem):]
 
 
 def index_statement(definition: str, *, name: str, table: QualifiedName, only: bool, concurrent: bool,
