@@ -204,6 +204,8 @@ def test_a_mirrored_index_name_swaps_the_columns_last_mention():
     assert mirrored_name("user_roles_user_id_role_key", "user_id", "account_id", set()) == \
         "user_roles_account_id_role_key"
     assert mirrored_name("orders_pkey", "customer_id", "profile_id", set()) == "orders_pkey_profile"
+    assert mirrored_name("carts_user_id_username_idx", "user_id", "profile_id", set()) == \
+        "carts_profile_id_username_idx"
     assert mirrored_names("transfers_buyer_id_seller_id_key", {"buyer_id": "buyer_profile_id",
                                                                "seller_id": "seller_profile_id"}, set()) == \
         "transfers_buyer_profile_id_seller_profile_id_key"

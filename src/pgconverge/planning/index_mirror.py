@@ -69,12 +69,14 @@ def mirrored_names(name: str, renames: dict[str, str], taken: set[str]) -> str:
 
 
 def _swapped(name: str, old_column: str, new_column: str) -> str | None:
-    """NAME with its last mention of the column's stem swapped for the new column's (None if it has none): only the
-    last, which names the column where the name also names its table by the same word (user_roles_user_id_key →
-    user_roles_profile_id_key, not profile_roles_profile_id_key)."""
-    old_stem, new_stem = _stem(old_column), _stem(new_column)
-    at = name.rfind(old_stem)
-    return None if at < 0 else name[:at] + new_stem + name[at + len(old_stem):]
+    """NAME with its last mention of the column (else of its stem) swapped for the new column's (None if it has
+    none): only the last, which names the column where the name also names its table by the same word
+    (user_roles_user_id_key → user_roles_profile_id_key, not profile_roles_profile_id_key)."""
+    for old, new in ((old_column, new_column), (_stem(old_column), _stem(new_column))):  # the whole name first
+        at = name.rfind(old)
+        if at >= 0:
+            return name[:at] + new + name[at + len(old):]
+    return None
 
 
 def index_statement(definition: str, *, name: str, table: QualifiedName, only: bool, concurrent: bool,
