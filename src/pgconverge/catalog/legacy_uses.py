@@ -93,14 +93,16 @@ def _columns(fn: Function, hits: dict[str, list], columns: dict[str, set[Qualifi
 
     if fn.language not in ("sql", "plpgsql"):
         return unsure(f"its body is written in {fn.language}, which is not parsed")
-    try:
-        parsed = list(_statements(fn))
-    except (ParseError, IndexError, AttributeError, ValueError) as exc:
-        return unsure(f"its body does not parse: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     variables: set[str] = set()
     records: set[str] = set()
+    try:
+        parsed = list(_statements(fn))
+        datums = parse_plpgsql(fn.definition)[0]["PLpgSQL_function"].get("datums", ()) \
+            if fn.language == "plpgsql" else ()
+    except (ParseError, IndexError, AttributeError, KeyError, ValueError) as exc:
+        return unsure(f"its body does not parse: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     if fn.language == "plpgsql":
-        for d in parse_plpgsql(fn.definition)[0]["PLpgSQL_function"].get("datums", ()):
+        for d in datums:
             if "PLpgSQL_var" in d:
                 variables.add(d["PLpgSQL_var"]["refname"])
             elif "PLpgSQL_rec" in d:
