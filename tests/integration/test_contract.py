@@ -63,7 +63,7 @@ def test_a_failing_gate_names_the_blocker_and_changes_nothing(make_db, template_
         out = cli("run", "contract", "--dsn", dsn, "--code", str(sample_code_dir()), expect=2)
         assert "contract is blocked, nothing was dropped" in out and "no code references" in out
         flat = " ".join(out.split())
-        named = re.findall(r"database function (\S+) mentions legacy names", flat)
+        named = re.findall(r"database function (\S+) uses legacy names", flat)
         assert {f"public.legacy_report_{i}()" for i in range(1, 7)} <= set(named), flat
         assert f"{len(named)} database function(s) mention legacy names" in flat, flat
         assert any(ext in out for ext in (".ts:", ".py:", ".sql:", ".js:")) and "--accept-code-references" in out

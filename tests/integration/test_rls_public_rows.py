@@ -84,3 +84,26 @@ def test_an_application_that_shows_every_row_to_everyone_still_switches(make_db,
     (rls,) = [c for c in out["checks"] if c["step"] == "rls"]
     by_table = rls["coverage"]["by_table"]
     assert all(c.get("owners_of_public_rows_only") for c in by_table.values()), by_table
+
+
+SIGNED_IN = "\n".join(
+    f"create policy {t}_signed_in on public.{t} for select using (auth.role() = 'authenticated');"
+    for t in ("carts", "cart_items", "orders", "order_items", "order_events", "sessions"))
+
+
+def test_the_verdict_names_owners_of_public_rows_and_does_not_say_anonymous_callers_read_what_they_do_not(
+        make_db, template_factory, tmp_path):
+    """A chat application's read policy: `using (auth.role() = 'authenticated')`, for every role. Every sampled
+    identity owns rows there, all of them public: the verdict said "no sampled identity owns a row there", and, as the
+    policy is for every role and reads no identity, that anonymous callers read its rows, while they read none."""
+    dsn = make_db(template_factory(0.1))
+    cfg = write_config(tmp_path, "[migration]\nrls_sample = 8\n")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SIGNED_IN)
+    cli("run", "align", "--dsn", dsn, "--config", cfg)
+    out = " ".join(cli("verify", "--rls", "--dsn", dsn, "--config", cfg).split())
+    assert "public.carts: no sampled identity owns a row there" not in out, out
+    assert "public.carts: the 8 sampled owners there own public rows only" in out, out
+    assert "public.carts: anonymous callers read its rows" not in out, out
+    assert ("public.carts: a policy of the application's own on it, for every role or for anon, reads no identity, "
+            "so anonymous callers are not held to reading none of its rows there (they read none of them now)") in out, out

@@ -14,6 +14,7 @@ class Mention:
     name: str
     offset: int
     in_string: bool  # inside a string literal, e.g. dynamic SQL given to EXECUTE
+    whole: bool = False  # the string literal is the name alone (a JSON key, 'user_id'), not SQL naming it
 
 
 def _ident(text: str) -> str:
@@ -57,8 +58,9 @@ def find(source: str, names: frozenset[str] | set[str]) -> list[Mention]:
             continue
         text = source[tok.start:tok.end + 1]
         if tok.name == "SCONST":
-            for n in sorted(_literal_mentions(_literal(text), names)):
-                out.append(Mention(n, tok.start, True))
+            content = _literal(text)
+            for n in sorted(_literal_mentions(content, names)):
+                out.append(Mention(n, tok.start, True, content.strip() == n))
         elif tok.name == "IDENT" or tok.kind != "NO_KEYWORD":
             ident = _ident(text)
             if ident in names:

@@ -156,6 +156,10 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
                          "rows compared" if c["owners"] else
                          f"{t}: owner unknown (no chain of single-column foreign keys leads from it to a table naming "
                          f"the owner), {c['rows_seen']} rows compared (its owners' view not checked)" if t in unknown
+                         else f"{t}: the {c['owners_of_public_rows_only']} sampled owners there own public rows "
+                         "only (rows every signed-in caller reads too), so none has a row of its own to be shown apart "
+                         f"from others', {c['rows_seen']} rows compared (its owners' view not checked)"
+                         if c.get("owners_of_public_rows_only")
                          else f"{t}: no sampled identity owns a row there, {c['rows_seen']} rows compared (its "
                          "owners' view not checked)")
                         + f", {probes.get(t, 0)} write probes"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from pgconverge.audit import runtime
 from pgconverge.audit.code import scan
-from pgconverge.catalog import calls, introspect, mentions
+from pgconverge.catalog import calls, introspect, legacy_uses, mentions
 from pgconverge.connection import connect
 from pgconverge.config import show_identifier
 from pgconverge.operations.base import Step
@@ -78,9 +78,13 @@ def evaluate(runner: Runner) -> list[dict]:
     watched = {spec.legacy.table.name, *(d.fk.columns[0] for d in cat.dependents),
                *((spec.legacy.helper.name,) if spec.has_helper else ())}
     live = runner.catalogs.live
-    functions = [f"database function {f.signature} mentions legacy names" for f in (live.functions if live else ())
+    # Each function with the names it uses and where; a name the parse of its body cannot tell from another use of
+    # the same word (a JSON key, a variable) is kept, saying why.
+    functions = [f"database function {f.signature} uses legacy names: {legacy_uses.describe(uses)}"
+                 for f in (live.functions if live else ())
                  if f.name not in (spec.legacy.helper, spec.canonical.helper)
-                 and f.name.schema != spec.migration.private_schema and mentions.find(f.code, watched)]
+                 and f.name.schema != spec.migration.private_schema and mentions.find(f.code, watched)
+                 and (uses := legacy_uses.of_spec(f, spec, cat))]
     views, looked_at = view_references(spec, live)
     jobs = cron_jobs(runner.work, watched)
     code = unaudited + code_details(found, functions, views, jobs, looked_at)

@@ -25,7 +25,7 @@ import pglast
 from pglast import ast, stream, visitors
 from psycopg import sql
 
-from pgconverge.catalog import mentions
+from pgconverge.catalog import legacy_uses, mentions
 from pgconverge.catalog.model import Catalog, Constraint, Dependent, Index, Policy, Table
 from pgconverge.config import QualifiedName, Spec, show_identifier
 from pgconverge.errors import PgConvergeError
@@ -1068,11 +1068,11 @@ def _functions(spec: Spec, cat: Catalog) -> list[Finding]:
     for f in cat.functions:
         if f.name in (spec.legacy.helper, spec.canonical.helper) or f.name.schema == spec.migration.private_schema:
             continue
-        found = sorted({m.name for m in mentions.find(f.code, names)})
-        if found:
+        uses = legacy_uses.of_spec(f, spec, cat) if mentions.find(f.code, names) else []
+        if uses:
             out.append(Finding(f"function {f.signature}", LISTED,
-                               f"mentions {', '.join(found)}: rewrite it before contract (its code-references gate "
-                               "names every such function)"))
+                               f"uses {', '.join(sorted({u.word for u in uses}))} ({legacy_uses.describe(uses)}): "
+                               "rewrite it before contract (its code-references gate names every such function)"))
     return out
 
 

@@ -1030,10 +1030,13 @@ def rls_disabled(conn, tables: list[str]) -> list[str]:
     return sorted(t for t in tables if text(qn(parse_qualified(t))) in off)
 
 
-def design_notes(shared: dict[str, int], public: dict[str, int], disabled: list[str]) -> list[str]:
+def design_notes(shared: dict[str, int], public: dict[str, int], disabled: list[str],
+                 anon_now: dict[str, int] | None = None) -> list[str]:
     """How a verdict names the tables it could not hold to isolation: those whose row level security is disabled
     (their policies inert, every caller reads every row), those shared by the application's own policies, and
-    those anonymous callers read."""
+    those anonymous callers read, or may read by a policy's definition. ANON_NOW: the rows anonymous callers read
+    on each table in this check, where it counted them (a table a policy opens only by its definition is said to be
+    read by them only where they did)."""
     out = [f"{t}: row level security is disabled on it, so its policies do not apply and every caller, anonymous "
            "ones too, reads every row" + (" (old and new tokens compared, isolation not checked there)" if t in shared
                                           else "") + f"; if that is not meant: ALTER TABLE {t} ENABLE ROW LEVEL "
@@ -1041,9 +1044,15 @@ def design_notes(shared: dict[str, int], public: dict[str, int], disabled: list[
     out += shared_notes({t: n for t, n in shared.items() if t not in disabled})
     for t, n in sorted(public.items()):
         if t not in disabled:
-            what = f"{n} rows, read before the switch" if n else "by its policies' definitions"
-            out.append(f"{t}: anonymous callers read its rows ({what}), as the application's own original policies "
-                       "let them (not held to none there)")
+            now = (anon_now or {}).get(t, 0)
+            if n or now:
+                what = f"{n} rows, read before the switch" if n else f"{now} rows, read now"
+                out.append(f"{t}: anonymous callers read its rows ({what}), as the application's own original "
+                           "policies let them (not held to none there)")
+            else:
+                out.append(f"{t}: a policy of the application's own on it, for every role or for anon, reads no "
+                           "identity, so anonymous callers are not held to reading none of its rows there" + (
+                               " (they read none of them now)" if t in (anon_now or {}) else ""))
     return out
 
 
@@ -1493,7 +1502,8 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
         shared = {t: 0 for t in shared_by_policy(spec, cat, tables)}
         public = {t: 0 for t in shared_by_policy(spec, cat, tables, ("anon", "public"))}
         public.update(public_by_design(cap))
-    not_proven = (hidden_from_owners(spec, by_table)[1] + design_notes(shared, public, disabled)
+    not_proven = (hidden_from_owners(spec, by_table)[1] + design_notes(shared, public, disabled,
+                                                                  {t: len(r) for t, r in cap.seen.get("anon", {}).items()})
                   + own_policies_notes(own, switched) + own_notes)
     problems = (consistency(cap, identities, shared, public, design) if switched and not contracted
                 else anonymous(cap, public) + isolation(cap, identities, shared, design)) + proves_nothing
