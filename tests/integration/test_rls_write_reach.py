@@ -53,7 +53,6 @@ WRONG = "alter policy messages_delete_moderator on public.messages using (true)"
 
 def _switched(make_db, tmp_path):
     dsn, args = shim_db(make_db, tmp_path, SCHEMA, CONFIG)
-    out = " ".join(cli("verify", "--rls", *args).split())  # before any phase: nothing to compare
     for phase in ("align", "expand", "switch"):
         cli("run", phase, *args)
     return dsn, args
@@ -94,3 +93,13 @@ def test_a_hand_rewrite_letting_anyone_delete_any_message_fails_verify_and_stops
     assert "switch verified" in out and "may delete public.messages row" in out, out
     with psycopg.connect(dsn) as c:
         assert c.execute("select to_regclass('public.customers')").fetchone()[0] is not None  # nothing archived
+
+
+def test_a_rewrite_keeping_owners_from_deleting_their_own_messages_fails_verify(make_db, tmp_path):
+    dsn, args = _switched(make_db, tmp_path)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(GOOD)
+        c.execute("alter policy messages_delete_own on public.messages using (false)")
+    out = " ".join(cli("verify", "--rls", *args, expect=1).split())
+    assert "may no longer delete public.messages row" in out, out
+    assert "may delete public.messages row" not in out and "update public.messages" not in out, out
