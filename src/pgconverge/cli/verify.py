@@ -168,7 +168,7 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
     note = "" if summary["rows_seen"] else "no identity has rows in these tables: nothing was compared"
     spelled = summary["legacy_spelled_otherwise"]
     spelled = f"{rls.SPELLED_OTHERWISE}: {spelled} of {summary['identities']} identities" if spelled else ""
-    note = "; ".join(x for x in (note, covered, summary["write_reach"], spelled, *summary["not_proven"]) if x)
+    note = "; ".join(x for x in (note, covered, spelled, *summary["not_proven"]) if x)
     empty = any(p.startswith("proves nothing: no row of") for p in problems)
     unsampled = any(p.startswith("proves nothing about") and "sampled identities is one of them" in p
                     for p in problems)
@@ -193,5 +193,4 @@ def _rls(conn, spec, cat, plan, phases, sample, shown: bool = True) -> invariant
                "write_owners_by_table": owners_probed,
                "rls_disabled": summary["rls_disabled"], "public_by_design": summary["public_by_design"],
                "not_proven": summary["not_proven"], "owner_unknown": summary["owner_unknown"],
-               "write_reach": summary["write_reach"], "write_reach_compared": summary["write_reach_compared"],
                "legacy_spelled_otherwise": summary["legacy_spelled_otherwise"]}, proves_nothing=blind)

@@ -252,16 +252,10 @@ def switch_gate(runner: Runner) -> dict:
     # the switch's own result, they are read now, on the live policies.
     by_hand = next(s.op.checked for s in runner.plan.steps if s.id == "switch.policies")
     if eq and eq.get("rows_seen") not in (0, None) and not eq.get("proves_nothing") and not by_hand:
-        # The switch compared reads and inserts; what each identity may update and delete is compared now.
-        reach = _write_reach_now(runner)
-        coverage = {"identities": eq.get("identities"), "rows_seen": eq.get("rows_seen"),
-                    "by_table": eq.get("coverage_by_table"), "write_reach": reach.compared}
-        if reach.problems:
-            return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": unblock,
-                    "details": [f"{reach.summary}: {len(reach.problems)} problem(s)"] + reach.problems[:10]}
-        return {"gate": "switch verified", "passed": True,
-                "details": partial + (eq.get("not_proven") or []) + [reach.summary] + reach.notes,
-                "unblock": unblock, "coverage": coverage}
+        return {"gate": "switch verified", "passed": True, "details": partial + (eq.get("not_proven") or []),
+                "unblock": unblock,
+                "coverage": {"identities": eq.get("identities"), "rows_seen": eq.get("rows_seen"),
+                             "by_table": eq.get("coverage_by_table")}}
     why = ("no RLS equivalence result recorded (the switch was applied from files)" if not eq else
            "the switch's RLS check saw no rows for any identity" if not eq.get("rows_seen") else
            f"the policies of {', '.join(by_hand)} were left to be rewritten by hand (migration.accept_policies), "
@@ -287,15 +281,13 @@ def switch_gate(runner: Runner) -> dict:
             # application's design (a team's members see each other's rows), not a leak.
             own, design, own_notes = rls.own_policies_design(conn, runner.spec, cat, targets, cap, identities,
                                                              live_are_original=False)
-            reach = rls.write_reach(conn, runner.spec, cat, targets, identities, cap.others, mode="switched")
     # As the switch read the original policies; the accepted tables' by their original definitions.
     shared, public = rls.recorded_design(runner.spec, cat, eq)
-    problems = rls.consistency(cap, identities, shared, public, design) + reach.problems
+    problems = rls.consistency(cap, identities, shared, public, design)
     seen = rls.rows_seen(cap)
     hidden, not_proven = rls.hidden_from_owners(runner.spec, by_table)
     coverage = {"identities": len(identities), "rows_seen": seen, "owning": covered["owning"],
-                "seeing_own": covered["seeing_own"], "checked_now": True, "by_table": by_table,
-                "write_reach": reach.compared}
+                "seeing_own": covered["seeing_own"], "checked_now": True, "by_table": by_table}
     if problems:
         return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": unblock,
                 "details": [f"{why}; checked now on the live policies: {len(problems)} problem(s)"] + problems[:10]}
@@ -309,8 +301,7 @@ def switch_gate(runner: Runner) -> dict:
         return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": (
                     "raise migration.rls_sample (0 = every identity), then run contract again"),
                 "details": [f"{why}; checked now on the live policies:"] + bare}
-    partial += (not_proven + rls.design_notes(shared, public, disabled) + rls.own_policies_notes(own, True) + own_notes
-                + [reach.summary] + reach.notes)
+    partial += not_proven + rls.design_notes(shared, public, disabled) + rls.own_policies_notes(own, True) + own_notes
     if covered["owning"] and covered["share"] < rls.MIN_COVERAGE:  # identities own rows, yet hardly any saw them
         return {"gate": "switch verified", "passed": False, "coverage": coverage, "unblock": (
                     "give migration.token_claims the claims the policies read (`pgconverge inventory` lists "
@@ -337,23 +328,6 @@ def switch_gate(runner: Runner) -> dict:
     return {"gate": "switch verified", "passed": True, "coverage": coverage, "unblock": unblock,
             "details": partial + [f"{why}; checked now on the live policies: {len(identities)} identities, "
                                   f"{seen} rows, old and new tokens agree"]}
-
-
-def _write_reach_now(runner: Runner):
-    """The rows each sampled identity may update and delete on the policy tables now, against what its legacy tokens
-    could under the policies as the switch began (rls.write_reach), on one snapshot of a connection of its own."""
-    from pgconverge.planning.switch import policy_tables
-    from pgconverge.verify import rls
-
-    cat = runner.catalogs.for_phase("switch")
-    tables = policy_tables(runner.plan)
-    with connect(runner.target, application_name="pgconverge:rls-gate") as conn:
-        with conn.transaction():
-            conn.execute("set transaction isolation level repeatable read")
-            targets = rls.targets(runner.spec, cat, tables)
-            identities = rls.sample_covering(conn, runner.spec, cat, targets, runner.spec.migration.rls_sample)
-            others = {str(t.table): rls.random_rows(conn, t) for t in targets}
-            return rls.write_reach(conn, runner.spec, cat, targets, identities, others, mode="switched")
 
 
 def runtime_use_gate(rt: runtime.RuntimeAudit, accepted: bool) -> dict:

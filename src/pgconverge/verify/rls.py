@@ -1485,10 +1485,6 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
         own, design, own_notes = own_policies_design(conn, spec, cat, targets_, cap, identities,
                                                      live_are_original=not switched) \
             if not contracted else ({}, set(), [])
-        # The rows each identity may update and delete, evaluated from the policies as a read: reads are shared by
-        # design on many tables (a chat's messages), where these policies are what keeps a person's rows its own.
-        reach = write_reach(conn, spec, cat, targets_, identities, cap.others,
-                            mode="contracted" if contracted else "switched" if switched else "before")
     by_table = table_coverage(cap, identities)
     # Tables the application shares by design, as the switch read them under the original policies before its
     # rewrite (none recorded, as from emitted files: every table is held to isolation), and for the tables of accepted
@@ -1508,10 +1504,9 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
         public.update(public_by_design(cap))
     not_proven = (hidden_from_owners(spec, by_table)[1] + design_notes(shared, public, disabled,
                                                                   {t: len(r) for t, r in cap.seen.get("anon", {}).items()})
-                  + own_policies_notes(own, switched) + own_notes + reach.notes)
+                  + own_policies_notes(own, switched) + own_notes)
     problems = (consistency(cap, identities, shared, public, design) if switched and not contracted
-                else anonymous(cap, public) + isolation(cap, identities, shared, design)) + reach.problems[:50] \
-        + proves_nothing
+                else anonymous(cap, public) + isolation(cap, identities, shared, design)) + proves_nothing
     if contracted:  # new code's inserts: where owners could write their own rows, the canonical token still may
         expected = set(eq["owners_insert"]) if "owners_insert" in eq else insertable(spec, cat, tables)
         problems += own_inserts_refused(cap, expected)
@@ -1522,8 +1517,7 @@ def check_now(conn, spec: Spec, cat: Catalog, tables: list[QualifiedName], switc
             "scan_bound": scan_bound_summary(cap),
             "rows_seen": rows_seen(cap), "coverage_by_table": by_table, "not_proven": not_proven,
             "shared_by_design": shared, "public_by_design": public, "rls_disabled": disabled,
-            "shared_by_own_policies": own, "owner_unknown": owner_unknown(targets_),
-            "write_reach": reach.summary, "write_reach_compared": reach.compared}, problems
+            "shared_by_own_policies": own, "owner_unknown": owner_unknown(targets_)}, problems
 
 
 # The equivalence check proves something only if the sampled identities see their own rows before the switch:
@@ -1666,222 +1660,3 @@ def claims_read(conn, cat: Catalog) -> list[str]:
         "where d.classid = 'pg_policy'::regclass and d.refclassid = 'pg_proc'::regclass and f.prokind = 'f' "
         "and f.pronamespace <> 'pg_catalog'::regnamespace")]
     return sorted({a or b or c for t in texts for a, b, c in _CLAIM_READ.findall(t)})
-
-
-# The commands whose reach over existing rows the check compares: the rows a caller may change or remove. On a table
-# every signed-in caller reads (a chat's messages), their policies are what keeps a person's rows that person's.
-WRITE_COMMANDS = ("UPDATE", "DELETE")
-
-
-def _for_callers(p) -> bool:
-    """Whether policy P applies to a signed-in caller (role authenticated, or PUBLIC)."""
-    return not p.roles or bool({"authenticated", "public"} & set(p.roles))
-
-
-def _policy_text(using: str, views: dict[QualifiedName, str] | None) -> sql.SQL:
-    # the text goes into a query with parameters: a % of its own (`id % 4 = 0`) is doubled
-    return sql.SQL(_reading_views(using, views or {}).replace("%", "%%"))
-
-
-def _command_using(policies: list, table: QualifiedName, command: str,
-                   views: dict[QualifiedName, str] | None = None) -> sql.Composable:
-    """The condition POLICIES put on the existing rows a signed-in caller's COMMAND (UPDATE, DELETE) of TABLE may
-    reach: any permissive USING (COMMAND or ALL), and every restrictive one; false where none lets it."""
-    ps = [p for p in policies if p.table == table and p.command in ("ALL", command) and p.using is not None
-          and _for_callers(p)]
-    permissive = [sql.SQL("coalesce(({}), false)").format(_policy_text(p.using, views)) for p in ps if p.permissive]
-    restrictive = [sql.SQL("coalesce(({}), false)").format(_policy_text(p.using, views))
-                   for p in ps if not p.permissive]
-    if not permissive:
-        return sql.SQL("false")
-    return sql.SQL(" and ").join([sql.SQL("({})").format(sql.SQL(" or ").join(permissive)), *restrictive])
-
-
-def live_policies(conn, tables: list[QualifiedName]) -> list:
-    """The policies in force on TABLES, read from pg_policy now, as the Catalog model has them."""
-    from pgconverge.catalog.model import Policy
-
-    commands = {"*": "ALL", "r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE"}
-    rows = conn.execute(
-        "select n.nspname, c.relname, p.polname, p.polcmd, p.polpermissive, "
-        "case when p.polroles = '{0}' then array['public']::text[] else array(select r.rolname::text "
-        "from pg_catalog.pg_roles r where r.oid = any(p.polroles) order by 1) end, "
-        "pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) "
-        "from pg_catalog.pg_policy p join pg_catalog.pg_class c on c.oid = p.polrelid "
-        "join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
-        "where p.polrelid = any(array(select pg_catalog.to_regclass(t) from unnest(%s::text[]) t)) order by 1, 2, 3",
-        ([text(qn(t)) for t in tables],)).fetchall()
-    return [Policy(name, QualifiedName(ns, rel), commands[cmd], permissive, tuple(roles), using, check)
-            for ns, rel, name, cmd, permissive, roles, using, check in rows]
-
-
-def _reach(conn, spec: Spec, t: Target, claims: dict, command: str, among: list[str],
-           cond: sql.Composable) -> list[str] | None:
-    """Keys among AMONG of T's rows the caller's COMMAND could reach: rows it sees (the policies in force for SELECT
-    apply, as Postgres applies them to an UPDATE or DELETE that reads the rows) that meet COND, where its role holds
-    the privilege. Read only: a SELECT as the caller, in a savepoint rolled back at once; no row is written or
-    locked. None where COND cannot be evaluated."""
-    privilege = sql.SQL("pg_catalog.has_any_column_privilege({}, 'UPDATE')" if command == "UPDATE"
-                        else "pg_catalog.has_table_privilege({}, 'DELETE')").format(sql.Literal(text(qn(t.table))))
-    conn.execute("savepoint pgc_reach")
-    try:
-        act_as(conn, claims, clear=_clear(spec))
-        rows = conn.execute(sql.SQL("select {k}::text from {t} where {k} = any(%s::{ty}[]) and {p} and ({c}) "
-                                    "order by 1").format(k=_key(t), t=qn(t.table), ty=sql.SQL(t.key_type),
-                                                         p=privilege, c=cond), (among,)).fetchall()
-    except errors.InsufficientPrivilege:
-        rows = []  # the role may not read the table: it reaches none of its rows
-    except psycopg.Error:
-        rows = None
-    finally:
-        conn.execute("rollback to savepoint pgc_reach")
-    return None if rows is None else [r[0] for r in rows]
-
-
-@dataclass
-class WriteReach:
-    """What the UPDATE and DELETE policies let the sampled identities reach, and what that proves."""
-
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    # "table COMMAND" → identities whose reach was evaluated (compared, after the switch) there
-    compared: dict[str, int] = field(default_factory=dict)
-    # "table COMMAND" → rows some identity's token may reach there, over all tokens
-    rows_reached: dict[str, int] = field(default_factory=dict)
-    summary: str = ""
-
-
-def write_reach(conn, spec: Spec, cat: Catalog, targets_: list[Target], identities: list[Identity],
-                others: dict[str, list[str]], *, mode: str) -> WriteReach:
-    """The rows each sampled identity's tokens could UPDATE and DELETE on the checked tables, among its own rows and
-    the shared random sample OTHERS: evaluated as the caller from the policies' USING, as a read (nothing is written
-    or locked). Run inside the check's transaction, on its snapshot.
-
-    MODE "switched": the policies in force, for each legacy token and the canonical one, must reach exactly the rows
-    the identity's legacy tokens reached under CAT's policies (the definitions as the switch began, their changed
-    functions and views put back in a savepoint rolled back at once, as own_policies_design asks them); a row more is
-    a failure naming the table, the command, the row and the identity, a row fewer too (the application's own
-    writes would stop). "before" (the policies in force are the application's own) and "contracted" (the
-    definitions as the switch began read what contract dropped): the reach is evaluated and reported, not compared.
-    A table and command no identity reaches a row of, before or after, is not proven."""
-    out = WriteReach()
-    tables = [t.table for t in targets_]
-    live = live_policies(conn, tables)
-    original = list(cat.policies) if mode == "switched" else []
-    governed = [(t, c) for t in targets_ for c in WRITE_COMMANDS
-                if any(p.table == t.table and p.command in ("ALL", c) and _for_callers(p) for p in (*live, *original))]
-    if not governed or not identities:
-        out.summary = "no UPDATE or DELETE policy on the checked tables" if not governed else ""
-        return out
-    among = {i.canonical: candidates(conn, spec, targets_, i, others) for i in identities}
-
-    def tokens(i: Identity, legacy: bool, canonical: bool) -> list[tuple[str, dict]]:
-        return ([(f"L:{lid}", _legacy_token(spec, i, n)) for n, lid in enumerate(i.legacy)] if legacy else []) + \
-            ([(f"C:{i.canonical}", _canonical_token(spec, i))] if canonical else [])
-
-    failed: set[str] = set()
-    now: dict[tuple[str, str, str], list[str]] = {}  # (canonical, "table COMMAND", token) → keys, policies in force
-    for t, command in governed:
-        cond = _command_using(live, t.table, command)
-        where = f"{t.table} {command}"
-        for i in identities:
-            keys = among[i.canonical].get(str(t.table))
-            if not keys:
-                continue
-            for token, claims in tokens(i, mode != "contracted", mode != "before"):
-                got = _reach(conn, spec, t, claims, command, keys, cond)
-                if got is None:
-                    failed.add(where)
-                    continue
-                now[(i.canonical, where, token)] = got
-    before: dict[tuple[str, str], set[str]] = {}  # (canonical, "table COMMAND") → keys, policies as the switch began
-    if mode == "switched":
-        conn.execute("savepoint pgc_original")
-        try:
-            out.notes += _original_functions(conn, spec, cat)
-            views = _original_views(conn, cat, out.notes)
-            for t, command in governed:
-                where = f"{t.table} {command}"
-                cond = sql.SQL("({}) and ({})").format(_original_using(cat, t.table, views),
-                                                       _command_using(original, t.table, command, views))
-                for i in identities:
-                    keys = among[i.canonical].get(str(t.table))
-                    if not keys or not i.legacy:
-                        continue
-                    was: set[str] | None = set()
-                    for token, claims in tokens(i, True, False):
-                        got = _reach(conn, spec, t, claims, command, keys, cond)
-                        if got is None:
-                            was = None
-                            break
-                        was |= set(got)
-                    if was is None:
-                        failed.add(f"{where} (as the switch began)")
-                        continue
-                    before[(i.canonical, where)] = was
-        finally:
-            conn.execute("rollback to savepoint pgc_original")
-    for t, command in governed:
-        where = f"{t.table} {command}"
-        verb = command.lower()
-        reached: set[str] = set()
-        ids = 0
-        # Policies as the switch began that let signed-in callers reach rows there, and not one sampled identity's
-        # legacy tokens reached any: the tokens miss what they read (a `sub` beside the legacy claim, say), so the
-        # comparison would call every row the policies in force allow one more. Not compared, and not proven.
-        blind_before = mode == "switched" and any(
-            p.table == t.table and p.command in ("ALL", command) and p.permissive and p.using is not None
-            and _for_callers(p) for p in original) and not any(
-            keys for (c, w), keys in before.items() if w == where)
-        if blind_before:
-            out.notes.append(f"{where}: not proven: under the policies as the switch began no sampled identity's "
-                             f"legacy token may {verb} any of the rows compared there (the test tokens may lack a "
-                             "claim those policies read: migration.token_claims), so its reach was not compared")
-            out.compared[where] = 0
-            out.rows_reached[where] = len({k for (c, w, _), keys in now.items() if w == where for k in keys})
-            continue
-        for i in identities:
-            mine = {tok: keys for (c, w, tok), keys in now.items() if c == i.canonical and w == where}
-            for keys in mine.values():
-                reached |= set(keys)
-            if mode != "switched":
-                ids += bool(mine)
-                continue
-            was = before.get((i.canonical, where))
-            if was is None or not mine:
-                continue
-            ids += 1
-            reached |= was
-            for tok, keys in mine.items():
-                more, fewer = sorted(set(keys) - was), sorted(was - set(keys))
-                if more:
-                    out.problems.append(
-                        f"{i.canonical} ({tok}) may {verb} {t.table} row {more[0]}"
-                        + (f" and {len(more) - 1} more" if len(more) > 1 else "")
-                        + f", which it could not {verb} under the policies as the switch began: the {command} "
-                        f"policies in force on {t.table} let it reach rows that were kept from it")
-                if fewer:
-                    out.problems.append(
-                        f"{i.canonical} ({tok}) may no longer {verb} {t.table} row {fewer[0]}"
-                        + (f" and {len(fewer) - 1} more" if len(fewer) > 1 else "")
-                        + f", which it could {verb} under the policies as the switch began: the application's "
-                        f"{verb}s there would fail")
-        out.compared[where] = ids
-        out.rows_reached[where] = len(reached)
-        if where in failed or f"{where} (as the switch began)" in failed:
-            out.notes.append(f"{where}: not proven: its policies "
-                             + ("as the switch began " if where not in failed else "")
-                             + "could not be evaluated for some sampled identity's token (they read what is gone, "
-                               "or a function fails), so its reach there was not compared")
-        elif not ids:
-            out.notes.append(f"{where}: not proven: none of the sampled identities has a row there to compare")
-        elif not reached:
-            out.notes.append(f"{where}: not proven: no sampled identity's token may {verb} any of the rows compared "
-                             "there, before or after (the tokens may lack a claim its policies read)")
-    what = "compared" if mode == "switched" else "evaluated, not compared" + (
-        " (no switch has run: the policies in force are the application's own)" if mode == "before" else
-        " (the policies as the switch began read what contract dropped)")
-    out.summary = (f"UPDATE/DELETE reach {what}: {sum(out.compared.values())} identity × table × command ("
-                   + ", ".join(f"{w}: {n} identities, {out.rows_reached.get(w, 0)} rows reachable"
-                               for w, n in out.compared.items()) + ")")
-    return out
