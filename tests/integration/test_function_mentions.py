@@ -29,8 +29,8 @@ insert into public.orders (customer_id) select 1 + i % 10 from generate_series(1
 def test_a_begin_atomic_function_is_listed_and_stops_contract(make_db, tmp_path):
     dsn, args = schema_db(make_db, tmp_path, SCHEMA)
     planned = " ".join(cli("plan", *args).split())
-    assert "listed function public.my_order_count(): mentions auth_customer_id, customer_id" in planned, planned[-2000:]
-    assert "listed function public.order_count_quoted(): mentions customer_id" in planned, planned[-2000:]
+    assert "listed function public.my_order_count(): uses auth_customer_id, customer_id" in planned, planned[-2000:]
+    assert "listed function public.order_count_quoted(): uses customer_id" in planned, planned[-2000:]
     assert "public.echo_owner" not in planned, planned[-2000:]
     for phase in ("align", "expand", "switch"):
         cli("run", phase, *args)

@@ -6,6 +6,8 @@ the mention is kept, and says why (contract's code-references gate blocks on it 
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 from pglast import ast, parse_plpgsql, parse_sql
@@ -63,6 +65,9 @@ def find(fn: Function, tables: set[str], helpers: set[str], columns: dict[str, s
     if not found:
         return []
     dynamic = calls.runs_dynamic_sql(fn)
+    # The trigger's row made into JSON or keys (to_jsonb(new), row_to_json(old), hstore(new)): a string naming a
+    # legacy column may be the key of that column's value, read by name.
+    rows_by_name = re.search(r"\b(to_jsonb?|row_to_json|hstore)\s*\(\s*(new|old)\s*\)", code, re.I) is not None
     out: list[Use] = []
     column_hits: dict[str, list] = {}
     for m in found:
@@ -74,6 +79,9 @@ def find(fn: Function, tables: set[str], helpers: set[str], columns: dict[str, s
             elif not m.whole:
                 out.append(Use(m.name, line, excerpt, False, "in SQL text inside a string, which may be run "
                                                              "elsewhere"))
+            elif rows_by_name and m.name in columns:
+                out.append(Use(m.name, line, excerpt, False, "a key in a body that reads rows as JSON or records "
+                                                             "by their column names (to_jsonb(new) ->> …)"))
             # else: a string constant that is the name alone (a JSON key, `->> 'user_id'`): data, not a use
             continue
         if m.name in columns:

@@ -572,7 +572,8 @@ def _switch_review(spec: Spec, cat: Catalog) -> list[Finding]:
     for f, names in sorted(by_function.items()):
         out.append(Finding(
             f"function {f}", LISTED,
-            f"its body uses the legacy column, and {len(names)} policies call it ({', '.join(names[:10])}"
+            f"its body uses the legacy column, and {len(names)} polic{'y calls' if len(names) == 1 else 'ies call'} it "
+            f"({', '.join(names[:10])}"
             f"{', …' if len(names) > 10 else ''}): the switch cannot rewrite them with certainty, and its review "
             "gate stops the switch, before any policy changes, until the function is settled",
             f"after expand, rewrite {f} to read the new column instead of the legacy one (the policies that call it "
