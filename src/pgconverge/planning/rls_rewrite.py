@@ -16,7 +16,7 @@ from pgconverge.config import QualifiedName, Spec, parse_qualified
 from pgconverge.execution.sql import policy_clauses, text
 from pgconverge.planning.rls_ast import ParseError, deparse, parse_expression
 from pgconverge.planning.rls_helper import HelperDerivation, derive_canonical_helper
-from pgconverge.planning.rls_walk import Context, Walker
+from pgconverge.planning.rls_walk import Context, Walker, suspicious_call
 
 __all__ = ["HelperDerivation", "PolicyRewrite", "derive_canonical_helper", "policy_statement",
            "rewrite_policies", "rewrite_policy"]
@@ -139,7 +139,7 @@ def _catalog_cross_checks(policy: Policy, ctx: Context, suspicious: dict[str, tu
         if _signature_name(ref) == legacy and not ctx.found_helper:
             out.append(f"Postgres records that the policy calls {ref}, but the rewrite did not find the call")
         if ref in suspicious:
-            out.append(f"calls {ref}, whose body uses the legacy column; rewrite that function first")
+            out.append(suspicious_call(ref))
     return out
 
 

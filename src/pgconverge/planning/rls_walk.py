@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 
 from pglast import ast, enums
@@ -14,6 +16,15 @@ _EQUALITY = {"=", "<>", "!="}
 _TEXT_LIKE = {"varchar", "bpchar", "text"}  # parse tree names of character varying, character, text
 _K = enums.A_Expr_Kind
 _S = enums.SubLinkType
+
+# Why a policy calling a function whose body uses the legacy column is left to a person, and the same text read
+# back (plan lists such functions once, with the policies held back by them alone).
+_SUSPICIOUS_CALL = "calls {}, whose body uses the legacy column; rewrite that function first"
+SUSPICIOUS_CALL = re.compile(re.escape(_SUSPICIOUS_CALL).replace(r"\{\}", "(.+?)"))
+
+
+def suspicious_call(signature: str) -> str:
+    return _SUSPICIOUS_CALL.format(signature)
 
 
 @dataclass
@@ -250,7 +261,7 @@ class Walker:
             return
         for signature, parts in self.ctx.suspicious.items():
             if name in (parts, parts[-1:]):
-                self._doubt(f"calls {signature}, whose body uses the legacy column; rewrite that function first")
+                self._doubt(suspicious_call(signature))
 
     def _constant(self, const: ast.A_Const) -> None:
         claim = self.ctx.legacy_claim

@@ -546,7 +546,7 @@ def _switch_review(spec: Spec, cat: Catalog) -> list[Finding]:
     """What the switch's review gate will stop at, known now: policies it cannot rewrite with certainty. Listed
     rather than refused, since rewriting them by hand during align and expand is the way through; said at plan
     so that nobody learns it only after align and expand have run."""
-    from pgconverge.planning import switch
+    from pgconverge.planning import rls_walk, switch
 
     try:
         _auto, review = switch.rewrites(spec, cat)
@@ -558,8 +558,8 @@ def _switch_review(spec: Spec, cat: Catalog) -> list[Finding]:
         # A policy held back only by the functions it calls (a membership helper reading the legacy column): the
         # functions are what to rewrite, listed once each with the policies that call them.
         said = "; ".join(why)
-        called = list(dict.fromkeys(_CALLS_SUSPICIOUS.findall(said)))
-        if called and not re.sub(r"(USING|WITH CHECK):|[;\s]", "", _CALLS_SUSPICIOUS.sub("", said)):
+        called = list(dict.fromkeys(rls_walk.SUSPICIOUS_CALL.findall(said)))
+        if called and not re.sub(r"(USING|WITH CHECK):|[;\s]", "", rls_walk.SUSPICIOUS_CALL.sub("", said)):
             for f in called:
                 by_function.setdefault(f, []).append(switch.policy_name(r))
             continue
@@ -581,8 +581,6 @@ def _switch_review(spec: Spec, cat: Catalog) -> list[Finding]:
             "migration.accept_policies"))
     return out
 
-
-_CALLS_SUSPICIOUS = re.compile(r"calls (.+?), whose body uses the legacy column; rewrite that function first")
 
 
 def _row_type(cat: Catalog) -> Finding:
