@@ -52,3 +52,17 @@ def test_report_where_it_cannot_write(make_db, tmp_path):
     md = tmp_path / "r.md"
     cli("report", "--md", str(md), *args)
     assert md.read_text().startswith("#")
+
+
+def test_emit_refuses_a_lock_timeout_a_deadlock_would_turn_against_the_application(make_db, tmp_path):
+    """The files set lock_timeout as `run` does, so they are refused on the same rule: not over half the server's
+    deadlock_timeout; nothing is written."""
+    dsn, args = _zoo_db(make_db, tmp_path)
+    cfg = Path(args[-1])
+    cfg.write_text(cfg.read_text() + "lock_timeout_ms = 1000\n")
+    out = tmp_path / "project"
+    text = " ".join(cli("emit", str(out), *args, expect=2).split())
+    assert "migration.lock_timeout_ms = 1000 is more than half of this server's deadlock_timeout" in text, text
+    assert not out.exists() or _written(out) == [], _written(out)
+    text = " ".join(cli("emit", str(out), *args, "--rollback-to", "align", expect=2).split())
+    assert "migration.lock_timeout_ms = 1000" in text, text

@@ -247,6 +247,8 @@ def emit(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Path, *, thr
         raise EmitError(f"cannot emit phase {phase!r}: emit writes {', '.join(EMITTABLE)}",
                         fix=f"name one of {', '.join(EMITTABLE)}")
     check_dir(out, force, adding=phase is not None)
+    # The files set lock_timeout as `run` does: a deadlock with the application must cancel theirs, not its statement
+    prechecks.lock_timeout(conn, spec)
     full = planner.build(spec, cats)
     phases = (phase,) if phase else PHASES[:PHASES.index(through) + 1]
     # What the ledger records as done (by `run` or by files applied before) is not written again, as `run`
@@ -308,6 +310,7 @@ def emit_rollback(conn: psycopg.Connection, spec: Spec, cats: Catalogs, out: Pat
         raise EmitError(f"cannot roll back to {to!r}: name one of {', '.join(EMITTABLE)}",
                         fix=f"name one of {', '.join(EMITTABLE)}")
     check_dir(out, False, adding=True)
+    prechecks.lock_timeout(conn, spec)
     ledger = Ledger(conn, spec)
     states = ledger.step_states() if ledger.exists() else {}
     rollback = planner.rollback(spec, cats, to)
